@@ -1,0 +1,583 @@
+//! The agent's TOML configuration: parsed, then validated in full at start, in every state — a bad
+//! value is found when the agent starts, never at failover (document 002's engine waits until Hot).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use understudy_engine::{ActivationMode, StandbyType};
+
+/// A configuration error: the file, the key and the reason. The agent exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The dotted key (`activation.heartbeat_delay`), or `(file)` / `(syntax)`.
+    pub key: String,
+    /// What is wrong and, where it helps, what would be right.
+    pub reason: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[activation]`.
+    pub activation: ActivationConfig,
+    /// `[service]`.
+    pub service: ServiceConfig,
+    /// `[health]`, if present.
+    pub health: Option<HealthConfig>,
+}
+
+/// `[node]`: who this agent is.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name, unique in its group.
+    pub name: String,
+    /// Group name.
+    pub group: String,
+    /// Admin API listen address.
+    pub admin: SocketAddr,
+}
+
+/// `[activation]`: how the node becomes Hot.
+#[derive(Debug, Clone)]
+pub struct ActivationConfig {
+    /// The activation mode.
+    pub mode: ActivationMode,
+    /// The group's lock file (its directory also holds the epoch and membership records).
+    pub lock_file: PathBuf,
+    /// TryHeartbeat: a heartbeat younger than this lets a node go Hot by itself.
+    pub heartbeat_delay: Duration,
+    /// How often the active writes its heartbeat and every node refreshes its membership record.
+    pub heartbeat_interval: Duration,
+    /// After a switchover, how long the old active waits for the new one before campaigning again.
+    pub yield_timeout: Duration,
+}
+
+/// `[service]`: what the agent protects.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// argv of the service.
+    pub command: Vec<String>,
+    /// Standby type.
+    pub standby: StandbyType,
+    /// Signal telling a warm or hot standby service it is now active.
+    pub activate_signal: Signal,
+    /// Optional command run when the node becomes Hot (after the signal), with the same environment.
+    pub activate_hook: Option<Vec<String>>,
+    /// Grace period between SIGTERM and SIGKILL when stopping the service.
+    pub stop_timeout: Duration,
+    /// First delay before rejoining after a service failure.
+    pub restart_backoff: Duration,
+    /// Longest such delay.
+    pub restart_backoff_max: Duration,
+    /// Extra environment for the service.
+    pub env: BTreeMap<String, String>,
+}
+
+/// `[health]`: an optional health check of the service.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// What to run or fetch.
+    pub check: understudy_service::HealthCheck,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// Consecutive failures that count as failed.
+    pub failures: u32,
+    /// Grace after the service starts before failures count.
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: RawNode,
+    activation: RawActivation,
+    service: RawService,
+    health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    group: String,
+    admin: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawActivation {
+    mode: ActivationMode,
+    lock_file: PathBuf,
+    heartbeat_delay: Option<String>,
+    heartbeat_interval: Option<String>,
+    yield_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    command: Vec<String>,
+    standby: Option<StandbyType>,
+    activate_signal: Option<String>,
+    activate_hook: Option<Vec<String>>,
+    stop_timeout: Option<String>,
+    restart_backoff: Option<String>,
+    restart_backoff_max: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    command: Option<Vec<String>>,
+    http: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    failures: Option<u32>,
+    start_period: Option<String>,
+}
+
+/// Defaults, in one place so the README's reference and the code agree.
+pub mod defaults {
+    /// `activation.heartbeat_delay`.
+    pub const HEARTBEAT_DELAY: &str = "2s";
+    /// `activation.heartbeat_interval`.
+    pub const HEARTBEAT_INTERVAL: &str = "200ms";
+    /// `activation.yield_timeout`.
+    pub const YIELD_TIMEOUT: &str = "10s";
+    /// `service.activate_signal`.
+    pub const ACTIVATE_SIGNAL: &str = "SIGUSR1";
+    /// `service.stop_timeout`.
+    pub const STOP_TIMEOUT: &str = "5s";
+    /// `service.restart_backoff`.
+    pub const RESTART_BACKOFF: &str = "1s";
+    /// `service.restart_backoff_max`.
+    pub const RESTART_BACKOFF_MAX: &str = "30s";
+    /// `health.interval`.
+    pub const HEALTH_INTERVAL: &str = "1s";
+    /// `health.timeout`.
+    pub const HEALTH_TIMEOUT: &str = "500ms";
+    /// `health.failures`.
+    pub const HEALTH_FAILURES: u32 = 3;
+    /// `health.start_period`.
+    pub const HEALTH_START_PERIOD: &str = "5s";
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn duration(&self, key: &str, v: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+        let s = v.unwrap_or(default);
+        let d = humantime::parse_duration(s).map_err(|e| {
+            self.err(
+                key,
+                format!("{s:?} is not a duration ({e}); write e.g. \"250ms\", \"1s\" or \"2m\""),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn command(&self, key: &str, argv: &[String]) -> Result<(), ConfigError> {
+        let Some(prog) = argv.first() else {
+            return Err(self.err(key, "is empty; give the program and its arguments, e.g. [\"/usr/bin/my-gateway\", \"--config\", \"gw.toml\"]"));
+        };
+        if prog.is_empty() {
+            return Err(self.err(key, "the program name is empty"));
+        }
+        if find_program(prog).is_none() {
+            return Err(self.err(
+                key,
+                if prog.contains('/') {
+                    format!("program {prog:?} does not exist or is not executable")
+                } else {
+                    format!("program {prog:?} is not found in PATH")
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The path a program name resolves to (as execvp would), if any.
+pub fn find_program(prog: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if prog.contains('/') {
+        let p = PathBuf::from(prog);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| executable(p))
+}
+
+/// Parse a signal name (`SIGUSR1`, `USR1`, `usr1`) or number.
+pub fn parse_signal(s: &str) -> Option<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let up = s.trim().to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<Signal>().ok()
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let ctx = Ctx { file: path };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ctx.err("(file)", format!("cannot read the configuration file: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate configuration text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let ctx = Ctx { file: path };
+        let de = toml::Deserializer::new(text);
+        let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            let at = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            let key = if key == "." || key.is_empty() {
+                "(syntax)".to_string()
+            } else {
+                key
+            };
+            ctx.err(&key, format!("{msg}{at}"))
+        })?;
+
+        let n = &raw.node;
+        if !valid_name(&n.name) {
+            return Err(ctx.err(
+                "node.name",
+                format!(
+                    "{:?} is not a valid node name: use 1-64 letters, digits, '-', '_' or '.'",
+                    n.name
+                ),
+            ));
+        }
+        if !valid_name(&n.group) {
+            return Err(ctx.err(
+                "node.group",
+                format!(
+                    "{:?} is not a valid group name: use 1-64 letters, digits, '-', '_' or '.'",
+                    n.group
+                ),
+            ));
+        }
+        let admin: SocketAddr = n.admin.parse().map_err(|_| {
+            ctx.err(
+                "node.admin",
+                format!(
+                    "{:?} is not an IP:port listen address (e.g. \"127.0.0.1:7701\")",
+                    n.admin
+                ),
+            )
+        })?;
+
+        let a = &raw.activation;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let lock_file = if a.lock_file.is_absolute() {
+            a.lock_file.clone()
+        } else {
+            base.join(&a.lock_file)
+        };
+        if a.lock_file.as_os_str().is_empty() {
+            return Err(ctx.err("activation.lock_file", "is empty"));
+        }
+        let dir = lock_file.parent().unwrap_or(Path::new("/"));
+        if !dir.is_dir() {
+            return Err(ctx.err(
+                "activation.lock_file",
+                format!(
+                    "directory {} does not exist; create it (it holds the lock, the epoch and the membership records, shared by the group)",
+                    dir.display()
+                ),
+            ));
+        }
+        if lock_file.is_dir() {
+            return Err(ctx.err(
+                "activation.lock_file",
+                format!("{} is a directory, not a file", lock_file.display()),
+            ));
+        }
+        let heartbeat_delay = ctx.duration(
+            "activation.heartbeat_delay",
+            a.heartbeat_delay.as_deref(),
+            defaults::HEARTBEAT_DELAY,
+        )?;
+        let heartbeat_interval = ctx.duration(
+            "activation.heartbeat_interval",
+            a.heartbeat_interval.as_deref(),
+            defaults::HEARTBEAT_INTERVAL,
+        )?;
+        if a.mode == ActivationMode::TryHeartbeat && heartbeat_interval * 2 > heartbeat_delay {
+            return Err(ctx.err(
+                "activation.heartbeat_interval",
+                format!(
+                    "{} is too long for heartbeat_delay {}: it must be at most half of it, or a live failover would look like an outage",
+                    humantime::format_duration(heartbeat_interval),
+                    humantime::format_duration(heartbeat_delay)
+                ),
+            ));
+        }
+        let yield_timeout = ctx.duration(
+            "activation.yield_timeout",
+            a.yield_timeout.as_deref(),
+            defaults::YIELD_TIMEOUT,
+        )?;
+
+        let s = &raw.service;
+        ctx.command("service.command", &s.command)?;
+        if let Some(h) = &s.activate_hook {
+            ctx.command("service.activate_hook", h)?;
+        }
+        let sig_name = s
+            .activate_signal
+            .as_deref()
+            .unwrap_or(defaults::ACTIVATE_SIGNAL);
+        let activate_signal = parse_signal(sig_name).ok_or_else(|| {
+            ctx.err(
+                "service.activate_signal",
+                format!("{sig_name:?} is not a signal name; use e.g. \"SIGUSR1\", \"SIGUSR2\" or \"SIGHUP\""),
+            )
+        })?;
+        if matches!(activate_signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            return Err(ctx.err(
+                "service.activate_signal",
+                format!("{sig_name} cannot be handled by a program; use e.g. \"SIGUSR1\""),
+            ));
+        }
+        for k in s.env.keys() {
+            if k.is_empty() || k.contains('=') || k.starts_with("UNDERSTUDY_") {
+                return Err(ctx.err(
+                    &format!("service.env.{k}"),
+                    "not a usable variable name (empty, contains '=', or reserved UNDERSTUDY_ prefix)",
+                ));
+            }
+        }
+        let restart_backoff = ctx.duration(
+            "service.restart_backoff",
+            s.restart_backoff.as_deref(),
+            defaults::RESTART_BACKOFF,
+        )?;
+        let restart_backoff_max = ctx.duration(
+            "service.restart_backoff_max",
+            s.restart_backoff_max.as_deref(),
+            defaults::RESTART_BACKOFF_MAX,
+        )?;
+        if restart_backoff_max < restart_backoff {
+            return Err(ctx.err(
+                "service.restart_backoff_max",
+                "is shorter than service.restart_backoff",
+            ));
+        }
+        let service = ServiceConfig {
+            command: s.command.clone(),
+            standby: s.standby.unwrap_or(StandbyType::Cold),
+            activate_signal,
+            activate_hook: s.activate_hook.clone(),
+            stop_timeout: ctx.duration(
+                "service.stop_timeout",
+                s.stop_timeout.as_deref(),
+                defaults::STOP_TIMEOUT,
+            )?,
+            restart_backoff,
+            restart_backoff_max,
+            env: s.env.clone(),
+        };
+
+        let health = match &raw.health {
+            None => None,
+            Some(h) => {
+                let check = match (&h.command, &h.http) {
+                    (Some(c), None) => {
+                        ctx.command("health.command", c)?;
+                        understudy_service::HealthCheck::Command(c.clone())
+                    }
+                    (None, Some(u)) => {
+                        let url = reqwest::Url::parse(u).map_err(|e| {
+                            ctx.err("health.http", format!("{u:?} is not a URL ({e}); e.g. \"http://127.0.0.1:8080/health\""))
+                        })?;
+                        if !matches!(url.scheme(), "http" | "https") {
+                            return Err(
+                                ctx.err("health.http", format!("{u:?}: only http and https URLs"))
+                            );
+                        }
+                        understudy_service::HealthCheck::Http(u.clone())
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(ctx.err("health", "give either command or http, not both"))
+                    }
+                    (None, None) => {
+                        return Err(ctx.err("health", "give command = [...] or http = \"http://…\""))
+                    }
+                };
+                let failures = h.failures.unwrap_or(defaults::HEALTH_FAILURES);
+                if failures == 0 {
+                    return Err(ctx.err("health.failures", "must be at least 1"));
+                }
+                Some(HealthConfig {
+                    check,
+                    interval: ctx.duration(
+                        "health.interval",
+                        h.interval.as_deref(),
+                        defaults::HEALTH_INTERVAL,
+                    )?,
+                    timeout: ctx.duration(
+                        "health.timeout",
+                        h.timeout.as_deref(),
+                        defaults::HEALTH_TIMEOUT,
+                    )?,
+                    failures,
+                    start_period: ctx.duration(
+                        "health.start_period",
+                        h.start_period.as_deref(),
+                        defaults::HEALTH_START_PERIOD,
+                    )?,
+                })
+            }
+        };
+
+        Ok(Config {
+            file: path.to_path_buf(),
+            node: NodeConfig {
+                name: n.name.clone(),
+                group: n.group.clone(),
+                admin,
+            },
+            activation: ActivationConfig {
+                mode: a.mode,
+                lock_file,
+                heartbeat_delay,
+                heartbeat_interval,
+                yield_timeout,
+            },
+            service,
+            health,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path, node: &str, act: &str, svc: &str) -> String {
+        let _ = dir;
+        format!("[node]\n{node}\n[activation]\n{act}\n[service]\n{svc}\n")
+    }
+
+    fn good_node() -> &'static str {
+        "name = \"a\"\ngroup = \"g\"\nadmin = \"127.0.0.1:7701\""
+    }
+
+    fn err_of(text: &str) -> ConfigError {
+        match Config::parse(Path::new("/tmp/x.toml"), text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn accepts_a_minimal_config_with_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let act = format!(
+            "mode = \"trylock\"\nlock_file = \"{}/g.lock\"",
+            d.path().display()
+        );
+        let c = Config::parse(
+            Path::new("/tmp/x.toml"),
+            &cfg(d.path(), good_node(), &act, "command = [\"sleep\", \"1\"]"),
+        )
+        .unwrap();
+        assert_eq!(c.service.standby, StandbyType::Cold);
+        assert_eq!(c.service.activate_signal, Signal::SIGUSR1);
+        assert_eq!(c.activation.heartbeat_delay, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn names_the_key_of_every_bad_value() {
+        let d = tempfile::tempdir().unwrap();
+        let lock = format!("lock_file = \"{}/g.lock\"", d.path().display());
+        let cases: Vec<(String, &str)> = vec![
+            (cfg(d.path(), good_node(), &format!("mode = \"lukewarm\"\n{lock}"), "command = [\"sleep\"]"), "activation.mode"),
+            (cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}\nheartbeat_delay = \"soon\""), "command = [\"sleep\"]"), "activation.heartbeat_delay"),
+            (cfg(d.path(), "name = \"a\"\ngroup = \"g\"\nadmin = \"nope\"", &format!("mode = \"trylock\"\n{lock}"), "command = [\"sleep\"]"), "node.admin"),
+            (cfg(d.path(), &format!("{}\ncolour = \"blue\"", good_node()), &format!("mode = \"trylock\"\n{lock}"), "command = [\"sleep\"]"), "colour"),
+            (cfg(d.path(), good_node(), "mode = \"trylock\"\nlock_file = \"/nonexistent-dir/x/g.lock\"", "command = [\"sleep\"]"), "activation.lock_file"),
+            (cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}"), "command = []"), "service.command"),
+            (cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}"), "command = [\"no-such-program-xyz\"]"), "service.command"),
+            (cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}"), "command = [\"sleep\"]\nstandby = \"tepid\""), "service.standby"),
+            (cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}"), "command = [\"sleep\"]\nactivate_signal = \"SIGFOO\""), "service.activate_signal"),
+            (cfg(d.path(), good_node(), &format!("mode = \"tryheartbeat\"\n{lock}\nheartbeat_delay = \"1s\"\nheartbeat_interval = \"900ms\""), "command = [\"sleep\"]"), "activation.heartbeat_interval"),
+            (format!("{}\n[health]\nhttp = \"not a url\"\n", cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}"), "command = [\"sleep\"]")), "health.http"),
+            ("[node\nname=".to_string(), "(syntax)"),
+        ];
+        for (text, key) in cases {
+            let e = err_of(&text);
+            let shown = e.to_string();
+            assert!(shown.contains(key), "expected {key} in {shown:?}");
+            assert!(shown.contains("/tmp/x.toml"), "file not named in {shown:?}");
+        }
+    }
+
+    #[test]
+    fn parses_signal_names() {
+        assert_eq!(parse_signal("SIGUSR2"), Some(Signal::SIGUSR2));
+        assert_eq!(parse_signal("usr1"), Some(Signal::SIGUSR1));
+        assert_eq!(parse_signal("10"), Some(Signal::SIGUSR1));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! The understudy agent: one node of a group.
+//!
+//! Layout:
+//! - [`config`]: the TOML file, validated in full at start.
+//! - [`runtime`]: the single event loop. Inputs (lock obtained, service exited, operator request,
+//!   timer) go into the pure [`understudy_engine::Engine`]; the commands it returns are executed
+//!   here against the coordinator (lock, epoch, heartbeat) and the supervisor (service).
+//! - [`api`]: the admin API (axum): activation mode, status, group, events, metrics, switchover.
+//! - [`events`]: the event timeline and the takeovers built from it.
+//! - [`metrics`]: Prometheus metrics.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod runtime;
+
+pub use config::{Config, ConfigError};
+pub use runtime::{run, AgentError};

@@ -1,0 +1,757 @@
+//! The agent's event loop: everything that happens to the node arrives here as one input at a
+//! time, goes through the engine, and the engine's commands are executed in order. Reading one
+//! failover means reading [`Runtime::feed`] and [`Runtime::execute`].
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+use understudy_coordinator::{
+    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, LockFileCoordinator, MemberRecord,
+    Members, TryAcquire,
+};
+use understudy_engine::{
+    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, Role, State,
+};
+use understudy_service::{HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
+
+use crate::config::Config;
+use crate::events::Timeline;
+use crate::metrics::Metrics;
+
+/// Errors that stop the agent before it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The admin address cannot be used (exit code 2, like other configuration errors).
+    #[error("{file}: node.admin: cannot listen on {addr}: {source}")]
+    AdminBind {
+        /// The configuration file.
+        file: PathBuf,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The coordinator could not be set up.
+    #[error("cannot use the group lock: {0}")]
+    Coordinator(#[from] understudy_coordinator::CoordError),
+    /// Anything else at start.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// An operator request travelling from the admin API to the event loop.
+#[derive(Debug)]
+pub enum ApiRequest {
+    /// `PUT /service/activationmode/hot`.
+    Activate(oneshot::Sender<Answer>),
+    /// `POST /service/switchover`.
+    Switchover(oneshot::Sender<Answer>),
+}
+
+/// The service part of `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// `stopped`, `starting`, `running`, `stopping`.
+    pub state: String,
+    /// The service's pid when it runs.
+    pub pid: Option<u32>,
+    /// The role it was last told (`active` or `standby`), when it runs.
+    pub role: Option<String>,
+    /// `hot`, `warm` or `cold`.
+    pub standby: String,
+    /// The command.
+    pub command: Vec<String>,
+    /// True when the health check passes (or there is none).
+    pub healthy: bool,
+}
+
+/// `GET /status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// Node name.
+    pub node: String,
+    /// Group name.
+    pub group: String,
+    /// `Hot` or `Warm`.
+    pub mode: String,
+    /// Configured activation mode (`TryLock`, …).
+    pub name: String,
+    /// The fencing epoch.
+    pub epoch: u64,
+    /// When the state last changed (RFC 3339).
+    pub since: String,
+    /// The same, Unix milliseconds.
+    pub since_unix_ms: u64,
+    /// Why a Warm node is not Hot.
+    pub waiting: Option<String>,
+    /// True while this node holds the group lock.
+    pub holds_lock: bool,
+    /// True when this node could take over now.
+    pub ready: bool,
+    /// The admin address.
+    pub admin: String,
+    /// The group lock file.
+    pub lock_file: String,
+    /// The agent's pid.
+    pub agent_pid: u32,
+    /// The service.
+    pub service: ServiceStatus,
+}
+
+/// State shared between the event loop and the admin API.
+pub struct Shared {
+    /// The validated configuration.
+    pub cfg: Config,
+    /// The latest status, rewritten after every input.
+    pub status: RwLock<StatusView>,
+    /// The event timeline.
+    pub timeline: Mutex<Timeline>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The group's membership records.
+    pub members: Members,
+    /// Wall clock of the loop's last tick, for /healthz.
+    pub last_tick_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// The current status.
+    pub fn status(&self) -> StatusView {
+        match self.status.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Wall clock in Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A member record is fresh when it was rewritten within this many heartbeat intervals.
+pub const FRESH_INTERVALS: u32 = 5;
+
+/// Run an agent until it is told to stop; returns the process exit code.
+pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> {
+    let listener = tokio::net::TcpListener::bind(cfg.node.admin)
+        .await
+        .map_err(|source| AgentError::AdminBind {
+            file: cfg.file.clone(),
+            addr: cfg.node.admin,
+            source,
+        })?;
+    let (coord_tx, coord_rx) = mpsc::unbounded_channel();
+    let coord = LockFileCoordinator::new(
+        cfg.activation.lock_file.clone(),
+        cfg.node.name.clone(),
+        coord_tx,
+    )?;
+    let members = coord.members().clone();
+    members.ensure_dir()?;
+    let (svc_tx, svc_rx) = mpsc::unbounded_channel();
+    let (health_tx, health_rx) = mpsc::unbounded_channel();
+    let (api_tx, api_rx) = mpsc::channel(64);
+
+    let engine = Engine::new(EngineConfig {
+        mode: cfg.activation.mode,
+        standby: cfg.service.standby,
+        heartbeat_delay: cfg.activation.heartbeat_delay,
+        backoff_min: cfg.service.restart_backoff,
+        backoff_max: cfg.service.restart_backoff_max,
+        stable_after: Duration::from_secs(60),
+        yield_timeout: cfg.activation.yield_timeout,
+        health_check: cfg.health.is_some(),
+    });
+    let shared = Arc::new(Shared {
+        status: RwLock::new(initial_status(&cfg)),
+        cfg: cfg.clone(),
+        timeline: Mutex::new(Timeline::default()),
+        metrics: Metrics::new(),
+        members,
+        last_tick_ms: std::sync::atomic::AtomicU64::new(unix_ms()),
+    });
+
+    let app = crate::api::router(shared.clone(), api_tx);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!("admin API stopped: {e}");
+        }
+    });
+
+    let mut rt = Runtime {
+        shared,
+        engine,
+        coord: Box::new(coord),
+        supervisor: Supervisor::new(svc_tx),
+        health_tx,
+        health: None,
+        guardian_exe,
+        origin: Instant::now(),
+        pending_activate: VecDeque::new(),
+        pending_switchover: VecDeque::new(),
+        exit_code: None,
+        last_record: None,
+    };
+    info!(
+        node = %cfg.node.name, group = %cfg.node.group, admin = %cfg.node.admin,
+        mode = %cfg.activation.mode, lock = %cfg.activation.lock_file.display(),
+        "agent starting"
+    );
+    let known_epoch = rt.coord.current_epoch();
+    rt.feed(Input::Start { known_epoch });
+    rt.run_loop(coord_rx, svc_rx, health_rx, api_rx).await;
+    Ok(rt.exit_code.unwrap_or(0))
+}
+
+fn initial_status(cfg: &Config) -> StatusView {
+    let now = unix_ms();
+    StatusView {
+        node: cfg.node.name.clone(),
+        group: cfg.node.group.clone(),
+        mode: State::Warm.to_string(),
+        name: cfg.activation.mode.api_name().to_string(),
+        epoch: 0,
+        since: rfc3339(now),
+        since_unix_ms: now,
+        waiting: Some("starting".to_string()),
+        holds_lock: false,
+        ready: false,
+        admin: cfg.node.admin.to_string(),
+        lock_file: cfg.activation.lock_file.display().to_string(),
+        agent_pid: std::process::id(),
+        service: ServiceStatus {
+            state: "stopped".to_string(),
+            pid: None,
+            role: None,
+            standby: format!("{:?}", cfg.service.standby).to_lowercase(),
+            command: cfg.service.command.clone(),
+            healthy: cfg.health.is_none(),
+        },
+    }
+}
+
+struct Runtime {
+    shared: Arc<Shared>,
+    engine: Engine,
+    coord: Box<dyn Coordinator>,
+    supervisor: Supervisor,
+    health_tx: mpsc::UnboundedSender<HealthEvent>,
+    health: Option<tokio::task::JoinHandle<()>>,
+    guardian_exe: PathBuf,
+    origin: Instant,
+    pending_activate: VecDeque<oneshot::Sender<Answer>>,
+    pending_switchover: VecDeque<oneshot::Sender<Answer>>,
+    exit_code: Option<i32>,
+    last_record: Option<MemberRecord>,
+}
+
+impl Runtime {
+    fn now(&self) -> Now {
+        Now {
+            mono: self.origin.elapsed(),
+            wall_ms: unix_ms(),
+        }
+    }
+
+    async fn run_loop(
+        &mut self,
+        mut coord_rx: mpsc::UnboundedReceiver<CoordEvent>,
+        mut svc_rx: mpsc::UnboundedReceiver<ServiceEvent>,
+        mut health_rx: mpsc::UnboundedReceiver<HealthEvent>,
+        mut api_rx: mpsc::Receiver<ApiRequest>,
+    ) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = signal(SignalKind::terminate()).ok();
+        let mut sigint = signal(SignalKind::interrupt()).ok();
+        let mut tick = tokio::time::interval(self.shared.cfg.activation.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while self.exit_code.is_none() {
+            tokio::select! {
+                // Lock events first: a takeover must not queue behind anything else.
+                biased;
+                Some(ev) = coord_rx.recv() => self.on_coord(ev),
+                Some(ev) = svc_rx.recv() => self.on_service(ev),
+                Some(ev) = health_rx.recv() => self.on_health(ev),
+                Some(req) = api_rx.recv() => self.on_api(req),
+                _ = recv_signal(&mut sigterm) => {
+                    info!("SIGTERM: stopping gracefully");
+                    self.feed(Input::Shutdown);
+                }
+                _ = recv_signal(&mut sigint) => {
+                    info!("SIGINT: stopping gracefully");
+                    self.feed(Input::Shutdown);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        // The supervisor's drop kills whatever is left of the service's process group.
+        self.supervisor.kill_now();
+        let _ = self.coord.release();
+        self.advertise(true);
+        info!(code = self.exit_code.unwrap_or(0), "agent stopped");
+    }
+
+    fn on_coord(&mut self, ev: CoordEvent) {
+        match ev {
+            CoordEvent::Acquired { previous, .. } => {
+                // A grant queued before a release is stale: only a lock we hold counts.
+                if self.coord.holds() {
+                    self.feed(Input::LockAcquired {
+                        previous: view(previous),
+                    })
+                }
+            }
+            CoordEvent::Lost { reason } => {
+                warn!("lost the group lock: {reason}");
+                self.feed(Input::LockLost { reason })
+            }
+        }
+    }
+
+    fn on_service(&mut self, ev: ServiceEvent) {
+        match ev {
+            ServiceEvent::Started { generation, pid } => {
+                if generation == self.supervisor.generation() {
+                    self.feed(Input::ServiceStarted { pid });
+                }
+            }
+            ServiceEvent::Exited {
+                generation,
+                pid,
+                reason,
+            } => {
+                if generation != self.supervisor.generation() {
+                    return;
+                }
+                if let Some(h) = self.health.take() {
+                    h.abort();
+                }
+                self.shared.metrics.service_exits.inc();
+                let who = pid.map(|p| format!("pid {p} ")).unwrap_or_default();
+                self.feed(Input::ServiceExited {
+                    reason: format!("{who}{reason}"),
+                });
+            }
+        }
+    }
+
+    fn on_health(&mut self, ev: HealthEvent) {
+        let gen = self.supervisor.generation();
+        match ev {
+            HealthEvent::Healthy { generation } if generation == gen => self.feed(Input::HealthOk),
+            HealthEvent::Failing {
+                generation,
+                consecutive,
+                reason,
+            } if generation == gen => {
+                warn!("health check failing ({consecutive} in a row): {reason}");
+            }
+            HealthEvent::Failed { generation, reason } if generation == gen => {
+                self.feed(Input::HealthFailed { reason })
+            }
+            _ => {}
+        }
+    }
+
+    fn on_api(&mut self, req: ApiRequest) {
+        match req {
+            ApiRequest::Activate(tx) => {
+                self.pending_activate.push_back(tx);
+                self.feed(Input::Activate);
+            }
+            ApiRequest::Switchover(tx) => {
+                self.pending_switchover.push_back(tx);
+                let ready = self.ready_standbys();
+                self.feed(Input::Switchover { ready });
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.shared
+            .last_tick_ms
+            .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
+        self.feed(Input::Tick);
+        // A peer that became Hot with a newer epoch ends a yield and raises our epoch floor.
+        let me = self.shared.cfg.node.name.clone();
+        let epoch = self.engine.epoch();
+        let peer = self
+            .fresh_members()
+            .into_iter()
+            .filter(|m| m.node != me && m.mode == "Hot" && m.epoch > epoch)
+            .max_by_key(|m| m.epoch);
+        if let Some(p) = peer {
+            self.feed(Input::PeerActive {
+                node: p.node,
+                epoch: p.epoch,
+            });
+        }
+        self.advertise(true);
+    }
+
+    fn fresh_members(&self) -> Vec<MemberRecord> {
+        let now = unix_ms();
+        let fresh = self.shared.cfg.activation.heartbeat_interval * FRESH_INTERVALS;
+        self.shared
+            .members
+            .read_all()
+            .into_iter()
+            .filter(|m| now.saturating_sub(m.last_seen_unix_ms) <= fresh.as_millis() as u64)
+            .collect()
+    }
+
+    fn ready_standbys(&self) -> Vec<String> {
+        let me = &self.shared.cfg.node.name;
+        self.fresh_members()
+            .into_iter()
+            .filter(|m| &m.node != me && m.mode == "Warm" && m.ready)
+            .map(|m| m.node)
+            .collect()
+    }
+
+    /// Run one input through the engine and execute its commands; inputs that commands answer
+    /// at once (try-lock, epoch) are fed back before anything else can happen.
+    fn feed(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            debug!(?input, "engine input");
+            let now = self.now();
+            for cmd in self.engine.handle(now, input) {
+                if let Some(next) = self.execute(cmd) {
+                    queue.push_back(next);
+                }
+            }
+        }
+        self.publish_status();
+        self.advertise(false);
+    }
+
+    fn execute(&mut self, cmd: Command) -> Option<Input> {
+        debug!(?cmd, "engine command");
+        match cmd {
+            Command::Campaign => {
+                if let Err(e) = self.coord.campaign() {
+                    error!("cannot wait for the group lock: {e}");
+                }
+                None
+            }
+            Command::TryLock => Some(match self.coord.try_acquire() {
+                Ok(TryAcquire::Acquired { previous, .. }) => Input::LockAcquired {
+                    previous: view(previous),
+                },
+                Ok(TryAcquire::HeldByOther) => Input::LockBusy {
+                    holder: self.holder_hint(),
+                },
+                Err(e) => {
+                    error!("cannot try the group lock: {e}");
+                    Input::LockBusy { holder: None }
+                }
+            }),
+            Command::Release => {
+                if let Err(e) = self.coord.release() {
+                    error!("releasing the group lock: {e}");
+                }
+                None
+            }
+            Command::PersistNextEpoch { floor } => Some(match self.coord.next_epoch(floor) {
+                Ok(epoch) => Input::EpochDurable { epoch },
+                Err(e) => Input::EpochFailed {
+                    reason: e.to_string(),
+                },
+            }),
+            Command::StartService { role, epoch } => self.start_service(role, epoch),
+            Command::NotifyActive { epoch } => {
+                let sig = self.shared.cfg.service.activate_signal;
+                if let Err(e) = self.supervisor.signal(sig) {
+                    error!("cannot tell the service it is active: {e}");
+                }
+                self.run_hook(epoch);
+                None
+            }
+            Command::StopService { graceful } => {
+                if let Some(h) = self.health.take() {
+                    h.abort();
+                }
+                if graceful {
+                    self.supervisor
+                        .begin_stop(self.shared.cfg.service.stop_timeout);
+                } else {
+                    self.supervisor.kill_now();
+                }
+                None
+            }
+            Command::WriteHeartbeat { epoch } => {
+                let hb = Heartbeat {
+                    node: self.shared.cfg.node.name.clone(),
+                    epoch,
+                    unix_ms: unix_ms(),
+                };
+                if let Err(e) = self.coord.heartbeat(&hb) {
+                    warn!("cannot write the heartbeat: {e}");
+                }
+                None
+            }
+            Command::VerifyLock => {
+                // A lost lock is reported through the coordinator's channel.
+                self.coord.verify();
+                None
+            }
+            Command::Record(ev) => {
+                self.record(ev);
+                None
+            }
+            Command::Answer(a) => {
+                self.answer(a);
+                None
+            }
+            Command::Exit { code } => {
+                self.exit_code = Some(code);
+                None
+            }
+        }
+    }
+
+    fn holder_hint(&self) -> Option<String> {
+        let me = &self.shared.cfg.node.name;
+        self.fresh_members()
+            .into_iter()
+            .filter(|m| &m.node != me && m.holds_lock)
+            .max_by_key(|m| m.last_seen_unix_ms)
+            .map(|m| m.node)
+            .or_else(|| {
+                match understudy_coordinator::lockfile::read_heartbeat(
+                    &self.shared.cfg.activation.lock_file,
+                ) {
+                    HeartbeatReading::At(hb) if &hb.node != me => Some(hb.node),
+                    _ => None,
+                }
+            })
+    }
+
+    fn service_env(&self, role: Role, epoch: u64) -> Vec<(String, String)> {
+        let cfg = &self.shared.cfg;
+        let mut env: Vec<(String, String)> = cfg
+            .service
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend([
+            ("UNDERSTUDY_ROLE".to_string(), role.as_env().to_string()),
+            ("UNDERSTUDY_EPOCH".to_string(), epoch.to_string()),
+            ("UNDERSTUDY_GROUP".to_string(), cfg.node.group.clone()),
+            ("UNDERSTUDY_NODE".to_string(), cfg.node.name.clone()),
+            ("UNDERSTUDY_ADMIN".to_string(), cfg.node.admin.to_string()),
+        ]);
+        env
+    }
+
+    fn start_service(&mut self, role: Role, epoch: u64) -> Option<Input> {
+        let env = self.service_env(role, epoch);
+        let spec = ServiceSpec {
+            command: self.shared.cfg.service.command.clone(),
+            env: env.clone(),
+            guardian_exe: self.guardian_exe.clone(),
+            guardian_args: vec!["__guard".to_string()],
+        };
+        match self.supervisor.start(&spec) {
+            Ok(generation) => {
+                if let Some(h) = &self.shared.cfg.health {
+                    let hc = understudy_service::HealthConfig {
+                        check: h.check.clone(),
+                        interval: h.interval,
+                        timeout: h.timeout,
+                        failures: h.failures,
+                        start_period: h.start_period,
+                    };
+                    if let Some(old) = self.health.take() {
+                        old.abort();
+                    }
+                    self.health = Some(understudy_service::health::spawn_health(
+                        hc,
+                        generation,
+                        env,
+                        self.health_tx.clone(),
+                    ));
+                }
+                None
+            }
+            Err(e) => {
+                error!("{e}");
+                Some(Input::ServiceExited {
+                    reason: format!("could not start: {e}"),
+                })
+            }
+        }
+    }
+
+    fn run_hook(&self, epoch: u64) {
+        let Some(hook) = self.shared.cfg.service.activate_hook.clone() else {
+            return;
+        };
+        let env = self.service_env(Role::Active, epoch);
+        tokio::spawn(async move {
+            let mut cmd = tokio::process::Command::new(&hook[0]);
+            cmd.args(&hook[1..]).envs(env).kill_on_drop(true);
+            match cmd.status().await {
+                Ok(s) if s.success() => info!("activate hook {:?} done", hook[0]),
+                Ok(s) => warn!("activate hook {:?} failed: {s}", hook[0]),
+                Err(e) => warn!("activate hook {:?} could not run: {e}", hook[0]),
+            }
+        });
+    }
+
+    fn record(&mut self, ev: understudy_engine::Event) {
+        info!(kind = ?ev.kind, epoch = ev.epoch, "{}", ev.detail);
+        let m = &self.shared.metrics;
+        match ev.kind {
+            EventKind::EpochDurable => {
+                m.activations.inc();
+            }
+            EventKind::Demoted => {
+                m.demotions.inc();
+            }
+            EventKind::Refused => {
+                m.refused.inc();
+            }
+            _ => {}
+        }
+        let took = match self.shared.timeline.lock() {
+            Ok(mut t) => t.push(ev),
+            Err(p) => p.into_inner().push(ev),
+        };
+        if let Some(d) = took {
+            m.takeover_seconds.observe(d.as_secs_f64());
+            info!(
+                "takeover: service told it is active {:.3} ms after the lock was obtained",
+                d.as_secs_f64() * 1e3
+            );
+        }
+    }
+
+    fn answer(&mut self, a: Answer) {
+        let q = match a {
+            Answer::Activated { .. } | Answer::ActivateRefused { .. } => &mut self.pending_activate,
+            Answer::SwitchoverStarted { .. } | Answer::SwitchoverRefused { .. } => {
+                &mut self.pending_switchover
+            }
+        };
+        if let Some(tx) = q.pop_front() {
+            // The HTTP client may have gone away; the node's state is what matters.
+            let _ = tx.send(a);
+        }
+    }
+
+    fn publish_status(&self) {
+        let snap = self.engine.snapshot();
+        let m = &self.shared.metrics;
+        m.hot.set(i64::from(snap.state == State::Hot));
+        m.epoch.set(snap.epoch as i64);
+        m.lock_held.set(i64::from(snap.holds_lock));
+        let cfg = &self.shared.cfg;
+        let role = match snap.service {
+            understudy_engine::SvcState::Running { role, .. } => Some(role.as_env().to_string()),
+            understudy_engine::SvcState::Starting(role) => Some(role.as_env().to_string()),
+            _ => None,
+        };
+        let view = StatusView {
+            node: cfg.node.name.clone(),
+            group: cfg.node.group.clone(),
+            mode: snap.state.to_string(),
+            name: snap.mode.api_name().to_string(),
+            epoch: snap.epoch,
+            since: rfc3339(snap.since_unix_ms),
+            since_unix_ms: snap.since_unix_ms,
+            waiting: snap.waiting.clone(),
+            holds_lock: snap.holds_lock,
+            ready: snap.ready,
+            admin: cfg.node.admin.to_string(),
+            lock_file: cfg.activation.lock_file.display().to_string(),
+            agent_pid: std::process::id(),
+            service: ServiceStatus {
+                state: snap.service.word().to_string(),
+                pid: self.supervisor.pid(),
+                role,
+                standby: format!("{:?}", cfg.service.standby).to_lowercase(),
+                command: cfg.service.command.clone(),
+                healthy: snap.healthy,
+            },
+        };
+        match self.shared.status.write() {
+            Ok(mut s) => *s = view,
+            Err(p) => *p.into_inner() = view,
+        }
+    }
+
+    /// Rewrite this node's membership record: always when `force` (every tick, for last_seen),
+    /// otherwise only when something a peer cares about changed.
+    fn advertise(&mut self, force: bool) {
+        let s = self.shared.status();
+        let rec = MemberRecord {
+            node: s.node.clone(),
+            group: s.group.clone(),
+            admin: s.admin.clone(),
+            mode: s.mode.clone(),
+            name: s.name.clone(),
+            epoch: s.epoch,
+            since_unix_ms: s.since_unix_ms,
+            last_seen_unix_ms: unix_ms(),
+            holds_lock: s.holds_lock,
+            ready: s.ready,
+            service: s.service.state.clone(),
+            pid: s.service.pid,
+            agent_pid: s.agent_pid,
+            waiting: s.waiting.clone(),
+        };
+        let changed = match &self.last_record {
+            Some(last) => {
+                let mut l = last.clone();
+                l.last_seen_unix_ms = rec.last_seen_unix_ms;
+                l != rec
+            }
+            None => true,
+        };
+        if !force && !changed {
+            return;
+        }
+        if let Err(e) = self.shared.members.write(&rec) {
+            warn!("cannot write the membership record: {e}");
+        }
+        self.last_record = Some(rec);
+    }
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn view(r: HeartbeatReading) -> HeartbeatView {
+    match r {
+        HeartbeatReading::Missing => HeartbeatView::Missing,
+        HeartbeatReading::Garbage(why) => HeartbeatView::Garbage(why),
+        HeartbeatReading::At(hb) => HeartbeatView::At {
+            node: hb.node,
+            wall_ms: hb.unix_ms,
+        },
+    }
+}

@@ -1,0 +1,302 @@
+//! The control plane's client side: what `understudy status`, `activate` and `switchover` do
+//! against an agent's admin API, and how the group is shown to a person.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// Errors talking to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The agent could not be reached.
+    #[error("cannot reach the agent at {addr}: {source}. Is `understudy agent` running there? (the address is node.admin in its config)")]
+    Unreachable {
+        /// The admin address.
+        addr: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The agent answered with an error.
+    #[error("{addr} refused ({status}): {message}")]
+    Refused {
+        /// The admin address.
+        addr: String,
+        /// HTTP status.
+        status: u16,
+        /// The agent's explanation.
+        message: String,
+    },
+    /// The agent answered something that is not JSON.
+    #[error("{addr} answered something that is not JSON: {source}")]
+    BadAnswer {
+        /// The admin address.
+        addr: String,
+        /// What was wrong.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// A client of one agent's admin API.
+pub struct AgentClient {
+    addr: String,
+    http: reqwest::Client,
+}
+
+impl AgentClient {
+    /// A client for the agent at `addr` (`host:port`, or a full `http://` URL).
+    pub fn new(addr: &str, timeout: Duration) -> Self {
+        let addr = addr.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        AgentClient { addr, http }
+    }
+
+    fn url(&self, path: &str) -> String {
+        if self.addr.starts_with("http://") || self.addr.starts_with("https://") {
+            format!("{}{path}", self.addr)
+        } else {
+            format!("http://{}{path}", self.addr)
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, ControlError> {
+        let resp = self
+            .http
+            .request(method, self.url(path))
+            .send()
+            .await
+            .map_err(|source| ControlError::Unreachable {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|source| ControlError::BadAnswer {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            let mut message = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+                .to_string();
+            if let Some(h) = body.get("holder").and_then(Value::as_str) {
+                message.push_str(&format!(" (holder: {h})"));
+            }
+            return Err(ControlError::Refused {
+                addr: self.addr.clone(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(body)
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> Result<Value, ControlError> {
+        self.call(reqwest::Method::GET, "/status").await
+    }
+
+    /// `GET /group`.
+    pub async fn group(&self) -> Result<Value, ControlError> {
+        self.call(reqwest::Method::GET, "/group").await
+    }
+
+    /// `GET /events`.
+    pub async fn events(&self) -> Result<Value, ControlError> {
+        self.call(reqwest::Method::GET, "/events").await
+    }
+
+    /// `PUT /service/activationmode/hot`.
+    pub async fn activate(&self) -> Result<Value, ControlError> {
+        self.call(reqwest::Method::PUT, "/service/activationmode/hot")
+            .await
+    }
+
+    /// `POST /service/switchover`.
+    pub async fn switchover(&self) -> Result<Value, ControlError> {
+        self.call(reqwest::Method::POST, "/service/switchover")
+            .await
+    }
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn u(v: &Value, k: &str) -> Option<u64> {
+    v.get(k).and_then(Value::as_u64)
+}
+
+/// "12.3 s ago", "4 min ago" for a Unix-millisecond timestamp.
+pub fn ago(unix_ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let d = now.saturating_sub(unix_ms);
+    if d < 1_000 {
+        format!("{d} ms ago")
+    } else if d < 120_000 {
+        format!("{:.1} s ago", d as f64 / 1000.0)
+    } else if d < 7_200_000 {
+        format!("{} min ago", d / 60_000)
+    } else {
+        format!("{} h ago", d / 3_600_000)
+    }
+}
+
+/// The group as a table a person reads at a glance: who is active, with which epoch, since when.
+pub fn render_group(group: &Value) -> String {
+    let mut out = String::new();
+    let members = group
+        .get("members")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let active: Vec<&Value> = members
+        .iter()
+        .filter(|m| s(m, "mode") == "Hot" && m.get("fresh").and_then(Value::as_bool) == Some(true))
+        .collect();
+    out.push_str(&format!("group {}: ", s(group, "group")));
+    match active.as_slice() {
+        [] => out.push_str("NO ACTIVE NODE\n"),
+        [a] => out.push_str(&format!(
+            "active {} (epoch {}, since {})\n",
+            s(a, "node"),
+            u(a, "epoch").unwrap_or(0),
+            u(a, "since_unix_ms").map(ago).unwrap_or_default()
+        )),
+        many => out.push_str(&format!(
+            "{} NODES CLAIM TO BE ACTIVE: {}\n",
+            many.len(),
+            many.iter()
+                .map(|m| s(m, "node"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+    out.push_str(&format!(
+        "{:<12} {:<5} {:<13} {:>6} {:<16} {:<18} {:<14} {}\n",
+        "NODE", "STATE", "MODE", "EPOCH", "SINCE", "SERVICE", "LAST SEEN", "ADMIN"
+    ));
+    for m in &members {
+        let fresh = m.get("fresh").and_then(Value::as_bool).unwrap_or(false);
+        let state = if fresh {
+            s(m, "mode").to_string()
+        } else {
+            "gone".to_string()
+        };
+        let svc = match u(m, "pid") {
+            Some(p) => format!("{} pid {p}", s(m, "service")),
+            None => s(m, "service").to_string(),
+        };
+        let mut line = format!(
+            "{:<12} {:<5} {:<13} {:>6} {:<16} {:<18} {:<14} {}",
+            s(m, "node"),
+            state,
+            s(m, "name"),
+            u(m, "epoch").unwrap_or(0),
+            u(m, "since_unix_ms").map(ago).unwrap_or_default(),
+            svc,
+            u(m, "last_seen_unix_ms").map(ago).unwrap_or_default(),
+            s(m, "admin"),
+        );
+        if fresh && s(m, "mode") == "Warm" {
+            if m.get("ready").and_then(Value::as_bool) == Some(true) {
+                line.push_str("  ready");
+            }
+            if let Some(w) = m.get("waiting").and_then(Value::as_str) {
+                line.push_str(&format!("\n{:<12} └ {w}", ""));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+fn ms_field(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_f64)
+        .map(|x| format!("{x:.3} ms"))
+        .unwrap_or_else(|| "-".to_string())
+}
+
+/// A node's takeovers (failure events) and its recent timeline, for a person.
+pub fn render_events(ev: &Value) -> String {
+    let mut out = String::new();
+    let node = s(ev, "node");
+    let takeovers = ev
+        .get("takeovers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    out.push_str(&format!("takeovers by {node}: {}\n", takeovers.len()));
+    for t in &takeovers {
+        out.push_str(&format!(
+            "  epoch {:>4}  {}  epoch durable +{}  service notified +{}  ready +{}\n    cause: {}\n",
+            u(t, "epoch").unwrap_or(0),
+            u(t, "detected_unix_ms").map(ago).unwrap_or_default(),
+            ms_field(t, "epoch_durable_ms"),
+            ms_field(t, "service_notified_ms"),
+            ms_field(t, "ready_ms"),
+            s(t, "cause"),
+        ));
+    }
+    let events = ev
+        .get("events")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    out.push_str(&format!("timeline (last {}):\n", events.len().min(30)));
+    for e in events.iter().rev().take(30).rev() {
+        let at = u(e, "at_unix_ms")
+            .map(|m| {
+                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(m)).to_string()
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {at}  {:<17} epoch {:>4}  {}\n",
+            s(e, "kind"),
+            u(e, "epoch").unwrap_or(0),
+            s(e, "detail")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_table_names_the_active_node_and_flags_two_actives() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let m = |n: &str, mode: &str| {
+            json!({"node": n, "mode": mode, "name": "TryLock", "epoch": 3, "since_unix_ms": now,
+                   "last_seen_unix_ms": now, "service": "running", "pid": 42, "admin": "127.0.0.1:1",
+                   "fresh": true, "ready": true, "waiting": "waiting for the group lock"})
+        };
+        let one = render_group(&json!({"group": "g", "members": [m("a", "Hot"), m("b", "Warm")]}));
+        assert!(one.contains("active a (epoch 3"), "{one}");
+        assert!(one.contains("ready"), "{one}");
+        let two = render_group(&json!({"group": "g", "members": [m("a", "Hot"), m("b", "Hot")]}));
+        assert!(two.contains("2 NODES CLAIM TO BE ACTIVE"), "{two}");
+        let none = render_group(&json!({"group": "g", "members": [m("b", "Warm")]}));
+        assert!(none.contains("NO ACTIVE NODE"), "{none}");
+    }
+}

@@ -1,0 +1,250 @@
+//! The group's fencing epoch, kept beside the lock in `<lock>.epoch` so that a lock file full of
+//! garbage can never take it backwards.
+//!
+//! The record is one text line carrying a CRC32 of the rest, so a torn or garbled file is told
+//! apart from a real value: `understudy-epoch v1 epoch=<n> holder=<name> crc=<8 hex digits>\n`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::{is_valid_node_name, CoordError};
+
+const MAGIC: &str = "understudy-epoch";
+const VERSION: &str = "v1";
+/// A record is one short line; reading more than this only wastes time on a garbage file.
+const MAX_RECORD_BYTES: usize = 4096;
+
+/// What the epoch file said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EpochRead {
+    /// No epoch file: the group never had an epoch written.
+    Missing,
+    /// The file exists but holds no valid record; the string says why.
+    Corrupt(String),
+    /// A valid record.
+    Value {
+        /// The highest epoch granted so far.
+        epoch: u64,
+        /// The node that took it.
+        holder: String,
+    },
+}
+
+/// The durable epoch file of a group: `<lock>.epoch`.
+#[derive(Debug, Clone)]
+pub struct EpochStore {
+    path: PathBuf,
+}
+
+impl EpochStore {
+    /// The epoch file that belongs to `lock`: `<lock>.epoch`.
+    pub fn for_lock(lock: &Path) -> Self {
+        let mut s = lock.as_os_str().to_owned();
+        s.push(".epoch");
+        EpochStore {
+            path: PathBuf::from(s),
+        }
+    }
+
+    /// The epoch file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Read the record. A missing file is [`EpochRead::Missing`]; any other I/O error is an error,
+    /// because guessing could hand out an epoch that was already used.
+    pub fn read(&self) -> Result<EpochRead, CoordError> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EpochRead::Missing),
+            Err(e) => return Err(io_error(&self.path, e)),
+        };
+        let mut buf = Vec::new();
+        file.take(MAX_RECORD_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| io_error(&self.path, e))?;
+        Ok(parse_record(&buf))
+    }
+
+    /// Durably record `epoch` taken by `holder`: written to `<lock>.epoch.tmp.<holder>`, fsynced,
+    /// renamed over the epoch file, and the directory fsynced, so after a crash the file holds
+    /// either the old record or the new one, never a mix.
+    pub fn write(&self, epoch: u64, holder: &str) -> Result<(), CoordError> {
+        if !is_valid_node_name(holder) {
+            return Err(io_error(
+                &self.path,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("invalid node name {holder:?}"),
+                ),
+            ));
+        }
+        let mut tmp = self.path.as_os_str().to_owned();
+        tmp.push(".tmp.");
+        tmp.push(holder);
+        let tmp = PathBuf::from(tmp);
+
+        let record = encode_record(epoch, holder);
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(record.as_bytes())?;
+                f.sync_all()
+            });
+        if let Err(e) = written {
+            // Best effort: a leftover temp file is harmless, the next write truncates it.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error(&tmp, e));
+        }
+        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error(&self.path, e));
+        }
+        // The rename is only durable once the directory entry is on disk.
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error(dir, e))
+    }
+}
+
+fn io_error(path: &Path, source: io::Error) -> CoordError {
+    CoordError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn encode_record(epoch: u64, holder: &str) -> String {
+    let body = format!("{MAGIC} {VERSION} epoch={epoch} holder={holder}");
+    let crc = crc32fast::hash(body.as_bytes());
+    format!("{body} crc={crc:08x}\n")
+}
+
+/// Decode an epoch file's bytes; never panics.
+pub(crate) fn parse_record(bytes: &[u8]) -> EpochRead {
+    match parse_record_inner(bytes) {
+        Ok((epoch, holder)) => EpochRead::Value { epoch, holder },
+        Err(reason) => EpochRead::Corrupt(reason),
+    }
+}
+
+fn parse_record_inner(bytes: &[u8]) -> Result<(u64, String), String> {
+    if bytes.is_empty() {
+        return Err("empty epoch file".into());
+    }
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(format!("larger than {MAX_RECORD_BYTES} bytes"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    // Without its newline the line may have been cut short, e.g. `epoch=12` from `epoch=123`.
+    let line = text
+        .strip_suffix('\n')
+        .ok_or_else(|| "record not terminated by a newline (torn write?)".to_string())?;
+    if line.contains('\n') {
+        return Err("more than one line".into());
+    }
+    let (body, crc) = line
+        .rsplit_once(" crc=")
+        .ok_or_else(|| "not an understudy epoch record (no checksum)".to_string())?;
+    // Lowercase only, as written: then every change to the bytes is caught.
+    if crc.len() != 8 || !crc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("malformed checksum".into());
+    }
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| "malformed checksum".to_string())?;
+    if crc32fast::hash(body.as_bytes()) != crc {
+        return Err("checksum mismatch (garbled or torn record)".into());
+    }
+    let mut parts = body.split(' ');
+    if parts.next() != Some(MAGIC) {
+        return Err("not an understudy epoch record".into());
+    }
+    if parts.next() != Some(VERSION) {
+        return Err("unsupported epoch record version".into());
+    }
+    let epoch = parts
+        .next()
+        .and_then(|p| p.strip_prefix("epoch="))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| "bad epoch field".to_string())?;
+    let holder = parts
+        .next()
+        .and_then(|p| p.strip_prefix("holder="))
+        .filter(|h| is_valid_node_name(h))
+        .ok_or_else(|| "bad holder field".to_string())?;
+    if parts.next().is_some() {
+        return Err("unexpected text in the record".into());
+    }
+    Ok((epoch, holder.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn record_round_trip() {
+        let rec = encode_record(42, "node-a.1");
+        assert_eq!(
+            parse_record(rec.as_bytes()),
+            EpochRead::Value {
+                epoch: 42,
+                holder: "node-a.1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn flipped_digit_is_corrupt() {
+        let rec = encode_record(42, "a").replace("epoch=42", "epoch=43");
+        assert!(
+            matches!(parse_record(rec.as_bytes()), EpochRead::Corrupt(r) if r.contains("checksum"))
+        );
+    }
+
+    #[test]
+    fn torn_record_is_corrupt() {
+        let rec = encode_record(123, "a");
+        for cut in 0..rec.len() {
+            assert!(
+                matches!(parse_record(&rec.as_bytes()[..cut]), EpochRead::Corrupt(_)),
+                "prefix of {cut} bytes accepted"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..5000)) {
+            let _ = parse_record(&bytes);
+        }
+
+        #[test]
+        fn round_trip(epoch in any::<u64>(), holder in "[A-Za-z0-9_-][A-Za-z0-9_.-]{0,40}") {
+            prop_assert_eq!(
+                parse_record(encode_record(epoch, &holder).as_bytes()),
+                EpochRead::Value { epoch, holder: holder.clone() }
+            );
+        }
+
+        #[test]
+        fn single_byte_change_is_detected(epoch in any::<u64>(), pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let rec = encode_record(epoch, "node").into_bytes();
+            let mut bad = rec.clone();
+            let i = pos.index(bad.len());
+            prop_assume!(bad[i] != byte);
+            bad[i] = byte;
+            // A one-byte change either breaks the syntax or the CRC: it never yields another value.
+            prop_assert!(matches!(parse_record(&bad), EpochRead::Corrupt(_)));
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Group coordination for understudy: who may be active, with which fencing epoch.
+//!
+//! Layout:
+//! - [`lockfile`]: the shared lock file (Linux OFD locks), the blocking waiter, the heartbeat record
+//!   written into the lock file, and detection of a lock file that was deleted or replaced.
+//! - [`epoch`]: the durable, strictly increasing group epoch kept beside the lock (`<lock>.epoch`).
+//! - [`members`]: membership records beside the lock (`<lock>.members/<node>.json`).
+//! - [`Coordinator`]: the trait the agent drives; [`lockfile::LockFileCoordinator`] implements it,
+//!   a later etcd coordinator will too.
+#![forbid(unsafe_code)]
+
+pub mod epoch;
+pub mod lockfile;
+pub mod members;
+
+use std::time::Duration;
+
+pub use epoch::{EpochRead, EpochStore};
+pub use lockfile::{read_heartbeat, Heartbeat, HeartbeatReading, LockFileCoordinator};
+pub use members::{MemberRecord, Members};
+
+/// True when `name` can be a node name: non-empty, at most 255 bytes, only `[A-Za-z0-9_.-]`, and
+/// not `.` or `..`. Node names become file names beside the lock, so nothing else is accepted.
+pub fn is_valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Errors of a coordinator operation: the request failed, the node may go on.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operation needs the group lock and this node does not hold it.
+    #[error("this node does not hold the group lock")]
+    NotHolder,
+}
+
+/// What a coordinator tells the agent, asynchronously.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoordEvent {
+    /// The group lock is ours. `previous` is the heartbeat found in the lock file at that moment
+    /// (what TryHeartbeat decides on). `created` is true when this node created the lock file
+    /// (it did not exist or had been replaced), so nobody can have held it before.
+    Acquired {
+        /// The heartbeat the previous holder left, read right after the lock was obtained.
+        previous: HeartbeatReading,
+        /// True when the lock file did not exist before this node opened it.
+        created: bool,
+        /// For lease-based coordinators: the holder must stop acting within this long of losing
+        /// contact. `None` for the lock file (the kernel holds the lock as long as we live).
+        lease: Option<Duration>,
+    },
+    /// The group lock is no longer ours (lock file deleted or replaced, lease expired). The agent
+    /// must stop acting at once.
+    Lost {
+        /// Human-readable cause, for /status and the event log.
+        reason: String,
+    },
+}
+
+/// Result of a non-blocking attempt to take the lock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TryAcquire {
+    /// Obtained: same meaning as [`CoordEvent::Acquired`].
+    Acquired {
+        /// The heartbeat found in the lock file.
+        previous: HeartbeatReading,
+        /// True when this node created the lock file.
+        created: bool,
+    },
+    /// Another process holds it.
+    HeldByOther,
+}
+
+/// Decides which node of a group is active. Implementations do their blocking work on their own
+/// threads and report through the channel given at construction.
+pub trait Coordinator: Send {
+    /// Begin waiting for the group lock (idempotent). Emits [`CoordEvent::Acquired`] when obtained,
+    /// as soon as the previous holder lets go: the waiter blocks in the kernel, it does not poll.
+    fn campaign(&mut self) -> Result<(), CoordError>;
+    /// Take the lock now if it is free, without waiting. Cancels nothing.
+    fn try_acquire(&mut self) -> Result<TryAcquire, CoordError>;
+    /// Give the lock up (if held) and stop campaigning. Waiters elsewhere are woken by the kernel.
+    fn release(&mut self) -> Result<(), CoordError>;
+    /// True while this node holds the lock.
+    fn holds(&self) -> bool;
+    /// Durably take the next group epoch: strictly greater than every epoch this store, any member
+    /// record or `floor` has seen; fsynced (file and directory) before it returns. Holder only.
+    fn next_epoch(&mut self, floor: u64) -> Result<u64, CoordError>;
+    /// The highest epoch recorded for the group (0 when none), without changing it.
+    fn current_epoch(&self) -> u64;
+    /// Write the heartbeat record into the lock file. Holder only.
+    fn heartbeat(&mut self, hb: &Heartbeat) -> Result<(), CoordError>;
+    /// Check that the lock we hold is still the group's lock (the path still names our inode).
+    /// Emits [`CoordEvent::Lost`] and returns false when it is not. Cheap: one stat.
+    fn verify(&mut self) -> bool;
+}

@@ -1,0 +1,199 @@
+//! Membership records beside the lock: `<lock>.members/<node>.json`, one per node, rewritten by its
+//! agent every heartbeat interval and on every state change, so any node can show the whole group.
+
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{is_valid_node_name, CoordError};
+
+/// Records are a few hundred bytes; a bigger file is not one of ours.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// What one node advertises about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// `node.name`.
+    pub node: String,
+    /// `node.group`.
+    pub group: String,
+    /// The node's admin API address.
+    pub admin: String,
+    /// Current state: `Hot` or `Warm`.
+    pub mode: String,
+    /// Configured activation mode: `Hot`, `Warm`, `TryLock`, `TryHeartbeat`.
+    pub name: String,
+    /// The node's epoch (the one it is active with, or the last it had).
+    pub epoch: u64,
+    /// When the state last changed (Unix milliseconds).
+    pub since_unix_ms: u64,
+    /// When this record was written (Unix milliseconds).
+    pub last_seen_unix_ms: u64,
+    /// True while the node holds the group lock.
+    pub holds_lock: bool,
+    /// True when the node could take over now (standby, service ready, not backing off).
+    pub ready: bool,
+    /// Service state, e.g. `running`, `stopped`, `starting`.
+    pub service: String,
+    /// The service's pid, if it runs.
+    pub pid: Option<u32>,
+    /// The agent's pid.
+    pub agent_pid: u32,
+    /// Why a Warm node is not Hot, in words.
+    pub waiting: Option<String>,
+}
+
+/// The membership directory of a group.
+#[derive(Debug, Clone)]
+pub struct Members {
+    dir: PathBuf,
+}
+
+impl Members {
+    /// The membership directory that belongs to `lock`: `<lock>.members`.
+    pub fn for_lock(lock: &Path) -> Self {
+        let mut s = lock.as_os_str().to_owned();
+        s.push(".members");
+        Members {
+            dir: PathBuf::from(s),
+        }
+    }
+
+    /// The directory path.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The record file of `node`: `<dir>/<node>.json`.
+    pub fn file_for(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.json"))
+    }
+
+    /// Create the directory (and its parents) if missing.
+    pub fn ensure_dir(&self) -> Result<(), CoordError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_error(&self.dir, e))
+    }
+
+    /// Replace the record of `rec.node`. Written to a hidden temp file and renamed over, so readers
+    /// see the old record or the new one, never half of one. Not fsynced: records are advisory and
+    /// rewritten every heartbeat interval. Creates the directory if it is missing.
+    pub fn write(&self, rec: &MemberRecord) -> Result<(), CoordError> {
+        if !is_valid_node_name(&rec.node) {
+            return Err(io_error(
+                &self.dir,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("invalid node name {:?}", rec.node),
+                ),
+            ));
+        }
+        let mut json =
+            serde_json::to_vec(rec).map_err(|e| io_error(&self.dir, io::Error::other(e)))?;
+        json.push(b'\n');
+        // A leading dot keeps the temp file out of read_all even if we die before the rename.
+        let tmp = self.dir.join(format!(".{}.json.tmp", rec.node));
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+        };
+        let mut file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure_dir()?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(|e| io_error(&tmp, e))?;
+        if let Err(e) = file.write_all(&json) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error(&tmp, e));
+        }
+        drop(file);
+        let dest = self.file_for(&rec.node);
+        std::fs::rename(&tmp, &dest).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_error(&dest, e)
+        })
+    }
+
+    /// Every readable record, sorted by node name. Unreadable or garbled files and temp files are
+    /// skipped (logged at debug level): one bad file must not hide the rest of the group. A
+    /// missing directory is an empty group.
+    pub fn read_all(&self) -> Vec<MemberRecord> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "cannot list members");
+                }
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "cannot list members");
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                tracing::debug!(file = %path.display(), "skipping member file: name not UTF-8");
+                continue;
+            };
+            if name.starts_with('.') || !name.ends_with(".json") {
+                tracing::debug!(file = %path.display(), "skipping non-record file");
+                continue;
+            }
+            match read_record(&path) {
+                Ok(rec) => out.push(rec),
+                Err(reason) => {
+                    tracing::debug!(file = %path.display(), %reason, "skipping member record");
+                }
+            }
+        }
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+
+    /// Delete the record of `node`, if any. Failures are logged, not returned: a stale record only
+    /// shows a node that is gone, with its old last_seen.
+    pub fn remove(&self, node: &str) {
+        if !is_valid_node_name(node) {
+            return;
+        }
+        let path = self.file_for(node);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::debug!(file = %path.display(), error = %e, "cannot remove member record");
+            }
+        }
+    }
+}
+
+fn read_record(path: &Path) -> Result<MemberRecord, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    file.take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    if buf.len() as u64 > MAX_RECORD_BYTES {
+        return Err("file too large".into());
+    }
+    serde_json::from_slice(&buf).map_err(|e| e.to_string())
+}
+
+fn io_error(path: &Path, source: io::Error) -> CoordError {
+    CoordError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

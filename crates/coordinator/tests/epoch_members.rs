@@ -1,0 +1,230 @@
+//! The fencing epoch and the membership records, on real files.
+
+mod common;
+
+use common::{coord, hb};
+use understudy_coordinator::{
+    CoordError, Coordinator, EpochRead, EpochStore, MemberRecord, Members, TryAcquire,
+};
+
+fn rec(node: &str, epoch: u64) -> MemberRecord {
+    MemberRecord {
+        node: node.into(),
+        group: "g".into(),
+        admin: "127.0.0.1:7000".into(),
+        mode: "Warm".into(),
+        name: "TryLock".into(),
+        epoch,
+        since_unix_ms: 1,
+        last_seen_unix_ms: 2,
+        holds_lock: false,
+        ready: true,
+        service: "running".into(),
+        pid: Some(42),
+        agent_pid: 41,
+        waiting: None,
+    }
+}
+
+fn acquire(c: &mut understudy_coordinator::LockFileCoordinator) {
+    assert!(matches!(
+        c.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+}
+
+#[test]
+fn invalid_node_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let made = understudy_coordinator::LockFileCoordinator::new(
+        dir.path().join("g.lock"),
+        "../evil".into(),
+        tx,
+    );
+    assert!(made.is_err());
+}
+
+#[test]
+fn next_epoch_needs_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _rx) = coord(&dir.path().join("g.lock"), "a");
+    assert!(matches!(a.next_epoch(0), Err(CoordError::NotHolder)));
+    assert_eq!(a.epochs().read().unwrap(), EpochRead::Missing);
+}
+
+#[test]
+fn epoch_strictly_increases_across_calls_and_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    let mut last = 0;
+    for round in 0..3 {
+        let node = format!("n{round}");
+        let (mut c, _rx) = coord(&lock, &node);
+        acquire(&mut c);
+        assert_eq!(c.current_epoch(), last);
+        for _ in 0..20 {
+            let e = c.next_epoch(0).unwrap();
+            assert!(e > last, "{e} after {last}");
+            last = e;
+        }
+        assert_eq!(
+            c.epochs().read().unwrap(),
+            EpochRead::Value {
+                epoch: last,
+                holder: node.clone()
+            }
+        );
+        assert_eq!(c.current_epoch(), last);
+        c.release().unwrap();
+    }
+    assert_eq!(last, 60);
+    // No temp file is left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp")), "{names:?}");
+}
+
+#[test]
+fn floor_and_heartbeat_raise_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    let (mut a, _rx) = coord(&lock, "a");
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(1000).unwrap(), 1001);
+    a.heartbeat(&hb("a", 5000, 1)).unwrap();
+    assert_eq!(a.current_epoch(), 5000, "current_epoch sees the heartbeat");
+    assert_eq!(
+        a.epochs().read().unwrap(),
+        EpochRead::Value {
+            epoch: 1001,
+            holder: "a".into()
+        },
+        "current_epoch must not write"
+    );
+    assert_eq!(a.next_epoch(0).unwrap(), 5001);
+}
+
+#[test]
+fn garbage_epoch_file_never_goes_below_a_member_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    let (mut a, _rx) = coord(&lock, "a");
+    a.members().write(&rec("b", 50)).unwrap();
+    std::fs::write(
+        a.epochs().path(),
+        b"understudy-epoch v1 epoch=7 holder=a crc=00000000\n",
+    )
+    .unwrap();
+    assert!(matches!(a.epochs().read().unwrap(), EpochRead::Corrupt(_)));
+    assert_eq!(a.current_epoch(), 50);
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(0).unwrap(), 51);
+    // The corrupt file was overwritten with a valid record.
+    assert_eq!(
+        a.epochs().read().unwrap(),
+        EpochRead::Value {
+            epoch: 51,
+            holder: "a".into()
+        }
+    );
+}
+
+#[test]
+fn garbage_lock_file_never_goes_below_the_epoch_file_or_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    std::fs::write(&lock, b"garbage garbage epoch=999999\n").unwrap();
+    let (mut a, _rx) = coord(&lock, "a");
+    a.epochs().write(10, "z").unwrap();
+    a.members().write(&rec("b", 30)).unwrap();
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(0).unwrap(), 31);
+    // Both the lock file and the epoch file garbage: the member record still holds the line.
+    std::fs::write(a.epochs().path(), b"\xff\xfe").unwrap();
+    a.members().write(&rec("b", 77)).unwrap();
+    assert_eq!(a.next_epoch(0).unwrap(), 78);
+}
+
+#[test]
+fn epoch_store_read_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    let store = EpochStore::for_lock(&lock);
+    assert_eq!(store.path(), dir.path().join("g.lock.epoch"));
+    assert_eq!(store.read().unwrap(), EpochRead::Missing);
+    store.write(u64::MAX - 1, "node_1.x-y").unwrap();
+    assert_eq!(
+        store.read().unwrap(),
+        EpochRead::Value {
+            epoch: u64::MAX - 1,
+            holder: "node_1.x-y".into()
+        }
+    );
+    // Torn: half a record.
+    let full = std::fs::read(store.path()).unwrap();
+    std::fs::write(store.path(), &full[..full.len() / 2]).unwrap();
+    assert!(matches!(store.read().unwrap(), EpochRead::Corrupt(_)));
+    std::fs::write(store.path(), b"").unwrap();
+    assert!(matches!(store.read().unwrap(), EpochRead::Corrupt(_)));
+    // A name that could escape the directory is refused.
+    assert!(store.write(1, "../x").is_err());
+    // I/O errors other than a missing file are errors, not "missing".
+    std::fs::remove_file(store.path()).unwrap();
+    std::fs::create_dir(store.path()).unwrap();
+    assert!(matches!(store.read(), Err(CoordError::Io { .. })));
+}
+
+#[test]
+fn epoch_overflow_is_an_error_not_a_wrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    let (mut a, _rx) = coord(&lock, "a");
+    acquire(&mut a);
+    a.epochs().write(u64::MAX, "a").unwrap();
+    assert!(a.next_epoch(0).is_err());
+}
+
+#[test]
+fn members_write_read_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    let members = Members::for_lock(&lock);
+    assert_eq!(members.dir(), dir.path().join("g.lock.members"));
+    assert!(
+        members.read_all().is_empty(),
+        "missing dir is an empty group"
+    );
+    members.ensure_dir().unwrap();
+    members.ensure_dir().unwrap();
+
+    members.write(&rec("zeta", 1)).unwrap();
+    members.write(&rec("alpha", 2)).unwrap();
+    let mut updated = rec("zeta", 3);
+    updated.holds_lock = true;
+    members.write(&updated).unwrap();
+
+    // Garbage, temp files and strangers are skipped.
+    std::fs::write(members.dir().join("broken.json"), b"{not json").unwrap();
+    std::fs::write(members.dir().join(".beta.json.tmp"), b"{}").unwrap();
+    std::fs::write(members.dir().join("notes.txt"), b"hi").unwrap();
+    std::fs::create_dir(members.dir().join("sub.json")).unwrap();
+
+    let all = members.read_all();
+    assert_eq!(all, vec![rec("alpha", 2), updated]);
+    assert!(members.write(&rec("a/b", 1)).is_err());
+
+    members.remove("alpha");
+    members.remove("alpha"); // already gone: no panic
+    members.remove("../g.lock");
+    assert_eq!(
+        members
+            .read_all()
+            .iter()
+            .map(|m| m.node.as_str())
+            .collect::<Vec<_>>(),
+        vec!["zeta"]
+    );
+}

@@ -1,0 +1,507 @@
+//! The lock file coordinator against real files, threads and processes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{acquire_eventually, coord, hb, next_event, PROMPT};
+use understudy_coordinator::{
+    read_heartbeat, CoordError, CoordEvent, Coordinator, HeartbeatReading, TryAcquire,
+};
+
+const QUIET: Duration = Duration::from_millis(150);
+
+fn lock_in(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("g.lock")
+}
+
+#[tokio::test]
+async fn only_one_holds_and_release_wakes_the_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, mut a_rx) = coord(&lock, "a");
+    let (mut b, mut b_rx) = coord(&lock, "b");
+
+    assert!(!a.holds());
+    match a.try_acquire().unwrap() {
+        TryAcquire::Acquired { previous, created } => {
+            assert_eq!(previous, HeartbeatReading::Missing);
+            assert!(created, "a created the lock file");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(a.holds());
+    a.heartbeat(&hb("a", 3, 1000)).unwrap();
+
+    assert_eq!(b.try_acquire().unwrap(), TryAcquire::HeldByOther);
+    assert!(!b.holds());
+    b.campaign().unwrap();
+    b.campaign().unwrap(); // idempotent
+    assert_eq!(next_event(&mut b_rx, QUIET).await, None, "b must wait");
+    assert!(!b.holds());
+
+    let t0 = Instant::now();
+    a.release().unwrap();
+    let ev = next_event(&mut b_rx, Duration::from_secs(5)).await;
+    let took = t0.elapsed();
+    assert_eq!(
+        ev,
+        Some(CoordEvent::Acquired {
+            previous: HeartbeatReading::At(hb("a", 3, 1000)),
+            created: false,
+            lease: None
+        })
+    );
+    assert!(took < PROMPT, "waiter took {took:?}");
+    eprintln!("release -> Acquired in {took:?}");
+    assert!(b.holds());
+    assert!(!a.holds());
+    assert_eq!(a.try_acquire().unwrap(), TryAcquire::HeldByOther);
+    assert_eq!(
+        next_event(&mut b_rx, QUIET).await,
+        None,
+        "exactly one event"
+    );
+    assert_eq!(next_event(&mut a_rx, Duration::ZERO).await, None);
+}
+
+#[tokio::test]
+async fn campaign_on_a_missing_file_creates_and_acquires() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, mut a_rx) = coord(&lock, "a");
+    assert!(!lock.exists(), "new() must not create the file");
+    a.campaign().unwrap();
+    assert_eq!(
+        next_event(&mut a_rx, Duration::from_secs(5)).await,
+        Some(CoordEvent::Acquired {
+            previous: HeartbeatReading::Missing,
+            created: true,
+            lease: None
+        })
+    );
+    assert!(a.holds());
+    // Already holding: campaign is a no-op and try_acquire reports the lock we have.
+    a.campaign().unwrap();
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { created: false, .. }
+    ));
+    assert_eq!(next_event(&mut a_rx, QUIET).await, None);
+}
+
+#[tokio::test]
+async fn release_cancels_a_blocked_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, _a_rx) = coord(&lock, "a");
+    let (mut b, mut b_rx) = coord(&lock, "b");
+    let (mut c, _c_rx) = coord(&lock, "c");
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    b.campaign().unwrap();
+    assert_eq!(next_event(&mut b_rx, QUIET).await, None);
+    b.release().unwrap(); // b's waiter stays blocked in the kernel, but cancelled
+    a.release().unwrap();
+    assert_eq!(
+        next_event(&mut b_rx, QUIET).await,
+        None,
+        "cancelled waiter spoke"
+    );
+    assert!(!b.holds());
+    assert!(
+        acquire_eventually(&mut c, Duration::from_secs(2)).await,
+        "the cancelled waiter kept the lock"
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_campaigning_coordinator_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, _a_rx) = coord(&lock, "a");
+    let (mut b, mut b_rx) = coord(&lock, "b");
+    let (mut c, _c_rx) = coord(&lock, "c");
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    b.campaign().unwrap();
+    drop(b);
+    a.release().unwrap();
+    assert!(acquire_eventually(&mut c, Duration::from_secs(2)).await);
+    assert_eq!(next_event(&mut b_rx, QUIET).await, None);
+}
+
+/// A waiter blocked while try_acquire wins must not produce a second held descriptor or event.
+#[tokio::test]
+async fn try_acquire_while_the_waiter_is_blocked_gives_one_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, _a_rx) = coord(&lock, "a");
+    let (mut b, mut b_rx) = coord(&lock, "b");
+    let (mut c, _c_rx) = coord(&lock, "c");
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    b.campaign().unwrap(); // blocked on a's inode
+    assert_eq!(next_event(&mut b_rx, QUIET).await, None);
+
+    // Replace the file: b's try_acquire takes the new inode while its waiter sits on the old one.
+    let fresh = dir.path().join("fresh");
+    std::fs::write(&fresh, b"").unwrap();
+    std::fs::rename(&fresh, &lock).unwrap();
+    assert_eq!(
+        b.try_acquire().unwrap(),
+        TryAcquire::Acquired {
+            previous: HeartbeatReading::Missing,
+            created: false
+        }
+    );
+    // Old inode freed: the waiter wakes, sees the path moved on, and waits on the new inode, which
+    // b itself holds.
+    a.release().unwrap();
+    assert_eq!(
+        next_event(&mut b_rx, QUIET).await,
+        None,
+        "duplicate Acquired"
+    );
+    assert!(b.holds());
+    assert_eq!(c.try_acquire().unwrap(), TryAcquire::HeldByOther);
+    assert!(b.verify());
+
+    b.release().unwrap();
+    assert!(
+        acquire_eventually(&mut c, Duration::from_secs(2)).await,
+        "b's waiter kept a second descriptor"
+    );
+    assert_eq!(next_event(&mut b_rx, QUIET).await, None);
+}
+
+/// Release and try_acquire racing the waiter: whichever wins, b ends with exactly one hold and one
+/// report of it.
+#[tokio::test]
+async fn try_acquire_racing_the_waiter_gives_one_report() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = lock_in(&dir);
+        let (mut a, _a_rx) = coord(&lock, "a");
+        let (mut b, mut b_rx) = coord(&lock, "b");
+        let (mut c, _c_rx) = coord(&lock, "c");
+        assert!(matches!(
+            a.try_acquire().unwrap(),
+            TryAcquire::Acquired { .. }
+        ));
+        b.campaign().unwrap();
+        a.release().unwrap();
+        let by_try = matches!(b.try_acquire().unwrap(), TryAcquire::Acquired { .. });
+        let mut events = 0;
+        while let Some(ev) = next_event(&mut b_rx, Duration::from_millis(50)).await {
+            assert!(matches!(ev, CoordEvent::Acquired { .. }));
+            events += 1;
+        }
+        assert!(b.holds());
+        if by_try {
+            assert_eq!(events, 0, "try_acquire won, the waiter must stay silent");
+        } else {
+            // The waiter won the race: try_acquire may report the held lock or HeldByOther.
+            assert_eq!(events, 1);
+        }
+        assert_eq!(c.try_acquire().unwrap(), TryAcquire::HeldByOther);
+        b.release().unwrap();
+        assert!(acquire_eventually(&mut c, Duration::from_secs(2)).await);
+    }
+}
+
+/// Run only as the child of `killed_holder_wakes_the_waiter`: take the lock, say so, sleep forever.
+#[test]
+#[ignore = "helper process for killed_holder_wakes_the_waiter"]
+fn child_lock_holder() {
+    let Ok(lock) = std::env::var("UNDERSTUDY_TEST_HOLD_LOCK") else {
+        return;
+    };
+    let (mut c, _rx) = common::coord(std::path::Path::new(&lock), "child");
+    assert!(matches!(
+        c.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    c.heartbeat(&hb("child", 9, 4242)).unwrap();
+    println!("UNDERSTUDY-CHILD-LOCKED");
+    loop {
+        std::thread::park();
+    }
+}
+
+#[tokio::test]
+async fn killed_holder_wakes_the_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_lock_holder",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("UNDERSTUDY_TEST_HOLD_LOCK", &lock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(n > 0, "child exited before taking the lock");
+        if line.contains("UNDERSTUDY-CHILD-LOCKED") {
+            break;
+        }
+    }
+
+    let (mut w, mut w_rx) = coord(&lock, "w");
+    assert_eq!(w.try_acquire().unwrap(), TryAcquire::HeldByOther);
+    w.campaign().unwrap();
+    assert_eq!(next_event(&mut w_rx, QUIET).await, None);
+
+    let t0 = Instant::now();
+    child.kill().unwrap(); // SIGKILL
+    let ev = next_event(&mut w_rx, Duration::from_secs(5)).await;
+    let took = t0.elapsed();
+    let _ = child.wait();
+    assert_eq!(
+        ev,
+        Some(CoordEvent::Acquired {
+            previous: HeartbeatReading::At(hb("child", 9, 4242)),
+            created: false,
+            lease: None
+        })
+    );
+    eprintln!("SIGKILL -> Acquired in {took:?}");
+    assert!(took < PROMPT, "took {took:?}");
+    assert!(w.holds());
+}
+
+#[tokio::test]
+async fn lock_descriptors_are_not_inherited() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, _a_rx) = coord(&lock, "a");
+    let (mut b, _b_rx) = coord(&lock, "b");
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    b.campaign().unwrap(); // the waiter's descriptor is open too
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // A descriptor opened without O_CLOEXEC must show up: proves the check can see a leak.
+    let canary = dir.path().join("canary");
+    std::fs::write(&canary, b"").unwrap();
+    let canary_fd = nix::fcntl::open(
+        &canary,
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+
+    let out = Command::new("sh")
+        .args(["-c", "ls -l /proc/$$/fd"])
+        .output()
+        .unwrap();
+    nix::unistd::close(canary_fd).unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let targets: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split(" -> ").nth(1))
+        .collect();
+    assert!(
+        targets.iter().any(|t| *t == canary.to_str().unwrap()),
+        "canary not seen: {listing}"
+    );
+    assert!(
+        !targets.iter().any(|t| *t == lock.to_str().unwrap()),
+        "lock descriptor leaked into the child: {listing}"
+    );
+}
+
+#[tokio::test]
+async fn deleted_lock_file_is_lost_and_the_waiter_takes_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, mut a_rx) = coord(&lock, "a");
+    let (mut b, mut b_rx) = coord(&lock, "b");
+    assert!(a.verify(), "not holding: nothing to lose");
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    assert!(a.verify());
+    assert_eq!(next_event(&mut a_rx, Duration::ZERO).await, None);
+    b.campaign().unwrap();
+    assert_eq!(next_event(&mut b_rx, QUIET).await, None);
+
+    std::fs::remove_file(&lock).unwrap();
+    assert!(!a.verify());
+    assert!(!a.holds());
+    match next_event(&mut a_rx, Duration::from_secs(1)).await {
+        Some(CoordEvent::Lost { reason }) => {
+            assert!(reason.contains("deleted"), "{reason}");
+            assert!(reason.contains("g.lock"), "{reason}");
+        }
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(matches!(
+        a.heartbeat(&hb("a", 1, 1)),
+        Err(CoordError::NotHolder)
+    ));
+
+    // a let go of the old inode; b's waiter wakes on it, sees it deleted, and takes a new file.
+    assert_eq!(
+        next_event(&mut b_rx, Duration::from_secs(5)).await,
+        Some(CoordEvent::Acquired {
+            previous: HeartbeatReading::Missing,
+            created: true,
+            lease: None
+        })
+    );
+    assert!(b.holds());
+    assert!(b.verify());
+    assert!(lock.exists());
+}
+
+#[tokio::test]
+async fn replaced_lock_file_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, mut a_rx) = coord(&lock, "a");
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    let fresh = dir.path().join("fresh");
+    std::fs::write(&fresh, b"").unwrap();
+    std::fs::rename(&fresh, &lock).unwrap();
+    assert!(!a.verify());
+    match next_event(&mut a_rx, Duration::from_secs(1)).await {
+        Some(CoordEvent::Lost { reason }) => assert!(reason.contains("replaced"), "{reason}"),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(!a.holds());
+    assert!(a.verify(), "no longer holding: nothing more to lose");
+    assert_eq!(next_event(&mut a_rx, QUIET).await, None, "Lost only once");
+}
+
+#[tokio::test]
+async fn garbage_lock_content_reads_as_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    assert_eq!(read_heartbeat(&lock), HeartbeatReading::Missing);
+    std::fs::write(&lock, b"\x00\x01 this is not a heartbeat\n").unwrap();
+    assert!(matches!(
+        read_heartbeat(&lock),
+        HeartbeatReading::Garbage(_)
+    ));
+    let (mut a, _rx) = coord(&lock, "a");
+    match a.try_acquire().unwrap() {
+        TryAcquire::Acquired { previous, created } => {
+            assert!(
+                matches!(previous, HeartbeatReading::Garbage(_)),
+                "{previous:?}"
+            );
+            assert!(!created);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Overwriting garbage (longer than the record) leaves exactly the record.
+    std::fs::write(&lock, vec![b'x'; 10_000]).unwrap();
+    a.heartbeat(&hb("a", 1, 2)).unwrap();
+    assert_eq!(
+        std::fs::read(&lock).unwrap(),
+        hb("a", 1, 2).encode().as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, _a_rx) = coord(&lock, "a");
+    let (mut b, _b_rx) = coord(&lock, "b");
+    assert!(matches!(
+        a.heartbeat(&hb("a", 1, 1)),
+        Err(CoordError::NotHolder)
+    ));
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+
+    let long = hb("a-very-long-node-name", 123_456, 1_717_000_000_000);
+    a.heartbeat(&long).unwrap();
+    assert_eq!(read_heartbeat(&lock), HeartbeatReading::At(long.clone()));
+    let short = hb("a", 1, 2);
+    a.heartbeat(&short).unwrap();
+    assert_eq!(std::fs::read(&lock).unwrap(), short.encode().as_bytes());
+    assert_eq!(read_heartbeat(&lock), HeartbeatReading::At(short.clone()));
+
+    a.release().unwrap();
+    assert_eq!(
+        b.try_acquire().unwrap(),
+        TryAcquire::Acquired {
+            previous: HeartbeatReading::At(short),
+            created: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
+    use understudy_coordinator::MemberRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, _a_rx) = coord(&lock, "a");
+    let (b, _b_rx) = coord(&lock, "b");
+    assert_eq!(b.holder_hint(), None);
+
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    a.heartbeat(&hb("a", 1, 2)).unwrap();
+    assert_eq!(b.holder_hint().as_deref(), Some("a"));
+    assert_eq!(
+        a.holder_hint(),
+        None,
+        "our own heartbeat is not another holder"
+    );
+
+    let rec = |node: &str, holds_lock: bool, last_seen: u64| MemberRecord {
+        node: node.into(),
+        group: "g".into(),
+        admin: "127.0.0.1:1".into(),
+        mode: "Warm".into(),
+        name: "TryLock".into(),
+        epoch: 1,
+        since_unix_ms: 0,
+        last_seen_unix_ms: last_seen,
+        holds_lock,
+        ready: true,
+        service: "running".into(),
+        pid: None,
+        agent_pid: 1,
+        waiting: None,
+    };
+    let members = b.members();
+    members.ensure_dir().unwrap();
+    members.write(&rec("old", true, 10)).unwrap();
+    members.write(&rec("fresh", true, 20)).unwrap();
+    members.write(&rec("idle", false, 30)).unwrap();
+    members.write(&rec("b", true, 40)).unwrap();
+    assert_eq!(b.holder_hint().as_deref(), Some("fresh"));
+}

@@ -1,0 +1,1167 @@
+//! The activation engine: one node's decisions, as a function of inputs and injected time.
+//!
+//! Architecture invariants (checked by the property tests in `tests/`):
+//! - The node is Hot only while it holds the group lock and after its epoch was reported durable.
+//! - The service is started as, or told it is, active only while the node is Hot.
+//! - Every epoch this node is Hot with is strictly greater than every epoch it has seen before.
+//! - The lock is released only once the service is known to have stopped acting (or was never
+//!   told it is active), so a standby can never be granted activity while this service still acts.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::types::{ActivationMode, Role, StandbyType, State};
+
+/// The current time, given to the engine with every input: monotonic for timers and durations,
+/// wall clock for heartbeats written by other processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time since an arbitrary origin fixed for the agent's life.
+    pub mono: Duration,
+    /// Wall-clock time, Unix milliseconds.
+    pub wall_ms: u64,
+}
+
+/// Static settings of the engine, from the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// `activation.mode`.
+    pub mode: ActivationMode,
+    /// `service.standby`.
+    pub standby: StandbyType,
+    /// `activation.heartbeat_delay`: a heartbeat younger than this makes TryHeartbeat go Hot alone.
+    pub heartbeat_delay: Duration,
+    /// First delay before a node whose service failed rejoins (doubles up to `backoff_max`).
+    pub backoff_min: Duration,
+    /// Longest such delay.
+    pub backoff_max: Duration,
+    /// A service that ran this long before failing resets the backoff.
+    pub stable_after: Duration,
+    /// How long a node that handed over waits for the new active before it campaigns again.
+    pub yield_timeout: Duration,
+    /// True when a health check is configured: readiness then waits for its first success.
+    pub health_check: bool,
+}
+
+/// What the lock file said when the lock was obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatView {
+    /// Nobody ever wrote a heartbeat.
+    Missing,
+    /// Unparseable content; the string says why.
+    Garbage(String),
+    /// A heartbeat written by `node` at `wall_ms`.
+    At {
+        /// Writer.
+        node: String,
+        /// Unix milliseconds of the write.
+        wall_ms: u64,
+    },
+}
+
+/// Everything that can happen to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The agent starts; `known_epoch` is the group's highest recorded epoch.
+    Start {
+        /// Highest epoch recorded for the group.
+        known_epoch: u64,
+    },
+    /// The group lock is ours (after [`Command::Campaign`] or [`Command::TryLock`]).
+    LockAcquired {
+        /// The heartbeat found in the lock file.
+        previous: HeartbeatView,
+    },
+    /// [`Command::TryLock`] failed: another node holds the lock.
+    LockBusy {
+        /// Its name, when known.
+        holder: Option<String>,
+    },
+    /// The lock is gone (file deleted or replaced, lease lost).
+    LockLost {
+        /// Why, in words.
+        reason: String,
+    },
+    /// [`Command::PersistNextEpoch`] succeeded.
+    EpochDurable {
+        /// The new epoch, fsynced.
+        epoch: u64,
+    },
+    /// [`Command::PersistNextEpoch`] failed.
+    EpochFailed {
+        /// Why, in words.
+        reason: String,
+    },
+    /// The current service process is up.
+    ServiceStarted {
+        /// Its pid.
+        pid: u32,
+    },
+    /// The current service process ended (or could not start).
+    ServiceExited {
+        /// How, in words.
+        reason: String,
+    },
+    /// The service's health check succeeded.
+    HealthOk,
+    /// The service's health check reached its failure threshold.
+    HealthFailed {
+        /// Why, in words.
+        reason: String,
+    },
+    /// `PUT /service/activationmode/hot`.
+    Activate,
+    /// `POST /service/switchover`; `ready` lists the standbys that could take over now.
+    Switchover {
+        /// Names of ready standbys.
+        ready: Vec<String>,
+    },
+    /// Another node is active with `epoch` (seen in the membership records).
+    PeerActive {
+        /// Its name.
+        node: String,
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// Periodic timer, every heartbeat interval.
+    Tick,
+    /// SIGTERM or SIGINT: stop gracefully. A second one stops at once.
+    Shutdown,
+}
+
+/// What the agent must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Wait (in the kernel) for the group lock; answer with [`Input::LockAcquired`].
+    Campaign,
+    /// Try the lock without waiting; answer with [`Input::LockAcquired`] or [`Input::LockBusy`].
+    TryLock,
+    /// Give up the group lock and stop campaigning.
+    Release,
+    /// Durably take the next group epoch, above `floor`; answer with [`Input::EpochDurable`].
+    PersistNextEpoch {
+        /// The highest epoch this node has seen.
+        floor: u64,
+    },
+    /// Start the service with this role and epoch in its environment.
+    StartService {
+        /// `UNDERSTUDY_ROLE`.
+        role: Role,
+        /// `UNDERSTUDY_EPOCH`.
+        epoch: u64,
+    },
+    /// Tell the running standby service it is now active (activate signal and hook).
+    NotifyActive {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Stop the service: gracefully (SIGTERM, then SIGKILL after the grace period) or at once.
+    StopService {
+        /// False: SIGKILL the process group now.
+        graceful: bool,
+    },
+    /// Write the heartbeat into the lock file.
+    WriteHeartbeat {
+        /// The epoch to write.
+        epoch: u64,
+    },
+    /// Check that the held lock is still the group's (answers with [`Input::LockLost`] if not).
+    VerifyLock,
+    /// Append to the event timeline.
+    Record(Event),
+    /// Answer the pending operator request.
+    Answer(Answer),
+    /// Exit the agent.
+    Exit {
+        /// Process exit code.
+        code: i32,
+    },
+}
+
+/// Answers to operator requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `PUT …/hot` done: the node is Hot with this epoch.
+    Activated {
+        /// The node's epoch.
+        epoch: u64,
+    },
+    /// `PUT …/hot` refused (409): it would make a second active, or the node is stopping.
+    ActivateRefused {
+        /// The holder of the group lock, when known.
+        holder: Option<String>,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Switchover under way: this node stepped down from `epoch`.
+    SwitchoverStarted {
+        /// The epoch given up.
+        epoch: u64,
+    },
+    /// Switchover refused (409).
+    SwitchoverRefused {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Kinds of timeline entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The agent started.
+    AgentStarted,
+    /// The group lock was obtained: the previous active is gone (failure detected) or let go.
+    LockObtained,
+    /// The lock was obtained but the heartbeat was stale or unreadable: waiting for an operator.
+    HeartbeatStale,
+    /// The new epoch is durable; the node is Hot.
+    EpochDurable,
+    /// The service process started.
+    ServiceStarted,
+    /// The service was told it is active (signal, hook, or started as active).
+    ServiceNotified,
+    /// The active service is ready (health check passed, or notified when there is none).
+    Ready,
+    /// The service process ended.
+    ServiceExited,
+    /// The health check failed past its threshold.
+    HealthFailed,
+    /// The node lost the group lock underneath it.
+    LockLost,
+    /// The node stepped down from Hot.
+    Demoted,
+    /// The group lock was released.
+    LockReleased,
+    /// An operator asked for a switchover.
+    Switchover,
+    /// An operator request was refused.
+    Refused,
+    /// Persisting the epoch failed.
+    EpochFailed,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// One entry of the event timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Monotonic time (for durations between entries).
+    #[serde(skip)]
+    pub mono: Duration,
+    /// Wall clock, Unix milliseconds.
+    pub at_unix_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The node's epoch at that moment.
+    pub epoch: u64,
+    /// Details in words.
+    pub detail: String,
+}
+
+/// Why a Warm node is not Hot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// Waiting for the group lock (another node holds it).
+    Lock,
+    /// Warm mode: waiting for `PUT /service/activationmode/hot`.
+    Operator,
+    /// Holding the lock, but the previous heartbeat was stale or unreadable: an operator decides.
+    StaleHeartbeat(String),
+    /// Activation was refused because another node holds the lock.
+    Refused(Option<String>),
+    /// The service failed; rejoining at `until`.
+    Backoff {
+        /// Monotonic time at which the node rejoins.
+        until: Duration,
+    },
+    /// Handed over; waiting for the new active (or `until`) before campaigning again.
+    Yield {
+        /// Monotonic time at which the node campaigns again anyway.
+        until: Duration,
+    },
+}
+
+/// Where the service stands, as far as the engine knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SvcState {
+    /// Not running.
+    Stopped,
+    /// Start requested, pid not yet known.
+    Starting(Role),
+    /// Running with this pid.
+    Running {
+        /// Role it was last told.
+        role: Role,
+        /// Its pid.
+        pid: u32,
+    },
+    /// Stop requested.
+    Stopping,
+}
+
+impl SvcState {
+    /// A word for status displays.
+    pub fn word(&self) -> &'static str {
+        match self {
+            SvcState::Stopped => "stopped",
+            SvcState::Starting(_) => "starting",
+            SvcState::Running { .. } => "running",
+            SvcState::Stopping => "stopping",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Idle,
+    Warm(Waiting),
+    /// Lock held, epoch being persisted.
+    Promoting,
+    Hot,
+    /// Stepping down: the service is being stopped; the lock is released once it has.
+    Demoting(After),
+    Exited,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Backoff,
+    Yield,
+    Exit,
+}
+
+/// Why a [`Command::TryLock`] was issued, so its answer is routed right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TryFor {
+    Operator,
+    Auto,
+}
+
+/// A read-only view for /status and membership records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Hot or Warm.
+    pub state: State,
+    /// Configured activation mode.
+    pub mode: ActivationMode,
+    /// The epoch the node is Hot with, or the highest it has seen.
+    pub epoch: u64,
+    /// Wall clock of the last state change, Unix milliseconds.
+    pub since_unix_ms: u64,
+    /// Why a Warm node waits, in words; None when Hot.
+    pub waiting: Option<String>,
+    /// True while the node holds the group lock.
+    pub holds_lock: bool,
+    /// Service state.
+    pub service: SvcState,
+    /// True when this node could take over now.
+    pub ready: bool,
+    /// True when the active service passed its health check (or has none).
+    pub healthy: bool,
+}
+
+/// One node's activation state machine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    cfg: EngineConfig,
+    phase: Phase,
+    holds_lock: bool,
+    /// Highest epoch seen anywhere; the active epoch while Hot.
+    epoch: u64,
+    svc: SvcState,
+    svc_started_at: Duration,
+    svc_restart_at: Option<Duration>,
+    failures: u32,
+    healthy: bool,
+    ready_recorded: bool,
+    /// Deliver NotifyActive once the standby service being started reports its pid.
+    notify_when_started: bool,
+    trying: Option<TryFor>,
+    /// An operator's PUT waits for the epoch to become durable.
+    answer_activate: bool,
+    /// A [`Command::PersistNextEpoch`] is unanswered.
+    persist_pending: bool,
+    /// The unanswered one belongs to an abandoned promotion: skip its answer, then persist anew.
+    persist_again: bool,
+    shutdowns: u32,
+    since_wall_ms: u64,
+    out: Vec<Command>,
+    now: Now,
+}
+
+impl Engine {
+    /// A new engine; nothing happens until [`Input::Start`].
+    pub fn new(cfg: EngineConfig) -> Self {
+        Engine {
+            cfg,
+            phase: Phase::Idle,
+            holds_lock: false,
+            epoch: 0,
+            svc: SvcState::Stopped,
+            svc_started_at: Duration::ZERO,
+            svc_restart_at: None,
+            failures: 0,
+            healthy: false,
+            ready_recorded: false,
+            notify_when_started: false,
+            trying: None,
+            answer_activate: false,
+            persist_pending: false,
+            persist_again: false,
+            shutdowns: 0,
+            since_wall_ms: 0,
+            out: Vec::new(),
+            now: Now {
+                mono: Duration::ZERO,
+                wall_ms: 0,
+            },
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Hot or Warm, as the admin API reports it.
+    pub fn state(&self) -> State {
+        if self.phase == Phase::Hot {
+            State::Hot
+        } else {
+            State::Warm
+        }
+    }
+
+    /// The node's epoch (active epoch while Hot, else the highest seen).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// True while the engine believes it holds the group lock.
+    pub fn holds_lock(&self) -> bool {
+        self.holds_lock
+    }
+
+    /// The service state.
+    pub fn service(&self) -> SvcState {
+        self.svc
+    }
+
+    /// True once the engine told the agent to exit.
+    pub fn exited(&self) -> bool {
+        self.phase == Phase::Exited
+    }
+
+    /// A view for status displays.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            state: self.state(),
+            mode: self.cfg.mode,
+            epoch: self.epoch,
+            since_unix_ms: self.since_wall_ms,
+            waiting: self.waiting_text(),
+            holds_lock: self.holds_lock,
+            service: self.svc,
+            ready: self.ready(),
+            healthy: self.healthy || !self.cfg.health_check,
+        }
+    }
+
+    /// True when this node could take over now: a standby that is not backing off or yielding,
+    /// whose service (if it runs while standby) is up and healthy.
+    pub fn ready(&self) -> bool {
+        let waiting_ok = matches!(
+            self.phase,
+            Phase::Warm(
+                Waiting::Lock
+                    | Waiting::Operator
+                    | Waiting::StaleHeartbeat(_)
+                    | Waiting::Refused(_)
+            )
+        );
+        let svc_ok = if self.cfg.standby.runs_while_standby() {
+            matches!(self.svc, SvcState::Running { .. }) && (self.healthy || !self.cfg.health_check)
+        } else {
+            true
+        };
+        waiting_ok && svc_ok
+    }
+
+    fn waiting_text(&self) -> Option<String> {
+        let now = self.now.mono;
+        let secs = |until: Duration| until.saturating_sub(now).as_secs_f64();
+        Some(match &self.phase {
+            Phase::Hot => return None,
+            Phase::Idle => "starting".to_string(),
+            Phase::Promoting => "obtained the group lock; making the new epoch durable".to_string(),
+            Phase::Demoting(_) => "stepping down: stopping the service before releasing the lock".to_string(),
+            Phase::Exited => "stopped".to_string(),
+            Phase::Warm(w) => match w {
+                Waiting::Lock => "waiting for the group lock (another node is active)".to_string(),
+                Waiting::Operator => {
+                    "warm mode: waiting for PUT /service/activationmode/hot".to_string()
+                }
+                Waiting::StaleHeartbeat(why) => format!(
+                    "holding the group lock, but {why}; waiting for PUT /service/activationmode/hot (an operator decides after an outage)"
+                ),
+                Waiting::Refused(Some(h)) => {
+                    format!("activation refused: node {h} holds the group lock")
+                }
+                Waiting::Refused(None) => {
+                    "activation refused: another process holds the group lock".to_string()
+                }
+                Waiting::Backoff { until } => format!(
+                    "service failed; rejoining the group in {:.1} s (backoff)",
+                    secs(*until)
+                ),
+                Waiting::Yield { until } => format!(
+                    "handed over; waiting for the new active (campaigning again in {:.1} s at the latest)",
+                    secs(*until)
+                ),
+            },
+        })
+    }
+
+    /// Feed one input; returns the commands to execute, in order.
+    pub fn handle(&mut self, now: Now, input: Input) -> Vec<Command> {
+        self.now = now;
+        match input {
+            Input::Start { known_epoch } => self.on_start(known_epoch),
+            Input::LockAcquired { previous } => self.on_lock_acquired(previous),
+            Input::LockBusy { holder } => self.on_lock_busy(holder),
+            Input::LockLost { reason } => self.on_lock_lost(reason),
+            Input::EpochDurable { epoch } => {
+                if !self.persist_answered() {
+                    self.on_epoch_durable(epoch)
+                }
+            }
+            Input::EpochFailed { reason } => {
+                if !self.persist_answered() {
+                    self.on_epoch_failed(reason)
+                }
+            }
+            Input::ServiceStarted { pid } => self.on_service_started(pid),
+            Input::ServiceExited { reason } => self.on_service_exited(reason),
+            Input::HealthOk => self.on_health_ok(),
+            Input::HealthFailed { reason } => self.on_health_failed(reason),
+            Input::Activate => self.on_activate(),
+            Input::Switchover { ready } => self.on_switchover(ready),
+            Input::PeerActive { node, epoch } => self.on_peer_active(node, epoch),
+            Input::Tick => self.on_tick(),
+            Input::Shutdown => self.on_shutdown(),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn emit(&mut self, c: Command) {
+        self.out.push(c);
+    }
+
+    fn record(&mut self, kind: EventKind, detail: impl Into<String>) {
+        let ev = Event {
+            mono: self.now.mono,
+            at_unix_ms: self.now.wall_ms,
+            kind,
+            epoch: self.epoch,
+            detail: detail.into(),
+        };
+        self.emit(Command::Record(ev));
+    }
+
+    fn set_phase(&mut self, p: Phase) {
+        let was_hot = self.phase == Phase::Hot;
+        let is_hot = p == Phase::Hot;
+        if was_hot != is_hot || self.phase == Phase::Idle {
+            self.since_wall_ms = self.now.wall_ms;
+        }
+        self.phase = p;
+    }
+
+    fn on_start(&mut self, known_epoch: u64) {
+        if self.phase != Phase::Idle {
+            return;
+        }
+        self.epoch = self.epoch.max(known_epoch);
+        self.record(
+            EventKind::AgentStarted,
+            format!(
+                "activation mode {}, standby {:?}",
+                self.cfg.mode, self.cfg.standby
+            ),
+        );
+        self.set_phase(Phase::Warm(Waiting::Lock));
+        if self.cfg.standby.runs_while_standby() {
+            self.start_service(Role::Standby);
+        }
+        self.join();
+    }
+
+    /// (Re)join the group the way the activation mode says.
+    fn join(&mut self) {
+        match self.cfg.mode {
+            ActivationMode::TryLock | ActivationMode::TryHeartbeat => {
+                self.phase = Phase::Warm(Waiting::Lock);
+                self.emit(Command::Campaign);
+            }
+            ActivationMode::Hot => {
+                self.phase = Phase::Warm(Waiting::Lock);
+                self.trying = Some(TryFor::Auto);
+                self.emit(Command::TryLock);
+            }
+            ActivationMode::Warm => self.phase = Phase::Warm(Waiting::Operator),
+        }
+    }
+
+    fn start_service(&mut self, role: Role) {
+        self.svc = SvcState::Starting(role);
+        self.svc_started_at = self.now.mono;
+        self.svc_restart_at = None;
+        self.healthy = false;
+        let epoch = self.epoch;
+        self.emit(Command::StartService { role, epoch });
+    }
+
+    fn on_lock_acquired(&mut self, previous: HeartbeatView) {
+        let trying = self.trying.take();
+        if self.holds_lock {
+            // A duplicate grant (e.g. a waiter racing a non-blocking try): we already hold it.
+            return;
+        }
+        self.holds_lock = true;
+        let wanted = match (&self.phase, trying) {
+            (Phase::Warm(_), Some(_)) => true,
+            (Phase::Warm(Waiting::Lock), None) => self.cfg.mode.campaigns(),
+            _ => false,
+        };
+        if !wanted {
+            self.release();
+            return;
+        }
+        let prev = describe_heartbeat(&previous, self.now.wall_ms);
+        self.record(
+            EventKind::LockObtained,
+            format!("group lock obtained; {prev}"),
+        );
+        if trying == Some(TryFor::Operator) {
+            self.promote();
+            return;
+        }
+        if self.cfg.mode == ActivationMode::TryHeartbeat {
+            if let Some(stale) = self.stale_reason(&previous) {
+                self.record(EventKind::HeartbeatStale, stale.clone());
+                self.set_phase(Phase::Warm(Waiting::StaleHeartbeat(stale)));
+                return;
+            }
+        }
+        self.promote();
+    }
+
+    /// None when the heartbeat is fresh enough for TryHeartbeat to go Hot by itself.
+    fn stale_reason(&self, hb: &HeartbeatView) -> Option<String> {
+        let delay = self.cfg.heartbeat_delay.as_millis() as u64;
+        match hb {
+            HeartbeatView::Missing => Some("there is no heartbeat in the lock file".to_string()),
+            HeartbeatView::Garbage(why) => Some(format!("the heartbeat cannot be parsed ({why})")),
+            HeartbeatView::At { node, wall_ms } => {
+                let age = self.now.wall_ms.abs_diff(*wall_ms);
+                if age < delay {
+                    None
+                } else {
+                    Some(format!(
+                        "the last heartbeat (from {node}) is {:.1} s old, older than heartbeat_delay {:.1} s",
+                        age as f64 / 1000.0,
+                        delay as f64 / 1000.0
+                    ))
+                }
+            }
+        }
+    }
+
+    fn on_lock_busy(&mut self, holder: Option<String>) {
+        match self.trying.take() {
+            Some(TryFor::Operator) => {
+                let reason = match &holder {
+                    Some(h) => format!("node {h} holds the group lock; activating here would make two actives"),
+                    None => "another process holds the group lock; activating here would make two actives".to_string(),
+                };
+                self.record(EventKind::Refused, reason.clone());
+                self.answer_activate = false;
+                self.emit(Command::Answer(Answer::ActivateRefused { holder, reason }));
+            }
+            Some(TryFor::Auto) => {
+                if let Phase::Warm(_) = self.phase {
+                    self.set_phase(Phase::Warm(Waiting::Refused(holder)));
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn promote(&mut self) {
+        self.set_phase(Phase::Promoting);
+        if self.persist_pending {
+            // The answer of an abandoned promotion (lock lost, service gone, …) is still on its
+            // way, and answers carry nothing to tell them apart: taking it for this promotion
+            // would make the node Hot with an epoch below the store's, possibly below a peer's
+            // that was active meanwhile. Wait for it, then persist anew (`persist_answered`).
+            self.persist_again = true;
+            return;
+        }
+        self.persist_pending = true;
+        let floor = self.epoch;
+        self.emit(Command::PersistNextEpoch { floor });
+    }
+
+    /// Bookkeeping of the one outstanding [`Command::PersistNextEpoch`] (the agent answers each
+    /// one exactly once). True when this answer was for an abandoned promotion and is consumed.
+    fn persist_answered(&mut self) -> bool {
+        self.persist_pending = false;
+        if !std::mem::take(&mut self.persist_again) {
+            return false;
+        }
+        if self.phase == Phase::Promoting {
+            self.persist_pending = true;
+            let floor = self.epoch;
+            self.emit(Command::PersistNextEpoch { floor });
+        }
+        true
+    }
+
+    fn on_epoch_durable(&mut self, epoch: u64) {
+        if self.phase != Phase::Promoting || !self.holds_lock || epoch <= self.epoch {
+            // Not ours to use: a late answer, or (never expected) an epoch that does not advance.
+            if self.phase == Phase::Promoting {
+                self.on_epoch_failed(format!(
+                    "epoch store returned {epoch}, not above {}",
+                    self.epoch
+                ));
+            }
+            return;
+        }
+        self.epoch = epoch;
+        self.failures_reset_if_stable();
+        self.set_phase(Phase::Hot);
+        self.ready_recorded = false;
+        self.record(
+            EventKind::EpochDurable,
+            format!("epoch {epoch} is durable; node is Hot"),
+        );
+        if self.cfg.mode == ActivationMode::TryHeartbeat {
+            self.emit(Command::WriteHeartbeat { epoch });
+        }
+        match self.svc {
+            SvcState::Running { pid, .. } => {
+                self.svc = SvcState::Running {
+                    role: Role::Active,
+                    pid,
+                };
+                self.emit(Command::NotifyActive { epoch });
+                self.record(
+                    EventKind::ServiceNotified,
+                    format!("service pid {pid} told it is active"),
+                );
+                self.maybe_ready();
+            }
+            SvcState::Starting(_) => self.notify_when_started = true,
+            SvcState::Stopped => self.start_service(Role::Active),
+            // A standby service being stopped (e.g. it failed its check): start afresh once it is gone.
+            SvcState::Stopping => {}
+        }
+        if self.answer_activate {
+            self.answer_activate = false;
+            self.emit(Command::Answer(Answer::Activated { epoch }));
+        }
+    }
+
+    fn failures_reset_if_stable(&mut self) {
+        if self.now.mono.saturating_sub(self.svc_started_at) >= self.cfg.stable_after {
+            self.failures = 0;
+        }
+    }
+
+    fn on_epoch_failed(&mut self, reason: String) {
+        if self.phase != Phase::Promoting {
+            return;
+        }
+        self.record(
+            EventKind::EpochFailed,
+            format!("cannot make the next epoch durable: {reason}; not going Hot"),
+        );
+        self.release();
+        if self.answer_activate {
+            self.answer_activate = false;
+            self.emit(Command::Answer(Answer::ActivateRefused {
+                holder: None,
+                reason: format!("cannot make the next epoch durable: {reason}"),
+            }));
+        }
+        self.enter_backoff();
+    }
+
+    /// Answer an operator's PUT that waits for a promotion that will not happen now.
+    fn refuse_pending_activate(&mut self, reason: &str) {
+        if self.answer_activate {
+            self.answer_activate = false;
+            self.emit(Command::Answer(Answer::ActivateRefused {
+                holder: None,
+                reason: reason.to_string(),
+            }));
+        }
+    }
+
+    fn release(&mut self) {
+        if self.holds_lock {
+            self.holds_lock = false;
+            self.emit(Command::Release);
+            self.record(EventKind::LockReleased, "group lock released");
+        }
+    }
+
+    fn backoff_delay(&self) -> Duration {
+        let shift = self.failures.saturating_sub(1).min(16);
+        let d = self.cfg.backoff_min.saturating_mul(1u32 << shift);
+        d.min(self.cfg.backoff_max)
+    }
+
+    fn enter_backoff(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let until = self.now.mono + self.backoff_delay();
+        self.set_phase(Phase::Warm(Waiting::Backoff { until }));
+        if self.cfg.standby.runs_while_standby() && self.svc == SvcState::Stopped {
+            self.svc_restart_at = Some(until);
+        }
+    }
+
+    fn on_service_started(&mut self, pid: u32) {
+        let role = match self.svc {
+            SvcState::Starting(r) => r,
+            _ => return,
+        };
+        self.svc = SvcState::Running { role, pid };
+        self.record(
+            EventKind::ServiceStarted,
+            format!("service pid {pid} started as {}", role.as_env()),
+        );
+        if self.phase == Phase::Hot {
+            if role == Role::Standby || self.notify_when_started {
+                self.notify_when_started = false;
+                let epoch = self.epoch;
+                self.svc = SvcState::Running {
+                    role: Role::Active,
+                    pid,
+                };
+                self.emit(Command::NotifyActive { epoch });
+            }
+            self.record(
+                EventKind::ServiceNotified,
+                format!("service pid {pid} is active"),
+            );
+            self.maybe_ready();
+        } else if role == Role::Active {
+            // Started as active but the node is no longer Hot: it must not act.
+            self.svc = SvcState::Stopping;
+            self.emit(Command::StopService { graceful: false });
+        }
+    }
+
+    fn maybe_ready(&mut self) {
+        if self.phase == Phase::Hot
+            && !self.ready_recorded
+            && matches!(
+                self.svc,
+                SvcState::Running {
+                    role: Role::Active,
+                    ..
+                }
+            )
+            && (self.healthy || !self.cfg.health_check)
+        {
+            self.ready_recorded = true;
+            self.record(EventKind::Ready, "active service ready");
+        }
+    }
+
+    fn on_service_exited(&mut self, reason: String) {
+        if self.svc == SvcState::Stopped {
+            return;
+        }
+        let was_active = matches!(
+            self.svc,
+            SvcState::Running {
+                role: Role::Active,
+                ..
+            } | SvcState::Starting(Role::Active)
+        );
+        // "A service that ran this long before failing resets the backoff": judge it now, when it
+        // ends. Checking only at promotion missed a hot standby restarted just before it was
+        // promoted, or a cold one started at promotion, that then served well for hours: its next
+        // failure still got the grown backoff of old failures.
+        self.failures_reset_if_stable();
+        self.svc = SvcState::Stopped;
+        self.healthy = false;
+        self.notify_when_started = false;
+        self.record(EventKind::ServiceExited, format!("service {reason}"));
+        match self.phase.clone() {
+            Phase::Demoting(after) => self.finish_demote(after),
+            Phase::Hot | Phase::Promoting if !was_active => {
+                // A standby process (or one being stopped because it failed its check before the
+                // node went Hot) ended before it was ever told it is active: nothing acted, so
+                // there is nothing to fail over. Hot: start a fresh process as the active one, as
+                // `on_epoch_durable` intends for a standby being stopped. Promoting: it starts
+                // once the epoch is durable. (Failing over here left the node Hot with no service,
+                // then released a lock it had just been granted.) In Hot, `Stopping` never holds
+                // an active process: every stop of one goes through `demote`, which leaves Hot.
+                if self.phase == Phase::Hot {
+                    self.start_service(Role::Active);
+                }
+            }
+            Phase::Hot | Phase::Promoting => {
+                // The active service died: hand over rather than restart it silently in place.
+                self.record(
+                    EventKind::Demoted,
+                    format!("active service {reason}; failing over"),
+                );
+                self.set_phase(Phase::Warm(Waiting::Lock));
+                self.release();
+                self.enter_backoff();
+            }
+            Phase::Warm(w) => {
+                if was_active {
+                    // Cannot normally happen (active only while Hot), but never leave it unhandled.
+                    self.release();
+                }
+                if self.cfg.standby.runs_while_standby() {
+                    // A standby service only ends on its own or after failing its health check:
+                    // both count as failures, so a broken service cannot restart in a tight loop.
+                    self.failures = self.failures.saturating_add(1);
+                    let at = match w {
+                        Waiting::Backoff { until } => until,
+                        _ => self.now.mono + self.backoff_delay(),
+                    };
+                    self.svc_restart_at = Some(at);
+                }
+            }
+            Phase::Idle | Phase::Exited => {}
+        }
+    }
+
+    fn on_health_ok(&mut self) {
+        if !matches!(self.svc, SvcState::Running { .. }) {
+            return;
+        }
+        self.healthy = true;
+        self.maybe_ready();
+    }
+
+    fn on_health_failed(&mut self, reason: String) {
+        if !matches!(self.svc, SvcState::Running { .. }) {
+            return;
+        }
+        self.healthy = false;
+        self.record(EventKind::HealthFailed, reason.clone());
+        match self.phase {
+            Phase::Hot => {
+                self.record(
+                    EventKind::Demoted,
+                    format!("health check failed ({reason}); failing over"),
+                );
+                self.demote(After::Backoff, true);
+            }
+            _ => {
+                self.svc = SvcState::Stopping;
+                self.emit(Command::StopService { graceful: true });
+            }
+        }
+    }
+
+    /// Step down: stop the service first, release the lock once it has stopped acting.
+    fn demote(&mut self, after: After, graceful: bool) {
+        self.set_phase(Phase::Demoting(after));
+        match self.svc {
+            SvcState::Stopped => self.finish_demote(after),
+            SvcState::Stopping if graceful => {}
+            _ => {
+                self.svc = SvcState::Stopping;
+                self.emit(Command::StopService { graceful });
+            }
+        }
+    }
+
+    fn finish_demote(&mut self, after: After) {
+        if self.holds_lock && self.cfg.mode == ActivationMode::TryHeartbeat {
+            // A fresh heartbeat lets a TryHeartbeat standby take over by itself. Not only after a
+            // switchover: stopping a failed active (health check) or a shutdown can outlast
+            // `heartbeat_delay` (grace period), and a live failover must not wait for an operator.
+            let epoch = self.epoch;
+            self.emit(Command::WriteHeartbeat { epoch });
+        }
+        self.release();
+        match after {
+            After::Backoff => self.enter_backoff(),
+            After::Yield => {
+                let until = self.now.mono + self.cfg.yield_timeout;
+                self.set_phase(Phase::Warm(Waiting::Yield { until }));
+                if self.cfg.standby.runs_while_standby() {
+                    self.start_service(Role::Standby);
+                }
+            }
+            After::Exit => {
+                self.set_phase(Phase::Exited);
+                self.emit(Command::Exit { code: 0 });
+            }
+        }
+    }
+
+    fn on_lock_lost(&mut self, reason: String) {
+        if !self.holds_lock {
+            return;
+        }
+        self.holds_lock = false;
+        self.record(EventKind::LockLost, reason.clone());
+        match self.phase.clone() {
+            Phase::Hot | Phase::Promoting => {
+                // Someone else may be granted activity at any moment: stop acting now.
+                self.record(
+                    EventKind::Demoted,
+                    format!("lost the group lock ({reason})"),
+                );
+                // An operator's PUT waiting for this promotion would otherwise never be answered.
+                self.refuse_pending_activate(&format!("lost the group lock ({reason})"));
+                self.demote(After::Backoff, false);
+            }
+            Phase::Demoting(after) => {
+                if self.svc != SvcState::Stopped {
+                    self.svc = SvcState::Stopping;
+                    self.emit(Command::StopService { graceful: false });
+                }
+                self.phase = Phase::Demoting(after);
+            }
+            Phase::Warm(Waiting::StaleHeartbeat(_)) => self.join(),
+            _ => {}
+        }
+    }
+
+    fn on_activate(&mut self) {
+        match self.phase.clone() {
+            Phase::Hot => {
+                let epoch = self.epoch;
+                self.emit(Command::Answer(Answer::Activated { epoch }));
+            }
+            Phase::Promoting => self.answer_activate = true,
+            Phase::Warm(_) if self.holds_lock => {
+                self.record(EventKind::LockObtained, "operator override: activating");
+                self.answer_activate = true;
+                self.promote();
+            }
+            Phase::Warm(_) => {
+                self.answer_activate = true;
+                self.trying = Some(TryFor::Operator);
+                self.emit(Command::TryLock);
+            }
+            Phase::Demoting(_) | Phase::Exited | Phase::Idle => {
+                let reason = "the node is stepping down or stopping".to_string();
+                self.emit(Command::Answer(Answer::ActivateRefused {
+                    holder: None,
+                    reason,
+                }));
+            }
+        }
+    }
+
+    fn on_switchover(&mut self, ready: Vec<String>) {
+        if self.phase != Phase::Hot {
+            let reason = "this node is not the active one; ask the active node".to_string();
+            self.emit(Command::Answer(Answer::SwitchoverRefused { reason }));
+            return;
+        }
+        if ready.is_empty() {
+            let reason = "no standby is ready to take over; the active stays active".to_string();
+            self.record(EventKind::Refused, reason.clone());
+            self.emit(Command::Answer(Answer::SwitchoverRefused { reason }));
+            return;
+        }
+        let epoch = self.epoch;
+        self.record(
+            EventKind::Switchover,
+            format!("switchover requested; ready standbys: {}", ready.join(", ")),
+        );
+        self.emit(Command::Answer(Answer::SwitchoverStarted { epoch }));
+        self.demote(After::Yield, true);
+    }
+
+    fn on_peer_active(&mut self, node: String, epoch: u64) {
+        if self.phase == Phase::Hot && epoch > self.epoch {
+            // A newer active exists, so our grant is gone even if the lock has not told us yet.
+            // Stop acting at once, as on a lost lock. (Before, the Hot node adopted the peer's
+            // epoch as its own active epoch and stayed Hot: two actives, with the same token.)
+            self.record(
+                EventKind::Demoted,
+                format!("node {node} is active with the newer epoch {epoch}"),
+            );
+            self.demote(After::Backoff, false);
+        }
+        self.epoch = self.epoch.max(epoch);
+        if let Phase::Warm(Waiting::Yield { .. }) = self.phase {
+            self.join();
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now.mono;
+        match self.phase.clone() {
+            Phase::Hot if self.cfg.mode == ActivationMode::TryHeartbeat => {
+                let epoch = self.epoch;
+                self.emit(Command::WriteHeartbeat { epoch });
+            }
+            Phase::Warm(Waiting::Backoff { until }) | Phase::Warm(Waiting::Yield { until })
+                if now >= until =>
+            {
+                self.join();
+            }
+            _ => {}
+        }
+        if let Some(at) = self.svc_restart_at {
+            if now >= at && self.svc == SvcState::Stopped && matches!(self.phase, Phase::Warm(_)) {
+                self.start_service(Role::Standby);
+            }
+        }
+        if self.holds_lock {
+            self.emit(Command::VerifyLock);
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        self.shutdowns += 1;
+        if self.shutdowns == 1 {
+            self.record(
+                EventKind::Shutdown,
+                "stopping: service first, then the lock",
+            );
+        }
+        if self.phase == Phase::Exited {
+            return;
+        }
+        let graceful = self.shutdowns == 1;
+        if self.answer_activate {
+            self.answer_activate = false;
+            self.emit(Command::Answer(Answer::ActivateRefused {
+                holder: None,
+                reason: "the node is stopping".to_string(),
+            }));
+        }
+        self.demote(After::Exit, graceful);
+    }
+}
+
+fn describe_heartbeat(hb: &HeartbeatView, now_ms: u64) -> String {
+    match hb {
+        HeartbeatView::Missing => "no heartbeat in the lock file".to_string(),
+        HeartbeatView::Garbage(why) => format!("unreadable heartbeat ({why})"),
+        HeartbeatView::At { node, wall_ms } => format!(
+            "last heartbeat from {node}, {} ms old",
+            now_ms.saturating_sub(*wall_ms)
+        ),
+    }
+}

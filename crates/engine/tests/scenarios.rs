@@ -1,0 +1,1262 @@
+//! Documented behaviours of the activation engine, one scenario at a time, with injected time.
+//!
+//! Each test drives a single [`Engine`] through its inputs and checks the commands it returns
+//! (their order matters: the agent executes them in order) and the state it reports.
+
+use std::time::Duration;
+
+use understudy_engine::{
+    ActivationMode, Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now,
+    Role, StandbyType, State, SvcState,
+};
+
+const WALL0: u64 = 1_700_000_000_000;
+const KNOWN: u64 = 5;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+fn cfg(mode: ActivationMode, standby: StandbyType) -> EngineConfig {
+    EngineConfig {
+        mode,
+        standby,
+        heartbeat_delay: secs(1),
+        backoff_min: secs(1),
+        backoff_max: secs(8),
+        stable_after: secs(60),
+        yield_timeout: secs(5),
+        health_check: false,
+    }
+}
+
+/// One engine plus its clock.
+struct Node {
+    e: Engine,
+    mono: Duration,
+}
+
+impl Node {
+    fn new(cfg: EngineConfig) -> Self {
+        Node {
+            e: Engine::new(cfg),
+            mono: secs(100),
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono: self.mono,
+            wall_ms: WALL0 + self.mono.as_millis() as u64,
+        }
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.now().wall_ms
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.mono += d;
+    }
+
+    /// Every command, timeline records included.
+    fn feed_all(&mut self, input: Input) -> Vec<Command> {
+        let now = self.now();
+        self.e.handle(now, input)
+    }
+
+    /// The commands without timeline records.
+    fn feed(&mut self, input: Input) -> Vec<Command> {
+        actions(&self.feed_all(input))
+    }
+
+    fn waiting(&self) -> String {
+        self.e.snapshot().waiting.unwrap_or_default()
+    }
+
+    fn fresh_heartbeat(&self) -> HeartbeatView {
+        HeartbeatView::At {
+            node: "b".into(),
+            wall_ms: self.wall_ms() - 200,
+        }
+    }
+}
+
+fn actions(cmds: &[Command]) -> Vec<Command> {
+    cmds.iter()
+        .filter(|c| !matches!(c, Command::Record(_)))
+        .cloned()
+        .collect()
+}
+
+fn kinds(cmds: &[Command]) -> Vec<EventKind> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Record(e) => Some(e.kind),
+            _ => None,
+        })
+        .collect()
+}
+
+fn started(pid: u32) -> Input {
+    Input::ServiceStarted { pid }
+}
+
+fn exited() -> Input {
+    Input::ServiceExited {
+        reason: "exited with code 1".into(),
+    }
+}
+
+fn acquired(previous: HeartbeatView) -> Input {
+    Input::LockAcquired { previous }
+}
+
+fn acquired_fresh(n: &Node) -> Input {
+    acquired(n.fresh_heartbeat())
+}
+
+fn durable(epoch: u64) -> Input {
+    Input::EpochDurable { epoch }
+}
+
+fn lock_lost() -> Input {
+    Input::LockLost {
+        reason: "lock file deleted".into(),
+    }
+}
+
+fn health_failed() -> Input {
+    Input::HealthFailed {
+        reason: "3 checks failed".into(),
+    }
+}
+
+/// A started TryLock node with a running standby service (unless cold) that is now Hot with epoch
+/// `KNOWN + 1` and an active service.
+fn hot_trylock(standby: StandbyType) -> Node {
+    hot_with(cfg(ActivationMode::TryLock, standby))
+}
+
+fn hot_with(c: EngineConfig) -> Node {
+    let standby = c.standby;
+    let mode = c.mode;
+    let mut n = Node::new(c);
+    n.feed(Input::Start { known_epoch: KNOWN });
+    if standby.runs_while_standby() {
+        n.feed(started(10));
+    }
+    let out = match mode {
+        ActivationMode::Warm => {
+            assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
+            n.feed(acquired(HeartbeatView::Missing))
+        }
+        _ => n.feed(acquired_fresh(&n)),
+    };
+    assert_eq!(out, vec![Command::PersistNextEpoch { floor: KNOWN }]);
+    n.feed(durable(KNOWN + 1));
+    if !standby.runs_while_standby() {
+        n.feed(started(20));
+    }
+    assert_eq!(n.e.state(), State::Hot);
+    assert!(matches!(
+        n.e.service(),
+        SvcState::Running {
+            role: Role::Active,
+            ..
+        }
+    ));
+    n
+}
+
+fn pos(cmds: &[Command], want: &Command) -> usize {
+    cmds.iter()
+        .position(|c| c == want)
+        .unwrap_or_else(|| panic!("{want:?} not in {cmds:?}"))
+}
+
+// ---------------------------------------------------------------- start and the lock
+
+#[test]
+fn trylock_start_campaigns_and_starts_standby_service() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    let all = n.feed_all(Input::Start { known_epoch: KNOWN });
+    assert_eq!(kinds(&all), vec![EventKind::AgentStarted]);
+    assert_eq!(
+        actions(&all),
+        vec![
+            Command::StartService {
+                role: Role::Standby,
+                epoch: KNOWN
+            },
+            Command::Campaign
+        ]
+    );
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(!n.e.holds_lock());
+    assert_eq!(n.e.epoch(), KNOWN);
+    assert!(
+        n.waiting().contains("waiting for the group lock"),
+        "{}",
+        n.waiting()
+    );
+    // Not ready until the standby service is up.
+    assert!(!n.e.ready());
+    n.feed(started(10));
+    assert!(n.e.ready());
+    assert_eq!(
+        n.e.service(),
+        SvcState::Running {
+            role: Role::Standby,
+            pid: 10
+        }
+    );
+}
+
+#[test]
+fn cold_standby_start_campaigns_without_a_service() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    assert_eq!(
+        n.feed(Input::Start { known_epoch: KNOWN }),
+        vec![Command::Campaign]
+    );
+    assert_eq!(n.e.service(), SvcState::Stopped);
+    assert!(n.e.ready(), "a cold standby is ready without a service");
+}
+
+#[test]
+fn lock_then_durable_epoch_then_hot_cold_standby_starts_active() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    let all = n.feed_all(acquired_fresh(&n));
+    assert_eq!(kinds(&all), vec![EventKind::LockObtained]);
+    assert_eq!(
+        actions(&all),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    // Not Hot before the epoch is durable.
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(n.e.holds_lock());
+    assert!(!n.e.ready());
+
+    let all = n.feed_all(durable(KNOWN + 1));
+    assert_eq!(
+        actions(&all),
+        vec![Command::StartService {
+            role: Role::Active,
+            epoch: KNOWN + 1
+        }]
+    );
+    assert!(kinds(&all).contains(&EventKind::EpochDurable));
+    assert_eq!(n.e.state(), State::Hot);
+    assert_eq!(n.e.epoch(), KNOWN + 1);
+    assert_eq!(n.e.snapshot().since_unix_ms, n.wall_ms());
+    assert_eq!(n.e.snapshot().waiting, None);
+
+    let all = n.feed_all(started(42));
+    assert!(actions(&all).is_empty(), "{all:?}");
+    assert!(kinds(&all).contains(&EventKind::Ready));
+    assert_eq!(
+        n.e.service(),
+        SvcState::Running {
+            role: Role::Active,
+            pid: 42
+        }
+    );
+}
+
+#[test]
+fn hot_and_warm_standby_are_notified_not_restarted() {
+    for standby in [StandbyType::Hot, StandbyType::Warm] {
+        let mut n = Node::new(cfg(ActivationMode::TryLock, standby));
+        n.feed(Input::Start { known_epoch: KNOWN });
+        n.feed(started(10));
+        n.feed(acquired_fresh(&n));
+        let all = n.feed_all(durable(KNOWN + 1));
+        assert_eq!(
+            actions(&all),
+            vec![Command::NotifyActive { epoch: KNOWN + 1 }],
+            "{standby:?}"
+        );
+        assert!(kinds(&all).contains(&EventKind::ServiceNotified));
+        assert!(kinds(&all).contains(&EventKind::Ready));
+        assert_eq!(
+            n.e.service(),
+            SvcState::Running {
+                role: Role::Active,
+                pid: 10
+            }
+        );
+    }
+}
+
+#[test]
+fn standby_still_starting_is_notified_once_it_is_up() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(acquired_fresh(&n));
+    assert_eq!(n.feed(durable(KNOWN + 1)), vec![]);
+    assert_eq!(n.e.state(), State::Hot);
+    assert_eq!(
+        n.feed(started(10)),
+        vec![Command::NotifyActive { epoch: KNOWN + 1 }]
+    );
+    assert_eq!(
+        n.e.service(),
+        SvcState::Running {
+            role: Role::Active,
+            pid: 10
+        }
+    );
+}
+
+#[test]
+fn health_check_gates_readiness_of_the_active() {
+    let mut c = cfg(ActivationMode::TryLock, StandbyType::Hot);
+    c.health_check = true;
+    let mut n = Node::new(c);
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(started(10));
+    assert!(
+        !n.e.ready(),
+        "standby not ready before its first health success"
+    );
+    n.feed(Input::HealthOk);
+    assert!(n.e.ready());
+    n.feed(acquired_fresh(&n));
+    let all = n.feed_all(durable(KNOWN + 1));
+    // Healthy standby: ready at once.
+    assert!(kinds(&all).contains(&EventKind::Ready));
+}
+
+#[test]
+fn tick_while_holding_the_lock_verifies_it() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    n.advance(ms(500));
+    assert_eq!(n.feed(Input::Tick), vec![Command::VerifyLock]);
+    let mut w = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    w.feed(Input::Start { known_epoch: KNOWN });
+    assert_eq!(w.feed(Input::Tick), vec![]);
+}
+
+// ---------------------------------------------------------------- TryHeartbeat
+
+#[test]
+fn tryheartbeat_fresh_heartbeat_goes_hot_by_itself() {
+    let mut n = Node::new(cfg(ActivationMode::TryHeartbeat, StandbyType::Hot));
+    assert_eq!(
+        n.feed(Input::Start { known_epoch: KNOWN }),
+        vec![
+            Command::StartService {
+                role: Role::Standby,
+                epoch: KNOWN
+            },
+            Command::Campaign
+        ]
+    );
+    n.feed(started(10));
+    let prev = HeartbeatView::At {
+        node: "b".into(),
+        wall_ms: n.wall_ms() - 999,
+    };
+    assert_eq!(
+        n.feed(acquired(prev)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    let out = n.feed(durable(KNOWN + 1));
+    assert_eq!(
+        out,
+        vec![
+            Command::WriteHeartbeat { epoch: KNOWN + 1 },
+            Command::NotifyActive { epoch: KNOWN + 1 }
+        ]
+    );
+    assert_eq!(n.e.state(), State::Hot);
+    // The active keeps the heartbeat fresh.
+    n.advance(ms(300));
+    let out = n.feed(Input::Tick);
+    assert!(
+        out.contains(&Command::WriteHeartbeat { epoch: KNOWN + 1 }),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn tryheartbeat_stale_missing_or_garbage_waits_for_operator_holding_the_lock() {
+    let cases = |n: &Node| {
+        vec![
+            HeartbeatView::Missing,
+            HeartbeatView::Garbage("not a number".into()),
+            HeartbeatView::At {
+                node: "b".into(),
+                wall_ms: n.wall_ms() - 1000, // exactly heartbeat_delay: not fresher
+            },
+            HeartbeatView::At {
+                node: "b".into(),
+                wall_ms: n.wall_ms() - 3_600_000,
+            },
+        ]
+    };
+    let probe = Node::new(cfg(ActivationMode::TryHeartbeat, StandbyType::Warm));
+    for hb in cases(&probe) {
+        let mut n = Node::new(cfg(ActivationMode::TryHeartbeat, StandbyType::Warm));
+        n.feed(Input::Start { known_epoch: KNOWN });
+        n.feed(started(10));
+        let all = n.feed_all(acquired(hb.clone()));
+        assert_eq!(actions(&all), vec![], "{hb:?}");
+        assert!(kinds(&all).contains(&EventKind::HeartbeatStale), "{hb:?}");
+        assert_eq!(n.e.state(), State::Warm);
+        assert!(n.e.holds_lock(), "holds the lock while an operator decides");
+        let w = n.waiting();
+        assert!(w.contains("holding the group lock"), "{w}");
+        assert!(w.contains("PUT /service/activationmode/hot"), "{w}");
+
+        // Nothing happens on its own.
+        n.advance(secs(30));
+        assert_eq!(n.feed(Input::Tick), vec![Command::VerifyLock]);
+        assert_eq!(n.e.state(), State::Warm);
+
+        // The operator decides.
+        assert_eq!(
+            n.feed(Input::Activate),
+            vec![Command::PersistNextEpoch { floor: KNOWN }]
+        );
+        let out = n.feed(durable(KNOWN + 1));
+        assert_eq!(
+            out,
+            vec![
+                Command::WriteHeartbeat { epoch: KNOWN + 1 },
+                Command::NotifyActive { epoch: KNOWN + 1 },
+                Command::Answer(Answer::Activated { epoch: KNOWN + 1 }),
+            ]
+        );
+        assert_eq!(n.e.state(), State::Hot);
+    }
+}
+
+#[test]
+fn tryheartbeat_stale_then_lock_lost_campaigns_again() {
+    let mut n = Node::new(cfg(ActivationMode::TryHeartbeat, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(acquired(HeartbeatView::Missing));
+    assert!(n.e.holds_lock());
+    assert_eq!(n.feed(lock_lost()), vec![Command::Campaign]);
+    assert!(!n.e.holds_lock());
+    assert_eq!(n.e.state(), State::Warm);
+}
+
+#[test]
+fn trylock_ignores_the_heartbeat() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    assert_eq!(
+        n.feed(acquired(HeartbeatView::Missing)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+}
+
+// ---------------------------------------------------------------- operator activation
+
+#[test]
+fn warm_mode_waits_for_activate() {
+    let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Hot));
+    assert_eq!(
+        n.feed(Input::Start { known_epoch: KNOWN }),
+        vec![Command::StartService {
+            role: Role::Standby,
+            epoch: KNOWN
+        }]
+    );
+    n.feed(started(10));
+    assert!(n.waiting().contains("warm mode"), "{}", n.waiting());
+    for _ in 0..5 {
+        n.advance(secs(10));
+        assert_eq!(n.feed(Input::Tick), vec![]);
+    }
+    assert_eq!(n.e.state(), State::Warm);
+    assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
+    assert_eq!(
+        n.feed(acquired(HeartbeatView::Missing)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    assert_eq!(
+        n.feed(durable(KNOWN + 1)),
+        vec![
+            Command::NotifyActive { epoch: KNOWN + 1 },
+            Command::Answer(Answer::Activated { epoch: KNOWN + 1 })
+        ]
+    );
+    assert_eq!(n.e.state(), State::Hot);
+    // Asking again answers at once.
+    assert_eq!(
+        n.feed(Input::Activate),
+        vec![Command::Answer(Answer::Activated { epoch: KNOWN + 1 })]
+    );
+}
+
+#[test]
+fn activate_while_another_holds_the_lock_is_refused_with_the_holder() {
+    for mode in [ActivationMode::Warm, ActivationMode::TryLock] {
+        let mut n = Node::new(cfg(mode, StandbyType::Hot));
+        n.feed(Input::Start { known_epoch: KNOWN });
+        n.feed(started(10));
+        let before = n.waiting();
+        assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
+        let all = n.feed_all(Input::LockBusy {
+            holder: Some("b".into()),
+        });
+        assert!(kinds(&all).contains(&EventKind::Refused));
+        match actions(&all).as_slice() {
+            [Command::Answer(Answer::ActivateRefused { holder, reason })] => {
+                assert_eq!(holder.as_deref(), Some("b"));
+                assert!(reason.contains('b'), "{reason}");
+            }
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        assert_eq!(n.e.state(), State::Warm);
+        assert!(!n.e.holds_lock());
+        assert_eq!(n.waiting(), before, "{mode:?}: still waiting the same way");
+    }
+    // A TryLock node keeps campaigning: the lock it waits for still makes it Hot.
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(Input::Activate);
+    n.feed(Input::LockBusy { holder: None });
+    assert_eq!(
+        n.feed(acquired_fresh(&n)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+}
+
+#[test]
+fn hot_mode_trylocks_at_start() {
+    let mut n = Node::new(cfg(ActivationMode::Hot, StandbyType::Cold));
+    assert_eq!(
+        n.feed(Input::Start { known_epoch: KNOWN }),
+        vec![Command::TryLock]
+    );
+    assert_eq!(
+        n.feed(acquired(HeartbeatView::Missing)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    n.feed(durable(KNOWN + 1));
+    assert_eq!(n.e.state(), State::Hot);
+}
+
+#[test]
+fn hot_mode_refused_when_the_lock_is_busy() {
+    let mut n = Node::new(cfg(ActivationMode::Hot, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    assert_eq!(
+        n.feed(Input::LockBusy {
+            holder: Some("b".into())
+        }),
+        vec![]
+    );
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(
+        n.waiting().contains("node b holds the group lock"),
+        "{}",
+        n.waiting()
+    );
+    // A stray grant later is not wanted: it is given back at once.
+    assert_eq!(n.feed(acquired_fresh(&n)), vec![Command::Release]);
+    assert!(!n.e.holds_lock());
+    // The operator can still activate it.
+    n.feed(started(10));
+    assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
+    assert_eq!(
+        n.feed(acquired_fresh(&n)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+}
+
+// ---------------------------------------------------------------- failures of the active
+
+#[test]
+fn active_service_exit_releases_and_backs_off_then_rejoins() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    n.advance(secs(1));
+    let all = n.feed_all(exited());
+    assert_eq!(actions(&all), vec![Command::Release]);
+    let k = kinds(&all);
+    assert!(k.contains(&EventKind::ServiceExited));
+    assert!(k.contains(&EventKind::Demoted));
+    assert!(k.contains(&EventKind::LockReleased));
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(!n.e.holds_lock());
+    assert!(n.waiting().contains("backoff"), "{}", n.waiting());
+    assert!(!n.e.ready(), "a node backing off is not ready");
+
+    n.advance(ms(999));
+    assert_eq!(n.feed(Input::Tick), vec![]);
+    n.advance(ms(1));
+    assert_eq!(
+        n.feed(Input::Tick),
+        vec![
+            Command::Campaign,
+            Command::StartService {
+                role: Role::Standby,
+                epoch: KNOWN + 1
+            }
+        ]
+    );
+    assert!(
+        n.waiting().contains("waiting for the group lock"),
+        "{}",
+        n.waiting()
+    );
+}
+
+#[test]
+fn cold_standby_rejoins_without_a_service() {
+    let mut n = hot_trylock(StandbyType::Cold);
+    assert_eq!(n.feed(exited()), vec![Command::Release]);
+    n.advance(secs(1));
+    assert_eq!(n.feed(Input::Tick), vec![Command::Campaign]);
+    assert_eq!(n.e.service(), SvcState::Stopped);
+}
+
+/// Returns the backoff delay after the active service fails `after` its start as active.
+fn fail_and_measure(n: &mut Node, after: Duration) -> Duration {
+    n.advance(after);
+    assert_eq!(n.feed(exited()), vec![Command::Release]);
+    let t0 = n.mono;
+    let mut step = ms(0);
+    loop {
+        let out = n.feed(Input::Tick);
+        if out.contains(&Command::Campaign) {
+            let d = n.mono - t0;
+            // Back Hot at once (cold standby: the service starts as active).
+            n.feed(acquired_fresh(n));
+            let epoch = n.e.epoch() + 1;
+            n.feed(durable(epoch));
+            n.feed(started(7));
+            assert_eq!(n.e.state(), State::Hot);
+            return d;
+        }
+        assert!(step < secs(100), "never rejoined");
+        n.advance(ms(250));
+        step += ms(250);
+    }
+}
+
+#[test]
+fn backoff_doubles_and_is_capped() {
+    let mut n = hot_trylock(StandbyType::Cold);
+    let delays: Vec<u64> = (0..7)
+        .map(|_| fail_and_measure(&mut n, ms(500)).as_millis() as u64)
+        .collect();
+    assert_eq!(delays, vec![1000, 2000, 4000, 8000, 8000, 8000, 8000]);
+}
+
+#[test]
+fn backoff_doubles_with_a_hot_standby_too() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        n.advance(ms(500));
+        assert_eq!(n.feed(exited()), vec![Command::Release]);
+        let t0 = n.mono;
+        loop {
+            n.advance(ms(250));
+            let out = n.feed(Input::Tick);
+            if out.contains(&Command::Campaign) {
+                delays.push((n.mono - t0).as_millis() as u64);
+                break;
+            }
+        }
+        // The standby restarts, and is promoted quickly.
+        n.feed(started(11));
+        n.feed(acquired_fresh(&n));
+        let epoch = n.e.epoch() + 1;
+        n.feed(durable(epoch));
+        assert_eq!(n.e.state(), State::Hot);
+    }
+    assert_eq!(delays, vec![1000, 2000, 4000, 8000, 8000]);
+}
+
+#[test]
+fn a_service_that_ran_stable_after_resets_the_backoff() {
+    for standby in [StandbyType::Cold, StandbyType::Hot] {
+        let mut n = hot_trylock(standby);
+        // Three quick failures: the backoff grows.
+        for want in [1000, 2000, 4000] {
+            n.advance(ms(100));
+            assert_eq!(n.feed(exited()), vec![Command::Release]);
+            let t0 = n.mono;
+            loop {
+                n.advance(ms(250));
+                if n.feed(Input::Tick).contains(&Command::Campaign) {
+                    assert_eq!((n.mono - t0).as_millis() as u64, want, "{standby:?}");
+                    break;
+                }
+            }
+            if standby.runs_while_standby() {
+                n.feed(started(11));
+            }
+            n.feed(acquired_fresh(&n));
+            let epoch = n.e.epoch() + 1;
+            n.feed(durable(epoch));
+            if !standby.runs_while_standby() {
+                n.feed(started(12));
+            }
+            assert_eq!(n.e.state(), State::Hot);
+        }
+        // Then the service runs well for longer than stable_after before failing.
+        n.advance(secs(61));
+        assert_eq!(n.feed(exited()), vec![Command::Release]);
+        n.advance(secs(1));
+        let out = n.feed(Input::Tick);
+        assert!(
+            out.contains(&Command::Campaign),
+            "{standby:?}: a stable service failing restarts with backoff_min: {out:?} ({})",
+            n.waiting()
+        );
+    }
+}
+
+#[test]
+fn health_failure_while_hot_stops_gracefully_and_releases_after_exit() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let all = n.feed_all(health_failed());
+    assert_eq!(actions(&all), vec![Command::StopService { graceful: true }]);
+    assert!(kinds(&all).contains(&EventKind::HealthFailed));
+    assert!(kinds(&all).contains(&EventKind::Demoted));
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(
+        n.e.holds_lock(),
+        "the lock is kept until the service has stopped"
+    );
+    assert_eq!(n.e.service(), SvcState::Stopping);
+    assert!(n.waiting().contains("stepping down"), "{}", n.waiting());
+    // Ticks while stopping do not release.
+    n.advance(secs(2));
+    assert_eq!(n.feed(Input::Tick), vec![Command::VerifyLock]);
+    // Operator activation is refused while stepping down.
+    assert!(matches!(
+        n.feed(Input::Activate).as_slice(),
+        [Command::Answer(Answer::ActivateRefused { .. })]
+    ));
+    assert_eq!(n.feed(exited()), vec![Command::Release]);
+    assert!(!n.e.holds_lock());
+    assert!(n.waiting().contains("backoff"), "{}", n.waiting());
+    n.advance(secs(1));
+    assert_eq!(
+        n.feed(Input::Tick),
+        vec![
+            Command::Campaign,
+            Command::StartService {
+                role: Role::Standby,
+                epoch: KNOWN + 1
+            }
+        ]
+    );
+}
+
+#[test]
+fn lock_lost_while_hot_kills_the_service_at_once() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let all = n.feed_all(lock_lost());
+    assert_eq!(
+        actions(&all),
+        vec![Command::StopService { graceful: false }]
+    );
+    assert!(kinds(&all).contains(&EventKind::LockLost));
+    assert_eq!(
+        n.e.state(),
+        State::Warm,
+        "Warm at once, before the service has exited"
+    );
+    assert!(!n.e.holds_lock());
+    // Nothing to release when the service exits; then it backs off.
+    assert_eq!(n.feed(exited()), vec![]);
+    assert!(n.waiting().contains("backoff"), "{}", n.waiting());
+}
+
+#[test]
+fn lock_lost_during_a_graceful_stop_escalates_to_kill() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    n.feed(health_failed());
+    assert_eq!(
+        n.feed(lock_lost()),
+        vec![Command::StopService { graceful: false }]
+    );
+    assert_eq!(n.feed(exited()), vec![]);
+}
+
+#[test]
+fn lock_lost_when_not_holding_is_ignored() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    assert_eq!(n.feed(lock_lost()), vec![]);
+}
+
+#[test]
+fn epoch_failure_releases_and_backs_off() {
+    let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(started(10));
+    n.feed(Input::Activate);
+    n.feed(acquired(HeartbeatView::Missing));
+    let out = n.feed(Input::EpochFailed {
+        reason: "disk full".into(),
+    });
+    assert_eq!(out[0], Command::Release);
+    assert!(matches!(
+        out[1],
+        Command::Answer(Answer::ActivateRefused { .. })
+    ));
+    assert_eq!(out.len(), 2);
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(!n.e.holds_lock());
+    assert!(n.waiting().contains("backoff"));
+    // The standby service was never told it is active and keeps running.
+    assert_eq!(
+        n.e.service(),
+        SvcState::Running {
+            role: Role::Standby,
+            pid: 10
+        }
+    );
+}
+
+#[test]
+fn pending_activate_is_answered_when_promotion_is_cut_short() {
+    // Lock lost while the epoch is being persisted.
+    let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(Input::Activate);
+    n.feed(acquired(HeartbeatView::Missing));
+    let out = n.feed(lock_lost());
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Answer(Answer::ActivateRefused { .. }))),
+        "the operator's PUT must not hang: {out:?}"
+    );
+    assert_eq!(n.feed(durable(KNOWN + 1)), vec![]);
+    assert_eq!(n.e.state(), State::Warm);
+
+    // The standby service dies while the epoch is being persisted: it never acted, so the
+    // promotion goes on with a fresh process started as the active one, and the PUT is answered.
+    let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(started(10));
+    n.feed(Input::Activate);
+    n.feed(acquired(HeartbeatView::Missing));
+    assert_eq!(n.feed(exited()), vec![]);
+    assert!(n.e.holds_lock());
+    assert_eq!(
+        n.feed(durable(KNOWN + 1)),
+        vec![
+            Command::StartService {
+                role: Role::Active,
+                epoch: KNOWN + 1
+            },
+            Command::Answer(Answer::Activated { epoch: KNOWN + 1 })
+        ]
+    );
+    assert_eq!(n.e.state(), State::Hot);
+}
+
+#[test]
+fn standby_failing_its_check_while_promoting_is_restarted_as_active() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(started(10));
+    n.feed(acquired_fresh(&n));
+    assert_eq!(
+        n.feed(health_failed()),
+        vec![Command::StopService { graceful: true }]
+    );
+    // Hot, but the old standby process is still going away: it is not told it is active.
+    assert_eq!(n.feed(durable(KNOWN + 1)), vec![]);
+    assert_eq!(n.e.state(), State::Hot);
+    assert_eq!(n.e.service(), SvcState::Stopping);
+    // Once gone, a fresh process starts as the active one.
+    assert_eq!(
+        n.feed(exited()),
+        vec![Command::StartService {
+            role: Role::Active,
+            epoch: KNOWN + 1
+        }]
+    );
+    assert_eq!(n.e.state(), State::Hot);
+    assert!(n.e.holds_lock());
+    n.feed(started(11));
+    assert_eq!(
+        n.e.service(),
+        SvcState::Running {
+            role: Role::Active,
+            pid: 11
+        }
+    );
+}
+
+#[test]
+fn standby_service_failure_is_restarted_after_backoff_while_warm() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(started(10));
+    n.advance(secs(1));
+    assert_eq!(n.feed(exited()), vec![], "no restart in a tight loop");
+    assert!(!n.e.ready());
+    n.advance(ms(500));
+    assert_eq!(n.feed(Input::Tick), vec![]);
+    n.advance(ms(500));
+    assert_eq!(
+        n.feed(Input::Tick),
+        vec![Command::StartService {
+            role: Role::Standby,
+            epoch: KNOWN
+        }]
+    );
+    // A standby failing its health check is stopped (and restarted later the same way).
+    n.feed(started(11));
+    assert_eq!(
+        n.feed(health_failed()),
+        vec![Command::StopService { graceful: true }]
+    );
+    assert_eq!(n.e.state(), State::Warm);
+}
+
+#[test]
+fn peer_active_with_a_newer_epoch_fences_a_hot_node() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    // A stale record (an older active) changes nothing.
+    assert_eq!(
+        n.feed(Input::PeerActive {
+            node: "b".into(),
+            epoch: KNOWN
+        }),
+        vec![]
+    );
+    assert_eq!(n.e.state(), State::Hot);
+    assert_eq!(n.e.epoch(), KNOWN + 1);
+    // A newer active exists: this node must stop acting, and must not claim the peer's epoch.
+    let out = n.feed(Input::PeerActive {
+        node: "b".into(),
+        epoch: KNOWN + 3,
+    });
+    assert_eq!(out, vec![Command::StopService { graceful: false }]);
+    assert_eq!(n.e.state(), State::Warm);
+    // Its lock (if it still has one) goes only once the service is gone.
+    assert_eq!(n.feed(exited()), vec![Command::Release]);
+    n.advance(secs(1));
+    n.feed(Input::Tick);
+    n.feed(started(12));
+    assert_eq!(
+        n.feed(acquired_fresh(&n)),
+        vec![Command::PersistNextEpoch { floor: KNOWN + 3 }]
+    );
+}
+
+// ---------------------------------------------------------------- switchover
+
+#[test]
+fn switchover_without_a_ready_standby_is_refused() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let all = n.feed_all(Input::Switchover { ready: vec![] });
+    assert!(kinds(&all).contains(&EventKind::Refused));
+    assert!(matches!(
+        actions(&all).as_slice(),
+        [Command::Answer(Answer::SwitchoverRefused { .. })]
+    ));
+    assert_eq!(n.e.state(), State::Hot);
+    assert!(n.e.holds_lock());
+}
+
+#[test]
+fn switchover_on_a_standby_is_refused() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    assert!(matches!(
+        n.feed(Input::Switchover {
+            ready: vec!["b".into()]
+        })
+        .as_slice(),
+        [Command::Answer(Answer::SwitchoverRefused { .. })]
+    ));
+}
+
+#[test]
+fn switchover_stops_releases_and_yields_until_the_new_active_appears() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let all = n.feed_all(Input::Switchover {
+        ready: vec!["b".into()],
+    });
+    assert!(kinds(&all).contains(&EventKind::Switchover));
+    assert_eq!(
+        actions(&all),
+        vec![
+            Command::Answer(Answer::SwitchoverStarted { epoch: KNOWN + 1 }),
+            Command::StopService { graceful: true }
+        ]
+    );
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(n.e.holds_lock());
+    assert_eq!(
+        n.feed(exited()),
+        vec![
+            Command::Release,
+            Command::StartService {
+                role: Role::Standby,
+                epoch: KNOWN + 1
+            }
+        ]
+    );
+    assert!(n.waiting().contains("handed over"), "{}", n.waiting());
+    assert!(!n.e.ready(), "the node that handed over is not a candidate");
+    // Does not campaign while yielding...
+    n.advance(secs(1));
+    assert_eq!(n.feed(Input::Tick), vec![]);
+    // ...until the new active shows up.
+    assert_eq!(
+        n.feed(Input::PeerActive {
+            node: "b".into(),
+            epoch: KNOWN + 2
+        }),
+        vec![Command::Campaign]
+    );
+    assert_eq!(n.e.epoch(), KNOWN + 2);
+}
+
+#[test]
+fn switchover_yield_times_out_and_campaigns_again() {
+    let mut n = hot_trylock(StandbyType::Cold);
+    n.feed(Input::Switchover {
+        ready: vec!["b".into()],
+    });
+    assert_eq!(n.feed(exited()), vec![Command::Release]);
+    n.advance(ms(4999));
+    assert_eq!(n.feed(Input::Tick), vec![]);
+    n.advance(ms(1));
+    assert_eq!(n.feed(Input::Tick), vec![Command::Campaign]);
+}
+
+#[test]
+fn tryheartbeat_switchover_leaves_a_fresh_heartbeat() {
+    let mut n = hot_with(cfg(ActivationMode::TryHeartbeat, StandbyType::Cold));
+    n.feed(Input::Switchover {
+        ready: vec!["b".into()],
+    });
+    n.advance(secs(10)); // a long grace period
+    let out = n.feed(exited());
+    let hb = pos(&out, &Command::WriteHeartbeat { epoch: KNOWN + 1 });
+    let rel = pos(&out, &Command::Release);
+    assert!(hb < rel, "heartbeat before release: {out:?}");
+}
+
+// ---------------------------------------------------------------- shutdown
+
+#[test]
+fn shutdown_while_hot_stops_then_releases_then_exits() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let all = n.feed_all(Input::Shutdown);
+    assert!(kinds(&all).contains(&EventKind::Shutdown));
+    assert_eq!(actions(&all), vec![Command::StopService { graceful: true }]);
+    assert!(n.e.holds_lock());
+    assert!(!n.e.exited());
+    assert_eq!(
+        n.feed(exited()),
+        vec![Command::Release, Command::Exit { code: 0 }]
+    );
+    assert!(n.e.exited());
+    assert!(!n.e.holds_lock());
+}
+
+#[test]
+fn second_shutdown_kills_at_once() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    n.feed(Input::Shutdown);
+    assert_eq!(
+        n.feed(Input::Shutdown),
+        vec![Command::StopService { graceful: false }]
+    );
+    assert!(
+        n.e.holds_lock(),
+        "still no release before the service is gone"
+    );
+    assert_eq!(
+        n.feed(exited()),
+        vec![Command::Release, Command::Exit { code: 0 }]
+    );
+    assert_eq!(n.feed(Input::Shutdown), vec![]);
+}
+
+#[test]
+fn shutdown_while_warm_stops_the_standby_and_exits() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(started(10));
+    assert_eq!(
+        n.feed(Input::Shutdown),
+        vec![Command::StopService { graceful: true }]
+    );
+    // The campaign answers meanwhile: the lock is given back.
+    assert_eq!(n.feed(acquired_fresh(&n)), vec![Command::Release]);
+    assert_eq!(n.feed(exited()), vec![Command::Exit { code: 0 }]);
+
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    assert_eq!(n.feed(Input::Shutdown), vec![Command::Exit { code: 0 }]);
+}
+
+#[test]
+fn shutdown_answers_a_pending_activate() {
+    let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(Input::Activate);
+    n.feed(acquired(HeartbeatView::Missing));
+    let out = n.feed(Input::Shutdown);
+    assert!(matches!(
+        out[0],
+        Command::Answer(Answer::ActivateRefused { .. })
+    ));
+    assert!(out.contains(&Command::Release));
+    assert_eq!(out.last(), Some(&Command::Exit { code: 0 }));
+}
+
+// ---------------------------------------------------------------- epochs
+
+#[test]
+fn epochs_strictly_increase_across_hot_periods() {
+    let mut n = hot_trylock(StandbyType::Cold);
+    let mut last = n.e.epoch();
+    for i in 0..4 {
+        n.advance(secs(1));
+        n.feed(exited());
+        n.advance(secs(10));
+        n.feed(Input::Tick);
+        // A peer was active meanwhile with a higher epoch.
+        n.feed(Input::PeerActive {
+            node: "b".into(),
+            epoch: last + 2,
+        });
+        let out = n.feed(acquired_fresh(&n));
+        let floor = match out.as_slice() {
+            [Command::PersistNextEpoch { floor }] => *floor,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            floor,
+            last + 2,
+            "round {i}: floor is the highest epoch seen"
+        );
+        // A store that answers with an epoch not above the floor is refused.
+        if i == 0 {
+            let out = n.feed(durable(floor));
+            assert_eq!(out, vec![Command::Release]);
+            assert_eq!(n.e.state(), State::Warm);
+            last = floor;
+            continue;
+        }
+        n.feed(durable(floor + 1));
+        n.feed(started(30 + i));
+        assert_eq!(n.e.state(), State::Hot);
+        assert!(n.e.epoch() > last);
+        last = n.e.epoch();
+    }
+}
+
+#[test]
+fn known_epoch_at_start_is_the_floor() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: 41 });
+    assert_eq!(
+        n.feed(acquired_fresh(&n)),
+        vec![Command::PersistNextEpoch { floor: 41 }]
+    );
+    // A late or replayed answer cannot move the epoch back.
+    assert_eq!(n.feed(durable(40)), vec![Command::Release]);
+    assert_eq!(n.e.epoch(), 41);
+}
+
+#[test]
+fn snapshot_reports_state_and_since() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    let s = n.e.snapshot();
+    assert_eq!(s.state, State::Warm);
+    assert_eq!(s.mode, ActivationMode::TryLock);
+    assert_eq!(s.since_unix_ms, n.wall_ms());
+    assert!(s.healthy, "no health check configured");
+    n.advance(secs(3));
+    n.feed(acquired_fresh(&n));
+    n.advance(secs(1));
+    n.feed(durable(KNOWN + 1));
+    let s = n.e.snapshot();
+    assert_eq!(s.state, State::Hot);
+    assert_eq!(s.epoch, KNOWN + 1);
+    assert!(s.holds_lock);
+    assert_eq!(s.since_unix_ms, n.wall_ms());
+}
+
+#[test]
+fn tryheartbeat_failed_active_leaves_a_fresh_heartbeat_after_a_long_stop() {
+    for input in [health_failed(), Input::Shutdown] {
+        let mut n = hot_with(cfg(ActivationMode::TryHeartbeat, StandbyType::Hot));
+        n.feed(input.clone());
+        n.advance(secs(10)); // longer than heartbeat_delay: the last tick's heartbeat is stale
+        let out = n.feed(exited());
+        let hb = pos(&out, &Command::WriteHeartbeat { epoch: KNOWN + 1 });
+        let rel = pos(&out, &Command::Release);
+        assert!(hb < rel, "{input:?}: heartbeat before release: {out:?}");
+    }
+}
+
+#[test]
+fn answer_of_an_abandoned_promotion_is_not_taken_for_a_new_one() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    assert_eq!(
+        n.feed(acquired_fresh(&n)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    // The lock goes while the store works; the store still takes KNOWN + 1.
+    n.feed(lock_lost());
+    assert_eq!(n.e.state(), State::Warm);
+    // The operator activates again before that answer arrived.
+    assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
+    assert_eq!(
+        n.feed(acquired(HeartbeatView::Missing)),
+        vec![],
+        "waits for the outstanding answer before persisting again"
+    );
+    // The old answer is not this promotion's: persist anew.
+    assert_eq!(
+        n.feed(durable(KNOWN + 1)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    assert_eq!(n.e.state(), State::Warm);
+    assert_eq!(
+        n.feed(durable(KNOWN + 2)),
+        vec![
+            Command::StartService {
+                role: Role::Active,
+                epoch: KNOWN + 2
+            },
+            Command::Answer(Answer::Activated { epoch: KNOWN + 2 })
+        ]
+    );
+    assert_eq!(n.e.epoch(), KNOWN + 2);
+
+    // The same with a failed answer outstanding.
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(acquired_fresh(&n));
+    n.feed(lock_lost());
+    n.feed(Input::Activate);
+    n.feed(acquired(HeartbeatView::Missing));
+    assert_eq!(
+        n.feed(Input::EpochFailed {
+            reason: "old".into()
+        }),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    assert!(n.e.holds_lock());
+}

@@ -1,0 +1,806 @@
+//! A simulated group of 2–4 nodes, driven by random faults, checking after every input that two
+//! services are never active at once.
+//!
+//! The world models what the engines cannot see:
+//! - the kernel's file lock: one holder and a FIFO of waiters. `Campaign` waits, `TryLock` answers
+//!   at once, `Release` (or the death of the agent) hands the lock to the first waiter, whose
+//!   `LockAcquired` is queued like any other event;
+//! - the epoch store: `PersistNextEpoch{floor}` sets `store = max(store, floor) + 1`, and is only
+//!   legal while holding the lock;
+//! - the heartbeat record in the lock file;
+//! - one service process per node. Its start and exit reach the engine asynchronously, through a
+//!   per-node queue delivered by a random action. A graceful stop leaves it acting until its exit
+//!   is delivered; a kill, a crash or the death of the agent stops it at once.
+//!
+//! Events of one node arrive in two independent FIFO channels (lock/epoch, service), so their
+//! interleaving is random too.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use understudy_engine::{
+    ActivationMode, Answer, Command, Engine, EngineConfig, HeartbeatView, Input, Now, Role,
+    StandbyType, State, SvcState,
+};
+
+const WALL0: u64 = 1_700_000_000_000;
+
+#[derive(Debug, Clone)]
+enum Action {
+    /// Deliver the head of one non-empty queue (`pick` modulo their number).
+    Deliver {
+        pick: usize,
+    },
+    /// Advance time, then tick every running agent.
+    Tick {
+        ms: u64,
+    },
+    /// kill -9 of the agent: the kernel releases its lock, its service dies with it.
+    Kill {
+        node: usize,
+    },
+    /// Start a dead or exited agent again with a fresh engine.
+    Restart {
+        node: usize,
+    },
+    /// The service process dies by itself.
+    Crash {
+        node: usize,
+    },
+    HealthOk {
+        node: usize,
+    },
+    HealthFail {
+        node: usize,
+    },
+    Activate {
+        node: usize,
+    },
+    Switchover {
+        node: usize,
+    },
+    /// The lock file is deleted: its holder loses the lock.
+    LockLost,
+    Shutdown {
+        node: usize,
+    },
+    /// The membership record of the last active reaches a node.
+    Gossip {
+        node: usize,
+    },
+    /// The next `PersistNextEpoch` fails.
+    StoreFault,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        45 => any::<usize>().prop_map(|pick| Action::Deliver { pick }),
+        10 => (0u64..=3000).prop_map(|ms| Action::Tick { ms }),
+        2 => (0usize..4).prop_map(|node| Action::Kill { node }),
+        4 => (0usize..4).prop_map(|node| Action::Restart { node }),
+        3 => (0usize..4).prop_map(|node| Action::Crash { node }),
+        4 => (0usize..4).prop_map(|node| Action::HealthOk { node }),
+        2 => (0usize..4).prop_map(|node| Action::HealthFail { node }),
+        3 => (0usize..4).prop_map(|node| Action::Activate { node }),
+        3 => (0usize..4).prop_map(|node| Action::Switchover { node }),
+        2 => Just(Action::LockLost),
+        2 => (0usize..4).prop_map(|node| Action::Shutdown { node }),
+        2 => (0usize..4).prop_map(|node| Action::Gossip { node }),
+        1 => Just(Action::StoreFault),
+    ]
+}
+
+fn config() -> impl Strategy<Value = EngineConfig> {
+    (
+        prop_oneof![
+            3 => Just(ActivationMode::TryLock),
+            3 => Just(ActivationMode::TryHeartbeat),
+            1 => Just(ActivationMode::Hot),
+            1 => Just(ActivationMode::Warm),
+        ],
+        prop_oneof![
+            Just(StandbyType::Hot),
+            Just(StandbyType::Warm),
+            Just(StandbyType::Cold)
+        ],
+        any::<bool>(),
+        1000u64..4000,
+    )
+        .prop_map(|(mode, standby, health_check, hb)| EngineConfig {
+            mode,
+            standby,
+            heartbeat_delay: Duration::from_millis(hb),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(8),
+            stable_after: Duration::from_secs(30),
+            yield_timeout: Duration::from_secs(5),
+            health_check,
+        })
+}
+
+/// The service process of one node, from its start until its exit reached the engine.
+#[derive(Debug)]
+struct Proc {
+    pid: u32,
+    /// Still running (a killed or crashed process stops at once; a terminated one at its exit).
+    alive: bool,
+    /// Started as active or told it is active, and still alive.
+    active: bool,
+    /// SIGTERM sent: it still acts until it exits.
+    terminating: bool,
+    /// Its `ServiceExited` is queued.
+    exit_queued: bool,
+    epoch: u64,
+}
+
+struct NodeW {
+    name: String,
+    cfg: EngineConfig,
+    /// None while the agent is not running (killed, exited, or not restarted yet).
+    engine: Option<Engine>,
+    lock_q: VecDeque<Input>,
+    svc_q: VecDeque<Input>,
+    /// The service process, until its exit was delivered.
+    proc_: Option<Proc>,
+    was_hot: bool,
+    hot_epoch: u64,
+    /// An operator's PUT …/hot waits for an answer.
+    put_pending: bool,
+}
+
+struct World {
+    nodes: Vec<NodeW>,
+    holder: Option<usize>,
+    waiters: VecDeque<usize>,
+    store: u64,
+    store_fault: bool,
+    heartbeat: HeartbeatView,
+    mono: Duration,
+    next_pid: u32,
+    last_hot_epoch: u64,
+    last_hot: Option<(usize, u64)>,
+    trace: Vec<String>,
+}
+
+impl World {
+    fn new(cfgs: Vec<EngineConfig>) -> Self {
+        let nodes = cfgs
+            .into_iter()
+            .enumerate()
+            .map(|(i, cfg)| NodeW {
+                name: format!("n{i}"),
+                cfg,
+                engine: None,
+                lock_q: VecDeque::new(),
+                svc_q: VecDeque::new(),
+                proc_: None,
+                was_hot: false,
+                hot_epoch: 0,
+                put_pending: false,
+            })
+            .collect();
+        let mut w = World {
+            nodes,
+            holder: None,
+            waiters: VecDeque::new(),
+            store: 0,
+            store_fault: false,
+            heartbeat: HeartbeatView::Missing,
+            mono: Duration::from_secs(1000),
+            next_pid: 100,
+            last_hot_epoch: 0,
+            last_hot: None,
+            trace: Vec::new(),
+        };
+        for i in 0..w.nodes.len() {
+            let c = &w.nodes[i].cfg;
+            w.log(format!(
+                "{i}: {:?} standby {:?} health_check {}",
+                c.mode, c.standby, c.health_check
+            ));
+            w.restart(i);
+        }
+        w
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono: self.mono,
+            wall_ms: WALL0 + self.mono.as_millis() as u64,
+        }
+    }
+
+    fn log(&mut self, s: String) {
+        self.trace.push(s);
+    }
+
+    /// Fails the test with the recent history.
+    #[track_caller]
+    fn check(&self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            let from = self.trace.len().saturating_sub(80);
+            let mut t = String::new();
+            for l in &self.trace[from..] {
+                let _ = writeln!(t, "  {l}");
+            }
+            panic!("{}\n--- last steps ---\n{t}", what());
+        }
+    }
+
+    fn live(&self, i: usize) -> bool {
+        self.nodes[i].engine.is_some()
+    }
+
+    // ------------------------------------------------------------ the kernel lock
+
+    fn grant_next(&mut self) {
+        if self.holder.is_some() {
+            return;
+        }
+        while let Some(w) = self.waiters.pop_front() {
+            if !self.live(w) {
+                continue;
+            }
+            self.holder = Some(w);
+            let previous = self.heartbeat.clone();
+            self.log(format!("kernel: lock -> {w}"));
+            self.nodes[w]
+                .lock_q
+                .push_back(Input::LockAcquired { previous });
+            return;
+        }
+    }
+
+    /// The kernel drops everything the agent `i` had: its lock, its wait, its service.
+    fn agent_gone(&mut self, i: usize) {
+        self.nodes[i].engine = None;
+        self.nodes[i].lock_q.clear();
+        self.nodes[i].svc_q.clear();
+        self.nodes[i].proc_ = None;
+        self.nodes[i].was_hot = false;
+        self.nodes[i].put_pending = false;
+        self.waiters.retain(|&w| w != i);
+        if self.holder == Some(i) {
+            self.holder = None;
+            self.grant_next();
+        }
+    }
+
+    // ------------------------------------------------------------ engines
+
+    fn restart(&mut self, i: usize) {
+        if self.live(i) {
+            return;
+        }
+        self.nodes[i].engine = Some(Engine::new(self.nodes[i].cfg.clone()));
+        let known_epoch = self.store;
+        self.feed(i, Input::Start { known_epoch });
+    }
+
+    fn feed(&mut self, i: usize, input: Input) {
+        let now = self.now();
+        let Some(engine) = self.nodes[i].engine.as_mut() else {
+            return;
+        };
+        let cmds = engine.handle(now, input.clone());
+        let shown: Vec<&Command> = cmds
+            .iter()
+            .filter(|c| !matches!(c, Command::Record(_)))
+            .collect();
+        let t = self.mono.as_millis();
+        self.log(format!("t={t} {i} <- {input:?} => {shown:?}"));
+        self.execute(i, cmds);
+        self.invariants();
+    }
+
+    fn execute(&mut self, i: usize, cmds: Vec<Command>) {
+        let mut answers = Vec::new();
+        let n = cmds.len();
+        for (k, c) in cmds.into_iter().enumerate() {
+            match c {
+                Command::Record(_) => {}
+                Command::Campaign => {
+                    let dup = self.holder == Some(i) || self.waiters.contains(&i);
+                    self.check(!dup, || {
+                        format!("{i} campaigns while already holding or waiting for the lock")
+                    });
+                    self.waiters.push_back(i);
+                    self.grant_next();
+                }
+                Command::TryLock => match self.holder {
+                    None => {
+                        self.holder = Some(i);
+                        self.waiters.retain(|&w| w != i);
+                        answers.push(Input::LockAcquired {
+                            previous: self.heartbeat.clone(),
+                        });
+                    }
+                    // Already granted to this agent, its answer still queued.
+                    Some(h) if h == i => answers.push(Input::LockAcquired {
+                        previous: self.heartbeat.clone(),
+                    }),
+                    Some(h) => answers.push(Input::LockBusy {
+                        holder: Some(self.nodes[h].name.clone()),
+                    }),
+                },
+                Command::Release => {
+                    let active = self.nodes[i].proc_.as_ref().is_some_and(|p| p.active);
+                    self.check(!active, || {
+                        format!("{i} releases the lock while its service is active")
+                    });
+                    self.check(self.holder == Some(i), || {
+                        format!("{i} releases a lock it does not hold ({:?})", self.holder)
+                    });
+                    // A grant still queued for this agent is now stale.
+                    self.nodes[i]
+                        .lock_q
+                        .retain(|e| !matches!(e, Input::LockAcquired { .. }));
+                    self.waiters.retain(|&w| w != i);
+                    self.holder = None;
+                    self.grant_next();
+                }
+                Command::PersistNextEpoch { floor } => {
+                    let holds = self.nodes[i].engine.as_ref().unwrap().holds_lock();
+                    self.check(self.holder == Some(i) && holds, || {
+                        format!("{i} persists an epoch without the lock ({:?})", self.holder)
+                    });
+                    if self.store_fault {
+                        self.store_fault = false;
+                        self.nodes[i].lock_q.push_back(Input::EpochFailed {
+                            reason: "injected".into(),
+                        });
+                    } else {
+                        self.store = self.store.max(floor) + 1;
+                        let epoch = self.store;
+                        self.nodes[i]
+                            .lock_q
+                            .push_back(Input::EpochDurable { epoch });
+                    }
+                }
+                Command::StartService { role, epoch } => {
+                    self.check(self.nodes[i].proc_.is_none(), || {
+                        format!("{i} starts a second service process")
+                    });
+                    let pid = self.next_pid;
+                    self.next_pid += 1;
+                    self.nodes[i].proc_ = Some(Proc {
+                        pid,
+                        alive: true,
+                        active: role == Role::Active,
+                        terminating: false,
+                        exit_queued: false,
+                        epoch,
+                    });
+                    self.nodes[i].svc_q.push_back(Input::ServiceStarted { pid });
+                }
+                Command::NotifyActive { epoch } => {
+                    self.check(self.nodes[i].proc_.is_some(), || {
+                        format!("{i} notifies a service that is not there")
+                    });
+                    let p = self.nodes[i].proc_.as_mut().unwrap();
+                    if p.alive {
+                        p.active = true;
+                        p.epoch = epoch;
+                    }
+                }
+                Command::StopService { graceful } => {
+                    self.check(self.nodes[i].proc_.is_some(), || {
+                        format!("{i} stops a service that is not there")
+                    });
+                    let node = &mut self.nodes[i];
+                    let p = node.proc_.as_mut().unwrap();
+                    if !graceful {
+                        p.alive = false;
+                        p.active = false;
+                    } else if p.alive {
+                        p.terminating = true;
+                    }
+                    if !p.exit_queued {
+                        p.exit_queued = true;
+                        node.svc_q.push_back(Input::ServiceExited {
+                            reason: if graceful { "terminated" } else { "killed" }.into(),
+                        });
+                    }
+                }
+                Command::WriteHeartbeat { .. } => {
+                    self.check(self.holder == Some(i), || {
+                        format!("{i} writes the heartbeat without the lock")
+                    });
+                    self.heartbeat = HeartbeatView::At {
+                        node: self.nodes[i].name.clone(),
+                        wall_ms: self.now().wall_ms,
+                    };
+                }
+                Command::VerifyLock => {
+                    // Lock loss is delivered as it happens (see Action::LockLost).
+                }
+                Command::Answer(a) => match a {
+                    Answer::Activated { epoch } => {
+                        let e = self.nodes[i].engine.as_ref().unwrap();
+                        let (st, ep) = (e.state(), e.epoch());
+                        self.check(self.nodes[i].put_pending, || {
+                            format!("{i}: answer without PUT")
+                        });
+                        self.check(st == State::Hot && ep == epoch, || {
+                            format!("{i} answers Activated {epoch} while {st} {ep}")
+                        });
+                        self.nodes[i].put_pending = false;
+                    }
+                    Answer::ActivateRefused { .. } => {
+                        self.check(self.nodes[i].put_pending, || {
+                            format!("{i}: answer without PUT")
+                        });
+                        self.nodes[i].put_pending = false;
+                    }
+                    Answer::SwitchoverStarted { .. } | Answer::SwitchoverRefused { .. } => {}
+                },
+                Command::Exit { code } => {
+                    self.check(code == 0 && k + 1 == n, || format!("{i}: odd exit {code}"));
+                    self.check(self.nodes[i].proc_.is_none(), || {
+                        format!("{i} exits before its service is gone")
+                    });
+                    let holds = self.nodes[i].engine.as_ref().unwrap().holds_lock();
+                    self.check(!holds, || format!("{i} exits holding the lock"));
+                    self.agent_gone(i);
+                    return;
+                }
+            }
+        }
+        for a in answers {
+            self.feed(i, a);
+        }
+    }
+
+    // ------------------------------------------------------------ invariants
+
+    fn invariants(&mut self) {
+        let actives: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].proc_.as_ref().is_some_and(|p| p.active))
+            .collect();
+        self.check(actives.len() <= 1, || {
+            format!("two active services: {actives:?}")
+        });
+
+        let mut hot = Vec::new();
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            if let Some(p) = &node.proc_ {
+                self.check(!p.active || p.alive, || format!("{i}: dead process active"));
+                if p.active {
+                    let e = node.engine.as_ref();
+                    let ok = e.is_some_and(|e| {
+                        e.holds_lock() && (e.state() == State::Hot || p.terminating)
+                    }) && self.holder == Some(i);
+                    self.check(ok, || {
+                        format!(
+                            "{i}: service pid {} active while the node is {:?}, lock holder {:?}",
+                            p.pid,
+                            e.map(|e| e.snapshot()),
+                            self.holder
+                        )
+                    });
+                    self.check(p.epoch == self.store, || {
+                        format!(
+                            "{i}: active with epoch {} but the store is at {}",
+                            p.epoch, self.store
+                        )
+                    });
+                }
+            }
+            let Some(e) = node.engine.as_ref() else {
+                continue;
+            };
+            // The engine's view of its service matches the world.
+            let stopped = e.service() == SvcState::Stopped;
+            self.check(stopped == node.proc_.is_none(), || {
+                format!(
+                    "{i}: engine thinks {:?}, world has {:?}",
+                    e.service(),
+                    node.proc_
+                )
+            });
+            self.check(!e.holds_lock() || self.holder == Some(i), || {
+                format!(
+                    "{i}: believes it holds the lock, kernel says {:?}",
+                    self.holder
+                )
+            });
+            if e.state() == State::Hot {
+                hot.push(i);
+                self.check(e.holds_lock(), || format!("{i}: Hot without the lock"));
+            }
+        }
+        self.check(hot.len() <= 1, || format!("two Hot nodes: {hot:?}"));
+
+        for i in 0..self.nodes.len() {
+            let (is_hot, epoch) = match &self.nodes[i].engine {
+                Some(e) => (e.state() == State::Hot, e.epoch()),
+                None => (false, 0),
+            };
+            if is_hot && !self.nodes[i].was_hot {
+                let last = self.last_hot_epoch;
+                self.check(epoch > last, || {
+                    format!("{i}: Hot with epoch {epoch}, not above the previous Hot epoch {last}")
+                });
+                self.last_hot_epoch = epoch;
+                self.last_hot = Some((i, epoch));
+                self.nodes[i].hot_epoch = epoch;
+            } else if is_hot {
+                let was = self.nodes[i].hot_epoch;
+                self.check(epoch == was, || {
+                    format!("{i}: epoch changed while Hot: {was} -> {epoch}")
+                });
+            }
+            self.nodes[i].was_hot = is_hot;
+        }
+    }
+
+    // ------------------------------------------------------------ actions
+
+    fn pending(&self) -> Vec<(usize, bool)> {
+        let mut v = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.lock_q.is_empty() {
+                v.push((i, false));
+            }
+            if !n.svc_q.is_empty() {
+                v.push((i, true));
+            }
+        }
+        v
+    }
+
+    fn deliver(&mut self, i: usize, svc: bool) {
+        let q = if svc {
+            &mut self.nodes[i].svc_q
+        } else {
+            &mut self.nodes[i].lock_q
+        };
+        let Some(ev) = q.pop_front() else { return };
+        if let Input::ServiceExited { .. } = ev {
+            // The process is gone for good now (a graceful stop ends here).
+            self.nodes[i].proc_ = None;
+        }
+        self.feed(i, ev);
+    }
+
+    fn step(&mut self, a: &Action) {
+        let len = self.nodes.len();
+        self.log(format!("== {a:?}"));
+        match *a {
+            Action::Deliver { pick } => {
+                let p = self.pending();
+                if !p.is_empty() {
+                    let (i, svc) = p[pick % p.len()];
+                    self.deliver(i, svc);
+                }
+            }
+            Action::Tick { ms } => {
+                self.mono += Duration::from_millis(ms);
+                for i in 0..len {
+                    self.feed(i, Input::Tick);
+                }
+            }
+            Action::Kill { node } => {
+                let i = node % len;
+                if self.live(i) {
+                    self.agent_gone(i);
+                    self.invariants();
+                }
+            }
+            Action::Restart { node } => self.restart(node % len),
+            Action::Crash { node } => {
+                let i = node % len;
+                if let Some(p) = self.nodes[i].proc_.as_mut() {
+                    if p.alive {
+                        p.alive = false;
+                        p.active = false;
+                        if !p.exit_queued {
+                            p.exit_queued = true;
+                            self.nodes[i].svc_q.push_back(Input::ServiceExited {
+                                reason: "crashed".into(),
+                            });
+                        }
+                    }
+                }
+            }
+            Action::HealthOk { node } | Action::HealthFail { node } => {
+                let i = node % len;
+                if self.nodes[i].proc_.as_ref().is_some_and(|p| p.alive) {
+                    let input = if matches!(a, Action::HealthOk { .. }) {
+                        Input::HealthOk
+                    } else {
+                        Input::HealthFailed {
+                            reason: "injected".into(),
+                        }
+                    };
+                    self.feed(i, input);
+                }
+            }
+            Action::Activate { node } => {
+                let i = node % len;
+                if self.live(i) {
+                    self.nodes[i].put_pending = true;
+                    self.feed(i, Input::Activate);
+                }
+            }
+            Action::Switchover { node } => {
+                let i = node % len;
+                let ready = (0..len)
+                    .filter(|&j| j != i)
+                    .filter(|&j| self.nodes[j].engine.as_ref().is_some_and(|e| e.ready()))
+                    .map(|j| self.nodes[j].name.clone())
+                    .collect();
+                self.feed(i, Input::Switchover { ready });
+            }
+            Action::LockLost => {
+                if let Some(h) = self.holder {
+                    // Only a holder that knows it holds: a grant still queued stays a grant.
+                    if self.nodes[h]
+                        .engine
+                        .as_ref()
+                        .is_some_and(|e| e.holds_lock())
+                    {
+                        self.holder = None;
+                        // A duplicate grant still queued (TryLock racing the campaign) was for
+                        // the lost lock: the agent drops it, as on Release.
+                        self.nodes[h]
+                            .lock_q
+                            .retain(|e| !matches!(e, Input::LockAcquired { .. }));
+                        self.grant_next();
+                        self.feed(
+                            h,
+                            Input::LockLost {
+                                reason: "lock file deleted".into(),
+                            },
+                        );
+                    }
+                }
+            }
+            Action::Shutdown { node } => self.feed(node % len, Input::Shutdown),
+            Action::Gossip { node } => {
+                let i = node % len;
+                if let Some((h, epoch)) = self.last_hot {
+                    if h != i {
+                        let node = self.nodes[h].name.clone();
+                        self.feed(i, Input::PeerActive { node, epoch });
+                    }
+                }
+            }
+            Action::StoreFault => self.store_fault = true,
+        }
+    }
+
+    /// Faults stop: deliver everything, keep services healthy, let timers run out.
+    fn settle(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            for i in 0..self.nodes.len() {
+                self.restart(i);
+            }
+            let mut guard = 0;
+            while !self.pending().is_empty() {
+                let (i, svc) = self.pending()[0];
+                self.deliver(i, svc);
+                guard += 1;
+                self.check(guard < 10_000, || "events never settle".to_string());
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].proc_.as_ref().is_some_and(|p| p.alive) {
+                    self.feed(i, Input::HealthOk);
+                }
+            }
+            self.mono += Duration::from_secs(10);
+            for i in 0..self.nodes.len() {
+                self.feed(i, Input::Tick);
+            }
+        }
+    }
+
+    fn hot_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i]
+                    .engine
+                    .as_ref()
+                    .is_some_and(|e| e.state() == State::Hot)
+            })
+            .collect()
+    }
+
+    /// After the faults, the group recovers by itself (TryLock groups) or with one PUT …/hot.
+    fn liveness(&mut self) {
+        self.log("== settle".into());
+        self.store_fault = false;
+        self.settle(6);
+        let all_trylock = self
+            .nodes
+            .iter()
+            .all(|n| n.cfg.mode == ActivationMode::TryLock);
+        if all_trylock {
+            let hot = self.hot_nodes();
+            self.check(hot.len() == 1, || {
+                format!("TryLock group without an active: {hot:?}")
+            });
+        }
+        if self.hot_nodes().is_empty() {
+            let i = self.holder.unwrap_or(0);
+            self.log(format!("== operator activates {i}"));
+            self.nodes[i].put_pending = true;
+            self.feed(i, Input::Activate);
+            self.settle(6);
+        }
+        let hot = self.hot_nodes();
+        self.check(hot.len() == 1, || {
+            format!("no single active after recovery: {hot:?}")
+        });
+        let h = hot[0];
+        let active = self.nodes[h].proc_.as_ref().is_some_and(|p| p.active);
+        self.check(active, || {
+            format!("{h} is Hot but its service is not active")
+        });
+        for (i, n) in self.nodes.iter().enumerate() {
+            self.check(!n.put_pending, || {
+                format!("{i}: a PUT …/hot was never answered")
+            });
+        }
+    }
+}
+
+fn world() -> impl Strategy<Value = (Vec<EngineConfig>, Vec<Action>)> {
+    (
+        prop::collection::vec(config(), 2..=4),
+        prop::collection::vec(action(), 1..200),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 1000,
+        max_shrink_iters: 20_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn never_two_actives((cfgs, actions) in world()) {
+        let mut w = World::new(cfgs);
+        for a in &actions {
+            w.step(a);
+        }
+        w.liveness();
+    }
+}
+
+/// The same world, all nodes TryLock with hot standbys, so that takeovers happen often.
+fn trylock_world() -> impl Strategy<Value = (Vec<EngineConfig>, Vec<Action>)> {
+    (
+        prop::collection::vec(
+            config().prop_map(|mut c| {
+                c.mode = ActivationMode::TryLock;
+                c
+            }),
+            2..=4,
+        ),
+        prop::collection::vec(action(), 1..200),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        max_shrink_iters: 20_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn trylock_group_never_two_actives_and_recovers((cfgs, actions) in trylock_world()) {
+        let mut w = World::new(cfgs);
+        for a in &actions {
+            w.step(a);
+        }
+        w.liveness();
+    }
+}

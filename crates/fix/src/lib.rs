@@ -1,0 +1,23 @@
+//! understudy-fix: a FIX 4.2/4.4 session layer whose session state lives in a store shared by
+//! the replicas of a group, so a counterparty reconnecting to a new active carries on with the
+//! same sequence numbers and can have every application message resent.
+//!
+//! # Layout
+//!
+//! * [`tags`]: tag numbers, message types, [`tags::BeginString`] and
+//!   [`tags::SessionRejectReason`].
+//! * [`time`]: UTCTimestamp formatting and parsing.
+//! * [`codec`]: zero-copy framing ([`codec::frame`], [`codec::Deframer`]), parsing
+//!   ([`codec::parse`] → [`codec::Message`]), header validation and [`codec::MessageBuilder`].
+//! * [`store`]: the [`store::SessionStore`] trait, an in-memory store for tests and the fenced,
+//!   append-only [`store::FileStore`] kept in a directory the group shares.
+//! * [`session`]: the sans-IO session state machine ([`session::Session`]): bytes and timer
+//!   ticks in, frames to send and events out.
+
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod session;
+pub mod store;
+pub mod tags;
+pub mod time;

@@ -1,0 +1,1156 @@
+//! The sans-IO FIX session state machine.
+//!
+//! [`Session`] does no I/O and reads no clock: the caller feeds it complete frames
+//! ([`Session::on_frame`], e.g. from a [`crate::codec::Deframer`]), timer ticks with the
+//! current time ([`Session::on_timer`]) and application sends ([`Session::send_app`]), then
+//! drains [`Action`]s: frames to write, messages to deliver, events, and when to disconnect.
+//! Every outgoing frame is recorded in the [`SessionStore`] *before* its `Send` action is
+//! queued, so a frame is never on the wire unless a successor could resend or gap-fill it.
+//!
+//! The processing order follows the FIX session-level rules (FIX 4.2 and 4.4 volume 2):
+//! garbled messages are ignored; a wrong BeginString ends the session; the first message must
+//! be a Logon; CompID and SendingTime problems are rejected and end the session; then the
+//! MsgSeqNum decides: too high → queue and ResendRequest, too low → ignore if PossDupFlag=Y,
+//! otherwise Logout; in sequence → handle by type.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+
+use crate::codec::{parse, EncodeError, Garbled, Header, Message, MessageBuilder, ParseError};
+use crate::store::{SessionStore, StoreError};
+use crate::tags::{self, msg_type, BeginString, SessionRejectReason, SOH};
+
+/// Which side opens the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Connects and sends the first Logon.
+    Initiator,
+    /// Accepts connections and answers Logon.
+    Acceptor,
+}
+
+/// Static configuration of one session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Protocol version.
+    pub begin_string: BeginString,
+    /// Our CompID (SenderCompID on what we send).
+    pub sender_comp_id: String,
+    /// The counterparty's CompID.
+    pub target_comp_id: String,
+    /// Initiator or acceptor.
+    pub role: Role,
+    /// HeartBtInt an initiator proposes; an acceptor adopts the one in the Logon it receives.
+    pub heartbeat_interval: Duration,
+    /// Initiator: send ResetSeqNumFlag=Y on Logon and start both sequences at 1.
+    pub reset_on_logon: bool,
+    /// How long to wait for the Logon (or its answer) before disconnecting.
+    pub logon_timeout: Duration,
+    /// How long to wait for the Logout answer before disconnecting.
+    pub logout_timeout: Duration,
+    /// Largest accepted difference between SendingTime and our clock; `None` disables the
+    /// check (SessionRejectReason 10 otherwise).
+    pub max_latency: Option<Duration>,
+}
+
+impl SessionConfig {
+    /// A configuration with the usual defaults: 30 s heartbeats, 10 s logon and logout
+    /// timeouts, 120 s SendingTime tolerance, no reset on logon.
+    pub fn new(begin_string: BeginString, sender: &str, target: &str, role: Role) -> Self {
+        SessionConfig {
+            begin_string,
+            sender_comp_id: sender.to_owned(),
+            target_comp_id: target.to_owned(),
+            role,
+            heartbeat_interval: Duration::from_secs(30),
+            reset_on_logon: false,
+            logon_timeout: Duration::from_secs(10),
+            logout_timeout: Duration::from_secs(10),
+            max_latency: Some(Duration::from_secs(120)),
+        }
+    }
+}
+
+/// Configuration errors found by [`Session::new`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// A CompID is empty or contains SOH.
+    #[error("CompID {0:?} is empty or contains SOH")]
+    BadCompId(String),
+}
+
+/// Where the session is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No connection.
+    Disconnected,
+    /// Acceptor: connected, waiting for the counterparty's Logon.
+    AwaitingLogon,
+    /// Initiator: Logon sent, waiting for the answer.
+    LogonSent,
+    /// Logged on.
+    Active,
+    /// Logout sent, waiting for the answer.
+    LogoutSent,
+}
+
+/// Why the session asks the transport to close the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The Logout handshake finished (either side started it).
+    LoggedOut,
+    /// No Logon (or no answer to ours) within the logon timeout.
+    LogonTimeout,
+    /// No answer to our Logout within the logout timeout.
+    LogoutTimeout,
+    /// Nothing received for 2.4 heartbeat intervals, TestRequest unanswered.
+    HeartbeatTimeout,
+    /// MsgSeqNum lower than expected without PossDupFlag.
+    SeqTooLow {
+        /// What we expected.
+        expected: u64,
+        /// What arrived.
+        received: u64,
+    },
+    /// The counterparty broke the session protocol (text says how).
+    Protocol(String),
+    /// The store refused a write; `fenced` when a newer active owns it.
+    Store {
+        /// A newer epoch claimed the store: this replica must stop.
+        fenced: bool,
+        /// Detail.
+        text: String,
+    },
+}
+
+/// Something the session reports that is not a frame to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Logon completed.
+    LoggedOn {
+        /// Both sequences were reset to 1 by ResetSeqNumFlag.
+        reset: bool,
+    },
+    /// A garbled frame was ignored.
+    Garbled(String),
+    /// A MsgSeqNum gap was found and a ResendRequest sent.
+    GapDetected {
+        /// First missing number.
+        begin: u64,
+        /// The number that arrived.
+        received: u64,
+    },
+    /// The counterparty asked for a resend and was answered.
+    ResendServed {
+        /// First number asked for.
+        begin: u64,
+        /// Last number answered.
+        end: u64,
+        /// Application messages resent.
+        resent: usize,
+    },
+    /// We rejected a message.
+    RejectSent {
+        /// RefSeqNum.
+        ref_seq_num: u64,
+        /// Reason.
+        reason: SessionRejectReason,
+        /// Text sent.
+        text: String,
+    },
+    /// The counterparty rejected one of ours.
+    RejectReceived {
+        /// RefSeqNum(45), if present.
+        ref_seq_num: Option<u64>,
+        /// Text(58), if present.
+        text: Option<String>,
+    },
+    /// The expected incoming sequence number was moved by a SequenceReset.
+    SequenceReset {
+        /// The new expected number.
+        new_seq_num: u64,
+        /// GapFill mode (otherwise Reset mode).
+        gap_fill: bool,
+    },
+    /// A duplicate (PossDupFlag=Y, already seen) was ignored.
+    DuplicateIgnored(u64),
+}
+
+/// An application message delivered in sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppMessage {
+    /// MsgSeqNum.
+    pub seq_num: u64,
+    /// PossDupFlag=Y (a resend the application may already have seen).
+    pub poss_dup: bool,
+    /// The complete frame as received, for the application to parse.
+    pub frame: Vec<u8>,
+}
+
+/// Output of the session, drained with [`Session::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write these bytes to the connection.
+    Send(Vec<u8>),
+    /// Hand this message to the application.
+    Deliver(AppMessage),
+    /// Report this.
+    Event(SessionEvent),
+    /// Close the connection (after writing the `Send`s queued before it).
+    Disconnect(DisconnectReason),
+}
+
+/// Errors of [`Session::send_app`].
+#[derive(Debug, Error)]
+pub enum SendError {
+    /// Application messages can only be sent while logged on.
+    #[error("session is not logged on")]
+    NotLoggedOn,
+    /// The body could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// An admin MsgType was given; the session owns those.
+    #[error("MsgType {0:?} is a session-level message")]
+    AdminMsgType(String),
+    /// The store refused the message: it was not sent, and the session disconnected
+    /// (see [`StoreError::Fenced`] for what an in-doubt message means).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One FIX session over one store. See the module documentation.
+#[derive(Debug)]
+pub struct Session<S: SessionStore> {
+    config: SessionConfig,
+    store: S,
+    state: State,
+    state_since: SystemTime,
+    heartbeat: Duration,
+    last_sent: SystemTime,
+    last_received: SystemTime,
+    test_request: Option<String>,
+    test_request_counter: u64,
+    /// Out-of-order messages waiting for the gap before them to be filled.
+    queue: BTreeMap<u64, Vec<u8>>,
+    /// Highest MsgSeqNum our outstanding ResendRequest covers; no new request until passed.
+    resend_until: Option<u64>,
+    out: VecDeque<Action>,
+}
+
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| if c == '\u{1}' { ' ' } else { c })
+        .collect()
+}
+
+fn since(now: SystemTime, then: SystemTime) -> Duration {
+    now.duration_since(then).unwrap_or(Duration::ZERO)
+}
+
+/// Why processing of one message stopped early.
+enum Stop {
+    /// The session is over (disconnect queued).
+    Ended,
+}
+
+type Step = Result<(), Stop>;
+
+impl<S: SessionStore> Session<S> {
+    /// A disconnected session over `store`.
+    pub fn new(config: SessionConfig, store: S) -> Result<Self, ConfigError> {
+        for id in [&config.sender_comp_id, &config.target_comp_id] {
+            if id.is_empty() || id.as_bytes().contains(&SOH) {
+                return Err(ConfigError::BadCompId(id.clone()));
+            }
+        }
+        let heartbeat = config.heartbeat_interval;
+        Ok(Session {
+            config,
+            store,
+            state: State::Disconnected,
+            state_since: SystemTime::UNIX_EPOCH,
+            heartbeat,
+            last_sent: SystemTime::UNIX_EPOCH,
+            last_received: SystemTime::UNIX_EPOCH,
+            test_request: None,
+            test_request_counter: 0,
+            queue: BTreeMap::new(),
+            resend_until: None,
+            out: VecDeque::new(),
+        })
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The store (sequence numbers, sent messages).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, mutably (e.g. to sync a batched store from a timer).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The heartbeat interval in force (negotiated at Logon for an acceptor).
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Next queued output, oldest first.
+    pub fn poll(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// All queued outputs.
+    pub fn drain(&mut self) -> impl Iterator<Item = Action> + '_ {
+        self.out.drain(..)
+    }
+
+    fn set_state(&mut self, state: State, now: SystemTime) {
+        self.state = state;
+        self.state_since = now;
+    }
+
+    /// A connection is up: an initiator sends its Logon, an acceptor starts waiting for one.
+    pub fn on_connected(&mut self, now: SystemTime) {
+        self.queue.clear();
+        self.resend_until = None;
+        self.test_request = None;
+        self.last_received = now;
+        self.last_sent = now;
+        self.heartbeat = self.config.heartbeat_interval;
+        match self.config.role {
+            Role::Acceptor => self.set_state(State::AwaitingLogon, now),
+            Role::Initiator => {
+                self.set_state(State::LogonSent, now);
+                if self.config.reset_on_logon {
+                    if let Err(e) = self.store.reset() {
+                        self.store_failed(&e);
+                        return;
+                    }
+                }
+                let reset = self.config.reset_on_logon;
+                let hb = self.heartbeat.as_secs();
+                let _ = self.send_admin(msg_type::LOGON, now, |b| {
+                    b.push_uint(tags::ENCRYPT_METHOD, 0)
+                        .push_uint(tags::HEART_BT_INT, hb);
+                    if reset {
+                        b.push_bool(tags::RESET_SEQ_NUM_FLAG, true);
+                    }
+                });
+            }
+        }
+    }
+
+    /// The transport lost the connection.
+    pub fn on_disconnected(&mut self, now: SystemTime) {
+        self.queue.clear();
+        self.resend_until = None;
+        self.test_request = None;
+        self.set_state(State::Disconnected, now);
+    }
+
+    /// Starts the Logout handshake.
+    pub fn logout(&mut self, text: Option<&str>, now: SystemTime) {
+        if self.state != State::Active {
+            return;
+        }
+        if self.send_logout(text, now).is_ok() {
+            self.set_state(State::LogoutSent, now);
+        }
+    }
+
+    /// Sends an application message whose body is pre-encoded `tag=value<SOH>` fields (no
+    /// header or trailer fields). The message is stored, then queued as a `Send`.
+    pub fn send_app(
+        &mut self,
+        msg_type: &[u8],
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<u64, SendError> {
+        if self.state != State::Active {
+            return Err(SendError::NotLoggedOn);
+        }
+        if msg_type::is_admin(msg_type) {
+            return Err(SendError::AdminMsgType(
+                String::from_utf8_lossy(msg_type).into_owned(),
+            ));
+        }
+        let seq = self.store.next_sender_seq();
+        let mut b = self.header(msg_type, seq, now);
+        b.push_raw(body);
+        let frame = b.finish()?;
+        if let Err(e) = self.store.save_sent(seq, &frame) {
+            self.store_failed(&e);
+            return Err(SendError::Store(e));
+        }
+        self.last_sent = now;
+        self.out.push_back(Action::Send(frame));
+        Ok(seq)
+    }
+
+    fn header(&self, msg_type: &[u8], seq: u64, now: SystemTime) -> MessageBuilder {
+        let mut b = MessageBuilder::new(self.config.begin_string, msg_type);
+        b.push_str(tags::SENDER_COMP_ID, &self.config.sender_comp_id)
+            .push_str(tags::TARGET_COMP_ID, &self.config.target_comp_id)
+            .push_uint(tags::MSG_SEQ_NUM, seq)
+            .push_time(tags::SENDING_TIME, now);
+        b
+    }
+
+    fn store_failed(&mut self, e: &StoreError) {
+        let fenced = matches!(e, StoreError::Fenced { .. });
+        tracing::error!(error = %e, "session store failed; disconnecting");
+        self.out
+            .push_back(Action::Disconnect(DisconnectReason::Store {
+                fenced,
+                text: e.to_string(),
+            }));
+        self.state = State::Disconnected;
+    }
+
+    /// Sends a session-level message with the next sequence number, persisted first.
+    fn send_admin(
+        &mut self,
+        msg_type: &[u8],
+        now: SystemTime,
+        fill: impl FnOnce(&mut MessageBuilder),
+    ) -> Step {
+        let seq = self.store.next_sender_seq();
+        let mut b = self.header(msg_type, seq, now);
+        fill(&mut b);
+        let frame = match b.finish() {
+            Ok(f) => f,
+            Err(e) => {
+                // Only our own values go into admin messages, so this is a bug, not input.
+                self.disconnect(
+                    DisconnectReason::Protocol(format!("encoding failed: {e}")),
+                    now,
+                );
+                return Err(Stop::Ended);
+            }
+        };
+        if let Err(e) = self.store.set_next_sender_seq(seq.saturating_add(1)) {
+            self.store_failed(&e);
+            return Err(Stop::Ended);
+        }
+        self.last_sent = now;
+        self.out.push_back(Action::Send(frame));
+        Ok(())
+    }
+
+    fn send_logout(&mut self, text: Option<&str>, now: SystemTime) -> Step {
+        let text = text.map(sanitize).filter(|t| !t.is_empty());
+        self.send_admin(msg_type::LOGOUT, now, |b| {
+            if let Some(t) = &text {
+                b.push_str(tags::TEXT, t);
+            }
+        })
+    }
+
+    fn disconnect(&mut self, reason: DisconnectReason, now: SystemTime) {
+        self.out.push_back(Action::Disconnect(reason));
+        self.on_disconnected(now);
+    }
+
+    /// Logout (when logged on) then disconnect.
+    fn end_session(&mut self, text: &str, reason: DisconnectReason, now: SystemTime) -> Stop {
+        if matches!(self.state, State::Active | State::LogoutSent) {
+            // A failed Logout already queued a Disconnect.
+            if self.send_logout(Some(text), now).is_err() {
+                return Stop::Ended;
+            }
+        }
+        self.disconnect(reason, now);
+        Stop::Ended
+    }
+
+    fn send_reject(
+        &mut self,
+        ref_seq_num: u64,
+        ref_msg_type: Option<&str>,
+        ref_tag: Option<u32>,
+        reason: SessionRejectReason,
+        text: &str,
+        now: SystemTime,
+    ) -> Step {
+        let version = self.config.begin_string;
+        let text = sanitize(text);
+        self.send_admin(msg_type::REJECT, now, |b| {
+            b.push_uint(tags::REF_SEQ_NUM, ref_seq_num);
+            if let Some(t) = ref_tag {
+                b.push_uint(tags::REF_TAG_ID, u64::from(t));
+            }
+            if let Some(mt) = ref_msg_type.filter(|m| !m.is_empty() && !m.contains('\u{1}')) {
+                b.push_str(tags::REF_MSG_TYPE, mt);
+            }
+            if reason.defined_in(version) {
+                b.push_uint(tags::SESSION_REJECT_REASON, u64::from(reason.code()));
+            }
+            if !text.is_empty() {
+                b.push_str(tags::TEXT, &text);
+            }
+        })?;
+        self.out.push_back(Action::Event(SessionEvent::RejectSent {
+            ref_seq_num,
+            reason,
+            text,
+        }));
+        Ok(())
+    }
+
+    fn set_next_target(&mut self, seq: u64) -> Step {
+        if let Err(e) = self.store.set_next_target_seq(seq) {
+            self.store_failed(&e);
+            return Err(Stop::Ended);
+        }
+        if self.resend_until.is_some_and(|until| seq > until) {
+            self.resend_until = None;
+        }
+        Ok(())
+    }
+
+    /// A complete frame arrived.
+    pub fn on_frame(&mut self, frame: &[u8], now: SystemTime) {
+        if self.state == State::Disconnected {
+            return;
+        }
+        self.last_received = now;
+        // Any traffic proves the line alive; a later silence earns a fresh TestRequest.
+        self.test_request = None;
+        if self.process(frame, now).is_err() {
+            return;
+        }
+        // Messages that arrived early may now be in sequence.
+        loop {
+            let expected = self.store.next_target_seq();
+            // Anything below `expected` was covered by a gap fill or a reset.
+            while let Some((&seq, _)) = self.queue.first_key_value() {
+                if seq >= expected {
+                    break;
+                }
+                self.queue.remove(&seq);
+            }
+            let Some(next) = self.queue.remove(&expected) else {
+                break;
+            };
+            if self.process(&next, now).is_err() || self.state == State::Disconnected {
+                break;
+            }
+        }
+    }
+
+    fn process(&mut self, raw: &[u8], now: SystemTime) -> Step {
+        let msg = match parse(raw) {
+            Ok(m) => m,
+            Err(ParseError::Garbled(g)) => return self.garbled(g),
+            Err(ParseError::BeginString(b)) => {
+                return Err(self.end_session(
+                    "Incorrect BeginString",
+                    DisconnectReason::Protocol(format!("unsupported BeginString {b:?}")),
+                    now,
+                ));
+            }
+            Err(e) => return self.invalid(raw, e, now),
+        };
+        let header = match msg.header() {
+            Ok(h) => h,
+            Err(e) => return self.invalid(raw, e, now),
+        };
+        if header.begin_string != self.config.begin_string {
+            return Err(self.end_session(
+                "Incorrect BeginString",
+                DisconnectReason::Protocol(format!("BeginString {} received", header.begin_string)),
+                now,
+            ));
+        }
+        let mt = header.msg_type;
+        let logging_on = matches!(self.state, State::AwaitingLogon | State::LogonSent);
+        if logging_on && mt != msg_type::LOGON {
+            return Err(self.end_session(
+                "First message must be Logon",
+                DisconnectReason::Protocol("first message is not a Logon".into()),
+                now,
+            ));
+        }
+        if !logging_on && mt == msg_type::LOGON {
+            return Err(self.end_session(
+                "Logon received while logged on",
+                DisconnectReason::Protocol("duplicate Logon".into()),
+                now,
+            ));
+        }
+
+        // CompID and SendingTime problems end the session after a Reject that consumes the
+        // sequence number.
+        let comp_problem = if header.sender_comp_id != self.config.target_comp_id.as_bytes() {
+            Some(tags::SENDER_COMP_ID)
+        } else if header.target_comp_id != self.config.sender_comp_id.as_bytes() {
+            Some(tags::TARGET_COMP_ID)
+        } else {
+            None
+        };
+        let stale = self.config.max_latency.is_some_and(|max| {
+            let d = now
+                .duration_since(header.sending_time)
+                .or_else(|e| Ok::<_, ()>(e.duration()))
+                .unwrap_or(Duration::ZERO);
+            d > max
+        });
+        let orig_after = header.poss_dup
+            && header
+                .orig_sending_time
+                .is_some_and(|orig| orig > header.sending_time);
+        let fatal = match (comp_problem, stale || orig_after) {
+            (Some(tag), _) => Some((tag, SessionRejectReason::CompIdProblem, "CompID problem")),
+            (None, true) => Some((
+                tags::SENDING_TIME,
+                SessionRejectReason::SendingTimeAccuracy,
+                "SendingTime accuracy problem",
+            )),
+            _ => None,
+        };
+        if let Some((tag, reason, text)) = fatal {
+            if logging_on {
+                self.disconnect(DisconnectReason::Protocol(text.into()), now);
+                return Err(Stop::Ended);
+            }
+            let seq = header.msg_seq_num;
+            self.send_reject(
+                seq,
+                std::str::from_utf8(mt).ok(),
+                Some(tag),
+                reason,
+                text,
+                now,
+            )?;
+            if seq == self.store.next_target_seq() {
+                self.set_next_target(seq.saturating_add(1))?;
+            }
+            return Err(self.end_session(text, DisconnectReason::Protocol(text.into()), now));
+        }
+
+        if mt == msg_type::SEQUENCE_RESET
+            && !msg
+                .get_bool(tags::GAP_FILL_FLAG)
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        {
+            return self.sequence_reset_mode(&msg, &header, now);
+        }
+        if mt == msg_type::LOGON {
+            return self.on_logon(&msg, &header, now);
+        }
+
+        let expected = self.store.next_target_seq();
+        let seq = header.msg_seq_num;
+        if seq > expected {
+            if mt == msg_type::LOGOUT {
+                return Err(self.logout_received(&msg, now));
+            }
+            if mt == msg_type::RESEND_REQUEST {
+                // Answer first, or two sides waiting for each other's resend deadlock.
+                self.on_resend_request(&msg, now)?;
+            }
+            self.queue.insert(seq, raw.to_vec());
+            return self.request_resend(expected, seq, now);
+        }
+        if seq < expected {
+            if header.poss_dup {
+                self.out
+                    .push_back(Action::Event(SessionEvent::DuplicateIgnored(seq)));
+                return Ok(());
+            }
+            let text = format!("MsgSeqNum too low, expecting {expected} but received {seq}");
+            return Err(self.end_session(
+                &text,
+                DisconnectReason::SeqTooLow {
+                    expected,
+                    received: seq,
+                },
+                now,
+            ));
+        }
+        if header.poss_dup && header.orig_sending_time.is_none() && mt != msg_type::SEQUENCE_RESET {
+            self.send_reject(
+                seq,
+                std::str::from_utf8(mt).ok(),
+                Some(tags::ORIG_SENDING_TIME),
+                SessionRejectReason::RequiredTagMissing,
+                "OrigSendingTime required with PossDupFlag=Y",
+                now,
+            )?;
+            return self.set_next_target(seq.saturating_add(1));
+        }
+        self.in_sequence(&msg, &header, now)
+    }
+
+    fn garbled(&mut self, g: Garbled) -> Step {
+        tracing::warn!(reason = %g, "ignoring garbled FIX message");
+        self.out
+            .push_back(Action::Event(SessionEvent::Garbled(g.to_string())));
+        Ok(())
+    }
+
+    /// A well-framed message that fails validation: Reject it in sequence (or queue it when
+    /// early so it is rejected in order), or end the session when it cannot be referenced.
+    fn invalid(&mut self, raw: &[u8], e: ParseError, now: SystemTime) -> Step {
+        let ParseError::Invalid {
+            reason,
+            ref_tag,
+            ref_seq_num,
+            ref_msg_type,
+            text,
+        } = e
+        else {
+            return Ok(());
+        };
+        if matches!(self.state, State::AwaitingLogon | State::LogonSent) {
+            self.disconnect(
+                DisconnectReason::Protocol(format!("invalid Logon: {text}")),
+                now,
+            );
+            return Err(Stop::Ended);
+        }
+        let missing_seq = ref_tag == Some(tags::MSG_SEQ_NUM)
+            || (ref_seq_num.is_none() && reason != SessionRejectReason::IncorrectDataFormat);
+        let Some(seq) = ref_seq_num.filter(|_| !missing_seq) else {
+            return Err(self.end_session(
+                "MsgSeqNum(34) missing or invalid",
+                DisconnectReason::Protocol("message without a valid MsgSeqNum".into()),
+                now,
+            ));
+        };
+        let expected = self.store.next_target_seq();
+        if seq > expected {
+            self.queue.insert(seq, raw.to_vec());
+            return self.request_resend(expected, seq, now);
+        }
+        if seq < expected {
+            // Already processed or covered by a gap fill.
+            return Ok(());
+        }
+        self.send_reject(seq, ref_msg_type.as_deref(), ref_tag, reason, &text, now)?;
+        self.set_next_target(seq.saturating_add(1))
+    }
+
+    fn request_resend(&mut self, expected: u64, received: u64, now: SystemTime) -> Step {
+        if let Some(until) = self.resend_until {
+            // Our request asked for everything (EndSeqNo 0), so it covers this too; just
+            // remember how far the gap reaches before the request counts as satisfied.
+            self.resend_until = Some(until.max(received));
+            return Ok(());
+        }
+        self.out.push_back(Action::Event(SessionEvent::GapDetected {
+            begin: expected,
+            received,
+        }));
+        // FIX 4.2 and later: EndSeqNo 0 means "everything after BeginSeqNo".
+        self.send_admin(msg_type::RESEND_REQUEST, now, |b| {
+            b.push_uint(tags::BEGIN_SEQ_NO, expected)
+                .push_uint(tags::END_SEQ_NO, 0);
+        })?;
+        self.resend_until = Some(received);
+        Ok(())
+    }
+
+    fn on_logon(&mut self, msg: &Message<'_>, header: &Header<'_>, now: SystemTime) -> Step {
+        let protocol = |text: &str| DisconnectReason::Protocol(text.to_owned());
+        let hb = match msg.get_uint(tags::HEART_BT_INT) {
+            Ok(Some(hb)) => hb,
+            _ => {
+                self.disconnect(protocol("Logon without a valid HeartBtInt"), now);
+                return Err(Stop::Ended);
+            }
+        };
+        if !matches!(msg.get(tags::ENCRYPT_METHOD), Some(b"0")) {
+            self.disconnect(protocol("Logon with unsupported EncryptMethod"), now);
+            return Err(Stop::Ended);
+        }
+        let reset = msg
+            .get_bool(tags::RESET_SEQ_NUM_FLAG)
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        if reset && self.config.role == Role::Acceptor {
+            if let Err(e) = self.store.reset() {
+                self.store_failed(&e);
+                return Err(Stop::Ended);
+            }
+        }
+        let expected = self.store.next_target_seq();
+        let seq = header.msg_seq_num;
+        if seq < expected && !header.poss_dup {
+            let text = format!("MsgSeqNum too low, expecting {expected} but received {seq}");
+            self.disconnect(
+                DisconnectReason::SeqTooLow {
+                    expected,
+                    received: seq,
+                },
+                now,
+            );
+            tracing::warn!("{text}");
+            return Err(Stop::Ended);
+        }
+        if self.config.role == Role::Acceptor {
+            self.heartbeat = Duration::from_secs(hb);
+            self.send_admin(msg_type::LOGON, now, |b| {
+                b.push_uint(tags::ENCRYPT_METHOD, 0)
+                    .push_uint(tags::HEART_BT_INT, hb);
+                if reset {
+                    b.push_bool(tags::RESET_SEQ_NUM_FLAG, true);
+                }
+            })?;
+        }
+        self.set_state(State::Active, now);
+        self.out
+            .push_back(Action::Event(SessionEvent::LoggedOn { reset }));
+        if seq > expected {
+            // The Logon itself falls in the requested range; the peer gap-fills it.
+            return self.request_resend(expected, seq, now);
+        }
+        if seq == expected {
+            self.set_next_target(seq.saturating_add(1))?;
+        }
+        Ok(())
+    }
+
+    fn sequence_reset_mode(
+        &mut self,
+        msg: &Message<'_>,
+        header: &Header<'_>,
+        now: SystemTime,
+    ) -> Step {
+        let expected = self.store.next_target_seq();
+        let new = match msg.get_uint(tags::NEW_SEQ_NO) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                return self.send_reject(
+                    header.msg_seq_num,
+                    Some("4"),
+                    Some(tags::NEW_SEQ_NO),
+                    SessionRejectReason::RequiredTagMissing,
+                    "NewSeqNo missing",
+                    now,
+                )
+            }
+            Err(_) => {
+                return self.send_reject(
+                    header.msg_seq_num,
+                    Some("4"),
+                    Some(tags::NEW_SEQ_NO),
+                    SessionRejectReason::IncorrectDataFormat,
+                    "NewSeqNo is not a number",
+                    now,
+                )
+            }
+        };
+        if new < expected {
+            return self.send_reject(
+                header.msg_seq_num,
+                Some("4"),
+                Some(tags::NEW_SEQ_NO),
+                SessionRejectReason::ValueIncorrect,
+                &format!("attempt to lower sequence number, invalid value NewSeqNo={new}"),
+                now,
+            );
+        }
+        if new > expected {
+            self.set_next_target(new)?;
+            self.out
+                .push_back(Action::Event(SessionEvent::SequenceReset {
+                    new_seq_num: new,
+                    gap_fill: false,
+                }));
+        }
+        Ok(())
+    }
+
+    fn logout_received(&mut self, msg: &Message<'_>, now: SystemTime) -> Stop {
+        if let Some(text) = msg.get_str(tags::TEXT) {
+            tracing::info!(text, "counterparty logged out");
+        }
+        if self.state == State::LogoutSent {
+            self.disconnect(DisconnectReason::LoggedOut, now);
+            return Stop::Ended;
+        }
+        if self.send_logout(None, now).is_err() {
+            return Stop::Ended;
+        }
+        self.disconnect(DisconnectReason::LoggedOut, now);
+        Stop::Ended
+    }
+
+    fn in_sequence(&mut self, msg: &Message<'_>, header: &Header<'_>, now: SystemTime) -> Step {
+        let seq = header.msg_seq_num;
+        let next = seq.saturating_add(1);
+        match header.msg_type {
+            // Any frame already cleared the outstanding TestRequest in `on_frame`.
+            msg_type::HEARTBEAT => self.set_next_target(next),
+            msg_type::TEST_REQUEST => {
+                let Some(id) = msg.get(tags::TEST_REQ_ID) else {
+                    self.send_reject(
+                        seq,
+                        Some("1"),
+                        Some(tags::TEST_REQ_ID),
+                        SessionRejectReason::RequiredTagMissing,
+                        "TestReqID missing",
+                        now,
+                    )?;
+                    return self.set_next_target(next);
+                };
+                self.set_next_target(next)?;
+                self.send_admin(msg_type::HEARTBEAT, now, |b| {
+                    b.push_verbatim(tags::TEST_REQ_ID, id);
+                })
+            }
+            msg_type::RESEND_REQUEST => {
+                self.set_next_target(next)?;
+                self.on_resend_request(msg, now)
+            }
+            msg_type::REJECT => {
+                self.set_next_target(next)?;
+                self.out
+                    .push_back(Action::Event(SessionEvent::RejectReceived {
+                        ref_seq_num: msg.get_uint(tags::REF_SEQ_NUM).ok().flatten(),
+                        text: msg.get_str(tags::TEXT).map(str::to_owned),
+                    }));
+                Ok(())
+            }
+            msg_type::SEQUENCE_RESET => {
+                // Gap fill (reset mode was handled before the sequence check).
+                match msg.get_uint(tags::NEW_SEQ_NO) {
+                    Ok(Some(new)) if new > seq => {
+                        self.set_next_target(new)?;
+                        self.out
+                            .push_back(Action::Event(SessionEvent::SequenceReset {
+                                new_seq_num: new,
+                                gap_fill: true,
+                            }));
+                        Ok(())
+                    }
+                    Ok(Some(new)) => {
+                        self.send_reject(
+                            seq,
+                            Some("4"),
+                            Some(tags::NEW_SEQ_NO),
+                            SessionRejectReason::ValueIncorrect,
+                            &format!(
+                                "attempt to lower sequence number, invalid value NewSeqNo={new}"
+                            ),
+                            now,
+                        )?;
+                        self.set_next_target(next)
+                    }
+                    Ok(None) | Err(_) => {
+                        self.send_reject(
+                            seq,
+                            Some("4"),
+                            Some(tags::NEW_SEQ_NO),
+                            SessionRejectReason::RequiredTagMissing,
+                            "NewSeqNo missing or invalid",
+                            now,
+                        )?;
+                        self.set_next_target(next)
+                    }
+                }
+            }
+            msg_type::LOGOUT => {
+                self.set_next_target(next)?;
+                Err(self.logout_received(msg, now))
+            }
+            _ => {
+                self.set_next_target(next)?;
+                self.out.push_back(Action::Deliver(AppMessage {
+                    seq_num: seq,
+                    poss_dup: header.poss_dup,
+                    frame: msg.raw().to_vec(),
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers a ResendRequest: stored application messages again with PossDupFlag=Y and
+    /// OrigSendingTime, and every run of numbers without one (admin messages, or messages a
+    /// crash kept out of the store) as one SequenceReset-GapFill.
+    fn on_resend_request(&mut self, msg: &Message<'_>, now: SystemTime) -> Step {
+        let (Ok(Some(begin)), Ok(Some(end))) = (
+            msg.get_uint(tags::BEGIN_SEQ_NO),
+            msg.get_uint(tags::END_SEQ_NO),
+        ) else {
+            let seq = msg.seq_num().unwrap_or(0);
+            let tag = if msg.get(tags::BEGIN_SEQ_NO).is_none() {
+                tags::BEGIN_SEQ_NO
+            } else {
+                tags::END_SEQ_NO
+            };
+            return self.send_reject(
+                seq,
+                Some("2"),
+                Some(tag),
+                SessionRejectReason::RequiredTagMissing,
+                "BeginSeqNo and EndSeqNo required",
+                now,
+            );
+        };
+        let last_sent = self.store.next_sender_seq().saturating_sub(1);
+        // 0 (FIX 4.2+) and 999999 (older counterparties) both mean "up to the last sent".
+        let end = if end == 0 || end == 999_999 || end > last_sent {
+            last_sent
+        } else {
+            end
+        };
+        let begin = begin.max(1);
+        if begin > end {
+            self.out
+                .push_back(Action::Event(SessionEvent::ResendServed {
+                    begin,
+                    end,
+                    resent: 0,
+                }));
+            return Ok(());
+        }
+        let stored = match self.store.sent_range(begin, end) {
+            Ok(s) => s,
+            Err(e) => {
+                self.store_failed(&e);
+                return Err(Stop::Ended);
+            }
+        };
+        let mut cursor = begin;
+        let mut resent = 0;
+        for (seq, frame) in stored {
+            let Some(again) = self.resend_frame(&frame, seq, now) else {
+                tracing::warn!(seq, "stored message unreadable; gap-filling it");
+                continue;
+            };
+            if seq > cursor {
+                self.gap_fill(cursor, seq, now)?;
+            }
+            self.out.push_back(Action::Send(again));
+            resent += 1;
+            cursor = seq.saturating_add(1);
+        }
+        if cursor <= end {
+            self.gap_fill(cursor, end.saturating_add(1), now)?;
+        }
+        self.last_sent = now;
+        self.out
+            .push_back(Action::Event(SessionEvent::ResendServed {
+                begin,
+                end,
+                resent,
+            }));
+        Ok(())
+    }
+
+    /// SequenceReset-GapFill sent *as* message `seq`, moving the peer to `new_seq`; it is a
+    /// resend, so it takes an old number and touches nothing in the store.
+    fn gap_fill(&mut self, seq: u64, new_seq: u64, now: SystemTime) -> Step {
+        let mut b = self.header(msg_type::SEQUENCE_RESET, seq, now);
+        b.push_bool(tags::POSS_DUP_FLAG, true)
+            .push_time(tags::ORIG_SENDING_TIME, now)
+            .push_bool(tags::GAP_FILL_FLAG, true)
+            .push_uint(tags::NEW_SEQ_NO, new_seq);
+        match b.finish() {
+            Ok(f) => {
+                self.out.push_back(Action::Send(f));
+                Ok(())
+            }
+            Err(e) => {
+                self.disconnect(
+                    DisconnectReason::Protocol(format!("encoding failed: {e}")),
+                    now,
+                );
+                Err(Stop::Ended)
+            }
+        }
+    }
+
+    /// The stored frame rebuilt for resending: same MsgSeqNum and body, PossDupFlag=Y,
+    /// OrigSendingTime = its first SendingTime, SendingTime = now.
+    fn resend_frame(&self, stored: &[u8], seq: u64, now: SystemTime) -> Option<Vec<u8>> {
+        let m = parse(stored).ok()?;
+        let orig = m.get(tags::SENDING_TIME)?;
+        let mut b = MessageBuilder::new(self.config.begin_string, m.msg_type());
+        b.push_str(tags::SENDER_COMP_ID, &self.config.sender_comp_id)
+            .push_str(tags::TARGET_COMP_ID, &self.config.target_comp_id)
+            .push_uint(tags::MSG_SEQ_NUM, seq)
+            .push_bool(tags::POSS_DUP_FLAG, true)
+            .push_time(tags::SENDING_TIME, now)
+            .push_verbatim(tags::ORIG_SENDING_TIME, orig);
+        let fields = m.fields();
+        let skip = [
+            tags::BEGIN_STRING,
+            tags::BODY_LENGTH,
+            tags::MSG_TYPE,
+            tags::SENDER_COMP_ID,
+            tags::TARGET_COMP_ID,
+            tags::MSG_SEQ_NUM,
+            tags::POSS_DUP_FLAG,
+            tags::SENDING_TIME,
+            tags::ORIG_SENDING_TIME,
+            tags::CHECK_SUM,
+        ];
+        for f in fields.iter().filter(|f| !skip.contains(&f.tag)) {
+            b.push_verbatim(f.tag, f.value);
+        }
+        b.finish().ok()
+    }
+
+    /// Timer tick: heartbeats, test requests and the logon, logout and heartbeat timeouts.
+    /// Call it at least every second (or every `heartbeat_interval / 10`).
+    pub fn on_timer(&mut self, now: SystemTime) {
+        match self.state {
+            State::Disconnected => {}
+            State::AwaitingLogon | State::LogonSent => {
+                if since(now, self.state_since) >= self.config.logon_timeout {
+                    self.disconnect(DisconnectReason::LogonTimeout, now);
+                }
+            }
+            State::LogoutSent => {
+                if since(now, self.state_since) >= self.config.logout_timeout {
+                    self.disconnect(DisconnectReason::LogoutTimeout, now);
+                }
+            }
+            State::Active => {
+                let hb = self.heartbeat;
+                if hb.is_zero() {
+                    return;
+                }
+                let quiet = since(now, self.last_received);
+                if quiet >= hb * 12 / 5 {
+                    self.disconnect(DisconnectReason::HeartbeatTimeout, now);
+                    return;
+                }
+                if quiet >= hb * 6 / 5 && self.test_request.is_none() {
+                    self.test_request_counter += 1;
+                    let id = format!("TEST{}", self.test_request_counter);
+                    let sent = self.send_admin(msg_type::TEST_REQUEST, now, |b| {
+                        b.push_str(tags::TEST_REQ_ID, &id);
+                    });
+                    if sent.is_err() {
+                        return;
+                    }
+                    self.test_request = Some(id);
+                }
+                if since(now, self.last_sent) >= hb {
+                    let _ = self.send_admin(msg_type::HEARTBEAT, now, |_| {});
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Session stores: where a session keeps its next sequence numbers and the application
+//! messages it sent, so it can answer a ResendRequest — including after a failover, when the
+//! new active opens the store the old one wrote.
+//!
+//! * [`SessionStore`]: what the session state machine needs.
+//! * [`MemoryStore`]: volatile, for tests and for sessions that reset every day anyway.
+//! * [`FileStore`]: the fenced, append-only, checksummed store in a directory the group shares.
+
+mod file;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::tags::BeginString;
+
+pub use file::{FileStore, RecoveryReport, SyncPolicy};
+
+/// Identifies a session: its store lives under a directory named after it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionId {
+    /// Protocol version.
+    pub begin_string: BeginString,
+    /// Our SenderCompID(49).
+    pub sender_comp_id: String,
+    /// Our TargetCompID(56), the counterparty.
+    pub target_comp_id: String,
+}
+
+impl SessionId {
+    /// A session id.
+    pub fn new(begin_string: BeginString, sender: &str, target: &str) -> Self {
+        SessionId {
+            begin_string,
+            sender_comp_id: sender.to_owned(),
+            target_comp_id: target.to_owned(),
+        }
+    }
+
+    /// `SENDER-TARGET-FIX.4.4`, with any byte outside `[A-Za-z0-9._]` (including `-`, so the
+    /// name stays unambiguous, and `/`, so it stays one path component) written as `%XX`.
+    pub fn dir_name(&self) -> String {
+        fn esc(out: &mut String, s: &str) {
+            for b in s.bytes() {
+                if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+        let mut out = String::new();
+        esc(&mut out, &self.sender_comp_id);
+        out.push('-');
+        esc(&mut out, &self.target_comp_id);
+        out.push('-');
+        out.push_str(self.begin_string.as_str());
+        out
+    }
+}
+
+/// Errors of session stores.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// An I/O operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A writer with a newer epoch has claimed the store; this writer must stop. A record
+    /// whose append returned this error is *in doubt*: the new active may or may not have
+    /// recovered it, exactly as if this writer had crashed right after writing it.
+    #[error("store fenced: our epoch {ours} is older than epoch {newest} seen in the store")]
+    Fenced {
+        /// The epoch of this writer.
+        ours: u64,
+        /// The newest epoch in the store.
+        newest: u64,
+    },
+    /// A record inside the log (not a torn tail) failed its checks.
+    #[error("corrupt store {path} at offset {offset}: {detail}")]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the bad record.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Another handle with the same epoch holds this store.
+    #[error("store {0} is already open by a writer with the same epoch")]
+    InUse(PathBuf),
+    /// The fence file lock could not be taken in time (a claimant is stuck holding it).
+    #[error("timed out taking the fence lock {0}")]
+    LockTimeout(PathBuf),
+    /// A previous write failed part-way; reopen the store to recover.
+    #[error("store unusable after a failed write; reopen it")]
+    Poisoned,
+    /// A message is larger than a record can hold.
+    #[error("record of {0} bytes is too large")]
+    TooLarge(usize),
+}
+
+/// What a [`crate::session::Session`] needs from its store. Every mutating call is durable
+/// (per the store's policy) before it returns, so the session can send only what is stored.
+pub trait SessionStore {
+    /// MsgSeqNum for the next message we send.
+    fn next_sender_seq(&self) -> u64;
+    /// MsgSeqNum we expect next from the counterparty.
+    fn next_target_seq(&self) -> u64;
+    /// Records the next sender sequence number (after an admin message or a reset).
+    fn set_next_sender_seq(&mut self, seq: u64) -> Result<(), StoreError>;
+    /// Records the next expected target sequence number.
+    fn set_next_target_seq(&mut self, seq: u64) -> Result<(), StoreError>;
+    /// Stores an application message sent with `seq`; the next sender seq becomes `seq + 1`.
+    fn save_sent(&mut self, seq: u64, frame: &[u8]) -> Result<(), StoreError>;
+    /// Stored application messages with `begin <= seq <= end`, in order.
+    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Both sequence numbers back to 1 and every stored message forgotten.
+    fn reset(&mut self) -> Result<(), StoreError>;
+}
+
+/// A volatile [`SessionStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    next_sender: u64,
+    next_target: u64,
+    sent: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            next_sender: 1,
+            next_target: 1,
+            sent: BTreeMap::new(),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store starting at sequence number 1 both ways.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn next_sender_seq(&self) -> u64 {
+        self.next_sender
+    }
+    fn next_target_seq(&self) -> u64 {
+        self.next_target
+    }
+    fn set_next_sender_seq(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.next_sender = seq;
+        Ok(())
+    }
+    fn set_next_target_seq(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.next_target = seq;
+        Ok(())
+    }
+    fn save_sent(&mut self, seq: u64, frame: &[u8]) -> Result<(), StoreError> {
+        self.sent.insert(seq, frame.to_vec());
+        self.next_sender = seq.saturating_add(1);
+        Ok(())
+    }
+    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        if begin > end {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .sent
+            .range(begin..=end)
+            .map(|(s, m)| (*s, m.clone()))
+            .collect())
+    }
+    fn reset(&mut self) -> Result<(), StoreError> {
+        *self = MemoryStore::default();
+        Ok(())
+    }
+}

@@ -1,0 +1,840 @@
+//! The fenced file store.
+//!
+//! # On disk
+//!
+//! ```text
+//! <dir>/<SENDER-TARGET-FIX.4.x>/fence                  newest epoch: [u64 LE][crc32 u32]
+//! <dir>/<SENDER-TARGET-FIX.4.x>/<epoch, 20 digits>.log  one append-only segment per writer epoch
+//! ```
+//!
+//! A segment is a sequence of records `[len u32][!len u32][crc32 u32][epoch u64][kind u8]
+//! [payload]`, all little-endian; `len` counts the bytes after the crc, the crc covers `len`
+//! and everything after it, and `!len` lets recovery trust `len` before the crc can be
+//! checked (so a flipped bit in a length is reported as corruption, never taken for a torn
+//! tail that would silently drop the records after it). The first record of a segment is a
+//! claim listing, for every older segment, the length up to which it counts ("seals").
+//!
+//! # Why one segment per epoch
+//!
+//! A writer never writes, truncates or repairs a file that another epoch writes. A former
+//! active that was stopped (SIGSTOP, a stalled disk) and resumes can therefore only append to
+//! its own segment, and the seal the new active recorded makes those late bytes invisible to
+//! every later reader. A shared single file would force the new active to repair a torn
+//! tail the old writer may still be extending.
+//!
+//! # Fencing protocol
+//!
+//! Opening with epoch `E`: under an exclusive `flock` of `fence` (held only for this
+//! read-compare-write, so a stopped writer cannot block a takeover beyond it), refuse if the
+//! fence or any segment name is newer than `E`, else write `E` and fdatasync it. Only *then*
+//! read the older segments and seal them at their current valid length.
+//!
+//! Appending: read the fence (one `pread`), refuse if newer; write the record (one `write`
+//! with `O_APPEND`); sync per policy; read the fence again and report [`StoreError::Fenced`]
+//! if it moved. An append that returned `Ok` saw the fence unchanged *after* its bytes were
+//! in the file, so any newer writer wrote its fence later and read — and sealed — a segment
+//! that already contained them: an acknowledged record is never lost in a takeover. An
+//! append that returned `Fenced` is in doubt, like a crash between write and send.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{SessionId, SessionStore, StoreError};
+
+/// How appends reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// fdatasync after every record before the append returns (the default). A message is
+    /// acknowledged only once it would survive a power cut.
+    #[default]
+    EveryWrite,
+    /// fdatasync at most once per `max_delay` (on an append or on
+    /// [`FileStore::sync_if_due`]) and on [`FileStore::sync`]. Much faster; a crash of the
+    /// *machine* can lose the records of the last `max_delay`, which after a failover shows
+    /// as a sequence gap the counterparty fills by gap fill. A crash of the *process* loses
+    /// nothing (the bytes are in the page cache), and fencing is unaffected.
+    Batch {
+        /// Longest time a record may stay unsynced.
+        max_delay: Duration,
+    },
+}
+
+/// What [`FileStore::open`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments replayed (epochs, ascending).
+    pub segments: Vec<u64>,
+    /// Records applied.
+    pub records: u64,
+    /// Bytes of an incomplete record at the end of the newest segment, ignored (and cut off
+    /// when that segment is ours).
+    pub torn_tail_bytes: u64,
+    /// Whether a segment of this same epoch was reopened rather than a new one created.
+    pub reopened: bool,
+}
+
+const HEADER: usize = 12;
+const FIXED: usize = 9; // epoch + kind
+const MAX_RECORD: usize = 64 << 20;
+const FENCE_LEN: usize = 12;
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+const KIND_CLAIM: u8 = 1;
+const KIND_NEXT_SENDER: u8 = 2;
+const KIND_NEXT_TARGET: u8 = 3;
+const KIND_SENT: u8 = 4;
+const KIND_RESET: u8 = 5;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn encode_record(
+    out: &mut Vec<u8>,
+    epoch: u64,
+    kind: u8,
+    payload: &[u8],
+) -> Result<(), StoreError> {
+    let len = FIXED + payload.len();
+    if len > MAX_RECORD {
+        return Err(StoreError::TooLarge(payload.len()));
+    }
+    let len = len as u32;
+    out.clear();
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&epoch.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out[0..4]);
+    h.update(&out[HEADER..]);
+    out[8..12].copy_from_slice(&h.finalize().to_le_bytes());
+    Ok(())
+}
+
+/// One decoded record, borrowing the segment bytes.
+struct Rec<'a> {
+    epoch: u64,
+    kind: u8,
+    payload: &'a [u8],
+    /// Offset of the payload within the segment.
+    payload_off: usize,
+    /// Offset just past the record.
+    end: usize,
+}
+
+enum Next<'a> {
+    Rec(Rec<'a>),
+    End,
+    /// An incomplete record starts here and runs to the end of the file.
+    Torn,
+    Corrupt(String),
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn next_record(buf: &[u8], p: usize) -> Next<'_> {
+    let rest = &buf[p..];
+    if rest.is_empty() {
+        return Next::End;
+    }
+    // A crash can leave a prefix of the record, or (on some filesystems) the file extended
+    // with zeros; both can only be at the end.
+    if rest.len() < HEADER {
+        return Next::Torn;
+    }
+    let len = u32_at(rest, 0);
+    if len != !u32_at(rest, 4) {
+        return if rest.iter().all(|&b| b == 0) {
+            Next::Torn
+        } else {
+            Next::Corrupt("record length check failed".into())
+        };
+    }
+    let len = len as usize;
+    if !(FIXED..=MAX_RECORD).contains(&len) {
+        return Next::Corrupt(format!("record length {len} out of range"));
+    }
+    if rest.len() < HEADER + len {
+        return Next::Torn;
+    }
+    let body = &rest[HEADER..HEADER + len];
+    let mut h = crc32fast::Hasher::new();
+    h.update(&rest[0..4]);
+    h.update(body);
+    if h.finalize() != u32_at(rest, 8) {
+        // The last record of the file with a bad crc is what a crash during its write leaves
+        // when the size reached the disk before the data; anywhere else it is corruption.
+        return if rest.len() == HEADER + len {
+            Next::Torn
+        } else {
+            Next::Corrupt("record checksum mismatch".into())
+        };
+    }
+    Next::Rec(Rec {
+        epoch: u64_at(body, 0),
+        kind: body[8],
+        payload: &body[FIXED..],
+        payload_off: p + HEADER + FIXED,
+        end: p + HEADER + len,
+    })
+}
+
+fn segment_name(epoch: u64) -> String {
+    format!("{epoch:020}.log")
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(num) = name.strip_suffix(".log") {
+            if num.len() == 20 {
+                if let Ok(e) = num.parse::<u64>() {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on a valid, owned file descriptor has no memory-safety preconditions.
+    let r = unsafe { libc::flock(file.as_raw_fd(), how) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn would_block(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// Reads the fence epoch with one pread; a torn read (a concurrent writer mid-pwrite) is
+/// retried, since the crc tells it apart from a stable value.
+fn read_fence(file: &File, path: &Path) -> Result<u64, StoreError> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let mut b = [0u8; FENCE_LEN];
+        let mut n = 0;
+        while n < FENCE_LEN {
+            let r = file
+                .read_at(&mut b[n..], n as u64)
+                .map_err(io_err("read fence", path))?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        if n == FENCE_LEN && crc32fast::hash(&b[..8]).to_le_bytes() == b[8..12] {
+            return Ok(u64_at(&b, 0));
+        }
+        last = format!("fence record of {n} bytes fails its check");
+        // A concurrent 12-byte pwrite finishes within microseconds.
+        std::thread::yield_now();
+    }
+    Err(StoreError::Corrupt {
+        path: path.to_owned(),
+        offset: 0,
+        detail: last,
+    })
+}
+
+fn write_fence(file: &File, path: &Path, epoch: u64) -> Result<(), StoreError> {
+    let mut b = [0u8; FENCE_LEN];
+    b[..8].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32fast::hash(&b[..8]);
+    b[8..].copy_from_slice(&crc.to_le_bytes());
+    file.write_all_at(&b, 0)
+        .map_err(io_err("write fence", path))?;
+    file.sync_data().map_err(io_err("sync fence", path))
+}
+
+/// Where a stored message lives.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    segment: u64,
+    offset: u64,
+    len: usize,
+}
+
+/// State rebuilt by replaying records.
+#[derive(Debug)]
+struct State {
+    next_sender: u64,
+    next_target: u64,
+    sent: BTreeMap<u64, Loc>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            next_sender: 1,
+            next_target: 1,
+            sent: BTreeMap::new(),
+        }
+    }
+}
+
+impl State {
+    fn apply(&mut self, segment: u64, rec: &Rec<'_>) -> Result<(), String> {
+        let need = |n: usize| {
+            if rec.payload.len() < n {
+                Err(format!("record kind {} payload too short", rec.kind))
+            } else {
+                Ok(())
+            }
+        };
+        match rec.kind {
+            KIND_CLAIM => {}
+            KIND_NEXT_SENDER => {
+                need(8)?;
+                self.next_sender = u64_at(rec.payload, 0);
+            }
+            KIND_NEXT_TARGET => {
+                need(8)?;
+                self.next_target = u64_at(rec.payload, 0);
+            }
+            KIND_SENT => {
+                need(8)?;
+                let seq = u64_at(rec.payload, 0);
+                self.sent.insert(
+                    seq,
+                    Loc {
+                        segment,
+                        offset: (rec.payload_off + 8) as u64,
+                        len: rec.payload.len() - 8,
+                    },
+                );
+                self.next_sender = seq.saturating_add(1);
+            }
+            KIND_RESET => *self = State::default(),
+            k => return Err(format!("unknown record kind {k}")),
+        }
+        Ok(())
+    }
+}
+
+fn decode_claim(payload: &[u8]) -> Option<Vec<(u64, u64)>> {
+    if payload.len() < 4 {
+        return None;
+    }
+    let n = u32_at(payload, 0) as usize;
+    if payload.len() != 4 + n.checked_mul(16)? {
+        return None;
+    }
+    Some(
+        (0..n)
+            .map(|i| (u64_at(payload, 4 + 16 * i), u64_at(payload, 12 + 16 * i)))
+            .collect(),
+    )
+}
+
+fn encode_claim(seals: &[(u64, u64)]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(4 + 16 * seals.len());
+    p.extend_from_slice(&(seals.len() as u32).to_le_bytes());
+    for (e, l) in seals {
+        p.extend_from_slice(&e.to_le_bytes());
+        p.extend_from_slice(&l.to_le_bytes());
+    }
+    p
+}
+
+/// The fenced, append-only session store. See the module documentation for the format and
+/// the fencing argument.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    epoch: u64,
+    sync: SyncPolicy,
+    fence: File,
+    fence_path: PathBuf,
+    /// Our segment, opened for append (and pread).
+    file: File,
+    /// Length of our segment: only this handle writes it, so no stat is needed.
+    end: u64,
+    path: PathBuf,
+    /// Read handles of every replayed segment, ours included, for resends.
+    readers: HashMap<u64, File>,
+    state: State,
+    report: RecoveryReport,
+    scratch: Vec<u8>,
+    dirty: bool,
+    last_sync: Instant,
+    /// Set once fenced: every later call is refused without touching the disk.
+    fenced: Option<u64>,
+    poisoned: bool,
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store of `session` under `dir` as the writer of
+    /// `epoch`: claims the fence, replays every sealed segment and creates this epoch's
+    /// segment (or reopens it, cutting off a torn tail). Refused with
+    /// [`StoreError::Fenced`] if the store has seen a newer epoch.
+    pub fn open(
+        dir: &Path,
+        session: &SessionId,
+        epoch: u64,
+        sync: SyncPolicy,
+    ) -> Result<FileStore, StoreError> {
+        let dir = dir.join(session.dir_name());
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let fence_path = dir.join("fence");
+        let fence = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&fence_path)
+            .map_err(io_err("open", &fence_path))?;
+
+        // 1. Claim the fence.
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        loop {
+            match flock(&fence, libc::LOCK_EX | libc::LOCK_NB) {
+                Ok(()) => break,
+                Err(e) if would_block(&e) && Instant::now() < deadline => lock_backoff(),
+                Err(e) if would_block(&e) => return Err(StoreError::LockTimeout(fence_path)),
+                Err(e) => return Err(io_err("lock", &fence_path)(e)),
+            }
+        }
+        let claimed = (|| {
+            let segs = list_segments(&dir)?;
+            let newest = read_fence(&fence, &fence_path)?.max(segs.last().copied().unwrap_or(0));
+            if newest > epoch {
+                return Err(StoreError::Fenced {
+                    ours: epoch,
+                    newest,
+                });
+            }
+            if newest < epoch || read_fence(&fence, &fence_path)? != epoch {
+                write_fence(&fence, &fence_path, epoch)?;
+            }
+            Ok(())
+        })();
+        let _ = flock(&fence, libc::LOCK_UN);
+        claimed?;
+
+        // 2. Replay. Segments are listed only now, after our fence write, so that every
+        //    record an older writer got acknowledged is already in its segment.
+        let segs = list_segments(&dir)?;
+        let mut report = RecoveryReport::default();
+        let mut readers = HashMap::new();
+        let mut state = State::default();
+
+        // The newest segment with a valid claim decides which older segments count.
+        let mut base: Option<(u64, Vec<(u64, u64)>)> = None;
+        for &e in segs.iter().rev() {
+            if e > epoch {
+                continue;
+            }
+            let path = dir.join(segment_name(e));
+            let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
+            if let Next::Rec(r) = next_record(&bytes, 0) {
+                if r.kind == KIND_CLAIM && r.epoch == e {
+                    if let Some(seals) = decode_claim(r.payload) {
+                        base = Some((e, seals));
+                        break;
+                    }
+                }
+            }
+        }
+
+        let mut seals_out = Vec::new();
+        let mut own_valid_end = None;
+        if let Some((newest, seals)) = base {
+            for &(e, limit) in &seals {
+                let path = dir.join(segment_name(e));
+                let file = File::open(&path).map_err(io_err("open", &path))?;
+                let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                if bytes.len() < limit {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        offset: bytes.len() as u64,
+                        detail: format!("sealed at {limit} bytes but shorter"),
+                    });
+                }
+                replay(&bytes[..limit], e, &path, &mut state, &mut report, false)?;
+                readers.insert(e, file);
+                seals_out.push((e, limit as u64));
+            }
+            let path = dir.join(segment_name(newest));
+            let file = File::open(&path).map_err(io_err("open", &path))?;
+            let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
+            let end = replay(&bytes, newest, &path, &mut state, &mut report, true)?;
+            report.torn_tail_bytes = (bytes.len() - end) as u64;
+            if report.torn_tail_bytes > 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    bytes = report.torn_tail_bytes,
+                    "ignoring torn record at the end of a session store segment"
+                );
+            }
+            readers.insert(newest, file);
+            if newest == epoch {
+                own_valid_end = Some(end as u64);
+            } else {
+                seals_out.push((newest, end as u64));
+            }
+        }
+
+        // 3. Our segment.
+        let path = dir.join(segment_name(epoch));
+        let seg_end: u64;
+        let file = match own_valid_end {
+            Some(end) => {
+                seg_end = end;
+                let f = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err("open", &path))?;
+                lock_segment(&f, &path)?;
+                // Only this epoch writes here, so cutting its torn tail cannot race anyone.
+                f.set_len(end).map_err(io_err("truncate", &path))?;
+                f.sync_all().map_err(io_err("sync", &path))?;
+                report.reopened = true;
+                f
+            }
+            None => {
+                // A segment file without a valid claim is one a crashed claimant of this
+                // epoch left before writing anything: start it again.
+                let f = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&path)
+                    .map_err(io_err("create", &path))?;
+                lock_segment(&f, &path)?;
+                f.set_len(0).map_err(io_err("truncate", &path))?;
+                let mut rec = Vec::new();
+                encode_record(&mut rec, epoch, KIND_CLAIM, &encode_claim(&seals_out))?;
+                (&f).write_all(&rec).map_err(io_err("write", &path))?;
+                seg_end = rec.len() as u64;
+                f.sync_all().map_err(io_err("sync", &path))?;
+                File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err("sync", &dir))?;
+                f
+            }
+        };
+        let reader = File::open(&path).map_err(io_err("open", &path))?;
+        readers.insert(epoch, reader);
+        report.segments = readers.keys().copied().collect();
+        report.segments.sort_unstable();
+
+        let store = FileStore {
+            dir,
+            epoch,
+            sync,
+            fence,
+            fence_path,
+            file,
+            end: seg_end,
+            path,
+            readers,
+            state,
+            report,
+            scratch: Vec::with_capacity(1024),
+            dirty: false,
+            last_sync: Instant::now(),
+            fenced: None,
+            poisoned: false,
+        };
+        // A newer claimant may have come and gone while we replayed.
+        store.check_fence_readonly()?;
+        Ok(store)
+    }
+
+    /// The epoch this handle writes with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The session's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What recovery found when the store was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    fn check_fence_readonly(&self) -> Result<(), StoreError> {
+        let newest = read_fence(&self.fence, &self.fence_path)?;
+        if newest > self.epoch {
+            return Err(StoreError::Fenced {
+                ours: self.epoch,
+                newest,
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-reads the fence (one pread) and refuses if a newer epoch has claimed the store.
+    pub fn check_fence(&mut self) -> Result<(), StoreError> {
+        if let Some(newest) = self.fenced {
+            return Err(StoreError::Fenced {
+                ours: self.epoch,
+                newest,
+            });
+        }
+        match self.check_fence_readonly() {
+            Err(StoreError::Fenced { ours, newest }) => {
+                self.fenced = Some(newest);
+                Err(StoreError::Fenced { ours, newest })
+            }
+            other => other,
+        }
+    }
+
+    fn append(&mut self, kind: u8, payload: &[u8]) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        self.check_fence()?;
+        let mut rec = std::mem::take(&mut self.scratch);
+        let written = encode_record(&mut rec, self.epoch, kind, payload).and_then(|()| {
+            // One write() with O_APPEND: the record lands contiguously at the end.
+            (&self.file)
+                .write_all(&rec)
+                .map_err(io_err("append", &self.path))
+        });
+        let rec_len = rec.len() as u64;
+        self.scratch = rec;
+        if let Err(e) = written {
+            // A partial record may now sit at the end; appending after it would bury it.
+            if !matches!(e, StoreError::TooLarge(_)) {
+                self.poisoned = true;
+            }
+            return Err(e);
+        }
+        self.end += rec_len;
+        self.dirty = true;
+        match self.sync {
+            SyncPolicy::EveryWrite => self.sync()?,
+            SyncPolicy::Batch { max_delay } => {
+                if self.last_sync.elapsed() >= max_delay {
+                    self.sync()?;
+                }
+            }
+        }
+        self.check_fence()
+    }
+
+    /// Forces unsynced records to disk.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            if let Err(e) = self.file.sync_data() {
+                self.poisoned = true;
+                return Err(io_err("sync", &self.path)(e));
+            }
+            self.dirty = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Under [`SyncPolicy::Batch`], syncs if records have waited `max_delay`; call it from
+    /// a timer so an idle session still honours the bound.
+    pub fn sync_if_due(&mut self) -> Result<(), StoreError> {
+        if let SyncPolicy::Batch { max_delay } = self.sync {
+            if self.dirty && self.last_sync.elapsed() >= max_delay {
+                return self.sync();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits a little before retrying a non-blocking `flock`. The store is blocking file-system
+/// code (async callers run it on a blocking thread); this waits on another process holding
+/// a kernel lock, not on a timer that simulated time should reach, and `flock` offers no
+/// timeout of its own.
+#[allow(clippy::disallowed_methods)]
+fn lock_backoff() {
+    std::thread::sleep(Duration::from_millis(1));
+}
+
+fn lock_segment(f: &File, path: &Path) -> Result<(), StoreError> {
+    match flock(f, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(()),
+        Err(e) if would_block(&e) => Err(StoreError::InUse(path.to_owned())),
+        Err(e) => Err(io_err("lock", path)(e)),
+    }
+}
+
+/// Applies the records of one segment. With `tail_ok` an incomplete last record is allowed
+/// (and excluded); without it the bytes must be whole records. Returns the end of the last
+/// valid record.
+fn replay(
+    bytes: &[u8],
+    segment: u64,
+    path: &Path,
+    state: &mut State,
+    report: &mut RecoveryReport,
+    tail_ok: bool,
+) -> Result<usize, StoreError> {
+    let mut p = 0;
+    let corrupt = |offset: usize, detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        offset: offset as u64,
+        detail,
+    };
+    loop {
+        match next_record(bytes, p) {
+            Next::End => return Ok(p),
+            Next::Torn if tail_ok => return Ok(p),
+            Next::Torn => return Err(corrupt(p, "incomplete record inside a sealed range".into())),
+            Next::Corrupt(d) => return Err(corrupt(p, d)),
+            Next::Rec(r) => {
+                if r.epoch != segment {
+                    return Err(corrupt(
+                        p,
+                        format!("record of epoch {} in segment {segment}", r.epoch),
+                    ));
+                }
+                if p == 0 && r.kind != KIND_CLAIM {
+                    return Err(corrupt(p, "segment does not start with a claim".into()));
+                }
+                state.apply(segment, &r).map_err(|d| corrupt(p, d))?;
+                report.records += 1;
+                p = r.end;
+            }
+        }
+    }
+}
+
+impl SessionStore for FileStore {
+    fn next_sender_seq(&self) -> u64 {
+        self.state.next_sender
+    }
+
+    fn next_target_seq(&self) -> u64 {
+        self.state.next_target
+    }
+
+    fn set_next_sender_seq(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.append(KIND_NEXT_SENDER, &seq.to_le_bytes())?;
+        self.state.next_sender = seq;
+        Ok(())
+    }
+
+    fn set_next_target_seq(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.append(KIND_NEXT_TARGET, &seq.to_le_bytes())?;
+        self.state.next_target = seq;
+        Ok(())
+    }
+
+    fn save_sent(&mut self, seq: u64, frame: &[u8]) -> Result<(), StoreError> {
+        let mut payload = Vec::with_capacity(8 + frame.len());
+        payload.extend_from_slice(&seq.to_le_bytes());
+        payload.extend_from_slice(frame);
+        let start = self.end;
+        self.append(KIND_SENT, &payload)?;
+        self.state.sent.insert(
+            seq,
+            Loc {
+                segment: self.epoch,
+                offset: start + (HEADER + FIXED + 8) as u64,
+                len: frame.len(),
+            },
+        );
+        self.state.next_sender = seq.saturating_add(1);
+        Ok(())
+    }
+
+    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        if begin > end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (&seq, loc) in self.state.sent.range(begin..=end) {
+            let Some(f) = self.readers.get(&loc.segment) else {
+                continue;
+            };
+            let mut buf = vec![0u8; loc.len];
+            f.read_exact_at(&mut buf, loc.offset)
+                .map_err(io_err("read", &self.dir.join(segment_name(loc.segment))))?;
+            out.push((seq, buf));
+        }
+        Ok(out)
+    }
+
+    fn reset(&mut self) -> Result<(), StoreError> {
+        self.append(KIND_RESET, &[])?;
+        self.state = State::default();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tags::BeginString;
+
+    /// A writer that passed its fence check, was stopped, and resumes after a newer active
+    /// claimed the store: its late bytes land in its own segment, beyond the seal, and no
+    /// later reader sees them.
+    #[test]
+    fn late_write_of_a_stopped_writer_is_outside_the_seal() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let sid = SessionId::new(BeginString::Fix44, "S", "T");
+        let mut old = FileStore::open(tmp.path(), &sid, 1, SyncPolicy::EveryWrite).expect("old");
+        old.save_sent(1, b"one").expect("save");
+        let new = FileStore::open(tmp.path(), &sid, 2, SyncPolicy::EveryWrite).expect("new");
+        // Simulate the write that was already past its fence check.
+        let mut rec = Vec::new();
+        let mut payload = 2u64.to_le_bytes().to_vec();
+        payload.extend_from_slice(b"stale");
+        encode_record(&mut rec, 1, KIND_SENT, &payload).expect("encode");
+        (&old.file).write_all(&rec).expect("late write");
+        drop(new);
+        let third = FileStore::open(tmp.path(), &sid, 3, SyncPolicy::EveryWrite).expect("third");
+        assert_eq!(third.next_sender_seq(), 2);
+        assert_eq!(
+            third.sent_range(1, 10).expect("range"),
+            vec![(1, b"one".to_vec())]
+        );
+    }
+
+    #[test]
+    fn claim_round_trip() {
+        let seals = vec![(1, 100), (5, 7)];
+        assert_eq!(decode_claim(&encode_claim(&seals)), Some(seals));
+        assert_eq!(decode_claim(&[1, 0, 0, 0]), None);
+    }
+}

@@ -1,0 +1,246 @@
+//! The fenced file store against real files: recovery after torn writes, corruption
+//! detection, and fencing between handles that behave like separate processes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use understudy_fix::store::{FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
+use understudy_fix::tags::BeginString;
+
+fn sid() -> SessionId {
+    SessionId::new(BeginString::Fix44, "GW", "CLIENT-1")
+}
+
+fn open(dir: &Path, epoch: u64) -> Result<FileStore, StoreError> {
+    FileStore::open(dir, &sid(), epoch, SyncPolicy::EveryWrite)
+}
+
+fn segment(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(sid().dir_name()).join(format!("{epoch:020}.log"))
+}
+
+fn msg(seq: u64) -> Vec<u8> {
+    format!("8=FIX.4.4\x019=5\x0135=D\x01seq={seq}\x01").into_bytes()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let sub = sid().dir_name();
+    std::fs::create_dir_all(to.join(&sub)).expect("mkdir");
+    for e in std::fs::read_dir(from.join(&sub)).expect("readdir") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), to.join(&sub).join(e.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn state_survives_reopen_and_takeover() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    {
+        let mut s = open(tmp.path(), 1).expect("open");
+        assert_eq!((s.next_sender_seq(), s.next_target_seq()), (1, 1));
+        s.set_next_target_seq(5).expect("target");
+        for seq in 1..=3 {
+            s.save_sent(seq, &msg(seq)).expect("save");
+        }
+        s.set_next_sender_seq(5).expect("admin message 4");
+        s.save_sent(5, &msg(5)).expect("save");
+    }
+    // Same epoch again (the same active restarting its store).
+    {
+        let s = open(tmp.path(), 1).expect("reopen");
+        assert!(s.recovery().reopened);
+        assert_eq!((s.next_sender_seq(), s.next_target_seq()), (6, 5));
+    }
+    // A new active.
+    let mut s = open(tmp.path(), 7).expect("takeover");
+    assert!(!s.recovery().reopened);
+    assert_eq!((s.next_sender_seq(), s.next_target_seq()), (6, 5));
+    let got = s.sent_range(2, 100).expect("range");
+    let seqs: Vec<u64> = got.iter().map(|(q, _)| *q).collect();
+    assert_eq!(seqs, vec![2, 3, 5]);
+    assert_eq!(got[0].1, msg(2));
+    s.save_sent(6, &msg(6)).expect("save");
+    drop(s);
+
+    // A third active sees both segments through the seals.
+    let mut s = open(tmp.path(), 9).expect("takeover 2");
+    assert_eq!(s.recovery().segments, vec![1, 7, 9]);
+    assert_eq!(s.next_sender_seq(), 7);
+    assert_eq!(s.sent_range(1, 6).expect("range").len(), 5);
+    s.reset().expect("reset");
+    assert_eq!((s.next_sender_seq(), s.next_target_seq()), (1, 1));
+    drop(s);
+    let s = open(tmp.path(), 9).expect("reopen after reset");
+    assert_eq!((s.next_sender_seq(), s.next_target_seq()), (1, 1));
+    assert!(s.sent_range(1, 100).expect("range").is_empty());
+}
+
+#[test]
+fn torn_last_record_at_every_offset_keeps_every_complete_record() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let before;
+    {
+        let mut s = open(tmp.path(), 3).expect("open");
+        s.set_next_target_seq(2).expect("target");
+        s.save_sent(1, &msg(1)).expect("save");
+        s.save_sent(2, &msg(2)).expect("save");
+        before = std::fs::metadata(segment(tmp.path(), 3))
+            .expect("stat")
+            .len();
+        s.save_sent(3, &msg(3)).expect("save");
+    }
+    let after = std::fs::metadata(segment(tmp.path(), 3))
+        .expect("stat")
+        .len();
+    assert!(after > before);
+    for cut in before..after {
+        for reopen_same_epoch in [false, true] {
+            let work = tempfile::tempdir().expect("tmp");
+            copy_dir(tmp.path(), work.path());
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(segment(work.path(), 3))
+                .expect("open seg");
+            f.set_len(cut).expect("truncate");
+            drop(f);
+            let epoch = if reopen_same_epoch { 3 } else { 4 };
+            let mut s = open(work.path(), epoch).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+            assert_eq!(s.recovery().torn_tail_bytes, cut - before, "cut {cut}");
+            assert_eq!(s.next_sender_seq(), 3, "cut {cut}");
+            assert_eq!(s.next_target_seq(), 2, "cut {cut}");
+            let got = s.sent_range(1, 10).expect("range");
+            assert_eq!(got, vec![(1, msg(1)), (2, msg(2))], "cut {cut}");
+            // The store stays writable and the new record survives another recovery.
+            s.save_sent(3, &msg(33)).expect("save after recovery");
+            drop(s);
+            let s = open(work.path(), 5).expect("again");
+            assert_eq!(s.sent_range(3, 3).expect("range"), vec![(3, msg(33))]);
+            assert_eq!(s.recovery().torn_tail_bytes, 0);
+        }
+    }
+}
+
+#[test]
+fn zero_filled_tail_is_a_torn_write() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    {
+        let mut s = open(tmp.path(), 1).expect("open");
+        s.save_sent(1, &msg(1)).expect("save");
+    }
+    let path = segment(tmp.path(), 1);
+    let len = std::fs::metadata(&path).expect("stat").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.set_len(len + 40).expect("extend with zeros");
+    drop(f);
+    let s = open(tmp.path(), 2).expect("open");
+    assert_eq!(s.recovery().torn_tail_bytes, 40);
+    assert_eq!(s.next_sender_seq(), 2);
+}
+
+#[test]
+fn any_corrupted_byte_in_a_middle_record_is_reported() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (start, end);
+    {
+        let mut s = open(tmp.path(), 1).expect("open");
+        s.save_sent(1, &msg(1)).expect("save");
+        start = std::fs::metadata(segment(tmp.path(), 1))
+            .expect("stat")
+            .len();
+        s.save_sent(2, &msg(2)).expect("save");
+        end = std::fs::metadata(segment(tmp.path(), 1))
+            .expect("stat")
+            .len();
+        s.save_sent(3, &msg(3)).expect("save");
+    }
+    for off in start..end {
+        for newer in [false, true] {
+            let work = tempfile::tempdir().expect("tmp");
+            copy_dir(tmp.path(), work.path());
+            if newer {
+                // Put the damaged record in a sealed, older segment.
+                drop(open(work.path(), 2).expect("seal"));
+            }
+            let path = segment(work.path(), 1);
+            let mut bytes = std::fs::read(&path).expect("read");
+            bytes[off as usize] ^= 0x40;
+            std::fs::write(&path, &bytes).expect("write");
+            match open(work.path(), 3) {
+                Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, start, "off {off}"),
+                other => panic!("off {off}: expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn old_epoch_is_refused_by_a_second_handle() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Two handles on one directory behave like two processes: flock and the fence file are
+    // per open file description.
+    let mut old = open(tmp.path(), 1).expect("old active");
+    old.save_sent(1, &msg(1)).expect("save");
+    old.set_next_target_seq(4).expect("target");
+
+    let mut new = open(tmp.path(), 2).expect("new active");
+    assert_eq!(new.next_sender_seq(), 2);
+    assert_eq!(new.next_target_seq(), 4);
+
+    // The old active resumes: its very next write is refused, and stays refused.
+    match old.save_sent(2, &msg(2)) {
+        Err(StoreError::Fenced { ours: 1, newest: 2 }) => {}
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert!(matches!(
+        old.set_next_target_seq(9),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(old.check_fence(), Err(StoreError::Fenced { .. })));
+
+    // The new active is unaffected and a reopen with the old epoch is refused.
+    new.save_sent(2, &msg(22)).expect("new writes");
+    match open(tmp.path(), 1) {
+        Err(StoreError::Fenced { ours: 1, newest: 2 }) => {}
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    drop(new);
+    let s = open(tmp.path(), 3).expect("third");
+    assert_eq!(
+        s.sent_range(1, 2).expect("range"),
+        vec![(1, msg(1)), (2, msg(22))]
+    );
+}
+
+#[test]
+fn same_epoch_twice_is_in_use() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _a = open(tmp.path(), 1).expect("a");
+    assert!(matches!(open(tmp.path(), 1), Err(StoreError::InUse(_))));
+}
+
+#[test]
+fn batch_policy_persists_on_sync() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let policy = SyncPolicy::Batch {
+        max_delay: Duration::from_secs(3600),
+    };
+    {
+        let mut s = FileStore::open(tmp.path(), &sid(), 1, policy).expect("open");
+        for seq in 1..=100 {
+            s.save_sent(seq, &msg(seq)).expect("save");
+        }
+        s.sync().expect("sync");
+        s.sync_if_due().expect("nothing due");
+    }
+    let s = open(tmp.path(), 2).expect("open");
+    assert_eq!(s.next_sender_seq(), 101);
+}
+
+#[test]
+fn session_dir_names_are_one_safe_component() {
+    let id = SessionId::new(BeginString::Fix42, "A-B", "C/D");
+    assert_eq!(id.dir_name(), "A%2DB-C%2FD-FIX.4.2");
+}

@@ -1,0 +1,726 @@
+//! The client library a trading application uses, and `understudy price-client` on top of it.
+//!
+//! [`PriceClient`] is given every server of the group, preferred first, and connects to all of
+//! them: the standbys then mirror its subscriptions (document 001), and when one is promoted it
+//! pushes prices to this already-open connection, so a failover costs no reconnect. The client
+//! tracks its own subscriptions and sends them to every server it (re)connects to; on a
+//! failover it sends them again to the new primary. It follows the server that claims primary
+//! with the highest epoch and drops everything carrying a lower epoch, so a stale former
+//! primary can never overwrite a newer price.
+//!
+//! A failover is detected by whichever comes first: loss of the connection, heartbeats missed
+//! for [`ClientOptions::heartbeat_timeout`], or another server announcing a higher epoch.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use crate::protocol::{read_frame, Message, Price, Role, MAX_SYMBOL_LEN};
+use crate::{AbortOnDrop, Error};
+
+/// Symbols per Subscribe frame: keeps frames far below the size limit for any list length.
+const SYMBOLS_PER_FRAME: usize = 4096;
+
+/// Tuning of a [`PriceClient`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// A server silent for this long is considered dead (servers heartbeat every 50 ms).
+    pub heartbeat_timeout: Duration,
+    /// Time allowed for one TCP connect.
+    pub connect_timeout: Duration,
+    /// First delay before reconnecting to a server that is down.
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnection attempts.
+    pub reconnect_max: Duration,
+    /// Events buffered for the application before the client stops reading (the servers then
+    /// conflate for us).
+    pub event_buffer: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            heartbeat_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(500),
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_millis(500),
+            event_buffer: 16 * 1024,
+        }
+    }
+}
+
+/// One price as delivered to the application.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Quote {
+    /// Instrument.
+    pub symbol: String,
+    /// Best bid.
+    pub bid: f64,
+    /// Best ask.
+    pub ask: f64,
+    /// Quantity at the best bid.
+    pub bid_size: u32,
+    /// Quantity at the best ask.
+    pub ask_size: u32,
+    /// Exchange sequence number of this instrument.
+    pub exch_seq: u64,
+    /// Epoch of the primary that sent it.
+    pub epoch: u64,
+    /// True for a snapshot (first price after subscribing or after a failover).
+    pub snapshot: bool,
+    /// The server that sent it.
+    pub server: SocketAddr,
+}
+
+/// What the client tells the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// A price from the current primary.
+    Quote(Quote),
+    /// A (new) primary was found: prices now come from `server` at `epoch`.
+    Failover {
+        /// The new primary.
+        server: SocketAddr,
+        /// Its epoch.
+        epoch: u64,
+        /// The former primary and its epoch, if there was one.
+        previous: Option<(SocketAddr, u64)>,
+    },
+    /// The primary went away (connection lost, heartbeats missed or demoted); prices pause
+    /// until another server claims a higher epoch.
+    PrimaryLost {
+        /// The lost primary.
+        server: SocketAddr,
+        /// Its epoch.
+        epoch: u64,
+        /// Why it is considered lost.
+        reason: String,
+    },
+    /// A server refused a subscription (e.g. unknown instrument) or a request.
+    Rejected {
+        /// The server that refused.
+        server: SocketAddr,
+        /// The instrument concerned, empty if none.
+        symbol: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// A connection to a server was established.
+    ServerConnected {
+        /// The server.
+        server: SocketAddr,
+    },
+    /// A connection to a server was lost; the client reconnects by itself.
+    ServerLost {
+        /// The server.
+        server: SocketAddr,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A failover-aware price client. Dropping it closes every connection.
+pub struct PriceClient {
+    subs: watch::Sender<Arc<BTreeSet<String>>>,
+    primary: watch::Receiver<Option<(SocketAddr, u64)>>,
+    events: mpsc::Receiver<ClientEvent>,
+    _tasks: Vec<AbortOnDrop<()>>,
+}
+
+/// What connection tasks tell the arbiter.
+enum Input {
+    Connected(usize),
+    Frame(usize, Message),
+    Disconnected(usize, String),
+}
+
+impl PriceClient {
+    /// Starts connecting to every server of the group (preferred first) and returns at once.
+    /// Must be called inside a Tokio runtime.
+    pub fn connect(servers: Vec<SocketAddr>, opts: ClientOptions) -> Result<Self, Error> {
+        if servers.is_empty() {
+            return Err(Error::Config(
+                "a price client needs at least one server".into(),
+            ));
+        }
+        let (subs_tx, subs_rx) = watch::channel(Arc::new(BTreeSet::new()));
+        let (primary_tx, primary_rx) = watch::channel(None);
+        let (events_tx, events_rx) = mpsc::channel(opts.event_buffer.max(1));
+        // Bounded so that a slow application slows our reading, not our memory.
+        let (input_tx, input_rx) = mpsc::channel(1024);
+        let mut tasks = Vec::with_capacity(servers.len() + 1);
+        let mut resyncs = Vec::with_capacity(servers.len());
+        for (idx, &addr) in servers.iter().enumerate() {
+            let (resync_tx, resync_rx) = mpsc::unbounded_channel();
+            resyncs.push(resync_tx);
+            tasks.push(AbortOnDrop(tokio::spawn(connection(
+                idx,
+                addr,
+                opts.clone(),
+                subs_rx.clone(),
+                resync_rx,
+                input_tx.clone(),
+            ))));
+        }
+        drop(input_tx);
+        let arbiter = Arbiter {
+            servers,
+            claims: Vec::new(),
+            highest: None,
+            primary: None,
+            resyncs,
+            events: events_tx,
+            primary_tx,
+        };
+        tasks.push(AbortOnDrop(tokio::spawn(arbiter.run(input_rx))));
+        Ok(PriceClient {
+            subs: subs_tx,
+            primary: primary_rx,
+            events: events_rx,
+            _tasks: tasks,
+        })
+    }
+
+    /// Adds instruments to the subscriptions; every server is told, now and after reconnects.
+    pub fn subscribe<S: AsRef<str>>(&self, symbols: &[S]) {
+        self.subs.send_modify(|set| {
+            let set = Arc::make_mut(set);
+            for s in symbols {
+                set.insert(s.as_ref().to_string());
+            }
+        });
+    }
+
+    /// Removes instruments from the subscriptions.
+    pub fn unsubscribe<S: AsRef<str>>(&self, symbols: &[S]) {
+        self.subs.send_modify(|set| {
+            let set = Arc::make_mut(set);
+            for s in symbols {
+                set.remove(s.as_ref());
+            }
+        });
+    }
+
+    /// The instruments currently subscribed.
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subs.borrow().iter().cloned().collect()
+    }
+
+    /// The current primary and its epoch, if one is known.
+    pub fn primary(&self) -> Option<(SocketAddr, u64)> {
+        *self.primary.borrow()
+    }
+
+    /// The next event; `None` only if the client's tasks have stopped.
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event if one is ready now (lets a consumer batch its output).
+    pub fn try_next_event(&mut self) -> Option<ClientEvent> {
+        self.events.try_recv().ok()
+    }
+}
+
+/// Decides which server is primary and which messages reach the application. A single task
+/// sees every connection's messages in arrival order, so "nothing older after something newer"
+/// holds across connections without locks.
+struct Arbiter {
+    servers: Vec<SocketAddr>,
+    /// Last (role, epoch) announced on each live connection.
+    claims: Vec<Option<(Role, u64)>>,
+    /// Highest epoch any primary has claimed: everything older is dropped.
+    highest: Option<u64>,
+    primary: Option<usize>,
+    resyncs: Vec<mpsc::UnboundedSender<()>>,
+    events: mpsc::Sender<ClientEvent>,
+    primary_tx: watch::Sender<Option<(SocketAddr, u64)>>,
+}
+
+impl Arbiter {
+    async fn run(mut self, mut input: mpsc::Receiver<Input>) {
+        self.claims = vec![None; self.servers.len()];
+        while let Some(inp) = input.recv().await {
+            let out = self.handle(inp);
+            for ev in out {
+                if self.events.send(ev).await.is_err() {
+                    return; // the application dropped the client
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, inp: Input) -> Vec<ClientEvent> {
+        let mut out = Vec::new();
+        match inp {
+            Input::Connected(idx) => out.push(ClientEvent::ServerConnected {
+                server: self.servers[idx],
+            }),
+            Input::Disconnected(idx, reason) => {
+                self.claims[idx] = None;
+                if self.primary == Some(idx) {
+                    self.lose_primary(idx, reason.clone(), &mut out);
+                }
+                out.push(ClientEvent::ServerLost {
+                    server: self.servers[idx],
+                    reason,
+                });
+            }
+            Input::Frame(idx, msg) => self.frame(idx, msg, &mut out),
+        }
+        out
+    }
+
+    fn frame(&mut self, idx: usize, msg: Message, out: &mut Vec<ClientEvent>) {
+        let server = self.servers[idx];
+        match msg {
+            Message::Hello { role, epoch, .. }
+            | Message::RoleChange { role, epoch }
+            | Message::Heartbeat { role, epoch } => {
+                // Per connection, a role claim never goes back to an older epoch.
+                if self.claims[idx].is_some_and(|(_, e)| epoch < e) {
+                    return;
+                }
+                self.claims[idx] = Some((role, epoch));
+                match role {
+                    Role::Primary => self.claim(idx, epoch, out),
+                    Role::Standby => {
+                        if self.primary == Some(idx) {
+                            self.lose_primary(idx, "demoted to standby".into(), out);
+                        }
+                    }
+                }
+            }
+            Message::Snapshot { epoch, price } => self.price(idx, epoch, price, true, out),
+            Message::Update { epoch, price } => self.price(idx, epoch, price, false, out),
+            Message::Error {
+                epoch,
+                symbol,
+                message,
+                ..
+            } => {
+                // Every server of the group refuses an unknown instrument; report the
+                // primary's answer (or any, while there is none), and never a stale one.
+                let current = self.primary.is_none_or(|p| p == idx);
+                if current && self.highest.is_none_or(|h| epoch >= h) {
+                    out.push(ClientEvent::Rejected {
+                        server,
+                        symbol,
+                        message,
+                    });
+                }
+            }
+            Message::Subscribe { .. }
+            | Message::Unsubscribe { .. }
+            | Message::SnapshotComplete { .. } => {}
+        }
+    }
+
+    fn price(
+        &mut self,
+        idx: usize,
+        epoch: u64,
+        price: Price,
+        snapshot: bool,
+        out: &mut Vec<ClientEvent>,
+    ) {
+        // Only primaries publish, so a price is also a claim to be primary.
+        self.claim(idx, epoch, out);
+        if self.primary == Some(idx) && self.highest == Some(epoch) {
+            out.push(ClientEvent::Quote(Quote {
+                symbol: price.symbol.to_string(),
+                bid: price.bid,
+                ask: price.ask,
+                bid_size: price.bid_size,
+                ask_size: price.ask_size,
+                exch_seq: price.exch_seq,
+                epoch,
+                snapshot,
+                server: self.servers[idx],
+            }));
+        }
+    }
+
+    /// Server `idx` says it is primary at `epoch`: follow it if that is the newest claim.
+    fn claim(&mut self, idx: usize, epoch: u64, out: &mut Vec<ClientEvent>) {
+        let newer = match self.highest {
+            None => true,
+            Some(h) => epoch > h || (epoch == h && self.primary.is_none()),
+        };
+        if !newer || self.primary == Some(idx) && self.highest == Some(epoch) {
+            return;
+        }
+        let failover = self.highest.is_some();
+        let previous = self
+            .primary
+            .map(|p| (self.servers[p], self.highest.unwrap_or(0)));
+        self.primary = Some(idx);
+        self.highest = Some(epoch);
+        let server = self.servers[idx];
+        let _ = self.primary_tx.send(Some((server, epoch)));
+        // After a failover the new primary normally already has our subscriptions (it
+        // mirrored them as a standby) and pushes snapshots by itself; sending them again costs
+        // little and covers a server that missed some. The first primary just got them.
+        if failover {
+            let _ = self.resyncs[idx].send(());
+        }
+        out.push(ClientEvent::Failover {
+            server,
+            epoch,
+            previous,
+        });
+    }
+
+    fn lose_primary(&mut self, idx: usize, reason: String, out: &mut Vec<ClientEvent>) {
+        self.primary = None;
+        let _ = self.primary_tx.send(None);
+        out.push(ClientEvent::PrimaryLost {
+            server: self.servers[idx],
+            epoch: self.highest.unwrap_or(0),
+            reason,
+        });
+    }
+}
+
+/// Keeps one server connected: (re)subscribes on every connect, forwards its messages, and
+/// declares it lost after `heartbeat_timeout` of silence.
+async fn connection(
+    idx: usize,
+    addr: SocketAddr,
+    opts: ClientOptions,
+    mut subs: watch::Receiver<Arc<BTreeSet<String>>>,
+    mut resync: mpsc::UnboundedReceiver<()>,
+    input: mpsc::Sender<Input>,
+) {
+    let mut backoff = opts.reconnect_min;
+    loop {
+        let sock = match timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) | Err(_) => {
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(opts.reconnect_max);
+                continue;
+            }
+        };
+        backoff = opts.reconnect_min;
+        let _ = sock.set_nodelay(true);
+        if input.send(Input::Connected(idx)).await.is_err() {
+            return;
+        }
+        let reason = match session(idx, sock, &opts, &mut subs, &mut resync, &input).await {
+            Ok(reason) => reason,
+            Err(Stop) => return,
+        };
+        tracing::debug!(%addr, reason, "price server connection lost");
+        if input.send(Input::Disconnected(idx, reason)).await.is_err() {
+            return;
+        }
+        sleep(opts.reconnect_min).await;
+    }
+}
+
+/// The client is being dropped: the connection task ends.
+struct Stop;
+
+async fn session(
+    idx: usize,
+    sock: TcpStream,
+    opts: &ClientOptions,
+    subs: &mut watch::Receiver<Arc<BTreeSet<String>>>,
+    resync: &mut mpsc::UnboundedReceiver<()>,
+    input: &mpsc::Sender<Input>,
+) -> Result<String, Stop> {
+    let (mut rd, mut wr) = sock.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // A fresh connection knows nothing of us: send every subscription.
+    let mut sent: Arc<BTreeSet<String>> = subs.borrow_and_update().clone();
+    let mut req_id = 0u32;
+    if let Err(e) = send_symbols(&mut wr, &mut req_id, true, sent.iter()).await {
+        return Ok(format!("subscribe failed: {e}"));
+    }
+    // Drain resync requests that predate this connection: we just sent everything.
+    while resync.try_recv().is_ok() {}
+    let mut deadline = Instant::now() + opts.heartbeat_timeout;
+    loop {
+        tokio::select! {
+            frame = read_frame(&mut rd, &mut buf) => {
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Ok("connection closed by server".into()),
+                    Err(e) => return Ok(e.to_string()),
+                };
+                match Message::decode(&frame) {
+                    Ok(msg) => {
+                        if input.send(Input::Frame(idx, msg)).await.is_err() {
+                            return Err(Stop);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable frame from price server"),
+                }
+                // Measured after forwarding: time we spent blocked on a slow application is
+                // not the server's silence.
+                deadline = Instant::now() + opts.heartbeat_timeout;
+            }
+            () = sleep_until(deadline) => {
+                return Ok(format!("no heartbeat for {:?}", opts.heartbeat_timeout));
+            }
+            changed = subs.changed() => {
+                if changed.is_err() {
+                    return Err(Stop);
+                }
+                let now = subs.borrow_and_update().clone();
+                let added = now.difference(&sent).cloned().collect::<Vec<_>>();
+                let removed = sent.difference(&now).cloned().collect::<Vec<_>>();
+                sent = now;
+                if let Err(e) = send_symbols(&mut wr, &mut req_id, true, added.iter()).await {
+                    return Ok(format!("subscribe failed: {e}"));
+                }
+                if let Err(e) = send_symbols(&mut wr, &mut req_id, false, removed.iter()).await {
+                    return Ok(format!("unsubscribe failed: {e}"));
+                }
+            }
+            Some(()) = resync.recv() => {
+                if let Err(e) = send_symbols(&mut wr, &mut req_id, true, sent.iter()).await {
+                    return Ok(format!("resubscribe failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+async fn send_symbols<'a>(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    req_id: &mut u32,
+    subscribe: bool,
+    symbols: impl Iterator<Item = &'a String>,
+) -> Result<(), Error> {
+    let all: Vec<String> = symbols.cloned().collect();
+    let mut out = BytesMut::new();
+    for chunk in all.chunks(SYMBOLS_PER_FRAME) {
+        *req_id = req_id.wrapping_add(1);
+        let symbols = chunk.to_vec();
+        let m = if subscribe {
+            Message::Subscribe {
+                req_id: *req_id,
+                symbols,
+            }
+        } else {
+            Message::Unsubscribe {
+                req_id: *req_id,
+                symbols,
+            }
+        };
+        m.encode(&mut out)?;
+    }
+    if !out.is_empty() {
+        wr.write_all(&out)
+            .await
+            .map_err(|e| Error::io("sending subscriptions", e))?;
+    }
+    Ok(())
+}
+
+/// Parses `--servers ADDR,ADDR[,…]` (order kept: preferred first). Host names are resolved.
+pub fn parse_servers(list: &str) -> Result<Vec<SocketAddr>, Error> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let addr = item
+            .to_socket_addrs()
+            .map_err(|e| Error::Config(format!("server address {item:?}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::Config(format!("server address {item:?} resolves to nothing")))?;
+        out.push(addr);
+    }
+    if out.is_empty() {
+        return Err(Error::Config("--servers needs at least one address".into()));
+    }
+    Ok(out)
+}
+
+/// Parses `--subscribe SYM1,SYM2,…` (blank entries ignored, duplicates kept once, order kept).
+pub fn parse_symbols(list: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && seen.insert(s.to_string()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `understudy price-client`: subscribes to `symbols` on the group `servers` (preferred
+/// first) and prints one JSON object per update (`json`) or a live quote board, until the
+/// process ends or stdout is closed.
+pub async fn run_price_client(
+    servers: Vec<SocketAddr>,
+    symbols: Vec<String>,
+    json: bool,
+) -> Result<(), Error> {
+    if symbols.is_empty() {
+        return Err(Error::Config(
+            "--subscribe needs at least one symbol".into(),
+        ));
+    }
+    if let Some(bad) = symbols
+        .iter()
+        .find(|s| s.is_empty() || s.len() > MAX_SYMBOL_LEN)
+    {
+        return Err(Error::Config(format!(
+            "invalid symbol {bad:?} (1..={MAX_SYMBOL_LEN} bytes)"
+        )));
+    }
+    let mut client = PriceClient::connect(servers, ClientOptions::default())?;
+    client.subscribe(&symbols);
+    if json {
+        print_json(&mut client).await
+    } else {
+        print_board(&mut client, &symbols).await
+    }
+}
+
+async fn print_json(client: &mut PriceClient) -> Result<(), Error> {
+    let mut stdout = BufWriter::new(tokio::io::stdout());
+    let io = |e| Error::io("writing to stdout", e);
+    while let Some(ev) = client.next_event().await {
+        let mut next = Some(ev);
+        // Write everything already received, then flush once: low latency without a
+        // syscall per line under load.
+        while let Some(ev) = next.take() {
+            match ev {
+                ClientEvent::Quote(q) => {
+                    let mut line =
+                        serde_json::to_vec(&q).map_err(|e| Error::Config(e.to_string()))?;
+                    line.push(b'\n');
+                    stdout.write_all(&line).await.map_err(io)?;
+                }
+                other => log_event(&other),
+            }
+            next = client.try_next_event();
+        }
+        stdout.flush().await.map_err(io)?;
+    }
+    Ok(())
+}
+
+fn log_event(ev: &ClientEvent) {
+    match ev {
+        ClientEvent::Quote(_) => {}
+        ClientEvent::Failover {
+            server,
+            epoch,
+            previous,
+        } => tracing::info!(%server, epoch, ?previous, "following primary"),
+        ClientEvent::PrimaryLost {
+            server,
+            epoch,
+            reason,
+        } => {
+            tracing::warn!(%server, epoch, reason, "primary lost")
+        }
+        ClientEvent::Rejected {
+            server,
+            symbol,
+            message,
+        } => {
+            tracing::warn!(%server, symbol, message, "request refused")
+        }
+        ClientEvent::ServerConnected { server } => tracing::info!(%server, "connected"),
+        ClientEvent::ServerLost { server, reason } => {
+            tracing::info!(%server, reason, "connection lost")
+        }
+    }
+}
+
+/// The quote board: redrawn a few times a second, so a trader can read it.
+async fn print_board(client: &mut PriceClient, symbols: &[String]) -> Result<(), Error> {
+    const REDRAW: Duration = Duration::from_millis(250);
+    let mut stdout = BufWriter::new(tokio::io::stdout());
+    let io = |e| Error::io("writing to stdout", e);
+    let mut quotes: HashMap<String, (Quote, Instant)> = HashMap::new();
+    let mut log: VecDeque<String> = VecDeque::new();
+    let mut failovers = 0u32;
+    let mut next_draw = Instant::now();
+    loop {
+        tokio::select! {
+            ev = client.next_event() => {
+                let Some(ev) = ev else { return Ok(()) };
+                let now = Instant::now();
+                let line = match ev {
+                    ClientEvent::Quote(q) => {
+                        quotes.insert(q.symbol.clone(), (q, now));
+                        None
+                    }
+                    ClientEvent::Failover { server, epoch, previous } => {
+                        if previous.is_some() {
+                            failovers += 1;
+                        }
+                        Some(format!("primary is now {server} (epoch {epoch})"))
+                    }
+                    ClientEvent::PrimaryLost { server, reason, .. } => Some(format!("primary {server} lost: {reason}")),
+                    ClientEvent::Rejected { symbol, message, .. } => Some(format!("refused {symbol}: {message}")),
+                    ClientEvent::ServerConnected { server } => Some(format!("connected to {server}")),
+                    ClientEvent::ServerLost { server, reason } => Some(format!("lost {server}: {reason}")),
+                };
+                if let Some(l) = line {
+                    log.push_back(l);
+                    if log.len() > 5 {
+                        log.pop_front();
+                    }
+                }
+            }
+            () = sleep_until(next_draw) => {
+                next_draw = Instant::now() + REDRAW;
+                let primary = match client.primary() {
+                    Some((s, e)) => format!("primary {s}  epoch {e}"),
+                    None => "NO PRIMARY (waiting for failover)".to_string(),
+                };
+                let mut screen = String::with_capacity(128 * (symbols.len() + 10));
+                screen.push_str("\x1b[H\x1b[2J");
+                screen.push_str(&format!("understudy price-client  |  {primary}  |  failovers {failovers}\n\n"));
+                screen.push_str(&format!(
+                    "{:<12} {:>12} {:>12} {:>8} {:>8} {:>10} {:>6} {:>8}\n",
+                    "SYMBOL", "BID", "ASK", "BIDSZ", "ASKSZ", "SEQ", "EPOCH", "AGE"
+                ));
+                for s in symbols {
+                    match quotes.get(s) {
+                        Some((q, at)) => screen.push_str(&format!(
+                            "{:<12} {:>12.2} {:>12.2} {:>8} {:>8} {:>10} {:>6} {:>7}ms\n",
+                            q.symbol, q.bid, q.ask, q.bid_size, q.ask_size, q.exch_seq, q.epoch,
+                            at.elapsed().as_millis()
+                        )),
+                        None => screen.push_str(&format!("{s:<12} {:>12}\n", "-")),
+                    }
+                }
+                screen.push('\n');
+                for l in &log {
+                    screen.push_str(l);
+                    screen.push('\n');
+                }
+                stdout.write_all(screen.as_bytes()).await.map_err(io)?;
+                stdout.flush().await.map_err(io)?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_command_line_lists() {
+        let s = parse_servers("127.0.0.1:7001, 127.0.0.1:7002").expect("parse");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].port(), 7001);
+        assert!(parse_servers("").is_err());
+        assert!(parse_servers("not an address").is_err());
+        assert_eq!(parse_symbols("SYM1,,SYM2, SYM1"), vec!["SYM1", "SYM2"]);
+    }
+}

@@ -1,0 +1,887 @@
+//! `understudy price-server`: a hot-standby price server (document 001).
+//!
+//! Every server of a group, primary or standby, keeps a live upstream connection (its book is
+//! always current) and accepts clients and their subscriptions (standbys mirror them). Only the
+//! primary publishes. Promotion ([`ServerHandle::promote`]) is therefore instant for clients
+//! that are already connected: the server announces `RoleChange(primary, epoch)` and pushes a
+//! snapshot of every subscribed instrument to every subscriber, without waiting for anyone.
+//!
+//! Each client has its own writer task fed through an [`Outbox`]: control messages in order,
+//! and prices in a per-instrument latest-value map. A client that reads slowly only makes its
+//! own map absorb newer prices (conflation, counted in [`ServerStatus::conflated_updates`]);
+//! the upstream reader and other clients never wait for it, and its memory is bounded by the
+//! number of instruments it subscribed to.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+
+use crate::protocol::{read_frame, ErrorCode, Message, Price, ReadError, Role};
+use crate::{AbortOnDrop, Error};
+
+/// Default interval of heartbeats to clients: several fit in a client's detection timeout.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(50);
+/// Control messages (errors, role changes) queued for one client before it is disconnected:
+/// a client that floods requests without reading the replies must not grow our memory.
+const MAX_CONTROL_QUEUE: usize = 4096;
+/// Subscriptions one client may hold while the instrument list is not yet known.
+const MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 100_000;
+/// The exchange heartbeats every 100 ms; silence this long means the feed is dead.
+const UPSTREAM_SILENCE: Duration = Duration::from_secs(1);
+/// Reconnection backoff towards the upstream.
+const UPSTREAM_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const UPSTREAM_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often the status line is logged.
+const STATUS_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Settings of a price server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the exchange feed.
+    pub upstream: SocketAddr,
+    /// Address to accept clients on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Role at start.
+    pub role: Role,
+    /// Epoch at start.
+    pub epoch: u64,
+    /// Name announced in `Hello`; `None` announces the bound address.
+    pub name: Option<String>,
+    /// Interval of heartbeats to clients.
+    pub heartbeat: Duration,
+}
+
+impl ServerConfig {
+    /// A stand-alone primary at epoch 0 with default timings.
+    pub fn new(upstream: SocketAddr, listen: SocketAddr) -> Self {
+        ServerConfig {
+            upstream,
+            listen,
+            role: Role::Primary,
+            epoch: 0,
+            name: None,
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+}
+
+/// A snapshot of a server's state, for status lines, tests and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServerStatus {
+    /// Current role.
+    pub role: Role,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Whether the exchange feed is connected now.
+    pub upstream_connected: bool,
+    /// Instruments in the book.
+    pub instruments: usize,
+    /// Distinct instruments with at least one subscriber (mirrored while standby).
+    pub subscriptions: usize,
+    /// Client subscriptions in total (one client × one instrument each).
+    pub client_subscriptions: usize,
+    /// Connected clients.
+    pub clients: usize,
+    /// Prices replaced before a slow client could be sent them (latest price wins).
+    pub conflated_updates: u64,
+    /// Prices waiting in client outboxes right now (bounded by their subscriptions).
+    pub pending_updates: usize,
+}
+
+/// Runs a price server as an understudy service, until the process ends.
+///
+/// The role comes from the environment the agent sets: `UNDERSTUDY_ROLE` (`active` or
+/// `standby`, absent = stand-alone primary at epoch 0) and `UNDERSTUDY_EPOCH`. `SIGUSR1`
+/// promotes a standby; its new epoch is read from `GET http://$UNDERSTUDY_ADMIN/status`.
+pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Result<(), Error> {
+    // First thing: SIGUSR1's default action kills the process, so the handler must be in place
+    // before anything else can delay us.
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| Error::io("installing the SIGUSR1 handler", e))?;
+    let env = AgentEnv::from_env()?;
+    let mut cfg = ServerConfig::new(upstream, listen);
+    cfg.role = env.role;
+    cfg.epoch = env.epoch;
+    if let Some(node) = &env.node {
+        cfg.name = Some(node.clone());
+    }
+    let server = PriceServer::bind(cfg).await?;
+    let handle = server.handle();
+    let admin = env.admin.clone();
+    let _promoter = AbortOnDrop(tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            let epoch = match &admin {
+                Some(admin) => fetch_epoch(admin).await,
+                None => {
+                    // Stand-alone: nobody hands out epochs, so advance our own.
+                    let e = handle.status().epoch + 1;
+                    tracing::warn!(
+                        epoch = e,
+                        "SIGUSR1 without UNDERSTUDY_ADMIN: promoting with a local epoch"
+                    );
+                    e
+                }
+            };
+            if !handle.promote(epoch) {
+                tracing::error!(
+                    epoch,
+                    current = handle.status().epoch,
+                    "refused promotion to a lower epoch"
+                );
+            }
+        }
+    }));
+    server.run().await
+}
+
+/// What the agent told us through the environment.
+#[derive(Debug, Clone)]
+struct AgentEnv {
+    role: Role,
+    epoch: u64,
+    admin: Option<String>,
+    node: Option<String>,
+}
+
+impl AgentEnv {
+    fn from_env() -> Result<Self, Error> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let role = match var("UNDERSTUDY_ROLE").as_deref() {
+            None | Some("active") => Role::Primary,
+            Some("standby") => Role::Standby,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "UNDERSTUDY_ROLE={other:?}: expected \"active\" or \"standby\""
+                )))
+            }
+        };
+        let epoch = match var("UNDERSTUDY_EPOCH") {
+            None => 0,
+            Some(v) => v.parse().map_err(|_| {
+                Error::Config(format!("UNDERSTUDY_EPOCH={v:?} is not an unsigned integer"))
+            })?,
+        };
+        Ok(AgentEnv {
+            role,
+            epoch,
+            admin: var("UNDERSTUDY_ADMIN"),
+            node: var("UNDERSTUDY_NODE"),
+        })
+    }
+}
+
+/// Reads the epoch of our (now Hot) agent, retrying until it answers: promoting without the
+/// fencing epoch would let clients confuse us with the old primary.
+async fn fetch_epoch(admin: &str) -> u64 {
+    let mut delay = Duration::from_millis(2);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match timeout(Duration::from_millis(500), agent_status(admin)).await {
+            Ok(Ok((mode, Some(epoch))))
+                if mode
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case("hot")) =>
+            {
+                return epoch
+            }
+            Ok(Ok((mode, epoch))) => {
+                tracing::debug!(?mode, ?epoch, "agent not Hot yet");
+            }
+            Ok(Err(e)) => {
+                if attempts.is_power_of_two() {
+                    tracing::warn!(admin, error = %e, "cannot read the epoch from the agent; retrying");
+                }
+            }
+            Err(_) => tracing::warn!(admin, "agent status timed out; retrying"),
+        }
+        sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// `GET /status` of the agent with a minimal HTTP/1.0 exchange (HTTP/1.0 so the body is never
+/// chunked); returns its `mode` and `epoch`.
+async fn agent_status(admin: &str) -> Result<(Option<String>, Option<u64>), String> {
+    let mut sock = TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
+    let req = format!("GET /status HTTP/1.0\r\nHost: {admin}\r\nAccept: application/json\r\n\r\n");
+    sock.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    sock.take(1 << 20)
+        .read_to_end(&mut resp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&resp);
+    let status_ok = text
+        .lines()
+        .next()
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("200"));
+    if !status_ok {
+        return Err(format!(
+            "unexpected response: {}",
+            text.lines().next().unwrap_or("")
+        ));
+    }
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Tolerate framing noise around the JSON object (e.g. a chunk header).
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if a < b => &body[a..=b],
+        _ => return Err("no JSON object in the status response".into()),
+    };
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Ok((
+        v.get("mode").and_then(|m| m.as_str()).map(str::to_string),
+        v.get("epoch").and_then(|e| e.as_u64()),
+    ))
+}
+
+/// A bound price server; [`PriceServer::run`] serves it.
+pub struct PriceServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// A cheap, cloneable handle to control and observe a running server.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    upstream: SocketAddr,
+    heartbeat: Duration,
+    state: Mutex<State>,
+    upstream_connected: AtomicBool,
+    conflated: AtomicU64,
+    next_client: AtomicU64,
+}
+
+/// Everything that must change together. Lock order: `State`, then a client's `Outbox`.
+struct State {
+    role: Role,
+    epoch: u64,
+    book: HashMap<Arc<str>, Price>,
+    /// The upstream has sent its full instrument list once: unknown symbols can be refused.
+    book_loaded: bool,
+    /// Instrument → subscribed clients, for fan-out.
+    subscribers: HashMap<Arc<str>, HashSet<u64>>,
+    clients: HashMap<u64, Arc<ClientSlot>>,
+}
+
+struct ClientSlot {
+    peer: SocketAddr,
+    /// Instruments this client subscribed to (guarded by the `State` lock).
+    subs: Mutex<HashSet<Arc<str>>>,
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+}
+
+/// What is waiting to be written to one client.
+#[derive(Default)]
+struct Outbox {
+    control: VecDeque<Message>,
+    heartbeat: Option<(Role, u64)>,
+    /// Instruments with a pending price, in the order they became pending.
+    order: VecDeque<Arc<str>>,
+    /// Latest pending price per instrument: at most one entry per subscribed instrument.
+    prices: HashMap<Arc<str>, PendingPrice>,
+    /// Close the connection once what is queued has been written.
+    close: bool,
+}
+
+struct PendingPrice {
+    snapshot: bool,
+    epoch: u64,
+    price: Price,
+}
+
+impl Outbox {
+    /// Queues a price; returns true when it replaced one not yet sent (conflation).
+    fn push_price(&mut self, snapshot: bool, epoch: u64, price: &Price) -> bool {
+        match self.prices.get_mut(&price.symbol) {
+            Some(p) => {
+                // A pending snapshot stays a snapshot: the client has not had a first price yet.
+                p.snapshot |= snapshot;
+                p.epoch = epoch;
+                p.price = price.clone();
+                true
+            }
+            None => {
+                self.order.push_back(price.symbol.clone());
+                self.prices.insert(
+                    price.symbol.clone(),
+                    PendingPrice {
+                        snapshot,
+                        epoch,
+                        price: price.clone(),
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    fn push_control(&mut self, m: Message) {
+        if self.control.len() >= MAX_CONTROL_QUEUE {
+            self.close = true;
+        } else {
+            self.control.push_back(m);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent before anything that could panic, so
+    // a poisoned lock is taken over rather than taking the whole server down.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PriceServer {
+    /// Binds the client listener. Nothing runs until [`PriceServer::run`].
+    pub async fn bind(cfg: ServerConfig) -> Result<Self, Error> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| Error::io(format!("binding price-server to {}", cfg.listen), e))?;
+        let name = match (cfg.name, listener.local_addr()) {
+            (Some(n), _) => n,
+            (None, Ok(a)) => a.to_string(),
+            (None, Err(_)) => cfg.listen.to_string(),
+        };
+        Ok(PriceServer {
+            listener,
+            shared: Arc::new(Shared {
+                name,
+                upstream: cfg.upstream,
+                heartbeat: cfg.heartbeat,
+                state: Mutex::new(State {
+                    role: cfg.role,
+                    epoch: cfg.epoch,
+                    book: HashMap::new(),
+                    book_loaded: false,
+                    subscribers: HashMap::new(),
+                    clients: HashMap::new(),
+                }),
+                upstream_connected: AtomicBool::new(false),
+                conflated: AtomicU64::new(0),
+                next_client: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::io("reading price-server address", e))
+    }
+
+    /// A handle for promotion, demotion and status.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until cancelled: upstream connection, heartbeats, status lines and clients.
+    pub async fn run(self) -> Result<(), Error> {
+        let shared = self.shared;
+        let s = shared.status();
+        tracing::info!(addr = ?self.listener.local_addr().ok(), role = %s.role, epoch = s.epoch,
+            upstream = %shared.upstream, "price-server listening");
+        let _upstream = AbortOnDrop(tokio::spawn(upstream_loop(shared.clone())));
+        let _ticker = AbortOnDrop(tokio::spawn(ticker(shared.clone())));
+        // Connection tasks live in a JoinSet so that cancelling `run` closes every client.
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((sock, peer)) => {
+                        conns.spawn(serve_client(shared.clone(), sock, peer));
+                    }
+                    Err(e) => {
+                        // Transient (e.g. out of file descriptors): keep serving existing clients.
+                        tracing::warn!(error = %e, "accept failed");
+                        sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some(_) = conns.join_next() => {}
+            }
+        }
+    }
+}
+
+impl ServerHandle {
+    /// Makes this server the primary at `epoch` and publishes at once to every subscriber: a
+    /// `RoleChange`, then a snapshot of each subscribed instrument. Returns false (and changes
+    /// nothing) if `epoch` is lower than the current one, which would break fencing.
+    pub fn promote(&self, epoch: u64) -> bool {
+        self.shared.set_role(Role::Primary, epoch)
+    }
+
+    /// Makes this server a standby again (it stops publishing at once), keeping its epoch.
+    pub fn demote(&self) {
+        let epoch = lock(&self.shared.state).epoch;
+        self.shared.set_role(Role::Standby, epoch);
+    }
+
+    /// The current status.
+    pub fn status(&self) -> ServerStatus {
+        self.shared.status()
+    }
+}
+
+impl Shared {
+    fn set_role(&self, role: Role, epoch: u64) -> bool {
+        let mut st = lock(&self.state);
+        if epoch < st.epoch {
+            return false;
+        }
+        if st.role == role && st.epoch == epoch {
+            return true;
+        }
+        st.role = role;
+        st.epoch = epoch;
+        let mut snapshots = 0usize;
+        for client in st.clients.values() {
+            let subs = lock(&client.subs);
+            let mut out = lock(&client.outbox);
+            // The role change supersedes any heartbeat still carrying the old role.
+            out.heartbeat = None;
+            out.push_control(Message::RoleChange { role, epoch });
+            match role {
+                Role::Primary => {
+                    for sym in subs.iter() {
+                        if let Some(p) = st.book.get(sym) {
+                            if out.push_price(true, epoch, p) {
+                                self.conflated.fetch_add(1, Ordering::Relaxed);
+                            }
+                            snapshots += 1;
+                        }
+                    }
+                }
+                Role::Standby => {
+                    out.prices.clear();
+                    out.order.clear();
+                }
+            }
+            drop(out);
+            client.wake.notify_one();
+        }
+        tracing::info!(%role, epoch, clients = st.clients.len(), snapshots, "role changed");
+        true
+    }
+
+    fn status(&self) -> ServerStatus {
+        let st = lock(&self.state);
+        let pending_updates = st
+            .clients
+            .values()
+            .map(|c| lock(&c.outbox).prices.len())
+            .sum();
+        ServerStatus {
+            role: st.role,
+            epoch: st.epoch,
+            upstream_connected: self.upstream_connected.load(Ordering::Relaxed),
+            instruments: st.book.len(),
+            subscriptions: st.subscribers.values().filter(|s| !s.is_empty()).count(),
+            client_subscriptions: st.subscribers.values().map(HashSet::len).sum(),
+            clients: st.clients.len(),
+            conflated_updates: self.conflated.load(Ordering::Relaxed),
+            pending_updates,
+        }
+    }
+
+    /// Applies one upstream price and, if primary, fans it out to its subscribers.
+    fn apply(&self, price: Price, snapshot: bool) {
+        let mut st = lock(&self.state);
+        let key = match st.book.get_key_value(&price.symbol) {
+            Some((k, old)) => {
+                // An update older than what we hold is a replay; a snapshot always resets
+                // (the exchange may have restarted its sequences).
+                if !snapshot && price.exch_seq <= old.exch_seq {
+                    return;
+                }
+                k.clone()
+            }
+            None => price.symbol.clone(),
+        };
+        // Share one allocation of the symbol between book, index and outboxes.
+        let price = Price {
+            symbol: key.clone(),
+            ..price
+        };
+        if st.role == Role::Primary {
+            if let Some(ids) = st.subscribers.get(&key) {
+                for id in ids {
+                    if let Some(c) = st.clients.get(id) {
+                        if lock(&c.outbox).push_price(false, st.epoch, &price) {
+                            self.conflated.fetch_add(1, Ordering::Relaxed);
+                        }
+                        c.wake.notify_one();
+                    }
+                }
+            }
+        }
+        st.book.insert(key, price);
+    }
+
+    /// The upstream sent its whole instrument list: refuse subscriptions made before it that
+    /// name unknown instruments.
+    fn book_complete(&self) {
+        let mut st = lock(&self.state);
+        if st.book_loaded {
+            return;
+        }
+        st.book_loaded = true;
+        let unknown: Vec<Arc<str>> = st
+            .subscribers
+            .keys()
+            .filter(|s| !st.book.contains_key(*s))
+            .cloned()
+            .collect();
+        for sym in unknown {
+            let ids = st.subscribers.remove(&sym).unwrap_or_default();
+            for id in ids {
+                if let Some(c) = st.clients.get(&id) {
+                    lock(&c.subs).remove(&sym);
+                    lock(&c.outbox).push_control(unknown_instrument(st.epoch, 0, &sym));
+                    c.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self, id: u64, req_id: u32, symbols: Vec<String>) {
+        let mut st = lock(&self.state);
+        let Some(client) = st.clients.get(&id).cloned() else {
+            return;
+        };
+        let mut subs = lock(&client.subs);
+        let mut out = lock(&client.outbox);
+        for sym in symbols {
+            let key: Arc<str> = match st.book.get_key_value(sym.as_str()) {
+                Some((k, _)) => k.clone(),
+                None if !st.book_loaded && subs.len() < MAX_SUBSCRIPTIONS_PER_CLIENT => {
+                    Arc::from(sym.as_str())
+                }
+                None => {
+                    out.push_control(unknown_instrument(st.epoch, req_id, &sym));
+                    continue;
+                }
+            };
+            subs.insert(key.clone());
+            st.subscribers.entry(key.clone()).or_default().insert(id);
+            // A (re)subscription always gets the current price at once, even if already held:
+            // a client resending its subscriptions after a failover wants a fresh snapshot.
+            if st.role == Role::Primary {
+                if let Some(p) = st.book.get(&key) {
+                    if out.push_price(true, st.epoch, p) {
+                        self.conflated.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        drop(out);
+        drop(subs);
+        client.wake.notify_one();
+    }
+
+    fn unsubscribe(&self, id: u64, symbols: Vec<String>) {
+        let mut st = lock(&self.state);
+        let Some(client) = st.clients.get(&id).cloned() else {
+            return;
+        };
+        let mut subs = lock(&client.subs);
+        let mut out = lock(&client.outbox);
+        for sym in symbols {
+            if subs.remove(sym.as_str()) {
+                if let Some(set) = st.subscribers.get_mut(sym.as_str()) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        st.subscribers.remove(sym.as_str());
+                    }
+                }
+                if out.prices.remove(sym.as_str()).is_some() {
+                    // Keep `order` bounded by the subscriptions, however often a client
+                    // subscribes and unsubscribes without reading.
+                    out.order.retain(|s| **s != *sym);
+                }
+            }
+        }
+    }
+
+    fn register(&self, peer: SocketAddr) -> (u64, Arc<ClientSlot>) {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let mut st = lock(&self.state);
+        let mut outbox = Outbox::default();
+        // Under the state lock, so no role change can slip between this Hello and the next one.
+        outbox.control.push_back(Message::Hello {
+            role: st.role,
+            epoch: st.epoch,
+            server: self.name.clone(),
+        });
+        let slot = Arc::new(ClientSlot {
+            peer,
+            subs: Mutex::new(HashSet::new()),
+            outbox: Mutex::new(outbox),
+            wake: Notify::new(),
+        });
+        st.clients.insert(id, slot.clone());
+        (id, slot)
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut st = lock(&self.state);
+        if let Some(c) = st.clients.remove(&id) {
+            let subs = std::mem::take(&mut *lock(&c.subs));
+            for sym in subs {
+                if let Some(set) = st.subscribers.get_mut(&sym) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        st.subscribers.remove(&sym);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply_error(&self, slot: &ClientSlot, code: ErrorCode, req_id: u32, message: String) {
+        let epoch = lock(&self.state).epoch;
+        lock(&slot.outbox).push_control(Message::Error {
+            epoch,
+            req_id,
+            code,
+            symbol: String::new(),
+            message,
+        });
+        slot.wake.notify_one();
+    }
+}
+
+fn unknown_instrument(epoch: u64, req_id: u32, sym: &str) -> Message {
+    Message::Error {
+        epoch,
+        req_id,
+        code: ErrorCode::UnknownInstrument,
+        symbol: sym.to_string(),
+        message: format!("unknown instrument {sym:?}"),
+    }
+}
+
+/// Heartbeats to every client, and the periodic status line.
+async fn ticker(shared: Arc<Shared>) {
+    let mut hb = interval(shared.heartbeat);
+    hb.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut last_log = tokio::time::Instant::now();
+    loop {
+        hb.tick().await;
+        {
+            let st = lock(&shared.state);
+            for c in st.clients.values() {
+                lock(&c.outbox).heartbeat = Some((st.role, st.epoch));
+                c.wake.notify_one();
+            }
+        }
+        if last_log.elapsed() >= STATUS_LOG_EVERY {
+            last_log = tokio::time::Instant::now();
+            let s = shared.status();
+            tracing::info!(
+                role = %s.role,
+                epoch = s.epoch,
+                upstream = if s.upstream_connected { "connected" } else { "DISCONNECTED" },
+                instruments = s.instruments,
+                subscriptions = s.subscriptions,
+                clients = s.clients,
+                conflated = s.conflated_updates,
+                "price-server status: {} epoch {}, upstream {}, {} subscriptions {}",
+                s.role,
+                s.epoch,
+                if s.upstream_connected { "connected" } else { "disconnected" },
+                s.subscriptions,
+                if s.role == Role::Standby { "mirrored" } else { "published" },
+            );
+        }
+    }
+}
+
+/// Keeps a connection to the exchange, reconnecting with backoff, and feeds the book.
+async fn upstream_loop(shared: Arc<Shared>) {
+    let mut backoff = UPSTREAM_BACKOFF_MIN;
+    let mut failures = 0u32;
+    loop {
+        match timeout(Duration::from_secs(1), TcpStream::connect(shared.upstream)).await {
+            Ok(Ok(sock)) => {
+                let _ = sock.set_nodelay(true);
+                shared.upstream_connected.store(true, Ordering::Relaxed);
+                tracing::info!(upstream = %shared.upstream, "upstream connected");
+                backoff = UPSTREAM_BACKOFF_MIN;
+                failures = 0;
+                let reason = read_upstream(&shared, sock).await;
+                shared.upstream_connected.store(false, Ordering::Relaxed);
+                tracing::warn!(upstream = %shared.upstream, reason, "upstream lost; reconnecting");
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!(upstream = %shared.upstream, error = %e, "cannot connect to upstream");
+                }
+            }
+            Err(_) => tracing::warn!(upstream = %shared.upstream, "upstream connect timed out"),
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(UPSTREAM_BACKOFF_MAX);
+    }
+}
+
+async fn read_upstream(shared: &Shared, mut sock: TcpStream) -> String {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let frame = match timeout(UPSTREAM_SILENCE, read_frame(&mut sock, &mut buf)).await {
+            Err(_) => return format!("silent for {UPSTREAM_SILENCE:?}"),
+            Ok(Err(e)) => return e.to_string(),
+            Ok(Ok(None)) => return "closed by the exchange".into(),
+            Ok(Ok(Some(f))) => f,
+        };
+        match Message::decode(&frame) {
+            Ok(Message::Update { price, .. }) => shared.apply(price, false),
+            Ok(Message::Snapshot { price, .. }) => shared.apply(price, true),
+            Ok(Message::SnapshotComplete { .. }) => shared.book_complete(),
+            Ok(_) => {}
+            // One bad frame from the feed is skipped; framing is intact.
+            Err(e) => tracing::warn!(error = %e, "bad frame from upstream"),
+        }
+    }
+}
+
+/// One client connection: a reader applying requests and a writer draining the outbox.
+async fn serve_client(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
+    let _ = sock.set_nodelay(true);
+    let (id, slot) = shared.register(peer);
+    tracing::debug!(%peer, id, "client connected");
+    let (mut rd, wr) = sock.into_split();
+    let reader = async {
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            let frame = match read_frame(&mut rd, &mut buf).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return "closed by client".to_string(),
+                Err(ReadError::Framing(e)) => {
+                    // The stream cannot be split into frames any more: say why, then close
+                    // once the writer has flushed the reply.
+                    shared.reply_error(&slot, ErrorCode::MalformedFrame, 0, e.to_string());
+                    lock(&slot.outbox).close = true;
+                    slot.wake.notify_one();
+                    std::future::pending::<()>().await;
+                    return String::new();
+                }
+                Err(e) => return e.to_string(),
+            };
+            match Message::decode(&frame) {
+                Ok(Message::Subscribe { req_id, symbols }) => shared.subscribe(id, req_id, symbols),
+                Ok(Message::Unsubscribe { symbols, .. }) => shared.unsubscribe(id, symbols),
+                // Clients may heartbeat too; the TCP connection already tells us they are gone.
+                Ok(Message::Heartbeat { .. }) => {}
+                Ok(other) => shared.reply_error(
+                    &slot,
+                    ErrorCode::UnexpectedMessage,
+                    0,
+                    format!("a client may not send {}", message_name(&other)),
+                ),
+                Err(e) => shared.reply_error(&slot, ErrorCode::MalformedFrame, 0, e.to_string()),
+            }
+        }
+    };
+    let writer = write_client(&slot, wr);
+    let reason = tokio::select! {
+        r = reader => r,
+        w = writer => w,
+    };
+    shared.unregister(id);
+    tracing::debug!(peer = %slot.peer, id, reason, "client disconnected");
+}
+
+async fn write_client(slot: &ClientSlot, mut wr: tokio::net::tcp::OwnedWriteHalf) -> String {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let (control, heartbeat, order, mut prices, close) = {
+            let mut out = lock(&slot.outbox);
+            (
+                std::mem::take(&mut out.control),
+                out.heartbeat.take(),
+                std::mem::take(&mut out.order),
+                std::mem::take(&mut out.prices),
+                out.close,
+            )
+        };
+        if let Some((role, epoch)) = heartbeat {
+            encode_into(&mut buf, &Message::Heartbeat { role, epoch });
+        }
+        for m in &control {
+            encode_into(&mut buf, m);
+        }
+        for sym in &order {
+            if let Some(p) = prices.remove(sym) {
+                let m = if p.snapshot {
+                    Message::Snapshot {
+                        epoch: p.epoch,
+                        price: p.price,
+                    }
+                } else {
+                    Message::Update {
+                        epoch: p.epoch,
+                        price: p.price,
+                    }
+                };
+                encode_into(&mut buf, &m);
+            }
+        }
+        if !buf.is_empty() {
+            // While this write blocks (slow client), new prices accumulate, conflated, in the
+            // outbox; nobody else waits for us.
+            if let Err(e) = wr.write_all(&buf).await {
+                return format!("write failed: {e}");
+            }
+            buf.clear();
+        }
+        if close {
+            let _ = wr.shutdown().await;
+            return "closed after protocol error".into();
+        }
+        if control.is_empty() && heartbeat.is_none() && order.is_empty() {
+            slot.wake.notified().await;
+        }
+    }
+}
+
+fn encode_into(buf: &mut BytesMut, m: &Message) {
+    // Everything we send was built from validated input, so this cannot fail; if it ever did,
+    // dropping the message is better than dropping the client.
+    if let Err(e) = m.encode(buf) {
+        tracing::error!(error = %e, "cannot encode message to client");
+    }
+}
+
+fn message_name(m: &Message) -> &'static str {
+    match m {
+        Message::Hello { .. } => "Hello",
+        Message::RoleChange { .. } => "RoleChange",
+        Message::Heartbeat { .. } => "Heartbeat",
+        Message::Subscribe { .. } => "Subscribe",
+        Message::Unsubscribe { .. } => "Unsubscribe",
+        Message::Snapshot { .. } => "Snapshot",
+        Message::Update { .. } => "Update",
+        Message::SnapshotComplete { .. } => "SnapshotComplete",
+        Message::Error { .. } => "Error",
+    }
+}

@@ -1,0 +1,193 @@
+//! Health checks against real commands and a tiny HTTP server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{alive, next, read_when_ready};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use understudy_service::health::spawn_health;
+use understudy_service::{HealthCheck, HealthConfig, HealthEvent};
+
+const LONG: Duration = Duration::from_secs(10);
+
+fn config(check: HealthCheck, failures: u32) -> HealthConfig {
+    HealthConfig {
+        check,
+        interval: Duration::from_millis(30),
+        timeout: Duration::from_secs(2),
+        failures,
+        start_period: Duration::ZERO,
+    }
+}
+
+fn command(argv: &[&str]) -> HealthCheck {
+    HealthCheck::Command(argv.iter().map(|s| s.to_string()).collect())
+}
+
+fn start(
+    cfg: HealthConfig,
+    env: &[(&str, &str)],
+) -> (tokio::task::JoinHandle<()>, UnboundedReceiver<HealthEvent>) {
+    let (tx, rx) = unbounded_channel();
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (spawn_health(cfg, 4, env, tx), rx)
+}
+
+#[tokio::test]
+async fn failing_command_reaches_failed_once() {
+    let (task, mut rx) = start(config(command(&["false"]), 3), &[]);
+    for n in 1..=2 {
+        match next(&mut rx, LONG).await {
+            HealthEvent::Failing {
+                generation: 4,
+                consecutive,
+                reason,
+            } => {
+                assert_eq!(consecutive, n);
+                assert!(reason.contains("exited with code 1"), "{reason}");
+            }
+            other => panic!("expected Failing, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        next(&mut rx, LONG).await,
+        HealthEvent::Failed { generation: 4, .. }
+    ));
+    // Failed is not repeated while the check keeps failing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err());
+    task.abort();
+}
+
+#[tokio::test]
+async fn passing_command_is_healthy_once_and_gets_env() {
+    let (task, mut rx) = start(
+        config(command(&["sh", "-c", r#"test "$HC" = yes"#]), 1),
+        &[("HC", "yes")],
+    );
+    assert_eq!(
+        next(&mut rx, LONG).await,
+        HealthEvent::Healthy { generation: 4 }
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err());
+    task.abort();
+}
+
+#[tokio::test]
+async fn slow_command_is_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut cfg = config(
+        command(&["sh", "-c", r#"sleep 1000 & echo $! >"$D/gc"; sleep 1000"#]),
+        1,
+    );
+    cfg.timeout = Duration::from_millis(200);
+    let (task, mut rx) = start(cfg, &[("D", d)]);
+    match next(&mut rx, LONG).await {
+        HealthEvent::Failed { reason, .. } => assert!(reason.contains("timed out"), "{reason}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    task.abort();
+    let grandchild: u32 = read_when_ready(&dir.path().join("gc"), LONG)
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let t = tokio::time::Instant::now();
+    while alive(grandchild) {
+        assert!(t.elapsed() < LONG, "grandchild {grandchild} survived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn failures_in_start_period_do_not_count() {
+    let mut cfg = config(command(&["false"]), 1);
+    cfg.start_period = Duration::from_millis(300);
+    let t = tokio::time::Instant::now();
+    let (task, mut rx) = start(cfg, &[]);
+    assert!(matches!(
+        next(&mut rx, LONG).await,
+        HealthEvent::Failed { .. }
+    ));
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    task.abort();
+}
+
+/// Serves one response per connection, with the given statuses in turn, then 200 forever.
+async fn serve(statuses: Vec<u16>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut statuses = statuses.into_iter();
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let status = statuses.next().unwrap_or(200);
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            assert!(request.starts_with(b"GET /health "));
+            let response =
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn http_check_follows_the_status() {
+    let url = serve(vec![200, 500, 500, 200]).await;
+    let (task, mut rx) = start(config(HealthCheck::Http(url), 2), &[]);
+    assert_eq!(
+        next(&mut rx, LONG).await,
+        HealthEvent::Healthy { generation: 4 }
+    );
+    match next(&mut rx, LONG).await {
+        HealthEvent::Failing {
+            consecutive: 1,
+            reason,
+            ..
+        } => assert!(reason.contains("500"), "{reason}"),
+        other => panic!("expected Failing, got {other:?}"),
+    }
+    assert!(matches!(
+        next(&mut rx, LONG).await,
+        HealthEvent::Failed { .. }
+    ));
+    assert_eq!(
+        next(&mut rx, LONG).await,
+        HealthEvent::Healthy { generation: 4 }
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn http_check_fails_when_nobody_listens() {
+    // Bind then drop, so the port is very likely closed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    drop(listener);
+    let (task, mut rx) = start(config(HealthCheck::Http(url), 1), &[]);
+    match next(&mut rx, LONG).await {
+        HealthEvent::Failed { reason, .. } => assert!(reason.starts_with("GET "), "{reason}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    task.abort();
+}

@@ -1,0 +1,221 @@
+//! `understudy bench failover`: kill the active agent N times and time, end to end, from the kill
+//! to the standby's service learning it is active — next to the bare kernel lock handoff between
+//! two plain processes, measured in the same run the same way, and the ratio of the two.
+#![allow(clippy::disallowed_methods)] // a benchmark driver may block; the agent may not
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+
+use crate::demo_service::mono_ns;
+use crate::local::{self, receive, LocalGroup};
+
+/// Benchmarks.
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Takeover after kill -9 of the active agent, against the bare kernel lock handoff.
+    Failover {
+        /// Number of kills.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Standby type of the protected service (hot: signalled; cold: started on takeover).
+        #[arg(long, default_value = "hot")]
+        standby: String,
+        /// Keep the temp directory (configs, logs) for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// (internal) Hold an OFD lock on FILE until killed.
+    #[command(hide = true)]
+    LockHolder {
+        /// The lock file.
+        file: PathBuf,
+    },
+    /// (internal) Wait for an OFD lock on FILE, then report the moment by UDP and exit.
+    #[command(hide = true)]
+    LockWaiter {
+        /// The lock file.
+        file: PathBuf,
+        /// Where to report.
+        report: std::net::SocketAddr,
+    },
+}
+
+/// Run a benchmark subcommand.
+pub fn run(cmd: BenchCmd) -> anyhow::Result<u8> {
+    match cmd {
+        BenchCmd::Failover {
+            runs,
+            standby,
+            keep,
+        } => failover(runs, &standby, keep),
+        BenchCmd::LockHolder { file } => {
+            let f = lock_blocking(&file)?;
+            println!("locked");
+            loop {
+                // Park forever; the benchmark kills us.
+                let _ = &f;
+                std::thread::park();
+            }
+        }
+        BenchCmd::LockWaiter { file, report } => {
+            let sock = UdpSocket::bind("127.0.0.1:0")?;
+            let _f = lock_blocking(&file)?;
+            let t = mono_ns();
+            sock.send_to(format!("locked {t}").as_bytes(), report)?;
+            Ok(0)
+        }
+    }
+}
+
+fn lock_blocking(path: &Path) -> anyhow::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    loop {
+        match nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLKW(&fl)) {
+            Ok(_) => return Ok(f),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => bail!("cannot lock {}: {e}", path.display()),
+        }
+    }
+}
+
+/// p50, p99, max of a sample, in milliseconds.
+pub fn percentiles(xs: &[f64]) -> (f64, f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+    (at(0.5), at(0.99), v[v.len() - 1])
+}
+
+fn kill9(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+}
+
+fn baseline(dir: &Path, runs: usize, sock: &UdpSocket, exe: &Path) -> anyhow::Result<Vec<f64>> {
+    let lock = dir.join("baseline.lock");
+    let report = sock.local_addr()?;
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut holder = Command::new(exe)
+            .args(["bench", "lock-holder"])
+            .arg(&lock)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        // Wait until the holder has the lock before the waiter queues behind it.
+        if let Some(out) = holder.stdout.as_mut() {
+            use std::io::Read;
+            let mut b = [0u8; 7];
+            let _ = out.read_exact(&mut b);
+        }
+        let mut waiter = Command::new(exe)
+            .args(["bench", "lock-waiter"])
+            .arg(&lock)
+            .arg(report.to_string())
+            .spawn()?;
+        // Give the waiter time to block in the kernel, as a standby agent would be.
+        std::thread::sleep(Duration::from_millis(30));
+        let t0 = mono_ns();
+        kill9(&mut holder);
+        let got = receive(sock, Duration::from_secs(5))?;
+        let _ = waiter.wait();
+        match got {
+            Some(t) => out.push(t.saturating_sub(t0) as f64 / 1e6),
+            None => bail!("the bare lock waiter never reported"),
+        }
+    }
+    Ok(out)
+}
+
+fn failover(runs: usize, standby: &str, keep: bool) -> anyhow::Result<u8> {
+    if !matches!(standby, "hot" | "warm" | "cold") {
+        bail!("--standby must be hot, warm or cold");
+    }
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    let report = sock.local_addr()?;
+    let mut g = LocalGroup::new(&["a", "b"], standby, Some(report), &[])?;
+    eprintln!("bare kernel lock handoff: {runs} runs…");
+    let base = baseline(g.dir.path(), runs, &sock, &g.exe.clone())?;
+
+    let result = (|| -> anyhow::Result<Vec<f64>> {
+        g.start(0)?;
+        g.wait_hot(0)?;
+        let _ = receive(&sock, Duration::from_secs(2))?;
+        g.start(1)?;
+        let mut samples = Vec::with_capacity(runs);
+        let (mut active, mut standby_i) = (0usize, 1usize);
+        eprintln!("understudy takeover ({standby} standby): {runs} runs…");
+        for i in 0..runs {
+            g.wait_ready(standby_i)?;
+            // Drain any late report, then kill.
+            while receive(&sock, Duration::from_millis(1))?.is_some() {}
+            let t0 = mono_ns();
+            g.kill9(active);
+            match receive(&sock, Duration::from_secs(5))? {
+                Some(t) => samples.push(t.saturating_sub(t0) as f64 / 1e6),
+                None => bail!("run {i}: the standby's service never reported being active"),
+            }
+            g.start(active)?;
+            std::mem::swap(&mut active, &mut standby_i);
+        }
+        Ok(samples)
+    })();
+    if keep {
+        eprintln!("kept {}", local::keep(g).display());
+    } else {
+        g.stop_all();
+    }
+    let ours = result?;
+    let (b50, b99, bmax) = percentiles(&base);
+    let (o50, o99, omax) = percentiles(&ours);
+    println!("failover benchmark: {runs} kill -9 runs each, timed from the kill to the report (CLOCK_MONOTONIC)");
+    println!("{:<46} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<46} {b50:>9.3} {b99:>9.3} {bmax:>9.3}",
+        "bare kernel lock handoff (2 plain processes)"
+    );
+    println!(
+        "{:<46} {o50:>9.3} {o99:>9.3} {omax:>9.3}",
+        format!("understudy takeover ({standby} standby)")
+    );
+    println!(
+        "{:<46} {:>9.1} {:>9.1} {:>9.1}",
+        "ratio understudy / bare lock",
+        o50 / b50,
+        o99 / b99,
+        omax / bmax
+    );
+    let goal = 50.0;
+    println!(
+        "goal: p99 under {goal} ms: {}",
+        if o99 < goal { "met" } else { "NOT MET" }
+    );
+    Ok(0)
+}

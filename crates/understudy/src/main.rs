@@ -1,0 +1,228 @@
+//! `understudy`: the one binary. Layout:
+//! - `agent`, `check-config`: run or validate a node (crate `understudy-agent`).
+//! - `status`, `activate`, `switchover`, `events`: talk to a node's admin API (crate `understudy-control`).
+//! - `demo`: a local group on an embedded default, killed and recovered before your eyes ([`demo`]).
+//! - `bench failover`: takeover latency against the bare kernel lock handoff ([`bench`]).
+//! - `demo-service`: the small built-in service the demo and the benchmark protect ([`demo_service`]).
+
+mod bench;
+mod demo;
+mod demo_service;
+mod local;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use understudy_agent::Config;
+use understudy_control::{render_group, AgentClient};
+
+#[derive(Parser)]
+#[command(
+    name = "understudy",
+    version,
+    about = "Failover for trading services: one active replica, standbys ready to take over in milliseconds"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node: join the group, supervise the service, serve the admin API.
+    Agent {
+        /// The node's TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without starting anything (exit 2 when it is wrong).
+    CheckConfig {
+        /// The TOML configuration to check.
+        file: PathBuf,
+    },
+    /// Show the whole group as seen from one node.
+    Status {
+        /// Admin address of any node of the group (node.admin).
+        #[arg(long, default_value = "127.0.0.1:7701")]
+        agent: String,
+        /// Print the raw JSON (/status and /group).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a node Hot (PUT /service/activationmode/hot). Refused if another node is active.
+    Activate {
+        /// Admin address of the node to activate.
+        #[arg(long)]
+        agent: String,
+    },
+    /// Hand activity from the active node to a ready standby (for rolling updates).
+    Switchover {
+        /// Admin address of the active node.
+        #[arg(long)]
+        agent: String,
+    },
+    /// Show a node's event timeline and its takeovers.
+    Events {
+        /// Admin address of the node.
+        #[arg(long)]
+        agent: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local group on a temp lock file, kill the active, show the takeover. Cleans up.
+    Demo(demo::DemoArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
+    /// The small built-in service that the demo and the benchmark protect.
+    #[command(hide = true)]
+    DemoService(demo_service::DemoServiceArgs),
+}
+
+fn main() -> ExitCode {
+    // The guardian must run before anything else: no runtime, no threads, no logging set-up.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).map(|a| a == "__guard").unwrap_or(false) {
+        let code = understudy_service::guardian::run(args[2..].to_vec());
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("understudy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.cmd {
+        Cmd::Agent { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("understudy: configuration error: {e}");
+                    return Ok(2);
+                }
+            };
+            init_logging();
+            let exe = std::env::current_exe().context(
+                "cannot find the understudy executable (needed to start the service guardian)",
+            )?;
+            let rt = runtime()?;
+            match rt.block_on(understudy_agent::run(cfg, exe)) {
+                Ok(code) => Ok(code.clamp(0, 255) as u8),
+                Err(e @ understudy_agent::AgentError::AdminBind { .. }) => {
+                    eprintln!("understudy: configuration error: {e}");
+                    Ok(2)
+                }
+                Err(e) => Err(e).context("agent failed to start"),
+            }
+        }
+        Cmd::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok — node {} of group {}, {} mode, {} standby, admin {}, lock {}",
+                    file.display(),
+                    c.node.name,
+                    c.node.group,
+                    c.activation.mode,
+                    format!("{:?}", c.service.standby).to_lowercase(),
+                    c.node.admin,
+                    c.activation.lock_file.display()
+                );
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("understudy: configuration error: {e}");
+                Ok(2)
+            }
+        },
+        Cmd::Status { agent, json } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let c = AgentClient::new(&agent, Duration::from_secs(2));
+                let group = c.group().await?;
+                if json {
+                    let status = c.status().await?;
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({"status": status, "group": group})
+                        )?
+                    );
+                } else {
+                    print!("{}", render_group(&group));
+                }
+                Ok(0)
+            })
+        }
+        Cmd::Activate { agent } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let c = AgentClient::new(&agent, Duration::from_secs(10));
+                let r = c.activate().await.context("activation refused")?;
+                println!(
+                    "{agent} is Hot (epoch {})",
+                    r.get("epoch").and_then(|v| v.as_u64()).unwrap_or(0)
+                );
+                Ok(0)
+            })
+        }
+        Cmd::Switchover { agent } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let c = AgentClient::new(&agent, Duration::from_secs(60));
+                let r = c.switchover().await.context("switchover failed")?;
+                println!(
+                    "switched over: {} → {} (epoch {}) in {:.1} ms",
+                    r.get("from").and_then(|v| v.as_str()).unwrap_or("?"),
+                    r.get("to").and_then(|v| v.as_str()).unwrap_or("?"),
+                    r.get("epoch").and_then(|v| v.as_u64()).unwrap_or(0),
+                    r.get("took_ms").and_then(|v| v.as_f64()).unwrap_or(0.0)
+                );
+                Ok(0)
+            })
+        }
+        Cmd::Events { agent, json } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let c = AgentClient::new(&agent, Duration::from_secs(2));
+                let ev = c.events().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&ev)?);
+                } else {
+                    print!("{}", understudy_control::render_events(&ev));
+                }
+                Ok(0)
+            })
+        }
+        Cmd::Demo(args) => demo::run(args),
+        Cmd::Bench { what } => bench::run(what),
+        Cmd::DemoService(args) => demo_service::run(args),
+    }
+}
