@@ -2,6 +2,8 @@
 //! against an agent's admin API, and how the group is shown to a person.
 #![forbid(unsafe_code)]
 
+pub mod local;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;

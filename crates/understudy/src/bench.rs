@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 
 use crate::demo_service::mono_ns;
-use crate::local::{self, receive, LocalGroup};
+use understudy_control::local::{receive, LocalGroup};
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
@@ -30,6 +30,12 @@ pub enum BenchCmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Price distribution benchmarks.
+    #[command(flatten)]
+    Price(crate::price_cmd::PriceBench),
+    /// FIX gateway benchmarks.
+    #[command(flatten)]
+    Fix(crate::fix_cmd::FixBench),
     /// (internal) Hold an OFD lock on FILE until killed.
     #[command(hide = true)]
     LockHolder {
@@ -54,6 +60,8 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<u8> {
             standby,
             keep,
         } => failover(runs, &standby, keep),
+        BenchCmd::Price(b) => b.run(),
+        BenchCmd::Fix(b) => b.run(),
         BenchCmd::LockHolder { file } => {
             let f = lock_blocking(&file)?;
             println!("locked");
@@ -160,7 +168,10 @@ fn failover(runs: usize, standby: &str, keep: bool) -> anyhow::Result<u8> {
     }
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     let report = sock.local_addr()?;
-    let mut g = LocalGroup::new(&["a", "b"], standby, Some(report), &[])?;
+    let exe = std::env::current_exe()?;
+    let mut g = LocalGroup::new(exe.clone(), &["a", "b"], standby, |_| {
+        LocalGroup::demo_service(&exe, Some(report))
+    })?;
     eprintln!("bare kernel lock handoff: {runs} runs…");
     let base = baseline(g.dir.path(), runs, &sock, &g.exe.clone())?;
 
@@ -188,7 +199,7 @@ fn failover(runs: usize, standby: &str, keep: bool) -> anyhow::Result<u8> {
         Ok(samples)
     })();
     if keep {
-        eprintln!("kept {}", local::keep(g).display());
+        eprintln!("kept {}", understudy_control::local::keep(g).display());
     } else {
         g.stop_all();
     }

@@ -12,11 +12,14 @@ use clap::Args;
 use understudy_control::{render_events, render_group};
 
 use crate::demo_service::mono_ns;
-use crate::local::{alive, is_mode, receive, LocalGroup};
+use understudy_control::local::{alive, is_mode, receive, LocalGroup};
 
 /// Arguments of `understudy demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// Another scenario than the default agent group.
+    #[command(subcommand)]
+    scenario: Option<Scenario>,
     /// Nodes in the group (2 to 5).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -32,8 +35,22 @@ fn pause(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
+/// Demo scenarios beyond the default.
+#[derive(clap::Subcommand, Debug)]
+pub enum Scenario {
+    /// Hot-standby price servers: kill the primary, watch a client's prices come back.
+    Price(crate::price_cmd::PriceDemoArgs),
+    /// Warm-standby FIX gateway: kill the active, watch the counterparty carry on.
+    Fix(crate::fix_cmd::FixDemoArgs),
+}
+
 /// Run the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
+    match args.scenario {
+        Some(Scenario::Price(a)) => return crate::price_cmd::demo(a),
+        Some(Scenario::Fix(a)) => return crate::fix_cmd::demo(a),
+        None => {}
+    }
     if !(2..=5).contains(&args.nodes) {
         bail!("--nodes must be between 2 and 5");
     }
@@ -42,7 +59,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     }
     let names: Vec<&str> = ["a", "b", "c", "d", "e"][..args.nodes].to_vec();
     let sock = UdpSocket::bind("127.0.0.1:0")?;
-    let mut g = LocalGroup::new(&names, &args.standby, Some(sock.local_addr()?), &[])?;
+    let exe = std::env::current_exe()?;
+    let report = sock.local_addr()?;
+    let mut g = LocalGroup::new(exe.clone(), &names, &args.standby, |_| {
+        LocalGroup::demo_service(&exe, Some(report))
+    })?;
     println!(
         "understudy demo: a group of {} agents on one host, trylock mode, {} standby",
         args.nodes, args.standby
@@ -138,7 +159,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     })();
     let dir = g.dir.path().display().to_string();
     if args.keep {
-        println!("\nkept {}", crate::local::keep(g).display());
+        println!("\nkept {}", understudy_control::local::keep(g).display());
     } else {
         g.stop_all();
         drop(g);

@@ -4,11 +4,14 @@
 //! - `demo`: a local group on an embedded default, killed and recovered before your eyes ([`demo`]).
 //! - `bench failover`: takeover latency against the bare kernel lock handoff ([`bench`]).
 //! - `demo-service`: the small built-in service the demo and the benchmark protect ([`demo_service`]).
+//! - `exchange-sim`, `price-server`, `price-client`: price distribution ([`price_cmd`]).
+//! - `fix-gateway` and the FIX exchange simulator: the FIX gateway ([`fix_cmd`]).
 
 mod bench;
 mod demo;
 mod demo_service;
-mod local;
+mod fix_cmd;
+mod price_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +83,12 @@ enum Cmd {
         #[command(subcommand)]
         what: bench::BenchCmd,
     },
+    /// Price distribution (hot standby): exchange-sim, price-server, price-client.
+    #[command(flatten)]
+    Price(price_cmd::PriceCmds),
+    /// FIX gateway (warm standby).
+    #[command(flatten)]
+    Fix(fix_cmd::FixCmds),
     /// The small built-in service that the demo and the benchmark protect.
     #[command(hide = true)]
     DemoService(demo_service::DemoServiceArgs),
@@ -102,7 +111,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// A multi-threaded runtime for the subcommands that need one.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -110,7 +120,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by RUST_LOG (default info).
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -224,5 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Demo(args) => demo::run(args),
         Cmd::Bench { what } => bench::run(what),
         Cmd::DemoService(args) => demo_service::run(args),
+        Cmd::Price(c) => c.run(),
+        Cmd::Fix(c) => c.run(),
     }
 }

@@ -1,5 +1,5 @@
 //! A group of real agents on this host, in a temp directory: what the demo and the benchmark run.
-//! Agents are separate OS processes started from this very binary.
+//! Agents are separate OS processes started from the `understudy` binary.
 #![allow(clippy::disallowed_methods)] // blocking waits are fine in this driver, not in the agent
 
 use std::net::UdpSocket;
@@ -39,25 +39,33 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl LocalGroup {
-    /// Write the configs of `names` (trylock, `standby` type), reporting activations to `report`.
+    /// The built-in demo service, reporting activations by UDP to `report` if given.
+    pub fn demo_service(
+        exe: &std::path::Path,
+        report: Option<std::net::SocketAddr>,
+    ) -> Vec<String> {
+        let mut cmd = vec![exe.display().to_string(), "demo-service".to_string()];
+        if let Some(r) = report {
+            cmd.extend(["--report".to_string(), r.to_string()]);
+        }
+        cmd
+    }
+
+    /// Write the configs of `names` (trylock mode, `standby` type) in a new temp directory; each
+    /// node's service is `command(name)`. `exe` is the `understudy` binary that runs the agents.
     pub fn new(
+        exe: PathBuf,
         names: &[&str],
         standby: &str,
-        report: Option<std::net::SocketAddr>,
-        extra_service_args: &[&str],
+        command: impl Fn(&str) -> Vec<String>,
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find this executable")?;
         let dir = tempfile::Builder::new().prefix("understudy-").tempdir()?;
         let lock = dir.path().join("group.lock");
         let mut nodes = Vec::new();
         for name in names {
             let admin = format!("127.0.0.1:{}", free_port()?);
             let cfg = dir.path().join(format!("{name}.toml"));
-            let mut cmd = vec![exe.display().to_string(), "demo-service".to_string()];
-            if let Some(r) = report {
-                cmd.extend(["--report".to_string(), r.to_string()]);
-            }
-            cmd.extend(extra_service_args.iter().map(|s| s.to_string()));
+            let cmd = command(name);
             std::fs::write(
                 &cfg,
                 format!(
