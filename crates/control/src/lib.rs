@@ -165,9 +165,17 @@ pub fn render_group(group: &Value) -> String {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let fresh = |m: &Value| m.get("fresh").and_then(Value::as_bool) == Some(true);
+    // Epochs are unique per activation, so among fresh Hot records only the newest epoch is the
+    // active; an older one is a record its (probably dead) agent has not yet refreshed or removed.
+    let top = members
+        .iter()
+        .filter(|m| s(m, "mode") == "Hot" && fresh(m))
+        .filter_map(|m| u(m, "epoch"))
+        .max();
     let active: Vec<&Value> = members
         .iter()
-        .filter(|m| s(m, "mode") == "Hot" && m.get("fresh").and_then(Value::as_bool) == Some(true))
+        .filter(|m| s(m, "mode") == "Hot" && fresh(m) && u(m, "epoch") == top)
         .collect();
     out.push_str(&format!("group {}: ", s(group, "group")));
     match active.as_slice() {
@@ -179,8 +187,9 @@ pub fn render_group(group: &Value) -> String {
             u(a, "since_unix_ms").map(ago).unwrap_or_default()
         )),
         many => out.push_str(&format!(
-            "{} NODES CLAIM TO BE ACTIVE: {}\n",
+            "{} NODES CLAIM TO BE ACTIVE WITH EPOCH {}: {}\n",
             many.len(),
+            top.unwrap_or(0),
             many.iter()
                 .map(|m| s(m, "node"))
                 .collect::<Vec<_>>()
@@ -192,11 +201,12 @@ pub fn render_group(group: &Value) -> String {
         "NODE", "STATE", "MODE", "EPOCH", "SINCE", "SERVICE", "LAST SEEN", "ADMIN"
     ));
     for m in &members {
-        let fresh = m.get("fresh").and_then(Value::as_bool).unwrap_or(false);
-        let state = if fresh {
-            s(m, "mode").to_string()
-        } else {
-            "gone".to_string()
+        let is_fresh = fresh(m);
+        let superseded = s(m, "mode") == "Hot" && u(m, "epoch") < top;
+        let state = match (is_fresh, superseded) {
+            (false, _) => "gone".to_string(),
+            (true, true) => "stale".to_string(),
+            (true, false) => s(m, "mode").to_string(),
         };
         let svc = match u(m, "pid") {
             Some(p) => format!("{} pid {p}", s(m, "service")),
@@ -213,7 +223,13 @@ pub fn render_group(group: &Value) -> String {
             u(m, "last_seen_unix_ms").map(ago).unwrap_or_default(),
             s(m, "admin"),
         );
-        if fresh && s(m, "mode") == "Warm" {
+        if superseded && is_fresh {
+            line.push_str(&format!(
+                "  record of an older epoch; epoch {} is active",
+                top.unwrap_or(0)
+            ));
+        }
+        if is_fresh && s(m, "mode") == "Warm" {
             if m.get("ready").and_then(Value::as_bool) == Some(true) {
                 line.push_str("  ready");
             }
@@ -298,6 +314,11 @@ mod tests {
         assert!(one.contains("ready"), "{one}");
         let two = render_group(&json!({"group": "g", "members": [m("a", "Hot"), m("b", "Hot")]}));
         assert!(two.contains("2 NODES CLAIM TO BE ACTIVE"), "{two}");
+        let mut newer = m("b", "Hot");
+        newer["epoch"] = json!(4);
+        let stale = render_group(&json!({"group": "g", "members": [m("a", "Hot"), newer]}));
+        assert!(stale.contains("active b (epoch 4"), "{stale}");
+        assert!(stale.contains("stale"), "{stale}");
         let none = render_group(&json!({"group": "g", "members": [m("b", "Warm")]}));
         assert!(none.contains("NO ACTIVE NODE"), "{none}");
     }

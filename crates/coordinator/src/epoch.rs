@@ -3,6 +3,14 @@
 //!
 //! The record is one text line carrying a CRC32 of the rest, so a torn or garbled file is told
 //! apart from a real value: `understudy-epoch v1 epoch=<n> holder=<name> crc=<8 hex digits>\n`.
+//!
+//! The file has two fixed-size slots, each holding a record padded with NULs; epoch `n` goes
+//! into slot `n % 2`, so the previous epoch's slot is never touched. Making a new epoch durable
+//! is then one `pwrite` and one `fdatasync` of a file whose size does not change — this sits on
+//! the failover path, between the lock being obtained and the service being told it is active.
+//! A write torn by a crash spoils only its own slot; the other still holds the previous epoch,
+//! which was never handed out twice because the torn one was never acknowledged. A file that is
+//! not two slots (missing, garbage) is rewritten whole: temp file, fsync, rename, fsync directory.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -14,6 +22,8 @@ const MAGIC: &str = "understudy-epoch";
 const VERSION: &str = "v1";
 /// A record is one short line; reading more than this only wastes time on a garbage file.
 const MAX_RECORD_BYTES: usize = 4096;
+/// Size of one slot: a record with the longest node name fits.
+const SLOT: usize = 512;
 
 /// What the epoch file said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,13 +74,15 @@ impl EpochStore {
         file.take(MAX_RECORD_BYTES as u64 + 1)
             .read_to_end(&mut buf)
             .map_err(|e| io_error(&self.path, e))?;
-        Ok(parse_record(&buf))
+        Ok(parse_file(&buf))
     }
 
-    /// Durably record `epoch` taken by `holder`: written to `<lock>.epoch.tmp.<holder>`, fsynced,
-    /// renamed over the epoch file, and the directory fsynced, so after a crash the file holds
-    /// either the old record or the new one, never a mix.
+    /// Durably record `epoch` taken by `holder`: in place into slot `epoch % 2` with one
+    /// `fdatasync` when the file already has its two slots, otherwise by rewriting the whole file
+    /// (temp file, fsync, rename, fsync of the directory). After a crash the file holds the old
+    /// record or the new one in each slot, never a mix that parses.
     pub fn write(&self, epoch: u64, holder: &str) -> Result<(), CoordError> {
+        use std::os::unix::fs::FileExt;
         if !is_valid_node_name(holder) {
             return Err(io_error(
                 &self.path,
@@ -80,19 +92,45 @@ impl EpochStore {
                 ),
             ));
         }
+        let record = encode_record(epoch, holder);
+        if record.len() > SLOT {
+            return Err(io_error(
+                &self.path,
+                io::Error::new(io::ErrorKind::InvalidInput, "epoch record too long"),
+            ));
+        }
+        let mut slot = vec![0u8; SLOT];
+        slot[..record.len()].copy_from_slice(record.as_bytes());
+        let offset = (epoch % 2) * SLOT as u64;
+        if let Ok(f) = OpenOptions::new().read(true).write(true).open(&self.path) {
+            let two_slots = f
+                .metadata()
+                .map(|m| m.len() == 2 * SLOT as u64)
+                .unwrap_or(false);
+            if two_slots {
+                return f
+                    .write_all_at(&slot, offset)
+                    .and_then(|()| f.sync_data())
+                    .map_err(|e| io_error(&self.path, e));
+            }
+        }
+        self.rewrite(&slot, holder)
+    }
+
+    /// Write a fresh two-slot file whose both slots hold `slot`.
+    fn rewrite(&self, slot: &[u8], holder: &str) -> Result<(), CoordError> {
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp.");
         tmp.push(holder);
         let tmp = PathBuf::from(tmp);
-
-        let record = encode_record(epoch, holder);
         let written = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)
             .and_then(|mut f| {
-                f.write_all(record.as_bytes())?;
+                f.write_all(slot)?;
+                f.write_all(slot)?;
                 f.sync_all()
             });
         if let Err(e) = written {
@@ -115,6 +153,37 @@ impl EpochStore {
     }
 }
 
+/// Parse a whole epoch file: two slots (the higher valid epoch wins), or a single record.
+pub(crate) fn parse_file(bytes: &[u8]) -> EpochRead {
+    if bytes.len() != 2 * SLOT {
+        return parse_record(bytes);
+    }
+    let slots: Vec<EpochRead> = bytes
+        .chunks(SLOT)
+        .map(|c| {
+            let end = c.iter().rposition(|&b| b != 0).map(|i| i + 1).unwrap_or(0);
+            parse_record(&c[..end])
+        })
+        .collect();
+    let mut best: Option<EpochRead> = None;
+    let mut why = Vec::new();
+    for r in slots {
+        match r {
+            EpochRead::Value { epoch, .. } => {
+                let better = match &best {
+                    Some(EpochRead::Value { epoch: b, .. }) => epoch > *b,
+                    _ => true,
+                };
+                if better {
+                    best = Some(r);
+                }
+            }
+            EpochRead::Corrupt(w) => why.push(w),
+            EpochRead::Missing => why.push("empty slot".to_string()),
+        }
+    }
+    best.unwrap_or_else(|| EpochRead::Corrupt(format!("no valid slot ({})", why.join("; "))))
+}
 fn io_error(path: &Path, source: io::Error) -> CoordError {
     CoordError::Io {
         path: path.to_path_buf(),
@@ -192,6 +261,49 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_torn_slot_leaves_the_previous_epoch() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EpochStore::for_lock(&dir.path().join("g.lock"));
+        store.write(7, "a").unwrap();
+        store.write(8, "b").unwrap();
+        assert_eq!(
+            store.read().unwrap(),
+            EpochRead::Value {
+                epoch: 8,
+                holder: "b".into()
+            }
+        );
+        assert_eq!(
+            std::fs::metadata(store.path()).unwrap().len(),
+            2 * SLOT as u64
+        );
+        // Tear the write of epoch 8 (slot 0): epoch 7 in slot 1 survives.
+        let f = OpenOptions::new().write(true).open(store.path()).unwrap();
+        f.write_all_at(b"understudy-epoch v1 epo", 0).unwrap();
+        f.write_all_at(&[0u8; 64], 23).unwrap();
+        assert_eq!(
+            store.read().unwrap(),
+            EpochRead::Value {
+                epoch: 7,
+                holder: "a".into()
+            }
+        );
+        // Both slots spoiled: corrupt, never a guess.
+        f.write_all_at(&[b'x'; SLOT], SLOT as u64).unwrap();
+        assert!(matches!(store.read().unwrap(), EpochRead::Corrupt(_)));
+        // A rewrite heals it.
+        store.write(9, "c").unwrap();
+        assert_eq!(
+            store.read().unwrap(),
+            EpochRead::Value {
+                epoch: 9,
+                holder: "c".into()
+            }
+        );
+    }
+
+    #[test]
     fn record_round_trip() {
         let rec = encode_record(42, "node-a.1");
         assert_eq!(
@@ -223,6 +335,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn parse_file_never_panics(bytes in proptest::collection::vec(any::<u8>(), 2 * SLOT..2 * SLOT + 1)) {
+            let _ = parse_file(&bytes);
+        }
+
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..5000)) {
             let _ = parse_record(&bytes);
