@@ -245,6 +245,20 @@ impl Deframer {
         self.buf.len() - self.start
     }
 
+    /// Like [`next_frame`](Self::next_frame) but leaves a complete frame in the buffer (the
+    /// next call of either returns it again); garbage is still skipped.
+    pub fn peek_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let avail = &self.buf[self.start..];
+        match frame(avail, self.max_body) {
+            Ok(Framed::Incomplete) => Ok(None),
+            Ok(Framed::Complete(n)) => Ok(Some(&self.buf[self.start..self.start + n])),
+            Err(e) => {
+                self.start += e.skip().min(avail.len());
+                Err(e)
+            }
+        }
+    }
+
     /// The next complete frame, `Ok(None)` if more bytes are needed, or the garbage that was
     /// skipped (call again to continue after it).
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {

@@ -13,10 +13,19 @@
 //!   append-only [`store::FileStore`] kept in a directory the group shares.
 //! * [`session`]: the sans-IO session state machine ([`session::Session`]): bytes and timer
 //!   ticks in, frames to send and events out.
+//! * [`engine`]: the tokio transport — one loop driving every session of a process over TCP,
+//!   as acceptor and as initiator with a list of addresses (both replicas of a group).
+//! * [`exchange_sim`]: a FIX exchange simulator (acceptor) that acknowledges, fills, cancels
+//!   and replaces orders.
+//! * [`gateway`]: the FIX gateway: configuration, routing rules, the persisted order map.
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod codec;
+pub mod engine;
+pub mod exchange_sim;
+pub mod gateway;
 pub mod session;
 pub mod store;
 pub mod tags;

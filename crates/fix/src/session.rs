@@ -400,6 +400,80 @@ impl<S: SessionStore> Session<S> {
         Ok(seq)
     }
 
+    /// Like [`send_app`](Self::send_app), but while not logged on the message is only
+    /// stored, taking the next sequence number without a `Send`. This is how a hub queues
+    /// messages for an offline counterparty durably: our next Logon carries a higher
+    /// MsgSeqNum, the counterparty asks for the gap, and the stored messages are resent (with
+    /// PossDupFlag=Y) — from whichever replica is active by then.
+    ///
+    /// `poss_resend` sets PossResend(97)=Y: the message may have been sent before under
+    /// another MsgSeqNum (a hub forwarding a message it received as a possible duplicate),
+    /// so the receiver checks its business ids (ExecID, ClOrdID) before acting on it.
+    pub fn send_or_store_app(
+        &mut self,
+        msg_type: &[u8],
+        body: &[u8],
+        poss_resend: bool,
+        now: SystemTime,
+    ) -> Result<u64, SendError> {
+        if msg_type::is_admin(msg_type) {
+            return Err(SendError::AdminMsgType(
+                String::from_utf8_lossy(msg_type).into_owned(),
+            ));
+        }
+        let seq = self.store.next_sender_seq();
+        let mut b = self.header(msg_type, seq, now);
+        if poss_resend {
+            b.push_bool(tags::POSS_RESEND, true);
+        }
+        b.push_raw(body);
+        let frame = b.finish()?;
+        if let Err(e) = self.store.save_sent(seq, &frame) {
+            // Not connected: nothing to disconnect, but a fenced store must still stop us.
+            if self.state != State::Disconnected || matches!(e, StoreError::Fenced { .. }) {
+                self.store_failed(&e);
+            }
+            return Err(SendError::Store(e));
+        }
+        if self.state == State::Active {
+            self.last_sent = now;
+            self.out.push_back(Action::Send(frame));
+        }
+        Ok(seq)
+    }
+
+    /// Rejects an application message the application found invalid (e.g. a required field
+    /// missing: SessionRejectReason 1) with a session-level Reject, as the specification asks
+    /// for field-level problems; `ref_msg_type` and `ref_tag` identify the message and field.
+    pub fn reject_app(
+        &mut self,
+        ref_seq_num: u64,
+        ref_msg_type: &str,
+        ref_tag: Option<u32>,
+        reason: SessionRejectReason,
+        text: &str,
+        now: SystemTime,
+    ) -> Result<(), SendError> {
+        if self.state != State::Active {
+            return Err(SendError::NotLoggedOn);
+        }
+        // A failed send already queued the Disconnect the transport will act on.
+        let _ = self.send_reject(ref_seq_num, Some(ref_msg_type), ref_tag, reason, text, now);
+        Ok(())
+    }
+
+    /// Re-reads the store's fence (see [`SessionStore::check_fence`]); when a newer epoch
+    /// owns the store the session disconnects and this returns the error.
+    pub fn check_fence(&mut self) -> Result<(), StoreError> {
+        if let Err(e) = self.store.check_fence() {
+            if self.state != State::Disconnected {
+                self.store_failed(&e);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn header(&self, msg_type: &[u8], seq: u64, now: SystemTime) -> MessageBuilder {
         let mut b = MessageBuilder::new(self.config.begin_string, msg_type);
         b.push_str(tags::SENDER_COMP_ID, &self.config.sender_comp_id)

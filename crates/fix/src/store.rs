@@ -124,6 +124,19 @@ pub trait SessionStore {
     fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Both sequence numbers back to 1 and every stored message forgotten.
     fn reset(&mut self) -> Result<(), StoreError>;
+    /// Refuses with [`StoreError::Fenced`] when a newer writer owns the store. Stores that
+    /// are not shared have nobody to be fenced by.
+    fn check_fence(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Makes batched writes durable now (a no-op for stores that write through).
+    fn sync_if_due(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Persists what a [`Deferred`] wrapper held back (a no-op for other stores).
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A volatile [`SessionStore`].
@@ -184,5 +197,72 @@ impl SessionStore for MemoryStore {
     fn reset(&mut self) -> Result<(), StoreError> {
         *self = MemoryStore::default();
         Ok(())
+    }
+}
+
+/// Holds back writes of the next *target* sequence number until [`SessionStore::commit`].
+///
+/// A hub forwards what it receives on one session to another. Committed in that order —
+/// the forwarded copy stored first, the received number advanced after — a crash between the
+/// two leaves the number unadvanced, so the successor asks for the message again and the
+/// forward is repeated (marked PossResend) instead of lost. The engine commits after the
+/// application has handled everything a read delivered.
+#[derive(Debug)]
+pub struct Deferred<S> {
+    inner: S,
+    pending_target: Option<u64>,
+}
+
+impl<S: SessionStore> Deferred<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Deferred {
+            inner,
+            pending_target: None,
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: SessionStore> SessionStore for Deferred<S> {
+    fn next_sender_seq(&self) -> u64 {
+        self.inner.next_sender_seq()
+    }
+    fn next_target_seq(&self) -> u64 {
+        self.pending_target
+            .unwrap_or_else(|| self.inner.next_target_seq())
+    }
+    fn set_next_sender_seq(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.inner.set_next_sender_seq(seq)
+    }
+    fn set_next_target_seq(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.pending_target = Some(seq);
+        Ok(())
+    }
+    fn save_sent(&mut self, seq: u64, frame: &[u8]) -> Result<(), StoreError> {
+        self.inner.save_sent(seq, frame)
+    }
+    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.sent_range(begin, end)
+    }
+    fn reset(&mut self) -> Result<(), StoreError> {
+        self.pending_target = None;
+        self.inner.reset()
+    }
+    fn check_fence(&mut self) -> Result<(), StoreError> {
+        self.inner.check_fence()
+    }
+    fn sync_if_due(&mut self) -> Result<(), StoreError> {
+        self.inner.sync_if_due()
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        match self.pending_target.take() {
+            Some(t) if t != self.inner.next_target_seq() => self.inner.set_next_target_seq(t),
+            _ => Ok(()),
+        }
     }
 }

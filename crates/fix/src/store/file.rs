@@ -799,6 +799,14 @@ impl SessionStore for FileStore {
         self.state = State::default();
         Ok(())
     }
+
+    fn check_fence(&mut self) -> Result<(), StoreError> {
+        FileStore::check_fence(self)
+    }
+
+    fn sync_if_due(&mut self) -> Result<(), StoreError> {
+        FileStore::sync_if_due(self)
+    }
 }
 
 #[cfg(test)]

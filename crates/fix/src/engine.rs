@@ -1,0 +1,909 @@
+//! The tokio transport: one event loop that owns every [`Session`] of a process and drives
+//! them over TCP, as acceptor (one listening port, sessions told apart by their CompIDs) and
+//! as initiator (a list of addresses tried in turn, so a counterparty configured with both
+//! replicas of a group finds the active one).
+//!
+//! # Why one loop owns every session
+//!
+//! A FIX hub routes a message received on one session to another session. With all sessions
+//! in one loop, the application's answer to a delivered message is stored (and queued for
+//! writing) on the target session before the loop reads the next frame, with no channel in
+//! between where a message could wait unstored. Socket reads and writes run in small tasks
+//! per connection that only move bytes; all protocol state stays here.
+//!
+//! Store writes (fsync) run on the loop itself: a session must not send before its store
+//! write returns, so there is nothing useful to overlap them with inside one session, and
+//! a gateway has few sessions.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::codec::{parse, Deframer, DEFAULT_MAX_BODY_LENGTH};
+use crate::session::{
+    Action, AppMessage, DisconnectReason, Role, SendError, Session, SessionEvent, State,
+};
+use crate::store::{SessionId, SessionStore, StoreError};
+use crate::tags::{BeginString, SessionRejectReason};
+
+/// Errors that end [`Engine::run`].
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// A newer epoch owns a session store: this replica is stale and must stop sending.
+    #[error("session {session}: store fenced by a newer active: {text}")]
+    Fenced {
+        /// The session whose store refused.
+        session: String,
+        /// The store's error.
+        text: String,
+    },
+    /// A session store failed (I/O, corruption): continuing could lose messages.
+    #[error("session {session}: store failed: {text}")]
+    Store {
+        /// The session.
+        session: String,
+        /// Detail.
+        text: String,
+    },
+    /// The listening socket failed.
+    #[error("accepting connections failed: {0}")]
+    Accept(std::io::Error),
+}
+
+/// One session handed to the engine.
+pub struct SessionSlot<S: SessionStore> {
+    /// A name for logs and for the application (e.g. the counterparty's CompID).
+    pub name: String,
+    /// The session, with its store already open.
+    pub session: Session<S>,
+    /// Initiator: the addresses to connect to, tried in turn. Ignored for acceptors.
+    pub connect: Vec<SocketAddr>,
+    /// Initiator: pause after every address of `connect` refused.
+    pub reconnect_interval: Duration,
+}
+
+impl<S: SessionStore> SessionSlot<S> {
+    /// A slot for `session` named `name`, with no addresses and a 1 s reconnect interval.
+    pub fn new(name: &str, session: Session<S>) -> Self {
+        SessionSlot {
+            name: name.to_owned(),
+            session,
+            connect: Vec::new(),
+            reconnect_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Messages the application asks the engine to send, collected during a callback.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    items: Vec<OutItem>,
+}
+
+#[derive(Debug)]
+enum OutItem {
+    App {
+        session: usize,
+        msg_type: Vec<u8>,
+        body: Vec<u8>,
+        poss_resend: bool,
+    },
+    Reject {
+        session: usize,
+        ref_seq_num: u64,
+        ref_msg_type: String,
+        ref_tag: Option<u32>,
+        reason: SessionRejectReason,
+        text: String,
+    },
+}
+
+impl Outbox {
+    /// Sends an application message (body: pre-encoded fields without header or trailer)
+    /// on session `session`; while that session is not logged on it is stored and resent
+    /// when its counterparty asks for the gap after the next Logon.
+    pub fn send(&mut self, session: usize, msg_type: &[u8], body: Vec<u8>) {
+        self.forward(session, msg_type, body, false);
+    }
+
+    /// Like [`send`](Self::send); with `poss_resend` the message carries PossResend(97)=Y
+    /// (forwarding a message that arrived as a possible duplicate).
+    pub fn forward(&mut self, session: usize, msg_type: &[u8], body: Vec<u8>, poss_resend: bool) {
+        self.items.push(OutItem::App {
+            session,
+            msg_type: msg_type.to_vec(),
+            body,
+            poss_resend,
+        });
+    }
+
+    /// Rejects a received application message with a session-level Reject(3).
+    pub fn reject(
+        &mut self,
+        session: usize,
+        ref_seq_num: u64,
+        ref_msg_type: &str,
+        ref_tag: Option<u32>,
+        reason: SessionRejectReason,
+        text: &str,
+    ) {
+        self.items.push(OutItem::Reject {
+            session,
+            ref_seq_num,
+            ref_msg_type: ref_msg_type.to_owned(),
+            ref_tag,
+            reason,
+            text: text.to_owned(),
+        });
+    }
+}
+
+/// What the engine tells the application.
+pub trait Application {
+    /// An application message arrived in sequence on session `session`.
+    fn on_message(&mut self, out: &mut Outbox, session: usize, msg: &AppMessage);
+    /// Session `session` completed a Logon.
+    fn on_logon(&mut self, _out: &mut Outbox, _session: usize, _info: &LogonInfo) {}
+    /// Session `session` lost its connection.
+    fn on_logout(&mut self, _session: usize, _reason: &DisconnectReason) {}
+    /// A session event other than Logon (gap, resend served, reject, …).
+    fn on_event(&mut self, _session: usize, _event: &SessionEvent) {}
+}
+
+/// What [`Application::on_logon`] is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogonInfo {
+    /// The session.
+    pub id: SessionId,
+    /// Both sequences were reset to 1 (ResetSeqNumFlag).
+    pub reset: bool,
+    /// Our next MsgSeqNum after the Logon exchange.
+    pub next_sender_seq: u64,
+    /// The MsgSeqNum we expect next.
+    pub next_target_seq: u64,
+}
+
+/// Creates a session for a Logon from a counterparty no slot is configured for (an acceptor
+/// that accepts anyone, like the exchange simulator). `None` refuses the connection.
+pub type SessionFactory<S> = Box<dyn FnMut(&SessionId) -> Option<SessionSlot<S>> + Send>;
+
+/// A request from outside the loop (see [`EngineHandle`]).
+#[derive(Debug)]
+enum Command {
+    Send {
+        session: usize,
+        msg_type: Vec<u8>,
+        body: Vec<u8>,
+    },
+    Logout {
+        session: usize,
+    },
+}
+
+/// Sends application messages into a running engine from other tasks or threads.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl EngineHandle {
+    /// Queues an application message for session `session` (see [`Outbox::send`]). Returns
+    /// false when the engine has stopped.
+    pub fn send(&self, session: usize, msg_type: &[u8], body: Vec<u8>) -> bool {
+        self.tx
+            .send(Command::Send {
+                session,
+                msg_type: msg_type.to_vec(),
+                body,
+            })
+            .is_ok()
+    }
+
+    /// Starts the Logout handshake on session `session`.
+    pub fn logout(&self, session: usize) -> bool {
+        self.tx.send(Command::Logout { session }).is_ok()
+    }
+}
+
+enum NetEvent {
+    Accepted(TcpStream, SocketAddr),
+    AcceptFailed(std::io::Error),
+    Connected {
+        slot: usize,
+        stream: TcpStream,
+        addr: SocketAddr,
+        next_addr: usize,
+    },
+    Data(u64, Vec<u8>),
+    Closed(u64),
+}
+
+struct Conn {
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    reader: tokio::task::JoinHandle<()>,
+    slot: Option<usize>,
+    deframer: Deframer,
+    peer: SocketAddr,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The writer task finishes the queued bytes, then drops its half; aborting the
+        // reader drops the other half, which closes the socket.
+        self.reader.abort();
+    }
+}
+
+struct SlotState<S: SessionStore> {
+    slot: SessionSlot<S>,
+    conn: Option<u64>,
+    connecting: bool,
+    next_addr: usize,
+    logged_on: bool,
+}
+
+/// The event loop. See the module documentation.
+pub struct Engine<S: SessionStore> {
+    slots: Vec<SlotState<S>>,
+    listener: Option<TcpListener>,
+    factory: Option<SessionFactory<S>>,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    tick: Duration,
+    net_tx: mpsc::UnboundedSender<NetEvent>,
+    net_rx: mpsc::UnboundedReceiver<NetEvent>,
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+}
+
+/// Write buffers of one flush, per connection, so a burst becomes one write.
+type Pending = Vec<(u64, Vec<u8>)>;
+
+impl<S: SessionStore> Engine<S> {
+    /// An engine over `slots`, accepting on `listener` if given.
+    pub fn new(slots: Vec<SessionSlot<S>>, listener: Option<TcpListener>) -> Self {
+        let (net_tx, net_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        Engine {
+            slots: slots
+                .into_iter()
+                .map(|slot| SlotState {
+                    slot,
+                    conn: None,
+                    connecting: false,
+                    next_addr: 0,
+                    logged_on: false,
+                })
+                .collect(),
+            listener,
+            factory: None,
+            conns: HashMap::new(),
+            next_conn: 0,
+            tick: Duration::from_millis(100),
+            net_tx,
+            net_rx,
+            cmd_tx,
+            cmd_rx,
+        }
+    }
+
+    /// Accepts Logons from counterparties without a slot by asking `factory`.
+    pub fn with_factory(mut self, factory: SessionFactory<S>) -> Self {
+        self.factory = Some(factory);
+        self
+    }
+
+    /// Timer resolution for heartbeats and timeouts (default 100 ms).
+    pub fn with_tick(mut self, tick: Duration) -> Self {
+        self.tick = tick.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A handle to send messages from outside the loop.
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle {
+            tx: self.cmd_tx.clone(),
+        }
+    }
+
+    /// Index of the slot named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.slot.name == name)
+    }
+
+    /// Runs until `shutdown` completes (then logs every session out) or a store is fenced.
+    pub async fn run<A: Application>(
+        mut self,
+        app: &mut A,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), EngineError> {
+        if let Some(listener) = self.listener.take() {
+            let tx = self.net_tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((s, peer)) => {
+                            if tx.send(NetEvent::Accepted(s, peer)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if is_transient_accept_error(&e) => {
+                            tracing::warn!(error = %e, "accept failed; continuing");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(NetEvent::AcceptFailed(e));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        for i in 0..self.slots.len() {
+            self.start_connect(i, Duration::ZERO);
+        }
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                ev = self.net_rx.recv() => {
+                    // The engine holds a sender itself, so the channel never closes.
+                    let Some(ev) = ev else { continue };
+                    self.on_net(app, ev)?;
+                }
+                cmd = self.cmd_rx.recv() => {
+                    let Some(cmd) = cmd else { continue };
+                    self.on_command(app, cmd)?;
+                }
+                _ = tick.tick() => self.on_tick(app)?,
+                () = &mut shutdown => break,
+            }
+        }
+        self.shutdown(app).await;
+        Ok(())
+    }
+
+    async fn shutdown<A: Application>(&mut self, app: &mut A) {
+        let now = SystemTime::now();
+        for i in 0..self.slots.len() {
+            self.slots[i]
+                .slot
+                .session
+                .logout(Some("gateway shutting down"), now);
+            // Errors here mean the store is gone; there is nothing left to protect.
+            let _ = self.flush(app, i);
+        }
+        // Give the writer tasks a moment to put the Logouts on the wire.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.conns.clear();
+    }
+
+    fn on_command<A: Application>(&mut self, app: &mut A, cmd: Command) -> Result<(), EngineError> {
+        match cmd {
+            Command::Send {
+                session,
+                msg_type,
+                body,
+            } => {
+                let mut out = Outbox::default();
+                out.send(session, &msg_type, body);
+                self.apply(app, out)
+            }
+            Command::Logout { session } => {
+                if let Some(s) = self.slots.get_mut(session) {
+                    s.slot.session.logout(None, SystemTime::now());
+                    self.flush(app, session)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn start_connect(&mut self, i: usize, delay: Duration) {
+        let st = &mut self.slots[i];
+        if st.slot.session.config().role != Role::Initiator
+            || st.slot.connect.is_empty()
+            || st.connecting
+            || st.conn.is_some()
+        {
+            return;
+        }
+        st.connecting = true;
+        let addrs = st.slot.connect.clone();
+        let start = st.next_addr % addrs.len();
+        let interval = st.slot.reconnect_interval;
+        let tx = self.net_tx.clone();
+        let name = st.slot.name.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut k = start;
+            loop {
+                for _ in 0..addrs.len() {
+                    let addr = addrs[k % addrs.len()];
+                    k = (k + 1) % addrs.len();
+                    let attempt =
+                        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+                            .await;
+                    match attempt {
+                        Ok(Ok(stream)) => {
+                            // Retry this address first next time: it was the active one.
+                            let next_addr = (k + addrs.len() - 1) % addrs.len();
+                            let _ = tx.send(NetEvent::Connected {
+                                slot: i,
+                                stream,
+                                addr,
+                                next_addr,
+                            });
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(session = %name, %addr, error = %e, "connect failed")
+                        }
+                        Err(_) => tracing::debug!(session = %name, %addr, "connect timed out"),
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+
+    fn add_conn(&mut self, stream: TcpStream, peer: SocketAddr, slot: Option<usize>) -> u64 {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        // Orders are small and latency-bound: never wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Some(buf) = wrx.recv().await {
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let tx = self.net_tx.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(NetEvent::Data(id, buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(NetEvent::Closed(id));
+        });
+        self.conns.insert(
+            id,
+            Conn {
+                writer: wtx,
+                reader,
+                slot,
+                deframer: Deframer::new(DEFAULT_MAX_BODY_LENGTH),
+                peer,
+            },
+        );
+        id
+    }
+
+    fn on_net<A: Application>(&mut self, app: &mut A, ev: NetEvent) -> Result<(), EngineError> {
+        match ev {
+            NetEvent::Accepted(stream, peer) => {
+                tracing::debug!(%peer, "connection accepted");
+                self.add_conn(stream, peer, None);
+                Ok(())
+            }
+            NetEvent::AcceptFailed(e) => Err(EngineError::Accept(e)),
+            NetEvent::Connected {
+                slot,
+                stream,
+                addr,
+                next_addr,
+            } => {
+                let st = &mut self.slots[slot];
+                st.connecting = false;
+                st.next_addr = next_addr;
+                tracing::info!(session = %st.slot.name, %addr, "connected");
+                let id = self.add_conn(stream, addr, Some(slot));
+                self.slots[slot].conn = Some(id);
+                self.slots[slot]
+                    .slot
+                    .session
+                    .on_connected(SystemTime::now());
+                self.flush(app, slot)
+            }
+            NetEvent::Data(id, data) => self.on_data(app, id, &data),
+            NetEvent::Closed(id) => {
+                let Some(conn) = self.conns.remove(&id) else {
+                    return Ok(());
+                };
+                if let Some(i) = conn.slot {
+                    self.detach(
+                        app,
+                        i,
+                        id,
+                        &DisconnectReason::Protocol("connection closed".into()),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The connection `id` of slot `i` is gone.
+    fn detach<A: Application>(
+        &mut self,
+        app: &mut A,
+        i: usize,
+        id: u64,
+        reason: &DisconnectReason,
+    ) {
+        let st = &mut self.slots[i];
+        if st.conn != Some(id) {
+            return;
+        }
+        st.conn = None;
+        if st.slot.session.state() != State::Disconnected {
+            st.slot.session.on_disconnected(SystemTime::now());
+        }
+        tracing::info!(session = %st.slot.name, ?reason, "disconnected");
+        if std::mem::take(&mut st.logged_on) {
+            app.on_logout(i, reason);
+        }
+        let interval = st.slot.reconnect_interval;
+        // A session that ended in an orderly way (or was refused) waits before retrying.
+        let delay = match reason {
+            DisconnectReason::Protocol(t) if t == "connection closed" => Duration::ZERO,
+            _ => interval,
+        };
+        self.start_connect(i, delay);
+    }
+
+    fn on_data<A: Application>(
+        &mut self,
+        app: &mut A,
+        id: u64,
+        data: &[u8],
+    ) -> Result<(), EngineError> {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Ok(());
+        };
+        conn.deframer.push(data);
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return Ok(());
+            };
+            let slot = match conn.slot {
+                Some(s) => s,
+                None => {
+                    // Peek at the first frame to find the session (an acceptor's first
+                    // message must be a Logon naming both CompIDs).
+                    let bound = match conn.deframer.peek_frame() {
+                        Ok(None) => return Ok(()),
+                        Ok(Some(f)) => identify(f),
+                        Err(e) => {
+                            tracing::warn!(peer = %conn.peer, error = %e, "garbage before Logon");
+                            continue;
+                        }
+                    };
+                    match bound.and_then(|sid| self.find_or_create(&sid)) {
+                        Some(i) if self.slots[i].conn.is_none() => {
+                            if let Some(conn) = self.conns.get_mut(&id) {
+                                conn.slot = Some(i);
+                            }
+                            self.slots[i].conn = Some(id);
+                            self.slots[i].slot.session.on_connected(SystemTime::now());
+                            i
+                        }
+                        Some(i) => {
+                            tracing::warn!(session = %self.slots[i].slot.name,
+                                "second connection for a connected session refused");
+                            self.conns.remove(&id);
+                            return Ok(());
+                        }
+                        None => {
+                            let peer = self.conns.get(&id).map(|c| c.peer);
+                            tracing::warn!(?peer, "Logon for an unknown session refused");
+                            self.conns.remove(&id);
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return Ok(());
+            };
+            let session = &mut self.slots[slot].slot.session;
+            match conn.deframer.next_frame() {
+                Ok(None) => return Ok(()),
+                Ok(Some(frame)) => session.on_frame(frame, SystemTime::now()),
+                Err(e) => {
+                    // Garbled: the specification says ignore it, without a Reject.
+                    tracing::warn!(session = %self.slots[slot].slot.name, error = %e,
+                        "ignoring garbled bytes");
+                    continue;
+                }
+            }
+            self.flush(app, slot)?;
+        }
+    }
+
+    fn find_or_create(&mut self, sid: &SessionId) -> Option<usize> {
+        if let Some(i) = self.slots.iter().position(|s| {
+            let c = s.slot.session.config();
+            c.role == Role::Acceptor
+                && c.begin_string == sid.begin_string
+                && c.sender_comp_id == sid.sender_comp_id
+                && c.target_comp_id == sid.target_comp_id
+        }) {
+            return Some(i);
+        }
+        let slot = self.factory.as_mut()?(sid)?;
+        self.slots.push(SlotState {
+            slot,
+            conn: None,
+            connecting: false,
+            next_addr: 0,
+            logged_on: false,
+        });
+        Some(self.slots.len() - 1)
+    }
+
+    fn on_tick<A: Application>(&mut self, app: &mut A) -> Result<(), EngineError> {
+        let now = SystemTime::now();
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i].slot.session;
+            // A fence check on every tick stops an idle stale replica within one tick of a
+            // newer claim, not only at its next write.
+            let fenced = s.check_fence();
+            if fenced.is_ok() {
+                s.on_timer(now);
+                if let Err(e) = s.store_mut().sync_if_due() {
+                    return Err(EngineError::Store {
+                        session: self.slots[i].slot.name.clone(),
+                        text: e.to_string(),
+                    });
+                }
+            }
+            self.flush(app, i)?;
+            if let Err(e @ StoreError::Fenced { .. }) = fenced {
+                return Err(EngineError::Fenced {
+                    session: self.slots[i].slot.name.clone(),
+                    text: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes, delivers and reports what session `i` queued, then sends what the
+    /// application answered, until nothing is left.
+    fn flush<A: Application>(&mut self, app: &mut A, i: usize) -> Result<(), EngineError> {
+        let mut work = vec![i];
+        let mut pending: Pending = Vec::new();
+        let mut result = Ok(());
+        while let Some(i) = work.pop() {
+            let mut delivered = Vec::new();
+            let mut out = Outbox::default();
+            while let Some(action) = self.slots[i].slot.session.poll() {
+                match action {
+                    Action::Send(bytes) => {
+                        if let Some(id) = self.slots[i].conn {
+                            match pending.iter_mut().find(|(c, _)| *c == id) {
+                                Some((_, buf)) => buf.extend_from_slice(&bytes),
+                                None => pending.push((id, bytes)),
+                            }
+                        }
+                    }
+                    Action::Deliver(m) => delivered.push(m),
+                    Action::Event(SessionEvent::LoggedOn { reset }) => {
+                        let st = &mut self.slots[i];
+                        st.logged_on = true;
+                        let info = LogonInfo {
+                            id: session_id(&st.slot.session),
+                            reset,
+                            next_sender_seq: st.slot.session.store().next_sender_seq(),
+                            next_target_seq: st.slot.session.store().next_target_seq(),
+                        };
+                        tracing::info!(session = %st.slot.name, reset,
+                            next_sender = info.next_sender_seq,
+                            next_target = info.next_target_seq,
+                            "logged on");
+                        app.on_logon(&mut out, i, &info);
+                    }
+                    Action::Event(e) => {
+                        tracing::debug!(session = %self.slots[i].slot.name, event = ?e, "session event");
+                        app.on_event(i, &e);
+                    }
+                    Action::Disconnect(reason) => {
+                        self.write_pending(&mut pending);
+                        if let Some(id) = self.slots[i].conn {
+                            self.conns.remove(&id);
+                            self.detach(app, i, id, &reason);
+                        }
+                        let name = self.slots[i].slot.name.clone();
+                        match reason {
+                            DisconnectReason::Store { fenced: true, text } => {
+                                tracing::error!(session = %name, %text, "store fenced");
+                                result = Err(EngineError::Fenced {
+                                    session: name,
+                                    text,
+                                });
+                            }
+                            DisconnectReason::Store {
+                                fenced: false,
+                                text,
+                            } => {
+                                result = Err(EngineError::Store {
+                                    session: name,
+                                    text,
+                                });
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+            for m in &delivered {
+                app.on_message(&mut out, i, m);
+            }
+            for item in out.items {
+                match self.apply_item(item) {
+                    Ok(target) => work.push(target),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+            // Only now, with every forward of what session `i` delivered stored, may its
+            // received sequence number advance durably (see `store::Deferred`).
+            if let Err(e) = self.slots[i].slot.session.store_mut().commit() {
+                let session = self.slots[i].slot.name.clone();
+                result = Err(match e {
+                    StoreError::Fenced { .. } => EngineError::Fenced {
+                        session,
+                        text: e.to_string(),
+                    },
+                    e => EngineError::Store {
+                        session,
+                        text: e.to_string(),
+                    },
+                });
+                break;
+            }
+        }
+        // Bytes queued before a failure were stored while we still owned the store, so
+        // sending them is safe; after a failure the caller stops and nothing more is sent.
+        self.write_pending(&mut pending);
+        result
+    }
+
+    fn write_pending(&mut self, pending: &mut Pending) {
+        for (id, buf) in pending.drain(..) {
+            if let Some(c) = self.conns.get(&id) {
+                let _ = c.writer.send(buf);
+            }
+        }
+    }
+
+    /// Applies one outbox item; returns the session to flush.
+    fn apply_item(&mut self, item: OutItem) -> Result<usize, EngineError> {
+        let now = SystemTime::now();
+        match item {
+            OutItem::App {
+                session,
+                msg_type,
+                body,
+                poss_resend,
+            } => {
+                let Some(st) = self.slots.get_mut(session) else {
+                    tracing::warn!(session, "message for an unknown session dropped");
+                    return Ok(0);
+                };
+                match st
+                    .slot
+                    .session
+                    .send_or_store_app(&msg_type, &body, poss_resend, now)
+                {
+                    Ok(_) => Ok(session),
+                    Err(SendError::Store(e @ StoreError::Fenced { .. })) => {
+                        Err(EngineError::Fenced {
+                            session: st.slot.name.clone(),
+                            text: e.to_string(),
+                        })
+                    }
+                    Err(SendError::Store(e)) => Err(EngineError::Store {
+                        session: st.slot.name.clone(),
+                        text: e.to_string(),
+                    }),
+                    Err(e) => {
+                        // The application built a bad message: a bug on our side, not input.
+                        tracing::error!(session = %st.slot.name, error = %e, "message not sent");
+                        Ok(session)
+                    }
+                }
+            }
+            OutItem::Reject {
+                session,
+                ref_seq_num,
+                ref_msg_type,
+                ref_tag,
+                reason,
+                text,
+            } => {
+                if let Some(st) = self.slots.get_mut(session) {
+                    let _ = st.slot.session.reject_app(
+                        ref_seq_num,
+                        &ref_msg_type,
+                        ref_tag,
+                        reason,
+                        &text,
+                        now,
+                    );
+                }
+                Ok(session)
+            }
+        }
+    }
+
+    fn apply<A: Application>(&mut self, app: &mut A, out: Outbox) -> Result<(), EngineError> {
+        for item in out.items {
+            let target = self.apply_item(item)?;
+            self.flush(app, target)?;
+        }
+        Ok(())
+    }
+}
+
+/// The session a first frame belongs to, from the acceptor's point of view.
+fn identify(frame: &[u8]) -> Option<SessionId> {
+    let m = parse(frame).ok()?;
+    let h = m.header().ok()?;
+    Some(SessionId {
+        begin_string: h.begin_string,
+        sender_comp_id: std::str::from_utf8(h.target_comp_id).ok()?.to_owned(),
+        target_comp_id: std::str::from_utf8(h.sender_comp_id).ok()?.to_owned(),
+    })
+}
+
+fn session_id<S: SessionStore>(s: &Session<S>) -> SessionId {
+    let c = s.config();
+    SessionId::new(c.begin_string, &c.sender_comp_id, &c.target_comp_id)
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    // Out of descriptors or a connection reset before accept: the listener itself is fine.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ECONNABORTED | libc::ENOBUFS | libc::ENOMEM)
+    ) || e.kind() == std::io::ErrorKind::ConnectionAborted
+}
+
+/// Parses a BeginString given by name in a configuration (`FIX.4.2`, `FIX.4.4`).
+pub fn parse_begin_string(s: &str) -> Option<BeginString> {
+    BeginString::from_bytes(s.as_bytes())
+}

@@ -1,0 +1,480 @@
+//! A FIX exchange simulator: the acceptor upstream of the gateway in tests, benchmarks and the
+//! demo. It accepts any counterparty whose Logon names its CompID, and answers
+//!
+//! * NewOrderSingle(D): ExecutionReport New (150=0); a market order (40=1) then fills, in two
+//!   executions when its quantity allows (partial, then full); other orders rest.
+//! * OrderCancelRequest(F): ExecutionReport Canceled (150=4), or OrderCancelReject(9).
+//! * OrderCancelReplaceRequest(G): ExecutionReport Replaced (150=5) with the new quantity and
+//!   price, or OrderCancelReject(9).
+//!
+//! A resent order (PossDupFlag=Y) whose ClOrdID it already knows is ignored, so an order
+//! resent after a gateway failover is executed once.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use crate::codec::{parse, Message};
+use crate::engine::{Application, LogonInfo, Outbox, SessionSlot};
+use crate::session::{AppMessage, Role, Session, SessionConfig};
+use crate::store::{MemoryStore, SessionId};
+use crate::tags::{BeginString, SessionRejectReason};
+
+/// Application tags the simulator and the gateway use.
+pub mod tag {
+    /// AvgPx.
+    pub const AVG_PX: u32 = 6;
+    /// ClOrdID.
+    pub const CL_ORD_ID: u32 = 11;
+    /// CumQty.
+    pub const CUM_QTY: u32 = 14;
+    /// ExecID.
+    pub const EXEC_ID: u32 = 17;
+    /// ExecTransType (FIX 4.2 only).
+    pub const EXEC_TRANS_TYPE: u32 = 20;
+    /// LastPx.
+    pub const LAST_PX: u32 = 31;
+    /// LastQty (LastShares in FIX 4.2).
+    pub const LAST_QTY: u32 = 32;
+    /// OrderID.
+    pub const ORDER_ID: u32 = 37;
+    /// OrderQty.
+    pub const ORDER_QTY: u32 = 38;
+    /// OrdStatus.
+    pub const ORD_STATUS: u32 = 39;
+    /// OrdType.
+    pub const ORD_TYPE: u32 = 40;
+    /// OrigClOrdID.
+    pub const ORIG_CL_ORD_ID: u32 = 41;
+    /// Price.
+    pub const PRICE: u32 = 44;
+    /// Side.
+    pub const SIDE: u32 = 54;
+    /// Symbol.
+    pub const SYMBOL: u32 = 55;
+    /// TargetSubID.
+    pub const TARGET_SUB_ID: u32 = 57;
+    /// Text.
+    pub const TEXT: u32 = 58;
+    /// TransactTime.
+    pub const TRANSACT_TIME: u32 = 60;
+    /// CxlRejReason.
+    pub const CXL_REJ_REASON: u32 = 102;
+    /// OrdRejReason.
+    pub const ORD_REJ_REASON: u32 = 103;
+    /// ExecType.
+    pub const EXEC_TYPE: u32 = 150;
+    /// LeavesQty.
+    pub const LEAVES_QTY: u32 = 151;
+    /// BusinessRejectRefID.
+    pub const BUSINESS_REJECT_REF_ID: u32 = 379;
+    /// BusinessRejectReason.
+    pub const BUSINESS_REJECT_REASON: u32 = 380;
+    /// CxlRejResponseTo.
+    pub const CXL_REJ_RESPONSE_TO: u32 = 434;
+    /// RefSeqNum.
+    pub const REF_SEQ_NUM: u32 = 45;
+    /// RefMsgType.
+    pub const REF_MSG_TYPE: u32 = 372;
+}
+
+/// Appends `tag=value<SOH>` to a pre-encoded body. Values come from parsed fields or our
+/// own formatting, so they never hold SOH.
+pub fn put(body: &mut Vec<u8>, tag: u32, value: &[u8]) {
+    body.extend_from_slice(tag.to_string().as_bytes());
+    body.push(b'=');
+    body.extend_from_slice(value);
+    body.push(crate::tags::SOH);
+}
+
+/// Appends a text field.
+pub fn put_str(body: &mut Vec<u8>, tag: u32, value: &str) {
+    put(body, tag, value.as_bytes());
+}
+
+/// The tags a message of type `mt` must carry for the gateway and the simulator to act on
+/// it; the first one missing is returned.
+pub fn missing_required(m: &Message<'_>, mt: &[u8]) -> Option<u32> {
+    let required: &[u32] = match mt {
+        b"D" => &[
+            tag::CL_ORD_ID,
+            tag::SYMBOL,
+            tag::SIDE,
+            tag::ORDER_QTY,
+            tag::ORD_TYPE,
+        ],
+        b"F" => &[tag::CL_ORD_ID, tag::ORIG_CL_ORD_ID, tag::SYMBOL, tag::SIDE],
+        b"G" => &[
+            tag::CL_ORD_ID,
+            tag::ORIG_CL_ORD_ID,
+            tag::SYMBOL,
+            tag::SIDE,
+            tag::ORDER_QTY,
+            tag::ORD_TYPE,
+        ],
+        b"8" => &[tag::CL_ORD_ID, tag::ORDER_ID, tag::EXEC_ID, tag::ORD_STATUS],
+        b"9" => &[tag::CL_ORD_ID, tag::ORDER_ID, tag::ORD_STATUS],
+        _ => &[],
+    };
+    required.iter().copied().find(|&t| m.get(t).is_none())
+}
+
+#[derive(Debug, Clone)]
+struct Order {
+    order_id: String,
+    symbol: String,
+    side: String,
+    qty: f64,
+    price: Option<f64>,
+    cum: f64,
+    status: u8,
+}
+
+/// The simulator's application state.
+#[derive(Debug)]
+pub struct ExchangeSim {
+    begin_strings: HashMap<usize, BeginString>,
+    /// Orders by (session, ClOrdID currently naming it).
+    orders: HashMap<(usize, String), Order>,
+    next_order: u64,
+    next_exec: u64,
+    /// Distinguishes the ExecIDs of two runs of the simulator.
+    run_id: u64,
+    /// Price of market-order fills when the order has none.
+    pub fill_price: f64,
+}
+
+impl Default for ExchangeSim {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn fmt_qty(q: f64) -> String {
+    if q.fract() == 0.0 && q.abs() < 1e15 {
+        format!("{}", q as i64)
+    } else {
+        format!("{q}")
+    }
+}
+
+fn num(m: &Message<'_>, t: u32) -> Option<f64> {
+    m.get_str(t)?.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+impl ExchangeSim {
+    /// A simulator with no orders.
+    pub fn new() -> Self {
+        let run_id = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        ExchangeSim {
+            begin_strings: HashMap::new(),
+            orders: HashMap::new(),
+            next_order: 1,
+            next_exec: 1,
+            run_id,
+            fill_price: 100.0,
+        }
+    }
+
+    /// A session factory for [`crate::engine::Engine::with_factory`]: any counterparty that
+    /// logs on to `comp_id` gets a session over a memory store.
+    pub fn factory(
+        comp_id: String,
+    ) -> impl FnMut(&SessionId) -> Option<SessionSlot<MemoryStore>> + Send {
+        move |sid: &SessionId| {
+            if sid.sender_comp_id != comp_id {
+                return None;
+            }
+            let mut cfg = SessionConfig::new(
+                sid.begin_string,
+                &sid.sender_comp_id,
+                &sid.target_comp_id,
+                Role::Acceptor,
+            );
+            cfg.logon_timeout = Duration::from_secs(5);
+            let session = Session::new(cfg, MemoryStore::new()).ok()?;
+            Some(SessionSlot::new(&sid.target_comp_id, session))
+        }
+    }
+
+    fn bs(&self, session: usize) -> BeginString {
+        self.begin_strings
+            .get(&session)
+            .copied()
+            .unwrap_or(BeginString::Fix44)
+    }
+
+    fn exec_id(&mut self) -> String {
+        let id = format!("E{}-{}", self.run_id, self.next_exec);
+        self.next_exec += 1;
+        id
+    }
+
+    /// ExecType for a fill: `1`/`2` in FIX 4.2, `F` (Trade) in FIX 4.4.
+    fn fill_exec_type(bs: BeginString, full: bool) -> &'static [u8] {
+        match (bs, full) {
+            (BeginString::Fix42, false) => b"1",
+            (BeginString::Fix42, true) => b"2",
+            (BeginString::Fix44, _) => b"F",
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        out: &mut Outbox,
+        session: usize,
+        cl_ord_id: &str,
+        orig: Option<&str>,
+        o: &Order,
+        exec_type: &[u8],
+        last: Option<(f64, f64)>,
+        text: Option<&str>,
+    ) {
+        let bs = self.bs(session);
+        let mut b = Vec::with_capacity(256);
+        put_str(&mut b, tag::ORDER_ID, &o.order_id);
+        put_str(&mut b, tag::CL_ORD_ID, cl_ord_id);
+        if let Some(orig) = orig {
+            put_str(&mut b, tag::ORIG_CL_ORD_ID, orig);
+        }
+        let exec_id = self.exec_id();
+        put_str(&mut b, tag::EXEC_ID, &exec_id);
+        if bs == BeginString::Fix42 {
+            put(&mut b, tag::EXEC_TRANS_TYPE, b"0");
+        }
+        put(&mut b, tag::EXEC_TYPE, exec_type);
+        put(&mut b, tag::ORD_STATUS, &[o.status]);
+        put_str(&mut b, tag::SYMBOL, &o.symbol);
+        put_str(&mut b, tag::SIDE, &o.side);
+        put_str(&mut b, tag::ORDER_QTY, &fmt_qty(o.qty));
+        if let Some(p) = o.price {
+            put_str(&mut b, tag::PRICE, &format!("{p}"));
+        }
+        let (lq, lp) = last.unwrap_or((0.0, 0.0));
+        put_str(&mut b, tag::LAST_QTY, &fmt_qty(lq));
+        put_str(&mut b, tag::LAST_PX, &format!("{lp}"));
+        let leaves = if matches!(o.status, b'2' | b'4' | b'8') {
+            0.0
+        } else {
+            (o.qty - o.cum).max(0.0)
+        };
+        put_str(&mut b, tag::LEAVES_QTY, &fmt_qty(leaves));
+        put_str(&mut b, tag::CUM_QTY, &fmt_qty(o.cum));
+        let avg = if o.cum > 0.0 { self.fill_price } else { 0.0 };
+        put_str(&mut b, tag::AVG_PX, &format!("{avg}"));
+        if let Some(t) = text {
+            put_str(&mut b, tag::TEXT, t);
+        }
+        b.extend_from_slice(b"60=");
+        crate::time::write_utc_timestamp(&mut b, SystemTime::now());
+        b.push(crate::tags::SOH);
+        out.send(session, b"8", b);
+    }
+
+    fn cancel_reject(
+        &self,
+        out: &mut Outbox,
+        session: usize,
+        m: &Message<'_>,
+        response_to: &[u8],
+        text: &str,
+    ) {
+        let mut b = Vec::with_capacity(128);
+        let orig = m.get_str(tag::ORIG_CL_ORD_ID).unwrap_or("NONE");
+        let (order_id, status) = match self.orders.get(&(session, orig.to_owned())) {
+            Some(o) => (o.order_id.clone(), o.status),
+            None => ("NONE".to_owned(), b'8'),
+        };
+        put_str(&mut b, tag::ORDER_ID, &order_id);
+        put(
+            &mut b,
+            tag::CL_ORD_ID,
+            m.get(tag::CL_ORD_ID).unwrap_or(b"NONE"),
+        );
+        put_str(&mut b, tag::ORIG_CL_ORD_ID, orig);
+        put(&mut b, tag::ORD_STATUS, &[status]);
+        put(&mut b, tag::CXL_REJ_RESPONSE_TO, response_to);
+        // 1: unknown order; 0: too late (already done).
+        let reason: &[u8] = if order_id == "NONE" { b"1" } else { b"0" };
+        put(&mut b, tag::CXL_REJ_REASON, reason);
+        put_str(&mut b, tag::TEXT, text);
+        out.send(session, b"9", b);
+    }
+
+    fn new_order(&mut self, out: &mut Outbox, session: usize, m: &Message<'_>, poss_dup: bool) {
+        let cl = m.get_str(tag::CL_ORD_ID).unwrap_or_default().to_owned();
+        if self.orders.contains_key(&(session, cl.clone())) {
+            if poss_dup {
+                return;
+            }
+            let o = Order {
+                order_id: "NONE".into(),
+                symbol: m.get_str(tag::SYMBOL).unwrap_or("?").to_owned(),
+                side: m.get_str(tag::SIDE).unwrap_or("1").to_owned(),
+                qty: num(m, tag::ORDER_QTY).unwrap_or(0.0),
+                price: None,
+                cum: 0.0,
+                status: b'8',
+            };
+            self.report(
+                out,
+                session,
+                &cl,
+                None,
+                &o,
+                b"8",
+                None,
+                Some("duplicate ClOrdID"),
+            );
+            return;
+        }
+        let qty = num(m, tag::ORDER_QTY).filter(|q| *q > 0.0);
+        let Some(qty) = qty else {
+            let o = Order {
+                order_id: "NONE".into(),
+                symbol: m.get_str(tag::SYMBOL).unwrap_or("?").to_owned(),
+                side: m.get_str(tag::SIDE).unwrap_or("1").to_owned(),
+                qty: 0.0,
+                price: None,
+                cum: 0.0,
+                status: b'8',
+            };
+            self.report(
+                out,
+                session,
+                &cl,
+                None,
+                &o,
+                b"8",
+                None,
+                Some("bad OrderQty"),
+            );
+            return;
+        };
+        let mut o = Order {
+            order_id: format!("O{}", self.next_order),
+            symbol: m.get_str(tag::SYMBOL).unwrap_or_default().to_owned(),
+            side: m.get_str(tag::SIDE).unwrap_or_default().to_owned(),
+            qty,
+            price: num(m, tag::PRICE),
+            cum: 0.0,
+            status: b'0',
+        };
+        self.next_order += 1;
+        self.report(out, session, &cl, None, &o.clone(), b"0", None, None);
+        if m.get(tag::ORD_TYPE) == Some(b"1") {
+            let px = o.price.unwrap_or(self.fill_price);
+            let bs = self.bs(session);
+            let half = (qty / 2.0).floor();
+            if half >= 1.0 {
+                o.cum = half;
+                o.status = b'1';
+                let snap = o.clone();
+                let et = Self::fill_exec_type(bs, false);
+                self.report(out, session, &cl, None, &snap, et, Some((half, px)), None);
+            }
+            let rest = qty - o.cum;
+            o.cum = qty;
+            o.status = b'2';
+            let snap = o.clone();
+            let et = Self::fill_exec_type(bs, true);
+            self.report(out, session, &cl, None, &snap, et, Some((rest, px)), None);
+        }
+        self.orders.insert((session, cl), o);
+    }
+
+    fn cancel(&mut self, out: &mut Outbox, session: usize, m: &Message<'_>, poss_dup: bool) {
+        let cl = m.get_str(tag::CL_ORD_ID).unwrap_or_default().to_owned();
+        let orig = m
+            .get_str(tag::ORIG_CL_ORD_ID)
+            .unwrap_or_default()
+            .to_owned();
+        if poss_dup && self.orders.contains_key(&(session, cl.clone())) {
+            return;
+        }
+        let Some(mut o) = self.orders.remove(&(session, orig.clone())) else {
+            return self.cancel_reject(out, session, m, b"1", "unknown order");
+        };
+        if matches!(o.status, b'2' | b'4' | b'8') {
+            self.orders.insert((session, orig), o);
+            return self.cancel_reject(out, session, m, b"1", "order is done");
+        }
+        o.status = b'4';
+        let snap = o.clone();
+        self.report(out, session, &cl, Some(&orig), &snap, b"4", None, None);
+        self.orders.insert((session, cl), o);
+    }
+
+    fn replace(&mut self, out: &mut Outbox, session: usize, m: &Message<'_>, poss_dup: bool) {
+        let cl = m.get_str(tag::CL_ORD_ID).unwrap_or_default().to_owned();
+        let orig = m
+            .get_str(tag::ORIG_CL_ORD_ID)
+            .unwrap_or_default()
+            .to_owned();
+        if poss_dup && self.orders.contains_key(&(session, cl.clone())) {
+            return;
+        }
+        let Some(mut o) = self.orders.remove(&(session, orig.clone())) else {
+            return self.cancel_reject(out, session, m, b"2", "unknown order");
+        };
+        let new_qty = num(m, tag::ORDER_QTY).unwrap_or(o.qty);
+        if matches!(o.status, b'2' | b'4' | b'8') || new_qty <= o.cum {
+            self.orders.insert((session, orig), o);
+            return self.cancel_reject(out, session, m, b"2", "order is done or quantity too low");
+        }
+        o.qty = new_qty;
+        if let Some(p) = num(m, tag::PRICE) {
+            o.price = Some(p);
+        }
+        o.status = if o.cum > 0.0 { b'1' } else { b'0' };
+        let snap = o.clone();
+        // OrdStatus after a replace is the order's state; ExecType says it was replaced.
+        self.report(out, session, &cl, Some(&orig), &snap, b"5", None, None);
+        self.orders.insert((session, cl), o);
+    }
+}
+
+impl Application for ExchangeSim {
+    fn on_logon(&mut self, _out: &mut Outbox, session: usize, info: &LogonInfo) {
+        self.begin_strings.insert(session, info.id.begin_string);
+        tracing::info!(counterparty = %info.id.target_comp_id, "exchange-sim: logon");
+    }
+
+    fn on_message(&mut self, out: &mut Outbox, session: usize, msg: &AppMessage) {
+        let Ok(m) = parse(&msg.frame) else {
+            return;
+        };
+        let mt = m.msg_type();
+        let mt_str = String::from_utf8_lossy(mt).into_owned();
+        if let Some(t) = missing_required(&m, mt) {
+            out.reject(
+                session,
+                msg.seq_num,
+                &mt_str,
+                Some(t),
+                SessionRejectReason::RequiredTagMissing,
+                &format!("required tag {t} missing"),
+            );
+            return;
+        }
+        // A possible duplicate, by MsgSeqNum (PossDup) or forwarded again (PossResend).
+        let dup = msg.poss_dup || m.get(crate::tags::POSS_RESEND) == Some(b"Y");
+        match mt {
+            b"D" => self.new_order(out, session, &m, dup),
+            b"F" => self.cancel(out, session, &m, dup),
+            b"G" => self.replace(out, session, &m, dup),
+            _ => {
+                // BusinessMessageReject: unsupported message type (3).
+                let mut b = Vec::new();
+                put_str(&mut b, tag::REF_SEQ_NUM, &msg.seq_num.to_string());
+                put_str(&mut b, tag::REF_MSG_TYPE, &mt_str);
+                put(&mut b, tag::BUSINESS_REJECT_REASON, b"3");
+                put_str(&mut b, tag::TEXT, "unsupported message type");
+                out.send(session, b"j", b);
+            }
+        }
+    }
+}

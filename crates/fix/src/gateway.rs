@@ -1,0 +1,840 @@
+//! The FIX gateway: client acceptor sessions, upstream initiator sessions, and the routing
+//! between them, as a FIX hub does.
+//!
+//! * [`GatewayConfig::load`] reads and validates the whole TOML file (every key, every
+//!   reference between sections) so a warm standby finds a bad file when it starts, not
+//!   when it is activated during a failover.
+//! * [`Gateway::open`] is activation: it opens every session store and the order map under
+//!   `gateway.store_dir`, fenced by the epoch the agent granted.
+//! * [`Gateway`] as an [`Application`] routes NewOrderSingle, OrderCancelRequest and
+//!   OrderCancelReplaceRequest from clients to an upstream chosen by the `[[route]]` rules,
+//!   and ExecutionReports and OrderCancelRejects back to the client that owns the order.
+//!
+//! ClOrdIDs are made unique upstream by prefixing the client's CompID (`CLIENT~id`), and the
+//! owner of each upstream ClOrdID is recorded in the order map, itself a fenced [`FileStore`]
+//! in the shared directory, so a new active routes reports for orders the old one sent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::codec::{parse, Message};
+use crate::engine::{Application, LogonInfo, Outbox, SessionSlot};
+use crate::exchange_sim::{missing_required, put, put_str, tag};
+use crate::session::{AppMessage, Role, Session, SessionConfig};
+use crate::store::{Deferred, FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
+use crate::tags::{self, BeginString, SessionRejectReason};
+
+/// Separates the client's CompID from its ClOrdID upstream.
+pub const CL_ORD_ID_SEP: char = '~';
+
+/// A configuration error: the file, the key and the reason.
+#[derive(Debug, Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The dotted key (`upstream[0].connect`), or `(file)` / `(syntax)`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    #[serde(default)]
+    client: Vec<RawClient>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: String,
+    comp_id: String,
+    store_dir: PathBuf,
+    begin_string: Option<String>,
+    sync: Option<String>,
+    sync_batch_delay: Option<String>,
+    default_route: Option<String>,
+    logon_timeout: Option<String>,
+    max_latency: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    comp_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    connect: Vec<String>,
+    target_comp_id: String,
+    sender_comp_id: Option<String>,
+    begin_string: Option<String>,
+    heartbeat_interval: Option<String>,
+    reconnect_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    upstream: String,
+    symbol_prefix: Option<String>,
+    target_sub_id: Option<String>,
+    client: Option<String>,
+}
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Our CompID toward clients.
+    pub comp_id: String,
+    /// The directory the group shares for session stores and the order map.
+    pub store_dir: PathBuf,
+    /// Protocol of the client sessions.
+    pub begin_string: BeginString,
+    /// Store durability.
+    pub sync: SyncPolicy,
+    /// Upstream for orders no rule matches, if any.
+    pub default_route: Option<String>,
+    /// Logon timeout of every session.
+    pub logon_timeout: Duration,
+    /// SendingTime tolerance (`None`: not checked).
+    pub max_latency: Option<Duration>,
+    /// Client sessions, by the client's CompID.
+    pub clients: Vec<String>,
+    /// Upstream sessions.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routing rules, first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// One upstream (exchange) session, an initiator.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Name used by routes.
+    pub name: String,
+    /// Addresses tried in turn.
+    pub connect: Vec<SocketAddr>,
+    /// Our CompID toward it.
+    pub sender_comp_id: String,
+    /// Its CompID.
+    pub target_comp_id: String,
+    /// Protocol.
+    pub begin_string: BeginString,
+    /// HeartBtInt we propose.
+    pub heartbeat_interval: Duration,
+    /// Pause after every address refused.
+    pub reconnect_interval: Duration,
+}
+
+/// A routing rule; every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Target upstream name.
+    pub upstream: String,
+    /// Symbol(55) starts with this.
+    pub symbol_prefix: Option<String>,
+    /// TargetSubID(57) of the client's message equals this.
+    pub target_sub_id: Option<String>,
+    /// The client's CompID equals this.
+    pub client: Option<String>,
+}
+
+fn comp_id_ok(s: &str) -> bool {
+    !s.is_empty() && !s.contains(CL_ORD_ID_SEP) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn duration(
+    key: &str,
+    v: Option<&String>,
+    default: Duration,
+) -> Result<Duration, (String, String)> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            (
+                key.to_owned(),
+                format!("{s:?} is not a duration ({e}); use e.g. \"30s\" or \"250ms\""),
+            )
+        }),
+    }
+}
+
+fn begin_string(
+    key: &str,
+    v: Option<&String>,
+    default: BeginString,
+) -> Result<BeginString, (String, String)> {
+    match v {
+        None => Ok(default),
+        Some(s) => BeginString::from_bytes(s.as_bytes()).ok_or_else(|| {
+            (
+                key.to_owned(),
+                format!("{s:?} is not supported; use \"FIX.4.2\" or \"FIX.4.4\""),
+            )
+        }),
+    }
+}
+
+impl GatewayConfig {
+    /// Reads and validates `file`.
+    pub fn load(file: &Path) -> Result<GatewayConfig, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| err("(file)", e.to_string()))?;
+        Self::parse(file, &text)
+    }
+
+    /// Validates the TOML `text` (read from `file`, for messages).
+    pub fn parse(file: &Path, text: &str) -> Result<GatewayConfig, ConfigError> {
+        let err = |(key, reason): (String, String)| ConfigError {
+            file: file.to_owned(),
+            key,
+            reason,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml names the key in its message ("unknown field `x`", "missing field `y`").
+            err((
+                "(syntax)".into(),
+                e.message().to_owned() + &line_of(text, e.span()),
+            ))
+        })?;
+        Self::validate(file, raw).map_err(err)
+    }
+
+    fn validate(file: &Path, raw: RawConfig) -> Result<GatewayConfig, (String, String)> {
+        let g = raw.gateway;
+        let listen: SocketAddr = g.listen.parse().map_err(|_| {
+            (
+                "gateway.listen".to_owned(),
+                format!(
+                    "{:?} is not an address; use e.g. \"0.0.0.0:9878\"",
+                    g.listen
+                ),
+            )
+        })?;
+        if !comp_id_ok(&g.comp_id) {
+            return Err((
+                "gateway.comp_id".into(),
+                format!("{:?}: a CompID must be non-empty printable ASCII without spaces or '{CL_ORD_ID_SEP}'", g.comp_id),
+            ));
+        }
+        if g.store_dir.as_os_str().is_empty() {
+            return Err(("gateway.store_dir".into(), "must not be empty".into()));
+        }
+        if g.store_dir.exists() && !g.store_dir.is_dir() {
+            return Err((
+                "gateway.store_dir".into(),
+                format!("{} exists and is not a directory", g.store_dir.display()),
+            ));
+        }
+        let bs = begin_string(
+            "gateway.begin_string",
+            g.begin_string.as_ref(),
+            BeginString::Fix44,
+        )?;
+        let batch = duration(
+            "gateway.sync_batch_delay",
+            g.sync_batch_delay.as_ref(),
+            Duration::from_millis(2),
+        )?;
+        let sync = match g.sync.as_deref() {
+            None | Some("every-write") => SyncPolicy::EveryWrite,
+            Some("batch") => SyncPolicy::Batch { max_delay: batch },
+            Some(other) => {
+                return Err((
+                    "gateway.sync".into(),
+                    format!("{other:?}: use \"every-write\" (default) or \"batch\""),
+                ))
+            }
+        };
+        let logon_timeout = duration(
+            "gateway.logon_timeout",
+            g.logon_timeout.as_ref(),
+            Duration::from_secs(10),
+        )?;
+        let max_latency = match g.max_latency.as_deref() {
+            Some("off") => None,
+            _ => Some(duration(
+                "gateway.max_latency",
+                g.max_latency.as_ref(),
+                Duration::from_secs(120),
+            )?),
+        };
+        if raw.client.is_empty() {
+            return Err((
+                "client".into(),
+                "at least one [[client]] is required".into(),
+            ));
+        }
+        let mut clients = Vec::new();
+        for (i, c) in raw.client.iter().enumerate() {
+            let key = format!("client[{i}].comp_id");
+            if !comp_id_ok(&c.comp_id) {
+                return Err((key, format!("{:?}: a CompID must be non-empty printable ASCII without spaces or '{CL_ORD_ID_SEP}'", c.comp_id)));
+            }
+            if clients.contains(&c.comp_id) {
+                return Err((key, format!("{:?} is listed twice", c.comp_id)));
+            }
+            clients.push(c.comp_id.clone());
+        }
+        if raw.upstream.is_empty() {
+            return Err((
+                "upstream".into(),
+                "at least one [[upstream]] is required".into(),
+            ));
+        }
+        let mut upstreams: Vec<UpstreamConfig> = Vec::new();
+        for (i, u) in raw.upstream.iter().enumerate() {
+            let k = |f: &str| format!("upstream[{i}].{f}");
+            if u.name.is_empty() || upstreams.iter().any(|x| x.name == u.name) {
+                return Err((k("name"), format!("{:?} is empty or used twice", u.name)));
+            }
+            if u.connect.is_empty() {
+                return Err((k("connect"), "at least one address is required".into()));
+            }
+            let mut connect = Vec::new();
+            for a in &u.connect {
+                connect.push(a.parse::<SocketAddr>().map_err(|_| {
+                    (
+                        k("connect"),
+                        format!("{a:?} is not an address; use e.g. \"10.0.0.5:9900\""),
+                    )
+                })?);
+            }
+            let sender = u
+                .sender_comp_id
+                .clone()
+                .unwrap_or_else(|| g.comp_id.clone());
+            for (f, v) in [
+                ("sender_comp_id", &sender),
+                ("target_comp_id", &u.target_comp_id),
+            ] {
+                if !comp_id_ok(v) {
+                    return Err((k(f), format!("{v:?} is not a valid CompID")));
+                }
+            }
+            let hb = duration(
+                &k("heartbeat_interval"),
+                u.heartbeat_interval.as_ref(),
+                Duration::from_secs(30),
+            )?;
+            if hb < Duration::from_secs(1) || hb.subsec_nanos() != 0 {
+                return Err((
+                    k("heartbeat_interval"),
+                    "must be a whole number of seconds, at least 1s".into(),
+                ));
+            }
+            upstreams.push(UpstreamConfig {
+                name: u.name.clone(),
+                connect,
+                sender_comp_id: sender,
+                target_comp_id: u.target_comp_id.clone(),
+                begin_string: begin_string(&k("begin_string"), u.begin_string.as_ref(), bs)?,
+                heartbeat_interval: hb,
+                reconnect_interval: duration(
+                    &k("reconnect_interval"),
+                    u.reconnect_interval.as_ref(),
+                    Duration::from_secs(1),
+                )?,
+            });
+        }
+        let known = |n: &str| upstreams.iter().any(|u| u.name == n);
+        let mut routes = Vec::new();
+        for (i, r) in raw.route.into_iter().enumerate() {
+            if !known(&r.upstream) {
+                return Err((
+                    format!("route[{i}].upstream"),
+                    format!("{:?} is not an [[upstream]] name", r.upstream),
+                ));
+            }
+            if let Some(c) = &r.client {
+                if !clients.contains(c) {
+                    return Err((
+                        format!("route[{i}].client"),
+                        format!("{c:?} is not a [[client]] comp_id"),
+                    ));
+                }
+            }
+            routes.push(Route {
+                upstream: r.upstream,
+                symbol_prefix: r.symbol_prefix,
+                target_sub_id: r.target_sub_id,
+                client: r.client,
+            });
+        }
+        if let Some(d) = &g.default_route {
+            if !known(d) {
+                return Err((
+                    "gateway.default_route".into(),
+                    format!("{d:?} is not an [[upstream]] name"),
+                ));
+            }
+        }
+        if routes.is_empty() && g.default_route.is_none() {
+            return Err((
+                "gateway.default_route".into(),
+                "without [[route]] rules a default_route is required, or no order could be routed"
+                    .into(),
+            ));
+        }
+        Ok(GatewayConfig {
+            file: file.to_owned(),
+            listen,
+            comp_id: g.comp_id,
+            store_dir: g.store_dir,
+            begin_string: bs,
+            sync,
+            default_route: g.default_route,
+            logon_timeout,
+            max_latency,
+            clients,
+            upstreams,
+            routes,
+        })
+    }
+
+    /// The upstream for an order from `client` for `symbol` with TargetSubID `sub_id`.
+    pub fn route(&self, client: &str, symbol: &str, sub_id: Option<&str>) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|r| {
+                r.client.as_deref().is_none_or(|c| c == client)
+                    && r.symbol_prefix
+                        .as_deref()
+                        .is_none_or(|p| symbol.starts_with(p))
+                    && r.target_sub_id.as_deref().is_none_or(|t| Some(t) == sub_id)
+            })
+            .map(|r| r.upstream.as_str())
+            .or(self.default_route.as_deref())
+    }
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(s) => {
+            let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Errors of gateway activation.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    /// A store could not be opened (fenced: a newer epoch owns it).
+    #[error("opening store of {session}: {source}")]
+    Store {
+        /// Which session (or `orders`).
+        session: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// A session configuration was refused.
+    #[error("session {0}: bad configuration")]
+    Session(String),
+}
+
+impl GatewayError {
+    /// True when a newer epoch owns the store: this replica is stale.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Store {
+                source: StoreError::Fenced { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// The gateway application (routing state) after activation.
+pub struct Gateway {
+    cfg: GatewayConfig,
+    /// Session index of each client CompID and upstream name (slots are built in this order:
+    /// clients, then upstreams).
+    client_index: HashMap<String, usize>,
+    upstream_index: HashMap<String, usize>,
+    /// Upstream ClOrdID → (client CompID, upstream name).
+    owners: HashMap<String, (String, String)>,
+    orders: FileStore,
+    /// Counts for logs and tests.
+    pub routed: u64,
+}
+
+/// What activation builds: the application and the sessions for the engine.
+pub struct Activated {
+    /// The routing application.
+    pub gateway: Gateway,
+    /// Sessions, clients first then upstreams.
+    pub slots: Vec<SessionSlot<Deferred<FileStore>>>,
+}
+
+impl Gateway {
+    /// Activation: opens every store under `store_dir` with `epoch` (refused when a newer
+    /// epoch owns any of them) and builds the sessions. Blocking file-system work.
+    pub fn open(cfg: GatewayConfig, epoch: u64) -> Result<Activated, GatewayError> {
+        let open = |sid: &SessionId, name: &str| {
+            FileStore::open(&cfg.store_dir, sid, epoch, cfg.sync).map_err(|source| {
+                GatewayError::Store {
+                    session: name.to_owned(),
+                    source,
+                }
+            })
+        };
+        let mut slots = Vec::new();
+        let mut client_index = HashMap::new();
+        for c in &cfg.clients {
+            let sid = SessionId::new(cfg.begin_string, &cfg.comp_id, c);
+            let store = open(&sid, c)?;
+            log_recovery(c, &store);
+            let mut sc = SessionConfig::new(cfg.begin_string, &cfg.comp_id, c, Role::Acceptor);
+            sc.logon_timeout = cfg.logon_timeout;
+            sc.max_latency = cfg.max_latency;
+            let session = Session::new(sc, Deferred::new(store))
+                .map_err(|_| GatewayError::Session(c.clone()))?;
+            client_index.insert(c.clone(), slots.len());
+            slots.push(SessionSlot::new(c, session));
+        }
+        let mut upstream_index = HashMap::new();
+        for u in &cfg.upstreams {
+            let sid = SessionId::new(u.begin_string, &u.sender_comp_id, &u.target_comp_id);
+            let store = open(&sid, &u.name)?;
+            log_recovery(&u.name, &store);
+            let mut sc = SessionConfig::new(
+                u.begin_string,
+                &u.sender_comp_id,
+                &u.target_comp_id,
+                Role::Initiator,
+            );
+            sc.heartbeat_interval = u.heartbeat_interval;
+            sc.logon_timeout = cfg.logon_timeout;
+            sc.max_latency = cfg.max_latency;
+            let session = Session::new(sc, Deferred::new(store))
+                .map_err(|_| GatewayError::Session(u.name.clone()))?;
+            let mut slot = SessionSlot::new(&u.name, session);
+            slot.connect = u.connect.clone();
+            slot.reconnect_interval = u.reconnect_interval;
+            upstream_index.insert(u.name.clone(), slots.len());
+            slots.push(slot);
+        }
+        // The order map: a fenced store of its own, one "sent message" per order.
+        let sid = SessionId::new(cfg.begin_string, "ORDERS", &cfg.comp_id);
+        let orders = open(&sid, "orders")?;
+        let mut owners = HashMap::new();
+        let last = orders.next_sender_seq().saturating_sub(1);
+        let records = orders
+            .sent_range(1, last)
+            .map_err(|source| GatewayError::Store {
+                session: "orders".into(),
+                source,
+            })?;
+        for (_, rec) in records {
+            let text = String::from_utf8_lossy(&rec);
+            let mut it = text.split('\u{1}');
+            if let (Some(id), Some(c), Some(u)) = (it.next(), it.next(), it.next()) {
+                owners.insert(id.to_owned(), (c.to_owned(), u.to_owned()));
+            }
+        }
+        tracing::info!(
+            orders = owners.len(),
+            epoch,
+            "gateway activated: stores open"
+        );
+        Ok(Activated {
+            gateway: Gateway {
+                cfg,
+                client_index,
+                upstream_index,
+                owners,
+                orders,
+                routed: 0,
+            },
+            slots,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    fn record_owner(&mut self, id: &str, client: &str, upstream: &str) -> Result<(), StoreError> {
+        if self.owners.contains_key(id) {
+            return Ok(());
+        }
+        let seq = self.orders.next_sender_seq();
+        let rec = format!("{id}\u{1}{client}\u{1}{upstream}");
+        self.orders.save_sent(seq, rec.as_bytes())?;
+        self.owners
+            .insert(id.to_owned(), (client.to_owned(), upstream.to_owned()));
+        Ok(())
+    }
+
+    fn business_reject(
+        out: &mut Outbox,
+        session: usize,
+        msg: &AppMessage,
+        mt: &str,
+        reason: &[u8],
+        text: &str,
+    ) {
+        let mut b = Vec::new();
+        put_str(&mut b, tag::REF_SEQ_NUM, &msg.seq_num.to_string());
+        put_str(&mut b, tag::REF_MSG_TYPE, mt);
+        put(&mut b, tag::BUSINESS_REJECT_REASON, reason);
+        put_str(&mut b, tag::TEXT, text);
+        out.send(session, b"j", b);
+    }
+
+    /// An order the gateway cannot route: rejected with an ExecutionReport (150=8) or an
+    /// OrderCancelReject, as the client expects for that request.
+    fn refuse(&self, out: &mut Outbox, session: usize, m: &Message<'_>, mt: &[u8], text: &str) {
+        let mut b = Vec::new();
+        let cl = m.get(tag::CL_ORD_ID).unwrap_or(b"NONE");
+        if mt == b"D" {
+            put(&mut b, tag::ORDER_ID, b"NONE");
+            put(&mut b, tag::CL_ORD_ID, cl);
+            put(
+                &mut b,
+                tag::EXEC_ID,
+                format!("GWREJ-{}", self.routed).as_bytes(),
+            );
+            if self.cfg.begin_string == BeginString::Fix42 {
+                put(&mut b, tag::EXEC_TRANS_TYPE, b"0");
+            }
+            put(&mut b, tag::EXEC_TYPE, b"8");
+            put(&mut b, tag::ORD_STATUS, b"8");
+            for t in [tag::SYMBOL, tag::SIDE] {
+                put(&mut b, t, m.get(t).unwrap_or(b"?"));
+            }
+            put(&mut b, tag::LEAVES_QTY, b"0");
+            put(&mut b, tag::CUM_QTY, b"0");
+            put(&mut b, tag::AVG_PX, b"0");
+            put_str(&mut b, tag::TEXT, text);
+            out.send(session, b"8", b);
+        } else {
+            put(&mut b, tag::ORDER_ID, b"NONE");
+            put(&mut b, tag::CL_ORD_ID, cl);
+            put(
+                &mut b,
+                tag::ORIG_CL_ORD_ID,
+                m.get(tag::ORIG_CL_ORD_ID).unwrap_or(b"NONE"),
+            );
+            put(&mut b, tag::ORD_STATUS, b"8");
+            put(
+                &mut b,
+                tag::CXL_REJ_RESPONSE_TO,
+                if mt == b"F" { b"1" } else { b"2" },
+            );
+            put(&mut b, tag::CXL_REJ_REASON, b"1");
+            put_str(&mut b, tag::TEXT, text);
+            out.send(session, b"9", b);
+        }
+    }
+
+    fn route_from_client(
+        &mut self,
+        out: &mut Outbox,
+        session: usize,
+        client: &str,
+        msg: &AppMessage,
+        m: &Message<'_>,
+    ) -> Result<(), StoreError> {
+        let mt = m.msg_type();
+        let mt_str = String::from_utf8_lossy(mt).into_owned();
+        if !matches!(mt, b"D" | b"F" | b"G") {
+            Self::business_reject(out, session, msg, &mt_str, b"3", "unsupported message type");
+            return Ok(());
+        }
+        if let Some(t) = missing_required(m, mt) {
+            out.reject(
+                session,
+                msg.seq_num,
+                &mt_str,
+                Some(t),
+                SessionRejectReason::RequiredTagMissing,
+                &format!("required tag {t} missing"),
+            );
+            return Ok(());
+        }
+        let prefixed = |v: &[u8]| {
+            let mut p = Vec::with_capacity(client.len() + 1 + v.len());
+            p.extend_from_slice(client.as_bytes());
+            p.push(CL_ORD_ID_SEP as u8);
+            p.extend_from_slice(v);
+            p
+        };
+        let symbol = m.get_str(tag::SYMBOL).unwrap_or_default();
+        let upstream = match mt {
+            // Cancels and replaces follow the order to the upstream that has it.
+            b"F" | b"G" => {
+                let orig = m.get(tag::ORIG_CL_ORD_ID).map(prefixed).unwrap_or_default();
+                let orig = String::from_utf8_lossy(&orig).into_owned();
+                match self.owners.get(&orig) {
+                    Some((_, u)) => Some(u.clone()),
+                    None => self
+                        .cfg
+                        .route(client, symbol, m.get_str(tag::TARGET_SUB_ID))
+                        .map(str::to_owned),
+                }
+            }
+            _ => self
+                .cfg
+                .route(client, symbol, m.get_str(tag::TARGET_SUB_ID))
+                .map(str::to_owned),
+        };
+        let Some(upstream) = upstream else {
+            self.refuse(out, session, m, mt, "no route for this order");
+            return Ok(());
+        };
+        let Some(&target) = self.upstream_index.get(&upstream) else {
+            self.refuse(out, session, m, mt, "no route for this order");
+            return Ok(());
+        };
+        let new_id = m.get(tag::CL_ORD_ID).map(prefixed).unwrap_or_default();
+        let new_id = String::from_utf8_lossy(&new_id).into_owned();
+        // Recorded before the order is stored for sending: a report can never arrive for an
+        // order whose owner a successor does not know.
+        self.record_owner(&new_id, client, &upstream)?;
+        let mut body = Vec::with_capacity(msg.frame.len());
+        for f in m.fields() {
+            if tags::is_header_tag(f.tag) || f.tag == tags::CHECK_SUM {
+                continue;
+            }
+            match f.tag {
+                tag::CL_ORD_ID | tag::ORIG_CL_ORD_ID => put(&mut body, f.tag, &prefixed(f.value)),
+                _ => put(&mut body, f.tag, f.value),
+            }
+        }
+        out.forward(target, mt, body, msg.poss_dup || possibly_resent(m));
+        self.routed += 1;
+        Ok(())
+    }
+
+    fn route_from_upstream(
+        &mut self,
+        out: &mut Outbox,
+        session: usize,
+        msg: &AppMessage,
+        m: &Message<'_>,
+    ) {
+        let mt = m.msg_type();
+        if !matches!(mt, b"8" | b"9") {
+            tracing::warn!(msg_type = %String::from_utf8_lossy(mt), "upstream message not routed");
+            return;
+        }
+        if let Some(t) = missing_required(m, mt) {
+            out.reject(
+                session,
+                msg.seq_num,
+                &String::from_utf8_lossy(mt),
+                Some(t),
+                SessionRejectReason::RequiredTagMissing,
+                &format!("required tag {t} missing"),
+            );
+            return;
+        }
+        let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
+        let owner = self
+            .owners
+            .get(id)
+            .map(|(c, _)| c.clone())
+            .or_else(|| id.split_once(CL_ORD_ID_SEP).map(|(c, _)| c.to_owned()));
+        let Some(client) = owner else {
+            tracing::warn!(cl_ord_id = id, "report for an unknown order dropped");
+            return;
+        };
+        let Some(&target) = self.client_index.get(&client) else {
+            tracing::warn!(cl_ord_id = id, %client, "report for an unknown client dropped");
+            return;
+        };
+        let strip = |v: &[u8]| -> Vec<u8> {
+            let p = client.len() + 1;
+            if v.len() > p
+                && v.starts_with(client.as_bytes())
+                && v[client.len()] == CL_ORD_ID_SEP as u8
+            {
+                v[p..].to_vec()
+            } else {
+                v.to_vec()
+            }
+        };
+        let mut body = Vec::with_capacity(msg.frame.len());
+        for f in m.fields() {
+            if tags::is_header_tag(f.tag) || f.tag == tags::CHECK_SUM {
+                continue;
+            }
+            match f.tag {
+                tag::CL_ORD_ID | tag::ORIG_CL_ORD_ID => put(&mut body, f.tag, &strip(f.value)),
+                _ => put(&mut body, f.tag, f.value),
+            }
+        }
+        out.forward(target, mt, body, msg.poss_dup || possibly_resent(m));
+    }
+}
+
+/// PossResend(97)=Y: the sender may have sent this before under another MsgSeqNum.
+pub fn possibly_resent(m: &Message<'_>) -> bool {
+    m.get(tags::POSS_RESEND) == Some(b"Y")
+}
+
+fn log_recovery(name: &str, store: &FileStore) {
+    let r = store.recovery();
+    tracing::info!(
+        session = name,
+        next_sender = store.next_sender_seq(),
+        next_target = store.next_target_seq(),
+        segments = ?r.segments,
+        "session store opened"
+    );
+}
+
+impl Application for Gateway {
+    fn on_message(&mut self, out: &mut Outbox, session: usize, msg: &AppMessage) {
+        let Ok(m) = parse(&msg.frame) else {
+            return;
+        };
+        let client = self
+            .client_index
+            .iter()
+            .find(|(_, &i)| i == session)
+            .map(|(c, _)| c.clone());
+        match client {
+            Some(c) => {
+                if let Err(e) = self.route_from_client(out, session, &c, msg, &m) {
+                    // The order map refused (fenced or I/O): the order is not forwarded. The
+                    // session stores will refuse next and stop the engine.
+                    tracing::error!(error = %e, "order map write failed; order not routed");
+                }
+            }
+            None => self.route_from_upstream(out, session, msg, &m),
+        }
+    }
+
+    fn on_logon(&mut self, _out: &mut Outbox, _session: usize, info: &LogonInfo) {
+        tracing::info!(counterparty = %info.id.target_comp_id, "gateway: logon");
+    }
+}
