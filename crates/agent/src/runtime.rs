@@ -17,6 +17,7 @@ use understudy_coordinator::{
 };
 use understudy_engine::{
     Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, Role, State,
+    SvcState,
 };
 use understudy_service::{HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
 
@@ -206,6 +207,9 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         pending_switchover: VecDeque::new(),
         exit_code: None,
         last_record: None,
+        deferred: None,
+        pending_start: None,
+        awaiting: None,
     };
     info!(
         node = %cfg.node.name, group = %cfg.node.group, admin = %cfg.node.admin,
@@ -258,6 +262,74 @@ struct Runtime {
     pending_switchover: VecDeque<oneshot::Sender<Answer>>,
     exit_code: Option<i32>,
     last_record: Option<MemberRecord>,
+    /// A grant on a lock file we created while a peer still advertised Hot: fed to the engine
+    /// once that peer has stepped down (or its record went stale).
+    deferred: Option<HeartbeatReading>,
+    /// A standby service that is running but not yet fed to the engine as started, because it
+    /// has not yet installed a handler for the activate signal (see [`Runtime::on_service`]).
+    pending_start: Option<PendingStart>,
+    /// A grant held back until the services of the previous holders are gone (see
+    /// [`Runtime::live_holder_services`]): the heartbeat it carried and the pids to wait for.
+    awaiting: Option<(HeartbeatReading, Vec<(u32, String)>)>,
+}
+
+/// True while `pid` runs (not a zombie) with `UNDERSTUDY_NODE=node` and `UNDERSTUDY_GROUP=group`
+/// in its environment: the service of that node of our group.
+fn service_alive(pid: u32, node: &str, group: &str) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let has = |kv: String| env.split(|b| *b == 0).any(|e| e == kv.as_bytes());
+    has(format!("UNDERSTUDY_NODE={node}")) && has(format!("UNDERSTUDY_GROUP={group}"))
+}
+
+/// True while `pid` exists and is not a zombie (a zombie acts no more).
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start())
+                .unwrap_or("");
+            !(state.starts_with('Z') || state.starts_with('X') || state.is_empty())
+        }
+        Err(_) => false,
+    }
+}
+
+/// See [`Runtime::pending_start`].
+struct PendingStart {
+    generation: u64,
+    pid: u32,
+    since: Instant,
+    /// Its health check already passed: the engine ignores that before the start, and the
+    /// check reports a success only once, so it is replayed after the start.
+    healthy: bool,
+}
+
+/// Longest wait for a standby service to install its activate-signal handler; after it the service
+/// counts as started anyway (a service that never handles the signal is misconfigured).
+const SIGNAL_HANDLER_WAIT: Duration = Duration::from_secs(5);
+
+/// True when `sig` is caught, ignored or blocked by process `pid` (so it cannot kill it), or when
+/// that cannot be told (no /proc entry: the process is gone, its exit event follows).
+fn signal_handled(pid: u32, sig: nix::sys::signal::Signal) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let bit = 1u64 << ((sig as i32 - 1) as u32);
+    status
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k, "SigBlk" | "SigIgn" | "SigCgt")
+                .then(|| u64::from_str_radix(v.trim(), 16).ok())
+                .flatten()
+        })
+        .any(|mask| mask & bit != 0)
 }
 
 impl Runtime {
@@ -288,6 +360,11 @@ impl Runtime {
                 Some(ev) = svc_rx.recv() => self.on_service(ev),
                 Some(ev) = health_rx.recv() => self.on_health(ev),
                 Some(req) = api_rx.recv() => self.on_api(req),
+                _ = tokio::time::sleep(Duration::from_millis(1)),
+                    if self.pending_start.is_some() || self.awaiting.is_some() => {
+                    self.poll_pending_start();
+                    self.poll_awaiting();
+                }
                 _ = recv_signal(&mut sigterm) => {
                     info!("SIGTERM: stopping gracefully");
                     self.feed(Input::Shutdown);
@@ -308,13 +385,42 @@ impl Runtime {
 
     fn on_coord(&mut self, ev: CoordEvent) {
         match ev {
-            CoordEvent::Acquired { previous, .. } => {
+            CoordEvent::Acquired {
+                previous, created, ..
+            } => {
                 // A grant queued before a release is stale: only a lock we hold counts.
-                if self.coord.holds() {
-                    self.feed(Input::LockAcquired {
-                        previous: view(previous),
-                    })
+                if !self.coord.holds() {
+                    return;
                 }
+                if created {
+                    if let Some(peer) = self.fresh_hot_peer() {
+                        // We created the lock file, so the one the active holds was deleted or
+                        // replaced under it. It steps down at its next check of the lock; going
+                        // Hot before it has would make two actives.
+                        warn!(
+                            "the lock file was re-created while {peer} still advertises Hot; waiting for it to step down"
+                        );
+                        self.deferred = Some(previous);
+                        return;
+                    }
+                }
+                // The kernel hands the lock over the instant the holder's agent dies, but its
+                // service dies only when the guardian has noticed and killed it: a few hundred µs
+                // idle, >8 ms seen under CPU load, all the while acting next to ours (the tests'
+                // overlap checker caught it). Act only once the services the holders advertised
+                // are gone.
+                let pids = self.live_holder_services();
+                if !pids.is_empty() {
+                    warn!(
+                        ?pids,
+                        "obtained the group lock; waiting for the previous active's service to die"
+                    );
+                    self.awaiting = Some((previous, pids));
+                    return;
+                }
+                self.feed(Input::LockAcquired {
+                    previous: view(previous),
+                })
             }
             CoordEvent::Lost { reason } => {
                 warn!("lost the group lock: {reason}");
@@ -326,9 +432,28 @@ impl Runtime {
     fn on_service(&mut self, ev: ServiceEvent) {
         match ev {
             ServiceEvent::Started { generation, pid } => {
-                if generation == self.supervisor.generation() {
-                    self.feed(Input::ServiceStarted { pid });
+                if generation != self.supervisor.generation() {
+                    return;
                 }
+                // The guardian reports the pid right after exec, long before the service has set
+                // up its handler for the activate signal. A node that goes Hot while its standby
+                // service is starting would signal it at once, and the signal's default action
+                // killed it (then a failover, then the same again on restart: a lone hot-standby
+                // node never stayed up). So a standby counts as started, and can be told it is
+                // active, only once the signal cannot kill it.
+                let sig = self.shared.cfg.service.activate_signal;
+                if self.engine.service() == SvcState::Starting(Role::Standby)
+                    && !signal_handled(pid, sig)
+                {
+                    self.pending_start = Some(PendingStart {
+                        generation,
+                        pid,
+                        since: Instant::now(),
+                        healthy: false,
+                    });
+                    return;
+                }
+                self.feed(Input::ServiceStarted { pid });
             }
             ServiceEvent::Exited {
                 generation,
@@ -338,6 +463,7 @@ impl Runtime {
                 if generation != self.supervisor.generation() {
                     return;
                 }
+                self.pending_start = None;
                 if let Some(h) = self.health.take() {
                     h.abort();
                 }
@@ -350,10 +476,82 @@ impl Runtime {
         }
     }
 
+    /// The pids of other nodes' services that still run on this host although their node
+    /// advertised holding the lock or being Hot (by its membership record, and by the service's own
+    /// environment, so an unrelated process with a reused pid or on another host never counts).
+    fn live_holder_services(&self) -> Vec<(u32, String)> {
+        let cfg = &self.shared.cfg;
+        self.shared
+            .members
+            .read_all()
+            .into_iter()
+            .filter(|m| m.node != cfg.node.name && (m.holds_lock || m.mode == "Hot"))
+            .filter_map(|m| Some((m.pid?, m.node)))
+            .filter(|(pid, node)| service_alive(*pid, node, &cfg.node.group))
+            .collect()
+    }
+
+    /// Feed a held-back grant once the previous holders' services are gone.
+    fn poll_awaiting(&mut self) {
+        let Some((_, pids)) = &self.awaiting else {
+            return;
+        };
+        if !self.coord.holds() {
+            self.awaiting = None;
+            return;
+        }
+        let group = &self.shared.cfg.node.group;
+        if pids
+            .iter()
+            .any(|(pid, node)| service_alive(*pid, node, group))
+        {
+            return;
+        }
+        if let Some((previous, _)) = self.awaiting.take() {
+            self.feed(Input::LockAcquired {
+                previous: view(previous),
+            });
+        }
+    }
+
+    /// Feed the start of a standby service once it handles the activate signal (or waited long).
+    fn poll_pending_start(&mut self) {
+        let Some(p) = &self.pending_start else {
+            return;
+        };
+        if p.generation != self.supervisor.generation() {
+            self.pending_start = None;
+            return;
+        }
+        let sig = self.shared.cfg.service.activate_signal;
+        let handled = signal_handled(p.pid, sig);
+        if !handled && p.since.elapsed() < SIGNAL_HANDLER_WAIT {
+            return;
+        }
+        if !handled {
+            warn!(
+                pid = p.pid,
+                "the standby service does not handle {sig} after {:?}; counting it as started anyway",
+                SIGNAL_HANDLER_WAIT
+            );
+        }
+        let (pid, healthy) = (p.pid, p.healthy);
+        self.pending_start = None;
+        self.feed(Input::ServiceStarted { pid });
+        if healthy {
+            self.feed(Input::HealthOk);
+        }
+    }
+
     fn on_health(&mut self, ev: HealthEvent) {
         let gen = self.supervisor.generation();
         match ev {
-            HealthEvent::Healthy { generation } if generation == gen => self.feed(Input::HealthOk),
+            HealthEvent::Healthy { generation } if generation == gen => {
+                match &mut self.pending_start {
+                    Some(p) if p.generation == gen => p.healthy = true,
+                    _ => self.feed(Input::HealthOk),
+                }
+            }
             HealthEvent::Failing {
                 generation,
                 consecutive,
@@ -386,6 +584,17 @@ impl Runtime {
         self.shared
             .last_tick_ms
             .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
+        if self.deferred.is_some() {
+            if !self.coord.holds() {
+                self.deferred = None;
+            } else if self.fresh_hot_peer().is_none() {
+                if let Some(previous) = self.deferred.take() {
+                    self.feed(Input::LockAcquired {
+                        previous: view(previous),
+                    });
+                }
+            }
+        }
         self.feed(Input::Tick);
         // A peer that became Hot with a newer epoch ends a yield and raises our epoch floor.
         let me = self.shared.cfg.node.name.clone();
@@ -413,6 +622,15 @@ impl Runtime {
             .into_iter()
             .filter(|m| now.saturating_sub(m.last_seen_unix_ms) <= fresh.as_millis() as u64)
             .collect()
+    }
+
+    /// Another node that advertises Hot in a fresh record, if any.
+    fn fresh_hot_peer(&self) -> Option<String> {
+        let me = &self.shared.cfg.node.name;
+        self.fresh_members()
+            .into_iter()
+            .find(|m| &m.node != me && m.mode == "Hot")
+            .map(|m| m.node)
     }
 
     fn ready_standbys(&self) -> Vec<String> {
@@ -451,6 +669,15 @@ impl Runtime {
                 None
             }
             Command::TryLock => Some(match self.coord.try_acquire() {
+                Ok(TryAcquire::Acquired { created: true, .. })
+                    if self.fresh_hot_peer().is_some() =>
+                {
+                    // The lock file was deleted or replaced under a node that still acts.
+                    let _ = self.coord.release();
+                    Input::LockBusy {
+                        holder: self.fresh_hot_peer(),
+                    }
+                }
                 Ok(TryAcquire::Acquired { previous, .. }) => Input::LockAcquired {
                     previous: view(previous),
                 },
@@ -476,6 +703,10 @@ impl Runtime {
             }),
             Command::StartService { role, epoch } => self.start_service(role, epoch),
             Command::NotifyActive { epoch } => {
+                // The engine is already Hot with the new epoch: publish it before the signal, for
+                // the service reads its new epoch from /status as soon as it is told (it read the
+                // old one when it won the race against the publish at the end of `feed`).
+                self.publish_status();
                 let sig = self.shared.cfg.service.activate_signal;
                 if let Err(e) = self.supervisor.signal(sig) {
                     error!("cannot tell the service it is active: {e}");
@@ -645,6 +876,9 @@ impl Runtime {
     }
 
     fn answer(&mut self, a: Answer) {
+        // Publish first: a client that got "Hot" from PUT and then reads /status must not see
+        // the state from before its request (it did: Warm, with the old epoch).
+        self.publish_status();
         let q = match a {
             Answer::Activated { .. } | Answer::ActivateRefused { .. } => &mut self.pending_activate,
             Answer::SwitchoverStarted { .. } | Answer::SwitchoverRefused { .. } => {

@@ -1,0 +1,395 @@
+//! Failover with real processes: agents are `understudy agent` processes, services are real
+//! processes, faults are real signals. Every test ends with both safety checkers: the overlap
+//! checker over the service log and the two-Hot watcher.
+#![allow(clippy::disallowed_methods)] // real processes run in real time: tests sleep on std threads
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const S: Duration = Duration::from_secs(1);
+
+/// The other node of a two-node group.
+fn other(name: &str) -> &'static str {
+    if name == "a" {
+        "b"
+    } else {
+        "a"
+    }
+}
+
+fn wait_ready(g: &Group, node: &str) {
+    g.wait_status(node, "a ready Warm standby", 10 * S, |s| {
+        s["mode"] == "Warm" && s["ready"] == true
+    });
+}
+
+/// Kill -9 the active agent `rounds` times, restarting it as the standby each time; the survivor
+/// must be Hot with a larger epoch and the killed agent's whole service process group gone at once.
+fn kill9_rounds(standby: &str, rounds: usize, grandchild: bool) {
+    let mut g = Group::new("trylock", standby);
+    if grandchild {
+        // The service forks: the shell, the demo service and a sleep share one process group.
+        let inner = format!(
+            "{} demo-service --log {} & sleep 100000 & wait",
+            BIN,
+            g.log.display()
+        );
+        g.set_service("command", &arr(&["sh", "-c", &inner]));
+    }
+    g.add("a");
+    g.add("b");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", 5 * S);
+    g.start("b");
+    let mut last_active = String::new();
+    let mut gone_ms = Vec::new();
+    for round in 0..rounds {
+        let active = g.active(5 * S);
+        let standby = other(&active);
+        assert_ne!(
+            active, last_active,
+            "round {round}: the active did not alternate"
+        );
+        wait_ready(&g, standby);
+        let e0 = g.epoch(&active);
+        g.wait_service_active(&active, e0);
+        let spid = g.service_pid(&active).expect("active service pid");
+        let pgid = pgid_of(spid).expect("service process group");
+        let procs = pids_in_group(pgid);
+        assert!(
+            procs.contains(&spid),
+            "service pid {spid} not in its group {procs:?}"
+        );
+        if grandchild {
+            // guardian, sh, demo service, sleep
+            assert!(
+                procs.len() >= 4,
+                "expected the shell's children in the group: {procs:?}"
+            );
+        }
+        let t = Instant::now();
+        g.kill9(&active);
+        let gone = wait_until(Duration::from_millis(100), || {
+            procs.iter().all(|p| !alive(*p))
+        });
+        let left: Vec<u32> = procs.iter().copied().filter(|p| alive(*p)).collect();
+        assert!(
+            gone,
+            "round {round}: processes {left:?} of {active}'s service group {procs:?} outlived its agent by 100 ms"
+        );
+        gone_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        g.wait_mode(standby, "Hot", 5 * S);
+        let e1 = g.epoch(standby);
+        assert!(
+            e1 > e0,
+            "round {round}: epoch {e1} of the new active is not above {e0}"
+        );
+        g.wait_service_active(standby, e1);
+        let s = g.st(standby);
+        assert_eq!(s["service"]["role"], "active", "{s}");
+        g.start(&active);
+        g.wait_mode(&active, "Warm", 5 * S);
+        last_active = active;
+    }
+    let rep = w.finish();
+    let ivs = g.check_log();
+    assert!(
+        ivs.len() > rounds,
+        "expected at least {} active intervals in the log, found {}",
+        rounds + 1,
+        ivs.len()
+    );
+    let waited: usize = ["a", "b"]
+        .iter()
+        .map(|n| {
+            g.output(n)
+                .matches("waiting for the previous active's service to die")
+                .count()
+        })
+        .sum();
+    eprintln!(
+        "{standby} standby, {rounds} kill -9 rounds: service group gone after {gone_ms:.1?} ms; {waited} takeovers waited for the old service to die; watcher: {} sweeps, {} with two Hot answers explained by a handover",
+        rep.sweeps, rep.two_hot_answers
+    );
+}
+
+#[test]
+fn trylock_cold_standby_kill9_of_the_active() {
+    kill9_rounds("cold", 4, false);
+}
+
+#[test]
+fn trylock_hot_standby_kill9_of_the_active() {
+    kill9_rounds("hot", 4, false);
+}
+
+#[test]
+fn trylock_warm_standby_kill9_of_the_active() {
+    kill9_rounds("warm", 2, false);
+}
+
+#[test]
+fn kill9_of_the_active_takes_the_services_grandchildren_down() {
+    kill9_rounds("cold", 2, true);
+}
+
+#[test]
+fn put_hot_on_a_standby_while_another_is_hot_is_409() {
+    let mut g = Group::new("trylock", "hot");
+    g.add("a");
+    g.add("b");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", 5 * S);
+    g.start("b");
+    wait_ready(&g, "b");
+    let e = g.epoch("a");
+    for _ in 0..3 {
+        let (code, body) = put(&g.admin("b"), "/service/activationmode/hot");
+        assert_eq!(code, 409, "PUT hot on the standby: {body}");
+        assert_eq!(body["holder"], "a", "the 409 names the holder: {body}");
+        assert!(body.to_string().contains('a'), "{body}");
+    }
+    assert_eq!(g.mode("b").as_deref(), Some("Warm"));
+    assert_eq!(g.mode("a").as_deref(), Some("Hot"));
+    assert_eq!(g.epoch("a"), e, "the active's epoch changed");
+    // PUT hot on the active itself is a no-op success.
+    let (code, body) = put(&g.admin("a"), "/service/activationmode/hot");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["epoch"].as_u64(), Some(e), "{body}");
+    assert!(g.event_kinds("b").iter().any(|k| k == "refused"));
+    w.finish();
+    g.expect_actives(1);
+}
+
+#[test]
+fn service_crash_while_active_fails_over_and_the_node_comes_back_as_standby() {
+    let mut g = Group::new("trylock", "hot");
+    g.add("a");
+    g.add("b");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", 5 * S);
+    g.start("b");
+    wait_ready(&g, "b");
+    let e0 = g.epoch("a");
+    g.wait_service_active("a", e0);
+    let spid = g.service_pid("a").expect("service pid");
+    signal(spid, Signal::SIGKILL);
+    g.wait_mode("b", "Hot", 5 * S);
+    assert!(g.epoch("b") > e0);
+    assert_eq!(g.mode("a").as_deref(), Some("Warm"));
+    // Back as a standby after its backoff, with a new standby service.
+    let s = g.wait_status("a", "a ready standby again", 10 * S, |s| {
+        s["ready"] == true
+            && s["service"]["pid"]
+                .as_u64()
+                .is_some_and(|p| p as u32 != spid)
+    });
+    assert_eq!(s["service"]["role"], "standby", "{s}");
+    assert_eq!(g.mode("a").as_deref(), Some("Warm"));
+    let kinds = g.event_kinds("a");
+    for k in ["service_exited", "demoted", "lock_released"] {
+        assert!(
+            kinds.iter().any(|x| x == k),
+            "a's events lack {k}: {kinds:?}"
+        );
+    }
+    let ev = g.events("a").to_string();
+    assert!(
+        ev.contains(&spid.to_string()),
+        "the events name the dead pid {spid}: {ev}"
+    );
+    // And it takes over again when needed.
+    g.kill9("b");
+    g.wait_mode("a", "Hot", 5 * S);
+    w.finish();
+    g.expect_actives(3);
+}
+
+#[test]
+fn failing_health_check_fails_over() {
+    let mut g = Group::new("trylock", "hot");
+    let flag_base = g.path.join("sick");
+    g.tail = format!(
+        "[health]\ncommand = {}\ninterval = \"50ms\"\ntimeout = \"1s\"\nfailures = 2\nstart_period = \"100ms\"\n",
+        arr(&["sh", "-c", &format!("test ! -e {}.$UNDERSTUDY_NODE", flag_base.display())])
+    );
+    g.add("a");
+    g.add("b");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", 5 * S);
+    g.start("b");
+    wait_ready(&g, "b");
+    let e0 = g.epoch("a");
+    g.wait_service_active("a", e0);
+    let spid = g.service_pid("a").expect("pid");
+    std::fs::write(format!("{}.a", flag_base.display()), "").unwrap();
+    g.wait_mode("b", "Hot", 5 * S);
+    assert!(g.epoch("b") > e0);
+    let kinds = g.event_kinds("a");
+    assert!(kinds.iter().any(|k| k == "health_failed"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "demoted"), "{kinds:?}");
+    // The failed service was stopped gracefully: it logged stop.
+    assert!(wait_until(5 * S, || !alive(spid)));
+    assert!(
+        read_log(&g.log)
+            .iter()
+            .any(|l| l.pid == spid && l.event == "stop"),
+        "the unhealthy service was not stopped with SIGTERM"
+    );
+    std::fs::remove_file(format!("{}.a", flag_base.display())).unwrap();
+    wait_ready(&g, "a");
+    w.finish();
+    g.expect_actives(2);
+}
+
+#[test]
+fn sigterm_to_the_active_stops_its_service_gracefully_and_hands_over() {
+    let mut g = Group::new("trylock", "hot");
+    g.add("a");
+    g.add("b");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", 5 * S);
+    g.start("b");
+    wait_ready(&g, "b");
+    let e0 = g.epoch("a");
+    g.wait_service_active("a", e0);
+    let spid = g.service_pid("a").expect("pid");
+    let st = g.sigterm("a", 10 * S);
+    assert_eq!(st.code(), Some(0), "agent exit status after SIGTERM: {st}");
+    assert!(!alive(spid), "service {spid} outlived its agent");
+    assert!(
+        read_log(&g.log)
+            .iter()
+            .any(|l| l.pid == spid && l.event == "stop"),
+        "the service did not get SIGTERM (no stop line)"
+    );
+    g.wait_mode("b", "Hot", 5 * S);
+    assert!(g.epoch("b") > e0);
+    w.finish();
+    let ivs = g.expect_actives(2);
+    assert!(ivs[0].stopped, "{ivs:?}");
+}
+
+#[test]
+fn switchover_hands_over_to_a_ready_standby_and_refuses_without_one() {
+    let mut g = Group::new("trylock", "hot");
+    g.add("a");
+    g.add("b");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", 5 * S);
+    // Alone: nobody to hand over to.
+    let (code, body) = post(&g.admin("a"), "/service/switchover");
+    assert_eq!(code, 409, "switchover without a standby: {body}");
+    assert_eq!(g.mode("a").as_deref(), Some("Hot"));
+
+    g.start("b");
+    wait_ready(&g, "b");
+    // Asking the standby is refused too.
+    let (code, body) = post(&g.admin("b"), "/service/switchover");
+    assert_eq!(code, 409, "switchover asked of the standby: {body}");
+
+    let e0 = g.epoch("a");
+    g.wait_service_active("a", e0);
+    let (code, body) = post(&g.admin("a"), "/service/switchover");
+    assert_eq!(code, 200, "switchover: {body}");
+    assert_eq!(body["to"], "b", "{body}");
+    g.wait_mode("b", "Hot", 5 * S);
+    let e1 = g.epoch("b");
+    assert!(e1 > e0);
+    wait_ready(&g, "a");
+    assert_eq!(g.st("a")["service"]["role"], "standby");
+
+    // And back.
+    g.wait_service_active("b", e1);
+    let (code, body) = post(&g.admin("b"), "/service/switchover");
+    assert_eq!(code, 200, "switchover back: {body}");
+    g.wait_mode("a", "Hot", 5 * S);
+    assert!(g.epoch("a") > e1);
+    wait_ready(&g, "b");
+
+    // b leaves cleanly: a is alone again.
+    assert_eq!(g.sigterm("b", 10 * S).code(), Some(0));
+    let (code, body) = post(&g.admin("a"), "/service/switchover");
+    assert_eq!(code, 409, "switchover after the standby left: {body}");
+    assert_eq!(g.mode("a").as_deref(), Some("Hot"));
+    w.finish();
+    let ivs = g.expect_actives(3);
+    assert!(
+        ivs[0].stopped && ivs[1].stopped,
+        "switchover stops gracefully: {ivs:?}"
+    );
+}
+
+#[test]
+fn lock_file_deleted_under_the_active_makes_it_step_down() {
+    let mut g = Group::new("trylock", "cold");
+    g.add("a");
+    g.add("b");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", 5 * S);
+    g.start("b");
+    wait_ready(&g, "b");
+    let e0 = g.epoch("a");
+    g.wait_service_active("a", e0);
+    let spid = g.service_pid("a").expect("pid");
+    std::fs::remove_file(&g.lock).unwrap();
+    g.wait_status("a", "a steps down", 5 * S, |s| s["mode"] == "Warm");
+    assert!(
+        wait_until(S, || !alive(spid)),
+        "a's service still runs after a stepped down"
+    );
+    let kinds = g.event_kinds("a");
+    assert!(kinds.iter().any(|k| k == "lock_lost"), "{kinds:?}");
+    // Someone is active again, with a newer epoch; a is a standby after its backoff.
+    let active = g.active(5 * S);
+    assert!(g.epoch(&active) > e0);
+    wait_ready(&g, other(&active));
+    w.finish();
+    g.expect_actives(2);
+}
+
+#[test]
+fn sigstop_of_the_active_agent_causes_no_failover() {
+    let mut g = Group::new("trylock", "hot");
+    g.add("a");
+    g.add("b");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", 5 * S);
+    g.start("b");
+    wait_ready(&g, "b");
+    let e0 = g.epoch("a");
+    g.sigstop("a");
+    let t = Instant::now();
+    let mut b_hot = false;
+    while t.elapsed() < 2 * S {
+        if g.mode("b").as_deref() == Some("Hot") {
+            b_hot = true;
+            break;
+        }
+        sleep_ms(10);
+    }
+    g.sigcont("a");
+    assert!(
+        !b_hot,
+        "b left Warm while a was stopped (the kernel keeps a stopped holder's lock)"
+    );
+    g.wait_mode("a", "Hot", 2 * S);
+    sleep_ms(500);
+    assert_eq!(g.active(S), "a");
+    assert_eq!(g.mode("b").as_deref(), Some("Warm"));
+    assert_eq!(g.epoch("a"), e0);
+    w.finish();
+    g.expect_actives(1);
+}
