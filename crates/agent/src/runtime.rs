@@ -286,18 +286,29 @@ fn service_alive(pid: u32, node: &str, group: &str) -> bool {
     has(format!("UNDERSTUDY_NODE={node}")) && has(format!("UNDERSTUDY_GROUP={group}"))
 }
 
-/// True while `pid` exists and is not a zombie (a zombie acts no more).
+/// True while `pid` can still act: it exists, is not a zombie, and has no SIGKILL pending (a
+/// process with SIGKILL pending never runs user code again, even while the kernel finishes an
+/// uninterruptible wait or unmaps a large address space).
 fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .map(|(_, r)| r.trim_start())
-                .unwrap_or("");
-            !(state.starts_with('Z') || state.starts_with('X') || state.is_empty())
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let kill_bit = 1u64 << (nix::sys::signal::Signal::SIGKILL as i32 - 1);
+    let mut alive = true;
+    for line in status.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "State" => alive &= !(v.starts_with('Z') || v.starts_with('X')),
+            "SigPnd" | "ShdPnd" => {
+                alive &= u64::from_str_radix(v, 16).map(|m| m & kill_bit == 0).unwrap_or(true)
+            }
+            _ => {}
         }
-        Err(_) => false,
     }
+    alive
 }
 
 /// See [`Runtime::pending_start`].
