@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
-use crate::protocol::{read_frame, Message, Price, Role, MAX_SYMBOL_LEN};
+use crate::protocol::{read_frame, split_frame, Message, Price, Role, MAX_SYMBOL_LEN};
 use crate::{AbortOnDrop, Error};
 
 /// Symbols per Subscribe frame: keeps frames far below the size limit for any list length.
@@ -39,8 +39,8 @@ pub struct ClientOptions {
     pub reconnect_min: Duration,
     /// Longest delay between reconnection attempts.
     pub reconnect_max: Duration,
-    /// Events buffered for the application before the client stops reading (the servers then
-    /// conflate for us).
+    /// Bursts of events (everything one read from a server produced) buffered for the
+    /// application before the client stops reading; the servers then conflate for us.
     pub event_buffer: usize,
 }
 
@@ -51,7 +51,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_millis(500),
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_millis(500),
-            event_buffer: 16 * 1024,
+            event_buffer: 1024,
         }
     }
 }
@@ -71,6 +71,8 @@ pub struct Quote {
     pub ask_size: u32,
     /// Exchange sequence number of this instrument.
     pub exch_seq: u64,
+    /// When the exchange published it (Unix nanoseconds, the exchange's clock).
+    pub exch_time_ns: u64,
     /// Epoch of the primary that sent it.
     pub epoch: u64,
     /// True for a snapshot (first price after subscribing or after a failover).
@@ -130,14 +132,17 @@ pub enum ClientEvent {
 pub struct PriceClient {
     subs: watch::Sender<Arc<BTreeSet<String>>>,
     primary: watch::Receiver<Option<(SocketAddr, u64)>>,
-    events: mpsc::Receiver<ClientEvent>,
+    events: mpsc::Receiver<Vec<ClientEvent>>,
+    /// The rest of the burst last received, delivered one by one.
+    pending: VecDeque<ClientEvent>,
     _tasks: Vec<AbortOnDrop<()>>,
 }
 
 /// What connection tasks tell the arbiter.
 enum Input {
     Connected(usize),
-    Frame(usize, Message),
+    /// Every frame one read brought, in order: one channel message per burst, not per price.
+    Frames(usize, Vec<Message>),
     Disconnected(usize, String),
 }
 
@@ -184,6 +189,7 @@ impl PriceClient {
             subs: subs_tx,
             primary: primary_rx,
             events: events_rx,
+            pending: VecDeque::new(),
             _tasks: tasks,
         })
     }
@@ -220,12 +226,22 @@ impl PriceClient {
 
     /// The next event; `None` only if the client's tasks have stopped.
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
-        self.events.recv().await
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(ev);
+            }
+            self.pending = self.events.recv().await?.into();
+        }
     }
 
     /// The next event if one is ready now (lets a consumer batch its output).
     pub fn try_next_event(&mut self) -> Option<ClientEvent> {
-        self.events.try_recv().ok()
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(ev);
+            }
+            self.pending = self.events.try_recv().ok()?.into();
+        }
     }
 }
 
@@ -240,7 +256,7 @@ struct Arbiter {
     highest: Option<u64>,
     primary: Option<usize>,
     resyncs: Vec<mpsc::UnboundedSender<()>>,
-    events: mpsc::Sender<ClientEvent>,
+    events: mpsc::Sender<Vec<ClientEvent>>,
     primary_tx: watch::Sender<Option<(SocketAddr, u64)>>,
 }
 
@@ -249,10 +265,8 @@ impl Arbiter {
         self.claims = vec![None; self.servers.len()];
         while let Some(inp) = input.recv().await {
             let out = self.handle(inp);
-            for ev in out {
-                if self.events.send(ev).await.is_err() {
-                    return; // the application dropped the client
-                }
+            if !out.is_empty() && self.events.send(out).await.is_err() {
+                return; // the application dropped the client
             }
         }
     }
@@ -273,7 +287,12 @@ impl Arbiter {
                     reason,
                 });
             }
-            Input::Frame(idx, msg) => self.frame(idx, msg, &mut out),
+            Input::Frames(idx, msgs) => {
+                out.reserve(msgs.len());
+                for msg in msgs {
+                    self.frame(idx, msg, &mut out);
+                }
+            }
         }
         out
     }
@@ -341,6 +360,7 @@ impl Arbiter {
                 bid_size: price.bid_size,
                 ask_size: price.ask_size,
                 exch_seq: price.exch_seq,
+                exch_time_ns: price.exch_time_ns,
                 epoch,
                 snapshot,
                 server: self.servers[idx],
@@ -456,13 +476,21 @@ async fn session(
                     Ok(None) => return Ok("connection closed by server".into()),
                     Err(e) => return Ok(e.to_string()),
                 };
-                match Message::decode(&frame) {
-                    Ok(msg) => {
-                        if input.send(Input::Frame(idx, msg)).await.is_err() {
-                            return Err(Stop);
-                        }
+                // Decode everything this read brought and hand it over in one message.
+                let mut msgs = Vec::new();
+                let mut next = Some(frame);
+                while let Some(frame) = next.take() {
+                    match Message::decode(&frame) {
+                        Ok(msg) => msgs.push(msg),
+                        Err(e) => tracing::warn!(error = %e, "undecodable frame from price server"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "undecodable frame from price server"),
+                    next = match split_frame(&mut buf) {
+                        Ok(f) => f,
+                        Err(e) => return Ok(format!("framing lost: {e}")),
+                    };
+                }
+                if !msgs.is_empty() && input.send(Input::Frames(idx, msgs)).await.is_err() {
+                    return Err(Stop);
                 }
                 // Measured after forwarding: time we spent blocked on a slow application is
                 // not the server's silence.

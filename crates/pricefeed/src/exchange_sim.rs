@@ -62,6 +62,8 @@ struct Instrument {
     bid_size: u32,
     ask_size: u32,
     seq: u64,
+    /// When the current price was published (Unix nanoseconds).
+    time_ns: u64,
 }
 
 impl Instrument {
@@ -74,6 +76,7 @@ impl Instrument {
             bid_size: self.bid_size,
             ask_size: self.ask_size,
             exch_seq: self.seq,
+            exch_time_ns: self.time_ns,
         }
     }
 }
@@ -88,6 +91,7 @@ impl ExchangeSim {
             .await
             .map_err(|e| Error::io(format!("binding exchange-sim to {listen}"), e))?;
         let mut rng = Rng::seeded();
+        let now = unix_ns();
         let instruments = (1..=symbols)
             .map(|i| Instrument {
                 symbol: Arc::from(format!("SYM{i}").as_str()),
@@ -96,6 +100,7 @@ impl ExchangeSim {
                 bid_size: 1 + (rng.next() % 500) as u32,
                 ask_size: 1 + (rng.next() % 500) as u32,
                 seq: 1,
+                time_ns: now,
             })
             .collect();
         let (tx, _) = broadcast::channel(BACKLOG_BATCHES);
@@ -240,11 +245,14 @@ async fn generate(shared: Arc<Shared>, rate: u32) {
                     continue;
                 }
                 let mut market = lock(&shared);
+                // One timestamp per batch: the batch is published as one write right after.
+                let now = unix_ns();
                 for _ in 0..count {
                     let x = rng.unit() * total;
                     let i = cumulative.partition_point(|&c| c < x).min(n - 1);
                     let inst = &mut market.instruments[i];
                     step(inst, &mut rng);
+                    inst.time_ns = now;
                     let msg = Message::Update { epoch: 0, price: inst.price() };
                     if let Err(e) = msg.encode(&mut out) {
                         tracing::error!(error = %e, "cannot encode update");
@@ -272,6 +280,14 @@ fn step(inst: &mut Instrument, rng: &mut Rng) {
     inst.bid_size = 1 + ((r >> 16) % 500) as u32;
     inst.ask_size = 1 + ((r >> 32) % 500) as u32;
     inst.seq += 1;
+}
+
+/// Wall clock in nanoseconds since the Unix epoch: what exchanges stamp their messages with.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// xorshift64*: a small, fast generator; market noise needs no cryptographic quality.

@@ -9,12 +9,16 @@
 //! - [`server`]: `understudy price-server`: upstream book, subscriptions, roles and epochs,
 //!   per-client conflating writers.
 //! - [`client`]: the client library ([`client::PriceClient`]) and `understudy price-client`.
+//! - [`fanout`]: the fan-out benchmark, side by side with nats-server (feature `nats`).
+//! - [`harness`]: child processes, ports and a quote recorder for benchmarks, demo and tests.
 //! - [`Error`]: the error type of the entry points.
 
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod exchange_sim;
+pub mod fanout;
+pub mod harness;
 pub mod protocol;
 pub mod server;
 
@@ -22,7 +26,10 @@ pub use client::{
     parse_servers, parse_symbols, run_price_client, ClientEvent, ClientOptions, PriceClient, Quote,
 };
 pub use exchange_sim::run_exchange_sim;
-pub use server::{run_price_server, PriceServer, ServerHandle, ServerStatus};
+pub use server::{
+    promotion_signal, run_price_server, run_price_server_with, serve_status_http, PriceServer,
+    ServerHandle, ServerStatus,
+};
 
 /// Errors returned by the entry points of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,10 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut};
+/// The buffer types of [`read_frame`] and [`Message::encode`], re-exported so that users of
+/// the protocol need not depend on `bytes` themselves.
+pub use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Protocol version written in every frame; a receiver refuses any other.
@@ -172,6 +175,9 @@ pub struct Price {
     pub ask_size: u32,
     /// The exchange's sequence number for this instrument; increases with every update.
     pub exch_seq: u64,
+    /// When the exchange published this price: nanoseconds since the Unix epoch (its clock).
+    /// Carried end to end so a client can tell how old a price is (exchange-to-client latency).
+    pub exch_time_ns: u64,
 }
 
 /// Every message of the protocol. Server-to-client messages carry the sender's epoch.
@@ -328,6 +334,7 @@ impl Message {
                 out.put_u32(price.bid_size);
                 out.put_u32(price.ask_size);
                 out.put_u64(price.exch_seq);
+                out.put_u64(price.exch_time_ns);
             }
             Message::SnapshotComplete { epoch, count } => {
                 out.put_u8(code::SNAPSHOT_COMPLETE);
@@ -403,6 +410,7 @@ impl Message {
                     bid_size: r.u32("bid_size")?,
                     ask_size: r.u32("ask_size")?,
                     exch_seq: r.u64("exch_seq")?,
+                    exch_time_ns: r.u64("exch_time_ns")?,
                 };
                 if ty == code::SNAPSHOT {
                     Message::Snapshot { epoch, price }
@@ -441,6 +449,32 @@ impl Message {
             | Message::Error { epoch, .. } => Some(*epoch),
             Message::Subscribe { .. } | Message::Unsubscribe { .. } => None,
         }
+    }
+}
+
+/// Byte offset of the type code in a complete frame (after the length prefix and version).
+const TYPE_OFFSET: usize = LEN_PREFIX + 1;
+
+/// Encodes `Update { epoch, price }` as one frame that a server can share between every client
+/// it fans the price out to: encoded once, copied many times.
+pub fn price_frame(epoch: u64, price: &Price) -> Result<Bytes, ProtocolError> {
+    let mut b = BytesMut::with_capacity(48 + price.symbol.len());
+    // Cloning the price only bumps the symbol's reference count.
+    Message::Update {
+        epoch,
+        price: price.clone(),
+    }
+    .encode(&mut b)?;
+    Ok(b.freeze())
+}
+
+/// Appends a frame made by [`price_frame`] to `out`, as a `Snapshot` when `snapshot` is true:
+/// the two messages share one body layout and differ only in their type code.
+pub fn put_price_frame(out: &mut BytesMut, frame: &[u8], snapshot: bool) {
+    let start = out.len();
+    out.extend_from_slice(frame);
+    if snapshot && frame.len() > TYPE_OFFSET {
+        out[start + TYPE_OFFSET] = code::SNAPSHOT;
     }
 }
 
@@ -618,6 +652,7 @@ mod tests {
             bid_size: 10,
             ask_size: 20,
             exch_seq: 42,
+            exch_time_ns: 1_700_000_000_000_000_000,
         }
     }
 
@@ -683,6 +718,27 @@ mod tests {
         for m in &msgs {
             assert_eq!(&roundtrip(m), m);
         }
+    }
+
+    #[test]
+    fn shared_price_frames_decode_as_update_or_snapshot() {
+        let p = price("SYM3");
+        let frame = price_frame(9, &p).expect("encode");
+        let mut out = BytesMut::new();
+        put_price_frame(&mut out, &frame, false);
+        put_price_frame(&mut out, &frame, true);
+        assert_eq!(
+            decode_message(&mut out),
+            Ok(Some(Message::Update {
+                epoch: 9,
+                price: p.clone()
+            }))
+        );
+        assert_eq!(
+            decode_message(&mut out),
+            Ok(Some(Message::Snapshot { epoch: 9, price: p }))
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
@@ -772,15 +828,19 @@ mod tests {
             any::<u32>(),
             any::<u32>(),
             any::<u64>(),
+            any::<u64>(),
         )
-            .prop_map(|(s, bid, ask, bid_size, ask_size, exch_seq)| Price {
-                symbol: Arc::from(s.as_str()),
-                bid,
-                ask,
-                bid_size,
-                ask_size,
-                exch_seq,
-            })
+            .prop_map(
+                |(s, bid, ask, bid_size, ask_size, exch_seq, exch_time_ns)| Price {
+                    symbol: Arc::from(s.as_str()),
+                    bid,
+                    ask,
+                    bid_size,
+                    ask_size,
+                    exch_seq,
+                    exch_time_ns,
+                },
+            )
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {

@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 
-use crate::protocol::{read_frame, ErrorCode, Message, Price, ReadError, Role};
+use crate::protocol::{self, read_frame, split_frame, ErrorCode, Message, Price, ReadError, Role};
 use crate::{AbortOnDrop, Error};
 
 /// Default interval of heartbeats to clients: several fit in a client's detection timeout.
@@ -32,6 +32,9 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(50);
 /// Control messages (errors, role changes) queued for one client before it is disconnected:
 /// a client that floods requests without reading the replies must not grow our memory.
 const MAX_CONTROL_QUEUE: usize = 4096;
+/// Prices queued for one client, in order, before it counts as behind and its prices are
+/// conflated (on top of what its socket buffer already holds).
+const MAX_QUEUED_PRICES: usize = 1024;
 /// Subscriptions one client may hold while the instrument list is not yet known.
 const MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 100_000;
 /// The exchange heartbeats every 100 ms; silence this long means the feed is dead.
@@ -104,8 +107,30 @@ pub struct ServerStatus {
 pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Result<(), Error> {
     // First thing: SIGUSR1's default action kills the process, so the handler must be in place
     // before anything else can delay us.
-    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-        .map_err(|e| Error::io("installing the SIGUSR1 handler", e))?;
+    let usr1 = promotion_signal()?;
+    run_price_server_with(upstream, listen, None, usr1).await
+}
+
+/// Installs the SIGUSR1 handler that promotes a standby. A process that starts as a standby
+/// must do this before anything else: the agent may signal it as soon as it has started it.
+/// Must be called inside a Tokio runtime.
+pub fn promotion_signal() -> Result<tokio::signal::unix::Signal, Error> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| Error::io("installing the SIGUSR1 handler", e))
+}
+
+/// [`run_price_server`] with a SIGUSR1 handler installed by the caller ([`promotion_signal`]),
+/// for a binary that blocks SIGUSR1 at start and unblocks it once the handler is in place, so
+/// that a promotion sent during start-up waits instead of killing the process.
+///
+/// With `http`, the server also answers `GET /health` and `GET /status` there (see
+/// [`serve_status_http`]), for the agent's `[health] http` check and for people.
+pub async fn run_price_server_with(
+    upstream: SocketAddr,
+    listen: SocketAddr,
+    http: Option<SocketAddr>,
+    mut usr1: tokio::signal::unix::Signal,
+) -> Result<(), Error> {
     let env = AgentEnv::from_env()?;
     let mut cfg = ServerConfig::new(upstream, listen);
     cfg.role = env.role;
@@ -115,6 +140,18 @@ pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Resul
     }
     let server = PriceServer::bind(cfg).await?;
     let handle = server.handle();
+    let _http = match http {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io(format!("binding the status endpoint to {addr}"), e))?;
+            Some(AbortOnDrop(tokio::spawn(serve_status_http(
+                l,
+                handle.clone(),
+            ))))
+        }
+        None => None,
+    };
     let admin = env.admin.clone();
     let _promoter = AbortOnDrop(tokio::spawn(async move {
         while usr1.recv().await.is_some() {
@@ -140,6 +177,65 @@ pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Resul
         }
     }));
     server.run().await
+}
+
+/// Longest request head the status endpoint reads.
+const MAX_HTTP_REQUEST: usize = 8 * 1024;
+
+/// A minimal HTTP/1.0 status endpoint: `GET /health` and `GET /status` answer 200 with the
+/// server's [`ServerStatus`] as JSON, anything else 404. It answers from the server's own
+/// runtime and state lock, so a hung or stopped server fails the agent's health check (a
+/// `[health] http` check then makes the agent fail over). The feed being down is reported in
+/// the body but is not unhealthy: every server of the group shares the feed, so failing over
+/// for it would only move the problem.
+pub async fn serve_status_http(listener: TcpListener, handle: ServerHandle) {
+    loop {
+        let (mut sock, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "status endpoint: accept failed");
+                sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut req = Vec::with_capacity(512);
+            let mut chunk = [0u8; 1024];
+            // Read the request head; a peer that never finishes it is dropped after a second.
+            let head = timeout(Duration::from_secs(1), async {
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < MAX_HTTP_REQUEST {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            })
+            .await;
+            if head.is_err() {
+                return;
+            }
+            let line = String::from_utf8_lossy(&req);
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (code, body) = match (method, path) {
+                ("GET", "/health" | "/status") => (
+                    "200 OK",
+                    serde_json::to_string(&handle.status()).unwrap_or_else(|_| "{}".into()),
+                ),
+                _ => (
+                    "404 Not Found",
+                    r#"{"error":"GET /health or /status"}"#.to_string(),
+                ),
+            };
+            let resp = format!(
+                "HTTP/1.0 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
 }
 
 /// What the agent told us through the environment.
@@ -288,11 +384,21 @@ struct ClientSlot {
 }
 
 /// What is waiting to be written to one client.
+///
+/// A client that keeps up gets every price, in order, through `queue`. Once `queue` holds
+/// [`MAX_QUEUED_PRICES`] (the client's socket buffer is full and more keeps coming), the client
+/// is behind: the queue is folded into `order`/`prices`, one latest price per instrument, and
+/// stays there until the writer has taken it all. So memory is bounded by the queue limit plus
+/// the client's subscriptions, and a slow client gets the latest prices, not old ones.
 #[derive(Default)]
 struct Outbox {
     control: VecDeque<Message>,
     heartbeat: Option<(Role, u64)>,
-    /// Instruments with a pending price, in the order they became pending.
+    /// Every price in order, while the client keeps up.
+    queue: VecDeque<(Arc<str>, PendingPrice)>,
+    /// True from the moment the queue overflowed until the writer takes the conflated prices.
+    behind: bool,
+    /// Instruments with a pending price, in the order they became pending (client behind).
     order: VecDeque<Arc<str>>,
     /// Latest pending price per instrument: at most one entry per subscribed instrument.
     prices: HashMap<Arc<str>, PendingPrice>,
@@ -302,34 +408,79 @@ struct Outbox {
 
 struct PendingPrice {
     snapshot: bool,
-    epoch: u64,
-    price: Price,
+    /// `Update { epoch, price }` encoded once by [`protocol::price_frame`] and shared by every
+    /// client it goes to; sent as a `Snapshot` when `snapshot` is set.
+    frame: Bytes,
 }
 
 impl Outbox {
-    /// Queues a price; returns true when it replaced one not yet sent (conflation).
-    fn push_price(&mut self, snapshot: bool, epoch: u64, price: &Price) -> bool {
-        match self.prices.get_mut(&price.symbol) {
+    /// Queues a price frame; returns the number of prices it replaced before they were sent
+    /// (conflation: only once the client is behind).
+    fn push_price(&mut self, snapshot: bool, symbol: &Arc<str>, frame: &Bytes) -> u64 {
+        if !self.behind {
+            if self.queue.len() < MAX_QUEUED_PRICES {
+                self.queue.push_back((
+                    symbol.clone(),
+                    PendingPrice {
+                        snapshot,
+                        frame: frame.clone(),
+                    },
+                ));
+                return 0;
+            }
+            // Behind: from now on the latest price per instrument wins.
+            self.behind = true;
+            let mut replaced = 0;
+            for (sym, p) in std::mem::take(&mut self.queue) {
+                replaced += u64::from(self.conflate(p.snapshot, &sym, &p.frame));
+            }
+            return replaced + u64::from(self.conflate(snapshot, symbol, frame));
+        }
+        u64::from(self.conflate(snapshot, symbol, frame))
+    }
+
+    /// Keeps one pending price per instrument; true when it replaced one.
+    fn conflate(&mut self, snapshot: bool, symbol: &Arc<str>, frame: &Bytes) -> bool {
+        match self.prices.get_mut(symbol) {
             Some(p) => {
                 // A pending snapshot stays a snapshot: the client has not had a first price yet.
                 p.snapshot |= snapshot;
-                p.epoch = epoch;
-                p.price = price.clone();
+                p.frame = frame.clone();
                 true
             }
             None => {
-                self.order.push_back(price.symbol.clone());
+                self.order.push_back(symbol.clone());
                 self.prices.insert(
-                    price.symbol.clone(),
+                    symbol.clone(),
                     PendingPrice {
                         snapshot,
-                        epoch,
-                        price: price.clone(),
+                        frame: frame.clone(),
                     },
                 );
                 false
             }
         }
+    }
+
+    /// Drops what is pending for `symbol` (unsubscribed).
+    fn forget(&mut self, symbol: &str) {
+        self.queue.retain(|(s, _)| &**s != symbol);
+        if self.prices.remove(symbol).is_some() {
+            self.order.retain(|s| &**s != symbol);
+        }
+    }
+
+    /// Drops every pending price (demoted: a standby publishes nothing).
+    fn clear_prices(&mut self) {
+        self.queue.clear();
+        self.prices.clear();
+        self.order.clear();
+        self.behind = false;
+    }
+
+    /// Prices waiting to be written.
+    fn pending(&self) -> usize {
+        self.queue.len() + self.prices.len()
     }
 
     fn push_control(&mut self, m: Message) {
@@ -453,6 +604,8 @@ impl Shared {
         st.role = role;
         st.epoch = epoch;
         let mut snapshots = 0usize;
+        // Each instrument's snapshot is encoded once, whatever the number of subscribers.
+        let mut frames: HashMap<Arc<str>, Bytes> = HashMap::new();
         for client in st.clients.values() {
             let subs = lock(&client.subs);
             let mut out = lock(&client.outbox);
@@ -462,17 +615,24 @@ impl Shared {
             match role {
                 Role::Primary => {
                     for sym in subs.iter() {
-                        if let Some(p) = st.book.get(sym) {
-                            if out.push_price(true, epoch, p) {
-                                self.conflated.fetch_add(1, Ordering::Relaxed);
-                            }
-                            snapshots += 1;
-                        }
+                        let Some(p) = st.book.get(sym) else { continue };
+                        let frame = match frames.get(sym) {
+                            Some(f) => f.clone(),
+                            None => match encode_price(epoch, p) {
+                                Some(f) => {
+                                    frames.insert(sym.clone(), f.clone());
+                                    f
+                                }
+                                None => continue,
+                            },
+                        };
+                        let replaced = out.push_price(true, sym, &frame);
+                        self.conflated.fetch_add(replaced, Ordering::Relaxed);
+                        snapshots += 1;
                     }
                 }
                 Role::Standby => {
-                    out.prices.clear();
-                    out.order.clear();
+                    out.clear_prices();
                 }
             }
             drop(out);
@@ -484,11 +644,7 @@ impl Shared {
 
     fn status(&self) -> ServerStatus {
         let st = lock(&self.state);
-        let pending_updates = st
-            .clients
-            .values()
-            .map(|c| lock(&c.outbox).prices.len())
-            .sum();
+        let pending_updates = st.clients.values().map(|c| lock(&c.outbox).pending()).sum();
         ServerStatus {
             role: st.role,
             epoch: st.epoch,
@@ -502,38 +658,52 @@ impl Shared {
         }
     }
 
-    /// Applies one upstream price and, if primary, fans it out to its subscribers.
-    fn apply(&self, price: Price, snapshot: bool) {
+    /// Applies a burst of upstream prices (everything one read brought) and, if primary, fans
+    /// them out. One lock for the burst, and each client is woken once after it, so its writer
+    /// sends the whole burst in one write instead of one write per price.
+    fn apply_batch(&self, batch: &mut Vec<(Price, bool)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut woken: HashSet<u64> = HashSet::new();
         let mut st = lock(&self.state);
-        let key = match st.book.get_key_value(&price.symbol) {
-            Some((k, old)) => {
-                // An update older than what we hold is a replay; a snapshot always resets
-                // (the exchange may have restarted its sequences).
-                if !snapshot && price.exch_seq <= old.exch_seq {
-                    return;
+        for (price, snapshot) in batch.drain(..) {
+            let key = match st.book.get_key_value(&price.symbol) {
+                Some((k, old)) => {
+                    // An update older than what we hold is a replay; a snapshot always resets
+                    // (the exchange may have restarted its sequences).
+                    if !snapshot && price.exch_seq <= old.exch_seq {
+                        continue;
+                    }
+                    k.clone()
                 }
-                k.clone()
-            }
-            None => price.symbol.clone(),
-        };
-        // Share one allocation of the symbol between book, index and outboxes.
-        let price = Price {
-            symbol: key.clone(),
-            ..price
-        };
-        if st.role == Role::Primary {
-            if let Some(ids) = st.subscribers.get(&key) {
-                for id in ids {
-                    if let Some(c) = st.clients.get(id) {
-                        if lock(&c.outbox).push_price(false, st.epoch, &price) {
-                            self.conflated.fetch_add(1, Ordering::Relaxed);
+                None => price.symbol.clone(),
+            };
+            // Share one allocation of the symbol between book, index and outboxes.
+            let price = Price {
+                symbol: key.clone(),
+                ..price
+            };
+            if st.role == Role::Primary {
+                if let Some(ids) = st.subscribers.get(&key).filter(|ids| !ids.is_empty()) {
+                    if let Some(frame) = encode_price(st.epoch, &price) {
+                        for id in ids {
+                            if let Some(c) = st.clients.get(id) {
+                                let replaced = lock(&c.outbox).push_price(false, &key, &frame);
+                                self.conflated.fetch_add(replaced, Ordering::Relaxed);
+                                woken.insert(*id);
+                            }
                         }
-                        c.wake.notify_one();
                     }
                 }
             }
+            st.book.insert(key, price);
         }
-        st.book.insert(key, price);
+        for id in woken {
+            if let Some(c) = st.clients.get(&id) {
+                c.wake.notify_one();
+            }
+        }
     }
 
     /// The upstream sent its whole instrument list: refuse subscriptions made before it that
@@ -585,10 +755,9 @@ impl Shared {
             // A (re)subscription always gets the current price at once, even if already held:
             // a client resending its subscriptions after a failover wants a fresh snapshot.
             if st.role == Role::Primary {
-                if let Some(p) = st.book.get(&key) {
-                    if out.push_price(true, st.epoch, p) {
-                        self.conflated.fetch_add(1, Ordering::Relaxed);
-                    }
+                if let Some(frame) = st.book.get(&key).and_then(|p| encode_price(st.epoch, p)) {
+                    let replaced = out.push_price(true, &key, &frame);
+                    self.conflated.fetch_add(replaced, Ordering::Relaxed);
                 }
             }
         }
@@ -612,11 +781,9 @@ impl Shared {
                         st.subscribers.remove(sym.as_str());
                     }
                 }
-                if out.prices.remove(sym.as_str()).is_some() {
-                    // Keep `order` bounded by the subscriptions, however often a client
-                    // subscribes and unsubscribes without reading.
-                    out.order.retain(|s| **s != *sym);
-                }
+                // Keeps what is pending bounded by the subscriptions, however often a client
+                // subscribes and unsubscribes without reading.
+                out.forget(&sym);
             }
         }
     }
@@ -666,6 +833,18 @@ impl Shared {
             message,
         });
         slot.wake.notify_one();
+    }
+}
+
+/// The shared frame of a price; `None` (logged) if it cannot be encoded, which a price taken
+/// from a decoded feed never triggers.
+fn encode_price(epoch: u64, price: &Price) -> Option<Bytes> {
+    match protocol::price_frame(epoch, price) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::error!(symbol = %price.symbol, error = %e, "cannot encode price");
+            None
+        }
     }
 }
 
@@ -746,21 +925,38 @@ async fn upstream_loop(shared: Arc<Shared>) {
 
 async fn read_upstream(shared: &Shared, mut sock: TcpStream) -> String {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut batch: Vec<(Price, bool)> = Vec::with_capacity(256);
     loop {
-        let frame = match timeout(UPSTREAM_SILENCE, read_frame(&mut sock, &mut buf)).await {
+        let first = match timeout(UPSTREAM_SILENCE, read_frame(&mut sock, &mut buf)).await {
             Err(_) => return format!("silent for {UPSTREAM_SILENCE:?}"),
             Ok(Err(e)) => return e.to_string(),
             Ok(Ok(None)) => return "closed by the exchange".into(),
             Ok(Ok(Some(f))) => f,
         };
-        match Message::decode(&frame) {
-            Ok(Message::Update { price, .. }) => shared.apply(price, false),
-            Ok(Message::Snapshot { price, .. }) => shared.apply(price, true),
-            Ok(Message::SnapshotComplete { .. }) => shared.book_complete(),
-            Ok(_) => {}
-            // One bad frame from the feed is skipped; framing is intact.
-            Err(e) => tracing::warn!(error = %e, "bad frame from upstream"),
+        // Take every frame this read brought, so that the burst is fanned out as one.
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            match Message::decode(&frame) {
+                Ok(Message::Update { price, .. }) => batch.push((price, false)),
+                Ok(Message::Snapshot { price, .. }) => batch.push((price, true)),
+                Ok(Message::SnapshotComplete { .. }) => {
+                    // The book must hold every listed instrument before unknown ones are refused.
+                    shared.apply_batch(&mut batch);
+                    shared.book_complete();
+                }
+                Ok(_) => {}
+                // One bad frame from the feed is skipped; framing is intact.
+                Err(e) => tracing::warn!(error = %e, "bad frame from upstream"),
+            }
+            next = match split_frame(&mut buf) {
+                Ok(f) => f,
+                Err(e) => {
+                    shared.apply_batch(&mut batch);
+                    return format!("framing lost: {e}");
+                }
+            };
         }
+        shared.apply_batch(&mut batch);
     }
 }
 
@@ -813,39 +1009,40 @@ async fn serve_client(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
 
 async fn write_client(slot: &ClientSlot, mut wr: tokio::net::tcp::OwnedWriteHalf) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Swapped with the outbox's on every round, so neither side reallocates in steady state.
+    let mut control: VecDeque<Message> = VecDeque::new();
+    let mut queue: VecDeque<(Arc<str>, PendingPrice)> = VecDeque::new();
+    let mut order: VecDeque<Arc<str>> = VecDeque::new();
+    let mut prices: HashMap<Arc<str>, PendingPrice> = HashMap::new();
     loop {
-        let (control, heartbeat, order, mut prices, close) = {
+        let (heartbeat, close) = {
             let mut out = lock(&slot.outbox);
-            (
-                std::mem::take(&mut out.control),
-                out.heartbeat.take(),
-                std::mem::take(&mut out.order),
-                std::mem::take(&mut out.prices),
-                out.close,
-            )
+            std::mem::swap(&mut control, &mut out.control);
+            std::mem::swap(&mut queue, &mut out.queue);
+            std::mem::swap(&mut order, &mut out.order);
+            // Everything conflated is taken: the client may get every price again.
+            out.behind = false;
+            std::mem::swap(&mut prices, &mut out.prices);
+            (out.heartbeat.take(), out.close)
         };
+        let idle =
+            control.is_empty() && heartbeat.is_none() && queue.is_empty() && order.is_empty();
         if let Some((role, epoch)) = heartbeat {
             encode_into(&mut buf, &Message::Heartbeat { role, epoch });
         }
-        for m in &control {
-            encode_into(&mut buf, m);
+        for m in control.drain(..) {
+            encode_into(&mut buf, &m);
         }
-        for sym in &order {
-            if let Some(p) = prices.remove(sym) {
-                let m = if p.snapshot {
-                    Message::Snapshot {
-                        epoch: p.epoch,
-                        price: p.price,
-                    }
-                } else {
-                    Message::Update {
-                        epoch: p.epoch,
-                        price: p.price,
-                    }
-                };
-                encode_into(&mut buf, &m);
+        // While behind, `queue` is empty; otherwise `order` is: prices leave in arrival order.
+        for (_, p) in queue.drain(..) {
+            protocol::put_price_frame(&mut buf, &p.frame, p.snapshot);
+        }
+        for sym in order.drain(..) {
+            if let Some(p) = prices.remove(&sym) {
+                protocol::put_price_frame(&mut buf, &p.frame, p.snapshot);
             }
         }
+        prices.clear();
         if !buf.is_empty() {
             // While this write blocks (slow client), new prices accumulate, conflated, in the
             // outbox; nobody else waits for us.
@@ -858,7 +1055,7 @@ async fn write_client(slot: &ClientSlot, mut wr: tokio::net::tcp::OwnedWriteHalf
             let _ = wr.shutdown().await;
             return "closed after protocol error".into();
         }
-        if control.is_empty() && heartbeat.is_none() && order.is_empty() {
+        if idle {
             slot.wake.notified().await;
         }
     }
@@ -883,5 +1080,61 @@ fn message_name(m: &Message) -> &'static str {
         Message::Update { .. } => "Update",
         Message::SnapshotComplete { .. } => "SnapshotComplete",
         Message::Error { .. } => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(sym: &str, seq: u64) -> (Arc<str>, Bytes) {
+        let symbol: Arc<str> = Arc::from(sym);
+        let p = Price {
+            symbol: symbol.clone(),
+            bid: 1.0,
+            ask: 2.0,
+            bid_size: 1,
+            ask_size: 1,
+            exch_seq: seq,
+            exch_time_ns: 0,
+        };
+        (symbol, protocol::price_frame(1, &p).expect("encode"))
+    }
+
+    #[test]
+    fn a_client_that_keeps_up_gets_every_price_in_order() {
+        let mut out = Outbox::default();
+        for seq in 0..10 {
+            let (s, f) = frame(if seq % 2 == 0 { "A" } else { "B" }, seq);
+            assert_eq!(out.push_price(false, &s, &f), 0);
+        }
+        assert_eq!(out.queue.len(), 10);
+        assert!(!out.behind);
+        assert_eq!(out.pending(), 10);
+    }
+
+    #[test]
+    fn a_client_that_falls_behind_gets_the_latest_price_per_instrument() {
+        let mut out = Outbox::default();
+        let mut replaced = 0;
+        for seq in 0..(MAX_QUEUED_PRICES as u64 + 10) {
+            let (s, f) = frame(&format!("S{}", seq % 3), seq);
+            replaced += out.push_price(false, &s, &f);
+        }
+        assert!(out.behind);
+        assert!(out.queue.is_empty());
+        assert_eq!(out.pending(), 3, "one pending price per instrument");
+        assert_eq!(replaced, MAX_QUEUED_PRICES as u64 + 10 - 3);
+        // The latest price won.
+        let last = out.prices.get("S0").expect("pending");
+        let last_s0 = (0..MAX_QUEUED_PRICES as u64 + 10)
+            .filter(|s| s % 3 == 0)
+            .max();
+        let m = Message::decode(&last.frame[4..]).expect("decode");
+        assert!(matches!(m, Message::Update { price, .. } if Some(price.exch_seq) == last_s0));
+        // Unsubscribing drops what is pending for the instrument.
+        out.forget("S0");
+        assert_eq!(out.pending(), 2);
+        assert_eq!(out.order.len(), 2);
     }
 }

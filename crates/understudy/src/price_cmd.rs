@@ -1,12 +1,21 @@
 //! Subcommands of price distribution (hot standby, document 001): the exchange simulator, the
 //! price server an agent protects, the failover-aware client, and their demo and benchmarks.
+//!
+//! The benchmarks and the demo drive real processes through [`group::PriceGroup`].
+
+pub mod group;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+use understudy_pricefeed::fanout::{self, FanoutConfig, FanoutRun};
+use understudy_pricefeed::harness::{self, percentiles};
 
 use crate::{init_logging, runtime};
+use group::{Failover, GroupOptions, PriceGroup};
 
 /// Price distribution subcommands.
 #[derive(Subcommand, Debug)]
@@ -31,6 +40,9 @@ pub enum PriceCmds {
         /// Listen address for price clients.
         #[arg(long)]
         listen: SocketAddr,
+        /// Also answer GET /health and /status (JSON) here, e.g. for the agent's [health] http.
+        #[arg(long)]
+        http: Option<SocketAddr>,
     },
     /// A failover-aware price client: follows the group's primary and keeps its subscriptions.
     PriceClient {
@@ -44,12 +56,25 @@ pub enum PriceCmds {
         #[arg(long)]
         json: bool,
     },
+    /// (internal, `bench fanout`) Republish the exchange feed on nats-server.
+    #[command(hide = true)]
+    NatsBridge {
+        /// The exchange feed.
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// The nats-server.
+        #[arg(long)]
+        nats: SocketAddr,
+    },
 }
 
 impl PriceCmds {
     /// Run the subcommand; returns the exit code.
     pub fn run(self) -> anyhow::Result<u8> {
-        init_logging();
+        // Not before the match: the price server must block SIGUSR1 before anything else.
+        if !matches!(self, PriceCmds::PriceServer { .. }) {
+            init_logging();
+        }
         match self {
             PriceCmds::ExchangeSim {
                 listen,
@@ -60,9 +85,11 @@ impl PriceCmds {
                     listen, symbols, rate,
                 ))
                 .context("exchange-sim")?,
-            PriceCmds::PriceServer { upstream, listen } => runtime()?
-                .block_on(understudy_pricefeed::run_price_server(upstream, listen))
-                .context("price-server")?,
+            PriceCmds::PriceServer {
+                upstream,
+                listen,
+                http,
+            } => return price_server(upstream, listen, http),
             PriceCmds::PriceClient {
                 servers,
                 subscribe,
@@ -71,7 +98,7 @@ impl PriceCmds {
                 let servers = understudy_pricefeed::parse_servers(&servers).context("--servers")?;
                 let symbols = understudy_pricefeed::parse_symbols(&subscribe);
                 if symbols.is_empty() {
-                    anyhow::bail!("--subscribe: give at least one instrument, e.g. SYM1,SYM2");
+                    bail!("--subscribe: give at least one instrument, e.g. SYM1,SYM2");
                 }
                 runtime()?
                     .block_on(understudy_pricefeed::run_price_client(
@@ -79,9 +106,38 @@ impl PriceCmds {
                     ))
                     .context("price-client")?
             }
+            PriceCmds::NatsBridge { upstream, nats } => runtime()?
+                .block_on(fanout::run_nats_bridge(upstream, nats))
+                .context("nats-bridge")?,
         }
         Ok(0)
     }
+}
+
+/// `understudy price-server`. An agent may send SIGUSR1 (promotion) the moment it has started
+/// the server as a standby, and its default action is to kill: so SIGUSR1 is blocked before
+/// anything slow (logging, runtime threads, which inherit the mask) and unblocked on this
+/// thread only once the handler is installed. A signal sent meanwhile waits, pending.
+fn price_server(
+    upstream: SocketAddr,
+    listen: SocketAddr,
+    http: Option<SocketAddr>,
+) -> anyhow::Result<u8> {
+    let mut usr1 = SigSet::empty();
+    usr1.add(Signal::SIGUSR1);
+    usr1.thread_block().context("blocking SIGUSR1")?;
+    init_logging();
+    runtime()?
+        .block_on(async {
+            let handler = understudy_pricefeed::promotion_signal()?;
+            // `block_on` polls this future on the thread that blocked the signal.
+            usr1.thread_unblock().map_err(|e| {
+                understudy_pricefeed::Error::Config(format!("unblocking SIGUSR1: {e}"))
+            })?;
+            understudy_pricefeed::run_price_server_with(upstream, listen, http, handler).await
+        })
+        .context("price-server")?;
+    Ok(0)
 }
 
 /// Price benchmarks (`understudy bench …`).
@@ -89,6 +145,8 @@ impl PriceCmds {
 pub enum PriceBench {
     /// Price staleness at a client after kill -9 of the primary's agent.
     PriceFailover(PriceFailoverArgs),
+    /// Fan-out of one exchange stream to many clients, side by side with nats-server.
+    Fanout(FanoutArgs),
 }
 
 /// Arguments of `understudy bench price-failover`.
@@ -100,28 +158,394 @@ pub struct PriceFailoverArgs {
     /// Price servers in the group.
     #[arg(long, default_value_t = 2)]
     pub servers: usize,
+    /// Instruments the client subscribes to.
+    #[arg(long, default_value_t = 100)]
+    pub subscribe: u32,
+    /// Exchange updates per second (200 instruments).
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u32,
+}
+
+/// Arguments of `understudy bench fanout`.
+#[derive(Args, Debug)]
+pub struct FanoutArgs {
+    /// Clients, each subscribed to every instrument.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Instruments on the exchange.
+    #[arg(long, default_value_t = 100)]
+    pub instruments: u32,
+    /// Exchange updates per second (each one goes to every client).
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u32,
+    /// Seconds measured on each side.
+    #[arg(long, default_value_t = 5)]
+    pub secs: u64,
+    /// Measure our side only, even if nats-server is installed.
+    #[arg(long)]
+    pub no_nats: bool,
 }
 
 impl PriceBench {
     /// Run the benchmark; returns the exit code.
     pub fn run(self) -> anyhow::Result<u8> {
         match self {
-            PriceBench::PriceFailover(a) => {
-                anyhow::bail!(
-                    "price-failover benchmark ({} runs, {} servers) is being built",
-                    a.runs,
-                    a.servers
-                )
-            }
+            PriceBench::PriceFailover(a) => price_failover(a),
+            PriceBench::Fanout(a) => fanout_bench(a),
         }
     }
 }
 
+/// Milliseconds, three significant decimals.
+fn row(label: &str, xs: &[f64]) -> String {
+    let (p50, p99, max) = percentiles(xs);
+    format!("{label:<58} {p50:>9.2} {p99:>9.2} {max:>9.2}")
+}
+
+fn price_failover(a: PriceFailoverArgs) -> anyhow::Result<u8> {
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    if !(2..=9).contains(&a.servers) {
+        bail!("--servers must be between 2 and 9");
+    }
+    if a.subscribe == 0 || a.subscribe > 200 {
+        bail!("--subscribe must be between 1 and 200 (the exchange lists 200 instruments)");
+    }
+    let exe = std::env::current_exe().context("cannot find the understudy executable")?;
+    eprintln!(
+        "starting exchange-sim, {} agents with hot-standby price servers, and a client on {} instruments…",
+        a.servers, a.subscribe
+    );
+    let mut g = PriceGroup::start(
+        exe,
+        GroupOptions {
+            servers: a.servers,
+            instruments: 200,
+            rate: a.rate,
+            subscribe: a.subscribe,
+            ..GroupOptions::default()
+        },
+    )?;
+    let mut runs: Vec<Failover> = Vec::with_capacity(a.runs);
+    for i in 0..a.runs {
+        let f = g.kill_active().with_context(|| format!("run {}", i + 1))?;
+        eprintln!(
+            "run {:>3}: killed {} → {} active at epoch {}: prices stale {:.1} ms, {}/{} instruments back",
+            i + 1,
+            g.group.nodes[f.killed].name,
+            g.group.nodes[f.new_active].name,
+            f.new_epoch,
+            f.stale_ms,
+            f.symbols_back,
+            a.subscribe
+        );
+        let killed = f.killed;
+        runs.push(f);
+        g.restart(killed)
+            .with_context(|| format!("run {}: restarting the killed node", i + 1))?;
+    }
+    let older = g.recorded(|r| r.older_after_newer);
+    drop(g);
+
+    let stale: Vec<f64> = runs.iter().map(|f| f.stale_ms).collect();
+    let all_back: Vec<f64> = runs.iter().filter_map(|f| f.all_back_ms).collect();
+    let notified: Vec<f64> = runs.iter().filter_map(|f| f.agent_notified_ms).collect();
+    let kill_notified: Vec<f64> = runs.iter().filter_map(|f| f.kill_to_notified_ms).collect();
+    let intact = runs
+        .iter()
+        .filter(|f| f.symbols_back == a.subscribe as usize)
+        .count();
+    println!(
+        "price failover benchmark: {} kill -9 runs of the primary's agent, {} price servers (hot standby, trylock), \
+         a client on {} instruments, exchange {} updates/s",
+        a.runs, a.servers, a.subscribe, a.rate
+    );
+    println!("{:<58} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{}",
+        row(
+            "agent takeover: lock obtained → service notified (/events)",
+            &notified
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "agent takeover: kill → service notified (wall clock, ±1 ms)",
+            &kill_notified
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "client: kill → first price at the new epoch (staleness)",
+            &stale
+        )
+    );
+    println!(
+        "{}",
+        row(
+            &format!(
+                "client: kill → all {} instruments at the new epoch",
+                a.subscribe
+            ),
+            &all_back
+        )
+    );
+    let (s50, s99, smax) = percentiles(&stale);
+    let (n50, n99, nmax) = percentiles(&kill_notified);
+    println!(
+        "{:<58} {:>9.1} {:>9.1} {:>9.1}",
+        "ratio staleness / agent takeover (kill → notified)",
+        s50 / n50,
+        s99 / n99,
+        smax / nmax
+    );
+    println!(
+        "every subscription intact after the failover: {intact}/{} runs; updates from an older epoch after a newer one: {older}",
+        a.runs
+    );
+    let goal = 200.0;
+    println!(
+        "goal: staleness p99 under {goal} ms: {}",
+        if s99 < goal { "met" } else { "NOT MET" }
+    );
+    Ok(if intact == a.runs && older == 0 { 0 } else { 1 })
+}
+
+fn fanout_bench(a: FanoutArgs) -> anyhow::Result<u8> {
+    if a.clients == 0 || a.instruments == 0 || a.rate == 0 || a.secs == 0 {
+        bail!("--clients, --instruments, --rate and --secs must be at least 1");
+    }
+    let exe = std::env::current_exe().context("cannot find the understudy executable")?;
+    let cfg = FanoutConfig {
+        exe: exe.clone(),
+        clients: a.clients,
+        instruments: a.instruments,
+        rate: a.rate,
+        warmup: Duration::from_secs(10),
+        measure: Duration::from_secs(a.secs),
+    };
+    let nats_bin = if a.no_nats {
+        None
+    } else {
+        let found = fanout::find_nats_server();
+        if found.is_none() {
+            eprintln!(
+                "nats-server is NOT installed: measuring understudy only, no comparison \
+                 (install it with `apt-get install -y nats-server`)"
+            );
+        }
+        found
+    };
+    let rt = runtime()?;
+    let (ours, nats) = rt.block_on(async {
+        let ex = harness::free_addr()?;
+        let _exchange = harness::start_exchange(&exe, ex, a.instruments, a.rate, None)
+            .await
+            .context("starting exchange-sim")?;
+        eprintln!(
+            "understudy price-server: {} clients × {} instruments, {} s…",
+            a.clients, a.instruments, a.secs
+        );
+        let ours = fanout::run_ours(&cfg, ex)
+            .await
+            .context("understudy side of the fan-out benchmark")?;
+        let nats = match &nats_bin {
+            Some(bin) => {
+                eprintln!(
+                    "nats-server: {} clients × {} subjects, {} s…",
+                    a.clients, a.instruments, a.secs
+                );
+                Some(
+                    fanout::run_nats(&cfg, ex, bin)
+                        .await
+                        .context("NATS side of the fan-out benchmark")?,
+                )
+            }
+            None => None,
+        };
+        Ok::<_, anyhow::Error>((ours, nats))
+    })?;
+    let offered = f64::from(a.rate) * a.clients as f64;
+    println!(
+        "fan-out benchmark: {} clients × {} instruments, exchange {} updates/s → {:.0} deliveries/s offered, {} s measured per side",
+        a.clients, a.instruments, a.rate, offered, a.secs
+    );
+    println!(
+        "{:<40} {:>8} {:>14} {:>10} {:>10} {:>10} {:>10}",
+        "", "ready", "delivered/s", "skipped", "p50 µs", "p99 µs", "max µs"
+    );
+    let line = |label: &str, r: &FanoutRun| {
+        println!(
+            "{label:<40} {:>8} {:>14.0} {:>10} {:>10.0} {:>10.0} {:>10.0}",
+            format!("{}/{}", r.clients_ready, a.clients),
+            r.per_sec(),
+            r.skipped,
+            r.latency_ns.quantile(0.5) as f64 / 1e3,
+            r.latency_ns.quantile(0.99) as f64 / 1e3,
+            r.latency_ns.max() as f64 / 1e3,
+        )
+    };
+    line("understudy price-server + client", &ours);
+    match (&nats, &nats_bin) {
+        (Some(n), Some(bin)) => {
+            let version = fanout::nats_server_version(bin).unwrap_or_else(|| "nats-server".into());
+            line(&format!("{version} + async-nats"), n);
+            let p99_o = ours.latency_ns.quantile(0.99) as f64;
+            let p99_n = n.latency_ns.quantile(0.99) as f64;
+            println!(
+                "ratio understudy / nats: throughput {:.2}, p50 latency {:.2}, p99 latency {:.2}",
+                ours.per_sec() / n.per_sec(),
+                ours.latency_ns.quantile(0.5) as f64 / n.latency_ns.quantile(0.5) as f64,
+                p99_o / p99_n
+            );
+            // Both sides are offered the same stream; when both deliver all of it, their counts
+            // differ only by the few updates at the edges of the measuring window.
+            let met = ours.per_sec() >= n.per_sec() * 0.99 && p99_o < p99_n;
+            println!(
+                "goal: at least NATS's throughput (within 1 %) at a lower p99: {}",
+                if met { "met" } else { "NOT MET" }
+            );
+        }
+        _ => println!("nats-server not measured (not installed or --no-nats): no comparison"),
+    }
+    Ok(0)
+}
+
 /// Arguments of `understudy demo price`.
 #[derive(Args, Debug)]
-pub struct PriceDemoArgs {}
+pub struct PriceDemoArgs {
+    /// Price servers in the group (2 to 9).
+    #[arg(long, default_value_t = 3)]
+    pub servers: usize,
+    /// Instruments the client subscribes to.
+    #[arg(long, default_value_t = 20)]
+    pub subscribe: u32,
+    /// How many times to kill the active.
+    #[arg(long, default_value_t = 2)]
+    pub kills: usize,
+}
 
 /// `understudy demo price`.
-pub fn demo(_args: PriceDemoArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("the price demo is being built")
+pub fn demo(a: PriceDemoArgs) -> anyhow::Result<u8> {
+    if !(2..=9).contains(&a.servers) {
+        bail!("--servers must be between 2 and 9");
+    }
+    if a.subscribe == 0 || a.subscribe > 200 {
+        bail!("--subscribe must be between 1 and 200");
+    }
+    let exe = std::env::current_exe().context("cannot find the understudy executable")?;
+    println!(
+        "understudy demo price: an exchange simulator, {} price servers behind agents (trylock, hot standby), one client\n",
+        a.servers
+    );
+    let mut g = PriceGroup::start(
+        exe,
+        GroupOptions {
+            servers: a.servers,
+            instruments: 200,
+            rate: 20_000,
+            subscribe: a.subscribe,
+            ..GroupOptions::default()
+        },
+    )?;
+    println!(
+        "  exchange-sim   {} (200 instruments, 20000 updates/s)",
+        g.exchange_addr
+    );
+    for (i, n) in g.group.nodes.iter().enumerate() {
+        println!(
+            "  node {}         agent {}, price server {}",
+            n.name, n.admin, g.servers[i]
+        );
+    }
+    println!(
+        "  client         subscribed to SYM1 … SYM{}, connected to every server\n",
+        a.subscribe
+    );
+    let active = g.active().context("no active node")?;
+    println!(
+        "node {} is active (epoch {}); the others are hot standbys mirroring the subscriptions",
+        g.group.nodes[active].name,
+        g.recorded(|r| r.highest_epoch)
+    );
+    g.sleep(Duration::from_millis(500));
+    print_board(&g, 5);
+    let mut survived = 0;
+    for k in 0..a.kills {
+        let active = g.active().context("no active node")?;
+        let name = g.group.nodes[active].name.clone();
+        let pid = g.agent_pid(active).unwrap_or(0);
+        println!("\nkill -9 of node {name}'s agent (pid {pid}), the active; its price server dies with it…");
+        let f = g.kill_active()?;
+        println!(
+            "  node {} took over at epoch {} (agent: lock obtained → price server told in {})",
+            g.group.nodes[f.new_active].name,
+            f.new_epoch,
+            f.agent_notified_ms
+                .map_or("?".to_string(), |m| format!("{m:.2} ms"))
+        );
+        println!(
+            "  prices were stale for {:.1} ms (kill → first price at epoch {})",
+            f.stale_ms, f.new_epoch
+        );
+        match f.all_back_ms {
+            Some(ms) => println!(
+                "  every subscription survived: {}/{} instruments priced at the new epoch within {ms:.1} ms, without resubscribing by hand",
+                f.symbols_back, a.subscribe
+            ),
+            None => println!(
+                "  only {}/{} subscriptions came back within 5 s",
+                f.symbols_back, a.subscribe
+            ),
+        }
+        if f.symbols_back == a.subscribe as usize {
+            survived += 1;
+        }
+        g.sleep(Duration::from_millis(300));
+        print_board(&g, 5);
+        if k + 1 < a.kills {
+            println!("restarting node {name} as a standby…");
+            g.restart(f.killed)?;
+        }
+    }
+    let older = g.recorded(|r| r.older_after_newer);
+    println!(
+        "\n{survived}/{} failovers kept every subscription; prices from an older epoch after a newer one: {older}",
+        a.kills
+    );
+    println!("cleaning up: stopping the agents, the price servers and the exchange");
+    drop(g);
+    Ok(if survived == a.kills && older == 0 {
+        0
+    } else {
+        1
+    })
+}
+
+fn print_board(g: &PriceGroup, rows: usize) {
+    let quotes = g.recorded(|r| {
+        g.subscribed
+            .iter()
+            .take(rows)
+            .filter_map(|s| r.latest.get(s).cloned())
+            .collect::<Vec<_>>()
+    });
+    println!(
+        "  {:<8} {:>10} {:>10} {:>8} {:>6} {:>8}",
+        "SYMBOL", "BID", "ASK", "SEQ", "EPOCH", "AGE ms"
+    );
+    for q in quotes {
+        println!(
+            "  {:<8} {:>10.2} {:>10.2} {:>8} {:>6} {:>8.1}",
+            q.symbol,
+            q.bid,
+            q.ask,
+            q.exch_seq,
+            q.epoch,
+            harness::age_ns(q.exch_time_ns) as f64 / 1e6
+        );
+    }
 }

@@ -1,0 +1,393 @@
+//! Drivers for the benchmarks, the demo and the process-level tests: child processes that are
+//! killed when dropped, free loopback ports, and a [`QuoteRecorder`] that watches what a
+//! [`PriceClient`] hands the application (epochs, arrival times, subscriptions seen).
+//!
+//! Not part of the trading API: a trading application uses [`crate::client`] only.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::{sleep, Instant};
+
+use crate::client::{ClientEvent, PriceClient, Quote};
+use crate::exchange_sim::unix_ns;
+use crate::fanout::Histogram;
+use crate::{AbortOnDrop, Error};
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing benchmark or
+/// test never leaves an exchange or a server running.
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`, naming it `name` in errors.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self, Error> {
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {name}"), e))?;
+        Ok(ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The name given at spawn.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True if the process has exited (it is then reaped).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) | None => true,
+            Some(Ok(None)) => false,
+            Some(Err(_)) => true,
+        }
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free TCP port on loopback (bound then released: another process could take it in
+/// between, which the callers accept for local benchmarks and tests).
+pub fn free_addr() -> Result<SocketAddr, Error> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::io("finding a free port", e))?;
+    l.local_addr()
+        .map_err(|e| Error::io("finding a free port", e))
+}
+
+/// `n` distinct free loopback addresses. All `n` sockets stay bound until every one is chosen:
+/// the kernel readily hands a just-released port out again, so picking them one at a time can
+/// return the same port twice.
+pub fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, Error> {
+    let held = reserve_addrs(n)?;
+    held.iter()
+        .map(|l| {
+            l.local_addr()
+                .map_err(|e| Error::io("finding a free port", e))
+        })
+        .collect()
+}
+
+/// `n` bound loopback listeners: keep them while choosing other ports (so those cannot
+/// collide with these), drop them just before the addresses are used.
+pub fn reserve_addrs(n: usize) -> Result<Vec<std::net::TcpListener>, Error> {
+    (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| Error::io("finding a free port", e))
+        })
+        .collect()
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr, within: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + within;
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(Error::io(
+                    format!("nothing listens on {addr} after {within:?}"),
+                    e,
+                ))
+            }
+            Err(_) => sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// `exe` (the `understudy` binary) with `args`, outside of any agent's environment, its output
+/// appended to `log` (or discarded).
+pub fn understudy_command(
+    exe: &Path,
+    args: &[String],
+    log: Option<&Path>,
+) -> Result<Command, Error> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null());
+    // A benchmark run from inside an agent's service must not hand its role to its children.
+    for k in [
+        "UNDERSTUDY_ROLE",
+        "UNDERSTUDY_EPOCH",
+        "UNDERSTUDY_GROUP",
+        "UNDERSTUDY_NODE",
+        "UNDERSTUDY_ADMIN",
+    ] {
+        cmd.env_remove(k);
+    }
+    match log {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            let f2 = f
+                .try_clone()
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            cmd.stdout(f).stderr(f2);
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    Ok(cmd)
+}
+
+/// The arguments of `understudy exchange-sim`.
+pub fn exchange_sim_args(listen: SocketAddr, symbols: u32, rate: u32) -> Vec<String> {
+    vec![
+        "exchange-sim".into(),
+        "--listen".into(),
+        listen.to_string(),
+        "--symbols".into(),
+        symbols.to_string(),
+        "--rate".into(),
+        rate.to_string(),
+    ]
+}
+
+/// The service command of a price server run by an agent: `exe price-server …`.
+pub fn price_server_command(exe: &Path, upstream: SocketAddr, listen: SocketAddr) -> Vec<String> {
+    vec![
+        exe.display().to_string(),
+        "price-server".into(),
+        "--upstream".into(),
+        upstream.to_string(),
+        "--listen".into(),
+        listen.to_string(),
+    ]
+}
+
+/// Starts `understudy exchange-sim` and waits until it accepts connections.
+pub async fn start_exchange(
+    exe: &Path,
+    listen: SocketAddr,
+    symbols: u32,
+    rate: u32,
+    log: Option<&Path>,
+) -> Result<ChildGuard, Error> {
+    let mut cmd = understudy_command(exe, &exchange_sim_args(listen, symbols, rate), log)?;
+    let child = ChildGuard::spawn("exchange-sim", &mut cmd)?;
+    wait_listening(listen, Duration::from_secs(10)).await?;
+    Ok(child)
+}
+
+/// `SYM1` … `SYMn`.
+pub fn symbols(n: u32) -> Vec<String> {
+    (1..=n).map(|i| format!("SYM{i}")).collect()
+}
+
+/// What a [`QuoteRecorder`] has seen so far.
+#[derive(Debug, Default, Clone)]
+pub struct Recorded {
+    /// Quotes delivered to the application.
+    pub quotes: u64,
+    /// Highest epoch of any delivered quote.
+    pub highest_epoch: u64,
+    /// Quotes whose epoch was lower than one delivered before them: must stay 0.
+    pub older_after_newer: u64,
+    /// Per epoch: arrival of its first quote.
+    pub first_at: HashMap<u64, Instant>,
+    /// Per epoch: the instruments delivered at that epoch, with the arrival of their first quote.
+    pub symbols_at: HashMap<u64, HashMap<String, Instant>>,
+    /// Per epoch: quotes delivered at that epoch that are updates (not snapshots).
+    pub updates_at: HashMap<u64, u64>,
+    /// Arrival of the latest quote.
+    pub last_quote_at: Option<Instant>,
+    /// Latest exchange time (Unix ns) among delivered quotes.
+    pub last_exch_time_ns: u64,
+    /// Largest gap between two consecutive quotes.
+    pub max_gap: Duration,
+    /// `PrimaryLost` events, with their reason.
+    pub primary_lost: Vec<String>,
+    /// `Failover` events (new primary, epoch).
+    pub failovers: Vec<(SocketAddr, u64)>,
+    /// `Rejected` events (symbol, message).
+    pub rejected: Vec<(String, String)>,
+    /// `ServerConnected` events per server: a count, so a driver can wait for a reconnection.
+    pub connects: HashMap<SocketAddr, u64>,
+    /// The latest quote of every instrument.
+    pub latest: HashMap<String, Quote>,
+    /// Age (exchange time → delivery) of every update delivered, in nanoseconds.
+    pub age_ns: Histogram,
+}
+
+impl Recorded {
+    /// Instruments delivered at an epoch higher than `epoch`.
+    pub fn symbols_after(&self, epoch: u64) -> HashSet<String> {
+        self.symbols_at
+            .iter()
+            .filter(|(e, _)| **e > epoch)
+            .flat_map(|(_, s)| s.keys().cloned())
+            .collect()
+    }
+
+    /// Instruments delivered at exactly `epoch`.
+    pub fn symbols_at_epoch(&self, epoch: u64) -> usize {
+        self.symbols_at.get(&epoch).map_or(0, HashMap::len)
+    }
+
+    /// When the last of `want` instruments had its first quote at an epoch above `epoch`
+    /// (None while some are missing).
+    pub fn all_back_at(&self, epoch: u64, want: usize) -> Option<Instant> {
+        let mut first: HashMap<&str, Instant> = HashMap::new();
+        for (_, syms) in self.symbols_at.iter().filter(|(e, _)| **e > epoch) {
+            for (s, t) in syms {
+                let f = first.entry(s.as_str()).or_insert(*t);
+                *f = (*f).min(*t);
+            }
+        }
+        if first.len() < want {
+            return None;
+        }
+        first.values().max().copied()
+    }
+
+    /// Arrival of the first quote with an epoch higher than `epoch`.
+    pub fn first_after(&self, epoch: u64) -> Option<Instant> {
+        self.first_at
+            .iter()
+            .filter(|(e, _)| **e > epoch)
+            .map(|(_, t)| *t)
+            .min()
+    }
+}
+
+/// Owns a [`PriceClient`] and records, from a task of its own, every event the application
+/// would see; the driver reads [`QuoteRecorder::snapshot`] whenever it likes.
+pub struct QuoteRecorder {
+    state: Arc<Mutex<Recorded>>,
+    _task: AbortOnDrop<()>,
+}
+
+fn lock(m: &Mutex<Recorded>) -> MutexGuard<'_, Recorded> {
+    // The recorder only counts; a poisoned lock still holds usable counts.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl QuoteRecorder {
+    /// Starts recording `client`'s events. Must be called inside a Tokio runtime.
+    pub fn start(mut client: PriceClient) -> Self {
+        let state = Arc::new(Mutex::new(Recorded::default()));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Some(ev) = client.next_event().await {
+                let now = Instant::now();
+                let mut r = lock(&st);
+                match ev {
+                    ClientEvent::Quote(q) => {
+                        r.quotes += 1;
+                        if q.epoch < r.highest_epoch {
+                            r.older_after_newer += 1;
+                        }
+                        r.highest_epoch = r.highest_epoch.max(q.epoch);
+                        r.first_at.entry(q.epoch).or_insert(now);
+                        if !q.snapshot {
+                            *r.updates_at.entry(q.epoch).or_default() += 1;
+                            r.age_ns.record(age_ns(q.exch_time_ns));
+                        }
+                        if let Some(prev) = r.last_quote_at {
+                            r.max_gap = r.max_gap.max(now - prev);
+                        }
+                        r.last_quote_at = Some(now);
+                        r.last_exch_time_ns = r.last_exch_time_ns.max(q.exch_time_ns);
+                        let at = r.symbols_at.entry(q.epoch).or_default();
+                        if !at.contains_key(&q.symbol) {
+                            at.insert(q.symbol.clone(), now);
+                        }
+                        r.latest.insert(q.symbol.clone(), q);
+                    }
+                    ClientEvent::PrimaryLost { reason, .. } => r.primary_lost.push(reason),
+                    ClientEvent::Failover { server, epoch, .. } => {
+                        r.failovers.push((server, epoch))
+                    }
+                    ClientEvent::Rejected {
+                        symbol, message, ..
+                    } => r.rejected.push((symbol, message)),
+                    ClientEvent::ServerConnected { server } => {
+                        *r.connects.entry(server).or_default() += 1
+                    }
+                    ClientEvent::ServerLost { .. } => {}
+                }
+            }
+        });
+        QuoteRecorder {
+            state,
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    /// A copy of everything recorded so far.
+    pub fn snapshot(&self) -> Recorded {
+        lock(&self.state).clone()
+    }
+
+    /// Reads the recorded state without copying it.
+    pub fn with<T>(&self, f: impl FnOnce(&Recorded) -> T) -> T {
+        f(&lock(&self.state))
+    }
+
+    /// Resets the largest gap between quotes and the age histogram (to measure one phase).
+    pub fn reset_phase(&self) {
+        let mut r = lock(&self.state);
+        r.max_gap = Duration::ZERO;
+        r.age_ns = Histogram::default();
+    }
+
+    /// Waits until `cond` holds on the recorded state, polling every millisecond.
+    pub async fn wait_for(&self, within: Duration, cond: impl Fn(&Recorded) -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.with(&cond) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// How old a price stamped `exch_time_ns` is now.
+pub fn age_ns(exch_time_ns: u64) -> u64 {
+    unix_ns().saturating_sub(exch_time_ns)
+}
+
+/// p50, p99 and max of a sample (same units as the sample); NaN when it is empty.
+pub fn percentiles(xs: &[f64]) -> (f64, f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+    (at(0.5), at(0.99), v[v.len() - 1])
+}

@@ -1,0 +1,494 @@
+//! A hot-standby price group on this host, built from real processes: `understudy exchange-sim`,
+//! N `understudy agent`s in trylock mode whose service is `understudy price-server` with
+//! `service.standby = "hot"`, and an in-process [`PriceClient`] whose every event is recorded.
+//!
+//! Shared by `understudy bench price-failover`, `understudy demo price` and the process-level
+//! tests (`tests/price_*.rs` include this file by path, so it uses only the crate's
+//! dependencies, never `crate::`). The driver is synchronous: agents are driven with blocking
+//! calls on this thread while the client runs on the group's own runtime, so the driver's
+//! waiting never delays the client.
+
+// The binary uses part of this driver, the process tests the rest.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+use understudy_control::local::{get_json, is_mode, LocalGroup};
+use understudy_pricefeed::harness::{self, ChildGuard, QuoteRecorder, Recorded};
+use understudy_pricefeed::{ClientOptions, PriceClient};
+
+/// Node names, in order.
+const NAMES: [&str; 9] = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+
+/// How to build a [`PriceGroup`].
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Price servers (= agents) in the group.
+    pub servers: usize,
+    /// Instruments on the exchange.
+    pub instruments: u32,
+    /// Exchange updates per second.
+    pub rate: u32,
+    /// The client subscribes to `SYM1` … `SYM<subscribe>`.
+    pub subscribe: u32,
+    /// The client's tuning (heartbeat timeout and so on).
+    pub client: ClientOptions,
+    /// Give each price server a status endpoint (`--http`) and each agent a `[health] http`
+    /// check on it (every 100 ms, 3 failures of 200 ms), so a hung server is failed over.
+    pub health_check: bool,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions {
+            servers: 2,
+            instruments: 200,
+            rate: 20_000,
+            subscribe: 50,
+            client: ClientOptions::default(),
+            health_check: false,
+        }
+    }
+}
+
+/// One kill -9 of the active agent, as seen by the client and by the agent that took over.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// The node killed.
+    pub killed: usize,
+    /// The node that took over.
+    pub new_active: usize,
+    /// Highest epoch the client had delivered before the kill.
+    pub old_epoch: u64,
+    /// The new active's epoch.
+    pub new_epoch: u64,
+    /// Kill → first price of a newer epoch delivered to the application.
+    pub stale_ms: f64,
+    /// Kill → every subscribed instrument delivered at the newer epoch (None: not all came back).
+    pub all_back_ms: Option<f64>,
+    /// Subscribed instruments delivered at the newer epoch.
+    pub symbols_back: usize,
+    /// The new active agent's own figure: lock obtained → service told it is active.
+    pub agent_notified_ms: Option<f64>,
+    /// Kill → service told it is active, from the agent's wall-clock detection time (±1 ms).
+    pub kill_to_notified_ms: Option<f64>,
+}
+
+/// The running group. Dropping it stops everything it started (a stopped process is resumed
+/// first, so that it can be told to stop).
+pub struct PriceGroup {
+    /// The `understudy` binary.
+    pub exe: PathBuf,
+    /// The exchange feed's address.
+    pub exchange_addr: SocketAddr,
+    exchange: Option<ChildGuard>,
+    /// The instruments on the exchange.
+    pub instruments: u32,
+    /// Exchange rate.
+    pub rate: u32,
+    /// The agents.
+    pub group: LocalGroup,
+    /// Client address of each node's price server.
+    pub servers: Vec<SocketAddr>,
+    /// What the client delivered to the application.
+    pub recorder: QuoteRecorder,
+    /// The client's subscriptions.
+    pub subscribed: Vec<String>,
+    /// Processes this driver has SIGSTOPped and not yet resumed.
+    stopped: Vec<u32>,
+    // Last: the runtime must outlive the recorder's task (fields drop in order).
+    rt: tokio::runtime::Runtime,
+}
+
+impl PriceGroup {
+    /// Starts the exchange, the agents (the first becomes Hot, the others ready standbys) and
+    /// the client, and waits until the client has a price for every subscription.
+    pub fn start(exe: PathBuf, opts: GroupOptions) -> anyhow::Result<Self> {
+        if opts.servers < 1 || opts.servers > NAMES.len() {
+            bail!("a price group has 1 to {} servers", NAMES.len());
+        }
+        if opts.subscribe > opts.instruments {
+            bail!("cannot subscribe to more instruments than the exchange lists");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        // Our ports stay reserved while the agents' admin ports are chosen, so none collide.
+        let reserved = harness::reserve_addrs(2 * opts.servers + 1)?;
+        let addrs = reserved
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
+        let exchange_addr = addrs[0];
+        let servers = addrs[1..=opts.servers].to_vec();
+        let https = addrs[opts.servers + 1..].to_vec();
+        let names = &NAMES[..opts.servers];
+        let group = local_group(&exe, names, |name| {
+            let i = NAMES.iter().position(|n| *n == name).unwrap_or(0);
+            let mut cmd = harness::price_server_command(&exe, exchange_addr, servers[i]);
+            if opts.health_check {
+                cmd.extend(["--http".to_string(), https[i].to_string()]);
+            }
+            cmd
+        })?;
+        if opts.health_check {
+            for (i, node) in group.nodes.iter().enumerate() {
+                let mut cfg = std::fs::read_to_string(&node.cfg)?;
+                cfg.push_str(&format!(
+                    "\n[health]\nhttp = \"http://{}/health\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nfailures = 3\nstart_period = \"2s\"\n",
+                    https[i]
+                ));
+                std::fs::write(&node.cfg, cfg)?;
+            }
+        }
+        drop(reserved);
+        let exchange = rt
+            .block_on(harness::start_exchange(
+                &exe,
+                exchange_addr,
+                opts.instruments,
+                opts.rate,
+                None,
+            ))
+            .context("starting exchange-sim")?;
+        let subscribed = harness::symbols(opts.subscribe);
+        let recorder = rt.block_on(async {
+            let client = PriceClient::connect(servers.clone(), opts.client.clone())?;
+            client.subscribe(&subscribed);
+            Ok::<_, understudy_pricefeed::Error>(QuoteRecorder::start(client))
+        })?;
+        let mut g = PriceGroup {
+            exe,
+            exchange_addr,
+            exchange: Some(exchange),
+            instruments: opts.instruments,
+            rate: opts.rate,
+            group,
+            servers,
+            recorder,
+            subscribed,
+            stopped: Vec::new(),
+            rt,
+        };
+        g.group.start(0)?;
+        g.group.wait_hot(0).with_context(|| g.log_tail(0))?;
+        g.check_alive(0)?;
+        for i in 1..opts.servers {
+            g.group.start(i)?;
+        }
+        for i in 1..opts.servers {
+            g.group
+                .wait_ready(i)
+                .with_context(|| format!("{}\n{}", g.log_tail(i), g.log_tail(0)))?;
+        }
+        let want = g.subscribed.len();
+        if !g.wait(Duration::from_secs(10), |r| {
+            r.symbols_at_epoch(r.highest_epoch) == want
+        }) {
+            bail!(
+                "the client got prices for only {}/{want} instruments (logs in {})",
+                g.recorded(|r| r.symbols_at_epoch(r.highest_epoch)),
+                g.group.dir.path().display()
+            );
+        }
+        // Every standby has the client's subscriptions once the client is connected to it.
+        for i in 1..opts.servers {
+            g.wait_client_connected(i, 0)?;
+        }
+        Ok(g)
+    }
+
+    /// Sleeps on the group's runtime (the client keeps running meanwhile).
+    pub fn sleep(&self, d: Duration) {
+        // The timer must be created inside the runtime, hence the async block.
+        self.rt.block_on(async move { tokio::time::sleep(d).await });
+    }
+
+    /// Reads what the client has delivered so far.
+    pub fn recorded<T>(&self, f: impl FnOnce(&Recorded) -> T) -> T {
+        self.recorder.with(f)
+    }
+
+    /// Waits until the recorded state satisfies `cond`.
+    pub fn wait(&self, within: Duration, cond: impl Fn(&Recorded) -> bool) -> bool {
+        self.rt.block_on(self.recorder.wait_for(within, cond))
+    }
+
+    /// Runs a future on the group's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// The runtime's handle (to start more clients on it).
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.rt.handle().clone()
+    }
+
+    /// `GET /status` of node `i`.
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        self.group.get(i, "/status")
+    }
+
+    /// The node whose agent is Hot now, if any.
+    pub fn active(&self) -> Option<usize> {
+        (0..self.group.nodes.len()).find(|&i| {
+            self.group.nodes[i].child.is_some()
+                && self.status(i).is_some_and(|v| is_mode(&v, "Hot"))
+        })
+    }
+
+    /// The pid of node `i`'s agent.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.group.nodes[i].child.as_ref().map(|c| c.id())
+    }
+
+    /// The pid of node `i`'s service (the price server), from its agent's /status.
+    pub fn service_pid(&self, i: usize) -> Option<u32> {
+        self.status(i)?
+            .get("service")?
+            .get("pid")?
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// Sends `sig` to `pid`, remembering stopped processes so that they are resumed on drop.
+    pub fn signal(&mut self, pid: u32, sig: Signal) -> anyhow::Result<()> {
+        let raw = i32::try_from(pid).context("pid out of range")?;
+        if sig == Signal::SIGCONT {
+            // Forgotten even if the process is gone: its pid may be reused by then.
+            self.stopped.retain(|p| *p != pid);
+        }
+        kill(Pid::from_raw(raw), sig).with_context(|| format!("kill -{sig} {pid}"))?;
+        if sig == Signal::SIGSTOP {
+            self.stopped.push(pid);
+        }
+        Ok(())
+    }
+
+    /// kill -9 the active agent and measure what follows: first price of a newer epoch, every
+    /// subscription back, and the new active agent's own takeover timeline.
+    pub fn kill_active(&mut self) -> anyhow::Result<Failover> {
+        let killed = self.active().context("no active node to kill")?;
+        let old_epoch = self.recorded(|r| r.highest_epoch);
+        let want = self.subscribed.len();
+        let t0_wall_ms = unix_ms_f64();
+        let t0 = Instant::now();
+        self.group.kill9(killed);
+        if !self.wait(Duration::from_secs(5), |r| {
+            r.first_after(old_epoch).is_some()
+        }) {
+            bail!(
+                "no price with an epoch above {old_epoch} within 5 s of killing node {} (logs in {})",
+                self.group.nodes[killed].name,
+                self.group.dir.path().display()
+            );
+        }
+        self.wait(Duration::from_secs(5), |r| {
+            r.all_back_at(old_epoch, want).is_some()
+        });
+        let (first, symbols_back, all_at) = self.recorded(|r| {
+            (
+                r.first_after(old_epoch).unwrap_or(t0),
+                r.symbols_after(old_epoch).len(),
+                r.all_back_at(old_epoch, want),
+            )
+        });
+        let new_active = self.wait_new_active(old_epoch)?;
+        let new_epoch = self
+            .status(new_active)
+            .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
+            .unwrap_or(0);
+        let (agent_notified_ms, kill_to_notified_ms) =
+            self.takeover(new_active, new_epoch, t0_wall_ms);
+        Ok(Failover {
+            killed,
+            new_active,
+            old_epoch,
+            new_epoch,
+            stale_ms: ms(first.saturating_duration_since(t0)),
+            all_back_ms: all_at.map(|t| ms(t.saturating_duration_since(t0))),
+            symbols_back,
+            agent_notified_ms,
+            kill_to_notified_ms,
+        })
+    }
+
+    fn wait_new_active(&self, old_epoch: u64) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            for i in 0..self.group.nodes.len() {
+                if self.group.nodes[i].child.is_none() {
+                    continue;
+                }
+                if let Some(v) = self.status(i) {
+                    let epoch = v.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0);
+                    if is_mode(&v, "Hot") && epoch > old_epoch {
+                        return Ok(i);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agent is Hot with an epoch above {old_epoch}");
+            }
+            self.sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The agent's own figures for its takeover at `epoch`: detection → service notified, and
+    /// kill → service notified through the agent's wall-clock detection time.
+    fn takeover(&self, i: usize, epoch: u64, t0_wall_ms: f64) -> (Option<f64>, Option<f64>) {
+        let Some(ev) = get_json(&self.group.nodes[i].admin, "/events") else {
+            return (None, None);
+        };
+        let t = ev
+            .get("takeovers")
+            .and_then(|t| t.as_array())
+            .and_then(|ts| {
+                ts.iter()
+                    .rev()
+                    .find(|t| t.get("epoch").and_then(|e| e.as_u64()) == Some(epoch))
+            });
+        let Some(t) = t else { return (None, None) };
+        let notified = t.get("service_notified_ms").and_then(|v| v.as_f64());
+        let detected = t.get("detected_unix_ms").and_then(|v| v.as_f64());
+        let end_to_end = match (detected, notified) {
+            (Some(d), Some(n)) => Some((d + n - t0_wall_ms).max(0.0)),
+            _ => None,
+        };
+        (notified, end_to_end)
+    }
+
+    /// Restarts node `i`'s agent and waits until it is a ready standby and the client has
+    /// reconnected to its price server (which then mirrors the client's subscriptions).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let before = self.recorded(|r| r.connects.get(&self.servers[i]).copied().unwrap_or(0));
+        self.group.start(i)?;
+        self.group.wait_ready(i).with_context(|| self.log_tail(i))?;
+        self.wait_client_connected(i, before)
+    }
+
+    /// Waits until the client has connected to node `i`'s server more than `before` times, then
+    /// a little longer so that its subscriptions are registered there.
+    fn wait_client_connected(&self, i: usize, before: u64) -> anyhow::Result<()> {
+        let addr = self.servers[i];
+        if !self.wait(Duration::from_secs(10), |r| {
+            r.connects.get(&addr).copied().unwrap_or(0) > before
+        }) {
+            bail!(
+                "the client never connected to {addr} (node {})",
+                self.group.nodes[i].name
+            );
+        }
+        self.sleep(Duration::from_millis(100));
+        Ok(())
+    }
+
+    /// Stops the exchange (kill -9: every price server loses its upstream), waits `down`, and
+    /// starts a new one on the same address.
+    pub fn restart_exchange(&mut self, down: Duration) -> anyhow::Result<()> {
+        if let Some(mut ex) = self.exchange.take() {
+            ex.kill();
+        }
+        self.sleep(down);
+        let ex = self
+            .rt
+            .block_on(harness::start_exchange(
+                &self.exe,
+                self.exchange_addr,
+                self.instruments,
+                self.rate,
+                None,
+            ))
+            .context("restarting exchange-sim")?;
+        self.exchange = Some(ex);
+        Ok(())
+    }
+
+    /// Fails if node `i`'s agent has exited (e.g. its admin port was taken meanwhile: another
+    /// agent may then answer on that address).
+    fn check_alive(&mut self, i: usize) -> anyhow::Result<()> {
+        let exited = match self.group.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            Some(Ok(None)) => None,
+            Some(Err(e)) => Some(e.to_string()),
+            None => Some("not started".into()),
+        };
+        match exited {
+            Some(how) => bail!(
+                "agent {} exited ({how}); {}",
+                self.group.nodes[i].name,
+                self.log_tail(i)
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// The end of node `i`'s log (agent and price server), for error messages: the directory
+    /// is removed when the group is dropped.
+    pub fn log_tail(&self, i: usize) -> String {
+        let path = self.dir().join(format!("{}.out", self.group.nodes[i].name));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        format!(
+            "last lines of node {}'s log:\n{tail}",
+            self.group.nodes[i].name
+        )
+    }
+
+    /// The directory with the configs and the agents' logs.
+    pub fn dir(&self) -> &std::path::Path {
+        self.group.dir.path()
+    }
+}
+
+impl Drop for PriceGroup {
+    fn drop(&mut self) {
+        // A stopped process cannot act on SIGTERM, and LocalGroup waits for its agents to exit.
+        for pid in std::mem::take(&mut self.stopped) {
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(raw), Signal::SIGCONT);
+            }
+        }
+        self.group.stop_all();
+    }
+}
+
+/// A [`LocalGroup`] whose nodes have distinct admin addresses. LocalGroup picks each port by
+/// binding port 0 and releasing it, and the kernel may hand the same port out twice in a row;
+/// a group with a duplicate is thrown away and made again.
+fn local_group(
+    exe: &std::path::Path,
+    names: &[&str],
+    command: impl Fn(&str) -> Vec<String>,
+) -> anyhow::Result<LocalGroup> {
+    for _ in 0..20 {
+        let g = LocalGroup::new(exe.to_path_buf(), names, "hot", &command)?;
+        let mut admins: Vec<&str> = g.nodes.iter().map(|n| n.admin.as_str()).collect();
+        admins.sort_unstable();
+        admins.dedup();
+        if admins.len() == g.nodes.len() {
+            return Ok(g);
+        }
+    }
+    bail!("could not find distinct free admin ports for the agents")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn unix_ms_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
+}
