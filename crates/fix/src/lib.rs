@@ -18,6 +18,7 @@
 //! * [`exchange_sim`]: a FIX exchange simulator (acceptor) that acknowledges, fills, cancels
 //!   and replaces orders.
 //! * [`gateway`]: the FIX gateway: configuration, routing rules, the persisted order map.
+//! * [`quickfix`]: builds the QuickFIX/C++ counterparties of the tests and benchmarks.
 
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod codec;
 pub mod engine;
 pub mod exchange_sim;
 pub mod gateway;
+pub mod quickfix;
 pub mod session;
 pub mod store;
 pub mod tags;
