@@ -62,8 +62,13 @@ impl LocalGroup {
         let dir = tempfile::Builder::new().prefix("understudy-").tempdir()?;
         let lock = dir.path().join("group.lock");
         let mut nodes = Vec::new();
+        // Hold every port until all are chosen: a port released at once could be handed to the
+        // next node of the same group.
+        let mut held = Vec::new();
         for name in names {
-            let admin = format!("127.0.0.1:{}", free_port()?);
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let admin = l.local_addr()?.to_string();
+            held.push(l);
             let cfg = dir.path().join(format!("{name}.toml"));
             let cmd = command(name);
             std::fs::write(

@@ -380,14 +380,3 @@ impl QuoteRecorder {
 pub fn age_ns(exch_time_ns: u64) -> u64 {
     unix_ns().saturating_sub(exch_time_ns)
 }
-
-/// p50, p99 and max of a sample (same units as the sample); NaN when it is empty.
-pub fn percentiles(xs: &[f64]) -> (f64, f64, f64) {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
-    (at(0.5), at(0.99), v[v.len() - 1])
-}

@@ -14,6 +14,7 @@ use clap::Subcommand;
 
 use crate::demo_service::mono_ns;
 use understudy_control::local::{receive, LocalGroup};
+use understudy_control::percentiles;
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
@@ -103,17 +104,6 @@ fn lock_blocking(path: &Path) -> anyhow::Result<std::fs::File> {
             Err(e) => bail!("cannot lock {}: {e}", path.display()),
         }
     }
-}
-
-/// p50, p99, max of a sample, in milliseconds.
-pub fn percentiles(xs: &[f64]) -> (f64, f64, f64) {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
-    (at(0.5), at(0.99), v[v.len() - 1])
 }
 
 fn kill9(child: &mut Child) {

@@ -371,14 +371,6 @@ async fn fills(c: &mut understudy_fix::client::Client, n: usize) -> anyhow::Resu
         .context("timed out waiting for fills")?
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// One-at-a-time latencies (µs, sorted) and the pipelined burst's duration (s) of `runs`
 /// market orders sent by a client BENCH to `target` at `connect`.
 struct Measured {
@@ -427,8 +419,8 @@ async fn measure(connect: SocketAddr, target: &str, runs: usize) -> anyhow::Resu
 fn print_measured(name: &str, m: &Measured, runs: usize) {
     println!(
         "  {name:<40} one at a time µs p50 {:>6.0}  p99 {:>6.0}  max {:>6.0}   pipelined {:>6.0} orders/s",
-        pct(&m.lat, 0.5),
-        pct(&m.lat, 0.99),
+        understudy_control::percentile(&m.lat, 0.5),
+        understudy_control::percentile(&m.lat, 0.99),
         m.lat.last().copied().unwrap_or(f64::NAN),
         runs as f64 / m.burst_s
     );
@@ -533,7 +525,7 @@ async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     match (&qf, &quickfix) {
         (Some(q), _) => {
             print_measured("client → QuickFIX/C++ acceptor", q, a.runs);
-            let p50 = |m: &Measured| pct(&m.lat, 0.5);
+            let p50 = |m: &Measured| understudy_control::percentile(&m.lat, 0.5);
             let rate = |m: &Measured| a.runs as f64 / m.burst_s;
             println!(
                 "  ratios (p50 latency, orders/s): gateway path / QuickFIX acceptor {:.2}× latency, {:.2}× throughput",
@@ -949,8 +941,8 @@ fn summary(name: &str, v: &mut [f64]) -> String {
     v.sort_by(f64::total_cmp);
     format!(
         "{name:<44} p50 {:>7.1}  p99 {:>7.1}  max {:>7.1} ms",
-        pct(v, 0.5),
-        pct(v, 0.99),
+        understudy_control::percentile(v, 0.5),
+        understudy_control::percentile(v, 0.99),
         v.last().copied().unwrap_or(f64::NAN)
     )
 }

@@ -12,7 +12,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use understudy_pricefeed::fanout::{self, FanoutConfig, FanoutRun};
-use understudy_pricefeed::harness::{self, percentiles};
+use understudy_control::percentiles;
+use understudy_pricefeed::harness;
 
 use crate::{init_logging, runtime};
 use group::{Failover, GroupOptions, PriceGroup};
