@@ -14,6 +14,13 @@
 //! Store writes (fsync) run on the loop itself: a session must not send before its store
 //! write returns, so there is nothing useful to overlap them with inside one session, and
 //! a gateway has few sessions.
+//!
+//! # Session schedules
+//!
+//! A session whose [`crate::schedule::SessionSchedule`] is closed does not connect
+//! (initiator; the tick starts connecting when it opens) and refuses a Logon by closing the
+//! connection (acceptor). A logged-on session is logged out at the end of its period, and
+//! its store is reset into the next period when that starts (see [`Session::on_timer`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -222,6 +229,8 @@ enum NetEvent {
     },
     Data(u64, Vec<u8>),
     Closed(u64),
+    /// An initiator stopped trying to connect: its schedule closed.
+    ConnectPaused(usize),
 }
 
 struct Conn {
@@ -246,6 +255,8 @@ struct SlotState<S: SessionStore> {
     connecting: bool,
     next_addr: usize,
     logged_on: bool,
+    /// Initiator: not connecting because its schedule is closed; the tick starts it again.
+    waiting_schedule: bool,
 }
 
 /// The event loop. See the module documentation.
@@ -279,6 +290,7 @@ impl<S: SessionStore> Engine<S> {
                     connecting: false,
                     next_addr: 0,
                     logged_on: false,
+                    waiting_schedule: false,
                 })
                 .collect(),
             listener,
@@ -415,7 +427,18 @@ impl<S: SessionStore> Engine<S> {
         {
             return;
         }
+        if !st.slot.session.schedule_open(SystemTime::now()) {
+            if !st.waiting_schedule {
+                tracing::info!(session = %st.slot.name,
+                    schedule = %st.slot.session.config().schedule,
+                    "outside the session schedule: not connecting until it opens");
+            }
+            st.waiting_schedule = true;
+            return;
+        }
+        st.waiting_schedule = false;
         st.connecting = true;
+        let schedule = st.slot.session.config().schedule.clone();
         let addrs = st.slot.connect.clone();
         let start = st.next_addr % addrs.len();
         let interval = st.slot.reconnect_interval;
@@ -425,6 +448,10 @@ impl<S: SessionStore> Engine<S> {
             tokio::time::sleep(delay).await;
             let mut k = start;
             loop {
+                if !schedule.is_open(chrono::DateTime::<chrono::Utc>::from(SystemTime::now())) {
+                    let _ = tx.send(NetEvent::ConnectPaused(i));
+                    return;
+                }
                 for _ in 0..addrs.len() {
                     let addr = addrs[k % addrs.len()];
                     k = (k + 1) % addrs.len();
@@ -527,6 +554,13 @@ impl<S: SessionStore> Engine<S> {
                 self.flush(app, slot)
             }
             NetEvent::Data(id, data) => self.on_data(app, id, &data),
+            NetEvent::ConnectPaused(i) => {
+                if let Some(st) = self.slots.get_mut(i) {
+                    st.connecting = false;
+                }
+                self.start_connect(i, Duration::ZERO);
+                Ok(())
+            }
             NetEvent::Closed(id) => {
                 let Some(conn) = self.conns.remove(&id) else {
                     return Ok(());
@@ -659,6 +693,7 @@ impl<S: SessionStore> Engine<S> {
             connecting: false,
             next_addr: 0,
             logged_on: false,
+            waiting_schedule: false,
         });
         Some(self.slots.len() - 1)
     }
@@ -666,6 +701,9 @@ impl<S: SessionStore> Engine<S> {
     fn on_tick<A: Application>(&mut self, app: &mut A) -> Result<(), EngineError> {
         let now = SystemTime::now();
         for i in 0..self.slots.len() {
+            if self.slots[i].waiting_schedule && self.slots[i].slot.session.schedule_open(now) {
+                self.start_connect(i, Duration::ZERO);
+            }
             let s = &mut self.slots[i].slot.session;
             // A fence check on every tick stops an idle stale replica within one tick of a
             // newer claim, not only at its next write.

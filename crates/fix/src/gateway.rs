@@ -25,6 +25,7 @@ use thiserror::Error;
 use crate::codec::{parse, Message};
 use crate::engine::{Application, LogonInfo, Outbox, SessionSlot};
 use crate::exchange_sim::{missing_required, put, put_str, tag};
+use crate::schedule::{ScheduleSpec, SessionSchedule};
 use crate::session::{AppMessage, Role, Session, SessionConfig};
 use crate::store::{Deferred, FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
 use crate::tags::{self, BeginString, SessionRejectReason};
@@ -74,6 +75,7 @@ struct RawGateway {
 #[serde(deny_unknown_fields)]
 struct RawClient {
     comp_id: String,
+    schedule: Option<ScheduleSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +88,7 @@ struct RawUpstream {
     begin_string: Option<String>,
     heartbeat_interval: Option<String>,
     reconnect_interval: Option<String>,
+    schedule: Option<ScheduleSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +123,8 @@ pub struct GatewayConfig {
     pub max_latency: Option<Duration>,
     /// Client sessions, by the client's CompID.
     pub clients: Vec<String>,
+    /// The schedule of each client session, in the order of `clients`.
+    pub client_schedules: Vec<SessionSchedule>,
     /// Upstream sessions.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routing rules, first match wins.
@@ -143,6 +148,8 @@ pub struct UpstreamConfig {
     pub heartbeat_interval: Duration,
     /// Pause after every address refused.
     pub reconnect_interval: Duration,
+    /// When the session runs (default: always).
+    pub schedule: SessionSchedule,
 }
 
 /// A routing rule; every condition given must hold.
@@ -175,6 +182,15 @@ fn duration(
                 format!("{s:?} is not a duration ({e}); use e.g. \"30s\" or \"250ms\""),
             )
         }),
+    }
+}
+
+fn schedule(key: &str, v: Option<&ScheduleSpec>) -> Result<SessionSchedule, (String, String)> {
+    match v {
+        None => Ok(SessionSchedule::Always),
+        Some(spec) => {
+            SessionSchedule::try_from(spec).map_err(|e| (format!("{key}.{}", e.field), e.reason))
+        }
     }
 }
 
@@ -289,7 +305,12 @@ impl GatewayConfig {
             ));
         }
         let mut clients = Vec::new();
+        let mut client_schedules = Vec::new();
         for (i, c) in raw.client.iter().enumerate() {
+            client_schedules.push(schedule(
+                &format!("client[{i}].schedule"),
+                c.schedule.as_ref(),
+            )?);
             let key = format!("client[{i}].comp_id");
             if !comp_id_ok(&c.comp_id) {
                 return Err((key, format!("{:?}: a CompID must be non-empty printable ASCII without spaces or '{CL_ORD_ID_SEP}'", c.comp_id)));
@@ -358,6 +379,7 @@ impl GatewayConfig {
                     u.reconnect_interval.as_ref(),
                     Duration::from_secs(1),
                 )?,
+                schedule: schedule(&k("schedule"), u.schedule.as_ref())?,
             });
         }
         let known = |n: &str| upstreams.iter().any(|u| u.name == n);
@@ -410,6 +432,7 @@ impl GatewayConfig {
             logon_timeout,
             max_latency,
             clients,
+            client_schedules,
             upstreams,
             routes,
         })
@@ -506,13 +529,14 @@ impl Gateway {
         };
         let mut slots = Vec::new();
         let mut client_index = HashMap::new();
-        for c in &cfg.clients {
+        for (c, sched) in cfg.clients.iter().zip(&cfg.client_schedules) {
             let sid = SessionId::new(cfg.begin_string, &cfg.comp_id, c);
             let store = open(&sid, c)?;
             log_recovery(c, &store);
             let mut sc = SessionConfig::new(cfg.begin_string, &cfg.comp_id, c, Role::Acceptor);
             sc.logon_timeout = cfg.logon_timeout;
             sc.max_latency = cfg.max_latency;
+            sc.schedule = sched.clone();
             let session = Session::new(sc, Deferred::new(store))
                 .map_err(|_| GatewayError::Session(c.clone()))?;
             client_index.insert(c.clone(), slots.len());
@@ -532,6 +556,7 @@ impl Gateway {
             sc.heartbeat_interval = u.heartbeat_interval;
             sc.logon_timeout = cfg.logon_timeout;
             sc.max_latency = cfg.max_latency;
+            sc.schedule = u.schedule.clone();
             let session = Session::new(sc, Deferred::new(store))
                 .map_err(|_| GatewayError::Session(u.name.clone()))?;
             let mut slot = SessionSlot::new(&u.name, session);
@@ -807,6 +832,7 @@ fn log_recovery(name: &str, store: &FileStore) {
         session = name,
         next_sender = store.next_sender_seq(),
         next_target = store.next_target_seq(),
+        period_start = ?store.period(),
         segments = ?r.segments,
         "session store opened"
     );

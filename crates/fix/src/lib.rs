@@ -11,6 +11,8 @@
 //!   ([`codec::parse`] → [`codec::Message`]), header validation and [`codec::MessageBuilder`].
 //! * [`store`]: the [`store::SessionStore`] trait, an in-memory store for tests and the fenced,
 //!   append-only [`store::FileStore`] kept in a directory the group shares.
+//! * [`schedule`]: session schedules (daily, weekly, in a time zone) as pure functions of
+//!   an instant: open or not, which session period, next change.
 //! * [`session`]: the sans-IO session state machine ([`session::Session`]): bytes and timer
 //!   ticks in, frames to send and events out.
 //! * [`engine`]: the tokio transport — one loop driving every session of a process over TCP,
@@ -28,6 +30,7 @@ pub mod engine;
 pub mod exchange_sim;
 pub mod gateway;
 pub mod quickfix;
+pub mod schedule;
 pub mod session;
 pub mod store;
 pub mod tags;

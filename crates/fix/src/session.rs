@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use thiserror::Error;
 
 use crate::codec::{parse, EncodeError, Garbled, Header, Message, MessageBuilder, ParseError};
+use crate::schedule::SessionSchedule;
 use crate::store::{SessionStore, StoreError};
 use crate::tags::{self, msg_type, BeginString, SessionRejectReason, SOH};
 
@@ -53,6 +54,9 @@ pub struct SessionConfig {
     /// Largest accepted difference between SendingTime and our clock; `None` disables the
     /// check (SessionRejectReason 10 otherwise).
     pub max_latency: Option<Duration>,
+    /// When the session may be logged on, and the periods its sequence numbers belong to
+    /// (default: always, never reset). See [`Session::on_timer`].
+    pub schedule: SessionSchedule,
 }
 
 impl SessionConfig {
@@ -69,6 +73,7 @@ impl SessionConfig {
             logon_timeout: Duration::from_secs(10),
             logout_timeout: Duration::from_secs(10),
             max_latency: Some(Duration::from_secs(120)),
+            schedule: SessionSchedule::Always,
         }
     }
 }
@@ -116,6 +121,9 @@ pub enum DisconnectReason {
     },
     /// The counterparty broke the session protocol (text says how).
     Protocol(String),
+    /// Outside the session schedule: a Logon arrived (acceptor) or the connection came up
+    /// (initiator) while the schedule is closed. Nothing is sent.
+    OutsideSchedule,
     /// The store refused a write; `fenced` when a newer active owns it.
     Store {
         /// A newer epoch claimed the store: this replica must stop.
@@ -128,6 +136,12 @@ pub enum DisconnectReason {
 /// Something the session reports that is not a frame to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
+    /// A new session period began: both sequence numbers were reset to 1 and the stored
+    /// messages of the previous period forgotten. `start`: the period's start, Unix seconds.
+    NewPeriod {
+        /// Start of the period.
+        start: i64,
+    },
     /// Logon completed.
     LoggedOn {
         /// Both sequences were reset to 1 by ResetSeqNumFlag.
@@ -333,7 +347,14 @@ impl<S: SessionStore> Session<S> {
         match self.config.role {
             Role::Acceptor => self.set_state(State::AwaitingLogon, now),
             Role::Initiator => {
+                if !self.schedule_open(now) {
+                    self.disconnect(DisconnectReason::OutsideSchedule, now);
+                    return;
+                }
                 self.set_state(State::LogonSent, now);
+                if self.ensure_period(now).is_err() {
+                    return;
+                }
                 if self.config.reset_on_logon {
                     if let Err(e) = self.store.reset() {
                         self.store_failed(&e);
@@ -481,6 +502,35 @@ impl<S: SessionStore> Session<S> {
             .push_uint(tags::MSG_SEQ_NUM, seq)
             .push_time(tags::SENDING_TIME, now);
         b
+    }
+
+    /// Whether the schedule allows a Logon at `now`.
+    pub fn schedule_open(&self, now: SystemTime) -> bool {
+        self.config
+            .schedule
+            .is_open(chrono::DateTime::<chrono::Utc>::from(now))
+    }
+
+    /// Resets the store into the current session period if it belongs to an older one.
+    fn ensure_period(&mut self, now: SystemTime) -> Step {
+        let t = chrono::DateTime::<chrono::Utc>::from(now);
+        let Some(id) = self.config.schedule.session_id_secs(t) else {
+            return Ok(());
+        };
+        if self.store.period() == Some(id) {
+            return Ok(());
+        }
+        if let Err(e) = self.store.reset_for_period(id) {
+            self.store_failed(&e);
+            return Err(Stop::Ended);
+        }
+        self.queue.clear();
+        self.resend_until = None;
+        tracing::info!(counterparty = %self.config.target_comp_id, period_start = id,
+            "new session period: sequence numbers reset to 1");
+        self.out
+            .push_back(Action::Event(SessionEvent::NewPeriod { start: id }));
+        Ok(())
     }
 
     fn store_failed(&mut self, e: &StoreError) {
@@ -842,6 +892,15 @@ impl<S: SessionStore> Session<S> {
 
     fn on_logon(&mut self, msg: &Message<'_>, header: &Header<'_>, now: SystemTime) -> Step {
         let protocol = |text: &str| DisconnectReason::Protocol(text.to_owned());
+        if self.config.role == Role::Acceptor {
+            if !self.schedule_open(now) {
+                tracing::warn!(counterparty = %self.config.target_comp_id,
+                    schedule = %self.config.schedule, "Logon outside the session schedule refused");
+                self.disconnect(DisconnectReason::OutsideSchedule, now);
+                return Err(Stop::Ended);
+            }
+            self.ensure_period(now)?;
+        }
         let hb = match msg.get_uint(tags::HEART_BT_INT) {
             Ok(Some(hb)) => hb,
             _ => {
@@ -1187,7 +1246,39 @@ impl<S: SessionStore> Session<S> {
 
     /// Timer tick: heartbeats, test requests and the logon, logout and heartbeat timeouts.
     /// Call it at least every second (or every `heartbeat_interval / 10`).
+    ///
+    /// With a [`SessionSchedule`]: a logged-on session whose schedule has closed (or whose
+    /// period has ended, for a 24-hour schedule) sends Logout ("End of session"); one still
+    /// waiting for a Logon is disconnected; a disconnected one entering a new period resets
+    /// its store to that period ([`SessionStore::reset_for_period`], event
+    /// [`SessionEvent::NewPeriod`]).
     pub fn on_timer(&mut self, now: SystemTime) {
+        if !matches!(self.config.schedule, SessionSchedule::Always) {
+            let t = chrono::DateTime::<chrono::Utc>::from(now);
+            let open = self.config.schedule.is_open(t);
+            let stale = self
+                .config
+                .schedule
+                .session_id_secs(t)
+                .is_some_and(|id| self.store.period() != Some(id));
+            match self.state {
+                State::Disconnected if open && stale => {
+                    let _ = self.ensure_period(now);
+                    return;
+                }
+                State::AwaitingLogon | State::LogonSent if !open || stale => {
+                    self.disconnect(DisconnectReason::OutsideSchedule, now);
+                    return;
+                }
+                State::Active if !open || stale => {
+                    tracing::info!(counterparty = %self.config.target_comp_id,
+                        "end of the session period: logging out");
+                    self.logout(Some("End of session"), now);
+                    return;
+                }
+                _ => {}
+            }
+        }
         match self.state {
             State::Disconnected => {}
             State::AwaitingLogon | State::LogonSent => {

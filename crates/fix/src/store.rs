@@ -122,8 +122,18 @@ pub trait SessionStore {
     fn save_sent(&mut self, seq: u64, frame: &[u8]) -> Result<(), StoreError>;
     /// Stored application messages with `begin <= seq <= end`, in order.
     fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
-    /// Both sequence numbers back to 1 and every stored message forgotten.
+    /// Both sequence numbers back to 1 and every stored message forgotten (the session
+    /// period, see [`period`](Self::period), is kept).
     fn reset(&mut self) -> Result<(), StoreError>;
+    /// The session period the stored state belongs to: the start of the period (seconds
+    /// since the Unix epoch, see [`crate::schedule`]) recorded by the last
+    /// [`reset_for_period`](Self::reset_for_period), `None` if there was none.
+    fn period(&self) -> Option<i64>;
+    /// Like [`reset`](Self::reset), and records that the store now belongs to the period
+    /// starting at `start` — as one write, so a crash leaves either the old period with its
+    /// numbers or the new one from 1, and a successor opening the store (failover) sees the
+    /// new period and does not reset again. Fenced like every write.
+    fn reset_for_period(&mut self, start: i64) -> Result<(), StoreError>;
     /// Refuses with [`StoreError::Fenced`] when a newer writer owns the store. Stores that
     /// are not shared have nobody to be fenced by.
     fn check_fence(&mut self) -> Result<(), StoreError> {
@@ -145,6 +155,7 @@ pub struct MemoryStore {
     next_sender: u64,
     next_target: u64,
     sent: BTreeMap<u64, Vec<u8>>,
+    period: Option<i64>,
 }
 
 impl Default for MemoryStore {
@@ -153,6 +164,7 @@ impl Default for MemoryStore {
             next_sender: 1,
             next_target: 1,
             sent: BTreeMap::new(),
+            period: None,
         }
     }
 }
@@ -195,7 +207,17 @@ impl SessionStore for MemoryStore {
             .collect())
     }
     fn reset(&mut self) -> Result<(), StoreError> {
+        let period = self.period;
         *self = MemoryStore::default();
+        self.period = period;
+        Ok(())
+    }
+    fn period(&self) -> Option<i64> {
+        self.period
+    }
+    fn reset_for_period(&mut self, start: i64) -> Result<(), StoreError> {
+        *self = MemoryStore::default();
+        self.period = Some(start);
         Ok(())
     }
 }
@@ -252,6 +274,13 @@ impl<S: SessionStore> SessionStore for Deferred<S> {
     fn reset(&mut self) -> Result<(), StoreError> {
         self.pending_target = None;
         self.inner.reset()
+    }
+    fn period(&self) -> Option<i64> {
+        self.inner.period()
+    }
+    fn reset_for_period(&mut self, start: i64) -> Result<(), StoreError> {
+        self.pending_target = None;
+        self.inner.reset_for_period(start)
     }
     fn check_fence(&mut self) -> Result<(), StoreError> {
         self.inner.check_fence()

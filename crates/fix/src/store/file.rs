@@ -14,6 +14,11 @@
 //! tail that would silently drop the records after it). The first record of a segment is a
 //! claim listing, for every older segment, the length up to which it counts ("seals").
 //!
+//! Record kinds: 1 claim, 2 next sender seq, 3 next target seq, 4 sent message (seq +
+//! frame), 5 reset (sequence numbers to 1, messages forgotten, period kept), 6 reset into a
+//! new session period (payload: the period's start, `i64` Unix seconds; see
+//! [`crate::schedule`]).
+//!
 //! # Why one segment per epoch
 //!
 //! A writer never writes, truncates or repairs a file that another epoch writes. A former
@@ -89,6 +94,9 @@ const KIND_NEXT_SENDER: u8 = 2;
 const KIND_NEXT_TARGET: u8 = 3;
 const KIND_SENT: u8 = 4;
 const KIND_RESET: u8 = 5;
+/// A reset that also records the session period (`i64` LE, the period's start in Unix
+/// seconds) the store belongs to from now on.
+const KIND_PERIOD: u8 = 6;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
@@ -294,6 +302,7 @@ struct State {
     next_sender: u64,
     next_target: u64,
     sent: BTreeMap<u64, Loc>,
+    period: Option<i64>,
 }
 
 impl Default for State {
@@ -302,6 +311,7 @@ impl Default for State {
             next_sender: 1,
             next_target: 1,
             sent: BTreeMap::new(),
+            period: None,
         }
     }
 }
@@ -338,7 +348,16 @@ impl State {
                 );
                 self.next_sender = seq.saturating_add(1);
             }
-            KIND_RESET => *self = State::default(),
+            KIND_RESET => {
+                let period = self.period;
+                *self = State::default();
+                self.period = period;
+            }
+            KIND_PERIOD => {
+                need(8)?;
+                *self = State::default();
+                self.period = Some(u64_at(rec.payload, 0) as i64);
+            }
             k => return Err(format!("unknown record kind {k}")),
         }
         Ok(())
@@ -796,7 +815,20 @@ impl SessionStore for FileStore {
 
     fn reset(&mut self) -> Result<(), StoreError> {
         self.append(KIND_RESET, &[])?;
+        let period = self.state.period;
         self.state = State::default();
+        self.state.period = period;
+        Ok(())
+    }
+
+    fn period(&self) -> Option<i64> {
+        self.state.period
+    }
+
+    fn reset_for_period(&mut self, start: i64) -> Result<(), StoreError> {
+        self.append(KIND_PERIOD, &start.to_le_bytes())?;
+        self.state = State::default();
+        self.state.period = Some(start);
         Ok(())
     }
 
