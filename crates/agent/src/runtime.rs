@@ -303,7 +303,9 @@ fn pid_alive(pid: u32) -> bool {
         match k {
             "State" => alive &= !(v.starts_with('Z') || v.starts_with('X')),
             "SigPnd" | "ShdPnd" => {
-                alive &= u64::from_str_radix(v, 16).map(|m| m & kill_bit == 0).unwrap_or(true)
+                alive &= u64::from_str_radix(v, 16)
+                    .map(|m| m & kill_bit == 0)
+                    .unwrap_or(true)
             }
             _ => {}
         }

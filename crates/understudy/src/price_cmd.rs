@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
-use understudy_pricefeed::fanout::{self, FanoutConfig, FanoutRun};
 use understudy_control::percentiles;
+use understudy_pricefeed::fanout::{self, FanoutConfig, FanoutRun};
 use understudy_pricefeed::harness;
 
 use crate::{init_logging, runtime};
