@@ -71,6 +71,9 @@ pub struct ServiceStatus {
     pub command: Vec<String>,
     /// True when the health check passes (or there is none).
     pub healthy: bool,
+    /// What the service said about itself in its last passing HTTP health check (JSON when it
+    /// answered JSON).
+    pub detail: Option<serde_json::Value>,
 }
 
 /// `GET /status`.
@@ -210,6 +213,7 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         deferred: None,
         pending_start: None,
         awaiting: None,
+        service_detail: None,
     };
     info!(
         node = %cfg.node.name, group = %cfg.node.group, admin = %cfg.node.admin,
@@ -245,6 +249,7 @@ fn initial_status(cfg: &Config) -> StatusView {
             standby: format!("{:?}", cfg.service.standby).to_lowercase(),
             command: cfg.service.command.clone(),
             healthy: cfg.health.is_none(),
+            detail: None,
         },
     }
 }
@@ -271,6 +276,8 @@ struct Runtime {
     /// A grant held back until the services of the previous holders are gone (see
     /// [`Runtime::live_holder_services`]): the heartbeat it carried and the pids to wait for.
     awaiting: Option<(HeartbeatReading, Vec<(u32, String)>)>,
+    /// The running service's last self-report (see [`ServiceStatus::detail`]).
+    service_detail: Option<serde_json::Value>,
 }
 
 /// True while `pid` runs (not a zombie) with `UNDERSTUDY_NODE=node` and `UNDERSTUDY_GROUP=group`
@@ -477,6 +484,7 @@ impl Runtime {
                     return;
                 }
                 self.pending_start = None;
+                self.service_detail = None;
                 if let Some(h) = self.health.take() {
                     h.abort();
                 }
@@ -573,7 +581,17 @@ impl Runtime {
                 warn!("health check failing ({consecutive} in a row): {reason}");
             }
             HealthEvent::Failed { generation, reason } if generation == gen => {
+                self.service_detail = None;
                 self.feed(Input::HealthFailed { reason })
+            }
+            HealthEvent::Report { generation, body } if generation == gen => {
+                let detail = serde_json::from_str(&body)
+                    .unwrap_or(serde_json::Value::String(body.trim().to_string()));
+                if self.service_detail.as_ref() != Some(&detail) {
+                    self.service_detail = Some(detail);
+                    self.publish_status();
+                    self.advertise(false);
+                }
             }
             _ => {}
         }
@@ -937,6 +955,7 @@ impl Runtime {
                 standby: format!("{:?}", cfg.service.standby).to_lowercase(),
                 command: cfg.service.command.clone(),
                 healthy: snap.healthy,
+                detail: self.service_detail.clone(),
             },
         };
         match self.shared.status.write() {
@@ -964,6 +983,7 @@ impl Runtime {
             pid: s.service.pid,
             agent_pid: s.agent_pid,
             waiting: s.waiting.clone(),
+            detail: s.service.detail.as_ref().map(one_line),
         };
         let changed = match &self.last_record {
             Some(last) => {
@@ -990,6 +1010,27 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// A service's self-report on one line for the membership record: the scalar fields of a JSON
+/// object as `key=value`, or the text itself, cut to 200 characters.
+fn one_line(v: &serde_json::Value) -> String {
+    let text = match v {
+        serde_json::Value::Object(o) => o
+            .iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some(format!("{k}={s}")),
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                    Some(format!("{k}={v}"))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        serde_json::Value::String(s) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    };
+    text.chars().take(200).collect()
 }
 
 fn view(r: HeartbeatReading) -> HeartbeatView {

@@ -258,6 +258,11 @@ pub fn render_group(group: &Value) -> String {
                 line.push_str(&format!("\n{:<12} └ {w}", ""));
             }
         }
+        if is_fresh {
+            if let Some(d) = m.get("detail").and_then(Value::as_str) {
+                line.push_str(&format!("\n{:<12} └ service: {d}", ""));
+            }
+        }
         out.push_str(&line);
         out.push('\n');
     }
@@ -338,7 +343,13 @@ mod tests {
                    "last_seen_unix_ms": now, "service": "running", "pid": 42, "admin": "127.0.0.1:1",
                    "fresh": true, "ready": true, "waiting": "waiting for the group lock"})
         };
-        let one = render_group(&json!({"group": "g", "members": [m("a", "Hot"), m("b", "Warm")]}));
+        let mut b = m("b", "Warm");
+        b["detail"] = json!("role=standby upstream_connected=true subscriptions=50");
+        let one = render_group(&json!({"group": "g", "members": [m("a", "Hot"), b]}));
+        assert!(
+            one.contains("service: role=standby upstream_connected=true subscriptions=50"),
+            "{one}"
+        );
         assert!(one.contains("active a (epoch 3"), "{one}");
         assert!(one.contains("ready"), "{one}");
         let two = render_group(&json!({"group": "g", "members": [m("a", "Hot"), m("b", "Hot")]}));

@@ -43,6 +43,9 @@ pub struct MemberRecord {
     pub agent_pid: u32,
     /// Why a Warm node is not Hot, in words.
     pub waiting: Option<String>,
+    /// What the service says about itself (its HTTP health answer, on one line), if anything.
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// The membership directory of a group.

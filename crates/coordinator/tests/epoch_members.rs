@@ -23,6 +23,7 @@ fn rec(node: &str, epoch: u64) -> MemberRecord {
         pid: Some(42),
         agent_pid: 41,
         waiting: None,
+        detail: None,
     }
 }
 

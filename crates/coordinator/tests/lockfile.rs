@@ -496,6 +496,7 @@ async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
         pid: None,
         agent_pid: 1,
         waiting: None,
+        detail: None,
     };
     let members = b.members();
     members.ensure_dir().unwrap();

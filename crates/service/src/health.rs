@@ -57,6 +57,15 @@ pub enum HealthEvent {
         /// Why the last check failed.
         reason: String,
     },
+    /// An HTTP check passed and the service said this about itself (the response body, at most
+    /// 4 KiB). Sent after every passing HTTP check, so the agent can show the service's own
+    /// status next to its own.
+    Report {
+        /// The service generation being checked.
+        generation: u64,
+        /// The response body.
+        body: String,
+    },
     /// The check failed `failures` times in a row. Sent once, until the service recovers.
     Failed {
         /// The service generation being checked.
@@ -164,15 +173,20 @@ async fn run(
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let mut report = None;
         let result = match (&cfg.check, &client) {
             (HealthCheck::Command(argv), _) => check_command(argv, &env, cfg.timeout).await,
             (HealthCheck::Http(url), Some(Ok(client))) => {
-                check_http(client, url, cfg.timeout).await
+                check_http(client, url, cfg.timeout).await.map(|body| {
+                    report = Some(body);
+                })
             }
             (HealthCheck::Http(_), Some(Err(e))) => Err(e.clone()),
             (HealthCheck::Http(_), None) => Err("no HTTP client".to_owned()),
         };
-        if let Some(event) = tracker.record(result, Instant::now()) {
+        let change = tracker.record(result, Instant::now());
+        let report = report.map(|body| HealthEvent::Report { generation, body });
+        for event in change.into_iter().chain(report) {
             tracing::debug!(?event, "health changed");
             if events.send(event).is_err() {
                 // Nobody listens any more.
@@ -238,13 +252,30 @@ impl Drop for GroupKiller {
     }
 }
 
-/// GETs `url`; a 2xx status passes.
-async fn check_http(client: &reqwest::Client, url: &str, timeout: Duration) -> Result<(), String> {
+/// Longest response body kept from an HTTP check.
+const MAX_REPORT: usize = 4096;
+
+/// GETs `url`; a 2xx status passes, and its body (cut to [`MAX_REPORT`]) is returned.
+async fn check_http(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     // The client's own timeout covers the request; this one also bounds connection setup
     // oddities, and costs nothing.
-    match tokio::time::timeout(timeout, client.get(url).send()).await {
-        Ok(Ok(response)) if response.status().is_success() => Ok(()),
-        Ok(Ok(response)) => Err(format!("GET {url} answered {}", response.status())),
+    let got = tokio::time::timeout(timeout, async {
+        let response = client.get(url).send().await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    })
+    .await;
+    match got {
+        Ok(Ok((status, body))) if status.is_success() => {
+            let body = &body[..body.len().min(MAX_REPORT)];
+            Ok(String::from_utf8_lossy(body).into_owned())
+        }
+        Ok(Ok((status, _))) => Err(format!("GET {url} answered {status}")),
         Ok(Err(e)) => Err(format!("GET {url} failed: {}", error_chain(&e))),
         Err(_) => Err(format!("GET {url} timed out after {timeout:?}")),
     }

@@ -143,23 +143,48 @@ async fn serve(statuses: Vec<u16>) -> String {
                 }
             }
             assert!(request.starts_with(b"GET /health "));
-            let response =
-                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let body = format!("{{\"status\":{status}}}");
+            let response = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = socket.write_all(response.as_bytes()).await;
         }
     });
     url
 }
 
+/// The next event that is not a [`HealthEvent::Report`], collecting the reports passed over.
+async fn next_change(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<HealthEvent>,
+    reports: &mut Vec<String>,
+) -> HealthEvent {
+    loop {
+        match next(rx, LONG).await {
+            HealthEvent::Report { body, .. } => reports.push(body),
+            other => return other,
+        }
+    }
+}
+
 #[tokio::test]
 async fn http_check_follows_the_status() {
     let url = serve(vec![200, 500, 500, 200]).await;
     let (task, mut rx) = start(config(HealthCheck::Http(url), 2), &[]);
+    let mut reports = Vec::new();
     assert_eq!(
-        next(&mut rx, LONG).await,
+        next_change(&mut rx, &mut reports).await,
         HealthEvent::Healthy { generation: 4 }
     );
-    match next(&mut rx, LONG).await {
+    // A passing HTTP check reports the body the service answered with.
+    assert_eq!(
+        next(&mut rx, LONG).await,
+        HealthEvent::Report {
+            generation: 4,
+            body: "{\"status\":200}".to_string()
+        }
+    );
+    match next_change(&mut rx, &mut reports).await {
         HealthEvent::Failing {
             consecutive: 1,
             reason,
@@ -168,13 +193,15 @@ async fn http_check_follows_the_status() {
         other => panic!("expected Failing, got {other:?}"),
     }
     assert!(matches!(
-        next(&mut rx, LONG).await,
+        next_change(&mut rx, &mut reports).await,
         HealthEvent::Failed { .. }
     ));
     assert_eq!(
-        next(&mut rx, LONG).await,
+        next_change(&mut rx, &mut reports).await,
         HealthEvent::Healthy { generation: 4 }
     );
+    // Failing checks report nothing.
+    assert!(reports.is_empty(), "{reports:?}");
     task.abort();
 }
 

@@ -196,6 +196,24 @@ fn sigstop_of_the_price_server_with_a_health_check_fails_over() {
     )
     .expect("price group starts");
     let active = g.active().expect("an active node");
+    // The agent shows what the standby's price server says of itself (document 001: standby,
+    // live upstream connection, the same subscriptions mirrored), from its HTTP health answer.
+    let standby = 1 - active;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mirrored = |v: &serde_json::Value| {
+        let d = &v["service"]["detail"];
+        d["role"] == "Standby"
+            && d["upstream_connected"] == true
+            && d["subscriptions"].as_u64().unwrap_or(0) >= g.subscribed.len() as u64
+    };
+    while !g.status(standby).is_some_and(|v| mirrored(&v)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby's /status never showed it mirroring: {:?}",
+            g.status(standby).map(|v| v["service"]["detail"].clone())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let old_epoch = g.recorded(|r| r.highest_epoch);
     let service = g.service_pid(active).expect("service pid");
     let t0 = tokio::time::Instant::now();
