@@ -32,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::admin::{Health, Probe, SessionHealth};
 use crate::codec::{parse, Deframer, DEFAULT_MAX_BODY_LENGTH};
 use crate::session::{
     Action, AppMessage, DisconnectReason, Role, SendError, Session, SessionEvent, State,
@@ -271,6 +272,8 @@ pub struct Engine<S: SessionStore> {
     net_rx: mpsc::UnboundedReceiver<NetEvent>,
     cmd_tx: mpsc::UnboundedSender<Command>,
     cmd_rx: mpsc::UnboundedReceiver<Command>,
+    /// Health probes of the admin endpoint and the epoch reported with them.
+    probes: Option<(mpsc::UnboundedReceiver<Probe>, u64)>,
 }
 
 /// Write buffers of one flush, per connection, so a burst becomes one write.
@@ -302,7 +305,19 @@ impl<S: SessionStore> Engine<S> {
             net_rx,
             cmd_tx,
             cmd_rx,
+            probes: None,
         }
+    }
+
+    /// Answers the health probes of [`crate::admin::serve`] from this loop, reporting role
+    /// `active` and `epoch`: a loop that stops turning stops answering.
+    pub fn with_health_probes(
+        mut self,
+        probes: mpsc::UnboundedReceiver<Probe>,
+        epoch: u64,
+    ) -> Self {
+        self.probes = Some((probes, epoch));
+        self
     }
 
     /// Accepts Logons from counterparties without a slot by asking `factory`.
@@ -363,8 +378,15 @@ impl<S: SessionStore> Engine<S> {
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let (mut probes, epoch) = match self.probes.take() {
+            Some((rx, e)) => (Some(rx), e),
+            None => (None, 0),
+        };
         loop {
             tokio::select! {
+                Some(p) = next_probe(&mut probes) => {
+                    let _ = p.send(self.health(epoch));
+                }
                 ev = self.net_rx.recv() => {
                     // The engine holds a sender itself, so the channel never closes.
                     let Some(ev) = ev else { continue };
@@ -380,6 +402,32 @@ impl<S: SessionStore> Engine<S> {
         }
         self.shutdown(app).await;
         Ok(())
+    }
+
+    /// The loop's own view for `GET /health`.
+    fn health(&mut self, epoch: u64) -> Health {
+        let mut fenced = false;
+        let sessions: Vec<SessionHealth> = self
+            .slots
+            .iter_mut()
+            .map(|st| {
+                let store = st.slot.session.store_mut();
+                fenced |= matches!(store.check_fence(), Err(StoreError::Fenced { .. }));
+                SessionHealth {
+                    name: st.slot.name.clone(),
+                    logged_on: st.logged_on,
+                    next_sender_seq: store.next_sender_seq(),
+                    next_target_seq: store.next_target_seq(),
+                }
+            })
+            .collect();
+        Health {
+            role: "active",
+            epoch: Some(epoch),
+            sessions_logged_on: sessions.iter().filter(|s| s.logged_on).count(),
+            sessions,
+            fenced,
+        }
     }
 
     async fn shutdown<A: Application>(&mut self, app: &mut A) {
@@ -914,6 +962,14 @@ impl<S: SessionStore> Engine<S> {
             self.flush(app, target)?;
         }
         Ok(())
+    }
+}
+
+/// The next health probe, or never when there is no admin endpoint.
+async fn next_probe(probes: &mut Option<mpsc::UnboundedReceiver<Probe>>) -> Option<Probe> {
+    match probes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

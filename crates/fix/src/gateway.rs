@@ -55,6 +55,13 @@ struct RawConfig {
     upstream: Vec<RawUpstream>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    http: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +136,8 @@ pub struct GatewayConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routing rules, first match wins.
     pub routes: Vec<Route>,
+    /// `[admin] http`: where `GET /health` is served (see [`crate::admin`]), in every role.
+    pub admin_http: Option<SocketAddr>,
 }
 
 /// One upstream (exchange) session, an initiator.
@@ -421,6 +430,33 @@ impl GatewayConfig {
                     .into(),
             ));
         }
+        let admin_http = match &raw.admin {
+            None => None,
+            Some(a) => {
+                let addr: SocketAddr = a.http.parse().map_err(|_| {
+                    (
+                        "admin.http".to_owned(),
+                        format!(
+                            "{:?} is not an address; use e.g. \"127.0.0.1:9879\" (IP:port, no URL)",
+                            a.http
+                        ),
+                    )
+                })?;
+                if addr.port() == 0 {
+                    return Err((
+                        "admin.http".into(),
+                        "a fixed port is required: the agent's health check must find it".into(),
+                    ));
+                }
+                if addr == listen {
+                    return Err((
+                        "admin.http".into(),
+                        format!("{addr} is gateway.listen; use another port"),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         Ok(GatewayConfig {
             file: file.to_owned(),
             listen,
@@ -435,6 +471,7 @@ impl GatewayConfig {
             client_schedules,
             upstreams,
             routes,
+            admin_http,
         })
     }
 
@@ -862,5 +899,37 @@ impl Application for Gateway {
 
     fn on_logon(&mut self, _out: &mut Outbox, _session: usize, info: &LogonInfo) {
         tracing::info!(counterparty = %info.id.target_comp_id, "gateway: logon");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(admin: &str) -> Result<GatewayConfig, ConfigError> {
+        let text = format!(
+            "[gateway]\nlisten = \"127.0.0.1:9878\"\ncomp_id = \"GW\"\nstore_dir = \"/tmp/understudy-no-such-store\"\ndefault_route = \"EXCH\"\n\
+             [[client]]\ncomp_id = \"C1\"\n\
+             [[upstream]]\nname = \"EXCH\"\nconnect = [\"127.0.0.1:9900\"]\ntarget_comp_id = \"EXCH\"\n{admin}"
+        );
+        GatewayConfig::parse(Path::new("gw.toml"), &text)
+    }
+
+    #[test]
+    fn admin_http_is_optional_and_validated() {
+        assert_eq!(parse("").expect("valid").admin_http, None);
+        let a = parse("[admin]\nhttp = \"127.0.0.1:9879\"\n").expect("valid");
+        assert_eq!(a.admin_http, Some("127.0.0.1:9879".parse().expect("addr")));
+        for (bad, why) in [
+            ("http = \"http://127.0.0.1:9879/health\"", "not an address"),
+            ("http = \"127.0.0.1:0\"", "fixed port"),
+            ("http = \"127.0.0.1:9878\"", "gateway.listen"),
+        ] {
+            let e = parse(&format!("[admin]\n{bad}\n")).expect_err(bad);
+            assert_eq!(e.key, "admin.http", "{bad}");
+            assert!(e.reason.contains(why), "{bad}: {}", e.reason);
+        }
+        let e = parse("[admin]\nhttp = \"127.0.0.1:9879\"\nport = 1\n").expect_err("unknown key");
+        assert!(e.reason.contains("port"), "{}", e.reason);
     }
 }

@@ -20,10 +20,12 @@
 //! * [`exchange_sim`]: a FIX exchange simulator (acceptor) that acknowledges, fills, cancels
 //!   and replaces orders.
 //! * [`gateway`]: the FIX gateway: configuration, routing rules, the persisted order map.
+//! * [`admin`]: the gateway's `GET /health` endpoint, answered by the event loop.
 //! * [`quickfix`]: builds the QuickFIX/C++ counterparties of the tests and benchmarks.
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod client;
 pub mod codec;
 pub mod engine;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use understudy_fix::admin::{self, Health, Probe};
 use understudy_fix::engine::{Engine, EngineError};
 use understudy_fix::exchange_sim::ExchangeSim;
 use understudy_fix::gateway::{Gateway, GatewayConfig};
@@ -60,7 +61,8 @@ fn term_signals() -> anyhow::Result<(Signal, Signal)> {
     ))
 }
 
-async fn exchange_sim(listen: SocketAddr, comp_id: String) -> anyhow::Result<u8> {
+/// Run the FIX exchange simulator (acceptor) until SIGTERM or SIGINT.
+pub(crate) async fn exchange_sim(listen: SocketAddr, comp_id: String) -> anyhow::Result<u8> {
     let (mut term, mut int) = term_signals()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -130,6 +132,19 @@ async fn gateway(config: PathBuf) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
+    // The health endpoint runs in every role, answered by whichever loop runs: the waiting
+    // loop below while Warm, the engine once active.
+    let (probe_tx, mut probes) = tokio::sync::mpsc::unbounded_channel::<Probe>();
+    let has_admin = cfg.admin_http.is_some();
+    if let Some(a) = cfg.admin_http {
+        let l = admin::bind(a)
+            .await
+            .with_context(|| format!("cannot listen on admin.http {a}"))?;
+        admin::serve(l, probe_tx);
+        println!("fix-gateway: GET /health on {a}");
+    } else {
+        drop(probe_tx);
+    }
     let epoch = match start {
         Start::Active(e) => e,
         Start::Standby { admin } => {
@@ -156,6 +171,9 @@ async fn gateway(config: PathBuf) -> anyhow::Result<u8> {
                             break e;
                         }
                     }
+                    Some(p) = probes.recv() => {
+                        let _ = p.send(Health::standby());
+                    }
                     _ = term.recv() => return Ok(0),
                     _ = int.recv() => return Ok(0),
                 }
@@ -180,7 +198,10 @@ async fn gateway(config: PathBuf) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!("fix-gateway: active, epoch {epoch}, clients on {listen}");
     let mut app = activated.gateway;
-    let engine = Engine::new(activated.slots, Some(listener));
+    let mut engine = Engine::new(activated.slots, Some(listener));
+    if has_admin {
+        engine = engine.with_health_probes(probes, epoch);
+    }
     let outcome = engine
         .run(&mut app, async {
             tokio::select! {

@@ -32,6 +32,13 @@ pub enum PriceCmds {
         /// Total updates per second, skewed towards a few hot instruments.
         #[arg(long, default_value_t = 10_000)]
         rate: u32,
+        /// Be a FIX 4.4 order-entry exchange instead (an acceptor that acknowledges, fills and
+        /// cancels orders: the upstream of `understudy fix-gateway`); same as `fix-exchange-sim`.
+        #[arg(long)]
+        fix: bool,
+        /// With --fix: the exchange's CompID (initiators send it as TargetCompID).
+        #[arg(long, default_value = "EXCH", requires = "fix")]
+        sender_comp_id: String,
     },
     /// A hot-standby price server (run it as an agent's service with service.standby = "hot").
     PriceServer {
@@ -79,8 +86,15 @@ impl PriceCmds {
         match self {
             PriceCmds::ExchangeSim {
                 listen,
+                fix: true,
+                sender_comp_id,
+                ..
+            } => return runtime()?.block_on(crate::fix_cmd::exchange_sim(listen, sender_comp_id)),
+            PriceCmds::ExchangeSim {
+                listen,
                 symbols,
                 rate,
+                ..
             } => runtime()?
                 .block_on(understudy_pricefeed::run_exchange_sim(
                     listen, symbols, rate,

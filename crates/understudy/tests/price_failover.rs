@@ -2,6 +2,7 @@
 //! trylock mode running `understudy price-server` as a hot standby, and the client library in
 //! this process. Faults: kill -9 of the primary's agent (2 and 3 servers, 1000 instruments),
 //! SIGSTOP of the primary's agent and of its whole node, loss of the upstream feed.
+#![allow(clippy::disallowed_methods)] // a test driver may block while it polls
 
 // The driver allows dead code itself: each user needs only part of it.
 #[path = "../src/price_cmd/group.rs"]

@@ -1,0 +1,199 @@
+//! The gateway's HTTP health endpoint (`[admin] http`), for an agent's `[health] http` check.
+//!
+//! `GET /health` is answered by the process's event loop itself, not by the HTTP task: the
+//! HTTP task hands a [`Probe`] to the loop over a channel and waits for the loop's
+//! [`Health`]. A loop that is wedged (stuck in a system call, a long fsync, a busy callback) or a
+//! process that is stopped (SIGSTOP) therefore fails the check: no answer within
+//! [`LOOP_DEADLINE`] gives 503, a stopped process gives no answer at all and the agent's
+//! `health.timeout` expires. While Warm the waiting loop answers with role `standby`, so the
+//! agent's check passes on standbys too.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the HTTP task waits for the event loop before answering 503.
+pub const LOOP_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Largest request head read.
+const MAX_HEAD: usize = 8192;
+
+/// One session's state in a [`Health`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionHealth {
+    /// The slot name (the client's CompID or the upstream's name).
+    pub name: String,
+    /// Logged on now.
+    pub logged_on: bool,
+    /// Our next MsgSeqNum.
+    pub next_sender_seq: u64,
+    /// The MsgSeqNum we expect next.
+    pub next_target_seq: u64,
+}
+
+/// The body of a `GET /health` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// `standby` (Warm: no store open, no port bound) or `active`.
+    pub role: &'static str,
+    /// The epoch the stores are open with (`null` while standby).
+    pub epoch: Option<u64>,
+    /// How many sessions are logged on.
+    pub sessions_logged_on: usize,
+    /// Every session (empty while standby).
+    pub sessions: Vec<SessionHealth>,
+    /// A newer epoch owns at least one store (the loop stops at its next tick).
+    pub fenced: bool,
+}
+
+impl Health {
+    /// The answer of a Warm gateway.
+    pub fn standby() -> Health {
+        Health {
+            role: "standby",
+            epoch: None,
+            sessions_logged_on: 0,
+            sessions: Vec::new(),
+            fenced: false,
+        }
+    }
+}
+
+/// A pending health request; the event loop answers it with its [`Health`].
+pub type Probe = oneshot::Sender<Health>;
+
+/// Serves `GET /health` on `listener`, asking the loop that receives from the other end of
+/// `probes` for every answer. Runs until the runtime stops.
+pub fn serve(listener: TcpListener, probes: mpsc::UnboundedSender<Probe>) {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    let probes = probes.clone();
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), handle(s, probes)).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed; continuing");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+}
+
+async fn handle(mut s: TcpStream, probes: mpsc::UnboundedSender<Probe>) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HEAD {
+            return respond(&mut s, 431, "{\"error\":\"request head too large\"}").await;
+        }
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    if path != "/health" {
+        return respond(
+            &mut s,
+            404,
+            "{\"error\":\"no such endpoint; see GET /health\"}",
+        )
+        .await;
+    }
+    if method != "GET" {
+        return respond(&mut s, 405, "{\"error\":\"use GET\"}").await;
+    }
+    let (tx, rx) = oneshot::channel();
+    if probes.send(tx).is_err() {
+        return respond(&mut s, 503, "{\"error\":\"event loop stopped\"}").await;
+    }
+    match tokio::time::timeout(LOOP_DEADLINE, rx).await {
+        Ok(Ok(h)) => {
+            let body = serde_json::to_string(&h).unwrap_or_else(|_| "{}".into());
+            respond(&mut s, 200, &body).await
+        }
+        Ok(Err(_)) => respond(&mut s, 503, "{\"error\":\"event loop stopped\"}").await,
+        Err(_) => respond(&mut s, 503, "{\"error\":\"event loop not responding\"}").await,
+    }
+}
+
+async fn respond(s: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let msg = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(msg.as_bytes()).await?;
+    s.shutdown().await
+}
+
+/// Binds `addr` for [`serve`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: SocketAddr, req: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_from_the_loop_and_503_when_the_loop_does_not_answer() {
+        let l = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let a = l.local_addr().expect("addr");
+        let (tx, mut rx) = mpsc::unbounded_channel::<Probe>();
+        serve(l, tx);
+        let req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        // A loop that answers.
+        let answering = tokio::spawn(async move {
+            let p = rx.recv().await.expect("probe");
+            let _ = p.send(Health::standby());
+            rx
+        });
+        let r = get(a, req).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains("\"role\":\"standby\""), "{r}");
+        assert!(r.contains("\"fenced\":false"), "{r}");
+        // A loop that holds the probe without answering: 503 after the deadline.
+        let mut rx = answering.await.expect("loop");
+        let wedged = tokio::spawn(async move {
+            let p = rx.recv().await.expect("probe");
+            tokio::time::sleep(LOOP_DEADLINE * 2).await;
+            drop(p);
+        });
+        let r = get(a, req).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        wedged.abort();
+        let r = get(a, "GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    }
+}
