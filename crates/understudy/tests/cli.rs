@@ -16,10 +16,8 @@ fn status_shows_the_whole_group_and_which_node_is_active() {
     let mut g = Group::new("trylock", "hot");
     g.add("a");
     g.add("b");
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
-    g.wait_status("b", "ready", 5 * S, |s| s["ready"] == true);
+    g.start_a_hot_then_b();
+    g.wait_ready("b", 5 * S);
     let e = g.epoch("a");
     // Both nodes' records are fresh once b has advertised itself.
     for asked in ["a", "b"] {
@@ -65,13 +63,9 @@ fn status_shows_the_whole_group_and_which_node_is_active() {
 #[test]
 fn metrics_and_events_describe_a_failover() {
     let mut g = Group::new("trylock", "hot");
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
-    g.wait_status("b", "ready", 5 * S, |s| s["ready"] == true);
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_ready("b", 5 * S);
     g.kill9("a");
     g.wait_mode("b", "Hot", 5 * S);
     let e = g.epoch("b");
@@ -90,18 +84,15 @@ fn metrics_and_events_describe_a_failover() {
         .as_f64()
         .expect("service_notified_ms");
     assert!(durable >= 0.0 && notified >= durable, "{t}");
-    let kinds = g.event_kinds("b");
-    for k in [
-        "agent_started",
-        "lock_obtained",
-        "epoch_durable",
-        "service_notified",
-    ] {
-        assert!(
-            kinds.iter().any(|x| x == k),
-            "b's events lack {k}: {kinds:?}"
-        );
-    }
+    g.assert_events(
+        "b",
+        &[
+            "agent_started",
+            "lock_obtained",
+            "epoch_durable",
+            "service_notified",
+        ],
+    );
 
     let (code, m) = http("GET", &g.admin("b"), "/metrics", S).unwrap();
     assert_eq!(code, 200);

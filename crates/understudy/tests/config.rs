@@ -38,8 +38,14 @@ activate_signal = "SIGUSR1"
     t
 }
 
-/// A bad configuration: its name, the edits that spoil a good one, the key the error must name.
-type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+/// A bad configuration: its name, the line of a good one it spoils and what it puts there, and
+/// the key the error must name.
+type Case<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+/// Lines of the good configuration that several cases spoil.
+const DELAY: &str = r#"heartbeat_delay = "2s""#;
+const COMMAND: &str = r#"command = ["sleep", "1000"]"#;
+const SIGNAL: &str = r#"activate_signal = "SIGUSR1""#;
 
 /// Run the agent on `text`; it must exit 2 at once with the file and `key` on stderr.
 fn refused(dir: &Path, name: &str, text: &str, key: &str) {
@@ -53,14 +59,9 @@ fn refused(dir: &Path, name: &str, text: &str, key: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let st = match wait_exit(&mut child, Duration::from_secs(10)) {
-        Some(st) => st,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{name}: the agent started on a bad configuration:\n{text}");
-        }
-    };
+    let st = exit_within(&mut child, Duration::from_secs(10), || {
+        format!("{name}: the agent started on a bad configuration:\n{text}")
+    });
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(
@@ -91,100 +92,32 @@ fn every_kind_of_bad_configuration_is_refused_with_exit_2_and_the_key() {
     let admin = free_addr();
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
+    let (admin, busy_addr) = (admin.as_str(), busy_addr.as_str());
+    // name, the line of the good file, what it is spoilt into, the key the error must name
+    #[rustfmt::skip]
     let cases: Vec<Case> = vec![
-        (
-            "unknown_key",
-            vec![("group = \"g\"", "group = \"g\"\ncolour = \"blue\"")],
-            "colour",
-        ),
-        (
-            "unknown_section_key",
-            vec![("standby = \"cold\"", "standby = \"cold\"\nrestart = true")],
-            "restart",
-        ),
-        (
-            "bad_mode",
-            vec![("mode = \"trylock\"", "mode = \"lukewarm\"")],
-            "activation.mode",
-        ),
-        (
-            "bad_standby",
-            vec![("standby = \"cold\"", "standby = \"tepid\"")],
-            "service.standby",
-        ),
-        (
-            "bad_duration",
-            vec![("heartbeat_delay = \"2s\"", "heartbeat_delay = \"soon\"")],
-            "activation.heartbeat_delay",
-        ),
-        (
-            "zero_duration",
-            vec![("heartbeat_delay = \"2s\"", "heartbeat_delay = \"0s\"")],
-            "activation.heartbeat_delay",
-        ),
-        (
-            "wrong_type",
-            vec![("heartbeat_delay = \"2s\"", "heartbeat_delay = 2")],
-            "activation.heartbeat_delay",
-        ),
-        ("bad_address", vec![(admin.as_str(), "nope")], "node.admin"),
-        (
-            "admin_in_use",
-            vec![(admin.as_str(), busy_addr.as_str())],
-            "node.admin",
-        ),
-        (
-            "no_lock_dir",
-            vec![("g.lock", "no/such/dir/g.lock")],
-            "activation.lock_file",
-        ),
-        (
-            "empty_command",
-            vec![("command = [\"sleep\", \"1000\"]", "command = []")],
-            "service.command",
-        ),
-        (
-            "unknown_program",
-            vec![(
-                "command = [\"sleep\", \"1000\"]",
-                "command = [\"no-such-program-xyz\"]",
-            )],
-            "service.command",
-        ),
-        (
-            "unknown_signal",
-            vec![(
-                "activate_signal = \"SIGUSR1\"",
-                "activate_signal = \"SIGFOO\"",
-            )],
-            "service.activate_signal",
-        ),
-        (
-            "uncatchable_signal",
-            vec![(
-                "activate_signal = \"SIGUSR1\"",
-                "activate_signal = \"SIGKILL\"",
-            )],
-            "service.activate_signal",
-        ),
-        (
-            "bad_name",
-            vec![("name = \"a\"", "name = \"a/b\"")],
-            "node.name",
-        ),
-        ("missing_key", vec![("mode = \"trylock\"\n", "")], "mode"),
-        ("syntax", vec![("[service]", "[service")], "(syntax)"),
-        (
-            "heartbeat_interval_too_long",
-            vec![(
-                "mode = \"trylock\"",
-                "mode = \"tryheartbeat\"\nheartbeat_interval = \"1500ms\"",
-            )],
-            "activation.heartbeat_interval",
-        ),
+        ("unknown_key", r#"group = "g""#, "group = \"g\"\ncolour = \"blue\"", "colour"),
+        ("unknown_section_key", r#"standby = "cold""#, "standby = \"cold\"\nrestart = true", "restart"),
+        ("bad_mode", r#"mode = "trylock""#, r#"mode = "lukewarm""#, "activation.mode"),
+        ("bad_standby", r#"standby = "cold""#, r#"standby = "tepid""#, "service.standby"),
+        ("bad_duration", DELAY, r#"heartbeat_delay = "soon""#, "activation.heartbeat_delay"),
+        ("zero_duration", DELAY, r#"heartbeat_delay = "0s""#, "activation.heartbeat_delay"),
+        ("wrong_type", DELAY, "heartbeat_delay = 2", "activation.heartbeat_delay"),
+        ("bad_address", admin, "nope", "node.admin"),
+        ("admin_in_use", admin, busy_addr, "node.admin"),
+        ("no_lock_dir", "g.lock", "no/such/dir/g.lock", "activation.lock_file"),
+        ("empty_command", COMMAND, "command = []", "service.command"),
+        ("unknown_program", COMMAND, r#"command = ["no-such-program-xyz"]"#, "service.command"),
+        ("unknown_signal", SIGNAL, r#"activate_signal = "SIGFOO""#, "service.activate_signal"),
+        ("uncatchable_signal", SIGNAL, r#"activate_signal = "SIGKILL""#, "service.activate_signal"),
+        ("bad_name", r#"name = "a""#, r#"name = "a/b""#, "node.name"),
+        ("missing_key", "mode = \"trylock\"\n", "", "mode"),
+        ("syntax", "[service]", "[service", "(syntax)"),
+        ("heartbeat_interval_too_long", r#"mode = "trylock""#,
+            "mode = \"tryheartbeat\"\nheartbeat_interval = \"1500ms\"", "activation.heartbeat_interval"),
     ];
-    for (name, replace, key) in cases {
-        refused(dir, name, &config(dir, &admin, &replace), key);
+    for (name, from, to, key) in cases {
+        refused(dir, name, &config(dir, admin, &[(from, to)]), key);
     }
     drop(busy);
 }

@@ -27,6 +27,27 @@ fn wait_ready(g: &Group, node: &str) {
     });
 }
 
+/// Add `a` and `b` to `g` and watch them; `a` goes Hot, then `b` joins as a ready standby.
+fn ready_pair(mut g: Group) -> (Group, Watcher) {
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    wait_ready(&g, "b");
+    (g, w)
+}
+
+/// The epoch of `node`, once its service logged active with it, and the service's pid.
+fn active_service(g: &Group, node: &str) -> (u64, u32) {
+    let e = g.epoch(node);
+    g.wait_service_active(node, e);
+    let pid = g.service_pid(node).expect("active service pid");
+    (e, pid)
+}
+
+/// Whether the service `pid` logged `stop` (it was stopped with SIGTERM).
+fn logged_stop(g: &Group, pid: u32) -> bool {
+    g.logged(|l| l.pid == pid && l.event == "stop")
+}
+
 /// Kill -9 the active agent `rounds` times, restarting it as the standby each time; the survivor
 /// must be Hot with a larger epoch and the killed agent's whole service process group gone at once.
 fn kill9_rounds(standby: &str, rounds: usize, grandchild: bool) {
@@ -40,12 +61,8 @@ fn kill9_rounds(standby: &str, rounds: usize, grandchild: bool) {
         );
         g.set_service("command", &arr(&["sh", "-c", &inner]));
     }
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
     let mut last_active = String::new();
     let mut gone_ms = Vec::new();
     for round in 0..rounds {
@@ -56,9 +73,7 @@ fn kill9_rounds(standby: &str, rounds: usize, grandchild: bool) {
             "round {round}: the active did not alternate"
         );
         wait_ready(&g, standby);
-        let e0 = g.epoch(&active);
-        g.wait_service_active(&active, e0);
-        let spid = g.service_pid(&active).expect("active service pid");
+        let (e0, spid) = active_service(&g, &active);
         let pgid = pgid_of(spid).expect("service process group");
         let procs = pids_in_group(pgid);
         assert!(
@@ -118,68 +133,46 @@ fn kill9_rounds(standby: &str, rounds: usize, grandchild: bool) {
     );
 }
 
-#[test]
-fn trylock_cold_standby_kill9_of_the_active() {
-    kill9_rounds("cold", 4, false);
+/// One test per row: `name: standby, rounds, grandchild;` runs [`kill9_rounds`].
+macro_rules! kill9_tests {
+    ($($name:ident: $standby:literal, $rounds:literal, $grandchild:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            kill9_rounds($standby, $rounds, $grandchild);
+        }
+    )*};
 }
 
-#[test]
-fn trylock_hot_standby_kill9_of_the_active() {
-    kill9_rounds("hot", 4, false);
-}
-
-#[test]
-fn trylock_warm_standby_kill9_of_the_active() {
-    kill9_rounds("warm", 2, false);
-}
-
-#[test]
-fn kill9_of_the_active_takes_the_services_grandchildren_down() {
-    kill9_rounds("cold", 2, true);
+kill9_tests! {
+    trylock_cold_standby_kill9_of_the_active: "cold", 4, false;
+    trylock_hot_standby_kill9_of_the_active: "hot", 4, false;
+    trylock_warm_standby_kill9_of_the_active: "warm", 2, false;
+    kill9_of_the_active_takes_the_services_grandchildren_down: "cold", 2, true;
 }
 
 #[test]
 fn put_hot_on_a_standby_while_another_is_hot_is_409() {
-    let mut g = Group::new("trylock", "hot");
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
-    wait_ready(&g, "b");
+    let (g, w) = ready_pair(Group::new("trylock", "hot"));
     let e = g.epoch("a");
     for _ in 0..3 {
-        let (code, body) = put(&g.admin("b"), "/service/activationmode/hot");
-        assert_eq!(code, 409, "PUT hot on the standby: {body}");
-        assert_eq!(body["holder"], "a", "the 409 names the holder: {body}");
+        let body = g.put_hot_refused("b", "a");
         assert!(body.to_string().contains('a'), "{body}");
     }
     assert_eq!(g.mode("b").as_deref(), Some("Warm"));
     assert_eq!(g.mode("a").as_deref(), Some("Hot"));
     assert_eq!(g.epoch("a"), e, "the active's epoch changed");
     // PUT hot on the active itself is a no-op success.
-    let (code, body) = put(&g.admin("a"), "/service/activationmode/hot");
-    assert_eq!(code, 200, "{body}");
+    let body = g.put_hot_ok("a");
     assert_eq!(body["epoch"].as_u64(), Some(e), "{body}");
-    assert!(g.event_kinds("b").iter().any(|k| k == "refused"));
+    g.assert_events("b", &["refused"]);
     w.finish();
     g.expect_actives(1);
 }
 
 #[test]
 fn service_crash_while_active_fails_over_and_the_node_comes_back_as_standby() {
-    let mut g = Group::new("trylock", "hot");
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
-    wait_ready(&g, "b");
-    let e0 = g.epoch("a");
-    g.wait_service_active("a", e0);
-    let spid = g.service_pid("a").expect("service pid");
+    let (mut g, w) = ready_pair(Group::new("trylock", "hot"));
+    let (e0, spid) = active_service(&g, "a");
     signal(spid, Signal::SIGKILL);
     g.wait_mode("b", "Hot", 5 * S);
     assert!(g.epoch("b") > e0);
@@ -193,13 +186,7 @@ fn service_crash_while_active_fails_over_and_the_node_comes_back_as_standby() {
     });
     assert_eq!(s["service"]["role"], "standby", "{s}");
     assert_eq!(g.mode("a").as_deref(), Some("Warm"));
-    let kinds = g.event_kinds("a");
-    for k in ["service_exited", "demoted", "lock_released"] {
-        assert!(
-            kinds.iter().any(|x| x == k),
-            "a's events lack {k}: {kinds:?}"
-        );
-    }
+    g.assert_events("a", &["service_exited", "demoted", "lock_released"]);
     let ev = g.events("a").to_string();
     assert!(
         ev.contains(&spid.to_string()),
@@ -220,28 +207,16 @@ fn failing_health_check_fails_over() {
         "[health]\ncommand = {}\ninterval = \"50ms\"\ntimeout = \"1s\"\nfailures = 2\nstart_period = \"100ms\"\n",
         arr(&["sh", "-c", &format!("test ! -e {}.$UNDERSTUDY_NODE", flag_base.display())])
     );
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
-    wait_ready(&g, "b");
-    let e0 = g.epoch("a");
-    g.wait_service_active("a", e0);
-    let spid = g.service_pid("a").expect("pid");
+    let (g, w) = ready_pair(g);
+    let (e0, spid) = active_service(&g, "a");
     std::fs::write(format!("{}.a", flag_base.display()), "").unwrap();
     g.wait_mode("b", "Hot", 5 * S);
     assert!(g.epoch("b") > e0);
-    let kinds = g.event_kinds("a");
-    assert!(kinds.iter().any(|k| k == "health_failed"), "{kinds:?}");
-    assert!(kinds.iter().any(|k| k == "demoted"), "{kinds:?}");
+    g.assert_events("a", &["health_failed", "demoted"]);
     // The failed service was stopped gracefully: it logged stop.
     assert!(wait_until(5 * S, || !alive(spid)));
     assert!(
-        read_log(&g.log)
-            .iter()
-            .any(|l| l.pid == spid && l.event == "stop"),
+        logged_stop(&g, spid),
         "the unhealthy service was not stopped with SIGTERM"
     );
     std::fs::remove_file(format!("{}.a", flag_base.display())).unwrap();
@@ -252,24 +227,13 @@ fn failing_health_check_fails_over() {
 
 #[test]
 fn sigterm_to_the_active_stops_its_service_gracefully_and_hands_over() {
-    let mut g = Group::new("trylock", "hot");
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
-    wait_ready(&g, "b");
-    let e0 = g.epoch("a");
-    g.wait_service_active("a", e0);
-    let spid = g.service_pid("a").expect("pid");
+    let (mut g, w) = ready_pair(Group::new("trylock", "hot"));
+    let (e0, spid) = active_service(&g, "a");
     let st = g.sigterm("a", 10 * S);
     assert_eq!(st.code(), Some(0), "agent exit status after SIGTERM: {st}");
     assert!(!alive(spid), "service {spid} outlived its agent");
     assert!(
-        read_log(&g.log)
-            .iter()
-            .any(|l| l.pid == spid && l.event == "stop"),
+        logged_stop(&g, spid),
         "the service did not get SIGTERM (no stop line)"
     );
     g.wait_mode("b", "Hot", 5 * S);
@@ -282,25 +246,23 @@ fn sigterm_to_the_active_stops_its_service_gracefully_and_hands_over() {
 #[test]
 fn switchover_hands_over_to_a_ready_standby_and_refuses_without_one() {
     let mut g = Group::new("trylock", "hot");
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
+    let w = g.add_watched_pair();
     g.start("a");
     g.wait_mode("a", "Hot", 5 * S);
     // Alone: nobody to hand over to.
-    let (code, body) = post(&g.admin("a"), "/service/switchover");
+    let (code, body) = g.switchover("a");
     assert_eq!(code, 409, "switchover without a standby: {body}");
     assert_eq!(g.mode("a").as_deref(), Some("Hot"));
 
     g.start("b");
     wait_ready(&g, "b");
     // Asking the standby is refused too.
-    let (code, body) = post(&g.admin("b"), "/service/switchover");
+    let (code, body) = g.switchover("b");
     assert_eq!(code, 409, "switchover asked of the standby: {body}");
 
     let e0 = g.epoch("a");
     g.wait_service_active("a", e0);
-    let (code, body) = post(&g.admin("a"), "/service/switchover");
+    let (code, body) = g.switchover("a");
     assert_eq!(code, 200, "switchover: {body}");
     assert_eq!(body["to"], "b", "{body}");
     g.wait_mode("b", "Hot", 5 * S);
@@ -311,7 +273,7 @@ fn switchover_hands_over_to_a_ready_standby_and_refuses_without_one() {
 
     // And back.
     g.wait_service_active("b", e1);
-    let (code, body) = post(&g.admin("b"), "/service/switchover");
+    let (code, body) = g.switchover("b");
     assert_eq!(code, 200, "switchover back: {body}");
     g.wait_mode("a", "Hot", 5 * S);
     assert!(g.epoch("a") > e1);
@@ -319,7 +281,7 @@ fn switchover_hands_over_to_a_ready_standby_and_refuses_without_one() {
 
     // b leaves cleanly: a is alone again.
     assert_eq!(g.sigterm("b", 10 * S).code(), Some(0));
-    let (code, body) = post(&g.admin("a"), "/service/switchover");
+    let (code, body) = g.switchover("a");
     assert_eq!(code, 409, "switchover after the standby left: {body}");
     assert_eq!(g.mode("a").as_deref(), Some("Hot"));
     w.finish();
@@ -332,25 +294,15 @@ fn switchover_hands_over_to_a_ready_standby_and_refuses_without_one() {
 
 #[test]
 fn lock_file_deleted_under_the_active_makes_it_step_down() {
-    let mut g = Group::new("trylock", "cold");
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
-    wait_ready(&g, "b");
-    let e0 = g.epoch("a");
-    g.wait_service_active("a", e0);
-    let spid = g.service_pid("a").expect("pid");
+    let (g, w) = ready_pair(Group::new("trylock", "cold"));
+    let (e0, spid) = active_service(&g, "a");
     std::fs::remove_file(&g.lock).unwrap();
     g.wait_status("a", "a steps down", 5 * S, |s| s["mode"] == "Warm");
     assert!(
         wait_until(S, || !alive(spid)),
         "a's service still runs after a stepped down"
     );
-    let kinds = g.event_kinds("a");
-    assert!(kinds.iter().any(|k| k == "lock_lost"), "{kinds:?}");
+    g.assert_events("a", &["lock_lost"]);
     // Someone is active again, with a newer epoch; a is a standby after its backoff.
     let active = g.active(5 * S);
     assert!(g.epoch(&active) > e0);
@@ -361,14 +313,7 @@ fn lock_file_deleted_under_the_active_makes_it_step_down() {
 
 #[test]
 fn sigstop_of_the_active_agent_causes_no_failover() {
-    let mut g = Group::new("trylock", "hot");
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
-    g.start("a");
-    g.wait_mode("a", "Hot", 5 * S);
-    g.start("b");
-    wait_ready(&g, "b");
+    let (g, w) = ready_pair(Group::new("trylock", "hot"));
     let e0 = g.epoch("a");
     g.sigstop("a");
     let t = Instant::now();

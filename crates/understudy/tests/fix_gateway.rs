@@ -3,109 +3,40 @@
 //! initiator configured with both gateway addresses.
 #![allow(clippy::disallowed_methods)] // test drivers may block
 
-use std::collections::HashMap;
+mod fix_common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use understudy_control::local::{free_port, LocalGroup};
-use understudy_fix::client::{self, Client, ClientConfig, ClientEvent};
+use fix_common::{
+    addr, assert_new_partial_full, assert_sequences_continue, cancel, exec, filled, gateway_config,
+    gateway_group, logged_on_client, logon_to_new_active, names, next_where, order, pair,
+    send_market_orders, start_active_then_standby, start_sim, stop_client_and_group, store_files,
+    wait_filled, wait_port, Pair, Proc, EXE,
+};
+use understudy_control::local::free_port;
+use understudy_fix::client::ClientEvent;
 use understudy_fix::codec::{Deframer, MessageBuilder};
 use understudy_fix::exchange_sim::{put_str, tag};
 use understudy_fix::store::{FileStore, SessionId, SessionStore, SyncPolicy};
 use understudy_fix::tags::BeginString;
 
-const EXE: &str = env!("CARGO_BIN_EXE_understudy");
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn wait_port(a: SocketAddr, timeout: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if TcpStream::connect_timeout(&a, Duration::from_millis(100)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-fn start_sim(dir: &Path) -> (Proc, SocketAddr) {
-    let a = addr(free_port().expect("port"));
-    let log = std::fs::File::create(dir.join("sim.log")).expect("log");
-    let child = Command::new(EXE)
-        .args([
-            "fix-exchange-sim",
-            "--listen",
-            &a.to_string(),
-            "--sender-comp-id",
-            "EXCH",
-        ])
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start fix-exchange-sim");
-    assert!(
-        wait_port(a, Duration::from_secs(10)),
-        "exchange sim did not listen"
-    );
-    (Proc(child), a)
-}
-
-/// A gateway config for clients CLIENT1 and CLIENT2 and one upstream.
-fn gateway_config(
-    dir: &Path,
-    name: &str,
-    listen: SocketAddr,
-    store: &Path,
-    sim: SocketAddr,
-) -> PathBuf {
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            r#"[gateway]
-listen = "{listen}"
-comp_id = "GW"
-store_dir = "{}"
-default_route = "EXCH"
-
-[[client]]
-comp_id = "CLIENT1"
-
+/// Gateway config additions: a second client, CLIENT2, and a route for symbols starting Z.
+const CLIENT2_AND_Z_ROUTE: &str = r#"
 [[client]]
 comp_id = "CLIENT2"
-
-[[upstream]]
-name = "EXCH"
-connect = ["{sim}"]
-target_comp_id = "EXCH"
-heartbeat_interval = "5s"
-reconnect_interval = "20ms"
 
 [[route]]
 upstream = "EXCH"
 symbol_prefix = "Z"
-"#,
-            store.display()
-        ),
-    )
-    .expect("write config");
-    p
+"#;
+
+/// A gateway config for clients CLIENT1 and CLIENT2 and one upstream.
+fn config(dir: &Path, name: &str, listen: SocketAddr, store: &Path, sim: SocketAddr) -> PathBuf {
+    gateway_config(dir, name, listen, store, sim, CLIENT2_AND_Z_ROUTE)
 }
 
 fn start_gateway(cfg: &Path, epoch: u64, log: &Path) -> Child {
@@ -121,89 +52,51 @@ fn start_gateway(cfg: &Path, epoch: u64, log: &Path) -> Child {
         .expect("start fix-gateway")
 }
 
-fn client_cfg(comp: &str, addrs: Vec<SocketAddr>) -> ClientConfig {
-    ClientConfig {
-        connect: addrs,
-        sender_comp_id: comp.into(),
-        target_comp_id: "GW".into(),
-        begin_string: BeginString::Fix44,
-        heartbeat_interval: Duration::from_secs(5),
-        reconnect_interval: Duration::from_millis(10),
+/// The exchange sim and one gateway, active with `epoch`, listening at `addr`.
+struct Single {
+    _sim: Proc,
+    sim: SocketAddr,
+    store: PathBuf,
+    gateway: Proc,
+    addr: SocketAddr,
+}
+
+fn start_single(dir: &Path, epoch: u64) -> Single {
+    let (_sim, sim) = start_sim(dir);
+    let store = dir.join("store");
+    let gw = addr(free_port().expect("port"));
+    let cfg = config(dir, "gw", gw, &store, sim);
+    let gateway = Proc(start_gateway(
+        &cfg,
+        epoch,
+        &dir.join(format!("gw{epoch}.log")),
+    ));
+    assert!(
+        wait_port(gw, Duration::from_secs(10)),
+        "gateway did not listen"
+    );
+    Single {
+        _sim,
+        sim,
+        store,
+        gateway,
+        addr: gw,
     }
-}
-
-fn order(id: &str, symbol: &str, qty: u32, market: bool) -> Vec<u8> {
-    let mut b = Vec::new();
-    put_str(&mut b, tag::CL_ORD_ID, id);
-    put_str(&mut b, 21, "1");
-    put_str(&mut b, tag::SYMBOL, symbol);
-    put_str(&mut b, tag::SIDE, "1");
-    b.extend_from_slice(b"60=20240102-03:04:05.000\x01");
-    put_str(&mut b, tag::ORDER_QTY, &qty.to_string());
-    put_str(&mut b, tag::ORD_TYPE, if market { "1" } else { "2" });
-    if !market {
-        put_str(&mut b, tag::PRICE, "10.5");
-    }
-    b
-}
-
-/// Waits for the next event that `want` accepts, keeping the others in `seen`.
-async fn next_where(
-    c: &mut Client,
-    seen: &mut Vec<ClientEvent>,
-    timeout: Duration,
-    want: impl Fn(&ClientEvent) -> bool,
-) -> Option<ClientEvent> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, c.events.recv()).await {
-            Ok(Some(e)) => {
-                seen.push(e.clone());
-                if want(&e) {
-                    return Some(e);
-                }
-            }
-            _ => return None,
-        }
-    }
-}
-
-fn is_logon(e: &ClientEvent) -> bool {
-    matches!(e, ClientEvent::LoggedOn(_))
-}
-
-fn exec(e: &ClientEvent, cl: &str, exec_type: &str) -> bool {
-    matches!(e, ClientEvent::Message { msg_type, .. } if msg_type == "8")
-        && e.field(tag::CL_ORD_ID) == Some(cl)
-        && e.field(tag::EXEC_TYPE) == Some(exec_type)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_are_acknowledged_filled_cancelled_and_replaced_through_the_gateway() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (_sim, sim) = start_sim(dir.path());
-    let gw = addr(free_port().expect("port"));
-    let cfg = gateway_config(dir.path(), "gw", gw, &dir.path().join("store"), sim);
-    let _g = Proc(start_gateway(&cfg, 1, &dir.path().join("gw.log")));
-    assert!(
-        wait_port(gw, Duration::from_secs(10)),
-        "gateway did not listen"
-    );
+    let gw = start_single(dir.path(), 1);
 
-    let mut c = client::start(client_cfg("CLIENT1", vec![gw])).expect("client");
-    let mut seen = Vec::new();
     let t = Duration::from_secs(10);
-    assert!(
-        next_where(&mut c, &mut seen, t, is_logon).await.is_some(),
-        "no logon"
-    );
+    let (mut c, mut seen, _) = logged_on_client(vec![gw.addr], t).await;
 
     c.handle.send(0, b"D", order("m1", "ABC", 100, true));
     assert!(
-        next_where(&mut c, &mut seen, t, |e| exec(e, "m1", "F")
-            && e.field(tag::ORD_STATUS) == Some("2"))
-        .await
-        .is_some(),
+        next_where(&mut c, &mut seen, t, |e| filled(e, "m1"))
+            .await
+            .is_some(),
         "m1 filled"
     );
     assert!(seen.iter().any(|e| exec(e, "m1", "0")), "m1 acknowledged");
@@ -227,11 +120,7 @@ async fn orders_are_acknowledged_filled_cancelled_and_replaced_through_the_gatew
         .expect("replaced");
     assert_eq!(r.field(tag::ORIG_CL_ORD_ID), Some("l1"));
     assert_eq!(r.field(tag::ORDER_QTY), Some("20"));
-    let mut f = Vec::new();
-    put_str(&mut f, tag::ORIG_CL_ORD_ID, "l2");
-    put_str(&mut f, tag::CL_ORD_ID, "l3");
-    put_str(&mut f, tag::SYMBOL, "ZED");
-    put_str(&mut f, tag::SIDE, "1");
+    let mut f = cancel("l2", "l3", "ZED");
     f.extend_from_slice(b"60=20240102-03:04:05.000\x01");
     c.handle.send(0, b"F", f);
     assert!(
@@ -241,12 +130,7 @@ async fn orders_are_acknowledged_filled_cancelled_and_replaced_through_the_gatew
         "cancelled"
     );
     // Cancelling again is refused with an OrderCancelReject.
-    let mut again = Vec::new();
-    put_str(&mut again, tag::ORIG_CL_ORD_ID, "l3");
-    put_str(&mut again, tag::CL_ORD_ID, "l4");
-    put_str(&mut again, tag::SYMBOL, "ZED");
-    put_str(&mut again, tag::SIDE, "1");
-    c.handle.send(0, b"F", again);
+    c.handle.send(0, b"F", cancel("l3", "l4", "ZED"));
     let rej = next_where(
         &mut c,
         &mut seen,
@@ -321,11 +205,12 @@ fn field(msg: &str, t: u32) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_get_the_answer_the_spec_requires_and_never_a_crash() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (_sim, sim) = start_sim(dir.path());
-    let gw = addr(free_port().expect("port"));
-    let cfg = gateway_config(dir.path(), "gw", gw, &dir.path().join("store"), sim);
-    let mut g = Proc(start_gateway(&cfg, 1, &dir.path().join("gw.log")));
-    assert!(wait_port(gw, Duration::from_secs(10)));
+    let Single {
+        _sim,
+        gateway: mut g,
+        addr: gw,
+        ..
+    } = start_single(dir.path(), 1);
     tokio::task::spawn_blocking(move || {
         let mut r = Raw::connect(gw);
         let logon = r.build("A", "98=0|108=30|");
@@ -394,43 +279,27 @@ async fn malformed_messages_get_the_answer_the_spec_requires_and_never_a_crash()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_writer_writes_nothing_and_sends_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (_sim, sim) = start_sim(dir.path());
-    let store = dir.path().join("store");
-    let gw = addr(free_port().expect("port"));
-    let cfg = gateway_config(dir.path(), "gw", gw, &store, sim);
     // The current active, epoch 5.
-    let mut g5 = Proc(start_gateway(&cfg, 5, &dir.path().join("gw5.log")));
-    assert!(wait_port(gw, Duration::from_secs(10)));
-    let mut c = client::start(client_cfg("CLIENT1", vec![gw])).expect("client");
-    let mut seen = Vec::new();
+    let Single {
+        _sim,
+        sim,
+        store,
+        gateway: mut g5,
+        addr: gw,
+    } = start_single(dir.path(), 5);
     let t = Duration::from_secs(10);
-    assert!(next_where(&mut c, &mut seen, t, is_logon).await.is_some());
+    let (mut c, mut seen, _) = logged_on_client(vec![gw], t).await;
     c.handle.send(0, b"D", order("s1", "ABC", 2, true));
-    assert!(next_where(&mut c, &mut seen, t, |e| exec(e, "s1", "F")
-        && e.field(tag::ORD_STATUS) == Some("2"))
-    .await
-    .is_some());
+    assert!(next_where(&mut c, &mut seen, t, |e| filled(e, "s1"))
+        .await
+        .is_some());
 
     // A former active with epoch 3 starts: refused before it writes or listens.
     // What a stale writer could touch: a segment of its own epoch, or any fence.
-    let snapshot = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
-        let mut v: Vec<_> = walk(p)
-            .into_iter()
-            .filter(|f| {
-                f.file_name().is_some_and(|n| {
-                    n == "fence" || n.to_string_lossy().starts_with("00000000000000000003")
-                })
-            })
-            .map(|f| {
-                let bytes = std::fs::read(&f).unwrap_or_default();
-                (f, bytes)
-            })
-            .collect();
-        v.sort();
-        v
-    };
+    let snapshot =
+        |p: &Path| store_files(p, |n| n == "fence" || n.starts_with("00000000000000000003"));
     let stale_port = addr(free_port().expect("port"));
-    let stale_cfg = gateway_config(dir.path(), "stale", stale_port, &store, sim);
+    let stale_cfg = config(dir.path(), "stale", stale_port, &store, sim);
     let before = snapshot(&store);
     let mut g3 = start_gateway(&stale_cfg, 3, &dir.path().join("gw3.log"));
     let status = g3.wait().expect("wait");
@@ -468,21 +337,6 @@ async fn a_stale_writer_writes_nothing_and_sends_nothing() {
     c.task.abort();
 }
 
-fn walk(p: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_bad_config_is_refused_at_start_even_as_a_warm_standby() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -508,117 +362,33 @@ fn a_bad_config_is_refused_at_start_even_as_a_warm_standby() {
     );
 }
 
-/// Exactly-once check: every ExecID at most once without PossDupFlag or PossResend (the
-/// copies a client must check), and every order's
-/// expected reports present.
-fn reports_by_order(seen: &[ClientEvent]) -> HashMap<String, Vec<String>> {
-    let mut by_exec: HashMap<String, (String, String, bool)> = HashMap::new();
-    let mut dup_without_flag = Vec::new();
-    for e in seen {
-        if let ClientEvent::Message {
-            msg_type,
-            poss_dup,
-            poss_resend,
-            ..
-        } = e
-        {
-            if msg_type != "8" {
-                continue;
-            }
-            let id = e.field(tag::EXEC_ID).unwrap_or_default().to_owned();
-            let cl = e.field(tag::CL_ORD_ID).unwrap_or_default().to_owned();
-            let et = e.field(tag::EXEC_TYPE).unwrap_or_default().to_owned();
-            if by_exec.contains_key(&id) && !poss_dup && !poss_resend {
-                dup_without_flag.push(id.clone());
-            }
-            by_exec.entry(id).or_insert((cl, et, *poss_dup));
-        }
-    }
-    assert!(
-        dup_without_flag.is_empty(),
-        "duplicate reports without PossDupFlag: {dup_without_flag:?}"
-    );
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    for (cl, et, _) in by_exec.into_values() {
-        out.entry(cl).or_default().push(et);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_active_agent_the_client_carries_on_with_the_standby() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (_sim, sim) = start_sim(dir.path());
-    let store = dir.path().join("store");
-    let ports = [
-        addr(free_port().expect("port")),
-        addr(free_port().expect("port")),
-    ];
-    let cfgs = [
-        gateway_config(dir.path(), "gw-a", ports[0], &store, sim),
-        gateway_config(dir.path(), "gw-b", ports[1], &store, sim),
-    ];
-    let cfgs2 = cfgs.clone();
-    let mut g = LocalGroup::new(EXE.into(), &["a", "b"], "warm", move |n| {
-        let cfg = if n == "a" { &cfgs2[0] } else { &cfgs2[1] };
-        // The agent signals the first node's service the moment it is Hot, possibly before
-        // the service has installed its handler; started with SIGUSR1 ignored, the gateway
-        // survives that and finds the agent Hot by polling (see docs/fix-gateway.md).
-        vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!(
-                "trap '' USR1; exec {EXE} fix-gateway --config {}",
-                cfg.display()
-            ),
-        ]
-    })
-    .expect("group");
+    let Pair {
+        _sim, ports, cfgs, ..
+    } = pair(dir.path(), |_| CLIENT2_AND_Z_ROUTE.to_owned());
+    let mut g = gateway_group(&cfgs);
     let mut g = tokio::task::spawn_blocking(move || {
-        g.start(0).expect("start a");
-        g.wait_hot(0).expect("a hot");
-        g.start(1).expect("start b");
-        g.wait_ready(1).expect("b ready");
+        start_active_then_standby(&mut g, ports[0]);
         g
     })
     .await
     .expect("group start");
-    assert!(
-        wait_port(ports[0], Duration::from_secs(10)),
-        "active gateway did not listen"
-    );
     // The standby gateway is Warm: nothing listens on its address.
     assert!(TcpStream::connect_timeout(&ports[1], Duration::from_millis(200)).is_err());
 
-    let mut c = client::start(client_cfg("CLIENT1", ports.to_vec())).expect("client");
-    let mut seen = Vec::new();
     let t = Duration::from_secs(10);
-    let first = next_where(&mut c, &mut seen, t, is_logon)
-        .await
-        .expect("logon");
-    for i in 0..20 {
-        c.handle
-            .send(0, b"D", order(&format!("b{i}"), "ABC", 10, true));
-    }
-    for i in 0..20 {
-        let cl = format!("b{i}");
-        assert!(
-            next_where(&mut c, &mut seen, t, |e| exec(e, &cl, "F")
-                && e.field(tag::ORD_STATUS) == Some("2"))
-            .await
-            .is_some(),
-            "{cl} filled"
-        );
-    }
+    let (mut c, mut seen, first) = logged_on_client(ports.to_vec(), t).await;
+    send_market_orders(&c, &names("b", 20));
+    wait_filled(&mut c, &mut seen, t, names("b", 20)).await;
     // Orders in flight at the kill, and a resting one to cancel afterwards.
+    let k_orders = names("k", 10);
     c.handle.send(0, b"D", order("r1", "ABC", 10, false));
     assert!(next_where(&mut c, &mut seen, t, |e| exec(e, "r1", "0"))
         .await
         .is_some());
-    for i in 0..5 {
-        c.handle
-            .send(0, b"D", order(&format!("k{i}"), "ABC", 10, true));
-    }
+    send_market_orders(&c, &k_orders[..5]);
     let killed_at = Instant::now();
     let g = tokio::task::spawn_blocking(move || {
         g.kill9(0);
@@ -627,64 +397,20 @@ async fn kill_9_of_the_active_agent_the_client_carries_on_with_the_standby() {
     })
     .await
     .expect("kill");
-    let second = next_where(&mut c, &mut seen, t, is_logon)
-        .await
-        .expect("logon to the new active");
-    println!(
-        "kill -9 → client logged on to the new active: {:.1} ms",
-        killed_at.elapsed().as_secs_f64() * 1e3
-    );
-    let (ClientEvent::LoggedOn(a), ClientEvent::LoggedOn(b)) = (&first, &second) else {
-        unreachable!()
-    };
-    assert!(!b.reset, "sequence numbers were reset");
-    assert!(
-        b.next_sender_seq > a.next_sender_seq && b.next_target_seq > a.next_target_seq,
-        "{a:?} then {b:?}"
-    );
-    for i in 5..10 {
-        c.handle
-            .send(0, b"D", order(&format!("k{i}"), "ABC", 10, true));
-    }
-    let mut f = Vec::new();
-    put_str(&mut f, tag::ORIG_CL_ORD_ID, "r1");
-    put_str(&mut f, tag::CL_ORD_ID, "r2");
-    put_str(&mut f, tag::SYMBOL, "ABC");
-    put_str(&mut f, tag::SIDE, "1");
-    c.handle.send(0, b"F", f);
+    let second = logon_to_new_active(&mut c, &mut seen, t, "kill -9", killed_at).await;
+    assert_sequences_continue(&first, &second);
+    send_market_orders(&c, &k_orders[5..]);
+    c.handle.send(0, b"F", cancel("r1", "r2", "ABC"));
     assert!(
         next_where(&mut c, &mut seen, t, |e| exec(e, "r2", "4"))
             .await
             .is_some(),
         "cancel after failover"
     );
-    for i in 0..10 {
-        let cl = format!("k{i}");
-        if seen
-            .iter()
-            .any(|e| exec(e, &cl, "F") && e.field(tag::ORD_STATUS) == Some("2"))
-        {
-            continue;
-        }
-        assert!(
-            next_where(&mut c, &mut seen, t, |e| exec(e, &cl, "F")
-                && e.field(tag::ORD_STATUS) == Some("2"))
-            .await
-            .is_some(),
-            "{cl} filled: {seen:#?}"
-        );
-    }
+    wait_filled(&mut c, &mut seen, t, k_orders.clone()).await;
     // Let resends settle, then check every order got New, partial, full exactly once.
     let _ = next_where(&mut c, &mut seen, Duration::from_millis(300), |_| false).await;
-    let reports = reports_by_order(&seen);
-    for cl in (0..20)
-        .map(|i| format!("b{i}"))
-        .chain((0..10).map(|i| format!("k{i}")))
-    {
-        let mut got = reports.get(&cl).cloned().unwrap_or_default();
-        got.sort();
-        assert_eq!(got, vec!["0", "F", "F"], "{cl}");
-    }
+    assert_new_partial_full(&seen, names("b", 20).into_iter().chain(k_orders));
     // A resend request is answered from the store the old active wrote.
     let gaps = seen
         .iter()
@@ -696,11 +422,5 @@ async fn kill_9_of_the_active_agent_the_client_carries_on_with_the_standby() {
         })
         .count();
     println!("gaps detected by the client across the failover: {gaps}");
-    c.task.abort();
-    tokio::task::spawn_blocking(move || {
-        let mut g = g;
-        g.stop_all()
-    })
-    .await
-    .expect("stop");
+    stop_client_and_group(c, g).await;
 }

@@ -9,77 +9,17 @@
 //! Skipped, with the reason printed, when g++ or libquickfix-dev is not installed.
 #![allow(clippy::disallowed_methods)] // test drivers may block
 
+mod fix_common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use understudy_control::local::{free_port, LocalGroup};
-
-const EXE: &str = env!("CARGO_BIN_EXE_understudy");
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn wait_port(a: SocketAddr, timeout: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if TcpStream::connect_timeout(&a, Duration::from_millis(100)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-fn start_sim(dir: &Path) -> (Proc, SocketAddr) {
-    let a = addr(free_port().expect("port"));
-    let log = std::fs::File::create(dir.join("sim.log")).expect("log");
-    let child = Command::new(EXE)
-        .args(["fix-exchange-sim", "--listen", &a.to_string()])
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start fix-exchange-sim");
-    assert!(
-        wait_port(a, Duration::from_secs(10)),
-        "exchange sim did not listen"
-    );
-    (Proc(child), a)
-}
-
-fn gateway_config(
-    dir: &Path,
-    name: &str,
-    listen: SocketAddr,
-    store: &Path,
-    sim: SocketAddr,
-) -> PathBuf {
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            "[gateway]\nlisten = \"{listen}\"\ncomp_id = \"GW\"\nstore_dir = \"{}\"\ndefault_route = \"EXCH\"\n\n[[client]]\ncomp_id = \"CLIENT1\"\n\n[[upstream]]\nname = \"EXCH\"\nconnect = [\"{sim}\"]\ntarget_comp_id = \"EXCH\"\nheartbeat_interval = \"5s\"\nreconnect_interval = \"20ms\"\n",
-            store.display()
-        ),
-    )
-    .expect("write config");
-    p
-}
+use fix_common::{gateway_group, names, pair, start_active_then_standby, Pair, Proc};
 
 /// One line of the QuickFIX program's output, `KIND key=value …`, with when it was read.
 #[derive(Debug, Clone)]
@@ -247,10 +187,6 @@ fn qf_settings(dir: &Path, ports: &[SocketAddr; 2]) -> PathBuf {
     p
 }
 
-fn names(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i}")).collect()
-}
-
 /// Every ExecID at most once without PossDupFlag or PossResend (a hub's repeated forward
 /// after a failover: FIX leaves those to the application to de-duplicate, by ExecID), and
 /// each order's reports New, partial fill, full fill.
@@ -295,38 +231,11 @@ fn quickfix_initiator_carries_on_with_the_standby_after_kill_9_of_the_active_age
         understudy_fix::quickfix::build("qf_initiator", &bin_dir).unwrap_or_else(|e| panic!("{e}"));
 
     let dir = tempfile::tempdir().expect("tmp");
-    let (_sim, sim) = start_sim(dir.path());
-    let store = dir.path().join("store");
-    let ports = [
-        addr(free_port().expect("port")),
-        addr(free_port().expect("port")),
-    ];
-    let cfgs = [
-        gateway_config(dir.path(), "gw-a", ports[0], &store, sim),
-        gateway_config(dir.path(), "gw-b", ports[1], &store, sim),
-    ];
-    let mut g = LocalGroup::new(EXE.into(), &["a", "b"], "warm", |n| {
-        let cfg = if n == "a" { &cfgs[0] } else { &cfgs[1] };
-        // Harmless now that the agent waits for the service's SIGUSR1 handler; kept as in
-        // fix_gateway.rs (the gateway also polls the agent's /status).
-        vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!(
-                "trap '' USR1; exec {EXE} fix-gateway --config {}",
-                cfg.display()
-            ),
-        ]
-    })
-    .expect("group");
-    g.start(0).expect("start a");
-    g.wait_hot(0).expect("a hot");
-    g.start(1).expect("start b");
-    g.wait_ready(1).expect("b ready");
-    assert!(
-        wait_port(ports[0], Duration::from_secs(10)),
-        "active gateway did not listen"
-    );
+    let Pair {
+        _sim, ports, cfgs, ..
+    } = pair(dir.path(), |_| String::new());
+    let mut g = gateway_group(&cfgs);
+    start_active_then_standby(&mut g, ports[0]);
     assert!(
         TcpStream::connect_timeout(&ports[1], Duration::from_millis(200)).is_err(),
         "the warm standby's gateway listens"

@@ -4,59 +4,66 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const S: Duration = Duration::from_secs(1);
 
-fn waiting(g: &Group, name: &str) -> String {
-    g.st(name)["waiting"].as_str().unwrap_or("").to_string()
+/// A tryheartbeat group (heartbeat_delay 1s) with `a` and `b` added and watched.
+fn tryheartbeat_pair(standby: &str) -> (Group, Watcher) {
+    let mut g = Group::new("tryheartbeat", standby);
+    g.set_activation("heartbeat_delay", &q("1s"));
+    let w = g.add_watched_pair();
+    (g, w)
 }
 
-/// Stays Warm (never answers Hot) for `d`.
-fn stays_warm(g: &Group, name: &str, d: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < d {
-        let m = g.mode(name);
-        assert_eq!(
-            m.as_deref(),
-            Some("Warm"),
-            "{name} left Warm by itself: {:?}",
-            g.status(name)
-        );
-        sleep_ms(20);
-    }
+/// `a`, started alone on `g`'s lock file, holds the lock but stays Warm for `stay`, waiting for
+/// an operator because of what it sees (`seen`) in the heartbeat (its waiting text holds all of `words`);
+/// the operator's PUT hot then makes it Hot with an epoch above `prev`, which is returned.
+fn a_waits_for_the_operator(
+    g: &mut Group,
+    seen: &str,
+    words: &[&str],
+    stay: Duration,
+    prev: u64,
+) -> u64 {
+    g.start("a");
+    g.wait_status("a", seen, 5 * S, |s| s["holds_lock"] == true);
+    let why = g.waiting("a");
+    assert!(
+        words.iter().all(|w| why.contains(w)),
+        "waiting text: {why:?}"
+    );
+    g.stays("a", "Warm", stay);
+    g.put_hot_ok("a");
+    let e = g.epoch("a");
+    assert!(e > prev, "{e} > {prev}");
+    g.wait_service_active("a", e);
+    e
 }
 
 #[test]
 fn tryheartbeat_fresh_stale_and_garbage() {
-    let mut g = Group::new("tryheartbeat", "cold");
-    g.set_activation("heartbeat_delay", &q("1s"));
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
+    let (mut g, w) = tryheartbeat_pair("cold");
 
     // Alone, with no heartbeat ever written: Warm, holding the lock, and /status says why.
     g.start("a");
     g.wait_status("a", "waiting for an operator", 5 * S, |s| {
         s["holds_lock"] == true && s["mode"] == "Warm"
     });
-    let why = waiting(&g, "a");
+    let why = g.waiting("a");
     assert!(why.contains("heartbeat"), "waiting text: {why:?}");
-    stays_warm(&g, "a", Duration::from_millis(400));
+    g.stays("a", "Warm", Duration::from_millis(400));
     assert!(
         g.service_pid("a").is_none(),
         "a cold standby service runs while Warm"
     );
     // A second node cannot be activated by hand while a holds the lock.
     g.start("b");
-    let (code, body) = put(&g.admin("b"), "/service/activationmode/hot");
-    assert_eq!(code, 409, "{body}");
-    assert_eq!(body["holder"], "a", "{body}");
+    g.put_hot_refused("b", "a");
     // The operator decides.
-    let (code, body) = put(&g.admin("a"), "/service/activationmode/hot");
-    assert_eq!(code, 200, "{body}");
+    let body = g.put_hot_ok("a");
     assert_eq!(body["mode"], "Hot", "{body}");
     g.wait_mode("a", "Hot", S);
     let e1 = g.epoch("a");
@@ -79,38 +86,25 @@ fn tryheartbeat_fresh_stale_and_garbage() {
     g.kill9("a");
     g.kill9("b");
     sleep_ms(1300);
-    g.start("a");
-    g.wait_status("a", "stale heartbeat seen", 5 * S, |s| {
-        s["holds_lock"] == true
-    });
-    let why = waiting(&g, "a");
-    assert!(
-        why.contains("heartbeat") && why.contains("old"),
-        "waiting text: {why:?}"
+    let e3 = a_waits_for_the_operator(
+        &mut g,
+        "stale heartbeat seen",
+        &["heartbeat", "old"],
+        Duration::from_millis(500),
+        e2,
     );
-    stays_warm(&g, "a", Duration::from_millis(500));
-    assert!(g.event_kinds("a").iter().any(|k| k == "heartbeat_stale"));
-    let (code, body) = put(&g.admin("a"), "/service/activationmode/hot");
-    assert_eq!(code, 200, "{body}");
-    let e3 = g.epoch("a");
-    assert!(e3 > e2, "{e3} > {e2}");
-    g.wait_service_active("a", e3);
+    g.assert_events("a", &["heartbeat_stale"]);
 
     // A lock file full of garbage: Warm until an operator says otherwise.
     g.kill9("a");
     std::fs::write(&g.lock, b"\x00\xffnot a heartbeat at all\n").unwrap();
-    g.start("a");
-    g.wait_status("a", "garbage heartbeat seen", 5 * S, |s| {
-        s["holds_lock"] == true
-    });
-    let why = waiting(&g, "a");
-    assert!(why.contains("heartbeat"), "waiting text: {why:?}");
-    stays_warm(&g, "a", Duration::from_millis(400));
-    let (code, body) = put(&g.admin("a"), "/service/activationmode/hot");
-    assert_eq!(code, 200, "{body}");
-    let e4 = g.epoch("a");
-    assert!(e4 > e3, "{e4} > {e3}");
-    g.wait_service_active("a", e4);
+    let e4 = a_waits_for_the_operator(
+        &mut g,
+        "garbage heartbeat seen",
+        &["heartbeat"],
+        Duration::from_millis(400),
+        e3,
+    );
 
     // And a live failover after that works by itself again.
     g.start("b");
@@ -128,17 +122,12 @@ fn tryheartbeat_fresh_stale_and_garbage() {
 fn tryheartbeat_sigterm_hands_over_without_an_operator() {
     // A graceful stop can take longer than heartbeat_delay; the departing active writes a last
     // heartbeat when it releases, so the standby still goes Hot by itself.
-    let mut g = Group::new("tryheartbeat", "hot");
-    g.set_activation("heartbeat_delay", &q("1s"));
-    g.add("a");
-    g.add("b");
-    let w = g.watch();
+    let (mut g, w) = tryheartbeat_pair("hot");
     g.start("a");
     g.wait_status("a", "holding the lock", 5 * S, |s| s["holds_lock"] == true);
-    let (code, _) = put(&g.admin("a"), "/service/activationmode/hot");
-    assert_eq!(code, 200);
+    g.put_hot_ok("a");
     g.start("b");
-    g.wait_status("b", "ready", 5 * S, |s| s["ready"] == true);
+    g.wait_ready("b", 5 * S);
     let e = g.epoch("a");
     assert_eq!(g.sigterm("a", 10 * S).code(), Some(0));
     g.wait_mode("b", "Hot", 5 * S);

@@ -203,6 +203,23 @@ pub fn signal(pid: u32, sig: Signal) {
     kill(Pid::from_raw(pid as i32), sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
 }
 
+/// Wait for a child to exit within `timeout`; if it does not, kill and reap it and panic with
+/// the message `why` builds.
+pub fn exit_within(
+    child: &mut Child,
+    timeout: Duration,
+    why: impl FnOnce() -> String,
+) -> ExitStatus {
+    match wait_exit(child, timeout) {
+        Some(st) => st,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}", why());
+        }
+    }
+}
+
 /// Wait for a child to exit within `timeout`; None if it is still running.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
@@ -514,17 +531,12 @@ impl Group {
             .get_mut(name)
             .and_then(|n| n.child.take())
             .expect("running");
-        match wait_exit(&mut c, timeout) {
-            Some(st) => st,
-            None => {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!(
-                    "agent {name} did not exit within {timeout:?} of SIGTERM:\n{}",
-                    self.output(name)
-                );
-            }
-        }
+        exit_within(&mut c, timeout, || {
+            format!(
+                "agent {name} did not exit within {timeout:?} of SIGTERM:\n{}",
+                self.output(name)
+            )
+        })
     }
 
     /// GET /events of a node.
@@ -543,6 +555,85 @@ impl Group {
             .collect()
     }
 
+    /// Assert that `name`'s timeline holds an entry of each of `kinds`.
+    pub fn assert_events(&self, name: &str, kinds: &[&str]) {
+        let seen = self.event_kinds(name);
+        for k in kinds {
+            assert!(
+                seen.iter().any(|x| x == k),
+                "{name}'s events lack {k}: {seen:?}"
+            );
+        }
+    }
+
+    /// `PUT /service/activationmode/hot` on `name`; (status, body).
+    pub fn put_hot(&self, name: &str) -> (u16, Value) {
+        put(&self.admin(name), "/service/activationmode/hot")
+    }
+
+    /// `PUT hot` on `name`, which must answer 200; the body.
+    pub fn put_hot_ok(&self, name: &str) -> Value {
+        let (code, body) = self.put_hot(name);
+        assert_eq!(code, 200, "PUT hot on {name}: {body}");
+        body
+    }
+
+    /// `PUT hot` on `name`, which must answer 409 naming `holder`; the body.
+    pub fn put_hot_refused(&self, name: &str, holder: &str) -> Value {
+        let (code, body) = self.put_hot(name);
+        assert_eq!(code, 409, "PUT hot on {name}: {body}");
+        assert_eq!(body["holder"], holder, "the 409 names the holder: {body}");
+        body
+    }
+
+    /// `POST /service/switchover` on `name`; (status, body).
+    pub fn switchover(&self, name: &str) -> (u16, Value) {
+        post(&self.admin(name), "/service/switchover")
+    }
+
+    /// Why `name` is waiting, as /status says ("" when it is not).
+    pub fn waiting(&self, name: &str) -> String {
+        self.st(name)["waiting"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Wait until `name`'s /status says ready.
+    pub fn wait_ready(&self, name: &str, timeout: Duration) -> Value {
+        self.wait_status(name, "ready", timeout, |s| s["ready"] == true)
+    }
+
+    /// Assert that `name` answers `want` (Hot/Warm) on every poll (each 20 ms) for `d`.
+    pub fn stays(&self, name: &str, want: &str, d: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            assert_eq!(
+                self.mode(name).as_deref(),
+                Some(want),
+                "{name} left {want} by itself: {:?}",
+                self.status(name)
+            );
+            sleep_ms(20);
+        }
+    }
+
+    /// Add nodes `a` and `b` and return a watcher of both.
+    pub fn add_watched_pair(&mut self) -> Watcher {
+        self.add("a");
+        self.add("b");
+        self.watch()
+    }
+
+    /// Start `a` and wait until it is Hot (5 s), then start `b`.
+    pub fn start_a_hot_then_b(&mut self) {
+        self.start("a");
+        self.wait_mode("a", "Hot", Duration::from_secs(5));
+        self.start("b");
+    }
+
+    /// Whether the service log holds a line that satisfies `f`.
+    pub fn logged(&self, f: impl Fn(&LogLine) -> bool) -> bool {
+        read_log(&self.log).iter().any(f)
+    }
+
     /// A watcher of every node of the group (nodes added later are not watched).
     pub fn watch(&self) -> Watcher {
         Watcher::start(
@@ -556,9 +647,7 @@ impl Group {
     /// Wait until the service log shows `node`'s service active with `epoch`.
     pub fn wait_service_active(&self, node: &str, epoch: u64) {
         let ok = wait_until(Duration::from_secs(5), || {
-            read_log(&self.log)
-                .iter()
-                .any(|l| l.node == node && l.event == "active" && l.epoch == epoch)
+            self.logged(|l| l.node == node && l.event == "active" && l.epoch == epoch)
         });
         assert!(
             ok,
