@@ -386,17 +386,35 @@ impl ExchangeSim {
         self.orders.insert((session, cl), o);
     }
 
-    fn cancel(&mut self, out: &mut Outbox, session: usize, m: &Message<'_>, poss_dup: bool) {
+    /// The order a cancel or replace request names, taken out of the book: `(ClOrdID, OrigClOrdID,
+    /// order)`. None when the request is a repeat already handled (PossDup) or names an unknown
+    /// order, which is rejected with CxlRejResponseTo `response_to`.
+    fn take_amended(
+        &mut self,
+        out: &mut Outbox,
+        session: usize,
+        m: &Message<'_>,
+        poss_dup: bool,
+        response_to: &[u8],
+    ) -> Option<(String, String, Order)> {
         let cl = m.get_str(tag::CL_ORD_ID).unwrap_or_default().to_owned();
         let orig = m
             .get_str(tag::ORIG_CL_ORD_ID)
             .unwrap_or_default()
             .to_owned();
         if poss_dup && self.orders.contains_key(&(session, cl.clone())) {
-            return;
+            return None;
         }
-        let Some(mut o) = self.orders.remove(&(session, orig.clone())) else {
-            return self.cancel_reject(out, session, m, b"1", "unknown order");
+        let Some(o) = self.orders.remove(&(session, orig.clone())) else {
+            self.cancel_reject(out, session, m, response_to, "unknown order");
+            return None;
+        };
+        Some((cl, orig, o))
+    }
+
+    fn cancel(&mut self, out: &mut Outbox, session: usize, m: &Message<'_>, poss_dup: bool) {
+        let Some((cl, orig, mut o)) = self.take_amended(out, session, m, poss_dup, b"1") else {
+            return;
         };
         if matches!(o.status, b'2' | b'4' | b'8') {
             self.orders.insert((session, orig), o);
@@ -409,16 +427,8 @@ impl ExchangeSim {
     }
 
     fn replace(&mut self, out: &mut Outbox, session: usize, m: &Message<'_>, poss_dup: bool) {
-        let cl = m.get_str(tag::CL_ORD_ID).unwrap_or_default().to_owned();
-        let orig = m
-            .get_str(tag::ORIG_CL_ORD_ID)
-            .unwrap_or_default()
-            .to_owned();
-        if poss_dup && self.orders.contains_key(&(session, cl.clone())) {
+        let Some((cl, orig, mut o)) = self.take_amended(out, session, m, poss_dup, b"2") else {
             return;
-        }
-        let Some(mut o) = self.orders.remove(&(session, orig.clone())) else {
-            return self.cancel_reject(out, session, m, b"2", "unknown order");
         };
         let new_qty = num(m, tag::ORDER_QTY).unwrap_or(o.qty);
         if matches!(o.status, b'2' | b'4' | b'8') || new_qty <= o.cum {
