@@ -260,6 +260,20 @@ struct SlotState<S: SessionStore> {
     waiting_schedule: bool,
 }
 
+impl<S: SessionStore> SlotState<S> {
+    /// A slot not connected yet.
+    fn new(slot: SessionSlot<S>) -> Self {
+        SlotState {
+            slot,
+            conn: None,
+            connecting: false,
+            next_addr: 0,
+            logged_on: false,
+            waiting_schedule: false,
+        }
+    }
+}
+
 /// The event loop. See the module documentation.
 pub struct Engine<S: SessionStore> {
     slots: Vec<SlotState<S>>,
@@ -285,17 +299,7 @@ impl<S: SessionStore> Engine<S> {
         let (net_tx, net_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         Engine {
-            slots: slots
-                .into_iter()
-                .map(|slot| SlotState {
-                    slot,
-                    conn: None,
-                    connecting: false,
-                    next_addr: 0,
-                    logged_on: false,
-                    waiting_schedule: false,
-                })
-                .collect(),
+            slots: slots.into_iter().map(SlotState::new).collect(),
             listener,
             factory: None,
             conns: HashMap::new(),
@@ -735,14 +739,7 @@ impl<S: SessionStore> Engine<S> {
             return Some(i);
         }
         let slot = self.factory.as_mut()?(sid)?;
-        self.slots.push(SlotState {
-            slot,
-            conn: None,
-            connecting: false,
-            next_addr: 0,
-            logged_on: false,
-            waiting_schedule: false,
-        });
+        self.slots.push(SlotState::new(slot));
         Some(self.slots.len() - 1)
     }
 

@@ -91,6 +91,29 @@ pub fn put_str(body: &mut Vec<u8>, tag: u32, value: &str) {
     put(body, tag, value.as_bytes());
 }
 
+/// When `m` (received as `msg`) lacks a tag [`missing_required`] asks for, answer it with a
+/// session-level Reject (RequiredTagMissing, naming the tag) and return true.
+pub fn reject_if_incomplete(
+    out: &mut Outbox,
+    session: usize,
+    msg: &AppMessage,
+    m: &Message<'_>,
+) -> bool {
+    let mt = m.msg_type();
+    let Some(t) = missing_required(m, mt) else {
+        return false;
+    };
+    out.reject(
+        session,
+        msg.seq_num,
+        &String::from_utf8_lossy(mt),
+        Some(t),
+        SessionRejectReason::RequiredTagMissing,
+        &format!("required tag {t} missing"),
+    );
+    true
+}
+
 /// The tags a message of type `mt` must carry for the gateway and the simulator to act on
 /// it; the first one missing is returned.
 pub fn missing_required(m: &Message<'_>, mt: &[u8]) -> Option<u32> {
@@ -304,55 +327,40 @@ impl ExchangeSim {
         out.send(session, b"9", b);
     }
 
+    /// Answer a NewOrderSingle that is not accepted with an ExecutionReport Rejected (150=8).
+    fn reject_order(
+        &mut self,
+        out: &mut Outbox,
+        session: usize,
+        cl: &str,
+        m: &Message<'_>,
+        qty: f64,
+        text: &str,
+    ) {
+        let o = Order {
+            order_id: "NONE".into(),
+            symbol: m.get_str(tag::SYMBOL).unwrap_or("?").to_owned(),
+            side: m.get_str(tag::SIDE).unwrap_or("1").to_owned(),
+            qty,
+            price: None,
+            cum: 0.0,
+            status: b'8',
+        };
+        self.report(out, session, cl, None, &o, b"8", None, Some(text));
+    }
+
     fn new_order(&mut self, out: &mut Outbox, session: usize, m: &Message<'_>, poss_dup: bool) {
         let cl = m.get_str(tag::CL_ORD_ID).unwrap_or_default().to_owned();
         if self.orders.contains_key(&(session, cl.clone())) {
             if poss_dup {
                 return;
             }
-            let o = Order {
-                order_id: "NONE".into(),
-                symbol: m.get_str(tag::SYMBOL).unwrap_or("?").to_owned(),
-                side: m.get_str(tag::SIDE).unwrap_or("1").to_owned(),
-                qty: num(m, tag::ORDER_QTY).unwrap_or(0.0),
-                price: None,
-                cum: 0.0,
-                status: b'8',
-            };
-            self.report(
-                out,
-                session,
-                &cl,
-                None,
-                &o,
-                b"8",
-                None,
-                Some("duplicate ClOrdID"),
-            );
-            return;
+            let qty = num(m, tag::ORDER_QTY).unwrap_or(0.0);
+            return self.reject_order(out, session, &cl, m, qty, "duplicate ClOrdID");
         }
         let qty = num(m, tag::ORDER_QTY).filter(|q| *q > 0.0);
         let Some(qty) = qty else {
-            let o = Order {
-                order_id: "NONE".into(),
-                symbol: m.get_str(tag::SYMBOL).unwrap_or("?").to_owned(),
-                side: m.get_str(tag::SIDE).unwrap_or("1").to_owned(),
-                qty: 0.0,
-                price: None,
-                cum: 0.0,
-                status: b'8',
-            };
-            self.report(
-                out,
-                session,
-                &cl,
-                None,
-                &o,
-                b"8",
-                None,
-                Some("bad OrderQty"),
-            );
-            return;
+            return self.reject_order(out, session, &cl, m, 0.0, "bad OrderQty");
         };
         let mut o = Order {
             order_id: format!("O{}", self.next_order),
@@ -459,15 +467,7 @@ impl Application for ExchangeSim {
         };
         let mt = m.msg_type();
         let mt_str = String::from_utf8_lossy(mt).into_owned();
-        if let Some(t) = missing_required(&m, mt) {
-            out.reject(
-                session,
-                msg.seq_num,
-                &mt_str,
-                Some(t),
-                SessionRejectReason::RequiredTagMissing,
-                &format!("required tag {t} missing"),
-            );
+        if reject_if_incomplete(out, session, msg, &m) {
             return;
         }
         // A possible duplicate, by MsgSeqNum (PossDup) or forwarded again (PossResend).

@@ -24,11 +24,11 @@ use thiserror::Error;
 
 use crate::codec::{parse, Message};
 use crate::engine::{Application, LogonInfo, Outbox, SessionSlot};
-use crate::exchange_sim::{missing_required, put, put_str, tag};
+use crate::exchange_sim::{put, put_str, reject_if_incomplete, tag};
 use crate::schedule::{ScheduleSpec, SessionSchedule};
 use crate::session::{AppMessage, Role, Session, SessionConfig};
 use crate::store::{Deferred, FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
-use crate::tags::{self, BeginString, SessionRejectReason};
+use crate::tags::{self, BeginString};
 
 /// Separates the client's CompID from its ClOrdID upstream.
 pub const CL_ORD_ID_SEP: char = '~';
@@ -731,15 +731,7 @@ impl Gateway {
             Self::business_reject(out, session, msg, &mt_str, b"3", "unsupported message type");
             return Ok(());
         }
-        if let Some(t) = missing_required(m, mt) {
-            out.reject(
-                session,
-                msg.seq_num,
-                &mt_str,
-                Some(t),
-                SessionRejectReason::RequiredTagMissing,
-                &format!("required tag {t} missing"),
-            );
+        if reject_if_incomplete(out, session, msg, m) {
             return Ok(());
         }
         let prefixed = |v: &[u8]| {
@@ -808,15 +800,7 @@ impl Gateway {
             tracing::warn!(msg_type = %String::from_utf8_lossy(mt), "upstream message not routed");
             return;
         }
-        if let Some(t) = missing_required(m, mt) {
-            out.reject(
-                session,
-                msg.seq_num,
-                &String::from_utf8_lossy(mt),
-                Some(t),
-                SessionRejectReason::RequiredTagMissing,
-                &format!("required tag {t} missing"),
-            );
+        if reject_if_incomplete(out, session, msg, m) {
             return;
         }
         let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
