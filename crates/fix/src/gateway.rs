@@ -773,16 +773,7 @@ impl Gateway {
         // Recorded before the order is stored for sending: a report can never arrive for an
         // order whose owner a successor does not know.
         self.record_owner(&new_id, client, &upstream)?;
-        let mut body = Vec::with_capacity(msg.frame.len());
-        for f in m.fields() {
-            if tags::is_header_tag(f.tag) || f.tag == tags::CHECK_SUM {
-                continue;
-            }
-            match f.tag {
-                tag::CL_ORD_ID | tag::ORIG_CL_ORD_ID => put(&mut body, f.tag, &prefixed(f.value)),
-                _ => put(&mut body, f.tag, f.value),
-            }
-        }
+        let body = forwarded_body(m, msg.frame.len(), prefixed);
         out.forward(target, mt, body, msg.poss_dup || possibly_resent(m));
         self.routed += 1;
         Ok(())
@@ -828,18 +819,26 @@ impl Gateway {
                 v.to_vec()
             }
         };
-        let mut body = Vec::with_capacity(msg.frame.len());
-        for f in m.fields() {
-            if tags::is_header_tag(f.tag) || f.tag == tags::CHECK_SUM {
-                continue;
-            }
-            match f.tag {
-                tag::CL_ORD_ID | tag::ORIG_CL_ORD_ID => put(&mut body, f.tag, &strip(f.value)),
-                _ => put(&mut body, f.tag, f.value),
-            }
-        }
+        let body = forwarded_body(m, msg.frame.len(), strip);
         out.forward(target, mt, body, msg.poss_dup || possibly_resent(m));
     }
+}
+
+/// The body of `m` to forward to the other side: every field but the header and trailer, with
+/// ClOrdID and OrigClOrdID rewritten by `id` (prefixed with the client going up, stripped coming
+/// back). `cap` sizes the buffer.
+fn forwarded_body(m: &Message<'_>, cap: usize, id: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(cap);
+    for f in m.fields() {
+        if tags::is_header_tag(f.tag) || f.tag == tags::CHECK_SUM {
+            continue;
+        }
+        match f.tag {
+            tag::CL_ORD_ID | tag::ORIG_CL_ORD_ID => put(&mut body, f.tag, &id(f.value)),
+            _ => put(&mut body, f.tag, f.value),
+        }
+    }
+    body
 }
 
 /// PossResend(97)=Y: the sender may have sent this before under another MsgSeqNum.
