@@ -42,6 +42,65 @@ pub struct EngineConfig {
     pub yield_timeout: Duration,
     /// True when a health check is configured: readiness then waits for its first success.
     pub health_check: bool,
+    /// Longest wait for a standby service to handle the activate signal; after it the service
+    /// counts as able to be told anyway (one that never handles it is misconfigured).
+    pub signal_wait: Duration,
+    /// The safety rules, each of which can be switched off so that a test can show the
+    /// simulation catching its absence. All on outside such tests.
+    #[doc(hidden)]
+    pub rules: Rules,
+}
+
+/// Switches for the rules that keep two services from acting at once (see [`EngineConfig::rules`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Hold a grant until the services of the previous holders are gone (`awaiting`).
+    pub await_previous_service: bool,
+    /// Hold a waited-for grant on a lock file this node created while a peer still acts or holds
+    /// the lock it knew (`deferred`).
+    pub defer_recreated_lock: bool,
+    /// Give back a tried lock on a file this node created while a peer still acts or holds.
+    pub release_recreated_trylock: bool,
+    /// Signal a standby service only once it handles the activate signal (`pending_start`).
+    pub wait_signal_ready: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            await_previous_service: true,
+            defer_recreated_lock: true,
+            release_recreated_trylock: true,
+            wait_signal_ready: true,
+        }
+    }
+}
+
+/// What the agent knows of another node of the group (its membership record, and whether its
+/// service still runs on this host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    /// Node name.
+    pub node: String,
+    /// The record says Hot.
+    pub hot: bool,
+    /// The record's epoch.
+    pub epoch: u64,
+    /// The record says it holds the group lock.
+    pub holds_lock: bool,
+    /// The record was rewritten recently enough to be believed (a dead agent's record goes stale).
+    pub fresh: bool,
+    /// The peer's service, when the record says Hot or holding the lock and that process still
+    /// runs on this host and can act (not a zombie, no SIGKILL pending): it may still be active.
+    pub live_service: Option<u32>,
+}
+
+impl PeerView {
+    /// True when this peer may be acting or about to act on the lock it believes it holds.
+    fn may_act(&self) -> bool {
+        self.fresh && (self.hot || self.holds_lock)
+    }
 }
 
 /// What the lock file said when the lock was obtained.
@@ -68,10 +127,14 @@ pub enum Input {
         /// Highest epoch recorded for the group.
         known_epoch: u64,
     },
-    /// The group lock is ours (after [`Command::Campaign`] or [`Command::TryLock`]).
+    /// The group lock is ours (after [`Command::Campaign`] or [`Command::TryLock`]). The agent
+    /// feeds a fresh [`Input::Peers`] right before, for the engine judges the grant by it.
     LockAcquired {
         /// The heartbeat found in the lock file.
         previous: HeartbeatView,
+        /// This node created the lock file (it did not exist or had been replaced): a peer that
+        /// held the old one may not have noticed yet.
+        created: bool,
     },
     /// [`Command::TryLock`] failed: another node holds the lock.
     LockBusy {
@@ -117,11 +180,24 @@ pub enum Input {
         /// Names of ready standbys.
         ready: Vec<String>,
     },
-    /// Another node is active with `epoch` (seen in the membership records).
-    PeerActive {
-        /// Its name.
-        node: String,
-        /// Its epoch.
+    /// The other nodes of the group, as their membership records and /proc show them now.
+    Peers(Vec<PeerView>),
+    /// A process named in [`Command::WatchProcesses`] has ended (or can no longer act).
+    ProcessGone {
+        /// The process.
+        pid: u32,
+    },
+    /// The service process named in [`Command::WatchSignalReady`] now handles the activate
+    /// signal (caught, ignored or blocked), so the signal can no longer kill it.
+    ServiceSignalReady {
+        /// The service process.
+        pid: u32,
+    },
+    /// The service says it is active with `epoch` (`POST /service/active-ack`).
+    ServiceAcked {
+        /// The process that says so.
+        pid: u32,
+        /// The epoch it read.
         epoch: u64,
     },
     /// Periodic timer, every heartbeat interval.
@@ -168,6 +244,17 @@ pub enum Command {
     },
     /// Check that the held lock is still the group's (answers with [`Input::LockLost`] if not).
     VerifyLock,
+    /// Wait for each of these processes to end; answer with one [`Input::ProcessGone`] per pid.
+    WatchProcesses {
+        /// The processes (services of previous holders).
+        pids: Vec<u32>,
+    },
+    /// Find out when the service process handles the activate signal; answer with
+    /// [`Input::ServiceSignalReady`].
+    WatchSignalReady {
+        /// The standby service.
+        pid: u32,
+    },
     /// Append to the event timeline.
     Record(Event),
     /// Answer the pending operator request.
@@ -216,6 +303,14 @@ pub enum EventKind {
     LockObtained,
     /// The lock was obtained but the heartbeat was stale or unreadable: waiting for an operator.
     HeartbeatStale,
+    /// The grant is held: the lock file was re-created while a peer still acts on the old one.
+    GrantDeferred,
+    /// The services of the previous holders are gone (or there were none): the grant is usable.
+    PreviousServiceGone,
+    /// The standby service did not handle the activate signal in time; counted as able anyway.
+    SignalWaitExpired,
+    /// The active service acknowledged that it acts with the node's epoch.
+    ServiceAcked,
     /// The new epoch is durable; the node is Hot.
     EpochDurable,
     /// The service process started.
@@ -281,6 +376,12 @@ pub enum Waiting {
         /// Monotonic time at which the node campaigns again anyway.
         until: Duration,
     },
+    /// Holding a lock on a file this node re-created, until this peer, which still acts on the
+    /// old file, has stepped down or its record went stale.
+    PeerStepDown(String),
+    /// Holding the lock until these services of the previous holders are gone: the kernel hands
+    /// the lock over the instant an agent dies, its guardian kills the service a moment later.
+    PreviousService(Vec<u32>),
 }
 
 /// Where the service stands, as far as the engine knows.
@@ -332,6 +433,14 @@ enum After {
     Exit,
 }
 
+/// A grant being held back (see [`Waiting::PeerStepDown`] and [`Waiting::PreviousService`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Grant {
+    previous: HeartbeatView,
+    /// Promote without looking at the heartbeat: an operator asked.
+    operator: bool,
+}
+
 /// Why a [`Command::TryLock`] was issued, so its answer is routed right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TryFor {
@@ -376,8 +485,18 @@ pub struct Engine {
     failures: u32,
     healthy: bool,
     ready_recorded: bool,
-    /// Deliver NotifyActive once the standby service being started reports its pid.
+    /// Deliver NotifyActive once the standby service is up and handles the activate signal.
     notify_when_started: bool,
+    /// The running service handles the activate signal (or was started active, or waited long).
+    svc_signal_ready: bool,
+    /// When the running service reported its pid.
+    svc_pid_at: Duration,
+    /// The active service acknowledged the current epoch.
+    acked: bool,
+    /// The grant held back while the phase is PeerStepDown or PreviousService.
+    grant: Option<Grant>,
+    /// The latest view of the other nodes.
+    peers: Vec<PeerView>,
     trying: Option<TryFor>,
     /// An operator's PUT waits for the epoch to become durable.
     answer_activate: bool,
@@ -406,6 +525,11 @@ impl Engine {
             healthy: false,
             ready_recorded: false,
             notify_when_started: false,
+            svc_signal_ready: false,
+            svc_pid_at: Duration::ZERO,
+            acked: false,
+            grant: None,
+            peers: Vec::new(),
             trying: None,
             answer_activate: false,
             persist_pending: false,
@@ -482,7 +606,9 @@ impl Engine {
             )
         );
         let svc_ok = if self.cfg.standby.runs_while_standby() {
-            matches!(self.svc, SvcState::Running { .. }) && (self.healthy || !self.cfg.health_check)
+            matches!(self.svc, SvcState::Running { .. })
+                && self.svc_signal_ready
+                && (self.healthy || !self.cfg.health_check)
         } else {
             true
         };
@@ -520,6 +646,12 @@ impl Engine {
                     "handed over; waiting for the new active (campaigning again in {:.1} s at the latest)",
                     secs(*until)
                 ),
+                Waiting::PeerStepDown(peer) => format!(
+                    "holding a re-created group lock; waiting for node {peer}, which still acts on the old one, to step down"
+                ),
+                Waiting::PreviousService(pids) => format!(
+                    "holding the group lock; waiting for the previous active's service (pid {pids:?}) to end"
+                ),
             },
         })
     }
@@ -529,7 +661,7 @@ impl Engine {
         self.now = now;
         match input {
             Input::Start { known_epoch } => self.on_start(known_epoch),
-            Input::LockAcquired { previous } => self.on_lock_acquired(previous),
+            Input::LockAcquired { previous, created } => self.on_lock_acquired(previous, created),
             Input::LockBusy { holder } => self.on_lock_busy(holder),
             Input::LockLost { reason } => self.on_lock_lost(reason),
             Input::EpochDurable { epoch } => {
@@ -548,7 +680,10 @@ impl Engine {
             Input::HealthFailed { reason } => self.on_health_failed(reason),
             Input::Activate => self.on_activate(),
             Input::Switchover { ready } => self.on_switchover(ready),
-            Input::PeerActive { node, epoch } => self.on_peer_active(node, epoch),
+            Input::Peers(peers) => self.on_peers(peers),
+            Input::ProcessGone { pid } => self.on_process_gone(pid),
+            Input::ServiceSignalReady { pid } => self.on_signal_ready(pid),
+            Input::ServiceAcked { pid, epoch } => self.on_service_acked(pid, epoch),
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
         }
@@ -623,7 +758,7 @@ impl Engine {
         self.emit(Command::StartService { role, epoch });
     }
 
-    fn on_lock_acquired(&mut self, previous: HeartbeatView) {
+    fn on_lock_acquired(&mut self, previous: HeartbeatView, created: bool) {
         let trying = self.trying.take();
         if self.holds_lock {
             // A duplicate grant (e.g. a waiter racing a non-blocking try): we already hold it.
@@ -644,12 +779,78 @@ impl Engine {
             EventKind::LockObtained,
             format!("group lock obtained; {prev}"),
         );
-        if trying == Some(TryFor::Operator) {
-            self.promote();
+        let grant = Grant {
+            previous,
+            operator: trying == Some(TryFor::Operator),
+        };
+        // We created the lock file, so the one a peer may hold was deleted or replaced under it.
+        // It steps down at its next check of the lock; acting before it has makes two actives.
+        let acting_peer = created
+            .then(|| self.peers.iter().find(|p| p.may_act()))
+            .flatten()
+            .map(|p| p.node.clone());
+        if let Some(peer) = acting_peer {
+            if trying.is_some() && self.cfg.rules.release_recreated_trylock {
+                // An answer is expected now (an operator's PUT, or Hot mode's start): say busy.
+                self.release();
+                self.trying = trying;
+                self.on_lock_busy(Some(peer));
+                return;
+            }
+            if trying.is_none() && self.cfg.rules.defer_recreated_lock {
+                self.record(
+                    EventKind::GrantDeferred,
+                    format!("the lock file was re-created while node {peer} still acts; waiting for it to step down"),
+                );
+                self.grant = Some(grant);
+                self.set_phase(Phase::Warm(Waiting::PeerStepDown(peer)));
+                return;
+            }
+        }
+        self.grant = Some(grant);
+        self.await_previous_services();
+    }
+
+    /// The grant is ours to use once the services the previous holders advertised are gone.
+    fn await_previous_services(&mut self) {
+        let pids: Vec<u32> = if self.cfg.rules.await_previous_service {
+            self.peers.iter().filter_map(|p| p.live_service).collect()
+        } else {
+            Vec::new()
+        };
+        if pids.is_empty() {
+            self.record(
+                EventKind::PreviousServiceGone,
+                "no service of a previous active is running",
+            );
+            self.accept_grant();
             return;
         }
-        if self.cfg.mode == ActivationMode::TryHeartbeat {
-            if let Some(stale) = self.stale_reason(&previous) {
+        self.set_phase(Phase::Warm(Waiting::PreviousService(pids.clone())));
+        self.emit(Command::WatchProcesses { pids });
+    }
+
+    fn on_process_gone(&mut self, pid: u32) {
+        let Phase::Warm(Waiting::PreviousService(pids)) = &mut self.phase else {
+            return;
+        };
+        pids.retain(|p| *p != pid);
+        if pids.is_empty() {
+            self.record(
+                EventKind::PreviousServiceGone,
+                "the previous active's service has ended",
+            );
+            self.accept_grant();
+        }
+    }
+
+    /// Go on with a held grant: promote, unless TryHeartbeat finds the heartbeat stale.
+    fn accept_grant(&mut self) {
+        let Some(grant) = self.grant.take() else {
+            return;
+        };
+        if !grant.operator && self.cfg.mode == ActivationMode::TryHeartbeat {
+            if let Some(stale) = self.stale_reason(&grant.previous) {
                 self.record(EventKind::HeartbeatStale, stale.clone());
                 self.set_phase(Phase::Warm(Waiting::StaleHeartbeat(stale)));
                 return;
@@ -751,19 +952,9 @@ impl Engine {
         if self.cfg.mode == ActivationMode::TryHeartbeat {
             self.emit(Command::WriteHeartbeat { epoch });
         }
+        self.acked = false;
         match self.svc {
-            SvcState::Running { pid, .. } => {
-                self.svc = SvcState::Running {
-                    role: Role::Active,
-                    pid,
-                };
-                self.emit(Command::NotifyActive { epoch });
-                self.record(
-                    EventKind::ServiceNotified,
-                    format!("service pid {pid} told it is active"),
-                );
-                self.maybe_ready();
-            }
+            SvcState::Running { .. } => self.tell_active(),
             SvcState::Starting(_) => self.notify_when_started = true,
             SvcState::Stopped => self.start_service(Role::Active),
             // A standby service being stopped (e.g. it failed its check): start afresh once it is gone.
@@ -840,29 +1031,81 @@ impl Engine {
             _ => return,
         };
         self.svc = SvcState::Running { role, pid };
+        self.svc_pid_at = self.now.mono;
+        // The pid is reported right after exec, long before the service has installed its
+        // handler for the activate signal, whose default action kills it.
+        self.svc_signal_ready = role == Role::Active || !self.cfg.rules.wait_signal_ready;
         self.record(
             EventKind::ServiceStarted,
             format!("service pid {pid} started as {}", role.as_env()),
         );
+        if !self.svc_signal_ready {
+            self.emit(Command::WatchSignalReady { pid });
+        }
         if self.phase == Phase::Hot {
             if role == Role::Standby || self.notify_when_started {
-                self.notify_when_started = false;
-                let epoch = self.epoch;
-                self.svc = SvcState::Running {
-                    role: Role::Active,
-                    pid,
-                };
-                self.emit(Command::NotifyActive { epoch });
+                self.tell_active();
+            } else {
+                self.record(
+                    EventKind::ServiceNotified,
+                    format!("service pid {pid} started as active"),
+                );
+                self.maybe_ready();
             }
-            self.record(
-                EventKind::ServiceNotified,
-                format!("service pid {pid} is active"),
-            );
-            self.maybe_ready();
         } else if role == Role::Active {
             // Started as active but the node is no longer Hot: it must not act.
             self.svc = SvcState::Stopping;
             self.emit(Command::StopService { graceful: false });
+        }
+    }
+
+    /// Tell the running service it is active, as soon as the signal cannot kill it.
+    fn tell_active(&mut self) {
+        let SvcState::Running { pid, .. } = self.svc else {
+            self.notify_when_started = true;
+            return;
+        };
+        if !self.svc_signal_ready {
+            self.notify_when_started = true;
+            return;
+        }
+        self.notify_when_started = false;
+        let epoch = self.epoch;
+        self.svc = SvcState::Running {
+            role: Role::Active,
+            pid,
+        };
+        self.emit(Command::NotifyActive { epoch });
+        self.record(
+            EventKind::ServiceNotified,
+            format!("service pid {pid} told it is active"),
+        );
+        self.maybe_ready();
+    }
+
+    fn on_signal_ready(&mut self, pid: u32) {
+        if !matches!(self.svc, SvcState::Running { pid: p, .. } if p == pid)
+            || self.svc_signal_ready
+        {
+            return;
+        }
+        self.svc_signal_ready = true;
+        if self.phase == Phase::Hot && self.notify_when_started {
+            self.tell_active();
+        }
+    }
+
+    fn on_service_acked(&mut self, pid: u32, epoch: u64) {
+        let acting = matches!(
+            self.svc,
+            SvcState::Running { role: Role::Active, pid: p } if p == pid
+        );
+        if self.phase == Phase::Hot && acting && epoch == self.epoch && !self.acked {
+            self.acked = true;
+            self.record(
+                EventKind::ServiceAcked,
+                format!("service pid {pid} acts with epoch {epoch}"),
+            );
         }
     }
 
@@ -978,6 +1221,7 @@ impl Engine {
 
     /// Step down: stop the service first, release the lock once it has stopped acting.
     fn demote(&mut self, after: After, graceful: bool) {
+        self.grant = None;
         self.set_phase(Phase::Demoting(after));
         match self.svc {
             SvcState::Stopped => self.finish_demote(after),
@@ -1039,6 +1283,11 @@ impl Engine {
                 self.phase = Phase::Demoting(after);
             }
             Phase::Warm(Waiting::StaleHeartbeat(_)) => self.join(),
+            Phase::Warm(Waiting::PeerStepDown(_) | Waiting::PreviousService(_)) => {
+                self.grant = None;
+                self.refuse_pending_activate(&format!("lost the group lock ({reason})"));
+                self.join();
+            }
             _ => {}
         }
     }
@@ -1050,6 +1299,13 @@ impl Engine {
                 self.emit(Command::Answer(Answer::Activated { epoch }));
             }
             Phase::Promoting => self.answer_activate = true,
+            // Never overridden: promoting now is exactly the second active these waits prevent.
+            Phase::Warm(Waiting::PeerStepDown(_) | Waiting::PreviousService(_)) => {
+                self.answer_activate = true;
+                if let Some(g) = self.grant.as_mut() {
+                    g.operator = true;
+                }
+            }
             Phase::Warm(_) if self.holds_lock => {
                 self.record(EventKind::LockObtained, "operator override: activating");
                 self.answer_activate = true;
@@ -1091,6 +1347,26 @@ impl Engine {
         self.demote(After::Yield, true);
     }
 
+    fn on_peers(&mut self, peers: Vec<PeerView>) {
+        self.peers = peers;
+        let newest = self
+            .peers
+            .iter()
+            .filter(|p| p.fresh && p.hot && p.epoch > self.epoch)
+            .max_by_key(|p| p.epoch)
+            .map(|p| (p.node.clone(), p.epoch));
+        if let Some((node, epoch)) = newest {
+            self.on_peer_active(node, epoch);
+        }
+        if let Phase::Warm(Waiting::PeerStepDown(peer)) = &self.phase {
+            if !self.peers.iter().any(|p| p.may_act()) {
+                let detail = format!("node {peer} stepped down or went silent");
+                self.record(EventKind::GrantDeferred, detail);
+                self.await_previous_services();
+            }
+        }
+    }
+
     fn on_peer_active(&mut self, node: String, epoch: u64) {
         if self.phase == Phase::Hot && epoch > self.epoch {
             // A newer active exists, so our grant is gone even if the lock has not told us yet.
@@ -1121,6 +1397,19 @@ impl Engine {
                 self.join();
             }
             _ => {}
+        }
+        if let SvcState::Running { pid, .. } = self.svc {
+            if !self.svc_signal_ready && now.saturating_sub(self.svc_pid_at) >= self.cfg.signal_wait
+            {
+                self.record(
+                    EventKind::SignalWaitExpired,
+                    format!(
+                        "service pid {pid} does not handle the activate signal after {:?}; counting it as able anyway",
+                        self.cfg.signal_wait
+                    ),
+                );
+                self.on_signal_ready(pid);
+            }
         }
         if let Some(at) = self.svc_restart_at {
             if now >= at && self.svc == SvcState::Stopped && matches!(self.phase, Phase::Warm(_)) {
