@@ -57,10 +57,10 @@ pub struct EngineConfig {
 pub struct Rules {
     /// Hold a grant until the services of the previous holders are gone (`awaiting`).
     pub await_previous_service: bool,
-    /// Hold a waited-for grant on a lock file this node created while a peer still acts or holds
-    /// the lock it knew (`deferred`).
+    /// Hold a waited-for grant while a live peer still acts or holds the lock it knew: the lock
+    /// file was re-created under it (`deferred`).
     pub defer_recreated_lock: bool,
-    /// Give back a tried lock on a file this node created while a peer still acts or holds.
+    /// Give back a tried lock while a live peer still acts or holds (the try's answer is due now).
     pub release_recreated_trylock: bool,
     /// Signal a standby service only once it handles the activate signal (`pending_start`).
     pub wait_signal_ready: bool,
@@ -89,7 +89,8 @@ pub struct PeerView {
     pub epoch: u64,
     /// The record says it holds the group lock.
     pub holds_lock: bool,
-    /// The record was rewritten recently enough to be believed (a dead agent's record goes stale).
+    /// The record was rewritten recently and its agent still runs: what it says is current.
+    /// False for the record a killed agent left behind.
     pub fresh: bool,
     /// The peer's service, when the record says Hot or holding the lock and that process still
     /// runs on this host and can act (not a zombie, no SIGKILL pending): it may still be active.
@@ -133,7 +134,8 @@ pub enum Input {
         /// The heartbeat found in the lock file.
         previous: HeartbeatView,
         /// This node created the lock file (it did not exist or had been replaced): a peer that
-        /// held the old one may not have noticed yet.
+        /// held the old one may not have noticed yet (for the timeline; the engine judges by the
+        /// peers' records, for the node that created the file may have let go unnoticed).
         created: bool,
     },
     /// [`Command::TryLock`] failed: another node holds the lock.
@@ -141,6 +143,8 @@ pub enum Input {
         /// Its name, when known.
         holder: Option<String>,
     },
+    /// [`Command::ConfirmLock`]: the held lock is still the group's.
+    LockConfirmed,
     /// The lock is gone (file deleted or replaced, lease lost).
     LockLost {
         /// Why, in words.
@@ -244,6 +248,9 @@ pub enum Command {
     },
     /// Check that the held lock is still the group's (answers with [`Input::LockLost`] if not).
     VerifyLock,
+    /// Check at once that the held lock is still the group's; answer with
+    /// [`Input::LockConfirmed`] or [`Input::LockLost`].
+    ConfirmLock,
     /// Wait for each of these processes to end; answer with one [`Input::ProcessGone`] per pid.
     WatchProcesses {
         /// The processes (services of previous holders).
@@ -497,6 +504,12 @@ pub struct Engine {
     grant: Option<Grant>,
     /// The latest view of the other nodes.
     peers: Vec<PeerView>,
+    /// When the current lock was granted.
+    holding_since: Duration,
+    /// [`Input::LockConfirmed`] arrived for the held grant.
+    confirmed: bool,
+    /// While the phase is PreviousService: each awaited service and the node it belongs to.
+    awaited: Vec<(String, u32)>,
     trying: Option<TryFor>,
     /// An operator's PUT waits for the epoch to become durable.
     answer_activate: bool,
@@ -530,6 +543,9 @@ impl Engine {
             acked: false,
             grant: None,
             peers: Vec::new(),
+            holding_since: Duration::ZERO,
+            confirmed: false,
+            awaited: Vec::new(),
             trying: None,
             answer_activate: false,
             persist_pending: false,
@@ -681,6 +697,15 @@ impl Engine {
             Input::Activate => self.on_activate(),
             Input::Switchover { ready } => self.on_switchover(ready),
             Input::Peers(peers) => self.on_peers(peers),
+            Input::LockConfirmed => {
+                if self.holds_lock
+                    && self.grant.is_some()
+                    && self.phase == Phase::Warm(Waiting::PreviousService(Vec::new()))
+                {
+                    self.confirmed = true;
+                    self.accept_grant();
+                }
+            }
             Input::ProcessGone { pid } => self.on_process_gone(pid),
             Input::ServiceSignalReady { pid } => self.on_signal_ready(pid),
             Input::ServiceAcked { pid, epoch } => self.on_service_acked(pid, epoch),
@@ -760,11 +785,14 @@ impl Engine {
 
     fn on_lock_acquired(&mut self, previous: HeartbeatView, created: bool) {
         let trying = self.trying.take();
+        // A try while the campaign is outstanding may be answered with the campaign's own grant.
+        let campaigning = self.cfg.mode.campaigns() && self.phase == Phase::Warm(Waiting::Lock);
         if self.holds_lock {
             // A duplicate grant (e.g. a waiter racing a non-blocking try): we already hold it.
             return;
         }
         self.holds_lock = true;
+        self.holding_since = self.now.mono;
         let wanted = match (&self.phase, trying) {
             (Phase::Warm(_), Some(_)) => true,
             (Phase::Warm(Waiting::Lock), None) => self.cfg.mode.campaigns(),
@@ -783,24 +811,29 @@ impl Engine {
             previous,
             operator: trying == Some(TryFor::Operator),
         };
-        // We created the lock file, so the one a peer may hold was deleted or replaced under it.
-        // It steps down at its next check of the lock; acting before it has makes two actives.
-        let acting_peer = created
-            .then(|| self.peers.iter().find(|p| p.may_act()))
-            .flatten()
+        // A live peer that still says it acts or holds the lock holds one on a lock file that was
+        // deleted or replaced under it (by us, `created`, or by a node that created it and let
+        // go). It steps down at its next check of the lock; acting before it has makes two
+        // actives. A dead peer's record says the same, but `fresh` is false once its agent is gone.
+        let acting_peer = self
+            .peers
+            .iter()
+            .find(|p| p.may_act())
             .map(|p| p.node.clone());
+        let file = if created { "re-created " } else { "" };
         if let Some(peer) = acting_peer {
-            if trying.is_some() && self.cfg.rules.release_recreated_trylock {
+            let tried_alone = trying.is_some() && !campaigning;
+            if tried_alone && self.cfg.rules.release_recreated_trylock {
                 // An answer is expected now (an operator's PUT, or Hot mode's start): say busy.
                 self.release();
                 self.trying = trying;
                 self.on_lock_busy(Some(peer));
                 return;
             }
-            if trying.is_none() && self.cfg.rules.defer_recreated_lock {
+            if !tried_alone && self.cfg.rules.defer_recreated_lock {
                 self.record(
                     EventKind::GrantDeferred,
-                    format!("the lock file was re-created while node {peer} still acts; waiting for it to step down"),
+                    format!("{file}group lock obtained while node {peer} still acts on the old lock file; waiting for it to step down"),
                 );
                 self.grant = Some(grant);
                 self.set_phase(Phase::Warm(Waiting::PeerStepDown(peer)));
@@ -813,11 +846,15 @@ impl Engine {
 
     /// The grant is ours to use once the services the previous holders advertised are gone.
     fn await_previous_services(&mut self) {
-        let pids: Vec<u32> = if self.cfg.rules.await_previous_service {
-            self.peers.iter().filter_map(|p| p.live_service).collect()
+        self.awaited = if self.cfg.rules.await_previous_service {
+            self.peers
+                .iter()
+                .filter_map(|p| Some((p.node.clone(), p.live_service?)))
+                .collect()
         } else {
             Vec::new()
         };
+        let pids: Vec<u32> = self.awaited.iter().map(|(_, pid)| *pid).collect();
         if pids.is_empty() {
             self.record(
                 EventKind::PreviousServiceGone,
@@ -831,15 +868,17 @@ impl Engine {
     }
 
     fn on_process_gone(&mut self, pid: u32) {
+        self.awaited.retain(|(_, p)| *p != pid);
+        self.awaited_changed("the previous active's service has ended");
+    }
+
+    fn awaited_changed(&mut self, why: &str) {
         let Phase::Warm(Waiting::PreviousService(pids)) = &mut self.phase else {
             return;
         };
-        pids.retain(|p| *p != pid);
+        *pids = self.awaited.iter().map(|(_, pid)| *pid).collect();
         if pids.is_empty() {
-            self.record(
-                EventKind::PreviousServiceGone,
-                "the previous active's service has ended",
-            );
+            self.record(EventKind::PreviousServiceGone, why);
             self.accept_grant();
         }
     }
@@ -849,6 +888,16 @@ impl Engine {
         let Some(grant) = self.grant.take() else {
             return;
         };
+        if self.holding_since < self.now.mono && !self.confirmed {
+            // Held a while: the lock file may have been replaced meanwhile, unnoticed until the
+            // next check, and going Hot on it while a peer is granted the new one makes two
+            // actives. Promote only once the lock is confirmed to be still the group's.
+            self.grant = Some(grant);
+            self.set_phase(Phase::Warm(Waiting::PreviousService(Vec::new())));
+            self.emit(Command::ConfirmLock);
+            return;
+        }
+        self.confirmed = false;
         if !grant.operator && self.cfg.mode == ActivationMode::TryHeartbeat {
             if let Some(stale) = self.stale_reason(&grant.previous) {
                 self.record(EventKind::HeartbeatStale, stale.clone());
@@ -1309,7 +1358,11 @@ impl Engine {
             Phase::Warm(_) if self.holds_lock => {
                 self.record(EventKind::LockObtained, "operator override: activating");
                 self.answer_activate = true;
-                self.promote();
+                self.grant = Some(Grant {
+                    previous: HeartbeatView::Missing,
+                    operator: true,
+                });
+                self.accept_grant();
             }
             Phase::Warm(_) => {
                 self.answer_activate = true;
@@ -1349,6 +1402,21 @@ impl Engine {
 
     fn on_peers(&mut self, peers: Vec<PeerView>) {
         self.peers = peers;
+        // A node that says, alive, that it neither acts nor holds the lock has stepped down, and
+        // stepping down stops its service first: the process that still runs is a standby (the
+        // record named it while that node believed it held a lock on a replaced file).
+        let stepped_down = |node: &str, peers: &[PeerView]| {
+            peers
+                .iter()
+                .any(|p| p.node == node && p.fresh && !p.hot && !p.holds_lock)
+        };
+        let before = self.awaited.len();
+        let peers = std::mem::take(&mut self.peers);
+        self.awaited.retain(|(node, _)| !stepped_down(node, &peers));
+        self.peers = peers;
+        if self.awaited.len() != before {
+            self.awaited_changed("the previous holder stepped down");
+        }
         let newest = self
             .peers
             .iter()
@@ -1379,7 +1447,8 @@ impl Engine {
             self.demote(After::Backoff, false);
         }
         self.epoch = self.epoch.max(epoch);
-        if let Phase::Warm(Waiting::Yield { .. }) = self.phase {
+        // A try under way is answered first; joining now would campaign for a lock it may hold.
+        if let (Phase::Warm(Waiting::Yield { .. }), None) = (&self.phase, self.trying) {
             self.join();
         }
     }
