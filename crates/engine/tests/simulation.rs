@@ -1089,16 +1089,13 @@ fn without_deferring_a_grant_under_a_live_holder_there_are_two_actives() {
 
 #[test]
 fn without_releasing_a_tried_lock_under_a_live_holder_there_are_two_actives() {
-    assert_found(
-        |r| r.release_recreated_trylock = false,
-        "two active services",
-    );
+    assert_found(|r| r.release_recreated_trylock = false, TWO_ACTIVES);
 }
 
 #[test]
 fn without_waiting_for_the_signal_handler_the_signal_kills_the_standby() {
     assert_found(
         |r| r.wait_signal_ready = false,
-        "does not handle the signal yet",
+        &["does not handle the signal yet"],
     );
 }
