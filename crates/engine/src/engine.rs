@@ -446,6 +446,8 @@ struct Grant {
     previous: HeartbeatView,
     /// Promote without looking at the heartbeat: an operator asked.
     operator: bool,
+    /// It was held across inputs (see [`Engine::accept_grant`]).
+    waited: bool,
 }
 
 /// Why a [`Command::TryLock`] was issued, so its answer is routed right.
@@ -504,8 +506,6 @@ pub struct Engine {
     grant: Option<Grant>,
     /// The latest view of the other nodes.
     peers: Vec<PeerView>,
-    /// When the current lock was granted.
-    holding_since: Duration,
     /// [`Input::LockConfirmed`] arrived for the held grant.
     confirmed: bool,
     /// While the phase is PreviousService: each awaited service and the node it belongs to.
@@ -543,7 +543,6 @@ impl Engine {
             acked: false,
             grant: None,
             peers: Vec::new(),
-            holding_since: Duration::ZERO,
             confirmed: false,
             awaited: Vec::new(),
             trying: None,
@@ -792,7 +791,6 @@ impl Engine {
             return;
         }
         self.holds_lock = true;
-        self.holding_since = self.now.mono;
         let wanted = match (&self.phase, trying) {
             (Phase::Warm(_), Some(_)) => true,
             (Phase::Warm(Waiting::Lock), None) => self.cfg.mode.campaigns(),
@@ -810,6 +808,7 @@ impl Engine {
         let grant = Grant {
             previous,
             operator: trying == Some(TryFor::Operator),
+            waited: false,
         };
         // A live peer that still says it acts or holds the lock holds one on a lock file that was
         // deleted or replaced under it (by us, `created`, or by a node that created it and let
@@ -835,7 +834,10 @@ impl Engine {
                     EventKind::GrantDeferred,
                     format!("{file}group lock obtained while node {peer} still acts on the old lock file; waiting for it to step down"),
                 );
-                self.grant = Some(grant);
+                self.grant = Some(Grant {
+                    waited: true,
+                    ..grant
+                });
                 self.set_phase(Phase::Warm(Waiting::PeerStepDown(peer)));
                 return;
             }
@@ -863,6 +865,9 @@ impl Engine {
             self.accept_grant();
             return;
         }
+        if let Some(g) = self.grant.as_mut() {
+            g.waited = true;
+        }
         self.set_phase(Phase::Warm(Waiting::PreviousService(pids.clone())));
         self.emit(Command::WatchProcesses { pids });
     }
@@ -888,7 +893,7 @@ impl Engine {
         let Some(grant) = self.grant.take() else {
             return;
         };
-        if self.holding_since < self.now.mono && !self.confirmed {
+        if grant.waited && !self.confirmed {
             // Held a while: the lock file may have been replaced meanwhile, unnoticed until the
             // next check, and going Hot on it while a peer is granted the new one makes two
             // actives. Promote only once the lock is confirmed to be still the group's.
@@ -1361,6 +1366,7 @@ impl Engine {
                 self.grant = Some(Grant {
                     previous: HeartbeatView::Missing,
                     operator: true,
+                    waited: true,
                 });
                 self.accept_grant();
             }

@@ -133,6 +133,18 @@ fn acquired(previous: HeartbeatView) -> Input {
     }
 }
 
+/// Peer `node`, alive, advertises Warm without the lock.
+fn peer_warm(node: &str, epoch: u64) -> Input {
+    Input::Peers(vec![PeerView {
+        node: node.into(),
+        hot: false,
+        epoch,
+        holds_lock: false,
+        fresh: true,
+        live_service: None,
+    }])
+}
+
 /// Peer `node` advertises Hot with `epoch` in a fresh record.
 fn peer_hot(node: &str, epoch: u64) -> Input {
     Input::Peers(vec![PeerView {
@@ -372,6 +384,185 @@ fn tick_while_holding_the_lock_verifies_it() {
     assert_eq!(w.feed(Input::Tick), vec![]);
 }
 
+// ---------------------------------------------------------------- held grants
+
+/// Peer `node` was Hot with `epoch`; its agent is gone but its service `pid` still runs.
+fn dead_peer_with_live_service(node: &str, epoch: u64, pid: u32) -> Input {
+    Input::Peers(vec![PeerView {
+        node: node.into(),
+        hot: true,
+        epoch,
+        holds_lock: true,
+        fresh: false,
+        live_service: Some(pid),
+    }])
+}
+
+#[test]
+fn a_grant_waits_until_the_previous_active_service_is_gone() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    n.feed(dead_peer_with_live_service("b", KNOWN, 77));
+    let all = n.feed_all(acquired_fresh(&n));
+    assert_eq!(kinds(&all), vec![EventKind::LockObtained]);
+    assert_eq!(
+        actions(&all),
+        vec![Command::WatchProcesses { pids: vec![77] }]
+    );
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(n.waiting().contains("pid [77]"), "{}", n.waiting());
+    // An operator cannot hurry it: that is exactly the second active it prevents.
+    assert_eq!(n.feed(Input::Activate), vec![]);
+    assert_eq!(n.feed(Input::ProcessGone { pid: 78 }), vec![]);
+    let all = n.feed_all(Input::ProcessGone { pid: 77 });
+    assert!(kinds(&all).contains(&EventKind::PreviousServiceGone));
+    assert_eq!(
+        actions(&all),
+        vec![Command::ConfirmLock],
+        "held a while: the lock is checked first"
+    );
+    assert_eq!(
+        n.feed(Input::LockConfirmed),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    let out = n.feed(durable(KNOWN + 1));
+    assert_eq!(
+        out,
+        vec![
+            Command::NotifyActive { epoch: KNOWN + 1 },
+            Command::Answer(Answer::Activated { epoch: KNOWN + 1 })
+        ]
+    );
+}
+
+#[test]
+fn a_grant_held_for_a_previous_service_is_dropped_with_the_lock() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(dead_peer_with_live_service("b", KNOWN, 77));
+    n.feed(acquired_fresh(&n));
+    let out = n.feed(Input::LockLost {
+        reason: "lock file deleted".into(),
+    });
+    assert_eq!(out, vec![Command::Campaign]);
+    assert_eq!(n.feed(Input::ProcessGone { pid: 77 }), vec![]);
+    assert!(!n.e.holds_lock());
+}
+
+#[test]
+fn a_grant_waits_while_a_live_peer_still_acts_on_a_replaced_lock_file() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(peer_hot("b", KNOWN));
+    let all = n.feed_all(Input::LockAcquired {
+        previous: HeartbeatView::Missing,
+        created: true,
+    });
+    assert!(kinds(&all).contains(&EventKind::GrantDeferred));
+    assert_eq!(actions(&all), vec![]);
+    assert!(n.waiting().contains("node b"), "{}", n.waiting());
+    // Still acting on the next tick: still waiting.
+    n.advance(secs(1));
+    assert_eq!(n.feed(peer_hot("b", KNOWN)), vec![]);
+    // It stepped down.
+    assert_eq!(n.feed(peer_warm("b", KNOWN)), vec![Command::ConfirmLock]);
+    assert_eq!(
+        n.feed(Input::LockConfirmed),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+}
+
+#[test]
+fn a_tried_lock_is_given_back_while_a_live_peer_still_acts() {
+    let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(peer_hot("b", KNOWN));
+    assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
+    let out = n.feed(Input::LockAcquired {
+        previous: HeartbeatView::Missing,
+        created: true,
+    });
+    assert_eq!(
+        out,
+        vec![
+            Command::Release,
+            Command::Answer(Answer::ActivateRefused {
+                holder: Some("b".into()),
+                reason: "node b holds the group lock; activating here would make two actives"
+                    .into()
+            })
+        ]
+    );
+    assert!(!n.e.holds_lock());
+}
+
+#[test]
+fn a_standby_is_told_only_once_it_handles_the_signal() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    assert_eq!(
+        n.feed(started(10)),
+        vec![Command::WatchSignalReady { pid: 10 }]
+    );
+    assert!(
+        !n.e.ready(),
+        "not ready to take over before it handles the signal"
+    );
+    n.feed(acquired_fresh(&n));
+    assert_eq!(n.feed(durable(KNOWN + 1)), vec![]);
+    assert_eq!(n.e.state(), State::Hot);
+    assert_eq!(
+        n.feed(Input::ServiceSignalReady { pid: 11 }),
+        vec![],
+        "another process"
+    );
+    assert_eq!(
+        n.feed(Input::ServiceSignalReady { pid: 10 }),
+        vec![Command::NotifyActive { epoch: KNOWN + 1 }]
+    );
+}
+
+#[test]
+fn a_standby_that_never_handles_the_signal_is_told_after_signal_wait() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(started(10));
+    n.feed(acquired_fresh(&n));
+    n.feed(durable(KNOWN + 1));
+    n.advance(ms(4900));
+    assert_eq!(n.feed(Input::Tick), vec![Command::VerifyLock]);
+    n.advance(ms(100));
+    let all = n.feed_all(Input::Tick);
+    assert!(kinds(&all).contains(&EventKind::SignalWaitExpired));
+    assert_eq!(
+        actions(&all),
+        vec![
+            Command::NotifyActive { epoch: KNOWN + 1 },
+            Command::VerifyLock
+        ]
+    );
+}
+
+#[test]
+fn the_service_acknowledges_its_epoch_once() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let epoch = n.e.epoch();
+    let stale = n.feed_all(Input::ServiceAcked {
+        pid: 10,
+        epoch: epoch - 1,
+    });
+    assert!(
+        kinds(&stale).is_empty(),
+        "an older epoch is no acknowledgement"
+    );
+    let other = n.feed_all(Input::ServiceAcked { pid: 99, epoch });
+    assert!(kinds(&other).is_empty(), "another process");
+    let ack = n.feed_all(Input::ServiceAcked { pid: 10, epoch });
+    assert_eq!(kinds(&ack), vec![EventKind::ServiceAcked]);
+    assert!(kinds(&n.feed_all(Input::ServiceAcked { pid: 10, epoch })).is_empty());
+}
+
 // ---------------------------------------------------------------- TryHeartbeat
 
 #[test]
@@ -449,9 +640,10 @@ fn tryheartbeat_stale_missing_or_garbage_waits_for_operator_holding_the_lock() {
         assert_eq!(n.feed(Input::Tick), vec![Command::VerifyLock]);
         assert_eq!(n.e.state(), State::Warm);
 
-        // The operator decides.
+        // The operator decides; the lock, held a while, is checked to still be the group's.
+        assert_eq!(n.feed(Input::Activate), vec![Command::ConfirmLock]);
         assert_eq!(
-            n.feed(Input::Activate),
+            n.feed(Input::LockConfirmed),
             vec![Command::PersistNextEpoch { floor: KNOWN }]
         );
         let out = n.feed(durable(KNOWN + 1));
@@ -969,6 +1161,8 @@ fn peer_active_with_a_newer_epoch_fences_a_hot_node() {
     n.advance(secs(1));
     n.feed(Input::Tick);
     n.up(12);
+    // The peer stepped down since (its record says so when this node is granted the lock).
+    n.feed(peer_warm("b", KNOWN + 3));
     assert_eq!(
         n.feed(acquired_fresh(&n)),
         vec![Command::PersistNextEpoch { floor: KNOWN + 3 }]
@@ -1148,6 +1342,7 @@ fn epochs_strictly_increase_across_hot_periods() {
         n.feed(Input::Tick);
         // A peer was active meanwhile with a higher epoch.
         n.feed(peer_hot("b", last + 2));
+        n.feed(peer_warm("b", last + 2));
         let out = n.feed(acquired_fresh(&n));
         let floor = match out.as_slice() {
             [Command::PersistNextEpoch { floor }] => *floor,
