@@ -1,0 +1,184 @@
+//! Facts about processes the agent does not own, found in /proc and by waiting on a pidfd: is a
+//! process still able to act, is it the service of a given node, does it handle a signal yet,
+//! and when does it end. The agent reports these facts to the engine, which decides what they
+//! mean; nothing here runs on the event loop except the quick /proc reads.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::io::unix::AsyncFd;
+
+/// True while `pid` can still act: it exists, is not a zombie, and has no SIGKILL pending (a
+/// process with SIGKILL pending never runs user code again, even while the kernel finishes an
+/// uninterruptible wait or unmaps a large address space).
+pub fn can_act(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let kill_bit = 1u64 << (Signal::SIGKILL as i32 - 1);
+    let mut alive = true;
+    for line in status.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "State" => alive &= !(v.starts_with('Z') || v.starts_with('X')),
+            "SigPnd" | "ShdPnd" => {
+                alive &= u64::from_str_radix(v, 16)
+                    .map(|m| m & kill_bit == 0)
+                    .unwrap_or(true)
+            }
+            _ => {}
+        }
+    }
+    alive
+}
+
+/// True while `pid` can act and runs with `UNDERSTUDY_NODE=node` and `UNDERSTUDY_GROUP=group` in
+/// its environment: the service of that node of that group, so that an unrelated process that
+/// reused the pid, or a pid from another host's record, never counts.
+pub fn is_service_of(pid: u32, node: &str, group: &str) -> bool {
+    if !can_act(pid) {
+        return false;
+    }
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let has = |kv: String| env.split(|b| *b == 0).any(|e| e == kv.as_bytes());
+    has(format!("UNDERSTUDY_NODE={node}")) && has(format!("UNDERSTUDY_GROUP={group}"))
+}
+
+/// True when `sig` is caught, ignored or blocked by `pid`, so that it can no longer kill it.
+/// None when that cannot be told (the process is gone).
+pub fn handles_signal(pid: u32, sig: Signal) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let bit = 1u64 << ((sig as i32 - 1) as u32);
+    Some(
+        status
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                matches!(k, "SigBlk" | "SigIgn" | "SigCgt")
+                    .then(|| u64::from_str_radix(v.trim(), 16).ok())
+                    .flatten()
+            })
+            .any(|mask| mask & bit != 0),
+    )
+}
+
+/// First and longest pause between two looks at /proc while a service sets up its handler: a
+/// service usually installs it within a millisecond or two of its start, some take seconds.
+const SIGNAL_POLL_FIRST: Duration = Duration::from_micros(500);
+const SIGNAL_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Waits until `pid` handles `sig` (true) or is gone (false), looking at /proc with a growing
+/// pause. The kernel has no notification for a change of signal disposition, hence the looks.
+pub async fn signal_handled(pid: u32, sig: Signal) -> bool {
+    let mut pause = SIGNAL_POLL_FIRST;
+    loop {
+        match handles_signal(pid, sig) {
+            Some(true) => return true,
+            None => return false,
+            Some(false) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SIGNAL_POLL_MAX);
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory is
+    // shared with the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the descriptor was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+struct PidFd(OwnedFd);
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits until process `pid` has ended (or can no longer act), without polling: a pidfd becomes
+/// readable when its process exits. Returns at once when the process is already gone.
+///
+/// `still_it` is asked once the pidfd is open, to close the window in which the process might
+/// have ended and its pid been reused before the open: false means the pid is no longer the
+/// process the caller meant, which counts as gone.
+pub async fn gone(pid: u32, still_it: impl Fn(u32) -> bool) -> io::Result<()> {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !still_it(pid) {
+        return Ok(());
+    }
+    let fd = AsyncFd::with_interest(PidFd(fd), tokio::io::Interest::READABLE)?;
+    let _ready = fd.readable().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn gone_returns_when_the_process_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        assert!(can_act(pid));
+        let t0 = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), gone(pid, can_act))
+            .await
+            .expect("pidfd never became readable")
+            .expect("pidfd");
+        assert!(t0.elapsed() >= Duration::from_millis(150));
+        let _ = child.wait();
+    }
+
+    #[tokio::test]
+    async fn gone_returns_at_once_for_a_process_that_is_not_there() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        let _ = child.wait();
+        tokio::time::timeout(Duration::from_secs(1), gone(pid, can_act))
+            .await
+            .expect("waited for a reaped process")
+            .expect("pidfd");
+    }
+
+    #[tokio::test]
+    async fn signal_handled_sees_a_handler_installed_late() {
+        // The shell installs its trap after sleeping: until then SIGUSR1 would kill it.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.2; trap '' USR1; sleep 5"])
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        assert_eq!(handles_signal(pid, Signal::SIGUSR1), Some(false));
+        let handled = tokio::time::timeout(
+            Duration::from_secs(5),
+            signal_handled(pid, Signal::SIGUSR1),
+        )
+        .await
+        .expect("never saw the handler");
+        assert!(handled);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
