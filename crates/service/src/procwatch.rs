@@ -125,7 +125,9 @@ pub async fn gone(pid: u32, still_it: impl Fn(u32) -> bool) -> io::Result<()> {
     if !still_it(pid) {
         return Ok(());
     }
-    let fd = AsyncFd::with_interest(PidFd(fd), tokio::io::Interest::READABLE)?;
+    // SAFETY: PidFd owns the descriptor and always returns that same one, open until dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(PidFd(fd), tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)?;
     let _ready = fd.readable().await?;
     Ok(())
 }
@@ -171,12 +173,10 @@ mod tests {
             .expect("spawn sh");
         let pid = child.id();
         assert_eq!(handles_signal(pid, Signal::SIGUSR1), Some(false));
-        let handled = tokio::time::timeout(
-            Duration::from_secs(5),
-            signal_handled(pid, Signal::SIGUSR1),
-        )
-        .await
-        .expect("never saw the handler");
+        let handled =
+            tokio::time::timeout(Duration::from_secs(5), signal_handled(pid, Signal::SIGUSR1))
+                .await
+                .expect("never saw the handler");
         assert!(handled);
         let _ = child.kill();
         let _ = child.wait();
