@@ -437,10 +437,12 @@ impl Runtime {
             .filter(|m| m.node != cfg.node.name)
             .map(|m| {
                 let hot = m.mode == State::Hot.to_string();
-                // A killed agent's record stays recent for a while and still says Hot: its
-                // agent process is what tells (the group lock file lives on this host).
-                let fresh = now.saturating_sub(m.last_seen_unix_ms) <= fresh_ms
-                    && procwatch::can_act(m.agent_pid);
+                let fresh = now.saturating_sub(m.last_seen_unix_ms) <= fresh_ms;
+                // A killed agent's record stays recent for a while and still says Hot; its
+                // process tells. Agents sharing a lock file run on this host; a record from
+                // another host (shared filesystem) names a pid that is not here and counts as
+                // gone, so only `fresh` speaks for it.
+                let agent_gone = !procwatch::can_act(m.agent_pid);
                 // Only a node that acts or holds the lock can have a service that acts, and its
                 // environment names it (a reused pid or another host's pid never counts).
                 let live_service = m.pid.filter(|&pid| {
@@ -452,6 +454,7 @@ impl Runtime {
                     epoch: m.epoch,
                     holds_lock: m.holds_lock,
                     fresh,
+                    agent_gone,
                     live_service,
                 }
             })

@@ -89,9 +89,11 @@ pub struct PeerView {
     pub epoch: u64,
     /// The record says it holds the group lock.
     pub holds_lock: bool,
-    /// The record was rewritten recently and its agent still runs: what it says is current.
-    /// False for the record a killed agent left behind.
+    /// The record was rewritten recently enough to be believed.
     pub fresh: bool,
+    /// The record's agent is known to have ended (it ran on this host and its process no longer
+    /// acts): what the record says is what a killed agent left behind. False when not known.
+    pub agent_gone: bool,
     /// The peer's service, when the record says Hot or holding the lock and that process still
     /// runs on this host and can act (not a zombie, no SIGKILL pending): it may still be active.
     pub live_service: Option<u32>,
@@ -100,7 +102,7 @@ pub struct PeerView {
 impl PeerView {
     /// True when this peer may be acting or about to act on the lock it believes it holds.
     fn may_act(&self) -> bool {
-        self.fresh && (self.hot || self.holds_lock)
+        self.fresh && !self.agent_gone && (self.hot || self.holds_lock)
     }
 }
 
@@ -813,7 +815,7 @@ impl Engine {
         // A live peer that still says it acts or holds the lock holds one on a lock file that was
         // deleted or replaced under it (by us, `created`, or by a node that created it and let
         // go). It steps down at its next check of the lock; acting before it has makes two
-        // actives. A dead peer's record says the same, but `fresh` is false once its agent is gone.
+        // actives. A killed peer's record says the same, but then its agent is known gone.
         let acting_peer = self
             .peers
             .iter()
@@ -1414,7 +1416,7 @@ impl Engine {
         let stepped_down = |node: &str, peers: &[PeerView]| {
             peers
                 .iter()
-                .any(|p| p.node == node && p.fresh && !p.hot && !p.holds_lock)
+                .any(|p| p.node == node && p.fresh && !p.agent_gone && !p.hot && !p.holds_lock)
         };
         let before = self.awaited.len();
         let peers = std::mem::take(&mut self.peers);

@@ -141,6 +141,7 @@ fn peer_warm(node: &str, epoch: u64) -> Input {
         epoch,
         holds_lock: false,
         fresh: true,
+        agent_gone: false,
         live_service: None,
     }])
 }
@@ -153,6 +154,7 @@ fn peer_hot(node: &str, epoch: u64) -> Input {
         epoch,
         holds_lock: true,
         fresh: true,
+        agent_gone: false,
         live_service: None,
     }])
 }
@@ -393,7 +395,8 @@ fn dead_peer_with_live_service(node: &str, epoch: u64, pid: u32) -> Input {
         hot: true,
         epoch,
         holds_lock: true,
-        fresh: false,
+        fresh: true,
+        agent_gone: true,
         live_service: Some(pid),
     }])
 }

@@ -409,7 +409,8 @@ impl World {
                     hot: r.hot,
                     epoch: r.epoch,
                     holds_lock: r.holds_lock,
-                    fresh: self.live(j),
+                    fresh: true,
+                    agent_gone: !self.live(j),
                     live_service,
                 })
             })
