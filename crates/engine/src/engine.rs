@@ -6,6 +6,10 @@
 //! - Every epoch this node is Hot with is strictly greater than every epoch it has seen before.
 //! - The lock is released only once the service is known to have stopped acting (or was never
 //!   told it is active), so a standby can never be granted activity while this service still acts.
+//! - A grant is used only once no previous active's service can still act (the lock passes the
+//!   instant an agent dies, its service dies a moment later) and no live peer still acts on a
+//!   lock file that was replaced under it; a grant held for either is confirmed before use.
+//! - A standby service is told it is active only once the signal cannot kill it.
 
 use std::time::Duration;
 
