@@ -61,6 +61,11 @@ impl Timeline {
         self.detected = Some((mono, wall_ms));
     }
 
+    /// Drop a detection that no `LockObtained` claimed.
+    pub fn forget_detection(&mut self) {
+        self.detected = None;
+    }
+
     /// Append an event; returns the takeover duration (detection → service notified) when this
     /// event completes one, for the metrics histogram.
     pub fn push(&mut self, ev: Event) -> Option<Duration> {

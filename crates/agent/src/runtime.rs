@@ -380,9 +380,13 @@ impl Runtime {
     /// The moment the previous active was found lost: the timeline counts the takeover from it.
     fn detected(&self) {
         let mono = self.origin.elapsed();
+        self.with_timeline(|t| t.detected(mono, unix_ms()));
+    }
+
+    fn with_timeline<R>(&self, f: impl FnOnce(&mut Timeline) -> R) -> R {
         match self.shared.timeline.lock() {
-            Ok(mut t) => t.detected(mono, unix_ms()),
-            Err(p) => p.into_inner().detected(mono, unix_ms()),
+            Ok(mut t) => f(&mut t),
+            Err(p) => f(&mut p.into_inner()),
         }
     }
 
@@ -552,6 +556,9 @@ impl Runtime {
                 self.execute(cmd, &mut queue);
             }
         }
+        // A detection not claimed by a takeover in this feed (a grant the engine did not want)
+        // must not date a later one.
+        self.with_timeline(|t| t.forget_detection());
         self.publish_status();
         self.advertise(false);
     }
@@ -821,10 +828,7 @@ impl Runtime {
             }
             _ => {}
         }
-        let took = match self.shared.timeline.lock() {
-            Ok(mut t) => t.push(ev),
-            Err(p) => p.into_inner().push(ev),
-        };
+        let took = self.with_timeline(|t| t.push(ev));
         if let Some(d) = took {
             m.takeover_seconds.observe(d.as_secs_f64());
             info!(
