@@ -689,11 +689,8 @@ impl Runtime {
             let tx = self.proc_tx.clone();
             self.watches.push(tokio::spawn(async move {
                 // A process with SIGKILL pending never acts again: counted as gone.
-                if let Err(e) = procwatch::gone(pid, procwatch::can_act).await {
-                    // No pidfd (old kernel): this node waits until the lock is lost or an
-                    // operator restarts it, rather than risk two actives.
-                    error!("cannot wait for process {pid} to end: {e}");
-                    return;
+                if let Some(e) = procwatch::gone(pid, procwatch::can_act).await {
+                    warn!("no pidfd for process {pid} ({e}); watched it through /proc instead");
                 }
                 let _ = tx.send(ProcEvent::Gone(pid));
             }));
