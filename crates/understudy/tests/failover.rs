@@ -432,3 +432,65 @@ fn a_takeover_waits_until_the_previous_active_service_has_ended() {
     drop(frozen);
     eprintln!("b went Hot {took:?} after a's guardian was thawed; takeover {tk}");
 }
+
+/// `POST /service/active-ack` with a JSON body, as a service library sends it (HTTP/1.0).
+fn post_ack(admin: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect to the admin API");
+    let req = format!(
+        "POST /service/active-ack HTTP/1.0\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The service's acknowledgement ends the takeover's timeline: only the active service's pid
+/// with the node's epoch counts, once.
+#[test]
+fn the_active_service_acknowledges_its_epoch_in_the_takeover_timeline() {
+    let (mut g, w) = ready_pair(Group::new("trylock", "hot"));
+    g.kill9("a");
+    g.wait_mode("b", "Hot", 5 * S);
+    let (e, pid) = active_service(&g, "b");
+    let admin = g.admin("b");
+    let last = |g: &Group| {
+        g.events("b")["takeovers"]
+            .as_array()
+            .and_then(|t| t.last().cloned())
+            .expect("a takeover on b")
+    };
+    let stale = format!(r#"{{"pid":{pid},"epoch":{}}}"#, e - 1);
+    assert_eq!(post_ack(&admin, &stale), 202);
+    let other = format!(r#"{{"pid":{},"epoch":{e}}}"#, pid + 100_000);
+    assert_eq!(post_ack(&admin, &other), 202);
+    assert_eq!(
+        post_ack(&admin, r#"{"pid":"x"}"#),
+        422,
+        "a bad body is refused"
+    );
+    sleep_ms(100);
+    assert!(
+        last(&g)["service_acked_ms"].is_null(),
+        "an older epoch or another process is no acknowledgement: {}",
+        last(&g)
+    );
+    assert_eq!(
+        post_ack(&admin, &format!(r#"{{"pid":{pid},"epoch":{e}}}"#)),
+        202
+    );
+    let ok = wait_until(2 * S, || last(&g)["service_acked_ms"].is_number());
+    let t = last(&g);
+    assert!(ok, "the acknowledgement never reached the timeline: {t}");
+    let acked = t["service_acked_ms"].as_f64().unwrap_or(0.0);
+    let told = t["service_notified_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(acked >= told, "acknowledged before being told: {t}");
+    w.finish();
+    g.expect_actives(2);
+}
