@@ -404,7 +404,9 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert_eq!(code, 201);
     let snapshot = plane.get("/api/servers").1;
 
-    let cases: Vec<(&str, &str, &str, Vec<u8>, u16, &str)> = vec![
+    // (what, method, path, body, expected status, a word the answer must mention)
+    type Case = (&'static str, &'static str, &'static str, Vec<u8>, u16, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "unknown field",
             "POST",
