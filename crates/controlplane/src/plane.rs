@@ -665,6 +665,7 @@ impl Plane {
             "service": row.spec.service,
             "process": { "pid": pid, "running": process_running },
             "created_unix_ms": row.created_unix_ms,
+            "failure_events": self.store.failure_event_count(name)?,
             "failover": failover,
         }))
     }
@@ -701,15 +702,24 @@ impl Plane {
                     last_ok_unix_ms: st.as_ref().map(|_| unix_ms()),
                     status: st,
                 };
+                // A node whose state or epoch moved has a takeover to report: fetch its events now
+                // rather than at the next periodic pass, so the failure event shows within a
+                // collector interval of the takeover.
+                let mut moved = false;
                 if let Ok(mut live) = self.live.lock() {
-                    let prev_ok = live.get(&n.name).and_then(|l| l.last_ok_unix_ms);
+                    let prev = live.get(&n.name);
+                    let prev_ok = prev.and_then(|l| l.last_ok_unix_ms);
+                    let key = |l: Option<&Value>| {
+                        l.map(|s| (s.get("mode").cloned(), s.get("epoch").cloned()))
+                    };
+                    moved = key(prev.and_then(|p| p.status.as_ref())) != key(entry.status.as_ref());
                     let mut e = entry;
                     if e.last_ok_unix_ms.is_none() {
                         e.last_ok_unix_ms = prev_ok;
                     }
                     live.insert(n.name.clone(), e);
                 }
-                if with_events {
+                if with_events || moved {
                     self.collect_events(&name, n).await;
                 }
             }

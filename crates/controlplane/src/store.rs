@@ -358,6 +358,16 @@ impl Store {
         Ok(())
     }
 
+    /// How many failure events are stored for a server.
+    pub fn failure_event_count(&self, server: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM failure_events WHERE server = ?1",
+            params![server],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
     /// A server's failure events, newest first, at most `limit`.
     pub fn failure_events(&self, server: &str, limit: usize) -> Result<Vec<Value>, StoreError> {
         let conn = self.conn();

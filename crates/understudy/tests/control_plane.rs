@@ -332,7 +332,11 @@ fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
     watcher.finish();
     let ivs = check_overlaps(&log);
     // The first active, the takeover after the kill, the switchover: the checker saw them all.
-    assert!(ivs.len() >= 3, "the service log shows {} active intervals: {ivs:?}", ivs.len());
+    assert!(
+        ivs.len() >= 3,
+        "the service log shows {} active intervals: {ivs:?}",
+        ivs.len()
+    );
 
     // Stop failover: standbys discontinued, the active's service keeps running.
     let active_node = plane
@@ -405,7 +409,14 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let snapshot = plane.get("/api/servers").1;
 
     // (what, method, path, body, expected status, a word the answer must mention)
-    type Case = (&'static str, &'static str, &'static str, Vec<u8>, u16, &'static str);
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        u16,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             "unknown field",
