@@ -11,6 +11,7 @@
 //! - [`store`]: the embedded SQLite database with numbered migrations.
 //! - [`host`]: the host built into `serve`, which runs agents and plain servers as processes.
 //! - [`openapi`], [`export`]: the API's description; failure events as CSV.
+//! - [`notify`]: failure events pushed to a webhook, with retries.
 //! - [`client`]: `understudy ctl`'s side: one call, its answer in words.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod export;
 pub mod host;
 pub mod lifecycle;
 pub mod model;
+pub mod notify;
 pub mod openapi;
 pub mod plane;
 pub mod store;
@@ -56,6 +58,8 @@ pub struct ServeOptions {
     pub token_file: Option<PathBuf>,
     /// Reads need the token too.
     pub private: bool,
+    /// URL each new failure event is POSTed to.
+    pub webhook: Option<String>,
 }
 
 /// Read a token file: refused when missing, empty, or readable by others.
@@ -85,8 +89,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if opts.private && token.is_none() {
         anyhow::bail!("--private needs --token-file");
     }
-    let plane = Plane::open(&opts.data, opts.exe.clone())
+    if let Some(u) = &opts.webhook {
+        if !u.starts_with("http://") && !u.starts_with("https://") {
+            anyhow::bail!("--webhook {u:?}: not an http:// or https:// URL");
+        }
+    }
+    let mut plane = Plane::open(&opts.data, opts.exe.clone())
         .with_context(|| format!("--data {}", opts.data.display()))?;
+    plane.notifier = opts.webhook.clone().map(notify::Notifier::spawn);
     let first = plane.view().context("reading the database")?;
     let (view_tx, view_rx) = watch::channel(first);
     let ctx = Arc::new(api::Ctx {

@@ -91,6 +91,8 @@ pub struct Plane {
     /// Dead agents restarted, by node: when it may next be restarted and the current back-off.
     restarts: Mutex<BTreeMap<String, (tokio::time::Instant, Duration)>>,
     http: reqwest::Client,
+    /// Where new failure events are pushed, if anywhere.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 impl Plane {
@@ -110,6 +112,7 @@ impl Plane {
             live: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
             restarts: Mutex::new(BTreeMap::new()),
+            notifier: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_millis(800))
                 .no_proxy()
@@ -799,7 +802,17 @@ impl Plane {
                 continue;
             }
             match self.store.add_failure_event(server, &n.name, t) {
-                Ok(true) => info!(server, node = %n.name, "failure event stored"),
+                Ok(true) => {
+                    info!(server, node = %n.name, "failure event stored");
+                    if let Some(nt) = &self.notifier {
+                        let mut ev = t.clone();
+                        if let Value::Object(o) = &mut ev {
+                            o.insert("server".into(), Value::String(server.to_string()));
+                            o.insert("node".into(), Value::String(n.name.clone()));
+                        }
+                        nt.send(ev);
+                    }
+                }
                 Ok(false) => {
                     let _ = self.store.update_failure_event(server, &n.name, t);
                 }

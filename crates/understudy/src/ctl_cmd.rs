@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Reads (the page's data, the API's GETs) need the token too.
     #[arg(long)]
     private: bool,
+    /// POST every new failure event as JSON to this URL (retried; 5 s timeout per attempt).
+    #[arg(long)]
+    webhook: Option<String>,
 }
 
 /// Run `understudy serve`.
@@ -35,6 +38,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<u8> {
             exe,
             token_file: a.token_file,
             private: a.private,
+            webhook: a.webhook,
         },
     ))?;
     Ok(0)

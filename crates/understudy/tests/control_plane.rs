@@ -23,9 +23,14 @@ struct Plane {
 
 impl Plane {
     fn start(data: &Path, addr: &str) -> Plane {
+        Self::start_with(data, addr, &[])
+    }
+
+    fn start_with(data: &Path, addr: &str, extra: &[&str]) -> Plane {
         let child = Command::new(BIN)
             .args(["serve", "--listen", addr, "--data"])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -667,4 +672,94 @@ fn every_operation_of_the_openapi_document_exists() {
             );
         }
     }
+}
+
+/// A webhook receiver: answers 500 to the first POST (so the plane must retry) and 200 after,
+/// and hands every body it got to the test.
+fn webhook() -> (String, std::sync::mpsc::Receiver<Value>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (i, conn) in l.incoming().enumerate() {
+            let Ok(mut s) = conn else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head, then as much body as Content-Length says.
+            let body = loop {
+                let Ok(n) = s.read(&mut chunk) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= len {
+                        break Some(rest[..len].to_string());
+                    }
+                }
+            };
+            let status = if i == 0 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = s.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            if i > 0 {
+                if let Some(b) = body {
+                    let _ = tx.send(serde_json::from_str(&b).unwrap_or(Value::String(b)));
+                }
+            }
+        }
+    });
+    (format!("http://{addr}/hook"), rx)
+}
+
+#[test]
+fn each_failure_event_is_pushed_to_the_webhook_with_retries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (url, got) = webhook();
+    let plane = Plane::start_with(&data, &free_addr(), &["--webhook", &url]);
+    assert_eq!(
+        plane
+            .ctl(&["add-server", "wh", "--", BIN, "demo-service"])
+            .0,
+        0
+    );
+    assert_eq!(
+        plane
+            .ctl(&[
+                "add-failover",
+                "wh",
+                "--standby",
+                "cold",
+                "--standby-host",
+                "local"
+            ])
+            .0,
+        0
+    );
+    assert_eq!(plane.ctl(&["start-failover", "wh"]).0, 0);
+    // The first activation is an event too: it reaches the webhook after one refused attempt.
+    let ev = got
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no failure event reached the webhook (retry after a 500)");
+    assert_eq!(ev["server"], "wh");
+    assert!(ev["epoch"].as_u64().is_some_and(|e| e >= 1), "{ev}");
+    assert!(ev["node"].is_string() && ev["cause"].is_string(), "{ev}");
 }
