@@ -63,6 +63,8 @@ pub fn router(ctx: Shared) -> Router {
         .route("/api/servers/{name}/failover/switchover", post(switchover))
         .route("/api/servers/{name}/events", get(events))
         .route("/api/stream", get(stream))
+        .route("/api/config", get(export))
+        .route("/api/config/import", post(import))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -380,4 +382,42 @@ async fn stream(
     let s = WatchStream::new(ctx.view.clone())
         .map(|v| Ok(Event::default().event("view").data(v.to_string())));
     Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+async fn export(State(ctx): State<Shared>) -> Response {
+    match ctx.plane.export() {
+        Ok(v) => Json(json!({ "servers": v })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportReq {
+    servers: Vec<crate::config_io::ServerConfig>,
+    /// Change the inventory (otherwise only validate and show the difference).
+    #[serde(default)]
+    apply: bool,
+    /// Remove servers that are not in the import.
+    #[serde(default)]
+    prune: bool,
+}
+
+async fn import(State(ctx): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    let req: ImportReq = match body(&headers, &bytes) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    match ctx.plane.import(req.servers, req.apply, req.prune).await {
+        Ok(rep) if !rep.errors.is_empty() => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "the import has errors; nothing was changed",
+                "report": rep,
+            })),
+        )
+            .into_response(),
+        Ok(rep) => Json(json!({ "report": rep })).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -11,12 +11,14 @@
 //! - [`store`]: the embedded SQLite database with numbered migrations.
 //! - [`host`]: the host built into `serve`, which runs agents and plain servers as processes.
 //! - [`openapi`], [`export`]: the API's description; failure events as CSV.
+//! - [`config_io`]: the whole configuration as TOML files for Git; import with a diff first.
 //! - [`notify`]: failure events pushed to a webhook, with retries.
 //! - [`client`]: `understudy ctl`'s side: one call, its answer in words.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod client;
+pub mod config_io;
 pub mod export;
 pub mod host;
 pub mod lifecycle;

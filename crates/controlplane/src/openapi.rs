@@ -179,6 +179,19 @@ pub fn document() -> Value {
                     "404": resp("no such server", err_ref())
                 }
             } },
+            "/api/config": { "get": { "summary": "the whole configuration (servers and their failover services), as `ctl export` writes it", "responses": { "200": resp("the configuration", json!({"type": "object"})) } } },
+            "/api/config/import": { "post": {
+                "summary": "validate a whole configuration and show the difference; with apply=true change the inventory (all or nothing); prune=true removes servers not in it",
+                "security": [{ "bearer": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["servers"], "additionalProperties": false,
+                    "properties": { "servers": { "type": "array" }, "apply": { "type": "boolean" }, "prune": { "type": "boolean" } } } } } },
+                "responses": {
+                    "200": resp("the difference (and whether it was applied)", json!({"type": "object"})),
+                    "415": resp("not JSON", err_ref()),
+                    "422": resp("errors, per server; nothing changed", err_ref())
+                }
+            } },
             "/api/stream": { "get": { "summary": "server-sent events: the whole inventory (as GET /api/servers) on every change", "responses": { "200": { "description": "text/event-stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } } } }
         }
     })

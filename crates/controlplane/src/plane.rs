@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::config_io::{diff, ImportReport, ServerConfig};
 use crate::host::{agent_key, server_key, tail, HostError, LocalHost};
 use crate::lifecycle::{decide, Refusal, Situation, Step};
 use crate::model::{
@@ -299,7 +300,24 @@ impl Plane {
     pub fn put_failover(&self, name: &str, f: FailoverSpec) -> Result<ServerRow, PlaneError> {
         let row = self.row(name)?;
         self.check(&row, Step::AddFailover)?;
-        let mut errs = f.validate(&row.spec);
+        let old = row.failover.as_ref().map(|o| o.nodes.as_slice());
+        let nodes = self.plan_failover(&row.spec, &f, old)?;
+        self.store.put_failover(name, &f, &nodes)?;
+        info!(server = %name, nodes = nodes.len(), "failover service added");
+        self.row(name)
+    }
+
+    /// Validate a failover service for `server` in full (the request's fields, the hosts, and
+    /// every node's agent configuration by `check-config`'s rules) and place its nodes. Nodes that
+    /// already had an admin port keep it, so a replaced configuration does not move a node's
+    /// address under an operator's scripts.
+    fn plan_failover(
+        &self,
+        server: &ServerSpec,
+        f: &FailoverSpec,
+        old: Option<&[NodeSpec]>,
+    ) -> Result<Vec<NodeSpec>, PlaneError> {
+        let mut errs = f.validate(server);
         errs.extend(
             self.unknown_hosts(
                 &f.standby_hosts
@@ -312,23 +330,16 @@ impl Plane {
         if !errs.is_empty() {
             return Err(PlaneError::Invalid(errs));
         }
-        // Keep the admin ports of nodes that already had one, so a replaced configuration does not
-        // move a node's address under an operator's scripts.
-        let old: BTreeMap<String, u16> = row
-            .failover
-            .as_ref()
-            .map(|o| {
-                o.nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), n.admin_port))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let hosts = std::iter::once(row.spec.host.clone()).chain(f.standby_hosts.iter().cloned());
+        let old: BTreeMap<&str, u16> = old
+            .unwrap_or_default()
+            .iter()
+            .map(|n| (n.name.as_str(), n.admin_port))
+            .collect();
+        let hosts = std::iter::once(server.host.clone()).chain(f.standby_hosts.iter().cloned());
         let mut nodes = Vec::new();
         for (i, host) in hosts.enumerate() {
-            let name = node_name(&row.spec.name, i + 1);
-            let admin_port = match old.get(&name) {
+            let name = node_name(&server.name, i + 1);
+            let admin_port = match old.get(name.as_str()) {
                 Some(p) => *p,
                 None => free_port().map_err(|e| {
                     PlaneError::Start(format!("cannot find a free admin port for {name}: {e}"))
@@ -341,7 +352,7 @@ impl Plane {
             });
         }
         for node in &nodes {
-            let text = self.agent_config(&row.spec, &f, node);
+            let text = self.agent_config(server, f, node);
             let path = self.node_config_path(&node.name);
             if let Err(e) = understudy_agent::Config::parse(&path, &text) {
                 errs.push(FieldError {
@@ -353,9 +364,159 @@ impl Plane {
         if !errs.is_empty() {
             return Err(PlaneError::Invalid(errs));
         }
-        self.store.put_failover(name, &f, &nodes)?;
-        info!(server = %name, nodes = nodes.len(), "failover service added");
-        self.row(name)
+        Ok(nodes)
+    }
+
+    /// The whole configuration, one entry per server.
+    pub fn export(&self) -> Result<Vec<ServerConfig>, PlaneError> {
+        Ok(self
+            .store
+            .servers()?
+            .into_iter()
+            .map(|r| ServerConfig {
+                server: r.spec,
+                failover: r.failover.map(|f| f.spec),
+            })
+            .collect())
+    }
+
+    /// Compare `items` with the inventory and validate every one of them; apply only when asked
+    /// and when nothing is wrong anywhere (all or nothing). A server whose configuration changes
+    /// must not be running: a running server or failover group never has its configuration
+    /// swapped under it (it would take effect silently at the next takeover).
+    pub async fn import(
+        &self,
+        items: Vec<ServerConfig>,
+        apply: bool,
+        prune: bool,
+    ) -> Result<ImportReport, PlaneError> {
+        let _ops = self.ops.lock().await;
+        let mut rep = ImportReport::default();
+        let current: BTreeMap<String, ServerRow> = self
+            .store
+            .servers()?
+            .into_iter()
+            .map(|r| (r.spec.name.clone(), r))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut plans: BTreeMap<String, Option<Vec<NodeSpec>>> = BTreeMap::new();
+        for item in &items {
+            let name = item.server.name.clone();
+            let mut errs = Vec::new();
+            if !seen.insert(name.clone()) {
+                errs.push(FieldError {
+                    field: "server.name".into(),
+                    reason: "appears twice in the import".into(),
+                });
+            }
+            errs.extend(item.server.validate().into_iter().map(|mut e| {
+                e.field = format!("server.{}", e.field);
+                e
+            }));
+            errs.extend(self.unknown_hosts(&[("server.host".into(), item.server.host.clone())]));
+            let old = current.get(&name);
+            if errs.is_empty() {
+                if let Some(f) = &item.failover {
+                    let old_nodes = old
+                        .and_then(|r| r.failover.as_ref())
+                        .map(|f| f.nodes.as_slice());
+                    match self.plan_failover(&item.server, f, old_nodes) {
+                        Ok(nodes) => {
+                            plans.insert(name.clone(), Some(nodes));
+                        }
+                        Err(PlaneError::Invalid(fe)) => errs.extend(fe.into_iter().map(|mut e| {
+                            e.field = format!("failover.{}", e.field);
+                            e
+                        })),
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    plans.insert(name.clone(), None);
+                }
+            }
+            match old {
+                None => rep.added.push(name.clone()),
+                Some(row) => {
+                    let was = ServerConfig {
+                        server: row.spec.clone(),
+                        failover: row.failover.as_ref().map(|f| f.spec.clone()),
+                    };
+                    let d = diff(&was, item);
+                    if d.is_empty() {
+                        rep.unchanged.push(name.clone());
+                    } else {
+                        if row.state != ServerState::Stopped {
+                            errs.push(FieldError {
+                                field: "server".into(),
+                                reason: format!(
+                                    "the server is {} and its configuration would change; stop it (and its failover) first, or do a rolling update",
+                                    row.state.as_str()
+                                ),
+                            });
+                        }
+                        rep.changed.insert(name.clone(), d);
+                    }
+                }
+            }
+            if !errs.is_empty() {
+                rep.errors.insert(name, errs);
+            }
+        }
+        for (name, row) in &current {
+            if !seen.contains(name) {
+                rep.missing.push(name.clone());
+                if prune && row.state != ServerState::Stopped {
+                    rep.errors.insert(
+                        name.clone(),
+                        vec![FieldError {
+                            field: "server".into(),
+                            reason: "not in the import, but running: stop it before pruning".into(),
+                        }],
+                    );
+                }
+            }
+        }
+        if !apply || !rep.errors.is_empty() {
+            return Ok(rep);
+        }
+        let now = unix_ms();
+        for item in &items {
+            let name = &item.server.name;
+            let unchanged = rep.unchanged.contains(name);
+            if unchanged {
+                continue;
+            }
+            if current.contains_key(name) {
+                self.store.update_server(&item.server)?;
+            } else {
+                self.store.add_server(&item.server, now)?;
+            }
+            match (&item.failover, plans.get(name).cloned().flatten()) {
+                (Some(f), Some(nodes)) => self.store.put_failover(name, f, &nodes)?,
+                _ => {
+                    if let Some(old) = current.get(name).and_then(|r| r.failover.as_ref()) {
+                        self.forget_nodes(&old.nodes);
+                    }
+                    self.store.delete_failover(name)?;
+                }
+            }
+        }
+        if prune {
+            for name in &rep.missing {
+                if let Some(f) = current.get(name).and_then(|r| r.failover.as_ref()) {
+                    self.forget_nodes(&f.nodes);
+                }
+                self.store.delete_server(name)?;
+            }
+        }
+        rep.applied = true;
+        info!(
+            added = rep.added.len(),
+            changed = rep.changed.len(),
+            pruned = prune,
+            "configuration imported"
+        );
+        Ok(rep)
     }
 
     /// Remove a server's failover configuration; the server stays as a plain server.

@@ -172,6 +172,16 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Replace a server's definition (its state is kept).
+    pub fn update_server(&self, spec: &ServerSpec) -> Result<(), StoreError> {
+        let json = serde_json::to_string(spec).map_err(corrupt("server"))?;
+        self.conn().execute(
+            "UPDATE servers SET spec = ?2 WHERE name = ?1",
+            params![spec.name, json],
+        )?;
+        Ok(())
+    }
+
     /// Every server, by name.
     pub fn servers(&self) -> Result<Vec<ServerRow>, StoreError> {
         let conn = self.conn();

@@ -137,6 +137,19 @@ enum CtlCmd {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Write the whole configuration as one TOML file per server into DIR (for a Git repository).
+    Export { dir: PathBuf },
+    /// Read DIR's TOML files, validate everything and show the difference; --apply changes the
+    /// inventory (all or nothing).
+    Import {
+        dir: PathBuf,
+        /// Change the inventory (otherwise only show what would change).
+        #[arg(long)]
+        apply: bool,
+        /// Remove servers that are not in DIR.
+        #[arg(long)]
+        prune: bool,
+    },
     /// The server's failure events (kept across restarts).
     Events {
         server: String,
@@ -276,6 +289,15 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
                 Answer::Switchover,
             )
         }
+        CtlCmd::Export { .. } => (call(m::GET, "/api/config".into(), None), Answer::Export),
+        CtlCmd::Import { dir, apply, prune } => {
+            let items = understudy_controlplane::config_io::read_dir(dir)?;
+            let body = json!({ "servers": items, "apply": apply, "prune": prune });
+            (
+                call(m::POST, "/api/config/import".into(), Some(body)),
+                Answer::Import,
+            )
+        }
         CtlCmd::Events {
             server,
             format,
@@ -312,6 +334,14 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if let (CtlCmd::Export { dir }, true) = (&a.cmd, ok) {
+        let items: Vec<understudy_controlplane::config_io::ServerConfig> =
+            serde_json::from_value(v.get("servers").cloned().unwrap_or_default())
+                .context("the control plane's configuration")?;
+        let written = understudy_controlplane::config_io::write_dir(dir, &items)?;
+        println!("wrote {} server files to {}", written.len(), dir.display());
+        return Ok(0);
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if ok {

@@ -763,3 +763,78 @@ fn each_failure_event_is_pushed_to_the_webhook_with_retries() {
     assert!(ev["epoch"].as_u64().is_some_and(|e| e >= 1), "{ev}");
     assert!(ev["node"].is_string() && ev["cause"].is_string(), "{ev}");
 }
+
+#[test]
+fn export_and_import_the_whole_configuration_with_a_diff_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plane = Plane::start(&dir.path().join("data"), &free_addr());
+    assert_eq!(plane.ctl(&["add-server", "gw", "--", "sleep", "1000"]).0, 0);
+    assert_eq!(
+        plane
+            .ctl(&[
+                "add-failover",
+                "gw",
+                "--standby",
+                "warm",
+                "--standby-host",
+                "local"
+            ])
+            .0,
+        0
+    );
+    let cfg = dir.path().join("cfg");
+    let cfg_s = cfg.display().to_string();
+    let (code, out, err) = run_cli(&["ctl", "--control", &plane.addr, "export", &cfg_s]);
+    assert_eq!(code, 0, "{out} {err}");
+    let gw = cfg.join("gw.toml");
+    let text = std::fs::read_to_string(&gw).expect("gw.toml");
+    assert!(text.contains("standby = \"warm\""), "{text}");
+
+    // Edit as one would in a Git repository: change the standby type, add a server.
+    std::fs::write(&gw, text.replace("standby = \"warm\"", "standby = \"hot\"")).expect("edit");
+    std::fs::write(
+        cfg.join("px.toml"),
+        "[server]\nname = \"px\"\n[server.service]\ncommand = [\"sleep\", \"5\"]\n",
+    )
+    .expect("new file");
+    let before = plane.get("/api/config").1;
+    let (code, out, _) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("+ px (new)") && out.contains("failover.standby: warm → hot"),
+        "{out}"
+    );
+    assert!(out.contains("--apply"), "{out}");
+    assert_eq!(
+        plane.get("/api/config").1,
+        before,
+        "an import without --apply changed something"
+    );
+
+    // A bad file: nothing changes, the file and the key are named.
+    std::fs::write(
+        cfg.join("bad.toml"),
+        "[server]\nname = \"bad\"\ncolour = 1\n",
+    )
+    .expect("bad");
+    let (code, _, err) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s, "--apply"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("bad.toml") && err.contains("colour"), "{err}");
+    std::fs::remove_file(cfg.join("bad.toml")).expect("rm");
+
+    // A running server's configuration is never swapped under it.
+    assert_eq!(plane.ctl(&["start-server", "gw"]).0, 0);
+    let (code, _, err) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s, "--apply"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("gw") && err.contains("running"), "{err}");
+    assert_eq!(plane.get("/api/config").1, before);
+    assert_eq!(plane.ctl(&["stop-server", "gw"]).0, 0);
+
+    let (code, out, err) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s, "--apply"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("applied"), "{out}");
+    let after = plane.get("/api/config").1;
+    let servers = after["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 2);
+    assert_eq!(servers[0]["failover"]["standby"], "hot");
+}
