@@ -50,6 +50,8 @@ pub fn router(ctx: Shared) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/api/health", get(health))
         .route("/api/hosts", get(hosts))
+        .route("/api/hosts/{name}/desired", get(host_desired))
+        .route("/api/hosts/{name}/report", axum::routing::put(host_report))
         .route("/api/servers", get(list).post(add_server))
         .route("/api/servers/{name}", get(one).delete(delete_server))
         .route("/api/servers/{name}/start", post(start_server))
@@ -218,8 +220,63 @@ async fn health() -> Json<Value> {
     Json(json!({ "ok": true }))
 }
 
-async fn hosts(State(ctx): State<Shared>) -> Json<Value> {
-    Json(json!({ "hosts": ctx.plane.hosts() }))
+async fn hosts(State(ctx): State<Shared>) -> Response {
+    match ctx.plane.hosts_json() {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn host_desired(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
+    if !crate::model::valid_name(&name) || name == crate::model::LOCAL_HOST {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{name:?} cannot name a host (\"local\" is the built-in one)"),
+        );
+    }
+    match ctx.plane.desired_json(&name) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostReport {
+    advertise: String,
+    processes: Vec<crate::hostd::ProcReport>,
+}
+
+/// Most processes one host may report: far above any real placement, low enough to bound a row.
+const MAX_REPORTED: usize = 1024;
+
+async fn host_report(
+    State(ctx): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    if !crate::model::valid_name(&name) || name == crate::model::LOCAL_HOST {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{name:?} cannot name a host (\"local\" is the built-in one)"),
+        );
+    }
+    let rep: HostReport = match body(&headers, &bytes) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    if rep.advertise.parse::<std::net::IpAddr>().is_err() || rep.processes.len() > MAX_REPORTED {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "advertise must be an IP address; at most 1024 processes",
+        );
+    }
+    let procs = serde_json::to_value(&rep.processes).unwrap_or(json!([]));
+    match ctx.plane.host_report(&name, &rep.advertise, &procs) {
+        Ok(()) => Json(json!({ "ok": true })).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn list(State(ctx): State<Shared>) -> Response {
@@ -261,7 +318,7 @@ async fn delete_server(State(ctx): State<Shared>, Path(name): Path<String>) -> R
 }
 
 async fn start_server(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
-    let r = ctx.plane.start_server(&name).map(|_| ());
+    let r = ctx.plane.start_server(&name).await.map(|_| ());
     done(&ctx, &name, r, StatusCode::OK)
 }
 

@@ -114,7 +114,17 @@ pub fn document() -> Value {
         },
         "paths": {
             "/api/health": { "get": { "summary": "the control plane answers", "responses": { "200": resp("ok", json!({"type": "object"})) } } },
-            "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes", "responses": { "200": resp("the hosts", json!({"type": "object"})) } } },
+            "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes: the built-in one and every `understudy host`, with what runs there", "responses": { "200": resp("the hosts", json!({"type": "object"})) } } },
+            "/api/hosts/{name}/desired": { "get": { "summary": "what a host should run (polled by `understudy host`)", "parameters": [name_param()], "responses": { "200": resp("the desired processes", json!({"type": "object"})), "422": resp("not a host name", err_ref()) } } },
+            "/api/hosts/{name}/report": { "put": {
+                "summary": "a host reports what runs there (and registers itself)",
+                "parameters": [name_param()],
+                "security": [{ "bearer": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["advertise", "processes"], "additionalProperties": false,
+                    "properties": { "advertise": { "type": "string" }, "processes": { "type": "array", "maxItems": 1024 } } } } } },
+                "responses": { "200": resp("recorded", json!({"type": "object"})), "415": resp("not JSON", err_ref()), "422": resp("bad report", err_ref()) }
+            } },
             "/api/servers": {
                 "get": { "summary": "every server with its failover state, live", "responses": { "200": resp("the inventory", json!({"type": "object"})) } },
                 "post": {

@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// POST every new failure event as JSON to this URL (retried; 5 s timeout per attempt).
     #[arg(long)]
     webhook: Option<String>,
+    /// etcd endpoints for groups whose nodes are on more than one host (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
 }
 
 /// Run `understudy serve`.
@@ -39,6 +42,52 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<u8> {
             token_file: a.token_file,
             private: a.private,
             webhook: a.webhook,
+            etcd: a.etcd,
+        },
+    ))?;
+    Ok(0)
+}
+
+/// `understudy host`: run what the control plane places on this machine.
+#[derive(Args)]
+pub struct HostArgs {
+    /// The control plane.
+    #[arg(long)]
+    control: String,
+    /// This host's name (as given in `--standby-host` and a server's host).
+    #[arg(long)]
+    name: String,
+    /// The IP address agents here listen on and the control plane reaches them at.
+    #[arg(long)]
+    advertise: std::net::IpAddr,
+    /// Local state: node configurations, lock files, logs.
+    #[arg(long, default_value = "understudy-host")]
+    data: PathBuf,
+    /// File holding the control plane's token (else UNDERSTUDY_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// Run `understudy host`.
+pub fn host(a: HostArgs) -> anyhow::Result<u8> {
+    if !understudy_controlplane::model::valid_name(&a.name)
+        || a.name == understudy_controlplane::model::LOCAL_HOST
+    {
+        anyhow::bail!(
+            "--name {:?}: letters, digits, '-', '_', '.'; \"local\" is the control plane's own host",
+            a.name
+        );
+    }
+    let exe = std::env::current_exe().context("cannot find the understudy binary")?;
+    let token = token(&a.token_file)?;
+    crate::runtime()?.block_on(understudy_controlplane::hostd::run_host(
+        understudy_controlplane::hostd::HostOptions {
+            control: a.control,
+            name: a.name,
+            advertise: a.advertise.to_string(),
+            data: a.data,
+            exe,
+            token,
         },
     ))?;
     Ok(0)

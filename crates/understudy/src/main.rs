@@ -100,6 +100,8 @@ enum Cmd {
     Serve(ctl_cmd::ServeArgs),
     /// The control plane's CLI: servers, failover lifecycle, switchover, failure events.
     Ctl(ctl_cmd::CtlArgs),
+    /// Run the agents and servers the control plane places on this machine.
+    Host(ctl_cmd::HostArgs),
     /// The small built-in service that the demo and the benchmark protect.
     #[command(hide = true)]
     DemoService(demo_service::DemoServiceArgs),
@@ -261,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Serve(args) => ctl_cmd::serve(args),
         Cmd::Ctl(args) => ctl_cmd::ctl(args),
+        Cmd::Host(args) => ctl_cmd::host(args),
         Cmd::Price(c) => c.run(),
         Cmd::Fix(c) => c.run(),
     }

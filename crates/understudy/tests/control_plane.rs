@@ -838,3 +838,144 @@ fn export_and_import_the_whole_configuration_with_a_diff_first() {
     assert_eq!(servers.len(), 2);
     assert_eq!(servers[0]["failover"]["standby"], "hot");
 }
+
+/// `understudy host` on "another machine" (a separate process with its own data directory,
+/// reached over HTTP like a remote one; on loopback here): it registers, runs what the control
+/// plane places on it, starts a killed agent again, and keeps its processes when it stops.
+#[test]
+fn a_second_host_runs_what_is_placed_on_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let hdata = dir.path().join("h2");
+    let log = dir.path().join("service.log");
+    let plane = Plane::start(&data, &free_addr());
+    let mut host = Command::new(BIN)
+        .args([
+            "host",
+            "--control",
+            &plane.addr,
+            "--name",
+            "h2",
+            "--advertise",
+            "127.0.0.1",
+            "--data",
+        ])
+        .arg(&hdata)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("understudy host");
+    assert!(
+        wait_until(Duration::from_secs(15), || plane.get("/api/hosts").1
+            ["hosts"]
+            .as_array()
+            .is_some_and(|h| h
+                .iter()
+                .any(|x| x["name"] == "h2" && x["connected"] == true))),
+        "the host did not register"
+    );
+    let log_s = log.display().to_string();
+    let (code, v) = plane.ctl(&[
+        "add-server",
+        "fx",
+        "--host",
+        "h2",
+        "--",
+        BIN,
+        "demo-service",
+        "--log",
+        &log_s,
+    ]);
+    assert_eq!(code, 0, "{v}");
+    // A group across the control plane's machine and h2 needs etcd: refused, the field named.
+    let (code, v) = plane.ctl(&[
+        "add-failover",
+        "fx",
+        "--standby",
+        "warm",
+        "--standby-host",
+        "local",
+    ]);
+    assert_eq!(code, 1, "{v}");
+    assert!(v.to_string().contains("etcd"), "{v}");
+    let (code, v) = plane.ctl(&[
+        "add-failover",
+        "fx",
+        "--standby",
+        "warm",
+        "--standby-host",
+        "h2",
+    ]);
+    assert_eq!(code, 0, "{v}");
+
+    // A plain server on h2, started and stopped through its host.
+    assert_eq!(plane.ctl(&["start-server", "fx"]).0, 0);
+    let pid = plane.server("fx")["process"]["pid"].as_u64().expect("pid") as u32;
+    assert!(alive(pid));
+    let env = common::environ(pid);
+    assert_eq!(
+        env.get("UNDERSTUDY_CONTROL_KEY").map(String::as_str),
+        Some("server:fx")
+    );
+    assert_eq!(plane.ctl(&["stop-server", "fx"]).0, 0);
+    assert!(wait_until(Duration::from_secs(15), || !alive(pid)));
+
+    // Failover on h2: its agents run there (their configurations in h2's data directory).
+    let (code, v) = plane.ctl(&["start-failover", "fx"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(hdata.join("nodes/fx-1.toml").exists() && hdata.join("nodes/fx-2.toml").exists());
+    assert!(
+        !data.join("nodes/fx-1.toml").exists(),
+        "h2's agent config was written locally"
+    );
+    assert!(wait_until(Duration::from_secs(20), || plane
+        .nodes("fx")
+        .iter()
+        .any(|n| n["mode"] == "Warm" && n["ready"] == true)));
+    let watcher = Watcher::start(plane.node_addrs("fx"));
+    let active = plane.active("fx").expect("active");
+    let apid = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&c).contains(&format!("nodes/{active}.toml")) && alive(*p)
+        })
+        .expect("the active's agent");
+    common::signal(apid, nix::sys::signal::Signal::SIGKILL);
+    assert!(wait_until(Duration::from_secs(5), || plane
+        .active("fx")
+        .is_some_and(|a| a != active)));
+    // h2 starts the killed agent again; it rejoins as a ready standby.
+    assert!(
+        wait_until(Duration::from_secs(20), || plane.nodes("fx").iter().any(
+            |n| n["name"] == active.as_str() && n["mode"] == "Warm" && n["ready"] == true
+        )),
+        "h2 did not start the killed agent again: {:?}",
+        plane.nodes("fx")
+    );
+    watcher.finish();
+    check_overlaps(&log);
+
+    // The host stops; what it started keeps running (the host is not in the data path).
+    let before = plane.active("fx");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = host.wait();
+    std::thread::sleep(Duration::from_millis(500)); // the scenario: half a second without a host
+    assert_eq!(
+        plane.active("fx"),
+        before,
+        "stopping the host moved activity"
+    );
+    for pid in procs_with_marker(&hdata) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
