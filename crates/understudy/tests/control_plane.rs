@@ -966,7 +966,7 @@ fn a_second_host_runs_what_is_placed_on_it() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = host.wait();
-    std::thread::sleep(Duration::from_millis(500)); // the scenario: half a second without a host
+    common::sleep_ms(500); // the scenario: half a second without a host
     assert_eq!(
         plane.active("fx"),
         before,
