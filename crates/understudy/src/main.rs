@@ -114,6 +114,8 @@ fn main() -> ExitCode {
         let code = understudy_service::guardian::run(args[2..].to_vec());
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
+    // Before any thread exists: the service must not inherit systemd's notification socket.
+    understudy_agent::sdnotify::take_from_env();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
