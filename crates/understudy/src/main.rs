@@ -30,9 +30,24 @@ use understudy_control::{render_group, AgentClient};
     about = "Failover for trading services: one active replica, standbys ready to take over in milliseconds"
 )]
 struct Cli {
+    /// Log lines as text for people (default) or as JSON objects with stable field names (level,
+    /// target, fields such as node, group, epoch, kind) for a log pipeline.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -117,6 +132,7 @@ fn main() -> ExitCode {
     // Before any thread exists: the service must not inherit systemd's notification socket.
     understudy_agent::sdnotify::take_from_env();
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -139,10 +155,17 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text) {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
