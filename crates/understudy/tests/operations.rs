@@ -39,7 +39,7 @@ fn json_logs_are_one_object_per_line_with_stable_fields() {
         ),
     )
     .expect("config");
-    let mut child = Command::new(common::BIN)
+    let child = Command::new(common::BIN)
         .args(["--log-format", "json", "agent", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())
