@@ -117,6 +117,15 @@ enum Cmd {
     Ctl(ctl_cmd::CtlArgs),
     /// Run the agents and servers the control plane places on this machine.
     Host(ctl_cmd::HostArgs),
+    /// The group live in the terminal (q quits).
+    Top {
+        /// Admin address of any node of the group.
+        #[arg(long, default_value = "127.0.0.1:7701")]
+        agent: String,
+        /// Refresh interval.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
     /// The small built-in service that the demo and the benchmark protect.
     #[command(hide = true)]
     DemoService(demo_service::DemoServiceArgs),
@@ -289,6 +298,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Serve(args) => ctl_cmd::serve(args),
         Cmd::Ctl(args) => ctl_cmd::ctl(args),
         Cmd::Host(args) => ctl_cmd::host(args),
+        Cmd::Top { agent, interval } => {
+            understudy_top::run(&agent, interval)?;
+            Ok(0)
+        }
         Cmd::Price(c) => c.run(),
         Cmd::Fix(c) => c.run(),
     }

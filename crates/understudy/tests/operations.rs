@@ -71,3 +71,87 @@ fn json_logs_are_one_object_per_line_with_stable_fields() {
     }
     assert!(with_epoch > 0, "no log line carries the epoch: {text}");
 }
+
+/// `understudy top` in a real terminal (tmux): the group live, a takeover shown in place, q quits.
+#[test]
+fn top_shows_the_group_live_in_a_terminal() {
+    use std::process::Command;
+    use std::time::Duration;
+    let Some(tmux) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("tmux"))
+            .find(|p| p.is_file())
+    }) else {
+        let why = "tmux is not installed (Debian: tmux)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED: top_shows_the_group_live_in_a_terminal: {why}");
+        return;
+    };
+    let mut g = common::Group::new("trylock", "cold");
+    g.start("a");
+    g.wait_mode("a", "Hot", Duration::from_secs(10));
+    g.start("b");
+    g.wait_mode("b", "Warm", Duration::from_secs(10));
+    let session = format!("us-top-{}", std::process::id());
+    let cmd = format!(
+        "{} top --agent {} --interval 200ms",
+        common::BIN,
+        g.admin("b")
+    );
+    let st = Command::new(&tmux)
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "150",
+            "-y",
+            "40",
+            &cmd,
+        ])
+        .status()
+        .expect("tmux");
+    assert!(st.success());
+    let screen = || {
+        Command::new(&tmux)
+            .args(["capture-pane", "-p", "-t", &session])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    let shows =
+        |what: &str| common::wait_until(Duration::from_secs(10), || screen().contains(what));
+    assert!(
+        shows("ACTIVE a"),
+        "top does not show a active:\n{}",
+        screen()
+    );
+    assert!(
+        shows("standby ready"),
+        "top does not show b ready:\n{}",
+        screen()
+    );
+    g.kill9("a");
+    assert!(
+        shows("ACTIVE b"),
+        "top did not show the takeover in place:\n{}",
+        screen()
+    );
+    assert!(shows("epoch"), "{}", screen());
+    let _ = Command::new(&tmux)
+        .args(["send-keys", "-t", &session, "q"])
+        .status();
+    let gone = common::wait_until(Duration::from_secs(5), || {
+        !Command::new(&tmux)
+            .args(["has-session", "-t", &session])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !gone {
+        let _ = Command::new(&tmux)
+            .args(["kill-session", "-t", &session])
+            .status();
+    }
+    assert!(gone, "q did not quit top");
+}
