@@ -55,7 +55,7 @@ async fn activation_mode(AxState(api): AxState<Api>) -> Response {
 
 async fn ask(
     api: &Api,
-    make: fn(oneshot::Sender<Answer>) -> ApiRequest,
+    make: impl FnOnce(oneshot::Sender<Answer>) -> ApiRequest,
 ) -> Result<Answer, Response> {
     let (tx, rx) = oneshot::channel();
     if api.tx.send(make(tx)).await.is_err() {
@@ -87,9 +87,26 @@ async fn activate(AxState(api): AxState<Api>) -> Response {
     }
 }
 
-async fn switchover(AxState(api): AxState<Api>) -> Response {
+/// `POST /service/switchover?to=NODE`: the standby that must take over (any ready one without).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverQuery {
+    to: Option<String>,
+}
+
+async fn switchover(
+    AxState(api): AxState<Api>,
+    q: Result<axum::extract::Query<SwitchoverQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is to=NODE (the standby that must take over)",
+        );
+    };
     let started = tokio::time::Instant::now();
-    let from_epoch = match ask(&api, ApiRequest::Switchover).await {
+    let to = q.to;
+    let from_epoch = match ask(&api, |tx| ApiRequest::Switchover(tx, to)).await {
         Ok(Answer::SwitchoverStarted { epoch }) => epoch,
         Ok(Answer::SwitchoverRefused { reason }) => return error(StatusCode::CONFLICT, reason),
         Ok(other) => {

@@ -52,8 +52,8 @@ pub enum AgentError {
 pub enum ApiRequest {
     /// `PUT /service/activationmode/hot`.
     Activate(oneshot::Sender<Answer>),
-    /// `POST /service/switchover`.
-    Switchover(oneshot::Sender<Answer>),
+    /// `POST /service/switchover[?to=NODE]`.
+    Switchover(oneshot::Sender<Answer>, Option<String>),
     /// `POST /service/active-ack`: the service says it acts with this epoch.
     ServiceAck {
         /// The process that says so.
@@ -453,6 +453,8 @@ impl Runtime {
                     (hot || m.holds_lock) && procwatch::is_service_of(pid, &m.node, &cfg.node.group)
                 });
                 PeerView {
+                    // Only another node can be the chosen one from this node's point of view.
+                    handover_to: m.handover_to.filter(|t| *t != cfg.node.name),
                     node: m.node,
                     hot,
                     epoch: m.epoch,
@@ -499,10 +501,10 @@ impl Runtime {
                 self.pending_activate.push_back(tx);
                 self.feed(Input::Activate);
             }
-            ApiRequest::Switchover(tx) => {
+            ApiRequest::Switchover(tx, to) => {
                 self.pending_switchover.push_back(tx);
                 let ready = self.ready_standbys();
-                self.feed(Input::Switchover { ready });
+                self.feed(Input::Switchover { ready, to });
             }
             ApiRequest::ServiceAck { pid, epoch } => self.feed(Input::ServiceAcked { pid, epoch }),
         }
@@ -913,6 +915,7 @@ impl Runtime {
             agent_pid: s.agent_pid,
             waiting: s.waiting.clone(),
             detail: s.service.detail.as_ref().map(one_line),
+            handover_to: self.engine.snapshot().handover_to,
         };
         let changed = match &self.last_record {
             Some(last) => {

@@ -124,10 +124,18 @@ impl AgentClient {
             .await
     }
 
-    /// `POST /service/switchover`.
-    pub async fn switchover(&self) -> Result<Value, ControlError> {
-        self.call(reqwest::Method::POST, "/service/switchover")
-            .await
+    /// `POST /service/switchover[?to=NODE]`: hand activity to a ready standby, or to `to`.
+    pub async fn switchover(&self, to: Option<&str>) -> Result<Value, ControlError> {
+        let path = match to {
+            Some(t) => format!(
+                "/service/switchover?to={}",
+                t.replace('%', "%25")
+                    .replace('&', "%26")
+                    .replace('#', "%23")
+            ),
+            None => "/service/switchover".to_string(),
+        };
+        self.call(reqwest::Method::POST, &path).await
     }
 }
 

@@ -46,6 +46,10 @@ pub struct MemberRecord {
     /// What the service says about itself (its HTTP health answer, on one line), if anything.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The standby a switchover is handing activity to, while this node steps down: the other
+    /// standbys stand aside for it.
+    #[serde(default)]
+    pub handover_to: Option<String>,
 }
 
 /// The membership directory of a group.

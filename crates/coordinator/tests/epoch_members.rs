@@ -24,6 +24,7 @@ fn rec(node: &str, epoch: u64) -> MemberRecord {
         agent_pid: 41,
         waiting: None,
         detail: None,
+        handover_to: None,
     }
 }
 

@@ -497,6 +497,7 @@ async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
         agent_pid: 1,
         waiting: None,
         detail: None,
+        handover_to: None,
     };
     let members = b.members();
     members.ensure_dir().unwrap();

@@ -68,6 +68,8 @@ pub struct Rules {
     pub release_recreated_trylock: bool,
     /// Signal a standby service only once it handles the activate signal (`pending_start`).
     pub wait_signal_ready: bool,
+    /// Give a grant back while a live peer hands activity over to another live standby.
+    pub honour_handover: bool,
 }
 
 impl Default for Rules {
@@ -77,6 +79,7 @@ impl Default for Rules {
             defer_recreated_lock: true,
             release_recreated_trylock: true,
             wait_signal_ready: true,
+            honour_handover: true,
         }
     }
 }
@@ -101,6 +104,9 @@ pub struct PeerView {
     /// The peer's service, when the record says Hot or holding the lock and that process still
     /// runs on this host and can act (not a zombie, no SIGKILL pending): it may still be active.
     pub live_service: Option<u32>,
+    /// The peer is handing activity over to this other node (a switchover to a chosen standby).
+    /// The agent never puts this node's own name here.
+    pub handover_to: Option<String>,
 }
 
 impl PeerView {
@@ -189,6 +195,8 @@ pub enum Input {
     Switchover {
         /// Names of ready standbys.
         ready: Vec<String>,
+        /// The standby that must take over (one of `ready`); any of them when None.
+        to: Option<String>,
     },
     /// The other nodes of the group, as their membership records and /proc show them now.
     Peers(Vec<PeerView>),
@@ -395,7 +403,20 @@ pub enum Waiting {
     /// Holding the lock until these services of the previous holders are gone: the kernel hands
     /// the lock over the instant an agent dies, its guardian kills the service a moment later.
     PreviousService(Vec<u32>),
+    /// A switchover hands activity to this other standby: the grant was given back, and the node
+    /// stays aside until that standby is active, the handing node stops saying so, or `until`.
+    Handover {
+        /// The chosen standby.
+        to: String,
+        /// Monotonic time at which the node campaigns again anyway.
+        until: Duration,
+    },
 }
+
+/// How long the other standbys stay aside for a switchover's chosen standby. The chosen one is
+/// waiting in the kernel for the lock and gets it within a millisecond of the release; this bounds
+/// the time without an active node if it dies in between.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
 
 /// Where the service stands, as far as the engine knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,12 +505,16 @@ pub struct Snapshot {
     pub ready: bool,
     /// True when the active service passed its health check (or has none).
     pub healthy: bool,
+    /// The standby a switchover is handing activity to (for the membership record).
+    pub handover_to: Option<String>,
 }
 
 /// One node's activation state machine.
 #[derive(Debug, Clone)]
 pub struct Engine {
     cfg: EngineConfig,
+    /// The standby a switchover hands activity to, while this node steps down and yields.
+    handover_to: Option<String>,
     phase: Phase,
     holds_lock: bool,
     /// Highest epoch seen anywhere; the active epoch while Hot.
@@ -534,6 +559,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Engine {
             cfg,
+            handover_to: None,
             phase: Phase::Idle,
             holds_lock: false,
             epoch: 0,
@@ -611,6 +637,7 @@ impl Engine {
             service: self.svc,
             ready: self.ready(),
             healthy: self.healthy || !self.cfg.health_check,
+            handover_to: self.handover_to.clone(),
         }
     }
 
@@ -673,6 +700,10 @@ impl Engine {
                 Waiting::PreviousService(pids) => format!(
                     "holding the group lock; waiting for the previous active's service (pid {pids:?}) to end"
                 ),
+                Waiting::Handover { to, until } => format!(
+                    "a switchover hands activity to {to}; standing aside (campaigning again in {:.1} s at the latest)",
+                    secs(*until)
+                ),
             },
         })
     }
@@ -700,7 +731,7 @@ impl Engine {
             Input::HealthOk => self.on_health_ok(),
             Input::HealthFailed { reason } => self.on_health_failed(reason),
             Input::Activate => self.on_activate(),
-            Input::Switchover { ready } => self.on_switchover(ready),
+            Input::Switchover { ready, to } => self.on_switchover(ready, to),
             Input::Peers(peers) => self.on_peers(peers),
             Input::LockConfirmed => {
                 if self.holds_lock
@@ -765,6 +796,7 @@ impl Engine {
 
     /// (Re)join the group the way the activation mode says.
     fn join(&mut self) {
+        self.handover_to = None;
         match self.cfg.mode {
             ActivationMode::TryLock | ActivationMode::TryHeartbeat => {
                 self.phase = Phase::Warm(Waiting::Lock);
@@ -848,8 +880,36 @@ impl Engine {
                 return;
             }
         }
+        // A switchover to a chosen standby: a grant that reaches another standby is given back
+        // (the chosen one waits for the lock too, and gets it once this node lets go).
+        if trying.is_none() && self.cfg.rules.honour_handover {
+            if let Some(to) = self.handover_target() {
+                self.record(
+                    EventKind::LockReleased,
+                    format!("group lock given back: the switchover hands activity to {to}"),
+                );
+                self.release();
+                let until = self.now.mono + HANDOVER_GRACE;
+                self.set_phase(Phase::Warm(Waiting::Handover { to, until }));
+                return;
+            }
+        }
         self.grant = Some(grant);
         self.await_previous_services();
+    }
+
+    /// The standby a live peer is handing activity to, while that standby is alive and not this
+    /// node (the agent never names this node in [`PeerView::handover_to`]).
+    fn handover_target(&self) -> Option<String> {
+        let to = self
+            .peers
+            .iter()
+            .filter(|p| p.fresh && !p.agent_gone)
+            .find_map(|p| p.handover_to.clone())?;
+        self.peers
+            .iter()
+            .any(|p| p.node == to && p.fresh && !p.agent_gone)
+            .then_some(to)
     }
 
     /// The grant is ours to use once the services the previous holders advertised are gone.
@@ -1251,7 +1311,9 @@ impl Engine {
     }
 
     fn on_health_ok(&mut self) {
-        if !matches!(self.svc, SvcState::Running { .. }) {
+        // A check of this process may pass before its start is reported (the checker reports a
+        // success once): remember it, or the standby never becomes ready.
+        if !matches!(self.svc, SvcState::Running { .. } | SvcState::Starting(_)) {
             return;
         }
         self.healthy = true;
@@ -1391,7 +1453,7 @@ impl Engine {
         }
     }
 
-    fn on_switchover(&mut self, ready: Vec<String>) {
+    fn on_switchover(&mut self, ready: Vec<String>, to: Option<String>) {
         if self.phase != Phase::Hot {
             let reason = "this node is not the active one; ask the active node".to_string();
             self.emit(Command::Answer(Answer::SwitchoverRefused { reason }));
@@ -1403,11 +1465,28 @@ impl Engine {
             self.emit(Command::Answer(Answer::SwitchoverRefused { reason }));
             return;
         }
+        if let Some(t) = &to {
+            if !ready.contains(t) {
+                let reason = format!(
+                    "{t} is not a ready standby (ready: {}); the active stays active",
+                    ready.join(", ")
+                );
+                self.record(EventKind::Refused, reason.clone());
+                self.emit(Command::Answer(Answer::SwitchoverRefused { reason }));
+                return;
+            }
+        }
         let epoch = self.epoch;
         self.record(
             EventKind::Switchover,
-            format!("switchover requested; ready standbys: {}", ready.join(", ")),
+            match &to {
+                Some(t) => format!("switchover to {t} requested"),
+                None => format!("switchover requested; ready standbys: {}", ready.join(", ")),
+            },
         );
+        // Advertised in this node's record until it campaigns again: the other standbys give a
+        // grant back while it says so (see `handover_target`).
+        self.handover_to = to;
         self.emit(Command::Answer(Answer::SwitchoverStarted { epoch }));
         self.demote(After::Yield, true);
     }
@@ -1437,6 +1516,14 @@ impl Engine {
             .map(|p| (p.node.clone(), p.epoch));
         if let Some((node, epoch)) = newest {
             self.on_peer_active(node, epoch);
+        }
+        if matches!(self.phase, Phase::Warm(Waiting::Handover { .. }))
+            && self.handover_target().is_none()
+            && self.trying.is_none()
+        {
+            // The chosen standby is active (the handing node campaigns again and says no more) or
+            // gone: back to waiting for the lock like any standby.
+            self.join();
         }
         if let Phase::Warm(Waiting::PeerStepDown(peer)) = &self.phase {
             if !self.peers.iter().any(|p| p.may_act()) {
@@ -1472,7 +1559,9 @@ impl Engine {
                 let epoch = self.epoch;
                 self.emit(Command::WriteHeartbeat { epoch });
             }
-            Phase::Warm(Waiting::Backoff { until }) | Phase::Warm(Waiting::Yield { until })
+            Phase::Warm(Waiting::Backoff { until })
+            | Phase::Warm(Waiting::Yield { until })
+            | Phase::Warm(Waiting::Handover { until, .. })
                 if now >= until =>
             {
                 self.join();

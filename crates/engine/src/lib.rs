@@ -16,6 +16,6 @@ pub mod types;
 
 pub use engine::{
     Answer, Command, Engine, EngineConfig, Event, EventKind, HeartbeatView, Input, Now, PeerView,
-    Rules, Snapshot, SvcState, Waiting,
+    Rules, Snapshot, SvcState, Waiting, HANDOVER_GRACE,
 };
 pub use types::{ActivationMode, Role, StandbyType, State};

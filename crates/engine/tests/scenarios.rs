@@ -143,6 +143,7 @@ fn peer_warm(node: &str, epoch: u64) -> Input {
         fresh: true,
         agent_gone: false,
         live_service: None,
+        handover_to: None,
     }])
 }
 
@@ -156,6 +157,7 @@ fn peer_hot(node: &str, epoch: u64) -> Input {
         fresh: true,
         agent_gone: false,
         live_service: None,
+        handover_to: None,
     }])
 }
 
@@ -398,6 +400,7 @@ fn dead_peer_with_live_service(node: &str, epoch: u64, pid: u32) -> Input {
         fresh: true,
         agent_gone: true,
         live_service: Some(pid),
+        handover_to: None,
     }])
 }
 
@@ -1177,7 +1180,10 @@ fn peer_active_with_a_newer_epoch_fences_a_hot_node() {
 #[test]
 fn switchover_without_a_ready_standby_is_refused() {
     let mut n = hot_trylock(StandbyType::Hot);
-    let all = n.feed_all(Input::Switchover { ready: vec![] });
+    let all = n.feed_all(Input::Switchover {
+        ready: vec![],
+        to: None,
+    });
     assert!(kinds(&all).contains(&EventKind::Refused));
     assert!(matches!(
         actions(&all).as_slice(),
@@ -1193,7 +1199,8 @@ fn switchover_on_a_standby_is_refused() {
     n.feed(Input::Start { known_epoch: KNOWN });
     assert!(matches!(
         n.feed(Input::Switchover {
-            ready: vec!["b".into()]
+            ready: vec!["b".into()],
+            to: None,
         })
         .as_slice(),
         [Command::Answer(Answer::SwitchoverRefused { .. })]
@@ -1205,6 +1212,7 @@ fn switchover_stops_releases_and_yields_until_the_new_active_appears() {
     let mut n = hot_trylock(StandbyType::Hot);
     let all = n.feed_all(Input::Switchover {
         ready: vec!["b".into()],
+        to: None,
     });
     assert!(kinds(&all).contains(&EventKind::Switchover));
     assert_eq!(
@@ -1241,6 +1249,7 @@ fn switchover_yield_times_out_and_campaigns_again() {
     let mut n = hot_trylock(StandbyType::Cold);
     n.feed(Input::Switchover {
         ready: vec!["b".into()],
+        to: None,
     });
     assert_eq!(n.feed(exited()), vec![Command::Release]);
     n.advance(ms(4999));
@@ -1254,6 +1263,7 @@ fn tryheartbeat_switchover_leaves_a_fresh_heartbeat() {
     let mut n = hot_with(cfg(ActivationMode::TryHeartbeat, StandbyType::Cold));
     n.feed(Input::Switchover {
         ready: vec!["b".into()],
+        to: None,
     });
     n.advance(secs(10)); // a long grace period
     let out = n.feed(exited());
@@ -1468,4 +1478,113 @@ fn answer_of_an_abandoned_promotion_is_not_taken_for_a_new_one() {
         vec![Command::PersistNextEpoch { floor: KNOWN }]
     );
     assert!(n.e.holds_lock());
+}
+
+// ---- switchover to a chosen standby ----------------------------------------------------------
+
+/// Peers as a standby "c" sees them while "a" steps down, handing activity to `to`.
+fn handing_over(to: Option<&str>) -> Input {
+    let peer = |node: &str, hot: bool, handover_to: Option<&str>| PeerView {
+        node: node.into(),
+        hot,
+        epoch: KNOWN + 1,
+        holds_lock: false,
+        fresh: true,
+        agent_gone: false,
+        live_service: None,
+        handover_to: handover_to.map(String::from),
+    };
+    Input::Peers(vec![peer("a", false, to), peer("b", false, None)])
+}
+
+#[test]
+fn switchover_to_a_standby_that_is_not_ready_is_refused() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let out = n.feed(Input::Switchover {
+        ready: vec!["b".into()],
+        to: Some("c".into()),
+    });
+    assert!(
+        matches!(out.as_slice(), [Command::Answer(Answer::SwitchoverRefused { reason })] if reason.contains("c is not a ready standby")),
+        "{out:?}"
+    );
+    assert_eq!(n.e.state(), State::Hot);
+}
+
+#[test]
+fn the_active_advertises_the_chosen_standby_until_it_campaigns_again() {
+    let mut n = hot_trylock(StandbyType::Cold);
+    n.feed(Input::Switchover {
+        ready: vec!["b".into(), "c".into()],
+        to: Some("b".into()),
+    });
+    assert_eq!(n.e.snapshot().handover_to.as_deref(), Some("b"));
+    n.feed(exited());
+    // b is active with a newer epoch: the old active campaigns again and says no more.
+    n.feed(Input::Peers(vec![PeerView {
+        node: "b".into(),
+        hot: true,
+        epoch: KNOWN + 2,
+        holds_lock: true,
+        fresh: true,
+        agent_gone: false,
+        live_service: None,
+        handover_to: None,
+    }]));
+    assert_eq!(n.e.snapshot().handover_to, None);
+}
+
+#[test]
+fn another_standby_gives_a_grant_back_while_the_switchover_goes_to_the_chosen_one() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    assert_eq!(
+        n.feed(Input::Start { known_epoch: KNOWN }),
+        vec![Command::Campaign]
+    );
+    n.feed(handing_over(Some("b")));
+    assert_eq!(
+        n.feed(acquired(HeartbeatView::Missing)),
+        vec![Command::Release],
+        "a grant during a handover to b must go back to the kernel for b"
+    );
+    assert!(
+        n.waiting().contains("hands activity to b"),
+        "{}",
+        n.waiting()
+    );
+    assert_eq!(n.e.state(), State::Warm);
+    // The handover is over (b is active; a says no more): back to waiting for the lock.
+    assert_eq!(n.feed(handing_over(None)), vec![Command::Campaign]);
+}
+
+#[test]
+fn a_handover_to_a_standby_that_died_ends_after_the_grace() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(handing_over(Some("b")));
+    assert_eq!(
+        n.feed(acquired(HeartbeatView::Missing)),
+        vec![Command::Release]
+    );
+    n.advance(understudy_engine::HANDOVER_GRACE - ms(1));
+    assert!(!n.feed(Input::Tick).contains(&Command::Campaign));
+    n.advance(ms(2));
+    assert!(n.feed(Input::Tick).contains(&Command::Campaign));
+    // The chosen standby is gone: a grant now is used.
+    let mut gone = n.feed(Input::Peers(vec![PeerView {
+        node: "a".into(),
+        hot: false,
+        epoch: KNOWN + 1,
+        holds_lock: false,
+        fresh: true,
+        agent_gone: false,
+        live_service: None,
+        handover_to: Some("b".into()),
+    }]));
+    gone.extend(n.feed(acquired(HeartbeatView::Missing)));
+    assert!(
+        gone.iter()
+            .any(|c| matches!(c, Command::PersistNextEpoch { .. })),
+        "{gone:?}"
+    );
 }

@@ -73,6 +73,8 @@ enum Action {
     },
     Switchover {
         node: usize,
+        /// Hand over to the ready standby at this index (mod their number), or to any.
+        to: Option<usize>,
     },
     /// The lock file is replaced: its holder learns it at its next `VerifyLock`.
     LockLost,
@@ -105,7 +107,8 @@ fn action() -> impl Strategy<Value = Action> {
         4 => (0usize..4).prop_map(|node| Action::HealthOk { node }),
         2 => (0usize..4).prop_map(|node| Action::HealthFail { node }),
         3 => (0usize..4).prop_map(|node| Action::Activate { node }),
-        3 => (0usize..4).prop_map(|node| Action::Switchover { node }),
+        3 => ((0usize..4), proptest::option::of(0usize..4))
+            .prop_map(|(node, to)| Action::Switchover { node, to }),
         2 => Just(Action::LockLost),
         2 => (0usize..4).prop_map(|node| Action::Shutdown { node }),
         2 => (0usize..4).prop_map(|node| Action::Gossip { node }),
@@ -180,6 +183,7 @@ struct Record {
     epoch: u64,
     holds_lock: bool,
     pid: Option<u32>,
+    handover_to: Option<String>,
 }
 
 struct NodeW {
@@ -384,6 +388,7 @@ impl World {
             epoch: e.epoch(),
             holds_lock: e.holds_lock(),
             pid: self.nodes[i].proc_.as_ref().map(|p| p.pid),
+            handover_to: e.snapshot().handover_to,
         });
     }
 
@@ -412,6 +417,8 @@ impl World {
                     fresh: true,
                     agent_gone: !self.live(j),
                     live_service,
+                    // The agent never names the node itself (see PeerView::handover_to).
+                    handover_to: r.handover_to.clone().filter(|t| *t != self.nodes[i].name),
                 })
             })
             .collect()
@@ -859,14 +866,17 @@ impl World {
                     self.feed(i, Input::Activate);
                 }
             }
-            Action::Switchover { node } => {
+            Action::Switchover { node, to } => {
                 let i = node % len;
-                let ready = (0..len)
+                let ready: Vec<String> = (0..len)
                     .filter(|&j| j != i)
                     .filter(|&j| self.nodes[j].engine.as_ref().is_some_and(|e| e.ready()))
                     .map(|j| self.nodes[j].name.clone())
                     .collect();
-                self.feed(i, Input::Switchover { ready });
+                let to = to
+                    .filter(|_| !ready.is_empty())
+                    .map(|k| ready[k % ready.len()].clone());
+                self.feed(i, Input::Switchover { ready, to });
             }
             Action::LockLost => {
                 if let Some(h) = self.holder {

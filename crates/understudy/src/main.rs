@@ -82,6 +82,9 @@ enum Cmd {
         /// Admin address of the active node.
         #[arg(long)]
         agent: String,
+        /// The standby that must take over (it must be ready); any ready one without.
+        #[arg(long)]
+        to: Option<String>,
     },
     /// Show a node's event timeline and its takeovers.
     Events {
@@ -251,11 +254,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(0)
             })
         }
-        Cmd::Switchover { agent } => {
+        Cmd::Switchover { agent, to } => {
             let rt = runtime()?;
             rt.block_on(async {
                 let c = AgentClient::new(&agent, Duration::from_secs(60));
-                let r = c.switchover().await.context("switchover failed")?;
+                let r = c
+                    .switchover(to.as_deref())
+                    .await
+                    .context("switchover failed")?;
                 println!(
                     "switched over: {} → {} (epoch {}) in {:.1} ms",
                     r.get("from").and_then(|v| v.as_str()).unwrap_or("?"),

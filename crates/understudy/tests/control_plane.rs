@@ -322,18 +322,43 @@ fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
     assert!(rep.sweeps > 10);
     check_overlaps(&log);
 
-    // Switchover by hand: activity moves to a ready standby.
+    // Switchover by hand to a chosen standby (both standbys are ready: the choice matters).
     let watcher = Watcher::start(plane.node_addrs("px"));
-    let now_active = plane.active("px").expect("active");
-    let (code, v) = plane.ctl(&["switchover", "px"]);
-    assert_eq!(code, 0, "{v}");
     assert!(
-        wait_until(Duration::from_secs(10), || plane
-            .active("px")
-            .is_some_and(|a| a != now_active)),
-        "switchover did not move activity from {now_active}: {:?}",
+        wait_until(Duration::from_secs(20), || plane
+            .nodes("px")
+            .iter()
+            .filter(|n| n["mode"] == "Warm" && n["ready"] == true)
+            .count()
+            == 2),
+        "both standbys ready before the switchover: {:?}",
         plane.nodes("px")
     );
+    let now_active = plane.active("px").expect("active");
+    for target in ["px-1", "px-2", "px-3"]
+        .into_iter()
+        .filter(|t| *t != now_active)
+    {
+        let (code, v) = plane.ctl(&["switchover", "px", "--to", target]);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["to"], target, "{v}");
+        assert!(
+            wait_until(Duration::from_secs(10), || plane.active("px").as_deref()
+                == Some(target)),
+            "switchover to {target} did not happen: {:?}",
+            plane.nodes("px")
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || plane
+                .nodes("px")
+                .iter()
+                .filter(|n| n["mode"] == "Warm" && n["ready"] == true)
+                .count()
+                == 2),
+            "standbys ready again after the switchover: {:?}",
+            plane.nodes("px")
+        );
+    }
     watcher.finish();
     let ivs = check_overlaps(&log);
     // The first active, the takeover after the kill, the switchover: the checker saw them all.

@@ -383,11 +383,35 @@ async fn story(
         .await,
         "no ready standby to switch over to"
     );
-    click_confirm(c, "[data-server=px] [data-act=switchover]").await;
-    let sel = format!("[data-server=px] .node.active:not([data-node='{active}'])");
+    // Switch over to a chosen standby: the other ready standby of the two.
+    assert!(
+        wait_css(
+            c,
+            "[data-node='px-1'][data-role='standby, ready']",
+            Duration::from_secs(20)
+        )
+        .await,
+        "the restarted px-1 is not shown as a ready standby"
+    );
+    let chosen = if active == "px-2" { "px-3" } else { "px-2" };
+    assert!(
+        wait_css(
+            c,
+            &format!("[data-node='{chosen}'][data-role='standby, ready']"),
+            Duration::from_secs(20)
+        )
+        .await,
+        "{chosen} is not ready"
+    );
+    click_confirm(
+        c,
+        &format!("[data-server=px] [data-act=switchover-to][data-node='{chosen}']"),
+    )
+    .await;
+    let sel = format!("[data-server=px] .node.active[data-node='{chosen}']");
     assert!(
         wait_css(c, &sel, Duration::from_secs(10)).await,
-        "switchover not shown: {}",
+        "switchover to {chosen} not shown: {}",
         text(c, "#msg").await
     );
     shot(c, shots, "07-switched-over").await;

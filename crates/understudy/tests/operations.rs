@@ -155,3 +155,38 @@ fn top_shows_the_group_live_in_a_terminal() {
     }
     assert!(gone, "q did not quit top");
 }
+
+/// `understudy switchover --to NODE`: with two ready standbys, the chosen one takes over, every
+/// time; a standby that is not ready is refused and nothing moves.
+#[test]
+fn switchover_to_a_chosen_standby() {
+    use std::time::Duration;
+    let mut g = common::Group::new("trylock", "hot");
+    let w = g.watch();
+    g.start("a");
+    g.wait_mode("a", "Hot", Duration::from_secs(10));
+    g.start("b");
+    g.start("c");
+    for n in ["b", "c"] {
+        g.wait_ready(n, Duration::from_secs(20));
+    }
+    let (code, out, err) =
+        common::run_cli(&["switchover", "--agent", &g.admin("a"), "--to", "nope"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("nope is not a ready standby"), "{err}");
+    assert_eq!(g.mode("a").as_deref(), Some("Hot"));
+    let mut active = "a";
+    for to in ["c", "b", "c"] {
+        let (code, out, err) =
+            common::run_cli(&["switchover", "--agent", &g.admin(active), "--to", to]);
+        assert_eq!(code, 0, "{out} {err}");
+        assert!(out.contains(&format!("→ {to}")), "{out}");
+        g.wait_mode(to, "Hot", Duration::from_secs(10));
+        for n in ["a", "b", "c"].into_iter().filter(|n| *n != to) {
+            g.wait_ready(n, Duration::from_secs(20));
+        }
+        active = to;
+    }
+    w.finish();
+    g.check_log();
+}
