@@ -253,7 +253,7 @@ impl Agent {
 }
 
 /// The epoch to take from `st`, if it is the one a newly activated service may act with.
-fn judge(st: &AgentStatus, above: u64) -> Option<u64> {
+pub(crate) fn judge(st: &AgentStatus, above: u64) -> Option<u64> {
     let hot = st.mode.as_deref().is_none_or(|m| m == "Hot");
     (hot && st.epoch > above).then_some(st.epoch)
 }

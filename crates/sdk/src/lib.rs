@@ -133,6 +133,11 @@ pub fn init_with(activate: Signal) -> Result<Service, InitError> {
         );
     }
     let agent = env.admin.map(|a| Agent::new(a, CALL_TIMEOUT));
+    if listener.ignored_at_entry && env.role == Role::Standby {
+        if let Some(agent) = &agent {
+            catch_up(agent.clone(), env.epoch, listener.sender.clone());
+        }
+    }
     Ok(Service {
         role: env.role,
         epoch: env.epoch,
@@ -141,6 +146,43 @@ pub fn init_with(activate: Signal) -> Result<Service, InitError> {
         listener,
         epoch_wait: EPOCH_WAIT,
     })
+}
+
+/// Asks the agent, on a thread of its own, whether it already went Hot: if so, its activation
+/// signal may have been discarded while the signal was still ignored, so the notice is queued
+/// here instead. The agent publishes Hot before it signals, so a lost signal is visible; and the
+/// handler is installed by now, so a Warm answer means any signal to come will arrive. A
+/// duplicate (the signal did arrive) is harmless: an active service ignores [`Notice::Activate`].
+fn catch_up(agent: Agent, epoch: u64, notices: tokio::sync::mpsc::Sender<Notice>) {
+    let ask = move || {
+        let mut pause = Duration::from_millis(5);
+        let mut last = None;
+        // Retried on errors only: the agent that started us is up, but may be busy.
+        for _ in 0..6 {
+            match agent.status() {
+                Ok(st) => {
+                    if agent::judge(&st, epoch).is_some() {
+                        let _ = notices.try_send(Notice::Activate);
+                    }
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            // A plain thread: no async clock here.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(pause);
+            pause *= 2;
+        }
+        if let Some(e) = last {
+            tracing::warn!("cannot ask the agent whether it is already Hot: {e}");
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("understudy-catch-up".into())
+        .spawn(ask)
+    {
+        tracing::warn!("cannot ask the agent whether it is already Hot: {e}");
+    }
 }
 
 /// A service's view of the contract: its role and epoch now, the notices, the agent.

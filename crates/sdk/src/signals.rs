@@ -87,6 +87,12 @@ impl Shutdown {
 pub(crate) struct Listener {
     pub(crate) notices: mpsc::Receiver<Notice>,
     pub(crate) shutdown: Shutdown,
+    /// For notices that do not come from a signal (see [`Listener::ignored_at_entry`]).
+    pub(crate) sender: mpsc::Sender<Notice>,
+    /// The process started with the activation signal ignored (`trap '' USR1` in a wrapper
+    /// script): the agent counts that as handled, and a signal it sent before the handler was
+    /// installed was discarded by the kernel, not kept pending.
+    pub(crate) ignored_at_entry: bool,
     handle: signal_hook::iterator::Handle,
 }
 
@@ -101,11 +107,13 @@ impl Drop for Listener {
 pub(crate) fn listen(activate: Signal) -> Result<Listener, SignalError> {
     let set = set(activate)?;
     set.thread_block().map_err(SignalError::Mask)?;
+    let ignored_at_entry = ignored(activate);
     let numbers: Vec<i32> = set.iter().map(|s| s as i32).collect();
     let mut signals =
         signal_hook::iterator::Signals::new(&numbers).map_err(SignalError::Install)?;
     let handle = signals.handle();
     let (tx, notices) = mpsc::channel(QUEUE);
+    let sender = tx.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     std::thread::Builder::new()
         .name("understudy-signals".into())
@@ -126,8 +134,23 @@ pub(crate) fn listen(activate: Signal) -> Result<Listener, SignalError> {
     Ok(Listener {
         notices,
         shutdown: Shutdown { rx: stop_rx },
+        sender,
+        ignored_at_entry,
         handle,
     })
+}
+
+/// Whether `sig` is ignored by this process now (false when that cannot be told).
+fn ignored(sig: Signal) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let bit = 1u64 << (sig as i32 - 1);
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|mask| mask & bit != 0)
 }
 
 #[cfg(test)]

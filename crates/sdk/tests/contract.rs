@@ -10,25 +10,29 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use understudy_sdk::{Notice, Role};
+use understudy_sdk::Notice;
 
 const CHILD: &str = "SDK_TEST_CHILD";
 const LONG: Duration = Duration::from_secs(10);
 
 type Check = (&'static str, fn());
 
-const CHECKS: [Check; 5] = [
+const CHECKS: [Check; 6] = [
     (
         "a_standby_is_activated_by_signal_with_the_agents_new_epoch",
         a_standby_is_activated_by_signal_with_the_agents_new_epoch,
     ),
     ("the_same_on_tokio", the_same_on_tokio),
+    (
+        "a_standby_started_with_the_signal_ignored_still_activates",
+        a_standby_started_with_the_signal_ignored_still_activates,
+    ),
     (
         "no_environment_runs_stand_alone_and_says_so",
         no_environment_runs_stand_alone_and_says_so,
@@ -125,9 +129,16 @@ struct Seen {
     acks: Vec<String>,
 }
 
-/// An admin API that answers `/status` Warm at epoch 6, then Hot at the stale epoch 6, then Hot
-/// at 7, and records acknowledgements.
-fn fake_agent() -> (SocketAddr, Arc<Mutex<Seen>>) {
+/// `/status` answers: Warm at epoch 6, then Hot at the stale epoch 6, then Hot at 7.
+const WARM_STALE_HOT: [&str; 3] = [
+    r#"{"node":"b","mode":"Warm","epoch":6}"#,
+    r#"{"node":"b","mode":"Hot","epoch":6}"#,
+    r#"{"node":"b","mode":"Hot","epoch":7}"#,
+];
+
+/// An admin API that answers `/status` with `answers` in turn (the last one for ever after), and
+/// records acknowledgements.
+fn fake_agent(answers: &'static [&'static str]) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -159,11 +170,7 @@ fn fake_agent() -> (SocketAddr, Arc<Mutex<Seen>>) {
             let mut seen = s.lock().unwrap();
             let answer = if head.starts_with("GET /status HTTP/1.0") {
                 seen.status_requests += 1;
-                match seen.status_requests {
-                    1 => r#"{"node":"b","mode":"Warm","epoch":6}"#,
-                    2 => r#"{"node":"b","mode":"Hot","epoch":6}"#,
-                    _ => r#"{"node":"b","mode":"Hot","epoch":7}"#,
-                }
+                answers[(seen.status_requests - 1).min(answers.len() - 1)]
             } else if head.starts_with("POST /service/active-ack HTTP/1.0") {
                 seen.acks.push(body);
                 "{}"
@@ -180,8 +187,24 @@ fn fake_agent() -> (SocketAddr, Arc<Mutex<Seen>>) {
     (addr, seen)
 }
 
-fn spawn(flavour: &str, env: &[(&str, String)]) -> (Child, std::io::Lines<BufReader<ChildStdout>>) {
-    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+/// A service process and the lines it says.
+struct Kid {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Starts this binary as the service, with `env` as the agent's variables; `wrapper` is a shell
+/// line run before it (`exec` follows).
+fn spawn(flavour: &str, env: &[(&str, String)], wrapper: Option<&str>) -> Kid {
+    let exe = std::env::current_exe().expect("exe");
+    let mut cmd = match wrapper {
+        Some(w) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(format!("{w}; exec {}", exe.display()));
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.env(CHILD, flavour)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -192,27 +215,77 @@ fn spawn(flavour: &str, env: &[(&str, String)]) -> (Child, std::io::Lines<BufRea
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn");
-    let out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    (child, out)
+    let out = BufReader::new(child.stdout.take().expect("stdout"));
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if let Some((_, l)) = line.split_once("sdk-child: ") {
+                let _ = tx.send(l.to_string());
+            }
+        }
+    });
+    Kid { child, lines }
 }
 
-/// The next line the child said, without its prefix (its stdout is this binary's too).
-fn said(child: &mut Child, out: &mut std::io::Lines<BufReader<ChildStdout>>) -> String {
-    let mut other = String::new();
-    for line in out.by_ref() {
-        let line = line.expect("read");
-        if let Some((_, l)) = line.split_once("sdk-child: ") {
-            return l.to_string();
+impl Kid {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), sig).expect("kill");
+    }
+
+    /// The next line the child says.
+    fn said(&mut self) -> String {
+        match self.lines.recv_timeout(LONG) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.child.kill();
+                let status = self.child.wait().expect("wait");
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("the child said nothing ({e}); it ended with {status}; stderr:\n{err}");
+            }
         }
-        other.push_str(&line);
-        other.push('\n');
     }
-    let status = wait_exit(child);
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
+
+    fn stderr(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).expect("read");
+        }
+        err
     }
-    panic!("the child ended ({status}) without a word; stdout:\n{other}stderr:\n{err}");
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + LONG;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "the child did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits, like the agent, until `/proc` shows SIGUSR1 handled.
+    fn wait_handles_usr1(&self) {
+        let deadline = Instant::now() + LONG;
+        while !handles(self.pid(), Signal::SIGUSR1) {
+            assert!(Instant::now() < deadline, "SIGUSR1 never handled");
+            std::hint::spin_loop();
+        }
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The agent's test: is `sig` blocked, ignored or caught by `pid`?
@@ -227,40 +300,25 @@ fn handles(pid: u32, sig: Signal) -> bool {
     })
 }
 
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + LONG;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "the child did not exit");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn agent_env(admin: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("UNDERSTUDY_ROLE", "standby".into()),
+        ("UNDERSTUDY_EPOCH", "6".into()),
+        ("UNDERSTUDY_GROUP", "g".into()),
+        ("UNDERSTUDY_NODE", "b".into()),
+        ("UNDERSTUDY_ADMIN", admin.to_string()),
+    ]
 }
 
 fn standby_activated_by_signal(flavour: &str) {
-    let (admin, seen) = fake_agent();
-    let (mut child, mut out) = spawn(
-        flavour,
-        &[
-            ("UNDERSTUDY_ROLE", "standby".into()),
-            ("UNDERSTUDY_EPOCH", "6".into()),
-            ("UNDERSTUDY_GROUP", "g".into()),
-            ("UNDERSTUDY_NODE", "b".into()),
-            ("UNDERSTUDY_ADMIN", admin.to_string()),
-        ],
-    );
-    let pid = child.id();
-    let deadline = Instant::now() + LONG;
-    while !handles(pid, Signal::SIGUSR1) {
-        assert!(Instant::now() < deadline, "SIGUSR1 never handled");
-        std::hint::spin_loop();
-    }
+    let (admin, seen) = fake_agent(&WARM_STALE_HOT);
+    let mut kid = spawn(flavour, &agent_env(admin), None);
+    kid.wait_handles_usr1();
     // At once, as the agent does: this must neither kill it nor be lost.
-    kill(Pid::from_raw(pid as i32), Signal::SIGUSR1).expect("kill");
-    assert_eq!(said(&mut child, &mut out), "role standby 6");
+    kid.signal(Signal::SIGUSR1);
+    assert_eq!(kid.said(), "role standby 6");
     assert_eq!(
-        said(&mut child, &mut out),
+        kid.said(),
         "active 7",
         "the epoch is the first Hot one above 6"
     );
@@ -270,16 +328,19 @@ fn standby_activated_by_signal(flavour: &str) {
             seen.status_requests, 3,
             "Warm and stale answers are retried"
         );
-        assert_eq!(seen.acks, vec![format!("{{\"pid\":{pid},\"epoch\":7}}")]);
+        assert_eq!(
+            seen.acks,
+            vec![format!("{{\"pid\":{},\"epoch\":7}}", kid.pid())]
+        );
     }
     // A second activation signal changes nothing and asks nobody.
-    kill(Pid::from_raw(pid as i32), Signal::SIGUSR1).expect("kill");
-    assert_eq!(said(&mut child, &mut out), "active 7");
+    kid.signal(Signal::SIGUSR1);
+    assert_eq!(kid.said(), "active 7");
     assert_eq!(seen.lock().unwrap().status_requests, 3);
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("kill");
-    assert_eq!(said(&mut child, &mut out), "stop true");
-    assert!(wait_exit(&mut child).success());
+    kid.signal(Signal::SIGTERM);
+    assert_eq!(kid.said(), "stop true");
+    assert!(kid.wait_exit().success());
 }
 
 fn a_standby_is_activated_by_signal_with_the_agents_new_epoch() {
@@ -290,19 +351,34 @@ fn the_same_on_tokio() {
     standby_activated_by_signal("async");
 }
 
+/// Started with SIGUSR1 ignored (a wrapper's `trap '' USR1`): the agent counts that as handled
+/// and signals at once, and the kernel discards the signal if it comes before `init` (the
+/// wrapper's pause makes sure it does). The agent is already Hot then, which `init` finds out.
+fn a_standby_started_with_the_signal_ignored_still_activates() {
+    const HOT: [&str; 1] = [r#"{"node":"b","mode":"Hot","epoch":7}"#];
+    let (admin, _seen) = fake_agent(&HOT);
+    let mut kid = spawn("sync", &agent_env(admin), Some("trap '' USR1; sleep 0.2"));
+    kid.wait_handles_usr1();
+    kid.signal(Signal::SIGUSR1);
+    assert_eq!(kid.said(), "role standby 6");
+    assert_eq!(kid.said(), "active 7");
+    kid.signal(Signal::SIGTERM);
+    // The signal may also have arrived after `init`: a second notice, which changes nothing.
+    let mut last = kid.said();
+    if last == "active 7" {
+        last = kid.said();
+    }
+    assert_eq!(last, "stop true");
+    assert!(kid.wait_exit().success());
+}
+
 fn no_environment_runs_stand_alone_and_says_so() {
-    let (mut child, mut out) = spawn("sync", &[]);
-    assert_eq!(said(&mut child, &mut out), "role active 0");
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("kill");
-    assert_eq!(said(&mut child, &mut out), "stop true");
-    assert!(wait_exit(&mut child).success());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read");
+    let mut kid = spawn("sync", &[], None);
+    assert_eq!(kid.said(), "role active 0");
+    kid.signal(Signal::SIGTERM);
+    assert_eq!(kid.said(), "stop true");
+    assert!(kid.wait_exit().success());
+    let err = kid.stderr();
     assert!(err.contains("stand-alone, active at epoch 0"), "{err}");
 }
 
@@ -319,16 +395,9 @@ fn a_bad_environment_exits_2_naming_the_variable() {
         ),
     ] {
         let env: Vec<(&str, String)> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let (mut child, _out) = spawn("sync", &env);
-        let status = wait_exit(&mut child);
-        assert_eq!(status.code(), Some(2), "{vars:?}");
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut err)
-            .expect("read");
+        let mut kid = spawn("sync", &env, None);
+        assert_eq!(kid.wait_exit().code(), Some(2), "{vars:?}");
+        let err = kid.stderr();
         assert!(err.contains(named), "{vars:?}: {err}");
     }
 }
@@ -367,5 +436,4 @@ fn an_agent_that_never_reports_the_new_epoch_is_an_error() {
     assert!(closed
         .wait_for_epoch(0, Duration::from_millis(200))
         .is_err());
-    let _ = Role::Active;
 }
