@@ -8,14 +8,17 @@
 //!   agent dies, even by `kill -9`.
 //! - [`supervisor`]: the agent side: spawn through the guardian, signal, graceful stop, exit events.
 //! - [`health`]: periodic health checks (a command or an HTTP GET) with timeout and threshold.
+//! - [`oneshot`]: a one-shot command (the activate hook) under a guardian, waited for.
 
 #![warn(missing_docs)]
 
 pub mod guardian;
 pub mod health;
+pub mod oneshot;
 pub mod supervisor;
 
 pub use health::{spawn_health, HealthCheck, HealthConfig, HealthEvent};
+pub use oneshot::run_guarded;
 pub use supervisor::{ExitReason, ServiceEvent, ServiceSpec, Supervisor};
 
 /// Errors of a supervision operation.
