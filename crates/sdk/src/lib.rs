@@ -74,6 +74,7 @@
 //! calls, blocking and, with the default `tokio` feature, async).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod env;
