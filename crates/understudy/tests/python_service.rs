@@ -30,11 +30,18 @@ fn script() -> PathBuf {
 }
 
 /// A trylock group with warm standbys protecting the Python service, logging into the group's
-/// service log (the format the overlap checker reads).
-fn python_group() -> Group {
+/// service log (the format the overlap checker reads). With `wrapper`, the service is started by
+/// `sh -c "WRAPPER; exec python3 service.py"`.
+fn python_group(wrapper: Option<&str>) -> Group {
     let mut g = Group::new("trylock", "warm");
     let script = script().display().to_string();
-    g.set_service("command", &arr(&[&python(), &script]));
+    match wrapper {
+        Some(w) => {
+            let line = format!("{w}; exec {} {script}", python());
+            g.set_service("command", &arr(&["sh", "-c", &line]));
+        }
+        None => g.set_service("command", &arr(&[&python(), &script])),
+    }
     g.set_service(
         "env",
         &format!("{{ SERVICE_LOG = {} }}", q(&g.log.display().to_string())),
@@ -44,7 +51,18 @@ fn python_group() -> Group {
 
 #[test]
 fn the_python_service_fails_over_on_kill_9_of_the_active_agent() {
-    let mut g = python_group();
+    fails_over(python_group(None));
+}
+
+/// Started with the activation signal ignored (a wrapper's `trap '' USR1`), which the agent
+/// counts as handled: its signal to the first active comes while the wrapper still runs and is
+/// discarded. The service finds out from the agent's status that it must activate.
+#[test]
+fn the_python_service_activates_even_when_started_with_the_signal_ignored() {
+    fails_over(python_group(Some("trap '' USR1; sleep 0.3")));
+}
+
+fn fails_over(mut g: Group) {
     let w = g.add_watched_pair();
     g.start_a_hot_then_b();
     g.wait_ready("b", 10 * S);
