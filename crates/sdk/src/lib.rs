@@ -70,7 +70,7 @@
 //! }
 //! ```
 //!
-//! Layout: [`env`] (the rule), [`signals`] (block, handle, notices), [`agent`] (the two HTTP
+//! Layout: [`env`](mod@env) (the rule), [`signals`] (block, handle, notices), [`agent`] (the two HTTP
 //! calls, blocking and, with the default `tokio` feature, async).
 
 #![warn(missing_docs)]

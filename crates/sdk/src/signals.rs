@@ -1,7 +1,7 @@
 //! The activation signal and the stop signals, turned into [`Notice`]s.
 //!
 //! Why blocking comes first: the agent signals a standby as soon as `/proc/PID/status` shows the
-//! activation signal blocked, caught or ignored. Blocking it is one system call, so [`listen`]
+//! activation signal blocked, caught or ignored. Blocking it is one system call, so [`crate::init`]
 //! does that before anything else, then installs the handlers (a self-pipe read by a dedicated
 //! thread), then unblocks it in the calling thread. A signal sent in between stays pending and is
 //! delivered to the handler the moment it is unblocked; none is lost and none kills the process.
