@@ -9,7 +9,7 @@ It follows docs/service-contract.md, the same contract the Rust crate understudy
 - role and epoch come from UNDERSTUDY_* (none set: stand-alone, active at epoch 0; set but
   incomplete or malformed: exit 2 naming the variable);
 - a standby told it is active reads its new epoch from GET http://$UNDERSTUDY_ADMIN/status
-  (retried until the agent is Hot with an epoch above the old one, at most 2 s; without it the
+  (retried until the agent is Hot with an epoch above the old one, at most 10 s; without it the
   service exits 1 and never acts), then acknowledges with POST /service/active-ack;
 - SIGTERM: log, exit 0.
 
@@ -40,7 +40,7 @@ import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 
 EXIT_BAD_ENV = 2
-EPOCH_WAIT_S = 2.0
+EPOCH_WAIT_S = 10.0
 CALL_TIMEOUT_S = 0.5
 MAX_ANSWER = 1 << 20
 VARS = ("UNDERSTUDY_ROLE", "UNDERSTUDY_EPOCH", "UNDERSTUDY_GROUP", "UNDERSTUDY_NODE",

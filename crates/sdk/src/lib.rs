@@ -92,8 +92,11 @@ pub const EXIT_BAD_ENV: u8 = 2;
 /// Exit code of a service that found a newer epoch downstream and stopped acting.
 pub const EXIT_FENCED: u8 = 3;
 /// How long [`Service::activate`] waits for the agent to report the new epoch by default. The
-/// agent publishes it before signalling, so this only matters on a machine in trouble.
-pub const EPOCH_WAIT: Duration = Duration::from_secs(2);
+/// agent publishes it before signalling, so the first answer is normally the one. Waiting is
+/// safe: the service does not act meanwhile, and while its agent holds the lock nobody else can.
+/// Giving up early is not better: an agent paused for a moment (SIGSTOP, a stalled machine) would
+/// find its service gone when it resumes, and fail over for nothing.
+pub const EPOCH_WAIT: Duration = Duration::from_secs(10);
 /// Bound on one call to the agent.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
