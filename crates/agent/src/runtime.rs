@@ -795,14 +795,22 @@ impl Runtime {
         let Some(hook) = self.shared.cfg.service.activate_hook.clone() else {
             return;
         };
-        let env = self.service_env(Role::Active, epoch);
+        // Under a guardian, like the service: the hook's whole process group dies with this
+        // agent, however the agent dies.
+        let spec = ServiceSpec {
+            command: hook,
+            env: self.service_env(Role::Active, epoch),
+            guardian_exe: self.guardian_exe.clone(),
+            guardian_args: vec!["__guard".to_string()],
+        };
         tokio::spawn(async move {
-            let mut cmd = tokio::process::Command::new(&hook[0]);
-            cmd.args(&hook[1..]).envs(env).kill_on_drop(true);
-            match cmd.status().await {
-                Ok(s) if s.success() => info!("activate hook {:?} done", hook[0]),
-                Ok(s) => warn!("activate hook {:?} failed: {s}", hook[0]),
-                Err(e) => warn!("activate hook {:?} could not run: {e}", hook[0]),
+            let name = spec.command.first().map(String::as_str).unwrap_or_default();
+            match understudy_service::run_guarded(&spec).await {
+                Ok(understudy_service::ExitReason::Code(0)) => {
+                    info!("activate hook {name:?} done")
+                }
+                Ok(reason) => warn!("activate hook {name:?} {reason}"),
+                Err(e) => warn!("activate hook {name:?} could not run: {e}"),
             }
         });
     }

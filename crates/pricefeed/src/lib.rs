@@ -27,8 +27,8 @@ pub use client::{
 };
 pub use exchange_sim::run_exchange_sim;
 pub use server::{
-    promotion_signal, run_price_server, run_price_server_with, serve_status_http, PriceServer,
-    ServerHandle, ServerStatus,
+    run_price_server, run_price_server_with, serve_status_http, PriceServer, ServerHandle,
+    ServerStatus,
 };
 
 /// Errors returned by the entry points of this crate.
@@ -49,6 +49,9 @@ pub enum Error {
     /// The arguments or environment are unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The agent did not give the epoch a promotion needs.
+    #[error(transparent)]
+    Agent(#[from] understudy_sdk::AgentError),
 }
 
 impl Error {

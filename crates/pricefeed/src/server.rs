@@ -99,29 +99,20 @@ pub struct ServerStatus {
     pub pending_updates: usize,
 }
 
-/// Runs a price server as an understudy service, until the process ends.
+/// Runs a price server as an understudy service until a stop signal (SIGTERM or SIGINT).
 ///
-/// The role comes from the environment the agent sets: `UNDERSTUDY_ROLE` (`active` or
-/// `standby`, absent = stand-alone primary at epoch 0) and `UNDERSTUDY_EPOCH`. `SIGUSR1`
-/// promotes a standby; its new epoch is read from `GET http://$UNDERSTUDY_ADMIN/status`.
+/// Sets up the agent contract itself ([`understudy_sdk::init`]); a binary should rather call
+/// `init` first in `main` and use [`run_price_server_with`], so that no thread exists before the
+/// signals are blocked.
 pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Result<(), Error> {
-    // First thing: SIGUSR1's default action kills the process, so the handler must be in place
-    // before anything else can delay us.
-    let usr1 = promotion_signal()?;
-    run_price_server_with(upstream, listen, None, usr1).await
+    let service = understudy_sdk::init().map_err(|e| Error::Config(e.to_string()))?;
+    run_price_server_with(upstream, listen, None, service).await
 }
 
-/// Installs the SIGUSR1 handler that promotes a standby. A process that starts as a standby
-/// must do this before anything else: the agent may signal it as soon as it has started it.
-/// Must be called inside a Tokio runtime.
-pub fn promotion_signal() -> Result<tokio::signal::unix::Signal, Error> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-        .map_err(|e| Error::io("installing the SIGUSR1 handler", e))
-}
-
-/// [`run_price_server`] with a SIGUSR1 handler installed by the caller ([`promotion_signal`]),
-/// for a binary that blocks SIGUSR1 at start and unblocks it once the handler is in place, so
-/// that a promotion sent during start-up waits instead of killing the process.
+/// Runs a price server under the agent contract of `service` until a stop signal: its role and
+/// epoch at start (`active` publishes as the primary), the activation signal promotes a standby
+/// with the epoch its agent reports. A standby that cannot learn that epoch does not promote
+/// itself: it returns [`Error::Agent`], and the process should exit so that its agent fails over.
 ///
 /// With `http`, the server also answers `GET /health` and `GET /status` there (see
 /// [`serve_status_http`]), for the agent's `[health] http` check and for people.
@@ -129,15 +120,15 @@ pub async fn run_price_server_with(
     upstream: SocketAddr,
     listen: SocketAddr,
     http: Option<SocketAddr>,
-    mut usr1: tokio::signal::unix::Signal,
+    mut service: understudy_sdk::Service,
 ) -> Result<(), Error> {
-    let env = AgentEnv::from_env()?;
     let mut cfg = ServerConfig::new(upstream, listen);
-    cfg.role = env.role;
-    cfg.epoch = env.epoch;
-    if let Some(node) = &env.node {
-        cfg.name = Some(node.clone());
-    }
+    cfg.role = match service.role() {
+        understudy_sdk::Role::Active => Role::Primary,
+        understudy_sdk::Role::Standby => Role::Standby,
+    };
+    cfg.epoch = service.epoch();
+    cfg.name = service.env().node.clone();
     let server = PriceServer::bind(cfg).await?;
     let handle = server.handle();
     let _http = match http {
@@ -152,31 +143,39 @@ pub async fn run_price_server_with(
         }
         None => None,
     };
-    let admin = env.admin.clone();
-    let _promoter = AbortOnDrop(tokio::spawn(async move {
-        while usr1.recv().await.is_some() {
-            let epoch = match &admin {
-                Some(admin) => fetch_epoch(admin).await,
-                None => {
-                    // Stand-alone: nobody hands out epochs, so advance our own.
-                    let e = handle.status().epoch + 1;
-                    tracing::warn!(
-                        epoch = e,
-                        "SIGUSR1 without UNDERSTUDY_ADMIN: promoting with a local epoch"
-                    );
-                    e
+    if service.role() == understudy_sdk::Role::Active {
+        if let Err(e) = service.acknowledge_async().await {
+            tracing::warn!("cannot acknowledge the activation: {e}");
+        }
+    }
+    let mut shutdown = service.shutdown();
+    let promoter = async move {
+        loop {
+            match service.next().await {
+                Some(understudy_sdk::Notice::Activate) => {
+                    let epoch = service.activate_async().await?;
+                    if !handle.promote(epoch) {
+                        tracing::error!(
+                            epoch,
+                            current = handle.status().epoch,
+                            "refused promotion to a lower epoch"
+                        );
+                    }
                 }
-            };
-            if !handle.promote(epoch) {
-                tracing::error!(
-                    epoch,
-                    current = handle.status().epoch,
-                    "refused promotion to a lower epoch"
-                );
+                // The shutdown arm below ends the server.
+                Some(understudy_sdk::Notice::Stop) => {}
+                None => std::future::pending::<()>().await,
             }
         }
-    }));
-    server.run().await
+    };
+    tokio::select! {
+        r = server.run() => r,
+        r = promoter => r,
+        _ = shutdown.requested() => {
+            tracing::info!("stop requested");
+            Ok(())
+        }
+    }
 }
 
 /// Longest request head the status endpoint reads.
@@ -236,109 +235,6 @@ pub async fn serve_status_http(listener: TcpListener, handle: ServerHandle) {
             let _ = sock.shutdown().await;
         });
     }
-}
-
-/// What the agent told us through the environment.
-#[derive(Debug, Clone)]
-struct AgentEnv {
-    role: Role,
-    epoch: u64,
-    admin: Option<String>,
-    node: Option<String>,
-}
-
-impl AgentEnv {
-    fn from_env() -> Result<Self, Error> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let role = match var("UNDERSTUDY_ROLE").as_deref() {
-            None | Some("active") => Role::Primary,
-            Some("standby") => Role::Standby,
-            Some(other) => {
-                return Err(Error::Config(format!(
-                    "UNDERSTUDY_ROLE={other:?}: expected \"active\" or \"standby\""
-                )))
-            }
-        };
-        let epoch = match var("UNDERSTUDY_EPOCH") {
-            None => 0,
-            Some(v) => v.parse().map_err(|_| {
-                Error::Config(format!("UNDERSTUDY_EPOCH={v:?} is not an unsigned integer"))
-            })?,
-        };
-        Ok(AgentEnv {
-            role,
-            epoch,
-            admin: var("UNDERSTUDY_ADMIN"),
-            node: var("UNDERSTUDY_NODE"),
-        })
-    }
-}
-
-/// Reads the epoch of our (now Hot) agent, retrying until it answers: promoting without the
-/// fencing epoch would let clients confuse us with the old primary.
-async fn fetch_epoch(admin: &str) -> u64 {
-    let mut delay = Duration::from_millis(2);
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        match timeout(Duration::from_millis(500), agent_status(admin)).await {
-            Ok(Ok((mode, Some(epoch))))
-                if mode
-                    .as_deref()
-                    .is_none_or(|m| m.eq_ignore_ascii_case("hot")) =>
-            {
-                return epoch
-            }
-            Ok(Ok((mode, epoch))) => {
-                tracing::debug!(?mode, ?epoch, "agent not Hot yet");
-            }
-            Ok(Err(e)) => {
-                if attempts.is_power_of_two() {
-                    tracing::warn!(admin, error = %e, "cannot read the epoch from the agent; retrying");
-                }
-            }
-            Err(_) => tracing::warn!(admin, "agent status timed out; retrying"),
-        }
-        sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(100));
-    }
-}
-
-/// `GET /status` of the agent with a minimal HTTP/1.0 exchange (HTTP/1.0 so the body is never
-/// chunked); returns its `mode` and `epoch`.
-async fn agent_status(admin: &str) -> Result<(Option<String>, Option<u64>), String> {
-    let mut sock = TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
-    let req = format!("GET /status HTTP/1.0\r\nHost: {admin}\r\nAccept: application/json\r\n\r\n");
-    sock.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resp = Vec::new();
-    sock.take(1 << 20)
-        .read_to_end(&mut resp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&resp);
-    let status_ok = text
-        .lines()
-        .next()
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("200"));
-    if !status_ok {
-        return Err(format!(
-            "unexpected response: {}",
-            text.lines().next().unwrap_or("")
-        ));
-    }
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // Tolerate framing noise around the JSON object (e.g. a chunk header).
-    let json = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if a < b => &body[a..=b],
-        _ => return Err("no JSON object in the status response".into()),
-    };
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    Ok((
-        v.get("mode").and_then(|m| m.as_str()).map(str::to_string),
-        v.get("epoch").and_then(|e| e.as_u64()),
-    ))
 }
 
 /// A bound price server; [`PriceServer::run`] serves it.

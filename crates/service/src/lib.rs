@@ -10,15 +10,18 @@
 //! - [`health`]: periodic health checks (a command or an HTTP GET) with timeout and threshold.
 //! - [`procwatch`]: facts about other processes (can it still act, is it that node's service,
 //!   does it handle the activate signal yet) and waiting for one to end on a pidfd.
+//! - [`oneshot`]: a one-shot command (the activate hook) under a guardian, waited for.
 
 #![warn(missing_docs)]
 
 pub mod guardian;
 pub mod health;
+pub mod oneshot;
 pub mod procwatch;
 pub mod supervisor;
 
 pub use health::{spawn_health, HealthCheck, HealthConfig, HealthEvent};
+pub use oneshot::run_guarded;
 pub use supervisor::{ExitReason, ServiceEvent, ServiceSpec, Supervisor};
 
 /// Errors of a supervision operation.

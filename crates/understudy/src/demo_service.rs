@@ -1,5 +1,6 @@
 //! The small built-in service the demo, the benchmark and the tests protect. It behaves as a real
-//! service must: standby until told (signal), then active with the epoch it reads from its agent.
+//! service must (the contract of `understudy-sdk`): standby until told (signal), then active with
+//! the epoch it reads from its agent.
 //!
 //! With `--log FILE` it appends `<monotonic ns> <pid> <node> <event> <epoch>` lines: `start`,
 //! `active` when it learns it is active, a `tick` every `--tick-ms` while active, and `stop`. The
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::signal::unix::{signal, SignalKind};
+use understudy_sdk::{Notice, Role, Service};
 
 /// Arguments of `understudy demo-service`.
 #[derive(Args, Debug)]
@@ -62,54 +63,25 @@ impl Log {
     }
 }
 
-async fn epoch_from_agent(admin: &str) -> Option<u64> {
-    let client = reqwest_like_get(admin).await?;
-    serde_json::from_str::<serde_json::Value>(&client)
-        .ok()?
-        .get("epoch")?
-        .as_u64()
-}
-
-/// A minimal GET /status on the agent's admin API (loopback, our own server).
-async fn reqwest_like_get(admin: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio::net::TcpStream::connect(admin),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let req = format!("GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split("\r\n\r\n").nth(1)?;
-    Some(body.to_string())
-}
-
 /// Run the demo service until SIGTERM.
 pub fn run(args: DemoServiceArgs) -> anyhow::Result<u8> {
+    // Before the runtime: the agent's signal must find the process ready from its first moment.
+    let service = match understudy_sdk::init() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("understudy: demo-service: {e}");
+            return Ok(e.exit_code());
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(args))
+    rt.block_on(serve(args, service))
 }
 
-async fn serve(args: DemoServiceArgs) -> anyhow::Result<u8> {
-    let env = |k: &str| std::env::var(k).unwrap_or_default();
-    let node = env("UNDERSTUDY_NODE");
-    let admin = env("UNDERSTUDY_ADMIN");
-    let mut epoch: u64 = env("UNDERSTUDY_EPOCH").parse().unwrap_or(0);
-    let mut active = env("UNDERSTUDY_ROLE") != "standby";
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+async fn serve(args: DemoServiceArgs, mut service: Service) -> anyhow::Result<u8> {
+    let node = service.env().node.clone().unwrap_or_default();
     let file = match &args.log {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -139,39 +111,52 @@ async fn serve(args: DemoServiceArgs) -> anyhow::Result<u8> {
             );
         }
     };
-    log.line("start", epoch);
-    if active {
+    log.line("start", service.epoch());
+    if service.role() == Role::Active {
+        let epoch = service.epoch();
         report(epoch);
         log.line("active", epoch);
         println!("demo-service on {}: active, epoch {epoch}", log.node);
+        if let Err(e) = service.acknowledge_async().await {
+            eprintln!("demo-service: cannot acknowledge the activation: {e}");
+        }
     } else {
         println!("demo-service on {}: standby", log.node);
     }
     let mut tick = tokio::time::interval(Duration::from_millis(args.tick_ms.max(1)));
     let mut said = tokio::time::Instant::now();
     loop {
+        let active = service.role() == Role::Active;
         tokio::select! {
-            _ = usr1.recv() => {
-                if !active {
-                    active = true;
+            notice = service.next() => match notice {
+                Some(Notice::Activate) if !active => {
                     // Report first: this is the moment the service knows; the epoch read follows.
-                    report(epoch);
-                    if let Some(e) = epoch_from_agent(&admin).await { epoch = e; }
-                    log.line("active", epoch);
-                    println!("demo-service on {}: now active, epoch {epoch}", log.node);
+                    report(service.epoch());
+                    match service.activate_async().await {
+                        Ok(epoch) => {
+                            log.line("active", epoch);
+                            println!("demo-service on {}: now active, epoch {epoch}", log.node);
+                        }
+                        Err(e) => {
+                            // Never act without the epoch: exiting makes the agent fail over.
+                            eprintln!("understudy: demo-service: activated, but {e}");
+                            log.line("stop", service.epoch());
+                            return Ok(1);
+                        }
+                    }
                 }
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+                Some(Notice::Activate) => {}
+                Some(Notice::Stop) | None => break,
+            },
             _ = tick.tick(), if active => {
-                if args.log.is_some() { log.line("tick", epoch); }
+                if args.log.is_some() { log.line("tick", service.epoch()); }
                 if args.say_every > 0 && said.elapsed() >= Duration::from_secs(args.say_every) {
                     said = tokio::time::Instant::now();
-                    println!("demo-service on {}: serving, epoch {epoch}", log.node);
+                    println!("demo-service on {}: serving, epoch {}", log.node, service.epoch());
                 }
             }
         }
     }
-    log.line("stop", epoch);
+    log.line("stop", service.epoch());
     Ok(0)
 }

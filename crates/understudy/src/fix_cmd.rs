@@ -12,11 +12,12 @@ use understudy_fix::admin::{self, Health, Probe};
 use understudy_fix::engine::{Engine, EngineError};
 use understudy_fix::exchange_sim::ExchangeSim;
 use understudy_fix::gateway::{Gateway, GatewayConfig};
+use understudy_sdk::{Notice, Role, Service};
 
 use crate::{init_logging, runtime};
 
 /// Exit code of a gateway that found its store owned by a newer epoch.
-pub const EXIT_FENCED: u8 = 3;
+pub const EXIT_FENCED: u8 = understudy_sdk::EXIT_FENCED;
 
 /// FIX subcommands.
 #[derive(Subcommand, Debug)]
@@ -83,57 +84,32 @@ pub(crate) async fn exchange_sim(listen: SocketAddr, comp_id: String) -> anyhow:
 }
 
 fn run_gateway(config: PathBuf) -> anyhow::Result<u8> {
-    init_logging();
-    let rt = runtime()?;
-    rt.block_on(gateway(config))
-}
-
-/// How this gateway learns that it is active, from the agent's environment.
-enum Start {
-    Active(u64),
-    Standby { admin: String },
-}
-
-fn start_from_env() -> Result<Start, String> {
-    let role = std::env::var("UNDERSTUDY_ROLE").unwrap_or_default();
-    match role.as_str() {
-        "standby" => match std::env::var("UNDERSTUDY_ADMIN") {
-            Ok(admin) if !admin.is_empty() => Ok(Start::Standby { admin }),
-            _ => Err("UNDERSTUDY_ROLE=standby but UNDERSTUDY_ADMIN is not set".into()),
-        },
-        "active" => std::env::var("UNDERSTUDY_EPOCH")
-            .ok()
-            .and_then(|e| e.parse::<u64>().ok())
-            .filter(|&e| e > 0)
-            .map(Start::Active)
-            .ok_or_else(|| "UNDERSTUDY_ROLE=active needs UNDERSTUDY_EPOCH (a positive integer)".into()),
-        "" => Err("not started by an agent: UNDERSTUDY_ROLE (active|standby) is not set; run it as an agent's service, or set UNDERSTUDY_ROLE=active and UNDERSTUDY_EPOCH".into()),
-        other => Err(format!("UNDERSTUDY_ROLE={other:?}: expected active or standby")),
-    }
-}
-
-async fn gateway(config: PathBuf) -> anyhow::Result<u8> {
-    // The activation signal handler goes in first: the agent may signal a standby as soon as
-    // it runs, and SIGUSR1's default action would kill us.
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
-    let (mut term, mut int) = term_signals()?;
+    // Signals first, before anything else (see `understudy_sdk::init`); the configuration is
+    // reported before the environment, so a bad file is named whatever the environment says.
+    understudy_sdk::signals::block(understudy_sdk::signals::ACTIVATE).context("fix-gateway")?;
     // Validated in full in every role, so a warm standby with a bad file fails at start.
     let cfg = match GatewayConfig::load(&config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("understudy: configuration error: {e}");
-            return Ok(2);
+            return Ok(understudy_sdk::EXIT_BAD_ENV);
         }
     };
-    let start = match start_from_env() {
+    let service = match understudy_sdk::init() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("understudy: fix-gateway: {e}");
-            return Ok(2);
+            return Ok(e.exit_code());
         }
     };
+    init_logging();
+    let rt = runtime()?;
+    rt.block_on(gateway(config, cfg, service))
+}
+
+async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> anyhow::Result<u8> {
     // The health endpoint runs in every role, answered by whichever loop runs: the waiting
-    // loop below while Warm, the engine once active.
+    // loop below while standby, the engine once active.
     let (probe_tx, mut probes) = tokio::sync::mpsc::unbounded_channel::<Probe>();
     let has_admin = cfg.admin_http.is_some();
     if let Some(a) = cfg.admin_http {
@@ -145,41 +121,30 @@ async fn gateway(config: PathBuf) -> anyhow::Result<u8> {
     } else {
         drop(probe_tx);
     }
-    let epoch = match start {
-        Start::Active(e) => e,
-        Start::Standby { admin } => {
-            println!(
-                "fix-gateway: warm standby, configuration {} valid ({} clients, {} upstreams); waiting for activation",
-                config.display(),
-                cfg.clients.len(),
-                cfg.upstreams.len()
-            );
-            // The signal is the fast path. Polling the agent as well covers a signal that
-            // was missed: one sent before this process installed its handler is ignored
-            // (when started with SIGUSR1 ignored) or fatal, never queued.
-            let mut poll = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tokio::select! {
-                    _ = usr1.recv() => {
-                        break epoch_from_agent(&admin).await.with_context(|| {
-                            format!("activated, but cannot read the epoch from the agent at {admin}")
-                        })?;
+    let started_active = service.role() == Role::Active;
+    if !started_active {
+        println!(
+            "fix-gateway: warm standby, configuration {} valid ({} clients, {} upstreams); waiting for activation",
+            config.display(),
+            cfg.clients.len(),
+            cfg.upstreams.len()
+        );
+        loop {
+            tokio::select! {
+                notice = service.next() => match notice {
+                    Some(Notice::Activate) => {
+                        service.activate_async().await.context("activated, but no epoch")?;
+                        break;
                     }
-                    _ = poll.tick() => {
-                        if let Ok(Some(e)) = get_status(&admin).await.map(|v| hot_epoch(&v)) {
-                            tracing::warn!(epoch = e, "agent is Hot but no activation signal arrived; activating");
-                            break e;
-                        }
-                    }
-                    Some(p) = probes.recv() => {
-                        let _ = p.send(Health::standby());
-                    }
-                    _ = term.recv() => return Ok(0),
-                    _ = int.recv() => return Ok(0),
+                    Some(Notice::Stop) | None => return Ok(0),
+                },
+                Some(p) = probes.recv() => {
+                    let _ = p.send(Health::standby());
                 }
             }
         }
-    };
+    }
+    let epoch = service.epoch();
     tracing::info!(epoch, "fix-gateway activating");
     let listen = cfg.listen;
     let opened = tokio::task::spawn_blocking(move || Gateway::open(cfg, epoch))
@@ -197,19 +162,18 @@ async fn gateway(config: PathBuf) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!("fix-gateway: active, epoch {epoch}, clients on {listen}");
+    if started_active {
+        if let Err(e) = service.acknowledge_async().await {
+            tracing::warn!("cannot acknowledge the activation: {e}");
+        }
+    }
     let mut app = activated.gateway;
     let mut engine = Engine::new(activated.slots, Some(listener));
     if has_admin {
         engine = engine.with_health_probes(probes, epoch);
     }
-    let outcome = engine
-        .run(&mut app, async {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        })
-        .await;
+    let mut shutdown = service.shutdown();
+    let outcome = engine.run(&mut app, shutdown.requested()).await;
     match outcome {
         Ok(()) => Ok(0),
         Err(e @ EngineError::Fenced { .. }) => {
@@ -218,55 +182,6 @@ async fn gateway(config: PathBuf) -> anyhow::Result<u8> {
         }
         Err(e) => Err(e).context("gateway failed"),
     }
-}
-
-/// The epoch of a Hot agent, from `GET /status` on its admin API. Retried briefly: the agent
-/// signals right after it becomes Hot, so its answer is there, but a connect can still fail
-/// under load.
-async fn epoch_from_agent(admin: &str) -> anyhow::Result<u64> {
-    let mut last = anyhow::anyhow!("no answer");
-    for _ in 0..50 {
-        match get_status(admin).await {
-            Ok(v) => match hot_epoch(&v) {
-                Some(e) => return Ok(e),
-                None => last = anyhow::anyhow!("agent answered {v}, not Hot with an epoch"),
-            },
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(last)
-}
-
-/// The epoch in a `/status` answer of a Hot agent.
-fn hot_epoch(v: &serde_json::Value) -> Option<u64> {
-    let hot = v.get("mode").and_then(|m| m.as_str()) == Some("Hot");
-    v.get("epoch")
-        .and_then(|e| e.as_u64())
-        .filter(|&e| hot && e > 0)
-}
-
-/// A minimal `GET /status` over loopback HTTP/1.1 (the agent's own admin server).
-async fn get_status(admin: &str) -> anyhow::Result<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio::net::TcpStream::connect(admin),
-    )
-    .await
-    .context("connect timed out")??;
-    let req = format!("GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf))
-        .await
-        .context("read timed out")??;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .context("no HTTP body")?;
-    Ok(serde_json::from_str(body)?)
 }
 
 /// FIX benchmarks (`understudy bench …`).

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use nix::sys::signal::{SigSet, Signal};
 use understudy_control::percentiles;
 use understudy_pricefeed::fanout::{self, FanoutConfig, FanoutRun};
 use understudy_pricefeed::harness;
@@ -79,7 +78,7 @@ pub enum PriceCmds {
 impl PriceCmds {
     /// Run the subcommand; returns the exit code.
     pub fn run(self) -> anyhow::Result<u8> {
-        // Not before the match: the price server must block SIGUSR1 before anything else.
+        // Not before the match: the price server sets up the agent contract before anything else.
         if !matches!(self, PriceCmds::PriceServer { .. }) {
             init_logging();
         }
@@ -129,28 +128,25 @@ impl PriceCmds {
     }
 }
 
-/// `understudy price-server`. An agent may send SIGUSR1 (promotion) the moment it has started
-/// the server as a standby, and its default action is to kill: so SIGUSR1 is blocked before
-/// anything slow (logging, runtime threads, which inherit the mask) and unblocked on this
-/// thread only once the handler is installed. A signal sent meanwhile waits, pending.
+/// `understudy price-server`: the agent contract is set up first, before logging and the
+/// runtime's threads (see `understudy_sdk::init`).
 fn price_server(
     upstream: SocketAddr,
     listen: SocketAddr,
     http: Option<SocketAddr>,
 ) -> anyhow::Result<u8> {
-    let mut usr1 = SigSet::empty();
-    usr1.add(Signal::SIGUSR1);
-    usr1.thread_block().context("blocking SIGUSR1")?;
+    let service = match understudy_sdk::init() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("understudy: price-server: {e}");
+            return Ok(e.exit_code());
+        }
+    };
     init_logging();
     runtime()?
-        .block_on(async {
-            let handler = understudy_pricefeed::promotion_signal()?;
-            // `block_on` polls this future on the thread that blocked the signal.
-            usr1.thread_unblock().map_err(|e| {
-                understudy_pricefeed::Error::Config(format!("unblocking SIGUSR1: {e}"))
-            })?;
-            understudy_pricefeed::run_price_server_with(upstream, listen, http, handler).await
-        })
+        .block_on(understudy_pricefeed::run_price_server_with(
+            upstream, listen, http, service,
+        ))
         .context("price-server")?;
     Ok(0)
 }
