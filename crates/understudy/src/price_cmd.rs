@@ -12,9 +12,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
-use understudy_control::percentiles;
+use understudy_control::Summary;
 use understudy_pricefeed::harness;
 
+use crate::bench::{Clock, Table};
 use crate::{init_logging, runtime};
 use group::{Failover, GroupOptions, PriceGroup};
 
@@ -195,12 +196,6 @@ impl PriceBench {
     }
 }
 
-/// Milliseconds, three significant decimals.
-fn row(label: &str, xs: &[f64]) -> String {
-    let (p50, p99, max) = percentiles(xs);
-    format!("{label:<58} {p50:>9.2} {p99:>9.2} {max:>9.2}")
-}
-
 fn price_failover(a: PriceFailoverArgs) -> anyhow::Result<u8> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
@@ -260,55 +255,56 @@ fn price_failover(a: PriceFailoverArgs) -> anyhow::Result<u8> {
          a client on {} instruments, exchange {} updates/s",
         a.runs, a.servers, a.subscribe, a.rate
     );
-    println!("{:<58} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
-    println!(
-        "{}",
-        row(
-            "agent takeover: lock obtained → service notified (/events)",
-            &notified
-        )
+    let no_takeover = "the new active's /events had no takeover record for its epoch";
+    let mut t = Table::new("ms", 2, a.runs);
+    t.row(
+        "agent takeover: lock obtained → service notified",
+        Clock::AgentMono,
+        &notified,
+        no_takeover,
     );
-    println!(
-        "{}",
-        row(
-            "agent takeover: kill → service notified (wall clock, ±1 ms)",
-            &kill_notified
-        )
+    t.row(
+        "agent takeover: kill → service notified",
+        Clock::WallMs,
+        &kill_notified,
+        no_takeover,
     );
-    println!(
-        "{}",
-        row(
-            "client: kill → first price at the new epoch (staleness)",
-            &stale
-        )
+    t.row(
+        "client: kill → first price at the new epoch (staleness)",
+        Clock::MonoHere,
+        &stale,
+        "",
     );
-    println!(
-        "{}",
-        row(
-            &format!(
-                "client: kill → all {} instruments at the new epoch",
-                a.subscribe
-            ),
-            &all_back
-        )
+    t.row(
+        &format!(
+            "client: kill → all {} instruments at the new epoch",
+            a.subscribe
+        ),
+        Clock::MonoHere,
+        &all_back,
+        "not every instrument came back within 5 s",
     );
-    let (s50, s99, smax) = percentiles(&stale);
-    let (n50, n99, nmax) = percentiles(&kill_notified);
+    print!("{}", t.render());
+    let s = Summary::of(&stale);
+    let n = Summary::of(&kill_notified);
     println!(
-        "{:<58} {:>9.1} {:>9.1} {:>9.1}",
-        "ratio staleness / agent takeover (kill → notified)",
-        s50 / n50,
-        s99 / n99,
-        smax / nmax
+        "ratio staleness / agent takeover (kill → notified): p50 {:.1}, max {:.1}",
+        s.p50 / n.p50,
+        s.max / n.max
     );
     println!(
         "every subscription intact after the failover: {intact}/{} runs; updates from an older epoch after a newer one: {older}",
         a.runs
     );
     let goal = 200.0;
+    // With fewer runs than a p99 needs, the goal is judged on the maximum, which is stricter.
+    let (what, v) = match s.p99 {
+        Some(p) => ("p99", p),
+        None => ("max (too few runs for a p99)", s.max),
+    };
     println!(
-        "goal: staleness p99 under {goal} ms: {}",
-        if s99 < goal { "met" } else { "NOT MET" }
+        "goal: staleness p99 under {goal} ms, judged on the {what}: {}",
+        if v < goal { "met" } else { "NOT MET" }
     );
     Ok(if intact == a.runs && older == 0 { 0 } else { 1 })
 }
