@@ -9,9 +9,11 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use understudy_fix::admin::{self, Health, Probe};
-use understudy_fix::engine::{Engine, EngineError};
+use understudy_fix::engine::{Engine, EngineError, SessionSlot};
 use understudy_fix::exchange_sim::ExchangeSim;
 use understudy_fix::gateway::{Gateway, GatewayConfig};
+use understudy_fix::session::{Role, Session, SessionConfig};
+use understudy_fix::store::{FileStore, SessionId, SyncPolicy};
 
 use crate::bench::{Clock, Table};
 use crate::{init_logging, runtime};
@@ -37,6 +39,15 @@ pub enum FixCmds {
         /// The simulator's CompID: initiators must send it as TargetCompID.
         #[arg(long, default_value = "EXCH")]
         sender_comp_id: String,
+        /// Keep the sessions in a FileStore under this directory (the gateway's fenced,
+        /// checksummed store) instead of in memory; used by `bench fix-roundtrip` to compare
+        /// durable engines.
+        #[arg(long)]
+        store_dir: Option<PathBuf>,
+        /// With --store-dir: every-write (fdatasync before each message is sent) or batch
+        /// (fdatasync at most 2 ms after a write).
+        #[arg(long, default_value = "every-write", requires = "store_dir")]
+        sync: String,
     },
 }
 
@@ -48,9 +59,27 @@ impl FixCmds {
             FixCmds::FixExchangeSim {
                 listen,
                 sender_comp_id,
+                store_dir: None,
+                ..
             } => {
                 init_logging();
                 runtime()?.block_on(exchange_sim(listen, sender_comp_id))
+            }
+            FixCmds::FixExchangeSim {
+                listen,
+                sender_comp_id,
+                store_dir: Some(dir),
+                sync,
+            } => {
+                let sync = match sync.as_str() {
+                    "every-write" => SyncPolicy::EveryWrite,
+                    "batch" => SyncPolicy::Batch {
+                        max_delay: Duration::from_millis(2),
+                    },
+                    other => anyhow::bail!("--sync {other:?}: expected every-write or batch"),
+                };
+                init_logging();
+                runtime()?.block_on(exchange_sim_durable(listen, sender_comp_id, dir, sync))
             }
         }
     }
@@ -72,6 +101,56 @@ pub(crate) async fn exchange_sim(listen: SocketAddr, comp_id: String) -> anyhow:
     println!("fix-exchange-sim {comp_id} listening on {listen}");
     let engine = Engine::new(Vec::new(), Some(listener))
         .with_factory(Box::new(ExchangeSim::factory(comp_id)));
+    let mut app = ExchangeSim::new();
+    engine
+        .run(&mut app, async {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        })
+        .await?;
+    Ok(0)
+}
+
+/// The FIX exchange simulator with its sessions in [`FileStore`]s under `dir` (epoch 1), so
+/// it can stand next to a QuickFIX acceptor on its FileStore in `bench fix-roundtrip`.
+async fn exchange_sim_durable(
+    listen: SocketAddr,
+    comp_id: String,
+    dir: PathBuf,
+    sync: SyncPolicy,
+) -> anyhow::Result<u8> {
+    let (mut term, mut int) = term_signals()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!(
+        "fix-exchange-sim {comp_id} listening on {listen}, sessions stored in {}",
+        dir.display()
+    );
+    let factory = move |sid: &SessionId| -> Option<SessionSlot<FileStore>> {
+        if sid.sender_comp_id != comp_id {
+            return None;
+        }
+        let store = match FileStore::open(&dir, sid, 1, sync) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the session store; refusing the logon");
+                return None;
+            }
+        };
+        let mut cfg = SessionConfig::new(
+            sid.begin_string,
+            &sid.sender_comp_id,
+            &sid.target_comp_id,
+            Role::Acceptor,
+        );
+        cfg.logon_timeout = Duration::from_secs(5);
+        let session = Session::new(cfg, store).ok()?;
+        Some(SessionSlot::new(&sid.target_comp_id, session))
+    };
+    let engine = Engine::new(Vec::new(), Some(listener)).with_factory(Box::new(factory));
     let mut app = ExchangeSim::new();
     engine
         .run(&mut app, async {
@@ -439,21 +518,19 @@ async fn measure(connect: SocketAddr, target: &str, runs: usize) -> anyhow::Resu
     Ok(Measured { lat, burst_s })
 }
 
-fn print_measured(name: &str, m: &Measured, runs: usize) {
-    println!(
-        "  {name:<40} one at a time µs p50 {:>6.0}  p99 {:>6.0}  max {:>6.0}   pipelined {:>6.0} orders/s",
-        understudy_control::percentile(&m.lat, 0.5),
-        understudy_control::percentile(&m.lat, 0.99),
-        m.lat.last().copied().unwrap_or(f64::NAN),
-        runs as f64 / m.burst_s
-    );
-}
+/// What a store keeps when things fail, as printed next to each row.
+const LOST_WITH_PROCESS: &str = "memory: lost with the process";
+const SYNC_BEFORE_SEND: &str = "fdatasync before send: survives a machine crash";
+const SYNC_BATCH: &str = "fdatasync ≤2 ms later: survives kill -9, machine crash loses ≤2 ms";
+const FLUSH_ONLY: &str = "fflush, no fsync: survives kill -9, machine crash can lose writes";
 
 /// Starts the QuickFIX acceptor of `tests/quickfix/qf_acceptor.cpp` (built next to this
-/// executable, in `quickfix/`) as `QFX` for client `BENCH`, or says why it cannot.
+/// executable, in `quickfix/`) as `QFX` for client `BENCH`, on the message store `store`
+/// (`memory`, `file` or `file-fsync`, see the source), or says why it cannot.
 async fn start_quickfix_acceptor(
     dir: &std::path::Path,
     kids: &mut Children,
+    store: &str,
 ) -> Result<SocketAddr, String> {
     if let Some(why) = understudy_fix::quickfix::unavailable() {
         return Err(why);
@@ -468,18 +545,19 @@ async fn start_quickfix_acceptor(
     .await
     .map_err(|e| e.to_string())??;
     let listen = free_addr().map_err(|e| e.to_string())?;
-    let settings = dir.join("qf-acceptor.cfg");
+    let settings = dir.join(format!("qf-acceptor-{store}.cfg"));
     std::fs::write(
         &settings,
         format!(
             "[DEFAULT]\nConnectionType=acceptor\nSocketAcceptPort={}\nSocketReuseAddress=Y\nSocketNodelay=Y\nFileStorePath={}\nStartTime=00:00:00\nEndTime=00:00:00\nUseDataDictionary=N\n\n[SESSION]\nBeginString=FIX.4.4\nSenderCompID=QFX\nTargetCompID=BENCH\n",
             listen.port(),
-            dir.join("qf-store").display()
+            dir.join(format!("qf-store-{store}")).display()
         ),
     )
     .map_err(|e| e.to_string())?;
     let child = std::process::Command::new(&bin)
         .arg(&settings)
+        .arg(store)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
@@ -490,16 +568,100 @@ async fn start_quickfix_acceptor(
     Ok(listen)
 }
 
+/// Starts `fix-exchange-sim` on a free port: sessions in memory (`store_dir` None) or in a
+/// FileStore under `store_dir` with `sync`.
+async fn start_sim(
+    exe: &std::path::Path,
+    kids: &mut Children,
+    store_dir: Option<(&std::path::Path, &str)>,
+) -> anyhow::Result<SocketAddr> {
+    let addr = free_addr()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["fix-exchange-sim", "--listen", &addr.to_string()]);
+    if let Some((dir, sync)) = store_dir {
+        cmd.arg("--store-dir").arg(dir).args(["--sync", sync]);
+    }
+    kids.0.push(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start fix-exchange-sim")?,
+    );
+    wait_listening(addr).await?;
+    Ok(addr)
+}
+
+/// The file system a path is on, by name where it is a common one.
+fn fs_type(p: &std::path::Path) -> String {
+    use nix::sys::statfs::{
+        statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC,
+        XFS_SUPER_MAGIC,
+    };
+    match statfs(p).map(|s| s.filesystem_type()) {
+        Ok(t) if t == EXT4_SUPER_MAGIC => "ext2/3/4".into(),
+        Ok(t) if t == XFS_SUPER_MAGIC => "xfs".into(),
+        Ok(t) if t == BTRFS_SUPER_MAGIC => "btrfs".into(),
+        Ok(t) if t == OVERLAYFS_SUPER_MAGIC => "overlayfs".into(),
+        Ok(t) if t == TMPFS_MAGIC => {
+            "tmpfs: fsync is a no-op here, the durable rows are not".into()
+        }
+        Ok(t) => format!("file system type {t:?}"),
+        Err(e) => format!("file system unknown: {e}"),
+    }
+}
+
+/// One measured path of `bench fix-roundtrip`.
+struct PathRow {
+    label: String,
+    guarantee: &'static str,
+    result: Result<Measured, String>,
+}
+
+fn print_path(r: &PathRow, runs: usize) {
+    match &r.result {
+        Ok(m) => println!(
+            "  {:<46} {:<68} {} {:>9.0}",
+            r.label,
+            r.guarantee,
+            Summary::of(&m.lat).cells(7, 0),
+            runs as f64 / m.burst_s
+        ),
+        Err(why) => println!("  {:<46} {:<68} not measured: {why}", r.label, r.guarantee),
+    }
+}
+
+fn print_ratio(ours: &PathRow, peer: &PathRow, runs: usize) {
+    if let (Ok(o), Ok(p)) = (&ours.result, &peer.result) {
+        let p50 = |m: &Measured| understudy_control::percentile(&m.lat, 0.5);
+        let rate = |m: &Measured| runs as f64 / m.burst_s;
+        let faster = if p50(o) < p50(p) { "ours" } else { "QuickFIX" };
+        let more = if rate(o) > rate(p) {
+            "ours"
+        } else {
+            "QuickFIX"
+        };
+        println!(
+            "    ratio ours / QuickFIX: p50 latency {:.2}× (lower: {faster}), throughput {:.2}× (higher: {more})",
+            p50(o) / p50(p),
+            rate(o) / rate(p)
+        );
+    }
+}
+
 async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("cannot find the understudy executable")?;
-    let dir = tempfile::tempdir()?;
-    let sim = free_addr()?;
+    // /var/tmp is on disk by convention; /tmp may be a tmpfs, where fsync does nothing.
+    let dir = tempfile::Builder::new()
+        .prefix("fix-roundtrip-")
+        .tempdir_in("/var/tmp")
+        .or_else(|_| tempfile::tempdir())?;
+    let gw_sim = free_addr()?;
     let gw = free_addr()?;
     let cfg = dir.path().join("gw.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nlisten = \"{gw}\"\ncomp_id = \"GW\"\nstore_dir = \"{}\"\nsync = \"{}\"\ndefault_route = \"EXCH\"\n\n[[client]]\ncomp_id = \"BENCH\"\n\n[[upstream]]\nname = \"EXCH\"\nconnect = [\"{sim}\"]\ntarget_comp_id = \"EXCH\"\nreconnect_interval = \"20ms\"\n",
+            "[gateway]\nlisten = \"{gw}\"\ncomp_id = \"GW\"\nstore_dir = \"{}\"\nsync = \"{}\"\ndefault_route = \"EXCH\"\n\n[[client]]\ncomp_id = \"BENCH\"\n\n[[upstream]]\nname = \"EXCH\"\nconnect = [\"{gw_sim}\"]\ntarget_comp_id = \"EXCH\"\nreconnect_interval = \"20ms\"\n",
             dir.path().join("store").display(),
             a.sync
         ),
@@ -508,13 +670,13 @@ async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     let mut kids = Children(Vec::new());
     kids.0.push(
         std::process::Command::new(&exe)
-            .args(["fix-exchange-sim", "--listen", &sim.to_string()])
+            .args(["fix-exchange-sim", "--listen", &gw_sim.to_string()])
             .stdout(quiet())
             .stderr(quiet())
             .spawn()
             .context("cannot start fix-exchange-sim")?,
     );
-    wait_listening(sim).await?;
+    wait_listening(gw_sim).await?;
     kids.0.push(
         std::process::Command::new(&exe)
             .args(["fix-gateway", "--config"])
@@ -527,46 +689,107 @@ async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
             .context("cannot start fix-gateway")?,
     );
     wait_listening(gw).await?;
-    let quickfix = start_quickfix_acceptor(dir.path(), &mut kids).await;
 
-    let through_gw = measure(gw, "GW", a.runs).await?;
-    let direct = measure(sim, "EXCH", a.runs).await?;
-    let qf = match &quickfix {
-        Ok(addr) => Some(measure(*addr, "QFX", a.runs).await?),
-        Err(_) => None,
-    };
-    println!(
-        "fix-roundtrip: {} orders per path, each a market order answered New then Fill",
-        a.runs
-    );
-    print_measured(
-        &format!("client → gateway ({}) → sim → back", a.sync),
-        &through_gw,
-        a.runs,
-    );
-    print_measured("client → fix-exchange-sim (ours)", &direct, a.runs);
-    match (&qf, &quickfix) {
-        (Some(q), _) => {
-            print_measured("client → QuickFIX/C++ acceptor", q, a.runs);
-            let p50 = |m: &Measured| understudy_control::percentile(&m.lat, 0.5);
-            let rate = |m: &Measured| a.runs as f64 / m.burst_s;
-            println!(
-                "  ratios (p50 latency, orders/s): gateway path / QuickFIX acceptor {:.2}× latency, {:.2}× throughput",
-                p50(&through_gw) / p50(q),
-                rate(&through_gw) / rate(q)
-            );
-            println!(
-                "                                  our sim / QuickFIX acceptor     {:.2}× latency, {:.2}× throughput",
-                p50(&direct) / p50(q),
-                rate(&direct) / rate(q)
-            );
-        }
-        (None, Err(why)) => println!("  QuickFIX acceptor: not measured: {why}"),
-        (None, Ok(_)) => {}
+    let d = dir.path();
+    let sim_mem = start_sim(&exe, &mut kids, None).await?;
+    let sim_every = start_sim(&exe, &mut kids, Some((&d.join("sim-every"), "every-write"))).await?;
+    let sim_batch = start_sim(&exe, &mut kids, Some((&d.join("sim-batch"), "batch"))).await?;
+    let qf_mem = start_quickfix_acceptor(d, &mut kids, "memory").await;
+    let qf_fsync = start_quickfix_acceptor(d, &mut kids, "file-fsync").await;
+    let qf_file = start_quickfix_acceptor(d, &mut kids, "file").await;
+
+    // Each pair measured back to back, ours first, so slow drift of the machine's load
+    // affects both sides of a comparison alike.
+    let mut rows = Vec::new();
+    let pairs = [
+        (
+            sim_mem,
+            LOST_WITH_PROCESS,
+            qf_mem,
+            LOST_WITH_PROCESS,
+            "MemoryStore",
+        ),
+        (
+            sim_every,
+            SYNC_BEFORE_SEND,
+            qf_fsync,
+            SYNC_BEFORE_SEND,
+            "FileStore + fdatasync per write",
+        ),
+        (
+            sim_batch,
+            SYNC_BATCH,
+            qf_file,
+            FLUSH_ONLY,
+            "FileStore as shipped",
+        ),
+    ];
+    for (ours, ours_g, qf, qf_g, qf_store) in pairs {
+        let ours_store = match ours_g {
+            LOST_WITH_PROCESS => "memory store",
+            SYNC_BEFORE_SEND => "FileStore every-write",
+            _ => "FileStore batch",
+        };
+        rows.push(PathRow {
+            label: format!("understudy sim, {ours_store}"),
+            guarantee: ours_g,
+            result: Ok(measure(ours, "EXCH", a.runs)
+                .await
+                .with_context(|| format!("measuring our sim, {ours_store}"))?),
+        });
+        let result = match &qf {
+            Ok(addr) => Ok(measure(*addr, "QFX", a.runs)
+                .await
+                .with_context(|| format!("measuring QuickFIX, {qf_store}"))?),
+            Err(why) => Err(why.clone()),
+        };
+        rows.push(PathRow {
+            label: format!("QuickFIX/C++, {qf_store}"),
+            guarantee: qf_g,
+            result,
+        });
     }
-    println!("  (gateway path: two FIX hops, every message stored in the shared session store before it is sent —");
-    println!("   fsync per record with every-write; the sim keeps its sessions in memory; the QuickFIX acceptor");
-    println!("   persists every message in its FileStore, written and flushed, not fsynced)");
+    let gateway = PathRow {
+        label: format!("understudy fix-gateway, {}", a.sync),
+        guarantee: if a.sync == "batch" {
+            SYNC_BATCH
+        } else {
+            SYNC_BEFORE_SEND
+        },
+        result: Ok(measure(gw, "GW", a.runs)
+            .await
+            .context("measuring the gateway")?),
+    };
+
+    println!(
+        "fix-roundtrip: {} market orders per path, each answered New, partial fill, fill: one at a time (latency: \
+         order sent → fill received, CLOCK_MONOTONIC in the client process), then {} more in one pipelined burst (orders/s)",
+        a.runs, a.runs
+    );
+    println!(
+        "  one run per path, pairs measured back to back; stores under {} ({})",
+        d.display(),
+        fs_type(d)
+    );
+    println!(
+        "  {:<46} {:<68} {:>7} {:>7} {:>7} {:>9}",
+        "", "what the store guarantees", "p50 µs", "p99 µs", "max µs", "orders/s"
+    );
+    println!("engine to engine (one FIX hop; the acceptor does the simulator's work, QuickFIX's acceptor is tests/quickfix/qf_acceptor.cpp):");
+    for pair in rows.chunks(2) {
+        print_path(&pair[0], a.runs);
+        print_path(&pair[1], a.runs);
+        print_ratio(&pair[0], &pair[1], a.runs);
+    }
+    println!("the product (two FIX hops: client → gateway → our sim (memory) → back; every message stored before it is sent):");
+    print_path(&gateway, a.runs);
+    if let Some(n) = understudy_control::stats::p99_note(a.runs) {
+        println!("  {n}");
+    }
+    println!(
+        "  the last pair is not like for like: ours syncs within 2 ms, QuickFIX/C++ never; QuickFIX/C++ 1.15 has no sync \
+         setting, the fdatasync row wraps its FileStore (tests/quickfix/qf_acceptor.cpp)"
+    );
     Ok(0)
 }
 
