@@ -175,12 +175,12 @@ impl FanoutRun {
 /// Counts only one side has.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SideCounts {
-    /// Messages the client library dropped because the application's queue was full (NATS:
-    /// async-nats slow-consumer events, a lower bound: the library drops events too when its
-    /// event channel is full).
+    /// Messages the client library dropped because the application's queue was full, over
+    /// the whole run, warm-up included (NATS: async-nats slow-consumer events, a lower bound:
+    /// the library drops events too when its event channel is full).
     pub queue_drops_at_least: Option<u64>,
-    /// Connections lost and re-established during the run (NATS: a server disconnects a slow
-    /// consumer).
+    /// Connections lost over the whole run, warm-up included (NATS: a server disconnects a
+    /// slow consumer).
     pub reconnects: Option<u64>,
 }
 
