@@ -379,6 +379,10 @@ pub struct FixBenchArgs {
     /// Number of orders.
     #[arg(long, default_value_t = 1000)]
     pub runs: usize,
+    /// Runs of every path, the two sides of each pair back to back, alternating which goes
+    /// first; a faster side is named from 3 on.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     /// Store durability of the gateway: every-write (fsync per record) or batch.
     #[arg(long, default_value = "every-write")]
     pub sync: String,
@@ -474,17 +478,22 @@ async fn fills(c: &mut understudy_fix::client::Client, n: usize) -> anyhow::Resu
 }
 
 /// One-at-a-time latencies (µs, sorted) and the pipelined burst's duration (s) of `runs`
-/// market orders sent by a client BENCH to `target` at `connect`.
+/// market orders sent by a client `sender` to `target` at `connect`.
 struct Measured {
     lat: Vec<f64>,
     burst_s: f64,
 }
 
-async fn measure(connect: SocketAddr, target: &str, runs: usize) -> anyhow::Result<Measured> {
+async fn measure(
+    connect: SocketAddr,
+    target: &str,
+    sender: &str,
+    runs: usize,
+) -> anyhow::Result<Measured> {
     use understudy_fix::client::{self, ClientConfig, ClientEvent};
     let mut c = client::start(ClientConfig {
         connect: vec![connect],
-        sender_comp_id: "BENCH".into(),
+        sender_comp_id: sender.into(),
         target_comp_id: target.into(),
         begin_string: understudy_fix::tags::BeginString::Fix44,
         heartbeat_interval: Duration::from_secs(30),
@@ -525,12 +534,13 @@ const SYNC_BATCH: &str = "fdatasync ≤2 ms later: survives kill -9, machine cra
 const FLUSH_ONLY: &str = "fflush, no fsync: survives kill -9, machine crash can lose writes";
 
 /// Starts the QuickFIX acceptor of `tests/quickfix/qf_acceptor.cpp` (built next to this
-/// executable, in `quickfix/`) as `QFX` for client `BENCH`, on the message store `store`
+/// executable, in `quickfix/`) as `QFX` for `clients`, on the message store `store`
 /// (`memory`, `file` or `file-fsync`, see the source), or says why it cannot.
 async fn start_quickfix_acceptor(
     dir: &std::path::Path,
     kids: &mut Children,
     store: &str,
+    clients: &[String],
 ) -> Result<SocketAddr, String> {
     if let Some(why) = understudy_fix::quickfix::unavailable() {
         return Err(why);
@@ -549,9 +559,13 @@ async fn start_quickfix_acceptor(
     std::fs::write(
         &settings,
         format!(
-            "[DEFAULT]\nConnectionType=acceptor\nSocketAcceptPort={}\nSocketReuseAddress=Y\nSocketNodelay=Y\nFileStorePath={}\nStartTime=00:00:00\nEndTime=00:00:00\nUseDataDictionary=N\n\n[SESSION]\nBeginString=FIX.4.4\nSenderCompID=QFX\nTargetCompID=BENCH\n",
+            "[DEFAULT]\nConnectionType=acceptor\nSocketAcceptPort={}\nSocketReuseAddress=Y\nSocketNodelay=Y\nFileStorePath={}\nStartTime=00:00:00\nEndTime=00:00:00\nUseDataDictionary=N\n{}",
             listen.port(),
-            dir.join(format!("qf-store-{store}")).display()
+            dir.join(format!("qf-store-{store}")).display(),
+            clients
+                .iter()
+                .map(|c| format!("\n[SESSION]\nBeginString=FIX.4.4\nSenderCompID=QFX\nTargetCompID={c}\n"))
+                .collect::<String>()
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -610,60 +624,139 @@ fn fs_type(p: &std::path::Path) -> String {
     }
 }
 
-/// One measured path of `bench fix-roundtrip`.
+/// One path of `bench fix-roundtrip` and what it measured, run by run.
 struct PathRow {
     label: String,
     guarantee: &'static str,
-    result: Result<Measured, String>,
+    /// Where to send orders and the acceptor's CompID, or why the path is not measured.
+    target: Result<(SocketAddr, &'static str), String>,
+    runs: Vec<Measured>,
 }
 
-fn print_path(r: &PathRow, runs: usize) {
-    match &r.result {
-        Ok(m) => println!(
-            "  {:<46} {:<68} {} {:>9.0}",
-            r.label,
-            r.guarantee,
-            Summary::of(&m.lat).cells(7, 0),
-            runs as f64 / m.burst_s
-        ),
-        Err(why) => println!("  {:<46} {:<68} not measured: {why}", r.label, r.guarantee),
+impl PathRow {
+    fn p50s(&self) -> Vec<f64> {
+        self.runs
+            .iter()
+            .map(|m| understudy_control::percentile(&m.lat, 0.5))
+            .collect()
     }
-}
+    fn p99s(&self) -> Vec<f64> {
+        self.runs
+            .iter()
+            .map(|m| understudy_control::percentile(&m.lat, 0.99))
+            .collect()
+    }
+    fn rates(&self, orders: usize) -> Vec<f64> {
+        self.runs
+            .iter()
+            .map(|m| orders as f64 / m.burst_s)
+            .collect()
+    }
 
-fn print_ratio(ours: &PathRow, peer: &PathRow, runs: usize) {
-    if let (Ok(o), Ok(p)) = (&ours.result, &peer.result) {
-        let p50 = |m: &Measured| understudy_control::percentile(&m.lat, 0.5);
-        let rate = |m: &Measured| runs as f64 / m.burst_s;
-        let faster = if p50(o) < p50(p) { "ours" } else { "QuickFIX" };
-        let more = if rate(o) > rate(p) {
-            "ours"
-        } else {
-            "QuickFIX"
+    /// One more run, as a client of its own (`BENCH<run>`): a fresh session, so nothing
+    /// of an earlier run (sequence numbers, resends) reaches this one.
+    async fn measure(&mut self, orders: usize) -> anyhow::Result<()> {
+        if let Ok((addr, comp_id)) = self.target {
+            let sender = bench_client(self.runs.len());
+            let m = measure(addr, comp_id, &sender, orders)
+                .await
+                .with_context(|| format!("measuring {}", self.label))?;
+            self.runs.push(m);
+        }
+        Ok(())
+    }
+
+    fn print(&self, orders: usize) {
+        let range = |xs: &[f64]| {
+            let (lo, hi) = understudy_control::stats::spread(xs);
+            if xs.len() > 1 {
+                format!("{lo:.0}–{hi:.0}")
+            } else {
+                format!("{lo:.0}")
+            }
         };
-        println!(
-            "    ratio ours / QuickFIX: p50 latency {:.2}× (lower: {faster}), throughput {:.2}× (higher: {more})",
-            p50(o) / p50(p),
-            rate(o) / rate(p)
-        );
+        match &self.target {
+            Ok(_) => {
+                let max = self
+                    .runs
+                    .iter()
+                    .filter_map(|m| m.lat.last().copied())
+                    .fold(f64::NAN, f64::max);
+                let p99 = if orders >= understudy_control::stats::MIN_SAMPLES_FOR_P99 {
+                    range(&self.p99s())
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "  {:<46} {:<68} {:>11} {:>13} {:>8.0} {:>13}",
+                    self.label,
+                    self.guarantee,
+                    range(&self.p50s()),
+                    p99,
+                    max,
+                    range(&self.rates(orders))
+                );
+            }
+            Err(why) => println!(
+                "  {:<46} {:<68} not measured: {why}",
+                self.label, self.guarantee
+            ),
+        }
     }
+}
+
+/// The CompID of the client of run `i` (from 0).
+fn bench_client(i: usize) -> String {
+    format!("BENCH{}", i + 1)
+}
+
+/// The comparison line of a pair: ratios of the medians over runs, and which side is faster
+/// only when every run of it beats every run of the other.
+fn print_verdict(ours: &PathRow, peer: &PathRow, orders: usize, repeat: usize) {
+    use understudy_control::stats::{compare, Verdict};
+    if ours.runs.is_empty() || peer.runs.is_empty() {
+        return;
+    }
+    let median = |xs: Vec<f64>| understudy_control::stats::percentiles(&xs).0;
+    let who = |v: Verdict| match v {
+        _ if repeat < 3 => "not judged (fewer than 3 runs)",
+        Verdict::First => "ours",
+        Verdict::Second => "QuickFIX",
+        Verdict::NoClearWinner => "no clear winner",
+    };
+    println!(
+        "    ours / QuickFIX, medians over runs: p50 latency {:.2}×, throughput {:.2}×; lower p50: {}; higher throughput: {}",
+        median(ours.p50s()) / median(peer.p50s()),
+        median(ours.rates(orders)) / median(peer.rates(orders)),
+        who(compare(&ours.p50s(), &peer.p50s(), true, 0.01)),
+        who(compare(&ours.rates(orders), &peer.rates(orders), false, 0.01)),
+    );
 }
 
 async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
+    if a.runs == 0 || a.repeat == 0 {
+        anyhow::bail!("--runs and --repeat must be at least 1");
+    }
     let exe = std::env::current_exe().context("cannot find the understudy executable")?;
     // /var/tmp is on disk by convention; /tmp may be a tmpfs, where fsync does nothing.
     let dir = tempfile::Builder::new()
         .prefix("fix-roundtrip-")
         .tempdir_in("/var/tmp")
         .or_else(|_| tempfile::tempdir())?;
+    let clients: Vec<String> = (0..a.repeat).map(bench_client).collect();
     let gw_sim = free_addr()?;
     let gw = free_addr()?;
     let cfg = dir.path().join("gw.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nlisten = \"{gw}\"\ncomp_id = \"GW\"\nstore_dir = \"{}\"\nsync = \"{}\"\ndefault_route = \"EXCH\"\n\n[[client]]\ncomp_id = \"BENCH\"\n\n[[upstream]]\nname = \"EXCH\"\nconnect = [\"{gw_sim}\"]\ntarget_comp_id = \"EXCH\"\nreconnect_interval = \"20ms\"\n",
+            "[gateway]\nlisten = \"{gw}\"\ncomp_id = \"GW\"\nstore_dir = \"{}\"\nsync = \"{}\"\ndefault_route = \"EXCH\"\n{}\n[[upstream]]\nname = \"EXCH\"\nconnect = [\"{gw_sim}\"]\ntarget_comp_id = \"EXCH\"\nreconnect_interval = \"20ms\"\n",
             dir.path().join("store").display(),
-            a.sync
+            a.sync,
+            clients
+                .iter()
+                .map(|c| format!("\n[[client]]\ncomp_id = \"{c}\"\n"))
+                .collect::<String>()
         ),
     )?;
     let quiet = || std::process::Stdio::null();
@@ -691,104 +784,113 @@ async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     wait_listening(gw).await?;
 
     let d = dir.path();
-    let sim_mem = start_sim(&exe, &mut kids, None).await?;
-    let sim_every = start_sim(&exe, &mut kids, Some((&d.join("sim-every"), "every-write"))).await?;
-    let sim_batch = start_sim(&exe, &mut kids, Some((&d.join("sim-batch"), "batch"))).await?;
-    let qf_mem = start_quickfix_acceptor(d, &mut kids, "memory").await;
-    let qf_fsync = start_quickfix_acceptor(d, &mut kids, "file-fsync").await;
-    let qf_file = start_quickfix_acceptor(d, &mut kids, "file").await;
-
-    // Each pair measured back to back, ours first, so slow drift of the machine's load
-    // affects both sides of a comparison alike.
-    let mut rows = Vec::new();
-    let pairs = [
+    let mut pairs: Vec<[PathRow; 2]> = Vec::new();
+    for (ours_store, ours_g, ours_sync, qf_store, qf_g, qf_mode) in [
         (
-            sim_mem,
+            "memory store",
             LOST_WITH_PROCESS,
-            qf_mem,
-            LOST_WITH_PROCESS,
+            None,
             "MemoryStore",
+            LOST_WITH_PROCESS,
+            "memory",
         ),
         (
-            sim_every,
+            "FileStore every-write",
             SYNC_BEFORE_SEND,
-            qf_fsync,
-            SYNC_BEFORE_SEND,
+            Some("every-write"),
             "FileStore + fdatasync per write",
+            SYNC_BEFORE_SEND,
+            "file-fsync",
         ),
         (
-            sim_batch,
+            "FileStore batch",
             SYNC_BATCH,
-            qf_file,
-            FLUSH_ONLY,
+            Some("batch"),
             "FileStore as shipped",
+            FLUSH_ONLY,
+            "file",
         ),
-    ];
-    for (ours, ours_g, qf, qf_g, qf_store) in pairs {
-        let ours_store = match ours_g {
-            LOST_WITH_PROCESS => "memory store",
-            SYNC_BEFORE_SEND => "FileStore every-write",
-            _ => "FileStore batch",
-        };
-        rows.push(PathRow {
-            label: format!("understudy sim, {ours_store}"),
-            guarantee: ours_g,
-            result: Ok(measure(ours, "EXCH", a.runs)
-                .await
-                .with_context(|| format!("measuring our sim, {ours_store}"))?),
-        });
-        let result = match &qf {
-            Ok(addr) => Ok(measure(*addr, "QFX", a.runs)
-                .await
-                .with_context(|| format!("measuring QuickFIX, {qf_store}"))?),
-            Err(why) => Err(why.clone()),
-        };
-        rows.push(PathRow {
-            label: format!("QuickFIX/C++, {qf_store}"),
-            guarantee: qf_g,
-            result,
-        });
+    ] {
+        let store_dir = ours_sync.map(|s| (d.join(format!("sim-{s}")), s));
+        let ours = start_sim(
+            &exe,
+            &mut kids,
+            store_dir.as_ref().map(|(p, s)| (p.as_path(), *s)),
+        )
+        .await?;
+        let qf = start_quickfix_acceptor(d, &mut kids, qf_mode, &clients).await;
+        pairs.push([
+            PathRow {
+                label: format!("understudy sim, {ours_store}"),
+                guarantee: ours_g,
+                target: Ok((ours, "EXCH")),
+                runs: Vec::new(),
+            },
+            PathRow {
+                label: format!("QuickFIX/C++, {qf_store}"),
+                guarantee: qf_g,
+                target: qf.map(|addr| (addr, "QFX")),
+                runs: Vec::new(),
+            },
+        ]);
     }
-    let gateway = PathRow {
+    let mut gateway = PathRow {
         label: format!("understudy fix-gateway, {}", a.sync),
         guarantee: if a.sync == "batch" {
             SYNC_BATCH
         } else {
             SYNC_BEFORE_SEND
         },
-        result: Ok(measure(gw, "GW", a.runs)
-            .await
-            .context("measuring the gateway")?),
+        target: Ok((gw, "GW")),
+        runs: Vec::new(),
     };
+    for rep in 0..a.repeat {
+        eprintln!("fix-roundtrip: run {}/{}…", rep + 1, a.repeat);
+        for pair in &mut pairs {
+            // The side that goes first alternates, so drift in the machine's load does not
+            // always favour the same side.
+            let (first, second) = pair.split_at_mut(1);
+            let (x, y) = if rep % 2 == 0 {
+                (&mut first[0], &mut second[0])
+            } else {
+                (&mut second[0], &mut first[0])
+            };
+            x.measure(a.runs).await?;
+            y.measure(a.runs).await?;
+        }
+        gateway.measure(a.runs).await?;
+    }
 
     println!(
-        "fix-roundtrip: {} market orders per path, each answered New, partial fill, fill: one at a time (latency: \
+        "fix-roundtrip: {} market orders per path and run, each answered New, partial fill, fill: one at a time (latency: \
          order sent → fill received, CLOCK_MONOTONIC in the client process), then {} more in one pipelined burst (orders/s)",
         a.runs, a.runs
     );
     println!(
-        "  one run per path, pairs measured back to back; stores under {} ({})",
+        "  {} runs per path, the two sides of a pair back to back; figures are min–max over runs (max: over all runs); \
+         stores under {} ({})",
+        a.repeat,
         d.display(),
         fs_type(d)
     );
     println!(
-        "  {:<46} {:<68} {:>7} {:>7} {:>7} {:>9}",
+        "  {:<46} {:<68} {:>11} {:>13} {:>8} {:>13}",
         "", "what the store guarantees", "p50 µs", "p99 µs", "max µs", "orders/s"
     );
     println!("engine to engine (one FIX hop; the acceptor does the simulator's work, QuickFIX's acceptor is tests/quickfix/qf_acceptor.cpp):");
-    for pair in rows.chunks(2) {
-        print_path(&pair[0], a.runs);
-        print_path(&pair[1], a.runs);
-        print_ratio(&pair[0], &pair[1], a.runs);
+    for [ours, qf] in &pairs {
+        ours.print(a.runs);
+        qf.print(a.runs);
+        print_verdict(ours, qf, a.runs, a.repeat);
     }
     println!("the product (two FIX hops: client → gateway → our sim (memory) → back; every message stored before it is sent):");
-    print_path(&gateway, a.runs);
+    gateway.print(a.runs);
     if let Some(n) = understudy_control::stats::p99_note(a.runs) {
         println!("  {n}");
     }
     println!(
         "  the last pair is not like for like: ours syncs within 2 ms, QuickFIX/C++ never; QuickFIX/C++ 1.15 has no sync \
-         setting, the fdatasync row wraps its FileStore (tests/quickfix/qf_acceptor.cpp)"
+         setting, so its fdatasync row wraps its FileStore (tests/quickfix/qf_acceptor.cpp)"
     );
     Ok(0)
 }
