@@ -365,6 +365,30 @@ mod tests {
     }
 
     #[test]
+    fn a_report_survives_the_trip_between_processes() {
+        let mut run = FanoutRun {
+            clients_ready: 3,
+            delivered: 10,
+            skipped: 2,
+            secs: 2.0,
+            ..FanoutRun::default()
+        };
+        for v in [1_000, 2_000, 40_000] {
+            run.latency_ns.record(v);
+        }
+        let extra = SideCounts {
+            queue_drops_at_least: Some(7),
+            reconnects: Some(0),
+        };
+        let r = run.report(extra.clone());
+        assert_eq!((r.samples, r.max_ns, r.per_sec()), (3, 40_000, 5.0));
+        assert_eq!(r.extra, extra);
+        let line = serde_json::to_string(&r).expect("serialises");
+        let back: RunReport = serde_json::from_str(&line).expect("parses");
+        assert_eq!(back, r);
+    }
+
+    #[test]
     fn gaps_in_sequences_count_as_skipped() {
         let mut s = ClientStats::default();
         s.update("SYM1", 5, 0, true);
