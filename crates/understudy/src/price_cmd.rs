@@ -1,7 +1,8 @@
 //! Subcommands of price distribution (hot standby, document 001): the exchange simulator, the
 //! price server an agent protects, the failover-aware client, and their demo and benchmarks.
 //!
-//! The benchmarks and the demo drive real processes through [`group::PriceGroup`].
+//! `bench price-failover` and the demo drive real processes through [`group::PriceGroup`];
+//! `bench fanout`, side by side with nats-server, is in [`fanout`].
 
 pub mod fanout;
 pub mod group;
