@@ -71,8 +71,9 @@ impl Summary {
 pub fn p99_note(n: usize) -> Option<String> {
     (n < MIN_SAMPLES_FOR_P99).then(|| {
         format!(
-            "p99 not shown for fewer than {MIN_SAMPLES_FOR_P99} values ({n} here): with so few, the \
-             nearest-rank p99 is one of the largest values{}, so only p50 and max are reported",
+            "p99 shown as - where a row has fewer than {MIN_SAMPLES_FOR_P99} values ({n} in the \
+             smallest): with so few, the nearest-rank p99 is one of the largest values{}, so only \
+             p50 and max are reported",
             if n <= 50 { " (the maximum itself)" } else { "" }
         )
     })
