@@ -3,6 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod local;
+pub mod stats;
+
+pub use stats::{percentile, percentiles, Summary};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -137,27 +140,6 @@ impl AgentClient {
         };
         self.call(reqwest::Method::POST, &path).await
     }
-}
-
-/// The `q` quantile (0..=1) of an ascending sample, nearest rank; NaN when it is empty.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// p50, p99 and max of a sample, in its own unit; NaN when it is empty. Every benchmark
-/// reports these three.
-pub fn percentiles(xs: &[f64]) -> (f64, f64, f64) {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    (
-        percentile(&v, 0.5),
-        percentile(&v, 0.99),
-        percentile(&v, 1.0),
-    )
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -354,14 +336,6 @@ pub fn render_events(ev: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let xs: Vec<f64> = (1..=100).rev().map(f64::from).collect();
-        assert_eq!(percentiles(&xs), (51.0, 99.0, 100.0));
-        assert!(percentiles(&[]).0.is_nan());
-        assert_eq!(percentiles(&[3.0]), (3.0, 3.0, 3.0));
-    }
 
     #[test]
     fn a_takeover_reads_as_a_timeline_in_time_order() {

@@ -1,45 +1,43 @@
-//! The fan-out benchmark (`understudy bench fanout`): one exchange stream delivered to many
-//! clients, through our price server and, for comparison in the same run, through nats-server.
+//! The consumer side of the fan-out benchmark (`understudy bench fanout`): many clients
+//! subscribed to every instrument of one exchange stream, each counting what it receives.
 //!
-//! Both sides get the same input: one `understudy exchange-sim` process whose updates carry the
-//! exchange's timestamp. Ours: `understudy price-server` (a process) → N [`PriceClient`]s, each
-//! subscribed to every instrument. NATS: `understudy nats-bridge` (a process reading the same
-//! feed and publishing each update, as the same encoded bytes, on subject `px.<symbol>`) →
-//! `nats-server` → N `async-nats` clients, each subscribed to the instruments' subjects one by
-//! one. The clients of both sides run in the benchmark process and decode every message; the
-//! latency of an update is its arrival time minus its exchange time (one host, one clock).
+//! The benchmark runs the clients of each side in a process of their own (`understudy bench
+//! fanout-consumer`), so neither side's consumers share a runtime with the other side or with
+//! the driver. This module holds what both sides share — the measurement protocol
+//! ([`measure`]), the per-client counting ([`ClientStats`]), the latency [`Histogram`] and the
+//! [`RunReport`] a consumer process prints — and our side's clients ([`run_ours_clients`]).
+//! The NATS side lives with the benchmark in the `understudy` binary, so this library does not
+//! depend on a NATS client.
+//!
+//! Latency of an update: the client's arrival time minus the exchange's timestamp, both read
+//! from `CLOCK_REALTIME` (Unix nanoseconds) in different processes on one host.
 //!
 //! Updates a client never saw show up as gaps in the per-instrument exchange sequence numbers:
-//! our server conflates for a client that falls behind (latest price wins), NATS drops for a
-//! slow consumer. They are reported as "skipped".
+//! our server conflates for a client that falls behind (latest price wins), a NATS client drops
+//! when its bounded queue is full. Both count as "skipped".
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 
 use crate::client::{ClientEvent, ClientOptions, PriceClient};
-use crate::harness::{self, ChildGuard};
-use crate::protocol::Message;
+use crate::harness;
 use crate::Error;
 
-/// Settings of one fan-out run.
+/// Settings of one side's consumers in one run.
 #[derive(Debug, Clone)]
-pub struct FanoutConfig {
-    /// The `understudy` binary (runs the exchange, the price server and the NATS bridge).
-    pub exe: PathBuf,
+pub struct ConsumerConfig {
     /// Number of clients.
     pub clients: usize,
-    /// Instruments, each client subscribes to all of them.
+    /// Instruments; each client subscribes to all of them.
     pub instruments: u32,
-    /// Exchange updates per second (over all instruments).
-    pub rate: u32,
-    /// Time given to connect, subscribe and settle before measuring.
+    /// Longest time given to connect, subscribe and see every instrument before measuring.
     pub warmup: Duration,
     /// Measured time.
     pub measure: Duration,
@@ -47,9 +45,12 @@ pub struct FanoutConfig {
 
 /// Which phase the client tasks are in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub enum Phase {
+    /// Connecting and subscribing; nothing counts yet.
     Warmup,
+    /// Counting.
     Measure,
+    /// Done: the client tasks return their counts.
     Stop,
 }
 
@@ -139,7 +140,7 @@ impl Histogram {
     }
 }
 
-/// What the clients of one side measured.
+/// What the clients of one side measured in one run.
 #[derive(Debug, Clone, Default)]
 pub struct FanoutRun {
     /// Clients that received every instrument before the measurement started.
@@ -155,6 +156,58 @@ pub struct FanoutRun {
 }
 
 impl FanoutRun {
+    /// The run as a consumer process reports it; `extra` holds side-specific counts.
+    pub fn report(&self, extra: SideCounts) -> RunReport {
+        RunReport {
+            clients_ready: self.clients_ready,
+            delivered: self.delivered,
+            skipped: self.skipped,
+            secs: self.secs,
+            samples: self.latency_ns.count(),
+            p50_ns: self.latency_ns.quantile(0.5),
+            p99_ns: self.latency_ns.quantile(0.99),
+            max_ns: self.latency_ns.max(),
+            extra,
+        }
+    }
+}
+
+/// Counts only one side has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideCounts {
+    /// Messages the client library dropped because the application's queue was full, over
+    /// the whole run, warm-up included (NATS: async-nats slow-consumer events, a lower bound:
+    /// the library drops events too when its event channel is full).
+    pub queue_drops_at_least: Option<u64>,
+    /// Connections lost over the whole run, warm-up included (NATS: a server disconnects a
+    /// slow consumer).
+    pub reconnects: Option<u64>,
+}
+
+/// One run of one side, as the consumer process prints it (one JSON line on stdout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Clients that received every instrument before the measurement started.
+    pub clients_ready: usize,
+    /// Updates delivered during the measurement, all clients together.
+    pub delivered: u64,
+    /// Exchange updates the clients never saw (sequence gaps).
+    pub skipped: u64,
+    /// Length of the measurement in seconds.
+    pub secs: f64,
+    /// Latency samples (one per delivered update).
+    pub samples: u64,
+    /// Median latency, ns (histogram bucket, under 1.6 % error).
+    pub p50_ns: u64,
+    /// 99th percentile latency, ns.
+    pub p99_ns: u64,
+    /// Largest latency, ns (exact).
+    pub max_ns: u64,
+    /// Side-specific counts.
+    pub extra: SideCounts,
+}
+
+impl RunReport {
     /// Updates delivered per second.
     pub fn per_sec(&self) -> f64 {
         if self.secs > 0.0 {
@@ -165,9 +218,9 @@ impl FanoutRun {
     }
 }
 
-/// What one client task counts.
-#[derive(Default)]
-struct ClientStats {
+/// What one client counts.
+#[derive(Debug, Default)]
+pub struct ClientStats {
     delivered: u64,
     skipped: u64,
     latency_ns: Histogram,
@@ -176,7 +229,7 @@ struct ClientStats {
 
 impl ClientStats {
     /// One update arrived; `measuring` says whether it counts.
-    fn update(&mut self, symbol: &str, seq: u64, exch_time_ns: u64, measuring: bool) {
+    pub fn update(&mut self, symbol: &str, seq: u64, exch_time_ns: u64, measuring: bool) {
         let prev = match self.last_seq.get_mut(symbol) {
             Some(p) => std::mem::replace(p, seq),
             None => {
@@ -192,12 +245,22 @@ impl ClientStats {
             }
         }
     }
+
+    /// A first price (a snapshot): the start of the instrument's sequence, not timed.
+    pub fn first_price(&mut self, symbol: String, seq: u64) {
+        self.last_seq.insert(symbol, seq);
+    }
+
+    /// Instruments with at least one price.
+    pub fn instruments_seen(&self) -> usize {
+        self.last_seq.len()
+    }
 }
 
-/// Runs the measurement protocol shared by both sides: wait until every client has a price for
-/// every instrument (or the warm-up ends), settle, measure, stop, merge.
-async fn measure(
-    cfg: &FanoutConfig,
+/// The measurement protocol of both sides: wait until every client has a price for every
+/// instrument (or the warm-up ends), settle, measure, stop, merge what the tasks counted.
+pub async fn measure(
+    cfg: &ConsumerConfig,
     phase: &watch::Sender<Phase>,
     ready: &AtomicUsize,
     tasks: Vec<tokio::task::JoinHandle<ClientStats>>,
@@ -229,26 +292,18 @@ async fn measure(
     run
 }
 
-/// Our side: `understudy price-server` fanning the exchange out to `cfg.clients` clients.
-pub async fn run_ours(cfg: &FanoutConfig, exchange: SocketAddr) -> Result<FanoutRun, Error> {
-    let listen = harness::free_addr()?;
-    let args = vec![
-        "price-server".to_string(),
-        "--upstream".into(),
-        exchange.to_string(),
-        "--listen".into(),
-        listen.to_string(),
-    ];
-    let mut cmd = harness::understudy_command(&cfg.exe, &args, None)?;
-    let _server = ChildGuard::spawn("price-server", &mut cmd)?;
-    harness::wait_listening(listen, Duration::from_secs(10)).await?;
-
+/// Our side: `cfg.clients` [`PriceClient`]s of the price server at `server`, each subscribed
+/// to every instrument.
+pub async fn run_ours_clients(
+    cfg: &ConsumerConfig,
+    server: SocketAddr,
+) -> Result<FanoutRun, Error> {
     let symbols = harness::symbols(cfg.instruments);
     let (phase_tx, phase_rx) = watch::channel(Phase::Warmup);
     let ready = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(cfg.clients);
     for _ in 0..cfg.clients {
-        let mut client = PriceClient::connect(vec![listen], ClientOptions::default())?;
+        let mut client = PriceClient::connect(vec![server], ClientOptions::default())?;
         client.subscribe(&symbols);
         let mut phase = phase_rx.clone();
         let ready = ready.clone();
@@ -260,14 +315,13 @@ pub async fn run_ours(cfg: &FanoutConfig, exchange: SocketAddr) -> Result<Fanout
                 tokio::select! {
                     ev = client.next_event() => match ev {
                         Some(ClientEvent::Quote(q)) => {
-                            let measuring = *phase.borrow() == Phase::Measure;
                             if q.snapshot {
-                                // A first price, not part of the stream being timed.
-                                stats.last_seq.insert(q.symbol, q.exch_seq);
+                                stats.first_price(q.symbol, q.exch_seq);
                             } else {
+                                let measuring = *phase.borrow() == Phase::Measure;
                                 stats.update(&q.symbol, q.exch_seq, q.exch_time_ns, measuring);
                             }
-                            if !is_ready && stats.last_seq.len() == want {
+                            if !is_ready && stats.instruments_seen() == want {
                                 is_ready = true;
                                 ready.fetch_add(1, Ordering::Relaxed);
                             }
@@ -285,189 +339,6 @@ pub async fn run_ours(cfg: &FanoutConfig, exchange: SocketAddr) -> Result<Fanout
         }));
     }
     Ok(measure(cfg, &phase_tx, &ready, tasks).await)
-}
-
-/// Where nats-server is installed, if it is: `$PATH`, then the Debian package's /usr/sbin.
-pub fn find_nats_server() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from));
-    dirs.into_iter()
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-/// `nats-server --version`, e.g. `nats-server: v2.9.10`.
-pub fn nats_server_version(bin: &Path) -> Option<String> {
-    let out = std::process::Command::new(bin)
-        .arg("--version")
-        .output()
-        .ok()?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!v.is_empty()).then_some(v)
-}
-
-#[cfg(feature = "nats")]
-mod nats {
-    use super::*;
-    use bytes::BytesMut;
-    use futures_util::StreamExt;
-    use tokio::net::TcpStream;
-
-    use crate::protocol::read_frame;
-
-    fn nats_err(context: &str, e: impl std::fmt::Display) -> Error {
-        Error::io(context.to_string(), std::io::Error::other(e.to_string()))
-    }
-
-    /// NATS subject of an instrument.
-    pub fn subject(symbol: &str) -> String {
-        format!("px.{symbol}")
-    }
-
-    /// `understudy nats-bridge`: reads the exchange feed and publishes every update, as the
-    /// same encoded frame, on `px.<symbol>` — the NATS side's counterpart of a price server.
-    pub async fn run_nats_bridge(upstream: SocketAddr, nats: SocketAddr) -> Result<(), Error> {
-        let client = async_nats::connect(nats.to_string())
-            .await
-            .map_err(|e| nats_err("connecting to nats-server", e))?;
-        let mut sock = TcpStream::connect(upstream)
-            .await
-            .map_err(|e| Error::io(format!("connecting to the exchange {upstream}"), e))?;
-        let _ = sock.set_nodelay(true);
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        // Subjects are built once per instrument, not once per update.
-        let mut subjects: HashMap<Arc<str>, async_nats::Subject> = HashMap::new();
-        loop {
-            let frame = match read_frame(&mut sock, &mut buf).await {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(nats_err("reading the exchange feed", e)),
-            };
-            if let Ok(Message::Update { price, .. }) = Message::decode(&frame) {
-                let subject = subjects
-                    .entry(price.symbol.clone())
-                    .or_insert_with(|| subject(&price.symbol).into())
-                    .clone();
-                client
-                    .publish(subject, frame)
-                    .await
-                    .map_err(|e| nats_err("publishing", e))?;
-            }
-        }
-    }
-
-    /// The NATS side: nats-server, the bridge, and `cfg.clients` async-nats clients.
-    pub async fn run_nats(
-        cfg: &FanoutConfig,
-        exchange: SocketAddr,
-        nats_bin: &Path,
-    ) -> Result<FanoutRun, Error> {
-        let addr = harness::free_addr()?;
-        let mut cmd = std::process::Command::new(nats_bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &addr.port().to_string()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let _server = ChildGuard::spawn("nats-server", &mut cmd)?;
-        harness::wait_listening(addr, Duration::from_secs(10)).await?;
-
-        let symbols = harness::symbols(cfg.instruments);
-        let (phase_tx, phase_rx) = watch::channel(Phase::Warmup);
-        let ready = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::with_capacity(cfg.clients);
-        for _ in 0..cfg.clients {
-            let client = async_nats::connect(addr.to_string())
-                .await
-                .map_err(|e| nats_err("connecting a client to nats-server", e))?;
-            let mut subs = Vec::with_capacity(symbols.len());
-            for s in &symbols {
-                subs.push(
-                    client
-                        .subscribe(subject(s))
-                        .await
-                        .map_err(|e| nats_err("subscribing", e))?,
-                );
-            }
-            // Make sure the server has every subscription before the stream starts.
-            client
-                .flush()
-                .await
-                .map_err(|e| nats_err("flushing subscriptions", e))?;
-            let mut merged = futures_util::stream::select_all(subs);
-            let mut phase = phase_rx.clone();
-            let ready = ready.clone();
-            let want = symbols.len();
-            tasks.push(tokio::spawn(async move {
-                let _client = client; // keeps the connection open
-                let mut stats = ClientStats::default();
-                let mut is_ready = false;
-                loop {
-                    tokio::select! {
-                        msg = merged.next() => match msg {
-                            Some(m) => {
-                                let measuring = *phase.borrow() == Phase::Measure;
-                                if let Ok(Message::Update { price, .. }) = Message::decode(&m.payload) {
-                                    stats.update(&price.symbol, price.exch_seq, price.exch_time_ns, measuring);
-                                }
-                                if !is_ready && stats.last_seq.len() == want {
-                                    is_ready = true;
-                                    ready.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            None => return stats,
-                        },
-                        changed = phase.changed() => {
-                            if changed.is_err() || *phase.borrow() == Phase::Stop {
-                                return stats;
-                            }
-                        }
-                    }
-                }
-            }));
-        }
-        // The bridge starts last, so every client is subscribed when the stream begins.
-        let args = vec![
-            "nats-bridge".to_string(),
-            "--upstream".into(),
-            exchange.to_string(),
-            "--nats".into(),
-            addr.to_string(),
-        ];
-        let mut cmd = harness::understudy_command(&cfg.exe, &args, None)?;
-        let mut bridge = ChildGuard::spawn("nats-bridge", &mut cmd)?;
-        let run = measure(cfg, &phase_tx, &ready, tasks).await;
-        if bridge.exited() {
-            return Err(Error::Config(
-                "the NATS bridge exited during the run (is nats-server working?)".into(),
-            ));
-        }
-        Ok(run)
-    }
-}
-
-#[cfg(feature = "nats")]
-pub use nats::{run_nats, run_nats_bridge};
-
-/// Without the `nats` feature there is no NATS client to compare with.
-#[cfg(not(feature = "nats"))]
-pub async fn run_nats(
-    _cfg: &FanoutConfig,
-    _exchange: SocketAddr,
-    _nats_bin: &Path,
-) -> Result<FanoutRun, Error> {
-    Err(Error::Config(
-        "built without the `nats` feature of understudy-pricefeed: no NATS client".into(),
-    ))
-}
-
-/// Without the `nats` feature there is no NATS client to bridge with.
-#[cfg(not(feature = "nats"))]
-pub async fn run_nats_bridge(_upstream: SocketAddr, _nats: SocketAddr) -> Result<(), Error> {
-    Err(Error::Config(
-        "built without the `nats` feature of understudy-pricefeed: no NATS client".into(),
-    ))
 }
 
 #[cfg(test)]
@@ -491,6 +362,30 @@ mod tests {
         assert_eq!(small.quantile(0.5), 3);
         small.record(u64::MAX);
         assert_eq!(small.max(), u64::MAX);
+    }
+
+    #[test]
+    fn a_report_survives_the_trip_between_processes() {
+        let mut run = FanoutRun {
+            clients_ready: 3,
+            delivered: 10,
+            skipped: 2,
+            secs: 2.0,
+            ..FanoutRun::default()
+        };
+        for v in [1_000, 2_000, 40_000] {
+            run.latency_ns.record(v);
+        }
+        let extra = SideCounts {
+            queue_drops_at_least: Some(7),
+            reconnects: Some(0),
+        };
+        let r = run.report(extra.clone());
+        assert_eq!((r.samples, r.max_ns, r.per_sec()), (3, 40_000, 5.0));
+        assert_eq!(r.extra, extra);
+        let line = serde_json::to_string(&r).expect("serialises");
+        let back: RunReport = serde_json::from_str(&line).expect("parses");
+        assert_eq!(back, r);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - [`server`]: `understudy price-server`: upstream book, subscriptions, roles and epochs,
 //!   per-client conflating writers.
 //! - [`client`]: the client library ([`client::PriceClient`]) and `understudy price-client`.
-//! - [`fanout`]: the fan-out benchmark, side by side with nats-server (feature `nats`).
+//! - [`fanout`]: the consumer side of the fan-out benchmark (`understudy bench fanout`).
 //! - [`harness`]: child processes, ports and a quote recorder for benchmarks, demo and tests.
 //! - [`Error`]: the error type of the entry points.
 
