@@ -460,6 +460,15 @@ impl<S: SessionStore> Session<S> {
         }
     }
 
+    /// Ends the session because of something the transport found (e.g. a counterparty that
+    /// does not read): a Logout with `text` when logged on, then a disconnect.
+    pub fn abort(&mut self, text: &str, now: SystemTime) {
+        if self.state == State::Disconnected {
+            return;
+        }
+        let _ = self.end_session(text, DisconnectReason::Protocol(text.to_owned()), now);
+    }
+
     /// Sends an application message whose body is pre-encoded `tag=value<SOH>` fields (no
     /// header or trailer fields). The message is stored, then queued as a `Send`.
     pub fn send_app(
