@@ -370,10 +370,15 @@ impl GatewayConfig {
                 u.heartbeat_interval.as_ref(),
                 Duration::from_secs(30),
             )?;
-            if hb < Duration::from_secs(1) || hb.subsec_nanos() != 0 {
+            let range = crate::session::HEART_BT_INT_RANGE;
+            if !range.contains(&hb.as_secs()) || hb.subsec_nanos() != 0 {
                 return Err((
                     k("heartbeat_interval"),
-                    "must be a whole number of seconds, at least 1s".into(),
+                    format!(
+                        "must be a whole number of seconds from {}s to {}s (the HeartBtInt a counterparty accepts)",
+                        range.start(),
+                        range.end()
+                    ),
                 ));
             }
             upstreams.push(UpstreamConfig {
