@@ -308,7 +308,10 @@ async fn fetch_epoch(admin: &str) -> u64 {
 /// chunked); returns its `mode` and `epoch`.
 async fn agent_status(admin: &str) -> Result<(Option<String>, Option<u64>), String> {
     let mut sock = TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
-    let req = format!("GET /status HTTP/1.0\r\nHost: {admin}\r\nAccept: application/json\r\n\r\n");
+    let req = format!(
+        "GET /status HTTP/1.0\r\nHost: {admin}\r\nAccept: application/json\r\n{}\r\n",
+        agent_auth_header()
+    );
     sock.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
@@ -1137,4 +1140,12 @@ mod tests {
         assert_eq!(out.pending(), 2);
         assert_eq!(out.order.len(), 2);
     }
+}
+
+/// `Authorization` for the agent's admin API when it gives us a token (it does when its reads
+/// need one, `node.admin_read_requires_token`), else nothing.
+fn agent_auth_header() -> String {
+    std::env::var("UNDERSTUDY_TOKEN")
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default()
 }

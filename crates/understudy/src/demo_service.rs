@@ -80,7 +80,10 @@ async fn reqwest_like_get(admin: &str) -> Option<String> {
     .await
     .ok()?
     .ok()?;
-    let req = format!("GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n{}\r\n",
+        agent_auth_header()
+    );
     s.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf))
@@ -174,4 +177,12 @@ async fn serve(args: DemoServiceArgs) -> anyhow::Result<u8> {
     }
     log.line("stop", epoch);
     Ok(0)
+}
+
+/// `Authorization` for the agent's admin API when it gives us a token (it does when its reads
+/// need one, `node.admin_read_requires_token`), else nothing.
+fn agent_auth_header() -> String {
+    std::env::var("UNDERSTUDY_TOKEN")
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default()
 }

@@ -255,7 +255,10 @@ async fn get_status(admin: &str) -> anyhow::Result<serde_json::Value> {
     )
     .await
     .context("connect timed out")??;
-    let req = format!("GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n{}\r\n",
+        agent_auth_header()
+    );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf))
@@ -1045,4 +1048,12 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
     );
     println!("  (goal: p99 of the last line under 100 ms)");
     Ok(0)
+}
+
+/// `Authorization` for the agent's admin API when it gives us a token (it does when its reads
+/// need one, `node.admin_read_requires_token`), else nothing.
+fn agent_auth_header() -> String {
+    std::env::var("UNDERSTUDY_TOKEN")
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default()
 }
