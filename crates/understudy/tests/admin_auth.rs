@@ -18,11 +18,22 @@ use serde_json::Value;
 
 const S: Duration = Duration::from_secs(1);
 
-/// One HTTP/1.1 request with extra headers and an empty body; (status, headers, body).
-fn request(method: &str, addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
+/// One HTTP/1.1 request with extra headers (`Host` too, else the address) and an empty body;
+/// (status, headers, body), status 0 when the agent cannot be reached.
+fn request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new(), String::new());
+    };
     s.set_read_timeout(Some(20 * S)).expect("timeout");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -88,10 +99,22 @@ fn an_unsafe_token_file_is_refused_at_start() {
     let cases = [
         (dir.join("missing.token"), "No such file"),
         (token_file(&dir, "empty.token", "\n", 0o600), "is empty"),
-        (token_file(&dir, "world.token", "s3cret\n", 0o644), "group and other"),
-        (token_file(&dir, "group.token", "s3cret\n", 0o640), "accessible by group"),
-        (token_file(&dir, "other.token", "s3cret\n", 0o604), "accessible by other"),
-        (token_file(&dir, "spaces.token", "two words\n", 0o600), "printable ASCII"),
+        (
+            token_file(&dir, "world.token", "s3cret\n", 0o644),
+            "group and other",
+        ),
+        (
+            token_file(&dir, "group.token", "s3cret\n", 0o640),
+            "accessible by group",
+        ),
+        (
+            token_file(&dir, "other.token", "s3cret\n", 0o604),
+            "accessible by other",
+        ),
+        (
+            token_file(&dir, "spaces.token", "two words\n", 0o600),
+            "printable ASCII",
+        ),
     ];
     for (i, (file, why)) in cases.iter().enumerate() {
         let name = format!("n{i}");
@@ -109,7 +132,10 @@ fn an_unsafe_token_file_is_refused_at_start() {
         );
         let (code, _, err) = run_cli(&["agent", "--config", &cfg]);
         assert_eq!(code, 2, "the agent started with {file:?}: {err}");
-        assert!(err.contains(why), "agent on {file:?} should say {why:?}: {err}");
+        assert!(
+            err.contains(why),
+            "agent on {file:?} should say {why:?}: {err}"
+        );
     }
     assert!(!g.lock.exists(), "a refused agent touched the group lock");
 }
@@ -121,7 +147,12 @@ fn an_unsafe_token_file_is_refused_at_start() {
 fn with_a_token_only_its_holder_moves_activity() {
     let mut g = Group::new("trylock", "cold");
     let secret = "s3cret-9f2c4b7e";
-    let tf = token_file(&g.path.clone(), "admin.token", &format!("{secret}\n"), 0o600);
+    let tf = token_file(
+        &g.path.clone(),
+        "admin.token",
+        &format!("{secret}\n"),
+        0o600,
+    );
     let key = format!("admin_token_file = {}", q(&tf.display().to_string()));
     node_keys(&mut g, "a", &key);
     node_keys(&mut g, "b", &key);
@@ -131,18 +162,31 @@ fn with_a_token_only_its_holder_moves_activity() {
     let (a, b) = (g.admin("a"), g.admin("b"));
     let epoch = g.epoch("a");
 
-    for auth in [None, Some("Bearer wrong"), Some("Basic czNjcmV0"), Some("Bearer ")] {
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic czNjcmV0"),
+        Some("Bearer "),
+    ] {
         let headers: Vec<(&str, &str)> = auth.iter().map(|v| ("Authorization", *v)).collect();
         let (code, head, body) = request("POST", &a, "/service/switchover", &headers);
         assert_eq!(code, 401, "switchover with {auth:?}: {body}");
         assert!(error_of(&body).contains("Authorization: Bearer"), "{body}");
-        assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
         let (code, _, body) = request("PUT", &b, "/service/activationmode/hot", &headers);
         assert_eq!(code, 401, "PUT hot with {auth:?}: {body}");
     }
     g.stays("a", "Hot", Duration::from_millis(300));
     assert_eq!(g.mode("b").as_deref(), Some("Warm"));
-    assert_eq!(g.epoch("a"), epoch, "an unauthenticated call changed the epoch");
+    assert_eq!(
+        g.epoch("a"),
+        epoch,
+        "an unauthenticated call changed the epoch"
+    );
     assert!(metric(&a, None, "understudy_admin_unauthorized_requests_total") >= 4);
     // Reads are open by default.
     assert!(get_json(&b, "/status").is_some());
@@ -155,6 +199,7 @@ fn with_a_token_only_its_holder_moves_activity() {
     let (code, out, err) = run_cli(&["switchover", "--agent", &a, "--token-file", &tfs]);
     assert_eq!(code, 0, "switchover with --token-file: {out}{err}");
     g.wait_mode("b", "Hot", 5 * S);
+    g.wait_ready("a", 10 * S);
 
     let out = Command::new(BIN)
         .args(["switchover", "--agent", &b])
@@ -203,7 +248,13 @@ fn reads_can_require_the_token() {
         code == 200 && body.contains("\"mode\":\"Hot\"")
     });
     assert!(hot, "a never reported Hot to an authenticated reader");
-    for path in ["/status", "/group", "/events", "/metrics", "/service/activationmode"] {
+    for path in [
+        "/status",
+        "/group",
+        "/events",
+        "/metrics",
+        "/service/activationmode",
+    ] {
         let (code, _, body) = request("GET", &a, path, &[]);
         assert_eq!(code, 401, "GET {path} without the token: {body}");
     }
@@ -281,11 +332,17 @@ fn check_config_warns_about_an_exposed_admin_api_without_a_token() {
     let tf = token_file(&g.path.clone(), "admin.token", "s3cret", 0o600);
     let with_token = exposed.replacen(
         "admin = \"0.0.0.0:",
-        &format!("admin_token_file = {}\nadmin = \"0.0.0.0:", q(&tf.display().to_string())),
+        &format!(
+            "admin_token_file = {}\nadmin = \"0.0.0.0:",
+            q(&tf.display().to_string())
+        ),
         1,
     );
     std::fs::write(&cfg, with_token).expect("config");
     let (code, _, err) = run_cli(&["check-config", &c]);
     assert_eq!(code, 0, "{err}");
-    assert!(!err.contains("warning"), "a warning despite the token: {err}");
+    assert!(
+        !err.contains("warning"),
+        "a warning despite the token: {err}"
+    );
 }

@@ -48,7 +48,11 @@ fn a_flood_of_idle_requests_does_not_fail_the_service_over() {
         let cfg = g.nodes[name].config.clone();
         let text = std::fs::read_to_string(&cfg).expect("config");
         let admin = format!("admin = {}\n", q(&g.admin(name)));
-        let text = text.replacen(&admin, &format!("{admin}admin_header_timeout = \"2s\"\n"), 1);
+        let text = text.replacen(
+            &admin,
+            &format!("{admin}admin_header_timeout = \"2s\"\n"),
+            1,
+        );
         std::fs::write(&cfg, text).expect("config");
     }
     // `a` runs with RLIMIT_NOFILE 200, as in the probe that found the bug.
@@ -86,7 +90,11 @@ fn a_flood_of_idle_requests_does_not_fail_the_service_over() {
     // Hold them past several health-check failure windows and the header timeout.
     let t0 = Instant::now();
     while t0.elapsed() < 4 * S {
-        assert_eq!(g.mode("b").as_deref(), Some("Warm"), "b took over during the flood");
+        assert_eq!(
+            g.mode("b").as_deref(),
+            Some("Warm"),
+            "b took over during the flood"
+        );
         assert!(alive(service), "a's service died during the flood");
         sleep_ms(100);
     }
