@@ -411,3 +411,62 @@ async fn healthz(AxState(api): AxState<Api>) -> Response {
     }
     Json(json!({ "ok": true })).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn scripts_pass_and_pages_are_refused_without_a_token() {
+        // curl, python, the contract's harness: no browser marks.
+        assert_eq!(browser_refusal(&headers(&[])), None);
+        assert_eq!(
+            browser_refusal(&headers(&[(
+                "content-type",
+                "application/x-www-form-urlencoded"
+            )])),
+            None
+        );
+        assert_eq!(
+            browser_refusal(&headers(&[("sec-fetch-site", "none")])),
+            None
+        );
+        // A form or a simple fetch from a page.
+        let page = [
+            ("origin", "http://evil.example"),
+            ("content-type", "text/plain"),
+        ];
+        assert!(browser_refusal(&headers(&page)).is_some());
+        let cross = [("sec-fetch-site", "cross-site"), ("x-understudy", "1")];
+        assert!(browser_refusal(&headers(&cross)).is_some());
+        // Same-origin with the marker, by IP or localhost: a deliberate local tool.
+        let local = [
+            ("origin", "http://127.0.0.1:7701"),
+            ("x-understudy", "1"),
+            ("host", "127.0.0.1:7701"),
+        ];
+        assert_eq!(browser_refusal(&headers(&local)), None);
+        let json = [
+            ("origin", "http://localhost:7701"),
+            ("content-type", "application/json"),
+            ("host", "localhost:7701"),
+        ];
+        assert_eq!(browser_refusal(&headers(&json)), None);
+        // DNS rebinding: same origin as far as the browser knows, but a DNS name.
+        let rebound = [
+            ("origin", "http://evil.example:7701"),
+            ("x-understudy", "1"),
+            ("host", "evil.example:7701"),
+        ];
+        assert!(browser_refusal(&headers(&rebound)).is_some());
+    }
+}

@@ -100,7 +100,7 @@ pub struct ActivationConfig {
 }
 
 /// `[service]`: what the agent protects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServiceConfig {
     /// argv of the service.
     pub command: Vec<String>,
@@ -118,6 +118,34 @@ pub struct ServiceConfig {
     pub restart_backoff_max: Duration,
     /// Extra environment for the service.
     pub env: BTreeMap<String, String>,
+}
+
+/// By hand so the admin token given to the service (`UNDERSTUDY_TOKEN`) never reaches a log.
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: BTreeMap<&str, &str> = self
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == "UNDERSTUDY_TOKEN" {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("ServiceConfig")
+            .field("command", &self.command)
+            .field("standby", &self.standby)
+            .field("activate_signal", &self.activate_signal)
+            .field("activate_hook", &self.activate_hook)
+            .field("stop_timeout", &self.stop_timeout)
+            .field("restart_backoff", &self.restart_backoff)
+            .field("restart_backoff_max", &self.restart_backoff_max)
+            .field("env", &env)
+            .finish()
+    }
 }
 
 /// `[health]`: an optional health check of the service.
@@ -709,6 +737,55 @@ mod tests {
             assert!(shown.contains(key), "expected {key} in {shown:?}");
             assert!(shown.contains("/tmp/x.toml"), "file not named in {shown:?}");
         }
+    }
+
+    #[test]
+    fn admin_token_is_trimmed_compared_whole_and_never_printed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let tf = d.path().join("t");
+        std::fs::write(&tf, "s3cret\n").unwrap();
+        std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let node = format!(
+            "{}\nadmin_token_file = \"{}\"\nadmin_read_requires_token = true",
+            good_node(),
+            tf.display()
+        );
+        let act = format!(
+            "mode = \"trylock\"\nlock_file = \"{}/g.lock\"",
+            d.path().display()
+        );
+        let c = Config::parse(
+            Path::new("/tmp/x.toml"),
+            &cfg(d.path(), &node, &act, "command = [\"sleep\", \"1\"]"),
+        )
+        .unwrap();
+        let t = c.node.admin_token.clone().unwrap();
+        assert!(t.matches(b"s3cret"));
+        for wrong in [
+            &b"s3cre"[..],
+            b"s3cret\n",
+            b"s3cres",
+            b"",
+            b"s3cret-and-more",
+        ] {
+            assert!(!t.matches(wrong), "{wrong:?}");
+        }
+        assert!(
+            !format!("{c:?}").contains("s3cret\""),
+            "the secret reached Debug output"
+        );
+        assert_eq!(
+            c.service.env.get("UNDERSTUDY_TOKEN").map(String::as_str),
+            Some("s3cret")
+        );
+        let e = err_of(&cfg(
+            d.path(),
+            &format!("{}\nadmin_read_requires_token = true", good_node()),
+            &act,
+            "command = [\"sleep\"]",
+        ));
+        assert_eq!(e.key, "node.admin_read_requires_token");
     }
 
     #[test]

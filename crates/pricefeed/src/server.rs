@@ -304,6 +304,14 @@ async fn fetch_epoch(admin: &str) -> u64 {
     }
 }
 
+/// `Authorization` for the agent's admin API when it gives us a token (it does when its reads
+/// need one, `node.admin_read_requires_token`), else nothing.
+fn agent_auth_header() -> String {
+    std::env::var("UNDERSTUDY_TOKEN")
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default()
+}
+
 /// `GET /status` of the agent with a minimal HTTP/1.0 exchange (HTTP/1.0 so the body is never
 /// chunked); returns its `mode` and `epoch`.
 async fn agent_status(admin: &str) -> Result<(Option<String>, Option<u64>), String> {
@@ -1140,12 +1148,4 @@ mod tests {
         assert_eq!(out.pending(), 2);
         assert_eq!(out.order.len(), 2);
     }
-}
-
-/// `Authorization` for the agent's admin API when it gives us a token (it does when its reads
-/// need one, `node.admin_read_requires_token`), else nothing.
-fn agent_auth_header() -> String {
-    std::env::var("UNDERSTUDY_TOKEN")
-        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
-        .unwrap_or_default()
 }
