@@ -171,3 +171,95 @@ fn an_oversized_first_frame_is_not_accepted() {
     still_running(&mut sim, dir.path());
     good_logon_is_answered(a, "AFTER");
 }
+
+/// A logged-on counterparty that asks for resends and never reads the answers is a slow
+/// consumer: once what it left unread passes the write-queue bound (or a write waits too long)
+/// the acceptor logs it out and closes the connection, instead of queueing without bound
+/// (+84 MB in 3 s in the probe), and goes on serving others.
+#[test]
+fn a_counterparty_that_does_not_read_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut sim, a) = start_sim(dir.path());
+    let mut s = TcpStream::connect(a).expect("connect");
+    s.write_all(&logon("SLOW", "30")).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while !String::from_utf8_lossy(&got).contains(&format!("{SOH}35=A{SOH}")) {
+        let n = s.read(&mut buf).expect("the Logon answer");
+        assert!(n > 0, "closed before answering the Logon");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let msg = |seq: u64, fields: &[String]| {
+        let now = understudy_fix::time::format_utc_timestamp(SystemTime::now());
+        let mut all = vec![
+            format!("49=SLOW"),
+            "56=EXCH".into(),
+            format!("34={seq}"),
+            format!("52={now}"),
+        ];
+        all.splice(0..0, [fields[0].clone()]);
+        all.extend_from_slice(&fields[1..]);
+        fix(&all)
+    };
+    // Market orders fill in three reports each: a store of answers worth resending.
+    let mut seq = 2;
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        batch.extend(msg(
+            seq,
+            &[
+                "35=D".into(),
+                format!("11=o{i}"),
+                "55=EUR/USD".into(),
+                "54=1".into(),
+                "38=100".into(),
+                "40=1".into(),
+            ],
+        ));
+        seq += 1;
+    }
+    s.write_all(&batch).expect("orders");
+    // Then ask for everything again and again, reading nothing.
+    s.set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let t0 = Instant::now();
+    let sim_pid = sim.0.id();
+    let mut peak_kib = 0;
+    while t0.elapsed() < Duration::from_secs(30) {
+        let r = msg(seq, &["35=2".into(), "7=1".into(), "16=0".into()]);
+        seq += 1;
+        if s.write_all(&r).is_err() {
+            break; // our send buffer is full or the acceptor closed: both end the flood
+        }
+        peak_kib = peak_kib.max(rss_kib(sim_pid));
+    }
+    // The acceptor must now close the connection: read what it sent until EOF.
+    let (tail, closed) = read_until_closed(&mut s, Duration::from_secs(30));
+    assert!(closed, "the slow consumer was never disconnected");
+    assert!(
+        tail.contains("slow consumer") || tail.is_empty() || tail.contains(&format!("{SOH}35=")),
+        "unexpected bytes: {}",
+        &tail[..tail.len().min(200)]
+    );
+    peak_kib = peak_kib.max(rss_kib(sim_pid));
+    assert!(
+        peak_kib < 150 * 1024,
+        "fix-exchange-sim grew to {peak_kib} KiB for one slow consumer"
+    );
+    still_running(&mut sim, dir.path());
+    good_logon_is_answered(a, "AFTER");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
