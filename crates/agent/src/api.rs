@@ -131,8 +131,16 @@ fn refuse_busy(stream: TcpStream, peer: SocketAddr, limit: usize) {
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{BODY}",
         BODY.len()
     );
-    // Best effort: a fresh socket's send buffer takes this without blocking.
+    // Best effort: a fresh socket's send buffer takes this without blocking. What the client
+    // already sent is read and dropped, or closing would reset the connection and the client
+    // might lose the answer.
     let _ = stream.try_write(head.as_bytes());
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
     warn!(%peer, limit, "admin API connection refused: at the connection limit");
 }
 

@@ -73,6 +73,10 @@ fn a_flood_of_idle_requests_does_not_fail_the_service_over() {
     g.wait_ready("b", 10 * S);
     let a = g.admin("a");
     let epoch = g.epoch("a");
+    assert!(
+        wait_until(5 * S, || g.service_pid("a").is_some()),
+        "a's service never started"
+    );
     let service = g.service_pid("a").expect("a's service runs");
     let agent = g.agent_pid("a");
     let rss_before = rss_kib(agent);
@@ -98,10 +102,15 @@ fn a_flood_of_idle_requests_does_not_fail_the_service_over() {
         assert!(alive(service), "a's service died during the flood");
         sleep_ms(100);
     }
-    // Every held connection was answered 503 at once or closed at the header timeout.
+    // Every held connection was answered 503 at once or closed at the header timeout (one
+    // accepted late, when an earlier one was closed, has its own timeout: allow a few).
     let mut closed = 0;
+    let deadline = Instant::now() + 8 * S;
     for s in &mut held {
-        s.set_read_timeout(Some(S)).expect("timeout");
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        s.set_read_timeout(Some(left)).expect("timeout");
         let mut buf = Vec::new();
         match s.read_to_end(&mut buf) {
             Ok(_) => {
@@ -115,8 +124,10 @@ fn a_flood_of_idle_requests_does_not_fail_the_service_over() {
         }
     }
     drop(held);
-    assert_eq!(closed, 300, "idle connections still held by the agent");
-    assert!(refused_503 > 0, "no connection was refused at the limit");
+    assert_eq!(
+        closed, 300,
+        "idle connections still held by the agent after 8 s"
+    );
 
     // The node is intact: still Hot with the same epoch and service, its API answers again.
     assert!(wait_until(5 * S, || get_json(&a, "/healthz").is_some()));
@@ -124,7 +135,12 @@ fn a_flood_of_idle_requests_does_not_fail_the_service_over() {
     assert_eq!(g.epoch("a"), epoch, "activity moved during the flood");
     assert_eq!(g.service_pid("a"), Some(service));
     assert_eq!(g.mode("b").as_deref(), Some("Warm"));
-    assert!(metric(&a, "understudy_admin_connections_refused_total") >= refused_503 as u64);
+    let refused = metric(&a, "understudy_admin_connections_refused_total");
+    assert!(refused > 0, "no connection was refused at the limit");
+    assert!(
+        refused >= refused_503,
+        "{refused_503} answered 503, {refused} counted"
+    );
     assert!(metric(&a, "understudy_admin_slow_clients_dropped_total") > 0);
     let rss_after = rss_kib(agent);
     assert!(
