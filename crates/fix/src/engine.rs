@@ -46,12 +46,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::admin::{Health, Probe, SessionHealth};
-use crate::codec::{parse, Deframer, DEFAULT_MAX_BODY_LENGTH};
+use crate::codec::{parse, Deframer, MessageBuilder, DEFAULT_MAX_BODY_LENGTH};
 use crate::session::{
     Action, AppMessage, DisconnectReason, Role, SendError, Session, SessionEvent, State,
 };
 use crate::store::{SessionId, SessionStore, StoreError};
-use crate::tags::{BeginString, SessionRejectReason};
+use crate::tags::{self, msg_type, BeginString, SessionRejectReason};
 
 /// Most connections at once that have not yet named their session with a Logon.
 pub const MAX_PRELOGON_CONNECTIONS: usize = 64;
@@ -786,7 +786,7 @@ impl<S: SessionStore> Engine<S> {
                             continue;
                         }
                     };
-                    match bound.and_then(|sid| self.find_or_create(&sid)) {
+                    match bound.as_ref().and_then(|sid| self.find_or_create(sid)) {
                         Some(i) if self.slots[i].conn.is_none() => {
                             // The logon timeout runs from the accept, not from this frame.
                             let mut opened = SystemTime::now();
@@ -808,6 +808,18 @@ impl<S: SessionStore> Engine<S> {
                         None => {
                             let peer = self.conns.get(&id).map(|c| c.peer);
                             tracing::warn!(?peer, "Logon for an unknown session refused");
+                            if let Some(sid) = &bound {
+                                // Tell the counterparty's operator why, instead of a bare close.
+                                let text = format!(
+                                    "no session is configured for SenderCompID {} and TargetCompID {}",
+                                    sid.target_comp_id, sid.sender_comp_id
+                                );
+                                if let (Some(c), Some(f)) =
+                                    (self.conns.get(&id), refusal_logout(sid, &text))
+                                {
+                                    let _ = c.writer.send(f);
+                                }
+                            }
                             self.refuse(id);
                             return Ok(());
                         }
@@ -1158,6 +1170,18 @@ fn identify(frame: &[u8]) -> Option<SessionId> {
         sender_comp_id: std::str::from_utf8(h.target_comp_id).ok()?.to_owned(),
         target_comp_id: std::str::from_utf8(h.sender_comp_id).ok()?.to_owned(),
     })
+}
+
+/// A Logout with `text` answering a Logon no session takes; it belongs to no session, so it
+/// carries MsgSeqNum 1 and is stored nowhere.
+fn refusal_logout(sid: &SessionId, text: &str) -> Option<Vec<u8>> {
+    let mut b = MessageBuilder::new(sid.begin_string, msg_type::LOGOUT);
+    b.push_str(tags::SENDER_COMP_ID, &sid.sender_comp_id)
+        .push_str(tags::TARGET_COMP_ID, &sid.target_comp_id)
+        .push_uint(tags::MSG_SEQ_NUM, 1)
+        .push_time(tags::SENDING_TIME, SystemTime::now())
+        .push_str(tags::TEXT, text);
+    b.finish().ok()
 }
 
 fn session_id<S: SessionStore>(s: &Session<S>) -> SessionId {

@@ -263,3 +263,31 @@ fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A Logon naming a CompID pair no session is configured for gets a Logout that says so, then
+/// the connection is closed (it used to be closed without a word).
+#[test]
+fn a_logon_for_an_unknown_session_gets_a_logout_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut sim, a) = start_sim(dir.path());
+    let now = understudy_fix::time::format_utc_timestamp(SystemTime::now());
+    let mut s = TcpStream::connect(a).expect("connect");
+    s.write_all(&fix(&[
+        "35=A".into(),
+        "49=STRANGER".into(),
+        "56=NOT-EXCH".into(),
+        "34=1".into(),
+        format!("52={now}"),
+        "98=0".into(),
+        "108=30".into(),
+    ]))
+    .expect("send");
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5));
+    assert!(closed, "connection left open: {got:?}");
+    assert!(
+        got.contains(&format!("{SOH}35=5{SOH}"))
+            && got.contains("no session is configured for SenderCompID STRANGER"),
+        "no Logout with the reason: {got:?}"
+    );
+    still_running(&mut sim, dir.path());
+}
