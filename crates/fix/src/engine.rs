@@ -493,6 +493,8 @@ impl<S: SessionStore> Engine<S> {
             sessions_logged_on: sessions.iter().filter(|s| s.logged_on).count(),
             sessions,
             fenced,
+            connections_refused: self.counters.connections_refused,
+            slow_consumers_dropped: self.counters.slow_consumers_dropped,
         }
     }
 
