@@ -814,14 +814,12 @@ impl Gateway {
             return;
         };
         let strip = |v: &[u8]| -> Vec<u8> {
-            let p = client.len() + 1;
-            if v.len() > p
-                && v.starts_with(client.as_bytes())
-                && v[client.len()] == CL_ORD_ID_SEP as u8
-            {
-                v[p..].to_vec()
-            } else {
-                v.to_vec()
+            let rest = v
+                .strip_prefix(client.as_bytes())
+                .and_then(|r| r.strip_prefix(&[CL_ORD_ID_SEP as u8]));
+            match rest {
+                Some(rest) if !rest.is_empty() => rest.to_vec(),
+                _ => v.to_vec(),
             }
         };
         let body = forwarded_body(m, msg.frame.len(), strip);
