@@ -26,9 +26,7 @@ static TARGET: OnceLock<Option<Target>> = OnceLock::new();
 /// Take `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` out of the environment. Call first
 /// thing in `main`, before any thread exists (removing variables is not thread-safe).
 pub fn take_from_env() {
-    let socket = std::env::var("NOTIFY_SOCKET")
-        .ok()
-        .filter(|s| !s.is_empty());
+    let socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
     let usec = std::env::var("WATCHDOG_USEC")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -40,13 +38,9 @@ pub fn take_from_env() {
     for v in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
         std::env::remove_var(v);
     }
-    let _ = TARGET.set(socket.map(|socket| {
-        Target {
-            socket,
-            watchdog: usec
-                .filter(|_| for_us)
-                .map(|u| Duration::from_micros(u / 2)),
-        }
+    let _ = TARGET.set(socket.map(|socket| Target {
+        socket,
+        watchdog: usec.filter(|_| for_us).map(|u| Duration::from_micros(u / 2)),
     }));
 }
 

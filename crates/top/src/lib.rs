@@ -61,10 +61,7 @@ pub fn draw(f: &mut Frame, m: &Model) {
 
     let title = match (&m.group, &m.error) {
         (_, Some(e)) => Line::from(vec![
-            Span::styled(
-                " UNREACHABLE ",
-                Style::new().bg(Color::Red).fg(Color::White),
-            ),
+            Span::styled(" UNREACHABLE ", Style::new().bg(Color::Red).fg(Color::White)),
             Span::raw(format!(" {}: {e}", m.agent)),
         ]),
         (Some(g), None) => {
@@ -92,11 +89,7 @@ pub fn draw(f: &mut Frame, m: &Model) {
         (None, None) => Line::raw(format!("asking {} …", m.agent)),
     };
     f.render_widget(
-        Paragraph::new(title).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(" understudy top "),
-        ),
+        Paragraph::new(title).block(Block::default().borders(Borders::ALL).title(" understudy top ")),
         head,
     );
 
@@ -115,10 +108,7 @@ pub fn draw(f: &mut Frame, m: &Model) {
             let (state, style) = if !fresh(n) {
                 ("gone", Style::new().fg(Color::DarkGray))
             } else if hot {
-                (
-                    "ACTIVE",
-                    Style::new().fg(Color::Green).add_modifier(Modifier::BOLD),
-                )
+                ("ACTIVE", Style::new().fg(Color::Green).add_modifier(Modifier::BOLD))
             } else if s(n, "mode") == "Hot" {
                 ("Hot?", Style::new().fg(Color::Red))
             } else if ready {
@@ -131,11 +121,7 @@ pub fn draw(f: &mut Frame, m: &Model) {
             } else {
                 let w = s(n, "waiting");
                 let d = s(n, "detail");
-                if d.is_empty() {
-                    w.to_string()
-                } else {
-                    format!("{w} · {d}")
-                }
+                if d.is_empty() { w.to_string() } else { format!("{w} · {d}") }
             };
             Row::new(vec![
                 Cell::from(name.to_string()),
@@ -166,16 +152,8 @@ pub fn draw(f: &mut Frame, m: &Model) {
             ])
         })
         .collect();
-    let header = Row::new([
-        "NODE",
-        "STATE",
-        "MODE",
-        "EPOCH",
-        "SINCE",
-        "SERVICE",
-        "WHY / DETAIL",
-    ])
-    .style(Style::new().add_modifier(Modifier::BOLD));
+    let header = Row::new(["NODE", "STATE", "MODE", "EPOCH", "SINCE", "SERVICE", "WHY / DETAIL"])
+        .style(Style::new().add_modifier(Modifier::BOLD));
     f.render_widget(
         Table::new(
             rows,
@@ -214,10 +192,7 @@ pub fn draw(f: &mut Frame, m: &Model) {
         lines.push(Line::from(format!(
             "epoch {:>4}  {:>10}  {}  — {}",
             t.get("epoch").and_then(Value::as_u64).unwrap_or(0),
-            t.get("detected_unix_ms")
-                .and_then(Value::as_u64)
-                .map(ago)
-                .unwrap_or_default(),
+            t.get("detected_unix_ms").and_then(Value::as_u64).map(ago).unwrap_or_default(),
             phases
                 .iter()
                 .map(|(k, v)| format!("{k} +{v:.2}"))
@@ -307,31 +282,21 @@ mod tests {
                 {"node": "b", "mode": "Warm", "name": "TryLock", "epoch": 7, "fresh": true, "ready": true, "waiting": "waiting for the group lock"},
                 {"node": "c", "mode": "Warm", "name": "TryLock", "epoch": 6, "fresh": true, "ready": false, "waiting": "service failed; rejoining in 3 s"}
             ]})),
-            events: Some(
-                json!({"takeovers": [{"epoch": 7, "cause": "node x died", "epoch_durable_ms": 0.4, "ready_ms": 1.5}]}),
-            ),
+            events: Some(json!({"takeovers": [{"epoch": 7, "cause": "node x died", "epoch_durable_ms": 0.4, "ready_ms": 1.5}]})),
             error: None,
         };
         let s = screen(&m);
         assert!(s.contains("ACTIVE a"), "{s}");
         assert!(s.contains("standby ready"), "{s}");
-        assert!(
-            s.contains("not ready") && s.contains("rejoining in 3 s"),
-            "{s}"
-        );
-        assert!(
-            s.contains("epoch durable +0.40") && s.contains("node x died"),
-            "{s}"
-        );
+        assert!(s.contains("not ready") && s.contains("rejoining in 3 s"), "{s}");
+        assert!(s.contains("epoch durable +0.40") && s.contains("node x died"), "{s}");
     }
 
     #[test]
     fn says_so_when_no_node_is_active_or_the_agent_is_unreachable() {
         let none = Model {
             agent: "x".into(),
-            group: Some(
-                json!({"group": "g", "members": [{"node": "b", "mode": "Warm", "fresh": true}]}),
-            ),
+            group: Some(json!({"group": "g", "members": [{"node": "b", "mode": "Warm", "fresh": true}]})),
             ..Default::default()
         };
         assert!(screen(&none).contains("NO ACTIVE NODE"));
