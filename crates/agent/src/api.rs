@@ -250,6 +250,7 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
         .route("/service/activationmode", get(activation_mode))
         .route("/service/activationmode/hot", put(activate))
         .route("/service/switchover", post(switchover))
+        .route("/service/active-ack", post(active_ack))
         .route("/status", get(status))
         .route("/group", get(group))
         .route("/events", get(events))
@@ -267,7 +268,7 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover",
+        "no such endpoint; see GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, POST /service/active-ack",
     )
 }
 
@@ -352,6 +353,34 @@ async fn switchover(AxState(api): AxState<Api>) -> Response {
             humantime::format_duration(cfg.activation.yield_timeout)
         ),
     )
+}
+
+/// `POST /service/active-ack` body: the service, told it is active, says it acts with `epoch`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActiveAck {
+    pid: u32,
+    epoch: u64,
+}
+
+/// Only the takeover timeline uses it (the engine keeps it when `pid` is the active service and
+/// `epoch` the node's), so it needs no token and never waits for the event loop.
+async fn active_ack(AxState(api): AxState<Api>, body: Json<ActiveAck>) -> Response {
+    let Json(ActiveAck { pid, epoch }) = body;
+    match api.tx.try_send(ApiRequest::ServiceAck { pid, epoch }) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "pid": pid, "epoch": epoch })),
+        )
+            .into_response(),
+        Err(mpsc::error::TrySendError::Full(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is busy; try again",
+        ),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping")
+        }
+    }
 }
 
 async fn status(AxState(api): AxState<Api>) -> Response {

@@ -23,7 +23,8 @@ pub struct Metrics {
     pub demotions: Counter,
     /// Service process exits.
     pub service_exits: Counter,
-    /// Seconds from obtaining the lock to the service being told it is active.
+    /// Seconds from detection (the lock handed over) to the service being told it is active; the
+    /// phases in between are in `GET /events`.
     pub takeover_seconds: Histogram,
     /// Operator requests refused (e.g. PUT hot while another node is active).
     pub refused: Counter<u64, AtomicU64>,
@@ -109,7 +110,7 @@ impl Metrics {
         );
         registry.register(
             "takeover_seconds",
-            "Time from obtaining the group lock to the service being told it is active",
+            "Time from detection (the group lock handed over) to the service being told it is active",
             takeover_seconds.clone(),
         );
         Metrics {

@@ -16,10 +16,10 @@ use understudy_coordinator::{
     Members, TryAcquire,
 };
 use understudy_engine::{
-    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, Role, State,
-    SvcState,
+    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView, Role,
+    Rules, State,
 };
-use understudy_service::{HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
+use understudy_service::{procwatch, HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
 
 use crate::config::Config;
 use crate::events::Timeline;
@@ -54,6 +54,21 @@ pub enum ApiRequest {
     Activate(oneshot::Sender<Answer>),
     /// `POST /service/switchover`.
     Switchover(oneshot::Sender<Answer>),
+    /// `POST /service/active-ack`: the service says it acts with this epoch.
+    ServiceAck {
+        /// The process that says so.
+        pid: u32,
+        /// The epoch it read.
+        epoch: u64,
+    },
+}
+
+/// What the process watchers found (see [`Command::WatchProcesses`] and
+/// [`Command::WatchSignalReady`]).
+#[derive(Debug)]
+enum ProcEvent {
+    Gone(u32),
+    SignalReady(u32),
 }
 
 /// The service part of `/status`.
@@ -170,6 +185,7 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     let (svc_tx, svc_rx) = mpsc::unbounded_channel();
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let (api_tx, api_rx) = mpsc::channel(64);
+    let (proc_tx, proc_rx) = mpsc::unbounded_channel();
 
     let engine = Engine::new(EngineConfig {
         mode: cfg.activation.mode,
@@ -180,6 +196,8 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         stable_after: Duration::from_secs(60),
         yield_timeout: cfg.activation.yield_timeout,
         health_check: cfg.health.is_some(),
+        signal_wait: SIGNAL_HANDLER_WAIT,
+        rules: Rules::default(),
     });
     let shared = Arc::new(Shared {
         status: RwLock::new(initial_status(&cfg)),
@@ -210,9 +228,9 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         pending_switchover: VecDeque::new(),
         exit_code: None,
         last_record: None,
-        deferred: None,
-        pending_start: None,
-        awaiting: None,
+        proc_tx,
+        watches: Vec::new(),
+        signal_watch: None,
         service_detail: None,
     };
     info!(
@@ -222,7 +240,8 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     );
     let known_epoch = rt.coord.current_epoch();
     rt.feed(Input::Start { known_epoch });
-    rt.run_loop(coord_rx, svc_rx, health_rx, api_rx).await;
+    rt.run_loop(coord_rx, svc_rx, health_rx, api_rx, proc_rx)
+        .await;
     Ok(rt.exit_code.unwrap_or(0))
 }
 
@@ -267,90 +286,19 @@ struct Runtime {
     pending_switchover: VecDeque<oneshot::Sender<Answer>>,
     exit_code: Option<i32>,
     last_record: Option<MemberRecord>,
-    /// A grant on a lock file we created while a peer still advertised Hot: fed to the engine
-    /// once that peer has stepped down (or its record went stale).
-    deferred: Option<HeartbeatReading>,
-    /// A standby service that is running but not yet fed to the engine as started, because it
-    /// has not yet installed a handler for the activate signal (see [`Runtime::on_service`]).
-    pending_start: Option<PendingStart>,
-    /// A grant held back until the services of the previous holders are gone (see
-    /// [`Runtime::live_holder_services`]): the heartbeat it carried and the pids to wait for.
-    awaiting: Option<(HeartbeatReading, Vec<(u32, String)>)>,
+    proc_tx: mpsc::UnboundedSender<ProcEvent>,
+    /// Tasks waiting on the previous holders' services, at most one per member record; replaced
+    /// by the next [`Command::WatchProcesses`].
+    watches: Vec<tokio::task::JoinHandle<()>>,
+    /// The task watching the standby service's signal disposition.
+    signal_watch: Option<tokio::task::JoinHandle<()>>,
     /// The running service's last self-report (see [`ServiceStatus::detail`]).
     service_detail: Option<serde_json::Value>,
-}
-
-/// True while `pid` runs (not a zombie) with `UNDERSTUDY_NODE=node` and `UNDERSTUDY_GROUP=group`
-/// in its environment: the service of that node of our group.
-fn service_alive(pid: u32, node: &str, group: &str) -> bool {
-    if !pid_alive(pid) {
-        return false;
-    }
-    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let has = |kv: String| env.split(|b| *b == 0).any(|e| e == kv.as_bytes());
-    has(format!("UNDERSTUDY_NODE={node}")) && has(format!("UNDERSTUDY_GROUP={group}"))
-}
-
-/// True while `pid` can still act: it exists, is not a zombie, and has no SIGKILL pending (a
-/// process with SIGKILL pending never runs user code again, even while the kernel finishes an
-/// uninterruptible wait or unmaps a large address space).
-fn pid_alive(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let kill_bit = 1u64 << (nix::sys::signal::Signal::SIGKILL as i32 - 1);
-    let mut alive = true;
-    for line in status.lines() {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        match k {
-            "State" => alive &= !(v.starts_with('Z') || v.starts_with('X')),
-            "SigPnd" | "ShdPnd" => {
-                alive &= u64::from_str_radix(v, 16)
-                    .map(|m| m & kill_bit == 0)
-                    .unwrap_or(true)
-            }
-            _ => {}
-        }
-    }
-    alive
-}
-
-/// See [`Runtime::pending_start`].
-struct PendingStart {
-    generation: u64,
-    pid: u32,
-    since: Instant,
-    /// Its health check already passed: the engine ignores that before the start, and the
-    /// check reports a success only once, so it is replayed after the start.
-    healthy: bool,
 }
 
 /// Longest wait for a standby service to install its activate-signal handler; after it the service
 /// counts as started anyway (a service that never handles the signal is misconfigured).
 const SIGNAL_HANDLER_WAIT: Duration = Duration::from_secs(5);
-
-/// True when `sig` is caught, ignored or blocked by process `pid` (so it cannot kill it), or when
-/// that cannot be told (no /proc entry: the process is gone, its exit event follows).
-fn signal_handled(pid: u32, sig: nix::sys::signal::Signal) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
-    let bit = 1u64 << ((sig as i32 - 1) as u32);
-    status
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            matches!(k, "SigBlk" | "SigIgn" | "SigCgt")
-                .then(|| u64::from_str_radix(v.trim(), 16).ok())
-                .flatten()
-        })
-        .any(|mask| mask & bit != 0)
-}
 
 impl Runtime {
     fn now(&self) -> Now {
@@ -366,6 +314,7 @@ impl Runtime {
         mut svc_rx: mpsc::UnboundedReceiver<ServiceEvent>,
         mut health_rx: mpsc::UnboundedReceiver<HealthEvent>,
         mut api_rx: mpsc::Receiver<ApiRequest>,
+        mut proc_rx: mpsc::UnboundedReceiver<ProcEvent>,
     ) {
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigterm = signal(SignalKind::terminate()).ok();
@@ -377,14 +326,11 @@ impl Runtime {
                 // Lock events first: a takeover must not queue behind anything else.
                 biased;
                 Some(ev) = coord_rx.recv() => self.on_coord(ev),
+                // Then the end of a previous active's service: the rest of a takeover.
+                Some(ev) = proc_rx.recv() => self.on_proc(ev),
                 Some(ev) = svc_rx.recv() => self.on_service(ev),
                 Some(ev) = health_rx.recv() => self.on_health(ev),
                 Some(req) = api_rx.recv() => self.on_api(req),
-                _ = tokio::time::sleep(Duration::from_millis(1)),
-                    if self.pending_start.is_some() || self.awaiting.is_some() => {
-                    self.poll_pending_start();
-                    self.poll_awaiting();
-                }
                 _ = recv_signal(&mut sigterm) => {
                     info!("SIGTERM: stopping gracefully");
                     self.feed(Input::Shutdown);
@@ -412,35 +358,17 @@ impl Runtime {
                 if !self.coord.holds() {
                     return;
                 }
-                if created {
-                    if let Some(peer) = self.fresh_hot_peer() {
-                        // We created the lock file, so the one the active holds was deleted or
-                        // replaced under it. It steps down at its next check of the lock; going
-                        // Hot before it has would make two actives.
-                        warn!(
-                            "the lock file was re-created while {peer} still advertises Hot; waiting for it to step down"
-                        );
-                        self.deferred = Some(previous);
-                        return;
-                    }
-                }
-                // The kernel hands the lock over the instant the holder's agent dies, but its
-                // service dies only when the guardian has noticed and killed it: a few hundred µs
-                // idle, >8 ms seen under CPU load, all the while acting next to ours (the tests'
-                // overlap checker caught it). Act only once the services the holders advertised
-                // are gone.
-                let pids = self.live_holder_services();
-                if !pids.is_empty() {
-                    warn!(
-                        ?pids,
-                        "obtained the group lock; waiting for the previous active's service to die"
-                    );
-                    self.awaiting = Some((previous, pids));
-                    return;
-                }
-                self.feed(Input::LockAcquired {
-                    previous: view(previous),
-                })
+                self.detected();
+                // The engine judges the grant by the group as it is now (who still acts, whose
+                // service still runs), so it gets a fresh view first.
+                let peers = self.peer_views();
+                self.feed_all([
+                    Input::Peers(peers),
+                    Input::LockAcquired {
+                        previous: view(previous),
+                        created,
+                    },
+                ]);
             }
             CoordEvent::Lost { reason } => {
                 warn!("lost the group lock: {reason}");
@@ -449,28 +377,23 @@ impl Runtime {
         }
     }
 
+    /// The moment the previous active was found lost: the timeline counts the takeover from it.
+    fn detected(&self) {
+        let mono = self.origin.elapsed();
+        self.with_timeline(|t| t.detected(mono, unix_ms()));
+    }
+
+    fn with_timeline<R>(&self, f: impl FnOnce(&mut Timeline) -> R) -> R {
+        match self.shared.timeline.lock() {
+            Ok(mut t) => f(&mut t),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
     fn on_service(&mut self, ev: ServiceEvent) {
         match ev {
             ServiceEvent::Started { generation, pid } => {
                 if generation != self.supervisor.generation() {
-                    return;
-                }
-                // The guardian reports the pid right after exec, long before the service has set
-                // up its handler for the activate signal. A node that goes Hot while its standby
-                // service is starting would signal it at once, and the signal's default action
-                // killed it (then a failover, then the same again on restart: a lone hot-standby
-                // node never stayed up). So a standby counts as started, and can be told it is
-                // active, only once the signal cannot kill it.
-                let sig = self.shared.cfg.service.activate_signal;
-                if self.engine.service() == SvcState::Starting(Role::Standby)
-                    && !signal_handled(pid, sig)
-                {
-                    self.pending_start = Some(PendingStart {
-                        generation,
-                        pid,
-                        since: Instant::now(),
-                        healthy: false,
-                    });
                     return;
                 }
                 self.feed(Input::ServiceStarted { pid });
@@ -483,10 +406,12 @@ impl Runtime {
                 if generation != self.supervisor.generation() {
                     return;
                 }
-                self.pending_start = None;
                 self.service_detail = None;
                 if let Some(h) = self.health.take() {
                     h.abort();
+                }
+                if let Some(w) = self.signal_watch.take() {
+                    w.abort();
                 }
                 self.shared.metrics.service_exits.inc();
                 let who = pid.map(|p| format!("pid {p} ")).unwrap_or_default();
@@ -497,82 +422,53 @@ impl Runtime {
         }
     }
 
-    /// The pids of other nodes' services that still run on this host although their node
-    /// advertised holding the lock or being Hot (by its membership record, and by the service's own
-    /// environment, so an unrelated process with a reused pid or on another host never counts).
-    fn live_holder_services(&self) -> Vec<(u32, String)> {
+    fn on_proc(&mut self, ev: ProcEvent) {
+        match ev {
+            ProcEvent::Gone(pid) => self.feed(Input::ProcessGone { pid }),
+            ProcEvent::SignalReady(pid) => self.feed(Input::ServiceSignalReady { pid }),
+        }
+    }
+
+    /// The other nodes as their membership records show them, with what /proc says about them.
+    fn peer_views(&self) -> Vec<PeerView> {
         let cfg = &self.shared.cfg;
+        let now = unix_ms();
+        let fresh_ms = (cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
         self.shared
             .members
             .read_all()
             .into_iter()
-            .filter(|m| m.node != cfg.node.name && (m.holds_lock || m.mode == "Hot"))
-            .filter_map(|m| Some((m.pid?, m.node)))
-            .filter(|(pid, node)| service_alive(*pid, node, &cfg.node.group))
+            .filter(|m| m.node != cfg.node.name)
+            .map(|m| {
+                let hot = m.mode == State::Hot.to_string();
+                let fresh = now.saturating_sub(m.last_seen_unix_ms) <= fresh_ms;
+                // A killed agent's record stays recent for a while and still says Hot; its
+                // process tells. Agents sharing a lock file run on this host; a record from
+                // another host (shared filesystem) names a pid that is not here and counts as
+                // gone, so only `fresh` speaks for it.
+                let agent_gone = !procwatch::can_act(m.agent_pid);
+                // Only a node that acts or holds the lock can have a service that acts, and its
+                // environment names it (a reused pid or another host's pid never counts).
+                let live_service = m.pid.filter(|&pid| {
+                    (hot || m.holds_lock) && procwatch::is_service_of(pid, &m.node, &cfg.node.group)
+                });
+                PeerView {
+                    node: m.node,
+                    hot,
+                    epoch: m.epoch,
+                    holds_lock: m.holds_lock,
+                    fresh,
+                    agent_gone,
+                    live_service,
+                }
+            })
             .collect()
-    }
-
-    /// Feed a held-back grant once the previous holders' services are gone.
-    fn poll_awaiting(&mut self) {
-        let Some((_, pids)) = &self.awaiting else {
-            return;
-        };
-        if !self.coord.holds() {
-            self.awaiting = None;
-            return;
-        }
-        let group = &self.shared.cfg.node.group;
-        if pids
-            .iter()
-            .any(|(pid, node)| service_alive(*pid, node, group))
-        {
-            return;
-        }
-        if let Some((previous, _)) = self.awaiting.take() {
-            self.feed(Input::LockAcquired {
-                previous: view(previous),
-            });
-        }
-    }
-
-    /// Feed the start of a standby service once it handles the activate signal (or waited long).
-    fn poll_pending_start(&mut self) {
-        let Some(p) = &self.pending_start else {
-            return;
-        };
-        if p.generation != self.supervisor.generation() {
-            self.pending_start = None;
-            return;
-        }
-        let sig = self.shared.cfg.service.activate_signal;
-        let handled = signal_handled(p.pid, sig);
-        if !handled && p.since.elapsed() < SIGNAL_HANDLER_WAIT {
-            return;
-        }
-        if !handled {
-            warn!(
-                pid = p.pid,
-                "the standby service does not handle {sig} after {:?}; counting it as started anyway",
-                SIGNAL_HANDLER_WAIT
-            );
-        }
-        let (pid, healthy) = (p.pid, p.healthy);
-        self.pending_start = None;
-        self.feed(Input::ServiceStarted { pid });
-        if healthy {
-            self.feed(Input::HealthOk);
-        }
     }
 
     fn on_health(&mut self, ev: HealthEvent) {
         let gen = self.supervisor.generation();
         match ev {
-            HealthEvent::Healthy { generation } if generation == gen => {
-                match &mut self.pending_start {
-                    Some(p) if p.generation == gen => p.healthy = true,
-                    _ => self.feed(Input::HealthOk),
-                }
-            }
+            HealthEvent::Healthy { generation } if generation == gen => self.feed(Input::HealthOk),
             HealthEvent::Failing {
                 generation,
                 consecutive,
@@ -608,6 +504,7 @@ impl Runtime {
                 let ready = self.ready_standbys();
                 self.feed(Input::Switchover { ready });
             }
+            ApiRequest::ServiceAck { pid, epoch } => self.feed(Input::ServiceAcked { pid, epoch }),
         }
     }
 
@@ -615,32 +512,10 @@ impl Runtime {
         self.shared
             .last_tick_ms
             .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
-        if self.deferred.is_some() {
-            if !self.coord.holds() {
-                self.deferred = None;
-            } else if self.fresh_hot_peer().is_none() {
-                if let Some(previous) = self.deferred.take() {
-                    self.feed(Input::LockAcquired {
-                        previous: view(previous),
-                    });
-                }
-            }
-        }
-        self.feed(Input::Tick);
-        // A peer that became Hot with a newer epoch ends a yield and raises our epoch floor.
-        let me = self.shared.cfg.node.name.clone();
-        let epoch = self.engine.epoch();
-        let peer = self
-            .fresh_members()
-            .into_iter()
-            .filter(|m| m.node != me && m.mode == "Hot" && m.epoch > epoch)
-            .max_by_key(|m| m.epoch);
-        if let Some(p) = peer {
-            self.feed(Input::PeerActive {
-                node: p.node,
-                epoch: p.epoch,
-            });
-        }
+        // The engine derives from the group's view what it needs: a newer active elsewhere, a
+        // peer that stepped down at last, the end of a yield.
+        let peers = self.peer_views();
+        self.feed_all([Input::Peers(peers), Input::Tick]);
         self.advertise(true);
     }
 
@@ -655,15 +530,6 @@ impl Runtime {
             .collect()
     }
 
-    /// Another node that advertises Hot in a fresh record, if any.
-    fn fresh_hot_peer(&self) -> Option<String> {
-        let me = &self.shared.cfg.node.name;
-        self.fresh_members()
-            .into_iter()
-            .find(|m| &m.node != me && m.mode == "Hot")
-            .map(|m| m.node)
-    }
-
     fn ready_standbys(&self) -> Vec<String> {
         let me = &self.shared.cfg.node.name;
         self.fresh_members()
@@ -676,22 +542,36 @@ impl Runtime {
     /// Run one input through the engine and execute its commands; inputs that commands answer
     /// at once (try-lock, epoch) are fed back before anything else can happen.
     fn feed(&mut self, input: Input) {
-        let mut queue = VecDeque::from([input]);
+        self.feed_all([input]);
+    }
+
+    /// [`Runtime::feed`] for inputs that belong together (a view of the group, then the grant
+    /// judged by it).
+    fn feed_all(&mut self, inputs: impl IntoIterator<Item = Input>) {
+        let mut queue = VecDeque::from_iter(inputs);
         while let Some(input) = queue.pop_front() {
             debug!(?input, "engine input");
             let now = self.now();
             for cmd in self.engine.handle(now, input) {
-                if let Some(next) = self.execute(cmd) {
-                    queue.push_back(next);
-                }
+                self.execute(cmd, &mut queue);
             }
         }
+        // A detection not claimed by a takeover in this feed (a grant the engine did not want)
+        // must not date a later one.
+        self.with_timeline(|t| t.forget_detection());
         self.publish_status();
         self.advertise(false);
     }
 
-    fn execute(&mut self, cmd: Command) -> Option<Input> {
+    /// Execute one command; inputs that answer it at once go to the back of `answers`.
+    fn execute(&mut self, cmd: Command, answers: &mut VecDeque<Input>) {
         debug!(?cmd, "engine command");
+        if let Some(input) = self.execute_one(cmd, answers) {
+            answers.push_back(input);
+        }
+    }
+
+    fn execute_one(&mut self, cmd: Command, answers: &mut VecDeque<Input>) -> Option<Input> {
         match cmd {
             Command::Campaign => {
                 if let Err(e) = self.coord.campaign() {
@@ -700,18 +580,14 @@ impl Runtime {
                 None
             }
             Command::TryLock => Some(match self.coord.try_acquire() {
-                Ok(TryAcquire::Acquired { created: true, .. })
-                    if self.fresh_hot_peer().is_some() =>
-                {
-                    // The lock file was deleted or replaced under a node that still acts.
-                    let _ = self.coord.release();
-                    Input::LockBusy {
-                        holder: self.fresh_hot_peer(),
+                Ok(TryAcquire::Acquired { previous, created }) => {
+                    self.detected();
+                    answers.push_back(Input::Peers(self.peer_views()));
+                    Input::LockAcquired {
+                        previous: view(previous),
+                        created,
                     }
                 }
-                Ok(TryAcquire::Acquired { previous, .. }) => Input::LockAcquired {
-                    previous: view(previous),
-                },
                 Ok(TryAcquire::HeldByOther) => Input::LockBusy {
                     holder: self.holder_hint(),
                 },
@@ -721,6 +597,10 @@ impl Runtime {
                 }
             }),
             Command::Release => {
+                // Say so before letting go: the next holder reads our record the instant the
+                // kernel hands the lock over, and would otherwise wait for a node that stepped down.
+                self.publish_status();
+                self.advertise(false);
                 if let Err(e) = self.coord.release() {
                     error!("releasing the group lock: {e}");
                 }
@@ -768,9 +648,21 @@ impl Runtime {
                 }
                 None
             }
-            Command::VerifyLock => {
-                // A lost lock is reported through the coordinator's channel.
-                self.coord.verify();
+            // A failed check is answered at once, before any answer already queued (an epoch
+            // that would make the node Hot); the coordinator also reports it on its channel,
+            // which the engine ignores once it knows.
+            Command::VerifyLock => (!self.coord.verify()).then(lock_replaced),
+            Command::ConfirmLock => Some(if self.coord.verify() {
+                Input::LockConfirmed
+            } else {
+                lock_replaced()
+            }),
+            Command::WatchProcesses { pids } => {
+                self.watch_processes(pids);
+                None
+            }
+            Command::WatchSignalReady { pid } => {
+                self.watch_signal(pid);
                 None
             }
             Command::Record(ev) => {
@@ -786,6 +678,41 @@ impl Runtime {
                 None
             }
         }
+    }
+
+    /// Wait on each process with a pidfd, in tasks, and report each end as [`ProcEvent::Gone`].
+    fn watch_processes(&mut self, pids: Vec<u32>) {
+        for w in self.watches.drain(..) {
+            w.abort();
+        }
+        for pid in pids {
+            let tx = self.proc_tx.clone();
+            self.watches.push(tokio::spawn(async move {
+                // A process with SIGKILL pending never acts again: counted as gone.
+                if let Some(e) = procwatch::gone(pid, procwatch::can_act).await {
+                    warn!("no pidfd for process {pid} ({e}); watched it through /proc instead");
+                }
+                let _ = tx.send(ProcEvent::Gone(pid));
+            }));
+        }
+        info!(
+            count = self.watches.len(),
+            "waiting for the previous active's service to end"
+        );
+    }
+
+    /// Find out, in a task, when the standby service handles the activate signal.
+    fn watch_signal(&mut self, pid: u32) {
+        if let Some(w) = self.signal_watch.take() {
+            w.abort();
+        }
+        let sig = self.shared.cfg.service.activate_signal;
+        let tx = self.proc_tx.clone();
+        self.signal_watch = Some(tokio::spawn(async move {
+            if procwatch::signal_handled(pid, sig).await {
+                let _ = tx.send(ProcEvent::SignalReady(pid));
+            }
+        }));
     }
 
     fn holder_hint(&self) -> Option<String> {
@@ -878,7 +805,12 @@ impl Runtime {
         });
     }
 
-    fn record(&mut self, ev: understudy_engine::Event) {
+    fn record(&mut self, mut ev: understudy_engine::Event) {
+        // The agent's own clock, read as it executes the record: the engine's `now` is one
+        // instant per input, shared by everything decided on it (epoch durable, service told and
+        // ready came out the same figure), while the commands before this one took real time.
+        ev.mono = self.origin.elapsed();
+        ev.at_unix_ms = unix_ms();
         info!(kind = ?ev.kind, epoch = ev.epoch, "{}", ev.detail);
         let m = &self.shared.metrics;
         match ev.kind {
@@ -893,10 +825,7 @@ impl Runtime {
             }
             _ => {}
         }
-        let took = match self.shared.timeline.lock() {
-            Ok(mut t) => t.push(ev),
-            Err(p) => p.into_inner().push(ev),
-        };
+        let took = self.with_timeline(|t| t.push(ev));
         if let Some(d) = took {
             m.takeover_seconds.observe(d.as_secs_f64());
             info!(
@@ -1031,6 +960,12 @@ fn one_line(v: &serde_json::Value) -> String {
         other => other.to_string(),
     };
     text.chars().take(200).collect()
+}
+
+fn lock_replaced() -> Input {
+    Input::LockLost {
+        reason: "the group lock file was deleted or replaced".to_string(),
+    }
 }
 
 fn view(r: HeartbeatReading) -> HeartbeatView {

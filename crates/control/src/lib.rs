@@ -310,11 +310,42 @@ pub fn render_group(group: &Value) -> String {
     out
 }
 
-fn ms_field(v: &Value, k: &str) -> String {
-    v.get(k)
-        .and_then(Value::as_f64)
-        .map(|x| format!("{x:.3} ms"))
-        .unwrap_or_else(|| "-".to_string())
+/// The phases of a takeover in `GET /events` `takeovers[]`, in the order they normally happen:
+/// the field (milliseconds from detection) and its name for a person.
+pub const TAKEOVER_PHASES: &[(&str, &str)] = &[
+    ("lock_obtained_ms", "lock obtained"),
+    ("previous_service_gone_ms", "previous service gone"),
+    ("epoch_durable_ms", "epoch durable"),
+    ("service_notified_ms", "service notified"),
+    ("service_acked_ms", "service acknowledged"),
+    ("ready_ms", "ready"),
+];
+
+/// A takeover as a short timeline: each phase that happened, in time order, with its time from
+/// detection and the step from the phase before.
+fn render_takeover(t: &Value) -> String {
+    let mut phases: Vec<(f64, &str)> = TAKEOVER_PHASES
+        .iter()
+        .filter_map(|(k, label)| Some((t.get(*k)?.as_f64()?, *label)))
+        .collect();
+    phases.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut out = format!(
+        "  epoch {:>4}  {}  cause: {}\n    {:>10.3} ms  {:>11}  previous active lost (detected)\n",
+        u(t, "epoch").unwrap_or(0),
+        u(t, "detected_unix_ms").map(ago).unwrap_or_default(),
+        s(t, "cause"),
+        0.0,
+        ""
+    );
+    let mut prev = 0.0;
+    for (at, label) in phases {
+        out.push_str(&format!(
+            "    {at:>10.3} ms  (+{:>8.3})  {label}\n",
+            at - prev
+        ));
+        prev = at;
+    }
+    out
 }
 
 /// A node's takeovers (failure events) and its recent timeline, for a person.
@@ -328,15 +359,7 @@ pub fn render_events(ev: &Value) -> String {
         .unwrap_or_default();
     out.push_str(&format!("takeovers by {node}: {}\n", takeovers.len()));
     for t in &takeovers {
-        out.push_str(&format!(
-            "  epoch {:>4}  {}  epoch durable +{}  service notified +{}  ready +{}\n    cause: {}\n",
-            u(t, "epoch").unwrap_or(0),
-            u(t, "detected_unix_ms").map(ago).unwrap_or_default(),
-            ms_field(t, "epoch_durable_ms"),
-            ms_field(t, "service_notified_ms"),
-            ms_field(t, "ready_ms"),
-            s(t, "cause"),
-        ));
+        out.push_str(&render_takeover(t));
     }
     let events = ev
         .get("events")
@@ -371,6 +394,36 @@ mod tests {
         assert_eq!(percentiles(&xs), (51.0, 99.0, 100.0));
         assert!(percentiles(&[]).0.is_nan());
         assert_eq!(percentiles(&[3.0]), (3.0, 3.0, 3.0));
+    }
+
+    #[test]
+    fn a_takeover_reads_as_a_timeline_in_time_order() {
+        let ev = json!({"node": "b", "events": [], "takeovers": [{
+            "epoch": 7, "cause": "lock", "detected_unix_ms": 1,
+            "lock_obtained_ms": 0.01, "previous_service_gone_ms": 0.5, "epoch_durable_ms": 0.9,
+            "service_notified_ms": 1.0, "service_acked_ms": 2.5, "ready_ms": 1.0
+        }]});
+        let text = render_events(&ev);
+        let order: Vec<usize> = [
+            "previous active lost",
+            "lock obtained",
+            "previous service gone",
+            "epoch durable",
+            "service notified",
+            "ready",
+            "service acknowledged",
+        ]
+        .iter()
+        .map(|l| {
+            text.find(l)
+                .unwrap_or_else(|| panic!("{l} missing: {text}"))
+        })
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(
+            text.contains("2.500 ms  (+   1.500)  service acknowledged"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! - Every epoch this node is Hot with is strictly greater than every epoch it has seen before.
 //! - The lock is released only once the service is known to have stopped acting (or was never
 //!   told it is active), so a standby can never be granted activity while this service still acts.
+//! - A grant is used only once no previous active's service can still act (the lock passes the
+//!   instant an agent dies, its service dies a moment later) and no live peer still acts on a
+//!   lock file that was replaced under it; a grant held for either is confirmed before use.
+//! - A standby service is told it is active only once the signal cannot kill it.
 
 use std::time::Duration;
 
@@ -42,6 +46,68 @@ pub struct EngineConfig {
     pub yield_timeout: Duration,
     /// True when a health check is configured: readiness then waits for its first success.
     pub health_check: bool,
+    /// Longest wait for a standby service to handle the activate signal; after it the service
+    /// counts as able to be told anyway (one that never handles it is misconfigured).
+    pub signal_wait: Duration,
+    /// The safety rules, each of which can be switched off so that a test can show the
+    /// simulation catching its absence. All on outside such tests.
+    #[doc(hidden)]
+    pub rules: Rules,
+}
+
+/// Switches for the rules that keep two services from acting at once (see [`EngineConfig::rules`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Hold a grant until the services of the previous holders are gone (`awaiting`).
+    pub await_previous_service: bool,
+    /// Hold a waited-for grant while a live peer still acts or holds the lock it knew: the lock
+    /// file was re-created under it (`deferred`).
+    pub defer_recreated_lock: bool,
+    /// Give back a tried lock while a live peer still acts or holds (the try's answer is due now).
+    pub release_recreated_trylock: bool,
+    /// Signal a standby service only once it handles the activate signal (`pending_start`).
+    pub wait_signal_ready: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            await_previous_service: true,
+            defer_recreated_lock: true,
+            release_recreated_trylock: true,
+            wait_signal_ready: true,
+        }
+    }
+}
+
+/// What the agent knows of another node of the group (its membership record, and whether its
+/// service still runs on this host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    /// Node name.
+    pub node: String,
+    /// The record says Hot.
+    pub hot: bool,
+    /// The record's epoch.
+    pub epoch: u64,
+    /// The record says it holds the group lock.
+    pub holds_lock: bool,
+    /// The record was rewritten recently enough to be believed.
+    pub fresh: bool,
+    /// The record's agent is known to have ended (it ran on this host and its process no longer
+    /// acts): what the record says is what a killed agent left behind. False when not known.
+    pub agent_gone: bool,
+    /// The peer's service, when the record says Hot or holding the lock and that process still
+    /// runs on this host and can act (not a zombie, no SIGKILL pending): it may still be active.
+    pub live_service: Option<u32>,
+}
+
+impl PeerView {
+    /// True when this peer may be acting or about to act on the lock it believes it holds.
+    fn may_act(&self) -> bool {
+        self.fresh && !self.agent_gone && (self.hot || self.holds_lock)
+    }
 }
 
 /// What the lock file said when the lock was obtained.
@@ -68,16 +134,23 @@ pub enum Input {
         /// Highest epoch recorded for the group.
         known_epoch: u64,
     },
-    /// The group lock is ours (after [`Command::Campaign`] or [`Command::TryLock`]).
+    /// The group lock is ours (after [`Command::Campaign`] or [`Command::TryLock`]). The agent
+    /// feeds a fresh [`Input::Peers`] right before, for the engine judges the grant by it.
     LockAcquired {
         /// The heartbeat found in the lock file.
         previous: HeartbeatView,
+        /// This node created the lock file (it did not exist or had been replaced): a peer that
+        /// held the old one may not have noticed yet (for the timeline; the engine judges by the
+        /// peers' records, for the node that created the file may have let go unnoticed).
+        created: bool,
     },
     /// [`Command::TryLock`] failed: another node holds the lock.
     LockBusy {
         /// Its name, when known.
         holder: Option<String>,
     },
+    /// [`Command::ConfirmLock`]: the held lock is still the group's.
+    LockConfirmed,
     /// The lock is gone (file deleted or replaced, lease lost).
     LockLost {
         /// Why, in words.
@@ -117,11 +190,24 @@ pub enum Input {
         /// Names of ready standbys.
         ready: Vec<String>,
     },
-    /// Another node is active with `epoch` (seen in the membership records).
-    PeerActive {
-        /// Its name.
-        node: String,
-        /// Its epoch.
+    /// The other nodes of the group, as their membership records and /proc show them now.
+    Peers(Vec<PeerView>),
+    /// A process named in [`Command::WatchProcesses`] has ended (or can no longer act).
+    ProcessGone {
+        /// The process.
+        pid: u32,
+    },
+    /// The service process named in [`Command::WatchSignalReady`] now handles the activate
+    /// signal (caught, ignored or blocked), so the signal can no longer kill it.
+    ServiceSignalReady {
+        /// The service process.
+        pid: u32,
+    },
+    /// The service says it is active with `epoch` (`POST /service/active-ack`).
+    ServiceAcked {
+        /// The process that says so.
+        pid: u32,
+        /// The epoch it read.
         epoch: u64,
     },
     /// Periodic timer, every heartbeat interval.
@@ -168,6 +254,20 @@ pub enum Command {
     },
     /// Check that the held lock is still the group's (answers with [`Input::LockLost`] if not).
     VerifyLock,
+    /// Check at once that the held lock is still the group's; answer with
+    /// [`Input::LockConfirmed`] or [`Input::LockLost`].
+    ConfirmLock,
+    /// Wait for each of these processes to end; answer with one [`Input::ProcessGone`] per pid.
+    WatchProcesses {
+        /// The processes (services of previous holders).
+        pids: Vec<u32>,
+    },
+    /// Find out when the service process handles the activate signal; answer with
+    /// [`Input::ServiceSignalReady`].
+    WatchSignalReady {
+        /// The standby service.
+        pid: u32,
+    },
     /// Append to the event timeline.
     Record(Event),
     /// Answer the pending operator request.
@@ -216,6 +316,14 @@ pub enum EventKind {
     LockObtained,
     /// The lock was obtained but the heartbeat was stale or unreadable: waiting for an operator.
     HeartbeatStale,
+    /// The grant is held: the lock file was re-created while a peer still acts on the old one.
+    GrantDeferred,
+    /// The services of the previous holders are gone (or there were none): the grant is usable.
+    PreviousServiceGone,
+    /// The standby service did not handle the activate signal in time; counted as able anyway.
+    SignalWaitExpired,
+    /// The active service acknowledged that it acts with the node's epoch.
+    ServiceAcked,
     /// The new epoch is durable; the node is Hot.
     EpochDurable,
     /// The service process started.
@@ -281,6 +389,12 @@ pub enum Waiting {
         /// Monotonic time at which the node campaigns again anyway.
         until: Duration,
     },
+    /// Holding a lock on a file this node re-created, until this peer, which still acts on the
+    /// old file, has stepped down or its record went stale.
+    PeerStepDown(String),
+    /// Holding the lock until these services of the previous holders are gone: the kernel hands
+    /// the lock over the instant an agent dies, its guardian kills the service a moment later.
+    PreviousService(Vec<u32>),
 }
 
 /// Where the service stands, as far as the engine knows.
@@ -332,6 +446,16 @@ enum After {
     Exit,
 }
 
+/// A grant being held back (see [`Waiting::PeerStepDown`] and [`Waiting::PreviousService`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Grant {
+    previous: HeartbeatView,
+    /// Promote without looking at the heartbeat: an operator asked.
+    operator: bool,
+    /// It was held across inputs (see [`Engine::accept_grant`]).
+    waited: bool,
+}
+
 /// Why a [`Command::TryLock`] was issued, so its answer is routed right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TryFor {
@@ -376,8 +500,22 @@ pub struct Engine {
     failures: u32,
     healthy: bool,
     ready_recorded: bool,
-    /// Deliver NotifyActive once the standby service being started reports its pid.
+    /// Deliver NotifyActive once the standby service is up and handles the activate signal.
     notify_when_started: bool,
+    /// The running service handles the activate signal (or was started active, or waited long).
+    svc_signal_ready: bool,
+    /// When the running service reported its pid.
+    svc_pid_at: Duration,
+    /// The active service acknowledged the current epoch.
+    acked: bool,
+    /// The grant held back while the phase is PeerStepDown or PreviousService.
+    grant: Option<Grant>,
+    /// The latest view of the other nodes.
+    peers: Vec<PeerView>,
+    /// [`Input::LockConfirmed`] arrived for the held grant.
+    confirmed: bool,
+    /// While the phase is PreviousService: each awaited service and the node it belongs to.
+    awaited: Vec<(String, u32)>,
     trying: Option<TryFor>,
     /// An operator's PUT waits for the epoch to become durable.
     answer_activate: bool,
@@ -406,6 +544,13 @@ impl Engine {
             healthy: false,
             ready_recorded: false,
             notify_when_started: false,
+            svc_signal_ready: false,
+            svc_pid_at: Duration::ZERO,
+            acked: false,
+            grant: None,
+            peers: Vec::new(),
+            confirmed: false,
+            awaited: Vec::new(),
             trying: None,
             answer_activate: false,
             persist_pending: false,
@@ -482,7 +627,9 @@ impl Engine {
             )
         );
         let svc_ok = if self.cfg.standby.runs_while_standby() {
-            matches!(self.svc, SvcState::Running { .. }) && (self.healthy || !self.cfg.health_check)
+            matches!(self.svc, SvcState::Running { .. })
+                && self.svc_signal_ready
+                && (self.healthy || !self.cfg.health_check)
         } else {
             true
         };
@@ -520,6 +667,12 @@ impl Engine {
                     "handed over; waiting for the new active (campaigning again in {:.1} s at the latest)",
                     secs(*until)
                 ),
+                Waiting::PeerStepDown(peer) => format!(
+                    "holding a re-created group lock; waiting for node {peer}, which still acts on the old one, to step down"
+                ),
+                Waiting::PreviousService(pids) => format!(
+                    "holding the group lock; waiting for the previous active's service (pid {pids:?}) to end"
+                ),
             },
         })
     }
@@ -529,7 +682,7 @@ impl Engine {
         self.now = now;
         match input {
             Input::Start { known_epoch } => self.on_start(known_epoch),
-            Input::LockAcquired { previous } => self.on_lock_acquired(previous),
+            Input::LockAcquired { previous, created } => self.on_lock_acquired(previous, created),
             Input::LockBusy { holder } => self.on_lock_busy(holder),
             Input::LockLost { reason } => self.on_lock_lost(reason),
             Input::EpochDurable { epoch } => {
@@ -548,7 +701,19 @@ impl Engine {
             Input::HealthFailed { reason } => self.on_health_failed(reason),
             Input::Activate => self.on_activate(),
             Input::Switchover { ready } => self.on_switchover(ready),
-            Input::PeerActive { node, epoch } => self.on_peer_active(node, epoch),
+            Input::Peers(peers) => self.on_peers(peers),
+            Input::LockConfirmed => {
+                if self.holds_lock
+                    && self.grant.is_some()
+                    && self.phase == Phase::Warm(Waiting::PreviousService(Vec::new()))
+                {
+                    self.confirmed = true;
+                    self.accept_grant();
+                }
+            }
+            Input::ProcessGone { pid } => self.on_process_gone(pid),
+            Input::ServiceSignalReady { pid } => self.on_signal_ready(pid),
+            Input::ServiceAcked { pid, epoch } => self.on_service_acked(pid, epoch),
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
         }
@@ -623,8 +788,10 @@ impl Engine {
         self.emit(Command::StartService { role, epoch });
     }
 
-    fn on_lock_acquired(&mut self, previous: HeartbeatView) {
+    fn on_lock_acquired(&mut self, previous: HeartbeatView, created: bool) {
         let trying = self.trying.take();
+        // A try while the campaign is outstanding may be answered with the campaign's own grant.
+        let campaigning = self.cfg.mode.campaigns() && self.phase == Phase::Warm(Waiting::Lock);
         if self.holds_lock {
             // A duplicate grant (e.g. a waiter racing a non-blocking try): we already hold it.
             return;
@@ -644,12 +811,106 @@ impl Engine {
             EventKind::LockObtained,
             format!("group lock obtained; {prev}"),
         );
-        if trying == Some(TryFor::Operator) {
-            self.promote();
+        let grant = Grant {
+            previous,
+            operator: trying == Some(TryFor::Operator),
+            waited: false,
+        };
+        // A live peer that still says it acts or holds the lock holds one on a lock file that was
+        // deleted or replaced under it (by us, `created`, or by a node that created it and let
+        // go). It steps down at its next check of the lock; acting before it has makes two
+        // actives. A killed peer's record says the same, but then its agent is known gone.
+        let acting_peer = self
+            .peers
+            .iter()
+            .find(|p| p.may_act())
+            .map(|p| p.node.clone());
+        let file = if created { "re-created " } else { "" };
+        if let Some(peer) = acting_peer {
+            let tried_alone = trying.is_some() && !campaigning;
+            if tried_alone && self.cfg.rules.release_recreated_trylock {
+                // An answer is expected now (an operator's PUT, or Hot mode's start): say busy.
+                self.release();
+                self.trying = trying;
+                self.on_lock_busy(Some(peer));
+                return;
+            }
+            if !tried_alone && self.cfg.rules.defer_recreated_lock {
+                self.record(
+                    EventKind::GrantDeferred,
+                    format!("{file}group lock obtained while node {peer} still acts on the old lock file; waiting for it to step down"),
+                );
+                self.grant = Some(Grant {
+                    waited: true,
+                    ..grant
+                });
+                self.set_phase(Phase::Warm(Waiting::PeerStepDown(peer)));
+                return;
+            }
+        }
+        self.grant = Some(grant);
+        self.await_previous_services();
+    }
+
+    /// The grant is ours to use once the services the previous holders advertised are gone.
+    fn await_previous_services(&mut self) {
+        self.awaited = if self.cfg.rules.await_previous_service {
+            self.peers
+                .iter()
+                .filter_map(|p| Some((p.node.clone(), p.live_service?)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let pids: Vec<u32> = self.awaited.iter().map(|(_, pid)| *pid).collect();
+        if pids.is_empty() {
+            self.record(
+                EventKind::PreviousServiceGone,
+                "no service of a previous active is running",
+            );
+            self.accept_grant();
             return;
         }
-        if self.cfg.mode == ActivationMode::TryHeartbeat {
-            if let Some(stale) = self.stale_reason(&previous) {
+        if let Some(g) = self.grant.as_mut() {
+            g.waited = true;
+        }
+        self.set_phase(Phase::Warm(Waiting::PreviousService(pids.clone())));
+        self.emit(Command::WatchProcesses { pids });
+    }
+
+    fn on_process_gone(&mut self, pid: u32) {
+        self.awaited.retain(|(_, p)| *p != pid);
+        self.awaited_changed("the previous active's service has ended");
+    }
+
+    fn awaited_changed(&mut self, why: &str) {
+        let Phase::Warm(Waiting::PreviousService(pids)) = &mut self.phase else {
+            return;
+        };
+        *pids = self.awaited.iter().map(|(_, pid)| *pid).collect();
+        if pids.is_empty() {
+            self.record(EventKind::PreviousServiceGone, why);
+            self.accept_grant();
+        }
+    }
+
+    /// Go on with a held grant: promote, unless TryHeartbeat finds the heartbeat stale.
+    fn accept_grant(&mut self) {
+        let Some(grant) = self.grant.take() else {
+            return;
+        };
+        if grant.waited && !self.confirmed {
+            // Held a while: the lock file may have been replaced meanwhile, unnoticed until the
+            // next check, and going Hot on it while a peer is granted the new one makes two
+            // actives. Promote only once the lock is confirmed to be still the group's.
+            self.grant = Some(grant);
+            self.set_phase(Phase::Warm(Waiting::PreviousService(Vec::new())));
+            self.emit(Command::ConfirmLock);
+            return;
+        }
+        self.confirmed = false;
+        if !grant.operator && self.cfg.mode == ActivationMode::TryHeartbeat {
+            if let Some(stale) = self.stale_reason(&grant.previous) {
                 self.record(EventKind::HeartbeatStale, stale.clone());
                 self.set_phase(Phase::Warm(Waiting::StaleHeartbeat(stale)));
                 return;
@@ -751,19 +1012,9 @@ impl Engine {
         if self.cfg.mode == ActivationMode::TryHeartbeat {
             self.emit(Command::WriteHeartbeat { epoch });
         }
+        self.acked = false;
         match self.svc {
-            SvcState::Running { pid, .. } => {
-                self.svc = SvcState::Running {
-                    role: Role::Active,
-                    pid,
-                };
-                self.emit(Command::NotifyActive { epoch });
-                self.record(
-                    EventKind::ServiceNotified,
-                    format!("service pid {pid} told it is active"),
-                );
-                self.maybe_ready();
-            }
+            SvcState::Running { .. } => self.tell_active(),
             SvcState::Starting(_) => self.notify_when_started = true,
             SvcState::Stopped => self.start_service(Role::Active),
             // A standby service being stopped (e.g. it failed its check): start afresh once it is gone.
@@ -840,29 +1091,81 @@ impl Engine {
             _ => return,
         };
         self.svc = SvcState::Running { role, pid };
+        self.svc_pid_at = self.now.mono;
+        // The pid is reported right after exec, long before the service has installed its
+        // handler for the activate signal, whose default action kills it.
+        self.svc_signal_ready = role == Role::Active || !self.cfg.rules.wait_signal_ready;
         self.record(
             EventKind::ServiceStarted,
             format!("service pid {pid} started as {}", role.as_env()),
         );
+        if !self.svc_signal_ready {
+            self.emit(Command::WatchSignalReady { pid });
+        }
         if self.phase == Phase::Hot {
             if role == Role::Standby || self.notify_when_started {
-                self.notify_when_started = false;
-                let epoch = self.epoch;
-                self.svc = SvcState::Running {
-                    role: Role::Active,
-                    pid,
-                };
-                self.emit(Command::NotifyActive { epoch });
+                self.tell_active();
+            } else {
+                self.record(
+                    EventKind::ServiceNotified,
+                    format!("service pid {pid} started as active"),
+                );
+                self.maybe_ready();
             }
-            self.record(
-                EventKind::ServiceNotified,
-                format!("service pid {pid} is active"),
-            );
-            self.maybe_ready();
         } else if role == Role::Active {
             // Started as active but the node is no longer Hot: it must not act.
             self.svc = SvcState::Stopping;
             self.emit(Command::StopService { graceful: false });
+        }
+    }
+
+    /// Tell the running service it is active, as soon as the signal cannot kill it.
+    fn tell_active(&mut self) {
+        let SvcState::Running { pid, .. } = self.svc else {
+            self.notify_when_started = true;
+            return;
+        };
+        if !self.svc_signal_ready {
+            self.notify_when_started = true;
+            return;
+        }
+        self.notify_when_started = false;
+        let epoch = self.epoch;
+        self.svc = SvcState::Running {
+            role: Role::Active,
+            pid,
+        };
+        self.emit(Command::NotifyActive { epoch });
+        self.record(
+            EventKind::ServiceNotified,
+            format!("service pid {pid} told it is active"),
+        );
+        self.maybe_ready();
+    }
+
+    fn on_signal_ready(&mut self, pid: u32) {
+        if !matches!(self.svc, SvcState::Running { pid: p, .. } if p == pid)
+            || self.svc_signal_ready
+        {
+            return;
+        }
+        self.svc_signal_ready = true;
+        if self.phase == Phase::Hot && self.notify_when_started {
+            self.tell_active();
+        }
+    }
+
+    fn on_service_acked(&mut self, pid: u32, epoch: u64) {
+        let acting = matches!(
+            self.svc,
+            SvcState::Running { role: Role::Active, pid: p } if p == pid
+        );
+        if self.phase == Phase::Hot && acting && epoch == self.epoch && !self.acked {
+            self.acked = true;
+            self.record(
+                EventKind::ServiceAcked,
+                format!("service pid {pid} acts with epoch {epoch}"),
+            );
         }
     }
 
@@ -978,6 +1281,7 @@ impl Engine {
 
     /// Step down: stop the service first, release the lock once it has stopped acting.
     fn demote(&mut self, after: After, graceful: bool) {
+        self.grant = None;
         self.set_phase(Phase::Demoting(after));
         match self.svc {
             SvcState::Stopped => self.finish_demote(after),
@@ -1039,6 +1343,11 @@ impl Engine {
                 self.phase = Phase::Demoting(after);
             }
             Phase::Warm(Waiting::StaleHeartbeat(_)) => self.join(),
+            Phase::Warm(Waiting::PeerStepDown(_) | Waiting::PreviousService(_)) => {
+                self.grant = None;
+                self.refuse_pending_activate(&format!("lost the group lock ({reason})"));
+                self.join();
+            }
             _ => {}
         }
     }
@@ -1050,10 +1359,22 @@ impl Engine {
                 self.emit(Command::Answer(Answer::Activated { epoch }));
             }
             Phase::Promoting => self.answer_activate = true,
+            // Never overridden: promoting now is exactly the second active these waits prevent.
+            Phase::Warm(Waiting::PeerStepDown(_) | Waiting::PreviousService(_)) => {
+                self.answer_activate = true;
+                if let Some(g) = self.grant.as_mut() {
+                    g.operator = true;
+                }
+            }
             Phase::Warm(_) if self.holds_lock => {
                 self.record(EventKind::LockObtained, "operator override: activating");
                 self.answer_activate = true;
-                self.promote();
+                self.grant = Some(Grant {
+                    previous: HeartbeatView::Missing,
+                    operator: true,
+                    waited: true,
+                });
+                self.accept_grant();
             }
             Phase::Warm(_) => {
                 self.answer_activate = true;
@@ -1091,6 +1412,41 @@ impl Engine {
         self.demote(After::Yield, true);
     }
 
+    fn on_peers(&mut self, peers: Vec<PeerView>) {
+        self.peers = peers;
+        // A node that says, alive, that it neither acts nor holds the lock has stepped down, and
+        // stepping down stops its service first: the process that still runs is a standby (the
+        // record named it while that node believed it held a lock on a replaced file).
+        let stepped_down = |node: &str, peers: &[PeerView]| {
+            peers
+                .iter()
+                .any(|p| p.node == node && p.fresh && !p.agent_gone && !p.hot && !p.holds_lock)
+        };
+        let before = self.awaited.len();
+        let peers = std::mem::take(&mut self.peers);
+        self.awaited.retain(|(node, _)| !stepped_down(node, &peers));
+        self.peers = peers;
+        if self.awaited.len() != before {
+            self.awaited_changed("the previous holder stepped down");
+        }
+        let newest = self
+            .peers
+            .iter()
+            .filter(|p| p.fresh && p.hot && p.epoch > self.epoch)
+            .max_by_key(|p| p.epoch)
+            .map(|p| (p.node.clone(), p.epoch));
+        if let Some((node, epoch)) = newest {
+            self.on_peer_active(node, epoch);
+        }
+        if let Phase::Warm(Waiting::PeerStepDown(peer)) = &self.phase {
+            if !self.peers.iter().any(|p| p.may_act()) {
+                let detail = format!("node {peer} stepped down or went silent");
+                self.record(EventKind::GrantDeferred, detail);
+                self.await_previous_services();
+            }
+        }
+    }
+
     fn on_peer_active(&mut self, node: String, epoch: u64) {
         if self.phase == Phase::Hot && epoch > self.epoch {
             // A newer active exists, so our grant is gone even if the lock has not told us yet.
@@ -1103,7 +1459,8 @@ impl Engine {
             self.demote(After::Backoff, false);
         }
         self.epoch = self.epoch.max(epoch);
-        if let Phase::Warm(Waiting::Yield { .. }) = self.phase {
+        // A try under way is answered first; joining now would campaign for a lock it may hold.
+        if let (Phase::Warm(Waiting::Yield { .. }), None) = (&self.phase, self.trying) {
             self.join();
         }
     }
@@ -1121,6 +1478,19 @@ impl Engine {
                 self.join();
             }
             _ => {}
+        }
+        if let SvcState::Running { pid, .. } = self.svc {
+            if !self.svc_signal_ready && now.saturating_sub(self.svc_pid_at) >= self.cfg.signal_wait
+            {
+                self.record(
+                    EventKind::SignalWaitExpired,
+                    format!(
+                        "service pid {pid} does not handle the activate signal after {:?}; counting it as able anyway",
+                        self.cfg.signal_wait
+                    ),
+                );
+                self.on_signal_ready(pid);
+            }
         }
         if let Some(at) = self.svc_restart_at {
             if now >= at && self.svc == SvcState::Stopped && matches!(self.phase, Phase::Warm(_)) {

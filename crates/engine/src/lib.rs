@@ -15,7 +15,7 @@ pub mod engine;
 pub mod types;
 
 pub use engine::{
-    Answer, Command, Engine, EngineConfig, Event, EventKind, HeartbeatView, Input, Now, Snapshot,
-    SvcState, Waiting,
+    Answer, Command, Engine, EngineConfig, Event, EventKind, HeartbeatView, Input, Now, PeerView,
+    Rules, Snapshot, SvcState, Waiting,
 };
 pub use types::{ActivationMode, Role, StandbyType, State};

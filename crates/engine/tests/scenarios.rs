@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use understudy_engine::{
     ActivationMode, Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now,
-    Role, StandbyType, State, SvcState,
+    PeerView, Role, Rules, StandbyType, State, SvcState,
 };
 
 const WALL0: u64 = 1_700_000_000_000;
@@ -31,6 +31,8 @@ fn cfg(mode: ActivationMode, standby: StandbyType) -> EngineConfig {
         stable_after: secs(60),
         yield_timeout: secs(5),
         health_check: false,
+        signal_wait: secs(5),
+        rules: Rules::default(),
     }
 }
 
@@ -74,6 +76,18 @@ impl Node {
         actions(&self.feed_all(input))
     }
 
+    /// The service reports its pid and, at once, that it handles the activate signal.
+    fn up_all(&mut self, pid: u32) -> Vec<Command> {
+        let mut out = self.feed_all(started(pid));
+        out.retain(|c| !matches!(c, Command::WatchSignalReady { .. }));
+        out.extend(self.feed_all(Input::ServiceSignalReady { pid }));
+        out
+    }
+
+    fn up(&mut self, pid: u32) -> Vec<Command> {
+        actions(&self.up_all(pid))
+    }
+
     fn waiting(&self) -> String {
         self.e.snapshot().waiting.unwrap_or_default()
     }
@@ -113,7 +127,36 @@ fn exited() -> Input {
 }
 
 fn acquired(previous: HeartbeatView) -> Input {
-    Input::LockAcquired { previous }
+    Input::LockAcquired {
+        previous,
+        created: false,
+    }
+}
+
+/// Peer `node`, alive, advertises Warm without the lock.
+fn peer_warm(node: &str, epoch: u64) -> Input {
+    Input::Peers(vec![PeerView {
+        node: node.into(),
+        hot: false,
+        epoch,
+        holds_lock: false,
+        fresh: true,
+        agent_gone: false,
+        live_service: None,
+    }])
+}
+
+/// Peer `node` advertises Hot with `epoch` in a fresh record.
+fn peer_hot(node: &str, epoch: u64) -> Input {
+    Input::Peers(vec![PeerView {
+        node: node.into(),
+        hot: true,
+        epoch,
+        holds_lock: true,
+        fresh: true,
+        agent_gone: false,
+        live_service: None,
+    }])
 }
 
 fn acquired_fresh(n: &Node) -> Input {
@@ -148,7 +191,7 @@ fn hot_with(c: EngineConfig) -> Node {
     let mut n = Node::new(c);
     n.feed(Input::Start { known_epoch: KNOWN });
     if standby.runs_while_standby() {
-        n.feed(started(10));
+        n.up(10);
     }
     let out = match mode {
         ActivationMode::Warm => {
@@ -160,7 +203,7 @@ fn hot_with(c: EngineConfig) -> Node {
     assert_eq!(out, vec![Command::PersistNextEpoch { floor: KNOWN }]);
     n.feed(durable(KNOWN + 1));
     if !standby.runs_while_standby() {
-        n.feed(started(20));
+        n.up(20);
     }
     assert_eq!(n.e.state(), State::Hot);
     assert!(matches!(
@@ -206,7 +249,7 @@ fn trylock_start_campaigns_and_starts_standby_service() {
     );
     // Not ready until the standby service is up.
     assert!(!n.e.ready());
-    n.feed(started(10));
+    n.up(10);
     assert!(n.e.ready());
     assert_eq!(
         n.e.service(),
@@ -233,7 +276,10 @@ fn lock_then_durable_epoch_then_hot_cold_standby_starts_active() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
     n.feed(Input::Start { known_epoch: KNOWN });
     let all = n.feed_all(acquired_fresh(&n));
-    assert_eq!(kinds(&all), vec![EventKind::LockObtained]);
+    assert_eq!(
+        kinds(&all),
+        vec![EventKind::LockObtained, EventKind::PreviousServiceGone]
+    );
     assert_eq!(
         actions(&all),
         vec![Command::PersistNextEpoch { floor: KNOWN }]
@@ -257,7 +303,7 @@ fn lock_then_durable_epoch_then_hot_cold_standby_starts_active() {
     assert_eq!(n.e.snapshot().since_unix_ms, n.wall_ms());
     assert_eq!(n.e.snapshot().waiting, None);
 
-    let all = n.feed_all(started(42));
+    let all = n.up_all(42);
     assert!(actions(&all).is_empty(), "{all:?}");
     assert!(kinds(&all).contains(&EventKind::Ready));
     assert_eq!(
@@ -274,7 +320,7 @@ fn hot_and_warm_standby_are_notified_not_restarted() {
     for standby in [StandbyType::Hot, StandbyType::Warm] {
         let mut n = Node::new(cfg(ActivationMode::TryLock, standby));
         n.feed(Input::Start { known_epoch: KNOWN });
-        n.feed(started(10));
+        n.up(10);
         n.feed(acquired_fresh(&n));
         let all = n.feed_all(durable(KNOWN + 1));
         assert_eq!(
@@ -301,10 +347,7 @@ fn standby_still_starting_is_notified_once_it_is_up() {
     n.feed(acquired_fresh(&n));
     assert_eq!(n.feed(durable(KNOWN + 1)), vec![]);
     assert_eq!(n.e.state(), State::Hot);
-    assert_eq!(
-        n.feed(started(10)),
-        vec![Command::NotifyActive { epoch: KNOWN + 1 }]
-    );
+    assert_eq!(n.up(10), vec![Command::NotifyActive { epoch: KNOWN + 1 }]);
     assert_eq!(
         n.e.service(),
         SvcState::Running {
@@ -320,7 +363,7 @@ fn health_check_gates_readiness_of_the_active() {
     c.health_check = true;
     let mut n = Node::new(c);
     n.feed(Input::Start { known_epoch: KNOWN });
-    n.feed(started(10));
+    n.up(10);
     assert!(
         !n.e.ready(),
         "standby not ready before its first health success"
@@ -343,6 +386,186 @@ fn tick_while_holding_the_lock_verifies_it() {
     assert_eq!(w.feed(Input::Tick), vec![]);
 }
 
+// ---------------------------------------------------------------- held grants
+
+/// Peer `node` was Hot with `epoch`; its agent is gone but its service `pid` still runs.
+fn dead_peer_with_live_service(node: &str, epoch: u64, pid: u32) -> Input {
+    Input::Peers(vec![PeerView {
+        node: node.into(),
+        hot: true,
+        epoch,
+        holds_lock: true,
+        fresh: true,
+        agent_gone: true,
+        live_service: Some(pid),
+    }])
+}
+
+#[test]
+fn a_grant_waits_until_the_previous_active_service_is_gone() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    n.feed(dead_peer_with_live_service("b", KNOWN, 77));
+    let all = n.feed_all(acquired_fresh(&n));
+    assert_eq!(kinds(&all), vec![EventKind::LockObtained]);
+    assert_eq!(
+        actions(&all),
+        vec![Command::WatchProcesses { pids: vec![77] }]
+    );
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(n.waiting().contains("pid [77]"), "{}", n.waiting());
+    // An operator cannot hurry it: that is exactly the second active it prevents.
+    assert_eq!(n.feed(Input::Activate), vec![]);
+    assert_eq!(n.feed(Input::ProcessGone { pid: 78 }), vec![]);
+    let all = n.feed_all(Input::ProcessGone { pid: 77 });
+    assert!(kinds(&all).contains(&EventKind::PreviousServiceGone));
+    assert_eq!(
+        actions(&all),
+        vec![Command::ConfirmLock],
+        "held a while: the lock is checked first"
+    );
+    assert_eq!(
+        n.feed(Input::LockConfirmed),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    let out = n.feed(durable(KNOWN + 1));
+    assert_eq!(
+        out,
+        vec![
+            Command::NotifyActive { epoch: KNOWN + 1 },
+            Command::Answer(Answer::Activated { epoch: KNOWN + 1 })
+        ]
+    );
+}
+
+#[test]
+fn a_grant_held_for_a_previous_service_is_dropped_with_the_lock() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(dead_peer_with_live_service("b", KNOWN, 77));
+    n.feed(acquired_fresh(&n));
+    let out = n.feed(Input::LockLost {
+        reason: "lock file deleted".into(),
+    });
+    assert_eq!(out, vec![Command::Campaign]);
+    assert_eq!(n.feed(Input::ProcessGone { pid: 77 }), vec![]);
+    assert!(!n.e.holds_lock());
+}
+
+#[test]
+fn a_grant_waits_while_a_live_peer_still_acts_on_a_replaced_lock_file() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(peer_hot("b", KNOWN));
+    let all = n.feed_all(Input::LockAcquired {
+        previous: HeartbeatView::Missing,
+        created: true,
+    });
+    assert!(kinds(&all).contains(&EventKind::GrantDeferred));
+    assert_eq!(actions(&all), vec![]);
+    assert!(n.waiting().contains("node b"), "{}", n.waiting());
+    // Still acting on the next tick: still waiting.
+    n.advance(secs(1));
+    assert_eq!(n.feed(peer_hot("b", KNOWN)), vec![]);
+    // It stepped down.
+    assert_eq!(n.feed(peer_warm("b", KNOWN)), vec![Command::ConfirmLock]);
+    assert_eq!(
+        n.feed(Input::LockConfirmed),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+}
+
+#[test]
+fn a_tried_lock_is_given_back_while_a_live_peer_still_acts() {
+    let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(peer_hot("b", KNOWN));
+    assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
+    let out = n.feed(Input::LockAcquired {
+        previous: HeartbeatView::Missing,
+        created: true,
+    });
+    assert_eq!(
+        out,
+        vec![
+            Command::Release,
+            Command::Answer(Answer::ActivateRefused {
+                holder: Some("b".into()),
+                reason: "node b holds the group lock; activating here would make two actives"
+                    .into()
+            })
+        ]
+    );
+    assert!(!n.e.holds_lock());
+}
+
+#[test]
+fn a_standby_is_told_only_once_it_handles_the_signal() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    assert_eq!(
+        n.feed(started(10)),
+        vec![Command::WatchSignalReady { pid: 10 }]
+    );
+    assert!(
+        !n.e.ready(),
+        "not ready to take over before it handles the signal"
+    );
+    n.feed(acquired_fresh(&n));
+    assert_eq!(n.feed(durable(KNOWN + 1)), vec![]);
+    assert_eq!(n.e.state(), State::Hot);
+    assert_eq!(
+        n.feed(Input::ServiceSignalReady { pid: 11 }),
+        vec![],
+        "another process"
+    );
+    assert_eq!(
+        n.feed(Input::ServiceSignalReady { pid: 10 }),
+        vec![Command::NotifyActive { epoch: KNOWN + 1 }]
+    );
+}
+
+#[test]
+fn a_standby_that_never_handles_the_signal_is_told_after_signal_wait() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.feed(started(10));
+    n.feed(acquired_fresh(&n));
+    n.feed(durable(KNOWN + 1));
+    n.advance(ms(4900));
+    assert_eq!(n.feed(Input::Tick), vec![Command::VerifyLock]);
+    n.advance(ms(100));
+    let all = n.feed_all(Input::Tick);
+    assert!(kinds(&all).contains(&EventKind::SignalWaitExpired));
+    assert_eq!(
+        actions(&all),
+        vec![
+            Command::NotifyActive { epoch: KNOWN + 1 },
+            Command::VerifyLock
+        ]
+    );
+}
+
+#[test]
+fn the_service_acknowledges_its_epoch_once() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let epoch = n.e.epoch();
+    let stale = n.feed_all(Input::ServiceAcked {
+        pid: 10,
+        epoch: epoch - 1,
+    });
+    assert!(
+        kinds(&stale).is_empty(),
+        "an older epoch is no acknowledgement"
+    );
+    let other = n.feed_all(Input::ServiceAcked { pid: 99, epoch });
+    assert!(kinds(&other).is_empty(), "another process");
+    let ack = n.feed_all(Input::ServiceAcked { pid: 10, epoch });
+    assert_eq!(kinds(&ack), vec![EventKind::ServiceAcked]);
+    assert!(kinds(&n.feed_all(Input::ServiceAcked { pid: 10, epoch })).is_empty());
+}
+
 // ---------------------------------------------------------------- TryHeartbeat
 
 #[test]
@@ -358,7 +581,7 @@ fn tryheartbeat_fresh_heartbeat_goes_hot_by_itself() {
             Command::Campaign
         ]
     );
-    n.feed(started(10));
+    n.up(10);
     let prev = HeartbeatView::At {
         node: "b".into(),
         wall_ms: n.wall_ms() - 999,
@@ -405,7 +628,7 @@ fn tryheartbeat_stale_missing_or_garbage_waits_for_operator_holding_the_lock() {
     for hb in cases(&probe) {
         let mut n = Node::new(cfg(ActivationMode::TryHeartbeat, StandbyType::Warm));
         n.feed(Input::Start { known_epoch: KNOWN });
-        n.feed(started(10));
+        n.up(10);
         let all = n.feed_all(acquired(hb.clone()));
         assert_eq!(actions(&all), vec![], "{hb:?}");
         assert!(kinds(&all).contains(&EventKind::HeartbeatStale), "{hb:?}");
@@ -420,9 +643,10 @@ fn tryheartbeat_stale_missing_or_garbage_waits_for_operator_holding_the_lock() {
         assert_eq!(n.feed(Input::Tick), vec![Command::VerifyLock]);
         assert_eq!(n.e.state(), State::Warm);
 
-        // The operator decides.
+        // The operator decides; the lock, held a while, is checked to still be the group's.
+        assert_eq!(n.feed(Input::Activate), vec![Command::ConfirmLock]);
         assert_eq!(
-            n.feed(Input::Activate),
+            n.feed(Input::LockConfirmed),
             vec![Command::PersistNextEpoch { floor: KNOWN }]
         );
         let out = n.feed(durable(KNOWN + 1));
@@ -471,7 +695,7 @@ fn warm_mode_waits_for_activate() {
             epoch: KNOWN
         }]
     );
-    n.feed(started(10));
+    n.up(10);
     assert!(n.waiting().contains("warm mode"), "{}", n.waiting());
     for _ in 0..5 {
         n.advance(secs(10));
@@ -503,7 +727,7 @@ fn activate_while_another_holds_the_lock_is_refused_with_the_holder() {
     for mode in [ActivationMode::Warm, ActivationMode::TryLock] {
         let mut n = Node::new(cfg(mode, StandbyType::Hot));
         n.feed(Input::Start { known_epoch: KNOWN });
-        n.feed(started(10));
+        n.up(10);
         let before = n.waiting();
         assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
         let all = n.feed_all(Input::LockBusy {
@@ -567,7 +791,7 @@ fn hot_mode_refused_when_the_lock_is_busy() {
     assert_eq!(n.feed(acquired_fresh(&n)), vec![Command::Release]);
     assert!(!n.e.holds_lock());
     // The operator can still activate it.
-    n.feed(started(10));
+    n.up(10);
     assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
     assert_eq!(
         n.feed(acquired_fresh(&n)),
@@ -635,7 +859,7 @@ fn fail_and_measure(n: &mut Node, after: Duration) -> Duration {
             n.feed(acquired_fresh(n));
             let epoch = n.e.epoch() + 1;
             n.feed(durable(epoch));
-            n.feed(started(7));
+            n.up(7);
             assert_eq!(n.e.state(), State::Hot);
             return d;
         }
@@ -671,7 +895,7 @@ fn backoff_doubles_with_a_hot_standby_too() {
             }
         }
         // The standby restarts, and is promoted quickly.
-        n.feed(started(11));
+        n.up(11);
         n.feed(acquired_fresh(&n));
         let epoch = n.e.epoch() + 1;
         n.feed(durable(epoch));
@@ -697,13 +921,13 @@ fn a_service_that_ran_stable_after_resets_the_backoff() {
                 }
             }
             if standby.runs_while_standby() {
-                n.feed(started(11));
+                n.up(11);
             }
             n.feed(acquired_fresh(&n));
             let epoch = n.e.epoch() + 1;
             n.feed(durable(epoch));
             if !standby.runs_while_standby() {
-                n.feed(started(12));
+                n.up(12);
             }
             assert_eq!(n.e.state(), State::Hot);
         }
@@ -800,7 +1024,7 @@ fn lock_lost_when_not_holding_is_ignored() {
 fn epoch_failure_releases_and_backs_off() {
     let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Hot));
     n.feed(Input::Start { known_epoch: KNOWN });
-    n.feed(started(10));
+    n.up(10);
     n.feed(Input::Activate);
     n.feed(acquired(HeartbeatView::Missing));
     let out = n.feed(Input::EpochFailed {
@@ -845,7 +1069,7 @@ fn pending_activate_is_answered_when_promotion_is_cut_short() {
     // promotion goes on with a fresh process started as the active one, and the PUT is answered.
     let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Hot));
     n.feed(Input::Start { known_epoch: KNOWN });
-    n.feed(started(10));
+    n.up(10);
     n.feed(Input::Activate);
     n.feed(acquired(HeartbeatView::Missing));
     assert_eq!(n.feed(exited()), vec![]);
@@ -867,7 +1091,7 @@ fn pending_activate_is_answered_when_promotion_is_cut_short() {
 fn standby_failing_its_check_while_promoting_is_restarted_as_active() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
     n.feed(Input::Start { known_epoch: KNOWN });
-    n.feed(started(10));
+    n.up(10);
     n.feed(acquired_fresh(&n));
     assert_eq!(
         n.feed(health_failed()),
@@ -887,7 +1111,7 @@ fn standby_failing_its_check_while_promoting_is_restarted_as_active() {
     );
     assert_eq!(n.e.state(), State::Hot);
     assert!(n.e.holds_lock());
-    n.feed(started(11));
+    n.up(11);
     assert_eq!(
         n.e.service(),
         SvcState::Running {
@@ -901,7 +1125,7 @@ fn standby_failing_its_check_while_promoting_is_restarted_as_active() {
 fn standby_service_failure_is_restarted_after_backoff_while_warm() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
     n.feed(Input::Start { known_epoch: KNOWN });
-    n.feed(started(10));
+    n.up(10);
     n.advance(secs(1));
     assert_eq!(n.feed(exited()), vec![], "no restart in a tight loop");
     assert!(!n.e.ready());
@@ -916,7 +1140,7 @@ fn standby_service_failure_is_restarted_after_backoff_while_warm() {
         }]
     );
     // A standby failing its health check is stopped (and restarted later the same way).
-    n.feed(started(11));
+    n.up(11);
     assert_eq!(
         n.feed(health_failed()),
         vec![Command::StopService { graceful: true }]
@@ -928,27 +1152,20 @@ fn standby_service_failure_is_restarted_after_backoff_while_warm() {
 fn peer_active_with_a_newer_epoch_fences_a_hot_node() {
     let mut n = hot_trylock(StandbyType::Hot);
     // A stale record (an older active) changes nothing.
-    assert_eq!(
-        n.feed(Input::PeerActive {
-            node: "b".into(),
-            epoch: KNOWN
-        }),
-        vec![]
-    );
+    assert_eq!(n.feed(peer_hot("b", KNOWN)), vec![]);
     assert_eq!(n.e.state(), State::Hot);
     assert_eq!(n.e.epoch(), KNOWN + 1);
     // A newer active exists: this node must stop acting, and must not claim the peer's epoch.
-    let out = n.feed(Input::PeerActive {
-        node: "b".into(),
-        epoch: KNOWN + 3,
-    });
+    let out = n.feed(peer_hot("b", KNOWN + 3));
     assert_eq!(out, vec![Command::StopService { graceful: false }]);
     assert_eq!(n.e.state(), State::Warm);
     // Its lock (if it still has one) goes only once the service is gone.
     assert_eq!(n.feed(exited()), vec![Command::Release]);
     n.advance(secs(1));
     n.feed(Input::Tick);
-    n.feed(started(12));
+    n.up(12);
+    // The peer stepped down since (its record says so when this node is granted the lock).
+    n.feed(peer_warm("b", KNOWN + 3));
     assert_eq!(
         n.feed(acquired_fresh(&n)),
         vec![Command::PersistNextEpoch { floor: KNOWN + 3 }]
@@ -1015,13 +1232,7 @@ fn switchover_stops_releases_and_yields_until_the_new_active_appears() {
     n.advance(secs(1));
     assert_eq!(n.feed(Input::Tick), vec![]);
     // ...until the new active shows up.
-    assert_eq!(
-        n.feed(Input::PeerActive {
-            node: "b".into(),
-            epoch: KNOWN + 2
-        }),
-        vec![Command::Campaign]
-    );
+    assert_eq!(n.feed(peer_hot("b", KNOWN + 2)), vec![Command::Campaign]);
     assert_eq!(n.e.epoch(), KNOWN + 2);
 }
 
@@ -1092,7 +1303,7 @@ fn second_shutdown_kills_at_once() {
 fn shutdown_while_warm_stops_the_standby_and_exits() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
     n.feed(Input::Start { known_epoch: KNOWN });
-    n.feed(started(10));
+    n.up(10);
     assert_eq!(
         n.feed(Input::Shutdown),
         vec![Command::StopService { graceful: true }]
@@ -1133,10 +1344,8 @@ fn epochs_strictly_increase_across_hot_periods() {
         n.advance(secs(10));
         n.feed(Input::Tick);
         // A peer was active meanwhile with a higher epoch.
-        n.feed(Input::PeerActive {
-            node: "b".into(),
-            epoch: last + 2,
-        });
+        n.feed(peer_hot("b", last + 2));
+        n.feed(peer_warm("b", last + 2));
         let out = n.feed(acquired_fresh(&n));
         let floor = match out.as_slice() {
             [Command::PersistNextEpoch { floor }] => *floor,
@@ -1156,7 +1365,7 @@ fn epochs_strictly_increase_across_hot_periods() {
             continue;
         }
         n.feed(durable(floor + 1));
-        n.feed(started(30 + i));
+        n.up(30 + i);
         assert_eq!(n.e.state(), State::Hot);
         assert!(n.e.epoch() > last);
         last = n.e.epoch();

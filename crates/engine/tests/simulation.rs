@@ -5,24 +5,37 @@
 //! - the kernel's file lock: one holder and a FIFO of waiters. `Campaign` waits, `TryLock` answers
 //!   at once, `Release` (or the death of the agent) hands the lock to the first waiter, whose
 //!   `LockAcquired` is queued like any other event;
+//! - the lock file being deleted or replaced: its holder keeps acting until its next `VerifyLock`
+//!   (on a tick) tells it, while the next node creates a new file and is granted a lock on it
+//!   (`created`);
 //! - the epoch store: `PersistNextEpoch{floor}` sets `store = max(store, floor) + 1`, and is only
-//!   legal while holding the lock;
-//! - the heartbeat record in the lock file;
+//!   legal while holding the lock (or a lock on a file that was replaced unnoticed). Like the
+//!   agent, the world answers it (and `ConfirmLock`) at once, before anything else happens;
+//! - the heartbeat record in the lock file, and each node's membership record (what it last
+//!   advertised: Hot, epoch, lock, service pid), which survives the death of its agent;
 //! - one service process per node. Its start and exit reach the engine asynchronously, through a
 //!   per-node queue delivered by a random action. A graceful stop leaves it acting until its exit
-//!   is delivered; a kill, a crash or the death of the agent stops it at once.
+//!   is delivered; a kill or a crash stops it at once. When the agent dies the kernel releases its
+//!   lock at once, but its service lives on (still active) until its guardian kills it, a random
+//!   moment later;
+//! - a standby service handles the activate signal only some time after it started (at most
+//!   4 s); before that the signal would kill it.
 //!
-//! Events of one node arrive in two independent FIFO channels (lock/epoch, service), so their
-//! interleaving is random too.
+//! Events of one node arrive in two independent FIFO channels (lock/epoch/processes, service), so
+//! their interleaving is random too.
+//!
+//! Modelling assumption: an agent restarted after a `kill -9` starts only once its guardian has
+//! killed the old service (an agent's start is far slower than the guardian's reaction).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestError, TestRng, TestRunner};
 use understudy_engine::{
-    ActivationMode, Answer, Command, Engine, EngineConfig, HeartbeatView, Input, Now, Role,
-    StandbyType, State, SvcState,
+    ActivationMode, Answer, Command, Engine, EngineConfig, HeartbeatView, Input, Now, PeerView,
+    Role, Rules, StandbyType, State, SvcState,
 };
 
 const WALL0: u64 = 1_700_000_000_000;
@@ -61,8 +74,16 @@ enum Action {
     Switchover {
         node: usize,
     },
-    /// The lock file is deleted: its holder loses the lock.
+    /// The lock file is replaced: its holder learns it at its next `VerifyLock`.
     LockLost,
+    /// The guardian of a dead agent kills its service (`pick` among them).
+    Reap {
+        pick: usize,
+    },
+    /// A standby service installs its activate-signal handler.
+    SignalReady {
+        node: usize,
+    },
     Shutdown {
         node: usize,
     },
@@ -88,6 +109,8 @@ fn action() -> impl Strategy<Value = Action> {
         2 => Just(Action::LockLost),
         2 => (0usize..4).prop_map(|node| Action::Shutdown { node }),
         2 => (0usize..4).prop_map(|node| Action::Gossip { node }),
+        3 => any::<usize>().prop_map(|pick| Action::Reap { pick }),
+        4 => (0usize..4).prop_map(|node| Action::SignalReady { node }),
         1 => Just(Action::StoreFault),
     ]
 }
@@ -117,6 +140,8 @@ fn config() -> impl Strategy<Value = EngineConfig> {
             stable_after: Duration::from_secs(30),
             yield_timeout: Duration::from_secs(5),
             health_check,
+            signal_wait: Duration::from_secs(5),
+            rules: Rules::default(),
         })
 }
 
@@ -133,6 +158,28 @@ struct Proc {
     /// Its `ServiceExited` is queued.
     exit_queued: bool,
     epoch: u64,
+    /// It catches the activate signal (a service started active never gets it).
+    handles_signal: bool,
+    /// The agent asked to be told when it catches the signal.
+    signal_watched: bool,
+    started_at: Duration,
+}
+
+/// The service of a dead agent, alive until its guardian kills it.
+#[derive(Debug)]
+struct Orphan {
+    node: usize,
+    pid: u32,
+    active: bool,
+}
+
+/// What a node last wrote in its membership record.
+#[derive(Debug, Clone)]
+struct Record {
+    hot: bool,
+    epoch: u64,
+    holds_lock: bool,
+    pid: Option<u32>,
 }
 
 struct NodeW {
@@ -148,6 +195,11 @@ struct NodeW {
     hot_epoch: u64,
     /// An operator's PUT …/hot waits for an answer.
     put_pending: bool,
+    /// Holds a lock on a lock file that was replaced; learns it at its next `VerifyLock`.
+    lock_stale: bool,
+    /// Processes the agent waits on (`WatchProcesses`).
+    watching: Vec<u32>,
+    record: Option<Record>,
 }
 
 struct World {
@@ -161,6 +213,9 @@ struct World {
     next_pid: u32,
     last_hot_epoch: u64,
     last_hot: Option<(usize, u64)>,
+    /// The lock file was replaced: the next grant is on a file its holder created.
+    recreated: bool,
+    orphans: Vec<Orphan>,
     trace: Vec<String>,
 }
 
@@ -179,6 +234,9 @@ impl World {
                 was_hot: false,
                 hot_epoch: 0,
                 put_pending: false,
+                lock_stale: false,
+                watching: Vec::new(),
+                record: None,
             })
             .collect();
         let mut w = World {
@@ -192,6 +250,8 @@ impl World {
             next_pid: 100,
             last_hot_epoch: 0,
             last_hot: None,
+            recreated: false,
+            orphans: Vec::new(),
             trace: Vec::new(),
         };
         for i in 0..w.nodes.len() {
@@ -220,7 +280,7 @@ impl World {
     #[track_caller]
     fn check(&self, ok: bool, what: impl FnOnce() -> String) {
         if !ok {
-            let from = self.trace.len().saturating_sub(80);
+            let from = self.trace.len().saturating_sub(400);
             let mut t = String::new();
             for l in &self.trace[from..] {
                 let _ = writeln!(t, "  {l}");
@@ -245,22 +305,36 @@ impl World {
             }
             self.holder = Some(w);
             let previous = self.heartbeat.clone();
-            self.log(format!("kernel: lock -> {w}"));
+            let created = std::mem::take(&mut self.recreated);
+            self.log(format!("kernel: lock -> {w} (created {created})"));
             self.nodes[w]
                 .lock_q
-                .push_back(Input::LockAcquired { previous });
+                .push_back(Input::LockAcquired { previous, created });
             return;
         }
     }
 
-    /// The kernel drops everything the agent `i` had: its lock, its wait, its service.
+    /// The kernel drops everything the agent `i` had: its lock, its wait. Its service lives on
+    /// until its guardian kills it ([`Action::Reap`]).
     fn agent_gone(&mut self, i: usize) {
         self.nodes[i].engine = None;
         self.nodes[i].lock_q.clear();
         self.nodes[i].svc_q.clear();
-        self.nodes[i].proc_ = None;
+        if let Some(p) = self.nodes[i].proc_.take() {
+            if p.alive {
+                self.orphans.push(Orphan {
+                    node: i,
+                    pid: p.pid,
+                    active: p.active,
+                });
+            } else {
+                self.process_gone(p.pid);
+            }
+        }
         self.nodes[i].was_hot = false;
         self.nodes[i].put_pending = false;
+        self.nodes[i].lock_stale = false;
+        self.nodes[i].watching.clear();
         self.waiters.retain(|&w| w != i);
         if self.holder == Some(i) {
             self.holder = None;
@@ -273,6 +347,10 @@ impl World {
     fn restart(&mut self, i: usize) {
         if self.live(i) {
             return;
+        }
+        // See the modelling assumption at the top.
+        while let Some(k) = self.orphans.iter().position(|o| o.node == i) {
+            self.reap(k);
         }
         self.nodes[i].engine = Some(Engine::new(self.nodes[i].cfg.clone()));
         let known_epoch = self.store;
@@ -292,7 +370,90 @@ impl World {
         let t = self.mono.as_millis();
         self.log(format!("t={t} {i} <- {input:?} => {shown:?}"));
         self.execute(i, cmds);
+        self.advertise(i);
         self.invariants();
+    }
+
+    /// The agent rewrites its membership record after every input.
+    fn advertise(&mut self, i: usize) {
+        let Some(e) = self.nodes[i].engine.as_ref() else {
+            return;
+        };
+        self.nodes[i].record = Some(Record {
+            hot: e.state() == State::Hot,
+            epoch: e.epoch(),
+            holds_lock: e.holds_lock(),
+            pid: self.nodes[i].proc_.as_ref().map(|p| p.pid),
+        });
+    }
+
+    fn pid_alive(&self, pid: u32) -> bool {
+        self.orphans.iter().any(|o| o.pid == pid)
+            || self
+                .nodes
+                .iter()
+                .any(|n| n.proc_.as_ref().is_some_and(|p| p.pid == pid && p.alive))
+    }
+
+    /// What node `i`'s agent learns from the membership records and /proc.
+    fn peers(&self, i: usize) -> Vec<PeerView> {
+        (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .filter_map(|j| {
+                let r = self.nodes[j].record.as_ref()?;
+                let live_service = r
+                    .pid
+                    .filter(|&pid| (r.hot || r.holds_lock) && self.pid_alive(pid));
+                Some(PeerView {
+                    node: self.nodes[j].name.clone(),
+                    hot: r.hot,
+                    epoch: r.epoch,
+                    holds_lock: r.holds_lock,
+                    fresh: true,
+                    agent_gone: !self.live(j),
+                    live_service,
+                })
+            })
+            .collect()
+    }
+
+    fn gossip(&mut self, i: usize) {
+        if self.live(i) {
+            let view = self.peers(i);
+            self.feed(i, Input::Peers(view));
+        }
+    }
+
+    /// The guardian of a dead agent kills its service.
+    fn reap(&mut self, k: usize) {
+        let o = self.orphans.remove(k);
+        self.log(format!("guardian of {}: kills pid {}", o.node, o.pid));
+        self.process_gone(o.pid);
+        self.invariants();
+    }
+
+    fn process_gone(&mut self, pid: u32) {
+        for n in &mut self.nodes {
+            if let Some(k) = n.watching.iter().position(|&p| p == pid) {
+                n.watching.remove(k);
+                n.lock_q.push_back(Input::ProcessGone { pid });
+            }
+        }
+    }
+
+    /// The service of node `i` installs its handler for the activate signal.
+    fn signal_ready(&mut self, i: usize) {
+        if let Some(p) = self.nodes[i].proc_.as_mut() {
+            if p.alive && !p.handles_signal {
+                p.handles_signal = true;
+                if std::mem::take(&mut p.signal_watched) {
+                    let pid = p.pid;
+                    self.nodes[i]
+                        .svc_q
+                        .push_back(Input::ServiceSignalReady { pid });
+                }
+            }
+        }
     }
 
     fn execute(&mut self, i: usize, cmds: Vec<Command>) {
@@ -313,14 +474,21 @@ impl World {
                     None => {
                         self.holder = Some(i);
                         self.waiters.retain(|&w| w != i);
+                        let created = std::mem::take(&mut self.recreated);
+                        answers.push(Input::Peers(self.peers(i)));
                         answers.push(Input::LockAcquired {
                             previous: self.heartbeat.clone(),
+                            created,
                         });
                     }
                     // Already granted to this agent, its answer still queued.
-                    Some(h) if h == i => answers.push(Input::LockAcquired {
-                        previous: self.heartbeat.clone(),
-                    }),
+                    Some(h) if h == i => {
+                        answers.push(Input::Peers(self.peers(i)));
+                        answers.push(Input::LockAcquired {
+                            previous: self.heartbeat.clone(),
+                            created: false,
+                        })
+                    }
                     Some(h) => answers.push(Input::LockBusy {
                         holder: Some(self.nodes[h].name.clone()),
                     }),
@@ -330,6 +498,10 @@ impl World {
                     self.check(!active, || {
                         format!("{i} releases the lock while its service is active")
                     });
+                    if std::mem::take(&mut self.nodes[i].lock_stale) {
+                        // A lock on the replaced file: giving it back changes nothing.
+                        continue;
+                    }
                     self.check(self.holder == Some(i), || {
                         format!("{i} releases a lock it does not hold ({:?})", self.holder)
                     });
@@ -343,20 +515,20 @@ impl World {
                 }
                 Command::PersistNextEpoch { floor } => {
                     let holds = self.nodes[i].engine.as_ref().unwrap().holds_lock();
-                    self.check(self.holder == Some(i) && holds, || {
+                    let locked = self.holder == Some(i) || self.nodes[i].lock_stale;
+                    self.check(locked && holds, || {
                         format!("{i} persists an epoch without the lock ({:?})", self.holder)
                     });
+                    // Answered at once, as the agent does (the epoch store is a local fsync).
                     if self.store_fault {
                         self.store_fault = false;
-                        self.nodes[i].lock_q.push_back(Input::EpochFailed {
+                        answers.push(Input::EpochFailed {
                             reason: "injected".into(),
                         });
                     } else {
                         self.store = self.store.max(floor) + 1;
                         let epoch = self.store;
-                        self.nodes[i]
-                            .lock_q
-                            .push_back(Input::EpochDurable { epoch });
+                        answers.push(Input::EpochDurable { epoch });
                     }
                 }
                 Command::StartService { role, epoch } => {
@@ -372,12 +544,22 @@ impl World {
                         terminating: false,
                         exit_queued: false,
                         epoch,
+                        handles_signal: false,
+                        signal_watched: false,
+                        started_at: self.mono,
                     });
                     self.nodes[i].svc_q.push_back(Input::ServiceStarted { pid });
                 }
                 Command::NotifyActive { epoch } => {
                     self.check(self.nodes[i].proc_.is_some(), || {
                         format!("{i} notifies a service that is not there")
+                    });
+                    let p = self.nodes[i].proc_.as_ref().unwrap();
+                    let (alive, handles, pid) = (p.alive, p.handles_signal, p.pid);
+                    self.check(!alive || handles, || {
+                        format!(
+                            "{i} signals service pid {pid}, which does not handle the signal yet: it dies of it"
+                        )
                     });
                     let p = self.nodes[i].proc_.as_mut().unwrap();
                     if p.alive {
@@ -405,16 +587,46 @@ impl World {
                     }
                 }
                 Command::WriteHeartbeat { .. } => {
-                    self.check(self.holder == Some(i), || {
+                    let stale = self.nodes[i].lock_stale;
+                    self.check(self.holder == Some(i) || stale, || {
                         format!("{i} writes the heartbeat without the lock")
                     });
-                    self.heartbeat = HeartbeatView::At {
-                        node: self.nodes[i].name.clone(),
-                        wall_ms: self.now().wall_ms,
-                    };
+                    if !stale {
+                        self.heartbeat = HeartbeatView::At {
+                            node: self.nodes[i].name.clone(),
+                            wall_ms: self.now().wall_ms,
+                        };
+                    }
                 }
-                Command::VerifyLock => {
-                    // Lock loss is delivered as it happens (see Action::LockLost).
+                Command::VerifyLock | Command::ConfirmLock => {
+                    let confirm = c == Command::ConfirmLock;
+                    if std::mem::take(&mut self.nodes[i].lock_stale) {
+                        answers.push(Input::LockLost {
+                            reason: "lock file replaced".into(),
+                        });
+                    } else if confirm {
+                        answers.push(Input::LockConfirmed);
+                    }
+                }
+                Command::WatchProcesses { pids } => {
+                    for pid in pids {
+                        if self.pid_alive(pid) {
+                            self.nodes[i].watching.push(pid);
+                        } else {
+                            self.nodes[i].lock_q.push_back(Input::ProcessGone { pid });
+                        }
+                    }
+                }
+                Command::WatchSignalReady { pid } => {
+                    let there = self.nodes[i].proc_.as_ref().is_some_and(|p| p.pid == pid);
+                    self.check(there, || format!("{i} watches a service that is not there"));
+                    let node = &mut self.nodes[i];
+                    let p = node.proc_.as_mut().unwrap();
+                    if p.handles_signal {
+                        node.svc_q.push_back(Input::ServiceSignalReady { pid });
+                    } else {
+                        p.signal_watched = true;
+                    }
                 }
                 Command::Answer(a) => match a {
                     Answer::Activated { epoch } => {
@@ -458,6 +670,7 @@ impl World {
     fn invariants(&mut self) {
         let actives: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].proc_.as_ref().is_some_and(|p| p.active))
+            .chain(self.orphans.iter().filter(|o| o.active).map(|o| o.node))
             .collect();
         self.check(actives.len() <= 1, || {
             format!("two active services: {actives:?}")
@@ -472,7 +685,7 @@ impl World {
                     let e = node.engine.as_ref();
                     let ok = e.is_some_and(|e| {
                         e.holds_lock() && (e.state() == State::Hot || p.terminating)
-                    }) && self.holder == Some(i);
+                    }) && (self.holder == Some(i) || node.lock_stale);
                     self.check(ok, || {
                         format!(
                             "{i}: service pid {} active while the node is {:?}, lock holder {:?}",
@@ -501,12 +714,15 @@ impl World {
                     node.proc_
                 )
             });
-            self.check(!e.holds_lock() || self.holder == Some(i), || {
-                format!(
-                    "{i}: believes it holds the lock, kernel says {:?}",
-                    self.holder
-                )
-            });
+            self.check(
+                !e.holds_lock() || self.holder == Some(i) || node.lock_stale,
+                || {
+                    format!(
+                        "{i}: believes it holds the lock, kernel says {:?}",
+                        self.holder
+                    )
+                },
+            );
             if e.state() == State::Hot {
                 hot.push(i);
                 self.check(e.holds_lock(), || format!("{i}: Hot without the lock"));
@@ -561,7 +777,17 @@ impl World {
         let Some(ev) = q.pop_front() else { return };
         if let Input::ServiceExited { .. } = ev {
             // The process is gone for good now (a graceful stop ends here).
-            self.nodes[i].proc_ = None;
+            if let Some(p) = self.nodes[i].proc_.take() {
+                self.process_gone(p.pid);
+            }
+        }
+        if let Input::LockAcquired { .. } = ev {
+            // The agent reads the membership records right as it is granted the lock, and
+            // drops a grant it no longer holds (released meanwhile).
+            self.gossip(i);
+            if self.holder != Some(i) {
+                return;
+            }
         }
         self.feed(i, ev);
     }
@@ -580,6 +806,13 @@ impl World {
             Action::Tick { ms } => {
                 self.mono += Duration::from_millis(ms);
                 for i in 0..len {
+                    let started = self.nodes[i].proc_.as_ref().map(|p| p.started_at);
+                    if started.is_some_and(|t| self.mono - t >= Duration::from_secs(4)) {
+                        self.signal_ready(i);
+                    }
+                }
+                for i in 0..len {
+                    self.gossip(i);
                     self.feed(i, Input::Tick);
                 }
             }
@@ -644,31 +877,25 @@ impl World {
                         .is_some_and(|e| e.holds_lock())
                     {
                         self.holder = None;
+                        self.nodes[h].lock_stale = true;
+                        self.recreated = true;
                         // A duplicate grant still queued (TryLock racing the campaign) was for
                         // the lost lock: the agent drops it, as on Release.
                         self.nodes[h]
                             .lock_q
                             .retain(|e| !matches!(e, Input::LockAcquired { .. }));
                         self.grant_next();
-                        self.feed(
-                            h,
-                            Input::LockLost {
-                                reason: "lock file deleted".into(),
-                            },
-                        );
                     }
                 }
             }
+            Action::Reap { pick } => {
+                if !self.orphans.is_empty() {
+                    self.reap(pick % self.orphans.len());
+                }
+            }
+            Action::SignalReady { node } => self.signal_ready(node % len),
             Action::Shutdown { node } => self.feed(node % len, Input::Shutdown),
-            Action::Gossip { node } => {
-                let i = node % len;
-                if let Some((h, epoch)) = self.last_hot {
-                    if h != i {
-                        let node = self.nodes[h].name.clone();
-                        self.feed(i, Input::PeerActive { node, epoch });
-                    }
-                }
-            }
+            Action::Gossip { node } => self.gossip(node % len),
             Action::StoreFault => self.store_fault = true,
         }
     }
@@ -676,8 +903,12 @@ impl World {
     /// Faults stop: deliver everything, keep services healthy, let timers run out.
     fn settle(&mut self, rounds: usize) {
         for _ in 0..rounds {
+            while !self.orphans.is_empty() {
+                self.reap(0);
+            }
             for i in 0..self.nodes.len() {
                 self.restart(i);
+                self.signal_ready(i);
             }
             let mut guard = 0;
             while !self.pending().is_empty() {
@@ -693,6 +924,7 @@ impl World {
             }
             self.mono += Duration::from_secs(10);
             for i in 0..self.nodes.len() {
+                self.gossip(i);
                 self.feed(i, Input::Tick);
             }
         }
@@ -803,4 +1035,85 @@ proptest! {
         }
         w.liveness();
     }
+}
+
+/// Runs the world with one rule switched off (and, when given, every node in one activation
+/// mode) and returns the first counterexample's message; None when proptest found none. The
+/// random source is fixed, so the outcome does not change from run to run.
+fn counterexample(off: fn(&mut Rules), mode: Option<ActivationMode>, cases: u32) -> Option<String> {
+    let mut runner = TestRunner::new_with_rng(
+        RunnerConfig {
+            cases,
+            max_shrink_iters: 0,
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let strategy = world().prop_map(move |(mut cfgs, actions)| {
+        for c in &mut cfgs {
+            off(&mut c.rules);
+            if let Some(m) = mode {
+                c.mode = m;
+            }
+        }
+        (cfgs, actions)
+    });
+    let outcome = runner.run(&strategy, |(cfgs, actions)| {
+        let mut w = World::new(cfgs);
+        for a in &actions {
+            w.step(a);
+        }
+        w.liveness();
+        Ok(())
+    });
+    match outcome {
+        Err(TestError::Fail(why, _)) => Some(why.to_string()),
+        _ => None,
+    }
+}
+
+#[track_caller]
+fn assert_found(off: fn(&mut Rules), mode: Option<ActivationMode>, want: &[&str]) {
+    let why = counterexample(off, mode, 3000).expect("the simulation found no counterexample");
+    assert!(
+        want.iter().any(|w| why.contains(w)),
+        "found something else: {why}"
+    );
+}
+
+/// Two services acting, or two nodes Hot (each believing it is the group's active).
+const TWO_ACTIVES: &[&str] = &["two active services", "two Hot nodes"];
+
+#[test]
+fn without_awaiting_the_previous_service_there_are_two_actives() {
+    assert_found(|r| r.await_previous_service = false, None, TWO_ACTIVES);
+}
+
+#[test]
+fn without_deferring_a_grant_under_a_live_holder_there_are_two_actives() {
+    assert_found(
+        |r| r.defer_recreated_lock = false,
+        Some(ActivationMode::TryLock),
+        TWO_ACTIVES,
+    );
+}
+
+#[test]
+fn without_releasing_a_tried_lock_under_a_live_holder_there_are_two_actives() {
+    // Warm mode: every activation is a try of its own (an operator's PUT).
+    assert_found(
+        |r| r.release_recreated_trylock = false,
+        Some(ActivationMode::Warm),
+        TWO_ACTIVES,
+    );
+}
+
+#[test]
+fn without_waiting_for_the_signal_handler_the_signal_kills_the_standby() {
+    assert_found(
+        |r| r.wait_signal_ready = false,
+        None,
+        &["does not handle the signal yet"],
+    );
 }

@@ -8,11 +8,14 @@
 //!   agent dies, even by `kill -9`.
 //! - [`supervisor`]: the agent side: spawn through the guardian, signal, graceful stop, exit events.
 //! - [`health`]: periodic health checks (a command or an HTTP GET) with timeout and threshold.
+//! - [`procwatch`]: facts about other processes (can it still act, is it that node's service,
+//!   does it handle the activate signal yet) and waiting for one to end on a pidfd.
 
 #![warn(missing_docs)]
 
 pub mod guardian;
 pub mod health;
+pub mod procwatch;
 pub mod supervisor;
 
 pub use health::{spawn_health, HealthCheck, HealthConfig, HealthEvent};

@@ -14,7 +14,7 @@ use clap::Subcommand;
 
 use crate::demo_service::mono_ns;
 use understudy_control::local::{receive, LocalGroup};
-use understudy_control::percentiles;
+use understudy_control::{percentiles, TAKEOVER_PHASES};
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
@@ -165,6 +165,8 @@ fn failover(runs: usize, standby: &str, keep: bool) -> anyhow::Result<u8> {
     eprintln!("bare kernel lock handoff: {runs} runs…");
     let base = baseline(g.dir.path(), runs, &sock, &g.exe.clone())?;
 
+    // Per phase, the new active's own figures (GET /events), one sample per takeover.
+    let mut phases: Vec<Vec<f64>> = vec![Vec::new(); TAKEOVER_PHASES.len()];
     let result = (|| -> anyhow::Result<Vec<f64>> {
         g.start(0)?;
         g.wait_hot(0)?;
@@ -184,6 +186,16 @@ fn failover(runs: usize, standby: &str, keep: bool) -> anyhow::Result<u8> {
                 None => bail!("run {i}: the standby's service never reported being active"),
             }
             g.start(active)?;
+            let takeover = g
+                .get(standby_i, "/events")
+                .and_then(|ev| ev.get("takeovers")?.as_array()?.last().cloned());
+            if let Some(t) = takeover {
+                for (k, (field, _)) in TAKEOVER_PHASES.iter().enumerate() {
+                    if let Some(ms) = t.get(*field).and_then(|v| v.as_f64()) {
+                        phases[k].push(ms);
+                    }
+                }
+            }
             std::mem::swap(&mut active, &mut standby_i);
         }
         Ok(samples)
@@ -213,6 +225,15 @@ fn failover(runs: usize, standby: &str, keep: bool) -> anyhow::Result<u8> {
         o99 / b99,
         omax / bmax
     );
+    println!("phases of the takeover, as the new active's agent measured them (GET /events), from detection:");
+    for ((_, label), xs) in TAKEOVER_PHASES.iter().zip(&phases) {
+        if xs.is_empty() {
+            println!("  {label:<44} {:>9} (never reported)", "-");
+            continue;
+        }
+        let (p50, p99, max) = percentiles(xs);
+        println!("  {label:<44} {p50:>9.3} {p99:>9.3} {max:>9.3}");
+    }
     let goal = 50.0;
     println!(
         "goal: p99 under {goal} ms: {}",

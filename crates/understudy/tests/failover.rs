@@ -123,7 +123,7 @@ fn kill9_rounds(standby: &str, rounds: usize, grandchild: bool) {
         .iter()
         .map(|n| {
             g.output(n)
-                .matches("waiting for the previous active's service to die")
+                .matches("waiting for the previous active's service to end")
                 .count()
         })
         .sum();
@@ -337,4 +337,160 @@ fn sigstop_of_the_active_agent_causes_no_failover() {
     assert_eq!(g.epoch("a"), e0);
     w.finish();
     g.expect_actives(1);
+}
+
+/// A process frozen in a cgroup (v1 freezer) until dropped or thawed: it does not run, and,
+/// unlike SIGSTOP, the SIGCONT the kernel sends to an orphaned process group does not wake it.
+struct Frozen {
+    dir: std::path::PathBuf,
+}
+
+impl Frozen {
+    fn new(pid: u32) -> Frozen {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/freezer/understudy-test-{}-{pid}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("this test needs root and the cgroup v1 freezer: {e}"));
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move into the freezer");
+        std::fs::write(dir.join("freezer.state"), "FROZEN").expect("freeze");
+        let frozen = wait_until(5 * S, || {
+            std::fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+        });
+        assert!(frozen, "process {pid} never froze");
+        Frozen { dir }
+    }
+
+    fn thaw(&self) {
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.thaw();
+        // Back to the root cgroup, so that the directory can go.
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for p in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/freezer/cgroup.procs", p);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The kernel hands the lock over the instant the active agent dies; its service dies only when
+/// its guardian kills it. Here the guardian is frozen first, so the old service outlives its agent
+/// for as long as we like (as under heavy load, only longer): the standby must hold the grant
+/// (Warm, naming the pid) until the service is gone, learn of its end by waiting on it, and only
+/// then go Hot.
+#[test]
+fn a_takeover_waits_until_the_previous_active_service_has_ended() {
+    let (mut g, w) = ready_pair(Group::new("trylock", "hot"));
+    let (e0, spid) = active_service(&g, "a");
+    let guardian = pgid_of(spid).expect("the guardian leads the service's process group");
+    assert_ne!(guardian, spid);
+    let frozen = Frozen::new(guardian);
+    g.kill9("a");
+    let s = g.wait_status("b", "holding the grant for a's service", 5 * S, |s| {
+        s["holds_lock"] == true
+            && s["waiting"]
+                .as_str()
+                .is_some_and(|t| t.contains(&spid.to_string()))
+    });
+    assert_eq!(s["mode"], "Warm", "{s}");
+    g.stays("b", "Warm", Duration::from_millis(300));
+    assert!(
+        alive(spid),
+        "a's service must still run while its guardian is frozen"
+    );
+    let t = Instant::now();
+    frozen.thaw();
+    g.wait_mode("b", "Hot", 5 * S);
+    let took = t.elapsed();
+    assert!(
+        !alive(spid),
+        "b went Hot while a's service {spid} still ran"
+    );
+    let e1 = g.epoch("b");
+    assert!(e1 > e0);
+    g.wait_service_active("b", e1);
+    let ev = g.events("b");
+    let tk = ev["takeovers"]
+        .as_array()
+        .and_then(|t| t.last().cloned())
+        .expect("a takeover on b");
+    let gone = tk["previous_service_gone_ms"].as_f64().expect("phase");
+    let obtained = tk["lock_obtained_ms"].as_f64().expect("phase");
+    assert!(
+        gone >= obtained + 300.0,
+        "the wait for the old service is part of the takeover: {tk}"
+    );
+    w.finish();
+    g.expect_actives(2);
+    drop(frozen);
+    eprintln!("b went Hot {took:?} after a's guardian was thawed; takeover {tk}");
+}
+
+/// `POST /service/active-ack` with a JSON body, as a service library sends it (HTTP/1.0).
+fn post_ack(admin: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect to the admin API");
+    let req = format!(
+        "POST /service/active-ack HTTP/1.0\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The service's acknowledgement ends the takeover's timeline: only the active service's pid
+/// with the node's epoch counts, once.
+#[test]
+fn the_active_service_acknowledges_its_epoch_in_the_takeover_timeline() {
+    let (mut g, w) = ready_pair(Group::new("trylock", "hot"));
+    g.kill9("a");
+    g.wait_mode("b", "Hot", 5 * S);
+    let (e, pid) = active_service(&g, "b");
+    let admin = g.admin("b");
+    let last = |g: &Group| {
+        g.events("b")["takeovers"]
+            .as_array()
+            .and_then(|t| t.last().cloned())
+            .expect("a takeover on b")
+    };
+    let stale = format!(r#"{{"pid":{pid},"epoch":{}}}"#, e - 1);
+    assert_eq!(post_ack(&admin, &stale), 202);
+    let other = format!(r#"{{"pid":{},"epoch":{e}}}"#, pid + 100_000);
+    assert_eq!(post_ack(&admin, &other), 202);
+    assert_eq!(
+        post_ack(&admin, r#"{"pid":"x"}"#),
+        422,
+        "a bad body is refused"
+    );
+    sleep_ms(100);
+    assert!(
+        last(&g)["service_acked_ms"].is_null(),
+        "an older epoch or another process is no acknowledgement: {}",
+        last(&g)
+    );
+    assert_eq!(
+        post_ack(&admin, &format!(r#"{{"pid":{pid},"epoch":{e}}}"#)),
+        202
+    );
+    let ok = wait_until(2 * S, || last(&g)["service_acked_ms"].is_number());
+    let t = last(&g);
+    assert!(ok, "the acknowledgement never reached the timeline: {t}");
+    let acked = t["service_acked_ms"].as_f64().unwrap_or(0.0);
+    let told = t["service_notified_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(acked >= told, "acknowledged before being told: {t}");
+    w.finish();
+    g.expect_actives(2);
 }

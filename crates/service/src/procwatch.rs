@@ -1,0 +1,211 @@
+//! Facts about processes the agent does not own, found in /proc and by waiting on a pidfd: is a
+//! process still able to act, is it the service of a given node, does it handle a signal yet,
+//! and when does it end. The agent reports these facts to the engine, which decides what they
+//! mean; nothing here runs on the event loop except the quick /proc reads.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::io::unix::AsyncFd;
+
+/// True while `pid` can still act: it exists, is not a zombie, and has no SIGKILL pending (a
+/// process with SIGKILL pending never runs user code again, even while the kernel finishes an
+/// uninterruptible wait or unmaps a large address space).
+pub fn can_act(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let kill_bit = 1u64 << (Signal::SIGKILL as i32 - 1);
+    let mut alive = true;
+    for line in status.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "State" => alive &= !(v.starts_with('Z') || v.starts_with('X')),
+            "SigPnd" | "ShdPnd" => {
+                alive &= u64::from_str_radix(v, 16)
+                    .map(|m| m & kill_bit == 0)
+                    .unwrap_or(true)
+            }
+            _ => {}
+        }
+    }
+    alive
+}
+
+/// True while `pid` can act and runs with `UNDERSTUDY_NODE=node` and `UNDERSTUDY_GROUP=group` in
+/// its environment: the service of that node of that group, so that an unrelated process that
+/// reused the pid, or a pid from another host's record, never counts.
+pub fn is_service_of(pid: u32, node: &str, group: &str) -> bool {
+    if !can_act(pid) {
+        return false;
+    }
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let has = |kv: String| env.split(|b| *b == 0).any(|e| e == kv.as_bytes());
+    has(format!("UNDERSTUDY_NODE={node}")) && has(format!("UNDERSTUDY_GROUP={group}"))
+}
+
+/// True when `sig` is caught, ignored or blocked by `pid`, so that it can no longer kill it.
+/// None when that cannot be told (the process is gone).
+pub fn handles_signal(pid: u32, sig: Signal) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let bit = 1u64 << ((sig as i32 - 1) as u32);
+    Some(
+        status
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                matches!(k, "SigBlk" | "SigIgn" | "SigCgt")
+                    .then(|| u64::from_str_radix(v.trim(), 16).ok())
+                    .flatten()
+            })
+            .any(|mask| mask & bit != 0),
+    )
+}
+
+/// First and longest pause between two looks at /proc while a service sets up its handler (a
+/// service usually installs it within a millisecond or two of its start, some take seconds), or
+/// while a process is waited for without a pidfd.
+const SIGNAL_POLL_FIRST: Duration = Duration::from_micros(500);
+const SIGNAL_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Waits until `pid` handles `sig` (true) or is gone (false), looking at /proc with a growing
+/// pause. The kernel has no notification for a change of signal disposition, hence the looks.
+pub async fn signal_handled(pid: u32, sig: Signal) -> bool {
+    let mut pause = SIGNAL_POLL_FIRST;
+    loop {
+        match handles_signal(pid, sig) {
+            Some(true) => return true,
+            None => return false,
+            Some(false) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SIGNAL_POLL_MAX);
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory is
+    // shared with the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the descriptor was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+struct PidFd(OwnedFd);
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits until process `pid` has ended (or can no longer act), without polling: a pidfd becomes
+/// readable when its process exits. Returns at once when the process is already gone.
+///
+/// `still_it` is asked once the pidfd is open, to close the window in which the process might
+/// have ended and its pid been reused before the open: false means the pid is no longer the
+/// process the caller meant, which counts as gone.
+///
+/// Without a usable pidfd (a kernel older than 5.3) it falls back to asking `still_it` with a
+/// growing pause; the error is returned once the process is gone, for the caller to log.
+pub async fn gone(pid: u32, still_it: impl Fn(u32) -> bool) -> Option<io::Error> {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
+        Err(e) => return Some(poll_gone(pid, still_it, e).await),
+    };
+    if !still_it(pid) {
+        return None;
+    }
+    // SAFETY: PidFd owns the descriptor and always returns that same one, open until dropped.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(PidFd(fd), tokio::io::Interest::READABLE) };
+    match registered {
+        Ok(fd) => match fd.readable().await {
+            Ok(_ready) => None,
+            Err(e) => Some(poll_gone(pid, still_it, e).await),
+        },
+        Err(e) => Some(poll_gone(pid, still_it, io::Error::from(e)).await),
+    }
+}
+
+async fn poll_gone(pid: u32, still_it: impl Fn(u32) -> bool, why: io::Error) -> io::Error {
+    let mut pause = SIGNAL_POLL_FIRST;
+    while still_it(pid) {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SIGNAL_POLL_MAX);
+    }
+    why
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn gone_returns_when_the_process_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        assert!(can_act(pid));
+        let t0 = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), gone(pid, can_act))
+            .await
+            .expect("pidfd never became readable");
+        assert!(err.is_none(), "{err:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(150));
+        let _ = child.wait();
+    }
+
+    #[tokio::test]
+    async fn gone_returns_at_once_for_a_process_that_is_not_there() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        let _ = child.wait();
+        let err = tokio::time::timeout(Duration::from_secs(1), gone(pid, can_act))
+            .await
+            .expect("waited for a reaped process");
+        assert!(err.is_none(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn signal_handled_sees_a_handler_installed_late() {
+        // perl (Debian's perl-base is essential) ignores SIGUSR1 only after a pause; until then
+        // the signal would kill it. (A shell is no test subject: dash blocks every signal while it
+        // waits for a child, and blocked counts as handled.)
+        let mut child = std::process::Command::new("perl")
+            .args([
+                "-e",
+                "select(undef, undef, undef, 0.2); $SIG{USR1} = 'IGNORE'; sleep 5",
+            ])
+            .spawn()
+            .expect("spawn perl");
+        let pid = child.id();
+        let t0 = std::time::Instant::now();
+        let handled =
+            tokio::time::timeout(Duration::from_secs(5), signal_handled(pid, Signal::SIGUSR1))
+                .await
+                .expect("never saw the handler");
+        assert!(handled);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(150),
+            "saw a handler before perl installed it"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
