@@ -1,17 +1,44 @@
 //! The admin API, JSON over HTTP. Reads are served from shared state without touching the event
 //! loop; requests that change the node's state go through the loop and the engine.
+//!
+//! # Who may do what
+//!
+//! Every request passes [`guard`] first. With `node.admin_token_file`, a request that can
+//! change the node (any method but GET and HEAD) needs `Authorization: Bearer <secret>`,
+//! compared in constant time, and is answered 401 without it, before anything else happens;
+//! with `node.admin_read_requires_token` reads need it too, except `GET /healthz`. Without a
+//! token, a mutating request that comes from a web browser (it carries `Origin`, or a
+//! `Sec-Fetch-Site` other than `none`: browsers always send these, curl and scripts never do)
+//! is refused with 403 unless it also carries `X-Understudy: 1` or a JSON content type —
+//! which a browser sends cross-site only after a CORS preflight this API never grants — and
+//! names an IP address or `localhost` as its Host (no DNS rebinding).
+//!
+//! # Limits
+//!
+//! [`serve`] bounds what a client can hold: at most `node.admin_max_connections` connections
+//! (fewer when the descriptor limit is low: [`FD_RESERVE`] descriptors stay free for the lock,
+//! the epoch file, the service and its health check), further ones answered 503 and closed at
+//! once; `node.admin_header_timeout` to send each request's headers; request heads of at most
+//! [`MAX_HEAD_BYTES`]; and a connection lifetime of the switchover wait plus
+//! [`CONNECTION_GRACE`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State as AxState;
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State as AxState};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{info, warn};
 use understudy_engine::Answer;
+
+use crate::config::AdminToken;
 
 use crate::runtime::{unix_ms, ApiRequest, Shared, FRESH_INTERVALS};
 
@@ -21,8 +48,204 @@ struct Api {
     tx: mpsc::Sender<ApiRequest>,
 }
 
+/// Descriptors kept free for the agent's own work when the admin connection limit is derived
+/// from `RLIMIT_NOFILE`.
+pub const FD_RESERVE: u64 = 64;
+
+/// Largest request head (request line and headers) read; the admin API takes no bodies.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// A connection may live this long beyond `activation.yield_timeout` (the longest a request,
+/// a switchover, can legitimately take).
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(60);
+
+/// Serves the admin API on `listener` until the listener fails, within the limits of the
+/// module documentation.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<ApiRequest>,
+) -> std::io::Result<()> {
+    let app = router(shared.clone(), tx);
+    let node = &shared.cfg.node;
+    let limit = connection_limit(node.admin_max_connections);
+    if limit < node.admin_max_connections {
+        warn!(
+            configured = node.admin_max_connections,
+            limit, "the descriptor limit (ulimit -n) lowers the admin API's connection limit"
+        );
+    }
+    info!(limit, header_timeout = ?node.admin_header_timeout, "admin API limits");
+    let slots = Arc::new(Semaphore::new(limit));
+    let lifetime = shared
+        .cfg
+        .activation
+        .yield_timeout
+        .saturating_add(CONNECTION_GRACE);
+    let header_timeout = node.admin_header_timeout;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) if is_transient_accept_error(&e) => {
+                // Out of descriptors: refusing is all we can do; the backlog waits meanwhile.
+                shared.metrics.admin_connections_refused.inc();
+                warn!(error = %e, "admin API: accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refuse_busy(stream, peer, limit);
+            shared.metrics.admin_connections_refused.inc();
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let conn = b.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            match tokio::time::timeout(lifetime, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.is_timeout() => {
+                    shared.metrics.admin_connections_timed_out.inc();
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    shared.metrics.admin_connections_timed_out.inc();
+                }
+            }
+        });
+    }
+}
+
+/// Answers 503 without reading the request and closes: the client learns why at once, and
+/// the descriptor is free again before the next accept.
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, limit: usize) {
+    const BODY: &str = r#"{"error":"too many admin API connections; try again"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    // Best effort: a fresh socket's send buffer takes this without blocking. What the client
+    // already sent is read and dropped, or closing would reset the connection and the client
+    // might lose the answer.
+    let _ = stream.try_write(head.as_bytes());
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    warn!(%peer, limit, "admin API connection refused: at the connection limit");
+}
+
+/// The connection limit: `configured`, lowered so that [`FD_RESERVE`] descriptors stay free
+/// under `RLIMIT_NOFILE` beside those open now. At least 1.
+fn connection_limit(configured: usize) -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return configured;
+    };
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    let room = soft.saturating_sub(open).saturating_sub(FD_RESERVE);
+    usize::try_from(room)
+        .unwrap_or(usize::MAX)
+        .clamp(1, configured.max(1))
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ECONNABORTED | libc::ENOBUFS | libc::ENOMEM)
+    ) || e.kind() == std::io::ErrorKind::ConnectionAborted
+}
+
+/// Authentication and the cross-site rule; see the module documentation.
+async fn guard(AxState(api): AxState<Api>, req: Request, next: Next) -> Response {
+    let node = &api.shared.cfg.node;
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    match &node.admin_token {
+        Some(token) => {
+            let open = reads && (!node.admin_read_requires_token || req.uri().path() == "/healthz");
+            if !open && !bearer_matches(req.headers(), token) {
+                api.shared.metrics.admin_unauthorized.inc();
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    if reads {
+                        "this node's admin API needs Authorization: Bearer <secret of node.admin_token_file>"
+                    } else {
+                        "this call can change who is active: it needs Authorization: Bearer <secret of node.admin_token_file>"
+                    },
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"understudy\""),
+                );
+                return r;
+            }
+        }
+        None if !reads => {
+            if let Some(why) = browser_refusal(req.headers()) {
+                api.shared.metrics.admin_unauthorized.inc();
+                return error(StatusCode::FORBIDDEN, why);
+            }
+        }
+        None => {}
+    }
+    next.run(req).await
+}
+
+fn bearer_matches(headers: &HeaderMap, token: &AdminToken) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some((scheme, rest)) = value.split_at_checked(7) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case(b"bearer ") && token.matches(rest.trim_ascii())
+}
+
+/// Why a mutating request without a configured token is refused, if it is.
+fn browser_refusal(headers: &HeaderMap) -> Option<&'static str> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let site = text("sec-fetch-site");
+    let from_browser = headers.contains_key(header::ORIGIN) || site.is_some_and(|s| s != "none");
+    if !from_browser {
+        return None;
+    }
+    if matches!(site, Some("cross-site" | "same-site")) {
+        return Some("cross-site requests may not change who is active; use the CLI or set node.admin_token_file");
+    }
+    let marked = text("x-understudy") == Some("1")
+        || text(header::CONTENT_TYPE.as_str())
+            .is_some_and(|c| c.trim_start().starts_with("application/json"));
+    if !marked {
+        return Some("a browser request may change who is active only with X-Understudy: 1 or a JSON body; use the CLI or set node.admin_token_file");
+    }
+    let host = text(header::HOST.as_str()).unwrap_or("");
+    let bare = host
+        .parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| host.parse::<std::net::IpAddr>())
+        .is_ok();
+    let local = host == "localhost" || host.starts_with("localhost:");
+    if !(bare || local) {
+        return Some("a browser request must name this node by IP address or localhost (Host header), not by a DNS name");
+    }
+    None
+}
+
 /// The admin API's routes.
 pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
+    let api = Api { shared, tx };
     Router::new()
         .route("/service/activationmode", get(activation_mode))
         .route("/service/activationmode/hot", put(activate))
@@ -34,7 +257,8 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(not_found)
-        .with_state(Api { shared, tx })
+        .layer(middleware::from_fn_with_state(api.clone(), guard))
+        .with_state(api)
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -240,4 +464,63 @@ async fn healthz(AxState(api): AxState<Api>) -> Response {
         );
     }
     Json(json!({ "ok": true })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn scripts_pass_and_pages_are_refused_without_a_token() {
+        // curl, python, the contract's harness: no browser marks.
+        assert_eq!(browser_refusal(&headers(&[])), None);
+        assert_eq!(
+            browser_refusal(&headers(&[(
+                "content-type",
+                "application/x-www-form-urlencoded"
+            )])),
+            None
+        );
+        assert_eq!(
+            browser_refusal(&headers(&[("sec-fetch-site", "none")])),
+            None
+        );
+        // A form or a simple fetch from a page.
+        let page = [
+            ("origin", "http://evil.example"),
+            ("content-type", "text/plain"),
+        ];
+        assert!(browser_refusal(&headers(&page)).is_some());
+        let cross = [("sec-fetch-site", "cross-site"), ("x-understudy", "1")];
+        assert!(browser_refusal(&headers(&cross)).is_some());
+        // Same-origin with the marker, by IP or localhost: a deliberate local tool.
+        let local = [
+            ("origin", "http://127.0.0.1:7701"),
+            ("x-understudy", "1"),
+            ("host", "127.0.0.1:7701"),
+        ];
+        assert_eq!(browser_refusal(&headers(&local)), None);
+        let json = [
+            ("origin", "http://localhost:7701"),
+            ("content-type", "application/json"),
+            ("host", "localhost:7701"),
+        ];
+        assert_eq!(browser_refusal(&headers(&json)), None);
+        // DNS rebinding: same origin as far as the browser knows, but a DNS name.
+        let rebound = [
+            ("origin", "http://evil.example:7701"),
+            ("x-understudy", "1"),
+            ("host", "evil.example:7701"),
+        ];
+        assert!(browser_refusal(&headers(&rebound)).is_some());
+    }
 }

@@ -47,7 +47,42 @@ pub struct NodeConfig {
     pub group: String,
     /// Admin API listen address.
     pub admin: SocketAddr,
+    /// The secret of `node.admin_token_file`: calls that can change who is active need it.
+    pub admin_token: Option<AdminToken>,
+    /// Reads (status, group, events, metrics) need the token too; `/healthz` stays open.
+    pub admin_read_requires_token: bool,
+    /// Most admin API connections open at once (further ones are answered 503 and closed).
+    pub admin_max_connections: usize,
+    /// Time a client has to send a request's headers, on a new or a kept-alive connection.
+    pub admin_header_timeout: Duration,
 }
+
+/// The admin API's shared secret. Its `Debug` does not show it, so it never reaches a log.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Whether `presented` is the secret, in time that does not depend on where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        // Only the length can leak through timing, and the length is not the secret.
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+
+    /// The secret, for a client that must send it (never for logs).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Longest accepted admin token, in bytes.
+const MAX_TOKEN_LEN: usize = 4096;
 
 /// `[activation]`: how the node becomes Hot.
 #[derive(Debug, Clone)]
@@ -65,7 +100,7 @@ pub struct ActivationConfig {
 }
 
 /// `[service]`: what the agent protects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServiceConfig {
     /// argv of the service.
     pub command: Vec<String>,
@@ -83,6 +118,34 @@ pub struct ServiceConfig {
     pub restart_backoff_max: Duration,
     /// Extra environment for the service.
     pub env: BTreeMap<String, String>,
+}
+
+/// By hand so the admin token given to the service (`UNDERSTUDY_TOKEN`) never reaches a log.
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: BTreeMap<&str, &str> = self
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == "UNDERSTUDY_TOKEN" {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("ServiceConfig")
+            .field("command", &self.command)
+            .field("standby", &self.standby)
+            .field("activate_signal", &self.activate_signal)
+            .field("activate_hook", &self.activate_hook)
+            .field("stop_timeout", &self.stop_timeout)
+            .field("restart_backoff", &self.restart_backoff)
+            .field("restart_backoff_max", &self.restart_backoff_max)
+            .field("env", &env)
+            .finish()
+    }
 }
 
 /// `[health]`: an optional health check of the service.
@@ -115,6 +178,10 @@ struct RawNode {
     name: String,
     group: String,
     admin: String,
+    admin_token_file: Option<PathBuf>,
+    admin_read_requires_token: Option<bool>,
+    admin_max_connections: Option<usize>,
+    admin_header_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +221,10 @@ struct RawHealth {
 
 /// Defaults, in one place so the README's reference and the code agree.
 pub mod defaults {
+    /// `node.admin_max_connections`.
+    pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+    /// `node.admin_header_timeout`.
+    pub const ADMIN_HEADER_TIMEOUT: &str = "5s";
     /// `activation.heartbeat_delay`.
     pub const HEARTBEAT_DELAY: &str = "2s";
     /// `activation.heartbeat_interval`.
@@ -203,6 +274,48 @@ impl Ctx<'_> {
             return Err(self.err(key, "must be greater than zero"));
         }
         Ok(d)
+    }
+
+    /// Reads the admin token file: it must exist, hold one line of printable ASCII, and be
+    /// accessible by its owner only, since whoever reads it can move activity.
+    fn admin_token(&self, path: &Path) -> Result<AdminToken, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        const KEY: &str = "node.admin_token_file";
+        let shown = path.display();
+        let meta = std::fs::metadata(path)
+            .map_err(|e| self.err(KEY, format!("cannot read {shown}: {e}")))?;
+        if !meta.is_file() {
+            return Err(self.err(KEY, format!("{shown} is not a regular file")));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+            (true, true) => Some("group and other"),
+            (true, false) => Some("group"),
+            (false, true) => Some("other"),
+            (false, false) => None,
+        };
+        if let Some(who) = who {
+            return Err(self.err(
+                KEY,
+                format!("{shown} is accessible by {who} (mode {mode:03o}); the secret must be readable by its owner only: chmod 600 {shown}"),
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| self.err(KEY, format!("cannot read {shown}: {e}")))?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(self.err(
+                KEY,
+                format!("{shown} is empty; put a secret in it, e.g. `head -c 32 /dev/urandom | base64 > {shown}`"),
+            ));
+        }
+        if secret.len() > MAX_TOKEN_LEN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(self.err(
+                KEY,
+                format!("{shown} must hold one line of printable ASCII without spaces, at most {MAX_TOKEN_LEN} bytes"),
+            ));
+        }
+        Ok(AdminToken(secret.to_owned()))
     }
 
     fn command(&self, key: &str, argv: &[String]) -> Result<(), ConfigError> {
@@ -266,6 +379,19 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl Config {
+    /// Things that are allowed but probably a mistake, for `check-config` and the agent's log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.node.admin.ip().is_loopback() && self.node.admin_token.is_none() {
+            w.push(format!(
+                "{}: node.admin {} is not a loopback address and no node.admin_token_file is set: anyone who can reach it can move activity",
+                self.file.display(),
+                self.node.admin
+            ));
+        }
+        w
+    }
+
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let ctx = Ctx { file: path };
@@ -326,8 +452,34 @@ impl Config {
             )
         })?;
 
-        let a = &raw.activation;
         let base = path.parent().unwrap_or(Path::new("."));
+        let admin_token = match &n.admin_token_file {
+            Some(f) if f.as_os_str().is_empty() => {
+                return Err(ctx.err("node.admin_token_file", "is empty"))
+            }
+            Some(f) => Some(ctx.admin_token(&base.join(f))?),
+            None => None,
+        };
+        let admin_read_requires_token = n.admin_read_requires_token.unwrap_or(false);
+        if admin_read_requires_token && admin_token.is_none() {
+            return Err(ctx.err(
+                "node.admin_read_requires_token",
+                "is true but no node.admin_token_file is set",
+            ));
+        }
+        let admin_max_connections = n
+            .admin_max_connections
+            .unwrap_or(defaults::ADMIN_MAX_CONNECTIONS);
+        if !(1..=65_536).contains(&admin_max_connections) {
+            return Err(ctx.err("node.admin_max_connections", "must be from 1 to 65536"));
+        }
+        let admin_header_timeout = ctx.duration(
+            "node.admin_header_timeout",
+            n.admin_header_timeout.as_deref(),
+            defaults::ADMIN_HEADER_TIMEOUT,
+        )?;
+
+        let a = &raw.activation;
         let lock_file = if a.lock_file.is_absolute() {
             a.lock_file.clone()
         } else {
@@ -490,12 +642,26 @@ impl Config {
             }
         };
 
+        let mut service = service;
+        if admin_read_requires_token {
+            if let Some(t) = &admin_token {
+                // A service reads its epoch from GET /status, which now needs the token.
+                service
+                    .env
+                    .insert("UNDERSTUDY_TOKEN".to_owned(), t.expose().to_owned());
+            }
+        }
+
         Ok(Config {
             file: path.to_path_buf(),
             node: NodeConfig {
                 name: n.name.clone(),
                 group: n.group.clone(),
                 admin,
+                admin_token,
+                admin_read_requires_token,
+                admin_max_connections,
+                admin_header_timeout,
             },
             activation: ActivationConfig {
                 mode: a.mode,
@@ -571,6 +737,55 @@ mod tests {
             assert!(shown.contains(key), "expected {key} in {shown:?}");
             assert!(shown.contains("/tmp/x.toml"), "file not named in {shown:?}");
         }
+    }
+
+    #[test]
+    fn admin_token_is_trimmed_compared_whole_and_never_printed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let tf = d.path().join("t");
+        std::fs::write(&tf, "s3cret\n").unwrap();
+        std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let node = format!(
+            "{}\nadmin_token_file = \"{}\"\nadmin_read_requires_token = true",
+            good_node(),
+            tf.display()
+        );
+        let act = format!(
+            "mode = \"trylock\"\nlock_file = \"{}/g.lock\"",
+            d.path().display()
+        );
+        let c = Config::parse(
+            Path::new("/tmp/x.toml"),
+            &cfg(d.path(), &node, &act, "command = [\"sleep\", \"1\"]"),
+        )
+        .unwrap();
+        let t = c.node.admin_token.clone().unwrap();
+        assert!(t.matches(b"s3cret"));
+        for wrong in [
+            &b"s3cre"[..],
+            b"s3cret\n",
+            b"s3cres",
+            b"",
+            b"s3cret-and-more",
+        ] {
+            assert!(!t.matches(wrong), "{wrong:?}");
+        }
+        assert!(
+            !format!("{c:?}").contains("s3cret\""),
+            "the secret reached Debug output"
+        );
+        assert_eq!(
+            c.service.env.get("UNDERSTUDY_TOKEN").map(String::as_str),
+            Some("s3cret")
+        );
+        let e = err_of(&cfg(
+            d.path(),
+            &format!("{}\nadmin_read_requires_token = true", good_node()),
+            &act,
+            "command = [\"sleep\"]",
+        ));
+        assert_eq!(e.key, "node.admin_read_requires_token");
     }
 
     #[test]

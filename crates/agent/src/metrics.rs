@@ -28,6 +28,13 @@ pub struct Metrics {
     pub takeover_seconds: Histogram,
     /// Operator requests refused (e.g. PUT hot while another node is active).
     pub refused: Counter<u64, AtomicU64>,
+    /// Admin API requests refused for want of the token (401) or as cross-site (403).
+    pub admin_unauthorized: Counter<u64, AtomicU64>,
+    /// Admin API connections refused at the connection limit or out of descriptors.
+    pub admin_connections_refused: Counter<u64, AtomicU64>,
+    /// Admin API connections closed because the client was too slow (headers not sent in
+    /// time, or the connection outlived its lifetime).
+    pub admin_connections_timed_out: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -47,6 +54,9 @@ impl Metrics {
         let demotions = Counter::default();
         let service_exits = Counter::default();
         let refused = Counter::default();
+        let admin_unauthorized = Counter::default();
+        let admin_connections_refused = Counter::default();
+        let admin_connections_timed_out = Counter::default();
         // 50 µs .. ~1.6 s: takeovers are expected in the low milliseconds.
         let takeover_seconds = Histogram::new([
             0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -84,6 +94,21 @@ impl Metrics {
             refused.clone(),
         );
         registry.register(
+            "admin_unauthorized_requests",
+            "Admin API requests refused without the token (401) or as cross-site (403)",
+            admin_unauthorized.clone(),
+        );
+        registry.register(
+            "admin_connections_refused",
+            "Admin API connections refused at the connection limit or out of descriptors",
+            admin_connections_refused.clone(),
+        );
+        registry.register(
+            "admin_slow_clients_dropped",
+            "Admin API connections closed because the client did not send its request in time",
+            admin_connections_timed_out.clone(),
+        );
+        registry.register(
             "takeover_seconds",
             "Time from detection (the group lock handed over) to the service being told it is active",
             takeover_seconds.clone(),
@@ -98,6 +123,9 @@ impl Metrics {
             service_exits,
             takeover_seconds,
             refused,
+            admin_unauthorized,
+            admin_connections_refused,
+            admin_connections_timed_out,
         }
     }
 

@@ -208,9 +208,9 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         last_tick_ms: std::sync::atomic::AtomicU64::new(unix_ms()),
     });
 
-    let app = crate::api::router(shared.clone(), api_tx);
+    let admin = crate::api::serve(listener, shared.clone(), api_tx);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = admin.await {
             error!("admin API stopped: {e}");
         }
     });

@@ -48,6 +48,31 @@ pub enum ControlError {
 pub struct AgentClient {
     addr: String,
     http: reqwest::Client,
+    token: Option<String>,
+}
+
+/// The environment variable the CLI reads the admin token from when no `--token-file` is given.
+pub const TOKEN_ENV: &str = "UNDERSTUDY_TOKEN";
+
+/// Reads an admin token from `file` (trimmed; the agent's `node.admin_token_file` format), or
+/// else from [`TOKEN_ENV`]; `Ok(None)` when neither is given.
+pub fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let (token, from) = match file {
+        Some(f) => (
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read the token file {}: {e}", f.display()))?,
+            f.display().to_string(),
+        ),
+        None => match std::env::var(TOKEN_ENV) {
+            Ok(t) => (t, TOKEN_ENV.to_owned()),
+            Err(_) => return Ok(None),
+        },
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("the admin token in {from} is empty"));
+    }
+    Ok(Some(token.to_owned()))
 }
 
 impl AgentClient {
@@ -59,7 +84,17 @@ impl AgentClient {
             .no_proxy()
             .build()
             .unwrap_or_default();
-        AgentClient { addr, http }
+        AgentClient {
+            addr,
+            http,
+            token: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request (`node.admin_token_file`).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -71,9 +106,15 @@ impl AgentClient {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, ControlError> {
-        let resp = self
+        // X-Understudy marks a deliberate client: the agent refuses browser requests that lack it.
+        let mut req = self
             .http
             .request(method, self.url(path))
+            .header("X-Understudy", "1");
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
             .send()
             .await
             .map_err(|source| ControlError::Unreachable {

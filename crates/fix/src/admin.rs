@@ -48,6 +48,11 @@ pub struct Health {
     pub sessions: Vec<SessionHealth>,
     /// A newer epoch owns at least one store (the loop stops at its next tick).
     pub fenced: bool,
+    /// Connections closed before naming a session (too many waiting, logon timeout, unknown
+    /// CompIDs), since the loop started.
+    pub connections_refused: u64,
+    /// Counterparties logged out and disconnected for not reading what they were sent.
+    pub slow_consumers_dropped: u64,
 }
 
 impl Health {
@@ -59,6 +64,8 @@ impl Health {
             sessions_logged_on: 0,
             sessions: Vec::new(),
             fenced: false,
+            connections_refused: 0,
+            slow_consumers_dropped: 0,
         }
     }
 }

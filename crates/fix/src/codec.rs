@@ -9,7 +9,13 @@
 //! * [`MessageBuilder`] writes a message and computes BodyLength and CheckSum.
 //!
 //! No function here panics on any input: every index is checked, and the parser is fuzzed
-//! (`fuzz/`) and property-tested.
+//! (`fuzz/`) and property-tested. The lints below make the compiler hold us to it.
+#![deny(
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::time::SystemTime;
 
@@ -92,21 +98,14 @@ impl FrameError {
 /// `8=FIX` prefix at the end of the buffer since it may complete with the next read.
 fn resync_offset(buf: &[u8]) -> usize {
     const START: &[u8] = b"8=FIX";
-    let n = buf.len();
-    for i in 1..n {
-        let rest = &buf[i..];
-        let m = rest.len().min(START.len());
-        if rest[..m] == START[..m] {
-            return i;
-        }
-    }
-    n.max(1)
+    (1..buf.len())
+        .find(|&i| buf.get(i..).is_some_and(|rest| is_prefix_of(rest, START)))
+        .unwrap_or(buf.len().max(1))
 }
 
-/// Whether `have` could be the beginning of `want`.
+/// Whether `have` could be the beginning of `want` (or `want` the beginning of `have`).
 fn is_prefix_of(have: &[u8], want: &[u8]) -> bool {
-    let m = have.len().min(want.len());
-    have[..m] == want[..m]
+    have.iter().zip(want).all(|(a, b)| a == b)
 }
 
 /// Finds one complete frame at the start of `buf`, accepting bodies up to `max_body` bytes.
@@ -120,32 +119,32 @@ pub fn frame(buf: &[u8], max_body: usize) -> Result<Framed, FrameError> {
     if !is_prefix_of(buf, b"8=") {
         return Err(garbage());
     }
-    if buf.len() < 2 {
+    let Some(after_tag) = buf.get(2..) else {
         return Ok(Framed::Incomplete);
-    }
-    let search_end = buf.len().min(2 + MAX_BEGIN_STRING_LEN + 1);
-    let bs_soh = match buf[2..search_end].iter().position(|&b| b == SOH) {
+    };
+    // The BeginString value and its SOH.
+    const BS_WINDOW: usize = MAX_BEGIN_STRING_LEN + 1;
+    let window = after_tag.get(..BS_WINDOW).unwrap_or(after_tag);
+    let bs_len = match window.iter().position(|&b| b == SOH) {
         Some(0) => return Err(garbage()),
-        Some(i) => 2 + i,
-        None if search_end == buf.len() && buf.len() < 2 + MAX_BEGIN_STRING_LEN + 1 => {
-            return Ok(Framed::Incomplete)
-        }
+        Some(i) => i,
+        None if window.len() < BS_WINDOW => return Ok(Framed::Incomplete),
         None => return Err(garbage()),
     };
     let bad_len = || FrameError::BadBodyLength {
         skip: resync_offset(buf),
     };
-    let p = bs_soh + 1;
-    let rest = &buf[p..];
+    let rest = after_tag
+        .get(bs_len.saturating_add(1)..)
+        .unwrap_or_default();
     if !is_prefix_of(rest, b"9=") {
         return Err(bad_len());
     }
-    if rest.len() < 2 {
+    let Some(digits) = rest.get(2..) else {
         return Ok(Framed::Incomplete);
-    }
-    let digits = &rest[2..];
+    };
     let mut body_len: usize = 0;
-    let mut n = 0;
+    let mut n: usize = 0;
     loop {
         match digits.get(n) {
             None => {
@@ -156,9 +155,12 @@ pub fn frame(buf: &[u8], max_body: usize) -> Result<Framed, FrameError> {
                 }
             }
             Some(&SOH) if n > 0 => break,
-            Some(d) if d.is_ascii_digit() && n < MAX_BODY_LENGTH_DIGITS => {
-                body_len = body_len * 10 + usize::from(d - b'0');
-                n += 1;
+            Some(&d) if d.is_ascii_digit() && n < MAX_BODY_LENGTH_DIGITS => {
+                // At most MAX_BODY_LENGTH_DIGITS digits: far from overflowing.
+                body_len = body_len
+                    .saturating_mul(10)
+                    .saturating_add(usize::from(d.saturating_sub(b'0')));
+                n = n.saturating_add(1);
             }
             Some(_) => return Err(bad_len()),
         }
@@ -170,9 +172,17 @@ pub fn frame(buf: &[u8], max_body: usize) -> Result<Framed, FrameError> {
             skip: resync_offset(buf),
         });
     }
-    let body_start = p + 2 + n + 1;
-    let body_end = body_start + body_len;
-    let total = body_end + TRAILER_LEN;
+    // `8=` + BeginString + SOH + `9=` + digits + SOH.
+    let offsets = bs_len
+        .checked_add(n)
+        .and_then(|h| h.checked_add(6))
+        .and_then(|body_start| {
+            let body_end = body_start.checked_add(body_len)?;
+            Some((body_end, body_end.checked_add(TRAILER_LEN)?))
+        });
+    let Some((body_end, total)) = offsets else {
+        return Err(bad_len());
+    };
     let mismatch = || FrameError::BodyLengthMismatch {
         skip: resync_offset(buf),
     };
@@ -182,12 +192,12 @@ pub fn frame(buf: &[u8], max_body: usize) -> Result<Framed, FrameError> {
     if buf.len() < body_end {
         return Ok(Framed::Incomplete);
     }
-    if buf[body_end - 1] != SOH {
+    if body_end.checked_sub(1).and_then(|i| buf.get(i)) != Some(&SOH) {
         return Err(mismatch());
     }
     // Check what we already have of the trailer, so a wrong BodyLength is reported as soon
     // as possible instead of waiting for bytes that may never come.
-    let trailer = &buf[body_end..buf.len().min(total)];
+    let trailer = buf.get(body_end..buf.len().min(total)).unwrap_or_default();
     for (i, &b) in trailer.iter().enumerate() {
         let ok = match i {
             0 => b == b'1',
@@ -242,36 +252,42 @@ impl Deframer {
 
     /// Bytes buffered and not yet consumed.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len().saturating_sub(self.start)
+    }
+
+    /// Changes the largest body accepted from now on (e.g. a small one until a connection
+    /// has logged on, so an anonymous peer cannot make us buffer a megabyte).
+    pub fn set_max_body(&mut self, max_body: usize) {
+        self.max_body = max_body;
     }
 
     /// Like [`next_frame`](Self::next_frame) but leaves a complete frame in the buffer (the
     /// next call of either returns it again); garbage is still skipped.
     pub fn peek_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
-        let avail = &self.buf[self.start..];
-        match frame(avail, self.max_body) {
-            Ok(Framed::Incomplete) => Ok(None),
-            Ok(Framed::Complete(n)) => Ok(Some(&self.buf[self.start..self.start + n])),
-            Err(e) => {
-                self.start += e.skip().min(avail.len());
-                Err(e)
-            }
-        }
+        self.frame_at_start(false)
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed, or the garbage that was
     /// skipped (call again to continue after it).
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
-        let avail = &self.buf[self.start..];
+        self.frame_at_start(true)
+    }
+
+    fn frame_at_start(&mut self, consume: bool) -> Result<Option<&[u8]>, FrameError> {
+        let start = self.start;
+        let avail = self.buf.get(start..).unwrap_or_default();
         match frame(avail, self.max_body) {
             Ok(Framed::Incomplete) => Ok(None),
             Ok(Framed::Complete(n)) => {
-                let s = self.start;
-                self.start += n;
-                Ok(Some(&self.buf[s..s + n]))
+                let end = start.saturating_add(n);
+                if consume {
+                    self.start = end;
+                }
+                Ok(self.buf.get(start..end))
             }
             Err(e) => {
-                self.start += e.skip().min(avail.len());
+                let skip = e.skip().min(avail.len());
+                self.start = start.saturating_add(skip);
                 Err(e)
             }
         }
@@ -362,7 +378,9 @@ fn parse_uint(b: &[u8]) -> Option<u64> {
         if !c.is_ascii_digit() {
             return None;
         }
-        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        v = v
+            .checked_mul(10)?
+            .checked_add(u64::from(c.checked_sub(b'0')?))?;
     }
     Some(v)
 }
@@ -370,19 +388,21 @@ fn parse_uint(b: &[u8]) -> Option<u64> {
 /// Reads MsgSeqNum(34) straight from the bytes so a Reject can reference a message whose
 /// field structure is too broken to parse.
 fn scan_seq_num(raw: &[u8]) -> Option<u64> {
-    let pat = b"\x0134=";
-    let i = raw.windows(pat.len()).position(|w| w == pat)?;
-    let v = &raw[i + pat.len()..];
-    let end = v.iter().position(|&b| b == SOH)?;
-    parse_uint(&v[..end])
+    parse_uint(scan_value(raw, b"\x0134=")?)
 }
 
 fn scan_msg_type(raw: &[u8]) -> Option<String> {
-    let pat = b"\x0135=";
+    std::str::from_utf8(scan_value(raw, b"\x0135=")?)
+        .ok()
+        .map(str::to_owned)
+}
+
+/// The value after the first occurrence of `pat` (`<SOH>tag=`), up to the next SOH.
+fn scan_value<'a>(raw: &'a [u8], pat: &[u8]) -> Option<&'a [u8]> {
     let i = raw.windows(pat.len()).position(|w| w == pat)?;
-    let v = &raw[i + pat.len()..];
+    let v = raw.get(i.checked_add(pat.len())?..)?;
     let end = v.iter().position(|&b| b == SOH)?;
-    std::str::from_utf8(&v[..end]).ok().map(str::to_owned)
+    v.get(..end)
 }
 
 /// A parsed FIX message: an index of fields over the caller's buffer.
@@ -400,11 +420,19 @@ pub fn parse(raw: &[u8]) -> Result<Message<'_>, ParseError> {
         Err(e) => return Err(Garbled::Frame(e).into()),
     }
     // frame() guarantees the trailer is `10=ddd<SOH>` at the end.
-    let body_end = raw.len() - TRAILER_LEN;
-    let declared = raw[body_end + 3..body_end + 6]
-        .iter()
-        .fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
-    let computed = checksum(&raw[..body_end]);
+    let body_end = raw.len().saturating_sub(TRAILER_LEN);
+    let (Some(body), Some(sum_digits)) = (
+        raw.get(..body_end),
+        raw.get(body_end.saturating_add(3)..body_end.saturating_add(6)),
+    ) else {
+        return Err(Garbled::NotOneFrame.into());
+    };
+    let declared = sum_digits.iter().fold(0u32, |a, &d| {
+        // Three ASCII digits: at most 999.
+        a.saturating_mul(10)
+            .saturating_add(u32::from(d.saturating_sub(b'0')))
+    });
+    let computed = checksum(body);
     if declared != computed {
         return Err(Garbled::CheckSum { declared, computed }.into());
     }
@@ -417,15 +445,14 @@ pub fn parse(raw: &[u8]) -> Result<Message<'_>, ParseError> {
         text: text.to_owned(),
     };
 
-    let mut fields = Vec::with_capacity(32);
-    let mut pos = 0;
+    let mut fields: Vec<Field<'_>> = Vec::with_capacity(32);
+    let mut pos: usize = 0;
     // Length announced by the previous field if it was the length of a data field.
     let mut pending_data: Option<(u32, usize)> = None;
-    while pos < raw.len() {
-        let rest = &raw[pos..];
+    while let Some(rest) = raw.get(pos..).filter(|r| !r.is_empty()) {
         let eq = rest.iter().position(|&b| b == b'=' || b == SOH);
         let eq = match eq {
-            Some(i) if rest[i] == b'=' => i,
+            Some(i) if rest.get(i) == Some(&b'=') => i,
             _ => {
                 return Err(invalid(
                     SessionRejectReason::InvalidTagNumber,
@@ -434,9 +461,9 @@ pub fn parse(raw: &[u8]) -> Result<Message<'_>, ParseError> {
                 ))
             }
         };
-        let tag_bytes = &rest[..eq];
-        let tag = match parse_uint(tag_bytes) {
-            Some(t) if t > 0 && t <= u64::from(u32::MAX) && tag_bytes[0] != b'0' => t as u32,
+        let tag_bytes = rest.get(..eq).unwrap_or_default();
+        let tag = match parse_uint(tag_bytes).and_then(|t| u32::try_from(t).ok()) {
+            Some(t) if t > 0 && tag_bytes.first() != Some(&b'0') => t,
             _ => {
                 return Err(invalid(
                     SessionRejectReason::InvalidTagNumber,
@@ -445,12 +472,12 @@ pub fn parse(raw: &[u8]) -> Result<Message<'_>, ParseError> {
                 ))
             }
         };
-        let vstart = pos + eq + 1;
+        let vstart = pos.saturating_add(eq).saturating_add(1);
         let value_end = match pending_data.take() {
             Some((data_tag, len)) if data_tag == tag => {
-                let end = vstart.checked_add(len).filter(|&e| e < raw.len());
+                let end = vstart.checked_add(len);
                 match end {
-                    Some(e) if raw[e] == SOH => e,
+                    Some(e) if raw.get(e) == Some(&SOH) => e,
                     _ => {
                         return Err(invalid(
                             SessionRejectReason::IncorrectDataFormat,
@@ -460,12 +487,17 @@ pub fn parse(raw: &[u8]) -> Result<Message<'_>, ParseError> {
                     }
                 }
             }
-            _ => match raw[vstart..].iter().position(|&b| b == SOH) {
-                Some(i) => vstart + i,
+            _ => match raw
+                .get(vstart..)
+                .and_then(|v| v.iter().position(|&b| b == SOH))
+            {
+                Some(i) => vstart.saturating_add(i),
                 None => return Err(Garbled::NotOneFrame.into()),
             },
         };
-        let value = &raw[vstart..value_end];
+        let Some(value) = raw.get(vstart..value_end) else {
+            return Err(Garbled::NotOneFrame.into());
+        };
         if value.is_empty() {
             return Err(invalid(
                 SessionRejectReason::TagWithoutValue,
@@ -486,25 +518,29 @@ pub fn parse(raw: &[u8]) -> Result<Message<'_>, ParseError> {
             }
         }
         fields.push(Field { tag, value });
-        pos = value_end + 1;
+        pos = value_end.saturating_add(1);
     }
 
-    if fields.len() < 4
-        || fields[0].tag != tags::BEGIN_STRING
-        || fields[1].tag != tags::BODY_LENGTH
-        || fields[2].tag != tags::MSG_TYPE
-    {
+    let (Some(f0), Some(f1), Some(f2), true) = (
+        fields.first(),
+        fields.get(1),
+        fields.get(2),
+        fields.len() >= 4,
+    ) else {
+        return Err(Garbled::HeaderOrder.into());
+    };
+    if f0.tag != tags::BEGIN_STRING || f1.tag != tags::BODY_LENGTH || f2.tag != tags::MSG_TYPE {
         return Err(Garbled::HeaderOrder.into());
     }
-    if BeginString::from_bytes(fields[0].value).is_none() {
+    if BeginString::from_bytes(f0.value).is_none() {
         return Err(ParseError::BeginString(
-            String::from_utf8_lossy(fields[0].value).into_owned(),
+            String::from_utf8_lossy(f0.value).into_owned(),
         ));
     }
 
     // Header fields must come before the body, trailer fields after it, and no header field
     // may repeat (body fields may, because of repeating groups).
-    let last = fields.len() - 1;
+    let last = fields.len().saturating_sub(1);
     let mut seen_header: u64 = 0;
     let mut in_body = false;
     for (i, f) in fields.iter().enumerate() {
@@ -516,7 +552,11 @@ pub fn parse(raw: &[u8]) -> Result<Message<'_>, ParseError> {
                     "header field after body field",
                 ));
             }
-            let bit = 1u64 << idx;
+            // HEADER_TAGS has fewer than 64 entries; an index past that cannot happen.
+            let bit = u32::try_from(idx)
+                .ok()
+                .and_then(|i| 1u64.checked_shl(i))
+                .unwrap_or(0);
             if seen_header & bit != 0 {
                 return Err(invalid(
                     SessionRejectReason::TagAppearsMoreThanOnce,
@@ -658,7 +698,8 @@ impl<'a> Message<'a> {
             })
         };
         let begin_string = self.begin_string().ok_or_else(|| {
-            ParseError::BeginString(String::from_utf8_lossy(self.fields[0].value).into_owned())
+            let value = self.fields.first().map(|f| f.value).unwrap_or_default();
+            ParseError::BeginString(String::from_utf8_lossy(value).into_owned())
         })?;
         let sender_comp_id = required(tags::SENDER_COMP_ID)?;
         let target_comp_id = required(tags::TARGET_COMP_ID)?;
@@ -817,15 +858,18 @@ impl MessageBuilder {
         if fields.is_empty() {
             return self;
         }
-        let ok = fields.last() == Some(&SOH)
-            && fields[..fields.len() - 1].split(|&b| b == SOH).all(|f| {
-                match f.iter().position(|&b| b == b'=') {
-                    Some(eq) => {
-                        eq > 0 && eq + 1 < f.len() && f[..eq].iter().all(u8::is_ascii_digit)
-                    }
-                    None => false,
-                }
-            });
+        let ok = match fields.split_last() {
+            Some((&SOH, rest)) => {
+                rest.split(|&b| b == SOH)
+                    .all(|f| match f.iter().position(|&b| b == b'=') {
+                        Some(eq) => f.split_at_checked(eq).is_some_and(|(tag, value)| {
+                            !tag.is_empty() && value.len() > 1 && tag.iter().all(u8::is_ascii_digit)
+                        }),
+                        None => false,
+                    })
+            }
+            _ => false,
+        };
         if !ok {
             self.error.get_or_insert(EncodeError::BadRawFields);
             return self;
@@ -840,7 +884,7 @@ impl MessageBuilder {
             return Err(e.clone());
         }
         use std::io::Write;
-        let mut out = Vec::with_capacity(self.body.len() + 32);
+        let mut out = Vec::with_capacity(self.body.len().saturating_add(32));
         let _ = write!(
             out,
             "8={}\x019={}\x01",
@@ -855,6 +899,13 @@ impl MessageBuilder {
 }
 
 #[cfg(test)]
+// Test code indexes its own fixtures; the deny above is for code that reads peer input.
+#[allow(
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -21,10 +21,23 @@
 //! (initiator; the tick starts connecting when it opens) and refuses a Logon by closing the
 //! connection (acceptor). A logged-on session is logged out at the end of its period, and
 //! its store is reset into the next period when that starts (see [`Session::on_timer`]).
+//!
+//! # Limits
+//!
+//! A connection is anonymous until its first frame, a Logon, names a session; until then it
+//! gets little: at most [`MAX_PRELOGON_CONNECTIONS`] such connections at once (more are
+//! closed at accept), frames of at most [`PRELOGON_MAX_BODY`] bytes, and
+//! [`DEFAULT_LOGON_TIMEOUT`] from the accept — not from the first complete frame — to log
+//! on. Each connection's unsent bytes are bounded by [`MAX_WRITE_QUEUE_BYTES`]; a
+//! counterparty that lets more pile up (e.g. asking for resends it does not read), or that
+//! reads nothing for [`WRITE_STALL_TIMEOUT`] while we have bytes for it, is a slow consumer:
+//! it gets a Logout saying so and is disconnected. [`Engine::counters`] counts both.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
@@ -33,12 +46,37 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::admin::{Health, Probe, SessionHealth};
-use crate::codec::{parse, Deframer, DEFAULT_MAX_BODY_LENGTH};
+use crate::codec::{parse, Deframer, MessageBuilder, DEFAULT_MAX_BODY_LENGTH};
 use crate::session::{
     Action, AppMessage, DisconnectReason, Role, SendError, Session, SessionEvent, State,
 };
 use crate::store::{SessionId, SessionStore, StoreError};
-use crate::tags::{BeginString, SessionRejectReason};
+use crate::tags::{self, msg_type, BeginString, SessionRejectReason};
+
+/// Most connections at once that have not yet named their session with a Logon.
+pub const MAX_PRELOGON_CONNECTIONS: usize = 64;
+
+/// Largest body accepted before a connection has logged on: a Logon is a few hundred bytes.
+pub const PRELOGON_MAX_BODY: usize = 4096;
+
+/// Time from accepting a connection to its first frame naming a session.
+pub const DEFAULT_LOGON_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most bytes written to a connection and not yet taken by the kernel.
+pub const MAX_WRITE_QUEUE_BYTES: usize = 8 << 20;
+
+/// Longest a single write may wait for the counterparty to read.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the engine refused or dropped to protect itself, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections closed at accept (too many anonymous connections) or before naming a
+    /// session (logon timeout, unknown session, second connection for a session).
+    pub connections_refused: u64,
+    /// Connections dropped because the counterparty did not read what we sent.
+    pub slow_consumers_dropped: u64,
+}
 
 /// Errors that end [`Engine::run`].
 #[derive(Debug, Error)]
@@ -230,16 +268,24 @@ enum NetEvent {
     },
     Data(u64, Vec<u8>),
     Closed(u64),
+    /// A write did not complete within [`WRITE_STALL_TIMEOUT`] (or failed).
+    WriteStalled(u64),
     /// An initiator stopped trying to connect: its schedule closed.
     ConnectPaused(usize),
 }
 
 struct Conn {
     writer: mpsc::UnboundedSender<Vec<u8>>,
+    writer_task: tokio::task::JoinHandle<()>,
+    /// Bytes handed to the writer task and not yet written: the write queue's bound.
+    unwritten: Arc<AtomicUsize>,
     reader: tokio::task::JoinHandle<()>,
     slot: Option<usize>,
     deframer: Deframer,
     peer: SocketAddr,
+    /// When the connection was accepted or established: the logon timeout counts from here.
+    opened: SystemTime,
+    opened_mono: tokio::time::Instant,
 }
 
 impl Drop for Conn {
@@ -288,6 +334,8 @@ pub struct Engine<S: SessionStore> {
     cmd_rx: mpsc::UnboundedReceiver<Command>,
     /// Health probes of the admin endpoint and the epoch reported with them.
     probes: Option<(mpsc::UnboundedReceiver<Probe>, u64)>,
+    prelogon_timeout: Duration,
+    counters: Counters,
 }
 
 /// Write buffers of one flush, per connection, so a burst becomes one write.
@@ -310,7 +358,21 @@ impl<S: SessionStore> Engine<S> {
             cmd_tx,
             cmd_rx,
             probes: None,
+            prelogon_timeout: DEFAULT_LOGON_TIMEOUT,
+            counters: Counters::default(),
         }
+    }
+
+    /// Time an accepted connection has to send a Logon naming a session (default
+    /// [`DEFAULT_LOGON_TIMEOUT`]).
+    pub fn with_prelogon_timeout(mut self, timeout: Duration) -> Self {
+        self.prelogon_timeout = timeout;
+        self
+    }
+
+    /// What was refused or dropped so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     /// Answers the health probes of [`crate::admin::serve`] from this loop, reporting role
@@ -431,6 +493,8 @@ impl<S: SessionStore> Engine<S> {
             sessions_logged_on: sessions.iter().filter(|s| s.logged_on).count(),
             sessions,
             fenced,
+            connections_refused: self.counters.connections_refused,
+            slow_consumers_dropped: self.counters.slow_consumers_dropped,
         }
     }
 
@@ -543,9 +607,19 @@ impl<S: SessionStore> Engine<S> {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::spawn(async move {
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        let left = unwritten.clone();
+        let stalled = self.net_tx.clone();
+        let writer_task = tokio::spawn(async move {
             while let Some(buf) = wrx.recv().await {
-                if wr.write_all(&buf).await.is_err() {
+                let wrote = tokio::time::timeout(WRITE_STALL_TIMEOUT, wr.write_all(&buf)).await;
+                left.fetch_sub(
+                    buf.len().min(left.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+                if !matches!(wrote, Ok(Ok(()))) {
+                    // Dropping the half closes our side; the loop drops the connection.
+                    let _ = stalled.send(NetEvent::WriteStalled(id));
                     return;
                 }
             }
@@ -566,14 +640,23 @@ impl<S: SessionStore> Engine<S> {
             }
             let _ = tx.send(NetEvent::Closed(id));
         });
+        let max_body = if slot.is_some() {
+            DEFAULT_MAX_BODY_LENGTH
+        } else {
+            PRELOGON_MAX_BODY
+        };
         self.conns.insert(
             id,
             Conn {
                 writer: wtx,
+                writer_task,
+                unwritten,
                 reader,
                 slot,
-                deframer: Deframer::new(DEFAULT_MAX_BODY_LENGTH),
+                deframer: Deframer::new(max_body),
                 peer,
+                opened: SystemTime::now(),
+                opened_mono: tokio::time::Instant::now(),
             },
         );
         id
@@ -582,6 +665,14 @@ impl<S: SessionStore> Engine<S> {
     fn on_net<A: Application>(&mut self, app: &mut A, ev: NetEvent) -> Result<(), EngineError> {
         match ev {
             NetEvent::Accepted(stream, peer) => {
+                let anonymous = self.conns.values().filter(|c| c.slot.is_none()).count();
+                if anonymous >= MAX_PRELOGON_CONNECTIONS {
+                    self.counters.connections_refused =
+                        self.counters.connections_refused.saturating_add(1);
+                    tracing::warn!(%peer, anonymous,
+                        "connection refused: too many connections waiting to log on");
+                    return Ok(());
+                }
                 tracing::debug!(%peer, "connection accepted");
                 self.add_conn(stream, peer, None);
                 Ok(())
@@ -612,6 +703,17 @@ impl<S: SessionStore> Engine<S> {
                 }
                 self.start_connect(i, Duration::ZERO);
                 Ok(())
+            }
+            NetEvent::WriteStalled(id) => {
+                let Some(i) = self.conns.get(&id).and_then(|c| c.slot) else {
+                    self.conns.remove(&id);
+                    return Ok(());
+                };
+                let text = format!(
+                    "slow consumer: a write waited more than {} for the counterparty to read",
+                    humantime::format_duration(WRITE_STALL_TIMEOUT)
+                );
+                self.drop_slow_consumer(app, i, id, &text)
             }
             NetEvent::Closed(id) => {
                 let Some(conn) = self.conns.remove(&id) else {
@@ -686,25 +788,41 @@ impl<S: SessionStore> Engine<S> {
                             continue;
                         }
                     };
-                    match bound.and_then(|sid| self.find_or_create(&sid)) {
+                    match bound.as_ref().and_then(|sid| self.find_or_create(sid)) {
                         Some(i) if self.slots[i].conn.is_none() => {
+                            // The logon timeout runs from the accept, not from this frame.
+                            let mut opened = SystemTime::now();
                             if let Some(conn) = self.conns.get_mut(&id) {
                                 conn.slot = Some(i);
+                                conn.deframer.set_max_body(DEFAULT_MAX_BODY_LENGTH);
+                                opened = conn.opened;
                             }
                             self.slots[i].conn = Some(id);
-                            self.slots[i].slot.session.on_connected(SystemTime::now());
+                            self.slots[i].slot.session.on_connected(opened);
                             i
                         }
                         Some(i) => {
                             tracing::warn!(session = %self.slots[i].slot.name,
                                 "second connection for a connected session refused");
-                            self.conns.remove(&id);
+                            self.refuse(id);
                             return Ok(());
                         }
                         None => {
                             let peer = self.conns.get(&id).map(|c| c.peer);
                             tracing::warn!(?peer, "Logon for an unknown session refused");
-                            self.conns.remove(&id);
+                            if let Some(sid) = &bound {
+                                // Tell the counterparty's operator why, instead of a bare close.
+                                let text = format!(
+                                    "no session is configured for SenderCompID {} and TargetCompID {}",
+                                    sid.target_comp_id, sid.sender_comp_id
+                                );
+                                if let (Some(c), Some(f)) =
+                                    (self.conns.get(&id), refusal_logout(sid, &text))
+                                {
+                                    let _ = c.writer.send(f);
+                                }
+                            }
+                            self.refuse(id);
                             return Ok(());
                         }
                     }
@@ -743,7 +861,62 @@ impl<S: SessionStore> Engine<S> {
         Some(self.slots.len() - 1)
     }
 
+    /// Closes a connection that never named a session.
+    fn refuse(&mut self, id: u64) {
+        if self.conns.remove(&id).is_some() {
+            self.counters.connections_refused = self.counters.connections_refused.saturating_add(1);
+        }
+    }
+
+    /// Logs session `i` out with `text` and drops its connection `id`: its counterparty does
+    /// not read what we send.
+    fn drop_slow_consumer<A: Application>(
+        &mut self,
+        app: &mut A,
+        i: usize,
+        id: u64,
+        text: &str,
+    ) -> Result<(), EngineError> {
+        self.counters.slow_consumers_dropped =
+            self.counters.slow_consumers_dropped.saturating_add(1);
+        let Some(st) = self.slots.get_mut(i) else {
+            self.conns.remove(&id);
+            return Ok(());
+        };
+        tracing::warn!(session = %st.slot.name, "{text}; disconnecting");
+        // The Logout can only reach a counterparty that reads again: give it a second to do
+        // so, then close, so an unread queue is not held for long.
+        if let Some(c) = self.conns.get(&id) {
+            let writer = c.writer_task.abort_handle();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                writer.abort();
+            });
+        }
+        if st.conn == Some(id) {
+            st.slot.session.abort(text, SystemTime::now());
+            // Queues the Logout behind what is unread and drops the connection.
+            self.flush(app, i)?;
+        }
+        self.conns.remove(&id);
+        Ok(())
+    }
+
     fn on_tick<A: Application>(&mut self, app: &mut A) -> Result<(), EngineError> {
+        let expired: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.slot.is_none() && c.opened_mono.elapsed() >= self.prelogon_timeout)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            let peer = self.conns.get(&id).map(|c| c.peer);
+            tracing::warn!(
+                ?peer,
+                "no Logon within the logon timeout; connection closed"
+            );
+            self.refuse(id);
+        }
         let now = SystemTime::now();
         for i in 0..self.slots.len() {
             if self.slots[i].waiting_schedule && self.slots[i].slot.session.schedule_open(now) {
@@ -813,7 +986,8 @@ impl<S: SessionStore> Engine<S> {
                         app.on_event(i, &e);
                     }
                     Action::Disconnect(reason) => {
-                        self.write_pending(&mut pending);
+                        // The connection goes now, so its write-queue bound no longer matters.
+                        let _ = self.write_pending(&mut pending);
                         if let Some(id) = self.slots[i].conn {
                             self.conns.remove(&id);
                             self.detach(app, i, id, &reason);
@@ -881,16 +1055,35 @@ impl<S: SessionStore> Engine<S> {
         }
         // Bytes queued before a failure were stored while we still owned the store, so
         // sending them is safe; after a failure the caller stops and nothing more is sent.
-        self.write_pending(&mut pending);
-        result
+        let over = self.write_pending(&mut pending);
+        result?;
+        for id in over {
+            let Some(i) = self.conns.get(&id).and_then(|c| c.slot) else {
+                continue;
+            };
+            let text =
+                format!("slow consumer: more than {MAX_WRITE_QUEUE_BYTES} bytes sent and not read");
+            self.drop_slow_consumer(app, i, id, &text)?;
+        }
+        Ok(())
     }
 
-    fn write_pending(&mut self, pending: &mut Pending) {
+    /// Hands the bytes to the writer tasks; returns the connections whose unsent bytes now
+    /// exceed [`MAX_WRITE_QUEUE_BYTES`].
+    fn write_pending(&mut self, pending: &mut Pending) -> Vec<u64> {
+        let mut over = Vec::new();
         for (id, buf) in pending.drain(..) {
             if let Some(c) = self.conns.get(&id) {
-                let _ = c.writer.send(buf);
+                let n = buf.len();
+                let before = c.unwritten.fetch_add(n, Ordering::Relaxed);
+                if c.writer.send(buf).is_err() {
+                    c.unwritten.fetch_sub(n, Ordering::Relaxed);
+                } else if before.saturating_add(n) > MAX_WRITE_QUEUE_BYTES {
+                    over.push(id);
+                }
             }
         }
+        over
     }
 
     /// Applies one outbox item; returns the session to flush.
@@ -979,6 +1172,18 @@ fn identify(frame: &[u8]) -> Option<SessionId> {
         sender_comp_id: std::str::from_utf8(h.target_comp_id).ok()?.to_owned(),
         target_comp_id: std::str::from_utf8(h.sender_comp_id).ok()?.to_owned(),
     })
+}
+
+/// A Logout with `text` answering a Logon no session takes; it belongs to no session, so it
+/// carries MsgSeqNum 1 and is stored nowhere.
+fn refusal_logout(sid: &SessionId, text: &str) -> Option<Vec<u8>> {
+    let mut b = MessageBuilder::new(sid.begin_string, msg_type::LOGOUT);
+    b.push_str(tags::SENDER_COMP_ID, &sid.sender_comp_id)
+        .push_str(tags::TARGET_COMP_ID, &sid.target_comp_id)
+        .push_uint(tags::MSG_SEQ_NUM, 1)
+        .push_time(tags::SENDING_TIME, SystemTime::now())
+        .push_str(tags::TEXT, text);
+    b.finish().ok()
 }
 
 fn session_id<S: SessionStore>(s: &Session<S>) -> SessionId {

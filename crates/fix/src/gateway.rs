@@ -370,10 +370,15 @@ impl GatewayConfig {
                 u.heartbeat_interval.as_ref(),
                 Duration::from_secs(30),
             )?;
-            if hb < Duration::from_secs(1) || hb.subsec_nanos() != 0 {
+            let range = crate::session::HEART_BT_INT_RANGE;
+            if !range.contains(&hb.as_secs()) || hb.subsec_nanos() != 0 {
                 return Err((
                     k("heartbeat_interval"),
-                    "must be a whole number of seconds, at least 1s".into(),
+                    format!(
+                        "must be a whole number of seconds from {}s to {}s (the HeartBtInt a counterparty accepts)",
+                        range.start(),
+                        range.end()
+                    ),
                 ));
             }
             upstreams.push(UpstreamConfig {
@@ -809,14 +814,12 @@ impl Gateway {
             return;
         };
         let strip = |v: &[u8]| -> Vec<u8> {
-            let p = client.len() + 1;
-            if v.len() > p
-                && v.starts_with(client.as_bytes())
-                && v[client.len()] == CL_ORD_ID_SEP as u8
-            {
-                v[p..].to_vec()
-            } else {
-                v.to_vec()
+            let rest = v
+                .strip_prefix(client.as_bytes())
+                .and_then(|r| r.strip_prefix(&[CL_ORD_ID_SEP as u8]));
+            match rest {
+                Some(rest) if !rest.is_empty() => rest.to_vec(),
+                _ => v.to_vec(),
             }
         };
         let body = forwarded_body(m, msg.frame.len(), strip);

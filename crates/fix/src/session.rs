@@ -12,8 +12,29 @@
 //! be a Logon; CompID and SendingTime problems are rejected and end the session; then the
 //! MsgSeqNum decides: too high → queue and ResendRequest, too low → ignore if PossDupFlag=Y,
 //! otherwise Logout; in sequence → handle by type.
+//!
+//! # Limits on what a counterparty can make us do
+//!
+//! Every number a peer sends is range-checked before it reaches arithmetic, and every buffer
+//! its messages fill has a bound with a defined action:
+//!
+//! | what | range / bound | outside it |
+//! |---|---|---|
+//! | HeartBtInt(108) on Logon | [`HEART_BT_INT_RANGE`] seconds | Logout naming the field, disconnect |
+//! | MsgSeqNum, NewSeqNo, BeginSeqNo, EndSeqNo | any `u64`; arithmetic saturates | — |
+//! | messages waiting for a gap to be filled | [`MAX_QUEUED_MESSAGES`] and [`MAX_QUEUED_BYTES`] | Logout with the reason, disconnect |
+//!
+//! The lints below keep it so: no unchecked arithmetic, no `unwrap`, no indexing that could
+//! panic, anywhere in this module.
+#![deny(
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::RangeInclusive;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
@@ -22,6 +43,16 @@ use crate::codec::{parse, EncodeError, Garbled, Header, Message, MessageBuilder,
 use crate::schedule::SessionSchedule;
 use crate::store::{SessionStore, StoreError};
 use crate::tags::{self, msg_type, BeginString, SessionRejectReason, SOH};
+
+/// HeartBtInt(108) values accepted on a Logon, in seconds. 0 (no heartbeats) is refused too:
+/// without heartbeats a dead connection would hold its session forever.
+pub const HEART_BT_INT_RANGE: RangeInclusive<u64> = 1..=3600;
+
+/// Most messages held while waiting for a gap to be filled (see [`Session::on_frame`]).
+pub const MAX_QUEUED_MESSAGES: usize = 10_000;
+
+/// Most bytes held while waiting for a gap to be filled.
+pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 
 /// Which side opens the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +279,8 @@ pub struct Session<S: SessionStore> {
     test_request_counter: u64,
     /// Out-of-order messages waiting for the gap before them to be filled.
     queue: BTreeMap<u64, Vec<u8>>,
+    /// Bytes held in `queue`, kept so the bound is checked without summing it.
+    queued_bytes: usize,
     /// Highest MsgSeqNum our outstanding ResendRequest covers; no new request until passed.
     resend_until: Option<u64>,
     out: VecDeque<Action>,
@@ -291,6 +324,7 @@ impl<S: SessionStore> Session<S> {
             test_request: None,
             test_request_counter: 0,
             queue: BTreeMap::new(),
+            queued_bytes: 0,
             resend_until: None,
             out: VecDeque::new(),
         })
@@ -331,6 +365,40 @@ impl<S: SessionStore> Session<S> {
         self.out.drain(..)
     }
 
+    fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+    }
+
+    fn dequeue(&mut self, seq: u64) -> Option<Vec<u8>> {
+        let frame = self.queue.remove(&seq)?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(frame.len());
+        Some(frame)
+    }
+
+    /// Holds a message that arrived ahead of a gap, or ends the session when the peer has sent
+    /// more out of sequence than [`MAX_QUEUED_MESSAGES`] / [`MAX_QUEUED_BYTES`] allow.
+    fn enqueue(&mut self, seq: u64, raw: &[u8], now: SystemTime) -> Step {
+        let replaced = self.queue.get(&seq).map_or(0, Vec::len);
+        let bytes = self
+            .queued_bytes
+            .saturating_sub(replaced)
+            .saturating_add(raw.len());
+        let full = replaced == 0 && self.queue.len() >= MAX_QUEUED_MESSAGES;
+        if full || bytes > MAX_QUEUED_BYTES {
+            let text = format!(
+                "too many messages out of sequence ({} held, {} bytes) while waiting for a resend",
+                self.queue.len(),
+                self.queued_bytes
+            );
+            tracing::warn!(counterparty = %self.config.target_comp_id, "{text}");
+            return Err(self.end_session(&text, DisconnectReason::Protocol(text.clone()), now));
+        }
+        self.queue.insert(seq, raw.to_vec());
+        self.queued_bytes = bytes;
+        Ok(())
+    }
+
     fn set_state(&mut self, state: State, now: SystemTime) {
         self.state = state;
         self.state_since = now;
@@ -338,7 +406,7 @@ impl<S: SessionStore> Session<S> {
 
     /// A connection is up: an initiator sends its Logon, an acceptor starts waiting for one.
     pub fn on_connected(&mut self, now: SystemTime) {
-        self.queue.clear();
+        self.clear_queue();
         self.resend_until = None;
         self.test_request = None;
         self.last_received = now;
@@ -376,7 +444,7 @@ impl<S: SessionStore> Session<S> {
 
     /// The transport lost the connection.
     pub fn on_disconnected(&mut self, now: SystemTime) {
-        self.queue.clear();
+        self.clear_queue();
         self.resend_until = None;
         self.test_request = None;
         self.set_state(State::Disconnected, now);
@@ -390,6 +458,15 @@ impl<S: SessionStore> Session<S> {
         if self.send_logout(text, now).is_ok() {
             self.set_state(State::LogoutSent, now);
         }
+    }
+
+    /// Ends the session because of something the transport found (e.g. a counterparty that
+    /// does not read): a Logout with `text` when logged on, then a disconnect.
+    pub fn abort(&mut self, text: &str, now: SystemTime) {
+        if self.state == State::Disconnected {
+            return;
+        }
+        let _ = self.end_session(text, DisconnectReason::Protocol(text.to_owned()), now);
     }
 
     /// Sends an application message whose body is pre-encoded `tag=value<SOH>` fields (no
@@ -524,7 +601,7 @@ impl<S: SessionStore> Session<S> {
             self.store_failed(&e);
             return Err(Stop::Ended);
         }
-        self.queue.clear();
+        self.clear_queue();
         self.resend_until = None;
         tracing::info!(counterparty = %self.config.target_comp_id, period_start = id,
             "new session period: sequence numbers reset to 1");
@@ -664,9 +741,9 @@ impl<S: SessionStore> Session<S> {
                 if seq >= expected {
                     break;
                 }
-                self.queue.remove(&seq);
+                self.dequeue(seq);
             }
-            let Some(next) = self.queue.remove(&expected) else {
+            let Some(next) = self.dequeue(expected) else {
                 break;
             };
             if self.process(&next, now).is_err() || self.state == State::Disconnected {
@@ -788,7 +865,7 @@ impl<S: SessionStore> Session<S> {
                 // Answer first, or two sides waiting for each other's resend deadlock.
                 self.on_resend_request(&msg, now)?;
             }
-            self.queue.insert(seq, raw.to_vec());
+            self.enqueue(seq, raw, now)?;
             return self.request_resend(expected, seq, now);
         }
         if seq < expected {
@@ -859,7 +936,7 @@ impl<S: SessionStore> Session<S> {
         };
         let expected = self.store.next_target_seq();
         if seq > expected {
-            self.queue.insert(seq, raw.to_vec());
+            self.enqueue(seq, raw, now)?;
             return self.request_resend(expected, seq, now);
         }
         if seq < expected {
@@ -902,8 +979,18 @@ impl<S: SessionStore> Session<S> {
             self.ensure_period(now)?;
         }
         let hb = match msg.get_uint(tags::HEART_BT_INT) {
-            Ok(Some(hb)) => hb,
-            _ => {
+            Ok(Some(hb)) if HEART_BT_INT_RANGE.contains(&hb) => hb,
+            Ok(Some(_)) | Err(_) => {
+                let value = msg.get(tags::HEART_BT_INT).unwrap_or_default();
+                let text = format!(
+                    "HeartBtInt(108)={} is out of range: expected whole seconds in {}..={}",
+                    sanitize(&String::from_utf8_lossy(value)),
+                    HEART_BT_INT_RANGE.start(),
+                    HEART_BT_INT_RANGE.end()
+                );
+                return Err(self.refuse_logon(&text, now));
+            }
+            Ok(None) => {
                 self.disconnect(protocol("Logon without a valid HeartBtInt"), now);
                 return Err(Stop::Ended);
             }
@@ -958,6 +1045,17 @@ impl<S: SessionStore> Session<S> {
             self.set_next_target(seq.saturating_add(1))?;
         }
         Ok(())
+    }
+
+    /// Answers a Logon we will not accept with a Logout that says why, then disconnects: the
+    /// counterparty's operator reads the reason instead of guessing at a closed socket.
+    fn refuse_logon(&mut self, text: &str, now: SystemTime) -> Stop {
+        tracing::warn!(counterparty = %self.config.target_comp_id, "Logon refused: {text}");
+        if self.send_logout(Some(text), now).is_err() {
+            return Stop::Ended;
+        }
+        self.disconnect(DisconnectReason::Protocol(text.to_owned()), now);
+        Stop::Ended
     }
 
     fn sequence_reset_mode(
@@ -1164,7 +1262,7 @@ impl<S: SessionStore> Session<S> {
             }
         };
         let mut cursor = begin;
-        let mut resent = 0;
+        let mut resent: usize = 0;
         for (seq, frame) in stored {
             let Some(again) = self.resend_frame(&frame, seq, now) else {
                 tracing::warn!(seq, "stored message unreadable; gap-filling it");
@@ -1174,7 +1272,7 @@ impl<S: SessionStore> Session<S> {
                 self.gap_fill(cursor, seq, now)?;
             }
             self.out.push_back(Action::Send(again));
-            resent += 1;
+            resent = resent.saturating_add(1);
             cursor = seq.saturating_add(1);
         }
         if cursor <= end {
@@ -1297,12 +1395,15 @@ impl<S: SessionStore> Session<S> {
                     return;
                 }
                 let quiet = since(now, self.last_received);
-                if quiet >= hb * 12 / 5 {
+                // `hb` is at most HEART_BT_INT_RANGE's end (or our own configuration), so
+                // these cannot saturate in practice; saturating keeps it so if that changes.
+                let scaled = |num: u32| hb.saturating_mul(num).checked_div(5).unwrap_or(hb);
+                if quiet >= scaled(12) {
                     self.disconnect(DisconnectReason::HeartbeatTimeout, now);
                     return;
                 }
-                if quiet >= hb * 6 / 5 && self.test_request.is_none() {
-                    self.test_request_counter += 1;
+                if quiet >= scaled(6) && self.test_request.is_none() {
+                    self.test_request_counter = self.test_request_counter.wrapping_add(1);
                     let id = format!("TEST{}", self.test_request_counter);
                     let sent = self.send_admin(msg_type::TEST_REQUEST, now, |b| {
                         b.push_str(tags::TEST_REQ_ID, &id);

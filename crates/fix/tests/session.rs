@@ -142,6 +142,115 @@ fn logon_timeout() {
     );
 }
 
+/// HeartBtInt values a peer may send that are outside the documented range
+/// (`understudy_fix::session::HEART_BT_INT_RANGE`): each gets a Logout naming the field, then
+/// a disconnect, and no later tick panics (9999999999999999999 s used to overflow `hb * 12`).
+#[test]
+fn out_of_range_heart_bt_int_is_logged_out_not_a_panic() {
+    for hb in [
+        "9999999999999999999",
+        "18446744073709551615",
+        "4294967296",
+        "0",
+        "3601",
+    ] {
+        let mut s = acceptor(BeginString::Fix44);
+        let mut peer = Peer::new(BeginString::Fix44);
+        s.on_connected(t0());
+        s.on_frame(&peer.msg("A", &format!("98=0|108={hb}|"), t0()), t0());
+        for t in [1, 100, 10_000, 1_000_000] {
+            s.on_timer(secs(t));
+        }
+        let a = actions(&mut s);
+        let out = sent(&a);
+        assert_eq!(out.len(), 1, "HeartBtInt={hb}: {a:?}");
+        assert_eq!(field(&out[0], 35).as_deref(), Some("5"), "HeartBtInt={hb}");
+        let text = field(&out[0], 58).unwrap_or_default();
+        assert!(text.contains("HeartBtInt"), "HeartBtInt={hb}: {text}");
+        assert!(
+            matches!(
+                a.last(),
+                Some(Action::Disconnect(DisconnectReason::Protocol(_)))
+            ),
+            "HeartBtInt={hb}: {a:?}"
+        );
+        assert!(!a.contains(&Action::Event(SessionEvent::LoggedOn { reset: false })));
+        assert_eq!(s.state(), State::Disconnected);
+    }
+    // The bounds themselves are accepted.
+    for hb in [1, 3600] {
+        let mut s = acceptor(BeginString::Fix44);
+        let mut peer = Peer::new(BeginString::Fix44);
+        s.on_connected(t0());
+        s.on_frame(&peer.msg("A", &format!("98=0|108={hb}|"), t0()), t0());
+        assert_eq!(s.state(), State::Active, "HeartBtInt={hb}");
+        s.on_timer(secs(100_000));
+        assert_eq!(s.state(), State::Disconnected);
+    }
+}
+
+/// Messages that arrive ahead of a gap wait in a queue; a peer that keeps sending them without
+/// ever filling the gap is logged out with the reason once the queue bound is reached, instead
+/// of growing the queue without limit.
+#[test]
+fn out_of_order_queue_is_bounded() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    peer.seq = 10; // 2..=9 never come
+    let limit = understudy_fix::session::MAX_QUEUED_MESSAGES;
+    let mut ended = None;
+    for i in 0..limit + 10 {
+        s.on_frame(&peer.msg("D", "11=x|", secs(1)), secs(1));
+        let a = actions(&mut s);
+        if let Some(Action::Disconnect(r)) = a.last() {
+            let out = sent(&a);
+            let logout = out.last().expect("a Logout before the disconnect");
+            assert_eq!(field(logout, 35).as_deref(), Some("5"));
+            assert!(field(logout, 58)
+                .unwrap_or_default()
+                .contains("out of sequence"));
+            ended = Some((i, r.clone()));
+            break;
+        }
+    }
+    let (i, reason) = ended.expect("the session ends once the queue is full");
+    assert_eq!(i, limit, "ended after {i} queued messages");
+    assert!(
+        matches!(reason, DisconnectReason::Protocol(_)),
+        "{reason:?}"
+    );
+}
+
+/// Numbers a peer controls at their extremes (MsgSeqNum, NewSeqNo, BeginSeqNo/EndSeqNo near
+/// u64::MAX) are handled without a panic.
+#[test]
+fn extreme_sequence_numbers_do_not_panic() {
+    let max = u64::MAX;
+    let (mut s, peer) = logged_on(BeginString::Fix44);
+    s.on_frame(
+        &peer.msg_with_seq("2", 2, &format!("7={max}|16={max}|"), secs(1)),
+        secs(1),
+    );
+    s.on_frame(
+        &peer.msg_with_seq("4", 3, &format!("123=Y|36={max}|"), secs(1)),
+        secs(1),
+    );
+    s.on_frame(&peer.msg_with_seq("0", max, "", secs(1)), secs(1));
+    s.on_frame(
+        &peer.msg_with_seq("4", max, &format!("36={max}|"), secs(1)),
+        secs(1),
+    );
+    s.on_timer(secs(2));
+    let _ = actions(&mut s);
+    let (mut s, peer) = logged_on(BeginString::Fix44);
+    s.on_frame(&peer.msg_with_seq("D", max, "11=x|", secs(1)), secs(1));
+    s.on_frame(
+        &peer.msg_with_seq("2", max - 1, "7=1|16=0|", secs(1)),
+        secs(1),
+    );
+    s.on_timer(secs(2));
+    let _ = actions(&mut s);
+}
+
 #[test]
 fn initiator_and_acceptor_talk() {
     let mut init = Session::new(

@@ -11,6 +11,15 @@
 //! prefix is valid can always be skipped, so a receiver may answer a malformed body with an
 //! error reply and keep the connection; only a bad length prefix ([`ProtocolError::is_fatal`])
 //! loses framing and forces the connection closed.
+//!
+//! The lints below make the compiler hold this module to it: no unchecked arithmetic, no
+//! `unwrap`/`expect`, no indexing that could panic.
+#![deny(
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 
@@ -267,14 +276,19 @@ impl Message {
             out.truncate(start);
             return Err(e);
         }
-        let len = out.len() - start - LEN_PREFIX;
-        if len > MAX_FRAME_LEN {
-            out.truncate(start);
-            return Err(ProtocolError::FrameTooLarge(len));
+        let len = out.len().saturating_sub(start).saturating_sub(LEN_PREFIX);
+        // len <= MAX_FRAME_LEN < u32::MAX, so the conversion succeeds whenever it is in range.
+        let prefix = out.get_mut(start..start.saturating_add(LEN_PREFIX));
+        match (u32::try_from(len), prefix) {
+            (Ok(n), Some(prefix)) if len <= MAX_FRAME_LEN => {
+                prefix.copy_from_slice(&n.to_be_bytes());
+                Ok(())
+            }
+            _ => {
+                out.truncate(start);
+                Err(ProtocolError::FrameTooLarge(len))
+            }
         }
-        // len <= MAX_FRAME_LEN < u32::MAX, so the cast is lossless.
-        out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
-        Ok(())
     }
 
     /// Encodes this message into a fresh buffer.
@@ -458,7 +472,7 @@ const TYPE_OFFSET: usize = LEN_PREFIX + 1;
 /// Encodes `Update { epoch, price }` as one frame that a server can share between every client
 /// it fans the price out to: encoded once, copied many times.
 pub fn price_frame(epoch: u64, price: &Price) -> Result<Bytes, ProtocolError> {
-    let mut b = BytesMut::with_capacity(48 + price.symbol.len());
+    let mut b = BytesMut::with_capacity(price.symbol.len().saturating_add(48));
     // Cloning the price only bumps the symbol's reference count.
     Message::Update {
         epoch,
@@ -473,8 +487,10 @@ pub fn price_frame(epoch: u64, price: &Price) -> Result<Bytes, ProtocolError> {
 pub fn put_price_frame(out: &mut BytesMut, frame: &[u8], snapshot: bool) {
     let start = out.len();
     out.extend_from_slice(frame);
-    if snapshot && frame.len() > TYPE_OFFSET {
-        out[start + TYPE_OFFSET] = code::SNAPSHOT;
+    if snapshot {
+        if let Some(t) = out.get_mut(start.saturating_add(TYPE_OFFSET)) {
+            *t = code::SNAPSHOT;
+        }
     }
 }
 
@@ -483,19 +499,21 @@ pub fn put_price_frame(out: &mut BytesMut, frame: &[u8], snapshot: bool) {
 /// Returns `Ok(None)` when more bytes are needed. The returned bytes start at the version byte
 /// and are to be passed to [`Message::decode`]. An error here is always fatal for the stream.
 pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
-    if buf.len() < LEN_PREFIX {
+    let Some(&[a, b, c, d]) = buf.get(..LEN_PREFIX) else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    };
+    let len = usize::try_from(u32::from_be_bytes([a, b, c, d])).unwrap_or(usize::MAX);
     if len > MAX_FRAME_LEN {
         return Err(ProtocolError::FrameTooLarge(len));
     }
     if len < 2 {
         return Err(ProtocolError::FrameTooShort(len));
     }
-    if buf.len() < LEN_PREFIX + len {
+    // len <= MAX_FRAME_LEN, so this cannot saturate.
+    let total = LEN_PREFIX.saturating_add(len);
+    if buf.len() < total {
         // Reserve once so a large frame arriving in pieces does not reallocate repeatedly.
-        buf.reserve(LEN_PREFIX + len - buf.len());
+        buf.reserve(total.saturating_sub(buf.len()));
         return Ok(None);
     }
     buf.advance(LEN_PREFIX);
@@ -536,7 +554,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         if let Some(frame) = split_frame(buf)? {
             return Ok(Some(frame));
         }
-        if buf.capacity() - buf.len() < 4096 {
+        if buf.capacity().saturating_sub(buf.len()) < 4096 {
             buf.reserve(16 * 1024);
         }
         if r.read_buf(buf).await? == 0 {
@@ -572,11 +590,12 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    // A char boundary exists within 4 bytes below any index, and 0 is always one.
+    let end = (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    s.get(..end).unwrap_or_default()
 }
 
 /// Bounds-checked cursor over a frame body.
@@ -640,6 +659,13 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+// Test code indexes its own fixtures; the deny above is for code that reads peer input.
+#[allow(
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -273,6 +273,14 @@ fn ack_body(pid: u32, epoch: u64) -> String {
 /// An HTTP/1.0 request (so the answer is never chunked and the connection closes after it).
 fn request(method: &str, path: &str, host: SocketAddr, json: Option<&str>) -> Vec<u8> {
     let mut r = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n");
+    // An agent whose reads need its token (`node.admin_read_requires_token`) hands it to its
+    // service as UNDERSTUDY_TOKEN; a value that could break the header is never sent.
+    if let Ok(t) = std::env::var("UNDERSTUDY_TOKEN") {
+        let t = t.trim();
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) {
+            r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+    }
     match json {
         Some(body) => {
             r.push_str(&format!(

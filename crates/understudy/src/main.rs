@@ -38,6 +38,22 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// How the CLI proves itself to an agent with `node.admin_token_file`. Never a command-line
+/// value: command lines are visible to every user of the machine.
+#[derive(clap::Args)]
+struct Auth {
+    /// File holding the agent's admin token (its node.admin_token_file); without it the
+    /// token is read from the environment variable UNDERSTUDY_TOKEN, if set.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl Auth {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        understudy_control::read_token(self.token_file.as_deref()).map_err(anyhow::Error::msg)
+    }
+}
+
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -70,12 +86,16 @@ enum Cmd {
         /// Print the raw JSON (/status and /group).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        auth: Auth,
     },
     /// Make a node Hot (PUT /service/activationmode/hot). Refused if another node is active.
     Activate {
         /// Admin address of the node to activate.
         #[arg(long)]
         agent: String,
+        #[command(flatten)]
+        auth: Auth,
     },
     /// Hand activity from the active node to a ready standby (for rolling updates).
     Switchover {
@@ -85,6 +105,8 @@ enum Cmd {
         /// The standby that must take over (it must be ready); any ready one without.
         #[arg(long)]
         to: Option<String>,
+        #[command(flatten)]
+        auth: Auth,
     },
     /// Show a node's event timeline and its takeovers.
     Events {
@@ -94,6 +116,8 @@ enum Cmd {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        auth: Auth,
     },
     /// Start a local group on a temp lock file, kill the active, show the takeover. Cleans up.
     Demo(demo::DemoArgs),
@@ -191,6 +215,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             };
             init_logging();
+            for w in cfg.warnings() {
+                tracing::warn!("{w}");
+            }
             let exe = std::env::current_exe().context(
                 "cannot find the understudy executable (needed to start the service guardian)",
             )?;
@@ -216,6 +243,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     c.node.admin,
                     c.activation.lock_file.display()
                 );
+                for w in c.warnings() {
+                    eprintln!("understudy: warning: {w}");
+                }
                 Ok(0)
             }
             Err(e) => {
@@ -223,10 +253,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(2)
             }
         },
-        Cmd::Status { agent, json } => {
+        Cmd::Status { agent, json, auth } => {
+            let token = auth.token()?;
             let rt = runtime()?;
             rt.block_on(async {
-                let c = AgentClient::new(&agent, Duration::from_secs(2));
+                let c = AgentClient::new(&agent, Duration::from_secs(2)).with_token(token);
                 let group = c.group().await?;
                 if json {
                     let status = c.status().await?;
@@ -242,10 +273,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(0)
             })
         }
-        Cmd::Activate { agent } => {
+        Cmd::Activate { agent, auth } => {
+            let token = auth.token()?;
             let rt = runtime()?;
             rt.block_on(async {
-                let c = AgentClient::new(&agent, Duration::from_secs(10));
+                let c = AgentClient::new(&agent, Duration::from_secs(10)).with_token(token);
                 let r = c.activate().await.context("activation refused")?;
                 println!(
                     "{agent} is Hot (epoch {})",
@@ -254,10 +286,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(0)
             })
         }
-        Cmd::Switchover { agent, to } => {
+        Cmd::Switchover { agent, to, auth } => {
+            let token = auth.token()?;
             let rt = runtime()?;
             rt.block_on(async {
-                let c = AgentClient::new(&agent, Duration::from_secs(60));
+                let c = AgentClient::new(&agent, Duration::from_secs(60)).with_token(token);
                 let r = c
                     .switchover(to.as_deref())
                     .await
@@ -272,10 +305,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(0)
             })
         }
-        Cmd::Events { agent, json } => {
+        Cmd::Events { agent, json, auth } => {
+            let token = auth.token()?;
             let rt = runtime()?;
             rt.block_on(async {
-                let c = AgentClient::new(&agent, Duration::from_secs(2));
+                let c = AgentClient::new(&agent, Duration::from_secs(2)).with_token(token);
                 let ev = c.events().await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&ev)?);
