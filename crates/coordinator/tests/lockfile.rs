@@ -220,7 +220,7 @@ async fn try_acquire_racing_the_waiter_gives_one_report() {
 
 /// Run only as the child of `killed_holder_wakes_the_waiter`: take the lock, say so, sleep forever.
 #[test]
-#[ignore = "helper process for killed_holder_wakes_the_waiter"]
+#[ignore = "not a test: the lock holder process of killed_holder_wakes_the_waiter"]
 fn child_lock_holder() {
     let Ok(lock) = std::env::var("UNDERSTUDY_TEST_HOLD_LOCK") else {
         return;
