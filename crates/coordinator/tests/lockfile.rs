@@ -297,8 +297,25 @@ async fn lock_descriptors_are_not_inherited() {
         a.try_acquire().unwrap(),
         TryAcquire::Acquired { .. }
     ));
-    b.campaign().unwrap(); // the waiter's descriptor is open too
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.campaign().unwrap();
+    // Wait until the waiter's descriptor is open too (a's is the first).
+    let open_on_lock = || {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|fds| {
+                fds.flatten()
+                    .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == lock))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_on_lock() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never opened the lock file"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 
     // A descriptor opened without O_CLOEXEC must show up: proves the check can see a leak.
     let canary = dir.path().join("canary");

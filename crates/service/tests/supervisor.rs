@@ -309,14 +309,16 @@ async fn kill_9_of_the_agent_takes_everything() {
     assert!(family.iter().all(|p| alive(*p)), "{family:?}");
 
     kill(Pid::from_raw(agent.id().unwrap() as i32), Signal::SIGKILL).unwrap();
-    let took = all_gone(&family, Duration::from_millis(100)).await;
+    // A liveness bound: the family must go by itself (lifeline EOF → the guardian kills the
+    // group); how fast is a speed figure, not this test's business.
+    let took = all_gone(&family, LONG).await;
     agent.wait().await.unwrap();
     match took {
         Ok(took) => eprintln!("service family gone {took:?} after kill -9 of the agent"),
         Err(survivors) => {
             // Do not leave them behind (they hold the harness's stderr open).
             let _ = kill(Pid::from_raw(-(guardian.unwrap() as i32)), Signal::SIGKILL);
-            panic!("still alive 100 ms after kill -9 of the agent: {survivors:?}");
+            panic!("still alive {LONG:?} after kill -9 of the agent: {survivors:?}");
         }
     }
 }
