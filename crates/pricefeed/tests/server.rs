@@ -193,7 +193,7 @@ async fn unknown_instrument_and_malformed_frames_get_error_replies() {
         msgs.iter().any(|m| matches!(m, Message::Update { .. }))
     })
     .await;
-    wait_until(Duration::from_secs(1), || h.status().clients == 1).await;
+    wait_until(ANSWER, || h.status().clients == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,9 +273,10 @@ async fn server_reconnects_to_a_restarted_upstream() {
         let _ = sim.run().await;
     }));
     let (_addr, h, _srv) = server(ex, Role::Standby, 0).await;
-    wait_until(Duration::from_secs(2), || h.status().upstream_connected).await;
+    wait_until(ANSWER, || h.status().upstream_connected).await;
     drop(first);
-    wait_until(Duration::from_secs(3), || !h.status().upstream_connected).await;
+    wait_until(ANSWER, || !h.status().upstream_connected).await;
+    // The scenario: the upstream stays away a moment, so reconnection attempts fail first.
     sleep(Duration::from_millis(100)).await;
     let sim = understudy_pricefeed::exchange_sim::ExchangeSim::bind(ex, 5, 1000)
         .await

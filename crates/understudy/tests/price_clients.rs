@@ -96,8 +96,9 @@ impl Raw {
     /// The next message that is not a heartbeat, hello or price (None: closed or timed out).
     async fn next_reply(&mut self) -> Option<Message> {
         loop {
+            // A liveness bound: answers take milliseconds; a loaded machine must not fail this.
             let f = match timeout(
-                Duration::from_secs(2),
+                Duration::from_secs(10),
                 read_frame(&mut self.sock, &mut self.buf),
             )
             .await
