@@ -206,11 +206,12 @@ async fn try_acquire_racing_the_waiter_gives_one_report() {
             events += 1;
         }
         assert!(b.holds());
-        if by_try {
-            assert_eq!(events, 0, "try_acquire won, the waiter must stay silent");
-        } else {
-            // The waiter won the race: try_acquire may report the held lock or HeldByOther.
-            assert_eq!(events, 1);
+        // Either try_acquire took the lock (it says Acquired; the waiter stays silent), or the
+        // waiter did (one event; try_acquire then said HeldByOther, or Acquired when it found
+        // the lock already held by b). So Acquired alone does not tell who won.
+        assert!(events <= 1, "the waiter reported {events} times");
+        if events == 0 {
+            assert!(by_try, "b holds the lock but nothing reported it");
         }
         assert_eq!(c.try_acquire().unwrap(), TryAcquire::HeldByOther);
         b.release().unwrap();

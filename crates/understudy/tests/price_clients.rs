@@ -1,6 +1,6 @@
 //! A price group of real processes facing bad clients: one that stops reading, and one that
 //! sends malformed frames, unexpected messages and unknown instruments. The server answers the
-//! bad ones and keeps serving everyone else on time.
+//! bad ones and keeps serving everyone else without a stall.
 
 // The driver allows dead code itself: each user needs only part of it.
 #[path = "../src/price_cmd/group.rs"]

@@ -14,7 +14,8 @@ use std::io::Write;
 pub const SKIP_LOG: &str = "UNDERSTUDY_SKIP_LOG";
 
 /// Records that `test` cannot run because of `reason`; the caller returns right after.
-/// Panics (fails the test) when `CI=true`.
+/// Panics (fails the test, at the caller's line) when `CI=true`.
+#[track_caller]
 pub fn skip(test: &str, reason: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: {reason} (CI=true: every dependency of the suite must be installed)");
