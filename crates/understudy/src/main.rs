@@ -8,6 +8,7 @@
 //! - `fix-gateway` and the FIX exchange simulator: the FIX gateway ([`fix_cmd`]).
 
 mod bench;
+mod ctl_cmd;
 mod demo;
 mod demo_service;
 mod fix_cmd;
@@ -89,6 +90,10 @@ enum Cmd {
     /// FIX gateway (warm standby).
     #[command(flatten)]
     Fix(fix_cmd::FixCmds),
+    /// The control plane: REST API and web dashboard (document 000's failover service).
+    Serve(ctl_cmd::ServeArgs),
+    /// The control plane's CLI: servers, failover lifecycle, switchover, failure events.
+    Ctl(ctl_cmd::CtlArgs),
     /// The small built-in service that the demo and the benchmark protect.
     #[command(hide = true)]
     DemoService(demo_service::DemoServiceArgs),
@@ -235,6 +240,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Demo(args) => demo::run(args),
         Cmd::Bench { what } => bench::run(what),
         Cmd::DemoService(args) => demo_service::run(args),
+        Cmd::Serve(args) => ctl_cmd::serve(args),
+        Cmd::Ctl(args) => ctl_cmd::ctl(args),
         Cmd::Price(c) => c.run(),
         Cmd::Fix(c) => c.run(),
     }
