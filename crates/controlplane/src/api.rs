@@ -50,6 +50,8 @@ pub fn router(ctx: Shared) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/api/health", get(health))
         .route("/api/hosts", get(hosts))
+        .route("/api/hosts/{name}/desired", get(host_desired))
+        .route("/api/hosts/{name}/report", axum::routing::put(host_report))
         .route("/api/servers", get(list).post(add_server))
         .route("/api/servers/{name}", get(one).delete(delete_server))
         .route("/api/servers/{name}/start", post(start_server))
@@ -63,6 +65,8 @@ pub fn router(ctx: Shared) -> Router {
         .route("/api/servers/{name}/failover/switchover", post(switchover))
         .route("/api/servers/{name}/events", get(events))
         .route("/api/stream", get(stream))
+        .route("/api/config", get(export))
+        .route("/api/config/import", post(import))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -216,8 +220,63 @@ async fn health() -> Json<Value> {
     Json(json!({ "ok": true }))
 }
 
-async fn hosts(State(ctx): State<Shared>) -> Json<Value> {
-    Json(json!({ "hosts": ctx.plane.hosts() }))
+async fn hosts(State(ctx): State<Shared>) -> Response {
+    match ctx.plane.hosts_json() {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn host_desired(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
+    if !crate::model::valid_name(&name) || name == crate::model::LOCAL_HOST {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{name:?} cannot name a host (\"local\" is the built-in one)"),
+        );
+    }
+    match ctx.plane.desired_json(&name) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostReport {
+    advertise: String,
+    processes: Vec<crate::hostd::ProcReport>,
+}
+
+/// Most processes one host may report: far above any real placement, low enough to bound a row.
+const MAX_REPORTED: usize = 1024;
+
+async fn host_report(
+    State(ctx): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    if !crate::model::valid_name(&name) || name == crate::model::LOCAL_HOST {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{name:?} cannot name a host (\"local\" is the built-in one)"),
+        );
+    }
+    let rep: HostReport = match body(&headers, &bytes) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    if rep.advertise.parse::<std::net::IpAddr>().is_err() || rep.processes.len() > MAX_REPORTED {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "advertise must be an IP address; at most 1024 processes",
+        );
+    }
+    let procs = serde_json::to_value(&rep.processes).unwrap_or(json!([]));
+    match ctx.plane.host_report(&name, &rep.advertise, &procs) {
+        Ok(()) => Json(json!({ "ok": true })).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn list(State(ctx): State<Shared>) -> Response {
@@ -259,7 +318,7 @@ async fn delete_server(State(ctx): State<Shared>, Path(name): Path<String>) -> R
 }
 
 async fn start_server(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
-    let r = ctx.plane.start_server(&name).map(|_| ());
+    let r = ctx.plane.start_server(&name).await.map(|_| ());
     done(&ctx, &name, r, StatusCode::OK)
 }
 
@@ -380,4 +439,42 @@ async fn stream(
     let s = WatchStream::new(ctx.view.clone())
         .map(|v| Ok(Event::default().event("view").data(v.to_string())));
     Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+async fn export(State(ctx): State<Shared>) -> Response {
+    match ctx.plane.export() {
+        Ok(v) => Json(json!({ "servers": v })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportReq {
+    servers: Vec<crate::config_io::ServerConfig>,
+    /// Change the inventory (otherwise only validate and show the difference).
+    #[serde(default)]
+    apply: bool,
+    /// Remove servers that are not in the import.
+    #[serde(default)]
+    prune: bool,
+}
+
+async fn import(State(ctx): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    let req: ImportReq = match body(&headers, &bytes) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    match ctx.plane.import(req.servers, req.apply, req.prune).await {
+        Ok(rep) if !rep.errors.is_empty() => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "the import has errors; nothing was changed",
+                "report": rep,
+            })),
+        )
+            .into_response(),
+        Ok(rep) => Json(json!({ "report": rep })).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -92,10 +92,17 @@ pub enum Answer {
     Events,
     /// A deletion.
     Deleted,
+    /// The configuration (written to files by the caller).
+    Export,
+    /// An import's difference report.
+    Import,
 }
 
 /// A refusal in words: the error, what to do, and each wrong field.
 pub fn refusal_text(v: &Value) -> String {
+    if v.get("report").is_some() {
+        return import_text(v);
+    }
     let mut s = v
         .get("error")
         .and_then(Value::as_str)
@@ -226,5 +233,66 @@ pub fn render(kind: Answer, v: &Value) -> String {
             v.get("deleted").and_then(Value::as_str).unwrap_or("?")
         ),
         Answer::Server => server_line(v),
+        Answer::Export => "configuration exported".to_string(),
+        Answer::Import => import_text(v),
     }
+}
+
+/// An import's report in words (also printed with a refusal: the report is in the error body).
+pub fn import_text(v: &Value) -> String {
+    let r = v.get("report").unwrap_or(v);
+    let list = |k: &str| -> Vec<String> {
+        r.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for n in list("added") {
+        out.push(format!("+ {n} (new)"));
+    }
+    if let Some(ch) = r.get("changed").and_then(Value::as_object) {
+        for (n, d) in ch {
+            out.push(format!("~ {n}"));
+            for line in d.as_array().into_iter().flatten() {
+                out.push(format!("    {}", line.as_str().unwrap_or("?")));
+            }
+        }
+    }
+    for n in list("missing") {
+        out.push(format!(
+            "- {n} (not in the import; removed only with --prune)"
+        ));
+    }
+    let unchanged = list("unchanged").len();
+    if unchanged > 0 {
+        out.push(format!("= {unchanged} unchanged"));
+    }
+    if let Some(errs) = r.get("errors").and_then(Value::as_object) {
+        for (n, es) in errs {
+            for e in es.as_array().into_iter().flatten() {
+                out.push(format!(
+                    "! {n}: {}: {}",
+                    e.get("field").and_then(Value::as_str).unwrap_or("?"),
+                    e.get("reason").and_then(Value::as_str).unwrap_or("?")
+                ));
+            }
+        }
+    }
+    out.push(if r.get("applied").and_then(Value::as_bool) == Some(true) {
+        "applied".to_string()
+    } else if r
+        .get("errors")
+        .and_then(Value::as_object)
+        .is_some_and(|e| !e.is_empty())
+    {
+        "nothing changed: fix the errors above".to_string()
+    } else {
+        "nothing changed yet: run again with --apply to apply".to_string()
+    });
+    out.join("\n")
 }

@@ -9,16 +9,21 @@
 //!   every agent for its status and failure events.
 //! - [`model`]: servers, failover services, nodes, and their validation.
 //! - [`store`]: the embedded SQLite database with numbered migrations.
-//! - [`host`]: the host built into `serve`, which runs agents and plain servers as processes.
+//! - [`hostd`]: a host's reconciler (desired processes → running processes), built into `serve`
+//!   for this machine and run by `understudy host --control URL` on the others.
+//! - [`host`]: starting, recognising and stopping processes on this machine.
 //! - [`openapi`], [`export`]: the API's description; failure events as CSV.
+//! - [`config_io`]: the whole configuration as TOML files for Git; import with a diff first.
 //! - [`notify`]: failure events pushed to a webhook, with retries.
 //! - [`client`]: `understudy ctl`'s side: one call, its answer in words.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod client;
+pub mod config_io;
 pub mod export;
 pub mod host;
+pub mod hostd;
 pub mod lifecycle;
 pub mod model;
 pub mod notify;
@@ -60,6 +65,8 @@ pub struct ServeOptions {
     pub private: bool,
     /// URL each new failure event is POSTed to.
     pub webhook: Option<String>,
+    /// etcd endpoints, for groups whose nodes are on more than one host.
+    pub etcd: Vec<String>,
 }
 
 /// Read a token file: refused when missing, empty, or readable by others.
@@ -97,6 +104,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let mut plane = Plane::open(&opts.data, opts.exe.clone())
         .with_context(|| format!("--data {}", opts.data.display()))?;
     plane.notifier = opts.webhook.clone().map(notify::Notifier::spawn);
+    for e in &opts.etcd {
+        if !e.starts_with("http://") && !e.starts_with("https://") {
+            anyhow::bail!("--etcd {e:?}: write http://HOST:2379");
+        }
+    }
+    plane.etcd = opts.etcd.clone();
     let first = plane.view().context("reading the database")?;
     let (view_tx, view_rx) = watch::channel(first);
     let ctx = Arc::new(api::Ctx {

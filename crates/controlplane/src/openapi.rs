@@ -114,7 +114,17 @@ pub fn document() -> Value {
         },
         "paths": {
             "/api/health": { "get": { "summary": "the control plane answers", "responses": { "200": resp("ok", json!({"type": "object"})) } } },
-            "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes", "responses": { "200": resp("the hosts", json!({"type": "object"})) } } },
+            "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes: the built-in one and every `understudy host`, with what runs there", "responses": { "200": resp("the hosts", json!({"type": "object"})) } } },
+            "/api/hosts/{name}/desired": { "get": { "summary": "what a host should run (polled by `understudy host`)", "parameters": [name_param()], "responses": { "200": resp("the desired processes", json!({"type": "object"})), "422": resp("not a host name", err_ref()) } } },
+            "/api/hosts/{name}/report": { "put": {
+                "summary": "a host reports what runs there (and registers itself)",
+                "parameters": [name_param()],
+                "security": [{ "bearer": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["advertise", "processes"], "additionalProperties": false,
+                    "properties": { "advertise": { "type": "string" }, "processes": { "type": "array", "maxItems": 1024 } } } } } },
+                "responses": { "200": resp("recorded", json!({"type": "object"})), "415": resp("not JSON", err_ref()), "422": resp("bad report", err_ref()) }
+            } },
             "/api/servers": {
                 "get": { "summary": "every server with its failover state, live", "responses": { "200": resp("the inventory", json!({"type": "object"})) } },
                 "post": {
@@ -177,6 +187,19 @@ pub fn document() -> Value {
                     "200": { "description": "the events", "content": { "application/json": { "schema": { "type": "object" } }, "text/csv": { "schema": { "type": "string" } } } },
                     "400": resp("bad query", err_ref()),
                     "404": resp("no such server", err_ref())
+                }
+            } },
+            "/api/config": { "get": { "summary": "the whole configuration (servers and their failover services), as `ctl export` writes it", "responses": { "200": resp("the configuration", json!({"type": "object"})) } } },
+            "/api/config/import": { "post": {
+                "summary": "validate a whole configuration and show the difference; with apply=true change the inventory (all or nothing); prune=true removes servers not in it",
+                "security": [{ "bearer": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["servers"], "additionalProperties": false,
+                    "properties": { "servers": { "type": "array" }, "apply": { "type": "boolean" }, "prune": { "type": "boolean" } } } } } },
+                "responses": {
+                    "200": resp("the difference (and whether it was applied)", json!({"type": "object"})),
+                    "415": resp("not JSON", err_ref()),
+                    "422": resp("errors, per server; nothing changed", err_ref())
                 }
             } },
             "/api/stream": { "get": { "summary": "server-sent events: the whole inventory (as GET /api/servers) on every change", "responses": { "200": { "description": "text/event-stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } } } }

@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::config_io::{diff, ImportReport, ServerConfig};
 use crate::host::{agent_key, server_key, tail, HostError, LocalHost};
+use crate::hostd::{ProcReport, Reconciler, Want};
 use crate::lifecycle::{decide, Refusal, Situation, Step};
 use crate::model::{
     node_name, FailoverSpec, FieldError, NodeSpec, ServerSpec, ServerState, LOCAL_HOST,
@@ -63,8 +65,10 @@ pub fn unix_ms() -> u64 {
 const AGENT_UP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the preferred node may take to become Hot at start.
 const HOT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Grace between SIGTERM and SIGKILL when stopping an agent or a plain server.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a host may take to start or stop a process it was asked to.
+const HOST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A host that has not reported for this long is shown disconnected.
+pub const HOST_STALE: Duration = Duration::from_secs(5);
 
 /// What the collector last learnt from one node's agent.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -80,19 +84,21 @@ pub struct NodeLive {
 /// The control plane.
 pub struct Plane {
     /// The database.
-    pub store: Store,
-    /// The local host.
-    pub host: LocalHost,
+    pub store: std::sync::Arc<Store>,
+    /// The data directory.
+    pub data: PathBuf,
+    /// The host built into `serve`: its reconciler, run in-process.
+    local: tokio::sync::Mutex<Reconciler>,
     /// What the collector last saw, by node name.
     pub live: Mutex<BTreeMap<String, NodeLive>>,
-    /// Held by every step that starts or stops processes, so the collector's restart of a dead
-    /// agent never races a start or a stop of the same group.
+    /// Held by every lifecycle step that changes what should run, so two steps on the inventory
+    /// never interleave.
     ops: tokio::sync::Mutex<()>,
-    /// Dead agents restarted, by node: when it may next be restarted and the current back-off.
-    restarts: Mutex<BTreeMap<String, (tokio::time::Instant, Duration)>>,
     http: reqwest::Client,
     /// Where new failure events are pushed, if anywhere.
     pub notifier: Option<crate::notify::Notifier>,
+    /// etcd endpoints for groups whose nodes are on more than one host.
+    pub etcd: Vec<String>,
 }
 
 impl Plane {
@@ -102,17 +108,22 @@ impl Plane {
             let d = data.join(sub);
             std::fs::create_dir_all(&d).map_err(|source| HostError::Io { path: d, source })?;
         }
-        let store = Store::open(data)?;
-        Ok(Plane {
-            store,
-            host: LocalHost {
+        let store = std::sync::Arc::new(Store::open(data)?);
+        let local = Reconciler::new(
+            LocalHost {
                 exe,
                 data: data.to_path_buf(),
             },
+            store.clone(),
+        );
+        Ok(Plane {
+            store,
+            data: data.to_path_buf(),
+            local: tokio::sync::Mutex::new(local),
             live: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
-            restarts: Mutex::new(BTreeMap::new()),
             notifier: None,
+            etcd: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_millis(800))
                 .no_proxy()
@@ -121,9 +132,114 @@ impl Plane {
         })
     }
 
-    /// The hosts that can run processes. Today only the built-in one.
+    /// The hosts that can run processes: the built-in one and every host that ever reported.
     pub fn hosts(&self) -> Vec<String> {
-        vec![LOCAL_HOST.to_string()]
+        let mut h = vec![LOCAL_HOST.to_string()];
+        if let Ok(all) = self.store.hosts() {
+            h.extend(all.into_keys().filter(|n| n != LOCAL_HOST));
+        }
+        h
+    }
+
+    /// Hosts with their address, connection and what runs there, for the API.
+    pub fn hosts_json(&self) -> Result<Value, PlaneError> {
+        let now = unix_ms();
+        let all = self.store.hosts()?;
+        let mut out = vec![
+            json!({ "name": LOCAL_HOST, "advertise": "127.0.0.1", "connected": true, "builtin": true,
+            "processes": all.get(LOCAL_HOST).map(|h| h.2.clone()).unwrap_or(json!([])) }),
+        ];
+        for (name, (adv, seen, rep)) in all {
+            if name == LOCAL_HOST {
+                continue;
+            }
+            out.push(json!({
+                "name": name, "advertise": adv, "last_seen_unix_ms": seen, "builtin": false,
+                "connected": now.saturating_sub(seen) <= HOST_STALE.as_millis() as u64,
+                "processes": rep,
+            }));
+        }
+        Ok(json!({ "hosts": out }))
+    }
+
+    /// What `host` should run (for `understudy host`).
+    pub fn desired_json(&self, host: &str) -> Result<Value, PlaneError> {
+        Ok(json!({ "desired": self.store.desired_for(host)? }))
+    }
+
+    /// A remote host's report.
+    pub fn host_report(
+        &self,
+        host: &str,
+        advertise: &str,
+        processes: &Value,
+    ) -> Result<(), PlaneError> {
+        self.store
+            .put_host_report(host, advertise, processes, unix_ms())?;
+        Ok(())
+    }
+
+    /// The address agents on `host` are reached at.
+    fn host_addr(&self, host: &str) -> Option<String> {
+        if host == LOCAL_HOST {
+            return Some("127.0.0.1".into());
+        }
+        self.store.hosts().ok()?.get(host).map(|h| h.0.clone())
+    }
+
+    fn node_admin(&self, n: &NodeSpec) -> String {
+        format!(
+            "{}:{}",
+            self.host_addr(&n.host)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            n.admin_port
+        )
+    }
+
+    /// Let the built-in host catch up with what should run (remote hosts do by themselves).
+    pub async fn sync_local(&self) {
+        let desired = self.store.desired_for(LOCAL_HOST).unwrap_or_default();
+        let reports = self.local.lock().await.step(&desired).await;
+        let _ = self.store.put_host_report(
+            LOCAL_HOST,
+            "127.0.0.1",
+            &serde_json::to_value(&reports).unwrap_or(json!([])),
+            unix_ms(),
+        );
+    }
+
+    /// The last report of `key`, from whichever host reported it.
+    fn report(&self, key: &str) -> Option<(String, ProcReport)> {
+        let hosts = self.store.hosts().ok()?;
+        hosts.into_iter().find_map(|(name, (_, _, rep))| {
+            let list: Vec<ProcReport> = serde_json::from_value(rep).ok()?;
+            list.into_iter().find(|r| r.key == key).map(|r| (name, r))
+        })
+    }
+
+    /// Wait until `ok` holds for `key`'s report (None: not reported) on `host`.
+    async fn wait_report(
+        &self,
+        host: &str,
+        key: &str,
+        ok: impl Fn(Option<&ProcReport>) -> bool,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + HOST_TIMEOUT;
+        loop {
+            if host == LOCAL_HOST {
+                self.sync_local().await;
+            }
+            let r = self.report(key).filter(|(h, _)| h == host).map(|(_, r)| r);
+            if ok(r.as_ref()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(r
+                    .and_then(|r| r.problem)
+                    .unwrap_or_else(|| format!("host {host} did not act within {} s (is `understudy host --name {host}` running?)", HOST_TIMEOUT.as_secs())));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn row(&self, name: &str) -> Result<ServerRow, PlaneError> {
@@ -176,14 +292,41 @@ impl Plane {
     }
 
     /// Start a server as a plain, unprotected server.
-    pub fn start_server(&self, name: &str) -> Result<ServerRow, PlaneError> {
+    pub async fn start_server(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        let _ops = self.ops.lock().await;
         let row = self.row(name)?;
         let next = self.check(&row, Step::StartServer)?;
-        let pid = self.host.start_plain(name, &row.spec.service)?;
         let key = server_key(name);
-        self.store.put_process(&key, pid, &key, unix_ms())?;
+        let generation = unix_ms();
+        let want = Want::Server {
+            server: name.to_string(),
+            service: row.spec.service.clone(),
+            generation,
+            adopt: None,
+        };
+        self.store.put_desired(
+            &key,
+            &row.spec.host,
+            &serde_json::to_value(&want).unwrap_or_default(),
+        )?;
+        if let Err(e) = self
+            .wait_report(&row.spec.host, &key, |r| {
+                r.is_some_and(|r| r.generation == generation && (r.running || r.problem.is_some()))
+            })
+            .await
+            .and_then(|_| match self.report(&key) {
+                Some((_, r)) if r.running => Ok(()),
+                Some((_, r)) => Err(r.problem.unwrap_or_default()),
+                None => Err("not reported".into()),
+            })
+        {
+            self.store.delete_desired(&key)?;
+            return Err(PlaneError::Start(format!(
+                "server {name} did not start: {e}"
+            )));
+        }
         self.store.set_state(name, next)?;
-        info!(server = %name, pid, "plain server started");
+        info!(server = %name, "plain server started");
         self.row(name)
     }
 
@@ -193,10 +336,14 @@ impl Plane {
         let row = self.row(name)?;
         let next = self.check(&row, Step::StopServer)?;
         let key = server_key(name);
-        if let Some((pid, marker)) = self.store.process(&key)? {
-            LocalHost::stop(pid, &marker, STOP_GRACE).await;
+        let host = self
+            .report(&key)
+            .map(|(h, _)| h)
+            .unwrap_or(row.spec.host.clone());
+        self.store.delete_desired(&key)?;
+        if let Err(e) = self.wait_report(&host, &key, |r| r.is_none()).await {
+            warn!(server = %name, "stopping: {e}");
         }
-        self.store.delete_process(&key)?;
         self.store.set_state(name, next)?;
         info!(server = %name, "server stopped");
         self.row(name)
@@ -227,31 +374,39 @@ impl Plane {
 
     /// The agent configuration file of `node`.
     pub fn node_config_path(&self, node: &str) -> PathBuf {
-        self.host.data.join("nodes").join(format!("{node}.toml"))
+        self.data.join("nodes").join(format!("{node}.toml"))
     }
 
-    fn lock_path(&self, server: &str) -> PathBuf {
-        self.host.data.join("locks").join(format!("{server}.lock"))
-    }
-
-    /// The agent configuration of one node, as TOML text.
+    /// The agent configuration of one node, as TOML text. A group on one host coordinates through
+    /// a lock file in that host's data directory (relative to the configuration file, which the
+    /// host writes to `<data>/nodes/`); a group across hosts needs etcd.
     fn agent_config(&self, server: &ServerSpec, f: &FailoverSpec, node: &NodeSpec) -> String {
+        let one_host = std::iter::once(&server.host)
+            .chain(f.standby_hosts.iter())
+            .all(|h| *h == server.host);
         let mut t = toml_table();
         let mut n = toml_table();
         n.insert("name".into(), node.name.clone().into());
         n.insert("group".into(), server.name.clone().into());
-        n.insert(
-            "admin".into(),
-            format!("127.0.0.1:{}", node.admin_port).into(),
-        );
+        n.insert("admin".into(), self.node_admin(node).into());
         t.insert("node".into(), toml::Value::Table(n));
         let mut a = toml_table();
         a.insert("mode".into(), f.mode.as_str().into());
-        a.insert(
-            "lock_file".into(),
-            self.lock_path(&server.name).display().to_string().into(),
-        );
+        if one_host || self.etcd.is_empty() {
+            a.insert(
+                "lock_file".into(),
+                format!("../locks/{}.lock", server.name).into(),
+            );
+        }
         t.insert("activation".into(), toml::Value::Table(a));
+        if !one_host && !self.etcd.is_empty() {
+            let mut e = toml_table();
+            e.insert(
+                "endpoints".into(),
+                toml::Value::Array(self.etcd.iter().map(|x| x.clone().into()).collect()),
+            );
+            t.insert("etcd".into(), toml::Value::Table(e));
+        }
         let mut s = toml_table();
         s.insert(
             "command".into(),
@@ -299,7 +454,24 @@ impl Plane {
     pub fn put_failover(&self, name: &str, f: FailoverSpec) -> Result<ServerRow, PlaneError> {
         let row = self.row(name)?;
         self.check(&row, Step::AddFailover)?;
-        let mut errs = f.validate(&row.spec);
+        let old = row.failover.as_ref().map(|o| o.nodes.as_slice());
+        let nodes = self.plan_failover(&row.spec, &f, old)?;
+        self.store.put_failover(name, &f, &nodes)?;
+        info!(server = %name, nodes = nodes.len(), "failover service added");
+        self.row(name)
+    }
+
+    /// Validate a failover service for `server` in full (the request's fields, the hosts, and
+    /// every node's agent configuration by `check-config`'s rules) and place its nodes. Nodes that
+    /// already had an admin port keep it, so a replaced configuration does not move a node's
+    /// address under an operator's scripts.
+    fn plan_failover(
+        &self,
+        server: &ServerSpec,
+        f: &FailoverSpec,
+        old: Option<&[NodeSpec]>,
+    ) -> Result<Vec<NodeSpec>, PlaneError> {
+        let mut errs = f.validate(server);
         errs.extend(
             self.unknown_hosts(
                 &f.standby_hosts
@@ -309,26 +481,25 @@ impl Plane {
                     .collect::<Vec<_>>(),
             ),
         );
+        if f.standby_hosts.iter().any(|h| *h != server.host) && self.etcd.is_empty() {
+            errs.push(FieldError {
+                field: "standby_hosts".into(),
+                reason: "a group across hosts needs etcd to coordinate (a lock file lives on one machine): start the control plane with --etcd http://HOST:2379,…".into(),
+            });
+        }
         if !errs.is_empty() {
             return Err(PlaneError::Invalid(errs));
         }
-        // Keep the admin ports of nodes that already had one, so a replaced configuration does not
-        // move a node's address under an operator's scripts.
-        let old: BTreeMap<String, u16> = row
-            .failover
-            .as_ref()
-            .map(|o| {
-                o.nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), n.admin_port))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let hosts = std::iter::once(row.spec.host.clone()).chain(f.standby_hosts.iter().cloned());
+        let old: BTreeMap<&str, u16> = old
+            .unwrap_or_default()
+            .iter()
+            .map(|n| (n.name.as_str(), n.admin_port))
+            .collect();
+        let hosts = std::iter::once(server.host.clone()).chain(f.standby_hosts.iter().cloned());
         let mut nodes = Vec::new();
         for (i, host) in hosts.enumerate() {
-            let name = node_name(&row.spec.name, i + 1);
-            let admin_port = match old.get(&name) {
+            let name = node_name(&server.name, i + 1);
+            let admin_port = match old.get(name.as_str()) {
                 Some(p) => *p,
                 None => free_port().map_err(|e| {
                     PlaneError::Start(format!("cannot find a free admin port for {name}: {e}"))
@@ -341,7 +512,7 @@ impl Plane {
             });
         }
         for node in &nodes {
-            let text = self.agent_config(&row.spec, &f, node);
+            let text = self.agent_config(server, f, node);
             let path = self.node_config_path(&node.name);
             if let Err(e) = understudy_agent::Config::parse(&path, &text) {
                 errs.push(FieldError {
@@ -353,9 +524,159 @@ impl Plane {
         if !errs.is_empty() {
             return Err(PlaneError::Invalid(errs));
         }
-        self.store.put_failover(name, &f, &nodes)?;
-        info!(server = %name, nodes = nodes.len(), "failover service added");
-        self.row(name)
+        Ok(nodes)
+    }
+
+    /// The whole configuration, one entry per server.
+    pub fn export(&self) -> Result<Vec<ServerConfig>, PlaneError> {
+        Ok(self
+            .store
+            .servers()?
+            .into_iter()
+            .map(|r| ServerConfig {
+                server: r.spec,
+                failover: r.failover.map(|f| f.spec),
+            })
+            .collect())
+    }
+
+    /// Compare `items` with the inventory and validate every one of them; apply only when asked
+    /// and when nothing is wrong anywhere (all or nothing). A server whose configuration changes
+    /// must not be running: a running server or failover group never has its configuration
+    /// swapped under it (it would take effect silently at the next takeover).
+    pub async fn import(
+        &self,
+        items: Vec<ServerConfig>,
+        apply: bool,
+        prune: bool,
+    ) -> Result<ImportReport, PlaneError> {
+        let _ops = self.ops.lock().await;
+        let mut rep = ImportReport::default();
+        let current: BTreeMap<String, ServerRow> = self
+            .store
+            .servers()?
+            .into_iter()
+            .map(|r| (r.spec.name.clone(), r))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut plans: BTreeMap<String, Option<Vec<NodeSpec>>> = BTreeMap::new();
+        for item in &items {
+            let name = item.server.name.clone();
+            let mut errs = Vec::new();
+            if !seen.insert(name.clone()) {
+                errs.push(FieldError {
+                    field: "server.name".into(),
+                    reason: "appears twice in the import".into(),
+                });
+            }
+            errs.extend(item.server.validate().into_iter().map(|mut e| {
+                e.field = format!("server.{}", e.field);
+                e
+            }));
+            errs.extend(self.unknown_hosts(&[("server.host".into(), item.server.host.clone())]));
+            let old = current.get(&name);
+            if errs.is_empty() {
+                if let Some(f) = &item.failover {
+                    let old_nodes = old
+                        .and_then(|r| r.failover.as_ref())
+                        .map(|f| f.nodes.as_slice());
+                    match self.plan_failover(&item.server, f, old_nodes) {
+                        Ok(nodes) => {
+                            plans.insert(name.clone(), Some(nodes));
+                        }
+                        Err(PlaneError::Invalid(fe)) => errs.extend(fe.into_iter().map(|mut e| {
+                            e.field = format!("failover.{}", e.field);
+                            e
+                        })),
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    plans.insert(name.clone(), None);
+                }
+            }
+            match old {
+                None => rep.added.push(name.clone()),
+                Some(row) => {
+                    let was = ServerConfig {
+                        server: row.spec.clone(),
+                        failover: row.failover.as_ref().map(|f| f.spec.clone()),
+                    };
+                    let d = diff(&was, item);
+                    if d.is_empty() {
+                        rep.unchanged.push(name.clone());
+                    } else {
+                        if row.state != ServerState::Stopped {
+                            errs.push(FieldError {
+                                field: "server".into(),
+                                reason: format!(
+                                    "the server is {} and its configuration would change; stop it (and its failover) first, or do a rolling update",
+                                    row.state.as_str()
+                                ),
+                            });
+                        }
+                        rep.changed.insert(name.clone(), d);
+                    }
+                }
+            }
+            if !errs.is_empty() {
+                rep.errors.insert(name, errs);
+            }
+        }
+        for (name, row) in &current {
+            if !seen.contains(name) {
+                rep.missing.push(name.clone());
+                if prune && row.state != ServerState::Stopped {
+                    rep.errors.insert(
+                        name.clone(),
+                        vec![FieldError {
+                            field: "server".into(),
+                            reason: "not in the import, but running: stop it before pruning".into(),
+                        }],
+                    );
+                }
+            }
+        }
+        if !apply || !rep.errors.is_empty() {
+            return Ok(rep);
+        }
+        let now = unix_ms();
+        for item in &items {
+            let name = &item.server.name;
+            let unchanged = rep.unchanged.contains(name);
+            if unchanged {
+                continue;
+            }
+            if current.contains_key(name) {
+                self.store.update_server(&item.server)?;
+            } else {
+                self.store.add_server(&item.server, now)?;
+            }
+            match (&item.failover, plans.get(name).cloned().flatten()) {
+                (Some(f), Some(nodes)) => self.store.put_failover(name, f, &nodes)?,
+                _ => {
+                    if let Some(old) = current.get(name).and_then(|r| r.failover.as_ref()) {
+                        self.forget_nodes(&old.nodes);
+                    }
+                    self.store.delete_failover(name)?;
+                }
+            }
+        }
+        if prune {
+            for name in &rep.missing {
+                if let Some(f) = current.get(name).and_then(|r| r.failover.as_ref()) {
+                    self.forget_nodes(&f.nodes);
+                }
+                self.store.delete_server(name)?;
+            }
+        }
+        rep.applied = true;
+        info!(
+            added = rep.added.len(),
+            changed = rep.changed.len(),
+            pruned = prune,
+            "configuration imported"
+        );
+        Ok(rep)
     }
 
     /// Remove a server's failover configuration; the server stays as a plain server.
@@ -370,14 +691,32 @@ impl Plane {
         self.row(name)
     }
 
-    async fn admin_status(&self, port: u16) -> Option<Value> {
+    async fn admin_status(&self, addr: &str) -> Option<Value> {
         let r = self
             .http
-            .get(format!("http://127.0.0.1:{port}/status"))
+            .get(format!("http://{addr}/status"))
             .send()
             .await
             .ok()?;
         r.json().await.ok()
+    }
+
+    fn want_agent(
+        &self,
+        row: &ServerRow,
+        f: &FailoverSpec,
+        node: &NodeSpec,
+    ) -> Result<(), PlaneError> {
+        let want = Want::Agent {
+            node: node.name.clone(),
+            config: self.agent_config(&row.spec, f, node),
+        };
+        self.store.put_desired(
+            &agent_key(&node.name),
+            &node.host,
+            &serde_json::to_value(&want).unwrap_or_default(),
+        )?;
+        Ok(())
     }
 
     async fn start_node(
@@ -385,27 +724,35 @@ impl Plane {
         row: &ServerRow,
         f: &FailoverSpec,
         node: &NodeSpec,
-    ) -> Result<u32, PlaneError> {
-        let path = self.node_config_path(&node.name);
-        let text = self.agent_config(&row.spec, f, node);
-        std::fs::write(&path, text).map_err(|source| HostError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let pid = self.host.start_agent(&node.name, &path)?;
+    ) -> Result<(), PlaneError> {
+        self.want_agent(row, f, node)?;
         let key = agent_key(&node.name);
-        self.store.put_process(&key, pid, &key, unix_ms())?;
+        let admin = self.node_admin(node);
         let deadline = tokio::time::Instant::now() + AGENT_UP_TIMEOUT;
         loop {
-            if self.admin_status(node.admin_port).await.is_some() {
-                return Ok(pid);
+            if node.host == LOCAL_HOST {
+                self.sync_local().await;
             }
-            if !crate::host::running(pid) || tokio::time::Instant::now() > deadline {
-                let log = tail(&self.host.log_path(&agent_key(&node.name)), 5);
+            if self.admin_status(&admin).await.is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let log = if node.host == LOCAL_HOST {
+                    tail(
+                        &self
+                            .data
+                            .join("logs")
+                            .join(format!("{}.log", key.replace(':', "-"))),
+                        5,
+                    )
+                } else {
+                    self.report(&key)
+                        .and_then(|(_, r)| r.problem)
+                        .unwrap_or_default()
+                };
                 return Err(PlaneError::Start(format!(
-                    "the agent of {} did not come up on 127.0.0.1:{}: {}",
+                    "the agent of {} did not come up on {admin}: {}",
                     node.name,
-                    node.admin_port,
                     if log.is_empty() {
                         "no output".to_string()
                     } else {
@@ -417,12 +764,19 @@ impl Plane {
         }
     }
 
-    async fn stop_node(&self, node: &NodeSpec) {
-        let key = agent_key(&node.name);
-        if let Ok(Some((pid, marker))) = self.store.process(&key) {
-            LocalHost::stop(pid, &marker, STOP_GRACE).await;
+    /// Stop the agents of `nodes`: no longer wanted; wait until their hosts report them gone.
+    async fn stop_nodes(&self, nodes: &[&NodeSpec]) {
+        for n in nodes {
+            let _ = self.store.delete_desired(&agent_key(&n.name));
         }
-        let _ = self.store.delete_process(&key);
+        for n in nodes {
+            if let Err(e) = self
+                .wait_report(&n.host, &agent_key(&n.name), |r| r.is_none())
+                .await
+            {
+                warn!(node = %n.name, "stopping: {e}");
+            }
+        }
     }
 
     /// Start failover: only from a stopped server. Boots the preferred node first and waits for it
@@ -440,8 +794,8 @@ impl Plane {
         let mut started: Vec<&NodeSpec> = Vec::new();
         let result = async {
             for (i, node) in order.iter().enumerate() {
-                self.start_node(&row, &f.spec, node).await?;
                 started.push(node);
+                self.start_node(&row, &f.spec, node).await?;
                 if i == 0 && f.spec.mode != crate::model::Activation::Warm {
                     self.wait_hot(node).await?;
                 }
@@ -451,9 +805,7 @@ impl Plane {
         .await;
         if let Err(e) = result {
             warn!(server = %name, "start failover failed, stopping what started: {e}");
-            for node in started.iter().rev() {
-                self.stop_node(node).await;
-            }
+            self.stop_nodes(&started).await;
             return Err(e);
         }
         self.store.set_failover_running(name, true)?;
@@ -465,7 +817,7 @@ impl Plane {
     async fn wait_hot(&self, node: &NodeSpec) -> Result<(), PlaneError> {
         let deadline = tokio::time::Instant::now() + HOT_TIMEOUT;
         loop {
-            let st = self.admin_status(node.admin_port).await;
+            let st = self.admin_status(&self.node_admin(node)).await;
             if st
                 .as_ref()
                 .and_then(|s| s.get("mode"))
@@ -494,7 +846,7 @@ impl Plane {
     /// The node that is Hot now, by asking every node of the group.
     async fn active_node(&self, nodes: &[NodeSpec]) -> Option<(NodeSpec, Value)> {
         for n in nodes {
-            if let Some(st) = self.admin_status(n.admin_port).await {
+            if let Some(st) = self.admin_status(&self.node_admin(n)).await {
                 if st.get("mode").and_then(Value::as_str) == Some("Hot") {
                     return Some((n.clone(), st));
                 }
@@ -504,7 +856,7 @@ impl Plane {
     }
 
     /// Stop failover: every standby's agent and service stop; the active node keeps its service
-    /// running and its agent becomes the server's process (tracked under the server's key).
+    /// running and its agent becomes the server's process (adopted by its host, not restarted).
     pub async fn stop_failover(&self, name: &str) -> Result<ServerRow, PlaneError> {
         let _ops = self.ops.lock().await;
         let row = self.row(name)?;
@@ -513,17 +865,32 @@ impl Plane {
             return Err(PlaneError::NotFound(name.to_string()));
         };
         let active = self.active_node(&f.nodes).await.map(|(n, _)| n);
-        for node in &f.nodes {
-            if Some(&node.name) != active.as_ref().map(|a| &a.name) {
-                self.stop_node(node).await;
-            }
-        }
         if let Some(a) = &active {
-            let akey = agent_key(&a.name);
-            if let Some((pid, marker)) = self.store.process(&akey)? {
-                self.store
-                    .put_process(&server_key(name), pid, &marker, unix_ms())?;
-                self.store.delete_process(&akey)?;
+            let want = Want::Server {
+                server: name.to_string(),
+                service: row.spec.service.clone(),
+                generation: unix_ms(),
+                adopt: Some(agent_key(&a.name)),
+            };
+            self.store.put_desired(
+                &server_key(name),
+                &a.host,
+                &serde_json::to_value(&want).unwrap_or_default(),
+            )?;
+            self.store.delete_desired(&agent_key(&a.name))?;
+        }
+        let standbys: Vec<&NodeSpec> = f
+            .nodes
+            .iter()
+            .filter(|n| Some(&n.name) != active.as_ref().map(|a| &a.name))
+            .collect();
+        self.stop_nodes(&standbys).await;
+        if let Some(a) = &active {
+            if let Err(e) = self
+                .wait_report(&a.host, &server_key(name), |r| r.is_some_and(|r| r.running))
+                .await
+            {
+                warn!(server = %name, "the active's process was not adopted: {e}");
             }
         }
         self.store.set_failover_running(name, false)?;
@@ -553,7 +920,7 @@ impl Plane {
                 hint: "wait for the takeover to finish, then try again".into(),
             }));
         };
-        let mut url = format!("http://127.0.0.1:{}/service/switchover", active.admin_port);
+        let mut url = format!("http://{}/service/switchover", self.node_admin(&active));
         if let Some(t) = &to {
             url.push_str(&format!("?to={t}"));
         }
@@ -615,12 +982,9 @@ impl Plane {
     ) -> Result<Value, PlaneError> {
         let name = &row.spec.name;
         let skey = server_key(name);
-        let proc_ = self.store.process(&skey)?;
-        let process_running = proc_
-            .as_ref()
-            .map(|(p, m)| LocalHost::is_ours(*p, m))
-            .unwrap_or(false);
-        let pid = proc_.map(|(p, _)| p);
+        let rep = self.report(&skey).map(|(_, r)| r);
+        let process_running = rep.as_ref().is_some_and(|r| r.running);
+        let pid = rep.and_then(|r| r.pid);
         let failover = row.failover.as_ref().map(|f| {
             let nodes: Vec<Value> = f
                 .nodes
@@ -631,7 +995,7 @@ impl Plane {
                     json!({
                         "name": n.name,
                         "host": n.host,
-                        "admin": format!("127.0.0.1:{}", n.admin_port),
+                        "admin": self.node_admin(n),
                         "preferred": n.name == f.spec.preferred_node(name),
                         "mode": st.and_then(|s| s.get("mode")).cloned(),
                         "epoch": st.and_then(|s| s.get("epoch")).cloned(),
@@ -656,7 +1020,7 @@ impl Plane {
                 "running": f.running,
                 "active": active,
                 "nodes": if f.running { nodes } else { f.nodes.iter().map(|n| json!({
-                    "name": n.name, "host": n.host, "admin": format!("127.0.0.1:{}", n.admin_port),
+                    "name": n.name, "host": n.host, "admin": self.node_admin(n),
                     "preferred": n.name == f.spec.preferred_node(name),
                 })).collect() },
             })
@@ -673,9 +1037,13 @@ impl Plane {
         }))
     }
 
-    /// One pass of the collector: ask every node of every running failover for its status, and
-    /// store the takeovers it reports. Also notices plain servers whose process ended.
+    /// One pass of the collector: let the built-in host catch up (it starts dead agents again),
+    /// ask every node of every running failover for its status, and store the takeovers it
+    /// reports. Also notices plain servers whose process ended.
     pub async fn collect(&self, with_events: bool) {
+        if let Ok(_ops) = self.ops.try_lock() {
+            self.sync_local().await;
+        }
         let Ok(rows) = self.store.servers() else {
             return;
         };
@@ -683,10 +1051,10 @@ impl Plane {
             let name = row.spec.name.clone();
             if row.state == ServerState::Running {
                 let skey = server_key(&name);
-                if let Ok(Some((pid, marker))) = self.store.process(&skey) {
-                    if !LocalHost::is_ours(pid, &marker) {
-                        warn!(server = %name, pid, "the server's process ended by itself");
-                        let _ = self.store.delete_process(&skey);
+                if let Some((_, r)) = self.report(&skey) {
+                    if !r.running && r.problem.is_some() {
+                        warn!(server = %name, "the server's process ended by itself");
+                        let _ = self.store.delete_desired(&skey);
                         let _ = self.store.set_state(&name, ServerState::Stopped);
                     }
                 }
@@ -695,12 +1063,16 @@ impl Plane {
             if !f.running {
                 continue;
             }
-            self.restart_dead_agents(&name).await;
             for n in &f.nodes {
-                let st = self.admin_status(n.admin_port).await;
+                let admin = self.node_admin(n);
+                let st = self.admin_status(&admin).await;
+                let problem = self
+                    .report(&agent_key(&n.name))
+                    .and_then(|(_, r)| r.problem);
                 let entry = NodeLive {
-                    error: st.is_none().then(|| {
-                        format!("the agent does not answer on 127.0.0.1:{}", n.admin_port)
+                    error: st.is_none().then(|| match &problem {
+                        Some(p) => format!("the agent does not answer on {admin}: {p}"),
+                        None => format!("the agent does not answer on {admin}"),
                     }),
                     last_ok_unix_ms: st.as_ref().map(|_| unix_ms()),
                     status: st,
@@ -729,62 +1101,10 @@ impl Plane {
         }
     }
 
-    /// A node's agent that died (kill -9, crash, OOM) is started again, as a service manager would:
-    /// it rejoins its group as a standby. The back-off doubles from 1 s to 30 s per restart and
-    /// resets after a minute without one.
-    async fn restart_dead_agents(&self, server: &str) {
-        let Ok(_ops) = self.ops.try_lock() else {
-            return;
-        };
-        // Re-read under the lock: a stop may have just finished.
-        let Ok(Some(row)) = self.store.server(server) else {
-            return;
-        };
-        let Some(f) = row.failover.clone().filter(|f| f.running) else {
-            return;
-        };
-        let now = tokio::time::Instant::now();
-        for n in &f.nodes {
-            let key = agent_key(&n.name);
-            let alive = matches!(self.store.process(&key), Ok(Some((pid, m))) if LocalHost::is_ours(pid, &m));
-            if alive {
-                continue;
-            }
-            let due = {
-                let Ok(mut r) = self.restarts.lock() else {
-                    return;
-                };
-                let (at, backoff) = r
-                    .get(&n.name)
-                    .copied()
-                    .unwrap_or((now, Duration::from_secs(1)));
-                if now < at {
-                    false
-                } else {
-                    let quiet = now.saturating_duration_since(at) > Duration::from_secs(60);
-                    let next = if quiet {
-                        Duration::from_secs(1)
-                    } else {
-                        (backoff * 2).min(Duration::from_secs(30))
-                    };
-                    r.insert(n.name.clone(), (now + backoff, next));
-                    true
-                }
-            };
-            if !due {
-                continue;
-            }
-            warn!(server, node = %n.name, "the node's agent is gone; starting it again");
-            if let Err(e) = self.start_node(&row, &f.spec, n).await {
-                warn!(server, node = %n.name, "restart failed: {e}");
-            }
-        }
-    }
-
     async fn collect_events(&self, server: &str, n: &NodeSpec) {
         let Ok(r) = self
             .http
-            .get(format!("http://127.0.0.1:{}/events", n.admin_port))
+            .get(format!("http://{}/events", self.node_admin(n)))
             .send()
             .await
         else {

@@ -7,6 +7,7 @@
 //! Calls are synchronous and short (a local SQLite file, one row or a few); the API holds the one
 //! connection behind a mutex for the duration of a call.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -77,6 +78,21 @@ const MIGRATIONS: &[&str] = &[
         marker TEXT NOT NULL,
         started_unix_ms INTEGER NOT NULL
      );",
+    // 3: desired processes per host (what the control plane wants running where), the hosts with
+    // their last report, and the generation a tracked process was started for (a plain server is
+    // started once per start request, never restarted behind the operator's back).
+    "CREATE TABLE desired (
+        key TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        spec TEXT NOT NULL
+     );
+     CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        advertise TEXT NOT NULL,
+        last_seen_unix_ms INTEGER NOT NULL,
+        report TEXT NOT NULL
+     );
+     ALTER TABLE processes ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A stored server with its failover service, if any.
@@ -170,6 +186,16 @@ impl Store {
             params![spec.name, json, now_ms as i64],
         )?;
         Ok(n == 1)
+    }
+
+    /// Replace a server's definition (its state is kept).
+    pub fn update_server(&self, spec: &ServerSpec) -> Result<(), StoreError> {
+        let json = serde_json::to_string(spec).map_err(corrupt("server"))?;
+        self.conn().execute(
+            "UPDATE servers SET spec = ?2 WHERE name = ?1",
+            params![spec.name, json],
+        )?;
+        Ok(())
     }
 
     /// Every server, by name.
@@ -267,21 +293,126 @@ impl Store {
             == 1)
     }
 
-    /// Record a process under `key`: its pid and the marker in its environment.
+    /// Record a process under `key`: its pid, the marker in its environment, and the generation
+    /// of the request it was started for.
     pub fn put_process(
         &self,
         key: &str,
         pid: u32,
         marker: &str,
+        generation: u64,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO processes (key, pid, marker, started_unix_ms) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO processes (key, pid, marker, started_unix_ms, generation) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(key) DO UPDATE SET pid = excluded.pid, marker = excluded.marker,
-                                            started_unix_ms = excluded.started_unix_ms",
-            params![key, pid as i64, marker, now_ms as i64],
+                                            started_unix_ms = excluded.started_unix_ms,
+                                            generation = excluded.generation",
+            params![key, pid as i64, marker, now_ms as i64, generation as i64],
         )?;
         Ok(())
+    }
+
+    /// Every tracked process: key → (pid, marker, generation).
+    pub fn processes(&self) -> Result<BTreeMap<String, (u32, String, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT key, pid, marker, generation FROM processes")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (k, pid, m, g) = row?;
+            if let Ok(pid) = u32::try_from(pid) {
+                out.insert(k, (pid, m, g.max(0) as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Want `spec` (JSON) running under `key` on `host`.
+    pub fn put_desired(&self, key: &str, host: &str, spec: &Value) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO desired (key, host, spec) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key) DO UPDATE SET host = excluded.host, spec = excluded.spec",
+            params![key, host, spec.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// No longer want anything under `key`.
+    pub fn delete_desired(&self, key: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM desired WHERE key = ?1", params![key])?;
+        Ok(())
+    }
+
+    /// What `host` should run: key → spec.
+    pub fn desired_for(&self, host: &str) -> Result<BTreeMap<String, Value>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT key, spec FROM desired WHERE host = ?1")?;
+        let rows = stmt.query_map(params![host], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (k, s) = row?;
+            out.insert(
+                k,
+                serde_json::from_str(&s).map_err(corrupt("desired process"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// A host's report of what runs there.
+    pub fn put_host_report(
+        &self,
+        host: &str,
+        advertise: &str,
+        report: &Value,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO hosts (name, advertise, last_seen_unix_ms, report) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET advertise = excluded.advertise,
+                 last_seen_unix_ms = excluded.last_seen_unix_ms, report = excluded.report",
+            params![host, advertise, now_ms as i64, report.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Every host that ever reported: name → (advertised address, last seen, report).
+    pub fn hosts(&self) -> Result<BTreeMap<String, (String, u64, Value)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT name, advertise, last_seen_unix_ms, report FROM hosts")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (n, a, t, rep) = row?;
+            out.insert(
+                n,
+                (
+                    a,
+                    t.max(0) as u64,
+                    serde_json::from_str(&rep).map_err(corrupt("host report"))?,
+                ),
+            );
+        }
+        Ok(out)
     }
 
     /// The pid and marker recorded under `key`.

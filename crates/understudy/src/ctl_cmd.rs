@@ -26,10 +26,14 @@ pub struct ServeArgs {
     /// POST every new failure event as JSON to this URL (retried; 5 s timeout per attempt).
     #[arg(long)]
     webhook: Option<String>,
+    /// etcd endpoints for groups whose nodes are on more than one host (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
 }
 
 /// Run `understudy serve`.
 pub fn serve(a: ServeArgs) -> anyhow::Result<u8> {
+    crate::init_logging();
     let exe = std::env::current_exe().context("cannot find the understudy binary")?;
     crate::runtime()?.block_on(understudy_controlplane::serve(
         understudy_controlplane::ServeOptions {
@@ -39,6 +43,53 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<u8> {
             token_file: a.token_file,
             private: a.private,
             webhook: a.webhook,
+            etcd: a.etcd,
+        },
+    ))?;
+    Ok(0)
+}
+
+/// `understudy host`: run what the control plane places on this machine.
+#[derive(Args)]
+pub struct HostArgs {
+    /// The control plane.
+    #[arg(long)]
+    control: String,
+    /// This host's name (as given in `--standby-host` and a server's host).
+    #[arg(long)]
+    name: String,
+    /// The IP address agents here listen on and the control plane reaches them at.
+    #[arg(long)]
+    advertise: std::net::IpAddr,
+    /// Local state: node configurations, lock files, logs.
+    #[arg(long, default_value = "understudy-host")]
+    data: PathBuf,
+    /// File holding the control plane's token (else UNDERSTUDY_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// Run `understudy host`.
+pub fn host(a: HostArgs) -> anyhow::Result<u8> {
+    crate::init_logging();
+    if !understudy_controlplane::model::valid_name(&a.name)
+        || a.name == understudy_controlplane::model::LOCAL_HOST
+    {
+        anyhow::bail!(
+            "--name {:?}: letters, digits, '-', '_', '.'; \"local\" is the control plane's own host",
+            a.name
+        );
+    }
+    let exe = std::env::current_exe().context("cannot find the understudy binary")?;
+    let token = token(&a.token_file)?;
+    crate::runtime()?.block_on(understudy_controlplane::hostd::run_host(
+        understudy_controlplane::hostd::HostOptions {
+            control: a.control,
+            name: a.name,
+            advertise: a.advertise.to_string(),
+            data: a.data,
+            exe,
+            token,
         },
     ))?;
     Ok(0)
@@ -136,6 +187,19 @@ enum CtlCmd {
         /// The standby to hand over to.
         #[arg(long)]
         to: Option<String>,
+    },
+    /// Write the whole configuration as one TOML file per server into DIR (for a Git repository).
+    Export { dir: PathBuf },
+    /// Read DIR's TOML files, validate everything and show the difference; --apply changes the
+    /// inventory (all or nothing).
+    Import {
+        dir: PathBuf,
+        /// Change the inventory (otherwise only show what would change).
+        #[arg(long)]
+        apply: bool,
+        /// Remove servers that are not in DIR.
+        #[arg(long)]
+        prune: bool,
     },
     /// The server's failure events (kept across restarts).
     Events {
@@ -276,6 +340,15 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
                 Answer::Switchover,
             )
         }
+        CtlCmd::Export { .. } => (call(m::GET, "/api/config".into(), None), Answer::Export),
+        CtlCmd::Import { dir, apply, prune } => {
+            let items = understudy_controlplane::config_io::read_dir(dir)?;
+            let body = json!({ "servers": items, "apply": apply, "prune": prune });
+            (
+                call(m::POST, "/api/config/import".into(), Some(body)),
+                Answer::Import,
+            )
+        }
         CtlCmd::Events {
             server,
             format,
@@ -312,6 +385,14 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if let (CtlCmd::Export { dir }, true) = (&a.cmd, ok) {
+        let items: Vec<understudy_controlplane::config_io::ServerConfig> =
+            serde_json::from_value(v.get("servers").cloned().unwrap_or_default())
+                .context("the control plane's configuration")?;
+        let written = understudy_controlplane::config_io::write_dir(dir, &items)?;
+        println!("wrote {} server files to {}", written.len(), dir.display());
+        return Ok(0);
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if ok {

@@ -763,3 +763,219 @@ fn each_failure_event_is_pushed_to_the_webhook_with_retries() {
     assert!(ev["epoch"].as_u64().is_some_and(|e| e >= 1), "{ev}");
     assert!(ev["node"].is_string() && ev["cause"].is_string(), "{ev}");
 }
+
+#[test]
+fn export_and_import_the_whole_configuration_with_a_diff_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plane = Plane::start(&dir.path().join("data"), &free_addr());
+    assert_eq!(plane.ctl(&["add-server", "gw", "--", "sleep", "1000"]).0, 0);
+    assert_eq!(
+        plane
+            .ctl(&[
+                "add-failover",
+                "gw",
+                "--standby",
+                "warm",
+                "--standby-host",
+                "local"
+            ])
+            .0,
+        0
+    );
+    let cfg = dir.path().join("cfg");
+    let cfg_s = cfg.display().to_string();
+    let (code, out, err) = run_cli(&["ctl", "--control", &plane.addr, "export", &cfg_s]);
+    assert_eq!(code, 0, "{out} {err}");
+    let gw = cfg.join("gw.toml");
+    let text = std::fs::read_to_string(&gw).expect("gw.toml");
+    assert!(text.contains("standby = \"warm\""), "{text}");
+
+    // Edit as one would in a Git repository: change the standby type, add a server.
+    std::fs::write(&gw, text.replace("standby = \"warm\"", "standby = \"hot\"")).expect("edit");
+    std::fs::write(
+        cfg.join("px.toml"),
+        "[server]\nname = \"px\"\n[server.service]\ncommand = [\"sleep\", \"5\"]\n",
+    )
+    .expect("new file");
+    let before = plane.get("/api/config").1;
+    let (code, out, _) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("+ px (new)") && out.contains("failover.standby: warm → hot"),
+        "{out}"
+    );
+    assert!(out.contains("--apply"), "{out}");
+    assert_eq!(
+        plane.get("/api/config").1,
+        before,
+        "an import without --apply changed something"
+    );
+
+    // A bad file: nothing changes, the file and the key are named.
+    std::fs::write(
+        cfg.join("bad.toml"),
+        "[server]\nname = \"bad\"\ncolour = 1\n",
+    )
+    .expect("bad");
+    let (code, _, err) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s, "--apply"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("bad.toml") && err.contains("colour"), "{err}");
+    std::fs::remove_file(cfg.join("bad.toml")).expect("rm");
+
+    // A running server's configuration is never swapped under it.
+    assert_eq!(plane.ctl(&["start-server", "gw"]).0, 0);
+    let (code, _, err) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s, "--apply"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("gw") && err.contains("running"), "{err}");
+    assert_eq!(plane.get("/api/config").1, before);
+    assert_eq!(plane.ctl(&["stop-server", "gw"]).0, 0);
+
+    let (code, out, err) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s, "--apply"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("applied"), "{out}");
+    let after = plane.get("/api/config").1;
+    let servers = after["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 2);
+    assert_eq!(servers[0]["failover"]["standby"], "hot");
+}
+
+/// `understudy host` on "another machine" (a separate process with its own data directory,
+/// reached over HTTP like a remote one; on loopback here): it registers, runs what the control
+/// plane places on it, starts a killed agent again, and keeps its processes when it stops.
+#[test]
+fn a_second_host_runs_what_is_placed_on_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let hdata = dir.path().join("h2");
+    let log = dir.path().join("service.log");
+    let plane = Plane::start(&data, &free_addr());
+    let mut host = Command::new(BIN)
+        .args([
+            "host",
+            "--control",
+            &plane.addr,
+            "--name",
+            "h2",
+            "--advertise",
+            "127.0.0.1",
+            "--data",
+        ])
+        .arg(&hdata)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("understudy host");
+    assert!(
+        wait_until(Duration::from_secs(15), || plane.get("/api/hosts").1
+            ["hosts"]
+            .as_array()
+            .is_some_and(|h| h
+                .iter()
+                .any(|x| x["name"] == "h2" && x["connected"] == true))),
+        "the host did not register"
+    );
+    let log_s = log.display().to_string();
+    let (code, v) = plane.ctl(&[
+        "add-server",
+        "fx",
+        "--host",
+        "h2",
+        "--",
+        BIN,
+        "demo-service",
+        "--log",
+        &log_s,
+    ]);
+    assert_eq!(code, 0, "{v}");
+    // A group across the control plane's machine and h2 needs etcd: refused, the field named.
+    let (code, v) = plane.ctl(&[
+        "add-failover",
+        "fx",
+        "--standby",
+        "warm",
+        "--standby-host",
+        "local",
+    ]);
+    assert_eq!(code, 1, "{v}");
+    assert!(v.to_string().contains("etcd"), "{v}");
+    let (code, v) = plane.ctl(&[
+        "add-failover",
+        "fx",
+        "--standby",
+        "warm",
+        "--standby-host",
+        "h2",
+    ]);
+    assert_eq!(code, 0, "{v}");
+
+    // A plain server on h2, started and stopped through its host.
+    assert_eq!(plane.ctl(&["start-server", "fx"]).0, 0);
+    let pid = plane.server("fx")["process"]["pid"].as_u64().expect("pid") as u32;
+    assert!(alive(pid));
+    let env = common::environ(pid);
+    assert_eq!(
+        env.get("UNDERSTUDY_CONTROL_KEY").map(String::as_str),
+        Some("server:fx")
+    );
+    assert_eq!(plane.ctl(&["stop-server", "fx"]).0, 0);
+    assert!(wait_until(Duration::from_secs(15), || !alive(pid)));
+
+    // Failover on h2: its agents run there (their configurations in h2's data directory).
+    let (code, v) = plane.ctl(&["start-failover", "fx"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(hdata.join("nodes/fx-1.toml").exists() && hdata.join("nodes/fx-2.toml").exists());
+    assert!(
+        !data.join("nodes/fx-1.toml").exists(),
+        "h2's agent config was written locally"
+    );
+    assert!(wait_until(Duration::from_secs(20), || plane
+        .nodes("fx")
+        .iter()
+        .any(|n| n["mode"] == "Warm" && n["ready"] == true)));
+    let watcher = Watcher::start(plane.node_addrs("fx"));
+    let active = plane.active("fx").expect("active");
+    let apid = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&c).contains(&format!("nodes/{active}.toml")) && alive(*p)
+        })
+        .expect("the active's agent");
+    common::signal(apid, nix::sys::signal::Signal::SIGKILL);
+    assert!(wait_until(Duration::from_secs(5), || plane
+        .active("fx")
+        .is_some_and(|a| a != active)));
+    // h2 starts the killed agent again; it rejoins as a ready standby.
+    assert!(
+        wait_until(Duration::from_secs(20), || plane.nodes("fx").iter().any(
+            |n| n["name"] == active.as_str() && n["mode"] == "Warm" && n["ready"] == true
+        )),
+        "h2 did not start the killed agent again: {:?}",
+        plane.nodes("fx")
+    );
+    watcher.finish();
+    check_overlaps(&log);
+
+    // The host stops; what it started keeps running (the host is not in the data path).
+    let before = plane.active("fx");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = host.wait();
+    common::sleep_ms(500); // the scenario: half a second without a host
+    assert_eq!(
+        plane.active("fx"),
+        before,
+        "stopping the host moved activity"
+    );
+    for pid in procs_with_marker(&hdata) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
