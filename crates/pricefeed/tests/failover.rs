@@ -79,18 +79,18 @@ async fn failover_keeps_every_subscription(n: usize) {
         "only the primary publishes"
     );
     // The standby mirrors every subscription of the client.
-    wait_until(Duration::from_secs(2), || hb.status().subscriptions == n).await;
+    wait_until(ANSWER, || hb.status().subscriptions == n).await;
 
     // Crash of the primary (its tasks and sockets vanish), then promotion of the standby.
     drop(srv_a);
     let t0 = Instant::now();
     assert!(hb.promote(2));
     let (after, first) = until_all_at_epoch(&mut client, &syms, 2, Duration::from_secs(5)).await;
+    // Liveness only (`until_all_at_epoch` gives up after 5 s): how fast prices come back is a
+    // speed figure, measured by `understudy bench price-failover`; a tight bound here would
+    // fail on a loaded machine without saying anything about behaviour.
     let staleness = first.expect("a quote at epoch 2") - t0;
-    assert!(
-        staleness < Duration::from_millis(300),
-        "prices back {staleness:?} after promotion"
-    );
+    eprintln!("prices back {staleness:?} after promotion");
     assert!(after.iter().filter(|q| q.epoch == 2).all(|q| q.server == b));
     let mut all = before;
     all.extend(after);
@@ -123,11 +123,12 @@ async fn nothing_older_follows_a_newer_epoch_even_in_split_brain() {
     let mut client = PriceClient::connect(vec![a, b, c], ClientOptions::default()).expect("client");
     client.subscribe(&syms);
     let (mut all, _) = until_all_at_epoch(&mut client, &syms, 3, Duration::from_secs(5)).await;
-    wait_until(Duration::from_secs(2), || hc.status().subscriptions == 20).await;
+    wait_until(ANSWER, || hc.status().subscriptions == 20).await;
     assert!(hc.promote(5));
     let (q, _) = until_all_at_epoch(&mut client, &syms, 5, Duration::from_secs(5)).await;
     all.extend(q);
-    // A promotion to a lower epoch than the highest seen is ignored by the client.
+    // A promotion to a lower epoch than the highest seen is ignored by the client: watched over
+    // an observation window (the scenario; there is no event to wait for).
     assert!(hb.promote(4));
     let deadline = Instant::now() + Duration::from_millis(500);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -170,7 +171,7 @@ async fn client_reconnects_and_resubscribes_to_a_restarted_server() {
     let _srv_a2 = Task(tokio::spawn(async move {
         let _ = srv.run().await;
     }));
-    wait_until(Duration::from_secs(3), || ha2.status().subscriptions == 10).await;
+    wait_until(ANSWER, || ha2.status().subscriptions == 10).await;
     assert!(ha2.promote(3));
     until_all_at_epoch(&mut client, &syms, 3, Duration::from_secs(5)).await;
     assert_eq!(client.primary(), Some((a, 3)));
@@ -184,7 +185,7 @@ async fn unsubscribe_stops_updates_and_unknown_is_reported() {
     let mut client = PriceClient::connect(vec![a], ClientOptions::default()).expect("client");
     client.subscribe(&["SYM1", "SYM2", "BOGUS"]);
     let mut rejected = false;
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + ANSWER;
     while !rejected && Instant::now() < deadline {
         if let Ok(Some(ClientEvent::Rejected { symbol, .. })) =
             timeout(Duration::from_millis(100), client.next_event()).await
@@ -195,19 +196,21 @@ async fn unsubscribe_stops_updates_and_unknown_is_reported() {
     assert!(rejected, "unknown instrument reported to the application");
     client.unsubscribe(&["SYM1", "BOGUS"]);
     assert_eq!(client.subscriptions(), vec!["SYM2".to_string()]);
-    wait_until(Duration::from_secs(1), || {
-        ha.status().client_subscriptions == 1
-    })
-    .await;
-    // Drain what was in flight, then only SYM2 may arrive.
-    let _ = timeout(Duration::from_millis(100), async {
-        while client.next_event().await.is_some() {}
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_millis(300);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+    wait_until(ANSWER, || ha.status().client_subscriptions == 1).await;
+    // Every price the exchange published after the unsubscribe took effect is SYM2's. Judged
+    // by the exchange's own timestamp, so what was still in flight needs no pause to drain.
+    let applied = understudy_pricefeed::exchange_sim::unix_ns();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = 0;
+    while after < 20 {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("20 prices published after the unsubscribe, within 10 s");
         if let Ok(Some(ClientEvent::Quote(q))) = timeout(left, client.next_event()).await {
-            assert_eq!(q.symbol, "SYM2");
+            if q.exch_time_ns > applied {
+                assert_eq!(q.symbol, "SYM2", "{q:?}");
+                after += 1;
+            }
         }
     }
 }
@@ -233,14 +236,18 @@ async fn silent_primary_is_detected_by_missed_heartbeats() {
             socks.push(s);
         }
     }));
+    let opts_timeout = Duration::from_millis(100);
     let opts = ClientOptions {
-        heartbeat_timeout: Duration::from_millis(100),
+        heartbeat_timeout: opts_timeout,
         ..ClientOptions::default()
     };
-    let mut client = PriceClient::connect(vec![addr], opts).expect("client");
+    // Before connecting: the client's silence deadline starts once it is connected, later.
     let t0 = Instant::now();
+    let mut client = PriceClient::connect(vec![addr], opts).expect("client");
     let mut lost = None;
-    while lost.is_none() && t0.elapsed() < Duration::from_secs(2) {
+    // A liveness bound far above the 100 ms timeout: missed heartbeats must be noticed at all
+    // (and not early); how soon is not this test's business.
+    while lost.is_none() && t0.elapsed() < Duration::from_secs(10) {
         if let Ok(Some(ClientEvent::PrimaryLost { reason, .. })) =
             timeout(Duration::from_millis(50), client.next_event()).await
         {
@@ -249,5 +256,8 @@ async fn silent_primary_is_detected_by_missed_heartbeats() {
     }
     let (after, reason) = lost.expect("the silent primary is declared lost");
     assert!(reason.contains("heartbeat"), "{reason}");
-    assert!(after < Duration::from_millis(400), "{after:?}");
+    assert!(
+        after >= opts_timeout,
+        "declared lost after {after:?}, before its {opts_timeout:?} heartbeat timeout"
+    );
 }

@@ -25,7 +25,15 @@ async fn subscription_gets_snapshot_then_updates() {
         })
     );
     c.subscribe(&["SYM1", "SYM2"]).await;
-    let msgs = c.collect(Duration::from_millis(500)).await;
+    let updates_seen = |msgs: &[Message]| {
+        msgs.iter()
+            .filter(|m| matches!(m, Message::Update { .. }))
+            .count()
+            > 10
+    };
+    let msgs = c
+        .collect_until("updates after the snapshots", updates_seen)
+        .await;
     let mut first = std::collections::HashMap::new();
     let mut last_seq = std::collections::HashMap::new();
     let mut updates = 0;
@@ -68,7 +76,14 @@ async fn standby_mirrors_subscriptions_and_publishes_nothing() {
     wait_book(&h, 20).await;
     let mut c = Raw::connect(addr).await;
     c.subscribe(&["SYM1", "SYM2", "SYM3"]).await;
-    let msgs = c.collect(Duration::from_millis(400)).await;
+    let heartbeats = |msgs: &[Message]| {
+        msgs.iter()
+            .filter(|m| matches!(m, Message::Heartbeat { .. }))
+            .count()
+    };
+    let msgs = c
+        .collect_until("3 heartbeats", |m| heartbeats(m) >= 3)
+        .await;
     assert!(matches!(
         msgs.first(),
         Some(Message::Hello {
@@ -77,11 +92,6 @@ async fn standby_mirrors_subscriptions_and_publishes_nothing() {
             ..
         })
     ));
-    let heartbeats = msgs
-        .iter()
-        .filter(|m| matches!(m, Message::Heartbeat { .. }))
-        .count();
-    assert!(heartbeats >= 3, "a standby heartbeats ({heartbeats})");
     assert!(
         msgs.iter().all(|m| matches!(
             m,
@@ -93,10 +103,10 @@ async fn standby_mirrors_subscriptions_and_publishes_nothing() {
         )),
         "a standby publishes nothing: {msgs:?}"
     );
+    wait_until(ANSWER, || h.status().subscriptions == 3).await;
     let s = h.status();
     assert_eq!(s.role, Role::Standby);
     assert!(s.upstream_connected);
-    assert_eq!(s.subscriptions, 3, "subscriptions are mirrored");
     assert_eq!(s.clients, 1);
 }
 
@@ -107,12 +117,14 @@ async fn unknown_instrument_and_malformed_frames_get_error_replies() {
     wait_book(&h, 10).await;
     let mut good = Raw::connect(addr).await;
     good.subscribe(&["NOPE", "SYM1"]).await;
-    let msgs = good.collect(Duration::from_millis(200)).await;
-    assert!(msgs.iter().any(|m| matches!(m,
-        Message::Error { code: ErrorCode::UnknownInstrument, symbol, req_id: 1, .. } if symbol == "NOPE")));
-    assert!(msgs
-        .iter()
-        .any(|m| matches!(m, Message::Snapshot { price, .. } if &*price.symbol == "SYM1")));
+    good.collect_until("an error for NOPE and a snapshot of SYM1", |msgs| {
+        msgs.iter().any(|m| matches!(m,
+            Message::Error { code: ErrorCode::UnknownInstrument, symbol, req_id: 1, .. } if symbol == "NOPE"))
+            && msgs
+                .iter()
+                .any(|m| matches!(m, Message::Snapshot { price, .. } if &*price.symbol == "SYM1"))
+    })
+    .await;
 
     // A well-framed but undecodable body: error reply, connection kept.
     good.sock
@@ -123,7 +135,13 @@ async fn unknown_instrument_and_malformed_frames_get_error_replies() {
     good.send(&Message::SnapshotComplete { epoch: 0, count: 1 })
         .await;
     good.subscribe(&["SYM2"]).await;
-    let msgs = good.collect(Duration::from_millis(300)).await;
+    // Answered in order: both errors come before SYM2's snapshot.
+    let msgs = good
+        .collect_until("a snapshot of SYM2", |msgs| {
+            msgs.iter()
+                .any(|m| matches!(m, Message::Snapshot { price, .. } if &*price.symbol == "SYM2"))
+        })
+        .await;
     assert!(msgs.iter().any(|m| matches!(
         m,
         Message::Error {
@@ -138,9 +156,6 @@ async fn unknown_instrument_and_malformed_frames_get_error_replies() {
             ..
         }
     )));
-    assert!(msgs
-        .iter()
-        .any(|m| matches!(m, Message::Snapshot { price, .. } if &*price.symbol == "SYM2")));
 
     // A broken length prefix: error reply, then that connection (only) is closed.
     let mut bad = Raw::connect(addr).await;
@@ -148,24 +163,37 @@ async fn unknown_instrument_and_malformed_frames_get_error_replies() {
         .write_all(&[0xff, 0xff, 0xff, 0xff, 1, 1])
         .await
         .expect("send");
-    let msgs = bad.collect(Duration::from_millis(500)).await;
-    assert!(msgs.iter().any(|m| matches!(
-        m,
-        Message::Error {
-            code: ErrorCode::MalformedFrame,
-            ..
+    bad.collect_until("a MalformedFrame error", |msgs| {
+        msgs.iter().any(|m| {
+            matches!(
+                m,
+                Message::Error {
+                    code: ErrorCode::MalformedFrame,
+                    ..
+                }
+            )
+        })
+    })
+    .await;
+    // Then the end of the stream (`next` gives None at the end or after the bound: told apart
+    // by the time it took).
+    let deadline = Instant::now() + ANSWER;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = bad.next(left).await;
+        assert!(
+            Instant::now() < deadline,
+            "the broken connection was not closed"
+        );
+        if got.is_none() {
+            break;
         }
-    )));
-    assert!(
-        bad.next(Duration::from_millis(300)).await.is_none(),
-        "closed"
-    );
-    let msgs = good.collect(Duration::from_millis(300)).await;
-    assert!(
-        msgs.iter().any(|m| matches!(m, Message::Update { .. })),
-        "others keep being served"
-    );
-    wait_until(Duration::from_secs(1), || h.status().clients == 1).await;
+    }
+    good.collect_until("updates: others keep being served", |msgs| {
+        msgs.iter().any(|m| matches!(m, Message::Update { .. }))
+    })
+    .await;
+    wait_until(ANSWER, || h.status().clients == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,15 +249,18 @@ async fn slow_client_is_conflated_and_never_delays_a_fast_one() {
         max_pending <= 2 * (1024 + 100),
         "pending prices bounded by queue limit and subscriptions ({max_pending})"
     );
-    assert!(quotes > 10_000, "the fast client kept receiving ({quotes})");
+    // Kept receiving (how many per second is a speed figure: `understudy bench fanout`).
+    assert!(quotes > 1000, "the fast client kept receiving ({quotes})");
+    // A liveness bound: a server that waited on the slow client would stall the fast one for
+    // good; a few hundred ms are the machine's load. Latency is `understudy bench fanout`'s.
     assert!(
-        max_gap < Duration::from_millis(500),
-        "the fast client was never stalled ({max_gap:?})"
+        max_gap < Duration::from_secs(3),
+        "the fast client was stalled ({max_gap:?})"
     );
     assert_eq!(s.clients, 2);
     // The slow client is still served, just conflated: it can catch up.
-    let got = slow.collect(Duration::from_millis(300)).await;
-    assert!(!got.is_empty());
+    slow.collect_until("the slow client's prices", |m| !m.is_empty())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,9 +273,10 @@ async fn server_reconnects_to_a_restarted_upstream() {
         let _ = sim.run().await;
     }));
     let (_addr, h, _srv) = server(ex, Role::Standby, 0).await;
-    wait_until(Duration::from_secs(2), || h.status().upstream_connected).await;
+    wait_until(ANSWER, || h.status().upstream_connected).await;
     drop(first);
-    wait_until(Duration::from_secs(3), || !h.status().upstream_connected).await;
+    wait_until(ANSWER, || !h.status().upstream_connected).await;
+    // The scenario: the upstream stays away a moment, so reconnection attempts fail first.
     sleep(Duration::from_millis(100)).await;
     let sim = understudy_pricefeed::exchange_sim::ExchangeSim::bind(ex, 5, 1000)
         .await

@@ -59,18 +59,24 @@ async fn sigusr1_promotes_a_standby_with_the_agents_epoch() {
     let syms = ["SYM1", "SYM2", "SYM3"];
     let mut client = PriceClient::connect(vec![listen], ClientOptions::default()).expect("client");
     client.subscribe(&syms);
-    // Standby: connected, no prices.
-    let deadline = Instant::now() + Duration::from_millis(700);
-    let mut connected = false;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+    // Standby: connected (waited for), then no prices for a while (an observation window: the
+    // scenario, not a wait for something to happen).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
         match timeout(left, client.next_event()).await {
-            Ok(Some(ClientEvent::ServerConnected { .. })) => connected = true,
+            Ok(Some(ClientEvent::ServerConnected { .. })) => break,
             Ok(Some(ClientEvent::Quote(q))) => panic!("a standby published {q:?}"),
             Ok(Some(_)) => {}
-            _ => break,
+            _ => panic!("the client never connected to the standby"),
         }
     }
-    assert!(connected);
+    let window = Instant::now() + Duration::from_millis(500);
+    while let Some(left) = window.checked_duration_since(Instant::now()) {
+        if let Ok(Some(ClientEvent::Quote(q))) = timeout(left, client.next_event()).await {
+            panic!("a standby published {q:?}");
+        }
+    }
     let status = std::process::Command::new("kill")
         .args(["-USR1", &std::process::id().to_string()])
         .status()
@@ -78,7 +84,8 @@ async fn sigusr1_promotes_a_standby_with_the_agents_epoch() {
     assert!(status.success());
     let t0 = Instant::now();
     let mut seen = std::collections::HashSet::new();
-    while seen.len() < syms.len() && t0.elapsed() < Duration::from_secs(3) {
+    // A liveness bound: promotion must happen at all; its speed is the benchmarks' business.
+    while seen.len() < syms.len() && t0.elapsed() < Duration::from_secs(10) {
         if let Ok(Some(ClientEvent::Quote(q))) =
             timeout(Duration::from_millis(100), client.next_event()).await
         {
@@ -91,5 +98,4 @@ async fn sigusr1_promotes_a_standby_with_the_agents_epoch() {
         syms.len(),
         "every subscription published after SIGUSR1"
     );
-    assert!(t0.elapsed() < Duration::from_secs(1));
 }

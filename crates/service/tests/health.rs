@@ -39,9 +39,35 @@ fn start(
     (spawn_health(cfg, 4, env, tx), rx)
 }
 
+/// A shell check that appends a line to `<dir>/runs` each time it runs, then runs `then`.
+fn counted(dir: &std::path::Path, then: &str) -> (HealthCheck, Vec<(String, String)>) {
+    let check = command(&["sh", "-c", &format!(r#"echo run >>"$D/runs"; {then}"#)]);
+    let env = vec![("D".to_string(), dir.display().to_string())];
+    (check, env)
+}
+
+/// Waits until the check has run `more` times beyond now. Once run k+`more` has started, the
+/// events of every run before it were sent: so "no event since" can be asserted without a pause.
+async fn runs_more(dir: &std::path::Path, more: usize) {
+    let runs = || {
+        std::fs::read_to_string(dir.join("runs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let target = runs() + more;
+    let t = tokio::time::Instant::now();
+    while runs() < target {
+        assert!(t.elapsed() < LONG, "the check stopped running");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn failing_command_reaches_failed_once() {
-    let (task, mut rx) = start(config(command(&["false"]), 3), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (check, env) = counted(dir.path(), "exit 1");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (task, mut rx) = start(config(check, 3), &env);
     for n in 1..=2 {
         match next(&mut rx, LONG).await {
             HealthEvent::Failing {
@@ -60,22 +86,24 @@ async fn failing_command_reaches_failed_once() {
         HealthEvent::Failed { generation: 4, .. }
     ));
     // Failed is not repeated while the check keeps failing.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    runs_more(dir.path(), 5).await;
     assert!(rx.try_recv().is_err());
     task.abort();
 }
 
 #[tokio::test]
 async fn passing_command_is_healthy_once_and_gets_env() {
-    let (task, mut rx) = start(
-        config(command(&["sh", "-c", r#"test "$HC" = yes"#]), 1),
-        &[("HC", "yes")],
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let (check, env) = counted(dir.path(), r#"test "$HC" = yes"#);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("HC", "yes"));
+    let (task, mut rx) = start(config(check, 1), &env);
     assert_eq!(
         next(&mut rx, LONG).await,
         HealthEvent::Healthy { generation: 4 }
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Healthy is said once, not at every passing check.
+    runs_more(dir.path(), 5).await;
     assert!(rx.try_recv().is_err());
     task.abort();
 }

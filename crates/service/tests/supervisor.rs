@@ -242,10 +242,12 @@ async fn dropping_the_supervisor_kills_the_group() {
     all_gone(&family, SECOND).await.unwrap();
 }
 
-/// Not a test on its own: the agent process of `kill_9_of_the_agent_takes_everything`, run by
-/// re-executing this test binary with [`AGENT_MODE`] set. It starts [`FAMILY`] and reports the
-/// guardian's and the service's pids on stdout (which the service shares).
+/// The agent process of `kill_9_of_the_agent_takes_everything`, run by re-executing this test
+/// binary with [`AGENT_MODE`] set. It starts [`FAMILY`] and reports the guardian's and the
+/// service's pids on stdout (which the service shares). Ignored so that it never counts as a
+/// test; `scripts/test` leaves out ignored entries whose reason starts with "not a test".
 #[tokio::test]
+#[ignore = "not a test: the agent process of kill_9_of_the_agent_takes_everything"]
 async fn agent_helper() {
     if std::env::var_os(AGENT_MODE).is_none() {
         return;
@@ -261,7 +263,13 @@ async fn agent_helper() {
 #[tokio::test]
 async fn kill_9_of_the_agent_takes_everything() {
     let mut agent = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["agent_helper", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "agent_helper",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(AGENT_MODE, "1")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -301,14 +309,16 @@ async fn kill_9_of_the_agent_takes_everything() {
     assert!(family.iter().all(|p| alive(*p)), "{family:?}");
 
     kill(Pid::from_raw(agent.id().unwrap() as i32), Signal::SIGKILL).unwrap();
-    let took = all_gone(&family, Duration::from_millis(100)).await;
+    // A liveness bound: the family must go by itself (lifeline EOF → the guardian kills the
+    // group); how fast is a speed figure, not this test's business.
+    let took = all_gone(&family, LONG).await;
     agent.wait().await.unwrap();
     match took {
         Ok(took) => eprintln!("service family gone {took:?} after kill -9 of the agent"),
         Err(survivors) => {
             // Do not leave them behind (they hold the harness's stderr open).
             let _ = kill(Pid::from_raw(-(guardian.unwrap() as i32)), Signal::SIGKILL);
-            panic!("still alive 100 ms after kill -9 of the agent: {survivors:?}");
+            panic!("still alive {LONG:?} after kill -9 of the agent: {survivors:?}");
         }
     }
 }

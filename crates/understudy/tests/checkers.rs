@@ -107,7 +107,7 @@ fn the_watcher_finds_two_nodes_hot_at_once() {
         r#"{{"mode":"Hot","epoch":2,"since_unix_ms":{since}}}"#
     ));
     let w = Watcher::start(vec![("a".into(), a), ("b".into(), b)]);
-    sleep_ms(50);
+    w.wait_sweeps(2, Duration::from_secs(10));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || w.finish()));
     assert!(r.is_err(), "the watcher missed two Hot nodes");
 }
@@ -121,7 +121,7 @@ fn the_watcher_accepts_a_handover_between_two_answers() {
         r#"{{"mode":"Hot","epoch":2,"since_unix_ms":{far}}}"#
     ));
     let w = Watcher::start(vec![("a".into(), a), ("b".into(), b)]);
-    std::thread::sleep(Duration::from_millis(50));
+    w.wait_sweeps(2, Duration::from_secs(10));
     let rep = w.finish();
     assert!(rep.two_hot_answers > 0);
 }

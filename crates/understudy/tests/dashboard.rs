@@ -6,6 +6,7 @@
 //! each step there (docs/dashboard/ holds the committed ones).
 
 mod common;
+mod skip;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -126,10 +127,10 @@ fn agent_pid(data: &Path, node: &str) -> Option<u32> {
 #[test]
 fn the_dashboard_story_in_a_real_browser() {
     let (Some(chromium), Some(driver)) = (which("chromium"), which("chromedriver")) else {
-        let why = "chromium and chromedriver are not installed (Debian: chromium chromium-driver)";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("SKIPPED: the_dashboard_story_in_a_real_browser: {why}");
-        return;
+        return skip::skip(
+            "the_dashboard_story_in_a_real_browser",
+            "chromium and chromedriver are not installed (Debian: chromium chromium-driver)",
+        );
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");

@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // real processes run in real time: tests sleep on std threads
 
 mod common;
+mod skip;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -118,10 +119,10 @@ fn a_full_disk_never_lets_a_node_go_hot_without_a_durable_epoch() {
     let fs = match Tmpfs::mount(&g.path.join("fs"), "64k") {
         Ok(fs) => fs,
         Err(why) => {
-            eprintln!(
-                "SKIPPED a_full_disk_never_lets_a_node_go_hot_without_a_durable_epoch: {why}"
-            );
-            return;
+            return skip::skip(
+                "a_full_disk_never_lets_a_node_go_hot_without_a_durable_epoch",
+                &why,
+            )
         }
     };
     g.set_lock(&fs.dir.join("group.lock"));

@@ -89,13 +89,13 @@ fn kill9_rounds(standby: &str, rounds: usize, grandchild: bool) {
         }
         let t = Instant::now();
         g.kill9(&active);
-        let gone = wait_until(Duration::from_millis(100), || {
-            procs.iter().all(|p| !alive(*p))
-        });
+        // A liveness bound: the group must die with its agent by itself; how fast (a few ms,
+        // printed below) is a speed figure, not asserted, so that load cannot fail the test.
+        let gone = wait_until(5 * S, || procs.iter().all(|p| !alive(*p)));
         let left: Vec<u32> = procs.iter().copied().filter(|p| alive(*p)).collect();
         assert!(
             gone,
-            "round {round}: processes {left:?} of {active}'s service group {procs:?} outlived its agent by 100 ms"
+            "round {round}: processes {left:?} of {active}'s service group {procs:?} outlived its agent by 5 s"
         );
         gone_ms.push(t.elapsed().as_secs_f64() * 1e3);
         g.wait_mode(standby, "Hot", 5 * S);
@@ -331,7 +331,7 @@ fn sigstop_of_the_active_agent_causes_no_failover() {
         "b left Warm while a was stopped (the kernel keeps a stopped holder's lock)"
     );
     g.wait_mode("a", "Hot", 2 * S);
-    sleep_ms(500);
+    sleep_ms(500); // an observation window after the resume: nothing changes hands
     assert_eq!(g.active(S), "a");
     assert_eq!(g.mode("b").as_deref(), Some("Warm"));
     assert_eq!(g.epoch("a"), e0);

@@ -71,7 +71,7 @@ fn tryheartbeat_fresh_stale_and_garbage() {
     g.wait_service_active("a", e1);
 
     // Live failover: the heartbeat is fresh, b goes Hot by itself.
-    sleep_ms(300); // a few heartbeats
+    g.wait_heartbeat("a", e1, 5 * S);
     g.kill9("a");
     g.wait_mode("b", "Hot", 5 * S);
     let e2 = g.epoch("b");
@@ -85,7 +85,7 @@ fn tryheartbeat_fresh_stale_and_garbage() {
     g.wait_mode("a", "Warm", S);
     g.kill9("a");
     g.kill9("b");
-    sleep_ms(1300);
+    sleep_ms(1300); // the scenario: down for longer than heartbeat_delay (1 s)
     let e3 = a_waits_for_the_operator(
         &mut g,
         "stale heartbeat seen",
@@ -109,7 +109,7 @@ fn tryheartbeat_fresh_stale_and_garbage() {
     // And a live failover after that works by itself again.
     g.start("b");
     g.wait_mode("b", "Warm", S);
-    sleep_ms(300);
+    g.wait_heartbeat("a", e4, 5 * S);
     g.kill9("a");
     g.wait_mode("b", "Hot", 5 * S);
     assert!(g.epoch("b") > e4);

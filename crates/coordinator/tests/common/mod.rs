@@ -45,6 +45,8 @@ pub fn hb(node: &str, epoch: u64, unix_ms: u64) -> Heartbeat {
     }
 }
 
-/// Generous bound for "promptly": the kernel hands the lock over in well under a millisecond, but
-/// this machine is shared and busy; a polling implementation would still miss it by far.
-pub const PROMPT: Duration = Duration::from_millis(250);
+/// A liveness bound for "the waiter wakes up": it must wake at all, and not only after some long
+/// retry period. The kernel hands the lock over in well under a millisecond, but how fast is a
+/// speed figure (`understudy bench failover` measures the bare kernel handoff next to ours): a
+/// tight bound here would fail on a loaded machine without saying anything about behaviour.
+pub const PROMPT: Duration = Duration::from_secs(5);

@@ -63,6 +63,10 @@ pub async fn wait_book(h: &ServerHandle, instruments: usize) {
     .await;
 }
 
+/// How long a test waits for something that takes milliseconds: a liveness bound, generous so
+/// that a loaded machine does not fail a test (speed is measured by the benchmarks).
+pub const ANSWER: Duration = Duration::from_secs(10);
+
 pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
@@ -118,7 +122,26 @@ impl Raw {
         }
     }
 
-    /// Collects everything received during `d`.
+    /// Collects messages until `done` holds for all collected so far; panics with them when it
+    /// does not within [`ANSWER`] or the stream ends.
+    pub async fn collect_until(
+        &mut self,
+        what: &str,
+        done: impl Fn(&[Message]) -> bool,
+    ) -> Vec<Message> {
+        let deadline = Instant::now() + ANSWER;
+        let mut out = Vec::new();
+        while !done(&out) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(m) => out.push(m),
+                None => panic!("{what}: not within {ANSWER:?} (or the stream ended): {out:?}"),
+            }
+        }
+        out
+    }
+
+    /// Collects everything received during `d` (an observation window, not a wait).
     pub async fn collect(&mut self, d: Duration) -> Vec<Message> {
         let deadline = Instant::now() + d;
         let mut out = Vec::new();

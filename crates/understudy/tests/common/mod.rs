@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -655,6 +655,20 @@ impl Group {
         );
     }
 
+    /// Wait until the group's lock file holds `node`'s heartbeat at `epoch` (written every
+    /// heartbeat interval by the active): what a standby judges freshness by at takeover.
+    pub fn wait_heartbeat(&self, node: &str, epoch: u64, timeout: Duration) {
+        let want = format!(" node={node} epoch={epoch} ");
+        let ok = wait_until(timeout, || {
+            std::fs::read_to_string(&self.lock).is_ok_and(|t| t.contains(&want))
+        });
+        assert!(
+            ok,
+            "no heartbeat of {node} at epoch {epoch} in {} within {timeout:?}",
+            self.lock.display()
+        );
+    }
+
     /// Wait until the log holds `n` active intervals, run the overlap checker, and assert that
     /// there are exactly `n` (so the checker is never satisfied by an empty log).
     pub fn expect_actives(&self, n: usize) -> Vec<Interval> {
@@ -865,6 +879,8 @@ pub struct WatchReport {
 /// Polls every node's /status every few ms on a thread, recording moments two nodes were Hot.
 pub struct Watcher {
     stop: Arc<AtomicBool>,
+    /// Completed sweeps so far, for [`Watcher::wait_sweeps`].
+    sweeps: Arc<AtomicU64>,
     handle: Option<JoinHandle<WatchReport>>,
 }
 
@@ -879,6 +895,8 @@ impl Watcher {
     pub fn start(nodes: Vec<(String, String)>) -> Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
+        let sweeps = Arc::new(AtomicU64::new(0));
+        let sweeps2 = sweeps.clone();
         let handle = std::thread::spawn(move || {
             let mut rep = WatchReport::default();
             while !s2.load(Ordering::Relaxed) {
@@ -926,14 +944,26 @@ impl Watcher {
                         }
                     }
                 }
+                // Published after the sweep's answers are judged, so that a waiter sees them.
+                sweeps2.store(rep.sweeps, Ordering::Release);
                 std::thread::sleep(Duration::from_millis(3));
             }
             rep
         });
         Watcher {
             stop,
+            sweeps,
             handle: Some(handle),
         }
+    }
+
+    /// Waits until `n` more sweeps over every node have completed; panics after `timeout`.
+    pub fn wait_sweeps(&self, n: u64, timeout: Duration) {
+        let target = self.sweeps.load(Ordering::Acquire) + n;
+        assert!(
+            wait_until(timeout, || self.sweeps.load(Ordering::Acquire) >= target),
+            "the watcher did not complete {n} sweeps within {timeout:?}"
+        );
     }
 
     /// Stop polling and assert that no two nodes were ever Hot at once.
