@@ -12,8 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use understudy_coordinator::{
-    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, LockFileCoordinator, MemberRecord,
-    Members, TryAcquire,
+    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, TryAcquire,
 };
 use understudy_engine::{
     Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, Role, State,
@@ -123,15 +122,24 @@ pub struct Shared {
     pub members: Members,
     /// Wall clock of the loop's last tick, for /healthz.
     pub last_tick_ms: std::sync::atomic::AtomicU64,
+    /// The deadline of the node's grant (etcd), shared with the service's guardian.
+    pub fence: understudy_service::Fence,
 }
 
 impl Shared {
     /// The current status.
     pub fn status(&self) -> StatusView {
-        match self.status.read() {
+        let mut s = match self.status.read() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
+        };
+        // Past the grant's deadline the guardian has ended the service: a node that has not yet
+        // heard (its agent was frozen and just continued) must not claim to be active.
+        if s.mode == "Hot" && self.fence.expired() {
+            s.mode = State::Warm.to_string();
+            s.waiting = Some("the grant's deadline passed; stepping down".to_string());
         }
+        s
     }
 }
 
@@ -159,15 +167,11 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
             addr: cfg.node.admin,
             source,
         })?;
-    let (coord_tx, coord_rx) = mpsc::unbounded_channel();
-    let coord = LockFileCoordinator::new(
-        cfg.activation.lock_file.clone(),
-        cfg.node.name.clone(),
-        coord_tx,
-    )?;
-    let members = coord.members().clone();
-    members.ensure_dir()?;
     let (svc_tx, svc_rx) = mpsc::unbounded_channel();
+    let supervisor = Supervisor::new(svc_tx);
+    // The coordinator (lock file or etcd); with etcd it arms the service's guardian itself.
+    let (coord_tx, coord_rx) = mpsc::unbounded_channel();
+    let (coord, members) = crate::coordination::connect(&cfg, coord_tx, supervisor.fence())?;
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let (api_tx, api_rx) = mpsc::channel(64);
 
@@ -188,6 +192,7 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         metrics: Metrics::new(),
         members,
         last_tick_ms: std::sync::atomic::AtomicU64::new(unix_ms()),
+        fence: supervisor.fence(),
     });
 
     let app = crate::api::router(shared.clone(), api_tx);
@@ -200,8 +205,8 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     let mut rt = Runtime {
         shared,
         engine,
-        coord: Box::new(coord),
-        supervisor: Supervisor::new(svc_tx),
+        coord,
+        supervisor,
         health_tx,
         health: None,
         guardian_exe,

@@ -75,7 +75,11 @@ impl Timing {
     /// `lease_ttl / (1 + ρ)` of real time; the holder's deadline measured on a clock running slow
     /// lasts at most `deadline / (1 - ρ)`; the kill must fit in what is left. `None` when nothing
     /// is left.
-    pub fn max_deadline(lease_ttl: Duration, kill_margin: Duration, drift_ppm: u32) -> Option<Duration> {
+    pub fn max_deadline(
+        lease_ttl: Duration,
+        kill_margin: Duration,
+        drift_ppm: u32,
+    ) -> Option<Duration> {
         let rho = f64::from(drift_ppm) / 1e6;
         let standby_real = lease_ttl.as_secs_f64() / (1.0 + rho);
         let left = standby_real - kill_margin.as_secs_f64();
@@ -189,7 +193,10 @@ impl LeaderRecord {
         }
         let r: LeaderRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if !is_valid_node_name(&r.node) {
-            return Err(format!("invalid node name {:?} in the leader record", r.node));
+            return Err(format!(
+                "invalid node name {:?} in the leader record",
+                r.node
+            ));
         }
         Ok(r)
     }
@@ -401,7 +408,10 @@ fn connect_options(s: &EtcdSettings) -> Result<ConnectOptions, CoordError> {
     // A request that takes longer than the deadline is useless to the holder anyway.
     let mut o = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
-        .with_keep_alive(Duration::from_secs(1), t.deadline.max(Duration::from_millis(500)));
+        .with_keep_alive(
+            Duration::from_secs(1),
+            t.deadline.max(Duration::from_millis(500)),
+        );
     if let Some((user, password)) = &s.auth {
         o = o.with_user(user.clone(), password.clone());
     }
@@ -538,7 +548,10 @@ impl Seen {
             None => HeartbeatReading::Missing,
             Some(Err(why)) => HeartbeatReading::Garbage(why.clone()),
             Some(Ok(r)) => {
-                let age = self.since.map(|s| now.duration_since(s)).unwrap_or_default();
+                let age = self
+                    .since
+                    .map(|s| now.duration_since(s))
+                    .unwrap_or_default();
                 HeartbeatReading::At(Heartbeat {
                     node: r.node.clone(),
                     epoch: r.epoch,
@@ -757,7 +770,13 @@ impl Task {
             Some(Ok(r)) => r.epoch,
             _ => 0,
         })
-        .max(lock(&self.cache).values().map(|m| m.epoch).max().unwrap_or(0));
+        .max(
+            lock(&self.cache)
+                .values()
+                .map(|m| m.epoch)
+                .max()
+                .unwrap_or(0),
+        );
         let epoch = highest
             .checked_add(1)
             .ok_or_else(|| CoordError::Etcd("the group epoch cannot grow any further".into()))?;
@@ -927,7 +946,9 @@ impl Task {
         match tokio::time::timeout(self.s.timing.lease_ttl, client.txn(txn)).await {
             Ok(Ok(resp)) if resp.succeeded() => tracing::info!("etcd: group released"),
             Ok(Ok(_)) => tracing::info!("etcd: group already taken over"),
-            Ok(Err(e)) => tracing::warn!("etcd: release failed ({e}); standbys take over after lease_ttl"),
+            Ok(Err(e)) => {
+                tracing::warn!("etcd: release failed ({e}); standbys take over after lease_ttl")
+            }
             Err(_) => tracing::warn!("etcd: release timed out; standbys take over after lease_ttl"),
         }
     }
@@ -1284,10 +1305,17 @@ mod tests {
 
     #[test]
     fn default_deadline_fits_the_argument() {
-        let d = Timing::max_deadline(Duration::from_millis(200), Duration::from_millis(40), 10_000)
-            .unwrap();
+        let d = Timing::max_deadline(
+            Duration::from_millis(200),
+            Duration::from_millis(40),
+            10_000,
+        )
+        .unwrap();
         // (1 - 0.01) * (200 / 1.01 - 40) ms = 156.4 ms
-        assert!(d > Duration::from_millis(156) && d < Duration::from_millis(157), "{d:?}");
+        assert!(
+            d > Duration::from_millis(156) && d < Duration::from_millis(157),
+            "{d:?}"
+        );
         assert_eq!(
             Timing::max_deadline(Duration::from_millis(40), Duration::from_millis(40), 0),
             None
@@ -1299,8 +1327,12 @@ mod tests {
         let ok = br#"{"node":"a","epoch":3,"renewals":9,"unix_ms":1}"#;
         assert_eq!(LeaderRecord::parse(ok).unwrap().epoch, 3);
         assert!(!LeaderRecord::parse(ok).unwrap().released);
-        assert!(LeaderRecord::parse(br#"{"node":"a/b","epoch":3,"renewals":9,"unix_ms":1}"#).is_err());
-        assert!(LeaderRecord::parse(br#"{"node":"a","epoch":-3,"renewals":9,"unix_ms":1}"#).is_err());
+        assert!(
+            LeaderRecord::parse(br#"{"node":"a/b","epoch":3,"renewals":9,"unix_ms":1}"#).is_err()
+        );
+        assert!(
+            LeaderRecord::parse(br#"{"node":"a","epoch":-3,"renewals":9,"unix_ms":1}"#).is_err()
+        );
         assert!(LeaderRecord::parse(b"garbage").is_err());
         assert!(LeaderRecord::parse(&vec![b' '; MAX_LEADER_BYTES + 1]).is_err());
     }

@@ -193,7 +193,10 @@ fn members_write_read_remove() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("g.lock");
     let members = Members::for_lock(&lock);
-    assert_eq!(members.dir(), Some(dir.path().join("g.lock.members").as_path()));
+    assert_eq!(
+        members.dir(),
+        Some(dir.path().join("g.lock.members").as_path())
+    );
     assert!(
         members.read_all().is_empty(),
         "missing dir is an empty group"

@@ -16,7 +16,7 @@ pub mod health;
 pub mod supervisor;
 
 pub use health::{spawn_health, HealthCheck, HealthConfig, HealthEvent};
-pub use supervisor::{ExitReason, ServiceEvent, ServiceSpec, Supervisor};
+pub use supervisor::{ExitReason, Fence, ServiceEvent, ServiceSpec, Supervisor};
 
 /// Errors of a supervision operation.
 #[derive(Debug, thiserror::Error)]
