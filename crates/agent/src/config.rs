@@ -899,6 +899,102 @@ mod tests {
         }
     }
 
+    fn etcd_cfg(etcd: &str) -> String {
+        format!(
+            "[node]\n{}\n[activation]\nmode = \"trylock\"\n[etcd]\n{etcd}\n[service]\ncommand = [\"sleep\"]\n",
+            good_node()
+        )
+    }
+
+    #[test]
+    fn etcd_defaults_follow_the_timing_argument() {
+        let c = Config::parse(
+            Path::new("/tmp/x.toml"),
+            &etcd_cfg("endpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]"),
+        )
+        .unwrap();
+        let e = c.etcd.expect("etcd section");
+        assert_eq!(e.prefix, "/understudy");
+        assert_eq!(e.timing.renew_interval, Duration::from_millis(20));
+        assert_eq!(e.timing.lease_ttl, Duration::from_millis(200));
+        let max = understudy_coordinator::Timing::max_deadline(
+            e.timing.lease_ttl,
+            e.timing.kill_margin,
+            e.timing.drift_ppm,
+        )
+        .unwrap();
+        assert_eq!(e.timing.deadline, max);
+        assert!(c
+            .activation
+            .lock_file
+            .display()
+            .to_string()
+            .contains("/understudy/g/leader"));
+    }
+
+    #[test]
+    fn etcd_rules_name_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let pw = d.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let ep = "endpoints = [\"http://127.0.0.1:2379\"]";
+        let cases: Vec<(String, &str)> = vec![
+            (etcd_cfg("endpoints = []"), "etcd.endpoints"),
+            (etcd_cfg("endpoints = [\"127.0.0.1:2379\"]"), "etcd.endpoints"),
+            (etcd_cfg("endpoints = [\"http://h:2379/x\"]"), "etcd.endpoints"),
+            (etcd_cfg("endpoints = [\"http://h\"]"), "etcd.endpoints"),
+            (etcd_cfg("endpoints = [\"http://a:1\", \"https://b:2\"]"), "etcd.endpoints"),
+            (etcd_cfg(&format!("{ep}\nprefix = \"understudy\"")), "etcd.prefix"),
+            (etcd_cfg(&format!("{ep}\nprefix = \"/u/\"")), "etcd.prefix"),
+            (etcd_cfg(&format!("{ep}\ndeadline = \"180ms\"")), "etcd.deadline"),
+            (etcd_cfg(&format!("{ep}\nrenew_interval = \"60ms\"")), "etcd.renew_interval"),
+            (etcd_cfg(&format!("{ep}\nlease_ttl = \"40ms\"")), "etcd.lease_ttl"),
+            (etcd_cfg(&format!("{ep}\nkill_margin = \"2ms\"")), "etcd.kill_margin"),
+            (etcd_cfg(&format!("{ep}\nclock_drift_ppm = 5")), "etcd.clock_drift_ppm"),
+            (etcd_cfg(&format!("{ep}\nbackstop_ttl = \"1500ms\"")), "etcd.backstop_ttl"),
+            (etcd_cfg(&format!("{ep}\nlease_ttl = \"1s\"\nbackstop_ttl = \"1s\"")), "etcd.backstop_ttl"),
+            (etcd_cfg(&format!("{ep}\nuser = \"u\"")), "etcd.password_file"),
+            (etcd_cfg(&format!("{ep}\npassword_file = {:?}", pw.display().to_string())), "etcd.user"),
+            (etcd_cfg(&format!("{ep}\nca = \"/nonexistent/ca.pem\"")), "etcd.ca"),
+            (etcd_cfg("endpoints = [\"https://127.0.0.1:2379\"]"), "etcd.ca"),
+            (etcd_cfg(&format!("{ep}\nlease = \"1s\"")), "etcd.lease"),
+            (
+                format!(
+                    "[node]\n{}\n[activation]\nmode = \"trylock\"\nlock_file = \"{}/g.lock\"\n[etcd]\n{ep}\n[service]\ncommand = [\"sleep\"]\n",
+                    good_node(),
+                    d.path().display()
+                ),
+                "etcd",
+            ),
+            (
+                format!(
+                    "[node]\n{}\n[activation]\nmode = \"trylock\"\n[service]\ncommand = [\"sleep\"]\n",
+                    good_node()
+                ),
+                "activation.lock_file",
+            ),
+        ];
+        for (text, key) in cases {
+            let shown = err_of(&text).to_string();
+            assert!(
+                shown.contains(&format!(": {key}")),
+                "expected {key} in {shown:?}"
+            );
+        }
+        let ok = etcd_cfg(&format!(
+            "{ep}\nuser = \"u\"\npassword_file = {:?}\nlease_ttl = \"500ms\"\ndeadline = \"300ms\"",
+            pw.display().to_string()
+        ));
+        let c = Config::parse(Path::new("/tmp/x.toml"), &ok).unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!(e.auth.as_ref().map(|(_, p)| p.0.as_str()), Some("secret"));
+        assert!(
+            !format!("{e:?}").contains("secret"),
+            "the password leaks into Debug"
+        );
+        assert_eq!(e.timing.deadline, Duration::from_millis(300));
+    }
+
     #[test]
     fn parses_signal_names() {
         assert_eq!(parse_signal("SIGUSR2"), Some(Signal::SIGUSR2));

@@ -598,6 +598,7 @@ struct Task {
 /// What the claim transaction tells.
 enum Claim {
     Won {
+        epoch: u64,
         created: bool,
         previous: HeartbeatReading,
     },
@@ -608,9 +609,19 @@ impl Task {
     async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
         loop {
             if self.client.is_none() || self.watch.is_none() {
-                if let Err(e) = self.resync().await {
-                    tracing::warn!("etcd: {e}");
-                    self.watch = None;
+                // A holder keeps renewing without a watch; resynchronising must not run past
+                // its deadline.
+                let limit = match &self.holding {
+                    Some(h) => h.deadline_at,
+                    None => Instant::now() + Duration::from_secs(5),
+                };
+                match tokio::time::timeout_at(limit, self.resync()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!("etcd: {e}");
+                        self.watch = None;
+                    }
+                    Err(_) => self.watch = None,
                 }
             }
             let wake = self.next_wake();
@@ -657,13 +668,29 @@ impl Task {
             self.renew().await;
         } else if self.campaigning && Instant::now() >= self.claimable_at() {
             match self.claim().await {
-                Ok(Claim::Won { created, previous }) => {
+                Ok(Claim::Won {
+                    epoch,
+                    created,
+                    previous,
+                }) => {
                     self.campaigning = false;
-                    let lease = Some(self.s.timing.deadline);
+                    let mut v = lock(&self.view);
+                    if !v.campaigning {
+                        // The agent released (stopped campaigning) while the claim was on its
+                        // way: it must not be told, and the group goes back at once.
+                        drop(v);
+                        self.release().await;
+                        return;
+                    }
+                    v.holds = true;
+                    v.campaigning = false;
+                    v.claimed_epoch = Some(epoch);
+                    // Sent under the view lock, so a release() cannot slip in between holding and
+                    // telling (a grant that arrives after a release is then seen as stale).
                     let _ = self.events.send(CoordEvent::Acquired {
                         previous,
                         created,
-                        lease,
+                        lease: Some(self.s.timing.deadline),
                     });
                 }
                 Ok(Claim::Busy) => {}
@@ -724,8 +751,15 @@ impl Task {
         tokio::time::sleep_until(at).await;
         match self.claim().await? {
             Claim::Won {
-                created, previous, ..
-            } => Ok(TryAcquire::Acquired { previous, created }),
+                epoch,
+                created,
+                previous,
+            } => {
+                let mut v = lock(&self.view);
+                v.holds = true;
+                v.claimed_epoch = Some(epoch);
+                Ok(TryAcquire::Acquired { previous, created })
+            }
             Claim::Busy => Ok(TryAcquire::HeldByOther),
         }
     }
@@ -831,13 +865,14 @@ impl Task {
         self.holding = Some(h);
         {
             let mut v = lock(&self.view);
-            v.holds = true;
-            v.campaigning = false;
-            v.claimed_epoch = Some(epoch);
             v.epoch = v.epoch.max(epoch);
         }
         tracing::info!(epoch, rev, "etcd: group claimed");
-        Ok(Claim::Won { created, previous })
+        Ok(Claim::Won {
+            epoch,
+            created,
+            previous,
+        })
     }
 
     /// One compare-and-swap renewal; the deadline moves to its send time + `deadline`.
