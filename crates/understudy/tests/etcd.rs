@@ -326,3 +326,204 @@ fn link_down_on_the_active_machine_moves_activity_safely() {
 fn total_packet_loss_on_the_active_machine_moves_activity_safely() {
     cut_the_active(Lab::loss, Lab::heal);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A 3-member etcd: leader loss and quorum loss
+// ---------------------------------------------------------------------------------------------
+
+/// Three etcd members on loopback, each restartable on its own data directory.
+struct Cluster {
+    data: tempfile::TempDir,
+    ports: Vec<(u16, u16)>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let data = tempfile::Builder::new()
+            .prefix("us-etcd3-")
+            .tempdir_in("/dev/shm")
+            .expect("etcd data dir");
+        let port = |a: String| -> u16 {
+            a.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port")
+        };
+        let ports: Vec<(u16, u16)> = (0..3)
+            .map(|_| (port(free_addr()), port(free_addr())))
+            .collect();
+        let mut c = Cluster {
+            data,
+            ports,
+            children: vec![None, None, None],
+        };
+        for i in 0..3 {
+            c.start_member(i);
+        }
+        let eps = c.endpoints().join(",");
+        let ok = wait_until(30 * S, || {
+            Command::new("etcdctl")
+                .args(["--endpoints", &eps, "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        assert!(ok, "the 3-member etcd never became healthy");
+        c
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(k, (_, p))| format!("m{k}=http://127.0.0.1:{p}"))
+            .collect();
+        let (cp, pp) = self.ports[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join(format!("m{i}.log")))
+            .expect("etcd log");
+        let child = Command::new(ETCD)
+            .args(["--name", &format!("m{i}")])
+            .args([
+                "--data-dir",
+                &self.data.path().join(format!("m{i}")).display().to_string(),
+            ])
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{cp}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{cp}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{pp}"),
+            ])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.children[i] = Some(child);
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+            .collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The index of the member that is the raft leader now.
+    fn leader(&self) -> usize {
+        for (i, ep) in self.endpoints().iter().enumerate() {
+            let out = Command::new("etcdctl")
+                .args(["--endpoints", ep, "endpoint", "status", "-w", "json"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .expect("etcdctl");
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            let st = &v[0]["Status"];
+            if st["leader"].as_u64().is_some() && st["leader"] == st["header"]["member_id"] {
+                return i;
+            }
+        }
+        panic!("no etcd member says it is the leader");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+fn cluster_group(c: &Cluster) -> Group {
+    let mut g = Group::new("trylock", "cold");
+    g.activation.remove("lock_file");
+    let list = c
+        .endpoints()
+        .iter()
+        .map(|e| q(e))
+        .collect::<Vec<_>>()
+        .join(", ");
+    g.tail = format!("[etcd]\nendpoints = [{list}]\n");
+    g
+}
+
+#[test]
+fn quorum_loss_stops_the_active_and_nobody_takes_over_until_it_returns() {
+    let mut c = Cluster::start();
+    let mut g = cluster_group(&c);
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    let act = g.active(5 * S);
+    let epoch = g.epoch(&act);
+    g.wait_service_active(&act, epoch);
+    let svc = g.service_pid(&act).expect("service pid");
+    // Two of three members gone: no write can commit.
+    let leader = c.leader();
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let t0 = Instant::now();
+    c.kill(leader);
+    c.kill(others[0]);
+    assert!(
+        wait_until(2 * S, || !alive(svc)),
+        "the active's service kept running without quorum"
+    );
+    let stopped = t0.elapsed();
+    assert!(
+        stopped < Duration::from_millis(600),
+        "the active stopped only after {stopped:?}"
+    );
+    for n in ["a", "b"] {
+        g.wait_mode(n, "Warm", 2 * S);
+    }
+    for n in ["a", "b"] {
+        g.stays(n, "Warm", Duration::from_millis(300));
+    }
+    c.start_member(leader);
+    c.start_member(others[0]);
+    let back = g.active(30 * S);
+    assert!(
+        g.epoch(&back) > epoch,
+        "the group came back with an old epoch"
+    );
+    g.expect_actives(2);
+    w.finish();
+}
+
+#[test]
+fn killing_the_etcd_leader_never_makes_two_actives() {
+    let mut c = Cluster::start();
+    let mut g = cluster_group(&c);
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    for _ in 0..2 {
+        let leader = c.leader();
+        c.kill(leader);
+        // A new etcd leader is elected; the group ends with one active, maybe the same.
+        let act = g.active(10 * S);
+        c.start_member(leader);
+        let e = g.epoch(&act);
+        g.wait_service_active(&act, e);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    g.check_log();
+    w.finish();
+}
