@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)] // real processes run in real time: tests sleep on std threads
 
 mod common;
+#[path = "../src/netns.rs"]
 mod netns;
 
 use std::process::{Child, Command, Stdio};
@@ -264,9 +265,9 @@ fn a_config_that_breaks_the_timing_argument_is_refused() {
 
 /// etcd on its own machine, agents `a` and `b` on theirs; `a` Hot, `b` a ready standby.
 fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
-    let em = lab.machine("e");
-    let ma = lab.machine("a");
-    let mb = lab.machine("b");
+    let em = lab.machine("e").expect("machine e");
+    let ma = lab.machine("a").expect("machine a");
+    let mb = lab.machine("b").expect("machine b");
     let etcd = Etcd::start(&Lab::launcher(&em), &em.ip, 2379, 2380);
     let mut g = group(&etcd, "");
     for (name, m) in [("a", &ma), ("b", &mb)] {
@@ -287,15 +288,18 @@ fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
 
 /// Cut `a` off with `cut`: it demotes itself (its service is gone) before `b` is Hot with a
 /// higher epoch; no overlap in the services' log.
-fn cut_the_active(cut: fn(&Machine), heal: fn(&Machine)) {
-    let mut lab = Lab::new();
+fn cut_the_active(
+    cut: fn(&Machine) -> anyhow::Result<()>,
+    heal: fn(&Machine) -> anyhow::Result<()>,
+) {
+    let mut lab = Lab::new().expect("network namespaces (root, iproute2)");
     let (_etcd, g, ma, _mb) = lab_group(&mut lab);
     let w = g.watch();
     let epoch = g.epoch("a");
     g.wait_service_active("a", epoch);
     let svc = g.service_pid("a").expect("service pid");
     let t0 = Instant::now();
-    cut(&ma);
+    cut(&ma).expect("cut");
     assert!(
         wait_until(S, || !alive(svc)),
         "the cut-off active's service kept running"
@@ -307,7 +311,7 @@ fn cut_the_active(cut: fn(&Machine), heal: fn(&Machine)) {
         took < Duration::from_millis(500),
         "node-loss takeover took {took:?}"
     );
-    heal(&ma);
+    heal(&ma).expect("heal");
     // Reconnected, the old active is a standby (it never took the group back).
     g.wait_status("a", "Warm after the network is back", 10 * S, |s| {
         s["mode"] == "Warm" && s["holds_lock"] == false

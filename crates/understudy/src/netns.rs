@@ -1,11 +1,14 @@
 //! "Machines" for the tests: one network namespace each, joined by veth pairs to a bridge in the
 //! test's own namespace (so the test reaches every machine's admin API). Faults are the real
 //! ones: a link set down, 100 % packet loss with netem, every process of a machine killed at once.
-//! Everything is removed on drop, also when a test fails.
-#![allow(dead_code)] // each test file uses a different subset
+//! Everything is removed on drop, also when a test or a benchmark fails. Used by
+//! `understudy bench node-loss` and by the tests (`tests/etcd.rs` includes this file).
+#![allow(dead_code)] // the tests and the benchmark use different subsets
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context};
 
 /// A bridge and the namespaces attached to it.
 pub struct Lab {
@@ -26,21 +29,23 @@ pub struct Machine {
     pub dev: String,
 }
 
-/// Runs `ip` (or `tc`) with `args`; panics with its output when it fails.
-pub fn run(prog: &str, args: &[&str]) {
+/// Runs `prog` with `args`; an error carries its output when it fails.
+pub fn run(prog: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(prog)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+        .with_context(|| format!("cannot run {prog} (Debian package iproute2)"))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
-/// Like [`run`], but failures only matter to nobody (cleanup).
+/// Like [`run`], for cleanup: failures are ignored.
 fn run_quiet(prog: &str, args: &[&str]) {
     let _ = Command::new(prog).args(args).output();
 }
@@ -48,9 +53,8 @@ fn run_quiet(prog: &str, args: &[&str]) {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Lab {
-    /// A fresh bridge with address `10.<net>.0.1/24`; panics when namespaces cannot be made
-    /// (the tests need root and iproute2).
-    pub fn new() -> Lab {
+    /// A fresh bridge with address `10.<net>.0.1/24` (needs root and iproute2).
+    pub fn new() -> anyhow::Result<Lab> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag = format!("u{}x{n}", pid % 100_000);
@@ -63,23 +67,23 @@ impl Lab {
             net,
             machines: Vec::new(),
         };
-        run("ip", &["link", "add", &bridge, "type", "bridge"]);
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
         run(
             "ip",
             &["addr", "add", &format!("10.{net}.0.1/24"), "dev", &bridge],
-        );
-        run("ip", &["link", "set", &bridge, "up"]);
-        lab
+        )?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+        Ok(lab)
     }
 
     /// A new machine: namespace, veth pair (one end on the bridge), address `10.<net>.0.<k>`.
-    pub fn machine(&mut self, name: &str) -> Machine {
+    pub fn machine(&mut self, name: &str) -> anyhow::Result<Machine> {
         let k = self.machines.len() + 2;
         let ns = format!("{}{name}", self.tag);
         let host_end = format!("{}{k}h", self.tag);
         let dev = "eth0".to_string();
         let ip = format!("10.{}.0.{k}", self.net);
-        run("ip", &["netns", "add", &ns]);
+        run("ip", &["netns", "add", &ns])?;
         let m = Machine {
             ns: ns.clone(),
             ip: ip.clone(),
@@ -92,16 +96,21 @@ impl Lab {
             &[
                 "link", "add", &host_end, "type", "veth", "peer", "name", &dev, "netns", &ns,
             ],
-        );
-        run("ip", &["link", "set", &host_end, "master", &self.bridge]);
-        run("ip", &["link", "set", &host_end, "up"]);
+        )?;
+        run("ip", &["link", "set", &host_end, "master", &self.bridge])?;
+        run("ip", &["link", "set", &host_end, "up"])?;
         run(
             "ip",
             &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", &dev],
-        );
-        run("ip", &["-n", &ns, "link", "set", &dev, "up"]);
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        m
+        )?;
+        run("ip", &["-n", &ns, "link", "set", &dev, "up"])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(m)
+    }
+
+    /// An address on the lab's network that no machine has (for a virtual IP).
+    pub fn address(&self, host: u8) -> String {
+        format!("10.{}.0.{host}", self.net)
     }
 
     /// The argv prefix that runs a command on `m`.
@@ -113,19 +122,19 @@ impl Lab {
     }
 
     /// Cut `m` off: its interface down.
-    pub fn link_down(m: &Machine) {
-        run("ip", &["-n", &m.ns, "link", "set", &m.dev, "down"]);
+    pub fn link_down(m: &Machine) -> anyhow::Result<()> {
+        run("ip", &["-n", &m.ns, "link", "set", &m.dev, "down"])
     }
 
     /// Bring `m`'s interface back.
-    pub fn link_up(m: &Machine) {
-        run("ip", &["-n", &m.ns, "link", "set", &m.dev, "up"]);
+    pub fn link_up(m: &Machine) -> anyhow::Result<()> {
+        run("ip", &["-n", &m.ns, "link", "set", &m.dev, "up"])
     }
 
     /// Every packet to and from `m` is lost while its link stays up: an nftables table in the
     /// machine's namespace drops all of its interface's traffic. (The kernels these tests run on
     /// may lack `tc netem`; nftables gives the same silence.)
-    pub fn loss(m: &Machine) {
+    pub fn loss(m: &Machine) -> anyhow::Result<()> {
         let rules = format!(
             "table inet uscut {{\n chain in {{ type filter hook input priority -300; iifname \"{0}\" drop; }}\n chain out {{ type filter hook output priority -300; oifname \"{0}\" drop; }}\n}}\n",
             m.dev
@@ -134,23 +143,25 @@ impl Lab {
             .args(["netns", "exec", &m.ns, "nft", "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .spawn()
-            .expect("cannot run nft (Debian package nftables)");
-        {
+            .context("cannot run nft (Debian package nftables)")?;
+        if let Some(mut stdin) = child.stdin.take() {
             use std::io::Write;
-            let mut stdin = child.stdin.take().expect("stdin");
-            stdin.write_all(rules.as_bytes()).expect("write rules");
+            stdin.write_all(rules.as_bytes())?;
         }
-        assert!(child.wait().expect("nft").success(), "nft -f failed");
+        if !child.wait()?.success() {
+            bail!("nft -f failed in {}", m.ns);
+        }
+        Ok(())
     }
 
     /// Undo [`Lab::loss`].
-    pub fn heal(m: &Machine) {
+    pub fn heal(m: &Machine) -> anyhow::Result<()> {
         run(
             "ip",
             &[
                 "netns", "exec", &m.ns, "nft", "delete", "table", "inet", "uscut",
             ],
-        );
+        )
     }
 
     /// Pids of every process in `m`'s namespace.
