@@ -674,24 +674,30 @@ impl Task {
                     previous,
                 }) => {
                     self.campaigning = false;
-                    let mut v = lock(&self.view);
-                    if !v.campaigning {
+                    let told = {
+                        let mut v = lock(&self.view);
+                        if v.campaigning {
+                            v.holds = true;
+                            v.campaigning = false;
+                            v.claimed_epoch = Some(epoch);
+                            // Sent under the view lock, so a release() cannot slip in between
+                            // holding and telling (a grant that arrives after a release is then
+                            // seen as stale).
+                            let _ = self.events.send(CoordEvent::Acquired {
+                                previous,
+                                created,
+                                lease: Some(self.s.timing.deadline),
+                            });
+                            true
+                        } else {
+                            false
+                        }
+                    };
+                    if !told {
                         // The agent released (stopped campaigning) while the claim was on its
                         // way: it must not be told, and the group goes back at once.
-                        drop(v);
                         self.release().await;
-                        return;
                     }
-                    v.holds = true;
-                    v.campaigning = false;
-                    v.claimed_epoch = Some(epoch);
-                    // Sent under the view lock, so a release() cannot slip in between holding and
-                    // telling (a grant that arrives after a release is then seen as stale).
-                    let _ = self.events.send(CoordEvent::Acquired {
-                        previous,
-                        created,
-                        lease: Some(self.s.timing.deadline),
-                    });
                 }
                 Ok(Claim::Busy) => {}
                 Err(e) => tracing::warn!("etcd: claim failed: {e}"),
