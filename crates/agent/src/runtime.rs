@@ -494,6 +494,14 @@ impl Runtime {
                     h.abort();
                 }
                 self.shared.metrics.service_exits.inc();
+                if self.shared.fence.expired() {
+                    // The guardian ended the service at the grant's deadline; the coordinator's
+                    // report of the lost grant may still be on its way (the agent was frozen).
+                    // The loss comes first: it is not a failure of the service.
+                    self.feed(Input::LockLost {
+                        reason: "the grant's deadline passed".to_string(),
+                    });
+                }
                 let who = pid.map(|p| format!("pid {p} ")).unwrap_or_default();
                 self.feed(Input::ServiceExited {
                     reason: format!("{who}{reason}"),

@@ -436,13 +436,9 @@ fn connect_options(s: &EtcdSettings) -> Result<ConnectOptions, CoordError> {
 
 impl Coordinator for EtcdCoordinator {
     fn campaign(&mut self) -> Result<(), CoordError> {
-        {
-            let mut v = lock(&self.view);
-            if v.holds {
-                return Ok(());
-            }
-            v.campaigning = true;
-        }
+        // Recorded even while the thread still holds: the agent may have learnt of a lost grant
+        // (its deadline passed) before the thread did, and the campaign must survive that.
+        lock(&self.view).campaigning = true;
         self.send(Cmd::Campaign)
     }
 
@@ -708,7 +704,8 @@ impl Task {
     async fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Campaign => {
-                self.campaigning = lock(&self.view).campaigning && self.holding.is_none();
+                // While holding, on_timer renews instead of claiming; the wish stays for after.
+                self.campaigning = lock(&self.view).campaigning;
             }
             Cmd::Release => {
                 self.campaigning = false;
@@ -953,10 +950,11 @@ impl Task {
         {
             let mut v = lock(&self.view);
             v.holds = false;
-            v.campaigning = false;
             v.claimed_epoch = None;
+            // A campaign the agent asked for meanwhile goes on; otherwise the agent campaigns
+            // again once it has stopped its service.
+            self.campaigning = v.campaigning;
         }
-        self.campaigning = false;
         tracing::warn!("etcd: lost the group: {reason}");
         let _ = self.events.send(CoordEvent::Lost { reason });
     }
