@@ -919,6 +919,7 @@ impl Task {
             }
             Ok(Ok(resp)) => {
                 let now = Instant::now();
+                tracing::trace!(took = ?now.duration_since(sent_at), "etcd: renewal acknowledged");
                 let deadline = self.s.timing.deadline;
                 if now >= sent_at + deadline {
                     // Acknowledged too late to count (e.g. the agent was frozen meanwhile).
