@@ -11,6 +11,7 @@
 
 mod bench;
 mod bench_node_loss;
+mod ctl_cmd;
 mod demo;
 mod demo_service;
 mod fix_cmd;
@@ -93,6 +94,18 @@ enum Cmd {
     /// FIX gateway (warm standby).
     #[command(flatten)]
     Fix(fix_cmd::FixCmds),
+    /// Print a shell completion script: `understudy completions bash > /etc/bash_completion.d/understudy`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The control plane: REST API and web dashboard (document 000's failover service).
+    Serve(ctl_cmd::ServeArgs),
+    /// The control plane's CLI: servers, failover lifecycle, switchover, failure events.
+    Ctl(ctl_cmd::CtlArgs),
+    /// Run the agents and servers the control plane places on this machine.
+    Host(ctl_cmd::HostArgs),
     /// The small built-in service that the demo and the benchmark protect.
     #[command(hide = true)]
     DemoService(demo_service::DemoServiceArgs),
@@ -239,6 +252,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Demo(args) => demo::run(args),
         Cmd::Bench { what } => bench::run(what),
         Cmd::DemoService(args) => demo_service::run(args),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "understudy", &mut script);
+            match std::io::stdout().write_all(&script) {
+                // `understudy completions bash | head` closes the pipe early: not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("writing the completion script"))
+                }
+                _ => Ok(0),
+            }
+        }
+        Cmd::Serve(args) => ctl_cmd::serve(args),
+        Cmd::Ctl(args) => ctl_cmd::ctl(args),
+        Cmd::Host(args) => ctl_cmd::host(args),
         Cmd::Price(c) => c.run(),
         Cmd::Fix(c) => c.run(),
     }

@@ -1,0 +1,364 @@
+//! A host's reconciler: the control plane says what should run on a host (the desired processes),
+//! the host makes it so and reports what runs. The same code serves the host built into
+//! `understudy serve` (called in-process) and `understudy host --control URL` on other machines
+//! (which fetches its desired processes over HTTP). One mechanism: the control plane never starts
+//! or stops a process itself.
+//!
+//! Rules: an agent that should run and does not is started again (back-off 1 s doubling to 30 s,
+//! reset after a minute of running); a plain server is started once per start request (its
+//! generation) and never restarted behind the operator's back — its end is reported; a process
+//! that should no longer run gets SIGTERM (its whole process group), SIGKILL after a grace period;
+//! a desired entry may adopt a running process under another key (stop failover: the active's agent
+//! becomes the server's process, nothing restarted).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::host::{running, LocalHost};
+use crate::model::ServiceDef;
+use crate::store::Store;
+
+/// Grace between SIGTERM and SIGKILL when a process should no longer run.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What should run under a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Want {
+    /// A node's agent with this configuration (written to `<data>/nodes/<node>.toml`).
+    Agent {
+        /// `node.name`.
+        node: String,
+        /// The configuration text.
+        config: String,
+    },
+    /// A plain server.
+    Server {
+        /// The server's name.
+        server: String,
+        /// Its program.
+        service: ServiceDef,
+        /// The start request this is for: started once per generation.
+        generation: u64,
+        /// Take over the process running under this key instead of starting one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        adopt: Option<String>,
+    },
+}
+
+/// One process as a host reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcReport {
+    /// The key.
+    pub key: String,
+    /// Its pid, when one was started.
+    pub pid: Option<u32>,
+    /// True while it runs.
+    pub running: bool,
+    /// The generation it was started for.
+    pub generation: u64,
+    /// Why it does not run, when it should and does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The reconciler of one host.
+pub struct Reconciler {
+    host: LocalHost,
+    /// The host's own record of what it started (pids survive a restart of the host process).
+    store: std::sync::Arc<Store>,
+    backoff: BTreeMap<String, (Instant, Duration)>,
+}
+
+impl Reconciler {
+    /// A reconciler starting processes with `host` and remembering them in `store`.
+    pub fn new(host: LocalHost, store: std::sync::Arc<Store>) -> Reconciler {
+        Reconciler {
+            host,
+            store,
+            backoff: BTreeMap::new(),
+        }
+    }
+
+    /// The data directory (node configurations, lock files, logs).
+    pub fn data(&self) -> &PathBuf {
+        &self.host.data
+    }
+
+    /// Make the host run exactly `desired` (key → [`Want`] as JSON); report what runs.
+    pub async fn step(&mut self, desired: &BTreeMap<String, Value>) -> Vec<ProcReport> {
+        let wants: BTreeMap<&String, Want> = desired
+            .iter()
+            .filter_map(|(k, v)| match serde_json::from_value::<Want>(v.clone()) {
+                Ok(w) => Some((k, w)),
+                Err(e) => {
+                    warn!(key = %k, "cannot read a desired process: {e}");
+                    None
+                }
+            })
+            .collect();
+        let tracked = self.store.processes().unwrap_or_default();
+        let adopted: Vec<&String> = wants
+            .values()
+            .filter_map(|w| match w {
+                Want::Server { adopt, .. } => adopt.as_ref(),
+                Want::Agent { .. } => None,
+            })
+            .collect();
+        // Stop what should no longer run (an adoption's source is kept for its new key).
+        for (key, (pid, marker, _)) in &tracked {
+            if wants.contains_key(key) || adopted.contains(&key) {
+                continue;
+            }
+            if LocalHost::is_ours(*pid, marker) {
+                info!(%key, pid, "stopping: no longer wanted here");
+                LocalHost::stop(*pid, marker, STOP_GRACE).await;
+            }
+            let _ = self.store.delete_process(key);
+            self.backoff.remove(key);
+        }
+        let mut reports = Vec::new();
+        let tracked = self.store.processes().unwrap_or_default();
+        for (key, want) in &wants {
+            let cur = tracked
+                .get(*key)
+                .filter(|(pid, m, _)| LocalHost::is_ours(*pid, m));
+            let rep = match (want, cur) {
+                (_, Some((pid, _, g))) => ProcReport {
+                    key: (*key).clone(),
+                    pid: Some(*pid),
+                    running: true,
+                    generation: *g,
+                    problem: None,
+                },
+                (
+                    Want::Server {
+                        generation,
+                        adopt,
+                        service,
+                        server,
+                    },
+                    None,
+                ) => {
+                    let source = adopt
+                        .as_ref()
+                        .and_then(|a| tracked.get(a).map(|t| (a, t)))
+                        .filter(|(_, (pid, m, _))| LocalHost::is_ours(*pid, m));
+                    if let Some((from, (pid, marker, _))) = source {
+                        let _ = self.store.put_process(
+                            key,
+                            *pid,
+                            marker,
+                            *generation,
+                            crate::plane::unix_ms(),
+                        );
+                        let _ = self.store.delete_process(from);
+                        info!(%key, %from, pid, "adopted");
+                        ProcReport {
+                            key: (*key).clone(),
+                            pid: Some(*pid),
+                            running: true,
+                            generation: *generation,
+                            problem: None,
+                        }
+                    } else if tracked.get(*key).is_some_and(|t| t.2 == *generation) {
+                        // This start request's process ran and ended: report it, do not restart.
+                        ProcReport {
+                            key: (*key).clone(),
+                            pid: tracked.get(*key).map(|t| t.0),
+                            running: false,
+                            generation: *generation,
+                            problem: Some("the server's process ended".into()),
+                        }
+                    } else {
+                        self.start(key, *generation, |h| h.start_plain(server, service))
+                    }
+                }
+                (Want::Agent { node, config }, None) => {
+                    let now = Instant::now();
+                    let (at, wait) = self
+                        .backoff
+                        .get(*key)
+                        .copied()
+                        .unwrap_or((now, Duration::from_secs(1)));
+                    if now < at {
+                        ProcReport {
+                            key: (*key).clone(),
+                            pid: None,
+                            running: false,
+                            generation: 0,
+                            problem: Some(format!(
+                                "the agent ended; starting it again in {:.1} s",
+                                (at - now).as_secs_f64()
+                            )),
+                        }
+                    } else {
+                        let quiet = now.saturating_duration_since(at) > Duration::from_secs(60);
+                        let next = if quiet {
+                            Duration::from_secs(1)
+                        } else {
+                            (wait * 2).min(Duration::from_secs(30))
+                        };
+                        self.backoff.insert((*key).clone(), (now + wait, next));
+                        let path = self.host.data.join("nodes").join(format!("{node}.toml"));
+                        for d in ["nodes", "locks"] {
+                            let _ = std::fs::create_dir_all(self.host.data.join(d));
+                        }
+                        if let Err(e) = std::fs::write(&path, config) {
+                            ProcReport {
+                                key: (*key).clone(),
+                                pid: None,
+                                running: false,
+                                generation: 0,
+                                problem: Some(format!("{}: {e}", path.display())),
+                            }
+                        } else {
+                            self.start(key, 0, |h| h.start_agent(node, &path))
+                        }
+                    }
+                }
+            };
+            reports.push(rep);
+        }
+        reports
+    }
+
+    fn start(
+        &mut self,
+        key: &str,
+        generation: u64,
+        f: impl FnOnce(&LocalHost) -> Result<u32, crate::host::HostError>,
+    ) -> ProcReport {
+        match f(&self.host) {
+            Ok(pid) => {
+                let _ = self
+                    .store
+                    .put_process(key, pid, key, generation, crate::plane::unix_ms());
+                info!(%key, pid, "started");
+                ProcReport {
+                    key: key.to_string(),
+                    pid: Some(pid),
+                    running: running(pid),
+                    generation,
+                    problem: None,
+                }
+            }
+            Err(e) => {
+                warn!(%key, "cannot start: {e}");
+                ProcReport {
+                    key: key.to_string(),
+                    pid: None,
+                    running: false,
+                    generation,
+                    problem: Some(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// `understudy host`: run the processes the control plane places on this machine.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// The control plane's URL.
+    pub control: String,
+    /// This host's name in the control plane.
+    pub name: String,
+    /// The address agents here listen on and the control plane reaches them at.
+    pub advertise: String,
+    /// Local state: node configurations, lock files, logs, the record of started processes.
+    pub data: PathBuf,
+    /// The `understudy` binary.
+    pub exe: PathBuf,
+    /// The control plane's token, if it needs one.
+    pub token: Option<String>,
+}
+
+/// How often a host asks for its desired processes and reports.
+pub const HOST_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Run a host until SIGTERM/SIGINT. The processes it started keep running when it stops (it is
+/// not in the data path); started again, it finds them by their recorded pid and marker.
+pub async fn run_host(o: HostOptions) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for d in ["", "nodes", "locks", "logs"] {
+        std::fs::create_dir_all(o.data.join(d))
+            .with_context(|| format!("--data {}", o.data.display()))?;
+    }
+    let store = std::sync::Arc::new(
+        Store::open(&o.data).with_context(|| format!("--data {}", o.data.display()))?,
+    );
+    let mut rec = Reconciler::new(
+        LocalHost {
+            exe: o.exe.clone(),
+            data: o.data.clone(),
+        },
+        store,
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .context("HTTP client")?;
+    let base = crate::client::base_url(&o.control);
+    let seg = crate::client::seg(&o.name);
+    info!(control = %base, name = %o.name, advertise = %o.advertise, "host running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    let mut warned = false;
+    loop {
+        let mut req = http.get(format!("{base}/api/hosts/{seg}/desired"));
+        if let Some(t) = &o.token {
+            req = req.bearer_auth(t);
+        }
+        let desired: Option<BTreeMap<String, Value>> = match req.send().await {
+            Ok(r) if r.status().is_success() => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| serde_json::from_value(v.get("desired").cloned()?).ok()),
+            Ok(r) => {
+                if !warned {
+                    warn!(status = %r.status(), "the control plane refused this host");
+                    warned = true;
+                }
+                None
+            }
+            Err(e) => {
+                if !warned {
+                    warn!("cannot reach the control plane at {base}: {e}; processes here keep running");
+                    warned = true;
+                }
+                None
+            }
+        };
+        // Without an answer nothing is stopped: a control plane that is down or unreachable
+        // must never take a trading server or its failover with it.
+        if let Some(d) = desired {
+            warned = false;
+            let reports = rec.step(&d).await;
+            let mut put = http
+                .put(format!("{base}/api/hosts/{seg}/report"))
+                .json(&serde_json::json!({ "advertise": o.advertise, "processes": reports }));
+            if let Some(t) = &o.token {
+                put = put.bearer_auth(t);
+            }
+            if let Err(e) = put.send().await {
+                warn!("cannot report to the control plane: {e}");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HOST_INTERVAL) => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    info!("host stopping; the processes it started keep running");
+    Ok(())
+}

@@ -1,0 +1,1165 @@
+//! The control plane's operations: each lifecycle step checked by [`crate::lifecycle::decide`],
+//! then carried out against the store and the host. The REST API and the CLI are thin layers over
+//! these.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::config_io::{diff, ImportReport, ServerConfig};
+use crate::host::{agent_key, server_key, tail, HostError, LocalHost};
+use crate::hostd::{ProcReport, Reconciler, Want};
+use crate::lifecycle::{decide, Refusal, Situation, Step};
+use crate::model::{
+    node_name, FailoverSpec, FieldError, NodeSpec, ServerSpec, ServerState, LOCAL_HOST,
+};
+use crate::store::{ServerRow, Store, StoreError};
+
+/// Why an operation did not happen. Every variant says what was left unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    /// No such server.
+    #[error("no server named {0:?}")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("a server named {0:?} already exists")]
+    Exists(String),
+    /// The lifecycle forbids the step now.
+    #[error("{}; {}", .0.reason, .0.hint)]
+    Refused(Refusal),
+    /// The request has wrong fields (all of them listed).
+    #[error("invalid request: {}", fields_text(.0))]
+    Invalid(Vec<FieldError>),
+    /// A process could not be started or did not come up.
+    #[error("{0}")]
+    Start(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The host failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+fn fields_text(f: &[FieldError]) -> String {
+    f.iter()
+        .map(|e| format!("{}: {}", e.field, e.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Wall clock, Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How long a node's agent may take to answer on its admin address after it is started.
+const AGENT_UP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the preferred node may take to become Hot at start.
+const HOT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a host may take to start or stop a process it was asked to.
+const HOST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A host that has not reported for this long is shown disconnected.
+pub const HOST_STALE: Duration = Duration::from_secs(5);
+
+/// What the collector last learnt from one node's agent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeLive {
+    /// The agent's `GET /status`, when it answered.
+    pub status: Option<Value>,
+    /// Why it did not, when it did not.
+    pub error: Option<String>,
+    /// Unix ms of the last answer.
+    pub last_ok_unix_ms: Option<u64>,
+}
+
+/// The control plane.
+pub struct Plane {
+    /// The database.
+    pub store: std::sync::Arc<Store>,
+    /// The data directory.
+    pub data: PathBuf,
+    /// The host built into `serve`: its reconciler, run in-process.
+    local: tokio::sync::Mutex<Reconciler>,
+    /// What the collector last saw, by node name.
+    pub live: Mutex<BTreeMap<String, NodeLive>>,
+    /// Held by every lifecycle step that changes what should run, so two steps on the inventory
+    /// never interleave.
+    ops: tokio::sync::Mutex<()>,
+    http: reqwest::Client,
+    /// Where new failure events are pushed, if anywhere.
+    pub notifier: Option<crate::notify::Notifier>,
+    /// etcd endpoints for groups whose nodes are on more than one host.
+    pub etcd: Vec<String>,
+}
+
+impl Plane {
+    /// A control plane over `data` (created if needed), starting agents with `exe`.
+    pub fn open(data: &Path, exe: PathBuf) -> Result<Plane, PlaneError> {
+        for sub in ["", "nodes", "locks", "logs"] {
+            let d = data.join(sub);
+            std::fs::create_dir_all(&d).map_err(|source| HostError::Io { path: d, source })?;
+        }
+        let store = std::sync::Arc::new(Store::open(data)?);
+        let local = Reconciler::new(
+            LocalHost {
+                exe,
+                data: data.to_path_buf(),
+            },
+            store.clone(),
+        );
+        Ok(Plane {
+            store,
+            data: data.to_path_buf(),
+            local: tokio::sync::Mutex::new(local),
+            live: Mutex::new(BTreeMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            notifier: None,
+            etcd: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_millis(800))
+                .no_proxy()
+                .build()
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The hosts that can run processes: the built-in one and every host that ever reported.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut h = vec![LOCAL_HOST.to_string()];
+        if let Ok(all) = self.store.hosts() {
+            h.extend(all.into_keys().filter(|n| n != LOCAL_HOST));
+        }
+        h
+    }
+
+    /// Hosts with their address, connection and what runs there, for the API.
+    pub fn hosts_json(&self) -> Result<Value, PlaneError> {
+        let now = unix_ms();
+        let all = self.store.hosts()?;
+        let mut out = vec![
+            json!({ "name": LOCAL_HOST, "advertise": "127.0.0.1", "connected": true, "builtin": true,
+            "processes": all.get(LOCAL_HOST).map(|h| h.2.clone()).unwrap_or(json!([])) }),
+        ];
+        for (name, (adv, seen, rep)) in all {
+            if name == LOCAL_HOST {
+                continue;
+            }
+            out.push(json!({
+                "name": name, "advertise": adv, "last_seen_unix_ms": seen, "builtin": false,
+                "connected": now.saturating_sub(seen) <= HOST_STALE.as_millis() as u64,
+                "processes": rep,
+            }));
+        }
+        Ok(json!({ "hosts": out }))
+    }
+
+    /// What `host` should run (for `understudy host`).
+    pub fn desired_json(&self, host: &str) -> Result<Value, PlaneError> {
+        Ok(json!({ "desired": self.store.desired_for(host)? }))
+    }
+
+    /// A remote host's report.
+    pub fn host_report(
+        &self,
+        host: &str,
+        advertise: &str,
+        processes: &Value,
+    ) -> Result<(), PlaneError> {
+        self.store
+            .put_host_report(host, advertise, processes, unix_ms())?;
+        Ok(())
+    }
+
+    /// The address agents on `host` are reached at.
+    fn host_addr(&self, host: &str) -> Option<String> {
+        if host == LOCAL_HOST {
+            return Some("127.0.0.1".into());
+        }
+        self.store.hosts().ok()?.get(host).map(|h| h.0.clone())
+    }
+
+    fn node_admin(&self, n: &NodeSpec) -> String {
+        format!(
+            "{}:{}",
+            self.host_addr(&n.host)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            n.admin_port
+        )
+    }
+
+    /// Let the built-in host catch up with what should run (remote hosts do by themselves).
+    pub async fn sync_local(&self) {
+        let desired = self.store.desired_for(LOCAL_HOST).unwrap_or_default();
+        let reports = self.local.lock().await.step(&desired).await;
+        let _ = self.store.put_host_report(
+            LOCAL_HOST,
+            "127.0.0.1",
+            &serde_json::to_value(&reports).unwrap_or(json!([])),
+            unix_ms(),
+        );
+    }
+
+    /// The last report of `key`, from whichever host reported it.
+    fn report(&self, key: &str) -> Option<(String, ProcReport)> {
+        let hosts = self.store.hosts().ok()?;
+        hosts.into_iter().find_map(|(name, (_, _, rep))| {
+            let list: Vec<ProcReport> = serde_json::from_value(rep).ok()?;
+            list.into_iter().find(|r| r.key == key).map(|r| (name, r))
+        })
+    }
+
+    /// Wait until `ok` holds for `key`'s report (None: not reported) on `host`.
+    async fn wait_report(
+        &self,
+        host: &str,
+        key: &str,
+        ok: impl Fn(Option<&ProcReport>) -> bool,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + HOST_TIMEOUT;
+        loop {
+            if host == LOCAL_HOST {
+                self.sync_local().await;
+            }
+            let r = self.report(key).filter(|(h, _)| h == host).map(|(_, r)| r);
+            if ok(r.as_ref()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(r
+                    .and_then(|r| r.problem)
+                    .unwrap_or_else(|| format!("host {host} did not act within {} s (is `understudy host --name {host}` running?)", HOST_TIMEOUT.as_secs())));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn row(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        self.store
+            .server(name)?
+            .ok_or_else(|| PlaneError::NotFound(name.to_string()))
+    }
+
+    fn check(&self, row: &ServerRow, step: Step) -> Result<ServerState, PlaneError> {
+        decide(
+            Situation {
+                state: row.state,
+                has_failover: row.failover.is_some(),
+            },
+            step,
+        )
+        .map_err(|mut r| {
+            r.hint = r.hint.replace("{name}", &row.spec.name);
+            PlaneError::Refused(r)
+        })
+    }
+
+    fn unknown_hosts(&self, hosts: &[(String, String)]) -> Vec<FieldError> {
+        let known = self.hosts();
+        hosts
+            .iter()
+            .filter(|(_, h)| !known.contains(h))
+            .map(|(field, h)| FieldError {
+                field: field.clone(),
+                reason: format!(
+                    "host {h:?} is not connected to this control plane; known hosts: {}",
+                    known.join(", ")
+                ),
+            })
+            .collect()
+    }
+
+    /// Add a server to the inventory (stopped).
+    pub fn add_server(&self, spec: ServerSpec) -> Result<ServerRow, PlaneError> {
+        let mut errs = spec.validate();
+        errs.extend(self.unknown_hosts(&[("host".to_string(), spec.host.clone())]));
+        if !errs.is_empty() {
+            return Err(PlaneError::Invalid(errs));
+        }
+        if !self.store.add_server(&spec, unix_ms())? {
+            return Err(PlaneError::Exists(spec.name));
+        }
+        info!(server = %spec.name, "server added");
+        self.row(&spec.name)
+    }
+
+    /// Start a server as a plain, unprotected server.
+    pub async fn start_server(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        let _ops = self.ops.lock().await;
+        let row = self.row(name)?;
+        let next = self.check(&row, Step::StartServer)?;
+        let key = server_key(name);
+        let generation = unix_ms();
+        let want = Want::Server {
+            server: name.to_string(),
+            service: row.spec.service.clone(),
+            generation,
+            adopt: None,
+        };
+        self.store.put_desired(
+            &key,
+            &row.spec.host,
+            &serde_json::to_value(&want).unwrap_or_default(),
+        )?;
+        if let Err(e) = self
+            .wait_report(&row.spec.host, &key, |r| {
+                r.is_some_and(|r| r.generation == generation && (r.running || r.problem.is_some()))
+            })
+            .await
+            .and_then(|_| match self.report(&key) {
+                Some((_, r)) if r.running => Ok(()),
+                Some((_, r)) => Err(r.problem.unwrap_or_default()),
+                None => Err("not reported".into()),
+            })
+        {
+            self.store.delete_desired(&key)?;
+            return Err(PlaneError::Start(format!(
+                "server {name} did not start: {e}"
+            )));
+        }
+        self.store.set_state(name, next)?;
+        info!(server = %name, "plain server started");
+        self.row(name)
+    }
+
+    /// Stop a plain server.
+    pub async fn stop_server(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        let _ops = self.ops.lock().await;
+        let row = self.row(name)?;
+        let next = self.check(&row, Step::StopServer)?;
+        let key = server_key(name);
+        let host = self
+            .report(&key)
+            .map(|(h, _)| h)
+            .unwrap_or(row.spec.host.clone());
+        self.store.delete_desired(&key)?;
+        if let Err(e) = self.wait_report(&host, &key, |r| r.is_none()).await {
+            warn!(server = %name, "stopping: {e}");
+        }
+        self.store.set_state(name, next)?;
+        info!(server = %name, "server stopped");
+        self.row(name)
+    }
+
+    /// Remove a stopped server.
+    pub fn delete_server(&self, name: &str) -> Result<(), PlaneError> {
+        let row = self.row(name)?;
+        self.check(&row, Step::DeleteServer)?;
+        if let Some(f) = &row.failover {
+            self.forget_nodes(&f.nodes);
+        }
+        self.store.delete_server(name)?;
+        info!(server = %name, "server deleted");
+        Ok(())
+    }
+
+    fn forget_nodes(&self, nodes: &[NodeSpec]) {
+        if let Ok(mut live) = self.live.lock() {
+            for n in nodes {
+                live.remove(&n.name);
+            }
+        }
+        for n in nodes {
+            let _ = std::fs::remove_file(self.node_config_path(&n.name));
+        }
+    }
+
+    /// The agent configuration file of `node`.
+    pub fn node_config_path(&self, node: &str) -> PathBuf {
+        self.data.join("nodes").join(format!("{node}.toml"))
+    }
+
+    /// The agent configuration of one node, as TOML text. A group on one host coordinates through
+    /// a lock file in that host's data directory (relative to the configuration file, which the
+    /// host writes to `<data>/nodes/`); a group across hosts needs etcd.
+    fn agent_config(&self, server: &ServerSpec, f: &FailoverSpec, node: &NodeSpec) -> String {
+        let one_host = std::iter::once(&server.host)
+            .chain(f.standby_hosts.iter())
+            .all(|h| *h == server.host);
+        let mut t = toml_table();
+        let mut n = toml_table();
+        n.insert("name".into(), node.name.clone().into());
+        n.insert("group".into(), server.name.clone().into());
+        n.insert("admin".into(), self.node_admin(node).into());
+        t.insert("node".into(), toml::Value::Table(n));
+        let mut a = toml_table();
+        a.insert("mode".into(), f.mode.as_str().into());
+        if one_host || self.etcd.is_empty() {
+            a.insert(
+                "lock_file".into(),
+                format!("../locks/{}.lock", server.name).into(),
+            );
+        }
+        t.insert("activation".into(), toml::Value::Table(a));
+        if !one_host && !self.etcd.is_empty() {
+            let mut e = toml_table();
+            e.insert(
+                "endpoints".into(),
+                toml::Value::Array(self.etcd.iter().map(|x| x.clone().into()).collect()),
+            );
+            t.insert("etcd".into(), toml::Value::Table(e));
+        }
+        let mut s = toml_table();
+        s.insert(
+            "command".into(),
+            toml::Value::Array(
+                server
+                    .service
+                    .command
+                    .iter()
+                    .map(|c| c.clone().into())
+                    .collect(),
+            ),
+        );
+        s.insert("standby".into(), f.standby.as_str().into());
+        if !server.service.env.is_empty() {
+            let mut e = toml_table();
+            for (k, v) in &server.service.env {
+                e.insert(k.clone(), v.clone().into());
+            }
+            s.insert("env".into(), toml::Value::Table(e));
+        }
+        t.insert("service".into(), toml::Value::Table(s));
+        if let Some(h) = &server.service.health {
+            let mut ht = toml_table();
+            if let Some(u) = &h.http {
+                ht.insert("http".into(), u.clone().into());
+            }
+            if let Some(c) = &h.command {
+                ht.insert(
+                    "command".into(),
+                    toml::Value::Array(c.iter().map(|x| x.clone().into()).collect()),
+                );
+            }
+            t.insert("health".into(), toml::Value::Table(ht));
+        }
+        format!(
+            "# Written by `understudy serve` for node {} of server {}; changes here are overwritten.\n{}",
+            node.name,
+            server.name,
+            toml::to_string(&toml::Value::Table(t)).unwrap_or_default()
+        )
+    }
+
+    /// Add (or replace) a server's failover service, validated in full: the request's fields, and
+    /// every node's agent configuration by the same rules as `understudy check-config`.
+    pub fn put_failover(&self, name: &str, f: FailoverSpec) -> Result<ServerRow, PlaneError> {
+        let row = self.row(name)?;
+        self.check(&row, Step::AddFailover)?;
+        let old = row.failover.as_ref().map(|o| o.nodes.as_slice());
+        let nodes = self.plan_failover(&row.spec, &f, old)?;
+        self.store.put_failover(name, &f, &nodes)?;
+        info!(server = %name, nodes = nodes.len(), "failover service added");
+        self.row(name)
+    }
+
+    /// Validate a failover service for `server` in full (the request's fields, the hosts, and
+    /// every node's agent configuration by `check-config`'s rules) and place its nodes. Nodes that
+    /// already had an admin port keep it, so a replaced configuration does not move a node's
+    /// address under an operator's scripts.
+    fn plan_failover(
+        &self,
+        server: &ServerSpec,
+        f: &FailoverSpec,
+        old: Option<&[NodeSpec]>,
+    ) -> Result<Vec<NodeSpec>, PlaneError> {
+        let mut errs = f.validate(server);
+        errs.extend(
+            self.unknown_hosts(
+                &f.standby_hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| (format!("standby_hosts[{i}]"), h.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        );
+        if f.standby_hosts.iter().any(|h| *h != server.host) && self.etcd.is_empty() {
+            errs.push(FieldError {
+                field: "standby_hosts".into(),
+                reason: "a group across hosts needs etcd to coordinate (a lock file lives on one machine): start the control plane with --etcd http://HOST:2379,…".into(),
+            });
+        }
+        if !errs.is_empty() {
+            return Err(PlaneError::Invalid(errs));
+        }
+        let old: BTreeMap<&str, u16> = old
+            .unwrap_or_default()
+            .iter()
+            .map(|n| (n.name.as_str(), n.admin_port))
+            .collect();
+        let hosts = std::iter::once(server.host.clone()).chain(f.standby_hosts.iter().cloned());
+        let mut nodes = Vec::new();
+        for (i, host) in hosts.enumerate() {
+            let name = node_name(&server.name, i + 1);
+            let admin_port = match old.get(name.as_str()) {
+                Some(p) => *p,
+                None => free_port().map_err(|e| {
+                    PlaneError::Start(format!("cannot find a free admin port for {name}: {e}"))
+                })?,
+            };
+            nodes.push(NodeSpec {
+                name,
+                host,
+                admin_port,
+            });
+        }
+        for node in &nodes {
+            let text = self.agent_config(server, f, node);
+            let path = self.node_config_path(&node.name);
+            if let Err(e) = understudy_agent::Config::parse(&path, &text) {
+                errs.push(FieldError {
+                    field: agent_key_to_field(&e.key),
+                    reason: format!("node {}: {}", node.name, e.reason),
+                });
+            }
+        }
+        if !errs.is_empty() {
+            return Err(PlaneError::Invalid(errs));
+        }
+        Ok(nodes)
+    }
+
+    /// The whole configuration, one entry per server.
+    pub fn export(&self) -> Result<Vec<ServerConfig>, PlaneError> {
+        Ok(self
+            .store
+            .servers()?
+            .into_iter()
+            .map(|r| ServerConfig {
+                server: r.spec,
+                failover: r.failover.map(|f| f.spec),
+            })
+            .collect())
+    }
+
+    /// Compare `items` with the inventory and validate every one of them; apply only when asked
+    /// and when nothing is wrong anywhere (all or nothing). A server whose configuration changes
+    /// must not be running: a running server or failover group never has its configuration
+    /// swapped under it (it would take effect silently at the next takeover).
+    pub async fn import(
+        &self,
+        items: Vec<ServerConfig>,
+        apply: bool,
+        prune: bool,
+    ) -> Result<ImportReport, PlaneError> {
+        let _ops = self.ops.lock().await;
+        let mut rep = ImportReport::default();
+        let current: BTreeMap<String, ServerRow> = self
+            .store
+            .servers()?
+            .into_iter()
+            .map(|r| (r.spec.name.clone(), r))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut plans: BTreeMap<String, Option<Vec<NodeSpec>>> = BTreeMap::new();
+        for item in &items {
+            let name = item.server.name.clone();
+            let mut errs = Vec::new();
+            if !seen.insert(name.clone()) {
+                errs.push(FieldError {
+                    field: "server.name".into(),
+                    reason: "appears twice in the import".into(),
+                });
+            }
+            errs.extend(item.server.validate().into_iter().map(|mut e| {
+                e.field = format!("server.{}", e.field);
+                e
+            }));
+            errs.extend(self.unknown_hosts(&[("server.host".into(), item.server.host.clone())]));
+            let old = current.get(&name);
+            if errs.is_empty() {
+                if let Some(f) = &item.failover {
+                    let old_nodes = old
+                        .and_then(|r| r.failover.as_ref())
+                        .map(|f| f.nodes.as_slice());
+                    match self.plan_failover(&item.server, f, old_nodes) {
+                        Ok(nodes) => {
+                            plans.insert(name.clone(), Some(nodes));
+                        }
+                        Err(PlaneError::Invalid(fe)) => errs.extend(fe.into_iter().map(|mut e| {
+                            e.field = format!("failover.{}", e.field);
+                            e
+                        })),
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    plans.insert(name.clone(), None);
+                }
+            }
+            match old {
+                None => rep.added.push(name.clone()),
+                Some(row) => {
+                    let was = ServerConfig {
+                        server: row.spec.clone(),
+                        failover: row.failover.as_ref().map(|f| f.spec.clone()),
+                    };
+                    let d = diff(&was, item);
+                    if d.is_empty() {
+                        rep.unchanged.push(name.clone());
+                    } else {
+                        if row.state != ServerState::Stopped {
+                            errs.push(FieldError {
+                                field: "server".into(),
+                                reason: format!(
+                                    "the server is {} and its configuration would change; stop it (and its failover) first, or do a rolling update",
+                                    row.state.as_str()
+                                ),
+                            });
+                        }
+                        rep.changed.insert(name.clone(), d);
+                    }
+                }
+            }
+            if !errs.is_empty() {
+                rep.errors.insert(name, errs);
+            }
+        }
+        for (name, row) in &current {
+            if !seen.contains(name) {
+                rep.missing.push(name.clone());
+                if prune && row.state != ServerState::Stopped {
+                    rep.errors.insert(
+                        name.clone(),
+                        vec![FieldError {
+                            field: "server".into(),
+                            reason: "not in the import, but running: stop it before pruning".into(),
+                        }],
+                    );
+                }
+            }
+        }
+        if !apply || !rep.errors.is_empty() {
+            return Ok(rep);
+        }
+        let now = unix_ms();
+        for item in &items {
+            let name = &item.server.name;
+            let unchanged = rep.unchanged.contains(name);
+            if unchanged {
+                continue;
+            }
+            if current.contains_key(name) {
+                self.store.update_server(&item.server)?;
+            } else {
+                self.store.add_server(&item.server, now)?;
+            }
+            match (&item.failover, plans.get(name).cloned().flatten()) {
+                (Some(f), Some(nodes)) => self.store.put_failover(name, f, &nodes)?,
+                _ => {
+                    if let Some(old) = current.get(name).and_then(|r| r.failover.as_ref()) {
+                        self.forget_nodes(&old.nodes);
+                    }
+                    self.store.delete_failover(name)?;
+                }
+            }
+        }
+        if prune {
+            for name in &rep.missing {
+                if let Some(f) = current.get(name).and_then(|r| r.failover.as_ref()) {
+                    self.forget_nodes(&f.nodes);
+                }
+                self.store.delete_server(name)?;
+            }
+        }
+        rep.applied = true;
+        info!(
+            added = rep.added.len(),
+            changed = rep.changed.len(),
+            pruned = prune,
+            "configuration imported"
+        );
+        Ok(rep)
+    }
+
+    /// Remove a server's failover configuration; the server stays as a plain server.
+    pub fn delete_failover(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        let row = self.row(name)?;
+        self.check(&row, Step::DeleteFailover)?;
+        if let Some(f) = &row.failover {
+            self.forget_nodes(&f.nodes);
+        }
+        self.store.delete_failover(name)?;
+        info!(server = %name, "failover service deleted");
+        self.row(name)
+    }
+
+    async fn admin_status(&self, addr: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("http://{addr}/status"))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    fn want_agent(
+        &self,
+        row: &ServerRow,
+        f: &FailoverSpec,
+        node: &NodeSpec,
+    ) -> Result<(), PlaneError> {
+        let want = Want::Agent {
+            node: node.name.clone(),
+            config: self.agent_config(&row.spec, f, node),
+        };
+        self.store.put_desired(
+            &agent_key(&node.name),
+            &node.host,
+            &serde_json::to_value(&want).unwrap_or_default(),
+        )?;
+        Ok(())
+    }
+
+    async fn start_node(
+        &self,
+        row: &ServerRow,
+        f: &FailoverSpec,
+        node: &NodeSpec,
+    ) -> Result<(), PlaneError> {
+        self.want_agent(row, f, node)?;
+        let key = agent_key(&node.name);
+        let admin = self.node_admin(node);
+        let deadline = tokio::time::Instant::now() + AGENT_UP_TIMEOUT;
+        loop {
+            if node.host == LOCAL_HOST {
+                self.sync_local().await;
+            }
+            if self.admin_status(&admin).await.is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let log = if node.host == LOCAL_HOST {
+                    tail(
+                        &self
+                            .data
+                            .join("logs")
+                            .join(format!("{}.log", key.replace(':', "-"))),
+                        5,
+                    )
+                } else {
+                    self.report(&key)
+                        .and_then(|(_, r)| r.problem)
+                        .unwrap_or_default()
+                };
+                return Err(PlaneError::Start(format!(
+                    "the agent of {} did not come up on {admin}: {}",
+                    node.name,
+                    if log.is_empty() {
+                        "no output".to_string()
+                    } else {
+                        log
+                    }
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stop the agents of `nodes`: no longer wanted; wait until their hosts report them gone.
+    async fn stop_nodes(&self, nodes: &[&NodeSpec]) {
+        for n in nodes {
+            let _ = self.store.delete_desired(&agent_key(&n.name));
+        }
+        for n in nodes {
+            if let Err(e) = self
+                .wait_report(&n.host, &agent_key(&n.name), |r| r.is_none())
+                .await
+            {
+                warn!(node = %n.name, "stopping: {e}");
+            }
+        }
+    }
+
+    /// Start failover: only from a stopped server. Boots the preferred node first and waits for it
+    /// to be Hot, then every standby.
+    pub async fn start_failover(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        let _ops = self.ops.lock().await;
+        let row = self.row(name)?;
+        let next = self.check(&row, Step::StartFailover)?;
+        let Some(f) = row.failover.clone() else {
+            return Err(PlaneError::NotFound(name.to_string()));
+        };
+        let preferred = f.spec.preferred_node(name);
+        let mut order: Vec<&NodeSpec> = f.nodes.iter().filter(|n| n.name == preferred).collect();
+        order.extend(f.nodes.iter().filter(|n| n.name != preferred));
+        let mut started: Vec<&NodeSpec> = Vec::new();
+        let result = async {
+            for (i, node) in order.iter().enumerate() {
+                started.push(node);
+                self.start_node(&row, &f.spec, node).await?;
+                if i == 0 && f.spec.mode != crate::model::Activation::Warm {
+                    self.wait_hot(node).await?;
+                }
+            }
+            Ok::<(), PlaneError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(server = %name, "start failover failed, stopping what started: {e}");
+            self.stop_nodes(&started).await;
+            return Err(e);
+        }
+        self.store.set_failover_running(name, true)?;
+        self.store.set_state(name, next)?;
+        info!(server = %name, %preferred, "failover started");
+        self.row(name)
+    }
+
+    async fn wait_hot(&self, node: &NodeSpec) -> Result<(), PlaneError> {
+        let deadline = tokio::time::Instant::now() + HOT_TIMEOUT;
+        loop {
+            let st = self.admin_status(&self.node_admin(node)).await;
+            if st
+                .as_ref()
+                .and_then(|s| s.get("mode"))
+                .and_then(Value::as_str)
+                == Some("Hot")
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let why = st
+                    .as_ref()
+                    .and_then(|s| s.get("waiting"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("no answer")
+                    .to_string();
+                return Err(PlaneError::Start(format!(
+                    "the preferred node {} did not become active within {} s: {why}",
+                    node.name,
+                    HOT_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The node that is Hot now, by asking every node of the group.
+    async fn active_node(&self, nodes: &[NodeSpec]) -> Option<(NodeSpec, Value)> {
+        for n in nodes {
+            if let Some(st) = self.admin_status(&self.node_admin(n)).await {
+                if st.get("mode").and_then(Value::as_str) == Some("Hot") {
+                    return Some((n.clone(), st));
+                }
+            }
+        }
+        None
+    }
+
+    /// Stop failover: every standby's agent and service stop; the active node keeps its service
+    /// running and its agent becomes the server's process (adopted by its host, not restarted).
+    pub async fn stop_failover(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        let _ops = self.ops.lock().await;
+        let row = self.row(name)?;
+        let next = self.check(&row, Step::StopFailover)?;
+        let Some(f) = row.failover.clone() else {
+            return Err(PlaneError::NotFound(name.to_string()));
+        };
+        let active = self.active_node(&f.nodes).await.map(|(n, _)| n);
+        if let Some(a) = &active {
+            let want = Want::Server {
+                server: name.to_string(),
+                service: row.spec.service.clone(),
+                generation: unix_ms(),
+                adopt: Some(agent_key(&a.name)),
+            };
+            self.store.put_desired(
+                &server_key(name),
+                &a.host,
+                &serde_json::to_value(&want).unwrap_or_default(),
+            )?;
+            self.store.delete_desired(&agent_key(&a.name))?;
+        }
+        let standbys: Vec<&NodeSpec> = f
+            .nodes
+            .iter()
+            .filter(|n| Some(&n.name) != active.as_ref().map(|a| &a.name))
+            .collect();
+        self.stop_nodes(&standbys).await;
+        if let Some(a) = &active {
+            if let Err(e) = self
+                .wait_report(&a.host, &server_key(name), |r| r.is_some_and(|r| r.running))
+                .await
+            {
+                warn!(server = %name, "the active's process was not adopted: {e}");
+            }
+        }
+        self.store.set_failover_running(name, false)?;
+        self.store.set_state(name, next)?;
+        info!(server = %name, active = ?active.map(|a| a.name), "failover stopped");
+        self.row(name)
+    }
+
+    /// Hand activity to a ready standby: asks the active node's agent.
+    pub async fn switchover(&self, name: &str, to: Option<String>) -> Result<Value, PlaneError> {
+        let row = self.row(name)?;
+        self.check(&row, Step::Switchover)?;
+        let Some(f) = row.failover.clone() else {
+            return Err(PlaneError::NotFound(name.to_string()));
+        };
+        if let Some(t) = &to {
+            if !f.nodes.iter().any(|n| &n.name == t) {
+                return Err(PlaneError::Invalid(vec![FieldError {
+                    field: "to".into(),
+                    reason: format!("{t:?} is not a node of this group"),
+                }]));
+            }
+        }
+        let Some((active, _)) = self.active_node(&f.nodes).await else {
+            return Err(PlaneError::Refused(Refusal {
+                reason: "no node of the group is active right now".into(),
+                hint: "wait for the takeover to finish, then try again".into(),
+            }));
+        };
+        let mut url = format!("http://{}/service/switchover", self.node_admin(&active));
+        if let Some(t) = &to {
+            url.push_str(&format!("?to={t}"));
+        }
+        let resp = self
+            .http
+            .post(url)
+            .header("X-Understudy", "1")
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", active.name)))?;
+        let code = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !code.is_success() {
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!(
+                    "{} refused the switchover: {}",
+                    active.name,
+                    body.get("error").and_then(Value::as_str).unwrap_or("")
+                ),
+                hint: "wait until a standby is ready (see the dashboard), then try again".into(),
+            }));
+        }
+        if let Some(t) = &to {
+            // An agent that cannot honour the choice hands over to whichever standby wins; never
+            // report that as the chosen one.
+            let got = body.get("to").and_then(Value::as_str).unwrap_or("");
+            if got != t {
+                return Err(PlaneError::Start(format!(
+                    "asked to switch over to {t}, but {} handed over to {got:?}: its agent does not support choosing the standby",
+                    active.name
+                )));
+            }
+        }
+        Ok(body)
+    }
+
+    /// The whole inventory with what the collector last saw, for the dashboard and the API.
+    pub fn view(&self) -> Result<Value, PlaneError> {
+        let live = self.live.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut servers = Vec::new();
+        for row in self.store.servers()? {
+            servers.push(self.server_view(&row, &live)?);
+        }
+        Ok(json!({ "servers": servers, "hosts": self.hosts() }))
+    }
+
+    /// One server as the API shows it.
+    pub fn server_json(&self, name: &str) -> Result<Value, PlaneError> {
+        let row = self.row(name)?;
+        let live = self.live.lock().map(|l| l.clone()).unwrap_or_default();
+        self.server_view(&row, &live)
+    }
+
+    fn server_view(
+        &self,
+        row: &ServerRow,
+        live: &BTreeMap<String, NodeLive>,
+    ) -> Result<Value, PlaneError> {
+        let name = &row.spec.name;
+        let skey = server_key(name);
+        let rep = self.report(&skey).map(|(_, r)| r);
+        let process_running = rep.as_ref().is_some_and(|r| r.running);
+        let pid = rep.and_then(|r| r.pid);
+        let failover = row.failover.as_ref().map(|f| {
+            let nodes: Vec<Value> = f
+                .nodes
+                .iter()
+                .map(|n| {
+                    let l = live.get(&n.name).cloned().unwrap_or_default();
+                    let st = l.status.as_ref();
+                    json!({
+                        "name": n.name,
+                        "host": n.host,
+                        "admin": self.node_admin(n),
+                        "preferred": n.name == f.spec.preferred_node(name),
+                        "mode": st.and_then(|s| s.get("mode")).cloned(),
+                        "epoch": st.and_then(|s| s.get("epoch")).cloned(),
+                        "since": st.and_then(|s| s.get("since")).cloned(),
+                        "ready": st.and_then(|s| s.get("ready")).cloned(),
+                        "waiting": st.and_then(|s| s.get("waiting")).cloned(),
+                        "service": st.and_then(|s| s.get("service")).cloned(),
+                        "reachable": l.status.is_some(),
+                        "error": l.error,
+                    })
+                })
+                .collect();
+            let active = nodes
+                .iter()
+                .find(|n| n["mode"] == "Hot")
+                .map(|n| n["name"].clone());
+            json!({
+                "standby": f.spec.standby,
+                "mode": f.spec.mode,
+                "standby_hosts": f.spec.standby_hosts,
+                "preferred": f.spec.preferred_node(name),
+                "running": f.running,
+                "active": active,
+                "nodes": if f.running { nodes } else { f.nodes.iter().map(|n| json!({
+                    "name": n.name, "host": n.host, "admin": self.node_admin(n),
+                    "preferred": n.name == f.spec.preferred_node(name),
+                })).collect() },
+            })
+        });
+        Ok(json!({
+            "name": name,
+            "host": row.spec.host,
+            "state": row.state.as_str(),
+            "service": row.spec.service,
+            "process": { "pid": pid, "running": process_running },
+            "created_unix_ms": row.created_unix_ms,
+            "failure_events": self.store.failure_event_count(name)?,
+            "failover": failover,
+        }))
+    }
+
+    /// One pass of the collector: let the built-in host catch up (it starts dead agents again),
+    /// ask every node of every running failover for its status, and store the takeovers it
+    /// reports. Also notices plain servers whose process ended.
+    pub async fn collect(&self, with_events: bool) {
+        if let Ok(_ops) = self.ops.try_lock() {
+            self.sync_local().await;
+        }
+        let Ok(rows) = self.store.servers() else {
+            return;
+        };
+        for row in rows {
+            let name = row.spec.name.clone();
+            if row.state == ServerState::Running {
+                let skey = server_key(&name);
+                if let Some((_, r)) = self.report(&skey) {
+                    if !r.running && r.problem.is_some() {
+                        warn!(server = %name, "the server's process ended by itself");
+                        let _ = self.store.delete_desired(&skey);
+                        let _ = self.store.set_state(&name, ServerState::Stopped);
+                    }
+                }
+            }
+            let Some(f) = row.failover else { continue };
+            if !f.running {
+                continue;
+            }
+            for n in &f.nodes {
+                let admin = self.node_admin(n);
+                let st = self.admin_status(&admin).await;
+                let problem = self
+                    .report(&agent_key(&n.name))
+                    .and_then(|(_, r)| r.problem);
+                let entry = NodeLive {
+                    error: st.is_none().then(|| match &problem {
+                        Some(p) => format!("the agent does not answer on {admin}: {p}"),
+                        None => format!("the agent does not answer on {admin}"),
+                    }),
+                    last_ok_unix_ms: st.as_ref().map(|_| unix_ms()),
+                    status: st,
+                };
+                // A node whose state or epoch moved has a takeover to report: fetch its events now
+                // rather than at the next periodic pass, so the failure event shows within a
+                // collector interval of the takeover.
+                let mut moved = false;
+                if let Ok(mut live) = self.live.lock() {
+                    let prev = live.get(&n.name);
+                    let prev_ok = prev.and_then(|l| l.last_ok_unix_ms);
+                    let key = |l: Option<&Value>| {
+                        l.map(|s| (s.get("mode").cloned(), s.get("epoch").cloned()))
+                    };
+                    moved = key(prev.and_then(|p| p.status.as_ref())) != key(entry.status.as_ref());
+                    let mut e = entry;
+                    if e.last_ok_unix_ms.is_none() {
+                        e.last_ok_unix_ms = prev_ok;
+                    }
+                    live.insert(n.name.clone(), e);
+                }
+                if with_events || moved {
+                    self.collect_events(&name, n).await;
+                }
+            }
+        }
+    }
+
+    async fn collect_events(&self, server: &str, n: &NodeSpec) {
+        let Ok(r) = self
+            .http
+            .get(format!("http://{}/events", self.node_admin(n)))
+            .send()
+            .await
+        else {
+            return;
+        };
+        let Ok(ev) = r.json::<Value>().await else {
+            return;
+        };
+        let Some(tk) = ev.get("takeovers").and_then(Value::as_array) else {
+            return;
+        };
+        for t in tk {
+            // Only takeovers that reached a durable epoch are failure events of the group.
+            if t.get("epoch").and_then(Value::as_u64).unwrap_or(0) == 0 {
+                continue;
+            }
+            match self.store.add_failure_event(server, &n.name, t) {
+                Ok(true) => {
+                    info!(server, node = %n.name, "failure event stored");
+                    if let Some(nt) = &self.notifier {
+                        let mut ev = t.clone();
+                        if let Value::Object(o) = &mut ev {
+                            o.insert("server".into(), Value::String(server.to_string()));
+                            o.insert("node".into(), Value::String(n.name.clone()));
+                        }
+                        nt.send(ev);
+                    }
+                }
+                Ok(false) => {
+                    let _ = self.store.update_failure_event(server, &n.name, t);
+                }
+                Err(e) => warn!("cannot store a failure event: {e}"),
+            }
+        }
+    }
+}
+
+fn toml_table() -> toml::map::Map<String, toml::Value> {
+    toml::map::Map::new()
+}
+
+/// The request field that an agent configuration key comes from.
+fn agent_key_to_field(key: &str) -> String {
+    match key {
+        k if k.starts_with("service.command") => "service.command".into(),
+        k if k.starts_with("service.env") => "service.env".into(),
+        k if k.starts_with("health") => format!("service.{k}"),
+        "activation.mode" => "mode".into(),
+        "service.standby" => "standby".into(),
+        k => k.to_string(),
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -1,0 +1,402 @@
+//! `understudy serve` (the control plane) and `understudy ctl …` (its CLI: every lifecycle step of
+//! document 000 as a command, the same calls the dashboard's buttons make).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+/// `understudy serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Listen address of the REST API and the dashboard.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// State directory: the SQLite database, generated node configurations, process logs.
+    #[arg(long, default_value = "understudy-data")]
+    data: PathBuf,
+    /// File holding the bearer token that calls changing anything must carry (chmod 600).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Reads (the page's data, the API's GETs) need the token too.
+    #[arg(long)]
+    private: bool,
+    /// POST every new failure event as JSON to this URL (retried; 5 s timeout per attempt).
+    #[arg(long)]
+    webhook: Option<String>,
+    /// etcd endpoints for groups whose nodes are on more than one host (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+}
+
+/// Run `understudy serve`.
+pub fn serve(a: ServeArgs) -> anyhow::Result<u8> {
+    let exe = std::env::current_exe().context("cannot find the understudy binary")?;
+    crate::runtime()?.block_on(understudy_controlplane::serve(
+        understudy_controlplane::ServeOptions {
+            listen: a.listen,
+            data: a.data,
+            exe,
+            token_file: a.token_file,
+            private: a.private,
+            webhook: a.webhook,
+            etcd: a.etcd,
+        },
+    ))?;
+    Ok(0)
+}
+
+/// `understudy host`: run what the control plane places on this machine.
+#[derive(Args)]
+pub struct HostArgs {
+    /// The control plane.
+    #[arg(long)]
+    control: String,
+    /// This host's name (as given in `--standby-host` and a server's host).
+    #[arg(long)]
+    name: String,
+    /// The IP address agents here listen on and the control plane reaches them at.
+    #[arg(long)]
+    advertise: std::net::IpAddr,
+    /// Local state: node configurations, lock files, logs.
+    #[arg(long, default_value = "understudy-host")]
+    data: PathBuf,
+    /// File holding the control plane's token (else UNDERSTUDY_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// Run `understudy host`.
+pub fn host(a: HostArgs) -> anyhow::Result<u8> {
+    if !understudy_controlplane::model::valid_name(&a.name)
+        || a.name == understudy_controlplane::model::LOCAL_HOST
+    {
+        anyhow::bail!(
+            "--name {:?}: letters, digits, '-', '_', '.'; \"local\" is the control plane's own host",
+            a.name
+        );
+    }
+    let exe = std::env::current_exe().context("cannot find the understudy binary")?;
+    let token = token(&a.token_file)?;
+    crate::runtime()?.block_on(understudy_controlplane::hostd::run_host(
+        understudy_controlplane::hostd::HostOptions {
+            control: a.control,
+            name: a.name,
+            advertise: a.advertise.to_string(),
+            data: a.data,
+            exe,
+            token,
+        },
+    ))?;
+    Ok(0)
+}
+
+/// `understudy ctl`: the control plane's CLI.
+#[derive(Args)]
+pub struct CtlArgs {
+    /// The control plane (`understudy serve --listen`).
+    #[arg(long, default_value = "http://127.0.0.1:7700", global = true)]
+    control: String,
+    /// File holding the token (else the environment variable UNDERSTUDY_TOKEN).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON answer.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: CtlCmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StandbyArg {
+    Hot,
+    Warm,
+    Cold,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Trylock,
+    Tryheartbeat,
+    Warm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Every server with its failover state.
+    Servers,
+    /// One server.
+    Show { server: String },
+    /// Add a trading server (stopped): `ctl add-server gw -- /opt/gw/bin/gw --config gw.toml`.
+    AddServer {
+        server: String,
+        /// The host it runs on.
+        #[arg(long, default_value = "local")]
+        host: String,
+        /// Extra environment, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Health check URL (2xx = healthy).
+        #[arg(long)]
+        health_http: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Start a server as a plain server, without failover.
+    StartServer { server: String },
+    /// Stop a plain server.
+    StopServer { server: String },
+    /// Remove a stopped server from the inventory.
+    DeleteServer { server: String },
+    /// Add (or replace) the failover service of a server.
+    AddFailover {
+        server: String,
+        /// Standby type.
+        #[arg(long, value_enum)]
+        standby: StandbyArg,
+        /// A host for one standby (repeatable; `local` for this machine).
+        #[arg(long = "standby-host", required = true)]
+        standby_hosts: Vec<String>,
+        /// Activation mode.
+        #[arg(long, value_enum, default_value = "trylock")]
+        mode: ModeArg,
+        /// Preferred active node (e.g. gw-2); default the server's own node.
+        #[arg(long)]
+        preferred: Option<String>,
+    },
+    /// Start failover (only from a stopped server).
+    StartFailover { server: String },
+    /// Stop failover: standbys stop, the active keeps running as a plain server.
+    StopFailover { server: String },
+    /// Remove the failover configuration; the server stays.
+    DeleteFailover { server: String },
+    /// Hand activity to a ready standby.
+    Switchover {
+        server: String,
+        /// The standby to hand over to.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Write the whole configuration as one TOML file per server into DIR (for a Git repository).
+    Export { dir: PathBuf },
+    /// Read DIR's TOML files, validate everything and show the difference; --apply changes the
+    /// inventory (all or nothing).
+    Import {
+        dir: PathBuf,
+        /// Change the inventory (otherwise only show what would change).
+        #[arg(long)]
+        apply: bool,
+        /// Remove servers that are not in DIR.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// The server's failure events (kept across restarts).
+    Events {
+        server: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+fn token(file: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    if let Some(f) = file {
+        return Ok(Some(understudy_controlplane::read_token(f)?));
+    }
+    Ok(std::env::var("UNDERSTUDY_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+/// Run `understudy ctl …`; exit 0 when done, 1 when refused.
+pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
+    use understudy_controlplane::client::Method as m;
+    use understudy_controlplane::client::{self, seg, Answer, Call};
+    let token = token(&a.token_file)?;
+    let base = client::base_url(&a.control);
+    let call = |method, path: String, body: Option<Value>| Call { method, path, body };
+    let (c, kind) = match &a.cmd {
+        CtlCmd::Servers => (call(m::GET, "/api/servers".into(), None), Answer::Servers),
+        CtlCmd::Show { server } => (
+            call(m::GET, format!("/api/servers/{}", seg(server)), None),
+            Answer::Server,
+        ),
+        CtlCmd::AddServer {
+            server,
+            host,
+            env,
+            health_http,
+            command,
+        } => {
+            let mut envs = serde_json::Map::new();
+            for kv in env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--env {kv:?}: write KEY=VALUE"))?;
+                envs.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let mut service = json!({ "command": command, "env": envs });
+            if let Some(u) = health_http {
+                service["health"] = json!({ "http": u });
+            }
+            let body = json!({ "name": server, "host": host, "service": service });
+            (
+                call(m::POST, "/api/servers".into(), Some(body)),
+                Answer::Server,
+            )
+        }
+        CtlCmd::StartServer { server } => (
+            call(m::POST, format!("/api/servers/{}/start", seg(server)), None),
+            Answer::Server,
+        ),
+        CtlCmd::StopServer { server } => (
+            call(m::POST, format!("/api/servers/{}/stop", seg(server)), None),
+            Answer::Server,
+        ),
+        CtlCmd::DeleteServer { server } => (
+            call(m::DELETE, format!("/api/servers/{}", seg(server)), None),
+            Answer::Deleted,
+        ),
+        CtlCmd::AddFailover {
+            server,
+            standby,
+            standby_hosts,
+            mode,
+            preferred,
+        } => {
+            let standby = match standby {
+                StandbyArg::Hot => "hot",
+                StandbyArg::Warm => "warm",
+                StandbyArg::Cold => "cold",
+            };
+            let mode = match mode {
+                ModeArg::Trylock => "trylock",
+                ModeArg::Tryheartbeat => "tryheartbeat",
+                ModeArg::Warm => "warm",
+            };
+            let mut b = json!({ "standby": standby, "standby_hosts": standby_hosts, "mode": mode });
+            if let Some(p) = preferred {
+                b["preferred"] = json!(p);
+            }
+            (
+                call(
+                    m::PUT,
+                    format!("/api/servers/{}/failover", seg(server)),
+                    Some(b),
+                ),
+                Answer::Server,
+            )
+        }
+        CtlCmd::StartFailover { server } => (
+            call(
+                m::POST,
+                format!("/api/servers/{}/failover/start", seg(server)),
+                None,
+            ),
+            Answer::Server,
+        ),
+        CtlCmd::StopFailover { server } => (
+            call(
+                m::POST,
+                format!("/api/servers/{}/failover/stop", seg(server)),
+                None,
+            ),
+            Answer::Server,
+        ),
+        CtlCmd::DeleteFailover { server } => (
+            call(
+                m::DELETE,
+                format!("/api/servers/{}/failover", seg(server)),
+                None,
+            ),
+            Answer::Server,
+        ),
+        CtlCmd::Switchover { server, to } => {
+            let body = match to {
+                Some(t) => json!({ "to": t }),
+                None => json!({}),
+            };
+            (
+                call(
+                    m::POST,
+                    format!("/api/servers/{}/failover/switchover", seg(server)),
+                    Some(body),
+                ),
+                Answer::Switchover,
+            )
+        }
+        CtlCmd::Export { .. } => (call(m::GET, "/api/config".into(), None), Answer::Export),
+        CtlCmd::Import { dir, apply, prune } => {
+            let items = understudy_controlplane::config_io::read_dir(dir)?;
+            let body = json!({ "servers": items, "apply": apply, "prune": prune });
+            (
+                call(m::POST, "/api/config/import".into(), Some(body)),
+                Answer::Import,
+            )
+        }
+        CtlCmd::Events {
+            server,
+            format,
+            limit,
+        } => {
+            let f = match format {
+                Format::Json => "json",
+                Format::Csv => "csv",
+            };
+            (
+                call(
+                    m::GET,
+                    format!(
+                        "/api/servers/{}/events?format={f}&limit={limit}",
+                        seg(server)
+                    ),
+                    None,
+                ),
+                Answer::Events,
+            )
+        }
+    };
+    let csv = matches!(
+        &a.cmd,
+        CtlCmd::Events {
+            format: Format::Csv,
+            ..
+        }
+    );
+    let (code, text) = crate::runtime()?.block_on(client::send(&base, token.as_deref(), c))?;
+    let ok = (200..300).contains(&code);
+    if csv && ok {
+        print!("{text}");
+        return Ok(0);
+    }
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if let (CtlCmd::Export { dir }, true) = (&a.cmd, ok) {
+        let items: Vec<understudy_controlplane::config_io::ServerConfig> =
+            serde_json::from_value(v.get("servers").cloned().unwrap_or_default())
+                .context("the control plane's configuration")?;
+        let written = understudy_controlplane::config_io::write_dir(dir, &items)?;
+        println!("wrote {} server files to {}", written.len(), dir.display());
+        return Ok(0);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if ok {
+        println!("{}", client::render(kind, &v));
+    } else {
+        eprintln!("refused ({code}): {}", client::refusal_text(&v));
+    }
+    Ok(if ok { 0 } else { 1 })
+}

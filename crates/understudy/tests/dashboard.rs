@@ -1,0 +1,438 @@
+//! The dashboard driven in a real headless Chromium (through chromedriver) through document 000's
+//! whole story: add a server → add hot failover with two standbys → start refused while the server
+//! runs → stop the server → start failover → see it active → kill -9 the active's agent → the
+//! failure event appears in the page with its timeline → switch over → stop failover (the active's
+//! service still runs) → delete failover. With `UNDERSTUDY_SCREENSHOTS=DIR` it saves a screenshot of
+//! each step there (docs/dashboard/ holds the committed ones).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{alive, check_overlaps, free_addr, wait_until, Watcher, BIN};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(prog))
+            .find(|p| p.is_file())
+    })
+}
+
+fn get(addr: &str, path: &str) -> Value {
+    match common::http("GET", addr, path, Duration::from_secs(2)) {
+        Ok((200, b)) => serde_json::from_str(&b).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+fn shot_dir() -> Option<PathBuf> {
+    std::env::var_os("UNDERSTUDY_SCREENSHOTS").map(PathBuf::from)
+}
+
+async fn shot(c: &Client, dir: &Option<PathBuf>, name: &str) {
+    if let Some(d) = dir {
+        let png = c.screenshot().await.expect("screenshot");
+        std::fs::create_dir_all(d).expect("screenshot dir");
+        std::fs::write(d.join(format!("{name}.png")), png).expect("write screenshot");
+    }
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    match c.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Wait until the page shows an element matching `css` (the page updates itself: no reloads).
+async fn wait_css(c: &Client, css: &str, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if c.find(Locator::Css(css)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// Click the element matching `css`. The page re-renders itself on every live update, so an
+/// element found a moment ago may have been replaced: find it again and retry.
+async fn click(c: &Client, css: &str) {
+    let t0 = Instant::now();
+    loop {
+        let r = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.click().await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => return,
+            Err(e) if t0.elapsed() > Duration::from_secs(5) => panic!("click {css}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Click a button that asks for confirmation, and confirm.
+async fn click_confirm(c: &Client, css: &str) {
+    click(c, css).await;
+    let t0 = Instant::now();
+    loop {
+        match c.accept_alert().await {
+            Ok(()) => return,
+            Err(e) if t0.elapsed() > Duration::from_secs(3) => {
+                panic!("no confirmation dialog after clicking {css}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let e = c
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"));
+    e.clear().await.ok();
+    e.send_keys(value).await.expect("type");
+}
+
+fn agent_pid(data: &Path, node: &str) -> Option<u32> {
+    let needle = format!("{}/nodes/{node}.toml", data.display());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&c).contains(&needle) && alive(*pid)
+        })
+}
+
+#[test]
+fn the_dashboard_story_in_a_real_browser() {
+    let (Some(chromium), Some(driver)) = (which("chromium"), which("chromedriver")) else {
+        let why = "chromium and chromedriver are not installed (Debian: chromium chromium-driver)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED: the_dashboard_story_in_a_real_browser: {why}");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("service.log");
+    let addr = free_addr();
+    let _serve = Kill(
+        Command::new(BIN)
+            .args(["serve", "--listen", &addr, "--data"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
+    let dport = free_addr()
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_default();
+    let _driver = Kill(
+        Command::new(driver)
+            .arg(format!("--port={dport}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver"),
+    );
+    assert!(wait_until(Duration::from_secs(15), || get(
+        &addr,
+        "/api/health"
+    )["ok"]
+        == true));
+    let shots = shot_dir();
+    // Two TLS back-ends are compiled in (the WebDriver client's and reqwest's); name one. The
+    // session to chromedriver is plain HTTP on loopback anyway.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let data2 = data.clone();
+    let result = rt.block_on(async move {
+        let mut caps = serde_json::Map::new();
+        // Leave confirm() dialogs open for the test to accept, as a person would.
+        caps.insert("unhandledPromptBehavior".into(), json!("ignore"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                         "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync", "--window-size=1280,860"]
+            }),
+        );
+        let mut c = None;
+        for _ in 0..100 {
+            match ClientBuilder::rustls()
+                .expect("rustls")
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{dport}"))
+                .await
+            {
+                Ok(cl) => {
+                    c = Some(cl);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let c = c.expect("chromedriver did not accept a session");
+        let story = story(&c, &addr, &data2, &log, &shots).await;
+        let _ = c.close().await;
+        story
+    });
+    result.expect("the dashboard story");
+    check_overlaps(&dir.path().join("service.log"));
+}
+
+async fn story(
+    c: &Client,
+    addr: &str,
+    data: &Path,
+    log: &Path,
+    shots: &Option<PathBuf>,
+) -> Result<(), String> {
+    c.goto(&format!("http://{addr}/"))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert!(
+        wait_css(c, "#live.ok", Duration::from_secs(10)).await,
+        "the live stream did not connect"
+    );
+    shot(c, shots, "01-empty").await;
+
+    // Add a server.
+    click(c, "#add-server-btn").await;
+    fill(c, "#form-server input[name=name]", "px").await;
+    let cmd = format!("{BIN}\ndemo-service\n--log\n{}", log.display());
+    fill(c, "#form-server textarea[name=command]", &cmd).await;
+    shot(c, shots, "02-add-server").await;
+    click(c, "#form-server button[value=ok]").await;
+    assert!(
+        wait_css(c, "[data-server=px]", Duration::from_secs(5)).await,
+        "the server did not appear"
+    );
+
+    // Add hot failover with two standbys.
+    click(c, "[data-server=px] [data-act=add-failover]").await;
+    fill(
+        c,
+        "#form-failover input[name=standby_hosts]",
+        "local, local",
+    )
+    .await;
+    shot(c, shots, "03-add-failover").await;
+    click(c, "#form-failover button[value=ok]").await;
+    assert!(
+        wait_css(
+            c,
+            "[data-server=px] [data-act=start-failover]",
+            Duration::from_secs(5)
+        )
+        .await,
+        "failover was not added: {}",
+        text(c, "#msg").await
+    );
+
+    // Start the plain server; start failover is refused while it runs.
+    click(c, "[data-server=px] [data-act=start]").await;
+    assert!(
+        wait_css(
+            c,
+            "[data-server=px] [data-act=stop]",
+            Duration::from_secs(5)
+        )
+        .await
+    );
+    click(c, "[data-server=px] [data-act=start-failover]").await;
+    assert!(wait_css(c, "#msg.err", Duration::from_secs(5)).await);
+    let msg = text(c, "#msg").await;
+    assert!(msg.contains("synchronized at boot-up"), "{msg}");
+    shot(c, shots, "04-start-refused").await;
+
+    // Stop the server, start failover: the preferred node is active, the standbys ready.
+    click_confirm(c, "[data-server=px] [data-act=stop]").await;
+    assert!(
+        wait_css(
+            c,
+            "[data-server=px] [data-act=start]",
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    click(c, "[data-server=px] [data-act=start-failover]").await;
+    assert!(
+        wait_css(
+            c,
+            "[data-server=px] .node.active[data-node=px-1]",
+            Duration::from_secs(20)
+        )
+        .await,
+        "px-1 is not shown active: {}",
+        text(c, "#msg").await
+    );
+    assert!(
+        wait_css(
+            c,
+            "[data-node=px-2][data-role='standby, ready']",
+            Duration::from_secs(20)
+        )
+        .await
+            && wait_css(
+                c,
+                "[data-node=px-3][data-role='standby, ready']",
+                Duration::from_secs(20)
+            )
+            .await,
+        "standbys not shown ready"
+    );
+    shot(c, shots, "05-failover-running").await;
+
+    // kill -9 the active's agent; the page shows the new active and, on the events page, the
+    // failure event with its timeline.
+    let watcher = Watcher::start(
+        (1..=3)
+            .map(|i| {
+                let n = format!("px-{i}");
+                let a = get(addr, "/api/servers/px")["failover"]["nodes"]
+                    .as_array()
+                    .and_then(|ns| ns.iter().find(|x| x["name"] == n.as_str()).cloned())
+                    .and_then(|x| x["admin"].as_str().map(String::from))
+                    .unwrap_or_default();
+                (n, a)
+            })
+            .collect(),
+    );
+    let pid = agent_pid(data, "px-1").expect("agent of px-1");
+    click(c, "[data-server=px] [data-act=events]").await;
+    assert!(
+        wait_css(c, "tr.event", Duration::from_secs(5)).await,
+        "no events page"
+    );
+    let before = c
+        .find_all(Locator::Css("tr.event"))
+        .await
+        .map(|v| v.len())
+        .unwrap_or(0);
+    let t0 = Instant::now();
+    common::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    let mut appeared = false;
+    while t0.elapsed() < Duration::from_secs(2) {
+        let n = c
+            .find_all(Locator::Css("tr.event"))
+            .await
+            .map(|v| v.len())
+            .unwrap_or(0);
+        if n > before {
+            appeared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        appeared,
+        "the failure event did not appear in the page within 2 s of the kill"
+    );
+    let row = text(c, "tr.event").await;
+    assert!(
+        row.contains("epoch durable"),
+        "the event shows no timeline: {row}"
+    );
+    shot(c, shots, "06-failure-event").await;
+
+    // Back to the servers; switch over by hand (with confirmation).
+    click(c, "#home-link").await;
+    assert!(wait_css(c, "[data-server=px] .node.active", Duration::from_secs(5)).await);
+    let active = c
+        .find(Locator::Css("[data-server=px] .node.active"))
+        .await
+        .map_err(|e| e.to_string())?
+        .attr("data-node")
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    assert_ne!(active, "px-1", "the killed node is still shown active");
+    assert!(
+        wait_css(
+            c,
+            "[data-node][data-role='standby, ready']",
+            Duration::from_secs(20)
+        )
+        .await,
+        "no ready standby to switch over to"
+    );
+    click_confirm(c, "[data-server=px] [data-act=switchover]").await;
+    let sel = format!("[data-server=px] .node.active:not([data-node='{active}'])");
+    assert!(
+        wait_css(c, &sel, Duration::from_secs(10)).await,
+        "switchover not shown: {}",
+        text(c, "#msg").await
+    );
+    shot(c, shots, "07-switched-over").await;
+    let rep = watcher.finish();
+    assert!(rep.sweeps > 10);
+
+    // Stop failover: the active's service keeps running.
+    let svc = get(addr, "/api/servers/px")["failover"]["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["mode"] == "Hot").cloned())
+        .and_then(|n| n["service"]["pid"].as_u64())
+        .expect("active service pid") as u32;
+    click_confirm(c, "[data-server=px] [data-act=stop-failover]").await;
+    assert!(
+        wait_css(
+            c,
+            "[data-server=px] .badge.running",
+            Duration::from_secs(20)
+        )
+        .await
+    );
+    assert!(alive(svc), "stop failover killed the active's service");
+    shot(c, shots, "08-failover-stopped").await;
+
+    // Delete failover: the server stays as a plain server.
+    click_confirm(c, "[data-server=px] [data-act=delete-failover]").await;
+    assert!(
+        wait_css(
+            c,
+            "[data-server=px] [data-act=add-failover]",
+            Duration::from_secs(10)
+        )
+        .await,
+        "failover not deleted: {}",
+        text(c, "#msg").await
+    );
+    shot(c, shots, "09-failover-deleted").await;
+    click_confirm(c, "[data-server=px] [data-act=stop]").await;
+    assert!(
+        wait_css(
+            c,
+            "[data-server=px] [data-act=start]",
+            Duration::from_secs(20)
+        )
+        .await
+    );
+    Ok(())
+}
