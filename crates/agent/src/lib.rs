@@ -9,6 +9,7 @@
 //! - [`api`]: the admin API (axum): activation mode, status, group, events, metrics, switchover.
 //! - [`events`]: the event timeline and the takeovers built from it.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`sdnotify`]: systemd's readiness and watchdog notifications.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod coordination;
 pub mod events;
 pub mod metrics;
 pub mod runtime;
+pub mod sdnotify;
 
 pub use config::{Config, ConfigError};
 pub use runtime::{run, AgentError};

@@ -33,6 +33,7 @@ pub struct ServeArgs {
 
 /// Run `understudy serve`.
 pub fn serve(a: ServeArgs) -> anyhow::Result<u8> {
+    crate::init_logging();
     let exe = std::env::current_exe().context("cannot find the understudy binary")?;
     crate::runtime()?.block_on(understudy_controlplane::serve(
         understudy_controlplane::ServeOptions {
@@ -70,6 +71,7 @@ pub struct HostArgs {
 
 /// Run `understudy host`.
 pub fn host(a: HostArgs) -> anyhow::Result<u8> {
+    crate::init_logging();
     if !understudy_controlplane::model::valid_name(&a.name)
         || a.name == understudy_controlplane::model::LOCAL_HOST
     {

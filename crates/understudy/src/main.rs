@@ -34,9 +34,24 @@ use understudy_control::{render_group, AgentClient};
     about = "Failover for trading services: one active replica, standbys ready to take over in milliseconds"
 )]
 struct Cli {
+    /// Log lines as text for people (default) or as JSON objects with stable field names (level,
+    /// target, fields such as node, group, epoch, kind) for a log pipeline.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -106,6 +121,15 @@ enum Cmd {
     Ctl(ctl_cmd::CtlArgs),
     /// Run the agents and servers the control plane places on this machine.
     Host(ctl_cmd::HostArgs),
+    /// The group live in the terminal (q quits).
+    Top {
+        /// Admin address of any node of the group.
+        #[arg(long, default_value = "127.0.0.1:7701")]
+        agent: String,
+        /// Refresh interval.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
     /// The small built-in service that the demo and the benchmark protect.
     #[command(hide = true)]
     DemoService(demo_service::DemoServiceArgs),
@@ -118,7 +142,10 @@ fn main() -> ExitCode {
         let code = understudy_service::guardian::run(args[2..].to_vec());
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
+    // Before any thread exists: the service must not inherit systemd's notification socket.
+    understudy_agent::sdnotify::take_from_env();
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -141,10 +168,17 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text) {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -268,6 +302,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Serve(args) => ctl_cmd::serve(args),
         Cmd::Ctl(args) => ctl_cmd::ctl(args),
         Cmd::Host(args) => ctl_cmd::host(args),
+        Cmd::Top { agent, interval } => {
+            understudy_top::run(&agent, interval)?;
+            Ok(0)
+        }
         Cmd::Price(c) => c.run(),
         Cmd::Fix(c) => c.run(),
     }
