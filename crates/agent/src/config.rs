@@ -36,6 +36,51 @@ pub struct Config {
     pub service: ServiceConfig,
     /// `[health]`, if present.
     pub health: Option<HealthConfig>,
+    /// `[etcd]`: the group lives in etcd (across machines) instead of `activation.lock_file`.
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// `[etcd]`: the coordinator for groups across machines.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// `http://HOST:PORT` or `https://HOST:PORT` of the etcd members.
+    pub endpoints: Vec<String>,
+    /// Key prefix (`/understudy`): the group's keys are under `<prefix>/<group>/`.
+    pub prefix: String,
+    /// The timing knobs, checked against the safety argument.
+    pub timing: understudy_coordinator::Timing,
+    /// TTL of etcd's own lease on this node's keys (the backstop).
+    pub backstop_ttl: Duration,
+    /// TLS files, for https endpoints.
+    pub tls: Option<understudy_coordinator::EtcdTls>,
+    /// `user` and the content of `password_file`.
+    pub auth: Option<(String, Secret)>,
+}
+
+/// A password: kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl EtcdConfig {
+    /// What the coordinator needs, for node `node` of group `group`.
+    pub fn settings(&self, node: &str, group: &str) -> understudy_coordinator::EtcdSettings {
+        understudy_coordinator::EtcdSettings {
+            endpoints: self.endpoints.clone(),
+            prefix: self.prefix.clone(),
+            group: group.to_string(),
+            node: node.to_string(),
+            timing: self.timing,
+            backstop_ttl: self.backstop_ttl,
+            tls: self.tls.clone(),
+            auth: self.auth.as_ref().map(|(u, p)| (u.clone(), p.0.clone())),
+        }
+    }
 }
 
 /// `[node]`: who this agent is.
@@ -89,7 +134,9 @@ const MAX_TOKEN_LEN: usize = 4096;
 pub struct ActivationConfig {
     /// The activation mode.
     pub mode: ActivationMode,
-    /// The group's lock file (its directory also holds the epoch and membership records).
+    /// The group's lock file (its directory also holds the epoch and membership records). With
+    /// `[etcd]` there is none; this then names where the group lock lives (the leader key), for
+    /// /status and logs.
     pub lock_file: PathBuf,
     /// TryHeartbeat: a heartbeat younger than this lets a node go Hot by itself.
     pub heartbeat_delay: Duration,
@@ -170,6 +217,25 @@ struct Raw {
     activation: RawActivation,
     service: RawService,
     health: Option<RawHealth>,
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    renew_interval: Option<String>,
+    lease_ttl: Option<String>,
+    kill_margin: Option<String>,
+    clock_drift_ppm: Option<u32>,
+    deadline: Option<String>,
+    backstop_ttl: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,7 +254,7 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawActivation {
     mode: ActivationMode,
-    lock_file: PathBuf,
+    lock_file: Option<PathBuf>,
     heartbeat_delay: Option<String>,
     heartbeat_interval: Option<String>,
     yield_timeout: Option<String>,
@@ -247,6 +313,18 @@ pub mod defaults {
     pub const HEALTH_FAILURES: u32 = 3;
     /// `health.start_period`.
     pub const HEALTH_START_PERIOD: &str = "5s";
+    /// `etcd.prefix`.
+    pub const ETCD_PREFIX: &str = "/understudy";
+    /// `etcd.renew_interval`.
+    pub const ETCD_RENEW_INTERVAL: &str = "20ms";
+    /// `etcd.lease_ttl`.
+    pub const ETCD_LEASE_TTL: &str = "200ms";
+    /// `etcd.kill_margin`.
+    pub const ETCD_KILL_MARGIN: &str = "40ms";
+    /// `etcd.clock_drift_ppm`: 1 %, twenty times what NTP lets a clock be slewed.
+    pub const ETCD_CLOCK_DRIFT_PPM: u32 = 10_000;
+    /// `etcd.backstop_ttl`.
+    pub const ETCD_BACKSTOP_TTL: &str = "2s";
 }
 
 struct Ctx<'a> {
@@ -316,6 +394,257 @@ impl Ctx<'_> {
             ));
         }
         Ok(AdminToken(secret.to_owned()))
+    }
+
+    fn lock_file(&self, base: &Path, lock: &Path) -> Result<PathBuf, ConfigError> {
+        if lock.as_os_str().is_empty() {
+            return Err(self.err("activation.lock_file", "is empty"));
+        }
+        let lock_file = if lock.is_absolute() {
+            lock.to_path_buf()
+        } else {
+            base.join(lock)
+        };
+        let dir = lock_file.parent().unwrap_or(Path::new("/"));
+        if !dir.is_dir() {
+            return Err(self.err(
+                "activation.lock_file",
+                format!(
+                    "directory {} does not exist; create it (it holds the lock, the epoch and the membership records, shared by the group)",
+                    dir.display()
+                ),
+            ));
+        }
+        if lock_file.is_dir() {
+            return Err(self.err(
+                "activation.lock_file",
+                format!("{} is a directory, not a file", lock_file.display()),
+            ));
+        }
+        Ok(lock_file)
+    }
+
+    fn file(&self, key: &str, base: &Path, p: &Path) -> Result<PathBuf, ConfigError> {
+        let full = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        };
+        match std::fs::metadata(&full) {
+            Ok(m) if m.is_file() => Ok(full),
+            Ok(_) => Err(self.err(key, format!("{} is not a file", full.display()))),
+            Err(e) => Err(self.err(key, format!("cannot read {}: {e}", full.display()))),
+        }
+    }
+
+    fn etcd(&self, base: &Path, e: &RawEtcd) -> Result<EtcdConfig, ConfigError> {
+        use understudy_coordinator::{EtcdTls, Timing};
+        if e.endpoints.is_empty() {
+            return Err(self.err(
+                "etcd.endpoints",
+                "is empty; list the etcd members, e.g. [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\", \"http://10.0.0.3:2379\"]",
+            ));
+        }
+        let mut https = false;
+        for ep in &e.endpoints {
+            let url = reqwest::Url::parse(ep).map_err(|err| {
+                self.err(
+                    "etcd.endpoints",
+                    format!("{ep:?} is not a URL ({err}); write http://HOST:PORT"),
+                )
+            })?;
+            let shape_ok = matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some()
+                && url.port().is_some()
+                && matches!(url.path(), "" | "/")
+                && url.query().is_none()
+                && url.username().is_empty();
+            if !shape_ok {
+                return Err(self.err(
+                    "etcd.endpoints",
+                    format!("{ep:?}: write http://HOST:PORT or https://HOST:PORT, nothing more"),
+                ));
+            }
+            https |= url.scheme() == "https";
+        }
+        if https && e.endpoints.iter().any(|ep| ep.starts_with("http:")) {
+            return Err(self.err(
+                "etcd.endpoints",
+                "mixes http and https endpoints; one cluster speaks one of them",
+            ));
+        }
+        let prefix = e
+            .prefix
+            .clone()
+            .unwrap_or(defaults::ETCD_PREFIX.to_string());
+        let prefix_ok = prefix.starts_with('/')
+            && prefix.len() > 1
+            && !prefix.ends_with('/')
+            && prefix.len() <= 200
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+            && !prefix.contains("//");
+        if !prefix_ok {
+            return Err(self.err(
+                "etcd.prefix",
+                format!("{prefix:?}: write a key path such as \"/understudy\" (starts with '/', no trailing '/', letters, digits, '-', '_', '.')"),
+            ));
+        }
+        let renew_interval = self.duration(
+            "etcd.renew_interval",
+            e.renew_interval.as_deref(),
+            defaults::ETCD_RENEW_INTERVAL,
+        )?;
+        let lease_ttl = self.duration(
+            "etcd.lease_ttl",
+            e.lease_ttl.as_deref(),
+            defaults::ETCD_LEASE_TTL,
+        )?;
+        let kill_margin = self.duration(
+            "etcd.kill_margin",
+            e.kill_margin.as_deref(),
+            defaults::ETCD_KILL_MARGIN,
+        )?;
+        if kill_margin < Duration::from_millis(10) {
+            return Err(self.err(
+                "etcd.kill_margin",
+                "must be at least 10ms: less does not cover waking up and killing on a loaded machine",
+            ));
+        }
+        let drift_ppm = e.clock_drift_ppm.unwrap_or(defaults::ETCD_CLOCK_DRIFT_PPM);
+        if !(100..=100_000).contains(&drift_ppm) {
+            return Err(self.err(
+                "etcd.clock_drift_ppm",
+                format!("{drift_ppm} is out of range: give 100 (0.01 %) to 100000 (10 %)"),
+            ));
+        }
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        let max = Timing::max_deadline(lease_ttl, kill_margin, drift_ppm).ok_or_else(|| {
+            self.err(
+                "etcd.lease_ttl",
+                format!(
+                    "{} leaves no time to act: it must be well above kill_margin ({}) corrected for clock drift",
+                    ms(lease_ttl),
+                    ms(kill_margin)
+                ),
+            )
+        })?;
+        let deadline = match &e.deadline {
+            None => max,
+            Some(d) => {
+                let d = self.duration("etcd.deadline", Some(d), "")?;
+                if d > max {
+                    return Err(self.err(
+                        "etcd.deadline",
+                        format!(
+                            "{} breaks the safety argument: with lease_ttl {}, kill_margin {} and clock_drift_ppm {drift_ppm} the active must stop acting within {} of sending its last renewal, or a standby could be granted while it still acts",
+                            ms(d), ms(lease_ttl), ms(kill_margin), ms(max)
+                        ),
+                    ));
+                }
+                d
+            }
+        };
+        if renew_interval * 3 > deadline {
+            return Err(self.err(
+                "etcd.renew_interval",
+                format!(
+                    "{} is too long for the deadline {}: at most a third of it, so that one slow or lost renewal does not demote a healthy active",
+                    ms(renew_interval),
+                    ms(deadline)
+                ),
+            ));
+        }
+        let backstop_ttl = self.duration(
+            "etcd.backstop_ttl",
+            e.backstop_ttl.as_deref(),
+            defaults::ETCD_BACKSTOP_TTL,
+        )?;
+        if backstop_ttl.subsec_nanos() != 0 || backstop_ttl < Duration::from_secs(1) {
+            return Err(self.err(
+                "etcd.backstop_ttl",
+                "must be whole seconds, at least 1s (etcd leases count in seconds)",
+            ));
+        }
+        if backstop_ttl < lease_ttl * 2 {
+            return Err(self.err(
+                "etcd.backstop_ttl",
+                "must be at least twice lease_ttl: the backstop must never beat the agents' own expiry",
+            ));
+        }
+        let ca =
+            e.ca.as_ref()
+                .map(|p| self.file("etcd.ca", base, p))
+                .transpose()?;
+        let cert_key = match (&e.cert, &e.key) {
+            (Some(c), Some(k)) => Some((
+                self.file("etcd.cert", base, c)?,
+                self.file("etcd.key", base, k)?,
+            )),
+            (None, None) => None,
+            (Some(_), None) => return Err(self.err("etcd.key", "missing: etcd.cert needs its key")),
+            (None, Some(_)) => {
+                return Err(self.err("etcd.cert", "missing: etcd.key needs its certificate"))
+            }
+        };
+        let tls = match (https, ca.is_some() || cert_key.is_some()) {
+            (false, true) => {
+                return Err(self.err(
+                    "etcd.endpoints",
+                    "TLS files are given but the endpoints are http://; use https://",
+                ))
+            }
+            (true, false) => return Err(self.err(
+                "etcd.ca",
+                "missing: https endpoints need the CA that signed the etcd servers' certificates",
+            )),
+            (true, true) => Some(EtcdTls { ca, cert_key }),
+            (false, false) => None,
+        };
+        let auth = match (&e.user, &e.password_file) {
+            (Some(u), Some(p)) => {
+                if u.is_empty() {
+                    return Err(self.err("etcd.user", "is empty"));
+                }
+                let p = self.file("etcd.password_file", base, p)?;
+                let text = std::fs::read_to_string(&p).map_err(|err| {
+                    self.err(
+                        "etcd.password_file",
+                        format!("cannot read {}: {err}", p.display()),
+                    )
+                })?;
+                let pw = text.trim_end_matches(['\n', '\r']).to_string();
+                if pw.is_empty() {
+                    return Err(self.err("etcd.password_file", format!("{} is empty", p.display())));
+                }
+                Some((u.clone(), Secret(pw)))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err(
+                    "etcd.password_file",
+                    "missing: etcd.user needs a password_file",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.err("etcd.user", "missing: etcd.password_file needs a user"))
+            }
+        };
+        Ok(EtcdConfig {
+            endpoints: e.endpoints.clone(),
+            prefix,
+            timing: Timing {
+                renew_interval,
+                lease_ttl,
+                kill_margin,
+                drift_ppm,
+                deadline,
+            },
+            backstop_ttl,
+            tls,
+            auth,
+        })
     }
 
     fn command(&self, key: &str, argv: &[String]) -> Result<(), ConfigError> {
@@ -480,30 +809,26 @@ impl Config {
         )?;
 
         let a = &raw.activation;
-        let lock_file = if a.lock_file.is_absolute() {
-            a.lock_file.clone()
-        } else {
-            base.join(&a.lock_file)
+        let (lock_file, etcd) = match (&a.lock_file, &raw.etcd) {
+            (Some(_), Some(_)) => {
+                return Err(ctx.err(
+                    "etcd",
+                    "give either activation.lock_file (one host or a shared filesystem) or an [etcd] section (across machines), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ctx.err(
+                    "activation.lock_file",
+                    "missing: give activation.lock_file (one host or a shared filesystem) or an [etcd] section with endpoints (across machines)",
+                ))
+            }
+            (Some(lock), None) => (ctx.lock_file(base, lock)?, None),
+            (None, Some(e)) => {
+                let etcd = ctx.etcd(base, e)?;
+                let shown = PathBuf::from(etcd.settings(&n.name, &n.group).describe());
+                (shown, Some(etcd))
+            }
         };
-        if a.lock_file.as_os_str().is_empty() {
-            return Err(ctx.err("activation.lock_file", "is empty"));
-        }
-        let dir = lock_file.parent().unwrap_or(Path::new("/"));
-        if !dir.is_dir() {
-            return Err(ctx.err(
-                "activation.lock_file",
-                format!(
-                    "directory {} does not exist; create it (it holds the lock, the epoch and the membership records, shared by the group)",
-                    dir.display()
-                ),
-            ));
-        }
-        if lock_file.is_dir() {
-            return Err(ctx.err(
-                "activation.lock_file",
-                format!("{} is a directory, not a file", lock_file.display()),
-            ));
-        }
         let heartbeat_delay = ctx.duration(
             "activation.heartbeat_delay",
             a.heartbeat_delay.as_deref(),
@@ -672,6 +997,7 @@ impl Config {
             },
             service,
             health,
+            etcd,
         })
     }
 }
@@ -737,6 +1063,102 @@ mod tests {
             assert!(shown.contains(key), "expected {key} in {shown:?}");
             assert!(shown.contains("/tmp/x.toml"), "file not named in {shown:?}");
         }
+    }
+
+    fn etcd_cfg(etcd: &str) -> String {
+        format!(
+            "[node]\n{}\n[activation]\nmode = \"trylock\"\n[etcd]\n{etcd}\n[service]\ncommand = [\"sleep\"]\n",
+            good_node()
+        )
+    }
+
+    #[test]
+    fn etcd_defaults_follow_the_timing_argument() {
+        let c = Config::parse(
+            Path::new("/tmp/x.toml"),
+            &etcd_cfg("endpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]"),
+        )
+        .unwrap();
+        let e = c.etcd.expect("etcd section");
+        assert_eq!(e.prefix, "/understudy");
+        assert_eq!(e.timing.renew_interval, Duration::from_millis(20));
+        assert_eq!(e.timing.lease_ttl, Duration::from_millis(200));
+        let max = understudy_coordinator::Timing::max_deadline(
+            e.timing.lease_ttl,
+            e.timing.kill_margin,
+            e.timing.drift_ppm,
+        )
+        .unwrap();
+        assert_eq!(e.timing.deadline, max);
+        assert!(c
+            .activation
+            .lock_file
+            .display()
+            .to_string()
+            .contains("/understudy/g/leader"));
+    }
+
+    #[test]
+    fn etcd_rules_name_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let pw = d.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let ep = "endpoints = [\"http://127.0.0.1:2379\"]";
+        let cases: Vec<(String, &str)> = vec![
+            (etcd_cfg("endpoints = []"), "etcd.endpoints"),
+            (etcd_cfg("endpoints = [\"127.0.0.1:2379\"]"), "etcd.endpoints"),
+            (etcd_cfg("endpoints = [\"http://h:2379/x\"]"), "etcd.endpoints"),
+            (etcd_cfg("endpoints = [\"http://h\"]"), "etcd.endpoints"),
+            (etcd_cfg("endpoints = [\"http://a:1\", \"https://b:2\"]"), "etcd.endpoints"),
+            (etcd_cfg(&format!("{ep}\nprefix = \"understudy\"")), "etcd.prefix"),
+            (etcd_cfg(&format!("{ep}\nprefix = \"/u/\"")), "etcd.prefix"),
+            (etcd_cfg(&format!("{ep}\ndeadline = \"180ms\"")), "etcd.deadline"),
+            (etcd_cfg(&format!("{ep}\nrenew_interval = \"60ms\"")), "etcd.renew_interval"),
+            (etcd_cfg(&format!("{ep}\nlease_ttl = \"40ms\"")), "etcd.lease_ttl"),
+            (etcd_cfg(&format!("{ep}\nkill_margin = \"2ms\"")), "etcd.kill_margin"),
+            (etcd_cfg(&format!("{ep}\nclock_drift_ppm = 5")), "etcd.clock_drift_ppm"),
+            (etcd_cfg(&format!("{ep}\nbackstop_ttl = \"1500ms\"")), "etcd.backstop_ttl"),
+            (etcd_cfg(&format!("{ep}\nlease_ttl = \"1s\"\nbackstop_ttl = \"1s\"")), "etcd.backstop_ttl"),
+            (etcd_cfg(&format!("{ep}\nuser = \"u\"")), "etcd.password_file"),
+            (etcd_cfg(&format!("{ep}\npassword_file = {:?}", pw.display().to_string())), "etcd.user"),
+            (etcd_cfg(&format!("{ep}\nca = \"/nonexistent/ca.pem\"")), "etcd.ca"),
+            (etcd_cfg("endpoints = [\"https://127.0.0.1:2379\"]"), "etcd.ca"),
+            (etcd_cfg(&format!("{ep}\nlease = \"1s\"")), "etcd.lease"),
+            (
+                format!(
+                    "[node]\n{}\n[activation]\nmode = \"trylock\"\nlock_file = \"{}/g.lock\"\n[etcd]\n{ep}\n[service]\ncommand = [\"sleep\"]\n",
+                    good_node(),
+                    d.path().display()
+                ),
+                "etcd",
+            ),
+            (
+                format!(
+                    "[node]\n{}\n[activation]\nmode = \"trylock\"\n[service]\ncommand = [\"sleep\"]\n",
+                    good_node()
+                ),
+                "activation.lock_file",
+            ),
+        ];
+        for (text, key) in cases {
+            let shown = err_of(&text).to_string();
+            assert!(
+                shown.contains(&format!(": {key}")),
+                "expected {key} in {shown:?}"
+            );
+        }
+        let ok = etcd_cfg(&format!(
+            "{ep}\nuser = \"u\"\npassword_file = {:?}\nlease_ttl = \"500ms\"\ndeadline = \"300ms\"",
+            pw.display().to_string()
+        ));
+        let c = Config::parse(Path::new("/tmp/x.toml"), &ok).unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!(e.auth.as_ref().map(|(_, p)| p.0.as_str()), Some("secret"));
+        assert!(
+            !format!("{e:?}").contains("secret"),
+            "the password leaks into Debug"
+        );
+        assert_eq!(e.timing.deadline, Duration::from_millis(300));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`config`]: the TOML file, validated in full at start.
+//! - [`coordination`]: the coordinator the configuration names (lock file or etcd).
 //! - [`runtime`]: the single event loop. Inputs (lock obtained, service exited, operator request,
 //!   timer) go into the pure [`understudy_engine::Engine`]; the commands it returns are executed
 //!   here against the coordinator (lock, epoch, heartbeat) and the supervisor (service).
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod config;
+pub mod coordination;
 pub mod events;
 pub mod metrics;
 pub mod runtime;

@@ -12,8 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use understudy_coordinator::{
-    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, LockFileCoordinator, MemberRecord,
-    Members, TryAcquire,
+    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, TryAcquire,
 };
 use understudy_engine::{
     Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView, Role,
@@ -138,15 +137,24 @@ pub struct Shared {
     pub members: Members,
     /// Wall clock of the loop's last tick, for /healthz.
     pub last_tick_ms: std::sync::atomic::AtomicU64,
+    /// The deadline of the node's grant (etcd), shared with the service's guardian.
+    pub fence: understudy_service::Fence,
 }
 
 impl Shared {
     /// The current status.
     pub fn status(&self) -> StatusView {
-        match self.status.read() {
+        let mut s = match self.status.read() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
+        };
+        // Past the grant's deadline the guardian has ended the service: a node that has not yet
+        // heard (its agent was frozen and just continued) must not claim to be active.
+        if s.mode == "Hot" && self.fence.expired() {
+            s.mode = State::Warm.to_string();
+            s.waiting = Some("the grant's deadline passed; stepping down".to_string());
         }
+        s
     }
 }
 
@@ -174,15 +182,11 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
             addr: cfg.node.admin,
             source,
         })?;
-    let (coord_tx, coord_rx) = mpsc::unbounded_channel();
-    let coord = LockFileCoordinator::new(
-        cfg.activation.lock_file.clone(),
-        cfg.node.name.clone(),
-        coord_tx,
-    )?;
-    let members = coord.members().clone();
-    members.ensure_dir()?;
     let (svc_tx, svc_rx) = mpsc::unbounded_channel();
+    let supervisor = Supervisor::new(svc_tx);
+    // The coordinator (lock file or etcd); with etcd it arms the service's guardian itself.
+    let (coord_tx, coord_rx) = mpsc::unbounded_channel();
+    let (coord, members) = crate::coordination::connect(&cfg, coord_tx, supervisor.fence())?;
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let (api_tx, api_rx) = mpsc::channel(64);
     let (proc_tx, proc_rx) = mpsc::unbounded_channel();
@@ -206,6 +210,7 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         metrics: Metrics::new(),
         members,
         last_tick_ms: std::sync::atomic::AtomicU64::new(unix_ms()),
+        fence: supervisor.fence(),
     });
 
     let admin = crate::api::serve(listener, shared.clone(), api_tx);
@@ -218,8 +223,8 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     let mut rt = Runtime {
         shared,
         engine,
-        coord: Box::new(coord),
-        supervisor: Supervisor::new(svc_tx),
+        coord,
+        supervisor,
         health_tx,
         health: None,
         guardian_exe,
@@ -414,6 +419,14 @@ impl Runtime {
                     w.abort();
                 }
                 self.shared.metrics.service_exits.inc();
+                if self.shared.fence.expired() {
+                    // The guardian ended the service at the grant's deadline; the coordinator's
+                    // report of the lost grant may still be on its way (the agent was frozen).
+                    // The loss comes first: it is not a failure of the service.
+                    self.feed(Input::LockLost {
+                        reason: "the grant's deadline passed".to_string(),
+                    });
+                }
                 let who = pid.map(|p| format!("pid {p} ")).unwrap_or_default();
                 self.feed(Input::ServiceExited {
                     reason: format!("{who}{reason}"),

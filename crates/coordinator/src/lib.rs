@@ -5,17 +5,21 @@
 //!   written into the lock file, and detection of a lock file that was deleted or replaced.
 //! - [`epoch`]: the durable, strictly increasing group epoch kept beside the lock (`<lock>.epoch`).
 //! - [`members`]: membership records beside the lock (`<lock>.members/<node>.json`).
-//! - [`Coordinator`]: the trait the agent drives; [`lockfile::LockFileCoordinator`] implements it,
-//!   a later etcd coordinator will too.
+//! - [`etcd`]: the group in etcd, across machines: claims and renewals judged on the agents' own
+//!   clocks, the epoch raised in the claiming transaction, membership records in etcd.
+//! - [`Coordinator`]: the trait the agent drives; [`lockfile::LockFileCoordinator`] and
+//!   [`etcd::EtcdCoordinator`] implement it.
 #![forbid(unsafe_code)]
 
 pub mod epoch;
+pub mod etcd;
 pub mod lockfile;
 pub mod members;
 
 use std::time::Duration;
 
 pub use epoch::{EpochRead, EpochStore};
+pub use etcd::{EtcdCoordinator, EtcdMembers, EtcdSettings, EtcdTls, Fence, FenceSink, Timing};
 pub use lockfile::{read_heartbeat, Heartbeat, HeartbeatReading, LockFileCoordinator};
 pub use members::{MemberRecord, Members};
 
@@ -46,6 +50,9 @@ pub enum CoordError {
     /// The operation needs the group lock and this node does not hold it.
     #[error("this node does not hold the group lock")]
     NotHolder,
+    /// etcd could not be reached or refused the operation.
+    #[error("etcd: {0}")]
+    Etcd(String),
 }
 
 /// What a coordinator tells the agent, asynchronously.

@@ -1,5 +1,6 @@
-//! Membership records beside the lock: `<lock>.members/<node>.json`, one per node, rewritten by its
-//! agent every heartbeat interval and on every state change, so any node can show the whole group.
+//! Membership records, one per node, rewritten by its agent every heartbeat interval and on every
+//! state change, so any node can show the whole group: beside the lock file
+//! (`<lock>.members/<node>.json`) or in etcd (`<prefix>/<group>/members/<node>`, see [`crate::etcd`]).
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -52,10 +53,16 @@ pub struct MemberRecord {
     pub handover_to: Option<String>,
 }
 
-/// The membership directory of a group.
+/// The membership records of a group.
 #[derive(Debug, Clone)]
 pub struct Members {
-    dir: PathBuf,
+    store: Store,
+}
+
+#[derive(Debug, Clone)]
+enum Store {
+    Files(FileMembers),
+    Etcd(crate::etcd::EtcdMembers),
 }
 
 impl Members {
@@ -64,29 +71,79 @@ impl Members {
         let mut s = lock.as_os_str().to_owned();
         s.push(".members");
         Members {
-            dir: PathBuf::from(s),
+            store: Store::Files(FileMembers {
+                dir: PathBuf::from(s),
+            }),
         }
     }
 
-    /// The directory path.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The records kept in etcd by an [`crate::EtcdCoordinator`].
+    pub fn etcd(members: crate::etcd::EtcdMembers) -> Self {
+        Members {
+            store: Store::Etcd(members),
+        }
     }
 
-    /// The record file of `node`: `<dir>/<node>.json`.
-    pub fn file_for(&self, node: &str) -> PathBuf {
+    /// The directory, for records kept in files.
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.store {
+            Store::Files(f) => Some(&f.dir),
+            Store::Etcd(_) => None,
+        }
+    }
+
+    /// Create the directory (and its parents) if missing; nothing to do in etcd.
+    pub fn ensure_dir(&self) -> Result<(), CoordError> {
+        match &self.store {
+            Store::Files(f) => f.ensure_dir(),
+            Store::Etcd(_) => Ok(()),
+        }
+    }
+
+    /// Replace the record of `rec.node`. Files: written to a hidden temp file and renamed over, so
+    /// readers see the old record or the new one, never half of one; not fsynced (records are
+    /// advisory and rewritten every heartbeat interval). etcd: only this node's own record, sent in
+    /// the background (the call does not wait for the network).
+    pub fn write(&self, rec: &MemberRecord) -> Result<(), CoordError> {
+        match &self.store {
+            Store::Files(f) => f.write(rec),
+            Store::Etcd(e) => e.write(rec),
+        }
+    }
+
+    /// Every readable record, sorted by node name. Files that cannot be read or parsed are skipped
+    /// (one bad file must not hide the rest of the group); a missing directory is an empty group.
+    /// From etcd: the cache the group watch keeps current, never a network round trip.
+    pub fn read_all(&self) -> Vec<MemberRecord> {
+        match &self.store {
+            Store::Files(f) => f.read_all(),
+            Store::Etcd(e) => e.read_all(),
+        }
+    }
+
+    pub fn remove(&self, node: &str) {
+        match &self.store {
+            Store::Files(f) => f.remove(node),
+            Store::Etcd(e) => e.remove(node),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FileMembers {
+    dir: PathBuf,
+}
+
+impl FileMembers {
+    fn file_for(&self, node: &str) -> PathBuf {
         self.dir.join(format!("{node}.json"))
     }
 
-    /// Create the directory (and its parents) if missing.
-    pub fn ensure_dir(&self) -> Result<(), CoordError> {
+    fn ensure_dir(&self) -> Result<(), CoordError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io_error(&self.dir, e))
     }
 
-    /// Replace the record of `rec.node`. Written to a hidden temp file and renamed over, so readers
-    /// see the old record or the new one, never half of one. Not fsynced: records are advisory and
-    /// rewritten every heartbeat interval. Creates the directory if it is missing.
-    pub fn write(&self, rec: &MemberRecord) -> Result<(), CoordError> {
+    fn write(&self, rec: &MemberRecord) -> Result<(), CoordError> {
         if !is_valid_node_name(&rec.node) {
             return Err(io_error(
                 &self.dir,
@@ -128,10 +185,7 @@ impl Members {
         })
     }
 
-    /// Every readable record, sorted by node name. Unreadable or garbled files and temp files are
-    /// skipped (logged at debug level): one bad file must not hide the rest of the group. A
-    /// missing directory is an empty group.
-    pub fn read_all(&self) -> Vec<MemberRecord> {
+    fn read_all(&self) -> Vec<MemberRecord> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) => {
@@ -171,9 +225,7 @@ impl Members {
         out
     }
 
-    /// Delete the record of `node`, if any. Failures are logged, not returned: a stale record only
-    /// shows a node that is gone, with its old last_seen.
-    pub fn remove(&self, node: &str) {
+    fn remove(&self, node: &str) {
         if !is_valid_node_name(node) {
             return;
         }

@@ -194,7 +194,10 @@ fn members_write_read_remove() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("g.lock");
     let members = Members::for_lock(&lock);
-    assert_eq!(members.dir(), dir.path().join("g.lock.members"));
+    assert_eq!(
+        members.dir(),
+        Some(dir.path().join("g.lock.members").as_path())
+    );
     assert!(
         members.read_all().is_empty(),
         "missing dir is an empty group"
@@ -209,10 +212,10 @@ fn members_write_read_remove() {
     members.write(&updated).unwrap();
 
     // Garbage, temp files and strangers are skipped.
-    std::fs::write(members.dir().join("broken.json"), b"{not json").unwrap();
-    std::fs::write(members.dir().join(".beta.json.tmp"), b"{}").unwrap();
-    std::fs::write(members.dir().join("notes.txt"), b"hi").unwrap();
-    std::fs::create_dir(members.dir().join("sub.json")).unwrap();
+    std::fs::write(members.dir().unwrap().join("broken.json"), b"{not json").unwrap();
+    std::fs::write(members.dir().unwrap().join(".beta.json.tmp"), b"{}").unwrap();
+    std::fs::write(members.dir().unwrap().join("notes.txt"), b"hi").unwrap();
+    std::fs::create_dir(members.dir().unwrap().join("sub.json")).unwrap();
 
     let all = members.read_all();
     assert_eq!(all, vec![rec("alpha", 2), updated]);

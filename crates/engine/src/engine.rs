@@ -465,6 +465,10 @@ enum After {
     Backoff,
     Yield,
     Exit,
+    /// Campaign again at once: the grant was lost (a lease that expired while the agent was
+    /// frozen or cut off), which is no failure of the service and must not hold the node back
+    /// from being the next standby.
+    Rejoin,
 }
 
 /// A grant being held back (see [`Waiting::PeerStepDown`] and [`Waiting::PreviousService`]).
@@ -1377,6 +1381,13 @@ impl Engine {
                 self.set_phase(Phase::Exited);
                 self.emit(Command::Exit { code: 0 });
             }
+            After::Rejoin => {
+                self.set_phase(Phase::Warm(Waiting::Lock));
+                if self.cfg.standby.runs_while_standby() {
+                    self.start_service(Role::Standby);
+                }
+                self.join();
+            }
         }
     }
 
@@ -1395,7 +1406,7 @@ impl Engine {
                 );
                 // An operator's PUT waiting for this promotion would otherwise never be answered.
                 self.refuse_pending_activate(&format!("lost the group lock ({reason})"));
-                self.demote(After::Backoff, false);
+                self.demote(After::Rejoin, false);
             }
             Phase::Demoting(after) => {
                 if self.svc != SvcState::Stopped {

@@ -8,9 +8,16 @@
 //!    with `PR_SET_PDEATHSIG = SIGKILL` so the service also dies if the guardian is killed;
 //! 2. writes `pid <n>\n` to the lifeline once the service is running, or `error <message>\n`
 //!    and exits 127 if it could not be started;
-//! 3. blocks a thread reading the lifeline: EOF or an error means the agent is gone (the kernel
+//! 3. runs a thread reading the lifeline: EOF or an error means the agent is gone (the kernel
 //!    closes a dead process's descriptors, even after `kill -9`), and the guardian then sends
-//!    `SIGKILL` to its whole process group: the service, its descendants and itself;
+//!    `SIGKILL` to its whole process group: the service, its descendants and itself. The agent may
+//!    also send `deadline <ns>\n` (an instant of `CLOCK_BOOTTIME`, in nanoseconds) and
+//!    `nodeadline\n`: while a deadline is set, the thread waits in `poll()` no longer than until
+//!    it, and kills the group when it passes without a later one. So the service of an active
+//!    whose grant may have gone to another node stops acting even when the agent is frozen
+//!    (SIGSTOP, a stall) and cannot tell anyone. The clock is monotonic and counts suspend:
+//!    setting the wall clock changes nothing, and a machine that slept past the deadline wakes up
+//!    killing;
 //! 4. waits for the service and reports `exit code <n>\n` or `exit signal <n>\n`, then exits with
 //!    `n`, or `128 + signal`.
 //!
@@ -30,6 +37,7 @@ use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::{getpid, getppid, Pid};
 
@@ -162,19 +170,124 @@ fn ignore_signals() -> Vec<(Signal, SigAction)> {
     saved
 }
 
-/// Blocks until the agent's end of the lifeline is closed, then kills the whole process group.
+/// Longest line the agent sends (`deadline ` and 20 digits); longer ones are dropped.
+const MAX_LINE: usize = 64;
+
+/// Follows the lifeline until the agent is gone or a deadline passes, then kills the whole
+/// process group.
 fn watch_lifeline(mut lifeline: File) {
-    let mut buf = [0u8; 64];
+    let mut deadline: Option<u64> = None;
+    let mut line = Lines::default();
+    let mut buf = [0u8; 256];
     loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let now = boottime_ns();
+                if now >= at {
+                    break;
+                }
+                // Rounded up: waking a little late is covered by the kill margin, early is not
+                // possible since we look at the clock again.
+                let ms = (at - now).div_ceil(1_000_000).min(i32::MAX as u64);
+                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
         match lifeline.read(&mut buf) {
-            // The agent sends nothing today; anything it sends is ignored.
-            Ok(n) if n > 0 => continue,
+            Ok(0) => break,
+            Ok(n) => {
+                for cmd in line.feed(&buf[..n]) {
+                    match cmd {
+                        Lifeline::Deadline(at) => deadline = Some(at),
+                        Lifeline::NoDeadline => deadline = None,
+                    }
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // EOF or a real error: the agent is gone.
-            _ => break,
+            // A real error: the agent is gone.
+            Err(_) => break,
         }
     }
     kill_group();
+}
+
+/// What the agent tells the guardian over the lifeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifeline {
+    /// Kill the group at this `CLOCK_BOOTTIME` instant (ns) unless told a later one.
+    Deadline(u64),
+    /// No deadline: the service does not act for a grant that can expire.
+    NoDeadline,
+}
+
+impl Lifeline {
+    /// The line that carries it.
+    pub fn encode(self) -> String {
+        match self {
+            Lifeline::Deadline(at) => format!("deadline {at}\n"),
+            Lifeline::NoDeadline => "nodeadline\n".to_string(),
+        }
+    }
+}
+
+/// Splits the lifeline's bytes into commands; unknown and overlong lines are dropped.
+#[derive(Debug, Default)]
+struct Lines {
+    buf: Vec<u8>,
+    overlong: bool,
+}
+
+impl Lines {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Lifeline> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b != b'\n' {
+                if self.buf.len() < MAX_LINE {
+                    self.buf.push(b);
+                } else {
+                    self.overlong = true;
+                }
+                continue;
+            }
+            if !std::mem::take(&mut self.overlong) {
+                if let Some(cmd) = parse_lifeline(&self.buf) {
+                    out.push(cmd);
+                }
+            }
+            self.buf.clear();
+        }
+        out
+    }
+}
+
+fn parse_lifeline(line: &[u8]) -> Option<Lifeline> {
+    let line = std::str::from_utf8(line).ok()?;
+    if line == "nodeadline" {
+        return Some(Lifeline::NoDeadline);
+    }
+    let digits = line.strip_prefix("deadline ")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(Lifeline::Deadline)
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds: monotonic, and it keeps counting while the machine sleeps.
+pub fn boottime_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(ts) => (ts.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec() as u64),
+        // Cannot fail on Linux. u64::MAX makes every deadline count as passed: the safe side.
+        Err(_) => u64::MAX,
+    }
 }
 
 /// Sends `SIGKILL` to the guardian's own process group (the service, its descendants, and the
@@ -196,4 +309,38 @@ fn report(lifeline: &mut File, line: &str) {
 /// Makes `s` fit on one protocol line.
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifeline_lines() {
+        let mut l = Lines::default();
+        assert_eq!(l.feed(b"deadline 12"), vec![]);
+        assert_eq!(
+            l.feed(b"34\nnodeadline\n"),
+            vec![Lifeline::Deadline(1234), Lifeline::NoDeadline]
+        );
+        for bad in [
+            &b"deadline\n"[..],
+            b"deadline -1\n",
+            b"deadline +5\n",
+            b"deadline 99999999999999999999999\n",
+            b"hello\n",
+            b"\xff\n",
+        ] {
+            assert_eq!(l.feed(bad), vec![], "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut long = vec![b'9'; 500];
+        long.push(b'\n');
+        assert_eq!(l.feed(&long), vec![]);
+        assert_eq!(l.feed(b"deadline 7\n"), vec![Lifeline::Deadline(7)]);
+        assert_eq!(Lifeline::Deadline(5).encode(), "deadline 5\n");
+        assert_eq!(
+            parse_lifeline(Lifeline::NoDeadline.encode().trim_end().as_bytes()),
+            Some(Lifeline::NoDeadline)
+        );
+    }
 }

@@ -22,7 +22,7 @@ pub mod supervisor;
 
 pub use health::{spawn_health, HealthCheck, HealthConfig, HealthEvent};
 pub use oneshot::run_guarded;
-pub use supervisor::{ExitReason, ServiceEvent, ServiceSpec, Supervisor};
+pub use supervisor::{ExitReason, Fence, ServiceEvent, ServiceSpec, Supervisor};
 
 /// Errors of a supervision operation.
 #[derive(Debug, thiserror::Error)]

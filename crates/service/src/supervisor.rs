@@ -24,6 +24,7 @@ use tokio::process::Child;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
+use crate::guardian::Lifeline;
 use crate::ServiceError;
 
 /// What to run and how.
@@ -129,6 +130,100 @@ pub struct Supervisor {
     events: UnboundedSender<ServiceEvent>,
     shared: Arc<Mutex<Shared>>,
     generation: u64,
+    fence: Fence,
+}
+
+/// The deadline past which the service's guardian kills it by itself (see
+/// [`crate::guardian`]): set by whoever knows how long the node's grant lasts (the etcd
+/// coordinator, from its own thread), and passed on to the current guardian and to every guardian
+/// started later. Cloning gives another handle on the same deadline.
+#[derive(Clone, Default)]
+pub struct Fence {
+    inner: Arc<Mutex<FenceState>>,
+}
+
+#[derive(Default)]
+struct FenceState {
+    /// `CLOCK_BOOTTIME` ns; `None`: guardians started from now on get no deadline.
+    deadline: Option<u64>,
+    /// The last deadline armed, until disarmed: past it, the node's grant is over even if the
+    /// agent has not yet processed the news (it may just have been continued after a SIGSTOP).
+    grant_until: Option<u64>,
+    /// The agent's end of the current guardian's lifeline, and its generation.
+    lifeline: Option<(u64, std::os::unix::net::UnixStream)>,
+}
+
+impl fmt::Debug for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("Fence")
+            .field("deadline", &st.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fence {
+    fn state(&self) -> MutexGuard<'_, FenceState> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The service may act until `deadline_ns` (`CLOCK_BOOTTIME`) and must be dead after it.
+    pub fn arm(&self, deadline_ns: u64) {
+        let mut st = self.state();
+        st.deadline = Some(deadline_ns);
+        st.grant_until = Some(deadline_ns);
+        st.send(Lifeline::Deadline(deadline_ns));
+    }
+
+    /// True when a deadline was armed, not disarmed since, and has passed.
+    pub fn expired(&self) -> bool {
+        let until = self.state().grant_until;
+        until.is_some_and(|at| crate::guardian::boottime_ns() >= at)
+    }
+
+    /// No deadline any more, for the running guardian and later ones (the service stopped acting).
+    pub fn disarm(&self) {
+        let mut st = self.state();
+        st.deadline = None;
+        st.grant_until = None;
+        st.send(Lifeline::NoDeadline);
+    }
+
+    /// Later guardians get no deadline; the running one keeps its own and kills at it.
+    pub fn forget(&self) {
+        self.state().deadline = None;
+    }
+
+    fn attach(&self, generation: u64, lifeline: std::os::unix::net::UnixStream) {
+        let mut st = self.state();
+        st.lifeline = Some((generation, lifeline));
+        // Before the guardian has even started: it is armed before the service can be told
+        // anything.
+        if let Some(at) = st.deadline {
+            st.send(Lifeline::Deadline(at));
+        }
+    }
+
+    fn detach(&self, generation: u64) {
+        let mut st = self.state();
+        if st.lifeline.as_ref().map(|(g, _)| *g) == Some(generation) {
+            st.lifeline = None;
+        }
+    }
+}
+
+impl FenceState {
+    fn send(&mut self, cmd: Lifeline) {
+        use std::io::Write;
+        if let Some((generation, sock)) = &mut self.lifeline {
+            // The socket is non-blocking and the guardian reads at once, so a line fits whole; if
+            // it ever did not, the guardian keeps the earlier deadline and kills sooner (the safe
+            // side).
+            if let Err(e) = sock.write_all(cmd.encode().as_bytes()) {
+                tracing::warn!(generation, error = %e, "cannot send the deadline to the guardian");
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Supervisor {
@@ -148,7 +243,13 @@ impl Supervisor {
             events,
             shared: Arc::default(),
             generation: 0,
+            fence: Fence::default(),
         }
+    }
+
+    /// The deadline handle of the services this supervisor starts.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     /// Starts `spec` and returns its generation at once; [`ServiceEvent::Started`] follows when
@@ -178,6 +279,8 @@ impl Supervisor {
         // exactly when this process dies.
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_error)?;
         ours.set_nonblocking(true).map_err(spawn_error)?;
+        // The deadline writer: a second descriptor of our end (non-blocking too: same file).
+        let fence_end = ours.try_clone().map_err(spawn_error)?;
         let lifeline = {
             let _guard = runtime.enter();
             tokio::net::UnixStream::from_std(ours).map_err(spawn_error)?
@@ -209,6 +312,7 @@ impl Supervisor {
 
         self.generation += 1;
         let generation = self.generation;
+        self.fence.attach(generation, fence_end);
         lock(&self.shared).running = Some(Running {
             generation,
             pgid,
@@ -224,6 +328,7 @@ impl Supervisor {
             Arc::clone(&self.shared),
             self.events.clone(),
             generation,
+            self.fence.clone(),
         ));
         Ok(generation)
     }
@@ -351,6 +456,7 @@ async fn watch(
     shared: Arc<Mutex<Shared>>,
     events: UnboundedSender<ServiceEvent>,
     generation: u64,
+    fence: Fence,
 ) {
     let mut lines = BufReader::new(lifeline).lines();
     let mut pid = None;
@@ -400,6 +506,7 @@ async fn watch(
             None => false,
         }
     };
+    fence.detach(generation);
     let status = guardian.wait().await;
 
     let reason = match reason {

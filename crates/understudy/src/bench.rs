@@ -31,6 +31,16 @@ pub enum BenchCmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Takeover after the active machine's network is cut (etcd coordinator), against keepalived.
+    NodeLoss(crate::bench_node_loss::NodeLossArgs),
+    /// (internal) Append `WORD <CLOCK_MONOTONIC ns>` to FILE (keepalived's notify scripts).
+    #[command(hide = true)]
+    Stamp {
+        /// The file.
+        file: PathBuf,
+        /// The word.
+        word: String,
+    },
     /// Price distribution benchmarks.
     #[command(flatten)]
     Price(crate::price_cmd::PriceBench),
@@ -61,6 +71,18 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<u8> {
             standby,
             keep,
         } => failover(runs, &standby, keep),
+        BenchCmd::NodeLoss(a) => crate::bench_node_loss::run(a),
+        BenchCmd::Stamp { file, word } => {
+            use std::io::Write;
+            let t = mono_ns();
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .with_context(|| file.display().to_string())?;
+            f.write_all(format!("{word} {t}\n").as_bytes())?;
+            Ok(0)
+        }
         BenchCmd::Price(b) => b.run(),
         BenchCmd::Fix(b) => b.run(),
         BenchCmd::LockHolder { file } => {

@@ -2,16 +2,20 @@
 //! - `agent`, `check-config`: run or validate a node (crate `understudy-agent`).
 //! - `status`, `activate`, `switchover`, `events`: talk to a node's admin API (crate `understudy-control`).
 //! - `demo`: a local group on an embedded default, killed and recovered before your eyes ([`demo`]).
-//! - `bench failover`: takeover latency against the bare kernel lock handoff ([`bench`]).
+//! - `bench failover`: takeover latency against the bare kernel lock handoff ([`bench`]);
+//!   `bench node-loss`: takeover after a network cut (etcd) against keepalived ([`bench_node_loss`],
+//!   on network namespaces from [`netns`]).
 //! - `demo-service`: the small built-in service the demo and the benchmark protect ([`demo_service`]).
 //! - `exchange-sim`, `price-server`, `price-client`: price distribution ([`price_cmd`]).
 //! - `fix-gateway` and the FIX exchange simulator: the FIX gateway ([`fix_cmd`]).
 
 mod bench;
+mod bench_node_loss;
 mod ctl_cmd;
 mod demo;
 mod demo_service;
 mod fix_cmd;
+mod netns;
 mod price_cmd;
 
 use std::path::PathBuf;

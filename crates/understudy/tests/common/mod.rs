@@ -273,6 +273,8 @@ pub struct Group {
     pub service: BTreeMap<String, String>,
     pub tail: String,
     pub nodes: BTreeMap<String, Node>,
+    /// A command that runs a node's agent (e.g. `ip netns exec NS`), by node name.
+    pub launchers: BTreeMap<String, Vec<String>>,
 }
 
 /// A TOML string literal (JSON's escaping is a subset of TOML basic strings).
@@ -304,6 +306,7 @@ impl Group {
             service: BTreeMap::new(),
             tail: String::new(),
             nodes: BTreeMap::new(),
+            launchers: BTreeMap::new(),
         };
         g.set_activation("mode", &q(mode));
         g.set_activation("lock_file", &q(&lock.display().to_string()));
@@ -381,7 +384,10 @@ impl Group {
             .append(true)
             .open(&node.out)
             .expect("agent output file");
-        let child = Command::new(BIN)
+        let mut argv = self.launchers.get(name).cloned().unwrap_or_default();
+        argv.push(BIN.to_string());
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
             .arg("agent")
             .arg("--config")
             .arg(&node.config)

@@ -1,0 +1,1379 @@
+//! The etcd coordinator: a group spread over machines, split-brain safe, with takeover in about
+//! one `lease_ttl` (200 ms by default) instead of etcd's own lease (over a second).
+//!
+//! Keys, under `<prefix>/<group>/`:
+//! - `leader`: [`LeaderRecord`] of the holder (node, epoch, renewal counter); the holder rewrites it
+//!   by compare-and-swap on its `mod_revision` every `renew_interval`.
+//! - `epoch`: the group epoch, decimal; raised by the claiming transaction itself, so an epoch is
+//!   quorum-committed before the claimant learns it holds the group.
+//! - `members/<node>`: membership records (JSON [`MemberRecord`]).
+//!
+//! Every key a node writes carries that node's etcd lease (`backstop_ttl`, ≥ 1 s): only a backstop,
+//! so that a group whose agents all died frees itself. Activity is decided by the agents' own
+//! clocks, as ARCHITECTURE.md ("etcd coordinator: the timing argument") explains:
+//! - a standby claims only after it has seen no change of `leader` for `lease_ttl` on its own
+//!   monotonic clock (or at once when the holder marked it released), by a transaction that
+//!   compares against the revision it last saw;
+//! - the holder stops acting [`Timing::deadline`] after the *send* time of its last acknowledged
+//!   renewal: it reports [`CoordEvent::Lost`], and the guardian kills the service by itself at the
+//!   same deadline ([`Fence`]), so a frozen agent does not leave its service acting.
+//!
+//! All network work runs on one thread with its own single-threaded tokio runtime; the
+//! [`Coordinator`] methods only exchange messages with it. Two of them wait for an answer, with a
+//! bound: [`Coordinator::try_acquire`] (at start in mode `hot`, and on an operator's request) and
+//! [`Coordinator::next_epoch`] when the epoch taken by the claim cannot be used (never in
+//! practice: the claim already raised it above everything the node has seen).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::lockfile::{Heartbeat, HeartbeatReading};
+use crate::members::MemberRecord;
+use crate::{is_valid_node_name, CoordError, CoordEvent, Coordinator, TryAcquire};
+
+/// A leader record is one short JSON object; anything bigger is not ours.
+const MAX_LEADER_BYTES: usize = 4096;
+/// Member records are a few hundred bytes.
+const MAX_MEMBER_BYTES: usize = 64 * 1024;
+/// A group has a handful of nodes; more records than this are ignored (and logged).
+const MAX_MEMBERS: usize = 1024;
+/// Pause before a connection or a watch that failed is tried again.
+const RETRY: Duration = Duration::from_millis(100);
+/// Longest wait for etcd at start before the agent goes on without it (it keeps trying).
+const START_WAIT: Duration = Duration::from_secs(3);
+
+/// The numbers of the timing argument (ARCHITECTURE.md, "etcd coordinator: the timing argument").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often the holder renews `leader`.
+    pub renew_interval: Duration,
+    /// A standby claims after seeing no renewal for this long on its own clock.
+    pub lease_ttl: Duration,
+    /// The time a kill takes once the deadline passed: timer and scheduling latency of the agent
+    /// or the guardian, and the signal's delivery.
+    pub kill_margin: Duration,
+    /// Bound on the rate difference of any two clocks, in parts per million.
+    pub drift_ppm: u32,
+    /// The holder stops acting this long after sending its last acknowledged renewal.
+    pub deadline: Duration,
+}
+
+impl Timing {
+    /// The longest safe deadline: `(1 - ρ) · (lease_ttl / (1 + ρ) - kill_margin)`, `ρ` the drift.
+    /// A standby's `lease_ttl` measured on a clock running fast by ρ lasts at least
+    /// `lease_ttl / (1 + ρ)` of real time; the holder's deadline measured on a clock running slow
+    /// lasts at most `deadline / (1 - ρ)`; the kill must fit in what is left. `None` when nothing
+    /// is left.
+    pub fn max_deadline(
+        lease_ttl: Duration,
+        kill_margin: Duration,
+        drift_ppm: u32,
+    ) -> Option<Duration> {
+        let rho = f64::from(drift_ppm) / 1e6;
+        let standby_real = lease_ttl.as_secs_f64() / (1.0 + rho);
+        let left = standby_real - kill_margin.as_secs_f64();
+        if left <= 0.0 || rho >= 1.0 {
+            return None;
+        }
+        // Rounded down to whole microseconds so the bound is never exceeded by rounding.
+        let micros = ((1.0 - rho) * left * 1e6).floor();
+        (micros >= 1.0).then(|| Duration::from_micros(micros as u64))
+    }
+}
+
+/// TLS client files for etcd (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// CA that signed the etcd servers' certificates.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and its key, for servers that ask for one.
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+}
+
+/// Everything the etcd coordinator needs, from the agent's configuration.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    /// `http://HOST:PORT` (or https) of the etcd members.
+    pub endpoints: Vec<String>,
+    /// Key prefix without a trailing slash, e.g. `/understudy`.
+    pub prefix: String,
+    /// The group name.
+    pub group: String,
+    /// This node's name.
+    pub node: String,
+    /// The timing knobs, already validated.
+    pub timing: Timing,
+    /// TTL of the backstop etcd lease on this node's keys (whole seconds, at least 1).
+    pub backstop_ttl: Duration,
+    /// TLS, when the endpoints are https.
+    pub tls: Option<EtcdTls>,
+    /// User name and password for etcd's authentication.
+    pub auth: Option<(String, String)>,
+}
+
+impl EtcdSettings {
+    fn group_prefix(&self) -> String {
+        format!("{}/{}/", self.prefix, self.group)
+    }
+    fn leader_key(&self) -> String {
+        format!("{}leader", self.group_prefix())
+    }
+    fn epoch_key(&self) -> String {
+        format!("{}epoch", self.group_prefix())
+    }
+    fn members_prefix(&self) -> String {
+        format!("{}members/", self.group_prefix())
+    }
+    /// Where the group's lock lives, for /status and logs.
+    pub fn describe(&self) -> String {
+        format!("etcd {} {}", self.endpoints.join(","), self.leader_key())
+    }
+}
+
+/// What the holder's stop deadline means for the service's guardian (see
+/// `understudy_service::supervisor::Fence`). Deadlines are `CLOCK_BOOTTIME` nanoseconds: monotonic,
+/// untouched by wall-clock steps, and counting time spent suspended (a machine that slept past the
+/// deadline must not wake up acting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The service may act until this instant, and not a moment longer.
+    Until(u64),
+    /// The group was released after the service stopped acting: no deadline any more.
+    Released,
+    /// The grant was lost: guardians already armed keep their deadline (and kill at it); services
+    /// started from now on are not armed.
+    Lost,
+}
+
+/// Receives every change of the holder's deadline, from the coordinator's thread.
+pub type FenceSink = Arc<dyn Fn(Fence) + Send + Sync>;
+
+/// `CLOCK_BOOTTIME` in nanoseconds (see [`Fence`]).
+pub fn boottime_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(ts) => (ts.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec() as u64),
+        // Cannot fail on Linux; a zero would only make deadlines pass early (the safe side).
+        Err(_) => 0,
+    }
+}
+
+/// The value of the `leader` key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The holder.
+    pub node: String,
+    /// The epoch it is (or will be) active with.
+    pub epoch: u64,
+    /// Renewals since the claim.
+    pub renewals: u64,
+    /// The holder's wall clock at the write (informational: nobody decides on it).
+    pub unix_ms: u64,
+    /// Set by a holder that let go after its service stopped: standbys may claim at once.
+    #[serde(default)]
+    pub released: bool,
+}
+
+impl LeaderRecord {
+    fn parse(bytes: &[u8]) -> Result<LeaderRecord, String> {
+        if bytes.len() > MAX_LEADER_BYTES {
+            return Err(format!("leader record of {} bytes", bytes.len()));
+        }
+        let r: LeaderRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if !is_valid_node_name(&r.node) {
+            return Err(format!(
+                "invalid node name {:?} in the leader record",
+                r.node
+            ));
+        }
+        Ok(r)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn etcd_error(what: &str, e: impl std::fmt::Display) -> CoordError {
+    CoordError::Etcd(format!("{what}: {e}"))
+}
+
+/// What the coordinator and the agent's threads share.
+#[derive(Debug, Default)]
+struct View {
+    holds: bool,
+    campaigning: bool,
+    /// The epoch the last claim raised the group to, until [`Coordinator::next_epoch`] hands it out.
+    claimed_epoch: Option<u64>,
+    /// The highest epoch seen anywhere in the group.
+    epoch: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+enum Cmd {
+    Campaign,
+    TryAcquire(std::sync::mpsc::SyncSender<Result<TryAcquire, CoordError>>),
+    Release,
+    BumpEpoch {
+        floor: u64,
+        reply: std::sync::mpsc::SyncSender<Result<u64, CoordError>>,
+    },
+    /// Answered once every command before it is done.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Membership records kept in etcd: written by a background task (the newest record wins, so a
+/// slow etcd never queues them up), read from a cache that the group watch keeps current.
+#[derive(Clone)]
+pub struct EtcdMembers {
+    cache: Arc<Mutex<BTreeMap<String, MemberRecord>>>,
+    own: watch::Sender<Option<MemberRecord>>,
+    node: String,
+}
+
+impl std::fmt::Debug for EtcdMembers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdMembers")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdMembers {
+    /// Publish this node's record (only this node's: the key carries this node's lease).
+    pub fn write(&self, rec: &MemberRecord) -> Result<(), CoordError> {
+        if rec.node != self.node {
+            return Err(CoordError::Etcd(format!(
+                "node {} cannot write the record of {}",
+                self.node, rec.node
+            )));
+        }
+        lock(&self.cache).insert(rec.node.clone(), rec.clone());
+        self.own.send_replace(Some(rec.clone()));
+        Ok(())
+    }
+
+    /// Every known record, sorted by node name. `last_seen_unix_ms` is when this node received the
+    /// record (its own wall clock), so freshness never depends on another machine's clock.
+    pub fn read_all(&self) -> Vec<MemberRecord> {
+        lock(&self.cache).values().cloned().collect()
+    }
+
+    /// Delete this node's record.
+    pub fn remove(&self, node: &str) {
+        if node == self.node {
+            lock(&self.cache).remove(node);
+            self.own.send_replace(None);
+        }
+    }
+}
+
+/// The etcd coordinator. See the module documentation.
+pub struct EtcdCoordinator {
+    settings: EtcdSettings,
+    view: Arc<Mutex<View>>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    members: EtcdMembers,
+    /// Dropping it stops the thread (and with it every etcd task of this coordinator).
+    _stop: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for EtcdCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCoordinator")
+            .field("leader", &self.settings.leader_key())
+            .field("node", &self.settings.node)
+            .field("holds", &self.holds())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdCoordinator {
+    /// Start the coordinator's thread and connect. Waits up to a few seconds for etcd to answer
+    /// (so that the group's epoch is known at start); when it does not, the agent starts anyway
+    /// and the thread keeps trying. Fails only on settings that can never work (bad node name,
+    /// unreadable TLS files, thread not started).
+    pub fn new(
+        settings: EtcdSettings,
+        events: mpsc::UnboundedSender<CoordEvent>,
+        fence: FenceSink,
+    ) -> Result<Self, CoordError> {
+        if !is_valid_node_name(&settings.node) {
+            return Err(CoordError::Etcd(format!(
+                "invalid node name {:?}",
+                settings.node
+            )));
+        }
+        let options = connect_options(&settings)?;
+        let view = Arc::new(Mutex::new(View::default()));
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (own_tx, own_rx) = watch::channel(None);
+        let members = EtcdMembers {
+            cache: Arc::default(),
+            own: own_tx,
+            node: settings.node.clone(),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let task = Task {
+            s: settings.clone(),
+            options,
+            view: Arc::clone(&view),
+            events,
+            fence,
+            cache: Arc::clone(&members.cache),
+            lease: Arc::new(AtomicI64::new(0)),
+            client: None,
+            watch: None,
+            leader: Seen::default(),
+            epoch_key: (0, 0),
+            holding: None,
+            campaigning: false,
+            ready: Some(ready_tx),
+            own_rx: Some(own_rx),
+        };
+        std::thread::Builder::new()
+            .name("etcd-coordinator".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("etcd coordinator: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    tokio::select! {
+                        _ = task.run(cmd_rx) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            })
+            .map_err(|e| etcd_error("cannot start the etcd coordinator thread", e))?;
+        if ready_rx.recv_timeout(START_WAIT).is_err() {
+            tracing::warn!(endpoints = ?settings.endpoints,
+                "etcd did not answer within {START_WAIT:?}; starting anyway and retrying");
+        }
+        Ok(EtcdCoordinator {
+            settings,
+            view,
+            cmds: cmd_tx,
+            members,
+            _stop: stop_tx,
+        })
+    }
+
+    /// The group's membership records in etcd.
+    pub fn members(&self) -> EtcdMembers {
+        self.members.clone()
+    }
+
+    /// How long the blocking calls wait for the thread's answer at most.
+    fn answer_wait(&self) -> Duration {
+        let t = &self.settings.timing;
+        t.lease_ttl + t.deadline + t.renew_interval
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<(), CoordError> {
+        self.cmds
+            .send(cmd)
+            .map_err(|_| CoordError::Etcd("the etcd coordinator thread has stopped".into()))
+    }
+}
+
+fn connect_options(s: &EtcdSettings) -> Result<ConnectOptions, CoordError> {
+    let t = &s.timing;
+    // A request that takes longer than the deadline is useless to the holder anyway.
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_keep_alive(
+            Duration::from_secs(1),
+            t.deadline.max(Duration::from_millis(500)),
+        );
+    if let Some((user, password)) = &s.auth {
+        o = o.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &s.tls {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| CoordError::Io {
+                path: p.clone(),
+                source: e,
+            })
+        };
+        let mut cfg = TlsOptions::new();
+        if let Some(ca) = &tls.ca {
+            cfg = cfg.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &tls.cert_key {
+            cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        o = o.with_tls(cfg);
+    }
+    Ok(o)
+}
+
+impl Coordinator for EtcdCoordinator {
+    fn campaign(&mut self) -> Result<(), CoordError> {
+        // Recorded even while the thread still holds: the agent may have learnt of a lost grant
+        // (its deadline passed) before the thread did, and the campaign must survive that.
+        lock(&self.view).campaigning = true;
+        self.send(Cmd::Campaign)
+    }
+
+    fn try_acquire(&mut self) -> Result<TryAcquire, CoordError> {
+        if lock(&self.view).holds {
+            return Ok(TryAcquire::Acquired {
+                previous: HeartbeatReading::Missing,
+                created: false,
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Cmd::TryAcquire(tx))?;
+        match rx.recv_timeout(self.answer_wait()) {
+            Ok(answer) => answer,
+            // The thread gives back a grant nobody waits for any more.
+            Err(_) => Err(CoordError::Etcd("etcd did not answer in time".into())),
+        }
+    }
+
+    fn release(&mut self) -> Result<(), CoordError> {
+        {
+            let mut v = lock(&self.view);
+            v.holds = false;
+            v.campaigning = false;
+            v.claimed_epoch = None;
+        }
+        self.send(Cmd::Release)
+    }
+
+    fn holds(&self) -> bool {
+        lock(&self.view).holds
+    }
+
+    fn next_epoch(&mut self, floor: u64) -> Result<u64, CoordError> {
+        {
+            let mut v = lock(&self.view);
+            if !v.holds {
+                return Err(CoordError::NotHolder);
+            }
+            if let Some(e) = v.claimed_epoch.take() {
+                if e > floor {
+                    return Ok(e);
+                }
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Cmd::BumpEpoch { floor, reply: tx })?;
+        match rx.recv_timeout(self.answer_wait()) {
+            Ok(answer) => answer,
+            Err(_) => Err(CoordError::Etcd("etcd did not answer in time".into())),
+        }
+    }
+
+    fn current_epoch(&self) -> u64 {
+        lock(&self.view).epoch
+    }
+
+    fn heartbeat(&mut self, _hb: &Heartbeat) -> Result<(), CoordError> {
+        // The renewals are the heartbeat: every standby sees each one through its watch.
+        Ok(())
+    }
+
+    fn verify(&mut self) -> bool {
+        // A lost grant is reported by the thread the moment it is lost.
+        self.holds()
+    }
+}
+
+impl Drop for EtcdCoordinator {
+    fn drop(&mut self) {
+        // Let a held group go at once rather than after lease_ttl; the agent only drops the
+        // coordinator after its service is gone.
+        if self.holds() {
+            let _ = self.release();
+        }
+        // Wait (bounded) until the thread has done what it was asked, the release above included.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.cmds.send(Cmd::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(self.settings.timing.lease_ttl);
+        }
+    }
+}
+
+/// What a node knows of `leader`.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    /// `mod_revision` of the key; 0 while it does not exist.
+    rev: i64,
+    /// Its parsed value (`Err` for garbage).
+    record: Option<Result<LeaderRecord, String>>,
+    /// When this node first saw the key in its current state (monotonic clock).
+    since: Option<Instant>,
+}
+
+impl Seen {
+    fn released(&self) -> bool {
+        matches!(&self.record, Some(Ok(r)) if r.released)
+    }
+
+    /// What TryHeartbeat decides on: the last renewal seen, dated by this node's own clock.
+    fn as_heartbeat(&self, now: Instant) -> HeartbeatReading {
+        match &self.record {
+            None => HeartbeatReading::Missing,
+            Some(Err(why)) => HeartbeatReading::Garbage(why.clone()),
+            Some(Ok(r)) => {
+                let age = self
+                    .since
+                    .map(|s| now.duration_since(s))
+                    .unwrap_or_default();
+                HeartbeatReading::At(Heartbeat {
+                    node: r.node.clone(),
+                    epoch: r.epoch,
+                    unix_ms: unix_ms().saturating_sub(age.as_millis() as u64),
+                })
+            }
+        }
+    }
+}
+
+/// The grant this node holds.
+#[derive(Debug, Clone)]
+struct Holding {
+    /// `mod_revision` of our last acknowledged write of `leader`.
+    rev: i64,
+    record: LeaderRecord,
+    /// Deadline of the acting service (boottime ns) and the same on the runtime's clock.
+    deadline_ns: u64,
+    deadline_at: Instant,
+    next_renew: Instant,
+}
+
+struct Task {
+    s: EtcdSettings,
+    options: ConnectOptions,
+    view: Arc<Mutex<View>>,
+    events: mpsc::UnboundedSender<CoordEvent>,
+    fence: FenceSink,
+    cache: Arc<Mutex<BTreeMap<String, MemberRecord>>>,
+    /// This node's backstop lease (0 while none is granted).
+    lease: Arc<AtomicI64>,
+    client: Option<Client>,
+    watch: Option<WatchStream>,
+    leader: Seen,
+    /// Value and `mod_revision` (0: missing) of the epoch key.
+    epoch_key: (u64, i64),
+    holding: Option<Holding>,
+    campaigning: bool,
+    /// Told once the first snapshot of the group is in.
+    ready: Option<std::sync::mpsc::SyncSender<()>>,
+    own_rx: Option<watch::Receiver<Option<MemberRecord>>>,
+}
+
+/// What the claim transaction tells.
+enum Claim {
+    Won {
+        epoch: u64,
+        created: bool,
+        previous: HeartbeatReading,
+    },
+    Busy,
+}
+
+impl Task {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        loop {
+            if self.client.is_none() || self.watch.is_none() {
+                // A holder keeps renewing without a watch; resynchronising must not run past
+                // its deadline.
+                let limit = match &self.holding {
+                    Some(h) => h.deadline_at,
+                    None => Instant::now() + Duration::from_secs(5),
+                };
+                match tokio::time::timeout_at(limit, self.resync()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!("etcd: {e}");
+                        self.watch = None;
+                    }
+                    Err(_) => self.watch = None,
+                }
+            }
+            let wake = self.next_wake();
+            let deadline = self.holding.as_ref().map(|h| h.deadline_at);
+            tokio::select! {
+                biased;
+                _ = sleep_until_opt(deadline) => self.lose("no renewal acknowledged before the deadline".into()),
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => self.on_cmd(cmd).await,
+                    None => return,
+                },
+                msg = next_watch(&mut self.watch) => self.on_watch(msg),
+                _ = sleep_until_opt(wake) => self.on_timer().await,
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        if self.client.is_none() || self.watch.is_none() {
+            return Some(Instant::now() + RETRY);
+        }
+        if let Some(h) = &self.holding {
+            return Some(h.next_renew);
+        }
+        if self.campaigning {
+            return Some(self.claimable_at());
+        }
+        None
+    }
+
+    /// When a standby may claim: at once after a release, else `lease_ttl` after it saw the key
+    /// in its current state.
+    fn claimable_at(&self) -> Instant {
+        let since = self.leader.since.unwrap_or_else(Instant::now);
+        if self.leader.released() {
+            since
+        } else {
+            since + self.s.timing.lease_ttl
+        }
+    }
+
+    async fn on_timer(&mut self) {
+        if self.holding.is_some() {
+            self.renew().await;
+        } else if self.campaigning && Instant::now() >= self.claimable_at() {
+            match self.claim().await {
+                Ok(Claim::Won {
+                    epoch,
+                    created,
+                    previous,
+                }) => {
+                    self.campaigning = false;
+                    let told = {
+                        let mut v = lock(&self.view);
+                        if v.campaigning {
+                            v.holds = true;
+                            v.campaigning = false;
+                            v.claimed_epoch = Some(epoch);
+                            // Sent under the view lock, so a release() cannot slip in between
+                            // holding and telling (a grant that arrives after a release is then
+                            // seen as stale).
+                            let _ = self.events.send(CoordEvent::Acquired {
+                                previous,
+                                created,
+                                lease: Some(self.s.timing.deadline),
+                            });
+                            true
+                        } else {
+                            false
+                        }
+                    };
+                    if !told {
+                        // The agent released (stopped campaigning) while the claim was on its
+                        // way: it must not be told, and the group goes back at once.
+                        self.release().await;
+                    }
+                }
+                Ok(Claim::Busy) => {}
+                Err(e) => tracing::warn!("etcd: claim failed: {e}"),
+            }
+        }
+    }
+
+    async fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Campaign => {
+                // While holding, on_timer renews instead of claiming; the wish stays for after.
+                self.campaigning = lock(&self.view).campaigning;
+            }
+            Cmd::Release => {
+                self.campaigning = false;
+                self.release().await;
+            }
+            Cmd::TryAcquire(reply) => {
+                let answer = self.try_acquire().await;
+                let won = matches!(answer, Ok(TryAcquire::Acquired { .. }));
+                if reply.send(answer).is_err() && won {
+                    // Nobody waits for this grant any more: give it back.
+                    {
+                        let mut v = lock(&self.view);
+                        v.holds = false;
+                        v.claimed_epoch = None;
+                    }
+                    self.release().await;
+                }
+            }
+            Cmd::BumpEpoch { floor, reply } => {
+                let answer = self.bump_epoch(floor).await;
+                let _ = reply.send(answer);
+            }
+            Cmd::Flush(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn try_acquire(&mut self) -> Result<TryAcquire, CoordError> {
+        if self.holding.is_some() {
+            return Ok(TryAcquire::Acquired {
+                previous: HeartbeatReading::Missing,
+                created: false,
+            });
+        }
+        if self.client.is_none() {
+            return Err(CoordError::Etcd("not connected to etcd".into()));
+        }
+        let live_holder = matches!(&self.leader.record, Some(Ok(r)) if !r.released);
+        let at = self.claimable_at();
+        if live_holder && Instant::now() < at {
+            return Ok(TryAcquire::HeldByOther);
+        }
+        // A missing or garbage key may hide a holder whose key vanished a moment ago: wait out
+        // the rest of lease_ttl (bounded) rather than grant next to it.
+        tokio::time::sleep_until(at).await;
+        match self.claim().await? {
+            Claim::Won {
+                epoch,
+                created,
+                previous,
+            } => {
+                let mut v = lock(&self.view);
+                v.holds = true;
+                v.claimed_epoch = Some(epoch);
+                Ok(TryAcquire::Acquired { previous, created })
+            }
+            Claim::Busy => Ok(TryAcquire::HeldByOther),
+        }
+    }
+
+    fn client(&self) -> Result<Client, CoordError> {
+        self.client
+            .clone()
+            .ok_or_else(|| CoordError::Etcd("not connected to etcd".into()))
+    }
+
+    fn leader_compare(&self) -> Compare {
+        if self.leader.rev == 0 {
+            Compare::version(self.s.leader_key(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(self.s.leader_key(), CompareOp::Equal, self.leader.rev)
+        }
+    }
+
+    fn epoch_compare(&self) -> Compare {
+        if self.epoch_key.1 == 0 {
+            Compare::version(self.s.epoch_key(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(self.s.epoch_key(), CompareOp::Equal, self.epoch_key.1)
+        }
+    }
+
+    fn put_options(&self) -> Option<PutOptions> {
+        let lease = self.lease.load(Ordering::Relaxed);
+        (lease != 0).then(|| PutOptions::new().with_lease(lease))
+    }
+
+    /// The claim: one transaction that takes `leader` if it is still what this node last saw, and
+    /// raises the group epoch in the same commit.
+    async fn claim(&mut self) -> Result<Claim, CoordError> {
+        let mut client = self.client()?;
+        let highest = {
+            let v = lock(&self.view);
+            v.epoch
+        }
+        .max(self.epoch_key.0)
+        .max(match &self.leader.record {
+            Some(Ok(r)) => r.epoch,
+            _ => 0,
+        })
+        .max(
+            lock(&self.cache)
+                .values()
+                .map(|m| m.epoch)
+                .max()
+                .unwrap_or(0),
+        );
+        let epoch = highest
+            .checked_add(1)
+            .ok_or_else(|| CoordError::Etcd("the group epoch cannot grow any further".into()))?;
+        let record = LeaderRecord {
+            node: self.s.node.clone(),
+            epoch,
+            renewals: 0,
+            unix_ms: unix_ms(),
+            released: false,
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
+        let txn = Txn::new()
+            .when([self.leader_compare(), self.epoch_compare()])
+            .and_then([
+                TxnOp::put(self.s.epoch_key(), epoch.to_string(), self.put_options()),
+                TxnOp::put(self.s.leader_key(), value, self.put_options()),
+            ])
+            .or_else([
+                TxnOp::get(self.s.leader_key(), None),
+                TxnOp::get(self.s.epoch_key(), None),
+            ]);
+        let previous = self.leader.as_heartbeat(Instant::now());
+        let created = self.leader.rev == 0;
+        let sent_ns = boottime_ns();
+        let sent_at = Instant::now();
+        let resp = tokio::time::timeout(self.s.timing.deadline, client.txn(txn))
+            .await
+            .map_err(|_| CoordError::Etcd("claim timed out".into()))?
+            .map_err(|e| etcd_error("claim", e))?;
+        if !resp.succeeded() {
+            // Someone else changed it: start over from what it is now.
+            self.absorb_gets(&resp.op_responses());
+            return Ok(Claim::Busy);
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let deadline = self.s.timing.deadline;
+        let h = Holding {
+            rev,
+            record,
+            deadline_ns: sent_ns + deadline.as_nanos() as u64,
+            deadline_at: sent_at + deadline,
+            next_renew: sent_at + self.s.timing.renew_interval,
+        };
+        // Armed before anyone is told: the guardian kills at this deadline unless extended.
+        (self.fence)(Fence::Until(h.deadline_ns));
+        self.epoch_key = (epoch, rev);
+        self.leader = Seen {
+            rev,
+            record: Some(Ok(h.record.clone())),
+            since: Some(Instant::now()),
+        };
+        self.holding = Some(h);
+        {
+            let mut v = lock(&self.view);
+            v.epoch = v.epoch.max(epoch);
+        }
+        tracing::info!(epoch, rev, "etcd: group claimed");
+        Ok(Claim::Won {
+            epoch,
+            created,
+            previous,
+        })
+    }
+
+    /// One compare-and-swap renewal; the deadline moves to its send time + `deadline`.
+    async fn renew(&mut self) {
+        let Some(h) = self.holding.clone() else {
+            return;
+        };
+        let Ok(mut client) = self.client() else {
+            return;
+        };
+        let mut record = h.record.clone();
+        record.renewals = record.renewals.saturating_add(1);
+        record.unix_ms = unix_ms();
+        let Ok(value) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.s.leader_key(),
+                CompareOp::Equal,
+                h.rev,
+            )])
+            .and_then([TxnOp::put(self.s.leader_key(), value, self.put_options())])
+            .or_else([TxnOp::get(self.s.leader_key(), None)]);
+        let sent_ns = boottime_ns();
+        let sent_at = Instant::now();
+        // One renewal in flight at a time: two would race on the same revision.
+        let result = tokio::time::timeout_at(h.deadline_at, client.txn(txn)).await;
+        match result {
+            Err(_) => self.lose("no renewal acknowledged before the deadline".into()),
+            Ok(Err(e)) => {
+                tracing::debug!("etcd: renewal failed: {e}");
+                // Try again soon; the deadline decides when to give up.
+                if let Some(h) = &mut self.holding {
+                    h.next_renew = Instant::now() + self.s.timing.renew_interval / 4;
+                }
+            }
+            Ok(Ok(resp)) if !resp.succeeded() => {
+                self.absorb_gets(&resp.op_responses());
+                self.lose("the leader key was changed by someone else".into());
+            }
+            Ok(Ok(resp)) => {
+                let now = Instant::now();
+                tracing::trace!(took = ?now.duration_since(sent_at), "etcd: renewal acknowledged");
+                let deadline = self.s.timing.deadline;
+                if now >= sent_at + deadline {
+                    // Acknowledged too late to count (e.g. the agent was frozen meanwhile).
+                    self.lose("renewal acknowledged after the deadline".into());
+                    return;
+                }
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(h.rev);
+                let deadline_ns = sent_ns + deadline.as_nanos() as u64;
+                (self.fence)(Fence::Until(deadline_ns));
+                self.leader.rev = rev;
+                self.leader.record = Some(Ok(record.clone()));
+                self.leader.since = Some(now);
+                self.holding = Some(Holding {
+                    rev,
+                    record,
+                    deadline_ns,
+                    deadline_at: sent_at + deadline,
+                    next_renew: sent_at + self.s.timing.renew_interval,
+                });
+            }
+        }
+    }
+
+    fn lose(&mut self, reason: String) {
+        if self.holding.take().is_none() {
+            return;
+        }
+        (self.fence)(Fence::Lost);
+        {
+            let mut v = lock(&self.view);
+            v.holds = false;
+            v.claimed_epoch = None;
+            // A campaign the agent asked for meanwhile goes on; otherwise the agent campaigns
+            // again once it has stopped its service.
+            self.campaigning = v.campaigning;
+        }
+        tracing::warn!("etcd: lost the group: {reason}");
+        let _ = self.events.send(CoordEvent::Lost { reason });
+    }
+
+    /// Graceful hand-over: mark the record released (by compare-and-swap), so standbys claim at
+    /// once instead of after lease_ttl. The engine releases only once the service stopped acting.
+    async fn release(&mut self) {
+        let Some(h) = self.holding.take() else {
+            return;
+        };
+        (self.fence)(Fence::Released);
+        let Ok(mut client) = self.client() else {
+            return;
+        };
+        let mut record = h.record.clone();
+        record.released = true;
+        record.unix_ms = unix_ms();
+        let Ok(value) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.s.leader_key(),
+                CompareOp::Equal,
+                h.rev,
+            )])
+            .and_then([TxnOp::put(self.s.leader_key(), value, self.put_options())]);
+        match tokio::time::timeout(self.s.timing.lease_ttl, client.txn(txn)).await {
+            Ok(Ok(resp)) if resp.succeeded() => tracing::info!("etcd: group released"),
+            Ok(Ok(_)) => tracing::info!("etcd: group already taken over"),
+            Ok(Err(e)) => {
+                tracing::warn!("etcd: release failed ({e}); standbys take over after lease_ttl")
+            }
+            Err(_) => tracing::warn!("etcd: release timed out; standbys take over after lease_ttl"),
+        }
+    }
+
+    async fn bump_epoch(&mut self, floor: u64) -> Result<u64, CoordError> {
+        let h = self.holding.clone().ok_or(CoordError::NotHolder)?;
+        let mut client = self.client()?;
+        let epoch = self
+            .epoch_key
+            .0
+            .max(floor)
+            .max(lock(&self.view).epoch)
+            .checked_add(1)
+            .ok_or_else(|| CoordError::Etcd("the group epoch cannot grow any further".into()))?;
+        let mut record = h.record.clone();
+        record.epoch = epoch;
+        let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(self.s.leader_key(), CompareOp::Equal, h.rev),
+                self.epoch_compare(),
+            ])
+            .and_then([
+                TxnOp::put(self.s.epoch_key(), epoch.to_string(), self.put_options()),
+                TxnOp::put(self.s.leader_key(), value, self.put_options()),
+            ]);
+        let resp = tokio::time::timeout_at(h.deadline_at, client.txn(txn))
+            .await
+            .map_err(|_| CoordError::Etcd("epoch update timed out".into()))?
+            .map_err(|e| etcd_error("epoch update", e))?;
+        if !resp.succeeded() {
+            return Err(CoordError::Etcd(
+                "the group changed while raising the epoch".into(),
+            ));
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(h.rev);
+        self.epoch_key = (epoch, rev);
+        if let Some(hh) = &mut self.holding {
+            hh.rev = rev;
+            hh.record = record;
+        }
+        let mut v = lock(&self.view);
+        v.epoch = v.epoch.max(epoch);
+        Ok(epoch)
+    }
+
+    /// Connect if needed, read the whole group, and watch it from the revision read.
+    async fn resync(&mut self) -> Result<(), CoordError> {
+        if self.client.is_none() {
+            let client = tokio::time::timeout(
+                Duration::from_secs(2),
+                Client::connect(self.s.endpoints.clone(), Some(self.options.clone())),
+            )
+            .await
+            .map_err(|_| CoordError::Etcd("connecting to etcd timed out".into()))?
+            .map_err(|e| etcd_error("cannot connect to etcd", e))?;
+            self.client = Some(client.clone());
+            self.spawn_lease_keeper(client.clone());
+            if let Some(rx) = self.own_rx.take() {
+                tokio::spawn(member_writer(
+                    client,
+                    rx,
+                    self.s.members_prefix(),
+                    Arc::clone(&self.lease),
+                ));
+            }
+        }
+        let mut client = self.client()?;
+        let resp = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get(self.s.group_prefix(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| CoordError::Etcd("reading the group timed out".into()))?
+        .map_err(|e| etcd_error("cannot read the group", e))?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut leader = None;
+        let mut fresh = BTreeMap::new();
+        for kv in resp.kvs() {
+            if kv.key() == self.s.leader_key().as_bytes() {
+                leader = Some(kv.clone());
+            } else {
+                self.absorb(kv, &mut fresh);
+            }
+        }
+        self.set_leader(leader.as_ref());
+        {
+            let mut cache = lock(&self.cache);
+            let own = cache.remove(&self.s.node);
+            *cache = fresh;
+            if let Some(own) = own {
+                cache.insert(self.s.node.clone(), own);
+            }
+        }
+        let stream = client
+            .watch(
+                self.s.group_prefix(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1),
+                ),
+            )
+            .await
+            .map_err(|e| etcd_error("cannot watch the group", e))?;
+        self.watch = Some(stream);
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
+        Ok(())
+    }
+
+    /// A non-leader key of the group: the epoch counter or a member record.
+    fn absorb(&mut self, kv: &KeyValue, members: &mut BTreeMap<String, MemberRecord>) {
+        let key = kv.key();
+        if key == self.s.epoch_key().as_bytes() {
+            let value = std::str::from_utf8(kv.value())
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            match value {
+                Some(e) => {
+                    self.epoch_key = (e, kv.mod_revision());
+                    let mut v = lock(&self.view);
+                    v.epoch = v.epoch.max(e);
+                }
+                None => {
+                    tracing::warn!("etcd: the epoch key holds garbage; it will be overwritten");
+                    self.epoch_key = (0, kv.mod_revision());
+                }
+            }
+            return;
+        }
+        let Some(name) = key
+            .strip_prefix(self.s.members_prefix().as_bytes())
+            .and_then(|n| std::str::from_utf8(n).ok())
+        else {
+            return;
+        };
+        if name == self.s.node {
+            return;
+        }
+        if kv.value().len() > MAX_MEMBER_BYTES {
+            return;
+        }
+        match serde_json::from_slice::<MemberRecord>(kv.value()) {
+            Ok(mut rec) if rec.node == name && is_valid_node_name(name) => {
+                if members.len() >= MAX_MEMBERS && !members.contains_key(name) {
+                    tracing::warn!("etcd: more than {MAX_MEMBERS} member records; ignoring {name}");
+                    return;
+                }
+                rec.last_seen_unix_ms = unix_ms();
+                let mut v = lock(&self.view);
+                v.epoch = v.epoch.max(rec.epoch);
+                drop(v);
+                members.insert(name.to_string(), rec);
+            }
+            _ => tracing::debug!(node = name, "etcd: skipping an unreadable member record"),
+        }
+    }
+
+    fn set_leader(&mut self, kv: Option<&KeyValue>) {
+        let rev = kv.map(|kv| kv.mod_revision()).unwrap_or(0);
+        if rev == self.leader.rev && self.leader.since.is_some() {
+            return;
+        }
+        let record = kv.map(|kv| LeaderRecord::parse(kv.value()));
+        if let Some(Ok(r)) = &record {
+            let mut v = lock(&self.view);
+            v.epoch = v.epoch.max(r.epoch);
+        }
+        self.leader = Seen {
+            rev,
+            record,
+            since: Some(Instant::now()),
+        };
+        if let Some(h) = &self.holding {
+            if rev > h.rev {
+                self.lose("the leader key was changed by someone else".into());
+            }
+        }
+    }
+
+    /// The `Get`s of a failed transaction: the state that made it fail.
+    fn absorb_gets(&mut self, responses: &[TxnOpResponse]) {
+        for r in responses {
+            if let TxnOpResponse::Get(g) = r {
+                let is_leader = |kv: &KeyValue| kv.key() == self.s.leader_key().as_bytes();
+                match g.kvs().first() {
+                    Some(kv) if is_leader(kv) => {
+                        let kv = kv.clone();
+                        self.set_leader(Some(&kv));
+                    }
+                    Some(kv) => {
+                        let kv = kv.clone();
+                        let mut scratch = BTreeMap::new();
+                        self.absorb(&kv, &mut scratch);
+                    }
+                    None => {}
+                }
+            }
+        }
+        // An empty Get of the leader key means it is gone: the Else branch asks for it first.
+        if let Some(TxnOpResponse::Get(g)) = responses.first() {
+            if g.kvs().is_empty() {
+                self.set_leader(None);
+            }
+        }
+    }
+
+    fn on_watch(&mut self, msg: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>) {
+        let resp = match msg {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                tracing::warn!("etcd: the watch ended; resynchronising");
+                self.watch = None;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("etcd: the watch failed ({e}); resynchronising");
+                self.watch = None;
+                return;
+            }
+        };
+        if resp.canceled() {
+            tracing::warn!(
+                reason = resp.cancel_reason(),
+                "etcd: the watch was cancelled; resynchronising"
+            );
+            self.watch = None;
+            return;
+        }
+        let leader_key = self.s.leader_key();
+        let mut members = std::mem::take(&mut *lock(&self.cache));
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let delete = ev.event_type() == EventType::Delete;
+            if kv.key() == leader_key.as_bytes() {
+                if delete {
+                    self.set_leader(None);
+                } else {
+                    let kv = kv.clone();
+                    self.set_leader(Some(&kv));
+                }
+            } else if delete {
+                if let Some(name) = kv
+                    .key()
+                    .strip_prefix(self.s.members_prefix().as_bytes())
+                    .and_then(|n| std::str::from_utf8(n).ok())
+                {
+                    if name != self.s.node {
+                        members.remove(name);
+                    }
+                }
+            } else {
+                self.absorb(kv, &mut members);
+            }
+        }
+        *lock(&self.cache) = members;
+    }
+
+    /// Keeps the backstop lease alive; grants a new one when it expired (e.g. after a long
+    /// freeze). Only member records and the leader key hang on it.
+    fn spawn_lease_keeper(&self, client: Client) {
+        let lease = Arc::clone(&self.lease);
+        let ttl = self.s.backstop_ttl.as_secs().max(1) as i64;
+        tokio::spawn(async move {
+            let mut client = client;
+            loop {
+                let granted = match client.lease_grant(ttl, None).await {
+                    Ok(g) => g.id(),
+                    Err(e) => {
+                        tracing::warn!("etcd: cannot grant the backstop lease: {e}");
+                        tokio::time::sleep(RETRY * 5).await;
+                        continue;
+                    }
+                };
+                lease.store(granted, Ordering::Relaxed);
+                let Ok((mut keeper, mut stream)) = client.lease_keep_alive(granted).await else {
+                    continue;
+                };
+                loop {
+                    tokio::time::sleep(Duration::from_millis(ttl as u64 * 1000 / 3)).await;
+                    if keeper.keep_alive().await.is_err() {
+                        break;
+                    }
+                    match tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                        // Expired, or the stream broke: a new lease.
+                        _ => break,
+                    }
+                }
+                lease.store(0, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+/// Writes this node's member record whenever it changes (the newest wins; nothing queues).
+async fn member_writer(
+    mut client: Client,
+    mut rx: watch::Receiver<Option<MemberRecord>>,
+    prefix: String,
+    lease: Arc<AtomicI64>,
+) {
+    let mut last_key: Option<String> = None;
+    loop {
+        let rec = rx.borrow_and_update().clone();
+        let result = match &rec {
+            Some(rec) => match serde_json::to_vec(rec) {
+                Ok(json) => {
+                    let key = format!("{prefix}{}", rec.node);
+                    last_key = Some(key.clone());
+                    let id = lease.load(Ordering::Relaxed);
+                    let opts = (id != 0).then(|| PutOptions::new().with_lease(id));
+                    client.put(key, json, opts).await.map(|_| ())
+                }
+                Err(_) => Ok(()),
+            },
+            None => match &last_key {
+                Some(key) => client.delete(key.clone(), None).await.map(|_| ()),
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!("etcd: cannot write the member record: {e}");
+            tokio::time::sleep(RETRY).await;
+            rx.mark_changed();
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_watch(
+    w: &mut Option<WatchStream>,
+) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
+    match w {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_deadline_fits_the_argument() {
+        let d = Timing::max_deadline(
+            Duration::from_millis(200),
+            Duration::from_millis(40),
+            10_000,
+        )
+        .unwrap();
+        // (1 - 0.01) * (200 / 1.01 - 40) ms = 156.4 ms
+        assert!(
+            d > Duration::from_millis(156) && d < Duration::from_millis(157),
+            "{d:?}"
+        );
+        assert_eq!(
+            Timing::max_deadline(Duration::from_millis(40), Duration::from_millis(40), 0),
+            None
+        );
+    }
+
+    #[test]
+    fn leader_records_are_checked() {
+        let ok = br#"{"node":"a","epoch":3,"renewals":9,"unix_ms":1}"#;
+        assert_eq!(LeaderRecord::parse(ok).unwrap().epoch, 3);
+        assert!(!LeaderRecord::parse(ok).unwrap().released);
+        assert!(
+            LeaderRecord::parse(br#"{"node":"a/b","epoch":3,"renewals":9,"unix_ms":1}"#).is_err()
+        );
+        assert!(
+            LeaderRecord::parse(br#"{"node":"a","epoch":-3,"renewals":9,"unix_ms":1}"#).is_err()
+        );
+        assert!(LeaderRecord::parse(b"garbage").is_err());
+        assert!(LeaderRecord::parse(&vec![b' '; MAX_LEADER_BYTES + 1]).is_err());
+    }
+}

@@ -1,0 +1,533 @@
+//! Groups coordinated through a real etcd (Debian's `etcd-server`, started here on free ports):
+//! agents as real processes, faults as real signals and real network cuts between network
+//! namespaces. Every test ends with both safety checkers: the overlap checker over the services'
+//! own log and the two-Hot watcher.
+//!
+//! etcd's data directory is on tmpfs (`/dev/shm`): these tests judge the agents, and on a machine
+//! shared with compilers etcd's fsync alone can stall longer than the default deadline (a real
+//! deployment gives etcd a disk of its own, as etcd's own tuning guide says).
+#![allow(clippy::disallowed_methods)] // real processes run in real time: tests sleep on std threads
+
+mod common;
+#[path = "../src/netns.rs"]
+mod netns;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use netns::{Lab, Machine};
+
+const S: Duration = Duration::from_secs(1);
+const ETCD: &str = "/usr/bin/etcd";
+
+/// One etcd member, killed on drop.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    _data: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Start a one-member cluster listening on `ip` (`launcher` runs it in a namespace) and wait
+    /// until it answers.
+    fn start(launcher: &[String], ip: &str, client_port: u16, peer_port: u16) -> Etcd {
+        assert!(
+            std::path::Path::new(ETCD).exists(),
+            "{ETCD} is missing: install Debian's etcd-server"
+        );
+        let data = tempfile::Builder::new()
+            .prefix("us-etcd-")
+            .tempdir_in("/dev/shm")
+            .expect("etcd data dir");
+        let endpoint = format!("http://{ip}:{client_port}");
+        let peer = format!("http://{ip}:{peer_port}");
+        let mut argv: Vec<String> = launcher.to_vec();
+        argv.push(ETCD.to_string());
+        let log = std::fs::File::create(data.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["--data-dir", &data.path().join("d").display().to_string()])
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        let e = Etcd {
+            child,
+            endpoint,
+            _data: data,
+        };
+        let ok = wait_until(20 * S, || {
+            Command::new("etcdctl")
+                .args(["--endpoints", &e.endpoint, "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        assert!(ok, "etcd at {} never became healthy", e.endpoint);
+        e
+    }
+
+    fn on_loopback() -> Etcd {
+        let port = |a: String| {
+            a.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port")
+        };
+        Etcd::start(&[], "127.0.0.1", port(free_addr()), port(free_addr()))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A two-node trylock group, cold standby, on `etcd`, with the default timing plus `extra` lines
+/// in `[etcd]`.
+fn group(etcd: &Etcd, extra: &str) -> Group {
+    let mut g = Group::new("trylock", "cold");
+    g.activation.remove("lock_file");
+    g.tail = format!("[etcd]\nendpoints = [{}]\n{extra}\n", q(&etcd.endpoint));
+    g
+}
+
+fn other(name: &str) -> &'static str {
+    if name == "a" {
+        "b"
+    } else {
+        "a"
+    }
+}
+
+/// The standby becomes Hot with a larger epoch; returns how long that took from `t0`.
+fn wait_takeover(g: &Group, new: &str, old_epoch: u64, t0: Instant, within: Duration) -> Duration {
+    g.wait_status(new, "Hot with a newer epoch", within, |s| {
+        s["mode"] == "Hot" && s["epoch"].as_u64().unwrap_or(0) > old_epoch
+    });
+    t0.elapsed()
+}
+
+#[test]
+fn kill9_of_the_active_agent_hands_over_after_lease_ttl() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "");
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    for round in 0..3 {
+        let act = g.active(5 * S);
+        let standby = other(&act);
+        let (epoch, svc) = (g.epoch(&act), g.service_pid(&act).expect("service pid"));
+        g.wait_service_active(&act, epoch);
+        let t0 = Instant::now();
+        g.kill9(&act);
+        assert!(
+            wait_until(S, || !alive(svc)),
+            "round {round}: the service outlived its kill -9'd agent"
+        );
+        let took = wait_takeover(&g, standby, epoch, t0, 2 * S);
+        // Not before lease_ttl (the standby cannot tell a dead agent from a slow one), and not
+        // much after.
+        assert!(
+            took >= Duration::from_millis(150) && took < Duration::from_millis(900),
+            "round {round}: takeover after {took:?}"
+        );
+        g.start(&act);
+        g.wait_status(&act, "ready standby", 10 * S, |s| {
+            s["mode"] == "Warm" && s["ready"] == true
+        });
+    }
+    g.expect_actives(4);
+    w.finish();
+}
+
+#[test]
+fn sigstop_of_the_active_agent_kills_its_service_without_the_agent() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "");
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    for round in 0..2 {
+        let act = g.active(5 * S);
+        let standby = other(&act);
+        let (epoch, svc) = (g.epoch(&act), g.service_pid(&act).expect("service pid"));
+        g.wait_service_active(&act, epoch);
+        let t0 = Instant::now();
+        g.sigstop(&act);
+        // The guardian kills the service at the deadline (~156 ms after the last renewal was
+        // sent) although its agent cannot run.
+        assert!(
+            wait_until(S, || !alive(svc)),
+            "round {round}: the service of a frozen agent kept running"
+        );
+        let killed = t0.elapsed();
+        assert!(
+            killed < Duration::from_millis(400),
+            "round {round}: the frozen agent's service died only after {killed:?}"
+        );
+        let took = wait_takeover(&g, standby, epoch, t0, 2 * S);
+        assert!(
+            took >= killed,
+            "round {round}: new active before the old one was dead"
+        );
+        // Past the deadline the frozen agent wakes up as a standby, and stays one.
+        std::thread::sleep(Duration::from_millis(300));
+        g.sigcont(&act);
+        g.wait_status(&act, "Warm again after SIGCONT", 5 * S, |s| {
+            s["mode"] == "Warm" && s["holds_lock"] == false
+        });
+        g.stays(standby, "Hot", Duration::from_millis(500));
+        g.wait_status(&act, "ready standby", 10 * S, |s| s["ready"] == true);
+    }
+    g.expect_actives(3);
+    w.finish();
+}
+
+#[test]
+fn sigterm_and_switchover_hand_over_without_waiting_for_expiry() {
+    let etcd = Etcd::on_loopback();
+    // A 2 s lease_ttl: a hand-over that waited for expiry could not be fast.
+    let mut g = group(&etcd, "lease_ttl = \"2s\"\nbackstop_ttl = \"5s\"");
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+
+    let e1 = g.epoch("a");
+    g.wait_service_active("a", e1);
+    let t0 = Instant::now();
+    let (code, body) = g.switchover("a");
+    assert_eq!(code, 200, "switchover: {body}");
+    let took = wait_takeover(&g, "b", e1, t0, 2 * S);
+    assert!(
+        took < Duration::from_millis(1000),
+        "switchover took {took:?}"
+    );
+    g.wait_status("a", "ready standby", 10 * S, |s| {
+        s["mode"] == "Warm" && s["ready"] == true
+    });
+
+    let e2 = g.epoch("b");
+    g.wait_service_active("b", e2);
+    let t0 = Instant::now();
+    g.sigterm("b", 10 * S);
+    let took = wait_takeover(&g, "a", e2, t0, 2 * S);
+    assert!(
+        took < Duration::from_millis(1000),
+        "SIGTERM hand-over took {took:?}"
+    );
+    g.expect_actives(3);
+    w.finish();
+}
+
+#[test]
+fn a_config_that_breaks_the_timing_argument_is_refused() {
+    let etcd_section = |extra: &str| {
+        format!(
+            "[node]\nname = \"a\"\ngroup = \"g\"\nadmin = \"127.0.0.1:7999\"\n\n[activation]\nmode = \"trylock\"\n\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n{extra}\n\n[service]\ncommand = [\"sleep\", \"1\"]\n"
+        )
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = [
+        ("deadline = \"190ms\"", "etcd.deadline"),
+        ("renew_interval = \"80ms\"", "etcd.renew_interval"),
+        ("lease_ttl = \"30ms\"", "etcd.lease_ttl"),
+        ("kill_margin = \"1ms\"", "etcd.kill_margin"),
+        ("endpoints2 = 1", "endpoints2"),
+    ];
+    for (extra, key) in cases {
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, etcd_section(extra)).expect("write");
+        let (code, _, err) = run_cli(&["check-config", &f.display().to_string()]);
+        assert_eq!(code, 2, "{extra}: {err}");
+        assert!(err.contains(key), "{extra}: expected {key} in {err:?}");
+    }
+    let f = dir.path().join("ok.toml");
+    std::fs::write(&f, etcd_section("")).expect("write");
+    let (code, out, err) = run_cli(&["check-config", &f.display().to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across "machines": etcd and each agent in its own network namespace
+// ---------------------------------------------------------------------------------------------
+
+/// etcd on its own machine, agents `a` and `b` on theirs; `a` Hot, `b` a ready standby.
+fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
+    let em = lab.machine("e").expect("machine e");
+    let ma = lab.machine("a").expect("machine a");
+    let mb = lab.machine("b").expect("machine b");
+    let etcd = Etcd::start(&Lab::launcher(&em), &em.ip, 2379, 2380);
+    let mut g = group(&etcd, "");
+    for (name, m) in [("a", &ma), ("b", &mb)] {
+        g.add(name);
+        // The admin API listens on the machine's own address, which the test reaches over the
+        // bridge.
+        let node = g.nodes.get_mut(name).expect("node");
+        let admin = format!("{}:7700", m.ip);
+        let text = std::fs::read_to_string(&node.config).expect("config");
+        std::fs::write(&node.config, text.replace(&node.admin, &admin)).expect("config");
+        node.admin = admin;
+        g.launchers.insert(name.to_string(), Lab::launcher(m));
+    }
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    (etcd, g, ma, mb)
+}
+
+/// Cut `a` off with `cut`: it demotes itself (its service is gone) before `b` is Hot with a
+/// higher epoch; no overlap in the services' log.
+fn cut_the_active(
+    cut: fn(&Machine) -> anyhow::Result<()>,
+    heal: fn(&Machine) -> anyhow::Result<()>,
+) {
+    let mut lab = Lab::new().expect("network namespaces (root, iproute2)");
+    let (_etcd, g, ma, _mb) = lab_group(&mut lab);
+    let w = g.watch();
+    let epoch = g.epoch("a");
+    g.wait_service_active("a", epoch);
+    let svc = g.service_pid("a").expect("service pid");
+    let t0 = Instant::now();
+    cut(&ma).expect("cut");
+    assert!(
+        wait_until(S, || !alive(svc)),
+        "the cut-off active's service kept running"
+    );
+    let killed = t0.elapsed();
+    let took = wait_takeover(&g, "b", epoch, t0, 2 * S);
+    assert!(took >= killed, "b was Hot before a's service was gone");
+    assert!(
+        took < Duration::from_millis(500),
+        "node-loss takeover took {took:?}"
+    );
+    heal(&ma).expect("heal");
+    // Reconnected, the old active is a standby (it never took the group back).
+    g.wait_status("a", "Warm after the network is back", 10 * S, |s| {
+        s["mode"] == "Warm" && s["holds_lock"] == false
+    });
+    g.stays("b", "Hot", Duration::from_millis(500));
+    g.expect_actives(2);
+    w.finish();
+}
+
+#[test]
+fn link_down_on_the_active_machine_moves_activity_safely() {
+    cut_the_active(Lab::link_down, Lab::link_up);
+}
+
+#[test]
+fn total_packet_loss_on_the_active_machine_moves_activity_safely() {
+    cut_the_active(Lab::loss, Lab::heal);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A 3-member etcd: leader loss and quorum loss
+// ---------------------------------------------------------------------------------------------
+
+/// Three etcd members on loopback, each restartable on its own data directory.
+struct Cluster {
+    data: tempfile::TempDir,
+    ports: Vec<(u16, u16)>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let data = tempfile::Builder::new()
+            .prefix("us-etcd3-")
+            .tempdir_in("/dev/shm")
+            .expect("etcd data dir");
+        let port = |a: String| -> u16 {
+            a.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port")
+        };
+        let ports: Vec<(u16, u16)> = (0..3)
+            .map(|_| (port(free_addr()), port(free_addr())))
+            .collect();
+        let mut c = Cluster {
+            data,
+            ports,
+            children: vec![None, None, None],
+        };
+        for i in 0..3 {
+            c.start_member(i);
+        }
+        let eps = c.endpoints().join(",");
+        let ok = wait_until(30 * S, || {
+            Command::new("etcdctl")
+                .args(["--endpoints", &eps, "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        assert!(ok, "the 3-member etcd never became healthy");
+        c
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(k, (_, p))| format!("m{k}=http://127.0.0.1:{p}"))
+            .collect();
+        let (cp, pp) = self.ports[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join(format!("m{i}.log")))
+            .expect("etcd log");
+        let child = Command::new(ETCD)
+            .args(["--name", &format!("m{i}")])
+            .args([
+                "--data-dir",
+                &self.data.path().join(format!("m{i}")).display().to_string(),
+            ])
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{cp}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{cp}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{pp}"),
+            ])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.children[i] = Some(child);
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+            .collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The index of the member that is the raft leader now.
+    fn leader(&self) -> usize {
+        for (i, ep) in self.endpoints().iter().enumerate() {
+            let out = Command::new("etcdctl")
+                .args(["--endpoints", ep, "endpoint", "status", "-w", "json"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .expect("etcdctl");
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            let st = &v[0]["Status"];
+            if st["leader"].as_u64().is_some() && st["leader"] == st["header"]["member_id"] {
+                return i;
+            }
+        }
+        panic!("no etcd member says it is the leader");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+fn cluster_group(c: &Cluster) -> Group {
+    let mut g = Group::new("trylock", "cold");
+    g.activation.remove("lock_file");
+    let list = c
+        .endpoints()
+        .iter()
+        .map(|e| q(e))
+        .collect::<Vec<_>>()
+        .join(", ");
+    g.tail = format!("[etcd]\nendpoints = [{list}]\n");
+    g
+}
+
+#[test]
+fn quorum_loss_stops_the_active_and_nobody_takes_over_until_it_returns() {
+    let mut c = Cluster::start();
+    let mut g = cluster_group(&c);
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    let act = g.active(5 * S);
+    let epoch = g.epoch(&act);
+    g.wait_service_active(&act, epoch);
+    let svc = g.service_pid(&act).expect("service pid");
+    // Two of three members gone: no write can commit.
+    let leader = c.leader();
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let t0 = Instant::now();
+    c.kill(leader);
+    c.kill(others[0]);
+    assert!(
+        wait_until(2 * S, || !alive(svc)),
+        "the active's service kept running without quorum"
+    );
+    let stopped = t0.elapsed();
+    assert!(
+        stopped < Duration::from_millis(600),
+        "the active stopped only after {stopped:?}"
+    );
+    for n in ["a", "b"] {
+        g.wait_mode(n, "Warm", 2 * S);
+    }
+    for n in ["a", "b"] {
+        g.stays(n, "Warm", Duration::from_millis(300));
+    }
+    c.start_member(leader);
+    c.start_member(others[0]);
+    let back = g.active(30 * S);
+    assert!(
+        g.epoch(&back) > epoch,
+        "the group came back with an old epoch"
+    );
+    g.expect_actives(2);
+    w.finish();
+}
+
+#[test]
+fn killing_the_etcd_leader_never_makes_two_actives() {
+    let mut c = Cluster::start();
+    let mut g = cluster_group(&c);
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    for _ in 0..2 {
+        let leader = c.leader();
+        c.kill(leader);
+        // A new etcd leader is elected; the group ends with one active, maybe the same.
+        let act = g.active(10 * S);
+        c.start_member(leader);
+        let e = g.epoch(&act);
+        g.wait_service_active(&act, e);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    g.check_log();
+    w.finish();
+}
