@@ -201,7 +201,14 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         yield_timeout: cfg.activation.yield_timeout,
         health_check: cfg.health.is_some(),
         signal_wait: SIGNAL_HANDLER_WAIT,
-        rules: Rules::default(),
+        rules: Rules {
+            // A re-created lock file is a lock-file hazard. An etcd grant comes only after the
+            // holder's lease ran out unrenewed, and by then its guardian has killed its service
+            // (the timing argument in ARCHITECTURE.md): a frozen holder's record, still fresh
+            // for a moment, must not hold the takeover back.
+            defer_recreated_lock: cfg.etcd.is_none(),
+            ..Rules::default()
+        },
     });
     let shared = Arc::new(Shared {
         status: RwLock::new(initial_status(&cfg)),
