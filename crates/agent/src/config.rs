@@ -1011,6 +1011,29 @@ mod tests {
         format!("[node]\n{node}\n[activation]\n{act}\n[service]\n{svc}\n")
     }
 
+    #[test]
+    fn activation_modes_in_any_case_including_document_002s_spelling() {
+        let d = tempfile::tempdir().unwrap();
+        let lock = format!("lock_file = \"{}/g.lock\"", d.path().display());
+        for (word, want) in [
+            ("TryLock", ActivationMode::TryLock),
+            ("TryHeartbeat", ActivationMode::TryHeartbeat),
+            ("Hot", ActivationMode::Hot),
+            ("WARM", ActivationMode::Warm),
+            ("trylock", ActivationMode::TryLock),
+        ] {
+            let text = cfg(
+                d.path(),
+                good_node(),
+                &format!("mode = \"{word}\"\n{lock}"),
+                "command = [\"sleep\"]",
+            );
+            let c = Config::parse(&d.path().join("c.toml"), &text)
+                .unwrap_or_else(|e| panic!("{word}: {e}"));
+            assert_eq!(c.activation.mode, want, "{word}");
+        }
+    }
+
     fn good_node() -> &'static str {
         "name = \"a\"\ngroup = \"g\"\nadmin = \"127.0.0.1:7701\""
     }
