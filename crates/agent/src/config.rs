@@ -100,6 +100,10 @@ pub struct NodeConfig {
     pub admin_max_connections: usize,
     /// Time a client has to send a request's headers, on a new or a kept-alive connection.
     pub admin_header_timeout: Duration,
+    /// Where the agent keeps its event timeline across restarts (`node.journal_file`; default
+    /// beside the lock file, `<lock>.journal/<node>.jsonl`, or for etcd groups
+    /// `/var/lib/understudy/journal/<group>.<node>.jsonl`).
+    pub journal_file: PathBuf,
 }
 
 /// The admin API's shared secret. Its `Debug` does not show it, so it never reaches a log.
@@ -248,6 +252,7 @@ struct RawNode {
     admin_read_requires_token: Option<bool>,
     admin_max_connections: Option<usize>,
     admin_header_timeout: Option<String>,
+    journal_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -854,6 +859,32 @@ impl Config {
             a.yield_timeout.as_deref(),
             defaults::YIELD_TIMEOUT,
         )?;
+        let journal_file = match (&n.journal_file, &etcd) {
+            (Some(p), _) if p.as_os_str().is_empty() => {
+                return Err(ctx.err("node.journal_file", "is empty"))
+            }
+            (Some(p), _) => {
+                let full = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    base.join(p)
+                };
+                if full.is_dir() {
+                    return Err(ctx.err(
+                        "node.journal_file",
+                        format!("{} is a directory, not a file", full.display()),
+                    ));
+                }
+                full
+            }
+            (None, None) => {
+                let mut dir = lock_file.as_os_str().to_owned();
+                dir.push(".journal");
+                PathBuf::from(dir).join(format!("{}.jsonl", n.name))
+            }
+            (None, Some(_)) => PathBuf::from("/var/lib/understudy/journal")
+                .join(format!("{}.{}.jsonl", n.group, n.name)),
+        };
 
         let s = &raw.service;
         ctx.command("service.command", &s.command)?;
@@ -987,6 +1018,7 @@ impl Config {
                 admin_read_requires_token,
                 admin_max_connections,
                 admin_header_timeout,
+                journal_file,
             },
             activation: ActivationConfig {
                 mode: a.mode,
@@ -1009,6 +1041,29 @@ mod tests {
     fn cfg(dir: &Path, node: &str, act: &str, svc: &str) -> String {
         let _ = dir;
         format!("[node]\n{node}\n[activation]\n{act}\n[service]\n{svc}\n")
+    }
+
+    #[test]
+    fn activation_modes_in_any_case_including_document_002s_spelling() {
+        let d = tempfile::tempdir().unwrap();
+        let lock = format!("lock_file = \"{}/g.lock\"", d.path().display());
+        for (word, want) in [
+            ("TryLock", ActivationMode::TryLock),
+            ("TryHeartbeat", ActivationMode::TryHeartbeat),
+            ("Hot", ActivationMode::Hot),
+            ("WARM", ActivationMode::Warm),
+            ("trylock", ActivationMode::TryLock),
+        ] {
+            let text = cfg(
+                d.path(),
+                good_node(),
+                &format!("mode = \"{word}\"\n{lock}"),
+                "command = [\"sleep\"]",
+            );
+            let c = Config::parse(&d.path().join("c.toml"), &text)
+                .unwrap_or_else(|e| panic!("{word}: {e}"));
+            assert_eq!(c.activation.mode, want, "{word}");
+        }
     }
 
     fn good_node() -> &'static str {

@@ -3,9 +3,13 @@
 //! service acknowledged → ready, with durations from detection.
 
 use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
 use understudy_engine::{Event, EventKind};
 
 /// How many timeline entries and takeovers are kept (oldest dropped first).
@@ -15,7 +19,7 @@ const KEEP_TAKEOVERS: usize = 200;
 /// One takeover by this node, as a failure event's timeline. Every phase is a duration from
 /// detection, each measured by the agent when that phase happened (not when the engine decided
 /// it), so two phases share a figure only if they really took no time between them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Takeover {
     /// The epoch the node became Hot with (0 until durable).
     pub epoch: u64,
@@ -39,6 +43,9 @@ pub struct Takeover {
     pub ready_ms: Option<f64>,
     #[serde(skip)]
     detected_mono: Duration,
+    /// Read back from the journal: a takeover of an earlier run of the agent, never extended.
+    #[serde(skip)]
+    restored: bool,
 }
 
 /// The timeline of one agent.
@@ -48,6 +55,99 @@ pub struct Timeline {
     takeovers: VecDeque<Takeover>,
     /// The last detection not yet claimed by a `LockObtained`.
     detected: Option<(Duration, u64)>,
+    journal: Option<Journal>,
+}
+
+/// A journal file rotates past this size (the previous one is kept as `<file>.1`), so the agent's
+/// history is bounded on disk at twice this.
+pub const JOURNAL_MAX_BYTES: u64 = 1 << 20;
+
+/// One line of the journal.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Line {
+    Event(Event),
+    Takeover(Takeover),
+}
+
+/// The timeline on disk, one JSON object per line, appended as things happen (no fsync: a lost
+/// last line costs a line of history, not safety), read back at start.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+fn rotated(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+impl Journal {
+    /// Open (creating it and its directory) the journal at `path`, with what it held: the
+    /// timeline entries and the takeovers (the last version of each), oldest first. Lines that
+    /// do not parse (a torn last line, a hand edit) are skipped and counted.
+    pub fn open(path: &Path) -> std::io::Result<(Journal, Vec<Event>, Vec<Takeover>, usize)> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut events = Vec::new();
+        let mut takeovers: Vec<Takeover> = Vec::new();
+        let mut bad = 0;
+        for p in [rotated(path), path.to_path_buf()] {
+            let Ok(f) = File::open(&p) else { continue };
+            for line in BufReader::new(f).lines() {
+                let Ok(line) = line else {
+                    bad += 1;
+                    continue;
+                };
+                match serde_json::from_str::<Line>(&line) {
+                    Ok(Line::Event(e)) => events.push(e),
+                    Ok(Line::Takeover(t)) => {
+                        let same = |o: &Takeover| {
+                            o.detected_unix_ms == t.detected_unix_ms
+                                && (o.epoch == t.epoch || o.epoch == 0)
+                        };
+                        match takeovers.iter_mut().rev().find(|o| same(o)) {
+                            Some(o) => *o = t,
+                            None => takeovers.push(t),
+                        }
+                    }
+                    Err(_) => bad += 1,
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                file,
+                size,
+            },
+            events,
+            takeovers,
+            bad,
+        ))
+    }
+
+    fn append(&mut self, line: &Line) -> std::io::Result<()> {
+        let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+        text.push('\n');
+        if self.size + text.len() as u64 > JOURNAL_MAX_BYTES {
+            std::fs::rename(&self.path, rotated(&self.path))?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.size = 0;
+        }
+        self.file.write_all(text.as_bytes())?;
+        self.size += text.len() as u64;
+        Ok(())
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -55,6 +155,42 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Timeline {
+    /// A timeline kept in `journal`, starting with what an earlier run of the agent left there.
+    pub fn with_journal(
+        journal: Journal,
+        events: Vec<Event>,
+        takeovers: Vec<Takeover>,
+    ) -> Timeline {
+        let skip_e = events.len().saturating_sub(KEEP_EVENTS);
+        let skip_t = takeovers.len().saturating_sub(KEEP_TAKEOVERS);
+        Timeline {
+            events: events.into_iter().skip(skip_e).collect(),
+            takeovers: takeovers
+                .into_iter()
+                .skip(skip_t)
+                .map(|mut t| {
+                    t.restored = true;
+                    t
+                })
+                .collect(),
+            detected: None,
+            journal: Some(journal),
+        }
+    }
+
+    fn write(&mut self, line: &Line) {
+        if let Some(j) = &mut self.journal {
+            if let Err(e) = j.append(line) {
+                // Full disk, removed directory: the timeline stays in memory; say it once.
+                warn!(
+                    "cannot write the event journal {}: {e}; keeping events in memory only",
+                    j.path.display()
+                );
+                self.journal = None;
+            }
+        }
+    }
+
     /// The agent learnt, at `mono` (and `wall_ms`), that it may take over; the next
     /// `LockObtained` counts from here.
     pub fn detected(&mut self, mono: Duration, wall_ms: u64) {
@@ -92,6 +228,7 @@ impl Timeline {
                     service_acked_ms: None,
                     ready_ms: None,
                     detected_mono,
+                    restored: false,
                 };
                 t.lock_obtained_ms = since(&t);
                 self.takeovers.push_back(t);
@@ -132,6 +269,21 @@ impl Timeline {
             }
             _ => {}
         }
+        let phase = matches!(
+            ev.kind,
+            EventKind::LockObtained
+                | EventKind::PreviousServiceGone
+                | EventKind::EpochDurable
+                | EventKind::ServiceNotified
+                | EventKind::ServiceAcked
+                | EventKind::Ready
+        );
+        self.write(&Line::Event(ev.clone()));
+        if phase {
+            if let Some(t) = self.takeovers.back().filter(|t| !t.restored).cloned() {
+                self.write(&Line::Takeover(t));
+            }
+        }
         if self.events.len() == KEEP_EVENTS {
             self.events.pop_front();
         }
@@ -140,7 +292,7 @@ impl Timeline {
     }
 
     fn open_takeover(&mut self) -> Option<&mut Takeover> {
-        self.takeovers.back_mut()
+        self.takeovers.back_mut().filter(|t| !t.restored)
     }
 
     /// The timeline entries, oldest first.
@@ -217,5 +369,65 @@ mod tests {
         t.push(ev(EventKind::LockObtained, 1, 0));
         t.push(ev(EventKind::HeartbeatStale, 1, 0));
         assert!(t.takeovers().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    fn ev(kind: EventKind, epoch: u64, mono_ms: u64) -> Event {
+        Event {
+            mono: Duration::from_millis(mono_ms),
+            at_unix_ms: 1_000 + mono_ms,
+            kind,
+            epoch,
+            detail: "x".into(),
+        }
+    }
+
+    #[test]
+    fn a_restarted_agent_reads_its_takeovers_back_and_never_extends_them() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("j/a.jsonl");
+        {
+            let (j, e, t, bad) = Journal::open(&path).unwrap();
+            assert!(e.is_empty() && t.is_empty() && bad == 0);
+            let mut tl = Timeline::with_journal(j, e, t);
+            tl.push(ev(EventKind::LockObtained, 0, 10));
+            tl.push(ev(EventKind::EpochDurable, 7, 12));
+            tl.push(ev(EventKind::Ready, 7, 15));
+        }
+        // A torn last line (the agent was killed mid-write) is skipped.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"event\":{\"at_unix").unwrap();
+        let (j, e, t, bad) = Journal::open(&path).unwrap();
+        assert_eq!(bad, 1);
+        assert_eq!(e.len(), 3);
+        let mut tl = Timeline::with_journal(j, e, t);
+        let tk = tl.takeovers();
+        assert_eq!(tk.len(), 1);
+        assert_eq!(tk[0].epoch, 7);
+        assert_eq!(tk[0].ready_ms, Some(5.0));
+        // A phase event of the new run never lands on the old takeover.
+        tl.push(ev(EventKind::Ready, 8, 1));
+        assert_eq!(tl.takeovers()[0].ready_ms, Some(5.0));
+    }
+
+    #[test]
+    fn the_journal_rotates_and_stays_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("a.jsonl");
+        let (j, e, t, _) = Journal::open(&path).unwrap();
+        let mut tl = Timeline::with_journal(j, e, t);
+        for i in 0..50_000u64 {
+            tl.push(ev(EventKind::ServiceStarted, 1, i));
+        }
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&path) <= JOURNAL_MAX_BYTES);
+        assert!(size(&rotated(&path)) <= JOURNAL_MAX_BYTES && size(&rotated(&path)) > 0);
+        let (_, e, _, bad) = Journal::open(&path).unwrap();
+        assert_eq!(bad, 0);
+        assert!(e.len() > 1000 && e.len() < 50_000, "{}", e.len());
     }
 }

@@ -210,10 +210,27 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
             ..Rules::default()
         },
     });
+    // The timeline an earlier run of this agent left: `understudy events` after a restart still
+    // shows the earlier takeovers. A journal that cannot be opened costs history, not the node.
+    let timeline = match crate::events::Journal::open(&cfg.node.journal_file) {
+        Ok((journal, events, takeovers, bad)) => {
+            if bad > 0 {
+                warn!(journal = %cfg.node.journal_file.display(), bad, "skipped unreadable journal lines");
+            }
+            Timeline::with_journal(journal, events, takeovers)
+        }
+        Err(e) => {
+            warn!(
+                "cannot open the event journal {}: {e}; events are kept in memory only",
+                cfg.node.journal_file.display()
+            );
+            Timeline::default()
+        }
+    };
     let shared = Arc::new(Shared {
         status: RwLock::new(initial_status(&cfg)),
         cfg: cfg.clone(),
-        timeline: Mutex::new(Timeline::default()),
+        timeline: Mutex::new(timeline),
         metrics: Metrics::new(),
         members,
         last_tick_ms: std::sync::atomic::AtomicU64::new(unix_ms()),

@@ -315,7 +315,7 @@ pub enum Answer {
 }
 
 /// Kinds of timeline entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The agent started.
@@ -361,7 +361,7 @@ pub enum EventKind {
 }
 
 /// One entry of the event timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Event {
     /// Monotonic time (for durations between entries).
     #[serde(skip)]

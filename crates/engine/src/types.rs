@@ -4,8 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// How a node decides to become Hot (document 002's activation modes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a node decides to become Hot (document 002's activation modes). Read case-insensitively,
+/// so document 002's own spelling (`TryLock`, the name the admin API reports) is accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActivationMode {
     /// Hot at once (takes the group lock without waiting; refused if another node holds it).
@@ -19,6 +20,20 @@ pub enum ActivationMode {
     /// holder's heartbeat is fresher than `heartbeat_delay`.
     #[serde(rename = "tryheartbeat")]
     TryHeartbeat,
+}
+
+impl<'de> Deserialize<'de> for ActivationMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["hot", "warm", "trylock", "tryheartbeat"];
+        let s = String::deserialize(d)?;
+        match s.to_ascii_lowercase().as_str() {
+            "hot" => Ok(ActivationMode::Hot),
+            "warm" => Ok(ActivationMode::Warm),
+            "trylock" => Ok(ActivationMode::TryLock),
+            "tryheartbeat" => Ok(ActivationMode::TryHeartbeat),
+            _ => Err(serde::de::Error::unknown_variant(&s, NAMES)),
+        }
+    }
 }
 
 impl ActivationMode {

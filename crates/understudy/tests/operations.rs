@@ -191,3 +191,32 @@ fn switchover_to_a_chosen_standby() {
     w.finish();
     g.check_log();
 }
+
+/// An agent's failure events survive its restart: the journal beside the lock file.
+#[test]
+fn takeovers_are_kept_across_a_restart_of_the_agent() {
+    use std::time::Duration;
+    let mut g = common::Group::new("trylock", "cold");
+    g.start("a");
+    g.wait_mode("a", "Hot", Duration::from_secs(10));
+    g.start("b");
+    g.wait_mode("b", "Warm", Duration::from_secs(10));
+    g.kill9("a");
+    g.wait_mode("b", "Hot", Duration::from_secs(10));
+    let epoch = g.epoch("b");
+    let has = |g: &common::Group| {
+        g.events("b")["takeovers"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["epoch"].as_u64() == Some(epoch) && t["ready_ms"].is_number())
+        })
+    };
+    assert!(common::wait_until(Duration::from_secs(5), || has(&g)));
+    g.sigterm("b", Duration::from_secs(30));
+    g.start("b");
+    g.wait_mode("b", "Hot", Duration::from_secs(10));
+    assert!(
+        has(&g),
+        "after a restart b no longer lists its takeover at epoch {epoch}: {}",
+        g.events("b")
+    );
+}
