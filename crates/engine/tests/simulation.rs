@@ -926,6 +926,14 @@ impl World {
                 self.deliver(i, svc);
                 guard += 1;
                 self.check(guard < 10_000, || "events never settle".to_string());
+                if self.pending().is_empty() {
+                    // A service started while the events settled installs its handler long
+                    // before the 10 s below pass (the engine's signal_wait fallback is for
+                    // services that never do).
+                    for i in 0..self.nodes.len() {
+                        self.signal_ready(i);
+                    }
+                }
             }
             for i in 0..self.nodes.len() {
                 if self.nodes[i].proc_.as_ref().is_some_and(|p| p.alive) {
