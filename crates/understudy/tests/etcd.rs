@@ -206,6 +206,19 @@ fn sigterm_and_switchover_hand_over_without_waiting_for_expiry() {
 
     let e1 = g.epoch("a");
     g.wait_service_active("a", e1);
+    // The switchover asks a's view of the group (b's record through the etcd watch), which
+    // may trail b's own status by a moment.
+    let a_sees_b_ready = || {
+        common::get_json(&g.admin("a"), "/group").is_some_and(|v| {
+            v["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|n| n["node"] == "b" && n["ready"] == true))
+        })
+    };
+    assert!(
+        common::wait_until(10 * S, a_sees_b_ready),
+        "a never saw b ready"
+    );
     let t0 = Instant::now();
     let (code, body) = g.switchover("a");
     assert_eq!(code, 200, "switchover: {body}");
