@@ -124,6 +124,16 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// A takeover's key columns (epoch, detection time; SQLite integers are signed) and its JSON.
+fn event_row(takeover: &Value) -> Result<(i64, i64, String), StoreError> {
+    let field = |k: &str| {
+        let v = takeover.get(k).and_then(Value::as_u64).unwrap_or(0);
+        i64::try_from(v).unwrap_or(i64::MAX)
+    };
+    let json = serde_json::to_string(takeover).map_err(corrupt("failure event"))?;
+    Ok((field("epoch"), field("detected_unix_ms"), json))
+}
+
 fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> StoreError {
     move |source| StoreError::Corrupt { what, source }
 }
@@ -442,22 +452,11 @@ impl Store {
         node: &str,
         takeover: &Value,
     ) -> Result<bool, StoreError> {
-        let epoch = takeover.get("epoch").and_then(Value::as_u64).unwrap_or(0);
-        let at = takeover
-            .get("detected_unix_ms")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let json = serde_json::to_string(takeover).map_err(corrupt("failure event"))?;
+        let (epoch, at, json) = event_row(takeover)?;
         let n = self.conn().execute(
             "INSERT OR IGNORE INTO failure_events (server, node, epoch, detected_unix_ms, takeover)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                server,
-                node,
-                i64::try_from(epoch).unwrap_or(i64::MAX),
-                i64::try_from(at).unwrap_or(i64::MAX),
-                json
-            ],
+            params![server, node, epoch, at, json],
         )?;
         Ok(n == 1)
     }
@@ -469,22 +468,11 @@ impl Store {
         node: &str,
         takeover: &Value,
     ) -> Result<(), StoreError> {
-        let epoch = takeover.get("epoch").and_then(Value::as_u64).unwrap_or(0);
-        let at = takeover
-            .get("detected_unix_ms")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let json = serde_json::to_string(takeover).map_err(corrupt("failure event"))?;
+        let (epoch, at, json) = event_row(takeover)?;
         self.conn().execute(
             "UPDATE failure_events SET takeover = ?5
              WHERE server = ?1 AND node = ?2 AND epoch = ?3 AND detected_unix_ms = ?4",
-            params![
-                server,
-                node,
-                i64::try_from(epoch).unwrap_or(i64::MAX),
-                i64::try_from(at).unwrap_or(i64::MAX),
-                json
-            ],
+            params![server, node, epoch, at, json],
         )?;
         Ok(())
     }
