@@ -2,11 +2,6 @@
 //! against an agent's admin API, and how the group is shown to a person.
 #![forbid(unsafe_code)]
 
-pub mod local;
-pub mod stats;
-
-pub use stats::{percentile, percentiles, Summary};
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;

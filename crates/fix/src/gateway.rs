@@ -24,7 +24,7 @@ use thiserror::Error;
 
 use crate::codec::{parse, Message};
 use crate::engine::{Application, LogonInfo, Outbox, SessionSlot};
-use crate::exchange_sim::{put, put_str, reject_if_incomplete, tag};
+use crate::orders::{put, put_str, reject_if_incomplete, tag};
 use crate::schedule::{ScheduleSpec, SessionSchedule};
 use crate::session::{AppMessage, Role, Session, SessionConfig};
 use crate::store::{Deferred, FileStore, SessionId, SessionStore, StoreError, SyncPolicy};

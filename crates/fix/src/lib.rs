@@ -20,6 +20,8 @@
 //! * [`exchange_sim`]: a FIX exchange simulator (acceptor) that acknowledges, fills, cancels
 //!   and replaces orders.
 //! * [`gateway`]: the FIX gateway: configuration, routing rules, the persisted order map.
+//! * [`orders`]: order-entry tags, field appenders and required-tag checks, shared by the
+//!   gateway and the exchange simulator (the gateway never uses the simulator).
 //! * [`admin`]: the gateway's `GET /health` endpoint, answered by the event loop.
 //! * [`quickfix`]: builds the QuickFIX/C++ counterparties of the tests and benchmarks.
 
@@ -31,6 +33,7 @@ pub mod codec;
 pub mod engine;
 pub mod exchange_sim;
 pub mod gateway;
+pub mod orders;
 pub mod quickfix;
 pub mod schedule;
 pub mod session;

@@ -9,16 +9,12 @@
 //! - [`server`]: `understudy price-server`: upstream book, subscriptions, roles and epochs,
 //!   per-client conflating writers.
 //! - [`client`]: the client library ([`client::PriceClient`]) and `understudy price-client`.
-//! - [`fanout`]: the consumer side of the fan-out benchmark (`understudy bench fanout`).
-//! - [`harness`]: child processes, ports and a quote recorder for benchmarks, demo and tests.
 //! - [`Error`]: the error type of the entry points.
 
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod exchange_sim;
-pub mod fanout;
-pub mod harness;
 pub mod protocol;
 pub mod server;
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use testbed::clock::mono_ns;
 use understudy_sdk::{Notice, Role, Service};
 
 /// Arguments of `understudy demo-service`.
@@ -30,14 +31,6 @@ pub struct DemoServiceArgs {
     /// Print a line to stdout every this many seconds while active (0: never).
     #[arg(long, default_value_t = 0)]
     say_every: u64,
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process on the host.
-pub fn mono_ns() -> u64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(t) => t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
-        Err(_) => 0,
-    }
 }
 
 struct Log {

@@ -1,21 +1,15 @@
 //! `understudy`: the one binary. Layout:
 //! - `agent`, `check-config`: run or validate a node (crate `understudy-agent`).
 //! - `status`, `activate`, `switchover`, `events`: talk to a node's admin API (crate `understudy-control`).
-//! - `demo`: a local group on an embedded default, killed and recovered before your eyes ([`demo`]).
-//! - `bench failover`: takeover latency against the bare kernel lock handoff ([`bench`]);
-//!   `bench node-loss`: takeover after a network cut (etcd) against keepalived ([`bench_node_loss`],
-//!   on network namespaces from [`netns`]).
+//! - `demo`, `bench …`: the demos and the benchmarks, run by crate `testbed` (`testbed::demo`,
+//!   `testbed::bench`) with this executable as the one it starts.
 //! - `demo-service`: the small built-in service the demo and the benchmark protect ([`demo_service`]).
 //! - `exchange-sim`, `price-server`, `price-client`: price distribution ([`price_cmd`]).
 //! - `fix-gateway` and the FIX exchange simulator: the FIX gateway ([`fix_cmd`]).
 
-mod bench;
-mod bench_node_loss;
 mod ctl_cmd;
-mod demo;
 mod demo_service;
 mod fix_cmd;
-mod netns;
 mod price_cmd;
 
 use std::path::PathBuf;
@@ -124,11 +118,11 @@ enum Cmd {
         auth: Auth,
     },
     /// Start a local group on a temp lock file, kill the active, show the takeover. Cleans up.
-    Demo(demo::DemoArgs),
+    Demo(testbed::demo::DemoArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
-        what: bench::BenchCmd,
+        what: testbed::bench::BenchCmd,
     },
     /// Price distribution (hot standby): exchange-sim, price-server, price-client.
     #[command(flatten)]
@@ -323,8 +317,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(0)
             })
         }
-        Cmd::Demo(args) => demo::run(args),
-        Cmd::Bench { what } => bench::run(what),
+        Cmd::Demo(args) => testbed::demo::run(args),
+        Cmd::Bench { what } => testbed::bench::run(what),
         Cmd::DemoService(args) => demo_service::run(args),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;

@@ -9,21 +9,12 @@ mod common;
 mod skip;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, check_overlaps, free_addr, wait_until, Watcher, BIN};
+use common::{alive, check_overlaps, free_addr, wait_until, Proc, Watcher, BIN};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn which(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
@@ -136,27 +127,26 @@ fn the_dashboard_story_in_a_real_browser() {
     let data = dir.path().join("data");
     let log = dir.path().join("service.log");
     let addr = free_addr();
-    let _serve = Kill(
+    let _serve = Proc::spawn(
         Command::new(BIN)
             .args(["serve", "--listen", &addr, "--data"])
             .arg(&data)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve"),
-    );
+            .stderr(Stdio::null()),
+    )
+    .expect("serve");
     let dport = free_addr()
         .rsplit_once(':')
         .map(|(_, p)| p.to_string())
         .unwrap_or_default();
-    let _driver = Kill(
+    // Its own process group: the browsers it starts die with it.
+    let _driver = Proc::spawn(
         Command::new(driver)
             .arg(format!("--port={dport}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver"),
-    );
+            .stderr(Stdio::null()),
+    )
+    .expect("chromedriver");
     assert!(wait_until(Duration::from_secs(15), || get(
         &addr,
         "/api/health"

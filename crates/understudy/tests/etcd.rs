@@ -9,14 +9,12 @@
 #![allow(clippy::disallowed_methods)] // real processes run in real time: tests sleep on std threads
 
 mod common;
-#[path = "../src/netns.rs"]
-mod netns;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use netns::{Lab, Machine};
+use testbed::netns::{Lab, Machine};
 
 const S: Duration = Duration::from_secs(1);
 const ETCD: &str = "/usr/bin/etcd";

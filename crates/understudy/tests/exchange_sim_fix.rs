@@ -17,14 +17,6 @@ fn fix(body_fields: &[&str]) -> Vec<u8> {
     format!("{head}{body}10={:03}{SOH}", sum % 256).into_bytes()
 }
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_fix_mode_answers_a_logon() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -33,7 +25,7 @@ fn the_fix_mode_answers_a_logon() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let _sim = Kill(
+    let _sim = testbed::Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_understudy"))
             .args([
                 "exchange-sim",
@@ -44,10 +36,9 @@ fn the_fix_mode_answers_a_logon() {
                 "XCH",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
     let t0 = Instant::now();
     let mut s = loop {
         match TcpStream::connect(&addr) {

@@ -12,15 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use fix_common::{
-    addr, assert_new_partial_full, assert_sequences_continue, cancel, exec, filled, gateway_config,
-    gateway_group, logged_on_client, logon_to_new_active, names, next_where, order, pair,
-    send_market_orders, start_active_then_standby, start_sim, stop_client_and_group, store_files,
-    wait_filled, wait_port, Pair, Proc, EXE,
+    addr, assert_new_partial_full, assert_sequences_continue, cancel, exec, filled, free_port,
+    gateway_config, gateway_group, logged_on_client, logon_to_new_active, names, next_where, order,
+    pair, send_market_orders, start_active_then_standby, start_sim, stop_client_and_group,
+    store_files, wait_filled, wait_port, Pair, Proc, EXE,
 };
-use understudy_control::local::free_port;
 use understudy_fix::client::ClientEvent;
 use understudy_fix::codec::{Deframer, MessageBuilder};
-use understudy_fix::exchange_sim::{put_str, tag};
+use understudy_fix::orders::{put_str, tag};
 use understudy_fix::store::{FileStore, SessionId, SessionStore, SyncPolicy};
 use understudy_fix::tags::BeginString;
 
@@ -427,8 +426,8 @@ async fn kill_9_of_the_active_agent_the_client_carries_on_with_the_standby() {
     send_market_orders(&c, &k_orders[..5]);
     let killed_at = Instant::now();
     let g = tokio::task::spawn_blocking(move || {
-        g.kill9(0);
-        g.wait_hot(1).expect("b hot");
+        g.kill9("a");
+        g.wait_hot("b").expect("b hot");
         g
     })
     .await

@@ -263,8 +263,8 @@ fn quickfix_initiator_carries_on_with_the_standby_after_kill_9_of_the_active_age
     qf.cmd("burst k 10 5");
     std::thread::sleep(Duration::from_millis(15));
     let killed_at = Instant::now();
-    g.kill9(0);
-    g.wait_hot(1).expect("b hot");
+    g.kill9("a");
+    g.wait_hot("b").expect("b hot");
     let logon2 = qf
         .wait_for(Duration::from_secs(20), |l| l.kind == "LOGON")
         .unwrap_or_else(|| panic!("no logon to the new active: {}", qf.transcript()));

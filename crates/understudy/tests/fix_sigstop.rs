@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fix_common::{
-    addr, assert_new_partial_full, assert_sequences_continue, gateway_group, is_logon,
+    addr, assert_new_partial_full, assert_sequences_continue, free_port, gateway_group, is_logon,
     logged_on_client, logon_to_new_active, names, next_where, pair, send_market_orders,
-    start_active_then_standby, stop_client_and_group, store_files, wait_filled, Pair,
+    start_active_then_standby, stop_client_and_group, store_files, wait_filled, Pair, NODES,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use understudy_control::local::{alive, free_port, get_json, is_mode};
+use testbed::{alive, get_json, is_mode};
 use understudy_fix::client::ClientEvent;
 
 /// Every store segment written by `epoch`, with its bytes.
@@ -147,17 +147,17 @@ async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_ta
     });
     let g = gateway_group(&cfgs);
     // Each agent checks its own gateway's health endpoint, and stops a failing service fast.
-    for (i, n) in g.nodes.iter().enumerate() {
-        let text = std::fs::read_to_string(&n.cfg).expect("agent config");
-        assert!(text.contains("stop_timeout = \"1s\""), "{text}");
-        let text = text.replace("stop_timeout = \"1s\"", "stop_timeout = \"500ms\"")
+    for (i, n) in NODES.iter().map(|n| &g.nodes[*n]).enumerate() {
+        let text = std::fs::read_to_string(&n.config).expect("agent config");
+        assert!(text.contains("stop_timeout = \"3s\""), "{text}");
+        let text = text.replace("stop_timeout = \"3s\"", "stop_timeout = \"500ms\"")
             + &format!(
                 "\n[health]\nhttp = \"http://{}/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nfailures = 3\nstart_period = \"3s\"\n",
                 health[i]
             );
-        std::fs::write(&n.cfg, text).expect("agent config");
+        std::fs::write(&n.config, text).expect("agent config");
     }
-    let admins = [g.nodes[0].admin.clone(), g.nodes[1].admin.clone()];
+    let admins = [g.admin("a"), g.admin("b")];
     let monitor = HotMonitor::start(admins.clone());
     let g = tokio::task::spawn_blocking(move || {
         let mut g = g;
@@ -206,7 +206,7 @@ async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_ta
     let f_orders = names("f", 10);
     send_market_orders(&c, &f_orders[..5]);
     let g = tokio::task::spawn_blocking(move || {
-        g.wait_hot(1)
+        g.wait_hot("b")
             .expect("b hot after the frozen gateway failed its health check");
         g
     })

@@ -3,18 +3,16 @@
 //! bad ones and keeps serving everyone else without a stall.
 
 // The driver allows dead code itself: each user needs only part of it.
-#[path = "../src/price_cmd/group.rs"]
-mod group;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use group::{GroupOptions, PriceGroup};
+use testbed::price::recorder::QuoteRecorder;
+use testbed::price::{GroupOptions, PriceGroup};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
-use understudy_pricefeed::harness::QuoteRecorder;
 use understudy_pricefeed::protocol::{read_frame, BytesMut, ErrorCode, Message};
 use understudy_pricefeed::{ClientOptions, PriceClient};
 

@@ -5,15 +5,13 @@
 #![allow(clippy::disallowed_methods)] // a test driver may block while it polls
 
 // The driver allows dead code itself: each user needs only part of it.
-#[path = "../src/price_cmd/group.rs"]
-mod group;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use group::{Failover, GroupOptions, PriceGroup};
 use nix::sys::signal::Signal;
-use understudy_control::local::is_mode;
+use testbed::is_mode;
+use testbed::price::{Failover, GroupOptions, PriceGroup};
 use understudy_pricefeed::exchange_sim::unix_ns;
 use understudy_pricefeed::ClientOptions;
 
@@ -279,7 +277,7 @@ fn upstream_loss_and_recovery() {
     );
 
     // The standby's own log shows its upstream lost and connected again.
-    let log = g.dir().join(format!("{}.out", g.group.nodes[standby].name));
+    let log = g.dir().join(format!("{}.out", g.name(standby)));
     let mut reconnected = false;
     for _ in 0..50 {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -5,19 +5,21 @@
 //! two namespaces in the same run, and the ratio. keepalived has no fencing: the cut-off master
 //! keeps its address and goes on acting; understudy's old active has stopped before the new one
 //! starts, which the run checks in the services' own log.
-#![allow(clippy::disallowed_methods)] // a benchmark driver may block; the agent may not
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::demo_service::mono_ns;
+use crate::checkers::{verify_log, LogLine};
+use crate::clock::mono_ns;
+use crate::config::{AgentConfig, EtcdSection, Mode, Standby};
+use crate::http::{get_json, is_mode, is_ready_standby};
 use crate::netns::{Lab, Machine};
-use understudy_control::local::{get_json, is_mode, is_ready_standby};
-use understudy_control::percentiles;
+use crate::proc::Proc;
+use crate::stats::percentiles;
 
 /// `understudy bench node-loss` arguments.
 #[derive(clap::Args, Debug)]
@@ -35,54 +37,30 @@ pub struct NodeLossArgs {
 
 /// Processes started by the benchmark, killed on drop (the namespaces go with the [`Lab`]).
 #[derive(Default)]
-struct Procs(Vec<Child>);
+struct Procs(Vec<Proc>);
 
 impl Procs {
     fn spawn(&mut self, m: &Machine, argv: &[String], out: &Path) -> anyhow::Result<u32> {
-        let log = std::fs::File::create(out).with_context(|| out.display().to_string())?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &m.ns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &m.ns])
             .args(argv)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {:?}", argv.first()))?;
-        let pid = child.id();
-        self.0.push(child);
+            .stdin(Stdio::null());
+        crate::proc::log_to(&mut cmd, out).with_context(|| out.display().to_string())?;
+        let p =
+            Proc::spawn(&mut cmd).with_context(|| format!("cannot start {:?}", argv.first()))?;
+        let pid = p.id();
+        self.0.push(p);
         Ok(pid)
     }
 
     fn kill(&mut self, pid: u32) {
-        if let Some(i) = self.0.iter().position(|c| c.id() == pid) {
-            let mut c = self.0.remove(i);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.retain(|p| p.id() != pid);
     }
 }
 
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Poll `f` every millisecond until it gives a value or `timeout` passes.
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// Polls `f` every millisecond until it gives a value or `timeout` passes.
+fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    crate::clock::poll(timeout, Duration::from_millis(1), f)
 }
 
 /// Reads what was appended to a file since the last call.
@@ -260,61 +238,32 @@ fn start_etcd(
     Ok(endpoints)
 }
 
-fn agent_config(name: &str, m: &Machine, endpoints: &[String], exe: &Path, log: &Path) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-    format!(
-        "[node]\nname = \"{name}\"\ngroup = \"bench\"\nadmin = \"{}:7700\"\n\n[activation]\nmode = \"trylock\"\n\n[etcd]\nendpoints = [{}]\n\n[service]\ncommand = [{:?}, \"demo-service\", \"--log\", {:?}]\nstandby = \"hot\"\nrestart_backoff = \"300ms\"\n",
-        m.ip,
-        eps.join(", "),
+fn agent_config(
+    name: &str,
+    m: &Machine,
+    endpoints: &[String],
+    exe: &Path,
+    log: &Path,
+) -> anyhow::Result<String> {
+    let command = [
         exe.display().to_string(),
-        log.display().to_string()
-    )
-}
-
-/// The demo service's log line `ns pid node event epoch`.
-fn parse_line(l: &str) -> Option<(u64, u32, String, String, u64)> {
-    let f: Vec<&str> = l.split(' ').collect();
-    if f.len() != 5 {
-        return None;
-    }
-    Some((
-        f[0].parse().ok()?,
-        f[1].parse().ok()?,
-        f[2].to_string(),
-        f[3].to_string(),
-        f[4].parse().ok()?,
-    ))
-}
-
-/// Active periods (pid, first `active`, last `tick`) in the log; fails on any overlap.
-fn check_overlaps(log: &Path) -> anyhow::Result<usize> {
-    let text = std::fs::read_to_string(log)?;
-    let mut periods: Vec<(u32, u64, u64)> = Vec::new();
-    let mut lines: Vec<_> = text.lines().filter_map(parse_line).collect();
-    lines.sort_by_key(|l| l.0);
-    for (ns, pid, _, event, _) in lines {
-        match event.as_str() {
-            "active" => periods.push((pid, ns, ns)),
-            "tick" | "stop" => {
-                if let Some(p) = periods.iter_mut().rev().find(|p| p.0 == pid) {
-                    p.2 = p.2.max(ns);
-                }
-            }
-            _ => {}
-        }
-    }
-    periods.sort_by_key(|p| p.1);
-    for w in periods.windows(2) {
-        if w[0].2 >= w[1].1 {
-            bail!(
-                "TWO ACTIVES: pid {} was still active {:.3} ms after pid {} became active",
-                w[0].0,
-                (w[0].2 - w[1].1) as f64 / 1e6,
-                w[1].0
-            );
-        }
-    }
-    Ok(periods.len())
+        "demo-service".into(),
+        "--log".into(),
+        log.display().to_string(),
+    ];
+    let mut c = AgentConfig::new(
+        name,
+        "bench",
+        &format!("{}:7700", m.ip),
+        Mode::TryLock,
+        command.to_vec(),
+        Standby::Hot,
+    );
+    c.service.restart_backoff = Some(Duration::from_millis(300));
+    c.etcd = Some(EtcdSection {
+        endpoints: endpoints.to_vec(),
+    });
+    c.render(&Default::default(), &Default::default(), "")
 }
 
 fn understudy_runs(
@@ -332,7 +281,7 @@ fn understudy_runs(
     let mut agents = Vec::new();
     for (name, m) in nodes {
         let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, agent_config(name, m, endpoints, exe, &log))?;
+        std::fs::write(&cfg, agent_config(name, m, endpoints, exe, &log)?)?;
         let argv = vec![
             exe.display().to_string(),
             "agent".to_string(),
@@ -365,9 +314,9 @@ fn understudy_runs(
         let t1 = poll(Duration::from_secs(5), || {
             tail.lines()
                 .iter()
-                .filter_map(|l| parse_line(l))
-                .find_map(|(ns, _, node, ev, e)| {
-                    (node == stb_name && ev == "active" && e > epoch).then_some(ns)
+                .filter_map(|l| LogLine::parse(l))
+                .find_map(|l| {
+                    (l.node == stb_name && l.event == "active" && l.epoch > epoch).then_some(l.ns)
                 })
         })
         .with_context(|| format!("run {i}: {stb_name}'s service never became active"))?;
@@ -383,7 +332,7 @@ fn understudy_runs(
     for pid in agents {
         procs.kill(pid);
     }
-    let actives = check_overlaps(&log)?;
+    let actives = verify_log(&log).map_err(anyhow::Error::msg)?.len();
     Ok((samples, actives))
 }
 
@@ -453,7 +402,7 @@ fn keepalived_runs(
     eprintln!("keepalived: {runs} cuts…");
     for i in 0..runs {
         // Settle: b is a backup listening to a's adverts.
-        std::thread::sleep(Duration::from_millis(300));
+        crate::clock::sleep_ms(300);
         let t0 = mono_ns();
         Lab::link_down(a)?;
         let t1 = wait_for(&mut tail, "master-b", t0, Duration::from_secs(5))

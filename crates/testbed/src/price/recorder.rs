@@ -1,163 +1,27 @@
-//! Drivers for the benchmarks, the demo and the process-level tests: child processes that are
-//! killed when dropped, free loopback ports, and a [`QuoteRecorder`] that watches what a
-//! [`PriceClient`] hands the application (epochs, arrival times, subscriptions seen).
-//!
-//! Not part of the trading API: a trading application uses [`crate::client`] only.
+//! What a [`PriceClient`] hands the application, recorded for the drivers ([`QuoteRecorder`]:
+//! epochs, arrival times, subscriptions seen), and the exchange simulator and price server
+//! commands the price drivers start.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
+use understudy_pricefeed::client::{ClientEvent, PriceClient, Quote};
+use understudy_pricefeed::exchange_sim::unix_ns;
 
-use crate::client::{ClientEvent, PriceClient, Quote};
-use crate::exchange_sim::unix_ns;
-use crate::fanout::Histogram;
-use crate::{AbortOnDrop, Error};
+use super::consumer::Histogram;
+use crate::proc::Proc;
 
-/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing benchmark or
-/// test never leaves an exchange or a server running.
-pub struct ChildGuard {
-    name: String,
-    child: Option<Child>,
-}
+/// Aborts a spawned task when dropped, so the recorder's task never outlives it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-impl ChildGuard {
-    /// Spawns `cmd`, naming it `name` in errors.
-    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self, Error> {
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {name}"), e))?;
-        Ok(ChildGuard {
-            name: name.to_string(),
-            child: Some(child),
-        })
-    }
-
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// The name given at spawn.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// True if the process has exited (it is then reaped).
-    pub fn exited(&mut self) -> bool {
-        match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(_))) | None => true,
-            Some(Ok(None)) => false,
-            Some(Err(_)) => true,
-        }
-    }
-
-    /// kill -9 and reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for ChildGuard {
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.kill();
+        self.0.abort();
     }
-}
-
-/// A free TCP port on loopback (bound then released: another process could take it in
-/// between, which the callers accept for local benchmarks and tests).
-pub fn free_addr() -> Result<SocketAddr, Error> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("finding a free port", e))?;
-    l.local_addr()
-        .map_err(|e| Error::io("finding a free port", e))
-}
-
-/// `n` distinct free loopback addresses. All `n` sockets stay bound until every one is chosen:
-/// the kernel readily hands a just-released port out again, so picking them one at a time can
-/// return the same port twice.
-pub fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, Error> {
-    let held = reserve_addrs(n)?;
-    held.iter()
-        .map(|l| {
-            l.local_addr()
-                .map_err(|e| Error::io("finding a free port", e))
-        })
-        .collect()
-}
-
-/// `n` bound loopback listeners: keep them while choosing other ports (so those cannot
-/// collide with these), drop them just before the addresses are used.
-pub fn reserve_addrs(n: usize) -> Result<Vec<std::net::TcpListener>, Error> {
-    (0..n)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .map_err(|e| Error::io("finding a free port", e))
-        })
-        .collect()
-}
-
-/// Waits until something accepts TCP connections on `addr`.
-pub async fn wait_listening(addr: SocketAddr, within: Duration) -> Result<(), Error> {
-    let deadline = Instant::now() + within;
-    loop {
-        match TcpStream::connect(addr).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(Error::io(
-                    format!("nothing listens on {addr} after {within:?}"),
-                    e,
-                ))
-            }
-            Err(_) => sleep(Duration::from_millis(5)).await,
-        }
-    }
-}
-
-/// `exe` (the `understudy` binary) with `args`, outside of any agent's environment, its output
-/// appended to `log` (or discarded).
-pub fn understudy_command(
-    exe: &Path,
-    args: &[String],
-    log: Option<&Path>,
-) -> Result<Command, Error> {
-    let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null());
-    // A benchmark run from inside an agent's service must not hand its role to its children.
-    for k in [
-        "UNDERSTUDY_ROLE",
-        "UNDERSTUDY_EPOCH",
-        "UNDERSTUDY_GROUP",
-        "UNDERSTUDY_NODE",
-        "UNDERSTUDY_ADMIN",
-    ] {
-        cmd.env_remove(k);
-    }
-    match log {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            let f2 = f
-                .try_clone()
-                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            cmd.stdout(f).stderr(f2);
-        }
-        None => {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-    }
-    Ok(cmd)
 }
 
 /// The arguments of `understudy exchange-sim`.
@@ -185,17 +49,27 @@ pub fn price_server_command(exe: &Path, upstream: SocketAddr, listen: SocketAddr
     ]
 }
 
-/// Starts `understudy exchange-sim` and waits until it accepts connections.
+/// Starts `understudy exchange-sim` (its output appended to `log`, or discarded) and waits
+/// until it accepts connections.
 pub async fn start_exchange(
     exe: &Path,
     listen: SocketAddr,
     symbols: u32,
     rate: u32,
     log: Option<&Path>,
-) -> Result<ChildGuard, Error> {
-    let mut cmd = understudy_command(exe, &exchange_sim_args(listen, symbols, rate), log)?;
-    let child = ChildGuard::spawn("exchange-sim", &mut cmd)?;
-    wait_listening(listen, Duration::from_secs(10)).await?;
+) -> anyhow::Result<Proc> {
+    let args = exchange_sim_args(listen, symbols, rate);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = crate::proc::understudy(exe, &args);
+    match log {
+        Some(path) => crate::proc::log_to(&mut cmd, path)?,
+        None => {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+    }
+    let child = Proc::spawn(&mut cmd)?;
+    crate::http::listening(listen, Duration::from_secs(10)).await?;
     Ok(child)
 }
 
@@ -284,7 +158,7 @@ impl Recorded {
 /// would see; the driver reads [`QuoteRecorder::snapshot`] whenever it likes.
 pub struct QuoteRecorder {
     state: Arc<Mutex<Recorded>>,
-    _task: AbortOnDrop<()>,
+    _task: AbortOnDrop,
 }
 
 fn lock(m: &Mutex<Recorded>) -> MutexGuard<'_, Recorded> {

@@ -2,17 +2,19 @@
 //! A local group of real agents on a temp lock file protects the built-in demo service; the demo
 //! shows the group, kills the active agent with SIGKILL, and shows the failure event with its
 //! measured takeover time. Everything it started is stopped and its temp directory removed.
-#![allow(clippy::disallowed_methods)] // a driver that may block; the agent may not
 
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 use understudy_control::{render_events, render_group};
 
-use crate::demo_service::mono_ns;
-use understudy_control::local::{alive, is_mode, receive, LocalGroup};
+use crate::clock::{mono_ns, pause as sleep};
+use crate::config::{Mode, Standby};
+use crate::group::{receive_report, Group};
+use crate::http::{epoch_of, is_mode, service_pid_of};
+use crate::proc::alive;
 
 /// Arguments of `understudy demo`.
 #[derive(Args, Debug)]
@@ -23,113 +25,104 @@ pub struct DemoArgs {
     /// Nodes in the group (2 to 5).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Standby type of the service: hot, warm or cold.
-    #[arg(long, default_value = "hot")]
-    standby: String,
+    /// Standby type of the service.
+    #[arg(long, value_enum, default_value = "hot")]
+    standby: Standby,
     /// Keep the temp directory (configs, agent logs) instead of removing it.
     #[arg(long)]
     keep: bool,
 }
 
 fn pause(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
+    sleep(Duration::from_millis(ms));
 }
 
 /// Demo scenarios beyond the default.
 #[derive(clap::Subcommand, Debug)]
 pub enum Scenario {
     /// Hot-standby price servers: kill the primary, watch a client's prices come back.
-    Price(crate::price_cmd::PriceDemoArgs),
+    Price(crate::price::PriceDemoArgs),
     /// Warm-standby FIX gateway: kill the active, watch the counterparty carry on.
-    Fix(crate::fix_cmd::FixDemoArgs),
+    Fix(crate::fix::FixDemoArgs),
 }
 
-/// Run the demo.
+/// Runs the demo; the exit code.
 pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     match args.scenario {
-        Some(Scenario::Price(a)) => return crate::price_cmd::demo(a),
-        Some(Scenario::Fix(a)) => return crate::fix_cmd::demo(a),
+        Some(Scenario::Price(a)) => return crate::price::demo(a),
+        Some(Scenario::Fix(a)) => return crate::fix::demo(a),
         None => {}
     }
     if !(2..=5).contains(&args.nodes) {
         bail!("--nodes must be between 2 and 5");
     }
-    if !matches!(args.standby.as_str(), "hot" | "warm" | "cold") {
-        bail!("--standby must be hot, warm or cold");
-    }
     let names: Vec<&str> = ["a", "b", "c", "d", "e"][..args.nodes].to_vec();
     let sock = UdpSocket::bind("127.0.0.1:0")?;
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe().context("cannot find the understudy executable")?;
     let report = sock.local_addr()?;
-    let mut g = LocalGroup::new(exe.clone(), &names, &args.standby, |_| {
-        LocalGroup::demo_service(&exe, Some(report))
-    })?;
+    let mut g = Group::create(exe, Mode::TryLock, args.standby)?;
+    g.config.node.group = "demo".into();
+    g.config.service.command = g.demo_service(Some(report));
+    for n in &names {
+        g.add_node(n, |_| {})?;
+    }
     println!(
         "understudy demo: a group of {} agents on one host, trylock mode, {} standby",
         args.nodes, args.standby
     );
-    println!("  lock file  {}", g.dir.path().join("group.lock").display());
+    println!("  lock file  {}", g.lock.display());
     println!("  service    understudy demo-service (told it is active by SIGUSR1)\n");
 
     let outcome = (|| -> anyhow::Result<()> {
-        g.start(0)?;
-        g.wait_hot(0)?;
-        let _ = receive(&sock, Duration::from_secs(2))?;
-        for i in 1..names.len() {
-            g.start(i)?;
+        g.spawn(names[0])?;
+        g.wait_hot(names[0])?;
+        let _ = receive_report(&sock, Duration::from_secs(2))?;
+        for n in &names[1..] {
+            g.spawn(n)?;
         }
-        for i in 1..names.len() {
-            g.wait_ready(i)?;
+        for n in &names[1..] {
+            g.wait_ready_standby(n)?;
         }
         pause(300);
-        println!("$ understudy status --agent {}", g.nodes[1].admin);
-        print!("{}", render_group(&g.get(1, "/group").unwrap_or_default()));
+        println!("$ understudy status --agent {}", g.admin(names[1]));
+        print!(
+            "{}",
+            render_group(&g.get(names[1], "/group").unwrap_or_default())
+        );
 
-        let old_svc = g
-            .get(0, "/status")
-            .and_then(|s| s.pointer("/service/pid").and_then(|p| p.as_u64()));
-        let old_epoch = g
-            .get(0, "/status")
-            .and_then(|s| s.get("epoch").and_then(|e| e.as_u64()))
-            .unwrap_or(0);
+        let old = g.status(names[0]);
+        let old_svc = old.as_ref().and_then(service_pid_of);
+        let old_epoch = old.as_ref().and_then(epoch_of).unwrap_or(0);
         println!(
             "\n>>> kill -9 the active agent {} (its service pid {})",
             names[0],
             old_svc.map(|p| p.to_string()).unwrap_or("-".into())
         );
-        while receive(&sock, Duration::from_millis(1))?.is_some() {}
+        while receive_report(&sock, Duration::from_millis(1))?.is_some() {}
         let t0 = mono_ns();
-        g.kill9(0);
-        let took = match receive(&sock, Duration::from_secs(5))? {
+        g.kill9(names[0]);
+        let took = match receive_report(&sock, Duration::from_secs(5))? {
             Some(t) => t.saturating_sub(t0) as f64 / 1e6,
             None => bail!("no standby's service became active within 5 s"),
         };
         // Find who took over.
-        let mut new_active = None;
-        for _ in 0..500 {
-            new_active = (1..names.len()).find(|&i| {
-                g.get(i, "/status")
-                    .map(|s| is_mode(&s, "Hot"))
-                    .unwrap_or(false)
+        let new_active =
+            crate::clock::poll(Duration::from_secs(1), Duration::from_millis(2), || {
+                names[1..]
+                    .iter()
+                    .copied()
+                    .find(|n| g.status(n).is_some_and(|s| is_mode(&s, "Hot")))
             });
-            if new_active.is_some() {
-                break;
-            }
-            pause(2);
-        }
         let Some(n) = new_active else {
             bail!("no node reports Hot after the kill")
         };
-        let new_epoch = g
-            .get(n, "/status")
-            .and_then(|s| s.get("epoch").and_then(|e| e.as_u64()))
-            .unwrap_or(0);
-        println!("<<< {} took over: its service knew it was active {took:.2} ms after the kill (epoch {old_epoch} -> {new_epoch})", names[n]);
+        let new_epoch = g.status(n).as_ref().and_then(epoch_of).unwrap_or(0);
+        println!("<<< {} took over: its service knew it was active {took:.2} ms after the kill (epoch {old_epoch} -> {new_epoch})", n);
         pause(20);
         if let Some(p) = old_svc {
             println!(
                 "    the killed agent's service pid {p} is {}",
-                if alive(p as u32) {
+                if alive(p) {
                     "STILL ALIVE (defect)"
                 } else {
                     "gone with its agent"
@@ -137,11 +130,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
             );
         }
         pause(600);
-        println!("\n$ understudy status --agent {}", g.nodes[n].admin);
+        println!("\n$ understudy status --agent {}", g.admin(n));
         print!("{}", render_group(&g.get(n, "/group").unwrap_or_default()));
         println!(
             "\n$ understudy events --agent {}   (the failure event)",
-            g.nodes[n].admin
+            g.admin(n)
         );
         let ev = g.get(n, "/events").unwrap_or_default();
         let text = render_events(&ev);
@@ -151,21 +144,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         }
 
         println!("\n>>> restart {}: it rejoins as a standby", names[0]);
-        g.start(0)?;
-        g.wait_ready(0)?;
+        g.spawn(names[0])?;
+        g.wait_ready_standby(names[0])?;
         pause(300);
         print!("{}", render_group(&g.get(n, "/group").unwrap_or_default()));
         Ok(())
     })();
-    let dir = g.dir.path().display().to_string();
+    g.stop_all();
+    let checked = crate::checkers::verify_log(&g.log).map_err(anyhow::Error::msg);
+    let dir = g.path.display().to_string();
     if args.keep {
-        println!("\nkept {}", understudy_control::local::keep(g).display());
+        println!("\nkept {}", g.keep().display());
     } else {
-        g.stop_all();
         drop(g);
         println!("\nstopped every agent and removed {dir}");
     }
     outcome?;
+    println!(
+        "the services' own log: {} active periods, never two at once, each with a higher epoch",
+        checked?.len()
+    );
     println!("next: `understudy bench failover --runs 50` measures this takeover against the bare kernel lock handoff.");
     Ok(0)
 }

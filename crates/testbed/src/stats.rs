@@ -1,7 +1,8 @@
 //! The statistics every benchmark prints, and the rules that keep them honest: a p99 needs at
 //! least [`MIN_SAMPLES_FOR_P99`] values (below that the nearest-rank p99 is one of the few
 //! largest values — the maximum itself below 51 — not a tail estimate), and a comparison names
-//! a winner only when the difference is larger than the run-to-run spread.
+//! a winner only when the difference is larger than the run-to-run spread. [`Table`] prints a
+//! benchmark's rows with the clock each figure was timed on.
 
 /// Fewest values for which [`Summary`] reports a p99.
 pub const MIN_SAMPLES_FOR_P99: usize = 100;
@@ -128,6 +129,130 @@ pub fn compare(a: &[f64], b: &[f64], lower_is_better: bool, min_rel_margin: f64)
     }
 }
 
+/// How a figure was timed: printed next to it, explained under the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Both ends read from CLOCK_MONOTONIC in the benchmark process.
+    MonoHere,
+    /// Read from one agent's /events: its own monotonic clock, in its process.
+    AgentMono,
+    /// The benchmark's CLOCK_REALTIME at the kill against the agent's wall-clock detection
+    /// stamp, which it keeps in whole milliseconds.
+    WallMs,
+    /// A [`Clock::MonoHere`] figure minus a [`Clock::WallMs`] one, run by run.
+    MonoMinusWallMs,
+}
+
+impl Clock {
+    fn tag(self) -> &'static str {
+        match self {
+            Clock::MonoHere => "mono",
+            Clock::AgentMono => "agent",
+            Clock::WallMs => "wall",
+            Clock::MonoMinusWallMs => "diff",
+        }
+    }
+
+    fn legend(self) -> &'static str {
+        match self {
+            Clock::MonoHere => "CLOCK_MONOTONIC, both ends read in the benchmark process",
+            Clock::AgentMono => {
+                "the agent's own monotonic clock, from its GET /events (detection = lock obtained)"
+            }
+            Clock::WallMs => {
+                "CLOCK_REALTIME across processes: the kill stamped here (ns), the agent's detection \
+                 stamped in whole ms (truncated), so this reads 0-1 ms low"
+            }
+            Clock::MonoMinusWallMs => {
+                "a mono figure minus a wall figure, run by run: reads 0-1 ms high (see wall)"
+            }
+        }
+    }
+}
+
+/// A benchmark table: rows of p50 / p99 / max with the clock each was timed on and how many
+/// runs gave a value; under it, what the clocks are, why runs are missing from a row, and why
+/// a p99 is withheld.
+pub struct Table {
+    unit: &'static str,
+    prec: usize,
+    runs: usize,
+    label_width: usize,
+    rows: Vec<(String, Clock, Summary)>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    /// A table over `runs` runs, values in `unit` printed with `prec` decimals.
+    pub fn new(unit: &'static str, prec: usize, runs: usize) -> Table {
+        Table {
+            unit,
+            prec,
+            runs,
+            label_width: 20,
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds a row; `missing` says why a run has no value in it, when some have none.
+    pub fn row(&mut self, label: &str, clock: Clock, xs: &[f64], missing: &str) {
+        let s = Summary::of(xs);
+        if s.n < self.runs {
+            self.notes.push(format!(
+                "{label}: {} of {} runs have no value ({missing}); the row is over the other {}",
+                self.runs - s.n,
+                self.runs,
+                s.n
+            ));
+        }
+        self.label_width = self.label_width.max(label.chars().count());
+        self.rows.push((label.to_owned(), clock, s));
+    }
+
+    /// The table as printed lines.
+    pub fn render(&self) -> String {
+        let w = self.label_width;
+        let u = self.unit;
+        let mut out = format!(
+            "{:<w$} {:<6} {:>9} {:>9} {:>9} {:>9}\n",
+            "",
+            "clock",
+            "runs",
+            format!("p50 {u}"),
+            format!("p99 {u}"),
+            format!("max {u}")
+        );
+        for (label, clock, s) in &self.rows {
+            out.push_str(&format!(
+                "{label:<w$} {:<6} {:>9} {}\n",
+                clock.tag(),
+                format!("{}/{}", s.n, self.runs),
+                s.cells(9, self.prec)
+            ));
+        }
+        let mut clocks: Vec<Clock> = Vec::new();
+        for (_, c, _) in &self.rows {
+            if !clocks.contains(c) {
+                clocks.push(*c);
+            }
+        }
+        for c in clocks {
+            out.push_str(&format!("  {:<6} {}\n", c.tag(), c.legend()));
+        }
+        // One note for the table, from its smallest row: the rows with enough values show
+        // their p99, the others '-'.
+        let smallest = self.rows.iter().map(|(_, _, s)| s.n).min().unwrap_or(0);
+        if let Some(n) = p99_note(smallest) {
+            out.push_str(&format!("  {n}\n"));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("  {n}\n"));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +307,38 @@ mod tests {
         );
         assert_eq!(compare(&[], &[1.0], true, 0.0), Verdict::NoClearWinner);
         assert_eq!(spread(&[3.0, f64::NAN, 1.0]), (1.0, 3.0));
+    }
+
+    #[test]
+    fn a_table_names_its_clocks_its_missing_runs_and_a_withheld_p99() {
+        let mut t = Table::new("ms", 1, 20);
+        let all: Vec<f64> = (1..=20).map(f64::from).collect();
+        t.row("kill → first price", Clock::MonoHere, &all, "");
+        t.row(
+            "kill → notified",
+            Clock::WallMs,
+            &all[..18],
+            "no takeover in /events",
+        );
+        let s = t.render();
+        assert!(s.contains("20/20") && s.contains("18/20"), "{s}");
+        assert!(
+            s.contains("2 of 20 runs have no value (no takeover in /events)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("CLOCK_MONOTONIC") && s.contains("whole ms"),
+            "{s}"
+        );
+        assert!(s.contains("p99 shown as - where"), "{s}");
+        // p99 withheld: the cell shows '-', never the maximum under another name.
+        let row = s
+            .lines()
+            .find(|l| l.starts_with("kill → first price"))
+            .unwrap_or("");
+        assert!(
+            row.contains(" - ") && row.trim_end().ends_with("20.0"),
+            "{row}"
+        );
     }
 }

@@ -6,8 +6,7 @@
 //! the driver. This module holds what both sides share — the measurement protocol
 //! ([`measure`]), the per-client counting ([`ClientStats`]), the latency [`Histogram`] and the
 //! [`RunReport`] a consumer process prints — and our side's clients ([`run_ours_clients`]).
-//! The NATS side lives with the benchmark in the `understudy` binary, so this library does not
-//! depend on a NATS client.
+//! The NATS side is in [`super::fanout`].
 //!
 //! Latency of an update: the client's arrival time minus the exchange's timestamp, both read
 //! from `CLOCK_REALTIME` (Unix nanoseconds) in different processes on one host.
@@ -26,9 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 
-use crate::client::{ClientEvent, ClientOptions, PriceClient};
-use crate::harness;
-use crate::Error;
+use understudy_pricefeed::client::{ClientEvent, ClientOptions, PriceClient};
+use understudy_pricefeed::Error;
+
+use super::recorder;
 
 /// Settings of one side's consumers in one run.
 #[derive(Debug, Clone)]
@@ -239,7 +239,7 @@ impl ClientStats {
         };
         if measuring {
             self.delivered += 1;
-            self.latency_ns.record(harness::age_ns(exch_time_ns));
+            self.latency_ns.record(recorder::age_ns(exch_time_ns));
             if prev != 0 && seq > prev + 1 {
                 self.skipped += seq - prev - 1;
             }
@@ -298,7 +298,7 @@ pub async fn run_ours_clients(
     cfg: &ConsumerConfig,
     server: SocketAddr,
 ) -> Result<FanoutRun, Error> {
-    let symbols = harness::symbols(cfg.instruments);
+    let symbols = recorder::symbols(cfg.instruments);
     let (phase_tx, phase_rx) = watch::channel(Phase::Warmup);
     let ready = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(cfg.clients);

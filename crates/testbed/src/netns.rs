@@ -2,8 +2,7 @@
 //! test's own namespace (so the test reaches every machine's admin API). Faults are the real
 //! ones: a link set down, 100 % packet loss with netem, every process of a machine killed at once.
 //! Everything is removed on drop, also when a test or a benchmark fails. Used by
-//! `understudy bench node-loss` and by the tests (`tests/etcd.rs` includes this file).
-#![allow(dead_code)] // the tests and the benchmark use different subsets
+//! `understudy bench node-loss` and by the tests (`tests/etcd.rs`).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

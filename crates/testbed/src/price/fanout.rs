@@ -14,7 +14,7 @@
 //! fanout-consumer`) on a runtime of `--threads` workers, the same for both sides; the driver
 //! only starts processes and collects each run's one-line JSON report. Runs alternate between
 //! the sides, and a side is named the winner of a figure only when the difference is larger
-//! than the run-to-run spread ([`understudy_control::stats::compare`]).
+//! than the run-to-run spread ([`crate::stats::compare`]).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -30,14 +30,15 @@ use clap::{Args, ValueEnum};
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use understudy_control::stats::{compare, spread, Verdict};
-use understudy_pricefeed::fanout::{
-    self, ClientStats, ConsumerConfig, FanoutRun, Phase, RunReport, SideCounts,
-};
-use understudy_pricefeed::harness::{self, ChildGuard};
 use understudy_pricefeed::protocol::{read_frame, Message};
 
+use super::consumer::{
+    self as fanout, ClientStats, ConsumerConfig, FanoutRun, Phase, RunReport, SideCounts,
+};
+use super::recorder;
+use crate::proc::Proc;
 use crate::runtime;
+use crate::stats::{compare, spread, Verdict};
 
 /// Subject prefix the bridge publishes on; consumers subscribe to `prices.>`.
 const SUBJECT_PREFIX: &str = "prices.";
@@ -299,21 +300,20 @@ struct Driver<'a> {
 impl Driver<'_> {
     /// One run of `side`: its server process(es), then its consumer process; the report.
     async fn run(&self, side: Side) -> anyhow::Result<RunReport> {
-        let addr = harness::free_addr()?;
+        let addr = crate::ports::free_addrs(1)?[0];
         // Held until the consumer has reported; dropped (SIGKILL) after.
-        let mut servers: Vec<ChildGuard> = Vec::new();
+        let mut servers: Vec<Proc> = Vec::new();
+        let quiet = |mut cmd: std::process::Command| {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            cmd
+        };
         match side {
             Side::Ours => {
-                let args = vec![
-                    "price-server".to_string(),
-                    "--upstream".into(),
-                    self.exchange.to_string(),
-                    "--listen".into(),
-                    addr.to_string(),
-                ];
-                let mut cmd = harness::understudy_command(self.exe, &args, None)?;
-                servers.push(ChildGuard::spawn("price-server", &mut cmd)?);
-                harness::wait_listening(addr, Duration::from_secs(10)).await?;
+                let (up, listen) = (self.exchange.to_string(), addr.to_string());
+                let args = ["price-server", "--upstream", &up, "--listen", &listen];
+                let mut cmd = quiet(crate::proc::understudy(self.exe, &args));
+                servers.push(Proc::spawn(&mut cmd).context("starting price-server")?);
+                crate::http::listening(addr, Duration::from_secs(10)).await?;
             }
             Side::Nats => {
                 let bin = self.nats_bin.context("nats-server is not installed")?;
@@ -322,17 +322,12 @@ impl Driver<'_> {
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());
-                servers.push(ChildGuard::spawn("nats-server", &mut cmd)?);
-                harness::wait_listening(addr, Duration::from_secs(10)).await?;
-                let args = vec![
-                    "nats-bridge".to_string(),
-                    "--upstream".into(),
-                    self.exchange.to_string(),
-                    "--nats".into(),
-                    addr.to_string(),
-                ];
-                let mut cmd = harness::understudy_command(self.exe, &args, None)?;
-                servers.push(ChildGuard::spawn("nats-bridge", &mut cmd)?);
+                servers.push(Proc::spawn(&mut cmd).context("starting nats-server")?);
+                crate::http::listening(addr, Duration::from_secs(10)).await?;
+                let (up, nats) = (self.exchange.to_string(), addr.to_string());
+                let args = ["nats-bridge", "--upstream", &up, "--nats", &nats];
+                let mut cmd = quiet(crate::proc::understudy(self.exe, &args));
+                servers.push(Proc::spawn(&mut cmd).context("starting nats-bridge")?);
             }
         }
         let report = self.consume(side, addr).await?;
@@ -352,34 +347,33 @@ impl Driver<'_> {
             Side::Ours => "ours",
             Side::Nats => "nats",
         };
-        let mut child = std::process::Command::new(self.exe)
-            .args(["bench", "fanout-consumer", "--side", side_name, "--connect"])
-            .arg(addr.to_string())
-            .args(["--clients", &a.clients.to_string()])
-            .args(["--instruments", &a.instruments.to_string()])
-            .args(["--warmup", &warmup.to_string()])
-            .args(["--secs", &a.secs.to_string()])
-            .args(["--threads", &a.threads.to_string()])
-            .args(["--queue", &a.queue.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start the consumer process")?;
+        let mut child = Proc::spawn(
+            std::process::Command::new(self.exe)
+                .args(["bench", "fanout-consumer", "--side", side_name, "--connect"])
+                .arg(addr.to_string())
+                .args(["--clients", &a.clients.to_string()])
+                .args(["--instruments", &a.instruments.to_string()])
+                .args(["--warmup", &warmup.to_string()])
+                .args(["--secs", &a.secs.to_string()])
+                .args(["--threads", &a.threads.to_string()])
+                .args(["--queue", &a.queue.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )
+        .context("cannot start the consumer process")?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(warmup + a.secs + 30);
         let status = loop {
-            if let Some(s) = child.try_wait()? {
+            if let Some(s) = child.0.try_wait()? {
                 break s;
             }
             if tokio::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
                 bail!("the {side_name} consumer process did not finish in time");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let mut out = String::new();
-        if let Some(mut s) = child.stdout.take() {
+        if let Some(mut s) = child.0.stdout.take() {
             s.read_to_string(&mut out)?;
         }
         if !status.success() {
@@ -451,8 +445,8 @@ pub fn bench(a: FanoutArgs) -> anyhow::Result<u8> {
     );
     let rt = runtime()?;
     let runs = rt.block_on(async {
-        let ex = harness::free_addr()?;
-        let _exchange = harness::start_exchange(&exe, ex, a.instruments, a.rate, None)
+        let ex = crate::ports::free_addrs(1)?[0];
+        let _exchange = recorder::start_exchange(&exe, ex, a.instruments, a.rate, None)
             .await
             .context("starting exchange-sim")?;
         let d = Driver {

@@ -3,13 +3,9 @@
 //! `service.standby = "hot"`, and an in-process [`PriceClient`] whose every event is recorded.
 //!
 //! Shared by `understudy bench price-failover`, `understudy demo price` and the process-level
-//! tests (`tests/price_*.rs` include this file by path, so it uses only the crate's
-//! dependencies, never `crate::`). The driver is synchronous: agents are driven with blocking
+//! tests (`tests/price_*.rs`). The driver is synchronous: agents are driven with blocking
 //! calls on this thread while the client runs on the group's own runtime, so the driver's
 //! waiting never delays the client.
-
-// The binary uses part of this driver, the process tests the rest.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,9 +15,14 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::Instant;
-use understudy_control::local::{get_json, is_mode, LocalGroup};
-use understudy_pricefeed::harness::{self, ChildGuard, QuoteRecorder, Recorded};
 use understudy_pricefeed::{ClientOptions, PriceClient};
+
+use super::recorder::{self, QuoteRecorder, Recorded};
+use crate::clock::{ms, unix_ms_f64};
+use crate::config::{HealthSection, Mode, Standby};
+use crate::group::Group;
+use crate::http::{epoch_of, is_mode, notified_ms, service_pid_of};
+use crate::proc::Proc;
 
 /// Node names, in order.
 const NAMES: [&str; 9] = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
@@ -87,13 +88,13 @@ pub struct PriceGroup {
     pub exe: PathBuf,
     /// The exchange feed's address.
     pub exchange_addr: SocketAddr,
-    exchange: Option<ChildGuard>,
+    exchange: Option<Proc>,
     /// The instruments on the exchange.
     pub instruments: u32,
     /// Exchange rate.
     pub rate: u32,
-    /// The agents.
-    pub group: LocalGroup,
+    /// The agents, nodes `a`, `b`, … (node `i` is the `i`th name).
+    pub group: Group,
     /// Client address of each node's price server.
     pub servers: Vec<SocketAddr>,
     /// What the client delivered to the application.
@@ -116,13 +117,9 @@ impl PriceGroup {
         if opts.subscribe > opts.instruments {
             bail!("cannot subscribe to more instruments than the exchange lists");
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
+        let rt = crate::runtime()?;
         // Our ports stay reserved while the agents' admin ports are chosen, so none collide.
-        let reserved = harness::reserve_addrs(2 * opts.servers + 1)?;
+        let reserved = crate::ports::reserve(2 * opts.servers + 1)?;
         let addrs = reserved
             .iter()
             .map(|l| l.local_addr())
@@ -130,28 +127,28 @@ impl PriceGroup {
         let exchange_addr = addrs[0];
         let servers = addrs[1..=opts.servers].to_vec();
         let https = addrs[opts.servers + 1..].to_vec();
-        let names = &NAMES[..opts.servers];
-        let group = local_group(&exe, names, |name| {
-            let i = NAMES.iter().position(|n| *n == name).unwrap_or(0);
-            let mut cmd = harness::price_server_command(&exe, exchange_addr, servers[i]);
-            if opts.health_check {
-                cmd.extend(["--http".to_string(), https[i].to_string()]);
-            }
-            cmd
-        })?;
-        if opts.health_check {
-            for (i, node) in group.nodes.iter().enumerate() {
-                let mut cfg = std::fs::read_to_string(&node.cfg)?;
-                cfg.push_str(&format!(
-                    "\n[health]\nhttp = \"http://{}/health\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nfailures = 3\nstart_period = \"2s\"\n",
-                    https[i]
-                ));
-                std::fs::write(&node.cfg, cfg)?;
-            }
+        let mut group = Group::create(exe.clone(), Mode::TryLock, Standby::Hot)?;
+        group.config.node.group = "price".into();
+        for (i, name) in NAMES[..opts.servers].iter().enumerate() {
+            group.add_node(name, |c| {
+                c.service.command = recorder::price_server_command(&exe, exchange_addr, servers[i]);
+                if opts.health_check {
+                    c.service
+                        .command
+                        .extend(["--http".to_string(), https[i].to_string()]);
+                    c.health = Some(HealthSection {
+                        http: format!("http://{}/health", https[i]),
+                        interval: Some(Duration::from_millis(100)),
+                        timeout: Some(Duration::from_millis(200)),
+                        failures: Some(3),
+                        start_period: Some(Duration::from_secs(2)),
+                    });
+                }
+            })?;
         }
         drop(reserved);
         let exchange = rt
-            .block_on(harness::start_exchange(
+            .block_on(recorder::start_exchange(
                 &exe,
                 exchange_addr,
                 opts.instruments,
@@ -159,7 +156,7 @@ impl PriceGroup {
                 None,
             ))
             .context("starting exchange-sim")?;
-        let subscribed = harness::symbols(opts.subscribe);
+        let subscribed = recorder::symbols(opts.subscribe);
         let recorder = rt.block_on(async {
             let client = PriceClient::connect(servers.clone(), opts.client.clone())?;
             client.subscribe(&subscribed);
@@ -178,15 +175,15 @@ impl PriceGroup {
             stopped: Vec::new(),
             rt,
         };
-        g.group.start(0)?;
-        g.group.wait_hot(0).with_context(|| g.log_tail(0))?;
+        g.group.spawn(NAMES[0])?;
+        g.group.wait_hot(NAMES[0]).with_context(|| g.log_tail(0))?;
         g.check_alive(0)?;
-        for i in 1..opts.servers {
-            g.group.start(i)?;
+        for name in &NAMES[1..opts.servers] {
+            g.group.spawn(name)?;
         }
         for i in 1..opts.servers {
             g.group
-                .wait_ready(i)
+                .wait_ready_standby(NAMES[i])
                 .with_context(|| format!("{}\n{}", g.log_tail(i), g.log_tail(0)))?;
         }
         let want = g.subscribed.len();
@@ -196,7 +193,7 @@ impl PriceGroup {
             bail!(
                 "the client got prices for only {}/{want} instruments (logs in {})",
                 g.recorded(|r| r.symbols_at_epoch(r.highest_epoch)),
-                g.group.dir.path().display()
+                g.group.path.display()
             );
         }
         // Every standby has the client's subscriptions once the client is connected to it.
@@ -232,31 +229,32 @@ impl PriceGroup {
         self.rt.handle().clone()
     }
 
+    /// Node `i`'s name.
+    pub fn name(&self, i: usize) -> &'static str {
+        NAMES.get(i).copied().unwrap_or("?")
+    }
+
     /// `GET /status` of node `i`.
     pub fn status(&self, i: usize) -> Option<serde_json::Value> {
-        self.group.get(i, "/status")
+        self.group.status(self.name(i))
     }
 
     /// The node whose agent is Hot now, if any.
     pub fn active(&self) -> Option<usize> {
-        (0..self.group.nodes.len()).find(|&i| {
-            self.group.nodes[i].child.is_some()
-                && self.status(i).is_some_and(|v| is_mode(&v, "Hot"))
+        (0..self.servers.len()).find(|&i| {
+            self.group.running(self.name(i)) && self.status(i).is_some_and(|v| is_mode(&v, "Hot"))
         })
     }
 
     /// The pid of node `i`'s agent.
     pub fn agent_pid(&self, i: usize) -> Option<u32> {
-        self.group.nodes[i].child.as_ref().map(|c| c.id())
+        let n = self.group.nodes.get(self.name(i))?;
+        n.child.as_ref().map(|c| c.id())
     }
 
     /// The pid of node `i`'s service (the price server), from its agent's /status.
     pub fn service_pid(&self, i: usize) -> Option<u32> {
-        self.status(i)?
-            .get("service")?
-            .get("pid")?
-            .as_u64()
-            .and_then(|p| u32::try_from(p).ok())
+        service_pid_of(&self.status(i)?)
     }
 
     /// Sends `sig` to `pid`, remembering stopped processes so that they are resumed on drop.
@@ -281,14 +279,14 @@ impl PriceGroup {
         let want = self.subscribed.len();
         let t0_wall_ms = unix_ms_f64();
         let t0 = Instant::now();
-        self.group.kill9(killed);
+        self.group.kill9(self.name(killed));
         if !self.wait(Duration::from_secs(5), |r| {
             r.first_after(old_epoch).is_some()
         }) {
             bail!(
                 "no price with an epoch above {old_epoch} within 5 s of killing node {} (logs in {})",
-                self.group.nodes[killed].name,
-                self.group.dir.path().display()
+                self.name(killed),
+                self.group.path.display()
             );
         }
         self.wait(Duration::from_secs(5), |r| {
@@ -304,7 +302,8 @@ impl PriceGroup {
         let new_active = self.wait_new_active(old_epoch)?;
         let new_epoch = self
             .status(new_active)
-            .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
+            .as_ref()
+            .and_then(epoch_of)
             .unwrap_or(0);
         let (agent_notified_ms, kill_to_notified_ms) =
             self.takeover(new_active, new_epoch, t0_wall_ms);
@@ -324,13 +323,12 @@ impl PriceGroup {
     fn wait_new_active(&self, old_epoch: u64) -> anyhow::Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            for i in 0..self.group.nodes.len() {
-                if self.group.nodes[i].child.is_none() {
+            for i in 0..self.servers.len() {
+                if !self.group.running(self.name(i)) {
                     continue;
                 }
                 if let Some(v) = self.status(i) {
-                    let epoch = v.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0);
-                    if is_mode(&v, "Hot") && epoch > old_epoch {
+                    if is_mode(&v, "Hot") && epoch_of(&v).unwrap_or(0) > old_epoch {
                         return Ok(i);
                     }
                 }
@@ -345,33 +343,24 @@ impl PriceGroup {
     /// The agent's own figures for its takeover at `epoch`: detection → service notified, and
     /// kill → service notified through the agent's wall-clock detection time.
     fn takeover(&self, i: usize, epoch: u64, t0_wall_ms: f64) -> (Option<f64>, Option<f64>) {
-        let Some(ev) = get_json(&self.group.nodes[i].admin, "/events") else {
-            return (None, None);
-        };
-        let t = ev
-            .get("takeovers")
-            .and_then(|t| t.as_array())
-            .and_then(|ts| {
-                ts.iter()
-                    .rev()
-                    .find(|t| t.get("epoch").and_then(|e| e.as_u64()) == Some(epoch))
-            });
-        let Some(t) = t else { return (None, None) };
-        let notified = t.get("service_notified_ms").and_then(|v| v.as_f64());
-        let detected = t.get("detected_unix_ms").and_then(|v| v.as_f64());
-        let end_to_end = match (detected, notified) {
-            (Some(d), Some(n)) => Some((d + n - t0_wall_ms).max(0.0)),
-            _ => None,
-        };
-        (notified, end_to_end)
+        match self
+            .group
+            .takeover(self.name(i), Some(epoch))
+            .and_then(|t| notified_ms(&t, t0_wall_ms))
+        {
+            Some((notified, end_to_end)) => (Some(notified), Some(end_to_end)),
+            None => (None, None),
+        }
     }
 
     /// Restarts node `i`'s agent and waits until it is a ready standby and the client has
     /// reconnected to its price server (which then mirrors the client's subscriptions).
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         let before = self.recorded(|r| r.connects.get(&self.servers[i]).copied().unwrap_or(0));
-        self.group.start(i)?;
-        self.group.wait_ready(i).with_context(|| self.log_tail(i))?;
+        self.group.spawn(self.name(i))?;
+        self.group
+            .wait_ready_standby(self.name(i))
+            .with_context(|| self.log_tail(i))?;
         self.wait_client_connected(i, before)
     }
 
@@ -384,7 +373,7 @@ impl PriceGroup {
         }) {
             bail!(
                 "the client never connected to {addr} (node {})",
-                self.group.nodes[i].name
+                self.name(i)
             );
         }
         self.sleep(Duration::from_millis(100));
@@ -400,7 +389,7 @@ impl PriceGroup {
         self.sleep(down);
         let ex = self
             .rt
-            .block_on(harness::start_exchange(
+            .block_on(recorder::start_exchange(
                 &self.exe,
                 self.exchange_addr,
                 self.instruments,
@@ -415,7 +404,12 @@ impl PriceGroup {
     /// Fails if node `i`'s agent has exited (e.g. its admin port was taken meanwhile: another
     /// agent may then answer on that address).
     fn check_alive(&mut self, i: usize) -> anyhow::Result<()> {
-        let exited = match self.group.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+        let child = self
+            .group
+            .nodes
+            .get_mut(NAMES[i])
+            .and_then(|n| n.child.as_mut());
+        let exited = match child.map(|c| c.try_wait()) {
             Some(Ok(Some(status))) => Some(status.to_string()),
             Some(Ok(None)) => None,
             Some(Err(e)) => Some(e.to_string()),
@@ -424,7 +418,7 @@ impl PriceGroup {
         match exited {
             Some(how) => bail!(
                 "agent {} exited ({how}); {}",
-                self.group.nodes[i].name,
+                self.name(i),
                 self.log_tail(i)
             ),
             None => Ok(()),
@@ -434,25 +428,21 @@ impl PriceGroup {
     /// The end of node `i`'s log (agent and price server), for error messages: the directory
     /// is removed when the group is dropped.
     pub fn log_tail(&self, i: usize) -> String {
-        let path = self.dir().join(format!("{}.out", self.group.nodes[i].name));
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = self.group.output(self.name(i));
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-        format!(
-            "last lines of node {}'s log:\n{tail}",
-            self.group.nodes[i].name
-        )
+        format!("last lines of node {}'s log:\n{tail}", self.name(i))
     }
 
     /// The directory with the configs and the agents' logs.
     pub fn dir(&self) -> &std::path::Path {
-        self.group.dir.path()
+        &self.group.path
     }
 }
 
 impl Drop for PriceGroup {
     fn drop(&mut self) {
-        // A stopped process cannot act on SIGTERM, and LocalGroup waits for its agents to exit.
+        // A stopped process cannot act on SIGTERM, and the group waits for its agents to exit.
         for pid in std::mem::take(&mut self.stopped) {
             if let Ok(raw) = i32::try_from(pid) {
                 let _ = kill(Pid::from_raw(raw), Signal::SIGCONT);
@@ -460,35 +450,4 @@ impl Drop for PriceGroup {
         }
         self.group.stop_all();
     }
-}
-
-/// A [`LocalGroup`] whose nodes have distinct admin addresses. LocalGroup picks each port by
-/// binding port 0 and releasing it, and the kernel may hand the same port out twice in a row;
-/// a group with a duplicate is thrown away and made again.
-fn local_group(
-    exe: &std::path::Path,
-    names: &[&str],
-    command: impl Fn(&str) -> Vec<String>,
-) -> anyhow::Result<LocalGroup> {
-    for _ in 0..20 {
-        let g = LocalGroup::new(exe.to_path_buf(), names, "hot", &command)?;
-        let mut admins: Vec<&str> = g.nodes.iter().map(|n| n.admin.as_str()).collect();
-        admins.sort_unstable();
-        admins.dedup();
-        if admins.len() == g.nodes.len() {
-            return Ok(g);
-        }
-    }
-    bail!("could not find distinct free admin ports for the agents")
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn unix_ms_f64() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1e3)
-        .unwrap_or(0.0)
 }

@@ -1,0 +1,348 @@
+//! The FIX gateway on real processes: the gateway's configuration file (typed, like the
+//! agent's), `fix-exchange-sim` upstream of it, and a warm-standby pair of agents whose service
+//! is `fix-gateway` on one shared session store ([`FixGroup`]), which the demo, the benchmarks
+//! and the tests run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::{Mode, Standby};
+use crate::group::Group;
+use crate::http::{notified_ms, wait_port};
+use crate::proc::Proc;
+
+/// `gateway.sync`: when a stored message is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreSync {
+    /// fdatasync before each message is sent.
+    EveryWrite,
+    /// fdatasync at most 2 ms after a write.
+    Batch,
+}
+
+impl std::fmt::Display for StoreSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreSync::EveryWrite => "every-write",
+            StoreSync::Batch => "batch",
+        })
+    }
+}
+
+/// A gateway's configuration file (`understudy fix-gateway --config`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayFile {
+    /// `[gateway]`.
+    pub gateway: GatewaySection,
+    /// `[[client]]`: the counterparties it accepts.
+    pub client: Vec<ClientSection>,
+    /// `[[upstream]]`.
+    pub upstream: Vec<UpstreamSection>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewaySection {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The gateway's CompID.
+    pub comp_id: String,
+    /// The session store shared by the group.
+    pub store_dir: PathBuf,
+    /// Durability of the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<StoreSync>,
+    /// The upstream orders go to.
+    pub default_route: String,
+}
+
+/// `[[client]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientSection {
+    /// The client's CompID.
+    pub comp_id: String,
+}
+
+/// `[[upstream]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamSection {
+    /// Its name in routes.
+    pub name: String,
+    /// Its addresses.
+    pub connect: Vec<SocketAddr>,
+    /// Its CompID.
+    pub target_comp_id: String,
+    /// `heartbeat_interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<String>,
+    /// `reconnect_interval`.
+    pub reconnect_interval: String,
+}
+
+impl GatewayFile {
+    /// Gateway `GW` at `listen` on the store `store`, routing to the simulator `EXCH` at `sim`,
+    /// accepting `clients`.
+    pub fn new(listen: SocketAddr, store: &Path, sim: SocketAddr, clients: &[&str]) -> Self {
+        GatewayFile {
+            gateway: GatewaySection {
+                listen,
+                comp_id: "GW".into(),
+                store_dir: store.to_path_buf(),
+                sync: None,
+                default_route: "EXCH".into(),
+            },
+            client: clients
+                .iter()
+                .map(|c| ClientSection {
+                    comp_id: c.to_string(),
+                })
+                .collect(),
+            upstream: vec![UpstreamSection {
+                name: "EXCH".into(),
+                connect: vec![sim],
+                target_comp_id: "EXCH".into(),
+                heartbeat_interval: None,
+                reconnect_interval: "20ms".into(),
+            }],
+        }
+    }
+
+    /// Writes the file to `path`, with the TOML document `extra` (more clients, routes, an
+    /// `[admin]` section) merged in.
+    pub fn write(&self, path: &Path, extra: &str) -> anyhow::Result<()> {
+        let mut doc = crate::config::table_of(self).context("serialising a gateway config")?;
+        crate::config::merge(&mut doc, extra).context("extra sections of a gateway config")?;
+        std::fs::write(path, toml::to_string(&doc)?).with_context(|| path.display().to_string())
+    }
+}
+
+/// Starts `fix-exchange-sim` (CompID `EXCH`) on a free port: sessions in memory, or in a
+/// FileStore under `store` with its sync policy; its output appended to `log` (or discarded).
+/// Returns once it listens.
+pub fn start_sim(
+    exe: &Path,
+    store: Option<(&Path, StoreSync)>,
+    log: Option<&Path>,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let addr = crate::ports::free_addrs(1)?[0];
+    let listen = addr.to_string();
+    let mut cmd = crate::proc::understudy(
+        exe,
+        &[
+            "fix-exchange-sim",
+            "--listen",
+            &listen,
+            "--sender-comp-id",
+            "EXCH",
+        ],
+    );
+    if let Some((dir, sync)) = store {
+        cmd.arg("--store-dir")
+            .arg(dir)
+            .args(["--sync", &sync.to_string()]);
+    }
+    match log {
+        Some(l) => crate::proc::log_to(&mut cmd, l)?,
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let p = Proc::spawn(&mut cmd).context("cannot start fix-exchange-sim")?;
+    if !wait_port(addr, Duration::from_secs(10)) {
+        anyhow::bail!("fix-exchange-sim does not listen on {addr}");
+    }
+    Ok((p, addr))
+}
+
+/// The two nodes of a gateway group.
+pub const NODES: [&str; 2] = ["a", "b"];
+
+/// The exchange simulator, and the configs of two gateways listening at `ports` on one shared
+/// store.
+pub struct Pair {
+    /// The simulator, killed on drop.
+    pub _sim: Proc,
+    /// The shared session store.
+    pub store: PathBuf,
+    /// Where each gateway listens for clients.
+    pub ports: [SocketAddr; 2],
+    /// The gateways' configuration files (`<dir>/gw-a.toml`, `<dir>/gw-b.toml`).
+    pub cfgs: [PathBuf; 2],
+}
+
+impl Pair {
+    /// Starts the simulator (logging into `<dir>/sim.log`) and writes the configs of gateways
+    /// `gw-a` and `gw-b` in `dir` for `clients`, config `i` with the TOML document `extra(i)`
+    /// merged in.
+    pub fn create(
+        exe: &Path,
+        dir: &Path,
+        sync: Option<StoreSync>,
+        clients: &[&str],
+        extra: impl Fn(usize) -> String,
+    ) -> anyhow::Result<Pair> {
+        let (sim_proc, sim) = start_sim(exe, None, Some(&dir.join("sim.log")))?;
+        let store = dir.join("store");
+        let a = crate::ports::free_addrs(2)?;
+        let ports = [a[0], a[1]];
+        let cfgs = [dir.join("gw-a.toml"), dir.join("gw-b.toml")];
+        for i in 0..2 {
+            let mut file = GatewayFile::new(ports[i], &store, sim, clients);
+            file.gateway.sync = sync;
+            file.upstream[0].heartbeat_interval = Some("5s".into());
+            file.write(&cfgs[i], &extra(i))?;
+        }
+        Ok(Pair {
+            _sim: sim_proc,
+            store,
+            ports,
+            cfgs,
+        })
+    }
+}
+
+/// Adds nodes `a` and `b` to `g`, each running `fix-gateway` with its config of `cfgs`.
+///
+/// Each gateway starts with SIGUSR1 ignored until it installs its own handler, so a signal from
+/// its agent that arrives early cannot kill it; the gateway also finds the agent Hot by polling
+/// the agent's /status (see docs/fix-gateway.md).
+pub fn add_gateways(g: &mut Group, cfgs: &[PathBuf; 2]) -> anyhow::Result<()> {
+    let exe = g.exe.display().to_string();
+    for (name, cfg) in NODES.iter().zip(cfgs) {
+        g.add_node(name, |c| {
+            c.service.command = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "trap '' USR1; exec {exe} fix-gateway --config {}",
+                    cfg.display()
+                ),
+            ];
+        })?;
+    }
+    Ok(())
+}
+
+/// A warm-standby agent group `fix` in trylock mode, without nodes.
+pub fn gateway_group(exe: &Path) -> anyhow::Result<Group> {
+    let mut g = Group::create(exe, Mode::TryLock, Standby::Warm)?;
+    g.config.node.group = "fix".into();
+    Ok(g)
+}
+
+/// Starts node a and waits until it is Hot and its gateway listens at `active`, then node b
+/// and waits until it is a ready standby.
+pub fn start_active_then_standby(g: &mut Group, active: SocketAddr) -> anyhow::Result<()> {
+    g.spawn(NODES[0])?;
+    g.wait_hot(NODES[0])?;
+    g.spawn(NODES[1])?;
+    g.wait_ready_standby(NODES[1])?;
+    if !wait_port(active, Duration::from_secs(10)) {
+        anyhow::bail!("the active gateway does not listen on {active}");
+    }
+    Ok(())
+}
+
+/// A gateway group on this host with everything it needs: `fix-exchange-sim`, two agents `a`
+/// and `b` whose warm-standby service is `fix-gateway`, one shared store, all in the group's
+/// directory. The demo and the benchmarks run it.
+pub struct FixGroup {
+    /// The agents (`None` while [`FixGroup::blocking`] has them).
+    pub group: Option<Group>,
+    /// Client addresses of the gateways of nodes a and b.
+    pub gateways: [SocketAddr; 2],
+    dir: PathBuf,
+    _pair: Pair,
+}
+
+impl FixGroup {
+    /// Starts the simulator and both agents, the gateways storing with `sync` and accepting
+    /// `clients`; node a is active, b a ready standby.
+    pub async fn start(
+        exe: PathBuf,
+        sync: StoreSync,
+        clients: &[&str],
+    ) -> anyhow::Result<FixGroup> {
+        let clients: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
+            let mut g = gateway_group(&exe)?;
+            let dir = g.path.clone();
+            let pair = Pair::create(&exe, &dir, Some(sync), &clients, |_| String::new())?;
+            add_gateways(&mut g, &pair.cfgs)?;
+            start_active_then_standby(&mut g, pair.ports[0])?;
+            Ok(FixGroup {
+                group: Some(g),
+                gateways: pair.ports,
+                dir,
+                _pair: pair,
+            })
+        })
+        .await?
+    }
+
+    /// Runs `f` on the agents in a blocking task.
+    pub async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Group) -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let mut g = self.group.take().context("the group is in use")?;
+        let (g, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut g);
+            (g, out)
+        })
+        .await?;
+        self.group = Some(g);
+        Ok(out)
+    }
+
+    /// The pid of node `i`'s agent, if it runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        let n = self.group.as_ref()?.nodes.get(NODES[i])?;
+        n.child.as_ref().map(|c| c.id())
+    }
+
+    /// A client `comp_id` configured with both gateway addresses.
+    pub fn client(
+        &self,
+        comp_id: &str,
+        reconnect: Duration,
+    ) -> anyhow::Result<understudy_fix::client::Client> {
+        Ok(understudy_fix::client::start(
+            understudy_fix::client::ClientConfig {
+                connect: self.gateways.to_vec(),
+                sender_comp_id: comp_id.into(),
+                target_comp_id: "GW".into(),
+                begin_string: understudy_fix::tags::BeginString::Fix44,
+                heartbeat_interval: Duration::from_secs(30),
+                reconnect_interval: reconnect,
+            },
+        )?)
+    }
+
+    /// Node `i`'s agent's last takeover: (detection → service notified, kill → service
+    /// notified through its wall-clock detection time).
+    pub fn takeover(&self, i: usize, kill_unix_ms: f64) -> Option<(f64, f64)> {
+        let t = self.group.as_ref()?.takeover(NODES[i], None)?;
+        notified_ms(&t, kill_unix_ms)
+    }
+
+    /// The directory with the configs, the store and every log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for FixGroup {
+    fn drop(&mut self) {
+        if let Some(mut g) = self.group.take() {
+            g.stop_all();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Processes the harness starts, and what it reads about processes from `/proc`.
+//!
+//! Everything the harness starts leads a process group of its own ([`spawn`]), so that one
+//! `SIGKILL` to the group also takes whatever the process started (an `sh -c` wrapper's
+//! program, `ip netns exec`'s command). Being outside the terminal's foreground group, such a
+//! process would not get the terminal's Ctrl-C: the first spawn therefore installs a handler
+//! for SIGINT, SIGTERM and SIGHUP that kills every group still running before the driver dies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+/// Process groups started by [`spawn`] and not yet killed: what the signal handler kills.
+static LIVE: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+static HANDLER: Once = Once::new();
+
+fn live() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
+    // The set only holds numbers: a panic while it was locked leaves it usable.
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn install_handler() {
+    HANDLER.call_once(|| {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            // Without the handler a Ctrl-C leaves the children running; nothing else changes.
+            return;
+        };
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                for pgid in live().iter() {
+                    let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+                }
+                let _ = signal_hook::low_level::emulate_default_handler(sig);
+                std::process::exit(128 + sig);
+            }
+        });
+    });
+}
+
+/// Starts `cmd` as the leader of a new process group; [`stop_child`] (or a [`Proc`]) kills
+/// the group.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    install_handler();
+    let child = cmd.process_group(0).spawn()?;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        live().insert(pid);
+    }
+    Ok(child)
+}
+
+/// `SIGKILL` to the child's process group when [`spawn`] made it lead one, else to the child
+/// alone; then reaps it.
+pub fn stop_child(child: &mut Child) {
+    let leader = i32::try_from(child.id())
+        .ok()
+        .filter(|pid| live().remove(pid));
+    match leader {
+        // The group may outlive its leader (an `sh -c` wrapper's program): killed all the same.
+        Some(pgid) => {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        None => {
+            let _ = child.kill();
+        }
+    }
+    let _ = child.wait();
+}
+
+/// A child process whose process group is killed when it is dropped, so that a failing test
+/// or benchmark leaves nothing running.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Starts `cmd` in a process group of its own (see [`spawn`]).
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<Proc> {
+        spawn(cmd).map(Proc)
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// True once the process has exited (it is then reaped).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.0.try_wait(), Ok(None))
+    }
+
+    /// Kills the process group now and reaps the process.
+    pub fn kill(&mut self) {
+        stop_child(&mut self.0);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        stop_child(&mut self.0);
+    }
+}
+
+/// A command running the `understudy` binary `exe` with `args`, stdin closed, outside any
+/// agent's environment: a driver run from inside an agent's service must not hand its role to
+/// what it starts.
+pub fn understudy(exe: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null());
+    for k in [
+        "UNDERSTUDY_ROLE",
+        "UNDERSTUDY_EPOCH",
+        "UNDERSTUDY_GROUP",
+        "UNDERSTUDY_NODE",
+        "UNDERSTUDY_ADMIN",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
+/// `cmd`'s stdout and stderr appended to `log`.
+pub fn log_to(cmd: &mut Command, log: &Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    cmd.stdout(f.try_clone()?).stderr(f);
+    Ok(())
+}
+
+/// True while `pid` exists and is not a zombie (a zombie acts no more; our PID 1 may not reap).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // The state follows the parenthesised command name, which may contain spaces.
+            let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            !matches!(
+                after.split_whitespace().next(),
+                Some("Z") | Some("X") | None
+            )
+        }
+        Err(_) => false,
+    }
+}
+
+/// The process group id of `pid`.
+pub fn pgid_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = s.rsplit_once(')')?.1;
+    // fields after the name: state ppid pgrp ...
+    after.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Every live process in process group `pgid`.
+pub fn pids_in_group(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                if pgid_of(pid) == Some(pgid) && alive(pid) {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The environment of a live process.
+pub fn environ(pid: u32) -> BTreeMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Sends `sig` to `pid`; panics when it cannot (for tests).
+pub fn signal(pid: u32, sig: Signal) {
+    kill(Pid::from_raw(pid as i32), sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
+}
+
+/// Waits for a child to exit within `timeout`; if it does not, kills and reaps it and panics
+/// with the message `why` builds.
+pub fn exit_within(
+    child: &mut Child,
+    timeout: Duration,
+    why: impl FnOnce() -> String,
+) -> ExitStatus {
+    match wait_exit(child, timeout) {
+        Some(st) => st,
+        None => {
+            stop_child(child);
+            panic!("{}", why());
+        }
+    }
+}
+
+/// Waits for a child to exit within `timeout`; None if it is still running.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        crate::clock::pause(Duration::from_millis(2));
+    }
+}
+
+/// Runs `exe` to completion with these arguments; (exit code, stdout, stderr). Panics when it
+/// cannot be run (for tests).
+pub fn run_cli(exe: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(exe)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
