@@ -183,7 +183,7 @@ impl PriceGroup {
         }
         for i in 1..opts.servers {
             g.group
-                .wait_ready_standby(NAMES[i])
+                .wait_ready_standby(g.name(i))
                 .with_context(|| format!("{}\n{}", g.log_tail(i), g.log_tail(0)))?;
         }
         let want = g.subscribed.len();

@@ -20,6 +20,49 @@ impl Group {
             .unwrap_or_else(|e| panic!("standby {standby}: {e}"));
         Group(testbed::Group::create(BIN, mode, standby).unwrap_or_else(|e| panic!("{e:#}")))
     }
+
+    // Forwarded rather than reached through `DerefMut`, so that an argument may read the group
+    // (`g.set_service("env", &format!("{}", g.log.display()))`): a method call's own `&mut`
+    // borrow starts only after its arguments, an explicit `deref_mut` before them.
+
+    /// See [`testbed::Group::set_activation`].
+    pub fn set_activation(&mut self, key: &str, toml_value: &str) {
+        self.0.set_activation(key, toml_value)
+    }
+
+    /// See [`testbed::Group::set_service`].
+    pub fn set_service(&mut self, key: &str, toml_value: &str) {
+        self.0.set_service(key, toml_value)
+    }
+
+    /// See [`testbed::Group::set_lock`].
+    pub fn set_lock(&mut self, lock: &std::path::Path) {
+        self.0.set_lock(lock)
+    }
+
+    /// See [`testbed::Group::add`].
+    pub fn add(&mut self, name: &str) -> String {
+        self.0.add(name)
+    }
+
+    /// See [`testbed::Group::start`].
+    pub fn start(&mut self, name: &str) -> String {
+        self.0.start(name)
+    }
+
+    /// See [`testbed::Group::kill9`].
+    pub fn kill9(&mut self, name: &str) -> bool {
+        self.0.kill9(name)
+    }
+
+    /// See [`testbed::Group::sigterm`].
+    pub fn sigterm(
+        &mut self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> std::process::ExitStatus {
+        self.0.sigterm(name, timeout)
+    }
 }
 
 impl std::ops::Deref for Group {
