@@ -232,3 +232,46 @@ pub fn run_cli(exe: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pid an `sh -c` child printed: its own child's, running in the background.
+    fn grandchild(p: &mut Proc) -> u32 {
+        use std::io::BufRead;
+        let out = p.0.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read the pid");
+        line.trim().parse().expect("a pid")
+    }
+
+    #[test]
+    fn dropping_a_proc_kills_what_its_process_started() {
+        let mut p = Proc::spawn(
+            Command::new("sh")
+                .args(["-c", "sleep 100 & echo $!; wait"])
+                .stdout(Stdio::piped()),
+        )
+        .expect("sh");
+        let pid = grandchild(&mut p);
+        assert!(alive(pid), "sleep {pid} runs");
+        assert_eq!(pgid_of(pid), Some(p.id()), "in the group the child leads");
+        drop(p);
+        assert!(
+            crate::clock::wait_until(Duration::from_secs(5), || !alive(pid)),
+            "sleep {pid} outlived the dropped Proc"
+        );
+    }
+
+    #[test]
+    fn a_child_started_elsewhere_is_killed_alone() {
+        let child = Command::new("sleep").arg("100").spawn().expect("sleep");
+        let pid = child.id();
+        assert_ne!(pgid_of(pid), Some(pid), "not a group leader");
+        drop(Proc(child));
+        assert!(!alive(pid), "sleep {pid} still runs");
+    }
+}
