@@ -80,6 +80,19 @@ pub fn p99_note(n: usize) -> Option<String> {
     })
 }
 
+/// The line that judges `figure` (in ms, lower is better) against `goal_ms` on its p99, or on
+/// its maximum, which is stricter, when the sample is too small for a p99.
+pub fn goal_line(figure: &str, s: &Summary, goal_ms: f64) -> String {
+    let (what, v) = match s.p99 {
+        Some(p) => ("p99", p),
+        None => ("max (too few runs for a p99)", s.max),
+    };
+    format!(
+        "goal: {figure}, p99 under {goal_ms} ms, judged on the {what}: {}",
+        if v < goal_ms { "met" } else { "NOT MET" }
+    )
+}
+
 /// Smallest and largest of a set of per-run figures (NaN ignored; NaN both when none).
 pub fn spread(xs: &[f64]) -> (f64, f64) {
     xs.iter()

@@ -818,15 +818,13 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
         "",
     );
     print!("{}", t.render());
-    let b = Summary::of(&beyond);
-    let goal = 100.0;
-    let (what, v) = match b.p99 {
-        Some(p) => ("p99", p),
-        None => ("max (too few runs for a p99)", b.max),
-    };
     println!(
-        "goal: FIX recovery beyond the agent's takeover, p99 under {goal} ms, judged on the {what}: {}",
-        if v < goal { "met" } else { "NOT MET" }
+        "{}",
+        crate::stats::goal_line(
+            "FIX recovery beyond the agent's takeover",
+            &Summary::of(&beyond),
+            100.0
+        )
     );
     Ok(0)
 }

@@ -60,12 +60,7 @@ fn price_failover(a: PriceFailoverArgs) -> anyhow::Result<u8> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    if !(2..=9).contains(&a.servers) {
-        bail!("--servers must be between 2 and 9");
-    }
-    if a.subscribe == 0 || a.subscribe > 200 {
-        bail!("--subscribe must be between 1 and 200 (the exchange lists 200 instruments)");
-    }
+    check_group(a.servers, a.subscribe)?;
     let exe = std::env::current_exe().context("cannot find the understudy executable")?;
     eprintln!(
         "starting exchange-sim, {} agents with hot-standby price servers, and a client on {} instruments…",
@@ -156,17 +151,20 @@ fn price_failover(a: PriceFailoverArgs) -> anyhow::Result<u8> {
         "every subscription intact after the failover: {intact}/{} runs; updates from an older epoch after a newer one: {older}",
         a.runs
     );
-    let goal = 200.0;
-    // With fewer runs than a p99 needs, the goal is judged on the maximum, which is stricter.
-    let (what, v) = match s.p99 {
-        Some(p) => ("p99", p),
-        None => ("max (too few runs for a p99)", s.max),
-    };
-    println!(
-        "goal: staleness p99 under {goal} ms, judged on the {what}: {}",
-        if v < goal { "met" } else { "NOT MET" }
-    );
+    println!("{}", crate::stats::goal_line("staleness", &s, 200.0));
     Ok(if intact == a.runs && older == 0 { 0 } else { 1 })
+}
+
+/// Refuses a group the drivers do not run: 2 to 9 servers, 1 to 200 instruments (the
+/// exchange lists 200).
+fn check_group(servers: usize, subscribe: u32) -> anyhow::Result<()> {
+    if !(2..=9).contains(&servers) {
+        bail!("--servers must be between 2 and 9");
+    }
+    if subscribe == 0 || subscribe > 200 {
+        bail!("--subscribe must be between 1 and 200 (the exchange lists 200 instruments)");
+    }
+    Ok(())
 }
 
 /// Arguments of `understudy demo price`.
@@ -185,12 +183,7 @@ pub struct PriceDemoArgs {
 
 /// `understudy demo price`.
 pub fn demo(a: PriceDemoArgs) -> anyhow::Result<u8> {
-    if !(2..=9).contains(&a.servers) {
-        bail!("--servers must be between 2 and 9");
-    }
-    if a.subscribe == 0 || a.subscribe > 200 {
-        bail!("--subscribe must be between 1 and 200");
-    }
+    check_group(a.servers, a.subscribe)?;
     let exe = std::env::current_exe().context("cannot find the understudy executable")?;
     println!(
         "understudy demo price: an exchange simulator, {} price servers behind agents (trylock, hot standby), one client\n",
