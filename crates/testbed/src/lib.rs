@@ -1,6 +1,7 @@
 //! The test bed of understudy: everything that starts real processes to show, measure or test
 //! the product, shared by the CLI's `demo` and `bench` commands and by the tests. Not part of
-//! the product: nothing here runs inside an agent or a service.
+//! the product: the agent and the price and FIX services never use it (the demo service takes
+//! its clock from [`clock`], the clock the overlap checker reads its log on).
 //!
 //! Layout:
 //! - [`group`]: a local group of real `understudy agent` processes ([`Group`]), configured with
