@@ -1,6 +1,7 @@
 //! `understudy`: the one binary. Layout:
 //! - `agent`, `check-config`: run or validate a node (crate `understudy-agent`).
-//! - `status`, `activate`, `switchover`, `events`: talk to a node's admin API (crate `understudy-control`).
+//! - `status`, `activate`, `switchover`, `events`, `top`: talk to a node's admin API (crate
+//!   `understudy-control`), all with the same [`AgentArgs`].
 //! - `demo`: a local group on an embedded default, killed and recovered before your eyes ([`demo`]).
 //! - `bench failover`: takeover latency against the bare kernel lock handoff ([`bench`]);
 //!   `bench node-loss`: takeover after a network cut (etcd) against keepalived ([`bench_node_loss`],
