@@ -33,6 +33,15 @@ pub struct DemoArgs {
     keep: bool,
 }
 
+/// The group as node `n` sees it, as `understudy status` prints it.
+fn group_table(g: &Group, n: &str) -> String {
+    match g.get(n, "/group").map(serde_json::from_value) {
+        Some(Ok(group)) => render_group(&group),
+        Some(Err(e)) => format!("(unreadable /group answer: {e})\n"),
+        None => "(no answer from the node)\n".to_string(),
+    }
+}
+
 fn pause(ms: u64) {
     sleep(Duration::from_millis(ms));
 }
@@ -85,10 +94,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         }
         pause(300);
         println!("$ understudy status --agent {}", g.admin(names[1]));
-        print!(
-            "{}",
-            render_group(&g.get(names[1], "/group").unwrap_or_default())
-        );
+        print!("{}", group_table(&g, names[1]));
 
         let old = g.status(names[0]);
         let old_svc = old.as_ref().and_then(service_pid_of);
@@ -131,7 +137,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         }
         pause(600);
         println!("\n$ understudy status --agent {}", g.admin(n));
-        print!("{}", render_group(&g.get(n, "/group").unwrap_or_default()));
+        print!("{}", group_table(&g, n));
         println!(
             "\n$ understudy events --agent {}   (the failure event)",
             g.admin(n)
@@ -147,7 +153,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         g.spawn(names[0])?;
         g.wait_ready_standby(names[0])?;
         pause(300);
-        print!("{}", render_group(&g.get(n, "/group").unwrap_or_default()));
+        print!("{}", group_table(&g, n));
         Ok(())
     })();
     g.stop_all();
