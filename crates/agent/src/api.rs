@@ -408,6 +408,8 @@ async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
     let fresh_ms =
         (api.shared.cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
+    // etcd groups: the holder's last renewal as this node saw it, shown on the holder's row.
+    let renewal = api.shared.members.renewal();
     let members: Vec<serde_json::Value> = api
         .shared
         .members
@@ -419,6 +421,9 @@ async fn group(AxState(api): AxState<Api>) -> Response {
             if let Some(o) = v.as_object_mut() {
                 o.insert("age_ms".into(), json!(age));
                 o.insert("fresh".into(), json!(age <= fresh_ms));
+                if let Some((_, r)) = renewal.as_ref().filter(|(h, _)| *h == m.node) {
+                    o.insert("renewal_age_ms".into(), json!(r.as_millis() as u64));
+                }
             }
             v
         })

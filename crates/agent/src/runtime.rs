@@ -121,6 +121,10 @@ pub struct StatusView {
     pub agent_pid: u32,
     /// The service.
     pub service: ServiceStatus,
+    /// etcd groups: how long ago this node saw the holder's last renewal (on the holder, its own
+    /// last acknowledged renewal), in milliseconds; `null` for lock files or with no holder.
+    #[serde(default)]
+    pub renewal_age_ms: Option<u64>,
 }
 
 /// State shared between the event loop and the admin API.
@@ -154,6 +158,10 @@ impl Shared {
             s.mode = State::Warm.to_string();
             s.waiting = Some("the grant's deadline passed; stepping down".to_string());
         }
+        s.renewal_age_ms = self
+            .members
+            .renewal()
+            .map(|(_, age)| age.as_millis() as u64);
         s
     }
 }
@@ -299,6 +307,7 @@ fn initial_status(cfg: &Config) -> StatusView {
             healthy: cfg.health.is_none(),
             detail: None,
         },
+        renewal_age_ms: None,
     }
 }
 
@@ -933,6 +942,7 @@ impl Runtime {
                 healthy: snap.healthy,
                 detail: self.service_detail.clone(),
             },
+            renewal_age_ms: None,
         };
         match self.shared.status.write() {
             Ok(mut s) => *s = view,

@@ -275,6 +275,9 @@ pub fn render_group(group: &Value) -> String {
             u(m, "last_seen_unix_ms").map(ago).unwrap_or_default(),
             s(m, "admin"),
         );
+        if let Some(r) = u(m, "renewal_age_ms") {
+            line.push_str(&format!("  renewed {r} ms ago"));
+        }
         if superseded && is_fresh {
             line.push_str(&format!(
                 "  record of an older epoch; epoch {} is active",
@@ -437,5 +440,16 @@ mod tests {
         assert!(stale.contains("stale"), "{stale}");
         let none = render_group(&json!({"group": "g", "members": [m("b", "Warm")]}));
         assert!(none.contains("NO ACTIVE NODE"), "{none}");
+    }
+
+    #[test]
+    fn an_etcd_holder_shows_its_last_renewal_age() {
+        let a = json!({"node": "a", "mode": "Hot", "epoch": 3, "fresh": true,
+                       "renewal_age_ms": 12});
+        let b = json!({"node": "b", "mode": "Warm", "epoch": 2, "fresh": true});
+        let text = render_group(&json!({"group": "g", "members": [a, b]}));
+        let line = |n: &str| text.lines().find(|l| l.starts_with(n)).unwrap_or_default();
+        assert!(line("a ").contains("renewed 12 ms ago"), "{text}");
+        assert!(!line("b ").contains("renewed"), "{text}");
     }
 }
