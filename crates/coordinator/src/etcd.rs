@@ -507,6 +507,15 @@ fn instant_at(t: Nanos) -> Instant {
     Instant::now() + Duration::from_nanos(t.saturating_sub(now()))
 }
 
+/// A write's outcome for the lease: an error is an answer that says nothing ([`Reply::Failed`]),
+/// kept for the caller to report.
+fn answered(r: Result<Reply, CoordError>) -> (Reply, Option<CoordError>) {
+    match r {
+        Ok(reply) => (reply, None),
+        Err(e) => (Reply::Failed, Some(e)),
+    }
+}
+
 /// `leader` as this node last saw it, for /status and `understudy status`.
 #[derive(Debug, Clone, Default)]
 struct LeaderSeen {
@@ -840,13 +849,10 @@ impl Task {
         let until = sent
             .at
             .saturating_add(self.s.timing.deadline.as_nanos() as u64);
-        let reply = self
-            .write_leader(sent, vec![self.epoch_compare()], ops, until)
-            .await;
-        let (reply, err) = match reply {
-            Ok(r) => (r, None),
-            Err(e) => (Reply::Failed, Some(e)),
-        };
+        let (reply, err) = answered(
+            self.write_leader(sent, vec![self.epoch_compare()], ops, until)
+                .await,
+        );
         let Outcome::Granted { deadline } = self.lease.answer(sent, reply, now()) else {
             return match err {
                 Some(e) => Err(e),
@@ -889,13 +895,10 @@ impl Task {
             Err(_) => Vec::new(),
         };
         let until = self.lease.deadline().unwrap_or(sent.at);
-        let reply = match self.write_leader(sent, Vec::new(), ops, until).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!("etcd: renewal failed: {e}");
-                Reply::Failed
-            }
-        };
+        let (reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
+        if let Some(e) = err {
+            tracing::debug!("etcd: renewal failed: {e}");
+        }
         let took = Duration::from_nanos(now().saturating_sub(sent.at));
         match self.lease.answer(sent, reply, now()) {
             Outcome::Extended { deadline } => {
@@ -974,13 +977,10 @@ impl Task {
             TxnOp::put(self.s.leader_key(), value, self.put_options()),
         ];
         let until = self.lease.deadline().unwrap_or(sent.at);
-        let reply = self
-            .write_leader(sent, vec![self.epoch_compare()], ops, until)
-            .await;
-        let (answer, err) = match reply {
-            Ok(r) => (r, None),
-            Err(e) => (Reply::Failed, Some(e)),
-        };
+        let (answer, err) = answered(
+            self.write_leader(sent, vec![self.epoch_compare()], ops, until)
+                .await,
+        );
         match self.lease.answer(sent, answer, now()) {
             Outcome::Extended { deadline } => {
                 (self.fence)(Fence::Until(deadline));

@@ -336,6 +336,12 @@ impl World {
         }
     }
 
+    /// Schedules `ev` one network delay from now.
+    fn after_delay(&mut self, ev: Ev) {
+        let d = self.delay();
+        self.at(self.t + d, ev);
+    }
+
     fn lost(&mut self) -> bool {
         self.hostile.faults && self.rng.chance(0.02)
     }
@@ -362,15 +368,11 @@ impl World {
                     return Ok(());
                 }
                 let key = self.key;
-                let d = self.delay();
-                self.at(
-                    self.t + d,
-                    Ev::Watch {
-                        to: from,
-                        life,
-                        key,
-                    },
-                );
+                self.after_delay(Ev::Watch {
+                    to: from,
+                    life,
+                    key,
+                });
                 Ok(())
             }
             ev @ (Ev::Answer { .. } | Ev::Watch { .. } | Ev::Wake { .. }) => {
@@ -427,8 +429,7 @@ impl World {
                 self.nodes[node].cut = false;
                 // The watch broke meanwhile: the agent reads the group again.
                 let life = self.nodes[node].life;
-                let d = self.delay();
-                self.at(self.t + d, Ev::Read { from: node, life });
+                self.after_delay(Ev::Read { from: node, life });
                 Ok(())
             }
             Ev::Crash { node } => {
@@ -455,8 +456,7 @@ impl World {
                 n.alive = true;
                 n.campaigning = true;
                 let life = n.life;
-                let d = self.delay();
-                self.at(self.t + d, Ev::Read { from: node, life });
+                self.after_delay(Ev::Read { from: node, life });
                 Ok(())
             }
             Ev::StepDown { node } => {
@@ -500,8 +500,7 @@ impl World {
             return;
         }
         let life = self.nodes[from].life;
-        let d = self.delay();
-        self.at(self.t + d, Ev::Request { from, life, sent });
+        self.after_delay(Ev::Request { from, life, sent });
     }
 
     /// etcd: compare-and-swap on `leader`, serialised.
@@ -542,18 +541,14 @@ impl World {
             return Ok(());
         }
         let key = self.key;
-        let d = self.delay();
-        self.at(
-            self.t + d,
-            Ev::Answer {
-                to: from,
-                life,
-                sent,
-                reply,
-                key,
-                granted,
-            },
-        );
+        self.after_delay(Ev::Answer {
+            to: from,
+            life,
+            sent,
+            reply,
+            key,
+            granted,
+        });
         Ok(())
     }
 
