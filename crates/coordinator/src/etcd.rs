@@ -184,6 +184,8 @@ struct View {
     claimed_epoch: Option<u64>,
     /// The highest epoch seen anywhere in the group.
     epoch: u64,
+    /// When etcd last answered this node (a watch message, a read, a transaction).
+    heard_at: Option<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -325,6 +327,8 @@ impl EtcdCoordinator {
             campaigning: false,
             ready: Some(ready_tx),
             own_rx: Some(own_rx),
+            heard: None,
+            keeper_spawned: false,
         };
         std::thread::Builder::new()
             .name("etcd-coordinator".into())
@@ -480,6 +484,22 @@ impl Coordinator for EtcdCoordinator {
         // A lost grant is reported by the thread the moment it is lost.
         self.holds()
     }
+
+    fn unreachable(&self) -> Option<String> {
+        // A standby probes after a quarter of lease_ttl of silence and waits at most another
+        // quarter for the answer, so a healthy one is never silent for half of it; a silent one
+        // could not claim in time.
+        let limit = self.settings.timing.lease_ttl / 2;
+        match lock(&self.view).heard_at {
+            None => Some("etcd has not answered yet".to_string()),
+            Some(at) => (Instant::now().saturating_duration_since(at) > limit).then(|| {
+                format!(
+                    "etcd has not answered for more than half of lease_ttl ({} ms)",
+                    limit.as_millis()
+                )
+            }),
+        }
+    }
 }
 
 impl Drop for EtcdCoordinator {
@@ -550,6 +570,10 @@ struct Task {
     /// Told once the first snapshot of the group is in.
     ready: Option<std::sync::mpsc::SyncSender<()>>,
     own_rx: Option<watch::Receiver<Option<MemberRecord>>>,
+    /// When etcd last answered (the same as the view's `heard_at`, without its lock).
+    heard: Option<Instant>,
+    /// The backstop lease's keeper runs (on the first client; it survives reconnections).
+    keeper_spawned: bool,
 }
 
 /// What the claim transaction tells.
@@ -583,6 +607,13 @@ impl Task {
                 }
             }
             self.publish_seen();
+            let connected = self.client.is_some() && self.watch.is_some();
+            if connected && !self.lease.holds() && Instant::now() >= self.probe_at() {
+                self.probe().await;
+                if self.client.is_none() {
+                    continue;
+                }
+            }
             let wake = match self.lease.poll(now(), self.campaigning) {
                 Step::Lost(loss) => {
                     self.on_loss(loss);
@@ -598,11 +629,15 @@ impl Task {
                 }
                 Step::Idle(at) => at.map(instant_at),
             };
-            let wake = if self.client.is_none() || self.watch.is_none() {
+            let connected = self.client.is_some() && self.watch.is_some();
+            let wake = if !connected {
                 let retry = Instant::now() + RETRY;
                 Some(wake.map_or(retry, |w| w.min(retry)))
-            } else {
+            } else if self.lease.holds() {
                 wake
+            } else {
+                let probe = self.probe_at();
+                Some(wake.map_or(probe, |w| w.min(probe)))
             };
             tokio::select! {
                 biased;
@@ -612,6 +647,54 @@ impl Task {
                 },
                 msg = next_watch(&mut self.watch) => self.on_watch(msg),
                 _ = sleep_until_opt(wake) => {}
+            }
+        }
+    }
+
+    /// A standby hears every renewal through its watch; after a quarter of `lease_ttl` of
+    /// silence it asks etcd itself, so that a connection that stalled (a link that was down,
+    /// packets dropped) is found and replaced before a claim depends on it, not after TCP's
+    /// retransmission back-off or the seconds a keep-alive takes.
+    fn probe_at(&self) -> Instant {
+        let every = self.s.timing.lease_ttl / 4;
+        self.heard.map(|h| h + every).unwrap_or_else(Instant::now)
+    }
+
+    fn heard(&mut self) {
+        let now = Instant::now();
+        self.heard = Some(now);
+        lock(&self.view).heard_at = Some(now);
+    }
+
+    /// One linearizable read of the leader key, bounded by a quarter of `lease_ttl`. An answer
+    /// also catches up a watch that lags; no answer means the connection is replaced.
+    async fn probe(&mut self) {
+        let Ok(mut client) = self.client() else {
+            return;
+        };
+        let limit = self.s.timing.lease_ttl / 4;
+        match tokio::time::timeout(limit, client.get(self.s.leader_key(), None)).await {
+            Ok(Ok(resp)) => {
+                self.heard();
+                let kv = resp.kvs().first().cloned();
+                let rev = kv.as_ref().map(|kv| kv.mod_revision()).unwrap_or(0);
+                let seen = self.lease.seen().map_or(0, |s| s.rev);
+                if rev > seen || (kv.is_none() && seen != 0) {
+                    self.set_leader(kv.as_ref());
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("etcd: probe failed ({e}); reconnecting");
+                self.client = None;
+                self.watch = None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "etcd: no answer to a probe within {} ms; reconnecting",
+                    limit.as_millis()
+                );
+                self.client = None;
+                self.watch = None;
             }
         }
     }
@@ -662,7 +745,13 @@ impl Task {
                 }
             }
             Ok(Claim::Busy) => {}
-            Err(e) => tracing::warn!("etcd: claim failed: {e}"),
+            Err(e) => {
+                // A connection that did not carry the claim in time may have stalled: the next
+                // attempt goes over a new one.
+                tracing::warn!("etcd: claim failed: {e}; reconnecting");
+                self.client = None;
+                self.watch = None;
+            }
         }
     }
 
@@ -799,6 +888,7 @@ impl Task {
             .await
             .map_err(|_| CoordError::Etcd("no answer before the deadline".into()))?
             .map_err(|e| etcd_error("transaction", e))?;
+        self.heard();
         if !resp.succeeded() {
             self.absorb_gets(&resp.op_responses());
             return Ok(Reply::Refused);
@@ -1016,7 +1106,10 @@ impl Task {
             .map_err(|_| CoordError::Etcd("connecting to etcd timed out".into()))?
             .map_err(|e| etcd_error("cannot connect to etcd", e))?;
             self.client = Some(client.clone());
-            self.spawn_lease_keeper(client.clone());
+            if !self.keeper_spawned {
+                self.keeper_spawned = true;
+                self.spawn_lease_keeper(client.clone());
+            }
             if let Some(rx) = self.own_rx.take() {
                 tokio::spawn(member_writer(
                     client,
@@ -1034,6 +1127,7 @@ impl Task {
         .await
         .map_err(|_| CoordError::Etcd("reading the group timed out".into()))?
         .map_err(|e| etcd_error("cannot read the group", e))?;
+        self.heard();
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut leader = None;
         let mut fresh = BTreeMap::new();
@@ -1168,7 +1262,10 @@ impl Task {
 
     fn on_watch(&mut self, msg: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>) {
         let resp = match msg {
-            Ok(Some(resp)) => resp,
+            Ok(Some(resp)) => {
+                self.heard();
+                resp
+            }
             Ok(None) => {
                 tracing::warn!("etcd: the watch ended; resynchronising");
                 self.watch = None;
