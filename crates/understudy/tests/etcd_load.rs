@@ -178,6 +178,18 @@ fn hold_steady(g: &Group, epoch: u64, run: Duration) -> Ages {
     ages
 }
 
+impl Ages {
+    fn report(&mut self) {
+        report("holder a", &mut self.holder);
+        report("standby b", &mut self.standby);
+        eprintln!(
+            "standby b not ready in {} of {} samples",
+            self.standby_not_ready,
+            self.standby.len()
+        );
+    }
+}
+
 fn report(what: &str, v: &mut [u64]) {
     let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
     eprintln!(
@@ -205,13 +217,7 @@ fn delay_and_jitter_to_etcd_cause_no_false_failover() {
     let epoch = g.epoch("a");
     g.wait_service_active("a", epoch);
     let mut ages = hold_steady(&g, epoch, 30 * S);
-    report("holder a", &mut ages.holder);
-    report("standby b", &mut ages.standby);
-    eprintln!(
-        "standby b not ready in {} of {} samples",
-        ages.standby_not_ready,
-        ages.standby.len()
-    );
+    ages.report();
     g.expect_actives(1);
     w.finish();
 }
@@ -319,13 +325,7 @@ fn a_busy_machine_causes_no_false_failover() {
     g.wait_service_active("a", epoch);
     let mut ages = hold_steady(&g, epoch, run);
     drop(stress);
-    report("holder a", &mut ages.holder);
-    report("standby b", &mut ages.standby);
-    eprintln!(
-        "standby b not ready in {} of {} samples",
-        ages.standby_not_ready,
-        ages.standby.len()
-    );
+    ages.report();
     let mut rtt = renewal_round_trips(&g.output("a"));
     assert!(
         rtt.len() as u64 > run.as_secs() * 10,
