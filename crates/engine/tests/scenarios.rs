@@ -1608,7 +1608,9 @@ fn a_standby_that_cannot_reach_its_coordinator_is_not_ready_and_says_why() {
     n.up(10);
     assert!(n.e.ready());
     let cmds = n.feed(Input::CoordinatorReach {
-        unreachable: Some("etcd has not answered for more than half of lease_ttl (100 ms)".into()),
+        unreachable: Some(
+            "etcd has not answered for more than three quarters of lease_ttl (150 ms)".into(),
+        ),
     });
     assert!(
         cmds.is_empty(),
