@@ -3,9 +3,9 @@
 //! `GET /openapi.json` (the document matches the router, and every documented answer parses).
 
 mod common;
+mod plane_common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::{alive, get_json, pgid_of, post, wait_exit, wait_until, Group};
@@ -86,38 +86,14 @@ impl Drop for Kill {
 
 /// One request with an optional JSON body; (status, content type, body).
 fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
     let data = body.map(Value::to_string).unwrap_or_default();
-    let ctype = if body.is_some() {
-        "Content-Type: application/json\r\n"
-    } else {
-        ""
-    };
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{ctype}Content-Length: {}\r\n\r\n",
-        data.len()
-    );
-    s.write_all(head.as_bytes()).expect("write");
-    s.write_all(data.as_bytes()).expect("write");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (h, b) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = h
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let ct = h
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (code, ct, b.to_string())
+    plane_common::request(
+        addr,
+        method,
+        path,
+        body.map(|_| "application/json"),
+        data.as_bytes(),
+    )
 }
 
 /// Checks `v` against the subset of JSON Schema the document uses; every field of an answer

@@ -8,13 +8,15 @@
 mod common;
 #[path = "../src/netns.rs"]
 mod netns;
+mod plane_common;
 mod skip;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{check_overlaps, get_json, run_cli, wait_until, Watcher, BIN};
+use common::{check_overlaps, get_json, wait_until, Watcher, BIN};
 use netns::{Lab, Machine};
+use plane_common::ctl;
 use serde_json::Value;
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -42,15 +44,6 @@ fn spawn_on(m: &Machine, args: &[&str], log: &std::path::Path) -> Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}")),
     )
-}
-
-fn ctl(control: &str, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["ctl", "--control", control, "--json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = run_cli(&all);
-    let v = serde_json::from_str(&out)
-        .unwrap_or_else(|_| panic!("ctl {args:?} printed no JSON: {out} {err}"));
-    (code, v)
 }
 
 #[test]
