@@ -71,7 +71,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: processes the local host started (agents and plain servers), so that a restarted
     // control plane finds them again instead of starting a second copy.
     // `marker` is the UNDERSTUDY_CONTROL_KEY the process carries: after "stop failover" the
-    // server's process is the former active's agent, which carries its node's marker.
+    // server's process is the former active's service, released by its agent, which carries its
+    // node's marker.
     "CREATE TABLE processes (
         key TEXT PRIMARY KEY,
         pid INTEGER NOT NULL,
