@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
+use understudy_status::{ApiError, Status, Switchover};
 
 use crate::config_io::{check_files, diff, ConfigDir, ImportReport, ServerConfig};
 use crate::host::{agent_key, server_key, tail, HostError, LocalHost};
@@ -76,7 +77,7 @@ pub const HOST_STALE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeLive {
     /// The agent's `GET /status`, when it answered.
-    pub status: Option<Value>,
+    pub status: Option<Status>,
     /// Why it did not, when it did not.
     pub error: Option<String>,
     /// Unix ms of the last answer.
@@ -713,14 +714,20 @@ impl Plane {
         self.row(name)
     }
 
-    async fn admin_status(&self, addr: &str) -> Option<Value> {
+    /// The agent's `GET /status`, or why there is none.
+    async fn admin_status(&self, addr: &str) -> Result<Status, String> {
         let r = self
             .http
             .get(format!("http://{addr}/status"))
             .send()
             .await
-            .ok()?;
-        r.json().await.ok()
+            .map_err(|e| format!("the agent does not answer on {addr}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("the agent on {addr} answered {}", r.status()));
+        }
+        r.json()
+            .await
+            .map_err(|e| format!("the agent on {addr} answered something that is not /status: {e}"))
     }
 
     fn want_agent(
@@ -755,7 +762,7 @@ impl Plane {
             if node.host == LOCAL_HOST {
                 self.sync_local().await;
             }
-            if self.admin_status(&admin).await.is_some() {
+            if self.admin_status(&admin).await.is_ok() {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -840,21 +847,14 @@ impl Plane {
         let deadline = tokio::time::Instant::now() + HOT_TIMEOUT;
         loop {
             let st = self.admin_status(&self.node_admin(node)).await;
-            if st
-                .as_ref()
-                .and_then(|s| s.get("mode"))
-                .and_then(Value::as_str)
-                == Some("Hot")
-            {
+            if st.as_ref().is_ok_and(Status::is_hot) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                let why = st
-                    .as_ref()
-                    .and_then(|s| s.get("waiting"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("no answer")
-                    .to_string();
+                let why = match st {
+                    Ok(s) => s.node.waiting.unwrap_or_default(),
+                    Err(e) => e,
+                };
                 return Err(PlaneError::Start(format!(
                     "the preferred node {} did not become active within {} s: {why}",
                     node.name,
@@ -866,10 +866,10 @@ impl Plane {
     }
 
     /// The node that is Hot now, by asking every node of the group.
-    async fn active_node(&self, nodes: &[NodeSpec]) -> Option<(NodeSpec, Value)> {
+    async fn active_node(&self, nodes: &[NodeSpec]) -> Option<(NodeSpec, Status)> {
         for n in nodes {
-            if let Some(st) = self.admin_status(&self.node_admin(n)).await {
-                if st.get("mode").and_then(Value::as_str) == Some("Hot") {
+            if let Ok(st) = self.admin_status(&self.node_admin(n)).await {
+                if st.is_hot() {
                     return Some((n.clone(), st));
                 }
             }
@@ -913,7 +913,7 @@ impl Plane {
         row: &ServerRow,
         f: &FailoverSpec,
         a: &NodeSpec,
-        st: &Value,
+        st: &Status,
     ) -> Result<(), PlaneError> {
         let name = &row.spec.name;
         let skey = server_key(name);
@@ -926,11 +926,7 @@ impl Plane {
                 pid,
             }),
         };
-        let Some(pid) = st
-            .pointer("/service/pid")
-            .and_then(Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok())
-        else {
+        let Some(pid) = st.service.pid else {
             return Err(PlaneError::Refused(Refusal {
                 reason: format!("the active node {} reports no running service", a.name),
                 hint: "wait until the active's service runs, then try again".into(),
@@ -1014,7 +1010,11 @@ impl Plane {
     }
 
     /// Hand activity to a ready standby: asks the active node's agent.
-    pub async fn switchover(&self, name: &str, to: Option<String>) -> Result<Value, PlaneError> {
+    pub async fn switchover(
+        &self,
+        name: &str,
+        to: Option<String>,
+    ) -> Result<Switchover, PlaneError> {
         let row = self.row(name)?;
         self.check(&row, Step::Switchover)?;
         let Some(f) = row.failover.clone() else {
@@ -1063,21 +1063,26 @@ impl Plane {
             .await
             .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", active.name)))?;
         let code = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let body = resp.bytes().await.unwrap_or_default();
         if !code.is_success() {
+            let why = serde_json::from_slice::<ApiError>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {code}"));
             return Err(PlaneError::Refused(Refusal {
-                reason: format!(
-                    "{} refused the switchover: {}",
-                    active.name,
-                    body.get("error").and_then(Value::as_str).unwrap_or("")
-                ),
+                reason: format!("{} refused the switchover: {why}", active.name),
                 hint: "wait until a standby is ready (see the dashboard), then try again".into(),
             }));
         }
+        let done: Switchover = serde_json::from_slice(&body).map_err(|e| {
+            PlaneError::Start(format!(
+                "{} switched over but its answer is unreadable: {e}",
+                active.name
+            ))
+        })?;
         if let Some(t) = &to {
             // An agent that cannot honour the choice hands over to whichever standby wins; never
             // report that as the chosen one.
-            let got = body.get("to").and_then(Value::as_str).unwrap_or("");
+            let got = &done.to;
             if got != t {
                 return Err(PlaneError::Start(format!(
                     "asked to switch over to {t}, but {} handed over to {got:?}: its agent does not support choosing the standby",
@@ -1085,7 +1090,7 @@ impl Plane {
                 )));
             }
         }
-        Ok(body)
+        Ok(done)
     }
 
     /// The whole inventory with what the collector last saw, for the dashboard and the API.
@@ -1126,41 +1131,34 @@ impl Plane {
                     // A status read from the agent before its host started it again (a new
                     // configuration) says nothing about the agent that runs now.
                     let reported = self.report(&agent_key(&n.name)).and_then(|(_, r)| r.pid);
-                    let stale = match (
-                        st.and_then(|s| s.get("agent_pid")).and_then(Value::as_u64),
-                        reported,
-                    ) {
-                        (Some(seen), Some(runs)) => seen != u64::from(runs),
+                    let stale = match (st.map(|s| s.node.agent_pid), reported) {
+                        (Some(seen), Some(runs)) => seen != runs,
                         _ => false,
                     };
                     let ready = if stale {
-                        Some(json!(false))
+                        Some(false)
                     } else {
-                        st.and_then(|s| s.get("ready")).cloned()
+                        st.map(|s| s.node.ready)
                     };
-                    let waiting = match (
-                        pending,
-                        st.and_then(|s| s.get("mode")).and_then(Value::as_str),
-                    ) {
-                        (true, Some("Warm")) => json!("restarting with the new configuration"),
-                        _ => st
-                            .and_then(|s| s.get("waiting"))
-                            .cloned()
-                            .unwrap_or(Value::Null),
+                    let waiting = match (pending, st) {
+                        (true, Some(s)) if !s.is_hot() => {
+                            Some("restarting with the new configuration".to_string())
+                        }
+                        _ => st.and_then(|s| s.node.waiting.clone()),
                     };
                     json!({
                         "name": n.name,
                         "host": n.host,
                         "admin": self.node_admin(n),
                         "preferred": n.name == f.spec.preferred_node(name),
-                        "mode": st.and_then(|s| s.get("mode")).cloned(),
-                        "epoch": st.and_then(|s| s.get("epoch")).cloned(),
-                        "since": st.and_then(|s| s.get("since")).cloned(),
+                        "mode": st.map(|s| s.node.state),
+                        "epoch": st.map(|s| s.node.epoch),
+                        "since": st.map(|s| &s.since),
                         // Not ready until it runs the configuration the control plane holds.
-                        "ready": if pending { Some(json!(false)) } else { ready },
+                        "ready": if pending { Some(false) } else { ready },
                         "waiting": waiting,
                         "config": if pending { "pending" } else { "applied" },
-                        "service": st.and_then(|s| s.get("service")).cloned(),
+                        "service": st.map(|s| &s.service),
                         "reachable": l.status.is_some(),
                         "error": l.error,
                     })
@@ -1224,11 +1222,7 @@ impl Plane {
             for n in &f.nodes {
                 let admin = self.node_admin(n);
                 let st = self.admin_status(&admin).await;
-                let warm = st
-                    .as_ref()
-                    .and_then(|s| s.get("mode"))
-                    .and_then(Value::as_str)
-                    == Some("Warm");
+                let warm = st.as_ref().is_ok_and(|s| !s.is_hot());
                 if warm {
                     if let Ok(_ops) = self.ops.try_lock() {
                         self.apply_config(&row.spec, &f.spec, n);
@@ -1238,12 +1232,12 @@ impl Plane {
                     .report(&agent_key(&n.name))
                     .and_then(|(_, r)| r.problem);
                 let entry = NodeLive {
-                    error: st.is_none().then(|| match &problem {
-                        Some(p) => format!("the agent does not answer on {admin}: {p}"),
-                        None => format!("the agent does not answer on {admin}"),
+                    error: st.as_ref().err().map(|e| match &problem {
+                        Some(p) => format!("{e}: {p}"),
+                        None => e.clone(),
                     }),
-                    last_ok_unix_ms: st.as_ref().map(|_| unix_ms()),
-                    status: st,
+                    last_ok_unix_ms: st.as_ref().ok().map(|_| unix_ms()),
+                    status: st.ok(),
                 };
                 // A node whose state or epoch moved has a takeover to report: fetch its events now
                 // rather than at the next periodic pass, so the failure event shows within a
@@ -1252,9 +1246,7 @@ impl Plane {
                 if let Ok(mut live) = self.live.lock() {
                     let prev = live.get(&n.name);
                     let prev_ok = prev.and_then(|l| l.last_ok_unix_ms);
-                    let key = |l: Option<&Value>| {
-                        l.map(|s| (s.get("mode").cloned(), s.get("epoch").cloned()))
-                    };
+                    let key = |l: Option<&Status>| l.map(|s| (s.node.state, s.node.epoch));
                     moved = key(prev.and_then(|p| p.status.as_ref())) != key(entry.status.as_ref());
                     let mut e = entry;
                     if e.last_ok_unix_ms.is_none() {
