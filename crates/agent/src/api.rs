@@ -423,6 +423,8 @@ async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
     let fresh_ms =
         (api.shared.cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
+    // etcd groups: the holder's last renewal as this node saw it, shown on the holder's row.
+    let renewal = api.shared.members.renewal();
     let members = api
         .shared
         .members
@@ -430,10 +432,15 @@ async fn group(AxState(api): AxState<Api>) -> Response {
         .into_iter()
         .map(|record| {
             let age_ms = now.saturating_sub(record.last_seen_unix_ms);
+            let renewal_age_ms = renewal
+                .as_ref()
+                .filter(|(holder, _)| *holder == record.node.name)
+                .map(|(_, age)| age.as_millis() as u64);
             Member {
                 record,
                 age_ms,
                 fresh: age_ms <= fresh_ms,
+                renewal_age_ms,
             }
         })
         .collect();

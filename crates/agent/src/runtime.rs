@@ -103,6 +103,10 @@ impl Shared {
             s.node.state = State::Warm;
             s.node.waiting = Some("the grant's deadline passed; stepping down".to_string());
         }
+        s.renewal_age_ms = self
+            .members
+            .renewal()
+            .map(|(_, age)| age.as_millis() as u64);
         s
     }
 }
@@ -264,6 +268,7 @@ fn status_of(
             healthy: snap.healthy,
             detail,
         },
+        renewal_age_ms: None,
     }
 }
 
