@@ -257,6 +257,8 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/service/release", post(release))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
@@ -273,7 +275,7 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, POST /service/active-ack",
+        "no such endpoint; see GET /openapi.json: GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, /service/active-ack, /service/release",
     )
 }
 
@@ -488,6 +490,28 @@ async fn healthz(AxState(api): AxState<Api>) -> Response {
         );
     }
     Json(json!({ "ok": true })).into_response()
+}
+
+/// `POST /service/release` (the control plane's "stop failover"): the active node hands its
+/// running service over as a plain server — no longer supervised or fenced, it outlives this
+/// agent — and the agent leaves the group and exits. 409 unless this node is Hot and alone.
+async fn release(AxState(api): AxState<Api>) -> Response {
+    match ask(&api, ApiRequest::Release).await {
+        Ok(Answer::Released { pid, epoch }) => {
+            Json(json!({ "node": api.shared.cfg.node.name, "pid": pid, "epoch": epoch }))
+                .into_response()
+        }
+        Ok(Answer::ReleaseRefused { reason }) => error(StatusCode::CONFLICT, reason),
+        Ok(other) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer {other:?}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
 }
 
 #[cfg(test)]

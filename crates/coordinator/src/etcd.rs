@@ -486,15 +486,15 @@ impl Coordinator for EtcdCoordinator {
     }
 
     fn unreachable(&self) -> Option<String> {
-        // A standby probes after a quarter of lease_ttl of silence and waits at most another
-        // quarter for the answer, so a healthy one is never silent for half of it; a silent one
-        // could not claim in time.
-        let limit = self.settings.timing.lease_ttl / 2;
+        // A standby probes after a quarter of lease_ttl of silence and waits at most half of it
+        // for the answer, so a healthy one is never silent for three quarters of it; a silent
+        // one could not claim in time.
+        let limit = self.settings.timing.lease_ttl * 3 / 4;
         match lock(&self.view).heard_at {
             None => Some("etcd has not answered yet".to_string()),
             Some(at) => (Instant::now().saturating_duration_since(at) > limit).then(|| {
                 format!(
-                    "etcd has not answered for more than half of lease_ttl ({} ms)",
+                    "etcd has not answered for more than three quarters of lease_ttl ({} ms)",
                     limit.as_millis()
                 )
             }),
@@ -666,13 +666,14 @@ impl Task {
         lock(&self.view).heard_at = Some(now);
     }
 
-    /// One linearizable read of the leader key, bounded by a quarter of `lease_ttl`. An answer
-    /// also catches up a watch that lags; no answer means the connection is replaced.
+    /// One linearizable read of the leader key, bounded by half of `lease_ttl` (a slow link's
+    /// round trip is not a stalled connection). An answer also catches up a watch that lags; no
+    /// answer means the connection is replaced, still before a claim is due.
     async fn probe(&mut self) {
         let Ok(mut client) = self.client() else {
             return;
         };
-        let limit = self.s.timing.lease_ttl / 4;
+        let limit = self.s.timing.lease_ttl / 2;
         match tokio::time::timeout(limit, client.get(self.s.leader_key(), None)).await {
             Ok(Ok(resp)) => {
                 self.heard();
