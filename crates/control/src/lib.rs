@@ -293,6 +293,13 @@ pub fn render_group(group: &Value) -> String {
             if let Some(d) = m.get("detail").and_then(Value::as_str) {
                 line.push_str(&format!("\n{:<12} └ service: {d}", ""));
             }
+            match m.get("connections_refused").and_then(Value::as_u64) {
+                Some(n) if n > 0 => line.push_str(&format!(
+                    "\n{:<12} └ admin API: {n} connections refused at its limits",
+                    ""
+                )),
+                _ => {}
+            }
         }
         out.push_str(&line);
         out.push('\n');
