@@ -819,7 +819,7 @@ impl Config {
         if !(1..=admin_max_connections).contains(&admin_max_connections_per_ip) {
             return Err(ctx.err(
                 "node.admin_max_connections_per_ip",
-                &format!("must be from 1 to node.admin_max_connections ({admin_max_connections})"),
+                format!("must be from 1 to node.admin_max_connections ({admin_max_connections})"),
             ));
         }
         let admin_header_timeout = ctx.duration(
