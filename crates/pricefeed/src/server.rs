@@ -45,7 +45,8 @@ const MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 100_000;
 pub struct ServerLimits {
     /// Clients connected at once (1024); more are refused at accept.
     pub max_clients: usize,
-    /// Clients connected at once from one IP address (64).
+    /// Clients connected at once from one IP address (256: a benchmark's or a gateway host's
+    /// hundred clients fit; a flood from one address does not take all 1024).
     pub max_clients_per_ip: usize,
     /// Time a client has to finish a frame it began (5 s); then it is disconnected.
     pub frame_timeout: Duration,
@@ -58,7 +59,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_clients: 1024,
-            max_clients_per_ip: 64,
+            max_clients_per_ip: 256,
             frame_timeout: Duration::from_secs(5),
             max_unlisted_subscriptions: 200_000,
         }

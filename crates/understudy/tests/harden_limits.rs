@@ -232,16 +232,16 @@ fn the_price_server_bounds_clients_per_address_and_half_sent_frames() {
     let pid = px.server.pid().expect("pid");
     let rss_before = rss_kib(pid);
 
-    // 64 clients from one address are served; the 65th is told why and closed.
+    // 256 clients from one address are served; the 257th is told why and closed.
     let mut held = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..256 {
         held.push(connect_from([127, 0, 0, 9], px.addr).expect("connect"));
     }
     let mut extra = connect_from([127, 0, 0, 9], px.addr).expect("connect");
     let (got, closed) = frames(&mut extra, 5 * S);
     assert!(
         closed && error_code(&got, understudy_pricefeed::ERROR_TOO_MANY_CLIENTS),
-        "the 65th client from one address: {got:?}"
+        "the 257th client from one address: {got:?}"
     );
     // Another address is served, and so is the health check.
     let mut other = connect_from([127, 0, 0, 10], px.addr).expect("connect");
