@@ -40,16 +40,6 @@ fn socket2_connect(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> 
     Ok(stream)
 }
 
-fn metric(addr: &str, name: &str) -> u64 {
-    let (_, body) = http("GET", addr, "/metrics", S).expect("GET /metrics");
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-}
-
 #[test]
 fn one_address_cannot_take_every_admin_connection() {
     let mut g = Group::new("trylock", "cold");
@@ -213,18 +203,6 @@ fn error_code(got: &[Message], want: u16) -> bool {
         .any(|m| matches!(m, Message::Error { code: ErrorCode::Other(c), .. } if *c == want))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn the_price_server_bounds_clients_per_address_and_half_sent_frames() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -303,7 +281,7 @@ fn subscriptions_before_the_instrument_list_are_capped_in_all() {
     }
     // The last subscriptions may still be being applied (a debug build on a busy machine).
     let mut st = px_status(&px);
-    wait_until(20 * S, || {
+    wait_until(60 * S, || {
         st = px_status(&px);
         st["client_subscriptions"] == 200_000
     });
@@ -312,7 +290,7 @@ fn subscriptions_before_the_instrument_list_are_capped_in_all() {
     assert!(st["subscriptions_refused"].as_u64() > Some(0), "{st}");
     // The status endpoint (the agent's health check) answered throughout; closing gives back.
     drop(clients);
-    let released = wait_until(5 * S, || px_status(&px)["client_subscriptions"] == 0);
+    let released = wait_until(30 * S, || px_status(&px)["client_subscriptions"] == 0);
     assert!(released, "{}", px_status(&px));
     let grown = rss_kib(pid).saturating_sub(rss_before);
     assert!(grown < 200 * 1024, "the server grew by {grown} KiB");
