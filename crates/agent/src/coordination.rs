@@ -104,8 +104,8 @@ pub async fn check_identity(cfg: &Config, members: &Members) -> Result<(), Ident
             lock: cfg.activation.lock_file.display().to_string(),
             dir,
             group: node.group.clone(),
-            other: other.group,
-            node: other.node,
+            other: other.node.group,
+            node: other.node.name,
         });
     }
     let Some((rec, stamp)) = members.namesake(&node.name) else {
@@ -116,8 +116,8 @@ pub async fn check_identity(cfg: &Config, members: &Members) -> Result<(), Ident
         file: cfg.file.clone(),
         node: node.name.clone(),
         group: node.group.clone(),
-        pid: rec.agent_pid,
-        admin: rec.admin,
+        pid: rec.node.agent_pid,
+        admin: rec.node.admin,
     };
     let fresh_ms = window.as_millis() as u64;
     match judge_namesake(
@@ -132,7 +132,7 @@ pub async fn check_identity(cfg: &Config, members: &Members) -> Result<(), Ident
     }
     tracing::info!(
         "node.name {:?} has a fresh membership record from another machine (agent pid {}); watching it for {window:?} before joining",
-        node.name, rec.agent_pid
+        node.name, rec.node.agent_pid
     );
     let deadline = tokio::time::Instant::now() + window;
     let poll = (window / 10).max(std::time::Duration::from_millis(10));

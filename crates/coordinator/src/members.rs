@@ -6,60 +6,12 @@ use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use understudy_status::MemberRecord;
 
 use crate::{is_valid_node_name, CoordError};
 
 /// Records are a few hundred bytes; a bigger file is not one of ours.
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
-
-/// What one node advertises about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberRecord {
-    /// `node.name`.
-    pub node: String,
-    /// `node.group`.
-    pub group: String,
-    /// The node's admin API address.
-    pub admin: String,
-    /// Current state: `Hot` or `Warm`.
-    pub mode: String,
-    /// Configured activation mode: `Hot`, `Warm`, `TryLock`, `TryHeartbeat`.
-    pub name: String,
-    /// The node's epoch (the one it is active with, or the last it had).
-    pub epoch: u64,
-    /// When the state last changed (Unix milliseconds).
-    pub since_unix_ms: u64,
-    /// When this record was written (Unix milliseconds).
-    pub last_seen_unix_ms: u64,
-    /// True while the node holds the group lock.
-    pub holds_lock: bool,
-    /// True when the node could take over now (standby, service ready, not backing off).
-    pub ready: bool,
-    /// Service state, e.g. `running`, `stopped`, `starting`.
-    pub service: String,
-    /// The service's pid, if it runs.
-    pub pid: Option<u32>,
-    /// The agent's pid.
-    pub agent_pid: u32,
-    /// Why a Warm node is not Hot, in words.
-    pub waiting: Option<String>,
-    /// What the service says about itself (its HTTP health answer, on one line), if anything.
-    #[serde(default)]
-    pub detail: Option<String>,
-    /// The standby a switchover is handing activity to, while this node steps down: the other
-    /// standbys stand aside for it.
-    #[serde(default)]
-    pub handover_to: Option<String>,
-    /// The kernel's boot id of the agent's machine (`/proc/sys/kernel/random/boot_id`): a reader
-    /// on the same boot can trust what `/proc` says about `agent_pid`; any other reader cannot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_id: Option<String>,
-    /// Admin API connections the node refused at its limits (total or per address) since it
-    /// started: a flood or a misbehaving client, shown by `understudy status`.
-    #[serde(default)]
-    pub connections_refused: u64,
-}
 
 /// This machine's boot id, read once; None where the kernel does not tell.
 pub fn boot_id() -> Option<String> {
@@ -95,13 +47,13 @@ pub fn judge_namesake(
     alive: impl Fn(u32) -> bool,
 ) -> Namesake {
     let here = rec.boot_id.is_some() && rec.boot_id == boot_id();
-    if here && rec.agent_pid == std::process::id() {
+    if here && rec.node.agent_pid == std::process::id() {
         return Namesake::Gone;
     }
     if now_unix_ms.saturating_sub(rec.last_seen_unix_ms) > fresh_ms {
         return Namesake::Gone;
     }
-    match (here, alive(rec.agent_pid)) {
+    match (here, alive(rec.node.agent_pid)) {
         (true, true) => Namesake::Live,
         (true, false) => Namesake::Gone,
         (false, _) => Namesake::Unknown,
@@ -155,7 +107,7 @@ impl Members {
         }
     }
 
-    /// Replace the record of `rec.node`. Files: written to a hidden temp file and renamed over, so
+    /// Replace the record of `rec.node.name`. Files: written to a hidden temp file and renamed over, so
     /// readers see the old record or the new one, never half of one; not fsynced (records are
     /// advisory and rewritten every heartbeat interval). etcd: only this node's own record, sent in
     /// the background (the call does not wait for the network).
@@ -163,6 +115,15 @@ impl Members {
         match &self.store {
             Store::Files(f) => f.write(rec),
             Store::Etcd(e) => e.write(rec),
+        }
+    }
+
+    /// etcd groups: the holder and how long ago this node saw its last renewal. `None` for lock
+    /// files (the kernel's lock has no renewals) and while nobody holds the group.
+    pub fn renewal(&self) -> Option<(String, std::time::Duration)> {
+        match &self.store {
+            Store::Files(_) => None,
+            Store::Etcd(e) => e.renewal(),
         }
     }
 
@@ -203,7 +164,7 @@ impl Members {
             Store::Files(f) => f
                 .read_all()
                 .into_iter()
-                .filter(|r| r.group != group)
+                .filter(|r| r.node.group != group)
                 .collect(),
             Store::Etcd(_) => Vec::new(),
         }
@@ -225,12 +186,12 @@ impl FileMembers {
     }
 
     fn write(&self, rec: &MemberRecord) -> Result<(), CoordError> {
-        if !is_valid_node_name(&rec.node) {
+        if !is_valid_node_name(&rec.node.name) {
             return Err(io_error(
                 &self.dir,
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("invalid node name {:?}", rec.node),
+                    format!("invalid node name {:?}", rec.node.name),
                 ),
             ));
         }
@@ -238,7 +199,7 @@ impl FileMembers {
             serde_json::to_vec(rec).map_err(|e| io_error(&self.dir, io::Error::other(e)))?;
         json.push(b'\n');
         // A leading dot keeps the temp file out of read_all even if we die before the rename.
-        let tmp = self.dir.join(format!(".{}.json.tmp", rec.node));
+        let tmp = self.dir.join(format!(".{}.json.tmp", rec.node.name));
         let open = || {
             OpenOptions::new()
                 .write(true)
@@ -259,7 +220,7 @@ impl FileMembers {
             return Err(io_error(&tmp, e));
         }
         drop(file);
-        let dest = self.file_for(&rec.node);
+        let dest = self.file_for(&rec.node.name);
         std::fs::rename(&tmp, &dest).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             io_error(&dest, e)
@@ -302,7 +263,7 @@ impl FileMembers {
                 }
             }
         }
-        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out.sort_by(|a, b| a.node.name.cmp(&b.node.name));
         out
     }
 
@@ -312,7 +273,7 @@ impl FileMembers {
         }
         read_record(&self.file_for(node))
             .ok()
-            .filter(|r| r.node == node)
+            .filter(|r| r.node.name == node)
     }
 
     fn remove(&self, node: &str) {
@@ -352,21 +313,24 @@ mod tests {
     use super::*;
 
     fn rec(pid: u32, boot: Option<String>, last_seen: u64) -> MemberRecord {
+        use understudy_status::{ActivationMode, Node, ServiceState, State};
         MemberRecord {
-            node: "a".into(),
-            group: "g".into(),
-            admin: "127.0.0.1:1".into(),
-            mode: "Warm".into(),
-            name: "TryLock".into(),
-            epoch: 1,
-            since_unix_ms: 0,
+            node: Node {
+                name: "a".into(),
+                group: "g".into(),
+                state: State::Warm,
+                activation: ActivationMode::TryLock,
+                epoch: 1,
+                since_unix_ms: 0,
+                waiting: None,
+                holds_lock: false,
+                ready: true,
+                admin: "127.0.0.1:1".into(),
+                agent_pid: pid,
+            },
             last_seen_unix_ms: last_seen,
-            holds_lock: false,
-            ready: true,
-            service: "running".into(),
+            service: ServiceState::Running,
             pid: None,
-            agent_pid: pid,
-            waiting: None,
             detail: None,
             handover_to: None,
             boot_id: boot,
