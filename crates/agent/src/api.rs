@@ -18,11 +18,21 @@
 //! [`serve`] bounds what a client can hold: at most `node.admin_max_connections` connections
 //! (fewer when the descriptor limit is low: [`FD_RESERVE`] descriptors stay free for the lock,
 //! the epoch file, the service and its health check), further ones answered 503 and closed at
-//! once; `node.admin_header_timeout` to send each request's headers; request heads of at most
+//! once; at most `node.admin_max_connections_per_ip` of them from one IP address (the same
+//! answer beyond); `node.admin_header_timeout` to send each request's headers; request heads of at most
 //! [`MAX_HEAD_BYTES`]; and a connection lifetime of the switchover wait plus
 //! [`CONNECTION_GRACE`].
+//!
+//! Everything here handles what a client sent, so the lints below hold it to no unchecked
+//! arithmetic, no `unwrap`/`expect`, no indexing that could panic.
+#![deny(
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +88,7 @@ pub async fn serve(
     }
     info!(limit, header_timeout = ?node.admin_header_timeout, "admin API limits");
     let slots = Arc::new(Semaphore::new(limit));
+    let per_ip = PerIp::new(node.admin_max_connections_per_ip.min(limit));
     let lifetime = shared
         .cfg
         .activation
@@ -96,15 +107,24 @@ pub async fn serve(
             }
             Err(e) => return Err(e),
         };
+        let Some(from_ip) = per_ip.admit(peer.ip()) else {
+            refuse_busy(
+                stream,
+                peer,
+                "too many admin API connections from this address",
+            );
+            shared.metrics.admin_connections_refused.inc();
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            refuse_busy(stream, peer, limit);
+            refuse_busy(stream, peer, "too many admin API connections; try again");
             shared.metrics.admin_connections_refused.inc();
             continue;
         };
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, from_ip);
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -124,13 +144,66 @@ pub async fn serve(
     }
 }
 
+/// Connections open per source address, bounded by one limit.
+#[derive(Clone)]
+struct PerIp {
+    limit: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in [`PerIp`], given back when dropped.
+struct IpSlot {
+    ip: IpAddr,
+    per_ip: PerIp,
+}
+
+impl PerIp {
+    fn new(limit: usize) -> Self {
+        PerIp {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<IpAddr, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn admit(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.lock();
+        let n = open.entry(ip.to_canonical()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n = n.saturating_add(1);
+        Some(IpSlot {
+            ip: ip.to_canonical(),
+            per_ip: self.clone(),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Answers 503 without reading the request and closes: the client learns why at once, and
 /// the descriptor is free again before the next accept.
-fn refuse_busy(stream: TcpStream, peer: SocketAddr, limit: usize) {
-    const BODY: &str = r#"{"error":"too many admin API connections; try again"}"#;
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, why: &str) {
+    let body = json!({ "error": why }).to_string();
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
+        body.len()
     );
     // Best effort: a fresh socket's send buffer takes this without blocking. What the client
     // already sent is read and dropped, or closing would reset the connection and the client
@@ -142,7 +215,7 @@ fn refuse_busy(stream: TcpStream, peer: SocketAddr, limit: usize) {
             break;
         }
     }
-    warn!(%peer, limit, "admin API connection refused: at the connection limit");
+    warn!(%peer, "admin API connection refused: {why}");
 }
 
 /// The connection limit: `configured`, lowered so that [`FD_RESERVE`] descriptors stay free
@@ -361,7 +434,9 @@ async fn switchover(
     // Report who took over: wait for a peer to advertise Hot with a newer epoch.
     let cfg = &api.shared.cfg;
     let me = cfg.node.name.clone();
-    let deadline = started + cfg.activation.yield_timeout;
+    let deadline = started
+        .checked_add(cfg.activation.yield_timeout)
+        .unwrap_or(started);
     while tokio::time::Instant::now() < deadline {
         let new =
             api.shared.members.read_all().into_iter().find(|m| {
@@ -421,8 +496,9 @@ async fn status(AxState(api): AxState<Api>) -> Response {
 
 async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
-    let fresh_ms =
-        (api.shared.cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
+    let fresh_ms = (api.shared.cfg.activation.heartbeat_interval)
+        .saturating_mul(FRESH_INTERVALS)
+        .as_millis() as u64;
     // etcd groups: the holder's last renewal as this node saw it, shown on the holder's row.
     let renewal = api.shared.members.renewal();
     let members = api
@@ -481,7 +557,9 @@ async fn healthz(AxState(api): AxState<Api>) -> Response {
         .shared
         .last_tick_ms
         .load(std::sync::atomic::Ordering::Relaxed);
-    let limit = api.shared.cfg.activation.heartbeat_interval * 10 + Duration::from_secs(1);
+    let limit = (api.shared.cfg.activation.heartbeat_interval)
+        .saturating_mul(10)
+        .saturating_add(Duration::from_secs(1));
     let age = unix_ms().saturating_sub(last);
     if age > limit.as_millis() as u64 {
         return error(
@@ -515,6 +593,13 @@ async fn openapi() -> Response {
 }
 
 #[cfg(test)]
+// Test code handles its own fixtures; the deny above is for what clients send.
+#[allow(
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;

@@ -98,6 +98,8 @@ pub struct NodeConfig {
     pub admin_read_requires_token: bool,
     /// Most admin API connections open at once (further ones are answered 503 and closed).
     pub admin_max_connections: usize,
+    /// Most admin API connections open at once from one IP address (same answer beyond).
+    pub admin_max_connections_per_ip: usize,
     /// Time a client has to send a request's headers, on a new or a kept-alive connection.
     pub admin_header_timeout: Duration,
     /// Where the agent keeps its event timeline across restarts (`node.journal_file`; default
@@ -251,6 +253,7 @@ struct RawNode {
     admin_token_file: Option<PathBuf>,
     admin_read_requires_token: Option<bool>,
     admin_max_connections: Option<usize>,
+    admin_max_connections_per_ip: Option<usize>,
     admin_header_timeout: Option<String>,
     journal_file: Option<PathBuf>,
 }
@@ -294,6 +297,9 @@ struct RawHealth {
 pub mod defaults {
     /// `node.admin_max_connections`.
     pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+    /// `node.admin_max_connections_per_ip`: one address (a script gone wrong, a scanner) can
+    /// hold half of the connections, never all of them.
+    pub const ADMIN_MAX_CONNECTIONS_PER_IP: usize = 32;
     /// `node.admin_header_timeout`.
     pub const ADMIN_HEADER_TIMEOUT: &str = "5s";
     /// `activation.heartbeat_delay`.
@@ -844,6 +850,15 @@ impl Config {
         if !(1..=65_536).contains(&admin_max_connections) {
             return Err(ctx.err("node.admin_max_connections", "must be from 1 to 65536"));
         }
+        let admin_max_connections_per_ip = n
+            .admin_max_connections_per_ip
+            .unwrap_or(defaults::ADMIN_MAX_CONNECTIONS_PER_IP.min(admin_max_connections));
+        if !(1..=admin_max_connections).contains(&admin_max_connections_per_ip) {
+            return Err(ctx.err(
+                "node.admin_max_connections_per_ip",
+                format!("must be from 1 to node.admin_max_connections ({admin_max_connections})"),
+            ));
+        }
         let admin_header_timeout = ctx.duration(
             "node.admin_header_timeout",
             n.admin_header_timeout.as_deref(),
@@ -1054,6 +1069,7 @@ impl Config {
                 admin_token,
                 admin_read_requires_token,
                 admin_max_connections,
+                admin_max_connections_per_ip,
                 admin_header_timeout,
                 journal_file,
             },

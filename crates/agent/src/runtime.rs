@@ -41,6 +41,9 @@ pub enum AgentError {
     /// The coordinator could not be set up.
     #[error("cannot use the group lock: {0}")]
     Coordinator(#[from] understudy_coordinator::CoordError),
+    /// Another agent has this node's name, or the lock file serves another group (exit code 2).
+    #[error(transparent)]
+    Identity(#[from] crate::coordination::IdentityError),
     /// Anything else at start.
     #[error("{0}")]
     Start(String),
@@ -140,6 +143,8 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     // The coordinator (lock file or etcd); with etcd it arms the service's guardian itself.
     let (coord_tx, coord_rx) = mpsc::unbounded_channel();
     let (coord, members) = crate::coordination::connect(&cfg, coord_tx, supervisor.fence())?;
+    // Before anything of this node is written (journal, record) or locked.
+    crate::coordination::check_identity(&cfg, &members).await?;
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let (api_tx, api_rx) = mpsc::channel(64);
     let (proc_tx, proc_rx) = mpsc::unbounded_channel();
@@ -413,6 +418,7 @@ impl Runtime {
                 generation,
                 pid,
                 reason,
+                stderr,
             } => {
                 if generation != self.supervisor.generation() {
                     return;
@@ -434,8 +440,14 @@ impl Runtime {
                     });
                 }
                 let who = pid.map(|p| format!("pid {p} ")).unwrap_or_default();
+                // What it said last tells why it failed (a bad configuration, a missing file),
+                // shown in /status while the node is not ready.
+                let said = match stderr.is_empty() {
+                    true => String::new(),
+                    false => format!("; its last stderr lines: {}", stderr.join(" | ")),
+                };
                 self.feed(Input::ServiceExited {
-                    reason: format!("{who}{reason}"),
+                    reason: format!("{who}{reason}{said}"),
                 });
             }
         }
@@ -938,6 +950,8 @@ impl Runtime {
             detail: s.service.detail.as_ref().map(one_line),
             handover_to: self.engine.snapshot().handover_to,
             node: s.node,
+            boot_id: understudy_coordinator::boot_id(),
+            connections_refused: self.shared.metrics.admin_connections_refused.get(),
         };
         let changed = match &self.last_record {
             Some(last) => {

@@ -295,6 +295,13 @@ pub fn render_group(group: &Group) -> String {
             if let Some(d) = &r.detail {
                 line.push_str(&format!("\n{:<12} └ service: {d}", ""));
             }
+            let refused = m.record.connections_refused;
+            if refused > 0 {
+                line.push_str(&format!(
+                    "\n{:<12} └ admin API: {refused} connections refused at its limits",
+                    ""
+                ));
+            }
         }
         out.push_str(&line);
         out.push('\n');
@@ -436,6 +443,8 @@ mod tests {
                 pid: Some(42),
                 detail: None,
                 handover_to: None,
+                boot_id: None,
+                connections_refused: 0,
             },
             age_ms: 0,
             fresh: true,

@@ -210,6 +210,7 @@ enum Cmd {
 #[derive(Clone)]
 pub struct EtcdMembers {
     cache: Arc<Mutex<BTreeMap<String, MemberRecord>>>,
+    namesake: Namesakes,
     seen: Arc<Mutex<LeaderSeen>>,
     own: watch::Sender<Option<MemberRecord>>,
     node: String,
@@ -243,6 +244,12 @@ impl EtcdMembers {
         lock(&self.cache).values().cloned().collect()
     }
 
+    /// The record under this node's name and its `mod_revision`, as etcd last showed it (the
+    /// cache leaves it out: once this node writes, it is its own).
+    pub fn namesake(&self) -> Option<(MemberRecord, u64)> {
+        lock(&self.namesake).clone()
+    }
+
     /// The holder of the group as this node sees it, and how long ago this node saw its last
     /// renewal (its own acknowledged renewal, on the holder). `None` when nobody holds it.
     pub fn renewal(&self) -> Option<(String, Duration)> {
@@ -260,6 +267,9 @@ impl EtcdMembers {
         }
     }
 }
+
+/// The key under this node's own name, seen through the group's snapshot and watch.
+type Namesakes = Arc<Mutex<Option<(MemberRecord, u64)>>>;
 
 /// The etcd coordinator. See the module documentation.
 pub struct EtcdCoordinator {
@@ -303,6 +313,7 @@ impl EtcdCoordinator {
         let (own_tx, own_rx) = watch::channel(None);
         let members = EtcdMembers {
             cache: Arc::default(),
+            namesake: Arc::default(),
             seen: Arc::default(),
             own: own_tx,
             node: settings.node.clone(),
@@ -316,6 +327,7 @@ impl EtcdCoordinator {
             events,
             fence,
             cache: Arc::clone(&members.cache),
+            namesake: Arc::clone(&members.namesake),
             seen: Arc::clone(&members.seen),
             lease_id: Arc::new(AtomicI64::new(0)),
             client: None,
@@ -552,6 +564,7 @@ struct Task {
     events: mpsc::UnboundedSender<CoordEvent>,
     fence: FenceSink,
     cache: Arc<Mutex<BTreeMap<String, MemberRecord>>>,
+    namesake: Namesakes,
     /// Shared with [`EtcdMembers::renewal`].
     seen: Arc<Mutex<LeaderSeen>>,
     /// This node's backstop lease (0 while none is granted).
@@ -1192,10 +1205,20 @@ impl Task {
         else {
             return;
         };
-        if name == self.s.node {
+        if kv.value().len() > MAX_MEMBER_BYTES {
             return;
         }
-        if kv.value().len() > MAX_MEMBER_BYTES {
+        if name == self.s.node {
+            // Dated on receipt, like every record read from etcd: the key hangs on its writer's
+            // lease, so it is there only while that agent lived a moment ago.
+            let rec = serde_json::from_slice::<MemberRecord>(kv.value())
+                .ok()
+                .filter(|r| r.node.name == name)
+                .map(|r| MemberRecord {
+                    last_seen_unix_ms: unix_ms(),
+                    ..r
+                });
+            *lock(&self.namesake) = rec.map(|r| (r, kv.mod_revision().max(0) as u64));
             return;
         }
         match serde_json::from_slice::<MemberRecord>(kv.value()) {
@@ -1306,6 +1329,8 @@ impl Task {
                 {
                     if name != self.s.node {
                         members.remove(name);
+                    } else {
+                        *lock(&self.namesake) = None;
                     }
                 }
             } else {

@@ -25,7 +25,7 @@ pub use epoch::{EpochRead, EpochStore};
 pub use etcd::{EtcdCoordinator, EtcdMembers, EtcdSettings, EtcdTls, Fence, FenceSink};
 pub use lease::Timing;
 pub use lockfile::{read_heartbeat, Heartbeat, HeartbeatReading, LockFileCoordinator};
-pub use members::{MemberRecord, Members};
+pub use members::{boot_id, judge_namesake, MemberRecord, Members, Namesake};
 
 /// True when `name` can be a node name: non-empty, at most 255 bytes, only `[A-Za-z0-9_.-]`, and
 /// not `.` or `..`. Node names become file names beside the lock, so nothing else is accepted.

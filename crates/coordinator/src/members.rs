@@ -13,6 +13,53 @@ use crate::{is_valid_node_name, CoordError};
 /// Records are a few hundred bytes; a bigger file is not one of ours.
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
+/// This machine's boot id, read once; None where the kernel does not tell.
+pub fn boot_id() -> Option<String> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .clone()
+}
+
+/// What a record under this node's own name says about the agent that wrote it, as far as the
+/// record and this machine can tell at once (see [`judge_namesake`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namesake {
+    /// Another agent with this name runs now.
+    Live,
+    /// Left by an agent that is gone (or by this very process).
+    Gone,
+    /// Fresh, but written on another machine (or by an older agent without a boot id): only a
+    /// rewrite seen within the freshness window proves its writer alive.
+    Unknown,
+}
+
+/// Judge a record found under this node's name before the node joins. `fresh_ms`: how recently a
+/// live agent has surely rewritten its record; `alive(pid)`: whether that process runs here.
+pub fn judge_namesake(
+    rec: &MemberRecord,
+    now_unix_ms: u64,
+    fresh_ms: u64,
+    alive: impl Fn(u32) -> bool,
+) -> Namesake {
+    let here = rec.boot_id.is_some() && rec.boot_id == boot_id();
+    if here && rec.node.agent_pid == std::process::id() {
+        return Namesake::Gone;
+    }
+    if now_unix_ms.saturating_sub(rec.last_seen_unix_ms) > fresh_ms {
+        return Namesake::Gone;
+    }
+    match (here, alive(rec.node.agent_pid)) {
+        (true, true) => Namesake::Live,
+        (true, false) => Namesake::Gone,
+        (false, _) => Namesake::Unknown,
+    }
+}
+
 /// The membership records of a group.
 #[derive(Debug, Clone)]
 pub struct Members {
@@ -94,6 +141,32 @@ impl Members {
         match &self.store {
             Store::Files(f) => f.remove(node),
             Store::Etcd(e) => e.remove(node),
+        }
+    }
+
+    /// The record kept under `node`'s name by whoever wrote it last, with a stamp that changes at
+    /// every rewrite. Meant for a node that has not written its own record yet: a record there is
+    /// another agent's, live or left behind.
+    pub fn namesake(&self, node: &str) -> Option<(MemberRecord, u64)> {
+        match &self.store {
+            Store::Files(f) => f.read_one(node).map(|r| {
+                let stamp = r.last_seen_unix_ms;
+                (r, stamp)
+            }),
+            Store::Etcd(e) => e.namesake(),
+        }
+    }
+
+    /// Records of groups other than `group` kept here. Always none in etcd, where every group has
+    /// its own keys; beside a lock file they mean that the lock file serves another group.
+    pub fn foreign(&self, group: &str) -> Vec<MemberRecord> {
+        match &self.store {
+            Store::Files(f) => f
+                .read_all()
+                .into_iter()
+                .filter(|r| r.node.group != group)
+                .collect(),
+            Store::Etcd(_) => Vec::new(),
         }
     }
 }
@@ -194,6 +267,15 @@ impl FileMembers {
         out
     }
 
+    fn read_one(&self, node: &str) -> Option<MemberRecord> {
+        if !is_valid_node_name(node) {
+            return None;
+        }
+        read_record(&self.file_for(node))
+            .ok()
+            .filter(|r| r.node.name == node)
+    }
+
     fn remove(&self, node: &str) {
         if !is_valid_node_name(node) {
             return;
@@ -223,5 +305,74 @@ fn io_error(path: &Path, source: io::Error) -> CoordError {
     CoordError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(pid: u32, boot: Option<String>, last_seen: u64) -> MemberRecord {
+        use understudy_status::{ActivationMode, Node, ServiceState, State};
+        MemberRecord {
+            node: Node {
+                name: "a".into(),
+                group: "g".into(),
+                state: State::Warm,
+                activation: ActivationMode::TryLock,
+                epoch: 1,
+                since_unix_ms: 0,
+                waiting: None,
+                holds_lock: false,
+                ready: true,
+                admin: "127.0.0.1:1".into(),
+                agent_pid: pid,
+            },
+            last_seen_unix_ms: last_seen,
+            service: ServiceState::Running,
+            pid: None,
+            detail: None,
+            handover_to: None,
+            boot_id: boot,
+            connections_refused: 0,
+        }
+    }
+
+    #[test]
+    fn a_namesake_is_judged_by_freshness_then_by_this_machines_processes() {
+        let here = boot_id();
+        let now = 10_000;
+        let alive = |pid: u32| pid == 42;
+        // Not rewritten for longer than the window: gone, wherever it ran.
+        assert_eq!(
+            judge_namesake(&rec(42, here.clone(), 8_000), now, 1_000, alive),
+            Namesake::Gone
+        );
+        if here.is_some() {
+            // This machine: /proc decides at once.
+            assert_eq!(
+                judge_namesake(&rec(42, here.clone(), 9_500), now, 1_000, alive),
+                Namesake::Live
+            );
+            assert_eq!(
+                judge_namesake(&rec(43, here.clone(), 9_500), now, 1_000, alive),
+                Namesake::Gone
+            );
+            let me = std::process::id();
+            assert_eq!(
+                judge_namesake(&rec(me, here.clone(), 9_500), now, 1_000, |_| true),
+                Namesake::Gone
+            );
+        }
+        // Another machine, or an agent that did not say: only a rewrite can tell.
+        let elsewhere = Some("another-boot".to_string());
+        assert_eq!(
+            judge_namesake(&rec(42, elsewhere, 9_500), now, 1_000, alive),
+            Namesake::Unknown
+        );
+        assert_eq!(
+            judge_namesake(&rec(42, None, 9_500), now, 1_000, alive),
+            Namesake::Unknown
+        );
     }
 }

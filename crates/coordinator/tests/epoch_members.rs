@@ -28,6 +28,8 @@ fn rec(node: &str, epoch: u64) -> MemberRecord {
         pid: Some(42),
         detail: None,
         handover_to: None,
+        boot_id: None,
+        connections_refused: 0,
     }
 }
 

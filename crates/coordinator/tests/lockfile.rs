@@ -518,6 +518,8 @@ async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
         pid: None,
         detail: None,
         handover_to: None,
+        boot_id: None,
+        connections_refused: 0,
     };
     let members = b.members();
     members.ensure_dir().unwrap();

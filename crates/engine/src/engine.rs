@@ -70,6 +70,9 @@ pub struct Rules {
     pub wait_signal_ready: bool,
     /// Give a grant back while a live peer hands activity over to another live standby.
     pub honour_handover: bool,
+    /// A node whose standby service failed takes no grant until that service runs and is ready
+    /// again (`svc_failure`): going Hot would leave the group with an active node and no service.
+    pub campaign_only_when_ready: bool,
 }
 
 impl Default for Rules {
@@ -80,6 +83,7 @@ impl Default for Rules {
             release_recreated_trylock: true,
             wait_signal_ready: true,
             honour_handover: true,
+            campaign_only_when_ready: true,
         }
     }
 }
@@ -385,6 +389,10 @@ pub enum EventKind {
     EpochFailed,
     /// The agent is shutting down.
     Shutdown,
+    /// The standby service failed: the node stops campaigning until it is ready again.
+    NotReady,
+    /// The standby service is ready again: the node rejoins the group.
+    ReadyAgain,
 }
 
 /// One entry of the event timeline.
@@ -419,6 +427,9 @@ pub enum Waiting {
         /// Monotonic time at which the node rejoins.
         until: Duration,
     },
+    /// The standby service failed (how, in words) and has not been ready since: the node does
+    /// not campaign until it is.
+    NotReady(String),
     /// Handed over; waiting for the new active (or `until`) before campaigning again.
     Yield {
         /// Monotonic time at which the node campaigns again anyway.
@@ -555,6 +566,9 @@ pub struct Engine {
     svc_started_at: Duration,
     svc_restart_at: Option<Duration>,
     failures: u32,
+    /// How the service last failed, while it has not been ready since (see
+    /// [`Rules::campaign_only_when_ready`]).
+    svc_failure: Option<String>,
     healthy: bool,
     ready_recorded: bool,
     /// Deliver NotifyActive once the standby service is up and handles the activate signal.
@@ -601,6 +615,7 @@ impl Engine {
             svc_started_at: Duration::ZERO,
             svc_restart_at: None,
             failures: 0,
+            svc_failure: None,
             healthy: false,
             ready_recorded: false,
             notify_when_started: false,
@@ -729,6 +744,15 @@ impl Engine {
                     "service failed; rejoining the group in {:.1} s (backoff)",
                     secs(*until)
                 ),
+                Waiting::NotReady(why) => {
+                    let next = match self.svc_restart_at {
+                        Some(at) if self.svc == SvcState::Stopped => {
+                            format!("; restarting it in {:.1} s", secs(at))
+                        }
+                        _ => String::new(),
+                    };
+                    format!("not ready: the service {why}; not taking over until it runs and is ready{next}")
+                }
                 Waiting::Yield { until } => format!(
                     "handed over; waiting for the new active (campaigning again in {:.1} s at the latest)",
                     secs(*until)
@@ -838,6 +862,10 @@ impl Engine {
     /// (Re)join the group the way the activation mode says.
     fn join(&mut self) {
         self.handover_to = None;
+        if let Some(why) = self.not_ready() {
+            self.phase = Phase::Warm(Waiting::NotReady(why));
+            return;
+        }
         match self.cfg.mode {
             ActivationMode::TryLock | ActivationMode::TryHeartbeat => {
                 self.phase = Phase::Warm(Waiting::Lock);
@@ -861,6 +889,75 @@ impl Engine {
         self.emit(Command::StartService { role, epoch });
     }
 
+    /// Why this node must not take a grant now: its standby service failed and has not been
+    /// ready since. Cold standbys run no service before they are Hot, so nothing tells.
+    fn not_ready(&self) -> Option<String> {
+        if !self.cfg.rules.campaign_only_when_ready || !self.cfg.standby.runs_while_standby() {
+            return None;
+        }
+        self.svc_failure.clone()
+    }
+
+    /// The standby service failed: a node waiting for the lock stops waiting for it.
+    fn service_failed(&mut self, reason: &str) {
+        if !self.cfg.standby.runs_while_standby() {
+            return;
+        }
+        self.svc_failure = Some(reason.to_string());
+        let Some(why) = self.not_ready() else {
+            return;
+        };
+        let operator = self.answer_activate || self.grant.as_ref().is_some_and(|g| g.operator);
+        match &self.phase {
+            // A try under way is answered first (`on_lock_acquired` gives the grant back).
+            Phase::Warm(Waiting::Lock | Waiting::Refused(_) | Waiting::Operator)
+                if self.trying.is_none() && !self.holds_lock =>
+            {
+                if self.cfg.mode.campaigns() {
+                    // Calls the campaign off: the next standby in line gets the lock.
+                    self.emit(Command::Release);
+                }
+            }
+            // A grant being judged or made durable is given back, unless an operator asked.
+            Phase::Promoting
+            | Phase::Warm(
+                Waiting::PreviousService(_) | Waiting::PeerStepDown(_) | Waiting::StaleHeartbeat(_),
+            ) if !operator => {
+                self.grant = None;
+                self.awaited.clear();
+                self.confirmed = false;
+                self.release();
+            }
+            _ => return,
+        }
+        self.record(
+            EventKind::NotReady,
+            format!("the service {why}; not taking over until it is ready"),
+        );
+        self.phase = Phase::Warm(Waiting::NotReady(why));
+    }
+
+    /// The service has run and been ready for `backoff_min` (a service that blocks its signals
+    /// first and fails on its configuration a moment later is ready for an instant only): a
+    /// node that stood aside for it rejoins.
+    fn service_progress(&mut self) {
+        let ready = matches!(self.svc, SvcState::Running { .. })
+            && self.svc_signal_ready
+            && (self.healthy || !self.cfg.health_check)
+            && self.now.mono.saturating_sub(self.svc_pid_at) >= self.cfg.backoff_min;
+        if !ready || self.svc_failure.is_none() {
+            return;
+        }
+        self.svc_failure = None;
+        if let Phase::Warm(Waiting::NotReady(_)) = self.phase {
+            self.record(
+                EventKind::ReadyAgain,
+                "the service is ready; rejoining the group",
+            );
+            self.join();
+        }
+    }
+
     fn on_lock_acquired(&mut self, previous: HeartbeatView, created: bool) {
         let trying = self.trying.take();
         // A try while the campaign is outstanding may be answered with the campaign's own grant.
@@ -878,6 +975,19 @@ impl Engine {
         if !wanted {
             self.release();
             return;
+        }
+        if trying != Some(TryFor::Operator) {
+            if let Some(why) = self.not_ready() {
+                // A grant from before the service failed: going Hot would leave the group with an
+                // active node and no service. Let the next standby have it.
+                self.record(
+                    EventKind::LockReleased,
+                    format!("group lock given back: the service {why}"),
+                );
+                self.release();
+                self.phase = Phase::Warm(Waiting::NotReady(why));
+                return;
+            }
         }
         let prev = describe_heartbeat(&previous, self.now.wall_ms);
         self.record(
@@ -1218,6 +1328,7 @@ impl Engine {
             self.svc = SvcState::Stopping;
             self.emit(Command::StopService { graceful: false });
         }
+        self.service_progress();
     }
 
     /// Tell the running service it is active, as soon as the signal cannot kill it.
@@ -1254,6 +1365,7 @@ impl Engine {
         if self.phase == Phase::Hot && self.notify_when_started {
             self.tell_active();
         }
+        self.service_progress();
     }
 
     fn on_service_acked(&mut self, pid: u32, epoch: u64) {
@@ -1318,7 +1430,20 @@ impl Engine {
                 // then released a lock it had just been granted.) In Hot, `Stopping` never holds
                 // an active process: every stop of one goes through `demote`, which leaves Hot.
                 if self.phase == Phase::Hot {
+                    // Remembered: should the active process fail at once too, the node stands
+                    // aside once it has stepped down.
+                    if self.cfg.standby.runs_while_standby() {
+                        self.svc_failure = Some(reason);
+                    }
                     self.start_service(Role::Active);
+                } else {
+                    // Promoting: a standby that failed gives the grant back (see
+                    // `service_failed`), and its service is started again after a backoff.
+                    self.service_failed(&reason);
+                    if matches!(self.phase, Phase::Warm(Waiting::NotReady(_))) {
+                        self.failures = self.failures.saturating_add(1);
+                        self.svc_restart_at = Some(self.now.mono + self.backoff_delay());
+                    }
                 }
             }
             Phase::Hot | Phase::Promoting => {
@@ -1329,6 +1454,8 @@ impl Engine {
                 );
                 self.set_phase(Phase::Warm(Waiting::Lock));
                 self.release();
+                // Not "not ready" yet: the node rejoins at the end of the backoff while its standby
+                // service starts again; only a standby that fails in turn stands aside.
                 self.enter_backoff();
             }
             Phase::Warm(w) => {
@@ -1345,6 +1472,7 @@ impl Engine {
                         _ => self.now.mono + self.backoff_delay(),
                     };
                     self.svc_restart_at = Some(at);
+                    self.service_failed(&reason);
                 }
             }
             Phase::Idle | Phase::Exited => {}
@@ -1359,6 +1487,7 @@ impl Engine {
         }
         self.healthy = true;
         self.maybe_ready();
+        self.service_progress();
     }
 
     fn on_health_failed(&mut self, reason: String) {
@@ -1634,6 +1763,7 @@ impl Engine {
                 self.start_service(Role::Standby);
             }
         }
+        self.service_progress();
         if self.holds_lock {
             self.emit(Command::VerifyLock);
         }

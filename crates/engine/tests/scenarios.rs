@@ -1142,8 +1142,10 @@ fn standby_service_failure_is_restarted_after_backoff_while_warm() {
     n.feed(Input::Start { known_epoch: KNOWN });
     n.up(10);
     n.advance(secs(1));
-    assert_eq!(n.feed(exited()), vec![], "no restart in a tight loop");
+    // No restart in a tight loop; the campaign is called off until the service is ready again.
+    assert_eq!(n.feed(exited()), vec![Command::Release]);
     assert!(!n.e.ready());
+    assert!(n.waiting().contains("not ready"), "{}", n.waiting());
     n.advance(ms(500));
     assert_eq!(n.feed(Input::Tick), vec![]);
     n.advance(ms(500));
@@ -1599,6 +1601,59 @@ fn a_handover_to_a_standby_that_died_ends_after_the_grace() {
             .any(|c| matches!(c, Command::PersistNextEpoch { .. })),
         "{gone:?}"
     );
+}
+
+#[test]
+fn a_standby_whose_service_keeps_failing_stands_aside_until_it_is_ready() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Warm));
+    assert!(n
+        .feed(Input::Start { known_epoch: KNOWN })
+        .contains(&Command::Campaign));
+    let all = n.feed_all(Input::ServiceExited {
+        reason: "pid 7 exited with code 2; its last stderr lines: bad key".into(),
+    });
+    assert_eq!(
+        actions(&all),
+        vec![Command::Release],
+        "the campaign is called off"
+    );
+    assert!(kinds(&all).contains(&EventKind::NotReady));
+    assert!(n.waiting().contains("exited with code 2") && n.waiting().contains("bad key"));
+    // A grant still on its way is given back, not used.
+    assert_eq!(
+        n.feed(acquired(HeartbeatView::Missing)),
+        vec![Command::Release]
+    );
+    assert_eq!(n.e.state(), State::Warm);
+    // Restarts keep failing: still aside, no campaign.
+    for pid in 20..23 {
+        n.advance(secs(10));
+        assert_eq!(
+            n.feed(Input::Tick),
+            vec![Command::StartService {
+                role: Role::Standby,
+                epoch: KNOWN
+            }]
+        );
+        assert_eq!(
+            actions(&n.feed_all(started(pid))),
+            vec![Command::WatchSignalReady { pid }]
+        );
+        assert_eq!(n.feed(exited()), vec![]);
+        assert!(n.waiting().contains("not ready"), "{}", n.waiting());
+    }
+    // It runs and handles the activate signal: ready, and back in line for the lock.
+    n.advance(secs(10));
+    n.feed(Input::Tick);
+    // Up for an instant proves nothing (the gateway blocks its signals first and reads its
+    // configuration after); up for backoff_min does.
+    let all = n.up_all(30);
+    assert!(!kinds(&all).contains(&EventKind::ReadyAgain));
+    n.advance(secs(1));
+    let all = n.feed_all(Input::Tick);
+    assert!(kinds(&all).contains(&EventKind::ReadyAgain));
+    assert!(actions(&all).contains(&Command::Campaign));
+    assert!(n.e.ready());
 }
 
 #[test]

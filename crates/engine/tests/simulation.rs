@@ -204,6 +204,13 @@ struct NodeW {
     /// Processes the agent waits on (`WatchProcesses`).
     watching: Vec<u32>,
     record: Option<Record>,
+    /// Its service exits at every start (a bad configuration), before it is ever ready.
+    broken: bool,
+    /// The agent has been told of such an exit since it started, of a process it saw up for
+    /// less than `backoff_min` (one it saw up longer counts as started, whatever came after).
+    failure_seen: bool,
+    /// When the agent was told of its latest service start.
+    started_seen: Duration,
 }
 
 struct World {
@@ -225,6 +232,11 @@ struct World {
 
 impl World {
     fn new(cfgs: Vec<EngineConfig>) -> Self {
+        Self::with_broken(cfgs, None)
+    }
+
+    /// A world whose node `broken` has a service that exits at every start.
+    fn with_broken(cfgs: Vec<EngineConfig>, broken: Option<usize>) -> Self {
         let nodes = cfgs
             .into_iter()
             .enumerate()
@@ -241,6 +253,9 @@ impl World {
                 lock_stale: false,
                 watching: Vec::new(),
                 record: None,
+                broken: broken == Some(i),
+                failure_seen: false,
+                started_seen: Duration::ZERO,
             })
             .collect();
         let mut w = World {
@@ -260,8 +275,9 @@ impl World {
         };
         for i in 0..w.nodes.len() {
             let c = &w.nodes[i].cfg;
+            let broken = w.nodes[i].broken;
             w.log(format!(
-                "{i}: {:?} standby {:?} health_check {}",
+                "{i}: {:?} standby {:?} health_check {} broken {broken}",
                 c.mode, c.standby, c.health_check
             ));
             w.restart(i);
@@ -357,6 +373,7 @@ impl World {
             self.reap(k);
         }
         self.nodes[i].engine = Some(Engine::new(self.nodes[i].cfg.clone()));
+        self.nodes[i].failure_seen = false;
         let known_epoch = self.store;
         self.feed(i, Input::Start { known_epoch });
     }
@@ -505,6 +522,15 @@ impl World {
                     self.check(!active, || {
                         format!("{i} releases the lock while its service is active")
                     });
+                    let holds = self.nodes[i]
+                        .engine
+                        .as_ref()
+                        .is_some_and(|e| e.holds_lock());
+                    if !holds && !self.nodes[i].lock_stale && self.holder != Some(i) {
+                        // A campaign called off: the waiter leaves the kernel's queue.
+                        self.waiters.retain(|&w| w != i);
+                        continue;
+                    }
                     if std::mem::take(&mut self.nodes[i].lock_stale) {
                         // A lock on the replaced file: giving it back changes nothing.
                         continue;
@@ -544,18 +570,24 @@ impl World {
                     });
                     let pid = self.next_pid;
                     self.next_pid += 1;
+                    let broken = self.nodes[i].broken;
                     self.nodes[i].proc_ = Some(Proc {
                         pid,
-                        alive: true,
-                        active: role == Role::Active,
+                        alive: !broken,
+                        active: role == Role::Active && !broken,
                         terminating: false,
-                        exit_queued: false,
+                        exit_queued: broken,
                         epoch,
                         handles_signal: false,
                         signal_watched: false,
                         started_at: self.mono,
                     });
                     self.nodes[i].svc_q.push_back(Input::ServiceStarted { pid });
+                    if broken {
+                        self.nodes[i].svc_q.push_back(Input::ServiceExited {
+                            reason: "exited with code 2".into(),
+                        });
+                    }
                 }
                 Command::NotifyActive { epoch } => {
                     self.check(self.nodes[i].proc_.is_some(), || {
@@ -749,6 +781,11 @@ impl World {
                 None => (false, 0),
             };
             if is_hot && !self.nodes[i].was_hot {
+                let n = &self.nodes[i];
+                let knew = n.broken && n.failure_seen && n.cfg.standby.runs_while_standby();
+                self.check(!knew, || {
+                    format!("{i} went Hot although its service failed and was never ready since")
+                });
                 let last = self.last_hot_epoch;
                 self.check(epoch > last, || {
                     format!("{i}: Hot with epoch {epoch}, not above the previous Hot epoch {last}")
@@ -793,6 +830,18 @@ impl World {
             if let Some(p) = self.nodes[i].proc_.take() {
                 self.process_gone(p.pid);
             }
+            // A failure the agent can tell: the service ended without being asked to stop.
+            let asked = self.nodes[i]
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.service() == SvcState::Stopping);
+            let n = &mut self.nodes[i];
+            if n.broken && !asked {
+                n.failure_seen = self.mono.saturating_sub(n.started_seen) < n.cfg.backoff_min;
+            }
+        }
+        if let Input::ServiceStarted { .. } = ev {
+            self.nodes[i].started_seen = self.mono;
         }
         if let Input::LockAcquired { .. } = ev {
             // The agent reads the membership records right as it is granted the lock, and
@@ -1139,5 +1188,86 @@ fn without_waiting_for_the_signal_handler_the_signal_kills_the_standby() {
         |r| r.wait_signal_ready = false,
         None,
         &["does not handle the signal yet"],
+    );
+}
+
+/// A TryLock group with hot or warm standbys whose node 0 has a service that exits at every start
+/// (a bad configuration), without operator activations (an operator may force any node Hot).
+fn broken_world() -> impl Strategy<Value = (Vec<EngineConfig>, Vec<Action>)> {
+    (
+        prop::collection::vec(
+            config().prop_map(|mut c| {
+                c.mode = ActivationMode::TryLock;
+                if c.standby == StandbyType::Cold {
+                    c.standby = StandbyType::Warm;
+                }
+                c
+            }),
+            2..=4,
+        ),
+        prop::collection::vec(
+            action().prop_filter("no operator activation", |a| {
+                !matches!(a, Action::Activate { .. })
+            }),
+            1..200,
+        ),
+    )
+}
+
+fn run_broken(cfgs: Vec<EngineConfig>, actions: &[Action]) {
+    let mut w = World::with_broken(cfgs, Some(0));
+    for a in actions {
+        w.step(a);
+    }
+    // The group recovers with a node whose service runs, never with the broken one.
+    w.liveness();
+    let hot = w.hot_nodes();
+    w.check(hot != [0], || {
+        "the broken node is the active one".to_string()
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        max_shrink_iters: 20_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn a_node_whose_service_cannot_start_never_takes_over((cfgs, actions) in broken_world()) {
+        run_broken(cfgs, &actions);
+    }
+}
+
+#[test]
+fn without_standing_aside_a_node_whose_service_cannot_start_takes_over() {
+    let mut runner = TestRunner::new_with_rng(
+        RunnerConfig {
+            cases: 1000,
+            max_shrink_iters: 0,
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let strategy = broken_world().prop_map(|(mut cfgs, actions)| {
+        for c in &mut cfgs {
+            c.rules.campaign_only_when_ready = false;
+        }
+        (cfgs, actions)
+    });
+    let outcome = runner.run(&strategy, |(cfgs, actions)| {
+        run_broken(cfgs, &actions);
+        Ok(())
+    });
+    let Err(TestError::Fail(why, _)) = outcome else {
+        panic!("the simulation found no counterexample");
+    };
+    let why = why.to_string();
+    assert!(
+        why.contains("although its service failed") || why.contains("broken node"),
+        "found something else: {why}"
     );
 }

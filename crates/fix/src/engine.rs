@@ -35,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -112,6 +112,68 @@ pub struct SessionSlot<S: SessionStore> {
     pub connect: Vec<SocketAddr>,
     /// Initiator: pause after every address of `connect` refused.
     pub reconnect_interval: Duration,
+    /// Acceptor: the addresses the counterparty may log on from (anywhere when empty).
+    pub allowed_peers: AllowedPeers,
+}
+
+/// The source addresses an acceptor session may be logged on from: single addresses and CIDR
+/// blocks (`10.1.0.0/16`, `::1`), IPv4 or IPv6. Empty allows every address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedPeers {
+    nets: Vec<(IpAddr, u8)>,
+}
+
+impl AllowedPeers {
+    /// Parses `items`; the error names the first one that is neither an address nor a block.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, String> {
+        let mut nets = Vec::with_capacity(items.len());
+        for item in items {
+            let item = item.as_ref().trim();
+            let bad =
+                || format!("{item:?} is not an IP address or a CIDR block such as 10.0.0.0/8");
+            let (addr, len) = match item.split_once('/') {
+                Some((a, l)) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => {
+                    (a, Some(l.parse::<u8>().map_err(|_| bad())?))
+                }
+                Some(_) => return Err(bad()),
+                None => (item, None),
+            };
+            let ip = addr.parse::<IpAddr>().map_err(|_| bad())?.to_canonical();
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let len = len.unwrap_or(max);
+            if len > max {
+                return Err(bad());
+            }
+            nets.push((ip, len));
+        }
+        Ok(AllowedPeers { nets })
+    }
+
+    /// True when `ip` may log on (an IPv4 address seen on an IPv6 socket counts as IPv4).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nets.is_empty()
+            || self.nets.iter().any(|&(net, len)| match (net, ip) {
+                (IpAddr::V4(n), IpAddr::V4(a)) => {
+                    same_prefix(u128::from(u32::from(n)), u128::from(u32::from(a)), 32, len)
+                }
+                (IpAddr::V6(n), IpAddr::V6(a)) => {
+                    same_prefix(u128::from(n), u128::from(a), 128, len)
+                }
+                _ => false,
+            })
+    }
+
+    /// True when no restriction is configured.
+    pub fn is_any(&self) -> bool {
+        self.nets.is_empty()
+    }
+}
+
+/// Whether the first `len` of the `bits` low bits of `a` and `b` agree.
+fn same_prefix(a: u128, b: u128, bits: u32, len: u8) -> bool {
+    let drop = bits.saturating_sub(u32::from(len));
+    a.checked_shr(drop).unwrap_or(0) == b.checked_shr(drop).unwrap_or(0)
 }
 
 impl<S: SessionStore> SessionSlot<S> {
@@ -122,6 +184,7 @@ impl<S: SessionStore> SessionSlot<S> {
             session,
             connect: Vec::new(),
             reconnect_interval: Duration::from_secs(1),
+            allowed_peers: AllowedPeers::default(),
         }
     }
 }
@@ -788,7 +851,27 @@ impl<S: SessionStore> Engine<S> {
                             continue;
                         }
                     };
-                    match bound.as_ref().and_then(|sid| self.find_or_create(sid)) {
+                    let peer = conn.peer;
+                    let found = bound.as_ref().and_then(|sid| self.find_or_create(sid));
+                    if let (Some(i), Some(sid)) = (found, &bound) {
+                        if !self.slots[i].slot.allowed_peers.allows(peer.ip()) {
+                            tracing::warn!(session = %self.slots[i].slot.name, %peer,
+                                "Logon from an address the session does not allow refused");
+                            let text = format!(
+                                "session {} may not log on from {}",
+                                sid.target_comp_id,
+                                peer.ip().to_canonical()
+                            );
+                            if let (Some(c), Some(f)) =
+                                (self.conns.get(&id), refusal_logout(sid, &text))
+                            {
+                                let _ = c.writer.send(f);
+                            }
+                            self.refuse(id);
+                            return Ok(());
+                        }
+                    }
+                    match found {
                         Some(i) if self.slots[i].conn.is_none() => {
                             // The logon timeout runs from the accept, not from this frame.
                             let mut opened = SystemTime::now();
@@ -1202,4 +1285,51 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
 /// Parses a BeginString given by name in a configuration (`FIX.4.2`, `FIX.4.4`).
 pub fn parse_begin_string(s: &str) -> Option<BeginString> {
     BeginString::from_bytes(s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_peers_match_addresses_and_blocks() {
+        let any = AllowedPeers::default();
+        assert!(any.is_any() && any.allows("203.0.113.9".parse().unwrap()));
+        let a = AllowedPeers::parse(
+            &[
+                "10.1.0.0/16",
+                "192.0.2.7",
+                "::1",
+                "2001:db8::/32",
+                "0.0.0.0/0",
+            ][..4],
+        )
+        .unwrap();
+        for ok in [
+            "10.1.2.3",
+            "10.1.255.255",
+            "192.0.2.7",
+            "::1",
+            "::ffff:10.1.0.9",
+            "2001:db8:1::5",
+        ] {
+            assert!(a.allows(ok.parse().unwrap()), "{ok}");
+        }
+        for no in ["10.2.0.1", "192.0.2.8", "::2", "2001:db9::1", "127.0.0.1"] {
+            assert!(!a.allows(no.parse().unwrap()), "{no}");
+        }
+        let all = AllowedPeers::parse(&["0.0.0.0/0"]).unwrap();
+        assert!(all.allows("8.8.8.8".parse().unwrap()));
+        assert!(!all.allows("::2".parse().unwrap()));
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "x",
+            "10.0.0.1/",
+            "10.0.0.1/-1",
+            "/8",
+        ] {
+            assert!(AllowedPeers::parse(&[bad]).is_err(), "{bad}");
+        }
+    }
 }

@@ -96,6 +96,8 @@ impl ExchangeSim {
                 Role::Acceptor,
             );
             cfg.logon_timeout = Duration::from_secs(5);
+            // A simulator takes any counterparty as it comes, resets included.
+            cfg.allow_peer_reset = true;
             let session = Session::new(cfg, MemoryStore::new()).ok()?;
             Some(SessionSlot::new(&sid.target_comp_id, session))
         }

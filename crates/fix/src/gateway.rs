@@ -23,7 +23,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::codec::{parse, Message};
-use crate::engine::{Application, LogonInfo, Outbox, SessionSlot};
+use crate::engine::{AllowedPeers, Application, LogonInfo, Outbox, SessionSlot};
 use crate::orders::{put, put_str, reject_if_incomplete, tag};
 use crate::schedule::{ScheduleSpec, SessionSchedule};
 use crate::session::{AppMessage, Role, Session, SessionConfig};
@@ -83,6 +83,8 @@ struct RawGateway {
 struct RawClient {
     comp_id: String,
     schedule: Option<ScheduleSpec>,
+    allow_reset: Option<bool>,
+    allowed_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +107,15 @@ struct RawRoute {
     symbol_prefix: Option<String>,
     target_sub_id: Option<String>,
     client: Option<String>,
+}
+
+/// What a client session accepts besides its CompIDs (`[[client]] allow_reset`, `allowed_ips`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientAccess {
+    /// Logons with ResetSeqNumFlag=Y are accepted (refused with a Logout by default).
+    pub allow_reset: bool,
+    /// The addresses the client may connect from (anywhere when empty).
+    pub allowed_peers: AllowedPeers,
 }
 
 /// A validated gateway configuration.
@@ -132,6 +143,8 @@ pub struct GatewayConfig {
     pub clients: Vec<String>,
     /// The schedule of each client session, in the order of `clients`.
     pub client_schedules: Vec<SessionSchedule>,
+    /// Who may log on as each client and how, in the order of `clients`.
+    pub client_access: Vec<ClientAccess>,
     /// Upstream sessions.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routing rules, first match wins.
@@ -331,7 +344,14 @@ impl GatewayConfig {
         }
         let mut clients = Vec::new();
         let mut client_schedules = Vec::new();
+        let mut client_access = Vec::new();
         for (i, c) in raw.client.iter().enumerate() {
+            let allowed_peers = AllowedPeers::parse(c.allowed_ips.as_deref().unwrap_or_default())
+                .map_err(|e| (format!("client[{i}].allowed_ips"), e))?;
+            client_access.push(ClientAccess {
+                allow_reset: c.allow_reset.unwrap_or(false),
+                allowed_peers,
+            });
             client_schedules.push(schedule(
                 &format!("client[{i}].schedule"),
                 c.schedule.as_ref(),
@@ -490,6 +510,7 @@ impl GatewayConfig {
             max_latency,
             clients,
             client_schedules,
+            client_access,
             upstreams,
             routes,
             admin_http,
@@ -587,7 +608,12 @@ impl Gateway {
         };
         let mut slots = Vec::new();
         let mut client_index = HashMap::new();
-        for (c, sched) in cfg.clients.iter().zip(&cfg.client_schedules) {
+        let open_access = ClientAccess::default();
+        let access = cfg
+            .client_access
+            .iter()
+            .chain(std::iter::repeat(&open_access));
+        for ((c, sched), access) in cfg.clients.iter().zip(&cfg.client_schedules).zip(access) {
             let sid = SessionId::new(cfg.begin_string, &cfg.comp_id, c);
             let store = open(&sid, c)?;
             log_recovery(c, &store);
@@ -595,10 +621,13 @@ impl Gateway {
             sc.logon_timeout = cfg.logon_timeout;
             sc.max_latency = cfg.max_latency;
             sc.schedule = sched.clone();
+            sc.allow_peer_reset = access.allow_reset;
             let session = Session::new(sc, Deferred::new(store))
                 .map_err(|_| GatewayError::Session(c.clone()))?;
             client_index.insert(c.clone(), slots.len());
-            slots.push(SessionSlot::new(c, session));
+            let mut slot = SessionSlot::new(c, session);
+            slot.allowed_peers = access.allowed_peers.clone();
+            slots.push(slot);
         }
         let mut upstream_index = HashMap::new();
         for u in &cfg.upstreams {

@@ -21,6 +21,7 @@
 //! | what | range / bound | outside it |
 //! |---|---|---|
 //! | HeartBtInt(108) on Logon | [`HEART_BT_INT_RANGE`] seconds | Logout naming the field, disconnect |
+//! | ResetSeqNumFlag(141)=Y on an acceptor's Logon | only with [`SessionConfig::allow_peer_reset`] | Logout with the reason, disconnect |
 //! | MsgSeqNum, NewSeqNo, BeginSeqNo, EndSeqNo | any `u64`; arithmetic saturates | — |
 //! | messages waiting for a gap to be filled | [`MAX_QUEUED_MESSAGES`] and [`MAX_QUEUED_BYTES`] | Logout with the reason, disconnect |
 //!
@@ -78,6 +79,10 @@ pub struct SessionConfig {
     pub heartbeat_interval: Duration,
     /// Initiator: send ResetSeqNumFlag=Y on Logon and start both sequences at 1.
     pub reset_on_logon: bool,
+    /// Acceptor: accept a counterparty's Logon with ResetSeqNumFlag=Y (both sequences back to 1,
+    /// the stored messages dropped). Off by default: a reset throws away what a resend would
+    /// recover after a failover, so it is refused with a Logout that says so.
+    pub allow_peer_reset: bool,
     /// How long to wait for the Logon (or its answer) before disconnecting.
     pub logon_timeout: Duration,
     /// How long to wait for the Logout answer before disconnecting.
@@ -101,6 +106,7 @@ impl SessionConfig {
             role,
             heartbeat_interval: Duration::from_secs(30),
             reset_on_logon: false,
+            allow_peer_reset: false,
             logon_timeout: Duration::from_secs(10),
             logout_timeout: Duration::from_secs(10),
             max_latency: Some(Duration::from_secs(120)),
@@ -1005,6 +1011,10 @@ impl<S: SessionStore> Session<S> {
             .flatten()
             .unwrap_or(false);
         if reset && self.config.role == Role::Acceptor {
+            if !self.config.allow_peer_reset {
+                let text = "ResetSeqNumFlag(141)=Y is not allowed on this session: sequence numbers are kept across failovers; log on without it";
+                return Err(self.refuse_logon(text, now));
+            }
             if let Err(e) = self.store.reset() {
                 self.store_failed(&e);
                 return Err(Stop::Ended);

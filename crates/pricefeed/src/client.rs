@@ -42,6 +42,9 @@ pub struct ClientOptions {
     /// Bursts of events (everything one read from a server produced) buffered for the
     /// application before the client stops reading; the servers then conflate for us.
     pub event_buffer: usize,
+    /// The servers' token (see `ServerConfig::token`), presented in a `Hello` on every
+    /// connection before the subscriptions.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -52,6 +55,7 @@ impl Default for ClientOptions {
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_millis(500),
             event_buffer: 1024,
+            token: None,
         }
     }
 }
@@ -462,6 +466,21 @@ async fn session(
     // A fresh connection knows nothing of us: send every subscription.
     let mut sent: Arc<BTreeSet<String>> = subs.borrow_and_update().clone();
     let mut req_id = 0u32;
+    if let Some(token) = &opts.token {
+        let hello = Message::Hello {
+            role: Role::Standby,
+            epoch: 0,
+            server: "price-client".into(),
+            token: Some(token.clone()),
+        };
+        let sent = match hello.to_frame() {
+            Ok(frame) => wr.write_all(&frame).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            return Ok(format!("sending the token failed: {e}"));
+        }
+    }
     if let Err(e) = send_symbols(&mut wr, &mut req_id, true, sent.iter()).await {
         return Ok(format!("subscribe failed: {e}"));
     }
@@ -590,6 +609,7 @@ pub async fn run_price_client(
     servers: Vec<SocketAddr>,
     symbols: Vec<String>,
     json: bool,
+    token: Option<String>,
 ) -> Result<(), Error> {
     if symbols.is_empty() {
         return Err(Error::Config(
@@ -604,7 +624,11 @@ pub async fn run_price_client(
             "invalid symbol {bad:?} (1..={MAX_SYMBOL_LEN} bytes)"
         )));
     }
-    let mut client = PriceClient::connect(servers, ClientOptions::default())?;
+    let opts = ClientOptions {
+        token,
+        ..ClientOptions::default()
+    };
+    let mut client = PriceClient::connect(servers, opts)?;
     client.subscribe(&symbols);
     if json {
         print_json(&mut client).await

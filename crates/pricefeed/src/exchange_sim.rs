@@ -166,6 +166,7 @@ fn snapshot(shared: &Shared) -> Result<(Bytes, broadcast::Receiver<Bytes>), Prot
         role: Role::Primary,
         epoch: 0,
         server: "exchange-sim".into(),
+        token: None,
     }
     .encode(&mut out)?;
     for inst in &market.instruments {

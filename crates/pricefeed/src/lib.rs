@@ -24,7 +24,7 @@ pub use client::{
 pub use exchange_sim::run_exchange_sim;
 pub use server::{
     run_price_server, run_price_server_with, serve_status_http, PriceServer, ServerHandle,
-    ServerStatus,
+    ServerLimits, ServerStatus, ERROR_TOO_MANY_CLIENTS, ERROR_TOO_MANY_SUBSCRIPTIONS,
 };
 
 /// Errors returned by the entry points of this crate.

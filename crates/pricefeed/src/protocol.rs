@@ -145,6 +145,8 @@ pub enum ErrorCode {
     MalformedFrame,
     /// The peer sent a message that is not valid in this direction.
     UnexpectedMessage,
+    /// The server requires a token in the client's Hello, and none or a wrong one came.
+    Unauthorized,
     /// A code this build does not know (kept so decoding never fails on new codes).
     Other(u16),
 }
@@ -155,6 +157,7 @@ impl ErrorCode {
             ErrorCode::UnknownInstrument => 1,
             ErrorCode::MalformedFrame => 2,
             ErrorCode::UnexpectedMessage => 3,
+            ErrorCode::Unauthorized => 4,
             ErrorCode::Other(c) => c,
         }
     }
@@ -164,6 +167,7 @@ impl ErrorCode {
             1 => ErrorCode::UnknownInstrument,
             2 => ErrorCode::MalformedFrame,
             3 => ErrorCode::UnexpectedMessage,
+            4 => ErrorCode::Unauthorized,
             c => ErrorCode::Other(c),
         }
     }
@@ -192,7 +196,8 @@ pub struct Price {
 /// Every message of the protocol. Server-to-client messages carry the sender's epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    /// First message on a connection: who the sender is and its role and epoch.
+    /// First message on a connection: who the sender is and its role and epoch. A client may
+    /// send one too (role and epoch are then ignored), to present a server's `token`.
     Hello {
         /// Current role of the sender.
         role: Role,
@@ -200,6 +205,9 @@ pub enum Message {
         epoch: u64,
         /// Free-form name of the sender (node name or address), for logs and boards.
         server: String,
+        /// The secret a price server configured with a token requires before anything else;
+        /// absent on the wire when `None` (so older peers read the Hello unchanged).
+        token: Option<String>,
     },
     /// The sender's role or epoch changed (promotion or demotion).
     RoleChange {
@@ -304,11 +312,15 @@ impl Message {
                 role,
                 epoch,
                 server,
+                token,
             } => {
                 out.put_u8(code::HELLO);
                 out.put_u8(role.to_byte());
                 out.put_u64(*epoch);
                 put_text(out, server)?;
+                if let Some(t) = token {
+                    put_text(out, t)?;
+                }
             }
             Message::RoleChange { role, epoch } => {
                 out.put_u8(code::ROLE_CHANGE);
@@ -384,11 +396,21 @@ impl Message {
         }
         let ty = r.u8("message type")?;
         let msg = match ty {
-            code::HELLO => Message::Hello {
-                role: Role::from_byte(r.u8("role")?)?,
-                epoch: r.u64("epoch")?,
-                server: r.text("server")?,
-            },
+            code::HELLO => {
+                let role = Role::from_byte(r.u8("role")?)?;
+                let epoch = r.u64("epoch")?;
+                let server = r.text("server")?;
+                let token = match r.0.is_empty() {
+                    true => None,
+                    false => Some(r.text("token")?),
+                };
+                Message::Hello {
+                    role,
+                    epoch,
+                    server,
+                    token,
+                }
+            }
             code::ROLE_CHANGE => Message::RoleChange {
                 role: Role::from_byte(r.u8("role")?)?,
                 epoch: r.u64("epoch")?,
@@ -543,6 +565,9 @@ pub enum ReadError {
     /// The peer closed the connection in the middle of a frame.
     #[error("connection closed in the middle of a frame")]
     UnexpectedEof,
+    /// A frame was begun but not completed within the allowed time (see [`read_frame_within`]).
+    #[error("a frame was begun but not completed within {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 /// Reads the next frame from `r`, buffering in `buf`. `Ok(None)` on a clean end of stream.
@@ -563,6 +588,45 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             } else {
                 Err(ReadError::UnexpectedEof)
             };
+        }
+    }
+}
+
+/// Like [`read_frame`], but a frame that has begun must be complete within `partial`: a peer
+/// that sends part of a frame and stops holds a buffer and a connection for nothing. Waiting
+/// for the first byte of a frame is not limited (a subscribed client may stay silent).
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    partial: std::time::Duration,
+) -> Result<Option<Bytes>, ReadError> {
+    let mut begun = (!buf.is_empty()).then(tokio::time::Instant::now);
+    loop {
+        if let Some(frame) = split_frame(buf)? {
+            return Ok(Some(frame));
+        }
+        if buf.capacity().saturating_sub(buf.len()) < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let n = match begun {
+            None => r.read_buf(buf).await?,
+            Some(t0) => {
+                let until = t0.checked_add(partial).unwrap_or(t0);
+                match tokio::time::timeout_at(until, r.read_buf(buf)).await {
+                    Ok(n) => n?,
+                    Err(_) => return Err(ReadError::Stalled(partial)),
+                }
+            }
+        };
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ReadError::UnexpectedEof)
+            };
+        }
+        if begun.is_none() {
+            begun = Some(tokio::time::Instant::now());
         }
     }
 }
@@ -697,6 +761,13 @@ mod tests {
                 role: Role::Standby,
                 epoch: 7,
                 server: "node-a".into(),
+                token: None,
+            },
+            Message::Hello {
+                role: Role::Standby,
+                epoch: 0,
+                server: "client".into(),
+                token: Some("s3cret".into()),
             },
             Message::RoleChange {
                 role: Role::Primary,
@@ -872,13 +943,18 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = Message> {
         let role = prop_oneof![Just(Role::Standby), Just(Role::Primary)];
         prop_oneof![
-            (role.clone(), any::<u64>(), ".{0,40}").prop_map(|(role, epoch, server)| {
-                Message::Hello {
+            (
+                role.clone(),
+                any::<u64>(),
+                ".{0,40}",
+                proptest::option::of(".{0,40}")
+            )
+                .prop_map(|(role, epoch, server, token)| Message::Hello {
                     role,
                     epoch,
                     server,
-                }
-            }),
+                    token,
+                }),
             (role.clone(), any::<u64>())
                 .prop_map(|(role, epoch)| Message::RoleChange { role, epoch }),
             (role, any::<u64>()).prop_map(|(role, epoch)| Message::Heartbeat { role, epoch }),

@@ -13,7 +13,7 @@
 //! number of instruments it subscribed to.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,7 +24,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 
-use crate::protocol::{self, read_frame, split_frame, ErrorCode, Message, Price, ReadError, Role};
+use crate::protocol::{
+    self, read_frame, read_frame_within, split_frame, ErrorCode, Message, Price, ReadError, Role,
+};
 use crate::{AbortOnDrop, Error};
 
 /// Default interval of heartbeats to clients: several fit in a client's detection timeout.
@@ -37,6 +39,32 @@ const MAX_CONTROL_QUEUE: usize = 4096;
 const MAX_QUEUED_PRICES: usize = 1024;
 /// Subscriptions one client may hold while the instrument list is not yet known.
 const MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 100_000;
+
+/// What a price server lets its clients hold, with the defaults of [`ServerLimits::default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Clients connected at once (1024); more are refused at accept.
+    pub max_clients: usize,
+    /// Clients connected at once from one IP address (256: a benchmark's or a gateway host's
+    /// hundred clients fit; a flood from one address does not take all 1024).
+    pub max_clients_per_ip: usize,
+    /// Time a client has to finish a frame it began (5 s); then it is disconnected.
+    pub frame_timeout: Duration,
+    /// Subscriptions of all clients together while the instrument list is not yet known
+    /// (200 000): until then unknown symbols cannot be refused, so they are capped.
+    pub max_unlisted_subscriptions: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_clients: 1024,
+            max_clients_per_ip: 256,
+            frame_timeout: Duration::from_secs(5),
+            max_unlisted_subscriptions: 200_000,
+        }
+    }
+}
 /// The exchange heartbeats every 100 ms; silence this long means the feed is dead.
 const UPSTREAM_SILENCE: Duration = Duration::from_secs(1);
 /// Reconnection backoff towards the upstream.
@@ -60,6 +88,11 @@ pub struct ServerConfig {
     pub name: Option<String>,
     /// Interval of heartbeats to clients.
     pub heartbeat: Duration,
+    /// A secret every client must present in a `Hello` before anything else; without it the
+    /// client gets `Error(Unauthorized)` and is disconnected. `None`: clients need none.
+    pub token: Option<String>,
+    /// Bounds on what clients may hold.
+    pub limits: ServerLimits,
 }
 
 impl ServerConfig {
@@ -72,6 +105,8 @@ impl ServerConfig {
             epoch: 0,
             name: None,
             heartbeat: DEFAULT_HEARTBEAT,
+            token: None,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -97,6 +132,12 @@ pub struct ServerStatus {
     pub conflated_updates: u64,
     /// Prices waiting in client outboxes right now (bounded by their subscriptions).
     pub pending_updates: usize,
+    /// Connections refused at accept: too many clients, in all or from one address.
+    pub connections_refused: u64,
+    /// Clients disconnected for not finishing a frame in time, or refused for lack of a token.
+    pub clients_dropped: u64,
+    /// Subscriptions refused because the cap before the instrument list was reached.
+    pub subscriptions_refused: u64,
 }
 
 /// Runs a price server as an understudy service until a stop signal (SIGTERM or SIGINT).
@@ -106,7 +147,7 @@ pub struct ServerStatus {
 /// signals are blocked.
 pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Result<(), Error> {
     let service = understudy_sdk::init().map_err(|e| Error::Config(e.to_string()))?;
-    run_price_server_with(upstream, listen, None, service).await
+    run_price_server_with(upstream, listen, None, None, service).await
 }
 
 /// Runs a price server under the agent contract of `service` until a stop signal: its role and
@@ -115,14 +156,17 @@ pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Resul
 /// itself: it returns [`Error::Agent`], and the process should exit so that its agent fails over.
 ///
 /// With `http`, the server also answers `GET /health` and `GET /status` there (see
-/// [`serve_status_http`]), for the agent's `[health] http` check and for people.
+/// [`serve_status_http`]), for the agent's `[health] http` check and for people. With `token`,
+/// clients must present it (see [`ServerConfig::token`]).
 pub async fn run_price_server_with(
     upstream: SocketAddr,
     listen: SocketAddr,
     http: Option<SocketAddr>,
+    token: Option<String>,
     mut service: understudy_sdk::Service,
 ) -> Result<(), Error> {
     let mut cfg = ServerConfig::new(upstream, listen);
+    cfg.token = token;
     cfg.role = match service.role() {
         understudy_sdk::Role::Active => Role::Primary,
         understudy_sdk::Role::Standby => Role::Standby,
@@ -251,6 +295,13 @@ pub struct ServerHandle {
 
 struct Shared {
     name: String,
+    token: Option<String>,
+    limits: ServerLimits,
+    /// Connected clients per source address (admission at accept).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    refused: AtomicU64,
+    dropped: AtomicU64,
+    subs_refused: AtomicU64,
     upstream: SocketAddr,
     heartbeat: Duration,
     state: Mutex<State>,
@@ -268,6 +319,8 @@ struct State {
     book_loaded: bool,
     /// Instrument → subscribed clients, for fan-out.
     subscribers: HashMap<Arc<str>, HashSet<u64>>,
+    /// Client subscriptions in total (the sum of the `subscribers` sets).
+    client_subs: usize,
     clients: HashMap<u64, Arc<ClientSlot>>,
 }
 
@@ -409,6 +462,12 @@ impl PriceServer {
             listener,
             shared: Arc::new(Shared {
                 name,
+                token: cfg.token,
+                limits: cfg.limits,
+                per_ip: Mutex::new(HashMap::new()),
+                refused: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                subs_refused: AtomicU64::new(0),
                 upstream: cfg.upstream,
                 heartbeat: cfg.heartbeat,
                 state: Mutex::new(State {
@@ -417,6 +476,7 @@ impl PriceServer {
                     book: HashMap::new(),
                     book_loaded: false,
                     subscribers: HashMap::new(),
+                    client_subs: 0,
                     clients: HashMap::new(),
                 }),
                 upstream_connected: AtomicBool::new(false),
@@ -453,9 +513,27 @@ impl PriceServer {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((sock, peer)) => {
-                        conns.spawn(serve_client(shared.clone(), sock, peer));
-                    }
+                    Ok((sock, peer)) => match Admission::new(&shared, peer.ip()) {
+                        Ok(admitted) => {
+                            conns.spawn(serve_client(shared.clone(), sock, peer, admitted));
+                        }
+                        Err(why) => {
+                            shared.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, why, "client refused");
+                            // One best-effort write, never a task per refusal: a flood of
+                            // connections must cost nothing but the accept.
+                            let e = Message::Error {
+                                epoch: shared.status_epoch(),
+                                req_id: 0,
+                                code: ErrorCode::Other(ERROR_TOO_MANY_CLIENTS),
+                                symbol: String::new(),
+                                message: why.to_string(),
+                            };
+                            if let Ok(frame) = e.to_frame() {
+                                let _ = sock.try_write(&frame);
+                            }
+                        }
+                    },
                     Err(e) => {
                         // Transient (e.g. out of file descriptors): keep serving existing clients.
                         tracing::warn!(error = %e, "accept failed");
@@ -488,7 +566,51 @@ impl ServerHandle {
     }
 }
 
+/// Error code sent to a connection refused at accept (too many clients).
+pub const ERROR_TOO_MANY_CLIENTS: u16 = 5;
+
+/// A client's place in the connection limits, given back when it disconnects.
+struct Admission {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    fn new(shared: &Arc<Shared>, ip: IpAddr) -> Result<Self, &'static str> {
+        let mut per_ip = lock(&shared.per_ip);
+        let total: usize = per_ip.values().sum();
+        if total >= shared.limits.max_clients {
+            return Err("too many clients connected to this price server");
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= shared.limits.max_clients_per_ip {
+            return Err("too many clients connected from this address");
+        }
+        *n += 1;
+        Ok(Admission {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut per_ip = lock(&self.shared.per_ip);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 impl Shared {
+    fn status_epoch(&self) -> u64 {
+        lock(&self.state).epoch
+    }
+
     fn set_role(&self, role: Role, epoch: u64) -> bool {
         let mut st = lock(&self.state);
         if epoch < st.epoch {
@@ -551,6 +673,9 @@ impl Shared {
             clients: st.clients.len(),
             conflated_updates: self.conflated.load(Ordering::Relaxed),
             pending_updates,
+            connections_refused: self.refused.load(Ordering::Relaxed),
+            clients_dropped: self.dropped.load(Ordering::Relaxed),
+            subscriptions_refused: self.subs_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -638,15 +763,34 @@ impl Shared {
         for sym in symbols {
             let key: Arc<str> = match st.book.get_key_value(sym.as_str()) {
                 Some((k, _)) => k.clone(),
-                None if !st.book_loaded && subs.len() < MAX_SUBSCRIPTIONS_PER_CLIENT => {
+                None if !st.book_loaded && subs.contains(sym.as_str()) => Arc::from(sym.as_str()),
+                None if !st.book_loaded
+                    && subs.len() < MAX_SUBSCRIPTIONS_PER_CLIENT
+                    && st.client_subs < self.limits.max_unlisted_subscriptions =>
+                {
                     Arc::from(sym.as_str())
+                }
+                None if !st.book_loaded => {
+                    // Until the instrument list is known nothing can be refused as unknown:
+                    // the cap keeps a flood of made-up symbols from growing our memory.
+                    self.subs_refused.fetch_add(1, Ordering::Relaxed);
+                    out.push_control(Message::Error {
+                        epoch: st.epoch,
+                        req_id,
+                        code: ErrorCode::Other(ERROR_TOO_MANY_SUBSCRIPTIONS),
+                        symbol: sym.clone(),
+                        message: "too many subscriptions before the instrument list is known; try again later".into(),
+                    });
+                    continue;
                 }
                 None => {
                     out.push_control(unknown_instrument(st.epoch, req_id, &sym));
                     continue;
                 }
             };
-            subs.insert(key.clone());
+            if subs.insert(key.clone()) {
+                st.client_subs = st.client_subs.saturating_add(1);
+            }
             st.subscribers.entry(key.clone()).or_default().insert(id);
             // A (re)subscription always gets the current price at once, even if already held:
             // a client resending its subscriptions after a failover wants a fresh snapshot.
@@ -671,6 +815,7 @@ impl Shared {
         let mut out = lock(&client.outbox);
         for sym in symbols {
             if subs.remove(sym.as_str()) {
+                st.client_subs = st.client_subs.saturating_sub(1);
                 if let Some(set) = st.subscribers.get_mut(sym.as_str()) {
                     set.remove(&id);
                     if set.is_empty() {
@@ -693,6 +838,7 @@ impl Shared {
             role: st.role,
             epoch: st.epoch,
             server: self.name.clone(),
+            token: None,
         });
         let slot = Arc::new(ClientSlot {
             peer,
@@ -708,6 +854,7 @@ impl Shared {
         let mut st = lock(&self.state);
         if let Some(c) = st.clients.remove(&id) {
             let subs = std::mem::take(&mut *lock(&c.subs));
+            st.client_subs = st.client_subs.saturating_sub(subs.len());
             for sym in subs {
                 if let Some(set) = st.subscribers.get_mut(&sym) {
                     set.remove(&id);
@@ -743,6 +890,9 @@ fn encode_price(epoch: u64, price: &Price) -> Option<Bytes> {
         }
     }
 }
+
+/// Error code of a subscription refused by [`ServerLimits::max_unlisted_subscriptions`].
+pub const ERROR_TOO_MANY_SUBSCRIPTIONS: u16 = 6;
 
 fn unknown_instrument(epoch: u64, req_id: u32, sym: &str) -> Message {
     Message::Error {
@@ -857,33 +1007,69 @@ async fn read_upstream(shared: &Shared, mut sock: TcpStream) -> String {
 }
 
 /// One client connection: a reader applying requests and a writer draining the outbox.
-async fn serve_client(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
+async fn serve_client(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    _admitted: Admission,
+) {
     let _ = sock.set_nodelay(true);
     let (id, slot) = shared.register(peer);
     tracing::debug!(%peer, id, "client connected");
     let (mut rd, wr) = sock.into_split();
+    // Says why, then closes once the writer has flushed the reply.
+    let close_with = |code: ErrorCode, why: String| {
+        shared.reply_error(&slot, code, 0, why);
+        lock(&slot.outbox).close = true;
+        slot.wake.notify_one();
+    };
     let reader = async {
         let mut buf = BytesMut::with_capacity(4096);
+        let mut authenticated = shared.token.is_none();
         loop {
-            let frame = match read_frame(&mut rd, &mut buf).await {
-                Ok(Some(f)) => f,
-                Ok(None) => return "closed by client".to_string(),
-                Err(ReadError::Framing(e)) => {
-                    // The stream cannot be split into frames any more: say why, then close
-                    // once the writer has flushed the reply.
-                    shared.reply_error(&slot, ErrorCode::MalformedFrame, 0, e.to_string());
-                    lock(&slot.outbox).close = true;
-                    slot.wake.notify_one();
+            let frame =
+                match read_frame_within(&mut rd, &mut buf, shared.limits.frame_timeout).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return "closed by client".to_string(),
+                    Err(e @ ReadError::Stalled(_)) => {
+                        shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        return e.to_string();
+                    }
+                    Err(ReadError::Framing(e)) => {
+                        // The stream cannot be split into frames any more.
+                        close_with(ErrorCode::MalformedFrame, e.to_string());
+                        std::future::pending::<()>().await;
+                        return String::new();
+                    }
+                    Err(e) => return e.to_string(),
+                };
+            let msg = Message::decode(&frame);
+            if !authenticated {
+                let presented = match &msg {
+                    Ok(Message::Hello { token, .. }) => token.as_deref(),
+                    _ => None,
+                };
+                let want = shared.token.as_deref().unwrap_or_default();
+                if !presented.is_some_and(|t| same_secret(t.as_bytes(), want.as_bytes())) {
+                    let why = match presented {
+                        Some(_) => "wrong token in Hello",
+                        None => "this price server needs a token: send Hello with it first",
+                    };
+                    tracing::warn!(%peer, why, "client refused");
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    close_with(ErrorCode::Unauthorized, why.to_string());
                     std::future::pending::<()>().await;
                     return String::new();
                 }
-                Err(e) => return e.to_string(),
-            };
-            match Message::decode(&frame) {
+                authenticated = true;
+                continue;
+            }
+            match msg {
                 Ok(Message::Subscribe { req_id, symbols }) => shared.subscribe(id, req_id, symbols),
                 Ok(Message::Unsubscribe { symbols, .. }) => shared.unsubscribe(id, symbols),
                 // Clients may heartbeat too; the TCP connection already tells us they are gone.
-                Ok(Message::Heartbeat { .. }) => {}
+                // A Hello only matters for its token (checked above when one is required).
+                Ok(Message::Heartbeat { .. } | Message::Hello { .. }) => {}
                 Ok(other) => shared.reply_error(
                     &slot,
                     ErrorCode::UnexpectedMessage,
@@ -955,6 +1141,15 @@ async fn write_client(slot: &ClientSlot, mut wr: tokio::net::tcp::OwnedWriteHalf
             slot.wake.notified().await;
         }
     }
+}
+
+/// Compares two secrets in time that depends on their lengths only, not on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(!x);
+    }
+    diff == 0
 }
 
 fn encode_into(buf: &mut BytesMut, m: &Message) {

@@ -231,6 +231,7 @@ async fn silent_primary_is_detected_by_missed_heartbeats() {
                 role: Role::Primary,
                 epoch: 1,
                 server: "hung".into(),
+                token: None,
             };
             let _ = s.write_all(&hello.to_frame().expect("encode")).await;
             socks.push(s);

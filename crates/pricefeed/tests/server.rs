@@ -21,7 +21,8 @@ async fn subscription_gets_snapshot_then_updates() {
         Some(Message::Hello {
             role: Role::Primary,
             epoch: 5,
-            server: addr.to_string()
+            server: addr.to_string(),
+            token: None,
         })
     );
     c.subscribe(&["SYM1", "SYM2"]).await;

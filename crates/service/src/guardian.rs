@@ -4,8 +4,9 @@
 //! new process group, with stdin being one end of a Unix socketpair: the *lifeline*. The agent
 //! keeps the other end. The guardian:
 //!
-//! 1. spawns the service in its own process group (stdin `/dev/null`, stdout/stderr inherited),
-//!    with `PR_SET_PDEATHSIG = SIGKILL` so the service also dies if the guardian is killed;
+//! 1. spawns the service in its own process group (stdin `/dev/null`, stdout inherited, stderr
+//!    through a pipe that the guardian copies to its own stderr, keeping the last lines), with
+//!    `PR_SET_PDEATHSIG = SIGKILL` so the service also dies if the guardian is killed;
 //! 2. writes `pid <n>\n` to the lifeline once the service is running, or `error <message>\n`
 //!    and exits 127 if it could not be started;
 //! 3. runs a thread reading the lifeline: EOF or an error means the agent is gone (the kernel
@@ -18,8 +19,9 @@
 //!    (SIGSTOP, a stall) and cannot tell anyone. The clock is monotonic and counts suspend:
 //!    setting the wall clock changes nothing, and a machine that slept past the deadline wakes up
 //!    killing;
-//! 4. waits for the service and reports `exit code <n>\n` or `exit signal <n>\n`, then exits with
-//!    `n`, or `128 + signal`.
+//! 4. waits for the service and reports its last stderr lines (`stderr <line>\n`, at most
+//!    [`TAIL_LINES`] of [`TAIL_LINE_BYTES`]: why a service that cannot start fails), then
+//!    `exit code <n>\n` or `exit signal <n>\n`, and exits with `n`, or `128 + signal`.
 //!
 //! `release\n` on the lifeline (the agent's `POST /service/release`, the control plane's "stop
 //! failover") ends the watch for good: no deadline, and the agent's end no longer kills anything.
@@ -41,8 +43,10 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::process::{ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -53,6 +57,14 @@ static RELEASED: AtomicBool = AtomicBool::new(false);
 
 /// Exit code when the service could not be started (the shell's convention for "cannot execute").
 const EXIT_START_FAILED: i32 = 127;
+
+/// Stderr lines of the service kept for the exit report.
+pub const TAIL_LINES: usize = 5;
+/// Longest stderr line kept (longer ones are cut).
+pub const TAIL_LINE_BYTES: usize = 200;
+/// How long the exit report waits for the last stderr bytes after the service ended (a
+/// descendant that keeps the pipe open must not hold the report back).
+const TAIL_WAIT: Duration = Duration::from_millis(200);
 
 /// Signals the guardian ignores. The agent signals the service pid directly; the guardian must not
 /// be stopped by a stray signal aimed at the group, because then nothing would report the
@@ -104,7 +116,10 @@ pub fn run(args: Vec<OsString>) -> i32 {
 
     let guardian = getpid();
     let mut command = Command::new(program);
-    command.args(rest).stdin(Stdio::null());
+    command
+        .args(rest)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
     // calls are allowed: sigaction, prctl and getppid are plain system calls, and nothing here
     // allocates or takes a lock (`saved` was built before the fork and is only read).
@@ -133,6 +148,19 @@ pub fn run(args: Vec<OsString>) -> i32 {
         }
     };
     report(&mut lifeline, &format!("pid {}\n", child.id()));
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let tee_done = child.stderr.take().and_then(|pipe| {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let tail = Arc::clone(&tail);
+        std::thread::Builder::new()
+            .name("stderr".into())
+            .spawn(move || {
+                tee(pipe, &tail);
+                let _ = done.send(());
+            })
+            .ok()
+            .map(|_| finished)
+    });
 
     let status = loop {
         match child.wait() {
@@ -146,6 +174,13 @@ pub fn run(args: Vec<OsString>) -> i32 {
             }
         }
     };
+    if let Some(finished) = tee_done {
+        let _ = finished.recv_timeout(TAIL_WAIT);
+    }
+    let lines = tail.lock().unwrap_or_else(PoisonError::into_inner).lines();
+    for line in lines {
+        report(&mut lifeline, &format!("stderr {}\n", one_line(&line)));
+    }
     match (status.code(), status.signal()) {
         (Some(code), _) => {
             report(&mut lifeline, &format!("exit code {code}\n"));
@@ -178,6 +213,70 @@ fn ignore_signals() -> Vec<(Signal, SigAction)> {
         }
     }
     saved
+}
+
+/// Copies the service's stderr to the guardian's own (the agent's log, as before it was piped)
+/// and keeps its last lines.
+fn tee(mut pipe: ChildStderr, tail: &Mutex<Tail>) {
+    let mut out = std::io::stderr();
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let chunk = buf.get(..n).unwrap_or_default();
+                // The service must not stop because the agent's stderr went away.
+                let _ = out.write_all(chunk);
+                tail.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .feed(chunk);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// The last [`TAIL_LINES`] lines of a byte stream, each cut to [`TAIL_LINE_BYTES`].
+#[derive(Debug, Default)]
+struct Tail {
+    done: std::collections::VecDeque<Vec<u8>>,
+    current: Vec<u8>,
+}
+
+impl Tail {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.current);
+                // Blank lines say nothing and must not push real ones out.
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if self.done.len() == TAIL_LINES {
+                    self.done.pop_front();
+                }
+                self.done.push_back(line);
+            } else if self.current.len() < TAIL_LINE_BYTES {
+                self.current.push(b);
+            }
+        }
+    }
+
+    /// The kept lines, oldest first, blank ones left out; an unfinished last line counts.
+    fn lines(&self) -> Vec<String> {
+        let mut all: Vec<&Vec<u8>> = self.done.iter().collect();
+        if !self.current.is_empty() {
+            all.push(&self.current);
+        }
+        let lines: Vec<String> = all
+            .into_iter()
+            .map(|l| String::from_utf8_lossy(l).trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let skip = lines.len().saturating_sub(TAIL_LINES);
+        lines.into_iter().skip(skip).collect()
+    }
 }
 
 /// Longest line the agent sends (`deadline ` and 20 digits); longer ones are dropped.
@@ -335,6 +434,21 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stderr_tail_keeps_the_last_lines_cut_short() {
+        let mut t = Tail::default();
+        t.feed(b"one\ntwo\n\nthree\nfour\nfive\nsix\nsev");
+        t.feed(b"en");
+        assert_eq!(t.lines(), ["three", "four", "five", "six", "seven"]);
+        let mut t = Tail::default();
+        t.feed(&[b'x'; 1000]);
+        t.feed(b"\n\xff\n");
+        assert_eq!(
+            t.lines(),
+            ["x".repeat(TAIL_LINE_BYTES), "\u{fffd}".to_string()]
+        );
+    }
 
     #[test]
     fn lifeline_lines() {

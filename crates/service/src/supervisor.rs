@@ -85,6 +85,8 @@ pub enum ServiceEvent {
         pid: Option<u32>,
         /// Why it ended.
         reason: ExitReason,
+        /// Its last lines on stderr (at most [`crate::guardian::TAIL_LINES`]), oldest first.
+        stderr: Vec<String>,
     },
 }
 
@@ -457,6 +459,7 @@ fn pid_u32(pid: Pid) -> u32 {
 enum Report {
     Pid(Pid),
     Exit(ExitReason),
+    Stderr(String),
 }
 
 /// Parses a line written by [`crate::guardian::run`].
@@ -465,6 +468,7 @@ fn parse_report(line: &str) -> Option<Report> {
     match word {
         "pid" => rest.parse().ok().map(|p| Report::Pid(Pid::from_raw(p))),
         "error" => Some(Report::Exit(ExitReason::StartFailed(rest.to_owned()))),
+        "stderr" => Some(Report::Stderr(rest.to_owned())),
         "exit" => match rest.split_once(' ')? {
             ("code", n) => n.parse().ok().map(|n| Report::Exit(ExitReason::Code(n))),
             ("signal", n) => n.parse().ok().map(|n| Report::Exit(ExitReason::Signal(n))),
@@ -486,6 +490,7 @@ async fn watch(
     let mut lines = BufReader::new(lifeline).lines();
     let mut pid = None;
     let mut reason = None;
+    let mut stderr = Vec::new();
     loop {
         match lines.next_line().await {
             Ok(Some(line)) => match parse_report(&line) {
@@ -503,6 +508,12 @@ async fn watch(
                     });
                 }
                 Some(Report::Exit(r)) => reason = Some(r),
+                Some(Report::Stderr(line)) => {
+                    if stderr.len() == crate::guardian::TAIL_LINES {
+                        stderr.remove(0);
+                    }
+                    stderr.push(line);
+                }
                 None => tracing::warn!(generation, line, "unexpected report from the guardian"),
             },
             // EOF: the guardian has exited (it alone holds the other end).
@@ -554,6 +565,7 @@ async fn watch(
         generation,
         pid: pid.map(pid_u32),
         reason,
+        stderr,
     });
 }
 

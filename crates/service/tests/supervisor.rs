@@ -38,6 +38,7 @@ async fn exited(rx: &mut UnboundedReceiver<ServiceEvent>) -> (u64, Option<u32>, 
             generation,
             pid,
             reason,
+            ..
         } => (generation, pid, reason),
         other => panic!("expected Exited, got {other:?}"),
     }

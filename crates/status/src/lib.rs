@@ -318,6 +318,13 @@ pub struct MemberRecord {
     /// standbys stand aside for it.
     #[serde(default)]
     pub handover_to: Option<String>,
+    /// The kernel's boot id of the agent's machine: a reader on the same boot can trust what
+    /// `/proc` says about `agent_pid` (the identity check at start); any other reader cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Admin API connections the node refused at its limits since it started.
+    #[serde(default)]
+    pub connections_refused: u64,
 }
 
 /// `GET /group`: every member's record as the node asked has it.
@@ -449,6 +456,8 @@ mod tests {
                 pid: Some(11),
                 detail: None,
                 handover_to: None,
+                boot_id: None,
+                connections_refused: 0,
             },
             age_ms: 3,
             fresh,
@@ -497,6 +506,8 @@ mod tests {
             pid: None,
             detail: None,
             handover_to: None,
+            boot_id: None,
+            connections_refused: 0,
         })
         .unwrap();
         v["renewal_age_ms"] = json!(12);

@@ -306,6 +306,8 @@ mod tests {
                 pid: Some(42),
                 detail: None,
                 handover_to: None,
+                boot_id: None,
+                connections_refused: 0,
             },
             age_ms: 0,
             fresh: true,

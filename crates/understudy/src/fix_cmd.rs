@@ -169,6 +169,8 @@ async fn exchange_sim_durable(
             SessionRole::Acceptor,
         );
         cfg.logon_timeout = Duration::from_secs(5);
+        // A simulator takes any counterparty as it comes, resets included.
+        cfg.allow_peer_reset = true;
         let session = Session::new(cfg, store).ok()?;
         Some(SessionSlot::new(&sid.target_comp_id, session))
     };

@@ -201,6 +201,47 @@ fn main() -> ExitCode {
     }
 }
 
+/// When the service is one of this binary's own (`understudy fix-gateway --config FILE`,
+/// `understudy price-server …`), check what the service would check at its start: its
+/// arguments, and the gateway's configuration file (relative paths as the service would see
+/// them: from the agent's working directory). `Some(Ok)` says what was checked; None for any
+/// other program, which understudy cannot judge.
+fn check_builtin_service(command: &[String]) -> Option<Result<String, String>> {
+    let program = std::path::Path::new(command.first()?);
+    let ours = program.file_name().is_some_and(|n| n == "understudy")
+        || std::env::current_exe().is_ok_and(|me| program == me);
+    if !ours {
+        return None;
+    }
+    let cli = match Cli::try_parse_from(command) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default().trim();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            return Some(Err(format!("the service's arguments are wrong: {first}")));
+        }
+    };
+    Some(match cli.cmd {
+        Cmd::Fix(fix_cmd::FixCmds::FixGateway { config }) => {
+            match understudy_fix::gateway::GatewayConfig::load(&config) {
+                Ok(_) => Ok(format!(
+                    "the FIX gateway's configuration {} is valid",
+                    config.display()
+                )),
+                Err(e) => Err(format!("the FIX gateway's configuration is wrong: {e}")),
+            }
+        }
+        Cmd::Price(price_cmd::PriceCmds::PriceServer { token_file, .. }) => {
+            match token_file.as_deref().map(price_cmd::read_token).transpose() {
+                Ok(_) => Ok("the price server's arguments are valid".to_string()),
+                Err(e) => Err(format!("the price server's token: {e:#}")),
+            }
+        }
+        _ => Ok("the arguments of the understudy service are valid".to_string()),
+    })
+}
+
 /// A multi-threaded runtime for the subcommands that need one.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -241,6 +282,16 @@ fn check_config(file: &std::path::Path, json: bool) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
+    let service = check_builtin_service(&c.service.command);
+    if let Some(Err(e)) = &service {
+        let e = format!("{}: service.command: {e}", file.display());
+        if json {
+            print_json(&serde_json::json!({"file": file, "ok": false, "error": e}))?;
+        } else {
+            eprintln!("understudy: configuration error: {e}");
+        }
+        return Ok(2);
+    }
     let warnings = c.warnings();
     if json {
         print_json(&serde_json::json!({
@@ -266,6 +317,9 @@ fn check_config(file: &std::path::Path, json: bool) -> anyhow::Result<u8> {
         c.node.admin,
         c.activation.lock_file.display()
     );
+    if let Some(Ok(what)) = service {
+        println!("{}: service.command: {what}", file.display());
+    }
     for w in warnings {
         eprintln!("understudy: warning: {w}");
     }
@@ -282,6 +336,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     return Ok(2);
                 }
             };
+            // A cold standby starts its service only at takeover: a bad gateway configuration
+            // must be found now, not then.
+            if let Some(Err(e)) = check_builtin_service(&cfg.service.command) {
+                eprintln!(
+                    "understudy: configuration error: {}: service.command: {e}",
+                    config.display()
+                );
+                return Ok(2);
+            }
             init_logging();
             for w in cfg.warnings() {
                 tracing::warn!("{w}");
@@ -292,7 +355,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let rt = runtime()?;
             match rt.block_on(understudy_agent::run(cfg, exe)) {
                 Ok(code) => Ok(code.clamp(0, 255) as u8),
-                Err(e @ understudy_agent::AgentError::AdminBind { .. }) => {
+                Err(
+                    e @ (understudy_agent::AgentError::AdminBind { .. }
+                    | understudy_agent::AgentError::Identity(_)),
+                ) => {
                     eprintln!("understudy: configuration error: {e}");
                     Ok(2)
                 }

@@ -48,6 +48,9 @@ pub enum PriceCmds {
         /// group's shared upstream); the flags win over it.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
+        /// A file holding the secret clients must present in their Hello (none needed without).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<std::path::PathBuf>,
     },
     /// A failover-aware price client: follows the group's active price server and keeps its
     /// subscriptions.
@@ -61,6 +64,9 @@ pub enum PriceCmds {
         /// One JSON object per update instead of the quote board.
         #[arg(long)]
         json: bool,
+        /// A file holding the servers' token, if they require one.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<std::path::PathBuf>,
     },
     /// (internal, `bench fanout`) Republish the exchange feed on nats-server.
     #[command(hide = true)]
@@ -103,6 +109,7 @@ impl PriceCmds {
                 listen,
                 http,
                 config,
+                token_file,
             } => {
                 let file = match config.as_deref().map(config::load).transpose() {
                     Ok(f) => f.unwrap_or_default(),
@@ -117,13 +124,15 @@ impl PriceCmds {
                     eprintln!("understudy: price-server: give --upstream and --listen (or upstream and listen in --config)");
                     return Ok(2);
                 };
-                return price_server(upstream, listen, http.or(file.http));
+                return price_server(upstream, listen, http.or(file.http), token_file.as_deref());
             }
             PriceCmds::PriceClient {
                 servers,
                 subscribe,
                 json,
+                token_file,
             } => {
+                let token = token_file.as_deref().map(read_token).transpose()?;
                 let servers = understudy_pricefeed::parse_servers(&servers).context("--servers")?;
                 let symbols = understudy_pricefeed::parse_symbols(&subscribe);
                 if symbols.is_empty() {
@@ -131,7 +140,7 @@ impl PriceCmds {
                 }
                 runtime()?
                     .block_on(understudy_pricefeed::run_price_client(
-                        servers, symbols, json,
+                        servers, symbols, json, token,
                     ))
                     .context("price-client")?
             }
@@ -149,7 +158,16 @@ fn price_server(
     upstream: SocketAddr,
     listen: SocketAddr,
     http: Option<SocketAddr>,
+    token_file: Option<&std::path::Path>,
 ) -> anyhow::Result<u8> {
+    // Read before anything starts: a missing or empty file is a configuration error (exit 2).
+    let token = match token_file.map(read_token).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("understudy: configuration error: price-server: {e:#}");
+            return Ok(2);
+        }
+    };
     let service = match understudy_sdk::init() {
         Ok(s) => s,
         Err(e) => {
@@ -160,8 +178,19 @@ fn price_server(
     init_logging();
     runtime()?
         .block_on(understudy_pricefeed::run_price_server_with(
-            upstream, listen, http, service,
+            upstream, listen, http, token, service,
         ))
         .context("price-server")?;
     Ok(0)
+}
+
+/// The secret in `file`, without surrounding blanks; an unreadable or empty file is an error.
+pub fn read_token(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--token-file {}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("--token-file {}: the file is empty", file.display());
+    }
+    Ok(token.to_string())
 }

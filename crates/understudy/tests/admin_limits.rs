@@ -15,28 +15,6 @@ use common::*;
 
 const S: Duration = Duration::from_secs(1);
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn metric(addr: &str, name: &str) -> u64 {
-    let (_, body) = http("GET", addr, "/metrics", S).expect("GET /metrics");
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-}
-
 #[test]
 fn a_flood_of_idle_requests_does_not_fail_the_service_over() {
     let mut g = Group::new("trylock", "cold");
