@@ -42,6 +42,14 @@ use crate::config::AdminToken;
 
 use crate::runtime::{unix_ms, ApiRequest, Shared, FRESH_INTERVALS};
 
+/// The address of the client that sent a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub SocketAddr);
+
+fn caller(c: Option<axum::Extension<Caller>>) -> Option<SocketAddr> {
+    c.map(|axum::Extension(Caller(a))| a)
+}
+
 #[derive(Clone)]
 struct Api {
     shared: Arc<Shared>,
@@ -100,7 +108,11 @@ pub async fn serve(
             shared.metrics.admin_connections_refused.inc();
             continue;
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Each request knows its connection's peer: a switchover or an activation is recorded
+        // with who asked for it.
+        let svc = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(Caller(peer))),
+        );
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -292,8 +304,12 @@ async fn ask(
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))
 }
 
-async fn activate(AxState(api): AxState<Api>) -> Response {
-    match ask(&api, ApiRequest::Activate).await {
+async fn activate(
+    AxState(api): AxState<Api>,
+    from: Option<axum::Extension<Caller>>,
+) -> Response {
+    let from = caller(from);
+    match ask(&api, |tx| ApiRequest::Activate(tx, from)).await {
         Ok(Answer::Activated { epoch }) => {
             let s = api.shared.status();
             Json(json!({ "mode": "Hot", "name": s.name, "epoch": epoch })).into_response()
@@ -320,8 +336,10 @@ struct SwitchoverQuery {
 
 async fn switchover(
     AxState(api): AxState<Api>,
+    from: Option<axum::Extension<Caller>>,
     q: Result<axum::extract::Query<SwitchoverQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let from = caller(from);
     let Ok(axum::extract::Query(q)) = q else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -330,7 +348,7 @@ async fn switchover(
     };
     let started = tokio::time::Instant::now();
     let to = q.to;
-    let from_epoch = match ask(&api, |tx| ApiRequest::Switchover(tx, to)).await {
+    let from_epoch = match ask(&api, |tx| ApiRequest::Switchover(tx, to, from)).await {
         Ok(Answer::SwitchoverStarted { epoch }) => epoch,
         Ok(Answer::SwitchoverRefused { reason }) => return error(StatusCode::CONFLICT, reason),
         Ok(other) => {
@@ -406,25 +424,65 @@ async fn status(AxState(api): AxState<Api>) -> Response {
 
 async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
-    let fresh_ms =
-        (api.shared.cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
+    let cfg = &api.shared.cfg;
+    let fresh_ms = (cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
     let members: Vec<serde_json::Value> = api
         .shared
         .members
         .read_all()
         .into_iter()
-        .map(|m| {
+        .map(|mut m| {
             let age = now.saturating_sub(m.last_seen_unix_ms);
+            let fresh = age <= fresh_ms;
+            let agent_gone = agent_gone(cfg, &m);
+            if let Some(state) = truthful_service(cfg, &m, fresh, agent_gone) {
+                m.service = state.to_string();
+                m.pid = None;
+            }
             let mut v = serde_json::to_value(&m).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 o.insert("age_ms".into(), json!(age));
-                o.insert("fresh".into(), json!(age <= fresh_ms));
+                o.insert("fresh".into(), json!(fresh));
+                o.insert("agent_gone".into(), json!(agent_gone));
             }
             v
         })
         .collect();
     let s = api.shared.status();
     Json(json!({ "group": s.group, "asked": s.node, "members": members })).into_response()
+}
+
+/// True when the record's agent ran on this host and no longer runs. Agents sharing a lock file
+/// run here (a record from another host on a shared filesystem counts as gone, as in the
+/// engine's view); an etcd group's records come from other machines: never judged here.
+fn agent_gone(cfg: &crate::Config, m: &understudy_coordinator::MemberRecord) -> bool {
+    cfg.etcd.is_none()
+        && m.node != cfg.node.name
+        && !understudy_service::procwatch::can_act(m.agent_pid)
+}
+
+/// What a record's service row must say instead of "running pid N" when that may be false
+/// (None: the record stands). A row never claims a pid for a process that is gone, or that
+/// nobody vouches for any more.
+fn truthful_service(
+    cfg: &crate::Config,
+    m: &understudy_coordinator::MemberRecord,
+    fresh: bool,
+    agent_gone: bool,
+) -> Option<&'static str> {
+    if m.node == cfg.node.name {
+        return None;
+    }
+    if agent_gone {
+        // The guardian kills the service when its agent dies.
+        return Some("gone with its agent");
+    }
+    if !fresh {
+        return (m.service != "stopped").then_some("unknown (record not refreshed)");
+    }
+    let pid = m.pid?;
+    let here = cfg.etcd.is_none();
+    (here && !understudy_service::procwatch::can_act(pid)).then_some("exited")
 }
 
 async fn events(AxState(api): AxState<Api>) -> Response {

@@ -10,13 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 use understudy_coordinator::{
-    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, TryAcquire,
+    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, StepDown,
+    TryAcquire,
 };
 use understudy_engine::{
-    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView, Role,
-    Rules, State,
+    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView,
+    ActivationMode, Preference, Rank, Role, Rules, State,
 };
 use understudy_service::{procwatch, HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
 
@@ -49,10 +50,14 @@ pub enum AgentError {
 /// An operator request travelling from the admin API to the event loop.
 #[derive(Debug)]
 pub enum ApiRequest {
-    /// `PUT /service/activationmode/hot`.
-    Activate(oneshot::Sender<Answer>),
-    /// `POST /service/switchover[?to=NODE]`.
-    Switchover(oneshot::Sender<Answer>, Option<String>),
+    /// `PUT /service/activationmode/hot`, from this client.
+    Activate(oneshot::Sender<Answer>, Option<std::net::SocketAddr>),
+    /// `POST /service/switchover[?to=NODE]`, from this client.
+    Switchover(
+        oneshot::Sender<Answer>,
+        Option<String>,
+        Option<std::net::SocketAddr>,
+    ),
     /// `POST /service/active-ack`: the service says it acts with this epoch.
     ServiceAck {
         /// The process that says so.
@@ -173,8 +178,15 @@ fn rfc3339(ms: u64) -> String {
 /// A member record is fresh when it was rewritten within this many heartbeat intervals.
 pub const FRESH_INTERVALS: u32 = 5;
 
-/// Run an agent until it is told to stop; returns the process exit code.
+/// Run an agent until it is told to stop; returns the process exit code. Everything it logs,
+/// its tasks included, carries the node and group (a `node` span: text logs show
+/// `node{node=a group=g}:`, JSON logs a `span` object).
 pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> {
+    let span = tracing::info_span!("node", node = %cfg.node.name, group = %cfg.node.group);
+    run_node(cfg, guardian_exe).instrument(span).await
+}
+
+async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> {
     let listener = tokio::net::TcpListener::bind(cfg.node.admin)
         .await
         .map_err(|source| AgentError::AdminBind {
@@ -209,6 +221,10 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
             defer_recreated_lock: cfg.etcd.is_none(),
             ..Rules::default()
         },
+    })
+    .with_preference(Preference {
+        priority: cfg.node.priority,
+        failback: cfg.activation.failback,
     });
     // The timeline an earlier run of this agent left: `understudy events` after a restart still
     // shows the earlier takeovers. A journal that cannot be opened costs history, not the node.
@@ -238,11 +254,14 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     });
 
     let admin = crate::api::serve(listener, shared.clone(), api_tx);
-    tokio::spawn(async move {
-        if let Err(e) = admin.await {
-            error!("admin API stopped: {e}");
+    tokio::spawn(
+        async move {
+            if let Err(e) = admin.await {
+                error!("admin API stopped: {e}");
+            }
         }
-    });
+        .in_current_span(),
+    );
 
     let mut rt = Runtime {
         shared,
@@ -261,6 +280,11 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         watches: Vec::new(),
         signal_watch: None,
         service_detail: None,
+        sd_status: String::new(),
+        seen: Vec::new(),
+        grant_created: false,
+        asking: None,
+        stepped_down: None,
     };
     info!(
         node = %cfg.node.name, group = %cfg.node.group, admin = %cfg.node.admin,
@@ -269,6 +293,9 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     );
     let known_epoch = rt.coord.current_epoch();
     rt.feed(Input::Start { known_epoch });
+    // The admin listener is bound (connections queue until the server task accepts them) and the
+    // node has joined: its record is written and it waits for the lock or was refused it.
+    crate::sdnotify::send("READY=1");
     rt.run_loop(coord_rx, svc_rx, health_rx, api_rx, proc_rx)
         .await;
     Ok(rt.exit_code.unwrap_or(0))
@@ -323,7 +350,38 @@ struct Runtime {
     signal_watch: Option<tokio::task::JoinHandle<()>>,
     /// The running service's last self-report (see [`ServiceStatus::detail`]).
     service_detail: Option<serde_json::Value>,
+    /// The last `STATUS=` line sent to systemd.
+    sd_status: String,
+    /// The group's records as last read for the engine, with what /proc says of their agents:
+    /// the source of a takeover's cause.
+    seen: Vec<Seen>,
+    /// The grant being judged came with a lock file this node created (it was deleted or
+    /// replaced under the previous holder).
+    grant_created: bool,
+    /// Who asked for the input being fed (an operator's request, a signal).
+    asking: Option<Asker>,
+    /// This node's last step down from Hot, advertised in its record.
+    stepped_down: Option<StepDown>,
 }
+
+/// A member record as the engine was last shown it.
+#[derive(Debug, Clone)]
+struct Seen {
+    rec: MemberRecord,
+    fresh: bool,
+    agent_gone: bool,
+}
+
+/// Who asked for what the engine is handling now.
+#[derive(Debug, Clone)]
+enum Asker {
+    Activate(Option<std::net::SocketAddr>),
+    Switchover(Option<std::net::SocketAddr>),
+    Signal(&'static str),
+}
+
+/// A step-down reason in a record stays short: records are rewritten every heartbeat interval.
+const MAX_REASON_CHARS: usize = 300;
 
 /// Longest wait for a standby service to install its activate-signal handler; after it the service
 /// counts as started anyway (a service that never handles the signal is misconfigured).
@@ -350,6 +408,13 @@ impl Runtime {
         let mut sigint = signal(SignalKind::interrupt()).ok();
         let mut tick = tokio::time::interval(self.shared.cfg.activation.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pinged from this loop, between inputs, so that a loop stuck in one of them stops the
+        // pings and systemd restarts the agent (its guardian then kills the service).
+        let mut watchdog = crate::sdnotify::watchdog_interval().map(|every| {
+            let mut i = tokio::time::interval(every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         while self.exit_code.is_none() {
             tokio::select! {
                 // Lock events first: a takeover must not queue behind anything else.
@@ -362,13 +427,16 @@ impl Runtime {
                 Some(req) = api_rx.recv() => self.on_api(req),
                 _ = recv_signal(&mut sigterm) => {
                     info!("SIGTERM: stopping gracefully");
-                    self.feed(Input::Shutdown);
+                    crate::sdnotify::send("STOPPING=1");
+                    self.feed_asked(Asker::Signal("SIGTERM"), Input::Shutdown);
                 }
                 _ = recv_signal(&mut sigint) => {
                     info!("SIGINT: stopping gracefully");
-                    self.feed(Input::Shutdown);
+                    crate::sdnotify::send("STOPPING=1");
+                    self.feed_asked(Asker::Signal("SIGINT"), Input::Shutdown);
                 }
                 _ = tick.tick() => self.on_tick(),
+                _ = next_tick(&mut watchdog) => crate::sdnotify::send("WATCHDOG=1"),
             }
         }
         // The supervisor's drop kills whatever is left of the service's process group.
@@ -388,11 +456,13 @@ impl Runtime {
                     return;
                 }
                 self.detected();
+                self.grant_created = created;
                 // The engine judges the grant by the group as it is now (who still acts, whose
                 // service still runs), so it gets a fresh view first.
                 let peers = self.peer_views();
                 self.feed_all([
                     Input::Peers(peers),
+                    Input::Ranks(self.ranks()),
                     Input::LockAcquired {
                         previous: view(previous),
                         created,
@@ -467,11 +537,13 @@ impl Runtime {
     }
 
     /// The other nodes as their membership records show them, with what /proc says about them.
-    fn peer_views(&self) -> Vec<PeerView> {
+    fn peer_views(&mut self) -> Vec<PeerView> {
         let cfg = &self.shared.cfg;
         let now = unix_ms();
         let fresh_ms = (cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
-        self.shared
+        let mut seen = Vec::new();
+        let views = self
+            .shared
             .members
             .read_all()
             .into_iter()
@@ -489,6 +561,11 @@ impl Runtime {
                 let live_service = m.pid.filter(|&pid| {
                     (hot || m.holds_lock) && procwatch::is_service_of(pid, &m.node, &cfg.node.group)
                 });
+                seen.push(Seen {
+                    rec: m.clone(),
+                    fresh,
+                    agent_gone,
+                });
                 PeerView {
                     // Only another node can be the chosen one from this node's point of view.
                     handover_to: m.handover_to.filter(|t| *t != cfg.node.name),
@@ -500,6 +577,24 @@ impl Runtime {
                     agent_gone,
                     live_service,
                 }
+            })
+            .collect();
+        self.seen = seen;
+        views
+    }
+
+    /// The other nodes' priorities from the records last read by [`Runtime::peer_views`]. Only a
+    /// node that waits for the lock by itself can take it when this one gives it back.
+    fn ranks(&self) -> Vec<Rank> {
+        self.seen
+            .iter()
+            .map(|p| Rank {
+                node: p.rec.node.clone(),
+                priority: p.rec.priority,
+                ready: p.rec.ready
+                    && [ActivationMode::TryLock, ActivationMode::TryHeartbeat]
+                        .iter()
+                        .any(|m| m.api_name() == p.rec.name),
             })
             .collect()
     }
@@ -534,14 +629,14 @@ impl Runtime {
 
     fn on_api(&mut self, req: ApiRequest) {
         match req {
-            ApiRequest::Activate(tx) => {
+            ApiRequest::Activate(tx, from) => {
                 self.pending_activate.push_back(tx);
-                self.feed(Input::Activate);
+                self.feed_asked(Asker::Activate(from), Input::Activate);
             }
-            ApiRequest::Switchover(tx, to) => {
+            ApiRequest::Switchover(tx, to, from) => {
                 self.pending_switchover.push_back(tx);
                 let ready = self.ready_standbys();
-                self.feed(Input::Switchover { ready, to });
+                self.feed_asked(Asker::Switchover(from), Input::Switchover { ready, to });
             }
             ApiRequest::ServiceAck { pid, epoch } => self.feed(Input::ServiceAcked { pid, epoch }),
         }
@@ -554,7 +649,8 @@ impl Runtime {
         // The engine derives from the group's view what it needs: a newer active elsewhere, a
         // peer that stepped down at last, the end of a yield.
         let peers = self.peer_views();
-        self.feed_all([Input::Peers(peers), Input::Tick]);
+        let ranks = self.ranks();
+        self.feed_all([Input::Peers(peers), Input::Ranks(ranks), Input::Tick]);
         self.advertise(true);
     }
 
@@ -582,6 +678,13 @@ impl Runtime {
     /// at once (try-lock, epoch) are fed back before anything else can happen.
     fn feed(&mut self, input: Input) {
         self.feed_all([input]);
+    }
+
+    /// [`Runtime::feed`] for an input someone asked for: what it records names them.
+    fn feed_asked(&mut self, who: Asker, input: Input) {
+        self.asking = Some(who);
+        self.feed(input);
+        self.asking = None;
     }
 
     /// [`Runtime::feed`] for inputs that belong together (a view of the group, then the grant
@@ -621,7 +724,10 @@ impl Runtime {
             Command::TryLock => Some(match self.coord.try_acquire() {
                 Ok(TryAcquire::Acquired { previous, created }) => {
                     self.detected();
-                    answers.push_back(Input::Peers(self.peer_views()));
+                    self.grant_created = created;
+                    let peers = self.peer_views();
+                    answers.push_back(Input::Peers(peers));
+                    answers.push_back(Input::Ranks(self.ranks()));
                     Input::LockAcquired {
                         previous: view(previous),
                         created,
@@ -732,7 +838,7 @@ impl Runtime {
                     warn!("no pidfd for process {pid} ({e}); watched it through /proc instead");
                 }
                 let _ = tx.send(ProcEvent::Gone(pid));
-            }));
+            }.in_current_span()));
         }
         info!(
             count = self.watches.len(),
@@ -840,16 +946,19 @@ impl Runtime {
             guardian_exe: self.guardian_exe.clone(),
             guardian_args: vec!["__guard".to_string()],
         };
-        tokio::spawn(async move {
-            let name = spec.command.first().map(String::as_str).unwrap_or_default();
-            match understudy_service::run_guarded(&spec).await {
-                Ok(understudy_service::ExitReason::Code(0)) => {
-                    info!("activate hook {name:?} done")
+        tokio::spawn(
+            async move {
+                let name = spec.command.first().map(String::as_str).unwrap_or_default();
+                match understudy_service::run_guarded(&spec).await {
+                    Ok(understudy_service::ExitReason::Code(0)) => {
+                        info!("activate hook {name:?} done")
+                    }
+                    Ok(reason) => warn!("activate hook {name:?} {reason}"),
+                    Err(e) => warn!("activate hook {name:?} could not run: {e}"),
                 }
-                Ok(reason) => warn!("activate hook {name:?} {reason}"),
-                Err(e) => warn!("activate hook {name:?} could not run: {e}"),
             }
-        });
+            .in_current_span(),
+        );
     }
 
     fn record(&mut self, mut ev: understudy_engine::Event) {
@@ -858,6 +967,7 @@ impl Runtime {
         // ready came out the same figure), while the commands before this one took real time.
         ev.mono = self.origin.elapsed();
         ev.at_unix_ms = unix_ms();
+        self.explain(&mut ev);
         info!(kind = ?ev.kind, epoch = ev.epoch, "{}", ev.detail);
         let m = &self.shared.metrics;
         match ev.kind {
@@ -872,13 +982,118 @@ impl Runtime {
             }
             _ => {}
         }
+        let kind = ev.kind;
         let took = self.with_timeline(|t| t.push(ev));
         if let Some(d) = took {
             m.takeover_seconds.observe(d.as_secs_f64());
             info!(
-                "takeover: service told it is active {:.3} ms after the lock was obtained",
+                "takeover: service told it is active {:.3} ms after the previous active was found lost",
                 d.as_secs_f64() * 1e3
             );
+        }
+        if matches!(kind, EventKind::Ready | EventKind::ServiceAcked) {
+            if let Some(t) = self.with_timeline(|t| t.current()) {
+                log_takeover(&t, kind);
+            }
+        }
+    }
+
+    /// Complete an event's words with what only the agent knows (who asked, what the group's
+    /// records say), and keep this node's step-down reason for its record.
+    fn explain(&mut self, ev: &mut understudy_engine::Event) {
+        match ev.kind {
+            EventKind::LockObtained => ev.detail = self.takeover_cause(&ev.detail),
+            EventKind::Switchover => {
+                if let Some(Asker::Switchover(Some(from))) = &self.asking {
+                    ev.detail = ev
+                        .detail
+                        .replacen("requested", &format!("requested by {from}"), 1);
+                }
+            }
+            EventKind::EpochDurable => self.stepped_down = None,
+            _ => {}
+        }
+        let reason = match ev.kind {
+            EventKind::Demoted | EventKind::Switchover => Some(ev.detail.clone()),
+            // The status published before this input: whether the node was active when told.
+            EventKind::Shutdown if self.shared.status().mode == State::Hot.to_string() => {
+                Some(match &self.asking {
+                    Some(Asker::Signal(sig)) => format!("the agent was stopped ({sig})"),
+                    _ => "the agent was stopped".to_string(),
+                })
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.stepped_down = Some(StepDown {
+                epoch: ev.epoch,
+                at_unix_ms: ev.at_unix_ms,
+                reason: reason.chars().take(MAX_REASON_CHARS).collect(),
+            });
+        }
+    }
+
+    /// Why this node takes over, in words: who asked (a manual activation), the previous active
+    /// and what happened to it as far as its record and /proc tell, then what the lock file held
+    /// (the engine's words).
+    fn takeover_cause(&self, engine_words: &str) -> String {
+        let lock = engine_words.strip_prefix("group lock obtained; ");
+        let mut parts = Vec::new();
+        if let Some(Asker::Activate(from)) = &self.asking {
+            parts.push(match from {
+                Some(a) => format!("manual activate (PUT /service/activationmode/hot from {a})"),
+                None => "manual activate (PUT /service/activationmode/hot)".to_string(),
+            });
+        }
+        parts.push(self.previous_active());
+        match lock {
+            Some(l) => parts.push(l.to_string()),
+            // The engine's own words for an operator override say less than the above.
+            None if parts.len() > 1 => {}
+            None => parts.push(engine_words.to_string()),
+        }
+        parts.join("; ")
+    }
+
+    /// The previous active and what became of it, from the records last read for the engine.
+    fn previous_active(&self) -> String {
+        let acting = self
+            .seen
+            .iter()
+            .filter(|p| p.rec.mode == State::Hot.to_string() || p.rec.holds_lock)
+            .max_by_key(|p| p.rec.epoch);
+        let stepped = self
+            .seen
+            .iter()
+            .filter_map(|p| Some((p, p.rec.stepped_down.as_ref()?)))
+            .max_by_key(|(_, s)| (s.epoch, s.at_unix_ms));
+        // A step down at a later epoch than any record that still claims to act is the news.
+        let acting = acting.filter(|p| stepped.is_none_or(|(_, s)| p.rec.epoch >= s.epoch));
+        match (acting, stepped) {
+            (Some(p), _) => {
+                let r = &p.rec;
+                let who = format!("previous active {} (epoch {})", r.node, r.epoch);
+                if p.agent_gone {
+                    format!(
+                        "{who}: its agent is gone (pid {} no longer runs)",
+                        r.agent_pid
+                    )
+                } else if !p.fresh {
+                    format!(
+                        "{who} went silent: its record was last written {} ms ago",
+                        unix_ms().saturating_sub(r.last_seen_unix_ms)
+                    )
+                } else if self.grant_created {
+                    format!("{who} still holds the old lock: the group lock file was deleted or replaced")
+                } else {
+                    format!("{who} let go of the group lock")
+                }
+            }
+            (_, Some((p, s))) => format!(
+                "previous active {} (epoch {}) stepped down: {}",
+                p.rec.node, s.epoch, s.reason
+            ),
+            (None, None) => "no previous active in the group's records".to_string(),
         }
     }
 
@@ -898,7 +1113,7 @@ impl Runtime {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
         let snap = self.engine.snapshot();
         let m = &self.shared.metrics;
         m.hot.set(i64::from(snap.state == State::Hot));
@@ -934,9 +1149,27 @@ impl Runtime {
                 detail: self.service_detail.clone(),
             },
         };
+        if crate::sdnotify::enabled() {
+            self.notify_status(&view);
+        }
         match self.shared.status.write() {
             Ok(mut s) => *s = view,
             Err(p) => *p.into_inner() = view,
+        }
+    }
+
+    /// `STATUS=` for `systemctl status`, when the state, epoch or reason changed.
+    fn notify_status(&mut self, view: &StatusView) {
+        let mut line = format!("{} epoch {}", view.mode, view.epoch);
+        match &view.waiting {
+            Some(w) => line.push_str(&format!(": {w}")),
+            None => line.push_str(&format!(", service {}", view.service.state)),
+        }
+        // STATUS is one line of the notification; a reason never spans lines, but be sure.
+        let line = line.replace('\n', " ");
+        if line != self.sd_status {
+            crate::sdnotify::send(&format!("STATUS={line}"));
+            self.sd_status = line;
         }
     }
 
@@ -961,6 +1194,8 @@ impl Runtime {
             waiting: s.waiting.clone(),
             detail: s.service.detail.as_ref().map(one_line),
             handover_to: self.engine.snapshot().handover_to,
+            stepped_down: self.stepped_down.clone(),
+            priority: self.shared.cfg.node.priority,
         };
         let changed = match &self.last_record {
             Some(last) => {
@@ -977,6 +1212,33 @@ impl Runtime {
             warn!("cannot write the membership record: {e}");
         }
         self.last_record = Some(rec);
+    }
+}
+
+/// One log line with a takeover's figures, the same as `GET /events` `takeovers[]` (milliseconds
+/// from detection; a phase that has not happened is null in JSON logs, NaN in text).
+fn log_takeover(t: &crate::events::Takeover, at: EventKind) {
+    let f = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    info!(
+        epoch = t.epoch,
+        cause = %t.cause,
+        lock_obtained_ms = f(t.lock_obtained_ms),
+        previous_service_gone_ms = f(t.previous_service_gone_ms),
+        epoch_durable_ms = f(t.epoch_durable_ms),
+        service_notified_ms = f(t.service_notified_ms),
+        service_acked_ms = f(t.service_acked_ms),
+        ready_ms = f(t.ready_ms),
+        "takeover: {}",
+        if at == EventKind::Ready { "active service ready" } else { "service acknowledged the epoch" }
+    );
+}
+
+async fn next_tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 pub use epoch::{EpochRead, EpochStore};
 pub use etcd::{EtcdCoordinator, EtcdMembers, EtcdSettings, EtcdTls, Fence, FenceSink, Timing};
 pub use lockfile::{read_heartbeat, Heartbeat, HeartbeatReading, LockFileCoordinator};
-pub use members::{MemberRecord, Members};
+pub use members::{MemberRecord, Members, StepDown};
 
 /// True when `name` can be a node name: non-empty, at most 255 bytes, only `[A-Za-z0-9_.-]`, and
 /// not `.` or `..`. Node names become file names beside the lock, so nothing else is accepted.

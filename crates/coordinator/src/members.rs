@@ -51,6 +51,25 @@ pub struct MemberRecord {
     /// standbys stand aside for it.
     #[serde(default)]
     pub handover_to: Option<String>,
+    /// Why the node last stepped down from Hot: what the next active names as the cause of its
+    /// takeover. Kept until the node is Hot again.
+    #[serde(default)]
+    pub stepped_down: Option<StepDown>,
+    /// `node.priority`: when several standbys could take over, the highest one does (0: none).
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// A node's last step down from Hot (see [`MemberRecord::stepped_down`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepDown {
+    /// The epoch it was active with.
+    pub epoch: u64,
+    /// When (Unix milliseconds, the writer's clock).
+    pub at_unix_ms: u64,
+    /// What happened, in words: "active service pid 812 exited with code 3", "switchover to b
+    /// requested by 127.0.0.1:50112", …
+    pub reason: String,
 }
 
 /// The membership records of a group.

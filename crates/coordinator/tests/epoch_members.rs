@@ -25,6 +25,8 @@ fn rec(node: &str, epoch: u64) -> MemberRecord {
         waiting: None,
         detail: None,
         handover_to: None,
+        stepped_down: None,
+        priority: 0,
     }
 }
 

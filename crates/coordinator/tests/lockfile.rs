@@ -516,6 +516,8 @@ async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
         waiting: None,
         detail: None,
         handover_to: None,
+        stepped_down: None,
+        priority: 0,
     };
     let members = b.members();
     members.ensure_dir().unwrap();
