@@ -304,10 +304,7 @@ async fn ask(
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))
 }
 
-async fn activate(
-    AxState(api): AxState<Api>,
-    from: Option<axum::Extension<Caller>>,
-) -> Response {
+async fn activate(AxState(api): AxState<Api>, from: Option<axum::Extension<Caller>>) -> Response {
     let from = caller(from);
     match ask(&api, |tx| ApiRequest::Activate(tx, from)).await {
         Ok(Answer::Activated { epoch }) => {

@@ -16,8 +16,8 @@ use understudy_coordinator::{
     TryAcquire,
 };
 use understudy_engine::{
-    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView,
-    ActivationMode, Preference, Rank, Role, Rules, State,
+    ActivationMode, Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now,
+    PeerView, Preference, Rank, Role, Rules, State,
 };
 use understudy_service::{procwatch, HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
 
@@ -832,13 +832,16 @@ impl Runtime {
         }
         for pid in pids {
             let tx = self.proc_tx.clone();
-            self.watches.push(tokio::spawn(async move {
-                // A process with SIGKILL pending never acts again: counted as gone.
-                if let Some(e) = procwatch::gone(pid, procwatch::can_act).await {
-                    warn!("no pidfd for process {pid} ({e}); watched it through /proc instead");
+            self.watches.push(tokio::spawn(
+                async move {
+                    // A process with SIGKILL pending never acts again: counted as gone.
+                    if let Some(e) = procwatch::gone(pid, procwatch::can_act).await {
+                        warn!("no pidfd for process {pid} ({e}); watched it through /proc instead");
+                    }
+                    let _ = tx.send(ProcEvent::Gone(pid));
                 }
-                let _ = tx.send(ProcEvent::Gone(pid));
-            }.in_current_span()));
+                .in_current_span(),
+            ));
         }
         info!(
             count = self.watches.len(),

@@ -85,6 +85,9 @@ pub fn notify(state: &str) -> std::io::Result<()> {
 /// stopping for (systemd then restarts a node that never said READY, which is the point).
 pub fn send(state: &str) {
     if let Err(e) = notify(state) {
-        tracing::warn!("cannot notify systemd ({}): {e}", state.lines().next().unwrap_or(""));
+        tracing::warn!(
+            "cannot notify systemd ({}): {e}",
+            state.lines().next().unwrap_or("")
+        );
     }
 }

@@ -217,7 +217,12 @@ pub fn render_group(group: &Value) -> String {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let fresh = |m: &Value| m.get("fresh").and_then(Value::as_bool) == Some(true);
+    // A record its agent no longer vouches for: not refreshed, or its agent is known gone (the
+    // answering node saw in /proc that the process ended: a kill -9 leaves a fresh record).
+    let fresh = |m: &Value| {
+        m.get("fresh").and_then(Value::as_bool) == Some(true)
+            && m.get("agent_gone").and_then(Value::as_bool) != Some(true)
+    };
     // Epochs are unique per activation, so among fresh Hot records only the newest epoch is the
     // active; an older one is a record its (probably dead) agent has not yet refreshed or removed.
     let top = members

@@ -1018,7 +1018,11 @@ impl Engine {
                     p.node == r.node && p.fresh && !p.agent_gone && !p.hot && !p.holds_lock
                 })
             })
-            .max_by(|a, b| a.priority.cmp(&b.priority).then_with(|| b.node.cmp(&a.node)))
+            .max_by(|a, b| {
+                a.priority
+                    .cmp(&b.priority)
+                    .then_with(|| b.node.cmp(&a.node))
+            })
             .map(|r| (r.node.clone(), r.priority))
     }
 

@@ -113,10 +113,7 @@ impl World {
                     agent_gone: !n.alive,
                     // A service dies with its agent here (the guardian), at once.
                     live_service: None,
-                    handover_to: r
-                        .handover_to
-                        .clone()
-                        .filter(|t| *t != self.nodes[i].name),
+                    handover_to: r.handover_to.clone().filter(|t| *t != self.nodes[i].name),
                 })
             })
             .collect()
@@ -159,7 +156,10 @@ impl World {
     fn grant_to(&mut self, name: &str) {
         let i = self.idx(name);
         assert!(self.holder.is_none(), "the lock is held");
-        assert!(self.waiting.contains(&i), "{name} does not wait for the lock");
+        assert!(
+            self.waiting.contains(&i),
+            "{name} does not wait for the lock"
+        );
         self.grant(i);
     }
 
@@ -339,7 +339,10 @@ fn a_grant_that_reaches_a_lower_standby_goes_to_the_ready_preferred_one() {
     assert_eq!(w.hot(), None);
     w.grant_to("a");
     assert_eq!(w.hot(), Some("a"));
-    assert_eq!(w.mono, t, "the preferred node took over without waiting for time");
+    assert_eq!(
+        w.mono, t,
+        "the preferred node took over without waiting for time"
+    );
     // b waits for the lock again once a holds it.
     w.tick(Duration::from_millis(100));
     assert!(w.waiting.contains(&w.idx("b")), "b stays aside");

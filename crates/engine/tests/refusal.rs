@@ -56,7 +56,11 @@ fn the_refusal_follows_the_holder_and_says_when_it_is_gone() {
             holder: Some("w1".into()),
         },
     );
-    assert!(waiting(&e).contains("node w1 holds the group lock"), "{}", waiting(&e));
+    assert!(
+        waiting(&e).contains("node w1 holds the group lock"),
+        "{}",
+        waiting(&e)
+    );
     e.handle(now(), Input::Peers(vec![peer("w1", true, false)]));
     assert!(waiting(&e).contains("node w1 holds the group lock"));
     // w1 is killed: its record still says Hot, but its agent is gone.
@@ -67,12 +71,23 @@ fn the_refusal_follows_the_holder_and_says_when_it_is_gone() {
         "{w}"
     );
     assert!(!w.contains("holds the group lock"), "{w}");
-    assert!(e.snapshot().ready, "a refused node is still a ready standby");
-    assert_eq!(e.state(), State::Warm, "Hot mode never takes the lock by itself later");
+    assert!(
+        e.snapshot().ready,
+        "a refused node is still a ready standby"
+    );
+    assert_eq!(
+        e.state(),
+        State::Warm,
+        "Hot mode never takes the lock by itself later"
+    );
     // Another node became active meanwhile: the reason names it.
     e.handle(
         now(),
         Input::Peers(vec![peer("w1", true, true), peer("w2", true, false)]),
     );
-    assert!(waiting(&e).contains("node w2 holds the group lock"), "{}", waiting(&e));
+    assert!(
+        waiting(&e).contains("node w2 holds the group lock"),
+        "{}",
+        waiting(&e)
+    );
 }

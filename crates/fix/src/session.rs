@@ -228,7 +228,10 @@ impl std::fmt::Display for SessionEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SessionEvent::NewPeriod { start } => {
-                write!(f, "new session period (start {start}): sequence numbers reset to 1")
+                write!(
+                    f,
+                    "new session period (start {start}): sequence numbers reset to 1"
+                )
             }
             SessionEvent::LoggedOn { reset: true } => {
                 f.write_str("logged on, sequence numbers reset to 1")
@@ -269,7 +272,11 @@ impl std::fmt::Display for SessionEvent {
             } => write!(
                 f,
                 "{} to MsgSeqNum {new_seq_num}",
-                if *gap_fill { "gap fill" } else { "sequence reset" }
+                if *gap_fill {
+                    "gap fill"
+                } else {
+                    "sequence reset"
+                }
             ),
             SessionEvent::DuplicateIgnored(n) => {
                 write!(f, "duplicate MsgSeqNum {n} ignored (already seen)")

@@ -660,7 +660,9 @@ fn log_event(ev: &ClientEvent) {
                 previous_epoch = prev_epoch,
                 "failover: following the new primary {server} (epoch {epoch}), after {prev} (epoch {prev_epoch})"
             ),
-            None => tracing::info!(%server, epoch, "following the primary {server} (epoch {epoch})"),
+            None => {
+                tracing::info!(%server, epoch, "following the primary {server} (epoch {epoch})")
+            }
         },
         ClientEvent::PrimaryLost {
             server,

@@ -75,6 +75,7 @@ fn an_active_service_that_exits_is_named_with_its_exit_code() {
     let w = g.add_watched_pair();
     g.start_a_hot_then_b();
     g.wait_ready("b", Duration::from_secs(20));
+    g.wait_service_active("a", 1);
     std::fs::write(g.path.join("exit-a"), "").expect("touch");
     g.wait_mode("b", "Hot", Duration::from_secs(10));
     let c = cause(&g, "b", g.epoch("b"));
@@ -155,6 +156,7 @@ fn a_manual_activation_is_named_with_who_asked() {
             "no previous active",
         ],
     );
+    g.wait_service_active("a", 1);
     g.kill9("a");
     g.put_hot_ok("b");
     let c = cause(&g, "b", g.epoch("b"));

@@ -21,7 +21,11 @@ fn repo() -> PathBuf {
 fn the_shipped_manual_page_is_the_generated_one() {
     let (code, page, err) = common::run_cli(&["man"]);
     assert_eq!(code, 0, "{err}");
-    assert!(page.starts_with(".ie"), "not roff: {}", &page[..page.len().min(200)]);
+    assert!(
+        page.starts_with(".ie"),
+        "not roff: {}",
+        &page[..page.len().min(200)]
+    );
     assert!(page.contains(".TH understudy 1"), "no title line");
     for sub in ["agent", "switchover", "completions", "top"] {
         assert!(page.contains(sub), "the page does not mention {sub}");
@@ -58,7 +62,10 @@ fn the_debian_package_metadata_names_files_that_exist() {
         }
         dests.push(format!(
             "{dest}{}",
-            Path::new(src).file_name().and_then(|f| f.to_str()).unwrap_or("")
+            Path::new(src)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("")
         ));
     }
     for want in [
@@ -68,9 +75,14 @@ fn the_debian_package_metadata_names_files_that_exist() {
         "usr/share/man/man1/understudy.1",
         "etc/understudy/example.toml.sample",
     ] {
-        assert!(dests.iter().any(|d| d == want), "{want} not packaged: {dests:?}");
+        assert!(
+            dests.iter().any(|d| d == want),
+            "{want} not packaged: {dests:?}"
+        );
     }
-    let scripts = deb["maintainer-scripts"].as_str().expect("maintainer-scripts");
+    let scripts = deb["maintainer-scripts"]
+        .as_str()
+        .expect("maintainer-scripts");
     assert!(crate_dir().join(scripts).join("postinst").is_file());
     // The example configuration is one the agent accepts (but for its service command).
     let example = std::fs::read_to_string(repo().join("dist/etc/understudy/example.toml.sample"))
@@ -108,7 +120,14 @@ fn the_debian_package_holds_binary_units_manual_and_config_dir() {
     std::fs::copy(common::BIN, release.join("understudy")).expect("copy the binary");
     let deb = work.path().join("understudy.deb");
     let out = Command::new("cargo")
-        .args(["deb", "-p", "understudy", "--no-build", "--no-strip", "--target-dir"])
+        .args([
+            "deb",
+            "-p",
+            "understudy",
+            "--no-build",
+            "--no-strip",
+            "--target-dir",
+        ])
         .arg(work.path())
         .arg("--output")
         .arg(&deb)
@@ -133,6 +152,9 @@ fn the_debian_package_holds_binary_units_manual_and_config_dir() {
         "./usr/share/man/man1/understudy.1",
         "./etc/understudy/example.toml.sample",
     ] {
-        assert!(listing.contains(want), "{want} missing from the package:\n{listing}");
+        assert!(
+            listing.contains(want),
+            "{want} missing from the package:\n{listing}"
+        );
     }
 }

@@ -103,7 +103,11 @@ fn the_agent_notifies_ready_watchdog_status_and_stopping() {
     // A loop that cannot run sends no ping: SIGSTOP for 1 s (systemd would restart it).
     signal(pid, Signal::SIGSTOP);
     // A ping already in flight when the signal landed may still arrive.
-    received.extend(drain(&sock, Duration::from_millis(50)).into_iter().map(|(_, m)| m));
+    received.extend(
+        drain(&sock, Duration::from_millis(50))
+            .into_iter()
+            .map(|(_, m)| m),
+    );
     let frozen = drain(&sock, Duration::from_secs(1));
     signal(pid, Signal::SIGCONT);
     assert!(
@@ -126,9 +130,14 @@ fn the_agent_notifies_ready_watchdog_status_and_stopping() {
     );
     received.extend(end.into_iter().map(|(_, m)| m));
     // STATUS= lines for `systemctl status`: the state with its epoch, then the stop.
-    let statuses: Vec<&String> = received.iter().filter(|m| m.starts_with("STATUS=")).collect();
+    let statuses: Vec<&String> = received
+        .iter()
+        .filter(|m| m.starts_with("STATUS="))
+        .collect();
     assert!(
-        statuses.iter().any(|s| s.starts_with(&format!("STATUS=Hot epoch {epoch}"))),
+        statuses
+            .iter()
+            .any(|s| s.starts_with(&format!("STATUS=Hot epoch {epoch}"))),
         "no STATUS= line saying Hot at epoch {epoch}: {statuses:?}"
     );
     assert!(

@@ -34,7 +34,10 @@ fn a_refusal_stops_naming_a_holder_that_is_gone() {
             })
         },
     );
-    assert_eq!(st["mode"], "Warm", "Hot mode does not take the lock by itself");
+    assert_eq!(
+        st["mode"], "Warm",
+        "Hot mode does not take the lock by itself"
+    );
     let (code, out, err) = common::run_cli(&["status", "--agent", &g.admin("b")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("NO ACTIVE NODE"), "{out}");

@@ -85,7 +85,13 @@ impl Manager {
     /// `systemctl --user ARGS` inside the manager's namespace; Ok(stdout) on success.
     fn systemctl(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("nsenter")
-            .args(["-t", &self.child.id().to_string(), "-m", "systemctl", "--user"])
+            .args([
+                "-t",
+                &self.child.id().to_string(),
+                "-m",
+                "systemctl",
+                "--user",
+            ])
             .args(args)
             .env("XDG_RUNTIME_DIR", &self.runtime)
             .output()

@@ -21,7 +21,10 @@ fn the_demo_says_how_the_service_learns_it_is_active() {
         out.contains("started as active when its node is Hot"),
         "{out}"
     );
-    assert!(!out.contains("SIGUSR1"), "a cold standby is never signalled: {out}");
+    assert!(
+        !out.contains("SIGUSR1"),
+        "a cold standby is never signalled: {out}"
+    );
     assert!(out.contains("took over"), "{out}");
 }
 
@@ -47,7 +50,9 @@ fn fix_session_events_read_as_words() {
             text: Some("bad tag".into()),
         },
         SessionEvent::DuplicateIgnored(8),
-        SessionEvent::NewPeriod { start: 1_700_000_000 },
+        SessionEvent::NewPeriod {
+            start: 1_700_000_000,
+        },
         SessionEvent::Garbled("checksum".into()),
     ];
     for ev in &events {
@@ -107,7 +112,15 @@ fn the_price_client_names_the_previous_primary_and_says_each_event_once() {
     let exch = common::free_addr();
     let (s1, s2) = (common::free_addr(), common::free_addr());
     let _x = spawn(
-        &["exchange-sim", "--listen", &exch, "--symbols", "5", "--rate", "200"],
+        &[
+            "exchange-sim",
+            "--listen",
+            &exch,
+            "--symbols",
+            "5",
+            "--rate",
+            "200",
+        ],
         Stdio::null(),
         Stdio::null(),
     );
@@ -121,7 +134,13 @@ fn the_price_client_names_the_previous_primary_and_says_each_event_once() {
     let servers = format!("{s1},{s2}");
     // Stdout a pipe: plain lines, not a board redrawn in place.
     let mut plain = spawn(
-        &["price-client", "--servers", &servers, "--subscribe", "SYM1,SYM2"],
+        &[
+            "price-client",
+            "--servers",
+            &servers,
+            "--subscribe",
+            "SYM1,SYM2",
+        ],
         Stdio::piped(),
         Stdio::null(),
     );
@@ -141,7 +160,8 @@ fn the_price_client_names_the_previous_primary_and_says_each_event_once() {
     let json_log = collect(json.0.stderr.take().expect("stderr"));
     let primary = format!("primary is {s1} (epoch 0)");
     assert!(
-        wait_until(Duration::from_secs(15), || text(&plain_out).contains(&primary)
+        wait_until(Duration::from_secs(15), || text(&plain_out)
+            .contains(&primary)
             && text(&json_log).contains(&format!("following the primary {s1}"))),
         "the clients never followed {s1}:\n{}\n{}",
         text(&plain_out),
@@ -173,13 +193,15 @@ fn the_price_client_names_the_previous_primary_and_says_each_event_once() {
     let _ = first.0.wait();
     let failover = format!("failover: primary is now {s2} (epoch 0), was {s1} (epoch 0)");
     assert!(
-        wait_until(Duration::from_secs(15), || text(&plain_out).contains(&failover)),
+        wait_until(Duration::from_secs(15), || text(&plain_out)
+            .contains(&failover)),
         "no {failover:?}:\n{}",
         text(&plain_out)
     );
     let logged = format!("after {s1} (epoch 0)");
     assert!(
-        wait_until(Duration::from_secs(15), || text(&json_log).contains(&logged)),
+        wait_until(Duration::from_secs(15), || text(&json_log)
+            .contains(&logged)),
         "the log does not name the previous primary:\n{}",
         text(&json_log)
     );
