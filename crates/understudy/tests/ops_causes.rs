@@ -35,12 +35,18 @@ fn assert_names(cause: &str, parts: &[&str]) {
     }
 }
 
-#[test]
-fn kill_9_of_the_active_agent_names_it_and_its_agent_gone() {
-    let mut g = Group::new("trylock", "hot");
+/// a active, b a ready standby, both watched.
+fn a_active_b_ready(g: &mut Group) -> common::Watcher {
     let w = g.add_watched_pair();
     g.start_a_hot_then_b();
     g.wait_ready("b", Duration::from_secs(20));
+    w
+}
+
+#[test]
+fn kill_9_of_the_active_agent_names_it_and_its_agent_gone() {
+    let mut g = Group::new("trylock", "hot");
+    let w = a_active_b_ready(&mut g);
     let pid = g.agent_pid("a");
     g.kill9("a");
     g.wait_mode("b", "Hot", Duration::from_secs(10));
@@ -72,9 +78,7 @@ fn an_active_service_that_exits_is_named_with_its_exit_code() {
             &g.path.display().to_string(),
         ]),
     );
-    let w = g.add_watched_pair();
-    g.start_a_hot_then_b();
-    g.wait_ready("b", Duration::from_secs(20));
+    let w = a_active_b_ready(&mut g);
     g.wait_service_active("a", 1);
     std::fs::write(g.path.join("exit-a"), "").expect("touch");
     g.wait_mode("b", "Hot", Duration::from_secs(10));
@@ -102,9 +106,7 @@ fn a_failed_health_check_is_named_with_its_last_error() {
             &format!("test ! -e {}$UNDERSTUDY_NODE", sick.display())
         ])
     );
-    let w = g.add_watched_pair();
-    g.start_a_hot_then_b();
-    g.wait_ready("b", Duration::from_secs(20));
+    let w = a_active_b_ready(&mut g);
     std::fs::write(g.path.join("sick-a"), "").expect("touch");
     g.wait_mode("b", "Hot", Duration::from_secs(15));
     let c = cause(&g, "b", g.epoch("b"));
@@ -122,9 +124,7 @@ fn a_failed_health_check_is_named_with_its_last_error() {
 #[test]
 fn a_switchover_is_named_with_who_asked() {
     let mut g = Group::new("trylock", "hot");
-    let w = g.add_watched_pair();
-    g.start_a_hot_then_b();
-    g.wait_ready("b", Duration::from_secs(20));
+    let w = a_active_b_ready(&mut g);
     let (code, out, err) = common::run_cli(&["switchover", "--agent", &g.admin("a")]);
     assert_eq!(code, 0, "{out}{err}");
     g.wait_mode("b", "Hot", Duration::from_secs(10));

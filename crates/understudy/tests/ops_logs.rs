@@ -5,34 +5,10 @@
 mod common;
 mod skip;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Group, BIN};
+use common::Group;
 use serde_json::Value;
-
-fn spawn_json(g: &mut Group, name: &str) {
-    g.add(name);
-    let out = std::fs::File::create(&g.nodes[name].out).expect("output file");
-    let child = Command::new(BIN)
-        .args(["--log-format", "json", "agent", "--config"])
-        .arg(&g.nodes[name].config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out)
-        .spawn()
-        .expect("spawn the agent");
-    g.nodes.get_mut(name).expect("node").child = Some(child);
-    let admin = g.admin(name);
-    assert!(
-        common::wait_until(Duration::from_secs(10), || common::get_json(
-            &admin, "/status"
-        )
-        .is_some()),
-        "{name}'s admin API never answered"
-    );
-}
 
 /// The agent's lines (its service, started without `--log-format`, shares the output).
 fn json_lines(g: &Group, name: &str) -> Vec<Value> {
@@ -46,9 +22,9 @@ fn json_lines(g: &Group, name: &str) -> Vec<Value> {
 #[test]
 fn json_logs_carry_node_group_and_the_takeover_figures() {
     let mut g = Group::new("trylock", "hot");
-    spawn_json(&mut g, "a");
+    g.start_with("a", &["--log-format", "json"], &[]);
     g.wait_mode("a", "Hot", Duration::from_secs(10));
-    spawn_json(&mut g, "b");
+    g.start_with("b", &["--log-format", "json"], &[]);
     g.wait_ready("b", Duration::from_secs(20));
     let w = g.watch();
     g.kill9("a");

@@ -38,17 +38,23 @@ fn lines_of(g: &Group, node: &str, kind: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_preferred_standby_wins_even_when_the_lock_reaches_another_first() {
+/// c (priority 0) active; b (0) ready, then a (10) ready: b waits for the lock before a does, so
+/// the kernel hands it to b first. With the watcher of all three.
+fn c_active_b_then_a_ready() -> (Group, common::Watcher) {
     let mut g = group(&[("c", 0), ("b", 0), ("a", 10)], None);
     let w = g.watch();
     g.start("c");
     g.wait_mode("c", "Hot", Duration::from_secs(10));
-    // b waits for the lock before a does: the kernel hands it to b first.
     g.start("b");
     g.wait_ready("b", Duration::from_secs(20));
     g.start("a");
     g.wait_ready("a", Duration::from_secs(20));
+    (g, w)
+}
+
+#[test]
+fn the_preferred_standby_wins_even_when_the_lock_reaches_another_first() {
+    let (mut g, w) = c_active_b_then_a_ready();
     g.kill9("c");
     g.wait_mode("a", "Hot", Duration::from_secs(10));
     g.stays("b", "Warm", Duration::from_millis(600));
@@ -65,15 +71,8 @@ fn the_preferred_standby_wins_even_when_the_lock_reaches_another_first() {
 
 #[test]
 fn no_takeover_waits_for_a_preferred_node_that_is_not_there() {
-    let mut g = group(&[("c", 0), ("b", 0), ("a", 10)], None);
-    let w = g.watch();
-    g.start("c");
-    g.wait_mode("c", "Hot", Duration::from_secs(10));
-    g.start("b");
-    g.wait_ready("b", Duration::from_secs(20));
+    let (mut g, w) = c_active_b_then_a_ready();
     // a is there and ready, then frozen: its record goes stale, so it is not there any more.
-    g.start("a");
-    g.wait_ready("a", Duration::from_secs(20));
     g.sigstop("a");
     assert!(
         common::wait_until(Duration::from_secs(5), || {

@@ -7,10 +7,9 @@ mod common;
 mod skip;
 
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{signal, Group, BIN};
+use common::{signal, Group};
 use nix::sys::signal::Signal;
 
 /// Every notification received within `d`, with the time it arrived.
@@ -37,21 +36,14 @@ fn the_agent_notifies_ready_watchdog_status_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_millis(20)))
         .expect("timeout");
     let admin = g.add("a");
-    let out = std::fs::File::create(&g.nodes["a"].out).expect("output file");
     // WATCHDOG_USEC 400 ms: the agent pings every 200 ms.
-    let child = Command::new(BIN)
-        .args(["agent", "--config"])
-        .arg(&g.nodes["a"].config)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out)
-        .spawn()
-        .expect("spawn the agent");
-    let pid = child.id();
-    g.nodes.get_mut("a").expect("a").child = Some(child);
+    let socket = sock_path.display().to_string();
+    g.launch(
+        "a",
+        &[],
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
+    );
+    let pid = g.agent_pid("a");
 
     // READY=1 arrives, and at that moment the admin API answers.
     let mut buf = [0u8; 4096];

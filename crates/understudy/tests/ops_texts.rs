@@ -66,6 +66,17 @@ fn fix_session_events_read_as_words() {
         events[0].to_string(),
         "resend of MsgSeqNum 5..=9 served: 3 application message(s) resent"
     );
+    // And so `demo fix` prints them.
+    let (code, out, err) = common::run_cli(&["demo", "fix"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for l in out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("session:"))
+    {
+        assert!(!l.contains('{') && !l.contains("Some("), "debug text: {l}");
+    }
+    assert!(!out.contains("ResendServed"), "{out}");
+    assert!(out.contains("orders answered exactly once"), "{out}");
 }
 
 /// A child process killed on drop.

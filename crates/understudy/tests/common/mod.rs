@@ -374,6 +374,32 @@ impl Group {
 
     /// Add (if new) and start a node; returns once its admin API answers.
     pub fn start(&mut self, name: &str) -> String {
+        self.start_with(name, &[], &[])
+    }
+
+    /// [`Group::start`] with `global` arguments before `agent` (e.g. `--log-format json`) and
+    /// extra environment.
+    pub fn start_with(&mut self, name: &str, global: &[&str], env: &[(&str, &str)]) -> String {
+        self.launch(name, global, env);
+        let admin = self.admin(name);
+        let ok = wait_until(Duration::from_secs(10), || {
+            if let Some(c) = self.nodes.get_mut(name).and_then(|n| n.child.as_mut()) {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "agent {name} exited at start with {st}:\n{}",
+                        self.output(name)
+                    );
+                }
+            }
+            get_json(&admin, "/status").is_some()
+        });
+        assert!(ok, "agent {name}'s admin API never answered at {admin}");
+        admin
+    }
+
+    /// Add (if new) and spawn a node's agent, without waiting for anything; see
+    /// [`Group::start_with`].
+    pub fn launch(&mut self, name: &str, global: &[&str], env: &[(&str, &str)]) {
         if !self.nodes.contains_key(name) {
             self.add(name);
         }
@@ -388,30 +414,18 @@ impl Group {
         argv.push(BIN.to_string());
         let child = Command::new(&argv[0])
             .args(&argv[1..])
+            .args(global)
             .arg("agent")
             .arg("--config")
             .arg(&node.config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
             .spawn()
             .expect("spawn agent");
         node.child = Some(child);
-        let admin = node.admin.clone();
-        let ok = wait_until(Duration::from_secs(10), || {
-            if let Some(c) = self.nodes.get_mut(name).and_then(|n| n.child.as_mut()) {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!(
-                        "agent {name} exited at start with {st}:\n{}",
-                        self.output(name)
-                    );
-                }
-            }
-            get_json(&admin, "/status").is_some()
-        });
-        assert!(ok, "agent {name}'s admin API never answered at {admin}");
-        admin
     }
 
     pub fn admin(&self, name: &str) -> String {

@@ -1,4 +1,5 @@
-//! The preference rule (`node.priority`, `activation.failback`) in a multi-node world: engines
+//! Issue 12's rules. A Hot-mode node refused the lock at start keeps its reason true. The
+//! preference rule (`node.priority`, `activation.failback`) in a multi-node world: engines
 //! joined by a lock that the test hands to any waiter it likes (the kernel's order is not ours to
 //! choose), membership records, and services that die with their agent.
 //!
@@ -18,9 +19,13 @@ use understudy_engine::{
 const WALL0: u64 = 1_700_000_000_000;
 
 fn cfg() -> EngineConfig {
+    cfg_of(ActivationMode::TryLock, StandbyType::Hot)
+}
+
+fn cfg_of(mode: ActivationMode, standby: StandbyType) -> EngineConfig {
     EngineConfig {
-        mode: ActivationMode::TryLock,
-        standby: StandbyType::Hot,
+        mode,
+        standby,
         heartbeat_delay: Duration::from_secs(2),
         backoff_min: Duration::from_secs(1),
         backoff_max: Duration::from_secs(8),
@@ -468,4 +473,78 @@ proptest! {
             prop_assert_eq!(h.pref.priority, top, "active {} is not of the highest priority", h.name);
         }
     }
+}
+
+fn refused_engine() -> Engine {
+    Engine::new(cfg_of(ActivationMode::Hot, StandbyType::Cold))
+}
+
+fn at_ten() -> Now {
+    Now {
+        mono: Duration::from_secs(10),
+        wall_ms: 1_700_000_000_000,
+    }
+}
+
+fn peer(node: &str, hot: bool, agent_gone: bool) -> PeerView {
+    PeerView {
+        node: node.into(),
+        hot,
+        epoch: 3,
+        holds_lock: hot,
+        fresh: true,
+        agent_gone,
+        live_service: None,
+        handover_to: None,
+    }
+}
+
+fn waiting(e: &Engine) -> String {
+    e.snapshot().waiting.unwrap_or_default()
+}
+
+#[test]
+fn the_refusal_follows_the_holder_and_says_when_it_is_gone() {
+    let mut e = refused_engine();
+    e.handle(at_ten(), Input::Start { known_epoch: 3 });
+    e.handle(
+        at_ten(),
+        Input::LockBusy {
+            holder: Some("w1".into()),
+        },
+    );
+    assert!(
+        waiting(&e).contains("node w1 holds the group lock"),
+        "{}",
+        waiting(&e)
+    );
+    e.handle(at_ten(), Input::Peers(vec![peer("w1", true, false)]));
+    assert!(waiting(&e).contains("node w1 holds the group lock"));
+    // w1 is killed: its record still says Hot, but its agent is gone.
+    e.handle(at_ten(), Input::Peers(vec![peer("w1", true, true)]));
+    let w = waiting(&e);
+    assert!(
+        w.contains("node w1 held the group lock, but it is gone and no node is active"),
+        "{w}"
+    );
+    assert!(!w.contains("holds the group lock"), "{w}");
+    assert!(
+        e.snapshot().ready,
+        "a refused node is still a ready standby"
+    );
+    assert_eq!(
+        e.state(),
+        State::Warm,
+        "Hot mode never takes the lock by itself later"
+    );
+    // Another node became active meanwhile: the reason names it.
+    e.handle(
+        at_ten(),
+        Input::Peers(vec![peer("w1", true, true), peer("w2", true, false)]),
+    );
+    assert!(
+        waiting(&e).contains("node w2 holds the group lock"),
+        "{}",
+        waiting(&e)
+    );
 }
