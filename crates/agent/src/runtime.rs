@@ -285,6 +285,7 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         grant_created: false,
         asking: None,
         stepped_down: None,
+        coord_unreachable: None,
     };
     info!(
         node = %cfg.node.name, group = %cfg.node.group, admin = %cfg.node.admin,
@@ -362,6 +363,8 @@ struct Runtime {
     asking: Option<Asker>,
     /// This node's last step down from Hot, advertised in its record.
     stepped_down: Option<StepDown>,
+    /// What the engine was last told of the coordinator's reach.
+    coord_unreachable: Option<String>,
 }
 
 /// A member record as the engine was last shown it.
@@ -649,8 +652,20 @@ impl Runtime {
         // The engine derives from the group's view what it needs: a newer active elsewhere, a
         // peer that stepped down at last, the end of a yield.
         let peers = self.peer_views();
-        let ranks = self.ranks();
-        self.feed_all([Input::Peers(peers), Input::Ranks(ranks), Input::Tick]);
+        let mut inputs = vec![Input::Peers(peers), Input::Ranks(self.ranks())];
+        // Told only on a change, and without the silence's running length, which changes on
+        // every tick.
+        let unreachable = self.coord.unreachable();
+        if unreachable.is_some() != self.coord_unreachable.is_some() {
+            match &unreachable {
+                Some(why) => warn!("not ready: {why}"),
+                None => info!("the coordinator answers again"),
+            }
+            self.coord_unreachable = unreachable.clone();
+            inputs.push(Input::CoordinatorReach { unreachable });
+        }
+        inputs.push(Input::Tick);
+        self.feed_all(inputs);
         self.advertise(true);
     }
 
