@@ -126,11 +126,10 @@ fn the_debian_package_holds_binary_units_manual_and_config_dir() {
             "understudy",
             "--no-build",
             "--no-strip",
-            "--target-dir",
+            "--output",
         ])
-        .arg(work.path())
-        .arg("--output")
         .arg(&deb)
+        .env("CARGO_TARGET_DIR", work.path())
         .current_dir(repo())
         .output()
         .expect("cargo deb");
