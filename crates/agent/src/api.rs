@@ -36,7 +36,10 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{info, warn};
-use understudy_engine::Answer;
+use understudy_engine::{Answer, State};
+use understudy_status::{
+    ActivationModeView, ApiError, Group, Member, MemberRecord, ServiceState, Switchover,
+};
 
 use crate::config::AdminToken;
 
@@ -274,7 +277,11 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({ "error": msg.into() }))).into_response()
+    let body = ApiError {
+        error: msg.into(),
+        holder: None,
+    };
+    (code, Json(body)).into_response()
 }
 
 async fn not_found() -> Response {
@@ -285,8 +292,13 @@ async fn not_found() -> Response {
 }
 
 async fn activation_mode(AxState(api): AxState<Api>) -> Response {
-    let s = api.shared.status();
-    Json(json!({ "mode": s.mode, "name": s.name })).into_response()
+    let s = api.shared.status().node;
+    Json(ActivationModeView {
+        state: s.state,
+        activation: s.activation,
+        epoch: None,
+    })
+    .into_response()
 }
 
 async fn ask(
@@ -307,13 +319,18 @@ async fn ask(
 async fn activate(AxState(api): AxState<Api>, from: Option<axum::Extension<Caller>>) -> Response {
     let from = caller(from);
     match ask(&api, |tx| ApiRequest::Activate(tx, from)).await {
-        Ok(Answer::Activated { epoch }) => {
-            let s = api.shared.status();
-            Json(json!({ "mode": "Hot", "name": s.name, "epoch": epoch })).into_response()
-        }
+        Ok(Answer::Activated { epoch }) => Json(ActivationModeView {
+            state: State::Hot,
+            activation: api.shared.status().node.activation,
+            epoch: Some(epoch),
+        })
+        .into_response(),
         Ok(Answer::ActivateRefused { holder, reason }) => (
             StatusCode::CONFLICT,
-            Json(json!({ "error": reason, "holder": holder })),
+            Json(ApiError {
+                error: reason,
+                holder,
+            }),
         )
             .into_response(),
         Ok(other) => error(
@@ -361,19 +378,17 @@ async fn switchover(
     let me = cfg.node.name.clone();
     let deadline = started + cfg.activation.yield_timeout;
     while tokio::time::Instant::now() < deadline {
-        let new = api
-            .shared
-            .members
-            .read_all()
-            .into_iter()
-            .find(|m| m.node != me && m.mode == "Hot" && m.epoch > from_epoch);
+        let new =
+            api.shared.members.read_all().into_iter().find(|m| {
+                m.node.name != me && m.node.state == State::Hot && m.node.epoch > from_epoch
+            });
         if let Some(m) = new {
-            return Json(json!({
-                "from": me,
-                "to": m.node,
-                "epoch": m.epoch,
-                "took_ms": started.elapsed().as_secs_f64() * 1e3,
-            }))
+            return Json(Switchover {
+                from: me,
+                to: m.node.name,
+                epoch: m.node.epoch,
+                took_ms: started.elapsed().as_secs_f64() * 1e3,
+            })
             .into_response();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -423,63 +438,66 @@ async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
     let cfg = &api.shared.cfg;
     let fresh_ms = (cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
-    let members: Vec<serde_json::Value> = api
+    // etcd groups: the holder's last renewal as this node saw it, shown on the holder's row.
+    let renewal = api.shared.members.renewal();
+    let members = api
         .shared
         .members
         .read_all()
         .into_iter()
-        .map(|mut m| {
-            let age = now.saturating_sub(m.last_seen_unix_ms);
-            let fresh = age <= fresh_ms;
-            let agent_gone = agent_gone(cfg, &m);
-            if let Some(state) = truthful_service(cfg, &m, fresh, agent_gone) {
-                m.service = state.to_string();
-                m.pid = None;
+        .map(|mut record| {
+            let age_ms = now.saturating_sub(record.last_seen_unix_ms);
+            let renewal_age_ms = renewal
+                .as_ref()
+                .filter(|(holder, _)| *holder == record.node.name)
+                .map(|(_, age)| age.as_millis() as u64);
+            let agent_gone = agent_gone(cfg, &record);
+            // A killed agent's record is recent for a moment; nobody vouches for it any more.
+            let fresh = age_ms <= fresh_ms && !agent_gone;
+            if let Some(state) = truthful_service(cfg, &record, fresh) {
+                record.service = state;
+                record.pid = None;
             }
-            let mut v = serde_json::to_value(&m).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("age_ms".into(), json!(age));
-                o.insert("fresh".into(), json!(fresh));
-                o.insert("agent_gone".into(), json!(agent_gone));
+            Member {
+                record,
+                age_ms,
+                fresh,
+                agent_gone,
+                renewal_age_ms,
             }
-            v
         })
         .collect();
-    let s = api.shared.status();
-    Json(json!({ "group": s.group, "asked": s.node, "members": members })).into_response()
+    let s = api.shared.status().node;
+    Json(Group {
+        group: s.group,
+        asked: s.name,
+        members,
+    })
+    .into_response()
 }
 
 /// True when the record's agent ran on this host and no longer runs. Agents sharing a lock file
 /// run here (a record from another host on a shared filesystem counts as gone, as in the
 /// engine's view); an etcd group's records come from other machines: never judged here.
-fn agent_gone(cfg: &crate::Config, m: &understudy_coordinator::MemberRecord) -> bool {
+fn agent_gone(cfg: &crate::Config, m: &MemberRecord) -> bool {
     cfg.etcd.is_none()
-        && m.node != cfg.node.name
-        && !understudy_service::procwatch::can_act(m.agent_pid)
+        && m.node.name != cfg.node.name
+        && !understudy_service::procwatch::can_act(m.node.agent_pid)
 }
 
-/// What a record's service row must say instead of "running pid N" when that may be false
-/// (None: the record stands). A row never claims a pid for a process that is gone, or that
-/// nobody vouches for any more.
-fn truthful_service(
-    cfg: &crate::Config,
-    m: &understudy_coordinator::MemberRecord,
-    fresh: bool,
-    agent_gone: bool,
-) -> Option<&'static str> {
-    if m.node == cfg.node.name {
+/// What a record's service must say instead of its pid when that pid may be false (None: the
+/// record stands). A row never claims a pid for a process that is gone, or that nobody vouches
+/// for any more (a dead agent's guardian has killed its service).
+fn truthful_service(cfg: &crate::Config, m: &MemberRecord, fresh: bool) -> Option<ServiceState> {
+    if m.node.name == cfg.node.name {
         return None;
     }
-    if agent_gone {
-        // The guardian kills the service when its agent dies.
-        return Some("gone with its agent");
-    }
     if !fresh {
-        return (m.service != "stopped").then_some("unknown (record not refreshed)");
+        return (m.service != ServiceState::Stopped).then_some(ServiceState::Unknown);
     }
     let pid = m.pid?;
     let here = cfg.etcd.is_none();
-    (here && !understudy_service::procwatch::can_act(pid)).then_some("exited")
+    (here && !understudy_service::procwatch::can_act(pid)).then_some(ServiceState::Stopped)
 }
 
 async fn events(AxState(api): AxState<Api>) -> Response {

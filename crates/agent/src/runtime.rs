@@ -7,19 +7,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 use understudy_coordinator::{
-    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, StepDown,
-    TryAcquire,
+    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, TryAcquire,
 };
 use understudy_engine::{
-    ActivationMode, Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now,
-    PeerView, Preference, Rank, Role, Rules, State,
+    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView,
+    Preference, Rank, Role, Rules, State,
 };
 use understudy_service::{procwatch, HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
+use understudy_status::{Node, Service, Status, StepDown};
 
 use crate::config::Config;
 use crate::events::Timeline;
@@ -75,65 +74,12 @@ enum ProcEvent {
     SignalReady(u32),
 }
 
-/// The service part of `/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    /// `stopped`, `starting`, `running`, `stopping`.
-    pub state: String,
-    /// The service's pid when it runs.
-    pub pid: Option<u32>,
-    /// The role it was last told (`active` or `standby`), when it runs.
-    pub role: Option<String>,
-    /// `hot`, `warm` or `cold`.
-    pub standby: String,
-    /// The command.
-    pub command: Vec<String>,
-    /// True when the health check passes (or there is none).
-    pub healthy: bool,
-    /// What the service said about itself in its last passing HTTP health check (JSON when it
-    /// answered JSON).
-    pub detail: Option<serde_json::Value>,
-}
-
-/// `GET /status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusView {
-    /// Node name.
-    pub node: String,
-    /// Group name.
-    pub group: String,
-    /// `Hot` or `Warm`.
-    pub mode: String,
-    /// Configured activation mode (`TryLock`, …).
-    pub name: String,
-    /// The fencing epoch.
-    pub epoch: u64,
-    /// When the state last changed (RFC 3339).
-    pub since: String,
-    /// The same, Unix milliseconds.
-    pub since_unix_ms: u64,
-    /// Why a Warm node is not Hot.
-    pub waiting: Option<String>,
-    /// True while this node holds the group lock.
-    pub holds_lock: bool,
-    /// True when this node could take over now.
-    pub ready: bool,
-    /// The admin address.
-    pub admin: String,
-    /// The group lock file.
-    pub lock_file: String,
-    /// The agent's pid.
-    pub agent_pid: u32,
-    /// The service.
-    pub service: ServiceStatus,
-}
-
 /// State shared between the event loop and the admin API.
 pub struct Shared {
     /// The validated configuration.
     pub cfg: Config,
     /// The latest status, rewritten after every input.
-    pub status: RwLock<StatusView>,
+    pub status: RwLock<Status>,
     /// The event timeline.
     pub timeline: Mutex<Timeline>,
     /// Metrics.
@@ -148,17 +94,21 @@ pub struct Shared {
 
 impl Shared {
     /// The current status.
-    pub fn status(&self) -> StatusView {
+    pub fn status(&self) -> Status {
         let mut s = match self.status.read() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         };
         // Past the grant's deadline the guardian has ended the service: a node that has not yet
         // heard (its agent was frozen and just continued) must not claim to be active.
-        if s.mode == "Hot" && self.fence.expired() {
-            s.mode = State::Warm.to_string();
-            s.waiting = Some("the grant's deadline passed; stepping down".to_string());
+        if s.is_hot() && self.fence.expired() {
+            s.node.state = State::Warm;
+            s.node.waiting = Some("the grant's deadline passed; stepping down".to_string());
         }
+        s.renewal_age_ms = self
+            .members
+            .renewal()
+            .map(|(_, age)| age.as_millis() as u64);
         s
     }
 }
@@ -244,7 +194,7 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         }
     };
     let shared = Arc::new(Shared {
-        status: RwLock::new(initial_status(&cfg)),
+        status: RwLock::new(status_of(&cfg, &engine.snapshot(), None, None)),
         cfg: cfg.clone(),
         timeline: Mutex::new(timeline),
         metrics: Metrics::new(),
@@ -302,31 +252,45 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
     Ok(rt.exit_code.unwrap_or(0))
 }
 
-fn initial_status(cfg: &Config) -> StatusView {
-    let now = unix_ms();
-    StatusView {
-        node: cfg.node.name.clone(),
-        group: cfg.node.group.clone(),
-        mode: State::Warm.to_string(),
-        name: cfg.activation.mode.api_name().to_string(),
-        epoch: 0,
-        since: rfc3339(now),
-        since_unix_ms: now,
-        waiting: Some("starting".to_string()),
-        holds_lock: false,
-        ready: false,
-        admin: cfg.node.admin.to_string(),
-        lock_file: cfg.activation.lock_file.display().to_string(),
-        agent_pid: std::process::id(),
-        service: ServiceStatus {
-            state: "stopped".to_string(),
-            pid: None,
-            role: None,
-            standby: format!("{:?}", cfg.service.standby).to_lowercase(),
-            command: cfg.service.command.clone(),
-            healthy: cfg.health.is_none(),
-            detail: None,
+/// `GET /status` of the node `cfg` describes, in the engine's state `snap`, with its service's
+/// pid and last self-report.
+fn status_of(
+    cfg: &Config,
+    snap: &understudy_engine::Snapshot,
+    pid: Option<u32>,
+    detail: Option<serde_json::Value>,
+) -> Status {
+    let role = match snap.service {
+        understudy_engine::SvcState::Running { role, .. } => Some(role),
+        understudy_engine::SvcState::Starting(role) => Some(role),
+        _ => None,
+    };
+    Status {
+        node: Node {
+            name: cfg.node.name.clone(),
+            group: cfg.node.group.clone(),
+            state: snap.state,
+            activation: snap.mode,
+            epoch: snap.epoch,
+            since_unix_ms: snap.since_unix_ms,
+            waiting: snap.waiting.clone(),
+            holds_lock: snap.holds_lock,
+            ready: snap.ready,
+            admin: cfg.node.admin.to_string(),
+            agent_pid: std::process::id(),
         },
+        since: rfc3339(snap.since_unix_ms),
+        lock_file: cfg.activation.lock_file.display().to_string(),
+        service: Service {
+            state: snap.service.status(),
+            pid,
+            role,
+            standby: cfg.service.standby,
+            command: cfg.service.command.clone(),
+            healthy: snap.healthy,
+            detail,
+        },
+        renewal_age_ms: None,
     }
 }
 
@@ -349,7 +313,7 @@ struct Runtime {
     watches: Vec<tokio::task::JoinHandle<()>>,
     /// The task watching the standby service's signal disposition.
     signal_watch: Option<tokio::task::JoinHandle<()>>,
-    /// The running service's last self-report (see [`ServiceStatus::detail`]).
+    /// The running service's last self-report (see [`Service::detail`]).
     service_detail: Option<serde_json::Value>,
     /// The last `STATUS=` line sent to systemd.
     sd_status: String,
@@ -550,32 +514,34 @@ impl Runtime {
             .members
             .read_all()
             .into_iter()
-            .filter(|m| m.node != cfg.node.name)
+            .filter(|m| m.node.name != cfg.node.name)
             .map(|m| {
-                let hot = m.mode == State::Hot.to_string();
+                let rec = m.clone();
+                let n = m.node;
+                let hot = n.state == State::Hot;
                 let fresh = now.saturating_sub(m.last_seen_unix_ms) <= fresh_ms;
                 // A killed agent's record stays recent for a while and still says Hot; its
                 // process tells. Agents sharing a lock file run on this host; a record from
                 // another host (shared filesystem) names a pid that is not here and counts as
                 // gone, so only `fresh` speaks for it.
-                let agent_gone = !procwatch::can_act(m.agent_pid);
+                let agent_gone = !procwatch::can_act(n.agent_pid);
                 // Only a node that acts or holds the lock can have a service that acts, and its
                 // environment names it (a reused pid or another host's pid never counts).
                 let live_service = m.pid.filter(|&pid| {
-                    (hot || m.holds_lock) && procwatch::is_service_of(pid, &m.node, &cfg.node.group)
+                    (hot || n.holds_lock) && procwatch::is_service_of(pid, &n.name, &cfg.node.group)
                 });
                 seen.push(Seen {
-                    rec: m.clone(),
+                    rec,
                     fresh,
                     agent_gone,
                 });
                 PeerView {
                     // Only another node can be the chosen one from this node's point of view.
                     handover_to: m.handover_to.filter(|t| *t != cfg.node.name),
-                    node: m.node,
+                    node: n.name,
                     hot,
-                    epoch: m.epoch,
-                    holds_lock: m.holds_lock,
+                    epoch: n.epoch,
+                    holds_lock: n.holds_lock,
                     fresh,
                     agent_gone,
                     live_service,
@@ -592,12 +558,9 @@ impl Runtime {
         self.seen
             .iter()
             .map(|p| Rank {
-                node: p.rec.node.clone(),
+                node: p.rec.node.name.clone(),
                 priority: p.rec.priority,
-                ready: p.rec.ready
-                    && [ActivationMode::TryLock, ActivationMode::TryHeartbeat]
-                        .iter()
-                        .any(|m| m.api_name() == p.rec.name),
+                ready: p.rec.node.ready && p.rec.node.activation.campaigns(),
             })
             .collect()
     }
@@ -684,8 +647,8 @@ impl Runtime {
         let me = &self.shared.cfg.node.name;
         self.fresh_members()
             .into_iter()
-            .filter(|m| &m.node != me && m.mode == "Warm" && m.ready)
-            .map(|m| m.node)
+            .filter(|m| &m.node.name != me && m.node.state == State::Warm && m.node.ready)
+            .map(|m| m.node.name)
             .collect()
     }
 
@@ -882,9 +845,9 @@ impl Runtime {
         let me = &self.shared.cfg.node.name;
         self.fresh_members()
             .into_iter()
-            .filter(|m| &m.node != me && m.holds_lock)
+            .filter(|m| &m.node.name != me && m.node.holds_lock)
             .max_by_key(|m| m.last_seen_unix_ms)
-            .map(|m| m.node)
+            .map(|m| m.node.name)
             .or_else(|| {
                 match understudy_coordinator::lockfile::read_heartbeat(
                     &self.shared.cfg.activation.lock_file,
@@ -1034,7 +997,7 @@ impl Runtime {
         let reason = match ev.kind {
             EventKind::Demoted | EventKind::Switchover => Some(ev.detail.clone()),
             // The status published before this input: whether the node was active when told.
-            EventKind::Shutdown if self.shared.status().mode == State::Hot.to_string() => {
+            EventKind::Shutdown if self.shared.status().node.state == State::Hot => {
                 Some(match &self.asking {
                     Some(Asker::Signal(sig)) => format!("the agent was stopped ({sig})"),
                     _ => "the agent was stopped".to_string(),
@@ -1078,19 +1041,19 @@ impl Runtime {
         let acting = self
             .seen
             .iter()
-            .filter(|p| p.rec.mode == State::Hot.to_string() || p.rec.holds_lock)
-            .max_by_key(|p| p.rec.epoch);
+            .filter(|p| p.rec.node.state == State::Hot || p.rec.node.holds_lock)
+            .max_by_key(|p| p.rec.node.epoch);
         let stepped = self
             .seen
             .iter()
             .filter_map(|p| Some((p, p.rec.stepped_down.as_ref()?)))
             .max_by_key(|(_, s)| (s.epoch, s.at_unix_ms));
         // A step down at a later epoch than any record that still claims to act is the news.
-        let acting = acting.filter(|p| stepped.is_none_or(|(_, s)| p.rec.epoch >= s.epoch));
+        let acting = acting.filter(|p| stepped.is_none_or(|(_, s)| p.rec.node.epoch >= s.epoch));
         match (acting, stepped) {
             (Some(p), _) => {
-                let r = &p.rec;
-                let who = format!("previous active {} (epoch {})", r.node, r.epoch);
+                let r = &p.rec.node;
+                let who = format!("previous active {} (epoch {})", r.name, r.epoch);
                 if p.agent_gone {
                     format!(
                         "{who}: its agent is gone (pid {} no longer runs)",
@@ -1099,7 +1062,7 @@ impl Runtime {
                 } else if !p.fresh {
                     format!(
                         "{who} went silent: its record was last written {} ms ago",
-                        unix_ms().saturating_sub(r.last_seen_unix_ms)
+                        unix_ms().saturating_sub(p.rec.last_seen_unix_ms)
                     )
                 } else if self.grant_created {
                     format!("{who} still holds the old lock: the group lock file was deleted or replaced")
@@ -1109,7 +1072,7 @@ impl Runtime {
             }
             (_, Some((p, s))) => format!(
                 "previous active {} (epoch {}) stepped down: {}",
-                p.rec.node, s.epoch, s.reason
+                p.rec.node.name, s.epoch, s.reason
             ),
             (None, None) => "no previous active in the group's records".to_string(),
         }
@@ -1137,36 +1100,12 @@ impl Runtime {
         m.hot.set(i64::from(snap.state == State::Hot));
         m.epoch.set(snap.epoch as i64);
         m.lock_held.set(i64::from(snap.holds_lock));
-        let cfg = &self.shared.cfg;
-        let role = match snap.service {
-            understudy_engine::SvcState::Running { role, .. } => Some(role.as_env().to_string()),
-            understudy_engine::SvcState::Starting(role) => Some(role.as_env().to_string()),
-            _ => None,
-        };
-        let view = StatusView {
-            node: cfg.node.name.clone(),
-            group: cfg.node.group.clone(),
-            mode: snap.state.to_string(),
-            name: snap.mode.api_name().to_string(),
-            epoch: snap.epoch,
-            since: rfc3339(snap.since_unix_ms),
-            since_unix_ms: snap.since_unix_ms,
-            waiting: snap.waiting.clone(),
-            holds_lock: snap.holds_lock,
-            ready: snap.ready,
-            admin: cfg.node.admin.to_string(),
-            lock_file: cfg.activation.lock_file.display().to_string(),
-            agent_pid: std::process::id(),
-            service: ServiceStatus {
-                state: snap.service.word().to_string(),
-                pid: self.supervisor.pid(),
-                role,
-                standby: format!("{:?}", cfg.service.standby).to_lowercase(),
-                command: cfg.service.command.clone(),
-                healthy: snap.healthy,
-                detail: self.service_detail.clone(),
-            },
-        };
+        let view = status_of(
+            &self.shared.cfg,
+            &snap,
+            self.supervisor.pid(),
+            self.service_detail.clone(),
+        );
         if crate::sdnotify::enabled() {
             self.notify_status(&view);
         }
@@ -1177,11 +1116,11 @@ impl Runtime {
     }
 
     /// `STATUS=` for `systemctl status`, when the state, epoch or reason changed.
-    fn notify_status(&mut self, view: &StatusView) {
-        let mut line = format!("{} epoch {}", view.mode, view.epoch);
-        match &view.waiting {
+    fn notify_status(&mut self, view: &Status) {
+        let mut line = format!("{} epoch {}", view.node.state, view.node.epoch);
+        match &view.node.waiting {
             Some(w) => line.push_str(&format!(": {w}")),
-            None => line.push_str(&format!(", service {}", view.service.state)),
+            None => line.push_str(&format!(", service {}", view.service.state.as_str())),
         }
         // STATUS is one line of the notification; a reason never spans lines, but be sure.
         let line = line.replace('\n', " ");
@@ -1196,24 +1135,14 @@ impl Runtime {
     fn advertise(&mut self, force: bool) {
         let s = self.shared.status();
         let rec = MemberRecord {
-            node: s.node.clone(),
-            group: s.group.clone(),
-            admin: s.admin.clone(),
-            mode: s.mode.clone(),
-            name: s.name.clone(),
-            epoch: s.epoch,
-            since_unix_ms: s.since_unix_ms,
             last_seen_unix_ms: unix_ms(),
-            holds_lock: s.holds_lock,
-            ready: s.ready,
-            service: s.service.state.clone(),
+            service: s.service.state,
             pid: s.service.pid,
-            agent_pid: s.agent_pid,
-            waiting: s.waiting.clone(),
             detail: s.service.detail.as_ref().map(one_line),
             handover_to: self.engine.snapshot().handover_to,
             stepped_down: self.stepped_down.clone(),
             priority: self.shared.cfg.node.priority,
+            node: s.node,
         };
         let changed = match &self.last_record {
             Some(last) => {
