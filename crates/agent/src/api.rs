@@ -47,11 +47,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{info, warn};
 use understudy_engine::{Answer, State};
-use understudy_status::{ActivationModeView, ApiError, Group, Member, Switchover};
+use understudy_status::{
+    ActivationModeView, ApiError, Group, Member, MemberRecord, ServiceState, Switchover,
+};
 
 use crate::config::AdminToken;
 
 use crate::runtime::{unix_ms, ApiRequest, Shared, FRESH_INTERVALS};
+
+/// The address of the client that sent a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub SocketAddr);
+
+fn caller(c: Option<axum::Extension<Caller>>) -> Option<SocketAddr> {
+    c.map(|axum::Extension(Caller(a))| a)
+}
 
 #[derive(Clone)]
 struct Api {
@@ -121,7 +131,11 @@ pub async fn serve(
             shared.metrics.admin_connections_refused.inc();
             continue;
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Each request knows its connection's peer: a switchover or an activation is recorded
+        // with who asked for it.
+        let svc = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(Caller(peer))),
+        );
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = (permit, from_ip);
@@ -377,8 +391,9 @@ async fn ask(
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))
 }
 
-async fn activate(AxState(api): AxState<Api>) -> Response {
-    match ask(&api, ApiRequest::Activate).await {
+async fn activate(AxState(api): AxState<Api>, from: Option<axum::Extension<Caller>>) -> Response {
+    let from = caller(from);
+    match ask(&api, |tx| ApiRequest::Activate(tx, from)).await {
         Ok(Answer::Activated { epoch }) => Json(ActivationModeView {
             state: State::Hot,
             activation: api.shared.status().node.activation,
@@ -410,8 +425,10 @@ struct SwitchoverQuery {
 
 async fn switchover(
     AxState(api): AxState<Api>,
+    from: Option<axum::Extension<Caller>>,
     q: Result<axum::extract::Query<SwitchoverQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let from = caller(from);
     let Ok(axum::extract::Query(q)) = q else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -420,7 +437,7 @@ async fn switchover(
     };
     let started = tokio::time::Instant::now();
     let to = q.to;
-    let from_epoch = match ask(&api, |tx| ApiRequest::Switchover(tx, to)).await {
+    let from_epoch = match ask(&api, |tx| ApiRequest::Switchover(tx, to, from)).await {
         Ok(Answer::SwitchoverStarted { epoch }) => epoch,
         Ok(Answer::SwitchoverRefused { reason }) => return error(StatusCode::CONFLICT, reason),
         Ok(other) => {
@@ -496,7 +513,8 @@ async fn status(AxState(api): AxState<Api>) -> Response {
 
 async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
-    let fresh_ms = (api.shared.cfg.activation.heartbeat_interval)
+    let cfg = &api.shared.cfg;
+    let fresh_ms = (cfg.activation.heartbeat_interval)
         .saturating_mul(FRESH_INTERVALS)
         .as_millis() as u64;
     // etcd groups: the holder's last renewal as this node saw it, shown on the holder's row.
@@ -506,16 +524,24 @@ async fn group(AxState(api): AxState<Api>) -> Response {
         .members
         .read_all()
         .into_iter()
-        .map(|record| {
+        .map(|mut record| {
             let age_ms = now.saturating_sub(record.last_seen_unix_ms);
             let renewal_age_ms = renewal
                 .as_ref()
                 .filter(|(holder, _)| *holder == record.node.name)
                 .map(|(_, age)| age.as_millis() as u64);
+            let agent_gone = agent_gone(cfg, &record);
+            // A killed agent's record is recent for a moment; nobody vouches for it any more.
+            let fresh = age_ms <= fresh_ms && !agent_gone;
+            if let Some(state) = truthful_service(cfg, &record, fresh) {
+                record.service = state;
+                record.pid = None;
+            }
             Member {
                 record,
                 age_ms,
-                fresh: age_ms <= fresh_ms,
+                fresh,
+                agent_gone,
                 renewal_age_ms,
             }
         })
@@ -527,6 +553,30 @@ async fn group(AxState(api): AxState<Api>) -> Response {
         members,
     })
     .into_response()
+}
+
+/// True when the record's agent ran on this host and no longer runs. Agents sharing a lock file
+/// run here (a record from another host on a shared filesystem counts as gone, as in the
+/// engine's view); an etcd group's records come from other machines: never judged here.
+fn agent_gone(cfg: &crate::Config, m: &MemberRecord) -> bool {
+    cfg.etcd.is_none()
+        && m.node.name != cfg.node.name
+        && !understudy_service::procwatch::can_act(m.node.agent_pid)
+}
+
+/// What a record's service must say instead of its pid when that pid may be false (None: the
+/// record stands). A row never claims a pid for a process that is gone, or that nobody vouches
+/// for any more (a dead agent's guardian has killed its service).
+fn truthful_service(cfg: &crate::Config, m: &MemberRecord, fresh: bool) -> Option<ServiceState> {
+    if m.node.name == cfg.node.name {
+        return None;
+    }
+    if !fresh {
+        return (m.service != ServiceState::Stopped).then_some(ServiceState::Unknown);
+    }
+    let pid = m.pid?;
+    let here = cfg.etcd.is_none();
+    (here && !understudy_service::procwatch::can_act(pid)).then_some(ServiceState::Stopped)
 }
 
 async fn events(AxState(api): AxState<Api>) -> Response {

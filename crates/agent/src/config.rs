@@ -106,6 +106,10 @@ pub struct NodeConfig {
     /// beside the lock file, `<lock>.journal/<node>.jsonl`, or for etcd groups
     /// `/var/lib/understudy/journal/<group>.<node>.jsonl`).
     pub journal_file: PathBuf,
+    /// `node.priority`: when several standbys could take over, the one with the highest priority
+    /// does; the others stand aside for it for at most [`understudy_engine::PREFERENCE_DEFER`].
+    /// 0 (the default) for every node: no preference.
+    pub priority: u32,
 }
 
 /// The admin API's shared secret. Its `Debug` does not show it, so it never reaches a log.
@@ -132,6 +136,9 @@ impl fmt::Debug for AdminToken {
     }
 }
 
+/// Highest `node.priority`.
+pub const MAX_PRIORITY: u32 = 1000;
+
 /// Longest accepted admin token, in bytes.
 const MAX_TOKEN_LEN: usize = 4096;
 
@@ -150,6 +157,9 @@ pub struct ActivationConfig {
     pub heartbeat_interval: Duration,
     /// After a switchover, how long the old active waits for the new one before campaigning again.
     pub yield_timeout: Duration,
+    /// `activation.failback`: an active node hands activity back, by a switchover, to a standby
+    /// of higher `node.priority` that has been ready this long. None: never.
+    pub failback: Option<Duration>,
 }
 
 /// `[service]`: what the agent protects.
@@ -256,6 +266,7 @@ struct RawNode {
     admin_max_connections_per_ip: Option<usize>,
     admin_header_timeout: Option<String>,
     journal_file: Option<PathBuf>,
+    priority: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +277,7 @@ struct RawActivation {
     heartbeat_delay: Option<String>,
     heartbeat_interval: Option<String>,
     yield_timeout: Option<String>,
+    failback: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -911,6 +923,18 @@ impl Config {
             a.yield_timeout.as_deref(),
             defaults::YIELD_TIMEOUT,
         )?;
+        let priority = n.priority.unwrap_or(0);
+        if priority > MAX_PRIORITY {
+            return Err(ctx.err(
+                "node.priority",
+                format!("{priority} is out of range: give 0 (no preference) to {MAX_PRIORITY}; the highest ready standby takes over"),
+            ));
+        }
+        let failback = a
+            .failback
+            .as_deref()
+            .map(|f| ctx.duration("activation.failback", Some(f), ""))
+            .transpose()?;
         let journal_file = match (&n.journal_file, &etcd) {
             (Some(p), _) if p.as_os_str().is_empty() => {
                 return Err(ctx.err("node.journal_file", "is empty"))
@@ -1072,6 +1096,7 @@ impl Config {
                 admin_max_connections_per_ip,
                 admin_header_timeout,
                 journal_file,
+                priority,
             },
             activation: ActivationConfig {
                 mode: a.mode,
@@ -1079,6 +1104,7 @@ impl Config {
                 heartbeat_delay,
                 heartbeat_interval,
                 yield_timeout,
+                failback,
             },
             service,
             health,
@@ -1145,6 +1171,20 @@ mod tests {
         assert_eq!(c.service.standby, StandbyType::Cold);
         assert_eq!(c.service.activate_signal, Signal::SIGUSR1);
         assert_eq!(c.activation.heartbeat_delay, Duration::from_secs(2));
+        assert_eq!(c.node.priority, 0);
+        assert_eq!(c.activation.failback, None);
+        let preferred = Config::parse(
+            Path::new("/tmp/x.toml"),
+            &cfg(
+                d.path(),
+                &format!("{}\npriority = 10", good_node()),
+                &format!("{act}\nfailback = \"30s\""),
+                "command = [\"sleep\", \"1\"]",
+            ),
+        )
+        .unwrap();
+        assert_eq!(preferred.node.priority, 10);
+        assert_eq!(preferred.activation.failback, Some(Duration::from_secs(30)));
     }
 
     #[test]
@@ -1163,6 +1203,8 @@ mod tests {
             (cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}"), "command = [\"sleep\"]\nactivate_signal = \"SIGFOO\""), "service.activate_signal"),
             (cfg(d.path(), good_node(), &format!("mode = \"tryheartbeat\"\n{lock}\nheartbeat_delay = \"1s\"\nheartbeat_interval = \"900ms\""), "command = [\"sleep\"]"), "activation.heartbeat_interval"),
             (format!("{}\n[health]\nhttp = \"not a url\"\n", cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}"), "command = [\"sleep\"]")), "health.http"),
+            (cfg(d.path(), &format!("{}\npriority = 1001", good_node()), &format!("mode = \"trylock\"\n{lock}"), "command = [\"sleep\"]"), "node.priority"),
+            (cfg(d.path(), good_node(), &format!("mode = \"trylock\"\n{lock}\nfailback = \"later\""), "command = [\"sleep\"]"), "activation.failback"),
             ("[node\nname=".to_string(), "(syntax)"),
         ];
         for (text, key) in cases {

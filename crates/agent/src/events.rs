@@ -300,6 +300,14 @@ impl Timeline {
         self.events.iter().cloned().collect()
     }
 
+    /// The takeover of this run that reached Hot last, if any.
+    pub fn current(&self) -> Option<Takeover> {
+        self.takeovers
+            .back()
+            .filter(|t| !t.restored && t.epoch != 0)
+            .cloned()
+    }
+
     /// Takeovers that reached Hot, oldest first.
     pub fn takeovers(&self) -> Vec<Takeover> {
         self.takeovers

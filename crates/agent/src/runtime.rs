@@ -9,16 +9,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 use understudy_coordinator::{
     CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, TryAcquire,
 };
 use understudy_engine::{
-    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView, Role,
-    Rules, State,
+    Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView,
+    Preference, Rank, Role, Rules, State,
 };
 use understudy_service::{procwatch, HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
-use understudy_status::{Node, Service, Status};
+use understudy_status::{Node, Service, Status, StepDown};
 
 use crate::config::Config;
 use crate::events::Timeline;
@@ -52,10 +52,14 @@ pub enum AgentError {
 /// An operator request travelling from the admin API to the event loop.
 #[derive(Debug)]
 pub enum ApiRequest {
-    /// `PUT /service/activationmode/hot`.
-    Activate(oneshot::Sender<Answer>),
-    /// `POST /service/switchover[?to=NODE]`.
-    Switchover(oneshot::Sender<Answer>, Option<String>),
+    /// `PUT /service/activationmode/hot`, from this client.
+    Activate(oneshot::Sender<Answer>, Option<std::net::SocketAddr>),
+    /// `POST /service/switchover[?to=NODE]`, from this client.
+    Switchover(
+        oneshot::Sender<Answer>,
+        Option<String>,
+        Option<std::net::SocketAddr>,
+    ),
     /// `POST /service/release`: hand the service over as a plain server and leave the group.
     Release(oneshot::Sender<Answer>),
     /// `POST /service/active-ack`: the service says it acts with this epoch.
@@ -129,8 +133,15 @@ fn rfc3339(ms: u64) -> String {
 /// A member record is fresh when it was rewritten within this many heartbeat intervals.
 pub const FRESH_INTERVALS: u32 = 5;
 
-/// Run an agent until it is told to stop; returns the process exit code.
+/// Run an agent until it is told to stop; returns the process exit code. Everything it logs,
+/// its tasks included, carries the node and group (a `node` span: text logs show
+/// `node{node=a group=g}:`, JSON logs a `span` object).
 pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> {
+    let span = tracing::info_span!("node", node = %cfg.node.name, group = %cfg.node.group);
+    run_node(cfg, guardian_exe).instrument(span).await
+}
+
+async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> {
     let listener = tokio::net::TcpListener::bind(cfg.node.admin)
         .await
         .map_err(|source| AgentError::AdminBind {
@@ -167,6 +178,10 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
             defer_recreated_lock: cfg.etcd.is_none(),
             ..Rules::default()
         },
+    })
+    .with_preference(Preference {
+        priority: cfg.node.priority,
+        failback: cfg.activation.failback,
     });
     // The timeline an earlier run of this agent left: `understudy events` after a restart still
     // shows the earlier takeovers. A journal that cannot be opened costs history, not the node.
@@ -196,11 +211,14 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     });
 
     let admin = crate::api::serve(listener, shared.clone(), api_tx);
-    tokio::spawn(async move {
-        if let Err(e) = admin.await {
-            error!("admin API stopped: {e}");
+    tokio::spawn(
+        async move {
+            if let Err(e) = admin.await {
+                error!("admin API stopped: {e}");
+            }
         }
-    });
+        .in_current_span(),
+    );
 
     let mut rt = Runtime {
         shared,
@@ -221,6 +239,11 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         watches: Vec::new(),
         signal_watch: None,
         service_detail: None,
+        sd_status: String::new(),
+        seen: Vec::new(),
+        grant_created: false,
+        asking: None,
+        stepped_down: None,
         coord_unreachable: None,
     };
     info!(
@@ -230,6 +253,9 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     );
     let known_epoch = rt.coord.current_epoch();
     rt.feed(Input::Start { known_epoch });
+    // The admin listener is bound (connections queue until the server task accepts them) and the
+    // node has joined: its record is written and it waits for the lock or was refused it.
+    crate::sdnotify::send("READY=1");
     rt.run_loop(coord_rx, svc_rx, health_rx, api_rx, proc_rx)
         .await;
     Ok(rt.exit_code.unwrap_or(0))
@@ -302,12 +328,42 @@ struct Runtime {
     signal_watch: Option<tokio::task::JoinHandle<()>>,
     /// The running service's last self-report (see [`Service::detail`]).
     service_detail: Option<serde_json::Value>,
+    /// The last `STATUS=` line sent to systemd.
+    sd_status: String,
+    /// The group's records as last read for the engine, with what /proc says of their agents:
+    /// the source of a takeover's cause.
+    seen: Vec<Seen>,
+    /// The grant being judged came with a lock file this node created (it was deleted or
+    /// replaced under the previous holder).
+    grant_created: bool,
+    /// Who asked for the input being fed (an operator's request, a signal).
+    asking: Option<Asker>,
+    /// This node's last step down from Hot, advertised in its record.
+    stepped_down: Option<StepDown>,
     /// What the engine was last told of the coordinator's reach.
     coord_unreachable: Option<String>,
 }
 
 /// How long a released agent stays up after answering, so the answer is written out.
 const RELEASE_LINGER: Duration = Duration::from_millis(300);
+/// A member record as the engine was last shown it.
+#[derive(Debug, Clone)]
+struct Seen {
+    rec: MemberRecord,
+    fresh: bool,
+    agent_gone: bool,
+}
+
+/// Who asked for what the engine is handling now.
+#[derive(Debug, Clone)]
+enum Asker {
+    Activate(Option<std::net::SocketAddr>),
+    Switchover(Option<std::net::SocketAddr>),
+    Signal(&'static str),
+}
+
+/// A step-down reason in a record stays short: records are rewritten every heartbeat interval.
+const MAX_REASON_CHARS: usize = 300;
 
 /// Longest wait for a standby service to install its activate-signal handler; after it the service
 /// counts as started anyway (a service that never handles the signal is misconfigured).
@@ -334,6 +390,13 @@ impl Runtime {
         let mut sigint = signal(SignalKind::interrupt()).ok();
         let mut tick = tokio::time::interval(self.shared.cfg.activation.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pinged from this loop, between inputs, so that a loop stuck in one of them stops the
+        // pings and systemd restarts the agent (its guardian then kills the service).
+        let mut watchdog = crate::sdnotify::watchdog_interval().map(|every| {
+            let mut i = tokio::time::interval(every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         while self.exit_code.is_none() {
             tokio::select! {
                 // Lock events first: a takeover must not queue behind anything else.
@@ -346,13 +409,16 @@ impl Runtime {
                 Some(req) = api_rx.recv() => self.on_api(req),
                 _ = recv_signal(&mut sigterm) => {
                     info!("SIGTERM: stopping gracefully");
-                    self.feed(Input::Shutdown);
+                    crate::sdnotify::send("STOPPING=1");
+                    self.feed_asked(Asker::Signal("SIGTERM"), Input::Shutdown);
                 }
                 _ = recv_signal(&mut sigint) => {
                     info!("SIGINT: stopping gracefully");
-                    self.feed(Input::Shutdown);
+                    crate::sdnotify::send("STOPPING=1");
+                    self.feed_asked(Asker::Signal("SIGINT"), Input::Shutdown);
                 }
                 _ = tick.tick() => self.on_tick(),
+                _ = next_tick(&mut watchdog) => crate::sdnotify::send("WATCHDOG=1"),
             }
         }
         // The supervisor's drop kills whatever is left of the service's process group.
@@ -375,11 +441,13 @@ impl Runtime {
                     return;
                 }
                 self.detected();
+                self.grant_created = created;
                 // The engine judges the grant by the group as it is now (who still acts, whose
                 // service still runs), so it gets a fresh view first.
                 let peers = self.peer_views();
                 self.feed_all([
                     Input::Peers(peers),
+                    Input::Ranks(self.ranks()),
                     Input::LockAcquired {
                         previous: view(previous),
                         created,
@@ -461,16 +529,19 @@ impl Runtime {
     }
 
     /// The other nodes as their membership records show them, with what /proc says about them.
-    fn peer_views(&self) -> Vec<PeerView> {
+    fn peer_views(&mut self) -> Vec<PeerView> {
         let cfg = &self.shared.cfg;
         let now = unix_ms();
         let fresh_ms = (cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
-        self.shared
+        let mut seen = Vec::new();
+        let views = self
+            .shared
             .members
             .read_all()
             .into_iter()
             .filter(|m| m.node.name != cfg.node.name)
             .map(|m| {
+                let rec = m.clone();
                 let n = m.node;
                 let hot = n.state == State::Hot;
                 let fresh = now.saturating_sub(m.last_seen_unix_ms) <= fresh_ms;
@@ -484,6 +555,11 @@ impl Runtime {
                 let live_service = m.pid.filter(|&pid| {
                     (hot || n.holds_lock) && procwatch::is_service_of(pid, &n.name, &cfg.node.group)
                 });
+                seen.push(Seen {
+                    rec,
+                    fresh,
+                    agent_gone,
+                });
                 PeerView {
                     // Only another node can be the chosen one from this node's point of view.
                     handover_to: m.handover_to.filter(|t| *t != cfg.node.name),
@@ -495,6 +571,21 @@ impl Runtime {
                     agent_gone,
                     live_service,
                 }
+            })
+            .collect();
+        self.seen = seen;
+        views
+    }
+
+    /// The other nodes' priorities from the records last read by [`Runtime::peer_views`]. Only a
+    /// node that waits for the lock by itself can take it when this one gives it back.
+    fn ranks(&self) -> Vec<Rank> {
+        self.seen
+            .iter()
+            .map(|p| Rank {
+                node: p.rec.node.name.clone(),
+                priority: p.rec.priority,
+                ready: p.rec.node.ready && p.rec.node.activation.campaigns(),
             })
             .collect()
     }
@@ -529,14 +620,14 @@ impl Runtime {
 
     fn on_api(&mut self, req: ApiRequest) {
         match req {
-            ApiRequest::Activate(tx) => {
+            ApiRequest::Activate(tx, from) => {
                 self.pending_activate.push_back(tx);
-                self.feed(Input::Activate);
+                self.feed_asked(Asker::Activate(from), Input::Activate);
             }
-            ApiRequest::Switchover(tx, to) => {
+            ApiRequest::Switchover(tx, to, from) => {
                 self.pending_switchover.push_back(tx);
                 let ready = self.ready_standbys();
-                self.feed(Input::Switchover { ready, to });
+                self.feed_asked(Asker::Switchover(from), Input::Switchover { ready, to });
             }
             ApiRequest::ServiceAck { pid, epoch } => self.feed(Input::ServiceAcked { pid, epoch }),
             ApiRequest::Release(tx) => {
@@ -555,7 +646,7 @@ impl Runtime {
         // The engine derives from the group's view what it needs: a newer active elsewhere, a
         // peer that stepped down at last, the end of a yield.
         let peers = self.peer_views();
-        let mut inputs = vec![Input::Peers(peers)];
+        let mut inputs = vec![Input::Peers(peers), Input::Ranks(self.ranks())];
         // Told only on a change, and without the silence's running length, which changes on
         // every tick.
         let unreachable = self.coord.unreachable();
@@ -598,6 +689,13 @@ impl Runtime {
         self.feed_all([input]);
     }
 
+    /// [`Runtime::feed`] for an input someone asked for: what it records names them.
+    fn feed_asked(&mut self, who: Asker, input: Input) {
+        self.asking = Some(who);
+        self.feed(input);
+        self.asking = None;
+    }
+
     /// [`Runtime::feed`] for inputs that belong together (a view of the group, then the grant
     /// judged by it).
     fn feed_all(&mut self, inputs: impl IntoIterator<Item = Input>) {
@@ -635,7 +733,10 @@ impl Runtime {
             Command::TryLock => Some(match self.coord.try_acquire() {
                 Ok(TryAcquire::Acquired { previous, created }) => {
                     self.detected();
-                    answers.push_back(Input::Peers(self.peer_views()));
+                    self.grant_created = created;
+                    let peers = self.peer_views();
+                    answers.push_back(Input::Peers(peers));
+                    answers.push_back(Input::Ranks(self.ranks()));
                     Input::LockAcquired {
                         previous: view(previous),
                         created,
@@ -748,13 +849,16 @@ impl Runtime {
         }
         for pid in pids {
             let tx = self.proc_tx.clone();
-            self.watches.push(tokio::spawn(async move {
-                // A process with SIGKILL pending never acts again: counted as gone.
-                if let Some(e) = procwatch::gone(pid, procwatch::can_act).await {
-                    warn!("no pidfd for process {pid} ({e}); watched it through /proc instead");
+            self.watches.push(tokio::spawn(
+                async move {
+                    // A process with SIGKILL pending never acts again: counted as gone.
+                    if let Some(e) = procwatch::gone(pid, procwatch::can_act).await {
+                        warn!("no pidfd for process {pid} ({e}); watched it through /proc instead");
+                    }
+                    let _ = tx.send(ProcEvent::Gone(pid));
                 }
-                let _ = tx.send(ProcEvent::Gone(pid));
-            }));
+                .in_current_span(),
+            ));
         }
         info!(
             count = self.watches.len(),
@@ -862,16 +966,19 @@ impl Runtime {
             guardian_exe: self.guardian_exe.clone(),
             guardian_args: vec!["__guard".to_string()],
         };
-        tokio::spawn(async move {
-            let name = spec.command.first().map(String::as_str).unwrap_or_default();
-            match understudy_service::run_guarded(&spec).await {
-                Ok(understudy_service::ExitReason::Code(0)) => {
-                    info!("activate hook {name:?} done")
+        tokio::spawn(
+            async move {
+                let name = spec.command.first().map(String::as_str).unwrap_or_default();
+                match understudy_service::run_guarded(&spec).await {
+                    Ok(understudy_service::ExitReason::Code(0)) => {
+                        info!("activate hook {name:?} done")
+                    }
+                    Ok(reason) => warn!("activate hook {name:?} {reason}"),
+                    Err(e) => warn!("activate hook {name:?} could not run: {e}"),
                 }
-                Ok(reason) => warn!("activate hook {name:?} {reason}"),
-                Err(e) => warn!("activate hook {name:?} could not run: {e}"),
             }
-        });
+            .in_current_span(),
+        );
     }
 
     fn record(&mut self, mut ev: understudy_engine::Event) {
@@ -880,6 +987,7 @@ impl Runtime {
         // ready came out the same figure), while the commands before this one took real time.
         ev.mono = self.origin.elapsed();
         ev.at_unix_ms = unix_ms();
+        self.explain(&mut ev);
         info!(kind = ?ev.kind, epoch = ev.epoch, "{}", ev.detail);
         let m = &self.shared.metrics;
         match ev.kind {
@@ -894,13 +1002,118 @@ impl Runtime {
             }
             _ => {}
         }
+        let kind = ev.kind;
         let took = self.with_timeline(|t| t.push(ev));
         if let Some(d) = took {
             m.takeover_seconds.observe(d.as_secs_f64());
             info!(
-                "takeover: service told it is active {:.3} ms after the lock was obtained",
+                "takeover: service told it is active {:.3} ms after the previous active was found lost",
                 d.as_secs_f64() * 1e3
             );
+        }
+        if matches!(kind, EventKind::Ready | EventKind::ServiceAcked) {
+            if let Some(t) = self.with_timeline(|t| t.current()) {
+                log_takeover(&t, kind);
+            }
+        }
+    }
+
+    /// Complete an event's words with what only the agent knows (who asked, what the group's
+    /// records say), and keep this node's step-down reason for its record.
+    fn explain(&mut self, ev: &mut understudy_engine::Event) {
+        match ev.kind {
+            EventKind::LockObtained => ev.detail = self.takeover_cause(&ev.detail),
+            EventKind::Switchover => {
+                if let Some(Asker::Switchover(Some(from))) = &self.asking {
+                    ev.detail = ev
+                        .detail
+                        .replacen("requested", &format!("requested by {from}"), 1);
+                }
+            }
+            EventKind::EpochDurable => self.stepped_down = None,
+            _ => {}
+        }
+        let reason = match ev.kind {
+            EventKind::Demoted | EventKind::Switchover => Some(ev.detail.clone()),
+            // The status published before this input: whether the node was active when told.
+            EventKind::Shutdown if self.shared.status().node.state == State::Hot => {
+                Some(match &self.asking {
+                    Some(Asker::Signal(sig)) => format!("the agent was stopped ({sig})"),
+                    _ => "the agent was stopped".to_string(),
+                })
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.stepped_down = Some(StepDown {
+                epoch: ev.epoch,
+                at_unix_ms: ev.at_unix_ms,
+                reason: reason.chars().take(MAX_REASON_CHARS).collect(),
+            });
+        }
+    }
+
+    /// Why this node takes over, in words: who asked (a manual activation), the previous active
+    /// and what happened to it as far as its record and /proc tell, then what the lock file held
+    /// (the engine's words).
+    fn takeover_cause(&self, engine_words: &str) -> String {
+        let lock = engine_words.strip_prefix("group lock obtained; ");
+        let mut parts = Vec::new();
+        if let Some(Asker::Activate(from)) = &self.asking {
+            parts.push(match from {
+                Some(a) => format!("manual activate (PUT /service/activationmode/hot from {a})"),
+                None => "manual activate (PUT /service/activationmode/hot)".to_string(),
+            });
+        }
+        parts.push(self.previous_active());
+        match lock {
+            Some(l) => parts.push(l.to_string()),
+            // The engine's own words for an operator override say less than the above.
+            None if parts.len() > 1 => {}
+            None => parts.push(engine_words.to_string()),
+        }
+        parts.join("; ")
+    }
+
+    /// The previous active and what became of it, from the records last read for the engine.
+    fn previous_active(&self) -> String {
+        let acting = self
+            .seen
+            .iter()
+            .filter(|p| p.rec.node.state == State::Hot || p.rec.node.holds_lock)
+            .max_by_key(|p| p.rec.node.epoch);
+        let stepped = self
+            .seen
+            .iter()
+            .filter_map(|p| Some((p, p.rec.stepped_down.as_ref()?)))
+            .max_by_key(|(_, s)| (s.epoch, s.at_unix_ms));
+        // A step down at a later epoch than any record that still claims to act is the news.
+        let acting = acting.filter(|p| stepped.is_none_or(|(_, s)| p.rec.node.epoch >= s.epoch));
+        match (acting, stepped) {
+            (Some(p), _) => {
+                let r = &p.rec.node;
+                let who = format!("previous active {} (epoch {})", r.name, r.epoch);
+                if p.agent_gone {
+                    format!(
+                        "{who}: its agent is gone (pid {} no longer runs)",
+                        r.agent_pid
+                    )
+                } else if !p.fresh {
+                    format!(
+                        "{who} went silent: its record was last written {} ms ago",
+                        unix_ms().saturating_sub(p.rec.last_seen_unix_ms)
+                    )
+                } else if self.grant_created {
+                    format!("{who} still holds the old lock: the group lock file was deleted or replaced")
+                } else {
+                    format!("{who} let go of the group lock")
+                }
+            }
+            (_, Some((p, s))) => format!(
+                "previous active {} (epoch {}) stepped down: {}",
+                p.rec.node.name, s.epoch, s.reason
+            ),
+            (None, None) => "no previous active in the group's records".to_string(),
         }
     }
 
@@ -921,7 +1134,7 @@ impl Runtime {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
         let snap = self.engine.snapshot();
         let m = &self.shared.metrics;
         m.hot.set(i64::from(snap.state == State::Hot));
@@ -933,9 +1146,27 @@ impl Runtime {
             self.supervisor.pid(),
             self.service_detail.clone(),
         );
+        if crate::sdnotify::enabled() {
+            self.notify_status(&view);
+        }
         match self.shared.status.write() {
             Ok(mut s) => *s = view,
             Err(p) => *p.into_inner() = view,
+        }
+    }
+
+    /// `STATUS=` for `systemctl status`, when the state, epoch or reason changed.
+    fn notify_status(&mut self, view: &Status) {
+        let mut line = format!("{} epoch {}", view.node.state, view.node.epoch);
+        match &view.node.waiting {
+            Some(w) => line.push_str(&format!(": {w}")),
+            None => line.push_str(&format!(", service {}", view.service.state.as_str())),
+        }
+        // STATUS is one line of the notification; a reason never spans lines, but be sure.
+        let line = line.replace('\n', " ");
+        if line != self.sd_status {
+            crate::sdnotify::send(&format!("STATUS={line}"));
+            self.sd_status = line;
         }
     }
 
@@ -949,6 +1180,8 @@ impl Runtime {
             pid: s.service.pid,
             detail: s.service.detail.as_ref().map(one_line),
             handover_to: self.engine.snapshot().handover_to,
+            stepped_down: self.stepped_down.clone(),
+            priority: self.shared.cfg.node.priority,
             node: s.node,
             boot_id: understudy_coordinator::boot_id(),
             connections_refused: self.shared.metrics.admin_connections_refused.get(),
@@ -968,6 +1201,33 @@ impl Runtime {
             warn!("cannot write the membership record: {e}");
         }
         self.last_record = Some(rec);
+    }
+}
+
+/// One log line with a takeover's figures, the same as `GET /events` `takeovers[]` (milliseconds
+/// from detection; a phase that has not happened is null in JSON logs, NaN in text).
+fn log_takeover(t: &crate::events::Takeover, at: EventKind) {
+    let f = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    info!(
+        epoch = t.epoch,
+        cause = %t.cause,
+        lock_obtained_ms = f(t.lock_obtained_ms),
+        previous_service_gone_ms = f(t.previous_service_gone_ms),
+        epoch_durable_ms = f(t.epoch_durable_ms),
+        service_notified_ms = f(t.service_notified_ms),
+        service_acked_ms = f(t.service_acked_ms),
+        ready_ms = f(t.ready_ms),
+        "takeover: {}",
+        if at == EventKind::Ready { "active service ready" } else { "service acknowledged the epoch" }
+    );
+}
+
+async fn next_tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -80,3 +80,14 @@ pub fn notify(state: &str) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// [`notify`], with a failure logged instead of returned: a notification is never worth
+/// stopping for (systemd then restarts a node that never said READY, which is the point).
+pub fn send(state: &str) {
+    if let Err(e) = notify(state) {
+        tracing::warn!(
+            "cannot notify systemd ({}): {e}",
+            state.lines().next().unwrap_or("")
+        );
+    }
+}

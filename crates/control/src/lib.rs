@@ -445,9 +445,12 @@ mod tests {
                 handover_to: None,
                 boot_id: None,
                 connections_refused: 0,
+                stepped_down: None,
+                priority: 0,
             },
             age_ms: 0,
             fresh: true,
+            agent_gone: false,
             renewal_age_ms: None,
         }
     }

@@ -335,6 +335,8 @@ mod tests {
             handover_to: None,
             boot_id: boot,
             connections_refused: 0,
+            stepped_down: None,
+            priority: 0,
         }
     }
 

@@ -30,6 +30,8 @@ fn rec(node: &str, epoch: u64) -> MemberRecord {
         handover_to: None,
         boot_id: None,
         connections_refused: 0,
+        stepped_down: None,
+        priority: 0,
     }
 }
 

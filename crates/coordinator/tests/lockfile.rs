@@ -520,6 +520,8 @@ async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
         handover_to: None,
         boot_id: None,
         connections_refused: 0,
+        stepped_down: None,
+        priority: 0,
     };
     let members = b.members();
     members.ensure_dir().unwrap();

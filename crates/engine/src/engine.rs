@@ -120,6 +120,29 @@ impl PeerView {
     }
 }
 
+/// A node's place in the group's order of preference (`node.priority`, `activation.failback`),
+/// given with [`Engine::with_preference`]. The default, priority 0 everywhere, prefers nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preference {
+    /// Among standbys that could take over, the highest priority does: a grant that reaches a
+    /// lower one while a higher one is ready is given back for at most [`PREFERENCE_DEFER`].
+    pub priority: u32,
+    /// While Hot, hand activity back (a switchover) to a standby of higher priority once it has
+    /// been ready this long. None: never.
+    pub failback: Option<Duration>,
+}
+
+/// Another node's rank (from its membership record), fed with [`Input::Ranks`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rank {
+    /// Node name, as in its [`PeerView`].
+    pub node: String,
+    /// Its `node.priority`.
+    pub priority: u32,
+    /// It could take over by itself now: a ready standby in a mode that waits for the lock.
+    pub ready: bool,
+}
+
 /// What the lock file said when the lock was obtained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeartbeatView {
@@ -229,6 +252,9 @@ pub enum Input {
         /// The epoch it read.
         epoch: u64,
     },
+    /// The other nodes' ranks, as their membership records show them now; fed with
+    /// [`Input::Peers`] (each rank counts only for a peer that view shows fresh and alive).
+    Ranks(Vec<Rank>),
     /// Periodic timer, every heartbeat interval.
     Tick,
     /// SIGTERM or SIGINT: stop gracefully. A second one stops at once.
@@ -422,6 +448,9 @@ pub enum Waiting {
     StaleHeartbeat(String),
     /// Activation was refused because another node holds the lock.
     Refused(Option<String>),
+    /// Activation was refused because this node held the lock, but it is gone now and no node
+    /// acts: the lock is free for an operator's `PUT …/hot` (Hot mode does not wait for it).
+    HolderGone(String),
     /// The service failed; rejoining at `until`.
     Backoff {
         /// Monotonic time at which the node rejoins.
@@ -441,6 +470,14 @@ pub enum Waiting {
     /// Holding the lock until these services of the previous holders are gone: the kernel hands
     /// the lock over the instant an agent dies, its guardian kills the service a moment later.
     PreviousService(Vec<u32>),
+    /// A standby of higher priority is ready: the grant was given back, and the node stays aside
+    /// until that standby holds the lock, is no longer there or ready, or `until`.
+    Preferred {
+        /// The preferred standby.
+        to: String,
+        /// Monotonic time at which the node campaigns again anyway.
+        until: Duration,
+    },
     /// A switchover hands activity to this other standby: the grant was given back, and the node
     /// stays aside until that standby is active, the handing node stops saying so, or `until`.
     Handover {
@@ -455,6 +492,13 @@ pub enum Waiting {
 /// waiting in the kernel for the lock and gets it within a millisecond of the release; this bounds
 /// the time without an active node if it dies in between.
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a standby stands aside for a ready standby of higher priority after giving it the
+/// lock back. The preferred one waits for the lock in the kernel and gets it within a
+/// millisecond; this bounds the time without an active node if it does not take it (it died
+/// meanwhile, its campaign is stuck). A node that stood aside this long in vain does not stand
+/// aside again until the group has had an active.
+pub const PREFERENCE_DEFER: Duration = Duration::from_millis(500);
 
 /// Where the service stands, as far as the engine knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,6 +644,14 @@ pub struct Engine {
     since_wall_ms: u64,
     out: Vec<Command>,
     now: Now,
+    /// This node's preference settings.
+    pref: Preference,
+    /// The other nodes' ranks, latest view.
+    ranks: Vec<Rank>,
+    /// A deferral to a preferred standby ran out in vain: no more until the group has an active.
+    defer_spent: bool,
+    /// While Hot with failback: the preferred standby and since when it has been ready.
+    failback_since: Option<(String, Duration)>,
 }
 
 impl Engine {
@@ -638,7 +690,17 @@ impl Engine {
                 mono: Duration::ZERO,
                 wall_ms: 0,
             },
+            pref: Preference::default(),
+            ranks: Vec::new(),
+            defer_spent: false,
+            failback_since: None,
         }
+    }
+
+    /// The same engine with this node's preference (`node.priority`, `activation.failback`).
+    pub fn with_preference(mut self, pref: Preference) -> Self {
+        self.pref = pref;
+        self
     }
 
     /// The configuration.
@@ -701,6 +763,7 @@ impl Engine {
                     | Waiting::Operator
                     | Waiting::StaleHeartbeat(_)
                     | Waiting::Refused(_)
+                    | Waiting::HolderGone(_)
             )
         );
         let svc_ok = if self.cfg.standby.runs_while_standby() {
@@ -740,6 +803,9 @@ impl Engine {
                 Waiting::Refused(None) => {
                     "activation refused: another process holds the group lock".to_string()
                 }
+                Waiting::HolderGone(h) => format!(
+                    "activation refused earlier: node {h} held the group lock, but it is gone and no node is active; PUT /service/activationmode/hot (understudy activate) makes this node Hot"
+                ),
                 Waiting::Backoff { until } => format!(
                     "service failed; rejoining the group in {:.1} s (backoff)",
                     secs(*until)
@@ -762,6 +828,10 @@ impl Engine {
                 ),
                 Waiting::PreviousService(pids) => format!(
                     "holding the group lock; waiting for the previous active's service (pid {pids:?}) to end"
+                ),
+                Waiting::Preferred { to, until } => format!(
+                    "node {to} is preferred (higher priority) and ready; standing aside for it (campaigning again in {:.1} s at the latest)",
+                    secs(*until)
                 ),
                 Waiting::Handover { to, until } => format!(
                     "a switchover hands activity to {to}; standing aside (campaigning again in {:.1} s at the latest)",
@@ -809,6 +879,10 @@ impl Engine {
             Input::ProcessGone { pid } => self.on_process_gone(pid),
             Input::ServiceSignalReady { pid } => self.on_signal_ready(pid),
             Input::ServiceAcked { pid, epoch } => self.on_service_acked(pid, epoch),
+            Input::Ranks(ranks) => {
+                self.ranks = ranks;
+                self.recheck_preferred();
+            }
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
             Input::Release => self.on_release(),
@@ -1045,6 +1119,23 @@ impl Engine {
                 return;
             }
         }
+        // A standby of higher priority could take over too: give it the lock (it waits for it
+        // in the kernel). Only a waited-for grant: an operator's or Hot mode's try is answered now.
+        if trying.is_none() && !self.defer_spent {
+            if let Some((to, priority)) = self.preferred_standby() {
+                self.record(
+                    EventKind::LockReleased,
+                    format!(
+                        "group lock given back: node {to} (priority {priority}, above this node's {}) is ready and preferred",
+                        self.pref.priority
+                    ),
+                );
+                self.release();
+                let until = self.now.mono + PREFERENCE_DEFER;
+                self.set_phase(Phase::Warm(Waiting::Preferred { to, until }));
+                return;
+            }
+        }
         self.grant = Some(grant);
         self.await_previous_services();
     }
@@ -1061,6 +1152,74 @@ impl Engine {
             .iter()
             .any(|p| p.node == to && p.fresh && !p.agent_gone)
             .then_some(to)
+    }
+
+    /// The ready standby of highest priority above this node's, alive and neither acting nor
+    /// holding the lock, with its priority.
+    fn preferred_standby(&self) -> Option<(String, u32)> {
+        self.ranks
+            .iter()
+            .filter(|r| r.ready && r.priority > self.pref.priority)
+            .filter(|r| {
+                self.peers.iter().any(|p| {
+                    p.node == r.node && p.fresh && !p.agent_gone && !p.hot && !p.holds_lock
+                })
+            })
+            .max_by(|a, b| {
+                a.priority
+                    .cmp(&b.priority)
+                    .then_with(|| b.node.cmp(&a.node))
+            })
+            .map(|r| (r.node.clone(), r.priority))
+    }
+
+    /// A node standing aside for a preferred standby goes back to waiting for the lock as soon as
+    /// that standby took it, or is no longer there or ready: never a delay without a reason.
+    fn recheck_preferred(&mut self) {
+        if let Phase::Warm(Waiting::Preferred { to, .. }) = &self.phase {
+            let still = self.preferred_standby().is_some_and(|(p, _)| &p == to);
+            if !still && self.trying.is_none() {
+                self.join();
+            }
+        }
+    }
+
+    /// While Hot with `failback`: hand activity to a preferred standby once it has been ready for
+    /// that long (a switchover to it, the way an operator's would go).
+    fn check_failback(&mut self) {
+        let Some(after) = self.pref.failback else {
+            return;
+        };
+        if self.phase != Phase::Hot {
+            self.failback_since = None;
+            return;
+        }
+        let Some((to, priority)) = self.preferred_standby() else {
+            self.failback_since = None;
+            return;
+        };
+        let now = self.now.mono;
+        let since = match &self.failback_since {
+            Some((n, t)) if *n == to => *t,
+            _ => {
+                self.failback_since = Some((to.clone(), now));
+                now
+            }
+        };
+        if now.saturating_sub(since) < after {
+            return;
+        }
+        self.failback_since = None;
+        self.record(
+            EventKind::Switchover,
+            format!(
+                "failback to {to}: preferred (priority {priority}, above this node's {}) and ready for {:.1} s",
+                self.pref.priority,
+                after.as_secs_f64()
+            ),
+        );
+        self.handover_to = Some(to);
+        self.demote(After::Yield, true);
     }
 
     /// The grant is ours to use once the services the previous holders advertised are gone.
@@ -1214,6 +1373,7 @@ impl Engine {
         }
         self.epoch = epoch;
         self.failures_reset_if_stable();
+        self.defer_spent = false;
         self.set_phase(Phase::Hot);
         self.ready_recorded = false;
         self.record(
@@ -1702,6 +1862,8 @@ impl Engine {
             // gone: back to waiting for the lock like any standby.
             self.join();
         }
+        self.refresh_refusal();
+        self.recheck_preferred();
         if let Phase::Warm(Waiting::PeerStepDown(peer)) = &self.phase {
             if !self.peers.iter().any(|p| p.may_act()) {
                 let detail = format!("node {peer} stepped down or went silent");
@@ -1709,6 +1871,26 @@ impl Engine {
                 self.await_previous_services();
             }
         }
+    }
+
+    /// A refusal names the node that holds the lock now, or says that the one it named is gone:
+    /// a reason read long after the refusal must still be true.
+    fn refresh_refusal(&mut self) {
+        let named = match &self.phase {
+            Phase::Warm(Waiting::Refused(Some(h)) | Waiting::HolderGone(h)) => h.clone(),
+            // Nobody known held it (another process): the records cannot tell when it lets go.
+            _ => return,
+        };
+        let holder = self
+            .peers
+            .iter()
+            .filter(|p| p.may_act())
+            .max_by_key(|p| p.epoch)
+            .map(|p| p.node.clone());
+        self.phase = Phase::Warm(match holder {
+            Some(h) => Waiting::Refused(Some(h)),
+            None => Waiting::HolderGone(named),
+        });
     }
 
     fn on_peer_active(&mut self, node: String, epoch: u64) {
@@ -1723,6 +1905,7 @@ impl Engine {
             self.demote(After::Backoff, false);
         }
         self.epoch = self.epoch.max(epoch);
+        self.defer_spent = false;
         // A try under way is answered first; joining now would campaign for a lock it may hold.
         if let (Phase::Warm(Waiting::Yield { .. }), None) = (&self.phase, self.trying) {
             self.join();
@@ -1743,8 +1926,13 @@ impl Engine {
             {
                 self.join();
             }
+            Phase::Warm(Waiting::Preferred { until, .. }) if now >= until => {
+                self.defer_spent = true;
+                self.join();
+            }
             _ => {}
         }
+        self.check_failback();
         if let SvcState::Running { pid, .. } = self.svc {
             if !self.svc_signal_ready && now.saturating_sub(self.svc_pid_at) >= self.cfg.signal_wait
             {

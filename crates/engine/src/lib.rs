@@ -16,6 +16,6 @@ pub mod types;
 
 pub use engine::{
     Answer, Command, Engine, EngineConfig, Event, EventKind, HeartbeatView, Input, Now, PeerView,
-    Rules, Snapshot, SvcState, Waiting, HANDOVER_GRACE,
+    Preference, Rank, Rules, Snapshot, SvcState, Waiting, HANDOVER_GRACE, PREFERENCE_DEFER,
 };
 pub use types::{ActivationMode, Role, StandbyType, State};

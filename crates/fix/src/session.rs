@@ -229,6 +229,68 @@ pub enum SessionEvent {
     DuplicateIgnored(u64),
 }
 
+/// For people: a line of a demo or a log, without Rust's debug syntax.
+impl std::fmt::Display for SessionEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEvent::NewPeriod { start } => {
+                write!(
+                    f,
+                    "new session period (start {start}): sequence numbers reset to 1"
+                )
+            }
+            SessionEvent::LoggedOn { reset: true } => {
+                f.write_str("logged on, sequence numbers reset to 1")
+            }
+            SessionEvent::LoggedOn { reset: false } => f.write_str("logged on"),
+            SessionEvent::Garbled(why) => write!(f, "garbled frame ignored: {why}"),
+            SessionEvent::GapDetected { begin, received } => write!(
+                f,
+                "sequence gap: expected MsgSeqNum {begin}, received {received}; asked for a resend"
+            ),
+            SessionEvent::ResendServed { begin, end, resent } => write!(
+                f,
+                "resend of MsgSeqNum {begin}..={end} served: {resent} application message(s) resent"
+            ),
+            SessionEvent::RejectSent {
+                ref_seq_num,
+                reason,
+                text,
+            } => write!(
+                f,
+                "rejected MsgSeqNum {ref_seq_num} (reason {}): {text}",
+                reason.code()
+            ),
+            SessionEvent::RejectReceived { ref_seq_num, text } => {
+                f.write_str("the counterparty rejected")?;
+                match ref_seq_num {
+                    Some(n) => write!(f, " MsgSeqNum {n}")?,
+                    None => f.write_str(" a message")?,
+                }
+                match text {
+                    Some(t) => write!(f, ": {t}"),
+                    None => Ok(()),
+                }
+            }
+            SessionEvent::SequenceReset {
+                new_seq_num,
+                gap_fill,
+            } => write!(
+                f,
+                "{} to MsgSeqNum {new_seq_num}",
+                if *gap_fill {
+                    "gap fill"
+                } else {
+                    "sequence reset"
+                }
+            ),
+            SessionEvent::DuplicateIgnored(n) => {
+                write!(f, "duplicate MsgSeqNum {n} ignored (already seen)")
+            }
+        }
+    }
+}
+
 /// An application message delivered in sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppMessage {

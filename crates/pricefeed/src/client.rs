@@ -184,6 +184,7 @@ impl PriceClient {
             claims: Vec::new(),
             highest: None,
             primary: None,
+            followed: None,
             resyncs,
             events: events_tx,
             primary_tx,
@@ -259,6 +260,8 @@ struct Arbiter {
     /// Highest epoch any primary has claimed: everything older is dropped.
     highest: Option<u64>,
     primary: Option<usize>,
+    /// The primary followed last, kept when it is lost: a failover names it as the previous one.
+    followed: Option<usize>,
     resyncs: Vec<mpsc::UnboundedSender<()>>,
     events: mpsc::Sender<Vec<ClientEvent>>,
     primary_tx: watch::Sender<Option<(SocketAddr, u64)>>,
@@ -382,10 +385,13 @@ impl Arbiter {
             return;
         }
         let failover = self.highest.is_some();
+        // The primary is usually lost (connection gone, heartbeats missed) before another
+        // claims: the one followed last is the previous one all the same.
         let previous = self
-            .primary
+            .followed
             .map(|p| (self.servers[p], self.highest.unwrap_or(0)));
         self.primary = Some(idx);
+        self.followed = Some(idx);
         self.highest = Some(epoch);
         let server = self.servers[idx];
         let _ = self.primary_tx.send(Some((server, epoch)));
@@ -632,8 +638,10 @@ pub async fn run_price_client(
     client.subscribe(&symbols);
     if json {
         print_json(&mut client).await
-    } else {
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         print_board(&mut client, &symbols).await
+    } else {
+        print_lines(&mut client).await
     }
 }
 
@@ -668,7 +676,18 @@ fn log_event(ev: &ClientEvent) {
             server,
             epoch,
             previous,
-        } => tracing::info!(%server, epoch, ?previous, "following primary"),
+        } => match previous {
+            Some((prev, prev_epoch)) => tracing::info!(
+                %server,
+                epoch,
+                previous = %prev,
+                previous_epoch = prev_epoch,
+                "failover: following the new primary {server} (epoch {epoch}), after {prev} (epoch {prev_epoch})"
+            ),
+            None => {
+                tracing::info!(%server, epoch, "following the primary {server} (epoch {epoch})")
+            }
+        },
         ClientEvent::PrimaryLost {
             server,
             epoch,
@@ -690,6 +709,71 @@ fn log_event(ev: &ClientEvent) {
     }
 }
 
+/// What the board and the plain output say about an event other than a price (None: nothing).
+/// Counts a failover in `failovers`.
+fn event_line(ev: &ClientEvent, failovers: &mut u32) -> Option<String> {
+    Some(match ev {
+        ClientEvent::Quote(_) => return None,
+        ClientEvent::Failover {
+            server,
+            epoch,
+            previous: Some((prev, prev_epoch)),
+        } => {
+            *failovers += 1;
+            format!("failover: primary is now {server} (epoch {epoch}), was {prev} (epoch {prev_epoch})")
+        }
+        ClientEvent::Failover {
+            server,
+            epoch,
+            previous: None,
+        } => format!("primary is {server} (epoch {epoch})"),
+        ClientEvent::PrimaryLost { server, reason, .. } => {
+            format!("primary {server} lost: {reason}")
+        }
+        ClientEvent::Rejected {
+            symbol, message, ..
+        } => format!("refused {symbol}: {message}"),
+        ClientEvent::ServerConnected { server } => format!("connected to {server}"),
+        ClientEvent::ServerLost { server, reason } => format!("lost {server}: {reason}"),
+    })
+}
+
+/// Output that is not a terminal (a pipe, a file): a board redrawn in place would print every
+/// screen after the last, its event lines again each time. Each event once, and a line of
+/// totals every second instead.
+async fn print_lines(client: &mut PriceClient) -> Result<(), Error> {
+    const EVERY: Duration = Duration::from_secs(1);
+    let mut stdout = BufWriter::new(tokio::io::stdout());
+    let io = |e| Error::io("writing to stdout", e);
+    let mut failovers = 0u32;
+    let mut quotes = 0u64;
+    let mut next = Instant::now() + EVERY;
+    loop {
+        tokio::select! {
+            ev = client.next_event() => {
+                let Some(ev) = ev else { return Ok(()) };
+                if matches!(ev, ClientEvent::Quote(_)) {
+                    quotes += 1;
+                } else if let Some(l) = event_line(&ev, &mut failovers) {
+                    stdout.write_all(format!("{l}\n").as_bytes()).await.map_err(io)?;
+                    stdout.flush().await.map_err(io)?;
+                }
+            }
+            () = sleep_until(next) => {
+                next = Instant::now() + EVERY;
+                let primary = match client.primary() {
+                    Some((s, e)) => format!("primary {s} epoch {e}"),
+                    None => "no primary".to_string(),
+                };
+                let l = format!("{primary}: {quotes} prices in the last second, {failovers} failovers\n");
+                quotes = 0;
+                stdout.write_all(l.as_bytes()).await.map_err(io)?;
+                stdout.flush().await.map_err(io)?;
+            }
+        }
+    }
+}
+
 /// The quote board: redrawn a few times a second, so a trader can read it.
 async fn print_board(client: &mut PriceClient, symbols: &[String]) -> Result<(), Error> {
     const REDRAW: Duration = Duration::from_millis(250);
@@ -704,22 +788,10 @@ async fn print_board(client: &mut PriceClient, symbols: &[String]) -> Result<(),
             ev = client.next_event() => {
                 let Some(ev) = ev else { return Ok(()) };
                 let now = Instant::now();
-                let line = match ev {
-                    ClientEvent::Quote(q) => {
-                        quotes.insert(q.symbol.clone(), (q, now));
-                        None
-                    }
-                    ClientEvent::Failover { server, epoch, previous } => {
-                        if previous.is_some() {
-                            failovers += 1;
-                        }
-                        Some(format!("primary is now {server} (epoch {epoch})"))
-                    }
-                    ClientEvent::PrimaryLost { server, reason, .. } => Some(format!("primary {server} lost: {reason}")),
-                    ClientEvent::Rejected { symbol, message, .. } => Some(format!("refused {symbol}: {message}")),
-                    ClientEvent::ServerConnected { server } => Some(format!("connected to {server}")),
-                    ClientEvent::ServerLost { server, reason } => Some(format!("lost {server}: {reason}")),
-                };
+                let line = event_line(&ev, &mut failovers);
+                if let ClientEvent::Quote(q) = ev {
+                    quotes.insert(q.symbol.clone(), (q, now));
+                }
                 if let Some(l) = line {
                     log.push_back(l);
                     if log.len() > 5 {

@@ -325,6 +325,25 @@ pub struct MemberRecord {
     /// Admin API connections the node refused at its limits since it started.
     #[serde(default)]
     pub connections_refused: u64,
+    /// Why the node last stepped down from Hot: what the next active names as the cause of its
+    /// takeover. Kept until the node is Hot again.
+    #[serde(default)]
+    pub stepped_down: Option<StepDown>,
+    /// `node.priority`: when several standbys could take over, the highest one does (0: none).
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// A node's last step down from Hot (see [`MemberRecord::stepped_down`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepDown {
+    /// The epoch it was active with.
+    pub epoch: u64,
+    /// When (Unix milliseconds, the writer's clock).
+    pub at_unix_ms: u64,
+    /// What happened, in words: "active service pid 812 exited with code 3", "switchover to b
+    /// requested by 127.0.0.1:50112", …
+    pub reason: String,
 }
 
 /// `GET /group`: every member's record as the node asked has it.
@@ -346,8 +365,13 @@ pub struct Member {
     pub record: MemberRecord,
     /// Milliseconds since the record was last seen, on the answering node's clock.
     pub age_ms: u64,
-    /// True when the record was rewritten recently enough for its agent to count as alive.
+    /// True when the record was rewritten recently enough for its agent to count as alive, and
+    /// its agent is not known to be gone.
     pub fresh: bool,
+    /// The answering node saw in /proc that the record's agent ended (lock-file groups, whose
+    /// agents share a host): what the record says is what a killed agent left behind.
+    #[serde(default)]
+    pub agent_gone: bool,
     /// etcd groups, on the holder's row: how long ago the answering node saw its last renewal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_age_ms: Option<u64>,
@@ -458,9 +482,12 @@ mod tests {
                 handover_to: None,
                 boot_id: None,
                 connections_refused: 0,
+                stepped_down: None,
+                priority: 0,
             },
             age_ms: 3,
             fresh,
+            agent_gone: false,
             renewal_age_ms: None,
         }
     }
@@ -508,6 +535,8 @@ mod tests {
             handover_to: None,
             boot_id: None,
             connections_refused: 0,
+            stepped_down: None,
+            priority: 0,
         })
         .unwrap();
         v["renewal_age_ms"] = json!(12);

@@ -80,7 +80,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         args.nodes, args.standby
     );
     println!("  lock file  {}", g.lock.display());
-    println!("  service    understudy demo-service (told it is active by SIGUSR1)\n");
+    println!(
+        "  service    understudy demo-service ({})\n",
+        if args.standby == Standby::Cold {
+            "started as active when its node is Hot"
+        } else {
+            "runs as a standby; told it is active by SIGUSR1"
+        }
+    );
 
     let outcome = (|| -> anyhow::Result<()> {
         g.spawn(names[0])?;

@@ -180,6 +180,17 @@ impl Group {
     /// Starts node `name`'s agent (added first if new), its output appended to `<dir>/<name>.out`;
     /// does not wait for it.
     pub fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
+        self.spawn_with(name, &[], &[])
+    }
+
+    /// [`Group::spawn`] with `global` arguments before the `agent` subcommand (such as
+    /// `--log-format json`) and extra environment variables.
+    pub fn spawn_with(
+        &mut self,
+        name: &str,
+        global: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         if !self.nodes.contains_key(name) {
             self.add_node(name, |_| {})?;
         }
@@ -192,16 +203,19 @@ impl Group {
             bail!("agent {name} is already running");
         }
         let config = node.config.display().to_string();
+        let mut argv: Vec<&str> = global.to_vec();
+        argv.extend(["agent", "--config", &config]);
         let mut cmd = match launcher.split_first() {
             Some((prog, args)) => {
                 let mut c = std::process::Command::new(prog);
-                c.args(args).arg(&exe).args(["agent", "--config", &config]);
+                c.args(args).arg(&exe).args(&argv);
                 c.stdin(std::process::Stdio::null());
                 c
             }
-            None => crate::proc::understudy(&exe, &["agent", "--config", &config]),
+            None => crate::proc::understudy(&exe, &argv),
         };
         cmd.env("RUST_LOG", "info");
+        cmd.envs(env.iter().copied());
         crate::proc::log_to(&mut cmd, &node.out)?;
         node.child = Some(
             crate::proc::spawn(&mut cmd).with_context(|| format!("cannot start agent {name}"))?,
@@ -212,9 +226,19 @@ impl Group {
     /// Starts node `name` (added first if new); returns its admin address once its admin API
     /// answers. Panics when the agent exits or does not answer within 10 s (for tests).
     pub fn start(&mut self, name: &str) -> String {
-        if let Err(e) = self.spawn(name) {
+        self.start_with(name, &[], &[])
+    }
+
+    /// Spawns node `name` as [`Group::spawn_with`] does; panics when it cannot (for tests).
+    pub fn launch(&mut self, name: &str, global: &[&str], env: &[(&str, &str)]) {
+        if let Err(e) = self.spawn_with(name, global, env) {
             panic!("{e:#}");
         }
+    }
+
+    /// [`Group::start`] with `global` arguments and extra environment, as [`Group::spawn_with`].
+    pub fn start_with(&mut self, name: &str, global: &[&str], env: &[(&str, &str)]) -> String {
+        self.launch(name, global, env);
         let admin = self.admin(name);
         let ok = wait_until(Duration::from_secs(10), || {
             if let Some(c) = self.nodes.get_mut(name).and_then(|n| n.child.as_mut()) {

@@ -179,6 +179,9 @@ enum Cmd {
     /// The small built-in service that the demo and the benchmark protect.
     #[command(hide = true)]
     DemoService(demo_service::DemoServiceArgs),
+    /// Print the manual page (roff): `understudy man > understudy.1` (the Debian package ships it).
+    #[command(hide = true)]
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -266,6 +269,18 @@ pub fn init_logging() {
             .with_current_span(true)
             .try_init(),
     };
+}
+
+/// Write a generated file (completion script, manual page) to stdout. A reader that stops early
+/// (`understudy completions bash | head`) is not an error.
+fn print_generated(bytes: &[u8], what: &str) -> anyhow::Result<u8> {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context(format!("writing {what}")))
+        }
+        _ => Ok(0),
+    }
 }
 
 /// `understudy check-config`: exit 0 and a summary when `file` is a valid configuration, 2 and
@@ -435,16 +450,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::DemoService(args) => demo_service::run(args),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
-            use std::io::Write;
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "understudy", &mut script);
-            match std::io::stdout().write_all(&script) {
-                // `understudy completions bash | head` closes the pipe early: not an error.
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(anyhow::Error::new(e).context("writing the completion script"))
-                }
-                _ => Ok(0),
-            }
+            print_generated(&script, "the completion script")
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .context("rendering the manual page")?;
+            print_generated(&page, "the manual page")
         }
         Cmd::Serve(args) => ctl_cmd::serve(args),
         Cmd::Ctl(args) => ctl_cmd::ctl(args),

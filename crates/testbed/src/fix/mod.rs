@@ -599,7 +599,7 @@ impl DemoClient {
                     logon = Some(info.clone());
                 }
                 ClientEvent::LoggedOut(why) => println!("    client disconnected: {why}"),
-                ClientEvent::Session(ev) => println!("    session: {ev:?}"),
+                ClientEvent::Session(ev) => println!("    session: {ev}"),
                 _ => {}
             }
         }
