@@ -19,7 +19,8 @@
 //!   as acceptor and as initiator with a list of addresses (both replicas of a group).
 //! * [`exchange_sim`]: a FIX exchange simulator (acceptor) that acknowledges, fills, cancels
 //!   and replaces orders.
-//! * [`gateway`]: the FIX gateway: configuration, routing rules, the persisted order map.
+//! * [`gateway`]: the FIX gateway: configuration, routing rules.
+//! * [`orders`]: the gateway's persisted, bounded order map.
 //! * [`admin`]: the gateway's `GET /health` endpoint, answered by the event loop.
 //! * [`quickfix`]: builds the QuickFIX/C++ counterparties of the tests and benchmarks.
 
@@ -31,6 +32,7 @@ pub mod codec;
 pub mod engine;
 pub mod exchange_sim;
 pub mod gateway;
+pub mod orders;
 pub mod quickfix;
 pub mod schedule;
 pub mod session;
