@@ -26,11 +26,11 @@ fn open(dir: &Path, target: &str, epoch: u64) -> FileStore {
     FileStore::open(dir, &sid(target), epoch, SyncPolicy::Group).expect("open")
 }
 
-#[test]
-fn group_commit() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit() {
     many_records_few_passes();
     received_number_waits_for_the_forward();
-    nothing_leaves_before_it_is_durable();
+    nothing_leaves_before_it_is_durable().await;
 }
 
 /// Records of three stores written back to back become durable in far fewer passes than
@@ -115,77 +115,70 @@ fn order(id: &str) -> Vec<u8> {
 /// An exchange simulator on a group-commit store answers an order only once the syncer has
 /// made its records durable: with the syncer paused the reports are written (the segment
 /// grows) but none reaches the client; resumed, they all arrive.
-fn nothing_leaves_before_it_is_durable() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let store = open(tmp.path(), "CLIENT", 1);
-        let segment = tmp
-            .path()
-            .join(sid("CLIENT").dir_name())
-            .join(format!("{:020}.log", 1));
-        let mut cfg = SessionConfig::new(BeginString::Fix44, "EXCH", "CLIENT", Role::Acceptor);
-        cfg.logon_timeout = Duration::from_secs(5);
-        let session = Session::new(cfg, store).expect("session");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("addr");
-        let engine = Engine::new(vec![SessionSlot::new("CLIENT", session)], Some(listener));
-        let sim = tokio::spawn(async move {
-            let mut app = ExchangeSim::new();
-            engine.run(&mut app, std::future::pending()).await
-        });
-        let mut c = client::start(ClientConfig {
-            connect: vec![addr],
-            sender_comp_id: "CLIENT".into(),
-            target_comp_id: "EXCH".into(),
-            begin_string: BeginString::Fix44,
-            heartbeat_interval: Duration::from_secs(30),
-            reconnect_interval: Duration::from_millis(10),
-        })
-        .expect("client");
-        loop {
-            match next(&mut c, Duration::from_secs(10)).await {
-                Some(ClientEvent::LoggedOn(_)) => break,
-                Some(_) => {}
-                None => panic!("no logon"),
-            }
-        }
-        let g = GroupCommit::started().expect("syncer running");
-        let before = std::fs::metadata(&segment).expect("segment").len();
-        g.pause(true);
-        c.handle.send(0, b"D", order("o1"));
-        // The simulator stores its three reports (New, partial and full fill); none may reach
-        // the client yet.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&segment).expect("segment").len() <= before {
-            assert!(Instant::now() < deadline, "the reports were never written");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let quiet_until = Instant::now() + Duration::from_millis(500);
-        while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
-            let early = next(&mut c, left).await;
-            assert!(
-                !matches!(early, Some(ClientEvent::Message { .. })),
-                "a message arrived before its record was durable: {early:?}"
-            );
-        }
-        assert!(g.durable() < g.written(), "records written but not durable");
-        g.pause(false);
-        let mut reports = 0;
-        while reports < 3 {
-            match next(&mut c, Duration::from_secs(10)).await {
-                Some(ClientEvent::Message { msg_type, .. }) if msg_type == "8" => reports += 1,
-                Some(_) => {}
-                None => panic!("only {reports} reports after the syncer resumed"),
-            }
-        }
-        c.task.abort();
-        sim.abort();
+async fn nothing_leaves_before_it_is_durable() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open(tmp.path(), "CLIENT", 1);
+    let segment = tmp
+        .path()
+        .join(sid("CLIENT").dir_name())
+        .join(format!("{:020}.log", 1));
+    let mut cfg = SessionConfig::new(BeginString::Fix44, "EXCH", "CLIENT", Role::Acceptor);
+    cfg.logon_timeout = Duration::from_secs(5);
+    let session = Session::new(cfg, store).expect("session");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let engine = Engine::new(vec![SessionSlot::new("CLIENT", session)], Some(listener));
+    let sim = tokio::spawn(async move {
+        let mut app = ExchangeSim::new();
+        engine.run(&mut app, std::future::pending()).await
     });
+    let mut c = client::start(ClientConfig {
+        connect: vec![addr],
+        sender_comp_id: "CLIENT".into(),
+        target_comp_id: "EXCH".into(),
+        begin_string: BeginString::Fix44,
+        heartbeat_interval: Duration::from_secs(30),
+        reconnect_interval: Duration::from_millis(10),
+    })
+    .expect("client");
+    loop {
+        match next(&mut c, Duration::from_secs(10)).await {
+            Some(ClientEvent::LoggedOn(_)) => break,
+            Some(_) => {}
+            None => panic!("no logon"),
+        }
+    }
+    let g = GroupCommit::started().expect("syncer running");
+    let before = std::fs::metadata(&segment).expect("segment").len();
+    g.pause(true);
+    c.handle.send(0, b"D", order("o1"));
+    // The simulator stores its three reports (New, partial and full fill); none may reach
+    // the client yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&segment).expect("segment").len() <= before {
+        assert!(Instant::now() < deadline, "the reports were never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        let early = next(&mut c, left).await;
+        assert!(
+            !matches!(early, Some(ClientEvent::Message { .. })),
+            "a message arrived before its record was durable: {early:?}"
+        );
+    }
+    assert!(g.durable() < g.written(), "records written but not durable");
+    g.pause(false);
+    let mut reports = 0;
+    while reports < 3 {
+        match next(&mut c, Duration::from_secs(10)).await {
+            Some(ClientEvent::Message { msg_type, .. }) if msg_type == "8" => reports += 1,
+            Some(_) => {}
+            None => panic!("only {reports} reports after the syncer resumed"),
+        }
+    }
+    c.task.abort();
+    sim.abort();
 }

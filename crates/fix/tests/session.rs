@@ -67,6 +67,14 @@ fn acceptor(bs: BeginString) -> Session<MemoryStore> {
     .expect("session")
 }
 
+fn initiator(bs: BeginString) -> Session<MemoryStore> {
+    Session::new(
+        SessionConfig::new(bs, "CLIENT", "GW", Role::Initiator),
+        MemoryStore::new(),
+    )
+    .expect("session")
+}
+
 fn actions<S: SessionStore>(s: &mut Session<S>) -> Vec<Action> {
     s.drain().collect()
 }
@@ -285,11 +293,7 @@ fn a_report_forwarded_again_carries_poss_dup_flag() {
     assert_eq!((field(&f, 43), field(&f, 97).as_deref()), (None, Some("Y")));
 
     // The receiving side: an initiator that takes it in sequence, PossDupFlag and all.
-    let mut client = Session::new(
-        SessionConfig::new(BeginString::Fix44, "CLIENT", "GW", Role::Initiator),
-        MemoryStore::new(),
-    )
-    .expect("client");
+    let mut client = initiator(BeginString::Fix44);
     let mut gw = acceptor(BeginString::Fix44);
     client.on_connected(t0());
     gw.on_connected(t0());
@@ -321,11 +325,7 @@ fn a_report_forwarded_again_carries_poss_dup_flag() {
 
 #[test]
 fn initiator_and_acceptor_talk() {
-    let mut init = Session::new(
-        SessionConfig::new(BeginString::Fix42, "CLIENT", "GW", Role::Initiator),
-        MemoryStore::new(),
-    )
-    .expect("init");
+    let mut init = initiator(BeginString::Fix42);
     let mut acc = acceptor(BeginString::Fix42);
     init.on_connected(t0());
     acc.on_connected(t0());
