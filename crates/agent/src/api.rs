@@ -36,7 +36,8 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{info, warn};
-use understudy_engine::Answer;
+use understudy_engine::{Answer, State};
+use understudy_status::{ActivationModeView, ApiError, Group, Member, Switchover};
 
 use crate::config::AdminToken;
 
@@ -256,25 +257,36 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/service/release", post(release))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({ "error": msg.into() }))).into_response()
+    let body = ApiError {
+        error: msg.into(),
+        holder: None,
+    };
+    (code, Json(body)).into_response()
 }
 
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, POST /service/active-ack",
+        "no such endpoint; see GET /openapi.json: GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, /service/active-ack, /service/release",
     )
 }
 
 async fn activation_mode(AxState(api): AxState<Api>) -> Response {
-    let s = api.shared.status();
-    Json(json!({ "mode": s.mode, "name": s.name })).into_response()
+    let s = api.shared.status().node;
+    Json(ActivationModeView {
+        state: s.state,
+        activation: s.activation,
+        epoch: None,
+    })
+    .into_response()
 }
 
 async fn ask(
@@ -294,13 +306,18 @@ async fn ask(
 
 async fn activate(AxState(api): AxState<Api>) -> Response {
     match ask(&api, ApiRequest::Activate).await {
-        Ok(Answer::Activated { epoch }) => {
-            let s = api.shared.status();
-            Json(json!({ "mode": "Hot", "name": s.name, "epoch": epoch })).into_response()
-        }
+        Ok(Answer::Activated { epoch }) => Json(ActivationModeView {
+            state: State::Hot,
+            activation: api.shared.status().node.activation,
+            epoch: Some(epoch),
+        })
+        .into_response(),
         Ok(Answer::ActivateRefused { holder, reason }) => (
             StatusCode::CONFLICT,
-            Json(json!({ "error": reason, "holder": holder })),
+            Json(ApiError {
+                error: reason,
+                holder,
+            }),
         )
             .into_response(),
         Ok(other) => error(
@@ -346,19 +363,17 @@ async fn switchover(
     let me = cfg.node.name.clone();
     let deadline = started + cfg.activation.yield_timeout;
     while tokio::time::Instant::now() < deadline {
-        let new = api
-            .shared
-            .members
-            .read_all()
-            .into_iter()
-            .find(|m| m.node != me && m.mode == "Hot" && m.epoch > from_epoch);
+        let new =
+            api.shared.members.read_all().into_iter().find(|m| {
+                m.node.name != me && m.node.state == State::Hot && m.node.epoch > from_epoch
+            });
         if let Some(m) = new {
-            return Json(json!({
-                "from": me,
-                "to": m.node,
-                "epoch": m.epoch,
-                "took_ms": started.elapsed().as_secs_f64() * 1e3,
-            }))
+            return Json(Switchover {
+                from: me,
+                to: m.node.name,
+                epoch: m.node.epoch,
+                took_ms: started.elapsed().as_secs_f64() * 1e3,
+            })
             .into_response();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -408,23 +423,34 @@ async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
     let fresh_ms =
         (api.shared.cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
-    let members: Vec<serde_json::Value> = api
+    // etcd groups: the holder's last renewal as this node saw it, shown on the holder's row.
+    let renewal = api.shared.members.renewal();
+    let members = api
         .shared
         .members
         .read_all()
         .into_iter()
-        .map(|m| {
-            let age = now.saturating_sub(m.last_seen_unix_ms);
-            let mut v = serde_json::to_value(&m).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("age_ms".into(), json!(age));
-                o.insert("fresh".into(), json!(age <= fresh_ms));
+        .map(|record| {
+            let age_ms = now.saturating_sub(record.last_seen_unix_ms);
+            let renewal_age_ms = renewal
+                .as_ref()
+                .filter(|(holder, _)| *holder == record.node.name)
+                .map(|(_, age)| age.as_millis() as u64);
+            Member {
+                record,
+                age_ms,
+                fresh: age_ms <= fresh_ms,
+                renewal_age_ms,
             }
-            v
         })
         .collect();
-    let s = api.shared.status();
-    Json(json!({ "group": s.group, "asked": s.node, "members": members })).into_response()
+    let s = api.shared.status().node;
+    Json(Group {
+        group: s.group,
+        asked: s.name,
+        members,
+    })
+    .into_response()
 }
 
 async fn events(AxState(api): AxState<Api>) -> Response {
@@ -464,6 +490,28 @@ async fn healthz(AxState(api): AxState<Api>) -> Response {
         );
     }
     Json(json!({ "ok": true })).into_response()
+}
+
+/// `POST /service/release` (the control plane's "stop failover"): the active node hands its
+/// running service over as a plain server — no longer supervised or fenced, it outlives this
+/// agent — and the agent leaves the group and exits. 409 unless this node is Hot and alone.
+async fn release(AxState(api): AxState<Api>) -> Response {
+    match ask(&api, ApiRequest::Release).await {
+        Ok(Answer::Released { pid, epoch }) => {
+            Json(json!({ "node": api.shared.cfg.node.name, "pid": pid, "epoch": epoch }))
+                .into_response()
+        }
+        Ok(Answer::ReleaseRefused { reason }) => error(StatusCode::CONFLICT, reason),
+        Ok(other) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer {other:?}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
 }
 
 #[cfg(test)]

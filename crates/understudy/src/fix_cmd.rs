@@ -29,7 +29,7 @@ pub enum FixCmds {
     /// A FIX gateway (run it as an agent's service with service.standby = "warm").
     FixGateway {
         /// The gateway's TOML configuration.
-        #[arg(long)]
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// A FIX exchange simulator (acceptor): acknowledges, fills, cancels and replaces orders.
@@ -45,12 +45,33 @@ pub enum FixCmds {
         /// durable engines.
         #[arg(long)]
         store_dir: Option<PathBuf>,
-        /// With --store-dir: group (group commit: nothing sent before it is durable, one
-        /// fdatasync per batch), every-write (fdatasync per record) or batch (fdatasync at
-        /// most 2 ms after a write).
-        #[arg(long, default_value = "group", requires = "store_dir")]
-        sync: String,
+        /// With --store-dir: how the store syncs.
+        #[arg(long, value_enum, default_value = "group", requires = "store_dir")]
+        sync: SyncArg,
     },
+}
+
+/// `fix-exchange-sim --sync`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SyncArg {
+    /// Group commit: nothing sent before it is durable, one fdatasync per batch.
+    Group,
+    /// fdatasync of each record before the message is sent.
+    EveryWrite,
+    /// fdatasync at most 2 ms after a write.
+    Batch,
+}
+
+impl From<SyncArg> for SyncPolicy {
+    fn from(a: SyncArg) -> Self {
+        match a {
+            SyncArg::Group => SyncPolicy::Group,
+            SyncArg::EveryWrite => SyncPolicy::EveryWrite,
+            SyncArg::Batch => SyncPolicy::Batch {
+                max_delay: Duration::from_millis(2),
+            },
+        }
+    }
 }
 
 impl FixCmds {
@@ -73,11 +94,13 @@ impl FixCmds {
                 store_dir: Some(dir),
                 sync,
             } => {
-                let sync =
-                    understudy_fix::gateway::parse_sync(Some(&sync), Duration::from_millis(2))
-                        .map_err(|e| anyhow::anyhow!("--sync {e}"))?;
                 init_logging();
-                runtime()?.block_on(exchange_sim_durable(listen, sender_comp_id, dir, sync))
+                runtime()?.block_on(exchange_sim_durable(
+                    listen,
+                    sender_comp_id,
+                    dir,
+                    sync.into(),
+                ))
             }
         }
     }
