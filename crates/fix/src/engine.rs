@@ -11,9 +11,14 @@
 //! between where a message could wait unstored. Socket reads and writes run in small tasks
 //! per connection that only move bytes; all protocol state stays here.
 //!
-//! Store writes (fsync) run on the loop itself: a session must not send before its store
-//! write returns, so there is nothing useful to overlap them with inside one session, and
-//! a gateway has few sessions.
+//! Store writes run on the loop itself. With [`SyncPolicy::Group`](crate::store::SyncPolicy)
+//! stores a write only reaches the page cache and the process's
+//! [`GroupCommit`] syncer makes it durable on its own thread; the loop then holds
+//! what it would send (and the received sequence numbers a [`Deferred`](crate::store::Deferred)
+//! store commits) until the syncer reports every record written before it durable, and
+//! meanwhile reads and stores the next messages, which join the next batch. With the other
+//! policies a write is as durable as its policy makes it when it returns, and bytes go out
+//! at once.
 //!
 //! # Session schedules
 //!
@@ -33,7 +38,7 @@
 //! reads nothing for [`WRITE_STALL_TIMEOUT`] while we have bytes for it, is a slow consumer:
 //! it gets a Logout saying so and is disconnected. [`Engine::counters`] counts both.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,14 +48,14 @@ use std::time::{Duration, SystemTime};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::admin::{Health, Probe, SessionHealth};
 use crate::codec::{parse, Deframer, MessageBuilder, DEFAULT_MAX_BODY_LENGTH};
 use crate::session::{
-    Action, AppMessage, DisconnectReason, Role, SendError, Session, SessionEvent, State,
+    Action, Again, AppMessage, DisconnectReason, Role, SendError, Session, SessionEvent, State,
 };
-use crate::store::{SessionId, SessionStore, StoreError};
+use crate::store::{GroupCommit, SessionId, SessionStore, StoreError};
 use crate::tags::{self, msg_type, BeginString, SessionRejectReason};
 
 /// Most connections at once that have not yet named their session with a Logon.
@@ -201,7 +206,7 @@ enum OutItem {
         session: usize,
         msg_type: Vec<u8>,
         body: Vec<u8>,
-        poss_resend: bool,
+        again: Again,
     },
     Reject {
         session: usize,
@@ -218,17 +223,17 @@ impl Outbox {
     /// on session `session`; while that session is not logged on it is stored and resent
     /// when its counterparty asks for the gap after the next Logon.
     pub fn send(&mut self, session: usize, msg_type: &[u8], body: Vec<u8>) {
-        self.forward(session, msg_type, body, false);
+        self.forward(session, msg_type, body, Again::No);
     }
 
-    /// Like [`send`](Self::send); with `poss_resend` the message carries PossResend(97)=Y
-    /// (forwarding a message that arrived as a possible duplicate).
-    pub fn forward(&mut self, session: usize, msg_type: &[u8], body: Vec<u8>, poss_resend: bool) {
+    /// Like [`send`](Self::send), marked as possibly sent before (see [`Again`]): forwarding
+    /// a message that arrived as a possible duplicate.
+    pub fn forward(&mut self, session: usize, msg_type: &[u8], body: Vec<u8>, again: Again) {
         self.items.push(OutItem::App {
             session,
             msg_type: msg_type.to_vec(),
             body,
-            poss_resend,
+            again,
         });
     }
 
@@ -263,6 +268,8 @@ pub trait Application {
     fn on_logout(&mut self, _session: usize, _reason: &DisconnectReason) {}
     /// A session event other than Logon (gap, resend served, reject, …).
     fn on_event(&mut self, _session: usize, _event: &SessionEvent) {}
+    /// The engine's timer tick (every 100 ms by default), with the time it read.
+    fn on_tick(&mut self, _now: SystemTime) {}
 }
 
 /// What [`Application::on_logon`] is told.
@@ -399,6 +406,14 @@ pub struct Engine<S: SessionStore> {
     probes: Option<(mpsc::UnboundedReceiver<Probe>, u64)>,
     prelogon_timeout: Duration,
     counters: Counters,
+    /// Group commit: what each flush would have written, with the position that must be
+    /// durable first, oldest first. Its bytes already count in their connection's
+    /// `unwritten`, so a disk that stops syncing ends in the slow-consumer bound.
+    held: VecDeque<(u64, Pending)>,
+    /// Group commit: the syncer's durable position, once this loop has held something.
+    durable_rx: Option<watch::Receiver<u64>>,
+    /// A session's store uses group commit: this loop's sends wait for the syncer.
+    grouped: bool,
 }
 
 /// Write buffers of one flush, per connection, so a burst becomes one write.
@@ -423,6 +438,28 @@ impl<S: SessionStore> Engine<S> {
             probes: None,
             prelogon_timeout: DEFAULT_LOGON_TIMEOUT,
             counters: Counters::default(),
+            held: VecDeque::new(),
+            durable_rx: None,
+            grouped: false,
+        }
+        .grouped_if_needed()
+    }
+
+    /// Sets `grouped` when a slot's store uses group commit.
+    fn grouped_if_needed(mut self) -> Self {
+        self.grouped = self
+            .slots
+            .iter()
+            .any(|s| s.slot.session.store().unsynced_position().is_some());
+        self
+    }
+
+    /// The syncer this loop's sends wait for, if its stores use one.
+    fn group(&self) -> Option<&'static GroupCommit> {
+        if self.grouped {
+            GroupCommit::started()
+        } else {
+            None
         }
     }
 
@@ -525,6 +562,7 @@ impl<S: SessionStore> Engine<S> {
                     let Some(cmd) = cmd else { continue };
                     self.on_command(app, cmd)?;
                 }
+                pos = next_durable(&mut self.durable_rx) => self.on_durable(app, pos)?,
                 _ = tick.tick() => self.on_tick(app)?,
                 () = &mut shutdown => break,
             }
@@ -571,6 +609,7 @@ impl<S: SessionStore> Engine<S> {
             // Errors here mean the store is gone; there is nothing left to protect.
             let _ = self.flush(app, i);
         }
+        let _ = self.release_all_blocking();
         // Give the writer tasks a moment to put the Logouts on the wire.
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.conns.clear();
@@ -940,6 +979,7 @@ impl<S: SessionStore> Engine<S> {
             return Some(i);
         }
         let slot = self.factory.as_mut()?(sid)?;
+        self.grouped |= slot.session.store().unsynced_position().is_some();
         self.slots.push(SlotState::new(slot));
         Some(self.slots.len() - 1)
     }
@@ -1000,7 +1040,12 @@ impl<S: SessionStore> Engine<S> {
             );
             self.refuse(id);
         }
+        if let Some(g) = self.group() {
+            // Numbers staged while this loop held nothing get written here at the latest.
+            self.stores_durable(g.durable())?;
+        }
         let now = SystemTime::now();
+        app.on_tick(now);
         for i in 0..self.slots.len() {
             if self.slots[i].waiting_schedule && self.slots[i].slot.session.schedule_open(now) {
                 self.start_connect(i, Duration::ZERO);
@@ -1069,8 +1114,12 @@ impl<S: SessionStore> Engine<S> {
                         app.on_event(i, &e);
                     }
                     Action::Disconnect(reason) => {
-                        // The connection goes now, so its write-queue bound no longer matters.
-                        let _ = self.write_pending(&mut pending);
+                        // The connection goes now, so its write-queue bound no longer matters;
+                        // what it is owed (a Logout saying why) waits for its batch here, as
+                        // a rare path may.
+                        if self.release_all_blocking() {
+                            let _ = self.write_pending(&mut pending);
+                        }
                         if let Some(id) = self.slots[i].conn {
                             self.conns.remove(&id);
                             self.detach(app, i, id, &reason);
@@ -1122,24 +1171,23 @@ impl<S: SessionStore> Engine<S> {
             // Only now, with every forward of what session `i` delivered stored, may its
             // received sequence number advance durably (see `store::Deferred`).
             if let Err(e) = self.slots[i].slot.session.store_mut().commit() {
-                let session = self.slots[i].slot.name.clone();
-                result = Err(match e {
-                    StoreError::Fenced { .. } => EngineError::Fenced {
-                        session,
-                        text: e.to_string(),
-                    },
-                    e => EngineError::Store {
-                        session,
-                        text: e.to_string(),
-                    },
-                });
+                result = Err(store_error(&self.slots[i].slot.name, e));
                 break;
             }
         }
         // Bytes queued before a failure were stored while we still owned the store, so
         // sending them is safe; after a failure the caller stops and nothing more is sent.
-        let over = self.write_pending(&mut pending);
+        let over = self.send_when_durable(pending);
         result?;
+        self.drop_over_limit(app, over)
+    }
+
+    /// Drops the connections `over` their write-queue bound as slow consumers.
+    fn drop_over_limit<A: Application>(
+        &mut self,
+        app: &mut A,
+        over: Vec<u64>,
+    ) -> Result<(), EngineError> {
         for id in over {
             let Some(i) = self.conns.get(&id).and_then(|c| c.slot) else {
                 continue;
@@ -1169,6 +1217,103 @@ impl<S: SessionStore> Engine<S> {
         over
     }
 
+    /// Writes `pending` now if every record written so far is durable (and nothing older is
+    /// held), else holds it for [`on_durable`](Self::on_durable). Returns the connections
+    /// over their write-queue bound.
+    fn send_when_durable(&mut self, mut pending: Pending) -> Vec<u64> {
+        let Some(g) = self.group() else {
+            return self.write_pending(&mut pending);
+        };
+        let need = g.written();
+        if self.held.is_empty() && g.durable() >= need {
+            return self.write_pending(&mut pending);
+        }
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        if self.durable_rx.is_none() {
+            self.durable_rx = Some(g.subscribe());
+        }
+        let mut over = Vec::new();
+        for (id, buf) in &pending {
+            if let Some(c) = self.conns.get(id) {
+                let before = c.unwritten.fetch_add(buf.len(), Ordering::Relaxed);
+                if before.saturating_add(buf.len()) > MAX_WRITE_QUEUE_BYTES {
+                    over.push(*id);
+                }
+            }
+        }
+        self.held.push_back((need, pending));
+        g.request(need);
+        // The syncer may have passed `need` before the receiver saw it as news.
+        let durable = g.durable();
+        over.extend(self.release(durable));
+        over
+    }
+
+    /// Writes what was held for positions up to `durable`, in order.
+    fn release(&mut self, durable: u64) -> Vec<u64> {
+        let mut over = Vec::new();
+        while self.held.front().is_some_and(|(need, _)| *need <= durable) {
+            let Some((_, pending)) = self.held.pop_front() else {
+                break;
+            };
+            for (id, buf) in pending {
+                let Some(c) = self.conns.get(&id) else {
+                    continue;
+                };
+                let n = buf.len();
+                if c.writer.send(buf).is_err() {
+                    c.unwritten.fetch_sub(n, Ordering::Relaxed);
+                } else if c.unwritten.load(Ordering::Relaxed) > MAX_WRITE_QUEUE_BYTES {
+                    over.push(id);
+                }
+            }
+        }
+        over
+    }
+
+    /// Waits (blocking the loop) until every record written so far is durable and writes
+    /// what was held: for a disconnect and a shutdown, whose last bytes must go before the
+    /// connection does. False when syncing failed: nothing more may be sent.
+    fn release_all_blocking(&mut self) -> bool {
+        let Some(g) = self.group() else {
+            return true;
+        };
+        let need = g.written();
+        if g.wait_durable(need).is_err() {
+            self.held.clear();
+            return false;
+        }
+        let _ = self.release(need);
+        true
+    }
+
+    /// The syncer reports records up to `pos` durable: send what waited for them, and let
+    /// the stores write what they staged behind them.
+    fn on_durable<A: Application>(&mut self, app: &mut A, pos: u64) -> Result<(), EngineError> {
+        if let Some(text) = self.group().and_then(|g| g.failure()) {
+            self.held.clear();
+            return Err(EngineError::Store {
+                session: "(group commit)".into(),
+                text,
+            });
+        }
+        let over = self.release(pos);
+        self.stores_durable(pos)?;
+        self.drop_over_limit(app, over)
+    }
+
+    /// Tells every session store that records up to `pos` are durable.
+    fn stores_durable(&mut self, pos: u64) -> Result<(), EngineError> {
+        for st in &mut self.slots {
+            if let Err(e) = st.slot.session.store_mut().on_durable(pos) {
+                return Err(store_error(&st.slot.name, e));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one outbox item; returns the session to flush.
     fn apply_item(&mut self, item: OutItem) -> Result<usize, EngineError> {
         let now = SystemTime::now();
@@ -1177,7 +1322,7 @@ impl<S: SessionStore> Engine<S> {
                 session,
                 msg_type,
                 body,
-                poss_resend,
+                again,
             } => {
                 let Some(st) = self.slots.get_mut(session) else {
                     tracing::warn!(session, "message for an unknown session dropped");
@@ -1186,7 +1331,7 @@ impl<S: SessionStore> Engine<S> {
                 match st
                     .slot
                     .session
-                    .send_or_store_app(&msg_type, &body, poss_resend, now)
+                    .send_or_store_app(&msg_type, &body, again, now)
                 {
                     Ok(_) => Ok(session),
                     Err(SendError::Store(e @ StoreError::Fenced { .. })) => {
@@ -1235,6 +1380,34 @@ impl<S: SessionStore> Engine<S> {
             self.flush(app, target)?;
         }
         Ok(())
+    }
+}
+
+/// The engine's error for store error `e` of session `session`.
+fn store_error(session: &str, e: StoreError) -> EngineError {
+    let session = session.to_owned();
+    match e {
+        StoreError::Fenced { .. } => EngineError::Fenced {
+            session,
+            text: e.to_string(),
+        },
+        e => EngineError::Store {
+            session,
+            text: e.to_string(),
+        },
+    }
+}
+
+/// The syncer's next durable position, or never when this loop holds nothing for it.
+async fn next_durable(rx: &mut Option<watch::Receiver<u64>>) -> u64 {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            *r.borrow_and_update()
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -11,22 +11,24 @@
 //!   and ExecutionReports and OrderCancelRejects back to the client that owns the order.
 //!
 //! ClOrdIDs are made unique upstream by prefixing the client's CompID (`CLIENT~id`), and the
-//! owner of each upstream ClOrdID is recorded in the order map, itself a fenced [`FileStore`]
-//! in the shared directory, so a new active routes reports for orders the old one sent.
+//! owner of each upstream ClOrdID is recorded in the order map ([`OrderMap`]), itself a
+//! fenced [`FileStore`] in the shared directory, so a new active routes reports for orders the
+//! old one sent; done orders leave it after `gateway.order_retention`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::codec::{parse, Message};
 use crate::engine::{AllowedPeers, Application, LogonInfo, Outbox, SessionSlot};
+use crate::order_map::OrderMap;
 use crate::orders::{put, put_str, reject_if_incomplete, tag};
 use crate::schedule::{ScheduleSpec, SessionSchedule};
-use crate::session::{AppMessage, Role, Session, SessionConfig};
+use crate::session::{Again, AppMessage, Role, Session, SessionConfig, SessionEvent};
 use crate::store::{Deferred, FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
 use crate::tags::{self, BeginString};
 
@@ -76,6 +78,7 @@ struct RawGateway {
     default_route: Option<String>,
     logon_timeout: Option<String>,
     max_latency: Option<String>,
+    order_retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +142,8 @@ pub struct GatewayConfig {
     pub logon_timeout: Duration,
     /// SendingTime tolerance (`None`: not checked).
     pub max_latency: Option<Duration>,
+    /// How long a done order stays in the order map.
+    pub order_retention: Duration,
     /// Client sessions, by the client's CompID.
     pub clients: Vec<String>,
     /// The schedule of each client session, in the order of `clients`.
@@ -313,16 +318,7 @@ impl GatewayConfig {
             g.sync_batch_delay.as_ref(),
             Duration::from_millis(2),
         )?;
-        let sync = match g.sync.as_deref() {
-            None | Some("every-write") => SyncPolicy::EveryWrite,
-            Some("batch") => SyncPolicy::Batch { max_delay: batch },
-            Some(other) => {
-                return Err((
-                    "gateway.sync".into(),
-                    format!("{other:?}: use \"every-write\" (default) or \"batch\""),
-                ))
-            }
-        };
+        let sync = parse_sync(g.sync.as_deref(), batch).map_err(|e| ("gateway.sync".into(), e))?;
         let logon_timeout = duration(
             "gateway.logon_timeout",
             g.logon_timeout.as_ref(),
@@ -336,6 +332,11 @@ impl GatewayConfig {
                 Duration::from_secs(120),
             )?),
         };
+        let order_retention = duration(
+            "gateway.order_retention",
+            g.order_retention.as_ref(),
+            Duration::from_secs(24 * 3600),
+        )?;
         if raw.client.is_empty() {
             return Err((
                 "client".into(),
@@ -508,6 +509,7 @@ impl GatewayConfig {
             default_route: g.default_route,
             logon_timeout,
             max_latency,
+            order_retention,
             clients,
             client_schedules,
             client_access,
@@ -579,9 +581,11 @@ pub struct Gateway {
     /// clients, then upstreams).
     client_index: HashMap<String, usize>,
     upstream_index: HashMap<String, usize>,
-    /// Upstream ClOrdID → (client CompID, upstream name).
-    owners: HashMap<String, (String, String)>,
-    orders: FileStore,
+    orders: OrderMap,
+    /// The engine's last tick, Unix seconds: when an order is marked done.
+    now: i64,
+    /// When the order map was last pruned, Unix seconds.
+    pruned_at: i64,
     /// Counts for logs and tests.
     pub routed: u64,
 }
@@ -655,23 +659,13 @@ impl Gateway {
         // The order map: a fenced store of its own, one "sent message" per order.
         let sid = SessionId::new(cfg.begin_string, "ORDERS", &cfg.comp_id);
         let orders = open(&sid, "orders")?;
-        let mut owners = HashMap::new();
-        let last = orders.next_sender_seq().saturating_sub(1);
-        let records = orders
-            .sent_range(1, last)
-            .map_err(|source| GatewayError::Store {
+        let orders =
+            OrderMap::open(orders, cfg.order_retention).map_err(|source| GatewayError::Store {
                 session: "orders".into(),
                 source,
             })?;
-        for (_, rec) in records {
-            let text = String::from_utf8_lossy(&rec);
-            let mut it = text.split('\u{1}');
-            if let (Some(id), Some(c), Some(u)) = (it.next(), it.next(), it.next()) {
-                owners.insert(id.to_owned(), (c.to_owned(), u.to_owned()));
-            }
-        }
         tracing::info!(
-            orders = owners.len(),
+            orders = orders.len(),
             epoch,
             "gateway activated: stores open"
         );
@@ -680,8 +674,9 @@ impl Gateway {
                 cfg,
                 client_index,
                 upstream_index,
-                owners,
                 orders,
+                now: unix_secs(SystemTime::now()),
+                pruned_at: 0,
                 routed: 0,
             },
             slots,
@@ -693,16 +688,9 @@ impl Gateway {
         &self.cfg
     }
 
-    fn record_owner(&mut self, id: &str, client: &str, upstream: &str) -> Result<(), StoreError> {
-        if self.owners.contains_key(id) {
-            return Ok(());
-        }
-        let seq = self.orders.next_sender_seq();
-        let rec = format!("{id}\u{1}{client}\u{1}{upstream}");
-        self.orders.save_sent(seq, rec.as_bytes())?;
-        self.owners
-            .insert(id.to_owned(), (client.to_owned(), upstream.to_owned()));
-        Ok(())
+    /// Orders in the order map.
+    pub fn orders(&self) -> usize {
+        self.orders.len()
     }
 
     fn business_reject(
@@ -797,8 +785,8 @@ impl Gateway {
             b"F" | b"G" => {
                 let orig = m.get(tag::ORIG_CL_ORD_ID).map(prefixed).unwrap_or_default();
                 let orig = String::from_utf8_lossy(&orig).into_owned();
-                match self.owners.get(&orig) {
-                    Some((_, u)) => Some(u.clone()),
+                match self.orders.get(&orig) {
+                    Some(o) => Some(o.upstream.clone()),
                     None => self
                         .cfg
                         .route(client, symbol, m.get_str(tag::TARGET_SUB_ID))
@@ -822,9 +810,14 @@ impl Gateway {
         let new_id = String::from_utf8_lossy(&new_id).into_owned();
         // Recorded before the order is stored for sending: a report can never arrive for an
         // order whose owner a successor does not know.
-        self.record_owner(&new_id, client, &upstream)?;
+        self.orders.record(&new_id, client, &upstream)?;
         let body = forwarded_body(m, msg.frame.len(), prefixed);
-        out.forward(target, mt, body, msg.poss_dup || possibly_resent(m));
+        let again = if msg.poss_dup || possibly_resent(m) {
+            Again::PossResend
+        } else {
+            Again::No
+        };
+        out.forward(target, mt, body, again);
         self.routed += 1;
         Ok(())
     }
@@ -846,9 +839,9 @@ impl Gateway {
         }
         let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
         let owner = self
-            .owners
+            .orders
             .get(id)
-            .map(|(c, _)| c.clone())
+            .map(|o| o.client.clone())
             .or_else(|| id.split_once(CL_ORD_ID_SEP).map(|(c, _)| c.to_owned()));
         let Some(client) = owner else {
             tracing::warn!(cl_ord_id = id, "report for an unknown order dropped");
@@ -868,8 +861,65 @@ impl Gateway {
             }
         };
         let body = forwarded_body(m, msg.frame.len(), strip);
-        out.forward(target, mt, body, msg.poss_dup || possibly_resent(m));
+        // A report the upstream sent again (we asked for it after a failover) reaches the
+        // client under a new MsgSeqNum; PossDupFlag makes its engine tell the application.
+        let again = if msg.poss_dup || possibly_resent(m) {
+            Again::PossDup {
+                orig_sending_time: m
+                    .get(tags::ORIG_SENDING_TIME)
+                    .or_else(|| m.get(tags::SENDING_TIME))
+                    .and_then(crate::time::parse_utc_timestamp),
+            }
+        } else {
+            Again::No
+        };
+        out.forward(target, mt, body, again);
+        if mt == b"8" {
+            self.note_done(m);
+        }
     }
+
+    /// Marks the order of a terminal ExecutionReport done in the order map (and the order a
+    /// replace superseded).
+    fn note_done(&mut self, m: &Message<'_>) {
+        let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
+        let terminal = matches!(
+            m.get(tag::ORD_STATUS),
+            Some(b"2" | b"3" | b"4" | b"8" | b"C")
+        );
+        let mut done = Vec::new();
+        if terminal {
+            done.push(id);
+        }
+        if m.get(tag::EXEC_TYPE) == Some(b"5") {
+            done.extend(m.get_str(tag::ORIG_CL_ORD_ID));
+        }
+        for id in done {
+            if let Err(e) = self.orders.done(id, self.now) {
+                // The report went out; only the map's bound is at stake.
+                tracing::warn!(error = %e, cl_ord_id = id, "cannot mark the order done");
+            }
+        }
+    }
+
+    /// Prunes the order map at most once a second.
+    fn prune_orders(&mut self, now: SystemTime) {
+        self.now = unix_secs(now);
+        if self.now == self.pruned_at {
+            return;
+        }
+        self.pruned_at = self.now;
+        match self.orders.prune(self.now) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(pruned = n, left = self.orders.len(), "order map pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the order map"),
+        }
+    }
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The body of `m` to forward to the other side: every field but the header and trailer, with
@@ -887,6 +937,19 @@ fn forwarded_body(m: &Message<'_>, cap: usize, id: impl Fn(&[u8]) -> Vec<u8>) ->
         }
     }
     body
+}
+
+/// The store durability named `name` in a configuration (`None`: the default, group commit);
+/// `batch` is `sync_batch_delay`. The error says what is accepted.
+pub fn parse_sync(name: Option<&str>, batch: Duration) -> Result<SyncPolicy, String> {
+    match name {
+        None | Some("group") => Ok(SyncPolicy::Group),
+        Some("every-write") => Ok(SyncPolicy::EveryWrite),
+        Some("batch") => Ok(SyncPolicy::Batch { max_delay: batch }),
+        Some(other) => Err(format!(
+            "{other:?}: use \"group\" (default), \"every-write\" or \"batch\""
+        )),
+    }
 }
 
 /// PossResend(97)=Y: the sender may have sent this before under another MsgSeqNum.
@@ -930,6 +993,28 @@ impl Application for Gateway {
 
     fn on_logon(&mut self, _out: &mut Outbox, _session: usize, info: &LogonInfo) {
         tracing::info!(counterparty = %info.id.target_comp_id, "gateway: logon");
+    }
+
+    fn on_event(&mut self, session: usize, event: &SessionEvent) {
+        if let SessionEvent::NewPeriod { .. } = event {
+            let client = self
+                .client_index
+                .iter()
+                .find(|(_, &i)| i == session)
+                .map(|(c, _)| c.clone());
+            if let Some(c) = client {
+                match self.orders.prune_client(&c) {
+                    Ok(n) => {
+                        tracing::info!(client = %c, pruned = n, "new session period: done orders pruned")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot prune the order map"),
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: SystemTime) {
+        self.prune_orders(now);
     }
 }
 

@@ -22,6 +22,7 @@
 //! * [`gateway`]: the FIX gateway: configuration, routing rules, the persisted order map.
 //! * [`orders`]: order-entry tags, field appenders and required-tag checks, shared by the
 //!   gateway and the exchange simulator (the gateway never uses the simulator).
+//! * [`order_map`]: the gateway's persisted, bounded order map.
 //! * [`admin`]: the gateway's `GET /health` endpoint, answered by the event loop.
 //! * [`quickfix`]: builds the QuickFIX/C++ counterparties of the tests and benchmarks.
 
@@ -33,6 +34,7 @@ pub mod codec;
 pub mod engine;
 pub mod exchange_sim;
 pub mod gateway;
+pub mod order_map;
 pub mod orders;
 pub mod quickfix;
 pub mod schedule;

@@ -315,6 +315,27 @@ pub enum Action {
     Disconnect(DisconnectReason),
 }
 
+/// How [`Session::send_or_store_app`] marks a message that may have been sent before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Again {
+    /// A first send.
+    #[default]
+    No,
+    /// PossResend(97)=Y: the same request may have been sent before under another
+    /// MsgSeqNum (a hub forwarding an order it received as a possible duplicate); the
+    /// receiver checks its ids (ClOrdID) before acting on it.
+    PossResend,
+    /// PossDupFlag(43)=Y and PossResend(97)=Y, with OrigSendingTime(122): a copy of a
+    /// report that may have reached the counterparty before, forwarded again under a new
+    /// MsgSeqNum (after a failover). Engines hand PossDupFlag to the application, which
+    /// then de-duplicates by ExecID; PossResend alone is handed over as new by some
+    /// (QuickFIX).
+    PossDup {
+        /// When the original was sent, if known (else: now).
+        orig_sending_time: Option<SystemTime>,
+    },
+}
+
 /// Errors of [`Session::send_app`].
 #[derive(Debug, Error)]
 pub enum SendError {
@@ -572,14 +593,12 @@ impl<S: SessionStore> Session<S> {
     /// MsgSeqNum, the counterparty asks for the gap, and the stored messages are resent (with
     /// PossDupFlag=Y) — from whichever replica is active by then.
     ///
-    /// `poss_resend` sets PossResend(97)=Y: the message may have been sent before under
-    /// another MsgSeqNum (a hub forwarding a message it received as a possible duplicate),
-    /// so the receiver checks its business ids (ExecID, ClOrdID) before acting on it.
+    /// `again` marks a message that may have been sent before (see [`Again`]).
     pub fn send_or_store_app(
         &mut self,
         msg_type: &[u8],
         body: &[u8],
-        poss_resend: bool,
+        again: Again,
         now: SystemTime,
     ) -> Result<u64, SendError> {
         if msg_type::is_admin(msg_type) {
@@ -589,8 +608,19 @@ impl<S: SessionStore> Session<S> {
         }
         let seq = self.store.next_sender_seq();
         let mut b = self.header(msg_type, seq, now);
-        if poss_resend {
-            b.push_bool(tags::POSS_RESEND, true);
+        match again {
+            Again::No => {}
+            Again::PossResend => {
+                b.push_bool(tags::POSS_RESEND, true);
+            }
+            Again::PossDup { orig_sending_time } => {
+                // Never after our own SendingTime: the receiver rejects that (and the
+                // original may come from another machine's clock).
+                let orig = orig_sending_time.map_or(now, |t| t.min(now));
+                b.push_bool(tags::POSS_DUP_FLAG, true)
+                    .push_bool(tags::POSS_RESEND, true)
+                    .push_time(tags::ORIG_SENDING_TIME, orig);
+            }
         }
         b.push_raw(body);
         let frame = b.finish()?;

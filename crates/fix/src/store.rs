@@ -5,10 +5,13 @@
 //! * [`SessionStore`]: what the session state machine needs.
 //! * [`MemoryStore`]: volatile, for tests and for sessions that reset every day anyway.
 //! * [`FileStore`]: the fenced, append-only, checksummed store in a directory the group shares.
+//! * [`GroupCommit`]: the process's syncer that makes [`SyncPolicy::Group`] stores durable in
+//!   batches.
 
 mod file;
+mod group;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
 use thiserror::Error;
@@ -16,6 +19,7 @@ use thiserror::Error;
 use crate::tags::BeginString;
 
 pub use file::{FileStore, RecoveryReport, SyncPolicy};
+pub use group::GroupCommit;
 
 /// Identifies a session: its store lives under a directory named after it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -105,6 +109,9 @@ pub enum StoreError {
     /// A message is larger than a record can hold.
     #[error("record of {0} bytes is too large")]
     TooLarge(usize),
+    /// The group-commit syncer could not make records durable.
+    #[error("{0}")]
+    SyncFailed(String),
 }
 
 /// What a [`crate::session::Session`] needs from its store. Every mutating call is durable
@@ -145,6 +152,16 @@ pub trait SessionStore {
     }
     /// Persists what a [`Deferred`] wrapper held back (a no-op for other stores).
     fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Group commit ([`SyncPolicy::Group`]): the position of the last record written in the
+    /// process, which must be durable before anything that depends on this store's state
+    /// leaves; `None` when writes are durable (per the store's policy) when they return.
+    fn unsynced_position(&self) -> Option<u64> {
+        None
+    }
+    /// Group commit: every record up to `pos` is durable now (a no-op but for [`Deferred`]).
+    fn on_durable(&mut self, _pos: u64) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -229,11 +246,23 @@ impl SessionStore for MemoryStore {
 /// two leaves the number unadvanced, so the successor asks for the message again and the
 /// forward is repeated (marked PossResend) instead of lost. The engine commits after the
 /// application has handled everything a read delivered.
+///
+/// Under group commit the forwarded copy is only *written* when `commit` runs, and the
+/// kernel may put the received number on disk before the forward if both were written then.
+/// So `commit` only stages the number with the position the forward must reach first, and
+/// [`on_durable`](SessionStore::on_durable) writes it once that position is durable.
 #[derive(Debug)]
 pub struct Deferred<S> {
     inner: S,
     pending_target: Option<u64>,
+    /// Group commit: (position, next target) waiting for the position to be durable, in
+    /// increasing order of both.
+    staged: VecDeque<(u64, u64)>,
 }
+
+/// Most staged numbers kept; an older one is superseded by any newer one, so the oldest
+/// can go when a disk that stopped syncing lets them pile up.
+const MAX_STAGED: usize = 4096;
 
 impl<S: SessionStore> Deferred<S> {
     /// Wraps `inner`.
@@ -241,6 +270,7 @@ impl<S: SessionStore> Deferred<S> {
         Deferred {
             inner,
             pending_target: None,
+            staged: VecDeque::new(),
         }
     }
 
@@ -273,6 +303,7 @@ impl<S: SessionStore> SessionStore for Deferred<S> {
     }
     fn reset(&mut self) -> Result<(), StoreError> {
         self.pending_target = None;
+        self.staged.clear();
         self.inner.reset()
     }
     fn period(&self) -> Option<i64> {
@@ -280,6 +311,7 @@ impl<S: SessionStore> SessionStore for Deferred<S> {
     }
     fn reset_for_period(&mut self, start: i64) -> Result<(), StoreError> {
         self.pending_target = None;
+        self.staged.clear();
         self.inner.reset_for_period(start)
     }
     fn check_fence(&mut self) -> Result<(), StoreError> {
@@ -289,9 +321,48 @@ impl<S: SessionStore> SessionStore for Deferred<S> {
         self.inner.sync_if_due()
     }
     fn commit(&mut self) -> Result<(), StoreError> {
-        match self.pending_target.take() {
-            Some(t) if t != self.inner.next_target_seq() => self.inner.set_next_target_seq(t),
-            _ => Ok(()),
+        let Some(pos) = self.inner.unsynced_position() else {
+            return match self.pending_target.take() {
+                Some(t) if t != self.inner.next_target_seq() => self.inner.set_next_target_seq(t),
+                _ => Ok(()),
+            };
+        };
+        let Some(t) = self.pending_target else {
+            return Ok(());
+        };
+        match self.staged.back_mut() {
+            Some(last) if last.1 == t => {}
+            Some(last) if last.0 == pos => last.1 = t,
+            _ => {
+                if self.staged.len() >= MAX_STAGED {
+                    self.staged.pop_front();
+                }
+                self.staged.push_back((pos, t));
+            }
         }
+        Ok(())
+    }
+    fn unsynced_position(&self) -> Option<u64> {
+        self.inner.unsynced_position()
+    }
+    fn on_durable(&mut self, pos: u64) -> Result<(), StoreError> {
+        let mut ready = None;
+        while let Some(&(p, t)) = self.staged.front() {
+            if p > pos {
+                break;
+            }
+            ready = Some(t);
+            self.staged.pop_front();
+        }
+        let Some(t) = ready else {
+            return Ok(());
+        };
+        if t != self.inner.next_target_seq() {
+            self.inner.set_next_target_seq(t)?;
+        }
+        if self.pending_target == Some(t) {
+            self.pending_target = None;
+        }
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use understudy_fix::codec::{parse, MessageBuilder};
 use understudy_fix::engine::{Application, Engine, Outbox, SessionSlot};
 use understudy_fix::schedule::SessionSchedule;
 use understudy_fix::session::{
-    Action, AppMessage, DisconnectReason, Role, Session, SessionConfig, SessionEvent, State,
+    Action, Again, AppMessage, DisconnectReason, Role, Session, SessionConfig, SessionEvent, State,
 };
 use understudy_fix::store::{
     FileStore, MemoryStore, SessionId, SessionStore, StoreError, SyncPolicy,
@@ -217,7 +217,7 @@ fn stale_replica_cannot_reset_at_the_boundary() {
     let mut old = acceptor(open(tmp.path(), 1).expect("open"), office_hours());
     old.on_timer(at(1, 9, 0));
     drain(&mut old);
-    old.send_or_store_app(b"8", b"37=X\x01", false, at(1, 9, 1))
+    old.send_or_store_app(b"8", b"37=X\x01", Again::No, at(1, 9, 1))
         .expect("store");
     let new = open(tmp.path(), 2).expect("takeover");
     // The old active wakes up in the next period: its reset is a write and is fenced.

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use understudy_fix::codec::{parse, MessageBuilder};
 use understudy_fix::session::{
-    Action, DisconnectReason, Role, SendError, Session, SessionConfig, SessionEvent, State,
+    Action, Again, DisconnectReason, Role, SendError, Session, SessionConfig, SessionEvent, State,
 };
 use understudy_fix::store::{FileStore, MemoryStore, SessionId, SessionStore, SyncPolicy};
 use understudy_fix::tags::BeginString;
@@ -62,6 +62,14 @@ fn raw_frame(s: &str) -> Vec<u8> {
 fn acceptor(bs: BeginString) -> Session<MemoryStore> {
     Session::new(
         SessionConfig::new(bs, "GW", "CLIENT", Role::Acceptor),
+        MemoryStore::new(),
+    )
+    .expect("session")
+}
+
+fn initiator(bs: BeginString) -> Session<MemoryStore> {
+    Session::new(
+        SessionConfig::new(bs, "CLIENT", "GW", Role::Initiator),
         MemoryStore::new(),
     )
     .expect("session")
@@ -251,13 +259,73 @@ fn extreme_sequence_numbers_do_not_panic() {
     let _ = actions(&mut s);
 }
 
+/// A report forwarded again after a failover goes out under the next MsgSeqNum with
+/// PossDupFlag=Y, PossResend=Y and an OrigSendingTime never after its SendingTime, and a
+/// receiving session delivers it in sequence, flagged, to its application.
+#[test]
+fn a_report_forwarded_again_carries_poss_dup_flag() {
+    let (mut gw, mut client_side) = logged_on(BeginString::Fix44);
+    let _ = client_side.msg("0", "", secs(1));
+    let body = b"37=O1\x0111=o1\x0117=E1\x01150=0\x0139=0\x01";
+    // The original came from a clock ahead of ours: clamped to our SendingTime.
+    for (orig, want) in [
+        (Some(secs(3)), "20231114-22:13:23.000"),
+        (Some(secs(50)), "20231114-22:13:30.000"),
+        (None, "20231114-22:13:30.000"),
+    ] {
+        gw.send_or_store_app(
+            b"8",
+            body,
+            Again::PossDup {
+                orig_sending_time: orig,
+            },
+            secs(10),
+        )
+        .expect("send");
+        let f = sent(&actions(&mut gw)).pop().expect("sent");
+        assert_eq!(field(&f, 43).as_deref(), Some("Y"), "{}", summary(&f));
+        assert_eq!(field(&f, 97).as_deref(), Some("Y"));
+        assert_eq!(field(&f, 122).as_deref(), Some(want));
+    }
+    gw.send_or_store_app(b"8", body, Again::PossResend, secs(11))
+        .expect("send");
+    let f = sent(&actions(&mut gw)).pop().expect("sent");
+    assert_eq!((field(&f, 43), field(&f, 97).as_deref()), (None, Some("Y")));
+
+    // The receiving side: an initiator that takes it in sequence, PossDupFlag and all.
+    let mut client = initiator(BeginString::Fix44);
+    let mut gw = acceptor(BeginString::Fix44);
+    client.on_connected(t0());
+    gw.on_connected(t0());
+    for f in sent(&actions(&mut client)) {
+        gw.on_frame(&f, t0());
+    }
+    for f in sent(&actions(&mut gw)) {
+        client.on_frame(&f, t0());
+    }
+    assert_eq!(client.state(), State::Active);
+    let _ = actions(&mut client);
+    gw.send_or_store_app(
+        b"8",
+        body,
+        Again::PossDup {
+            orig_sending_time: Some(t0()),
+        },
+        secs(1),
+    )
+    .expect("send");
+    for f in sent(&actions(&mut gw)) {
+        client.on_frame(&f, secs(1));
+    }
+    match &actions(&mut client)[..] {
+        [Action::Deliver(m)] => assert!(m.poss_dup, "delivered without the flag"),
+        other => panic!("not delivered in sequence: {other:?}"),
+    }
+}
+
 #[test]
 fn initiator_and_acceptor_talk() {
-    let mut init = Session::new(
-        SessionConfig::new(BeginString::Fix42, "CLIENT", "GW", Role::Initiator),
-        MemoryStore::new(),
-    )
-    .expect("init");
+    let mut init = initiator(BeginString::Fix42);
     let mut acc = acceptor(BeginString::Fix42);
     init.on_connected(t0());
     acc.on_connected(t0());

@@ -45,12 +45,7 @@ pub enum FixCmds {
         #[arg(long)]
         store_dir: Option<PathBuf>,
         /// With --store-dir: how the store syncs.
-        #[arg(
-            long,
-            value_enum,
-            default_value = "every-write",
-            requires = "store_dir"
-        )]
+        #[arg(long, value_enum, default_value = "group", requires = "store_dir")]
         sync: SyncArg,
     },
 }
@@ -58,7 +53,9 @@ pub enum FixCmds {
 /// `fix-exchange-sim --sync`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum SyncArg {
-    /// fdatasync before each message is sent.
+    /// Group commit: nothing sent before it is durable, one fdatasync per batch.
+    Group,
+    /// fdatasync of each record before the message is sent.
     EveryWrite,
     /// fdatasync at most 2 ms after a write.
     Batch,
@@ -67,6 +64,7 @@ pub enum SyncArg {
 impl From<SyncArg> for SyncPolicy {
     fn from(a: SyncArg) -> Self {
         match a {
+            SyncArg::Group => SyncPolicy::Group,
             SyncArg::EveryWrite => SyncPolicy::EveryWrite,
             SyncArg::Batch => SyncPolicy::Batch {
                 max_delay: Duration::from_millis(2),

@@ -17,7 +17,9 @@
 //! Record kinds: 1 claim, 2 next sender seq, 3 next target seq, 4 sent message (seq +
 //! frame), 5 reset (sequence numbers to 1, messages forgotten, period kept), 6 reset into a
 //! new session period (payload: the period's start, `i64` Unix seconds; see
-//! [`crate::schedule`]).
+//! [`crate::schedule`]), 7 snapshot (the stored messages replaced by those of its payload,
+//! numbered from 1: `[count u32]` then `[len u32][bytes]` each; the next target number and
+//! the period are kept; see [`FileStore::replace_sent`]).
 //!
 //! # Why one segment per epoch
 //!
@@ -47,8 +49,10 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::group::GroupCommit;
 use super::{SessionId, SessionStore, StoreError};
 
 /// How appends reach the disk.
@@ -67,6 +71,13 @@ pub enum SyncPolicy {
         /// Longest time a record may stay unsynced.
         max_delay: Duration,
     },
+    /// Group commit (see [`super::group`]): an append only writes its record; the process's
+    /// syncer thread makes it durable together with every other record written meanwhile,
+    /// and the engine sends nothing before the records written ahead of it are durable. The
+    /// promise of [`EveryWrite`](Self::EveryWrite) — nothing leaves before it would survive
+    /// a power cut — at one `fdatasync` per batch instead of per record. Only the engine's
+    /// sends wait: a caller that sends by other means must wait with [`FileStore::sync`].
+    Group,
 }
 
 /// What [`FileStore::open`] found.
@@ -97,6 +108,9 @@ const KIND_RESET: u8 = 5;
 /// A reset that also records the session period (`i64` LE, the period's start in Unix
 /// seconds) the store belongs to from now on.
 const KIND_PERIOD: u8 = 6;
+/// A reset that keeps some messages (`[count u32]`, then `[len u32][bytes]` each, numbered
+/// from 1): one record, so a crash leaves either the old contents or the new.
+const KIND_SNAPSHOT: u8 = 7;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
@@ -353,6 +367,23 @@ impl State {
                 *self = State::default();
                 self.period = period;
             }
+            KIND_SNAPSHOT => {
+                let (period, target) = (self.period, self.next_target);
+                *self = State::default();
+                self.period = period;
+                self.next_target = target;
+                for (seq, off, len) in decode_snapshot(rec.payload)? {
+                    self.sent.insert(
+                        seq,
+                        Loc {
+                            segment,
+                            offset: (rec.payload_off + off) as u64,
+                            len,
+                        },
+                    );
+                    self.next_sender = seq.saturating_add(1);
+                }
+            }
             KIND_PERIOD => {
                 need(8)?;
                 *self = State::default();
@@ -362,6 +393,34 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// The messages of a snapshot payload: (seq from 1, offset in the payload, length).
+fn decode_snapshot(payload: &[u8]) -> Result<Vec<(u64, usize, usize)>, String> {
+    let bad = || "snapshot record malformed".to_owned();
+    if payload.len() < 4 {
+        return Err(bad());
+    }
+    let n = u32_at(payload, 0) as usize;
+    let mut out = Vec::with_capacity(n.min(payload.len() / 4));
+    let mut p = 4usize;
+    for seq in 1..=n as u64 {
+        let len = payload
+            .get(p..p + 4)
+            .map(|_| u32_at(payload, p) as usize)
+            .ok_or_else(bad)?;
+        let start = p + 4;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= payload.len())
+            .ok_or_else(bad)?;
+        out.push((seq, start, len));
+        p = end;
+    }
+    if p != payload.len() {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 fn decode_claim(payload: &[u8]) -> Option<Vec<(u64, u64)>> {
@@ -410,6 +469,11 @@ pub struct FileStore {
     scratch: Vec<u8>,
     dirty: bool,
     last_sync: Instant,
+    /// [`SyncPolicy::Group`]: the syncer, a handle of our segment for it to `fdatasync`
+    /// (opened separately, so the syncer keeping it for a pass does not keep our segment's
+    /// lock after we are dropped), and the position of our last record.
+    group: Option<(&'static GroupCommit, Arc<File>)>,
+    last_pos: u64,
     /// Set once fenced: every later call is refused without touching the disk.
     fenced: Option<u64>,
     poisoned: bool,
@@ -571,6 +635,13 @@ impl FileStore {
         };
         let reader = File::open(&path).map_err(io_err("open", &path))?;
         readers.insert(epoch, reader);
+        let group = match sync {
+            SyncPolicy::Group => Some((
+                GroupCommit::shared().map_err(io_err("start the syncer for", &path))?,
+                Arc::new(File::open(&path).map_err(io_err("open", &path))?),
+            )),
+            _ => None,
+        };
         report.segments = readers.keys().copied().collect();
         report.segments.sort_unstable();
 
@@ -589,6 +660,8 @@ impl FileStore {
             scratch: Vec::with_capacity(1024),
             dirty: false,
             last_sync: Instant::now(),
+            group,
+            last_pos: 0,
             fenced: None,
             poisoned: false,
         };
@@ -670,12 +743,27 @@ impl FileStore {
                     self.sync()?;
                 }
             }
+            SyncPolicy::Group => {
+                if let Some((g, f)) = &self.group {
+                    // A received sequence number nobody waits on: lazy (see `group`).
+                    self.last_pos = g.wrote(f, kind == KIND_NEXT_TARGET);
+                }
+            }
         }
         self.check_fence()
     }
 
-    /// Forces unsynced records to disk.
+    /// Forces unsynced records to disk (with [`SyncPolicy::Group`]: waits until the syncer
+    /// has made them durable).
     pub fn sync(&mut self) -> Result<(), StoreError> {
+        if let Some((g, _)) = &self.group {
+            if let Err(e) = g.wait_durable(self.last_pos) {
+                self.poisoned = true;
+                return Err(StoreError::SyncFailed(e));
+            }
+            self.dirty = false;
+            return Ok(());
+        }
         if self.dirty {
             if let Err(e) = self.file.sync_data() {
                 self.poisoned = true;
@@ -687,15 +775,72 @@ impl FileStore {
         Ok(())
     }
 
+    /// Replaces every stored message by `msgs`, numbered from 1 (the next sender number
+    /// becomes `msgs.len() + 1`; the period and the target number are kept), in one record:
+    /// a crash leaves either the old contents or the new. How a store used as a log of
+    /// records (the gateway's order map) is compacted.
+    pub fn replace_sent(&mut self, msgs: &[Vec<u8>]) -> Result<(), StoreError> {
+        let total: usize = msgs.iter().map(|m| 4 + m.len()).sum();
+        let mut payload = Vec::with_capacity(4 + total);
+        let n = u32::try_from(msgs.len()).map_err(|_| StoreError::TooLarge(total))?;
+        payload.extend_from_slice(&n.to_le_bytes());
+        for m in msgs {
+            let len = u32::try_from(m.len()).map_err(|_| StoreError::TooLarge(m.len()))?;
+            payload.extend_from_slice(&len.to_le_bytes());
+            payload.extend_from_slice(m);
+        }
+        let start = self.end;
+        self.append(KIND_SNAPSHOT, &payload)?;
+        let target = self.state.next_target;
+        let period = self.state.period;
+        self.state = State::default();
+        self.state.next_target = target;
+        self.state.period = period;
+        let base = start + (HEADER + FIXED) as u64;
+        let mut off = 4u64;
+        for (i, m) in msgs.iter().enumerate() {
+            let seq = i as u64 + 1;
+            self.state.sent.insert(
+                seq,
+                Loc {
+                    segment: self.epoch,
+                    offset: base + off + 4,
+                    len: m.len(),
+                },
+            );
+            self.state.next_sender = seq + 1;
+            off += 4 + m.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Under [`SyncPolicy::Batch`], syncs if records have waited `max_delay`; call it from
     /// a timer so an idle session still honours the bound.
     pub fn sync_if_due(&mut self) -> Result<(), StoreError> {
+        if let Some((g, _)) = &self.group {
+            // Lazy records wait at most one call of this (the engine's tick).
+            if let Some(f) = g.failure() {
+                self.poisoned = true;
+                return Err(StoreError::SyncFailed(f));
+            }
+            g.request(self.last_pos);
+            return Ok(());
+        }
         if let SyncPolicy::Batch { max_delay } = self.sync {
             if self.dirty && self.last_sync.elapsed() >= max_delay {
                 return self.sync();
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        // Lazy records of a store nobody will tick any more still become durable.
+        if let Some((g, _)) = &self.group {
+            g.request(self.last_pos);
+        }
     }
 }
 
@@ -838,6 +983,10 @@ impl SessionStore for FileStore {
 
     fn sync_if_due(&mut self) -> Result<(), StoreError> {
         FileStore::sync_if_due(self)
+    }
+
+    fn unsynced_position(&self) -> Option<u64> {
+        self.group.as_ref().map(|(g, _)| g.written())
     }
 }
 

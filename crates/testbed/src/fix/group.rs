@@ -20,6 +20,9 @@ use crate::proc::Proc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum StoreSync {
+    /// Group commit: one fdatasync per batch of records, nothing sent before its record is
+    /// durable (the gateway's default).
+    Group,
     /// fdatasync before each message is sent.
     EveryWrite,
     /// fdatasync at most 2 ms after a write.
@@ -29,6 +32,7 @@ pub enum StoreSync {
 impl std::fmt::Display for StoreSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            StoreSync::Group => "group",
             StoreSync::EveryWrite => "every-write",
             StoreSync::Batch => "batch",
         })

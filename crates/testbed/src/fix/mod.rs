@@ -37,7 +37,7 @@ pub struct FixRecoveryArgs {
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
     /// Store durability of the gateways.
-    #[arg(long, value_enum, default_value = "every-write")]
+    #[arg(long, value_enum, default_value = "group")]
     pub sync: StoreSync,
 }
 
@@ -52,7 +52,7 @@ pub struct FixBenchArgs {
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// Store durability of the gateway.
-    #[arg(long, value_enum, default_value = "every-write")]
+    #[arg(long, value_enum, default_value = "group")]
     pub sync: StoreSync,
 }
 

@@ -175,17 +175,14 @@ pub fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
-/// Exactly-once check: every ExecID at most once without PossDupFlag or PossResend (the
-/// copies a client must check). Returns the ExecTypes received per ClOrdID, each ExecID once.
+/// Exactly-once check: every ExecID at most once without PossDupFlag (the copies a client
+/// must check: resent from the store, or forwarded again after a failover). Returns the ExecTypes received per ClOrdID, each ExecID once.
 pub fn reports_by_order(seen: &[ClientEvent]) -> HashMap<String, Vec<String>> {
     let mut by_exec: HashMap<String, (String, String)> = HashMap::new();
     let mut dup_without_flag = Vec::new();
     for e in seen {
         if let ClientEvent::Message {
-            msg_type,
-            poss_dup,
-            poss_resend,
-            ..
+            msg_type, poss_dup, ..
         } = e
         {
             if msg_type != "8" {
@@ -194,7 +191,7 @@ pub fn reports_by_order(seen: &[ClientEvent]) -> HashMap<String, Vec<String>> {
             let id = e.field(tag::EXEC_ID).unwrap_or_default().to_owned();
             let cl = e.field(tag::CL_ORD_ID).unwrap_or_default().to_owned();
             let et = e.field(tag::EXEC_TYPE).unwrap_or_default().to_owned();
-            if by_exec.contains_key(&id) && !poss_dup && !poss_resend {
+            if by_exec.contains_key(&id) && !poss_dup {
                 dup_without_flag.push(id.clone());
             }
             by_exec.entry(id).or_insert((cl, et));

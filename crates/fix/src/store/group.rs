@@ -1,0 +1,235 @@
+//! Group commit: one syncer thread per process makes the records of every
+//! [`SyncPolicy::Group`](super::SyncPolicy::Group) store durable in batches.
+//!
+//! # Why
+//!
+//! A FIX engine must not send a message before the record carrying it survives a power cut.
+//! Syncing each record before it is sent costs one `fdatasync` per record, and the event loop
+//! waits on each: a few hundred orders per second. Here a store only `write`s its record
+//! (page cache) and counts it; the syncer thread takes every file written since its last
+//! pass and `fdatasync`s them in one go, while the loop carries on reading and writing the
+//! next records. The loop holds each outgoing message until the syncer reports a position at
+//! or past the last record written before it (see [`crate::engine`]): the send waits on its
+//! batch, not on a sync of its own, so one `fdatasync` serves every record that arrived
+//! while the previous one ran.
+//!
+//! # Positions
+//!
+//! Every record written through the syncer gets the next position (`written`); `durable`
+//! is the highest position whose record, and every record before it, has been synced. A
+//! pass snapshots `written` and the set of files written, with the lock held, *after* those
+//! writes returned, so every record counted is in a file the pass syncs.
+//!
+//! Some records nobody waits on (a received sequence number whose successor would only ask
+//! for the message again: the safe direction). They are written as *lazy*: they do not start
+//! a pass by themselves, ride along with the next one, and a caller's
+//! [`GroupCommit::request`] (the engine's tick) bounds how long they wait.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::watch;
+
+/// The process's syncer. See the module documentation.
+#[derive(Debug)]
+pub struct GroupCommit {
+    state: Mutex<State>,
+    /// Wakes the syncer (work to do) and blocking waiters (a pass finished).
+    cv: Condvar,
+    /// `durable`, for event loops: a change wakes them to release what they hold.
+    durable_tx: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    written: u64,
+    /// Highest position someone waits on: the syncer runs while it is above `durable`.
+    wanted: u64,
+    durable: u64,
+    /// Files written since the last pass snapshot, by the address of their shared handle.
+    dirty: HashMap<usize, Arc<File>>,
+    /// Set when an `fdatasync` failed: nothing written since can be known durable.
+    failed: Option<String>,
+    started: bool,
+    passes: u64,
+    /// No pass starts while set (see [`GroupCommit::pause`]).
+    paused: bool,
+}
+
+static SHARED: OnceLock<GroupCommit> = OnceLock::new();
+
+/// `fdatasync`s every file, at the same time when there are several: the file system can
+/// then serve them with one journal commit instead of one each.
+fn sync_all(files: &[&Arc<File>]) -> std::io::Result<()> {
+    let Some((last, others)) = files.split_last() else {
+        return Ok(());
+    };
+    std::thread::scope(|s| {
+        let mut running = Vec::new();
+        let mut result = Ok(());
+        for &f in others {
+            match std::thread::Builder::new().spawn_scoped(s, move || f.sync_data()) {
+                Ok(h) => running.push(h),
+                // No thread to spare: this one syncs it.
+                Err(_) => {
+                    if let Err(e) = f.sync_data() {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
+        // The last one on this thread, while the others run.
+        if let Err(e) = last.sync_data() {
+            result = Err(e);
+        }
+        for h in running {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("fdatasync thread panicked")));
+            if let Err(e) = r {
+                result = Err(e);
+            }
+        }
+        result
+    })
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The state stays consistent across a panic elsewhere: every update is a few plain
+    // assignments under the lock.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl GroupCommit {
+    /// The process's syncer, its thread started on first use.
+    pub fn shared() -> std::io::Result<&'static GroupCommit> {
+        let g = SHARED.get_or_init(|| GroupCommit {
+            state: Mutex::new(State::default()),
+            cv: Condvar::new(),
+            durable_tx: watch::channel(0).0,
+        });
+        let mut st = lock(&g.state);
+        if !st.started {
+            std::thread::Builder::new()
+                .name("fix-group-commit".into())
+                .spawn(move || g.run())?;
+            st.started = true;
+        }
+        Ok(g)
+    }
+
+    /// The process's syncer if a store has started it: an event loop without one has
+    /// nothing to wait for.
+    pub fn started() -> Option<&'static GroupCommit> {
+        SHARED.get().filter(|g| lock(&g.state).started)
+    }
+
+    /// Counts a record just written to `file` and returns its position. A record that is
+    /// not `lazy` starts a pass (or the next one, if one is running).
+    pub fn wrote(&self, file: &Arc<File>, lazy: bool) -> u64 {
+        let mut st = lock(&self.state);
+        st.written += 1;
+        let pos = st.written;
+        st.dirty
+            .entry(Arc::as_ptr(file) as usize)
+            .or_insert_with(|| file.clone());
+        if !lazy && st.wanted < pos {
+            st.wanted = pos;
+            self.cv.notify_all();
+        }
+        pos
+    }
+
+    /// Position of the last record written.
+    pub fn written(&self) -> u64 {
+        lock(&self.state).written
+    }
+
+    /// Position up to which every record is durable.
+    pub fn durable(&self) -> u64 {
+        lock(&self.state).durable
+    }
+
+    /// Passes run so far (each one `fdatasync` per file it found written).
+    pub fn passes(&self) -> u64 {
+        lock(&self.state).passes
+    }
+
+    /// Why syncing failed, once it has: the process must stop relying on the stores.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.state).failed.clone()
+    }
+
+    /// Makes sure a pass will cover `pos` (lazy records included).
+    pub fn request(&self, pos: u64) {
+        let mut st = lock(&self.state);
+        if st.wanted < pos {
+            st.wanted = pos;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Blocks until `pos` is durable; `Err` with the reason when syncing failed. For the
+    /// rare paths that cannot wait asynchronously (a disconnect that must write its Logout,
+    /// a shutdown, tests).
+    pub fn wait_durable(&self, pos: u64) -> Result<(), String> {
+        let mut st = lock(&self.state);
+        if st.wanted < pos {
+            st.wanted = pos;
+            self.cv.notify_all();
+        }
+        loop {
+            if let Some(f) = &st.failed {
+                return Err(f.clone());
+            }
+            if st.durable >= pos {
+                return Ok(());
+            }
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Stops (`true`) or resumes starting passes: a disk that stops answering, for tests
+    /// that show nothing leaves before it is durable.
+    pub fn pause(&self, paused: bool) {
+        let mut st = lock(&self.state);
+        st.paused = paused;
+        self.cv.notify_all();
+    }
+
+    /// A receiver of `durable`, for an event loop.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.durable_tx.subscribe()
+    }
+
+    fn run(&self) {
+        loop {
+            let (target, files) = {
+                let mut st = lock(&self.state);
+                while st.paused || st.wanted <= st.durable {
+                    st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                (st.written, std::mem::take(&mut st.dirty))
+            };
+            let failed = sync_all(&files.values().collect::<Vec<_>>())
+                .err()
+                .map(|e| format!("fdatasync of a session store failed: {e}"));
+            let mut st = lock(&self.state);
+            st.passes += 1;
+            if let Some(f) = failed {
+                // Which records reached the disk is unknown: none counts as durable again.
+                tracing::error!(error = %f, "group commit failed; the stores are unusable");
+                st.failed = Some(f);
+                self.cv.notify_all();
+                drop(st);
+                self.durable_tx.send_modify(|_| ());
+                return;
+            }
+            st.durable = target;
+            self.cv.notify_all();
+            drop(st);
+            self.durable_tx.send_replace(target);
+        }
+    }
+}

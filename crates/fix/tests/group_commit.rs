@@ -1,0 +1,185 @@
+//! Group commit against real files and a real engine over TCP: records are made durable in
+//! batches, a received sequence number reaches the file only after what was forwarded before
+//! it is durable, and nothing is sent before the records written ahead of it are durable.
+//!
+//! The syncer is one per process and one case pauses it, so the cases run in order inside
+//! one test.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use understudy_fix::client::{self, ClientConfig, ClientEvent};
+use understudy_fix::engine::{Engine, SessionSlot};
+use understudy_fix::exchange_sim::ExchangeSim;
+use understudy_fix::orders::{put_str, tag};
+use understudy_fix::session::{Role, Session, SessionConfig};
+use understudy_fix::store::{
+    Deferred, FileStore, GroupCommit, SessionId, SessionStore, SyncPolicy,
+};
+use understudy_fix::tags::BeginString;
+
+fn sid(target: &str) -> SessionId {
+    SessionId::new(BeginString::Fix44, "EXCH", target)
+}
+
+fn open(dir: &Path, target: &str, epoch: u64) -> FileStore {
+    FileStore::open(dir, &sid(target), epoch, SyncPolicy::Group).expect("open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit() {
+    many_records_few_passes();
+    received_number_waits_for_the_forward();
+    nothing_leaves_before_it_is_durable().await;
+}
+
+/// Records of three stores written back to back become durable in far fewer passes than
+/// records, and every one is there after a reopen by a new epoch.
+fn many_records_few_passes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut stores: Vec<FileStore> = ["A", "B", "C"]
+        .iter()
+        .map(|t| open(tmp.path(), t, 1))
+        .collect();
+    let g = GroupCommit::shared().expect("syncer");
+    let passes = g.passes();
+    for seq in 1..=300u64 {
+        for s in &mut stores {
+            s.save_sent(seq, format!("msg {seq}").as_bytes())
+                .expect("save");
+        }
+    }
+    let last = g.written();
+    g.wait_durable(last).expect("durable");
+    assert!(g.durable() >= last);
+    let used = g.passes() - passes;
+    assert!(used < 300, "900 records took {used} passes: not batched");
+    drop(stores);
+    for t in ["A", "B", "C"] {
+        let s = open(tmp.path(), t, 2);
+        assert_eq!(s.next_sender_seq(), 301);
+        assert_eq!(
+            s.sent_range(300, 300).expect("range"),
+            vec![(300, b"msg 300".to_vec())]
+        );
+    }
+    println!("900 records in 3 files made durable in {used} passes");
+}
+
+/// Under group commit a [`Deferred`] store writes the received number only once the
+/// position it was committed at is durable.
+fn received_number_waits_for_the_forward() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut d = Deferred::new(open(tmp.path(), "D", 1));
+    d.set_next_target_seq(5).expect("target");
+    d.commit().expect("commit");
+    assert_eq!(
+        d.next_target_seq(),
+        5,
+        "the session sees its number at once"
+    );
+    assert_eq!(
+        d.inner().next_target_seq(),
+        1,
+        "not written before it is durable"
+    );
+    let pos = d.unsynced_position().expect("group store");
+    d.on_durable(pos - 1).expect("earlier position");
+    assert_eq!(d.inner().next_target_seq(), 1);
+    d.on_durable(pos).expect("position reached");
+    assert_eq!(d.inner().next_target_seq(), 5);
+    drop(d);
+    let mut s = Deferred::new(open(tmp.path(), "D", 1));
+    s.check_fence().expect("fence");
+    assert_eq!(s.next_target_seq(), 5, "written to the file");
+}
+
+/// The client's next event within `within`.
+async fn next(c: &mut client::Client, within: Duration) -> Option<ClientEvent> {
+    tokio::time::timeout(within, c.events.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+fn order(id: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_str(&mut b, tag::CL_ORD_ID, id);
+    put_str(&mut b, tag::SYMBOL, "X");
+    put_str(&mut b, tag::SIDE, "1");
+    put_str(&mut b, tag::ORDER_QTY, "100");
+    put_str(&mut b, tag::ORD_TYPE, "1");
+    b
+}
+
+/// An exchange simulator on a group-commit store answers an order only once the syncer has
+/// made its records durable: with the syncer paused the reports are written (the segment
+/// grows) but none reaches the client; resumed, they all arrive.
+async fn nothing_leaves_before_it_is_durable() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open(tmp.path(), "CLIENT", 1);
+    let segment = tmp
+        .path()
+        .join(sid("CLIENT").dir_name())
+        .join(format!("{:020}.log", 1));
+    let mut cfg = SessionConfig::new(BeginString::Fix44, "EXCH", "CLIENT", Role::Acceptor);
+    cfg.logon_timeout = Duration::from_secs(5);
+    let session = Session::new(cfg, store).expect("session");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let engine = Engine::new(vec![SessionSlot::new("CLIENT", session)], Some(listener));
+    let sim = tokio::spawn(async move {
+        let mut app = ExchangeSim::new();
+        engine.run(&mut app, std::future::pending()).await
+    });
+    let mut c = client::start(ClientConfig {
+        connect: vec![addr],
+        sender_comp_id: "CLIENT".into(),
+        target_comp_id: "EXCH".into(),
+        begin_string: BeginString::Fix44,
+        heartbeat_interval: Duration::from_secs(30),
+        reconnect_interval: Duration::from_millis(10),
+    })
+    .expect("client");
+    loop {
+        match next(&mut c, Duration::from_secs(10)).await {
+            Some(ClientEvent::LoggedOn(_)) => break,
+            Some(_) => {}
+            None => panic!("no logon"),
+        }
+    }
+    let g = GroupCommit::started().expect("syncer running");
+    let before = std::fs::metadata(&segment).expect("segment").len();
+    g.pause(true);
+    c.handle.send(0, b"D", order("o1"));
+    // The simulator stores its three reports (New, partial and full fill); none may reach
+    // the client yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&segment).expect("segment").len() <= before {
+        assert!(Instant::now() < deadline, "the reports were never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        let early = next(&mut c, left).await;
+        assert!(
+            !matches!(early, Some(ClientEvent::Message { .. })),
+            "a message arrived before its record was durable: {early:?}"
+        );
+    }
+    assert!(g.durable() < g.written(), "records written but not durable");
+    g.pause(false);
+    let mut reports = 0;
+    while reports < 3 {
+        match next(&mut c, Duration::from_secs(10)).await {
+            Some(ClientEvent::Message { msg_type, .. }) if msg_type == "8" => reports += 1,
+            Some(_) => {}
+            None => panic!("only {reports} reports after the syncer resumed"),
+        }
+    }
+    c.task.abort();
+    sim.abort();
+}
