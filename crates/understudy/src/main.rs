@@ -14,6 +14,7 @@ mod bench_node_loss;
 mod ctl_cmd;
 mod demo;
 mod demo_service;
+mod drill;
 mod fix_cmd;
 mod netns;
 mod price_cmd;
@@ -50,11 +51,30 @@ struct Auth {
     /// token is read from the environment variable UNDERSTUDY_TOKEN, if set.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// PEM CA certificate of an agent whose admin API speaks TLS (node.admin_tls_cert); the
+    /// agent is then reached over https://.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// PEM file with a client certificate and its key, for an agent with node.admin_client_ca.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
 }
 
 impl Auth {
-    fn token(&self) -> anyhow::Result<Option<String>> {
-        understudy_control::read_token(self.token_file.as_deref()).map_err(anyhow::Error::msg)
+    /// A client of the agent at `agent`, with the token and TLS settings given.
+    fn client(&self, agent: &str, timeout: Duration) -> anyhow::Result<AgentClient> {
+        let token = understudy_control::read_token(self.token_file.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        let tls = understudy_control::ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+        };
+        let c = if tls.is_set() {
+            AgentClient::new_tls(agent, timeout, &tls).map_err(anyhow::Error::msg)?
+        } else {
+            AgentClient::new(agent, timeout)
+        };
+        Ok(c.with_token(token))
     }
 }
 
@@ -125,6 +145,9 @@ enum Cmd {
     },
     /// Start a local group on a temp lock file, kill the active, show the takeover. Cleans up.
     Demo(demo::DemoArgs),
+    /// Inject faults into a group (kill -9, SIGSTOP, SIGTERM, lock file, full disk, CPU
+    /// starvation) and check that it recovers and never has two actives (exit 3 if it had).
+    Drill(drill::DrillArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -258,10 +281,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         },
         Cmd::Status { agent, json, auth } => {
-            let token = auth.token()?;
+            let c = auth.client(&agent, Duration::from_secs(2))?;
             let rt = runtime()?;
             rt.block_on(async {
-                let c = AgentClient::new(&agent, Duration::from_secs(2)).with_token(token);
                 let group = c.group().await?;
                 if json {
                     let status = c.status().await?;
@@ -278,10 +300,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Cmd::Activate { agent, auth } => {
-            let token = auth.token()?;
+            let c = auth.client(&agent, Duration::from_secs(10))?;
             let rt = runtime()?;
             rt.block_on(async {
-                let c = AgentClient::new(&agent, Duration::from_secs(10)).with_token(token);
                 let r = c.activate().await.context("activation refused")?;
                 println!(
                     "{agent} is Hot (epoch {})",
@@ -291,10 +312,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Cmd::Switchover { agent, to, auth } => {
-            let token = auth.token()?;
+            let c = auth.client(&agent, Duration::from_secs(60))?;
             let rt = runtime()?;
             rt.block_on(async {
-                let c = AgentClient::new(&agent, Duration::from_secs(60)).with_token(token);
                 let r = c
                     .switchover(to.as_deref())
                     .await
@@ -310,10 +330,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Cmd::Events { agent, json, auth } => {
-            let token = auth.token()?;
+            let c = auth.client(&agent, Duration::from_secs(2))?;
             let rt = runtime()?;
             rt.block_on(async {
-                let c = AgentClient::new(&agent, Duration::from_secs(2)).with_token(token);
                 let ev = c.events().await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&ev)?);
@@ -324,6 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Drill(args) => drill::run(args),
         Cmd::Bench { what } => bench::run(what),
         Cmd::DemoService(args) => demo_service::run(args),
         Cmd::Completions { shell } => {
