@@ -81,7 +81,7 @@ impl Group {
         if !matches!(standby, "hot" | "warm" | "cold") {
             bail!("--standby must be hot, warm or cold");
         }
-        let lg = distinct_ports(&exe, &NAMES[..n], standby)?;
+        let lg = crate::price_cmd::group::local_group(&exe, &NAMES[..n], standby, |_| vec![])?;
         let dir = lg.dir.path().to_path_buf();
         let register = dir.join("register.log");
         let state = dir.join("state");
@@ -560,21 +560,6 @@ impl Drop for Group {
             }
         }
     }
-}
-
-/// A local group whose nodes have distinct admin ports (the harness picks each by binding port
-/// 0, and the kernel may hand out the same port twice in a row).
-fn distinct_ports(exe: &Path, names: &[&str], standby: &str) -> anyhow::Result<LocalGroup> {
-    for _ in 0..20 {
-        let g = LocalGroup::new(exe.to_path_buf(), names, standby, |_| vec![])?;
-        let mut admins: Vec<&str> = g.nodes.iter().map(|n| n.admin.as_str()).collect();
-        admins.sort_unstable();
-        admins.dedup();
-        if admins.len() == g.nodes.len() {
-            return Ok(g);
-        }
-    }
-    bail!("could not find distinct free admin ports for the agents")
 }
 
 /// Mounts a 16 MiB tmpfs at `dir`, so that a full disk can be injected without harm.

@@ -131,7 +131,7 @@ impl PriceGroup {
         let servers = addrs[1..=opts.servers].to_vec();
         let https = addrs[opts.servers + 1..].to_vec();
         let names = &NAMES[..opts.servers];
-        let group = local_group(&exe, names, |name| {
+        let group = local_group(&exe, names, "hot", |name| {
             let i = NAMES.iter().position(|n| *n == name).unwrap_or(0);
             let mut cmd = harness::price_server_command(&exe, exchange_addr, servers[i]);
             if opts.health_check {
@@ -465,13 +465,14 @@ impl Drop for PriceGroup {
 /// A [`LocalGroup`] whose nodes have distinct admin addresses. LocalGroup picks each port by
 /// binding port 0 and releasing it, and the kernel may hand the same port out twice in a row;
 /// a group with a duplicate is thrown away and made again.
-fn local_group(
+pub fn local_group(
     exe: &std::path::Path,
     names: &[&str],
+    standby: &str,
     command: impl Fn(&str) -> Vec<String>,
 ) -> anyhow::Result<LocalGroup> {
     for _ in 0..20 {
-        let g = LocalGroup::new(exe.to_path_buf(), names, "hot", &command)?;
+        let g = LocalGroup::new(exe.to_path_buf(), names, standby, &command)?;
         let mut admins: Vec<&str> = g.nodes.iter().map(|n| n.admin.as_str()).collect();
         admins.sort_unstable();
         admins.dedup();
