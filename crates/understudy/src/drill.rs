@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use understudy_control::Summary;
+use understudy_control::{AgentClient, Summary};
 
 pub use fault::Kind;
 use fault::Record;
@@ -87,6 +87,12 @@ pub struct DrillArgs {
     /// without it the token is read from UNDERSTUDY_TOKEN, if set.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// PEM CA of agents whose admin API speaks TLS (node.admin_tls_cert).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// PEM client certificate and key, for agents with node.admin_client_ca.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
     /// Keep --local's directory (configs, agent logs, register) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -108,6 +114,24 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// How the drill reaches the agents: their admin token and TLS settings.
+#[derive(Default)]
+pub struct Reach {
+    pub token: Option<String>,
+    pub tls: understudy_control::ClientTls,
+}
+
+impl Reach {
+    pub fn client(&self, addr: &str, timeout: Duration) -> anyhow::Result<AgentClient> {
+        let c = if self.tls.is_set() {
+            AgentClient::new_tls(addr, timeout, &self.tls).map_err(anyhow::Error::msg)?
+        } else {
+            AgentClient::new(addr, timeout)
+        };
+        Ok(c.with_token(self.token.clone()))
+    }
 }
 
 /// A small deterministic generator (splitmix64): the same seed draws the same campaign.
@@ -137,8 +161,14 @@ pub fn run(args: DrillArgs) -> anyhow::Result<u8> {
     if let Some(path) = &args.check_register {
         return check_register(path);
     }
-    let token =
-        understudy_control::read_token(args.token_file.as_deref()).map_err(anyhow::Error::msg)?;
+    let reach = Reach {
+        token: understudy_control::read_token(args.token_file.as_deref())
+            .map_err(anyhow::Error::msg)?,
+        tls: understudy_control::ClientTls {
+            ca: args.ca.clone(),
+            cert: args.cert.clone(),
+        },
+    };
     if args.scenario == Scenario::Price {
         let Some(n) = args.local else {
             bail!("--scenario price starts its own price group: give --local N (2 to 5 servers)");
@@ -156,13 +186,13 @@ pub fn run(args: DrillArgs) -> anyhow::Result<u8> {
     let mut g = rt.block_on(async {
         match (args.local, &args.config_dir, args.agents.is_empty()) {
             (Some(n), None, true) => Group::local(exe, n, &args.standby).await,
-            (None, Some(dir), true) => Group::from_config_dir(exe, dir, &args, token.clone()).await,
-            (None, None, false) => Group::from_agents(&args.agents, &args, token.clone()).await,
+            (None, Some(dir), true) => Group::from_config_dir(exe, dir, &args, &reach).await,
+            (None, None, false) => Group::from_agents(&args.agents, &args, &reach).await,
             _ => bail!("give exactly one of --local N, --config-dir DIR or --agent ADDR…"),
         }
     })?;
     let register = args.register.clone().or_else(|| g.register_path());
-    let outcome = campaign(&rt, &mut g, &args, seed, token, register);
+    let outcome = campaign(&rt, &mut g, &args, seed, &reach, register);
     if args.keep {
         if let Some(d) = g.keep() {
             println!("kept {}", d.display());
@@ -200,7 +230,7 @@ fn campaign(
     g: &mut Group,
     args: &DrillArgs,
     seed: u64,
-    token: Option<String>,
+    reach: &Reach,
     register: Option<PathBuf>,
 ) -> anyhow::Result<u8> {
     let mut reg = register.as_deref().map(Register::new);
@@ -236,7 +266,7 @@ fn campaign(
         Some(r) => println!("  register: {}", r.path().display()),
         None => println!("  register: none (only the two-Hot watcher checks the group)"),
     }
-    let watcher = Watcher::start(g.watch_list(), token)?;
+    let watcher = Watcher::start(g.watch_list(), reach)?;
     let started = std::time::Instant::now();
     let mut rng = Rng::new(seed);
     let mut records: Vec<Record> = Vec::new();

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 use understudy_control::AgentClient;
 
+use super::Reach;
+
 /// What the watcher saw.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
@@ -40,7 +42,12 @@ struct Hot {
 impl Watcher {
     /// Starts polling `nodes` (name, admin address) on a thread of its own, so that it keeps
     /// its pace whatever the drill waits for.
-    pub fn start(nodes: Vec<(String, String)>, token: Option<String>) -> anyhow::Result<Watcher> {
+    pub fn start(nodes: Vec<(String, String)>, reach: &Reach) -> anyhow::Result<Watcher> {
+        // A stopped agent answers nothing: a short timeout keeps the sweeps over the others going.
+        let clients = nodes
+            .into_iter()
+            .map(|(name, addr)| Ok((name, reach.client(&addr, Duration::from_millis(250))?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -50,7 +57,7 @@ impl Watcher {
         let handle = std::thread::Builder::new()
             .name("two-hot-watcher".into())
             .spawn(move || {
-                rt.block_on(watch(nodes, token, stop2, seen2));
+                rt.block_on(watch(clients, stop2, seen2));
             })?;
         Ok(Watcher {
             stop,
@@ -84,20 +91,7 @@ impl Drop for Watcher {
     }
 }
 
-async fn watch(
-    nodes: Vec<(String, String)>,
-    token: Option<String>,
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Seen>>,
-) {
-    // A stopped agent answers nothing: a short timeout keeps the sweeps over the others going.
-    let clients: Vec<(String, AgentClient)> = nodes
-        .into_iter()
-        .map(|(name, addr)| {
-            let c = AgentClient::new(&addr, Duration::from_millis(250)).with_token(token.clone());
-            (name, c)
-        })
-        .collect();
+async fn watch(clients: Vec<(String, AgentClient)>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
     while !stop.load(Ordering::Relaxed) {
         let answers = futures_util::future::join_all(clients.iter().map(|(name, c)| async move {
             let sent_ms = crate::drill::unix_ms();
