@@ -261,6 +261,7 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         watches: Vec::new(),
         signal_watch: None,
         service_detail: None,
+        coord_unreachable: None,
     };
     info!(
         node = %cfg.node.name, group = %cfg.node.group, admin = %cfg.node.admin,
@@ -323,6 +324,8 @@ struct Runtime {
     signal_watch: Option<tokio::task::JoinHandle<()>>,
     /// The running service's last self-report (see [`ServiceStatus::detail`]).
     service_detail: Option<serde_json::Value>,
+    /// What the engine was last told of the coordinator's reach.
+    coord_unreachable: Option<String>,
 }
 
 /// Longest wait for a standby service to install its activate-signal handler; after it the service
@@ -554,7 +557,20 @@ impl Runtime {
         // The engine derives from the group's view what it needs: a newer active elsewhere, a
         // peer that stepped down at last, the end of a yield.
         let peers = self.peer_views();
-        self.feed_all([Input::Peers(peers), Input::Tick]);
+        let mut inputs = vec![Input::Peers(peers)];
+        // Told only on a change, and without the silence's running length, which changes on
+        // every tick.
+        let unreachable = self.coord.unreachable();
+        if unreachable.is_some() != self.coord_unreachable.is_some() {
+            match &unreachable {
+                Some(why) => warn!("not ready: {why}"),
+                None => info!("the coordinator answers again"),
+            }
+            self.coord_unreachable = unreachable.clone();
+            inputs.push(Input::CoordinatorReach { unreachable });
+        }
+        inputs.push(Input::Tick);
+        self.feed_all(inputs);
         self.advertise(true);
     }
 

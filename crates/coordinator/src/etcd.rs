@@ -222,6 +222,8 @@ struct View {
     claimed_epoch: Option<u64>,
     /// The highest epoch seen anywhere in the group.
     epoch: u64,
+    /// When etcd last answered this node (a watch message, a read, a transaction).
+    heard_at: Option<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -350,6 +352,8 @@ impl EtcdCoordinator {
             campaigning: false,
             ready: Some(ready_tx),
             own_rx: Some(own_rx),
+            heard: None,
+            keeper_spawned: false,
         };
         std::thread::Builder::new()
             .name("etcd-coordinator".into())
@@ -505,6 +509,22 @@ impl Coordinator for EtcdCoordinator {
         // A lost grant is reported by the thread the moment it is lost.
         self.holds()
     }
+
+    fn unreachable(&self) -> Option<String> {
+        // A standby probes after a quarter of lease_ttl of silence and waits at most another
+        // quarter for the answer, so a healthy one is never silent for half of it; a silent one
+        // could not claim in time.
+        let limit = self.settings.timing.lease_ttl / 2;
+        match lock(&self.view).heard_at {
+            None => Some("etcd has not answered yet".to_string()),
+            Some(at) => (Instant::now().saturating_duration_since(at) > limit).then(|| {
+                format!(
+                    "etcd has not answered for more than half of lease_ttl ({} ms)",
+                    limit.as_millis()
+                )
+            }),
+        }
+    }
 }
 
 impl Drop for EtcdCoordinator {
@@ -589,6 +609,10 @@ struct Task {
     /// Told once the first snapshot of the group is in.
     ready: Option<std::sync::mpsc::SyncSender<()>>,
     own_rx: Option<watch::Receiver<Option<MemberRecord>>>,
+    /// When etcd last answered (the same as the view's `heard_at`, without its lock).
+    heard: Option<Instant>,
+    /// The backstop lease's keeper runs (on the first client; it survives reconnections).
+    keeper_spawned: bool,
 }
 
 /// What the claim transaction tells.
@@ -642,10 +666,58 @@ impl Task {
         if let Some(h) = &self.holding {
             return Some(h.next_renew);
         }
+        let probe = self.probe_at();
         if self.campaigning {
-            return Some(self.claimable_at());
+            return Some(self.claimable_at().min(probe));
         }
-        None
+        Some(probe)
+    }
+
+    /// A standby hears every renewal through its watch; after a quarter of `lease_ttl` of
+    /// silence it asks etcd itself, so that a connection that stalled (a link that was down,
+    /// packets dropped) is found and replaced before a claim depends on it, not after TCP's
+    /// retransmission back-off or the seconds a keep-alive takes.
+    fn probe_at(&self) -> Instant {
+        let every = self.s.timing.lease_ttl / 4;
+        self.heard.map(|h| h + every).unwrap_or_else(Instant::now)
+    }
+
+    fn heard(&mut self) {
+        let now = Instant::now();
+        self.heard = Some(now);
+        lock(&self.view).heard_at = Some(now);
+    }
+
+    /// One linearizable read of the leader key, bounded by a quarter of `lease_ttl`. An answer
+    /// also catches up a watch that lags; no answer means the connection is replaced.
+    async fn probe(&mut self) {
+        let Ok(mut client) = self.client() else {
+            return;
+        };
+        let limit = self.s.timing.lease_ttl / 4;
+        match tokio::time::timeout(limit, client.get(self.s.leader_key(), None)).await {
+            Ok(Ok(resp)) => {
+                self.heard();
+                let kv = resp.kvs().first().cloned();
+                let rev = kv.as_ref().map(|kv| kv.mod_revision()).unwrap_or(0);
+                if rev > self.leader.rev || (kv.is_none() && self.leader.rev != 0) {
+                    self.set_leader(kv.as_ref());
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("etcd: probe failed ({e}); reconnecting");
+                self.client = None;
+                self.watch = None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "etcd: no answer to a probe within {} ms; reconnecting",
+                    limit.as_millis()
+                );
+                self.client = None;
+                self.watch = None;
+            }
+        }
     }
 
     /// When a standby may claim: at once after a release, else `lease_ttl` after it saw the key
@@ -660,6 +732,12 @@ impl Task {
     }
 
     async fn on_timer(&mut self) {
+        if self.holding.is_none() && Instant::now() >= self.probe_at() {
+            self.probe().await;
+            if self.client.is_none() {
+                return;
+            }
+        }
         if self.holding.is_some() {
             self.renew().await;
         } else if self.campaigning && Instant::now() >= self.claimable_at() {
@@ -696,7 +774,13 @@ impl Task {
                     }
                 }
                 Ok(Claim::Busy) => {}
-                Err(e) => tracing::warn!("etcd: claim failed: {e}"),
+                Err(e) => {
+                    // A connection that did not carry the claim in time may have stalled: the
+                    // next attempt goes over a new one.
+                    tracing::warn!("etcd: claim failed: {e}; reconnecting");
+                    self.client = None;
+                    self.watch = None;
+                }
             }
         }
     }
@@ -843,6 +927,7 @@ impl Task {
             .await
             .map_err(|_| CoordError::Etcd("claim timed out".into()))?
             .map_err(|e| etcd_error("claim", e))?;
+        self.heard();
         if !resp.succeeded() {
             // Someone else changed it: start over from what it is now.
             self.absorb_gets(&resp.op_responses());
@@ -914,10 +999,12 @@ impl Task {
                 }
             }
             Ok(Ok(resp)) if !resp.succeeded() => {
+                self.heard();
                 self.absorb_gets(&resp.op_responses());
                 self.lose("the leader key was changed by someone else".into());
             }
             Ok(Ok(resp)) => {
+                self.heard();
                 let now = Instant::now();
                 tracing::trace!(took = ?now.duration_since(sent_at), "etcd: renewal acknowledged");
                 let deadline = self.s.timing.deadline;
@@ -1046,7 +1133,10 @@ impl Task {
             .map_err(|_| CoordError::Etcd("connecting to etcd timed out".into()))?
             .map_err(|e| etcd_error("cannot connect to etcd", e))?;
             self.client = Some(client.clone());
-            self.spawn_lease_keeper(client.clone());
+            if !self.keeper_spawned {
+                self.keeper_spawned = true;
+                self.spawn_lease_keeper(client.clone());
+            }
             if let Some(rx) = self.own_rx.take() {
                 tokio::spawn(member_writer(
                     client,
@@ -1064,6 +1154,7 @@ impl Task {
         .await
         .map_err(|_| CoordError::Etcd("reading the group timed out".into()))?
         .map_err(|e| etcd_error("cannot read the group", e))?;
+        self.heard();
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut leader = None;
         let mut fresh = BTreeMap::new();
@@ -1200,7 +1291,10 @@ impl Task {
 
     fn on_watch(&mut self, msg: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>) {
         let resp = match msg {
-            Ok(Some(resp)) => resp,
+            Ok(Some(resp)) => {
+                self.heard();
+                resp
+            }
             Ok(None) => {
                 tracing::warn!("etcd: the watch ended; resynchronising");
                 self.watch = None;

@@ -114,4 +114,10 @@ pub trait Coordinator: Send {
     /// Check that the lock we hold is still the group's lock (the path still names our inode).
     /// Emits [`CoordEvent::Lost`] and returns false when it is not. Cheap: one stat.
     fn verify(&mut self) -> bool;
+    /// Why this node cannot reach the coordinator now, or None when it can. A lock file on a
+    /// local filesystem is always within reach; a remote coordinator is not when it has not
+    /// answered for a while (a standby in that state could not take over).
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
 }

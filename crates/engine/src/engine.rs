@@ -200,6 +200,13 @@ pub enum Input {
     },
     /// The other nodes of the group, as their membership records and /proc show them now.
     Peers(Vec<PeerView>),
+    /// Whether this node can reach its coordinator now (None: it can; Some: why not). A standby
+    /// that cannot reach it could not take over, so it is not ready; the grant itself stays the
+    /// coordinator's to judge.
+    CoordinatorReach {
+        /// Why the coordinator is out of reach, in words.
+        unreachable: Option<String>,
+    },
     /// A process named in [`Command::WatchProcesses`] has ended (or can no longer act).
     ProcessGone {
         /// The process.
@@ -537,6 +544,8 @@ pub struct Engine {
     svc_pid_at: Duration,
     /// The active service acknowledged the current epoch.
     acked: bool,
+    /// Why the coordinator is out of reach, while it is.
+    coord_unreachable: Option<String>,
     /// The grant held back while the phase is PeerStepDown or PreviousService.
     grant: Option<Grant>,
     /// The latest view of the other nodes.
@@ -577,6 +586,7 @@ impl Engine {
             svc_signal_ready: false,
             svc_pid_at: Duration::ZERO,
             acked: false,
+            coord_unreachable: None,
             grant: None,
             peers: Vec::new(),
             confirmed: false,
@@ -646,7 +656,7 @@ impl Engine {
     }
 
     /// True when this node could take over now: a standby that is not backing off or yielding,
-    /// whose service (if it runs while standby) is up and healthy.
+    /// whose service (if it runs while standby) is up and healthy, and that can reach its coordinator.
     pub fn ready(&self) -> bool {
         let waiting_ok = matches!(
             self.phase,
@@ -664,7 +674,7 @@ impl Engine {
         } else {
             true
         };
-        waiting_ok && svc_ok
+        waiting_ok && svc_ok && self.coord_unreachable.is_none()
     }
 
     fn waiting_text(&self) -> Option<String> {
@@ -676,6 +686,10 @@ impl Engine {
             Phase::Promoting => "obtained the group lock; making the new epoch durable".to_string(),
             Phase::Demoting(_) => "stepping down: stopping the service before releasing the lock".to_string(),
             Phase::Exited => "stopped".to_string(),
+            Phase::Warm(_) if self.coord_unreachable.is_some() => format!(
+                "not ready: {}",
+                self.coord_unreachable.as_deref().unwrap_or_default()
+            ),
             Phase::Warm(w) => match w {
                 Waiting::Lock => "waiting for the group lock (another node is active)".to_string(),
                 Waiting::Operator => {
@@ -737,6 +751,7 @@ impl Engine {
             Input::Activate => self.on_activate(),
             Input::Switchover { ready, to } => self.on_switchover(ready, to),
             Input::Peers(peers) => self.on_peers(peers),
+            Input::CoordinatorReach { unreachable } => self.coord_unreachable = unreachable,
             Input::LockConfirmed => {
                 if self.holds_lock
                     && self.grant.is_some()

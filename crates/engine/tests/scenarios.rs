@@ -1600,3 +1600,28 @@ fn a_handover_to_a_standby_that_died_ends_after_the_grace() {
         "{gone:?}"
     );
 }
+
+#[test]
+fn a_standby_that_cannot_reach_its_coordinator_is_not_ready_and_says_why() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    assert!(n.e.ready());
+    let cmds = n.feed(Input::CoordinatorReach {
+        unreachable: Some("etcd has not answered for more than half of lease_ttl (100 ms)".into()),
+    });
+    assert!(
+        cmds.is_empty(),
+        "reachability changes readiness only: {cmds:?}"
+    );
+    assert!(!n.e.ready());
+    assert!(n.e.snapshot().ready == n.e.ready());
+    assert!(
+        n.waiting().contains("etcd has not answered"),
+        "{}",
+        n.waiting()
+    );
+    n.feed(Input::CoordinatorReach { unreachable: None });
+    assert!(n.e.ready());
+    assert!(n.waiting().contains("waiting for the group lock"));
+}

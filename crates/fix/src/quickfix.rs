@@ -2,19 +2,54 @@
 //! acceptor for the side-by-side benchmark): whether QuickFIX is installed, and building them
 //! with `g++` against `libquickfix` (Debian: `apt-get install libquickfix-dev g++`).
 //!
-//! Binaries are built into a directory the caller chooses (a target or temp directory),
-//! never into the source tree, and rebuilt when their source is newer.
+//! The sources are part of the binary; they and the binaries are written into a directory the
+//! caller chooses (a target or temp directory), never into the source tree, and rebuilt when
+//! their source changed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the C++ sources are: `$UNDERSTUDY_QUICKFIX_SRC`, else `tests/quickfix/` of the
-/// checkout this crate was built from.
-pub fn source_dir() -> PathBuf {
-    match std::env::var_os("UNDERSTUDY_QUICKFIX_SRC") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/quickfix"),
+/// The C++ sources, built into this binary: a binary built in one checkout and run from another
+/// place (an installed copy, a clone that was deleted) still has them.
+const EMBEDDED: [(&str, &str); 2] = [
+    (
+        "qf_initiator",
+        include_str!("../../../tests/quickfix/qf_initiator.cpp"),
+    ),
+    (
+        "qf_acceptor",
+        include_str!("../../../tests/quickfix/qf_acceptor.cpp"),
+    ),
+];
+
+/// A directory of C++ sources to use instead of the built-in ones (`$UNDERSTUDY_QUICKFIX_SRC`).
+fn override_dir() -> Option<PathBuf> {
+    std::env::var_os("UNDERSTUDY_QUICKFIX_SRC")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The source of `name` as a file in `out_dir` (or in the override directory), written only
+/// when its bytes changed so that an up-to-date build is not redone.
+fn source_file(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
+    if let Some(dir) = override_dir() {
+        let src = dir.join(format!("{name}.cpp"));
+        return if src.exists() {
+            Ok(src)
+        } else {
+            Err(format!("{} does not exist", src.display()))
+        };
     }
+    let text = EMBEDDED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| format!("no QuickFIX counterpart named {name}"))?;
+    let src = out_dir.join(format!("{name}.cpp"));
+    if std::fs::read_to_string(&src).ok().as_deref() != Some(text) {
+        std::fs::write(&src, text).map_err(|e| format!("cannot write {}: {e}", src.display()))?;
+    }
+    Ok(src)
 }
 
 /// Why the QuickFIX counterparts cannot be built here, or `None` when they can.
@@ -29,11 +64,13 @@ pub fn unavailable() -> Option<String> {
     if !headers {
         return Some("QuickFIX is not installed (no quickfix/Application.h; Debian: apt-get install libquickfix-dev)".into());
     }
-    if !source_dir().join("qf_initiator.cpp").exists() {
-        return Some(format!(
-            "the QuickFIX sources are not in {} (set UNDERSTUDY_QUICKFIX_SRC)",
-            source_dir().display()
-        ));
+    if let Some(dir) = override_dir() {
+        if !dir.join("qf_initiator.cpp").exists() {
+            return Some(format!(
+                "UNDERSTUDY_QUICKFIX_SRC names {}, which has no qf_initiator.cpp",
+                dir.display()
+            ));
+        }
     }
     None
 }
@@ -45,12 +82,9 @@ fn modified(p: &Path) -> Option<std::time::SystemTime> {
 /// Builds `tests/quickfix/<name>.cpp` into `out_dir/<name>` (unless a build newer than the
 /// source is there) and returns the binary's path. Blocks for the few seconds g++ takes.
 pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
-    let src = source_dir().join(format!("{name}.cpp"));
-    if !src.exists() {
-        return Err(format!("{} does not exist", src.display()));
-    }
     std::fs::create_dir_all(out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let src = source_file(name, out_dir)?;
     let bin = out_dir.join(name);
     if let (Some(b), Some(s)) = (modified(&bin), modified(&src)) {
         if b >= s {

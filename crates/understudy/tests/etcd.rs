@@ -344,6 +344,61 @@ fn total_packet_loss_on_the_active_machine_moves_activity_safely() {
     cut_the_active(Lab::loss, Lab::heal);
 }
 
+/// Drops every packet between `m` and `peer` (in `m`'s namespace), leaving the rest of its
+/// network alone; [`Lab::heal`] removes it.
+fn cut_between(m: &Machine, peer: &str) {
+    let rules = format!(
+        "table inet uscut {{\n chain in {{ type filter hook input priority -300; ip saddr {peer} drop; }}\n chain out {{ type filter hook output priority -300; ip daddr {peer} drop; }}\n}}\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &m.ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft (Debian package nftables)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(rules.as_bytes()).expect("nft rules");
+    }
+    assert!(child.wait().expect("nft").success(), "nft -f failed");
+}
+
+/// A standby that cannot reach etcd could not take over: it says so and is not ready (so no
+/// switchover picks it, and an operator sees why), the active is untouched; once the network is
+/// back the standby replaces its stalled connection by itself, is ready again, and takes over
+/// at the next failure.
+#[test]
+fn a_standby_cut_off_from_etcd_is_not_ready_until_it_reaches_etcd_again() {
+    let mut lab = Lab::new().expect("network namespaces (root, iproute2)");
+    let (etcd, g, ma, mb) = lab_group(&mut lab);
+    let etcd_ip = etcd
+        .endpoint
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .expect("etcd address")
+        .to_string();
+    let w = g.watch();
+    let epoch = g.epoch("a");
+    cut_between(&mb, &etcd_ip);
+    let s = g.wait_status("b", "not ready while cut off from etcd", 5 * S, |s| {
+        s["ready"] == false
+    });
+    let why = s["waiting"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("etcd has not answered"), "{s}");
+    g.stays("a", "Hot", Duration::from_millis(500));
+    assert_eq!(g.epoch("a"), epoch, "the active was disturbed");
+    Lab::heal(&mb).expect("heal");
+    g.wait_status("b", "ready again after the network is back", 10 * S, |s| {
+        s["ready"] == true
+    });
+    Lab::link_down(&ma).expect("cut a");
+    wait_takeover(&g, "b", epoch, Instant::now(), 5 * S);
+    Lab::link_up(&ma).expect("link up");
+    g.expect_actives(2);
+    w.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // A 3-member etcd: leader loss and quorum loss
 // ---------------------------------------------------------------------------------------------
