@@ -59,6 +59,10 @@ pub struct DrillArgs {
     /// Faults to inject.
     #[arg(long, default_value_t = 20)]
     faults: u64,
+    /// Stop injecting after this long even if fewer faults were injected (e.g. "40m"); the
+    /// summary covers the faults injected until then.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
     /// Fault kinds to draw from, comma-separated (default: every kind the group allows).
     #[arg(long, value_enum, value_delimiter = ',')]
     kinds: Vec<Kind>,
@@ -273,6 +277,10 @@ fn campaign(
     let mut failure = None;
     let mut settled = rt.block_on(g.settle(args.recover_timeout, reg.as_mut()));
     for i in 0..args.faults {
+        if args.duration.is_some_and(|d| started.elapsed() >= d) {
+            println!("--duration reached after {i} faults");
+            break;
+        }
         let s = match &settled {
             Ok(s) => s,
             Err(e) => {
