@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use understudy_control::{AgentClient, Summary};
+use understudy_control::Summary;
 
 pub use fault::Kind;
 use fault::Record;
@@ -87,16 +87,9 @@ pub struct DrillArgs {
     /// Where agents the drill restarts write their output (default: a new directory in /tmp).
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
-    /// File holding the agents' admin token (node.admin_token_file), for switchovers and reads;
-    /// without it the token is read from UNDERSTUDY_TOKEN, if set.
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    /// PEM CA of agents whose admin API speaks TLS (node.admin_tls_cert).
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// PEM client certificate and key, for agents with node.admin_client_ca.
-    #[arg(long, value_name = "FILE")]
-    cert: Option<PathBuf>,
+    /// How to reach agents with a token or TLS (for switchovers and reads).
+    #[command(flatten)]
+    auth: crate::Auth,
     /// Keep --local's directory (configs, agent logs, register) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -118,24 +111,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// How the drill reaches the agents: their admin token and TLS settings.
-#[derive(Default)]
-pub struct Reach {
-    pub token: Option<String>,
-    pub tls: understudy_control::ClientTls,
-}
-
-impl Reach {
-    pub fn client(&self, addr: &str, timeout: Duration) -> anyhow::Result<AgentClient> {
-        let c = if self.tls.is_set() {
-            AgentClient::new_tls(addr, timeout, &self.tls).map_err(anyhow::Error::msg)?
-        } else {
-            AgentClient::new(addr, timeout)
-        };
-        Ok(c.with_token(self.token.clone()))
-    }
 }
 
 /// A small deterministic generator (splitmix64): the same seed draws the same campaign.
@@ -165,14 +140,7 @@ pub fn run(args: DrillArgs) -> anyhow::Result<u8> {
     if let Some(path) = &args.check_register {
         return check_register(path);
     }
-    let reach = Reach {
-        token: understudy_control::read_token(args.token_file.as_deref())
-            .map_err(anyhow::Error::msg)?,
-        tls: understudy_control::ClientTls {
-            ca: args.ca.clone(),
-            cert: args.cert.clone(),
-        },
-    };
+
     if args.scenario == Scenario::Price {
         let Some(n) = args.local else {
             bail!("--scenario price starts its own price group: give --local N (2 to 5 servers)");
@@ -190,13 +158,13 @@ pub fn run(args: DrillArgs) -> anyhow::Result<u8> {
     let mut g = rt.block_on(async {
         match (args.local, &args.config_dir, args.agents.is_empty()) {
             (Some(n), None, true) => Group::local(exe, n, &args.standby).await,
-            (None, Some(dir), true) => Group::from_config_dir(exe, dir, &args, &reach).await,
-            (None, None, false) => Group::from_agents(&args.agents, &args, &reach).await,
+            (None, Some(dir), true) => Group::from_config_dir(exe, dir, &args, &args.auth).await,
+            (None, None, false) => Group::from_agents(&args.agents, &args, &args.auth).await,
             _ => bail!("give exactly one of --local N, --config-dir DIR or --agent ADDR…"),
         }
     })?;
     let register = args.register.clone().or_else(|| g.register_path());
-    let outcome = campaign(&rt, &mut g, &args, seed, &reach, register);
+    let outcome = campaign(&rt, &mut g, &args, seed, register);
     if args.keep {
         if let Some(d) = g.keep() {
             println!("kept {}", d.display());
@@ -234,7 +202,6 @@ fn campaign(
     g: &mut Group,
     args: &DrillArgs,
     seed: u64,
-    reach: &Reach,
     register: Option<PathBuf>,
 ) -> anyhow::Result<u8> {
     let mut reg = register.as_deref().map(Register::new);
@@ -270,7 +237,7 @@ fn campaign(
         Some(r) => println!("  register: {}", r.path().display()),
         None => println!("  register: none (only the two-Hot watcher checks the group)"),
     }
-    let watcher = Watcher::start(g.watch_list(), reach)?;
+    let watcher = Watcher::start(g.watch_list(), &args.auth)?;
     let started = std::time::Instant::now();
     let mut rng = Rng::new(seed);
     let mut records: Vec<Record> = Vec::new();

@@ -45,8 +45,8 @@ struct Cli {
 
 /// How the CLI proves itself to an agent with `node.admin_token_file`. Never a command-line
 /// value: command lines are visible to every user of the machine.
-#[derive(clap::Args)]
-struct Auth {
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct Auth {
     /// File holding the agent's admin token (its node.admin_token_file); without it the
     /// token is read from the environment variable UNDERSTUDY_TOKEN, if set.
     #[arg(long, value_name = "FILE")]
@@ -62,7 +62,7 @@ struct Auth {
 
 impl Auth {
     /// A client of the agent at `agent`, with the token and TLS settings given.
-    fn client(&self, agent: &str, timeout: Duration) -> anyhow::Result<AgentClient> {
+    pub(crate) fn client(&self, agent: &str, timeout: Duration) -> anyhow::Result<AgentClient> {
         let token = understudy_control::read_token(self.token_file.as_deref())
             .map_err(anyhow::Error::msg)?;
         let tls = understudy_control::ClientTls {

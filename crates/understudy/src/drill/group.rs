@@ -16,7 +16,7 @@ use understudy_control::local::{alive, LocalGroup};
 use understudy_control::AgentClient;
 
 use super::register::Register;
-use super::{DrillArgs, Reach};
+use super::DrillArgs;
 
 /// Largest file system the drill fills to inject a full disk: anything bigger is a real disk
 /// that other programs need.
@@ -158,11 +158,11 @@ impl Group {
     pub async fn from_agents(
         addrs: &[String],
         args: &DrillArgs,
-        reach: &Reach,
+        auth: &crate::Auth,
     ) -> anyhow::Result<Group> {
         let mut nodes = Vec::new();
         for a in addrs {
-            let client = reach.client(a, Duration::from_secs(2))?;
+            let client = auth.client(a, Duration::from_secs(2))?;
             let st = client
                 .status()
                 .await
@@ -187,7 +187,7 @@ impl Group {
         exe: PathBuf,
         dir: &Path,
         args: &DrillArgs,
-        reach: &Reach,
+        auth: &crate::Auth,
     ) -> anyhow::Result<Group> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -203,7 +203,7 @@ impl Group {
             let admin = cfg.node.admin.to_string();
             nodes.push(Node {
                 name: cfg.node.name.clone(),
-                client: reach.client(&admin, Duration::from_secs(2))?,
+                client: auth.client(&admin, Duration::from_secs(2))?,
                 admin,
                 spec: Some(Spec {
                     program: exe.clone(),

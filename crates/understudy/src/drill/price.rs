@@ -8,7 +8,7 @@
 use understudy_control::Summary;
 
 use super::watch::Watcher;
-use super::{Reach, EXIT_TWO_ACTIVES};
+use super::EXIT_TWO_ACTIVES;
 use crate::price_cmd::group::{GroupOptions, PriceGroup};
 
 /// Runs `rounds` rounds against a new group of `servers` price servers.
@@ -32,7 +32,7 @@ pub fn run(servers: usize, rounds: u64) -> anyhow::Result<u8> {
             .iter()
             .map(|n| (n.name.clone(), n.admin.clone()))
             .collect(),
-        &Reach::default(),
+        &crate::Auth::default(),
     )?;
     let want = g.subscribed.len();
     let mut stale = Vec::new();

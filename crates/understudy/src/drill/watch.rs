@@ -14,8 +14,6 @@ use std::time::Duration;
 use serde_json::Value;
 use understudy_control::AgentClient;
 
-use super::Reach;
-
 /// What the watcher saw.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
@@ -42,11 +40,11 @@ struct Hot {
 impl Watcher {
     /// Starts polling `nodes` (name, admin address) on a thread of its own, so that it keeps
     /// its pace whatever the drill waits for.
-    pub fn start(nodes: Vec<(String, String)>, reach: &Reach) -> anyhow::Result<Watcher> {
+    pub fn start(nodes: Vec<(String, String)>, auth: &crate::Auth) -> anyhow::Result<Watcher> {
         // A stopped agent answers nothing: a short timeout keeps the sweeps over the others going.
         let clients = nodes
             .into_iter()
-            .map(|(name, addr)| Ok((name, reach.client(&addr, Duration::from_millis(250))?)))
+            .map(|(name, addr)| Ok((name, auth.client(&addr, Duration::from_millis(250))?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
