@@ -36,7 +36,8 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{info, warn};
-use understudy_engine::Answer;
+use understudy_engine::{Answer, State};
+use understudy_status::{ActivationModeView, ApiError, Group, Member, Switchover};
 
 use crate::config::AdminToken;
 
@@ -276,7 +277,11 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({ "error": msg.into() }))).into_response()
+    let body = ApiError {
+        error: msg.into(),
+        holder: None,
+    };
+    (code, Json(body)).into_response()
 }
 
 async fn not_found() -> Response {
@@ -287,8 +292,13 @@ async fn not_found() -> Response {
 }
 
 async fn activation_mode(AxState(api): AxState<Api>) -> Response {
-    let s = api.shared.status();
-    Json(json!({ "mode": s.mode, "name": s.name })).into_response()
+    let s = api.shared.status().node;
+    Json(ActivationModeView {
+        state: s.state,
+        activation: s.activation,
+        epoch: None,
+    })
+    .into_response()
 }
 
 async fn ask(
@@ -308,13 +318,18 @@ async fn ask(
 
 async fn activate(AxState(api): AxState<Api>) -> Response {
     match ask(&api, ApiRequest::Activate).await {
-        Ok(Answer::Activated { epoch }) => {
-            let s = api.shared.status();
-            Json(json!({ "mode": "Hot", "name": s.name, "epoch": epoch })).into_response()
-        }
+        Ok(Answer::Activated { epoch }) => Json(ActivationModeView {
+            state: State::Hot,
+            activation: api.shared.status().node.activation,
+            epoch: Some(epoch),
+        })
+        .into_response(),
         Ok(Answer::ActivateRefused { holder, reason }) => (
             StatusCode::CONFLICT,
-            Json(json!({ "error": reason, "holder": holder })),
+            Json(ApiError {
+                error: reason,
+                holder,
+            }),
         )
             .into_response(),
         Ok(other) => error(
@@ -360,19 +375,17 @@ async fn switchover(
     let me = cfg.node.name.clone();
     let deadline = started + cfg.activation.yield_timeout;
     while tokio::time::Instant::now() < deadline {
-        let new = api
-            .shared
-            .members
-            .read_all()
-            .into_iter()
-            .find(|m| m.node != me && m.mode == "Hot" && m.epoch > from_epoch);
+        let new =
+            api.shared.members.read_all().into_iter().find(|m| {
+                m.node.name != me && m.node.state == State::Hot && m.node.epoch > from_epoch
+            });
         if let Some(m) = new {
-            return Json(json!({
-                "from": me,
-                "to": m.node,
-                "epoch": m.epoch,
-                "took_ms": started.elapsed().as_secs_f64() * 1e3,
-            }))
+            return Json(Switchover {
+                from: me,
+                to: m.node.name,
+                epoch: m.node.epoch,
+                took_ms: started.elapsed().as_secs_f64() * 1e3,
+            })
             .into_response();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -422,23 +435,27 @@ async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
     let fresh_ms =
         (api.shared.cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
-    let members: Vec<serde_json::Value> = api
+    let members = api
         .shared
         .members
         .read_all()
         .into_iter()
-        .map(|m| {
-            let age = now.saturating_sub(m.last_seen_unix_ms);
-            let mut v = serde_json::to_value(&m).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("age_ms".into(), json!(age));
-                o.insert("fresh".into(), json!(age <= fresh_ms));
+        .map(|record| {
+            let age_ms = now.saturating_sub(record.last_seen_unix_ms);
+            Member {
+                record,
+                age_ms,
+                fresh: age_ms <= fresh_ms,
             }
-            v
         })
         .collect();
-    let s = api.shared.status();
-    Json(json!({ "group": s.group, "asked": s.node, "members": members })).into_response()
+    let s = api.shared.status().node;
+    Json(Group {
+        group: s.group,
+        asked: s.name,
+        members,
+    })
+    .into_response()
 }
 
 async fn events(AxState(api): AxState<Api>) -> Response {

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -19,6 +18,7 @@ use understudy_engine::{
     Rules, State,
 };
 use understudy_service::{procwatch, HealthEvent, ServiceEvent, ServiceSpec, Supervisor};
+use understudy_status::{Node, Service, Status};
 
 use crate::config::Config;
 use crate::events::Timeline;
@@ -70,65 +70,12 @@ enum ProcEvent {
     SignalReady(u32),
 }
 
-/// The service part of `/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    /// `stopped`, `starting`, `running`, `stopping`.
-    pub state: String,
-    /// The service's pid when it runs.
-    pub pid: Option<u32>,
-    /// The role it was last told (`active` or `standby`), when it runs.
-    pub role: Option<String>,
-    /// `hot`, `warm` or `cold`.
-    pub standby: String,
-    /// The command.
-    pub command: Vec<String>,
-    /// True when the health check passes (or there is none).
-    pub healthy: bool,
-    /// What the service said about itself in its last passing HTTP health check (JSON when it
-    /// answered JSON).
-    pub detail: Option<serde_json::Value>,
-}
-
-/// `GET /status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusView {
-    /// Node name.
-    pub node: String,
-    /// Group name.
-    pub group: String,
-    /// `Hot` or `Warm`.
-    pub mode: String,
-    /// Configured activation mode (`TryLock`, …).
-    pub name: String,
-    /// The fencing epoch.
-    pub epoch: u64,
-    /// When the state last changed (RFC 3339).
-    pub since: String,
-    /// The same, Unix milliseconds.
-    pub since_unix_ms: u64,
-    /// Why a Warm node is not Hot.
-    pub waiting: Option<String>,
-    /// True while this node holds the group lock.
-    pub holds_lock: bool,
-    /// True when this node could take over now.
-    pub ready: bool,
-    /// The admin address.
-    pub admin: String,
-    /// The group lock file.
-    pub lock_file: String,
-    /// The agent's pid.
-    pub agent_pid: u32,
-    /// The service.
-    pub service: ServiceStatus,
-}
-
 /// State shared between the event loop and the admin API.
 pub struct Shared {
     /// The validated configuration.
     pub cfg: Config,
     /// The latest status, rewritten after every input.
-    pub status: RwLock<StatusView>,
+    pub status: RwLock<Status>,
     /// The event timeline.
     pub timeline: Mutex<Timeline>,
     /// Metrics.
@@ -143,16 +90,16 @@ pub struct Shared {
 
 impl Shared {
     /// The current status.
-    pub fn status(&self) -> StatusView {
+    pub fn status(&self) -> Status {
         let mut s = match self.status.read() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         };
         // Past the grant's deadline the guardian has ended the service: a node that has not yet
         // heard (its agent was frozen and just continued) must not claim to be active.
-        if s.mode == "Hot" && self.fence.expired() {
-            s.mode = State::Warm.to_string();
-            s.waiting = Some("the grant's deadline passed; stepping down".to_string());
+        if s.is_hot() && self.fence.expired() {
+            s.node.state = State::Warm;
+            s.node.waiting = Some("the grant's deadline passed; stepping down".to_string());
         }
         s
     }
@@ -228,7 +175,7 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         }
     };
     let shared = Arc::new(Shared {
-        status: RwLock::new(initial_status(&cfg)),
+        status: RwLock::new(status_of(&cfg, &engine.snapshot(), None, None)),
         cfg: cfg.clone(),
         timeline: Mutex::new(timeline),
         metrics: Metrics::new(),
@@ -275,30 +222,43 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     Ok(rt.exit_code.unwrap_or(0))
 }
 
-fn initial_status(cfg: &Config) -> StatusView {
-    let now = unix_ms();
-    StatusView {
-        node: cfg.node.name.clone(),
-        group: cfg.node.group.clone(),
-        mode: State::Warm.to_string(),
-        name: cfg.activation.mode.api_name().to_string(),
-        epoch: 0,
-        since: rfc3339(now),
-        since_unix_ms: now,
-        waiting: Some("starting".to_string()),
-        holds_lock: false,
-        ready: false,
-        admin: cfg.node.admin.to_string(),
+/// `GET /status` of the node `cfg` describes, in the engine's state `snap`, with its service's
+/// pid and last self-report.
+fn status_of(
+    cfg: &Config,
+    snap: &understudy_engine::Snapshot,
+    pid: Option<u32>,
+    detail: Option<serde_json::Value>,
+) -> Status {
+    let role = match snap.service {
+        understudy_engine::SvcState::Running { role, .. } => Some(role),
+        understudy_engine::SvcState::Starting(role) => Some(role),
+        _ => None,
+    };
+    Status {
+        node: Node {
+            name: cfg.node.name.clone(),
+            group: cfg.node.group.clone(),
+            state: snap.state,
+            activation: snap.mode,
+            epoch: snap.epoch,
+            since_unix_ms: snap.since_unix_ms,
+            waiting: snap.waiting.clone(),
+            holds_lock: snap.holds_lock,
+            ready: snap.ready,
+            admin: cfg.node.admin.to_string(),
+            agent_pid: std::process::id(),
+        },
+        since: rfc3339(snap.since_unix_ms),
         lock_file: cfg.activation.lock_file.display().to_string(),
-        agent_pid: std::process::id(),
-        service: ServiceStatus {
-            state: "stopped".to_string(),
-            pid: None,
-            role: None,
-            standby: format!("{:?}", cfg.service.standby).to_lowercase(),
+        service: Service {
+            state: snap.service.status(),
+            pid,
+            role,
+            standby: cfg.service.standby,
             command: cfg.service.command.clone(),
-            healthy: cfg.health.is_none(),
-            detail: None,
+            healthy: snap.healthy,
+            detail,
         },
     }
 }
@@ -322,7 +282,7 @@ struct Runtime {
     watches: Vec<tokio::task::JoinHandle<()>>,
     /// The task watching the standby service's signal disposition.
     signal_watch: Option<tokio::task::JoinHandle<()>>,
-    /// The running service's last self-report (see [`ServiceStatus::detail`]).
+    /// The running service's last self-report (see [`Service::detail`]).
     service_detail: Option<serde_json::Value>,
     /// What the engine was last told of the coordinator's reach.
     coord_unreachable: Option<String>,
@@ -478,27 +438,28 @@ impl Runtime {
             .members
             .read_all()
             .into_iter()
-            .filter(|m| m.node != cfg.node.name)
+            .filter(|m| m.node.name != cfg.node.name)
             .map(|m| {
-                let hot = m.mode == State::Hot.to_string();
+                let n = m.node;
+                let hot = n.state == State::Hot;
                 let fresh = now.saturating_sub(m.last_seen_unix_ms) <= fresh_ms;
                 // A killed agent's record stays recent for a while and still says Hot; its
                 // process tells. Agents sharing a lock file run on this host; a record from
                 // another host (shared filesystem) names a pid that is not here and counts as
                 // gone, so only `fresh` speaks for it.
-                let agent_gone = !procwatch::can_act(m.agent_pid);
+                let agent_gone = !procwatch::can_act(n.agent_pid);
                 // Only a node that acts or holds the lock can have a service that acts, and its
                 // environment names it (a reused pid or another host's pid never counts).
                 let live_service = m.pid.filter(|&pid| {
-                    (hot || m.holds_lock) && procwatch::is_service_of(pid, &m.node, &cfg.node.group)
+                    (hot || n.holds_lock) && procwatch::is_service_of(pid, &n.name, &cfg.node.group)
                 });
                 PeerView {
                     // Only another node can be the chosen one from this node's point of view.
                     handover_to: m.handover_to.filter(|t| *t != cfg.node.name),
-                    node: m.node,
+                    node: n.name,
                     hot,
-                    epoch: m.epoch,
-                    holds_lock: m.holds_lock,
+                    epoch: n.epoch,
+                    holds_lock: n.holds_lock,
                     fresh,
                     agent_gone,
                     live_service,
@@ -589,8 +550,8 @@ impl Runtime {
         let me = &self.shared.cfg.node.name;
         self.fresh_members()
             .into_iter()
-            .filter(|m| &m.node != me && m.mode == "Warm" && m.ready)
-            .map(|m| m.node)
+            .filter(|m| &m.node.name != me && m.node.state == State::Warm && m.node.ready)
+            .map(|m| m.node.name)
             .collect()
     }
 
@@ -774,9 +735,9 @@ impl Runtime {
         let me = &self.shared.cfg.node.name;
         self.fresh_members()
             .into_iter()
-            .filter(|m| &m.node != me && m.holds_lock)
+            .filter(|m| &m.node.name != me && m.node.holds_lock)
             .max_by_key(|m| m.last_seen_unix_ms)
-            .map(|m| m.node)
+            .map(|m| m.node.name)
             .or_else(|| {
                 match understudy_coordinator::lockfile::read_heartbeat(
                     &self.shared.cfg.activation.lock_file,
@@ -920,36 +881,12 @@ impl Runtime {
         m.hot.set(i64::from(snap.state == State::Hot));
         m.epoch.set(snap.epoch as i64);
         m.lock_held.set(i64::from(snap.holds_lock));
-        let cfg = &self.shared.cfg;
-        let role = match snap.service {
-            understudy_engine::SvcState::Running { role, .. } => Some(role.as_env().to_string()),
-            understudy_engine::SvcState::Starting(role) => Some(role.as_env().to_string()),
-            _ => None,
-        };
-        let view = StatusView {
-            node: cfg.node.name.clone(),
-            group: cfg.node.group.clone(),
-            mode: snap.state.to_string(),
-            name: snap.mode.api_name().to_string(),
-            epoch: snap.epoch,
-            since: rfc3339(snap.since_unix_ms),
-            since_unix_ms: snap.since_unix_ms,
-            waiting: snap.waiting.clone(),
-            holds_lock: snap.holds_lock,
-            ready: snap.ready,
-            admin: cfg.node.admin.to_string(),
-            lock_file: cfg.activation.lock_file.display().to_string(),
-            agent_pid: std::process::id(),
-            service: ServiceStatus {
-                state: snap.service.word().to_string(),
-                pid: self.supervisor.pid(),
-                role,
-                standby: format!("{:?}", cfg.service.standby).to_lowercase(),
-                command: cfg.service.command.clone(),
-                healthy: snap.healthy,
-                detail: self.service_detail.clone(),
-            },
-        };
+        let view = status_of(
+            &self.shared.cfg,
+            &snap,
+            self.supervisor.pid(),
+            self.service_detail.clone(),
+        );
         match self.shared.status.write() {
             Ok(mut s) => *s = view,
             Err(p) => *p.into_inner() = view,
@@ -961,22 +898,12 @@ impl Runtime {
     fn advertise(&mut self, force: bool) {
         let s = self.shared.status();
         let rec = MemberRecord {
-            node: s.node.clone(),
-            group: s.group.clone(),
-            admin: s.admin.clone(),
-            mode: s.mode.clone(),
-            name: s.name.clone(),
-            epoch: s.epoch,
-            since_unix_ms: s.since_unix_ms,
             last_seen_unix_ms: unix_ms(),
-            holds_lock: s.holds_lock,
-            ready: s.ready,
-            service: s.service.state.clone(),
+            service: s.service.state,
             pid: s.service.pid,
-            agent_pid: s.agent_pid,
-            waiting: s.waiting.clone(),
             detail: s.service.detail.as_ref().map(one_line),
             handover_to: self.engine.snapshot().handover_to,
+            node: s.node,
         };
         let changed = match &self.last_record {
             Some(last) => {

@@ -9,7 +9,9 @@ pub use stats::{percentile, percentiles, Summary};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use understudy_status::{ActivationModeView, ApiError, Group, State, Status, Switchover};
 
 /// Errors talking to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -33,16 +35,21 @@ pub enum ControlError {
         /// The agent's explanation.
         message: String,
     },
-    /// The agent answered something that is not JSON.
-    #[error("{addr} answered something that is not JSON: {source}")]
+    /// The agent answered something that is not what it should have.
+    #[error("{addr} answered something that is not its admin API's {what}: {reason}")]
     BadAnswer {
         /// The admin address.
         addr: String,
+        /// The answer expected (`/status`, …).
+        what: &'static str,
         /// What was wrong.
-        #[source]
-        source: reqwest::Error,
+        reason: String,
     },
 }
+
+/// The admin address every command that talks to an agent uses when given none: the example
+/// configuration's `node.admin`.
+pub const DEFAULT_AGENT: &str = "127.0.0.1:7701";
 
 /// A client of one agent's admin API.
 pub struct AgentClient {
@@ -161,7 +168,13 @@ impl AgentClient {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, ControlError> {
+    /// One request; a 2xx answer parsed as `T`, any other as the API's [`ApiError`].
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        what: &'static str,
+    ) -> Result<T, ControlError> {
         // X-Understudy marks a deliberate client: the agent refuses browser requests that lack it.
         let mut req = self
             .http
@@ -178,54 +191,58 @@ impl AgentClient {
                 source,
             })?;
         let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|source| ControlError::BadAnswer {
-                addr: self.addr.clone(),
-                source,
-            })?;
+        let bad = |what, reason: String| ControlError::BadAnswer {
+            addr: self.addr.clone(),
+            what,
+            reason,
+        };
+        let body = resp.bytes().await.map_err(|e| bad(what, e.to_string()))?;
         if !status.is_success() {
-            let mut message = body
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no reason given")
-                .to_string();
-            if let Some(h) = body.get("holder").and_then(Value::as_str) {
-                message.push_str(&format!(" (holder: {h})"));
-            }
+            // Not every refusal is the agent's own (a proxy, an older agent): its text then.
+            let message = match serde_json::from_slice::<ApiError>(&body) {
+                Ok(ApiError {
+                    error,
+                    holder: Some(h),
+                }) => format!("{error} (holder: {h})"),
+                Ok(ApiError { error, .. }) => error,
+                Err(_) => String::from_utf8_lossy(&body).chars().take(200).collect(),
+            };
             return Err(ControlError::Refused {
                 addr: self.addr.clone(),
                 status: status.as_u16(),
                 message,
             });
         }
-        Ok(body)
+        serde_json::from_slice(&body).map_err(|e| bad(what, e.to_string()))
     }
 
     /// `GET /status`.
-    pub async fn status(&self) -> Result<Value, ControlError> {
-        self.call(reqwest::Method::GET, "/status").await
+    pub async fn status(&self) -> Result<Status, ControlError> {
+        self.call(reqwest::Method::GET, "/status", "/status").await
     }
 
     /// `GET /group`.
-    pub async fn group(&self) -> Result<Value, ControlError> {
-        self.call(reqwest::Method::GET, "/group").await
+    pub async fn group(&self) -> Result<Group, ControlError> {
+        self.call(reqwest::Method::GET, "/group", "/group").await
     }
 
     /// `GET /events`.
     pub async fn events(&self) -> Result<Value, ControlError> {
-        self.call(reqwest::Method::GET, "/events").await
+        self.call(reqwest::Method::GET, "/events", "/events").await
     }
 
     /// `PUT /service/activationmode/hot`.
-    pub async fn activate(&self) -> Result<Value, ControlError> {
-        self.call(reqwest::Method::PUT, "/service/activationmode/hot")
-            .await
+    pub async fn activate(&self) -> Result<ActivationModeView, ControlError> {
+        self.call(
+            reqwest::Method::PUT,
+            "/service/activationmode/hot",
+            "activation answer",
+        )
+        .await
     }
 
     /// `POST /service/switchover[?to=NODE]`: hand activity to a ready standby, or to `to`.
-    pub async fn switchover(&self, to: Option<&str>) -> Result<Value, ControlError> {
+    pub async fn switchover(&self, to: Option<&str>) -> Result<Switchover, ControlError> {
         let path = match to {
             Some(t) => format!(
                 "/service/switchover?to={}",
@@ -235,7 +252,8 @@ impl AgentClient {
             ),
             None => "/service/switchover".to_string(),
         };
-        self.call(reqwest::Method::POST, &path).await
+        self.call(reqwest::Method::POST, &path, "switchover answer")
+            .await
     }
 }
 
@@ -266,40 +284,26 @@ pub fn ago(unix_ms: u64) -> String {
 }
 
 /// The group as a table a person reads at a glance: who is active, with which epoch, since when.
-pub fn render_group(group: &Value) -> String {
-    let mut out = String::new();
-    let members = group
-        .get("members")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let fresh = |m: &Value| m.get("fresh").and_then(Value::as_bool) == Some(true);
-    // Epochs are unique per activation, so among fresh Hot records only the newest epoch is the
-    // active; an older one is a record its (probably dead) agent has not yet refreshed or removed.
-    let top = members
-        .iter()
-        .filter(|m| s(m, "mode") == "Hot" && fresh(m))
-        .filter_map(|m| u(m, "epoch"))
-        .max();
-    let active: Vec<&Value> = members
-        .iter()
-        .filter(|m| s(m, "mode") == "Hot" && fresh(m) && u(m, "epoch") == top)
-        .collect();
-    out.push_str(&format!("group {}: ", s(group, "group")));
-    match active.as_slice() {
+pub fn render_group(group: &Group) -> String {
+    let mut out = format!("group {}: ", group.group);
+    let top = group.active_epoch();
+    match group.actives().as_slice() {
         [] => out.push_str("NO ACTIVE NODE\n"),
-        [a] => out.push_str(&format!(
-            "active {} (epoch {}, since {})\n",
-            s(a, "node"),
-            u(a, "epoch").unwrap_or(0),
-            u(a, "since_unix_ms").map(ago).unwrap_or_default()
-        )),
+        [a] => {
+            let n = &a.record.node;
+            out.push_str(&format!(
+                "active {} (epoch {}, since {})\n",
+                n.name,
+                n.epoch,
+                ago(n.since_unix_ms)
+            ))
+        }
         many => out.push_str(&format!(
             "{} NODES CLAIM TO BE ACTIVE WITH EPOCH {}: {}\n",
             many.len(),
             top.unwrap_or(0),
             many.iter()
-                .map(|m| s(m, "node"))
+                .map(|m| m.record.node.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
@@ -308,45 +312,45 @@ pub fn render_group(group: &Value) -> String {
         "{:<12} {:<5} {:<13} {:>6} {:<16} {:<18} {:<14} {}\n",
         "NODE", "STATE", "MODE", "EPOCH", "SINCE", "SERVICE", "LAST SEEN", "ADMIN"
     ));
-    for m in &members {
-        let is_fresh = fresh(m);
-        let superseded = s(m, "mode") == "Hot" && u(m, "epoch") < top;
-        let state = match (is_fresh, superseded) {
+    for m in &group.members {
+        let (r, n) = (&m.record, &m.record.node);
+        let superseded = group.superseded(m);
+        let state = match (m.fresh, superseded) {
             (false, _) => "gone".to_string(),
             (true, true) => "stale".to_string(),
-            (true, false) => s(m, "mode").to_string(),
+            (true, false) => n.state.to_string(),
         };
-        let svc = match u(m, "pid") {
-            Some(p) => format!("{} pid {p}", s(m, "service")),
-            None => s(m, "service").to_string(),
+        let svc = match r.pid {
+            Some(p) => format!("{} pid {p}", r.service),
+            None => r.service.to_string(),
         };
         let mut line = format!(
             "{:<12} {:<5} {:<13} {:>6} {:<16} {:<18} {:<14} {}",
-            s(m, "node"),
+            n.name,
             state,
-            s(m, "name"),
-            u(m, "epoch").unwrap_or(0),
-            u(m, "since_unix_ms").map(ago).unwrap_or_default(),
+            n.activation.to_string(),
+            n.epoch,
+            ago(n.since_unix_ms),
             svc,
-            u(m, "last_seen_unix_ms").map(ago).unwrap_or_default(),
-            s(m, "admin"),
+            ago(r.last_seen_unix_ms),
+            n.admin,
         );
-        if superseded && is_fresh {
+        if superseded {
             line.push_str(&format!(
                 "  record of an older epoch; epoch {} is active",
                 top.unwrap_or(0)
             ));
         }
-        if is_fresh && s(m, "mode") == "Warm" {
-            if m.get("ready").and_then(Value::as_bool) == Some(true) {
+        if m.fresh && n.state == State::Warm {
+            if n.ready {
                 line.push_str("  ready");
             }
-            if let Some(w) = m.get("waiting").and_then(Value::as_str) {
+            if let Some(w) = &n.waiting {
                 line.push_str(&format!("\n{:<12} └ {w}", ""));
             }
         }
-        if is_fresh {
-            if let Some(d) = m.get("detail").and_then(Value::as_str) {
+        if m.fresh {
+            if let Some(d) = &r.detail {
                 line.push_str(&format!("\n{:<12} └ service: {d}", ""));
             }
         }
@@ -433,6 +437,7 @@ pub fn render_events(ev: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+    use understudy_status::{ActivationMode, Member, MemberRecord, Node, ServiceState};
 
     #[test]
     fn a_takeover_reads_as_a_timeline_in_time_order() {
@@ -464,34 +469,77 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_table_names_the_active_node_and_flags_two_actives() {
+    fn member(name: &str, state: State, epoch: u64) -> Member {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        let m = |n: &str, mode: &str| {
-            json!({"node": n, "mode": mode, "name": "TryLock", "epoch": 3, "since_unix_ms": now,
-                   "last_seen_unix_ms": now, "service": "running", "pid": 42, "admin": "127.0.0.1:1",
-                   "fresh": true, "ready": true, "waiting": "waiting for the group lock"})
-        };
-        let mut b = m("b", "Warm");
-        b["detail"] = json!("role=standby upstream_connected=true subscriptions=50");
-        let one = render_group(&json!({"group": "g", "members": [m("a", "Hot"), b]}));
+        Member {
+            record: MemberRecord {
+                node: Node {
+                    name: name.into(),
+                    group: "g".into(),
+                    state,
+                    activation: ActivationMode::TryLock,
+                    epoch,
+                    since_unix_ms: now,
+                    waiting: Some("waiting for the group lock".into()),
+                    holds_lock: state == State::Hot,
+                    ready: true,
+                    admin: "127.0.0.1:1".into(),
+                    agent_pid: 41,
+                },
+                last_seen_unix_ms: now,
+                service: ServiceState::Running,
+                pid: Some(42),
+                detail: None,
+                handover_to: None,
+            },
+            age_ms: 0,
+            fresh: true,
+        }
+    }
+
+    fn group(members: Vec<Member>) -> Group {
+        Group {
+            group: "g".into(),
+            asked: "a".into(),
+            members,
+        }
+    }
+
+    #[test]
+    fn the_table_names_the_active_node_and_flags_two_actives() {
+        let mut b = member("b", State::Warm, 3);
+        b.record.detail = Some("role=standby upstream_connected=true subscriptions=50".into());
+        let one = render_group(&group(vec![member("a", State::Hot, 3), b]));
         assert!(
             one.contains("service: role=standby upstream_connected=true subscriptions=50"),
             "{one}"
         );
         assert!(one.contains("active a (epoch 3"), "{one}");
         assert!(one.contains("ready"), "{one}");
-        let two = render_group(&json!({"group": "g", "members": [m("a", "Hot"), m("b", "Hot")]}));
+        assert!(one.contains("TryLock"), "{one}");
+        assert!(one.contains("running pid 42"), "{one}");
+        let two = render_group(&group(vec![
+            member("a", State::Hot, 3),
+            member("b", State::Hot, 3),
+        ]));
         assert!(two.contains("2 NODES CLAIM TO BE ACTIVE"), "{two}");
-        let mut newer = m("b", "Hot");
-        newer["epoch"] = json!(4);
-        let stale = render_group(&json!({"group": "g", "members": [m("a", "Hot"), newer]}));
+        let stale = render_group(&group(vec![
+            member("a", State::Hot, 3),
+            member("b", State::Hot, 4),
+        ]));
         assert!(stale.contains("active b (epoch 4"), "{stale}");
         assert!(stale.contains("stale"), "{stale}");
-        let none = render_group(&json!({"group": "g", "members": [m("b", "Warm")]}));
+        let mut gone = member("a", State::Hot, 5);
+        gone.fresh = false;
+        let none = render_group(&group(vec![gone, member("b", State::Warm, 3)]));
         assert!(none.contains("NO ACTIVE NODE"), "{none}");
+        assert!(
+            none.lines()
+                .any(|l| l.starts_with("a ") && l.contains("gone")),
+            "{none}"
+        );
     }
 }

@@ -70,28 +70,8 @@ fn local_host() -> String {
 /// The host built into `understudy serve`.
 pub const LOCAL_HOST: &str = "local";
 
-/// Standby type, as document 000 offers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Standby {
-    /// Service running in standby role, mirroring state.
-    Hot,
-    /// Process up, core services not initialized.
-    Warm,
-    /// Not started until activation.
-    Cold,
-}
-
-impl Standby {
-    /// The `service.standby` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Standby::Hot => "hot",
-            Standby::Warm => "warm",
-            Standby::Cold => "cold",
-        }
-    }
-}
+/// Standby type, as document 000 offers it: the agent's own `service.standby`.
+pub use understudy_status::StandbyType as Standby;
 
 /// How the nodes of the group become active. `hot` is not offered: a failover group whose every
 /// node insists on being Hot has nobody standing by.

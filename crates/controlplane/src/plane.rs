@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
+use understudy_status::{ApiError, Status, Switchover};
 
 use crate::config_io::{diff, ImportReport, ServerConfig};
 use crate::host::{agent_key, server_key, tail, HostError, LocalHost};
@@ -74,7 +75,7 @@ pub const HOST_STALE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeLive {
     /// The agent's `GET /status`, when it answered.
-    pub status: Option<Value>,
+    pub status: Option<Status>,
     /// Why it did not, when it did not.
     pub error: Option<String>,
     /// Unix ms of the last answer.
@@ -691,14 +692,20 @@ impl Plane {
         self.row(name)
     }
 
-    async fn admin_status(&self, addr: &str) -> Option<Value> {
+    /// The agent's `GET /status`, or why there is none.
+    async fn admin_status(&self, addr: &str) -> Result<Status, String> {
         let r = self
             .http
             .get(format!("http://{addr}/status"))
             .send()
             .await
-            .ok()?;
-        r.json().await.ok()
+            .map_err(|e| format!("the agent does not answer on {addr}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("the agent on {addr} answered {}", r.status()));
+        }
+        r.json()
+            .await
+            .map_err(|e| format!("the agent on {addr} answered something that is not /status: {e}"))
     }
 
     fn want_agent(
@@ -733,7 +740,7 @@ impl Plane {
             if node.host == LOCAL_HOST {
                 self.sync_local().await;
             }
-            if self.admin_status(&admin).await.is_some() {
+            if self.admin_status(&admin).await.is_ok() {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -818,21 +825,14 @@ impl Plane {
         let deadline = tokio::time::Instant::now() + HOT_TIMEOUT;
         loop {
             let st = self.admin_status(&self.node_admin(node)).await;
-            if st
-                .as_ref()
-                .and_then(|s| s.get("mode"))
-                .and_then(Value::as_str)
-                == Some("Hot")
-            {
+            if st.as_ref().is_ok_and(Status::is_hot) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                let why = st
-                    .as_ref()
-                    .and_then(|s| s.get("waiting"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("no answer")
-                    .to_string();
+                let why = match st {
+                    Ok(s) => s.node.waiting.unwrap_or_default(),
+                    Err(e) => e,
+                };
                 return Err(PlaneError::Start(format!(
                     "the preferred node {} did not become active within {} s: {why}",
                     node.name,
@@ -844,10 +844,10 @@ impl Plane {
     }
 
     /// The node that is Hot now, by asking every node of the group.
-    async fn active_node(&self, nodes: &[NodeSpec]) -> Option<(NodeSpec, Value)> {
+    async fn active_node(&self, nodes: &[NodeSpec]) -> Option<(NodeSpec, Status)> {
         for n in nodes {
-            if let Some(st) = self.admin_status(&self.node_admin(n)).await {
-                if st.get("mode").and_then(Value::as_str) == Some("Hot") {
+            if let Ok(st) = self.admin_status(&self.node_admin(n)).await {
+                if st.is_hot() {
                     return Some((n.clone(), st));
                 }
             }
@@ -900,7 +900,11 @@ impl Plane {
     }
 
     /// Hand activity to a ready standby: asks the active node's agent.
-    pub async fn switchover(&self, name: &str, to: Option<String>) -> Result<Value, PlaneError> {
+    pub async fn switchover(
+        &self,
+        name: &str,
+        to: Option<String>,
+    ) -> Result<Switchover, PlaneError> {
         let row = self.row(name)?;
         self.check(&row, Step::Switchover)?;
         let Some(f) = row.failover.clone() else {
@@ -933,21 +937,26 @@ impl Plane {
             .await
             .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", active.name)))?;
         let code = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let body = resp.bytes().await.unwrap_or_default();
         if !code.is_success() {
+            let why = serde_json::from_slice::<ApiError>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {code}"));
             return Err(PlaneError::Refused(Refusal {
-                reason: format!(
-                    "{} refused the switchover: {}",
-                    active.name,
-                    body.get("error").and_then(Value::as_str).unwrap_or("")
-                ),
+                reason: format!("{} refused the switchover: {why}", active.name),
                 hint: "wait until a standby is ready (see the dashboard), then try again".into(),
             }));
         }
+        let done: Switchover = serde_json::from_slice(&body).map_err(|e| {
+            PlaneError::Start(format!(
+                "{} switched over but its answer is unreadable: {e}",
+                active.name
+            ))
+        })?;
         if let Some(t) = &to {
             // An agent that cannot honour the choice hands over to whichever standby wins; never
             // report that as the chosen one.
-            let got = body.get("to").and_then(Value::as_str).unwrap_or("");
+            let got = &done.to;
             if got != t {
                 return Err(PlaneError::Start(format!(
                     "asked to switch over to {t}, but {} handed over to {got:?}: its agent does not support choosing the standby",
@@ -955,7 +964,7 @@ impl Plane {
                 )));
             }
         }
-        Ok(body)
+        Ok(done)
     }
 
     /// The whole inventory with what the collector last saw, for the dashboard and the API.
@@ -997,12 +1006,12 @@ impl Plane {
                         "host": n.host,
                         "admin": self.node_admin(n),
                         "preferred": n.name == f.spec.preferred_node(name),
-                        "mode": st.and_then(|s| s.get("mode")).cloned(),
-                        "epoch": st.and_then(|s| s.get("epoch")).cloned(),
-                        "since": st.and_then(|s| s.get("since")).cloned(),
-                        "ready": st.and_then(|s| s.get("ready")).cloned(),
-                        "waiting": st.and_then(|s| s.get("waiting")).cloned(),
-                        "service": st.and_then(|s| s.get("service")).cloned(),
+                        "mode": st.map(|s| s.node.state),
+                        "epoch": st.map(|s| s.node.epoch),
+                        "since": st.map(|s| &s.since),
+                        "ready": st.map(|s| s.node.ready),
+                        "waiting": st.and_then(|s| s.node.waiting.as_ref()),
+                        "service": st.map(|s| &s.service),
                         "reachable": l.status.is_some(),
                         "error": l.error,
                     })
@@ -1070,12 +1079,12 @@ impl Plane {
                     .report(&agent_key(&n.name))
                     .and_then(|(_, r)| r.problem);
                 let entry = NodeLive {
-                    error: st.is_none().then(|| match &problem {
-                        Some(p) => format!("the agent does not answer on {admin}: {p}"),
-                        None => format!("the agent does not answer on {admin}"),
+                    error: st.as_ref().err().map(|e| match &problem {
+                        Some(p) => format!("{e}: {p}"),
+                        None => e.clone(),
                     }),
-                    last_ok_unix_ms: st.as_ref().map(|_| unix_ms()),
-                    status: st,
+                    last_ok_unix_ms: st.as_ref().ok().map(|_| unix_ms()),
+                    status: st.ok(),
                 };
                 // A node whose state or epoch moved has a takeover to report: fetch its events now
                 // rather than at the next periodic pass, so the failure event shows within a
@@ -1084,9 +1093,7 @@ impl Plane {
                 if let Ok(mut live) = self.live.lock() {
                     let prev = live.get(&n.name);
                     let prev_ok = prev.and_then(|l| l.last_ok_unix_ms);
-                    let key = |l: Option<&Value>| {
-                        l.map(|s| (s.get("mode").cloned(), s.get("epoch").cloned()))
-                    };
+                    let key = |l: Option<&Status>| l.map(|s| (s.node.state, s.node.epoch));
                     moved = key(prev.and_then(|p| p.status.as_ref())) != key(entry.status.as_ref());
                     let mut e = entry;
                     if e.last_ok_unix_ms.is_none() {

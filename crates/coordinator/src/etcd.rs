@@ -263,13 +263,13 @@ impl std::fmt::Debug for EtcdMembers {
 impl EtcdMembers {
     /// Publish this node's record (only this node's: the key carries this node's lease).
     pub fn write(&self, rec: &MemberRecord) -> Result<(), CoordError> {
-        if rec.node != self.node {
+        if rec.node.name != self.node {
             return Err(CoordError::Etcd(format!(
                 "node {} cannot write the record of {}",
-                self.node, rec.node
+                self.node, rec.node.name
             )));
         }
-        lock(&self.cache).insert(rec.node.clone(), rec.clone());
+        lock(&self.cache).insert(rec.node.name.clone(), rec.clone());
         self.own.send_replace(Some(rec.clone()));
         Ok(())
     }
@@ -894,7 +894,7 @@ impl Task {
         .max(
             lock(&self.cache)
                 .values()
-                .map(|m| m.epoch)
+                .map(|m| m.node.epoch)
                 .max()
                 .unwrap_or(0),
         );
@@ -1225,14 +1225,14 @@ impl Task {
             return;
         }
         match serde_json::from_slice::<MemberRecord>(kv.value()) {
-            Ok(mut rec) if rec.node == name && is_valid_node_name(name) => {
+            Ok(mut rec) if rec.node.name == name && is_valid_node_name(name) => {
                 if members.len() >= MAX_MEMBERS && !members.contains_key(name) {
                     tracing::warn!("etcd: more than {MAX_MEMBERS} member records; ignoring {name}");
                     return;
                 }
                 rec.last_seen_unix_ms = unix_ms();
                 let mut v = lock(&self.view);
-                v.epoch = v.epoch.max(rec.epoch);
+                v.epoch = v.epoch.max(rec.node.epoch);
                 drop(v);
                 members.insert(name.to_string(), rec);
             }
@@ -1393,7 +1393,7 @@ async fn member_writer(
         let result = match &rec {
             Some(rec) => match serde_json::to_vec(rec) {
                 Ok(json) => {
-                    let key = format!("{prefix}{}", rec.node);
+                    let key = format!("{prefix}{}", rec.node.name);
                     last_key = Some(key.clone());
                     let id = lease.load(Ordering::Relaxed);
                     let opts = (id != 0).then(|| PutOptions::new().with_lease(id));

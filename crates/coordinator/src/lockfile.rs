@@ -355,9 +355,9 @@ impl LockFileCoordinator {
             .members
             .read_all()
             .into_iter()
-            .filter(|m| m.holds_lock && m.node != self.node)
+            .filter(|m| m.node.holds_lock && m.node.name != self.node)
             .max_by_key(|m| m.last_seen_unix_ms)
-            .map(|m| m.node);
+            .map(|m| m.node.name);
         if from_members.is_some() {
             return from_members;
         }
@@ -373,7 +373,7 @@ impl LockFileCoordinator {
         self.members
             .read_all()
             .iter()
-            .map(|m| m.epoch)
+            .map(|m| m.node.epoch)
             .max()
             .unwrap_or(0)
     }

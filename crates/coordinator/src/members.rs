@@ -6,52 +6,12 @@ use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use understudy_status::MemberRecord;
 
 use crate::{is_valid_node_name, CoordError};
 
 /// Records are a few hundred bytes; a bigger file is not one of ours.
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
-
-/// What one node advertises about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberRecord {
-    /// `node.name`.
-    pub node: String,
-    /// `node.group`.
-    pub group: String,
-    /// The node's admin API address.
-    pub admin: String,
-    /// Current state: `Hot` or `Warm`.
-    pub mode: String,
-    /// Configured activation mode: `Hot`, `Warm`, `TryLock`, `TryHeartbeat`.
-    pub name: String,
-    /// The node's epoch (the one it is active with, or the last it had).
-    pub epoch: u64,
-    /// When the state last changed (Unix milliseconds).
-    pub since_unix_ms: u64,
-    /// When this record was written (Unix milliseconds).
-    pub last_seen_unix_ms: u64,
-    /// True while the node holds the group lock.
-    pub holds_lock: bool,
-    /// True when the node could take over now (standby, service ready, not backing off).
-    pub ready: bool,
-    /// Service state, e.g. `running`, `stopped`, `starting`.
-    pub service: String,
-    /// The service's pid, if it runs.
-    pub pid: Option<u32>,
-    /// The agent's pid.
-    pub agent_pid: u32,
-    /// Why a Warm node is not Hot, in words.
-    pub waiting: Option<String>,
-    /// What the service says about itself (its HTTP health answer, on one line), if anything.
-    #[serde(default)]
-    pub detail: Option<String>,
-    /// The standby a switchover is handing activity to, while this node steps down: the other
-    /// standbys stand aside for it.
-    #[serde(default)]
-    pub handover_to: Option<String>,
-}
 
 /// The membership records of a group.
 #[derive(Debug, Clone)]
@@ -100,7 +60,7 @@ impl Members {
         }
     }
 
-    /// Replace the record of `rec.node`. Files: written to a hidden temp file and renamed over, so
+    /// Replace the record of `rec.node.name`. Files: written to a hidden temp file and renamed over, so
     /// readers see the old record or the new one, never half of one; not fsynced (records are
     /// advisory and rewritten every heartbeat interval). etcd: only this node's own record, sent in
     /// the background (the call does not wait for the network).
@@ -144,12 +104,12 @@ impl FileMembers {
     }
 
     fn write(&self, rec: &MemberRecord) -> Result<(), CoordError> {
-        if !is_valid_node_name(&rec.node) {
+        if !is_valid_node_name(&rec.node.name) {
             return Err(io_error(
                 &self.dir,
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("invalid node name {:?}", rec.node),
+                    format!("invalid node name {:?}", rec.node.name),
                 ),
             ));
         }
@@ -157,7 +117,7 @@ impl FileMembers {
             serde_json::to_vec(rec).map_err(|e| io_error(&self.dir, io::Error::other(e)))?;
         json.push(b'\n');
         // A leading dot keeps the temp file out of read_all even if we die before the rename.
-        let tmp = self.dir.join(format!(".{}.json.tmp", rec.node));
+        let tmp = self.dir.join(format!(".{}.json.tmp", rec.node.name));
         let open = || {
             OpenOptions::new()
                 .write(true)
@@ -178,7 +138,7 @@ impl FileMembers {
             return Err(io_error(&tmp, e));
         }
         drop(file);
-        let dest = self.file_for(&rec.node);
+        let dest = self.file_for(&rec.node.name);
         std::fs::rename(&tmp, &dest).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             io_error(&dest, e)
@@ -221,7 +181,7 @@ impl FileMembers {
                 }
             }
         }
-        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out.sort_by(|a, b| a.node.name.cmp(&b.node.name));
         out
     }
 

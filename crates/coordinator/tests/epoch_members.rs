@@ -6,23 +6,26 @@ use common::{coord, hb};
 use understudy_coordinator::{
     CoordError, Coordinator, EpochRead, EpochStore, MemberRecord, Members, TryAcquire,
 };
+use understudy_status::{ActivationMode, Node, ServiceState, State};
 
 fn rec(node: &str, epoch: u64) -> MemberRecord {
     MemberRecord {
-        node: node.into(),
-        group: "g".into(),
-        admin: "127.0.0.1:7000".into(),
-        mode: "Warm".into(),
-        name: "TryLock".into(),
-        epoch,
-        since_unix_ms: 1,
+        node: Node {
+            name: node.into(),
+            group: "g".into(),
+            state: State::Warm,
+            activation: ActivationMode::TryLock,
+            epoch,
+            since_unix_ms: 1,
+            waiting: None,
+            holds_lock: false,
+            ready: true,
+            admin: "127.0.0.1:7000".into(),
+            agent_pid: 41,
+        },
         last_seen_unix_ms: 2,
-        holds_lock: false,
-        ready: true,
-        service: "running".into(),
+        service: ServiceState::Running,
         pid: Some(42),
-        agent_pid: 41,
-        waiting: None,
         detail: None,
         handover_to: None,
     }
@@ -208,7 +211,7 @@ fn members_write_read_remove() {
     members.write(&rec("zeta", 1)).unwrap();
     members.write(&rec("alpha", 2)).unwrap();
     let mut updated = rec("zeta", 3);
-    updated.holds_lock = true;
+    updated.node.holds_lock = true;
     members.write(&updated).unwrap();
 
     // Garbage, temp files and strangers are skipped.
@@ -228,7 +231,7 @@ fn members_write_read_remove() {
         members
             .read_all()
             .iter()
-            .map(|m| m.node.as_str())
+            .map(|m| m.node.name.as_str())
             .collect::<Vec<_>>(),
         vec!["zeta"]
     );

@@ -444,13 +444,14 @@ pub enum SvcState {
 }
 
 impl SvcState {
-    /// A word for status displays.
-    pub fn word(&self) -> &'static str {
+    /// What `/status` and the membership record say of it.
+    pub fn status(&self) -> understudy_status::ServiceState {
+        use understudy_status::ServiceState;
         match self {
-            SvcState::Stopped => "stopped",
-            SvcState::Starting(_) => "starting",
-            SvcState::Running { .. } => "running",
-            SvcState::Stopping => "stopping",
+            SvcState::Stopped => ServiceState::Stopped,
+            SvcState::Starting(_) => ServiceState::Starting,
+            SvcState::Running { .. } => ServiceState::Running,
+            SvcState::Stopping => ServiceState::Stopping,
         }
     }
 }

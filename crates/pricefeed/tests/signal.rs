@@ -26,11 +26,10 @@ async fn fake_agent() -> (std::net::SocketAddr, Task) {
             let n = hits.fetch_add(1, Ordering::SeqCst);
             let mut req = [0u8; 1024];
             let _ = s.read(&mut req).await;
-            let body = if n < 2 {
-                r#"{"node":"b","group":"g","mode":"Warm","name":"TryLock","epoch":6}"#
-            } else {
-                r#"{"node":"b","group":"g","mode":"Hot","name":"TryLock","epoch":7}"#
-            };
+            let (mode, epoch) = if n < 2 { ("Warm", 6) } else { ("Hot", 7) };
+            let body = format!(
+                r#"{{"node":"b","group":"g","mode":"{mode}","name":"TryLock","epoch":{epoch},"since_unix_ms":1,"waiting":null,"holds_lock":true,"ready":false,"admin":"127.0.0.1:7701","agent_pid":9,"since":"1970-01-01T00:00:00.001Z","lock_file":"/run/g.lock","service":{{"state":"running","pid":10,"role":"standby","standby":"hot","command":["svc"],"healthy":true,"detail":null}}}}"#
+            );
             let resp = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()

@@ -10,6 +10,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use understudy_status::{State, Status};
+
 /// Longest answer read from the agent: `/status` is a few hundred bytes; anything this large is
 /// not our agent.
 const MAX_ANSWER: u64 = 1 << 20;
@@ -27,15 +29,6 @@ pub struct Agent {
     addr: SocketAddr,
     /// Bound on one call (connect, write, read).
     call_timeout: Duration,
-}
-
-/// The fields of the agent's `GET /status` that a service uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentStatus {
-    /// `Hot` or `Warm`, when the answer has it.
-    pub mode: Option<String>,
-    /// The node's current epoch.
-    pub epoch: u64,
 }
 
 /// What became of an acknowledgement.
@@ -109,7 +102,7 @@ impl Agent {
     }
 
     /// One `GET /status`.
-    pub fn status(&self) -> Result<AgentStatus, AgentError> {
+    pub fn status(&self) -> Result<Status, AgentError> {
         let answer = self.exchange(
             &request("GET", "/status", self.addr, None),
             self.call_timeout,
@@ -188,7 +181,7 @@ impl Agent {
 #[cfg(feature = "tokio")]
 impl Agent {
     /// [`Agent::status`] on tokio.
-    pub async fn status_async(&self) -> Result<AgentStatus, AgentError> {
+    pub async fn status_async(&self) -> Result<Status, AgentError> {
         let req = request("GET", "/status", self.addr, None);
         let answer = self.exchange_async(&req, self.call_timeout).await?;
         parse_status(self.addr, &answer)
@@ -253,17 +246,13 @@ impl Agent {
 }
 
 /// The epoch to take from `st`, if it is the one a newly activated service may act with.
-pub(crate) fn judge(st: &AgentStatus, above: u64) -> Option<u64> {
-    let hot = st.mode.as_deref().is_none_or(|m| m == "Hot");
-    (hot && st.epoch > above).then_some(st.epoch)
+pub(crate) fn judge(st: &Status, above: u64) -> Option<u64> {
+    let n = &st.node;
+    (n.state == State::Hot && n.epoch > above).then_some(n.epoch)
 }
 
-fn describe(st: &AgentStatus) -> String {
-    format!(
-        "{} at epoch {}",
-        st.mode.as_deref().unwrap_or("(no mode)"),
-        st.epoch
-    )
+fn describe(st: &Status) -> String {
+    format!("{} at epoch {}", st.node.state, st.node.epoch)
 }
 
 fn ack_body(pid: u32, epoch: u64) -> String {
@@ -328,7 +317,7 @@ fn excerpt(body: &str) -> String {
     body.chars().take(200).collect()
 }
 
-fn parse_status(addr: SocketAddr, answer: &[u8]) -> Result<AgentStatus, AgentError> {
+fn parse_status(addr: SocketAddr, answer: &[u8]) -> Result<Status, AgentError> {
     let (status, body) = split_answer(addr, answer)?;
     if !(200..300).contains(&status) {
         return Err(AgentError::Status {
@@ -337,16 +326,9 @@ fn parse_status(addr: SocketAddr, answer: &[u8]) -> Result<AgentStatus, AgentErr
             body: excerpt(body),
         });
     }
-    let malformed = |reason: String| AgentError::Malformed { addr, reason };
-    let v: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| malformed(format!("not JSON: {e}")))?;
-    let epoch = v
-        .get("epoch")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| malformed(format!("no unsigned \"epoch\" in {}", excerpt(body))))?;
-    Ok(AgentStatus {
-        mode: v.get("mode").and_then(|m| m.as_str()).map(str::to_string),
-        epoch,
+    serde_json::from_str(body).map_err(|e| AgentError::Malformed {
+        addr,
+        reason: format!("not the agent's /status ({e}): {}", excerpt(body)),
     })
 }
 
@@ -390,18 +372,23 @@ mod tests {
         assert!(post.ends_with("\r\n\r\n{\"pid\":42,\"epoch\":7}"));
     }
 
+    /// An agent's `/status` saying `mode` at `epoch`.
+    fn status(mode: &str, epoch: i64) -> String {
+        format!(
+            r#"{{"node":"b","group":"g","mode":"{mode}","name":"TryLock","epoch":{epoch},"since_unix_ms":1,"waiting":null,"holds_lock":true,"ready":false,"admin":"127.0.0.1:7701","agent_pid":9,"since":"1970-01-01T00:00:00.001Z","lock_file":"/run/g.lock","service":{{"state":"running","pid":10,"role":"standby","standby":"hot","command":["svc"],"healthy":true,"detail":null}},"added_later":1}}"#
+        )
+    }
+
     #[test]
     fn status_answers_parse() {
-        let st = parse_status(
-            addr(),
-            &answer("200 OK", r#"{"node":"b","mode":"Hot","epoch":7}"#),
-        )
-        .unwrap();
-        assert_eq!(st.mode.as_deref(), Some("Hot"));
-        assert_eq!(st.epoch, 7);
+        let st = parse_status(addr(), &answer("200 OK", &status("Hot", 7))).unwrap();
+        assert_eq!(st.node.state, State::Hot);
+        assert_eq!(st.node.epoch, 7);
         for bad in [
             answer("200 OK", r#"{"mode":"Hot"}"#),
-            answer("200 OK", r#"{"mode":"Hot","epoch":-1}"#),
+            answer("200 OK", r#"{"mode":"Hot","epoch":7}"#),
+            answer("200 OK", &status("Hot", -1)),
+            answer("200 OK", &status("Active", 7)),
             answer("200 OK", "not json"),
             b"garbage".to_vec(),
             b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(),
@@ -424,15 +411,13 @@ mod tests {
 
     #[test]
     fn only_a_hot_answer_above_the_old_epoch_counts() {
-        let st = |mode: Option<&str>, epoch| AgentStatus {
-            mode: mode.map(str::to_string),
-            epoch,
+        let st = |mode: &str, epoch| {
+            parse_status(addr(), &answer("200 OK", &status(mode, epoch))).unwrap()
         };
-        assert_eq!(judge(&st(Some("Hot"), 7), 6), Some(7));
-        assert_eq!(judge(&st(None, 7), 6), Some(7));
-        assert_eq!(judge(&st(Some("Hot"), 6), 6), None, "not newer");
-        assert_eq!(judge(&st(Some("Hot"), 5), 6), None, "older");
-        assert_eq!(judge(&st(Some("Warm"), 7), 6), None, "not Hot");
+        assert_eq!(judge(&st("Hot", 7), 6), Some(7));
+        assert_eq!(judge(&st("Hot", 6), 6), None, "not newer");
+        assert_eq!(judge(&st("Hot", 5), 6), None, "older");
+        assert_eq!(judge(&st("Warm", 7), 6), None, "not Hot");
     }
 
     #[test]

@@ -17,31 +17,7 @@ pub const NODE: &str = "UNDERSTUDY_NODE";
 /// The agent's admin API address, `IP:port`.
 pub const ADMIN: &str = "UNDERSTUDY_ADMIN";
 
-/// The service's role: the node's state (Hot/Warm) as the service sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Serving: the only replica of the group allowed to act.
-    Active,
-    /// Waiting to be told it is active (hot standby: running and mirroring, publishing nothing;
-    /// warm standby: up, core services not started).
-    Standby,
-}
-
-impl Role {
-    /// The word the agent uses in `UNDERSTUDY_ROLE`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Active => "active",
-            Role::Standby => "standby",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use understudy_status::Role;
 
 /// A usable environment: either the agent's, or none at all (stand-alone).
 #[derive(Debug, Clone, PartialEq, Eq)]

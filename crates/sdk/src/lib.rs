@@ -86,6 +86,8 @@ pub use agent::{Ack, Agent, AgentError};
 pub use env::{Env, EnvError, Role};
 pub use nix::sys::signal::Signal;
 pub use signals::{Notice, Shutdown, SignalError};
+/// The agent's `GET /status` ([`Agent::status`]), typed as the agent writes it.
+pub use understudy_status::{State, Status};
 
 /// Exit code for an unusable environment (or configuration).
 pub const EXIT_BAD_ENV: u8 = 2;

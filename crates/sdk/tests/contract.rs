@@ -129,16 +129,21 @@ struct Seen {
     acks: Vec<String>,
 }
 
+/// The agent's `/status` saying `mode` at `epoch`.
+fn status(mode: &str, epoch: u64) -> String {
+    format!(
+        r#"{{"node":"b","group":"g","mode":"{mode}","name":"TryLock","epoch":{epoch},"since_unix_ms":1,"waiting":null,"holds_lock":true,"ready":false,"admin":"127.0.0.1:7701","agent_pid":9,"since":"1970-01-01T00:00:00.001Z","lock_file":"/run/g.lock","service":{{"state":"running","pid":10,"role":"standby","standby":"hot","command":["svc"],"healthy":true,"detail":null}}}}"#
+    )
+}
+
 /// `/status` answers: Warm at epoch 6, then Hot at the stale epoch 6, then Hot at 7.
-const WARM_STALE_HOT: [&str; 3] = [
-    r#"{"node":"b","mode":"Warm","epoch":6}"#,
-    r#"{"node":"b","mode":"Hot","epoch":6}"#,
-    r#"{"node":"b","mode":"Hot","epoch":7}"#,
-];
+fn warm_stale_hot() -> Vec<String> {
+    vec![status("Warm", 6), status("Hot", 6), status("Hot", 7)]
+}
 
 /// An admin API that answers `/status` with `answers` in turn (the last one for ever after), and
 /// records acknowledgements.
-fn fake_agent(answers: &'static [&'static str]) -> (SocketAddr, Arc<Mutex<Seen>>) {
+fn fake_agent(answers: Vec<String>) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -170,7 +175,7 @@ fn fake_agent(answers: &'static [&'static str]) -> (SocketAddr, Arc<Mutex<Seen>>
             let mut seen = s.lock().unwrap();
             let answer = if head.starts_with("GET /status HTTP/1.0") {
                 seen.status_requests += 1;
-                answers[(seen.status_requests - 1).min(answers.len() - 1)]
+                answers[(seen.status_requests - 1).min(answers.len() - 1)].as_str()
             } else if head.starts_with("POST /service/active-ack HTTP/1.0") {
                 seen.acks.push(body);
                 "{}"
@@ -311,7 +316,7 @@ fn agent_env(admin: SocketAddr) -> Vec<(&'static str, String)> {
 }
 
 fn standby_activated_by_signal(flavour: &str) {
-    let (admin, seen) = fake_agent(&WARM_STALE_HOT);
+    let (admin, seen) = fake_agent(warm_stale_hot());
     let mut kid = spawn(flavour, &agent_env(admin), None);
     kid.wait_handles_usr1();
     // At once, as the agent does: this must neither kill it nor be lost.
@@ -355,8 +360,7 @@ fn the_same_on_tokio() {
 /// and signals at once, and the kernel discards the signal if it comes before `init` (the
 /// wrapper's pause makes sure it does). The agent is already Hot then, which `init` finds out.
 fn a_standby_started_with_the_signal_ignored_still_activates() {
-    const HOT: [&str; 1] = [r#"{"node":"b","mode":"Hot","epoch":7}"#];
-    let (admin, _seen) = fake_agent(&HOT);
+    let (admin, _seen) = fake_agent(vec![status("Hot", 7)]);
     let mut kid = spawn("sync", &agent_env(admin), Some("trap '' USR1; sleep 0.2"));
     kid.wait_handles_usr1();
     kid.signal(Signal::SIGUSR1);
@@ -410,7 +414,7 @@ fn an_agent_that_never_reports_the_new_epoch_is_an_error() {
         for mut conn in listener.incoming().flatten() {
             let mut buf = [0u8; 1024];
             let _ = conn.read(&mut buf);
-            let body = r#"{"mode":"Warm","epoch":9}"#;
+            let body = status("Warm", 9);
             let _ = write!(
                 conn,
                 "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",

@@ -1,6 +1,6 @@
-//! `understudy top --agent ADDR`: the group live in a terminal — who is active, every node's state,
-//! epoch, readiness (or why not), its service's self-report, and the last failure events with
-//! their phases — refreshed in place. `q` or Esc quits.
+//! `understudy top --agent ADDR`: the group live in a terminal — who is active, every node's state
+//! (Hot, or Warm and ready to take over, or why not), epoch, its service's self-report, and the
+//! last failure events with their phases — refreshed in place. `q` or Esc quits.
 //!
 //! The screen is a pure function of what the agent answered ([`Model`] → [`draw`]), tested on
 //! ratatui's test backend; the loop only fetches, draws and reads keys.
@@ -16,6 +16,7 @@ use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use ratatui::Frame;
 use serde_json::Value;
 use understudy_control::{ago, AgentClient};
+use understudy_status::{Group, State};
 
 /// What one refresh learnt.
 #[derive(Debug, Clone, Default)]
@@ -23,7 +24,7 @@ pub struct Model {
     /// The agent asked.
     pub agent: String,
     /// `GET /group`, when it answered.
-    pub group: Option<Value>,
+    pub group: Option<Group>,
     /// `GET /events`, when it answered.
     pub events: Option<Value>,
     /// Why the agent did not answer.
@@ -34,19 +35,12 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
-fn fresh(m: &Value) -> bool {
-    m.get("fresh").and_then(Value::as_bool) != Some(false)
-}
-
-/// The active node's name: the fresh Hot record with the highest epoch.
-pub fn active(group: &Value) -> Option<String> {
-    group
-        .get("members")?
-        .as_array()?
-        .iter()
-        .filter(|m| s(m, "mode") == "Hot" && fresh(m))
-        .max_by_key(|m| m.get("epoch").and_then(Value::as_u64).unwrap_or(0))
-        .map(|m| s(m, "node").to_string())
+/// The active node's name, when exactly one node is active.
+pub fn active(group: &Group) -> Option<String> {
+    match group.actives().as_slice() {
+        [a] => Some(a.record.node.name.clone()),
+        _ => None,
+    }
 }
 
 /// Draw one screen.
@@ -68,19 +62,29 @@ pub fn draw(f: &mut Frame, m: &Model) {
             Span::raw(format!(" {}: {e}", m.agent)),
         ]),
         (Some(g), None) => {
-            let group = s(g, "group");
-            match active(g) {
-                Some(a) => Line::from(vec![
+            let group = &g.group;
+            match (active(g), g.actives().len()) {
+                (Some(a), _) => Line::from(vec![
                     Span::raw(format!("group {group}  ")),
                     Span::styled(
                         format!(" ACTIVE {a} "),
                         Style::new().bg(Color::Green).fg(Color::Black),
                     ),
                 ]),
-                None => Line::from(vec![
+                (None, 0) => Line::from(vec![
                     Span::raw(format!("group {group}  ")),
                     Span::styled(
                         " NO ACTIVE NODE ",
+                        Style::new()
+                            .bg(Color::Red)
+                            .fg(Color::White)
+                            .add_modifier(Modifier::BOLD),
+                    ),
+                ]),
+                (None, n) => Line::from(vec![
+                    Span::raw(format!("group {group}  ")),
+                    Span::styled(
+                        format!(" {n} NODES CLAIM TO BE ACTIVE "),
                         Style::new()
                             .bg(Color::Red)
                             .fg(Color::White)
@@ -100,68 +104,51 @@ pub fn draw(f: &mut Frame, m: &Model) {
         head,
     );
 
-    let act = m.group.as_ref().and_then(active);
     let rows: Vec<Row> = m
         .group
-        .as_ref()
-        .and_then(|g| g.get("members"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|n| {
-            let name = s(n, "node");
-            let hot = act.as_deref() == Some(name);
-            let ready = n.get("ready").and_then(Value::as_bool) == Some(true);
-            let (state, style) = if !fresh(n) {
+        .iter()
+        .flat_map(|g| g.members.iter().map(move |member| (g, member)))
+        .map(|(g, member)| {
+            let (r, n) = (&member.record, &member.record.node);
+            let detail = r.detail.as_deref().unwrap_or("");
+            let (state, style) = if !member.fresh {
                 ("gone", Style::new().fg(Color::DarkGray))
-            } else if hot {
+            } else if g.superseded(member) {
+                ("stale", Style::new().fg(Color::DarkGray))
+            } else if member.claims_hot() && g.actives().len() > 1 {
+                ("Hot?", Style::new().fg(Color::Red))
+            } else if member.claims_hot() {
                 (
-                    "ACTIVE",
+                    "Hot",
                     Style::new().fg(Color::Green).add_modifier(Modifier::BOLD),
                 )
-            } else if s(n, "mode") == "Hot" {
-                ("Hot?", Style::new().fg(Color::Red))
-            } else if ready {
-                ("standby ready", Style::new().fg(Color::Yellow))
+            } else if n.ready {
+                ("Warm, ready", Style::new().fg(Color::Yellow))
             } else {
-                ("not ready", Style::new().fg(Color::Red))
+                ("Warm, not ready", Style::new().fg(Color::Red))
             };
-            let why = if hot || !fresh(n) {
-                s(n, "detail").to_string()
+            let why = if n.state == State::Hot || !member.fresh {
+                detail.to_string()
             } else {
-                let w = s(n, "waiting");
-                let d = s(n, "detail");
-                if d.is_empty() {
+                let w = n.waiting.as_deref().unwrap_or("");
+                if detail.is_empty() {
                     w.to_string()
                 } else {
-                    format!("{w} · {d}")
+                    format!("{w} · {detail}")
                 }
             };
+            let pid = r
+                .pid
+                .filter(|_| member.fresh)
+                .map(|p| format!(" pid {p}"))
+                .unwrap_or_default();
             Row::new(vec![
-                Cell::from(name.to_string()),
+                Cell::from(n.name.clone()),
                 Cell::from(state).style(style),
-                Cell::from(s(n, "name").to_string()),
-                Cell::from(
-                    n.get("epoch")
-                        .and_then(Value::as_u64)
-                        .map(|e| e.to_string())
-                        .unwrap_or_default(),
-                ),
-                Cell::from(
-                    n.get("since_unix_ms")
-                        .and_then(Value::as_u64)
-                        .map(ago)
-                        .unwrap_or_default(),
-                ),
-                Cell::from(format!(
-                    "{}{}",
-                    s(n, "service"),
-                    n.get("pid")
-                        .and_then(Value::as_u64)
-                        .filter(|_| fresh(n))
-                        .map(|p| format!(" pid {p}"))
-                        .unwrap_or_default()
-                )),
+                Cell::from(n.activation.to_string()),
+                Cell::from(n.epoch.to_string()),
+                Cell::from(ago(n.since_unix_ms)),
+                Cell::from(format!("{}{pid}", r.service)),
                 Cell::from(why),
             ])
         })
@@ -181,7 +168,7 @@ pub fn draw(f: &mut Frame, m: &Model) {
             rows,
             [
                 Constraint::Length(12),
-                Constraint::Length(14),
+                Constraint::Length(15),
                 Constraint::Length(13),
                 Constraint::Length(6),
                 Constraint::Length(12),
@@ -232,7 +219,7 @@ pub fn draw(f: &mut Frame, m: &Model) {
     f.render_widget(
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(format!(
             " takeovers by {} (ms from detection) ",
-            m.group.as_ref().map(|g| s(g, "node")).unwrap_or("")
+            m.group.as_ref().map(|g| g.asked.as_str()).unwrap_or("")
         ))),
         events,
     );
@@ -249,12 +236,11 @@ async fn fetch(client: &AgentClient, agent: &str) -> Model {
     }
 }
 
-/// Run until `q`, Esc or Ctrl-C.
-pub fn run(agent: &str, interval: Duration) -> anyhow::Result<()> {
+/// Run until `q`, Esc or Ctrl-C, asking the agent at `agent` through `client`.
+pub fn run(client: AgentClient, agent: &str, interval: Duration) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = AgentClient::new(agent, Duration::from_millis(800));
     let mut terminal = ratatui::init();
     let result = (|| -> anyhow::Result<()> {
         loop {
@@ -283,6 +269,7 @@ mod tests {
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
     use serde_json::json;
+    use understudy_status::{ActivationMode, Member, MemberRecord, Node, ServiceState};
 
     fn screen(m: &Model) -> String {
         let mut t = Terminal::new(TestBackend::new(120, 30)).unwrap();
@@ -298,15 +285,56 @@ mod tests {
         out
     }
 
+    fn member(name: &str, state: State, epoch: u64, ready: bool, waiting: &str) -> Member {
+        Member {
+            record: MemberRecord {
+                node: Node {
+                    name: name.into(),
+                    group: "fix".into(),
+                    state,
+                    activation: ActivationMode::TryLock,
+                    epoch,
+                    since_unix_ms: 0,
+                    waiting: (!waiting.is_empty()).then(|| waiting.to_string()),
+                    holds_lock: state == State::Hot,
+                    ready,
+                    admin: "127.0.0.1:1".into(),
+                    agent_pid: 1,
+                },
+                last_seen_unix_ms: 0,
+                service: ServiceState::Running,
+                pid: Some(42),
+                detail: None,
+                handover_to: None,
+            },
+            age_ms: 0,
+            fresh: true,
+        }
+    }
+
+    fn group(members: Vec<Member>) -> Option<Group> {
+        Some(Group {
+            group: "fix".into(),
+            asked: "a".into(),
+            members,
+        })
+    }
+
     #[test]
     fn shows_the_active_the_standbys_and_why_not_ready() {
         let m = Model {
             agent: "127.0.0.1:7701".into(),
-            group: Some(json!({"group": "fix", "node": "a", "members": [
-                {"node": "a", "mode": "Hot", "name": "TryLock", "epoch": 7, "fresh": true, "service": "running", "pid": 42},
-                {"node": "b", "mode": "Warm", "name": "TryLock", "epoch": 7, "fresh": true, "ready": true, "waiting": "waiting for the group lock"},
-                {"node": "c", "mode": "Warm", "name": "TryLock", "epoch": 6, "fresh": true, "ready": false, "waiting": "service failed; rejoining in 3 s"}
-            ]})),
+            group: group(vec![
+                member("a", State::Hot, 7, false, ""),
+                member("b", State::Warm, 7, true, "waiting for the group lock"),
+                member(
+                    "c",
+                    State::Warm,
+                    6,
+                    false,
+                    "service failed; rejoining in 3 s",
+                ),
+            ]),
             events: Some(
                 json!({"takeovers": [{"epoch": 7, "cause": "node x died", "epoch_durable_ms": 0.4, "ready_ms": 1.5}]}),
             ),
@@ -314,27 +342,39 @@ mod tests {
         };
         let s = screen(&m);
         assert!(s.contains("ACTIVE a"), "{s}");
-        assert!(s.contains("standby ready"), "{s}");
+        assert!(s.contains("Warm, ready"), "{s}");
         assert!(
-            s.contains("not ready") && s.contains("rejoining in 3 s"),
+            s.contains("Warm, not ready") && s.contains("rejoining in 3 s"),
             "{s}"
         );
         assert!(
             s.contains("epoch durable +0.40") && s.contains("node x died"),
             "{s}"
         );
+        assert!(s.contains("takeovers by a"), "{s}");
     }
 
     #[test]
-    fn says_so_when_no_node_is_active_or_the_agent_is_unreachable() {
+    fn says_so_when_no_node_or_two_nodes_are_active_or_the_agent_is_unreachable() {
         let none = Model {
             agent: "x".into(),
-            group: Some(
-                json!({"group": "g", "members": [{"node": "b", "mode": "Warm", "fresh": true}]}),
-            ),
+            group: group(vec![member("b", State::Warm, 1, true, "")]),
             ..Default::default()
         };
         assert!(screen(&none).contains("NO ACTIVE NODE"));
+        let two = Model {
+            agent: "x".into(),
+            group: group(vec![
+                member("a", State::Hot, 4, false, ""),
+                member("b", State::Hot, 4, false, ""),
+            ]),
+            ..Default::default()
+        };
+        let s = screen(&two);
+        assert!(
+            s.contains("2 NODES CLAIM TO BE ACTIVE") && s.contains("Hot?"),
+            "{s}"
+        );
         let down = Model {
             agent: "127.0.0.1:1".into(),
             error: Some("connection refused".into()),

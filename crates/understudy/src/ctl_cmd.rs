@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
+use understudy_controlplane::model::Activation;
+use understudy_status::StandbyType;
 
 /// `understudy serve`.
 #[derive(Args)]
@@ -111,13 +113,28 @@ pub struct CtlArgs {
     cmd: CtlCmd,
 }
 
+/// `--standby`: [`StandbyType`] for clap.
 #[derive(Clone, Copy, ValueEnum)]
-enum StandbyArg {
+pub(crate) enum StandbyArg {
+    /// Service running in standby role, mirroring state.
     Hot,
+    /// Process up, core services not initialized.
     Warm,
+    /// Not started until activation.
     Cold,
 }
 
+impl From<StandbyArg> for StandbyType {
+    fn from(a: StandbyArg) -> Self {
+        match a {
+            StandbyArg::Hot => StandbyType::Hot,
+            StandbyArg::Warm => StandbyType::Warm,
+            StandbyArg::Cold => StandbyType::Cold,
+        }
+    }
+}
+
+/// `ctl add-failover --mode`: the control plane's [`Activation`] for clap.
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
     Trylock,
@@ -125,9 +142,24 @@ enum ModeArg {
     Warm,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+impl From<ModeArg> for Activation {
+    fn from(a: ModeArg) -> Self {
+        match a {
+            ModeArg::Trylock => Activation::Trylock,
+            ModeArg::Tryheartbeat => Activation::Tryheartbeat,
+            ModeArg::Warm => Activation::Warm,
+        }
+    }
+}
+
+/// `ctl events --format`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
+    /// A table for people.
+    Text,
+    /// The API's JSON (the same as --json).
     Json,
+    /// One line per failure event, for a spreadsheet.
     Csv,
 }
 
@@ -205,7 +237,7 @@ enum CtlCmd {
     Events {
         server: String,
         /// Output format.
-        #[arg(long, value_enum, default_value = "json")]
+        #[arg(long, value_enum, default_value = "text")]
         format: Format,
         /// At most this many, newest first.
         #[arg(long, default_value_t = 50)]
@@ -213,14 +245,12 @@ enum CtlCmd {
     },
 }
 
+/// The token of `--token-file` (which must be private: chmod 600), else `UNDERSTUDY_TOKEN`.
 fn token(file: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
     if let Some(f) = file {
         return Ok(Some(understudy_controlplane::read_token(f)?));
     }
-    Ok(std::env::var("UNDERSTUDY_TOKEN")
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty()))
+    understudy_control::read_token(None).map_err(anyhow::Error::msg)
 }
 
 /// Run `understudy ctl …`; exit 0 when done, 1 when refused.
@@ -279,17 +309,11 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
             mode,
             preferred,
         } => {
-            let standby = match standby {
-                StandbyArg::Hot => "hot",
-                StandbyArg::Warm => "warm",
-                StandbyArg::Cold => "cold",
-            };
-            let mode = match mode {
-                ModeArg::Trylock => "trylock",
-                ModeArg::Tryheartbeat => "tryheartbeat",
-                ModeArg::Warm => "warm",
-            };
-            let mut b = json!({ "standby": standby, "standby_hosts": standby_hosts, "mode": mode });
+            let mut b = json!({
+                "standby": StandbyType::from(*standby),
+                "standby_hosts": standby_hosts,
+                "mode": Activation::from(*mode),
+            });
             if let Some(p) = preferred {
                 b["preferred"] = json!(p);
             }
@@ -354,9 +378,10 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
             format,
             limit,
         } => {
-            let f = match format {
-                Format::Json => "json",
-                Format::Csv => "csv",
+            let f = if *format == Format::Csv {
+                "csv"
+            } else {
+                "json"
             };
             (
                 call(
@@ -393,7 +418,14 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
         println!("wrote {} server files to {}", written.len(), dir.display());
         return Ok(0);
     }
-    if a.json {
+    let json_asked = matches!(
+        &a.cmd,
+        CtlCmd::Events {
+            format: Format::Json,
+            ..
+        }
+    );
+    if a.json || json_asked {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if ok {
         println!("{}", client::render(kind, &v));

@@ -31,6 +31,15 @@ pub struct DemoArgs {
     keep: bool,
 }
 
+/// The group as node `n` sees it, as `understudy status` prints it.
+fn group_table(g: &LocalGroup, n: usize) -> String {
+    match g.get(n, "/group").map(serde_json::from_value) {
+        Some(Ok(group)) => render_group(&group),
+        Some(Err(e)) => format!("(unreadable /group answer: {e})\n"),
+        None => "(no answer from the node)\n".to_string(),
+    }
+}
+
 fn pause(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
@@ -83,7 +92,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         }
         pause(300);
         println!("$ understudy status --agent {}", g.nodes[1].admin);
-        print!("{}", render_group(&g.get(1, "/group").unwrap_or_default()));
+        print!("{}", group_table(&g, 1));
 
         let old_svc = g
             .get(0, "/status")
@@ -138,7 +147,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         }
         pause(600);
         println!("\n$ understudy status --agent {}", g.nodes[n].admin);
-        print!("{}", render_group(&g.get(n, "/group").unwrap_or_default()));
+        print!("{}", group_table(&g, n));
         println!(
             "\n$ understudy events --agent {}   (the failure event)",
             g.nodes[n].admin
@@ -154,7 +163,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         g.start(0)?;
         g.wait_ready(0)?;
         pause(300);
-        print!("{}", render_group(&g.get(n, "/group").unwrap_or_default()));
+        print!("{}", group_table(&g, n));
         Ok(())
     })();
     let dir = g.dir.path().display().to_string();

@@ -29,7 +29,7 @@ pub enum FixCmds {
     /// A FIX gateway (run it as an agent's service with service.standby = "warm").
     FixGateway {
         /// The gateway's TOML configuration.
-        #[arg(long)]
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// A FIX exchange simulator (acceptor): acknowledges, fills, cancels and replaces orders.
@@ -45,11 +45,35 @@ pub enum FixCmds {
         /// durable engines.
         #[arg(long)]
         store_dir: Option<PathBuf>,
-        /// With --store-dir: every-write (fdatasync before each message is sent) or batch
-        /// (fdatasync at most 2 ms after a write).
-        #[arg(long, default_value = "every-write", requires = "store_dir")]
-        sync: String,
+        /// With --store-dir: how the store syncs.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "every-write",
+            requires = "store_dir"
+        )]
+        sync: SyncArg,
     },
+}
+
+/// `fix-exchange-sim --sync`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SyncArg {
+    /// fdatasync before each message is sent.
+    EveryWrite,
+    /// fdatasync at most 2 ms after a write.
+    Batch,
+}
+
+impl From<SyncArg> for SyncPolicy {
+    fn from(a: SyncArg) -> Self {
+        match a {
+            SyncArg::EveryWrite => SyncPolicy::EveryWrite,
+            SyncArg::Batch => SyncPolicy::Batch {
+                max_delay: Duration::from_millis(2),
+            },
+        }
+    }
 }
 
 impl FixCmds {
@@ -72,15 +96,13 @@ impl FixCmds {
                 store_dir: Some(dir),
                 sync,
             } => {
-                let sync = match sync.as_str() {
-                    "every-write" => SyncPolicy::EveryWrite,
-                    "batch" => SyncPolicy::Batch {
-                        max_delay: Duration::from_millis(2),
-                    },
-                    other => anyhow::bail!("--sync {other:?}: expected every-write or batch"),
-                };
                 init_logging();
-                runtime()?.block_on(exchange_sim_durable(listen, sender_comp_id, dir, sync))
+                runtime()?.block_on(exchange_sim_durable(
+                    listen,
+                    sender_comp_id,
+                    dir,
+                    sync.into(),
+                ))
             }
         }
     }

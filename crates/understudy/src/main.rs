@@ -1,6 +1,7 @@
 //! `understudy`: the one binary. Layout:
 //! - `agent`, `check-config`: run or validate a node (crate `understudy-agent`).
-//! - `status`, `activate`, `switchover`, `events`: talk to a node's admin API (crate `understudy-control`).
+//! - `status`, `activate`, `switchover`, `events`, `top`: talk to a node's admin API (crate
+//!   `understudy-control`), all with the same [`AgentArgs`].
 //! - `demo`: a local group on an embedded default, killed and recovered before your eyes ([`demo`]).
 //! - `bench failover`: takeover latency against the bare kernel lock handoff ([`bench`]);
 //!   `bench node-loss`: takeover after a network cut (etcd) against keepalived ([`bench_node_loss`],
@@ -78,6 +79,29 @@ impl Auth {
     }
 }
 
+/// The agent a command talks to: the same flag, with the same default, in every subcommand.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Admin address of the node (its node.admin), `IP:port` or an `http://` URL.
+    #[arg(long, value_name = "ADDR", default_value = understudy_control::DEFAULT_AGENT)]
+    agent: String,
+    #[command(flatten)]
+    auth: Auth,
+}
+
+impl AgentArgs {
+    /// A client of the agent, with the token and TLS settings if given.
+    fn client(&self, timeout: Duration) -> anyhow::Result<AgentClient> {
+        self.auth.client(&self.agent, timeout)
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -94,54 +118,56 @@ enum Cmd {
     /// Run a node: join the group, supervise the service, serve the admin API.
     Agent {
         /// The node's TOML configuration.
-        #[arg(long, short)]
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// Validate a configuration file without starting anything (exit 2 when it is wrong).
+    #[command(group(clap::ArgGroup::new("file").required(true).args(["config", "path"])))]
     CheckConfig {
         /// The TOML configuration to check.
-        file: PathBuf,
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The same, as a positional argument (the older spelling, kept working).
+        #[arg(hide = true, value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// Print the result as JSON: {"file","ok",…} with the summary or, exit 2, the "error".
+        #[arg(long)]
+        json: bool,
     },
     /// Show the whole group as seen from one node.
     Status {
-        /// Admin address of any node of the group (node.admin).
-        #[arg(long, default_value = "127.0.0.1:7701")]
-        agent: String,
-        /// Print the raw JSON (/status and /group).
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Print the JSON answers instead: {"status": GET /status, "group": GET /group}.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        auth: Auth,
     },
     /// Make a node Hot (PUT /service/activationmode/hot). Refused if another node is active.
     Activate {
-        /// Admin address of the node to activate.
-        #[arg(long)]
-        agent: String,
         #[command(flatten)]
-        auth: Auth,
+        agent: AgentArgs,
+        /// Print the agent's JSON answer ({"mode","name","epoch"}) instead.
+        #[arg(long)]
+        json: bool,
     },
-    /// Hand activity from the active node to a ready standby (for rolling updates).
+    /// Hand activity from the active node (--agent) to a ready standby (for rolling updates).
     Switchover {
-        /// Admin address of the active node.
-        #[arg(long)]
-        agent: String,
-        /// The standby that must take over (it must be ready); any ready one without.
-        #[arg(long)]
-        to: Option<String>,
         #[command(flatten)]
-        auth: Auth,
+        agent: AgentArgs,
+        /// The standby that must take over (it must be ready); any ready one without.
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        /// Print the agent's JSON answer ({"from","to","epoch","took_ms"}) instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a node's event timeline and its takeovers.
     Events {
-        /// Admin address of the node.
-        #[arg(long)]
-        agent: String,
-        /// Print the raw JSON.
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Print the JSON answer (GET /events) instead.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        auth: Auth,
     },
     /// Start a local group on a temp lock file, kill the active, show the takeover. Cleans up.
     Demo(demo::DemoArgs),
@@ -173,9 +199,8 @@ enum Cmd {
     Host(ctl_cmd::HostArgs),
     /// The group live in the terminal (q quits).
     Top {
-        /// Admin address of any node of the group.
-        #[arg(long, default_value = "127.0.0.1:7701")]
-        agent: String,
+        #[command(flatten)]
+        agent: AgentArgs,
         /// Refresh interval.
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
         interval: Duration,
@@ -231,6 +256,51 @@ pub fn init_logging() {
     };
 }
 
+/// `understudy check-config`: exit 0 and a summary when `file` is a valid configuration, 2 and
+/// the reason when it is not.
+fn check_config(file: &std::path::Path, json: bool) -> anyhow::Result<u8> {
+    let c = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) if json => {
+            print_json(&serde_json::json!({"file": file, "ok": false, "error": e.to_string()}))?;
+            return Ok(2);
+        }
+        Err(e) => {
+            eprintln!("understudy: configuration error: {e}");
+            return Ok(2);
+        }
+    };
+    let warnings = c.warnings();
+    if json {
+        print_json(&serde_json::json!({
+            "file": file,
+            "ok": true,
+            "node": c.node.name,
+            "group": c.node.group,
+            "mode": c.activation.mode,
+            "standby": c.service.standby,
+            "admin": c.node.admin,
+            "lock": c.activation.lock_file,
+            "warnings": warnings,
+        }))?;
+        return Ok(0);
+    }
+    println!(
+        "{}: ok — node {} of group {}, {} mode, {} standby, admin {}, lock {}",
+        file.display(),
+        c.node.name,
+        c.node.group,
+        c.activation.mode,
+        c.service.standby,
+        c.node.admin,
+        c.activation.lock_file.display()
+    );
+    for w in warnings {
+        eprintln!("understudy: warning: {w}");
+    }
+    Ok(0)
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.cmd {
         Cmd::Agent { config } => {
@@ -258,84 +328,65 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Err(e) => Err(e).context("agent failed to start"),
             }
         }
-        Cmd::CheckConfig { file } => match Config::load(&file) {
-            Ok(c) => {
-                println!(
-                    "{}: ok — node {} of group {}, {} mode, {} standby, admin {}, lock {}",
-                    file.display(),
-                    c.node.name,
-                    c.node.group,
-                    c.activation.mode,
-                    format!("{:?}", c.service.standby).to_lowercase(),
-                    c.node.admin,
-                    c.activation.lock_file.display()
-                );
-                for w in c.warnings() {
-                    eprintln!("understudy: warning: {w}");
-                }
-                Ok(0)
-            }
-            Err(e) => {
-                eprintln!("understudy: configuration error: {e}");
-                Ok(2)
-            }
-        },
-        Cmd::Status { agent, json, auth } => {
-            let c = auth.client(&agent, Duration::from_secs(2))?;
+        Cmd::CheckConfig { config, path, json } => {
+            let file = config
+                .or(path)
+                .context("give the configuration file: check-config --config FILE")?;
+            check_config(&file, json)
+        }
+        Cmd::Status { agent, json } => {
             let rt = runtime()?;
             rt.block_on(async {
+                let c = agent.client(Duration::from_secs(2))?;
                 let group = c.group().await?;
                 if json {
                     let status = c.status().await?;
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &serde_json::json!({"status": status, "group": group})
-                        )?
-                    );
+                    print_json(&serde_json::json!({"status": status, "group": group}))?;
                 } else {
                     print!("{}", render_group(&group));
                 }
                 Ok(0)
             })
         }
-        Cmd::Activate { agent, auth } => {
-            let c = auth.client(&agent, Duration::from_secs(10))?;
+        Cmd::Activate { agent, json } => {
             let rt = runtime()?;
             rt.block_on(async {
+                let c = agent.client(Duration::from_secs(10))?;
                 let r = c.activate().await.context("activation refused")?;
-                println!(
-                    "{agent} is Hot (epoch {})",
-                    r.get("epoch").and_then(|v| v.as_u64()).unwrap_or(0)
-                );
+                if json {
+                    print_json(&r)?;
+                } else {
+                    println!("{} is Hot (epoch {})", agent.agent, r.epoch.unwrap_or(0));
+                }
                 Ok(0)
             })
         }
-        Cmd::Switchover { agent, to, auth } => {
-            let c = auth.client(&agent, Duration::from_secs(60))?;
+        Cmd::Switchover { agent, to, json } => {
             let rt = runtime()?;
             rt.block_on(async {
+                let c = agent.client(Duration::from_secs(60))?;
                 let r = c
                     .switchover(to.as_deref())
                     .await
                     .context("switchover failed")?;
-                println!(
-                    "switched over: {} → {} (epoch {}) in {:.1} ms",
-                    r.get("from").and_then(|v| v.as_str()).unwrap_or("?"),
-                    r.get("to").and_then(|v| v.as_str()).unwrap_or("?"),
-                    r.get("epoch").and_then(|v| v.as_u64()).unwrap_or(0),
-                    r.get("took_ms").and_then(|v| v.as_f64()).unwrap_or(0.0)
-                );
+                if json {
+                    print_json(&r)?;
+                } else {
+                    println!(
+                        "switched over: {} → {} (epoch {}) in {:.1} ms",
+                        r.from, r.to, r.epoch, r.took_ms
+                    );
+                }
                 Ok(0)
             })
         }
-        Cmd::Events { agent, json, auth } => {
-            let c = auth.client(&agent, Duration::from_secs(2))?;
+        Cmd::Events { agent, json } => {
             let rt = runtime()?;
             rt.block_on(async {
+                let c = agent.client(Duration::from_secs(2))?;
                 let ev = c.events().await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&ev)?);
+                    print_json(&ev)?;
                 } else {
                     print!("{}", understudy_control::render_events(&ev));
                 }
@@ -363,7 +414,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Ctl(args) => ctl_cmd::ctl(args),
         Cmd::Host(args) => ctl_cmd::host(args),
         Cmd::Top { agent, interval } => {
-            understudy_top::run(&agent, interval)?;
+            understudy_top::run(
+                agent.client(Duration::from_millis(800))?,
+                &agent.agent,
+                interval,
+            )?;
             Ok(0)
         }
         Cmd::Price(c) => c.run(),

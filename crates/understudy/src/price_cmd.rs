@@ -53,7 +53,8 @@ pub enum PriceCmds {
         #[arg(long)]
         http: Option<SocketAddr>,
     },
-    /// A failover-aware price client: follows the group's primary and keeps its subscriptions.
+    /// A failover-aware price client: follows the group's active price server and keeps its
+    /// subscriptions.
     PriceClient {
         /// The group's price servers, preferred first: ADDR,ADDR[,…].
         #[arg(long)]

@@ -11,13 +11,19 @@ use serde_json::Value;
 
 const S: Duration = Duration::from_secs(1);
 
-#[test]
-fn status_shows_the_whole_group_and_which_node_is_active() {
+/// Two nodes, trylock, hot standby: a active, b ready.
+fn a_active_b_ready() -> Group {
     let mut g = Group::new("trylock", "hot");
     g.add("a");
     g.add("b");
     g.start_a_hot_then_b();
     g.wait_ready("b", 5 * S);
+    g
+}
+
+#[test]
+fn status_shows_the_whole_group_and_which_node_is_active() {
+    let g = a_active_b_ready();
     let e = g.epoch("a");
     // Both nodes' records are fresh once b has advertised itself.
     for asked in ["a", "b"] {
@@ -118,4 +124,173 @@ fn metrics_and_events_describe_a_failover() {
     assert!(out.contains(&format!("epoch {e:>4}")), "{out}");
     w.finish();
     g.expect_actives(2);
+}
+
+/// A valid configuration in `dir`, returned as its path.
+fn good_config(dir: &std::path::Path) -> String {
+    let file = dir.join("a.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[node]\nname = \"a\"\ngroup = \"g\"\nadmin = \"127.0.0.1:7701\"\n\n\
+             [activation]\nmode = \"TryLock\"\nlock_file = \"{}\"\n\n\
+             [service]\ncommand = [\"sleep\", \"1000\"]\nstandby = \"warm\"\n",
+            dir.join("g.lock").display()
+        ),
+    )
+    .unwrap();
+    file.display().to_string()
+}
+
+#[test]
+fn check_config_takes_config_like_agent_and_still_the_bare_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = good_config(dir.path());
+    for args in [
+        vec!["check-config", "--config", &file],
+        vec!["check-config", "-c", &file],
+        vec!["check-config", &file],
+    ] {
+        let (code, out, err) = run_cli(&args);
+        assert_eq!(code, 0, "{args:?}: {out} {err}");
+        assert!(
+            out.contains("ok — node a of group g, TryLock mode, warm standby"),
+            "{args:?}: {out}"
+        );
+    }
+    let (code, out, err) = run_cli(&["check-config", "--config", &file, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["node"], "a", "{v}");
+    assert_eq!(v["mode"], "TryLock", "{v}");
+    assert_eq!(v["standby"], "warm", "{v}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[node]\nname = \"a\"\n").unwrap();
+    let bad = bad.display().to_string();
+    let (code, _, err) = run_cli(&["check-config", "--config", &bad]);
+    assert_eq!(code, 2);
+    assert!(err.contains("configuration error"), "{err}");
+    let (code, out, _) = run_cli(&["check-config", "--config", &bad, "--json"]);
+    assert_eq!(code, 2);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("bad.toml")),
+        "{v}"
+    );
+
+    // No file at all, or two: clap refuses (usage error, exit 2) and says what to give.
+    let (code, _, err) = run_cli(&["check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--config"), "{err}");
+    let (code, _, _) = run_cli(&["check-config", "--config", &file, &file]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn every_command_that_asks_an_agent_has_the_same_agent_flag_and_default() {
+    for cmd in ["status", "activate", "switchover", "events", "top"] {
+        let (code, out, err) = run_cli(&[cmd, "--help"]);
+        assert_eq!(code, 0, "{cmd}: {err}");
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("--agent <ADDR>"))
+            .unwrap_or_else(|| panic!("{cmd} has no --agent <ADDR>: {out}"));
+        assert!(
+            out.contains("[default: 127.0.0.1:7701]"),
+            "{cmd}: {line}\n{out}"
+        );
+        assert!(out.contains("--token-file <FILE>"), "{cmd}: {out}");
+        if cmd != "top" {
+            assert!(out.contains("--json"), "{cmd}: {out}");
+        }
+    }
+    // Without --agent, a read goes to the default address: either an agent answers there (and
+    // says it is that node) or the error names the address.
+    let (code, out, err) = run_cli(&["status", "--json"]);
+    if code == 0 {
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["status"]["admin"], "127.0.0.1:7701", "{v}");
+    } else {
+        assert!(err.contains("127.0.0.1:7701"), "{err}");
+    }
+}
+
+#[test]
+fn enum_values_are_checked_by_the_parser() {
+    for (args, bad, valid) in [
+        (
+            vec![
+                "ctl",
+                "add-failover",
+                "px",
+                "--standby",
+                "lukewarm",
+                "--standby-host",
+                "local",
+            ],
+            "lukewarm",
+            "hot, warm, cold",
+        ),
+        (
+            vec![
+                "ctl",
+                "add-failover",
+                "px",
+                "--standby",
+                "hot",
+                "--standby-host",
+                "local",
+                "--mode",
+                "trylocks",
+            ],
+            "trylocks",
+            "trylock, tryheartbeat, warm",
+        ),
+        (vec!["--log-format", "xml", "status"], "xml", "text, json"),
+        (vec!["completions", "tcsh"], "tcsh", "bash"),
+    ] {
+        let (code, _, err) = run_cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{bad}'")) && err.contains(valid),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn activate_and_switchover_print_json_with_the_agents_fields() {
+    let g = a_active_b_ready();
+    let e = g.epoch("a");
+    let (code, out, err) = run_cli(&["switchover", "--agent", &g.admin("a"), "--json"]);
+    assert_eq!(code, 0, "{out} {err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (v["from"].as_str(), v["to"].as_str()),
+        (Some("a"), Some("b")),
+        "{v}"
+    );
+    assert!(v["epoch"].as_u64().is_some_and(|n| n > e), "{v}");
+    assert!(v["took_ms"].is_number(), "{v}");
+    // a is a standby now, b holds the lock: activating a is refused, naming the holder.
+    g.wait_ready("a", 5 * S);
+    let (code, _, err) = run_cli(&["activate", "--agent", &g.admin("a"), "--json"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("activation refused") && err.contains("holder: b"),
+        "{err}"
+    );
+    // b is already Hot: activating it answers at once with its epoch.
+    let (code, out, err) = run_cli(&["activate", "--agent", &g.admin("b"), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (v["mode"].as_str(), v["name"].as_str()),
+        (Some("Hot"), Some("TryLock")),
+        "{v}"
+    );
+    assert_eq!(v["epoch"].as_u64(), Some(g.epoch("b")), "{v}");
 }

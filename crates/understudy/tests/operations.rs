@@ -129,7 +129,7 @@ fn top_shows_the_group_live_in_a_terminal() {
         screen()
     );
     assert!(
-        shows("standby ready"),
+        shows("Warm, ready"),
         "top does not show b ready:\n{}",
         screen()
     );

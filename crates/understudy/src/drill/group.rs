@@ -168,11 +168,7 @@ impl Group {
                 .await
                 .with_context(|| format!("{a} does not answer /status"))?;
             nodes.push(Node {
-                name: st
-                    .get("node")
-                    .and_then(Value::as_str)
-                    .unwrap_or(a)
-                    .to_string(),
+                name: st.node.name,
                 admin: a.clone(),
                 client,
                 spec: None,
@@ -301,6 +297,7 @@ impl Group {
                 .await
                 .ok()
                 .and_then(Result::ok)
+                .and_then(|s| serde_json::to_value(s).ok())
         }))
         .await
     }
@@ -501,7 +498,8 @@ impl Group {
     ) -> anyhow::Result<()> {
         let t = Instant::now();
         while t.elapsed() < within {
-            if let Ok(v) = self.nodes[i].client.status().await {
+            let answer = self.nodes[i].client.status().await.ok();
+            if let Some(v) = answer.and_then(|s| serde_json::to_value(s).ok()) {
                 if ok(&v) {
                     return Ok(());
                 }

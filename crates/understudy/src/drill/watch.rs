@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::Value;
 use understudy_control::AgentClient;
 
 /// What the watcher saw.
@@ -94,11 +93,11 @@ async fn watch(clients: Vec<(String, AgentClient)>, stop: Arc<AtomicBool>, seen:
         let answers = futures_util::future::join_all(clients.iter().map(|(name, c)| async move {
             let sent_ms = crate::drill::unix_ms();
             let v = c.status().await.ok()?;
-            (v.get("mode").and_then(Value::as_str) == Some("Hot")).then(|| Hot {
+            v.is_hot().then(|| Hot {
                 node: name.clone(),
                 sent_ms,
-                since_ms: v.get("since_unix_ms").and_then(Value::as_u64).unwrap_or(0),
-                epoch: v.get("epoch").and_then(Value::as_u64).unwrap_or(0),
+                since_ms: v.node.since_unix_ms,
+                epoch: v.node.epoch,
             })
         }))
         .await;
