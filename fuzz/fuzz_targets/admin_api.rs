@@ -12,8 +12,11 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use understudy_agent::api::{router, MAX_HEAD_BYTES};
-use understudy_agent::runtime::{ServiceStatus, Shared, StatusView};
+use understudy_agent::runtime::Shared;
 use understudy_agent::Config;
+use understudy_status::{
+    ActivationMode, Node, Role, Service, ServiceState, StandbyType, State, Status,
+};
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -42,25 +45,27 @@ fn world() -> &'static World {
                 dir.join("group.lock").display()
             );
             let cfg = Config::parse(&dir.join("a.toml"), &text).expect("config");
-            let status = StatusView {
-                node: "a".into(),
-                group: "g".into(),
-                mode: "Hot".into(),
-                name: "TryLock".into(),
-                epoch: 7,
+            let status = Status {
+                node: Node {
+                    name: "a".into(),
+                    group: "g".into(),
+                    state: State::Hot,
+                    activation: ActivationMode::TryLock,
+                    epoch: 7,
+                    since_unix_ms: 1,
+                    waiting: None,
+                    holds_lock: true,
+                    ready: true,
+                    admin: "127.0.0.1:7701".into(),
+                    agent_pid: std::process::id(),
+                },
                 since: "2026-12-01T00:00:00.000Z".into(),
-                since_unix_ms: 1,
-                waiting: None,
-                holds_lock: true,
-                ready: true,
-                admin: "127.0.0.1:7701".into(),
                 lock_file: dir.join("group.lock").display().to_string(),
-                agent_pid: std::process::id(),
-                service: ServiceStatus {
-                    state: "running".into(),
+                service: Service {
+                    state: ServiceState::Running,
                     pid: Some(1),
-                    role: Some("active".into()),
-                    standby: "cold".into(),
+                    role: Some(Role::Active),
+                    standby: StandbyType::Cold,
                     command: vec!["/bin/sleep".into()],
                     healthy: true,
                     detail: None,
