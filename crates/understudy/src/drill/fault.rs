@@ -215,11 +215,15 @@ pub async fn inject(
         }
         Kind::Switchover => {
             t0 = mono_ns();
-            if let Err(e) = g.nodes[a].client.switchover(None).await {
-                // A standby not ready at that very moment is a refusal, not a fault.
-                note = format!("refused: {e}");
+            match g.nodes[a].client.switchover(None).await {
+                Ok(_) => Some(TAKEOVER_WITHIN),
+                // A standby not ready at that very moment is a refusal, not a fault. A call that
+                // timed out may still hand over: counted below if it already has.
+                Err(e) => {
+                    note = format!("refused: {e}");
+                    None
+                }
             }
-            None
         }
         Kind::CorruptLock => {
             let lock = g.lock_file.clone().unwrap_or_default();
