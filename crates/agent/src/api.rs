@@ -271,6 +271,8 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/service/release", post(release))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
@@ -287,7 +289,7 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, POST /service/active-ack",
+        "no such endpoint; see GET /openapi.json: GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, /service/active-ack, /service/release",
     )
 }
 
@@ -435,6 +437,8 @@ async fn group(AxState(api): AxState<Api>) -> Response {
     let now = unix_ms();
     let fresh_ms =
         (api.shared.cfg.activation.heartbeat_interval * FRESH_INTERVALS).as_millis() as u64;
+    // etcd groups: the holder's last renewal as this node saw it, shown on the holder's row.
+    let renewal = api.shared.members.renewal();
     let members = api
         .shared
         .members
@@ -442,10 +446,15 @@ async fn group(AxState(api): AxState<Api>) -> Response {
         .into_iter()
         .map(|record| {
             let age_ms = now.saturating_sub(record.last_seen_unix_ms);
+            let renewal_age_ms = renewal
+                .as_ref()
+                .filter(|(holder, _)| *holder == record.node.name)
+                .map(|(_, age)| age.as_millis() as u64);
             Member {
                 record,
                 age_ms,
                 fresh: age_ms <= fresh_ms,
+                renewal_age_ms,
             }
         })
         .collect();
@@ -495,6 +504,28 @@ async fn healthz(AxState(api): AxState<Api>) -> Response {
         );
     }
     Json(json!({ "ok": true })).into_response()
+}
+
+/// `POST /service/release` (the control plane's "stop failover"): the active node hands its
+/// running service over as a plain server — no longer supervised or fenced, it outlives this
+/// agent — and the agent leaves the group and exits. 409 unless this node is Hot and alone.
+async fn release(AxState(api): AxState<Api>) -> Response {
+    match ask(&api, ApiRequest::Release).await {
+        Ok(Answer::Released { pid, epoch }) => {
+            Json(json!({ "node": api.shared.cfg.node.name, "pid": pid, "epoch": epoch }))
+                .into_response()
+        }
+        Ok(Answer::ReleaseRefused { reason }) => error(StatusCode::CONFLICT, reason),
+        Ok(other) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer {other:?}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
 }
 
 #[cfg(test)]

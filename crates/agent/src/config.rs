@@ -339,12 +339,18 @@ pub mod defaults {
 
 struct Ctx<'a> {
     file: &'a Path,
+    /// With `include`: which file set each key, so an error names the fragment it is written in.
+    assembled: Option<&'a understudy_include::Assembled>,
 }
 
 impl Ctx<'_> {
     fn err(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
+        let file = match self.assembled {
+            Some(a) => a.origin(key),
+            None => self.file,
+        };
         ConfigError {
-            file: self.file.to_path_buf(),
+            file: file.to_path_buf(),
             key: key.to_string(),
             reason: reason.to_string(),
         }
@@ -762,19 +768,10 @@ impl Config {
         w
     }
 
-    /// Read and validate a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let ctx = Ctx { file: path };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ctx.err("(file)", format!("cannot read the configuration file: {e}")))?;
-        Self::parse(path, &text)
-    }
-
-    /// Validate configuration text; `path` names it in errors and anchors relative paths.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let ctx = Ctx { file: path };
+    /// A file without includes keeps the line numbers of its own text in syntax errors.
+    fn deserialize_text(ctx: &Ctx<'_>, text: &str) -> Result<Raw, ConfigError> {
         let de = toml::Deserializer::new(text);
-        let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let msg = inner.message().to_string();
@@ -791,7 +788,47 @@ impl Config {
                 key
             };
             ctx.err(&key, format!("{msg}{at}"))
+        })
+    }
+
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let ctx = Ctx {
+            file: path,
+            assembled: None,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ctx.err("(file)", format!("cannot read the configuration file: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate configuration text; `path` names it in errors and anchors relative paths (those
+    /// of `include` and of every value, wherever the value is written).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let assembled = understudy_include::assemble(path, text).map_err(|e| ConfigError {
+            file: e.file,
+            key: e.key,
+            reason: e.reason,
         })?;
+        let ctx = Ctx {
+            file: path,
+            assembled: assembled.has_includes().then_some(&assembled),
+        };
+        let raw: Raw = if ctx.assembled.is_some() {
+            let merged = toml::Value::Table(assembled.table.clone());
+            serde_path_to_error::deserialize(merged).map_err(|e| {
+                let key = e.path().to_string();
+                let msg = e.into_inner().message().to_string();
+                let key = if key == "." || key.is_empty() {
+                    "(syntax)".to_string()
+                } else {
+                    key
+                };
+                ctx.err(&key, msg)
+            })?
+        } else {
+            Self::deserialize_text(&ctx, text)?
+        };
 
         let n = &raw.node;
         if !valid_name(&n.name) {
@@ -1302,6 +1339,51 @@ mod tests {
             "command = [\"sleep\"]",
         ));
         assert_eq!(e.key, "node.admin_read_requires_token");
+    }
+
+    #[test]
+    fn includes_are_merged_before_validation_and_errors_name_the_fragment() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("shared")).unwrap();
+        let frag = d.path().join("shared/group.toml");
+        let group = |delay: &str| {
+            format!(
+                "[activation]\nmode = \"trylock\"\nlock_file = \"{}/g.lock\"\nheartbeat_delay = \"{delay}\"\n",
+                d.path().display()
+            )
+        };
+        std::fs::write(&frag, group("soon")).unwrap();
+        let main = d.path().join("a.toml");
+        let text = format!(
+            "include = [\"shared/group.toml\"]\n[node]\n{}\n[service]\ncommand = [\"sleep\"]\n",
+            good_node()
+        );
+        let e = Config::parse(&main, &text).unwrap_err();
+        assert_eq!(e.file, frag, "{e}");
+        assert_eq!(e.key, "activation.heartbeat_delay");
+        std::fs::write(&frag, group("1s")).unwrap();
+        // A key the including file gets wrong is still its own.
+        let e = Config::parse(&main, &text.replace("[\"sleep\"]", "[]")).unwrap_err();
+        assert_eq!(
+            (e.file.as_path(), e.key.as_str()),
+            (main.as_path(), "service.command")
+        );
+
+        let c = Config::parse(&main, &text).unwrap();
+        assert_eq!(c.activation.heartbeat_delay, Duration::from_secs(1));
+        assert_eq!(c.activation.lock_file, d.path().join("g.lock"));
+        let own = format!("{text}[activation]\nheartbeat_delay = \"3s\"\n");
+        let c = Config::parse(&main, &own).unwrap();
+        assert_eq!(
+            c.activation.heartbeat_delay,
+            Duration::from_secs(3),
+            "the file overrides its fragments"
+        );
+
+        std::fs::write(&frag, format!("include = [\"../a.toml\"]\n{}", group("1s"))).unwrap();
+        std::fs::write(&main, &text).unwrap();
+        let e = Config::load(&main).unwrap_err();
+        assert!(e.reason.contains("cycle") && e.key == "include", "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod config;
 pub mod coordination;
 pub mod events;
 pub mod metrics;
+pub mod openapi;
 pub mod runtime;
 pub mod sdnotify;
 pub mod tls;

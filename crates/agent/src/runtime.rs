@@ -53,6 +53,8 @@ pub enum ApiRequest {
     Activate(oneshot::Sender<Answer>),
     /// `POST /service/switchover[?to=NODE]`.
     Switchover(oneshot::Sender<Answer>, Option<String>),
+    /// `POST /service/release`: hand the service over as a plain server and leave the group.
+    Release(oneshot::Sender<Answer>),
     /// `POST /service/active-ack`: the service says it acts with this epoch.
     ServiceAck {
         /// The process that says so.
@@ -101,6 +103,10 @@ impl Shared {
             s.node.state = State::Warm;
             s.node.waiting = Some("the grant's deadline passed; stepping down".to_string());
         }
+        s.renewal_age_ms = self
+            .members
+            .renewal()
+            .map(|(_, age)| age.as_millis() as u64);
         s
     }
 }
@@ -202,6 +208,8 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
         origin: Instant::now(),
         pending_activate: VecDeque::new(),
         pending_switchover: VecDeque::new(),
+        pending_release: VecDeque::new(),
+        released: false,
         exit_code: None,
         last_record: None,
         proc_tx,
@@ -260,6 +268,7 @@ fn status_of(
             healthy: snap.healthy,
             detail,
         },
+        renewal_age_ms: None,
     }
 }
 
@@ -274,6 +283,10 @@ struct Runtime {
     origin: Instant,
     pending_activate: VecDeque<oneshot::Sender<Answer>>,
     pending_switchover: VecDeque<oneshot::Sender<Answer>>,
+    pending_release: VecDeque<oneshot::Sender<Answer>>,
+    /// The service was handed over (`POST /service/release`): at exit, linger a moment so the
+    /// answer, which carries its pid, reaches the caller.
+    released: bool,
     exit_code: Option<i32>,
     last_record: Option<MemberRecord>,
     proc_tx: mpsc::UnboundedSender<ProcEvent>,
@@ -287,6 +300,9 @@ struct Runtime {
     /// What the engine was last told of the coordinator's reach.
     coord_unreachable: Option<String>,
 }
+
+/// How long a released agent stays up after answering, so the answer is written out.
+const RELEASE_LINGER: Duration = Duration::from_millis(300);
 
 /// Longest wait for a standby service to install its activate-signal handler; after it the service
 /// counts as started anyway (a service that never handles the signal is misconfigured).
@@ -338,6 +354,9 @@ impl Runtime {
         self.supervisor.kill_now();
         let _ = self.coord.release();
         self.advertise(true);
+        if self.released {
+            tokio::time::sleep(RELEASE_LINGER).await;
+        }
         info!(code = self.exit_code.unwrap_or(0), "agent stopped");
     }
 
@@ -508,6 +527,12 @@ impl Runtime {
                 self.feed(Input::Switchover { ready, to });
             }
             ApiRequest::ServiceAck { pid, epoch } => self.feed(Input::ServiceAcked { pid, epoch }),
+            ApiRequest::Release(tx) => {
+                self.pending_release.push_back(tx);
+                // The engine refuses while another member is alive: give it the group as it is now.
+                let peers = self.peer_views();
+                self.feed_all([Input::Peers(peers), Input::Release]);
+            }
         }
     }
 
@@ -689,6 +714,14 @@ impl Runtime {
                 self.answer(a);
                 None
             }
+            Command::DetachService => {
+                if let Some(h) = self.health.take() {
+                    h.abort();
+                }
+                self.supervisor.release();
+                self.released = true;
+                None
+            }
             Command::Exit { code } => {
                 self.exit_code = Some(code);
                 None
@@ -868,6 +901,7 @@ impl Runtime {
             Answer::SwitchoverStarted { .. } | Answer::SwitchoverRefused { .. } => {
                 &mut self.pending_switchover
             }
+            Answer::Released { .. } | Answer::ReleaseRefused { .. } => &mut self.pending_release,
         };
         if let Some(tx) = q.pop_front() {
             // The HTTP client may have gone away; the node's state is what matters.

@@ -335,6 +335,9 @@ pub fn render_group(group: &Group) -> String {
             ago(r.last_seen_unix_ms),
             n.admin,
         );
+        if let Some(age) = m.renewal_age_ms {
+            line.push_str(&format!("  renewed {age} ms ago"));
+        }
         if superseded {
             line.push_str(&format!(
                 "  record of an older epoch; epoch {} is active",
@@ -497,6 +500,7 @@ mod tests {
             },
             age_ms: 0,
             fresh: true,
+            renewal_age_ms: None,
         }
     }
 
@@ -541,5 +545,15 @@ mod tests {
                 .any(|l| l.starts_with("a ") && l.contains("gone")),
             "{none}"
         );
+    }
+
+    #[test]
+    fn an_etcd_holder_shows_its_last_renewal_age() {
+        let mut a = member("a", State::Hot, 3);
+        a.renewal_age_ms = Some(12);
+        let text = render_group(&group(vec![a, member("b", State::Warm, 3)]));
+        let line = |n: &str| text.lines().find(|l| l.starts_with(n)).unwrap_or_default();
+        assert!(line("a ").contains("renewed 12 ms ago"), "{text}");
+        assert!(!line("b ").contains("renewed"), "{text}");
     }
 }

@@ -443,7 +443,7 @@ async fn stream(
 
 async fn export(State(ctx): State<Shared>) -> Response {
     match ctx.plane.export() {
-        Ok(v) => Json(json!({ "servers": v })).into_response(),
+        Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -452,6 +452,9 @@ async fn export(State(ctx): State<Shared>) -> Response {
 #[serde(deny_unknown_fields)]
 struct ImportReq {
     servers: Vec<crate::config_io::ServerConfig>,
+    /// Files kept as written (servers' files that use `include`, and the fragments).
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
     /// Change the inventory (otherwise only validate and show the difference).
     #[serde(default)]
     apply: bool,
@@ -465,7 +468,11 @@ async fn import(State(ctx): State<Shared>, headers: HeaderMap, bytes: Bytes) -> 
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    match ctx.plane.import(req.servers, req.apply, req.prune).await {
+    let cfg = crate::config_io::ConfigDir {
+        servers: req.servers,
+        files: req.files,
+    };
+    match ctx.plane.import(cfg, req.apply, req.prune).await {
         Ok(rep) if !rep.errors.is_empty() => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({

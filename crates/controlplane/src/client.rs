@@ -263,6 +263,11 @@ pub fn import_text(v: &Value) -> String {
             }
         }
     }
+    for n in list("rolling") {
+        out.push(format!(
+            "  {n} runs with failover: its standbys restart with the new configuration (not ready until they have); the active keeps its own until it is a standby (switch over)"
+        ));
+    }
     for n in list("missing") {
         out.push(format!(
             "- {n} (not in the import; removed only with --prune)"

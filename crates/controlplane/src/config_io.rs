@@ -30,6 +30,9 @@ pub struct ImportReport {
     pub missing: Vec<String>,
     /// Servers identical in both.
     pub unchanged: Vec<String>,
+    /// Changed servers that run with failover: each standby restarts with the new configuration
+    /// (not ready until it has); the active keeps its own until it is a standby.
+    pub rolling: Vec<String>,
     /// Why the import cannot be applied, per server (empty when it can).
     pub errors: BTreeMap<String, Vec<FieldError>>,
     /// True when it was applied.
@@ -108,6 +111,81 @@ pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
     })
 }
 
+/// Parse a server's file `path` (text `text`) with its `include` fragments merged in; the error
+/// names the file the wrong key is written in.
+pub fn from_file(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<(ServerConfig, understudy_include::Assembled), DirError> {
+    let a = understudy_include::assemble(path, text).map_err(|e| DirError::Invalid {
+        path: e.file,
+        reason: format!("{}: {}", e.key, e.reason),
+    })?;
+    if !a.has_includes() {
+        let c = from_toml(text).map_err(|reason| DirError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        return Ok((c, a));
+    }
+    let c = serde_path_to_error::deserialize(toml::Value::Table(a.table.clone())).map_err(|e| {
+        let key = e.path().to_string();
+        DirError::Invalid {
+            path: a.origin(&key).to_path_buf(),
+            reason: format!("{key}: {}", e.into_inner().message()),
+        }
+    })?;
+    Ok((c, a))
+}
+
+/// Most files a configuration directory may hold beside its servers' own files.
+pub const MAX_FRAGMENTS: usize = 64;
+
+/// The whole configuration as files: every server, and the text of the files that use `include`
+/// and of the fragments they include (path relative to the directory → text), so that an export
+/// writes them back as they were imported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDir {
+    /// One entry per server.
+    pub servers: Vec<ServerConfig>,
+    /// Source files kept as written: `<server>.toml` files that include fragments, and the
+    /// fragments (e.g. `shared/upstream.toml`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+}
+
+/// Checks a kept file's relative path: inside the directory, a `.toml` file. A path from the
+/// network is written under the export directory, so `..` or an absolute path is refused.
+pub fn valid_file_path(p: &str) -> bool {
+    let path = std::path::Path::new(p);
+    p.len() <= 200
+        && path.extension().is_some_and(|x| x == "toml")
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+/// Every wrong kept file of an import: its path, and why.
+pub fn check_files(files: &BTreeMap<String, String>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if files.len() > MAX_FRAGMENTS {
+        errs.push(FieldError {
+            field: "files".into(),
+            reason: format!("at most {MAX_FRAGMENTS} files"),
+        });
+    }
+    for p in files.keys() {
+        if !valid_file_path(p) {
+            errs.push(FieldError {
+                field: format!("files.{p}"),
+                reason: "a kept file must be a relative path to a .toml file inside the configuration directory (no '..')".into(),
+            });
+        }
+    }
+    errs
+}
+
 /// Errors reading or writing a configuration directory.
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
@@ -130,10 +208,12 @@ pub enum DirError {
     },
 }
 
-/// Write one `<server>.toml` per server into `dir` (created if needed); the paths written.
+/// Write `cfg` into `dir` (created if needed): the kept fragments, then one `<server>.toml` per
+/// server — the kept source when it still says exactly what the control plane holds (read with
+/// its fragments), otherwise the whole configuration written out. The paths written.
 pub fn write_dir(
     dir: &std::path::Path,
-    items: &[ServerConfig],
+    cfg: &ConfigDir,
 ) -> Result<Vec<std::path::PathBuf>, DirError> {
     let io = |path: &std::path::Path| {
         let path = path.to_path_buf();
@@ -141,20 +221,54 @@ pub fn write_dir(
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut out = Vec::new();
-    for c in items {
-        let path = dir.join(format!("{}.toml", c.server.name));
-        let text = to_toml(c).map_err(|e| DirError::Invalid {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    let own = |name: &str| {
+        cfg.servers
+            .iter()
+            .any(|c| format!("{}.toml", c.server.name) == name)
+    };
+    for (rel, text) in &cfg.files {
+        if !valid_file_path(rel) {
+            return Err(DirError::Invalid {
+                path: dir.join(rel),
+                reason: "not a relative path inside the directory".into(),
+            });
+        }
+        // Every top-level file is read back as a server: a kept source of a server deleted
+        // since must not come back. Fragments live in subdirectories.
+        if own(rel) || !rel.contains('/') {
+            continue;
+        }
+        let path = dir.join(rel);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        std::fs::write(&path, text).map_err(io(&path))?;
+        out.push(path);
+    }
+    for c in &cfg.servers {
+        let name = format!("{}.toml", c.server.name);
+        let path = dir.join(&name);
+        let kept = cfg
+            .files
+            .get(&name)
+            .filter(|src| from_file(&path, src).is_ok_and(|(k, _)| k == *c));
+        let text = match kept {
+            Some(src) => src.clone(),
+            None => to_toml(c).map_err(|e| DirError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+        };
         std::fs::write(&path, text).map_err(io(&path))?;
         out.push(path);
     }
     Ok(out)
 }
 
-/// Read every `*.toml` in `dir` (sorted by name); a file's name must be its server's name.
-pub fn read_dir(dir: &std::path::Path) -> Result<Vec<ServerConfig>, DirError> {
+/// Read every `*.toml` in `dir` (sorted by name) as a server, with its `include` fragments (which
+/// must lie in subdirectories of `dir`, e.g. `shared/`, so that the directory is the whole
+/// configuration and no fragment is taken for a server); a file's name must be its server's name. Files that use `include`, and the fragments, are kept as written.
+pub fn read_dir(dir: &std::path::Path) -> Result<ConfigDir, DirError> {
     let io = |path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| DirError::Io { path, source }
@@ -162,16 +276,14 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<ServerConfig>, DirError> {
     let mut paths: Vec<_> = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
         .collect();
     paths.sort();
-    let mut out = Vec::new();
+    let root = std::fs::canonicalize(dir).map_err(io(dir))?;
+    let mut out = ConfigDir::default();
     for path in paths {
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let c = from_toml(&text).map_err(|reason| DirError::Invalid {
-            path: path.clone(),
-            reason,
-        })?;
+        let (c, assembled) = from_file(&path, &text)?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if stem != c.server.name {
             return Err(DirError::Invalid {
@@ -182,7 +294,34 @@ pub fn read_dir(dir: &std::path::Path) -> Result<Vec<ServerConfig>, DirError> {
                 ),
             });
         }
-        out.push(c);
+        if assembled.has_includes() {
+            for f in &assembled.files {
+                let full = std::fs::canonicalize(f).map_err(io(f))?;
+                let rel = full
+                    .strip_prefix(&root)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                    .filter(|r| valid_file_path(r))
+                    .ok_or_else(|| DirError::Invalid {
+                        path: path.clone(),
+                        reason: format!(
+                            "include: {} is outside {} (or not a .toml file); keep fragments inside the configuration directory so that it is the whole configuration",
+                            f.display(),
+                            dir.display()
+                        ),
+                    })?;
+                let t = std::fs::read_to_string(&full).map_err(io(&full))?;
+                out.files.insert(rel.to_string(), t);
+            }
+        }
+        out.servers.push(c);
+    }
+    let errs = check_files(&out.files);
+    if let Some(e) = errs.first() {
+        return Err(DirError::Invalid {
+            path: dir.to_path_buf(),
+            reason: format!("{}: {}", e.field, e.reason),
+        });
     }
     Ok(out)
 }
@@ -223,6 +362,85 @@ mod tests {
         );
         let e = from_toml(&bad).unwrap_err();
         assert!(e.contains("failover") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn fragments_are_read_with_their_server_and_written_back_as_files() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        std::fs::create_dir(dir.join("shared")).unwrap();
+        std::fs::write(
+            dir.join("shared/env.toml"),
+            "[server.service.env]\nUPSTREAM = \"10.0.0.5:9100\"\n",
+        )
+        .unwrap();
+        let src = "include = [\"shared/env.toml\"]\n[server]\nname = \"gw\"\n[server.service]\ncommand = [\"/opt/gw\"]\n";
+        std::fs::write(dir.join("gw.toml"), src).unwrap();
+        let read = read_dir(dir).unwrap();
+        assert_eq!(read.servers.len(), 1);
+        assert_eq!(
+            read.servers[0]
+                .server
+                .service
+                .env
+                .get("UPSTREAM")
+                .map(String::as_str),
+            Some("10.0.0.5:9100")
+        );
+        assert_eq!(
+            read.files.keys().collect::<Vec<_>>(),
+            ["gw.toml", "shared/env.toml"]
+        );
+
+        let out = tempfile::tempdir().unwrap();
+        write_dir(out.path(), &read).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("gw.toml")).unwrap(),
+            src
+        );
+        assert!(out.path().join("shared/env.toml").is_file());
+        assert_eq!(read_dir(out.path()).unwrap(), read);
+
+        // Changed since (through the API): written out whole, never the stale source.
+        let mut changed = read.clone();
+        changed.servers[0].server.service.command = vec!["/opt/gw2".into()];
+        let out2 = tempfile::tempdir().unwrap();
+        write_dir(out2.path(), &changed).unwrap();
+        let back = read_dir(out2.path()).unwrap();
+        assert_eq!(back.servers, changed.servers);
+        assert!(!std::fs::read_to_string(out2.path().join("gw.toml"))
+            .unwrap()
+            .contains("include"));
+
+        // A wrong key in a fragment names the fragment.
+        std::fs::write(
+            dir.join("shared/env.toml"),
+            "[server.service]\ncolour = 1\n",
+        )
+        .unwrap();
+        let e = read_dir(dir).unwrap_err().to_string();
+        assert!(e.contains("shared/env.toml") && e.contains("colour"), "{e}");
+        // Fragments outside the directory are refused, and so are paths with '..' from outside.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let outside = elsewhere.path().join("x.toml");
+        std::fs::write(&outside, "").unwrap();
+        std::fs::write(dir.join("shared/env.toml"), "").unwrap();
+        std::fs::write(
+            dir.join("gw.toml"),
+            format!(
+                "include = [{:?}]\n{}",
+                outside.display().to_string(),
+                &src[src.find('\n').unwrap() + 1..]
+            ),
+        )
+        .unwrap();
+        let e = read_dir(dir).unwrap_err().to_string();
+        assert!(e.contains("outside"), "{e}");
+        assert!(
+            !valid_file_path("../x.toml")
+                && !valid_file_path("/x.toml")
+                && valid_file_path("a/b.toml")
+        );
     }
 
     #[test]

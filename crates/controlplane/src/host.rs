@@ -144,8 +144,10 @@ impl LocalHost {
         env.split(|b| *b == 0).any(|e| e == want.as_bytes())
     }
 
-    /// Stop the process group led by `pid` (if it is still ours): SIGTERM, then SIGKILL after
-    /// `grace`. Returns once it is gone (or after SIGKILL and a short wait).
+    /// Stop the process group of `pid` (if it is still ours): SIGTERM, then SIGKILL after
+    /// `grace`. Returns once it is gone (or after SIGKILL and a short wait). The group is the
+    /// process's own for what this host started; for an adopted service (stop failover) it is its
+    /// guardian's, which ignores SIGTERM and exits with the service.
     pub async fn stop(pid: u32, key: &str, grace: Duration) {
         if !Self::is_ours(pid, key) {
             return;
@@ -153,7 +155,9 @@ impl LocalHost {
         let Ok(raw) = i32::try_from(pid) else {
             return;
         };
-        let pg = Pid::from_raw(raw);
+        let Ok(pg) = nix::unistd::getpgid(Some(Pid::from_raw(raw))) else {
+            return;
+        };
         let _ = killpg(pg, Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline {

@@ -8,8 +8,10 @@
 //! reset after a minute of running); a plain server is started once per start request (its
 //! generation) and never restarted behind the operator's back — its end is reported; a process
 //! that should no longer run gets SIGTERM (its whole process group), SIGKILL after a grace period;
-//! a desired entry may adopt a running process under another key (stop failover: the active's agent
-//! becomes the server's process, nothing restarted).
+//! an agent whose configuration changed is stopped and started again with the new one (the
+//! control plane changes it only for standbys); a desired server may adopt a running process
+//! (stop failover: the former active's service, once its agent has released it and exited,
+//! becomes the plain server, nothing restarted).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,10 +48,33 @@ pub enum Want {
         service: ServiceDef,
         /// The start request this is for: started once per generation.
         generation: u64,
-        /// Take over the process running under this key instead of starting one.
+        /// Take over this running process instead of starting one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        adopt: Option<String>,
+        adopt: Option<Adopt>,
     },
+}
+
+/// A process to take over as a plain server: the former active's service after stop failover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adopt {
+    /// The key of the agent that ran it; the service carries the agent's marker. Adopted only
+    /// once that agent has released the service and exited (until then it is not stopped either).
+    pub from: String,
+    /// The service's pid.
+    pub pid: u32,
+}
+
+/// The generation an agent is started for: a digest of its configuration text (FNV-1a, in 63
+/// bits so SQLite's signed integers keep it, never 0), so a host sees that the configuration
+/// changed and starts the agent again with it.
+pub fn config_generation(config: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in config.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h & i64::MAX as u64) | 1
 }
 
 /// One process as a host reports it.
@@ -107,7 +132,7 @@ impl Reconciler {
         let adopted: Vec<&String> = wants
             .values()
             .filter_map(|w| match w {
-                Want::Server { adopt, .. } => adopt.as_ref(),
+                Want::Server { adopt, .. } => adopt.as_ref().map(|a| &a.from),
                 Want::Agent { .. } => None,
             })
             .collect();
@@ -126,48 +151,52 @@ impl Reconciler {
         let mut reports = Vec::new();
         let tracked = self.store.processes().unwrap_or_default();
         for (key, want) in &wants {
-            let cur = tracked
+            let mut cur = tracked
                 .get(*key)
-                .filter(|(pid, m, _)| LocalHost::is_ours(*pid, m));
+                .filter(|(pid, m, _)| LocalHost::is_ours(*pid, m))
+                .cloned();
+            if let (Want::Agent { config, .. }, Some((pid, marker, g))) = (want, &cur) {
+                let wanted = config_generation(config);
+                if *g == 0 {
+                    // Started before generations were recorded: take it as running this one.
+                    let _ =
+                        self.store
+                            .put_process(key, *pid, marker, wanted, crate::plane::unix_ms());
+                    cur = Some((*pid, marker.clone(), wanted));
+                } else if *g != wanted {
+                    info!(%key, pid, "configuration changed: starting the agent again with it");
+                    LocalHost::stop(*pid, marker, STOP_GRACE).await;
+                    let _ = self.store.delete_process(key);
+                    self.backoff.remove(*key);
+                    cur = None;
+                }
+            }
             let rep = match (want, cur) {
                 (_, Some((pid, _, g))) => ProcReport {
                     key: (*key).clone(),
-                    pid: Some(*pid),
+                    pid: Some(pid),
                     running: true,
-                    generation: *g,
+                    generation: g,
                     problem: None,
                 },
                 (
                     Want::Server {
                         generation,
-                        adopt,
+                        adopt: Some(a),
+                        ..
+                    },
+                    None,
+                ) => self.adopt(key, a, *generation, &tracked),
+                (
+                    Want::Server {
+                        generation,
+                        adopt: None,
                         service,
                         server,
                     },
                     None,
                 ) => {
-                    let source = adopt
-                        .as_ref()
-                        .and_then(|a| tracked.get(a).map(|t| (a, t)))
-                        .filter(|(_, (pid, m, _))| LocalHost::is_ours(*pid, m));
-                    if let Some((from, (pid, marker, _))) = source {
-                        let _ = self.store.put_process(
-                            key,
-                            *pid,
-                            marker,
-                            *generation,
-                            crate::plane::unix_ms(),
-                        );
-                        let _ = self.store.delete_process(from);
-                        info!(%key, %from, pid, "adopted");
-                        ProcReport {
-                            key: (*key).clone(),
-                            pid: Some(*pid),
-                            running: true,
-                            generation: *generation,
-                            problem: None,
-                        }
-                    } else if tracked.get(*key).is_some_and(|t| t.2 == *generation) {
+                    if tracked.get(*key).is_some_and(|t| t.2 == *generation) {
                         // This start request's process ran and ended: report it, do not restart.
                         ProcReport {
                             key: (*key).clone(),
@@ -180,53 +209,96 @@ impl Reconciler {
                         self.start(key, *generation, |h| h.start_plain(server, service))
                     }
                 }
-                (Want::Agent { node, config }, None) => {
-                    let now = Instant::now();
-                    let (at, wait) = self
-                        .backoff
-                        .get(*key)
-                        .copied()
-                        .unwrap_or((now, Duration::from_secs(1)));
-                    if now < at {
-                        ProcReport {
-                            key: (*key).clone(),
-                            pid: None,
-                            running: false,
-                            generation: 0,
-                            problem: Some(format!(
-                                "the agent ended; starting it again in {:.1} s",
-                                (at - now).as_secs_f64()
-                            )),
-                        }
-                    } else {
-                        let quiet = now.saturating_duration_since(at) > Duration::from_secs(60);
-                        let next = if quiet {
-                            Duration::from_secs(1)
-                        } else {
-                            (wait * 2).min(Duration::from_secs(30))
-                        };
-                        self.backoff.insert((*key).clone(), (now + wait, next));
-                        let path = self.host.data.join("nodes").join(format!("{node}.toml"));
-                        for d in ["nodes", "locks"] {
-                            let _ = std::fs::create_dir_all(self.host.data.join(d));
-                        }
-                        if let Err(e) = std::fs::write(&path, config) {
-                            ProcReport {
-                                key: (*key).clone(),
-                                pid: None,
-                                running: false,
-                                generation: 0,
-                                problem: Some(format!("{}: {e}", path.display())),
-                            }
-                        } else {
-                            self.start(key, 0, |h| h.start_agent(node, &path))
-                        }
-                    }
-                }
+                (Want::Agent { node, config }, None) => self.start_agent(key, node, config),
             };
             reports.push(rep);
         }
         reports
+    }
+
+    /// Take over a released service as the plain server `key`, once its agent is gone.
+    fn adopt(
+        &mut self,
+        key: &str,
+        a: &Adopt,
+        generation: u64,
+        tracked: &BTreeMap<String, (u32, String, u64)>,
+    ) -> ProcReport {
+        let report = |running: bool, pid: Option<u32>, problem: Option<String>| ProcReport {
+            key: key.to_string(),
+            pid,
+            running,
+            generation,
+            problem,
+        };
+        let agent_runs = tracked
+            .get(&a.from)
+            .is_some_and(|(pid, m, _)| LocalHost::is_ours(*pid, m));
+        if agent_runs {
+            // Still releasing (or not yet asked): neither adopt nor stop anything.
+            return report(false, None, None);
+        }
+        if !LocalHost::is_ours(a.pid, &a.from) {
+            return report(
+                false,
+                Some(a.pid),
+                Some(format!(
+                    "the service released by {} (pid {}) is gone",
+                    a.from, a.pid
+                )),
+            );
+        }
+        let _ = self
+            .store
+            .put_process(key, a.pid, &a.from, generation, crate::plane::unix_ms());
+        let _ = self.store.delete_process(&a.from);
+        info!(%key, from = %a.from, pid = a.pid, "released service adopted as a plain server");
+        report(true, Some(a.pid), None)
+    }
+
+    /// Start node `node`'s agent on `config`, unless its back-off since the last start still runs.
+    fn start_agent(&mut self, key: &str, node: &str, config: &str) -> ProcReport {
+        let now = Instant::now();
+        let (at, wait) = self
+            .backoff
+            .get(key)
+            .copied()
+            .unwrap_or((now, Duration::from_secs(1)));
+        if now < at {
+            return ProcReport {
+                key: key.to_string(),
+                pid: None,
+                running: false,
+                generation: 0,
+                problem: Some(format!(
+                    "the agent ended; starting it again in {:.1} s",
+                    (at - now).as_secs_f64()
+                )),
+            };
+        }
+        let quiet = now.saturating_duration_since(at) > Duration::from_secs(60);
+        let next = if quiet {
+            Duration::from_secs(1)
+        } else {
+            (wait * 2).min(Duration::from_secs(30))
+        };
+        self.backoff.insert(key.to_string(), (now + wait, next));
+        let path = self.host.data.join("nodes").join(format!("{node}.toml"));
+        for d in ["nodes", "locks"] {
+            let _ = std::fs::create_dir_all(self.host.data.join(d));
+        }
+        if let Err(e) = std::fs::write(&path, config) {
+            return ProcReport {
+                key: key.to_string(),
+                pid: None,
+                running: false,
+                generation: 0,
+                problem: Some(format!("{}: {e}", path.display())),
+            };
+        }
+        self.start(key, config_generation(config), |h| {
+            h.start_agent(node, &path)
+        })
     }
 
     fn start(

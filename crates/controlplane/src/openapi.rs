@@ -189,13 +189,13 @@ pub fn document() -> Value {
                     "404": resp("no such server", err_ref())
                 }
             } },
-            "/api/config": { "get": { "summary": "the whole configuration (servers and their failover services), as `ctl export` writes it", "responses": { "200": resp("the configuration", json!({"type": "object"})) } } },
+            "/api/config": { "get": { "summary": "the whole configuration (servers and their failover services, and the files kept from the last import: include fragments), as `ctl export` writes it", "responses": { "200": resp("the configuration", json!({"type": "object"})) } } },
             "/api/config/import": { "post": {
                 "summary": "validate a whole configuration and show the difference; with apply=true change the inventory (all or nothing); prune=true removes servers not in it",
                 "security": [{ "bearer": [] }],
                 "requestBody": { "required": true, "content": { "application/json": { "schema": {
                     "type": "object", "required": ["servers"], "additionalProperties": false,
-                    "properties": { "servers": { "type": "array" }, "apply": { "type": "boolean" }, "prune": { "type": "boolean" } } } } } },
+                    "properties": { "servers": { "type": "array" }, "files": { "type": "object", "description": "files kept as written: servers' files that use include, and the fragments (relative path → text)", "additionalProperties": { "type": "string" } }, "apply": { "type": "boolean" }, "prune": { "type": "boolean" } } } } } },
                 "responses": {
                     "200": resp("the difference (and whether it was applied)", json!({"type": "object"})),
                     "415": resp("not JSON", err_ref()),

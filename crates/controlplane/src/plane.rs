@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 use understudy_status::{ApiError, Status, Switchover};
 
-use crate::config_io::{diff, ImportReport, ServerConfig};
+use crate::config_io::{check_files, diff, ConfigDir, ImportReport, ServerConfig};
 use crate::host::{agent_key, server_key, tail, HostError, LocalHost};
-use crate::hostd::{ProcReport, Reconciler, Want};
+use crate::hostd::{config_generation, Adopt, ProcReport, Reconciler, Want};
 use crate::lifecycle::{decide, Refusal, Situation, Step};
 use crate::model::{
     node_name, FailoverSpec, FieldError, NodeSpec, ServerSpec, ServerState, LOCAL_HOST,
@@ -68,6 +68,8 @@ const AGENT_UP_TIMEOUT: Duration = Duration::from_secs(15);
 const HOT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a host may take to start or stop a process it was asked to.
 const HOST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long stop failover retries the active's release while stopped standbys still look alive.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A host that has not reported for this long is shown disconnected.
 pub const HOST_STALE: Duration = Duration::from_secs(5);
 
@@ -390,6 +392,14 @@ impl Plane {
         n.insert("name".into(), node.name.clone().into());
         n.insert("group".into(), server.name.clone().into());
         n.insert("admin".into(), self.node_admin(node).into());
+        if !one_host && !self.etcd.is_empty() {
+            // Without a lock file the default journal is machine-wide (/var/lib/understudy); keep
+            // it in the host's own data directory, beside the node's configuration.
+            n.insert(
+                "journal_file".into(),
+                format!("../journal/{}.jsonl", node.name).into(),
+            );
+        }
         t.insert("node".into(), toml::Value::Table(n));
         let mut a = toml_table();
         a.insert("mode".into(), f.mode.as_str().into());
@@ -528,9 +538,9 @@ impl Plane {
         Ok(nodes)
     }
 
-    /// The whole configuration, one entry per server.
-    pub fn export(&self) -> Result<Vec<ServerConfig>, PlaneError> {
-        Ok(self
+    /// The whole configuration: one entry per server, and the files kept from the last import.
+    pub fn export(&self) -> Result<ConfigDir, PlaneError> {
+        let servers = self
             .store
             .servers()?
             .into_iter()
@@ -538,7 +548,11 @@ impl Plane {
                 server: r.spec,
                 failover: r.failover.map(|f| f.spec),
             })
-            .collect())
+            .collect();
+        Ok(ConfigDir {
+            servers,
+            files: self.store.config_files()?,
+        })
     }
 
     /// Compare `items` with the inventory and validate every one of them; apply only when asked
@@ -547,12 +561,20 @@ impl Plane {
     /// swapped under it (it would take effect silently at the next takeover).
     pub async fn import(
         &self,
-        items: Vec<ServerConfig>,
+        cfg: ConfigDir,
         apply: bool,
         prune: bool,
     ) -> Result<ImportReport, PlaneError> {
         let _ops = self.ops.lock().await;
+        let ConfigDir {
+            servers: items,
+            files,
+        } = cfg;
         let mut rep = ImportReport::default();
+        let file_errs = check_files(&files);
+        if !file_errs.is_empty() {
+            rep.errors.insert("(files)".into(), file_errs);
+        }
         let current: BTreeMap<String, ServerRow> = self
             .store
             .servers()?
@@ -606,14 +628,13 @@ impl Plane {
                     if d.is_empty() {
                         rep.unchanged.push(name.clone());
                     } else {
-                        if row.state != ServerState::Stopped {
-                            errs.push(FieldError {
+                        match running_change(row, item) {
+                            Ok(true) => rep.rolling.push(name.clone()),
+                            Ok(false) => {}
+                            Err(reason) => errs.push(FieldError {
                                 field: "server".into(),
-                                reason: format!(
-                                    "the server is {} and its configuration would change; stop it (and its failover) first, or do a rolling update",
-                                    row.state.as_str()
-                                ),
-                            });
+                                reason,
+                            }),
                         }
                         rep.changed.insert(name.clone(), d);
                     }
@@ -670,6 +691,7 @@ impl Plane {
                 self.store.delete_server(name)?;
             }
         }
+        self.store.replace_config_files(&files)?;
         rep.applied = true;
         info!(
             added = rep.added.len(),
@@ -855,8 +877,10 @@ impl Plane {
         None
     }
 
-    /// Stop failover: every standby's agent and service stop; the active node keeps its service
-    /// running and its agent becomes the server's process (adopted by its host, not restarted).
+    /// Stop failover (a true pause, like Patroni's): every standby's agent and service stop first;
+    /// then the active's agent hands its service over (`POST /service/release`) and exits, and its
+    /// host adopts the service as the server's plain process: same pid, nothing killed, nobody
+    /// fenced — and no longer protected.
     pub async fn stop_failover(&self, name: &str) -> Result<ServerRow, PlaneError> {
         let _ops = self.ops.lock().await;
         let row = self.row(name)?;
@@ -864,39 +888,125 @@ impl Plane {
         let Some(f) = row.failover.clone() else {
             return Err(PlaneError::NotFound(name.to_string()));
         };
-        let active = self.active_node(&f.nodes).await.map(|(n, _)| n);
-        if let Some(a) = &active {
-            let want = Want::Server {
-                server: name.to_string(),
-                service: row.spec.service.clone(),
-                generation: unix_ms(),
-                adopt: Some(agent_key(&a.name)),
-            };
-            self.store.put_desired(
-                &server_key(name),
-                &a.host,
-                &serde_json::to_value(&want).unwrap_or_default(),
-            )?;
-            self.store.delete_desired(&agent_key(&a.name))?;
-        }
+        let active = self.active_node(&f.nodes).await;
         let standbys: Vec<&NodeSpec> = f
             .nodes
             .iter()
-            .filter(|n| Some(&n.name) != active.as_ref().map(|a| &a.name))
+            .filter(|n| Some(&n.name) != active.as_ref().map(|(a, _)| &a.name))
             .collect();
         self.stop_nodes(&standbys).await;
-        if let Some(a) = &active {
-            if let Err(e) = self
-                .wait_report(&a.host, &server_key(name), |r| r.is_some_and(|r| r.running))
-                .await
-            {
-                warn!(server = %name, "the active's process was not adopted: {e}");
-            }
+        if let Some((a, st)) = &active {
+            self.release_active(&row, &f.spec, a, st).await?;
         }
         self.store.set_failover_running(name, false)?;
         self.store.set_state(name, next)?;
-        info!(server = %name, active = ?active.map(|a| a.name), "failover stopped");
+        info!(server = %name, active = ?active.map(|(a, _)| a.name), "failover stopped");
         self.row(name)
+    }
+
+    /// The active's half of stop failover. The host is told to adopt the service before the agent
+    /// releases it, and no longer to run the agent: a host must never start that agent again
+    /// while the released service acts (it would campaign, win the lock and start a second
+    /// active). Until the agent has exited the host neither adopts nor stops anything.
+    async fn release_active(
+        &self,
+        row: &ServerRow,
+        f: &FailoverSpec,
+        a: &NodeSpec,
+        st: &Status,
+    ) -> Result<(), PlaneError> {
+        let name = &row.spec.name;
+        let skey = server_key(name);
+        let want = |pid: u32| Want::Server {
+            server: name.clone(),
+            service: row.spec.service.clone(),
+            generation: unix_ms(),
+            adopt: Some(Adopt {
+                from: agent_key(&a.name),
+                pid,
+            }),
+        };
+        let Some(pid) = st.service.pid else {
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!("the active node {} reports no running service", a.name),
+                hint: "wait until the active's service runs, then try again".into(),
+            }));
+        };
+        self.store.put_desired(
+            &skey,
+            &a.host,
+            &serde_json::to_value(want(pid)).unwrap_or_default(),
+        )?;
+        self.store.delete_desired(&agent_key(&a.name))?;
+        match self.ask_release(a).await {
+            Ok(released) if released == pid => {}
+            Ok(released) => {
+                // The service restarted between the status and the release: adopt what runs.
+                self.store.put_desired(
+                    &skey,
+                    &a.host,
+                    &serde_json::to_value(want(released)).unwrap_or_default(),
+                )?;
+            }
+            Err(e) => {
+                self.store.delete_desired(&skey)?;
+                self.want_agent(row, f, a)?;
+                return Err(e);
+            }
+        }
+        if let Err(e) = self
+            .wait_report(&a.host, &skey, |r| {
+                r.is_some_and(|r| r.running || r.problem.is_some())
+            })
+            .await
+        {
+            warn!(server = %name, "the released service was not adopted: {e}");
+        }
+        Ok(())
+    }
+
+    /// `POST /service/release` to the active's agent: the pid of the released service. Retried
+    /// while the agent still sees a stopped standby's record as alive (409), for a few seconds.
+    async fn ask_release(&self, a: &NodeSpec) -> Result<u32, PlaneError> {
+        let url = format!("http://{}/service/release", self.node_admin(a));
+        let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            let resp = self
+                .http
+                .post(&url)
+                .header("X-Understudy", "1")
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", a.name)))?;
+            let code = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            if code.is_success() {
+                return body
+                    .get("pid")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u32::try_from(p).ok())
+                    .ok_or_else(|| {
+                        PlaneError::Start(format!(
+                            "{} released its service but named no pid",
+                            a.name
+                        ))
+                    });
+            }
+            let why = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if code != reqwest::StatusCode::CONFLICT || tokio::time::Instant::now() > deadline {
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!("{} did not hand its service over ({code}): {why}", a.name),
+                    hint: "failover keeps running with the active alone; try stop failover again"
+                        .into(),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Hand activity to a ready standby: asks the active node's agent.
@@ -924,6 +1034,22 @@ impl Plane {
                 hint: "wait for the takeover to finish, then try again".into(),
             }));
         };
+        let pending: Vec<&str> = f
+            .nodes
+            .iter()
+            .filter(|n| n.name != active.name && self.config_pending(&row.spec, &f.spec, n))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !pending.is_empty() {
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!(
+                    "standby {} does not run the new configuration yet",
+                    pending.join(", ")
+                ),
+                hint: "wait until every standby shows its configuration applied, then switch over"
+                    .into(),
+            }));
+        }
         let mut url = format!("http://{}/service/switchover", self.node_admin(&active));
         if let Some(t) = &to {
             url.push_str(&format!("?to={t}"));
@@ -1001,6 +1127,25 @@ impl Plane {
                 .map(|n| {
                     let l = live.get(&n.name).cloned().unwrap_or_default();
                     let st = l.status.as_ref();
+                    let pending = f.running && self.config_pending(&row.spec, &f.spec, n);
+                    // A status read from the agent before its host started it again (a new
+                    // configuration) says nothing about the agent that runs now.
+                    let reported = self.report(&agent_key(&n.name)).and_then(|(_, r)| r.pid);
+                    let stale = match (st.map(|s| s.node.agent_pid), reported) {
+                        (Some(seen), Some(runs)) => seen != runs,
+                        _ => false,
+                    };
+                    let ready = if stale {
+                        Some(false)
+                    } else {
+                        st.map(|s| s.node.ready)
+                    };
+                    let waiting = match (pending, st) {
+                        (true, Some(s)) if !s.is_hot() => {
+                            Some("restarting with the new configuration".to_string())
+                        }
+                        _ => st.and_then(|s| s.node.waiting.clone()),
+                    };
                     json!({
                         "name": n.name,
                         "host": n.host,
@@ -1009,8 +1154,10 @@ impl Plane {
                         "mode": st.map(|s| s.node.state),
                         "epoch": st.map(|s| s.node.epoch),
                         "since": st.map(|s| &s.since),
-                        "ready": st.map(|s| s.node.ready),
-                        "waiting": st.and_then(|s| s.node.waiting.as_ref()),
+                        // Not ready until it runs the configuration the control plane holds.
+                        "ready": if pending { Some(false) } else { ready },
+                        "waiting": waiting,
+                        "config": if pending { "pending" } else { "applied" },
                         "service": st.map(|s| &s.service),
                         "reachable": l.status.is_some(),
                         "error": l.error,
@@ -1075,6 +1222,12 @@ impl Plane {
             for n in &f.nodes {
                 let admin = self.node_admin(n);
                 let st = self.admin_status(&admin).await;
+                let warm = st.as_ref().is_ok_and(|s| !s.is_hot());
+                if warm {
+                    if let Ok(_ops) = self.ops.try_lock() {
+                        self.apply_config(&row.spec, &f.spec, n);
+                    }
+                }
                 let problem = self
                     .report(&agent_key(&n.name))
                     .and_then(|(_, r)| r.problem);
@@ -1106,6 +1259,43 @@ impl Plane {
                 }
             }
         }
+    }
+
+    /// A standby whose configuration changed (an import while failover runs) gets it now: its host
+    /// starts the agent again with it. Only a node seen Warm, and only one still wanted: the
+    /// active keeps its configuration until it is a standby.
+    fn apply_config(&self, server: &ServerSpec, f: &FailoverSpec, n: &NodeSpec) {
+        let key = agent_key(&n.name);
+        let Ok(Some((host, spec))) = self.store.desired(&key) else {
+            return;
+        };
+        let Ok(Want::Agent { config, .. }) = serde_json::from_value::<Want>(spec) else {
+            return;
+        };
+        let planned = self.agent_config(server, f, n);
+        if config == planned {
+            return;
+        }
+        info!(node = %n.name, "configuration changed: the standby starts again with it");
+        let want = Want::Agent {
+            node: n.name.clone(),
+            config: planned,
+        };
+        if let Err(e) = self.store.put_desired(
+            &key,
+            &host,
+            &serde_json::to_value(&want).unwrap_or_default(),
+        ) {
+            warn!(node = %n.name, "cannot hand the new configuration to its host: {e}");
+        }
+    }
+
+    /// True when node `n`'s agent runs, but not the configuration the control plane holds for it:
+    /// a standby about to be restarted with it, or the active keeping its own.
+    fn config_pending(&self, server: &ServerSpec, f: &FailoverSpec, n: &NodeSpec) -> bool {
+        let planned = config_generation(&self.agent_config(server, f, n));
+        self.report(&agent_key(&n.name))
+            .is_some_and(|(_, r)| r.running && r.generation != planned)
     }
 
     async fn collect_events(&self, server: &str, n: &NodeSpec) {
@@ -1144,6 +1334,33 @@ impl Plane {
                     let _ = self.store.update_failure_event(server, &n.name, t);
                 }
                 Err(e) => warn!("cannot store a failure event: {e}"),
+            }
+        }
+    }
+}
+
+/// May a changed configuration replace `row`'s while it runs? A stopped server: yes. A plain
+/// running server: no (it would need a restart behind the operator's back). A server running
+/// with failover: yes when no node moves (same hosts, failover neither added nor removed) —
+/// `Ok(true)`: the standbys restart with it at once and count as not ready until they have; the
+/// active keeps its configuration until it is a standby (after a switchover), never swapped
+/// under it or silently at a takeover.
+fn running_change(row: &ServerRow, new: &ServerConfig) -> Result<bool, String> {
+    match row.state {
+        ServerState::Stopped => Ok(false),
+        ServerState::Running => Err(
+            "the server is running as a plain server and its configuration would change; stop it first".into(),
+        ),
+        ServerState::Protected => {
+            let hosts = |h: &str, f: Option<&FailoverSpec>| {
+                f.map(|f| (h.to_string(), f.standby_hosts.clone()))
+            };
+            let was = hosts(&row.spec.host, row.failover.as_ref().map(|f| &f.spec));
+            let now = hosts(&new.server.host, new.failover.as_ref());
+            if was.is_some() && was == now {
+                Ok(true)
+            } else {
+                Err("failover is running and the change moves its nodes (host, standby_hosts, or failover added or removed); stop failover first".into())
             }
         }
     }

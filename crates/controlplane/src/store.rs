@@ -71,7 +71,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: processes the local host started (agents and plain servers), so that a restarted
     // control plane finds them again instead of starting a second copy.
     // `marker` is the UNDERSTUDY_CONTROL_KEY the process carries: after "stop failover" the
-    // server's process is the former active's agent, which carries its node's marker.
+    // server's process is the former active's service, released by its agent, which carries its
+    // node's marker.
     "CREATE TABLE processes (
         key TEXT PRIMARY KEY,
         pid INTEGER NOT NULL,
@@ -93,6 +94,12 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL
      );
      ALTER TABLE processes ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
+    // 4: configuration files kept as imported (servers' files that use `include`, and their
+    // fragments), so that an export writes the same files back.
+    "CREATE TABLE config_files (
+        path TEXT PRIMARY KEY,
+        text TEXT NOT NULL
+     );",
 ];
 
 /// A stored server with its failover service, if any.
@@ -362,6 +369,25 @@ impl Store {
         Ok(())
     }
 
+    /// What should run under `key`, and where: (host, spec).
+    pub fn desired(&self, key: &str) -> Result<Option<(String, Value)>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT host, spec FROM desired WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((h, s)) => Ok(Some((
+                h,
+                serde_json::from_str(&s).map_err(corrupt("desired process"))?,
+            ))),
+        }
+    }
+
     /// What `host` should run: key → spec.
     pub fn desired_for(&self, host: &str) -> Result<BTreeMap<String, Value>, StoreError> {
         let conn = self.conn();
@@ -442,6 +468,34 @@ impl Store {
     pub fn delete_process(&self, key: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM processes WHERE key = ?1", params![key])?;
+        Ok(())
+    }
+
+    /// The configuration files kept from the last import: relative path → text.
+    pub fn config_files(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT path, text FROM config_files")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (p, t) = row?;
+            out.insert(p, t);
+        }
+        Ok(out)
+    }
+
+    /// Keep exactly `files` (an import is the whole configuration).
+    pub fn replace_config_files(&self, files: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM config_files", [])?;
+        for (p, t) in files {
+            tx.execute(
+                "INSERT INTO config_files (path, text) VALUES (?1, ?2)",
+                params![p, t],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -7,19 +7,23 @@
 //! - [`members`]: membership records beside the lock (`<lock>.members/<node>.json`).
 //! - [`etcd`]: the group in etcd, across machines: claims and renewals judged on the agents' own
 //!   clocks, the epoch raised in the claiming transaction, membership records in etcd.
+//! - [`lease`]: the etcd coordinator's timing rules as a pure, clock-injected state machine (when
+//!   to claim, to renew, to stop acting), checked by a seeded simulation.
 //! - [`Coordinator`]: the trait the agent drives; [`lockfile::LockFileCoordinator`] and
 //!   [`etcd::EtcdCoordinator`] implement it.
 #![forbid(unsafe_code)]
 
 pub mod epoch;
 pub mod etcd;
+pub mod lease;
 pub mod lockfile;
 pub mod members;
 
 use std::time::Duration;
 
 pub use epoch::{EpochRead, EpochStore};
-pub use etcd::{EtcdCoordinator, EtcdMembers, EtcdSettings, EtcdTls, Fence, FenceSink, Timing};
+pub use etcd::{EtcdCoordinator, EtcdMembers, EtcdSettings, EtcdTls, Fence, FenceSink};
+pub use lease::Timing;
 pub use lockfile::{read_heartbeat, Heartbeat, HeartbeatReading, LockFileCoordinator};
 pub use members::{MemberRecord, Members};
 

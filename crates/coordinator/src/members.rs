@@ -71,6 +71,15 @@ impl Members {
         }
     }
 
+    /// etcd groups: the holder and how long ago this node saw its last renewal. `None` for lock
+    /// files (the kernel's lock has no renewals) and while nobody holds the group.
+    pub fn renewal(&self) -> Option<(String, std::time::Duration)> {
+        match &self.store {
+            Store::Files(_) => None,
+            Store::Etcd(e) => e.renewal(),
+        }
+    }
+
     /// Every readable record, sorted by node name. Files that cannot be read or parsed are skipped
     /// (one bad file must not hide the rest of the group); a missing directory is an empty group.
     /// From etcd: the cache the group watch keeps current, never a network round trip.

@@ -229,6 +229,11 @@ pub enum Input {
     Tick,
     /// SIGTERM or SIGINT: stop gracefully. A second one stops at once.
     Shutdown,
+    /// `POST /service/release` (the control plane's "stop failover"): leave the group and hand the
+    /// running service over as a plain, unfenced server. Only the active may, and only alone: a
+    /// standby still in the group would take over while the released service keeps acting.
+    /// Feed the current [`Input::Peers`] first.
+    Release,
 }
 
 /// What the agent must do, in order.
@@ -287,6 +292,9 @@ pub enum Command {
     Record(Event),
     /// Answer the pending operator request.
     Answer(Answer),
+    /// Hand the running service over: from now on it is neither supervised nor fenced and it
+    /// outlives the agent (its guardian stops watching the agent). Forget it.
+    DetachService,
     /// Exit the agent.
     Exit {
         /// Process exit code.
@@ -316,6 +324,18 @@ pub enum Answer {
     },
     /// Switchover refused (409).
     SwitchoverRefused {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Release done: the service keeps running, unfenced, and the agent exits.
+    Released {
+        /// The service's pid.
+        pid: u32,
+        /// The epoch it was last told.
+        epoch: u64,
+    },
+    /// Release refused (409).
+    ReleaseRefused {
         /// Why, in words.
         reason: String,
     },
@@ -767,6 +787,7 @@ impl Engine {
             Input::ServiceAcked { pid, epoch } => self.on_service_acked(pid, epoch),
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
+            Input::Release => self.on_release(),
         }
         std::mem::take(&mut self.out)
     }
@@ -1616,6 +1637,42 @@ impl Engine {
         if self.holds_lock {
             self.emit(Command::VerifyLock);
         }
+    }
+
+    fn on_release(&mut self) {
+        let pid = match (&self.phase, self.svc) {
+            (Phase::Hot, SvcState::Running { pid, .. }) => Some(pid),
+            _ => None,
+        };
+        let alone = self.peers.iter().find(|p| p.fresh && !p.agent_gone);
+        let refusal = match (pid, alone) {
+            (None, _) => Some(
+                "only the active node, with its service running, can hand its service over"
+                    .to_string(),
+            ),
+            (Some(_), Some(p)) => Some(format!(
+                "node {} is still in the group: stop the standbys first, or one would take over while the released service keeps acting",
+                p.node
+            )),
+            (Some(_), None) => None,
+        };
+        let (Some(pid), None) = (pid, refusal.clone()) else {
+            let reason = refusal.unwrap_or_default();
+            self.record(EventKind::Refused, format!("release: {reason}"));
+            self.emit(Command::Answer(Answer::ReleaseRefused { reason }));
+            return;
+        };
+        self.record(
+            EventKind::Shutdown,
+            format!("released: service pid {pid} keeps running as a plain server, no longer fenced; leaving the group"),
+        );
+        self.emit(Command::DetachService);
+        self.svc = SvcState::Stopped;
+        self.release();
+        self.set_phase(Phase::Exited);
+        let epoch = self.epoch;
+        self.emit(Command::Answer(Answer::Released { pid, epoch }));
+        self.emit(Command::Exit { code: 0 });
     }
 
     fn on_shutdown(&mut self) {

@@ -1608,7 +1608,9 @@ fn a_standby_that_cannot_reach_its_coordinator_is_not_ready_and_says_why() {
     n.up(10);
     assert!(n.e.ready());
     let cmds = n.feed(Input::CoordinatorReach {
-        unreachable: Some("etcd has not answered for more than half of lease_ttl (100 ms)".into()),
+        unreachable: Some(
+            "etcd has not answered for more than three quarters of lease_ttl (150 ms)".into(),
+        ),
     });
     assert!(
         cmds.is_empty(),
@@ -1624,4 +1626,53 @@ fn a_standby_that_cannot_reach_its_coordinator_is_not_ready_and_says_why() {
     n.feed(Input::CoordinatorReach { unreachable: None });
     assert!(n.e.ready());
     assert!(n.waiting().contains("waiting for the group lock"));
+}
+
+// ---------------------------------------------------------------- release (stop failover)
+
+#[test]
+fn release_hands_the_active_service_over_only_when_alone() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    // A standby still in the group would take over while the released service keeps acting.
+    n.feed(peer_warm("b", KNOWN + 1));
+    let out = n.feed(Input::Release);
+    assert!(
+        matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason.contains("node b")),
+        "{out:?}"
+    );
+    assert_eq!(n.e.state(), State::Hot);
+
+    // Alone (the standby's agent is gone): the service is detached, never stopped, then the lock
+    // is let go and the agent exits.
+    let mut gone = peer_warm("b", KNOWN + 1);
+    if let Input::Peers(ps) = &mut gone {
+        ps[0].agent_gone = true;
+    }
+    n.feed(gone);
+    let out = n.feed(Input::Release);
+    assert_eq!(
+        out,
+        vec![
+            Command::DetachService,
+            Command::Release,
+            Command::Answer(Answer::Released {
+                pid: 10,
+                epoch: KNOWN + 1
+            }),
+            Command::Exit { code: 0 },
+        ]
+    );
+    assert!(!out.iter().any(|c| matches!(c, Command::StopService { .. })));
+}
+
+#[test]
+fn a_standby_cannot_be_released() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    let out = n.feed(Input::Release);
+    assert!(
+        matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { .. })]),
+        "{out:?}"
+    );
 }

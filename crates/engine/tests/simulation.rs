@@ -654,7 +654,13 @@ impl World {
                         self.nodes[i].put_pending = false;
                     }
                     Answer::SwitchoverStarted { .. } | Answer::SwitchoverRefused { .. } => {}
+                    Answer::Released { .. } | Answer::ReleaseRefused { .. } => {
+                        self.check(false, || format!("{i}: release answered, never asked"));
+                    }
                 },
+                Command::DetachService => {
+                    self.check(false, || format!("{i} detaches its service, never asked"));
+                }
                 Command::Exit { code } => {
                     self.check(code == 0 && k + 1 == n, || format!("{i}: odd exit {code}"));
                     self.check(self.nodes[i].proc_.is_none(), || {

@@ -231,20 +231,36 @@ impl GatewayConfig {
         Self::parse(file, &text)
     }
 
-    /// Validates the TOML `text` (read from `file`, for messages).
+    /// Validates the TOML `text` (read from `file`, for messages; `include = [...]` paths are
+    /// relative to it). An error names the file its key is written in, fragment or not.
     pub fn parse(file: &Path, text: &str) -> Result<GatewayConfig, ConfigError> {
+        let assembled = understudy_include::assemble(file, text).map_err(|e| ConfigError {
+            file: e.file,
+            key: e.key,
+            reason: e.reason,
+        })?;
         let err = |(key, reason): (String, String)| ConfigError {
-            file: file.to_owned(),
+            file: if assembled.has_includes() {
+                assembled.origin(&key).to_owned()
+            } else {
+                file.to_owned()
+            },
             key,
             reason,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            // toml names the key in its message ("unknown field `x`", "missing field `y`").
-            err((
-                "(syntax)".into(),
-                e.message().to_owned() + &line_of(text, e.span()),
-            ))
-        })?;
+        let raw: RawConfig = if assembled.has_includes() {
+            toml::Value::Table(assembled.table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| err(("(syntax)".into(), e.message().to_owned())))?
+        } else {
+            toml::from_str(text).map_err(|e| {
+                // toml names the key in its message ("unknown field `x`", "missing field `y`").
+                err((
+                    "(syntax)".into(),
+                    e.message().to_owned() + &line_of(text, e.span()),
+                ))
+            })?
+        };
         Self::validate(file, raw).map_err(err)
     }
 
@@ -917,5 +933,30 @@ mod tests {
         }
         let e = parse("[admin]\nhttp = \"127.0.0.1:9879\"\nport = 1\n").expect_err("unknown key");
         assert!(e.reason.contains("port"), "{}", e.reason);
+    }
+
+    #[test]
+    fn upstreams_shared_through_include_and_errors_name_the_fragment() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        let frag = shared.join("upstream.toml");
+        let upstream = |connect: &str| {
+            format!("[[upstream]]\nname = \"EXCH\"\nconnect = [\"{connect}\"]\ntarget_comp_id = \"EXCH\"\n")
+        };
+        std::fs::write(&frag, upstream("127.0.0.1:9900")).expect("write");
+        let main = d.path().join("gw-a.toml");
+        let text = "include = [\"shared/upstream.toml\"]\n\
+             [gateway]\nlisten = \"127.0.0.1:9878\"\ncomp_id = \"GW\"\nstore_dir = \"/tmp/understudy-no-such-store\"\ndefault_route = \"EXCH\"\n\
+             [[client]]\ncomp_id = \"C1\"\n";
+        let c = GatewayConfig::parse(&main, text).expect("valid");
+        assert_eq!(c.upstreams.len(), 1);
+        std::fs::write(&frag, upstream("nowhere")).expect("write");
+        let e = GatewayConfig::parse(&main, text).expect_err("bad upstream");
+        assert_eq!(e.file, frag, "{}: {}", e.key, e.reason);
+        assert!(e.key.starts_with("upstream"), "{}", e.key);
+        let e =
+            GatewayConfig::parse(&main, &text.replace("\"GW\"", "\"\"")).expect_err("bad comp_id");
+        assert_eq!((e.file, e.key.as_str()), (main, "gateway.comp_id"));
     }
 }

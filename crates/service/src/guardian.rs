@@ -21,6 +21,12 @@
 //! 4. waits for the service and reports `exit code <n>\n` or `exit signal <n>\n`, then exits with
 //!    `n`, or `128 + signal`.
 //!
+//! `release\n` on the lifeline (the agent's `POST /service/release`, the control plane's "stop
+//! failover") ends the watch for good: no deadline, and the agent's end no longer kills anything.
+//! The service then outlives the agent as a plain server: unfenced, the one deliberate exception
+//! to "a service never outlives its agent". The guardian stays its parent (the service's
+//! `PR_SET_PDEATHSIG` points at it) until it exits.
+//!
 //! It runs before any async runtime exists, so it uses plain threads and blocking I/O.
 //!
 //! The guardian itself deliberately has no `PR_SET_PDEATHSIG`: the death signal fires when the
@@ -36,10 +42,14 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::{getpid, getppid, Pid};
+
+/// Set once the agent released the service: losing the lifeline then kills nothing.
+static RELEASED: AtomicBool = AtomicBool::new(false);
 
 /// Exit code when the service could not be started (the shell's convention for "cannot execute").
 const EXIT_START_FAILED: i32 = 127;
@@ -207,6 +217,10 @@ fn watch_lifeline(mut lifeline: File) {
                     match cmd {
                         Lifeline::Deadline(at) => deadline = Some(at),
                         Lifeline::NoDeadline => deadline = None,
+                        Lifeline::Release => {
+                            RELEASED.store(true, Ordering::SeqCst);
+                            return;
+                        }
                     }
                 }
             }
@@ -225,6 +239,8 @@ pub enum Lifeline {
     Deadline(u64),
     /// No deadline: the service does not act for a grant that can expire.
     NoDeadline,
+    /// The agent hands the service over: stop watching, never kill for the agent again.
+    Release,
 }
 
 impl Lifeline {
@@ -233,6 +249,7 @@ impl Lifeline {
         match self {
             Lifeline::Deadline(at) => format!("deadline {at}\n"),
             Lifeline::NoDeadline => "nodeadline\n".to_string(),
+            Lifeline::Release => "release\n".to_string(),
         }
     }
 }
@@ -272,6 +289,9 @@ fn parse_lifeline(line: &[u8]) -> Option<Lifeline> {
     if line == "nodeadline" {
         return Some(Lifeline::NoDeadline);
     }
+    if line == "release" {
+        return Some(Lifeline::Release);
+    }
     let digits = line.strip_prefix("deadline ")?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -299,9 +319,10 @@ fn kill_group() -> ! {
     std::process::exit(EXIT_START_FAILED);
 }
 
-/// Writes a protocol line to the lifeline. A failed write means the agent is gone.
+/// Writes a protocol line to the lifeline. A failed write means the agent is gone, which kills
+/// the group unless the agent released the service.
 fn report(lifeline: &mut File, line: &str) {
-    if lifeline.write_all(line.as_bytes()).is_err() {
+    if lifeline.write_all(line.as_bytes()).is_err() && !RELEASED.load(Ordering::SeqCst) {
         kill_group();
     }
 }
@@ -337,6 +358,7 @@ mod tests {
         long.push(b'\n');
         assert_eq!(l.feed(&long), vec![]);
         assert_eq!(l.feed(b"deadline 7\n"), vec![Lifeline::Deadline(7)]);
+        assert_eq!(l.feed(b"release\n"), vec![Lifeline::Release]);
         assert_eq!(Lifeline::Deadline(5).encode(), "deadline 5\n");
         assert_eq!(
             parse_lifeline(Lifeline::NoDeadline.encode().trim_end().as_bytes()),

@@ -189,6 +189,18 @@ impl Fence {
         st.send(Lifeline::NoDeadline);
     }
 
+    /// The running guardian stops watching the agent for good (see [`Supervisor::release`]); no
+    /// deadline for it or later guardians.
+    fn release(&self, generation: u64) {
+        let mut st = self.state();
+        if st.lifeline.as_ref().map(|(g, _)| *g) == Some(generation) {
+            st.send(Lifeline::Release);
+            st.lifeline = None;
+        }
+        st.deadline = None;
+        st.grant_until = None;
+    }
+
     /// Later guardians get no deadline; the running one keeps its own and kills at it.
     pub fn forget(&self) {
         self.state().deadline = None;
@@ -397,6 +409,19 @@ impl Supervisor {
             }
         });
         running.stop_timers.push(timer.abort_handle());
+    }
+
+    /// Hands the running service over (stop failover): its guardian stops watching this agent and
+    /// its deadline, so the service outlives the agent as a plain, unfenced server, and this
+    /// supervisor forgets it (no stop, no kill, no event). Returns the service's pid, if known.
+    pub fn release(&mut self) -> Option<u32> {
+        let running = lock(&self.shared).running.take()?;
+        for t in &running.stop_timers {
+            t.abort();
+        }
+        self.fence.release(running.generation);
+        tracing::info!(generation = running.generation, pid = ?running.pid, "service released: no longer supervised or fenced");
+        running.pid.map(pid_u32)
     }
 
     /// Kills the service's whole process group with `SIGKILL` now. [`ServiceEvent::Exited`]

@@ -265,6 +265,10 @@ pub struct Status {
     pub lock_file: String,
     /// The protected service.
     pub service: Service,
+    /// etcd groups: how long ago this node saw the holder's last renewal (on the holder, its own
+    /// last acknowledged one), in milliseconds; absent for lock files or with no holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_age_ms: Option<u64>,
 }
 
 impl Status {
@@ -337,6 +341,9 @@ pub struct Member {
     pub age_ms: u64,
     /// True when the record was rewritten recently enough for its agent to count as alive.
     pub fresh: bool,
+    /// etcd groups, on the holder's row: how long ago the answering node saw its last renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_age_ms: Option<u64>,
 }
 
 impl Member {
@@ -445,6 +452,7 @@ mod tests {
             },
             age_ms: 3,
             fresh,
+            renewal_age_ms: None,
         }
     }
 
@@ -463,6 +471,7 @@ mod tests {
                 healthy: true,
                 detail: Some(json!({"role": "active"})),
             },
+            renewal_age_ms: None,
         };
         let v = serde_json::to_value(&st).unwrap();
         assert_eq!(v["node"], "a");

@@ -309,6 +309,7 @@ mod tests {
             },
             age_ms: 0,
             fresh: true,
+            renewal_age_ms: None,
         }
     }
 

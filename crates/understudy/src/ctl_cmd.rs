@@ -366,8 +366,8 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
         }
         CtlCmd::Export { .. } => (call(m::GET, "/api/config".into(), None), Answer::Export),
         CtlCmd::Import { dir, apply, prune } => {
-            let items = understudy_controlplane::config_io::read_dir(dir)?;
-            let body = json!({ "servers": items, "apply": apply, "prune": prune });
+            let cfg = understudy_controlplane::config_io::read_dir(dir)?;
+            let body = json!({ "servers": cfg.servers, "files": cfg.files, "apply": apply, "prune": prune });
             (
                 call(m::POST, "/api/config/import".into(), Some(body)),
                 Answer::Import,
@@ -411,11 +411,10 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
     }
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     if let (CtlCmd::Export { dir }, true) = (&a.cmd, ok) {
-        let items: Vec<understudy_controlplane::config_io::ServerConfig> =
-            serde_json::from_value(v.get("servers").cloned().unwrap_or_default())
-                .context("the control plane's configuration")?;
-        let written = understudy_controlplane::config_io::write_dir(dir, &items)?;
-        println!("wrote {} server files to {}", written.len(), dir.display());
+        let cfg: understudy_controlplane::config_io::ConfigDir =
+            serde_json::from_value(v).context("the control plane's configuration")?;
+        let written = understudy_controlplane::config_io::write_dir(dir, &cfg)?;
+        println!("wrote {} files to {}", written.len(), dir.display());
         return Ok(0);
     }
     let json_asked = matches!(

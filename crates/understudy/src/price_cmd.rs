@@ -4,6 +4,7 @@
 //! `bench price-failover` and the demo drive real processes through [`group::PriceGroup`];
 //! `bench fanout`, side by side with nats-server, is in [`fanout`].
 
+pub mod config;
 pub mod fanout;
 pub mod group;
 
@@ -43,15 +44,19 @@ pub enum PriceCmds {
     },
     /// A hot-standby price server (run it as an agent's service with service.standby = "hot").
     PriceServer {
-        /// The exchange feed to connect to.
+        /// The exchange feed to connect to (or `upstream` in --config).
         #[arg(long)]
-        upstream: SocketAddr,
-        /// Listen address for price clients.
+        upstream: Option<SocketAddr>,
+        /// Listen address for price clients (or `listen` in --config).
         #[arg(long)]
-        listen: SocketAddr,
+        listen: Option<SocketAddr>,
         /// Also answer GET /health and /status (JSON) here, e.g. for the agent's [health] http.
         #[arg(long)]
         http: Option<SocketAddr>,
+        /// A TOML file with `upstream`, `listen`, `http` (and `include = [...]` fragments, e.g. the
+        /// group's shared upstream); the flags win over it.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
     },
     /// A failover-aware price client: follows the group's active price server and keeps its
     /// subscriptions.
@@ -106,7 +111,23 @@ impl PriceCmds {
                 upstream,
                 listen,
                 http,
-            } => return price_server(upstream, listen, http),
+                config,
+            } => {
+                let file = match config.as_deref().map(config::load).transpose() {
+                    Ok(f) => f.unwrap_or_default(),
+                    Err(e) => {
+                        eprintln!("understudy: price-server: {e}");
+                        return Ok(2);
+                    }
+                };
+                let (Some(upstream), Some(listen)) =
+                    (upstream.or(file.upstream), listen.or(file.listen))
+                else {
+                    eprintln!("understudy: price-server: give --upstream and --listen (or upstream and listen in --config)");
+                    return Ok(2);
+                };
+                return price_server(upstream, listen, http.or(file.http));
+            }
             PriceCmds::PriceClient {
                 servers,
                 subscribe,

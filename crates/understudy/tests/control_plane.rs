@@ -5,176 +5,16 @@
 //! runs the two-Hot watcher and the overlap checker over the services' own log.
 
 mod common;
+mod plane_common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{alive, check_overlaps, free_addr, run_cli, wait_until, Watcher, BIN};
+use plane_common::{agent_pid, agents_of, procs_with_marker, service_pid, Plane};
 use serde_json::{json, Value};
-
-struct Plane {
-    child: Option<Child>,
-    addr: String,
-    data: PathBuf,
-}
-
-impl Plane {
-    fn start(data: &Path, addr: &str) -> Plane {
-        Self::start_with(data, addr, &[])
-    }
-
-    fn start_with(data: &Path, addr: &str, extra: &[&str]) -> Plane {
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", addr, "--data"])
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start understudy serve");
-        let p = Plane {
-            child: Some(child),
-            addr: addr.to_string(),
-            data: data.to_path_buf(),
-        };
-        assert!(
-            wait_until(Duration::from_secs(15), || p.get("/api/health").0 == 200),
-            "understudy serve did not answer"
-        );
-        p
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
-
-    fn req(&self, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, Value) {
-        let Ok(mut s) = TcpStream::connect(&self.addr) else {
-            return (0, Value::Null);
-        };
-        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        s.write_all(head.as_bytes()).expect("write");
-        // A server may answer (413) before the whole body is sent and close: that is fine.
-        let _ = s.write_all(body);
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let (h, b) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let code = h
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (
-            code,
-            serde_json::from_str(b).unwrap_or(Value::String(b.into())),
-        )
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        self.req("GET", path, "application/json", b"")
-    }
-
-    fn send(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
-        self.req(
-            method,
-            path,
-            "application/json",
-            body.to_string().as_bytes(),
-        )
-    }
-
-    /// `understudy ctl --json …` against this plane: (exit code, answer).
-    fn ctl(&self, args: &[&str]) -> (i32, Value) {
-        let mut all = vec!["ctl", "--control", &self.addr, "--json"];
-        all.extend_from_slice(args);
-        let (code, out, err) = run_cli(&all);
-        let v = serde_json::from_str(&out)
-            .unwrap_or_else(|_| panic!("ctl {args:?} printed no JSON: {out} {err}"));
-        (code, v)
-    }
-
-    fn server(&self, name: &str) -> Value {
-        let (code, v) = self.get(&format!("/api/servers/{name}"));
-        assert_eq!(code, 200, "{v}");
-        v
-    }
-
-    fn nodes(&self, name: &str) -> Vec<Value> {
-        self.server(name)["failover"]["nodes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn active(&self, name: &str) -> Option<String> {
-        self.server(name)["failover"]["active"]
-            .as_str()
-            .map(String::from)
-    }
-
-    fn node_addrs(&self, name: &str) -> Vec<(String, String)> {
-        self.nodes(name)
-            .iter()
-            .map(|n| {
-                (
-                    n["name"].as_str().unwrap_or("").to_string(),
-                    n["admin"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        self.stop();
-        // The agents and servers it started live in their own sessions (they outlive the plane by
-        // design); the test cleans them up through their recorded marker.
-        for pid in procs_with_marker(&self.data) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-/// Pids of the processes started by the plane whose data directory is `data` (their agent
-/// configurations live there, and plain servers carry the marker).
-fn procs_with_marker(data: &Path) -> Vec<u32> {
-    let needle = data.display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains(&needle) && alive(pid) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn service_pid(node: &Value) -> Option<u32> {
-    node["service"]["pid"].as_u64().map(|p| p as u32)
-}
 
 #[test]
 fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
@@ -385,6 +225,23 @@ fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["state"], "running");
     assert!(alive(svc), "stop failover killed the active's service");
+    // A true pause: the same process is now the plain server, and no agent is left (the active's
+    // agent handed its service over and exited).
+    assert_eq!(
+        v["process"]["pid"].as_u64(),
+        Some(u64::from(svc)),
+        "the server's process is not the released service: {v}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agents_of(&data, "px")
+            .is_empty()),
+        "agents of px still run after stop failover: {:?}",
+        agents_of(&data, "px")
+    );
+    assert!(
+        !wait_until(Duration::from_secs(1), || !alive(svc)),
+        "the released service died after its agent left"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || standby_svcs
             .iter()
@@ -862,6 +719,174 @@ fn export_and_import_the_whole_configuration_with_a_diff_first() {
     let servers = after["servers"].as_array().expect("servers");
     assert_eq!(servers.len(), 2);
     assert_eq!(servers[0]["failover"]["standby"], "hot");
+
+    // A shared fragment, written once and included: merged before validation, kept as a file.
+    std::fs::create_dir_all(cfg.join("shared")).expect("mkdir");
+    std::fs::write(
+        cfg.join("shared/upstream.toml"),
+        "[server.service.env]\nUPSTREAM = \"10.0.0.5:9100\"\n",
+    )
+    .expect("fragment");
+    let px = "include = [\"shared/upstream.toml\"]\n[server]\nname = \"px\"\n[server.service]\ncommand = [\"sleep\", \"5\"]\n";
+    std::fs::write(cfg.join("px.toml"), px).expect("px.toml");
+    let (code, out, err) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s, "--apply"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("service.env changed"), "{out}");
+    assert_eq!(
+        plane.server("px")["service"]["env"]["UPSTREAM"],
+        "10.0.0.5:9100"
+    );
+    let again = dir.path().join("again");
+    let again_s = again.display().to_string();
+    let (code, out, err) = run_cli(&["ctl", "--control", &plane.addr, "export", &again_s]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(
+        std::fs::read_to_string(again.join("px.toml")).expect("px.toml"),
+        px,
+        "the including file is not written back as it was"
+    );
+    assert_eq!(
+        std::fs::read_to_string(again.join("shared/upstream.toml")).expect("fragment"),
+        std::fs::read_to_string(cfg.join("shared/upstream.toml")).expect("fragment")
+    );
+    // A wrong key in a fragment: the fragment and the key are named, nothing changes.
+    std::fs::write(
+        cfg.join("shared/upstream.toml"),
+        "[server.service]\ncolour = 1\n",
+    )
+    .expect("bad fragment");
+    let (code, _, err) = run_cli(&["ctl", "--control", &plane.addr, "import", &cfg_s, "--apply"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("shared/upstream.toml") && err.contains("colour"),
+        "{err}"
+    );
+}
+
+/// Document 002's rule, central configuration: a node whose configuration changed while it was
+/// Warm applies it before it can become ready, never silently at takeover. An import while
+/// failover runs restarts each standby's agent (and service) with the new configuration; the
+/// active keeps its own until a switchover makes it a standby, then it is restarted too.
+#[test]
+fn a_changed_configuration_reaches_standbys_first_and_the_active_after_a_switchover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("service.log");
+    let log_s = log.display().to_string();
+    let plane = Plane::start(&data, &free_addr());
+    let (code, v) = plane.ctl(&[
+        "add-server",
+        "px",
+        "--",
+        BIN,
+        "demo-service",
+        "--log",
+        &log_s,
+    ]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = plane.ctl(&[
+        "add-failover",
+        "px",
+        "--standby",
+        "hot",
+        "--standby-host",
+        "local",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = plane.ctl(&["start-failover", "px"]);
+    assert_eq!(code, 0, "{v}");
+    let node = |name: &str| {
+        plane
+            .nodes("px")
+            .into_iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || node("px-1")["mode"] == "Hot"
+            && node("px-2")["ready"] == true),
+        "the group did not come up: {:?}",
+        plane.nodes("px")
+    );
+    let watcher = Watcher::start(plane.node_addrs("px"));
+    let a1 = agent_pid(&data, "px-1").expect("agent of px-1");
+    let a2 = agent_pid(&data, "px-2").expect("agent of px-2");
+
+    // A move of a node is refused while failover runs; nothing changes.
+    let (_, mut cfg) = plane.get("/api/config");
+    cfg["servers"][0]["failover"]["standby_hosts"] = json!(["local", "local"]);
+    let (code, v) = plane.send(
+        "POST",
+        "/api/config/import",
+        json!({"servers": cfg["servers"], "apply": true}),
+    );
+    assert_eq!(code, 422, "{v}");
+    assert!(v.to_string().contains("moves its nodes"), "{v}");
+
+    // A new setting for every node of the group.
+    let (_, mut cfg) = plane.get("/api/config");
+    cfg["servers"][0]["server"]["service"]["env"] = json!({"COLOUR": "blue"});
+    let (code, v) = plane.send(
+        "POST",
+        "/api/config/import",
+        json!({"servers": cfg["servers"], "apply": true}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["report"]["rolling"], json!(["px"]), "{v}");
+
+    // The standby is started again with it, and is ready only once it runs it.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let n = node("px-2");
+            agent_pid(&data, "px-2").is_some_and(|p| p != a2)
+                && n["config"] == "applied"
+                && n["ready"] == true
+                && service_pid(&n).is_some()
+        }),
+        "the standby was not restarted with the new configuration: {}",
+        node("px-2")
+    );
+    let s2 = service_pid(&node("px-2")).expect("px-2's service");
+    assert_eq!(
+        common::environ(s2).get("COLOUR").map(String::as_str),
+        Some("blue")
+    );
+    // The active keeps running as it was: same agent, same service, its configuration pending.
+    assert_eq!(
+        agent_pid(&data, "px-1"),
+        Some(a1),
+        "the active's agent was restarted"
+    );
+    let n1 = node("px-1");
+    assert_eq!(n1["mode"], "Hot");
+    assert_eq!(n1["config"], "pending", "{n1}");
+    let s1 = service_pid(&n1).expect("px-1's service");
+    assert!(!common::environ(s1).contains_key("COLOUR"));
+
+    // After a switchover the former active is a standby, and gets the new configuration too.
+    let (code, v) = plane.ctl(&["switchover", "px", "--to", "px-2"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let n = node("px-1");
+            agent_pid(&data, "px-1").is_some_and(|p| p != a1)
+                && n["config"] == "applied"
+                && n["ready"] == true
+                && service_pid(&n).is_some()
+        }),
+        "the former active was not restarted with the new configuration: {}",
+        node("px-1")
+    );
+    assert_eq!(node("px-2")["mode"], "Hot");
+    let s1 = service_pid(&node("px-1")).expect("px-1's service");
+    assert_eq!(
+        common::environ(s1).get("COLOUR").map(String::as_str),
+        Some("blue")
+    );
+    watcher.finish();
+    check_overlaps(&log);
+    assert_eq!(plane.ctl(&["stop-failover", "px"]).0, 0);
+    assert_eq!(plane.ctl(&["stop-server", "px"]).0, 0);
 }
 
 /// `understudy host` on "another machine" (a separate process with its own data directory,

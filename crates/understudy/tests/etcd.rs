@@ -3,12 +3,11 @@
 //! namespaces. Every test ends with both safety checkers: the overlap checker over the services'
 //! own log and the two-Hot watcher.
 //!
-//! etcd's data directory is on tmpfs (`/dev/shm`): these tests judge the agents, and on a machine
-//! shared with compilers etcd's fsync alone can stall longer than the default deadline (a real
-//! deployment gives etcd a disk of its own, as etcd's own tuning guide says).
+//! etcd's data directory is on tmpfs (see `etcd_support`).
 #![allow(clippy::disallowed_methods)] // real processes run in real time: tests sleep on std threads
 
 mod common;
+mod etcd_support;
 #[path = "../src/netns.rs"]
 mod netns;
 
@@ -16,107 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use etcd_support::*;
 use netns::{Lab, Machine};
-
-const S: Duration = Duration::from_secs(1);
-const ETCD: &str = "/usr/bin/etcd";
-
-/// One etcd member, killed on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _data: tempfile::TempDir,
-}
-
-impl Etcd {
-    /// Start a one-member cluster listening on `ip` (`launcher` runs it in a namespace) and wait
-    /// until it answers.
-    fn start(launcher: &[String], ip: &str, client_port: u16, peer_port: u16) -> Etcd {
-        assert!(
-            std::path::Path::new(ETCD).exists(),
-            "{ETCD} is missing: install Debian's etcd-server"
-        );
-        let data = tempfile::Builder::new()
-            .prefix("us-etcd-")
-            .tempdir_in("/dev/shm")
-            .expect("etcd data dir");
-        let endpoint = format!("http://{ip}:{client_port}");
-        let peer = format!("http://{ip}:{peer_port}");
-        let mut argv: Vec<String> = launcher.to_vec();
-        argv.push(ETCD.to_string());
-        let log = std::fs::File::create(data.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .args(["--data-dir", &data.path().join("d").display().to_string()])
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        let e = Etcd {
-            child,
-            endpoint,
-            _data: data,
-        };
-        let ok = wait_until(20 * S, || {
-            Command::new("etcdctl")
-                .args(["--endpoints", &e.endpoint, "endpoint", "health"])
-                .env("ETCDCTL_API", "3")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        });
-        assert!(ok, "etcd at {} never became healthy", e.endpoint);
-        e
-    }
-
-    fn on_loopback() -> Etcd {
-        let port = |a: String| {
-            a.rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .expect("port")
-        };
-        Etcd::start(&[], "127.0.0.1", port(free_addr()), port(free_addr()))
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A two-node trylock group, cold standby, on `etcd`, with the default timing plus `extra` lines
-/// in `[etcd]`.
-fn group(etcd: &Etcd, extra: &str) -> Group {
-    let mut g = Group::new("trylock", "cold");
-    g.activation.remove("lock_file");
-    g.tail = format!("[etcd]\nendpoints = [{}]\n{extra}\n", q(&etcd.endpoint));
-    g
-}
-
-fn other(name: &str) -> &'static str {
-    if name == "a" {
-        "b"
-    } else {
-        "a"
-    }
-}
-
-/// The standby becomes Hot with a larger epoch; returns how long that took from `t0`.
-fn wait_takeover(g: &Group, new: &str, old_epoch: u64, t0: Instant, within: Duration) -> Duration {
-    g.wait_status(new, "Hot with a newer epoch", within, |s| {
-        s["mode"] == "Hot" && s["epoch"].as_u64().unwrap_or(0) > old_epoch
-    });
-    t0.elapsed()
-}
 
 #[test]
 fn kill9_of_the_active_agent_hands_over_after_lease_ttl() {
@@ -276,29 +176,6 @@ fn a_config_that_breaks_the_timing_argument_is_refused() {
 // Across "machines": etcd and each agent in its own network namespace
 // ---------------------------------------------------------------------------------------------
 
-/// etcd on its own machine, agents `a` and `b` on theirs; `a` Hot, `b` a ready standby.
-fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
-    let em = lab.machine("e").expect("machine e");
-    let ma = lab.machine("a").expect("machine a");
-    let mb = lab.machine("b").expect("machine b");
-    let etcd = Etcd::start(&Lab::launcher(&em), &em.ip, 2379, 2380);
-    let mut g = group(&etcd, "");
-    for (name, m) in [("a", &ma), ("b", &mb)] {
-        g.add(name);
-        // The admin API listens on the machine's own address, which the test reaches over the
-        // bridge.
-        let node = g.nodes.get_mut(name).expect("node");
-        let admin = format!("{}:7700", m.ip);
-        let text = std::fs::read_to_string(&node.config).expect("config");
-        std::fs::write(&node.config, text.replace(&node.admin, &admin)).expect("config");
-        node.admin = admin;
-        g.launchers.insert(name.to_string(), Lab::launcher(m));
-    }
-    g.start_a_hot_then_b();
-    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
-    (etcd, g, ma, mb)
-}
-
 /// Cut `a` off with `cut`: it demotes itself (its service is gone) before `b` is Hot with a
 /// higher epoch; no overlap in the services' log.
 fn cut_the_active(
@@ -342,6 +219,33 @@ fn link_down_on_the_active_machine_moves_activity_safely() {
 #[test]
 fn total_packet_loss_on_the_active_machine_moves_activity_safely() {
     cut_the_active(Lab::loss, Lab::heal);
+}
+
+#[test]
+fn machine_loss_of_the_active_moves_activity_safely() {
+    let mut lab = Lab::new().expect("network namespaces (root, iproute2)");
+    let (_etcd, g, ma, _mb) = lab_group(&mut lab);
+    let w = g.watch();
+    let epoch = g.epoch("a");
+    g.wait_service_active("a", epoch);
+    let agent = g.agent_pid("a");
+    let svc = g.service_pid("a").expect("service pid");
+    let t0 = Instant::now();
+    // The whole machine at once: agent, guardian and service.
+    Lab::kill_all(&ma);
+    assert!(
+        wait_until(S, || !alive(agent) && !alive(svc)),
+        "something survived the machine's loss"
+    );
+    let took = wait_takeover(&g, "b", epoch, t0, 2 * S);
+    // Not before lease_ttl (b cannot tell a lost machine from a slow one), and not much after.
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_millis(500),
+        "machine-loss takeover after {took:?}"
+    );
+    g.stays("b", "Hot", Duration::from_millis(300));
+    g.expect_actives(2);
+    w.finish();
 }
 
 /// Drops every packet between `m` and `peer` (in `m`'s namespace), leaving the rest of its
@@ -598,4 +502,89 @@ fn killing_the_etcd_leader_never_makes_two_actives() {
     }
     g.check_log();
     w.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS with client certificates, and etcd's authentication
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn tls_client_certificates_and_a_password_guard_the_group() {
+    let pki = Pki::generate();
+    let etcd = Etcd::start_with(
+        &[],
+        "127.0.0.1",
+        port(&free_addr()),
+        port(&free_addr()),
+        Some(&pki),
+    );
+    // Authentication on: the root user etcd requires, and a user that may touch only the
+    // agents' prefix.
+    let ctl = |args: &[&str]| {
+        let out = etcd.ctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ctl(&["user", "add", "root", "--new-user-password=rootpw"]);
+    // Older etcd releases make the root role with the root user, newer ones want it made first.
+    let _ = etcd.ctl(&["role", "add", "root"]);
+    let _ = etcd.ctl(&["user", "grant-role", "root", "root"]);
+    ctl(&["role", "add", "agents"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "agents",
+        "readwrite",
+        "/understudy/",
+        "--prefix=true",
+    ]);
+    ctl(&["user", "add", "agent", "--new-user-password=agentpw"]);
+    ctl(&["user", "grant-role", "agent", "agents"]);
+    ctl(&["auth", "enable"]);
+    let anonymous = etcd.ctl(&["get", "/understudy/", "--prefix"]);
+    assert!(
+        !anonymous.status.success(),
+        "etcd still answers without a password"
+    );
+
+    let secrets = tempfile::tempdir().expect("dir");
+    let good = secrets.path().join("good");
+    let bad = secrets.path().join("bad");
+    std::fs::write(&good, "agentpw\n").expect("password file");
+    std::fs::write(&bad, "wrong\n").expect("password file");
+    let tls = |pw: &std::path::Path| {
+        format!(
+            "ca = {}\ncert = {}\nkey = {}\nuser = \"agent\"\npassword_file = {}",
+            q(&pki.path("ca.pem").display().to_string()),
+            q(&pki.path("client.pem").display().to_string()),
+            q(&pki.path("client.key").display().to_string()),
+            q(&pw.display().to_string())
+        )
+    };
+    let mut g = group(&etcd, &tls(&good));
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    let epoch = g.epoch("a");
+    g.wait_service_active("a", epoch);
+    let t0 = Instant::now();
+    g.kill9("a");
+    wait_takeover(&g, "b", epoch, t0, 2 * S);
+    g.expect_actives(2);
+    w.finish();
+
+    // Alone in a group of its own, a node with the wrong password never becomes Hot (with the
+    // right one it would be at once).
+    let mut lone = group(&etcd, &tls(&bad));
+    lone.add("c");
+    let cfg = lone.nodes["c"].config.clone();
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, text.replace("group = \"g\"", "group = \"lone\"")).expect("config");
+    lone.start("c");
+    lone.stays("c", "Warm", Duration::from_millis(1500));
+    assert_eq!(lone.st("c")["holds_lock"], false);
 }

@@ -1,0 +1,303 @@
+//! What the etcd tests share: a real etcd member started on free ports (plain, or with TLS and
+//! client certificates), etcd groups of real agents, and a lab of "machines" (network
+//! namespaces) with etcd on one and an agent on each of two others.
+//!
+//! etcd's data directory is on tmpfs (`/dev/shm`): these tests judge the agents, and on a machine
+//! shared with compilers etcd's fsync alone can stall longer than the default deadline (a real
+//! deployment gives etcd a disk of its own, as etcd's own tuning guide says).
+#![allow(dead_code)] // each test file uses a different subset
+#![allow(clippy::disallowed_methods)] // real processes run in real time: tests sleep on std threads
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::netns::{Lab, Machine};
+
+pub const S: Duration = Duration::from_secs(1);
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl CLI.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        let dir = tempfile::Builder::new()
+            .prefix("us-pki-")
+            .tempdir()
+            .expect("pki dir");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=understudy test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(d.join(format!("{name}.ext")), ext).expect("ext file");
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ]);
+        }
+        Pki { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+/// One etcd member, killed on drop.
+pub struct Etcd {
+    child: Child,
+    pub endpoint: String,
+    /// etcdctl's connection arguments (endpoint, and the certificates with TLS).
+    ctl_args: Vec<String>,
+    data: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Start a one-member cluster listening on `ip` (`launcher` runs it in a namespace) and wait
+    /// until it answers.
+    pub fn start(launcher: &[String], ip: &str, client_port: u16, peer_port: u16) -> Etcd {
+        Etcd::start_with(launcher, ip, client_port, peer_port, None)
+    }
+
+    /// The same, serving clients over TLS with client certificates required when `pki` is given.
+    pub fn start_with(
+        launcher: &[String],
+        ip: &str,
+        client_port: u16,
+        peer_port: u16,
+        pki: Option<&Pki>,
+    ) -> Etcd {
+        assert!(
+            Path::new(ETCD).exists(),
+            "{ETCD} is missing: install Debian's etcd-server"
+        );
+        let data = tempfile::Builder::new()
+            .prefix("us-etcd-")
+            .tempdir_in("/dev/shm")
+            .expect("etcd data dir");
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{ip}:{client_port}");
+        let peer = format!("http://{ip}:{peer_port}");
+        let mut argv: Vec<String> = launcher.to_vec();
+        argv.push(ETCD.to_string());
+        let mut ctl_args = vec!["--endpoints".to_string(), endpoint.clone()];
+        let mut tls_args = Vec::new();
+        if let Some(p) = pki {
+            let f = |n: &str| p.path(n).display().to_string();
+            tls_args = vec![
+                format!("--cert-file={}", f("server.pem")),
+                format!("--key-file={}", f("server.key")),
+                format!("--trusted-ca-file={}", f("ca.pem")),
+                "--client-cert-auth".to_string(),
+            ];
+            ctl_args.extend([
+                format!("--cacert={}", f("ca.pem")),
+                format!("--cert={}", f("client.pem")),
+                format!("--key={}", f("client.key")),
+            ]);
+        }
+        let log = std::fs::File::create(data.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["--data-dir", &data.path().join("d").display().to_string()])
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(&tls_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        let e = Etcd {
+            child,
+            endpoint,
+            ctl_args,
+            data,
+        };
+        let ok = wait_until(20 * S, || e.ctl(&["endpoint", "health"]).status.success());
+        assert!(
+            ok,
+            "etcd at {} never became healthy: {}",
+            e.endpoint,
+            e.log()
+        );
+        e
+    }
+
+    pub fn on_loopback() -> Etcd {
+        Etcd::start(&[], "127.0.0.1", port(&free_addr()), port(&free_addr()))
+    }
+
+    /// Raise etcd's CPU priority, as etcd's tuning guide advises on a machine shared with other
+    /// work (`renice -n -19`).
+    pub fn renice(&self) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("renice")
+            .args(["-n", "-19", "-p", &pid])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "renice of etcd (pid {pid}) failed");
+    }
+
+    /// etcdctl against this member; `--user` and the like go in `args`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .args(&self.ctl_args)
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl (Debian package etcd-client)")
+    }
+
+    pub fn log(&self) -> String {
+        tail(
+            &std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default(),
+            20,
+        )
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn port(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port")
+}
+
+/// A two-node trylock group, cold standby, on the etcd at `endpoint`, with the default timing plus
+/// `extra` lines in `[etcd]`.
+pub fn group_at(endpoint: &str, extra: &str) -> Group {
+    let mut g = Group::new("trylock", "cold");
+    g.activation.remove("lock_file");
+    g.tail = format!("[etcd]\nendpoints = [{}]\n{extra}\n", q(endpoint));
+    g
+}
+
+pub fn group(etcd: &Etcd, extra: &str) -> Group {
+    group_at(&etcd.endpoint, extra)
+}
+
+pub fn other(name: &str) -> &'static str {
+    if name == "a" {
+        "b"
+    } else {
+        "a"
+    }
+}
+
+/// The standby becomes Hot with a larger epoch; returns how long that took from `t0`.
+pub fn wait_takeover(
+    g: &Group,
+    new: &str,
+    old_epoch: u64,
+    t0: Instant,
+    within: Duration,
+) -> Duration {
+    g.wait_status(new, "Hot with a newer epoch", within, |s| {
+        s["mode"] == "Hot" && s["epoch"].as_u64().unwrap_or(0) > old_epoch
+    });
+    t0.elapsed()
+}
+
+/// etcd on its own machine `e`, agents `a` and `b` on theirs (`shape` adjusts the group before
+/// the agents start); `a` Hot, `b` a ready standby.
+pub fn lab_group_with(
+    lab: &mut Lab,
+    shape: impl FnOnce(&mut Group),
+) -> (Etcd, Group, Machine, Machine) {
+    let em = lab.machine("e").expect("machine e");
+    let ma = lab.machine("a").expect("machine a");
+    let mb = lab.machine("b").expect("machine b");
+    let etcd = Etcd::start(&Lab::launcher(&em), &em.ip, 2379, 2380);
+    let mut g = group(&etcd, "");
+    shape(&mut g);
+    for (name, m) in [("a", &ma), ("b", &mb)] {
+        g.add(name);
+        // The admin API listens on the machine's own address, which the test reaches over the
+        // bridge.
+        let node = g.nodes.get_mut(name).expect("node");
+        let admin = format!("{}:7700", m.ip);
+        let text = std::fs::read_to_string(&node.config).expect("config");
+        std::fs::write(&node.config, text.replace(&node.admin, &admin)).expect("config");
+        node.admin = admin;
+        g.launchers.insert(name.to_string(), Lab::launcher(m));
+    }
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    (etcd, g, ma, mb)
+}
+
+pub fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
+    lab_group_with(lab, |_| {})
+}
