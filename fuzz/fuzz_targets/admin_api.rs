@@ -61,6 +61,7 @@ fn world() -> &'static World {
                 },
                 since: "2026-12-01T00:00:00.000Z".into(),
                 lock_file: dir.join("group.lock").display().to_string(),
+                renewal_age_ms: None,
                 service: Service {
                     state: ServiceState::Running,
                     pid: Some(1),
