@@ -139,6 +139,20 @@ pub async fn serve(
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = (permit, from_ip);
+            let tls = shared.cfg.node.admin_tls.as_ref();
+            let stream = match crate::tls::accept(tls, stream, header_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    match &e {
+                        crate::tls::Refused::Slow => {
+                            shared.metrics.admin_connections_timed_out.inc()
+                        }
+                        _ => shared.metrics.admin_unauthorized.inc(),
+                    };
+                    warn!(%peer, "admin API connection closed: {e}");
+                    return;
+                }
+            };
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)

@@ -102,6 +102,8 @@ pub struct NodeConfig {
     pub admin_max_connections_per_ip: usize,
     /// Time a client has to send a request's headers, on a new or a kept-alive connection.
     pub admin_header_timeout: Duration,
+    /// `node.admin_tls_cert`/`_key` (and `node.admin_client_ca`): the admin API speaks TLS.
+    pub admin_tls: Option<crate::tls::AdminTls>,
     /// Where the agent keeps its event timeline across restarts (`node.journal_file`; default
     /// beside the lock file, `<lock>.journal/<node>.jsonl`, or for etcd groups
     /// `/var/lib/understudy/journal/<group>.<node>.jsonl`).
@@ -265,6 +267,9 @@ struct RawNode {
     admin_max_connections: Option<usize>,
     admin_max_connections_per_ip: Option<usize>,
     admin_header_timeout: Option<String>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
+    admin_client_ca: Option<PathBuf>,
     journal_file: Option<PathBuf>,
     priority: Option<u32>,
 }
@@ -729,6 +734,37 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
     name.parse::<Signal>().ok()
 }
 
+/// `node.admin_tls_cert`, `node.admin_tls_key` and `node.admin_client_ca`: both or neither of
+/// the first two; the CA only with them. Paths relative to the config file.
+fn admin_tls(
+    ctx: &Ctx<'_>,
+    base: &Path,
+    n: &RawNode,
+) -> Result<Option<crate::tls::AdminTls>, ConfigError> {
+    let (cert, key) = match (&n.admin_tls_cert, &n.admin_tls_key) {
+        (None, None) => {
+            return match n.admin_client_ca {
+                Some(_) => Err(ctx.err(
+                    "node.admin_client_ca",
+                    "needs node.admin_tls_cert and node.admin_tls_key (client certificates are part of TLS)",
+                )),
+                None => Ok(None),
+            }
+        }
+        (Some(_), None) => {
+            return Err(ctx.err("node.admin_tls_key", "missing: node.admin_tls_cert needs its key"))
+        }
+        (None, Some(_)) => {
+            return Err(ctx.err("node.admin_tls_cert", "missing: node.admin_tls_key needs its certificate"))
+        }
+        (Some(c), Some(k)) => (base.join(c), base.join(k)),
+    };
+    let ca = n.admin_client_ca.as_ref().map(|c| base.join(c));
+    crate::tls::AdminTls::load(&cert, &key, ca.as_deref())
+        .map(Some)
+        .map_err(|e| ctx.err(e.key, e.reason))
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -876,6 +912,8 @@ impl Config {
             n.admin_header_timeout.as_deref(),
             defaults::ADMIN_HEADER_TIMEOUT,
         )?;
+
+        let admin_tls = admin_tls(&ctx, base, n)?;
 
         let a = &raw.activation;
         let (lock_file, etcd) = match (&a.lock_file, &raw.etcd) {
@@ -1095,6 +1133,7 @@ impl Config {
                 admin_max_connections,
                 admin_max_connections_per_ip,
                 admin_header_timeout,
+                admin_tls,
                 journal_file,
                 priority,
             },

@@ -10,6 +10,7 @@
 //! - [`events`]: the event timeline and the takeovers built from it.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sdnotify`]: systemd's readiness and watchdog notifications.
+//! - [`tls`]: TLS for the admin API (rustls), with optional client certificates.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod runtime;
 pub mod sdnotify;
+pub mod tls;
 
 pub use config::{Config, ConfigError};
 pub use runtime::{run, AgentError};

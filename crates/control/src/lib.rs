@@ -53,6 +53,22 @@ pub struct AgentClient {
     token: Option<String>,
 }
 
+/// TLS settings of a client of the admin API (the CLI's `--ca` and `--cert`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// PEM CA certificate that signed the agent's certificate.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM file with a client certificate and its private key.
+    pub cert: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// True when either is given: the client then speaks TLS.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some()
+    }
+}
+
 /// The environment variable the CLI reads the admin token from when no `--token-file` is given.
 pub const TOKEN_ENV: &str = "UNDERSTUDY_TOKEN";
 
@@ -91,6 +107,46 @@ impl AgentClient {
             http,
             token: None,
         }
+    }
+
+    /// A client for an agent whose admin API speaks TLS (`node.admin_tls_cert`): it trusts
+    /// `tls.ca` (or the system's roots without one) and presents `tls.cert` (PEM, certificate
+    /// and key) when the agent requires client certificates. An `addr` without a scheme is
+    /// reached over `https://`.
+    pub fn new_tls(addr: &str, timeout: Duration, tls: &ClientTls) -> Result<Self, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let mut b = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            .use_rustls_tls();
+        if let Some(ca) = &tls.ca {
+            let cert = reqwest::Certificate::from_pem(&read(ca)?)
+                .map_err(|e| format!("{} is not a PEM certificate: {e}", ca.display()))?;
+            b = b.add_root_certificate(cert).tls_built_in_root_certs(false);
+        }
+        if let Some(c) = &tls.cert {
+            let id = reqwest::Identity::from_pem(&read(c)?).map_err(|e| {
+                format!(
+                    "{} is not a PEM certificate with its private key: {e}",
+                    c.display()
+                )
+            })?;
+            b = b.identity(id);
+        }
+        let http = b.build().map_err(|e| format!("cannot set up TLS: {e}"))?;
+        let addr = addr.trim_end_matches('/');
+        let addr = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("https://{addr}")
+        };
+        Ok(AgentClient {
+            addr,
+            http,
+            token: None,
+        })
     }
 
     /// Sends `Authorization: Bearer <token>` with every request (`node.admin_token_file`).

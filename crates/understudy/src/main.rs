@@ -10,6 +10,7 @@
 
 mod ctl_cmd;
 mod demo_service;
+mod drill;
 mod fix_cmd;
 mod price_cmd;
 
@@ -39,17 +40,36 @@ struct Cli {
 
 /// How the CLI proves itself to an agent with `node.admin_token_file`. Never a command-line
 /// value: command lines are visible to every user of the machine.
-#[derive(clap::Args)]
-struct Auth {
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct Auth {
     /// File holding the agent's admin token (its node.admin_token_file); without it the
     /// token is read from the environment variable UNDERSTUDY_TOKEN, if set.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// PEM CA certificate of an agent whose admin API speaks TLS (node.admin_tls_cert); the
+    /// agent is then reached over https://.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// PEM file with a client certificate and its key, for an agent with node.admin_client_ca.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
 }
 
 impl Auth {
-    fn token(&self) -> anyhow::Result<Option<String>> {
-        understudy_control::read_token(self.token_file.as_deref()).map_err(anyhow::Error::msg)
+    /// A client of the agent at `agent`, with the token and TLS settings given.
+    pub(crate) fn client(&self, agent: &str, timeout: Duration) -> anyhow::Result<AgentClient> {
+        let token = understudy_control::read_token(self.token_file.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        let tls = understudy_control::ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+        };
+        let c = if tls.is_set() {
+            AgentClient::new_tls(agent, timeout, &tls).map_err(anyhow::Error::msg)?
+        } else {
+            AgentClient::new(agent, timeout)
+        };
+        Ok(c.with_token(token))
     }
 }
 
@@ -64,9 +84,9 @@ struct AgentArgs {
 }
 
 impl AgentArgs {
-    /// A client of the agent, with the token if one is given.
+    /// A client of the agent, with the token and TLS settings if given.
     fn client(&self, timeout: Duration) -> anyhow::Result<AgentClient> {
-        Ok(AgentClient::new(&self.agent, timeout).with_token(self.auth.token()?))
+        self.auth.client(&self.agent, timeout)
     }
 }
 
@@ -145,6 +165,9 @@ enum Cmd {
     },
     /// Start a local group on a temp lock file, kill the active, show the takeover. Cleans up.
     Demo(testbed::demo::DemoArgs),
+    /// Inject faults into a group (kill -9, SIGSTOP, SIGTERM, lock file, full disk, CPU
+    /// starvation) and check that it recovers and never has two actives (exit 3 if it had).
+    Drill(drill::DrillArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -447,6 +470,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Demo(args) => testbed::demo::run(args),
         Cmd::Bench { what } => testbed::bench::run(what),
+        Cmd::Drill(args) => drill::run(args),
         Cmd::DemoService(args) => demo_service::run(args),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
