@@ -11,6 +11,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sdnotify`]: systemd's readiness and watchdog notifications.
 //! - [`tls`]: TLS for the admin API (rustls), with optional client certificates.
+// The OpenAPI document is one json! literal, deeper than the macro's default limit.
+#![recursion_limit = "256"]
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -75,6 +75,7 @@ pub fn document() -> Value {
                         "holds_lock": { "type": "boolean" }, "ready": { "type": "boolean" },
                         "admin": { "type": "string" }, "lock_file": { "type": "string" },
                         "agent_pid": { "type": "integer", "minimum": 0 },
+                        "renewal_age_ms": { "type": "integer", "minimum": 0, "description": "etcd groups: this node's view of the holder's last renewal" },
                         "service": {
                             "type": "object",
                             "required": ["state", "pid", "role", "standby", "command", "healthy", "detail"],
@@ -101,7 +102,26 @@ pub fn document() -> Value {
                         "service": { "type": "string" }, "pid": nullable("integer"),
                         "agent_pid": { "type": "integer" }, "waiting": nullable("string"),
                         "detail": nullable("string"), "handover_to": nullable("string"),
-                        "age_ms": { "type": "integer", "minimum": 0 }, "fresh": { "type": "boolean" }
+                        "age_ms": { "type": "integer", "minimum": 0 }, "fresh": { "type": "boolean" },
+                        "agent_gone": { "type": "boolean", "description": "the record's agent process is known to be gone" },
+                        "renewal_age_ms": { "type": "integer", "minimum": 0, "description": "etcd groups: the holder's last renewal as the asked node saw it" },
+                        "boot_id": { "type": "string", "description": "the kernel boot id of the node's machine" },
+                        "connections_refused": { "type": "integer", "minimum": 0, "description": "admin API connections refused at the node's limits" },
+                        "priority": { "type": "integer", "minimum": 0, "maximum": 1000, "description": "node.priority" },
+                        "stepped_down": {
+                            "description": "why the node last stepped down from Hot",
+                            "oneOf": [
+                                { "type": "null" },
+                                {
+                                    "type": "object", "required": ["epoch", "at_unix_ms", "reason"],
+                                    "properties": {
+                                        "epoch": { "type": "integer", "minimum": 0 },
+                                        "at_unix_ms": { "type": "integer", "minimum": 0 },
+                                        "reason": { "type": "string" }
+                                    }
+                                }
+                            ]
+                        }
                     }
                 },
                 "Takeover": {

@@ -641,7 +641,14 @@ fn counterparty_logout_is_answered() {
 
 #[test]
 fn reset_seq_num_flag_on_logon() {
-    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    // A client may reset only where the session allows it (a gateway's `allow_reset`).
+    let mut cfg = SessionConfig::new(BeginString::Fix44, "GW", "CLIENT", Role::Acceptor);
+    cfg.allow_peer_reset = true;
+    let mut s = Session::new(cfg, MemoryStore::new()).expect("session");
+    let mut peer = Peer::new(BeginString::Fix44);
+    s.on_connected(t0());
+    s.on_frame(&peer.msg("A", "98=0|108=30|", t0()), t0());
+    assert!(actions(&mut s).contains(&Action::Event(SessionEvent::LoggedOn { reset: false })));
     s.send_app(b"D", b"11=a\x01", secs(1)).expect("send");
     actions(&mut s);
     s.on_disconnected(secs(2));
@@ -740,4 +747,22 @@ mod never_panics {
             }
         }
     }
+}
+
+#[test]
+fn reset_seq_num_flag_from_a_client_is_refused_unless_allowed() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    s.on_disconnected(secs(2));
+    s.on_connected(secs(3));
+    peer.seq = 1;
+    s.on_frame(&peer.msg("A", "98=0|108=10|141=Y|", secs(3)), secs(3));
+    let a = actions(&mut s);
+    assert!(!a.contains(&Action::Event(SessionEvent::LoggedOn { reset: true })));
+    let out = sent(&a);
+    assert_eq!(
+        field(&out[0], 35).as_deref(),
+        Some("5"),
+        "a Logout with the reason"
+    );
+    assert!(a.iter().any(|x| matches!(x, Action::Disconnect(_))));
 }

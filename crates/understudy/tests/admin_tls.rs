@@ -63,12 +63,16 @@ fn pki(dir: &Path, tag: &str) -> Pki {
     }
 }
 
-/// Adds `node.*` lines to node `name`'s configuration (after `admin = …`).
+/// Adds `node.*` keys (TOML lines) to node `name`'s configuration.
 fn add_node_keys(g: &Group, name: &str, lines: &str) {
     let cfg = &g.nodes[name].config;
-    let text = std::fs::read_to_string(cfg).unwrap();
-    let (head, tail) = text.split_once("\n\n[activation]").unwrap();
-    std::fs::write(cfg, format!("{head}\n{lines}\n\n[activation]{tail}")).unwrap();
+    let mut doc: toml::Table = std::fs::read_to_string(cfg).unwrap().parse().unwrap();
+    let extra: toml::Table = lines.parse().expect("node keys");
+    doc.get_mut("node")
+        .and_then(|n| n.as_table_mut())
+        .expect("a [node] table")
+        .extend(extra);
+    std::fs::write(cfg, toml::to_string(&doc).unwrap()).unwrap();
 }
 
 fn tls_keys(p: &Pki) -> String {

@@ -99,6 +99,9 @@ fn a_dead_node_row_never_claims_a_live_pid() {
         "a's record never went stale"
     );
     check(row());
+    // b's service logs its activity a moment after b reports Hot.
+    let epoch = g.epoch("b");
+    g.wait_service_active("b", epoch);
     w.finish();
     g.expect_actives(2);
 }
