@@ -23,6 +23,7 @@ fn a_refusal_stops_naming_a_holder_that_is_gone() {
             .as_str()
             .is_some_and(|w| w.contains("activation refused: node a holds the group lock"))
     });
+    g.wait_service_active("a", g.epoch("a"));
     g.kill9("a");
     let st = g.wait_status(
         "b",
@@ -60,6 +61,8 @@ fn a_dead_node_row_never_claims_a_live_pid() {
     let w = g.add_watched_pair();
     g.start_a_hot_then_b();
     g.wait_mode("b", "Warm", Duration::from_secs(10));
+    // The kill must come after a's service logged its activity, or the log holds one active.
+    g.wait_service_active("a", g.epoch("a"));
     let svc = g.service_pid("a").expect("a's service pid");
     g.kill9("a");
     g.wait_mode("b", "Hot", Duration::from_secs(10));
