@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sdnotify`]: systemd's readiness and watchdog notifications.
 //! - [`tls`]: TLS for the admin API (rustls), with optional client certificates.
+//! - [`fuzz`]: the entry points of the cargo-fuzz targets `admin_api` and `agent_config`.
 // The OpenAPI document is one json! literal, deeper than the macro's default limit.
 #![recursion_limit = "256"]
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod coordination;
 pub mod events;
+pub mod fuzz;
 pub mod metrics;
 pub mod openapi;
 pub mod runtime;

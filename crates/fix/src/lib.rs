@@ -25,6 +25,7 @@
 //! * [`order_map`]: the gateway's persisted, bounded order map.
 //! * [`admin`]: the gateway's `GET /health` endpoint, answered by the event loop.
 //! * [`quickfix`]: builds the QuickFIX/C++ counterparties of the tests and benchmarks.
+//! * [`fuzz`]: the entry points of the cargo-fuzz targets `fix_codec` and `fix_session`.
 
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod client;
 pub mod codec;
 pub mod engine;
 pub mod exchange_sim;
+pub mod fuzz;
 pub mod gateway;
 pub mod order_map;
 pub mod orders;

@@ -9,12 +9,14 @@
 //! - [`server`]: `understudy price-server`: upstream book, subscriptions, roles and epochs,
 //!   per-client conflating writers.
 //! - [`client`]: the client library ([`client::PriceClient`]) and `understudy price-client`.
+//! - [`fuzz`]: the entry point of the cargo-fuzz target `price_protocol`.
 //! - [`Error`]: the error type of the entry points.
 
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod exchange_sim;
+pub mod fuzz;
 pub mod protocol;
 pub mod server;
 
