@@ -310,6 +310,11 @@ struct RawHealth {
     start_period: Option<String>,
 }
 
+/// The longest duration any setting takes. Far beyond any sensible timeout, and short enough that
+/// the agent's arithmetic on durations (`heartbeat_interval * 2`, an instant plus a timeout)
+/// cannot overflow: a value of 2^64 seconds made `check-config` panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Defaults, in one place so the README's reference and the code agree.
 pub mod defaults {
     /// `node.admin_max_connections`.
@@ -384,6 +389,15 @@ impl Ctx<'_> {
         })?;
         if d.is_zero() {
             return Err(self.err(key, "must be greater than zero"));
+        }
+        if d > MAX_DURATION {
+            return Err(self.err(
+                key,
+                format!(
+                    "{s:?} is longer than {}, the longest duration a setting takes",
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
         }
         Ok(d)
     }
@@ -1181,6 +1195,32 @@ mod tests {
             let c = Config::parse(&d.path().join("c.toml"), &text)
                 .unwrap_or_else(|e| panic!("{word}: {e}"));
             assert_eq!(c.activation.mode, want, "{word}");
+        }
+    }
+
+    /// `heartbeat_interval = "18446744073709551615s"` made `heartbeat_interval * 2` overflow and
+    /// panic (the input is also a seed of the `agent_config` fuzz target); every duration is
+    /// now refused above [`MAX_DURATION`].
+    #[test]
+    fn a_duration_too_long_for_arithmetic_is_refused_not_a_panic() {
+        let text = cfg(
+            Path::new("/tmp"),
+            good_node(),
+            "mode = \"TryHeartbeat\"\nlock_file = \"/tmp/g.lock\"\nheartbeat_delay = \"1s\"\n\
+             heartbeat_interval = \"18446744073709551615s\"",
+            "command = [\"sleep\"]",
+        );
+        let e = err_of(&text);
+        assert_eq!(e.key, "activation.heartbeat_interval", "{e}");
+        assert!(e.reason.contains("longest duration"), "{e}");
+        for key in ["heartbeat_delay", "yield_timeout", "failback"] {
+            let e = err_of(&cfg(
+                Path::new("/tmp"),
+                good_node(),
+                &format!("mode = \"TryLock\"\nlock_file = \"/tmp/g.lock\"\n{key} = \"8days\""),
+                "command = [\"sleep\"]",
+            ));
+            assert_eq!(e.key, format!("activation.{key}"), "{e}");
         }
     }
 
