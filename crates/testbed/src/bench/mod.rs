@@ -218,10 +218,12 @@ fn failover(runs: usize, standby: StandbyType, keep: bool) -> anyhow::Result<u8>
                 None => bail!("run {i}: the standby's service never reported being active"),
             }
             g.spawn(active)?;
-            // The new active's record of this takeover, once its last phase is in (a phase
-            // still missing after that is counted as not reported, not waited for forever).
+            // The new active's record of this takeover, once every phase is in (the demo
+            // service acknowledges; a phase still missing after 2 s is counted as not
+            // reported, not waited for forever).
             let takeover = poll(Duration::from_secs(2), Duration::from_millis(2), || {
-                g.takeover(standby_i, None).filter(|t| t.ready_ms.is_some())
+                g.takeover(standby_i, None)
+                    .filter(|t| t.phase_values().iter().all(Option::is_some))
             })
             .or_else(|| g.takeover(standby_i, None));
             if let Some(t) = takeover {
