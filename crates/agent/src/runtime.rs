@@ -141,14 +141,44 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     run_node(cfg, guardian_exe).instrument(span).await
 }
 
+/// How long a start waits for the admin address to be free. A supervisor that restarts a killed
+/// agent at once can be quicker than the kernel: a multi-threaded process killed by SIGKILL keeps
+/// its sockets until its last thread has gone, which under load takes milliseconds after its
+/// main thread is reported dead.
+const ADMIN_BIND_WAIT: Duration = Duration::from_secs(1);
+
+async fn bind_admin(cfg: &Config) -> Result<tokio::net::TcpListener, AgentError> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match tokio::net::TcpListener::bind(cfg.node.admin).await {
+            Ok(l) => return Ok(l),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < ADMIN_BIND_WAIT =>
+            {
+                if !said {
+                    said = true;
+                    warn!(
+                        addr = %cfg.node.admin,
+                        "node.admin is in use; waiting up to {ADMIN_BIND_WAIT:?} for it to be free (a previous instance ending)"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(source) => {
+                return Err(AgentError::AdminBind {
+                    file: cfg.file.clone(),
+                    addr: cfg.node.admin,
+                    source,
+                })
+            }
+        }
+    }
+}
+
 async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> {
-    let listener = tokio::net::TcpListener::bind(cfg.node.admin)
-        .await
-        .map_err(|source| AgentError::AdminBind {
-            file: cfg.file.clone(),
-            addr: cfg.node.admin,
-            source,
-        })?;
+    let listener = bind_admin(&cfg).await?;
     let (svc_tx, svc_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(svc_tx);
     // The coordinator (lock file or etcd); with etcd it arms the service's guardian itself.
