@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use understudy_fix::replica::standby::ActivateError;
 use understudy_fix::replica::{Mode, Receiver, ReplicationConfig, Sender};
-use understudy_fix::store::{FileStore, GroupCommit, SessionId, SessionStore, StoreError, SyncPolicy};
+use understudy_fix::store::{
+    FileStore, GroupCommit, SessionId, SessionStore, StoreError, SyncPolicy,
+};
 use understudy_fix::tags::BeginString;
 
 fn free_addr() -> SocketAddr {
