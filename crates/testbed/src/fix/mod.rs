@@ -766,7 +766,12 @@ impl RecoveryRig {
         let mut c = fg.client("BENCH", Duration::from_millis(2))?;
         let prev = logon_continuing(&mut c, None, Duration::from_secs(10))
             .await
-            .context("the client did not log on to the gateway")?;
+            .with_context(|| {
+                format!(
+                    "{name}: the client did not log on to the gateway (logs in {})",
+                    fg.dir().display()
+                )
+            })?;
         Ok(RecoveryRig {
             name,
             fg,
