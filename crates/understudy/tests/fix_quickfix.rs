@@ -515,6 +515,16 @@ fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_acti
     assert_eq!(h["replication"]["peers"][0]["in_sync"], true, "{h}");
     assert_eq!(h["replication"]["degraded"], false, "{h}");
     assert!(!r.pair.store.exists(), "a shared store directory was used");
+    // `understudy status` shows the standby in sync, with its lag.
+    let admin = r.g.admin("a");
+    let (code, out, err) =
+        testbed::run_cli(fix_common::EXE.as_ref(), &["status", "--agent", &admin]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("service: replication=sync in-sync lag=")
+            && out.contains("service: replication=sync standbys-in-sync=1/1"),
+        "{out}"
+    );
 
     // Orders flowing at a steady rate (one every 5 ms) when the active's agent and gateway
     // are killed together.
@@ -620,7 +630,8 @@ fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknow
     assert!(t0.elapsed() < sync_timeout, "{:?}", t0.elapsed());
     // The standby resumes: not ready until it has caught up, then ready again, and the
     // active synchronous again.
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    // (Its agent may have stopped it meanwhile for failing its health check: either way.)
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     wait_health(r.repl.health[1], "standby in sync again", |h| {
         h["replication"]["ready"] == true
     });
@@ -640,18 +651,32 @@ fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknow
     r.g.stop_all();
 }
 
-/// Machine loss: the two gateways and their agents each in a network namespace of their own
-/// ("machines" a and b on a bridge), QuickFIX and the exchange simulator outside both. Every
-/// process of machine a is killed at once while orders flow; b takes over from its own copy.
-#[test]
-fn replicated_sync_standby_takes_over_when_the_active_machine_is_lost() {
-    const TEST: &str = "replicated_sync_standby_takes_over_when_the_active_machine_is_lost";
+/// A replicated pair across "machines": the two gateways and their agents each in a network
+/// namespace of their own (a and b on a bridge), QuickFIX and the exchange simulator outside
+/// both. QuickFIX is logged on to a.
+struct NetnsRig {
+    _lab: testbed::netns::Lab,
+    ma: testbed::netns::Machine,
+    mb: testbed::netns::Machine,
+    dir: tempfile::TempDir,
+    _sim: Proc,
+    repl: Replicated,
+    g: testbed::Group,
+    watcher: testbed::Watcher,
+    qf: QuickFix,
+}
+
+fn netns_rig(test: &str) -> Option<NetnsRig> {
     if let Some(why) = understudy_fix::quickfix::unavailable() {
-        return skip::skip(TEST, &why);
+        skip::skip(test, &why);
+        return None;
     }
     let mut lab = match testbed::netns::Lab::new() {
         Ok(l) => l,
-        Err(e) => return skip::skip(TEST, &format!("no network namespaces here: {e}")),
+        Err(e) => {
+            skip::skip(test, &format!("no network namespaces here: {e}"));
+            return None;
+        }
     };
     let ma = lab.machine("a").expect("machine a");
     let mb = lab.machine("b").expect("machine b");
@@ -675,7 +700,7 @@ fn replicated_sync_standby_takes_over_when_the_active_machine_is_lost() {
         ],
     );
     testbed::proc::log_to(&mut cmd, &dir.path().join("sim.log")).expect("sim log");
-    let _sim = Proc::spawn(&mut cmd).expect("sim");
+    let sim_proc = Proc::spawn(&mut cmd).expect("sim");
     assert!(testbed::wait_port(sim, Duration::from_secs(10)), "sim");
 
     let ports = [at(&ma.ip, 9878), at(&mb.ip, 9878)];
@@ -712,36 +737,58 @@ fn replicated_sync_standby_takes_over_when_the_active_machine_is_lost() {
     wait_health(repl.health[1], "standby in sync", |h| {
         h["replication"]["ready"] == true
     });
-
     let settings = qf_settings(dir.path(), &ports);
     let mut qf = QuickFix::start(&qf_bin, &settings, &dir.path().join("qf-1.err"));
+    qf.wait_for(Duration::from_secs(15), |l| l.kind == "LOGON")
+        .expect("first logon");
+    Some(NetnsRig {
+        _lab: lab,
+        ma,
+        mb,
+        dir,
+        _sim: sim_proc,
+        repl,
+        g,
+        watcher,
+        qf,
+    })
+}
+
+/// Machine loss: every process of the active's machine killed at once while orders flow; b
+/// takes over from its own copy.
+#[test]
+fn replicated_sync_standby_takes_over_when_the_active_machine_is_lost() {
+    let Some(mut r) =
+        netns_rig("replicated_sync_standby_takes_over_when_the_active_machine_is_lost")
+    else {
+        return;
+    };
     let t = Duration::from_secs(15);
-    qf.wait_for(t, |l| l.kind == "LOGON").expect("first logon");
-    qf.cmd("burst b 10 2");
-    qf.wait_filled(&names("b", 10), t);
-    qf.cmd("burst k 20 5");
+    r.qf.cmd("burst b 10 2");
+    r.qf.wait_filled(&names("b", 10), t);
+    r.qf.cmd("burst k 20 5");
     std::thread::sleep(Duration::from_millis(30));
     let lost_at = Instant::now();
-    testbed::netns::Lab::kill_all(&ma);
-    g.wait_hot("b").expect("b hot after machine a was lost");
-    let logon2 = qf
-        .wait_for(Duration::from_secs(20), |l| {
+    testbed::netns::Lab::kill_all(&r.ma);
+    r.g.wait_hot("b").expect("b hot after machine a was lost");
+    let logon2 =
+        r.qf.wait_for(Duration::from_secs(20), |l| {
             l.kind == "LOGON" && l.at >= lost_at
         })
-        .unwrap_or_else(|| panic!("no logon to the new active: {}", qf.transcript()));
+        .unwrap_or_else(|| panic!("no logon to the new active: {}", r.qf.transcript()));
     println!(
         "machine a lost → QuickFIX logged on to b (its own store copy): {:.0} ms",
         (logon2.at - lost_at).as_secs_f64() * 1e3
     );
-    qf.cmd("burst a 5 2");
+    r.qf.cmd("burst a 5 2");
     let mut all = names("b", 10);
     all.extend(names("k", 20));
     all.extend(names("a", 5));
-    qf.wait_filled(&all, Duration::from_secs(20));
-    qf.cmd("order y1 XYZ 10 market");
-    qf.wait_filled(&["y1".to_owned()], Duration::from_secs(20));
+    r.qf.wait_filled(&all, Duration::from_secs(20));
+    r.qf.cmd("order y1 XYZ 10 market");
+    r.qf.wait_filled(&["y1".to_owned()], Duration::from_secs(20));
     all.push("y1".into());
-    let lines = qf.quit();
+    let lines = r.qf.quit();
     for l in lines.iter().filter(|l| l.at >= lost_at) {
         assert!(
             !(l.get("reset") == "Y" || (l.get("type") == "4" && l.get("gapfill") == "N")),
@@ -750,6 +797,94 @@ fn replicated_sync_standby_takes_over_when_the_active_machine_is_lost() {
         );
     }
     check_exactly_once(&lines, &all);
-    watcher.finish();
-    g.stop_all();
+    r.watcher.finish();
+    r.g.stop_all();
+}
+
+/// The standby's link cut first (its machine's interface down): with `sync` the active holds
+/// what it would send until `sync_timeout` after it last heard from the standby, then goes on
+/// alone (degraded, in its health); the cut-off standby is not ready, so it does not take
+/// over. Link back: it catches up, is ready again, and the active is synchronous again.
+#[test]
+fn replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby_is_not_ready() {
+    let Some(mut r) = netns_rig(
+        "replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby_is_not_ready",
+    ) else {
+        return;
+    };
+    let t = Duration::from_secs(15);
+    r.qf.cmd("burst b 5 2");
+    r.qf.wait_filled(&names("b", 5), t);
+    testbed::netns::Lab::link_down(&r.mb).expect("cut b's link");
+    let cut_at = Instant::now();
+    r.qf.cmd("order h1 XYZ 10 market");
+    r.qf.wait_filled(&["h1".to_owned()], t);
+    let held =
+        r.qf.lines
+            .iter()
+            .find(|l| l.kind == "EXEC" && l.get("cl") == "h1")
+            .map(|l| l.at - cut_at)
+            .expect("h1 report");
+    let sync_timeout = humantime::parse_duration(r.repl.sync_timeout).expect("duration");
+    assert!(
+        held + Duration::from_millis(150) >= sync_timeout && held < sync_timeout * 3,
+        "first report after the cut came {held:?} after it (sync_timeout {sync_timeout:?})"
+    );
+    println!("standby cut off: the active held its sends {held:?}, then went on alone");
+    let h = gateway_health(r.repl.health[0]).expect("active health");
+    assert_eq!(h["replication"]["degraded"], true, "{h}");
+    // The cut-off standby's agent (asked from inside its machine's view: its own /status is
+    // out of reach from here) — its gateway is unreachable too; it is judged once back.
+    let t0 = Instant::now();
+    r.qf.cmd("burst d 5 2");
+    r.qf.wait_filled(&names("d", 5), Duration::from_secs(10));
+    assert!(t0.elapsed() < sync_timeout, "{:?}", t0.elapsed());
+    testbed::netns::Lab::link_up(&r.mb).expect("link back");
+    // Back: reported not in sync at first (its window ended during the cut), then caught up.
+    let b_admin = r.g.admin("b");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_not_ready = false;
+    loop {
+        if let Some(h) = gateway_health(r.repl.health[1]) {
+            if h["replication"]["ready"] == false {
+                saw_not_ready = true;
+            }
+            if h["replication"]["ready"] == true {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "b never in sync again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    r.g.wait_ready_standby("b").expect("b ready again");
+    // Its agent recorded that it was not ready while cut off (its gateway out of sync).
+    let events = r.g.events("b");
+    println!(
+        "standby back: its gateway said not in sync: {saw_not_ready}; b's events: {:?}",
+        r.g.event_kinds("b")
+    );
+    assert!(
+        events["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "not_ready"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("not in sync with the active")))),
+        "{events}"
+    );
+    let _ = b_admin;
+    r.qf.cmd("order z1 XYZ 10 market");
+    r.qf.wait_filled(&["z1".to_owned()], t);
+    wait_health(r.repl.health[0], "synchronous again", |h| {
+        h["replication"]["degraded"] == false
+    });
+    let mut all = names("b", 5);
+    all.push("h1".into());
+    all.extend(names("d", 5));
+    all.push("z1".into());
+    let lines = r.qf.quit();
+    check_exactly_once(&lines, &all);
+    r.watcher.finish();
+    let _ = &r.dir;
+    r.g.stop_all();
 }
