@@ -200,7 +200,7 @@ fn comp_id_ok(s: &str) -> bool {
     !s.is_empty() && !s.contains(CL_ORD_ID_SEP) && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn duration(
+pub(crate) fn duration(
     key: &str,
     v: Option<&String>,
     default: Duration,

@@ -3,46 +3,22 @@
 //! own directory. The group-commit syncer is one per process, so the tests take turns.
 //!
 //! Fencing (which leaves the process's syncer failed for good) is in `replica_fence.rs`.
-#![allow(clippy::disallowed_methods)] // test drivers poll with a deadline
 
-use std::net::{SocketAddr, TcpListener};
+mod replica_common;
+
+use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use understudy_fix::replica::proto::{read_frame, Frame};
-use understudy_fix::replica::{Mode, Receiver, ReplicationConfig, Sender};
+use understudy_fix::replica::{Mode, Receiver, Sender};
+
+use replica_common::{cfg, free_addr, wait_until};
 use understudy_fix::store::{FileStore, GroupCommit, SessionId, SessionStore, SyncPolicy};
 use understudy_fix::tags::BeginString;
 
 static TURN: Mutex<()> = Mutex::new(());
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-fn cfg(mode: Mode, listen: SocketAddr, peers: Vec<SocketAddr>) -> ReplicationConfig {
-    ReplicationConfig {
-        mode,
-        listen,
-        peers,
-        token: b"t0ken".to_vec(),
-        sync_timeout: Duration::from_millis(800),
-        timeout: Duration::from_millis(400),
-        heartbeat: Duration::from_millis(50),
-        connect_timeout: Duration::from_millis(200),
-        reconnect_interval: Duration::from_millis(20),
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn sid() -> SessionId {
     SessionId::new(BeginString::Fix44, "GW", "CLIENT1")

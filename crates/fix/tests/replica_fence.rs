@@ -1,45 +1,19 @@
 //! Epoch fencing on the replication stream: a standby refuses an older active and tells it
 //! the newer epoch; that active's stores refuse every write from then on. Its own test
 //! binary: once fenced, this process's stores and syncer stay fenced.
-#![allow(clippy::disallowed_methods)] // test drivers poll with a deadline
 
-use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+mod replica_common;
+
+use std::time::Duration;
 
 use understudy_fix::replica::standby::ActivateError;
-use understudy_fix::replica::{Mode, Receiver, ReplicationConfig, Sender};
+use understudy_fix::replica::{Mode, Receiver, Sender};
+
+use replica_common::{cfg, free_addr, wait_until};
 use understudy_fix::store::{
     FileStore, GroupCommit, SessionId, SessionStore, StoreError, SyncPolicy,
 };
 use understudy_fix::tags::BeginString;
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("addr")
-}
-
-fn cfg(listen: SocketAddr, peers: Vec<SocketAddr>) -> ReplicationConfig {
-    ReplicationConfig {
-        mode: Mode::Sync,
-        listen,
-        peers,
-        token: b"t0ken".to_vec(),
-        sync_timeout: Duration::from_millis(800),
-        timeout: Duration::from_millis(400),
-        heartbeat: Duration::from_millis(50),
-        connect_timeout: Duration::from_millis(200),
-        reconnect_interval: Duration::from_millis(20),
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 #[test]
 fn an_older_active_learns_the_newer_epoch_from_the_standby_and_stops_writing() {
@@ -47,21 +21,37 @@ fn an_older_active_learns_the_newer_epoch_from_the_standby_and_stops_writing() {
     let group = GroupCommit::shared().expect("syncer");
     let b = tempfile::tempdir().expect("tmp");
     let b_addr = free_addr();
-    let rx = Receiver::start(cfg(b_addr, vec![]), b.path()).expect("receiver");
+    let rx = Receiver::start(cfg(Mode::Sync, b_addr, vec![]), b.path()).expect("receiver");
 
     // Epoch 5 streams to the standby: it has seen 5 from now on.
     let a = tempfile::tempdir().expect("tmp");
     let _st5 = FileStore::open(a.path(), &sid, 5, SyncPolicy::Group).expect("open 5");
-    let tx5 = Sender::start(cfg(free_addr(), vec![b_addr]), a.path(), 5, group).expect("tx5");
-    wait_until("epoch 5 in sync", || tx5.health().peers[0].in_sync);
+    let tx5 = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        a.path(),
+        5,
+        group,
+    )
+    .expect("tx5");
+    wait_until("epoch 5 in sync", Duration::from_secs(5), || {
+        tx5.health().peers[0].in_sync
+    });
     tx5.stop();
     assert_eq!(rx.health().seen_epoch, 5);
 
     // A former active of epoch 3, on its own copy, resumes and connects: refused, told 5.
     let c = tempfile::tempdir().expect("tmp");
     let mut st3 = FileStore::open(c.path(), &sid, 3, SyncPolicy::Group).expect("open 3");
-    let tx3 = Sender::start(cfg(free_addr(), vec![b_addr]), c.path(), 3, group).expect("tx3");
-    wait_until("epoch 3 fenced", || !tx3.health().ready);
+    let tx3 = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        c.path(),
+        3,
+        group,
+    )
+    .expect("tx3");
+    wait_until("epoch 3 fenced", Duration::from_secs(5), || {
+        !tx3.health().ready
+    });
     assert_eq!(tx3.health().seen_epoch, 5);
     match st3.save_sent(1, b"8=FIX.4.4\x0135=8\x01") {
         Err(StoreError::Fenced { ours: 3, newest: 5 }) => {}
@@ -79,12 +69,20 @@ fn an_older_active_learns_the_newer_epoch_from_the_standby_and_stops_writing() {
     assert!(rx.health().ready);
     let d = tempfile::tempdir().expect("tmp");
     let _st5b = FileStore::open(d.path(), &sid, 5, SyncPolicy::EveryWrite);
-    let tx5b = Sender::start(cfg(free_addr(), vec![b_addr]), d.path(), 5, group).expect("tx5b");
-    wait_until("epoch 5 fenced by the activated gateway", || {
-        tx5b.health().seen_epoch == 6
-    });
+    let tx5b = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        d.path(),
+        5,
+        group,
+    )
+    .expect("tx5b");
+    wait_until(
+        "epoch 5 fenced by the activated gateway",
+        Duration::from_secs(5),
+        || tx5b.health().seen_epoch == 6,
+    );
     tx5b.stop();
     // The epoch survives a restart of the listener (the file in the store directory).
-    let rx2 = Receiver::start(cfg(free_addr(), vec![]), b.path()).expect("restart");
+    let rx2 = Receiver::start(cfg(Mode::Sync, free_addr(), vec![]), b.path()).expect("restart");
     assert_eq!(rx2.health().seen_epoch, 6);
 }

@@ -175,6 +175,29 @@ impl QuickFix {
     }
 }
 
+impl QuickFix {
+    /// Sends the barrier order `y1` (added to `all`) and waits for its fill — the exchange
+    /// answers a session in order and the gateway forwards in order, so once a later order is
+    /// filled, every report (and copy forwarded again) caused by the earlier ones has arrived —
+    /// then logs out. Asserts no sequence reset anywhere and every order of `all` answered
+    /// exactly once; returns every line.
+    fn settle_and_quit(mut self, all: &mut Vec<String>) -> Vec<Line> {
+        self.cmd("order y1 XYZ 10 market");
+        self.wait_filled(&["y1".to_owned()], Duration::from_secs(20));
+        all.push("y1".into());
+        let lines = self.quit();
+        for l in &lines {
+            assert!(
+                !(l.get("reset") == "Y" || (l.get("type") == "4" && l.get("gapfill") == "N")),
+                "sequence reset: {}",
+                l.text
+            );
+        }
+        check_exactly_once(&lines, all);
+        lines
+    }
+}
+
 fn qf_settings(dir: &Path, ports: &[SocketAddr; 2]) -> PathBuf {
     let p = dir.join("qf.cfg");
     std::fs::write(
@@ -323,21 +346,7 @@ fn quickfix_initiator_carries_on_with_the_standby_after_kill_9_of_the_active_age
     all.extend(names("k", 10));
     all.extend(names("a", 10));
     qf.wait_filled(&all, Duration::from_secs(20));
-    // A barrier instead of a pause before quitting: the exchange answers a session in order and
-    // the gateway forwards in order, so once a later order is filled, every report (and copy
-    // forwarded again) caused by the earlier ones has arrived.
-    qf.cmd("order y1 XYZ 10 market");
-    qf.wait_filled(&["y1".to_owned()], Duration::from_secs(20));
-    all.push("y1".into());
-    let run1 = qf.quit();
-    for l in &run1 {
-        assert!(
-            !(l.get("reset") == "Y" || (l.get("type") == "4" && l.get("gapfill") == "N")),
-            "sequence reset: {}",
-            l.text
-        );
-    }
-    check_exactly_once(&run1, &all);
+    let run1 = qf.settle_and_quit(&mut all);
     println!(
         "across the failover: {} orders resent by QuickFIX (PossDupFlag=Y), {} reports resent or forwarded again by the gateway (PossDupFlag=Y), {} of them forwarded again (PossResend=Y too)",
         run1.iter()
@@ -566,19 +575,8 @@ fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_acti
     all.extend(names("k", 20));
     all.extend(names("a", 10));
     qf.wait_filled(&all, Duration::from_secs(20));
-    qf.cmd("order y1 XYZ 10 market");
-    qf.wait_filled(&["y1".to_owned()], Duration::from_secs(20));
-    all.push("y1".into());
-    let lines = qf.quit();
-    for l in &lines {
-        assert!(
-            !(l.get("reset") == "Y" || (l.get("type") == "4" && l.get("gapfill") == "N")),
-            "sequence reset: {}",
-            l.text
-        );
-    }
     // No order or report lost; every report seen twice carries PossDupFlag=Y.
-    check_exactly_once(&lines, &all);
+    qf.settle_and_quit(&mut all);
     let rep = r.watcher.finish();
     println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
     r.g.stop_all();
@@ -645,8 +643,7 @@ fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknow
     all.push("h1".into());
     all.extend(names("d", 5));
     all.push("z1".into());
-    let lines = qf.quit();
-    check_exactly_once(&lines, &all);
+    qf.settle_and_quit(&mut all);
     r.watcher.finish();
     r.g.stop_all();
 }
@@ -658,7 +655,7 @@ struct NetnsRig {
     _lab: testbed::netns::Lab,
     ma: testbed::netns::Machine,
     mb: testbed::netns::Machine,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     _sim: Proc,
     repl: Replicated,
     g: testbed::Group,
@@ -745,7 +742,7 @@ fn netns_rig(test: &str) -> Option<NetnsRig> {
         _lab: lab,
         ma,
         mb,
-        dir,
+        _dir: dir,
         _sim: sim_proc,
         repl,
         g,
@@ -785,18 +782,7 @@ fn replicated_sync_standby_takes_over_when_the_active_machine_is_lost() {
     all.extend(names("k", 20));
     all.extend(names("a", 5));
     r.qf.wait_filled(&all, Duration::from_secs(20));
-    r.qf.cmd("order y1 XYZ 10 market");
-    r.qf.wait_filled(&["y1".to_owned()], Duration::from_secs(20));
-    all.push("y1".into());
-    let lines = r.qf.quit();
-    for l in lines.iter().filter(|l| l.at >= lost_at) {
-        assert!(
-            !(l.get("reset") == "Y" || (l.get("type") == "4" && l.get("gapfill") == "N")),
-            "sequence reset: {}",
-            l.text
-        );
-    }
-    check_exactly_once(&lines, &all);
+    r.qf.settle_and_quit(&mut all);
     r.watcher.finish();
     r.g.stop_all();
 }
@@ -882,9 +868,7 @@ fn replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby
     all.push("h1".into());
     all.extend(names("d", 5));
     all.push("z1".into());
-    let lines = r.qf.quit();
-    check_exactly_once(&lines, &all);
+    r.qf.settle_and_quit(&mut all);
     r.watcher.finish();
-    let _ = &r.dir;
     r.g.stop_all();
 }

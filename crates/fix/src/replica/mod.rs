@@ -211,18 +211,10 @@ fn key_err(k: &str, reason: impl Into<String>) -> KeyError {
 }
 
 fn dur(k: &str, v: Option<&String>, default: Duration) -> Result<Duration, KeyError> {
-    let Some(s) = v else { return Ok(default) };
-    let d = humantime::parse_duration(s).map_err(|e| {
-        key_err(
-            k,
-            format!("{s:?} is not a duration ({e}); use e.g. \"2s\" or \"100ms\""),
-        )
-    })?;
+    let key = format!("replication.{k}");
+    let d = crate::gateway::duration(&key, v, default)?;
     if d.is_zero() || d > Duration::from_secs(3600) {
-        return Err(key_err(
-            k,
-            format!("{s:?} is out of range (above 0, at most 1h)"),
-        ));
+        return Err((key, format!("{d:?} is out of range (above 0, at most 1h)")));
     }
     Ok(d)
 }
