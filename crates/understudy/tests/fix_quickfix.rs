@@ -582,6 +582,49 @@ fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_acti
     r.g.stop_all();
 }
 
+/// The standby stopped answering at `cut_at`: order `h1`'s reports are held until
+/// `sync_timeout` after the standby's last acknowledgement (a heartbeat round trip every
+/// 100 ms before), then the active goes on alone and says `degraded`, and orders `d1`..`d5`
+/// do not wait.
+fn held_then_degraded(qf: &mut QuickFix, repl: &Replicated, cut_at: Instant) {
+    qf.cmd("order h1 XYZ 10 market");
+    qf.wait_filled(&["h1".to_owned()], Duration::from_secs(15));
+    let held = qf
+        .lines
+        .iter()
+        .find(|l| l.kind == "EXEC" && l.get("cl") == "h1")
+        .map(|l| l.at - cut_at)
+        .expect("h1 report");
+    let sync_timeout = humantime::parse_duration(repl.sync_timeout).expect("duration");
+    assert!(
+        held + Duration::from_millis(150) >= sync_timeout && held < sync_timeout * 3,
+        "first report after the cut came {held:?} after it (sync_timeout {sync_timeout:?})"
+    );
+    println!("standby cut off: the active held its sends {held:?}, then went on alone");
+    let h = gateway_health(repl.health[0]).expect("active health");
+    assert_eq!(h["replication"]["degraded"], true, "{h}");
+    assert_eq!(h["replication"]["peers"][0]["in_sync"], false, "{h}");
+    let t0 = Instant::now();
+    qf.cmd("burst d 5 2");
+    qf.wait_filled(&names("d", 5), Duration::from_secs(10));
+    assert!(t0.elapsed() < sync_timeout, "{:?}", t0.elapsed());
+}
+
+/// The standby is back and ready: order `z1` makes the active synchronous again; then every
+/// order of the run (`b1`..`b5`, `h1`, `d1`..`d5`, `z1`) answered exactly once.
+fn synchronous_again_and_quit(mut qf: QuickFix, repl: &Replicated) {
+    qf.cmd("order z1 XYZ 10 market");
+    qf.wait_filled(&["z1".to_owned()], Duration::from_secs(10));
+    wait_health(repl.health[0], "synchronous again", |h| {
+        h["replication"]["degraded"] == false
+    });
+    let mut all = names("b", 5);
+    all.push("h1".into());
+    all.extend(names("d", 5));
+    all.push("z1".into());
+    qf.settle_and_quit(&mut all);
+}
+
 /// The standby's stream is cut first (its gateway frozen with SIGSTOP: it neither reads nor
 /// acknowledges). With `sync` the active holds what it would send for `sync_timeout`, then
 /// degrades to asynchronous and carries on alone; its health says `degraded`, the frozen
@@ -602,30 +645,7 @@ fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknow
     let gw_b = r.g.service_pid("b").expect("gateway b pid");
     let pid = nix::unistd::Pid::from_raw(gw_b as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
-    let cut_at = Instant::now();
-    qf.cmd("order h1 XYZ 10 market");
-    qf.wait_filled(&["h1".to_owned()], Duration::from_secs(15));
-    let held = qf
-        .lines
-        .iter()
-        .find(|l| l.kind == "EXEC" && l.get("cl") == "h1")
-        .map(|l| l.at - cut_at)
-        .expect("h1 report");
-    let sync_timeout = humantime::parse_duration(r.repl.sync_timeout).expect("duration");
-    // Held at least until sync_timeout after the standby's last acknowledgement (the
-    // heartbeat round trip every 100 ms before the freeze).
-    assert!(
-        held + Duration::from_millis(150) >= sync_timeout && held < sync_timeout * 3,
-        "first report after the cut came {held:?} after it (sync_timeout {sync_timeout:?})"
-    );
-    let h = gateway_health(r.repl.health[0]).expect("active health");
-    assert_eq!(h["replication"]["degraded"], true, "{h}");
-    assert_eq!(h["replication"]["peers"][0]["in_sync"], false, "{h}");
-    // Degraded: the next orders do not wait.
-    let t0 = Instant::now();
-    qf.cmd("burst d 5 2");
-    qf.wait_filled(&names("d", 5), Duration::from_secs(10));
-    assert!(t0.elapsed() < sync_timeout, "{:?}", t0.elapsed());
+    held_then_degraded(&mut qf, &r.repl, Instant::now());
     // The standby resumes: not ready until it has caught up, then ready again, and the
     // active synchronous again.
     // (Its agent may have stopped it meanwhile for failing its health check: either way.)
@@ -634,16 +654,7 @@ fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknow
         h["replication"]["ready"] == true
     });
     r.g.wait_ready_standby("b").expect("b ready again");
-    qf.cmd("order z1 XYZ 10 market");
-    qf.wait_filled(&["z1".to_owned()], Duration::from_secs(10));
-    wait_health(r.repl.health[0], "synchronous again", |h| {
-        h["replication"]["degraded"] == false
-    });
-    let mut all = names("b", 5);
-    all.push("h1".into());
-    all.extend(names("d", 5));
-    all.push("z1".into());
-    qf.settle_and_quit(&mut all);
+    synchronous_again_and_quit(qf, &r.repl);
     r.watcher.finish();
     r.g.stop_all();
 }
@@ -802,32 +813,9 @@ fn replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby
     r.qf.cmd("burst b 5 2");
     r.qf.wait_filled(&names("b", 5), t);
     testbed::netns::Lab::link_down(&r.mb).expect("cut b's link");
-    let cut_at = Instant::now();
-    r.qf.cmd("order h1 XYZ 10 market");
-    r.qf.wait_filled(&["h1".to_owned()], t);
-    let held =
-        r.qf.lines
-            .iter()
-            .find(|l| l.kind == "EXEC" && l.get("cl") == "h1")
-            .map(|l| l.at - cut_at)
-            .expect("h1 report");
-    let sync_timeout = humantime::parse_duration(r.repl.sync_timeout).expect("duration");
-    assert!(
-        held + Duration::from_millis(150) >= sync_timeout && held < sync_timeout * 3,
-        "first report after the cut came {held:?} after it (sync_timeout {sync_timeout:?})"
-    );
-    println!("standby cut off: the active held its sends {held:?}, then went on alone");
-    let h = gateway_health(r.repl.health[0]).expect("active health");
-    assert_eq!(h["replication"]["degraded"], true, "{h}");
-    // The cut-off standby's agent (asked from inside its machine's view: its own /status is
-    // out of reach from here) — its gateway is unreachable too; it is judged once back.
-    let t0 = Instant::now();
-    r.qf.cmd("burst d 5 2");
-    r.qf.wait_filled(&names("d", 5), Duration::from_secs(10));
-    assert!(t0.elapsed() < sync_timeout, "{:?}", t0.elapsed());
+    held_then_degraded(&mut r.qf, &r.repl, Instant::now());
     testbed::netns::Lab::link_up(&r.mb).expect("link back");
     // Back: reported not in sync at first (its window ended during the cut), then caught up.
-    let b_admin = r.g.admin("b");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut saw_not_ready = false;
     loop {
@@ -858,17 +846,7 @@ fn replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby
                     .is_some_and(|d| d.contains("not in sync with the active")))),
         "{events}"
     );
-    let _ = b_admin;
-    r.qf.cmd("order z1 XYZ 10 market");
-    r.qf.wait_filled(&["z1".to_owned()], t);
-    wait_health(r.repl.health[0], "synchronous again", |h| {
-        h["replication"]["degraded"] == false
-    });
-    let mut all = names("b", 5);
-    all.push("h1".into());
-    all.extend(names("d", 5));
-    all.push("z1".into());
-    r.qf.settle_and_quit(&mut all);
+    synchronous_again_and_quit(r.qf, &r.repl);
     r.watcher.finish();
     r.g.stop_all();
 }
