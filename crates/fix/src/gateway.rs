@@ -131,7 +131,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Our CompID toward clients.
     pub comp_id: String,
-    /// The directory the group shares for session stores and the order map.
+    /// The directory of the session stores and the order map: shared by the group, or with
+    /// `[replication]` this gateway's own copy.
     pub store_dir: PathBuf,
     /// Protocol of the client sessions.
     pub begin_string: BeginString,
