@@ -118,25 +118,21 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A standby that takes the catch-up and then stops acknowledging (its disk hangs): in sync
-/// mode the active waits `sync_timeout` for it, then drops it and carries on alone
-/// (degraded), and its health says so.
-#[test]
-fn sync_mode_degrades_after_sync_timeout_when_the_standby_stops_acknowledging() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let a = tempfile::tempdir().expect("tmp");
+/// A standby (speaking the protocol by hand) that takes the catch-up of an active of `epoch`
+/// and then stops acknowledging, as when its disk hangs; it reads until the active gives up.
+fn stalled_standby(epoch: u64) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let stalled = std::thread::spawn(move || {
+    let h = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut buf = Vec::new();
         let mut out = Vec::new();
-        assert!(matches!(
-            read_frame(&mut s, &mut buf).expect("hello"),
-            Frame::Hello { epoch: 21, .. }
-        ));
+        match read_frame(&mut s, &mut buf).expect("hello") {
+            Frame::Hello { epoch: e, .. } => assert_eq!(e, epoch),
+            other => panic!("{other:?}"),
+        }
         Frame::Welcome {
-            seen_epoch: 21,
+            seen_epoch: epoch,
             files: vec![],
         }
         .write_to(&mut s, &mut out)
@@ -151,9 +147,18 @@ fn sync_mode_degrades_after_sync_timeout_when_the_standby_stops_acknowledging() 
                 Err(e) => panic!("stream ended during catch-up: {e}"),
             }
         }
-        // From now on: read, never acknowledge, until the active gives up on us.
         while read_frame(&mut s, &mut buf).is_ok() {}
     });
+    (addr, h)
+}
+
+/// With the standby no longer acknowledging, sync mode waits `sync_timeout` for it, then
+/// drops it and carries on alone (degraded), and its health says so.
+#[test]
+fn sync_mode_degrades_after_sync_timeout_when_the_standby_stops_acknowledging() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let (addr, stalled) = stalled_standby(21);
     let mut st = FileStore::open(a.path(), &sid(), 21, SyncPolicy::Group).expect("open");
     let group = GroupCommit::shared().expect("syncer");
     let mut c = cfg(Mode::Sync, free_addr(), vec![addr]);
@@ -214,4 +219,33 @@ fn a_sender_with_the_wrong_token_is_refused_and_writes_nothing() {
     }
     assert_eq!(rx.health().seen_epoch, 0, "a refused hello moved the epoch");
     assert!(std::fs::read_dir(b.path()).expect("dir").next().is_none());
+}
+
+/// Async mode streams the same way but never waits: a standby that stops acknowledging costs
+/// the active nothing, and it is not "degraded" (there is nothing to degrade from).
+#[test]
+fn async_mode_never_waits_for_the_standby() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let (addr, stalled) = stalled_standby(31);
+    let mut st = FileStore::open(a.path(), &sid(), 31, SyncPolicy::Group).expect("open");
+    let group = GroupCommit::shared().expect("syncer");
+    let mut c = cfg(Mode::Async, free_addr(), vec![addr]);
+    c.timeout = Duration::from_millis(200);
+    c.sync_timeout = Duration::from_secs(2);
+    let tx = Sender::start(c, a.path(), 31, group).expect("sender");
+    wait_until("in sync", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync
+    });
+    for i in 1..=20 {
+        st.save_sent(i, &frame(i)).expect("save");
+        let t0 = Instant::now();
+        st.sync().expect("durable here");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+    let h = tx.health();
+    assert_eq!(h.mode, "async");
+    assert!(!h.degraded, "{h:?}");
+    tx.stop();
+    stalled.join().expect("stalled standby");
 }
