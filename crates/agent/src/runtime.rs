@@ -269,6 +269,7 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         watches: Vec::new(),
         signal_watch: None,
         service_detail: None,
+        service_not_ready: None,
         sd_status: String::new(),
         seen: Vec::new(),
         grant_created: false,
@@ -358,6 +359,9 @@ struct Runtime {
     signal_watch: Option<tokio::task::JoinHandle<()>>,
     /// The running service's last self-report (see [`Service::detail`]).
     service_detail: Option<serde_json::Value>,
+    /// What the service's health answer last said about its readiness (see
+    /// [`service_not_ready`]).
+    service_not_ready: Option<String>,
     /// The last `STATUS=` line sent to systemd.
     sd_status: String,
     /// The group's records as last read for the engine, with what /proc says of their agents:
@@ -642,6 +646,11 @@ impl Runtime {
             HealthEvent::Report { generation, body } if generation == gen => {
                 let detail = serde_json::from_str(&body)
                     .unwrap_or(serde_json::Value::String(body.trim().to_string()));
+                let not_ready = service_not_ready(&detail);
+                if not_ready != self.service_not_ready {
+                    self.service_not_ready = not_ready.clone();
+                    self.feed(Input::ServiceReadiness { not_ready });
+                }
                 if self.service_detail.as_ref() != Some(&detail) {
                     self.service_detail = Some(detail);
                     self.publish_status();
@@ -1286,20 +1295,52 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {
 fn one_line(v: &serde_json::Value) -> String {
     let text = match v {
         serde_json::Value::Object(o) => o
-            .iter()
-            .filter_map(|(k, v)| match v {
+            .get("replication")
+            .map(replication_line)
+            .into_iter()
+            .chain(o.iter().filter_map(|(k, v)| match v {
                 serde_json::Value::String(s) => Some(format!("{k}={s}")),
                 serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
                     Some(format!("{k}={v}"))
                 }
                 _ => None,
-            })
+            }))
             .collect::<Vec<_>>()
             .join(" "),
         serde_json::Value::String(s) => s.split_whitespace().collect::<Vec<_>>().join(" "),
         other => other.to_string(),
     };
     text.chars().take(200).collect()
+}
+
+/// A replicated service's `replication` object, first on the line so `understudy status`
+/// shows each standby's lag: `replication=sync in-sync lag=0rec/0ms`, or for the active
+/// `replication=sync standbys-in-sync=1/1`.
+fn replication_line(r: &serde_json::Value) -> String {
+    let mode = r.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
+    let peers = r.get("peers").and_then(|v| v.as_array());
+    if let Some(peers) = peers.filter(|p| !p.is_empty()) {
+        let in_sync = peers
+            .iter()
+            .filter(|p| p.get("in_sync").and_then(|v| v.as_bool()) == Some(true))
+            .count();
+        let degraded = r.get("degraded").and_then(|v| v.as_bool()) == Some(true);
+        return format!(
+            "replication={mode} standbys-in-sync={in_sync}/{}{}",
+            peers.len(),
+            if degraded { " DEGRADED" } else { "" }
+        );
+    }
+    let ready = r.get("ready").and_then(|v| v.as_bool()) == Some(true);
+    let lag = match (
+        r.get("lag_records").and_then(|v| v.as_u64()),
+        r.get("lag_ms").and_then(|v| v.as_u64()),
+    ) {
+        (Some(n), Some(ms)) => format!("lag={n}rec/{ms}ms"),
+        _ => "lag=unknown".to_owned(),
+    };
+    let state = if ready { "in-sync" } else { "NOT-in-sync" };
+    format!("replication={mode} {state} {lag}")
 }
 
 fn lock_replaced() -> Input {
@@ -1316,5 +1357,48 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
             node: hb.node,
             wall_ms: hb.unix_ms,
         },
+    }
+}
+
+/// Why a service's health answer says it may not take over: a JSON object with
+/// `"replication": {"ready": false, "reason": "..."}` (the FIX gateway's standby while it is
+/// not in sync with the active). Anything else says nothing against it.
+fn service_not_ready(detail: &serde_json::Value) -> Option<String> {
+    let r = detail.get("replication")?;
+    if r.get("ready")?.as_bool()? {
+        return None;
+    }
+    let why = r
+        .get("reason")
+        .and_then(|v| v.as_str())
+        .unwrap_or("replication: not in sync");
+    Some(format!("reports it is not ready ({why})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_replicated_standby_not_in_sync_is_not_ready_and_status_shows_its_lag() {
+        let lagging = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
+            "reason": "replication: not in sync with the active", "lag_records": 12, "lag_ms": 40,
+            "peers": []}});
+        assert_eq!(
+            service_not_ready(&lagging).as_deref(),
+            Some("reports it is not ready (replication: not in sync with the active)")
+        );
+        assert!(one_line(&lagging).starts_with("replication=sync NOT-in-sync lag=12rec/40ms"));
+        let synced = json!({"role": "standby", "replication": {"mode": "sync", "ready": true,
+            "lag_records": 0, "lag_ms": 0, "peers": []}});
+        assert_eq!(service_not_ready(&synced), None);
+        assert!(one_line(&synced).starts_with("replication=sync in-sync lag=0rec/0ms"));
+        let active = json!({"role": "active", "replication": {"mode": "sync", "ready": true,
+            "degraded": true, "peers": [{"in_sync": false}]}});
+        assert!(one_line(&active).starts_with("replication=sync standbys-in-sync=0/1 DEGRADED"));
+        // Services that say nothing about replication are never held back by this.
+        assert_eq!(service_not_ready(&json!({"role": "standby"})), None);
+        assert_eq!(service_not_ready(&json!("plain text")), None);
     }
 }

@@ -217,6 +217,13 @@ pub enum Input {
         /// Why, in words.
         reason: String,
     },
+    /// What a passing health check's answer says about the standby service's readiness (a
+    /// replicated service that is not in sync with the active): `Some(why)` when it may not
+    /// take over, `None` when it may. The service keeps running either way.
+    ServiceReadiness {
+        /// Why it is not ready, in words.
+        not_ready: Option<String>,
+    },
     /// `PUT /service/activationmode/hot`.
     Activate,
     /// `POST /service/switchover`; `ready` lists the standbys that could take over now.
@@ -564,6 +571,9 @@ pub struct Engine {
     /// How the service last failed, while it has not been ready since (see
     /// [`Rules::campaign_only_when_ready`]).
     svc_failure: Option<String>,
+    /// The running standby service says it may not take over (see
+    /// [`Input::ServiceReadiness`]): not ready, like `svc_failure`, without stopping it.
+    svc_not_ready: Option<String>,
     healthy: bool,
     ready_recorded: bool,
     /// Deliver NotifyActive once the standby service is up and handles the activate signal.
@@ -619,6 +629,7 @@ impl Engine {
             svc_restart_at: None,
             failures: 0,
             svc_failure: None,
+            svc_not_ready: None,
             healthy: false,
             ready_recorded: false,
             notify_when_started: false,
@@ -721,6 +732,7 @@ impl Engine {
             matches!(self.svc, SvcState::Running { .. })
                 && self.svc_signal_ready
                 && (self.healthy || !self.cfg.health_check)
+                && self.svc_not_ready.is_none()
         } else {
             true
         };
@@ -814,6 +826,7 @@ impl Engine {
             Input::ServiceExited { reason } => self.on_service_exited(reason),
             Input::HealthOk => self.on_health_ok(),
             Input::HealthFailed { reason } => self.on_health_failed(reason),
+            Input::ServiceReadiness { not_ready } => self.on_service_readiness(not_ready),
             Input::Activate => self.on_activate(),
             Input::Switchover { ready, to } => self.on_switchover(ready, to),
             Input::Peers(peers) => self.on_peers(peers),
@@ -920,7 +933,30 @@ impl Engine {
         if !self.cfg.rules.campaign_only_when_ready || !self.cfg.standby.runs_while_standby() {
             return None;
         }
-        self.svc_failure.clone()
+        self.svc_failure
+            .clone()
+            .or_else(|| self.svc_not_ready.clone())
+    }
+
+    /// The standby service says whether it may take over. Not ready: a node waiting for the
+    /// lock stands aside as for a failed service (the service keeps running, so it can get
+    /// ready); ready again: it rejoins.
+    fn on_service_readiness(&mut self, not_ready: Option<String>) {
+        let was = std::mem::replace(&mut self.svc_not_ready, not_ready.clone());
+        match (was, not_ready) {
+            (None, Some(_)) if self.phase != Phase::Hot => self.stand_aside(),
+            (Some(_), None)
+                if self.svc_failure.is_none()
+                    && matches!(self.phase, Phase::Warm(Waiting::NotReady(_))) =>
+            {
+                self.record(
+                    EventKind::ReadyAgain,
+                    "the service is ready; rejoining the group",
+                );
+                self.join();
+            }
+            _ => {}
+        }
     }
 
     /// The standby service failed: a node waiting for the lock stops waiting for it.
@@ -929,6 +965,12 @@ impl Engine {
             return;
         }
         self.svc_failure = Some(reason.to_string());
+        self.stand_aside();
+    }
+
+    /// A node that is not ready (see [`Self::not_ready`]) stops waiting for the lock and
+    /// gives back a grant being made.
+    fn stand_aside(&mut self) {
         let Some(why) = self.not_ready() else {
             return;
         };

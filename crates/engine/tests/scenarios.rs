@@ -378,6 +378,33 @@ fn health_check_gates_readiness_of_the_active() {
     assert!(kinds(&all).contains(&EventKind::Ready));
 }
 
+/// A replicated standby service that says it is not in sync stands aside (it gives up its
+/// campaign and is not ready) while it keeps running; once it says it is ready, it rejoins.
+#[test]
+fn a_standby_service_reporting_not_ready_stands_aside_and_rejoins_when_ready() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Warm));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    assert!(n.e.ready());
+    let why = "reports it is not ready (replication: not in sync with the active)";
+    let out = n.feed_all(Input::ServiceReadiness {
+        not_ready: Some(why.into()),
+    });
+    assert_eq!(actions(&out), vec![Command::Release], "{out:?}");
+    assert!(kinds(&out).contains(&EventKind::NotReady));
+    assert!(!n.e.ready());
+    assert!(n.waiting().contains("not in sync"), "{}", n.waiting());
+    // The same report again changes nothing; the service is never stopped for it.
+    let again = n.feed_all(Input::ServiceReadiness {
+        not_ready: Some(why.into()),
+    });
+    assert!(again.is_empty(), "{again:?}");
+    let back = n.feed_all(Input::ServiceReadiness { not_ready: None });
+    assert!(kinds(&back).contains(&EventKind::ReadyAgain), "{back:?}");
+    assert_eq!(actions(&back), vec![Command::Campaign]);
+    assert!(n.e.ready());
+}
+
 #[test]
 fn tick_while_holding_the_lock_verifies_it() {
     let mut n = hot_trylock(StandbyType::Hot);

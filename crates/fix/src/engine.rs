@@ -415,6 +415,8 @@ pub struct Engine<S: SessionStore> {
     durable_rx: Option<watch::Receiver<u64>>,
     /// A session's store uses group commit: this loop's sends wait for the syncer.
     grouped: bool,
+    /// The replication sender, reported in health answers.
+    replication: Option<crate::replica::Sender>,
 }
 
 /// Write buffers of one flush, per connection, so a burst becomes one write.
@@ -442,6 +444,7 @@ impl<S: SessionStore> Engine<S> {
             held: VecDeque::new(),
             durable_rx: None,
             grouped: false,
+            replication: None,
         }
         .grouped_if_needed()
     }
@@ -484,6 +487,12 @@ impl<S: SessionStore> Engine<S> {
         epoch: u64,
     ) -> Self {
         self.probes = Some((probes, epoch));
+        self
+    }
+
+    /// Reports `sender`'s view of the replication stream in health answers.
+    pub fn with_replication(mut self, sender: crate::replica::Sender) -> Self {
+        self.replication = Some(sender);
         self
     }
 
@@ -590,14 +599,16 @@ impl<S: SessionStore> Engine<S> {
                 }
             })
             .collect();
+        let replication = self.replication.as_ref().map(|r| r.health());
         Health {
             role: "active",
             epoch: Some(epoch),
             sessions_logged_on: sessions.iter().filter(|s| s.logged_on).count(),
             sessions,
-            fenced,
+            fenced: fenced || replication.as_ref().is_some_and(|r| !r.ready),
             connections_refused: self.counters.connections_refused,
             slow_consumers_dropped: self.counters.slow_consumers_dropped,
+            replication,
         }
     }
 

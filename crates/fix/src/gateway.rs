@@ -58,6 +58,7 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<RawRoute>,
     admin: Option<RawAdmin>,
+    replication: Option<crate::replica::RawReplication>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,7 +131,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Our CompID toward clients.
     pub comp_id: String,
-    /// The directory the group shares for session stores and the order map.
+    /// The directory of the session stores and the order map: shared by the group, or with
+    /// `[replication]` this gateway's own copy.
     pub store_dir: PathBuf,
     /// Protocol of the client sessions.
     pub begin_string: BeginString,
@@ -156,6 +158,9 @@ pub struct GatewayConfig {
     pub routes: Vec<Route>,
     /// `[admin] http`: where `GET /health` is served (see [`crate::admin`]), in every role.
     pub admin_http: Option<SocketAddr>,
+    /// `[replication]` (see [`crate::replica`]); `None` when off: the group shares
+    /// `store_dir`.
+    pub replication: Option<crate::replica::ReplicationConfig>,
 }
 
 /// One upstream (exchange) session, an initiator.
@@ -196,7 +201,7 @@ fn comp_id_ok(s: &str) -> bool {
     !s.is_empty() && !s.contains(CL_ORD_ID_SEP) && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn duration(
+pub(crate) fn duration(
     key: &str,
     v: Option<&String>,
     default: Duration,
@@ -499,6 +504,9 @@ impl GatewayConfig {
                 Some(addr)
             }
         };
+        let taken: Vec<SocketAddr> = std::iter::once(listen).chain(admin_http).collect();
+        let replication =
+            crate::replica::validate(raw.replication, &taken, sync == SyncPolicy::Group)?;
         Ok(GatewayConfig {
             file: file.to_owned(),
             listen,
@@ -516,6 +524,7 @@ impl GatewayConfig {
             upstreams,
             routes,
             admin_http,
+            replication,
         })
     }
 
@@ -1047,6 +1056,65 @@ mod tests {
         }
         let e = parse("[admin]\nhttp = \"127.0.0.1:9879\"\nport = 1\n").expect_err("unknown key");
         assert!(e.reason.contains("port"), "{}", e.reason);
+    }
+
+    #[test]
+    fn replication_is_off_by_default_and_every_key_is_validated() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(parse("").expect("valid").replication.is_none());
+        let off = parse("[replication]\nmode = \"off\"\n").expect("valid");
+        assert!(off.replication.is_none());
+        let d = tempfile::tempdir().expect("tempdir");
+        let token = d.path().join("repl.token");
+        std::fs::write(&token, "s3cret\n").expect("write");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let section = |extra: &str| {
+            format!(
+                "[replication]\nmode = \"sync\"\nlisten = \"127.0.0.1:9880\"\npeers = [\"127.0.0.2:9880\"]\ntoken_file = \"{}\"\n{extra}",
+                token.display()
+            )
+        };
+        let r = parse(&section("")).expect("valid").replication.expect("on");
+        assert_eq!(r.mode, crate::replica::Mode::Sync);
+        assert_eq!(r.token, b"s3cret");
+        assert!(r.sync_timeout > r.timeout);
+        for (extra, key, why) in [
+            (
+                "sync_timeout = \"1s\"\ntimeout = \"2s\"\n",
+                "replication.sync_timeout",
+                "longer",
+            ),
+            ("heartbeat = \"1500ms\"\n", "replication.heartbeat", "half"),
+            ("timeout = \"0s\"\n", "replication.timeout", "out of range"),
+            ("colour = 1\n", "(syntax)", "colour"),
+        ] {
+            let e = parse(&section(extra)).expect_err(extra);
+            assert_eq!(e.key, key, "{extra}: {}", e.reason);
+            assert!(e.reason.contains(why), "{extra}: {}", e.reason);
+        }
+        let e = parse(&section("").replace("sync\"", "maybe\"")).expect_err("mode");
+        assert_eq!(e.key, "replication.mode");
+        let e = parse(&section("").replace("127.0.0.2:9880", "127.0.0.1:9880")).expect_err("self");
+        assert_eq!(e.key, "replication.peers");
+        let e = parse(&section("").replace("127.0.0.1:9880\"\npeers", "127.0.0.1:9878\"\npeers"))
+            .expect_err("listen taken");
+        assert_eq!(e.key, "replication.listen");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = parse(&section("")).expect_err("readable token");
+        assert_eq!(e.key, "replication.token_file");
+        assert!(e.reason.contains("chmod 600"), "{}", e.reason);
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // Replication streams group-commit batches: another sync policy is refused.
+        let e = GatewayConfig::parse(
+            Path::new("gw.toml"),
+            &format!(
+                "[gateway]\nlisten = \"127.0.0.1:9878\"\ncomp_id = \"GW\"\nstore_dir = \"/tmp/x\"\ndefault_route = \"EXCH\"\nsync = \"every-write\"\n\
+                 [[client]]\ncomp_id = \"C1\"\n[[upstream]]\nname = \"EXCH\"\nconnect = [\"127.0.0.1:9900\"]\ntarget_comp_id = \"EXCH\"\n{}",
+                section("")
+            ),
+        )
+        .expect_err("every-write");
+        assert_eq!(e.key, "gateway.sync");
     }
 
     #[test]

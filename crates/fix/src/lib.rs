@@ -11,6 +11,8 @@
 //!   ([`codec::parse`] → [`codec::Message`]), header validation and [`codec::MessageBuilder`].
 //! * [`store`]: the [`store::SessionStore`] trait, an in-memory store for tests and the fenced,
 //!   append-only [`store::FileStore`] kept in a directory the group shares.
+//! * [`replica`]: the stores streamed to the standby gateways (`[replication]`), so each
+//!   keeps its own copy and no directory needs to be shared.
 //! * [`schedule`]: session schedules (daily, weekly, in a time zone) as pure functions of
 //!   an instant: open or not, which session period, next change.
 //! * [`session`]: the sans-IO session state machine ([`session::Session`]): bytes and timer
@@ -37,6 +39,7 @@ pub mod gateway;
 pub mod order_map;
 pub mod orders;
 pub mod quickfix;
+pub mod replica;
 pub mod schedule;
 pub mod session;
 pub mod store;

@@ -13,8 +13,9 @@ use understudy_fix::admin::{self, Health, Probe};
 use understudy_fix::engine::{Engine, EngineError, SessionSlot};
 use understudy_fix::exchange_sim::ExchangeSim;
 use understudy_fix::gateway::{Gateway, GatewayConfig};
+use understudy_fix::replica::{standby::ActivateError, Receiver, Sender};
 use understudy_fix::session::{Role as SessionRole, Session, SessionConfig};
-use understudy_fix::store::{FileStore, SessionId, SyncPolicy};
+use understudy_fix::store::{FileStore, GroupCommit, SessionId, SyncPolicy};
 use understudy_sdk::{Notice, Role, Service};
 
 use crate::{init_logging, runtime};
@@ -223,6 +224,23 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
     } else {
         drop(probe_tx);
     }
+    // The replication listener runs in every role: a standby mirrors the active's stores
+    // through it, an active refuses older actives through it (telling them they are stale).
+    let receiver = match &cfg.replication {
+        Some(r) => Some(Receiver::start(r.clone(), &cfg.store_dir).with_context(|| {
+            format!(
+                "cannot start replication (listen {}, store {})",
+                r.listen,
+                cfg.store_dir.display()
+            )
+        })?),
+        None => None,
+    };
+    let standby_health = || {
+        let mut h = Health::standby();
+        h.replication = receiver.as_ref().map(Receiver::health);
+        h
+    };
     let started_active = service.role() == Role::Active;
     if !started_active {
         println!(
@@ -241,14 +259,27 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
                     Some(Notice::Stop) | None => return Ok(0),
                 },
                 Some(p) = probes.recv() => {
-                    let _ = p.send(Health::standby());
+                    let _ = p.send(standby_health());
                 }
             }
         }
     }
     let epoch = service.epoch();
     tracing::info!(epoch, "fix-gateway activating");
+    if let Some(r) = &receiver {
+        // No mirror write after this: the stores are about to be opened from the copy.
+        match r.activate(epoch) {
+            Ok(()) => {}
+            Err(e @ ActivateError::Stale { .. }) => {
+                eprintln!("understudy: fix-gateway: {e}; not serving");
+                return Ok(EXIT_FENCED);
+            }
+            Err(e) => return Err(e).context("cannot activate replication"),
+        }
+    }
     let listen = cfg.listen;
+    let store_dir = cfg.store_dir.clone();
+    let replication = cfg.replication.clone();
     let opened = tokio::task::spawn_blocking(move || Gateway::open(cfg, epoch))
         .await
         .context("store opening task failed")?;
@@ -271,6 +302,12 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
     }
     let mut app = activated.gateway;
     let mut engine = Engine::new(activated.slots, Some(listener));
+    if let Some(r) = replication {
+        let group = GroupCommit::shared().context("cannot start the group-commit syncer")?;
+        let sender = Sender::start(r, &store_dir, epoch, group)
+            .context("cannot start replication to the standbys")?;
+        engine = engine.with_replication(sender);
+    }
     if has_admin {
         engine = engine.with_health_probes(probes, epoch);
     }
