@@ -144,7 +144,7 @@ pub async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     match &e {
-                        crate::tls::Refused::Slow => {
+                        crate::tls::Refused::Slow(_) => {
                             shared.metrics.admin_connections_timed_out.inc()
                         }
                         _ => shared.metrics.admin_unauthorized.inc(),

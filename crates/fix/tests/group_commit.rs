@@ -142,6 +142,7 @@ async fn nothing_leaves_before_it_is_durable() {
         begin_string: BeginString::Fix44,
         heartbeat_interval: Duration::from_secs(30),
         reconnect_interval: Duration::from_millis(10),
+        ..Default::default()
     })
     .expect("client");
     loop {

@@ -43,6 +43,8 @@ pub struct GroupOptions {
     /// Give each price server a status endpoint (`--http`) and each agent a `[health] http`
     /// check on it (every 100 ms, 3 failures of 200 ms), so a hung server is failed over.
     pub health_check: bool,
+    /// More arguments for every price server (e.g. `--tls-cert FILE --tls-key FILE`).
+    pub server_args: Vec<String>,
 }
 
 impl Default for GroupOptions {
@@ -54,6 +56,7 @@ impl Default for GroupOptions {
             subscribe: 50,
             client: ClientOptions::default(),
             health_check: false,
+            server_args: Vec::new(),
         }
     }
 }
@@ -132,6 +135,7 @@ impl PriceGroup {
         for (i, name) in NAMES[..opts.servers].iter().enumerate() {
             group.add_node(name, |c| {
                 c.service.command = recorder::price_server_command(&exe, exchange_addr, servers[i]);
+                c.service.command.extend(opts.server_args.iter().cloned());
                 if opts.health_check {
                     c.service
                         .command

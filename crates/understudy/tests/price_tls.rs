@@ -1,0 +1,197 @@
+//! The price feed over TLS, with certificates made here: a price server started with
+//! `--tls-cert`/`--tls-key` (and a token) serves the client library given its CA and the token;
+//! a plain-text client is refused with a log line saying why; a client trusting another CA gets
+//! nothing; and a TLS price group fails over after kill -9 of the primary with every
+//! subscription back at the new epoch. Real processes, real sockets.
+#![allow(clippy::disallowed_methods)] // a test driver blocks while it polls
+
+mod pki;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pki::{pki, Pki};
+use testbed::price::recorder;
+use testbed::price::{GroupOptions, PriceGroup};
+use testbed::Proc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use understudy_pricefeed::protocol::{read_frame, BytesMut, Message};
+use understudy_pricefeed::{ClientEvent, ClientOptions, PriceClient};
+use understudy_tls::{Pem, TlsClient};
+
+const EXE: &str = env!("CARGO_BIN_EXE_understudy");
+const TOKEN: &str = "tls-price-secret";
+
+fn tls_args(p: &Pki) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        p.server_cert.display().to_string(),
+        "--tls-key".into(),
+        p.server_key.display().to_string(),
+    ]
+}
+
+/// An exchange and a stand-alone TLS price server requiring `TOKEN`, logging into `dir/px.log`.
+async fn start(dir: &Path, p: &Pki) -> (Proc, Proc, SocketAddr) {
+    let addrs = testbed::free_addrs(2).expect("ports");
+    let (ex, listen) = (addrs[0], addrs[1]);
+    let exe = PathBuf::from(EXE);
+    let exchange = recorder::start_exchange(&exe, ex, 20, 1000, Some(&dir.join("ex.log")))
+        .await
+        .expect("exchange");
+    let token_file = dir.join("price.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let mut args = recorder::price_server_command(&exe, ex, listen);
+    args.remove(0);
+    args.extend(["--token-file".to_string(), token_file.display().to_string()]);
+    args.extend(tls_args(p));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = testbed::proc::understudy(&exe, &args);
+    testbed::proc::log_to(&mut cmd, &dir.join("px.log")).expect("log");
+    let server = Proc::spawn(&mut cmd).expect("price server");
+    assert!(
+        testbed::http::wait_port(listen, Duration::from_secs(10)),
+        "the price server does not listen: {}",
+        log(dir)
+    );
+    (exchange, server, listen)
+}
+
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("px.log")).unwrap_or_default()
+}
+
+/// Polls the server's log until it contains `text`, for up to 5 s.
+async fn wait_log(dir: &Path, text: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if log(dir).contains(text) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn client_tls(ca: &Path) -> TlsClient {
+    TlsClient::load(Pem::new("ca", ca), Some(("name", "localhost")), None).expect("client TLS")
+}
+
+/// The first quote `client` delivers within `within`, if any.
+async fn first_quote(client: &mut PriceClient, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, client.next_event()).await {
+            Ok(Some(ClientEvent::Quote(_))) => return true,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_clients_get_prices_and_plain_or_untrusted_clients_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki(dir.path(), "px");
+    let (_ex, _px, addr) = start(dir.path(), &p).await;
+
+    let opts = ClientOptions {
+        token: Some(TOKEN.into()),
+        tls: Some(client_tls(&p.ca)),
+        ..ClientOptions::default()
+    };
+    let mut client = PriceClient::connect(vec![addr], opts).expect("client");
+    client.subscribe(&["SYM1".to_string()]);
+    assert!(
+        first_quote(&mut client, Duration::from_secs(10)).await,
+        "the TLS client with the token got no price: {}",
+        log(dir.path())
+    );
+
+    // A plain client's Subscribe gets nothing back: the connection is closed, with a log line.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut out = BytesMut::new();
+    Message::Subscribe {
+        req_id: 1,
+        symbols: vec!["SYM1".into()],
+    }
+    .encode(&mut out)
+    .expect("encode");
+    s.write_all(&out).await.expect("send");
+    let mut buf = BytesMut::new();
+    let got = timeout(Duration::from_secs(5), read_frame(&mut s, &mut buf)).await;
+    assert!(
+        matches!(got, Ok(Ok(None)) | Ok(Err(_))),
+        "a plain client was answered: {got:?}"
+    );
+    assert!(
+        wait_log(dir.path(), "not TLS").await,
+        "no log line names the plain client: {}",
+        log(dir.path())
+    );
+
+    // A client that trusts another CA refuses the server and delivers nothing.
+    let other = pki(dir.path(), "other");
+    let opts = ClientOptions {
+        token: Some(TOKEN.into()),
+        tls: Some(client_tls(&other.ca)),
+        ..ClientOptions::default()
+    };
+    let mut untrusting = PriceClient::connect(vec![addr], opts).expect("client");
+    untrusting.subscribe(&["SYM1".to_string()]);
+    assert!(
+        !first_quote(&mut untrusting, Duration::from_secs(2)).await,
+        "a client that does not trust the server's certificate got a price"
+    );
+    assert!(
+        wait_log(dir.path(), "TLS handshake failed").await,
+        "the server did not log the failed handshake: {}",
+        log(dir.path())
+    );
+}
+
+#[test]
+fn a_tls_price_group_fails_over_with_every_subscription_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki(dir.path(), "group");
+    let mut g = PriceGroup::start(
+        PathBuf::from(EXE),
+        GroupOptions {
+            servers: 2,
+            instruments: 200,
+            subscribe: 50,
+            server_args: tls_args(&p),
+            client: ClientOptions {
+                // As in price_failover.rs: a loaded machine reaches 300 ms without a fault.
+                heartbeat_timeout: Duration::from_secs(1),
+                tls: Some(client_tls(&p.ca)),
+                ..ClientOptions::default()
+            },
+            ..GroupOptions::default()
+        },
+    )
+    .expect("a TLS price group starts");
+    let f = g.kill_active().expect("failover");
+    assert!(f.new_epoch > f.old_epoch, "{f:?}");
+    assert_ne!(f.new_active, f.killed);
+    assert_eq!(
+        f.symbols_back,
+        g.subscribed.len(),
+        "every subscription must come back at the new epoch over TLS ({f:?}; logs in {})",
+        g.dir().display()
+    );
+    assert_eq!(
+        g.recorded(|r| r.older_after_newer),
+        0,
+        "an update with an older epoch reached the application after a newer one"
+    );
+    let n = g.recorded(|r| r.quotes);
+    assert!(
+        g.wait(Duration::from_secs(10), |r| r.quotes > n + 100),
+        "prices stopped after the failover"
+    );
+}
