@@ -1,6 +1,7 @@
 //! The QuickFIX/C++ counterparts in `tests/quickfix/` (an initiator for the failover tests, an
 //! acceptor for the side-by-side benchmark): whether QuickFIX is installed, and building them
-//! with `g++` against `libquickfix` (Debian: `apt-get install libquickfix-dev g++`).
+//! with `g++` against `libquickfix` (Debian: `apt-get install libquickfix-dev g++`; with
+//! `libssl-dev` too, the initiator can speak TLS: [`ssl_available`]).
 //!
 //! The sources are part of the binary; they and the binaries are written into a directory the
 //! caller chooses (a target or temp directory), never into the source tree, and rebuilt when

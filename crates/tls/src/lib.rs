@@ -400,3 +400,64 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> &Path {
+        Path::new(s)
+    }
+
+    #[test]
+    fn incomplete_settings_name_the_key_to_fix() {
+        let none = TlsServer::load_optional(None, None, None).expect("plain");
+        assert!(none.is_none());
+        let e = TlsServer::load_optional(Some(Pem::new("x.tls_cert", p("c.pem"))), None, None)
+            .expect_err("no key");
+        assert_eq!(e.key, "x.tls_key");
+        let e = TlsServer::load_optional(None, Some(Pem::new("x.tls_key", p("k.pem"))), None)
+            .expect_err("no cert");
+        assert_eq!(e.key, "x.tls_cert");
+        let e = TlsServer::load_optional(None, None, Some(Pem::new("x.tls_client_ca", p("a"))))
+            .expect_err("a client CA alone");
+        assert_eq!(e.key, "x.tls_client_ca");
+
+        assert!(TlsClient::load_optional(None, None, None, None)
+            .expect("plain")
+            .is_none());
+        let e = TlsClient::load_optional(None, Some(("x.tls_server_name", "h")), None, None)
+            .expect_err("a name without a CA");
+        assert_eq!(e.key, "x.tls_server_name");
+        let e = TlsClient::load_optional(
+            Some(Pem::new("x.tls_ca", p("/nonexistent/ca.pem"))),
+            None,
+            None,
+            Some(Pem::new("x.tls_key", p("k.pem"))),
+        )
+        .expect_err("a key without its certificate");
+        assert_eq!(e.key, "x.tls_key");
+        let e = TlsClient::load_optional(
+            Some(Pem::new("x.tls_ca", p("/nonexistent/ca.pem"))),
+            None,
+            None,
+            None,
+        )
+        .expect_err("an unreadable CA");
+        assert_eq!(e.key, "x.tls_ca");
+        assert!(e.reason.contains("cannot read"), "{}", e.reason);
+    }
+
+    #[test]
+    fn a_file_without_pem_is_refused() {
+        let dir = std::env::temp_dir().join(format!("understudy-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("not.pem");
+        std::fs::write(&f, "not a certificate\n").expect("write");
+        let e = read_certs(Pem::new("k", &f)).expect_err("no certificate");
+        assert!(e.reason.contains("no PEM certificate"), "{}", e.reason);
+        let e = read_key(Pem::new("k", &f)).expect_err("no key");
+        assert!(e.reason.contains("no PEM private key"), "{}", e.reason);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

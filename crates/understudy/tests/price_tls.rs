@@ -195,3 +195,99 @@ fn a_tls_price_group_fails_over_with_every_subscription_back() {
         "prices stopped after the failover"
     );
 }
+
+/// `check-config` on an agent protecting a price server, and the server's own start, find an
+/// unusable TLS file (exit 2, naming the flag or key); `tls_cert`/`tls_key` in the server's
+/// `--config` file are taken relative to that file.
+#[test]
+fn bad_tls_files_are_found_by_check_config_and_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let p = pki(d, "cfg");
+    let missing = d.join("missing.pem").display().to_string();
+    let key = p.server_key.display().to_string();
+    let server = |extra: &[&str]| {
+        let mut c = vec![
+            EXE,
+            "price-server",
+            "--upstream",
+            "127.0.0.1:9100",
+            "--listen",
+            "127.0.0.1:9200",
+        ];
+        c.extend_from_slice(extra);
+        c.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let agent = |n: usize, command: &[String]| {
+        let path = d.join(format!("agent-{n}.toml"));
+        let mut doc = toml::Table::new();
+        let node: toml::Table = toml::from_str(&format!(
+            "name = \"a\"\ngroup = \"g\"\nadmin = \"{}\"",
+            testbed::free_addr()
+        ))
+        .expect("node");
+        doc.insert("node".into(), node.into());
+        let activation: toml::Table = toml::from_str(&format!(
+            "mode = \"warm\"\nlock_file = {:?}",
+            d.join("g.lock").display().to_string()
+        ))
+        .expect("activation");
+        doc.insert("activation".into(), activation.into());
+        let mut service = toml::Table::new();
+        service.insert("command".into(), command.to_vec().into());
+        service.insert("standby".into(), "cold".into());
+        doc.insert("service".into(), service.into());
+        std::fs::write(&path, toml::to_string(&doc).expect("toml")).expect("write");
+        path.display().to_string()
+    };
+    let check = |cfg: &str| {
+        let out = std::process::Command::new(EXE)
+            .args(["check-config", cfg])
+            .output()
+            .expect("check-config");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let bad = server(&["--tls-cert", &missing, "--tls-key", &key]);
+    let (code, err) = check(&agent(1, &bad));
+    assert_eq!(
+        code,
+        Some(2),
+        "check-config passed a missing certificate: {err}"
+    );
+    assert!(
+        err.contains("--tls-cert") && err.contains("missing.pem"),
+        "{err}"
+    );
+    let out = testbed::proc::understudy(
+        EXE.as_ref(),
+        &bad[1..].iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .output()
+    .expect("price-server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the price server started without its certificate: {err}"
+    );
+    assert!(err.contains("--tls-cert"), "{err}");
+
+    // In the server's file, paths are relative to it (check-config runs from elsewhere).
+    let file = d.join("px.toml");
+    std::fs::write(
+        &file,
+        "tls_cert = \"cfg-server.pem\"\ntls_key = \"cfg-server.key\"\n",
+    )
+    .expect("write");
+    let good = server(&["--config", &file.display().to_string()]);
+    let (code, err) = check(&agent(2, &good));
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::write(&file, "tls_cert = \"cfg-server.pem\"\n").expect("write");
+    let (code, err) = check(&agent(3, &good));
+    assert_eq!(code, Some(2), "a certificate without its key passed: {err}");
+    assert!(err.contains("tls_key"), "{err}");
+}
