@@ -159,6 +159,16 @@ fn tls_client_cfg(gw: SocketAddr, ca: &Path, cert: Option<&Path>) -> ClientConfi
     }
 }
 
+/// Starts a client with `cfg` and waits up to `within` for its logon: `Ok` once logged on,
+/// `Err` with every event seen otherwise. The client is dropped either way.
+async fn logon_within(cfg: ClientConfig, within: Duration) -> Result<(), Vec<ClientEvent>> {
+    let mut c = client::start(cfg).expect("client");
+    let mut seen = Vec::new();
+    let logon = next_where(&mut c, &mut seen, within, is_logon).await;
+    c.task.abort();
+    logon.map(|_| ()).ok_or(seen)
+}
+
 fn is_logon(e: &ClientEvent) -> bool {
     matches!(e, ClientEvent::LoggedOn(_))
 }
@@ -254,14 +264,11 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
     // A client that trusts another CA refuses the gateway's certificate and never logs on.
     let other = pki(d, "other");
     rt.block_on(async {
-        let mut c = client::start(tls_client_cfg(gw, &other.ca, None)).expect("client");
-        let mut seen = Vec::new();
-        let logon = next_where(&mut c, &mut seen, Duration::from_secs(2), is_logon).await;
+        let seen = logon_within(tls_client_cfg(gw, &other.ca, None), Duration::from_secs(2)).await;
         assert!(
-            logon.is_none(),
+            seen.is_err(),
             "logged on with an untrusted certificate: {seen:?}"
         );
-        c.task.abort();
     });
     assert!(
         wait_log(d, "gw.log", "TLS handshake failed", Duration::from_secs(5)),
@@ -285,25 +292,19 @@ fn with_tls_client_ca_only_a_client_with_a_certificate_from_that_ca_logs_on() {
             (None, "no client certificate"),
             (Some(&other.client), "a certificate of another CA"),
         ] {
-            let mut c = client::start(tls_client_cfg(gw, &p.ca, cert.map(PathBuf::as_path)))
-                .expect("client");
-            let mut seen = Vec::new();
-            let logon = next_where(&mut c, &mut seen, Duration::from_secs(2), is_logon).await;
-            assert!(logon.is_none(), "logged on with {why}: {seen:?}");
-            c.task.abort();
+            let cfg = tls_client_cfg(gw, &p.ca, cert.map(PathBuf::as_path));
+            let seen = logon_within(cfg, Duration::from_secs(2)).await;
+            assert!(seen.is_err(), "logged on with {why}: {seen:?}");
         }
-        let mut c =
-            client::start(tls_client_cfg(gw, &p.ca, Some(p.client.as_path()))).expect("client");
-        let mut seen = Vec::new();
-        next_where(&mut c, &mut seen, Duration::from_secs(10), is_logon)
+        let cfg = tls_client_cfg(gw, &p.ca, Some(p.client.as_path()));
+        logon_within(cfg, Duration::from_secs(10))
             .await
-            .unwrap_or_else(|| {
+            .unwrap_or_else(|seen| {
                 panic!(
                     "no logon with a client certificate: {seen:?}\n{}",
                     log(d, "gw.log")
                 )
             });
-        c.task.abort();
     });
 }
 

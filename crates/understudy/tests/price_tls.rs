@@ -36,28 +36,13 @@ fn tls_args(p: &Pki) -> Vec<String> {
 
 /// An exchange and a stand-alone TLS price server requiring `TOKEN`, logging into `dir/px.log`.
 async fn start(dir: &Path, p: &Pki) -> (Proc, Proc, SocketAddr) {
-    let addrs = testbed::free_addrs(2).expect("ports");
-    let (ex, listen) = (addrs[0], addrs[1]);
-    let exe = PathBuf::from(EXE);
-    let exchange = recorder::start_exchange(&exe, ex, 20, 1000, Some(&dir.join("ex.log")))
-        .await
-        .expect("exchange");
     let token_file = dir.join("price.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-    let mut args = recorder::price_server_command(&exe, ex, listen);
-    args.remove(0);
-    args.extend(["--token-file".to_string(), token_file.display().to_string()]);
+    let mut args = vec!["--token-file".to_string(), token_file.display().to_string()];
     args.extend(tls_args(p));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = testbed::proc::understudy(&exe, &args);
-    testbed::proc::log_to(&mut cmd, &dir.join("px.log")).expect("log");
-    let server = Proc::spawn(&mut cmd).expect("price server");
-    assert!(
-        testbed::http::wait_port(listen, Duration::from_secs(10)),
-        "the price server does not listen: {}",
-        log(dir)
-    );
-    (exchange, server, listen)
+    recorder::start_standalone(EXE.as_ref(), dir, &args)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn log(dir: &Path) -> String {
