@@ -571,6 +571,10 @@ impl<S: SessionStore> Engine<S> {
                             tokio::spawn(async move {
                                 let ev = match tls.accept(s, timeout, false).await {
                                     Ok(stream) => NetEvent::Accepted(stream, peer),
+                                    Err(Refused::Closed) => {
+                                        tracing::debug!(%peer, "connection closed before a TLS handshake");
+                                        return;
+                                    }
                                     Err(Refused::NotTls(b'8')) => NetEvent::Refused(
                                         peer,
                                         "plain FIX (8=FIX…) on this TLS acceptor: the client must connect with TLS".into(),

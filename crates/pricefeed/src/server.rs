@@ -1029,6 +1029,9 @@ async fn serve_client(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr, ad
             let (rd, wr) = tokio::io::split(stream);
             serve_conn(shared, rd, wr, peer, admitted).await
         }
+        Err(understudy_tls::Refused::Closed) => {
+            tracing::debug!(%peer, "connection closed before a TLS handshake");
+        }
         Err(e) => {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "client refused: {e}");

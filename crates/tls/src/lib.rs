@@ -125,6 +125,10 @@ pub enum Refused {
     /// Its first byte does not start a TLS handshake: a plain-text client on a TLS port.
     #[error("not TLS: a plain-text client on a port that speaks TLS (first byte {0:#04x})")]
     NotTls(u8),
+    /// The peer closed the connection without sending anything (a port probe, such as a TCP
+    /// health check): nothing to refuse, and nothing worth a warning.
+    #[error("closed before sending anything")]
+    Closed,
     /// The handshake did not complete within the time given.
     #[error("no TLS handshake within {0:?}")]
     Slow(Duration),
@@ -211,7 +215,7 @@ impl TlsServer {
         match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
             Err(_) => return Err(Refused::Slow(timeout)),
             Ok(Err(e)) => return Err(Refused::Handshake(e)),
-            Ok(Ok(0)) => return Err(Refused::Handshake(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(Ok(0)) => return Err(Refused::Closed),
             Ok(Ok(_)) => {}
         }
         if first[0] != TLS_HANDSHAKE {

@@ -60,13 +60,14 @@ fn start_tls_sim(dir: &Path, p: &Pki) -> (Proc, SocketAddr) {
 
 /// A gateway config in `dir` whose client acceptor speaks TLS with `p`'s server certificate
 /// (and requires client certificates from `p`'s CA when `client_ca`), and whose upstream
-/// reaches the TLS simulator at `sim` trusting `p`'s CA.
+/// reaches the TLS simulator at `sim` trusting `p`'s CA; the TOML document `extra` merged in.
 fn tls_gateway_config(
     dir: &Path,
     gw: SocketAddr,
     sim: SocketAddr,
     p: &Pki,
     client_ca: bool,
+    extra: &str,
 ) -> PathBuf {
     let mut gateway = format!(
         "tls_cert = {}\ntls_key = {}\n",
@@ -77,7 +78,7 @@ fn tls_gateway_config(
         gateway.push_str(&format!("tls_client_ca = {}\n", q(&p.ca)));
     }
     let upstream = format!("tls_ca = {}\ntls_server_name = \"localhost\"\n", q(&p.ca));
-    let cfg = gateway_config(dir, "gw", gw, &dir.join("store"), sim, "");
+    let cfg = gateway_config(dir, "gw", gw, &dir.join("store"), sim, extra);
     let mut doc: toml::Table = std::fs::read_to_string(&cfg)
         .expect("read config")
         .parse()
@@ -127,11 +128,11 @@ fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
-/// Polls `dir/name` until it contains `text`, for up to `within`.
-fn wait_log(dir: &Path, name: &str, text: &str, within: Duration) -> bool {
+/// Polls `dir/name` until it contains `text` more than `seen` times, for up to `within`.
+fn wait_log(dir: &Path, name: &str, text: &str, seen: usize, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if log(dir, name).contains(text) {
+        if log(dir, name).matches(text).count() > seen {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -223,7 +224,9 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
     let p = pki(d, "fix");
     let (_sim, sim) = start_tls_sim(d, &p);
     let gw = addr(free_port().expect("port"));
-    let cfg = tls_gateway_config(d, gw, sim, &p, false);
+    let health = addr(free_port().expect("port"));
+    let admin = format!("[admin]\nhttp = \"{health}\"\n");
+    let cfg = tls_gateway_config(d, gw, sim, &p, false, &admin);
     let _gw = start_gateway(d, &cfg, gw);
     let rt = runtime();
 
@@ -249,6 +252,14 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
         c.task.abort();
     });
 
+    // Refusals count where `understudy status` reads them (the gateway's GET /health).
+    let refused = || {
+        testbed::http::get_json(&health.to_string(), "/health")
+            .and_then(|h| h["connections_refused"].as_u64())
+            .expect("GET /health connections_refused")
+    };
+    let before = refused();
+
     // A plain FIX client gets no Logon answer, and the gateway says why it closed.
     let (got, closed) = plain_probe(gw);
     assert!(
@@ -256,13 +267,20 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
         "a plain client was answered: {got:?}"
     );
     assert!(
-        wait_log(d, "gw.log", "plain FIX", Duration::from_secs(5)),
+        wait_log(d, "gw.log", "plain FIX", 0, Duration::from_secs(5)),
         "no log line names the plain client: {}",
         log(d, "gw.log")
+    );
+    let after_plain = refused();
+    assert!(
+        after_plain > before,
+        "the plain client is not counted in /health: {after_plain} after {before}"
     );
 
     // A client that trusts another CA refuses the gateway's certificate and never logs on.
     let other = pki(d, "other");
+    // The port probe that waited for the gateway counts as a failed handshake too.
+    let failed = log(d, "gw.log").matches("TLS handshake failed").count();
     rt.block_on(async {
         let seen = logon_within(tls_client_cfg(gw, &other.ca, None), Duration::from_secs(2)).await;
         assert!(
@@ -271,9 +289,20 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
         );
     });
     assert!(
-        wait_log(d, "gw.log", "TLS handshake failed", Duration::from_secs(5)),
+        wait_log(
+            d,
+            "gw.log",
+            "TLS handshake failed",
+            failed,
+            Duration::from_secs(5)
+        ),
         "the gateway did not log the failed handshake: {}",
         log(d, "gw.log")
+    );
+    let after_untrusted = refused();
+    assert!(
+        after_untrusted > after_plain,
+        "the failed handshake is not counted in /health: {after_untrusted} after {after_plain}"
     );
 }
 
@@ -284,7 +313,7 @@ fn with_tls_client_ca_only_a_client_with_a_certificate_from_that_ca_logs_on() {
     let p = pki(d, "fix");
     let (_sim, sim) = start_tls_sim(d, &p);
     let gw = addr(free_port().expect("port"));
-    let cfg = tls_gateway_config(d, gw, sim, &p, true);
+    let cfg = tls_gateway_config(d, gw, sim, &p, true, "");
     let _gw = start_gateway(d, &cfg, gw);
     let other = pki(d, "other");
     runtime().block_on(async {
@@ -385,7 +414,7 @@ fn a_quickfix_initiator_logs_on_over_tls() {
     let gw = addr(free_port().expect("port"));
     // No client certificate: QuickFIX/C++ 1.15 takes only RSA or DSA ones, and the test's
     // certificates are ECDSA (rcgen over ring cannot make RSA keys).
-    let cfg = tls_gateway_config(d, gw, sim, &p, false);
+    let cfg = tls_gateway_config(d, gw, sim, &p, false, "");
     let _gw = start_gateway(d, &cfg, gw);
 
     let settings = |name: &str, tls: bool| {
