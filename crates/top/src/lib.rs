@@ -220,7 +220,7 @@ async fn fetch(client: &AgentClient, agent: &str) -> Model {
 
 /// One refresh as JSON (`understudy top --json`, for scripts and tests): the group, the active
 /// node and the events, as the screen would show them; an error when the agent did not answer.
-pub fn snapshot(client: &AgentClient, agent: &str) -> anyhow::Result<Value> {
+pub fn snapshot(client: &AgentClient, agent: &str) -> anyhow::Result<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
