@@ -142,9 +142,11 @@ pub async fn serve(
             let tls = shared.cfg.node.admin_tls.as_ref();
             let stream = match crate::tls::accept(tls, stream, header_timeout).await {
                 Ok(s) => s,
+                // A probe that connected and closed: nothing to count or warn about.
+                Err(crate::tls::Refused::Closed) => return,
                 Err(e) => {
                     match &e {
-                        crate::tls::Refused::Slow => {
+                        crate::tls::Refused::Slow(_) => {
                             shared.metrics.admin_connections_timed_out.inc()
                         }
                         _ => shared.metrics.admin_unauthorized.inc(),

@@ -762,7 +762,7 @@ fn admin_tls(
     let ca = n.admin_client_ca.as_ref().map(|c| base.join(c));
     crate::tls::AdminTls::load(&cert, &key, ca.as_deref())
         .map(Some)
-        .map_err(|e| ctx.err(e.key, e.reason))
+        .map_err(|e| ctx.err(&e.key, e.reason))
 }
 
 fn valid_name(s: &str) -> bool {

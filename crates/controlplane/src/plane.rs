@@ -84,6 +84,23 @@ pub struct NodeLive {
     pub last_ok_unix_ms: Option<u64>,
 }
 
+/// How the control plane secures the admin API of the agents it starts, and reaches it
+/// (`serve --agent-tls-cert/--agent-tls-key/--agent-ca/--agent-cert/--agent-token-file`).
+#[derive(Debug, Clone, Default)]
+pub struct AgentAccess {
+    /// Written into every node's configuration as `node.admin_tls_cert` (with the key).
+    pub tls_cert: Option<PathBuf>,
+    /// `node.admin_tls_key`.
+    pub tls_key: Option<PathBuf>,
+    /// The CA the collector trusts the agents' certificates by: agents are then reached over
+    /// `https://`.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (one PEM file), for agents with `node.admin_client_ca`.
+    pub cert: Option<PathBuf>,
+    /// Written as `node.admin_token_file`; its secret goes with every call as a bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
 /// The control plane.
 pub struct Plane {
     /// The database.
@@ -98,6 +115,10 @@ pub struct Plane {
     /// never interleave.
     ops: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+    /// What agents are configured with and reached by.
+    agents: AgentAccess,
+    /// The secret of `agents.token_file`.
+    agent_token: Option<String>,
     /// Where new failure events are pushed, if anywhere.
     pub notifier: Option<crate::notify::Notifier>,
     /// etcd endpoints for groups whose nodes are on more than one host.
@@ -127,12 +148,69 @@ impl Plane {
             ops: tokio::sync::Mutex::new(()),
             notifier: None,
             etcd: Vec::new(),
+            agents: AgentAccess::default(),
+            agent_token: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_millis(800))
                 .no_proxy()
                 .build()
                 .unwrap_or_default(),
         })
+    }
+
+    /// Configures the agents it starts with `a`'s admin TLS and token, and reaches them with
+    /// its CA, client certificate and token. The error names the flag.
+    pub fn with_agent_access(mut self, a: AgentAccess) -> Result<Self, String> {
+        if a.tls_cert.is_some() != a.tls_key.is_some() {
+            return Err("--agent-tls-cert and --agent-tls-key go together".into());
+        }
+        // Written into configurations that live elsewhere (`<data>/nodes/`, other hosts).
+        let absolute = |p: &mut Option<PathBuf>| -> Result<(), String> {
+            if let Some(path) = p {
+                *path =
+                    std::path::absolute(&*path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            Ok(())
+        };
+        let mut a = a;
+        for p in [&mut a.tls_cert, &mut a.tls_key, &mut a.token_file] {
+            absolute(p)?;
+        }
+        let tls = understudy_control::ClientTls {
+            ca: a.ca.clone(),
+            cert: a.cert.clone(),
+        };
+        if tls.is_set() {
+            self.http = tls
+                .http_client(Duration::from_millis(800))
+                .map_err(|e| format!("--agent-ca/--agent-cert: {e}"))?;
+        }
+        self.agent_token = match a.token_file.as_deref() {
+            Some(f) => understudy_control::read_token(Some(f))
+                .map_err(|e| format!("--agent-token-file: {e}"))?,
+            None => None,
+        };
+        self.agents = a;
+        Ok(self)
+    }
+
+    /// The URL of `path` on the agent at `addr`.
+    fn agent_url(&self, addr: &str, path: &str) -> String {
+        let scheme = if self.agents.ca.is_some() || self.agents.cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}{path}")
+    }
+
+    /// A request to an agent, with the bearer token when one is configured.
+    fn agent_request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, url);
+        match &self.agent_token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
     }
 
     /// The hosts that can run processes: the built-in one and every host that ever reported.
@@ -392,6 +470,16 @@ impl Plane {
         n.insert("name".into(), node.name.clone().into());
         n.insert("group".into(), server.name.clone().into());
         n.insert("admin".into(), self.node_admin(node).into());
+        let path = |p: &PathBuf| toml::Value::from(p.display().to_string());
+        for (key, v) in [
+            ("admin_tls_cert", &self.agents.tls_cert),
+            ("admin_tls_key", &self.agents.tls_key),
+            ("admin_token_file", &self.agents.token_file),
+        ] {
+            if let Some(p) = v {
+                n.insert(key.into(), path(p));
+            }
+        }
         if !one_host && !self.etcd.is_empty() {
             // Without a lock file the default journal is machine-wide (/var/lib/understudy); keep
             // it in the host's own data directory, beside the node's configuration.
@@ -717,8 +805,7 @@ impl Plane {
     /// The agent's `GET /status`, or why there is none.
     async fn admin_status(&self, addr: &str) -> Result<Status, String> {
         let r = self
-            .http
-            .get(format!("http://{addr}/status"))
+            .agent_request(reqwest::Method::GET, self.agent_url(addr, "/status"))
             .send()
             .await
             .map_err(|e| format!("the agent does not answer on {addr}: {e}"))?;
@@ -968,12 +1055,11 @@ impl Plane {
     /// `POST /service/release` to the active's agent: the pid of the released service. Retried
     /// while the agent still sees a stopped standby's record as alive (409), for a few seconds.
     async fn ask_release(&self, a: &NodeSpec) -> Result<u32, PlaneError> {
-        let url = format!("http://{}/service/release", self.node_admin(a));
+        let url = self.agent_url(&self.node_admin(a), "/service/release");
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
         loop {
             let resp = self
-                .http
-                .post(&url)
+                .agent_request(reqwest::Method::POST, url.clone())
                 .header("X-Understudy", "1")
                 .timeout(Duration::from_secs(10))
                 .send()
@@ -1050,13 +1136,12 @@ impl Plane {
                     .into(),
             }));
         }
-        let mut url = format!("http://{}/service/switchover", self.node_admin(&active));
+        let mut url = self.agent_url(&self.node_admin(&active), "/service/switchover");
         if let Some(t) = &to {
             url.push_str(&format!("?to={t}"));
         }
         let resp = self
-            .http
-            .post(url)
+            .agent_request(reqwest::Method::POST, url)
             .header("X-Understudy", "1")
             .timeout(Duration::from_secs(30))
             .send()
@@ -1300,8 +1385,10 @@ impl Plane {
 
     async fn collect_events(&self, server: &str, n: &NodeSpec) {
         let Ok(r) = self
-            .http
-            .get(format!("http://{}/events", self.node_admin(n)))
+            .agent_request(
+                reqwest::Method::GET,
+                self.agent_url(&self.node_admin(n), "/events"),
+            )
             .send()
             .await
         else {

@@ -25,12 +25,14 @@ use thiserror::Error;
 
 use crate::codec::{parse, Message};
 use crate::engine::{AllowedPeers, Application, LogonInfo, Outbox, SessionSlot};
+use crate::initiator::{InitiatorConfig, InitiatorDefaults};
 use crate::order_map::OrderMap;
 use crate::orders::{put, put_str, reject_if_incomplete, tag};
 use crate::schedule::{ScheduleSpec, SessionSchedule};
 use crate::session::{Again, AppMessage, Role, Session, SessionConfig, SessionEvent};
 use crate::store::{Deferred, FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
 use crate::tags::{self, BeginString};
+use understudy_tls::{Pem, TlsServer};
 
 /// Separates the client's CompID from its ClOrdID upstream.
 pub const CL_ORD_ID_SEP: char = '~';
@@ -53,8 +55,10 @@ struct RawConfig {
     gateway: RawGateway,
     #[serde(default)]
     client: Vec<RawClient>,
+    /// Each is an initiator's settings (see [`InitiatorConfig::from_toml`]) plus `name` and
+    /// `schedule`, split apart in `validate`.
     #[serde(default)]
-    upstream: Vec<RawUpstream>,
+    upstream: Vec<toml::Table>,
     #[serde(default)]
     route: Vec<RawRoute>,
     admin: Option<RawAdmin>,
@@ -80,6 +84,9 @@ struct RawGateway {
     logon_timeout: Option<String>,
     max_latency: Option<String>,
     order_retention: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,16 +98,11 @@ struct RawClient {
     allowed_ips: Option<Vec<String>>,
 }
 
+/// The keys of an `[[upstream]]` that are not an initiator's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     name: String,
-    connect: Vec<String>,
-    target_comp_id: String,
-    sender_comp_id: Option<String>,
-    begin_string: Option<String>,
-    heartbeat_interval: Option<String>,
-    reconnect_interval: Option<String>,
     schedule: Option<ScheduleSpec>,
 }
 
@@ -161,6 +163,8 @@ pub struct GatewayConfig {
     /// `[replication]` (see [`crate::replica`]); `None` when off: the group shares
     /// `store_dir`.
     pub replication: Option<crate::replica::ReplicationConfig>,
+    /// TLS on the client acceptor (`tls_cert`, `tls_key`, `tls_client_ca`); plain without.
+    pub tls: Option<TlsServer>,
 }
 
 /// One upstream (exchange) session, an initiator.
@@ -168,18 +172,8 @@ pub struct GatewayConfig {
 pub struct UpstreamConfig {
     /// Name used by routes.
     pub name: String,
-    /// Addresses tried in turn.
-    pub connect: Vec<SocketAddr>,
-    /// Our CompID toward it.
-    pub sender_comp_id: String,
-    /// Its CompID.
-    pub target_comp_id: String,
-    /// Protocol.
-    pub begin_string: BeginString,
-    /// HeartBtInt we propose.
-    pub heartbeat_interval: Duration,
-    /// Pause after every address refused.
-    pub reconnect_interval: Duration,
+    /// How it connects and logs on.
+    pub initiator: InitiatorConfig,
     /// When the session runs (default: always).
     pub schedule: SessionSchedule,
 }
@@ -197,7 +191,7 @@ pub struct Route {
     pub client: Option<String>,
 }
 
-fn comp_id_ok(s: &str) -> bool {
+pub(crate) fn comp_id_ok(s: &str) -> bool {
     !s.is_empty() && !s.contains(CL_ORD_ID_SEP) && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
@@ -226,7 +220,7 @@ fn schedule(key: &str, v: Option<&ScheduleSpec>) -> Result<SessionSchedule, (Str
     }
 }
 
-fn begin_string(
+pub(crate) fn begin_string(
     key: &str,
     v: Option<&String>,
     default: BeginString,
@@ -377,65 +371,35 @@ impl GatewayConfig {
                 "at least one [[upstream]] is required".into(),
             ));
         }
+        let base = crate::initiator::base_dir(file);
+        let defaults = InitiatorDefaults {
+            sender_comp_id: g.comp_id.clone(),
+            begin_string: bs,
+            logon_timeout,
+            base: base.clone(),
+        };
         let mut upstreams: Vec<UpstreamConfig> = Vec::new();
-        for (i, u) in raw.upstream.iter().enumerate() {
-            let k = |f: &str| format!("upstream[{i}].{f}");
-            if u.name.is_empty() || upstreams.iter().any(|x| x.name == u.name) {
-                return Err((k("name"), format!("{:?} is empty or used twice", u.name)));
-            }
-            if u.connect.is_empty() {
-                return Err((k("connect"), "at least one address is required".into()));
-            }
-            let mut connect = Vec::new();
-            for a in &u.connect {
-                connect.push(a.parse::<SocketAddr>().map_err(|_| {
-                    (
-                        k("connect"),
-                        format!("{a:?} is not an address; use e.g. \"10.0.0.5:9900\""),
-                    )
-                })?);
-            }
-            let sender = u
-                .sender_comp_id
-                .clone()
-                .unwrap_or_else(|| g.comp_id.clone());
-            for (f, v) in [
-                ("sender_comp_id", &sender),
-                ("target_comp_id", &u.target_comp_id),
-            ] {
-                if !comp_id_ok(v) {
-                    return Err((k(f), format!("{v:?} is not a valid CompID")));
+        for (i, mut t) in raw.upstream.into_iter().enumerate() {
+            let at = format!("upstream[{i}]");
+            let mut own = toml::Table::new();
+            for key in ["name", "schedule"] {
+                if let Some(v) = t.remove(key) {
+                    own.insert(key.to_owned(), v);
                 }
             }
-            let hb = duration(
-                &k("heartbeat_interval"),
-                u.heartbeat_interval.as_ref(),
-                Duration::from_secs(30),
-            )?;
-            let range = crate::session::HEART_BT_INT_RANGE;
-            if !range.contains(&hb.as_secs()) || hb.subsec_nanos() != 0 {
+            let u: RawUpstream = toml::Value::Table(own)
+                .try_into()
+                .map_err(|e: toml::de::Error| (at.clone(), e.message().to_owned()))?;
+            if u.name.is_empty() || upstreams.iter().any(|x| x.name == u.name) {
                 return Err((
-                    k("heartbeat_interval"),
-                    format!(
-                        "must be a whole number of seconds from {}s to {}s (the HeartBtInt a counterparty accepts)",
-                        range.start(),
-                        range.end()
-                    ),
+                    format!("{at}.name"),
+                    format!("{:?} is empty or used twice", u.name),
                 ));
             }
             upstreams.push(UpstreamConfig {
-                name: u.name.clone(),
-                connect,
-                sender_comp_id: sender,
-                target_comp_id: u.target_comp_id.clone(),
-                begin_string: begin_string(&k("begin_string"), u.begin_string.as_ref(), bs)?,
-                heartbeat_interval: hb,
-                reconnect_interval: duration(
-                    &k("reconnect_interval"),
-                    u.reconnect_interval.as_ref(),
-                    Duration::from_secs(1),
-                )?,
-                schedule: schedule(&k("schedule"), u.schedule.as_ref())?,
+                initiator: InitiatorConfig::from_toml(t, &at, &defaults)?,
+                schedule: schedule(&format!("{at}.schedule"), u.schedule.as_ref())?,
+                name: u.name,
             });
         }
         let known = |n: &str| upstreams.iter().any(|u| u.name == n);
@@ -507,6 +471,14 @@ impl GatewayConfig {
         let taken: Vec<SocketAddr> = std::iter::once(listen).chain(admin_http).collect();
         let replication =
             crate::replica::validate(raw.replication, &taken, sync == SyncPolicy::Group)?;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+        let (cert, key, ca) = (path(&g.tls_cert), path(&g.tls_key), path(&g.tls_client_ca));
+        let tls = TlsServer::load_optional(
+            Pem::opt("gateway.tls_cert", cert.as_deref()),
+            Pem::opt("gateway.tls_key", key.as_deref()),
+            Pem::opt("gateway.tls_client_ca", ca.as_deref()),
+        )
+        .map_err(|e| (e.key, e.reason))?;
         Ok(GatewayConfig {
             file: file.to_owned(),
             listen,
@@ -525,6 +497,7 @@ impl GatewayConfig {
             routes,
             admin_http,
             replication,
+            tls,
         })
     }
 
@@ -644,24 +617,20 @@ impl Gateway {
         }
         let mut upstream_index = HashMap::new();
         for u in &cfg.upstreams {
-            let sid = SessionId::new(u.begin_string, &u.sender_comp_id, &u.target_comp_id);
+            let init = &u.initiator;
+            let sid = SessionId::new(
+                init.begin_string,
+                &init.sender_comp_id,
+                &init.target_comp_id,
+            );
             let store = open(&sid, &u.name)?;
             log_recovery(&u.name, &store);
-            let mut sc = SessionConfig::new(
-                u.begin_string,
-                &u.sender_comp_id,
-                &u.target_comp_id,
-                Role::Initiator,
-            );
-            sc.heartbeat_interval = u.heartbeat_interval;
-            sc.logon_timeout = cfg.logon_timeout;
+            let mut sc = init.session_config();
             sc.max_latency = cfg.max_latency;
             sc.schedule = u.schedule.clone();
             let session = Session::new(sc, Deferred::new(store))
                 .map_err(|_| GatewayError::Session(u.name.clone()))?;
-            let mut slot = SessionSlot::new(&u.name, session);
-            slot.connect = u.connect.clone();
-            slot.reconnect_interval = u.reconnect_interval;
+            let slot = init.slot(&u.name, session);
             upstream_index.insert(u.name.clone(), slots.len());
             slots.push(slot);
         }

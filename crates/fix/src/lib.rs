@@ -22,6 +22,8 @@
 //! * [`exchange_sim`]: a FIX exchange simulator (acceptor) that acknowledges, fills, cancels
 //!   and replaces orders.
 //! * [`gateway`]: the FIX gateway: configuration, routing rules, the persisted order map.
+//! * [`initiator`]: an initiator's settings (addresses, CompIDs, timings, TLS) and their TOML
+//!   form, shared by the client and the gateway's upstreams.
 //! * [`orders`]: order-entry tags, field appenders and required-tag checks, shared by the
 //!   gateway and the exchange simulator (the gateway never uses the simulator).
 //! * [`order_map`]: the gateway's persisted, bounded order map.
@@ -36,6 +38,7 @@ pub mod codec;
 pub mod engine;
 pub mod exchange_sim;
 pub mod gateway;
+pub mod initiator;
 pub mod order_map;
 pub mod orders;
 pub mod quickfix;

@@ -31,6 +31,25 @@ pub struct ServeArgs {
     /// etcd endpoints for groups whose nodes are on more than one host (comma separated).
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    /// PEM certificate chain for the admin API of every agent this plane starts (written as
+    /// node.admin_tls_cert; the same path on every host).
+    #[arg(long, value_name = "FILE", requires = "agent_tls_key")]
+    agent_tls_cert: Option<PathBuf>,
+    /// Its private key (node.admin_tls_key).
+    #[arg(long, value_name = "FILE", requires = "agent_tls_cert")]
+    agent_tls_key: Option<PathBuf>,
+    /// PEM CA certificate the agents' admin certificates are checked against: the plane then
+    /// reaches agents over https:// (the CLI's --ca).
+    #[arg(long, value_name = "FILE")]
+    agent_ca: Option<PathBuf>,
+    /// PEM client certificate and key presented to agents with node.admin_client_ca (the
+    /// CLI's --cert).
+    #[arg(long, value_name = "FILE")]
+    agent_cert: Option<PathBuf>,
+    /// File holding the agents' admin token: written as node.admin_token_file and sent with
+    /// every call to an agent (the CLI's --token-file).
+    #[arg(long, value_name = "FILE")]
+    agent_token_file: Option<PathBuf>,
 }
 
 /// Run `understudy serve`.
@@ -46,6 +65,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<u8> {
             private: a.private,
             webhook: a.webhook,
             etcd: a.etcd,
+            agents: understudy_controlplane::AgentAccess {
+                tls_cert: a.agent_tls_cert,
+                tls_key: a.agent_tls_key,
+                ca: a.agent_ca,
+                cert: a.agent_cert,
+                token_file: a.agent_token_file,
+            },
         },
     ))?;
     Ok(0)

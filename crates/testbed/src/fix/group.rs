@@ -434,6 +434,7 @@ impl FixGroup {
                 begin_string: understudy_fix::tags::BeginString::Fix44,
                 heartbeat_interval: Duration::from_secs(30),
                 reconnect_interval: reconnect,
+                ..Default::default()
             },
         )?)
     }
