@@ -467,7 +467,11 @@ impl Runtime {
             }
             CoordEvent::Lost { reason } => {
                 warn!("lost the group lock: {reason}");
-                self.feed(Input::LockLost { reason })
+                // A grant lost for want of etcd's answers leaves a standby that cannot count
+                // as ready until etcd answers again: said before the engine rejoins the group,
+                // not at the next tick.
+                let reach = self.reach_change();
+                self.feed_all(reach.into_iter().chain([Input::LockLost { reason }]))
             }
         }
     }
@@ -667,6 +671,21 @@ impl Runtime {
         }
     }
 
+    /// Whether the coordinator can be reached, when that changed: told only on a change, and
+    /// without the silence's running length, which changes on every tick.
+    fn reach_change(&mut self) -> Option<Input> {
+        let unreachable = self.coord.unreachable();
+        if unreachable.is_some() == self.coord_unreachable.is_some() {
+            return None;
+        }
+        match &unreachable {
+            Some(why) => warn!("not ready: {why}"),
+            None => info!("the coordinator answers again"),
+        }
+        self.coord_unreachable = unreachable.clone();
+        Some(Input::CoordinatorReach { unreachable })
+    }
+
     fn on_tick(&mut self) {
         self.shared
             .last_tick_ms
@@ -675,17 +694,7 @@ impl Runtime {
         // peer that stepped down at last, the end of a yield.
         let peers = self.peer_views();
         let mut inputs = vec![Input::Peers(peers), Input::Ranks(self.ranks())];
-        // Told only on a change, and without the silence's running length, which changes on
-        // every tick.
-        let unreachable = self.coord.unreachable();
-        if unreachable.is_some() != self.coord_unreachable.is_some() {
-            match &unreachable {
-                Some(why) => warn!("not ready: {why}"),
-                None => info!("the coordinator answers again"),
-            }
-            self.coord_unreachable = unreachable.clone();
-            inputs.push(Input::CoordinatorReach { unreachable });
-        }
+        inputs.extend(self.reach_change());
         inputs.push(Input::Tick);
         self.feed_all(inputs);
         self.advertise(true);
@@ -950,6 +959,7 @@ impl Runtime {
             env: env.clone(),
             guardian_exe: self.guardian_exe.clone(),
             guardian_args: vec!["__guard".to_string()],
+            standby: role == Role::Standby,
         };
         match self.supervisor.start(&spec) {
             Ok(generation) => {
@@ -993,6 +1003,7 @@ impl Runtime {
             env: self.service_env(Role::Active, epoch),
             guardian_exe: self.guardian_exe.clone(),
             guardian_args: vec!["__guard".to_string()],
+            standby: false,
         };
         tokio::spawn(
             async move {

@@ -914,6 +914,7 @@ impl Task {
     /// The claim: one transaction that takes `leader` if it is still what this node last saw, and
     /// raises the group epoch in the same commit.
     async fn claim(&mut self, sent: Sent) -> Result<Claim, CoordError> {
+        tracing::trace!(expect = sent.expect, "etcd: claiming");
         let highest = {
             let v = lock(&self.view);
             v.epoch
@@ -1028,6 +1029,16 @@ impl Task {
             // A campaign the agent asked for meanwhile goes on; otherwise the agent campaigns
             // again once it has stopped its service.
             self.campaigning = v.campaigning;
+        }
+        if loss != Loss::Overwritten {
+            // The connection that could not renew in time is not trusted any more: it may sit
+            // in TCP's retransmission back-off for seconds after the network is back, delivering
+            // the new holder's writes late, so a standby on it would claim late. A fresh one is
+            // made now, and until it has answered, this node is not ready (`unreachable`).
+            self.client = None;
+            self.watch = None;
+            self.heard = None;
+            lock(&self.view).heard_at = None;
         }
         tracing::warn!("etcd: lost the group: {loss}");
         let _ = self.events.send(CoordEvent::Lost {
@@ -1252,6 +1263,7 @@ impl Task {
             _ => (false, false),
         };
         self.leader = record;
+        tracing::trace!(rev, mine, released, "etcd: leader observed");
         if let Some(loss) = self.lease.observe(rev, mine, released, now()) {
             self.on_loss(loss);
         }

@@ -38,6 +38,12 @@ pub struct ServiceSpec {
     pub guardian_exe: PathBuf,
     /// Arguments that put `guardian_exe` in guardian mode, before the command (e.g. `["__guard"]`).
     pub guardian_args: Vec<String>,
+    /// Started as a standby. Its guardian is not given a grant's deadline that has already
+    /// passed: that grant ended before the service started (a standby restarted right after its
+    /// node was demoted would otherwise be killed at once, over and over), and the next grant
+    /// arms the running guardian before the service is told anything. A service started as the
+    /// active one gets any deadline, passed or not, and dies at once at a passed one.
+    pub standby: bool,
 }
 
 /// Why a service is no longer running.
@@ -208,13 +214,15 @@ impl Fence {
         self.state().deadline = None;
     }
 
-    fn attach(&self, generation: u64, lifeline: std::os::unix::net::UnixStream) {
+    fn attach(&self, generation: u64, lifeline: std::os::unix::net::UnixStream, standby: bool) {
         let mut st = self.state();
         st.lifeline = Some((generation, lifeline));
         // Before the guardian has even started: it is armed before the service can be told
         // anything.
         if let Some(at) = st.deadline {
-            st.send(Lifeline::Deadline(at));
+            if !(standby && crate::guardian::boottime_ns() >= at) {
+                st.send(Lifeline::Deadline(at));
+            }
         }
     }
 
@@ -326,7 +334,7 @@ impl Supervisor {
 
         self.generation += 1;
         let generation = self.generation;
-        self.fence.attach(generation, fence_end);
+        self.fence.attach(generation, fence_end, spec.standby);
         lock(&self.shared).running = Some(Running {
             generation,
             pgid,

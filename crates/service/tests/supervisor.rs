@@ -323,3 +323,35 @@ async fn kill_9_of_the_agent_takes_everything() {
         }
     }
 }
+
+/// A grant's deadline that passed before a service started kills it at once when it is started
+/// as the active one, and leaves it alone when it is started as a standby (the node was demoted
+/// by that deadline and restarts its standby; killing it made a standby that never got ready).
+#[tokio::test]
+async fn a_passed_deadline_kills_an_active_start_and_spares_a_standby_start() {
+    let (mut sup, mut rx) = supervisor();
+    sup.fence()
+        .arm(understudy_service::guardian::boottime_ns().saturating_sub(1));
+    let mut standby = sh("exec sleep 1000", &[]);
+    standby.standby = true;
+    sup.start(&standby).unwrap();
+    let (_, pid) = started(&mut rx).await;
+    // The active start below dies within milliseconds of the same deadline; half a second
+    // without an exit shows the standby's guardian was not armed with it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "the standby service ended at a deadline that passed before it started"
+    );
+    assert!(alive(pid));
+    sup.kill_now();
+    exited(&mut rx).await;
+
+    sup.start(&sh("exec sleep 1000", &[])).unwrap();
+    let (_, _, reason) = exited(&mut rx).await;
+    assert!(
+        matches!(&reason, ExitReason::GuardianLost(_) | ExitReason::Signal(9)),
+        "{reason:?}"
+    );
+}

@@ -154,6 +154,9 @@ pub enum Clock {
     WallMs,
     /// A [`Clock::MonoHere`] figure minus a [`Clock::WallMs`] one, run by run.
     MonoMinusWallMs,
+    /// CLOCK_MONOTONIC of the one host every process runs on, read in two processes: the
+    /// benchmark at the fault, the process that knows it is active in its own log.
+    MonoHost,
 }
 
 impl Clock {
@@ -163,6 +166,7 @@ impl Clock {
             Clock::AgentMono => "agent",
             Clock::WallMs => "wall",
             Clock::MonoMinusWallMs => "diff",
+            Clock::MonoHost => "host",
         }
     }
 
@@ -178,6 +182,10 @@ impl Clock {
             }
             Clock::MonoMinusWallMs => {
                 "a mono figure minus a wall figure, run by run: reads 0-1 ms high (see wall)"
+            }
+            Clock::MonoHost => {
+                "CLOCK_MONOTONIC (one clock for the whole host), read by the benchmark at the \
+                 fault and by the new active's process in its own log line"
             }
         }
     }

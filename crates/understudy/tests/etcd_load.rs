@@ -197,8 +197,20 @@ fn report(what: &str, v: &mut [u64]) {
     );
 }
 
+/// Held by each test of this file for its whole run: the busy-machine test loads both cores with
+/// stress-ng, and the delay test judges the defaults on a slow link, not on a slow link *and* a
+/// saturated machine at once (libtest runs the tests of a file in parallel).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn delay_and_jitter_to_etcd_cause_no_false_failover() {
+    let _serial = one_at_a_time();
     let etcd = Etcd::on_loopback();
     etcd.renice();
     let upstream = etcd.endpoint.trim_start_matches("http://").to_string();
@@ -285,6 +297,7 @@ fn renewal_round_trips(log: &str) -> Vec<u64> {
 
 #[test]
 fn a_busy_machine_causes_no_false_failover() {
+    let _serial = one_at_a_time();
     let run = soak_length();
     let Ok(stress) = Command::new("stress-ng")
         .args([

@@ -18,6 +18,7 @@ pub fn sh(script: &str, env: &[(&str, &str)]) -> ServiceSpec {
             .collect(),
         guardian_exe: env!("CARGO_BIN_EXE_understudy-guard").into(),
         guardian_args: vec![],
+        standby: false,
     }
 }
 

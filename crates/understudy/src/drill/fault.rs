@@ -179,10 +179,16 @@ pub async fn inject(
             Some(TAKEOVER_WITHIN)
         }
         Kind::KillStandby => {
-            let standbys: Vec<usize> = (0..g.nodes.len()).filter(|&i| i != a).collect();
-            let b = standbys[rng.below(standbys.len() as u64) as usize];
-            let pid = pid_at(s.statuses[b].as_ref(), "/agent_pid")
-                .ok_or_else(|| anyhow::anyhow!("{} gives no agent_pid", g.nodes[b].name))?;
+            // A group settles with one ready standby when another is slow to come back; the
+            // slow one may not answer yet, so the victim is drawn among those that do.
+            let standbys: Vec<(usize, u32)> = (0..g.nodes.len())
+                .filter(|&i| i != a)
+                .filter_map(|i| pid_at(s.statuses[i].as_ref(), "/agent_pid").map(|p| (i, p)))
+                .collect();
+            if standbys.is_empty() {
+                anyhow::bail!("no standby of {name}'s group gives its agent_pid");
+            }
+            let (b, pid) = standbys[rng.below(standbys.len() as u64) as usize];
             target = format!("{} (standby)", g.nodes[b].name);
             t0 = mono_ns();
             g.signal(pid, Signal::SIGKILL)?;
