@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{info, warn};
 use understudy_engine::{Answer, State};
 use understudy_status::{
-    ActivationModeView, ApiError, Group, Member, MemberRecord, ServiceState, Switchover,
+    ActivationModeView, ApiError, Events, Group, Member, MemberRecord, ServiceState, Switchover,
 };
 
 use crate::config::AdminToken;
@@ -602,8 +602,12 @@ async fn events(AxState(api): AxState<Api>) -> Response {
             (t.events(), t.takeovers())
         }
     };
-    Json(json!({ "node": api.shared.cfg.node.name, "events": events, "takeovers": takeovers }))
-        .into_response()
+    Json(Events {
+        node: api.shared.cfg.node.name.clone(),
+        events,
+        takeovers,
+    })
+    .into_response()
 }
 
 async fn metrics(AxState(api): AxState<Api>) -> Response {

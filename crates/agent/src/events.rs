@@ -11,48 +11,26 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 use understudy_engine::{Event, EventKind};
+use understudy_status::{Takeover, TimelineEntry};
 
 /// How many timeline entries and takeovers are kept (oldest dropped first).
 const KEEP_EVENTS: usize = 1000;
 const KEEP_TAKEOVERS: usize = 200;
 
-/// One takeover by this node, as a failure event's timeline. Every phase is a duration from
-/// detection, each measured by the agent when that phase happened (not when the engine decided
-/// it), so two phases share a figure only if they really took no time between them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Takeover {
-    /// The epoch the node became Hot with (0 until durable).
-    pub epoch: u64,
-    /// What the node found when it obtained the lock (the previous holder's heartbeat).
-    pub cause: String,
-    /// Wall clock of the detection, Unix milliseconds: the moment the agent learnt the previous
-    /// active was gone (the kernel handed it the lock; a try that found the lock free).
-    pub detected_unix_ms: u64,
-    /// The engine took the grant.
-    pub lock_obtained_ms: Option<f64>,
-    /// The previous active's service had ended (or there was none to wait for).
-    pub previous_service_gone_ms: Option<f64>,
-    /// The new epoch was durable and the node Hot.
-    pub epoch_durable_ms: Option<f64>,
-    /// The service was told it is active (signal sent, or started as active).
-    pub service_notified_ms: Option<f64>,
-    /// The service said it acts with the new epoch (`POST /service/active-ack`); None for a
-    /// service that does not acknowledge.
-    pub service_acked_ms: Option<f64>,
-    /// The active service was ready (its health check passed, or it was told when there is none).
-    pub ready_ms: Option<f64>,
-    #[serde(skip)]
+/// A takeover of this node's timeline, with what only the running agent knows about it.
+#[derive(Debug, Clone)]
+struct Open {
+    t: Takeover,
     detected_mono: Duration,
     /// Read back from the journal: a takeover of an earlier run of the agent, never extended.
-    #[serde(skip)]
     restored: bool,
 }
 
 /// The timeline of one agent.
 #[derive(Debug, Default)]
 pub struct Timeline {
-    events: VecDeque<Event>,
-    takeovers: VecDeque<Takeover>,
+    events: VecDeque<TimelineEntry>,
+    takeovers: VecDeque<Open>,
     /// The last detection not yet claimed by a `LockObtained`.
     detected: Option<(Duration, u64)>,
     journal: Option<Journal>,
@@ -66,7 +44,7 @@ pub const JOURNAL_MAX_BYTES: u64 = 1 << 20;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Line {
-    Event(Event),
+    Event(TimelineEntry),
     Takeover(Takeover),
 }
 
@@ -89,7 +67,9 @@ impl Journal {
     /// Open (creating it and its directory) the journal at `path`, with what it held: the
     /// timeline entries and the takeovers (the last version of each), oldest first. Lines that
     /// do not parse (a torn last line, a hand edit) are skipped and counted.
-    pub fn open(path: &Path) -> std::io::Result<(Journal, Vec<Event>, Vec<Takeover>, usize)> {
+    pub fn open(
+        path: &Path,
+    ) -> std::io::Result<(Journal, Vec<TimelineEntry>, Vec<Takeover>, usize)> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -158,7 +138,7 @@ impl Timeline {
     /// A timeline kept in `journal`, starting with what an earlier run of the agent left there.
     pub fn with_journal(
         journal: Journal,
-        events: Vec<Event>,
+        events: Vec<TimelineEntry>,
         takeovers: Vec<Takeover>,
     ) -> Timeline {
         let skip_e = events.len().saturating_sub(KEEP_EVENTS);
@@ -168,9 +148,10 @@ impl Timeline {
             takeovers: takeovers
                 .into_iter()
                 .skip(skip_t)
-                .map(|mut t| {
-                    t.restored = true;
-                    t
+                .map(|t| Open {
+                    t,
+                    detected_mono: Duration::ZERO,
+                    restored: true,
                 })
                 .collect(),
             detected: None,
@@ -206,7 +187,7 @@ impl Timeline {
     /// event completes one, for the metrics histogram.
     pub fn push(&mut self, ev: Event) -> Option<Duration> {
         let mut notified = None;
-        let since = |t: &Takeover| Some(ms(ev.mono.saturating_sub(t.detected_mono)));
+        let since = |o: &Open| Some(ms(ev.mono.saturating_sub(o.detected_mono)));
         match ev.kind {
             EventKind::LockObtained => {
                 if self.takeovers.len() == KEEP_TAKEOVERS {
@@ -217,53 +198,55 @@ impl Timeline {
                     .take()
                     .filter(|(m, _)| *m <= ev.mono)
                     .unwrap_or((ev.mono, ev.at_unix_ms));
-                let mut t = Takeover {
-                    epoch: 0,
-                    cause: ev.detail.clone(),
-                    detected_unix_ms,
-                    lock_obtained_ms: None,
-                    previous_service_gone_ms: None,
-                    epoch_durable_ms: None,
-                    service_notified_ms: None,
-                    service_acked_ms: None,
-                    ready_ms: None,
+                let mut o = Open {
+                    t: Takeover {
+                        epoch: 0,
+                        cause: ev.detail.clone(),
+                        detected_unix_ms,
+                        lock_obtained_ms: None,
+                        previous_service_gone_ms: None,
+                        epoch_durable_ms: None,
+                        service_notified_ms: None,
+                        service_acked_ms: None,
+                        ready_ms: None,
+                    },
                     detected_mono,
                     restored: false,
                 };
-                t.lock_obtained_ms = since(&t);
-                self.takeovers.push_back(t);
+                o.t.lock_obtained_ms = since(&o);
+                self.takeovers.push_back(o);
             }
             EventKind::PreviousServiceGone => {
-                if let Some(t) = self.open_takeover() {
-                    t.previous_service_gone_ms = since(t);
+                if let Some(o) = self.open_takeover() {
+                    o.t.previous_service_gone_ms = since(o);
                 }
             }
             EventKind::EpochDurable => {
-                if let Some(t) = self.open_takeover() {
-                    t.epoch = ev.epoch;
-                    t.epoch_durable_ms = since(t);
+                if let Some(o) = self.open_takeover() {
+                    o.t.epoch = ev.epoch;
+                    o.t.epoch_durable_ms = since(o);
                 }
             }
             EventKind::ServiceNotified => {
-                if let Some(t) = self.open_takeover() {
-                    if t.service_notified_ms.is_none() && t.epoch != 0 {
-                        let d = ev.mono.saturating_sub(t.detected_mono);
-                        t.service_notified_ms = Some(ms(d));
+                if let Some(o) = self.open_takeover() {
+                    if o.t.service_notified_ms.is_none() && o.t.epoch != 0 {
+                        let d = ev.mono.saturating_sub(o.detected_mono);
+                        o.t.service_notified_ms = Some(ms(d));
                         notified = Some(d);
                     }
                 }
             }
             EventKind::ServiceAcked => {
-                if let Some(t) = self.open_takeover() {
-                    if t.service_acked_ms.is_none() && t.epoch == ev.epoch {
-                        t.service_acked_ms = since(t);
+                if let Some(o) = self.open_takeover() {
+                    if o.t.service_acked_ms.is_none() && o.t.epoch == ev.epoch {
+                        o.t.service_acked_ms = since(o);
                     }
                 }
             }
             EventKind::Ready => {
-                if let Some(t) = self.open_takeover() {
-                    if t.ready_ms.is_none() && t.epoch != 0 {
-                        t.ready_ms = since(t);
+                if let Some(o) = self.open_takeover() {
+                    if o.t.ready_ms.is_none() && o.t.epoch != 0 {
+                        o.t.ready_ms = since(o);
                     }
                 }
             }
@@ -278,25 +261,32 @@ impl Timeline {
                 | EventKind::ServiceAcked
                 | EventKind::Ready
         );
-        self.write(&Line::Event(ev.clone()));
+        let entry = TimelineEntry {
+            at_unix_ms: ev.at_unix_ms,
+            kind: ev.kind,
+            epoch: ev.epoch,
+            detail: ev.detail,
+        };
+        self.write(&Line::Event(entry.clone()));
         if phase {
-            if let Some(t) = self.takeovers.back().filter(|t| !t.restored).cloned() {
+            if let Some(o) = self.takeovers.back().filter(|o| !o.restored) {
+                let t = o.t.clone();
                 self.write(&Line::Takeover(t));
             }
         }
         if self.events.len() == KEEP_EVENTS {
             self.events.pop_front();
         }
-        self.events.push_back(ev);
+        self.events.push_back(entry);
         notified
     }
 
-    fn open_takeover(&mut self) -> Option<&mut Takeover> {
-        self.takeovers.back_mut().filter(|t| !t.restored)
+    fn open_takeover(&mut self) -> Option<&mut Open> {
+        self.takeovers.back_mut().filter(|o| !o.restored)
     }
 
     /// The timeline entries, oldest first.
-    pub fn events(&self) -> Vec<Event> {
+    pub fn events(&self) -> Vec<TimelineEntry> {
         self.events.iter().cloned().collect()
     }
 
@@ -304,16 +294,16 @@ impl Timeline {
     pub fn current(&self) -> Option<Takeover> {
         self.takeovers
             .back()
-            .filter(|t| !t.restored && t.epoch != 0)
-            .cloned()
+            .filter(|o| !o.restored && o.t.epoch != 0)
+            .map(|o| o.t.clone())
     }
 
     /// Takeovers that reached Hot, oldest first.
     pub fn takeovers(&self) -> Vec<Takeover> {
         self.takeovers
             .iter()
-            .filter(|t| t.epoch != 0)
-            .cloned()
+            .filter(|o| o.t.epoch != 0)
+            .map(|o| o.t.clone())
             .collect()
     }
 }

@@ -3,6 +3,7 @@
 //! every documented operation exists, and each documented answer is parsed from a real one.
 
 use serde_json::{json, Value};
+use understudy_status::openapi::{self, error_ref, json_answer, nullable};
 
 /// Every route of the admin API as `(method, path)`, in the order of the document.
 pub const OPERATIONS: &[(&str, &str)] = &[
@@ -20,127 +21,109 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
 ];
 
-fn error() -> Value {
-    json!({ "$ref": "#/components/schemas/Error" })
-}
-
-fn json_answer(description: &str, schema: Value) -> Value {
-    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
-}
-
-fn nullable(t: &str) -> Value {
-    json!({ "type": [t, "null"] })
-}
-
 /// The document.
 pub fn document() -> Value {
     let unauthorized = json_answer(
         "a token is configured and the request does not carry it (Authorization: Bearer)",
-        error(),
+        error_ref(),
     );
     let browser = json_answer(
         "refused: a cross-site browser request without a token (see README, Security)",
-        error(),
+        error_ref(),
     );
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "understudy agent admin API",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "One agent (node) of a failover group. Calls that can change who is active need `Authorization: Bearer <secret>` when `node.admin_token_file` is set; reads need it too with `node.admin_read_requires_token` (except /healthz)."
-        },
-        "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Error": {
-                    "type": "object", "required": ["error"],
-                    "properties": { "error": { "type": "string" } }
-                },
-                "ActivationMode": {
-                    "type": "object", "required": ["mode", "name"],
-                    "properties": {
-                        "mode": { "enum": ["Hot", "Warm"], "description": "the current state" },
-                        "name": { "enum": ["Hot", "Warm", "TryLock", "TryHeartbeat"], "description": "the configured activation mode" }
-                    }
-                },
-                "Status": {
-                    "type": "object",
-                    "required": ["node", "group", "mode", "name", "epoch", "since", "since_unix_ms", "waiting", "holds_lock", "ready", "admin", "lock_file", "agent_pid", "service"],
-                    "properties": {
-                        "node": { "type": "string" }, "group": { "type": "string" },
-                        "mode": { "enum": ["Hot", "Warm"] }, "name": { "type": "string" },
-                        "epoch": { "type": "integer", "minimum": 0 },
-                        "since": { "type": "string", "description": "RFC 3339" },
-                        "since_unix_ms": { "type": "integer", "minimum": 0 },
-                        "waiting": nullable("string"),
-                        "holds_lock": { "type": "boolean" }, "ready": { "type": "boolean" },
-                        "admin": { "type": "string" }, "lock_file": { "type": "string" },
-                        "agent_pid": { "type": "integer", "minimum": 0 },
-                        "renewal_age_ms": { "type": "integer", "minimum": 0, "description": "etcd groups: this node's view of the holder's last renewal" },
-                        "service": {
-                            "type": "object",
-                            "required": ["state", "pid", "role", "standby", "command", "healthy", "detail"],
-                            "properties": {
-                                "state": { "enum": ["stopped", "starting", "running", "stopping"] },
-                                "pid": nullable("integer"), "role": nullable("string"),
-                                "standby": { "enum": ["hot", "warm", "cold"] },
-                                "command": { "type": "array", "items": { "type": "string" } },
-                                "healthy": { "type": "boolean" },
-                                "detail": { "description": "what the service answered to its last passing HTTP health check" }
-                            }
+    openapi::document(
+        "understudy agent admin API",
+        env!("CARGO_PKG_VERSION"),
+        "One agent (node) of a failover group. Calls that can change who is active need `Authorization: Bearer <secret>` when `node.admin_token_file` is set; reads need it too with `node.admin_read_requires_token` (except /healthz).",
+        json!({
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": { "error": { "type": "string" } }
+            },
+            "ActivationMode": {
+                "type": "object", "required": ["mode", "name"],
+                "properties": {
+                    "mode": { "enum": ["Hot", "Warm"], "description": "the current state" },
+                    "name": { "enum": ["Hot", "Warm", "TryLock", "TryHeartbeat"], "description": "the configured activation mode" }
+                }
+            },
+            "Status": {
+                "type": "object",
+                "required": ["node", "group", "mode", "name", "epoch", "since", "since_unix_ms", "waiting", "holds_lock", "ready", "admin", "lock_file", "agent_pid", "service"],
+                "properties": {
+                    "node": { "type": "string" }, "group": { "type": "string" },
+                    "mode": { "enum": ["Hot", "Warm"] }, "name": { "type": "string" },
+                    "epoch": { "type": "integer", "minimum": 0 },
+                    "since": { "type": "string", "description": "RFC 3339" },
+                    "since_unix_ms": { "type": "integer", "minimum": 0 },
+                    "waiting": nullable("string"),
+                    "holds_lock": { "type": "boolean" }, "ready": { "type": "boolean" },
+                    "admin": { "type": "string" }, "lock_file": { "type": "string" },
+                    "agent_pid": { "type": "integer", "minimum": 0 },
+                    "renewal_age_ms": { "type": "integer", "minimum": 0, "description": "etcd groups: this node's view of the holder's last renewal" },
+                    "service": {
+                        "type": "object",
+                        "required": ["state", "pid", "role", "standby", "command", "healthy", "detail"],
+                        "properties": {
+                            "state": { "enum": ["stopped", "starting", "running", "stopping"] },
+                            "pid": nullable("integer"), "role": nullable("string"),
+                            "standby": { "enum": ["hot", "warm", "cold"] },
+                            "command": { "type": "array", "items": { "type": "string" } },
+                            "healthy": { "type": "boolean" },
+                            "detail": { "description": "what the service answered to its last passing HTTP health check" }
                         }
-                    }
-                },
-                "Member": {
-                    "type": "object",
-                    "required": ["node", "group", "admin", "mode", "name", "epoch", "since_unix_ms", "last_seen_unix_ms", "holds_lock", "ready", "service", "pid", "agent_pid", "age_ms", "fresh"],
-                    "properties": {
-                        "node": { "type": "string" }, "group": { "type": "string" }, "admin": { "type": "string" },
-                        "mode": { "enum": ["Hot", "Warm"] }, "name": { "type": "string" },
-                        "epoch": { "type": "integer", "minimum": 0 },
-                        "since_unix_ms": { "type": "integer" }, "last_seen_unix_ms": { "type": "integer" },
-                        "holds_lock": { "type": "boolean" }, "ready": { "type": "boolean" },
-                        "service": { "type": "string" }, "pid": nullable("integer"),
-                        "agent_pid": { "type": "integer" }, "waiting": nullable("string"),
-                        "detail": nullable("string"), "handover_to": nullable("string"),
-                        "age_ms": { "type": "integer", "minimum": 0 }, "fresh": { "type": "boolean" },
-                        "agent_gone": { "type": "boolean", "description": "the record's agent process is known to be gone" },
-                        "renewal_age_ms": { "type": "integer", "minimum": 0, "description": "etcd groups: the holder's last renewal as the asked node saw it" },
-                        "boot_id": { "type": "string", "description": "the kernel boot id of the node's machine" },
-                        "connections_refused": { "type": "integer", "minimum": 0, "description": "admin API connections refused at the node's limits" },
-                        "priority": { "type": "integer", "minimum": 0, "maximum": 1000, "description": "node.priority" },
-                        "stepped_down": {
-                            "description": "why the node last stepped down from Hot",
-                            "oneOf": [
-                                { "type": "null" },
-                                {
-                                    "type": "object", "required": ["epoch", "at_unix_ms", "reason"],
-                                    "properties": {
-                                        "epoch": { "type": "integer", "minimum": 0 },
-                                        "at_unix_ms": { "type": "integer", "minimum": 0 },
-                                        "reason": { "type": "string" }
-                                    }
-                                }
-                            ]
-                        }
-                    }
-                },
-                "Takeover": {
-                    "type": "object", "required": ["epoch", "cause", "detected_unix_ms"],
-                    "properties": {
-                        "epoch": { "type": "integer" }, "cause": { "type": "string" },
-                        "detected_unix_ms": { "type": "integer" },
-                        "lock_obtained_ms": nullable("number"),
-                        "previous_service_gone_ms": nullable("number"),
-                        "epoch_durable_ms": nullable("number"),
-                        "service_notified_ms": nullable("number"),
-                        "service_acked_ms": nullable("number"),
-                        "ready_ms": nullable("number")
                     }
                 }
+            },
+            "Member": {
+                "type": "object",
+                "required": ["node", "group", "admin", "mode", "name", "epoch", "since_unix_ms", "last_seen_unix_ms", "holds_lock", "ready", "service", "pid", "agent_pid", "age_ms", "fresh"],
+                "properties": {
+                    "node": { "type": "string" }, "group": { "type": "string" }, "admin": { "type": "string" },
+                    "mode": { "enum": ["Hot", "Warm"] }, "name": { "type": "string" },
+                    "epoch": { "type": "integer", "minimum": 0 },
+                    "since_unix_ms": { "type": "integer" }, "last_seen_unix_ms": { "type": "integer" },
+                    "holds_lock": { "type": "boolean" }, "ready": { "type": "boolean" },
+                    "service": { "type": "string" }, "pid": nullable("integer"),
+                    "agent_pid": { "type": "integer" }, "waiting": nullable("string"),
+                    "detail": nullable("string"), "handover_to": nullable("string"),
+                    "age_ms": { "type": "integer", "minimum": 0 }, "fresh": { "type": "boolean" },
+                    "agent_gone": { "type": "boolean", "description": "the record's agent process is known to be gone" },
+                    "renewal_age_ms": { "type": "integer", "minimum": 0, "description": "etcd groups: the holder's last renewal as the asked node saw it" },
+                    "boot_id": { "type": "string", "description": "the kernel boot id of the node's machine" },
+                    "connections_refused": { "type": "integer", "minimum": 0, "description": "admin API connections refused at the node's limits" },
+                    "priority": { "type": "integer", "minimum": 0, "maximum": 1000, "description": "node.priority" },
+                    "stepped_down": {
+                        "description": "why the node last stepped down from Hot",
+                        "oneOf": [
+                            { "type": "null" },
+                            {
+                                "type": "object", "required": ["epoch", "at_unix_ms", "reason"],
+                                "properties": {
+                                    "epoch": { "type": "integer", "minimum": 0 },
+                                    "at_unix_ms": { "type": "integer", "minimum": 0 },
+                                    "reason": { "type": "string" }
+                                }
+                            }
+                        ]
+                    }
+                }
+            },
+            "Takeover": {
+                "type": "object", "required": ["epoch", "cause", "detected_unix_ms"],
+                "properties": {
+                    "epoch": { "type": "integer" }, "cause": { "type": "string" },
+                    "detected_unix_ms": { "type": "integer" },
+                    "lock_obtained_ms": nullable("number"),
+                    "previous_service_gone_ms": nullable("number"),
+                    "epoch_durable_ms": nullable("number"),
+                    "service_notified_ms": nullable("number"),
+                    "service_acked_ms": nullable("number"),
+                    "ready_ms": nullable("number")
+                }
             }
-        },
-        "paths": {
+        }),
+        json!({
             "/service/activationmode": { "get": {
                 "summary": "the node's state and configured activation mode (document 002's call)",
                 "responses": { "200": json_answer("state and mode", json!({ "$ref": "#/components/schemas/ActivationMode" })), "401": unauthorized }
@@ -155,7 +138,7 @@ pub fn document() -> Value {
                     "409": json_answer("another node holds the group lock, or the node is stopping", json!({
                         "type": "object", "required": ["error", "holder"],
                         "properties": { "error": { "type": "string" }, "holder": nullable("string") } })),
-                    "503": json_answer("the agent is stopping", error())
+                    "503": json_answer("the agent is stopping", error_ref())
                 }
             } },
             "/service/switchover": { "post": {
@@ -165,11 +148,11 @@ pub fn document() -> Value {
                 "responses": {
                     "200": json_answer("switched over", json!({ "type": "object", "required": ["from", "to", "epoch", "took_ms"],
                         "properties": { "from": { "type": "string" }, "to": { "type": "string" }, "epoch": { "type": "integer" }, "took_ms": { "type": "number" } } })),
-                    "400": json_answer("a query parameter other than to", error()),
+                    "400": json_answer("a query parameter other than to", error_ref()),
                     "401": unauthorized, "403": browser,
-                    "409": json_answer("this node is not active, or no standby is ready", error()),
-                    "503": json_answer("the agent is stopping", error()),
-                    "504": json_answer("stepped down but no standby became Hot in time; campaigns again", error())
+                    "409": json_answer("this node is not active, or no standby is ready", error_ref()),
+                    "503": json_answer("the agent is stopping", error_ref()),
+                    "504": json_answer("stepped down but no standby became Hot in time; campaigns again", error_ref())
                 }
             } },
             "/service/active-ack": { "post": {
@@ -185,7 +168,7 @@ pub fn document() -> Value {
                     "401": unauthorized, "403": browser,
                     "415": { "description": "not application/json" },
                     "422": { "description": "wrong field types" },
-                    "503": json_answer("the agent is busy or stopping", error())
+                    "503": json_answer("the agent is busy or stopping", error_ref())
                 }
             } },
             "/service/release": { "post": {
@@ -196,8 +179,8 @@ pub fn document() -> Value {
                     "200": json_answer("released; the agent exits", json!({ "type": "object", "required": ["node", "pid", "epoch"],
                         "properties": { "node": { "type": "string" }, "pid": { "type": "integer", "description": "the service, now a plain server" }, "epoch": { "type": "integer", "description": "the epoch it was last told" } } })),
                     "401": unauthorized, "403": browser,
-                    "409": json_answer("not the active node, or another member is alive", error()),
-                    "503": json_answer("the agent is stopping", error())
+                    "409": json_answer("not the active node, or another member is alive", error_ref()),
+                    "503": json_answer("the agent is stopping", error_ref())
                 }
             } },
             "/config/wanted/{generation}": { "put": {
@@ -210,9 +193,9 @@ pub fn document() -> Value {
                         "properties": { "node": { "type": "string" }, "running": { "type": "integer", "description": "the generation this agent runs" },
                             "wanted": { "type": "integer" }, "outdated": { "type": "boolean" },
                             "mode": { "enum": ["Hot", "Warm"] }, "ready": { "type": "boolean" } } })),
-                    "400": json_answer("the generation is not a number", error()),
+                    "400": json_answer("the generation is not a number", error_ref()),
                     "401": unauthorized, "403": browser,
-                    "503": json_answer("the agent is stopping", error())
+                    "503": json_answer("the agent is stopping", error_ref())
                 }
             } },
             "/status": { "get": {
@@ -241,15 +224,15 @@ pub fn document() -> Value {
                 "summary": "200 while the agent's event loop runs (never needs a token)",
                 "responses": {
                     "200": json_answer("alive", json!({ "type": "object", "required": ["ok"], "properties": { "ok": { "const": true } } })),
-                    "503": json_answer("the event loop has not ticked for too long", error())
+                    "503": json_answer("the event loop has not ticked for too long", error_ref())
                 }
             } },
             "/openapi.json": { "get": {
                 "summary": "this document",
                 "responses": { "200": json_answer("OpenAPI 3.1", json!({ "type": "object", "required": ["openapi", "paths"] })), "401": unauthorized }
             } }
-        }
-    })
+        }),
+    )
 }
 
 #[cfg(test)]

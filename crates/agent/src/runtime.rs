@@ -1245,7 +1245,7 @@ impl Runtime {
 
 /// One log line with a takeover's figures, the same as `GET /events` `takeovers[]` (milliseconds
 /// from detection; a phase that has not happened is null in JSON logs, NaN in text).
-fn log_takeover(t: &crate::events::Takeover, at: EventKind) {
+fn log_takeover(t: &understudy_status::Takeover, at: EventKind) {
     let f = |v: Option<f64>| v.unwrap_or(f64::NAN);
     info!(
         epoch = t.epoch,

@@ -5,8 +5,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
-use understudy_status::{ActivationModeView, ApiError, Group, State, Status, Switchover};
+use understudy_status::{
+    ActivationModeView, ApiError, Events, Group, State, Status, Switchover, Takeover,
+};
 
 /// Errors talking to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +223,7 @@ impl AgentClient {
     }
 
     /// `GET /events`.
-    pub async fn events(&self) -> Result<Value, ControlError> {
+    pub async fn events(&self) -> Result<Events, ControlError> {
         self.call(reqwest::Method::GET, "/events", "/events").await
     }
 
@@ -250,14 +251,6 @@ impl AgentClient {
         self.call(reqwest::Method::POST, &path, "switchover answer")
             .await
     }
-}
-
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("-")
-}
-
-fn u(v: &Value, k: &str) -> Option<u64> {
-    v.get(k).and_then(Value::as_u64)
 }
 
 /// "12.3 s ago", "4 min ago" for a Unix-millisecond timestamp.
@@ -365,35 +358,19 @@ pub fn render_group(group: &Group) -> String {
     out
 }
 
-/// The phases of a takeover in `GET /events` `takeovers[]`, in the order they normally happen:
-/// the field (milliseconds from detection) and its name for a person.
-pub const TAKEOVER_PHASES: &[(&str, &str)] = &[
-    ("lock_obtained_ms", "lock obtained"),
-    ("previous_service_gone_ms", "previous service gone"),
-    ("epoch_durable_ms", "epoch durable"),
-    ("service_notified_ms", "service notified"),
-    ("service_acked_ms", "service acknowledged"),
-    ("ready_ms", "ready"),
-];
-
 /// A takeover as a short timeline: each phase that happened, in time order, with its time from
 /// detection and the step from the phase before.
-fn render_takeover(t: &Value) -> String {
-    let mut phases: Vec<(f64, &str)> = TAKEOVER_PHASES
-        .iter()
-        .filter_map(|(k, label)| Some((t.get(*k)?.as_f64()?, *label)))
-        .collect();
-    phases.sort_by(|a, b| a.0.total_cmp(&b.0));
+fn render_takeover(t: &Takeover) -> String {
     let mut out = format!(
         "  epoch {:>4}  {}  cause: {}\n    {:>10.3} ms  {:>11}  previous active lost (detected)\n",
-        u(t, "epoch").unwrap_or(0),
-        u(t, "detected_unix_ms").map(ago).unwrap_or_default(),
-        s(t, "cause"),
+        t.epoch,
+        ago(t.detected_unix_ms),
+        t.cause,
         0.0,
         ""
     );
     let mut prev = 0.0;
-    for (at, label) in phases {
+    for (at, label) in t.timeline() {
         out.push_str(&format!(
             "    {at:>10.3} ms  (+{:>8.3})  {label}\n",
             at - prev
@@ -404,35 +381,20 @@ fn render_takeover(t: &Value) -> String {
 }
 
 /// A node's takeovers (failure events) and its recent timeline, for a person.
-pub fn render_events(ev: &Value) -> String {
-    let mut out = String::new();
-    let node = s(ev, "node");
-    let takeovers = ev
-        .get("takeovers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    out.push_str(&format!("takeovers by {node}: {}\n", takeovers.len()));
-    for t in &takeovers {
+pub fn render_events(ev: &Events) -> String {
+    let mut out = format!("takeovers by {}: {}\n", ev.node, ev.takeovers.len());
+    for t in &ev.takeovers {
         out.push_str(&render_takeover(t));
     }
-    let events = ev
-        .get("events")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    out.push_str(&format!("timeline (last {}):\n", events.len().min(30)));
-    for e in events.iter().rev().take(30).rev() {
-        let at = u(e, "at_unix_ms")
-            .map(|m| {
-                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(m)).to_string()
-            })
-            .unwrap_or_default();
+    let shown = &ev.events[ev.events.len().saturating_sub(30)..];
+    out.push_str(&format!("timeline (last {}):\n", shown.len()));
+    for e in shown {
+        let at = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.at_unix_ms));
         out.push_str(&format!(
             "  {at}  {:<17} epoch {:>4}  {}\n",
-            s(e, "kind"),
-            u(e, "epoch").unwrap_or(0),
-            s(e, "detail")
+            e.kind.as_str(),
+            e.epoch,
+            e.detail
         ));
     }
     out
@@ -441,16 +403,18 @@ pub fn render_events(ev: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use understudy_status::{ActivationMode, Member, MemberRecord, Node, ServiceState};
 
     #[test]
     fn a_takeover_reads_as_a_timeline_in_time_order() {
-        let ev = json!({"node": "b", "events": [], "takeovers": [{
-            "epoch": 7, "cause": "lock", "detected_unix_ms": 1,
-            "lock_obtained_ms": 0.01, "previous_service_gone_ms": 0.5, "epoch_durable_ms": 0.9,
-            "service_notified_ms": 1.0, "service_acked_ms": 2.5, "ready_ms": 1.0
-        }]});
+        let ev = serde_json::from_value(
+            serde_json::json!({"node": "b", "events": [], "takeovers": [{
+                "epoch": 7, "cause": "lock", "detected_unix_ms": 1,
+                "lock_obtained_ms": 0.01, "previous_service_gone_ms": 0.5, "epoch_durable_ms": 0.9,
+                "service_notified_ms": 1.0, "service_acked_ms": 2.5, "ready_ms": 1.0
+            }]}),
+        )
+        .unwrap();
         let text = render_events(&ev);
         let order: Vec<usize> = [
             "previous active lost",
@@ -481,7 +445,10 @@ mod tests {
             .as_millis() as u64;
         Member {
             record: MemberRecord {
-                node: Node {
+                last_seen_unix_ms: now,
+                service: ServiceState::Running,
+                pid: Some(42),
+                ..MemberRecord::of(Node {
                     name: name.into(),
                     group: "g".into(),
                     state,
@@ -493,16 +460,7 @@ mod tests {
                     ready: true,
                     admin: "127.0.0.1:1".into(),
                     agent_pid: 41,
-                },
-                last_seen_unix_ms: now,
-                service: ServiceState::Running,
-                pid: Some(42),
-                detail: None,
-                handover_to: None,
-                boot_id: None,
-                connections_refused: 0,
-                stepped_down: None,
-                priority: 0,
+                })
             },
             age_ms: 0,
             fresh: true,

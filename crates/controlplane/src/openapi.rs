@@ -3,14 +3,7 @@
 //! cannot name an endpoint that does not exist.
 
 use serde_json::{json, Value};
-
-fn err_ref() -> Value {
-    json!({ "$ref": "#/components/schemas/Error" })
-}
-
-fn resp(desc: &str, schema: Value) -> Value {
-    json!({ "description": desc, "content": { "application/json": { "schema": schema } } })
-}
+use understudy_status::openapi::{self, error_ref, json_answer};
 
 fn name_param() -> Value {
     json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } })
@@ -20,14 +13,14 @@ fn server_op(summary: &str, extra_codes: &[(&str, &str)]) -> Value {
     let mut responses = serde_json::Map::new();
     responses.insert(
         "200".into(),
-        resp(
+        json_answer(
             "the server afterwards",
             json!({ "$ref": "#/components/schemas/Server" }),
         ),
     );
-    responses.insert("404".into(), resp("no such server", err_ref()));
+    responses.insert("404".into(), json_answer("no such server", error_ref()));
     for (code, desc) in extra_codes {
-        responses.insert((*code).into(), resp(desc, err_ref()));
+        responses.insert((*code).into(), json_answer(desc, error_ref()));
     }
     json!({
         "summary": summary,
@@ -39,84 +32,78 @@ fn server_op(summary: &str, extra_codes: &[(&str, &str)]) -> Value {
 
 /// The document.
 pub fn document() -> Value {
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "understudy control plane",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Add failover to trading servers, start it only from a stopped server, stop it (the active keeps running), delete it, switch over by hand, and read the failure events (document 000). Calls that change anything need `Authorization: Bearer <token>` when the plane runs with --token-file."
-        },
-        "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": { "type": "string" },
-                        "hint": { "type": "string", "description": "what to do instead" },
-                        "fields": { "type": "array", "items": {
-                            "type": "object",
-                            "properties": { "field": { "type": "string" }, "reason": { "type": "string" } }
-                        }}
-                    }
-                },
-                "Service": {
-                    "type": "object",
-                    "required": ["command"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "command": { "type": "array", "items": { "type": "string" }, "minItems": 1 },
-                        "env": { "type": "object", "additionalProperties": { "type": "string" } },
-                        "health": {
-                            "type": "object",
-                            "additionalProperties": false,
-                            "properties": {
-                                "http": { "type": "string" },
-                                "command": { "type": "array", "items": { "type": "string" } }
-                            }
+    openapi::document(
+        "understudy control plane",
+        env!("CARGO_PKG_VERSION"),
+        "Add failover to trading servers, start it only from a stopped server, stop it (the active keeps running), delete it, switch over by hand, and read the failure events (document 000). Calls that change anything need `Authorization: Bearer <token>` when the plane runs with --token-file.",
+        json!({
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": { "type": "string" },
+                    "hint": { "type": "string", "description": "what to do instead" },
+                    "fields": { "type": "array", "items": {
+                        "type": "object",
+                        "properties": { "field": { "type": "string" }, "reason": { "type": "string" } }
+                    }}
+                }
+            },
+            "Service": {
+                "type": "object",
+                "required": ["command"],
+                "additionalProperties": false,
+                "properties": {
+                    "command": { "type": "array", "items": { "type": "string" }, "minItems": 1 },
+                    "env": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "health": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "properties": {
+                            "http": { "type": "string" },
+                            "command": { "type": "array", "items": { "type": "string" } }
                         }
                     }
-                },
-                "ServerSpec": {
-                    "type": "object",
-                    "required": ["name", "service"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "name": { "type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,47}$" },
-                        "host": { "type": "string", "default": "local" },
-                        "service": { "$ref": "#/components/schemas/Service" }
-                    }
-                },
-                "FailoverSpec": {
-                    "type": "object",
-                    "required": ["standby", "standby_hosts"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "standby": { "enum": ["hot", "warm", "cold"] },
-                        "standby_hosts": { "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": 8 },
-                        "mode": { "enum": ["trylock", "tryheartbeat", "warm"], "default": "trylock" },
-                        "preferred": { "type": "string", "description": "node name, e.g. gw-2; default the server's own node gw-1. It becomes active at start and has the higher node.priority: when several standbys could take over, it does" },
-                        "failback": { "type": "string", "description": "activation.failback, a duration such as 30s: the active hands activity back to the preferred node once it has been a ready standby this long; default never" }
-                    }
-                },
-                "Server": {
-                    "type": "object",
-                    "properties": {
-                        "name": { "type": "string" },
-                        "host": { "type": "string" },
-                        "state": { "enum": ["stopped", "running", "protected"] },
-                        "service": { "$ref": "#/components/schemas/Service" },
-                        "process": { "type": "object" },
-                        "failover": { "type": ["object", "null"] }
-                    }
+                }
+            },
+            "ServerSpec": {
+                "type": "object",
+                "required": ["name", "service"],
+                "additionalProperties": false,
+                "properties": {
+                    "name": { "type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,47}$" },
+                    "host": { "type": "string", "default": "local" },
+                    "service": { "$ref": "#/components/schemas/Service" }
+                }
+            },
+            "FailoverSpec": {
+                "type": "object",
+                "required": ["standby", "standby_hosts"],
+                "additionalProperties": false,
+                "properties": {
+                    "standby": { "enum": ["hot", "warm", "cold"] },
+                    "standby_hosts": { "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": 8 },
+                    "mode": { "enum": ["trylock", "tryheartbeat", "warm"], "default": "trylock" },
+                    "preferred": { "type": "string", "description": "node name, e.g. gw-2; default the server's own node gw-1. It becomes active at start and has the higher node.priority: when several standbys could take over, it does" },
+                    "failback": { "type": "string", "description": "activation.failback, a duration such as 30s: the active hands activity back to the preferred node once it has been a ready standby this long; default never" }
+                }
+            },
+            "Server": {
+                "type": "object",
+                "properties": {
+                    "name": { "type": "string" },
+                    "host": { "type": "string" },
+                    "state": { "enum": ["stopped", "running", "protected"] },
+                    "service": { "$ref": "#/components/schemas/Service" },
+                    "process": { "type": "object" },
+                    "failover": { "type": ["object", "null"] }
                 }
             }
-        },
-        "paths": {
-            "/api/health": { "get": { "summary": "the control plane answers", "responses": { "200": resp("ok", json!({"type": "object"})) } } },
-            "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes: the built-in one and every `understudy host`, with what runs there", "responses": { "200": resp("the hosts", json!({"type": "object"})) } } },
-            "/api/hosts/{name}/desired": { "get": { "summary": "what a host should run (polled by `understudy host`)", "parameters": [name_param()], "responses": { "200": resp("the desired processes", json!({"type": "object"})), "422": resp("not a host name", err_ref()) } } },
+        }),
+        json!({
+            "/api/health": { "get": { "summary": "the control plane answers", "responses": { "200": json_answer("ok", json!({"type": "object"})) } } },
+            "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes: the built-in one and every `understudy host`, with what runs there", "responses": { "200": json_answer("the hosts", json!({"type": "object"})) } } },
+            "/api/hosts/{name}/desired": { "get": { "summary": "what a host should run (polled by `understudy host`)", "parameters": [name_param()], "responses": { "200": json_answer("the desired processes", json!({"type": "object"})), "422": json_answer("not a host name", error_ref()) } } },
             "/api/hosts/{name}/report": { "put": {
                 "summary": "a host reports what runs there (and registers itself)",
                 "parameters": [name_param()],
@@ -124,26 +111,26 @@ pub fn document() -> Value {
                 "requestBody": { "required": true, "content": { "application/json": { "schema": {
                     "type": "object", "required": ["advertise", "processes"], "additionalProperties": false,
                     "properties": { "advertise": { "type": "string" }, "processes": { "type": "array", "maxItems": 1024 } } } } } },
-                "responses": { "200": resp("recorded", json!({"type": "object"})), "415": resp("not JSON", err_ref()), "422": resp("bad report", err_ref()) }
+                "responses": { "200": json_answer("recorded", json!({"type": "object"})), "415": json_answer("not JSON", error_ref()), "422": json_answer("bad report", error_ref()) }
             } },
             "/api/servers": {
-                "get": { "summary": "every server with its failover state, live", "responses": { "200": resp("the inventory", json!({"type": "object"})) } },
+                "get": { "summary": "every server with its failover state, live", "responses": { "200": json_answer("the inventory", json!({"type": "object"})) } },
                 "post": {
                     "summary": "add a trading server (stopped)",
                     "security": [{ "bearer": [] }],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ServerSpec" } } } },
                     "responses": {
-                        "201": resp("added", json!({ "$ref": "#/components/schemas/Server" })),
-                        "409": resp("the name is taken", err_ref()),
-                        "415": resp("not JSON", err_ref()),
-                        "422": resp("wrong fields, each named", err_ref())
+                        "201": json_answer("added", json!({ "$ref": "#/components/schemas/Server" })),
+                        "409": json_answer("the name is taken", error_ref()),
+                        "415": json_answer("not JSON", error_ref()),
+                        "422": json_answer("wrong fields, each named", error_ref())
                     }
                 }
             },
             "/api/servers/{name}": {
                 "get": { "summary": "one server", "parameters": [name_param()], "responses": {
-                    "200": resp("the server", json!({ "$ref": "#/components/schemas/Server" })),
-                    "404": resp("no such server", err_ref()) } },
+                    "200": json_answer("the server", json!({ "$ref": "#/components/schemas/Server" })),
+                    "404": json_answer("no such server", error_ref()) } },
                 "delete": server_op("remove a stopped server from the inventory", &[("409", "the server runs")])
             },
             "/api/servers/{name}/start": { "post": server_op("start as a plain server, without failover", &[("409", "not stopped")]) },
@@ -155,11 +142,11 @@ pub fn document() -> Value {
                     "security": [{ "bearer": [] }],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/FailoverSpec" } } } },
                     "responses": {
-                        "200": resp("added", json!({ "$ref": "#/components/schemas/Server" })),
-                        "404": resp("no such server", err_ref()),
-                        "409": resp("failover runs", err_ref()),
-                        "415": resp("not JSON", err_ref()),
-                        "422": resp("wrong fields, each named", err_ref())
+                        "200": json_answer("added", json!({ "$ref": "#/components/schemas/Server" })),
+                        "404": json_answer("no such server", error_ref()),
+                        "409": json_answer("failover runs", error_ref()),
+                        "415": json_answer("not JSON", error_ref()),
+                        "422": json_answer("wrong fields, each named", error_ref())
                     }
                 },
                 "delete": server_op("remove the failover configuration; the server stays as a plain server", &[("409", "failover runs")])
@@ -173,10 +160,10 @@ pub fn document() -> Value {
                 "requestBody": { "required": false, "content": { "application/json": { "schema": {
                     "type": "object", "additionalProperties": false, "properties": { "to": { "type": "string" } } } } } },
                 "responses": {
-                    "200": resp("switched over: from, to, epoch", json!({"type": "object"})),
-                    "404": resp("no such server", err_ref()),
-                    "409": resp("refused (no ready standby, failover not running)", err_ref()),
-                    "422": resp("`to` is not a node of the group", err_ref())
+                    "200": json_answer("switched over: from, to, epoch", json!({"type": "object"})),
+                    "404": json_answer("no such server", error_ref()),
+                    "409": json_answer("refused (no ready standby, failover not running)", error_ref()),
+                    "422": json_answer("`to` is not a node of the group", error_ref())
                 }
             } },
             "/api/servers/{name}/events": { "get": {
@@ -186,11 +173,11 @@ pub fn document() -> Value {
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 10000 } }],
                 "responses": {
                     "200": { "description": "the events", "content": { "application/json": { "schema": { "type": "object" } }, "text/csv": { "schema": { "type": "string" } } } },
-                    "400": resp("bad query", err_ref()),
-                    "404": resp("no such server", err_ref())
+                    "400": json_answer("bad query", error_ref()),
+                    "404": json_answer("no such server", error_ref())
                 }
             } },
-            "/api/config": { "get": { "summary": "the whole configuration (servers and their failover services, and the files kept from the last import: include fragments), as `ctl export` writes it", "responses": { "200": resp("the configuration", json!({"type": "object"})) } } },
+            "/api/config": { "get": { "summary": "the whole configuration (servers and their failover services, and the files kept from the last import: include fragments), as `ctl export` writes it", "responses": { "200": json_answer("the configuration", json!({"type": "object"})) } } },
             "/api/config/import": { "post": {
                 "summary": "validate a whole configuration and show the difference; with apply=true change the inventory (all or nothing); prune=true removes servers not in it",
                 "security": [{ "bearer": [] }],
@@ -198,12 +185,12 @@ pub fn document() -> Value {
                     "type": "object", "required": ["servers"], "additionalProperties": false,
                     "properties": { "servers": { "type": "array" }, "files": { "type": "object", "description": "files kept as written: servers' files that use include, and the fragments (relative path → text)", "additionalProperties": { "type": "string" } }, "apply": { "type": "boolean" }, "prune": { "type": "boolean" } } } } } },
                 "responses": {
-                    "200": resp("the difference (and whether it was applied)", json!({"type": "object"})),
-                    "415": resp("not JSON", err_ref()),
-                    "422": resp("errors, per server; nothing changed", err_ref())
+                    "200": json_answer("the difference (and whether it was applied)", json!({"type": "object"})),
+                    "415": json_answer("not JSON", error_ref()),
+                    "422": json_answer("errors, per server; nothing changed", error_ref())
                 }
             } },
             "/api/stream": { "get": { "summary": "server-sent events: the whole inventory (as GET /api/servers) on every change", "responses": { "200": { "description": "text/event-stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } } } }
-        }
-    })
+        }),
+    )
 }

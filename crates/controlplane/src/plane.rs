@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
-use understudy_status::{ApiError, Status, Switchover};
+use understudy_status::{ApiError, Events, Status, Switchover};
 
 use crate::config_io::{check_files, diff, ConfigDir, ImportReport, ServerConfig};
 use crate::host::{agent_key, server_key, tail, HostError, LocalHost};
@@ -1435,18 +1435,19 @@ impl Plane {
         else {
             return;
         };
-        let Ok(ev) = r.json::<Value>().await else {
+        let Ok(ev) = r.json::<Events>().await else {
             return;
         };
-        let Some(tk) = ev.get("takeovers").and_then(Value::as_array) else {
-            return;
-        };
-        for t in tk {
+        for t in &ev.takeovers {
             // Only takeovers that reached a durable epoch are failure events of the group.
-            if t.get("epoch").and_then(Value::as_u64).unwrap_or(0) == 0 {
+            if t.epoch == 0 {
                 continue;
             }
-            match self.store.add_failure_event(server, &n.name, t) {
+            // Stored as the agent's JSON, which the control plane's API serves back.
+            let Ok(t) = serde_json::to_value(t) else {
+                continue;
+            };
+            match self.store.add_failure_event(server, &n.name, &t) {
                 Ok(true) => {
                     info!(server, node = %n.name, "failure event stored");
                     if let Some(nt) = &self.notifier {
@@ -1459,7 +1460,7 @@ impl Plane {
                     }
                 }
                 Ok(false) => {
-                    let _ = self.store.update_failure_event(server, &n.name, t);
+                    let _ = self.store.update_failure_event(server, &n.name, &t);
                 }
                 Err(e) => warn!("cannot store a failure event: {e}"),
             }

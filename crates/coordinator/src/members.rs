@@ -315,7 +315,10 @@ mod tests {
     fn rec(pid: u32, boot: Option<String>, last_seen: u64) -> MemberRecord {
         use understudy_status::{ActivationMode, Node, ServiceState, State};
         MemberRecord {
-            node: Node {
+            last_seen_unix_ms: last_seen,
+            service: ServiceState::Running,
+            boot_id: boot,
+            ..MemberRecord::of(Node {
                 name: "a".into(),
                 group: "g".into(),
                 state: State::Warm,
@@ -327,16 +330,7 @@ mod tests {
                 ready: true,
                 admin: "127.0.0.1:1".into(),
                 agent_pid: pid,
-            },
-            last_seen_unix_ms: last_seen,
-            service: ServiceState::Running,
-            pid: None,
-            detail: None,
-            handover_to: None,
-            boot_id: boot,
-            connections_refused: 0,
-            stepped_down: None,
-            priority: 0,
+            })
         }
     }
 

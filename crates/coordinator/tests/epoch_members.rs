@@ -10,7 +10,10 @@ use understudy_status::{ActivationMode, Node, ServiceState, State};
 
 fn rec(node: &str, epoch: u64) -> MemberRecord {
     MemberRecord {
-        node: Node {
+        last_seen_unix_ms: 2,
+        service: ServiceState::Running,
+        pid: Some(42),
+        ..MemberRecord::of(Node {
             name: node.into(),
             group: "g".into(),
             state: State::Warm,
@@ -22,16 +25,7 @@ fn rec(node: &str, epoch: u64) -> MemberRecord {
             ready: true,
             admin: "127.0.0.1:7000".into(),
             agent_pid: 41,
-        },
-        last_seen_unix_ms: 2,
-        service: ServiceState::Running,
-        pid: Some(42),
-        detail: None,
-        handover_to: None,
-        boot_id: None,
-        connections_refused: 0,
-        stepped_down: None,
-        priority: 0,
+        })
     }
 }
 

@@ -500,7 +500,9 @@ async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
     );
 
     let rec = |node: &str, holds_lock: bool, last_seen: u64| MemberRecord {
-        node: understudy_status::Node {
+        last_seen_unix_ms: last_seen,
+        service: understudy_status::ServiceState::Running,
+        ..MemberRecord::of(understudy_status::Node {
             name: node.into(),
             group: "g".into(),
             state: understudy_status::State::Warm,
@@ -512,16 +514,7 @@ async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
             ready: true,
             admin: "127.0.0.1:1".into(),
             agent_pid: 1,
-        },
-        last_seen_unix_ms: last_seen,
-        service: understudy_status::ServiceState::Running,
-        pid: None,
-        detail: None,
-        handover_to: None,
-        boot_id: None,
-        connections_refused: 0,
-        stepped_down: None,
-        priority: 0,
+        })
     };
     let members = b.members();
     members.ensure_dir().unwrap();

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::types::{ActivationMode, Role, StandbyType, State};
+pub use understudy_status::EventKind;
 
 /// The current time, given to the engine with every input: monotonic for timers and durations,
 /// wall clock for heartbeats written by other processes.
@@ -377,56 +378,6 @@ pub enum Answer {
         /// Why, in words.
         reason: String,
     },
-}
-
-/// Kinds of timeline entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// The agent started.
-    AgentStarted,
-    /// The group lock was obtained: the previous active is gone (failure detected) or let go.
-    LockObtained,
-    /// The lock was obtained but the heartbeat was stale or unreadable: waiting for an operator.
-    HeartbeatStale,
-    /// The grant is held: the lock file was re-created while a peer still acts on the old one.
-    GrantDeferred,
-    /// The services of the previous holders are gone (or there were none): the grant is usable.
-    PreviousServiceGone,
-    /// The standby service did not handle the activate signal in time; counted as able anyway.
-    SignalWaitExpired,
-    /// The active service acknowledged that it acts with the node's epoch.
-    ServiceAcked,
-    /// The new epoch is durable; the node is Hot.
-    EpochDurable,
-    /// The service process started.
-    ServiceStarted,
-    /// The service was told it is active (signal, hook, or started as active).
-    ServiceNotified,
-    /// The active service is ready (health check passed, or notified when there is none).
-    Ready,
-    /// The service process ended.
-    ServiceExited,
-    /// The health check failed past its threshold.
-    HealthFailed,
-    /// The node lost the group lock underneath it.
-    LockLost,
-    /// The node stepped down from Hot.
-    Demoted,
-    /// The group lock was released.
-    LockReleased,
-    /// An operator asked for a switchover.
-    Switchover,
-    /// An operator request was refused.
-    Refused,
-    /// Persisting the epoch failed.
-    EpochFailed,
-    /// The agent is shutting down.
-    Shutdown,
-    /// The standby service failed: the node stops campaigning until it is ready again.
-    NotReady,
-    /// The standby service is ready again: the node rejoins the group.
-    ReadyAgain,
 }
 
 /// One entry of the event timeline.

@@ -1,9 +1,12 @@
 //! The words and the records every part of understudy shares: the vocabulary of DESIGN.md
 //! ([`State`], [`ActivationMode`], [`StandbyType`], [`Role`], [`ServiceState`]) and the JSON the
 //! agent writes — `GET /status` ([`Status`]), the group's membership records ([`MemberRecord`],
-//! `GET /group` as [`Group`]) and the admin API's other answers. The agent writes them; the
-//! service SDK, the CLI, `understudy top`, the control plane and the group's other agents read
-//! them, all through these types. Only serde, so anything can depend on it.
+//! `GET /group` as [`Group`]), the event timeline and its takeovers (`GET /events` as
+//! [`Events`]) and the admin API's other answers. The agent writes them; the service SDK, the
+//! CLI, `understudy top`, the control plane and the group's other agents read them, all through
+//! these types. Only serde, so anything can depend on it ([`openapi`] holds what the agent's and
+//! the control plane's OpenAPI documents share; feature `clap` lets command lines parse the
+//! vocabulary).
 //!
 //! # Names
 //!
@@ -35,6 +38,8 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod openapi;
 
 use std::fmt;
 
@@ -69,19 +74,30 @@ impl fmt::Display for State {
 /// API reports it (`"TryLock"`); read in any case, so a config's `mode = "trylock"` and document
 /// 002's `TryLock` both work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ActivationMode {
     /// Hot at once (takes the group lock without waiting; refused if another node holds it).
     Hot,
     /// Warm until an operator says `PUT /service/activationmode/hot`.
     Warm,
     /// Hot while holding the group lock; waits for it in the kernel.
+    #[cfg_attr(feature = "clap", value(name = "trylock"))]
     TryLock,
     /// Like TryLock, but a node that obtains the lock becomes Hot by itself only if the previous
     /// holder's heartbeat is fresher than `heartbeat_delay`.
+    #[cfg_attr(feature = "clap", value(name = "tryheartbeat"))]
     TryHeartbeat,
 }
 
 impl ActivationMode {
+    const ALL: [ActivationMode; 4] = [
+        ActivationMode::Hot,
+        ActivationMode::Warm,
+        ActivationMode::TryLock,
+        ActivationMode::TryHeartbeat,
+    ];
+    const NAMES: &'static [&'static str] = &["hot", "warm", "trylock", "tryheartbeat"];
+
     /// The name the admin API reports (`"TryLock"`, …).
     pub fn api_name(self) -> &'static str {
         match self {
@@ -95,6 +111,16 @@ impl ActivationMode {
     /// True for the modes that wait for the group lock by themselves.
     pub fn campaigns(self) -> bool {
         matches!(self, ActivationMode::TryLock | ActivationMode::TryHeartbeat)
+    }
+
+    /// The word of the config file (`activation.mode = "trylock"`).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            ActivationMode::Hot => "hot",
+            ActivationMode::Warm => "warm",
+            ActivationMode::TryLock => "trylock",
+            ActivationMode::TryHeartbeat => "tryheartbeat",
+        }
     }
 }
 
@@ -112,20 +138,56 @@ impl Serialize for ActivationMode {
 
 impl<'de> Deserialize<'de> for ActivationMode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        const NAMES: &[&str] = &["hot", "warm", "trylock", "tryheartbeat"];
         let s = String::deserialize(d)?;
-        match s.to_ascii_lowercase().as_str() {
-            "hot" => Ok(ActivationMode::Hot),
-            "warm" => Ok(ActivationMode::Warm),
-            "trylock" => Ok(ActivationMode::TryLock),
-            "tryheartbeat" => Ok(ActivationMode::TryHeartbeat),
-            _ => Err(serde::de::Error::unknown_variant(&s, NAMES)),
+        s.parse()
+            .map_err(|_| serde::de::Error::unknown_variant(&s, ActivationMode::NAMES))
+    }
+}
+
+/// Any case: a config's `trylock` and document 002's `TryLock` both parse.
+impl std::str::FromStr for ActivationMode {
+    type Err = UnknownWord;
+    fn from_str(s: &str) -> Result<Self, UnknownWord> {
+        let lower = s.to_ascii_lowercase();
+        ActivationMode::ALL
+            .into_iter()
+            .find(|m| m.config_name() == lower)
+            .ok_or_else(|| UnknownWord::new(s, ActivationMode::NAMES))
+    }
+}
+
+/// A word that names none of a vocabulary's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownWord {
+    word: String,
+    expected: &'static [&'static str],
+}
+
+impl UnknownWord {
+    fn new(word: &str, expected: &'static [&'static str]) -> UnknownWord {
+        UnknownWord {
+            word: word.to_string(),
+            expected,
         }
     }
 }
 
+impl fmt::Display for UnknownWord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown word `{}`, expected one of: {}",
+            self.word,
+            self.expected.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownWord {}
+
 /// How ready a standby's service is (`service.standby`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum StandbyType {
     /// Service running in standby role, mirroring state; told by signal when active.
@@ -149,6 +211,16 @@ impl StandbyType {
             StandbyType::Warm => "warm",
             StandbyType::Cold => "cold",
         }
+    }
+}
+
+impl std::str::FromStr for StandbyType {
+    type Err = UnknownWord;
+    fn from_str(s: &str) -> Result<Self, UnknownWord> {
+        [StandbyType::Hot, StandbyType::Warm, StandbyType::Cold]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownWord::new(s, &["hot", "warm", "cold"]))
     }
 }
 
@@ -334,6 +406,26 @@ pub struct MemberRecord {
     pub priority: u32,
 }
 
+impl MemberRecord {
+    /// A record of `node` with nothing else known: never seen (`last_seen_unix_ms` 0), service
+    /// stopped, and every field added later at its default. Fill in what matters:
+    /// `MemberRecord { pid: Some(42), ..MemberRecord::of(node) }`.
+    pub fn of(node: Node) -> MemberRecord {
+        MemberRecord {
+            node,
+            last_seen_unix_ms: 0,
+            service: ServiceState::Stopped,
+            pid: None,
+            detail: None,
+            handover_to: None,
+            boot_id: None,
+            connections_refused: 0,
+            stepped_down: None,
+            priority: 0,
+        }
+    }
+}
+
 /// A node's last step down from Hot (see [`MemberRecord::stepped_down`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepDown {
@@ -440,6 +532,225 @@ pub struct Switchover {
     pub took_ms: f64,
 }
 
+/// What a timeline entry of `GET /events` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The agent started.
+    AgentStarted,
+    /// The group lock was obtained: the previous active is gone (failure detected) or let go.
+    LockObtained,
+    /// The lock was obtained but the heartbeat was stale or unreadable: waiting for an operator.
+    HeartbeatStale,
+    /// The grant is held: the lock file was re-created while a peer still acts on the old one.
+    GrantDeferred,
+    /// The services of the previous holders are gone (or there were none): the grant is usable.
+    PreviousServiceGone,
+    /// The standby service did not handle the activate signal in time; counted as able anyway.
+    SignalWaitExpired,
+    /// The active service acknowledged that it acts with the node's epoch.
+    ServiceAcked,
+    /// The new epoch is durable; the node is Hot.
+    EpochDurable,
+    /// The service process started.
+    ServiceStarted,
+    /// The service was told it is active (signal, hook, or started as active).
+    ServiceNotified,
+    /// The active service is ready (health check passed, or notified when there is none).
+    Ready,
+    /// The service process ended.
+    ServiceExited,
+    /// The health check failed past its threshold.
+    HealthFailed,
+    /// The node lost the group lock underneath it.
+    LockLost,
+    /// The node stepped down from Hot.
+    Demoted,
+    /// The group lock was released.
+    LockReleased,
+    /// An operator asked for a switchover.
+    Switchover,
+    /// An operator request was refused.
+    Refused,
+    /// Persisting the epoch failed.
+    EpochFailed,
+    /// The agent is shutting down.
+    Shutdown,
+    /// The standby service failed: the node stops campaigning until it is ready again.
+    NotReady,
+    /// The standby service is ready again: the node rejoins the group.
+    ReadyAgain,
+    /// A word this build does not know (a newer agent's); never written.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventKind {
+    /// Every kind an agent writes.
+    pub const ALL: [EventKind; 22] = [
+        EventKind::AgentStarted,
+        EventKind::LockObtained,
+        EventKind::HeartbeatStale,
+        EventKind::GrantDeferred,
+        EventKind::PreviousServiceGone,
+        EventKind::SignalWaitExpired,
+        EventKind::ServiceAcked,
+        EventKind::EpochDurable,
+        EventKind::ServiceStarted,
+        EventKind::ServiceNotified,
+        EventKind::Ready,
+        EventKind::ServiceExited,
+        EventKind::HealthFailed,
+        EventKind::LockLost,
+        EventKind::Demoted,
+        EventKind::LockReleased,
+        EventKind::Switchover,
+        EventKind::Refused,
+        EventKind::EpochFailed,
+        EventKind::Shutdown,
+        EventKind::NotReady,
+        EventKind::ReadyAgain,
+    ];
+
+    /// The word on the wire (`"lock_obtained"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::AgentStarted => "agent_started",
+            EventKind::LockObtained => "lock_obtained",
+            EventKind::HeartbeatStale => "heartbeat_stale",
+            EventKind::GrantDeferred => "grant_deferred",
+            EventKind::PreviousServiceGone => "previous_service_gone",
+            EventKind::SignalWaitExpired => "signal_wait_expired",
+            EventKind::ServiceAcked => "service_acked",
+            EventKind::EpochDurable => "epoch_durable",
+            EventKind::ServiceStarted => "service_started",
+            EventKind::ServiceNotified => "service_notified",
+            EventKind::Ready => "ready",
+            EventKind::ServiceExited => "service_exited",
+            EventKind::HealthFailed => "health_failed",
+            EventKind::LockLost => "lock_lost",
+            EventKind::Demoted => "demoted",
+            EventKind::LockReleased => "lock_released",
+            EventKind::Switchover => "switchover",
+            EventKind::Refused => "refused",
+            EventKind::EpochFailed => "epoch_failed",
+            EventKind::Shutdown => "shutdown",
+            EventKind::NotReady => "not_ready",
+            EventKind::ReadyAgain => "ready_again",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /events`: a node's recent timeline and the takeovers it made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Events {
+    /// The node that answered.
+    pub node: String,
+    /// The timeline, oldest first (the agent keeps the last thousand entries).
+    pub events: Vec<TimelineEntry>,
+    /// The takeovers that reached a durable epoch, oldest first.
+    pub takeovers: Vec<Takeover>,
+}
+
+impl Events {
+    /// The takeover with `epoch`, or the last one when None.
+    pub fn takeover(&self, epoch: Option<u64>) -> Option<&Takeover> {
+        match epoch {
+            Some(e) => self.takeovers.iter().rev().find(|t| t.epoch == e),
+            None => self.takeovers.last(),
+        }
+    }
+}
+
+/// One entry of a node's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// When, Unix milliseconds (the agent's wall clock).
+    pub at_unix_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The node's epoch at that moment.
+    pub epoch: u64,
+    /// Details in words.
+    pub detail: String,
+}
+
+/// One takeover by a node: a failure event's per-phase timeline. Every phase is milliseconds
+/// from detection on the agent's monotonic clock, each stamped when that phase happened, so two
+/// phases share a figure only if nothing took time between them; a phase that did not happen
+/// (yet) is null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Takeover {
+    /// The epoch the node became Hot with.
+    pub epoch: u64,
+    /// What the node found when it obtained the lock: who was active before and what became of it.
+    pub cause: String,
+    /// Wall clock of the detection, Unix milliseconds (whole milliseconds: only for comparing
+    /// with another process's wall clock; the phases are the precise figures).
+    pub detected_unix_ms: u64,
+    /// The grant was taken.
+    #[serde(default)]
+    pub lock_obtained_ms: Option<f64>,
+    /// The previous active's service had ended (or there was none to wait for).
+    #[serde(default)]
+    pub previous_service_gone_ms: Option<f64>,
+    /// The new epoch was durable and the node Hot.
+    #[serde(default)]
+    pub epoch_durable_ms: Option<f64>,
+    /// The service was told it is active (signal sent, or started as active).
+    #[serde(default)]
+    pub service_notified_ms: Option<f64>,
+    /// The service said it acts with the new epoch (`POST /service/active-ack`); null for a
+    /// service that does not acknowledge.
+    #[serde(default)]
+    pub service_acked_ms: Option<f64>,
+    /// The active service was ready (its health check passed, or it was told when there is none).
+    #[serde(default)]
+    pub ready_ms: Option<f64>,
+}
+
+impl Takeover {
+    /// The phases in the order they normally happen: the JSON field and its name for a person.
+    pub const PHASES: [(&'static str, &'static str); 6] = [
+        ("lock_obtained_ms", "lock obtained"),
+        ("previous_service_gone_ms", "previous service gone"),
+        ("epoch_durable_ms", "epoch durable"),
+        ("service_notified_ms", "service notified"),
+        ("service_acked_ms", "service acknowledged"),
+        ("ready_ms", "ready"),
+    ];
+
+    /// Each phase's figure, in the order of [`Takeover::PHASES`].
+    pub fn phase_values(&self) -> [Option<f64>; 6] {
+        [
+            self.lock_obtained_ms,
+            self.previous_service_gone_ms,
+            self.epoch_durable_ms,
+            self.service_notified_ms,
+            self.service_acked_ms,
+            self.ready_ms,
+        ]
+    }
+
+    /// The phases that happened, in time order: (milliseconds from detection, name).
+    pub fn timeline(&self) -> Vec<(f64, &'static str)> {
+        let mut at: Vec<(f64, &'static str)> = Takeover::PHASES
+            .iter()
+            .zip(self.phase_values())
+            .filter_map(|((_, label), v)| Some((v?, *label)))
+            .collect();
+        at.sort_by(|a, b| a.0.total_cmp(&b.0));
+        at
+    }
+}
+
 /// The body of every error answer of the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
@@ -474,16 +785,10 @@ mod tests {
     fn member(name: &str, state: State, epoch: u64, fresh: bool) -> Member {
         Member {
             record: MemberRecord {
-                node: node(name, state, epoch),
                 last_seen_unix_ms: 2,
                 service: ServiceState::Running,
                 pid: Some(11),
-                detail: None,
-                handover_to: None,
-                boot_id: None,
-                connections_refused: 0,
-                stepped_down: None,
-                priority: 0,
+                ..MemberRecord::of(node(name, state, epoch))
             },
             age_ms: 3,
             fresh,
@@ -527,16 +832,9 @@ mod tests {
     #[test]
     fn readers_ignore_fields_they_do_not_know_and_words_they_do_not_know() {
         let mut v = serde_json::to_value(MemberRecord {
-            node: node("b", State::Warm, 3),
             last_seen_unix_ms: 5,
             service: ServiceState::Running,
-            pid: None,
-            detail: None,
-            handover_to: None,
-            boot_id: None,
-            connections_refused: 0,
-            stepped_down: None,
-            priority: 0,
+            ..MemberRecord::of(node("b", State::Warm, 3))
         })
         .unwrap();
         v["renewal_age_ms"] = json!(12);
@@ -570,6 +868,39 @@ mod tests {
             serde_json::from_str(r#"{"mode":"Hot","name":"tryheartbeat","epoch":4}"#).unwrap();
         assert_eq!(activated.activation, ActivationMode::TryHeartbeat);
         assert_eq!(activated.epoch, Some(4));
+    }
+
+    #[test]
+    fn event_kinds_are_their_wire_words_and_unknown_words_still_parse() {
+        for k in EventKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
+            let back: EventKind = serde_json::from_value(json!(k.as_str())).unwrap();
+            assert_eq!(back, k);
+        }
+        let newer: Events = serde_json::from_value(json!({
+            "node": "a",
+            "events": [{"at_unix_ms": 1, "kind": "quorum_lost", "epoch": 2, "detail": "x"}],
+            "takeovers": [{"epoch": 2, "cause": "c", "detected_unix_ms": 1, "ready_ms": 0.5,
+                           "replicated_ms": 0.2}],
+        }))
+        .unwrap();
+        assert_eq!(newer.events[0].kind, EventKind::Unknown);
+        let t = newer.takeover(None).unwrap();
+        assert_eq!(t.lock_obtained_ms, None, "a phase an older agent lacks");
+        assert_eq!(t.timeline(), vec![(0.5, "ready")]);
+        assert_eq!(newer.takeover(Some(3)), None);
+    }
+
+    #[test]
+    fn parses_the_config_words_and_clap_sees_the_same() {
+        assert_eq!("TryLock".parse(), Ok(ActivationMode::TryLock));
+        assert_eq!("tryheartbeat".parse(), Ok(ActivationMode::TryHeartbeat));
+        assert!("primary".parse::<ActivationMode>().is_err());
+        assert_eq!("cold".parse(), Ok(StandbyType::Cold));
+        assert!("Cold".parse::<StandbyType>().is_err());
+        for m in ActivationMode::ALL {
+            assert_eq!(m.config_name().parse(), Ok(m));
+        }
     }
 
     #[test]

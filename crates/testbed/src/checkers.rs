@@ -4,15 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::Value;
+use understudy_control::AgentClient;
 
-use crate::clock::{pause, unix_ms, wait_until};
-use crate::http::http;
+use crate::clock::{unix_ms, wait_until};
 
 /// One line of the demo service's log: `<monotonic ns> <pid> <node> <event> <epoch>`.
 #[derive(Debug, Clone)]
@@ -154,7 +153,7 @@ pub fn check_overlaps(log: &Path) -> Vec<Interval> {
 }
 
 /// What the watcher saw.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct WatchReport {
     /// Polling sweeps over all nodes.
     pub sweeps: u64,
@@ -168,12 +167,18 @@ pub struct WatchReport {
     pub hot_answers: BTreeMap<String, u64>,
 }
 
-/// Polls every node's /status every few ms on a thread, recording moments two nodes were Hot.
+/// Polls every node's `GET /status` all through a test, a benchmark or a drill, on a thread of
+/// its own (so it keeps its pace whatever the caller waits for), and records any moment two
+/// nodes were Hot at once. It needs nothing from the services, so it also checks a group whose
+/// services keep no log.
+///
+/// A Hot answer proves the node was Hot from its `since_unix_ms` until the request was sent.
+/// The requests of one sweep go out together; two Hot answers whose proven intervals intersect
+/// are two actives at once, disjoint ones a handover that happened between the two requests.
 pub struct Watcher {
     stop: Arc<AtomicBool>,
-    /// Completed sweeps so far, for [`Watcher::wait_sweeps`].
-    sweeps: Arc<AtomicU64>,
-    handle: Option<JoinHandle<WatchReport>>,
+    report: Arc<Mutex<WatchReport>>,
+    handle: Option<JoinHandle<()>>,
 }
 
 struct Answer {
@@ -184,88 +189,69 @@ struct Answer {
 }
 
 impl Watcher {
-    /// Starts watching `nodes` (name, admin address).
+    /// Watches the local agents `nodes` (name, admin address; plain HTTP), a sweep every 3 ms.
     pub fn start(nodes: Vec<(String, String)>) -> Watcher {
+        // A stopped agent answers nothing: a short timeout keeps the sweeps over the others going.
+        let clients = nodes
+            .into_iter()
+            .map(|(name, addr)| (name, AgentClient::new(&addr, Duration::from_millis(200))))
+            .collect();
+        Watcher::with_clients(clients, Duration::from_millis(3))
+            .unwrap_or_else(|e| panic!("cannot start the two-Hot watcher: {e:#}"))
+    }
+
+    /// Watches the agents behind `clients` (name, client: remote, with a token or TLS), a sweep
+    /// every `interval`.
+    pub fn with_clients(
+        clients: Vec<(String, AgentClient)>,
+        interval: Duration,
+    ) -> anyhow::Result<Watcher> {
         let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let sweeps = Arc::new(AtomicU64::new(0));
-        let sweeps2 = sweeps.clone();
-        let handle = std::thread::spawn(move || {
-            let mut rep = WatchReport::default();
-            while !s2.load(Ordering::Relaxed) {
-                let mut hot: Vec<Answer> = Vec::new();
-                for (name, addr) in &nodes {
-                    let sent_ms = unix_ms();
-                    let Ok((200, body)) = http("GET", addr, "/status", Duration::from_millis(200))
-                    else {
-                        continue;
-                    };
-                    let Ok(v) = serde_json::from_str::<Value>(&body) else {
-                        continue;
-                    };
-                    if v["mode"] == "Hot" {
-                        *rep.hot_answers.entry(name.clone()).or_default() += 1;
-                        hot.push(Answer {
-                            node: name.clone(),
-                            sent_ms,
-                            since_ms: v["since_unix_ms"].as_u64().unwrap_or(0),
-                            epoch: v["epoch"].as_u64().unwrap_or(0),
-                        });
-                    }
-                }
-                rep.sweeps += 1;
-                if hot.len() > 1 {
-                    rep.two_hot_answers += 1;
-                    // A Hot answer proves the node was Hot over [since, sent]. Two such intervals
-                    // that intersect are two actives at once; disjoint ones are a handover that
-                    // happened between the two requests of the sweep.
-                    for i in 0..hot.len() {
-                        for j in i + 1..hot.len() {
-                            let (a, b) = (&hot[i], &hot[j]);
-                            if a.since_ms.max(b.since_ms) < a.sent_ms.min(b.sent_ms) {
-                                rep.violations.push(format!(
-                                    "{} (epoch {}, Hot since {}) and {} (epoch {}, Hot since {}) both Hot at {}",
-                                    a.node,
-                                    a.epoch,
-                                    a.since_ms,
-                                    b.node,
-                                    b.epoch,
-                                    b.since_ms,
-                                    a.sent_ms.min(b.sent_ms)
-                                ));
-                            }
-                        }
-                    }
-                }
-                // Published after the sweep's answers are judged, so that a waiter sees them.
-                sweeps2.store(rep.sweeps, Ordering::Release);
-                pause(Duration::from_millis(3));
-            }
-            rep
-        });
-        Watcher {
+        let report = Arc::new(Mutex::new(WatchReport::default()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop2, report2) = (stop.clone(), report.clone());
+        let handle = std::thread::Builder::new()
+            .name("two-hot-watcher".into())
+            .spawn(move || rt.block_on(watch(clients, interval, stop2, report2)))?;
+        Ok(Watcher {
             stop,
-            sweeps,
+            report,
             handle: Some(handle),
+        })
+    }
+
+    /// Two-Hot moments found so far.
+    pub fn violations(&self) -> usize {
+        self.snapshot().violations.len()
+    }
+
+    fn snapshot(&self) -> WatchReport {
+        match self.report.lock() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
     /// Waits until `n` more sweeps over every node have completed; panics after `timeout`.
     pub fn wait_sweeps(&self, n: u64, timeout: Duration) {
-        let target = self.sweeps.load(Ordering::Acquire) + n;
+        let target = self.snapshot().sweeps + n;
         assert!(
-            wait_until(timeout, || self.sweeps.load(Ordering::Acquire) >= target),
+            wait_until(timeout, || self.snapshot().sweeps >= target),
             "the watcher did not complete {n} sweeps within {timeout:?}"
         );
     }
 
-    /// Stops polling and asserts that no two nodes were ever Hot at once.
-    pub fn finish(mut self) -> WatchReport {
-        self.stop.store(true, Ordering::Relaxed);
-        let rep = match self.handle.take().map(JoinHandle::join) {
-            Some(Ok(rep)) => rep,
-            _ => panic!("the watcher thread failed"),
-        };
+    /// Stops polling and returns what was seen.
+    pub fn stop(mut self) -> WatchReport {
+        self.halt();
+        self.snapshot()
+    }
+
+    /// Stops polling and asserts that it swept and that no two nodes were ever Hot at once.
+    pub fn finish(self) -> WatchReport {
+        let rep = self.stop();
         assert!(rep.sweeps > 0, "the watcher never completed a sweep");
         assert!(
             rep.violations.is_empty(),
@@ -275,13 +261,70 @@ impl Watcher {
         );
         rep
     }
-}
 
-impl Drop for Watcher {
-    fn drop(&mut self) {
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+async fn watch(
+    clients: Vec<(String, AgentClient)>,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<WatchReport>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let answers = futures_util::future::join_all(clients.iter().map(|(name, c)| async move {
+            let sent_ms = unix_ms();
+            let st = c.status().await.ok()?;
+            st.is_hot().then(|| Answer {
+                node: name.clone(),
+                sent_ms,
+                since_ms: st.node.since_unix_ms,
+                epoch: st.node.epoch,
+            })
+        }))
+        .await;
+        let hot: Vec<Answer> = answers.into_iter().flatten().collect();
+        {
+            // The verdict and the count under one lock: a waiter on the count sees the verdict.
+            let mut rep = match report.lock() {
+                Ok(r) => r,
+                Err(p) => p.into_inner(),
+            };
+            for a in &hot {
+                *rep.hot_answers.entry(a.node.clone()).or_default() += 1;
+            }
+            if hot.len() > 1 {
+                rep.two_hot_answers += 1;
+            }
+            for (i, a) in hot.iter().enumerate() {
+                for b in &hot[i + 1..] {
+                    if a.since_ms.max(b.since_ms) < a.sent_ms.min(b.sent_ms) {
+                        rep.violations.push(format!(
+                            "TWO HOT: {} (epoch {}, Hot since {}) and {} (epoch {}, Hot since {}) both Hot at {} (Unix ms)",
+                            a.node,
+                            a.epoch,
+                            a.since_ms,
+                            b.node,
+                            b.epoch,
+                            b.since_ms,
+                            a.sent_ms.min(b.sent_ms)
+                        ));
+                    }
+                }
+            }
+            rep.sweeps += 1;
+        }
+        tokio::time::sleep(interval).await;
     }
 }

@@ -10,58 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Serialize, Serializer};
-
-/// `activation.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Hot at start.
-    Hot,
-    /// Warm until told.
-    Warm,
-    /// Hot once the lock is obtained.
-    #[value(name = "trylock")]
-    TryLock,
-    /// Hot once the lock is obtained and the heartbeat found fresh.
-    #[value(name = "tryheartbeat")]
-    TryHeartbeat,
-}
-
-/// `service.standby`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Standby {
-    /// Running as a standby, signalled on activation.
-    Hot,
-    /// Running, core services postponed, signalled on activation.
-    Warm,
-    /// Started on activation.
-    Cold,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        clap::ValueEnum::from_str(s, false)
-    }
-}
-
-impl std::str::FromStr for Standby {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        clap::ValueEnum::from_str(s, false)
-    }
-}
-
-impl std::fmt::Display for Standby {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Standby::Hot => "hot",
-            Standby::Warm => "warm",
-            Standby::Cold => "cold",
-        })
-    }
-}
+use understudy_status::{ActivationMode, StandbyType};
 
 /// One agent's configuration file.
 #[derive(Debug, Clone, Serialize)]
@@ -94,8 +43,9 @@ pub struct NodeSection {
 /// `[activation]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActivationSection {
-    /// `activation.mode`.
-    pub mode: Mode,
+    /// `activation.mode`, written as the config's word (`"trylock"`).
+    #[serde(serialize_with = "config_word")]
+    pub mode: ActivationMode,
     /// `activation.lock_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_file: Option<PathBuf>,
@@ -110,7 +60,7 @@ pub struct ServiceSection {
     /// `service.command`.
     pub command: Vec<String>,
     /// `service.standby`.
-    pub standby: Standby,
+    pub standby: StandbyType,
     /// `service.stop_timeout`.
     #[serde(serialize_with = "duration", skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<Duration>,
@@ -148,6 +98,11 @@ pub struct EtcdSection {
     pub endpoints: Vec<String>,
 }
 
+/// An activation mode as the config files of the docs write it (the agent reads any case).
+fn config_word<S: Serializer>(m: &ActivationMode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(m.config_name())
+}
+
 /// A duration as the agent reads it (`"250ms"`, `"1s"`).
 fn duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
@@ -162,9 +117,9 @@ impl AgentConfig {
         name: &str,
         group: &str,
         admin: &str,
-        mode: Mode,
+        mode: ActivationMode,
         command: Vec<String>,
-        standby: Standby,
+        standby: StandbyType,
     ) -> AgentConfig {
         AgentConfig {
             node: NodeSection {
@@ -290,9 +245,9 @@ mod tests {
             "a",
             "g",
             "127.0.0.1:1",
-            Mode::TryLock,
+            ActivationMode::TryLock,
             vec!["x \"y\"".into()],
-            Standby::Hot,
+            StandbyType::Hot,
         );
         c.activation.lock_file = Some("/tmp/l".into());
         c.service.stop_timeout = Some(Duration::from_millis(1500));

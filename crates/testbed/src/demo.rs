@@ -11,10 +11,10 @@ use clap::Args;
 use understudy_control::{render_events, render_group};
 
 use crate::clock::{mono_ns, pause as sleep};
-use crate::config::{Mode, Standby};
 use crate::group::{receive_report, Group};
 use crate::http::{epoch_of, is_mode, service_pid_of};
 use crate::proc::alive;
+use understudy_status::{ActivationMode, StandbyType};
 
 /// Arguments of `understudy demo`.
 #[derive(Args, Debug)]
@@ -27,7 +27,7 @@ pub struct DemoArgs {
     nodes: usize,
     /// Standby type of the service.
     #[arg(long, value_enum, default_value = "hot")]
-    standby: Standby,
+    standby: StandbyType,
     /// Keep the temp directory (configs, agent logs) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -69,7 +69,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     let exe = std::env::current_exe().context("cannot find the understudy executable")?;
     let report = sock.local_addr()?;
-    let mut g = Group::create(exe, Mode::TryLock, args.standby)?;
+    let mut g = Group::create(exe, ActivationMode::TryLock, args.standby)?;
     g.config.node.group = "demo".into();
     g.config.service.command = g.demo_service(Some(report));
     for n in &names {
@@ -82,7 +82,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     println!("  lock file  {}", g.lock.display());
     println!(
         "  service    understudy demo-service ({})\n",
-        if args.standby == Standby::Cold {
+        if args.standby == StandbyType::Cold {
             "started as active when its node is Hot"
         } else {
             "runs as a standby; told it is active by SIGUSR1"
@@ -149,8 +149,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
             "\n$ understudy events --agent {}   (the failure event)",
             g.admin(n)
         );
-        let ev = g.get(n, "/events").unwrap_or_default();
-        let text = render_events(&ev);
+        let text = match g.get(n, "/events").map(serde_json::from_value) {
+            Some(Ok(ev)) => render_events(&ev),
+            Some(Err(e)) => format!("(unreadable /events answer: {e})\n"),
+            None => "(no /events answer)\n".to_string(),
+        };
         // The takeover lines come first; the full timeline is for `understudy events`.
         for l in text.lines().take_while(|l| !l.starts_with("timeline")) {
             println!("{l}");

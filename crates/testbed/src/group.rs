@@ -17,9 +17,10 @@ use serde_json::Value;
 
 use crate::checkers::{check_overlaps, intervals, read_log, Interval, LogLine, Watcher};
 use crate::clock::{sleep_ms, wait_until};
-use crate::config::{AgentConfig, Mode, Overrides, Standby};
-use crate::http::{get_json, is_mode, is_ready_standby, post, put, takeover_of};
+use crate::config::{AgentConfig, Overrides};
+use crate::http::{get_json, is_mode, is_ready_standby, post, put};
 use crate::proc::{alive, environ, exit_within, signal, stop_child};
+use understudy_status::{ActivationMode, Events, StandbyType, Takeover};
 
 /// One node of a [`Group`].
 pub struct Node {
@@ -66,7 +67,11 @@ impl Group {
     /// A group in `mode` in a new temp directory, each node protecting
     /// `understudy demo-service --log <dir>/service.log` as a `standby` standby. `exe` is the
     /// `understudy` binary: tests hand `env!("CARGO_BIN_EXE_understudy")`, the CLI its own path.
-    pub fn create(exe: impl Into<PathBuf>, mode: Mode, standby: Standby) -> anyhow::Result<Group> {
+    pub fn create(
+        exe: impl Into<PathBuf>,
+        mode: ActivationMode,
+        standby: StandbyType,
+    ) -> anyhow::Result<Group> {
         let exe = exe.into();
         let dir = tempfile::Builder::new()
             .prefix("understudy-")
@@ -347,8 +352,9 @@ impl Group {
     }
 
     /// The last takeover in node `name`'s `/events`, or the one of `epoch`.
-    pub fn takeover(&self, name: &str, epoch: Option<u64>) -> Option<Value> {
-        takeover_of(&self.get(name, "/events")?, epoch)
+    pub fn takeover(&self, name: &str, epoch: Option<u64>) -> Option<Takeover> {
+        let events: Events = serde_json::from_value(self.get(name, "/events")?).ok()?;
+        events.takeover(epoch).cloned()
     }
 
     /// Waits until `name` reports `want` (Hot/Warm) on /service/activationmode.

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
+use understudy_status::Takeover;
 
 /// One HTTP/1.1 request with an empty body; returns (status, body).
 pub fn http(
@@ -112,21 +113,12 @@ pub fn service_pid_of(v: &Value) -> Option<u32> {
         .and_then(|p| u32::try_from(p).ok())
 }
 
-/// The takeover record of `epoch` (the last one when None) in an `/events` body.
-pub fn takeover_of(events: &Value, epoch: Option<u64>) -> Option<Value> {
-    let all = events.get("takeovers")?.as_array()?;
-    match epoch {
-        Some(e) => all.iter().rev().find(|t| epoch_of(t) == Some(e)).cloned(),
-        None => all.last().cloned(),
-    }
-}
-
-/// The agent's own figures of a takeover record: (detection → service notified, in ms on the
-/// agent's clock; the kill at `kill_unix_ms` → service notified, through the agent's wall-clock
+/// The agent's own figures of a takeover: (detection → service notified, in ms on the agent's
+/// clock; the kill at `kill_unix_ms` → service notified, through the agent's wall-clock
 /// detection stamp, which is in whole milliseconds).
-pub fn notified_ms(takeover: &Value, kill_unix_ms: f64) -> Option<(f64, f64)> {
-    let notified = takeover.get("service_notified_ms")?.as_f64()?;
-    let detected = takeover.get("detected_unix_ms")?.as_f64()?;
+pub fn notified_ms(takeover: &Takeover, kill_unix_ms: f64) -> Option<(f64, f64)> {
+    let notified = takeover.service_notified_ms?;
+    let detected = takeover.detected_unix_ms as f64;
     Some((notified, (detected + notified - kill_unix_ms).max(0.0)))
 }
 

@@ -39,7 +39,7 @@ pub use checkers::{
     check_overlaps, intervals, read_log, verify_log, Interval, LogLine, WatchReport, Watcher,
 };
 pub use clock::{mono_ns, pause, sleep_ms, unix_ms, wait_until};
-pub use config::{arr, q, AgentConfig, Mode, Overrides, Standby};
+pub use config::{arr, q, AgentConfig, Overrides};
 pub use group::{tail, Group, Node};
 pub use http::{get_json, http, is_mode, is_ready_standby, post, put, wait_port};
 pub use ports::{free_addr, free_addrs};

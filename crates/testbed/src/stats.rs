@@ -174,7 +174,8 @@ impl Clock {
         match self {
             Clock::MonoHere => "CLOCK_MONOTONIC, both ends read in the benchmark process",
             Clock::AgentMono => {
-                "the agent's own monotonic clock, from its GET /events (detection = lock obtained)"
+                "the agent's own monotonic clock, from its GET /events, counted from the moment \
+                 it learnt the previous active was gone"
             }
             Clock::WallMs => {
                 "CLOCK_REALTIME across processes: the kill stamped here (ns), the agent's detection \

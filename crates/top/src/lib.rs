@@ -14,9 +14,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use ratatui::Frame;
-use serde_json::Value;
 use understudy_control::{ago, AgentClient};
-use understudy_status::{Group, State};
+use understudy_status::{Events, Group, State};
 
 /// What one refresh learnt.
 #[derive(Debug, Clone, Default)]
@@ -26,13 +25,9 @@ pub struct Model {
     /// `GET /group`, when it answered.
     pub group: Option<Group>,
     /// `GET /events`, when it answered.
-    pub events: Option<Value>,
+    pub events: Option<Events>,
     /// Why the agent did not answer.
     pub error: Option<String>,
-}
-
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The active node's name, when exactly one node is active.
@@ -185,32 +180,19 @@ pub fn draw(f: &mut Frame, m: &Model) {
     let tks = m
         .events
         .as_ref()
-        .and_then(|e| e.get("takeovers"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .map(|e| e.takeovers.as_slice())
+        .unwrap_or(&[]);
     for t in tks.iter().rev().take(7) {
-        let mut phases: Vec<(String, f64)> = t
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| k.ends_with("_ms") && !k.ends_with("unix_ms"))
-            .filter_map(|(k, v)| Some((k.trim_end_matches("_ms").replace('_', " "), v.as_f64()?)))
-            .collect();
-        phases.sort_by(|a, b| a.1.total_cmp(&b.1));
         lines.push(Line::from(format!(
             "epoch {:>4}  {:>10}  {}  — {}",
-            t.get("epoch").and_then(Value::as_u64).unwrap_or(0),
-            t.get("detected_unix_ms")
-                .and_then(Value::as_u64)
-                .map(ago)
-                .unwrap_or_default(),
-            phases
+            t.epoch,
+            ago(t.detected_unix_ms),
+            t.timeline()
                 .iter()
-                .map(|(k, v)| format!("{k} +{v:.2}"))
+                .map(|(v, k)| format!("{k} +{v:.2}"))
                 .collect::<Vec<_>>()
                 .join(" → "),
-            s(t, "cause"),
+            t.cause,
         )));
     }
     if lines.is_empty() {
@@ -288,7 +270,9 @@ mod tests {
     fn member(name: &str, state: State, epoch: u64, ready: bool, waiting: &str) -> Member {
         Member {
             record: MemberRecord {
-                node: Node {
+                service: ServiceState::Running,
+                pid: Some(42),
+                ..MemberRecord::of(Node {
                     name: name.into(),
                     group: "fix".into(),
                     state,
@@ -300,16 +284,7 @@ mod tests {
                     ready,
                     admin: "127.0.0.1:1".into(),
                     agent_pid: 1,
-                },
-                last_seen_unix_ms: 0,
-                service: ServiceState::Running,
-                pid: Some(42),
-                detail: None,
-                handover_to: None,
-                boot_id: None,
-                connections_refused: 0,
-                stepped_down: None,
-                priority: 0,
+                })
             },
             age_ms: 0,
             fresh: true,
@@ -342,7 +317,10 @@ mod tests {
                 ),
             ]),
             events: Some(
-                json!({"takeovers": [{"epoch": 7, "cause": "node x died", "epoch_durable_ms": 0.4, "ready_ms": 1.5}]}),
+                serde_json::from_value(json!({"node": "a", "events": [], "takeovers": [{
+                    "epoch": 7, "cause": "node x died", "detected_unix_ms": 0,
+                    "epoch_durable_ms": 0.4, "ready_ms": 1.5}]}))
+                .unwrap(),
             ),
             error: None,
         };

@@ -113,27 +113,6 @@ pub struct CtlArgs {
     cmd: CtlCmd,
 }
 
-/// `--standby`: [`StandbyType`] for clap.
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum StandbyArg {
-    /// Service running in standby role, mirroring state.
-    Hot,
-    /// Process up, core services not initialized.
-    Warm,
-    /// Not started until activation.
-    Cold,
-}
-
-impl From<StandbyArg> for StandbyType {
-    fn from(a: StandbyArg) -> Self {
-        match a {
-            StandbyArg::Hot => StandbyType::Hot,
-            StandbyArg::Warm => StandbyType::Warm,
-            StandbyArg::Cold => StandbyType::Cold,
-        }
-    }
-}
-
 /// `ctl add-failover --mode`: the control plane's [`Activation`] for clap.
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
@@ -196,7 +175,7 @@ enum CtlCmd {
         server: String,
         /// Standby type.
         #[arg(long, value_enum)]
-        standby: StandbyArg,
+        standby: StandbyType,
         /// A host for one standby (repeatable; `local` for this machine).
         #[arg(long = "standby-host", required = true)]
         standby_hosts: Vec<String>,
@@ -316,7 +295,7 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
             failback,
         } => {
             let mut b = json!({
-                "standby": StandbyType::from(*standby),
+                "standby": standby,
                 "standby_hosts": standby_hosts,
                 "mode": Activation::from(*mode),
             });

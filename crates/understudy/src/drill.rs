@@ -5,8 +5,8 @@
 //! starvation), waits after each for the group to recover, and checks all along that there were
 //! never two actives, in two independent ways: the overlap checker over the activity register the
 //! services write ([`register`]), and the two-Hot watcher over every agent's `/status`
-//! ([`watch`]). It ends with a table per fault kind and exits 3 if two actives were ever seen,
-//! 1 if the group did not recover from a fault.
+//! ([`testbed::Watcher`]). It ends with a table per fault kind and exits 3 if two actives were
+//! ever seen, 1 if the group did not recover from a fault.
 //!
 //! Layout: [`group`] finds or starts the agents and restarts the ones a fault stopped; [`fault`]
 //! injects one fault and measures what followed; [`price`] is document 001's "Testing Price
@@ -17,7 +17,6 @@ mod fault;
 mod group;
 mod price;
 mod register;
-mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,12 +24,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use testbed::stats::Summary;
+use understudy_status::StandbyType;
 
 pub use fault::Kind;
 use fault::Record;
 use group::Group;
 use register::Register;
-use watch::Watcher;
+use testbed::Watcher;
 
 /// Exit code when two actives (or a fencing failure) were seen.
 pub const EXIT_TWO_ACTIVES: u8 = 3;
@@ -50,9 +50,9 @@ pub struct DrillArgs {
     /// writes the activity register, and drill it. Nothing else is needed.
     #[arg(long, value_name = "N")]
     local: Option<usize>,
-    /// With --local: standby type of the service (hot, warm or cold).
-    #[arg(long, default_value = "hot")]
-    standby: String,
+    /// With --local: standby type of the service.
+    #[arg(long, value_enum, default_value = "hot")]
+    standby: StandbyType,
     /// What to run: random faults, or document 001's price server failover test (--local only).
     #[arg(long, value_enum, default_value = "faults")]
     scenario: Scenario,
@@ -105,12 +105,18 @@ pub enum Scenario {
     Price,
 }
 
-/// Wall clock in Unix milliseconds (the clock of the agents' `since_unix_ms`).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// The two-Hot watcher (testbed's) over `nodes` (name, admin address), asked with the drill's
+/// token and TLS settings.
+pub(crate) fn start_watcher(
+    nodes: Vec<(String, String)>,
+    auth: &crate::Auth,
+) -> anyhow::Result<Watcher> {
+    // A stopped agent answers nothing: a short timeout keeps the sweeps over the others going.
+    let clients = nodes
+        .into_iter()
+        .map(|(name, addr)| Ok((name, auth.client(&addr, Duration::from_millis(250))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Watcher::with_clients(clients, Duration::from_millis(10))
 }
 
 /// A small deterministic generator (splitmix64): the same seed draws the same campaign.
@@ -157,7 +163,7 @@ pub fn run(args: DrillArgs) -> anyhow::Result<u8> {
     let rt = crate::runtime()?;
     let mut g = rt.block_on(async {
         match (args.local, &args.config_dir, args.agents.is_empty()) {
-            (Some(n), None, true) => Group::local(exe, n, &args.standby).await,
+            (Some(n), None, true) => Group::local(exe, n, args.standby).await,
             (None, Some(dir), true) => Group::from_config_dir(exe, dir, &args, &args.auth).await,
             (None, None, false) => Group::from_agents(&args.agents, &args, &args.auth).await,
             _ => bail!("give exactly one of --local N, --config-dir DIR or --agent ADDR…"),
@@ -237,7 +243,7 @@ fn campaign(
         Some(r) => println!("  register: {}", r.path().display()),
         None => println!("  register: none (only the two-Hot watcher checks the group)"),
     }
-    let watcher = Watcher::start(g.watch_list(), &args.auth)?;
+    let watcher = start_watcher(g.watch_list(), &args.auth)?;
     let started = std::time::Instant::now();
     let mut rng = Rng::new(seed);
     let mut records: Vec<Record> = Vec::new();
@@ -287,7 +293,7 @@ fn campaign(
             ));
         }
     }
-    let seen = watcher.finish();
+    let seen = watcher.stop();
     let verdict = match &mut reg {
         Some(r) => {
             r.poll()

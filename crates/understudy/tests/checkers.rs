@@ -78,6 +78,18 @@ fn the_overlap_checker_finds_two_actives_and_backward_epochs() {
     ]));
 }
 
+/// A whole `GET /status` body of a Hot node: the watcher reads it as the typed `Status`.
+fn hot_status(node: &str, epoch: u64, since_unix_ms: u64) -> String {
+    serde_json::json!({
+        "node": node, "group": "g", "mode": "Hot", "name": "TryLock", "epoch": epoch,
+        "since_unix_ms": since_unix_ms, "waiting": null, "holds_lock": true, "ready": false,
+        "admin": "127.0.0.1:1", "agent_pid": 1, "since": "", "lock_file": "/l",
+        "service": {"state": "running", "pid": 2, "role": "active", "standby": "hot",
+                    "command": ["x"], "healthy": true, "detail": null}
+    })
+    .to_string()
+}
+
 /// A fake agent answering /status with a fixed body.
 fn fake_agent(body: String) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -100,28 +112,24 @@ fn fake_agent(body: String) -> String {
 #[test]
 fn the_watcher_finds_two_nodes_hot_at_once() {
     let since = unix_ms() - 1000;
-    let a = fake_agent(format!(
-        r#"{{"mode":"Hot","epoch":1,"since_unix_ms":{since}}}"#
-    ));
-    let b = fake_agent(format!(
-        r#"{{"mode":"Hot","epoch":2,"since_unix_ms":{since}}}"#
-    ));
+    let a = fake_agent(hot_status("a", 1, since));
+    let b = fake_agent(hot_status("b", 2, since));
     let w = Watcher::start(vec![("a".into(), a), ("b".into(), b)]);
     w.wait_sweeps(2, Duration::from_secs(10));
+    assert!(w.violations() > 0, "the watcher missed two Hot nodes");
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || w.finish()));
-    assert!(r.is_err(), "the watcher missed two Hot nodes");
+    assert!(r.is_err(), "finish() let two Hot nodes pass");
 }
 
 #[test]
 fn the_watcher_accepts_a_handover_between_two_answers() {
     // b says it became Hot in the future of every request: a handover between the two answers.
     let far = unix_ms() + 3_600_000;
-    let a = fake_agent(r#"{"mode":"Hot","epoch":1,"since_unix_ms":0}"#.to_string());
-    let b = fake_agent(format!(
-        r#"{{"mode":"Hot","epoch":2,"since_unix_ms":{far}}}"#
-    ));
+    let a = fake_agent(hot_status("a", 1, 0));
+    let b = fake_agent(hot_status("b", 2, far));
     let w = Watcher::start(vec![("a".into(), a), ("b".into(), b)]);
     w.wait_sweeps(2, Duration::from_secs(10));
     let rep = w.finish();
     assert!(rep.two_hot_answers > 0);
+    assert_eq!(rep.hot_answers.get("a"), rep.hot_answers.get("b"));
 }

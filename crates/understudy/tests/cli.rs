@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+use understudy_status::EventKind;
 
 const S: Duration = Duration::from_secs(1);
 
@@ -100,6 +101,25 @@ fn metrics_and_events_describe_a_failover() {
             "epoch_durable",
             "service_notified",
         ],
+    );
+
+    // The typed answer every reader parses is the agent's JSON, field for field: parsed and
+    // written back, a real agent's answer comes out unchanged, and `events --json` prints it.
+    let typed: understudy_status::Events =
+        serde_json::from_value(ev.clone()).unwrap_or_else(|e| panic!("{e}: {ev}"));
+    assert_eq!(serde_json::to_value(&typed).unwrap(), ev);
+    assert!(
+        typed.events.iter().all(|e| e.kind != EventKind::Unknown),
+        "{ev}"
+    );
+    let (code, out, err) = run_cli(&["events", "--agent", &g.admin("b"), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let printed: understudy_status::Events =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    // Read later: phases may have been added since, the detection stays.
+    assert_eq!(
+        printed.takeover(Some(e)).map(|t| t.detected_unix_ms),
+        typed.takeover(Some(e)).map(|t| t.detected_unix_ms)
     );
 
     let (code, m) = http("GET", &g.admin("b"), "/metrics", S).unwrap();

@@ -15,11 +15,12 @@ use anyhow::{bail, Context};
 
 use crate::checkers::{verify_log, LogLine};
 use crate::clock::mono_ns;
-use crate::config::{AgentConfig, EtcdSection, Mode, Standby};
+use crate::config::{AgentConfig, EtcdSection};
 use crate::http::{get_json, is_mode, is_ready_standby};
 use crate::netns::{Lab, Machine};
 use crate::proc::Proc;
 use crate::stats::{goal_line, Clock, Summary, Table};
+use understudy_status::{ActivationMode, StandbyType};
 
 /// `understudy bench node-loss` arguments.
 #[derive(clap::Args, Debug)]
@@ -263,9 +264,9 @@ fn agent_config(
         name,
         "bench",
         &format!("{}:7700", m.ip),
-        Mode::TryLock,
+        ActivationMode::TryLock,
         command.to_vec(),
-        Standby::Hot,
+        StandbyType::Hot,
     );
     c.service.restart_backoff = Some(Duration::from_millis(300));
     c.etcd = Some(EtcdSection {

@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::config::{Mode, Standby};
 use crate::group::Group;
 use crate::http::{notified_ms, wait_port};
 use crate::proc::Proc;
+use understudy_status::{ActivationMode, StandbyType};
 
 /// `gateway.sync`: when a stored message is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -235,7 +235,7 @@ pub fn add_gateways(g: &mut Group, cfgs: &[PathBuf; 2]) -> anyhow::Result<()> {
 
 /// A warm-standby agent group `fix` in trylock mode, without nodes.
 pub fn gateway_group(exe: &Path) -> anyhow::Result<Group> {
-    let mut g = Group::create(exe, Mode::TryLock, Standby::Warm)?;
+    let mut g = Group::create(exe, ActivationMode::TryLock, StandbyType::Warm)?;
     g.config.node.group = "fix".into();
     Ok(g)
 }

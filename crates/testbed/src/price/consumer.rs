@@ -26,7 +26,6 @@ use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 
 use understudy_pricefeed::client::{ClientEvent, ClientOptions, PriceClient};
-use understudy_pricefeed::Error;
 
 use super::recorder;
 
@@ -257,16 +256,51 @@ impl ClientStats {
     }
 }
 
+/// The warm-up ended before every client had a price for every instrument: the run measures
+/// nothing rather than fewer clients than asked.
+#[derive(Debug)]
+pub struct NotReady {
+    /// Clients that were ready.
+    pub ready: usize,
+    /// Clients asked for.
+    pub clients: usize,
+    /// The warm-up's bound.
+    pub warmup: Duration,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "only {} of {} clients had a price for every instrument after {:?} of warm-up: \
+             the machine is too loaded, or the server too slow, to measure every client; \
+             nothing measured",
+            self.ready, self.clients, self.warmup
+        )
+    }
+}
+
+impl std::error::Error for NotReady {}
+
 /// The measurement protocol of both sides: wait until every client has a price for every
-/// instrument (or the warm-up ends), settle, measure, stop, merge what the tasks counted.
+/// instrument (an error if the warm-up's bound passes first), settle, measure, stop, merge what
+/// the tasks counted.
 pub async fn measure(
     cfg: &ConsumerConfig,
     phase: &watch::Sender<Phase>,
     ready: &AtomicUsize,
     tasks: Vec<tokio::task::JoinHandle<ClientStats>>,
-) -> FanoutRun {
+) -> Result<FanoutRun, NotReady> {
     let deadline = Instant::now() + cfg.warmup;
-    while ready.load(Ordering::Relaxed) < cfg.clients && Instant::now() < deadline {
+    while ready.load(Ordering::Relaxed) < cfg.clients {
+        if Instant::now() >= deadline {
+            let _ = phase.send(Phase::Stop);
+            return Err(NotReady {
+                ready: ready.load(Ordering::Relaxed),
+                clients: cfg.clients,
+                warmup: cfg.warmup,
+            });
+        }
         sleep(Duration::from_millis(10)).await;
     }
     // Let connection bursts (snapshots, first updates) drain before measuring.
@@ -289,7 +323,7 @@ pub async fn measure(
             run.latency_ns.merge(&s.latency_ns);
         }
     }
-    run
+    Ok(run)
 }
 
 /// Our side: `cfg.clients` [`PriceClient`]s of the price server at `server`, each subscribed
@@ -297,7 +331,7 @@ pub async fn measure(
 pub async fn run_ours_clients(
     cfg: &ConsumerConfig,
     server: SocketAddr,
-) -> Result<FanoutRun, Error> {
+) -> anyhow::Result<FanoutRun> {
     let symbols = recorder::symbols(cfg.instruments);
     let (phase_tx, phase_rx) = watch::channel(Phase::Warmup);
     let ready = Arc::new(AtomicUsize::new(0));
@@ -338,7 +372,7 @@ pub async fn run_ours_clients(
             }
         }));
     }
-    Ok(measure(cfg, &phase_tx, &ready, tasks).await)
+    Ok(measure(cfg, &phase_tx, &ready, tasks).await?)
 }
 
 #[cfg(test)]

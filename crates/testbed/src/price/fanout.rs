@@ -100,8 +100,8 @@ pub struct ConsumerArgs {
     /// Instruments (each client wants all of them).
     #[arg(long)]
     pub instruments: u32,
-    /// Longest warm-up, seconds.
-    #[arg(long, default_value_t = 10)]
+    /// Longest warm-up, seconds: every client must have a price for every instrument by then.
+    #[arg(long, default_value_t = 30)]
     pub warmup: u64,
     /// Measured seconds.
     #[arg(long)]
@@ -219,7 +219,7 @@ async fn run_nats_clients(
             }
         }));
     }
-    let run = fanout::measure(cfg, &phase_tx, &ready, tasks).await;
+    let run = fanout::measure(cfg, &phase_tx, &ready, tasks).await?;
     let counts = SideCounts {
         queue_drops_at_least: Some(drops.load(Ordering::Relaxed)),
         reconnects: Some(reconnects.load(Ordering::Relaxed)),
@@ -342,7 +342,8 @@ impl Driver<'_> {
     /// Runs the consumer process of `side` against `addr` and parses its report.
     async fn consume(&self, side: Side, addr: SocketAddr) -> anyhow::Result<RunReport> {
         let a = self.a;
-        let warmup = 10u64;
+        // A bound, not a wait: the run starts as soon as every client is ready.
+        let warmup = 30u64;
         let side_name = match side {
             Side::Ours => "ours",
             Side::Nats => "nats",

@@ -18,11 +18,12 @@ use tokio::time::Instant;
 use understudy_pricefeed::{ClientOptions, PriceClient};
 
 use super::recorder::{self, QuoteRecorder, Recorded};
-use crate::clock::{ms, unix_ms_f64};
-use crate::config::{HealthSection, Mode, Standby};
+use crate::clock::{ms, unix_ms_f64, wait_until};
+use crate::config::HealthSection;
 use crate::group::Group;
-use crate::http::{epoch_of, is_mode, notified_ms, service_pid_of};
+use crate::http::{epoch_of, get_json, is_mode, notified_ms, service_pid_of};
 use crate::proc::Proc;
+use understudy_status::{ActivationMode, StandbyType};
 
 /// Node names, in order.
 const NAMES: [&str; 9] = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
@@ -75,7 +76,7 @@ pub struct Failover {
     pub all_back_ms: Option<f64>,
     /// Subscribed instruments delivered at the newer epoch.
     pub symbols_back: usize,
-    /// The new active agent's own figure: lock obtained → service told it is active.
+    /// The new active agent's own figure: its detection → service told it is active.
     pub agent_notified_ms: Option<f64>,
     /// Kill → service told it is active, from the agent's wall-clock detection time (±1 ms).
     pub kill_to_notified_ms: Option<f64>,
@@ -97,6 +98,8 @@ pub struct PriceGroup {
     pub group: Group,
     /// Client address of each node's price server.
     pub servers: Vec<SocketAddr>,
+    /// Each price server's own status endpoint (`--http`: `GET /status`).
+    pub status_http: Vec<SocketAddr>,
     /// What the client delivered to the application.
     pub recorder: QuoteRecorder,
     /// The client's subscriptions.
@@ -127,15 +130,16 @@ impl PriceGroup {
         let exchange_addr = addrs[0];
         let servers = addrs[1..=opts.servers].to_vec();
         let https = addrs[opts.servers + 1..].to_vec();
-        let mut group = Group::create(exe.clone(), Mode::TryLock, Standby::Hot)?;
+        let mut group = Group::create(exe.clone(), ActivationMode::TryLock, StandbyType::Hot)?;
         group.config.node.group = "price".into();
         for (i, name) in NAMES[..opts.servers].iter().enumerate() {
             group.add_node(name, |c| {
                 c.service.command = recorder::price_server_command(&exe, exchange_addr, servers[i]);
+                // Its own status endpoint: what the driver waits on (subscriptions registered).
+                c.service
+                    .command
+                    .extend(["--http".to_string(), https[i].to_string()]);
                 if opts.health_check {
-                    c.service
-                        .command
-                        .extend(["--http".to_string(), https[i].to_string()]);
                     c.health = Some(HealthSection {
                         http: format!("http://{}/health", https[i]),
                         interval: Some(Duration::from_millis(100)),
@@ -170,6 +174,7 @@ impl PriceGroup {
             rate: opts.rate,
             group,
             servers,
+            status_http: https,
             recorder,
             subscribed,
             stopped: Vec::new(),
@@ -364,8 +369,8 @@ impl PriceGroup {
         self.wait_client_connected(i, before)
     }
 
-    /// Waits until the client has connected to node `i`'s server more than `before` times, then
-    /// a little longer so that its subscriptions are registered there.
+    /// Waits until the client has connected to node `i`'s server more than `before` times, and
+    /// the server counts the client's subscriptions (a standby mirrors them).
     fn wait_client_connected(&self, i: usize, before: u64) -> anyhow::Result<()> {
         let addr = self.servers[i];
         if !self.wait(Duration::from_secs(10), |r| {
@@ -376,7 +381,17 @@ impl PriceGroup {
                 self.name(i)
             );
         }
-        self.sleep(Duration::from_millis(100));
+        let (want, status) = (self.subscribed.len(), self.status_http[i].to_string());
+        let mut have = None;
+        if !wait_until(Duration::from_secs(10), || {
+            have = get_json(&status, "/status").and_then(|v| v["client_subscriptions"].as_u64());
+            have.is_some_and(|n| n >= want as u64)
+        }) {
+            bail!(
+                "node {}'s price server counts {have:?} client subscriptions, not the client's {want}",
+                self.name(i)
+            );
+        }
         Ok(())
     }
 

@@ -113,7 +113,7 @@ fn price_failover(a: PriceFailoverArgs) -> anyhow::Result<u8> {
     let no_takeover = "the new active's /events had no takeover record for its epoch";
     let mut t = Table::new("ms", 2, a.runs);
     t.row(
-        "agent takeover: lock obtained → service notified",
+        "agent takeover: detection → service notified",
         Clock::AgentMono,
         &notified,
         no_takeover,

@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use testbed::alive;
 use understudy_control::AgentClient;
+use understudy_status::{ActivationMode, StandbyType};
 
 use super::register::Register;
 use super::DrillArgs;
@@ -74,17 +75,11 @@ const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 impl Group {
     /// Starts a local group of `n` agents protecting the demo service, which writes the
     /// register; the lock and epoch files are on a 16 MiB tmpfs when one can be mounted.
-    pub async fn local(exe: PathBuf, n: usize, standby: &str) -> anyhow::Result<Group> {
+    pub async fn local(exe: PathBuf, n: usize, standby: StandbyType) -> anyhow::Result<Group> {
         if !(2..=NAMES.len()).contains(&n) {
             bail!("--local takes 2 to {} nodes", NAMES.len());
         }
-        if !matches!(standby, "hot" | "warm" | "cold") {
-            bail!("--standby must be hot, warm or cold");
-        }
-        let standby_type: testbed::Standby = standby
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--standby {standby}: {e}"))?;
-        let mut lg = testbed::Group::create(exe.clone(), testbed::Mode::TryLock, standby_type)?;
+        let mut lg = testbed::Group::create(exe.clone(), ActivationMode::TryLock, standby)?;
         let dir = lg.path.clone();
         let register = dir.join("register.log");
         let state = dir.join("state");

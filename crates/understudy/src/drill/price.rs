@@ -7,7 +7,6 @@
 
 use testbed::stats::Summary;
 
-use super::watch::Watcher;
 use super::EXIT_TWO_ACTIVES;
 use testbed::price::group::{GroupOptions, PriceGroup};
 
@@ -26,7 +25,7 @@ pub fn run(servers: usize, rounds: u64) -> anyhow::Result<u8> {
         opts.rate, opts.subscribe
     );
     let mut g = PriceGroup::start(exe, opts)?;
-    let watcher = Watcher::start(
+    let watcher = super::start_watcher(
         g.group
             .nodes
             .values()
@@ -75,7 +74,7 @@ pub fn run(servers: usize, rounds: u64) -> anyhow::Result<u8> {
         }
     }
     let older = g.recorded(|r| r.older_after_newer);
-    let seen = watcher.finish();
+    let seen = watcher.stop();
     drop(g);
     let s = Summary::of(&stale);
     let b = Summary::of(&all_back);

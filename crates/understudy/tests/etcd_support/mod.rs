@@ -270,6 +270,38 @@ pub fn wait_takeover(
     t0.elapsed()
 }
 
+/// [`wait_takeover`], looking at `svc` (the previous active's service) each time it asks `new`:
+/// `new` answering Hot while `svc` still runs afterwards is two actives, and fails the test.
+pub fn wait_takeover_after_death(
+    g: &Group,
+    new: &str,
+    old_epoch: u64,
+    svc: u32,
+    t0: Instant,
+    within: Duration,
+) -> Duration {
+    let deadline = Instant::now() + within;
+    loop {
+        let hot = g
+            .status(new)
+            .is_some_and(|s| s["mode"] == "Hot" && s["epoch"].as_u64().unwrap_or(0) > old_epoch);
+        // Read after the answer: alive now means alive while `new` was already Hot.
+        assert!(
+            !(hot && alive(svc)),
+            "{new} is Hot with an epoch above {old_epoch} while the previous active's service \
+             (pid {svc}) still runs"
+        );
+        if hot {
+            return t0.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{new} was not Hot with an epoch above {old_epoch} within {within:?}"
+        );
+        pause(Duration::from_millis(1));
+    }
+}
+
 /// etcd on its own machine `e`, agents `a` and `b` on theirs (`shape` adjusts the group before
 /// the agents start); `a` Hot, `b` a ready standby.
 pub fn lab_group_with(
