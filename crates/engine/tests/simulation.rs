@@ -805,7 +805,15 @@ impl World {
             };
             if is_hot && !self.nodes[i].was_hot {
                 let n = &self.nodes[i];
-                let knew = n.broken && n.failure_seen && n.cfg.standby.runs_while_standby();
+                // A process the agent has seen up for `backoff_min` counts as started, whatever
+                // comes after (its exit may still be on its way here, as no supervisor is that
+                // slow in life): the agent can know no more.
+                let seen_up = n.engine.as_ref().is_some_and(|e| {
+                    matches!(e.service(), SvcState::Running { .. })
+                        && self.mono.saturating_sub(n.started_seen) >= n.cfg.backoff_min
+                });
+                let knew =
+                    n.broken && n.failure_seen && !seen_up && n.cfg.standby.runs_while_standby();
                 self.check(!knew, || {
                     format!("{i} went Hot although its service failed and was never ready since")
                 });
@@ -862,8 +870,16 @@ impl World {
                 .as_ref()
                 .is_some_and(|e| e.service() == SvcState::Stopping);
             let n = &mut self.nodes[i];
-            if n.broken && !asked {
-                n.failure_seen = self.mono.saturating_sub(n.started_seen) < n.cfg.backoff_min;
+            let up = self.mono.saturating_sub(n.started_seen);
+            if up >= n.cfg.backoff_min {
+                // Seen up this long, it counts as started, however it ended: also when the agent
+                // stopped it (a lost grant), as the engine judges it. Only unasked exits counted
+                // here before, so a broken service whose exit came late (it ran for
+                // `backoff_min`) and was then killed by its agent still counted as never ready:
+                // the engine rightly rejoined, and this oracle called it a takeover by a broken node.
+                n.failure_seen = false;
+            } else if n.broken && !asked {
+                n.failure_seen = true;
             }
         }
         if let Input::ServiceStarted { .. } = ev {
