@@ -16,7 +16,8 @@
 //! [`GroupCommit`] syncer makes it durable on its own thread; the loop then holds
 //! what it would send (and the received sequence numbers a [`Deferred`](crate::store::Deferred)
 //! store commits) until the syncer reports every record written before it durable, and
-//! meanwhile reads and stores the next messages, which join the next batch. With the other
+//! meanwhile reads and stores the next messages, which join the next batch; with nothing
+//! left to read it runs the pass itself (see [`GroupCommit::sync_now`]). With the other
 //! policies a write is as durable as its policy makes it when it returns, and bytes go out
 //! at once.
 //!
@@ -549,6 +550,7 @@ impl<S: SessionStore> Engine<S> {
             None => (None, 0),
         };
         loop {
+            self.sync_held(app)?;
             tokio::select! {
                 Some(p) = next_probe(&mut probes) => {
                     let _ = p.send(self.health(epoch));
@@ -1243,12 +1245,35 @@ impl<S: SessionStore> Engine<S> {
                 }
             }
         }
+        // A pass is asked for once the event is handled (`sync_held`), when every record
+        // it wrote is written: asked here, it could start before the event's next frame
+        // wrote the record its own send waits on, and that send would wait for two passes.
         self.held.push_back((need, pending));
+        over
+    }
+
+    /// After each event: makes what this loop holds durable. With nothing else queued for the
+    /// loop, the pass runs here and now ([`GroupCommit::sync_now`]): a lone message costs its
+    /// `fdatasync` and no hand-off to the syncer thread and back, each a wake-up that waits
+    /// for a core on a loaded machine. With more queued, or a pass running, the syncer
+    /// thread takes it while the loop reads on, and what it reads forms the next batch.
+    fn sync_held<A: Application>(&mut self, app: &mut A) -> Result<(), EngineError> {
+        let Some(g) = self.group() else {
+            return Ok(());
+        };
+        let Some(&(need, _)) = self.held.back() else {
+            return Ok(());
+        };
+        if self.net_rx.is_empty() && self.cmd_rx.is_empty() {
+            if let Some(r) = g.sync_now() {
+                // A failed pass is reported by `on_durable`, from the syncer's state.
+                return self.on_durable(app, r.unwrap_or_else(|_| g.durable()));
+            }
+        }
         g.request(need);
         // The syncer may have passed `need` before the receiver saw it as news.
-        let durable = g.durable();
-        over.extend(self.release(durable));
-        over
+        let over = self.release(g.durable());
+        self.drop_over_limit(app, over)
     }
 
     /// Writes what was held for positions up to `durable`, in order.

@@ -1,6 +1,7 @@
 //! Group commit against real files and a real engine over TCP: records are made durable in
-//! batches, a received sequence number reaches the file only after what was forwarded before
-//! it is durable, and nothing is sent before the records written ahead of it are durable.
+//! batches, a lone record without waiting for company, the records of one event in one pass,
+//! a received sequence number reaches the file only after what was forwarded before it is
+//! durable, and nothing is sent before the records written ahead of it are durable.
 //!
 //! The syncer is one per process and one case pauses it, so the cases run in order inside
 //! one test.
@@ -30,7 +31,9 @@ fn open(dir: &Path, target: &str, epoch: u64) -> FileStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit() {
     many_records_few_passes();
+    a_lone_record_is_synced_at_once();
     received_number_waits_for_the_forward();
+    one_pass_per_lone_order().await;
     nothing_leaves_before_it_is_durable().await;
 }
 
@@ -65,6 +68,23 @@ fn many_records_few_passes() {
         );
     }
     println!("900 records in 3 files made durable in {used} passes");
+}
+
+/// A record written alone starts no pass by itself, and a pass asked for on the writer's
+/// thread makes it durable there and then: no other record, timer or syncer thread involved.
+fn a_lone_record_is_synced_at_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut s = open(tmp.path(), "L", 1);
+    let g = GroupCommit::shared().expect("syncer");
+    // Nothing owed: the syncer is idle and stays so until asked.
+    g.wait_durable(g.written()).expect("durable");
+    let passes = g.passes();
+    s.save_sent(1, b"alone").expect("save");
+    let pos = s.unsynced_position().expect("group store");
+    assert!(g.durable() < pos, "written, not yet durable");
+    assert_eq!(g.sync_now(), Some(Ok(pos)), "synced on this thread");
+    assert!(g.durable() >= pos);
+    assert_eq!(g.passes(), passes + 1);
 }
 
 /// Under group commit a [`Deferred`] store writes the received number only once the
@@ -113,16 +133,9 @@ fn order(id: &str) -> Vec<u8> {
     b
 }
 
-/// An exchange simulator on a group-commit store answers an order only once the syncer has
-/// made its records durable: with the syncer paused the reports are written (the segment
-/// grows) but none reaches the client; resumed, they all arrive.
-async fn nothing_leaves_before_it_is_durable() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = open(tmp.path(), "CLIENT", 1);
-    let segment = tmp
-        .path()
-        .join(sid("CLIENT").dir_name())
-        .join(format!("{:020}.log", 1));
+/// An exchange simulator on a group-commit store and a client logged on to it.
+async fn sim_and_client(dir: &Path) -> (tokio::task::JoinHandle<()>, client::Client) {
+    let store = open(dir, "CLIENT", 1);
     let mut cfg = SessionConfig::new(BeginString::Fix44, "EXCH", "CLIENT", Role::Acceptor);
     cfg.logon_timeout = Duration::from_secs(5);
     let session = Session::new(cfg, store).expect("session");
@@ -133,7 +146,7 @@ async fn nothing_leaves_before_it_is_durable() {
     let engine = Engine::new(vec![SessionSlot::new("CLIENT", session)], Some(listener));
     let sim = tokio::spawn(async move {
         let mut app = ExchangeSim::new();
-        engine.run(&mut app, std::future::pending()).await
+        let _ = engine.run(&mut app, std::future::pending()).await;
     });
     let mut c = client::start(ClientConfig {
         connect: vec![addr],
@@ -151,6 +164,51 @@ async fn nothing_leaves_before_it_is_durable() {
             None => panic!("no logon"),
         }
     }
+    (sim, c)
+}
+
+/// Waits for the three reports of one order (New, partial fill, fill).
+async fn reports(c: &mut client::Client) {
+    let mut n = 0;
+    while n < 3 {
+        match next(c, Duration::from_secs(10)).await {
+            Some(ClientEvent::Message { msg_type, .. }) if msg_type == "8" => n += 1,
+            Some(_) => {}
+            None => panic!("only {n} reports"),
+        }
+    }
+}
+
+/// One order is one event for the simulator: the order's sequence number and its three
+/// reports are all written before a pass is asked for, so one pass makes them durable. (A
+/// pass started by the first record would leave the others, and the reports waiting on
+/// them, to a second.)
+async fn one_pass_per_lone_order() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (sim, mut c) = sim_and_client(tmp.path()).await;
+    let g = GroupCommit::started().expect("syncer running");
+    for i in 0..5 {
+        // Nothing owed before the order, so every pass counted is the order's.
+        g.wait_durable(g.written()).expect("durable");
+        let passes = g.passes();
+        c.handle.send(0, b"D", order(&format!("lone{i}")));
+        reports(&mut c).await;
+        assert_eq!(g.passes() - passes, 1, "order {i}: passes for one order");
+    }
+    c.task.abort();
+    sim.abort();
+}
+
+/// An exchange simulator on a group-commit store answers an order only once the syncer has
+/// made its records durable: with the syncer paused the reports are written (the segment
+/// grows) but none reaches the client; resumed, they all arrive.
+async fn nothing_leaves_before_it_is_durable() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (sim, mut c) = sim_and_client(tmp.path()).await;
+    let segment = tmp
+        .path()
+        .join(sid("CLIENT").dir_name())
+        .join(format!("{:020}.log", 1));
     let g = GroupCommit::started().expect("syncer running");
     let before = std::fs::metadata(&segment).expect("segment").len();
     g.pause(true);
@@ -172,14 +230,7 @@ async fn nothing_leaves_before_it_is_durable() {
     }
     assert!(g.durable() < g.written(), "records written but not durable");
     g.pause(false);
-    let mut reports = 0;
-    while reports < 3 {
-        match next(&mut c, Duration::from_secs(10)).await {
-            Some(ClientEvent::Message { msg_type, .. }) if msg_type == "8" => reports += 1,
-            Some(_) => {}
-            None => panic!("only {reports} reports after the syncer resumed"),
-        }
-    }
+    reports(&mut c).await;
     c.task.abort();
     sim.abort();
 }

@@ -745,8 +745,7 @@ impl FileStore {
             }
             SyncPolicy::Group => {
                 if let Some((g, f)) = &self.group {
-                    // A received sequence number nobody waits on: lazy (see `group`).
-                    self.last_pos = g.wrote(f, kind == KIND_NEXT_TARGET);
+                    self.last_pos = g.wrote(f);
                 }
             }
         }
@@ -818,7 +817,8 @@ impl FileStore {
     /// a timer so an idle session still honours the bound.
     pub fn sync_if_due(&mut self) -> Result<(), StoreError> {
         if let Some((g, _)) = &self.group {
-            // Lazy records wait at most one call of this (the engine's tick).
+            // Records nobody asked a pass for wait at most one call of this (the engine's
+            // tick).
             if let Some(f) = g.failure() {
                 self.poisoned = true;
                 return Err(StoreError::SyncFailed(f));
@@ -837,7 +837,7 @@ impl FileStore {
 
 impl Drop for FileStore {
     fn drop(&mut self) {
-        // Lazy records of a store nobody will tick any more still become durable.
+        // Records of a store nobody will tick any more still become durable.
         if let Some((g, _)) = &self.group {
             g.request(self.last_pos);
         }

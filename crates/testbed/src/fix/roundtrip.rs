@@ -1,0 +1,708 @@
+//! `understudy bench fix-roundtrip`: order round trips through our FIX engine, the gateway and
+//! a QuickFIX/C++ acceptor, side by side in one run, and issue 9's group-commit goals judged
+//! on them.
+//!
+//! Every path runs `--repeat` times. The rows of one comparison are measured back to back, the
+//! one that goes first rotating from run to run, so drift in the machine's load favours no
+//! side; every run logs on fresh client sessions, so nothing of an earlier run (sequence
+//! numbers, resends) reaches the next. Figures are printed as min–max over runs, and a side,
+//! or a goal, is judged only when every run lies on one side by more than [`MARGIN`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{bench_order, fills, group, GatewayFile, StoreSync};
+use crate::proc::Proc;
+use crate::stats::{compare, percentile, percentiles, spread, Verdict, MIN_SAMPLES_FOR_P99};
+
+/// Arguments of `bench fix-roundtrip`.
+#[derive(Args, Debug)]
+pub struct FixBenchArgs {
+    /// Orders per path and run: that many one at a time, then as many again in one
+    /// pipelined burst.
+    #[arg(long, default_value_t = 1000)]
+    pub runs: usize,
+    /// Runs of every path, the rows of a comparison back to back, rotating which goes first;
+    /// a faster side and the goals are judged from 3 on.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Store durability of the gateway.
+    #[arg(long, value_enum, default_value = "group")]
+    pub sync: StoreSync,
+    /// Clients sending their pipelined bursts at once, to the gateway and to the two
+    /// acceptors of the group-commit comparison (fresh clients every run).
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+}
+
+/// Relative margin by which every run must beat the other side (or the goal) to be judged.
+const MARGIN: f64 = 0.01;
+
+/// What a store keeps when things fail, as printed next to each row.
+const LOST_WITH_PROCESS: &str = "memory: lost with the process";
+const SYNC_BEFORE_SEND: &str = "fdatasync per record before send: survives a machine crash";
+const GROUP_COMMIT: &str = "group commit, durable before send: survives a machine crash";
+const SYNC_BATCH: &str = "fdatasync ≤2 ms later: survives kill -9, machine crash loses ≤2 ms";
+const FLUSH_ONLY: &str = "fflush, no fsync: survives kill -9, machine crash can lose writes";
+
+/// FIX hops of the gateway path that sync before sending (client → gateway → upstream, and
+/// the reports back): the goal allows one `fdatasync` for each.
+const GATEWAY_HOPS: f64 = 2.0;
+
+/// Appends timed by the `fdatasync` probe of each run.
+const FSYNC_PROBES: usize = 200;
+
+/// The CompID of the client of run `rep` (from 0).
+fn bench_client(rep: usize) -> String {
+    format!("BENCH{}", rep + 1)
+}
+
+/// The CompIDs of the clients sending at once in run `rep`.
+fn at_once_clients(rep: usize, clients: usize) -> Vec<String> {
+    (1..=clients)
+        .map(|k| format!("{}-{k}", bench_client(rep)))
+        .collect()
+}
+
+/// A client `sender` logged on to `target` at `connect`, its path warmed up by one order
+/// (upstream logon, page cache).
+async fn logged_on(
+    connect: SocketAddr,
+    target: &str,
+    sender: &str,
+) -> anyhow::Result<understudy_fix::client::Client> {
+    use understudy_fix::client::{self, ClientConfig, ClientEvent};
+    let mut c = client::start(ClientConfig {
+        connect: vec![connect],
+        sender_comp_id: sender.into(),
+        target_comp_id: target.into(),
+        begin_string: understudy_fix::tags::BeginString::Fix44,
+        heartbeat_interval: Duration::from_secs(30),
+        reconnect_interval: Duration::from_millis(10),
+    })?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.events.recv()).await {
+            Ok(Some(ClientEvent::LoggedOn(_))) => break,
+            Ok(Some(_)) => {}
+            _ => anyhow::bail!("the client {sender} did not log on to {target} at {connect}"),
+        }
+    }
+    c.handle.send(0, b"D", bench_order("warm"));
+    fills(&mut c, 1).await?;
+    Ok(c)
+}
+
+/// One-at-a-time latencies (µs, sorted) and the pipelined burst's duration (s) of one run.
+struct Measured {
+    lat: Vec<f64>,
+    burst_s: f64,
+}
+
+/// `orders` market orders sent by `sender` one at a time (order sent → fill received,
+/// CLOCK_MONOTONIC here), then as many in one pipelined burst.
+async fn measure(
+    connect: SocketAddr,
+    target: &str,
+    sender: &str,
+    orders: usize,
+) -> anyhow::Result<Measured> {
+    let mut c = logged_on(connect, target, sender).await?;
+    let mut lat = Vec::with_capacity(orders);
+    for i in 0..orders {
+        let t = Instant::now();
+        c.handle.send(0, b"D", bench_order(&format!("s{i}")));
+        fills(&mut c, 1).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    let t = Instant::now();
+    for i in 0..orders {
+        c.handle.send(0, b"D", bench_order(&format!("p{i}")));
+    }
+    fills(&mut c, orders).await?;
+    let burst_s = t.elapsed().as_secs_f64();
+    c.task.abort();
+    Ok(Measured { lat, burst_s })
+}
+
+/// Orders/s of `senders` sending `orders` market orders each in one pipelined burst, all at
+/// once: every order of every client, from the first send to the last fill.
+async fn measure_at_once(
+    connect: SocketAddr,
+    target: &str,
+    senders: &[String],
+    orders: usize,
+) -> anyhow::Result<f64> {
+    let mut cs = Vec::with_capacity(senders.len());
+    for s in senders {
+        cs.push(logged_on(connect, target, s).await?);
+    }
+    let t = Instant::now();
+    for c in &cs {
+        for i in 0..orders {
+            c.handle.send(0, b"D", bench_order(&format!("q{i}")));
+        }
+    }
+    for c in &mut cs {
+        fills(c, orders).await?;
+    }
+    let rate = (orders * cs.len()) as f64 / t.elapsed().as_secs_f64();
+    for c in cs {
+        c.task.abort();
+    }
+    Ok(rate)
+}
+
+/// p50 (µs) of `n` appends of 200 bytes to a fresh file in `dir`, each followed by its
+/// `fdatasync`: what one sync per hop costs on this disk, in this run.
+fn fdatasync_p50(dir: &Path, n: usize) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fdatasync-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&[b'x'; 200])?;
+        f.sync_data()?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(percentiles(&lat).0)
+}
+
+/// The 1-minute load average, as the kernel reports it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Starts the QuickFIX acceptor of `tests/quickfix/qf_acceptor.cpp` (built next to this
+/// executable, in `quickfix/`) as `QFX` for `clients`, on the message store `store`
+/// (`memory`, `file` or `file-fsync`, see the source), or says why it cannot.
+async fn start_quickfix_acceptor(
+    dir: &Path,
+    kids: &mut Vec<Proc>,
+    store: &str,
+    clients: &[String],
+) -> Result<SocketAddr, String> {
+    if let Some(why) = understudy_fix::quickfix::unavailable() {
+        return Err(why);
+    }
+    let out_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.join("quickfix")))
+        .unwrap_or_else(|| dir.join("quickfix"));
+    let bin = tokio::task::spawn_blocking(move || {
+        understudy_fix::quickfix::build("qf_acceptor", &out_dir)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let listen = crate::ports::free_addrs(1).map_err(|e| e.to_string())?[0];
+    // Each acceptor has a store directory of its own: two of them may run the same store.
+    let n = kids.len();
+    let settings = dir.join(format!("qf-acceptor-{store}-{n}.cfg"));
+    std::fs::write(
+        &settings,
+        format!(
+            "[DEFAULT]\nConnectionType=acceptor\nSocketAcceptPort={}\nSocketReuseAddress=Y\nSocketNodelay=Y\nFileStorePath={}\nStartTime=00:00:00\nEndTime=00:00:00\nUseDataDictionary=N\n{}",
+            listen.port(),
+            dir.join(format!("qf-store-{store}-{n}")).display(),
+            clients
+                .iter()
+                .map(|c| format!("\n[SESSION]\nBeginString=FIX.4.4\nSenderCompID=QFX\nTargetCompID={c}\n"))
+                .collect::<String>()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = Proc::spawn(
+        std::process::Command::new(&bin)
+            .arg(&settings)
+            .arg(store)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit()),
+    )
+    .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    kids.push(child);
+    crate::http::listening(listen, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(listen)
+}
+
+/// The file system a path is on, by name where it is a common one.
+fn fs_type(p: &Path) -> String {
+    use nix::sys::statfs::{
+        statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC,
+        XFS_SUPER_MAGIC,
+    };
+    match statfs(p).map(|s| s.filesystem_type()) {
+        Ok(t) if t == EXT4_SUPER_MAGIC => "ext2/3/4".into(),
+        Ok(t) if t == XFS_SUPER_MAGIC => "xfs".into(),
+        Ok(t) if t == BTRFS_SUPER_MAGIC => "btrfs".into(),
+        Ok(t) if t == OVERLAYFS_SUPER_MAGIC => "overlayfs".into(),
+        Ok(t) if t == TMPFS_MAGIC => {
+            "tmpfs: fsync is a no-op here, the durable rows are not".into()
+        }
+        Ok(t) => format!("file system type {t:?}"),
+        Err(e) => format!("file system unknown: {e}"),
+    }
+}
+
+/// One path of the benchmark and what it measured, run by run.
+struct PathRow {
+    label: String,
+    guarantee: &'static str,
+    /// Where to send orders and the acceptor's CompID, or why the path is not measured.
+    target: Result<(SocketAddr, &'static str), String>,
+    runs: Vec<Measured>,
+    /// Orders/s of `--clients` clients at once, run by run, for the rows the goals compare
+    /// on it (`None`: not measured on this row).
+    at_once: Option<Vec<f64>>,
+}
+
+impl PathRow {
+    fn new(
+        label: String,
+        guarantee: &'static str,
+        target: Result<(SocketAddr, &'static str), String>,
+    ) -> PathRow {
+        PathRow {
+            label,
+            guarantee,
+            target,
+            runs: Vec::new(),
+            at_once: None,
+        }
+    }
+
+    /// The same row, also measured with several clients at once.
+    fn with_at_once(mut self) -> PathRow {
+        self.at_once = Some(Vec::new());
+        self
+    }
+
+    fn p50s(&self) -> Vec<f64> {
+        self.runs.iter().map(|m| percentile(&m.lat, 0.5)).collect()
+    }
+
+    fn p99s(&self) -> Vec<f64> {
+        self.runs.iter().map(|m| percentile(&m.lat, 0.99)).collect()
+    }
+
+    fn rates(&self, orders: usize) -> Vec<f64> {
+        self.runs
+            .iter()
+            .map(|m| orders as f64 / m.burst_s)
+            .collect()
+    }
+
+    fn at_once_rates(&self) -> &[f64] {
+        self.at_once.as_deref().unwrap_or_default()
+    }
+
+    /// Run `rep` of this path: one client one order at a time and pipelined, then, where
+    /// asked, `clients` clients at once.
+    async fn measure(&mut self, rep: usize, orders: usize, clients: usize) -> anyhow::Result<()> {
+        let Ok((addr, comp_id)) = self.target else {
+            return Ok(());
+        };
+        let m = measure(addr, comp_id, &bench_client(rep), orders)
+            .await
+            .with_context(|| format!("measuring {}", self.label))?;
+        self.runs.push(m);
+        if let Some(rates) = &mut self.at_once {
+            let senders = at_once_clients(rep, clients);
+            let r = measure_at_once(addr, comp_id, &senders, orders)
+                .await
+                .with_context(|| format!("measuring {} with {clients} clients", self.label))?;
+            rates.push(r);
+        }
+        Ok(())
+    }
+
+    fn print(&self, orders: usize, clients: usize) {
+        match &self.target {
+            Ok(_) => {
+                let max = self
+                    .runs
+                    .iter()
+                    .filter_map(|m| m.lat.last().copied())
+                    .fold(f64::NAN, f64::max);
+                let p99 = if orders >= MIN_SAMPLES_FOR_P99 {
+                    range(&self.p99s())
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "  {:<46} {:<68} {:>11} {:>13} {:>8.0} {:>13}",
+                    self.label,
+                    self.guarantee,
+                    range(&self.p50s()),
+                    p99,
+                    max,
+                    range(&self.rates(orders))
+                );
+                if self.at_once.is_some() {
+                    println!(
+                        "  {:<46} {:<68} {:>11} {:>13} {:>8} {:>13}",
+                        format!("  the same, {clients} clients at once"),
+                        "",
+                        "",
+                        "",
+                        "",
+                        range(self.at_once_rates())
+                    );
+                }
+            }
+            Err(why) => println!(
+                "  {:<46} {:<68} not measured: {why}",
+                self.label, self.guarantee
+            ),
+        }
+    }
+}
+
+/// `lo–hi` of per-run figures, or the one figure.
+fn range(xs: &[f64]) -> String {
+    let (lo, hi) = spread(xs);
+    if xs.len() > 1 {
+        format!("{lo:.0}–{hi:.0}")
+    } else {
+        format!("{lo:.0}")
+    }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    percentiles(xs).0
+}
+
+/// Measures run `rep` of `rows` back to back, starting from a different row each run.
+async fn measure_rotated(
+    mut rows: Vec<&mut PathRow>,
+    rep: usize,
+    orders: usize,
+    clients: usize,
+) -> anyhow::Result<()> {
+    let n = rows.len().max(1);
+    rows.rotate_left(rep % n);
+    for r in rows {
+        r.measure(rep, orders, clients).await?;
+    }
+    Ok(())
+}
+
+/// The comparison line of a pair: ratios of the medians over runs, and which side is faster
+/// only when every run of it beats every run of the other.
+fn print_verdict(ours: &PathRow, peer: &PathRow, orders: usize, repeat: usize) {
+    if ours.runs.is_empty() || peer.runs.is_empty() {
+        return;
+    }
+    let who = |v: Verdict| match v {
+        _ if repeat < 3 => "not judged (fewer than 3 runs)",
+        Verdict::First => "ours",
+        Verdict::Second => "QuickFIX",
+        Verdict::NoClearWinner => "no clear winner",
+    };
+    println!(
+        "    ours / QuickFIX, medians over runs: p50 latency {:.2}×, throughput {:.2}×; lower p50: {}; higher throughput: {}",
+        median(&ours.p50s()) / median(&peer.p50s()),
+        median(&ours.rates(orders)) / median(&peer.rates(orders)),
+        who(compare(&ours.p50s(), &peer.p50s(), true, MARGIN)),
+        who(compare(&ours.rates(orders), &peer.rates(orders), false, MARGIN)),
+    );
+}
+
+/// The verdict of a goal on per-run figures `ours` against the per-run goal values `goal`.
+fn judge(ours: &[f64], goal: &[f64], lower_is_better: bool, repeat: usize) -> &'static str {
+    if repeat < 3 {
+        return "not judged (fewer than 3 runs)";
+    }
+    match compare(ours, goal, lower_is_better, MARGIN) {
+        Verdict::First => "met",
+        Verdict::Second => "NOT MET",
+        Verdict::NoClearWinner => {
+            "no clear result (the runs straddle the goal or miss it by less than the margin)"
+        }
+    }
+}
+
+/// The rows issue 9's group-commit goals are judged on, measured back to back.
+struct GoalRows {
+    /// Our engine as a plain acceptor (`fix-exchange-sim`) on a group-commit store.
+    engine: PathRow,
+    /// QuickFIX's acceptor on its FileStore as shipped.
+    quickfix: PathRow,
+    /// The gateway path.
+    gateway: PathRow,
+}
+
+impl GoalRows {
+    fn rows_mut(&mut self) -> Vec<&mut PathRow> {
+        vec![&mut self.engine, &mut self.quickfix, &mut self.gateway]
+    }
+
+    /// Issue 9's three goals (item 3), each judged on the per-run figures against the QuickFIX
+    /// acceptor as shipped in the same runs; `fsync` is each run's `fdatasync` p50.
+    fn print_goals(&self, a: &FixBenchArgs, fsync: &[f64]) {
+        let (gw, qf, ours) = (&self.gateway, &self.quickfix, &self.engine);
+        println!(
+            "goals of issue 9 (item 3), each against {} ({}) in the same runs; \"met\" or \"NOT MET\" only when every run \
+             is on that side of the goal by more than {:.0} %:",
+            qf.label,
+            qf.guarantee,
+            MARGIN * 100.0
+        );
+        if let Err(why) = &qf.target {
+            println!("  not judged: QuickFIX not measured ({why})");
+            return;
+        }
+        let durable = a.sync != StoreSync::Batch;
+        let n = a.clients;
+        // 1. The gateway path, several clients at once, ≥ 1× QuickFIX with as many clients.
+        let (g, q) = (gw.at_once_rates(), qf.at_once_rates());
+        if durable {
+            println!(
+                "  gateway path, {n} clients at once ≥ 1× QuickFIX with {n} clients at once: medians {:.0} / {:.0} orders/s = {:.2}×; \
+                 runs {} vs {}: {}",
+                median(g),
+                median(q),
+                median(g) / median(q),
+                range(g),
+                range(q),
+                judge(g, q, false, a.repeat)
+            );
+        } else {
+            println!("  gateway path ≥ 1× QuickFIX: not judged (--sync batch sends before its record is durable)");
+        }
+        // 2. Our engine as a plain acceptor with group commit ≥ 2× QuickFIX, one client each.
+        let (o, q) = (ours.rates(a.runs), qf.rates(a.runs));
+        let q2: Vec<f64> = q.iter().map(|r| 2.0 * r).collect();
+        println!(
+            "  our engine as a plain acceptor with group commit ≥ 2× QuickFIX, pipelined, one client: medians {:.0} / {:.0} \
+             orders/s = {:.2}×; runs {} vs 2 × ({}): {}",
+            median(&o),
+            median(&q),
+            median(&o) / median(&q),
+            range(&o),
+            range(&q),
+            judge(&o, &q2, false, a.repeat)
+        );
+        // 3. The gateway's single-order p50 ≤ QuickFIX's p50 + one fdatasync per hop, run by run.
+        let (g, q) = (gw.p50s(), qf.p50s());
+        if !durable {
+            println!("  gateway single-order p50: not judged (--sync batch sends before its record is durable)");
+        } else if q.len() != fsync.len() {
+            println!("  gateway single-order p50: not judged (a run lacks QuickFIX's p50)");
+        } else {
+            let bound: Vec<f64> = q
+                .iter()
+                .zip(fsync)
+                .map(|(q, f)| q + GATEWAY_HOPS * f)
+                .collect();
+            println!(
+                "  gateway single-order p50 ≤ QuickFIX's p50 + one fdatasync per hop ({GATEWAY_HOPS:.0} hops): medians {:.0} µs vs \
+                 {:.0} + {GATEWAY_HOPS:.0} × {:.0} = {:.0} µs; runs {} vs {}: {}",
+                median(&g),
+                median(&q),
+                median(fsync),
+                median(&bound),
+                range(&g),
+                range(&bound),
+                judge(&g, &bound, true, a.repeat)
+            );
+        }
+    }
+}
+
+/// `understudy bench fix-roundtrip`.
+pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
+    if a.runs == 0 || a.repeat == 0 || a.clients == 0 {
+        anyhow::bail!("--runs, --repeat and --clients must be at least 1");
+    }
+    let load_before = load_average();
+    let exe = std::env::current_exe().context("cannot find the understudy executable")?;
+    // /var/tmp is on disk by convention; /tmp may be a tmpfs, where fsync does nothing.
+    let dir = tempfile::Builder::new()
+        .prefix("fix-roundtrip-")
+        .tempdir_in("/var/tmp")
+        .or_else(|_| tempfile::tempdir())?;
+    let d = dir.path();
+    let mut clients: Vec<String> = Vec::new();
+    for rep in 0..a.repeat {
+        clients.push(bench_client(rep));
+        clients.extend(at_once_clients(rep, a.clients));
+    }
+    let mut kids = Vec::new();
+
+    // The product: client → gateway → our simulator (memory store) → back.
+    let gw = crate::ports::free_addrs(1)?[0];
+    let (sim, gw_sim) = group::start_sim(&exe, None, None)?;
+    kids.push(sim);
+    let client_ids: Vec<&str> = clients.iter().map(String::as_str).collect();
+    let mut file = GatewayFile::new(gw, &d.join("store"), gw_sim, &client_ids);
+    file.gateway.sync = Some(a.sync);
+    let cfg = d.join("gw.toml");
+    file.write(&cfg, "")?;
+    kids.push(
+        Proc::spawn(
+            crate::proc::understudy(&exe, &["fix-gateway", "--config"])
+                .arg(&cfg)
+                .env("UNDERSTUDY_ROLE", "active")
+                .env("UNDERSTUDY_EPOCH", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )
+        .context("cannot start fix-gateway")?,
+    );
+    crate::http::listening(gw, Duration::from_secs(5)).await?;
+
+    // Engine to engine, store for store.
+    let mut pairs: Vec<[PathRow; 2]> = Vec::new();
+    for (ours_store, ours_g, ours_sync, qf_store, qf_g, qf_mode) in [
+        (
+            "memory store",
+            LOST_WITH_PROCESS,
+            None,
+            "MemoryStore",
+            LOST_WITH_PROCESS,
+            "memory",
+        ),
+        (
+            "FileStore every-write",
+            SYNC_BEFORE_SEND,
+            Some(StoreSync::EveryWrite),
+            "FileStore + fdatasync per write",
+            SYNC_BEFORE_SEND,
+            "file-fsync",
+        ),
+        (
+            "FileStore batch",
+            SYNC_BATCH,
+            Some(StoreSync::Batch),
+            "FileStore as shipped",
+            FLUSH_ONLY,
+            "file",
+        ),
+    ] {
+        let store_dir = ours_sync.map(|s| (d.join(format!("sim-{s}")), s));
+        let (sim, ours) = group::start_sim(
+            &exe,
+            store_dir.as_ref().map(|(p, s)| (p.as_path(), *s)),
+            None,
+        )?;
+        kids.push(sim);
+        let qf = start_quickfix_acceptor(d, &mut kids, qf_mode, &clients).await;
+        pairs.push([
+            PathRow::new(
+                format!("understudy sim, {ours_store}"),
+                ours_g,
+                Ok((ours, "EXCH")),
+            ),
+            PathRow::new(
+                format!("QuickFIX/C++, {qf_store}"),
+                qf_g,
+                qf.map(|addr| (addr, "QFX")),
+            ),
+        ]);
+    }
+
+    // Group commit: our engine on it, QuickFIX as shipped, and the gateway path.
+    let (sim, ours) = group::start_sim(&exe, Some((&d.join("sim-group"), StoreSync::Group)), None)?;
+    kids.push(sim);
+    let qf = start_quickfix_acceptor(d, &mut kids, "file", &clients).await;
+    let mut goal_rows = GoalRows {
+        engine: PathRow::new(
+            "understudy sim, FileStore group commit".into(),
+            GROUP_COMMIT,
+            Ok((ours, "EXCH")),
+        )
+        .with_at_once(),
+        quickfix: PathRow::new(
+            "QuickFIX/C++, FileStore as shipped".into(),
+            FLUSH_ONLY,
+            qf.map(|addr| (addr, "QFX")),
+        )
+        .with_at_once(),
+        gateway: PathRow::new(
+            format!("understudy fix-gateway, {}", a.sync),
+            match a.sync {
+                StoreSync::Group => GROUP_COMMIT,
+                StoreSync::EveryWrite => SYNC_BEFORE_SEND,
+                StoreSync::Batch => SYNC_BATCH,
+            },
+            Ok((gw, "GW")),
+        )
+        .with_at_once(),
+    };
+
+    let mut fsync = Vec::with_capacity(a.repeat);
+    for rep in 0..a.repeat {
+        eprintln!("fix-roundtrip: run {}/{}…", rep + 1, a.repeat);
+        let probe_dir = d.to_path_buf();
+        fsync.push(
+            tokio::task::spawn_blocking(move || fdatasync_p50(&probe_dir, FSYNC_PROBES)).await??,
+        );
+        for [ours, qf] in &mut pairs {
+            measure_rotated(vec![ours, qf], rep, a.runs, a.clients).await?;
+        }
+        measure_rotated(goal_rows.rows_mut(), rep, a.runs, a.clients).await?;
+    }
+
+    println!(
+        "fix-roundtrip: {} market orders per path and run, each answered New, partial fill, fill: one at a time (latency: \
+         order sent → fill received, CLOCK_MONOTONIC in the client process), then {} more in one pipelined burst (orders/s)",
+        a.runs, a.runs
+    );
+    println!(
+        "  {} runs per path, the rows of a comparison back to back, rotating which goes first; figures are min–max over \
+         runs (max: over all runs); load average (1 min) {load_before} at the start, {} at the end",
+        a.repeat,
+        load_average()
+    );
+    println!(
+        "  stores under {} ({}); one fdatasync of a 200-byte append there: p50 {} µs ({FSYNC_PROBES} per run)",
+        d.display(),
+        fs_type(d),
+        range(&fsync)
+    );
+    println!(
+        "  {:<46} {:<68} {:>11} {:>13} {:>8} {:>13}",
+        "", "what the store guarantees", "p50 µs", "p99 µs", "max µs", "orders/s"
+    );
+    println!("engine to engine (one FIX hop; the acceptor does the simulator's work, QuickFIX's acceptor is tests/quickfix/qf_acceptor.cpp):");
+    for [ours, qf] in &pairs {
+        ours.print(a.runs, a.clients);
+        qf.print(a.runs, a.clients);
+        print_verdict(ours, qf, a.runs, a.repeat);
+    }
+    println!(
+        "group commit (issue 9): our engine on it, QuickFIX as shipped, and the product (two FIX hops: client → gateway → \
+         our sim (memory store) → back; the gateway stores every message before it sends it):"
+    );
+    goal_rows.engine.print(a.runs, a.clients);
+    goal_rows.quickfix.print(a.runs, a.clients);
+    print_verdict(&goal_rows.engine, &goal_rows.quickfix, a.runs, a.repeat);
+    goal_rows.gateway.print(a.runs, a.clients);
+    if let Some(n) = crate::stats::p99_note(a.runs) {
+        println!("  {n}");
+    }
+    println!(
+        "  QuickFIX/C++ 1.15 has no sync setting: its FileStore as shipped flushes every write and never fsyncs, so its \
+         rows against ours batched or group-committed are not like for like (ours promise more); its fdatasync row \
+         wraps its FileStore (tests/quickfix/qf_acceptor.cpp)"
+    );
+    goal_rows.print_goals(&a, &fsync);
+    Ok(0)
+}
