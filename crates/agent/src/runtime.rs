@@ -62,6 +62,14 @@ pub enum ApiRequest {
     ),
     /// `POST /service/release`: hand the service over as a plain server and leave the group.
     Release(oneshot::Sender<Answer>),
+    /// `PUT /config/wanted/{generation}`: the configuration this node must run; answered once
+    /// the engine knows whether the running one is it.
+    ConfigWanted {
+        /// Its [`crate::config::generation`].
+        generation: u64,
+        /// Told when done.
+        done: oneshot::Sender<()>,
+    },
     /// `POST /service/active-ack`: the service says it acts with this epoch.
     ServiceAck {
         /// The process that says so.
@@ -276,6 +284,7 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         asking: None,
         stepped_down: None,
         coord_unreachable: None,
+        config_outdated: false,
     };
     info!(
         node = %cfg.node.name, group = %cfg.node.group, admin = %cfg.node.admin,
@@ -376,6 +385,8 @@ struct Runtime {
     stepped_down: Option<StepDown>,
     /// What the engine was last told of the coordinator's reach.
     coord_unreachable: Option<String>,
+    /// What the engine was last told of the running configuration.
+    config_outdated: bool,
 }
 
 /// How long a released agent stays up after answering, so the answer is written out.
@@ -673,6 +684,23 @@ impl Runtime {
                 self.feed_asked(Asker::Switchover(from), Input::Switchover { ready, to });
             }
             ApiRequest::ServiceAck { pid, epoch } => self.feed(Input::ServiceAcked { pid, epoch }),
+            ApiRequest::ConfigWanted { generation, done } => {
+                let running = self.shared.cfg.generation;
+                let outdated = (generation != running).then(|| {
+                    format!(
+                        "its configuration changed (generation {generation}; this agent runs {running}); it can take over only once started again with the new one"
+                    )
+                });
+                if outdated.is_some() != self.config_outdated {
+                    match &outdated {
+                        Some(why) => warn!("not ready: {why}"),
+                        None => info!("the configuration this agent runs is the wanted one again"),
+                    }
+                    self.config_outdated = outdated.is_some();
+                    self.feed(Input::Configuration { outdated });
+                }
+                let _ = done.send(());
+            }
             ApiRequest::Release(tx) => {
                 self.pending_release.push_back(tx);
                 // The engine refuses while another member is alive: give it the group as it is now.

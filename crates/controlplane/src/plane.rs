@@ -72,6 +72,17 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(20);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A host that has not reported for this long is shown disconnected.
 pub const HOST_STALE: Duration = Duration::from_secs(5);
+/// `node.priority` of a group's preferred node (the others have 0): among standbys that could
+/// take over, it does, and with `failback` activity returns to it.
+const PREFERRED_PRIORITY: i64 = 1;
+
+/// A node's answer to `PUT /config/wanted/{generation}`.
+struct Told {
+    /// It is the group's active.
+    hot: bool,
+    /// The generation it runs.
+    running: u64,
+}
 
 /// What the collector last learnt from one node's agent.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -480,6 +491,11 @@ impl Plane {
                 n.insert(key.into(), path(p));
             }
         }
+        // Only a preferred node named as such: a group without one keeps no preference in its
+        // takeovers (and its agents' configurations stay as they were).
+        if f.preferred.as_deref() == Some(node.name.as_str()) {
+            n.insert("priority".into(), PREFERRED_PRIORITY.into());
+        }
         if !one_host && !self.etcd.is_empty() {
             // Without a lock file the default journal is machine-wide (/var/lib/understudy); keep
             // it in the host's own data directory, beside the node's configuration.
@@ -491,6 +507,9 @@ impl Plane {
         t.insert("node".into(), toml::Value::Table(n));
         let mut a = toml_table();
         a.insert("mode".into(), f.mode.as_str().into());
+        if let Some(d) = &f.failback {
+            a.insert("failback".into(), d.clone().into());
+        }
         if one_host || self.etcd.is_empty() {
             a.insert(
                 "lock_file".into(),
@@ -749,6 +768,22 @@ impl Plane {
         if !apply || !rep.errors.is_empty() {
             return Ok(rep);
         }
+        // The running groups whose configuration changes: each node learns it before it changes.
+        let rolling: Vec<(ServerSpec, FailoverSpec, Vec<NodeSpec>)> = items
+            .iter()
+            .filter(|i| rep.rolling.contains(&i.server.name))
+            .filter_map(|i| {
+                let nodes = plans.get(&i.server.name).cloned().flatten()?;
+                Some((i.server.clone(), i.failover.clone()?, nodes))
+            })
+            .collect();
+        let hot = match self.tell_rolling(&rolling).await {
+            Ok(hot) => hot,
+            Err((name, e)) => {
+                rep.errors.insert(name, vec![e]);
+                return Ok(rep);
+            }
+        };
         let now = unix_ms();
         for item in &items {
             let name = &item.server.name;
@@ -780,6 +815,15 @@ impl Plane {
             }
         }
         self.store.replace_config_files(&files)?;
+        // Standbys start again with the new configuration at once; the active keeps its own.
+        for (server, f, nodes) in &rolling {
+            for n in nodes {
+                self.want_agent(server, f, n, hot.get(&n.name).copied())?;
+            }
+        }
+        if !rolling.is_empty() {
+            self.sync_local().await;
+        }
         rep.applied = true;
         info!(
             added = rep.added.len(),
@@ -817,15 +861,19 @@ impl Plane {
             .map_err(|e| format!("the agent on {addr} answered something that is not /status: {e}"))
     }
 
+    /// Hand `node`'s host its agent configuration; a running agent may keep the generation
+    /// `keep` (the active's, until it is a standby).
     fn want_agent(
         &self,
-        row: &ServerRow,
+        server: &ServerSpec,
         f: &FailoverSpec,
         node: &NodeSpec,
+        keep: Option<u64>,
     ) -> Result<(), PlaneError> {
         let want = Want::Agent {
             node: node.name.clone(),
-            config: self.agent_config(&row.spec, f, node),
+            config: self.agent_config(server, f, node),
+            keep,
         };
         self.store.put_desired(
             &agent_key(&node.name),
@@ -841,7 +889,7 @@ impl Plane {
         f: &FailoverSpec,
         node: &NodeSpec,
     ) -> Result<(), PlaneError> {
-        self.want_agent(row, f, node)?;
+        self.want_agent(&row.spec, f, node, None)?;
         let key = agent_key(&node.name);
         let admin = self.node_admin(node);
         let deadline = tokio::time::Instant::now() + AGENT_UP_TIMEOUT;
@@ -1037,7 +1085,7 @@ impl Plane {
             }
             Err(e) => {
                 self.store.delete_desired(&skey)?;
-                self.want_agent(row, f, a)?;
+                self.want_agent(&row.spec, f, a, None)?;
                 return Err(e);
             }
         }
@@ -1258,6 +1306,7 @@ impl Plane {
                 "mode": f.spec.mode,
                 "standby_hosts": f.spec.standby_hosts,
                 "preferred": f.spec.preferred_node(name),
+                "failback": f.spec.failback,
                 "running": f.running,
                 "active": active,
                 "nodes": if f.running { nodes } else { f.nodes.iter().map(|n| json!({
@@ -1313,6 +1362,14 @@ impl Plane {
                         self.apply_config(&row.spec, &f.spec, n);
                     }
                 }
+                if st.is_ok() && self.config_pending(&row.spec, &f.spec, n) {
+                    // Told at the import; told again for an agent that its host started since
+                    // with the old configuration, before its host starts it with the new one.
+                    let planned = self.planned_generation(&row.spec, &f.spec, n);
+                    if let Err(e) = self.tell_wanted(n, planned).await {
+                        warn!(node = %n.name, "cannot tell it that its configuration changed: {e}");
+                    }
+                }
                 let problem = self
                     .report(&agent_key(&n.name))
                     .and_then(|(_, r)| r.problem);
@@ -1347,40 +1404,111 @@ impl Plane {
     }
 
     /// A standby whose configuration changed (an import while failover runs) gets it now: its host
-    /// starts the agent again with it. Only a node seen Warm, and only one still wanted: the
-    /// active keeps its configuration until it is a standby.
+    /// starts the agent again with it. Only a node seen Warm: the active keeps its own (`keep`)
+    /// until it is a standby. Either way it was told at the import that its configuration is
+    /// outdated, so it does not take over with it meanwhile.
     fn apply_config(&self, server: &ServerSpec, f: &FailoverSpec, n: &NodeSpec) {
-        let key = agent_key(&n.name);
-        let Ok(Some((host, spec))) = self.store.desired(&key) else {
+        let Ok(Some((_, spec))) = self.store.desired(&agent_key(&n.name)) else {
             return;
         };
-        let Ok(Want::Agent { config, .. }) = serde_json::from_value::<Want>(spec) else {
+        let Ok(Want::Agent { config, keep, .. }) = serde_json::from_value::<Want>(spec) else {
             return;
         };
-        let planned = self.agent_config(server, f, n);
-        if config == planned {
+        if config == self.agent_config(server, f, n) && keep.is_none() {
             return;
         }
         info!(node = %n.name, "configuration changed: the standby starts again with it");
-        let want = Want::Agent {
-            node: n.name.clone(),
-            config: planned,
-        };
-        if let Err(e) = self.store.put_desired(
-            &key,
-            &host,
-            &serde_json::to_value(&want).unwrap_or_default(),
-        ) {
+        if let Err(e) = self.want_agent(server, f, n, None) {
             warn!(node = %n.name, "cannot hand the new configuration to its host: {e}");
         }
+    }
+
+    /// The generation of the configuration the control plane holds for node `n`.
+    fn planned_generation(&self, server: &ServerSpec, f: &FailoverSpec, n: &NodeSpec) -> u64 {
+        config_generation(&self.agent_config(server, f, n))
     }
 
     /// True when node `n`'s agent runs, but not the configuration the control plane holds for it:
     /// a standby about to be restarted with it, or the active keeping its own.
     fn config_pending(&self, server: &ServerSpec, f: &FailoverSpec, n: &NodeSpec) -> bool {
-        let planned = config_generation(&self.agent_config(server, f, n));
+        let planned = self.planned_generation(server, f, n);
         self.report(&agent_key(&n.name))
             .is_some_and(|(_, r)| r.running && r.generation != planned)
+    }
+
+    /// `PUT /config/wanted/{generation}` to node `n`'s agent: from its answer on, the agent is not
+    /// ready while it runs another configuration.
+    async fn tell_wanted(&self, n: &NodeSpec, generation: u64) -> Result<Told, String> {
+        let url = format!("http://{}/config/wanted/{generation}", self.node_admin(n));
+        let r = self
+            .http
+            .put(url)
+            .header("X-Understudy", "1")
+            .send()
+            .await
+            .map_err(|e| format!("its agent does not answer: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("its agent answered {}", r.status()));
+        }
+        let v: Value = r
+            .json()
+            .await
+            .map_err(|e| format!("its agent's answer is unreadable: {e}"))?;
+        let running = v
+            .get("running")
+            .and_then(Value::as_u64)
+            .ok_or("its agent's answer names no running generation")?;
+        Ok(Told {
+            hot: v.get("mode").and_then(Value::as_str) == Some("Hot"),
+            running,
+        })
+    }
+
+    /// Before a running group's configuration changes: tell every node of each server in
+    /// `rolling` (with `plans`, the new configuration and nodes) the generation it must run, so
+    /// that from then on no node takes over with the old one. The nodes told Hot, with the
+    /// generation they run. A node whose agent runs but cannot be told refuses the change for its
+    /// server (the nodes told so far are told their own generation back).
+    async fn tell_rolling(
+        &self,
+        rolling: &[(ServerSpec, FailoverSpec, Vec<NodeSpec>)],
+    ) -> Result<BTreeMap<String, u64>, (String, FieldError)> {
+        let mut told: Vec<(&NodeSpec, u64)> = Vec::new();
+        let mut hot = BTreeMap::new();
+        for (server, f, nodes) in rolling {
+            for n in nodes {
+                let planned = self.planned_generation(server, f, n);
+                match self.tell_wanted(n, planned).await {
+                    Ok(t) => {
+                        told.push((n, t.running));
+                        if t.hot {
+                            hot.insert(n.name.clone(), t.running);
+                        }
+                    }
+                    // An agent that does not run is started with the new configuration.
+                    Err(_)
+                        if !self
+                            .report(&agent_key(&n.name))
+                            .is_some_and(|(_, r)| r.running) => {}
+                    Err(e) => {
+                        for (n, running) in told {
+                            let _ = self.tell_wanted(n, running).await;
+                        }
+                        return Err((
+                            server.name.clone(),
+                            FieldError {
+                                field: "server".into(),
+                                reason: format!(
+                                    "node {}: {e}; a running node must learn that its configuration changed before it changes (else it could take over with the old one): try again when it answers, or stop failover first",
+                                    n.name
+                                ),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(hot)
     }
 
     async fn collect_events(&self, server: &str, n: &NodeSpec) {
@@ -1465,6 +1593,7 @@ fn agent_key_to_field(key: &str) -> String {
         k if k.starts_with("service.env") => "service.env".into(),
         k if k.starts_with("health") => format!("service.{k}"),
         "activation.mode" => "mode".into(),
+        "activation.failback" => "failback".into(),
         "service.standby" => "standby".into(),
         k => k.to_string(),
     }

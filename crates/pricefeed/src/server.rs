@@ -38,6 +38,13 @@ const MAX_CONTROL_QUEUE: usize = 4096;
 /// Prices queued for one client, in order, before it counts as behind and its prices are
 /// conflated (on top of what its socket buffer already holds).
 const MAX_QUEUED_PRICES: usize = 1024;
+/// Kernel send buffer of each client connection (`SO_SNDBUF`, set on the listener, which every
+/// accepted connection inherits). Left to itself the kernel grows it up to
+/// `net.ipv4.tcp_wmem`'s maximum, megabytes: a client that stops reading would still take every
+/// price for seconds (costing the server as much as a client that keeps up, on a busy machine
+/// more than it has) and read seconds-old prices when it resumes. Bounded, such a client is
+/// behind within a fraction of a second and gets the latest prices, conflated.
+const CLIENT_SEND_BUFFER: u32 = 256 * 1024;
 /// Subscriptions one client may hold while the instrument list is not yet known.
 const MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 100_000;
 
@@ -459,9 +466,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PriceServer {
     /// Binds the client listener. Nothing runs until [`PriceServer::run`].
     pub async fn bind(cfg: ServerConfig) -> Result<Self, Error> {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| Error::io(format!("binding price-server to {}", cfg.listen), e))?;
+        let bind = || {
+            let socket = match cfg.listen {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }?;
+            socket.set_reuseaddr(true)?;
+            socket.set_send_buffer_size(CLIENT_SEND_BUFFER)?;
+            socket.bind(cfg.listen)?;
+            socket.listen(1024)
+        };
+        let listener =
+            bind().map_err(|e| Error::io(format!("binding price-server to {}", cfg.listen), e))?;
         let name = match (cfg.name, listener.local_addr()) {
             (Some(n), _) => n,
             (None, Ok(a)) => a.to_string(),

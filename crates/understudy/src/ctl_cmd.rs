@@ -208,9 +208,14 @@ enum CtlCmd {
         /// Activation mode.
         #[arg(long, value_enum, default_value = "trylock")]
         mode: ModeArg,
-        /// Preferred active node (e.g. gw-2); default the server's own node.
+        /// Preferred active node (e.g. gw-2); default the server's own node. It becomes active
+        /// at start, and takes over when several standbys could (its `node.priority` is higher).
         #[arg(long)]
         preferred: Option<String>,
+        /// Hand activity back to the preferred node once it has been a ready standby this long
+        /// (e.g. 30s; `activation.failback`). Default: never.
+        #[arg(long)]
+        failback: Option<String>,
     },
     /// Start failover (only from a stopped server).
     StartFailover { server: String },
@@ -313,6 +318,7 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
             standby_hosts,
             mode,
             preferred,
+            failback,
         } => {
             let mut b = json!({
                 "standby": standby,
@@ -321,6 +327,9 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
             });
             if let Some(p) = preferred {
                 b["preferred"] = json!(p);
+            }
+            if let Some(d) = failback {
+                b["failback"] = json!(d);
             }
             (
                 call(

@@ -225,7 +225,12 @@ impl GroupCommit {
         if st.durable >= st.written {
             return Some(Ok(st.durable));
         }
-        if self.hook.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if self
+            .hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
             // A pass with a hook waits for a standby's acknowledgement: a network round trip
             // the event loop must not block on. The syncer thread runs it.
             let pos = st.written;
