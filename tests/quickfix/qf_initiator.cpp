@@ -16,6 +16,9 @@
 //   EXEC cl=ID exec=ID type=T status=S possdup=Y|N possresend=Y|N seq=N
 //                                           an ExecutionReport received
 //   SENT cl=ID / ERROR text / READY / BYE
+// With `SSLProtocol` in the settings' [DEFAULT] section it connects over TLS (QuickFIX's
+// SSLSocketInitiator: CertificationAuthoritiesFile, ClientCertificateFile, ...), when built with
+// -DHAVE_SSL=1 and -lssl -lcrypto; a build without them says so on stderr and exits 3.
 // Build: g++ -std=gnu++14 -O1 qf_initiator.cpp -lquickfix -lpthread -o qf_initiator
 
 #include <quickfix/Application.h>
@@ -24,9 +27,13 @@
 #include <quickfix/Session.h>
 #include <quickfix/SessionSettings.h>
 #include <quickfix/SocketInitiator.h>
+#if defined(HAVE_SSL) && HAVE_SSL > 0
+#include <quickfix/SSLSocketInitiator.h>
+#endif
 #include <quickfix/fix44/NewOrderSingle.h>
 
 #include <chrono>
+#include <memory>
 #include <iostream>
 #include <mutex>
 #include <sstream>
@@ -151,8 +158,18 @@ int main(int argc, char** argv) {
     App app;
     FIX::FileStoreFactory store(settings);
     FIX::FileLogFactory log(settings);
-    FIX::SocketInitiator initiator(app, store, settings, log);
-    initiator.start();
+    std::unique_ptr<FIX::Initiator> initiator;
+    if (settings.get().has(FIX::SSL_PROTOCOL)) {
+#if defined(HAVE_SSL) && HAVE_SSL > 0
+      initiator.reset(new FIX::SSLSocketInitiator(app, store, settings, log));
+#else
+      std::cerr << "qf_initiator: built without SSL (HAVE_SSL)" << std::endl;
+      return 3;
+#endif
+    } else {
+      initiator.reset(new FIX::SocketInitiator(app, store, settings, log));
+    }
+    initiator->start();
     emit("READY");
     std::string line;
     while (std::getline(std::cin, line)) {
@@ -178,7 +195,7 @@ int main(int argc, char** argv) {
         emit("ERROR unknown command " + cmd);
       }
     }
-    initiator.stop();  // sends Logout, waits for the answer (bounded by LogoutTimeout)
+    initiator->stop();  // sends Logout, waits for the answer (bounded by LogoutTimeout)
     emit("BYE");
     return 0;
   } catch (std::exception& e) {

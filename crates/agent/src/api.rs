@@ -142,9 +142,11 @@ pub async fn serve(
             let tls = shared.cfg.node.admin_tls.as_ref();
             let stream = match crate::tls::accept(tls, stream, header_timeout).await {
                 Ok(s) => s,
+                // A probe that connected and closed: nothing to count or warn about.
+                Err(crate::tls::Refused::Closed) => return,
                 Err(e) => {
                     match &e {
-                        crate::tls::Refused::Slow => {
+                        crate::tls::Refused::Slow(_) => {
                             shared.metrics.admin_connections_timed_out.inc()
                         }
                         _ => shared.metrics.admin_unauthorized.inc(),
@@ -359,6 +361,7 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/service/release", post(release))
+        .route("/config/wanted/{generation}", put(config_wanted))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), guard))
@@ -376,7 +379,7 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /openapi.json: GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, /service/active-ack, /service/release",
+        "no such endpoint; see GET /openapi.json: GET /status, /group, /events, /metrics, /healthz, /service/activationmode, PUT /service/activationmode/hot, POST /service/switchover, /service/active-ack, /service/release, PUT /config/wanted/{generation}",
     )
 }
 
@@ -654,6 +657,37 @@ async fn release(AxState(api): AxState<Api>) -> Response {
         ),
         Err(r) => r,
     }
+}
+
+/// `PUT /config/wanted/{generation}`: whoever hands this node its configuration (the control
+/// plane) says which one it must run. A node that runs another is not ready and takes over only
+/// once started again with it; an active keeps acting with its own until it is a standby.
+async fn config_wanted(
+    AxState(api): AxState<Api>,
+    generation: Result<axum::extract::Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(axum::extract::Path(generation)) = generation else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the generation is a number: the digest of the configuration file's text",
+        );
+    };
+    let (done, told) = oneshot::channel();
+    let asked = ApiRequest::ConfigWanted { generation, done };
+    if api.tx.send(asked).await.is_err() || told.await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+    }
+    let running = api.shared.cfg.generation;
+    let s = api.shared.status().node;
+    Json(json!({
+        "node": s.name,
+        "running": running,
+        "wanted": generation,
+        "outdated": running != generation,
+        "mode": s.state,
+        "ready": s.ready,
+    }))
+    .into_response()
 }
 
 async fn openapi() -> Response {

@@ -38,6 +38,9 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     /// `[etcd]`: the group lives in etcd (across machines) instead of `activation.lock_file`.
     pub etcd: Option<EtcdConfig>,
+    /// [`generation`] of the file's text: a host that hands the agent a configuration tells by
+    /// it whether the agent runs the one it must (`PUT /config/wanted/{generation}`).
+    pub generation: u64,
 }
 
 /// `[etcd]`: the coordinator for groups across machines.
@@ -776,7 +779,7 @@ fn admin_tls(
     let ca = n.admin_client_ca.as_ref().map(|c| base.join(c));
     crate::tls::AdminTls::load(&cert, &key, ca.as_deref())
         .map(Some)
-        .map_err(|e| ctx.err(e.key, e.reason))
+        .map_err(|e| ctx.err(&e.key, e.reason))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -1162,8 +1165,21 @@ impl Config {
             service,
             health,
             etcd,
+            generation: generation(text),
         })
     }
+}
+
+/// A configuration's generation: a digest of its text (FNV-1a, in 63 bits so that SQLite's
+/// signed integers keep it, never 0). Of the file's own text: an included fragment that changes
+/// does not change it.
+pub fn generation(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h & i64::MAX as u64) | 1
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/service/switchover"),
     ("post", "/service/active-ack"),
     ("post", "/service/release"),
+    ("put", "/config/wanted/{generation}"),
     ("get", "/status"),
     ("get", "/group"),
     ("get", "/events"),
@@ -179,6 +180,21 @@ pub fn document() -> Value {
                         "properties": { "node": { "type": "string" }, "pid": { "type": "integer", "description": "the service, now a plain server" }, "epoch": { "type": "integer", "description": "the epoch it was last told" } } })),
                     "401": unauthorized, "403": browser,
                     "409": json_answer("not the active node, or another member is alive", error_ref()),
+                    "503": json_answer("the agent is stopping", error_ref())
+                }
+            } },
+            "/config/wanted/{generation}": { "put": {
+                "summary": "the configuration this node must run, by its generation (the digest of the configuration file's text): a node that runs another one is not ready and takes over only once started again with it; an active keeps acting with its own until it is a standby",
+                "description": "The control plane calls it on every node of a running group before it changes their configuration, so that no standby takes over with the old one, and again while a node's host has not yet started it with the new one. The generation the node runs itself wanted again makes it current.",
+                "security": [{ "bearer": [] }],
+                "parameters": [{ "name": "generation", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 0 } }],
+                "responses": {
+                    "200": json_answer("noted", json!({ "type": "object", "required": ["node", "running", "wanted", "outdated", "mode", "ready"],
+                        "properties": { "node": { "type": "string" }, "running": { "type": "integer", "description": "the generation this agent runs" },
+                            "wanted": { "type": "integer" }, "outdated": { "type": "boolean" },
+                            "mode": { "enum": ["Hot", "Warm"] }, "ready": { "type": "boolean" } } })),
+                    "400": json_answer("the generation is not a number", error_ref()),
+                    "401": unauthorized, "403": browser,
                     "503": json_answer("the agent is stopping", error_ref())
                 }
             } },

@@ -62,6 +62,14 @@ pub enum ApiRequest {
     ),
     /// `POST /service/release`: hand the service over as a plain server and leave the group.
     Release(oneshot::Sender<Answer>),
+    /// `PUT /config/wanted/{generation}`: the configuration this node must run; answered once
+    /// the engine knows whether the running one is it.
+    ConfigWanted {
+        /// Its [`crate::config::generation`].
+        generation: u64,
+        /// Told when done.
+        done: oneshot::Sender<()>,
+    },
     /// `POST /service/active-ack`: the service says it acts with this epoch.
     ServiceAck {
         /// The process that says so.
@@ -141,14 +149,44 @@ pub async fn run(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> 
     run_node(cfg, guardian_exe).instrument(span).await
 }
 
+/// How long a start waits for the admin address to be free. A supervisor that restarts a killed
+/// agent at once can be quicker than the kernel: a multi-threaded process killed by SIGKILL keeps
+/// its sockets until its last thread has gone, which under load takes milliseconds after its
+/// main thread is reported dead.
+const ADMIN_BIND_WAIT: Duration = Duration::from_secs(1);
+
+async fn bind_admin(cfg: &Config) -> Result<tokio::net::TcpListener, AgentError> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match tokio::net::TcpListener::bind(cfg.node.admin).await {
+            Ok(l) => return Ok(l),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < ADMIN_BIND_WAIT =>
+            {
+                if !said {
+                    said = true;
+                    warn!(
+                        addr = %cfg.node.admin,
+                        "node.admin is in use; waiting up to {ADMIN_BIND_WAIT:?} for it to be free (a previous instance ending)"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(source) => {
+                return Err(AgentError::AdminBind {
+                    file: cfg.file.clone(),
+                    addr: cfg.node.admin,
+                    source,
+                })
+            }
+        }
+    }
+}
+
 async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError> {
-    let listener = tokio::net::TcpListener::bind(cfg.node.admin)
-        .await
-        .map_err(|source| AgentError::AdminBind {
-            file: cfg.file.clone(),
-            addr: cfg.node.admin,
-            source,
-        })?;
+    let listener = bind_admin(&cfg).await?;
     let (svc_tx, svc_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(svc_tx);
     // The coordinator (lock file or etcd); with etcd it arms the service's guardian itself.
@@ -239,12 +277,14 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         watches: Vec::new(),
         signal_watch: None,
         service_detail: None,
+        service_not_ready: None,
         sd_status: String::new(),
         seen: Vec::new(),
         grant_created: false,
         asking: None,
         stepped_down: None,
         coord_unreachable: None,
+        config_outdated: false,
     };
     info!(
         node = %cfg.node.name, group = %cfg.node.group, admin = %cfg.node.admin,
@@ -328,6 +368,9 @@ struct Runtime {
     signal_watch: Option<tokio::task::JoinHandle<()>>,
     /// The running service's last self-report (see [`Service::detail`]).
     service_detail: Option<serde_json::Value>,
+    /// What the service's health answer last said about its readiness (see
+    /// [`service_not_ready`]).
+    service_not_ready: Option<String>,
     /// The last `STATUS=` line sent to systemd.
     sd_status: String,
     /// The group's records as last read for the engine, with what /proc says of their agents:
@@ -342,6 +385,8 @@ struct Runtime {
     stepped_down: Option<StepDown>,
     /// What the engine was last told of the coordinator's reach.
     coord_unreachable: Option<String>,
+    /// What the engine was last told of the running configuration.
+    config_outdated: bool,
 }
 
 /// How long a released agent stays up after answering, so the answer is written out.
@@ -612,6 +657,11 @@ impl Runtime {
             HealthEvent::Report { generation, body } if generation == gen => {
                 let detail = serde_json::from_str(&body)
                     .unwrap_or(serde_json::Value::String(body.trim().to_string()));
+                let not_ready = service_not_ready(&detail);
+                if not_ready != self.service_not_ready {
+                    self.service_not_ready = not_ready.clone();
+                    self.feed(Input::ServiceReadiness { not_ready });
+                }
                 if self.service_detail.as_ref() != Some(&detail) {
                     self.service_detail = Some(detail);
                     self.publish_status();
@@ -634,6 +684,23 @@ impl Runtime {
                 self.feed_asked(Asker::Switchover(from), Input::Switchover { ready, to });
             }
             ApiRequest::ServiceAck { pid, epoch } => self.feed(Input::ServiceAcked { pid, epoch }),
+            ApiRequest::ConfigWanted { generation, done } => {
+                let running = self.shared.cfg.generation;
+                let outdated = (generation != running).then(|| {
+                    format!(
+                        "its configuration changed (generation {generation}; this agent runs {running}); it can take over only once started again with the new one"
+                    )
+                });
+                if outdated.is_some() != self.config_outdated {
+                    match &outdated {
+                        Some(why) => warn!("not ready: {why}"),
+                        None => info!("the configuration this agent runs is the wanted one again"),
+                    }
+                    self.config_outdated = outdated.is_some();
+                    self.feed(Input::Configuration { outdated });
+                }
+                let _ = done.send(());
+            }
             ApiRequest::Release(tx) => {
                 self.pending_release.push_back(tx);
                 // The engine refuses while another member is alive: give it the group as it is now.
@@ -1256,20 +1323,52 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {
 fn one_line(v: &serde_json::Value) -> String {
     let text = match v {
         serde_json::Value::Object(o) => o
-            .iter()
-            .filter_map(|(k, v)| match v {
+            .get("replication")
+            .map(replication_line)
+            .into_iter()
+            .chain(o.iter().filter_map(|(k, v)| match v {
                 serde_json::Value::String(s) => Some(format!("{k}={s}")),
                 serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
                     Some(format!("{k}={v}"))
                 }
                 _ => None,
-            })
+            }))
             .collect::<Vec<_>>()
             .join(" "),
         serde_json::Value::String(s) => s.split_whitespace().collect::<Vec<_>>().join(" "),
         other => other.to_string(),
     };
     text.chars().take(200).collect()
+}
+
+/// A replicated service's `replication` object, first on the line so `understudy status`
+/// shows each standby's lag: `replication=sync in-sync lag=0rec/0ms`, or for the active
+/// `replication=sync standbys-in-sync=1/1`.
+fn replication_line(r: &serde_json::Value) -> String {
+    let mode = r.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
+    let peers = r.get("peers").and_then(|v| v.as_array());
+    if let Some(peers) = peers.filter(|p| !p.is_empty()) {
+        let in_sync = peers
+            .iter()
+            .filter(|p| p.get("in_sync").and_then(|v| v.as_bool()) == Some(true))
+            .count();
+        let degraded = r.get("degraded").and_then(|v| v.as_bool()) == Some(true);
+        return format!(
+            "replication={mode} standbys-in-sync={in_sync}/{}{}",
+            peers.len(),
+            if degraded { " DEGRADED" } else { "" }
+        );
+    }
+    let ready = r.get("ready").and_then(|v| v.as_bool()) == Some(true);
+    let lag = match (
+        r.get("lag_records").and_then(|v| v.as_u64()),
+        r.get("lag_ms").and_then(|v| v.as_u64()),
+    ) {
+        (Some(n), Some(ms)) => format!("lag={n}rec/{ms}ms"),
+        _ => "lag=unknown".to_owned(),
+    };
+    let state = if ready { "in-sync" } else { "NOT-in-sync" };
+    format!("replication={mode} {state} {lag}")
 }
 
 fn lock_replaced() -> Input {
@@ -1286,5 +1385,48 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
             node: hb.node,
             wall_ms: hb.unix_ms,
         },
+    }
+}
+
+/// Why a service's health answer says it may not take over: a JSON object with
+/// `"replication": {"ready": false, "reason": "..."}` (the FIX gateway's standby while it is
+/// not in sync with the active). Anything else says nothing against it.
+fn service_not_ready(detail: &serde_json::Value) -> Option<String> {
+    let r = detail.get("replication")?;
+    if r.get("ready")?.as_bool()? {
+        return None;
+    }
+    let why = r
+        .get("reason")
+        .and_then(|v| v.as_str())
+        .unwrap_or("replication: not in sync");
+    Some(format!("reports it is not ready ({why})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_replicated_standby_not_in_sync_is_not_ready_and_status_shows_its_lag() {
+        let lagging = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
+            "reason": "replication: not in sync with the active", "lag_records": 12, "lag_ms": 40,
+            "peers": []}});
+        assert_eq!(
+            service_not_ready(&lagging).as_deref(),
+            Some("reports it is not ready (replication: not in sync with the active)")
+        );
+        assert!(one_line(&lagging).starts_with("replication=sync NOT-in-sync lag=12rec/40ms"));
+        let synced = json!({"role": "standby", "replication": {"mode": "sync", "ready": true,
+            "lag_records": 0, "lag_ms": 0, "peers": []}});
+        assert_eq!(service_not_ready(&synced), None);
+        assert!(one_line(&synced).starts_with("replication=sync in-sync lag=0rec/0ms"));
+        let active = json!({"role": "active", "replication": {"mode": "sync", "ready": true,
+            "degraded": true, "peers": [{"in_sync": false}]}});
+        assert!(one_line(&active).starts_with("replication=sync standbys-in-sync=0/1 DEGRADED"));
+        // Services that say nothing about replication are never held back by this.
+        assert_eq!(service_not_ready(&json!({"role": "standby"})), None);
+        assert_eq!(service_not_ready(&json!("plain text")), None);
     }
 }

@@ -68,6 +68,33 @@ impl ClientTls {
     pub fn is_set(&self) -> bool {
         self.ca.is_some() || self.cert.is_some()
     }
+
+    /// An HTTP client that trusts `ca` (or the system's roots without one) and presents `cert`
+    /// (PEM, certificate and key) when given; also what the control plane's collector uses.
+    pub fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let mut b = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            .use_rustls_tls();
+        if let Some(ca) = &self.ca {
+            let cert = reqwest::Certificate::from_pem(&read(ca)?)
+                .map_err(|e| format!("{} is not a PEM certificate: {e}", ca.display()))?;
+            b = b.add_root_certificate(cert).tls_built_in_root_certs(false);
+        }
+        if let Some(c) = &self.cert {
+            let id = reqwest::Identity::from_pem(&read(c)?).map_err(|e| {
+                format!(
+                    "{} is not a PEM certificate with its private key: {e}",
+                    c.display()
+                )
+            })?;
+            b = b.identity(id);
+        }
+        b.build().map_err(|e| format!("cannot set up TLS: {e}"))
+    }
 }
 
 /// The environment variable the CLI reads the admin token from when no `--token-file` is given.
@@ -115,28 +142,7 @@ impl AgentClient {
     /// and key) when the agent requires client certificates. An `addr` without a scheme is
     /// reached over `https://`.
     pub fn new_tls(addr: &str, timeout: Duration, tls: &ClientTls) -> Result<Self, String> {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        };
-        let mut b = reqwest::Client::builder()
-            .timeout(timeout)
-            .no_proxy()
-            .use_rustls_tls();
-        if let Some(ca) = &tls.ca {
-            let cert = reqwest::Certificate::from_pem(&read(ca)?)
-                .map_err(|e| format!("{} is not a PEM certificate: {e}", ca.display()))?;
-            b = b.add_root_certificate(cert).tls_built_in_root_certs(false);
-        }
-        if let Some(c) = &tls.cert {
-            let id = reqwest::Identity::from_pem(&read(c)?).map_err(|e| {
-                format!(
-                    "{} is not a PEM certificate with its private key: {e}",
-                    c.display()
-                )
-            })?;
-            b = b.identity(id);
-        }
-        let http = b.build().map_err(|e| format!("cannot set up TLS: {e}"))?;
+        let http = tls.http_client(timeout)?;
         let addr = addr.trim_end_matches('/');
         let addr = if addr.contains("://") {
             addr.to_string()

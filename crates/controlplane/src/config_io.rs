@@ -88,6 +88,12 @@ pub fn diff(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
                     a.preferred, b.preferred
                 ));
             }
+            if a.failback != b.failback {
+                out.push(format!(
+                    "failover.failback: {:?} → {:?}",
+                    a.failback, b.failback
+                ));
+            }
         }
         _ => {}
     }
@@ -347,6 +353,7 @@ mod tests {
                 standby_hosts: vec!["local".into()],
                 mode: Activation::Trylock,
                 preferred: None,
+                failback: None,
             }),
         }
     }

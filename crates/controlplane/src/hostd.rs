@@ -8,8 +8,9 @@
 //! reset after a minute of running); a plain server is started once per start request (its
 //! generation) and never restarted behind the operator's back — its end is reported; a process
 //! that should no longer run gets SIGTERM (its whole process group), SIGKILL after a grace period;
-//! an agent whose configuration changed is stopped and started again with the new one (the
-//! control plane changes it only for standbys); a desired server may adopt a running process
+//! an agent whose configuration changed is stopped and started again with the new one, unless it
+//! runs the older generation the control plane lets it keep (the active's, until it is a
+//! standby); a desired server may adopt a running process
 //! (stop failover: the former active's service, once its agent has released it and exited,
 //! becomes the plain server, nothing restarted).
 
@@ -37,8 +38,14 @@ pub enum Want {
     Agent {
         /// `node.name`.
         node: String,
-        /// The configuration text.
+        /// The configuration text: an agent is started with it, and one that runs another is
+        /// started again with it, unless it runs `keep`.
         config: String,
+        /// The generation of an older configuration that the running agent may keep: the
+        /// group's active, which gets the new one only once it is a standby. An agent that
+        /// ended is started with `config`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<u64>,
     },
     /// A plain server.
     Server {
@@ -65,17 +72,9 @@ pub struct Adopt {
     pub pid: u32,
 }
 
-/// The generation an agent is started for: a digest of its configuration text (FNV-1a, in 63
-/// bits so SQLite's signed integers keep it, never 0), so a host sees that the configuration
-/// changed and starts the agent again with it.
-pub fn config_generation(config: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in config.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h & i64::MAX as u64) | 1
-}
+/// The generation an agent is started for (see [`understudy_agent::config::generation`]), so a
+/// host sees that the configuration changed and starts the agent again with it.
+pub use understudy_agent::config::generation as config_generation;
 
 /// One process as a host reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +154,7 @@ impl Reconciler {
                 .get(*key)
                 .filter(|(pid, m, _)| LocalHost::is_ours(*pid, m))
                 .cloned();
-            if let (Want::Agent { config, .. }, Some((pid, marker, g))) = (want, &cur) {
+            if let (Want::Agent { config, keep, .. }, Some((pid, marker, g))) = (want, &cur) {
                 let wanted = config_generation(config);
                 if *g == 0 {
                     // Started before generations were recorded: take it as running this one.
@@ -163,7 +162,7 @@ impl Reconciler {
                         self.store
                             .put_process(key, *pid, marker, wanted, crate::plane::unix_ms());
                     cur = Some((*pid, marker.clone(), wanted));
-                } else if *g != wanted {
+                } else if *g != wanted && *keep != Some(*g) {
                     info!(%key, pid, "configuration changed: starting the agent again with it");
                     LocalHost::stop(*pid, marker, STOP_GRACE).await;
                     let _ = self.store.delete_process(key);
@@ -209,7 +208,7 @@ impl Reconciler {
                         self.start(key, *generation, |h| h.start_plain(server, service))
                     }
                 }
-                (Want::Agent { node, config }, None) => self.start_agent(key, node, config),
+                (Want::Agent { node, config, .. }, None) => self.start_agent(key, node, config),
             };
             reports.push(rep);
         }

@@ -40,7 +40,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use plane::{Plane, PlaneError};
+pub use plane::{AgentAccess, Plane, PlaneError};
 
 /// The dashboard: one page, its script and styles inline, no external assets.
 pub const DASHBOARD: &str = include_str!("dashboard.html");
@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub webhook: Option<String>,
     /// etcd endpoints, for groups whose nodes are on more than one host.
     pub etcd: Vec<String>,
+    /// The agents' admin TLS and token: written into their configurations, used to reach them.
+    pub agents: plane::AgentAccess,
 }
 
 /// Read a token file: refused when missing, empty, or readable by others.
@@ -102,7 +104,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
     }
     let mut plane = Plane::open(&opts.data, opts.exe.clone())
-        .with_context(|| format!("--data {}", opts.data.display()))?;
+        .with_context(|| format!("--data {}", opts.data.display()))?
+        .with_agent_access(opts.agents.clone())
+        .map_err(anyhow::Error::msg)?;
     plane.notifier = opts.webhook.clone().map(notify::Notifier::spawn);
     for e in &opts.etcd {
         if !e.starts_with("http://") && !e.starts_with("https://") {

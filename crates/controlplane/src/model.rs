@@ -109,9 +109,14 @@ pub struct FailoverSpec {
     #[serde(default = "default_activation")]
     pub mode: Activation,
     /// The node that becomes active at start (a node name, e.g. `gw-2`); default the server's
-    /// own node (`<server>-1`).
+    /// own node (`<server>-1`). When given, its agent has the higher `node.priority`: when
+    /// several standbys could take over, it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred: Option<String>,
+    /// `activation.failback` (a duration such as `"30s"`): once the preferred node has been a
+    /// ready standby this long, the active hands activity back to it. None: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback: Option<String>,
 }
 
 fn default_activation() -> Activation {
@@ -347,6 +352,7 @@ mod tests {
             standby_hosts: vec!["local".into(), "bad host".into()],
             mode: Activation::Trylock,
             preferred: Some("gw-9".into()),
+            failback: None,
         };
         let fields: Vec<String> = f.validate(&s).into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["standby_hosts[1]", "preferred"]);

@@ -84,7 +84,8 @@ pub fn document() -> Value {
                     "standby": { "enum": ["hot", "warm", "cold"] },
                     "standby_hosts": { "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": 8 },
                     "mode": { "enum": ["trylock", "tryheartbeat", "warm"], "default": "trylock" },
-                    "preferred": { "type": "string", "description": "node name, e.g. gw-2; default the server's own node gw-1" }
+                    "preferred": { "type": "string", "description": "node name, e.g. gw-2; default the server's own node gw-1. It becomes active at start and has the higher node.priority: when several standbys could take over, it does" },
+                    "failback": { "type": "string", "description": "activation.failback, a duration such as 30s: the active hands activity back to the preferred node once it has been a ready standby this long; default never" }
                 }
             },
             "Server": {

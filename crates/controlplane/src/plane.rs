@@ -72,6 +72,17 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(20);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A host that has not reported for this long is shown disconnected.
 pub const HOST_STALE: Duration = Duration::from_secs(5);
+/// `node.priority` of a group's preferred node (the others have 0): among standbys that could
+/// take over, it does, and with `failback` activity returns to it.
+const PREFERRED_PRIORITY: i64 = 1;
+
+/// A node's answer to `PUT /config/wanted/{generation}`.
+struct Told {
+    /// It is the group's active.
+    hot: bool,
+    /// The generation it runs.
+    running: u64,
+}
 
 /// What the collector last learnt from one node's agent.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -82,6 +93,23 @@ pub struct NodeLive {
     pub error: Option<String>,
     /// Unix ms of the last answer.
     pub last_ok_unix_ms: Option<u64>,
+}
+
+/// How the control plane secures the admin API of the agents it starts, and reaches it
+/// (`serve --agent-tls-cert/--agent-tls-key/--agent-ca/--agent-cert/--agent-token-file`).
+#[derive(Debug, Clone, Default)]
+pub struct AgentAccess {
+    /// Written into every node's configuration as `node.admin_tls_cert` (with the key).
+    pub tls_cert: Option<PathBuf>,
+    /// `node.admin_tls_key`.
+    pub tls_key: Option<PathBuf>,
+    /// The CA the collector trusts the agents' certificates by: agents are then reached over
+    /// `https://`.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (one PEM file), for agents with `node.admin_client_ca`.
+    pub cert: Option<PathBuf>,
+    /// Written as `node.admin_token_file`; its secret goes with every call as a bearer token.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The control plane.
@@ -98,6 +126,10 @@ pub struct Plane {
     /// never interleave.
     ops: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+    /// What agents are configured with and reached by.
+    agents: AgentAccess,
+    /// The secret of `agents.token_file`.
+    agent_token: Option<String>,
     /// Where new failure events are pushed, if anywhere.
     pub notifier: Option<crate::notify::Notifier>,
     /// etcd endpoints for groups whose nodes are on more than one host.
@@ -127,12 +159,69 @@ impl Plane {
             ops: tokio::sync::Mutex::new(()),
             notifier: None,
             etcd: Vec::new(),
+            agents: AgentAccess::default(),
+            agent_token: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_millis(800))
                 .no_proxy()
                 .build()
                 .unwrap_or_default(),
         })
+    }
+
+    /// Configures the agents it starts with `a`'s admin TLS and token, and reaches them with
+    /// its CA, client certificate and token. The error names the flag.
+    pub fn with_agent_access(mut self, a: AgentAccess) -> Result<Self, String> {
+        if a.tls_cert.is_some() != a.tls_key.is_some() {
+            return Err("--agent-tls-cert and --agent-tls-key go together".into());
+        }
+        // Written into configurations that live elsewhere (`<data>/nodes/`, other hosts).
+        let absolute = |p: &mut Option<PathBuf>| -> Result<(), String> {
+            if let Some(path) = p {
+                *path =
+                    std::path::absolute(&*path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            Ok(())
+        };
+        let mut a = a;
+        for p in [&mut a.tls_cert, &mut a.tls_key, &mut a.token_file] {
+            absolute(p)?;
+        }
+        let tls = understudy_control::ClientTls {
+            ca: a.ca.clone(),
+            cert: a.cert.clone(),
+        };
+        if tls.is_set() {
+            self.http = tls
+                .http_client(Duration::from_millis(800))
+                .map_err(|e| format!("--agent-ca/--agent-cert: {e}"))?;
+        }
+        self.agent_token = match a.token_file.as_deref() {
+            Some(f) => understudy_control::read_token(Some(f))
+                .map_err(|e| format!("--agent-token-file: {e}"))?,
+            None => None,
+        };
+        self.agents = a;
+        Ok(self)
+    }
+
+    /// The URL of `path` on the agent at `addr`.
+    fn agent_url(&self, addr: &str, path: &str) -> String {
+        let scheme = if self.agents.ca.is_some() || self.agents.cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}{path}")
+    }
+
+    /// A request to an agent, with the bearer token when one is configured.
+    fn agent_request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, url);
+        match &self.agent_token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
     }
 
     /// The hosts that can run processes: the built-in one and every host that ever reported.
@@ -392,6 +481,21 @@ impl Plane {
         n.insert("name".into(), node.name.clone().into());
         n.insert("group".into(), server.name.clone().into());
         n.insert("admin".into(), self.node_admin(node).into());
+        let path = |p: &PathBuf| toml::Value::from(p.display().to_string());
+        for (key, v) in [
+            ("admin_tls_cert", &self.agents.tls_cert),
+            ("admin_tls_key", &self.agents.tls_key),
+            ("admin_token_file", &self.agents.token_file),
+        ] {
+            if let Some(p) = v {
+                n.insert(key.into(), path(p));
+            }
+        }
+        // Only a preferred node named as such: a group without one keeps no preference in its
+        // takeovers (and its agents' configurations stay as they were).
+        if f.preferred.as_deref() == Some(node.name.as_str()) {
+            n.insert("priority".into(), PREFERRED_PRIORITY.into());
+        }
         if !one_host && !self.etcd.is_empty() {
             // Without a lock file the default journal is machine-wide (/var/lib/understudy); keep
             // it in the host's own data directory, beside the node's configuration.
@@ -403,6 +507,9 @@ impl Plane {
         t.insert("node".into(), toml::Value::Table(n));
         let mut a = toml_table();
         a.insert("mode".into(), f.mode.as_str().into());
+        if let Some(d) = &f.failback {
+            a.insert("failback".into(), d.clone().into());
+        }
         if one_host || self.etcd.is_empty() {
             a.insert(
                 "lock_file".into(),
@@ -661,6 +768,22 @@ impl Plane {
         if !apply || !rep.errors.is_empty() {
             return Ok(rep);
         }
+        // The running groups whose configuration changes: each node learns it before it changes.
+        let rolling: Vec<(ServerSpec, FailoverSpec, Vec<NodeSpec>)> = items
+            .iter()
+            .filter(|i| rep.rolling.contains(&i.server.name))
+            .filter_map(|i| {
+                let nodes = plans.get(&i.server.name).cloned().flatten()?;
+                Some((i.server.clone(), i.failover.clone()?, nodes))
+            })
+            .collect();
+        let hot = match self.tell_rolling(&rolling).await {
+            Ok(hot) => hot,
+            Err((name, e)) => {
+                rep.errors.insert(name, vec![e]);
+                return Ok(rep);
+            }
+        };
         let now = unix_ms();
         for item in &items {
             let name = &item.server.name;
@@ -692,6 +815,15 @@ impl Plane {
             }
         }
         self.store.replace_config_files(&files)?;
+        // Standbys start again with the new configuration at once; the active keeps its own.
+        for (server, f, nodes) in &rolling {
+            for n in nodes {
+                self.want_agent(server, f, n, hot.get(&n.name).copied())?;
+            }
+        }
+        if !rolling.is_empty() {
+            self.sync_local().await;
+        }
         rep.applied = true;
         info!(
             added = rep.added.len(),
@@ -717,8 +849,7 @@ impl Plane {
     /// The agent's `GET /status`, or why there is none.
     async fn admin_status(&self, addr: &str) -> Result<Status, String> {
         let r = self
-            .http
-            .get(format!("http://{addr}/status"))
+            .agent_request(reqwest::Method::GET, self.agent_url(addr, "/status"))
             .send()
             .await
             .map_err(|e| format!("the agent does not answer on {addr}: {e}"))?;
@@ -730,15 +861,19 @@ impl Plane {
             .map_err(|e| format!("the agent on {addr} answered something that is not /status: {e}"))
     }
 
+    /// Hand `node`'s host its agent configuration; a running agent may keep the generation
+    /// `keep` (the active's, until it is a standby).
     fn want_agent(
         &self,
-        row: &ServerRow,
+        server: &ServerSpec,
         f: &FailoverSpec,
         node: &NodeSpec,
+        keep: Option<u64>,
     ) -> Result<(), PlaneError> {
         let want = Want::Agent {
             node: node.name.clone(),
-            config: self.agent_config(&row.spec, f, node),
+            config: self.agent_config(server, f, node),
+            keep,
         };
         self.store.put_desired(
             &agent_key(&node.name),
@@ -754,7 +889,7 @@ impl Plane {
         f: &FailoverSpec,
         node: &NodeSpec,
     ) -> Result<(), PlaneError> {
-        self.want_agent(row, f, node)?;
+        self.want_agent(&row.spec, f, node, None)?;
         let key = agent_key(&node.name);
         let admin = self.node_admin(node);
         let deadline = tokio::time::Instant::now() + AGENT_UP_TIMEOUT;
@@ -950,7 +1085,7 @@ impl Plane {
             }
             Err(e) => {
                 self.store.delete_desired(&skey)?;
-                self.want_agent(row, f, a)?;
+                self.want_agent(&row.spec, f, a, None)?;
                 return Err(e);
             }
         }
@@ -968,12 +1103,11 @@ impl Plane {
     /// `POST /service/release` to the active's agent: the pid of the released service. Retried
     /// while the agent still sees a stopped standby's record as alive (409), for a few seconds.
     async fn ask_release(&self, a: &NodeSpec) -> Result<u32, PlaneError> {
-        let url = format!("http://{}/service/release", self.node_admin(a));
+        let url = self.agent_url(&self.node_admin(a), "/service/release");
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
         loop {
             let resp = self
-                .http
-                .post(&url)
+                .agent_request(reqwest::Method::POST, url.clone())
                 .header("X-Understudy", "1")
                 .timeout(Duration::from_secs(10))
                 .send()
@@ -1050,13 +1184,12 @@ impl Plane {
                     .into(),
             }));
         }
-        let mut url = format!("http://{}/service/switchover", self.node_admin(&active));
+        let mut url = self.agent_url(&self.node_admin(&active), "/service/switchover");
         if let Some(t) = &to {
             url.push_str(&format!("?to={t}"));
         }
         let resp = self
-            .http
-            .post(url)
+            .agent_request(reqwest::Method::POST, url)
             .header("X-Understudy", "1")
             .timeout(Duration::from_secs(30))
             .send()
@@ -1173,6 +1306,7 @@ impl Plane {
                 "mode": f.spec.mode,
                 "standby_hosts": f.spec.standby_hosts,
                 "preferred": f.spec.preferred_node(name),
+                "failback": f.spec.failback,
                 "running": f.running,
                 "active": active,
                 "nodes": if f.running { nodes } else { f.nodes.iter().map(|n| json!({
@@ -1228,6 +1362,14 @@ impl Plane {
                         self.apply_config(&row.spec, &f.spec, n);
                     }
                 }
+                if st.is_ok() && self.config_pending(&row.spec, &f.spec, n) {
+                    // Told at the import; told again for an agent that its host started since
+                    // with the old configuration, before its host starts it with the new one.
+                    let planned = self.planned_generation(&row.spec, &f.spec, n);
+                    if let Err(e) = self.tell_wanted(n, planned).await {
+                        warn!(node = %n.name, "cannot tell it that its configuration changed: {e}");
+                    }
+                }
                 let problem = self
                     .report(&agent_key(&n.name))
                     .and_then(|(_, r)| r.problem);
@@ -1262,46 +1404,119 @@ impl Plane {
     }
 
     /// A standby whose configuration changed (an import while failover runs) gets it now: its host
-    /// starts the agent again with it. Only a node seen Warm, and only one still wanted: the
-    /// active keeps its configuration until it is a standby.
+    /// starts the agent again with it. Only a node seen Warm: the active keeps its own (`keep`)
+    /// until it is a standby. Either way it was told at the import that its configuration is
+    /// outdated, so it does not take over with it meanwhile.
     fn apply_config(&self, server: &ServerSpec, f: &FailoverSpec, n: &NodeSpec) {
-        let key = agent_key(&n.name);
-        let Ok(Some((host, spec))) = self.store.desired(&key) else {
+        let Ok(Some((_, spec))) = self.store.desired(&agent_key(&n.name)) else {
             return;
         };
-        let Ok(Want::Agent { config, .. }) = serde_json::from_value::<Want>(spec) else {
+        let Ok(Want::Agent { config, keep, .. }) = serde_json::from_value::<Want>(spec) else {
             return;
         };
-        let planned = self.agent_config(server, f, n);
-        if config == planned {
+        if config == self.agent_config(server, f, n) && keep.is_none() {
             return;
         }
         info!(node = %n.name, "configuration changed: the standby starts again with it");
-        let want = Want::Agent {
-            node: n.name.clone(),
-            config: planned,
-        };
-        if let Err(e) = self.store.put_desired(
-            &key,
-            &host,
-            &serde_json::to_value(&want).unwrap_or_default(),
-        ) {
+        if let Err(e) = self.want_agent(server, f, n, None) {
             warn!(node = %n.name, "cannot hand the new configuration to its host: {e}");
         }
+    }
+
+    /// The generation of the configuration the control plane holds for node `n`.
+    fn planned_generation(&self, server: &ServerSpec, f: &FailoverSpec, n: &NodeSpec) -> u64 {
+        config_generation(&self.agent_config(server, f, n))
     }
 
     /// True when node `n`'s agent runs, but not the configuration the control plane holds for it:
     /// a standby about to be restarted with it, or the active keeping its own.
     fn config_pending(&self, server: &ServerSpec, f: &FailoverSpec, n: &NodeSpec) -> bool {
-        let planned = config_generation(&self.agent_config(server, f, n));
+        let planned = self.planned_generation(server, f, n);
         self.report(&agent_key(&n.name))
             .is_some_and(|(_, r)| r.running && r.generation != planned)
     }
 
+    /// `PUT /config/wanted/{generation}` to node `n`'s agent: from its answer on, the agent is not
+    /// ready while it runs another configuration.
+    async fn tell_wanted(&self, n: &NodeSpec, generation: u64) -> Result<Told, String> {
+        let url = format!("http://{}/config/wanted/{generation}", self.node_admin(n));
+        let r = self
+            .http
+            .put(url)
+            .header("X-Understudy", "1")
+            .send()
+            .await
+            .map_err(|e| format!("its agent does not answer: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("its agent answered {}", r.status()));
+        }
+        let v: Value = r
+            .json()
+            .await
+            .map_err(|e| format!("its agent's answer is unreadable: {e}"))?;
+        let running = v
+            .get("running")
+            .and_then(Value::as_u64)
+            .ok_or("its agent's answer names no running generation")?;
+        Ok(Told {
+            hot: v.get("mode").and_then(Value::as_str) == Some("Hot"),
+            running,
+        })
+    }
+
+    /// Before a running group's configuration changes: tell every node of each server in
+    /// `rolling` (with `plans`, the new configuration and nodes) the generation it must run, so
+    /// that from then on no node takes over with the old one. The nodes told Hot, with the
+    /// generation they run. A node whose agent runs but cannot be told refuses the change for its
+    /// server (the nodes told so far are told their own generation back).
+    async fn tell_rolling(
+        &self,
+        rolling: &[(ServerSpec, FailoverSpec, Vec<NodeSpec>)],
+    ) -> Result<BTreeMap<String, u64>, (String, FieldError)> {
+        let mut told: Vec<(&NodeSpec, u64)> = Vec::new();
+        let mut hot = BTreeMap::new();
+        for (server, f, nodes) in rolling {
+            for n in nodes {
+                let planned = self.planned_generation(server, f, n);
+                match self.tell_wanted(n, planned).await {
+                    Ok(t) => {
+                        told.push((n, t.running));
+                        if t.hot {
+                            hot.insert(n.name.clone(), t.running);
+                        }
+                    }
+                    // An agent that does not run is started with the new configuration.
+                    Err(_)
+                        if !self
+                            .report(&agent_key(&n.name))
+                            .is_some_and(|(_, r)| r.running) => {}
+                    Err(e) => {
+                        for (n, running) in told {
+                            let _ = self.tell_wanted(n, running).await;
+                        }
+                        return Err((
+                            server.name.clone(),
+                            FieldError {
+                                field: "server".into(),
+                                reason: format!(
+                                    "node {}: {e}; a running node must learn that its configuration changed before it changes (else it could take over with the old one): try again when it answers, or stop failover first",
+                                    n.name
+                                ),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(hot)
+    }
+
     async fn collect_events(&self, server: &str, n: &NodeSpec) {
         let Ok(r) = self
-            .http
-            .get(format!("http://{}/events", self.node_admin(n)))
+            .agent_request(
+                reqwest::Method::GET,
+                self.agent_url(&self.node_admin(n), "/events"),
+            )
             .send()
             .await
         else {
@@ -1378,6 +1593,7 @@ fn agent_key_to_field(key: &str) -> String {
         k if k.starts_with("service.env") => "service.env".into(),
         k if k.starts_with("health") => format!("service.{k}"),
         "activation.mode" => "mode".into(),
+        "activation.failback" => "failback".into(),
         "service.standby" => "standby".into(),
         k => k.to_string(),
     }

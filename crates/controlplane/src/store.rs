@@ -593,6 +593,7 @@ mod tests {
                 standby_hosts: vec!["local".into()],
                 mode: Activation::Trylock,
                 preferred: None,
+                failback: None,
             };
             s.put_failover("gw", &f, &[]).unwrap();
             let t = serde_json::json!({"epoch": 7, "detected_unix_ms": 100, "cause": "x"});
@@ -628,6 +629,7 @@ mod tests {
             standby_hosts: vec!["local".into()],
             mode: Activation::Trylock,
             preferred: None,
+            failback: None,
         };
         s.put_failover("px", &f, &[]).unwrap();
         s.add_failure_event("px", "px-1", &serde_json::json!({"epoch": 1}))

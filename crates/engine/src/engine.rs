@@ -217,6 +217,13 @@ pub enum Input {
         /// Why, in words.
         reason: String,
     },
+    /// What a passing health check's answer says about the standby service's readiness (a
+    /// replicated service that is not in sync with the active): `Some(why)` when it may not
+    /// take over, `None` when it may. The service keeps running either way.
+    ServiceReadiness {
+        /// Why it is not ready, in words.
+        not_ready: Option<String>,
+    },
     /// `PUT /service/activationmode/hot`.
     Activate,
     /// `POST /service/switchover`; `ready` lists the standbys that could take over now.
@@ -234,6 +241,14 @@ pub enum Input {
     CoordinatorReach {
         /// Why the coordinator is out of reach, in words.
         unreachable: Option<String>,
+    },
+    /// Whether the configuration this node runs is still the one it must run (None: it is;
+    /// Some: why not). A node whose configuration changed applies it before it can be ready:
+    /// a standby takes no grant until its agent is started again with the new one, never
+    /// running the old one at a takeover; an active keeps its own until it is a standby.
+    Configuration {
+        /// Why the running configuration is outdated, in words.
+        outdated: Option<String>,
     },
     /// A process named in [`Command::WatchProcesses`] has ended (or can no longer act).
     ProcessGone {
@@ -564,6 +579,9 @@ pub struct Engine {
     /// How the service last failed, while it has not been ready since (see
     /// [`Rules::campaign_only_when_ready`]).
     svc_failure: Option<String>,
+    /// The running standby service says it may not take over (see
+    /// [`Input::ServiceReadiness`]): not ready, like `svc_failure`, without stopping it.
+    svc_not_ready: Option<String>,
     healthy: bool,
     ready_recorded: bool,
     /// Deliver NotifyActive once the standby service is up and handles the activate signal.
@@ -576,6 +594,8 @@ pub struct Engine {
     acked: bool,
     /// Why the coordinator is out of reach, while it is.
     coord_unreachable: Option<String>,
+    /// Why the running configuration is outdated, while it is (see [`Input::Configuration`]).
+    outdated: Option<String>,
     /// The grant held back while the phase is PeerStepDown or PreviousService.
     grant: Option<Grant>,
     /// The latest view of the other nodes.
@@ -619,6 +639,7 @@ impl Engine {
             svc_restart_at: None,
             failures: 0,
             svc_failure: None,
+            svc_not_ready: None,
             healthy: false,
             ready_recorded: false,
             notify_when_started: false,
@@ -626,6 +647,7 @@ impl Engine {
             svc_pid_at: Duration::ZERO,
             acked: false,
             coord_unreachable: None,
+            outdated: None,
             grant: None,
             peers: Vec::new(),
             confirmed: false,
@@ -705,7 +727,8 @@ impl Engine {
     }
 
     /// True when this node could take over now: a standby that is not backing off or yielding,
-    /// whose service (if it runs while standby) is up and healthy, and that can reach its coordinator.
+    /// whose service (if it runs while standby) is up and healthy, that can reach its coordinator
+    /// and runs the configuration it must run.
     pub fn ready(&self) -> bool {
         let waiting_ok = matches!(
             self.phase,
@@ -721,10 +744,11 @@ impl Engine {
             matches!(self.svc, SvcState::Running { .. })
                 && self.svc_signal_ready
                 && (self.healthy || !self.cfg.health_check)
+                && self.svc_not_ready.is_none()
         } else {
             true
         };
-        waiting_ok && svc_ok && self.coord_unreachable.is_none()
+        waiting_ok && svc_ok && self.coord_unreachable.is_none() && self.outdated.is_none()
     }
 
     fn waiting_text(&self) -> Option<String> {
@@ -760,6 +784,10 @@ impl Engine {
                 Waiting::Backoff { until } => format!(
                     "service failed; rejoining the group in {:.1} s (backoff)",
                     secs(*until)
+                ),
+                Waiting::NotReady(_) if self.outdated.is_some() => format!(
+                    "not ready: {}",
+                    self.outdated.as_deref().unwrap_or_default()
                 ),
                 Waiting::NotReady(why) => {
                     let next = match self.svc_restart_at {
@@ -814,10 +842,12 @@ impl Engine {
             Input::ServiceExited { reason } => self.on_service_exited(reason),
             Input::HealthOk => self.on_health_ok(),
             Input::HealthFailed { reason } => self.on_health_failed(reason),
+            Input::ServiceReadiness { not_ready } => self.on_service_readiness(not_ready),
             Input::Activate => self.on_activate(),
             Input::Switchover { ready, to } => self.on_switchover(ready, to),
             Input::Peers(peers) => self.on_peers(peers),
             Input::CoordinatorReach { unreachable } => self.coord_unreachable = unreachable,
+            Input::Configuration { outdated } => self.on_configuration(outdated),
             Input::LockConfirmed => {
                 if self.holds_lock
                     && self.grant.is_some()
@@ -887,7 +917,7 @@ impl Engine {
     /// (Re)join the group the way the activation mode says.
     fn join(&mut self) {
         self.handover_to = None;
-        if let Some(why) = self.not_ready() {
+        if let Some(why) = self.outdated.clone().or_else(|| self.not_ready()) {
             self.phase = Phase::Warm(Waiting::NotReady(why));
             return;
         }
@@ -920,7 +950,30 @@ impl Engine {
         if !self.cfg.rules.campaign_only_when_ready || !self.cfg.standby.runs_while_standby() {
             return None;
         }
-        self.svc_failure.clone()
+        self.svc_failure
+            .clone()
+            .or_else(|| self.svc_not_ready.clone())
+    }
+
+    /// The standby service says whether it may take over. Not ready: a node waiting for the
+    /// lock stands aside as for a failed service (the service keeps running, so it can get
+    /// ready); ready again: it rejoins.
+    fn on_service_readiness(&mut self, not_ready: Option<String>) {
+        let was = std::mem::replace(&mut self.svc_not_ready, not_ready.clone());
+        match (was, not_ready) {
+            (None, Some(_)) if self.phase != Phase::Hot => self.stand_aside_for_service(),
+            (Some(_), None)
+                if self.svc_failure.is_none()
+                    && matches!(self.phase, Phase::Warm(Waiting::NotReady(_))) =>
+            {
+                self.record(
+                    EventKind::ReadyAgain,
+                    "the service is ready; rejoining the group",
+                );
+                self.join();
+            }
+            _ => {}
+        }
     }
 
     /// The standby service failed: a node waiting for the lock stops waiting for it.
@@ -929,9 +982,47 @@ impl Engine {
             return;
         }
         self.svc_failure = Some(reason.to_string());
+        self.stand_aside_for_service();
+    }
+
+    /// A node that is not ready (see [`Self::not_ready`]) stops waiting for the lock and
+    /// gives back a grant being made.
+    fn stand_aside_for_service(&mut self) {
         let Some(why) = self.not_ready() else {
             return;
         };
+        let detail = format!("the service {why}; not taking over until it is ready");
+        self.stand_aside(why, detail);
+    }
+
+    /// The configuration this node runs is outdated, or current again.
+    fn on_configuration(&mut self, outdated: Option<String>) {
+        let was = std::mem::replace(&mut self.outdated, outdated.clone());
+        match (was, outdated) {
+            (None, Some(why)) => {
+                let detail = format!("{why}; not taking over until then");
+                self.stand_aside(why, detail);
+            }
+            (Some(_), None) => {
+                if let Phase::Warm(Waiting::NotReady(_)) = self.phase {
+                    if self.not_ready().is_none() {
+                        self.record(
+                            EventKind::ReadyAgain,
+                            "the configuration is current again; rejoining the group",
+                        );
+                        self.join();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Take no grant while `why` holds: a node waiting for the lock calls its campaign off (the
+    /// next standby in line gets the lock), a grant being judged or made durable is given back
+    /// unless an operator asked. An active node, or one stepping down or standing aside for a
+    /// while, is left as it is: `join` keeps it aside when its turn comes.
+    fn stand_aside(&mut self, why: String, detail: String) {
         let operator = self.answer_activate || self.grant.as_ref().is_some_and(|g| g.operator);
         match &self.phase {
             // A try under way is answered first (`on_lock_acquired` gives the grant back).
@@ -939,11 +1030,9 @@ impl Engine {
                 if self.trying.is_none() && !self.holds_lock =>
             {
                 if self.cfg.mode.campaigns() {
-                    // Calls the campaign off: the next standby in line gets the lock.
                     self.emit(Command::Release);
                 }
             }
-            // A grant being judged or made durable is given back, unless an operator asked.
             Phase::Promoting
             | Phase::Warm(
                 Waiting::PreviousService(_) | Waiting::PeerStepDown(_) | Waiting::StaleHeartbeat(_),
@@ -955,10 +1044,7 @@ impl Engine {
             }
             _ => return,
         }
-        self.record(
-            EventKind::NotReady,
-            format!("the service {why}; not taking over until it is ready"),
-        );
+        self.record(EventKind::NotReady, detail);
         self.phase = Phase::Warm(Waiting::NotReady(why));
     }
 
@@ -974,6 +1060,10 @@ impl Engine {
             return;
         }
         self.svc_failure = None;
+        if self.outdated.is_some() {
+            // Still aside, for its configuration: only a restart with the new one ends that.
+            return;
+        }
         if let Phase::Warm(Waiting::NotReady(_)) = self.phase {
             self.record(
                 EventKind::ReadyAgain,
@@ -1002,12 +1092,18 @@ impl Engine {
             return;
         }
         if trying != Some(TryFor::Operator) {
-            if let Some(why) = self.not_ready() {
-                // A grant from before the service failed: going Hot would leave the group with an
-                // active node and no service. Let the next standby have it.
+            // A grant from before the service failed (going Hot would leave the group with an
+            // active node and no service), or to a node whose configuration changed (it would
+            // run the old one at a takeover, unnoticed): let the next standby have it.
+            let aside = match (&self.outdated, self.not_ready()) {
+                (Some(changed), _) => Some((changed.clone(), changed.clone())),
+                (None, Some(failed)) => Some((format!("the service {failed}"), failed)),
+                (None, None) => None,
+            };
+            if let Some((said, why)) = aside {
                 self.record(
                     EventKind::LockReleased,
-                    format!("group lock given back: the service {why}"),
+                    format!("group lock given back: {said}"),
                 );
                 self.release();
                 self.phase = Phase::Warm(Waiting::NotReady(why));

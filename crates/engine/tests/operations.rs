@@ -18,6 +18,15 @@ use understudy_engine::{
 
 const WALL0: u64 = 1_700_000_000_000;
 
+/// `PROPTEST_CASES` when set (to search longer), else `default`: proptest reads the variable
+/// only for a configuration that does not name its own number of cases.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn cfg() -> EngineConfig {
     cfg_of(ActivationMode::TryLock, StandbyType::Hot)
 }
@@ -428,7 +437,7 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(cases(300)))]
 
     #[test]
     fn never_two_actives_and_failback_ends_with_a_highest_priority_active(

@@ -378,6 +378,33 @@ fn health_check_gates_readiness_of_the_active() {
     assert!(kinds(&all).contains(&EventKind::Ready));
 }
 
+/// A replicated standby service that says it is not in sync stands aside (it gives up its
+/// campaign and is not ready) while it keeps running; once it says it is ready, it rejoins.
+#[test]
+fn a_standby_service_reporting_not_ready_stands_aside_and_rejoins_when_ready() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Warm));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    assert!(n.e.ready());
+    let why = "reports it is not ready (replication: not in sync with the active)";
+    let out = n.feed_all(Input::ServiceReadiness {
+        not_ready: Some(why.into()),
+    });
+    assert_eq!(actions(&out), vec![Command::Release], "{out:?}");
+    assert!(kinds(&out).contains(&EventKind::NotReady));
+    assert!(!n.e.ready());
+    assert!(n.waiting().contains("not in sync"), "{}", n.waiting());
+    // The same report again changes nothing; the service is never stopped for it.
+    let again = n.feed_all(Input::ServiceReadiness {
+        not_ready: Some(why.into()),
+    });
+    assert!(again.is_empty(), "{again:?}");
+    let back = n.feed_all(Input::ServiceReadiness { not_ready: None });
+    assert!(kinds(&back).contains(&EventKind::ReadyAgain), "{back:?}");
+    assert_eq!(actions(&back), vec![Command::Campaign]);
+    assert!(n.e.ready());
+}
+
 #[test]
 fn tick_while_holding_the_lock_verifies_it() {
     let mut n = hot_trylock(StandbyType::Hot);
@@ -1681,6 +1708,126 @@ fn a_standby_that_cannot_reach_its_coordinator_is_not_ready_and_says_why() {
     n.feed(Input::CoordinatorReach { unreachable: None });
     assert!(n.e.ready());
     assert!(n.waiting().contains("waiting for the group lock"));
+}
+
+fn outdated() -> Input {
+    Input::Configuration {
+        outdated: Some("its configuration changed (generation 7; this agent runs 5)".into()),
+    }
+}
+
+#[test]
+fn a_standby_whose_configuration_changed_gives_back_every_grant_until_it_is_current() {
+    for standby in [StandbyType::Hot, StandbyType::Warm, StandbyType::Cold] {
+        let mut n = Node::new(cfg(ActivationMode::TryLock, standby));
+        n.feed(Input::Start { known_epoch: KNOWN });
+        if standby.runs_while_standby() {
+            n.up(10);
+        }
+        assert!(n.e.ready(), "{standby:?}");
+        let all = n.feed_all(outdated());
+        assert_eq!(
+            actions(&all),
+            vec![Command::Release],
+            "{standby:?}: campaign called off"
+        );
+        assert!(kinds(&all).contains(&EventKind::NotReady));
+        assert!(!n.e.ready() && !n.e.snapshot().ready);
+        assert!(
+            n.waiting().contains("configuration changed"),
+            "{}",
+            n.waiting()
+        );
+        // A grant on its way (the active just died) is given back, however long it waits.
+        assert_eq!(
+            n.feed(acquired_fresh(&n)),
+            vec![Command::Release],
+            "{standby:?}"
+        );
+        for _ in 0..5 {
+            n.advance(secs(30));
+            let out = n.feed(Input::Tick);
+            assert!(!out.contains(&Command::Campaign), "{standby:?}: {out:?}");
+        }
+        assert_eq!(n.e.state(), State::Warm);
+        // A service that fails and recovers meanwhile does not bring it back either.
+        if standby.runs_while_standby() {
+            n.feed(exited());
+            n.advance(secs(10));
+            n.feed(Input::Tick);
+            n.up(11);
+            n.advance(secs(2));
+            let all = n.feed_all(Input::Tick);
+            assert!(!actions(&all).contains(&Command::Campaign), "{all:?}");
+            assert!(!n.e.ready());
+        }
+        // Told that it runs the wanted configuration after all: back in line.
+        let all = n.feed_all(Input::Configuration { outdated: None });
+        assert!(
+            actions(&all).contains(&Command::Campaign),
+            "{standby:?}: {all:?}"
+        );
+        assert!(n.e.ready(), "{standby:?}: {}", n.waiting());
+    }
+}
+
+#[test]
+fn a_grant_being_judged_is_given_back_when_the_configuration_changes() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    assert_eq!(
+        n.feed(acquired_fresh(&n)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
+    assert_eq!(n.feed(outdated()), vec![Command::Release]);
+    // The epoch that was being made durable no longer makes it Hot.
+    n.feed(durable(KNOWN + 1));
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(!n.e.ready());
+}
+
+#[test]
+fn an_active_keeps_its_configuration_until_it_is_a_standby_then_stands_aside() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let all = n.feed_all(outdated());
+    assert!(actions(&all).is_empty(), "{all:?}");
+    assert_eq!(n.e.state(), State::Hot);
+    assert!(n.e.holds_lock());
+    // A switchover makes it a standby: it does not campaign again with the old configuration.
+    n.feed(Input::Switchover {
+        ready: vec!["b".into()],
+        to: None,
+    });
+    n.feed(exited());
+    n.feed(peer_hot("b", KNOWN + 2));
+    for _ in 0..4 {
+        n.advance(secs(5));
+        let out = n.feed(Input::Tick);
+        assert!(!out.contains(&Command::Campaign), "{out:?}");
+    }
+    assert_eq!(n.e.state(), State::Warm);
+    assert!(!n.e.ready());
+    assert!(
+        n.waiting().contains("configuration changed"),
+        "{}",
+        n.waiting()
+    );
+}
+
+#[test]
+fn an_operator_may_still_activate_a_node_whose_configuration_changed() {
+    let mut n = Node::new(cfg(ActivationMode::Warm, StandbyType::Warm));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    n.feed(outdated());
+    assert!(!n.e.ready());
+    // Not silent: a person asked for this node, with its configuration as it is.
+    assert_eq!(n.feed(Input::Activate), vec![Command::TryLock]);
+    assert_eq!(
+        n.feed(acquired(HeartbeatView::Missing)),
+        vec![Command::PersistNextEpoch { floor: KNOWN }]
+    );
 }
 
 // ---------------------------------------------------------------- release (stop failover)

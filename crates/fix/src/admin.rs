@@ -53,6 +53,10 @@ pub struct Health {
     pub connections_refused: u64,
     /// Counterparties logged out and disconnected for not reading what they were sent.
     pub slow_consumers_dropped: u64,
+    /// With `[replication]`: the stream as this gateway sees it. On a standby, `ready: false`
+    /// makes its agent report the node not ready (it does not campaign).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::replica::ReplicationHealth>,
 }
 
 impl Health {
@@ -66,6 +70,7 @@ impl Health {
             fenced: false,
             connections_refused: 0,
             slow_consumers_dropped: 0,
+            replication: None,
         }
     }
 }

@@ -1,19 +1,17 @@
 //! A FIX client (initiator) for tests, benchmarks and the demo: it logs on to the first of
-//! its addresses that answers (both replicas of a gateway group), sends what it is given and
-//! reports what it receives on a channel.
+//! its addresses that answers (both replicas of a gateway group), over TLS when its
+//! [`InitiatorConfig`] says so, sends what it is given and reports what it receives on a
+//! channel.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::codec::parse;
-use crate::engine::{
-    Application, Engine, EngineError, EngineHandle, LogonInfo, Outbox, SessionSlot,
-};
-use crate::session::{AppMessage, DisconnectReason, Role, Session, SessionConfig, SessionEvent};
+use crate::engine::{Application, Engine, EngineError, EngineHandle, LogonInfo, Outbox};
+pub use crate::initiator::InitiatorConfig;
+use crate::session::{AppMessage, DisconnectReason, Session, SessionEvent};
 use crate::store::MemoryStore;
-use crate::tags::BeginString;
 
 /// What the client reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,22 +85,8 @@ impl Application for ClientApp {
     }
 }
 
-/// Client settings.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// Addresses tried in turn.
-    pub connect: Vec<SocketAddr>,
-    /// Our CompID.
-    pub sender_comp_id: String,
-    /// The gateway's CompID.
-    pub target_comp_id: String,
-    /// Protocol.
-    pub begin_string: BeginString,
-    /// HeartBtInt.
-    pub heartbeat_interval: Duration,
-    /// Pause after every address refused.
-    pub reconnect_interval: Duration,
-}
+/// The client's settings: an initiator's, as the gateway's upstreams have them.
+pub type ClientConfig = InitiatorConfig;
 
 /// A running client: send with `handle` (session 0), read `events`.
 pub struct Client {
@@ -117,17 +101,8 @@ pub struct Client {
 /// Starts a client on the current tokio runtime, over a memory store (the client process
 /// outlives the gateway failover it observes).
 pub fn start(cfg: ClientConfig) -> Result<Client, crate::session::ConfigError> {
-    let mut sc = SessionConfig::new(
-        cfg.begin_string,
-        &cfg.sender_comp_id,
-        &cfg.target_comp_id,
-        Role::Initiator,
-    );
-    sc.heartbeat_interval = cfg.heartbeat_interval;
-    let session = Session::new(sc, MemoryStore::new())?;
-    let mut slot = SessionSlot::new(&cfg.target_comp_id, session);
-    slot.connect = cfg.connect;
-    slot.reconnect_interval = cfg.reconnect_interval;
+    let session = Session::new(cfg.session_config(), MemoryStore::new())?;
+    let slot = cfg.slot(&cfg.target_comp_id, session);
     let engine = Engine::new(vec![slot], None).with_tick(Duration::from_millis(20));
     let handle = engine.handle();
     let (tx, events) = mpsc::unbounded_channel();

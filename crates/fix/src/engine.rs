@@ -38,6 +38,15 @@
 //! counterparty that lets more pile up (e.g. asking for resends it does not read), or that
 //! reads nothing for [`WRITE_STALL_TIMEOUT`] while we have bytes for it, is a slow consumer:
 //! it gets a Logout saying so and is disconnected. [`Engine::counters`] counts both.
+//!
+//! # TLS
+//!
+//! An acceptor given [`Engine::with_tls`] accepts only TLS: each handshake runs in a task of
+//! its own beside the loop (at most [`MAX_PRELOGON_CONNECTIONS`] at once, each within the logon
+//! timeout), and a connection whose first byte is not a TLS handshake — a plain FIX client —
+//! is closed with a log line saying so and counted as refused. An initiator slot with
+//! [`SessionSlot::tls`] completes a handshake with each address it connects to (within
+//! [`TLS_CONNECT_TIMEOUT`]); a failed one is logged and the next address is tried.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -47,9 +56,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use understudy_tls::{Refused, Stream, TlsClient, TlsServer};
 
 use crate::admin::{Health, Probe, SessionHealth};
 use crate::codec::{parse, Deframer, MessageBuilder, DEFAULT_MAX_BODY_LENGTH};
@@ -73,6 +83,9 @@ pub const MAX_WRITE_QUEUE_BYTES: usize = 8 << 20;
 
 /// Longest a single write may wait for the counterparty to read.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time an initiator gives the counterparty to complete a TLS handshake.
+pub const TLS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the engine refused or dropped to protect itself, since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -120,6 +133,8 @@ pub struct SessionSlot<S: SessionStore> {
     pub reconnect_interval: Duration,
     /// Acceptor: the addresses the counterparty may log on from (anywhere when empty).
     pub allowed_peers: AllowedPeers,
+    /// Initiator: TLS towards the counterparty (plain TCP when `None`).
+    pub tls: Option<TlsClient>,
 }
 
 /// The source addresses an acceptor session may be logged on from: single addresses and CIDR
@@ -191,6 +206,7 @@ impl<S: SessionStore> SessionSlot<S> {
             connect: Vec::new(),
             reconnect_interval: Duration::from_secs(1),
             allowed_peers: AllowedPeers::default(),
+            tls: None,
         }
     }
 }
@@ -329,11 +345,13 @@ impl EngineHandle {
 }
 
 enum NetEvent {
-    Accepted(TcpStream, SocketAddr),
+    Accepted(Stream, SocketAddr),
+    /// An accepted connection closed before it carried anything (a failed TLS handshake).
+    Refused(SocketAddr, String),
     AcceptFailed(std::io::Error),
     Connected {
         slot: usize,
-        stream: TcpStream,
+        stream: Stream,
         addr: SocketAddr,
         next_addr: usize,
     },
@@ -395,6 +413,8 @@ impl<S: SessionStore> SlotState<S> {
 pub struct Engine<S: SessionStore> {
     slots: Vec<SlotState<S>>,
     listener: Option<TcpListener>,
+    /// TLS on the listener: every accepted connection must complete a handshake.
+    tls: Option<TlsServer>,
     factory: Option<SessionFactory<S>>,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
@@ -415,6 +435,8 @@ pub struct Engine<S: SessionStore> {
     durable_rx: Option<watch::Receiver<u64>>,
     /// A session's store uses group commit: this loop's sends wait for the syncer.
     grouped: bool,
+    /// The replication sender, reported in health answers.
+    replication: Option<crate::replica::Sender>,
 }
 
 /// Write buffers of one flush, per connection, so a burst becomes one write.
@@ -428,6 +450,7 @@ impl<S: SessionStore> Engine<S> {
         Engine {
             slots: slots.into_iter().map(SlotState::new).collect(),
             listener,
+            tls: None,
             factory: None,
             conns: HashMap::new(),
             next_conn: 0,
@@ -442,6 +465,7 @@ impl<S: SessionStore> Engine<S> {
             held: VecDeque::new(),
             durable_rx: None,
             grouped: false,
+            replication: None,
         }
         .grouped_if_needed()
     }
@@ -471,6 +495,12 @@ impl<S: SessionStore> Engine<S> {
         self
     }
 
+    /// Accepts only TLS on the listener (see the module documentation for the bounds).
+    pub fn with_tls(mut self, tls: TlsServer) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// What was refused or dropped so far.
     pub fn counters(&self) -> Counters {
         self.counters
@@ -484,6 +514,12 @@ impl<S: SessionStore> Engine<S> {
         epoch: u64,
     ) -> Self {
         self.probes = Some((probes, epoch));
+        self
+    }
+
+    /// Reports `sender`'s view of the replication stream in health answers.
+    pub fn with_replication(mut self, sender: crate::replica::Sender) -> Self {
+        self.replication = Some(sender);
         self
     }
 
@@ -519,13 +555,45 @@ impl<S: SessionStore> Engine<S> {
     ) -> Result<(), EngineError> {
         if let Some(listener) = self.listener.take() {
             let tx = self.net_tx.clone();
+            let tls = self.tls.clone();
+            let timeout = self.prelogon_timeout;
+            // TLS handshakes run beside the loop, at most as many at once as connections may
+            // wait to log on, each within the logon timeout.
+            let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PRELOGON_CONNECTIONS));
             tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
                         Ok((s, peer)) => {
-                            if tx.send(NetEvent::Accepted(s, peer)).is_err() {
-                                return;
-                            }
+                            let Some(tls) = &tls else {
+                                if tx.send(NetEvent::Accepted(Stream::Plain(s), peer)).is_err() {
+                                    return;
+                                }
+                                continue;
+                            };
+                            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                                let why = "too many TLS handshakes at once".to_owned();
+                                if tx.send(NetEvent::Refused(peer, why)).is_err() {
+                                    return;
+                                }
+                                continue;
+                            };
+                            let (tls, tx) = (tls.clone(), tx.clone());
+                            tokio::spawn(async move {
+                                let ev = match tls.accept(s, timeout, false).await {
+                                    Ok(stream) => NetEvent::Accepted(stream, peer),
+                                    Err(Refused::Closed) => {
+                                        tracing::debug!(%peer, "connection closed before a TLS handshake");
+                                        return;
+                                    }
+                                    Err(Refused::NotTls(b'8')) => NetEvent::Refused(
+                                        peer,
+                                        "plain FIX (8=FIX…) on this TLS acceptor: the client must connect with TLS".into(),
+                                    ),
+                                    Err(e) => NetEvent::Refused(peer, e.to_string()),
+                                };
+                                drop(permit);
+                                let _ = tx.send(ev);
+                            });
                         }
                         Err(e) if is_transient_accept_error(&e) => {
                             tracing::warn!(error = %e, "accept failed; continuing");
@@ -590,14 +658,16 @@ impl<S: SessionStore> Engine<S> {
                 }
             })
             .collect();
+        let replication = self.replication.as_ref().map(|r| r.health());
         Health {
             role: "active",
             epoch: Some(epoch),
             sessions_logged_on: sessions.iter().filter(|s| s.logged_on).count(),
             sessions,
-            fenced,
+            fenced: fenced || replication.as_ref().is_some_and(|r| !r.ready),
             connections_refused: self.counters.connections_refused,
             slow_consumers_dropped: self.counters.slow_consumers_dropped,
+            replication,
         }
     }
 
@@ -660,6 +730,7 @@ impl<S: SessionStore> Engine<S> {
         st.connecting = true;
         let schedule = st.slot.session.config().schedule.clone();
         let addrs = st.slot.connect.clone();
+        let tls = st.slot.tls.clone();
         let start = st.next_addr % addrs.len();
         let interval = st.slot.reconnect_interval;
         let tx = self.net_tx.clone();
@@ -678,6 +749,23 @@ impl<S: SessionStore> Engine<S> {
                     let attempt =
                         tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
                             .await;
+                    let attempt = match (attempt, &tls) {
+                        (Ok(Ok(tcp)), Some(tls)) => {
+                            match tls.connect(tcp, addr.ip(), TLS_CONNECT_TIMEOUT).await {
+                                Ok(s) => Ok(Ok(s)),
+                                Err(e) => {
+                                    // Not a connect failure worth only a debug line: a wrong CA
+                                    // or name is a configuration problem someone must see.
+                                    tracing::warn!(session = %name, %addr, error = %e,
+                                        "TLS handshake failed");
+                                    continue;
+                                }
+                            }
+                        }
+                        (Ok(Ok(tcp)), None) => Ok(Ok(Stream::Plain(tcp))),
+                        (Ok(Err(e)), _) => Ok(Err(e)),
+                        (Err(e), _) => Err(e),
+                    };
                     match attempt {
                         Ok(Ok(stream)) => {
                             // Retry this address first next time: it was the active one.
@@ -704,19 +792,69 @@ impl<S: SessionStore> Engine<S> {
         });
     }
 
-    fn add_conn(&mut self, stream: TcpStream, peer: SocketAddr, slot: Option<usize>) -> u64 {
+    fn add_conn(&mut self, stream: Stream, peer: SocketAddr, slot: Option<usize>) -> u64 {
         let id = self.next_conn;
         self.next_conn += 1;
         // Orders are small and latency-bound: never wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let _ = stream.tcp().set_nodelay(true);
+        let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
         let unwritten = Arc::new(AtomicUsize::new(0));
-        let left = unwritten.clone();
+        let (writer_task, reader) = match stream {
+            // A TCP stream splits without a lock between its halves; TLS needs one.
+            Stream::Plain(s) => {
+                let (rd, wr) = s.into_split();
+                self.spawn_io(id, rd, wr, wrx, unwritten.clone())
+            }
+            Stream::Tls(s) => {
+                let (rd, wr) = tokio::io::split(*s);
+                self.spawn_io(id, rd, wr, wrx, unwritten.clone())
+            }
+        };
+        let max_body = if slot.is_some() {
+            DEFAULT_MAX_BODY_LENGTH
+        } else {
+            PRELOGON_MAX_BODY
+        };
+        self.conns.insert(
+            id,
+            Conn {
+                writer: wtx,
+                writer_task,
+                unwritten,
+                reader,
+                slot,
+                deframer: Deframer::new(max_body),
+                peer,
+                opened: SystemTime::now(),
+                opened_mono: tokio::time::Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// The tasks that move connection `id`'s bytes: the writer drains `wrx` into `wr`, the
+    /// reader hands what `rd` gives to the loop.
+    fn spawn_io<R, W>(
+        &self,
+        id: u64,
+        mut rd: R,
+        mut wr: W,
+        mut wrx: mpsc::UnboundedReceiver<Vec<u8>>,
+        left: Arc<AtomicUsize>,
+    ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let stalled = self.net_tx.clone();
         let writer_task = tokio::spawn(async move {
             while let Some(buf) = wrx.recv().await {
-                let wrote = tokio::time::timeout(WRITE_STALL_TIMEOUT, wr.write_all(&buf)).await;
+                // The flush matters over TLS only: it pushes out what rustls still buffers.
+                let write = async {
+                    wr.write_all(&buf).await?;
+                    wr.flush().await
+                };
+                let wrote = tokio::time::timeout(WRITE_STALL_TIMEOUT, write).await;
                 left.fetch_sub(
                     buf.len().min(left.load(Ordering::Relaxed)),
                     Ordering::Relaxed,
@@ -744,26 +882,7 @@ impl<S: SessionStore> Engine<S> {
             }
             let _ = tx.send(NetEvent::Closed(id));
         });
-        let max_body = if slot.is_some() {
-            DEFAULT_MAX_BODY_LENGTH
-        } else {
-            PRELOGON_MAX_BODY
-        };
-        self.conns.insert(
-            id,
-            Conn {
-                writer: wtx,
-                writer_task,
-                unwritten,
-                reader,
-                slot,
-                deframer: Deframer::new(max_body),
-                peer,
-                opened: SystemTime::now(),
-                opened_mono: tokio::time::Instant::now(),
-            },
-        );
-        id
+        (writer_task, reader)
     }
 
     fn on_net<A: Application>(&mut self, app: &mut A, ev: NetEvent) -> Result<(), EngineError> {
@@ -779,6 +898,12 @@ impl<S: SessionStore> Engine<S> {
                 }
                 tracing::debug!(%peer, "connection accepted");
                 self.add_conn(stream, peer, None);
+                Ok(())
+            }
+            NetEvent::Refused(peer, why) => {
+                self.counters.connections_refused =
+                    self.counters.connections_refused.saturating_add(1);
+                tracing::warn!(%peer, "connection refused: {why}");
                 Ok(())
             }
             NetEvent::AcceptFailed(e) => Err(EngineError::Accept(e)),

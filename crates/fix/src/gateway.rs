@@ -25,12 +25,14 @@ use thiserror::Error;
 
 use crate::codec::{parse, Message};
 use crate::engine::{AllowedPeers, Application, LogonInfo, Outbox, SessionSlot};
+use crate::initiator::{InitiatorConfig, InitiatorDefaults};
 use crate::order_map::OrderMap;
 use crate::orders::{put, put_str, reject_if_incomplete, tag};
 use crate::schedule::{ScheduleSpec, SessionSchedule};
 use crate::session::{Again, AppMessage, Role, Session, SessionConfig, SessionEvent};
 use crate::store::{Deferred, FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
 use crate::tags::{self, BeginString};
+use understudy_tls::{Pem, TlsServer};
 
 /// Separates the client's CompID from its ClOrdID upstream.
 pub const CL_ORD_ID_SEP: char = '~';
@@ -53,11 +55,14 @@ struct RawConfig {
     gateway: RawGateway,
     #[serde(default)]
     client: Vec<RawClient>,
+    /// Each is an initiator's settings (see [`InitiatorConfig::from_toml`]) plus `name` and
+    /// `schedule`, split apart in `validate`.
     #[serde(default)]
-    upstream: Vec<RawUpstream>,
+    upstream: Vec<toml::Table>,
     #[serde(default)]
     route: Vec<RawRoute>,
     admin: Option<RawAdmin>,
+    replication: Option<crate::replica::RawReplication>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +84,9 @@ struct RawGateway {
     logon_timeout: Option<String>,
     max_latency: Option<String>,
     order_retention: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,16 +98,11 @@ struct RawClient {
     allowed_ips: Option<Vec<String>>,
 }
 
+/// The keys of an `[[upstream]]` that are not an initiator's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     name: String,
-    connect: Vec<String>,
-    target_comp_id: String,
-    sender_comp_id: Option<String>,
-    begin_string: Option<String>,
-    heartbeat_interval: Option<String>,
-    reconnect_interval: Option<String>,
     schedule: Option<ScheduleSpec>,
 }
 
@@ -130,7 +133,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Our CompID toward clients.
     pub comp_id: String,
-    /// The directory the group shares for session stores and the order map.
+    /// The directory of the session stores and the order map: shared by the group, or with
+    /// `[replication]` this gateway's own copy.
     pub store_dir: PathBuf,
     /// Protocol of the client sessions.
     pub begin_string: BeginString,
@@ -156,6 +160,11 @@ pub struct GatewayConfig {
     pub routes: Vec<Route>,
     /// `[admin] http`: where `GET /health` is served (see [`crate::admin`]), in every role.
     pub admin_http: Option<SocketAddr>,
+    /// `[replication]` (see [`crate::replica`]); `None` when off: the group shares
+    /// `store_dir`.
+    pub replication: Option<crate::replica::ReplicationConfig>,
+    /// TLS on the client acceptor (`tls_cert`, `tls_key`, `tls_client_ca`); plain without.
+    pub tls: Option<TlsServer>,
 }
 
 /// One upstream (exchange) session, an initiator.
@@ -163,18 +172,8 @@ pub struct GatewayConfig {
 pub struct UpstreamConfig {
     /// Name used by routes.
     pub name: String,
-    /// Addresses tried in turn.
-    pub connect: Vec<SocketAddr>,
-    /// Our CompID toward it.
-    pub sender_comp_id: String,
-    /// Its CompID.
-    pub target_comp_id: String,
-    /// Protocol.
-    pub begin_string: BeginString,
-    /// HeartBtInt we propose.
-    pub heartbeat_interval: Duration,
-    /// Pause after every address refused.
-    pub reconnect_interval: Duration,
+    /// How it connects and logs on.
+    pub initiator: InitiatorConfig,
     /// When the session runs (default: always).
     pub schedule: SessionSchedule,
 }
@@ -192,11 +191,11 @@ pub struct Route {
     pub client: Option<String>,
 }
 
-fn comp_id_ok(s: &str) -> bool {
+pub(crate) fn comp_id_ok(s: &str) -> bool {
     !s.is_empty() && !s.contains(CL_ORD_ID_SEP) && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn duration(
+pub(crate) fn duration(
     key: &str,
     v: Option<&String>,
     default: Duration,
@@ -221,7 +220,7 @@ fn schedule(key: &str, v: Option<&ScheduleSpec>) -> Result<SessionSchedule, (Str
     }
 }
 
-fn begin_string(
+pub(crate) fn begin_string(
     key: &str,
     v: Option<&String>,
     default: BeginString,
@@ -372,65 +371,35 @@ impl GatewayConfig {
                 "at least one [[upstream]] is required".into(),
             ));
         }
+        let base = crate::initiator::base_dir(file);
+        let defaults = InitiatorDefaults {
+            sender_comp_id: g.comp_id.clone(),
+            begin_string: bs,
+            logon_timeout,
+            base: base.clone(),
+        };
         let mut upstreams: Vec<UpstreamConfig> = Vec::new();
-        for (i, u) in raw.upstream.iter().enumerate() {
-            let k = |f: &str| format!("upstream[{i}].{f}");
-            if u.name.is_empty() || upstreams.iter().any(|x| x.name == u.name) {
-                return Err((k("name"), format!("{:?} is empty or used twice", u.name)));
-            }
-            if u.connect.is_empty() {
-                return Err((k("connect"), "at least one address is required".into()));
-            }
-            let mut connect = Vec::new();
-            for a in &u.connect {
-                connect.push(a.parse::<SocketAddr>().map_err(|_| {
-                    (
-                        k("connect"),
-                        format!("{a:?} is not an address; use e.g. \"10.0.0.5:9900\""),
-                    )
-                })?);
-            }
-            let sender = u
-                .sender_comp_id
-                .clone()
-                .unwrap_or_else(|| g.comp_id.clone());
-            for (f, v) in [
-                ("sender_comp_id", &sender),
-                ("target_comp_id", &u.target_comp_id),
-            ] {
-                if !comp_id_ok(v) {
-                    return Err((k(f), format!("{v:?} is not a valid CompID")));
+        for (i, mut t) in raw.upstream.into_iter().enumerate() {
+            let at = format!("upstream[{i}]");
+            let mut own = toml::Table::new();
+            for key in ["name", "schedule"] {
+                if let Some(v) = t.remove(key) {
+                    own.insert(key.to_owned(), v);
                 }
             }
-            let hb = duration(
-                &k("heartbeat_interval"),
-                u.heartbeat_interval.as_ref(),
-                Duration::from_secs(30),
-            )?;
-            let range = crate::session::HEART_BT_INT_RANGE;
-            if !range.contains(&hb.as_secs()) || hb.subsec_nanos() != 0 {
+            let u: RawUpstream = toml::Value::Table(own)
+                .try_into()
+                .map_err(|e: toml::de::Error| (at.clone(), e.message().to_owned()))?;
+            if u.name.is_empty() || upstreams.iter().any(|x| x.name == u.name) {
                 return Err((
-                    k("heartbeat_interval"),
-                    format!(
-                        "must be a whole number of seconds from {}s to {}s (the HeartBtInt a counterparty accepts)",
-                        range.start(),
-                        range.end()
-                    ),
+                    format!("{at}.name"),
+                    format!("{:?} is empty or used twice", u.name),
                 ));
             }
             upstreams.push(UpstreamConfig {
-                name: u.name.clone(),
-                connect,
-                sender_comp_id: sender,
-                target_comp_id: u.target_comp_id.clone(),
-                begin_string: begin_string(&k("begin_string"), u.begin_string.as_ref(), bs)?,
-                heartbeat_interval: hb,
-                reconnect_interval: duration(
-                    &k("reconnect_interval"),
-                    u.reconnect_interval.as_ref(),
-                    Duration::from_secs(1),
-                )?,
-                schedule: schedule(&k("schedule"), u.schedule.as_ref())?,
+                initiator: InitiatorConfig::from_toml(t, &at, &defaults)?,
+                schedule: schedule(&format!("{at}.schedule"), u.schedule.as_ref())?,
+                name: u.name,
             });
         }
         let known = |n: &str| upstreams.iter().any(|u| u.name == n);
@@ -499,6 +468,17 @@ impl GatewayConfig {
                 Some(addr)
             }
         };
+        let taken: Vec<SocketAddr> = std::iter::once(listen).chain(admin_http).collect();
+        let replication =
+            crate::replica::validate(raw.replication, &taken, sync == SyncPolicy::Group)?;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+        let (cert, key, ca) = (path(&g.tls_cert), path(&g.tls_key), path(&g.tls_client_ca));
+        let tls = TlsServer::load_optional(
+            Pem::opt("gateway.tls_cert", cert.as_deref()),
+            Pem::opt("gateway.tls_key", key.as_deref()),
+            Pem::opt("gateway.tls_client_ca", ca.as_deref()),
+        )
+        .map_err(|e| (e.key, e.reason))?;
         Ok(GatewayConfig {
             file: file.to_owned(),
             listen,
@@ -516,6 +496,8 @@ impl GatewayConfig {
             upstreams,
             routes,
             admin_http,
+            replication,
+            tls,
         })
     }
 
@@ -635,24 +617,20 @@ impl Gateway {
         }
         let mut upstream_index = HashMap::new();
         for u in &cfg.upstreams {
-            let sid = SessionId::new(u.begin_string, &u.sender_comp_id, &u.target_comp_id);
+            let init = &u.initiator;
+            let sid = SessionId::new(
+                init.begin_string,
+                &init.sender_comp_id,
+                &init.target_comp_id,
+            );
             let store = open(&sid, &u.name)?;
             log_recovery(&u.name, &store);
-            let mut sc = SessionConfig::new(
-                u.begin_string,
-                &u.sender_comp_id,
-                &u.target_comp_id,
-                Role::Initiator,
-            );
-            sc.heartbeat_interval = u.heartbeat_interval;
-            sc.logon_timeout = cfg.logon_timeout;
+            let mut sc = init.session_config();
             sc.max_latency = cfg.max_latency;
             sc.schedule = u.schedule.clone();
             let session = Session::new(sc, Deferred::new(store))
                 .map_err(|_| GatewayError::Session(u.name.clone()))?;
-            let mut slot = SessionSlot::new(&u.name, session);
-            slot.connect = u.connect.clone();
-            slot.reconnect_interval = u.reconnect_interval;
+            let slot = init.slot(&u.name, session);
             upstream_index.insert(u.name.clone(), slots.len());
             slots.push(slot);
         }
@@ -1047,6 +1025,65 @@ mod tests {
         }
         let e = parse("[admin]\nhttp = \"127.0.0.1:9879\"\nport = 1\n").expect_err("unknown key");
         assert!(e.reason.contains("port"), "{}", e.reason);
+    }
+
+    #[test]
+    fn replication_is_off_by_default_and_every_key_is_validated() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(parse("").expect("valid").replication.is_none());
+        let off = parse("[replication]\nmode = \"off\"\n").expect("valid");
+        assert!(off.replication.is_none());
+        let d = tempfile::tempdir().expect("tempdir");
+        let token = d.path().join("repl.token");
+        std::fs::write(&token, "s3cret\n").expect("write");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let section = |extra: &str| {
+            format!(
+                "[replication]\nmode = \"sync\"\nlisten = \"127.0.0.1:9880\"\npeers = [\"127.0.0.2:9880\"]\ntoken_file = \"{}\"\n{extra}",
+                token.display()
+            )
+        };
+        let r = parse(&section("")).expect("valid").replication.expect("on");
+        assert_eq!(r.mode, crate::replica::Mode::Sync);
+        assert_eq!(r.token, b"s3cret");
+        assert!(r.sync_timeout > r.timeout);
+        for (extra, key, why) in [
+            (
+                "sync_timeout = \"1s\"\ntimeout = \"2s\"\n",
+                "replication.sync_timeout",
+                "longer",
+            ),
+            ("heartbeat = \"1500ms\"\n", "replication.heartbeat", "half"),
+            ("timeout = \"0s\"\n", "replication.timeout", "out of range"),
+            ("colour = 1\n", "(syntax)", "colour"),
+        ] {
+            let e = parse(&section(extra)).expect_err(extra);
+            assert_eq!(e.key, key, "{extra}: {}", e.reason);
+            assert!(e.reason.contains(why), "{extra}: {}", e.reason);
+        }
+        let e = parse(&section("").replace("sync\"", "maybe\"")).expect_err("mode");
+        assert_eq!(e.key, "replication.mode");
+        let e = parse(&section("").replace("127.0.0.2:9880", "127.0.0.1:9880")).expect_err("self");
+        assert_eq!(e.key, "replication.peers");
+        let e = parse(&section("").replace("127.0.0.1:9880\"\npeers", "127.0.0.1:9878\"\npeers"))
+            .expect_err("listen taken");
+        assert_eq!(e.key, "replication.listen");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = parse(&section("")).expect_err("readable token");
+        assert_eq!(e.key, "replication.token_file");
+        assert!(e.reason.contains("chmod 600"), "{}", e.reason);
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // Replication streams group-commit batches: another sync policy is refused.
+        let e = GatewayConfig::parse(
+            Path::new("gw.toml"),
+            &format!(
+                "[gateway]\nlisten = \"127.0.0.1:9878\"\ncomp_id = \"GW\"\nstore_dir = \"/tmp/x\"\ndefault_route = \"EXCH\"\nsync = \"every-write\"\n\
+                 [[client]]\ncomp_id = \"C1\"\n[[upstream]]\nname = \"EXCH\"\nconnect = [\"127.0.0.1:9900\"]\ntarget_comp_id = \"EXCH\"\n{}",
+                section("")
+            ),
+        )
+        .expect_err("every-write");
+        assert_eq!(e.key, "gateway.sync");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   ([`codec::parse`] → [`codec::Message`]), header validation and [`codec::MessageBuilder`].
 //! * [`store`]: the [`store::SessionStore`] trait, an in-memory store for tests and the fenced,
 //!   append-only [`store::FileStore`] kept in a directory the group shares.
+//! * [`replica`]: the stores streamed to the standby gateways (`[replication]`), so each
+//!   keeps its own copy and no directory needs to be shared.
 //! * [`schedule`]: session schedules (daily, weekly, in a time zone) as pure functions of
 //!   an instant: open or not, which session period, next change.
 //! * [`session`]: the sans-IO session state machine ([`session::Session`]): bytes and timer
@@ -20,6 +22,8 @@
 //! * [`exchange_sim`]: a FIX exchange simulator (acceptor) that acknowledges, fills, cancels
 //!   and replaces orders.
 //! * [`gateway`]: the FIX gateway: configuration, routing rules, the persisted order map.
+//! * [`initiator`]: an initiator's settings (addresses, CompIDs, timings, TLS) and their TOML
+//!   form, shared by the client and the gateway's upstreams.
 //! * [`orders`]: order-entry tags, field appenders and required-tag checks, shared by the
 //!   gateway and the exchange simulator (the gateway never uses the simulator).
 //! * [`order_map`]: the gateway's persisted, bounded order map.
@@ -36,9 +40,11 @@ pub mod engine;
 pub mod exchange_sim;
 pub mod fuzz;
 pub mod gateway;
+pub mod initiator;
 pub mod order_map;
 pub mod orders;
 pub mod quickfix;
+pub mod replica;
 pub mod schedule;
 pub mod session;
 pub mod store;

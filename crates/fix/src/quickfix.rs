@@ -1,6 +1,7 @@
 //! The QuickFIX/C++ counterparts in `tests/quickfix/` (an initiator for the failover tests, an
 //! acceptor for the side-by-side benchmark): whether QuickFIX is installed, and building them
-//! with `g++` against `libquickfix` (Debian: `apt-get install libquickfix-dev g++`).
+//! with `g++` against `libquickfix` (Debian: `apt-get install libquickfix-dev g++`; with
+//! `libssl-dev` too, the initiator can speak TLS: [`ssl_available`]).
 //!
 //! The sources are part of the binary; they and the binaries are written into a directory the
 //! caller chooses (a target or temp directory), never into the source tree, and rebuilt when
@@ -75,6 +76,15 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Whether the counterparts can speak TLS here: OpenSSL's headers (Debian: libssl-dev) and
+/// QuickFIX's SSL headers are installed.
+pub fn ssl_available() -> bool {
+    ["/usr/include", "/usr/local/include"].iter().any(|d| {
+        let d = Path::new(d);
+        d.join("openssl/ssl.h").exists() && d.join("quickfix/SSLSocketInitiator.h").exists()
+    })
+}
+
 fn modified(p: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
@@ -93,13 +103,20 @@ pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
     }
     // QuickFIX 1.15 headers use dynamic exception specifications, refused from C++17 on.
     let tmp = out_dir.join(format!("{name}.tmp{}", std::process::id()));
-    let out = Command::new("g++")
-        .args(["-std=gnu++14", "-O2", "-w", "-o"])
+    let mut g = Command::new("g++");
+    g.args(["-std=gnu++14", "-O2", "-w"]);
+    if ssl_available() {
+        // libquickfix is built with SSL; its SSL headers need HAVE_SSL and OpenSSL's.
+        g.arg("-DHAVE_SSL=1");
+    }
+    g.arg("-o")
         .arg(&tmp)
         .arg(&src)
-        .args(["-lquickfix", "-lpthread"])
-        .output()
-        .map_err(|e| format!("cannot run g++: {e}"))?;
+        .args(["-lquickfix", "-lpthread"]);
+    if ssl_available() {
+        g.args(["-lssl", "-lcrypto"]);
+    }
+    let out = g.output().map_err(|e| format!("cannot run g++: {e}"))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(

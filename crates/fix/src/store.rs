@@ -19,7 +19,22 @@ use thiserror::Error;
 use crate::tags::BeginString;
 
 pub use file::{FileStore, RecoveryReport, SyncPolicy};
-pub use group::GroupCommit;
+pub use group::{BatchHook, GroupCommit};
+
+/// The newest epoch this process has learned of from elsewhere (a standby's refusal, see
+/// [`crate::replica`]); 0 when none.
+static PEER_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records that a writer with `epoch` exists elsewhere: every [`FileStore`] of an older
+/// epoch refuses its next write as [`StoreError::Fenced`], as if it had found `epoch` in its
+/// fence. How a former active whose store is not shared learns it must stop.
+pub fn note_newer_epoch(epoch: u64) {
+    PEER_EPOCH.fetch_max(epoch, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn newer_epoch_elsewhere() -> u64 {
+    PEER_EPOCH.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// Identifies a session: its store lives under a directory named after it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

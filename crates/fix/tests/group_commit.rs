@@ -155,6 +155,7 @@ async fn sim_and_client(dir: &Path) -> (tokio::task::JoinHandle<()>, client::Cli
         begin_string: BeginString::Fix44,
         heartbeat_interval: Duration::from_secs(30),
         reconnect_interval: Duration::from_millis(10),
+        ..Default::default()
     })
     .expect("client");
     loop {

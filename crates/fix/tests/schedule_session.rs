@@ -277,6 +277,7 @@ fn client(addr: SocketAddr) -> client::Client {
         begin_string: BeginString::Fix44,
         heartbeat_interval: Duration::from_secs(30),
         reconnect_interval: Duration::from_millis(200),
+        ..Default::default()
     })
     .expect("client")
 }

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
+use understudy_tls::{Stream, TlsClient};
 
 use crate::protocol::{read_frame, split_frame, Message, Price, Role, MAX_SYMBOL_LEN};
 use crate::{AbortOnDrop, Error};
@@ -45,6 +46,9 @@ pub struct ClientOptions {
     /// The servers' token (see `ServerConfig::token`), presented in a `Hello` on every
     /// connection before the subscriptions.
     pub token: Option<String>,
+    /// TLS towards the servers (their CA, and the name to check their certificates against);
+    /// plain TCP when `None`. The handshake counts in `connect_timeout`.
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for ClientOptions {
@@ -56,6 +60,7 @@ impl Default for ClientOptions {
             reconnect_max: Duration::from_millis(500),
             event_buffer: 1024,
             token: None,
+            tls: None,
         }
     }
 }
@@ -439,12 +444,37 @@ async fn connection(
                 continue;
             }
         };
-        backoff = opts.reconnect_min;
         let _ = sock.set_nodelay(true);
+        let sock = match &opts.tls {
+            None => Stream::Plain(sock),
+            Some(tls) => match tls.connect(sock, addr.ip(), opts.connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // A wrong CA or name is a configuration problem someone must see.
+                    tracing::warn!(%addr, error = %e, "TLS handshake with the price server failed");
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(opts.reconnect_max);
+                    continue;
+                }
+            },
+        };
+        backoff = opts.reconnect_min;
         if input.send(Input::Connected(idx)).await.is_err() {
             return;
         }
-        let reason = match session(idx, sock, &opts, &mut subs, &mut resync, &input).await {
+        let io = (&mut subs, &mut resync, &input);
+        let reason = match sock {
+            // A TCP stream splits without a lock between its halves; TLS needs one.
+            Stream::Plain(s) => {
+                let (rd, wr) = s.into_split();
+                session(idx, rd, wr, &opts, io).await
+            }
+            tls => {
+                let (rd, wr) = tokio::io::split(tls);
+                session(idx, rd, wr, &opts, io).await
+            }
+        };
+        let reason = match reason {
             Ok(reason) => reason,
             Err(Stop) => return,
         };
@@ -459,15 +489,25 @@ async fn connection(
 /// The client is being dropped: the connection task ends.
 struct Stop;
 
-async fn session(
+/// What a session reads besides the server: the subscriptions, resubscription requests, and
+/// where its input goes.
+type SessionIo<'a> = (
+    &'a mut watch::Receiver<Arc<BTreeSet<String>>>,
+    &'a mut mpsc::UnboundedReceiver<()>,
+    &'a mpsc::Sender<Input>,
+);
+
+async fn session<R, W>(
     idx: usize,
-    sock: TcpStream,
+    mut rd: R,
+    mut wr: W,
     opts: &ClientOptions,
-    subs: &mut watch::Receiver<Arc<BTreeSet<String>>>,
-    resync: &mut mpsc::UnboundedReceiver<()>,
-    input: &mpsc::Sender<Input>,
-) -> Result<String, Stop> {
-    let (mut rd, mut wr) = sock.into_split();
+    (subs, resync, input): SessionIo<'_>,
+) -> Result<String, Stop>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // A fresh connection knows nothing of us: send every subscription.
     let mut sent: Arc<BTreeSet<String>> = subs.borrow_and_update().clone();
@@ -480,6 +520,7 @@ async fn session(
             token: Some(token.clone()),
         };
         let sent = match hello.to_frame() {
+            // Sent with the subscriptions below (one flush).
             Ok(frame) => wr.write_all(&frame).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -548,8 +589,8 @@ async fn session(
     }
 }
 
-async fn send_symbols<'a>(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+async fn send_symbols<'a, W: AsyncWrite + Unpin>(
+    wr: &mut W,
     req_id: &mut u32,
     subscribe: bool,
     symbols: impl Iterator<Item = &'a String>,
@@ -577,7 +618,10 @@ async fn send_symbols<'a>(
             .await
             .map_err(|e| Error::io("sending subscriptions", e))?;
     }
-    Ok(())
+    // Also sends what an earlier write left in the TLS buffer (the Hello).
+    wr.flush()
+        .await
+        .map_err(|e| Error::io("sending subscriptions", e))
 }
 
 /// Parses `--servers ADDR,ADDR[,…]` (order kept: preferred first). Host names are resolved.
@@ -616,6 +660,7 @@ pub async fn run_price_client(
     symbols: Vec<String>,
     json: bool,
     token: Option<String>,
+    tls: Option<TlsClient>,
 ) -> Result<(), Error> {
     if symbols.is_empty() {
         return Err(Error::Config(
@@ -632,6 +677,7 @@ pub async fn run_price_client(
     }
     let opts = ClientOptions {
         token,
+        tls,
         ..ClientOptions::default()
     };
     let mut client = PriceClient::connect(servers, opts)?;

@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+use understudy_tls::TlsServer;
 
 use crate::protocol::{
     self, read_frame, read_frame_within, split_frame, ErrorCode, Message, Price, ReadError, Role,
@@ -37,6 +38,13 @@ const MAX_CONTROL_QUEUE: usize = 4096;
 /// Prices queued for one client, in order, before it counts as behind and its prices are
 /// conflated (on top of what its socket buffer already holds).
 const MAX_QUEUED_PRICES: usize = 1024;
+/// Kernel send buffer of each client connection (`SO_SNDBUF`, set on the listener, which every
+/// accepted connection inherits). Left to itself the kernel grows it up to
+/// `net.ipv4.tcp_wmem`'s maximum, megabytes: a client that stops reading would still take every
+/// price for seconds (costing the server as much as a client that keeps up, on a busy machine
+/// more than it has) and read seconds-old prices when it resumes. Bounded, such a client is
+/// behind within a fraction of a second and gets the latest prices, conflated.
+const CLIENT_SEND_BUFFER: u32 = 256 * 1024;
 /// Subscriptions one client may hold while the instrument list is not yet known.
 const MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 100_000;
 
@@ -91,6 +99,9 @@ pub struct ServerConfig {
     /// A secret every client must present in a `Hello` before anything else; without it the
     /// client gets `Error(Unauthorized)` and is disconnected. `None`: clients need none.
     pub token: Option<String>,
+    /// TLS for clients (`--tls-cert`, `--tls-key`): each must complete a handshake within
+    /// [`ServerLimits::frame_timeout`]; a plain-text client is refused with a log line.
+    pub tls: Option<TlsServer>,
     /// Bounds on what clients may hold.
     pub limits: ServerLimits,
 }
@@ -106,6 +117,7 @@ impl ServerConfig {
             name: None,
             heartbeat: DEFAULT_HEARTBEAT,
             token: None,
+            tls: None,
             limits: ServerLimits::default(),
         }
     }
@@ -147,7 +159,7 @@ pub struct ServerStatus {
 /// signals are blocked.
 pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Result<(), Error> {
     let service = understudy_sdk::init().map_err(|e| Error::Config(e.to_string()))?;
-    run_price_server_with(upstream, listen, None, None, service).await
+    run_price_server_with(upstream, listen, None, None, None, service).await
 }
 
 /// Runs a price server under the agent contract of `service` until a stop signal: its role and
@@ -157,16 +169,19 @@ pub async fn run_price_server(upstream: SocketAddr, listen: SocketAddr) -> Resul
 ///
 /// With `http`, the server also answers `GET /health` and `GET /status` there (see
 /// [`serve_status_http`]), for the agent's `[health] http` check and for people. With `token`,
-/// clients must present it (see [`ServerConfig::token`]).
+/// clients must present it (see [`ServerConfig::token`]); with `tls`, speak TLS (see
+/// [`ServerConfig::tls`]).
 pub async fn run_price_server_with(
     upstream: SocketAddr,
     listen: SocketAddr,
     http: Option<SocketAddr>,
     token: Option<String>,
+    tls: Option<TlsServer>,
     mut service: understudy_sdk::Service,
 ) -> Result<(), Error> {
     let mut cfg = ServerConfig::new(upstream, listen);
     cfg.token = token;
+    cfg.tls = tls;
     cfg.role = match service.role() {
         understudy_sdk::Role::Active => Role::Primary,
         understudy_sdk::Role::Standby => Role::Standby,
@@ -296,6 +311,7 @@ pub struct ServerHandle {
 struct Shared {
     name: String,
     token: Option<String>,
+    tls: Option<TlsServer>,
     limits: ServerLimits,
     /// Connected clients per source address (admission at accept).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -450,9 +466,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PriceServer {
     /// Binds the client listener. Nothing runs until [`PriceServer::run`].
     pub async fn bind(cfg: ServerConfig) -> Result<Self, Error> {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| Error::io(format!("binding price-server to {}", cfg.listen), e))?;
+        let bind = || {
+            let socket = match cfg.listen {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }?;
+            socket.set_reuseaddr(true)?;
+            socket.set_send_buffer_size(CLIENT_SEND_BUFFER)?;
+            socket.bind(cfg.listen)?;
+            socket.listen(1024)
+        };
+        let listener =
+            bind().map_err(|e| Error::io(format!("binding price-server to {}", cfg.listen), e))?;
         let name = match (cfg.name, listener.local_addr()) {
             (Some(n), _) => n,
             (None, Ok(a)) => a.to_string(),
@@ -463,6 +488,7 @@ impl PriceServer {
             shared: Arc::new(Shared {
                 name,
                 token: cfg.token,
+                tls: cfg.tls,
                 limits: cfg.limits,
                 per_ip: Mutex::new(HashMap::new()),
                 refused: AtomicU64::new(0),
@@ -1006,17 +1032,42 @@ async fn read_upstream(shared: &Shared, mut sock: TcpStream) -> String {
     }
 }
 
-/// One client connection: a reader applying requests and a writer draining the outbox.
-async fn serve_client(
+/// One client connection, after its TLS handshake when the server speaks TLS.
+async fn serve_client(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr, admitted: Admission) {
+    let _ = sock.set_nodelay(true);
+    let Some(tls) = shared.tls.clone() else {
+        // A TCP stream splits without a lock between its halves; TLS needs one.
+        let (rd, wr) = sock.into_split();
+        return serve_conn(shared, rd, wr, peer, admitted).await;
+    };
+    match tls.accept(sock, shared.limits.frame_timeout, false).await {
+        Ok(stream) => {
+            let (rd, wr) = tokio::io::split(stream);
+            serve_conn(shared, rd, wr, peer, admitted).await
+        }
+        Err(understudy_tls::Refused::Closed) => {
+            tracing::debug!(%peer, "connection closed before a TLS handshake");
+        }
+        Err(e) => {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "client refused: {e}");
+        }
+    }
+}
+
+/// A reader applying requests and a writer draining the outbox.
+async fn serve_conn<R, W>(
     shared: Arc<Shared>,
-    sock: TcpStream,
+    mut rd: R,
+    wr: W,
     peer: SocketAddr,
     _admitted: Admission,
-) {
-    let _ = sock.set_nodelay(true);
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let (id, slot) = shared.register(peer);
     tracing::debug!(%peer, id, "client connected");
-    let (mut rd, wr) = sock.into_split();
     // Says why, then closes once the writer has flushed the reply.
     let close_with = |code: ErrorCode, why: String| {
         shared.reply_error(&slot, code, 0, why);
@@ -1089,7 +1140,7 @@ async fn serve_client(
     tracing::debug!(peer = %slot.peer, id, reason, "client disconnected");
 }
 
-async fn write_client(slot: &ClientSlot, mut wr: tokio::net::tcp::OwnedWriteHalf) -> String {
+async fn write_client<W: AsyncWrite + Unpin>(slot: &ClientSlot, mut wr: W) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // Swapped with the outbox's on every round, so neither side reallocates in steady state.
     let mut control: VecDeque<Message> = VecDeque::new();
@@ -1128,7 +1179,11 @@ async fn write_client(slot: &ClientSlot, mut wr: tokio::net::tcp::OwnedWriteHalf
         if !buf.is_empty() {
             // While this write blocks (slow client), new prices accumulate, conflated, in the
             // outbox; nobody else waits for us.
+            // The flush matters over TLS only: it pushes out what rustls still buffers.
             if let Err(e) = wr.write_all(&buf).await {
+                return format!("write failed: {e}");
+            }
+            if let Err(e) = wr.flush().await {
                 return format!("write failed: {e}");
             }
             buf.clear();

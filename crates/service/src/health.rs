@@ -186,7 +186,8 @@ async fn run(
         };
         let change = tracker.record(result, Instant::now());
         let report = report.map(|body| HealthEvent::Report { generation, body });
-        for event in change.into_iter().chain(report) {
+        // The report first: what it says about readiness must be known when the check passes.
+        for event in report.into_iter().chain(change) {
             tracing::debug!(?event, "health changed");
             if events.send(event).is_err() {
                 // Nobody listens any more.

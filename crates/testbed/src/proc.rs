@@ -133,19 +133,28 @@ pub fn log_to(cmd: &mut Command, log: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// True while `pid` exists and is not a zombie (a zombie acts no more; our PID 1 may not reap).
+/// True while `pid` exists and is not a zombie (a zombie acts no more; our PID 1 may not reap),
+/// or is a zombie main thread whose other threads still run.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             // The state follows the parenthesised command name, which may contain spaces.
             let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            !matches!(
-                after.split_whitespace().next(),
-                Some("Z") | Some("X") | None
-            )
+            match after.split_whitespace().next() {
+                // A main thread that is a zombie while other threads of the process still run
+                // (a multi-threaded process being killed): it still holds its files and sockets.
+                Some("Z") | Some("X") => live_threads(pid) > 1,
+                None => false,
+                Some(_) => true,
+            }
         }
         Err(_) => false,
     }
+}
+
+/// Threads listed for `pid` (its main thread included, zombie or not); 0 when it is gone.
+fn live_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 /// The process group id of `pid`.

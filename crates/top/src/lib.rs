@@ -218,6 +218,27 @@ async fn fetch(client: &AgentClient, agent: &str) -> Model {
     }
 }
 
+/// One refresh as JSON (`understudy top --json`, for scripts and tests): the group, the active
+/// node and the events, as the screen would show them; an error when the agent did not answer.
+pub fn snapshot(client: &AgentClient, agent: &str) -> anyhow::Result<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let m = rt.block_on(fetch(client, agent));
+    let Some(group) = &m.group else {
+        anyhow::bail!(
+            "{agent}: {}",
+            m.error.as_deref().unwrap_or("no answer from the agent")
+        );
+    };
+    Ok(serde_json::json!({
+        "agent": m.agent,
+        "active": active(group),
+        "group": group,
+        "events": m.events,
+    }))
+}
+
 /// Run until `q`, Esc or Ctrl-C, asking the agent at `agent` through `client`.
 pub fn run(client: AgentClient, agent: &str, interval: Duration) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -31,6 +31,25 @@ pub struct ServeArgs {
     /// etcd endpoints for groups whose nodes are on more than one host (comma separated).
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    /// PEM certificate chain for the admin API of every agent this plane starts (written as
+    /// node.admin_tls_cert; the same path on every host).
+    #[arg(long, value_name = "FILE", requires = "agent_tls_key")]
+    agent_tls_cert: Option<PathBuf>,
+    /// Its private key (node.admin_tls_key).
+    #[arg(long, value_name = "FILE", requires = "agent_tls_cert")]
+    agent_tls_key: Option<PathBuf>,
+    /// PEM CA certificate the agents' admin certificates are checked against: the plane then
+    /// reaches agents over https:// (the CLI's --ca).
+    #[arg(long, value_name = "FILE")]
+    agent_ca: Option<PathBuf>,
+    /// PEM client certificate and key presented to agents with node.admin_client_ca (the
+    /// CLI's --cert).
+    #[arg(long, value_name = "FILE")]
+    agent_cert: Option<PathBuf>,
+    /// File holding the agents' admin token: written as node.admin_token_file and sent with
+    /// every call to an agent (the CLI's --token-file).
+    #[arg(long, value_name = "FILE")]
+    agent_token_file: Option<PathBuf>,
 }
 
 /// Run `understudy serve`.
@@ -46,6 +65,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<u8> {
             private: a.private,
             webhook: a.webhook,
             etcd: a.etcd,
+            agents: understudy_controlplane::AgentAccess {
+                tls_cert: a.agent_tls_cert,
+                tls_key: a.agent_tls_key,
+                ca: a.agent_ca,
+                cert: a.agent_cert,
+                token_file: a.agent_token_file,
+            },
         },
     ))?;
     Ok(0)
@@ -182,9 +208,14 @@ enum CtlCmd {
         /// Activation mode.
         #[arg(long, value_enum, default_value = "trylock")]
         mode: ModeArg,
-        /// Preferred active node (e.g. gw-2); default the server's own node.
+        /// Preferred active node (e.g. gw-2); default the server's own node. It becomes active
+        /// at start, and takes over when several standbys could (its `node.priority` is higher).
         #[arg(long)]
         preferred: Option<String>,
+        /// Hand activity back to the preferred node once it has been a ready standby this long
+        /// (e.g. 30s; `activation.failback`). Default: never.
+        #[arg(long)]
+        failback: Option<String>,
     },
     /// Start failover (only from a stopped server).
     StartFailover { server: String },
@@ -287,6 +318,7 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
             standby_hosts,
             mode,
             preferred,
+            failback,
         } => {
             let mut b = json!({
                 "standby": standby,
@@ -295,6 +327,9 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
             });
             if let Some(p) = preferred {
                 b["preferred"] = json!(p);
+            }
+            if let Some(d) = failback {
+                b["failback"] = json!(d);
             }
             (
                 call(

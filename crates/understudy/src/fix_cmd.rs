@@ -13,9 +13,11 @@ use understudy_fix::admin::{self, Health, Probe};
 use understudy_fix::engine::{Engine, EngineError, SessionSlot};
 use understudy_fix::exchange_sim::ExchangeSim;
 use understudy_fix::gateway::{Gateway, GatewayConfig};
+use understudy_fix::replica::{standby::ActivateError, Receiver, Sender};
 use understudy_fix::session::{Role as SessionRole, Session, SessionConfig};
-use understudy_fix::store::{FileStore, SessionId, SyncPolicy};
+use understudy_fix::store::{FileStore, GroupCommit, SessionId, SyncPolicy};
 use understudy_sdk::{Notice, Role, Service};
+use understudy_tls::{Pem, TlsServer};
 
 use crate::{init_logging, runtime};
 
@@ -47,7 +49,35 @@ pub enum FixCmds {
         /// With --store-dir: how the store syncs.
         #[arg(long, value_enum, default_value = "group", requires = "store_dir")]
         sync: SyncArg,
+        #[command(flatten)]
+        tls: AcceptorTls,
     },
+}
+
+/// TLS on a FIX acceptor given on the command line (the gateway's `tls_*` keys, as flags).
+#[derive(clap::Args, Debug, Default)]
+pub struct AcceptorTls {
+    /// PEM certificate chain: accept only TLS connections.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate: require client certificates it signed.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl AcceptorTls {
+    /// The server settings, loaded and checked; `None` without --tls-cert.
+    pub fn load(&self) -> anyhow::Result<Option<TlsServer>> {
+        TlsServer::load_optional(
+            Pem::opt("--tls-cert", self.tls_cert.as_deref()),
+            Pem::opt("--tls-key", self.tls_key.as_deref()),
+            Pem::opt("--tls-client-ca", self.tls_client_ca.as_deref()),
+        )
+        .map_err(anyhow::Error::from)
+    }
 }
 
 /// `fix-exchange-sim --sync`.
@@ -82,23 +112,28 @@ impl FixCmds {
                 listen,
                 sender_comp_id,
                 store_dir: None,
+                tls,
                 ..
             } => {
                 init_logging();
-                runtime()?.block_on(exchange_sim(listen, sender_comp_id))
+                let tls = tls.load()?;
+                runtime()?.block_on(exchange_sim(listen, sender_comp_id, tls))
             }
             FixCmds::FixExchangeSim {
                 listen,
                 sender_comp_id,
                 store_dir: Some(dir),
                 sync,
+                tls,
             } => {
                 init_logging();
+                let tls = tls.load()?;
                 runtime()?.block_on(exchange_sim_durable(
                     listen,
                     sender_comp_id,
                     dir,
                     sync.into(),
+                    tls,
                 ))
             }
         }
@@ -112,15 +147,22 @@ fn term_signals() -> anyhow::Result<(Signal, Signal)> {
     ))
 }
 
-/// Run the FIX exchange simulator (acceptor) until SIGTERM or SIGINT.
-pub(crate) async fn exchange_sim(listen: SocketAddr, comp_id: String) -> anyhow::Result<u8> {
+/// Run the FIX exchange simulator (acceptor) until SIGTERM or SIGINT, over TLS with `tls`.
+pub(crate) async fn exchange_sim(
+    listen: SocketAddr,
+    comp_id: String,
+    tls: Option<TlsServer>,
+) -> anyhow::Result<u8> {
     let (mut term, mut int) = term_signals()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!("fix-exchange-sim {comp_id} listening on {listen}");
-    let engine = Engine::new(Vec::new(), Some(listener))
+    let mut engine = Engine::new(Vec::new(), Some(listener))
         .with_factory(Box::new(ExchangeSim::factory(comp_id)));
+    if let Some(t) = tls {
+        engine = engine.with_tls(t);
+    }
     let mut app = ExchangeSim::new();
     engine
         .run(&mut app, async {
@@ -140,6 +182,7 @@ async fn exchange_sim_durable(
     comp_id: String,
     dir: PathBuf,
     sync: SyncPolicy,
+    tls: Option<TlsServer>,
 ) -> anyhow::Result<u8> {
     let (mut term, mut int) = term_signals()?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -172,7 +215,10 @@ async fn exchange_sim_durable(
         let session = Session::new(cfg, store).ok()?;
         Some(SessionSlot::new(&sid.target_comp_id, session))
     };
-    let engine = Engine::new(Vec::new(), Some(listener)).with_factory(Box::new(factory));
+    let mut engine = Engine::new(Vec::new(), Some(listener)).with_factory(Box::new(factory));
+    if let Some(t) = tls {
+        engine = engine.with_tls(t);
+    }
     let mut app = ExchangeSim::new();
     engine
         .run(&mut app, async {
@@ -223,6 +269,23 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
     } else {
         drop(probe_tx);
     }
+    // The replication listener runs in every role: a standby mirrors the active's stores
+    // through it, an active refuses older actives through it (telling them they are stale).
+    let receiver = match &cfg.replication {
+        Some(r) => Some(Receiver::start(r.clone(), &cfg.store_dir).with_context(|| {
+            format!(
+                "cannot start replication (listen {}, store {})",
+                r.listen,
+                cfg.store_dir.display()
+            )
+        })?),
+        None => None,
+    };
+    let standby_health = || {
+        let mut h = Health::standby();
+        h.replication = receiver.as_ref().map(Receiver::health);
+        h
+    };
     let started_active = service.role() == Role::Active;
     if !started_active {
         println!(
@@ -241,14 +304,28 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
                     Some(Notice::Stop) | None => return Ok(0),
                 },
                 Some(p) = probes.recv() => {
-                    let _ = p.send(Health::standby());
+                    let _ = p.send(standby_health());
                 }
             }
         }
     }
     let epoch = service.epoch();
     tracing::info!(epoch, "fix-gateway activating");
+    if let Some(r) = &receiver {
+        // No mirror write after this: the stores are about to be opened from the copy.
+        match r.activate(epoch) {
+            Ok(()) => {}
+            Err(e @ ActivateError::Stale { .. }) => {
+                eprintln!("understudy: fix-gateway: {e}; not serving");
+                return Ok(EXIT_FENCED);
+            }
+            Err(e) => return Err(e).context("cannot activate replication"),
+        }
+    }
     let listen = cfg.listen;
+    let store_dir = cfg.store_dir.clone();
+    let replication = cfg.replication.clone();
+    let tls = cfg.tls.clone();
     let opened = tokio::task::spawn_blocking(move || Gateway::open(cfg, epoch))
         .await
         .context("store opening task failed")?;
@@ -263,7 +340,10 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    println!("fix-gateway: active, epoch {epoch}, clients on {listen}");
+    println!(
+        "fix-gateway: active, epoch {epoch}, clients on {listen}{}",
+        if tls.is_some() { " (TLS)" } else { "" }
+    );
     if started_active {
         if let Err(e) = service.acknowledge_async().await {
             tracing::warn!("cannot acknowledge the activation: {e}");
@@ -271,6 +351,15 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
     }
     let mut app = activated.gateway;
     let mut engine = Engine::new(activated.slots, Some(listener));
+    if let Some(r) = replication {
+        let group = GroupCommit::shared().context("cannot start the group-commit syncer")?;
+        let sender = Sender::start(r, &store_dir, epoch, group)
+            .context("cannot start replication to the standbys")?;
+        engine = engine.with_replication(sender);
+    }
+    if let Some(t) = tls {
+        engine = engine.with_tls(t);
+    }
     if has_admin {
         engine = engine.with_health_probes(probes, epoch);
     }

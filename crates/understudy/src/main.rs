@@ -198,6 +198,9 @@ enum Cmd {
         /// Refresh interval.
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
         interval: Duration,
+        /// Print one refresh as JSON (group, active node, events) and exit.
+        #[arg(long)]
+        json: bool,
     },
     /// The small built-in service that the demo and the benchmark protect.
     #[command(hide = true)]
@@ -258,10 +261,30 @@ fn check_builtin_service(command: &[String]) -> Option<Result<String, String>> {
                 Err(e) => Err(format!("the FIX gateway's configuration is wrong: {e}")),
             }
         }
-        Cmd::Price(price_cmd::PriceCmds::PriceServer { token_file, .. }) => {
-            match token_file.as_deref().map(price_cmd::read_token).transpose() {
-                Ok(_) => Ok("the price server's arguments are valid".to_string()),
-                Err(e) => Err(format!("the price server's token: {e:#}")),
+        Cmd::Price(price_cmd::PriceCmds::PriceServer {
+            token_file,
+            config,
+            tls_cert,
+            tls_key,
+            ..
+        }) => {
+            let file = config
+                .as_deref()
+                .map(price_cmd::config::load)
+                .transpose()
+                .map(Option::unwrap_or_default);
+            match (
+                token_file.as_deref().map(price_cmd::read_token).transpose(),
+                file,
+            ) {
+                (Err(e), _) => Err(format!("the price server's token: {e:#}")),
+                (_, Err(e)) => Err(format!("the price server's configuration: {e}")),
+                (Ok(_), Ok(file)) => {
+                    match price_cmd::server_tls(tls_cert.as_deref(), tls_key.as_deref(), &file) {
+                        Ok(_) => Ok("the price server's arguments are valid".to_string()),
+                        Err(e) => Err(format!("the price server's TLS: {e}")),
+                    }
+                }
             }
         }
         _ => Ok("the arguments of the understudy service are valid".to_string()),
@@ -489,12 +512,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Serve(args) => ctl_cmd::serve(args),
         Cmd::Ctl(args) => ctl_cmd::ctl(args),
         Cmd::Host(args) => ctl_cmd::host(args),
-        Cmd::Top { agent, interval } => {
-            understudy_top::run(
-                agent.client(Duration::from_millis(800))?,
-                &agent.agent,
-                interval,
-            )?;
+        Cmd::Top {
+            agent,
+            interval,
+            json,
+        } => {
+            let client = agent.client(Duration::from_millis(800))?;
+            if json {
+                print_json(&understudy_top::snapshot(&client, &agent.agent)?)?;
+            } else {
+                understudy_top::run(client, &agent.agent, interval)?;
+            }
             Ok(0)
         }
         Cmd::Price(c) => c.run(),

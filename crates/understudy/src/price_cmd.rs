@@ -5,9 +5,11 @@
 pub mod config;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use understudy_tls::{Pem, TlsClient, TlsServer};
 
 use crate::{init_logging, runtime};
 
@@ -51,6 +53,12 @@ pub enum PriceCmds {
         /// A file holding the secret clients must present in their Hello (none needed without).
         #[arg(long, value_name = "FILE")]
         token_file: Option<std::path::PathBuf>,
+        /// PEM certificate chain: clients must connect with TLS (or `tls_cert` in --config).
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of the certificate (or `tls_key` in --config).
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
     },
     /// A failover-aware price client: follows the group's active price server and keeps its
     /// subscriptions.
@@ -67,6 +75,12 @@ pub enum PriceCmds {
         /// A file holding the servers' token, if they require one.
         #[arg(long, value_name = "FILE")]
         token_file: Option<std::path::PathBuf>,
+        /// PEM CA certificate that signed the servers' certificates: connect with TLS.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// The name the servers' certificates must carry (default: each server's IP address).
+        #[arg(long, value_name = "NAME", requires = "tls_ca")]
+        tls_server_name: Option<String>,
     },
     /// (internal, `bench fanout`) Republish the exchange feed on nats-server.
     #[command(hide = true)]
@@ -93,7 +107,13 @@ impl PriceCmds {
                 fix: true,
                 sender_comp_id,
                 ..
-            } => return runtime()?.block_on(crate::fix_cmd::exchange_sim(listen, sender_comp_id)),
+            } => {
+                return runtime()?.block_on(crate::fix_cmd::exchange_sim(
+                    listen,
+                    sender_comp_id,
+                    None,
+                ))
+            }
             PriceCmds::ExchangeSim {
                 listen,
                 symbols,
@@ -110,6 +130,8 @@ impl PriceCmds {
                 http,
                 config,
                 token_file,
+                tls_cert,
+                tls_key,
             } => {
                 let file = match config.as_deref().map(config::load).transpose() {
                     Ok(f) => f.unwrap_or_default(),
@@ -124,15 +146,36 @@ impl PriceCmds {
                     eprintln!("understudy: price-server: give --upstream and --listen (or upstream and listen in --config)");
                     return Ok(2);
                 };
-                return price_server(upstream, listen, http.or(file.http), token_file.as_deref());
+                let tls = match server_tls(tls_cert.as_deref(), tls_key.as_deref(), &file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("understudy: configuration error: price-server: {e}");
+                        return Ok(2);
+                    }
+                };
+                return price_server(
+                    upstream,
+                    listen,
+                    http.or(file.http),
+                    token_file.as_deref(),
+                    tls,
+                );
             }
             PriceCmds::PriceClient {
                 servers,
                 subscribe,
                 json,
                 token_file,
+                tls_ca,
+                tls_server_name,
             } => {
                 let token = token_file.as_deref().map(read_token).transpose()?;
+                let tls = TlsClient::load_optional(
+                    Pem::opt("--tls-ca", tls_ca.as_deref()),
+                    tls_server_name.as_deref().map(|n| ("--tls-server-name", n)),
+                    None,
+                    None,
+                )?;
                 let servers = understudy_pricefeed::parse_servers(&servers).context("--servers")?;
                 let symbols = understudy_pricefeed::parse_symbols(&subscribe);
                 if symbols.is_empty() {
@@ -140,7 +183,7 @@ impl PriceCmds {
                 }
                 runtime()?
                     .block_on(understudy_pricefeed::run_price_client(
-                        servers, symbols, json, token,
+                        servers, symbols, json, token, tls,
                     ))
                     .context("price-client")?
             }
@@ -152,6 +195,19 @@ impl PriceCmds {
     }
 }
 
+/// The price server's TLS, from its flags or else its `--config` file; `None`: plain.
+pub fn server_tls(
+    tls_cert: Option<&std::path::Path>,
+    tls_key: Option<&std::path::Path>,
+    file: &config::PriceServerFile,
+) -> Result<Option<TlsServer>, understudy_tls::TlsError> {
+    TlsServer::load_optional(
+        Pem::opt("--tls-cert", tls_cert).or(Pem::opt("tls_cert", file.tls_cert.as_deref())),
+        Pem::opt("--tls-key", tls_key).or(Pem::opt("tls_key", file.tls_key.as_deref())),
+        None,
+    )
+}
+
 /// `understudy price-server`: the agent contract is set up first, before logging and the
 /// runtime's threads (see `understudy_sdk::init`).
 fn price_server(
@@ -159,6 +215,7 @@ fn price_server(
     listen: SocketAddr,
     http: Option<SocketAddr>,
     token_file: Option<&std::path::Path>,
+    tls: Option<TlsServer>,
 ) -> anyhow::Result<u8> {
     // Read before anything starts: a missing or empty file is a configuration error (exit 2).
     let token = match token_file.map(read_token).transpose() {
@@ -178,7 +235,7 @@ fn price_server(
     init_logging();
     runtime()?
         .block_on(understudy_pricefeed::run_price_server_with(
-            upstream, listen, http, token, service,
+            upstream, listen, http, token, tls, service,
         ))
         .context("price-server")?;
     Ok(0)

@@ -6,63 +6,12 @@
 #![allow(clippy::disallowed_methods)] // real processes run in real time: tests sleep on std threads
 
 mod common;
+mod pki;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-
-/// A CA and what it signed, as PEM files in `dir`.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    /// Client certificate and key in one file (what `--cert` takes).
-    client: PathBuf,
-}
-
-fn pki(dir: &Path, tag: &str) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, format!("understudy test CA {tag}"));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = p.self_signed(&ca_key).unwrap();
-
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_key = KeyPair::generate().unwrap();
-    let server = p.signed_by(&server_key, &ca, &ca_key).unwrap();
-
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "operator");
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_key = KeyPair::generate().unwrap();
-    let client = p.signed_by(&client_key, &ca, &ca_key).unwrap();
-
-    let write = |name: &str, text: String| {
-        let path = dir.join(format!("{tag}-{name}"));
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    Pki {
-        ca: write("ca.pem", ca.pem()),
-        server_cert: write("server.pem", server.pem()),
-        server_key: write("server.key", server_key.serialize_pem()),
-        client: write(
-            "client.pem",
-            format!("{}{}", client.pem(), client_key.serialize_pem()),
-        ),
-    }
-}
-
+use pki::{pki, Pki};
 /// Adds `node.*` keys (TOML lines) to node `name`'s configuration.
 fn add_node_keys(g: &Group, name: &str, lines: &str) {
     let cfg = &g.nodes[name].config;
@@ -140,6 +89,15 @@ fn the_admin_api_speaks_tls_to_the_cli_and_plain_http_only_to_its_own_host() {
         })
     });
     assert!(acked, "the service never acknowledged through plain HTTP");
+
+    // `top` reaches the TLS agent with the same flags (its --json refresh: the screen's data);
+    // without the CA it is refused.
+    let (code, out, err) = run_cli(&["top", "--agent", &admin, "--ca", &ca, "--json"]);
+    assert_eq!(code, 0, "top over TLS: {out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["active"], "a", "{out}");
+    let (code, out, _) = run_cli(&["top", "--agent", &url, "--json"]);
+    assert_ne!(code, 0, "top without the CA: {out}");
 
     // Plain HTTP from the listener's own address (the node's service) is served; from any
     // other address — 127.0.0.2 stands for another machine — it is closed unanswered.

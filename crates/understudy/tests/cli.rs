@@ -73,6 +73,8 @@ fn metrics_and_events_describe_a_failover() {
     let w = g.add_watched_pair();
     g.start_a_hot_then_b();
     g.wait_ready("b", 5 * S);
+    // The overlap checker below must see a's activity before the kill ends it.
+    g.wait_service_active("a", g.epoch("a"));
     g.kill9("a");
     g.wait_mode("b", "Hot", 5 * S);
     let e = g.epoch("b");

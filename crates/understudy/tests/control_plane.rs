@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{alive, check_overlaps, free_addr, run_cli, wait_until, Watcher, BIN};
+use common::{alive, check_overlaps, free_addr, run_cli, wait_until, Proc, Watcher, BIN};
 use plane_common::{agent_pid, agents_of, procs_with_marker, service_pid, Plane};
 use serde_json::{json, Value};
 
@@ -1028,4 +1028,219 @@ fn a_second_host_runs_what_is_placed_on_it() {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// `px` on `host` with the demo service logging to `log` and hot failover with `standbys`
+/// standbys there (`extra`: more `add-failover` flags), started and up: one node Hot, every
+/// standby ready.
+fn running_group(
+    plane: &Plane,
+    host: &str,
+    log: &std::path::Path,
+    standbys: usize,
+    extra: &[&str],
+) {
+    let log_s = log.display().to_string();
+    let server = [
+        "add-server",
+        "px",
+        "--host",
+        host,
+        "--",
+        BIN,
+        "demo-service",
+        "--log",
+        &log_s,
+    ];
+    let (code, v) = plane.ctl(&server);
+    assert_eq!(code, 0, "{v}");
+    let mut args = vec!["add-failover", "px", "--standby", "hot"];
+    for _ in 0..standbys {
+        args.extend(["--standby-host", host]);
+    }
+    args.extend_from_slice(extra);
+    let (code, v) = plane.ctl(&args);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = plane.ctl(&["start-failover", "px"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let nodes = plane.nodes("px");
+            nodes.len() == standbys + 1
+                && nodes.iter().filter(|n| n["mode"] == "Hot").count() == 1
+                && nodes
+                    .iter()
+                    .all(|n| n["mode"] == "Hot" || n["ready"] == true)
+        }),
+        "the group did not come up: {:?}",
+        plane.nodes("px")
+    );
+}
+
+/// `understudy host --name h2` for `plane`, its data directory beside the plane's (`<data>-h2`:
+/// the plane's clean-up, which matches its data directory in command lines, also ends what
+/// h2 started).
+fn second_host(plane: &Plane) -> (Proc, std::path::PathBuf) {
+    let hdata = std::path::PathBuf::from(format!("{}-h2", plane.data.display()));
+    let host = Proc::spawn(
+        Command::new(BIN)
+            .args(["host", "--control", &plane.addr, "--name", "h2"])
+            .args(["--advertise", "127.0.0.1", "--data"])
+            .arg(&hdata)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("understudy host");
+    assert!(
+        wait_until(Duration::from_secs(15), || plane.get("/api/hosts").1
+            ["hosts"]
+            .as_array()
+            .is_some_and(|h| h
+                .iter()
+                .any(|x| x["name"] == "h2" && x["connected"] == true))),
+        "the host did not register"
+    );
+    (host, hdata)
+}
+
+/// The Hot node of `px` and its epoch, once its service logged that it acts with that epoch
+/// (a kill before that line would leave the overlap checker an interval it cannot see).
+fn active_logged(plane: &Plane, log: &std::path::Path) -> (String, u64) {
+    let mut hot = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            hot = plane
+                .nodes("px")
+                .into_iter()
+                .find(|n| n["mode"] == "Hot")
+                .and_then(|n| Some((n["name"].as_str()?.to_string(), n["epoch"].as_u64()?)));
+            hot.as_ref().is_some_and(|(node, epoch)| {
+                common::read_log(log)
+                    .iter()
+                    .any(|l| &l.node == node && l.event == "active" && l.epoch == *epoch)
+            })
+        }),
+        "no active whose service logged its activity: {:?}",
+        plane.nodes("px")
+    );
+    hot.unwrap_or_default()
+}
+
+/// A node Hot with an epoch above `above`, waited for.
+fn new_active(plane: &Plane, above: u64, within: Duration) -> (String, u64) {
+    let mut hot = None;
+    wait_until(within, || {
+        hot = plane
+            .nodes("px")
+            .into_iter()
+            .find(|n| n["mode"] == "Hot" && n["epoch"].as_u64().is_some_and(|e| e > above))
+            .and_then(|n| Some((n["name"].as_str()?.to_string(), n["epoch"].as_u64()?)));
+        hot.is_some()
+    });
+    hot.unwrap_or_else(|| panic!("no new active above epoch {above}: {:?}", plane.nodes("px")))
+}
+
+/// Issue 10's item 8 at every instant: every node of a running group learns that its
+/// configuration changed before anything else changes, and from then on a standby never takes
+/// over with the old one. The group runs on a second host, which asks for what to run every
+/// 250 ms: the active dies the moment the import has changed the configuration, long before
+/// the host restarts the standbys, and whoever takes over runs the new configuration (it logs
+/// to another file).
+#[test]
+fn a_standby_whose_configuration_changed_never_takes_over_with_the_old_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (old_log, new_log) = (dir.path().join("old.log"), dir.path().join("new.log"));
+    let plane = Plane::start(&data, &free_addr());
+    let (_host, hdata) = second_host(&plane);
+    running_group(&plane, "h2", &old_log, 2, &[]);
+    let watcher = Watcher::start(plane.node_addrs("px"));
+    let (active, epoch) = active_logged(&plane, &old_log);
+    let agent = agent_pid(&hdata, &active).expect("the active's agent");
+
+    let (_, mut cfg) = plane.get("/api/config");
+    cfg["servers"][0]["server"]["service"]["command"] =
+        json!([BIN, "demo-service", "--log", new_log.display().to_string()]);
+    let (code, v) = plane.send(
+        "POST",
+        "/api/config/import",
+        json!({"servers": cfg["servers"], "apply": true}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["report"]["rolling"], json!(["px"]), "{v}");
+    common::signal(agent, nix::sys::signal::Signal::SIGKILL);
+
+    let (new, new_epoch) = new_active(&plane, epoch, Duration::from_secs(30));
+    assert!(
+        wait_until(Duration::from_secs(10), || common::read_log(&new_log)
+            .iter()
+            .any(|l| l.node == new
+                && l.event == "active"
+                && l.epoch == new_epoch)),
+        "the new active {new} (epoch {new_epoch}) does not run the new configuration"
+    );
+    let stale: Vec<_> = common::read_log(&old_log)
+        .into_iter()
+        .filter(|l| l.event == "active" && l.epoch > epoch)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "a node took over with the old configuration: {stale:?}"
+    );
+    watcher.finish();
+    let both = dir.path().join("both.log");
+    let text = std::fs::read_to_string(&old_log).unwrap_or_default()
+        + &std::fs::read_to_string(&new_log).unwrap_or_default();
+    std::fs::write(&both, text).expect("merged log");
+    check_overlaps(&both);
+    assert_eq!(plane.ctl(&["stop-failover", "px"]).0, 0);
+    assert_eq!(plane.ctl(&["stop-server", "px"]).0, 0);
+}
+
+/// `add-failover --preferred px-2 --failback 1s`: px-2's agent has the higher `node.priority`;
+/// it is the active at start, and after a kill -9 of its agent and its restart as a standby,
+/// activity comes back to it.
+#[test]
+fn the_preferred_node_is_active_at_start_and_again_after_a_failover_with_failback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("service.log");
+    let plane = Plane::start(&data, &free_addr());
+    running_group(
+        &plane,
+        "local",
+        &log,
+        2,
+        &["--preferred", "px-2", "--failback", "1s"],
+    );
+    let cfg = std::fs::read_to_string(data.join("nodes/px-2.toml")).expect("px-2's configuration");
+    assert!(
+        cfg.contains("priority = 1") && cfg.contains("failback = \"1s\""),
+        "{cfg}"
+    );
+    let other =
+        std::fs::read_to_string(data.join("nodes/px-1.toml")).expect("px-1's configuration");
+    assert!(!other.contains("priority"), "{other}");
+    assert_eq!(plane.server("px")["failover"]["failback"], "1s");
+
+    let watcher = Watcher::start(plane.node_addrs("px"));
+    let (active, epoch) = active_logged(&plane, &log);
+    assert_eq!(
+        active, "px-2",
+        "the preferred node is not the active at start"
+    );
+    let agent = agent_pid(&data, "px-2").expect("px-2's agent");
+    common::signal(agent, nix::sys::signal::Signal::SIGKILL);
+    let (taker, taken) = new_active(&plane, epoch, Duration::from_secs(10));
+    assert_ne!(taker, "px-2");
+    // Its host starts px-2 again; a ready standby for 1 s, it gets activity back.
+    let (back, _) = new_active(&plane, taken, Duration::from_secs(30));
+    assert_eq!(
+        back, "px-2",
+        "activity did not come back to the preferred node"
+    );
+    watcher.finish();
+    check_overlaps(&log);
+    assert_eq!(plane.ctl(&["stop-failover", "px"]).0, 0);
+    assert_eq!(plane.ctl(&["stop-server", "px"]).0, 0);
 }

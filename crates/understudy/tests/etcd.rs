@@ -274,6 +274,7 @@ fn a_standby_cut_off_from_etcd_is_not_ready_until_it_reaches_etcd_again() {
         .to_string();
     let w = g.watch();
     let epoch = g.epoch("a");
+    g.wait_service_active("a", epoch);
     cut_between(&mb, &etcd_ip);
     let s = g.wait_status("b", "not ready while cut off from etcd", 5 * S, |s| {
         s["ready"] == false

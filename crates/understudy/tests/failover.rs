@@ -192,7 +192,9 @@ fn service_crash_while_active_fails_over_and_the_node_comes_back_as_standby() {
         ev.contains(&spid.to_string()),
         "the events name the dead pid {spid}: {ev}"
     );
-    // And it takes over again when needed.
+    // And it takes over again when needed (once b's service has logged its activity, which
+    // the overlap checker counts).
+    g.wait_service_active("b", g.epoch("b"));
     g.kill9("b");
     g.wait_mode("a", "Hot", 5 * S);
     w.finish();
@@ -456,6 +458,7 @@ fn post_ack(admin: &str, body: &str) -> u16 {
 #[test]
 fn the_active_service_acknowledges_its_epoch_in_the_takeover_timeline() {
     let (mut g, w) = ready_pair(Group::new("trylock", "hot"));
+    active_service(&g, "a");
     g.kill9("a");
     g.wait_mode("b", "Hot", 5 * S);
     let (e, pid) = active_service(&g, "b");

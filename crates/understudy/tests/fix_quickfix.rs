@@ -6,6 +6,11 @@
 //! sequence numbers continuing, every order gets its reports exactly once, and a
 //! ResendRequest is answered from the store.
 //!
+//! The same with replication (`replication.mode = "sync"`, each gateway on its own store,
+//! no shared directory): kill -9 of the active's agent and gateway, the standby takes over from
+//! its own copy; and the standby's stream cut first (SIGSTOP of the standby gateway): the
+//! active holds its messages `sync_timeout`, then goes on alone, and says so.
+//!
 //! Without g++ or libquickfix-dev it fails under `CI=true` and is counted as skipped elsewhere
 //! (`skip/mod.rs`).
 #![allow(clippy::disallowed_methods)] // test drivers may block
@@ -21,7 +26,10 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fix_common::{gateway_group, names, pair, start_active_then_standby, Pair, Proc};
+use fix_common::{
+    gateway_group, gateway_group_with, names, pair, start_active_then_standby, Pair, Proc,
+    Replicated,
+};
 
 /// One line of the QuickFIX program's output, `KIND key=value …`, with when it was read.
 #[derive(Debug, Clone)]
@@ -164,6 +172,29 @@ impl QuickFix {
         );
         let _ = self.child.0.wait();
         self.lines
+    }
+}
+
+impl QuickFix {
+    /// Sends the barrier order `y1` (added to `all`) and waits for its fill — the exchange
+    /// answers a session in order and the gateway forwards in order, so once a later order is
+    /// filled, every report (and copy forwarded again) caused by the earlier ones has arrived —
+    /// then logs out. Asserts no sequence reset anywhere and every order of `all` answered
+    /// exactly once; returns every line.
+    fn settle_and_quit(mut self, all: &mut Vec<String>) -> Vec<Line> {
+        self.cmd("order y1 XYZ 10 market");
+        self.wait_filled(&["y1".to_owned()], Duration::from_secs(20));
+        all.push("y1".into());
+        let lines = self.quit();
+        for l in &lines {
+            assert!(
+                !(l.get("reset") == "Y" || (l.get("type") == "4" && l.get("gapfill") == "N")),
+                "sequence reset: {}",
+                l.text
+            );
+        }
+        check_exactly_once(&lines, all);
+        lines
     }
 }
 
@@ -315,21 +346,7 @@ fn quickfix_initiator_carries_on_with_the_standby_after_kill_9_of_the_active_age
     all.extend(names("k", 10));
     all.extend(names("a", 10));
     qf.wait_filled(&all, Duration::from_secs(20));
-    // A barrier instead of a pause before quitting: the exchange answers a session in order and
-    // the gateway forwards in order, so once a later order is filled, every report (and copy
-    // forwarded again) caused by the earlier ones has arrived.
-    qf.cmd("order y1 XYZ 10 market");
-    qf.wait_filled(&["y1".to_owned()], Duration::from_secs(20));
-    all.push("y1".into());
-    let run1 = qf.quit();
-    for l in &run1 {
-        assert!(
-            !(l.get("reset") == "Y" || (l.get("type") == "4" && l.get("gapfill") == "N")),
-            "sequence reset: {}",
-            l.text
-        );
-    }
-    check_exactly_once(&run1, &all);
+    let run1 = qf.settle_and_quit(&mut all);
     println!(
         "across the failover: {} orders resent by QuickFIX (PossDupFlag=Y), {} reports resent or forwarded again by the gateway (PossDupFlag=Y), {} of them forwarded again (PossResend=Y too)",
         run1.iter()
@@ -422,4 +439,414 @@ fn quickfix_initiator_carries_on_with_the_standby_after_kill_9_of_the_active_age
     all.push("z1".into());
     check_exactly_once(&everything, &all);
     g.stop_all();
+}
+
+/// `GET /health` of a gateway's `[admin] http`, as JSON.
+fn gateway_health(addr: SocketAddr) -> Option<serde_json::Value> {
+    let (code, body) = testbed::http(
+        "GET",
+        &addr.to_string(),
+        "/health",
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+fn wait_health(addr: SocketAddr, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = gateway_health(addr);
+        if h.as_ref().is_some_and(&f) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: last health {h:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// QuickFIX in front of a replicated pair: returns the pieces and QuickFIX logged on to a.
+struct ReplicatedRig {
+    dir: tempfile::TempDir,
+    repl: Replicated,
+    pair: Pair,
+    g: testbed::Group,
+    watcher: testbed::Watcher,
+    qf_bin: PathBuf,
+    settings: PathBuf,
+}
+
+fn replicated_rig(test: &str) -> Option<ReplicatedRig> {
+    if let Some(why) = understudy_fix::quickfix::unavailable() {
+        skip::skip(test, &why);
+        return None;
+    }
+    let bin_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickfix");
+    let qf_bin =
+        understudy_fix::quickfix::build("qf_initiator", &bin_dir).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let repl = Replicated::new(dir.path(), "sync").expect("replication settings");
+    let pair = pair(dir.path(), |i| repl.extra(dir.path(), i));
+    let mut g = gateway_group_with(&pair.cfgs, Some(&repl));
+    let watcher = g.watch();
+    start_active_then_standby(&mut g, pair.ports[0]);
+    // Ready (the agent says so) only once in sync: its gateway says it too.
+    wait_health(repl.health[1], "standby in sync", |h| {
+        h["role"] == "standby" && h["replication"]["ready"] == true
+    });
+    let settings = qf_settings(dir.path(), &pair.ports);
+    Some(ReplicatedRig {
+        dir,
+        repl,
+        pair,
+        g,
+        watcher,
+        qf_bin,
+        settings,
+    })
+}
+
+#[test]
+fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_active() {
+    let Some(mut r) = replicated_rig(
+        "replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_active",
+    ) else {
+        return;
+    };
+    let mut qf = QuickFix::start(&r.qf_bin, &r.settings, &r.dir.path().join("qf-1.err"));
+    let t = Duration::from_secs(15);
+    qf.wait_for(t, |l| l.kind == "LOGON").expect("first logon");
+    qf.cmd("burst b 20 2");
+    qf.wait_filled(&names("b", 20), t);
+    let h = gateway_health(r.repl.health[0]).expect("active health");
+    assert_eq!(h["replication"]["peers"][0]["in_sync"], true, "{h}");
+    assert_eq!(h["replication"]["degraded"], false, "{h}");
+    assert!(!r.pair.store.exists(), "a shared store directory was used");
+    // `understudy status` shows the standby in sync, with its lag.
+    let admin = r.g.admin("a");
+    let (code, out, err) =
+        testbed::run_cli(fix_common::EXE.as_ref(), &["status", "--agent", &admin]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("service: replication=sync in-sync lag=")
+            && out.contains("service: replication=sync standbys-in-sync=1/1"),
+        "{out}"
+    );
+
+    // Orders flowing at a steady rate (one every 5 ms) when the active's agent and gateway
+    // are killed together.
+    let gw_a = r.g.service_pid("a").expect("gateway a pid");
+    qf.cmd("burst k 20 5");
+    std::thread::sleep(Duration::from_millis(30));
+    let killed_at = Instant::now();
+    r.g.kill9("a");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw_a as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    r.g.wait_hot("b").expect("b hot");
+    let logon2 = qf
+        .wait_for(Duration::from_secs(20), |l| {
+            l.kind == "LOGON" && l.at >= killed_at
+        })
+        .unwrap_or_else(|| panic!("no logon to the new active: {}", qf.transcript()));
+    println!(
+        "kill -9 → QuickFIX logged on to the new active (its own store copy): {:.0} ms",
+        (logon2.at - killed_at).as_secs_f64() * 1e3
+    );
+    let after: Vec<&Line> = qf.lines.iter().filter(|l| l.at >= killed_at).collect();
+    let recv_logon2 = after
+        .iter()
+        .find(|l| l.is("RECV_ADMIN", "A"))
+        .expect("second Logon answer");
+    assert_eq!(recv_logon2.get("reset"), "N", "{}", recv_logon2.text);
+    assert!(
+        recv_logon2.num("seq") > 60,
+        "the gateway's MsgSeqNum continues from the copy: {}",
+        recv_logon2.text
+    );
+    let h = gateway_health(r.repl.health[1]).expect("new active health");
+    assert_eq!(h["role"], "active", "{h}");
+
+    qf.cmd("burst a 10 2");
+    let mut all = names("b", 20);
+    all.extend(names("k", 20));
+    all.extend(names("a", 10));
+    qf.wait_filled(&all, Duration::from_secs(20));
+    // No order or report lost; every report seen twice carries PossDupFlag=Y.
+    qf.settle_and_quit(&mut all);
+    let rep = r.watcher.finish();
+    println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
+    r.g.stop_all();
+}
+
+/// The standby stopped answering at `cut_at`: order `h1`'s reports are held until
+/// `sync_timeout` after the standby's last acknowledgement (a heartbeat round trip every
+/// 100 ms before), then the active goes on alone and says `degraded`, and orders `d1`..`d5`
+/// do not wait.
+fn held_then_degraded(qf: &mut QuickFix, repl: &Replicated, cut_at: Instant) {
+    qf.cmd("order h1 XYZ 10 market");
+    qf.wait_filled(&["h1".to_owned()], Duration::from_secs(15));
+    let held = qf
+        .lines
+        .iter()
+        .find(|l| l.kind == "EXEC" && l.get("cl") == "h1")
+        .map(|l| l.at - cut_at)
+        .expect("h1 report");
+    let sync_timeout = humantime::parse_duration(repl.sync_timeout).expect("duration");
+    assert!(
+        held + Duration::from_millis(150) >= sync_timeout && held < sync_timeout * 3,
+        "first report after the cut came {held:?} after it (sync_timeout {sync_timeout:?})"
+    );
+    println!("standby cut off: the active held its sends {held:?}, then went on alone");
+    let h = gateway_health(repl.health[0]).expect("active health");
+    assert_eq!(h["replication"]["degraded"], true, "{h}");
+    assert_eq!(h["replication"]["peers"][0]["in_sync"], false, "{h}");
+    let t0 = Instant::now();
+    qf.cmd("burst d 5 2");
+    qf.wait_filled(&names("d", 5), Duration::from_secs(10));
+    assert!(t0.elapsed() < sync_timeout, "{:?}", t0.elapsed());
+}
+
+/// The standby is back and ready: order `z1` makes the active synchronous again; then every
+/// order of the run (`b1`..`b5`, `h1`, `d1`..`d5`, `z1`) answered exactly once.
+fn synchronous_again_and_quit(mut qf: QuickFix, repl: &Replicated) {
+    qf.cmd("order z1 XYZ 10 market");
+    qf.wait_filled(&["z1".to_owned()], Duration::from_secs(10));
+    wait_health(repl.health[0], "synchronous again", |h| {
+        h["replication"]["degraded"] == false
+    });
+    let mut all = names("b", 5);
+    all.push("h1".into());
+    all.extend(names("d", 5));
+    all.push("z1".into());
+    qf.settle_and_quit(&mut all);
+}
+
+/// The standby's stream is cut first (its gateway frozen with SIGSTOP: it neither reads nor
+/// acknowledges). With `sync` the active holds what it would send for `sync_timeout`, then
+/// degrades to asynchronous and carries on alone; its health says `degraded`, the frozen
+/// standby is not ready once it resumes, and catches up before it is ready again.
+#[test]
+fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknowledging() {
+    let Some(mut r) = replicated_rig(
+        "replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknowledging",
+    ) else {
+        return;
+    };
+    let mut qf = QuickFix::start(&r.qf_bin, &r.settings, &r.dir.path().join("qf-1.err"));
+    let t = Duration::from_secs(15);
+    qf.wait_for(t, |l| l.kind == "LOGON").expect("first logon");
+    qf.cmd("burst b 5 2");
+    qf.wait_filled(&names("b", 5), t);
+
+    let gw_b = r.g.service_pid("b").expect("gateway b pid");
+    let pid = nix::unistd::Pid::from_raw(gw_b as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    held_then_degraded(&mut qf, &r.repl, Instant::now());
+    // The standby resumes: not ready until it has caught up, then ready again, and the
+    // active synchronous again.
+    // (Its agent may have stopped it meanwhile for failing its health check: either way.)
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    wait_health(r.repl.health[1], "standby in sync again", |h| {
+        h["replication"]["ready"] == true
+    });
+    r.g.wait_ready_standby("b").expect("b ready again");
+    synchronous_again_and_quit(qf, &r.repl);
+    r.watcher.finish();
+    r.g.stop_all();
+}
+
+/// A replicated pair across "machines": the two gateways and their agents each in a network
+/// namespace of their own (a and b on a bridge), QuickFIX and the exchange simulator outside
+/// both. QuickFIX is logged on to a.
+struct NetnsRig {
+    _lab: testbed::netns::Lab,
+    ma: testbed::netns::Machine,
+    mb: testbed::netns::Machine,
+    _dir: tempfile::TempDir,
+    _sim: Proc,
+    repl: Replicated,
+    g: testbed::Group,
+    watcher: testbed::Watcher,
+    qf: QuickFix,
+}
+
+fn netns_rig(test: &str) -> Option<NetnsRig> {
+    if let Some(why) = understudy_fix::quickfix::unavailable() {
+        skip::skip(test, &why);
+        return None;
+    }
+    let mut lab = match testbed::netns::Lab::new() {
+        Ok(l) => l,
+        Err(e) => {
+            skip::skip(test, &format!("no network namespaces here: {e}"));
+            return None;
+        }
+    };
+    let ma = lab.machine("a").expect("machine a");
+    let mb = lab.machine("b").expect("machine b");
+    let bin_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickfix");
+    let qf_bin =
+        understudy_fix::quickfix::build("qf_initiator", &bin_dir).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let at =
+        |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().expect("address") };
+    // The simulator on this side of the bridge, reachable from both machines.
+    let sim_port = fix_common::free_port().expect("port");
+    let sim = at(&lab.address(1), sim_port);
+    let mut cmd = testbed::proc::understudy(
+        fix_common::EXE.as_ref(),
+        &[
+            "fix-exchange-sim",
+            "--listen",
+            &sim.to_string(),
+            "--sender-comp-id",
+            "EXCH",
+        ],
+    );
+    testbed::proc::log_to(&mut cmd, &dir.path().join("sim.log")).expect("sim log");
+    let sim_proc = Proc::spawn(&mut cmd).expect("sim");
+    assert!(testbed::wait_port(sim, Duration::from_secs(10)), "sim");
+
+    let ports = [at(&ma.ip, 9878), at(&mb.ip, 9878)];
+    let repl = Replicated::on(
+        dir.path(),
+        "sync",
+        [at(&ma.ip, 9880), at(&mb.ip, 9880)],
+        [at(&ma.ip, 9879), at(&mb.ip, 9879)],
+    )
+    .expect("replication settings");
+    let cfgs = [0, 1].map(|i| {
+        fix_common::gateway_config(
+            dir.path(),
+            &format!("gw-{}", fix_common::NODES[i]),
+            ports[i],
+            &dir.path().join("unused-shared-store"),
+            sim,
+            &repl.extra(dir.path(), i),
+        )
+    });
+    let mut g = gateway_group_with(&cfgs, Some(&repl));
+    for (name, m) in [("a", &ma), ("b", &mb)] {
+        // The agent's admin API on its machine's address, which this side reaches.
+        let node = g.nodes.get_mut(name).expect("node");
+        let admin = format!("{}:7700", m.ip);
+        let text = std::fs::read_to_string(&node.config).expect("config");
+        std::fs::write(&node.config, text.replace(&node.admin, &admin)).expect("config");
+        node.admin = admin;
+        g.launchers
+            .insert(name.to_string(), testbed::netns::Lab::launcher(m));
+    }
+    let watcher = g.watch();
+    start_active_then_standby(&mut g, ports[0]);
+    wait_health(repl.health[1], "standby in sync", |h| {
+        h["replication"]["ready"] == true
+    });
+    let settings = qf_settings(dir.path(), &ports);
+    let mut qf = QuickFix::start(&qf_bin, &settings, &dir.path().join("qf-1.err"));
+    qf.wait_for(Duration::from_secs(15), |l| l.kind == "LOGON")
+        .expect("first logon");
+    Some(NetnsRig {
+        _lab: lab,
+        ma,
+        mb,
+        _dir: dir,
+        _sim: sim_proc,
+        repl,
+        g,
+        watcher,
+        qf,
+    })
+}
+
+/// Machine loss: every process of the active's machine killed at once while orders flow; b
+/// takes over from its own copy.
+#[test]
+fn replicated_sync_standby_takes_over_when_the_active_machine_is_lost() {
+    let Some(mut r) =
+        netns_rig("replicated_sync_standby_takes_over_when_the_active_machine_is_lost")
+    else {
+        return;
+    };
+    let t = Duration::from_secs(15);
+    r.qf.cmd("burst b 10 2");
+    r.qf.wait_filled(&names("b", 10), t);
+    r.qf.cmd("burst k 20 5");
+    std::thread::sleep(Duration::from_millis(30));
+    let lost_at = Instant::now();
+    testbed::netns::Lab::kill_all(&r.ma);
+    r.g.wait_hot("b").expect("b hot after machine a was lost");
+    let logon2 =
+        r.qf.wait_for(Duration::from_secs(20), |l| {
+            l.kind == "LOGON" && l.at >= lost_at
+        })
+        .unwrap_or_else(|| panic!("no logon to the new active: {}", r.qf.transcript()));
+    println!(
+        "machine a lost → QuickFIX logged on to b (its own store copy): {:.0} ms",
+        (logon2.at - lost_at).as_secs_f64() * 1e3
+    );
+    r.qf.cmd("burst a 5 2");
+    let mut all = names("b", 10);
+    all.extend(names("k", 20));
+    all.extend(names("a", 5));
+    r.qf.wait_filled(&all, Duration::from_secs(20));
+    r.qf.settle_and_quit(&mut all);
+    r.watcher.finish();
+    r.g.stop_all();
+}
+
+/// The standby's link cut first (its machine's interface down): with `sync` the active holds
+/// what it would send until `sync_timeout` after it last heard from the standby, then goes on
+/// alone (degraded, in its health); the cut-off standby is not ready, so it does not take
+/// over. Link back: it catches up, is ready again, and the active is synchronous again.
+#[test]
+fn replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby_is_not_ready() {
+    let Some(mut r) = netns_rig(
+        "replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby_is_not_ready",
+    ) else {
+        return;
+    };
+    let t = Duration::from_secs(15);
+    r.qf.cmd("burst b 5 2");
+    r.qf.wait_filled(&names("b", 5), t);
+    testbed::netns::Lab::link_down(&r.mb).expect("cut b's link");
+    held_then_degraded(&mut r.qf, &r.repl, Instant::now());
+    testbed::netns::Lab::link_up(&r.mb).expect("link back");
+    // Back: reported not in sync at first (its window ended during the cut), then caught up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_not_ready = false;
+    loop {
+        if let Some(h) = gateway_health(r.repl.health[1]) {
+            if h["replication"]["ready"] == false {
+                saw_not_ready = true;
+            }
+            if h["replication"]["ready"] == true {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "b never in sync again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    r.g.wait_ready_standby("b").expect("b ready again");
+    // Its agent recorded that it was not ready while cut off (its gateway out of sync).
+    let events = r.g.events("b");
+    println!(
+        "standby back: its gateway said not in sync: {saw_not_ready}; b's events: {:?}",
+        r.g.event_kinds("b")
+    );
+    assert!(
+        events["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "not_ready"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("not in sync with the active")))),
+        "{events}"
+    );
+    synchronous_again_and_quit(r.qf, &r.repl);
+    r.watcher.finish();
+    r.g.stop_all();
 }

@@ -4,7 +4,7 @@
 //! recorded; the client library given the token gets its prices. Real processes, real sockets.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use testbed::price::recorder;
@@ -19,30 +19,18 @@ const EXE: &str = env!("CARGO_BIN_EXE_understudy");
 const TOKEN: &str = "k2Jx0-price-secret";
 
 async fn start(dir: &Path) -> (Proc, Proc, SocketAddr, SocketAddr) {
-    let addrs = testbed::free_addrs(3).expect("ports");
-    let (ex, listen, http) = (addrs[0], addrs[1], addrs[2]);
-    let exe = PathBuf::from(EXE);
-    let exchange = recorder::start_exchange(&exe, ex, 20, 1000, Some(&dir.join("ex.log")))
-        .await
-        .expect("exchange");
+    let http = testbed::free_addrs(1).expect("port")[0];
     let token_file = dir.join("price.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-    let mut args = recorder::price_server_command(&exe, ex, listen);
-    args.remove(0);
-    args.extend([
+    let args = [
         "--http".to_string(),
         http.to_string(),
         "--token-file".to_string(),
         token_file.display().to_string(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = testbed::proc::understudy(&exe, &args);
-    testbed::proc::log_to(&mut cmd, &dir.join("px.log")).expect("log");
-    let server = Proc::spawn(&mut cmd).expect("price server");
-    assert!(
-        testbed::http::wait_port(listen, Duration::from_secs(10)),
-        "the price server does not listen"
-    );
+    ];
+    let (exchange, server, listen) = recorder::start_standalone(EXE.as_ref(), dir, &args)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     (exchange, server, listen, http)
 }
 

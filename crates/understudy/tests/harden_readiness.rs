@@ -65,6 +65,7 @@ fn a_standby_whose_service_cannot_start_is_not_ready_and_does_not_take_over() {
 
     let epoch = g.epoch("a");
     let before = epoch_file(&g);
+    g.wait_service_active("a", epoch);
     g.kill9("a");
     // Without the rule b would be granted the lock within milliseconds and go Hot with no
     // service; it stays Warm, takes no epoch, and keeps saying why.

@@ -40,6 +40,8 @@ fn a_active_b_ready(g: &mut Group) -> common::Watcher {
     let w = g.add_watched_pair();
     g.start_a_hot_then_b();
     g.wait_ready("b", Duration::from_secs(20));
+    // A kill before a's service logged its activity would hide it from the overlap checker.
+    g.wait_service_active("a", g.epoch("a"));
     w
 }
 

@@ -27,6 +27,7 @@ fn json_logs_carry_node_group_and_the_takeover_figures() {
     g.start_with("b", &["--log-format", "json"], &[]);
     g.wait_ready("b", Duration::from_secs(20));
     let w = g.watch();
+    g.wait_service_active("a", g.epoch("a"));
     g.kill9("a");
     g.wait_mode("b", "Hot", Duration::from_secs(10));
     let epoch = g.epoch("b");

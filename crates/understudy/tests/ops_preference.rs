@@ -49,6 +49,8 @@ fn c_active_b_then_a_ready() -> (Group, common::Watcher) {
     g.wait_ready("b", Duration::from_secs(20));
     g.start("a");
     g.wait_ready("a", Duration::from_secs(20));
+    // A kill before c's service logged its activity would hide it from the overlap checker.
+    g.wait_service_active("c", g.epoch("c"));
     (g, w)
 }
 
@@ -112,6 +114,7 @@ fn failback_hands_activity_back_to_the_preferred_node_once_it_is_ready() {
     g.wait_mode("a", "Hot", Duration::from_secs(10));
     g.start("b");
     g.wait_ready("b", Duration::from_secs(20));
+    g.wait_service_active("a", g.epoch("a"));
     g.kill9("a");
     g.wait_mode("b", "Hot", Duration::from_secs(10));
     g.start("a");

@@ -177,6 +177,8 @@ fn the_shipped_unit_runs_the_agent_under_real_systemd() {
         .unwrap_or_else(|e| panic!("{e}\n{}", g.output("b")));
     g.wait_ready("b", Duration::from_secs(20));
     let epoch = g.epoch("a");
+    // The overlap checker below must see a's activity before the freeze ends it.
+    g.wait_service_active("a", epoch);
     assert!(
         wait_until(Duration::from_secs(5), || m
             .show("understudy@a", "StatusText")

@@ -216,11 +216,17 @@ fn the_openapi_document_matches_the_router_and_real_answers() {
         ),
         (b.as_str(), "put", "/service/activationmode/hot", None, 409),
         (a.as_str(), "post", "/service/release", None, 409),
+        // The active told that its configuration changed keeps acting; b takes over below.
+        (a.as_str(), "put", "/config/wanted/1", None, 200),
         (a.as_str(), "post", "/service/switchover?to=b", None, 200),
     ];
     let mut covered = BTreeSet::new();
     for (addr, method, target, body, want) in calls {
         let path = target.split('?').next().unwrap_or(target);
+        let path = match path.strip_prefix("/config/wanted/") {
+            Some(_) => "/config/wanted/{generation}",
+            None => path,
+        };
         covered.insert((method.to_string(), path.to_string()));
         let (code, ctype, text) = request(addr, &method.to_uppercase(), target, body.as_ref());
         assert_eq!(code, want, "{method} {target}: {text}");
@@ -248,6 +254,19 @@ fn the_openapi_document_matches_the_router_and_real_answers() {
         }
     }
     assert_eq!(covered, documented, "an operation was not called");
+    // The former active still runs the configuration it was told is outdated: it stays aside.
+    let st = g.wait_status(
+        "a",
+        "a standby aside for its configuration",
+        Duration::from_secs(10),
+        |s| {
+            s["mode"] == "Warm"
+                && s["waiting"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("configuration changed"))
+        },
+    );
+    assert_eq!(st["ready"], false, "{st}");
     w.finish();
 }
 

@@ -154,16 +154,27 @@ fn a_slow_client_does_not_delay_a_fast_one() {
             .expect("subscribe");
         sock
     });
-    // Wait until the slow client is really stalled: its receive buffer is full, so the kernel
-    // holds the server's unsent bytes toward it, and from now on the server must conflate.
+    // Wait until the slow client is really stalled: the server's writes to it block, and from
+    // now on the server must conflate. Bytes queued toward it (`tx_queue`) are not enough: the
+    // kernel grows the server's send buffer (up to `net.ipv4.tcp_wmem`'s maximum, megabytes),
+    // so for seconds the server still writes every price to it, as to a client of 200
+    // instruments that keeps up; on a loaded machine that is what starved the fast client.
+    // Stalled is a queue that stopped growing.
     let slow_port = slow.local_addr().expect("slow client's address").port();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tx_queue(addr.port(), slow_port).unwrap_or(0) == 0 {
+    let queued = || tx_queue(addr.port(), slow_port).unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = queued();
+    loop {
+        g.sleep(Duration::from_millis(500));
+        let now = queued();
+        if now > 0 && now == last {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the server's writes to the stalled client never backed up"
+            "the server's writes to the stalled client never blocked ({now} bytes queued)"
         );
-        g.sleep(Duration::from_millis(20));
+        last = now;
     }
     let rss_before = rss_kib(pid);
     // The slow client stays stalled over an observation window.

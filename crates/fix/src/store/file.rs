@@ -686,7 +686,7 @@ impl FileStore {
     }
 
     fn check_fence_readonly(&self) -> Result<(), StoreError> {
-        let newest = read_fence(&self.fence, &self.fence_path)?;
+        let newest = read_fence(&self.fence, &self.fence_path)?.max(super::newer_epoch_elsewhere());
         if newest > self.epoch {
             return Err(StoreError::Fenced {
                 ours: self.epoch,

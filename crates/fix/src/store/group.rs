@@ -35,12 +35,28 @@
 //! Records nobody waits on (a received sequence number whose successor would only ask for
 //! the message again: the safe direction) ride along with the next pass, and a caller's
 //! [`GroupCommit::request`] (the engine's tick) bounds how long they wait.
+//!
+//! # Replication
+//!
+//! A [`BatchHook`] (the replication sender, [`crate::replica`]) is told when a pass starts,
+//! so it copies the batch to a standby while the local `fdatasync` runs, and the pass counts
+//! as durable only once the hook's `finish` returns: one replication round trip per batch.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::watch;
+
+/// Another place a batch must reach before it counts as durable: a standby's copy.
+pub trait BatchHook: Send + Sync + std::fmt::Debug {
+    /// A pass covers every record up to `pos` (all of them are in their files now): start
+    /// copying them.
+    fn start(&self, pos: u64);
+    /// The local `fdatasync` of that pass is done; returns once `pos` may count as durable,
+    /// or `Err` when it never will (a newer epoch owns the group): the syncer then fails.
+    fn finish(&self, pos: u64) -> Result<(), String>;
+}
 
 /// The process's syncer. See the module documentation.
 #[derive(Debug)]
@@ -50,6 +66,7 @@ pub struct GroupCommit {
     cv: Condvar,
     /// `durable`, for event loops: a change wakes them to release what they hold.
     durable_tx: watch::Sender<u64>,
+    hook: Mutex<Option<Arc<dyn BatchHook>>>,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +111,7 @@ impl GroupCommit {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
             durable_tx: watch::channel(0).0,
+            hook: Mutex::new(None),
         });
         let mut st = lock(&g.state);
         if !st.started {
@@ -182,6 +200,11 @@ impl GroupCommit {
         self.cv.notify_all();
     }
 
+    /// Makes every later pass wait for `hook` too (see [`BatchHook`]); `None` detaches it.
+    pub fn set_hook(&self, hook: Option<Arc<dyn BatchHook>>) {
+        *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
     /// A receiver of `durable`, for an event loop.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.durable_tx.subscribe()
@@ -202,6 +225,19 @@ impl GroupCommit {
         if st.durable >= st.written {
             return Some(Ok(st.durable));
         }
+        if self
+            .hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            // A pass with a hook waits for a standby's acknowledgement: a network round trip
+            // the event loop must not block on. The syncer thread runs it.
+            let pos = st.written;
+            drop(st);
+            self.request(pos);
+            return None;
+        }
         Some(self.pass(st))
     }
 
@@ -212,9 +248,16 @@ impl GroupCommit {
         let target = st.written;
         let files = std::mem::take(&mut st.dirty);
         drop(st);
-        let failed = sync_all(&files.values().collect::<Vec<_>>())
+        let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(h) = &hook {
+            h.start(target);
+        }
+        let mut failed = sync_all(&files.values().collect::<Vec<_>>())
             .err()
             .map(|e| format!("fdatasync of a session store failed: {e}"));
+        if let (None, Some(h)) = (&failed, &hook) {
+            failed = h.finish(target).err();
+        }
         let mut st = lock(&self.state);
         st.running = false;
         st.passes += 1;

@@ -211,15 +211,106 @@ impl Pair {
     }
 }
 
+/// A replicated pair (`[replication]`): each gateway on its own store `<dir>/store-<node>`,
+/// streaming to the other, with `[admin] http` for its agent's health check, which reads
+/// whether a standby is in sync.
+#[derive(Debug, Clone)]
+pub struct Replicated {
+    /// `replication.mode`: `sync` or `async`.
+    pub mode: &'static str,
+    /// Where each gateway receives the stream (`replication.listen`).
+    pub repl: [SocketAddr; 2],
+    /// Each gateway's `[admin] http`.
+    pub health: [SocketAddr; 2],
+    /// The token file both gateways read (mode 600).
+    pub token_file: PathBuf,
+    /// `replication.timeout`.
+    pub timeout: &'static str,
+    /// `replication.sync_timeout`.
+    pub sync_timeout: &'static str,
+}
+
+impl Replicated {
+    /// Free loopback ports, and the token file written in `dir`.
+    pub fn new(dir: &Path, mode: &'static str) -> anyhow::Result<Replicated> {
+        let a = crate::ports::free_addrs(4)?;
+        Self::on(dir, mode, [a[0], a[1]], [a[2], a[3]])
+    }
+
+    /// With the addresses given (gateways on other machines), and the token file in `dir`.
+    pub fn on(
+        dir: &Path,
+        mode: &'static str,
+        repl: [SocketAddr; 2],
+        health: [SocketAddr; 2],
+    ) -> anyhow::Result<Replicated> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let token_file = dir.join("repl.token");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&token_file)
+            .with_context(|| token_file.display().to_string())?;
+        std::io::Write::write_all(&mut f, b"replication-secret-of-this-test\n")?;
+        Ok(Replicated {
+            mode,
+            repl,
+            health,
+            token_file,
+            timeout: "1500ms",
+            sync_timeout: "3s",
+        })
+    }
+
+    /// The TOML merged into gateway `i`'s configuration.
+    pub fn extra(&self, dir: &Path, i: usize) -> String {
+        format!(
+            "[gateway]\nstore_dir = \"{}\"\n[admin]\nhttp = \"{}\"\n[replication]\nmode = \"{}\"\nlisten = \"{}\"\npeers = [\"{}\"]\ntoken_file = \"{}\"\ntimeout = \"{}\"\nsync_timeout = \"{}\"\nheartbeat = \"100ms\"\n",
+            dir.join(format!("store-{}", NODES[i])).display(),
+            self.health[i],
+            self.mode,
+            self.repl[i],
+            self.repl[1 - i],
+            self.token_file.display(),
+            self.timeout,
+            self.sync_timeout,
+        )
+    }
+
+    /// The agents' `[health]` check of their gateway's `GET /health`: a standby that is not
+    /// in sync answers `replication.ready = false`, and its agent reports it not ready.
+    pub fn health_check(&self, i: usize) -> crate::config::HealthSection {
+        crate::config::HealthSection {
+            http: format!("http://{}/health", self.health[i]),
+            interval: Some(Duration::from_millis(100)),
+            timeout: Some(Duration::from_millis(500)),
+            failures: Some(5),
+            start_period: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
 /// Adds nodes `a` and `b` to `g`, each running `fix-gateway` with its config of `cfgs`.
 ///
 /// Each gateway starts with SIGUSR1 ignored until it installs its own handler, so a signal from
 /// its agent that arrives early cannot kill it; the gateway also finds the agent Hot by polling
 /// the agent's /status (see docs/fix-gateway.md).
 pub fn add_gateways(g: &mut Group, cfgs: &[PathBuf; 2]) -> anyhow::Result<()> {
+    add_gateways_with(g, cfgs, None)
+}
+
+/// [`add_gateways`], with the agents checking their replicated gateway's health.
+pub fn add_gateways_with(
+    g: &mut Group,
+    cfgs: &[PathBuf; 2],
+    repl: Option<&Replicated>,
+) -> anyhow::Result<()> {
     let exe = g.exe.display().to_string();
-    for (name, cfg) in NODES.iter().zip(cfgs) {
+    for (i, (name, cfg)) in NODES.iter().zip(cfgs).enumerate() {
         g.add_node(name, |c| {
+            c.health = repl.map(|r| r.health_check(i));
             c.service.command = vec![
                 "/bin/sh".into(),
                 "-c".into(),
@@ -273,13 +364,30 @@ impl FixGroup {
         sync: StoreSync,
         clients: &[&str],
     ) -> anyhow::Result<FixGroup> {
+        Self::start_with(exe, sync, clients, None).await
+    }
+
+    /// [`FixGroup::start`]; with `replication` (`"sync"` or `"async"`), each gateway on its
+    /// own store, replicated to the other (see [`Replicated`]).
+    pub async fn start_with(
+        exe: PathBuf,
+        sync: StoreSync,
+        clients: &[&str],
+        replication: Option<&'static str>,
+    ) -> anyhow::Result<FixGroup> {
         let clients: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
         tokio::task::spawn_blocking(move || {
             let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
             let mut g = gateway_group(&exe)?;
             let dir = g.path.clone();
-            let pair = Pair::create(&exe, &dir, Some(sync), &clients, |_| String::new())?;
-            add_gateways(&mut g, &pair.cfgs)?;
+            let repl = match replication {
+                Some(mode) => Some(Replicated::new(&dir, mode)?),
+                None => None,
+            };
+            let pair = Pair::create(&exe, &dir, Some(sync), &clients, |i| {
+                repl.as_ref().map(|r| r.extra(&dir, i)).unwrap_or_default()
+            })?;
+            add_gateways_with(&mut g, &pair.cfgs, repl.as_ref())?;
             start_active_then_standby(&mut g, pair.ports[0])?;
             Ok(FixGroup {
                 group: Some(g),
@@ -326,6 +434,7 @@ impl FixGroup {
                 begin_string: understudy_fix::tags::BeginString::Fix44,
                 heartbeat_interval: Duration::from_secs(30),
                 reconnect_interval: reconnect,
+                ..Default::default()
             },
         )?)
     }

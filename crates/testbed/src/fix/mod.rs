@@ -40,6 +40,11 @@ pub struct FixRecoveryArgs {
     /// Store durability of the gateways.
     #[arg(long, value_enum, default_value = "group")]
     pub sync: StoreSync,
+    /// Also a pair whose gateways each keep their own store, replicated with
+    /// `replication.mode = "sync"`, killed in the same run, interleaved with the shared-directory
+    /// pair (which goes first alternates).
+    #[arg(long)]
+    pub replicated: bool,
 }
 
 impl FixBench {
@@ -335,22 +340,64 @@ async fn logon_continuing(
     }
 }
 
-async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
-    let exe = std::env::current_exe().context("cannot find the understudy executable")?;
-    let mut fg = FixGroup::start(exe, a.sync, &["BENCH"]).await?;
-    let mut c = fg.client("BENCH", Duration::from_millis(2))?;
-    let mut prev = logon_continuing(&mut c, None, Duration::from_secs(10))
-        .await
-        .context("the client did not log on to the gateway")?;
-    let (mut recovery, mut agent_notified, mut agent_e2e, mut beyond) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut active = 0usize;
-    for run in 0..a.runs {
+/// One pair under `bench fix-recovery`, and what its runs measured.
+struct RecoveryRig {
+    name: &'static str,
+    fg: FixGroup,
+    c: understudy_fix::client::Client,
+    prev: understudy_fix::engine::LogonInfo,
+    active: usize,
+    recovery: Vec<f64>,
+    agent_notified: Vec<f64>,
+    agent_e2e: Vec<f64>,
+    beyond: Vec<f64>,
+}
+
+impl RecoveryRig {
+    async fn start(
+        name: &'static str,
+        sync: StoreSync,
+        replication: Option<&'static str>,
+    ) -> anyhow::Result<RecoveryRig> {
+        let exe = std::env::current_exe().context("cannot find the understudy executable")?;
+        let fg = FixGroup::start_with(exe, sync, &["BENCH"], replication).await?;
+        let mut c = fg.client("BENCH", Duration::from_millis(2))?;
+        let prev = logon_continuing(&mut c, None, Duration::from_secs(10))
+            .await
+            .with_context(|| {
+                format!(
+                    "{name}: the client did not log on to the gateway (logs in {})",
+                    fg.dir().display()
+                )
+            })?;
+        Ok(RecoveryRig {
+            name,
+            fg,
+            c,
+            prev,
+            active: 0,
+            recovery: Vec::new(),
+            agent_notified: Vec::new(),
+            agent_e2e: Vec::new(),
+            beyond: Vec::new(),
+        })
+    }
+
+    /// An order round trip, kill -9 of the active agent (its gateway dies with it), the
+    /// client's Logon to the new active, and the killed node back as a ready standby (with
+    /// replication: caught up).
+    async fn run_once(&mut self, run: usize) -> anyhow::Result<()> {
+        let (fg, c) = (&mut self.fg, &mut self.c);
         // The session works: an order round trip on the current active.
         c.handle.send(0, b"D", bench_order(&format!("r{run}")));
-        fills(&mut c, 1)
-            .await
-            .with_context(|| format!("run {run}: no fill (logs in {})", fg.dir().display()))?;
+        fills(c, 1).await.with_context(|| {
+            format!(
+                "{}: run {run}: no fill (logs in {})",
+                self.name,
+                fg.dir().display()
+            )
+        })?;
+        let active = self.active;
         let standby = 1 - active;
         let kill_unix = unix_ms();
         let t0 = std::time::Instant::now();
@@ -361,68 +408,107 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
                 g
             })
         };
-        let logon = logon_continuing(&mut c, Some(&prev), Duration::from_secs(10)).await;
+        let logon = logon_continuing(c, Some(&self.prev), Duration::from_secs(10)).await;
         let took = t0.elapsed().as_secs_f64() * 1e3;
         fg.group = Some(killer.await?);
         let logon = logon.with_context(|| {
-            format!("run {run}: after kill -9 (logs in {})", fg.dir().display())
+            format!(
+                "{}: run {run}: after kill -9 (logs in {})",
+                self.name,
+                fg.dir().display()
+            )
         })?;
         fg.blocking(move |g| g.wait_hot(group::NODES[standby]))
             .await??;
-        let (notified, e2e) = fg
-            .takeover(standby, kill_unix)
-            .with_context(|| format!("run {run}: no takeover in the new active's /events"))?;
-        recovery.push(took);
-        agent_notified.push(notified);
-        agent_e2e.push(e2e);
-        beyond.push(took - e2e);
-        prev = logon;
+        let (notified, e2e) = fg.takeover(standby, kill_unix).with_context(|| {
+            format!(
+                "{}: run {run}: no takeover in the new active's /events",
+                self.name
+            )
+        })?;
+        self.recovery.push(took);
+        self.agent_notified.push(notified);
+        self.agent_e2e.push(e2e);
+        self.beyond.push(took - e2e);
+        self.prev = logon;
         // The killed node comes back as the standby for the next run.
         fg.blocking(move |g| -> anyhow::Result<()> {
             g.spawn(group::NODES[active])?;
             g.wait_ready_standby(group::NODES[active])
         })
         .await??;
-        active = standby;
+        self.active = standby;
+        Ok(())
     }
-    c.task.abort();
+
+    fn rows(&self, t: &mut Table) {
+        let n = self.name;
+        t.row(
+            &format!("{n}: kill → new active accepts the Logon (seq ok)"),
+            Clock::MonoHere,
+            &self.recovery,
+            "",
+        );
+        t.row(
+            &format!("{n}: agent: kill → service notified"),
+            Clock::WallMs,
+            &self.agent_e2e,
+            "",
+        );
+        t.row(
+            &format!("{n}: agent: detection → service notified"),
+            Clock::AgentMono,
+            &self.agent_notified,
+            "",
+        );
+        t.row(
+            &format!("{n}: FIX recovery beyond the agent's takeover"),
+            Clock::MonoMinusWallMs,
+            &self.beyond,
+            "",
+        );
+    }
+}
+
+async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
+    let mut rigs = vec![RecoveryRig::start("shared dir", a.sync, None).await?];
+    if a.replicated {
+        rigs.push(RecoveryRig::start("replicated (sync)", a.sync, Some("sync")).await?);
+    }
+    for run in 0..a.runs {
+        // Interleaved, which pair goes first alternating, so drift hits both alike.
+        let n = rigs.len();
+        for k in 0..n {
+            rigs[(run + k) % n].run_once(run).await?;
+        }
+    }
+    for r in &rigs {
+        r.c.task.abort();
+    }
     println!(
-        "fix-recovery: {} × kill -9 of the active agent (trylock, warm-standby fix-gateway, store sync {}), client retrying every 2 ms",
-        a.runs, a.sync
+        "fix-recovery: {} × kill -9 of the active agent (trylock, warm-standby fix-gateway, store sync {}){}, client retrying every 2 ms",
+        a.runs,
+        a.sync,
+        if a.replicated {
+            "; shared-directory pair and replicated pair (each gateway its own store, replication.mode = sync), interleaved"
+        } else {
+            ""
+        }
     );
     let mut t = Table::new("ms", 1, a.runs);
-    t.row(
-        "kill → new active accepts the Logon (seq ok)",
-        Clock::MonoHere,
-        &recovery,
-        "",
-    );
-    t.row(
-        "agent: kill → service notified",
-        Clock::WallMs,
-        &agent_e2e,
-        "",
-    );
-    t.row(
-        "agent: detection → service notified",
-        Clock::AgentMono,
-        &agent_notified,
-        "",
-    );
-    t.row(
-        "FIX recovery beyond the agent's takeover",
-        Clock::MonoMinusWallMs,
-        &beyond,
-        "",
-    );
+    for r in &rigs {
+        r.rows(&mut t);
+    }
     print!("{}", t.render());
-    println!(
-        "{}",
-        crate::stats::goal_line(
-            "FIX recovery beyond the agent's takeover",
-            &Summary::of(&beyond),
-            100.0
-        )
-    );
+    for r in &rigs {
+        println!(
+            "{}",
+            crate::stats::goal_line(
+                &format!("{}: FIX recovery beyond the agent's takeover", r.name),
+                &Summary::of(&r.beyond),
+                100.0
+            )
+        );
+    }
     Ok(0)
 }

@@ -22,6 +22,7 @@ pub fn client_cfg(comp: &str, addrs: Vec<SocketAddr>) -> ClientConfig {
         begin_string: BeginString::Fix44,
         heartbeat_interval: Duration::from_secs(5),
         reconnect_interval: Duration::from_millis(10),
+        ..Default::default()
     }
 }
 

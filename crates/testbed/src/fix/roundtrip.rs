@@ -83,6 +83,7 @@ async fn logged_on(
         begin_string: understudy_fix::tags::BeginString::Fix44,
         heartbeat_interval: Duration::from_secs(30),
         reconnect_interval: Duration::from_millis(10),
+        ..Default::default()
     })?;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), c.events.recv()).await {

@@ -44,6 +44,8 @@ pub struct GroupOptions {
     /// Give each price server a status endpoint (`--http`) and each agent a `[health] http`
     /// check on it (every 100 ms, 3 failures of 200 ms), so a hung server is failed over.
     pub health_check: bool,
+    /// More arguments for every price server (e.g. `--tls-cert FILE --tls-key FILE`).
+    pub server_args: Vec<String>,
 }
 
 impl Default for GroupOptions {
@@ -55,6 +57,7 @@ impl Default for GroupOptions {
             subscribe: 50,
             client: ClientOptions::default(),
             health_check: false,
+            server_args: Vec::new(),
         }
     }
 }
@@ -139,6 +142,7 @@ impl PriceGroup {
                 c.service
                     .command
                     .extend(["--http".to_string(), https[i].to_string()]);
+                c.service.command.extend(opts.server_args.iter().cloned());
                 if opts.health_check {
                     c.health = Some(HealthSection {
                         http: format!("http://{}/health", https[i]),

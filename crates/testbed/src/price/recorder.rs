@@ -73,6 +73,32 @@ pub async fn start_exchange(
     Ok(child)
 }
 
+/// A stand-alone price server (no agent: the primary at epoch 0) with `args` added to its
+/// command line, fed by an exchange-sim of its own (20 instruments, 1000 updates/s), logging
+/// into `dir/ex.log` and `dir/px.log`: (exchange, server, the server's client address), once
+/// the server listens.
+pub async fn start_standalone(
+    exe: &Path,
+    dir: &Path,
+    args: &[String],
+) -> anyhow::Result<(Proc, Proc, SocketAddr)> {
+    let addrs = crate::ports::free_addrs(2)?;
+    let (ex, listen) = (addrs[0], addrs[1]);
+    let exchange = start_exchange(exe, ex, 20, 1000, Some(&dir.join("ex.log"))).await?;
+    let mut all = price_server_command(exe, ex, listen);
+    all.remove(0);
+    all.extend_from_slice(args);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut cmd = crate::proc::understudy(exe, &all);
+    crate::proc::log_to(&mut cmd, &dir.join("px.log"))?;
+    let server = Proc::spawn(&mut cmd)?;
+    if let Err(e) = crate::http::listening(listen, Duration::from_secs(10)).await {
+        let log = std::fs::read_to_string(dir.join("px.log")).unwrap_or_default();
+        anyhow::bail!("the price server does not listen ({e}): {log}");
+    }
+    Ok((exchange, server, listen))
+}
+
 /// `SYM1` … `SYMn`.
 pub fn symbols(n: u32) -> Vec<String> {
     (1..=n).map(|i| format!("SYM{i}")).collect()

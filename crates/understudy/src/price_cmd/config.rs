@@ -1,9 +1,10 @@
 //! `understudy price-server --config FILE`: the price server's addresses as a TOML file, so that a
 //! group's shared upstream is written once in a fragment every server includes
-//! (`include = ["shared/upstream.toml"]`). Flags given on the command line win over the file.
+//! (`include = ["shared/upstream.toml"]`), and its TLS files (`tls_cert`, `tls_key`, relative to
+//! the file). Flags given on the command line win over the file.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -13,6 +14,8 @@ struct Raw {
     upstream: Option<String>,
     listen: Option<String>,
     http: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// The addresses a price server file gives (each may be missing: the flag gives it then).
@@ -24,6 +27,10 @@ pub struct PriceServerFile {
     pub listen: Option<SocketAddr>,
     /// `GET /health` and `/status`.
     pub http: Option<SocketAddr>,
+    /// PEM certificate chain: clients must speak TLS (relative to the file's directory).
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Read `path` with its fragments; an error says `FILE: KEY: reason`, naming the file the key is
@@ -54,5 +61,11 @@ pub fn load(path: &Path) -> Result<PriceServerFile, String> {
         upstream: addr("upstream", raw.upstream)?,
         listen: addr("listen", raw.listen)?,
         http: addr("http", raw.http)?,
+        tls_cert: raw
+            .tls_cert
+            .map(|p| path.parent().unwrap_or(Path::new("")).join(p)),
+        tls_key: raw
+            .tls_key
+            .map(|p| path.parent().unwrap_or(Path::new("")).join(p)),
     })
 }

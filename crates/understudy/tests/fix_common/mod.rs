@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use testbed::fix::group::{start_active_then_standby as start_group, Pair, NODES};
+pub use testbed::fix::group::{start_active_then_standby as start_group, Pair, Replicated, NODES};
 pub use testbed::fix::orders::*;
 pub use testbed::{wait_port, Group, Proc};
 
@@ -53,9 +53,14 @@ pub fn pair(dir: &Path, extra: impl Fn(usize) -> String) -> Pair {
 
 /// Two agents `a` and `b` (warm standby), each running `fix-gateway` with its config.
 pub fn gateway_group(cfgs: &[PathBuf; 2]) -> Group {
+    gateway_group_with(cfgs, None)
+}
+
+/// [`gateway_group`]; with `repl`, each agent checks its replicated gateway's health.
+pub fn gateway_group_with(cfgs: &[PathBuf; 2], repl: Option<&Replicated>) -> Group {
     let mut g =
         testbed::fix::group::gateway_group(EXE.as_ref()).unwrap_or_else(|e| panic!("{e:#}"));
-    testbed::fix::group::add_gateways(&mut g, cfgs).unwrap_or_else(|e| panic!("{e:#}"));
+    testbed::fix::group::add_gateways_with(&mut g, cfgs, repl).unwrap_or_else(|e| panic!("{e:#}"));
     g
 }
 

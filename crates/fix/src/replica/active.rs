@@ -1,0 +1,473 @@
+//! The sending side, on the active: one thread per peer streams the segments of the local
+//! store directory, and the group-commit syncer asks it to cover each batch
+//! ([`BatchHook`]).
+//!
+//! Nothing is queued in memory: what a standby lacks is read from the segment files, from
+//! the offset it acknowledged. A slow standby therefore costs no memory; a standby that
+//! does not acknowledge a batch within `sync_timeout` (sync) or answer within `timeout`
+//! (either mode) is disconnected, and catches up from the files when it reconnects.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::proto::{read_frame, segment_epoch, Frame, CHUNK, VERSION};
+use super::{list_segments, Mode, PeerHealth, ReplicationConfig, ReplicationHealth};
+use crate::store::{note_newer_epoch, BatchHook, GroupCommit};
+
+/// The active's replication: started at activation, after the stores are open.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    sh: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: ReplicationConfig,
+    store_dir: PathBuf,
+    epoch: u64,
+    group: &'static GroupCommit,
+    st: Mutex<State>,
+    cv: Condvar,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Highest group-commit position a pass asked the peers to cover.
+    requested: u64,
+    peers: Vec<Peer>,
+    /// A peer answered with this newer epoch: this active is stale.
+    fenced: Option<u64>,
+    degraded: bool,
+    stop: bool,
+}
+
+#[derive(Debug)]
+struct Peer {
+    addr: SocketAddr,
+    connected: bool,
+    in_sync: bool,
+    acked: u64,
+    /// When its last acknowledgement arrived (kept across reconnections): it counts itself
+    /// in sync for `timeout` after sending it, so this side waits `sync_timeout` after it
+    /// before going on without it.
+    last_heard: Option<Instant>,
+    /// The syncer gave up waiting for it: its thread disconnects it.
+    drop_now: bool,
+    error: Option<String>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sender {
+    /// Starts streaming `store_dir` (open with `epoch`) to `cfg.peers`, and makes `group`
+    /// wait for the peers as `cfg.mode` says.
+    pub fn start(
+        cfg: ReplicationConfig,
+        store_dir: &Path,
+        epoch: u64,
+        group: &'static GroupCommit,
+    ) -> std::io::Result<Sender> {
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|&addr| Peer {
+                addr,
+                connected: false,
+                in_sync: false,
+                acked: 0,
+                last_heard: None,
+                drop_now: false,
+                error: None,
+            })
+            .collect();
+        let sh = Arc::new(Shared {
+            cfg,
+            store_dir: store_dir.to_owned(),
+            epoch,
+            group,
+            st: Mutex::new(State {
+                requested: 0,
+                peers,
+                fenced: None,
+                degraded: false,
+                stop: false,
+            }),
+            cv: Condvar::new(),
+        });
+        for i in 0..sh.cfg.peers.len() {
+            let s = sh.clone();
+            std::thread::Builder::new()
+                .name(format!("fix-repl-tx{i}"))
+                .spawn(move || peer_loop(&s, i))?;
+        }
+        group.set_hook(Some(sh.clone() as Arc<dyn BatchHook>));
+        Ok(Sender { sh })
+    }
+
+    /// The active's view: each peer, and whether sync mode has degraded.
+    pub fn health(&self) -> ReplicationHealth {
+        let written = self.sh.group.written();
+        let st = lock(&self.sh.st);
+        ReplicationHealth {
+            mode: self.sh.cfg.mode.as_str(),
+            ready: st.fenced.is_none(),
+            reason: st
+                .fenced
+                .map(|n| format!("replication: a standby has seen newer epoch {n}")),
+            lag_records: None,
+            lag_ms: None,
+            seen_epoch: st.fenced.unwrap_or(self.sh.epoch).max(self.sh.epoch),
+            degraded: st.degraded,
+            peers: st
+                .peers
+                .iter()
+                .map(|p| PeerHealth {
+                    addr: p.addr.to_string(),
+                    connected: p.connected,
+                    in_sync: p.in_sync,
+                    acked: p.acked,
+                    lag_records: written.saturating_sub(p.acked),
+                    error: p.error.clone(),
+                })
+                .collect(),
+            error: None,
+        }
+    }
+
+    /// Stops the peer threads and detaches from the syncer.
+    pub fn stop(&self) {
+        self.sh.group.set_hook(None);
+        let mut st = lock(&self.sh.st);
+        st.stop = true;
+        self.sh.cv.notify_all();
+    }
+}
+
+impl Shared {
+    fn fence(&self, newest: u64) {
+        note_newer_epoch(newest);
+        let mut st = lock(&self.st);
+        if st.fenced.is_none_or(|f| f < newest) {
+            tracing::error!(
+                epoch = self.epoch,
+                newest,
+                "replication: a standby has seen a newer epoch; this gateway is stale and sends nothing more"
+            );
+            st.fenced = Some(newest);
+        }
+        self.cv.notify_all();
+    }
+}
+
+impl BatchHook for Shared {
+    fn start(&self, pos: u64) {
+        let mut st = lock(&self.st);
+        if pos > st.requested {
+            st.requested = pos;
+            self.cv.notify_all();
+        }
+    }
+
+    fn finish(&self, pos: u64) -> Result<(), String> {
+        let mut st = lock(&self.st);
+        loop {
+            if let Some(n) = st.fenced {
+                return Err(format!(
+                    "replication: epoch {} is stale, a standby has seen epoch {n}",
+                    self.epoch
+                ));
+            }
+            if self.cfg.mode != Mode::Sync {
+                return Ok(());
+            }
+            if st.peers.iter().any(|p| p.in_sync && p.acked >= pos) {
+                if st.degraded {
+                    tracing::info!("replication: a standby acknowledges again; synchronous again");
+                    st.degraded = false;
+                }
+                return Ok(());
+            }
+            // A standby heard from within `sync_timeout` may still count itself in sync (and
+            // take over): wait for it. After that, go on without one.
+            let now = Instant::now();
+            let hold = st
+                .peers
+                .iter()
+                .filter_map(|p| p.last_heard)
+                .max()
+                .map(|t| t + self.cfg.sync_timeout)
+                .filter(|&h| h > now);
+            if let Some(until) = hold {
+                st = self
+                    .cv
+                    .wait_timeout(st, until - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            for p in st.peers.iter_mut().filter(|p| p.in_sync) {
+                tracing::error!(
+                    peer = %p.addr,
+                    timeout = ?self.cfg.sync_timeout,
+                    "replication: standby did not acknowledge in time; dropped until it catches up"
+                );
+                p.in_sync = false;
+                p.drop_now = true;
+            }
+            if !st.degraded {
+                tracing::warn!(
+                    "replication: no standby in sync; degraded to asynchronous until one catches up"
+                );
+                st.degraded = true;
+            }
+            self.cv.notify_all();
+            return Ok(());
+        }
+    }
+}
+
+fn peer_loop(sh: &Shared, i: usize) {
+    loop {
+        {
+            let st = lock(&sh.st);
+            if st.stop || st.fenced.is_some() {
+                return;
+            }
+        }
+        let err = match session(sh, i) {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        let mut st = lock(&sh.st);
+        let p = &mut st.peers[i];
+        if p.error.as_deref() != Some(err.as_str()) {
+            tracing::warn!(peer = %p.addr, error = %err, "replication: standby not streaming");
+        }
+        p.connected = false;
+        p.in_sync = false;
+        p.drop_now = false;
+        p.error = Some(err);
+        sh.cv.notify_all();
+        // The pause before connecting again; a stop ends it early.
+        let until = Instant::now() + sh.cfg.reconnect_interval;
+        while !st.stop {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            st = sh
+                .cv
+                .wait_timeout(st, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// One connection to peer `i`: handshake, catch-up, then one round trip per batch asked
+/// for, heartbeats in between. Returns `Ok` when stopped.
+fn session(sh: &Shared, i: usize) -> Result<(), String> {
+    let addr = sh.cfg.peers[i];
+    let mut s = TcpStream::connect_timeout(&addr, sh.cfg.connect_timeout)
+        .map_err(|e| format!("connect: {e}"))?;
+    // A standby may take up to `sync_timeout` to acknowledge before it is given up.
+    let t = Some(sh.cfg.sync_timeout.max(sh.cfg.timeout));
+    s.set_nodelay(true)
+        .and_then(|()| s.set_read_timeout(t))
+        .and_then(|()| s.set_write_timeout(t))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    Frame::Hello {
+        version: VERSION,
+        epoch: sh.epoch,
+        token: sh.cfg.token.clone(),
+    }
+    .write_to(&mut s, &mut out)
+    .map_err(|e| format!("hello: {e}"))?;
+    let files = match read_frame(&mut s, &mut buf).map_err(|e| format!("handshake: {e}"))? {
+        Frame::Welcome { seen_epoch, files } if seen_epoch <= sh.epoch => files,
+        Frame::Welcome { seen_epoch, .. } => {
+            sh.fence(seen_epoch);
+            return Err(format!("the standby has seen epoch {seen_epoch}"));
+        }
+        Frame::Refuse {
+            newest_epoch,
+            reason,
+        } => {
+            if newest_epoch > sh.epoch {
+                sh.fence(newest_epoch);
+            }
+            return Err(format!("refused: {reason}"));
+        }
+        other => return Err(format!("unexpected answer to the hello: {other:?}")),
+    };
+    let mut link = Link {
+        sh,
+        s,
+        out,
+        buf,
+        sent: files.into_iter().collect(),
+        handles: HashMap::new(),
+    };
+    // Every record up to p0 was in the files when they are read below.
+    let p0 = sh.group.written();
+    link.ship(true)?;
+    link.round_trip(Frame::Sync { pos: p0 })?;
+    {
+        let mut st = lock(&sh.st);
+        let p = &mut st.peers[i];
+        p.connected = true;
+        p.in_sync = true;
+        p.acked = p0;
+        p.last_heard = Some(Instant::now());
+        p.error = None;
+        tracing::info!(peer = %p.addr, position = p0, "replication: standby caught up, in sync");
+        sh.cv.notify_all();
+    }
+    loop {
+        let target = {
+            let mut st = lock(&sh.st);
+            let until = Instant::now() + sh.cfg.heartbeat;
+            loop {
+                if st.stop {
+                    return Ok(());
+                }
+                if st.fenced.is_some() {
+                    return Err("fenced".into());
+                }
+                if st.peers[i].drop_now {
+                    return Err(format!(
+                        "no acknowledgement within sync_timeout ({:?}); dropped until it catches up",
+                        sh.cfg.sync_timeout
+                    ));
+                }
+                if st.requested > st.peers[i].acked {
+                    break Some(st.requested);
+                }
+                let now = Instant::now();
+                if now >= until {
+                    break None;
+                }
+                st = sh
+                    .cv
+                    .wait_timeout(st, until - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        };
+        match target {
+            Some(pos) => {
+                link.ship(false)?;
+                link.round_trip(Frame::Sync { pos })?;
+                let mut st = lock(&sh.st);
+                st.peers[i].last_heard = Some(Instant::now());
+                if st.peers[i].drop_now {
+                    continue;
+                }
+                st.peers[i].acked = pos;
+                sh.cv.notify_all();
+            }
+            None => {
+                link.round_trip(Frame::Heartbeat {
+                    written: sh.group.written(),
+                })?;
+                lock(&sh.st).peers[i].last_heard = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// A connection past its handshake.
+struct Link<'a> {
+    sh: &'a Shared,
+    s: TcpStream,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    /// How much of each segment the standby holds.
+    sent: HashMap<String, u64>,
+    handles: HashMap<String, File>,
+}
+
+impl Link<'_> {
+    /// Sends every segment byte the standby lacks. After the catch-up only segments of this
+    /// epoch can grow: only they are looked at.
+    fn ship(&mut self, catch_up: bool) -> Result<(), String> {
+        let segs = list_segments(&self.sh.store_dir).map_err(|e| format!("listing: {e}"))?;
+        for (rel, path) in segs {
+            if !catch_up && segment_epoch(&rel).ok() != Some(self.sh.epoch) {
+                continue;
+            }
+            if !self.handles.contains_key(&rel) {
+                let f = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+                self.handles.insert(rel.clone(), f);
+            }
+            let Some(f) = self.handles.get(&rel) else {
+                continue;
+            };
+            let len = f
+                .metadata()
+                .map_err(|e| format!("stat {}: {e}", path.display()))?
+                .len();
+            let mut from = self.sent.get(&rel).copied().unwrap_or(0);
+            if from > len {
+                if !catch_up {
+                    return Err(format!("{rel} shrank below what the standby holds"));
+                }
+                Frame::Truncate {
+                    path: rel.clone(),
+                    len,
+                }
+                .write_to(&mut self.s, &mut self.out)
+                .map_err(|e| format!("sending: {e}"))?;
+                from = len;
+            }
+            while from < len {
+                let n = (len - from).min(CHUNK as u64) as usize;
+                let mut bytes = vec![0u8; n];
+                f.read_exact_at(&mut bytes, from)
+                    .map_err(|e| format!("read {}: {e}", path.display()))?;
+                Frame::Data {
+                    path: rel.clone(),
+                    offset: from,
+                    bytes,
+                }
+                .write_to(&mut self.s, &mut self.out)
+                .map_err(|e| format!("sending: {e}"))?;
+                from += n as u64;
+            }
+            self.sent.insert(rel, from);
+        }
+        Ok(())
+    }
+
+    /// Sends `Sync` or `Heartbeat` and waits for the `Ack` (of that position for a sync).
+    fn round_trip(&mut self, f: Frame) -> Result<(), String> {
+        let want = match f {
+            Frame::Sync { pos } => Some(pos),
+            _ => None,
+        };
+        f.write_to(&mut self.s, &mut self.out)
+            .map_err(|e| format!("sending: {e}"))?;
+        match read_frame(&mut self.s, &mut self.buf).map_err(|e| format!("awaiting ack: {e}"))? {
+            Frame::Ack { pos } if want.is_none_or(|w| w == pos) => Ok(()),
+            Frame::Refuse {
+                newest_epoch,
+                reason,
+            } => {
+                if newest_epoch > self.sh.epoch {
+                    self.sh.fence(newest_epoch);
+                }
+                Err(format!("refused: {reason}"))
+            }
+            other => Err(format!("unexpected answer: {other:?}")),
+        }
+    }
+}

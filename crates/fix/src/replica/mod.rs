@@ -1,0 +1,378 @@
+//! Replication of the session stores to the standby gateways (`[replication]`).
+//!
+//! # What moves
+//!
+//! The stores are append-only segment files (see [`crate::store`]); the active writes only the
+//! segments of its own epoch. Replication mirrors those files byte for byte into each
+//! standby's own `gateway.store_dir`, like PostgreSQL streams its WAL: the standby does not
+//! interpret records, and on activation opens its local copy with [`crate::store::FileStore`]
+//! as if the directory had been shared. A copy that ends inside a record is a torn tail, which
+//! opening already cuts off and seals. The fence files are not replicated: each machine's
+//! fence guards its own copy, and the stream carries the epoch instead.
+//!
+//! # The stream
+//!
+//! The active connects to every peer ([`active`]); the peer's listener ([`standby`]) checks
+//! the token and the epoch, and answers with the length of every segment it holds. The active
+//! sends what is missing (catch-up), then, for each group-commit batch, the new bytes and one
+//! [`proto::Frame::Sync`]; the standby `fdatasync`s and acknowledges. With `mode = "sync"` the
+//! batch counts as durable — its messages may leave — only when the local `fdatasync` is done
+//! and one standby acknowledged it: one round trip per batch, run alongside the local sync
+//! (see [`crate::store::GroupCommit::set_hook`]).
+//!
+//! # Fencing
+//!
+//! A standby remembers the newest epoch it has seen (`replication.epoch` in its store
+//! directory) and refuses a hello of an older one, answering the newer epoch; a gateway that
+//! was activated refuses every older active. The active that hears of a newer epoch records it
+//! ([`crate::store::note_newer_epoch`]): every store write fails as fenced from then on, and
+//! the batch in flight never becomes durable, so nothing more is sent.
+//!
+//! # When a standby is gone (`sync`)
+//!
+//! Like Patroni's `synchronous_mode` (not strict): the active waits up to `sync_timeout` for
+//! an acknowledgement, then drops the standby, says so in the log and in its health
+//! (`degraded`), and carries on without one; it returns to synchronous mode when a standby has
+//! caught up again. A standby that misses heartbeats for `timeout` (shorter than
+//! `sync_timeout`) declares itself out of sync, and its agent stops counting it as ready, so a
+//! standby the active may have moved on without never takes over by itself.
+
+pub mod active;
+pub mod proto;
+pub mod standby;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use active::Sender;
+pub use standby::Receiver;
+
+/// `replication.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// No replication: the group shares `gateway.store_dir` (one host, or storage both see).
+    #[default]
+    Off,
+    /// Streamed, not waited for: a machine loss can lose the last batches.
+    Async,
+    /// A message leaves only once durable locally and on one standby.
+    Sync,
+}
+
+impl Mode {
+    /// The configuration word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Async => "async",
+            Mode::Sync => "sync",
+        }
+    }
+}
+
+/// The validated `[replication]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// `mode`.
+    pub mode: Mode,
+    /// `listen`: where this gateway receives the stream while standby (and refuses older
+    /// actives once active).
+    pub listen: SocketAddr,
+    /// `peers`: the other gateways' `listen` addresses, streamed to while active.
+    pub peers: Vec<SocketAddr>,
+    /// The secret of `token_file`.
+    pub token: Vec<u8>,
+    /// `sync_timeout`: longest wait for a standby's acknowledgement before degrading.
+    pub sync_timeout: Duration,
+    /// `timeout`: silence after which either side gives the connection up; a standby is out
+    /// of sync from then on.
+    pub timeout: Duration,
+    /// `heartbeat`: the active's heartbeat interval on an idle stream.
+    pub heartbeat: Duration,
+    /// `connect_timeout`.
+    pub connect_timeout: Duration,
+    /// `reconnect_interval`: pause before connecting again to a peer.
+    pub reconnect_interval: Duration,
+}
+
+/// A peer as the active sees it, in [`ReplicationHealth`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerHealth {
+    /// Its `listen` address.
+    pub addr: String,
+    /// Connected and past the handshake.
+    pub connected: bool,
+    /// Caught up and acknowledging batches.
+    pub in_sync: bool,
+    /// Last group-commit position it acknowledged durable.
+    pub acked: u64,
+    /// Records written here that it has not acknowledged.
+    pub lag_records: u64,
+    /// Why it is not connected, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `replication` in a `GET /health` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicationHealth {
+    /// `sync` or `async`.
+    pub mode: &'static str,
+    /// Whether this gateway may take over: a standby that is caught up and heard from the
+    /// active within `timeout`. The agent reports a standby that is not ready as not ready,
+    /// and it does not campaign. Always true on the active.
+    pub ready: bool,
+    /// Why not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Records the active announced that this standby has not made durable (`None` when not
+    /// connected, and on the active).
+    pub lag_records: Option<u64>,
+    /// How long the oldest of them has waited, ms.
+    pub lag_ms: Option<u64>,
+    /// Newest epoch seen on the stream (or activated with).
+    pub seen_epoch: u64,
+    /// Active with `sync`: no standby acknowledges, messages leave after the local sync only.
+    pub degraded: bool,
+    /// Active: each peer.
+    pub peers: Vec<PeerHealth>,
+    /// Standby: why the last stream ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Every segment under `store_dir`: (`SESSION/EPOCH.log`, full path). Other files (fences,
+/// `replication.epoch`) are not replicated.
+pub(crate) fn list_segments(store_dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let dirs = match std::fs::read_dir(store_dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for d in dirs {
+        let d = d?;
+        if !d.file_type()?.is_dir() {
+            continue;
+        }
+        let Some(dname) = d.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        for f in std::fs::read_dir(d.path())? {
+            let f = f?;
+            let Some(fname) = f.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let rel = format!("{dname}/{fname}");
+            if proto::segment_epoch(&rel).is_ok() {
+                out.push((rel, f.path()));
+            }
+        }
+        if out.len() > proto::MAX_FILES {
+            return Err(std::io::Error::other(format!(
+                "more than {} segments under {}",
+                proto::MAX_FILES,
+                store_dir.display()
+            )));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `[replication]` as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReplication {
+    mode: Option<String>,
+    listen: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    token_file: Option<PathBuf>,
+    sync_timeout: Option<String>,
+    timeout: Option<String>,
+    heartbeat: Option<String>,
+    connect_timeout: Option<String>,
+    reconnect_interval: Option<String>,
+}
+
+type KeyError = (String, String);
+
+fn key_err(k: &str, reason: impl Into<String>) -> KeyError {
+    (format!("replication.{k}"), reason.into())
+}
+
+fn dur(k: &str, v: Option<&String>, default: Duration) -> Result<Duration, KeyError> {
+    let key = format!("replication.{k}");
+    let d = crate::gateway::duration(&key, v, default)?;
+    if d.is_zero() || d > Duration::from_secs(3600) {
+        return Err((key, format!("{d:?} is out of range (above 0, at most 1h)")));
+    }
+    Ok(d)
+}
+
+fn addr(k: &str, s: &str) -> Result<SocketAddr, KeyError> {
+    let a: SocketAddr = s.parse().map_err(|_| {
+        key_err(
+            k,
+            format!("{s:?} is not an address; use e.g. \"10.0.0.2:9880\""),
+        )
+    })?;
+    if a.port() == 0 {
+        return Err(key_err(
+            k,
+            "a fixed port is required: the peers must find it",
+        ));
+    }
+    Ok(a)
+}
+
+/// Reads a token file with the rules of the agent's `node.admin_token_file`: a regular file
+/// readable by its owner only, one line of printable ASCII.
+fn token(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} is accessible by group or other (mode {mode:03o}); whoever reads it can feed a standby what the next active sends: chmod 600 {shown}"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let secret = text.trim();
+    if secret.is_empty() || secret.len() > proto::MAX_TEXT || secret.lines().count() != 1 {
+        return Err(format!(
+            "{shown} must hold one line of 1 to {} characters",
+            proto::MAX_TEXT
+        ));
+    }
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{shown}: the secret must be printable ASCII without spaces"
+        ));
+    }
+    Ok(secret.as_bytes().to_vec())
+}
+
+/// Validates `[replication]`; `None` when it is off. `taken` lists addresses this gateway
+/// already uses (clients, admin), `group_commit` whether `gateway.sync` is `group`.
+pub(crate) fn validate(
+    raw: Option<RawReplication>,
+    taken: &[SocketAddr],
+    group_commit: bool,
+) -> Result<Option<ReplicationConfig>, KeyError> {
+    let Some(r) = raw else { return Ok(None) };
+    let mode = match r.mode.as_deref() {
+        None | Some("off") => Mode::Off,
+        Some("async") => Mode::Async,
+        Some("sync") => Mode::Sync,
+        Some(m) => {
+            return Err(key_err(
+                "mode",
+                format!("{m:?}: use \"sync\", \"async\" or \"off\""),
+            ))
+        }
+    };
+    if mode == Mode::Off {
+        return Ok(None);
+    }
+    if !group_commit {
+        return Err((
+            "gateway.sync".into(),
+            "replication streams each group-commit batch: gateway.sync must be \"group\" (the default)"
+                .into(),
+        ));
+    }
+    let listen = addr(
+        "listen",
+        r.listen
+            .as_deref()
+            .ok_or_else(|| key_err("listen", "is required with replication on"))?,
+    )?;
+    if taken.contains(&listen) {
+        return Err(key_err(
+            "listen",
+            format!("{listen} is already used by this gateway"),
+        ));
+    }
+    if r.peers.is_empty() {
+        return Err(key_err(
+            "peers",
+            "at least one peer is required with replication on",
+        ));
+    }
+    if r.peers.len() > 16 {
+        return Err(key_err("peers", "at most 16 peers"));
+    }
+    let mut peers = Vec::new();
+    for p in &r.peers {
+        let a = addr("peers", p)?;
+        if a == listen || peers.contains(&a) {
+            return Err(key_err(
+                "peers",
+                format!("{a} is this gateway's listen or listed twice"),
+            ));
+        }
+        peers.push(a);
+    }
+    let token = token(
+        r.token_file
+            .as_deref()
+            .ok_or_else(|| key_err("token_file", "is required with replication on"))?,
+    )
+    .map_err(|e| key_err("token_file", e))?;
+    let timeout = dur("timeout", r.timeout.as_ref(), Duration::from_secs(2))?;
+    let sync_timeout = dur(
+        "sync_timeout",
+        r.sync_timeout.as_ref(),
+        Duration::from_secs(5),
+    )?;
+    let heartbeat = dur(
+        "heartbeat",
+        r.heartbeat.as_ref(),
+        Duration::from_millis(100),
+    )?;
+    if sync_timeout <= timeout {
+        return Err(key_err(
+            "sync_timeout",
+            format!("{sync_timeout:?} must be longer than replication.timeout ({timeout:?}): a standby must know it is out of sync before the active goes on without it"),
+        ));
+    }
+    if heartbeat * 2 > timeout {
+        return Err(key_err(
+            "heartbeat",
+            format!("{heartbeat:?} must be at most half of replication.timeout ({timeout:?})"),
+        ));
+    }
+    Ok(Some(ReplicationConfig {
+        mode,
+        listen,
+        peers,
+        token,
+        sync_timeout,
+        timeout,
+        heartbeat,
+        connect_timeout: dur(
+            "connect_timeout",
+            r.connect_timeout.as_ref(),
+            Duration::from_millis(500),
+        )?,
+        reconnect_interval: dur(
+            "reconnect_interval",
+            r.reconnect_interval.as_ref(),
+            Duration::from_millis(100),
+        )?,
+    }))
+}

@@ -1,0 +1,512 @@
+//! The receiving side: a listener in every role. While standby it mirrors the active's
+//! segments into the local store directory; once activated it refuses every older active.
+//!
+//! Blocking threads, not tasks: the work is file writes and `fdatasync`, and a standby has
+//! one sender at a time. At most [`MAX_CONNS`] connections are served at once (a newer
+//! sender supersedes the current one; extra connections are closed at once).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use thiserror::Error;
+
+use super::proto::{read_frame, segment_epoch, Frame, MAX_FILES, VERSION};
+use super::{list_segments, same_secret, ReplicationConfig, ReplicationHealth};
+
+/// Connections served at once.
+pub const MAX_CONNS: usize = 4;
+/// The newest epoch seen on the stream, in the store directory: `[u64 LE][crc32 u32]`.
+pub const EPOCH_FILE: &str = "replication.epoch";
+
+/// Why activation is refused.
+#[derive(Debug, Error)]
+pub enum ActivateError {
+    /// The stream has carried a newer epoch than the one granted: this grant is stale.
+    #[error("epoch {epoch} is stale: the replication stream carried epoch {seen}")]
+    Stale {
+        /// The granted epoch.
+        epoch: u64,
+        /// The newest seen.
+        seen: u64,
+    },
+    /// Recording the epoch failed.
+    #[error("recording the epoch in {path}: {source}")]
+    Io {
+        /// The epoch file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The listener and what it knows about the stream. Dropping it does not stop the threads;
+/// the process ends them.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    sh: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: ReplicationConfig,
+    store_dir: PathBuf,
+    mode: &'static str,
+    state: Mutex<State>,
+    /// Held while a frame is applied to the disk: activation takes it, so no mirror write
+    /// happens once the stores are being opened.
+    write: Mutex<()>,
+    conns: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    seen_epoch: u64,
+    activated: Option<u64>,
+    /// The current sender's connection; an older one stops at its next frame.
+    generation: u64,
+    connected: bool,
+    applied: u64,
+    heard: u64,
+    behind_since: Option<Instant>,
+    /// Ready (may take over) until then: `timeout` after the last acknowledgement sent while
+    /// caught up. Anchored at the acknowledgement, which the active receives later, so it
+    /// ends before the active may go on without this standby (`sync_timeout` after it heard
+    /// from it). Kept across a disconnect: an active that just died leaves its standby ready.
+    synced_until: Option<Instant>,
+    ever_connected: bool,
+    last_error: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_epoch_file(path: &Path) -> std::io::Result<u64> {
+    let b = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if b.len() != 12 || crc32fast::hash(&b[..8]).to_le_bytes() != b[8..12] {
+        return Err(std::io::Error::other(format!(
+            "{} is corrupt ({} bytes)",
+            path.display(),
+            b.len()
+        )));
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    Ok(u64::from_le_bytes(a))
+}
+
+/// Written to a temporary file and renamed, both synced: a crash leaves the old or the new.
+fn write_epoch_file(dir: &Path, epoch: u64) -> std::io::Result<()> {
+    let mut b = epoch.to_le_bytes().to_vec();
+    b.extend_from_slice(&crc32fast::hash(&epoch.to_le_bytes()).to_le_bytes());
+    let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(&b)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(EPOCH_FILE))?;
+    File::open(dir)?.sync_all()
+}
+
+impl Receiver {
+    /// Binds `cfg.listen` and serves the stream into `store_dir`. The newest epoch seen starts
+    /// at the larger of the epoch file and the newest local segment.
+    pub fn start(cfg: ReplicationConfig, store_dir: &Path) -> std::io::Result<Receiver> {
+        std::fs::create_dir_all(store_dir)?;
+        let mut seen = read_epoch_file(&store_dir.join(EPOCH_FILE))?;
+        for (rel, _) in list_segments(store_dir)? {
+            if let Ok(e) = segment_epoch(&rel) {
+                seen = seen.max(e);
+            }
+        }
+        let listener = TcpListener::bind(cfg.listen)?;
+        let sh = Arc::new(Shared {
+            mode: cfg.mode.as_str(),
+            cfg,
+            store_dir: store_dir.to_owned(),
+            state: Mutex::new(State {
+                seen_epoch: seen,
+                ..State::default()
+            }),
+            write: Mutex::new(()),
+            conns: AtomicUsize::new(0),
+        });
+        let acc = sh.clone();
+        std::thread::Builder::new()
+            .name("fix-repl-listen".into())
+            .spawn(move || accept_loop(acc, listener))?;
+        Ok(Receiver { sh })
+    }
+
+    /// This gateway becomes active with `epoch`: no mirror write happens after this returns,
+    /// and every sender of an older epoch is refused from now on (and told the epoch).
+    pub fn activate(&self, epoch: u64) -> Result<(), ActivateError> {
+        let _w = lock(&self.sh.write);
+        let mut st = lock(&self.sh.state);
+        if st.seen_epoch > epoch {
+            return Err(ActivateError::Stale {
+                epoch,
+                seen: st.seen_epoch,
+            });
+        }
+        if st.seen_epoch < epoch {
+            write_epoch_file(&self.sh.store_dir, epoch).map_err(|source| ActivateError::Io {
+                path: self.sh.store_dir.join(EPOCH_FILE),
+                source,
+            })?;
+            st.seen_epoch = epoch;
+        }
+        st.activated = Some(epoch);
+        st.generation += 1;
+        st.connected = false;
+        st.synced_until = None;
+        Ok(())
+    }
+
+    /// The standby's view: in sync or not, and the lag.
+    pub fn health(&self) -> ReplicationHealth {
+        let st = lock(&self.sh.state);
+        let now = Instant::now();
+        let in_sync = st.synced_until.is_some_and(|t| now < t);
+        // Stable texts: the agent records a change of reason as an event.
+        let reason = if st.activated.is_some() || in_sync {
+            None
+        } else if !st.ever_connected {
+            Some("replication: no active has streamed to this standby yet".to_owned())
+        } else {
+            Some("replication: not in sync with the active".to_owned())
+        };
+        let lag_records = st.connected.then(|| st.heard.saturating_sub(st.applied));
+        ReplicationHealth {
+            mode: self.sh.mode,
+            ready: reason.is_none(),
+            reason,
+            lag_records,
+            lag_ms: lag_records.map(|_| {
+                st.behind_since
+                    .map_or(0, |t| now.duration_since(t).as_millis() as u64)
+            }),
+            seen_epoch: st.seen_epoch,
+            degraded: false,
+            peers: Vec::new(),
+            error: st.last_error.clone(),
+        }
+    }
+}
+
+fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
+    for conn in listener.incoming() {
+        let s = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "replication accept failed; continuing");
+                continue;
+            }
+        };
+        if sh.conns.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
+            sh.conns.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(peer = ?s.peer_addr().ok(), "replication: too many connections; closing one");
+            continue;
+        }
+        let sh2 = sh.clone();
+        let spawned = std::thread::Builder::new()
+            .name("fix-repl-rx".into())
+            .spawn(move || {
+                let peer = s.peer_addr().ok();
+                if let Err(e) = serve(&sh2, s) {
+                    tracing::warn!(?peer, error = %e, "replication stream ended");
+                }
+                sh2.conns.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            sh.conns.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(error = %e, "replication: no thread for a connection");
+        }
+    }
+}
+
+/// The local copy of the segments one sender writes.
+struct Mirror<'a> {
+    root: &'a Path,
+    open: HashMap<String, (File, u64)>,
+    dirty: HashSet<String>,
+    /// Directories that gained an entry: synced with the next `Sync`.
+    dirs: HashSet<PathBuf>,
+}
+
+impl Mirror<'_> {
+    fn file(&mut self, rel: &str) -> Result<&mut (File, u64), String> {
+        if !self.open.contains_key(rel) {
+            if self.open.len() >= MAX_FILES {
+                return Err(format!("more than {MAX_FILES} segments"));
+            }
+            let path = self.root.join(rel);
+            let dir = path.parent().unwrap_or(self.root).to_owned();
+            if !dir.is_dir() {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("create {}: {e}", dir.display()))?;
+                self.dirs.insert(self.root.to_owned());
+            }
+            let existed = path.exists();
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| format!("open {}: {e}", path.display()))?;
+            if !existed {
+                self.dirs.insert(dir);
+            }
+            let len = f
+                .metadata()
+                .map_err(|e| format!("stat {}: {e}", path.display()))?
+                .len();
+            self.open.insert(rel.to_owned(), (f, len));
+        }
+        self.open
+            .get_mut(rel)
+            .ok_or_else(|| format!("{rel} vanished"))
+    }
+
+    fn append(&mut self, rel: &str, offset: u64, bytes: &[u8]) -> Result<(), String> {
+        let (f, len) = self.file(rel)?;
+        if offset != *len {
+            return Err(format!(
+                "{rel}: bytes for offset {offset}, the copy holds {len}"
+            ));
+        }
+        f.write_all_at(bytes, offset)
+            .map_err(|e| format!("write {rel}: {e}"))?;
+        *len += bytes.len() as u64;
+        self.dirty.insert(rel.to_owned());
+        Ok(())
+    }
+
+    fn truncate(&mut self, rel: &str, to: u64) -> Result<(), String> {
+        let (f, len) = self.file(rel)?;
+        if to < *len {
+            f.set_len(to).map_err(|e| format!("truncate {rel}: {e}"))?;
+            *len = to;
+            self.dirty.insert(rel.to_owned());
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        for rel in self.dirty.drain() {
+            if let Some((f, _)) = self.open.get(&rel) {
+                f.sync_data().map_err(|e| format!("fdatasync {rel}: {e}"))?;
+            }
+        }
+        for d in self.dirs.drain() {
+            File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("sync {}: {e}", d.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn refuse(s: &mut TcpStream, newest_epoch: u64, reason: String) -> Result<(), String> {
+    let _ = Frame::Refuse {
+        newest_epoch,
+        reason: reason.clone(),
+    }
+    .write_to(s, &mut Vec::new());
+    Err(format!("refused the sender: {reason}"))
+}
+
+fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
+    let timeout = Some(sh.cfg.timeout);
+    s.set_nodelay(true)
+        .and_then(|()| s.set_read_timeout(timeout))
+        .and_then(|()| s.set_write_timeout(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let (epoch, token) = match read_frame(&mut s, &mut buf).map_err(|e| e.to_string())? {
+        Frame::Hello {
+            version: VERSION,
+            epoch,
+            token,
+        } => (epoch, token),
+        Frame::Hello { version, .. } => {
+            return refuse(
+                &mut s,
+                0,
+                format!("protocol version {version}; this gateway speaks {VERSION}"),
+            )
+        }
+        other => return Err(format!("expected a hello, got {other:?}")),
+    };
+    if !same_secret(&token, &sh.cfg.token) {
+        return refuse(&mut s, 0, "wrong replication token".to_owned());
+    }
+    let generation = {
+        let mut st = lock(&sh.state);
+        if let Some(a) = st.activated {
+            let newest = st.seen_epoch;
+            drop(st);
+            return refuse(
+                &mut s,
+                newest,
+                format!("this gateway is active with epoch {a}"),
+            );
+        }
+        if epoch < st.seen_epoch {
+            let newest = st.seen_epoch;
+            drop(st);
+            return refuse(
+                &mut s,
+                newest,
+                format!("epoch {epoch} is older than epoch {newest} seen here"),
+            );
+        }
+        if epoch > st.seen_epoch {
+            write_epoch_file(&sh.store_dir, epoch)
+                .map_err(|e| format!("recording epoch {epoch}: {e}"))?;
+            st.seen_epoch = epoch;
+        }
+        // Not ready again until this stream has caught it up.
+        st.generation += 1;
+        st.connected = true;
+        st.ever_connected = true;
+        st.synced_until = None;
+        st.applied = 0;
+        st.heard = 0;
+        st.behind_since = None;
+        st.last_error = None;
+        st.generation
+    };
+    tracing::info!(epoch, peer = ?s.peer_addr().ok(), "replication: an active connected");
+    let result = mirror(sh, &mut s, epoch, generation, &mut buf, &mut out);
+    let mut st = lock(&sh.state);
+    if st.generation == generation {
+        st.connected = false;
+        st.last_error = result.as_ref().err().cloned();
+    }
+    result
+}
+
+fn mirror(
+    sh: &Shared,
+    s: &mut TcpStream,
+    epoch: u64,
+    generation: u64,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut files = Vec::new();
+    for (rel, path) in list_segments(&sh.store_dir).map_err(|e| e.to_string())? {
+        let len = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+        files.push((rel, len));
+    }
+    Frame::Welcome {
+        seen_epoch: epoch,
+        files,
+    }
+    .write_to(s, out)
+    .map_err(|e| e.to_string())?;
+    let mut m = Mirror {
+        root: &sh.store_dir,
+        open: HashMap::new(),
+        dirty: HashSet::new(),
+        dirs: HashSet::new(),
+    };
+    loop {
+        let frame = match read_frame(s, buf) {
+            Ok(f) => f,
+            Err(e) => return Err(format!("reading from the active: {e}")),
+        };
+        let _w = lock(&sh.write);
+        {
+            let st = lock(&sh.state);
+            if st.generation != generation {
+                let newest = st.seen_epoch;
+                drop(st);
+                return refuse(s, newest, "superseded by a newer stream".to_owned());
+            }
+        }
+        let check = |rel: &str| match segment_epoch(rel) {
+            Ok(e) if e <= epoch => Ok(()),
+            _ => Err(format!(
+                "segment {rel} is newer than the sender's epoch {epoch}"
+            )),
+        };
+        match frame {
+            Frame::Truncate { path, len } => {
+                check(&path)?;
+                m.truncate(&path, len)?;
+            }
+            Frame::Data {
+                path,
+                offset,
+                bytes,
+            } => {
+                check(&path)?;
+                m.append(&path, offset, &bytes)?;
+            }
+            Frame::Sync { pos } => {
+                m.sync()?;
+                {
+                    let mut st = lock(&sh.state);
+                    st.applied = pos;
+                    st.heard = st.heard.max(pos);
+                    note_behind(&mut st);
+                }
+                acknowledge(sh, s, out, generation, pos)?;
+            }
+            Frame::Heartbeat { written } => {
+                let applied = {
+                    let mut st = lock(&sh.state);
+                    st.heard = st.heard.max(written);
+                    note_behind(&mut st);
+                    st.applied
+                };
+                // Answered, so the active knows this standby still counts itself in sync.
+                acknowledge(sh, s, out, generation, applied)?;
+            }
+            other => return Err(format!("unexpected frame from the active: {other:?}")),
+        }
+    }
+}
+
+/// Sends `Ack(pos)` and extends the in-sync window from the moment before it was sent.
+/// Heartbeats come only after the catch-up and between batches, so every acknowledgement
+/// sent is one of a standby holding all it was sent.
+fn acknowledge(
+    sh: &Shared,
+    s: &mut TcpStream,
+    out: &mut Vec<u8>,
+    generation: u64,
+    pos: u64,
+) -> Result<(), String> {
+    let at = Instant::now();
+    Frame::Ack { pos }
+        .write_to(s, out)
+        .map_err(|e| format!("acknowledging: {e}"))?;
+    let mut st = lock(&sh.state);
+    if st.generation == generation {
+        st.synced_until = Some(at + sh.cfg.timeout);
+    }
+    Ok(())
+}
+
+fn note_behind(st: &mut State) {
+    if st.heard > st.applied {
+        st.behind_since.get_or_insert_with(Instant::now);
+    } else {
+        st.behind_since = None;
+    }
+}

@@ -1,0 +1,251 @@
+//! The replication stream between real stores over real TCP, in one process: the active's
+//! [`FileStore`] under group commit with a [`Sender`], the standby's [`Receiver`] writing its
+//! own directory. The group-commit syncer is one per process, so the tests take turns.
+//!
+//! Fencing (which leaves the process's syncer failed for good) is in `replica_fence.rs`.
+
+mod replica_common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use understudy_fix::replica::proto::{read_frame, Frame};
+use understudy_fix::replica::{Mode, Receiver, Sender};
+
+use replica_common::{cfg, free_addr, wait_until};
+use understudy_fix::store::{FileStore, GroupCommit, SessionId, SessionStore, SyncPolicy};
+use understudy_fix::tags::BeginString;
+
+static TURN: Mutex<()> = Mutex::new(());
+
+fn sid() -> SessionId {
+    SessionId::new(BeginString::Fix44, "GW", "CLIENT1")
+}
+
+fn frame(i: u64) -> Vec<u8> {
+    format!("8=FIX.4.4\u{1}35=8\u{1}34={i}\u{1}17=E{i}\u{1}").into_bytes()
+}
+
+/// The sent messages and numbers of the store under `dir`, opened as `epoch`.
+fn contents(dir: &Path, epoch: u64) -> (u64, u64, Vec<(u64, Vec<u8>)>) {
+    let s = FileStore::open(dir, &sid(), epoch, SyncPolicy::EveryWrite).expect("open copy");
+    let sent = s.sent_range(1, u64::MAX).expect("range");
+    (s.next_sender_seq(), s.next_target_seq(), sent)
+}
+
+#[test]
+fn a_standby_copy_opens_with_every_acknowledged_record_and_catches_up_after_a_gap() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let rx = Receiver::start(cfg(Mode::Sync, b_addr, vec![]), b.path()).expect("receiver");
+    assert!(!rx.health().ready, "ready before any active connected");
+
+    // An older epoch's segment the standby lacks: sent at catch-up.
+    {
+        let mut old = FileStore::open(a.path(), &sid(), 10, SyncPolicy::EveryWrite).expect("old");
+        old.save_sent(1, &frame(1)).expect("save");
+    }
+    let mut st = FileStore::open(a.path(), &sid(), 11, SyncPolicy::Group).expect("open");
+    let group = GroupCommit::shared().expect("syncer");
+    let tx = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        a.path(),
+        11,
+        group,
+    )
+    .expect("sender");
+    wait_until("the standby in sync", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync && rx.health().ready
+    });
+    for i in 2..=200 {
+        st.save_sent(i, &frame(i)).expect("save");
+    }
+    st.set_next_target_seq(77).expect("target");
+    // Returns once the batch is durable here and acknowledged there (sync mode).
+    st.sync().expect("sync");
+    let h = tx.health();
+    assert!(!h.degraded, "{h:?}");
+    assert_eq!(h.peers[0].lag_records, 0, "{h:?}");
+    let standby = rx.health();
+    assert_eq!(standby.lag_records, Some(0), "{standby:?}");
+    assert_eq!(standby.seen_epoch, 11);
+
+    // Opened as the next active would (its own epoch), the copy holds everything.
+    tx.stop();
+    let copy = tempfile::tempdir().expect("tmp");
+    copy_tree(b.path(), copy.path());
+    let (ns, nt, sent) = contents(copy.path(), 12);
+    assert_eq!((ns, nt), (201, 77));
+    assert_eq!(sent.len(), 200);
+    assert!(sent.iter().all(|(i, m)| *m == frame(*i)));
+
+    // The standby misses records (no sender), then a sender catches it up from the files.
+    for i in 201..=260 {
+        st.save_sent(i, &frame(i)).expect("save");
+    }
+    st.sync().expect("sync alone");
+    let tx = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        a.path(),
+        11,
+        group,
+    )
+    .expect("sender again");
+    wait_until("the standby caught up", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync
+    });
+    tx.stop();
+    rx.activate(12).expect("activate");
+    let (ns, _, sent) = contents(b.path(), 12);
+    assert_eq!(ns, 261);
+    assert_eq!(sent.len(), 260);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let p = e.path();
+        let dst = to.join(e.file_name());
+        if p.is_dir() {
+            std::fs::create_dir_all(&dst).expect("mkdir");
+            copy_tree(&p, &dst);
+        } else if !e.file_name().to_string_lossy().ends_with(".lock") {
+            std::fs::copy(&p, &dst).expect("copy");
+        }
+    }
+}
+
+/// A standby (speaking the protocol by hand) that takes the catch-up of an active of `epoch`
+/// and then stops acknowledging, as when its disk hangs; it reads until the active gives up.
+fn stalled_standby(epoch: u64) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        match read_frame(&mut s, &mut buf).expect("hello") {
+            Frame::Hello { epoch: e, .. } => assert_eq!(e, epoch),
+            other => panic!("{other:?}"),
+        }
+        Frame::Welcome {
+            seen_epoch: epoch,
+            files: vec![],
+        }
+        .write_to(&mut s, &mut out)
+        .expect("welcome");
+        loop {
+            match read_frame(&mut s, &mut buf) {
+                Ok(Frame::Sync { pos }) => {
+                    Frame::Ack { pos }.write_to(&mut s, &mut out).expect("ack");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("stream ended during catch-up: {e}"),
+            }
+        }
+        while read_frame(&mut s, &mut buf).is_ok() {}
+    });
+    (addr, h)
+}
+
+/// With the standby no longer acknowledging, sync mode waits `sync_timeout` for it, then
+/// drops it and carries on alone (degraded), and its health says so.
+#[test]
+fn sync_mode_degrades_after_sync_timeout_when_the_standby_stops_acknowledging() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let (addr, stalled) = stalled_standby(21);
+    let mut st = FileStore::open(a.path(), &sid(), 21, SyncPolicy::Group).expect("open");
+    let group = GroupCommit::shared().expect("syncer");
+    let mut c = cfg(Mode::Sync, free_addr(), vec![addr]);
+    c.timeout = Duration::from_millis(200);
+    c.sync_timeout = Duration::from_millis(300);
+    // The hold runs `sync_timeout` from the standby's last acknowledgement (the catch-up's),
+    // which comes after this instant.
+    let before = Instant::now();
+    let tx = Sender::start(c, a.path(), 21, group).expect("sender");
+    wait_until("in sync", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync
+    });
+    st.save_sent(1, &frame(1)).expect("save");
+    let t0 = Instant::now();
+    st.sync().expect("durable after degrading");
+    let waited = t0.elapsed();
+    assert!(
+        before.elapsed() >= Duration::from_millis(300)
+            && waited >= Duration::from_millis(100)
+            && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    let h = tx.health();
+    assert!(h.degraded, "{h:?}");
+    assert!(!h.peers[0].in_sync, "{h:?}");
+    // Degraded: the next batch does not wait.
+    st.save_sent(2, &frame(2)).expect("save");
+    let t1 = Instant::now();
+    st.sync().expect("sync");
+    assert!(
+        t1.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t1.elapsed()
+    );
+    tx.stop();
+    stalled.join().expect("stalled standby");
+}
+
+/// The listener checks the token before anything else.
+#[test]
+fn a_sender_with_the_wrong_token_is_refused_and_writes_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let rx = Receiver::start(cfg(Mode::Async, b_addr, vec![]), b.path()).expect("receiver");
+    let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+    let mut out = Vec::new();
+    Frame::Hello {
+        version: understudy_fix::replica::proto::VERSION,
+        epoch: 99,
+        token: b"wrong".to_vec(),
+    }
+    .write_to(&mut s, &mut out)
+    .expect("hello");
+    match read_frame(&mut s, &mut Vec::new()).expect("answer") {
+        Frame::Refuse { newest_epoch, .. } => assert_eq!(newest_epoch, 0),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rx.health().seen_epoch, 0, "a refused hello moved the epoch");
+    assert!(std::fs::read_dir(b.path()).expect("dir").next().is_none());
+}
+
+/// Async mode streams the same way but never waits: a standby that stops acknowledging costs
+/// the active nothing, and it is not "degraded" (there is nothing to degrade from).
+#[test]
+fn async_mode_never_waits_for_the_standby() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let (addr, stalled) = stalled_standby(31);
+    let mut st = FileStore::open(a.path(), &sid(), 31, SyncPolicy::Group).expect("open");
+    let group = GroupCommit::shared().expect("syncer");
+    let mut c = cfg(Mode::Async, free_addr(), vec![addr]);
+    c.timeout = Duration::from_millis(200);
+    c.sync_timeout = Duration::from_secs(2);
+    let tx = Sender::start(c, a.path(), 31, group).expect("sender");
+    wait_until("in sync", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync
+    });
+    for i in 1..=20 {
+        st.save_sent(i, &frame(i)).expect("save");
+        let t0 = Instant::now();
+        st.sync().expect("durable here");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+    let h = tx.health();
+    assert_eq!(h.mode, "async");
+    assert!(!h.degraded, "{h:?}");
+    tx.stop();
+    stalled.join().expect("stalled standby");
+}
