@@ -92,6 +92,13 @@ fn modified(p: &Path) -> Option<std::time::SystemTime> {
 /// Builds `tests/quickfix/<name>.cpp` into `out_dir/<name>` (unless a build newer than the
 /// source is there) and returns the binary's path. Blocks for the few seconds g++ takes.
 pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
+    // Tests of one binary build the same counterpart at once: one at a time in this process
+    // (the source is rewritten and the binary renamed into place), and a temporary name of
+    // their own across processes.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     std::fs::create_dir_all(out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     let src = source_file(name, out_dir)?;
