@@ -66,7 +66,7 @@ pub struct Group {
     pub no_disk_fill: Option<String>,
     work_dir: PathBuf,
     /// Processes the drill stopped and has not continued yet: continued on drop.
-    stopped: Vec<u32>,
+    stopped: testbed::proc::Stopped,
     local: Option<Local>,
 }
 
@@ -128,7 +128,7 @@ impl Group {
             lock_file: Some(lock),
             no_disk_fill,
             work_dir: dir,
-            stopped: Vec::new(),
+            stopped: Default::default(),
             local: Some(Local {
                 group: Some(lg),
                 tmpfs,
@@ -232,7 +232,7 @@ impl Group {
             lock_file: None,
             no_disk_fill: None,
             work_dir,
-            stopped: Vec::new(),
+            stopped: Default::default(),
             local: None,
         };
         let statuses = g.statuses().await;
@@ -402,15 +402,7 @@ impl Group {
 
     /// Sends `sig` to `pid`, remembering what it stopped.
     pub fn signal(&mut self, pid: u32, sig: Signal) -> anyhow::Result<()> {
-        let raw = i32::try_from(pid).context("pid out of range")?;
-        if sig == Signal::SIGCONT {
-            self.stopped.retain(|p| *p != pid);
-        }
-        kill(Pid::from_raw(raw), sig).with_context(|| format!("kill -{sig} {pid}"))?;
-        if sig == Signal::SIGSTOP {
-            self.stopped.push(pid);
-        }
-        Ok(())
+        self.stopped.signal(pid, sig)
     }
 
     /// Waits until process `pid` is gone (reaping it when the drill started it).
@@ -470,14 +462,17 @@ impl Group {
         if let Some(env) = &spec.env {
             cmd.env_clear().envs(env.iter().cloned());
         }
-        if !local {
-            // The user's agents outlive the drill and its terminal.
+        // Each agent leads a process group of its own, out of the terminal's reach: a Ctrl-C
+        // must stop the drill after its current fault, not the agents under it. The user's
+        // agents outlive the drill; its own local ones are killed with it however it ends
+        // (testbed's signal handler, or `Drop`).
+        let child = if local {
+            testbed::proc::spawn(&mut cmd)
+        } else {
             use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
+            cmd.process_group(0).spawn()
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}'s agent", n.name))?;
+        .with_context(|| format!("cannot start {}'s agent", n.name))?;
         n.child = Some(child);
         Ok(())
     }
@@ -513,6 +508,8 @@ impl Group {
         for n in &mut self.nodes {
             if let Some(c) = &mut n.child {
                 if !matches!(c.try_wait(), Ok(None)) {
+                    // Also forgets its process group, so that nothing signals a reused pid.
+                    testbed::proc::stop_child(c);
                     n.child = None;
                 }
             }
@@ -522,11 +519,7 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        for pid in std::mem::take(&mut self.stopped) {
-            if let Ok(raw) = i32::try_from(pid) {
-                let _ = kill(Pid::from_raw(raw), Signal::SIGCONT);
-            }
-        }
+        self.stopped.resume_all();
         let Some(local) = self.local.as_mut() else {
             // The user's group keeps running, agents the drill restarted included.
             return;
@@ -538,8 +531,7 @@ impl Drop for Group {
                 while matches!(c.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(10) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                let _ = c.kill();
-                let _ = c.wait();
+                testbed::proc::stop_child(&mut c);
             }
         }
         if let Some(dir) = local.tmpfs.take() {
