@@ -155,6 +155,13 @@ impl Drop for Proc {
 pub fn understudy(exe: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null());
+    without_service_env(&mut cmd);
+    cmd
+}
+
+/// Removes from `cmd`'s environment the variables an agent gives its service, so that a
+/// harness run from inside a service (or a test of the environment rule) starts clean.
+pub fn without_service_env(cmd: &mut Command) -> &mut Command {
     for k in [
         "UNDERSTUDY_ROLE",
         "UNDERSTUDY_EPOCH",

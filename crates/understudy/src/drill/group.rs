@@ -52,7 +52,7 @@ pub struct Settled {
 /// What `--local` adds: the harness's directory, a small tmpfs for the lock, the register.
 struct Local {
     group: Option<testbed::Group>,
-    tmpfs: Option<PathBuf>,
+    tmpfs: Option<testbed::Tmpfs>,
     register: PathBuf,
     keep: bool,
 }
@@ -84,8 +84,8 @@ impl Group {
         let register = dir.join("register.log");
         let state = dir.join("state");
         std::fs::create_dir_all(&state)?;
-        let (tmpfs, no_disk_fill) = match mount_tmpfs(&state) {
-            Ok(()) => (Some(state.clone()), None),
+        let (tmpfs, no_disk_fill) = match testbed::Tmpfs::mount(&state, "16m") {
+            Ok(t) => (Some(t), None),
             Err(e) => (None, Some(e)),
         };
         let lock = state.join("group.lock");
@@ -534,31 +534,14 @@ impl Drop for Group {
                 testbed::proc::stop_child(&mut c);
             }
         }
-        if let Some(dir) = local.tmpfs.take() {
-            let _ = Command::new("umount").arg("-l").arg(&dir).status();
-        }
+        // Unmounted before the harness's directory it lies in is removed.
+        drop(local.tmpfs.take());
         if let Some(g) = local.group.take() {
             if local.keep {
                 g.keep();
             }
         }
     }
-}
-
-/// Mounts a 16 MiB tmpfs at `dir`, so that a full disk can be injected without harm.
-fn mount_tmpfs(dir: &Path) -> Result<(), String> {
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("cannot run mount: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "mount -t tmpfs failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
 }
 
 /// Ok when the file system holding `file` is small enough to fill ([`MAX_FILL_BYTES`]).
