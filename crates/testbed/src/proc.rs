@@ -22,6 +22,9 @@ use nix::unistd::Pid;
 /// Process groups started by [`spawn`] and not yet killed: what the signal handler kills.
 static LIVE: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 static HANDLER: Once = Once::new();
+/// File systems the harness mounted and has not unmounted: unmounted by the signal handler
+/// too, since a killed driver never runs their `Drop`.
+static MOUNTS: Mutex<BTreeSet<std::path::PathBuf>> = Mutex::new(BTreeSet::new());
 /// Whether the first interrupt is only noted (see [`defer_interrupts`]).
 static DEFER: AtomicBool = AtomicBool::new(false);
 /// The first interrupt noted while deferring, 0 for none.
@@ -30,6 +33,20 @@ static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
 fn live() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
     // The set only holds numbers: a panic while it was locked leaves it usable.
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn mounts() -> std::sync::MutexGuard<'static, BTreeSet<std::path::PathBuf>> {
+    MOUNTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Notes a mount for the signal handler to undo ([`crate::Tmpfs`]).
+pub(crate) fn track_mount(dir: &Path, mounted: bool) {
+    install_handler();
+    if mounted {
+        mounts().insert(dir.to_path_buf());
+    } else {
+        mounts().remove(dir);
+    }
 }
 
 fn install_handler() {
@@ -54,6 +71,9 @@ fn install_handler() {
                 }
                 for pgid in live().iter() {
                     let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+                }
+                for dir in mounts().iter() {
+                    let _ = Command::new("umount").arg("-l").arg(dir).status();
                 }
                 let _ = signal_hook::low_level::emulate_default_handler(sig);
                 std::process::exit(128 + sig);

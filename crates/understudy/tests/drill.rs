@@ -239,6 +239,24 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The directory of the local group a drill printed (`register: <dir>/register.log`).
+fn group_dir(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("register: "))
+        .and_then(|r| r.strip_suffix("/register.log"))
+        .unwrap_or_else(|| panic!("no register line:\n{out}"))
+        .to_string()
+}
+
+/// Nothing is mounted under `dir` any more (the drill's tmpfs for the lock file).
+fn unmounted(dir: &str) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(&format!(" {dir}/")),
+        "still mounted under {dir}:\n{mounts}"
+    );
+}
+
 fn all_gone(pids: &[u32]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while pids.iter().any(|p| alive(*p)) {
@@ -261,6 +279,7 @@ fn ctrl_c_ends_a_drill_after_the_current_fault_with_its_summary() {
     });
     all_gone(&kids);
     let out = d.rest();
+    unmounted(&group_dir(&out));
     assert_eq!(st.code(), Some(130), "{out}");
     let done = fault_lines(&out).len();
     assert!(
@@ -291,5 +310,7 @@ fn a_second_ctrl_c_kills_the_drill_and_its_group_at_once() {
         std::os::unix::process::ExitStatusExt::signal(&st),
         Some(nix::sys::signal::Signal::SIGINT as i32)
     );
-    assert!(!d.text().contains("two actives at once"), "{}", d.text());
+    let out = d.rest();
+    unmounted(&group_dir(&out));
+    assert!(!out.contains("two actives at once"), "{out}");
 }
