@@ -163,9 +163,8 @@ pub(crate) async fn exchange_sim(
     if let Some(t) = tls {
         engine = engine.with_tls(t);
     }
-    let mut app = ExchangeSim::new();
     engine
-        .run(&mut app, async {
+        .run_on_worker(ExchangeSim::new(), async move {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
@@ -219,9 +218,8 @@ async fn exchange_sim_durable(
     if let Some(t) = tls {
         engine = engine.with_tls(t);
     }
-    let mut app = ExchangeSim::new();
     engine
-        .run(&mut app, async {
+        .run_on_worker(ExchangeSim::new(), async move {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
@@ -349,7 +347,7 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
             tracing::warn!("cannot acknowledge the activation: {e}");
         }
     }
-    let mut app = activated.gateway;
+    let app = activated.gateway;
     let mut engine = Engine::new(activated.slots, Some(listener));
     if let Some(r) = replication {
         let group = GroupCommit::shared().context("cannot start the group-commit syncer")?;
@@ -364,7 +362,9 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
         engine = engine.with_health_probes(probes, epoch);
     }
     let mut shutdown = service.shutdown();
-    let outcome = engine.run(&mut app, shutdown.requested()).await;
+    let outcome = engine
+        .run_on_worker(app, async move { shutdown.requested().await })
+        .await;
     match outcome {
         Ok(()) => Ok(0),
         Err(e @ EngineError::Fenced { .. }) => {

@@ -83,6 +83,8 @@ struct State {
     /// A pass is syncing (on the syncer thread or a caller's, see [`GroupCommit::sync_now`]).
     running: bool,
     passes: u64,
+    /// `fdatasync`s issued by the passes so far (one per file a pass found written).
+    syncs: u64,
     /// No pass starts while set (see [`GroupCommit::pause`]).
     paused: bool,
 }
@@ -156,6 +158,12 @@ impl GroupCommit {
     /// Passes run so far (each one `fdatasync` per file it found written).
     pub fn passes(&self) -> u64 {
         lock(&self.state).passes
+    }
+
+    /// `fdatasync`s the passes issued so far: [`passes`](Self::passes) counts batches, this
+    /// counts what they cost, one per file each pass found written.
+    pub fn syncs(&self) -> u64 {
+        lock(&self.state).syncs
     }
 
     /// Why syncing failed, once it has: the process must stop relying on the stores.
@@ -261,6 +269,7 @@ impl GroupCommit {
         let mut st = lock(&self.state);
         st.running = false;
         st.passes += 1;
+        st.syncs += files.len() as u64;
         if let Some(f) = failed {
             // Which records reached the disk is unknown: none counts as durable again.
             tracing::error!(error = %f, "group commit failed; the stores are unusable");
