@@ -645,6 +645,12 @@ impl<S: SessionStore> Engine<S> {
             None => (None, 0),
         };
         loop {
+            if self.holds() && self.net_rx.is_empty() && self.cmd_rx.is_empty() {
+                // Connection tasks share this thread: one with bytes ready runs first, so a
+                // burst in progress shows in the queue and the syncer thread takes the pass
+                // while this loop reads on, instead of the loop syncing and reading in turn.
+                tokio::task::yield_now().await;
+            }
             self.sync_held(app)?;
             tokio::select! {
                 Some(p) = next_probe(&mut probes) => {
@@ -1411,6 +1417,11 @@ impl<S: SessionStore> Engine<S> {
         // wrote the record its own send waits on, and that send would wait for two passes.
         self.held.push_back((need, pending));
         over
+    }
+
+    /// Sends wait for group commit.
+    fn holds(&self) -> bool {
+        !self.held.is_empty() && self.group().is_some()
     }
 
     /// After each event: makes what this loop holds durable. With nothing else queued for the
