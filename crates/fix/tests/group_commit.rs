@@ -135,6 +135,28 @@ fn order(id: &str) -> Vec<u8> {
     b
 }
 
+/// A client `CLIENT` logged on to `target` at `addr`.
+async fn logged_on(addr: SocketAddr, target: &str) -> client::Client {
+    let mut c = client::start(ClientConfig {
+        connect: vec![addr],
+        sender_comp_id: "CLIENT".into(),
+        target_comp_id: target.into(),
+        begin_string: BeginString::Fix44,
+        heartbeat_interval: Duration::from_secs(30),
+        reconnect_interval: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .expect("client");
+    loop {
+        match next(&mut c, Duration::from_secs(10)).await {
+            Some(ClientEvent::LoggedOn(_)) => break,
+            Some(_) => {}
+            None => panic!("no logon"),
+        }
+    }
+    c
+}
+
 /// An exchange simulator on a group-commit store and a client logged on to it.
 async fn sim_and_client(dir: &Path) -> (tokio::task::JoinHandle<()>, client::Client) {
     let store = open(dir, "CLIENT", 1);
@@ -150,23 +172,7 @@ async fn sim_and_client(dir: &Path) -> (tokio::task::JoinHandle<()>, client::Cli
         let mut app = ExchangeSim::new();
         let _ = engine.run(&mut app, std::future::pending()).await;
     });
-    let mut c = client::start(ClientConfig {
-        connect: vec![addr],
-        sender_comp_id: "CLIENT".into(),
-        target_comp_id: "EXCH".into(),
-        begin_string: BeginString::Fix44,
-        heartbeat_interval: Duration::from_secs(30),
-        reconnect_interval: Duration::from_millis(10),
-        ..Default::default()
-    })
-    .expect("client");
-    loop {
-        match next(&mut c, Duration::from_secs(10)).await {
-            Some(ClientEvent::LoggedOn(_)) => break,
-            Some(_) => {}
-            None => panic!("no logon"),
-        }
-    }
+    let c = logged_on(addr, "EXCH").await;
     (sim, c)
 }
 
@@ -240,23 +246,7 @@ async fn gateway_order_costs_one_sync_per_file_it_depends_on() {
         let mut app = activated.gateway;
         let _ = gw_engine.run(&mut app, std::future::pending()).await;
     });
-    let mut c = client::start(ClientConfig {
-        connect: vec![gw_addr],
-        sender_comp_id: "CLIENT".into(),
-        target_comp_id: "GW".into(),
-        begin_string: BeginString::Fix44,
-        heartbeat_interval: Duration::from_secs(30),
-        reconnect_interval: Duration::from_millis(10),
-        ..Default::default()
-    })
-    .expect("client");
-    loop {
-        match next(&mut c, Duration::from_secs(10)).await {
-            Some(ClientEvent::LoggedOn(_)) => break,
-            Some(_) => {}
-            None => panic!("no logon"),
-        }
-    }
+    let mut c = logged_on(gw_addr, "GW").await;
     // The first order also logs the gateway on upstream.
     c.handle.send(0, b"D", order("warm"));
     reports(&mut c).await;
