@@ -904,10 +904,15 @@ impl Gateway {
         if self.done_later.is_empty() {
             return false;
         }
-        for (id, at) in std::mem::take(&mut self.done_later) {
+        let marks = std::mem::take(&mut self.done_later);
+        let left = marks.len();
+        for (i, (id, at)) in marks.into_iter().enumerate() {
             if let Err(e) = self.orders.done(&id, at) {
-                // The report went out; only the map's bound is at stake.
-                tracing::warn!(error = %e, cl_ord_id = %id, "cannot mark the order done");
+                // The reports went out; only the map's bound is at stake. The store refuses
+                // the rest too (fenced, failed): said once.
+                tracing::warn!(error = %e, cl_ord_id = %id, not_marked = left - i,
+                    "cannot mark orders done");
+                break;
             }
         }
         true

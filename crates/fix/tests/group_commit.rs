@@ -241,13 +241,30 @@ async fn gateway_order_costs_one_sync_per_file_it_depends_on() {
     );
     let cfg = GatewayConfig::parse(Path::new("gw.toml"), &text).expect("config");
     let activated = Gateway::open(cfg, 1).expect("open");
-    let gw_engine = Engine::new(activated.slots, Some(gw_listener));
+    let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
+    let gw_engine = Engine::new(activated.slots, Some(gw_listener)).with_health_probes(probe_rx, 1);
     let gw = tokio::spawn(async move {
         let mut app = activated.gateway;
         let _ = gw_engine.run(&mut app, std::future::pending()).await;
     });
     let mut c = logged_on(gw_addr, "GW").await;
-    // The first order also logs the gateway on upstream.
+    // An order sent before the upstream session is logged on would reach the simulator as
+    // a resend, which it does not fill.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        probe_tx.send(tx).expect("gateway running");
+        let health = rx.await.expect("health");
+        if health.sessions_logged_on == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never logged on upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The first order also warms the path (page cache, allocations).
     c.handle.send(0, b"D", order("warm"));
     reports(&mut c).await;
     let g = GroupCommit::started().expect("syncer running");
