@@ -681,7 +681,7 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     }
 
     println!(
-        "fix-roundtrip: {} market orders per path and run, each answered New, partial fill, fill: one at a time (latency: \
+        "fix-roundtrip: {} market orders per path and run, each of quantity 1 and so answered New then fill (no partial fill, on every path alike): one at a time (latency: \
          order sent → fill received, CLOCK_MONOTONIC in the client process), then {} more in one pipelined burst (orders/s)",
         a.runs, a.runs
     );
