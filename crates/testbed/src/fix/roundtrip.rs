@@ -49,8 +49,9 @@ const GROUP_COMMIT: &str = "group commit, durable before send: survives a machin
 const SYNC_BATCH: &str = "fdatasync ≤2 ms later: survives kill -9, machine crash loses ≤2 ms";
 const FLUSH_ONLY: &str = "fflush, no fsync: survives kill -9, machine crash can lose writes";
 
-/// FIX hops of the gateway path that sync before sending (client → gateway → upstream, and
-/// the reports back): the goal allows one `fdatasync` for each.
+/// FIX hops of the gateway path (client → gateway, gateway → upstream, and back each way):
+/// the goal allows each one QuickFIX round trip (whose row is one hop: client → acceptor →
+/// back) and one `fdatasync`.
 const GATEWAY_HOPS: f64 = 2.0;
 
 /// Appends timed by the `fdatasync` probe of each run.
@@ -500,7 +501,10 @@ impl GoalRows {
             range(&q),
             judge(&o, &q2, false, a.repeat)
         );
-        // 3. The gateway's single-order p50 ≤ QuickFIX's p50 + one fdatasync per hop, run by run.
+        // 3. The gateway's single-order p50 ≤ QuickFIX's p50 + one fdatasync, per hop, run by
+        // run. QuickFIX's row is one hop and the gateway path two; the whole path against
+        // one QuickFIX hop plus two fdatasyncs (the bound printed until 1 December 2026) is
+        // printed and judged too, labelled as such.
         let (g, q) = (gw.p50s(), qf.p50s());
         if !durable {
             println!("  gateway single-order p50: not judged (--sync batch sends before its record is durable)");
@@ -510,11 +514,11 @@ impl GoalRows {
             let bound: Vec<f64> = q
                 .iter()
                 .zip(fsync)
-                .map(|(q, f)| q + GATEWAY_HOPS * f)
+                .map(|(q, f)| GATEWAY_HOPS * (q + f))
                 .collect();
             println!(
-                "  gateway single-order p50 ≤ QuickFIX's p50 + one fdatasync per hop ({GATEWAY_HOPS:.0} hops): medians {:.0} µs vs \
-                 {:.0} + {GATEWAY_HOPS:.0} × {:.0} = {:.0} µs; runs {} vs {}: {}",
+                "  gateway single-order p50 ≤ (QuickFIX's p50 + one fdatasync) per hop ({GATEWAY_HOPS:.0} hops; QuickFIX's row is \
+                 one): medians {:.0} µs vs {GATEWAY_HOPS:.0} × ({:.0} + {:.0}) = {:.0} µs; runs {} vs {}: {}",
                 median(&g),
                 median(&q),
                 median(fsync),
@@ -522,6 +526,21 @@ impl GoalRows {
                 range(&g),
                 range(&bound),
                 judge(&g, &bound, true, a.repeat)
+            );
+            let one_hop: Vec<f64> = q
+                .iter()
+                .zip(fsync)
+                .map(|(q, f)| q + GATEWAY_HOPS * f)
+                .collect();
+            println!(
+                "    the whole two-hop path against one QuickFIX hop + {GATEWAY_HOPS:.0} fdatasyncs: {:.0} + {GATEWAY_HOPS:.0} × {:.0} = \
+                 {:.0} µs; runs {} vs {}: {}",
+                median(&q),
+                median(fsync),
+                median(&one_hop),
+                range(&g),
+                range(&one_hop),
+                judge(&g, &one_hop, true, a.repeat)
             );
         }
     }
@@ -662,7 +681,7 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     }
 
     println!(
-        "fix-roundtrip: {} market orders per path and run, each answered New, partial fill, fill: one at a time (latency: \
+        "fix-roundtrip: {} market orders per path and run, each of quantity 1 and so answered New then fill (no partial fill, on every path alike): one at a time (latency: \
          order sent → fill received, CLOCK_MONOTONIC in the client process), then {} more in one pipelined burst (orders/s)",
         a.runs, a.runs
     );
