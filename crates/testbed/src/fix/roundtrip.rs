@@ -49,9 +49,8 @@ const GROUP_COMMIT: &str = "group commit, durable before send: survives a machin
 const SYNC_BATCH: &str = "fdatasync ≤2 ms later: survives kill -9, machine crash loses ≤2 ms";
 const FLUSH_ONLY: &str = "fflush, no fsync: survives kill -9, machine crash can lose writes";
 
-/// FIX hops of the gateway path (client → gateway, gateway → upstream, and back each way):
-/// the goal allows each one QuickFIX round trip (whose row is one hop: client → acceptor →
-/// back) and one `fdatasync`.
+/// FIX hops of the gateway path (client → gateway → upstream, and the reports back): the goal
+/// allows one `fdatasync` for each on top of QuickFIX's one-hop round trip.
 const GATEWAY_HOPS: f64 = 2.0;
 
 /// Appends timed by the `fdatasync` probe of each run.
@@ -501,46 +500,47 @@ impl GoalRows {
             range(&q),
             judge(&o, &q2, false, a.repeat)
         );
-        // 3. The gateway's single-order p50 ≤ QuickFIX's p50 + one fdatasync, per hop, run by
-        // run. QuickFIX's row is one hop and the gateway path two; the whole path against
-        // one QuickFIX hop plus two fdatasyncs (the bound printed until 1 December 2026) is
-        // printed and judged too, labelled as such.
+        // 3. The gateway's single-order p50 ≤ QuickFIX's p50 + one fdatasync per hop (issue 9's
+        // words), run by run: QuickFIX's row is one FIX hop, the gateway path two, so the
+        // goal leaves the second hop's own cost no room. The like-for-like form (each hop
+        // against one QuickFIX hop plus one fdatasync) is printed under it, labelled, and
+        // never stands in for the goal.
         let (g, q) = (gw.p50s(), qf.p50s());
         if !durable {
             println!("  gateway single-order p50: not judged (--sync batch sends before its record is durable)");
         } else if q.len() != fsync.len() {
             println!("  gateway single-order p50: not judged (a run lacks QuickFIX's p50)");
         } else {
-            let bound: Vec<f64> = q
-                .iter()
-                .zip(fsync)
-                .map(|(q, f)| GATEWAY_HOPS * (q + f))
-                .collect();
-            println!(
-                "  gateway single-order p50 ≤ (QuickFIX's p50 + one fdatasync) per hop ({GATEWAY_HOPS:.0} hops; QuickFIX's row is \
-                 one): medians {:.0} µs vs {GATEWAY_HOPS:.0} × ({:.0} + {:.0}) = {:.0} µs; runs {} vs {}: {}",
-                median(&g),
-                median(&q),
-                median(fsync),
-                median(&bound),
-                range(&g),
-                range(&bound),
-                judge(&g, &bound, true, a.repeat)
-            );
-            let one_hop: Vec<f64> = q
+            let goal: Vec<f64> = q
                 .iter()
                 .zip(fsync)
                 .map(|(q, f)| q + GATEWAY_HOPS * f)
                 .collect();
             println!(
-                "    the whole two-hop path against one QuickFIX hop + {GATEWAY_HOPS:.0} fdatasyncs: {:.0} + {GATEWAY_HOPS:.0} × {:.0} = \
-                 {:.0} µs; runs {} vs {}: {}",
+                "  gateway single-order p50 ≤ QuickFIX's p50 + one fdatasync per hop ({GATEWAY_HOPS:.0} hops): medians {:.0} µs vs \
+                 {:.0} + {GATEWAY_HOPS:.0} × {:.0} = {:.0} µs; runs {} vs {}: {}",
+                median(&g),
                 median(&q),
                 median(fsync),
-                median(&one_hop),
+                median(&goal),
                 range(&g),
-                range(&one_hop),
-                judge(&g, &one_hop, true, a.repeat)
+                range(&goal),
+                judge(&g, &goal, true, a.repeat)
+            );
+            let per_hop: Vec<f64> = q
+                .iter()
+                .zip(fsync)
+                .map(|(q, f)| GATEWAY_HOPS * (q + f))
+                .collect();
+            println!(
+                "    not the goal, for scale: each of the {GATEWAY_HOPS:.0} hops against one QuickFIX hop + one fdatasync: \
+                 {GATEWAY_HOPS:.0} × ({:.0} + {:.0}) = {:.0} µs; runs {} vs {}: {}",
+                median(&q),
+                median(fsync),
+                median(&per_hop),
+                range(&g),
+                range(&per_hop),
+                judge(&g, &per_hop, true, a.repeat)
             );
         }
     }
