@@ -351,7 +351,9 @@ impl EngineHandle {
 }
 
 enum NetEvent {
-    Accepted(Stream, SocketAddr),
+    /// With when the TCP connection was accepted: the logon timeout counts from then, so a
+    /// slow TLS handshake does not get a second timeout's worth of time to send its Logon.
+    Accepted(Stream, SocketAddr, tokio::time::Instant),
     /// An accepted connection closed before it carried anything (a failed TLS handshake).
     Refused(SocketAddr, String),
     AcceptFailed(std::io::Error),
@@ -591,8 +593,12 @@ impl<S: SessionStore> Engine<S> {
                 loop {
                     match listener.accept().await {
                         Ok((s, peer)) => {
+                            let at = tokio::time::Instant::now();
                             let Some(tls) = &tls else {
-                                if tx.send(NetEvent::Accepted(Stream::Plain(s), peer)).is_err() {
+                                if tx
+                                    .send(NetEvent::Accepted(Stream::Plain(s), peer, at))
+                                    .is_err()
+                                {
                                     return;
                                 }
                                 continue;
@@ -607,7 +613,7 @@ impl<S: SessionStore> Engine<S> {
                             let (tls, tx) = (tls.clone(), tx.clone());
                             tokio::spawn(async move {
                                 let ev = match tls.accept(s, timeout, false).await {
-                                    Ok(stream) => NetEvent::Accepted(stream, peer),
+                                    Ok(stream) => NetEvent::Accepted(stream, peer, at),
                                     Err(Refused::Closed) => {
                                         tracing::debug!(%peer, "connection closed before a TLS handshake");
                                         return;
@@ -825,7 +831,13 @@ impl<S: SessionStore> Engine<S> {
         });
     }
 
-    fn add_conn(&mut self, stream: Stream, peer: SocketAddr, slot: Option<usize>) -> u64 {
+    fn add_conn(
+        &mut self,
+        stream: Stream,
+        peer: SocketAddr,
+        slot: Option<usize>,
+        opened_mono: tokio::time::Instant,
+    ) -> u64 {
         let id = self.next_conn;
         self.next_conn += 1;
         // Orders are small and latency-bound: never wait for Nagle.
@@ -859,7 +871,7 @@ impl<S: SessionStore> Engine<S> {
                 deframer: Deframer::new(max_body),
                 peer,
                 opened: SystemTime::now(),
-                opened_mono: tokio::time::Instant::now(),
+                opened_mono,
             },
         );
         id
@@ -929,7 +941,7 @@ impl<S: SessionStore> Engine<S> {
 
     fn on_net<A: Application>(&mut self, app: &mut A, ev: NetEvent) -> Result<(), EngineError> {
         match ev {
-            NetEvent::Accepted(stream, peer) => {
+            NetEvent::Accepted(stream, peer, at) => {
                 let anonymous = self.conns.values().filter(|c| c.slot.is_none()).count();
                 if anonymous >= MAX_PRELOGON_CONNECTIONS {
                     self.counters.connections_refused =
@@ -939,7 +951,7 @@ impl<S: SessionStore> Engine<S> {
                     return Ok(());
                 }
                 tracing::debug!(%peer, "connection accepted");
-                self.add_conn(stream, peer, None);
+                self.add_conn(stream, peer, None, at);
                 Ok(())
             }
             NetEvent::Refused(peer, why) => {
@@ -959,7 +971,7 @@ impl<S: SessionStore> Engine<S> {
                 st.connecting = false;
                 st.next_addr = next_addr;
                 tracing::info!(session = %st.slot.name, %addr, "connected");
-                let id = self.add_conn(stream, addr, Some(slot));
+                let id = self.add_conn(stream, addr, Some(slot), tokio::time::Instant::now());
                 self.slots[slot].conn = Some(id);
                 self.slots[slot]
                     .slot

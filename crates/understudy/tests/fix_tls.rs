@@ -510,3 +510,43 @@ fn wait_line(
         }
     }
 }
+
+/// The pre-logon timeout (10 s) counts from the TCP accept, the TLS handshake included: a
+/// client that waits most of it before its handshake and then sends nothing is closed at the
+/// timeout, not given a second timeout after the handshake (it used to be, so a TLS acceptor
+/// held silent connections twice as long as a plain one).
+#[test]
+fn the_logon_timeout_counts_from_the_tcp_accept_through_the_tls_handshake() {
+    let limit = understudy_fix::engine::DEFAULT_LOGON_TIMEOUT;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let p = pki(d, "fix");
+    let (_sim, sim) = start_tls_sim(d, &p);
+    let gw = addr(free_port().expect("port"));
+    let cfg = tls_gateway_config(d, gw, sim, &p, false, "");
+    let _gw = start_gateway(d, &cfg, gw);
+    let tls = TlsClient::load(Pem::new("ca", &p.ca), None, None).expect("client TLS settings");
+    let wait = limit.mul_f64(0.7);
+    let rt = runtime();
+    let closed_after = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw).await.expect("connect");
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(wait).await;
+        let mut s = tls
+            .connect(tcp, gw.ip(), Duration::from_secs(2))
+            .await
+            .expect("a TLS handshake within the logon timeout");
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        // Silent after the handshake: the gateway closes (EOF or reset) when the timeout ends.
+        let _ = tokio::time::timeout(2 * limit, s.read(&mut buf)).await;
+        t0.elapsed()
+    });
+    // The limit from the accept (plus a tick); the old rule closed it a whole limit after the
+    // handshake, at 1.7 × the limit.
+    assert!(
+        closed_after >= limit.mul_f64(0.95) && closed_after < limit.mul_f64(1.35),
+        "closed {closed_after:?} after the TCP connect (pre-logon timeout {limit:?})\n{}",
+        log(d, "gw.log")
+    );
+}
