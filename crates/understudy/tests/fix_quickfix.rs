@@ -478,7 +478,7 @@ struct ReplicatedRig {
     settings: PathBuf,
 }
 
-fn replicated_rig(test: &str) -> Option<ReplicatedRig> {
+fn replicated_rig(test: &str, mode: &'static str) -> Option<ReplicatedRig> {
     if let Some(why) = understudy_fix::quickfix::unavailable() {
         skip::skip(test, &why);
         return None;
@@ -487,7 +487,7 @@ fn replicated_rig(test: &str) -> Option<ReplicatedRig> {
     let qf_bin =
         understudy_fix::quickfix::build("qf_initiator", &bin_dir).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("tmp");
-    let repl = Replicated::new(dir.path(), "sync").expect("replication settings");
+    let repl = Replicated::new(dir.path(), mode).expect("replication settings");
     let pair = pair(dir.path(), |i| repl.extra(dir.path(), i));
     let mut g = gateway_group_with(&pair.cfgs, Some(&repl));
     let watcher = g.watch();
@@ -512,6 +512,7 @@ fn replicated_rig(test: &str) -> Option<ReplicatedRig> {
 fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_active() {
     let Some(mut r) = replicated_rig(
         "replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_active",
+        "sync",
     ) else {
         return;
     };
@@ -537,9 +538,26 @@ fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_acti
 
     // Orders flowing at a steady rate (one every 5 ms) when the active's agent and gateway
     // are killed together.
-    let gw_a = r.g.service_pid("a").expect("gateway a pid");
     qf.cmd("burst k 20 5");
     std::thread::sleep(Duration::from_millis(30));
+    b_takes_over_from_its_copy(&mut qf, &mut r, 60);
+
+    qf.cmd("burst a 10 2");
+    let mut all = names("b", 20);
+    all.extend(names("k", 20));
+    all.extend(names("a", 10));
+    qf.wait_filled(&all, Duration::from_secs(20));
+    // No order or report lost; every report seen twice carries PossDupFlag=Y.
+    qf.settle_and_quit(&mut all);
+    let rep = r.watcher.finish();
+    println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
+    r.g.stop_all();
+}
+
+/// kill -9 of a's agent and gateway together; b becomes active and QuickFIX logs on to it,
+/// the gateway's Logon continuing above `min_seq` without a reset.
+fn b_takes_over_from_its_copy(qf: &mut QuickFix, r: &mut ReplicatedRig, min_seq: u64) {
+    let gw_a = r.g.service_pid("a").expect("gateway a pid");
     let killed_at = Instant::now();
     r.g.kill9("a");
     let _ = nix::sys::signal::kill(
@@ -563,19 +581,73 @@ fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_acti
         .expect("second Logon answer");
     assert_eq!(recv_logon2.get("reset"), "N", "{}", recv_logon2.text);
     assert!(
-        recv_logon2.num("seq") > 60,
+        recv_logon2.num("seq") > min_seq,
         "the gateway's MsgSeqNum continues from the copy: {}",
         recv_logon2.text
     );
     let h = gateway_health(r.repl.health[1]).expect("new active health");
     assert_eq!(h["role"], "active", "{h}");
+}
 
+/// `replication.mode = "async"` (docs/fix-gateway.md, "Choosing" and the guarantees): the
+/// active never waits for a standby. With the standby's gateway frozen (SIGSTOP: it neither
+/// reads nor acknowledges) orders are answered at once, where `sync` holds them
+/// `sync_timeout`, and the active does not call itself degraded. Resumed, the standby catches
+/// up and is ready again. With every record acknowledged (lag 0), kill -9 of the active's
+/// agent and gateway: the standby takes over from its copy, QuickFIX logs on with sequence
+/// numbers continuing, no order or report is lost, copies carry PossDupFlag=Y, and there were
+/// never two actives. Not asserted, because async does not promise it: the batches not yet
+/// acknowledged when the active is lost.
+#[test]
+fn replicated_async_never_holds_sends_and_a_caught_up_standby_takes_over_after_kill_9() {
+    let Some(mut r) = replicated_rig(
+        "replicated_async_never_holds_sends_and_a_caught_up_standby_takes_over_after_kill_9",
+        "async",
+    ) else {
+        return;
+    };
+    let mut qf = QuickFix::start(&r.qf_bin, &r.settings, &r.dir.path().join("qf-1.err"));
+    let t = Duration::from_secs(15);
+    qf.wait_for(t, |l| l.kind == "LOGON").expect("first logon");
+    qf.cmd("burst b 10 2");
+    qf.wait_filled(&names("b", 10), t);
+
+    let gw_b = r.g.service_pid("b").expect("gateway b pid");
+    let pid = nix::unistd::Pid::from_raw(gw_b as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let frozen_at = Instant::now();
+    qf.cmd("burst d 5 2");
+    qf.wait_filled(&names("d", 5), Duration::from_secs(10));
+    let took = frozen_at.elapsed();
+    let sync_timeout = humantime::parse_duration(r.repl.sync_timeout).expect("duration");
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    println!("standby frozen: 5 orders answered in {took:?} (sync would hold {sync_timeout:?})");
+    assert!(
+        took < sync_timeout / 3,
+        "async held the sends {took:?} with the standby frozen"
+    );
+    let h = gateway_health(r.repl.health[0]).expect("active health");
+    assert_eq!(h["replication"]["mode"], "async", "{h}");
+    assert_eq!(h["replication"]["degraded"], false, "{h}");
+    // (Its agent may have stopped it meanwhile for failing its health check: either way.)
+    wait_health(r.repl.health[1], "standby in sync again", |h| {
+        h["replication"]["ready"] == true
+    });
+    r.g.wait_ready_standby("b").expect("b ready again");
+
+    qf.cmd("burst k 10 2");
+    qf.wait_filled(&names("k", 10), t);
+    wait_health(r.repl.health[0], "every record acknowledged", |h| {
+        h["replication"]["peers"][0]["in_sync"] == true
+            && h["replication"]["peers"][0]["lag_records"] == 0
+    });
+    b_takes_over_from_its_copy(&mut qf, &mut r, 75);
     qf.cmd("burst a 10 2");
-    let mut all = names("b", 20);
-    all.extend(names("k", 20));
+    let mut all = names("b", 10);
+    all.extend(names("d", 5));
+    all.extend(names("k", 10));
     all.extend(names("a", 10));
     qf.wait_filled(&all, Duration::from_secs(20));
-    // No order or report lost; every report seen twice carries PossDupFlag=Y.
     qf.settle_and_quit(&mut all);
     let rep = r.watcher.finish();
     println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
@@ -633,6 +705,7 @@ fn synchronous_again_and_quit(mut qf: QuickFix, repl: &Replicated) {
 fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknowledging() {
     let Some(mut r) = replicated_rig(
         "replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknowledging",
+        "sync",
     ) else {
         return;
     };
@@ -659,16 +732,12 @@ fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknow
     r.g.stop_all();
 }
 
-/// A replicated pair across "machines": the two gateways and their agents each in a network
-/// namespace of their own (a and b on a bridge), QuickFIX and the exchange simulator outside
-/// both. QuickFIX is logged on to a.
+/// A replicated pair across "machines" (`testbed::fix::group::OnMachines`): the two gateways
+/// and their agents each in a network namespace of their own (a and b on a bridge), QuickFIX
+/// and the exchange simulator outside both. QuickFIX is logged on to a.
 struct NetnsRig {
-    _lab: testbed::netns::Lab,
-    ma: testbed::netns::Machine,
-    mb: testbed::netns::Machine,
+    on: testbed::fix::group::OnMachines,
     _dir: tempfile::TempDir,
-    _sim: Proc,
-    repl: Replicated,
     g: testbed::Group,
     watcher: testbed::Watcher,
     qf: QuickFix,
@@ -679,70 +748,28 @@ fn netns_rig(test: &str) -> Option<NetnsRig> {
         skip::skip(test, &why);
         return None;
     }
-    let mut lab = match testbed::netns::Lab::new() {
-        Ok(l) => l,
-        Err(e) => {
-            skip::skip(test, &format!("no network namespaces here: {e}"));
-            return None;
-        }
-    };
-    let ma = lab.machine("a").expect("machine a");
-    let mb = lab.machine("b").expect("machine b");
+    if let Some(why) = testbed::netns::unavailable() {
+        skip::skip(test, &why);
+        return None;
+    }
     let bin_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickfix");
     let qf_bin =
         understudy_fix::quickfix::build("qf_initiator", &bin_dir).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("tmp");
-    let at =
-        |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().expect("address") };
-    // The simulator on this side of the bridge, reachable from both machines.
-    let sim_port = fix_common::free_port().expect("port");
-    let sim = at(&lab.address(1), sim_port);
-    let mut cmd = testbed::proc::understudy(
+    let on = testbed::fix::group::OnMachines::create(
         fix_common::EXE.as_ref(),
-        &[
-            "fix-exchange-sim",
-            "--listen",
-            &sim.to_string(),
-            "--sender-comp-id",
-            "EXCH",
-        ],
-    );
-    testbed::proc::log_to(&mut cmd, &dir.path().join("sim.log")).expect("sim log");
-    let sim_proc = Proc::spawn(&mut cmd).expect("sim");
-    assert!(testbed::wait_port(sim, Duration::from_secs(10)), "sim");
-
-    let ports = [at(&ma.ip, 9878), at(&mb.ip, 9878)];
-    let repl = Replicated::on(
         dir.path(),
         "sync",
-        [at(&ma.ip, 9880), at(&mb.ip, 9880)],
-        [at(&ma.ip, 9879), at(&mb.ip, 9879)],
+        None,
+        &["CLIENT1"],
     )
-    .expect("replication settings");
-    let cfgs = [0, 1].map(|i| {
-        fix_common::gateway_config(
-            dir.path(),
-            &format!("gw-{}", fix_common::NODES[i]),
-            ports[i],
-            &dir.path().join("unused-shared-store"),
-            sim,
-            &repl.extra(dir.path(), i),
-        )
-    });
-    let mut g = gateway_group_with(&cfgs, Some(&repl));
-    for (name, m) in [("a", &ma), ("b", &mb)] {
-        // The agent's admin API on its machine's address, which this side reaches.
-        let node = g.nodes.get_mut(name).expect("node");
-        let admin = format!("{}:7700", m.ip);
-        let text = std::fs::read_to_string(&node.config).expect("config");
-        std::fs::write(&node.config, text.replace(&node.admin, &admin)).expect("config");
-        node.admin = admin;
-        g.launchers
-            .insert(name.to_string(), testbed::netns::Lab::launcher(m));
-    }
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let ports = on.ports;
+    let mut g = gateway_group_with(&on.cfgs, Some(&on.repl));
+    on.place(&mut g).unwrap_or_else(|e| panic!("{e:#}"));
     let watcher = g.watch();
     start_active_then_standby(&mut g, ports[0]);
-    wait_health(repl.health[1], "standby in sync", |h| {
+    wait_health(on.repl.health[1], "standby in sync", |h| {
         h["replication"]["ready"] == true
     });
     let settings = qf_settings(dir.path(), &ports);
@@ -750,12 +777,8 @@ fn netns_rig(test: &str) -> Option<NetnsRig> {
     qf.wait_for(Duration::from_secs(15), |l| l.kind == "LOGON")
         .expect("first logon");
     Some(NetnsRig {
-        _lab: lab,
-        ma,
-        mb,
+        on,
         _dir: dir,
-        _sim: sim_proc,
-        repl,
         g,
         watcher,
         qf,
@@ -777,7 +800,7 @@ fn replicated_sync_standby_takes_over_when_the_active_machine_is_lost() {
     r.qf.cmd("burst k 20 5");
     std::thread::sleep(Duration::from_millis(30));
     let lost_at = Instant::now();
-    testbed::netns::Lab::kill_all(&r.ma);
+    testbed::netns::Lab::kill_all(&r.on.machines[0]);
     r.g.wait_hot("b").expect("b hot after machine a was lost");
     let logon2 =
         r.qf.wait_for(Duration::from_secs(20), |l| {
@@ -812,14 +835,14 @@ fn replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby
     let t = Duration::from_secs(15);
     r.qf.cmd("burst b 5 2");
     r.qf.wait_filled(&names("b", 5), t);
-    testbed::netns::Lab::link_down(&r.mb).expect("cut b's link");
-    held_then_degraded(&mut r.qf, &r.repl, Instant::now());
-    testbed::netns::Lab::link_up(&r.mb).expect("link back");
+    testbed::netns::Lab::link_down(&r.on.machines[1]).expect("cut b's link");
+    held_then_degraded(&mut r.qf, &r.on.repl, Instant::now());
+    testbed::netns::Lab::link_up(&r.on.machines[1]).expect("link back");
     // Back: reported not in sync at first (its window ended during the cut), then caught up.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut saw_not_ready = false;
     loop {
-        if let Some(h) = gateway_health(r.repl.health[1]) {
+        if let Some(h) = gateway_health(r.on.repl.health[1]) {
             if h["replication"]["ready"] == false {
                 saw_not_ready = true;
             }
@@ -846,7 +869,7 @@ fn replicated_sync_with_the_standby_link_cut_holds_then_degrades_and_the_standby
                     .is_some_and(|d| d.contains("not in sync with the active")))),
         "{events}"
     );
-    synchronous_again_and_quit(r.qf, &r.repl);
+    synchronous_again_and_quit(r.qf, &r.on.repl);
     r.watcher.finish();
     r.g.stop_all();
 }

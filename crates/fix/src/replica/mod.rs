@@ -98,6 +98,61 @@ pub struct ReplicationConfig {
     pub reconnect_interval: Duration,
 }
 
+/// The agent's `[health]` check of a replicated gateway, as far as [`check_agent_health`] needs
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentHealth {
+    /// Whether the check is `http` (the agent reads `replication.ready` only from an HTTP
+    /// answer's body).
+    pub http: bool,
+    /// `health.interval`.
+    pub interval: Duration,
+    /// `health.timeout`.
+    pub timeout: Duration,
+}
+
+/// Checks a replicated gateway's settings against its agent's health check (`None`: the agent
+/// has none); the error names the keys, their values and the bound.
+///
+/// Every replicated standby must be checked over HTTP: that answer is the only way its agent
+/// learns that it is not in sync, and an agent that does not know campaigns with a copy that
+/// lacks records. With `sync`, a standby's window ends `timeout` after its last acknowledgement
+/// and the active goes on without it `sync_timeout` after; in between, the agent must have
+/// read a "not in sync" answer. The next check starts at most `max(health.interval,
+/// health.timeout)` after the last one that could still say "in sync" (checks run
+/// start-to-start, a slow one delays the next) and answers within `health.timeout`, so
+/// `sync_timeout − timeout` must exceed that sum.
+pub fn check_agent_health(
+    r: &ReplicationConfig,
+    health: Option<AgentHealth>,
+) -> Result<(), String> {
+    let mode = r.mode.as_str();
+    let h = match health {
+        Some(h) if h.http => h,
+        _ => {
+            return Err(format!(
+                "replication.mode = \"{mode}\" needs the agent's [health] http check of the gateway's GET /health (its [admin] http): that answer is how the agent learns a standby is not in sync, and an agent without it would take over with a copy that lacks records"
+            ))
+        }
+    };
+    if r.mode != Mode::Sync {
+        return Ok(());
+    }
+    let margin = r.sync_timeout.saturating_sub(r.timeout);
+    let needed = h.interval.max(h.timeout) + h.timeout;
+    if margin <= needed {
+        return Err(format!(
+            "replication.sync_timeout ({:?}) − replication.timeout ({:?}) = {margin:?} must be more than {needed:?}, which the agent's health.interval ({:?}) and health.timeout ({:?}) need (max(interval, timeout) + timeout): a standby out of sync must be reported not ready by its agent before the active goes on without it; make replication.sync_timeout more than {:?}, or check more often",
+            r.sync_timeout,
+            r.timeout,
+            h.interval,
+            h.timeout,
+            r.timeout + needed,
+        ));
+    }
+    Ok(())
+}
+
 /// A peer as the active sees it, in [`ReplicationHealth`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerHealth {
