@@ -542,7 +542,9 @@ fn machine_processes(
 async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
     if a.replicated {
         if let Some(why) = crate::netns::unavailable() {
-            anyhow::bail!("--replicated kills the active's whole machine: {why}");
+            anyhow::bail!(
+                "--replicated kills the active's whole machine: {why}; run it as root, or without --replicated"
+            );
         }
         if a.sync != StoreSync::Group {
             anyhow::bail!("--replicated streams group-commit batches: it needs --sync group");
@@ -574,7 +576,7 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
         sweeps.push(format!("{}: {} sweeps", r.name, rep.sweeps));
     }
     println!(
-        "fix-recovery: {} × kill -9 of the active agent (trylock, warm-standby fix-gateway, store sync {}){}, client retrying every 2 ms",
+        "fix-recovery: {} runs of each pair; shared-directory pair: kill -9 of the active agent, its gateway dying with it (trylock, warm-standby fix-gateway, store sync {}){}, client retrying every 2 ms",
         a.runs,
         a.sync,
         if a.replicated {
