@@ -465,7 +465,7 @@ enum Hosts {
         _pair: Pair,
     },
     /// A machine (network namespace) for each node.
-    Machines(OnMachines),
+    Machines(Box<OnMachines>),
 }
 
 impl FixGroup {
@@ -532,7 +532,7 @@ impl FixGroup {
                 group: Some(g),
                 gateways: on.ports,
                 dir,
-                hosts: Hosts::Machines(on),
+                hosts: Hosts::Machines(Box::new(on)),
             })
         })
         .await?
