@@ -508,6 +508,51 @@ fn replicated_rig(test: &str, mode: &'static str) -> Option<ReplicatedRig> {
     })
 }
 
+impl ReplicatedRig {
+    /// QuickFIX logged on to the active, and orders `b1`..`b<n>` filled.
+    fn quickfix_after_orders(&self, n: usize) -> QuickFix {
+        let mut qf = QuickFix::start(
+            &self.qf_bin,
+            &self.settings,
+            &self.dir.path().join("qf-1.err"),
+        );
+        let t = Duration::from_secs(15);
+        qf.wait_for(t, |l| l.kind == "LOGON").expect("first logon");
+        qf.cmd(&format!("burst b {n} 2"));
+        qf.wait_filled(&names("b", n), t);
+        qf
+    }
+
+    /// SIGSTOP of b's gateway: it neither reads nor acknowledges. Its pid, for SIGCONT.
+    fn freeze_b_gateway(&self) -> nix::unistd::Pid {
+        let gw_b = self.g.service_pid("b").expect("gateway b pid");
+        let pid = nix::unistd::Pid::from_raw(gw_b as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        pid
+    }
+
+    /// Waits until every order of `all` is filled; asserts no order or report lost, every
+    /// report seen twice carrying PossDupFlag=Y, and never two actives; stops the agents.
+    fn all_answered_then_stop(mut self, mut qf: QuickFix, mut all: Vec<String>) {
+        qf.wait_filled(&all, Duration::from_secs(20));
+        qf.settle_and_quit(&mut all);
+        let rep = self.watcher.finish();
+        println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
+        self.g.stop_all();
+    }
+
+    /// SIGCONT of b's gateway `pid`; waits until it is in sync again and its agent counts it
+    /// ready. (Its agent may have stopped it meanwhile for failing its health check: either
+    /// way.)
+    fn thaw_b_gateway(&self, pid: nix::unistd::Pid) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        wait_health(self.repl.health[1], "standby in sync again", |h| {
+            h["replication"]["ready"] == true
+        });
+        self.g.wait_ready_standby("b").expect("b ready again");
+    }
+}
+
 #[test]
 fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_active() {
     let Some(mut r) = replicated_rig(
@@ -516,11 +561,7 @@ fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_acti
     ) else {
         return;
     };
-    let mut qf = QuickFix::start(&r.qf_bin, &r.settings, &r.dir.path().join("qf-1.err"));
-    let t = Duration::from_secs(15);
-    qf.wait_for(t, |l| l.kind == "LOGON").expect("first logon");
-    qf.cmd("burst b 20 2");
-    qf.wait_filled(&names("b", 20), t);
+    let mut qf = r.quickfix_after_orders(20);
     let h = gateway_health(r.repl.health[0]).expect("active health");
     assert_eq!(h["replication"]["peers"][0]["in_sync"], true, "{h}");
     assert_eq!(h["replication"]["degraded"], false, "{h}");
@@ -546,12 +587,7 @@ fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_acti
     let mut all = names("b", 20);
     all.extend(names("k", 20));
     all.extend(names("a", 10));
-    qf.wait_filled(&all, Duration::from_secs(20));
-    // No order or report lost; every report seen twice carries PossDupFlag=Y.
-    qf.settle_and_quit(&mut all);
-    let rep = r.watcher.finish();
-    println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
-    r.g.stop_all();
+    r.all_answered_then_stop(qf, all);
 }
 
 /// kill -9 of a's agent and gateway together; b becomes active and QuickFIX logs on to it,
@@ -606,21 +642,15 @@ fn replicated_async_never_holds_sends_and_a_caught_up_standby_takes_over_after_k
     ) else {
         return;
     };
-    let mut qf = QuickFix::start(&r.qf_bin, &r.settings, &r.dir.path().join("qf-1.err"));
     let t = Duration::from_secs(15);
-    qf.wait_for(t, |l| l.kind == "LOGON").expect("first logon");
-    qf.cmd("burst b 10 2");
-    qf.wait_filled(&names("b", 10), t);
+    let mut qf = r.quickfix_after_orders(10);
 
-    let gw_b = r.g.service_pid("b").expect("gateway b pid");
-    let pid = nix::unistd::Pid::from_raw(gw_b as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let pid = r.freeze_b_gateway();
     let frozen_at = Instant::now();
     qf.cmd("burst d 5 2");
     qf.wait_filled(&names("d", 5), Duration::from_secs(10));
     let took = frozen_at.elapsed();
     let sync_timeout = humantime::parse_duration(r.repl.sync_timeout).expect("duration");
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     println!("standby frozen: 5 orders answered in {took:?} (sync would hold {sync_timeout:?})");
     assert!(
         took < sync_timeout / 3,
@@ -629,11 +659,7 @@ fn replicated_async_never_holds_sends_and_a_caught_up_standby_takes_over_after_k
     let h = gateway_health(r.repl.health[0]).expect("active health");
     assert_eq!(h["replication"]["mode"], "async", "{h}");
     assert_eq!(h["replication"]["degraded"], false, "{h}");
-    // (Its agent may have stopped it meanwhile for failing its health check: either way.)
-    wait_health(r.repl.health[1], "standby in sync again", |h| {
-        h["replication"]["ready"] == true
-    });
-    r.g.wait_ready_standby("b").expect("b ready again");
+    r.thaw_b_gateway(pid);
 
     qf.cmd("burst k 10 2");
     qf.wait_filled(&names("k", 10), t);
@@ -647,11 +673,7 @@ fn replicated_async_never_holds_sends_and_a_caught_up_standby_takes_over_after_k
     all.extend(names("d", 5));
     all.extend(names("k", 10));
     all.extend(names("a", 10));
-    qf.wait_filled(&all, Duration::from_secs(20));
-    qf.settle_and_quit(&mut all);
-    let rep = r.watcher.finish();
-    println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
-    r.g.stop_all();
+    r.all_answered_then_stop(qf, all);
 }
 
 /// The standby stopped answering at `cut_at`: order `h1`'s reports are held until
@@ -709,24 +731,13 @@ fn replicated_sync_active_holds_then_goes_on_alone_when_the_standby_stops_acknow
     ) else {
         return;
     };
-    let mut qf = QuickFix::start(&r.qf_bin, &r.settings, &r.dir.path().join("qf-1.err"));
-    let t = Duration::from_secs(15);
-    qf.wait_for(t, |l| l.kind == "LOGON").expect("first logon");
-    qf.cmd("burst b 5 2");
-    qf.wait_filled(&names("b", 5), t);
+    let mut qf = r.quickfix_after_orders(5);
 
-    let gw_b = r.g.service_pid("b").expect("gateway b pid");
-    let pid = nix::unistd::Pid::from_raw(gw_b as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let pid = r.freeze_b_gateway();
     held_then_degraded(&mut qf, &r.repl, Instant::now());
     // The standby resumes: not ready until it has caught up, then ready again, and the
     // active synchronous again.
-    // (Its agent may have stopped it meanwhile for failing its health check: either way.)
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
-    wait_health(r.repl.health[1], "standby in sync again", |h| {
-        h["replication"]["ready"] == true
-    });
-    r.g.wait_ready_standby("b").expect("b ready again");
+    r.thaw_b_gateway(pid);
     synchronous_again_and_quit(qf, &r.repl);
     r.watcher.finish();
     r.g.stop_all();

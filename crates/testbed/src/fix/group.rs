@@ -461,8 +461,8 @@ pub struct FixGroup {
 enum Hosts {
     /// This host: the simulator and the gateways' configs.
     Here {
-        /// Kept for the simulator it runs.
-        _pair: Pair,
+        /// The simulator (kept running) and the gateways' ports.
+        pair: Pair,
     },
     /// A machine (network namespace) for each node.
     Machines(Box<OnMachines>),
@@ -487,28 +487,18 @@ impl FixGroup {
         clients: &[&str],
         replication: Option<&'static str>,
     ) -> anyhow::Result<FixGroup> {
-        let clients: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
-            let mut g = gateway_group(&exe)?;
-            let dir = g.path.clone();
+        Self::launch(exe, clients, move |exe, dir, clients, g| {
             let repl = match replication {
-                Some(mode) => Some(Replicated::new(&dir, mode)?),
+                Some(mode) => Some(Replicated::new(dir, mode)?),
                 None => None,
             };
-            let pair = Pair::create(&exe, &dir, Some(sync), &clients, |i| {
-                repl.as_ref().map(|r| r.extra(&dir, i)).unwrap_or_default()
+            let pair = Pair::create(exe, dir, Some(sync), clients, |i| {
+                repl.as_ref().map(|r| r.extra(dir, i)).unwrap_or_default()
             })?;
-            add_gateways_with(&mut g, &pair.cfgs, repl.as_ref())?;
-            start_active_then_standby(&mut g, pair.ports[0])?;
-            Ok(FixGroup {
-                group: Some(g),
-                gateways: pair.ports,
-                dir,
-                hosts: Hosts::Here { _pair: pair },
-            })
+            add_gateways_with(g, &pair.cfgs, repl.as_ref())?;
+            Ok(Hosts::Here { pair })
         })
-        .await?
+        .await
     }
 
     /// [`FixGroup::start_with`] replicated with `mode`, each node on a machine of its own
@@ -519,20 +509,38 @@ impl FixGroup {
         clients: &[&str],
         mode: &'static str,
     ) -> anyhow::Result<FixGroup> {
+        Self::launch(exe, clients, move |exe, dir, clients, g| {
+            let on = OnMachines::create(exe, dir, mode, Some(sync), clients)?;
+            add_gateways_with(g, &on.cfgs, Some(&on.repl))?;
+            on.place(g)?;
+            Ok(Hosts::Machines(Box::new(on)))
+        })
+        .await
+    }
+
+    /// The agents' group in a fresh directory, `hosts` setting up the rest (given the
+    /// executable, the directory and the clients); then node a active, b a ready standby.
+    async fn launch(
+        exe: PathBuf,
+        clients: &[&str],
+        hosts: impl FnOnce(&Path, &Path, &[&str], &mut Group) -> anyhow::Result<Hosts> + Send + 'static,
+    ) -> anyhow::Result<FixGroup> {
         let clients: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
         tokio::task::spawn_blocking(move || {
             let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
             let mut g = gateway_group(&exe)?;
             let dir = g.path.clone();
-            let on = OnMachines::create(&exe, &dir, mode, Some(sync), &clients)?;
-            add_gateways_with(&mut g, &on.cfgs, Some(&on.repl))?;
-            on.place(&mut g)?;
-            start_active_then_standby(&mut g, on.ports[0])?;
+            let hosts = hosts(&exe, &dir, &clients, &mut g)?;
+            let gateways = match &hosts {
+                Hosts::Here { pair } => pair.ports,
+                Hosts::Machines(on) => on.ports,
+            };
+            start_active_then_standby(&mut g, gateways[0])?;
             Ok(FixGroup {
                 group: Some(g),
-                gateways: on.ports,
+                gateways,
                 dir,
-                hosts: Hosts::Machines(Box::new(on)),
+                hosts,
             })
         })
         .await?
