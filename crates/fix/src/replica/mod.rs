@@ -431,3 +431,63 @@ pub(crate) fn validate(
         )?,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repl(mode: Mode, timeout_ms: u64, sync_timeout_ms: u64) -> ReplicationConfig {
+        ReplicationConfig {
+            mode,
+            listen: "127.0.0.1:9880".parse().expect("addr"),
+            peers: vec!["127.0.0.2:9880".parse().expect("addr")],
+            token: b"t".to_vec(),
+            sync_timeout: Duration::from_millis(sync_timeout_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            heartbeat: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(500),
+            reconnect_interval: Duration::from_millis(100),
+        }
+    }
+
+    fn http(interval_ms: u64, timeout_ms: u64) -> Option<AgentHealth> {
+        Some(AgentHealth {
+            http: true,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    }
+
+    #[test]
+    fn sync_timeout_must_exceed_timeout_by_more_than_the_agents_check_takes() {
+        // 1 s margin against max(600, 300) + 300 = 900 ms, then exactly 900 ms (refused: the
+        // agent may learn it at the very moment the active moves on).
+        assert_eq!(
+            check_agent_health(&repl(Mode::Sync, 2000, 3000), http(600, 300)),
+            Ok(())
+        );
+        let e = check_agent_health(&repl(Mode::Sync, 2000, 2900), http(600, 300))
+            .expect_err("no margin");
+        assert!(e.contains("must be more than 900ms"), "{e}");
+        assert!(e.contains("more than 2.9s"), "{e}");
+        // A slow check delays the next: timeout counts twice when it exceeds the interval.
+        let e = check_agent_health(&repl(Mode::Sync, 2000, 3000), http(300, 600))
+            .expect_err("slow check");
+        assert!(e.contains("must be more than 1.2s"), "{e}");
+        // async never waits for a standby; no HTTP check is refused in every mode.
+        assert_eq!(
+            check_agent_health(&repl(Mode::Async, 2000, 2100), http(600, 300)),
+            Ok(())
+        );
+        for mode in [Mode::Sync, Mode::Async] {
+            let command = Some(AgentHealth {
+                http: false,
+                ..http(100, 100).expect("some")
+            });
+            for h in [None, command] {
+                let e = check_agent_health(&repl(mode, 2000, 5000), h).expect_err("no http");
+                assert!(e.contains("[health] http"), "{e}");
+            }
+        }
+    }
+}
