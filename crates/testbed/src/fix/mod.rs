@@ -565,7 +565,10 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
     for r in &mut rigs {
         r.c.task.abort();
         let rep = r.watcher.take().context("the watcher")?.stop();
-        if !rep.violations.is_empty() || rep.sweeps == 0 {
+        if rep.sweeps == 0 {
+            anyhow::bail!("{}: the two-Hot watcher never completed a sweep", r.name);
+        }
+        if !rep.violations.is_empty() {
             anyhow::bail!(
                 "{}: the two-Hot watcher, {} sweeps: TWO ACTIVES AT ONCE: {:?}",
                 r.name,
