@@ -355,6 +355,8 @@ struct RecoveryRig {
     agent_notified: Vec<f64>,
     agent_e2e: Vec<f64>,
     beyond: Vec<f64>,
+    /// Processes of each machine lost (none when only the agent is killed).
+    machine_procs: Vec<usize>,
 }
 
 impl RecoveryRig {
@@ -392,6 +394,7 @@ impl RecoveryRig {
             agent_notified: Vec::new(),
             agent_e2e: Vec::new(),
             beyond: Vec::new(),
+            machine_procs: Vec::new(),
         })
     }
 
@@ -427,6 +430,7 @@ impl RecoveryRig {
         let killer = match &doomed {
             Some((pids, agent)) => {
                 crate::netns::Lab::kill_sweep(pids, Some(*agent));
+                self.machine_procs.push(pids.len());
                 None
             }
             None => {
@@ -561,7 +565,7 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
             rigs[(run + k) % n].run_once(run).await?;
         }
     }
-    let mut sweeps = Vec::new();
+    let (mut sweeps, mut notes) = (Vec::new(), Vec::new());
     for r in &mut rigs {
         r.c.task.abort();
         let rep = r.watcher.take().context("the watcher")?.stop();
@@ -577,6 +581,17 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
             );
         }
         sweeps.push(format!("{}: {} sweeps", r.name, rep.sweeps));
+        if let (Some(lo), Some(hi)) = (r.machine_procs.iter().min(), r.machine_procs.iter().max()) {
+            let n = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}–{hi}")
+            };
+            notes.push(format!(
+                "{}: each machine loss killed {n} processes (agent, guardian, gateway)",
+                r.name
+            ));
+        }
     }
     println!(
         "fix-recovery: {} runs of each pair; shared-directory pair: kill -9 of the active agent, its gateway dying with it (trylock, warm-standby fix-gateway, store sync {}){}, client retrying every 2 ms",
@@ -592,6 +607,9 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
         "never two actives (two-Hot watcher every 3 ms: {})",
         sweeps.join(", ")
     );
+    for n in notes {
+        println!("{n}");
+    }
     let mut t = Table::new("ms", 1, a.runs);
     for r in &rigs {
         r.rows(&mut t);
