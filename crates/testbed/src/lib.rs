@@ -44,7 +44,8 @@ pub use group::{tail, Group, Node};
 pub use http::{get_json, http, is_mode, is_ready_standby, post, put, wait_port};
 pub use ports::{free_addr, free_addrs};
 pub use proc::{
-    alive, environ, exit_within, pgid_of, pids_in_group, run_cli, signal, wait_exit, Proc,
+    alive, environ, exit_within, pgid_of, pids_in_group, rss_kib, run_cli, signal, wait_exit, Proc,
+    Stopped,
 };
 pub use tmpfs::Tmpfs;
 

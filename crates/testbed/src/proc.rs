@@ -5,11 +5,14 @@
 //! program, `ip netns exec`'s command). Being outside the terminal's foreground group, such a
 //! process would not get the terminal's Ctrl-C: the first spawn therefore installs a handler
 //! for SIGINT, SIGTERM and SIGHUP that kills every group still running before the driver dies.
+//! A long campaign can ask for the first such signal to be only noted ([`defer_interrupts`]),
+//! so that it stops at a safe point and reports; a second one still kills at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -19,10 +22,31 @@ use nix::unistd::Pid;
 /// Process groups started by [`spawn`] and not yet killed: what the signal handler kills.
 static LIVE: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 static HANDLER: Once = Once::new();
+/// File systems the harness mounted and has not unmounted: unmounted by the signal handler
+/// too, since a killed driver never runs their `Drop`.
+static MOUNTS: Mutex<BTreeSet<std::path::PathBuf>> = Mutex::new(BTreeSet::new());
+/// Whether the first interrupt is only noted (see [`defer_interrupts`]).
+static DEFER: AtomicBool = AtomicBool::new(false);
+/// The first interrupt noted while deferring, 0 for none.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
 
 fn live() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
     // The set only holds numbers: a panic while it was locked leaves it usable.
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn mounts() -> std::sync::MutexGuard<'static, BTreeSet<std::path::PathBuf>> {
+    MOUNTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Notes a mount for the signal handler to undo ([`crate::Tmpfs`]).
+pub(crate) fn track_mount(dir: &Path, mounted: bool) {
+    install_handler();
+    if mounted {
+        mounts().insert(dir.to_path_buf());
+    } else {
+        mounts().remove(dir);
+    }
 }
 
 fn install_handler() {
@@ -33,15 +57,55 @@ fn install_handler() {
             return;
         };
         std::thread::spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if DEFER.load(Ordering::SeqCst)
+                    && INTERRUPTED
+                        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    eprintln!(
+                        "{}: stopping at the next safe point; send it again to kill everything now",
+                        signal_name(sig)
+                    );
+                    continue;
+                }
                 for pgid in live().iter() {
                     let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+                }
+                for dir in mounts().iter() {
+                    let _ = Command::new("umount").arg("-l").arg(dir).status();
                 }
                 let _ = signal_hook::low_level::emulate_default_handler(sig);
                 std::process::exit(128 + sig);
             }
         });
     });
+}
+
+/// From now on the first SIGINT, SIGTERM or SIGHUP is only noted, for [`interrupted`] to
+/// report; the driver stops at its next safe point (a drill: after the current fault, with
+/// every SIGSTOPped process continued) and cleans up as usual. A second signal kills every
+/// group at once, as without deferral.
+pub fn defer_interrupts() {
+    install_handler();
+    DEFER.store(true, Ordering::SeqCst);
+}
+
+/// The signal noted since [`defer_interrupts`], if any.
+pub fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
+
+/// "SIGINT (Ctrl-C)", "SIGTERM" or "SIGHUP" for the handler's signals.
+pub fn signal_name(sig: i32) -> String {
+    match Signal::try_from(sig) {
+        Ok(Signal::SIGINT) => "SIGINT (Ctrl-C)".into(),
+        Ok(s) => s.as_str().into(),
+        Err(_) => format!("signal {sig}"),
+    }
 }
 
 /// Starts `cmd` as the leader of a new process group; [`stop_child`] (or a [`Proc`]) kills
@@ -111,6 +175,13 @@ impl Drop for Proc {
 pub fn understudy(exe: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null());
+    without_service_env(&mut cmd);
+    cmd
+}
+
+/// Removes from `cmd`'s environment the variables an agent gives its service, so that a
+/// harness run from inside a service (or a test of the environment rule) starts clean.
+pub fn without_service_env(cmd: &mut Command) -> &mut Command {
     for k in [
         "UNDERSTUDY_ROLE",
         "UNDERSTUDY_EPOCH",
@@ -181,6 +252,19 @@ pub fn pids_in_group(pgid: u32) -> Vec<u32> {
     out
 }
 
+/// Resident memory of a process in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The environment of a live process.
 pub fn environ(pid: u32) -> BTreeMap<String, String> {
     let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
@@ -191,6 +275,44 @@ pub fn environ(pid: u32) -> BTreeMap<String, String> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect()
+}
+
+/// Processes a driver stopped (SIGSTOP) and has not continued yet. A stopped process cannot
+/// act on SIGTERM and leaves whoever waits for it waiting, so whatever owns this continues them
+/// all before it stops anything ([`Stopped::resume_all`]); they are continued on drop too.
+#[derive(Debug, Default)]
+pub struct Stopped(Vec<u32>);
+
+impl Stopped {
+    /// Sends `sig` to `pid`, remembering it after SIGSTOP and forgetting it at SIGCONT.
+    pub fn signal(&mut self, pid: u32, sig: Signal) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let raw = i32::try_from(pid).context("pid out of range")?;
+        if sig == Signal::SIGCONT {
+            // Forgotten even if the process is gone: its pid may be reused by then.
+            self.0.retain(|p| *p != pid);
+        }
+        kill(Pid::from_raw(raw), sig).with_context(|| format!("kill -{sig} {pid}"))?;
+        if sig == Signal::SIGSTOP {
+            self.0.push(pid);
+        }
+        Ok(())
+    }
+
+    /// SIGCONT to every process still stopped.
+    pub fn resume_all(&mut self) {
+        for pid in std::mem::take(&mut self.0) {
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(raw), Signal::SIGCONT);
+            }
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.resume_all();
+    }
 }
 
 /// Sends `sig` to `pid`; panics when it cannot (for tests).

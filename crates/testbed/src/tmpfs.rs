@@ -27,6 +27,7 @@ impl Tmpfs {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
+        crate::proc::track_mount(dir, true);
         Ok(Tmpfs {
             dir: dir.to_path_buf(),
         })
@@ -69,5 +70,6 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        crate::proc::track_mount(&self.dir, false);
     }
 }

@@ -6,7 +6,9 @@
 //! never two actives, in two independent ways: the overlap checker over the activity register the
 //! services write ([`register`]), and the two-Hot watcher over every agent's `/status`
 //! ([`testbed::Watcher`]). It ends with a table per fault kind and exits 3 if two actives were
-//! ever seen, 1 if the group did not recover from a fault.
+//! ever seen, 1 if the group did not recover from a fault, 130 if it was stopped by a signal
+//! (Ctrl-C, SIGTERM, SIGHUP: the first one ends the campaign after the current fault, with its
+//! summary; a second one kills everything at once).
 //!
 //! Layout: [`group`] finds or starts the agents and restarts the ones a fault stopped; [`fault`]
 //! injects one fault and measures what followed; [`price`] is document 001's "Testing Price
@@ -34,6 +36,8 @@ use testbed::Watcher;
 
 /// Exit code when two actives (or a fencing failure) were seen.
 pub const EXIT_TWO_ACTIVES: u8 = 3;
+/// Exit code of a clean campaign that a signal ended before its last fault.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Arguments of `understudy drill`.
 #[derive(Args, Debug)]
@@ -244,12 +248,25 @@ fn campaign(
         None => println!("  register: none (only the two-Hot watcher checks the group)"),
     }
     let watcher = start_watcher(g.watch_list(), &args.auth)?;
+    // A fault half done (a node SIGSTOPped, a disk full) must be undone before the drill
+    // stops, and a user who stops a long run wants its table: the first signal only stops
+    // the loop below.
+    testbed::proc::defer_interrupts();
+    let mut interrupted = None;
     let started = std::time::Instant::now();
     let mut rng = Rng::new(seed);
     let mut records: Vec<Record> = Vec::new();
     let mut failure = None;
     let mut settled = rt.block_on(g.settle(args.recover_timeout, reg.as_mut()));
     for i in 0..args.faults {
+        if let Some(sig) = testbed::proc::interrupted() {
+            println!(
+                "stopped by {} after {i} faults",
+                testbed::proc::signal_name(sig)
+            );
+            interrupted = Some(sig);
+            break;
+        }
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
             println!("--duration reached after {i} faults");
             break;
@@ -335,7 +352,11 @@ fn campaign(
         println!("two actives at once: {} times", two_actives.len());
         return Ok(EXIT_TWO_ACTIVES);
     }
-    Ok(if failure.is_some() { 1 } else { 0 })
+    Ok(match (&failure, interrupted) {
+        (Some(_), _) => 1,
+        (None, Some(_)) => EXIT_INTERRUPTED,
+        (None, None) => 0,
+    })
 }
 
 /// The table at the end: per kind, faults, failovers, fault → new active service, and the time

@@ -153,13 +153,23 @@ pub(crate) async fn exchange_sim(
     comp_id: String,
     tls: Option<TlsServer>,
 ) -> anyhow::Result<u8> {
-    let (mut term, mut int) = term_signals()?;
+    let (term, int) = term_signals()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!("fix-exchange-sim {comp_id} listening on {listen}");
-    let mut engine = Engine::new(Vec::new(), Some(listener))
+    let engine = Engine::new(Vec::new(), Some(listener))
         .with_factory(Box::new(ExchangeSim::factory(comp_id)));
+    simulate(engine, tls, term, int).await
+}
+
+/// Runs the exchange simulator on `engine` (over TLS with `tls`) until SIGTERM or SIGINT.
+async fn simulate<S: understudy_fix::store::SessionStore>(
+    mut engine: Engine<S>,
+    tls: Option<TlsServer>,
+    mut term: Signal,
+    mut int: Signal,
+) -> anyhow::Result<u8> {
     if let Some(t) = tls {
         engine = engine.with_tls(t);
     }
@@ -184,7 +194,7 @@ async fn exchange_sim_durable(
     sync: SyncPolicy,
     tls: Option<TlsServer>,
 ) -> anyhow::Result<u8> {
-    let (mut term, mut int) = term_signals()?;
+    let (term, int) = term_signals()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -215,20 +225,8 @@ async fn exchange_sim_durable(
         let session = Session::new(cfg, store).ok()?;
         Some(SessionSlot::new(&sid.target_comp_id, session))
     };
-    let mut engine = Engine::new(Vec::new(), Some(listener)).with_factory(Box::new(factory));
-    if let Some(t) = tls {
-        engine = engine.with_tls(t);
-    }
-    let mut app = ExchangeSim::new();
-    engine
-        .run(&mut app, async {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        })
-        .await?;
-    Ok(0)
+    let engine = Engine::new(Vec::new(), Some(listener)).with_factory(Box::new(factory));
+    simulate(engine, tls, term, int).await
 }
 
 fn run_gateway(config: PathBuf) -> anyhow::Result<u8> {

@@ -26,7 +26,7 @@ fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
     let log_s = log.display().to_string();
 
     // Add a server: a plain server first.
-    let (code, v) = plane.ctl(&[
+    let v = plane.ctl_ok(&[
         "add-server",
         "px",
         "--",
@@ -35,7 +35,6 @@ fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
         "--log",
         &log_s,
     ]);
-    assert_eq!(code, 0, "{v}");
     assert_eq!(v["state"], "stopped");
     let (code, v) = plane.ctl(&["add-server", "px", "--", BIN, "demo-service"]);
     assert_eq!(code, 1, "a second server of the same name: {v}");
@@ -95,8 +94,7 @@ fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
     );
     let (code, _) = plane.ctl(&["stop-server", "px"]);
     assert_eq!(code, 0);
-    let (code, v) = plane.ctl(&["start-failover", "px"]);
-    assert_eq!(code, 0, "{v}");
+    let v = plane.ctl_ok(&["start-failover", "px"]);
     assert_eq!(v["state"], "protected");
     assert_eq!(
         plane.active("px").as_deref(),
@@ -179,8 +177,7 @@ fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
         .into_iter()
         .filter(|t| *t != now_active)
     {
-        let (code, v) = plane.ctl(&["switchover", "px", "--to", target]);
-        assert_eq!(code, 0, "{v}");
+        let v = plane.ctl_ok(&["switchover", "px", "--to", target]);
         assert_eq!(v["to"], target, "{v}");
         assert!(
             wait_until(Duration::from_secs(10), || plane.active("px").as_deref()
@@ -774,7 +771,7 @@ fn a_changed_configuration_reaches_standbys_first_and_the_active_after_a_switcho
     let log = dir.path().join("service.log");
     let log_s = log.display().to_string();
     let plane = Plane::start(&data, &free_addr());
-    let (code, v) = plane.ctl(&[
+    plane.ctl_ok(&[
         "add-server",
         "px",
         "--",
@@ -783,8 +780,7 @@ fn a_changed_configuration_reaches_standbys_first_and_the_active_after_a_switcho
         "--log",
         &log_s,
     ]);
-    assert_eq!(code, 0, "{v}");
-    let (code, v) = plane.ctl(&[
+    plane.ctl_ok(&[
         "add-failover",
         "px",
         "--standby",
@@ -792,9 +788,7 @@ fn a_changed_configuration_reaches_standbys_first_and_the_active_after_a_switcho
         "--standby-host",
         "local",
     ]);
-    assert_eq!(code, 0, "{v}");
-    let (code, v) = plane.ctl(&["start-failover", "px"]);
-    assert_eq!(code, 0, "{v}");
+    plane.ctl_ok(&["start-failover", "px"]);
     let node = |name: &str| {
         plane
             .nodes("px")
@@ -864,8 +858,7 @@ fn a_changed_configuration_reaches_standbys_first_and_the_active_after_a_switcho
     assert!(!common::environ(s1).contains_key("COLOUR"));
 
     // After a switchover the former active is a standby, and gets the new configuration too.
-    let (code, v) = plane.ctl(&["switchover", "px", "--to", "px-2"]);
-    assert_eq!(code, 0, "{v}");
+    plane.ctl_ok(&["switchover", "px", "--to", "px-2"]);
     assert!(
         wait_until(Duration::from_secs(30), || {
             let n = node("px-1");
@@ -925,7 +918,7 @@ fn a_second_host_runs_what_is_placed_on_it() {
         "the host did not register"
     );
     let log_s = log.display().to_string();
-    let (code, v) = plane.ctl(&[
+    plane.ctl_ok(&[
         "add-server",
         "fx",
         "--host",
@@ -936,7 +929,6 @@ fn a_second_host_runs_what_is_placed_on_it() {
         "--log",
         &log_s,
     ]);
-    assert_eq!(code, 0, "{v}");
     // A group across the control plane's machine and h2 needs etcd: refused, the field named.
     let (code, v) = plane.ctl(&[
         "add-failover",
@@ -948,7 +940,7 @@ fn a_second_host_runs_what_is_placed_on_it() {
     ]);
     assert_eq!(code, 1, "{v}");
     assert!(v.to_string().contains("etcd"), "{v}");
-    let (code, v) = plane.ctl(&[
+    plane.ctl_ok(&[
         "add-failover",
         "fx",
         "--standby",
@@ -956,7 +948,6 @@ fn a_second_host_runs_what_is_placed_on_it() {
         "--standby-host",
         "h2",
     ]);
-    assert_eq!(code, 0, "{v}");
 
     // A plain server on h2, started and stopped through its host.
     assert_eq!(plane.ctl(&["start-server", "fx"]).0, 0);
@@ -971,8 +962,7 @@ fn a_second_host_runs_what_is_placed_on_it() {
     assert!(wait_until(Duration::from_secs(15), || !alive(pid)));
 
     // Failover on h2: its agents run there (their configurations in h2's data directory).
-    let (code, v) = plane.ctl(&["start-failover", "fx"]);
-    assert_eq!(code, 0, "{v}");
+    plane.ctl_ok(&["start-failover", "fx"]);
     assert!(hdata.join("nodes/fx-1.toml").exists() && hdata.join("nodes/fx-2.toml").exists());
     assert!(
         !data.join("nodes/fx-1.toml").exists(),
@@ -1061,8 +1051,7 @@ fn running_group(
     args.extend_from_slice(extra);
     let (code, v) = plane.ctl(&args);
     assert_eq!(code, 0, "{v}");
-    let (code, v) = plane.ctl(&["start-failover", "px"]);
-    assert_eq!(code, 0, "{v}");
+    plane.ctl_ok(&["start-failover", "px"]);
     assert!(
         wait_until(Duration::from_secs(30), || {
             let nodes = plane.nodes("px");

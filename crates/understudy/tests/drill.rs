@@ -150,3 +150,167 @@ fn the_register_check_exits_3_on_two_actives_and_0_on_a_clean_handover() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("TWO ACTIVES"), "{out}");
 }
+
+/// A drill of its own local group, its stdout read line by line as it comes.
+struct Running {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(seed: &str) -> Running {
+        use std::io::BufRead;
+        let mut child = testbed::proc::spawn(
+            std::process::Command::new(BIN)
+                .args(["drill", "--local", "3", "--faults", "10000", "--seed", seed])
+                .args(["--kinds", "kill-agent,switchover"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null()),
+        )
+        .expect("start the drill");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = out.clone();
+        let reader = std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                lines.lock().unwrap().push(l);
+            }
+        });
+        Running {
+            child,
+            out,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything it printed, once it has exited and its output is read to the end.
+    fn rest(&mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            r.join().expect("the output reader");
+        }
+        self.text()
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `n` faults were reported; returns the drill's children (its agents).
+    fn after_faults(&self, n: usize) -> Vec<u32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while fault_lines(&self.text()).len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} faults not reported in 120 s:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let kids = children(self.child.id());
+        // One may be between its kill and its restart.
+        assert!(kids.len() >= 2, "the drill's agents not found: {kids:?}");
+        kids
+    }
+}
+
+/// Processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces, so read after its last ')'.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The directory of the local group a drill printed (`register: <dir>/register.log`).
+fn group_dir(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("register: "))
+        .and_then(|r| r.strip_suffix("/register.log"))
+        .unwrap_or_else(|| panic!("no register line:\n{out}"))
+        .to_string()
+}
+
+/// Nothing is mounted under `dir` any more (the drill's tmpfs for the lock file).
+fn unmounted(dir: &str) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(&format!(" {dir}/")),
+        "still mounted under {dir}:\n{mounts}"
+    );
+}
+
+fn all_gone(pids: &[u32]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drill left processes running: {:?}",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn ctrl_c_ends_a_drill_after_the_current_fault_with_its_summary() {
+    let mut d = Running::start("21");
+    let kids = d.after_faults(2);
+    signal(d.child.id(), nix::sys::signal::Signal::SIGINT);
+    let st = exit_within(&mut d.child, Duration::from_secs(90), || {
+        "the drill did not stop within 90 s of Ctrl-C".into()
+    });
+    all_gone(&kids);
+    let out = d.rest();
+    unmounted(&group_dir(&out));
+    assert_eq!(st.code(), Some(130), "{out}");
+    let done = fault_lines(&out).len();
+    assert!(
+        out.contains(&format!("stopped by SIGINT (Ctrl-C) after {done} faults")),
+        "{out}"
+    );
+    assert!(out.contains("two actives at once: never"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("kill-agent ") || l.starts_with("switchover ")),
+        "no summary table:\n{out}"
+    );
+}
+
+#[test]
+fn a_second_ctrl_c_kills_the_drill_and_its_group_at_once() {
+    let mut d = Running::start("22");
+    let kids = d.after_faults(1);
+    signal(d.child.id(), nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(50));
+    signal(d.child.id(), nix::sys::signal::Signal::SIGINT);
+    let st = exit_within(&mut d.child, Duration::from_secs(5), || {
+        "the drill did not die within 5 s of a second Ctrl-C".into()
+    });
+    all_gone(&kids);
+    // The handler re-raises the signal with its default action, as a shell expects.
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(nix::sys::signal::Signal::SIGINT as i32)
+    );
+    let out = d.rest();
+    unmounted(&group_dir(&out));
+    assert!(!out.contains("two actives at once"), "{out}");
+}

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime};
 
 use fix_common::{start_sim, Proc};
+use testbed::rss_kib;
 
 const SOH: char = '\x01';
 
@@ -250,18 +251,6 @@ fn a_counterparty_that_does_not_read_is_dropped() {
     );
     still_running(&mut sim, dir.path());
     good_logon_is_answered(a, "AFTER");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A Logon naming a CompID pair no session is configured for gets a Logout that says so, then

@@ -44,9 +44,8 @@ fn the_collector_reaches_tls_agents_with_their_token() {
             &tok,
         ],
     );
-    let (code, v) = plane.ctl(&["add-server", "px", "--", BIN, "demo-service"]);
-    assert_eq!(code, 0, "{v}");
-    let (code, v) = plane.ctl(&[
+    plane.ctl_ok(&["add-server", "px", "--", BIN, "demo-service"]);
+    plane.ctl_ok(&[
         "add-failover",
         "px",
         "--standby",
@@ -54,7 +53,6 @@ fn the_collector_reaches_tls_agents_with_their_token() {
         "--standby-host",
         "local",
     ]);
-    assert_eq!(code, 0, "{v}");
     let (code, v) = plane.ctl(&["start-failover", "px"]);
     assert_eq!(
         code, 0,

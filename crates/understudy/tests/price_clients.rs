@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use testbed::price::recorder::QuoteRecorder;
 use testbed::price::{GroupOptions, PriceGroup};
+use testbed::rss_kib;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -54,19 +55,6 @@ fn tx_queue(from: u16, to: u16) -> Option<u64> {
 /// bound. A server that waited on a bad client would starve the good one for good; a pause of a
 /// few hundred ms is only the machine's load. Latency figures are `understudy bench fanout`'s.
 const NO_STALL: Duration = Duration::from_secs(2);
-
-/// Resident memory of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// A raw protocol connection, for sending exactly what a misbehaving client would.
 struct Raw {

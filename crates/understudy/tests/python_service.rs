@@ -106,15 +106,7 @@ fn the_python_service_follows_the_environment_rule() {
     let run = |env: &[(&str, &str)]| {
         let mut cmd = Command::new(python());
         cmd.arg(script()).env_remove("SERVICE_LOG");
-        for k in [
-            "UNDERSTUDY_ROLE",
-            "UNDERSTUDY_EPOCH",
-            "UNDERSTUDY_GROUP",
-            "UNDERSTUDY_NODE",
-            "UNDERSTUDY_ADMIN",
-        ] {
-            cmd.env_remove(k);
-        }
+        testbed::proc::without_service_env(&mut cmd);
         cmd.envs(env.iter().copied());
         cmd.output().expect("run the python service")
     };

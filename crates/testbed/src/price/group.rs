@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 use understudy_pricefeed::{ClientOptions, PriceClient};
 
@@ -108,7 +107,7 @@ pub struct PriceGroup {
     /// The client's subscriptions.
     pub subscribed: Vec<String>,
     /// Processes this driver has SIGSTOPped and not yet resumed.
-    stopped: Vec<u32>,
+    stopped: crate::proc::Stopped,
     // Last: the runtime must outlive the recorder's task (fields drop in order).
     rt: tokio::runtime::Runtime,
 }
@@ -181,7 +180,7 @@ impl PriceGroup {
             status_http: https,
             recorder,
             subscribed,
-            stopped: Vec::new(),
+            stopped: Default::default(),
             rt,
         };
         g.group.spawn(NAMES[0])?;
@@ -268,16 +267,7 @@ impl PriceGroup {
 
     /// Sends `sig` to `pid`, remembering stopped processes so that they are resumed on drop.
     pub fn signal(&mut self, pid: u32, sig: Signal) -> anyhow::Result<()> {
-        let raw = i32::try_from(pid).context("pid out of range")?;
-        if sig == Signal::SIGCONT {
-            // Forgotten even if the process is gone: its pid may be reused by then.
-            self.stopped.retain(|p| *p != pid);
-        }
-        kill(Pid::from_raw(raw), sig).with_context(|| format!("kill -{sig} {pid}"))?;
-        if sig == Signal::SIGSTOP {
-            self.stopped.push(pid);
-        }
-        Ok(())
+        self.stopped.signal(pid, sig)
     }
 
     /// kill -9 the active agent and measure what follows: first price of a newer epoch, every
@@ -462,11 +452,7 @@ impl PriceGroup {
 impl Drop for PriceGroup {
     fn drop(&mut self) {
         // A stopped process cannot act on SIGTERM, and the group waits for its agents to exit.
-        for pid in std::mem::take(&mut self.stopped) {
-            if let Ok(raw) = i32::try_from(pid) {
-                let _ = kill(Pid::from_raw(raw), Signal::SIGCONT);
-            }
-        }
+        self.stopped.resume_all();
         self.group.stop_all();
     }
 }

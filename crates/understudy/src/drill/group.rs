@@ -52,7 +52,7 @@ pub struct Settled {
 /// What `--local` adds: the harness's directory, a small tmpfs for the lock, the register.
 struct Local {
     group: Option<testbed::Group>,
-    tmpfs: Option<PathBuf>,
+    tmpfs: Option<testbed::Tmpfs>,
     register: PathBuf,
     keep: bool,
 }
@@ -66,7 +66,7 @@ pub struct Group {
     pub no_disk_fill: Option<String>,
     work_dir: PathBuf,
     /// Processes the drill stopped and has not continued yet: continued on drop.
-    stopped: Vec<u32>,
+    stopped: testbed::proc::Stopped,
     local: Option<Local>,
 }
 
@@ -84,8 +84,8 @@ impl Group {
         let register = dir.join("register.log");
         let state = dir.join("state");
         std::fs::create_dir_all(&state)?;
-        let (tmpfs, no_disk_fill) = match mount_tmpfs(&state) {
-            Ok(()) => (Some(state.clone()), None),
+        let (tmpfs, no_disk_fill) = match testbed::Tmpfs::mount(&state, "16m") {
+            Ok(t) => (Some(t), None),
             Err(e) => (None, Some(e)),
         };
         let lock = state.join("group.lock");
@@ -128,7 +128,7 @@ impl Group {
             lock_file: Some(lock),
             no_disk_fill,
             work_dir: dir,
-            stopped: Vec::new(),
+            stopped: Default::default(),
             local: Some(Local {
                 group: Some(lg),
                 tmpfs,
@@ -232,7 +232,7 @@ impl Group {
             lock_file: None,
             no_disk_fill: None,
             work_dir,
-            stopped: Vec::new(),
+            stopped: Default::default(),
             local: None,
         };
         let statuses = g.statuses().await;
@@ -402,15 +402,7 @@ impl Group {
 
     /// Sends `sig` to `pid`, remembering what it stopped.
     pub fn signal(&mut self, pid: u32, sig: Signal) -> anyhow::Result<()> {
-        let raw = i32::try_from(pid).context("pid out of range")?;
-        if sig == Signal::SIGCONT {
-            self.stopped.retain(|p| *p != pid);
-        }
-        kill(Pid::from_raw(raw), sig).with_context(|| format!("kill -{sig} {pid}"))?;
-        if sig == Signal::SIGSTOP {
-            self.stopped.push(pid);
-        }
-        Ok(())
+        self.stopped.signal(pid, sig)
     }
 
     /// Waits until process `pid` is gone (reaping it when the drill started it).
@@ -470,14 +462,17 @@ impl Group {
         if let Some(env) = &spec.env {
             cmd.env_clear().envs(env.iter().cloned());
         }
-        if !local {
-            // The user's agents outlive the drill and its terminal.
+        // Each agent leads a process group of its own, out of the terminal's reach: a Ctrl-C
+        // must stop the drill after its current fault, not the agents under it. The user's
+        // agents outlive the drill; its own local ones are killed with it however it ends
+        // (testbed's signal handler, or `Drop`).
+        let child = if local {
+            testbed::proc::spawn(&mut cmd)
+        } else {
             use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
+            cmd.process_group(0).spawn()
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}'s agent", n.name))?;
+        .with_context(|| format!("cannot start {}'s agent", n.name))?;
         n.child = Some(child);
         Ok(())
     }
@@ -513,6 +508,8 @@ impl Group {
         for n in &mut self.nodes {
             if let Some(c) = &mut n.child {
                 if !matches!(c.try_wait(), Ok(None)) {
+                    // Also forgets its process group, so that nothing signals a reused pid.
+                    testbed::proc::stop_child(c);
                     n.child = None;
                 }
             }
@@ -522,11 +519,7 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        for pid in std::mem::take(&mut self.stopped) {
-            if let Ok(raw) = i32::try_from(pid) {
-                let _ = kill(Pid::from_raw(raw), Signal::SIGCONT);
-            }
-        }
+        self.stopped.resume_all();
         let Some(local) = self.local.as_mut() else {
             // The user's group keeps running, agents the drill restarted included.
             return;
@@ -538,35 +531,17 @@ impl Drop for Group {
                 while matches!(c.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(10) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                let _ = c.kill();
-                let _ = c.wait();
+                testbed::proc::stop_child(&mut c);
             }
         }
-        if let Some(dir) = local.tmpfs.take() {
-            let _ = Command::new("umount").arg("-l").arg(&dir).status();
-        }
+        // Unmounted before the harness's directory it lies in is removed.
+        drop(local.tmpfs.take());
         if let Some(g) = local.group.take() {
             if local.keep {
                 g.keep();
             }
         }
     }
-}
-
-/// Mounts a 16 MiB tmpfs at `dir`, so that a full disk can be injected without harm.
-fn mount_tmpfs(dir: &Path) -> Result<(), String> {
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("cannot run mount: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "mount -t tmpfs failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
 }
 
 /// Ok when the file system holding `file` is small enough to fill ([`MAX_FILL_BYTES`]).

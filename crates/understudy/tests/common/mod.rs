@@ -84,18 +84,6 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 }
 
 /// Resident memory of a process in KiB (0 when it cannot be read).
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The value of the Prometheus sample `name` at the agent `addr`; panics when there is none.
 pub fn metric(addr: &str, name: &str) -> u64 {
     let (_, body) =

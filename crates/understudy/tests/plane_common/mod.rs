@@ -134,6 +134,13 @@ impl Plane {
         ctl(&self.addr, args)
     }
 
+    /// `ctl` that must succeed; its JSON answer.
+    pub fn ctl_ok(&self, args: &[&str]) -> Value {
+        let (code, v) = ctl(&self.addr, args);
+        assert_eq!(code, 0, "ctl {args:?}: {v}");
+        v
+    }
+
     pub fn server(&self, name: &str) -> Value {
         let (code, v) = self.get(&format!("/api/servers/{name}"));
         assert_eq!(code, 200, "{v}");
