@@ -84,6 +84,9 @@ pub const MAX_WRITE_QUEUE_BYTES: usize = 8 << 20;
 /// Longest a single write may wait for the counterparty to read.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection's writer joins queued buffers into one write up to about this many bytes.
+const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+
 /// Time an initiator gives the counterparty to complete a TLS handshake.
 pub const TLS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -119,6 +122,9 @@ pub enum EngineError {
     /// The listening socket failed.
     #[error("accepting connections failed: {0}")]
     Accept(std::io::Error),
+    /// The loop's task panicked or was cancelled (see [`Engine::run_on_worker`]).
+    #[error("the engine task ended abnormally: {0}")]
+    Task(String),
 }
 
 /// One session handed to the engine.
@@ -547,6 +553,27 @@ impl<S: SessionStore> Engine<S> {
         self.slots.iter().position(|s| s.slot.name == name)
     }
 
+    /// [`run`](Self::run) as a task of the current (multi-threaded) runtime, awaited here.
+    ///
+    /// Why: a loop run by `block_on` lives on the caller's thread, outside the runtime's
+    /// workers, so every frame read by a connection task wakes that thread and every send
+    /// wakes a worker for its writer task: two thread hand-offs per message, each a
+    /// context switch that waits for a core on a loaded machine. As a task, the loop runs on
+    /// the worker whose reader task woke it, and the writer task it wakes runs there next.
+    pub async fn run_on_worker<A>(
+        self,
+        mut app: A,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), EngineError>
+    where
+        A: Application + Send + 'static,
+        S: Send + 'static,
+    {
+        tokio::spawn(async move { self.run(&mut app, shutdown).await })
+            .await
+            .unwrap_or_else(|e| Err(EngineError::Task(e.to_string())))
+    }
+
     /// Runs until `shutdown` completes (then logs every session out) or a store is fenced.
     pub async fn run<A: Application>(
         mut self,
@@ -618,6 +645,12 @@ impl<S: SessionStore> Engine<S> {
             None => (None, 0),
         };
         loop {
+            if self.holds() && self.net_rx.is_empty() && self.cmd_rx.is_empty() {
+                // Connection tasks share this thread: one with bytes ready runs first, so a
+                // burst in progress shows in the queue and the syncer thread takes the pass
+                // while this loop reads on, instead of the loop syncing and reading in turn.
+                tokio::task::yield_now().await;
+            }
             self.sync_held(app)?;
             tokio::select! {
                 Some(p) = next_probe(&mut probes) => {
@@ -848,7 +881,16 @@ impl<S: SessionStore> Engine<S> {
     {
         let stalled = self.net_tx.clone();
         let writer_task = tokio::spawn(async move {
-            while let Some(buf) = wrx.recv().await {
+            while let Some(mut buf) = wrx.recv().await {
+                // What the loop queued meanwhile (a released batch: one buffer per event)
+                // goes out in the same write: one syscall, and fewer segments for the
+                // counterparty to read, instead of one per buffer.
+                while buf.len() < WRITE_COALESCE_BYTES {
+                    match wrx.try_recv() {
+                        Ok(more) => buf.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
                 // The flush matters over TLS only: it pushes out what rustls still buffers.
                 let write = async {
                     wr.write_all(&buf).await?;
@@ -1375,6 +1417,11 @@ impl<S: SessionStore> Engine<S> {
         // wrote the record its own send waits on, and that send would wait for two passes.
         self.held.push_back((need, pending));
         over
+    }
+
+    /// Sends wait for group commit.
+    fn holds(&self) -> bool {
+        !self.held.is_empty() && self.group().is_some()
     }
 
     /// After each event: makes what this loop holds durable. With nothing else queued for the

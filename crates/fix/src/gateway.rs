@@ -30,12 +30,18 @@ use crate::order_map::OrderMap;
 use crate::orders::{put, put_str, reject_if_incomplete, tag};
 use crate::schedule::{ScheduleSpec, SessionSchedule};
 use crate::session::{Again, AppMessage, Role, Session, SessionConfig, SessionEvent};
-use crate::store::{Deferred, FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
+use crate::store::{
+    Deferred, FileStore, GroupCommit, SessionId, SessionStore, StoreError, SyncPolicy,
+};
 use crate::tags::{self, BeginString};
 use understudy_tls::{Pem, TlsServer};
 
 /// Separates the client's CompID from its ClOrdID upstream.
 pub const CL_ORD_ID_SEP: char = '~';
+
+/// Most done marks [`Gateway`] keeps before writing them, so a burst of reports with no
+/// order in between writes them before the next tick.
+const MAX_DONE_LATER: usize = 1024;
 
 /// A configuration error: the file, the key and the reason.
 #[derive(Debug, Error)]
@@ -568,6 +574,9 @@ pub struct Gateway {
     now: i64,
     /// When the order map was last pruned, Unix seconds.
     pruned_at: i64,
+    /// Orders whose terminal report went out and that the order map does not mark done yet,
+    /// with the time (see [`Gateway::note_done`]); at most [`MAX_DONE_LATER`].
+    done_later: Vec<(String, i64)>,
     /// Counts for logs and tests.
     pub routed: u64,
 }
@@ -655,6 +664,7 @@ impl Gateway {
                 orders,
                 now: unix_secs(SystemTime::now()),
                 pruned_at: 0,
+                done_later: Vec::new(),
                 routed: 0,
             },
             slots,
@@ -786,6 +796,9 @@ impl Gateway {
         };
         let new_id = m.get(tag::CL_ORD_ID).map(prefixed).unwrap_or_default();
         let new_id = String::from_utf8_lossy(&new_id).into_owned();
+        // The order map's file is synced for this order anyway: the done marks waiting ride
+        // along.
+        self.write_done();
         // Recorded before the order is stored for sending: a report can never arrive for an
         // order whose owner a successor does not know.
         self.orders.record(&new_id, client, &upstream)?;
@@ -857,32 +870,63 @@ impl Gateway {
         }
     }
 
-    /// Marks the order of a terminal ExecutionReport done in the order map (and the order a
-    /// replace superseded).
+    /// Notes the order of a terminal ExecutionReport done (and the order a replace
+    /// superseded), to be marked in the order map later ([`write_done`](Self::write_done)).
+    ///
+    /// Why later: nothing sent depends on a done mark (it only lets the map forget the order
+    /// after the retention), but written now it would put the order map's file into the pass
+    /// that makes the report durable: two `fdatasync`s before the report leaves instead of
+    /// one. Written with the next order's records (whose pass syncs that file anyway) or at
+    /// the next tick, it is durable within a tick; a machine crash before that leaves the
+    /// order live in a successor's map, as an order whose report it routes by ClOrdID.
     fn note_done(&mut self, m: &Message<'_>) {
         let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
         let terminal = matches!(
             m.get(tag::ORD_STATUS),
             Some(b"2" | b"3" | b"4" | b"8" | b"C")
         );
-        let mut done = Vec::new();
         if terminal {
-            done.push(id);
+            self.done_later.push((id.to_owned(), self.now));
         }
         if m.get(tag::EXEC_TYPE) == Some(b"5") {
-            done.extend(m.get_str(tag::ORIG_CL_ORD_ID));
-        }
-        for id in done {
-            if let Err(e) = self.orders.done(id, self.now) {
-                // The report went out; only the map's bound is at stake.
-                tracing::warn!(error = %e, cl_ord_id = id, "cannot mark the order done");
+            if let Some(orig) = m.get_str(tag::ORIG_CL_ORD_ID) {
+                self.done_later.push((orig.to_owned(), self.now));
             }
         }
+        if self.done_later.len() >= MAX_DONE_LATER {
+            self.write_done();
+        }
+    }
+
+    /// Marks the orders noted by [`note_done`](Self::note_done) done in the order map;
+    /// true when it wrote any.
+    fn write_done(&mut self) -> bool {
+        if self.done_later.is_empty() {
+            return false;
+        }
+        let marks = std::mem::take(&mut self.done_later);
+        let left = marks.len();
+        for (i, (id, at)) in marks.into_iter().enumerate() {
+            if let Err(e) = self.orders.done(&id, at) {
+                // The reports went out; only the map's bound is at stake. The store refuses
+                // the rest too (fenced, failed): said once.
+                tracing::warn!(error = %e, cl_ord_id = %id, not_marked = left - i,
+                    "cannot mark orders done");
+                break;
+            }
+        }
+        true
     }
 
     /// Prunes the order map at most once a second.
     fn prune_orders(&mut self, now: SystemTime) {
         self.now = unix_secs(now);
+        if self.write_done() {
+            // Nobody waits on the done marks: ask for the pass that makes them durable.
+            if let Some(g) = GroupCommit::started() {
+                g.request(g.written());
+            }
+        }
         if self.now == self.pruned_at {
             return;
         }
@@ -947,6 +991,14 @@ fn log_recovery(name: &str, store: &FileStore) {
     );
 }
 
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // A gateway that stops (shutdown, fenced) leaves its done marks in the file; a fenced
+        // store refuses them, as it must.
+        self.write_done();
+    }
+}
+
 impl Application for Gateway {
     fn on_message(&mut self, out: &mut Outbox, session: usize, msg: &AppMessage) {
         let Ok(m) = parse(&msg.frame) else {
@@ -981,6 +1033,7 @@ impl Application for Gateway {
                 .find(|(_, &i)| i == session)
                 .map(|(c, _)| c.clone());
             if let Some(c) = client {
+                self.write_done();
                 match self.orders.prune_client(&c) {
                     Ok(n) => {
                         tracing::info!(client = %c, pruned = n, "new session period: done orders pruned")

@@ -1,7 +1,8 @@
 //! Group commit against real files and a real engine over TCP: records are made durable in
 //! batches, a lone record without waiting for company, the records of one event in one pass,
 //! a received sequence number reaches the file only after what was forwarded before it is
-//! durable, and nothing is sent before the records written ahead of it are durable.
+//! durable, a gateway syncs per order only the files its sends depend on, and nothing is
+//! sent before the records written ahead of it are durable.
 //!
 //! The syncer is one per process and one case pauses it, so the cases run in order inside
 //! one test.
@@ -34,6 +35,7 @@ async fn group_commit() {
     a_lone_record_is_synced_at_once();
     received_number_waits_for_the_forward();
     one_pass_per_lone_order().await;
+    gateway_order_costs_one_sync_per_file_it_depends_on().await;
     nothing_leaves_before_it_is_durable().await;
 }
 
@@ -133,6 +135,28 @@ fn order(id: &str) -> Vec<u8> {
     b
 }
 
+/// A client `CLIENT` logged on to `target` at `addr`.
+async fn logged_on(addr: SocketAddr, target: &str) -> client::Client {
+    let mut c = client::start(ClientConfig {
+        connect: vec![addr],
+        sender_comp_id: "CLIENT".into(),
+        target_comp_id: target.into(),
+        begin_string: BeginString::Fix44,
+        heartbeat_interval: Duration::from_secs(30),
+        reconnect_interval: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .expect("client");
+    loop {
+        match next(&mut c, Duration::from_secs(10)).await {
+            Some(ClientEvent::LoggedOn(_)) => break,
+            Some(_) => {}
+            None => panic!("no logon"),
+        }
+    }
+    c
+}
+
 /// An exchange simulator on a group-commit store and a client logged on to it.
 async fn sim_and_client(dir: &Path) -> (tokio::task::JoinHandle<()>, client::Client) {
     let store = open(dir, "CLIENT", 1);
@@ -148,23 +172,7 @@ async fn sim_and_client(dir: &Path) -> (tokio::task::JoinHandle<()>, client::Cli
         let mut app = ExchangeSim::new();
         let _ = engine.run(&mut app, std::future::pending()).await;
     });
-    let mut c = client::start(ClientConfig {
-        connect: vec![addr],
-        sender_comp_id: "CLIENT".into(),
-        target_comp_id: "EXCH".into(),
-        begin_string: BeginString::Fix44,
-        heartbeat_interval: Duration::from_secs(30),
-        reconnect_interval: Duration::from_millis(10),
-        ..Default::default()
-    })
-    .expect("client");
-    loop {
-        match next(&mut c, Duration::from_secs(10)).await {
-            Some(ClientEvent::LoggedOn(_)) => break,
-            Some(_) => {}
-            None => panic!("no logon"),
-        }
-    }
+    let c = logged_on(addr, "EXCH").await;
     (sim, c)
 }
 
@@ -198,6 +206,110 @@ async fn one_pass_per_lone_order() {
     }
     c.task.abort();
     sim.abort();
+}
+
+/// A gateway (client session, upstream session and order map, each a file of its own) between
+/// a client and an in-memory simulator: per lone order, one pass on the way in (the order
+/// map's record and the forwarded order: two files) and one on the way back (the three
+/// reports: the client's file only; the order's done mark waits for the next order's pass,
+/// nothing sent depends on it). Every done mark is in the order map once the gateway stops.
+async fn gateway_order_costs_one_sync_per_file_it_depends_on() {
+    use understudy_fix::gateway::{Gateway, GatewayConfig};
+    use understudy_fix::order_map::OrderMap;
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sim_addr = sim_listener.local_addr().expect("addr");
+    let sim_engine =
+        Engine::<understudy_fix::store::MemoryStore>::new(Vec::new(), Some(sim_listener))
+            .with_factory(Box::new(ExchangeSim::factory("EXCH".into())));
+    let sim = tokio::spawn(async move {
+        let mut app = ExchangeSim::new();
+        let _ = sim_engine.run(&mut app, std::future::pending()).await;
+    });
+    let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let gw_addr = gw_listener.local_addr().expect("addr");
+    let text = format!(
+        "[gateway]\nlisten = \"{gw_addr}\"\ncomp_id = \"GW\"\nstore_dir = \"{}\"\ndefault_route = \"EXCH\"\n\
+         [[client]]\ncomp_id = \"CLIENT\"\n\
+         [[upstream]]\nname = \"EXCH\"\nconnect = [\"{sim_addr}\"]\ntarget_comp_id = \"EXCH\"\n",
+        tmp.path().display()
+    );
+    let cfg = GatewayConfig::parse(Path::new("gw.toml"), &text).expect("config");
+    let activated = Gateway::open(cfg, 1).expect("open");
+    let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
+    let gw_engine = Engine::new(activated.slots, Some(gw_listener)).with_health_probes(probe_rx, 1);
+    let gw = tokio::spawn(async move {
+        let mut app = activated.gateway;
+        let _ = gw_engine.run(&mut app, std::future::pending()).await;
+    });
+    let mut c = logged_on(gw_addr, "GW").await;
+    // An order sent before the upstream session is logged on would reach the simulator as
+    // a resend, which it does not fill.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        probe_tx.send(tx).expect("gateway running");
+        let health = rx.await.expect("health");
+        if health.sessions_logged_on == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never logged on upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The first order also warms the path (page cache, allocations).
+    c.handle.send(0, b"D", order("warm"));
+    reports(&mut c).await;
+    let g = GroupCommit::started().expect("syncer running");
+    let (mut passes, mut syncs) = (Vec::new(), Vec::new());
+    for i in 0..10 {
+        g.wait_durable(g.written()).expect("durable");
+        let (p, s) = (g.passes(), g.syncs());
+        c.handle.send(0, b"D", order(&format!("gw{i}")));
+        reports(&mut c).await;
+        passes.push(g.passes() - p);
+        syncs.push(g.syncs() - s);
+    }
+    // A tick may add a pass of its own (records nobody waits on) to an order's count, so
+    // the fewest over the orders is the order's own cost.
+    let min = |v: &[u64]| v.iter().copied().min().unwrap_or(0);
+    println!("per gateway order: passes {passes:?}, fdatasyncs {syncs:?}");
+    assert_eq!(
+        min(&passes),
+        2,
+        "passes per order (one each way): {passes:?}"
+    );
+    assert_eq!(
+        min(&syncs),
+        3,
+        "fdatasyncs per order (order map + upstream in, client out): {syncs:?}"
+    );
+    c.task.abort();
+    gw.abort();
+    // The gateway is dropped with the aborted task: its done marks are written then.
+    let _ = gw.await;
+    sim.abort();
+    let store = FileStore::open(
+        tmp.path(),
+        &SessionId::new(BeginString::Fix44, "ORDERS", "GW"),
+        2,
+        SyncPolicy::Group,
+    )
+    .expect("order map store");
+    let mut map = OrderMap::open(store, Duration::ZERO).expect("order map");
+    assert_eq!(map.len(), 11, "every order is in the map");
+    assert_eq!(
+        map.prune(i64::MAX).expect("prune"),
+        11,
+        "every filled order is marked done"
+    );
 }
 
 /// An exchange simulator on a group-commit store answers an order only once the syncer has

@@ -164,7 +164,7 @@ pub(crate) async fn exchange_sim(
 }
 
 /// Runs the exchange simulator on `engine` (over TLS with `tls`) until SIGTERM or SIGINT.
-async fn simulate<S: understudy_fix::store::SessionStore>(
+async fn simulate<S: understudy_fix::store::SessionStore + Send + 'static>(
     mut engine: Engine<S>,
     tls: Option<TlsServer>,
     mut term: Signal,
@@ -173,9 +173,8 @@ async fn simulate<S: understudy_fix::store::SessionStore>(
     if let Some(t) = tls {
         engine = engine.with_tls(t);
     }
-    let mut app = ExchangeSim::new();
     engine
-        .run(&mut app, async {
+        .run_on_worker(ExchangeSim::new(), async move {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
@@ -347,7 +346,7 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
             tracing::warn!("cannot acknowledge the activation: {e}");
         }
     }
-    let mut app = activated.gateway;
+    let app = activated.gateway;
     let mut engine = Engine::new(activated.slots, Some(listener));
     if let Some(r) = replication {
         let group = GroupCommit::shared().context("cannot start the group-commit syncer")?;
@@ -362,7 +361,9 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
         engine = engine.with_health_probes(probes, epoch);
     }
     let mut shutdown = service.shutdown();
-    let outcome = engine.run(&mut app, shutdown.requested()).await;
+    let outcome = engine
+        .run_on_worker(app, async move { shutdown.requested().await })
+        .await;
     match outcome {
         Ok(()) => Ok(0),
         Err(e @ EngineError::Fenced { .. }) => {
