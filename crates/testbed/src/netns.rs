@@ -51,6 +51,18 @@ fn run_quiet(prog: &str, args: &[&str]) {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Why machines cannot be made here, if they cannot: namespaces need root and iproute2's `ip`.
+pub fn unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("network namespaces need root".into());
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("network namespaces need `ip` (Debian package iproute2)".into()),
+    }
+}
+
 impl Lab {
     /// A fresh bridge with address `10.<net>.0.1/24` (needs root and iproute2).
     pub fn new() -> anyhow::Result<Lab> {
@@ -184,11 +196,42 @@ impl Lab {
 
     /// Machine loss: SIGKILL every process of `m` at once.
     pub fn kill_all(m: &Machine) {
-        for pid in Self::pids(m) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        Self::kill_sweep(&Self::pids(m), None);
+    }
+
+    /// Machine loss timed from its first signal: SIGKILL each of `pids` (listed beforehand with
+    /// [`Lab::pids`], since `ip` takes milliseconds to start) in one sweep, `last` after all the
+    /// others, so that no process is ended by another's death (a guardian by its agent's)
+    /// rather than by the loss itself.
+    pub fn kill_sweep(pids: &[u32], last: Option<u32>) {
+        let order = pids
+            .iter()
+            .filter(|p| Some(**p) != last)
+            .chain(last.as_ref());
+        for pid in order {
+            if let Ok(pid) = i32::try_from(*pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Waits until no process is left in `m`, killing any that appears meanwhile; fails after
+    /// `timeout` naming what is left.
+    pub fn wait_empty(m: &Machine, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = Self::pids(m);
+            if left.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("processes {left:?} still run in {} after {timeout:?}", m.ns);
+            }
+            Self::kill_sweep(&left, None);
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }

@@ -233,9 +233,11 @@ fn main() -> ExitCode {
 /// When the service is one of this binary's own (`understudy fix-gateway --config FILE`,
 /// `understudy price-server …`), check what the service would check at its start: its
 /// arguments, and the gateway's configuration file (relative paths as the service would see
-/// them: from the agent's working directory). `Some(Ok)` says what was checked; None for any
-/// other program, which understudy cannot judge.
-fn check_builtin_service(command: &[String]) -> Option<Result<String, String>> {
+/// them: from the agent's working directory), and a replicated gateway's settings against the
+/// agent's `[health]` check. `Some(Ok)` says what was checked; None for any other program,
+/// which understudy cannot judge.
+fn check_builtin_service(c: &Config) -> Option<Result<String, String>> {
+    let command = &c.service.command;
     let program = std::path::Path::new(command.first()?);
     let ours = program.file_name().is_some_and(|n| n == "understudy")
         || std::env::current_exe().is_ok_and(|me| program == me);
@@ -254,10 +256,30 @@ fn check_builtin_service(command: &[String]) -> Option<Result<String, String>> {
     Some(match cli.cmd {
         Cmd::Fix(fix_cmd::FixCmds::FixGateway { config }) => {
             match understudy_fix::gateway::GatewayConfig::load(&config) {
-                Ok(_) => Ok(format!(
-                    "the FIX gateway's configuration {} is valid",
-                    config.display()
-                )),
+                Ok(gw) => {
+                    let health = c
+                        .health
+                        .as_ref()
+                        .map(|h| understudy_fix::replica::AgentHealth {
+                            http: matches!(h.check, understudy_service::HealthCheck::Http(_)),
+                            interval: h.interval,
+                            timeout: h.timeout,
+                        });
+                    match gw
+                        .replication
+                        .as_ref()
+                        .map(|r| understudy_fix::replica::check_agent_health(r, health))
+                    {
+                        Some(Err(e)) => Err(format!(
+                            "the FIX gateway's configuration {} does not fit this agent: {e}",
+                            config.display()
+                        )),
+                        _ => Ok(format!(
+                            "the FIX gateway's configuration {} is valid",
+                            config.display()
+                        )),
+                    }
+                }
                 Err(e) => Err(format!("the FIX gateway's configuration is wrong: {e}")),
             }
         }
@@ -343,7 +365,7 @@ fn check_config(file: &std::path::Path, json: bool) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let service = check_builtin_service(&c.service.command);
+    let service = check_builtin_service(&c);
     if let Some(Err(e)) = &service {
         let e = format!("{}: service.command: {e}", file.display());
         if json {
@@ -399,7 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             // A cold standby starts its service only at takeover: a bad gateway configuration
             // must be found now, not then.
-            if let Some(Err(e)) = check_builtin_service(&cfg.service.command) {
+            if let Some(Err(e)) = check_builtin_service(&cfg) {
                 eprintln!(
                     "understudy: configuration error: {}: service.command: {e}",
                     config.display()

@@ -131,3 +131,73 @@ fn bad_price_server_arguments_are_found_by_check_config() {
     let (code, _, err) = run_cli(&["check-config", &agent_config(dir.path(), &["sleep", "x"])]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// A replicated gateway's `sync_timeout − timeout` must cover its agent's health check
+/// (`max(interval, timeout) + timeout`): otherwise the active can go on without a standby whose
+/// agent still reports it ready. Both values live in two files; `check-config` of the agent and
+/// its start read both and refuse the pair, naming each key, its value and the bound. A
+/// replicated gateway under an agent without an HTTP health check is refused too.
+#[test]
+fn a_sync_timeout_that_does_not_cover_the_agents_health_check_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("repl.token");
+    std::fs::write(&token, "s3cret\n").expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let gw = |mode: &str, sync_timeout: &str| {
+        gateway_config(
+            dir.path(),
+            &format!(
+                "\n[replication]\nmode = \"{mode}\"\nlisten = \"127.0.0.1:9880\"\npeers = [\"127.0.0.2:9880\"]\ntoken_file = {}\ntimeout = \"2s\"\nsync_timeout = \"{sync_timeout}\"\n",
+                q(&token.display().to_string())
+            ),
+        )
+    };
+    let agent = |gw: &str, health: &str| {
+        let cfg = agent_config(dir.path(), &[BIN, "fix-gateway", "--config", gw]);
+        let text = std::fs::read_to_string(&cfg).expect("read");
+        std::fs::write(&cfg, format!("{text}\n{health}")).expect("write");
+        cfg
+    };
+    let http = |interval: &str, timeout: &str| {
+        format!("[health]\nhttp = \"http://127.0.0.1:9879/health\"\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n")
+    };
+
+    // 3s − 2s = 1s > 500ms + 300ms.
+    let ok = agent(&gw("sync", "3s"), &http("500ms", "300ms"));
+    let (code, out, err) = run_cli(&["check-config", &ok]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is valid"), "{out}");
+
+    // 1s is not more than 800ms + 300ms; nor than 400ms + 800ms (a slow check delays the next).
+    for (interval, timeout, needed) in [("800ms", "300ms", "1.1s"), ("400ms", "800ms", "1.6s")] {
+        let cfg = agent(&gw("sync", "3s"), &http(interval, timeout));
+        let (code, out, err) = run_cli(&["check-config", &cfg]);
+        assert_eq!(code, 2, "check-config passed it:\n{out}{err}");
+        for want in [
+            "replication.sync_timeout (3s)",
+            "replication.timeout (2s)",
+            &format!("health.interval ({interval})"),
+            &format!("health.timeout ({timeout})"),
+            &format!("must be more than {needed}"),
+        ] {
+            assert!(
+                err.contains(want),
+                "the error does not say {want:?}:\n{err}"
+            );
+        }
+        agent_refuses(&cfg, "replication.sync_timeout");
+    }
+    // async never waits for a standby: only the HTTP check is required.
+    let cfg = agent(&gw("async", "3s"), &http("800ms", "300ms"));
+    let (code, out, err) = run_cli(&["check-config", &cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // No HTTP check: the agent could never learn that its standby is not in sync.
+    for health in ["", "[health]\ncommand = [\"true\"]\n"] {
+        let cfg = agent(&gw("async", "3s"), health);
+        let (code, out, err) = run_cli(&["check-config", &cfg]);
+        assert_eq!(code, 2, "check-config passed it:\n{out}{err}");
+        assert!(err.contains("[health] http"), "{err}");
+    }
+}

@@ -98,6 +98,61 @@ pub struct ReplicationConfig {
     pub reconnect_interval: Duration,
 }
 
+/// The agent's `[health]` check of a replicated gateway, as far as [`check_agent_health`] needs
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentHealth {
+    /// Whether the check is `http` (the agent reads `replication.ready` only from an HTTP
+    /// answer's body).
+    pub http: bool,
+    /// `health.interval`.
+    pub interval: Duration,
+    /// `health.timeout`.
+    pub timeout: Duration,
+}
+
+/// Checks a replicated gateway's settings against its agent's health check (`None`: the agent
+/// has none); the error names the keys, their values and the bound.
+///
+/// Every replicated standby must be checked over HTTP: that answer is the only way its agent
+/// learns that it is not in sync, and an agent that does not know campaigns with a copy that
+/// lacks records. With `sync`, a standby's window ends `timeout` after its last acknowledgement
+/// and the active goes on without it `sync_timeout` after; in between, the agent must have
+/// read a "not in sync" answer. The next check starts at most `max(health.interval,
+/// health.timeout)` after the last one that could still say "in sync" (checks run
+/// start-to-start, a slow one delays the next) and answers within `health.timeout`, so
+/// `sync_timeout − timeout` must exceed that sum.
+pub fn check_agent_health(
+    r: &ReplicationConfig,
+    health: Option<AgentHealth>,
+) -> Result<(), String> {
+    let mode = r.mode.as_str();
+    let h = match health {
+        Some(h) if h.http => h,
+        _ => {
+            return Err(format!(
+                "replication.mode = \"{mode}\" needs the agent's [health] http check of the gateway's GET /health (its [admin] http): that answer is how the agent learns a standby is not in sync, and an agent without it would take over with a copy that lacks records"
+            ))
+        }
+    };
+    if r.mode != Mode::Sync {
+        return Ok(());
+    }
+    let margin = r.sync_timeout.saturating_sub(r.timeout);
+    let needed = h.interval.max(h.timeout) + h.timeout;
+    if margin <= needed {
+        return Err(format!(
+            "replication.sync_timeout ({:?}) − replication.timeout ({:?}) = {margin:?} must be more than {needed:?}, which the agent's health.interval ({:?}) and health.timeout ({:?}) need (max(interval, timeout) + timeout): a standby out of sync must be reported not ready by its agent before the active goes on without it; make replication.sync_timeout more than {:?}, or check more often",
+            r.sync_timeout,
+            r.timeout,
+            h.interval,
+            h.timeout,
+            r.timeout + needed,
+        ));
+    }
+    Ok(())
+}
+
 /// A peer as the active sees it, in [`ReplicationHealth`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerHealth {
@@ -375,4 +430,64 @@ pub(crate) fn validate(
             Duration::from_millis(100),
         )?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repl(mode: Mode, timeout_ms: u64, sync_timeout_ms: u64) -> ReplicationConfig {
+        ReplicationConfig {
+            mode,
+            listen: "127.0.0.1:9880".parse().expect("addr"),
+            peers: vec!["127.0.0.2:9880".parse().expect("addr")],
+            token: b"t".to_vec(),
+            sync_timeout: Duration::from_millis(sync_timeout_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            heartbeat: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(500),
+            reconnect_interval: Duration::from_millis(100),
+        }
+    }
+
+    fn http(interval_ms: u64, timeout_ms: u64) -> Option<AgentHealth> {
+        Some(AgentHealth {
+            http: true,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    }
+
+    #[test]
+    fn sync_timeout_must_exceed_timeout_by_more_than_the_agents_check_takes() {
+        // 1 s margin against max(600, 300) + 300 = 900 ms, then exactly 900 ms (refused: the
+        // agent may learn it at the very moment the active moves on).
+        assert_eq!(
+            check_agent_health(&repl(Mode::Sync, 2000, 3000), http(600, 300)),
+            Ok(())
+        );
+        let e = check_agent_health(&repl(Mode::Sync, 2000, 2900), http(600, 300))
+            .expect_err("no margin");
+        assert!(e.contains("must be more than 900ms"), "{e}");
+        assert!(e.contains("more than 2.9s"), "{e}");
+        // A slow check delays the next: timeout counts twice when it exceeds the interval.
+        let e = check_agent_health(&repl(Mode::Sync, 2000, 3000), http(300, 600))
+            .expect_err("slow check");
+        assert!(e.contains("must be more than 1.2s"), "{e}");
+        // async never waits for a standby; no HTTP check is refused in every mode.
+        assert_eq!(
+            check_agent_health(&repl(Mode::Async, 2000, 2100), http(600, 300)),
+            Ok(())
+        );
+        for mode in [Mode::Sync, Mode::Async] {
+            let command = Some(AgentHealth {
+                http: false,
+                ..http(100, 100).expect("some")
+            });
+            for h in [None, command] {
+                let e = check_agent_health(&repl(mode, 2000, 5000), h).expect_err("no http");
+                assert!(e.contains("[health] http"), "{e}");
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::group::Group;
 use crate::http::{notified_ms, wait_port};
+use crate::netns::{Lab, Machine};
 use crate::proc::Proc;
 use understudy_status::{ActivationMode, StandbyType};
 
@@ -134,7 +135,16 @@ pub fn start_sim(
     store: Option<(&Path, StoreSync)>,
     log: Option<&Path>,
 ) -> anyhow::Result<(Proc, SocketAddr)> {
-    let addr = crate::ports::free_addrs(1)?[0];
+    start_sim_at(exe, crate::ports::free_addrs(1)?[0], store, log)
+}
+
+/// [`start_sim`] listening on `addr`.
+pub fn start_sim_at(
+    exe: &Path,
+    addr: SocketAddr,
+    store: Option<(&Path, StoreSync)>,
+    log: Option<&Path>,
+) -> anyhow::Result<(Proc, SocketAddr)> {
     let listen = addr.to_string();
     let mut cmd = crate::proc::understudy(
         exe,
@@ -292,6 +302,97 @@ impl Replicated {
     }
 }
 
+/// A replicated pair across "machines": nodes a and b (agent, guardian, gateway) each in a
+/// network namespace of its own on a bridge, the exchange simulator on the bridge's own address
+/// in this process's namespace, where the clients run too: the third machine, which reaches the
+/// other two and which their loss does not touch. Fixed ports on each machine's address:
+/// gateway 9878, its `/health` 9879, replication 9880, the agent's admin API 7700. Every
+/// process of a machine is killed, and the namespaces removed, when this is dropped.
+pub struct OnMachines {
+    /// The machines a and b.
+    pub machines: [Machine; 2],
+    /// Where each gateway listens for clients.
+    pub ports: [SocketAddr; 2],
+    /// The replication settings (addresses on the machines).
+    pub repl: Replicated,
+    /// The gateways' configuration files (`<dir>/gw-a.toml`, `<dir>/gw-b.toml`).
+    pub cfgs: [PathBuf; 2],
+    _sim: Proc,
+    // Last: the namespaces outlive the simulator's handle.
+    _lab: Lab,
+}
+
+impl OnMachines {
+    /// Creates the bridge and the machines, starts the simulator (logging into
+    /// `<dir>/sim.log`), and writes the gateways' configs in `dir` for `clients`, replicated with
+    /// `mode`, each on its own store `<dir>/store-<node>`. Needs root and iproute2.
+    pub fn create(
+        exe: &Path,
+        dir: &Path,
+        mode: &'static str,
+        sync: Option<StoreSync>,
+        clients: &[&str],
+    ) -> anyhow::Result<OnMachines> {
+        let mut lab = Lab::new().context("network namespaces (needs root and iproute2's ip)")?;
+        let machines = [lab.machine(NODES[0])?, lab.machine(NODES[1])?];
+        let at = |ip: &str, port: u16| -> anyhow::Result<SocketAddr> {
+            format!("{ip}:{port}")
+                .parse()
+                .with_context(|| format!("address {ip}:{port}"))
+        };
+        let sim_port = crate::ports::free_addrs(1)?[0].port();
+        let (sim_proc, sim) = start_sim_at(
+            exe,
+            at(&lab.address(1), sim_port)?,
+            None,
+            Some(&dir.join("sim.log")),
+        )?;
+        let [ma, mb] = &machines;
+        let ports = [at(&ma.ip, 9878)?, at(&mb.ip, 9878)?];
+        let repl = Replicated::on(
+            dir,
+            mode,
+            [at(&ma.ip, 9880)?, at(&mb.ip, 9880)?],
+            [at(&ma.ip, 9879)?, at(&mb.ip, 9879)?],
+        )?;
+        let cfgs = NODES.map(|n| dir.join(format!("gw-{n}.toml")));
+        for i in 0..2 {
+            // store_dir is replaced by the node's own store in `repl.extra`.
+            let mut file = GatewayFile::new(ports[i], &dir.join("store"), sim, clients);
+            file.gateway.sync = sync;
+            file.upstream[0].heartbeat_interval = Some("5s".into());
+            file.write(&cfgs[i], &repl.extra(dir, i))?;
+        }
+        Ok(OnMachines {
+            machines,
+            ports,
+            repl,
+            cfgs,
+            _sim: sim_proc,
+            _lab: lab,
+        })
+    }
+
+    /// Runs nodes a and b of `g` (added by [`add_gateways_with`]) on their machines, their
+    /// admin APIs on the machines' addresses.
+    pub fn place(&self, g: &mut Group) -> anyhow::Result<()> {
+        for (name, m) in NODES.iter().zip(&self.machines) {
+            let node = g
+                .nodes
+                .get_mut(*name)
+                .with_context(|| format!("no node {name}"))?;
+            let admin = format!("{}:7700", m.ip);
+            let text = std::fs::read_to_string(&node.config)
+                .with_context(|| node.config.display().to_string())?;
+            std::fs::write(&node.config, text.replace(&node.admin, &admin))
+                .with_context(|| node.config.display().to_string())?;
+            node.admin = admin;
+            g.launchers.insert(name.to_string(), Lab::launcher(m));
+        }
+        Ok(())
+    }
+}
+
 /// Adds nodes `a` and `b` to `g`, each running `fix-gateway` with its config of `cfgs`.
 ///
 /// Each gateway starts with SIGUSR1 ignored until it installs its own handler, so a signal from
@@ -353,7 +454,18 @@ pub struct FixGroup {
     /// Client addresses of the gateways of nodes a and b.
     pub gateways: [SocketAddr; 2],
     dir: PathBuf,
-    _pair: Pair,
+    hosts: Hosts,
+}
+
+/// What a [`FixGroup`] runs on besides its agents.
+enum Hosts {
+    /// This host: the simulator and the gateways' configs.
+    Here {
+        /// The simulator (kept running) and the gateways' ports.
+        pair: Pair,
+    },
+    /// A machine (network namespace) for each node.
+    Machines(Box<OnMachines>),
 }
 
 impl FixGroup {
@@ -375,28 +487,71 @@ impl FixGroup {
         clients: &[&str],
         replication: Option<&'static str>,
     ) -> anyhow::Result<FixGroup> {
+        Self::launch(exe, clients, move |exe, dir, clients, g| {
+            let repl = match replication {
+                Some(mode) => Some(Replicated::new(dir, mode)?),
+                None => None,
+            };
+            let pair = Pair::create(exe, dir, Some(sync), clients, |i| {
+                repl.as_ref().map(|r| r.extra(dir, i)).unwrap_or_default()
+            })?;
+            add_gateways_with(g, &pair.cfgs, repl.as_ref())?;
+            Ok(Hosts::Here { pair })
+        })
+        .await
+    }
+
+    /// [`FixGroup::start_with`] replicated with `mode`, each node on a machine of its own
+    /// ([`OnMachines`]; needs root); returns once node b is a ready standby, in sync.
+    pub async fn start_on_machines(
+        exe: PathBuf,
+        sync: StoreSync,
+        clients: &[&str],
+        mode: &'static str,
+    ) -> anyhow::Result<FixGroup> {
+        Self::launch(exe, clients, move |exe, dir, clients, g| {
+            let on = OnMachines::create(exe, dir, mode, Some(sync), clients)?;
+            add_gateways_with(g, &on.cfgs, Some(&on.repl))?;
+            on.place(g)?;
+            Ok(Hosts::Machines(Box::new(on)))
+        })
+        .await
+    }
+
+    /// The agents' group in a fresh directory, `hosts` setting up the rest (given the
+    /// executable, the directory and the clients); then node a active, b a ready standby.
+    async fn launch(
+        exe: PathBuf,
+        clients: &[&str],
+        hosts: impl FnOnce(&Path, &Path, &[&str], &mut Group) -> anyhow::Result<Hosts> + Send + 'static,
+    ) -> anyhow::Result<FixGroup> {
         let clients: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
         tokio::task::spawn_blocking(move || {
             let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
             let mut g = gateway_group(&exe)?;
             let dir = g.path.clone();
-            let repl = match replication {
-                Some(mode) => Some(Replicated::new(&dir, mode)?),
-                None => None,
+            let hosts = hosts(&exe, &dir, &clients, &mut g)?;
+            let gateways = match &hosts {
+                Hosts::Here { pair } => pair.ports,
+                Hosts::Machines(on) => on.ports,
             };
-            let pair = Pair::create(&exe, &dir, Some(sync), &clients, |i| {
-                repl.as_ref().map(|r| r.extra(&dir, i)).unwrap_or_default()
-            })?;
-            add_gateways_with(&mut g, &pair.cfgs, repl.as_ref())?;
-            start_active_then_standby(&mut g, pair.ports[0])?;
+            start_active_then_standby(&mut g, gateways[0])?;
             Ok(FixGroup {
                 group: Some(g),
-                gateways: pair.ports,
+                gateways,
                 dir,
-                _pair: pair,
+                hosts,
             })
         })
         .await?
+    }
+
+    /// Node `i`'s machine, when each node has one.
+    pub fn machine(&self, i: usize) -> Option<&Machine> {
+        match &self.hosts {
+            Hosts::Machines(on) => on.machines.get(i),
+            Hosts::Here { .. } => None,
+        }
     }
 
     /// Runs `f` on the agents in a blocking task.

@@ -25,9 +25,10 @@ pub enum FixBench {
     /// QuickFIX's as acceptors store for store, and client → gateway → fix-exchange-sim →
     /// back, with several clients at once; then issue 9's group-commit goals.
     FixRoundtrip(FixBenchArgs),
-    /// Recovery after kill -9 of the active agent (two agents, warm-standby gateways): time
-    /// until the new active accepts the client's Logon with its sequence numbers continuing,
-    /// next to the agent's own takeover in the same runs.
+    /// Recovery after kill -9 of the active agent (two agents, warm-standby gateways on a
+    /// shared directory) and, with `--replicated`, after the loss of the active's whole machine
+    /// (replicated gateways): time until the new active accepts the client's Logon with its
+    /// sequence numbers continuing, next to the agent's own takeover in the same runs.
     FixRecovery(FixRecoveryArgs),
 }
 
@@ -41,8 +42,9 @@ pub struct FixRecoveryArgs {
     #[arg(long, value_enum, default_value = "group")]
     pub sync: StoreSync,
     /// Also a pair whose gateways each keep their own store, replicated with
-    /// `replication.mode = "sync"`, killed in the same run, interleaved with the shared-directory
-    /// pair (which goes first alternates).
+    /// `replication.mode = "sync"`, each node (agent, guardian, gateway) in a network namespace
+    /// of its own; each run SIGKILLs every process of the active's namespace at once. Interleaved
+    /// with the shared-directory pair (which goes first alternates). Needs root and iproute2.
     #[arg(long)]
     pub replicated: bool,
 }
@@ -344,6 +346,8 @@ async fn logon_continuing(
 struct RecoveryRig {
     name: &'static str,
     fg: FixGroup,
+    /// The two-Hot watcher over both agents, for every run (taken at the end).
+    watcher: Option<crate::checkers::Watcher>,
     c: understudy_fix::client::Client,
     prev: understudy_fix::engine::LogonInfo,
     active: usize,
@@ -351,16 +355,25 @@ struct RecoveryRig {
     agent_notified: Vec<f64>,
     agent_e2e: Vec<f64>,
     beyond: Vec<f64>,
+    /// Processes of each machine lost (none when only the agent is killed).
+    machine_procs: Vec<usize>,
 }
 
 impl RecoveryRig {
+    /// The shared-directory pair on this host, or (`machines`) the replicated pair with a
+    /// machine for each node.
     async fn start(
         name: &'static str,
         sync: StoreSync,
-        replication: Option<&'static str>,
+        machines: bool,
     ) -> anyhow::Result<RecoveryRig> {
         let exe = std::env::current_exe().context("cannot find the understudy executable")?;
-        let fg = FixGroup::start_with(exe, sync, &["BENCH"], replication).await?;
+        let fg = if machines {
+            FixGroup::start_on_machines(exe, sync, &["BENCH"], "sync").await?
+        } else {
+            FixGroup::start(exe, sync, &["BENCH"]).await?
+        };
+        let watcher = Some(fg.group.as_ref().context("the group")?.watch());
         let mut c = fg.client("BENCH", Duration::from_millis(2))?;
         let prev = logon_continuing(&mut c, None, Duration::from_secs(10))
             .await
@@ -373,6 +386,7 @@ impl RecoveryRig {
         Ok(RecoveryRig {
             name,
             fg,
+            watcher,
             c,
             prev,
             active: 0,
@@ -380,12 +394,14 @@ impl RecoveryRig {
             agent_notified: Vec::new(),
             agent_e2e: Vec::new(),
             beyond: Vec::new(),
+            machine_procs: Vec::new(),
         })
     }
 
-    /// An order round trip, kill -9 of the active agent (its gateway dies with it), the
-    /// client's Logon to the new active, and the killed node back as a ready standby (with
-    /// replication: caught up).
+    /// An order round trip; kill -9 of the active agent (its gateway dies with it), or with a
+    /// machine for each node, of every process of the active's machine at once; the client's
+    /// Logon to the new active; the killed node back as a ready standby (with replication:
+    /// caught up); never two actives.
     async fn run_once(&mut self, run: usize) -> anyhow::Result<()> {
         let (fg, c) = (&mut self.fg, &mut self.c);
         // The session works: an order round trip on the current active.
@@ -399,21 +415,49 @@ impl RecoveryRig {
         })?;
         let active = self.active;
         let standby = 1 - active;
+        let node = group::NODES[active];
+        let machine = fg.machine(active).cloned();
+        // The machine's processes are listed before the clock starts (`ip` is slow to start).
+        let doomed = match &machine {
+            Some(m) => Some(
+                machine_processes(fg, active, m)
+                    .with_context(|| format!("{}: run {run}: machine {}", self.name, m.ns))?,
+            ),
+            None => None,
+        };
         let kill_unix = unix_ms();
         let t0 = std::time::Instant::now();
-        let killer = {
-            let mut g = fg.group.take().context("group")?;
-            tokio::task::spawn_blocking(move || {
-                g.kill9(group::NODES[active]);
-                g
-            })
+        let killer = match &doomed {
+            Some((pids, agent)) => {
+                crate::netns::Lab::kill_sweep(pids, Some(*agent));
+                self.machine_procs.push(pids.len());
+                None
+            }
+            None => {
+                let mut g = fg.group.take().context("group")?;
+                Some(tokio::task::spawn_blocking(move || {
+                    g.kill9(node);
+                    g
+                }))
+            }
         };
         let logon = logon_continuing(c, Some(&self.prev), Duration::from_secs(10)).await;
         let took = t0.elapsed().as_secs_f64() * 1e3;
-        fg.group = Some(killer.await?);
+        match (killer, machine) {
+            (Some(k), _) => fg.group = Some(k.await?),
+            (None, Some(m)) => {
+                // The agent was this process's child: reaped here; nothing else may be left.
+                fg.blocking(move |g| {
+                    g.kill9(node);
+                    crate::netns::Lab::wait_empty(&m, Duration::from_secs(5))
+                })
+                .await??
+            }
+            (None, None) => anyhow::bail!("no machine and no kill"),
+        }
         let logon = logon.with_context(|| {
             format!(
-                "{}: run {run}: after kill -9 (logs in {})",
+                "{}: run {run}: after the kill (logs in {})",
                 self.name,
                 fg.dir().display()
             )
@@ -433,11 +477,18 @@ impl RecoveryRig {
         self.prev = logon;
         // The killed node comes back as the standby for the next run.
         fg.blocking(move |g| -> anyhow::Result<()> {
-            g.spawn(group::NODES[active])?;
-            g.wait_ready_standby(group::NODES[active])
+            g.spawn(node)?;
+            g.wait_ready_standby(node)
         })
         .await??;
         self.active = standby;
+        if self.watcher.as_ref().is_some_and(|w| w.violations() > 0) {
+            anyhow::bail!(
+                "{}: run {run}: TWO ACTIVES AT ONCE seen by the two-Hot watcher (logs in {})",
+                self.name,
+                fg.dir().display()
+            );
+        }
         Ok(())
     }
 
@@ -470,10 +521,42 @@ impl RecoveryRig {
     }
 }
 
+/// Every process of node `i`'s machine, and its agent's pid; fails unless the agent and its
+/// gateway are among them.
+fn machine_processes(
+    fg: &FixGroup,
+    i: usize,
+    m: &crate::netns::Machine,
+) -> anyhow::Result<(Vec<u32>, u32)> {
+    let node = group::NODES[i];
+    let g = fg.group.as_ref().context("the group")?;
+    let agent = fg.agent_pid(i).context("its agent does not run")?;
+    let gateway = g
+        .service_pid(node)
+        .context("its agent shows no gateway pid")?;
+    let pids = crate::netns::Lab::pids(m);
+    for (what, pid) in [("agent", agent), ("gateway", gateway)] {
+        if !pids.contains(&pid) {
+            anyhow::bail!("its {what} (pid {pid}) is not among its processes {pids:?}");
+        }
+    }
+    Ok((pids, agent))
+}
+
 async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
-    let mut rigs = vec![RecoveryRig::start("shared dir", a.sync, None).await?];
     if a.replicated {
-        rigs.push(RecoveryRig::start("replicated (sync)", a.sync, Some("sync")).await?);
+        if let Some(why) = crate::netns::unavailable() {
+            anyhow::bail!(
+                "--replicated kills the active's whole machine: {why}; run it as root, or without --replicated"
+            );
+        }
+        if a.sync != StoreSync::Group {
+            anyhow::bail!("--replicated streams group-commit batches: it needs --sync group");
+        }
+    }
+    let mut rigs = vec![RecoveryRig::start("shared dir, agent killed", a.sync, false).await?];
+    if a.replicated {
+        rigs.push(RecoveryRig::start("replicated (sync), machine killed", a.sync, true).await?);
     }
     for run in 0..a.runs {
         // Interleaved, which pair goes first alternating, so drift hits both alike.
@@ -482,19 +565,51 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
             rigs[(run + k) % n].run_once(run).await?;
         }
     }
-    for r in &rigs {
+    let (mut sweeps, mut notes) = (Vec::new(), Vec::new());
+    for r in &mut rigs {
         r.c.task.abort();
+        let rep = r.watcher.take().context("the watcher")?.stop();
+        if rep.sweeps == 0 {
+            anyhow::bail!("{}: the two-Hot watcher never completed a sweep", r.name);
+        }
+        if !rep.violations.is_empty() {
+            anyhow::bail!(
+                "{}: the two-Hot watcher, {} sweeps: TWO ACTIVES AT ONCE: {:?}",
+                r.name,
+                rep.sweeps,
+                rep.violations
+            );
+        }
+        sweeps.push(format!("{}: {} sweeps", r.name, rep.sweeps));
+        if let (Some(lo), Some(hi)) = (r.machine_procs.iter().min(), r.machine_procs.iter().max()) {
+            let n = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}–{hi}")
+            };
+            notes.push(format!(
+                "{}: each machine loss killed {n} processes (agent, guardian, gateway)",
+                r.name
+            ));
+        }
     }
     println!(
-        "fix-recovery: {} × kill -9 of the active agent (trylock, warm-standby fix-gateway, store sync {}){}, client retrying every 2 ms",
+        "fix-recovery: {} runs of each pair; shared-directory pair: kill -9 of the active agent, its gateway dying with it (trylock, warm-standby fix-gateway, store sync {}){}, client retrying every 2 ms",
         a.runs,
         a.sync,
         if a.replicated {
-            "; shared-directory pair and replicated pair (each gateway its own store, replication.mode = sync), interleaved"
+            "; and a replicated pair (each gateway its own store, replication.mode = sync), each node (agent, guardian, gateway) in a network namespace of its own, SIGKILL of every process of the active's namespace at once (the client and the exchange simulator outside both); interleaved"
         } else {
             ""
         }
     );
+    println!(
+        "never two actives (two-Hot watcher every 3 ms: {})",
+        sweeps.join(", ")
+    );
+    for n in notes {
+        println!("{n}");
+    }
     let mut t = Table::new("ms", 1, a.runs);
     for r in &rigs {
         r.rows(&mut t);
