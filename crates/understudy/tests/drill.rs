@@ -296,11 +296,23 @@ fn ctrl_c_ends_a_drill_after_the_current_fault_with_its_summary() {
 
 #[test]
 fn a_second_ctrl_c_kills_the_drill_and_its_group_at_once() {
+    use nix::sys::signal::Signal;
     let mut d = Running::start("22");
     let kids = d.after_faults(1);
-    signal(d.child.id(), nix::sys::signal::Signal::SIGINT);
-    std::thread::sleep(Duration::from_millis(50));
-    signal(d.child.id(), nix::sys::signal::Signal::SIGINT);
+    // With every agent frozen the group cannot settle, so after the first Ctrl-C the drill is
+    // still waiting (for the current fault's recovery, then for its agents to stop) when the
+    // second one comes: otherwise a quick fault lets it finish cleanly in between.
+    for k in &kids {
+        signal(*k, Signal::SIGSTOP);
+    }
+    signal(d.child.id(), Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        d.child.try_wait().expect("wait").is_none(),
+        "the drill ended after one Ctrl-C with its group frozen:\n{}",
+        d.text()
+    );
+    signal(d.child.id(), Signal::SIGINT);
     let st = exit_within(&mut d.child, Duration::from_secs(5), || {
         "the drill did not die within 5 s of a second Ctrl-C".into()
     });
@@ -308,7 +320,7 @@ fn a_second_ctrl_c_kills_the_drill_and_its_group_at_once() {
     // The handler re-raises the signal with its default action, as a shell expects.
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&st),
-        Some(nix::sys::signal::Signal::SIGINT as i32)
+        Some(Signal::SIGINT as i32)
     );
     let out = d.rest();
     unmounted(&group_dir(&out));
