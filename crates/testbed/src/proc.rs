@@ -207,20 +207,45 @@ pub fn log_to(cmd: &mut Command, log: &Path) -> std::io::Result<()> {
 /// True while `pid` exists and is not a zombie (a zombie acts no more; our PID 1 may not reap),
 /// or is a zombie main thread whose other threads still run.
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            // The state follows the parenthesised command name, which may contain spaces.
-            let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            match after.split_whitespace().next() {
-                // A main thread that is a zombie while other threads of the process still run
-                // (a multi-threaded process being killed): it still holds its files and sockets.
-                Some("Z") | Some("X") => live_threads(pid) > 1,
-                None => false,
-                Some(_) => true,
-            }
-        }
-        Err(_) => false,
+    match stat_after_comm(pid)
+        .as_deref()
+        .map(|f| f.split_whitespace().next())
+    {
+        // A main thread that is a zombie while other threads of the process still run (a
+        // multi-threaded process being killed): it still holds its files and sockets.
+        Some(Some("Z" | "X")) => live_threads(pid) > 1,
+        Some(Some(_)) => true,
+        Some(None) | None => false,
     }
+}
+
+/// The fields of `/proc/<pid>/stat` after the parenthesised command name (which may itself
+/// hold spaces and parentheses): state, ppid, pgrp, …
+fn stat_after_comm(pid: u32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(s.rsplit_once(')')?.1.to_owned())
+}
+
+/// Field `n` (from 0: state, ppid, pgrp) after the command name, as a number.
+fn stat_number(pid: u32, n: usize) -> Option<u32> {
+    stat_after_comm(pid)?
+        .split_whitespace()
+        .nth(n)?
+        .parse()
+        .ok()
+}
+
+/// Every live process for which `pick` holds, sorted.
+fn live_pids_where(pick: impl Fn(u32) -> bool) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .filter(|pid| pick(*pid) && alive(*pid))
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// Threads listed for `pid` (its main thread included, zombie or not); 0 when it is gone.
@@ -230,26 +255,17 @@ fn live_threads(pid: u32) -> usize {
 
 /// The process group id of `pid`.
 pub fn pgid_of(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = s.rsplit_once(')')?.1;
-    // fields after the name: state ppid pgrp ...
-    after.split_whitespace().nth(2)?.parse().ok()
+    stat_number(pid, 2)
 }
 
 /// Every live process in process group `pgid`.
 pub fn pids_in_group(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if pgid_of(pid) == Some(pgid) && alive(pid) {
-                    out.push(pid);
-                }
-            }
-        }
-    }
-    out.sort_unstable();
-    out
+    live_pids_where(|pid| pgid_of(pid) == Some(pgid))
+}
+
+/// Every live child of `parent`.
+pub fn children(parent: u32) -> Vec<u32> {
+    live_pids_where(|pid| stat_number(pid, 1) == Some(parent))
 }
 
 /// Resident memory of a process in KiB (0 when it is gone).

@@ -210,33 +210,11 @@ impl Running {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let kids = children(self.child.id());
+        let kids = testbed::proc::children(self.child.id());
         // One may be between its kill and its restart.
         assert!(kids.len() >= 2, "the drill's agents not found: {kids:?}");
         kids
     }
-}
-
-/// Processes whose parent is `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        // "pid (comm) state ppid …": comm may hold spaces, so read after its last ')'.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// The directory of the local group a drill printed (`register: <dir>/register.log`).
