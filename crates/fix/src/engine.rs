@@ -66,7 +66,7 @@ use crate::codec::{parse, Deframer, MessageBuilder, DEFAULT_MAX_BODY_LENGTH};
 use crate::session::{
     Action, Again, AppMessage, DisconnectReason, Role, SendError, Session, SessionEvent, State,
 };
-use crate::store::{GroupCommit, SessionId, SessionStore, StoreError};
+use crate::store::{GroupCommit, SessionId, SessionStore, StoreError, StoreMark};
 use crate::tags::{self, msg_type, BeginString, SessionRejectReason};
 
 /// Most connections at once that have not yet named their session with a Logon.
@@ -291,8 +291,10 @@ pub trait Application {
     fn on_logout(&mut self, _session: usize, _reason: &DisconnectReason) {}
     /// A session event other than Logon (gap, resend served, reject, …).
     fn on_event(&mut self, _session: usize, _event: &SessionEvent) {}
-    /// The engine's timer tick (every 100 ms by default), with the time it read.
-    fn on_tick(&mut self, _now: SystemTime) {}
+    /// The engine's timer tick (every 100 ms by default), with the time it read and where
+    /// each session's store stands (by session index; see [`StoreMark`]): every message
+    /// sent or stored before this tick lies before its session's mark.
+    fn on_tick(&mut self, _now: SystemTime, _marks: &[Option<StoreMark>]) {}
 }
 
 /// What [`Application::on_logon`] is told.
@@ -1226,7 +1228,12 @@ impl<S: SessionStore> Engine<S> {
             self.stores_durable(g.durable())?;
         }
         let now = SystemTime::now();
-        app.on_tick(now);
+        let marks: Vec<Option<StoreMark>> = self
+            .slots
+            .iter()
+            .map(|s| s.slot.session.store().mark())
+            .collect();
+        app.on_tick(now, &marks);
         for i in 0..self.slots.len() {
             if self.slots[i].waiting_schedule && self.slots[i].slot.session.schedule_open(now) {
                 self.start_connect(i, Duration::ZERO);

@@ -12,8 +12,9 @@
 //!
 //! ClOrdIDs are made unique upstream by prefixing the client's CompID (`CLIENT~id`), and the
 //! owner of each upstream ClOrdID is recorded in the order map ([`OrderMap`]), itself a
-//! fenced [`FileStore`] in the shared directory, so a new active routes reports for orders the
-//! old one sent; done orders leave it after `gateway.order_retention`.
+//! fenced [`FileStore`] in the store directory, written once a tick and completed at
+//! activation from the session stores, so a new active routes reports for orders the old one
+//! sent; done orders leave it after `gateway.order_retention`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,12 +27,12 @@ use thiserror::Error;
 use crate::codec::{parse, Message};
 use crate::engine::{AllowedPeers, Application, LogonInfo, Outbox, SessionSlot};
 use crate::initiator::{InitiatorConfig, InitiatorDefaults};
-use crate::order_map::OrderMap;
+use crate::order_map::{finished, OrderMap, Side};
 use crate::orders::{put, put_str, reject_if_incomplete, tag};
 use crate::schedule::{ScheduleSpec, SessionSchedule};
 use crate::session::{Again, AppMessage, Role, Session, SessionConfig, SessionEvent};
 use crate::store::{
-    Deferred, FileStore, GroupCommit, SessionId, SessionStore, StoreError, SyncPolicy,
+    Deferred, FileStore, GroupCommit, SessionId, SessionStore, StoreError, StoreMark, SyncPolicy,
 };
 use crate::tags::{self, BeginString};
 use understudy_tls::{Pem, TlsServer};
@@ -39,9 +40,10 @@ use understudy_tls::{Pem, TlsServer};
 /// Separates the client's CompID from its ClOrdID upstream.
 pub const CL_ORD_ID_SEP: char = '~';
 
-/// Most done marks [`Gateway`] keeps before writing them, so a burst of reports with no
-/// order in between writes them before the next tick.
-const MAX_DONE_LATER: usize = 1024;
+/// Longest the order map's checkpoint lags the session stores while no order or terminal
+/// report moves it (other messages, the gateway's own rejects): what a successor reads
+/// beyond it at activation stays small.
+const CHECKPOINT_EVERY: i64 = 10;
 
 /// A configuration error: the file, the key and the reason.
 #[derive(Debug, Error)]
@@ -574,9 +576,14 @@ pub struct Gateway {
     now: i64,
     /// When the order map was last pruned, Unix seconds.
     pruned_at: i64,
-    /// Orders whose terminal report went out and that the order map does not mark done yet,
-    /// with the time (see [`Gateway::note_done`]); at most [`MAX_DONE_LATER`].
-    done_later: Vec<(String, i64)>,
+    /// Each session's store directory name (by session index): its marks' key in the order
+    /// map.
+    store_keys: Vec<String>,
+    /// Sessions whose store holds a message the order map's next checkpoint must cover (an
+    /// order sent upstream, a terminal report sent to a client), by session index.
+    touched: Vec<bool>,
+    /// When the order map's checkpoint last covered every session, Unix seconds.
+    checkpointed_at: i64,
     /// Counts for logs and tests.
     pub routed: u64,
 }
@@ -602,6 +609,7 @@ impl Gateway {
             })
         };
         let mut slots = Vec::new();
+        let mut store_keys = Vec::new();
         let mut client_index = HashMap::new();
         let open_access = ClientAccess::default();
         let access = cfg
@@ -611,6 +619,7 @@ impl Gateway {
         for ((c, sched), access) in cfg.clients.iter().zip(&cfg.client_schedules).zip(access) {
             let sid = SessionId::new(cfg.begin_string, &cfg.comp_id, c);
             let store = open(&sid, c)?;
+            store_keys.push(sid.dir_name());
             log_recovery(c, &store);
             let mut sc = SessionConfig::new(cfg.begin_string, &cfg.comp_id, c, Role::Acceptor);
             sc.logon_timeout = cfg.logon_timeout;
@@ -633,6 +642,7 @@ impl Gateway {
                 &init.target_comp_id,
             );
             let store = open(&sid, &u.name)?;
+            store_keys.push(sid.dir_name());
             log_recovery(&u.name, &store);
             let mut sc = init.session_config();
             sc.max_latency = cfg.max_latency;
@@ -646,25 +656,44 @@ impl Gateway {
         // The order map: a fenced store of its own, one "sent message" per order.
         let sid = SessionId::new(cfg.begin_string, "ORDERS", &cfg.comp_id);
         let orders = open(&sid, "orders")?;
-        let orders =
-            OrderMap::open(orders, cfg.order_retention).map_err(|source| GatewayError::Store {
-                session: "orders".into(),
-                source,
-            })?;
+        let map_err = |source| GatewayError::Store {
+            session: "orders".into(),
+            source,
+        };
+        let mut orders = OrderMap::open(orders, cfg.order_retention).map_err(map_err)?;
+        let sides: Vec<Side<'_>> = slots
+            .iter()
+            .zip(&store_keys)
+            .enumerate()
+            .map(|(i, (slot, key))| Side {
+                key,
+                name: &slot.name,
+                upstream: i >= cfg.clients.len(),
+                store: slot.session.store().inner(),
+            })
+            .collect();
+        let now = unix_secs(SystemTime::now());
+        let rebuilt = orders.rebuild(&sides, now).map_err(map_err)?;
         tracing::info!(
             orders = orders.len(),
+            read = rebuilt.scanned,
+            owners_added = rebuilt.owners,
+            done_added = rebuilt.done,
             epoch,
-            "gateway activated: stores open"
+            "gateway activated: stores open, order map completed from the session stores"
         );
+        let touched = vec![false; slots.len()];
         Ok(Activated {
             gateway: Gateway {
                 cfg,
                 client_index,
                 upstream_index,
                 orders,
-                now: unix_secs(SystemTime::now()),
+                now,
                 pruned_at: 0,
-                done_later: Vec::new(),
+                store_keys,
+                touched,
+                checkpointed_at: now,
                 routed: 0,
             },
             slots,
@@ -750,15 +779,15 @@ impl Gateway {
         client: &str,
         msg: &AppMessage,
         m: &Message<'_>,
-    ) -> Result<(), StoreError> {
+    ) {
         let mt = m.msg_type();
         let mt_str = String::from_utf8_lossy(mt).into_owned();
         if !matches!(mt, b"D" | b"F" | b"G") {
             Self::business_reject(out, session, msg, &mt_str, b"3", "unsupported message type");
-            return Ok(());
+            return;
         }
         if reject_if_incomplete(out, session, msg, m) {
-            return Ok(());
+            return;
         }
         let prefixed = |v: &[u8]| {
             let mut p = Vec::with_capacity(client.len() + 1 + v.len());
@@ -788,20 +817,18 @@ impl Gateway {
         };
         let Some(upstream) = upstream else {
             self.refuse(out, session, m, mt, "no route for this order");
-            return Ok(());
+            return;
         };
         let Some(&target) = self.upstream_index.get(&upstream) else {
             self.refuse(out, session, m, mt, "no route for this order");
-            return Ok(());
+            return;
         };
         let new_id = m.get(tag::CL_ORD_ID).map(prefixed).unwrap_or_default();
         let new_id = String::from_utf8_lossy(&new_id).into_owned();
-        // The order map's file is synced for this order anyway: the done marks waiting ride
-        // along.
-        self.write_done();
-        // Recorded before the order is stored for sending: a report can never arrive for an
-        // order whose owner a successor does not know.
-        self.orders.record(&new_id, client, &upstream)?;
+        // In memory only: the forwarded order, in the upstream's store before it leaves, is
+        // what a successor learns the owner from (see `order_map`).
+        self.orders.record(&new_id, client, &upstream);
+        self.touched[target] = true;
         let body = forwarded_body(m, msg.frame.len(), prefixed);
         let again = if msg.poss_dup || possibly_resent(m) {
             Again::PossResend
@@ -810,7 +837,6 @@ impl Gateway {
         };
         out.forward(target, mt, body, again);
         self.routed += 1;
-        Ok(())
     }
 
     fn route_from_upstream(
@@ -866,65 +892,46 @@ impl Gateway {
         };
         out.forward(target, mt, body, again);
         if mt == b"8" {
-            self.note_done(m);
-        }
-    }
-
-    /// Notes the order of a terminal ExecutionReport done (and the order a replace
-    /// superseded), to be marked in the order map later ([`write_done`](Self::write_done)).
-    ///
-    /// Why later: nothing sent depends on a done mark (it only lets the map forget the order
-    /// after the retention), but written now it would put the order map's file into the pass
-    /// that makes the report durable: two `fdatasync`s before the report leaves instead of
-    /// one. Written with the next order's records (whose pass syncs that file anyway) or at
-    /// the next tick, it is durable within a tick; a machine crash before that leaves the
-    /// order live in a successor's map, as an order whose report it routes by ClOrdID.
-    fn note_done(&mut self, m: &Message<'_>) {
-        let id = m.get_str(tag::CL_ORD_ID).unwrap_or_default();
-        let terminal = matches!(
-            m.get(tag::ORD_STATUS),
-            Some(b"2" | b"3" | b"4" | b"8" | b"C")
-        );
-        if terminal {
-            self.done_later.push((id.to_owned(), self.now));
-        }
-        if m.get(tag::EXEC_TYPE) == Some(b"5") {
-            if let Some(orig) = m.get_str(tag::ORIG_CL_ORD_ID) {
-                self.done_later.push((orig.to_owned(), self.now));
+            for id in finished(m).into_iter().flatten() {
+                if self.orders.done(&String::from_utf8_lossy(id), self.now) {
+                    self.touched[target] = true;
+                }
             }
         }
-        if self.done_later.len() >= MAX_DONE_LATER {
-            self.write_done();
-        }
     }
 
-    /// Marks the orders noted by [`note_done`](Self::note_done) done in the order map;
-    /// true when it wrote any.
-    fn write_done(&mut self) -> bool {
-        if self.done_later.is_empty() {
-            return false;
-        }
-        let marks = std::mem::take(&mut self.done_later);
-        let left = marks.len();
-        for (i, (id, at)) in marks.into_iter().enumerate() {
-            if let Err(e) = self.orders.done(&id, at) {
-                // The reports went out; only the map's bound is at stake. The store refuses
-                // the rest too (fenced, failed): said once.
-                tracing::warn!(error = %e, cl_ord_id = %id, not_marked = left - i,
-                    "cannot mark orders done");
-                break;
-            }
-        }
-        true
-    }
-
-    /// Prunes the order map at most once a second.
-    fn prune_orders(&mut self, now: SystemTime) {
+    /// Writes the order map's changes with a checkpoint of the sessions they concern (of
+    /// every session, at most every [`CHECKPOINT_EVERY`] seconds, when nothing else moves
+    /// it), then prunes it at most once a second.
+    fn on_tick_orders(&mut self, now: SystemTime, marks: &[Option<StoreMark>]) {
         self.now = unix_secs(now);
-        if self.write_done() {
-            // Nobody waits on the done marks: ask for the pass that makes them durable.
-            if let Some(g) = GroupCommit::started() {
-                g.request(g.written());
+        let all = self.now.saturating_sub(self.checkpointed_at) >= CHECKPOINT_EVERY;
+        if self.orders.unwritten() > 0 || self.touched.contains(&true) || all {
+            let keys = &self.store_keys;
+            let covered: Vec<(&str, StoreMark)> = marks
+                .iter()
+                .zip(keys)
+                .zip(&self.touched)
+                .filter(|(_, &t)| t || all)
+                .filter_map(|((m, k), _)| m.map(|m| (k.as_str(), m)))
+                .collect();
+            match self.orders.flush(&covered) {
+                Ok(wrote) => {
+                    self.touched.iter_mut().for_each(|t| *t = false);
+                    if all {
+                        self.checkpointed_at = self.now;
+                    }
+                    if wrote {
+                        // Nobody waits on these records: ask for the pass that makes them
+                        // durable.
+                        if let Some(g) = GroupCommit::started() {
+                            g.request(g.written());
+                        }
+                    }
+                }
+                // The session stores refuse next (fenced, failed disk) and stop the engine;
+                // a successor rebuilds what is missing from them.
+                Err(e) => tracing::warn!(error = %e, "cannot write the order map"),
             }
         }
         if self.now == self.pruned_at {
@@ -991,14 +998,6 @@ fn log_recovery(name: &str, store: &FileStore) {
     );
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        // A gateway that stops (shutdown, fenced) leaves its done marks in the file; a fenced
-        // store refuses them, as it must.
-        self.write_done();
-    }
-}
-
 impl Application for Gateway {
     fn on_message(&mut self, out: &mut Outbox, session: usize, msg: &AppMessage) {
         let Ok(m) = parse(&msg.frame) else {
@@ -1010,13 +1009,7 @@ impl Application for Gateway {
             .find(|(_, &i)| i == session)
             .map(|(c, _)| c.clone());
         match client {
-            Some(c) => {
-                if let Err(e) = self.route_from_client(out, session, &c, msg, &m) {
-                    // The order map refused (fenced or I/O): the order is not forwarded. The
-                    // session stores will refuse next and stop the engine.
-                    tracing::error!(error = %e, "order map write failed; order not routed");
-                }
-            }
+            Some(c) => self.route_from_client(out, session, &c, msg, &m),
             None => self.route_from_upstream(out, session, msg, &m),
         }
     }
@@ -1033,7 +1026,6 @@ impl Application for Gateway {
                 .find(|(_, &i)| i == session)
                 .map(|(c, _)| c.clone());
             if let Some(c) = client {
-                self.write_done();
                 match self.orders.prune_client(&c) {
                     Ok(n) => {
                         tracing::info!(client = %c, pruned = n, "new session period: done orders pruned")
@@ -1044,8 +1036,8 @@ impl Application for Gateway {
         }
     }
 
-    fn on_tick(&mut self, now: SystemTime) {
-        self.prune_orders(now);
+    fn on_tick(&mut self, now: SystemTime, marks: &[Option<StoreMark>]) {
+        self.on_tick_orders(now, marks);
     }
 }
 

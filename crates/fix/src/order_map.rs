@@ -2,6 +2,27 @@
 //! fenced [`FileStore`] of its own (one record per change, written as a "sent message") so a
 //! new active routes the reports of orders the old one sent.
 //!
+//! # Written after, rebuilt at activation
+//!
+//! Nothing the gateway sends depends on the map's file: an order forwarded upstream is in
+//! that upstream's session store before it leaves (`CLIENT~id` names its client, the store
+//! its upstream), and a terminal report forwarded to a client is in that client's store. So
+//! changes are made in memory and written once a tick ([`OrderMap::flush`]), together with a
+//! *checkpoint*: the [`StoreMark`] of each session store they cover. Syncing the map's file
+//! for every order would put a second file into the pass that makes the order durable
+//! before it leaves, and cost its round trip about a third more.
+//!
+//! A successor ([`OrderMap::rebuild`], at activation) replays the file, then reads, from
+//! each session store, only the messages written after that store's checkpointed mark: the
+//! orders (NewOrderSingle, cancels, replaces) sent upstream whose owner is missing, and the
+//! terminal ExecutionReports sent to clients whose order is not marked done yet. Why that is
+//! complete: a checkpoint is written after the changes of every message before its marks,
+//! in the same append, so a durable checkpoint implies durable changes (the file keeps a
+//! prefix of what was written); a mark orders records across epochs and resets. The
+//! successor then writes what it rebuilt and a checkpoint of its own and syncs them before
+//! it serves, so a store reopened under the same epoch after a torn tail (whose new records
+//! reuse offsets beyond the old mark) is never judged by a stale mark.
+//!
 //! # Bounded
 //!
 //! A gateway runs for weeks; the map and its store must not grow with every order ever
@@ -20,11 +41,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::store::{FileStore, SessionStore, StoreError};
+use crate::codec::{parse, Message};
+use crate::gateway::CL_ORD_ID_SEP;
+use crate::orders::tag;
+use crate::store::{FileStore, SessionStore, StoreError, StoreMark};
 
 /// Compaction waits until the store holds this many records more than twice the live ones,
 /// so a small map is not rewritten on every prune.
 const COMPACT_SLACK: u64 = 1024;
+
+/// Most changes kept in memory before they are written without waiting for the tick (a
+/// burst of orders between two ticks must not grow memory without bound).
+const MAX_PENDING: usize = 4096;
 
 /// Who an upstream ClOrdID belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,11 +76,41 @@ pub struct OrderMap {
     store: FileStore,
     entries: HashMap<String, Entry>,
     retention: Duration,
+    /// Records of changes made in memory and not written yet, in the order made.
+    pending: Vec<Vec<u8>>,
+    /// The last mark written for each session store (by its directory name).
+    marks: HashMap<String, StoreMark>,
+}
+
+/// A session store [`OrderMap::rebuild`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    /// The key its marks are written under: the session's directory name.
+    pub key: &'a str,
+    /// The upstream's name or the client's CompID.
+    pub name: &'a str,
+    /// An upstream (orders sent) or a client (reports sent).
+    pub upstream: bool,
+    /// The store, open for the new epoch.
+    pub store: &'a FileStore,
+}
+
+/// What [`OrderMap::rebuild`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Messages read from the session stores (written after their marks).
+    pub scanned: usize,
+    /// Orders whose owner the file did not have.
+    pub owners: usize,
+    /// Orders the file did not mark done although their terminal report went out.
+    pub done: usize,
 }
 
 /// A done record: `-`, the id, the Unix seconds (an id always contains the `~` separator, so
-/// it is never `-`).
+/// it is never `-` or `=`).
 const DONE: &str = "-";
+/// A checkpoint record: `=`, the session's directory name, the segment, the offset.
+const MARK: &str = "=";
 
 fn owner_record(id: &str, o: &Owner) -> Vec<u8> {
     format!("{id}\u{1}{}\u{1}{}", o.client, o.upstream).into_bytes()
@@ -62,21 +120,51 @@ fn done_record(id: &str, at: i64) -> Vec<u8> {
     format!("{DONE}\u{1}{id}\u{1}{at}").into_bytes()
 }
 
+fn mark_record(key: &str, m: StoreMark) -> Vec<u8> {
+    format!("{MARK}\u{1}{key}\u{1}{}\u{1}{}", m.segment, m.offset).into_bytes()
+}
+
+/// The ClOrdIDs an ExecutionReport finishes: when OrdStatus is terminal, its own and the
+/// OrigClOrdID it names (a cancel's report carries the cancel request's ClOrdID and the
+/// order's as OrigClOrdID: both are done); after a replace (ExecType 5), the order it
+/// superseded.
+pub(crate) fn finished<'m>(m: &Message<'m>) -> [Option<&'m [u8]>; 2] {
+    let terminal = matches!(
+        m.get(tag::ORD_STATUS),
+        Some(b"2" | b"3" | b"4" | b"8" | b"C")
+    );
+    let replaced = m.get(tag::EXEC_TYPE) == Some(b"5");
+    [
+        m.get(tag::CL_ORD_ID).filter(|_| terminal),
+        m.get(tag::ORIG_CL_ORD_ID).filter(|_| terminal || replaced),
+    ]
+}
+
 impl OrderMap {
-    /// The map replayed from `store`; done orders are dropped after `retention`.
+    /// The map replayed from `store`; done orders are dropped after `retention`. Call
+    /// [`rebuild`](Self::rebuild) next when the session stores are open.
     pub fn open(store: FileStore, retention: Duration) -> Result<OrderMap, StoreError> {
         let last = store.next_sender_seq().saturating_sub(1);
         let mut entries: HashMap<String, Entry> = HashMap::new();
+        let mut marks = HashMap::new();
         for (_, rec) in store.sent_range(1, last)? {
             let text = String::from_utf8_lossy(&rec);
-            let mut it = text.split('\u{1}');
-            match (it.next(), it.next(), it.next()) {
-                (Some(DONE), Some(id), Some(at)) => {
+            let f: Vec<&str> = text.split('\u{1}').collect();
+            match f[..] {
+                [DONE, id, at] => {
                     if let (Some(e), Ok(at)) = (entries.get_mut(id), at.parse()) {
                         e.done_at = Some(at);
                     }
                 }
-                (Some(id), Some(c), Some(u)) => {
+                [MARK, key, segment, offset] => match (segment.parse(), offset.parse()) {
+                    (Ok(segment), Ok(offset)) => {
+                        marks.insert(key.to_owned(), StoreMark { segment, offset });
+                    }
+                    _ => {
+                        tracing::warn!(record = %text, "order map checkpoint not understood; skipped")
+                    }
+                },
+                [id, c, u] => {
                     entries.insert(
                         id.to_owned(),
                         Entry {
@@ -95,7 +183,56 @@ impl OrderMap {
             store,
             entries,
             retention,
+            pending: Vec::new(),
+            marks,
         })
+    }
+
+    /// Completes the map from what the session stores `sides` hold beyond their marks (see
+    /// the module documentation), then writes it with a checkpoint at their current marks and
+    /// waits until that is durable. `now` (Unix seconds) dates the done marks it adds.
+    pub fn rebuild(&mut self, sides: &[Side<'_>], now: i64) -> Result<Rebuilt, StoreError> {
+        let mut r = Rebuilt::default();
+        // Owners first: a report can only mark done an order the map knows.
+        let (ups, clients): (Vec<&Side<'_>>, Vec<&Side<'_>>) =
+            sides.iter().partition(|s| s.upstream);
+        for side in ups.into_iter().chain(clients) {
+            let since = self.marks.get(side.key).copied().unwrap_or_default();
+            for frame in side.store.sent_since(since)? {
+                r.scanned += 1;
+                let Ok(m) = parse(&frame) else { continue };
+                if side.upstream {
+                    if !matches!(m.msg_type(), b"D" | b"F" | b"G") {
+                        continue;
+                    }
+                    let Some(id) = m.get_str(tag::CL_ORD_ID) else {
+                        continue;
+                    };
+                    let Some((client, _)) = id.split_once(CL_ORD_ID_SEP) else {
+                        continue;
+                    };
+                    if !self.entries.contains_key(id) {
+                        self.record(id, client, side.name);
+                        r.owners += 1;
+                    }
+                } else if m.msg_type() == b"8" {
+                    for id in finished(&m).into_iter().flatten() {
+                        let id = format!(
+                            "{}{CL_ORD_ID_SEP}{}",
+                            side.name,
+                            String::from_utf8_lossy(id)
+                        );
+                        if self.done(&id, now) {
+                            r.done += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let marks: Vec<(&str, StoreMark)> = sides.iter().map(|s| (s.key, s.store.mark())).collect();
+        self.flush(&marks)?;
+        self.store.sync()?;
+        Ok(r)
     }
 
     /// The owner of `id`.
@@ -113,23 +250,27 @@ impl OrderMap {
         self.entries.is_empty()
     }
 
-    /// Records in the store (live and superseded).
+    /// Records in the store (live and superseded); changes not flushed yet are not counted.
     pub fn stored_records(&self) -> u64 {
         self.store.next_sender_seq().saturating_sub(1)
     }
 
-    /// Records that `id` belongs to `client` and went to `upstream` (durably, before the
-    /// order is stored for sending); an id already known keeps its owner.
-    pub fn record(&mut self, id: &str, client: &str, upstream: &str) -> Result<(), StoreError> {
+    /// Changes made since the last [`flush`](Self::flush).
+    pub fn unwritten(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Records that `id` belongs to `client` and went to `upstream`, in memory (written by
+    /// the next [`flush`](Self::flush)); an id already known keeps its owner.
+    pub fn record(&mut self, id: &str, client: &str, upstream: &str) {
         if self.entries.contains_key(id) {
-            return Ok(());
+            return;
         }
         let owner = Owner {
             client: client.to_owned(),
             upstream: upstream.to_owned(),
         };
-        let seq = self.store.next_sender_seq();
-        self.store.save_sent(seq, &owner_record(id, &owner))?;
+        self.pending.push(owner_record(id, &owner));
         self.entries.insert(
             id.to_owned(),
             Entry {
@@ -137,25 +278,61 @@ impl OrderMap {
                 done_at: None,
             },
         );
-        Ok(())
+        self.flush_if_full();
     }
 
-    /// Marks `id` done at `now` (Unix seconds) if it is known and not done yet.
-    pub fn done(&mut self, id: &str, now: i64) -> Result<(), StoreError> {
-        match self.entries.get(id) {
-            Some(e) if e.done_at.is_none() => {}
-            _ => return Ok(()),
+    /// Marks `id` done at `now` (Unix seconds) if it is known and not done yet, in memory
+    /// (written by the next [`flush`](Self::flush)); true when it did.
+    pub fn done(&mut self, id: &str, now: i64) -> bool {
+        match self.entries.get_mut(id) {
+            Some(e) if e.done_at.is_none() => e.done_at = Some(now),
+            _ => return false,
         }
-        let seq = self.store.next_sender_seq();
-        self.store.save_sent(seq, &done_record(id, now))?;
-        if let Some(e) = self.entries.get_mut(id) {
-            e.done_at = Some(now);
+        self.pending.push(done_record(id, now));
+        self.flush_if_full();
+        true
+    }
+
+    fn flush_if_full(&mut self) {
+        if self.pending.len() >= MAX_PENDING {
+            if let Err(e) = self.flush(&[]) {
+                tracing::warn!(error = %e, "cannot write the order map; a successor rebuilds it from the session stores");
+            }
         }
-        Ok(())
+    }
+
+    /// Writes the changes made since the last flush and, after them, the marks of `marks`
+    /// that moved (a checkpoint: every change of a message written before a session's mark
+    /// is in the map), in one append. Returns whether it wrote anything. Not synced here:
+    /// the group-commit pass that follows makes it durable. On an error the changes are
+    /// dropped from memory's queue, not from the map: a successor rebuilds them from the
+    /// session stores past the last checkpoint that was written.
+    pub fn flush(&mut self, marks: &[(&str, StoreMark)]) -> Result<bool, StoreError> {
+        let mut recs = std::mem::take(&mut self.pending);
+        let moved: Vec<(&str, StoreMark)> = marks
+            .iter()
+            .copied()
+            .filter(|(k, m)| self.marks.get(*k) != Some(m))
+            .collect();
+        recs.extend(moved.iter().map(|&(k, m)| mark_record(k, m)));
+        if recs.is_empty() {
+            return Ok(false);
+        }
+        self.store.save_sent_all(&recs)?;
+        for (k, m) in moved {
+            self.marks.insert(k.to_owned(), m);
+        }
+        Ok(true)
+    }
+
+    /// Waits until everything flushed is durable.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.store.sync()
     }
 
     /// Drops the orders done at least the retention before `now` (Unix seconds); compacts
-    /// the store when due. Returns how many were dropped.
+    /// the store when due (after writing the changes not written yet). Returns how many
+    /// were dropped.
     pub fn prune(&mut self, now: i64) -> Result<usize, StoreError> {
         let keep = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
         let before = self.entries.len();
@@ -180,10 +357,14 @@ impl OrderMap {
             .entries
             .values()
             .map(|e| 1 + u64::from(e.done_at.is_some()))
-            .sum::<u64>();
-        if self.stored_records() <= 2 * live + COMPACT_SLACK {
+            .sum::<u64>()
+            + self.marks.len() as u64;
+        if self.stored_records() + self.pending.len() as u64 <= 2 * live + COMPACT_SLACK {
             return Ok(());
         }
+        // The snapshot holds every change made so far, written or not, and the marks
+        // written: those cover no more than what the file held, so it stays complete.
+        self.pending.clear();
         let mut msgs = Vec::with_capacity(live as usize);
         for (id, e) in &self.entries {
             msgs.push(owner_record(id, &e.owner));
@@ -191,7 +372,18 @@ impl OrderMap {
                 msgs.push(done_record(id, at));
             }
         }
+        msgs.extend(self.marks.iter().map(|(k, &m)| mark_record(k, m)));
         tracing::info!(records = self.stored_records(), live, "order map compacted");
         self.store.replace_sent(&msgs)
+    }
+}
+
+impl Drop for OrderMap {
+    fn drop(&mut self) {
+        // A map that stops (shutdown, fenced) leaves its changes in the file; a fenced store
+        // refuses them, as it must.
+        if let Err(e) = self.flush(&[]) {
+            tracing::debug!(error = %e, "order map changes not written at drop");
+        }
     }
 }

@@ -129,6 +129,18 @@ pub enum StoreError {
     SyncFailed(String),
 }
 
+/// A point in a [`FileStore`]'s history, ordered: every record written before it compares
+/// lower, every record written after it higher, across epochs (each writes a segment of its
+/// own, numbered by the epoch) and resets. What the gateway's order map checkpoints so that
+/// a successor rebuilds only what was written after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoreMark {
+    /// The segment's epoch.
+    pub segment: u64,
+    /// The byte offset in that segment.
+    pub offset: u64,
+}
+
 /// What a [`crate::session::Session`] needs from its store. Every mutating call is durable
 /// (per the store's policy) before it returns, so the session can send only what is stored.
 pub trait SessionStore {
@@ -178,6 +190,11 @@ pub trait SessionStore {
     /// Group commit: every record up to `pos` is durable now (a no-op but for [`Deferred`]).
     fn on_durable(&mut self, _pos: u64) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// Where the next record will be written (see [`StoreMark`]); `None` for stores that
+    /// keep nothing across processes.
+    fn mark(&self) -> Option<StoreMark> {
+        None
     }
 }
 
@@ -359,6 +376,9 @@ impl<S: SessionStore> SessionStore for Deferred<S> {
     }
     fn unsynced_position(&self) -> Option<u64> {
         self.inner.unsynced_position()
+    }
+    fn mark(&self) -> Option<StoreMark> {
+        self.inner.mark()
     }
     fn on_durable(&mut self, pos: u64) -> Result<(), StoreError> {
         let mut ready = None;

@@ -5,8 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use understudy_fix::order_map::{OrderMap, Owner};
-use understudy_fix::store::{FileStore, SessionId, SyncPolicy};
+use understudy_fix::codec::MessageBuilder;
+use understudy_fix::order_map::{OrderMap, Owner, Rebuilt, Side};
+use understudy_fix::orders::tag;
+use understudy_fix::store::{FileStore, SessionId, SessionStore, SyncPolicy};
 use understudy_fix::tags::BeginString;
 
 fn open(dir: &Path, epoch: u64, retention: Duration) -> OrderMap {
@@ -37,16 +39,18 @@ fn a_long_run_keeps_the_map_and_its_store_bounded() {
     let retention = Duration::from_secs(60);
     let mut m = open(tmp.path(), 1, retention);
     // A resting order that never finishes.
-    m.record("C1~gtc", "C1", "EXCH").expect("record");
+    m.record("C1~gtc", "C1", "EXCH");
     let t0 = 1_800_000_000i64;
     let (mut max_len, mut max_records) = (0, 0);
     // 20 000 orders, one a second, each done 5 s after it was sent.
     for i in 0..20_000i64 {
         let now = t0 + i;
-        m.record(&format!("C1~o{i}"), "C1", "EXCH").expect("record");
+        m.record(&format!("C1~o{i}"), "C1", "EXCH");
         if i >= 5 {
-            m.done(&format!("C1~o{}", i - 5), now).expect("done");
+            assert!(m.done(&format!("C1~o{}", i - 5), now));
         }
+        // The gateway's tick: the changes written, then the map pruned.
+        m.flush(&[]).expect("flush");
         m.prune(now).expect("prune");
         max_len = max_len.max(m.len());
         max_records = max_records.max(m.stored_records());
@@ -85,13 +89,137 @@ fn a_new_period_drops_the_clients_done_orders_only() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut m = open(tmp.path(), 1, Duration::from_secs(3600));
     for c in ["C1", "C2"] {
-        m.record(&format!("{c}~done"), c, "EXCH").expect("record");
-        m.record(&format!("{c}~open"), c, "EXCH").expect("record");
-        m.done(&format!("{c}~done"), 1_800_000_000).expect("done");
+        m.record(&format!("{c}~done"), c, "EXCH");
+        m.record(&format!("{c}~open"), c, "EXCH");
+        assert!(m.done(&format!("{c}~done"), 1_800_000_000));
     }
     assert_eq!(m.prune_client("C1").expect("prune"), 1);
     assert_eq!(m.get("C1~done"), None);
     assert!(m.get("C1~open").is_some());
     assert!(m.get("C2~done").is_some(), "another client's orders stay");
     assert_eq!(m.len(), 3);
+}
+
+fn store(dir: &Path, target: &str, epoch: u64) -> FileStore {
+    FileStore::open(
+        dir,
+        &SessionId::new(BeginString::Fix44, "GW", target),
+        epoch,
+        SyncPolicy::EveryWrite,
+    )
+    .expect("store")
+}
+
+/// A frame as the gateway stores it: `msg_type` with ClOrdID `id` (and OrdStatus `status`).
+fn frame(msg_type: &[u8], id: &str, status: Option<&str>) -> Vec<u8> {
+    let mut b = MessageBuilder::new(BeginString::Fix44, msg_type);
+    b.push_str(49, "GW").push_str(56, "X").push_uint(34, 1);
+    b.push_str(tag::CL_ORD_ID, id).push_str(tag::SYMBOL, "S");
+    if let Some(s) = status {
+        b.push_str(tag::ORDER_ID, "1")
+            .push_str(tag::EXEC_ID, "1")
+            .push_str(tag::ORD_STATUS, s);
+    }
+    b.finish().expect("frame")
+}
+
+fn save(s: &mut FileStore, f: Vec<u8>) {
+    let seq = s.next_sender_seq();
+    s.save_sent(seq, &f).expect("save");
+}
+
+fn key(target: &str) -> String {
+    SessionId::new(BeginString::Fix44, "GW", target).dir_name()
+}
+
+fn rebuild(m: &mut OrderMap, up: &FileStore, client: &FileStore) -> Rebuilt {
+    let (ku, kc) = (key("EXCH"), key("C1"));
+    m.rebuild(
+        &[
+            Side {
+                key: &kc,
+                name: "C1",
+                upstream: false,
+                store: client,
+            },
+            Side {
+                key: &ku,
+                name: "EXCH",
+                upstream: true,
+                store: up,
+            },
+        ],
+        1_800_000_000,
+    )
+    .expect("rebuild")
+}
+
+/// A successor reads only what was written after the last checkpoint, across a new epoch
+/// and a sequence reset of the upstream session, and finds every order and terminal report
+/// the map missed; a compaction keeps the checkpoint.
+#[test]
+fn a_checkpoint_bounds_what_a_successor_reads_and_misses_nothing_after_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (mut up, mut cl) = (store(tmp.path(), "EXCH", 1), store(tmp.path(), "C1", 1));
+    let mut m = open(tmp.path(), 1, Duration::from_secs(3600));
+    assert_eq!(rebuild(&mut m, &up, &cl), Rebuilt::default());
+    for i in 0..50 {
+        save(&mut up, frame(b"D", &format!("C1~a{i}"), None));
+        m.record(&format!("C1~a{i}"), "C1", "EXCH");
+    }
+    let (ku, kc) = (key("EXCH"), key("C1"));
+    m.flush(&[(&ku, up.mark()), (&kc, cl.mark())])
+        .expect("flush");
+    // After the checkpoint, and lost with the process: two orders (one after a sequence
+    // reset), a fill of one of them and of an order from before the checkpoint.
+    save(&mut up, frame(b"D", "C1~b0", None));
+    up.reset().expect("reset");
+    save(&mut up, frame(b"D", "C1~b1", None));
+    save(&mut cl, frame(b"8", "b0", Some("2")));
+    save(&mut cl, frame(b"8", "a7", Some("2")));
+    save(&mut cl, frame(b"8", "b1", Some("0")));
+    std::mem::forget(m);
+    drop((up, cl));
+
+    let (up, cl) = (store(tmp.path(), "EXCH", 2), store(tmp.path(), "C1", 2));
+    let mut m = open(tmp.path(), 2, Duration::ZERO);
+    assert_eq!(m.len(), 50);
+    assert_eq!(
+        rebuild(&mut m, &up, &cl),
+        Rebuilt {
+            scanned: 4,
+            owners: 1,
+            done: 1
+        },
+        "the upstream's message before its reset is gone from the store, with its sequence number"
+    );
+    assert_eq!(m.get("C1~b1"), Some(&owner("C1")));
+    // b0's order left the upstream store with the reset, but its fill names it: done marks
+    // only apply to known orders, and it is not one.
+    assert_eq!(m.get("C1~b0"), None);
+    // 600 more orders, done and pruned: the store is compacted. The checkpoint survives in
+    // the snapshot, so the next successor reads nothing again.
+    for i in 0..600 {
+        let id = format!("C1~z{i}");
+        m.record(&id, "C1", "EXCH");
+        assert!(m.done(&id, 1_800_000_000));
+    }
+    m.flush(&[]).expect("flush");
+    let before = m.stored_records();
+    assert_eq!(
+        m.prune(i64::MAX).expect("prune"),
+        601,
+        "a7 and the z orders were done"
+    );
+    assert!(
+        m.stored_records() < before / 10,
+        "compacted: {before} → {} records",
+        m.stored_records()
+    );
+    drop(m);
+    drop((up, cl));
+    let (up, cl) = (store(tmp.path(), "EXCH", 3), store(tmp.path(), "C1", 3));
+    let mut m = open(tmp.path(), 3, Duration::ZERO);
+    assert_eq!(rebuild(&mut m, &up, &cl).scanned, 0);
+    assert_eq!(m.len(), 50);
 }

@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::group::GroupCommit;
-use super::{SessionId, SessionStore, StoreError};
+use super::{SessionId, SessionStore, StoreError, StoreMark};
 
 /// How appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,6 +120,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Appends one encoded record to `out`.
 fn encode_record(
     out: &mut Vec<u8>,
     epoch: u64,
@@ -131,7 +132,7 @@ fn encode_record(
         return Err(StoreError::TooLarge(payload.len()));
     }
     let len = len as u32;
-    out.clear();
+    let at = out.len();
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&(!len).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -139,9 +140,9 @@ fn encode_record(
     out.push(kind);
     out.extend_from_slice(payload);
     let mut h = crc32fast::Hasher::new();
-    h.update(&out[0..4]);
-    h.update(&out[HEADER..]);
-    out[8..12].copy_from_slice(&h.finalize().to_le_bytes());
+    h.update(&out[at..at + 4]);
+    h.update(&out[at + HEADER..]);
+    out[at + 8..at + 12].copy_from_slice(&h.finalize().to_le_bytes());
     Ok(())
 }
 
@@ -714,17 +715,27 @@ impl FileStore {
     }
 
     fn append(&mut self, kind: u8, payload: &[u8]) -> Result<(), StoreError> {
+        self.append_all(&[(kind, payload)])
+    }
+
+    /// Appends `records` with one `write`, so they land contiguously and cost one system
+    /// call (and one fence check each side) however many there are.
+    fn append_all(&mut self, records: &[(u8, &[u8])]) -> Result<(), StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
         self.check_fence()?;
         let mut rec = std::mem::take(&mut self.scratch);
-        let written = encode_record(&mut rec, self.epoch, kind, payload).and_then(|()| {
-            // One write() with O_APPEND: the record lands contiguously at the end.
-            (&self.file)
-                .write_all(&rec)
-                .map_err(io_err("append", &self.path))
-        });
+        rec.clear();
+        let written = records
+            .iter()
+            .try_for_each(|(kind, payload)| encode_record(&mut rec, self.epoch, *kind, payload))
+            .and_then(|()| {
+                // One write() with O_APPEND: the records land contiguously at the end.
+                (&self.file)
+                    .write_all(&rec)
+                    .map_err(io_err("append", &self.path))
+            });
         let rec_len = rec.len() as u64;
         self.scratch = rec;
         if let Err(e) = written {
@@ -750,6 +761,65 @@ impl FileStore {
             }
         }
         self.check_fence()
+    }
+
+    /// Stores `frames` as sent messages numbered from the next sender number on, with one
+    /// `write` (see [`SessionStore::save_sent`] for one).
+    pub fn save_sent_all(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
+        let first = self.state.next_sender;
+        let payloads: Vec<Vec<u8>> = frames
+            .iter()
+            .zip(first..)
+            .map(|(f, seq)| {
+                let mut p = Vec::with_capacity(8 + f.len());
+                p.extend_from_slice(&seq.to_le_bytes());
+                p.extend_from_slice(f);
+                p
+            })
+            .collect();
+        let records: Vec<(u8, &[u8])> = payloads.iter().map(|p| (KIND_SENT, &p[..])).collect();
+        let mut at = self.end;
+        self.append_all(&records)?;
+        for (p, seq) in payloads.iter().zip(first..) {
+            self.state.sent.insert(
+                seq,
+                Loc {
+                    segment: self.epoch,
+                    offset: at + (HEADER + FIXED + 8) as u64,
+                    len: p.len() - 8,
+                },
+            );
+            self.state.next_sender = seq.saturating_add(1);
+            at += (HEADER + FIXED + p.len()) as u64;
+        }
+        Ok(())
+    }
+
+    /// Where the next record will go: records written before the mark lie before it, in an
+    /// older segment or earlier in this one, whatever resets came between.
+    pub fn mark(&self) -> StoreMark {
+        StoreMark {
+            segment: self.epoch,
+            offset: self.end,
+        }
+    }
+
+    /// The stored messages (of the current period, in sequence order) written after `mark`.
+    pub fn sent_since(&self, mark: StoreMark) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for loc in self.state.sent.values() {
+            if (loc.segment, loc.offset) <= (mark.segment, mark.offset) {
+                continue;
+            }
+            let Some(f) = self.readers.get(&loc.segment) else {
+                continue;
+            };
+            let mut buf = vec![0u8; loc.len];
+            f.read_exact_at(&mut buf, loc.offset)
+                .map_err(io_err("read", &self.dir.join(segment_name(loc.segment))))?;
+            out.push(buf);
+        }
+        Ok(out)
     }
 
     /// Forces unsynced records to disk (with [`SyncPolicy::Group`]: waits until the syncer
@@ -987,6 +1057,10 @@ impl SessionStore for FileStore {
 
     fn unsynced_position(&self) -> Option<u64> {
         self.group.as_ref().map(|(g, _)| g.written())
+    }
+
+    fn mark(&self) -> Option<StoreMark> {
+        Some(FileStore::mark(self))
     }
 }
 
