@@ -347,7 +347,11 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
         }
     }
     let app = activated.gateway;
-    let mut engine = Engine::new(activated.slots, Some(listener));
+    // One timeout from accept to Logon, whether or not the connection has named its session
+    // yet: what an operator who set gateway.logon_timeout expects.
+    let logon_timeout = app.config().logon_timeout;
+    let mut engine =
+        Engine::new(activated.slots, Some(listener)).with_prelogon_timeout(logon_timeout);
     if let Some(r) = replication {
         let group = GroupCommit::shared().context("cannot start the group-commit syncer")?;
         let sender = Sender::start(r, &store_dir, epoch, group)

@@ -375,12 +375,46 @@ fn a_bad_config_is_refused_at_start_even_as_a_warm_standby() {
     );
 }
 
+/// Adds a second session to the same exchange (`EXCH2`, as `GW2`) to both gateways' configs,
+/// and to node a's only a route sending symbols starting RST there: a routing change rolled
+/// out to the standby first. Orders already resting stay where they are, so a cancel must
+/// follow the order, which only the order map knows.
+fn second_upstream_routing_rst_on_node_a_only(cfgs: &[PathBuf; 2]) {
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let mut doc: toml::Table = std::fs::read_to_string(cfg)
+            .expect("read config")
+            .parse()
+            .expect("TOML");
+        let ups = doc
+            .get_mut("upstream")
+            .and_then(|u| u.as_array_mut())
+            .expect("[[upstream]]");
+        let mut second = ups[0].as_table().expect("upstream table").clone();
+        second.insert("name".into(), "EXCH2".into());
+        second.insert("sender_comp_id".into(), "GW2".into());
+        ups.push(second.into());
+        if i == 0 {
+            let mut route = toml::Table::new();
+            route.insert("upstream".into(), "EXCH2".into());
+            route.insert("symbol_prefix".into(), "RST".into());
+            match doc.get_mut("route").and_then(|r| r.as_array_mut()) {
+                Some(routes) => routes.insert(0, route.into()),
+                None => {
+                    doc.insert("route".into(), vec![toml::Value::from(route)].into());
+                }
+            }
+        }
+        std::fs::write(cfg, toml::to_string(&doc).expect("TOML")).expect("write config");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_active_agent_the_client_carries_on_with_the_standby() {
     let dir = tempfile::tempdir().expect("tmp");
     let Pair {
         _sim, ports, cfgs, ..
     } = pair(dir.path(), |_| CLIENT2_AND_Z_ROUTE.to_owned());
+    second_upstream_routing_rst_on_node_a_only(&cfgs);
     let mut g = gateway_group(&cfgs);
     let mut g = tokio::task::spawn_blocking(move || {
         start_active_then_standby(&mut g, ports[0]);
@@ -417,9 +451,10 @@ async fn kill_9_of_the_active_agent_the_client_carries_on_with_the_standby() {
     })
     .await
     .expect("CLIENT2");
-    // Orders in flight at the kill, and a resting one to cancel afterwards.
+    // Orders in flight at the kill, and a resting one to cancel afterwards: routed to EXCH2
+    // by node a, which the kill leaves no time to write its order map (written once a tick).
     let k_orders = names("k", 10);
-    c.handle.send(0, b"D", order("r1", "ABC", 10, false));
+    c.handle.send(0, b"D", order("r1", "RST", 10, false));
     assert!(next_where(&mut c, &mut seen, t, |e| exec(e, "r1", "0"))
         .await
         .is_some());
@@ -435,12 +470,15 @@ async fn kill_9_of_the_active_agent_the_client_carries_on_with_the_standby() {
     let second = logon_to_new_active(&mut c, &mut seen, t, "kill -9", killed_at).await;
     assert_sequences_continue(&first, &second);
     send_market_orders(&c, &k_orders[5..]);
-    c.handle.send(0, b"F", cancel("r1", "r2", "ABC"));
+    // Node b's rules send RST to EXCH, where the simulator knows no r1 and would reject the
+    // cancel: it reaches EXCH2 because b's order map has r1, rebuilt from EXCH2's store if a
+    // never wrote it.
+    c.handle.send(0, b"F", cancel("r1", "r2", "RST"));
     assert!(
         next_where(&mut c, &mut seen, t, |e| exec(e, "r2", "4"))
             .await
             .is_some(),
-        "cancel after failover"
+        "cancel after failover (reaching the upstream that has the order)"
     );
     wait_filled(&mut c, &mut seen, t, k_orders.clone()).await;
     // A barrier instead of a pause: the exchange answers a session in order and the gateway

@@ -511,19 +511,31 @@ fn wait_line(
     }
 }
 
-/// The pre-logon timeout (10 s) counts from the TCP accept, the TLS handshake included: a
-/// client that waits most of it before its handshake and then sends nothing is closed at the
-/// timeout, not given a second timeout after the handshake (it used to be, so a TLS acceptor
-/// held silent connections twice as long as a plain one).
+/// The pre-logon timeout (`gateway.logon_timeout`, here 3 s instead of the default 10 s: it
+/// governs connections that have not named their session yet too) counts from the TCP
+/// accept, the TLS handshake included: a client that waits most of it before its handshake
+/// and then sends nothing is closed at the timeout, not given a second timeout after the
+/// handshake (it used to be, so a TLS acceptor held silent connections twice as long as a
+/// plain one).
 #[test]
 fn the_logon_timeout_counts_from_the_tcp_accept_through_the_tls_handshake() {
-    let limit = understudy_fix::engine::DEFAULT_LOGON_TIMEOUT;
+    let limit = Duration::from_secs(3);
+    assert!(limit < understudy_fix::engine::DEFAULT_LOGON_TIMEOUT);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let p = pki(d, "fix");
     let (_sim, sim) = start_tls_sim(d, &p);
     let gw = addr(free_port().expect("port"));
     let cfg = tls_gateway_config(d, gw, sim, &p, false, "");
+    let mut doc: toml::Table = std::fs::read_to_string(&cfg)
+        .expect("read config")
+        .parse()
+        .expect("TOML");
+    doc.get_mut("gateway")
+        .and_then(|g| g.as_table_mut())
+        .expect("[gateway]")
+        .insert("logon_timeout".into(), "3s".into());
+    std::fs::write(&cfg, toml::to_string(&doc).expect("TOML")).expect("write config");
     let _gw = start_gateway(d, &cfg, gw);
     let tls = TlsClient::load(Pem::new("ca", &p.ca), None, None).expect("client TLS settings");
     let wait = limit.mul_f64(0.7);
