@@ -80,6 +80,10 @@ pub struct OrderMap {
     pending: Vec<Vec<u8>>,
     /// The last mark written for each session store (by its directory name).
     marks: HashMap<String, StoreMark>,
+    /// A write of the map failed: changes may be missing from the file, so no later
+    /// checkpoint may claim to cover them. A successor then reads from the last checkpoint
+    /// written before the failure.
+    checkpoints_off: bool,
 }
 
 /// A session store [`OrderMap::rebuild`] reads.
@@ -185,6 +189,7 @@ impl OrderMap {
             retention,
             pending: Vec::new(),
             marks,
+            checkpoints_off: false,
         })
     }
 
@@ -309,20 +314,36 @@ impl OrderMap {
     /// session stores past the last checkpoint that was written.
     pub fn flush(&mut self, marks: &[(&str, StoreMark)]) -> Result<bool, StoreError> {
         let mut recs = std::mem::take(&mut self.pending);
-        let moved: Vec<(&str, StoreMark)> = marks
-            .iter()
-            .copied()
-            .filter(|(k, m)| self.marks.get(*k) != Some(m))
-            .collect();
+        let moved: Vec<(&str, StoreMark)> = if self.checkpoints_off {
+            Vec::new()
+        } else {
+            marks
+                .iter()
+                .copied()
+                .filter(|(k, m)| self.marks.get(*k) != Some(m))
+                .collect()
+        };
         recs.extend(moved.iter().map(|&(k, m)| mark_record(k, m)));
         if recs.is_empty() {
             return Ok(false);
         }
-        self.store.save_sent_all(&recs)?;
+        let written = self.store.save_sent_all(&recs);
+        self.note(written)?;
         for (k, m) in moved {
             self.marks.insert(k.to_owned(), m);
         }
         Ok(true)
+    }
+
+    /// Passes `r` on; after a failed write, turns checkpoints off for good (see
+    /// `checkpoints_off`): a transient error (a fence read that failed once) must not let a
+    /// later checkpoint cover the changes it lost.
+    fn note<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_err() && !self.checkpoints_off {
+            self.checkpoints_off = true;
+            tracing::warn!("order map write failed: no more checkpoints from this process; a successor reads the session stores from the last one");
+        }
+        r
     }
 
     /// Waits until everything flushed is durable.
@@ -374,7 +395,8 @@ impl OrderMap {
         }
         msgs.extend(self.marks.iter().map(|(k, &m)| mark_record(k, m)));
         tracing::info!(records = self.stored_records(), live, "order map compacted");
-        self.store.replace_sent(&msgs)
+        let written = self.store.replace_sent(&msgs);
+        self.note(written)
     }
 }
 
@@ -385,5 +407,49 @@ impl Drop for OrderMap {
         if let Err(e) = self.flush(&[]) {
             tracing::debug!(error = %e, "order map changes not written at drop");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SessionId, SyncPolicy};
+    use crate::tags::BeginString;
+
+    fn map(dir: &std::path::Path, epoch: u64) -> OrderMap {
+        let sid = SessionId::new(BeginString::Fix44, "ORDERS", "GW");
+        let store = FileStore::open(dir, &sid, epoch, SyncPolicy::EveryWrite).expect("store");
+        OrderMap::open(store, Duration::from_secs(60)).expect("map")
+    }
+
+    /// After one failed write, changes are still written but checkpoints never again: the
+    /// changes that write lost stay covered by the successor's read of the session stores.
+    #[test]
+    fn after_a_failed_write_no_checkpoint_is_written() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mark = StoreMark {
+            segment: 1,
+            offset: 100,
+        };
+        let mut m = map(tmp.path(), 1);
+        m.record("C~a", "C", "U");
+        assert!(m.flush(&[("K", mark)]).expect("flush"));
+        assert_eq!(m.marks.get("K"), Some(&mark));
+        let failed: Result<(), StoreError> = Err(StoreError::Poisoned);
+        assert!(m.note(failed).is_err());
+        m.record("C~b", "C", "U");
+        let later = StoreMark {
+            segment: 1,
+            offset: 900,
+        };
+        assert!(m.flush(&[("K", later)]).expect("flush"));
+        drop(m);
+        let m = map(tmp.path(), 2);
+        assert!(m.get("C~b").is_some(), "changes are still written");
+        assert_eq!(
+            m.marks.get("K"),
+            Some(&mark),
+            "the checkpoint is the last one before the failure"
+        );
     }
 }
