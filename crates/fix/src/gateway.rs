@@ -40,6 +40,9 @@ use understudy_tls::{Pem, TlsServer};
 /// Separates the client's CompID from its ClOrdID upstream.
 pub const CL_ORD_ID_SEP: char = '~';
 
+/// ExecID(17) prefix of the ExecutionReports the gateway itself sends to refuse an order.
+pub(crate) const REJECT_EXEC_ID_PREFIX: &str = "GWREJ-";
+
 /// Longest the order map's checkpoint lags the session stores while no order or terminal
 /// report moves it (other messages, the gateway's own rejects): what a successor reads
 /// beyond it at activation stays small.
@@ -737,7 +740,7 @@ impl Gateway {
             put(
                 &mut b,
                 tag::EXEC_ID,
-                format!("GWREJ-{}", self.routed).as_bytes(),
+                format!("{REJECT_EXEC_ID_PREFIX}{}", self.routed).as_bytes(),
             );
             if self.cfg.begin_string == BeginString::Fix42 {
                 put(&mut b, tag::EXEC_TRANS_TYPE, b"0");

@@ -13,12 +13,16 @@
 //! before it leaves, and cost its round trip about a third more.
 //!
 //! A successor ([`OrderMap::rebuild`], at activation) replays the file, then reads, from
-//! each session store, only the messages written after that store's checkpointed mark: the
-//! orders (NewOrderSingle, cancels, replaces) sent upstream whose owner is missing, and the
-//! terminal ExecutionReports sent to clients whose order is not marked done yet. Why that is
-//! complete: a checkpoint is written after the changes of every message before its marks,
-//! in the same append, so a durable checkpoint implies durable changes (the file keeps a
-//! prefix of what was written); a mark orders records across epochs and resets. The
+//! each session store, only the messages written after that store's checkpointed mark,
+//! record by record ([`FileStore::for_each_sent_after`]: a sequence reset after the mark
+//! hides nothing): the orders (NewOrderSingle, cancels, replaces) sent upstream whose owner
+//! is missing, and the terminal ExecutionReports sent to clients (not the gateway's own
+//! refusals) whose order is not marked done yet. Why that is complete: a checkpoint is
+//! written after the changes of every message before its marks, in the same append, so a
+//! durable checkpoint implies durable changes (the file keeps a prefix of what was
+//! written); a mark orders records across epochs and resets. A write of the map that fails
+//! may have lost changes: checkpoints stop until the next prune (once a second) has written
+//! a snapshot of the whole map, and the changes stay queued meanwhile. The
 //! successor then writes what it rebuilt and a checkpoint of its own and syncs them before
 //! it serves, so a store reopened under the same epoch after a torn tail (whose new records
 //! reuse offsets beyond the old mark) is never judged by a stale mark.
@@ -42,7 +46,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::codec::{parse, Message};
-use crate::gateway::CL_ORD_ID_SEP;
+use crate::gateway::{CL_ORD_ID_SEP, REJECT_EXEC_ID_PREFIX};
 use crate::orders::tag;
 use crate::store::{FileStore, SessionStore, StoreError, StoreMark};
 
@@ -80,10 +84,13 @@ pub struct OrderMap {
     pending: Vec<Vec<u8>>,
     /// The last mark written for each session store (by its directory name).
     marks: HashMap<String, StoreMark>,
-    /// A write of the map failed: changes may be missing from the file, so no later
-    /// checkpoint may claim to cover them. A successor then reads from the last checkpoint
-    /// written before the failure.
+    /// A write of the map failed: changes may be missing from the file, so no checkpoint
+    /// may claim to cover them until a snapshot of the whole map is written. Until then a
+    /// successor reads the session stores from the last checkpoint written before.
     checkpoints_off: bool,
+    /// Stored records below which compaction is not tried again (after a map too large to
+    /// compact in one record).
+    compact_from: u64,
 }
 
 /// A session store [`OrderMap::rebuild`] reads.
@@ -190,6 +197,7 @@ impl OrderMap {
             pending: Vec::new(),
             marks,
             checkpoints_off: false,
+            compact_from: 0,
         })
     }
 
@@ -202,25 +210,30 @@ impl OrderMap {
         let (ups, clients): (Vec<&Side<'_>>, Vec<&Side<'_>>) =
             sides.iter().partition(|s| s.upstream);
         for side in ups.into_iter().chain(clients) {
-            let since = self.marks.get(side.key).copied().unwrap_or_default();
-            for frame in side.store.sent_since(since)? {
+            let mark = self.marks.get(side.key).copied();
+            let mut each = |frame: &[u8]| {
                 r.scanned += 1;
-                let Ok(m) = parse(&frame) else { continue };
+                let Ok(m) = parse(frame) else { return };
                 if side.upstream {
                     if !matches!(m.msg_type(), b"D" | b"F" | b"G") {
-                        continue;
+                        return;
                     }
-                    let Some(id) = m.get_str(tag::CL_ORD_ID) else {
-                        continue;
-                    };
+                    // Keyed as the live path keys it (`from_utf8_lossy`).
+                    let id = String::from_utf8_lossy(m.get(tag::CL_ORD_ID).unwrap_or_default());
                     let Some((client, _)) = id.split_once(CL_ORD_ID_SEP) else {
-                        continue;
+                        return;
                     };
-                    if !self.entries.contains_key(id) {
-                        self.record(id, client, side.name);
+                    if !self.entries.contains_key(id.as_ref()) {
+                        self.record(&id, client, side.name);
                         r.owners += 1;
                     }
                 } else if m.msg_type() == b"8" {
+                    // The gateway's own rejects never finish an order on the live path (a
+                    // refused order never had one), so they do not here either.
+                    let exec_id = m.get(tag::EXEC_ID).unwrap_or_default();
+                    if exec_id.starts_with(REJECT_EXEC_ID_PREFIX.as_bytes()) {
+                        return;
+                    }
                     for id in finished(&m).into_iter().flatten() {
                         let id = format!(
                             "{}{CL_ORD_ID_SEP}{}",
@@ -232,6 +245,13 @@ impl OrderMap {
                         }
                     }
                 }
+            };
+            match mark {
+                // From the mark on, record by record: resets after it hide nothing.
+                Some(mark) => side.store.for_each_sent_after(mark, &mut each)?,
+                // Never checkpointed (a new session, a map written before checkpoints
+                // existed, which then held every owner): what the current period holds.
+                None => side.store.for_each_sent(&mut each)?,
             }
         }
         let marks: Vec<(&str, StoreMark)> = sides.iter().map(|s| (s.key, s.store.mark())).collect();
@@ -309,11 +329,12 @@ impl OrderMap {
     /// Writes the changes made since the last flush and, after them, the marks of `marks`
     /// that moved (a checkpoint: every change of a message written before a session's mark
     /// is in the map), in one append. Returns whether it wrote anything. Not synced here:
-    /// the group-commit pass that follows makes it durable. On an error the changes are
-    /// dropped from memory's queue, not from the map: a successor rebuilds them from the
-    /// session stores past the last checkpoint that was written.
+    /// the group-commit pass that follows makes it durable. On an error the changes stay
+    /// queued for the next flush and checkpoints stop until a snapshot of the whole map is
+    /// written (see [`OrderMap::prune`]): the failed write may have lost some of them.
     pub fn flush(&mut self, marks: &[(&str, StoreMark)]) -> Result<bool, StoreError> {
         let mut recs = std::mem::take(&mut self.pending);
+        let changes = recs.len();
         let moved: Vec<(&str, StoreMark)> = if self.checkpoints_off {
             Vec::new()
         } else {
@@ -327,23 +348,29 @@ impl OrderMap {
         if recs.is_empty() {
             return Ok(false);
         }
-        let written = self.store.save_sent_all(&recs);
-        self.note(written)?;
+        if let Err(e) = self.store.save_sent_all(&recs) {
+            recs.truncate(changes);
+            // Bounded while the store keeps failing: the snapshot that ends the failure
+            // holds every change anyway.
+            if recs.len() <= 4 * MAX_PENDING {
+                self.pending = recs;
+            }
+            self.lost(&e);
+            return Err(e);
+        }
         for (k, m) in moved {
             self.marks.insert(k.to_owned(), m);
         }
         Ok(true)
     }
 
-    /// Passes `r` on; after a failed write, turns checkpoints off for good (see
-    /// `checkpoints_off`): a transient error (a fence read that failed once) must not let a
-    /// later checkpoint cover the changes it lost.
-    fn note<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
-        if r.is_err() && !self.checkpoints_off {
+    /// A write failed, and may have lost changes: no checkpoint may claim to cover them
+    /// until a snapshot of the whole map is in the file (see `checkpoints_off`).
+    fn lost(&mut self, e: &StoreError) {
+        if !self.checkpoints_off {
             self.checkpoints_off = true;
-            tracing::warn!("order map write failed: no more checkpoints from this process; a successor reads the session stores from the last one");
+            tracing::warn!(error = %e, "order map write failed: no checkpoint until the whole map is rewritten; a successor reads the session stores from the last one");
         }
-        r
     }
 
     /// Waits until everything flushed is durable.
@@ -373,6 +400,8 @@ impl OrderMap {
         Ok(before - self.entries.len())
     }
 
+    /// Compacts when superseded records outnumber the live ones, or when a failed write
+    /// stopped the checkpoints: the snapshot makes the file whole again, and they resume.
     fn compact_if_due(&mut self) -> Result<(), StoreError> {
         let live = self
             .entries
@@ -380,12 +409,13 @@ impl OrderMap {
             .map(|e| 1 + u64::from(e.done_at.is_some()))
             .sum::<u64>()
             + self.marks.len() as u64;
-        if self.stored_records() + self.pending.len() as u64 <= 2 * live + COMPACT_SLACK {
+        let stored = self.stored_records() + self.pending.len() as u64;
+        let due = stored > 2 * live + COMPACT_SLACK && stored >= self.compact_from;
+        if !due && !self.checkpoints_off {
             return Ok(());
         }
         // The snapshot holds every change made so far, written or not, and the marks
         // written: those cover no more than what the file held, so it stays complete.
-        self.pending.clear();
         let mut msgs = Vec::with_capacity(live as usize);
         for (id, e) in &self.entries {
             msgs.push(owner_record(id, &e.owner));
@@ -394,9 +424,29 @@ impl OrderMap {
             }
         }
         msgs.extend(self.marks.iter().map(|(k, &m)| mark_record(k, m)));
-        tracing::info!(records = self.stored_records(), live, "order map compacted");
-        let written = self.store.replace_sent(&msgs);
-        self.note(written)
+        match self.store.replace_sent(&msgs) {
+            Ok(()) => {
+                tracing::info!(records = stored, live, "order map compacted");
+                self.pending.clear();
+                if self.checkpoints_off {
+                    self.checkpoints_off = false;
+                    tracing::info!("order map rewritten whole: checkpoints resume");
+                }
+                Ok(())
+            }
+            // Nothing was written (one record cannot hold the map): the file stays as it is,
+            // complete, and is not tried again before it has doubled.
+            Err(e @ StoreError::TooLarge(_)) => {
+                self.compact_from = stored.saturating_mul(2);
+                tracing::warn!(error = %e, records = stored, live,
+                    "order map too large to compact in one record; the file keeps growing");
+                Err(e)
+            }
+            Err(e) => {
+                self.lost(&e);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -422,10 +472,11 @@ mod tests {
         OrderMap::open(store, Duration::from_secs(60)).expect("map")
     }
 
-    /// After one failed write, changes are still written but checkpoints never again: the
-    /// changes that write lost stay covered by the successor's read of the session stores.
+    /// After a failed write, changes are still written but no checkpoint, so the changes
+    /// that write lost stay covered by the successor's read of the session stores; the next
+    /// prune rewrites the whole map and checkpoints resume.
     #[test]
-    fn after_a_failed_write_no_checkpoint_is_written() {
+    fn after_a_failed_write_no_checkpoint_is_written_until_the_map_is_rewritten() {
         let tmp = tempfile::tempdir().expect("tmp");
         let mark = StoreMark {
             segment: 1,
@@ -435,8 +486,7 @@ mod tests {
         m.record("C~a", "C", "U");
         assert!(m.flush(&[("K", mark)]).expect("flush"));
         assert_eq!(m.marks.get("K"), Some(&mark));
-        let failed: Result<(), StoreError> = Err(StoreError::Poisoned);
-        assert!(m.note(failed).is_err());
+        m.lost(&StoreError::Poisoned);
         m.record("C~b", "C", "U");
         let later = StoreMark {
             segment: 1,
@@ -444,12 +494,25 @@ mod tests {
         };
         assert!(m.flush(&[("K", later)]).expect("flush"));
         drop(m);
-        let m = map(tmp.path(), 2);
+        let mut m = map(tmp.path(), 2);
         assert!(m.get("C~b").is_some(), "changes are still written");
         assert_eq!(
             m.marks.get("K"),
             Some(&mark),
             "the checkpoint is the last one before the failure"
         );
+
+        m.lost(&StoreError::Poisoned);
+        m.record("C~c", "C", "U");
+        assert_eq!(m.prune(0).expect("prune"), 0);
+        assert!(!m.checkpoints_off, "the snapshot ends the failure");
+        assert!(m.flush(&[("K", later)]).expect("flush"));
+        drop(m);
+        let m = map(tmp.path(), 3);
+        assert!(
+            m.get("C~c").is_some(),
+            "the snapshot holds the changes not yet written"
+        );
+        assert_eq!(m.marks.get("K"), Some(&later));
     }
 }

@@ -67,9 +67,19 @@ async fn gateway(
     tokio::task::JoinHandle<Gateway>,
     usize,
 ) {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .expect("bind the gateway's port");
+    // The client retries this port while no gateway listens; a retry can connect to itself
+    // (its ephemeral port chosen equal to this one) and hold the port until it gives up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(cfg.listen).await {
+            Ok(l) => break l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("bind the gateway's port: {e}"),
+        }
+    };
     let activated = Gateway::open(cfg, epoch).expect("open");
     let orders = activated.gateway.orders();
     let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -178,6 +178,18 @@ fn a_checkpoint_bounds_what_a_successor_reads_and_misses_nothing_after_it() {
     save(&mut cl, frame(b"8", "b0", Some("2")));
     save(&mut cl, frame(b"8", "a7", Some("2")));
     save(&mut cl, frame(b"8", "b1", Some("0")));
+    // The gateway's own refusal of an order that reused a live order's ClOrdID: not a
+    // report of that order, which stays live.
+    let mut refusal = MessageBuilder::new(BeginString::Fix44, b"8");
+    refusal
+        .push_str(49, "GW")
+        .push_str(56, "C1")
+        .push_uint(34, 1)
+        .push_str(tag::ORDER_ID, "NONE")
+        .push_str(tag::CL_ORD_ID, "a3")
+        .push_str(tag::EXEC_ID, "GWREJ-7")
+        .push_str(tag::ORD_STATUS, "8");
+    save(&mut cl, refusal.finish().expect("frame"));
     std::mem::forget(m);
     drop((up, cl));
 
@@ -187,16 +199,15 @@ fn a_checkpoint_bounds_what_a_successor_reads_and_misses_nothing_after_it() {
     assert_eq!(
         rebuild(&mut m, &up, &cl),
         Rebuilt {
-            scanned: 4,
-            owners: 1,
-            done: 1
+            scanned: 6,
+            owners: 2,
+            done: 2
         },
-        "the upstream's message before its reset is gone from the store, with its sequence number"
+        "read record by record from the checkpoint: the reset hides nothing"
     );
     assert_eq!(m.get("C1~b1"), Some(&owner("C1")));
-    // b0's order left the upstream store with the reset, but its fill names it: done marks
-    // only apply to known orders, and it is not one.
-    assert_eq!(m.get("C1~b0"), None);
+    // b0's order left the upstream store's index with the reset, but not its file.
+    assert_eq!(m.get("C1~b0"), Some(&owner("C1")));
     // 600 more orders, done and pruned: the store is compacted. The checkpoint survives in
     // the snapshot, so the next successor reads nothing again.
     for i in 0..600 {
@@ -208,8 +219,8 @@ fn a_checkpoint_bounds_what_a_successor_reads_and_misses_nothing_after_it() {
     let before = m.stored_records();
     assert_eq!(
         m.prune(i64::MAX).expect("prune"),
-        601,
-        "a7 and the z orders were done"
+        602,
+        "a7, b0 and the z orders were done (a3 was not: the refusal is not its report)"
     );
     assert!(
         m.stored_records() < before / 10,

@@ -34,7 +34,9 @@
 //! Opening with epoch `E`: under an exclusive `flock` of `fence` (held only for this
 //! read-compare-write, so a stopped writer cannot block a takeover beyond it), refuse if the
 //! fence or any segment name is newer than `E`, else write `E` and fdatasync it. Only *then*
-//! read the older segments and seal them at their current valid length.
+//! read the older segments and seal them at their current valid length, after an fdatasync
+//! of the one sealed now (a killed writer's last records may not be durable yet, and a seal
+//! beyond what survives a machine crash would make the store unreadable).
 //!
 //! Appending: read the fence (one `pread`), refuse if newer; write the record (one `write`
 //! with `O_APPEND`); sync per policy; read the fence again and report [`StoreError::Fenced`]
@@ -465,6 +467,9 @@ pub struct FileStore {
     path: PathBuf,
     /// Read handles of every replayed segment, ours included, for resends.
     readers: HashMap<u64, File>,
+    /// The older segments that count, each with the length it counts up to (the seals of
+    /// our claim), oldest first.
+    sealed: Vec<(u64, u64)>,
     state: State,
     report: RecoveryReport,
     scratch: Vec<u8>,
@@ -585,12 +590,17 @@ impl FileStore {
                     "ignoring torn record at the end of a session store segment"
                 );
             }
-            readers.insert(newest, file);
             if newest == epoch {
                 own_valid_end = Some(end as u64);
             } else {
+                // Sealed from what the page cache holds: a writer killed before its pass
+                // leaves records no fdatasync covered yet, and a machine crash after our
+                // claim would leave the segment shorter than its seal (corrupt at the next
+                // open). So they are made durable before the claim names them.
+                file.sync_data().map_err(io_err("sync", &path))?;
                 seals_out.push((newest, end as u64));
             }
+            readers.insert(newest, file);
         }
 
         // 3. Our segment.
@@ -643,6 +653,8 @@ impl FileStore {
             )),
             _ => None,
         };
+        let mut sealed = seals_out.clone();
+        sealed.sort_unstable();
         report.segments = readers.keys().copied().collect();
         report.segments.sort_unstable();
 
@@ -656,6 +668,7 @@ impl FileStore {
             end: seg_end,
             path,
             readers,
+            sealed,
             state,
             report,
             scratch: Vec::with_capacity(1024),
@@ -804,22 +817,71 @@ impl FileStore {
         }
     }
 
-    /// The stored messages (of the current period, in sequence order) written after `mark`.
-    pub fn sent_since(&self, mark: StoreMark) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out = Vec::new();
+    /// Calls `f` with each stored message of the current period, in sequence order.
+    pub fn for_each_sent(&self, mut f: impl FnMut(&[u8])) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
         for loc in self.state.sent.values() {
-            if (loc.segment, loc.offset) <= (mark.segment, mark.offset) {
-                continue;
-            }
-            let Some(f) = self.readers.get(&loc.segment) else {
+            let Some(file) = self.readers.get(&loc.segment) else {
                 continue;
             };
-            let mut buf = vec![0u8; loc.len];
-            f.read_exact_at(&mut buf, loc.offset)
+            buf.resize(loc.len, 0);
+            file.read_exact_at(&mut buf, loc.offset)
                 .map_err(io_err("read", &self.dir.join(segment_name(loc.segment))))?;
-            out.push(buf);
+            f(&buf);
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Calls `f` with each message stored after `mark`, in the order written, read from the
+    /// records themselves: a message a later reset (of the sequence numbers or the period)
+    /// or a reused sequence number dropped from the store's index is still found. Only
+    /// what counts is read: older segments up to their seals, ours up to its end.
+    pub fn for_each_sent_after(
+        &self,
+        mark: StoreMark,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        let mine = (self.epoch, self.end);
+        for &(e, limit) in self.sealed.iter().chain(std::iter::once(&mine)) {
+            if e < mark.segment {
+                continue;
+            }
+            let from = if e == mark.segment { mark.offset } else { 0 };
+            if from >= limit {
+                continue;
+            }
+            let Some(file) = self.readers.get(&e) else {
+                continue;
+            };
+            let path = self.dir.join(segment_name(e));
+            let len =
+                usize::try_from(limit - from).map_err(|_| StoreError::TooLarge(usize::MAX))?;
+            let mut bytes = vec![0u8; len];
+            file.read_exact_at(&mut bytes, from)
+                .map_err(io_err("read", &path))?;
+            let mut p = 0;
+            loop {
+                match next_record(&bytes, p) {
+                    Next::End => break,
+                    Next::Rec(r) => {
+                        if r.kind == KIND_SENT && r.payload.len() >= 8 {
+                            f(&r.payload[8..]);
+                        }
+                        p = r.end;
+                    }
+                    // A mark is always where a record started, and what counts was checked
+                    // when the store was opened: anything else is corruption since.
+                    Next::Torn | Next::Corrupt(_) => {
+                        return Err(StoreError::Corrupt {
+                            path,
+                            offset: from + p as u64,
+                            detail: "record unreadable after a checkpoint mark".into(),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Forces unsynced records to disk (with [`SyncPolicy::Group`]: waits until the syncer
