@@ -57,6 +57,26 @@ pub struct Health {
     /// makes its agent report the node not ready (it does not campaign).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replica::ReplicationHealth>,
+    /// The gateway's order map (active only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_map: Option<OrderMapHealth>,
+}
+
+/// The order map in a [`Health`] answer: informational (it never fails the check), since a
+/// map that cannot be written still routes from memory; what it costs is a longer read of
+/// the session stores at the next activation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderMapHealth {
+    /// Orders in the map, live and done.
+    pub orders: usize,
+    /// Changes not written to its file yet (written once a tick).
+    pub unwritten: usize,
+    /// False after a failed write, until a snapshot of the whole map has been written: a
+    /// successor then reads the session stores from the last checkpoint before the failure.
+    pub checkpoints: bool,
+    /// The last write error, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl Health {
@@ -71,6 +91,7 @@ impl Health {
             connections_refused: 0,
             slow_consumers_dropped: 0,
             replication: None,
+            order_map: None,
         }
     }
 }

@@ -291,6 +291,10 @@ pub trait Application {
     fn on_logout(&mut self, _session: usize, _reason: &DisconnectReason) {}
     /// A session event other than Logon (gap, resend served, reject, …).
     fn on_event(&mut self, _session: usize, _event: &SessionEvent) {}
+    /// The application's part of a `GET /health` answer (the gateway's order map).
+    fn order_map_health(&self) -> Option<crate::admin::OrderMapHealth> {
+        None
+    }
     /// The engine's timer tick (every 100 ms by default), with the time it read and where
     /// each session's store stands (by session index; see [`StoreMark`]): every message
     /// sent or stored before this tick lies before its session's mark.
@@ -662,7 +666,9 @@ impl<S: SessionStore> Engine<S> {
             self.sync_held(app)?;
             tokio::select! {
                 Some(p) = next_probe(&mut probes) => {
-                    let _ = p.send(self.health(epoch));
+                    let mut h = self.health(epoch);
+                    h.order_map = app.order_map_health();
+                    let _ = p.send(h);
                 }
                 ev = self.net_rx.recv() => {
                     // The engine holds a sender itself, so the channel never closes.
@@ -709,6 +715,7 @@ impl<S: SessionStore> Engine<S> {
             connections_refused: self.counters.connections_refused,
             slow_consumers_dropped: self.counters.slow_consumers_dropped,
             replication,
+            order_map: None,
         }
     }
 

@@ -1039,6 +1039,10 @@ impl Application for Gateway {
         }
     }
 
+    fn order_map_health(&self) -> Option<crate::admin::OrderMapHealth> {
+        Some(self.orders.health())
+    }
+
     fn on_tick(&mut self, now: SystemTime, marks: &[Option<StoreMark>]) {
         self.on_tick_orders(now, marks);
     }

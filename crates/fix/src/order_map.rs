@@ -91,6 +91,8 @@ pub struct OrderMap {
     /// Stored records below which compaction is not tried again (after a map too large to
     /// compact in one record).
     compact_from: u64,
+    /// The last write error, for the gateway's health answer.
+    last_error: Option<String>,
 }
 
 /// A session store [`OrderMap::rebuild`] reads.
@@ -198,6 +200,7 @@ impl OrderMap {
             marks,
             checkpoints_off: false,
             compact_from: 0,
+            last_error: None,
         })
     }
 
@@ -285,6 +288,16 @@ impl OrderMap {
         self.pending.len()
     }
 
+    /// The map as the gateway's health answer shows it.
+    pub fn health(&self) -> crate::admin::OrderMapHealth {
+        crate::admin::OrderMapHealth {
+            orders: self.entries.len(),
+            unwritten: self.pending.len(),
+            checkpoints: !self.checkpoints_off,
+            last_error: self.last_error.clone(),
+        }
+    }
+
     /// Records that `id` belongs to `client` and went to `upstream`, in memory (written by
     /// the next [`flush`](Self::flush)); an id already known keeps its owner.
     pub fn record(&mut self, id: &str, client: &str, upstream: &str) {
@@ -367,6 +380,7 @@ impl OrderMap {
     /// A write failed, and may have lost changes: no checkpoint may claim to cover them
     /// until a snapshot of the whole map is in the file (see `checkpoints_off`).
     fn lost(&mut self, e: &StoreError) {
+        self.last_error = Some(e.to_string());
         if !self.checkpoints_off {
             self.checkpoints_off = true;
             tracing::warn!(error = %e, "order map write failed: no checkpoint until the whole map is rewritten; a successor reads the session stores from the last one");
@@ -503,9 +517,11 @@ mod tests {
         );
 
         m.lost(&StoreError::Poisoned);
+        let h = m.health();
+        assert!(!h.checkpoints && h.last_error.is_some(), "{h:?}");
         m.record("C~c", "C", "U");
         assert_eq!(m.prune(0).expect("prune"), 0);
-        assert!(!m.checkpoints_off, "the snapshot ends the failure");
+        assert!(m.health().checkpoints, "the snapshot ends the failure");
         assert!(m.flush(&[("K", later)]).expect("flush"));
         drop(m);
         let m = map(tmp.path(), 3);

@@ -107,6 +107,11 @@ async fn gateway(
             .filter(|s| s.logged_on && s.name != "CLIENT")
             .count();
         if upstreams == 2 {
+            let map = health
+                .order_map
+                .expect("the gateway's health shows its order map");
+            assert_eq!(map.orders, orders);
+            assert!(map.checkpoints && map.last_error.is_none(), "{map:?}");
             break;
         }
         assert!(
