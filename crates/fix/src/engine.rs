@@ -410,8 +410,10 @@ struct SlotState<S: SessionStore> {
 }
 
 impl<S: SessionStore> SlotState<S> {
-    /// A slot not connected yet.
-    fn new(slot: SessionSlot<S>) -> Self {
+    /// A slot not connected yet. Its store checks the fence once per turn of this loop,
+    /// which verifies it after each (see [`Engine::verify_fences`]).
+    fn new(mut slot: SessionSlot<S>) -> Self {
+        slot.session.store_mut().defer_fence_checks();
         SlotState {
             slot,
             conn: None,
@@ -1456,6 +1458,7 @@ impl<S: SessionStore> Engine<S> {
     /// for a core on a loaded machine. With more queued, or a pass running, the syncer
     /// thread takes it while the loop reads on, and what it reads forms the next batch.
     fn sync_held<A: Application>(&mut self, app: &mut A) -> Result<(), EngineError> {
+        self.verify_fences()?;
         let Some(g) = self.group() else {
             return Ok(());
         };
@@ -1472,6 +1475,18 @@ impl<S: SessionStore> Engine<S> {
         // The syncer may have passed `need` before the receiver saw it as news.
         let over = self.release(g.durable());
         self.drop_over_limit(app, over)
+    }
+
+    /// Ends a turn for every store: a fence read after what the turn wrote, before any of it
+    /// may leave (and the next turn's first write reads it again first).
+    fn verify_fences(&mut self) -> Result<(), EngineError> {
+        for st in &mut self.slots {
+            if let Err(e) = st.slot.session.store_mut().verify_fence() {
+                self.held.clear();
+                return Err(store_error(&st.slot.name, e));
+            }
+        }
+        Ok(())
     }
 
     /// Writes what was held for positions up to `durable`, in order.
@@ -1500,6 +1515,9 @@ impl<S: SessionStore> Engine<S> {
     /// what was held: for a disconnect and a shutdown, whose last bytes must go before the
     /// connection does. False when syncing failed: nothing more may be sent.
     fn release_all_blocking(&mut self) -> bool {
+        if self.verify_fences().is_err() {
+            return false;
+        }
         let Some(g) = self.group() else {
             return true;
         };

@@ -196,6 +196,14 @@ pub trait SessionStore {
     fn mark(&self) -> Option<StoreMark> {
         None
     }
+    /// The engine checks the fence per turn ([`verify_fence`](Self::verify_fence)), not
+    /// per record (see [`FileStore::defer_fence_checks`]).
+    fn defer_fence_checks(&mut self) {}
+    /// Ends an event-loop turn: [`StoreError::Fenced`] if a newer writer claimed the store
+    /// since what this turn wrote (see [`FileStore::verify_fence`]).
+    fn verify_fence(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A volatile [`SessionStore`].
@@ -379,6 +387,12 @@ impl<S: SessionStore> SessionStore for Deferred<S> {
     }
     fn mark(&self) -> Option<StoreMark> {
         self.inner.mark()
+    }
+    fn defer_fence_checks(&mut self) {
+        self.inner.defer_fence_checks()
+    }
+    fn verify_fence(&mut self) -> Result<(), StoreError> {
+        self.inner.verify_fence()
     }
     fn on_durable(&mut self, pos: u64) -> Result<(), StoreError> {
         let mut ready = None;
