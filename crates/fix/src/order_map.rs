@@ -31,8 +31,8 @@
 //!
 //! A gateway runs for weeks; the map and its store must not grow with every order ever
 //! routed. An order whose last report was terminal (OrdStatus filled, cancelled, rejected,
-//! expired, done for the day, or replaced under a new ClOrdID) is marked *done* with the time
-//! (a record too, so a successor knows). Done orders are dropped once older than the
+//! expired, done for the day unless good till cancel or date, or replaced under a new
+//! ClOrdID) is marked *done* with the time (a record too, so a successor knows). Done orders are dropped once older than the
 //! retention ([`OrderMap::prune`], from the gateway's tick) and, for one client, when its
 //! session schedule starts a new period ([`OrderMap::prune_client`]). The store is compacted
 //! in one record ([`FileStore::replace_sent`]) once superseded records outnumber the live
@@ -140,12 +140,15 @@ fn mark_record(key: &str, m: StoreMark) -> Vec<u8> {
 /// The ClOrdIDs an ExecutionReport finishes: when OrdStatus is terminal, its own and the
 /// OrigClOrdID it names (a cancel's report carries the cancel request's ClOrdID and the
 /// order's as OrigClOrdID: both are done); after a replace (ExecType 5), the order it
-/// superseded.
+/// superseded. Done for day (3) is terminal only for an order that does not outlive the day:
+/// one whose report names TimeInForce good till cancel (1) or good till date (6) works
+/// again the next day, and its cancel must still find its upstream.
 pub(crate) fn finished<'m>(m: &Message<'m>) -> [Option<&'m [u8]>; 2] {
-    let terminal = matches!(
-        m.get(tag::ORD_STATUS),
-        Some(b"2" | b"3" | b"4" | b"8" | b"C")
-    );
+    let terminal = match m.get(tag::ORD_STATUS) {
+        Some(b"2" | b"4" | b"8" | b"C") => true,
+        Some(b"3") => !matches!(m.get(tag::TIME_IN_FORCE), Some(b"1" | b"6")),
+        _ => false,
+    };
     let replaced = m.get(tag::EXEC_TYPE) == Some(b"5");
     [
         m.get(tag::CL_ORD_ID).filter(|_| terminal),
@@ -484,6 +487,58 @@ mod tests {
         let sid = SessionId::new(BeginString::Fix44, "ORDERS", "GW");
         let store = FileStore::open(dir, &sid, epoch, SyncPolicy::EveryWrite).expect("store");
         OrderMap::open(store, Duration::from_secs(60)).expect("map")
+    }
+
+    fn report(fields: &[(u32, &str)]) -> Vec<u8> {
+        let mut b = crate::codec::MessageBuilder::new(BeginString::Fix44, b"8");
+        b.push_str(49, "X").push_str(56, "GW").push_uint(34, 1);
+        for (t, v) in fields {
+            b.push_str(*t, v);
+        }
+        b.finish().expect("frame")
+    }
+
+    fn finishes(fields: &[(u32, &str)]) -> Vec<String> {
+        let f = report(fields);
+        let m = parse(&f).expect("parse");
+        finished(&m)
+            .into_iter()
+            .flatten()
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+            .collect()
+    }
+
+    /// Which reports finish which orders: fills, cancels (the order named too), rejects,
+    /// expiries, replaces; Done for day only for an order that does not outlive the day.
+    #[test]
+    fn terminal_reports_finish_their_orders_and_a_gtc_done_for_day_does_not() {
+        use tag::{
+            CL_ORD_ID as ID, EXEC_TYPE as ET, ORD_STATUS as OS, ORIG_CL_ORD_ID as ORIG,
+            TIME_IN_FORCE as TIF,
+        };
+        assert_eq!(finishes(&[(ID, "a"), (OS, "2")]), ["a"]);
+        assert_eq!(finishes(&[(ID, "a"), (OS, "1")]), Vec::<String>::new());
+        assert_eq!(finishes(&[(ID, "c"), (ORIG, "a"), (OS, "4")]), ["c", "a"]);
+        assert_eq!(
+            finishes(&[(ID, "r"), (ORIG, "a"), (ET, "5"), (OS, "0")]),
+            ["a"]
+        );
+        assert_eq!(finishes(&[(ID, "a"), (OS, "8")]), ["a"]);
+        assert_eq!(finishes(&[(ID, "a"), (OS, "C")]), ["a"]);
+        assert_eq!(finishes(&[(ID, "a"), (OS, "3")]), ["a"], "a day order");
+        assert_eq!(
+            finishes(&[(ID, "a"), (OS, "3"), (TIF, "0")]),
+            ["a"],
+            "a day order"
+        );
+        assert!(
+            finishes(&[(ID, "g"), (OS, "3"), (TIF, "1")]).is_empty(),
+            "GTC"
+        );
+        assert!(
+            finishes(&[(ID, "g"), (OS, "3"), (TIF, "6")]).is_empty(),
+            "GTD"
+        );
     }
 
     /// After a failed write, changes are still written but no checkpoint, so the changes

@@ -43,6 +43,8 @@ pub mod tag {
     pub const TARGET_SUB_ID: u32 = 57;
     /// Text.
     pub const TEXT: u32 = 58;
+    /// TimeInForce.
+    pub const TIME_IN_FORCE: u32 = 59;
     /// TransactTime.
     pub const TRANSACT_TIME: u32 = 60;
     /// CxlRejReason.
