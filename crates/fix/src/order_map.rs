@@ -32,9 +32,10 @@
 //! A gateway runs for weeks; the map and its store must not grow with every order ever
 //! routed. An order whose last report was terminal (OrdStatus filled, cancelled, rejected,
 //! expired, done for the day unless good till cancel or date, or replaced under a new
-//! ClOrdID) is marked *done* with the time (a record too, so a successor knows). Done orders are dropped once older than the
-//! retention ([`OrderMap::prune`], from the gateway's tick) and, for one client, when its
-//! session schedule starts a new period ([`OrderMap::prune_client`]). The store is compacted
+//! ClOrdID) is marked *done* with the time (a record too, so a successor knows). Done orders
+//! are dropped once older than the retention ([`OrderMap::prune`], from the gateway's tick)
+//! and, for one client, when its session schedule starts a new period
+//! ([`OrderMap::prune_client`]). The store is compacted
 //! in one record ([`FileStore::replace_sent`]) once superseded records outnumber the live
 //! ones, so its size follows the live orders too. A report that still arrives for a pruned
 //! order is routed by its ClOrdID's `CLIENT~` prefix; only a cancel of a pruned order would
