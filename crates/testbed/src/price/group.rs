@@ -150,6 +150,10 @@ impl PriceGroup {
                         failures: Some(3),
                         start_period: Some(Duration::from_secs(2)),
                     });
+                    // A hung server ignores SIGTERM: the lock waits out the whole grace
+                    // before the SIGKILL, so the harness's 3 s would leave a failover test
+                    // little of its 5 s (it once took 5.1 s on a loaded machine).
+                    c.service.stop_timeout = Some(Duration::from_secs(1));
                 }
             })?;
         }
