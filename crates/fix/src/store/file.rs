@@ -824,8 +824,17 @@ impl FileStore {
     /// `write` (see [`SessionStore::save_sent`] for one).
     pub fn save_sent_all(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
         let first = self.state.next_sender;
+        self.save_sent_from(first, frames.iter().map(Vec::as_slice))
+    }
+
+    /// Stores `frames` as sent messages numbered from `first` on, with one `write`, and
+    /// indexes each where its frame lies in our segment.
+    fn save_sent_from<'f>(
+        &mut self,
+        first: u64,
+        frames: impl Iterator<Item = &'f [u8]>,
+    ) -> Result<(), StoreError> {
         let payloads: Vec<Vec<u8>> = frames
-            .iter()
             .zip(first..)
             .map(|(f, seq)| {
                 let mut p = Vec::with_capacity(8 + f.len());
@@ -1100,21 +1109,7 @@ impl SessionStore for FileStore {
     }
 
     fn save_sent(&mut self, seq: u64, frame: &[u8]) -> Result<(), StoreError> {
-        let mut payload = Vec::with_capacity(8 + frame.len());
-        payload.extend_from_slice(&seq.to_le_bytes());
-        payload.extend_from_slice(frame);
-        let start = self.end;
-        self.append(KIND_SENT, &payload)?;
-        self.state.sent.insert(
-            seq,
-            Loc {
-                segment: self.epoch,
-                offset: start + (HEADER + FIXED + 8) as u64,
-                len: frame.len(),
-            },
-        );
-        self.state.next_sender = seq.saturating_add(1);
-        Ok(())
+        self.save_sent_from(seq, std::iter::once(frame))
     }
 
     fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
