@@ -3,10 +3,12 @@
 //! `cargo run --release -p understudy-fix --example store_open_time [DIR]` writes 250-byte
 //! messages into one store under `DIR` (default: a fresh directory in /var/tmp, on disk),
 //! each batch under a new epoch as after a failover, and times `FileStore::open` with the
-//! next epoch; then the same with a new session period (a daily reset) before every batch,
-//! so that only the last batch is live. Segments are never removed and `open` replays every
-//! one of them, so the time grows with everything the store ever held, new periods
-//! included.
+//! next epoch:
+//! - every message live (no reset): the time grows with the live period, which a resend
+//!   may ask for from its first message;
+//! - eight days of 100 000 messages, a new session period (a daily reset) each day: past
+//!   the rotation size a reset starts a new generation and the older segments are deleted,
+//!   so the files and the time stay those of about one day.
 
 use std::time::{Duration, Instant};
 
@@ -35,16 +37,21 @@ fn run(dir: &std::path::Path, daily_reset: bool) -> Result<(), Box<dyn std::erro
     };
     let frame = vec![b'x'; 250];
     let mut epoch = 1;
+    let batches: Vec<u64> = if daily_reset {
+        vec![100_000; 8]
+    } else {
+        vec![100_000, 400_000, 1_600_000]
+    };
     println!(
         "one session store under {}{}",
         dir.display(),
         if daily_reset {
-            ", a new period before each batch"
+            ", a new period each day"
         } else {
-            ""
+            ", every message live"
         }
     );
-    for (day, batch) in [100_000u64, 400_000, 1_600_000].into_iter().enumerate() {
+    for (day, batch) in batches.into_iter().enumerate() {
         let mut s = FileStore::open(dir, &sid, epoch, sync)?;
         if daily_reset {
             s.reset_for_period(1_800_000_000 + 86_400 * day as i64)?;
@@ -59,14 +66,20 @@ fn run(dir: &std::path::Path, daily_reset: bool) -> Result<(), Box<dyn std::erro
         let t = Instant::now();
         let s = FileStore::open(dir, &sid, epoch, sync)?;
         let took = t.elapsed();
-        let bytes: u64 = std::fs::read_dir(dir.join(sid.dir_name()))?
-            .filter_map(|e| e.ok()?.metadata().ok())
+        let files: Vec<u64> = std::fs::read_dir(dir.join(sid.dir_name()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
-            .sum();
+            .collect();
         println!(
-            "  {:>9} messages live, {:>5} MB on disk: open with a new epoch {:>8.1} ms",
+            "  day {}: {:>9} messages live, {:>2} segments, {:>5} MB on disk, {:>5} MB replayed: \
+             open with a new epoch {:>8.1} ms",
+            day + 1,
             s.next_sender_seq() - 1,
-            bytes >> 20,
+            files.len(),
+            files.iter().sum::<u64>() >> 20,
+            s.recovery().bytes_replayed >> 20,
             took.as_secs_f64() * 1e3
         );
         drop(s);

@@ -95,6 +95,7 @@ struct RawGateway {
     logon_timeout: Option<String>,
     max_latency: Option<String>,
     order_retention: Option<String>,
+    store_rotate_bytes: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -159,6 +160,10 @@ pub struct GatewayConfig {
     pub max_latency: Option<Duration>,
     /// How long a done order stays in the order map.
     pub order_retention: Duration,
+    /// `store_rotate_bytes`: the size of a store past which a reset, a new period or a
+    /// compaction starts a new generation and the older segments are deleted (see
+    /// [`crate::store::ROTATE_AFTER`]).
+    pub store_rotate_bytes: u64,
     /// Client sessions, by the client's CompID.
     pub clients: Vec<String>,
     /// The schedule of each client session, in the order of `clients`.
@@ -347,6 +352,15 @@ impl GatewayConfig {
             g.order_retention.as_ref(),
             Duration::from_secs(24 * 3600),
         )?;
+        let store_rotate_bytes = g.store_rotate_bytes.unwrap_or(crate::store::ROTATE_AFTER);
+        if !(MIN_ROTATE_BYTES..=MAX_ROTATE_BYTES).contains(&store_rotate_bytes) {
+            return Err((
+                "gateway.store_rotate_bytes".into(),
+                format!(
+                    "{store_rotate_bytes}: must be {MIN_ROTATE_BYTES} to {MAX_ROTATE_BYTES} bytes"
+                ),
+            ));
+        }
         if raw.client.is_empty() {
             return Err((
                 "client".into(),
@@ -501,6 +515,7 @@ impl GatewayConfig {
             logon_timeout,
             max_latency,
             order_retention,
+            store_rotate_bytes,
             clients,
             client_schedules,
             client_access,
@@ -604,12 +619,15 @@ impl Gateway {
     /// epoch owns any of them) and builds the sessions. Blocking file-system work.
     pub fn open(cfg: GatewayConfig, epoch: u64) -> Result<Activated, GatewayError> {
         let open = |sid: &SessionId, name: &str| {
-            FileStore::open(&cfg.store_dir, sid, epoch, cfg.sync).map_err(|source| {
-                GatewayError::Store {
-                    session: name.to_owned(),
-                    source,
-                }
-            })
+            let mut store =
+                FileStore::open(&cfg.store_dir, sid, epoch, cfg.sync).map_err(|source| {
+                    GatewayError::Store {
+                        session: name.to_owned(),
+                        source,
+                    }
+                })?;
+            store.set_rotate_after(cfg.store_rotate_bytes);
+            Ok::<_, GatewayError>(store)
         };
         let mut slots = Vec::new();
         let mut store_keys = Vec::new();
@@ -984,6 +1002,11 @@ pub fn parse_sync(name: Option<&str>, batch: Duration) -> Result<SyncPolicy, Str
     }
 }
 
+/// Bounds of `gateway.store_rotate_bytes`: below a page every reset would start a file; above
+/// 1 TiB is a typo.
+const MIN_ROTATE_BYTES: u64 = 4096;
+const MAX_ROTATE_BYTES: u64 = 1 << 40;
+
 /// PossResend(97)=Y: the sender may have sent this before under another MsgSeqNum.
 pub fn possibly_resent(m: &Message<'_>) -> bool {
     m.get(tags::POSS_RESEND) == Some(b"Y")
@@ -997,6 +1020,8 @@ fn log_recovery(name: &str, store: &FileStore) {
         next_target = store.next_target_seq(),
         period_start = ?store.period(),
         segments = ?r.segments,
+        bytes_replayed = r.bytes_replayed,
+        removed = ?r.removed,
         "session store opened"
     );
 }

@@ -123,7 +123,8 @@ pub struct Rebuilt {
 /// A done record: `-`, the id, the Unix seconds (an id always contains the `~` separator, so
 /// it is never `-` or `=`).
 const DONE: &str = "-";
-/// A checkpoint record: `=`, the session's directory name, the segment, the offset.
+/// A checkpoint record: `=`, the session's directory name, the segment's epoch, the offset
+/// and, unless 0, the segment's generation.
 const MARK: &str = "=";
 
 fn owner_record(id: &str, o: &Owner) -> Vec<u8> {
@@ -135,7 +136,15 @@ fn done_record(id: &str, at: i64) -> Vec<u8> {
 }
 
 fn mark_record(key: &str, m: StoreMark) -> Vec<u8> {
-    format!("{MARK}\u{1}{key}\u{1}{}\u{1}{}", m.segment, m.offset).into_bytes()
+    if m.generation == 0 {
+        format!("{MARK}\u{1}{key}\u{1}{}\u{1}{}", m.segment, m.offset).into_bytes()
+    } else {
+        format!(
+            "{MARK}\u{1}{key}\u{1}{}\u{1}{}\u{1}{}",
+            m.segment, m.offset, m.generation
+        )
+        .into_bytes()
+    }
 }
 
 /// The ClOrdIDs an ExecutionReport finishes: when OrdStatus is terminal, its own and the
@@ -173,9 +182,20 @@ impl OrderMap {
                         e.done_at = Some(at);
                     }
                 }
-                [MARK, key, segment, offset] => match (segment.parse(), offset.parse()) {
-                    (Ok(segment), Ok(offset)) => {
-                        marks.insert(key.to_owned(), StoreMark { segment, offset });
+                [MARK, key, segment, offset] | [MARK, key, segment, offset, _] => match (
+                    segment.parse(),
+                    offset.parse(),
+                    f.get(4).map_or(Ok(0), |g| g.parse()),
+                ) {
+                    (Ok(segment), Ok(offset), Ok(generation)) => {
+                        marks.insert(
+                            key.to_owned(),
+                            StoreMark {
+                                segment,
+                                generation,
+                                offset,
+                            },
+                        );
                     }
                     _ => {
                         tracing::warn!(record = %text, "order map checkpoint not understood; skipped")
@@ -550,6 +570,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let mark = StoreMark {
             segment: 1,
+            generation: 0,
             offset: 100,
         };
         let mut m = map(tmp.path(), 1);
@@ -560,6 +581,7 @@ mod tests {
         m.record("C~b", "C", "U");
         let later = StoreMark {
             segment: 1,
+            generation: 3,
             offset: 900,
         };
         assert!(m.flush(&[("K", later)]).expect("flush"));

@@ -18,7 +18,10 @@ use thiserror::Error;
 
 use crate::tags::BeginString;
 
-pub use file::{FileStore, RecoveryReport, SyncPolicy};
+pub use file::{
+    parse_segment_name, remove_unclaimed_segments, FileStore, RecoveryReport, SegmentId,
+    SyncPolicy, ROTATE_AFTER,
+};
 pub use group::{BatchHook, GroupCommit};
 
 /// The newest epoch this process has learned of from elsewhere (a standby's refusal, see
@@ -131,12 +134,15 @@ pub enum StoreError {
 
 /// A point in a [`FileStore`]'s history, ordered: every record written before it compares
 /// lower, every record written after it higher, across epochs (each writes a segment of its
-/// own, numbered by the epoch) and resets. What the gateway's order map checkpoints so that
-/// a successor rebuilds only what was written after it.
+/// own, numbered by the epoch and, within it, by the generation a reset started) and resets.
+/// What the gateway's order map checkpoints so that a successor rebuilds only what was
+/// written after it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StoreMark {
     /// The segment's epoch.
     pub segment: u64,
+    /// The segment's generation within its epoch (0 for the first).
+    pub generation: u64,
     /// The byte offset in that segment.
     pub offset: u64,
 }

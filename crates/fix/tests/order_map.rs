@@ -14,7 +14,7 @@ use understudy_fix::tags::BeginString;
 fn open(dir: &Path, epoch: u64, retention: Duration) -> OrderMap {
     // Batch: this is about contents, not durability, and 40 000 records should not take
     // 40 000 fsyncs.
-    let store = FileStore::open(
+    let mut store = FileStore::open(
         dir,
         &SessionId::new(BeginString::Fix44, "ORDERS", "GW"),
         epoch,
@@ -23,7 +23,22 @@ fn open(dir: &Path, epoch: u64, retention: Duration) -> OrderMap {
         },
     )
     .expect("store");
+    // Small, so that 20 000 orders cross it many times (the default is 4 MiB).
+    store.set_rotate_after(ROTATE_AFTER);
     OrderMap::open(store, retention).expect("map")
+}
+
+const ROTATE_AFTER: u64 = 64 << 10;
+
+/// Bytes of the order map's segment files on disk.
+fn bytes_on_disk(dir: &Path) -> u64 {
+    let sub = dir.join(SessionId::new(BeginString::Fix44, "ORDERS", "GW").dir_name());
+    std::fs::read_dir(sub)
+        .expect("readdir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
 }
 
 fn owner(client: &str) -> Owner {
@@ -41,7 +56,7 @@ fn a_long_run_keeps_the_map_and_its_store_bounded() {
     // A resting order that never finishes.
     m.record("C1~gtc", "C1", "EXCH");
     let t0 = 1_800_000_000i64;
-    let (mut max_len, mut max_records) = (0, 0);
+    let (mut max_len, mut max_records, mut max_bytes) = (0, 0, 0);
     // 20 000 orders, one a second, each done 5 s after it was sent.
     for i in 0..20_000i64 {
         let now = t0 + i;
@@ -54,7 +69,16 @@ fn a_long_run_keeps_the_map_and_its_store_bounded() {
         m.prune(now).expect("prune");
         max_len = max_len.max(m.len());
         max_records = max_records.max(m.stored_records());
+        if i % 250 == 0 {
+            max_bytes = max_bytes.max(bytes_on_disk(tmp.path()));
+        }
     }
+    // Its files too: every record ever written would be about 2.3 MB; the superseded
+    // generations are deleted.
+    assert!(
+        max_bytes <= 6 * ROTATE_AFTER,
+        "the store's files held {max_bytes} bytes"
+    );
     // Live: the resting order, 5 not done yet, and at most 60 s of done ones.
     assert!(max_len <= 1 + 5 + 61, "the map held {max_len} orders");
     assert!(
@@ -81,7 +105,10 @@ fn a_long_run_keeps_the_map_and_its_store_bounded() {
         1 + 5,
         "only the open orders are left after the retention"
     );
-    println!("20 000 orders: at most {max_len} in the map, {max_records} records in its store");
+    println!(
+        "20 000 orders: at most {max_len} in the map, {max_records} records and \
+         {max_bytes} bytes in its store"
+    );
 }
 
 #[test]

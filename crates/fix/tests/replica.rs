@@ -249,3 +249,84 @@ fn async_mode_never_waits_for_the_standby() {
     tx.stop();
     stalled.join().expect("stalled standby");
 }
+
+fn segment_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(sid().dir_name()))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort_by_key(|n| understudy_fix::store::parse_segment_name(n));
+    names
+}
+
+/// A new generation on the active (a new period past the rotation size) reaches the
+/// standby, which then deletes what it supersedes as the active did, and the copy opens
+/// from the new generation with nothing lost.
+#[test]
+fn a_standby_prunes_its_copy_when_the_active_starts_a_generation() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let rx = Receiver::start(cfg(Mode::Sync, b_addr, vec![]), b.path()).expect("receiver");
+    {
+        let mut old = FileStore::open(a.path(), &sid(), 40, SyncPolicy::EveryWrite).expect("old");
+        old.save_sent(1, &frame(1)).expect("save");
+    }
+    let mut st = FileStore::open(a.path(), &sid(), 41, SyncPolicy::Group).expect("open");
+    st.set_rotate_after(4096);
+    let group = GroupCommit::shared().expect("syncer");
+    let tx = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        a.path(),
+        41,
+        group,
+    )
+    .expect("sender");
+    wait_until("the standby in sync", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync && rx.health().ready
+    });
+    for i in 2..=100 {
+        st.save_sent(i, &frame(i)).expect("save");
+    }
+    st.sync().expect("sync");
+    let before = vec![
+        "00000000000000000040.log".to_owned(),
+        "00000000000000000041.log".to_owned(),
+    ];
+    assert_eq!(segment_names(b.path()), before);
+
+    st.reset_for_period(1_800_000_000).expect("new period");
+    let after = vec![
+        "00000000000000000041.log".to_owned(),
+        "00000000000000000041-0000000001.log".to_owned(),
+    ];
+    assert_eq!(
+        segment_names(a.path()),
+        after,
+        "the active deleted epoch 40's"
+    );
+    for i in 1..=5 {
+        st.save_sent(i, &frame(1000 + i)).expect("save");
+    }
+    st.sync().expect("sync");
+    wait_until("the standby pruned", Duration::from_secs(5), || {
+        segment_names(b.path()) == after
+    });
+    // Still in sync, and more batches flow after the prune.
+    st.save_sent(6, &frame(1006)).expect("save");
+    st.sync().expect("sync after the prune");
+    assert!(tx.health().peers[0].in_sync, "{:?}", tx.health());
+    tx.stop();
+    rx.activate(42).expect("activate");
+    let s = FileStore::open(b.path(), &sid(), 42, SyncPolicy::EveryWrite).expect("open copy");
+    assert_eq!(s.period(), Some(1_800_000_000));
+    assert_eq!(s.next_sender_seq(), 7);
+    let sent = s.sent_range(1, u64::MAX).expect("range");
+    assert_eq!(sent.len(), 6);
+    assert!(sent.iter().all(|(i, m)| *m == frame(1000 + i)));
+    assert!(s.recovery().bytes_replayed < 2048, "{:?}", s.recovery());
+}

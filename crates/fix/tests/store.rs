@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use understudy_fix::store::{FileStore, SessionId, SessionStore, StoreError, SyncPolicy};
+use understudy_fix::store::{
+    parse_segment_name, FileStore, SessionId, SessionStore, StoreError, StoreMark, SyncPolicy,
+};
 use understudy_fix::tags::BeginString;
 
 fn sid() -> SessionId {
@@ -243,4 +245,199 @@ fn batch_policy_persists_on_sync() {
 fn session_dir_names_are_one_safe_component() {
     let id = SessionId::new(BeginString::Fix42, "A-B", "C/D");
     assert_eq!(id.dir_name(), "A%2DB-C%2FD-FIX.4.2");
+}
+
+/// The segment files of the test session, by name, ascending.
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(sid().dir_name()))
+        .expect("readdir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    names.sort_by_key(|n| parse_segment_name(n));
+    names
+}
+
+fn seg_name(epoch: u64, generation: u64) -> String {
+    if generation == 0 {
+        format!("{epoch:020}.log")
+    } else {
+        format!("{epoch:020}-{generation:010}.log")
+    }
+}
+
+fn sent_after(s: &FileStore, mark: StoreMark) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    s.for_each_sent_after(mark, |m| out.push(m.to_vec()))
+        .expect("read after mark");
+    out
+}
+
+/// A long-lived store stays as large as its live period: past the rotation size, a new
+/// period starts a new generation, every segment but it and the one it supersedes is
+/// deleted (across a takeover too), a successor replays only the new generation, and a
+/// mark taken before the reset still reads what followed it.
+#[test]
+fn a_new_period_past_the_rotation_size_starts_a_generation_and_drops_older_segments() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let big = |seq: u64| {
+        let mut m = msg(seq);
+        m.resize(500, b'x');
+        m
+    };
+    {
+        let mut s = open(dir, 1).expect("open");
+        s.set_rotate_after(16 << 10);
+        for seq in 1..=20 {
+            s.save_sent(seq, &big(seq)).expect("save");
+        }
+    }
+    // A takeover: epoch 2 counts epoch 1's segment.
+    let mut s = open(dir, 2).expect("takeover");
+    s.set_rotate_after(16 << 10);
+    for seq in 21..=40 {
+        s.save_sent(seq, &big(seq)).expect("save");
+    }
+    s.set_next_target_seq(33).expect("target");
+    let before_reset = s.mark();
+    s.save_sent(41, &msg(41)).expect("save");
+    assert_eq!(segment_files(dir), vec![seg_name(1, 0), seg_name(2, 0)]);
+
+    s.reset_for_period(1_800_000_000).expect("new period");
+    assert_eq!(s.segment().generation, 1, "a new generation");
+    assert_eq!(
+        segment_files(dir),
+        vec![seg_name(2, 0), seg_name(2, 1)],
+        "epoch 1's segment is deleted; the superseded generation stays as history"
+    );
+    assert_eq!((s.next_sender_seq(), s.next_target_seq()), (1, 1));
+    s.save_sent(1, &msg(1001)).expect("save");
+    s.set_next_target_seq(7).expect("target");
+    let got = sent_after(&s, before_reset);
+    assert_eq!(
+        got,
+        vec![msg(41), msg(1001)],
+        "a mark before the reset reads on"
+    );
+    drop(s);
+
+    // The next active replays only the new generation.
+    let mut s = open(dir, 3).expect("takeover 2");
+    let r = s.recovery().clone();
+    assert!(
+        r.bytes_replayed < 1024,
+        "replayed {} bytes",
+        r.bytes_replayed
+    );
+    assert_eq!(r.segments, vec![2, 3]);
+    assert_eq!(s.period(), Some(1_800_000_000));
+    assert_eq!((s.next_sender_seq(), s.next_target_seq()), (2, 7));
+    assert_eq!(s.sent_range(1, 10).expect("range"), vec![(1, msg(1001))]);
+    assert_eq!(sent_after(&s, before_reset), vec![msg(41), msg(1001)]);
+    assert_eq!(
+        segment_files(dir),
+        vec![seg_name(2, 0), seg_name(2, 1), seg_name(3, 0)]
+    );
+    // Below the rotation size a reset is an ordinary record.
+    s.set_rotate_after(1 << 20);
+    s.reset().expect("reset");
+    assert_eq!(s.segment().generation, 0);
+    assert_eq!(segment_files(dir).len(), 3);
+    // Past it, a reset keeps the period and leaves two files.
+    s.set_rotate_after(1);
+    s.save_sent(1, &msg(2001)).expect("save");
+    s.reset().expect("reset");
+    assert_eq!(segment_files(dir), vec![seg_name(3, 0), seg_name(3, 1)]);
+    s.save_sent(1, &msg(3001)).expect("save");
+    drop(s);
+    let s = open(dir, 4).expect("takeover 3");
+    assert_eq!(s.period(), Some(1_800_000_000));
+    assert_eq!(s.sent_range(1, 10).expect("range"), vec![(1, msg(3001))]);
+    assert_eq!(
+        segment_files(dir),
+        vec![seg_name(3, 0), seg_name(3, 1), seg_name(4, 0)]
+    );
+}
+
+/// A snapshot (how the order map compacts) that starts a generation keeps the target
+/// number and the period, and reopening the same epoch continues the new generation.
+#[test]
+fn a_snapshot_generation_keeps_the_target_and_the_period_and_reopens() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let mut s = open(dir, 5).expect("open");
+    s.reset_for_period(1_700_000_000).expect("period");
+    s.set_next_target_seq(12).expect("target");
+    for seq in 1..=5 {
+        s.save_sent(seq, &msg(seq)).expect("save");
+    }
+    s.set_rotate_after(1);
+    s.replace_sent(&[msg(4), msg(5)]).expect("snapshot");
+    assert_eq!(s.segment().generation, 1);
+    assert_eq!(
+        s.sent_range(1, 10).expect("range"),
+        vec![(1, msg(4)), (2, msg(5))],
+        "read where the new generation holds them"
+    );
+    s.save_sent(3, &msg(6)).expect("save");
+    drop(s);
+    // The same epoch again (the same active restarting its store).
+    let mut s = open(dir, 5).expect("reopen");
+    assert!(s.recovery().reopened);
+    assert_eq!(s.segment().generation, 1);
+    assert_eq!(s.period(), Some(1_700_000_000));
+    assert_eq!((s.next_sender_seq(), s.next_target_seq()), (4, 12));
+    assert_eq!(
+        s.sent_range(1, 10).expect("range"),
+        vec![(1, msg(4)), (2, msg(5)), (3, msg(6))]
+    );
+    s.save_sent(4, &msg(7)).expect("save");
+    drop(s);
+    let s = open(dir, 6).expect("takeover");
+    assert_eq!(s.sent_range(4, 4).expect("range"), vec![(4, msg(7))]);
+}
+
+/// A crash in the middle of starting a generation leaves a file without a whole claim:
+/// the next open starts from the generation before and deletes the leftover, whatever
+/// epoch opens.
+#[test]
+fn a_generation_torn_at_its_claim_is_ignored_and_deleted() {
+    for (reopen_epoch, reopened) in [(1, true), (2, false)] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path();
+        {
+            let mut s = open(dir, 1).expect("open");
+            s.save_sent(1, &msg(1)).expect("save");
+        }
+        let torn = dir.join(sid().dir_name()).join(seg_name(1, 1));
+        std::fs::write(&torn, [7u8, 0, 0, 0, 0xf8]).expect("write torn claim");
+        let s = open(dir, reopen_epoch).expect("reopen");
+        assert_eq!(s.recovery().reopened, reopened);
+        assert_eq!(s.sent_range(1, 1).expect("range"), vec![(1, msg(1))]);
+        assert!(!torn.exists(), "the torn generation is deleted");
+        assert_eq!(s.recovery().removed, vec![seg_name(1, 1)]);
+    }
+}
+
+/// A writer fenced by a newer epoch starts no generation and deletes nothing: the newer
+/// writer's segments and its view are untouched.
+#[test]
+fn a_fenced_writer_neither_rotates_nor_deletes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let mut old = open(dir, 1).expect("old");
+    old.set_rotate_after(1);
+    old.save_sent(1, &msg(1)).expect("save");
+    let mut new = open(dir, 2).expect("new");
+    new.save_sent(2, &msg(2)).expect("save");
+    assert!(matches!(
+        old.reset_for_period(1_800_000_000),
+        Err(StoreError::Fenced { ours: 1, newest: 2 })
+    ));
+    assert_eq!(segment_files(dir), vec![seg_name(1, 0), seg_name(2, 0)]);
+    drop(new);
+    let s = open(dir, 3).expect("third");
+    assert_eq!(s.period(), None);
+    assert_eq!(s.sent_range(1, 2).expect("range").len(), 2);
 }

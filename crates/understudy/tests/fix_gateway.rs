@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fix_common::{
     addr, assert_new_partial_full, assert_sequences_continue, cancel, exec, filled, free_port,
-    gateway_config, gateway_group, logged_on_client, logon_to_new_active, names, next_where, order,
-    pair, send_market_orders, start_active_then_standby, start_sim, stop_client_and_group,
-    store_files, wait_filled, wait_port, Pair, Proc, EXE,
+    gateway_config, gateway_group, gateway_group_with, logged_on_client, logon_to_new_active,
+    names, next_where, order, pair, send_market_orders, start_active_then_standby, start_sim,
+    stop_client_and_group, store_files, wait_filled, wait_port, Pair, Proc, Replicated, EXE,
 };
 use understudy_fix::client::ClientEvent;
 use understudy_fix::codec::{Deframer, MessageBuilder};
@@ -216,6 +216,40 @@ impl Raw {
         self.send(&logon);
         self.until("logon answer", |m| field(m, 35) == Some("A"))
     }
+
+    /// Logs on with ResetSeqNumFlag=Y (both sides start again at 1), as a client that resets
+    /// every morning does, and waits for the answer.
+    fn logon_with_reset(&mut self) -> Vec<String> {
+        self.seq = 1;
+        let logon = self.build("A", "98=0|108=30|141=Y|");
+        self.send(&logon);
+        self.until("logon answer", |m| field(m, 35) == Some("A"))
+    }
+
+    /// Sends a market order and waits for its fill; returns every frame received meanwhile.
+    fn order_filled(&mut self, id: &str) -> Vec<String> {
+        let d = self.build(
+            "D",
+            &format!("11={id}|21=1|55=ABC|54=1|60=20240102-03:04:05|38=10|40=1|"),
+        );
+        self.send(&d);
+        self.until(&format!("{id} filled"), |m| {
+            field(m, 35) == Some("8") && field(m, 11) == Some(id) && field(m, 39) == Some("2")
+        })
+    }
+}
+
+/// The segment files of one session's store under `store`, sorted.
+fn segments(store: &Path, session: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store.join(session))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort_by_key(|n| understudy_fix::store::parse_segment_name(n));
+    names
 }
 
 fn field(msg: &str, t: u32) -> Option<&str> {
@@ -529,4 +563,138 @@ async fn kill_9_of_the_active_agent_the_client_carries_on_with_the_standby() {
         );
     }
     stop_client_and_group(c, g).await;
+}
+
+/// A client that resets its sequence numbers at every logon (a new trading day) into a
+/// replicated pair, past a small `store_rotate_bytes`: each reset starts a new generation of
+/// its store, the active deletes the older ones and so does the standby's copy; after kill
+/// -9 of the active's agent the standby takes over from that copy, and the client logs on
+/// with its sequence numbers continuing, never two actives.
+#[test]
+fn daily_resets_keep_both_copies_of_a_store_small_and_the_standby_takes_over_from_them() {
+    const SESSION: &str = "GW-RESETTER-FIX.4.4";
+    let dir = tempfile::tempdir().expect("tmp");
+    let repl = Replicated::new(dir.path(), "sync").expect("replication settings");
+    let Pair {
+        _sim, ports, cfgs, ..
+    } = pair(dir.path(), |i| {
+        repl.extra(dir.path(), i)
+            .replace("[gateway]\n", "[gateway]\nstore_rotate_bytes = 4096\n")
+            + "[[client]]\ncomp_id = \"RESETTER\"\nallow_reset = true\n"
+    });
+    let stores = [dir.path().join("store-a"), dir.path().join("store-b")];
+    let mut g = gateway_group_with(&cfgs, Some(&repl));
+    let watcher = g.watch();
+    start_active_then_standby(&mut g, ports[0]);
+    g.wait_ready_standby("b")
+        .expect("b a ready standby, in sync");
+
+    let mut raw = Raw::connect(ports[0], "RESETTER");
+    let mut last_seq = 0u64;
+    for day in 1..=5 {
+        if day > 1 {
+            raw = Raw::connect(ports[0], "RESETTER");
+        }
+        let answer = raw.logon_with_reset();
+        assert!(
+            answer
+                .iter()
+                .any(|m| field(m, 35) == Some("A") && field(m, 34) == Some("1")),
+            "day {day}: the reset logon is answered with MsgSeqNum 1: {answer:#?}"
+        );
+        for i in 0..10 {
+            let got = raw.order_filled(&format!("d{day}o{i}"));
+            if let Some(seq) = got.iter().rev().find_map(|m| field(m, 34)?.parse().ok()) {
+                last_seq = seq;
+            }
+        }
+        // The day ends with a Logout both ways, so the next logon is not a second
+        // connection of a session still up.
+        let logout = raw.build("5", "");
+        raw.send(&logout);
+        let got = raw.until("logout answer", |m| field(m, 35) == Some("5"));
+        if let Some(seq) = got.iter().rev().find_map(|m| field(m, 34)?.parse().ok()) {
+            last_seq = seq;
+        }
+    }
+    // Five days written; on the active only the last two generations are left.
+    let on_a = segments(&stores[0], SESSION);
+    assert_eq!(on_a.len(), 2, "the active's files: {on_a:?}");
+    assert!(on_a[1].contains('-'), "a later generation: {on_a:?}");
+    // The standby deletes the same once the newest generation is durable in its copy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while segments(&stores[1], SESSION) != on_a {
+        assert!(
+            Instant::now() < deadline,
+            "the standby's copy {:?}, the active's {on_a:?}",
+            segments(&stores[1], SESSION)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    g.kill9("a");
+    g.wait_hot("b").expect("b hot");
+    assert!(
+        wait_port(ports[1], Duration::from_secs(10)),
+        "the new active does not listen"
+    );
+    let mut again = Raw {
+        s: TcpStream::connect(ports[1]).expect("connect to the new active"),
+        d: Deframer::default(),
+        comp: "RESETTER",
+        seq: raw.seq,
+    };
+    again
+        .s
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let answer = again.logon();
+    let next = (last_seq + 1).to_string();
+    assert!(
+        answer
+            .iter()
+            .any(|m| field(m, 35) == Some("A") && field(m, 34) == Some(next.as_str())),
+        "the new active answers the logon with MsgSeqNum {next}: {answer:#?}"
+    );
+    // The copy may lack the record of the Logout a received last (a received number rides
+    // with the next batch: the safe direction), and the new active then asks for it again,
+    // as any engine may: the client fills the gap, as any client must.
+    again
+        .s
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 4096];
+    let mut asked = None;
+    while asked.is_none() && Instant::now() < deadline {
+        while let Ok(Some(f)) = again.d.next_frame() {
+            let m = String::from_utf8_lossy(f).replace('\x01', "|");
+            if field(&m, 35) == Some("2") {
+                asked = field(&m, 7).and_then(|v| v.parse::<u64>().ok());
+            }
+        }
+        if let Ok(n) = again.s.read(&mut buf) {
+            again.d.push(&buf[..n]);
+        }
+    }
+    if let Some(from) = asked {
+        let mut b = MessageBuilder::new(BeginString::Fix44, b"4");
+        b.push_str(49, "RESETTER")
+            .push_str(56, "GW")
+            .push_uint(34, from)
+            .push_str(43, "Y")
+            .push_time(52, SystemTime::now())
+            .push_time(122, SystemTime::now())
+            .push_str(123, "Y")
+            .push_uint(36, again.seq);
+        again.send(&b.finish().expect("gap fill"));
+    }
+    again.order_filled("after");
+    // The new active opened the last generation and kept what its claim names.
+    let on_b = segments(&stores[1], SESSION);
+    assert_eq!(on_b.len(), 3, "the new active's files: {on_b:?}");
+    assert_eq!(on_b[..2], on_a[..], "{on_b:?}");
+    let rep = watcher.finish();
+    println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
+    g.stop_all();
 }

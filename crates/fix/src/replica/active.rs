@@ -401,12 +401,25 @@ impl Link<'_> {
     /// epoch can grow: only they are looked at.
     fn ship(&mut self, catch_up: bool) -> Result<(), String> {
         let segs = list_segments(&self.sh.store_dir).map_err(|e| format!("listing: {e}"))?;
+        // A new generation deletes the segments before it: forget them, so neither map
+        // grows with every rotation.
+        self.handles
+            .retain(|rel, _| segs.iter().any(|(r, _)| r == rel));
+        if !catch_up {
+            self.sent
+                .retain(|rel, _| segs.iter().any(|(r, _)| r == rel));
+        }
         for (rel, path) in segs {
             if !catch_up && segment_epoch(&rel).ok() != Some(self.sh.epoch) {
                 continue;
             }
             if !self.handles.contains_key(&rel) {
-                let f = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+                let f = match File::open(&path) {
+                    Ok(f) => f,
+                    // Deleted since the listing: superseded by a newer generation.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(format!("open {}: {e}", path.display())),
+                };
                 self.handles.insert(rel.clone(), f);
             }
             let Some(f) = self.handles.get(&rel) else {

@@ -200,7 +200,8 @@ impl<'a> Rd<'a> {
     }
 }
 
-/// The epoch of a replicated segment path `SESSION/EPOCH.log`, which is refused unless the
+/// The epoch of a replicated segment path `SESSION/EPOCH.log` (or `SESSION/EPOCH-GEN.log`,
+/// a later generation), which is refused unless the
 /// session part is one plain directory name (see [`crate::store::SessionId::dir_name`]) and
 /// the file name a segment's: nothing from the peer may name a file elsewhere.
 pub fn segment_epoch(path: &str) -> Result<u64, ProtoError> {
@@ -212,11 +213,12 @@ pub fn segment_epoch(path: &str) -> Result<u64, ProtoError> {
         && dir
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
-    let digits = file.strip_suffix(".log").ok_or_else(badp)?;
-    if !dir_ok || digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !dir_ok {
         return Err(badp());
     }
-    digits.parse().map_err(|_| badp())
+    crate::store::parse_segment_name(file)
+        .map(|id| id.epoch)
+        .ok_or_else(badp)
 }
 
 fn put_short(out: &mut Vec<u8>, b: &[u8]) {
@@ -544,7 +546,15 @@ mod tests {
     #[test]
     fn paths_name_one_segment_inside_the_store() {
         assert_eq!(segment_epoch(SEG).expect("ok"), 3);
+        assert_eq!(
+            segment_epoch("GW-CLIENT1-FIX.4.4/00000000000000000003-0000000002.log").expect("ok"),
+            3
+        );
         for p in [
+            "a/00000000000000000003-0000000000.log",
+            "a/00000000000000000003-2.log",
+            "a/00000000000000000003-/000000000.log",
+            "a/00000000000000000003-0000000002-0000000001.log",
             "../00000000000000000003.log",
             "a/../00000000000000000003.log",
             "/etc/00000000000000000003.log",

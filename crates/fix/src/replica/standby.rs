@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use super::proto::{read_frame, segment_epoch, Frame, MAX_FILES, VERSION};
 use super::{list_segments, same_secret, ReplicationConfig, ReplicationHealth};
+use crate::store::remove_unclaimed_segments;
 
 /// Connections served at once.
 pub const MAX_CONNS: usize = 4;
@@ -242,6 +243,9 @@ struct Mirror<'a> {
     dirty: HashSet<String>,
     /// Directories that gained an entry: synced with the next `Sync`.
     dirs: HashSet<PathBuf>,
+    /// Session directories that gained a segment: once its claim is whole here, the
+    /// segments it supersedes are deleted (see [`remove_unclaimed_segments`]).
+    fresh: HashSet<String>,
 }
 
 impl Mirror<'_> {
@@ -267,6 +271,9 @@ impl Mirror<'_> {
                 .map_err(|e| format!("open {}: {e}", path.display()))?;
             if !existed {
                 self.dirs.insert(dir);
+                if let Some((session, _)) = rel.split_once('/') {
+                    self.fresh.insert(session.to_owned());
+                }
             }
             let len = f
                 .metadata()
@@ -314,7 +321,34 @@ impl Mirror<'_> {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| format!("sync {}: {e}", d.display()))?;
         }
+        self.prune();
         Ok(())
+    }
+
+    /// Deletes what the newest segments, now durable here, supersede; as the active did.
+    fn prune(&mut self) {
+        let sessions: Vec<String> = self.fresh.iter().cloned().collect();
+        for session in sessions {
+            match remove_unclaimed_segments(&self.root.join(&session)) {
+                Ok(Some(removed)) => {
+                    for name in &removed {
+                        self.open.remove(&format!("{session}/{name}"));
+                    }
+                    if !removed.is_empty() {
+                        tracing::info!(session = %session, removed = ?removed,
+                            "replication: deleted segments a newer generation supersedes");
+                    }
+                    self.fresh.remove(&session);
+                }
+                // The newest claim is still arriving: the next sync tries again.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(session = %session, error = %e,
+                        "replication: could not prune superseded segments");
+                    self.fresh.remove(&session);
+                }
+            }
+        }
     }
 }
 
@@ -423,6 +457,7 @@ fn mirror(
         open: HashMap::new(),
         dirty: HashSet::new(),
         dirs: HashSet::new(),
+        fresh: HashSet::new(),
     };
     loop {
         let frame = match read_frame(s, buf) {

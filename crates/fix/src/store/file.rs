@@ -5,6 +5,7 @@
 //! ```text
 //! <dir>/<SENDER-TARGET-FIX.4.x>/fence                  newest epoch: [u64 LE][crc32 u32]
 //! <dir>/<SENDER-TARGET-FIX.4.x>/<epoch, 20 digits>.log  one append-only segment per writer epoch
+//! <dir>/<SENDER-TARGET-FIX.4.x>/<epoch>-<generation, 10 digits>.log  later generations of it
 //! ```
 //!
 //! A segment is a sequence of records `[len u32][!len u32][crc32 u32][epoch u64][kind u8]
@@ -12,7 +13,10 @@
 //! and everything after it, and `!len` lets recovery trust `len` before the crc can be
 //! checked (so a flipped bit in a length is reported as corruption, never taken for a torn
 //! tail that would silently drop the records after it). The first record of a segment is a
-//! claim listing, for every older segment, the length up to which it counts ("seals").
+//! claim listing, for every older segment that counts, the length up to which it counts
+//! ("seals"), and the segments kept only as history (see "Generations"). A claim is
+//! `[count u32]` then `[epoch u64][length u64]` each, all counted and of generation 0, or
+//! `[u32::MAX][count u32]` then `[epoch u64][generation u64][length u64][counted u8]` each.
 //!
 //! Record kinds: 1 claim, 2 next sender seq, 3 next target seq, 4 sent message (seq +
 //! frame), 5 reset (sequence numbers to 1, messages forgotten, period kept), 6 reset into a
@@ -28,6 +32,24 @@
 //! its own segment, and the seal the new active recorded makes those late bytes invisible to
 //! every later reader. A shared single file would force the new active to repair a torn
 //! tail the old writer may still be extending.
+//!
+//! # Generations: what bounds a store's history
+//!
+//! A reset, a new period or a snapshot makes every record before it dead. Once the counted
+//! bytes reach [`ROTATE_AFTER`], such a record is not appended: the writer starts the next
+//! *generation* of its segment, whose claim names the old one as history only (not
+//! replayed, kept so that a [`StoreMark`] taken before the reset still reads what followed
+//! it) and whose first records restore the state (period, target number, snapshot). Once
+//! that is durable and the fence still ours, every other segment file is deleted. Opening
+//! replays only the newest claim's counted segments, and a new epoch's claimant deletes
+//! whatever its claim does not name, so the files and the time to open follow the live
+//! period, not the store's age. A standby's copy is pruned the same way
+//! ([`remove_unclaimed_segments`]).
+//!
+//! Deleting is safe against a takeover in progress: the writer deletes only after reading
+//! the fence *after* its new generation was durable, so a claimant (which lists segments
+//! only after writing the fence) finds that generation and never needs what is deleted;
+//! if the fence moved, nothing is deleted.
 //!
 //! # Fencing protocol
 //!
@@ -67,6 +89,25 @@ use std::time::{Duration, Instant};
 use super::group::GroupCommit;
 use super::{SessionId, SessionStore, StoreError, StoreMark};
 
+/// Counted bytes (every segment a store replays at open) from which a reset, a new period
+/// or a snapshot starts a new generation instead of being appended (see "Generations").
+pub const ROTATE_AFTER: u64 = 4 << 20;
+
+/// A segment: the epoch that writes it and its generation within that epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SegmentId {
+    /// The writer's epoch.
+    pub epoch: u64,
+    /// 0 for the segment a claim at open creates, then one more for each rotation.
+    pub generation: u64,
+}
+
+impl std::fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&segment_name(*self))
+    }
+}
+
 /// How appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncPolicy {
@@ -95,8 +136,13 @@ pub enum SyncPolicy {
 /// What [`FileStore::open`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Segments replayed (epochs, ascending).
+    /// Segments replayed (epochs, ascending; a later generation of an epoch shows its
+    /// epoch again).
     pub segments: Vec<u64>,
+    /// Bytes read and checked to rebuild the state.
+    pub bytes_replayed: u64,
+    /// Segment files deleted because the new claim does not name them.
+    pub removed: Vec<String>,
     /// Records applied.
     pub records: u64,
     /// Bytes of an incomplete record at the end of the newest segment, ignored (and cut off
@@ -236,26 +282,121 @@ fn next_record(buf: &[u8], p: usize) -> Next<'_> {
     })
 }
 
-fn segment_name(epoch: u64) -> String {
-    format!("{epoch:020}.log")
+fn segment_name(id: SegmentId) -> String {
+    if id.generation == 0 {
+        format!("{:020}.log", id.epoch)
+    } else {
+        format!("{:020}-{:010}.log", id.epoch, id.generation)
+    }
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+/// The segment a file name names (`<epoch, 20 digits>.log` or
+/// `<epoch>-<generation, 10 digits>.log`), or `None` for any other name.
+pub fn parse_segment_name(name: &str) -> Option<SegmentId> {
+    let stem = name.strip_suffix(".log")?;
+    let digits = |d: &str, n: usize| d.len() == n && d.bytes().all(|b| b.is_ascii_digit());
+    let (epoch, generation) = match stem.split_once('-') {
+        None => (stem, None),
+        Some((e, g)) => (e, Some(g)),
+    };
+    if !digits(epoch, 20) {
+        return None;
+    }
+    let generation = match generation {
+        None => 0,
+        Some(g) if digits(g, 10) => g.parse().ok().filter(|&g| g > 0)?,
+        Some(_) => return None,
+    };
+    Some(SegmentId {
+        epoch: epoch.parse().ok()?,
+        generation,
+    })
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<SegmentId>, StoreError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
         let entry = entry.map_err(io_err("list", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(num) = name.strip_suffix(".log") {
-            if num.len() == 20 {
-                if let Ok(e) = num.parse::<u64>() {
-                    out.push(e);
-                }
-            }
+        if let Some(id) = parse_segment_name(name) {
+            out.push(id);
         }
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// The claim a segment starts with, reading only that record: `None` when the segment does
+/// not start with a whole, valid claim of its own epoch (a claimant that crashed before
+/// its claim was written, or a copy still arriving).
+fn read_claim(path: &Path, id: SegmentId) -> Result<Option<Vec<Seal>>, StoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let mut head = [0u8; HEADER];
+    let n = read_up_to(&file, &mut head, 0).map_err(io_err("read", path))?;
+    if n < HEADER || u32_at(&head, 0) != !u32_at(&head, 4) {
+        return Ok(None);
+    }
+    let len = u32_at(&head, 0) as usize;
+    if !(FIXED..=MAX_RECORD).contains(&len) {
+        return Ok(None);
+    }
+    let mut rec = vec![0u8; HEADER + len];
+    let n = read_up_to(&file, &mut rec, 0).map_err(io_err("read", path))?;
+    rec.truncate(n);
+    Ok(match next_record(&rec, 0) {
+        Next::Rec(r) if r.kind == KIND_CLAIM && r.epoch == id.epoch => decode_claim(r.payload),
+        _ => None,
+    })
+}
+
+/// Fills `buf` from `at` as far as the file goes; returns how much was read.
+fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let r = file.read_at(&mut buf[n..], at + n as u64)?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    Ok(n)
+}
+
+/// Deletes the segments of one session directory that its newest segment's claim does not
+/// name: how a standby's mirrored copy stays as small as the active's. Does nothing while
+/// the newest segment's claim is not whole (still arriving): the claim before it may still
+/// be the one an activation would start from: then `None`. Returns the file names deleted.
+pub fn remove_unclaimed_segments(session_dir: &Path) -> Result<Option<Vec<String>>, StoreError> {
+    let segs = list_segments(session_dir)?;
+    let Some(&newest) = segs.last() else {
+        return Ok(Some(Vec::new()));
+    };
+    let Some(seals) = read_claim(&session_dir.join(segment_name(newest)), newest)? else {
+        return Ok(None);
+    };
+    let keep: Vec<SegmentId> = seals.iter().map(|s| s.seg).chain([newest]).collect();
+    Ok(Some(remove_segments_except(session_dir, &segs, &keep)))
+}
+
+/// Deletes every segment of `segs` not in `keep`; a failure is logged, not returned (a file
+/// left behind is only space: no claim names it).
+fn remove_segments_except(dir: &Path, segs: &[SegmentId], keep: &[SegmentId]) -> Vec<String> {
+    let mut removed = Vec::new();
+    for s in segs.iter().filter(|s| !keep.contains(s)) {
+        let path = dir.join(segment_name(*s));
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(segment_name(*s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                "could not delete a segment no claim names any more"),
+        }
+    }
+    removed
 }
 
 fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
@@ -318,7 +459,7 @@ fn write_fence(file: &File, path: &Path, epoch: u64) -> Result<(), StoreError> {
 /// Where a stored message lives.
 #[derive(Debug, Clone, Copy)]
 struct Loc {
-    segment: u64,
+    segment: SegmentId,
     offset: u64,
     len: usize,
 }
@@ -344,7 +485,7 @@ impl Default for State {
 }
 
 impl State {
-    fn apply(&mut self, segment: u64, rec: &Rec<'_>) -> Result<(), String> {
+    fn apply(&mut self, segment: SegmentId, rec: &Rec<'_>) -> Result<(), String> {
         let need = |n: usize| {
             if rec.payload.len() < n {
                 Err(format!("record kind {} payload too short", rec.kind))
@@ -436,27 +577,84 @@ fn decode_snapshot(payload: &[u8]) -> Result<Vec<(u64, usize, usize)>, String> {
     Ok(out)
 }
 
-fn decode_claim(payload: &[u8]) -> Option<Vec<(u64, u64)>> {
+/// One entry of a claim: an older segment and the length up to which it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seal {
+    seg: SegmentId,
+    len: u64,
+    /// Replayed at open; otherwise history only (read only after a [`StoreMark`]).
+    counted: bool,
+}
+
+/// Marks the claim format with generations and history entries.
+const CLAIM_V2: u32 = u32::MAX;
+const SEAL_V2: usize = 25;
+
+fn decode_claim(payload: &[u8]) -> Option<Vec<Seal>> {
     if payload.len() < 4 {
         return None;
     }
-    let n = u32_at(payload, 0) as usize;
+    let n = u32_at(payload, 0);
+    if n == CLAIM_V2 {
+        let n = u32_at(payload.get(4..8)?, 0) as usize;
+        if payload.len() != 8 + n.checked_mul(SEAL_V2)? {
+            return None;
+        }
+        return (0..n)
+            .map(|i| {
+                let at = 8 + SEAL_V2 * i;
+                let counted = match payload[at + 24] {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
+                Some(Seal {
+                    seg: SegmentId {
+                        epoch: u64_at(payload, at),
+                        generation: u64_at(payload, at + 8),
+                    },
+                    len: u64_at(payload, at + 16),
+                    counted,
+                })
+            })
+            .collect();
+    }
+    let n = n as usize;
     if payload.len() != 4 + n.checked_mul(16)? {
         return None;
     }
     Some(
         (0..n)
-            .map(|i| (u64_at(payload, 4 + 16 * i), u64_at(payload, 12 + 16 * i)))
+            .map(|i| Seal {
+                seg: SegmentId {
+                    epoch: u64_at(payload, 4 + 16 * i),
+                    generation: 0,
+                },
+                len: u64_at(payload, 12 + 16 * i),
+                counted: true,
+            })
             .collect(),
     )
 }
 
-fn encode_claim(seals: &[(u64, u64)]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(4 + 16 * seals.len());
+/// The first format while it suffices, so stores without generations read as before.
+fn encode_claim(seals: &[Seal]) -> Vec<u8> {
+    let mut p = Vec::new();
+    if seals.iter().all(|s| s.counted && s.seg.generation == 0) {
+        p.extend_from_slice(&(seals.len() as u32).to_le_bytes());
+        for s in seals {
+            p.extend_from_slice(&s.seg.epoch.to_le_bytes());
+            p.extend_from_slice(&s.len.to_le_bytes());
+        }
+        return p;
+    }
+    p.extend_from_slice(&CLAIM_V2.to_le_bytes());
     p.extend_from_slice(&(seals.len() as u32).to_le_bytes());
-    for (e, l) in seals {
-        p.extend_from_slice(&e.to_le_bytes());
-        p.extend_from_slice(&l.to_le_bytes());
+    for s in seals {
+        p.extend_from_slice(&s.seg.epoch.to_le_bytes());
+        p.extend_from_slice(&s.seg.generation.to_le_bytes());
+        p.extend_from_slice(&s.len.to_le_bytes());
+        p.push(u8::from(s.counted));
     }
     p
 }
@@ -470,16 +668,21 @@ pub struct FileStore {
     sync: SyncPolicy,
     fence: File,
     fence_path: PathBuf,
-    /// Our segment, opened for append (and pread).
+    /// Our segment (its name, and the file opened for append and pread).
+    seg: SegmentId,
     file: File,
     /// Length of our segment: only this handle writes it, so no stat is needed.
     end: u64,
     path: PathBuf,
-    /// Read handles of every replayed segment, ours included, for resends.
-    readers: HashMap<u64, File>,
-    /// The older segments that count, each with the length it counts up to (the seals of
-    /// our claim), oldest first.
-    sealed: Vec<(u64, u64)>,
+    /// Read handles of every segment our claim names, ours included, for resends and
+    /// [`FileStore::for_each_sent_after`].
+    readers: HashMap<SegmentId, File>,
+    /// The entries of our segment's claim, oldest first.
+    claim: Vec<Seal>,
+    /// Bytes of the older segments that count (what the next open replays besides ours).
+    counted_bytes: u64,
+    /// See [`ROTATE_AFTER`].
+    rotate_after: u64,
     state: State,
     report: RecoveryReport,
     scratch: Vec<u8>,
@@ -535,7 +738,7 @@ impl FileStore {
         }
         let claimed = (|| {
             let segs = list_segments(&dir)?;
-            let newest = read_fence(&fence, &fence_path)?.max(segs.last().copied().unwrap_or(0));
+            let newest = read_fence(&fence, &fence_path)?.max(segs.last().map_or(0, |s| s.epoch));
             if newest > epoch {
                 return Err(StoreError::Fenced {
                     ours: epoch,
@@ -558,46 +761,58 @@ impl FileStore {
         let mut state = State::default();
 
         // The newest segment with a valid claim decides which older segments count.
-        let mut base: Option<(u64, Vec<(u64, u64)>)> = None;
-        for &e in segs.iter().rev() {
-            if e > epoch {
+        let mut base: Option<(SegmentId, Vec<Seal>)> = None;
+        for &id in segs.iter().rev() {
+            if id.epoch > epoch {
                 continue;
             }
-            let path = dir.join(segment_name(e));
-            let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
-            if let Next::Rec(r) = next_record(&bytes, 0) {
-                if r.kind == KIND_CLAIM && r.epoch == e {
-                    if let Some(seals) = decode_claim(r.payload) {
-                        base = Some((e, seals));
-                        break;
-                    }
-                }
+            if let Some(seals) = read_claim(&dir.join(segment_name(id)), id)? {
+                base = Some((id, seals));
+                break;
             }
         }
 
         let mut seals_out = Vec::new();
-        let mut own_valid_end = None;
+        let mut own: Option<(SegmentId, u64)> = None;
         if let Some((newest, seals)) = base {
-            for &(e, limit) in &seals {
-                let path = dir.join(segment_name(e));
+            for seal in &seals {
+                let path = dir.join(segment_name(seal.seg));
+                if !seal.counted {
+                    // History only: nothing depends on it at open, so a copy without it
+                    // still opens (a mark into it then reads what is left).
+                    match File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+                        Ok((len, f)) if len >= seal.len => {
+                            readers.insert(seal.seg, f);
+                            seals_out.push(*seal);
+                        }
+                        Ok((len, _)) => tracing::warn!(path = %path.display(), len,
+                            kept = seal.len, "history segment shorter than its claim says; not read"),
+                        Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                            "history segment missing; not read"),
+                    }
+                    continue;
+                }
                 let file = File::open(&path).map_err(io_err("open", &path))?;
-                let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
-                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-                if bytes.len() < limit {
+                let limit = usize::try_from(seal.len).unwrap_or(usize::MAX);
+                let mut bytes = vec![0u8; limit];
+                let got = read_up_to(&file, &mut bytes, 0).map_err(io_err("read", &path))?;
+                if got < limit {
                     return Err(StoreError::Corrupt {
                         path,
-                        offset: bytes.len() as u64,
+                        offset: got as u64,
                         detail: format!("sealed at {limit} bytes but shorter"),
                     });
                 }
-                replay(&bytes[..limit], e, &path, &mut state, &mut report, false)?;
-                readers.insert(e, file);
-                seals_out.push((e, limit as u64));
+                replay(&bytes, seal.seg, &path, &mut state, &mut report, false)?;
+                report.bytes_replayed += limit as u64;
+                readers.insert(seal.seg, file);
+                seals_out.push(*seal);
             }
             let path = dir.join(segment_name(newest));
             let file = File::open(&path).map_err(io_err("open", &path))?;
             let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
             let end = replay(&bytes, newest, &path, &mut state, &mut report, true)?;
+            report.bytes_replayed += bytes.len() as u64;
             report.torn_tail_bytes = (bytes.len() - end) as u64;
             if report.torn_tail_bytes > 0 {
                 tracing::warn!(
@@ -606,24 +821,35 @@ impl FileStore {
                     "ignoring torn record at the end of a session store segment"
                 );
             }
-            if newest == epoch {
-                own_valid_end = Some(end as u64);
+            if newest.epoch == epoch {
+                own = Some((newest, end as u64));
             } else {
                 // Sealed from what the page cache holds: a writer killed before its pass
                 // leaves records no fdatasync covered yet, and a machine crash after our
                 // claim would leave the segment shorter than its seal (corrupt at the next
                 // open). So they are made durable before the claim names them.
                 file.sync_data().map_err(io_err("sync", &path))?;
-                seals_out.push((newest, end as u64));
+                seals_out.push(Seal {
+                    seg: newest,
+                    len: end as u64,
+                    counted: true,
+                });
             }
             readers.insert(newest, file);
         }
 
         // 3. Our segment.
-        let path = dir.join(segment_name(epoch));
+        let seg = own.map_or(
+            SegmentId {
+                epoch,
+                generation: 0,
+            },
+            |(id, _)| id,
+        );
+        let path = dir.join(segment_name(seg));
         let seg_end: u64;
-        let file = match own_valid_end {
-            Some(end) => {
+        let file = match own {
+            Some((_, end)) => {
                 seg_end = end;
                 let f = OpenOptions::new()
                     .read(true)
@@ -640,28 +866,13 @@ impl FileStore {
             None => {
                 // A segment file without a valid claim is one a crashed claimant of this
                 // epoch left before writing anything: start it again.
-                let f = OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .create(true)
-                    .custom_flags(libc::O_CLOEXEC)
-                    .open(&path)
-                    .map_err(io_err("create", &path))?;
-                lock_segment(&f, &path)?;
-                f.set_len(0).map_err(io_err("truncate", &path))?;
-                let mut rec = Vec::new();
-                encode_record(&mut rec, epoch, KIND_CLAIM, &encode_claim(&seals_out))?;
-                (&f).write_all(&rec).map_err(io_err("write", &path))?;
-                seg_end = rec.len() as u64;
-                f.sync_all().map_err(io_err("sync", &path))?;
-                File::open(&dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err("sync", &dir))?;
+                let (f, len) = create_segment(&dir, &path, epoch, &seals_out, &[])?;
+                seg_end = len;
                 f
             }
         };
         let reader = File::open(&path).map_err(io_err("open", &path))?;
-        readers.insert(epoch, reader);
+        readers.insert(seg, reader);
         let group = match sync {
             SyncPolicy::Group => Some((
                 GroupCommit::shared().map_err(io_err("start the syncer for", &path))?,
@@ -669,9 +880,12 @@ impl FileStore {
             )),
             _ => None,
         };
-        let mut sealed = seals_out.clone();
-        sealed.sort_unstable();
-        report.segments = readers.keys().copied().collect();
+        seals_out.sort_unstable_by_key(|s| s.seg);
+        let counted_bytes = seals_out.iter().filter(|s| s.counted).map(|s| s.len).sum();
+        report.segments = std::iter::once(seg)
+            .chain(seals_out.iter().filter(|s| s.counted).map(|s| s.seg))
+            .map(|s| s.epoch)
+            .collect();
         report.segments.sort_unstable();
 
         let store = FileStore {
@@ -680,11 +894,14 @@ impl FileStore {
             sync,
             fence,
             fence_path,
+            seg,
             file,
             end: seg_end,
             path,
             readers,
-            sealed,
+            claim: seals_out,
+            counted_bytes,
+            rotate_after: ROTATE_AFTER,
             state,
             report,
             scratch: Vec::with_capacity(1024),
@@ -700,6 +917,11 @@ impl FileStore {
         };
         // A newer claimant may have come and gone while we replayed.
         store.check_fence_readonly()?;
+        // Only now: a claimant that wrote the fence after the check above lists segments
+        // after it too, finds our claim durable, and needs nothing it does not name.
+        let keep = store.named_segments();
+        let mut store = store;
+        store.report.removed = remove_segments_except(&store.dir, &segs, &keep);
         Ok(store)
     }
 
@@ -850,7 +1072,7 @@ impl FileStore {
             self.state.sent.insert(
                 seq,
                 Loc {
-                    segment: self.epoch,
+                    segment: self.seg,
                     offset: at + (HEADER + FIXED + 8) as u64,
                     len: p.len() - 8,
                 },
@@ -865,7 +1087,8 @@ impl FileStore {
     /// older segment or earlier in this one, whatever resets came between.
     pub fn mark(&self) -> StoreMark {
         StoreMark {
-            segment: self.epoch,
+            segment: self.seg.epoch,
+            generation: self.seg.generation,
             offset: self.end,
         }
     }
@@ -888,18 +1111,37 @@ impl FileStore {
     /// Calls `f` with each message stored after `mark`, in the order written, read from the
     /// records themselves: a message a later reset (of the sequence numbers or the period)
     /// or a reused sequence number dropped from the store's index is still found. Only
-    /// what counts is read: older segments up to their seals, ours up to its end.
+    /// what our claim names is read: older segments up to their seals (the generation a
+    /// reset superseded included), ours up to its end. A mark older than all of that (a
+    /// store reset twice since, by size: see "Generations") reads what is left, with a
+    /// warning.
     pub fn for_each_sent_after(
         &self,
         mark: StoreMark,
         mut f: impl FnMut(&[u8]),
     ) -> Result<(), StoreError> {
-        let mine = (self.epoch, self.end);
-        for &(e, limit) in self.sealed.iter().chain(std::iter::once(&mine)) {
-            if e < mark.segment {
+        let at = SegmentId {
+            epoch: mark.segment,
+            generation: mark.generation,
+        };
+        let mine = Seal {
+            seg: self.seg,
+            len: self.end,
+            counted: true,
+        };
+        let named: Vec<Seal> = self.claim.iter().copied().chain([mine]).collect();
+        if named.iter().all(|s| s.seg > at) {
+            tracing::warn!(store = %self.dir.display(), mark = %at, oldest = %named[0].seg,
+                "a checkpoint mark predates every segment kept; reading all that is left");
+        }
+        for &Seal {
+            seg: e, len: limit, ..
+        } in &named
+        {
+            if e < at {
                 continue;
             }
-            let from = if e == mark.segment { mark.offset } else { 0 };
+            let from = if e == at { mark.offset } else { 0 };
             if from >= limit {
                 continue;
             }
@@ -973,8 +1215,7 @@ impl FileStore {
             payload.extend_from_slice(&len.to_le_bytes());
             payload.extend_from_slice(m);
         }
-        let start = self.end;
-        self.append(KIND_SNAPSHOT, &payload)?;
+        let start = self.write_full_state(KIND_SNAPSHOT, &payload)?;
         let target = self.state.next_target;
         let period = self.state.period;
         self.state = State::default();
@@ -987,7 +1228,7 @@ impl FileStore {
             self.state.sent.insert(
                 seq,
                 Loc {
-                    segment: self.epoch,
+                    segment: self.seg,
                     offset: base + off + 4,
                     len: m.len(),
                 },
@@ -996,6 +1237,115 @@ impl FileStore {
             off += 4 + m.len() as u64;
         }
         Ok(())
+    }
+
+    /// Sets the counted size from which a reset starts a new generation (default
+    /// [`ROTATE_AFTER`]; tests use a small one).
+    pub fn set_rotate_after(&mut self, bytes: u64) {
+        self.rotate_after = bytes;
+    }
+
+    /// The segment this handle writes.
+    pub fn segment(&self) -> SegmentId {
+        self.seg
+    }
+
+    /// Our segment and every segment its claim names: all that a reader of this store can
+    /// need.
+    fn named_segments(&self) -> Vec<SegmentId> {
+        self.claim.iter().map(|s| s.seg).chain([self.seg]).collect()
+    }
+
+    /// Writes a record after which nothing earlier counts (`kind` is a reset, a new period or
+    /// a snapshot): appended, or, once the counted bytes reach the rotation size, as the
+    /// first record after the claim of a new generation. Returns where the record starts.
+    fn write_full_state(&mut self, kind: u8, payload: &[u8]) -> Result<u64, StoreError> {
+        if self.counted_bytes.saturating_add(self.end) < self.rotate_after {
+            let start = self.end;
+            self.append(kind, payload)?;
+            return Ok(start);
+        }
+        self.rotate(kind, payload)
+    }
+
+    /// Starts our segment's next generation with `kind`'s record, preceded by what it does
+    /// not reset itself (the period; for a snapshot, the target number), then deletes every
+    /// segment except it and the one it supersedes. See "Generations" in the module docs.
+    fn rotate(&mut self, kind: u8, payload: &[u8]) -> Result<u64, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        self.check_fence()?;
+        // The old generation stays readable as history: what the syncer or the policy has
+        // not made durable yet is made so now, so history is never shorter than its seal.
+        if self.group.is_none() {
+            self.sync()?;
+        }
+        let next = SegmentId {
+            epoch: self.seg.epoch,
+            generation: self.seg.generation + 1,
+        };
+        let period = self.state.period.map(|p| p.to_le_bytes());
+        let target = self.state.next_target.to_le_bytes();
+        let mut first: Vec<(u8, &[u8])> = Vec::new();
+        if let (Some(p), KIND_RESET | KIND_SNAPSHOT) = (&period, kind) {
+            first.push((KIND_PERIOD, p));
+        }
+        if kind == KIND_SNAPSHOT && self.state.next_target != 1 {
+            first.push((KIND_NEXT_TARGET, &target));
+        }
+        let history = [Seal {
+            seg: self.seg,
+            len: self.end,
+            counted: false,
+        }];
+        let path = self.dir.join(segment_name(next));
+        let mut lead = Vec::new();
+        encode_record(&mut lead, self.epoch, KIND_CLAIM, &encode_claim(&history))?;
+        for (k, p) in &first {
+            encode_record(&mut lead, self.epoch, *k, p)?;
+        }
+        let start = lead.len() as u64;
+        first.push((kind, payload));
+        let (file, end) = create_segment(&self.dir, &path, self.epoch, &history, &first)?;
+        // Read after the new generation is durable: a claimant that writes the fence later
+        // finds it, so what is deleted below is needed by nobody; if the fence moved, the
+        // new generation counts for no one and nothing is deleted.
+        if let Err(e) = self.check_fence() {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let reader = File::open(&path).map_err(io_err("open", &path))?;
+        if let Some((g, _)) = &self.group {
+            let handle = Arc::new(File::open(&path).map_err(io_err("open", &path))?);
+            self.group = Some((g, handle));
+        }
+        let old = self.seg;
+        self.readers.retain(|s, _| *s == old);
+        self.readers.insert(next, reader);
+        self.seg = next;
+        self.file = file;
+        self.path = path;
+        self.end = end;
+        self.claim = history.to_vec();
+        self.counted_bytes = 0;
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        if self.turn_fencing {
+            self.pre_checked = true;
+            self.unverified = true;
+        }
+        tracing::info!(store = %self.dir.display(), segment = %next,
+            "session store started a new generation");
+        // The new generation counts from here on: a failure to clean up is only space.
+        match list_segments(&self.dir) {
+            Ok(segs) => {
+                remove_segments_except(&self.dir, &segs, &[old, next]);
+            }
+            Err(e) => tracing::warn!(store = %self.dir.display(), error = %e,
+                "could not list the segments a new generation supersedes"),
+        }
+        Ok(start)
     }
 
     /// Under [`SyncPolicy::Batch`], syncs if records have waited `max_delay`; call it from
@@ -1029,6 +1379,38 @@ impl Drop for FileStore {
     }
 }
 
+/// Creates (or starts again) the segment at `path`, locked, holding a claim of `seals` and
+/// then `records`, durable with its directory entry. Returns it, opened for append, and its
+/// length.
+fn create_segment(
+    dir: &Path,
+    path: &Path,
+    epoch: u64,
+    seals: &[Seal],
+    records: &[(u8, &[u8])],
+) -> Result<(File, u64), StoreError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    lock_segment(&f, path)?;
+    f.set_len(0).map_err(io_err("truncate", path))?;
+    let mut rec = Vec::new();
+    encode_record(&mut rec, epoch, KIND_CLAIM, &encode_claim(seals))?;
+    for (k, p) in records {
+        encode_record(&mut rec, epoch, *k, p)?;
+    }
+    (&f).write_all(&rec).map_err(io_err("write", path))?;
+    f.sync_all().map_err(io_err("sync", path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))?;
+    Ok((f, rec.len() as u64))
+}
+
 /// Waits a little before retrying a non-blocking `flock`. The store is blocking file-system
 /// code (async callers run it on a blocking thread); this waits on another process holding
 /// a kernel lock, not on a timer that simulated time should reach, and `flock` offers no
@@ -1051,7 +1433,7 @@ fn lock_segment(f: &File, path: &Path) -> Result<(), StoreError> {
 /// valid record.
 fn replay(
     bytes: &[u8],
-    segment: u64,
+    segment: SegmentId,
     path: &Path,
     state: &mut State,
     report: &mut RecoveryReport,
@@ -1070,7 +1452,7 @@ fn replay(
             Next::Torn => return Err(corrupt(p, "incomplete record inside a sealed range".into())),
             Next::Corrupt(d) => return Err(corrupt(p, d)),
             Next::Rec(r) => {
-                if r.epoch != segment {
+                if r.epoch != segment.epoch {
                     return Err(corrupt(
                         p,
                         format!("record of epoch {} in segment {segment}", r.epoch),
@@ -1130,7 +1512,7 @@ impl SessionStore for FileStore {
     }
 
     fn reset(&mut self) -> Result<(), StoreError> {
-        self.append(KIND_RESET, &[])?;
+        self.write_full_state(KIND_RESET, &[])?;
         let period = self.state.period;
         self.state = State::default();
         self.state.period = period;
@@ -1142,7 +1524,7 @@ impl SessionStore for FileStore {
     }
 
     fn reset_for_period(&mut self, start: i64) -> Result<(), StoreError> {
-        self.append(KIND_PERIOD, &start.to_le_bytes())?;
+        self.write_full_state(KIND_PERIOD, &start.to_le_bytes())?;
         self.state = State::default();
         self.state.period = Some(start);
         Ok(())
@@ -1252,8 +1634,55 @@ mod tests {
 
     #[test]
     fn claim_round_trip() {
-        let seals = vec![(1, 100), (5, 7)];
-        assert_eq!(decode_claim(&encode_claim(&seals)), Some(seals));
+        let seal = |epoch, generation, len, counted| Seal {
+            seg: SegmentId { epoch, generation },
+            len,
+            counted,
+        };
+        let v1 = vec![seal(1, 0, 100, true), seal(5, 0, 7, true)];
+        let enc = encode_claim(&v1);
+        assert_eq!(enc.len(), 4 + 2 * 16, "the first format while it suffices");
+        assert_eq!(decode_claim(&enc), Some(v1));
+        let v2 = vec![seal(1, 0, 100, false), seal(5, 2, 7, true)];
+        let enc = encode_claim(&v2);
+        assert_eq!(decode_claim(&enc), Some(v2));
+        assert_eq!(decode_claim(&enc[..enc.len() - 1]), None);
+        let mut bad = enc.clone();
+        *bad.last_mut().expect("byte") = 7;
+        assert_eq!(decode_claim(&bad), None, "counted is 0 or 1");
         assert_eq!(decode_claim(&[1, 0, 0, 0]), None);
+        assert_eq!(decode_claim(&[0xff; 6]), None);
+    }
+
+    #[test]
+    fn segment_names_round_trip_and_order() {
+        let a = SegmentId {
+            epoch: 3,
+            generation: 0,
+        };
+        let b = SegmentId {
+            epoch: 3,
+            generation: 12,
+        };
+        assert_eq!(segment_name(a), "00000000000000000003.log");
+        assert_eq!(segment_name(b), "00000000000000000003-0000000012.log");
+        assert_eq!(parse_segment_name(&segment_name(a)), Some(a));
+        assert_eq!(parse_segment_name(&segment_name(b)), Some(b));
+        assert!(
+            a < b
+                && b < SegmentId {
+                    epoch: 4,
+                    generation: 0
+                }
+        );
+        for bad in [
+            "00000000000000000003-0000000000.log",
+            "00000000000000000003-12.log",
+            "0000000000000000003.log",
+            "00000000000000000003.log.tmp",
+            "fence",
+        ] {
+            assert_eq!(parse_segment_name(bad), None, "{bad}");
+        }
     }
 }
