@@ -251,15 +251,7 @@ fn async_mode_never_waits_for_the_standby() {
 }
 
 fn segment_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join(sid().dir_name()))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.ends_with(".log"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort_by_key(|n| understudy_fix::store::parse_segment_name(n));
-    names
+    understudy_fix::store::segment_files(&dir.join(sid().dir_name())).expect("segments")
 }
 
 /// A new generation on the active (a new period past the rotation size) reaches the

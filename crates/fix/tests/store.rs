@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use understudy_fix::store::{
-    parse_segment_name, FileStore, SessionId, SessionStore, StoreError, StoreMark, SyncPolicy,
+    FileStore, SessionId, SessionStore, StoreError, StoreMark, SyncPolicy,
 };
 use understudy_fix::tags::BeginString;
 
@@ -247,15 +247,9 @@ fn session_dir_names_are_one_safe_component() {
     assert_eq!(id.dir_name(), "A%2DB-C%2FD-FIX.4.2");
 }
 
-/// The segment files of the test session, by name, ascending.
+/// The segment files of the test session, oldest first.
 fn segment_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join(sid().dir_name()))
-        .expect("readdir")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".log"))
-        .collect();
-    names.sort_by_key(|n| parse_segment_name(n));
-    names
+    understudy_fix::store::segment_files(&dir.join(sid().dir_name())).expect("segments")
 }
 
 fn seg_name(epoch: u64, generation: u64) -> String {

@@ -239,17 +239,9 @@ impl Raw {
     }
 }
 
-/// The segment files of one session's store under `store`, sorted.
+/// The segment files of one session's store under `store`, oldest first.
 fn segments(store: &Path, session: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(store.join(session))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.ends_with(".log"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort_by_key(|n| understudy_fix::store::parse_segment_name(n));
-    names
+    understudy_fix::store::segment_files(&store.join(session)).expect("segments")
 }
 
 fn field(msg: &str, t: u32) -> Option<&str> {

@@ -21,13 +21,7 @@ fn msg(seq: u64) -> Vec<u8> {
 }
 
 fn segments(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join(sid().dir_name()))
-        .expect("readdir")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".log"))
-        .collect();
-    names.sort_by_key(|n| understudy_fix::store::parse_segment_name(n));
-    names
+    understudy_fix::store::segment_files(&dir.join(sid().dir_name())).expect("segments")
 }
 
 #[test]

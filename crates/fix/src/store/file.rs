@@ -327,6 +327,18 @@ fn list_segments(dir: &Path) -> Result<Vec<SegmentId>, StoreError> {
     Ok(out)
 }
 
+/// The segment file names of one session directory, oldest first (by epoch, then
+/// generation); none when the directory does not exist.
+pub fn segment_files(session_dir: &Path) -> Result<Vec<String>, StoreError> {
+    if !session_dir.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(list_segments(session_dir)?
+        .into_iter()
+        .map(segment_name)
+        .collect())
+}
+
 /// The claim a segment starts with, reading only that record: `None` when the segment does
 /// not start with a whole, valid claim of its own epoch (a claimant that crashed before
 /// its claim was written, or a copy still arriving).
