@@ -435,3 +435,51 @@ fn a_fenced_writer_neither_rotates_nor_deletes() {
     assert_eq!(s.period(), None);
     assert_eq!(s.sent_range(1, 2).expect("range").len(), 2);
 }
+
+/// A new generation counts only once the records that restore its state are all whole: one
+/// cut inside its snapshot, or zeroed there with its length intact (what a crash before its
+/// sync can leave), is ignored, and the generation before it still counts.
+#[test]
+fn a_generation_whose_restoring_records_are_not_whole_does_not_count() {
+    for zeroed in [false, true] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path();
+        {
+            let mut s = open(dir, 1).expect("open");
+            for seq in 1..=5 {
+                s.save_sent(seq, &msg(seq)).expect("save");
+            }
+            s.set_next_target_seq(9).expect("target");
+            s.set_rotate_after(1);
+            s.replace_sent(&[msg(4), msg(5)]).expect("snapshot");
+            assert_eq!(s.segment().generation, 1);
+        }
+        let newest = dir.join(sid().dir_name()).join(seg_name(1, 1));
+        let len = std::fs::metadata(&newest).expect("stat").len();
+        if zeroed {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&newest)
+                .expect("open");
+            std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 10], len - 10).expect("zero");
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&newest)
+                .and_then(|f| f.set_len(len - 3))
+                .expect("cut");
+        }
+        let s = open(dir, 2).expect("a new active");
+        assert_eq!(
+            (s.next_sender_seq(), s.next_target_seq()),
+            (6, 9),
+            "zeroed {zeroed}: the state before the snapshot"
+        );
+        assert_eq!(s.sent_range(1, 10).expect("range").len(), 5);
+        assert_eq!(
+            segment_files(dir),
+            vec![seg_name(1, 0), seg_name(2, 0)],
+            "the incomplete generation is deleted"
+        );
+    }
+}

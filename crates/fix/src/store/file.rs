@@ -16,7 +16,11 @@
 //! claim listing, for every older segment that counts, the length up to which it counts
 //! ("seals"), and the segments kept only as history (see "Generations"). A claim is
 //! `[count u32]` then `[epoch u64][length u64]` each, all counted and of generation 0, or
-//! `[u32::MAX][count u32]` then `[epoch u64][generation u64][length u64][counted u8]` each.
+//! `[u32::MAX][count u32]` then `[epoch u64][generation u64][length u64][counted u8]` each,
+//! then `[lead end u64]`: where the records that restore a new generation's state end. A
+//! segment counts only once its claim and that lead are whole, so a generation cut short by a
+//! crash before its sync, a full disk or a copy still arriving never stands for the state
+//! it was to restore.
 //!
 //! Record kinds: 1 claim, 2 next sender seq, 3 next target seq, 4 sent message (seq +
 //! frame), 5 reset (sequence numbers to 1, messages forgotten, period kept), 6 reset into a
@@ -343,6 +347,14 @@ pub fn segment_files(session_dir: &Path) -> Result<Vec<String>, StoreError> {
 /// not start with a whole, valid claim of its own epoch (a claimant that crashed before
 /// its claim was written, or a copy still arriving).
 fn read_claim(path: &Path, id: SegmentId) -> Result<Option<Vec<Seal>>, StoreError> {
+    Ok(read_whole_claim(path, id)?.map(|c| c.seals))
+}
+
+/// [`read_claim`], and the records that follow the claim up to its
+/// [`lead_end`](Claim::lead_end) must be whole too: a new generation whose restoring records
+/// did not all reach the disk (a crash before its sync, a full disk, a copy still arriving)
+/// does not count, and the generation before it still does.
+fn read_whole_claim(path: &Path, id: SegmentId) -> Result<Option<Claim>, StoreError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -360,10 +372,36 @@ fn read_claim(path: &Path, id: SegmentId) -> Result<Option<Vec<Seal>>, StoreErro
     let mut rec = vec![0u8; HEADER + len];
     let n = read_up_to(&file, &mut rec, 0).map_err(io_err("read", path))?;
     rec.truncate(n);
-    Ok(match next_record(&rec, 0) {
-        Next::Rec(r) if r.kind == KIND_CLAIM && r.epoch == id.epoch => decode_claim(r.payload),
-        _ => None,
-    })
+    let (claim, claim_end) = match next_record(&rec, 0) {
+        Next::Rec(r) if r.kind == KIND_CLAIM && r.epoch == id.epoch => {
+            match decode_claim(r.payload) {
+                Some(c) => (c, r.end as u64),
+                None => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    };
+    if claim.lead_end <= claim_end {
+        return Ok(Some(claim));
+    }
+    let Ok(lead_end) = usize::try_from(claim.lead_end) else {
+        return Ok(None);
+    };
+    if file.metadata().map_err(io_err("stat", path))?.len() < claim.lead_end {
+        return Ok(None);
+    }
+    let mut lead = vec![0u8; lead_end];
+    if read_up_to(&file, &mut lead, 0).map_err(io_err("read", path))? < lead_end {
+        return Ok(None);
+    }
+    let mut p = 0;
+    while p < lead_end {
+        match next_record(&lead, p) {
+            Next::Rec(r) if r.epoch == id.epoch => p = r.end,
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(claim))
 }
 
 /// Fills `buf` from `at` as far as the file goes; returns how much was read.
@@ -598,21 +636,32 @@ struct Seal {
     counted: bool,
 }
 
-/// Marks the claim format with generations and history entries.
+/// A segment's first record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claim {
+    seals: Vec<Seal>,
+    /// Where the records that restore a new generation's state end (0: none follow the
+    /// claim). The generation counts only once they are all whole.
+    lead_end: u64,
+}
+
+/// Marks the claim format with generations, history entries and the lead's end.
 const CLAIM_V2: u32 = u32::MAX;
 const SEAL_V2: usize = 25;
 
-fn decode_claim(payload: &[u8]) -> Option<Vec<Seal>> {
+fn decode_claim(payload: &[u8]) -> Option<Claim> {
     if payload.len() < 4 {
         return None;
     }
     let n = u32_at(payload, 0);
     if n == CLAIM_V2 {
         let n = u32_at(payload.get(4..8)?, 0) as usize;
-        if payload.len() != 8 + n.checked_mul(SEAL_V2)? {
+        let entries = 8 + n.checked_mul(SEAL_V2)?;
+        if payload.len() != entries + 8 {
             return None;
         }
-        return (0..n)
+        let lead_end = u64_at(payload, entries);
+        let seals: Option<Vec<Seal>> = (0..n)
             .map(|i| {
                 let at = 8 + SEAL_V2 * i;
                 let counted = match payload[at + 24] {
@@ -630,29 +679,33 @@ fn decode_claim(payload: &[u8]) -> Option<Vec<Seal>> {
                 })
             })
             .collect();
+        return Some(Claim {
+            seals: seals?,
+            lead_end,
+        });
     }
     let n = n as usize;
     if payload.len() != 4 + n.checked_mul(16)? {
         return None;
     }
-    Some(
-        (0..n)
-            .map(|i| Seal {
-                seg: SegmentId {
-                    epoch: u64_at(payload, 4 + 16 * i),
-                    generation: 0,
-                },
-                len: u64_at(payload, 12 + 16 * i),
-                counted: true,
-            })
-            .collect(),
-    )
+    let seals = (0..n)
+        .map(|i| Seal {
+            seg: SegmentId {
+                epoch: u64_at(payload, 4 + 16 * i),
+                generation: 0,
+            },
+            len: u64_at(payload, 12 + 16 * i),
+            counted: true,
+        })
+        .collect();
+    Some(Claim { seals, lead_end: 0 })
 }
 
 /// The first format while it suffices, so stores without generations read as before.
-fn encode_claim(seals: &[Seal]) -> Vec<u8> {
+fn encode_claim(claim: &Claim) -> Vec<u8> {
+    let seals = &claim.seals;
     let mut p = Vec::new();
-    if seals.iter().all(|s| s.counted && s.seg.generation == 0) {
+    if claim.lead_end == 0 && seals.iter().all(|s| s.counted && s.seg.generation == 0) {
         p.extend_from_slice(&(seals.len() as u32).to_le_bytes());
         for s in seals {
             p.extend_from_slice(&s.seg.epoch.to_le_bytes());
@@ -668,6 +721,7 @@ fn encode_claim(seals: &[Seal]) -> Vec<u8> {
         p.extend_from_slice(&s.len.to_le_bytes());
         p.push(u8::from(s.counted));
     }
+    p.extend_from_slice(&claim.lead_end.to_le_bytes());
     p
 }
 
@@ -878,7 +932,7 @@ impl FileStore {
             None => {
                 // A segment file without a valid claim is one a crashed claimant of this
                 // epoch left before writing anything: start it again.
-                let (f, len) = create_segment(&dir, &path, epoch, &seals_out, &[])?;
+                let (f, len, _) = create_segment(&dir, &path, epoch, &seals_out, &[])?;
                 seg_end = len;
                 f
             }
@@ -1312,14 +1366,16 @@ impl FileStore {
             counted: false,
         }];
         let path = self.dir.join(segment_name(next));
-        let mut lead = Vec::new();
-        encode_record(&mut lead, self.epoch, KIND_CLAIM, &encode_claim(&history))?;
-        for (k, p) in &first {
-            encode_record(&mut lead, self.epoch, *k, p)?;
-        }
-        let start = lead.len() as u64;
         first.push((kind, payload));
-        let (file, end) = create_segment(&self.dir, &path, self.epoch, &history, &first)?;
+        let (file, end, start) =
+            match create_segment(&self.dir, &path, self.epoch, &history, &first) {
+                Ok(created) => created,
+                Err(e) => {
+                    // Not whole, so no reader would take it; removed for tidiness only.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
         // Read after the new generation is durable: a claimant that writes the fence later
         // finds it, so what is deleted below is needed by nobody; if the fence moved, the
         // new generation counts for no one and nothing is deleted.
@@ -1392,15 +1448,16 @@ impl Drop for FileStore {
 }
 
 /// Creates (or starts again) the segment at `path`, locked, holding a claim of `seals` and
-/// then `records`, durable with its directory entry. Returns it, opened for append, and its
-/// length.
+/// then `records` (the claim says where they end: see [`Claim::lead_end`]), durable with its
+/// directory entry. Returns it, opened for append, its length, and where the last record
+/// starts.
 fn create_segment(
     dir: &Path,
     path: &Path,
     epoch: u64,
     seals: &[Seal],
     records: &[(u8, &[u8])],
-) -> Result<(File, u64), StoreError> {
+) -> Result<(File, u64, u64), StoreError> {
     let f = OpenOptions::new()
         .read(true)
         .append(true)
@@ -1410,17 +1467,30 @@ fn create_segment(
         .map_err(io_err("create", path))?;
     lock_segment(&f, path)?;
     f.set_len(0).map_err(io_err("truncate", path))?;
-    let mut rec = Vec::new();
-    encode_record(&mut rec, epoch, KIND_CLAIM, &encode_claim(seals))?;
+    let mut tail = Vec::new();
+    let mut last = 0;
     for (k, p) in records {
-        encode_record(&mut rec, epoch, *k, p)?;
+        last = tail.len();
+        encode_record(&mut tail, epoch, *k, p)?;
     }
+    let mut claim = Claim {
+        seals: seals.to_vec(),
+        lead_end: 0,
+    };
+    let claim_len = (HEADER + FIXED + encode_claim(&claim).len()) as u64;
+    if !records.is_empty() {
+        claim.lead_end = claim_len + tail.len() as u64;
+    }
+    let mut rec = Vec::with_capacity(claim_len as usize + tail.len());
+    encode_record(&mut rec, epoch, KIND_CLAIM, &encode_claim(&claim))?;
+    debug_assert_eq!(rec.len() as u64, claim_len);
+    rec.extend_from_slice(&tail);
     (&f).write_all(&rec).map_err(io_err("write", path))?;
     f.sync_all().map_err(io_err("sync", path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync", dir))?;
-    Ok((f, rec.len() as u64))
+    Ok((f, rec.len() as u64, claim_len + last as u64))
 }
 
 /// Waits a little before retrying a non-blocking `flock`. The store is blocking file-system
@@ -1651,16 +1721,22 @@ mod tests {
             len,
             counted,
         };
-        let v1 = vec![seal(1, 0, 100, true), seal(5, 0, 7, true)];
+        let v1 = Claim {
+            seals: vec![seal(1, 0, 100, true), seal(5, 0, 7, true)],
+            lead_end: 0,
+        };
         let enc = encode_claim(&v1);
         assert_eq!(enc.len(), 4 + 2 * 16, "the first format while it suffices");
         assert_eq!(decode_claim(&enc), Some(v1));
-        let v2 = vec![seal(1, 0, 100, false), seal(5, 2, 7, true)];
+        let v2 = Claim {
+            seals: vec![seal(1, 0, 100, false), seal(5, 2, 7, true)],
+            lead_end: 4242,
+        };
         let enc = encode_claim(&v2);
         assert_eq!(decode_claim(&enc), Some(v2));
         assert_eq!(decode_claim(&enc[..enc.len() - 1]), None);
         let mut bad = enc.clone();
-        *bad.last_mut().expect("byte") = 7;
+        bad[8 + 24] = 7;
         assert_eq!(decode_claim(&bad), None, "counted is 0 or 1");
         assert_eq!(decode_claim(&[1, 0, 0, 0]), None);
         assert_eq!(decode_claim(&[0xff; 6]), None);
