@@ -36,8 +36,8 @@
 //! are dropped once older than the retention ([`OrderMap::prune`], from the gateway's tick)
 //! and, for one client, when its session schedule starts a new period
 //! ([`OrderMap::prune_client`]). The store is compacted
-//! in one record ([`FileStore::replace_sent`]) once superseded records outnumber the live
-//! ones, so its size follows the live orders too. A report that still arrives for a pruned
+//! atomically ([`FileStore::replace_sent`]: one record, or a new generation of the store when
+//! the map is larger than a record) once superseded records outnumber the live ones, so its size follows the live orders too. A report that still arrives for a pruned
 //! order is routed by its ClOrdID's `CLIENT~` prefix; only a cancel of a pruned order would
 //! fall back to the routing rules, and a done order cannot be cancelled anyway.
 //!
@@ -472,12 +472,13 @@ impl OrderMap {
                 }
                 Ok(())
             }
-            // Nothing was written (one record cannot hold the map): the file stays as it is,
-            // complete, and is not tried again before it has doubled.
+            // Nothing was written (one of its records is larger than a store record: a map
+            // larger than one is written as a generation of records): the file stays as it
+            // is, complete, and is not tried again before it has doubled.
             Err(e @ StoreError::TooLarge(_)) => {
                 self.compact_from = stored.saturating_mul(2);
                 tracing::warn!(error = %e, records = stored, live,
-                    "order map too large to compact in one record; the file keeps growing");
+                    "order map record too large to compact; the file keeps growing");
                 Err(e)
             }
             Err(e) => {

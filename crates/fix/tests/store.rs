@@ -483,3 +483,31 @@ fn a_generation_whose_restoring_records_are_not_whole_does_not_count() {
         );
     }
 }
+
+/// A snapshot too large for one record (the order map of several hundred thousand live
+/// orders) is written as a new generation of one record per message, and a new active reads
+/// it whole.
+#[test]
+fn a_snapshot_larger_than_a_record_becomes_a_generation() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let mut s = open(dir, 1).expect("open");
+    s.reset_for_period(1_700_000_000).expect("period");
+    s.set_next_target_seq(4).expect("target");
+    s.save_sent(1, &msg(1)).expect("save");
+    let big: Vec<Vec<u8>> = (0..66u8).map(|i| vec![b'a' + i % 26; 1 << 20]).collect();
+    s.replace_sent(&big).expect("snapshot of 66 MiB");
+    assert_eq!(s.segment().generation, 1, "a generation of its own");
+    assert_eq!(s.next_sender_seq(), 67);
+    assert_eq!(
+        s.sent_range(66, 66).expect("range"),
+        vec![(66, big[65].clone())]
+    );
+    drop(s);
+    let s = open(dir, 2).expect("a new active");
+    assert_eq!(s.period(), Some(1_700_000_000));
+    assert_eq!((s.next_sender_seq(), s.next_target_seq()), (67, 4));
+    let got = s.sent_range(1, 100).expect("range");
+    assert_eq!(got.len(), 66);
+    assert!(got.iter().all(|(seq, m)| *m == big[*seq as usize - 1]));
+}

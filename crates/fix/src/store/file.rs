@@ -1268,11 +1268,15 @@ impl FileStore {
     }
 
     /// Replaces every stored message by `msgs`, numbered from 1 (the next sender number
-    /// becomes `msgs.len() + 1`; the period and the target number are kept), in one record:
-    /// a crash leaves either the old contents or the new. How a store used as a log of
-    /// records (the gateway's order map) is compacted.
+    /// becomes `msgs.len() + 1`; the period and the target number are kept), in one record,
+    /// or in a new generation when they are too many for one: a crash leaves either the old
+    /// contents or the new. How a store used as a log of records (the gateway's order map) is
+    /// compacted.
     pub fn replace_sent(&mut self, msgs: &[Vec<u8>]) -> Result<(), StoreError> {
         let total: usize = msgs.iter().map(|m| 4 + m.len()).sum();
+        if FIXED + 4 + total > MAX_RECORD {
+            return self.replace_sent_by_generation(msgs);
+        }
         let mut payload = Vec::with_capacity(4 + total);
         let n = u32::try_from(msgs.len()).map_err(|_| StoreError::TooLarge(total))?;
         payload.extend_from_slice(&n.to_le_bytes());
@@ -1305,6 +1309,41 @@ impl FileStore {
         Ok(())
     }
 
+    /// [`replace_sent`](Self::replace_sent) for messages too many for one record: a new
+    /// generation whose lead holds each as a record of its own. It counts only once they are
+    /// all whole (see [`Claim::lead_end`]), so a crash still leaves the old contents or the new.
+    fn replace_sent_by_generation(&mut self, msgs: &[Vec<u8>]) -> Result<(), StoreError> {
+        let payloads: Vec<Vec<u8>> = msgs
+            .iter()
+            .zip(1u64..)
+            .map(|(m, seq)| {
+                let mut p = Vec::with_capacity(8 + m.len());
+                p.extend_from_slice(&seq.to_le_bytes());
+                p.extend_from_slice(m);
+                p
+            })
+            .collect();
+        let records: Vec<(u8, &[u8])> = payloads.iter().map(|p| (KIND_SENT, &p[..])).collect();
+        let starts = self.rotate(KIND_SNAPSHOT, &records)?;
+        let target = self.state.next_target;
+        let period = self.state.period;
+        self.state = State::default();
+        self.state.next_target = target;
+        self.state.period = period;
+        for ((seq, m), start) in (1u64..).zip(msgs).zip(starts) {
+            self.state.sent.insert(
+                seq,
+                Loc {
+                    segment: self.seg,
+                    offset: start + (HEADER + FIXED + 8) as u64,
+                    len: m.len(),
+                },
+            );
+            self.state.next_sender = seq + 1;
+        }
+        Ok(())
+    }
+
     /// Sets the counted size from which a reset starts a new generation (default
     /// [`ROTATE_AFTER`]; tests use a small one).
     pub fn set_rotate_after(&mut self, bytes: u64) {
@@ -1331,13 +1370,14 @@ impl FileStore {
             self.append(kind, payload)?;
             return Ok(start);
         }
-        self.rotate(kind, payload)
+        Ok(self.rotate(kind, &[(kind, payload)])?[0])
     }
 
-    /// Starts our segment's next generation with `kind`'s record, preceded by what it does
-    /// not reset itself (the period; for a snapshot, the target number), then deletes every
-    /// segment except it and the one it supersedes. See "Generations" in the module docs.
-    fn rotate(&mut self, kind: u8, payload: &[u8]) -> Result<u64, StoreError> {
+    /// Starts our segment's next generation with `records`, preceded by what a record of
+    /// `kind` does not reset itself (the period; for a snapshot, the target number), then
+    /// deletes every segment except it and the one it supersedes (see "Generations" in the
+    /// module docs). Returns where each of `records` starts.
+    fn rotate(&mut self, kind: u8, records: &[(u8, &[u8])]) -> Result<Vec<u64>, StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
@@ -1366,8 +1406,9 @@ impl FileStore {
             counted: false,
         }];
         let path = self.dir.join(segment_name(next));
-        first.push((kind, payload));
-        let (file, end, start) =
+        let lead = first.len();
+        first.extend_from_slice(records);
+        let (file, end, mut starts) =
             match create_segment(&self.dir, &path, self.epoch, &history, &first) {
                 Ok(created) => created,
                 Err(e) => {
@@ -1413,7 +1454,7 @@ impl FileStore {
             Err(e) => tracing::warn!(store = %self.dir.display(), error = %e,
                 "could not list the segments a new generation supersedes"),
         }
-        Ok(start)
+        Ok(starts.split_off(lead))
     }
 
     /// Under [`SyncPolicy::Batch`], syncs if records have waited `max_delay`; call it from
@@ -1449,7 +1490,7 @@ impl Drop for FileStore {
 
 /// Creates (or starts again) the segment at `path`, locked, holding a claim of `seals` and
 /// then `records` (the claim says where they end: see [`Claim::lead_end`]), durable with its
-/// directory entry. Returns it, opened for append, its length, and where the last record
+/// directory entry. Returns it, opened for append, its length, and where each of `records`
 /// starts.
 fn create_segment(
     dir: &Path,
@@ -1457,7 +1498,7 @@ fn create_segment(
     epoch: u64,
     seals: &[Seal],
     records: &[(u8, &[u8])],
-) -> Result<(File, u64, u64), StoreError> {
+) -> Result<(File, u64, Vec<u64>), StoreError> {
     let f = OpenOptions::new()
         .read(true)
         .append(true)
@@ -1468,9 +1509,9 @@ fn create_segment(
     lock_segment(&f, path)?;
     f.set_len(0).map_err(io_err("truncate", path))?;
     let mut tail = Vec::new();
-    let mut last = 0;
+    let mut starts = Vec::with_capacity(records.len());
     for (k, p) in records {
-        last = tail.len();
+        starts.push(tail.len() as u64);
         encode_record(&mut tail, epoch, *k, p)?;
     }
     let mut claim = Claim {
@@ -1490,7 +1531,10 @@ fn create_segment(
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync", dir))?;
-    Ok((f, rec.len() as u64, claim_len + last as u64))
+    for s in &mut starts {
+        *s += claim_len;
+    }
+    Ok((f, rec.len() as u64, starts))
 }
 
 /// Waits a little before retrying a non-blocking `flock`. The store is blocking file-system
