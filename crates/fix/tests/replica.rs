@@ -292,14 +292,27 @@ fn a_standby_prunes_its_copy_when_the_active_starts_a_generation() {
     assert_eq!(segment_names(b.path()), before);
 
     st.reset_for_period(1_800_000_000).expect("new period");
+    assert_eq!(
+        segment_names(a.path()),
+        vec![
+            "00000000000000000040.log".to_owned(),
+            "00000000000000000041.log".to_owned(),
+            "00000000000000000041-0000000001.log".to_owned(),
+        ],
+        "the superseded generation and what it counted stay, as history"
+    );
+    for i in 1..=100 {
+        st.save_sent(i, &frame(500 + i)).expect("save");
+    }
+    st.reset_for_period(1_800_086_400).expect("the next period");
     let after = vec![
-        "00000000000000000041.log".to_owned(),
         "00000000000000000041-0000000001.log".to_owned(),
+        "00000000000000000041-0000000002.log".to_owned(),
     ];
     assert_eq!(
         segment_names(a.path()),
         after,
-        "the active deleted epoch 40's"
+        "the active deleted the rest"
     );
     for i in 1..=5 {
         st.save_sent(i, &frame(1000 + i)).expect("save");
@@ -315,7 +328,7 @@ fn a_standby_prunes_its_copy_when_the_active_starts_a_generation() {
     tx.stop();
     rx.activate(42).expect("activate");
     let s = FileStore::open(b.path(), &sid(), 42, SyncPolicy::EveryWrite).expect("open copy");
-    assert_eq!(s.period(), Some(1_800_000_000));
+    assert_eq!(s.period(), Some(1_800_086_400));
     assert_eq!(s.next_sender_seq(), 7);
     let sent = s.sent_range(1, u64::MAX).expect("range");
     assert_eq!(sent.len(), 6);

@@ -268,9 +268,10 @@ fn sent_after(s: &FileStore, mark: StoreMark) -> Vec<Vec<u8>> {
 }
 
 /// A long-lived store stays as large as its live period: past the rotation size, a new
-/// period starts a new generation, every segment but it and the one it supersedes is
-/// deleted (across a takeover too), a successor replays only the new generation, and a
-/// mark taken before the reset still reads what followed it.
+/// period starts a new generation, the segments older than the one it supersedes (and what
+/// that one counted) are deleted, across takeovers too, a successor replays only the new
+/// generation, and a mark taken before a takeover and the reset still reads what followed
+/// it.
 #[test]
 fn a_new_period_past_the_rotation_size_starts_a_generation_and_drops_older_segments() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -280,13 +281,16 @@ fn a_new_period_past_the_rotation_size_starts_a_generation_and_drops_older_segme
         m.resize(500, b'x');
         m
     };
-    {
+    let before_takeover = {
         let mut s = open(dir, 1).expect("open");
         s.set_rotate_after(16 << 10);
-        for seq in 1..=20 {
+        for seq in 1..=19 {
             s.save_sent(seq, &big(seq)).expect("save");
         }
-    }
+        let mark = s.mark();
+        s.save_sent(20, &msg(20)).expect("save");
+        mark
+    };
     // A takeover: epoch 2 counts epoch 1's segment.
     let mut s = open(dir, 2).expect("takeover");
     s.set_rotate_after(16 << 10);
@@ -302,8 +306,8 @@ fn a_new_period_past_the_rotation_size_starts_a_generation_and_drops_older_segme
     assert_eq!(s.segment().generation, 1, "a new generation");
     assert_eq!(
         segment_files(dir),
-        vec![seg_name(2, 0), seg_name(2, 1)],
-        "epoch 1's segment is deleted; the superseded generation stays as history"
+        vec![seg_name(1, 0), seg_name(2, 0), seg_name(2, 1)],
+        "the superseded generation and what it counted stay, as history"
     );
     assert_eq!((s.next_sender_seq(), s.next_target_seq()), (1, 1));
     s.save_sent(1, &msg(1001)).expect("save");
@@ -329,20 +333,36 @@ fn a_new_period_past_the_rotation_size_starts_a_generation_and_drops_older_segme
     assert_eq!((s.next_sender_seq(), s.next_target_seq()), (2, 7));
     assert_eq!(s.sent_range(1, 10).expect("range"), vec![(1, msg(1001))]);
     assert_eq!(sent_after(&s, before_reset), vec![msg(41), msg(1001)]);
+    let after_takeover = sent_after(&s, before_takeover);
+    assert_eq!(after_takeover.first(), Some(&msg(20)));
+    assert_eq!(
+        after_takeover.len(),
+        1 + 20 + 1 + 1,
+        "epoch 1's tail, 21..=41, 1001"
+    );
     assert_eq!(
         segment_files(dir),
-        vec![seg_name(2, 0), seg_name(2, 1), seg_name(3, 0)]
+        vec![
+            seg_name(1, 0),
+            seg_name(2, 0),
+            seg_name(2, 1),
+            seg_name(3, 0)
+        ]
     );
     // Below the rotation size a reset is an ordinary record.
     s.set_rotate_after(1 << 20);
     s.reset().expect("reset");
     assert_eq!(s.segment().generation, 0);
-    assert_eq!(segment_files(dir).len(), 3);
-    // Past it, a reset keeps the period and leaves two files.
+    assert_eq!(segment_files(dir).len(), 4);
+    // Past it, a reset keeps the period; what is older than epoch 3's segment and not what
+    // it counted goes.
     s.set_rotate_after(1);
     s.save_sent(1, &msg(2001)).expect("save");
     s.reset().expect("reset");
-    assert_eq!(segment_files(dir), vec![seg_name(3, 0), seg_name(3, 1)]);
+    assert_eq!(
+        segment_files(dir),
+        vec![seg_name(2, 1), seg_name(3, 0), seg_name(3, 1)]
+    );
     s.save_sent(1, &msg(3001)).expect("save");
     drop(s);
     let s = open(dir, 4).expect("takeover 3");
@@ -350,7 +370,12 @@ fn a_new_period_past_the_rotation_size_starts_a_generation_and_drops_older_segme
     assert_eq!(s.sent_range(1, 10).expect("range"), vec![(1, msg(3001))]);
     assert_eq!(
         segment_files(dir),
-        vec![seg_name(3, 0), seg_name(3, 1), seg_name(4, 0)]
+        vec![
+            seg_name(2, 1),
+            seg_name(3, 0),
+            seg_name(3, 1),
+            seg_name(4, 0)
+        ]
     );
 }
 

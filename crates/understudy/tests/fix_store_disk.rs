@@ -1,6 +1,8 @@
 //! A FIX session store on a disk that fills up while it starts a new generation: the reset
-//! that would start it fails with the disk's error, nothing already stored is lost, and once
-//! there is room again the next reset starts it, and a new active opens from it.
+//! that would start it fails with the disk's error and the store refuses every later write
+//! (appending on to the old generation could write records a later open would not read),
+//! nothing already stored is lost, and once there is room again a new active's next reset
+//! starts the generation and the one after opens from it.
 
 mod skip;
 
@@ -52,6 +54,10 @@ fn a_full_disk_fails_the_new_generation_and_loses_nothing() {
         matches!(&err, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
         "{err:?}"
     );
+    assert!(
+        matches!(s.save_sent(31, &msg(31)), Err(StoreError::Poisoned)),
+        "a store whose rotation failed takes no more writes"
+    );
     // Nothing is lost: the old generation still counts, here and for a new active.
     assert_eq!(s.period(), None);
     assert_eq!(s.next_sender_seq(), 31);
@@ -75,9 +81,11 @@ fn a_full_disk_fails_the_new_generation_and_loses_nothing() {
     assert_eq!(
         segments(&store_dir),
         vec![
+            "00000000000000000001.log".to_owned(),
             "00000000000000000002.log".to_owned(),
             "00000000000000000002-0000000001.log".to_owned()
-        ]
+        ],
+        "what is left of the failed attempt is gone; the rest is history"
     );
     drop(s);
     let s = FileStore::open(&store_dir, &sid(), 3, SyncPolicy::EveryWrite).expect("open");

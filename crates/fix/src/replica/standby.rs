@@ -442,8 +442,14 @@ fn mirror(
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
     let mut files = Vec::new();
+    // Every session is pruned once this stream's first batch is durable: what a generation
+    // that arrived over an earlier connection superseded goes too.
+    let mut fresh = HashSet::new();
     for (rel, path) in list_segments(&sh.store_dir).map_err(|e| e.to_string())? {
         let len = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+        if let Some((session, _)) = rel.split_once('/') {
+            fresh.insert(session.to_owned());
+        }
         files.push((rel, len));
     }
     Frame::Welcome {
@@ -457,7 +463,7 @@ fn mirror(
         open: HashMap::new(),
         dirty: HashSet::new(),
         dirs: HashSet::new(),
-        fresh: HashSet::new(),
+        fresh,
     };
     loop {
         let frame = match read_frame(s, buf) {

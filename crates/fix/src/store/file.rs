@@ -41,19 +41,27 @@
 //!
 //! A reset, a new period or a snapshot makes every record before it dead. Once the counted
 //! bytes reach [`ROTATE_AFTER`], such a record is not appended: the writer starts the next
-//! *generation* of its segment, whose claim names the old one as history only (not
-//! replayed, kept so that a [`StoreMark`] taken before the reset still reads what followed
-//! it) and whose first records restore the state (period, target number, snapshot). Once
-//! that is durable and the fence still ours, every other segment file is deleted. Opening
-//! replays only the newest claim's counted segments, and a new epoch's claimant deletes
-//! whatever its claim does not name, so the files and the time to open follow the live
-//! period, not the store's age. A standby's copy is pruned the same way
-//! ([`remove_unclaimed_segments`]).
+//! *generation* of its segment (a name never used before, created exclusively), whose claim
+//! names the old generation and what that one counted as history only (not replayed, kept so
+//! that a [`StoreMark`] taken before a takeover and the reset still reads what followed it)
+//! and whose first records restore the state (period, target number, snapshot). Opening
+//! replays only the newest whole claim's counted segments, so the files and the time to open
+//! follow the live period, not the store's age. Deleted, each only once no claimant can
+//! need it:
+//! - by the rotating writer, once the new generation is durable and a fence read after that
+//!   is still its own: the segments older than the superseded generation that the new claim
+//!   does not name, from a listing made before that fence read (never a newer epoch's);
+//! - by a new epoch's claimant, once its own claim is durable and the fence still its own:
+//!   what that claim does not name;
+//! - on a standby's copy, once its newest claim is whole there: what that claim does not
+//!   name ([`remove_unclaimed_segments`]).
 //!
-//! Deleting is safe against a takeover in progress: the writer deletes only after reading
-//! the fence *after* its new generation was durable, so a claimant (which lists segments
-//! only after writing the fence) finds that generation and never needs what is deleted;
-//! if the fence moved, nothing is deleted.
+//! Why the writer's deletion is safe: a claimant lists segments only after writing the fence.
+//! One that wrote it after the writer's fence read finds the new generation and needs only
+//! what it names; one that wrote it before makes that read fail, and then nothing is deleted
+//! — not even the new generation, which that claimant may already count. A rotation that
+//! fails once its generation may be whole on disk poisons the store: appending on to the old
+//! generation would write records the next open, starting from the new one, never reads.
 //!
 //! # Fencing protocol
 //!
@@ -749,6 +757,13 @@ pub struct FileStore {
     counted_bytes: u64,
     /// See [`ROTATE_AFTER`].
     rotate_after: u64,
+    /// The generation the next rotation creates: above every one of our epoch ever listed or
+    /// tried, so a name a failed attempt used (and a standby may hold part of) is never
+    /// written again with other contents.
+    next_generation: u64,
+    /// Lets a unit test act (a takeover, an I/O error) at the steps of a rotation.
+    #[cfg(test)]
+    rotate_hook: Option<tests::RotateHook>,
     state: State,
     report: RecoveryReport,
     scratch: Vec<u8>,
@@ -932,7 +947,7 @@ impl FileStore {
             None => {
                 // A segment file without a valid claim is one a crashed claimant of this
                 // epoch left before writing anything: start it again.
-                let (f, len, _) = create_segment(&dir, &path, epoch, &seals_out, &[])?;
+                let (f, len, _) = create_segment(&dir, &path, epoch, &seals_out, &[], false)?;
                 seg_end = len;
                 f
             }
@@ -968,6 +983,16 @@ impl FileStore {
             claim: seals_out,
             counted_bytes,
             rotate_after: ROTATE_AFTER,
+            next_generation: segs
+                .iter()
+                .filter(|s| s.epoch == epoch)
+                .map(|s| s.generation)
+                .chain([seg.generation])
+                .max()
+                .unwrap_or(0)
+                + 1,
+            #[cfg(test)]
+            rotate_hook: None,
             state,
             report,
             scratch: Vec::with_capacity(1024),
@@ -1382,15 +1407,16 @@ impl FileStore {
             return Err(StoreError::Poisoned);
         }
         self.check_fence()?;
-        // The old generation stays readable as history: what the syncer or the policy has
-        // not made durable yet is made so now, so history is never shorter than its seal.
-        if self.group.is_none() {
-            self.sync()?;
-        }
+        // The old generation stays readable as history: what it holds is made durable now
+        // (under group commit, a wait for the syncer), so after a machine crash it is not
+        // shorter than the history entry below.
+        self.sync()?;
+        let old = self.seg;
         let next = SegmentId {
-            epoch: self.seg.epoch,
-            generation: self.seg.generation + 1,
+            epoch: old.epoch,
+            generation: self.next_generation,
         };
+        self.next_generation += 1;
         let period = self.state.period.map(|p| p.to_le_bytes());
         let target = self.state.next_target.to_le_bytes();
         let mut first: Vec<(u8, &[u8])> = Vec::new();
@@ -1400,43 +1426,71 @@ impl FileStore {
         if kind == KIND_SNAPSHOT && self.state.next_target != 1 {
             first.push((KIND_NEXT_TARGET, &target));
         }
-        let history = [Seal {
-            seg: self.seg,
-            len: self.end,
-            counted: false,
-        }];
+        // History: the superseded generation and what it counted (a takeover's predecessor),
+        // so that an order-map checkpoint taken before a takeover and this reset still reads
+        // what followed it.
+        let history: Vec<Seal> = self
+            .claim
+            .iter()
+            .filter(|s| s.counted)
+            .map(|s| Seal {
+                counted: false,
+                ..*s
+            })
+            .chain([Seal {
+                seg: old,
+                len: self.end,
+                counted: false,
+            }])
+            .collect();
         let path = self.dir.join(segment_name(next));
         let lead = first.len();
         first.extend_from_slice(records);
-        let (file, end, mut starts) =
-            match create_segment(&self.dir, &path, self.epoch, &history, &first) {
-                Ok(created) => created,
-                Err(e) => {
-                    // Not whole, so no reader would take it; removed for tidiness only.
-                    let _ = std::fs::remove_file(&path);
-                    return Err(e);
+        // Listed before the fence read that allows deleting: every segment a claimant could
+        // need is then newer than `old` or named by `history` (see "Generations").
+        let listed = list_segments(&self.dir);
+        // From here on a failure may leave the new generation whole on disk, and the next
+        // open would start from it: nothing more may be written to the old one. What is left
+        // keeps its name (see `next_generation`), and the next claim settles what counts.
+        let created = create_segment(&self.dir, &path, self.epoch, &history, &first, true)
+            .and_then(|(file, end, starts)| {
+                let reader = File::open(&path).map_err(io_err("open", &path))?;
+                let handle = match self.group {
+                    Some(_) => Some(Arc::new(File::open(&path).map_err(io_err("open", &path))?)),
+                    None => None,
+                };
+                #[cfg(test)]
+                if let Some(h) = &self.rotate_hook {
+                    (h.0)(tests::RotateStage::Created)?;
                 }
-            };
+                Ok((file, end, starts, reader, handle))
+            });
+        let (file, end, mut starts, reader, handle) = match created {
+            Ok(c) => c,
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        };
         // Read after the new generation is durable: a claimant that writes the fence later
-        // finds it, so what is deleted below is needed by nobody; if the fence moved, the
-        // new generation counts for no one and nothing is deleted.
-        if let Err(e) = self.check_fence() {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
+        // lists the segments later, finds it, and needs nothing deleted below. One that wrote
+        // it earlier may already count the new generation: it stays, and nothing is deleted.
+        self.check_fence()?;
+        #[cfg(test)]
+        if let Some(h) = &self.rotate_hook {
+            (h.0)(tests::RotateStage::Checked)?;
         }
-        let reader = File::open(&path).map_err(io_err("open", &path))?;
-        if let Some((g, _)) = &self.group {
-            let handle = Arc::new(File::open(&path).map_err(io_err("open", &path))?);
-            self.group = Some((g, handle));
+        if let (Some((_, h)), Some(new)) = (&mut self.group, handle) {
+            *h = new;
         }
-        let old = self.seg;
-        self.readers.retain(|s, _| *s == old);
+        self.readers
+            .retain(|s, _| history.iter().any(|h| h.seg == *s));
         self.readers.insert(next, reader);
         self.seg = next;
         self.file = file;
         self.path = path;
         self.end = end;
-        self.claim = history.to_vec();
+        self.claim = history;
         self.counted_bytes = 0;
         self.dirty = false;
         self.last_sync = Instant::now();
@@ -1446,10 +1500,13 @@ impl FileStore {
         }
         tracing::info!(store = %self.dir.display(), segment = %next,
             "session store started a new generation");
-        // The new generation counts from here on: a failure to clean up is only space.
-        match list_segments(&self.dir) {
+        // Only what is older than the superseded generation and not history, from the
+        // listing made before the fence read: never a newer epoch's segment.
+        match listed {
             Ok(segs) => {
-                remove_segments_except(&self.dir, &segs, &[old, next]);
+                let keep = self.named_segments();
+                let stale: Vec<SegmentId> = segs.into_iter().filter(|s| *s < old).collect();
+                remove_segments_except(&self.dir, &stale, &keep);
             }
             Err(e) => tracing::warn!(store = %self.dir.display(), error = %e,
                 "could not list the segments a new generation supersedes"),
@@ -1490,7 +1547,8 @@ impl Drop for FileStore {
 
 /// Creates (or starts again) the segment at `path`, locked, holding a claim of `seals` and
 /// then `records` (the claim says where they end: see [`Claim::lead_end`]), durable with its
-/// directory entry. Returns it, opened for append, its length, and where each of `records`
+/// directory entry. `exclusive`: refused if the file exists (a new generation's name is never
+/// used twice); otherwise an existing file is started again (a crashed claimant's). Returns it, opened for append, its length, and where each of `records`
 /// starts.
 fn create_segment(
     dir: &Path,
@@ -1498,14 +1556,16 @@ fn create_segment(
     epoch: u64,
     seals: &[Seal],
     records: &[(u8, &[u8])],
+    exclusive: bool,
 ) -> Result<(File, u64, Vec<u64>), StoreError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io_err("create", path))?;
+    let mut opts = OpenOptions::new();
+    opts.read(true).append(true).custom_flags(libc::O_CLOEXEC);
+    if exclusive {
+        opts.create_new(true);
+    } else {
+        opts.create(true);
+    }
+    let f = opts.open(path).map_err(io_err("create", path))?;
     lock_segment(&f, path)?;
     f.set_len(0).map_err(io_err("truncate", path))?;
     let mut tail = Vec::new();
@@ -1685,6 +1745,131 @@ impl SessionStore for FileStore {
 mod tests {
     use super::*;
     use crate::tags::BeginString;
+    use std::sync::Mutex;
+
+    /// Where a rotation calls its test hook.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum RotateStage {
+        /// The new generation is durable; the fence not read again yet.
+        Created,
+        /// The fence was read again and is still ours; nothing deleted yet.
+        Checked,
+    }
+
+    type HookFn = dyn Fn(RotateStage) -> Result<(), StoreError> + Send + Sync;
+
+    #[derive(Clone)]
+    pub(super) struct RotateHook(pub(super) Arc<HookFn>);
+
+    impl std::fmt::Debug for RotateHook {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("RotateHook")
+        }
+    }
+
+    fn sid() -> SessionId {
+        SessionId::new(BeginString::Fix44, "GW", "C")
+    }
+
+    fn frame(seq: u64) -> Vec<u8> {
+        format!("8=FIX.4.4\x0135=8\x0134={seq}\x01").into_bytes()
+    }
+
+    /// A writer of epoch 1 with five messages whose next new period starts a generation, and
+    /// a slot for the claimant a hook starts at `stage`, which then stores messages 6 to 8.
+    fn rotation_with_takeover_at(
+        dir: &Path,
+        stage: RotateStage,
+    ) -> (FileStore, Arc<Mutex<Option<FileStore>>>) {
+        let mut w = FileStore::open(dir, &sid(), 1, SyncPolicy::EveryWrite).expect("writer");
+        for seq in 1..=5 {
+            w.save_sent(seq, &frame(seq)).expect("save");
+        }
+        w.set_rotate_after(1);
+        let claimant = Arc::new(Mutex::new(None));
+        let (slot, root) = (claimant.clone(), dir.to_owned());
+        w.rotate_hook = Some(RotateHook(Arc::new(move |at| {
+            if at == stage {
+                let mut c =
+                    FileStore::open(&root, &sid(), 2, SyncPolicy::EveryWrite).expect("claimant");
+                let first = c.next_sender_seq();
+                for seq in first..first + 3 {
+                    c.save_sent(seq, &frame(seq)).expect("claimant's record");
+                }
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+            }
+            Ok(())
+        })));
+        (w, claimant)
+    }
+
+    /// A takeover right after the rotating writer read the fence (a writer stopped there
+    /// and resumed): the writer's clean-up deletes nothing the claimant wrote, and a third
+    /// epoch sees the claimant's records.
+    #[test]
+    fn a_writer_resuming_after_its_fence_read_deletes_nothing_newer() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (mut w, claimant) = rotation_with_takeover_at(tmp.path(), RotateStage::Checked);
+        w.reset_for_period(1_800_000_000)
+            .expect("the writer saw its fence");
+        drop(w);
+        drop(claimant.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let third = FileStore::open(tmp.path(), &sid(), 3, SyncPolicy::EveryWrite).expect("3");
+        assert_eq!(
+            third.period(),
+            Some(1_800_000_000),
+            "the claimant counted the generation"
+        );
+        assert_eq!(third.next_sender_seq(), 4, "the claimant's three records");
+    }
+
+    /// A takeover after the new generation is durable but before the writer reads the fence:
+    /// the claimant counts that generation, and the fenced writer leaves it in place.
+    #[test]
+    fn a_fenced_writer_leaves_the_generation_a_claimant_counts() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (mut w, claimant) = rotation_with_takeover_at(tmp.path(), RotateStage::Created);
+        assert!(matches!(
+            w.reset_for_period(1_800_000_000),
+            Err(StoreError::Fenced { ours: 1, newest: 2 })
+        ));
+        drop(w);
+        drop(claimant.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let third = FileStore::open(tmp.path(), &sid(), 3, SyncPolicy::EveryWrite).expect("3");
+        assert_eq!(third.period(), Some(1_800_000_000));
+        assert_eq!(third.next_sender_seq(), 4);
+    }
+
+    /// A rotation that fails once its generation may be whole on disk (here: an I/O error
+    /// reported after the file was written) poisons the store: nothing more is appended to
+    /// the old generation, which the next open would not count. The next open starts from
+    /// the new generation and the next rotation never reuses its name.
+    #[test]
+    fn a_failed_rotation_poisons_the_store() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut w = FileStore::open(tmp.path(), &sid(), 1, SyncPolicy::EveryWrite).expect("w");
+        for seq in 1..=5 {
+            w.save_sent(seq, &frame(seq)).expect("save");
+        }
+        w.set_rotate_after(1);
+        w.rotate_hook = Some(RotateHook(Arc::new(|at| match at {
+            RotateStage::Created => Err(StoreError::SyncFailed("injected EIO".into())),
+            RotateStage::Checked => Ok(()),
+        })));
+        assert!(w.reset_for_period(1_800_000_000).is_err());
+        assert!(matches!(
+            w.save_sent(6, &frame(6)),
+            Err(StoreError::Poisoned)
+        ));
+        drop(w);
+        let mut again =
+            FileStore::open(tmp.path(), &sid(), 1, SyncPolicy::EveryWrite).expect("reopened");
+        assert_eq!(again.period(), Some(1_800_000_000));
+        assert_eq!(again.segment().generation, 1);
+        again.set_rotate_after(1);
+        again.reset_for_period(1_800_086_400).expect("next period");
+        assert_eq!(again.segment().generation, 2);
+    }
 
     /// With the fence read per turn: a claim between two turns refuses the next turn's first
     /// write before it writes; a claim inside a turn lets that turn write on (beyond the
