@@ -1147,15 +1147,7 @@ impl FileStore {
         first: u64,
         frames: impl Iterator<Item = &'f [u8]>,
     ) -> Result<(), StoreError> {
-        let payloads: Vec<Vec<u8>> = frames
-            .zip(first..)
-            .map(|(f, seq)| {
-                let mut p = Vec::with_capacity(8 + f.len());
-                p.extend_from_slice(&seq.to_le_bytes());
-                p.extend_from_slice(f);
-                p
-            })
-            .collect();
+        let payloads = sent_payloads(frames, first);
         let records: Vec<(u8, &[u8])> = payloads.iter().map(|p| (KIND_SENT, &p[..])).collect();
         let mut at = self.end;
         self.append_all(&records)?;
@@ -1338,16 +1330,7 @@ impl FileStore {
     /// generation whose lead holds each as a record of its own. It counts only once they are
     /// all whole (see [`Claim::lead_end`]), so a crash still leaves the old contents or the new.
     fn replace_sent_by_generation(&mut self, msgs: &[Vec<u8>]) -> Result<(), StoreError> {
-        let payloads: Vec<Vec<u8>> = msgs
-            .iter()
-            .zip(1u64..)
-            .map(|(m, seq)| {
-                let mut p = Vec::with_capacity(8 + m.len());
-                p.extend_from_slice(&seq.to_le_bytes());
-                p.extend_from_slice(m);
-                p
-            })
-            .collect();
+        let payloads = sent_payloads(msgs.iter().map(Vec::as_slice), 1);
         let records: Vec<(u8, &[u8])> = payloads.iter().map(|p| (KIND_SENT, &p[..])).collect();
         let starts = self.rotate(KIND_SNAPSHOT, &records)?;
         let target = self.state.next_target;
@@ -1543,6 +1526,20 @@ impl Drop for FileStore {
             g.request(self.last_pos);
         }
     }
+}
+
+/// The payloads of sent-message records for `frames` numbered from `first`: `[seq u64]`
+/// then the frame.
+fn sent_payloads<'f>(frames: impl Iterator<Item = &'f [u8]>, first: u64) -> Vec<Vec<u8>> {
+    frames
+        .zip(first..)
+        .map(|(f, seq)| {
+            let mut p = Vec::with_capacity(8 + f.len());
+            p.extend_from_slice(&seq.to_le_bytes());
+            p.extend_from_slice(f);
+            p
+        })
+        .collect()
 }
 
 /// Creates (or starts again) the segment at `path`, locked, holding a claim of `seals` and
