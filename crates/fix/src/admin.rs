@@ -33,6 +33,10 @@ pub struct SessionHealth {
     pub next_sender_seq: u64,
     /// The MsgSeqNum we expect next.
     pub next_target_seq: u64,
+    /// Bytes of its store that a new active replays when it opens it: the live period (see
+    /// `gateway.store_rotate_bytes`), what recovery time grows with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_bytes: Option<u64>,
 }
 
 /// The body of a `GET /health` answer.

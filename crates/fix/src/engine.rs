@@ -704,6 +704,7 @@ impl<S: SessionStore> Engine<S> {
                     logged_on: st.logged_on,
                     next_sender_seq: store.next_sender_seq(),
                     next_target_seq: store.next_target_seq(),
+                    store_bytes: store.replay_bytes(),
                 }
             })
             .collect();

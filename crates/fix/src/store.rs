@@ -202,6 +202,11 @@ pub trait SessionStore {
     fn mark(&self) -> Option<StoreMark> {
         None
     }
+    /// Bytes the next open of this store replays; `None` for stores that keep nothing
+    /// across processes.
+    fn replay_bytes(&self) -> Option<u64> {
+        None
+    }
     /// The engine checks the fence per turn ([`verify_fence`](Self::verify_fence)), not
     /// per record (see [`FileStore::defer_fence_checks`]).
     fn defer_fence_checks(&mut self) {}
@@ -393,6 +398,9 @@ impl<S: SessionStore> SessionStore for Deferred<S> {
     }
     fn mark(&self) -> Option<StoreMark> {
         self.inner.mark()
+    }
+    fn replay_bytes(&self) -> Option<u64> {
+        self.inner.replay_bytes()
     }
     fn defer_fence_checks(&mut self) {
         self.inner.defer_fence_checks()

@@ -239,6 +239,19 @@ impl Raw {
     }
 }
 
+/// `store_bytes` of `session` in the gateway's `GET /health` at `admin`.
+fn store_bytes_of(admin: SocketAddr, session: &str) -> u64 {
+    let (code, body) =
+        testbed::http("GET", &admin.to_string(), "/health", ANSWER).expect("GET /health");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["sessions"]
+        .as_array()
+        .and_then(|ss| ss.iter().find(|s| s["name"] == session))
+        .and_then(|s| s["store_bytes"].as_u64())
+        .unwrap_or_else(|| panic!("no store_bytes for {session}: {body}"))
+}
+
 /// The segment files of one session's store under `store`, oldest first.
 fn segments(store: &Path, session: &str) -> Vec<String> {
     understudy_fix::store::segment_files(&store.join(session)).expect("segments")
@@ -583,6 +596,7 @@ fn daily_resets_keep_both_copies_of_a_store_small_and_the_standby_takes_over_fro
 
     let mut raw = Raw::connect(ports[0], "RESETTER");
     let mut last_seq = 0u64;
+    let mut replayed = Vec::new();
     for day in 1..=5 {
         if day > 1 {
             raw = Raw::connect(ports[0], "RESETTER");
@@ -608,7 +622,14 @@ fn daily_resets_keep_both_copies_of_a_store_small_and_the_standby_takes_over_fro
         if let Some(seq) = got.iter().rev().find_map(|m| field(m, 34)?.parse().ok()) {
             last_seq = seq;
         }
+        replayed.push(store_bytes_of(repl.health[0], "RESETTER"));
     }
+    // What a new active would replay is one day's, not five days'.
+    println!("RESETTER's store_bytes after each day: {replayed:?}");
+    assert!(
+        replayed.iter().all(|&b| b > 0 && b <= 2 * replayed[0]),
+        "store_bytes day by day: {replayed:?}"
+    );
     // Five days written; on the active only the last two generations are left.
     let on_a = segments(&stores[0], SESSION);
     assert_eq!(on_a.len(), 2, "the active's files: {on_a:?}");

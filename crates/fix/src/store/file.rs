@@ -1729,6 +1729,10 @@ impl SessionStore for FileStore {
         Some(FileStore::mark(self))
     }
 
+    fn replay_bytes(&self) -> Option<u64> {
+        Some(self.counted_bytes.saturating_add(self.end))
+    }
+
     fn defer_fence_checks(&mut self) {
         FileStore::defer_fence_checks(self)
     }
