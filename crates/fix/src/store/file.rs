@@ -969,7 +969,7 @@ impl FileStore {
             .collect();
         report.segments.sort_unstable();
 
-        let store = FileStore {
+        let mut store = FileStore {
             dir,
             epoch,
             sync,
@@ -1011,7 +1011,6 @@ impl FileStore {
         // Only now: a claimant that wrote the fence after the check above lists segments
         // after it too, finds our claim durable, and needs nothing it does not name.
         let keep = store.named_segments();
-        let mut store = store;
         store.report.removed = remove_segments_except(&store.dir, &segs, &keep);
         Ok(store)
     }
@@ -1303,27 +1302,36 @@ impl FileStore {
             payload.extend_from_slice(m);
         }
         let start = self.write_full_state(KIND_SNAPSHOT, &payload)?;
+        // Each frame follows its `[len u32]`, after the record's header and `[count u32]`.
+        let mut at = start + (HEADER + FIXED + 4) as u64;
+        self.restart_with(msgs.iter().map(|m| {
+            let frame = at + 4;
+            at = frame + m.len() as u64;
+            (frame, m.len())
+        }));
+        Ok(())
+    }
+
+    /// The state after a snapshot: the period and the target number kept; the messages are
+    /// the frames lying in our segment at `frames` (offset, length), numbered from 1.
+    fn restart_with(&mut self, frames: impl IntoIterator<Item = (u64, usize)>) {
         let target = self.state.next_target;
         let period = self.state.period;
         self.state = State::default();
         self.state.next_target = target;
         self.state.period = period;
-        let base = start + (HEADER + FIXED) as u64;
-        let mut off = 4u64;
-        for (i, m) in msgs.iter().enumerate() {
-            let seq = i as u64 + 1;
+        for (seq, (offset, len)) in (1u64..).zip(frames) {
+            let segment = self.seg;
             self.state.sent.insert(
                 seq,
                 Loc {
-                    segment: self.seg,
-                    offset: base + off + 4,
-                    len: m.len(),
+                    segment,
+                    offset,
+                    len,
                 },
             );
             self.state.next_sender = seq + 1;
-            off += 4 + m.len() as u64;
         }
-        Ok(())
     }
 
     /// [`replace_sent`](Self::replace_sent) for messages too many for one record: a new
@@ -1333,22 +1341,12 @@ impl FileStore {
         let payloads = sent_payloads(msgs.iter().map(Vec::as_slice), 1);
         let records: Vec<(u8, &[u8])> = payloads.iter().map(|p| (KIND_SENT, &p[..])).collect();
         let starts = self.rotate(KIND_SNAPSHOT, &records)?;
-        let target = self.state.next_target;
-        let period = self.state.period;
-        self.state = State::default();
-        self.state.next_target = target;
-        self.state.period = period;
-        for ((seq, m), start) in (1u64..).zip(msgs).zip(starts) {
-            self.state.sent.insert(
-                seq,
-                Loc {
-                    segment: self.seg,
-                    offset: start + (HEADER + FIXED + 8) as u64,
-                    len: m.len(),
-                },
-            );
-            self.state.next_sender = seq + 1;
-        }
+        self.restart_with(
+            starts
+                .into_iter()
+                .zip(msgs)
+                .map(|(start, m)| (start + (HEADER + FIXED + 8) as u64, m.len())),
+        );
         Ok(())
     }
 
@@ -1545,8 +1543,8 @@ fn sent_payloads<'f>(frames: impl Iterator<Item = &'f [u8]>, first: u64) -> Vec<
 /// Creates (or starts again) the segment at `path`, locked, holding a claim of `seals` and
 /// then `records` (the claim says where they end: see [`Claim::lead_end`]), durable with its
 /// directory entry. `exclusive`: refused if the file exists (a new generation's name is never
-/// used twice); otherwise an existing file is started again (a crashed claimant's). Returns it, opened for append, its length, and where each of `records`
-/// starts.
+/// used twice); otherwise an existing file is started again (a crashed claimant's). Returns
+/// it, opened for append, its length, and where each of `records` starts.
 fn create_segment(
     dir: &Path,
     path: &Path,
@@ -1571,9 +1569,11 @@ fn create_segment(
         starts.push(tail.len() as u64);
         encode_record(&mut tail, epoch, *k, p)?;
     }
+    // Measured in its final format: a claim with a lead is always of the second one, whose
+    // length does not depend on the lead's end.
     let mut claim = Claim {
         seals: seals.to_vec(),
-        lead_end: 0,
+        lead_end: u64::from(!records.is_empty()),
     };
     let claim_len = (HEADER + FIXED + encode_claim(&claim).len()) as u64;
     if !records.is_empty() {
