@@ -63,6 +63,12 @@ fn a_dead_node_row_never_claims_a_live_pid() {
     g.wait_mode("b", "Warm", Duration::from_secs(10));
     // The kill must come after a's service logged its activity, or the log holds one active.
     g.wait_service_active("a", g.epoch("a"));
+    // One /status read can miss its timeout on a loaded machine: wait for the pid, as
+    // admin_limits does.
+    assert!(
+        common::wait_until(Duration::from_secs(5), || g.service_pid("a").is_some()),
+        "a's service pid never showed in its /status"
+    );
     let svc = g.service_pid("a").expect("a's service pid");
     g.kill9("a");
     g.wait_mode("b", "Hot", Duration::from_secs(10));
