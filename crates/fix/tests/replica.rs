@@ -335,3 +335,81 @@ fn a_standby_prunes_its_copy_when_the_active_starts_a_generation() {
     assert!(sent.iter().all(|(i, m)| *m == frame(1000 + i)));
     assert!(s.recovery().bytes_replayed < 2048, "{:?}", s.recovery());
 }
+
+/// Where a segment's records end (a writer keeps zeros written ahead of them).
+fn records_len(path: &Path) -> u64 {
+    let f = std::fs::File::open(path).expect("open");
+    let size = f.metadata().expect("stat").len();
+    understudy_fix::store::valid_len(&f, 0, size).expect("walk")
+}
+
+/// A: the active of epoch 1, whose machine crashed after the standby B had copied (and
+/// acknowledged) records 4 and 5 but before its own `fdatasync`: on A's disk they are the
+/// zeros it wrote ahead of its records, the file as large as before. B takes over (epoch 2)
+/// and A rejoins as B's standby. A reports the records it holds, not its file's size, so B
+/// sends it 4 and 5 again; reported at its size, A's copy would keep zeros inside what B's
+/// claim seals and could never open.
+#[test]
+fn a_former_active_rejoining_gets_the_records_its_crash_lost_under_its_zeros() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let seg1 = |dir: &Path| dir.join(sid().dir_name()).join(format!("{:020}.log", 1));
+    let (len3, len5);
+    {
+        let mut s = FileStore::open(a.path(), &sid(), 1, SyncPolicy::EveryWrite).expect("A");
+        for i in 1..=3 {
+            s.save_sent(i, &frame(i)).expect("save");
+        }
+        len3 = records_len(&seg1(a.path()));
+        for i in 4..=5 {
+            s.save_sent(i, &frame(i)).expect("save");
+        }
+        len5 = records_len(&seg1(a.path()));
+    }
+    let a_size = std::fs::metadata(seg1(a.path())).expect("stat").len();
+    assert!(a_size > len5, "A keeps zeros ahead of its records");
+    // B's copy: the five records, as a standby holds them.
+    std::fs::create_dir_all(b.path().join(sid().dir_name())).expect("mkdir");
+    let bytes = std::fs::read(seg1(a.path())).expect("read");
+    std::fs::write(seg1(b.path()), &bytes[..len5 as usize]).expect("copy");
+    // A's crash: 4 and 5 never reached its disk.
+    let lost = vec![0u8; (len5 - len3) as usize];
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(seg1(a.path()))
+            .expect("open"),
+        &lost,
+        len3,
+    )
+    .expect("zero");
+
+    let a_addr = free_addr();
+    let rx = Receiver::start(cfg(Mode::Sync, a_addr, vec![]), a.path()).expect("receiver");
+    let mut st = FileStore::open(b.path(), &sid(), 2, SyncPolicy::Group).expect("B");
+    assert_eq!(st.next_sender_seq(), 6);
+    let group = GroupCommit::shared().expect("syncer");
+    let tx = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![a_addr]),
+        b.path(),
+        2,
+        group,
+    )
+    .expect("sender");
+    wait_until("A in sync", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync && rx.health().ready
+    });
+    for i in 6..=8 {
+        st.save_sent(i, &frame(i)).expect("save");
+    }
+    st.sync().expect("sync");
+    tx.stop();
+    drop(st);
+    assert_eq!(records_len(&seg1(a.path())), len5, "A holds 4 and 5 again");
+    rx.activate(3).expect("activate");
+    let (ns, _, sent) = contents(a.path(), 3);
+    assert_eq!(ns, 9);
+    assert_eq!(sent.len(), 8);
+    assert!(sent.iter().all(|(i, m)| *m == frame(*i)), "{sent:?}");
+}

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::proto::{read_frame, segment_epoch, Frame, CHUNK, VERSION};
 use super::{list_segments, Mode, PeerHealth, ReplicationConfig, ReplicationHealth};
-use crate::store::{note_newer_epoch, BatchHook, GroupCommit};
+use crate::store::{note_newer_epoch, valid_len, BatchHook, GroupCommit};
 
 /// The active's replication: started at activation, after the stores are open.
 #[derive(Debug, Clone)]
@@ -425,23 +425,30 @@ impl Link<'_> {
             let Some(f) = self.handles.get(&rel) else {
                 continue;
             };
-            let len = f
+            let size = f
                 .metadata()
                 .map_err(|e| format!("stat {}: {e}", path.display()))?
                 .len();
+            let read_err = |e: std::io::Error| format!("read {}: {e}", path.display());
             let mut from = self.sent.get(&rel).copied().unwrap_or(0);
-            if from > len {
-                if !catch_up {
-                    return Err(format!("{rel} shrank below what the standby holds"));
+            if catch_up {
+                // Compared with our whole records, not the file's size: that includes the
+                // zeros a writer keeps ahead of them (see the store's "Preallocation").
+                let whole = valid_len(f, 0, size).map_err(read_err)?;
+                if from > whole {
+                    Frame::Truncate {
+                        path: rel.clone(),
+                        len: whole,
+                    }
+                    .write_to(&mut self.s, &mut self.out)
+                    .map_err(|e| format!("sending: {e}"))?;
+                    from = whole;
                 }
-                Frame::Truncate {
-                    path: rel.clone(),
-                    len,
-                }
-                .write_to(&mut self.s, &mut self.out)
-                .map_err(|e| format!("sending: {e}"))?;
-                from = len;
+            } else if from > size {
+                return Err(format!("{rel} shrank below what the standby holds"));
             }
+            // Whole records only: never those zeros, which the next records overwrite.
+            let len = valid_len(f, from, size).map_err(read_err)?;
             while from < len {
                 let n = (len - from).min(CHUNK as u64) as usize;
                 let mut bytes = vec![0u8; n];

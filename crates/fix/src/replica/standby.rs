@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::proto::{read_frame, segment_epoch, Frame, MAX_FILES, VERSION};
 use super::{list_segments, same_secret, ReplicationConfig, ReplicationHealth};
-use crate::store::remove_unclaimed_segments;
+use crate::store::{remove_unclaimed_segments, valid_len};
 
 /// Connections served at once.
 pub const MAX_CONNS: usize = 4;
@@ -433,6 +433,29 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
     result
 }
 
+/// How much of a segment this copy holds: its whole records. A copy this node wrote as the
+/// active ends in the zeros it kept ahead of its records, and perhaps a record a crash tore;
+/// both are cut off, so that the active sends what follows from there (reported at its
+/// size, a copy shorter in records than the active's would never get them).
+fn held_len(path: &Path) -> Result<u64, String> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    let size = f
+        .metadata()
+        .map_err(|e| format!("stat {}: {e}", path.display()))?
+        .len();
+    let len = valid_len(&f, 0, size).map_err(|e| format!("read {}: {e}", path.display()))?;
+    if len < size {
+        f.set_len(len)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| format!("truncate {}: {e}", path.display()))?;
+    }
+    Ok(len)
+}
+
 fn mirror(
     sh: &Shared,
     s: &mut TcpStream,
@@ -446,7 +469,7 @@ fn mirror(
     // that arrived over an earlier connection superseded goes too.
     let mut fresh = HashSet::new();
     for (rel, path) in list_segments(&sh.store_dir).map_err(|e| e.to_string())? {
-        let len = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+        let len = held_len(&path)?;
         if let Some((session, _)) = rel.split_once('/') {
             fresh.insert(session.to_owned());
         }
