@@ -35,10 +35,9 @@
 //! last record, and writes each record over them at its offset (`pwrite`, not `O_APPEND`).
 //! The `fdatasync` a record waits for then writes that record's blocks and nothing else: an
 //! append changes the file's size, and ext4 must commit its journal for that on every sync
-//! (measured with `bench fix-roundtrip`: the gateway's single order went from p50 about
-//! 400 µs to about 335 µs, see docs/fix-gateway.md). The zeros are written in one `write`
-//! with the record that reaches them, once per chunk; that record's sync also writes the
-//! chunk.
+//! (measured with `bench fix-roundtrip`: the gateway's single order p50 70–90 µs lower, see
+//! docs/fix-gateway.md). The zeros are written right after the record that reaches past
+//! them, once per chunk; that record's sync also writes the chunk.
 //!
 //! What a crash leaves after the last synced record is therefore zeros, or the records of
 //! the pass that was cut short, sector by sector in any order: a record with a bad checksum
@@ -125,8 +124,10 @@ pub const ROTATE_AFTER: u64 = 4 << 20;
 
 /// The most zeros a writer keeps written ahead of its last record (see "Preallocation"); a
 /// store with a small [`FileStore::set_rotate_after`] keeps a quarter of that, at least a
-/// page.
-pub const PREALLOC: u64 = 1 << 20;
+/// page. The pass that first reaches a chunk writes it to disk, so a larger chunk makes
+/// rarer but longer passes: with 1 MiB a new active's first pass, which its Logon answer
+/// waits for, added about 10 ms to every takeover (`bench fix-recovery`).
+pub const PREALLOC: u64 = 64 << 10;
 
 /// What a disk writes atomically: a write cut short by a crash leaves each sector of its
 /// range either written or as it was.
