@@ -644,3 +644,60 @@ fn a_crash_during_a_pass_keeps_every_record_before_the_first_unwritten_sector() 
         }
     }
 }
+
+/// A flipped bit in a record whose last bytes (a sequence number's high bytes, zeros by
+/// value) lie alone in the next sector is corruption, not a tear: a sector a crash left
+/// unwritten would be zero to its end, and here the records after it fill that sector.
+/// Taken for a tear, the store would open without the messages after it and number new ones
+/// over them.
+#[test]
+fn a_flipped_bit_in_a_record_ending_in_zeros_across_a_sector_is_corruption() {
+    for same_epoch in [false, true] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = segment(tmp.path(), 1);
+        let start;
+        {
+            let mut s = open(tmp.path(), 1).expect("open");
+            s.save_sent(1, &msg(1)).expect("save");
+            // Pad with one message so that the next record (next target: 29 bytes, the last
+            // 7 zeros) starts 24 bytes before a sector boundary.
+            let at = records_len(&path);
+            let overhead = 12 + 9 + 8;
+            let mut len = 512 - (at + overhead + 24) % 512 + 512;
+            len %= 512;
+            if len < 40 {
+                len += 512;
+            }
+            let mut m = msg(2);
+            m.resize(len as usize - 1, b'x');
+            m.push(1);
+            s.save_sent(2, &m).expect("pad");
+            start = records_len(&path);
+            assert_eq!((start + 24) % 512, 0, "placed across the boundary");
+            s.set_next_target_seq(2).expect("target");
+            for seq in 3..=6 {
+                s.save_sent(seq, &msg(seq)).expect("save");
+            }
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let size = f.metadata().expect("stat").len();
+        let mut b = [0u8; 1];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, start + 21).expect("read");
+        b[0] ^= 0x10;
+        std::os::unix::fs::FileExt::write_all_at(&f, &b, start + 21).expect("flip");
+        drop(f);
+        match open(tmp.path(), if same_epoch { 1 } else { 2 }) {
+            Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, start),
+            other => panic!("same epoch {same_epoch}: expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").len(),
+            size,
+            "nothing cut"
+        );
+    }
+}

@@ -425,13 +425,13 @@ impl Link<'_> {
             let Some(f) = self.handles.get(&rel) else {
                 continue;
             };
-            let size = f
-                .metadata()
-                .map_err(|e| format!("stat {}: {e}", path.display()))?
-                .len();
             let read_err = |e: std::io::Error| format!("read {}: {e}", path.display());
             let mut from = self.sent.get(&rel).copied().unwrap_or(0);
-            if catch_up {
+            let size = if catch_up {
+                let size = f
+                    .metadata()
+                    .map_err(|e| format!("stat {}: {e}", path.display()))?
+                    .len();
                 // Compared with our whole records, not the file's size: that includes the
                 // zeros a writer keeps ahead of them (see the store's "Preallocation").
                 let whole = valid_len(f, 0, size).map_err(read_err)?;
@@ -444,9 +444,12 @@ impl Link<'_> {
                     .map_err(|e| format!("sending: {e}"))?;
                     from = whole;
                 }
-            } else if from > size {
-                return Err(format!("{rel} shrank below what the standby holds"));
-            }
+                size
+            } else {
+                // A batch: one read per segment of this epoch, as the stat it replaces (a
+                // file of an idle session reads zeros at `from` and is done).
+                u64::MAX
+            };
             // Whole records only: never those zeros, which the next records overwrite.
             let len = valid_len(f, from, size).map_err(read_err)?;
             while from < len {

@@ -468,12 +468,24 @@ fn mirror(
     // Every session is pruned once this stream's first batch is durable: what a generation
     // that arrived over an earlier connection superseded goes too.
     let mut fresh = HashSet::new();
-    for (rel, path) in list_segments(&sh.store_dir).map_err(|e| e.to_string())? {
-        let len = held_len(&path)?;
-        if let Some((session, _)) = rel.split_once('/') {
-            fresh.insert(session.to_owned());
+    {
+        // `held_len` cuts files: like every write of the mirror, only while this stream is
+        // still the current one (not after an activation or a newer stream).
+        let _w = lock(&sh.write);
+        let st = lock(&sh.state);
+        if st.generation != generation {
+            let newest = st.seen_epoch;
+            drop(st);
+            return refuse(s, newest, "superseded by a newer stream".to_owned());
         }
-        files.push((rel, len));
+        drop(st);
+        for (rel, path) in list_segments(&sh.store_dir).map_err(|e| e.to_string())? {
+            let len = held_len(&path)?;
+            if let Some((session, _)) = rel.split_once('/') {
+                fresh.insert(session.to_owned());
+            }
+            files.push((rel, len));
+        }
     }
     Frame::Welcome {
         seen_epoch: epoch,

@@ -200,6 +200,10 @@ const FIXED: usize = 9; // epoch + kind
 const MAX_RECORD: usize = 64 << 20;
 const FENCE_LEN: usize = 12;
 const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Opens tried again after one found a segment unreadable (see [`FileStore::open`]), and
+/// the pause before each: real corruption is reported 10 ms later.
+const OPEN_RETRIES: u32 = 2;
+const OPEN_RETRY_PAUSE: Duration = Duration::from_millis(5);
 
 const KIND_CLAIM: u8 = 1;
 const KIND_NEXT_SENDER: u8 = 2;
@@ -282,19 +286,26 @@ fn next_record(buf: &[u8], p: usize) -> Next<'_> {
     next_record_at(buf, p, 0)
 }
 
-/// Whether some sector's share of `buf[from..to]` is all zeros, `buf` starting at file
-/// offset `base`: what a write cut short by a crash leaves in preallocated space.
+/// Whether a sector the record `buf[from..to]` spans is still unwritten, `buf` starting at
+/// file offset `base`: what a write cut short by a crash leaves in preallocated space. The
+/// record's first sector was zeros from `from` on; every later one was zeros throughout, so
+/// it must be zero to its end (as far as `buf` goes), not only where the record lies: the
+/// last bytes of a record are often zeros by value (a sequence number's high bytes), and a
+/// flipped bit in such a record must still read as corruption.
 fn unwritten_sector(buf: &[u8], from: usize, to: usize, base: u64) -> bool {
     let mut s = from;
     while s < to {
         let abs = base + s as u64;
-        let next = usize::try_from(abs - abs % SECTOR + SECTOR - base)
-            .unwrap_or(usize::MAX)
-            .min(to);
-        if buf[s..next].iter().all(|&b| b == 0) {
+        let sector_end = usize::try_from(abs - abs % SECTOR + SECTOR - base).unwrap_or(usize::MAX);
+        let share_end = if s == from {
+            sector_end.min(to)
+        } else {
+            sector_end.min(buf.len())
+        };
+        if buf[s..share_end].iter().all(|&b| b == 0) {
             return true;
         }
-        s = next;
+        s = sector_end.min(to);
     }
     false
 }
@@ -902,6 +913,41 @@ impl FileStore {
     /// segment (or reopens it, cutting off a torn tail). Refused with
     /// [`StoreError::Fenced`] if the store has seen a newer epoch.
     pub fn open(
+        dir: &Path,
+        session: &SessionId,
+        epoch: u64,
+        sync: SyncPolicy,
+    ) -> Result<FileStore, StoreError> {
+        // A writer of the newest segment that is still running (a shared directory, a
+        // takeover from a live active) may be inside a `pwrite` as we read: records are
+        // written over zeros, so the copy can show a later part of a record before an
+        // earlier one, which reads as corruption; a moment later it is whole. An open only
+        // writes the fence (the same epoch again) before it replays, so it can start over.
+        let mut retries = OPEN_RETRIES;
+        loop {
+            match Self::open_once(dir, session, epoch, sync) {
+                Err(StoreError::Corrupt {
+                    path,
+                    offset,
+                    detail,
+                }) if retries > 0 => {
+                    tracing::warn!(path = %path.display(), offset, detail = %detail,
+                        "session store segment unreadable; reading it again in case its writer was mid-write");
+                    retries -= 1;
+                    pause(OPEN_RETRY_PAUSE);
+                    #[cfg(test)]
+                    tests::OPEN_RETRY_HOOK.with(|h| {
+                        if let Some(f) = h.borrow_mut().as_mut() {
+                            f();
+                        }
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(
         dir: &Path,
         session: &SessionId,
         epoch: u64,
@@ -1737,13 +1783,17 @@ fn create_segment(
     Ok((f, rec.len() as u64, starts))
 }
 
-/// Waits a little before retrying a non-blocking `flock`. The store is blocking file-system
-/// code (async callers run it on a blocking thread); this waits on another process holding
-/// a kernel lock, not on a timer that simulated time should reach, and `flock` offers no
-/// timeout of its own.
-#[allow(clippy::disallowed_methods)]
+/// Waits a little before retrying a non-blocking `flock`.
 fn lock_backoff() {
-    std::thread::sleep(Duration::from_millis(1));
+    pause(Duration::from_millis(1));
+}
+
+/// The store is blocking file-system code (async callers run it on a blocking thread); this
+/// waits on another process (holding a kernel lock, finishing a write), not on a timer that
+/// simulated time should reach, and the kernel offers no wait of its own for either.
+#[allow(clippy::disallowed_methods)]
+fn pause(d: Duration) {
+    std::thread::sleep(d);
 }
 
 fn lock_segment(f: &File, path: &Path) -> Result<(), StoreError> {
@@ -2060,6 +2110,74 @@ mod tests {
             before,
             "refused before it writes"
         );
+    }
+
+    thread_local! {
+        /// Runs before each retry of [`FileStore::open`] on this thread.
+        pub(super) static OPEN_RETRY_HOOK: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+            std::cell::RefCell::new(None);
+    }
+
+    /// A claimant reading the newest segment while its writer (still running: a shared
+    /// directory) is inside a `pwrite` of two records can see the first record's opening
+    /// bytes still zero and the rest written: not a state a crash leaves (no sector share
+    /// is zero), so it reads as corruption. The open reads again and finds the records
+    /// whole; bytes that stay damaged are still reported, after the retries.
+    #[test]
+    fn a_record_read_mid_write_is_read_again_and_real_damage_still_reported() {
+        let sid = SessionId::new(BeginString::Fix44, "S", "T");
+        for heals in [true, false] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let path = tmp
+                .path()
+                .join(sid.dir_name())
+                .join(segment_name(SegmentId {
+                    epoch: 1,
+                    generation: 0,
+                }));
+            let start;
+            {
+                let mut w =
+                    FileStore::open(tmp.path(), &sid, 1, SyncPolicy::EveryWrite).expect("writer");
+                w.save_sent(1, &frame(1)).expect("save");
+                start = w.end;
+                w.save_sent_all(&[frame(2), frame(3)])
+                    .expect("save two in one write");
+            }
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("open");
+            let mut whole = [0u8; 6];
+            f.read_exact_at(&mut whole, start).expect("read");
+            assert_eq!(start / SECTOR, (start + 6) / SECTOR, "not a sector share");
+            f.write_all_at(&[0u8; 6], start)
+                .expect("the view mid-write");
+            let retries = std::rc::Rc::new(std::cell::Cell::new(0));
+            let seen = retries.clone();
+            OPEN_RETRY_HOOK.with(|h| {
+                *h.borrow_mut() = Some(Box::new(move || {
+                    seen.set(seen.get() + 1);
+                    if heals {
+                        f.write_all_at(&whole, start).expect("the write completes");
+                    }
+                }))
+            });
+            let opened = FileStore::open(tmp.path(), &sid, 2, SyncPolicy::EveryWrite);
+            OPEN_RETRY_HOOK.with(|h| *h.borrow_mut() = None);
+            if heals {
+                let s = opened.expect("read again once the write completed");
+                assert_eq!(s.next_sender_seq(), 4);
+                assert_eq!(retries.get(), 1);
+            } else {
+                assert!(
+                    matches!(opened, Err(StoreError::Corrupt { offset, .. }) if offset == start),
+                    "{opened:?}"
+                );
+                assert_eq!(retries.get(), OPEN_RETRIES);
+            }
+        }
     }
 
     /// A writer that passed its fence check, was stopped, and resumes after a newer active
