@@ -329,6 +329,17 @@ impl Group {
             .and_then(crate::http::service_pid_of)
     }
 
+    /// [`service_pid`](Self::service_pid), asked again for up to `timeout`: one `/status`
+    /// read can miss its own timeout on a loaded machine, or come before the service is up.
+    pub fn wait_service_pid(&self, name: &str, timeout: Duration) -> Option<u32> {
+        let mut pid = None;
+        wait_until(timeout, || {
+            pid = self.service_pid(name);
+            pid.is_some()
+        });
+        pid
+    }
+
     fn wait_for(&self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> anyhow::Result<()> {
         if !wait_until(Duration::from_secs(10), || {
             self.status(name).is_some_and(|v| f(&v))

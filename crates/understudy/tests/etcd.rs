@@ -27,7 +27,11 @@ fn kill9_of_the_active_agent_hands_over_after_lease_ttl() {
     for round in 0..3 {
         let act = g.active(5 * S);
         let standby = other(&act);
-        let (epoch, svc) = (g.epoch(&act), g.service_pid(&act).expect("service pid"));
+        let (epoch, svc) = (
+            g.epoch(&act),
+            g.wait_service_pid(&act, Duration::from_secs(5))
+                .expect("service pid"),
+        );
         g.wait_service_active(&act, epoch);
         let t0 = Instant::now();
         g.kill9(&act);
@@ -61,7 +65,11 @@ fn sigstop_of_the_active_agent_kills_its_service_without_the_agent() {
     for round in 0..2 {
         let act = g.active(5 * S);
         let standby = other(&act);
-        let (epoch, svc) = (g.epoch(&act), g.service_pid(&act).expect("service pid"));
+        let (epoch, svc) = (
+            g.epoch(&act),
+            g.wait_service_pid(&act, Duration::from_secs(5))
+                .expect("service pid"),
+        );
         g.wait_service_active(&act, epoch);
         let t0 = Instant::now();
         g.sigstop(&act);
@@ -180,7 +188,9 @@ fn cut_the_active(
     let w = g.watch();
     let epoch = g.epoch("a");
     g.wait_service_active("a", epoch);
-    let svc = g.service_pid("a").expect("service pid");
+    let svc = g
+        .wait_service_pid("a", Duration::from_secs(5))
+        .expect("service pid");
     let t0 = Instant::now();
     cut(&ma).expect("cut");
     // b is never Hot while a's service runs; liveness within 2 s (how soon is `bench
@@ -218,7 +228,9 @@ fn machine_loss_of_the_active_moves_activity_safely() {
     let epoch = g.epoch("a");
     g.wait_service_active("a", epoch);
     let agent = g.agent_pid("a");
-    let svc = g.service_pid("a").expect("service pid");
+    let svc = g
+        .wait_service_pid("a", Duration::from_secs(5))
+        .expect("service pid");
     let t0 = Instant::now();
     // The whole machine at once: agent, guardian and service.
     Lab::kill_all(&ma);
@@ -449,7 +461,9 @@ fn quorum_loss_stops_the_active_and_nobody_takes_over_until_it_returns() {
     let act = g.active(5 * S);
     let epoch = g.epoch(&act);
     g.wait_service_active(&act, epoch);
-    let svc = g.service_pid(&act).expect("service pid");
+    let svc = g
+        .wait_service_pid(&act, Duration::from_secs(5))
+        .expect("service pid");
     // Two of three members gone: no write can commit.
     let leader = c.leader();
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();

@@ -80,7 +80,9 @@ fn cutting_the_primary_machine_moves_every_subscription_to_the_new_primary() {
         "the client never had every price from the primary"
     );
 
-    let svc = g.service_pid("a").expect("primary's service pid");
+    let svc = g
+        .wait_service_pid("a", Duration::from_secs(5))
+        .expect("primary's service pid");
     let t0 = Instant::now();
     Lab::link_down(&ma).expect("cut");
     assert!(

@@ -525,7 +525,10 @@ impl ReplicatedRig {
 
     /// SIGSTOP of b's gateway: it neither reads nor acknowledges. Its pid, for SIGCONT.
     fn freeze_b_gateway(&self) -> nix::unistd::Pid {
-        let gw_b = self.g.service_pid("b").expect("gateway b pid");
+        let gw_b = self
+            .g
+            .wait_service_pid("b", Duration::from_secs(5))
+            .expect("gateway b pid");
         let pid = nix::unistd::Pid::from_raw(gw_b as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
         pid
@@ -593,7 +596,9 @@ fn replicated_sync_standby_takes_over_from_its_own_copy_after_kill_9_of_the_acti
 /// kill -9 of a's agent and gateway together; b becomes active and QuickFIX logs on to it,
 /// the gateway's Logon continuing above `min_seq` without a reset.
 fn b_takes_over_from_its_copy(qf: &mut QuickFix, r: &mut ReplicatedRig, min_seq: u64) {
-    let gw_a = r.g.service_pid("a").expect("gateway a pid");
+    let gw_a =
+        r.g.wait_service_pid("a", Duration::from_secs(5))
+            .expect("gateway a pid");
     let killed_at = Instant::now();
     r.g.kill9("a");
     let _ = nix::sys::signal::kill(
