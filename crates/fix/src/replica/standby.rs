@@ -456,6 +456,19 @@ fn held_len(path: &Path) -> Result<u64, String> {
     Ok(len)
 }
 
+const SUPERSEDED: &str = "superseded by a newer stream";
+
+/// Whether the stream of `generation` is still the one the mirror may write for (no
+/// activation or newer stream since); else the newest epoch seen. Callers hold `sh.write`.
+fn still_current(sh: &Shared, generation: u64) -> Result<(), u64> {
+    let st = lock(&sh.state);
+    if st.generation == generation {
+        Ok(())
+    } else {
+        Err(st.seen_epoch)
+    }
+}
+
 fn mirror(
     sh: &Shared,
     s: &mut TcpStream,
@@ -472,13 +485,9 @@ fn mirror(
         // `held_len` cuts files: like every write of the mirror, only while this stream is
         // still the current one (not after an activation or a newer stream).
         let _w = lock(&sh.write);
-        let st = lock(&sh.state);
-        if st.generation != generation {
-            let newest = st.seen_epoch;
-            drop(st);
-            return refuse(s, newest, "superseded by a newer stream".to_owned());
+        if let Err(newest) = still_current(sh, generation) {
+            return refuse(s, newest, SUPERSEDED.to_owned());
         }
-        drop(st);
         for (rel, path) in list_segments(&sh.store_dir).map_err(|e| e.to_string())? {
             let len = held_len(&path)?;
             if let Some((session, _)) = rel.split_once('/') {
@@ -506,13 +515,8 @@ fn mirror(
             Err(e) => return Err(format!("reading from the active: {e}")),
         };
         let _w = lock(&sh.write);
-        {
-            let st = lock(&sh.state);
-            if st.generation != generation {
-                let newest = st.seen_epoch;
-                drop(st);
-                return refuse(s, newest, "superseded by a newer stream".to_owned());
-            }
+        if let Err(newest) = still_current(sh, generation) {
+            return refuse(s, newest, SUPERSEDED.to_owned());
         }
         let check = |rel: &str| match segment_epoch(rel) {
             Ok(e) if e <= epoch => Ok(()),
