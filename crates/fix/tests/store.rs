@@ -701,3 +701,51 @@ fn a_flipped_bit_in_a_record_ending_in_zeros_across_a_sector_is_corruption() {
         );
     }
 }
+
+/// The other edge: a record whose share of its first sector is a single byte of its length,
+/// zero by value (a length of 512). A header that passed its check vouches for that byte,
+/// so a flipped bit further in is corruption, not a tear.
+#[test]
+fn a_flipped_bit_in_a_record_whose_first_sector_holds_a_zero_length_byte_is_corruption() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = segment(tmp.path(), 1);
+    let overhead = 12 + 9 + 8;
+    let sized = |seq: u64, total: u64| {
+        let mut m = msg(seq);
+        m.resize((total - overhead - 1) as usize, b'x');
+        m.push(1);
+        m
+    };
+    let start;
+    {
+        let mut s = open(tmp.path(), 1).expect("open");
+        s.save_sent(1, &msg(1)).expect("save");
+        let at = records_len(&path);
+        // A pad record ending one byte before a sector boundary.
+        let mut pad = (511 - at % 512) % 512;
+        if pad < 80 {
+            pad += 512;
+        }
+        s.save_sent(2, &sized(2, pad)).expect("pad");
+        start = records_len(&path);
+        assert_eq!(start % 512, 511);
+        // Length field 512: its low byte, alone in the first sector, is zero.
+        s.save_sent(3, &sized(3, 12 + 512)).expect("save");
+        for seq in 4..=8 {
+            s.save_sent(seq, &msg(seq)).expect("save");
+        }
+    }
+    let bytes = std::fs::read(&path).expect("read");
+    assert_eq!(bytes[start as usize], 0, "the length's low byte");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let at = start + 200;
+    std::os::unix::fs::FileExt::write_all_at(&f, &[bytes[at as usize] ^ 0x04], at).expect("flip");
+    drop(f);
+    match open(tmp.path(), 2) {
+        Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, start),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}

@@ -433,27 +433,71 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
     result
 }
 
-/// How much of a segment this copy holds: its whole records. A copy this node wrote as the
-/// active ends in the zeros it kept ahead of its records, and perhaps a record a crash tore;
-/// both are cut off, so that the active sends what follows from there (reported at its
-/// size, a copy shorter in records than the active's would never get them).
-fn held_len(path: &Path) -> Result<u64, String> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("open {}: {e}", path.display()))?;
-    let size = f
-        .metadata()
-        .map_err(|e| format!("stat {}: {e}", path.display()))?
-        .len();
-    let len = valid_len(&f, 0, size).map_err(|e| format!("read {}: {e}", path.display()))?;
-    if len < size {
-        f.set_len(len)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| format!("truncate {}: {e}", path.display()))?;
+/// A segment of this copy as a stream's `Welcome` finds it: its file, its size, and how
+/// much it holds (its whole records).
+struct Held {
+    rel: String,
+    path: PathBuf,
+    file: File,
+    size: u64,
+    len: u64,
+}
+
+/// What this copy holds of each segment: its whole records, made durable (an earlier stream
+/// may have written bytes it never synced, and what the Welcome reports as held, the new
+/// stream's acknowledgements count as durable). Read without the mirror's lock, so that an
+/// activation does not wait behind a scan of the whole copy: no other stream writes once
+/// this one is current, and the cut of what follows the records ([`cut_to_held`]) is made
+/// under the lock.
+fn scan_held(store_dir: &Path) -> Result<Vec<Held>, String> {
+    let mut held = Vec::new();
+    for (rel, path) in list_segments(store_dir).map_err(|e| e.to_string())? {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        let size = file
+            .metadata()
+            .map_err(|e| format!("stat {}: {e}", path.display()))?
+            .len();
+        let len = valid_len(&file, 0, size).map_err(|e| format!("read {}: {e}", path.display()))?;
+        file.sync_data()
+            .map_err(|e| format!("fdatasync {}: {e}", path.display()))?;
+        held.push(Held {
+            rel,
+            path,
+            file,
+            size,
+            len,
+        });
     }
-    Ok(len)
+    Ok(held)
+}
+
+/// Cuts each copy to the whole records it holds: a copy this node wrote as the active ends
+/// in the zeros it kept ahead of its records, and perhaps a record a crash tore. Reported at
+/// its size, a copy shorter in records than the active's would never get the rest. Called
+/// with the mirror's lock held, while the stream is current; a file that an earlier stream
+/// was still writing during the scan (it checked its currency before this one began) is
+/// read on from where the scan stopped.
+fn cut_to_held(held: &mut [Held]) -> Result<(), String> {
+    for h in held.iter_mut() {
+        let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", h.path.display());
+        let size = h.file.metadata().map_err(|e| err("stat", e))?.len();
+        if size != h.size {
+            h.len = valid_len(&h.file, h.len, size).map_err(|e| err("read", e))?;
+            h.file.sync_data().map_err(|e| err("fdatasync", e))?;
+            h.size = size;
+        }
+        if h.len < h.size {
+            h.file
+                .set_len(h.len)
+                .and_then(|()| h.file.sync_all())
+                .map_err(|e| err("truncate", e))?;
+        }
+    }
+    Ok(())
 }
 
 const SUPERSEDED: &str = "superseded by a newer stream";
@@ -481,20 +525,21 @@ fn mirror(
     // Every session is pruned once this stream's first batch is durable: what a generation
     // that arrived over an earlier connection superseded goes too.
     let mut fresh = HashSet::new();
+    let mut held = scan_held(&sh.store_dir)?;
     {
-        // `held_len` cuts files: like every write of the mirror, only while this stream is
-        // still the current one (not after an activation or a newer stream).
+        // The cut writes: like every write of the mirror, only while this stream is still
+        // the current one (not after an activation or a newer stream).
         let _w = lock(&sh.write);
         if let Err(newest) = still_current(sh, generation) {
             return refuse(s, newest, SUPERSEDED.to_owned());
         }
-        for (rel, path) in list_segments(&sh.store_dir).map_err(|e| e.to_string())? {
-            let len = held_len(&path)?;
-            if let Some((session, _)) = rel.split_once('/') {
-                fresh.insert(session.to_owned());
-            }
-            files.push((rel, len));
+        cut_to_held(&mut held)?;
+    }
+    for h in held {
+        if let Some((session, _)) = h.rel.split_once('/') {
+            fresh.insert(session.to_owned());
         }
+        files.push((h.rel, h.len));
     }
     Frame::Welcome {
         seen_epoch: epoch,

@@ -41,11 +41,13 @@
 //!
 //! What a crash leaves after the last synced record is therefore zeros, or the records of
 //! the pass that was cut short, sector by sector in any order: a record with a bad checksum
-//! is a torn write, not corruption, when nothing but zeros follows it or when a sector's
-//! share of it is still all zeros (etcd's WAL reads its preallocated segments the same way);
-//! recovery stops there. Every reader stops at the first record that is not whole: the
-//! valid length of a segment is where that walk ends ([`valid_len`]), never the file's size,
-//! and replication ships whole records only.
+//! is a torn write, not corruption, when nothing but zeros follows it or when a sector it
+//! spans is still unwritten (see `unwritten_sector`; etcd's WAL reads its preallocated
+//! segments much the same way); recovery stops there. Every reader stops at the first
+//! record that is not whole: the valid length of a segment is where that walk ends
+//! ([`valid_len`]), never the file's size, and replication ships whole records only. A
+//! reader racing a live writer (a shared directory) can see a record half copied in any
+//! order, which reads as corruption: [`FileStore::open`] reads again before reporting it.
 //!
 //! # Why one segment per epoch
 //!
@@ -90,8 +92,8 @@
 //! of the one sealed now (a killed writer's last records may not be durable yet, and a seal
 //! beyond what survives a machine crash would make the store unreadable).
 //!
-//! Appending: read the fence (one `pread`), refuse if newer; write the record (one `write`
-//! with `O_APPEND`); sync per policy; read the fence again and report [`StoreError::Fenced`]
+//! Appending: read the fence (one `pread`), refuse if newer; write the record (one `pwrite`
+//! at the segment's end, see "Preallocation"); sync per policy; read the fence again and report [`StoreError::Fenced`]
 //! if it moved. An append that returned `Ok` saw the fence unchanged *after* its bytes were
 //! in the file, so any newer writer wrote its fence later and read — and sealed — a segment
 //! that already contained them: an acknowledged record is never lost in a takeover. An
@@ -288,11 +290,13 @@ fn next_record(buf: &[u8], p: usize) -> Next<'_> {
 
 /// Whether a sector the record `buf[from..to]` spans is still unwritten, `buf` starting at
 /// file offset `base`: what a write cut short by a crash leaves in preallocated space. The
-/// record's first sector was zeros from `from` on; every later one was zeros throughout, so
-/// it must be zero to its end (as far as `buf` goes), not only where the record lies: the
-/// last bytes of a record are often zeros by value (a sequence number's high bytes), and a
-/// flipped bit in such a record must still read as corruption.
-fn unwritten_sector(buf: &[u8], from: usize, to: usize, base: u64) -> bool {
+/// record's first sector was zeros from `from` on, and is looked at only when `first` (a
+/// header that passed its length check vouches for it: its share is at least the length,
+/// never zero, or only length bytes that are zero by value). Every later sector was zeros
+/// throughout, so it must be zero to its end (as far as `buf` goes), not only where the
+/// record lies: the last bytes of a record are often zeros by value (a sequence number's
+/// high bytes), and a flipped bit in such a record must still read as corruption.
+fn unwritten_sector(buf: &[u8], from: usize, to: usize, base: u64, first: bool) -> bool {
     let mut s = from;
     while s < to {
         let abs = base + s as u64;
@@ -302,7 +306,7 @@ fn unwritten_sector(buf: &[u8], from: usize, to: usize, base: u64) -> bool {
         } else {
             sector_end.min(buf.len())
         };
-        if buf[s..share_end].iter().all(|&b| b == 0) {
+        if (s != from || first) && buf[s..share_end].iter().all(|&b| b == 0) {
             return true;
         }
         s = sector_end.min(to);
@@ -326,7 +330,7 @@ fn next_record_at(buf: &[u8], p: usize, base: u64) -> Next<'_> {
     if len != !u32_at(rest, 4) {
         // A header the crash cut across a sector boundary keeps one side's zeros; a header
         // within one sector is all zeros or whole.
-        return if rest.iter().all(|&b| b == 0) || unwritten_sector(buf, p, p + HEADER, base) {
+        return if rest.iter().all(|&b| b == 0) || unwritten_sector(buf, p, p + HEADER, base, true) {
             Next::Torn
         } else {
             Next::Corrupt("record length check failed".into())
@@ -349,7 +353,7 @@ fn next_record_at(buf: &[u8], p: usize, base: u64) -> Next<'_> {
         // before the rest); so is one with a sector still all zeros, whatever sectors after
         // it were written out of order. Anything else is corruption.
         return if rest[HEADER + len..].iter().all(|&b| b == 0)
-            || unwritten_sector(buf, p, p + HEADER + len, base)
+            || unwritten_sector(buf, p, p + HEADER + len, base, false)
         {
             Next::Torn
         } else {
@@ -1733,7 +1737,7 @@ fn sent_payloads<'f>(frames: impl Iterator<Item = &'f [u8]>, first: u64) -> Vec<
 /// then `records` (the claim says where they end: see [`Claim::lead_end`]), durable with its
 /// directory entry. `exclusive`: refused if the file exists (a new generation's name is never
 /// used twice); otherwise an existing file is started again (a crashed claimant's). Returns
-/// it, opened for append, its length, and where each of `records` starts.
+/// it, opened for writing at its end, its length, and where each of `records` starts.
 fn create_segment(
     dir: &Path,
     path: &Path,
