@@ -413,3 +413,60 @@ fn a_former_active_rejoining_gets_the_records_its_crash_lost_under_its_zeros() {
     assert_eq!(sent.len(), 8);
     assert!(sent.iter().all(|(i, m)| *m == frame(*i)), "{sent:?}");
 }
+
+/// A batch ships only the segments a pass wrote since the link's last batch (and new ones):
+/// with several sessions written in turn, some idle for many batches, the standby's copy of
+/// every segment holds exactly the active's records after each acknowledged batch.
+#[test]
+fn a_batch_ships_the_segments_it_wrote_and_idle_ones_stay_whole() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let rx = Receiver::start(cfg(Mode::Sync, b_addr, vec![]), b.path()).expect("receiver");
+    let sids: Vec<SessionId> = (0..6)
+        .map(|i| SessionId::new(BeginString::Fix44, "GW", &format!("C{i}")))
+        .collect();
+    let mut stores: Vec<FileStore> = sids
+        .iter()
+        .map(|s| FileStore::open(a.path(), s, 5, SyncPolicy::Group).expect("open"))
+        .collect();
+    let group = GroupCommit::shared().expect("syncer");
+    let tx = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        a.path(),
+        5,
+        group,
+    )
+    .expect("sender");
+    wait_until("in sync", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync && rx.health().ready
+    });
+    let seg = |dir: &Path, s: &SessionId| dir.join(s.dir_name()).join(format!("{:020}.log", 5));
+    let mut next = vec![1u64; sids.len()];
+    // Batch k writes sessions k % 6 and (k * 5) % 6 only.
+    for k in 0..30usize {
+        for i in [k % 6, (k * 5) % 6] {
+            let n = next[i];
+            stores[i].save_sent(n, &frame(n)).expect("save");
+            next[i] += 1;
+        }
+        stores[k % 6].sync().expect("acknowledged");
+        stores[(k * 5) % 6].sync().expect("acknowledged");
+        for s in &sids {
+            assert_eq!(
+                records_len(&seg(b.path(), s)),
+                records_len(&seg(a.path(), s)),
+                "batch {k}, {}",
+                s.dir_name()
+            );
+        }
+    }
+    tx.stop();
+    drop(stores);
+    rx.activate(6).expect("activate");
+    for (i, s) in sids.iter().enumerate() {
+        let st = FileStore::open(b.path(), s, 6, SyncPolicy::EveryWrite).expect("open copy");
+        assert_eq!(st.next_sender_seq(), next[i]);
+    }
+}

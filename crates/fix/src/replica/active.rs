@@ -7,10 +7,10 @@
 //! does not acknowledge a batch within `sync_timeout` (sync) or answer within `timeout`
 //! (either mode) is disconnected, and catches up from the files when it reconnects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -44,6 +44,24 @@ struct State {
     fenced: Option<u64>,
     degraded: bool,
     stop: bool,
+    /// For each file a pass reported written (by device and inode), the highest position
+    /// it covered: a batch ships only the segments written since the link's last one.
+    written_at: HashMap<FileKey, u64>,
+}
+
+/// A file's identity across handles: device and inode.
+type FileKey = (u64, u64);
+
+/// Stands for a written file whose identity could not be read.
+const UNKNOWN: FileKey = (u64::MAX, u64::MAX);
+
+/// Entries of [`State::written_at`] above which those every peer has acknowledged are
+/// dropped (each a file of this epoch, written since).
+const WRITTEN_AT_KEPT: usize = 4096;
+
+fn file_key(f: &File) -> std::io::Result<FileKey> {
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino()))
 }
 
 #[derive(Debug)]
@@ -98,6 +116,7 @@ impl Sender {
                 fenced: None,
                 degraded: false,
                 stop: false,
+                written_at: HashMap::new(),
             }),
             cv: Condvar::new(),
         });
@@ -167,8 +186,29 @@ impl Shared {
 }
 
 impl BatchHook for Shared {
-    fn start(&self, pos: u64) {
+    fn start(&self, pos: u64, files: &[Arc<File>]) {
+        // A file that cannot be identified counts as [`UNKNOWN`]: every link then reads
+        // every segment for this batch.
+        let keys: Vec<FileKey> = files
+            .iter()
+            .map(|f| file_key(f).unwrap_or(UNKNOWN))
+            .collect();
         let mut st = lock(&self.st);
+        for k in keys {
+            let at = st.written_at.entry(k).or_insert(0);
+            *at = (*at).max(pos);
+        }
+        if st.written_at.len() > WRITTEN_AT_KEPT {
+            // A peer not connected catches up from every file when it reconnects.
+            let shipped_by_all = st
+                .peers
+                .iter()
+                .filter(|p| p.connected)
+                .map(|p| p.acked)
+                .min()
+                .unwrap_or(u64::MAX);
+            st.written_at.retain(|_, at| *at > shipped_by_all);
+        }
         if pos > st.requested {
             st.requested = pos;
             self.cv.notify_all();
@@ -316,10 +356,12 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         buf,
         sent: files.into_iter().collect(),
         handles: HashMap::new(),
+        keys: HashMap::new(),
+        shipped: 0,
     };
     // Every record up to p0 was in the files when they are read below.
     let p0 = sh.group.written();
-    link.ship(true)?;
+    link.ship(true, p0)?;
     link.round_trip(Frame::Sync { pos: p0 })?;
     {
         let mut st = lock(&sh.st);
@@ -365,7 +407,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         };
         match target {
             Some(pos) => {
-                link.ship(false)?;
+                link.ship(false, pos)?;
                 link.round_trip(Frame::Sync { pos })?;
                 let mut st = lock(&sh.st);
                 st.peers[i].last_heard = Some(Instant::now());
@@ -394,23 +436,46 @@ struct Link<'a> {
     /// How much of each segment the standby holds.
     sent: HashMap<String, u64>,
     handles: HashMap<String, File>,
+    /// The identity of each handle's file, where it could be read.
+    keys: HashMap<String, FileKey>,
+    /// The group-commit position this link has shipped every segment up to.
+    shipped: u64,
 }
 
 impl Link<'_> {
-    /// Sends every segment byte the standby lacks. After the catch-up only segments of this
-    /// epoch can grow: only they are looked at.
-    fn ship(&mut self, catch_up: bool) -> Result<(), String> {
+    /// Sends every record the standby lacks, of every record written up to group-commit
+    /// position `upto`. After the catch-up only segments of this epoch can grow: only they
+    /// are looked at, and of those only the new ones and those a pass since this link's last
+    /// batch wrote (a segment of an idle session costs no read).
+    fn ship(&mut self, catch_up: bool, upto: u64) -> Result<(), String> {
         let segs = list_segments(&self.sh.store_dir).map_err(|e| format!("listing: {e}"))?;
         // A new generation deletes the segments before it: forget them, so neither map
         // grows with every rotation.
         self.handles
             .retain(|rel, _| segs.iter().any(|(r, _)| r == rel));
+        self.keys.retain(|rel, _| self.handles.contains_key(rel));
+        let written: Option<HashSet<FileKey>> = if catch_up {
+            None
+        } else {
+            let st = lock(&self.sh.st);
+            let since: HashSet<FileKey> = st
+                .written_at
+                .iter()
+                .filter(|(_, at)| **at > self.shipped)
+                .map(|(k, _)| *k)
+                .collect();
+            (!since.contains(&UNKNOWN)).then_some(since)
+        };
         if !catch_up {
             self.sent
                 .retain(|rel, _| segs.iter().any(|(r, _)| r == rel));
         }
         for (rel, path) in segs {
             if !catch_up && segment_epoch(&rel).ok() != Some(self.sh.epoch) {
+                continue;
+            }
+            let unwritten = |k: &FileKey| written.as_ref().is_some_and(|w| !w.contains(k));
+            if self.keys.get(&rel).is_some_and(unwritten) {
                 continue;
             }
             if !self.handles.contains_key(&rel) {
@@ -420,6 +485,10 @@ impl Link<'_> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(format!("open {}: {e}", path.display())),
                 };
+                // Without its identity the file is read at every batch.
+                if let Ok(k) = file_key(&f) {
+                    self.keys.insert(rel.clone(), k);
+                }
                 self.handles.insert(rel.clone(), f);
             }
             let Some(f) = self.handles.get(&rel) else {
@@ -468,6 +537,7 @@ impl Link<'_> {
             }
             self.sent.insert(rel, from);
         }
+        self.shipped = self.shipped.max(upto);
         Ok(())
     }
 

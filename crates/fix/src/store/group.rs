@@ -52,9 +52,10 @@ use tokio::sync::watch;
 
 /// Another place a batch must reach before it counts as durable: a standby's copy.
 pub trait BatchHook: Send + Sync + std::fmt::Debug {
-    /// A pass covers every record up to `pos` (all of them are in their files now): start
-    /// copying them.
-    fn start(&self, pos: u64);
+    /// A pass covers every record up to `pos` (all of them are in their files now), written
+    /// to `files` since the pass before (a file is in one pass's list per batch written to
+    /// it through [`GroupCommit::wrote`]): start copying them.
+    fn start(&self, pos: u64, files: &[Arc<File>]);
     /// The local `fdatasync` of that pass is done; returns once `pos` may count as durable,
     /// or `Err` when it never will (a newer epoch owns the group): the syncer then fails.
     fn finish(&self, pos: u64) -> Result<(), String>;
@@ -275,7 +276,7 @@ impl GroupCommit {
         drop(st);
         let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(h) = &hook {
-            h.start(target);
+            h.start(target, &files);
         }
         let here = if shared { mine } else { &files[..] };
         let mut failed = sync_all(here).err().map(|e| e.to_string());
