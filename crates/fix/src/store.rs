@@ -19,8 +19,8 @@ use thiserror::Error;
 use crate::tags::BeginString;
 
 pub use file::{
-    parse_segment_name, remove_unclaimed_segments, segment_files, valid_len, FileStore,
-    RecoveryReport, SegmentId, SyncPolicy, ROTATE_AFTER,
+    parse_segment_name, records_len, remove_unclaimed_segments, segment_files, valid_len,
+    FileStore, RecoveryReport, SegmentId, SyncPolicy, ROTATE_AFTER,
 };
 pub use group::{BatchHook, GroupCommit};
 

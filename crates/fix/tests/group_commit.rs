@@ -325,11 +325,7 @@ async fn nothing_leaves_before_it_is_durable() {
         .join(format!("{:020}.log", 1));
     let g = GroupCommit::started().expect("syncer running");
     // The records' length, not the file's: a writer keeps zeros written ahead of them.
-    let records = |p: &std::path::Path| {
-        let f = std::fs::File::open(p).expect("segment");
-        let size = f.metadata().expect("stat").len();
-        understudy_fix::store::valid_len(&f, 0, size).expect("walk")
-    };
+    let records = |p: &std::path::Path| understudy_fix::store::records_len(p).expect("segment");
     let before = records(&segment);
     g.pause(true);
     c.handle.send(0, b"D", order("o1"));

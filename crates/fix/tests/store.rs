@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use understudy_fix::store::{
-    valid_len, FileStore, SessionId, SessionStore, StoreError, StoreMark, SyncPolicy,
+    FileStore, SessionId, SessionStore, StoreError, StoreMark, SyncPolicy,
 };
 use understudy_fix::tags::BeginString;
 
@@ -24,9 +24,7 @@ fn segment(dir: &Path, epoch: u64) -> PathBuf {
 /// Where a segment's records end: a writer keeps zeros written ahead of them, so the file's
 /// size says nothing.
 fn records_len(path: &Path) -> u64 {
-    let f = std::fs::File::open(path).expect("open");
-    let size = f.metadata().expect("stat").len();
-    valid_len(&f, 0, size).expect("walk")
+    understudy_fix::store::records_len(path).expect("walk")
 }
 
 fn msg(seq: u64) -> Vec<u8> {

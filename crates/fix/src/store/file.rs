@@ -536,6 +536,14 @@ pub fn valid_len(file: &File, from: u64, to: u64) -> std::io::Result<u64> {
     Ok(at)
 }
 
+/// [`valid_len`] of the whole segment file at `path`: where its records end, the file's
+/// size including the zeros written ahead of them.
+pub fn records_len(path: &Path) -> std::io::Result<u64> {
+    let f = File::open(path)?;
+    let size = f.metadata()?.len();
+    valid_len(&f, 0, size)
+}
+
 /// Fills `buf` from `at` as far as the file goes; returns how much was read.
 fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
     let mut n = 0;
