@@ -1,18 +1,20 @@
-//! The QuickFIX/C++ counterparts in `tests/quickfix/` (an initiator for the failover tests, an
-//! acceptor for the side-by-side benchmark): whether QuickFIX is installed, and building them
-//! with `g++` against `libquickfix` (Debian: `apt-get install libquickfix-dev g++`; with
-//! `libssl-dev` too, the initiator can speak TLS: [`ssl_available`]).
+//! The QuickFIX/C++ counterparts in `tests/quickfix/` (an initiator for the failover tests; an
+//! acceptor and a gateway-shaped relay for the side-by-side benchmark): whether QuickFIX is
+//! installed, and building them with `g++` against `libquickfix` (Debian: `apt-get install
+//! libquickfix-dev g++`; with `libssl-dev` too, the initiator can speak TLS:
+//! [`ssl_available`]).
 //!
 //! The sources are part of the binary; they and the binaries are written into a directory the
 //! caller chooses (a target or temp directory), never into the source tree, and rebuilt when
-//! their source changed.
+//! the source or the flags differ from the ones a binary was built from (a checksum kept
+//! beside it, `<name>.built-from`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The C++ sources, built into this binary: a binary built in one checkout and run from another
 /// place (an installed copy, a clone that was deleted) still has them.
-const EMBEDDED: [(&str, &str); 2] = [
+const EMBEDDED: [(&str, &str); 3] = [
     (
         "qf_initiator",
         include_str!("../../../tests/quickfix/qf_initiator.cpp"),
@@ -20,6 +22,10 @@ const EMBEDDED: [(&str, &str); 2] = [
     (
         "qf_acceptor",
         include_str!("../../../tests/quickfix/qf_acceptor.cpp"),
+    ),
+    (
+        "qf_relay",
+        include_str!("../../../tests/quickfix/qf_relay.cpp"),
     ),
 ];
 
@@ -85,12 +91,20 @@ pub fn ssl_available() -> bool {
     })
 }
 
-fn modified(p: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+/// What a build of `src` is made from: its bytes and the flags that change the binary. Kept
+/// next to the binary, so that a binary built from other sources (an override directory
+/// used earlier) is rebuilt even when it is newer than the source file.
+fn build_key(src: &Path, ssl: bool) -> Result<String, String> {
+    let text = std::fs::read(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+    Ok(format!(
+        "crc32 {:08x} len {} ssl {ssl}\n",
+        crc32fast::hash(&text),
+        text.len()
+    ))
 }
 
-/// Builds `tests/quickfix/<name>.cpp` into `out_dir/<name>` (unless a build newer than the
-/// source is there) and returns the binary's path. Blocks for the few seconds g++ takes.
+/// Builds `tests/quickfix/<name>.cpp` into `out_dir/<name>` (unless a build of the same
+/// source and flags is there) and returns the binary's path. Blocks for the few seconds g++ takes.
 pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
     // Tests of one binary build the same counterpart at once: one at a time in this process
     // (the source is rewritten and the binary renamed into place), and a temporary name of
@@ -103,16 +117,17 @@ pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     let src = source_file(name, out_dir)?;
     let bin = out_dir.join(name);
-    if let (Some(b), Some(s)) = (modified(&bin), modified(&src)) {
-        if b >= s {
-            return Ok(bin);
-        }
+    let ssl = ssl_available();
+    let key = build_key(&src, ssl)?;
+    let key_file = out_dir.join(format!("{name}.built-from"));
+    if bin.exists() && std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) {
+        return Ok(bin);
     }
     // QuickFIX 1.15 headers use dynamic exception specifications, refused from C++17 on.
     let tmp = out_dir.join(format!("{name}.tmp{}", std::process::id()));
     let mut g = Command::new("g++");
     g.args(["-std=gnu++14", "-O2", "-w"]);
-    if ssl_available() {
+    if ssl {
         // libquickfix is built with SSL; its SSL headers need HAVE_SSL and OpenSSL's.
         g.arg("-DHAVE_SSL=1");
     }
@@ -120,7 +135,7 @@ pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
         .arg(&tmp)
         .arg(&src)
         .args(["-lquickfix", "-lpthread"]);
-    if ssl_available() {
+    if ssl {
         g.args(["-lssl", "-lcrypto"]);
     }
     let out = g.output().map_err(|e| format!("cannot run g++: {e}"))?;
@@ -133,5 +148,7 @@ pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
         ));
     }
     std::fs::rename(&tmp, &bin).map_err(|e| format!("cannot move the build into place: {e}"))?;
+    std::fs::write(&key_file, key)
+        .map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
     Ok(bin)
 }

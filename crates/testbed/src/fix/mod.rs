@@ -76,22 +76,34 @@ fn bench_order(id: &str) -> Vec<u8> {
     b
 }
 
-/// Waits for `n` fills (ExecutionReports with OrdStatus 2).
-async fn fills(c: &mut understudy_fix::client::Client, n: usize) -> anyhow::Result<()> {
+/// Waits for the fill (an ExecutionReport with OrdStatus 2) of every order in `ids`. A fill
+/// of an order not awaited is an error, unless it is marked PossDupFlag=Y (a report sent
+/// again, as after a failover): a path that loses a fill, routes it to another client or
+/// mangles its ClOrdID fails the benchmark instead of being timed.
+async fn fills(
+    c: &mut understudy_fix::client::Client,
+    ids: impl IntoIterator<Item = String>,
+) -> anyhow::Result<()> {
     use understudy_fix::client::ClientEvent;
     use understudy_fix::orders::tag;
-    let mut got = 0;
+    let mut awaited: std::collections::HashSet<String> = ids.into_iter().collect();
     let wait = async {
-        while got < n {
-            match c.events.recv().await {
-                Some(e)
-                    if matches!(&e, ClientEvent::Message { msg_type, .. } if msg_type == "8")
-                        && e.field(tag::ORD_STATUS) == Some("2") =>
-                {
-                    got += 1
-                }
-                Some(_) => {}
-                None => anyhow::bail!("client stopped"),
+        while !awaited.is_empty() {
+            let Some(e) = c.events.recv().await else {
+                anyhow::bail!("client stopped");
+            };
+            let ClientEvent::Message {
+                msg_type, poss_dup, ..
+            } = &e
+            else {
+                continue;
+            };
+            if msg_type != "8" || e.field(tag::ORD_STATUS) != Some("2") {
+                continue;
+            }
+            let id = e.field(tag::CL_ORD_ID).unwrap_or_default();
+            if !awaited.remove(id) && !poss_dup {
+                anyhow::bail!("a fill of ClOrdID {id:?}, which this client did not send or had filled already");
             }
         }
         Ok(())
@@ -405,8 +417,9 @@ impl RecoveryRig {
     async fn run_once(&mut self, run: usize) -> anyhow::Result<()> {
         let (fg, c) = (&mut self.fg, &mut self.c);
         // The session works: an order round trip on the current active.
-        c.handle.send(0, b"D", bench_order(&format!("r{run}")));
-        fills(c, 1).await.with_context(|| {
+        let id = format!("r{run}");
+        c.handle.send(0, b"D", bench_order(&id));
+        fills(c, [id]).await.with_context(|| {
             format!(
                 "{}: run {run}: no fill (logs in {})",
                 self.name,
