@@ -447,6 +447,10 @@ pub struct Engine<S: SessionStore> {
     /// durable first, oldest first. Its bytes already count in their connection's
     /// `unwritten`, so a disk that stops syncing ends in the slow-consumer bound.
     held: VecDeque<(u64, Pending)>,
+    /// A durable position whose staged store records (received sequence numbers, which no
+    /// send waits on) are still to be written: after the sends it released went out (see
+    /// [`on_durable`](Self::on_durable)).
+    staged_durable: Option<u64>,
     /// Group commit: the syncer's durable position, once this loop has held something.
     durable_rx: Option<watch::Receiver<u64>>,
     /// A session's store uses group commit: this loop's sends wait for the syncer.
@@ -479,6 +483,7 @@ impl<S: SessionStore> Engine<S> {
             prelogon_timeout: DEFAULT_LOGON_TIMEOUT,
             counters: Counters::default(),
             held: VecDeque::new(),
+            staged_durable: None,
             durable_rx: None,
             grouped: false,
             replication: None,
@@ -659,6 +664,12 @@ impl<S: SessionStore> Engine<S> {
             None => (None, 0),
         };
         loop {
+            if let Some(pos) = self.staged_durable.take() {
+                // The writer tasks, woken by the release, run first and put the sends on the
+                // wire; the stores' staged records follow.
+                tokio::task::yield_now().await;
+                self.stores_durable(pos)?;
+            }
             if self.holds() && self.net_rx.is_empty() && self.cmd_rx.is_empty() {
                 // Connection tasks share this thread: one with bytes ready runs first, so a
                 // burst in progress shows in the queue and the syncer thread takes the pass
@@ -681,7 +692,7 @@ impl<S: SessionStore> Engine<S> {
                     let Some(cmd) = cmd else { continue };
                     self.on_command(app, cmd)?;
                 }
-                pos = next_durable(&mut self.durable_rx) => self.on_durable(app, pos)?,
+                pos = next_durable(&mut self.durable_rx) => self.on_durable(app, pos, true)?,
                 _ = tick.tick() => self.on_tick(app)?,
                 () = &mut shutdown => break,
             }
@@ -733,6 +744,9 @@ impl<S: SessionStore> Engine<S> {
             let _ = self.flush(app, i);
         }
         let _ = self.release_all_blocking();
+        if let Some(pos) = self.staged_durable.take() {
+            let _ = self.stores_durable(pos);
+        }
         // Give the writer tasks a moment to put the Logouts on the wire.
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.conns.clear();
@@ -1469,7 +1483,7 @@ impl<S: SessionStore> Engine<S> {
         if self.net_rx.is_empty() && self.cmd_rx.is_empty() {
             if let Some(r) = g.sync_now() {
                 // A failed pass is reported by `on_durable`, from the syncer's state.
-                return self.on_durable(app, r.unwrap_or_else(|_| g.durable()));
+                return self.on_durable(app, r.unwrap_or_else(|_| g.durable()), false);
             }
         }
         g.request(need);
@@ -1532,8 +1546,20 @@ impl<S: SessionStore> Engine<S> {
     }
 
     /// The syncer reports records up to `pos` durable: send what waited for them, and let
-    /// the stores write what they staged behind them.
-    fn on_durable<A: Application>(&mut self, app: &mut A, pos: u64) -> Result<(), EngineError> {
+    /// the stores write what they staged behind them. `after_sends`: for a pass the syncer
+    /// thread ran (the loop was busy reading), the staged records wait for the loop's next
+    /// turn, after a yield to the writer tasks, so the released batch goes on the wire
+    /// first: writing them first put a fence read, a write and a second fence read per store
+    /// in front of it, and the gateway's throughput with 4 clients at once is 10–20 % higher
+    /// without (`bench fix-roundtrip`, three pairs). After a pass the loop ran itself (a lone
+    /// message) they are written at once: the yield cost the single order more than the
+    /// three system calls it moves.
+    fn on_durable<A: Application>(
+        &mut self,
+        app: &mut A,
+        pos: u64,
+        after_sends: bool,
+    ) -> Result<(), EngineError> {
         if let Some(text) = self.group().and_then(|g| g.failure()) {
             self.held.clear();
             return Err(EngineError::Store {
@@ -1542,7 +1568,11 @@ impl<S: SessionStore> Engine<S> {
             });
         }
         let over = self.release(pos);
-        self.stores_durable(pos)?;
+        if after_sends {
+            self.staged_durable = Some(self.staged_durable.map_or(pos, |p| p.max(pos)));
+        } else {
+            self.stores_durable(pos)?;
+        }
         self.drop_over_limit(app, over)
     }
 
