@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -168,7 +169,7 @@ class App : public FIX::Application, public FIX::MessageCracker {
     o.get(side);
     o.get(qty);
     o.get(type);
-    const std::string order_id = "O" + std::to_string(next_order++);
+    const std::string order_id = "O" + std::to_string(next_order.fetch_add(1));
     report(id, order_id, cl, symbol, side, qty, FIX::ExecType_NEW, FIX::OrdStatus_NEW, 0, 0);
     if (type.getValue() != FIX::OrdType_MARKET) return;
     const double half = std::floor(qty.getValue() / 2.0);
@@ -184,7 +185,7 @@ class App : public FIX::Application, public FIX::MessageCracker {
   void report(const FIX::SessionID& id, const std::string& order_id, const FIX::ClOrdID& cl,
               const FIX::Symbol& symbol, const FIX::Side& side, const FIX::OrderQty& qty,
               char exec_type, char status, double last, double cum) {
-    FIX44::ExecutionReport r(FIX::OrderID(order_id), FIX::ExecID("E" + std::to_string(next_exec++)),
+    FIX44::ExecutionReport r(FIX::OrderID(order_id), FIX::ExecID("E" + std::to_string(next_exec.fetch_add(1))),
                              FIX::ExecType(exec_type), FIX::OrdStatus(status), side,
                              FIX::LeavesQty(status == FIX::OrdStatus_FILLED ? 0 : qty.getValue() - cum),
                              FIX::CumQty(cum), FIX::AvgPx(cum > 0 ? price : 0));
@@ -197,8 +198,9 @@ class App : public FIX::Application, public FIX::MessageCracker {
     FIX::Session::sendToTarget(r, id);
   }
 
-  unsigned long next_order = 1;
-  unsigned long next_exec = 1;
+  // Atomic: with a thread per session, sessions answer their orders at the same time.
+  std::atomic<unsigned long> next_order{1};
+  std::atomic<unsigned long> next_exec{1};
   const double price = 100.0;
 };
 

@@ -744,7 +744,10 @@ impl<S: SessionStore> Engine<S> {
             let _ = self.flush(app, i);
         }
         let _ = self.release_all_blocking();
-        if let Some(pos) = self.staged_durable.take() {
+        // Everything written is durable now (unless syncing failed): the stores write all
+        // they staged, not only up to the last position the loop was told of.
+        let durable = self.group().map(|g| g.durable());
+        if let Some(pos) = durable.max(self.staged_durable.take()) {
             let _ = self.stores_durable(pos);
         }
         // Give the writer tasks a moment to put the Logouts on the wire.
@@ -1567,6 +1570,11 @@ impl<S: SessionStore> Engine<S> {
                 text,
             });
         }
+        // The watch also reports a pass the loop ran itself, with nothing left to release;
+        // its yield is kept: skipping it when nothing was released cost the gateway with
+        // 4 clients at once most of the gain (three pairs: 32 017–40 089, 34 044–38 694 and
+        // 33 537–39 537 orders/s against 39 310–40 808, 37 039–43 262 and 34 665–44 974), the
+        // yield letting the readers queue what arrived before the next pass starts.
         let over = self.release(pos);
         if after_sends {
             self.staged_durable = Some(self.staged_durable.map_or(pos, |p| p.max(pos)));

@@ -5,9 +5,9 @@
 //! [`ssl_available`]).
 //!
 //! The sources are part of the binary; they and the binaries are written into a directory the
-//! caller chooses (a target or temp directory), never into the source tree, and rebuilt when
-//! the source or the flags differ from the ones a binary was built from (a checksum kept
-//! beside it, `<name>.built-from`).
+//! caller chooses (a target or temp directory), never into the source tree, both named by a
+//! checksum of the source and the flags (`<name>-<key>`), so a changed source is built anew
+//! and a binary is never taken for another source's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,27 +36,29 @@ fn override_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// The source of `name` as a file in `out_dir` (or in the override directory), written only
-/// when its bytes changed so that an up-to-date build is not redone.
-fn source_file(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
+/// The source of `name`: the override directory's file, or the one built into this binary.
+fn source_text(name: &str) -> Result<Vec<u8>, String> {
     if let Some(dir) = override_dir() {
         let src = dir.join(format!("{name}.cpp"));
-        return if src.exists() {
-            Ok(src)
-        } else {
-            Err(format!("{} does not exist", src.display()))
-        };
+        return std::fs::read(&src).map_err(|e| format!("cannot read {}: {e}", src.display()));
     }
-    let text = EMBEDDED
+    EMBEDDED
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| format!("no QuickFIX counterpart named {name}"))?;
-    let src = out_dir.join(format!("{name}.cpp"));
-    if std::fs::read_to_string(&src).ok().as_deref() != Some(text) {
-        std::fs::write(&src, text).map_err(|e| format!("cannot write {}: {e}", src.display()))?;
-    }
-    Ok(src)
+        .map(|(_, t)| t.as_bytes().to_vec())
+        .ok_or_else(|| format!("no QuickFIX counterpart named {name}"))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that a reader (another
+/// process's g++) never sees it half written.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", path.display())
+        })
 }
 
 /// Why the QuickFIX counterparts cannot be built here, or `None` when they can.
@@ -91,37 +93,40 @@ pub fn ssl_available() -> bool {
     })
 }
 
-/// What a build of `src` is made from: its bytes and the flags that change the binary. Kept
-/// next to the binary, so that a binary built from other sources (an override directory
-/// used earlier) is rebuilt even when it is newer than the source file.
-fn build_key(src: &Path, ssl: bool) -> Result<String, String> {
-    let text = std::fs::read(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-    Ok(format!(
-        "crc32 {:08x} len {} ssl {ssl}\n",
-        crc32fast::hash(&text),
-        text.len()
-    ))
+/// What a build is made from, as a file name part: the source's checksum and length, and
+/// whether it links OpenSSL. Source and binary are named by it, so a binary is never used for
+/// a source other than its own, whichever process or checkout built it.
+fn build_key(text: &[u8], ssl: bool) -> String {
+    format!(
+        "{:08x}-{}{}",
+        crc32fast::hash(text),
+        text.len(),
+        if ssl { "-ssl" } else { "" }
+    )
 }
 
-/// Builds `tests/quickfix/<name>.cpp` into `out_dir/<name>` (unless a build of the same
-/// source and flags is there) and returns the binary's path. Blocks for the few seconds g++ takes.
+/// Builds `tests/quickfix/<name>.cpp` into `out_dir` (unless a build of the same source and
+/// flags is there) and returns the binary's path, `<name>-<key>` (see [`build_key`]). Blocks
+/// for the few seconds g++ takes.
 pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
-    // Tests of one binary build the same counterpart at once: one at a time in this process
-    // (the source is rewritten and the binary renamed into place), and a temporary name of
-    // their own across processes.
+    // Tests of one binary build the same counterpart at once: one at a time in this process,
+    // and temporary names of their own across processes (both end in the same file).
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     std::fs::create_dir_all(out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let src = source_file(name, out_dir)?;
-    let bin = out_dir.join(name);
+    let text = source_text(name)?;
     let ssl = ssl_available();
-    let key = build_key(&src, ssl)?;
-    let key_file = out_dir.join(format!("{name}.built-from"));
-    if bin.exists() && std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) {
+    let key = build_key(&text, ssl);
+    let bin = out_dir.join(format!("{name}-{key}"));
+    if bin.exists() {
         return Ok(bin);
+    }
+    let src = out_dir.join(format!("{name}-{key}.cpp"));
+    if std::fs::read(&src).ok().as_deref() != Some(&text[..]) {
+        write_whole(&src, &text)?;
     }
     // QuickFIX 1.15 headers use dynamic exception specifications, refused from C++17 on.
     let tmp = out_dir.join(format!("{name}.tmp{}", std::process::id()));
@@ -148,7 +153,5 @@ pub fn build(name: &str, out_dir: &Path) -> Result<PathBuf, String> {
         ));
     }
     std::fs::rename(&tmp, &bin).map_err(|e| format!("cannot move the build into place: {e}"))?;
-    std::fs::write(&key_file, key)
-        .map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
     Ok(bin)
 }
