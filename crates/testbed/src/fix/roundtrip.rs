@@ -130,17 +130,13 @@ async fn measure(
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     lat.sort_by(f64::total_cmp);
+    // Named once, before the clock starts: the sends and the wait for their fills use them.
+    let burst: Vec<String> = (0..orders).map(|i| format!("{sender}-p{i}")).collect();
     let t = Instant::now();
-    for i in 0..orders {
-        c.handle
-            .send(0, b"D", bench_order(&format!("{sender}-p{i}")));
+    for id in &burst {
+        c.handle.send(0, b"D", bench_order(id));
     }
-    fills(
-        &mut c,
-        (0..orders).map(|i| format!("{sender}-p{i}")),
-        |_| false,
-    )
-    .await?;
+    fills(&mut c, burst, |_| false).await?;
     let burst_s = t.elapsed().as_secs_f64();
     c.task.abort();
     Ok(Measured { lat, burst_s })
@@ -158,14 +154,18 @@ async fn measure_at_once(
     for s in senders {
         cs.push(logged_on(connect, target, s).await?);
     }
+    let bursts: Vec<Vec<String>> = senders
+        .iter()
+        .map(|s| (0..orders).map(|i| format!("{s}-q{i}")).collect())
+        .collect();
     let t = Instant::now();
-    for (c, s) in cs.iter().zip(senders) {
-        for i in 0..orders {
-            c.handle.send(0, b"D", bench_order(&format!("{s}-q{i}")));
+    for (c, ids) in cs.iter().zip(&bursts) {
+        for id in ids {
+            c.handle.send(0, b"D", bench_order(id));
         }
     }
-    for (c, s) in cs.iter_mut().zip(senders) {
-        fills(c, (0..orders).map(|i| format!("{s}-q{i}")), |_| false).await?;
+    for (c, ids) in cs.iter_mut().zip(bursts) {
+        fills(c, ids, |_| false).await?;
     }
     let rate = (orders * cs.len()) as f64 / t.elapsed().as_secs_f64();
     for c in cs {
