@@ -156,7 +156,7 @@ async fn client_reconnects_and_resubscribes_to_a_restarted_server() {
     let mut client = PriceClient::connect(vec![a, b], ClientOptions::default()).expect("client");
     client.subscribe(&syms);
     until_all_at_epoch(&mut client, &syms, 1, Duration::from_secs(5)).await;
-    drop(srv_a);
+    srv_a.stop().await;
     assert!(hb.promote(2));
     until_all_at_epoch(&mut client, &syms, 2, Duration::from_secs(5)).await;
     // The former primary comes back on its address as a standby: the client reconnects and

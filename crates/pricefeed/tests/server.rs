@@ -275,7 +275,7 @@ async fn server_reconnects_to_a_restarted_upstream() {
     }));
     let (_addr, h, _srv) = server(ex, Role::Standby, 0).await;
     wait_until(ANSWER, || h.status().upstream_connected).await;
-    drop(first);
+    first.stop().await;
     wait_until(ANSWER, || !h.status().upstream_connected).await;
     // The scenario: the upstream stays away a moment, so reconnection attempts fail first.
     sleep(Duration::from_millis(100)).await;

@@ -17,6 +17,16 @@ use understudy_pricefeed::server::{PriceServer, ServerConfig, ServerHandle};
 /// Aborts the task when dropped, so a failing test leaves nothing running.
 pub struct Task(pub JoinHandle<()>);
 
+impl Task {
+    /// Aborts the task and waits until its future has been dropped, so that whatever it held
+    /// (a listening socket above all) is closed when this returns. Dropping a `Task` only asks
+    /// for the abort, which a worker thread carries out later.
+    pub async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
 impl Drop for Task {
     fn drop(&mut self) {
         self.0.abort();
