@@ -14,7 +14,10 @@
 //!    `SIGKILL` to its whole process group: the service, its descendants and itself. The agent may
 //!    also send `deadline <ns>\n` (an instant of `CLOCK_BOOTTIME`, in nanoseconds) and
 //!    `nodeadline\n`: while a deadline is set, the thread waits in `poll()` no longer than until
-//!    it, and kills the group when it passes without a later one. So the service of an active
+//!    it, and kills the group when it passes without a later one. The service is spawned only
+//!    once this thread has read the lines already waiting (the agent writes the deadline before
+//!    it starts the guardian), so a deadline that passed before the start kills the guardian
+//!    before any service exists. So the service of an active
 //!    whose grant may have gone to another node stops acting even when the agent is frozen
 //!    (SIGSTOP, a stall) and cannot tell anyone. The clock is monotonic and counts suspend:
 //!    setting the wall clock changes nothing, and a machine that slept past the deadline wakes up
@@ -92,12 +95,17 @@ pub fn run(args: Vec<OsString>) -> i32 {
 
     let saved = ignore_signals();
 
-    // Watch the lifeline before spawning, so that an agent dying during the spawn is noticed.
+    // Watch the lifeline before spawning, so that an agent dying during the spawn is noticed,
+    // and spawn only once the watch has read what the agent wrote before starting us: a
+    // deadline that has already passed then kills us before the service exists, instead of a
+    // moment after it started acting (on a loaded machine, long enough to be reported
+    // started and to write).
+    let (read, lines_read) = std::sync::mpsc::channel();
     match lifeline.try_clone() {
         Ok(reader) => {
             if let Err(e) = std::thread::Builder::new()
                 .name("lifeline".into())
-                .spawn(move || watch_lifeline(reader))
+                .spawn(move || watch_lifeline(reader, read))
             {
                 eprintln!("understudy guardian: cannot start the lifeline thread: {e}");
                 return EXIT_START_FAILED;
@@ -108,6 +116,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return EXIT_START_FAILED;
         }
     }
+
+    // An error means the watch ended, killing our group: nothing is left to wait for.
+    let _ = lines_read.recv();
 
     let Some((program, rest)) = args.split_first() else {
         report(&mut lifeline, "error no service command given\n");
@@ -283,8 +294,9 @@ impl Tail {
 const MAX_LINE: usize = 64;
 
 /// Follows the lifeline until the agent is gone or a deadline passes, then kills the whole
-/// process group.
-fn watch_lifeline(mut lifeline: File) {
+/// process group. `read` is told once every line already waiting has been read and acted on.
+fn watch_lifeline(mut lifeline: File, read: std::sync::mpsc::Sender<()>) {
+    let mut read = Some(read);
     let mut deadline: Option<u64> = None;
     let mut line = Lines::default();
     let mut buf = [0u8; 256];
@@ -302,9 +314,20 @@ fn watch_lifeline(mut lifeline: File) {
                 PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
             }
         };
+        // Until the lines written before the service starts are read: look, do not wait.
+        let timeout = if read.is_some() {
+            PollTimeout::ZERO
+        } else {
+            timeout
+        };
         let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
-            Ok(0) => continue,
+            Ok(0) => {
+                if let Some(r) = read.take() {
+                    let _ = r.send(());
+                }
+                continue;
+            }
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => break,

@@ -308,6 +308,10 @@ impl Supervisor {
             tokio::net::UnixStream::from_std(ours).map_err(spawn_error)?
         };
 
+        // The deadline goes into the lifeline before the guardian exists, so the guardian has
+        // it before it spawns the service (and never spawns one whose deadline has passed).
+        let generation = self.generation + 1;
+        self.fence.attach(generation, fence_end, spec.standby);
         let child = {
             let mut command = tokio::process::Command::new(&spec.guardian_exe);
             command
@@ -319,12 +323,19 @@ impl Supervisor {
                 // so one kill reaches them all, and terminal signals to the agent's group do not.
                 .process_group(0);
             let _guard = runtime.enter();
-            command.spawn().map_err(spawn_error)?
+            match command.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    self.fence.detach(generation);
+                    return Err(spawn_error(e));
+                }
+            }
             // `command` drops here, closing our copy of the guardian's end: only then can we
             // see EOF when the guardian exits.
         };
         let Some(pgid) = child.id() else {
             // Only when already reaped, which cannot happen before the first wait.
+            self.fence.detach(generation);
             return Err(ServiceError::NoStart {
                 command: name,
                 reason: "the guardian vanished at once".into(),
@@ -332,9 +343,7 @@ impl Supervisor {
         };
         let pgid = Pid::from_raw(pgid as i32);
 
-        self.generation += 1;
-        let generation = self.generation;
-        self.fence.attach(generation, fence_end, spec.standby);
+        self.generation = generation;
         lock(&self.shared).running = Some(Running {
             generation,
             pgid,

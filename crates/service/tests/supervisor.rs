@@ -326,6 +326,31 @@ async fn kill_9_of_the_agent_takes_everything() {
     }
 }
 
+/// A service started as the active one after its grant's deadline passed is never run: the
+/// guardian reads the deadline, which the agent writes before starting it, before it spawns
+/// the service. Before, it spawned first and killed a moment later, so a service could act
+/// (and was reported started) past its node's grant.
+#[tokio::test]
+async fn an_active_start_after_the_deadline_never_runs_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let d = dir.path().to_str().unwrap();
+    let (mut sup, mut rx) = supervisor();
+    sup.fence()
+        .arm(understudy_service::guardian::boottime_ns().saturating_sub(1));
+    for _ in 0..30 {
+        sup.start(&sh(r#"echo x >>"$D/ran"; exec sleep 1000"#, &[("D", d)]))
+            .unwrap();
+        let (_, pid, reason) = exited(&mut rx).await;
+        assert_eq!(pid, None, "a service was started: {reason:?}");
+        assert!(
+            matches!(&reason, ExitReason::GuardianLost(_) | ExitReason::Signal(9)),
+            "{reason:?}"
+        );
+    }
+    assert!(!ran.exists(), "the service ran past the deadline");
+}
+
 /// A grant's deadline that passed before a service started kills it at once when it is started
 /// as the active one, and leaves it alone when it is started as a standby (the node was demoted
 /// by that deadline and restarts its standby; killing it made a standby that never got ready).
