@@ -82,7 +82,7 @@ async fn failover_keeps_every_subscription(n: usize) {
     wait_until(ANSWER, || hb.status().subscriptions == n).await;
 
     // Crash of the primary (its tasks and sockets vanish), then promotion of the standby.
-    drop(srv_a);
+    srv_a.stop().await;
     let t0 = Instant::now();
     assert!(hb.promote(2));
     let (after, first) = until_all_at_epoch(&mut client, &syms, 2, Duration::from_secs(5)).await;

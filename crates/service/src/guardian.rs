@@ -4,24 +4,25 @@
 //! new process group, with stdin being one end of a Unix socketpair: the *lifeline*. The agent
 //! keeps the other end. The guardian:
 //!
-//! 1. spawns the service in its own process group (stdin `/dev/null`, stdout inherited, stderr
-//!    through a pipe that the guardian copies to its own stderr, keeping the last lines), with
-//!    `PR_SET_PDEATHSIG = SIGKILL` so the service also dies if the guardian is killed;
-//! 2. writes `pid <n>\n` to the lifeline once the service is running, or `error <message>\n`
-//!    and exits 127 if it could not be started;
-//! 3. runs a thread reading the lifeline: EOF or an error means the agent is gone (the kernel
+//! 1. runs a thread reading the lifeline: EOF or an error means the agent is gone (the kernel
 //!    closes a dead process's descriptors, even after `kill -9`), and the guardian then sends
 //!    `SIGKILL` to its whole process group: the service, its descendants and itself. The agent may
 //!    also send `deadline <ns>\n` (an instant of `CLOCK_BOOTTIME`, in nanoseconds) and
 //!    `nodeadline\n`: while a deadline is set, the thread waits in `poll()` no longer than until
-//!    it, and kills the group when it passes without a later one. The service is spawned only
-//!    once this thread has read the lines already waiting (the agent writes the deadline before
-//!    it starts the guardian), so a deadline that passed before the start kills the guardian
-//!    before any service exists. So the service of an active
+//!    it, and kills the group when it passes without a later one. So the service of an active
 //!    whose grant may have gone to another node stops acting even when the agent is frozen
 //!    (SIGSTOP, a stall) and cannot tell anyone. The clock is monotonic and counts suspend:
 //!    setting the wall clock changes nothing, and a machine that slept past the deadline wakes up
 //!    killing;
+//! 2. once that thread has read the lines already waiting (the agent writes the deadline before
+//!    it starts the guardian), and if no deadline has passed (looked at again just before the
+//!    spawn and in the child before exec), spawns the service in its own process group (stdin
+//!    `/dev/null`, stdout inherited, stderr through a pipe that the guardian copies to its own
+//!    stderr, keeping the last lines), with `PR_SET_PDEATHSIG = SIGKILL` so the service also
+//!    dies if the guardian is killed. A service whose deadline passed before it could start is
+//!    never spawned: the guardian writes `error <why>\n` and kills its group;
+//! 3. writes `pid <n>\n` to the lifeline once the service is running, or `error <message>\n`
+//!    and exits 127 if it could not be started;
 //! 4. waits for the service and reports its last stderr lines (`stderr <line>\n`, at most
 //!    [`TAIL_LINES`] of [`TAIL_LINE_BYTES`]: why a service that cannot start fails), then
 //!    `exit code <n>\n` or `exit signal <n>\n`, and exits with `n`, or `128 + signal`.
@@ -47,7 +48,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ChildStderr, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -57,6 +58,21 @@ use nix::unistd::{getpid, getppid, Pid};
 
 /// Set once the agent released the service: losing the lifeline then kills nothing.
 static RELEASED: AtomicBool = AtomicBool::new(false);
+
+/// The deadline the lifeline thread holds (`u64::MAX`: none), for the main thread and the
+/// child to look at just before the service starts: the thread only looks when it wakes, and
+/// on a loaded machine the spawn can come after the deadline passed.
+static DEADLINE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Said when the deadline passed before the service could start.
+const EXPIRED_BEFORE_START: &str =
+    "error the node's grant ended (its deadline passed) before the service started\n";
+
+/// True when a deadline is held and has passed. Async-signal-safe (a clock read and an atomic
+/// load), for the child before exec.
+fn deadline_passed() -> bool {
+    boottime_ns() >= DEADLINE.load(Ordering::SeqCst)
+}
 
 /// Exit code when the service could not be started (the shell's convention for "cannot execute").
 const EXIT_START_FAILED: i32 = 127;
@@ -117,8 +133,15 @@ pub fn run(args: Vec<OsString>) -> i32 {
         }
     }
 
-    // An error means the watch ended, killing our group: nothing is left to wait for.
-    let _ = lines_read.recv();
+    // Err: the watch returned on `release` (the service then runs unfenced, by design) or
+    // died, and a service nothing watches must never run.
+    if lines_read.recv().is_err() && !RELEASED.load(Ordering::SeqCst) {
+        kill_group();
+    }
+    if deadline_passed() {
+        report(&mut lifeline, EXPIRED_BEFORE_START);
+        kill_group();
+    }
 
     let Some((program, rest)) = args.split_first() else {
         report(&mut lifeline, "error no service command given\n");
@@ -132,8 +155,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed: sigaction, prctl and getppid are plain system calls, and nothing here
-    // allocates or takes a lock (`saved` was built before the fork and is only read).
+    // calls are allowed: sigaction, prctl, getppid and clock_gettime are plain system calls, an
+    // atomic load takes no lock, and nothing here allocates (`saved` was built before the fork
+    // and is only read; the errors are raw OS codes, which the parent gets back as such).
     unsafe {
         command.pre_exec(move || {
             for (sig, action) in &saved {
@@ -144,7 +168,10 @@ pub fn run(args: Vec<OsString>) -> i32 {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The guardian may have died between fork and prctl; then nothing would kill us.
             if getppid() != guardian {
-                return Err(std::io::Error::other("guardian exited during start"));
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if deadline_passed() {
+                return Err(std::io::Error::from_raw_os_error(libc::ETIME));
             }
             Ok(())
         });
@@ -152,6 +179,10 @@ pub fn run(args: Vec<OsString>) -> i32 {
 
     let mut child = match command.spawn() {
         Ok(child) => child,
+        Err(e) if e.raw_os_error() == Some(libc::ETIME) && deadline_passed() => {
+            report(&mut lifeline, EXPIRED_BEFORE_START);
+            kill_group();
+        }
         Err(e) => {
             let message = one_line(&format!("cannot execute {program:?}: {e}"));
             report(&mut lifeline, &format!("error {message}\n"));
@@ -294,7 +325,9 @@ impl Tail {
 const MAX_LINE: usize = 64;
 
 /// Follows the lifeline until the agent is gone or a deadline passes, then kills the whole
-/// process group. `read` is told once every line already waiting has been read and acted on.
+/// process group. `read` is told at the first poll that finds nothing to read: the agent
+/// writes its lines one at a time (a deadline per keep-alive), so a pause always comes, and
+/// what it wrote before starting us has been read and acted on by then.
 fn watch_lifeline(mut lifeline: File, read: std::sync::mpsc::Sender<()>) {
     let mut read = Some(read);
     let mut deadline: Option<u64> = None;
@@ -306,6 +339,10 @@ fn watch_lifeline(mut lifeline: File, read: std::sync::mpsc::Sender<()>) {
             Some(at) => {
                 let now = boottime_ns();
                 if now >= at {
+                    if read.is_some() {
+                        // No service yet: say why none will run rather than vanish.
+                        let _ = lifeline.write_all(EXPIRED_BEFORE_START.as_bytes());
+                    }
                     break;
                 }
                 // Rounded up: waking a little late is covered by the kill margin, early is not
@@ -337,9 +374,21 @@ fn watch_lifeline(mut lifeline: File, read: std::sync::mpsc::Sender<()>) {
             Ok(n) => {
                 for cmd in line.feed(&buf[..n]) {
                     match cmd {
-                        Lifeline::Deadline(at) => deadline = Some(at),
-                        Lifeline::NoDeadline => deadline = None,
+                        Lifeline::Deadline(at) => {
+                            deadline = Some(at);
+                            DEADLINE.store(at, Ordering::SeqCst);
+                        }
+                        Lifeline::NoDeadline => {
+                            deadline = None;
+                            DEADLINE.store(u64::MAX, Ordering::SeqCst);
+                        }
+                        // A grant that has already ended is not handed over: another node
+                        // may be active, so the kill stands.
+                        Lifeline::Release if deadline.is_some_and(|at| boottime_ns() >= at) => {
+                            break;
+                        }
                         Lifeline::Release => {
+                            DEADLINE.store(u64::MAX, Ordering::SeqCst);
                             RELEASED.store(true, Ordering::SeqCst);
                             return;
                         }

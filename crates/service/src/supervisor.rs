@@ -42,7 +42,7 @@ pub struct ServiceSpec {
     /// passed: that grant ended before the service started (a standby restarted right after its
     /// node was demoted would otherwise be killed at once, over and over), and the next grant
     /// arms the running guardian before the service is told anything. A service started as the
-    /// active one gets any deadline, passed or not, and dies at once at a passed one.
+    /// active one gets any deadline, passed or not, and is never spawned past a passed one.
     pub standby: bool,
 }
 
@@ -214,16 +214,24 @@ impl Fence {
         self.state().deadline = None;
     }
 
-    fn attach(&self, generation: u64, lifeline: std::os::unix::net::UnixStream, standby: bool) {
+    /// Takes the lifeline of a guardian about to be started and writes the deadline into it,
+    /// for the guardian to read before it spawns the service. Fails when that write fails:
+    /// an active service must not start without its deadline.
+    fn attach(
+        &self,
+        generation: u64,
+        mut lifeline: std::os::unix::net::UnixStream,
+        standby: bool,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
         let mut st = self.state();
-        st.lifeline = Some((generation, lifeline));
-        // Before the guardian has even started: it is armed before the service can be told
-        // anything.
         if let Some(at) = st.deadline {
             if !(standby && crate::guardian::boottime_ns() >= at) {
-                st.send(Lifeline::Deadline(at));
+                lifeline.write_all(Lifeline::Deadline(at).encode().as_bytes())?;
             }
         }
+        st.lifeline = Some((generation, lifeline));
+        Ok(())
     }
 
     fn detach(&self, generation: u64) {
@@ -238,9 +246,9 @@ impl FenceState {
     fn send(&mut self, cmd: Lifeline) {
         use std::io::Write;
         if let Some((generation, sock)) = &mut self.lifeline {
-            // The socket is non-blocking and the guardian reads at once, so a line fits whole; if
-            // it ever did not, the guardian keeps the earlier deadline and kills sooner (the safe
-            // side).
+            // The socket is non-blocking and the guardian reads its lines as they come, so a
+            // line fits whole; if it ever did not, the guardian keeps the earlier deadline and
+            // kills sooner (the safe side).
             if let Err(e) = sock.write_all(cmd.encode().as_bytes()) {
                 tracing::warn!(generation, error = %e, "cannot send the deadline to the guardian");
             }
@@ -275,7 +283,9 @@ impl Supervisor {
     }
 
     /// Starts `spec` and returns its generation at once; [`ServiceEvent::Started`] follows when
-    /// the service runs, then [`ServiceEvent::Exited`]. Must be called within a tokio runtime.
+    /// the service runs, then [`ServiceEvent::Exited`]; only `Exited`, without a pid, when it
+    /// never ran (an active start past its deadline, a command that cannot be executed). Must
+    /// be called within a tokio runtime.
     pub fn start(&mut self, spec: &ServiceSpec) -> Result<u64, ServiceError> {
         let name = spec.command.first().cloned().unwrap_or_default();
         if spec.command.is_empty() {
@@ -311,7 +321,12 @@ impl Supervisor {
         // The deadline goes into the lifeline before the guardian exists, so the guardian has
         // it before it spawns the service (and never spawns one whose deadline has passed).
         let generation = self.generation + 1;
-        self.fence.attach(generation, fence_end, spec.standby);
+        self.fence
+            .attach(generation, fence_end, spec.standby)
+            .map_err(|e| ServiceError::NoStart {
+                command: name.clone(),
+                reason: format!("cannot give the guardian its deadline: {e}"),
+            })?;
         let child = {
             let mut command = tokio::process::Command::new(&spec.guardian_exe);
             command

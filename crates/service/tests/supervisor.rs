@@ -341,18 +341,19 @@ async fn an_active_start_after_the_deadline_never_runs_the_service() {
     for _ in 0..30 {
         sup.start(&sh(r#"echo x >>"$D/ran"; exec sleep 1000"#, &[("D", d)]))
             .unwrap();
-        let (_, pid, reason) = exited(&mut rx).await;
-        assert_eq!(pid, None, "a service was started: {reason:?}");
-        assert!(
-            matches!(&reason, ExitReason::GuardianLost(_) | ExitReason::Signal(9)),
-            "{reason:?}"
-        );
+        match next(&mut rx, LONG).await {
+            ServiceEvent::Exited { reason, .. } => assert!(
+                matches!(&reason, ExitReason::StartFailed(why) if why.contains("deadline passed")),
+                "{reason:?}"
+            ),
+            other => panic!("the service was started past the deadline: {other:?}"),
+        }
     }
     assert!(!ran.exists(), "the service ran past the deadline");
 }
 
-/// A grant's deadline that passed before a service started kills it at once when it is started
-/// as the active one, and leaves it alone when it is started as a standby (the node was demoted
+/// A grant's deadline that passed before a service started keeps it from running when it is
+/// started as the active one, and leaves it alone when it is started as a standby (the node was demoted
 /// by that deadline and restarts its standby; killing it made a standby that never got ready).
 #[tokio::test]
 async fn a_passed_deadline_kills_an_active_start_and_spares_a_standby_start() {
@@ -363,7 +364,7 @@ async fn a_passed_deadline_kills_an_active_start_and_spares_a_standby_start() {
     standby.standby = true;
     sup.start(&standby).unwrap();
     let (_, pid) = started(&mut rx).await;
-    // The active start below dies within milliseconds of the same deadline; half a second
+    // The active start below is refused at once at the same deadline; half a second
     // without an exit shows the standby's guardian was not armed with it.
     assert!(
         tokio::time::timeout(Duration::from_millis(500), rx.recv())
@@ -376,9 +377,47 @@ async fn a_passed_deadline_kills_an_active_start_and_spares_a_standby_start() {
     exited(&mut rx).await;
 
     sup.start(&sh("exec sleep 1000", &[])).unwrap();
-    let (_, _, reason) = exited(&mut rx).await;
+    let (_, pid, reason) = exited(&mut rx).await;
+    assert_eq!(pid, None);
     assert!(
-        matches!(&reason, ExitReason::GuardianLost(_) | ExitReason::Signal(9)),
+        matches!(&reason, ExitReason::StartFailed(why) if why.contains("deadline passed")),
         "{reason:?}"
     );
+}
+
+/// The guardian run by hand, with a lifeline that holds many lines the agent never sends and
+/// then a deadline long passed: it must read through all of them before it spawns, so the
+/// service never runs, and say why. Before, it spawned while its thread was still reading:
+/// whether the kill came first depended on the machine's load (the test above catches that
+/// under `stress-ng`), and nothing said why no service ran.
+#[test]
+fn the_guardian_reads_every_waiting_line_before_it_spawns() {
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut waiting = "junk\n".repeat(20_000);
+    waiting.push_str("deadline 1\n");
+    ours.write_all(waiting.as_bytes()).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_understudy-guard"))
+        .args(["sh", "-c", r#"echo x >"$RAN"; exec sleep 1000"#])
+        .env("RAN", &ran)
+        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .process_group(0)
+        .status()
+        .unwrap();
+    // Writing only: reading to EOF below needs our end alone to hold the socket.
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut said = String::new();
+    ours.read_to_string(&mut said).unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}, said {said:?}");
+    assert!(!said.contains("pid "), "the service was spawned: {said:?}");
+    assert!(
+        said.contains("error ") && said.contains("deadline passed"),
+        "{said:?}"
+    );
+    assert!(!ran.exists(), "the service ran past the deadline");
 }

@@ -135,7 +135,7 @@ fn the_whole_lifecycle_with_a_kill_and_a_restart_of_the_plane() {
     common::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
     // Generous: a liveness bound, not a speed claim (the benchmarks measure speed).
     assert!(
-        wait_until(Duration::from_secs(5), || plane
+        wait_until(Duration::from_secs(10), || plane
             .active("px")
             .is_some_and(|a| a != "px-2")),
         "no takeover after kill -9 of the active's agent"

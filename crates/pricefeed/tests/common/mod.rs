@@ -18,12 +18,17 @@ use understudy_pricefeed::server::{PriceServer, ServerConfig, ServerHandle};
 pub struct Task(pub JoinHandle<()>);
 
 impl Task {
-    /// Aborts the task and waits until its future has been dropped, so that whatever it held
-    /// (a listening socket above all) is closed when this returns. Dropping a `Task` only asks
-    /// for the abort, which a worker thread carries out later.
+    /// Aborts the task and waits until its future has been dropped, so that its listener is
+    /// closed when this returns (its connections are being aborted). Dropping a `Task` only
+    /// asks for the abort, which a worker thread carries out later. A panic of the task is
+    /// passed on here rather than showing up later as a timeout.
     pub async fn stop(mut self) {
         self.0.abort();
-        let _ = (&mut self.0).await;
+        if let Err(e) = (&mut self.0).await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
     }
 }
 
