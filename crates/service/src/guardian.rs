@@ -68,6 +68,13 @@ static DEADLINE: AtomicU64 = AtomicU64::new(u64::MAX);
 const EXPIRED_BEFORE_START: &str =
     "error the node's grant ended (its deadline passed) before the service started\n";
 
+/// Says on the lifeline that no service will run because the deadline passed, and kills the
+/// group (the guardian with it).
+fn refuse_expired(lifeline: &mut File) -> ! {
+    report(lifeline, EXPIRED_BEFORE_START);
+    kill_group()
+}
+
 /// True when a deadline is held and has passed. Async-signal-safe (a clock read and an atomic
 /// load), for the child before exec.
 fn deadline_passed() -> bool {
@@ -139,8 +146,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         kill_group();
     }
     if deadline_passed() {
-        report(&mut lifeline, EXPIRED_BEFORE_START);
-        kill_group();
+        refuse_expired(&mut lifeline);
     }
 
     let Some((program, rest)) = args.split_first() else {
@@ -180,8 +186,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) if e.raw_os_error() == Some(libc::ETIME) && deadline_passed() => {
-            report(&mut lifeline, EXPIRED_BEFORE_START);
-            kill_group();
+            refuse_expired(&mut lifeline)
         }
         Err(e) => {
             let message = one_line(&format!("cannot execute {program:?}: {e}"));
@@ -341,7 +346,7 @@ fn watch_lifeline(mut lifeline: File, read: std::sync::mpsc::Sender<()>) {
                 if now >= at {
                     if read.is_some() {
                         // No service yet: say why none will run rather than vanish.
-                        let _ = lifeline.write_all(EXPIRED_BEFORE_START.as_bytes());
+                        refuse_expired(&mut lifeline);
                     }
                     break;
                 }

@@ -15,6 +15,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 /// The lowest port of the sequence; the highest is just below the ephemeral range.
 const LOWEST: u32 = 10_000;
@@ -32,14 +33,23 @@ fn ephemeral_low() -> u32 {
         .unwrap_or(32_768)
 }
 
+/// This process's sequence, worked out once: its span above [`LOWEST`] and where in it the
+/// process starts; `None` where the ephemeral range leaves no room for one.
+fn sequence() -> Option<(u32, u32)> {
+    static SEQUENCE: OnceLock<Option<(u32, u32)>> = OnceLock::new();
+    *SEQUENCE.get_or_init(|| {
+        let top = ephemeral_low().min(u32::from(u16::MAX) + 1);
+        let span = top.checked_sub(LOWEST).filter(|s| *s >= MIN_SPAN)?;
+        Some((span, std::process::id().wrapping_mul(7_919) % span))
+    })
+}
+
 /// One loopback listener on a port of this process's sequence, or on port 0 where there is
 /// no room for one.
 fn bind_next() -> std::io::Result<TcpListener> {
-    let top = ephemeral_low().min(u32::from(u16::MAX) + 1);
-    let Some(span) = top.checked_sub(LOWEST).filter(|s| *s >= MIN_SPAN) else {
+    let Some((span, start)) = sequence() else {
         return TcpListener::bind((Ipv4Addr::LOCALHOST, 0));
     };
-    let start = std::process::id().wrapping_mul(7_919) % span;
     let mut last = None;
     for _ in 0..span {
         let i = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
