@@ -19,7 +19,7 @@ use understudy_fix::store::{FileStore, GroupCommit, SessionId, SyncPolicy};
 use understudy_sdk::{Notice, Role, Service};
 use understudy_tls::{Pem, TlsServer};
 
-use crate::{init_logging, runtime};
+use crate::{init_logging, loop_runtime};
 
 /// Exit code of a gateway that found its store owned by a newer epoch.
 pub const EXIT_FENCED: u8 = understudy_sdk::EXIT_FENCED;
@@ -117,7 +117,7 @@ impl FixCmds {
             } => {
                 init_logging();
                 let tls = tls.load()?;
-                runtime()?.block_on(exchange_sim(listen, sender_comp_id, tls))
+                loop_runtime()?.block_on(exchange_sim(listen, sender_comp_id, tls))
             }
             FixCmds::FixExchangeSim {
                 listen,
@@ -128,7 +128,7 @@ impl FixCmds {
             } => {
                 init_logging();
                 let tls = tls.load()?;
-                runtime()?.block_on(exchange_sim_durable(
+                loop_runtime()?.block_on(exchange_sim_durable(
                     listen,
                     sender_comp_id,
                     dir,
@@ -248,7 +248,7 @@ fn run_gateway(config: PathBuf) -> anyhow::Result<u8> {
         }
     };
     init_logging();
-    let rt = runtime()?;
+    let rt = loop_runtime()?;
     rt.block_on(gateway(config, cfg, service))
 }
 

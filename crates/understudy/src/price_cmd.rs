@@ -108,7 +108,7 @@ impl PriceCmds {
                 sender_comp_id,
                 ..
             } => {
-                return runtime()?.block_on(crate::fix_cmd::exchange_sim(
+                return crate::loop_runtime()?.block_on(crate::fix_cmd::exchange_sim(
                     listen,
                     sender_comp_id,
                     None,
