@@ -125,6 +125,38 @@ pub fn serve(listener: TcpListener, probes: mpsc::UnboundedSender<Probe>) {
     });
 }
 
+/// [`serve`] on a thread and runtime of its own, for as long as the process lives.
+///
+/// Why: the gateway's runtime has one worker (its loop owns every session), and a loop stuck
+/// in a system call holds that worker: an endpoint on the same runtime could not answer at
+/// all, and the agent would wait for its own `health.timeout` instead of getting the 503 of
+/// [`LOOP_DEADLINE`].
+pub fn serve_on_own_thread(
+    listener: std::net::TcpListener,
+    probes: mpsc::UnboundedSender<Probe>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("fix-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        serve(l, probes);
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin endpoint: cannot use its listener")
+                    }
+                }
+            });
+        })?;
+    Ok(())
+}
+
 async fn handle(mut s: TcpStream, probes: mpsc::UnboundedSender<Probe>) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -232,5 +264,38 @@ mod tests {
         wedged.abort();
         let r = get(a, "GET /nope HTTP/1.1\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    }
+
+    /// The gateway's case: the loop's runtime has one worker, and the loop blocks it in a
+    /// system call. The endpoint, on its own thread, still answers 503 within the deadline.
+    #[test]
+    fn a_loop_blocking_its_runtimes_only_worker_gets_a_503() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let a = l.local_addr().expect("addr");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, mut rx) = mpsc::unbounded_channel::<Probe>();
+        serve_on_own_thread(l, tx).expect("serve");
+        // The loop takes the probe, then blocks the worker (a wedged fsync, say).
+        rt.spawn(async move {
+            let p = rx.recv().await;
+            std::thread::sleep(LOOP_DEADLINE * 4);
+            drop(p);
+        });
+        let mut s = std::net::TcpStream::connect(a).expect("connect");
+        s.set_read_timeout(Some(LOOP_DEADLINE * 3))
+            .expect("timeout");
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut r = String::new();
+        // The read times out before the loop unblocks: an answer at all came from elsewhere.
+        s.read_to_string(&mut r)
+            .expect("an answer before the loop unblocks");
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        rt.shutdown_background();
     }
 }

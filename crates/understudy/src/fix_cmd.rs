@@ -258,10 +258,10 @@ async fn gateway(config: PathBuf, cfg: GatewayConfig, mut service: Service) -> a
     let (probe_tx, mut probes) = tokio::sync::mpsc::unbounded_channel::<Probe>();
     let has_admin = cfg.admin_http.is_some();
     if let Some(a) = cfg.admin_http {
-        let l = admin::bind(a)
-            .await
+        let l = std::net::TcpListener::bind(a)
             .with_context(|| format!("cannot listen on admin.http {a}"))?;
-        admin::serve(l, probe_tx);
+        admin::serve_on_own_thread(l, probe_tx)
+            .with_context(|| format!("cannot start the admin.http endpoint on {a}"))?;
         println!("fix-gateway: GET /health on {a}");
     } else {
         drop(probe_tx);

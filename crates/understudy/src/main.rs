@@ -325,15 +325,20 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The runtime of a process whose work is one FIX event loop (`fix-gateway`,
 /// `fix-exchange-sim`): one worker.
 ///
-/// Why: the loop owns every session and its connection tasks only move bytes, so a second
-/// worker adds no parallelism, only hand-offs: it is woken to look for work whenever a task
-/// is queued, takes the reader or the loop over, and every such hand-off is a wake-up across
-/// cores (`perf trace` of the gateway: an eventfd write or a futex wake on each hop of a lone
-/// order). The parallelism that counts, `fdatasync`, runs on the group-commit syncer's own
-/// thread, and replication on its own threads. `bench fix-roundtrip`, gateway on one worker
-/// against two, 13 interleaved pairs on a machine with 20 % steal time: single-order p50
-/// lower in 11, 4 clients at once within the runs' spread. Cost: a TLS handshake's CPU now
-/// shares the loop's thread.
+/// Why: the loop owns every session, and its connection tasks only move bytes (and, over TLS,
+/// do the record crypto), so a second worker added little parallelism and many hand-offs: it
+/// is woken to look for work whenever a task is queued, takes the reader or the loop over, and
+/// every such hand-off is a wake-up across cores (`perf trace` of the gateway: an eventfd write
+/// or a futex wake on each hop of a lone order). The `fdatasync` of a lone message runs on the
+/// loop either way; under load the group-commit syncer thread runs the passes while the loop
+/// reads on, and replication has threads of its own, as has the health endpoint
+/// ([`understudy_fix::admin::serve_on_own_thread`]). `bench fix-roundtrip`, gateway on one
+/// worker against two, 13 interleaved pairs (2026-12-02, about 20 % steal time): single-order
+/// p50 lower in 11. In the 7 loaded pairs (the QuickFIX relay's p50 above 400 µs) lower in
+/// all, by 134–1 069 µs: fewer threads to schedule on a busy machine; in the 6 quiet ones about
+/// even (lower in 4 by 17–186 µs, higher in 2 by 79–83). 4 clients at once within the spread.
+/// Cost: TLS handshakes, up to `MAX_PRELOGON_CONNECTIONS` at once after a failover, share the
+/// loop's thread.
 pub fn loop_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

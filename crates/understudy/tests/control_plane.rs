@@ -1213,16 +1213,10 @@ fn the_preferred_node_is_active_at_start_and_again_after_a_failover_with_failbac
     assert_eq!(plane.server("px")["failover"]["failback"], "1s");
 
     let watcher = Watcher::start(plane.node_addrs("px"));
-    let (mut active, mut epoch) = active_logged(&plane, &log);
-    if active != "px-2" {
-        // Priority defers only to a preferred node that is up and ready: on a loaded machine
-        // px-1 can be ready first and take activity, and failback hands it to px-2 a second
-        // after px-2 is ready (seen once under stress-ng). Either way px-2 ends up active.
-        (active, epoch) = new_active(&plane, epoch, Duration::from_secs(30));
-    }
+    let (active, epoch) = active_logged(&plane, &log);
     assert_eq!(
         active, "px-2",
-        "the preferred node is not the active at start, nor after its failback"
+        "the preferred node is not the active at start"
     );
     let agent = agent_pid(&data, "px-2").expect("px-2's agent");
     common::signal(agent, nix::sys::signal::Signal::SIGKILL);
