@@ -269,6 +269,7 @@ mod tests {
     /// The gateway's case: the loop's runtime has one worker, and the loop blocks it in a
     /// system call. The endpoint, on its own thread, still answers 503 within the deadline.
     #[test]
+    #[allow(clippy::disallowed_methods)] // blocking the worker is the case under test
     fn a_loop_blocking_its_runtimes_only_worker_gets_a_503() {
         use std::io::{Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
