@@ -42,9 +42,10 @@
 //! # TLS
 //!
 //! An acceptor given [`Engine::with_tls`] accepts only TLS: each handshake runs in a task of
-//! its own beside the loop (at most [`MAX_PRELOGON_CONNECTIONS`] at once, each within the logon
-//! timeout), and a connection whose first byte is not a TLS handshake — a plain FIX client —
-//! is closed with a log line saying so and counted as refused. An initiator slot with
+//! its own on a thread of its own, not the loop's (see `spawn_handshake`), at most
+//! [`MAX_PRELOGON_CONNECTIONS`] at once, each within the logon timeout; a connection whose
+//! first byte is not a TLS handshake — a plain FIX client — is closed with a log line saying
+//! so and counted as refused. An initiator slot with
 //! [`SessionSlot::tls`] completes a handshake with each address it connects to (within
 //! [`TLS_CONNECT_TIMEOUT`]); a failed one is logged and the next address is tried.
 
@@ -624,7 +625,7 @@ impl<S: SessionStore> Engine<S> {
                                 continue;
                             };
                             let (tls, tx) = (tls.clone(), tx.clone());
-                            tokio::spawn(async move {
+                            spawn_handshake(async move {
                                 let ev = match tls.accept(s, timeout, false).await {
                                     Ok(stream) => NetEvent::Accepted(stream, peer, at),
                                     Err(Refused::Closed) => {
@@ -1664,6 +1665,38 @@ impl<S: SessionStore> Engine<S> {
 }
 
 /// The engine's error for store error `e` of session `session`.
+/// Runs an acceptor's TLS handshake on a runtime of its own (one thread, started with the
+/// first handshake), else beside the loop.
+///
+/// Why: the FIX processes' runtime has a single worker, the loop's (see `loop_runtime` in the
+/// understudy binary), and a handshake's key exchange and signature are the one heavy piece
+/// of CPU a connection brings, up to [`MAX_PRELOGON_CONNECTIONS`] at once when every client
+/// reconnects after a failover: run there, they would delay every session's messages. The
+/// connection stays registered with the loop's runtime, whose I/O driver wakes the handshake
+/// here; its records, once it is handed to the loop, are encrypted on the loop's thread.
+fn spawn_handshake(handshake: impl Future<Output = ()> + Send + 'static) {
+    static HANDSHAKES: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    let rt = HANDSHAKES.get_or_init(|| {
+        let built = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fix-tls-handshake")
+            .enable_all()
+            .build();
+        match built {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread of their own for TLS handshakes: they run beside the event loop");
+                None
+            }
+        }
+    });
+    match rt {
+        Some(rt) => drop(rt.spawn(handshake)),
+        None => drop(tokio::spawn(handshake)),
+    }
+}
+
 fn store_error(session: &str, e: StoreError) -> EngineError {
     let session = session.to_owned();
     match e {

@@ -337,8 +337,8 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// p50 lower in 11. In the 7 loaded pairs (the QuickFIX relay's p50 above 400 µs) lower in
 /// all, by 134–1 069 µs: fewer threads to schedule on a busy machine; in the 6 quiet ones about
 /// even (lower in 4 by 17–186 µs, higher in 2 by 79–83). 4 clients at once within the spread.
-/// Cost: TLS handshakes, up to `MAX_PRELOGON_CONNECTIONS` at once after a failover, share the
-/// loop's thread.
+/// An acceptor's TLS handshakes, the one heavy piece of CPU a connection brings, run on a
+/// thread of their own (`understudy_fix::engine`); TLS records are encrypted on the loop's.
 pub fn loop_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -124,6 +124,17 @@ fn start_gateway(dir: &Path, cfg: &Path, gw: SocketAddr) -> Proc {
     p
 }
 
+/// The names of `pid`'s threads (as the kernel keeps them: at most 15 bytes).
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_owned())
+        .collect()
+}
+
 fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
@@ -227,7 +238,7 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
     let health = addr(free_port().expect("port"));
     let admin = format!("[admin]\nhttp = \"{health}\"\n");
     let cfg = tls_gateway_config(d, gw, sim, &p, false, &admin);
-    let _gw = start_gateway(d, &cfg, gw);
+    let gw_proc = start_gateway(d, &cfg, gw);
     let rt = runtime();
 
     // Our client over TLS: logon, then a market order filled by the simulator, which the
@@ -251,6 +262,12 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
             });
         c.task.abort();
     });
+    // The handshake ran on a thread of its own, not on the loop's (the runtime's one worker).
+    let threads = thread_names(gw_proc.id());
+    assert!(
+        threads.iter().any(|t| t == "fix-tls-handsha"),
+        "no TLS handshake thread in the gateway: {threads:?}"
+    );
 
     // Refusals count where `understudy status` reads them (the gateway's GET /health).
     let refused = || {
