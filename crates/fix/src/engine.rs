@@ -42,8 +42,9 @@
 //! # TLS
 //!
 //! An acceptor given [`Engine::with_tls`] accepts only TLS: each handshake runs in a task of
-//! its own on a thread of its own, not the loop's (see `spawn_handshake`), at most
-//! [`MAX_PRELOGON_CONNECTIONS`] at once, each within the logon timeout; a connection whose
+//! its own, on the process's one handshake thread rather than the loop's (see
+//! `handshake_runtime`), at most [`MAX_PRELOGON_CONNECTIONS`] at once, each within the logon
+//! timeout; a connection whose
 //! first byte is not a TLS handshake — a plain FIX client — is closed with a log line saying
 //! so and counted as refused. An initiator slot with
 //! [`SessionSlot::tls`] completes a handshake with each address it connects to (within
@@ -600,8 +601,11 @@ impl<S: SessionStore> Engine<S> {
             let tx = self.net_tx.clone();
             let tls = self.tls.clone();
             let timeout = self.prelogon_timeout;
-            // TLS handshakes run beside the loop, at most as many at once as connections may
-            // wait to log on, each within the logon timeout.
+            // TLS handshakes run on a thread of their own, at most as many at once as
+            // connections may wait to log on, each within the logon timeout.
+            if tls.is_some() {
+                handshake_runtime();
+            }
             let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PRELOGON_CONNECTIONS));
             tokio::spawn(async move {
                 loop {
@@ -1664,39 +1668,49 @@ impl<S: SessionStore> Engine<S> {
     }
 }
 
-/// The engine's error for store error `e` of session `session`.
-/// Runs an acceptor's TLS handshake on a runtime of its own (one thread, started with the
-/// first handshake), else beside the loop.
+/// The runtime that runs acceptors' TLS handshakes: one thread for the process, built the
+/// first time a TLS acceptor starts ([`Engine::run`]), never stopped. `None` when it could
+/// not be built: the handshakes then run beside the loop.
 ///
 /// Why: the FIX processes' runtime has a single worker, the loop's (see `loop_runtime` in the
 /// understudy binary), and a handshake's key exchange and signature are the one heavy piece
 /// of CPU a connection brings, up to [`MAX_PRELOGON_CONNECTIONS`] at once when every client
-/// reconnects after a failover: run there, they would delay every session's messages. The
-/// connection stays registered with the loop's runtime, whose I/O driver wakes the handshake
-/// here; its records, once it is handed to the loop, are encrypted on the loop's thread.
-fn spawn_handshake(handshake: impl Future<Output = ()> + Send + 'static) {
+/// reconnects after a failover: on the loop's thread they would delay every session's
+/// messages. Here they use the second core. What stays with the loop: the connection is
+/// registered with its runtime, whose I/O driver (run by the loop's thread) reports the
+/// handshake's bytes, so a loop blocked in a system call delays handshakes too; the records
+/// of a connection handed to the loop are encrypted there; an initiator's handshakes (the
+/// gateway's few upstreams) run on the loop.
+fn handshake_runtime() -> Option<&'static tokio::runtime::Runtime> {
     static HANDSHAKES: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
         std::sync::OnceLock::new();
-    let rt = HANDSHAKES.get_or_init(|| {
-        let built = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("fix-tls-handshake")
-            .enable_all()
-            .build();
-        match built {
-            Ok(rt) => Some(rt),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread of their own for TLS handshakes: they run beside the event loop");
-                None
+    HANDSHAKES
+        .get_or_init(|| {
+            let built = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("fix-tls-handshake")
+                .enable_time()
+                .build();
+            match built {
+                Ok(rt) => Some(rt),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread of their own for TLS handshakes: they run beside the event loop");
+                    None
+                }
             }
-        }
-    });
-    match rt {
+        })
+        .as_ref()
+}
+
+/// Runs an acceptor's TLS handshake on [`handshake_runtime`], else beside the loop.
+fn spawn_handshake(handshake: impl Future<Output = ()> + Send + 'static) {
+    match handshake_runtime() {
         Some(rt) => drop(rt.spawn(handshake)),
         None => drop(tokio::spawn(handshake)),
     }
 }
 
+/// The engine's error for store error `e` of session `session`.
 fn store_error(session: &str, e: StoreError) -> EngineError {
     let session = session.to_owned();
     match e {

@@ -338,7 +338,9 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// all, by 134–1 069 µs: fewer threads to schedule on a busy machine; in the 6 quiet ones about
 /// even (lower in 4 by 17–186 µs, higher in 2 by 79–83). 4 clients at once within the spread.
 /// An acceptor's TLS handshakes, the one heavy piece of CPU a connection brings, run on a
-/// thread of their own (`understudy_fix::engine`); TLS records are encrypted on the loop's.
+/// thread of their own (`understudy_fix::engine`); TLS records are encrypted on the loop's,
+/// and an initiator's handshakes (the gateway's upstreams) run there too. Not measured: a TLS
+/// reconnect storm.
 pub fn loop_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

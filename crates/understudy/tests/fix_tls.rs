@@ -262,7 +262,8 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
             });
         c.task.abort();
     });
-    // The handshake ran on a thread of its own, not on the loop's (the runtime's one worker).
+    // A TLS acceptor has its handshake thread (the handshakes do not run on the loop's, its
+    // runtime's only worker).
     let threads = thread_names(gw_proc.id());
     assert!(
         threads.iter().any(|t| t == "fix-tls-handsha"),
