@@ -8,7 +8,6 @@
 //! `health.timeout` expires. While Warm the waiting loop answers with role `standby`, so the
 //! agent's check passes on standbys too.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -216,16 +215,11 @@ async fn respond(s: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()
     s.shutdown().await
 }
 
-/// Binds `addr` for [`serve`].
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn get(addr: SocketAddr, req: &str) -> String {
+    async fn get(addr: std::net::SocketAddr, req: &str) -> String {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(req.as_bytes()).await.expect("write");
         let mut out = String::new();
@@ -235,9 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_from_the_loop_and_503_when_the_loop_does_not_answer() {
-        let l = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let a = l.local_addr().expect("addr");
         let (tx, mut rx) = mpsc::unbounded_channel::<Probe>();
         serve(l, tx);

@@ -44,9 +44,8 @@
 //! An acceptor given [`Engine::with_tls`] accepts only TLS: each handshake runs in a task of
 //! its own, on the process's one handshake thread rather than the loop's (see
 //! `handshake_runtime`), at most [`MAX_PRELOGON_CONNECTIONS`] at once, each within the logon
-//! timeout; a connection whose
-//! first byte is not a TLS handshake — a plain FIX client — is closed with a log line saying
-//! so and counted as refused. An initiator slot with
+//! timeout; a connection whose first byte is not a TLS handshake — a plain FIX client — is
+//! closed with a log line saying so and counted as refused. An initiator slot with
 //! [`SessionSlot::tls`] completes a handshake with each address it connects to (within
 //! [`TLS_CONNECT_TIMEOUT`]); a failed one is logged and the next address is tried.
 

@@ -253,6 +253,18 @@ fn live_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
+/// The names of `pid`'s threads, as the kernel keeps them (at most 15 bytes); empty when it
+/// is gone.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_owned())
+        .collect()
+}
+
 /// The process group id of `pid`.
 pub fn pgid_of(pid: u32) -> Option<u32> {
     stat_number(pid, 2)

@@ -315,8 +315,12 @@ fn check_builtin_service(c: &Config) -> Option<Result<String, String>> {
 
 /// A multi-threaded runtime for the subcommands that need one.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_of(2)
+}
+
+fn runtime_of(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -342,11 +346,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// and an initiator's handshakes (the gateway's upstreams) run there too. Not measured: a TLS
 /// reconnect storm.
 pub fn loop_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    runtime_of(1)
 }
 
 /// Logs to stderr, filtered by RUST_LOG (default info).

@@ -124,17 +124,6 @@ fn start_gateway(dir: &Path, cfg: &Path, gw: SocketAddr) -> Proc {
     p
 }
 
-/// The names of `pid`'s threads (as the kernel keeps them: at most 15 bytes).
-fn thread_names(pid: u32) -> Vec<String> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim_end().to_owned())
-        .collect()
-}
-
 fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
@@ -264,7 +253,7 @@ fn an_order_goes_through_tls_on_both_sides_of_the_gateway_and_plain_or_untrusted
     });
     // A TLS acceptor has its handshake thread (the handshakes do not run on the loop's, its
     // runtime's only worker).
-    let threads = thread_names(gw_proc.id());
+    let threads = testbed::proc::thread_names(gw_proc.id());
     assert!(
         threads.iter().any(|t| t == "fix-tls-handsha"),
         "no TLS handshake thread in the gateway: {threads:?}"
