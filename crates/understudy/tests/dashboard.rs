@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{alive, check_overlaps, free_addr, wait_until, Proc, Watcher, BIN};
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
 fn which(prog: &str) -> Option<PathBuf> {
@@ -153,9 +154,6 @@ fn the_dashboard_story_in_a_real_browser() {
     )["ok"]
         == true));
     let shots = shot_dir();
-    // Two TLS back-ends are compiled in (the WebDriver client's and reqwest's); name one. The
-    // session to chromedriver is plain HTTP on loopback anyway.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -176,8 +174,7 @@ fn the_dashboard_story_in_a_real_browser() {
         );
         let mut c = None;
         for _ in 0..100 {
-            match ClientBuilder::rustls()
-                .expect("rustls")
+            match ClientBuilder::new(HttpConnector::new())
                 .capabilities(caps.clone())
                 .connect(&format!("http://127.0.0.1:{dport}"))
                 .await
