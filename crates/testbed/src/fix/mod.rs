@@ -169,7 +169,6 @@ impl DemoClient {
         timeout: Duration,
     ) -> anyhow::Result<Option<understudy_fix::engine::LogonInfo>> {
         use understudy_fix::client::ClientEvent;
-        use understudy_fix::orders::tag;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut logon = None;
         loop {
@@ -184,47 +183,81 @@ impl DemoClient {
                 Ok(None) => anyhow::bail!("client stopped"),
                 Err(_) => anyhow::bail!("orders not answered within {timeout:?}"),
             };
-            match &e {
-                ClientEvent::Message {
-                    seq,
-                    poss_dup,
-                    poss_resend,
-                    msg_type,
-                    ..
-                } if msg_type == "8" => {
-                    let id = e.field(tag::EXEC_ID).unwrap_or_default().to_owned();
-                    let cl = e.field(tag::CL_ORD_ID).unwrap_or_default().to_owned();
-                    let et = e.field(tag::EXEC_TYPE).unwrap_or_default().to_owned();
-                    let what = match (et.as_str(), e.field(tag::ORD_STATUS)) {
-                        ("0", _) => "New",
-                        ("F", Some("2")) => "Filled",
-                        ("F", _) => "Partially filled",
-                        _ => "other",
-                    };
-                    let copy = if self.reports.contains_key(&id) {
-                        self.dups += 1;
-                        "   (a PossDup copy, already seen: ignored)"
-                    } else if *poss_dup || *poss_resend {
-                        "   (PossDup)"
-                    } else {
-                        ""
-                    };
-                    println!("    ← ExecutionReport {cl:<4} {what:<16} ExecID {id}  MsgSeqNum {seq}{copy}");
-                    self.reports.entry(id).or_insert((cl, et));
-                }
-                ClientEvent::LoggedOn(info) => {
-                    println!(
-                        "    client logged on: next MsgSeqNum out {}, in {}{}",
-                        info.next_sender_seq,
-                        info.next_target_seq,
-                        if info.reset { " (RESET)" } else { "" }
-                    );
-                    logon = Some(info.clone());
-                }
-                ClientEvent::LoggedOut(why) => println!("    client disconnected: {why}"),
-                ClientEvent::Session(ev) => println!("    session: {ev}"),
-                _ => {}
+            if let ClientEvent::LoggedOn(info) = &e {
+                println!(
+                    "    client logged on: next MsgSeqNum out {}, in {}{}",
+                    info.next_sender_seq,
+                    info.next_target_seq,
+                    if info.reset { " (RESET)" } else { "" }
+                );
+                logon = Some(info.clone());
+            } else {
+                self.note(&e);
             }
+        }
+    }
+
+    /// Waits for the client's next Logon (see [`logon_continuing`]), printing and keeping
+    /// what arrives before it: the reports the old active sent just before it died reach the
+    /// client then, and the new active never sends them again (the client has their sequence
+    /// numbers), so dropping them would count their orders as unanswered.
+    async fn until_logon(
+        &mut self,
+        prev: Option<&understudy_fix::engine::LogonInfo>,
+        timeout: Duration,
+    ) -> anyhow::Result<understudy_fix::engine::LogonInfo> {
+        use understudy_fix::client::ClientEvent;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.c.events.recv()).await {
+                Ok(Some(ClientEvent::LoggedOn(info))) => {
+                    continuing(prev, &info)?;
+                    return Ok(info);
+                }
+                Ok(Some(e)) => self.note(&e),
+                Ok(None) => anyhow::bail!("client stopped"),
+                Err(_) => anyhow::bail!("no logon within {timeout:?}"),
+            }
+        }
+    }
+
+    /// Prints an event other than a Logon and keeps the first copy of each execution report.
+    fn note(&mut self, e: &understudy_fix::client::ClientEvent) {
+        use understudy_fix::client::ClientEvent;
+        use understudy_fix::orders::tag;
+        match e {
+            ClientEvent::Message {
+                seq,
+                poss_dup,
+                poss_resend,
+                msg_type,
+                ..
+            } if msg_type == "8" => {
+                let id = e.field(tag::EXEC_ID).unwrap_or_default().to_owned();
+                let cl = e.field(tag::CL_ORD_ID).unwrap_or_default().to_owned();
+                let et = e.field(tag::EXEC_TYPE).unwrap_or_default().to_owned();
+                let what = match (et.as_str(), e.field(tag::ORD_STATUS)) {
+                    ("0", _) => "New",
+                    ("F", Some("2")) => "Filled",
+                    ("F", _) => "Partially filled",
+                    _ => "other",
+                };
+                let copy = if self.reports.contains_key(&id) {
+                    self.dups += 1;
+                    "   (a PossDup copy, already seen: ignored)"
+                } else if *poss_dup || *poss_resend {
+                    "   (PossDup)"
+                } else {
+                    ""
+                };
+                println!(
+                    "    ← ExecutionReport {cl:<4} {what:<16} ExecID {id}  MsgSeqNum {seq}{copy}"
+                );
+                self.reports.entry(id).or_insert((cl, et));
+            }
+            ClientEvent::LoggedOut(why) => println!("    client disconnected: {why}"),
+            ClientEvent::Session(ev) => println!("    session: {ev}"),
+            _ => {}
         }
     }
 }
@@ -260,7 +293,7 @@ async fn demo_run(args: FixDemoArgs) -> anyhow::Result<u8> {
         dups: 0,
     };
     let before: Vec<String> = (1..=n).map(|i| format!("B{i}")).collect();
-    let first = logon_continuing(&mut dc.c, None, Duration::from_secs(10)).await?;
+    let first = dc.until_logon(None, Duration::from_secs(10)).await?;
     println!(
         "    client logged on: next MsgSeqNum out {}, in {}",
         first.next_sender_seq, first.next_target_seq
@@ -281,7 +314,9 @@ async fn demo_run(args: FixDemoArgs) -> anyhow::Result<u8> {
     let t0 = std::time::Instant::now();
     fg.blocking(|g| g.kill9("a")).await?;
     println!("    kill -9 agent a (its gateway dies with it)");
-    let second = logon_continuing(&mut dc.c, Some(&first), Duration::from_secs(10)).await?;
+    let second = dc
+        .until_logon(Some(&first), Duration::from_secs(10))
+        .await?;
     let took = t0.elapsed().as_secs_f64() * 1e3;
     fg.blocking(|g| g.wait_hot("b")).await??;
     println!(
@@ -332,7 +367,9 @@ async fn demo_run(args: FixDemoArgs) -> anyhow::Result<u8> {
     Ok(if complete == all.len() { 0 } else { 1 })
 }
 
-/// Waits for the client's next Logon; fails on a reset or sequence numbers that went back.
+/// Waits for the client's next Logon, dropping the events before it (the recovery bench
+/// counts no reports; the demo keeps them, [`DemoClient::until_logon`]); fails as
+/// [`continuing`] does.
 async fn logon_continuing(
     c: &mut understudy_fix::client::Client,
     prev: Option<&understudy_fix::engine::LogonInfo>,
@@ -343,14 +380,7 @@ async fn logon_continuing(
     loop {
         match tokio::time::timeout_at(deadline, c.events.recv()).await {
             Ok(Some(ClientEvent::LoggedOn(info))) => {
-                if let Some(p) = prev {
-                    if info.reset
-                        || info.next_sender_seq <= p.next_sender_seq
-                        || info.next_target_seq <= p.next_target_seq
-                    {
-                        anyhow::bail!("sequence numbers did not continue: {p:?} then {info:?}");
-                    }
-                }
+                continuing(prev, &info)?;
                 return Ok(info);
             }
             Ok(Some(_)) => {}
@@ -358,6 +388,22 @@ async fn logon_continuing(
             Err(_) => anyhow::bail!("no logon within {timeout:?}"),
         }
     }
+}
+
+/// Fails on a reset, or on sequence numbers that did not go forward since `prev`.
+fn continuing(
+    prev: Option<&understudy_fix::engine::LogonInfo>,
+    info: &understudy_fix::engine::LogonInfo,
+) -> anyhow::Result<()> {
+    if let Some(p) = prev {
+        if info.reset
+            || info.next_sender_seq <= p.next_sender_seq
+            || info.next_target_seq <= p.next_target_seq
+        {
+            anyhow::bail!("sequence numbers did not continue: {p:?} then {info:?}");
+        }
+    }
+    Ok(())
 }
 
 /// One pair under `bench fix-recovery`, and what its runs measured.
