@@ -167,6 +167,29 @@ struct StallProbe {
     nice: i32,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Each CPU's steal time (ms) when the probe started.
+    steal_at_start: Vec<(String, u64)>,
+}
+
+/// Each CPU's time taken by the hypervisor so far (ms, from /proc/stat): the machine-wide
+/// measure beside the probe's one CPU. Empty where the file cannot be read.
+fn steal_ms() -> Vec<(String, u64)> {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100);
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu = f.next()?.to_string();
+            let steal: u64 = f.nth(7)?.parse().ok()?;
+            Some((cpu, steal * 1000 / hz))
+        })
+        .collect()
 }
 
 impl StallProbe {
@@ -207,6 +230,7 @@ impl StallProbe {
         // Watching from here on: its first sleep is under way.
         let nice = started.recv().expect("the stall probe started");
         StallProbe {
+            steal_at_start: steal_ms(),
             stalls,
             sleeping_since,
             t0,
@@ -245,8 +269,24 @@ impl StallProbe {
             String::new()
         };
         let who = format!("a thread at nice {} sleeping 1 ms", self.nice);
+        let steal: Vec<String> = steal_ms()
+            .into_iter()
+            .filter_map(|(cpu, ms)| {
+                let (_, then) = self.steal_at_start.iter().find(|(c, _)| *c == cpu)?;
+                Some(format!("{cpu} {} ms", ms.saturating_sub(*then)))
+            })
+            .collect();
+        let steal = if steal.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; steal time (/proc/stat) in these {:.1} s: {}",
+                self.t0.elapsed().as_secs_f64(),
+                steal.join(", ")
+            )
+        };
         if v.is_empty() {
-            return format!("{who} never overslept by more than 10 ms{ongoing}");
+            return format!("{who} never overslept by more than 10 ms{ongoing}{steal}");
         }
         let n = v.len();
         v.sort_by_key(|&(_, over)| std::cmp::Reverse(over));
@@ -257,7 +297,7 @@ impl StallProbe {
             .map(|(at, over)| format!("{} ms at {:.1} s", over.as_millis(), at.as_secs_f64()))
             .collect();
         format!(
-            "{who} overslept by more than 10 ms {n} times; the longest: {}{ongoing}",
+            "{who} overslept by more than 10 ms {n} times; the longest: {}{ongoing}{steal}",
             list.join(", ")
         )
     }
@@ -505,6 +545,7 @@ fn the_stall_probe_sees_the_process_stopped() {
         "{seen}"
     );
     assert!(seen.contains(" ms at "), "{seen}");
+    eprintln!("{seen}");
 }
 
 #[test]
