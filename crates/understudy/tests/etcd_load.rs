@@ -366,9 +366,8 @@ fn report(what: &str, v: &mut [u64]) {
 }
 
 /// Held by each test of this file for its whole run: the busy-machine test loads both cores with
-/// stress-ng, the delay test judges the defaults on a slow link, not on a slow link *and* a
-/// saturated machine at once (libtest runs the tests of a file in parallel), and the stall
-/// probe's test stops the whole process (SIGSTOP) for 200 ms.
+/// stress-ng, and the delay test judges the defaults on a slow link, not on a slow link *and* a
+/// saturated machine at once (libtest runs the tests of a file in parallel).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -522,30 +521,77 @@ fn a_busy_machine_causes_no_false_failover() {
     w.finish();
 }
 
-/// The probe sees a stand-in for a stall of the machine: the whole test process stopped
-/// (SIGSTOP) for 200 ms by a shell it started.
+/// Run only as the child of `the_stall_probe_sees_its_process_stopped`: runs a probe, says
+/// when it watches, and after the line `done` on stdin prints the longest stall (µs) and the
+/// summary.
 #[test]
-fn the_stall_probe_sees_the_process_stopped() {
-    // Stopping the process would stall a soak running beside this test.
-    let _serial = one_at_a_time();
+#[ignore = "not a test: the process the_stall_probe_sees_its_process_stopped stops"]
+fn stall_probe_child() {
+    if std::env::var_os("UNDERSTUDY_TEST_STALL_PROBE").is_none() {
+        return;
+    }
     let probe = StallProbe::start();
-    let me = std::process::id().to_string();
-    let st = Command::new("sh")
-        .args(["-c", "kill -STOP $1; sleep 0.2; kill -CONT $1", "sh", &me])
-        .status()
-        .expect("sh");
-    assert!(st.success(), "{st}");
+    println!("UNDERSTUDY-PROBE-WATCHING");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
     // The probe records a stall when its sleep ends, just after the process goes on.
     wait_until(2 * S, || probe.longest().is_some());
-    let seen = probe.summary();
-    assert!(
-        probe
-            .longest()
-            .is_some_and(|d| d >= Duration::from_millis(150)),
-        "{seen}"
-    );
-    assert!(seen.contains(" ms at "), "{seen}");
-    eprintln!("{seen}");
+    let longest = probe.longest().map_or(0, |d| d.as_micros());
+    println!("UNDERSTUDY-PROBE-LONGEST {longest} {}", probe.summary());
+}
+
+/// The probe sees a stand-in for a stall of the machine: its process stopped (SIGSTOP) for
+/// 200 ms. The process is a child, so the tests of this binary go on meanwhile.
+#[test]
+fn the_stall_probe_sees_its_process_stopped() {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "stall_probe_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("UNDERSTUDY_TEST_STALL_PROBE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the probe's process");
+    /// Killed on every way out, so a failure between SIGSTOP and SIGCONT leaves no stopped
+    /// process behind.
+    struct Reap(Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("its stdout"));
+    let mut stdin = child.stdin.take().expect("its stdin");
+    let _reap = Reap(child);
+    let mut line = String::new();
+    while !line.contains("UNDERSTUDY-PROBE-WATCHING") {
+        line.clear();
+        let n = out.read_line(&mut line).expect("read the probe's output");
+        assert!(n > 0, "the probe's process ended before watching");
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    sleep_ms(200);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    stdin.write_all(b"done\n").expect("tell the probe");
+    let mut report = String::new();
+    while !report.starts_with("UNDERSTUDY-PROBE-LONGEST") {
+        report.clear();
+        let n = out.read_line(&mut report).expect("read the probe's report");
+        assert!(n > 0, "the probe's process ended without a report");
+    }
+    let mut words = report.split_whitespace().skip(1);
+    let longest: u128 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    assert!(longest >= 150_000, "{report}");
+    assert!(report.contains(" ms at "), "{report}");
+    eprintln!("{report}");
 }
 
 #[test]
