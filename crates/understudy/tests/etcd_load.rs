@@ -545,32 +545,25 @@ fn stall_probe_child() {
 #[test]
 fn the_stall_probe_sees_its_process_stopped() {
     use std::io::BufRead;
-    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-        .args([
-            "--exact",
-            "stall_probe_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("UNDERSTUDY_TEST_STALL_PROBE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the probe's process");
-    /// Killed on every way out, so a failure between SIGSTOP and SIGCONT leaves no stopped
-    /// process behind.
-    struct Reap(Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    // Killed on every way out (a Proc), so a failure between SIGSTOP and SIGCONT leaves no
+    // stopped process behind.
+    let mut child = proc::Proc::spawn(
+        Command::new(std::env::current_exe().expect("the test binary"))
+            .args([
+                "--exact",
+                "stall_probe_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("UNDERSTUDY_TEST_STALL_PROBE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    )
+    .expect("spawn the probe's process");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut out = std::io::BufReader::new(child.stdout.take().expect("its stdout"));
-    let mut stdin = child.stdin.take().expect("its stdin");
-    let _reap = Reap(child);
+    let mut out = std::io::BufReader::new(child.0.stdout.take().expect("its stdout"));
+    let mut stdin = child.0.stdin.take().expect("its stdin");
     let mut line = String::new();
     while !line.contains("UNDERSTUDY-PROBE-WATCHING") {
         line.clear();

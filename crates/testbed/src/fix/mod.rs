@@ -141,6 +141,12 @@ pub fn demo(args: FixDemoArgs) -> anyhow::Result<u8> {
 /// The demo's view of the client: prints what arrives, keeps the reports.
 struct DemoClient {
     c: understudy_fix::client::Client,
+    tally: Tally,
+}
+
+/// What the demo's client received.
+#[derive(Default)]
+struct Tally {
     /// ExecID → (ClOrdID, ExecType) of the first copy of each report.
     reports: std::collections::HashMap<String, (String, String)>,
     dups: usize,
@@ -175,7 +181,7 @@ impl DemoClient {
             let filled = |r: &std::collections::HashMap<String, (String, String)>, cl: &str| {
                 r.values().filter(|(c, t)| c == cl && t == "F").count() == 2
             };
-            if cls.iter().all(|cl| filled(&self.reports, cl)) {
+            if cls.iter().all(|cl| filled(&self.tally.reports, cl)) {
                 return Ok(logon);
             }
             let e = match tokio::time::timeout_at(deadline, self.c.events.recv()).await {
@@ -192,7 +198,7 @@ impl DemoClient {
                 );
                 logon = Some(info.clone());
             } else {
-                self.note(&e);
+                self.tally.note(&e);
             }
         }
     }
@@ -206,21 +212,12 @@ impl DemoClient {
         prev: Option<&understudy_fix::engine::LogonInfo>,
         timeout: Duration,
     ) -> anyhow::Result<understudy_fix::engine::LogonInfo> {
-        use understudy_fix::client::ClientEvent;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.c.events.recv()).await {
-                Ok(Some(ClientEvent::LoggedOn(info))) => {
-                    continuing(prev, &info)?;
-                    return Ok(info);
-                }
-                Ok(Some(e)) => self.note(&e),
-                Ok(None) => anyhow::bail!("client stopped"),
-                Err(_) => anyhow::bail!("no logon within {timeout:?}"),
-            }
-        }
+        let tally = &mut self.tally;
+        logon_continuing(&mut self.c, prev, timeout, |e| tally.note(&e)).await
     }
+}
 
+impl Tally {
     /// Prints an event other than a Logon and keeps the first copy of each execution report.
     fn note(&mut self, e: &understudy_fix::client::ClientEvent) {
         use understudy_fix::client::ClientEvent;
@@ -289,8 +286,7 @@ async fn demo_run(args: FixDemoArgs) -> anyhow::Result<u8> {
     let c = fg.client("CLIENT1", Duration::from_millis(10))?;
     let mut dc = DemoClient {
         c,
-        reports: Default::default(),
-        dups: 0,
+        tally: Tally::default(),
     };
     let before: Vec<String> = (1..=n).map(|i| format!("B{i}")).collect();
     let first = dc.until_logon(None, Duration::from_secs(10)).await?;
@@ -345,7 +341,7 @@ async fn demo_run(args: FixDemoArgs) -> anyhow::Result<u8> {
     )
     .await;
     let mut by_order: std::collections::HashMap<&str, Vec<&str>> = Default::default();
-    for (cl, et) in dc.reports.values() {
+    for (cl, et) in dc.tally.reports.values() {
         by_order.entry(cl).or_default().push(et);
     }
     let complete = all
@@ -359,7 +355,7 @@ async fn demo_run(args: FixDemoArgs) -> anyhow::Result<u8> {
     println!(
         "\n{complete} of {} orders answered exactly once (New, partial fill, fill); {} PossDup copies ignored by ExecID",
         all.len(),
-        dc.dups
+        dc.tally.dups
     );
     dc.c.task.abort();
     drop(fg);
@@ -367,43 +363,35 @@ async fn demo_run(args: FixDemoArgs) -> anyhow::Result<u8> {
     Ok(if complete == all.len() { 0 } else { 1 })
 }
 
-/// Waits for the client's next Logon, dropping the events before it (the recovery bench
-/// counts no reports; the demo keeps them, [`DemoClient::until_logon`]); fails as
-/// [`continuing`] does.
+/// Waits for the client's next Logon, handing the events before it to `on_other` (the
+/// recovery bench counts no reports; the demo keeps them, [`DemoClient::until_logon`]); fails
+/// on a reset or sequence numbers that did not go forward since `prev`.
 async fn logon_continuing(
     c: &mut understudy_fix::client::Client,
     prev: Option<&understudy_fix::engine::LogonInfo>,
     timeout: Duration,
+    mut on_other: impl FnMut(understudy_fix::client::ClientEvent),
 ) -> anyhow::Result<understudy_fix::engine::LogonInfo> {
     use understudy_fix::client::ClientEvent;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, c.events.recv()).await {
             Ok(Some(ClientEvent::LoggedOn(info))) => {
-                continuing(prev, &info)?;
+                if let Some(p) = prev {
+                    if info.reset
+                        || info.next_sender_seq <= p.next_sender_seq
+                        || info.next_target_seq <= p.next_target_seq
+                    {
+                        anyhow::bail!("sequence numbers did not continue: {p:?} then {info:?}");
+                    }
+                }
                 return Ok(info);
             }
-            Ok(Some(_)) => {}
+            Ok(Some(e)) => on_other(e),
             Ok(None) => anyhow::bail!("client stopped"),
             Err(_) => anyhow::bail!("no logon within {timeout:?}"),
         }
     }
-}
-
-/// Fails on a reset, or on sequence numbers that did not go forward since `prev`.
-fn continuing(
-    prev: Option<&understudy_fix::engine::LogonInfo>,
-    info: &understudy_fix::engine::LogonInfo,
-) -> anyhow::Result<()> {
-    if let Some(p) = prev {
-        if info.reset
-            || info.next_sender_seq <= p.next_sender_seq
-            || info.next_target_seq <= p.next_target_seq
-        {
-            anyhow::bail!("sequence numbers did not continue: {p:?} then {info:?}");
-        }
-    }
-    Ok(())
 }
 
 /// One pair under `bench fix-recovery`, and what its runs measured.
@@ -439,7 +427,7 @@ impl RecoveryRig {
         };
         let watcher = Some(fg.group.as_ref().context("the group")?.watch());
         let mut c = fg.client("BENCH", Duration::from_millis(2))?;
-        let prev = logon_continuing(&mut c, None, Duration::from_secs(10))
+        let prev = logon_continuing(&mut c, None, Duration::from_secs(10), drop)
             .await
             .with_context(|| {
                 format!(
@@ -512,7 +500,7 @@ impl RecoveryRig {
                 }))
             }
         };
-        let logon = logon_continuing(c, Some(&self.prev), Duration::from_secs(10)).await;
+        let logon = logon_continuing(c, Some(&self.prev), Duration::from_secs(10), drop).await;
         let took = t0.elapsed().as_secs_f64() * 1e3;
         match (killer, machine) {
             (Some(k), _) => fg.group = Some(k.await?),
