@@ -47,6 +47,26 @@ pub struct FixRecoveryArgs {
     /// with the shared-directory pair (which goes first alternates). Needs root and iproute2.
     #[arg(long)]
     pub replicated: bool,
+    /// Client sessions logged on to each pair, each a connection of its own, all reconnecting
+    /// (every 2 ms) after each kill: the first sends each run's order and its Logon is the
+    /// recovery row; with more, the time until the last is logged on again is a row of its own
+    /// (the reconnect storm a new active meets).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_RECOVERY_CLIENTS))]
+    pub clients: u16,
+}
+
+/// Most client sessions `bench fix-recovery` logs on: each is a session in both gateways'
+/// configurations and a store of its own.
+const MAX_RECOVERY_CLIENTS: i64 = 1000;
+
+/// The CompID of the recovery bench's client `i` (from 0): the first is `BENCH`, as before
+/// there were more.
+fn recovery_client(i: usize) -> String {
+    if i == 0 {
+        "BENCH".to_owned()
+    } else {
+        format!("BENCH{}", i + 1)
+    }
 }
 
 impl FixBench {
@@ -402,8 +422,15 @@ struct RecoveryRig {
     watcher: Option<crate::checkers::Watcher>,
     c: understudy_fix::client::Client,
     prev: understudy_fix::engine::LogonInfo,
+    /// The other clients (`--clients`), each with its last Logon.
+    others: Vec<(
+        understudy_fix::client::Client,
+        understudy_fix::engine::LogonInfo,
+    )>,
     active: usize,
     recovery: Vec<f64>,
+    /// Kill → the last of all the clients logged on again (with others only).
+    all_back: Vec<f64>,
     agent_notified: Vec<f64>,
     agent_e2e: Vec<f64>,
     beyond: Vec<f64>,
@@ -418,31 +445,48 @@ impl RecoveryRig {
         name: &'static str,
         sync: StoreSync,
         machines: bool,
+        clients: usize,
     ) -> anyhow::Result<RecoveryRig> {
         let exe = std::env::current_exe().context("cannot find the understudy executable")?;
+        let ids: Vec<String> = (0..clients).map(recovery_client).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let fg = if machines {
-            FixGroup::start_on_machines(exe, sync, &["BENCH"], "sync").await?
+            FixGroup::start_on_machines(exe, sync, &ids, "sync").await?
         } else {
-            FixGroup::start(exe, sync, &["BENCH"]).await?
+            FixGroup::start(exe, sync, &ids).await?
         };
         let watcher = Some(fg.group.as_ref().context("the group")?.watch());
-        let mut c = fg.client("BENCH", Duration::from_millis(2))?;
-        let prev = logon_continuing(&mut c, None, Duration::from_secs(10), drop)
-            .await
-            .with_context(|| {
+        let mut all = Vec::with_capacity(ids.len());
+        for id in &ids {
+            all.push(fg.client(id, Duration::from_millis(2))?);
+        }
+        let logons = futures_util::future::join_all(
+            all.iter_mut()
+                .map(|c| logon_continuing(c, None, Duration::from_secs(10), drop)),
+        )
+        .await;
+        let mut others = Vec::with_capacity(all.len());
+        for (i, (c, logon)) in all.into_iter().zip(logons).enumerate() {
+            let logon = logon.with_context(|| {
                 format!(
-                    "{name}: the client did not log on to the gateway (logs in {})",
+                    "{name}: client {} did not log on to the gateway (logs in {})",
+                    ids[i],
                     fg.dir().display()
                 )
             })?;
+            others.push((c, logon));
+        }
+        let (c, prev) = others.remove(0);
         Ok(RecoveryRig {
             name,
             fg,
             watcher,
             c,
             prev,
+            others,
             active: 0,
             recovery: Vec::new(),
+            all_back: Vec::new(),
             agent_notified: Vec::new(),
             agent_e2e: Vec::new(),
             beyond: Vec::new(),
@@ -500,8 +544,31 @@ impl RecoveryRig {
                 }))
             }
         };
-        let logon = logon_continuing(c, Some(&self.prev), Duration::from_secs(10), drop).await;
-        let took = t0.elapsed().as_secs_f64() * 1e3;
+        // Every client reconnects at once; each Logon is timed as it comes.
+        let timeout = Duration::from_secs(10);
+        let first = async {
+            let r = logon_continuing(c, Some(&self.prev), timeout, drop).await;
+            (r, t0.elapsed())
+        };
+        let rest =
+            futures_util::future::join_all(self.others.iter_mut().map(|(c, prev)| async move {
+                let r = logon_continuing(c, Some(&*prev), timeout, drop).await;
+                (r.map(|l| *prev = l), t0.elapsed())
+            }));
+        let ((logon, first_took), rest) = futures_util::future::join(first, rest).await;
+        let took = first_took.as_secs_f64() * 1e3;
+        let mut last = first_took;
+        for (i, (r, t)) in rest.into_iter().enumerate() {
+            r.with_context(|| {
+                format!(
+                    "{}: run {run}: client {} after the kill (logs in {})",
+                    self.name,
+                    recovery_client(i + 1),
+                    fg.dir().display()
+                )
+            })?;
+            last = last.max(t);
+        }
         match (killer, machine) {
             (Some(k), _) => fg.group = Some(k.await?),
             (None, Some(m)) => {
@@ -530,6 +597,9 @@ impl RecoveryRig {
             )
         })?;
         self.recovery.push(took);
+        if !self.others.is_empty() {
+            self.all_back.push(last.as_secs_f64() * 1e3);
+        }
         self.agent_notified.push(notified);
         self.agent_e2e.push(e2e);
         self.beyond.push(took - e2e);
@@ -559,6 +629,17 @@ impl RecoveryRig {
             &self.recovery,
             "",
         );
+        if !self.others.is_empty() {
+            t.row(
+                &format!(
+                    "{n}: kill → all {} clients logged on again",
+                    self.others.len() + 1
+                ),
+                Clock::MonoHere,
+                &self.all_back,
+                "",
+            );
+        }
         t.row(
             &format!("{n}: agent: kill → service notified"),
             Clock::WallMs,
@@ -613,9 +694,13 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
             anyhow::bail!("--replicated streams group-commit batches: it needs --sync group");
         }
     }
-    let mut rigs = vec![RecoveryRig::start("shared dir, agent killed", a.sync, false).await?];
+    let clients = usize::from(a.clients);
+    let mut rigs =
+        vec![RecoveryRig::start("shared dir, agent killed", a.sync, false, clients).await?];
     if a.replicated {
-        rigs.push(RecoveryRig::start("replicated (sync), machine killed", a.sync, true).await?);
+        rigs.push(
+            RecoveryRig::start("replicated (sync), machine killed", a.sync, true, clients).await?,
+        );
     }
     for run in 0..a.runs {
         // Interleaved, which pair goes first alternating, so drift hits both alike.
@@ -627,6 +712,9 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
     let (mut sweeps, mut notes) = (Vec::new(), Vec::new());
     for r in &mut rigs {
         r.c.task.abort();
+        for (c, _) in &r.others {
+            c.task.abort();
+        }
         let rep = r.watcher.take().context("the watcher")?.stop();
         if rep.sweeps == 0 {
             anyhow::bail!("{}: the two-Hot watcher never completed a sweep", r.name);
@@ -653,13 +741,18 @@ async fn recovery_bench(a: FixRecoveryArgs) -> anyhow::Result<u8> {
         }
     }
     println!(
-        "fix-recovery: {} runs of each pair; shared-directory pair: kill -9 of the active agent, its gateway dying with it (trylock, warm-standby fix-gateway, store sync {}){}, client retrying every 2 ms",
+        "fix-recovery: {} runs of each pair; shared-directory pair: kill -9 of the active agent, its gateway dying with it (trylock, warm-standby fix-gateway, store sync {}){}, {}",
         a.runs,
         a.sync,
         if a.replicated {
             "; and a replicated pair (each gateway its own store, replication.mode = sync), each node (agent, guardian, gateway) in a network namespace of its own, SIGKILL of every process of the active's namespace at once (the client and the exchange simulator outside both); interleaved"
         } else {
             ""
+        },
+        if clients == 1 {
+            "client retrying every 2 ms".to_owned()
+        } else {
+            format!("{clients} clients, each retrying every 2 ms (the first sends each run's order); the gateway takes at most {} connections before their Logon at once and closes the others", understudy_fix::engine::MAX_PRELOGON_CONNECTIONS)
         }
     );
     println!(
