@@ -1296,7 +1296,11 @@ mod tests {
                 "replication.sync_timeout",
                 "longer",
             ),
-            ("heartbeat = \"1500ms\"\n", "replication.heartbeat", "half"),
+            (
+                "heartbeat = \"700ms\"\n",
+                "replication.heartbeat",
+                "a third",
+            ),
             ("timeout = \"0s\"\n", "replication.timeout", "out of range"),
             ("colour = 1\n", "(syntax)", "colour"),
         ] {

@@ -197,6 +197,71 @@ fn sync_mode_degrades_after_sync_timeout_when_the_standby_stops_acknowledging() 
     stalled.join().expect("stalled standby");
 }
 
+/// An active (speaking the protocol by hand) decides when the standby counts itself in sync:
+/// not at the catch-up's acknowledgement (a degraded active may have sent messages the
+/// catch-up did not carry), and never on an acknowledgement the active did not follow with
+/// another frame (an active that gave the standby up sends nothing more, and a standby that
+/// was frozen answers what it finds waiting when it resumes).
+#[test]
+fn a_standby_counts_itself_in_sync_only_on_acknowledgements_the_active_took_after_the_catch_up() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let c = cfg(Mode::Sync, b_addr, vec![]);
+    let timeout = c.timeout;
+    let rx = Receiver::start(c, b.path()).expect("receiver");
+    let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    let mut round_trip = |s: &mut std::net::TcpStream, f: Frame| {
+        f.write_to(s, &mut out).expect("send");
+        match read_frame(s, &mut buf).expect("answer") {
+            Frame::Ack { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    Frame::Hello {
+        version: understudy_fix::replica::proto::VERSION,
+        epoch: 3,
+        token: b"t0ken".to_vec(),
+    }
+    .write_to(&mut s, &mut Vec::new())
+    .expect("hello");
+    assert!(matches!(
+        read_frame(&mut s, &mut Vec::new()).expect("welcome"),
+        Frame::Welcome { .. }
+    ));
+    // The catch-up (nothing to copy) and its acknowledgement: not ready on that alone.
+    round_trip(&mut s, Frame::Sync { pos: 0 });
+    assert!(
+        !rx.health().ready,
+        "ready on the catch-up's acknowledgement"
+    );
+    // The next round trip: its acknowledgement is not taken until a frame follows it.
+    round_trip(&mut s, Frame::Heartbeat { written: 0 });
+    assert!(
+        !rx.health().ready,
+        "ready on an acknowledgement not yet taken"
+    );
+    round_trip(&mut s, Frame::Heartbeat { written: 0 });
+    let h = rx.health();
+    assert!(
+        h.ready,
+        "not ready once the active took an acknowledgement: {h:?}"
+    );
+    // The active gives the standby up after that last acknowledgement and sends nothing
+    // more: the standby's window runs out `timeout` after the acknowledgement it took.
+    let given_up = Instant::now();
+    wait_until("the standby out of sync", timeout * 3, || {
+        !rx.health().ready
+    });
+    assert!(
+        given_up.elapsed() + Duration::from_millis(50) >= timeout / 2,
+        "out of sync {:?} after the last frame, before its window could end",
+        given_up.elapsed()
+    );
+    drop(s);
+}
+
 /// The listener checks the token before anything else.
 #[test]
 fn a_sender_with_the_wrong_token_is_refused_and_writes_nothing() {

@@ -405,10 +405,13 @@ pub(crate) fn validate(
             format!("{sync_timeout:?} must be longer than replication.timeout ({timeout:?}): a standby must know it is out of sync before the active goes on without it"),
         ));
     }
-    if heartbeat * 2 > timeout {
+    // A standby's in-sync window starts at an acknowledgement and is renewed only when the
+    // next frame proves the active took it: a heartbeat later (see `standby::Acks`). A third
+    // leaves room for a round trip and a late heartbeat before the window would lapse.
+    if heartbeat * 3 > timeout {
         return Err(key_err(
             "heartbeat",
-            format!("{heartbeat:?} must be at most half of replication.timeout ({timeout:?})"),
+            format!("{heartbeat:?} must be at most a third of replication.timeout ({timeout:?}): a standby's in-sync window, renewed a heartbeat after each acknowledgement, would lapse between heartbeats"),
         ));
     }
     Ok(Some(ReplicationConfig {
@@ -456,6 +459,28 @@ mod tests {
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_millis(timeout_ms),
         })
+    }
+
+    #[test]
+    fn the_heartbeat_is_at_most_a_third_of_the_timeout() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret-token-of-some-length\n").expect("token");
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let raw = |heartbeat: &str| -> RawReplication {
+            toml::from_str(&format!(
+                "mode = \"sync\"\nlisten = \"127.0.0.1:9880\"\npeers = [\"127.0.0.2:9880\"]\n\
+                 token_file = {:?}\ntimeout = \"900ms\"\nheartbeat = \"{heartbeat}\"\n",
+                token.display().to_string()
+            ))
+            .expect("raw")
+        };
+        let ok = validate(Some(raw("300ms")), &[], true).expect("a third");
+        assert_eq!(ok.map(|c| c.heartbeat), Some(Duration::from_millis(300)));
+        let (key, why) = validate(Some(raw("301ms")), &[], true).expect_err("over a third");
+        assert_eq!(key, "replication.heartbeat");
+        assert!(why.contains("at most a third"), "{why}");
     }
 
     #[test]

@@ -76,10 +76,11 @@ struct State {
     applied: u64,
     heard: u64,
     behind_since: Option<Instant>,
-    /// Ready (may take over) until then: `timeout` after the last acknowledgement sent while
-    /// caught up. Anchored at the acknowledgement, which the active receives later, so it
-    /// ends before the active may go on without this standby (`sync_timeout` after it heard
-    /// from it). Kept across a disconnect: an active that just died leaves its standby ready.
+    /// Ready (may take over) until then: `timeout` after the last acknowledgement the
+    /// active took, past the catch-up's ([`Acks`]). Anchored at the acknowledgement, which
+    /// the active receives later, so it ends before the active may go on without this
+    /// standby (`sync_timeout` after it heard from it). Kept across a disconnect: an active
+    /// that just died leaves its standby ready.
     synced_until: Option<Instant>,
     ever_connected: bool,
     last_error: Option<String>,
@@ -554,11 +555,20 @@ fn mirror(
         dirs: HashSet::new(),
         fresh,
     };
+    let mut acks = Acks::default();
     loop {
         let frame = match read_frame(s, buf) {
             Ok(f) => f,
             Err(e) => return Err(format!("reading from the active: {e}")),
         };
+        // The active sends nothing more on a stream after an Ack it did not take (it gave
+        // this standby up): a frame after an Ack is the proof that it took it.
+        if let Some(at) = acks.confirmed() {
+            let mut st = lock(&sh.state);
+            if st.generation == generation {
+                st.synced_until = Some(at + sh.cfg.timeout);
+            }
+        }
         let _w = lock(&sh.write);
         if let Err(newest) = still_current(sh, generation) {
             return refuse(s, newest, SUPERSEDED.to_owned());
@@ -590,7 +600,7 @@ fn mirror(
                     st.heard = st.heard.max(pos);
                     note_behind(&mut st);
                 }
-                acknowledge(sh, s, out, generation, pos)?;
+                acks.sent(acknowledge(s, out, pos)?);
             }
             Frame::Heartbeat { written } => {
                 let applied = {
@@ -600,32 +610,58 @@ fn mirror(
                     st.applied
                 };
                 // Answered, so the active knows this standby still counts itself in sync.
-                acknowledge(sh, s, out, generation, applied)?;
+                acks.sent(acknowledge(s, out, applied)?);
             }
             other => return Err(format!("unexpected frame from the active: {other:?}")),
         }
     }
 }
 
-/// Sends `Ack(pos)` and extends the in-sync window from the moment before it was sent.
-/// Heartbeats come only after the catch-up and between batches, so every acknowledgement
-/// sent is one of a standby holding all it was sent.
-fn acknowledge(
-    sh: &Shared,
-    s: &mut TcpStream,
-    out: &mut Vec<u8>,
-    generation: u64,
-    pos: u64,
-) -> Result<(), String> {
+/// Sends `Ack(pos)`; returns the moment before it was sent, where an in-sync window that
+/// this acknowledgement opens starts ([`Acks`]).
+fn acknowledge(s: &mut TcpStream, out: &mut Vec<u8>, pos: u64) -> Result<Instant, String> {
     let at = Instant::now();
     Frame::Ack { pos }
         .write_to(s, out)
         .map_err(|e| format!("acknowledging: {e}"))?;
-    let mut st = lock(&sh.state);
-    if st.generation == generation {
-        st.synced_until = Some(at + sh.cfg.timeout);
+    Ok(at)
+}
+
+/// When this standby's acknowledgements on one stream make it ready (in sync for
+/// `timeout` from the moment an acknowledgement was sent).
+///
+/// Two acknowledgements never do, although the standby held all it was sent when it sent
+/// them:
+/// * the stream's first, the catch-up's: the catch-up read the active's files at one
+///   position, and an active that was going on alone (degraded) kept sending messages whose
+///   records it wrote after that read. The next `Sync` carries them; a `Heartbeat` comes
+///   only when no batch is waiting for this standby, so either proves it caught up.
+/// * one the active did not take: an active that gave this standby up (no acknowledgement
+///   within `sync_timeout`) goes on alone and only closes the stream, so a standby that was
+///   frozen (SIGSTOP, a VM paused) and answers the frames it finds waiting must not count
+///   itself in sync. The active sends nothing more after an acknowledgement it did not take:
+///   the next frame is the proof, and the window then starts at that acknowledgement.
+///
+/// Readiness therefore comes a heartbeat or two after the catch-up, and a window always
+/// trails by one heartbeat (why `heartbeat` is at most a third of `timeout`).
+#[derive(Default)]
+struct Acks {
+    /// Acknowledgements sent on this stream.
+    sent: u64,
+    /// When the last one was sent, unless it was the first or a frame followed it already.
+    unconfirmed: Option<Instant>,
+}
+
+impl Acks {
+    fn sent(&mut self, at: Instant) {
+        self.sent += 1;
+        self.unconfirmed = (self.sent > 1).then_some(at);
     }
-    Ok(())
+
+    /// A frame arrived: when the acknowledgement before it was sent, if that one counts.
+    fn confirmed(&mut self) -> Option<Instant> {
+        self.unconfirmed.take()
+    }
 }
 
 fn note_behind(st: &mut State) {
