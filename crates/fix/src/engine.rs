@@ -448,6 +448,15 @@ pub struct Engine<S: SessionStore> {
     /// durable first, oldest first. Its bytes already count in their connection's
     /// `unwritten`, so a disk that stops syncing ends in the slow-consumer bound.
     held: VecDeque<(u64, Pending)>,
+    /// Connections their session let go (a Logout, a protocol error, a slow consumer) whose
+    /// last bytes (the Logout saying why) are still held for group commit: each closes
+    /// once nothing of it is held. Nothing is read from them any more.
+    ///
+    /// Why not wait for those bytes on the spot: with `replication.mode = "sync"` and the
+    /// standby gone, a pass waits up to `sync_timeout` for its acknowledgement, and the loop
+    /// (every session, the tick, the health answers) would wait with it; the agent's health
+    /// check then fails and stops the only gateway that can serve (review 10).
+    closing: Vec<(u64, Conn)>,
     /// A durable position whose staged store records (received sequence numbers, which no
     /// send waits on) are still to be written: after the sends it released went out (see
     /// [`on_durable`](Self::on_durable)).
@@ -484,6 +493,7 @@ impl<S: SessionStore> Engine<S> {
             prelogon_timeout: DEFAULT_LOGON_TIMEOUT,
             counters: Counters::default(),
             held: VecDeque::new(),
+            closing: Vec::new(),
             staged_durable: None,
             durable_rx: None,
             grouped: false,
@@ -757,6 +767,7 @@ impl<S: SessionStore> Engine<S> {
         // Give the writer tasks a moment to put the Logouts on the wire.
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.conns.clear();
+        self.closing.clear();
     }
 
     fn on_command<A: Application>(&mut self, app: &mut A, cmd: Command) -> Result<(), EngineError> {
@@ -1333,14 +1344,14 @@ impl<S: SessionStore> Engine<S> {
                         app.on_event(i, &e);
                     }
                     Action::Disconnect(reason) => {
-                        // The connection goes now, so its write-queue bound no longer matters;
-                        // what it is owed (a Logout saying why) waits for its batch here, as
-                        // a rare path may.
-                        if self.release_all_blocking() {
-                            let _ = self.write_pending(&mut pending);
-                        }
+                        // The session lets the connection go now; what it is owed (a Logout
+                        // saying why, in `pending` or held) goes when durable, as every send
+                        // does, and the connection closes after it (see `closing`).
                         if let Some(id) = self.slots[i].conn {
-                            self.conns.remove(&id);
+                            if let Some(c) = self.conns.remove(&id) {
+                                c.reader.abort();
+                                self.closing.push((id, c));
+                            }
                             self.detach(app, i, id, &reason);
                         }
                         let name = self.slots[i].slot.name.clone();
@@ -1423,7 +1434,7 @@ impl<S: SessionStore> Engine<S> {
     fn write_pending(&mut self, pending: &mut Pending) -> Vec<u64> {
         let mut over = Vec::new();
         for (id, buf) in pending.drain(..) {
-            if let Some(c) = self.conns.get(&id) {
+            if let Some(c) = self.conn(id) {
                 let n = buf.len();
                 let before = c.unwritten.fetch_add(n, Ordering::Relaxed);
                 if c.writer.send(buf).is_err() {
@@ -1439,7 +1450,13 @@ impl<S: SessionStore> Engine<S> {
     /// Writes `pending` now if every record written so far is durable (and nothing older is
     /// held), else holds it for [`on_durable`](Self::on_durable). Returns the connections
     /// over their write-queue bound.
-    fn send_when_durable(&mut self, mut pending: Pending) -> Vec<u64> {
+    fn send_when_durable(&mut self, pending: Pending) -> Vec<u64> {
+        let over = self.send_or_hold(pending);
+        self.close_finished();
+        over
+    }
+
+    fn send_or_hold(&mut self, mut pending: Pending) -> Vec<u64> {
         let Some(g) = self.group() else {
             return self.write_pending(&mut pending);
         };
@@ -1455,7 +1472,7 @@ impl<S: SessionStore> Engine<S> {
         }
         let mut over = Vec::new();
         for (id, buf) in &pending {
-            if let Some(c) = self.conns.get(id) {
+            if let Some(c) = self.conn(*id) {
                 let before = c.unwritten.fetch_add(buf.len(), Ordering::Relaxed);
                 if before.saturating_add(buf.len()) > MAX_WRITE_QUEUE_BYTES {
                     over.push(*id);
@@ -1467,6 +1484,26 @@ impl<S: SessionStore> Engine<S> {
         // wrote the record its own send waits on, and that send would wait for two passes.
         self.held.push_back((need, pending));
         over
+    }
+
+    /// A connection by id, also one that is closing (see `closing`).
+    fn conn(&self, id: u64) -> Option<&Conn> {
+        self.conns.get(&id).or_else(|| {
+            self.closing
+                .iter()
+                .find_map(|(c, conn)| (*c == id).then_some(conn))
+        })
+    }
+
+    /// Closes the connections of `closing` of which nothing is held any more: what they
+    /// were owed is with their writer tasks, which write it and then close.
+    fn close_finished(&mut self) {
+        if self.closing.is_empty() {
+            return;
+        }
+        let held = &self.held;
+        self.closing
+            .retain(|(id, _)| held.iter().any(|(_, p)| p.iter().any(|(c, _)| c == id)));
     }
 
     /// Sends wait for group commit.
@@ -1519,7 +1556,7 @@ impl<S: SessionStore> Engine<S> {
                 break;
             };
             for (id, buf) in pending {
-                let Some(c) = self.conns.get(&id) else {
+                let Some(c) = self.conn(id) else {
                     continue;
                 };
                 let n = buf.len();
@@ -1530,12 +1567,13 @@ impl<S: SessionStore> Engine<S> {
                 }
             }
         }
+        self.close_finished();
         over
     }
 
     /// Waits (blocking the loop) until every record written so far is durable and writes
-    /// what was held: for a disconnect and a shutdown, whose last bytes must go before the
-    /// connection does. False when syncing failed: nothing more may be sent.
+    /// what was held: for a shutdown, whose last bytes must go before the connections do.
+    /// False when syncing failed: nothing more may be sent.
     fn release_all_blocking(&mut self) -> bool {
         if self.verify_fences().is_err() {
             return false;

@@ -1,8 +1,9 @@
 //! Group commit against real files and a real engine over TCP: records are made durable in
 //! batches, a lone record without waiting for company, the records of one event in one pass,
 //! a received sequence number reaches the file only after what was forwarded before it is
-//! durable, a gateway syncs per order only the files its sends depend on, and nothing is
-//! sent before the records written ahead of it are durable.
+//! durable, a gateway syncs per order only the files its sends depend on, nothing is sent
+//! before the records written ahead of it are durable, and a session that ends while a pass
+//! is held (a standby gone under `replication.mode = "sync"`) stops no other.
 //!
 //! The syncer is one per process and one case pauses it, so the cases run in order inside
 //! one test.
@@ -37,6 +38,8 @@ async fn group_commit() {
     one_pass_per_lone_order().await;
     gateway_order_costs_one_sync_per_file_it_depends_on().await;
     nothing_leaves_before_it_is_durable().await;
+    a_session_ending_while_a_pass_is_held_stops_nothing_else().await;
+    a_new_generation_waits_for_no_pass();
 }
 
 /// Records of three stores written back to back become durable in far fewer passes than
@@ -349,4 +352,134 @@ async fn nothing_leaves_before_it_is_durable() {
     reports(&mut c).await;
     c.task.abort();
     sim.abort();
+}
+
+/// A session that ends while a pass cannot finish (the syncer paused, as a pass waiting for a
+/// standby that is gone): its Logout answer waits for the pass like every send, and the loop
+/// goes on with the other sessions meanwhile. It used to wait for the pass on the spot,
+/// freezing every session (and the health answers) until the pass ended.
+async fn a_session_ending_while_a_pass_is_held_stops_nothing_else() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut slots = Vec::new();
+    for target in ["CLIENT", "CLIENT2"] {
+        let mut cfg = SessionConfig::new(BeginString::Fix44, "EXCH", target, Role::Acceptor);
+        cfg.logon_timeout = Duration::from_secs(5);
+        let session = Session::new(cfg, open(tmp.path(), target, 1)).expect("session");
+        slots.push(SessionSlot::new(target, session));
+    }
+    // The simulator on a thread and runtime of its own, as the gateway's loop is: a loop
+    // that blocks its thread then fails this test instead of stalling the test's runtime.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let engine = Engine::new(slots, Some(listener));
+            let mut app = ExchangeSim::new();
+            let _ = engine
+                .run(&mut app, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+    });
+    let mut a = logged_on(addr, "EXCH").await;
+    let mut b = client::start(ClientConfig {
+        connect: vec![addr],
+        sender_comp_id: "CLIENT2".into(),
+        target_comp_id: "EXCH".into(),
+        begin_string: BeginString::Fix44,
+        heartbeat_interval: Duration::from_secs(30),
+        reconnect_interval: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .expect("client 2");
+    while !matches!(
+        next(&mut b, Duration::from_secs(10)).await,
+        Some(ClientEvent::LoggedOn(_))
+    ) {}
+    let b_segment = tmp
+        .path()
+        .join(sid("CLIENT2").dir_name())
+        .join(format!("{:020}.log", 1));
+    let records = |p: &std::path::Path| understudy_fix::store::records_len(p).expect("segment");
+    let g = GroupCommit::started().expect("syncer running");
+    g.pause(true);
+    // A logs out: the simulator's answer is written, held, and A's session ends.
+    assert!(a.handle.logout(0), "logout queued");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // B's order is still handled: its reports are written (and held too).
+    let before = records(&b_segment);
+    b.handle.send(0, b"D", order("b1"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while records(&b_segment) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the loop handled nothing after a session ended while a pass was held"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nothing of either left before it was durable.
+    let quiet_until = Instant::now() + Duration::from_millis(300);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        let early = next(&mut b, left).await;
+        assert!(
+            !matches!(early, Some(ClientEvent::Message { .. })),
+            "a report arrived before its record was durable: {early:?}"
+        );
+    }
+    g.pause(false);
+    // Resumed: B gets its reports, A its Logout answer and the end of its connection.
+    reports(&mut b).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match next(&mut a, deadline.saturating_duration_since(Instant::now())).await {
+            Some(ClientEvent::LoggedOut(_)) => break,
+            Some(_) => {}
+            None => panic!("A's session never ended"),
+        }
+    }
+    a.task.abort();
+    b.task.abort();
+    let _ = stop.send(());
+    sim.join().expect("the simulator's thread");
+}
+
+/// A reset past the rotation size starts a new generation, which makes the old one durable
+/// with an `fdatasync` of its own: it runs on the event loop, so it must not wait for a
+/// pass that may be waiting for a standby that is gone (here: the syncer paused).
+fn a_new_generation_waits_for_no_pass() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut st = open(tmp.path(), "ROTATE", 1);
+    st.set_rotate_after(4096);
+    for i in 1..=40 {
+        st.save_sent(i, &[b'x'; 200]).expect("save");
+    }
+    let g = GroupCommit::started().expect("syncer running");
+    g.pause(true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = tmp.path().to_path_buf();
+    std::thread::spawn(move || {
+        let r = st.reset().map(|()| st.segment());
+        let _ = tx.send(r);
+    });
+    let segment = rx.recv_timeout(Duration::from_secs(3));
+    g.pause(false);
+    let segment = segment
+        .expect("the reset waited for the paused syncer")
+        .expect("reset");
+    assert_eq!(segment.generation, 1, "no new generation: {segment:?}");
+    let reopened =
+        FileStore::open(&dir, &sid("ROTATE"), 2, SyncPolicy::EveryWrite).expect("reopen");
+    assert_eq!(
+        reopened.next_sender_seq(),
+        1,
+        "the reset is not what a successor reads"
+    );
 }

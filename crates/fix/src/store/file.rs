@@ -1588,10 +1588,20 @@ impl FileStore {
             return Err(StoreError::Poisoned);
         }
         self.check_fence()?;
-        // The old generation stays readable as history: what it holds is made durable now
-        // (under group commit, a wait for the syncer), so after a machine crash it is not
-        // shorter than the history entry below.
-        self.sync()?;
+        // The old generation stays readable as history: what it holds is made durable now,
+        // so after a machine crash it is not shorter than the history entry below. Under
+        // group commit by an `fdatasync` of our own, not a wait for the syncer: its pass may
+        // wait up to `sync_timeout` for a standby's acknowledgement, and this runs on the
+        // event loop (a reset, an order-map compaction). What the pass would ship the next
+        // one does; the records' positions still become durable through the syncer.
+        if self.group.is_some() {
+            if let Err(e) = self.file.sync_data() {
+                self.poisoned = true;
+                return Err(io_err("sync", &self.path)(e));
+            }
+        } else {
+            self.sync()?;
+        }
         let old = self.seg;
         let next = SegmentId {
             epoch: old.epoch,
