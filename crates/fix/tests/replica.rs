@@ -262,6 +262,92 @@ fn a_standby_counts_itself_in_sync_only_on_acknowledgements_the_active_took_afte
     drop(s);
 }
 
+/// Before its token is checked a peer gets one hello, of bounded size, within `timeout` in
+/// all: four peers that trickle a hello byte by byte (each byte in time on its own) cannot
+/// hold the standby's four connection slots and keep the real active out, and a hello
+/// announcing more than the largest hello is refused before it is read.
+#[test]
+#[allow(clippy::disallowed_methods)] // the tricklers pace their bytes with sleeps
+fn peers_that_never_finish_a_hello_cannot_keep_the_active_out() {
+    use std::io::{Read, Write};
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let c = cfg(Mode::Sync, b_addr, vec![]);
+    let timeout = c.timeout;
+    let rx = Receiver::start(c, b.path()).expect("receiver");
+    // A header announcing 1 000 bytes (a hello that size is allowed), then a byte every
+    // 100 ms; until the standby closes the connection, at most 5 s.
+    let tricklers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+                let start = Instant::now();
+                let mut head = 1000u32.to_le_bytes().to_vec();
+                head.extend_from_slice(&[0; 4]);
+                if s.write_all(&head).is_err() {
+                    return start.elapsed();
+                }
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .expect("timeout");
+                while start.elapsed() < Duration::from_secs(5) {
+                    if s.write_all(&[1]).is_err() {
+                        break;
+                    }
+                    // A close shows as the end of the stream (or a reset).
+                    match s.read(&mut [0; 64]) {
+                        Ok(0) => break,
+                        Err(e)
+                            if e.kind() != std::io::ErrorKind::WouldBlock
+                                && e.kind() != std::io::ErrorKind::TimedOut =>
+                        {
+                            break
+                        }
+                        _ => {}
+                    }
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let a = tempfile::tempdir().expect("tmp");
+    let tx = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        a.path(),
+        1,
+        GroupCommit::shared().expect("syncer"),
+    )
+    .expect("sender");
+    wait_until("the real active in sync", timeout * 5, || {
+        tx.health().peers[0].in_sync
+    });
+    tx.stop();
+    for t in tricklers {
+        let held = t.join().expect("trickler");
+        assert!(
+            held < timeout * 3,
+            "a peer without a whole hello held its slot for {held:?}"
+        );
+    }
+    // A hello announcing more than the largest hello: refused before its body is read.
+    let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+    let mut head = (understudy_fix::replica::proto::MAX_HELLO as u32 + 1)
+        .to_le_bytes()
+        .to_vec();
+    head.extend_from_slice(&[0; 4]);
+    s.write_all(&head).expect("header");
+    s.set_read_timeout(Some(timeout * 3)).expect("timeout");
+    let started = Instant::now();
+    let n = s.read(&mut [0; 64]).unwrap_or(0);
+    assert_eq!(n, 0, "an oversized hello was answered");
+    assert!(
+        started.elapsed() < timeout,
+        "an oversized hello was waited for"
+    );
+    drop(rx);
+}
+
 /// The listener checks the token before anything else.
 #[test]
 fn a_sender_with_the_wrong_token_is_refused_and_writes_nothing() {

@@ -367,8 +367,22 @@ impl Frame {
     }
 }
 
+/// Largest [`Frame::Hello`] body: type, version, epoch and a token of [`MAX_TEXT`] bytes. A
+/// standby reads a connection's first frame with this bound ([`read_frame_max`]): before the
+/// token is checked, a peer gets no more than that.
+pub const MAX_HELLO: usize = 1 + 2 + 8 + 2 + MAX_TEXT;
+
 /// Reads one frame. A clean end of stream before its first byte is [`ProtoError::Closed`].
 pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Frame, ProtoError> {
+    read_frame_max(r, buf, MAX_FRAME)
+}
+
+/// [`read_frame`] refusing a body longer than `max` ([`ProtoError::Length`]) before reading it.
+pub fn read_frame_max(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<Frame, ProtoError> {
     let mut head = [0u8; 8];
     let mut got = 0;
     while got < head.len() {
@@ -381,7 +395,7 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Frame, ProtoEr
         }
     }
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len == 0 || len > MAX_FRAME {
+    if len == 0 || len > max.min(MAX_FRAME) {
         return Err(ProtoError::Length(len));
     }
     buf.clear();

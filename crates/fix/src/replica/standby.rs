@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::proto::{read_frame, segment_epoch, Frame, MAX_FILES, VERSION};
+use super::proto::{
+    read_frame, read_frame_max, segment_epoch, Frame, MAX_FILES, MAX_HELLO, VERSION,
+};
 use super::{list_segments, same_secret, ReplicationConfig, ReplicationHealth};
 use crate::store::{remove_unclaimed_segments, valid_len};
 
@@ -353,6 +355,32 @@ impl Mirror<'_> {
     }
 }
 
+/// A stream whose reads all end by `until`: each read waits at most for the time left.
+struct Deadline<'a> {
+    s: &'a mut TcpStream,
+    until: Instant,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(s: &'a mut TcpStream, until: Instant) -> Self {
+        Deadline { s, until }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no whole hello within replication.timeout",
+            ));
+        }
+        self.s.set_read_timeout(Some(left))?;
+        self.s.read(buf)
+    }
+}
+
 fn refuse(s: &mut TcpStream, newest_epoch: u64, reason: String) -> Result<(), String> {
     let _ = Frame::Refuse {
         newest_epoch,
@@ -370,7 +398,16 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut out = Vec::new();
-    let (epoch, token) = match read_frame(&mut s, &mut buf).map_err(|e| e.to_string())? {
+    // The hello within `timeout` in all and at most the largest hello: a peer that has not
+    // shown the token holds one of the few connection slots no longer than that, however
+    // slowly it trickles bytes, and cannot make this standby read a megabyte first.
+    let hello = read_frame_max(
+        &mut Deadline::new(&mut s, Instant::now() + sh.cfg.timeout),
+        &mut buf,
+        MAX_HELLO,
+    );
+    s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    let (epoch, token) = match hello.map_err(|e| format!("hello: {e}"))? {
         Frame::Hello {
             version: VERSION,
             epoch,
