@@ -197,6 +197,81 @@ fn sync_mode_degrades_after_sync_timeout_when_the_standby_stops_acknowledging() 
     stalled.join().expect("stalled standby");
 }
 
+/// With two standbys a batch waits for both, not for the first to acknowledge: the one that
+/// stops acknowledging may still count itself in sync, and take over without the batch,
+/// until `sync_timeout` after it was last heard from. Then it is dropped, the batch goes on
+/// with the other (not degraded), and the next batch waits only for the one in sync.
+#[test]
+fn sync_mode_waits_for_every_standby_in_sync_and_drops_one_that_stops() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let rx = Receiver::start(cfg(Mode::Sync, b_addr, vec![]), b.path()).expect("receiver");
+    let (stalled_addr, stalled) = stalled_standby(31);
+    let mut st = FileStore::open(a.path(), &sid(), 31, SyncPolicy::Group).expect("open");
+    let group = GroupCommit::shared().expect("syncer");
+    let mut c = cfg(Mode::Sync, free_addr(), vec![b_addr, stalled_addr]);
+    c.timeout = Duration::from_millis(200);
+    c.sync_timeout = Duration::from_millis(600);
+    let sync_timeout = c.sync_timeout;
+    let tx = Sender::start(c, a.path(), 31, group).expect("sender");
+    wait_until("both in sync", Duration::from_secs(5), || {
+        let h = tx.health();
+        h.peers.iter().all(|p| p.in_sync)
+    });
+    st.save_sent(1, &frame(1)).expect("save");
+    let t0 = Instant::now();
+    st.sync().expect("durable");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= sync_timeout / 2 && waited < Duration::from_secs(4),
+        "the batch went on after {waited:?}, without the standby that may still count itself in sync"
+    );
+    let h = tx.health();
+    assert!(!h.degraded, "one standby acknowledged: {h:?}");
+    assert!(h.peers[0].in_sync && !h.peers[1].in_sync, "{h:?}");
+    // The next batch waits for the one in sync only.
+    st.save_sent(2, &frame(2)).expect("save");
+    let t1 = Instant::now();
+    st.sync().expect("sync");
+    assert!(t1.elapsed() < sync_timeout / 2, "{:?}", t1.elapsed());
+    assert_eq!(rx.health().lag_records, Some(0));
+    tx.stop();
+    stalled.join().expect("stalled standby");
+}
+
+/// A degraded active is synchronous again as soon as its standby has caught up, also when it
+/// sends nothing meanwhile: its health says so at once.
+#[test]
+fn an_idle_degraded_active_is_synchronous_again_once_its_standby_caught_up() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let mut st = FileStore::open(a.path(), &sid(), 41, SyncPolicy::Group).expect("open");
+    let group = GroupCommit::shared().expect("syncer");
+    // No standby yet: the first batch degrades at once (none was ever heard from).
+    let tx = Sender::start(
+        cfg(Mode::Sync, free_addr(), vec![b_addr]),
+        a.path(),
+        41,
+        group,
+    )
+    .expect("sender");
+    st.save_sent(1, &frame(1)).expect("save");
+    st.sync().expect("durable alone");
+    assert!(tx.health().degraded, "{:?}", tx.health());
+    let rx = Receiver::start(cfg(Mode::Sync, b_addr, vec![]), b.path()).expect("receiver");
+    wait_until("in sync", Duration::from_secs(5), || {
+        tx.health().peers[0].in_sync
+    });
+    let h = tx.health();
+    assert!(!h.degraded, "in sync again but still degraded: {h:?}");
+    tx.stop();
+    drop(rx);
+}
+
 /// An active (speaking the protocol by hand) decides when the standby counts itself in sync:
 /// not at the catch-up's acknowledgement (a degraded active may have sent messages the
 /// catch-up did not carry), and never on an acknowledgement the active did not follow with

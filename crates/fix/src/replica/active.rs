@@ -4,8 +4,10 @@
 //!
 //! Nothing is queued in memory: what a standby lacks is read from the segment files, from
 //! the offset it acknowledged. A slow standby therefore costs no memory; a standby that
-//! does not acknowledge a batch within `sync_timeout` (sync) or answer within `timeout`
-//! (either mode) is disconnected, and catches up from the files when it reconnects.
+//! does not acknowledge a batch within `sync_timeout` (sync), or answer at all within the
+//! longer of `sync_timeout` and `timeout` (either mode: one read timeout serves both), is
+//! disconnected, and catches up from the files when it reconnects. With `sync`, a batch
+//! waits for every standby that may count itself in sync (see `finish`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -227,42 +229,57 @@ impl BatchHook for Shared {
             if self.cfg.mode != Mode::Sync {
                 return Ok(());
             }
-            if st.peers.iter().any(|p| p.in_sync && p.acked >= pos) {
+            // Every standby that may count itself in sync must hold the batch before anything
+            // of it leaves: wait for each until it acknowledges, or until `sync_timeout` after
+            // it was last heard from (it may count itself in sync until then; after, it
+            // cannot); then drop it. Waiting for one of several was not enough: the others
+            // still said ready without the batch (review 10).
+            let now = Instant::now();
+            let mut acked = false;
+            let mut hold: Option<Instant> = None;
+            let mut dropped = false;
+            for p in st.peers.iter_mut() {
+                if p.in_sync && p.acked >= pos {
+                    acked = true;
+                    continue;
+                }
+                match p.last_heard.map(|t| t + self.cfg.sync_timeout) {
+                    Some(until) if until > now => {
+                        hold = Some(hold.map_or(until, |h| h.min(until)));
+                    }
+                    _ if p.in_sync => {
+                        tracing::error!(
+                            peer = %p.addr,
+                            timeout = ?self.cfg.sync_timeout,
+                            "replication: standby did not acknowledge in time; dropped until it catches up"
+                        );
+                        p.in_sync = false;
+                        p.drop_now = true;
+                        dropped = true;
+                    }
+                    _ => {}
+                }
+            }
+            if dropped {
+                self.cv.notify_all();
+            }
+            if let Some(until) = hold {
+                st = self
+                    .cv
+                    .wait_timeout(st, until.saturating_duration_since(now))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            if acked {
                 if st.degraded {
                     tracing::info!("replication: a standby acknowledges again; synchronous again");
                     st.degraded = false;
                 }
                 return Ok(());
             }
-            // A standby heard from within `sync_timeout` may still count itself in sync (and
-            // take over): wait for it. After that, go on without one.
-            let now = Instant::now();
-            let hold = st
-                .peers
-                .iter()
-                .filter_map(|p| p.last_heard)
-                .max()
-                .map(|t| t + self.cfg.sync_timeout)
-                .filter(|&h| h > now);
-            if let Some(until) = hold {
-                st = self
-                    .cv
-                    .wait_timeout(st, until - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                continue;
-            }
-            for p in st.peers.iter_mut().filter(|p| p.in_sync) {
-                tracing::error!(
-                    peer = %p.addr,
-                    timeout = ?self.cfg.sync_timeout,
-                    "replication: standby did not acknowledge in time; dropped until it catches up"
-                );
-                p.in_sync = false;
-                p.drop_now = true;
-            }
             if !st.degraded {
-                tracing::warn!(
+                tracing::error!(
                     "replication: no standby in sync; degraded to asynchronous until one catches up"
                 );
                 st.degraded = true;
@@ -372,6 +389,12 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         p.last_heard = Some(Instant::now());
         p.error = None;
         tracing::info!(peer = %p.addr, position = p0, "replication: standby caught up, in sync");
+        // The next batch waits for it: synchronous again now, not at the next acknowledgement
+        // (an idle active kept saying "degraded" with its standby back).
+        if st.degraded && sh.cfg.mode == Mode::Sync {
+            tracing::info!("replication: a standby is in sync again; synchronous again");
+            st.degraded = false;
+        }
         sh.cv.notify_all();
     }
     loop {

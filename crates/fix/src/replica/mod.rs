@@ -17,7 +17,8 @@
 //! sends what is missing (catch-up), then, for each group-commit batch, the new bytes and one
 //! [`proto::Frame::Sync`]; the standby `fdatasync`s and acknowledges. With `mode = "sync"` the
 //! batch counts as durable — its messages may leave — only when the local `fdatasync` is done
-//! and one standby acknowledged it: one round trip per batch, run alongside the local sync
+//! and every standby that may count itself in sync acknowledged it (at least one; one that
+//! stays silent `sync_timeout` is dropped): one round trip per batch, run alongside the local sync
 //! (see [`crate::store::GroupCommit::set_hook`]).
 //!
 //! # Fencing
@@ -58,7 +59,8 @@ pub enum Mode {
     Off,
     /// Streamed, not waited for: a machine loss can lose the last batches.
     Async,
-    /// A message leaves only once durable locally and on one standby.
+    /// A message leaves only once durable locally and on every standby in sync (at least
+    /// one).
     Sync,
 }
 
@@ -87,8 +89,8 @@ pub struct ReplicationConfig {
     pub token: Vec<u8>,
     /// `sync_timeout`: longest wait for a standby's acknowledgement before degrading.
     pub sync_timeout: Duration,
-    /// `timeout`: silence after which either side gives the connection up; a standby is out
-    /// of sync from then on.
+    /// `timeout`: silence after which a standby gives the connection up and is out of sync
+    /// (the active's reads wait the longer of this and `sync_timeout`).
     pub timeout: Duration,
     /// `heartbeat`: the active's heartbeat interval on an idle stream.
     pub heartbeat: Duration,
