@@ -120,23 +120,41 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// A standby (speaking the protocol by hand) that takes the catch-up of an active of `epoch`
 /// and then stops acknowledging, as when its disk hangs; it reads until the active gives up.
+/// A standby by hand: the next connection to `listener`, past its hello (of `epoch`) and our
+/// welcome with no files.
+fn accept_as_standby(listener: &TcpListener, epoch: u64) -> std::net::TcpStream {
+    let (mut s, _) = listener.accept().expect("accept");
+    match read_frame(&mut s, &mut Vec::new()).expect("hello") {
+        Frame::Hello { epoch: e, .. } => assert_eq!(e, epoch),
+        other => panic!("{other:?}"),
+    }
+    Frame::Welcome {
+        seen_epoch: epoch,
+        files: vec![],
+    }
+    .write_to(&mut s, &mut Vec::new())
+    .expect("welcome");
+    s
+}
+
+/// An active by hand: sends the hello of `epoch` with `token` on `s`.
+fn send_hello(s: &mut std::net::TcpStream, epoch: u64, token: &[u8]) {
+    Frame::Hello {
+        version: understudy_fix::replica::proto::VERSION,
+        epoch,
+        token: token.to_vec(),
+    }
+    .write_to(s, &mut Vec::new())
+    .expect("hello");
+}
+
 fn stalled_standby(epoch: u64) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let h = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
+        let mut s = accept_as_standby(&listener, epoch);
         let mut buf = Vec::new();
         let mut out = Vec::new();
-        match read_frame(&mut s, &mut buf).expect("hello") {
-            Frame::Hello { epoch: e, .. } => assert_eq!(e, epoch),
-            other => panic!("{other:?}"),
-        }
-        Frame::Welcome {
-            seen_epoch: epoch,
-            files: vec![],
-        }
-        .write_to(&mut s, &mut out)
-        .expect("welcome");
         loop {
             match read_frame(&mut s, &mut buf) {
                 Ok(Frame::Sync { pos }) => {
@@ -294,13 +312,7 @@ fn a_standby_counts_itself_in_sync_only_on_acknowledgements_the_active_took_afte
             other => panic!("{other:?}"),
         }
     };
-    Frame::Hello {
-        version: understudy_fix::replica::proto::VERSION,
-        epoch: 3,
-        token: b"t0ken".to_vec(),
-    }
-    .write_to(&mut s, &mut Vec::new())
-    .expect("hello");
+    send_hello(&mut s, 3, b"t0ken");
     assert!(matches!(
         read_frame(&mut s, &mut Vec::new()).expect("welcome"),
         Frame::Welcome { .. }
@@ -431,14 +443,7 @@ fn a_sender_with_the_wrong_token_is_refused_and_writes_nothing() {
     let b_addr = free_addr();
     let rx = Receiver::start(cfg(Mode::Async, b_addr, vec![]), b.path()).expect("receiver");
     let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
-    let mut out = Vec::new();
-    Frame::Hello {
-        version: understudy_fix::replica::proto::VERSION,
-        epoch: 99,
-        token: b"wrong".to_vec(),
-    }
-    .write_to(&mut s, &mut out)
-    .expect("hello");
+    send_hello(&mut s, 99, b"wrong");
     match read_frame(&mut s, &mut Vec::new()).expect("answer") {
         Frame::Refuse { newest_epoch, .. } => assert_eq!(newest_epoch, 0),
         other => panic!("{other:?}"),
@@ -693,4 +698,111 @@ fn a_batch_ships_the_segments_it_wrote_and_idle_ones_stay_whole() {
         let st = FileStore::open(b.path(), s, 6, SyncPolicy::EveryWrite).expect("open copy");
         assert_eq!(st.next_sender_seq(), next[i]);
     }
+}
+
+/// A file written while a standby's catch-up waits for its acknowledgement still reaches
+/// that standby when the active prunes its record of written files (above 4096 of them, a
+/// few here):
+/// the pruning once counted only connected peers, and a peer in its catch-up is not one yet,
+/// so the file's entry went, and the batch after the catch-up skipped the file for good.
+#[test]
+fn a_file_written_during_a_catch_up_reaches_the_standby_when_the_written_files_are_pruned() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    const KEPT: usize = 8;
+    // More than that, so that a pass prunes.
+    const OTHERS: usize = KEPT + 1;
+    let a = tempfile::tempdir().expect("tmp");
+    let epoch = 7;
+    let x = SessionId::new(BeginString::Fix44, "GW", "X");
+    let mut sx = FileStore::open(a.path(), &x, epoch, SyncPolicy::Group).expect("open");
+    let mut others: Vec<FileStore> = (0..OTHERS)
+        .map(|i| {
+            let s = SessionId::new(BeginString::Fix44, "GW", &format!("O{i}"));
+            FileStore::open(a.path(), &s, epoch, SyncPolicy::Group).expect("open")
+        })
+        .collect();
+    // A standby by hand: it holds its catch-up's acknowledgement until told, then records
+    // every segment the batches send it.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let h_addr = listener.local_addr().expect("addr");
+    let (caught_up_tx, caught_up) = std::sync::mpsc::channel::<u64>();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let (acked_tx, acked) = std::sync::mpsc::channel::<(u64, Vec<String>)>();
+    let h = std::thread::spawn(move || {
+        let mut s = accept_as_standby(&listener, epoch);
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        let p0 = loop {
+            match read_frame(&mut s, &mut buf).expect("catch-up") {
+                Frame::Sync { pos } => break pos,
+                _ => continue,
+            }
+        };
+        caught_up_tx.send(p0).expect("tell");
+        if go_rx.recv().is_err() {
+            return;
+        }
+        Frame::Ack { pos: p0 }
+            .write_to(&mut s, &mut out)
+            .expect("ack");
+        let mut paths = Vec::new();
+        while let Ok(f) = read_frame(&mut s, &mut buf) {
+            match f {
+                Frame::Data { path, .. } => paths.push(path),
+                Frame::Sync { pos } => {
+                    Frame::Ack { pos }.write_to(&mut s, &mut out).expect("ack");
+                    if acked_tx.send((pos, std::mem::take(&mut paths))).is_err() {
+                        return;
+                    }
+                }
+                Frame::Heartbeat { .. } => {
+                    Frame::Ack { pos: 0 }
+                        .write_to(&mut s, &mut out)
+                        .expect("ack");
+                }
+                _ => {}
+            }
+        }
+    });
+    let group = GroupCommit::shared().expect("syncer");
+    let mut c = cfg(Mode::Async, free_addr(), vec![h_addr]);
+    // The held acknowledgement must not time the link out while the batches below run.
+    c.sync_timeout = Duration::from_secs(30);
+    c.timeout = Duration::from_secs(10);
+    c.heartbeat = Duration::from_secs(1);
+    let tx = Sender::start(c, a.path(), epoch, group).expect("sender");
+    tx.set_written_at_kept(KEPT);
+    let p0 = caught_up
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the catch-up's sync: {e}: {:?}", tx.health()));
+    // Written after the catch-up read it, while its acknowledgement is held.
+    sx.save_sent(1, &frame(1)).expect("save");
+    sx.sync().expect("durable");
+    // Enough other files in the next pass for it to prune.
+    for s in &mut others {
+        s.save_sent(1, &frame(1)).expect("save");
+    }
+    others.last_mut().expect("others").sync().expect("durable");
+    let last = group.written();
+    assert!(last > p0);
+    go.send(()).expect("go");
+    let x_seg = format!("{}/{:020}.log", x.dir_name(), epoch);
+    let mut got = Vec::new();
+    loop {
+        let (pos, paths) = acked
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a batch after the catch-up");
+        got.extend(paths);
+        if pos >= last {
+            break;
+        }
+    }
+    tx.stop();
+    assert!(
+        got.contains(&x_seg),
+        "{x_seg}, written after the catch-up read it, never shipped ({} segments were)",
+        got.len()
+    );
+    drop(go);
+    drop(acked);
+    let _ = h.join();
 }

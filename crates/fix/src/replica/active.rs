@@ -49,6 +49,8 @@ struct State {
     /// For each file a pass reported written (by device and inode), the highest position
     /// it covered: a batch ships only the segments written since the link's last one.
     written_at: HashMap<FileKey, u64>,
+    /// [`WRITTEN_AT_KEPT`] unless a test set a smaller one.
+    written_at_kept: usize,
 }
 
 /// A file's identity across handles: device and inode.
@@ -78,6 +80,11 @@ struct Peer {
     last_heard: Option<Instant>,
     /// The syncer gave up waiting for it: its thread disconnects it.
     drop_now: bool,
+    /// While a link to it is up (catch-up included), the position its link shipped every
+    /// file up to: [`State::written_at`] keeps the entries above it, which that link's next
+    /// batch reads. A peer in its catch-up is not `connected` yet, and pruning by the
+    /// connected ones alone dropped files written after the catch-up read them (review 10).
+    floor: Option<u64>,
     error: Option<String>,
 }
 
@@ -104,6 +111,7 @@ impl Sender {
                 acked: 0,
                 last_heard: None,
                 drop_now: false,
+                floor: None,
                 error: None,
             })
             .collect();
@@ -119,6 +127,7 @@ impl Sender {
                 degraded: false,
                 stop: false,
                 written_at: HashMap::new(),
+                written_at_kept: WRITTEN_AT_KEPT,
             }),
             cv: Condvar::new(),
         });
@@ -162,6 +171,12 @@ impl Sender {
         }
     }
 
+    /// Sets how many entries of the record of written files are kept before those every
+    /// linked peer has shipped are pruned (default 4096; tests use a small one).
+    pub fn set_written_at_kept(&self, n: usize) {
+        lock(&self.sh.st).written_at_kept = n;
+    }
+
     /// Stops the peer threads and detaches from the syncer.
     pub fn stop(&self) {
         self.sh.group.set_hook(None);
@@ -200,13 +215,12 @@ impl BatchHook for Shared {
             let at = st.written_at.entry(k).or_insert(0);
             *at = (*at).max(pos);
         }
-        if st.written_at.len() > WRITTEN_AT_KEPT {
-            // A peer not connected catches up from every file when it reconnects.
+        if st.written_at.len() > st.written_at_kept {
+            // A peer without a link catches up from every file when it reconnects.
             let shipped_by_all = st
                 .peers
                 .iter()
-                .filter(|p| p.connected)
-                .map(|p| p.acked)
+                .filter_map(|p| p.floor)
                 .min()
                 .unwrap_or(u64::MAX);
             st.written_at.retain(|_, at| *at > shipped_by_all);
@@ -310,6 +324,7 @@ fn peer_loop(sh: &Shared, i: usize) {
         p.connected = false;
         p.in_sync = false;
         p.drop_now = false;
+        p.floor = None;
         p.error = Some(err);
         sh.cv.notify_all();
         // The pause before connecting again; a stop ends it early.
@@ -376,8 +391,12 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         keys: HashMap::new(),
         shipped: 0,
     };
+    // Nothing is pruned until p0 is known, then nothing written after it: the catch-up reads
+    // the files as they are, and the batches after it read those written since p0.
+    lock(&sh.st).peers[i].floor = Some(0);
     // Every record up to p0 was in the files when they are read below.
     let p0 = sh.group.written();
+    lock(&sh.st).peers[i].floor = Some(p0);
     link.ship(true, p0)?;
     link.round_trip(Frame::Sync { pos: p0 })?;
     {
@@ -438,6 +457,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
                     continue;
                 }
                 st.peers[i].acked = pos;
+                st.peers[i].floor = Some(pos);
                 sh.cv.notify_all();
             }
             None => {
