@@ -27,8 +27,24 @@ fn the_round_trip_bench_measures_every_path_the_quickfix_relay_included() {
         "1",
         "--clients",
         "2",
+        "--cpu-dma-latency",
+        "1",
     ]);
     assert_eq!(code, 0, "the bench failed:\n{out}\n{err}");
+    // The latency request was in force while it ran (the limit is the lowest of every
+    // request on the machine, so at most ours).
+    let idle = out
+        .lines()
+        .find(|l| l.contains("CPU latency limit (PM QoS, /dev/cpu_dma_latency)"))
+        .unwrap_or_else(|| panic!("no CPU idle line in:\n{out}"));
+    assert!(idle.contains("held for the whole run"), "{idle}");
+    let limit: u32 = idle
+        .split("/dev/cpu_dma_latency) ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no limit in {idle:?}"));
+    assert!(limit <= 1, "{idle}");
     for label in [
         "understudy sim, memory store",
         "QuickFIX/C++, MemoryStore",

@@ -37,6 +37,12 @@ pub struct FixBenchArgs {
     /// acceptors of the group-commit comparison (fresh clients every run).
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
+    /// Holds a CPU wake-up latency request (PM QoS, `/dev/cpu_dma_latency`, in µs) for the
+    /// whole run, as latency-tuned hosts do (tuned's latency-performance profile holds 0 or
+    /// 1): idle CPUs stay in shallow states, for every side alike. Needs root. Without it the
+    /// machine's setting stands; the header prints what was in force.
+    #[arg(long, value_name = "MICROSECONDS", value_parser = clap::value_parser!(u32).range(0..=2_000_000_000))]
+    pub cpu_dma_latency: Option<u32>,
 }
 
 /// Relative margin by which every run must beat the other side (or the goal) to be judged.
@@ -201,6 +207,59 @@ fn fdatasync_p50(dir: &Path, n: usize, gap: Duration) -> anyhow::Result<f64> {
 }
 
 /// The 1-minute load average, as the kernel reports it.
+/// A PM QoS CPU latency request, in force while the file stays open (closing it withdraws it).
+struct CpuLatencyRequest(#[allow(dead_code)] std::fs::File);
+
+const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
+
+fn request_cpu_latency(us: u32) -> anyhow::Result<CpuLatencyRequest> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(CPU_DMA_LATENCY)
+        .with_context(|| {
+            format!("--cpu-dma-latency: cannot open {CPU_DMA_LATENCY} (needs root)")
+        })?;
+    // The kernel takes the value as a binary 32-bit integer (range-checked by clap).
+    let v = i32::try_from(us).context("--cpu-dma-latency out of range")?;
+    f.write_all(&v.to_ne_bytes())
+        .with_context(|| format!("--cpu-dma-latency: cannot write {CPU_DMA_LATENCY}"))?;
+    Ok(CpuLatencyRequest(f))
+}
+
+/// The CPU idle setting in force: the cpuidle driver and governor, and the PM QoS CPU latency
+/// limit all requests together set (how deep an idle CPU may sleep, so how long a wake-up
+/// takes: on a VM whose idle vCPUs halt, a wake-up costs tens of µs per hop).
+fn cpu_idle_setting() -> String {
+    let sys = |f: &str| {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpuidle/{f}"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    let governor = {
+        let g = sys("current_governor");
+        if g == "unknown" {
+            sys("current_governor_ro")
+        } else {
+            g
+        }
+    };
+    let limit = {
+        use std::io::Read;
+        let mut b = [0u8; 4];
+        match std::fs::File::open(CPU_DMA_LATENCY).and_then(|mut f| f.read_exact(&mut b)) {
+            // The kernel's "no request" value.
+            Ok(()) if i32::from_ne_bytes(b) >= 2_000_000_000 => "none".to_owned(),
+            Ok(()) => format!("{} µs", i32::from_ne_bytes(b)),
+            Err(e) => format!("unknown ({e})"),
+        }
+    };
+    format!(
+        "cpuidle driver {}, governor {governor}; CPU latency limit (PM QoS, {CPU_DMA_LATENCY}) {limit}",
+        sys("current_driver")
+    )
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -683,6 +742,9 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     if a.runs == 0 || a.repeat == 0 || a.clients == 0 {
         anyhow::bail!("--runs, --repeat and --clients must be at least 1");
     }
+    // Held until the report is printed: the children run under it too.
+    let _latency = a.cpu_dma_latency.map(request_cpu_latency).transpose()?;
+    let idle_setting = cpu_idle_setting();
     let load_before = load_average();
     let exe = std::env::current_exe().context("cannot find the understudy executable")?;
     // /var/tmp is on disk by convention; /tmp may be a tmpfs, where fsync does nothing.
@@ -845,6 +907,14 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
         range(&fsync),
         range(&paced),
         PACED_GAP.as_micros()
+    );
+    println!(
+        "  {idle_setting}{}",
+        if a.cpu_dma_latency.is_some() {
+            " (--cpu-dma-latency, held for the whole run)"
+        } else {
+            ""
+        }
     );
     println!(
         "  {:<46} {:<68} {:>11} {:>13} {:>8} {:>13}",
