@@ -1607,6 +1607,19 @@ impl<S: SessionStore> Engine<S> {
     ) -> Result<(), EngineError> {
         if let Some(text) = self.group().and_then(|g| g.failure()) {
             self.held.clear();
+            // The pass failed because a standby told of a newer epoch (how a stale active
+            // with sync replication usually learns it, its batch waiting for the standby):
+            // that is a fence, exit 3 as the stores' own check says, not a store failure.
+            for st in self.slots.iter_mut() {
+                if let Err(e @ StoreError::Fenced { .. }) =
+                    st.slot.session.store_mut().check_fence()
+                {
+                    return Err(EngineError::Fenced {
+                        session: st.slot.name.clone(),
+                        text: e.to_string(),
+                    });
+                }
+            }
             return Err(EngineError::Store {
                 session: "(group commit)".into(),
                 text,

@@ -118,8 +118,6 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A standby (speaking the protocol by hand) that takes the catch-up of an active of `epoch`
-/// and then stops acknowledging, as when its disk hangs; it reads until the active gives up.
 /// A standby by hand: the next connection to `listener`, past its hello (of `epoch`) and our
 /// welcome with no files.
 fn accept_as_standby(listener: &TcpListener, epoch: u64) -> std::net::TcpStream {
@@ -148,6 +146,8 @@ fn send_hello(s: &mut std::net::TcpStream, epoch: u64, token: &[u8]) {
     .expect("hello");
 }
 
+/// A standby (speaking the protocol by hand) that takes the catch-up of an active of `epoch`
+/// and then stops acknowledging, as when its disk hangs; it reads until the active gives up.
 fn stalled_standby(epoch: u64) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");

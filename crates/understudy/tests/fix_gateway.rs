@@ -711,3 +711,103 @@ fn daily_resets_keep_both_copies_of_a_store_small_and_the_standby_takes_over_fro
     println!("two-Hot watcher: {} sweeps, no two actives", rep.sweeps);
     g.stop_all();
 }
+
+/// A sync-mode active whose standby answers a batch with a newer epoch (the way a former
+/// active on another machine learns it is stale) exits 3, the
+/// fenced code, as the store's own fence check would: the failed pass once made it a store
+/// failure, exit 1, whenever the answer came while the batch waited (review 11, R4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_has_seen_a_newer_epoch_stops_a_sync_active_with_exit_3() {
+    use understudy_fix::replica::proto::{read_frame, Frame};
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_sim, sim) = start_sim(dir.path());
+    // A standby by hand: it takes the hello of epoch 5, acknowledges the catch-up and any
+    // heartbeat, and refuses the first batch after the catch-up: it has seen epoch 6.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let standby = listener.local_addr().expect("addr");
+    let refused = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        match read_frame(&mut s, &mut buf).expect("hello") {
+            Frame::Hello { epoch, .. } => assert_eq!(epoch, 5),
+            other => panic!("{other:?}"),
+        }
+        Frame::Welcome {
+            seen_epoch: 5,
+            files: vec![],
+        }
+        .write_to(&mut s, &mut out)
+        .expect("welcome");
+        let mut caught_up = false;
+        loop {
+            match read_frame(&mut s, &mut buf) {
+                Ok(Frame::Sync { pos }) if !caught_up => {
+                    caught_up = true;
+                    Frame::Ack { pos }.write_to(&mut s, &mut out).expect("ack");
+                }
+                Ok(Frame::Sync { .. }) => {
+                    Frame::Refuse {
+                        newest_epoch: 6,
+                        reason: "epoch 6 seen here".into(),
+                    }
+                    .write_to(&mut s, &mut out)
+                    .expect("refuse");
+                    return true;
+                }
+                Ok(Frame::Heartbeat { .. }) => {
+                    Frame::Ack { pos: 0 }
+                        .write_to(&mut s, &mut out)
+                        .expect("ack");
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    });
+    let token = dir.path().join("repl.token");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&token)
+            .expect("token");
+        f.write_all(b"replication-secret-of-this-test\n")
+            .expect("token");
+    }
+    let gw = addr(free_port().expect("port"));
+    let listen = addr(free_port().expect("port"));
+    let extra = format!(
+        "[replication]\nmode = \"sync\"\nlisten = \"{listen}\"\npeers = [\"{standby}\"]\n\
+         token_file = \"{}\"\ntimeout = \"1500ms\"\nsync_timeout = \"3s\"\nheartbeat = \"100ms\"\n",
+        token.display()
+    );
+    let store = dir.path().join("store");
+    let cfg = gateway_config(dir.path(), "gw", gw, &store, sim, &extra);
+    // Its first batch (the logon to the upstream) is refused: nothing of it may leave.
+    let mut g5 = Proc(start_gateway(&cfg, 5, &dir.path().join("gw5.log")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = g5.0.try_wait().expect("wait") {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a fenced gateway kept running:\n{}",
+            std::fs::read_to_string(dir.path().join("gw5.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        refused.join().expect("standby"),
+        "no batch reached the standby"
+    );
+    assert_eq!(
+        code,
+        Some(3),
+        "a fenced gateway must exit 3:\n{}",
+        std::fs::read_to_string(dir.path().join("gw5.log")).unwrap_or_default()
+    );
+}

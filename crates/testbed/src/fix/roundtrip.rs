@@ -206,7 +206,6 @@ fn fdatasync_p50(dir: &Path, n: usize, gap: Duration) -> anyhow::Result<f64> {
     Ok(percentiles(&lat).0)
 }
 
-/// The 1-minute load average, as the kernel reports it.
 /// A PM QoS CPU latency request, in force while the file stays open (closing it withdraws it).
 struct CpuLatencyRequest(#[allow(dead_code)] std::fs::File);
 
@@ -260,6 +259,7 @@ fn cpu_idle_setting() -> String {
     )
 }
 
+/// The 1-minute load average, as the kernel reports it.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
