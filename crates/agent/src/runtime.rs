@@ -278,6 +278,7 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         signal_watch: None,
         service_detail: None,
         service_not_ready: None,
+        own_epoch: None,
         sd_status: String::new(),
         seen: Vec::new(),
         grant_created: false,
@@ -371,6 +372,9 @@ struct Runtime {
     /// What the service's health answer last said about its readiness (see
     /// [`service_not_ready`]).
     service_not_ready: Option<String>,
+    /// The epoch this node last took for itself: the group's newest epoch is someone
+    /// else's unless it is this one (see [`service_not_ready`]).
+    own_epoch: Option<u64>,
     /// The last `STATUS=` line sent to systemd.
     sd_status: String,
     /// The group's records as last read for the engine, with what /proc says of their agents:
@@ -487,6 +491,9 @@ impl Runtime {
                 }
                 self.detected();
                 self.grant_created = created;
+                // A newer active may have come and gone since the last health answer: a
+                // standby in sync with an older one must not take this grant.
+                self.rejudge_readiness();
                 // The engine judges the grant by the group as it is now (who still acts, whose
                 // service still runs), so it gets a fresh view first.
                 let peers = self.peer_views();
@@ -657,11 +664,7 @@ impl Runtime {
             HealthEvent::Report { generation, body } if generation == gen => {
                 let detail = serde_json::from_str(&body)
                     .unwrap_or(serde_json::Value::String(body.trim().to_string()));
-                let not_ready = service_not_ready(&detail);
-                if not_ready != self.service_not_ready {
-                    self.service_not_ready = not_ready.clone();
-                    self.feed(Input::ServiceReadiness { not_ready });
-                }
+                self.judge_readiness(&detail);
                 if self.service_detail.as_ref() != Some(&detail) {
                     self.service_detail = Some(detail);
                     self.publish_status();
@@ -670,6 +673,31 @@ impl Runtime {
             }
             _ => {}
         }
+    }
+
+    /// Judges the standby service's readiness from its health answer `detail` and the group's
+    /// newest epoch, and tells the engine when that changed.
+    fn judge_readiness(&mut self, detail: &serde_json::Value) {
+        let not_ready = service_not_ready(detail, self.newest_epoch_of_another());
+        if not_ready != self.service_not_ready {
+            self.service_not_ready = not_ready.clone();
+            self.feed(Input::ServiceReadiness { not_ready });
+        }
+    }
+
+    /// [`Self::judge_readiness`] on the last health answer, for when the group's epoch may
+    /// have moved since it came (a tick, a grant).
+    fn rejudge_readiness(&mut self) {
+        if let Some(detail) = self.service_detail.take() {
+            self.judge_readiness(&detail);
+            self.service_detail = Some(detail);
+        }
+    }
+
+    /// The group's newest epoch when another node took it (0 and this node's own: None).
+    fn newest_epoch_of_another(&self) -> Option<u64> {
+        let e = self.coord.current_epoch();
+        (e > 0 && self.own_epoch != Some(e)).then_some(e)
     }
 
     fn on_api(&mut self, req: ApiRequest) {
@@ -731,6 +759,7 @@ impl Runtime {
             .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
         // The engine derives from the group's view what it needs: a newer active elsewhere, a
         // peer that stepped down at last, the end of a yield.
+        self.rejudge_readiness();
         let peers = self.peer_views();
         let mut inputs = vec![Input::Peers(peers), Input::Ranks(self.ranks())];
         inputs.extend(self.reach_change());
@@ -837,7 +866,10 @@ impl Runtime {
                 None
             }
             Command::PersistNextEpoch { floor } => Some(match self.coord.next_epoch(floor) {
-                Ok(epoch) => Input::EpochDurable { epoch },
+                Ok(epoch) => {
+                    self.own_epoch = Some(epoch);
+                    Input::EpochDurable { epoch }
+                }
                 Err(e) => Input::EpochFailed {
                     reason: e.to_string(),
                 },
@@ -1390,11 +1422,30 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
 
 /// Why a service's health answer says it may not take over: a JSON object with
 /// `"replication": {"ready": false, "reason": "..."}` (the FIX gateway's standby while it is
-/// not in sync with the active). Anything else says nothing against it.
-fn service_not_ready(detail: &serde_json::Value) -> Option<String> {
+/// not in sync with the active), or, with `"mode": "sync"`, a standby in sync with an active
+/// older than `newest_of_another`, the group's newest epoch when another node took it.
+/// Anything else says nothing against it.
+///
+/// That last rule (review 11, R2): a standby counts itself in sync for `timeout` after its
+/// last acknowledgement, across a disconnect, so that it may take over from an active that
+/// just died. A newer active that cannot reach it yet waits for no such standby (it never
+/// heard from it) and sends alone; were it to die within that `timeout`, the standby would
+/// take over without what it sent. In sync only with the newest active is in sync.
+fn service_not_ready(detail: &serde_json::Value, newest_of_another: Option<u64>) -> Option<String> {
     let r = detail.get("replication")?;
     if r.get("ready")?.as_bool()? {
-        return None;
+        let seen = r.get("seen_epoch").and_then(|v| v.as_u64());
+        return match (
+            r.get("mode").and_then(|v| v.as_str()),
+            seen,
+            newest_of_another,
+        ) {
+            (Some("sync"), Some(seen), Some(newest)) if seen < newest => Some(format!(
+                "reports it is not ready (replication: in sync with epoch {seen}, but the group is \
+                 at epoch {newest}: it may lack what that active sent)"
+            )),
+            _ => None,
+        };
     }
     let why = r
         .get("reason")
@@ -1414,19 +1465,49 @@ mod tests {
             "reason": "replication: not in sync with the active", "lag_records": 12, "lag_ms": 40,
             "peers": []}});
         assert_eq!(
-            service_not_ready(&lagging).as_deref(),
+            service_not_ready(&lagging, None).as_deref(),
             Some("reports it is not ready (replication: not in sync with the active)")
         );
         assert!(one_line(&lagging).starts_with("replication=sync NOT-in-sync lag=12rec/40ms"));
         let synced = json!({"role": "standby", "replication": {"mode": "sync", "ready": true,
             "lag_records": 0, "lag_ms": 0, "peers": []}});
-        assert_eq!(service_not_ready(&synced), None);
+        assert_eq!(service_not_ready(&synced, None), None);
         assert!(one_line(&synced).starts_with("replication=sync in-sync lag=0rec/0ms"));
         let active = json!({"role": "active", "replication": {"mode": "sync", "ready": true,
             "degraded": true, "peers": [{"in_sync": false}]}});
         assert!(one_line(&active).starts_with("replication=sync standbys-in-sync=0/1 DEGRADED"));
         // Services that say nothing about replication are never held back by this.
-        assert_eq!(service_not_ready(&json!({"role": "standby"})), None);
-        assert_eq!(service_not_ready(&json!("plain text")), None);
+        assert_eq!(
+            service_not_ready(&json!({"role": "standby"}), Some(9)),
+            None
+        );
+        assert_eq!(service_not_ready(&json!("plain text"), Some(9)), None);
+    }
+
+    #[test]
+    fn a_sync_standby_in_sync_with_an_older_active_than_the_groups_newest_is_not_ready() {
+        let at = |mode: &str, seen: u64| {
+            json!({"role": "standby", "replication": {"mode": mode, "ready": true,
+                "seen_epoch": seen, "lag_records": 0, "lag_ms": 0, "peers": []}})
+        };
+        assert_eq!(
+            service_not_ready(&at("sync", 7), Some(8)).as_deref(),
+            Some(
+                "reports it is not ready (replication: in sync with epoch 7, but the group is at \
+                 epoch 8: it may lack what that active sent)"
+            )
+        );
+        // In sync with the newest active, or the newest epoch is this node's own.
+        assert_eq!(service_not_ready(&at("sync", 8), Some(8)), None);
+        assert_eq!(service_not_ready(&at("sync", 7), None), None);
+        // Async promises nothing of the kind: a caught-up standby stays ready.
+        assert_eq!(service_not_ready(&at("async", 7), Some(8)), None);
+        // A standby not in sync keeps its own reason.
+        let behind = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
+            "reason": "replication: not in sync with the active", "seen_epoch": 7}});
+        assert_eq!(
+            service_not_ready(&behind, Some(8)).as_deref(),
+            Some("reports it is not ready (replication: not in sync with the active)")
+        );
     }
 }

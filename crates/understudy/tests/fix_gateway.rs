@@ -811,3 +811,76 @@ async fn a_standby_that_has_seen_a_newer_epoch_stops_a_sync_active_with_exit_3()
         std::fs::read_to_string(dir.path().join("gw5.log")).unwrap_or_default()
     );
 }
+
+/// Only a standby in sync with the group's newest active may take over (review 11, R2). A
+/// standby counts itself in sync for `replication.timeout` after its last acknowledgement,
+/// across a disconnect, so that it may take over from an active that just died; a newer
+/// active that has not reached it yet sends without it. Here that newer active is node x, of
+/// higher priority, whose service is not a gateway and never streams to b: from x's epoch on,
+/// b's agent reports b not ready (in sync with a's epoch only), and when x is killed in turn,
+/// b, which may lack what x sent, does not take over. Never two actives.
+#[test]
+fn a_standby_in_sync_with_an_older_active_than_the_groups_newest_does_not_take_over() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let repl = Replicated::new(dir.path(), "sync").expect("replication settings");
+    let Pair {
+        _sim, ports, cfgs, ..
+    } = pair(dir.path(), |i| repl.extra(dir.path(), i));
+    let mut g = gateway_group_with(&cfgs, Some(&repl));
+    let demo = g.demo_service(None);
+    g.add_node("x", |c| {
+        c.service.command = demo;
+        c.health = None;
+    })
+    .expect("node x");
+    // x is preferred over b when a is gone.
+    let path = g.nodes["x"].config.clone();
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        text.replacen("[node]\n", "[node]\npriority = 10\n", 1),
+    )
+    .expect("write config");
+    let watcher = g.watch();
+    start_active_then_standby(&mut g, ports[0]);
+    g.wait_ready_standby("b").expect("b in sync with a");
+    g.spawn("x").expect("spawn x");
+    g.wait_ready_standby("x").expect("x ready");
+    let a_epoch = g.epoch("a");
+
+    g.kill9("a");
+    g.wait_hot("x").expect("x takes over");
+    let x_epoch = g.epoch("x");
+    assert!(x_epoch > a_epoch, "x's epoch {x_epoch}, a's {a_epoch}");
+    let why = format!("in sync with epoch {a_epoch}, but the group is at epoch");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // In b's status (`waiting`), where the agent says why it does not take over.
+    while !g.st("b").to_string().contains(&why) {
+        assert!(
+            Instant::now() < deadline,
+            "b never said it is in sync with an older active only; status {}, events {}",
+            g.st("b"),
+            g.events("b")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(
+        g.st("b").get("ready").and_then(|v| v.as_bool()),
+        Some(true),
+        "b ready while x, which never streamed to it, is the newest active"
+    );
+
+    g.kill9("x");
+    // b may lack what x sent: it stays a standby, whatever its window from a says.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_ne!(
+            g.mode("b").as_deref(),
+            Some("Hot"),
+            "b took over without what the newest active may have sent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    watcher.finish();
+    g.stop_all();
+}
