@@ -806,3 +806,71 @@ fn a_file_written_during_a_catch_up_reaches_the_standby_when_the_written_files_a
     drop(acked);
     let _ = h.join();
 }
+
+/// A standby whose copy of a segment ends inside one of the active's records (not a prefix of
+/// the active's file: restored from elsewhere, or damaged) gets that segment again whole, cut
+/// to nothing first: appended to, it would have got nothing (no record starts there) while
+/// acknowledging every batch (review 11, R6).
+#[test]
+fn a_copy_that_ends_inside_a_record_is_sent_again_whole() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let epoch = 9;
+    let mut st = FileStore::open(a.path(), &sid(), epoch, SyncPolicy::Group).expect("open");
+    for i in 1..=3 {
+        st.save_sent(i, &frame(i)).expect("save");
+    }
+    st.sync().expect("durable");
+    let rel = format!("{}/{:020}.log", sid().dir_name(), epoch);
+    let records = records_len(&a.path().join(&rel));
+    assert!(records > 40, "{records}");
+    // Past the first record's start, before the last record's end: inside a record.
+    let held = records - 7;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let rel2 = rel.clone();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        assert!(matches!(
+            read_frame(&mut s, &mut buf).expect("hello"),
+            Frame::Hello { .. }
+        ));
+        Frame::Welcome {
+            seen_epoch: epoch,
+            files: vec![(rel2.clone(), held)],
+        }
+        .write_to(&mut s, &mut out)
+        .expect("welcome");
+        let mut got = Vec::new();
+        loop {
+            match read_frame(&mut s, &mut buf).expect("catch-up") {
+                Frame::Truncate { path, len } if path == rel2 => {
+                    got.push(format!("truncate {len}"))
+                }
+                Frame::Data {
+                    path,
+                    offset,
+                    bytes,
+                } if path == rel2 => got.push(format!("data {offset}+{}", bytes.len())),
+                Frame::Sync { .. } => return got,
+                _ => {}
+            }
+        }
+    });
+    let group = GroupCommit::shared().expect("syncer");
+    let tx = Sender::start(
+        cfg(Mode::Async, free_addr(), vec![addr]),
+        a.path(),
+        epoch,
+        group,
+    )
+    .expect("sender");
+    let got = h.join().expect("standby");
+    tx.stop();
+    assert_eq!(
+        got,
+        vec!["truncate 0".to_owned(), format!("data 0+{records}")],
+        "the segment, held up to {held} of {records} bytes"
+    );
+}

@@ -398,6 +398,11 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
     let p0 = sh.group.written();
     lock(&sh.st).peers[i].floor = Some(p0);
     link.ship(true, p0)?;
+    // Batches read only this epoch's segments: the others' handles would hold a descriptor
+    // per segment and peer for as long as the segment lives.
+    link.handles
+        .retain(|rel, _| segment_epoch(rel).ok() == Some(sh.epoch));
+    link.keys.retain(|rel, _| link.handles.contains_key(rel));
     link.round_trip(Frame::Sync { pos: p0 })?;
     {
         let mut st = lock(&sh.st);
@@ -547,14 +552,32 @@ impl Link<'_> {
                 // Compared with our whole records, not the file's size: that includes the
                 // zeros a writer keeps ahead of them (see the store's "Preallocation").
                 let whole = valid_len(f, 0, size).map_err(read_err)?;
-                if from > whole {
+                // A copy longer than our records holds what a crash lost here: cut to ours.
+                // A shorter one must end where one of our records does (walking from there
+                // reaches ours); one that ends inside a record is not a prefix of this file
+                // (a copy from elsewhere, or damaged) and is sent again whole. Appending to
+                // it would write nothing (no record starts there) while every batch was
+                // acknowledged (review 11, R6).
+                let cut = if from > whole {
+                    Some(whole)
+                } else if from < whole && valid_len(f, from, size).map_err(read_err)? < whole {
+                    tracing::warn!(
+                        segment = %rel,
+                        held = from,
+                        "replication: the standby's copy ends inside a record; sending it again whole"
+                    );
+                    Some(0)
+                } else {
+                    None
+                };
+                if let Some(len) = cut {
                     Frame::Truncate {
                         path: rel.clone(),
-                        len: whole,
+                        len,
                     }
                     .write_to(&mut self.s, &mut self.out)
                     .map_err(|e| format!("sending: {e}"))?;
-                    from = whole;
+                    from = len;
                 }
                 size
             } else {
