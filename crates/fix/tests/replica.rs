@@ -874,3 +874,107 @@ fn a_copy_that_ends_inside_a_record_is_sent_again_whole() {
         "the segment, held up to {held} of {records} bytes"
     );
 }
+
+/// A catch-up may take far longer than `timeout` between two frames (the active reads every
+/// segment whole before it sends what is missing): the standby waits for it, and only after
+/// the catch-up's acknowledgement does silence for `timeout` end the stream. With `timeout`
+/// throughout, a store of gigabytes never caught up (review 11, R3).
+#[test]
+#[allow(clippy::disallowed_methods)] // the active by hand takes its time with a sleep
+fn a_standby_waits_out_a_slow_catch_up_and_then_times_out_on_silence() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let c = cfg(Mode::Sync, b_addr, vec![]);
+    let timeout = c.timeout;
+    let rx = Receiver::start(c, b.path()).expect("receiver");
+    let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    send_hello(&mut s, 3, b"t0ken");
+    assert!(matches!(
+        read_frame(&mut s, &mut buf).expect("welcome"),
+        Frame::Welcome { .. }
+    ));
+    // Reading the stores: nothing sent for several times `timeout`.
+    std::thread::sleep(timeout * 3);
+    Frame::Sync { pos: 0 }
+        .write_to(&mut s, &mut out)
+        .expect("sync");
+    match read_frame(&mut s, &mut buf) {
+        Ok(Frame::Ack { pos: 0 }) => {}
+        other => panic!("the standby gave a slow catch-up up: {other:?}"),
+    }
+    // After it, silence ends the stream within about `timeout`.
+    let t0 = Instant::now();
+    let ended = read_frame(&mut s, &mut buf);
+    assert!(ended.is_err(), "{ended:?}");
+    assert!(
+        t0.elapsed() < timeout * 3,
+        "silence after the catch-up ended the stream only after {:?}",
+        t0.elapsed()
+    );
+    wait_until("the standby disconnected", Duration::from_secs(2), || {
+        !rx.health().ready
+    });
+}
+
+/// The active waits for a standby that scans a large copy before it answers the hello, and
+/// streams to it once it does: with `max(timeout, sync_timeout)` it gave up first, and the
+/// standby never caught up (review 11, R3).
+#[test]
+#[allow(clippy::disallowed_methods)] // the standby by hand takes its time with a sleep
+fn the_active_waits_for_a_standby_that_scans_its_copy_before_it_answers() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let epoch = 12;
+    let mut st = FileStore::open(a.path(), &sid(), epoch, SyncPolicy::Group).expect("open");
+    st.save_sent(1, &frame(1)).expect("save");
+    st.sync().expect("durable");
+    let c = cfg(Mode::Async, free_addr(), vec![]);
+    let slow = c.timeout.max(c.sync_timeout) * 2;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        assert!(matches!(
+            read_frame(&mut s, &mut buf).expect("hello"),
+            Frame::Hello { .. }
+        ));
+        std::thread::sleep(slow);
+        Frame::Welcome {
+            seen_epoch: epoch,
+            files: vec![],
+        }
+        .write_to(&mut s, &mut out)
+        .expect("welcome");
+        let mut data = 0;
+        loop {
+            match read_frame(&mut s, &mut buf) {
+                Ok(Frame::Data { bytes, .. }) => data += bytes.len(),
+                Ok(Frame::Sync { pos }) => {
+                    Frame::Ack { pos }.write_to(&mut s, &mut out).expect("ack");
+                    return Ok(data);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    });
+    let group = GroupCommit::shared().expect("syncer");
+    let mut c = c;
+    c.peers = vec![addr];
+    let tx = Sender::start(c, a.path(), epoch, group).expect("sender");
+    let got = h.join().expect("standby");
+    let caught_up = Instant::now() + Duration::from_secs(5);
+    while !tx.health().peers[0].in_sync && Instant::now() < caught_up {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let health = tx.health();
+    tx.stop();
+    match got {
+        Ok(n) => assert!(n > 0, "the catch-up sent nothing"),
+        Err(e) => panic!("the active gave the scanning standby up: {e}; {health:?}"),
+    }
+    assert!(health.peers[0].in_sync, "{health:?}");
+}

@@ -364,6 +364,10 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
     }
     .write_to(&mut s, &mut out)
     .map_err(|e| format!("hello: {e}"))?;
+    // The standby scans its whole copy before it answers, and applies the whole catch-up
+    // before it acknowledges it.
+    s.set_read_timeout(Some(sh.cfg.catch_up_wait()))
+        .map_err(|e| e.to_string())?;
     let files = match read_frame(&mut s, &mut buf).map_err(|e| format!("handshake: {e}"))? {
         Frame::Welcome { seen_epoch, files } if seen_epoch <= sh.epoch => files,
         Frame::Welcome { seen_epoch, .. } => {
@@ -404,6 +408,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         .retain(|rel, _| segment_epoch(rel).ok() == Some(sh.epoch));
     link.keys.retain(|rel, _| link.handles.contains_key(rel));
     link.round_trip(Frame::Sync { pos: p0 })?;
+    link.s.set_read_timeout(t).map_err(|e| e.to_string())?;
     {
         let mut st = lock(&sh.st);
         let p = &mut st.peers[i];

@@ -100,6 +100,19 @@ pub struct ReplicationConfig {
     pub reconnect_interval: Duration,
 }
 
+impl ReplicationConfig {
+    /// How long either side waits for the other while a connection's catch-up runs: the
+    /// standby's scan of its copy before its welcome, the active's read of every segment
+    /// before it sends what is missing, the standby's apply of it. Each reads whole stores,
+    /// far longer than `timeout` where they hold gigabytes, and with `timeout` alone the
+    /// two gave up on each other at every reconnection for good. The standby is out of sync
+    /// until the catch-up ends (its acknowledgement never counts), so nothing waits on this
+    /// but the link: thirty `timeout`s, at least a minute.
+    pub fn catch_up_wait(&self) -> Duration {
+        self.timeout.saturating_mul(30).max(Duration::from_secs(60))
+    }
+}
+
 /// The agent's `[health]` check of a replicated gateway, as far as [`check_agent_health`] needs
 /// it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -593,6 +593,9 @@ fn mirror(
         fresh,
     };
     let mut acks = Acks::default();
+    // Until the catch-up's sync the active may read whole stores between frames.
+    s.set_read_timeout(Some(sh.cfg.catch_up_wait()))
+        .map_err(|e| e.to_string())?;
     loop {
         let frame = match read_frame(s, buf) {
             Ok(f) => f,
@@ -638,6 +641,11 @@ fn mirror(
                     note_behind(&mut st);
                 }
                 acks.sent(acknowledge(s, out, pos)?);
+                if acks.sent == 1 {
+                    // The catch-up is over: from now on silence for `timeout` ends the stream.
+                    s.set_read_timeout(Some(sh.cfg.timeout))
+                        .map_err(|e| e.to_string())?;
+                }
             }
             Frame::Heartbeat { written } => {
                 let applied = {
