@@ -372,9 +372,9 @@ struct Runtime {
     /// What the service's health answer last said about its readiness (see
     /// [`service_not_ready`]).
     service_not_ready: Option<String>,
-    /// The epoch this node last took for itself: the group's newest epoch is someone
-    /// else's unless it is this one (see [`service_not_ready`]).
-    own_epoch: Option<u64>,
+    /// The highest epoch this node took or claimed for itself, and the group's newest epoch
+    /// before its run of claims (see [`note_own_epoch`], [`newest_of_another`]).
+    own_epoch: Option<(u64, u64)>,
     /// The last `STATUS=` line sent to systemd.
     sd_status: String,
     /// The group's records as last read for the engine, with what /proc says of their agents:
@@ -491,6 +491,11 @@ impl Runtime {
                 }
                 self.detected();
                 self.grant_created = created;
+                // An etcd claim has already made its epoch the group's newest: this node's,
+                // not a newer active's it could lack.
+                if let Some(e) = self.coord.claimed_epoch() {
+                    self.own_epoch = note_own_epoch(self.own_epoch, e);
+                }
                 // A newer active may have come and gone since the last health answer: a
                 // standby in sync with an older one must not take this grant.
                 self.rejudge_readiness();
@@ -694,10 +699,9 @@ impl Runtime {
         }
     }
 
-    /// The group's newest epoch when another node took it (0 and this node's own: None).
+    /// The newest epoch another node took (None: none, 0).
     fn newest_epoch_of_another(&self) -> Option<u64> {
-        let e = self.coord.current_epoch();
-        (e > 0 && self.own_epoch != Some(e)).then_some(e)
+        newest_of_another(self.coord.current_epoch(), self.own_epoch)
     }
 
     fn on_api(&mut self, req: ApiRequest) {
@@ -867,7 +871,7 @@ impl Runtime {
             }
             Command::PersistNextEpoch { floor } => Some(match self.coord.next_epoch(floor) {
                 Ok(epoch) => {
-                    self.own_epoch = Some(epoch);
+                    self.own_epoch = note_own_epoch(self.own_epoch, epoch);
                     Input::EpochDurable { epoch }
                 }
                 Err(e) => Input::EpochFailed {
@@ -1420,6 +1424,27 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
     }
 }
 
+/// `own` after this node took or claimed epoch `e`: the highest such epoch, and the group's
+/// newest before it. Claims in a row (an etcd claim given back, claimed again) keep the
+/// newest from before the first: those epochs are this node's, used or not.
+fn note_own_epoch(own: Option<(u64, u64)>, e: u64) -> Option<(u64, u64)> {
+    match own {
+        Some((h, _)) if e <= h => own,
+        Some((h, before)) if e == h + 1 => Some((e, before)),
+        _ => Some((e, e.saturating_sub(1))),
+    }
+}
+
+/// The newest epoch another node took, from the group's newest `current` and this node's
+/// own ([`note_own_epoch`]); None when none (0).
+fn newest_of_another(current: u64, own: Option<(u64, u64)>) -> Option<u64> {
+    let newest = match own {
+        Some((h, before)) if current == h => before,
+        _ => current,
+    };
+    (newest > 0).then_some(newest)
+}
+
 /// Why a service's health answer says it may not take over: a JSON object with
 /// `"replication": {"ready": false, "reason": "..."}` (the FIX gateway's standby while it is
 /// not in sync with the active), or, with `"mode": "sync"`, a standby in sync with an active
@@ -1433,8 +1458,15 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
 /// take over without what it sent. In sync only with the newest active is in sync.
 fn service_not_ready(detail: &serde_json::Value, newest_of_another: Option<u64>) -> Option<String> {
     let r = detail.get("replication")?;
+    let seen = r.get("seen_epoch").and_then(|v| v.as_u64());
+    // A group that never had an active: nothing was sent that a standby could lack, and one
+    // of them must start. A gateway never streamed to has seen no epoch (it keeps the newest
+    // it saw in its store); judged not ready, a new group started only when its first agent
+    // took the lock before its gateway's first health answer, and on etcd never.
+    if seen == Some(0) && newest_of_another.is_none() {
+        return None;
+    }
     if r.get("ready")?.as_bool()? {
-        let seen = r.get("seen_epoch").and_then(|v| v.as_u64());
         return match (
             r.get("mode").and_then(|v| v.as_str()),
             seen,
@@ -1485,6 +1517,30 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_epoch_of_another_node_skips_this_nodes_own_claims() {
+        // No claim of ours: the group's newest.
+        assert_eq!(newest_of_another(7, None), Some(7));
+        assert_eq!(newest_of_another(0, None), None);
+        // Our etcd claim raised the group to 8 before we used it: judged against 7 (review
+        // 12, S1: judged against 8, every etcd takeover was given back).
+        let own = note_own_epoch(None, 8);
+        assert_eq!(newest_of_another(8, own), Some(7));
+        // Taking the claimed epoch at activation changes nothing.
+        assert_eq!(note_own_epoch(own, 8), own);
+        // Given back, claimed again (9): still against 7, the epochs between are ours.
+        let again = note_own_epoch(own, 9);
+        assert_eq!(newest_of_another(9, again), Some(7));
+        // Another node took 10 since: that one counts.
+        assert_eq!(newest_of_another(10, again), Some(10));
+        // A claim of ours above another's newer epoch (x took 9, we claim 10): against 9, so
+        // a standby in sync with 7 only is not ready (review 11, R2).
+        let above = note_own_epoch(own, 10);
+        assert_eq!(newest_of_another(10, above), Some(9));
+        // The group's first epoch, ours.
+        assert_eq!(newest_of_another(1, note_own_epoch(None, 1)), None);
+    }
+
+    #[test]
     fn a_sync_standby_in_sync_with_an_older_active_than_the_groups_newest_is_not_ready() {
         let at = |mode: &str, seen: u64| {
             json!({"role": "standby", "replication": {"mode": mode, "ready": true,
@@ -1502,9 +1558,16 @@ mod tests {
         assert_eq!(service_not_ready(&at("sync", 7), None), None);
         // Async promises nothing of the kind: a caught-up standby stays ready.
         assert_eq!(service_not_ready(&at("async", 7), Some(8)), None);
+        // A new group (no epoch taken by anyone else) starts from a gateway never streamed
+        // to; once another node took an epoch, that gateway waits for its stream.
+        let never = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
+            "reason": "replication: no active has streamed to this standby yet", "seen_epoch": 0}});
+        assert_eq!(service_not_ready(&never, None), None);
+        assert!(service_not_ready(&never, Some(1)).is_some());
         // A standby not in sync keeps its own reason.
         let behind = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
             "reason": "replication: not in sync with the active", "seen_epoch": 7}});
+        assert!(service_not_ready(&behind, None).is_some());
         assert_eq!(
             service_not_ready(&behind, Some(8)).as_deref(),
             Some("reports it is not ready (replication: not in sync with the active)")

@@ -487,6 +487,11 @@ impl Coordinator for EtcdCoordinator {
         lock(&self.view).epoch
     }
 
+    fn claimed_epoch(&self) -> Option<u64> {
+        let v = lock(&self.view);
+        v.claimed_epoch.filter(|_| v.holds)
+    }
+
     fn heartbeat(&mut self, _hb: &Heartbeat) -> Result<(), CoordError> {
         // The renewals are the heartbeat: every standby sees each one through its watch.
         Ok(())

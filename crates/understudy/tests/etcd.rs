@@ -597,3 +597,46 @@ fn tls_client_certificates_and_a_password_guard_the_group() {
     lone.stays("c", "Warm", Duration::from_millis(1500));
     assert_eq!(lone.st("c")["holds_lock"], false);
 }
+
+/// A replicated FIX gateway pair, `sync`, on etcd: kill -9 of the active's agent, the standby
+/// in sync takes over, the killed node rejoins in sync, and the same the other way. With etcd a
+/// claim makes its epoch the group's newest before the holder is told: judged against it, the
+/// winner's own standby gateway (in sync with the epoch before) counted as behind a newer
+/// active and every grant was given back, leaving no active (review 12, S1).
+#[test]
+fn a_replicated_sync_gateway_pair_fails_over_both_ways_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let dir = tempfile::tempdir().expect("tmp");
+    let exe: &std::path::Path = env!("CARGO_BIN_EXE_understudy").as_ref();
+    let repl = testbed::fix::group::Replicated::new(dir.path(), "sync").expect("replication");
+    let pair = testbed::fix::group::Pair::create(exe, dir.path(), None, &["CLIENT1"], |i| {
+        repl.extra(dir.path(), i)
+    })
+    .expect("pair");
+    let mut g = testbed::fix::group::gateway_group(exe).expect("group");
+    g.config.activation.lock_file = None;
+    g.config.etcd = Some(testbed::config::EtcdSection {
+        endpoints: vec![etcd.endpoint.clone()],
+    });
+    testbed::fix::group::add_gateways_with(&mut g, &pair.cfgs, Some(&repl)).expect("nodes");
+    let w = g.watch();
+    testbed::fix::group::start_active_then_standby(&mut g, pair.ports[0])
+        .expect("a active, b a ready standby");
+    for (act, standby) in [("a", "b"), ("b", "a")] {
+        let before = g.epoch(act);
+        g.kill9(act);
+        g.wait_hot(standby).unwrap_or_else(|e| {
+            panic!(
+                "{standby} did not take over: {e:#}\nstatus {}\nevents {}",
+                g.st(standby),
+                g.events(standby)
+            )
+        });
+        assert!(g.epoch(standby) > before);
+        g.spawn(act).expect("restart");
+        g.wait_ready_standby(act)
+            .unwrap_or_else(|e| panic!("{act} never in sync again: {e:#}\n{}", g.st(act)));
+    }
+    w.finish();
+    g.stop_all();
+}

@@ -25,6 +25,12 @@ fn the_fix_mode_answers_a_logon() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
+    // The simulator's log, shown when the exchange fails (it once reset the connection in the
+    // full suite, with nothing to say why).
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("sim.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let sim_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let _sim = testbed::Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_understudy"))
             .args([
@@ -36,7 +42,7 @@ fn the_fix_mode_answers_a_logon() {
                 "XCH",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+            .stderr(log),
     )
     .unwrap();
     let t0 = Instant::now();
@@ -67,7 +73,12 @@ fn the_fix_mode_answers_a_logon() {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&got).contains(&format!("{SOH}10=")) {
-        let n = s.read(&mut buf).expect("an answer to the Logon");
+        let n = s.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no answer to the Logon: {e}; the simulator said:\n{}",
+                sim_log()
+            )
+        });
         assert!(n > 0, "connection closed without an answer");
         got.extend_from_slice(&buf[..n]);
     }
