@@ -491,11 +491,6 @@ impl Runtime {
                 }
                 self.detected();
                 self.grant_created = created;
-                // An etcd claim has already made its epoch the group's newest: this node's,
-                // not a newer active's it could lack.
-                if let Some(e) = self.coord.claimed_epoch() {
-                    self.own_epoch = note_own_epoch(self.own_epoch, e);
-                }
                 // A newer active may have come and gone since the last health answer: a
                 // standby in sync with an older one must not take this grant.
                 self.rejudge_readiness();
@@ -699,9 +694,20 @@ impl Runtime {
         }
     }
 
-    /// The newest epoch another node took (None: none, 0).
+    /// The newest epoch another node took (None: none, 0). With the coordinator's own claims:
+    /// an etcd claim is the group's newest epoch from its commit, before the grant
+    /// reaches this loop (judged against it in between, this node gave its own grant back).
     fn newest_epoch_of_another(&self) -> Option<u64> {
-        newest_of_another(self.coord.current_epoch(), self.own_epoch)
+        // The group's newest first: a claim committed between the two reads is then either
+        // not in it yet or known as this node's.
+        let current = self.coord.current_epoch();
+        let claims = self.coord.own_claims();
+        let own = match (self.own_epoch, claims) {
+            (Some(taken), Some(claimed)) if taken.0 > claimed.0 => Some(taken),
+            (taken, None) => taken,
+            (_, claimed) => claimed,
+        };
+        newest_of_another(current, own)
     }
 
     fn on_api(&mut self, req: ApiRequest) {

@@ -184,6 +184,9 @@ struct View {
     claimed_epoch: Option<u64>,
     /// The highest epoch seen anywhere in the group.
     epoch: u64,
+    /// The highest epoch a claim of this node raised the group to (used or given back), and
+    /// the group's newest before this node's run of claims (see [`Coordinator::own_claims`]).
+    own_claims: Option<(u64, u64)>,
     /// When etcd last answered this node (a watch message, a read, a transaction).
     heard_at: Option<Instant>,
 }
@@ -487,9 +490,8 @@ impl Coordinator for EtcdCoordinator {
         lock(&self.view).epoch
     }
 
-    fn claimed_epoch(&self) -> Option<u64> {
-        let v = lock(&self.view);
-        v.claimed_epoch.filter(|_| v.holds)
+    fn own_claims(&self) -> Option<(u64, u64)> {
+        lock(&self.view).own_claims
     }
 
     fn heartbeat(&mut self, _hb: &Heartbeat) -> Result<(), CoordError> {
@@ -980,6 +982,13 @@ impl Task {
         {
             let mut v = lock(&self.view);
             v.epoch = v.epoch.max(epoch);
+            // In the same critical section as the group's newest: no reader sees the epoch
+            // as the group's newest without knowing it is this node's.
+            let before = match v.own_claims {
+                Some((h, b)) if h == highest => b,
+                _ => highest,
+            };
+            v.own_claims = Some((epoch, before));
         }
         tracing::info!(epoch, rev, "etcd: group claimed");
         Ok(Claim::Won {

@@ -124,11 +124,12 @@ pub trait Coordinator: Send {
     fn unreachable(&self) -> Option<String> {
         None
     }
-    /// The epoch this node's winning claim raised the group to, before [`Self::next_epoch`]
-    /// takes it: a coordinator whose claim itself takes the next epoch (etcd) makes it the
-    /// group's newest before the holder has used it. None where taking the lock raises
-    /// nothing (the lock file: the epoch moves at [`Self::next_epoch`]).
-    fn claimed_epoch(&self) -> Option<u64> {
+    /// Where claiming the lock itself takes the next epoch (etcd), making it the group's
+    /// newest before its holder uses it or while it gives it back: the highest epoch a claim
+    /// of this node took, and the group's newest before its run of claims in a row. None
+    /// where taking the lock raises nothing (the lock file: the epoch moves at
+    /// [`Self::next_epoch`]).
+    fn own_claims(&self) -> Option<(u64, u64)> {
         None
     }
 }
