@@ -121,17 +121,23 @@ fn copy_tree(from: &Path, to: &Path) {
 /// A standby by hand: the next connection to `listener`, past its hello (of `epoch`) and our
 /// welcome with no files.
 fn accept_as_standby(listener: &TcpListener, epoch: u64) -> std::net::TcpStream {
-    let (mut s, _) = listener.accept().expect("accept");
-    match read_frame(&mut s, &mut Vec::new()).expect("hello") {
-        Frame::Hello { epoch: e, .. } => assert_eq!(e, epoch),
-        other => panic!("{other:?}"),
-    }
+    let mut s = accept_hello(listener, epoch);
     Frame::Welcome {
         seen_epoch: epoch,
         files: vec![],
     }
     .write_to(&mut s, &mut Vec::new())
     .expect("welcome");
+    s
+}
+
+/// A standby by hand: the next connection to `listener`, past its hello (of `epoch`).
+fn accept_hello(listener: &TcpListener, epoch: u64) -> std::net::TcpStream {
+    let (mut s, _) = listener.accept().expect("accept");
+    match read_frame(&mut s, &mut Vec::new()).expect("hello") {
+        Frame::Hello { epoch: e, .. } => assert_eq!(e, epoch),
+        other => panic!("{other:?}"),
+    }
     s
 }
 
@@ -144,6 +150,25 @@ fn send_hello(s: &mut std::net::TcpStream, epoch: u64, token: &[u8]) {
     }
     .write_to(s, &mut Vec::new())
     .expect("hello");
+}
+
+/// An active by hand: a standby started on an empty directory (returned, with its
+/// `timeout`), and a connection to it past the hello of `epoch` and its welcome.
+fn welcomed_by_a_fresh_standby(
+    epoch: u64,
+) -> (tempfile::TempDir, Receiver, std::net::TcpStream, Duration) {
+    let b = tempfile::tempdir().expect("tmp");
+    let b_addr = free_addr();
+    let c = cfg(Mode::Sync, b_addr, vec![]);
+    let timeout = c.timeout;
+    let rx = Receiver::start(c, b.path()).expect("receiver");
+    let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+    send_hello(&mut s, epoch, b"t0ken");
+    assert!(matches!(
+        read_frame(&mut s, &mut Vec::new()).expect("welcome"),
+        Frame::Welcome { .. }
+    ));
+    (b, rx, s, timeout)
 }
 
 /// A standby (speaking the protocol by hand) that takes the catch-up of an active of `epoch`
@@ -298,12 +323,7 @@ fn an_idle_degraded_active_is_synchronous_again_once_its_standby_caught_up() {
 #[test]
 fn a_standby_counts_itself_in_sync_only_on_acknowledgements_the_active_took_after_the_catch_up() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let b = tempfile::tempdir().expect("tmp");
-    let b_addr = free_addr();
-    let c = cfg(Mode::Sync, b_addr, vec![]);
-    let timeout = c.timeout;
-    let rx = Receiver::start(c, b.path()).expect("receiver");
-    let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+    let (_b, rx, mut s, timeout) = welcomed_by_a_fresh_standby(3);
     let (mut buf, mut out) = (Vec::new(), Vec::new());
     let mut round_trip = |s: &mut std::net::TcpStream, f: Frame| {
         f.write_to(s, &mut out).expect("send");
@@ -312,11 +332,6 @@ fn a_standby_counts_itself_in_sync_only_on_acknowledgements_the_active_took_afte
             other => panic!("{other:?}"),
         }
     };
-    send_hello(&mut s, 3, b"t0ken");
-    assert!(matches!(
-        read_frame(&mut s, &mut Vec::new()).expect("welcome"),
-        Frame::Welcome { .. }
-    ));
     // The catch-up (nothing to copy) and its acknowledgement: not ready on that alone.
     round_trip(&mut s, Frame::Sync { pos: 0 });
     assert!(
@@ -830,12 +845,8 @@ fn a_copy_that_ends_inside_a_record_is_sent_again_whole() {
     let addr = listener.local_addr().expect("addr");
     let rel2 = rel.clone();
     let h = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
+        let mut s = accept_hello(&listener, epoch);
         let (mut buf, mut out) = (Vec::new(), Vec::new());
-        assert!(matches!(
-            read_frame(&mut s, &mut buf).expect("hello"),
-            Frame::Hello { .. }
-        ));
         Frame::Welcome {
             seen_epoch: epoch,
             files: vec![(rel2.clone(), held)],
@@ -883,18 +894,8 @@ fn a_copy_that_ends_inside_a_record_is_sent_again_whole() {
 #[allow(clippy::disallowed_methods)] // the active by hand takes its time with a sleep
 fn a_standby_waits_out_a_slow_catch_up_and_then_times_out_on_silence() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let b = tempfile::tempdir().expect("tmp");
-    let b_addr = free_addr();
-    let c = cfg(Mode::Sync, b_addr, vec![]);
-    let timeout = c.timeout;
-    let rx = Receiver::start(c, b.path()).expect("receiver");
-    let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+    let (_b, rx, mut s, timeout) = welcomed_by_a_fresh_standby(3);
     let (mut buf, mut out) = (Vec::new(), Vec::new());
-    send_hello(&mut s, 3, b"t0ken");
-    assert!(matches!(
-        read_frame(&mut s, &mut buf).expect("welcome"),
-        Frame::Welcome { .. }
-    ));
     // Reading the stores: nothing sent for several times `timeout`.
     std::thread::sleep(timeout * 3);
     Frame::Sync { pos: 0 }
@@ -935,12 +936,8 @@ fn the_active_waits_for_a_standby_that_scans_its_copy_before_it_answers() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let h = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
+        let mut s = accept_hello(&listener, epoch);
         let (mut buf, mut out) = (Vec::new(), Vec::new());
-        assert!(matches!(
-            read_frame(&mut s, &mut buf).expect("hello"),
-            Frame::Hello { .. }
-        ));
         std::thread::sleep(slow);
         Frame::Welcome {
             seen_epoch: epoch,
