@@ -549,7 +549,9 @@ impl Link<'_> {
             };
             let read_err = |e: std::io::Error| format!("read {}: {e}", path.display());
             let mut from = self.sent.get(&rel).copied().unwrap_or(0);
-            let size = if catch_up {
+            // Whole records only: never the zeros a writer keeps ahead of them, which the
+            // next records overwrite.
+            let len = if catch_up {
                 let size = f
                     .metadata()
                     .map_err(|e| format!("stat {}: {e}", path.display()))?
@@ -584,14 +586,15 @@ impl Link<'_> {
                     .map_err(|e| format!("sending: {e}"))?;
                     from = len;
                 }
-                size
+                // `from` is now a record boundary at most `whole`: the walk above reached
+                // `whole` from it, so it is not walked again (records written since go with
+                // the next batch).
+                whole
             } else {
                 // A batch: one read per segment of this epoch, as the stat it replaces (a
                 // file of an idle session reads zeros at `from` and is done).
-                u64::MAX
+                valid_len(f, from, u64::MAX).map_err(read_err)?
             };
-            // Whole records only: never those zeros, which the next records overwrite.
-            let len = valid_len(f, from, size).map_err(read_err)?;
             while from < len {
                 let n = (len - from).min(CHUNK as u64) as usize;
                 let mut bytes = vec![0u8; n];
