@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 use understudy_coordinator::{
-    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, TryAcquire,
+    own_epochs_after, CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members,
+    TryAcquire,
 };
 use understudy_engine::{
     Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView,
@@ -373,7 +374,7 @@ struct Runtime {
     /// [`service_not_ready`]).
     service_not_ready: Option<String>,
     /// The highest epoch this node took or claimed for itself, and the group's newest epoch
-    /// before its run of claims (see [`note_own_epoch`], [`newest_of_another`]).
+    /// before its run of claims (see [`own_epochs_after`], [`newest_of_another`]).
     own_epoch: Option<(u64, u64)>,
     /// The last `STATUS=` line sent to systemd.
     sd_status: String,
@@ -877,7 +878,7 @@ impl Runtime {
             }
             Command::PersistNextEpoch { floor } => Some(match self.coord.next_epoch(floor) {
                 Ok(epoch) => {
-                    self.own_epoch = note_own_epoch(self.own_epoch, epoch);
+                    self.own_epoch = own_epochs_after(self.own_epoch, epoch);
                     Input::EpochDurable { epoch }
                 }
                 Err(e) => Input::EpochFailed {
@@ -1430,19 +1431,8 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
     }
 }
 
-/// `own` after this node took or claimed epoch `e`: the highest such epoch, and the group's
-/// newest before it. Claims in a row (an etcd claim given back, claimed again) keep the
-/// newest from before the first: those epochs are this node's, used or not.
-fn note_own_epoch(own: Option<(u64, u64)>, e: u64) -> Option<(u64, u64)> {
-    match own {
-        Some((h, _)) if e <= h => own,
-        Some((h, before)) if e == h + 1 => Some((e, before)),
-        _ => Some((e, e.saturating_sub(1))),
-    }
-}
-
 /// The newest epoch another node took, from the group's newest `current` and this node's
-/// own ([`note_own_epoch`]); None when none (0).
+/// own ([`own_epochs_after`]); None when none (0).
 fn newest_of_another(current: u64, own: Option<(u64, u64)>) -> Option<u64> {
     let newest = match own {
         Some((h, before)) if current == h => before,
@@ -1529,21 +1519,21 @@ mod tests {
         assert_eq!(newest_of_another(0, None), None);
         // Our etcd claim raised the group to 8 before we used it: judged against 7 (review
         // 12, S1: judged against 8, every etcd takeover was given back).
-        let own = note_own_epoch(None, 8);
+        let own = own_epochs_after(None, 8);
         assert_eq!(newest_of_another(8, own), Some(7));
         // Taking the claimed epoch at activation changes nothing.
-        assert_eq!(note_own_epoch(own, 8), own);
+        assert_eq!(own_epochs_after(own, 8), own);
         // Given back, claimed again (9): still against 7, the epochs between are ours.
-        let again = note_own_epoch(own, 9);
+        let again = own_epochs_after(own, 9);
         assert_eq!(newest_of_another(9, again), Some(7));
         // Another node took 10 since: that one counts.
         assert_eq!(newest_of_another(10, again), Some(10));
         // A claim of ours above another's newer epoch (x took 9, we claim 10): against 9, so
         // a standby in sync with 7 only is not ready (review 11, R2).
-        let above = note_own_epoch(own, 10);
+        let above = own_epochs_after(own, 10);
         assert_eq!(newest_of_another(10, above), Some(9));
         // The group's first epoch, ours.
-        assert_eq!(newest_of_another(1, note_own_epoch(None, 1)), None);
+        assert_eq!(newest_of_another(1, own_epochs_after(None, 1)), None);
     }
 
     #[test]

@@ -984,11 +984,8 @@ impl Task {
             v.epoch = v.epoch.max(epoch);
             // In the same critical section as the group's newest: no reader sees the epoch
             // as the group's newest without knowing it is this node's.
-            let before = match v.own_claims {
-                Some((h, b)) if h == highest => b,
-                _ => highest,
-            };
-            v.own_claims = Some((epoch, before));
+            // `epoch` is `highest + 1`: in a row with an own claim at `highest`.
+            v.own_claims = crate::own_epochs_after(v.own_claims, epoch);
         }
         tracing::info!(epoch, rev, "etcd: group claimed");
         Ok(Claim::Won {

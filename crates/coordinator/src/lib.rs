@@ -133,3 +133,15 @@ pub trait Coordinator: Send {
         None
     }
 }
+
+/// This node's own epochs (the highest it took or claimed, and the group's newest before its
+/// run of them) after it took or claimed epoch `e`: epochs in a row (an etcd claim given back,
+/// claimed again, then taken) keep the newest from before the first, for they are all this
+/// node's, used or not. What [`Coordinator::own_claims`] and the agent's readiness rule keep.
+pub fn own_epochs_after(own: Option<(u64, u64)>, e: u64) -> Option<(u64, u64)> {
+    match own {
+        Some((h, _)) if e <= h => own,
+        Some((h, before)) if e == h + 1 => Some((e, before)),
+        _ => Some((e, e.saturating_sub(1))),
+    }
+}
