@@ -11,8 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 use understudy_coordinator::{
-    own_epochs_after, CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members,
-    TryAcquire,
+    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, TryAcquire,
 };
 use understudy_engine::{
     Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView,
@@ -279,7 +278,6 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         signal_watch: None,
         service_detail: None,
         service_not_ready: None,
-        own_epoch: None,
         sd_status: String::new(),
         seen: Vec::new(),
         grant_created: false,
@@ -373,9 +371,6 @@ struct Runtime {
     /// What the service's health answer last said about its readiness (see
     /// [`service_not_ready`]).
     service_not_ready: Option<String>,
-    /// The highest epoch this node took or claimed for itself, and the group's newest epoch
-    /// before its run of claims (see [`own_epochs_after`], [`newest_of_another`]).
-    own_epoch: Option<(u64, u64)>,
     /// The last `STATUS=` line sent to systemd.
     sd_status: String,
     /// The group's records as last read for the engine, with what /proc says of their agents:
@@ -679,7 +674,7 @@ impl Runtime {
     /// Judges the standby service's readiness from its health answer `detail` and the group's
     /// newest epoch, and tells the engine when that changed.
     fn judge_readiness(&mut self, detail: &serde_json::Value) {
-        let not_ready = service_not_ready(detail, self.newest_epoch_of_another());
+        let not_ready = service_not_ready(detail, self.coord.newest_used_by_another());
         if not_ready != self.service_not_ready {
             self.service_not_ready = not_ready.clone();
             self.feed(Input::ServiceReadiness { not_ready });
@@ -693,22 +688,6 @@ impl Runtime {
             self.judge_readiness(&detail);
             self.service_detail = Some(detail);
         }
-    }
-
-    /// The newest epoch another node took (None: none, 0). With the coordinator's own claims:
-    /// an etcd claim is the group's newest epoch from its commit, before the grant
-    /// reaches this loop (judged against it in between, this node gave its own grant back).
-    fn newest_epoch_of_another(&self) -> Option<u64> {
-        // The group's newest first: a claim committed between the two reads is then either
-        // not in it yet or known as this node's.
-        let current = self.coord.current_epoch();
-        let claims = self.coord.own_claims();
-        let own = match (self.own_epoch, claims) {
-            (Some(taken), Some(claimed)) if taken.0 > claimed.0 => Some(taken),
-            (taken, None) => taken,
-            (_, claimed) => claimed,
-        };
-        newest_of_another(current, own)
     }
 
     fn on_api(&mut self, req: ApiRequest) {
@@ -877,10 +856,7 @@ impl Runtime {
                 None
             }
             Command::PersistNextEpoch { floor } => Some(match self.coord.next_epoch(floor) {
-                Ok(epoch) => {
-                    self.own_epoch = own_epochs_after(self.own_epoch, epoch);
-                    Input::EpochDurable { epoch }
-                }
+                Ok(epoch) => Input::EpochDurable { epoch },
                 Err(e) => Input::EpochFailed {
                     reason: e.to_string(),
                 },
@@ -1431,21 +1407,11 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
     }
 }
 
-/// The newest epoch another node took, from the group's newest `current` and this node's
-/// own ([`own_epochs_after`]); None when none (0).
-fn newest_of_another(current: u64, own: Option<(u64, u64)>) -> Option<u64> {
-    let newest = match own {
-        Some((h, before)) if current == h => before,
-        _ => current,
-    };
-    (newest > 0).then_some(newest)
-}
-
 /// Why a service's health answer says it may not take over: a JSON object with
 /// `"replication": {"ready": false, "reason": "..."}` (the FIX gateway's standby while it is
 /// not in sync with the active), or, with `"mode": "sync"`, a standby in sync with an active
-/// older than `newest_of_another`, the group's newest epoch when another node took it.
-/// Anything else says nothing against it.
+/// older than `newest_of_another`, the newest epoch another node may have been active with
+/// ([`Coordinator::newest_used_by_another`]). Anything else says nothing against it.
 ///
 /// That last rule (review 11, R2): a standby counts itself in sync for `timeout` after its
 /// last acknowledgement, across a disconnect, so that it may take over from an active that
@@ -1510,30 +1476,6 @@ mod tests {
             None
         );
         assert_eq!(service_not_ready(&json!("plain text"), Some(9)), None);
-    }
-
-    #[test]
-    fn the_newest_epoch_of_another_node_skips_this_nodes_own_claims() {
-        // No claim of ours: the group's newest.
-        assert_eq!(newest_of_another(7, None), Some(7));
-        assert_eq!(newest_of_another(0, None), None);
-        // Our etcd claim raised the group to 8 before we used it: judged against 7 (review
-        // 12, S1: judged against 8, every etcd takeover was given back).
-        let own = own_epochs_after(None, 8);
-        assert_eq!(newest_of_another(8, own), Some(7));
-        // Taking the claimed epoch at activation changes nothing.
-        assert_eq!(own_epochs_after(own, 8), own);
-        // Given back, claimed again (9): still against 7, the epochs between are ours.
-        let again = own_epochs_after(own, 9);
-        assert_eq!(newest_of_another(9, again), Some(7));
-        // Another node took 10 since: that one counts.
-        assert_eq!(newest_of_another(10, again), Some(10));
-        // A claim of ours above another's newer epoch (x took 9, we claim 10): against 9, so
-        // a standby in sync with 7 only is not ready (review 11, R2).
-        let above = own_epochs_after(own, 10);
-        assert_eq!(newest_of_another(10, above), Some(9));
-        // The group's first epoch, ours.
-        assert_eq!(newest_of_another(1, own_epochs_after(None, 1)), None);
     }
 
     #[test]

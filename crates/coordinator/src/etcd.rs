@@ -7,9 +7,16 @@
 //! - `epoch`: the group epoch, decimal; raised by the claiming transaction itself, so an epoch is
 //!   quorum-committed before the claimant learns it holds the group.
 //! - `members/<node>`: membership records (JSON [`MemberRecord`]).
+//! - `used`: [`UsedRecord`], the newest epoch a holder went on to use (handed out by
+//!   [`Coordinator::next_epoch`], before its service is told it is active), who used it, and
+//!   the newest another node used before. A claim raises `epoch` before its holder decides to
+//!   keep the grant; `used` tells the epochs an active may have sent with from those given back
+//!   unused. Written in the same transaction as a renewal of `leader`, so a claim, which
+//!   compares `leader`'s revision, commits only on a view that holds it (and reads it back).
 //!
-//! Every key a node writes carries that node's etcd lease (`backstop_ttl`, ≥ 1 s): only a backstop,
-//! so that a group whose agents all died frees itself. Activity is decided by the agents' own
+//! Every key a node writes but `used` carries that node's etcd lease (`backstop_ttl`, ≥ 1 s):
+//! only a backstop, so that a group whose agents all died frees itself. `used` outlives them:
+//! it keeps the group's epochs from starting again below what its services' stores hold. Activity is decided by the agents' own
 //! clocks, as ARCHITECTURE.md ("etcd coordinator: the timing argument") explains:
 //! - a standby claims only after it has seen no change of `leader` for `lease_ttl` on its own
 //!   monotonic clock (or at once when the holder marked it released), by a transaction that
@@ -21,8 +28,8 @@
 //! All network work runs on one thread with its own single-threaded tokio runtime; the
 //! [`Coordinator`] methods only exchange messages with it. Two of them wait for an answer, with a
 //! bound: [`Coordinator::try_acquire`] (at start in mode `hot`, and on an operator's request) and
-//! [`Coordinator::next_epoch`] when the epoch taken by the claim cannot be used (never in
-//! practice: the claim already raised it above everything the node has seen).
+//! [`Coordinator::next_epoch`] (one transaction, which marks the epoch used: one etcd commit on
+//! the takeover path, after the claim's).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -94,6 +101,9 @@ impl EtcdSettings {
     fn epoch_key(&self) -> String {
         format!("{}epoch", self.group_prefix())
     }
+    fn used_key(&self) -> String {
+        format!("{}used", self.group_prefix())
+    }
     fn members_prefix(&self) -> String {
         format!("{}members/", self.group_prefix())
     }
@@ -164,6 +174,63 @@ impl LeaderRecord {
     }
 }
 
+/// The value of the `used` key (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsedRecord {
+    /// The node that took the epoch for its service.
+    pub node: String,
+    /// The newest epoch a holder used.
+    pub epoch: u64,
+    /// The newest epoch a node other than `node` used before (0: none).
+    pub before: u64,
+}
+
+impl UsedRecord {
+    fn parse(bytes: &[u8]) -> Result<UsedRecord, String> {
+        if bytes.len() > MAX_LEADER_BYTES {
+            return Err(format!("used-epoch record of {} bytes", bytes.len()));
+        }
+        let r: UsedRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if !is_valid_node_name(&r.node) {
+            return Err(format!(
+                "invalid node name {:?} in the used-epoch record",
+                r.node
+            ));
+        }
+        if r.before >= r.epoch {
+            return Err(format!(
+                "used-epoch record: epoch {} not above the one before, {}",
+                r.epoch, r.before
+            ));
+        }
+        Ok(r)
+    }
+
+    /// The record after `node` used `epoch`, from the group's record before (`prev`).
+    fn after(prev: Option<&UsedRecord>, node: &str, epoch: u64) -> UsedRecord {
+        let before = match prev {
+            Some(p) if p.node == node => p.before,
+            Some(p) => p.epoch,
+            None => 0,
+        };
+        UsedRecord {
+            node: node.to_string(),
+            epoch,
+            before: before.min(epoch.saturating_sub(1)),
+        }
+    }
+
+    /// The newest epoch a node other than `node` used (None: none).
+    fn newest_of_another(&self, node: &str) -> Option<u64> {
+        let e = if self.node == node {
+            self.before
+        } else {
+            self.epoch
+        };
+        (e > 0).then_some(e)
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -184,9 +251,9 @@ struct View {
     claimed_epoch: Option<u64>,
     /// The highest epoch seen anywhere in the group.
     epoch: u64,
-    /// The highest epoch a claim of this node raised the group to (used or given back), and
-    /// the group's newest before this node's run of claims (see [`Coordinator::own_claims`]).
-    own_claims: Option<(u64, u64)>,
+    /// The group's `used` key, the newest seen (it never goes back: a deleted or older one
+    /// is ignored).
+    used: Option<UsedRecord>,
     /// When etcd last answered this node (a watch message, a read, a transaction).
     heard_at: Option<Instant>,
 }
@@ -200,8 +267,11 @@ enum Cmd {
     Campaign,
     TryAcquire(std::sync::mpsc::SyncSender<Result<TryAcquire, CoordError>>),
     Release,
-    BumpEpoch {
+    /// [`Coordinator::next_epoch`]: the epoch the claim raised (`claimed`) when it is above
+    /// `floor`, else a new one.
+    UseEpoch {
         floor: u64,
+        claimed: Option<u64>,
         reply: std::sync::mpsc::SyncSender<Result<u64, CoordError>>,
     },
     /// Answered once every command before it is done.
@@ -466,20 +536,22 @@ impl Coordinator for EtcdCoordinator {
         lock(&self.view).holds
     }
 
+    /// One etcd transaction: the epoch is marked used (see [`UsedRecord`]) before the service
+    /// may act with it, so no other node's standby can count an active's epoch as unused.
     fn next_epoch(&mut self, floor: u64) -> Result<u64, CoordError> {
-        {
+        let claimed = {
             let mut v = lock(&self.view);
             if !v.holds {
                 return Err(CoordError::NotHolder);
             }
-            if let Some(e) = v.claimed_epoch.take() {
-                if e > floor {
-                    return Ok(e);
-                }
-            }
-        }
+            v.claimed_epoch.take()
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.send(Cmd::BumpEpoch { floor, reply: tx })?;
+        self.send(Cmd::UseEpoch {
+            floor,
+            claimed,
+            reply: tx,
+        })?;
         match rx.recv_timeout(self.answer_wait()) {
             Ok(answer) => answer,
             Err(_) => Err(CoordError::Etcd("etcd did not answer in time".into())),
@@ -490,8 +562,11 @@ impl Coordinator for EtcdCoordinator {
         lock(&self.view).epoch
     }
 
-    fn own_claims(&self) -> Option<(u64, u64)> {
-        lock(&self.view).own_claims
+    fn newest_used_by_another(&self) -> Option<u64> {
+        lock(&self.view)
+            .used
+            .as_ref()
+            .and_then(|u| u.newest_of_another(&self.settings.node))
     }
 
     fn heartbeat(&mut self, _hb: &Heartbeat) -> Result<(), CoordError> {
@@ -799,8 +874,12 @@ impl Task {
                     self.release().await;
                 }
             }
-            Cmd::BumpEpoch { floor, reply } => {
-                let answer = self.bump_epoch(floor).await;
+            Cmd::UseEpoch {
+                floor,
+                claimed,
+                reply,
+            } => {
+                let answer = self.use_epoch(floor, claimed).await;
                 let _ = reply.send(answer);
             }
             Cmd::Flush(reply) => {
@@ -898,12 +977,26 @@ impl Task {
         ops: Vec<TxnOp>,
         until: Nanos,
     ) -> Result<Reply, CoordError> {
+        self.write_leader_reading(sent, extra, ops, until)
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    /// [`Self::write_leader`], with the answers to the `Get`s among `ops` when it committed.
+    async fn write_leader_reading(
+        &mut self,
+        sent: Sent,
+        extra: Vec<Compare>,
+        ops: Vec<TxnOp>,
+        until: Nanos,
+    ) -> Result<(Reply, Vec<TxnOpResponse>), CoordError> {
         let mut client = self.client()?;
         let mut when = vec![self.leader_compare(sent.expect)];
         when.extend(extra);
         let txn = Txn::new().when(when).and_then(ops).or_else([
             TxnOp::get(self.s.leader_key(), None),
             TxnOp::get(self.s.epoch_key(), None),
+            TxnOp::get(self.s.used_key(), None),
         ]);
         let resp = tokio::time::timeout_at(instant_at(until), client.txn(txn))
             .await
@@ -912,10 +1005,10 @@ impl Task {
         self.heard();
         if !resp.succeeded() {
             self.absorb_gets(&resp.op_responses());
-            return Ok(Reply::Refused);
+            return Ok((Reply::Refused, Vec::new()));
         }
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok(Reply::Committed { rev })
+        Ok((Reply::Committed { rev }, resp.op_responses()))
     }
 
     /// The claim: one transaction that takes `leader` if it is still what this node last saw, and
@@ -954,17 +1047,23 @@ impl Task {
         let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
         let previous = self.as_heartbeat();
         let created = sent.expect == 0;
+        // `used` read back in the commit: whom the readiness rule judges against is exact
+        // when the grant is told, whatever the watch has delivered yet.
         let ops = vec![
             TxnOp::put(self.s.epoch_key(), epoch.to_string(), self.put_options()),
             TxnOp::put(self.s.leader_key(), value, self.put_options()),
+            TxnOp::get(self.s.used_key(), None),
         ];
         let until = sent
             .at
             .saturating_add(self.s.timing.deadline.as_nanos() as u64);
-        let (reply, err) = answered(
-            self.write_leader(sent, vec![self.epoch_compare()], ops, until)
-                .await,
-        );
+        let (reply, err, read) = match self
+            .write_leader_reading(sent, vec![self.epoch_compare()], ops, until)
+            .await
+        {
+            Ok((reply, read)) => (reply, None, read),
+            Err(e) => (Reply::Failed, Some(e), Vec::new()),
+        };
         let Outcome::Granted { deadline } = self.lease.answer(sent, reply, now()) else {
             return match err {
                 Some(e) => Err(e),
@@ -979,13 +1078,10 @@ impl Task {
         self.epoch_key = (epoch, rev);
         self.leader = Some(Ok(record.clone()));
         self.held = Some(record);
+        self.absorb_gets(&read);
         {
             let mut v = lock(&self.view);
             v.epoch = v.epoch.max(epoch);
-            // In the same critical section as the group's newest: no reader sees the epoch
-            // as the group's newest without knowing it is this node's.
-            // `epoch` is `highest + 1`: in a row with an own claim at `highest`.
-            v.own_claims = crate::own_epochs_after(v.own_claims, epoch);
         }
         tracing::info!(epoch, rev, "etcd: group claimed");
         Ok(Claim::Won {
@@ -1083,25 +1179,45 @@ impl Task {
         }
     }
 
-    /// Raises the group epoch above `floor` by a renewal that also writes `epoch`.
-    async fn bump_epoch(&mut self, floor: u64) -> Result<u64, CoordError> {
+    /// Marks an epoch used, by a renewal that also writes `used` (and `epoch` when it must go
+    /// above the claimed one): the epoch the claim raised when it is above `floor`, else one
+    /// above everything seen.
+    async fn use_epoch(&mut self, floor: u64, claimed: Option<u64>) -> Result<u64, CoordError> {
         let mut record = self.held.clone().ok_or(CoordError::NotHolder)?;
-        let epoch = self
-            .epoch_key
-            .0
-            .max(floor)
-            .max(lock(&self.view).epoch)
-            .checked_add(1)
-            .ok_or_else(|| CoordError::Etcd("the group epoch cannot grow any further".into()))?;
+        let (epoch, raise) = match claimed {
+            Some(e) if e > floor => (e, false),
+            _ => {
+                let e = self
+                    .epoch_key
+                    .0
+                    .max(floor)
+                    .max(lock(&self.view).epoch)
+                    .checked_add(1)
+                    .ok_or_else(|| {
+                        CoordError::Etcd("the group epoch cannot grow any further".into())
+                    })?;
+                (e, true)
+            }
+        };
+        let used = UsedRecord::after(lock(&self.view).used.as_ref(), &self.s.node, epoch);
+        let used_value = serde_json::to_vec(&used).map_err(|e| etcd_error("encoding", e))?;
         let sent = self.lease.renew_now(now()).ok_or(CoordError::NotHolder)?;
         record.epoch = epoch;
         record.renewals = record.renewals.saturating_add(1);
         record.unix_ms = unix_ms();
         let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
-        let ops = vec![
-            TxnOp::put(self.s.epoch_key(), epoch.to_string(), self.put_options()),
-            TxnOp::put(self.s.leader_key(), value, self.put_options()),
-        ];
+        let mut ops = Vec::with_capacity(3);
+        if raise {
+            ops.push(TxnOp::put(
+                self.s.epoch_key(),
+                epoch.to_string(),
+                self.put_options(),
+            ));
+        }
+        // Before `leader` in the commit, so a watcher never sees the renewal without it; on no
+        // lease, so that it outlives every agent (see the module documentation).
+        ops.push(TxnOp::put(self.s.used_key(), used_value, None));
+        ops.push(TxnOp::put(self.s.leader_key(), value, self.put_options()));
         let until = self.lease.deadline().unwrap_or(sent.at);
         let (answer, err) = answered(
             self.write_leader(sent, vec![self.epoch_compare()], ops, until)
@@ -1110,23 +1226,26 @@ impl Task {
         match self.lease.answer(sent, answer, now()) {
             Outcome::Extended { deadline } => {
                 (self.fence)(Fence::Until(deadline));
-                let rev = match answer {
-                    Reply::Committed { rev } => rev,
-                    _ => 0,
-                };
-                self.epoch_key = (epoch, rev);
+                if raise {
+                    let rev = match answer {
+                        Reply::Committed { rev } => rev,
+                        _ => 0,
+                    };
+                    self.epoch_key = (epoch, rev);
+                }
                 self.leader = Some(Ok(record.clone()));
                 self.held = Some(record);
                 let mut v = lock(&self.view);
                 v.epoch = v.epoch.max(epoch);
+                v.used = Some(used);
                 Ok(epoch)
             }
             Outcome::Lost(loss) => {
                 self.on_loss(loss);
-                Err(CoordError::Etcd(format!("raising the epoch: {loss}")))
+                Err(CoordError::Etcd(format!("taking the epoch: {loss}")))
             }
             _ => Err(err.unwrap_or_else(|| {
-                CoordError::Etcd("the group changed while raising the epoch".into())
+                CoordError::Etcd("the group changed while taking the epoch".into())
             })),
         }
     }
@@ -1201,9 +1320,24 @@ impl Task {
         Ok(())
     }
 
-    /// A non-leader key of the group: the epoch counter or a member record.
+    /// A non-leader key of the group: the epoch counter, the used epoch or a member record.
     fn absorb(&mut self, kv: &KeyValue, members: &mut BTreeMap<String, MemberRecord>) {
         let key = kv.key();
+        if key == self.s.used_key().as_bytes() {
+            match UsedRecord::parse(kv.value()) {
+                Ok(used) => {
+                    let mut v = lock(&self.view);
+                    v.epoch = v.epoch.max(used.epoch);
+                    if v.used.as_ref().is_none_or(|u| u.epoch < used.epoch) {
+                        v.used = Some(used);
+                    }
+                }
+                // Only a holder writes it, and only what it read: garbage there is an
+                // operator's, and the next holder's write replaces it.
+                Err(why) => tracing::warn!("etcd: the used-epoch key holds garbage: {why}"),
+            }
+            return;
+        }
         if key == self.s.epoch_key().as_bytes() {
             let value = std::str::from_utf8(kv.value())
                 .ok()
@@ -1470,5 +1604,38 @@ mod tests {
         );
         assert!(LeaderRecord::parse(b"garbage").is_err());
         assert!(LeaderRecord::parse(&vec![b' '; MAX_LEADER_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn used_epoch_records_are_checked() {
+        let ok = UsedRecord::parse(br#"{"node":"a","epoch":9,"before":8}"#).unwrap();
+        assert_eq!((ok.epoch, ok.before), (9, 8));
+        assert!(UsedRecord::parse(br#"{"node":"a","epoch":8,"before":8}"#).is_err());
+        assert!(UsedRecord::parse(br#"{"node":"../a","epoch":9,"before":8}"#).is_err());
+        assert!(UsedRecord::parse(br#"{"node":"a","epoch":9}"#).is_err());
+        assert!(UsedRecord::parse(&vec![b' '; MAX_LEADER_BYTES + 1]).is_err());
+    }
+
+    /// Review 13, T1: c claims 9 and gives it back unused (a switchover to b), b claims 10:
+    /// b is judged against a's 8, the newest epoch an active may have sent with, not c's 9.
+    #[test]
+    fn only_epochs_a_holder_used_count_against_another_nodes_standby() {
+        let a8 = UsedRecord::after(None, "a", 8);
+        assert_eq!(a8.before, 0);
+        // Claims raise the epoch key only; `used` moves when b takes 10 for its service.
+        assert_eq!(a8.newest_of_another("b"), Some(8));
+        assert_eq!(a8.newest_of_another("c"), Some(8));
+        assert_eq!(a8.newest_of_another("a"), None);
+        let b10 = UsedRecord::after(Some(&a8), "b", 10);
+        assert_eq!((b10.epoch, b10.before), (10, 8));
+        assert_eq!(b10.newest_of_another("b"), Some(8));
+        assert_eq!(b10.newest_of_another("c"), Some(10));
+        // b again (its service restarted while active): its run keeps a's 8 as the one before.
+        let b11 = UsedRecord::after(Some(&b10), "b", 11);
+        assert_eq!((b11.epoch, b11.before), (11, 8));
+        assert_eq!(b11.newest_of_another("a"), Some(11));
+        // What it writes, it reads back.
+        let text = serde_json::to_vec(&b11).unwrap();
+        assert_eq!(UsedRecord::parse(&text).unwrap(), b11);
     }
 }

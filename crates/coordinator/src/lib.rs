@@ -124,24 +124,59 @@ pub trait Coordinator: Send {
     fn unreachable(&self) -> Option<String> {
         None
     }
-    /// Where claiming the lock itself takes the next epoch (etcd), making it the group's
-    /// newest before its holder uses it or while it gives it back: the highest epoch a claim
-    /// of this node took, and the group's newest before its run of claims in a row. None
-    /// where taking the lock raises nothing (the lock file: the epoch moves at
-    /// [`Self::next_epoch`]).
-    fn own_claims(&self) -> Option<(u64, u64)> {
-        None
-    }
+    /// The newest epoch another node may have started its service with as the active: the
+    /// newest epoch [`Self::next_epoch`] handed out, unless this node took it (then the newest
+    /// before this node's run of them). None when no other node ever took one. An epoch a claim
+    /// raised and gave back unused does not count (on etcd, a claim raises the group's epoch
+    /// before its holder decides whether to use it). What the agent's readiness rule for
+    /// replicated standbys compares their newest epoch with.
+    fn newest_used_by_another(&self) -> Option<u64>;
 }
 
-/// This node's own epochs (the highest it took or claimed, and the group's newest before its
-/// run of them) after it took or claimed epoch `e`: epochs in a row (an etcd claim given back,
-/// claimed again, then taken) keep the newest from before the first, for they are all this
-/// node's, used or not. What [`Coordinator::own_claims`] and the agent's readiness rule keep.
+/// The newest epoch another node took, from the group's newest `current` and this node's own
+/// run of epochs ([`own_epochs_after`]); None when none (0).
+pub fn newest_of_another(current: u64, own: Option<(u64, u64)>) -> Option<u64> {
+    let newest = match own {
+        Some((h, before)) if current == h => before,
+        _ => current,
+    };
+    (newest > 0).then_some(newest)
+}
+
+/// This node's own epochs (the highest it took, and the group's newest before its run of them)
+/// after it took epoch `e`: epochs in a row keep the newest from before the first, for they
+/// are all this node's.
 pub fn own_epochs_after(own: Option<(u64, u64)>, e: u64) -> Option<(u64, u64)> {
     match own {
         Some((h, _)) if e <= h => own,
         Some((h, before)) if e == h + 1 => Some((e, before)),
         _ => Some((e, e.saturating_sub(1))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_epoch_of_another_node_skips_this_nodes_own() {
+        // None of ours: the group's newest.
+        assert_eq!(newest_of_another(7, None), Some(7));
+        assert_eq!(newest_of_another(0, None), None);
+        // We took 8: judged against 7.
+        let own = own_epochs_after(None, 8);
+        assert_eq!(newest_of_another(8, own), Some(7));
+        assert_eq!(own_epochs_after(own, 8), own);
+        // Took 9 next (a restart of the service while active): still against 7.
+        let again = own_epochs_after(own, 9);
+        assert_eq!(newest_of_another(9, again), Some(7));
+        // Another node took 10 since: that one counts.
+        assert_eq!(newest_of_another(10, again), Some(10));
+        // Ours above another's newer epoch (x took 9, we took 10): against 9, so a standby in
+        // sync with 7 only is not ready (review 11, R2).
+        let above = own_epochs_after(own, 10);
+        assert_eq!(newest_of_another(10, above), Some(9));
+        // The group's first epoch, ours.
+        assert_eq!(newest_of_another(1, own_epochs_after(None, 1)), None);
     }
 }

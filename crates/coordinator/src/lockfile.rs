@@ -167,6 +167,11 @@ pub struct LockFileCoordinator {
     members: Members,
     epochs: EpochStore,
     shared: Arc<Shared>,
+    /// The highest epoch [`Coordinator::next_epoch`] gave this node, and the group's newest
+    /// before its run of them (see [`crate::own_epochs_after`]). Only in memory: an agent that
+    /// restarts counts its own last epoch as another's, which only makes its standby wait for
+    /// a stream (the safe side).
+    own: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for LockFileCoordinator {
@@ -329,6 +334,7 @@ impl LockFileCoordinator {
                 }),
                 wake: Condvar::new(),
             }),
+            own: None,
         })
     }
 
@@ -482,6 +488,7 @@ impl Coordinator for LockFileCoordinator {
             )
         })?;
         self.epochs.write(next, &self.node)?;
+        self.own = crate::own_epochs_after(self.own, next);
         Ok(next)
     }
 
@@ -501,6 +508,12 @@ impl Coordinator for LockFileCoordinator {
         file_epoch
             .max(heartbeat_epoch)
             .max(self.members_max_epoch())
+    }
+
+    /// The epoch moves only in [`Coordinator::next_epoch`], after the grant is kept: every
+    /// epoch but this node's own was used.
+    fn newest_used_by_another(&self) -> Option<u64> {
+        crate::newest_of_another(self.current_epoch(), self.own)
     }
 
     fn heartbeat(&mut self, hb: &Heartbeat) -> Result<(), CoordError> {

@@ -640,3 +640,81 @@ fn a_replicated_sync_gateway_pair_fails_over_both_ways_on_etcd() {
     w.finish();
     g.stop_all();
 }
+
+/// Review 13, T1: on etcd a claim raises the group's epoch before its holder decides to keep
+/// the grant. In a switchover to b, c's campaign claimed first and gave the grant back for the
+/// handover; b, claiming next, was judged against c's unused epoch, found its gateway (in sync
+/// with a, the last active) behind it, and gave its grant back too: no active until an operator
+/// ran `understudy activate` (here c, a plain service, took over after its grace instead). Only
+/// epochs a holder went on to use count against a standby.
+#[test]
+fn a_switchover_to_a_sync_gateway_survives_a_third_nodes_claim_given_back_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let dir = tempfile::tempdir().expect("tmp");
+    let exe: &std::path::Path = env!("CARGO_BIN_EXE_understudy").as_ref();
+    let repl = testbed::fix::group::Replicated::new(dir.path(), "sync").expect("replication");
+    let pair = testbed::fix::group::Pair::create(exe, dir.path(), None, &["CLIENT1"], |i| {
+        repl.extra(dir.path(), i)
+    })
+    .expect("pair");
+    let mut g = testbed::fix::group::gateway_group(exe).expect("group");
+    g.config.activation.lock_file = None;
+    g.config.etcd = Some(testbed::config::EtcdSection {
+        endpoints: vec![etcd.endpoint.clone()],
+    });
+    testbed::fix::group::add_gateways_with(&mut g, &pair.cfgs, Some(&repl)).expect("nodes");
+    let demo = g.demo_service(None);
+    g.add_node("c", |c| {
+        c.service.command = demo;
+        c.health = None;
+    })
+    .expect("node c");
+    let w = g.watch();
+    testbed::fix::group::start_active_then_standby(&mut g, pair.ports[0])
+        .expect("a active, b a ready standby");
+    g.spawn("c").expect("spawn c");
+    g.wait_ready_standby("c").expect("c ready");
+    let a_epoch = g.epoch("a");
+
+    // b cannot claim for a moment: c's campaign wins the released group first, and gives the
+    // grant back to the switchover's target.
+    g.sigstop("b");
+    let admin = g.admin("a");
+    let asked = std::thread::spawn(move || testbed::http::post(&admin, "/service/switchover?to=b"));
+    let deadline = Instant::now() + 5 * S;
+    while !g.event_kinds("c").iter().any(|k| k == "lock_released") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    g.sigcont("b");
+    let until = Instant::now() + engine_handover_grace() + 5 * S;
+    while g.mode("b").as_deref() != Some("Hot") {
+        assert_ne!(
+            g.mode("c").as_deref(),
+            Some("Hot"),
+            "c took over instead of b\nb status {}\nb events {}\nc events {}",
+            g.st("b"),
+            g.events("b"),
+            g.events("c")
+        );
+        assert!(
+            Instant::now() < until,
+            "b never took over\nb status {}\nb events {}\nc events {}",
+            g.st("b"),
+            g.events("b"),
+            g.events("c")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(g.epoch("b") > a_epoch);
+    let (code, body) = asked.join().expect("switchover thread");
+    assert_eq!(code, 200, "switchover: {body}");
+    g.wait_ready_standby("a")
+        .unwrap_or_else(|e| panic!("a never in sync with b: {e:#}\n{}", g.st("a")));
+    w.finish();
+    g.stop_all();
+}
+
+fn engine_handover_grace() -> Duration {
+    understudy_engine::HANDOVER_GRACE
+}
