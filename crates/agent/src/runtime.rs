@@ -674,7 +674,11 @@ impl Runtime {
     /// Judges the standby service's readiness from its health answer `detail` and the group's
     /// newest epoch, and tells the engine when that changed.
     fn judge_readiness(&mut self, detail: &serde_json::Value) {
-        let not_ready = service_not_ready(detail, self.coord.newest_used_by_another());
+        let not_ready = service_not_ready(
+            detail,
+            self.coord.newest_used_by_another(),
+            self.coord.last_used_by_this_node(),
+        );
         if not_ready != self.service_not_ready {
             self.service_not_ready = not_ready.clone();
             self.feed(Input::ServiceReadiness { not_ready });
@@ -1418,9 +1422,26 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
 /// just died. A newer active that cannot reach it yet waits for no such standby (it never
 /// heard from it) and sends alone; were it to die within that `timeout`, the standby would
 /// take over without what it sent. In sync only with the newest active is in sync.
-fn service_not_ready(detail: &serde_json::Value, newest_of_another: Option<u64>) -> Option<String> {
+///
+/// And one exception the other way: a gateway whose store was last active with the group's
+/// newest used epoch, taken by this node (`last_used_here`), and has seen none since, was the
+/// group's last active. It holds everything it sent (nothing leaves before the active's own
+/// sync), so it is ready without a stream: a whole group stopped and started again, or an
+/// active whose gateway crashed and restarts as a standby, starts again from it (review 13,
+/// T4; before, nobody was ready until `understudy activate`).
+fn service_not_ready(
+    detail: &serde_json::Value,
+    newest_of_another: Option<u64>,
+    last_used_here: Option<u64>,
+) -> Option<String> {
     let r = detail.get("replication")?;
     let seen = r.get("seen_epoch").and_then(|v| v.as_u64());
+    let last_active = r.get("last_active_epoch").and_then(|v| v.as_u64());
+    if let (Some(mine), Some(active), Some(seen)) = (last_used_here, last_active, seen) {
+        if mine > 0 && active == mine && seen == mine {
+            return None;
+        }
+    }
     // A group that never had an active: nothing was sent that a standby could lack, and one
     // of them must start. A gateway never streamed to has seen no epoch (it keeps the newest
     // it saw in its store); judged not ready, a new group started only when its first agent
@@ -1459,23 +1480,23 @@ mod tests {
             "reason": "replication: not in sync with the active", "lag_records": 12, "lag_ms": 40,
             "peers": []}});
         assert_eq!(
-            service_not_ready(&lagging, None).as_deref(),
+            service_not_ready(&lagging, None, None).as_deref(),
             Some("reports it is not ready (replication: not in sync with the active)")
         );
         assert!(one_line(&lagging).starts_with("replication=sync NOT-in-sync lag=12rec/40ms"));
         let synced = json!({"role": "standby", "replication": {"mode": "sync", "ready": true,
             "lag_records": 0, "lag_ms": 0, "peers": []}});
-        assert_eq!(service_not_ready(&synced, None), None);
+        assert_eq!(service_not_ready(&synced, None, None), None);
         assert!(one_line(&synced).starts_with("replication=sync in-sync lag=0rec/0ms"));
         let active = json!({"role": "active", "replication": {"mode": "sync", "ready": true,
             "degraded": true, "peers": [{"in_sync": false}]}});
         assert!(one_line(&active).starts_with("replication=sync standbys-in-sync=0/1 DEGRADED"));
         // Services that say nothing about replication are never held back by this.
         assert_eq!(
-            service_not_ready(&json!({"role": "standby"}), Some(9)),
+            service_not_ready(&json!({"role": "standby"}), Some(9), None),
             None
         );
-        assert_eq!(service_not_ready(&json!("plain text"), Some(9)), None);
+        assert_eq!(service_not_ready(&json!("plain text"), Some(9), None), None);
     }
 
     #[test]
@@ -1485,30 +1506,52 @@ mod tests {
                 "seen_epoch": seen, "lag_records": 0, "lag_ms": 0, "peers": []}})
         };
         assert_eq!(
-            service_not_ready(&at("sync", 7), Some(8)).as_deref(),
+            service_not_ready(&at("sync", 7), Some(8), None).as_deref(),
             Some(
                 "reports it is not ready (replication: in sync with epoch 7, but the group is at \
                  epoch 8: it may lack what that active sent)"
             )
         );
         // In sync with the newest active, or the newest epoch is this node's own.
-        assert_eq!(service_not_ready(&at("sync", 8), Some(8)), None);
-        assert_eq!(service_not_ready(&at("sync", 7), None), None);
+        assert_eq!(service_not_ready(&at("sync", 8), Some(8), None), None);
+        assert_eq!(service_not_ready(&at("sync", 7), None, None), None);
         // Async promises nothing of the kind: a caught-up standby stays ready.
-        assert_eq!(service_not_ready(&at("async", 7), Some(8)), None);
+        assert_eq!(service_not_ready(&at("async", 7), Some(8), None), None);
         // A new group (no epoch taken by anyone else) starts from a gateway never streamed
         // to; once another node took an epoch, that gateway waits for its stream.
         let never = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
             "reason": "replication: no active has streamed to this standby yet", "seen_epoch": 0}});
-        assert_eq!(service_not_ready(&never, None), None);
-        assert!(service_not_ready(&never, Some(1)).is_some());
+        assert_eq!(service_not_ready(&never, None, None), None);
+        assert!(service_not_ready(&never, Some(1), None).is_some());
         // A standby not in sync keeps its own reason.
         let behind = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
             "reason": "replication: not in sync with the active", "seen_epoch": 7}});
-        assert!(service_not_ready(&behind, None).is_some());
+        assert!(service_not_ready(&behind, None, None).is_some());
         assert_eq!(
-            service_not_ready(&behind, Some(8)).as_deref(),
+            service_not_ready(&behind, Some(8), None).as_deref(),
             Some("reports it is not ready (replication: not in sync with the active)")
         );
+    }
+
+    /// Review 13, T4: the group's last active, restarted as a standby nobody streams to.
+    #[test]
+    fn the_groups_last_active_is_ready_without_a_stream() {
+        let restarted = |seen: u64, active: u64| {
+            json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
+                "reason": "replication: no active has streamed to this standby yet",
+                "seen_epoch": seen, "last_active_epoch": active}})
+        };
+        // This node took 8, the group's newest used epoch, and its store was active with 8.
+        assert_eq!(service_not_ready(&restarted(8, 8), Some(7), Some(8)), None);
+        // Another node used an epoch since (this one's grant is not the newest used).
+        assert!(service_not_ready(&restarted(8, 8), Some(9), None).is_some());
+        // A store active with an older epoch of this node's, or streamed at a newer one since.
+        assert!(service_not_ready(&restarted(8, 6), Some(7), Some(8)).is_some());
+        assert!(service_not_ready(&restarted(9, 8), Some(7), Some(8)).is_some());
+        // A gateway from before the field, or never active.
+        let old = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
+            "reason": "replication: no active has streamed to this standby yet", "seen_epoch": 8}});
+        assert!(service_not_ready(&old, Some(7), Some(8)).is_some());
+        assert!(service_not_ready(&restarted(8, 0), Some(7), Some(8)).is_some());
     }
 }

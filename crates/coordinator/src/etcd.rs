@@ -562,6 +562,14 @@ impl Coordinator for EtcdCoordinator {
         lock(&self.view).epoch
     }
 
+    fn last_used_by_this_node(&self) -> Option<u64> {
+        lock(&self.view)
+            .used
+            .as_ref()
+            .filter(|u| u.node == self.settings.node)
+            .map(|u| u.epoch)
+    }
+
     fn newest_used_by_another(&self) -> Option<u64> {
         lock(&self.view)
             .used

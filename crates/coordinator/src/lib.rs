@@ -131,6 +131,10 @@ pub trait Coordinator: Send {
     /// before its holder decides whether to use it). What the agent's readiness rule for
     /// replicated standbys compares their newest epoch with.
     fn newest_used_by_another(&self) -> Option<u64>;
+    /// The group's newest used epoch (see [`Self::newest_used_by_another`]) when this node
+    /// took it: this node was the group's last active, whatever it remembers. None otherwise,
+    /// or when that cannot be told.
+    fn last_used_by_this_node(&self) -> Option<u64>;
 }
 
 /// The newest epoch another node took, from the group's newest `current` and this node's own

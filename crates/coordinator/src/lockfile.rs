@@ -516,6 +516,16 @@ impl Coordinator for LockFileCoordinator {
         crate::newest_of_another(self.current_epoch(), self.own)
     }
 
+    /// The epoch file names the node that took its epoch; nothing in the group may be newer.
+    fn last_used_by_this_node(&self) -> Option<u64> {
+        match self.epochs.read() {
+            Ok(EpochRead::Value { epoch, holder }) if holder == self.node => {
+                (epoch > 0 && epoch >= self.current_epoch()).then_some(epoch)
+            }
+            _ => None,
+        }
+    }
+
     fn heartbeat(&mut self, hb: &Heartbeat) -> Result<(), CoordError> {
         let st = self.shared.lock();
         let held = st.held.as_ref().ok_or(CoordError::NotHolder)?;

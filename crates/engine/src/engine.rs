@@ -459,6 +459,9 @@ pub enum Waiting {
 /// the time without an active node if it dies in between.
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
 
+/// Why a standby with a health check waits (see `Engine::not_ready`).
+const NOT_CHECKED_YET: &str = "has not passed its health check since it started";
+
 /// How long a standby stands aside for a ready standby of higher priority after giving it the
 /// lock back. The preferred one waits for the lock in the kernel and gets it within a
 /// millisecond; this bounds the time without an active node if it does not take it (it died
@@ -945,7 +948,12 @@ impl Engine {
     }
 
     /// Why this node must not take a grant now: its standby service failed and has not been
-    /// ready since. Cold standbys run no service before they are Hot, so nothing tells.
+    /// ready since, says it is not ready, or (with a health check) has not passed it since it
+    /// started. Cold standbys run no service before they are Hot, so nothing tells.
+    ///
+    /// That last one (review 13, T3): a standby that campaigned before its service's first
+    /// health answer took a free lock at once at a cold start of its group, whatever the
+    /// answer would have said (a replicated gateway behind the others, or empty).
     fn not_ready(&self) -> Option<String> {
         if !self.cfg.rules.campaign_only_when_ready || !self.cfg.standby.runs_while_standby() {
             return None;
@@ -953,6 +961,9 @@ impl Engine {
         self.svc_failure
             .clone()
             .or_else(|| self.svc_not_ready.clone())
+            .or_else(|| {
+                (self.cfg.health_check && !self.healthy).then(|| NOT_CHECKED_YET.to_string())
+            })
     }
 
     /// The standby service says whether it may take over. Not ready: a node waiting for the
@@ -1695,6 +1706,20 @@ impl Engine {
         self.healthy = true;
         self.maybe_ready();
         self.service_progress();
+        // Standing aside only for the first health answer: it came. What else keeps this node
+        // aside (the service's own report comes before the check passes) is said now.
+        if self.phase == Phase::Warm(Waiting::NotReady(NOT_CHECKED_YET.to_string())) {
+            match self.outdated.clone().or_else(|| self.not_ready()) {
+                None => self.join(),
+                Some(why) => {
+                    self.record(
+                        EventKind::NotReady,
+                        format!("the service {why}; not taking over until it is ready"),
+                    );
+                    self.phase = Phase::Warm(Waiting::NotReady(why));
+                }
+            }
+        }
     }
 
     fn on_health_failed(&mut self, reason: String) {

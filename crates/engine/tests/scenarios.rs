@@ -378,6 +378,44 @@ fn health_check_gates_readiness_of_the_active() {
     assert!(kinds(&all).contains(&EventKind::Ready));
 }
 
+/// Review 13, T3: a standby with a health check does not campaign before its service has
+/// passed it once since it started (at a cold start of the group, the first agent up took the
+/// free lock before its service could say it is behind), and campaigns when it has.
+#[test]
+fn a_standby_with_a_health_check_campaigns_only_after_its_first_success() {
+    let mut c = cfg(ActivationMode::TryLock, StandbyType::Warm);
+    c.health_check = true;
+    let mut n = Node::new(c);
+    let start = n.feed(Input::Start { known_epoch: KNOWN });
+    assert!(!start.contains(&Command::Campaign), "{start:?}");
+    n.up(10);
+    assert!(n.waiting().contains("health check"), "{}", n.waiting());
+    let ok = n.feed(Input::HealthOk);
+    assert!(ok.contains(&Command::Campaign), "{ok:?}");
+    assert!(n.e.ready());
+
+    // The service's report that it is not ready comes before the check passes: the node then
+    // says that, not that it waits for the check.
+    let mut c = cfg(ActivationMode::TryLock, StandbyType::Warm);
+    c.health_check = true;
+    let mut n = Node::new(c);
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    let why = "reports it is not ready (replication: no active has streamed to this standby yet)";
+    n.feed(Input::ServiceReadiness {
+        not_ready: Some(why.into()),
+    });
+    let ok = n.feed_all(Input::HealthOk);
+    assert!(!actions(&ok).contains(&Command::Campaign), "{ok:?}");
+    assert!(
+        n.waiting().contains("no active has streamed"),
+        "{}",
+        n.waiting()
+    );
+    let back = n.feed_all(Input::ServiceReadiness { not_ready: None });
+    assert_eq!(actions(&back), vec![Command::Campaign], "{back:?}");
+}
+
 /// A replicated standby service that says it is not in sync stands aside (it gives up its
 /// campaign and is not ready) while it keeps running; once it says it is ready, it rejoins.
 #[test]

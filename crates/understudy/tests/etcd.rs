@@ -718,3 +718,50 @@ fn a_switchover_to_a_sync_gateway_survives_a_third_nodes_claim_given_back_on_etc
 fn engine_handover_grace() -> Duration {
     understudy_engine::HANDOVER_GRACE
 }
+
+/// Review 13, T4: a sync pair on etcd stopped whole (both agents SIGTERMed, standby first) and
+/// started again, standby first. No gateway was streamed to since its start, so none counted as
+/// in sync, and the group stayed without an active until `understudy activate`. The gateway
+/// whose store was active with the group's newest used epoch, taken by its own node, holds all
+/// it sent: it is ready on that alone, and the other rejoins it.
+#[test]
+fn a_sync_pair_stopped_whole_on_etcd_starts_again_from_its_last_active() {
+    let etcd = Etcd::on_loopback();
+    let dir = tempfile::tempdir().expect("tmp");
+    let exe: &std::path::Path = env!("CARGO_BIN_EXE_understudy").as_ref();
+    let repl = testbed::fix::group::Replicated::new(dir.path(), "sync").expect("replication");
+    let pair = testbed::fix::group::Pair::create(exe, dir.path(), None, &["CLIENT1"], |i| {
+        repl.extra(dir.path(), i)
+    })
+    .expect("pair");
+    let mut g = testbed::fix::group::gateway_group(exe).expect("group");
+    g.config.activation.lock_file = None;
+    g.config.etcd = Some(testbed::config::EtcdSection {
+        endpoints: vec![etcd.endpoint.clone()],
+    });
+    testbed::fix::group::add_gateways_with(&mut g, &pair.cfgs, Some(&repl)).expect("nodes");
+    let w = g.watch();
+    testbed::fix::group::start_active_then_standby(&mut g, pair.ports[0])
+        .expect("a active, b a ready standby");
+    let a_epoch = g.epoch("a");
+    g.sigterm("b", 10 * S);
+    g.sigterm("a", 10 * S);
+
+    g.spawn("b").expect("restart b");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_ne!(g.mode("b").as_deref(), Some("Hot"), "b was never active");
+    g.spawn("a").expect("restart a");
+    g.wait_hot("a").unwrap_or_else(|e| {
+        panic!(
+            "a, the last active, did not start again: {e:#}\na status {}\na events {}\nb status {}",
+            g.st("a"),
+            g.events("a"),
+            g.st("b")
+        )
+    });
+    assert!(g.epoch("a") > a_epoch);
+    g.wait_ready_standby("b")
+        .unwrap_or_else(|e| panic!("b never in sync with a: {e:#}\n{}", g.st("b")));
+    w.finish();
+    g.stop_all();
+}

@@ -884,3 +884,53 @@ fn a_standby_in_sync_with_an_older_active_than_the_groups_newest_does_not_take_o
     watcher.finish();
     g.stop_all();
 }
+
+/// Review 13, T3 and T4, on the lock file: a sync pair stopped whole (standby first, so the
+/// active went on alone at the end) and started again, standby first. The standby's agent used
+/// to take the free lock before its gateway's first health answer and go active without what
+/// the other sent alone; now it waits for that answer, which says no active streamed to it. The
+/// last active's gateway (its store active with the epoch its node took last, the lock file's
+/// newest) holds everything it sent: ready on that alone, it starts the group again.
+#[test]
+fn a_sync_pair_stopped_whole_starts_again_from_its_last_active_not_from_the_first_agent_up() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let repl = Replicated::new(dir.path(), "sync").expect("replication settings");
+    let Pair {
+        _sim, ports, cfgs, ..
+    } = pair(dir.path(), |i| repl.extra(dir.path(), i));
+    let mut g = gateway_group_with(&cfgs, Some(&repl));
+    let watcher = g.watch();
+    start_active_then_standby(&mut g, ports[0]);
+    let a_epoch = g.epoch("a");
+    g.sigterm("b", Duration::from_secs(10));
+    g.sigterm("a", Duration::from_secs(10));
+
+    g.spawn("b").expect("restart b");
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_ne!(
+            g.mode("b").as_deref(),
+            Some("Hot"),
+            "b went active alone; events {}",
+            g.events("b")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        g.waiting("b").contains("no active has streamed"),
+        "b waits for {}",
+        g.waiting("b")
+    );
+    g.spawn("a").expect("restart a");
+    g.wait_hot("a").unwrap_or_else(|e| {
+        panic!(
+            "a, the last active, did not start again: {e:#}\nstatus {}\nevents {}",
+            g.st("a"),
+            g.events("a")
+        )
+    });
+    assert!(g.epoch("a") > a_epoch);
+    g.wait_ready_standby("b").expect("b in sync with a again");
+    watcher.finish();
+    g.stop_all();
+}

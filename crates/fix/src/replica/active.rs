@@ -154,6 +154,7 @@ impl Sender {
             lag_records: None,
             lag_ms: None,
             seen_epoch: st.fenced.unwrap_or(self.sh.epoch).max(self.sh.epoch),
+            last_active_epoch: self.sh.epoch,
             degraded: st.degraded,
             peers: st
                 .peers

@@ -205,6 +205,10 @@ pub struct ReplicationHealth {
     pub lag_ms: Option<u64>,
     /// Newest epoch seen on the stream (or activated with).
     pub seen_epoch: u64,
+    /// The epoch this gateway's store was last active with (0: never; on the active, its
+    /// epoch). Kept in the store across restarts: the group's last active holds everything it
+    /// sent, and its agent may count it ready on that alone (see docs/fix-gateway.md).
+    pub last_active_epoch: u64,
     /// Active with `sync`: no standby acknowledges, messages leave after the local sync only.
     pub degraded: bool,
     /// Active: each peer.

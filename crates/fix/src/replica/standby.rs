@@ -25,7 +25,9 @@ use crate::store::{remove_unclaimed_segments, valid_len};
 
 /// Connections served at once.
 pub const MAX_CONNS: usize = 4;
-/// The newest epoch seen on the stream, in the store directory: `[u64 LE][crc32 u32]`.
+/// The newest epoch seen on the stream, and the epoch this store was last active with (0:
+/// never), in the store directory: `[seen u64 LE][active u64 LE][crc32 u32 of both]` (the
+/// 12-byte `[seen][crc32]` of before 3 December reads as never active).
 pub const EPOCH_FILE: &str = "replication.epoch";
 
 /// Why activation is refused.
@@ -71,6 +73,10 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     seen_epoch: u64,
+    /// The epoch this store was last active with, from the epoch file (0: never): reported,
+    /// so that the agent can tell the group's last active, which holds all it sent, from a
+    /// standby nobody streamed to since it started.
+    last_active: u64,
     activated: Option<u64>,
     /// The current sender's connection; an older one stops at its next frame.
     generation: u64,
@@ -92,28 +98,41 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn read_epoch_file(path: &Path) -> std::io::Result<u64> {
+/// The epoch file: (newest epoch seen, epoch last active with); a missing file is (0, 0).
+fn read_epoch_file(path: &Path) -> std::io::Result<(u64, u64)> {
     let b = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
         Err(e) => return Err(e),
     };
-    if b.len() != 12 || crc32fast::hash(&b[..8]).to_le_bytes() != b[8..12] {
-        return Err(std::io::Error::other(format!(
-            "{} is corrupt ({} bytes)",
-            path.display(),
-            b.len()
-        )));
+    let corrupt =
+        || std::io::Error::other(format!("{} is corrupt ({} bytes)", path.display(), b.len()));
+    let body = match b.len() {
+        12 | 20 => &b[..b.len() - 4],
+        _ => return Err(corrupt()),
+    };
+    if crc32fast::hash(body).to_le_bytes() != b[body.len()..] {
+        return Err(corrupt());
     }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    Ok(u64::from_le_bytes(a))
+    let word = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&body[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    let seen = word(0);
+    let active = if body.len() == 16 { word(8) } else { 0 };
+    if active > seen {
+        return Err(corrupt());
+    }
+    Ok((seen, active))
 }
 
 /// Written to a temporary file and renamed, both synced: a crash leaves the old or the new.
-fn write_epoch_file(dir: &Path, epoch: u64) -> std::io::Result<()> {
-    let mut b = epoch.to_le_bytes().to_vec();
-    b.extend_from_slice(&crc32fast::hash(&epoch.to_le_bytes()).to_le_bytes());
+fn write_epoch_file(dir: &Path, seen: u64, active: u64) -> std::io::Result<()> {
+    let mut b = seen.to_le_bytes().to_vec();
+    b.extend_from_slice(&active.to_le_bytes());
+    let crc = crc32fast::hash(&b).to_le_bytes();
+    b.extend_from_slice(&crc);
     let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
     let mut f = File::create(&tmp)?;
     f.write_all(&b)?;
@@ -127,7 +146,7 @@ impl Receiver {
     /// at the larger of the epoch file and the newest local segment.
     pub fn start(cfg: ReplicationConfig, store_dir: &Path) -> std::io::Result<Receiver> {
         std::fs::create_dir_all(store_dir)?;
-        let mut seen = read_epoch_file(&store_dir.join(EPOCH_FILE))?;
+        let (mut seen, last_active) = read_epoch_file(&store_dir.join(EPOCH_FILE))?;
         for (rel, _) in list_segments(store_dir)? {
             if let Ok(e) = segment_epoch(&rel) {
                 seen = seen.max(e);
@@ -140,6 +159,7 @@ impl Receiver {
             store_dir: store_dir.to_owned(),
             state: Mutex::new(State {
                 seen_epoch: seen,
+                last_active,
                 ..State::default()
             }),
             write: Mutex::new(()),
@@ -163,12 +183,15 @@ impl Receiver {
                 seen: st.seen_epoch,
             });
         }
-        if st.seen_epoch < epoch {
-            write_epoch_file(&self.sh.store_dir, epoch).map_err(|source| ActivateError::Io {
-                path: self.sh.store_dir.join(EPOCH_FILE),
-                source,
+        if st.seen_epoch < epoch || st.last_active < epoch {
+            write_epoch_file(&self.sh.store_dir, epoch, epoch).map_err(|source| {
+                ActivateError::Io {
+                    path: self.sh.store_dir.join(EPOCH_FILE),
+                    source,
+                }
             })?;
             st.seen_epoch = epoch;
+            st.last_active = epoch;
         }
         st.activated = Some(epoch);
         st.generation += 1;
@@ -201,6 +224,7 @@ impl Receiver {
                     .map_or(0, |t| now.duration_since(t).as_millis() as u64)
             }),
             seen_epoch: st.seen_epoch,
+            last_active_epoch: st.last_active,
             degraded: false,
             peers: Vec::new(),
             error: st.last_error.clone(),
@@ -446,7 +470,7 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
             );
         }
         if epoch > st.seen_epoch {
-            write_epoch_file(&sh.store_dir, epoch)
+            write_epoch_file(&sh.store_dir, epoch, st.last_active)
                 .map_err(|e| format!("recording epoch {epoch}: {e}"))?;
             st.seen_epoch = epoch;
         }
@@ -714,5 +738,34 @@ fn note_behind(st: &mut State) {
         st.behind_since.get_or_insert_with(Instant::now);
     } else {
         st.behind_since = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_file_keeps_the_last_active_epoch_and_reads_the_old_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EPOCH_FILE);
+        assert_eq!(read_epoch_file(&path).unwrap(), (0, 0));
+        write_epoch_file(dir.path(), 9, 8).unwrap();
+        assert_eq!(read_epoch_file(&path).unwrap(), (9, 8));
+        // The 12-byte file of before: never active.
+        let mut old = 7u64.to_le_bytes().to_vec();
+        old.extend_from_slice(&crc32fast::hash(&7u64.to_le_bytes()).to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        assert_eq!(read_epoch_file(&path).unwrap(), (7, 0));
+        // A flipped bit, a cut file, an active epoch above the seen one: refused, never 0.
+        write_epoch_file(dir.path(), 9, 8).unwrap();
+        let mut b = std::fs::read(&path).unwrap();
+        b[3] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        assert!(read_epoch_file(&path).is_err());
+        std::fs::write(&path, &b[..16]).unwrap();
+        assert!(read_epoch_file(&path).is_err());
+        write_epoch_file(dir.path(), 8, 9).unwrap();
+        assert!(read_epoch_file(&path).is_err());
     }
 }
