@@ -674,15 +674,22 @@ impl Runtime {
     /// Judges the standby service's readiness from its health answer `detail` and the group's
     /// newest epoch, and tells the engine when that changed.
     fn judge_readiness(&mut self, detail: &serde_json::Value) {
+        if let Some(input) = self.readiness_change(detail) {
+            self.feed(input);
+        }
+    }
+
+    /// What [`Self::judge_readiness`] tells the engine, when anything.
+    fn readiness_change(&mut self, detail: &serde_json::Value) -> Option<Input> {
         let not_ready = service_not_ready(
             detail,
             self.coord.newest_used_by_another(),
             self.coord.last_used_by_this_node(),
         );
-        if not_ready != self.service_not_ready {
+        (not_ready != self.service_not_ready).then(|| {
             self.service_not_ready = not_ready.clone();
-            self.feed(Input::ServiceReadiness { not_ready });
-        }
+            Input::ServiceReadiness { not_ready }
+        })
     }
 
     /// [`Self::judge_readiness`] on the last health answer, for when the group's epoch may
@@ -833,6 +840,12 @@ impl Runtime {
                 Ok(TryAcquire::Acquired { previous, created }) => {
                     self.detected();
                     self.grant_created = created;
+                    // As for a waited-for grant (`on_coord`): judged by the group as the
+                    // claim read it (review 14, U3).
+                    if let Some(detail) = self.service_detail.take() {
+                        answers.extend(self.readiness_change(&detail));
+                        self.service_detail = Some(detail);
+                    }
                     let peers = self.peer_views();
                     answers.push_back(Input::Peers(peers));
                     answers.push_back(Input::Ranks(self.ranks()));
@@ -1446,7 +1459,9 @@ fn service_not_ready(
     // of them must start. A gateway never streamed to has seen no epoch (it keeps the newest
     // it saw in its store); judged not ready, a new group started only when its first agent
     // took the lock before its gateway's first health answer, and on etcd never.
-    if seen == Some(0) && newest_of_another.is_none() {
+    // Never used by this node either (review 14, U2): a node that used every epoch so far
+    // and whose store was lost or wiped also reports seen 0.
+    if seen == Some(0) && newest_of_another.is_none() && last_used_here.is_none() {
         return None;
     }
     if r.get("ready")?.as_bool()? {
@@ -1523,6 +1538,9 @@ mod tests {
             "reason": "replication: no active has streamed to this standby yet", "seen_epoch": 0}});
         assert_eq!(service_not_ready(&never, None, None), None);
         assert!(service_not_ready(&never, Some(1), None).is_some());
+        // Not when this node used an epoch (review 14, U2): the store of a node that was the
+        // only active so far, lost or wiped, also reports seen 0.
+        assert!(service_not_ready(&never, None, Some(8)).is_some());
         // A standby not in sync keeps its own reason.
         let behind = json!({"role": "standby", "replication": {"mode": "sync", "ready": false,
             "reason": "replication: not in sync with the active", "seen_epoch": 7}});

@@ -14,9 +14,10 @@
 //!   unused. Written in the same transaction as a renewal of `leader`, so a claim, which
 //!   compares `leader`'s revision, commits only on a view that holds it (and reads it back).
 //!
-//! Every key a node writes but `used` carries that node's etcd lease (`backstop_ttl`, ≥ 1 s):
-//! only a backstop, so that a group whose agents all died frees itself. `used` outlives them:
-//! it keeps the group's epochs from starting again below what its services' stores hold. Activity is decided by the agents' own
+//! Every key a node writes but `epoch` and `used` carries that node's etcd lease
+//! (`backstop_ttl`, ≥ 1 s): only a backstop, so that a group whose agents all died frees
+//! itself. `epoch` and `used` outlive them: the group's epochs never start again below what
+//! its services' stores hold, and a claim never compares against a counter that vanished. Activity is decided by the agents' own
 //! clocks, as ARCHITECTURE.md ("etcd coordinator: the timing argument") explains:
 //! - a standby claims only after it has seen no change of `leader` for `lease_ttl` on its own
 //!   monotonic clock (or at once when the holder marked it released), by a transaction that
@@ -710,6 +711,17 @@ impl Task {
                 }
             }
             self.publish_seen();
+            // The agent's commands before the lease's next step: with a round trip to etcd
+            // longer than `renew_interval`, renewals run back to back and the select below is
+            // never reached (a `next_epoch` waited for its answer in vain, and gave the grant
+            // back).
+            loop {
+                match cmds.try_recv() {
+                    Ok(cmd) => self.on_cmd(cmd).await,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
             let connected = self.client.is_some() && self.watch.is_some();
             if connected && !self.lease.holds() && Instant::now() >= self.probe_at() {
                 self.probe().await;
@@ -1012,7 +1024,15 @@ impl Task {
             .map_err(|e| etcd_error("transaction", e))?;
         self.heard();
         if !resp.succeeded() {
-            self.absorb_gets(&resp.op_responses());
+            let gets = resp.op_responses();
+            self.absorb_gets(&gets);
+            // The second Get is `epoch`'s: empty, the key is gone, and a claim must expect
+            // it absent (its value stays a floor in the view).
+            if let Some(TxnOpResponse::Get(g)) = gets.get(1) {
+                if g.kvs().is_empty() {
+                    self.epoch_key.1 = 0;
+                }
+            }
             return Ok((Reply::Refused, Vec::new()));
         }
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -1058,7 +1078,7 @@ impl Task {
         // `used` read back in the commit: whom the readiness rule judges against is exact
         // when the grant is told, whatever the watch has delivered yet.
         let ops = vec![
-            TxnOp::put(self.s.epoch_key(), epoch.to_string(), self.put_options()),
+            TxnOp::put(self.s.epoch_key(), epoch.to_string(), None),
             TxnOp::put(self.s.leader_key(), value, self.put_options()),
             TxnOp::get(self.s.used_key(), None),
         ];
@@ -1216,11 +1236,7 @@ impl Task {
         let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
         let mut ops = Vec::with_capacity(3);
         if raise {
-            ops.push(TxnOp::put(
-                self.s.epoch_key(),
-                epoch.to_string(),
-                self.put_options(),
-            ));
+            ops.push(TxnOp::put(self.s.epoch_key(), epoch.to_string(), None));
         }
         // Before `leader` in the commit, so a watcher never sees the renewal without it; on no
         // lease, so that it outlives every agent (see the module documentation).
@@ -1294,6 +1310,13 @@ impl Task {
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut leader = None;
         let mut fresh = BTreeMap::new();
+        if !resp
+            .kvs()
+            .iter()
+            .any(|kv| kv.key() == self.s.epoch_key().as_bytes())
+        {
+            self.epoch_key.1 = 0;
+        }
         for kv in resp.kvs() {
             if kv.key() == self.s.leader_key().as_bytes() {
                 leader = Some(kv.clone());
@@ -1352,7 +1375,10 @@ impl Task {
                 .and_then(|s| s.trim().parse::<u64>().ok());
             match value {
                 Some(e) => {
-                    self.epoch_key = (e, kv.mod_revision());
+                    // A lagging watch must not take the compare back to an older write.
+                    if kv.mod_revision() >= self.epoch_key.1 {
+                        self.epoch_key = (e, kv.mod_revision());
+                    }
                     let mut v = lock(&self.view);
                     v.epoch = v.epoch.max(e);
                 }
@@ -1486,6 +1512,10 @@ impl Task {
                     let kv = kv.clone();
                     self.set_leader(Some(&kv));
                 }
+            } else if delete && kv.key() == self.s.epoch_key().as_bytes() {
+                // Gone (an operator, or a key written on a lease before 3 December): claims
+                // expect it absent; its value stays a floor in the view.
+                self.epoch_key.1 = 0;
             } else if delete {
                 if let Some(name) = kv
                     .key()
@@ -1506,7 +1536,9 @@ impl Task {
     }
 
     /// Keeps the backstop lease alive; grants a new one when it expired (e.g. after a long
-    /// freeze). Only member records and the leader key hang on it.
+    /// freeze). Only member records and the leader key hang on it (`epoch` and `used` must
+    /// outlive every agent: a counter that vanished made claims compare against a key that
+    /// no longer exists).
     fn spawn_lease_keeper(&self, client: Client) {
         let lease = Arc::clone(&self.lease_id);
         let ttl = self.s.backstop_ttl.as_secs().max(1) as i64;

@@ -641,6 +641,31 @@ fn a_replicated_sync_gateway_pair_fails_over_both_ways_on_etcd() {
     g.stop_all();
 }
 
+/// Review 14, U1: the group's epoch counter hung on its writer's backstop lease. With the
+/// active's agent dead and the standby unable to claim for longer than `backstop_ttl` (frozen
+/// here; a standby not ready, waiting for its service, is the same), the key vanished; the
+/// standby's claims still compared against the key's last revision and were refused for as
+/// long as its agent lived, `understudy activate` included: no active, ever.
+#[test]
+fn a_standby_that_claims_after_the_dead_actives_lease_expired_still_takes_over() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "");
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    let epoch = g.epoch("a");
+    g.wait_service_active("a", epoch);
+    g.sigstop("b");
+    g.kill9("a");
+    // Past `backstop_ttl` (2 s) and the keep-alive's slack: a's keys are gone.
+    std::thread::sleep(Duration::from_millis(3500));
+    g.sigcont("b");
+    let t0 = Instant::now();
+    wait_takeover(&g, "b", epoch, t0, 5 * S);
+    g.expect_actives(2);
+    w.finish();
+}
+
 /// Review 13, T1: on etcd a claim raises the group's epoch before its holder decides to keep
 /// the grant. In a switchover to b, c's campaign claimed first and gave the grant back for the
 /// handover; b, claiming next, was judged against c's unused epoch, found its gateway (in sync
@@ -682,7 +707,12 @@ fn a_switchover_to_a_sync_gateway_survives_a_third_nodes_claim_given_back_on_etc
     let admin = g.admin("a");
     let asked = std::thread::spawn(move || testbed::http::post(&admin, "/service/switchover?to=b"));
     let deadline = Instant::now() + 5 * S;
-    while !g.event_kinds("c").iter().any(|k| k == "lock_released") && Instant::now() < deadline {
+    while !g.event_kinds("c").iter().any(|k| k == "lock_released") {
+        assert!(
+            Instant::now() < deadline,
+            "c never took the grant and gave it back for the switchover: {}",
+            g.events("c")
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(100));
@@ -748,8 +778,16 @@ fn a_sync_pair_stopped_whole_on_etcd_starts_again_from_its_last_active() {
     g.sigterm("a", 10 * S);
 
     g.spawn("b").expect("restart b");
-    std::thread::sleep(Duration::from_millis(500));
-    assert_ne!(g.mode("b").as_deref(), Some("Hot"), "b was never active");
+    let until = Instant::now() + 3 * S;
+    while Instant::now() < until {
+        assert_ne!(
+            g.mode("b").as_deref(),
+            Some("Hot"),
+            "b went active alone: {}",
+            g.events("b")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     g.spawn("a").expect("restart a");
     g.wait_hot("a").unwrap_or_else(|e| {
         panic!(

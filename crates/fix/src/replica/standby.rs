@@ -128,9 +128,12 @@ fn read_epoch_file(path: &Path) -> std::io::Result<(u64, u64)> {
 }
 
 /// Written to a temporary file and renamed, both synced: a crash leaves the old or the new.
+/// A store never active keeps the 12-byte form, which versions before 3 December read.
 fn write_epoch_file(dir: &Path, seen: u64, active: u64) -> std::io::Result<()> {
     let mut b = seen.to_le_bytes().to_vec();
-    b.extend_from_slice(&active.to_le_bytes());
+    if active > 0 {
+        b.extend_from_slice(&active.to_le_bytes());
+    }
     let crc = crc32fast::hash(&b).to_le_bytes();
     b.extend_from_slice(&crc);
     let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
@@ -752,6 +755,9 @@ mod tests {
         assert_eq!(read_epoch_file(&path).unwrap(), (0, 0));
         write_epoch_file(dir.path(), 9, 8).unwrap();
         assert_eq!(read_epoch_file(&path).unwrap(), (9, 8));
+        write_epoch_file(dir.path(), 9, 0).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap().len(), 12);
+        assert_eq!(read_epoch_file(&path).unwrap(), (9, 0));
         // The 12-byte file of before: never active.
         let mut old = 7u64.to_le_bytes().to_vec();
         old.extend_from_slice(&crc32fast::hash(&7u64.to_le_bytes()).to_le_bytes());
