@@ -691,13 +691,16 @@ fn daily_resets_keep_both_copies_of_a_store_small_and_the_standby_takes_over_fro
         }
     }
     if let Some(from) = asked {
+        // One instant for both: an OrigSendingTime a millisecond after the SendingTime (two
+        // clock reads across a tick) is a SendingTime accuracy problem, and ends the session.
+        let now = SystemTime::now();
         let mut b = MessageBuilder::new(BeginString::Fix44, b"4");
         b.push_str(49, "RESETTER")
             .push_str(56, "GW")
             .push_uint(34, from)
             .push_str(43, "Y")
-            .push_time(52, SystemTime::now())
-            .push_time(122, SystemTime::now())
+            .push_time(52, now)
+            .push_time(122, now)
             .push_str(123, "Y")
             .push_uint(36, again.seq);
         again.send(&b.finish().expect("gap fill"));
