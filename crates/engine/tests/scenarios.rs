@@ -414,6 +414,16 @@ fn a_standby_with_a_health_check_campaigns_only_after_its_first_success() {
     );
     let back = n.feed_all(Input::ServiceReadiness { not_ready: None });
     assert_eq!(actions(&back), vec![Command::Campaign], "{back:?}");
+
+    // Mode hot tries the lock at its first pass, not before (review 14, U8).
+    let mut c = cfg(ActivationMode::Hot, StandbyType::Warm);
+    c.health_check = true;
+    let mut n = Node::new(c);
+    let start = n.feed(Input::Start { known_epoch: KNOWN });
+    assert!(!start.contains(&Command::TryLock), "{start:?}");
+    n.up(10);
+    let ok = n.feed(Input::HealthOk);
+    assert!(ok.contains(&Command::TryLock), "{ok:?}");
 }
 
 /// A replicated standby service that says it is not in sync stands aside (it gives up its

@@ -607,18 +607,7 @@ fn tls_client_certificates_and_a_password_guard_the_group() {
 fn a_replicated_sync_gateway_pair_fails_over_both_ways_on_etcd() {
     let etcd = Etcd::on_loopback();
     let dir = tempfile::tempdir().expect("tmp");
-    let exe: &std::path::Path = env!("CARGO_BIN_EXE_understudy").as_ref();
-    let repl = testbed::fix::group::Replicated::new(dir.path(), "sync").expect("replication");
-    let pair = testbed::fix::group::Pair::create(exe, dir.path(), None, &["CLIENT1"], |i| {
-        repl.extra(dir.path(), i)
-    })
-    .expect("pair");
-    let mut g = testbed::fix::group::gateway_group(exe).expect("group");
-    g.config.activation.lock_file = None;
-    g.config.etcd = Some(testbed::config::EtcdSection {
-        endpoints: vec![etcd.endpoint.clone()],
-    });
-    testbed::fix::group::add_gateways_with(&mut g, &pair.cfgs, Some(&repl)).expect("nodes");
+    let (pair, mut g) = sync_gateways_on_etcd(&etcd, dir.path());
     let w = g.watch();
     testbed::fix::group::start_active_then_standby(&mut g, pair.ports[0])
         .expect("a active, b a ready standby");
@@ -676,18 +665,7 @@ fn a_standby_that_claims_after_the_dead_actives_lease_expired_still_takes_over()
 fn a_switchover_to_a_sync_gateway_survives_a_third_nodes_claim_given_back_on_etcd() {
     let etcd = Etcd::on_loopback();
     let dir = tempfile::tempdir().expect("tmp");
-    let exe: &std::path::Path = env!("CARGO_BIN_EXE_understudy").as_ref();
-    let repl = testbed::fix::group::Replicated::new(dir.path(), "sync").expect("replication");
-    let pair = testbed::fix::group::Pair::create(exe, dir.path(), None, &["CLIENT1"], |i| {
-        repl.extra(dir.path(), i)
-    })
-    .expect("pair");
-    let mut g = testbed::fix::group::gateway_group(exe).expect("group");
-    g.config.activation.lock_file = None;
-    g.config.etcd = Some(testbed::config::EtcdSection {
-        endpoints: vec![etcd.endpoint.clone()],
-    });
-    testbed::fix::group::add_gateways_with(&mut g, &pair.cfgs, Some(&repl)).expect("nodes");
+    let (pair, mut g) = sync_gateways_on_etcd(&etcd, dir.path());
     let demo = g.demo_service(None);
     g.add_node("c", |c| {
         c.service.command = demo;
@@ -745,6 +723,25 @@ fn a_switchover_to_a_sync_gateway_survives_a_third_nodes_claim_given_back_on_etc
     g.stop_all();
 }
 
+/// A replicated `sync` FIX gateway pair on `etcd`: the exchange simulator (kept alive by the
+/// pair) and the gateways' configs in `dir`, and agents a and b, not started.
+fn sync_gateways_on_etcd(
+    etcd: &Etcd,
+    dir: &std::path::Path,
+) -> (testbed::fix::group::Pair, testbed::group::Group) {
+    use testbed::fix::group::{add_gateways_with, gateway_group, Pair, Replicated};
+    let exe: &std::path::Path = env!("CARGO_BIN_EXE_understudy").as_ref();
+    let repl = Replicated::new(dir, "sync").expect("replication");
+    let pair = Pair::create(exe, dir, None, &["CLIENT1"], |i| repl.extra(dir, i)).expect("pair");
+    let mut g = gateway_group(exe).expect("group");
+    g.config.activation.lock_file = None;
+    g.config.etcd = Some(testbed::config::EtcdSection {
+        endpoints: vec![etcd.endpoint.clone()],
+    });
+    add_gateways_with(&mut g, &pair.cfgs, Some(&repl)).expect("nodes");
+    (pair, g)
+}
+
 fn engine_handover_grace() -> Duration {
     understudy_engine::HANDOVER_GRACE
 }
@@ -758,18 +755,7 @@ fn engine_handover_grace() -> Duration {
 fn a_sync_pair_stopped_whole_on_etcd_starts_again_from_its_last_active() {
     let etcd = Etcd::on_loopback();
     let dir = tempfile::tempdir().expect("tmp");
-    let exe: &std::path::Path = env!("CARGO_BIN_EXE_understudy").as_ref();
-    let repl = testbed::fix::group::Replicated::new(dir.path(), "sync").expect("replication");
-    let pair = testbed::fix::group::Pair::create(exe, dir.path(), None, &["CLIENT1"], |i| {
-        repl.extra(dir.path(), i)
-    })
-    .expect("pair");
-    let mut g = testbed::fix::group::gateway_group(exe).expect("group");
-    g.config.activation.lock_file = None;
-    g.config.etcd = Some(testbed::config::EtcdSection {
-        endpoints: vec![etcd.endpoint.clone()],
-    });
-    testbed::fix::group::add_gateways_with(&mut g, &pair.cfgs, Some(&repl)).expect("nodes");
+    let (pair, mut g) = sync_gateways_on_etcd(&etcd, dir.path());
     let w = g.watch();
     testbed::fix::group::start_active_then_standby(&mut g, pair.ports[0])
         .expect("a active, b a ready standby");
@@ -778,16 +764,8 @@ fn a_sync_pair_stopped_whole_on_etcd_starts_again_from_its_last_active() {
     g.sigterm("a", 10 * S);
 
     g.spawn("b").expect("restart b");
-    let until = Instant::now() + 3 * S;
-    while Instant::now() < until {
-        assert_ne!(
-            g.mode("b").as_deref(),
-            Some("Hot"),
-            "b went active alone: {}",
-            g.events("b")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    g.wait_mode("b", "Warm", 5 * S);
+    g.stays("b", "Warm", 3 * S);
     g.spawn("a").expect("restart a");
     g.wait_hot("a").unwrap_or_else(|e| {
         panic!(

@@ -33,6 +33,14 @@ upstream = "EXCH"
 symbol_prefix = "Z"
 "#;
 
+/// A replicated `sync` pair in `dir`, its agents a and b not started.
+fn sync_pair(dir: &Path) -> (Pair, fix_common::Group) {
+    let repl = Replicated::new(dir, "sync").expect("replication settings");
+    let p = pair(dir, |i| repl.extra(dir, i));
+    let g = gateway_group_with(&p.cfgs, Some(&repl));
+    (p, g)
+}
+
 /// A gateway config for clients CLIENT1 and CLIENT2 and one upstream.
 fn config(dir: &Path, name: &str, listen: SocketAddr, store: &Path, sim: SocketAddr) -> PathBuf {
     gateway_config(dir, name, listen, store, sim, CLIENT2_AND_Z_ROUTE)
@@ -825,11 +833,7 @@ async fn a_standby_that_has_seen_a_newer_epoch_stops_a_sync_active_with_exit_3()
 #[test]
 fn a_standby_in_sync_with_an_older_active_than_the_groups_newest_does_not_take_over() {
     let dir = tempfile::tempdir().expect("tmp");
-    let repl = Replicated::new(dir.path(), "sync").expect("replication settings");
-    let Pair {
-        _sim, ports, cfgs, ..
-    } = pair(dir.path(), |i| repl.extra(dir.path(), i));
-    let mut g = gateway_group_with(&cfgs, Some(&repl));
+    let (Pair { _sim, ports, .. }, mut g) = sync_pair(dir.path());
     let demo = g.demo_service(None);
     g.add_node("x", |c| {
         c.service.command = demo;
@@ -897,11 +901,7 @@ fn a_standby_in_sync_with_an_older_active_than_the_groups_newest_does_not_take_o
 #[test]
 fn a_sync_pair_stopped_whole_starts_again_from_its_last_active_not_from_the_first_agent_up() {
     let dir = tempfile::tempdir().expect("tmp");
-    let repl = Replicated::new(dir.path(), "sync").expect("replication settings");
-    let Pair {
-        _sim, ports, cfgs, ..
-    } = pair(dir.path(), |i| repl.extra(dir.path(), i));
-    let mut g = gateway_group_with(&cfgs, Some(&repl));
+    let (Pair { _sim, ports, .. }, mut g) = sync_pair(dir.path());
     let watcher = g.watch();
     start_active_then_standby(&mut g, ports[0]);
     let a_epoch = g.epoch("a");
@@ -909,16 +909,9 @@ fn a_sync_pair_stopped_whole_starts_again_from_its_last_active_not_from_the_firs
     g.sigterm("a", Duration::from_secs(10));
 
     g.spawn("b").expect("restart b");
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        assert_ne!(
-            g.mode("b").as_deref(),
-            Some("Hot"),
-            "b went active alone; events {}",
-            g.events("b")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Not Hot: it went active alone, at once, on the code before.
+    g.wait_mode("b", "Warm", Duration::from_secs(5));
+    g.stays("b", "Warm", Duration::from_secs(3));
     assert!(
         g.waiting("b").contains("no active has streamed"),
         "b waits for {}",
