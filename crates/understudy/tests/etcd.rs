@@ -99,12 +99,7 @@ fn sigterm_and_switchover_hand_over_without_waiting_for_expiry() {
     let etcd = Etcd::on_loopback();
     // A 2 s lease_ttl: a hand-over that waited for expiry could not be fast.
     let mut g = group(&etcd, "lease_ttl = \"2s\"\nbackstop_ttl = \"5s\"");
-    let w = g.add_watched_pair();
-    g.start_a_hot_then_b();
-    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
-
-    let e1 = g.epoch("a");
-    g.wait_service_active("a", e1);
+    let (w, e1) = start_pair(&mut g);
     // The switchover asks a's view of the group (b's record through the etcd watch), which
     // may trail b's own status by a moment.
     let a_sees_b_ready = || {
@@ -575,11 +570,7 @@ fn tls_client_certificates_and_a_password_guard_the_group() {
         )
     };
     let mut g = group(&etcd, &tls(&good));
-    let w = g.add_watched_pair();
-    g.start_a_hot_then_b();
-    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
-    let epoch = g.epoch("a");
-    g.wait_service_active("a", epoch);
+    let (w, epoch) = start_pair(&mut g);
     let t0 = Instant::now();
     g.kill9("a");
     wait_takeover(&g, "b", epoch, t0, 2 * S);
@@ -639,11 +630,7 @@ fn a_replicated_sync_gateway_pair_fails_over_both_ways_on_etcd() {
 fn a_standby_that_claims_after_the_dead_actives_lease_expired_still_takes_over() {
     let etcd = Etcd::on_loopback();
     let mut g = group(&etcd, "");
-    let w = g.add_watched_pair();
-    g.start_a_hot_then_b();
-    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
-    let epoch = g.epoch("a");
-    g.wait_service_active("a", epoch);
+    let (w, epoch) = start_pair(&mut g);
     g.sigstop("b");
     g.kill9("a");
     // Past `backstop_ttl` (2 s) and the keep-alive's slack: a's keys are gone.
@@ -721,6 +708,17 @@ fn a_switchover_to_a_sync_gateway_survives_a_third_nodes_claim_given_back_on_etc
         .unwrap_or_else(|e| panic!("a never in sync with b: {e:#}\n{}", g.st("a")));
     w.finish();
     g.stop_all();
+}
+
+/// Starts a Hot, then b, watched for two actives; returns once b is a ready standby and a's
+/// service knows it is active, with a's epoch.
+fn start_pair(g: &mut testbed::group::Group) -> (testbed::checkers::Watcher, u64) {
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_status("b", "ready standby", 10 * S, |s| s["ready"] == true);
+    let epoch = g.epoch("a");
+    g.wait_service_active("a", epoch);
+    (w, epoch)
 }
 
 /// A replicated `sync` FIX gateway pair on `etcd`: the exchange simulator (kept alive by the
