@@ -681,11 +681,8 @@ impl Runtime {
 
     /// What [`Self::judge_readiness`] tells the engine, when anything.
     fn readiness_change(&mut self, detail: &serde_json::Value) -> Option<Input> {
-        let not_ready = service_not_ready(
-            detail,
-            self.coord.newest_used_by_another(),
-            self.coord.last_used_by_this_node(),
-        );
+        let used = self.coord.used_epochs();
+        let not_ready = service_not_ready(detail, used.newest_by_another, used.last_by_this_node);
         (not_ready != self.service_not_ready).then(|| {
             self.service_not_ready = not_ready.clone();
             Input::ServiceReadiness { not_ready }
@@ -695,10 +692,17 @@ impl Runtime {
     /// [`Self::judge_readiness`] on the last health answer, for when the group's epoch may
     /// have moved since it came (a tick, a grant).
     fn rejudge_readiness(&mut self) {
-        if let Some(detail) = self.service_detail.take() {
-            self.judge_readiness(&detail);
-            self.service_detail = Some(detail);
+        if let Some(input) = self.readiness_rejudged() {
+            self.feed(input);
         }
+    }
+
+    /// What [`Self::rejudge_readiness`] tells the engine, when anything.
+    fn readiness_rejudged(&mut self) -> Option<Input> {
+        let detail = self.service_detail.take()?;
+        let input = self.readiness_change(&detail);
+        self.service_detail = Some(detail);
+        input
     }
 
     fn on_api(&mut self, req: ApiRequest) {
@@ -842,10 +846,7 @@ impl Runtime {
                     self.grant_created = created;
                     // As for a waited-for grant (`on_coord`): judged by the group as the
                     // claim read it (review 14, U3).
-                    if let Some(detail) = self.service_detail.take() {
-                        answers.extend(self.readiness_change(&detail));
-                        self.service_detail = Some(detail);
-                    }
+                    answers.extend(self.readiness_rejudged());
                     let peers = self.peer_views();
                     answers.push_back(Input::Peers(peers));
                     answers.push_back(Input::Ranks(self.ranks()));
@@ -1428,7 +1429,8 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
 /// `"replication": {"ready": false, "reason": "..."}` (the FIX gateway's standby while it is
 /// not in sync with the active), or, with `"mode": "sync"`, a standby in sync with an active
 /// older than `newest_of_another`, the newest epoch another node may have been active with
-/// ([`Coordinator::newest_used_by_another`]). Anything else says nothing against it.
+/// (`UsedEpochs::newest_by_another`, from [`Coordinator::used_epochs`]). Anything else says
+/// nothing against it.
 ///
 /// That last rule (review 11, R2): a standby counts itself in sync for `timeout` after its
 /// last acknowledgement, across a disconnect, so that it may take over from an active that

@@ -49,7 +49,7 @@ use tokio::time::Instant;
 use crate::lease::{Lease, Loss, Nanos, Outcome, Reply, Sent, Step, Timing};
 use crate::lockfile::{Heartbeat, HeartbeatReading};
 use crate::members::MemberRecord;
-use crate::{is_valid_node_name, CoordError, CoordEvent, Coordinator, TryAcquire};
+use crate::{is_valid_node_name, CoordError, CoordEvent, Coordinator, TryAcquire, UsedEpochs};
 
 /// A leader record is one short JSON object; anything bigger is not ours.
 const MAX_LEADER_BYTES: usize = 4096;
@@ -563,19 +563,13 @@ impl Coordinator for EtcdCoordinator {
         lock(&self.view).epoch
     }
 
-    fn last_used_by_this_node(&self) -> Option<u64> {
-        lock(&self.view)
-            .used
-            .as_ref()
-            .filter(|u| u.node == self.settings.node)
-            .map(|u| u.epoch)
-    }
-
-    fn newest_used_by_another(&self) -> Option<u64> {
-        lock(&self.view)
-            .used
-            .as_ref()
-            .and_then(|u| u.newest_of_another(&self.settings.node))
+    fn used_epochs(&self) -> UsedEpochs {
+        let v = lock(&self.view);
+        let node = &self.settings.node;
+        UsedEpochs {
+            newest_by_another: v.used.as_ref().and_then(|u| u.newest_of_another(node)),
+            last_by_this_node: v.used.as_ref().filter(|u| &u.node == node).map(|u| u.epoch),
+        }
     }
 
     fn heartbeat(&mut self, _hb: &Heartbeat) -> Result<(), CoordError> {

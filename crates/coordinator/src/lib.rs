@@ -124,22 +124,27 @@ pub trait Coordinator: Send {
     fn unreachable(&self) -> Option<String> {
         None
     }
-    /// The newest epoch another node may have started its service with as the active: the
-    /// newest epoch [`Self::next_epoch`] handed out, unless this node took it (then the newest
-    /// before this node's run of them). None when no other node ever took one. An epoch a claim
-    /// raised and gave back unused does not count (on etcd, a claim raises the group's epoch
-    /// before its holder decides whether to use it). What the agent's readiness rule for
-    /// replicated standbys compares their newest epoch with.
-    fn newest_used_by_another(&self) -> Option<u64>;
-    /// The group's newest used epoch (see [`Self::newest_used_by_another`]) when this node
-    /// took it: this node was the group's last active, whatever it remembers. None otherwise,
-    /// or when that cannot be told.
-    fn last_used_by_this_node(&self) -> Option<u64>;
+    /// The group's used epochs as this node sees them, in one read: what the agent's
+    /// readiness rule for replicated standbys judges by.
+    fn used_epochs(&self) -> UsedEpochs;
+}
+
+/// The epochs a node took for its service as the active (handed out by
+/// [`Coordinator::next_epoch`]). An epoch a claim raised and gave back unused is not one (on
+/// etcd, a claim raises the group's epoch before its holder decides whether to use it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsedEpochs {
+    /// The newest epoch another node used: the group's newest, unless this node took it (then
+    /// the newest before this node's run of them). None when no other node ever took one.
+    pub newest_by_another: Option<u64>,
+    /// The group's newest used epoch when this node took it: this node was the group's last
+    /// active, whatever it remembers. None otherwise, or when that cannot be told.
+    pub last_by_this_node: Option<u64>,
 }
 
 /// The newest epoch another node took, from the group's newest `current` and this node's own
 /// run of epochs ([`own_epochs_after`]); None when none (0).
-pub fn newest_of_another(current: u64, own: Option<(u64, u64)>) -> Option<u64> {
+pub(crate) fn newest_of_another(current: u64, own: Option<(u64, u64)>) -> Option<u64> {
     let newest = match own {
         Some((h, before)) if current == h => before,
         _ => current,
@@ -150,7 +155,7 @@ pub fn newest_of_another(current: u64, own: Option<(u64, u64)>) -> Option<u64> {
 /// This node's own epochs (the highest it took, and the group's newest before its run of them)
 /// after it took epoch `e`: epochs in a row keep the newest from before the first, for they
 /// are all this node's.
-pub fn own_epochs_after(own: Option<(u64, u64)>, e: u64) -> Option<(u64, u64)> {
+pub(crate) fn own_epochs_after(own: Option<(u64, u64)>, e: u64) -> Option<(u64, u64)> {
     match own {
         Some((h, _)) if e <= h => own,
         Some((h, before)) if e == h + 1 => Some((e, before)),

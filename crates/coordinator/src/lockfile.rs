@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::epoch::{EpochRead, EpochStore};
 use crate::members::Members;
-use crate::{is_valid_node_name, CoordError, CoordEvent, Coordinator, TryAcquire};
+use crate::{is_valid_node_name, CoordError, CoordEvent, Coordinator, TryAcquire, UsedEpochs};
 
 /// The heartbeat record the active writes into the lock file every heartbeat interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +374,27 @@ impl LockFileCoordinator {
         }
     }
 
+    /// The epoch file, and the highest epoch recorded for the group (the file's, the
+    /// heartbeat's and the member records'). An unreadable file reads as missing (logged).
+    fn read_epochs(&self) -> (EpochRead, u64) {
+        let file = self.epochs.read().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the epoch file");
+            EpochRead::Missing
+        });
+        let file_epoch = match &file {
+            EpochRead::Value { epoch, .. } => *epoch,
+            EpochRead::Missing | EpochRead::Corrupt(_) => 0,
+        };
+        let heartbeat_epoch = match read_heartbeat(&self.lock) {
+            HeartbeatReading::At(hb) => hb.epoch,
+            _ => 0,
+        };
+        let current = file_epoch
+            .max(heartbeat_epoch)
+            .max(self.members_max_epoch());
+        (file, current)
+    }
+
     /// Highest epoch among the member records.
     fn members_max_epoch(&self) -> u64 {
         self.members
@@ -493,36 +514,22 @@ impl Coordinator for LockFileCoordinator {
     }
 
     fn current_epoch(&self) -> u64 {
-        let file_epoch = match self.epochs.read() {
-            Ok(EpochRead::Value { epoch, .. }) => epoch,
-            Ok(EpochRead::Missing | EpochRead::Corrupt(_)) => 0,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the epoch file");
-                0
-            }
-        };
-        let heartbeat_epoch = match read_heartbeat(&self.lock) {
-            HeartbeatReading::At(hb) => hb.epoch,
-            _ => 0,
-        };
-        file_epoch
-            .max(heartbeat_epoch)
-            .max(self.members_max_epoch())
+        self.read_epochs().1
     }
 
     /// The epoch moves only in [`Coordinator::next_epoch`], after the grant is kept: every
-    /// epoch but this node's own was used.
-    fn newest_used_by_another(&self) -> Option<u64> {
-        crate::newest_of_another(self.current_epoch(), self.own)
-    }
-
-    /// The epoch file names the node that took its epoch; nothing in the group may be newer.
-    fn last_used_by_this_node(&self) -> Option<u64> {
-        match self.epochs.read() {
-            Ok(EpochRead::Value { epoch, holder }) if holder == self.node => {
-                (epoch > 0 && epoch >= self.current_epoch()).then_some(epoch)
-            }
-            _ => None,
+    /// epoch but this node's own was used. The epoch file names the node that took its
+    /// epoch; when that is this node and nothing in the group is newer, it was the last active.
+    fn used_epochs(&self) -> UsedEpochs {
+        let (file, current) = self.read_epochs();
+        UsedEpochs {
+            newest_by_another: crate::newest_of_another(current, self.own),
+            last_by_this_node: match file {
+                EpochRead::Value { epoch, holder } if holder == self.node => {
+                    (epoch > 0 && epoch >= current).then_some(epoch)
+                }
+                _ => None,
+            },
         }
     }
 
