@@ -1438,12 +1438,13 @@ fn view(r: HeartbeatReading) -> HeartbeatView {
 /// heard from it) and sends alone; were it to die within that `timeout`, the standby would
 /// take over without what it sent. In sync only with the newest active is in sync.
 ///
-/// And one exception the other way: a gateway whose store was last active with the group's
-/// newest used epoch, taken by this node (`last_used_here`), and has seen none since, was the
-/// group's last active. It holds everything it sent (nothing leaves before the active's own
-/// sync), so it is ready without a stream: a whole group stopped and started again, or an
-/// active whose gateway crashed and restarts as a standby, starts again from it (review 13,
-/// T4; before, nobody was ready until `understudy activate`).
+/// And one exception the other way: a gateway whose store was last active with an epoch of
+/// this node's latest run, which holds the group's newest used epoch (`last_used_here`), and
+/// has seen none since, was the group's last active. It holds everything it sent (nothing
+/// leaves before the active's own sync), so it is ready without a stream: a whole group
+/// stopped and started again, or an active whose gateway crashed (even before it activated
+/// with the epoch its node took last) and restarts as a standby, starts again from it
+/// (review 13, T4, and review 14, U6; before, nobody was ready until `understudy activate`).
 fn service_not_ready(
     detail: &serde_json::Value,
     newest_of_another: Option<u64>,
@@ -1453,7 +1454,14 @@ fn service_not_ready(
     let seen = r.get("seen_epoch").and_then(|v| v.as_u64());
     let last_active = r.get("last_active_epoch").and_then(|v| v.as_u64());
     if let (Some(mine), Some(active), Some(seen)) = (last_used_here, last_active, seen) {
-        if mine > 0 && active == mine && seen == mine {
+        // When this node took the newest used epoch, `newest_of_another` is the newest before
+        // its run of them: every epoch after that one up to `mine` was this node's, so a store
+        // last active within the run, that has seen nothing newer, sent the group's last
+        // message. Its gateway may not have activated with the run's last epochs (it died
+        // first, or its disk was full): nothing was sent with those (review 14, U6).
+        // (A lock file's agent restarted since counts its own newest epoch as another's.)
+        let run_from = newest_of_another.unwrap_or(0).min(mine.saturating_sub(1));
+        if active > run_from && active <= mine && seen == active {
             return None;
         }
     }
@@ -1573,5 +1581,20 @@ mod tests {
             "reason": "replication: no active has streamed to this standby yet", "seen_epoch": 8}});
         assert!(service_not_ready(&old, Some(7), Some(8)).is_some());
         assert!(service_not_ready(&restarted(8, 0), Some(7), Some(8)).is_some());
+        // Review 14, U6: this node took 9 and 10 after its store was active with 8 (its
+        // gateway died before activating, twice), and nobody else used one since 7.
+        assert_eq!(service_not_ready(&restarted(8, 8), Some(7), Some(10)), None);
+        // Not when another node's epoch lies between: 8 is not this run's.
+        assert!(service_not_ready(&restarted(8, 8), Some(8), Some(10)).is_some());
+        assert!(service_not_ready(&restarted(8, 8), Some(9), Some(10)).is_some());
+        // Nor when the store saw a newer epoch than it was active with.
+        assert!(service_not_ready(&restarted(9, 8), Some(7), Some(10)).is_some());
+        // A store never active, whatever this node took.
+        assert!(service_not_ready(&restarted(0, 0), None, Some(3)).is_some());
+        // A lock file's restarted agent: its own newest counted as another's.
+        assert_eq!(service_not_ready(&restarted(8, 8), Some(8), Some(8)), None);
+        assert!(service_not_ready(&restarted(7, 7), Some(8), Some(8)).is_some());
+        // The group's only active so far: no other node's epoch, its run from the first.
+        assert_eq!(service_not_ready(&restarted(2, 2), None, Some(3)), None);
     }
 }

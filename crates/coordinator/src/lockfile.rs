@@ -169,8 +169,9 @@ pub struct LockFileCoordinator {
     shared: Arc<Shared>,
     /// The highest epoch [`Coordinator::next_epoch`] gave this node, and the group's newest
     /// before its run of them (see [`crate::own_epochs_after`]). Only in memory: an agent that
-    /// restarts counts its own last epoch as another's, which only makes its standby wait for
-    /// a stream (the safe side).
+    /// restarts counts its own last epoch as another's until it takes the next one (the epoch
+    /// file names the last one's holder), which only makes its standby wait for a stream (the
+    /// safe side).
     own: Option<(u64, u64)>,
 }
 
@@ -488,15 +489,15 @@ impl Coordinator for LockFileCoordinator {
                 _ => 0,
             }
         };
-        let file_epoch = match self.epochs.read()? {
-            EpochRead::Missing => 0,
+        let (file_epoch, ours) = match self.epochs.read()? {
+            EpochRead::Missing => (0, false),
             EpochRead::Corrupt(reason) => {
                 // The other sources keep the epoch from going backwards; the file is rewritten.
                 tracing::warn!(file = %self.epochs.path().display(), %reason,
                     "epoch file is corrupt; overwriting it");
-                0
+                (0, false)
             }
-            EpochRead::Value { epoch, .. } => epoch,
+            EpochRead::Value { epoch, holder } => (epoch, holder == self.node),
         };
         let highest = file_epoch
             .max(heartbeat_epoch)
@@ -508,6 +509,16 @@ impl Coordinator for LockFileCoordinator {
                 io::Error::other("the group epoch cannot grow any further"),
             )
         })?;
+        if ours
+            && file_epoch > 0
+            && file_epoch == highest
+            && self.own.is_none_or(|(h, _)| h < file_epoch)
+        {
+            // The group's newest epoch was this node's, taken before this agent started (`own`
+            // lives in memory only): the run goes on from it. What came before it is unknown, so
+            // the epoch below it stands for another node's, the highest it could be.
+            self.own = Some((file_epoch, file_epoch - 1));
+        }
         self.epochs.write(next, &self.node)?;
         self.own = crate::own_epochs_after(self.own, next);
         Ok(next)

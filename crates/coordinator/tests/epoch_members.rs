@@ -234,3 +234,54 @@ fn members_write_read_remove() {
         vec!["zeta"]
     );
 }
+
+/// Review 14, U6: an agent restarted after taking the group's newest epoch (`own` lives in
+/// memory only) continues its run from the epoch file's holder when it takes the next one, so
+/// its gateway, last active with that epoch, is still judged the group's last active.
+#[test]
+fn a_restarted_agent_continues_its_run_from_the_epoch_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    let (mut b, _rx) = coord(&lock, "b");
+    acquire(&mut b);
+    assert_eq!(b.next_epoch(0).unwrap(), 1);
+    b.release().unwrap();
+    drop(b);
+    let (mut a, _rx) = coord(&lock, "a");
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(0).unwrap(), 2);
+    assert_eq!(a.next_epoch(0).unwrap(), 3);
+    a.release().unwrap();
+    drop(a);
+
+    // A new agent of node a: epoch 3 is its own, by the file; it cannot tell about 2.
+    let (mut a, _rx) = coord(&lock, "a");
+    let used = a.used_epochs();
+    assert_eq!(used.last_by_this_node, Some(3));
+    assert_eq!(
+        used.newest_by_another,
+        Some(3),
+        "unknown: counted as another's"
+    );
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(0).unwrap(), 4);
+    let used = a.used_epochs();
+    assert_eq!(used.last_by_this_node, Some(4));
+    assert_eq!(
+        used.newest_by_another,
+        Some(2),
+        "3 was a's (the file said so), 2 stands for another's"
+    );
+    a.release().unwrap();
+
+    // Another node's epoch in between ends the run.
+    let (mut b, _rx) = coord(&lock, "b");
+    acquire(&mut b);
+    assert_eq!(b.next_epoch(0).unwrap(), 5);
+    b.release().unwrap();
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(0).unwrap(), 6);
+    let used = a.used_epochs();
+    assert_eq!(used.last_by_this_node, Some(6));
+    assert_eq!(used.newest_by_another, Some(5));
+}

@@ -38,6 +38,10 @@ pub struct NodeSection {
     pub group: String,
     /// `node.admin`: the admin API's listen address.
     pub admin: String,
+    /// `node.journal_file`. Unset, an etcd group's node keeps its timeline under
+    /// /var/lib/understudy, shared by every test of the same group and node names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal_file: Option<PathBuf>,
 }
 
 /// `[activation]`.
@@ -126,6 +130,7 @@ impl AgentConfig {
                 name: name.into(),
                 group: group.into(),
                 admin: admin.into(),
+                journal_file: None,
             },
             activation: ActivationSection {
                 mode,

@@ -145,6 +145,10 @@ impl Group {
         let mut cfg = self.config.clone();
         cfg.node.name = name.to_string();
         cfg.node.admin = admin.clone();
+        if cfg.etcd.is_some() && cfg.node.journal_file.is_none() {
+            // Each test's timeline of its own: an earlier test's events are not this one's.
+            cfg.node.journal_file = Some(self.path.join(format!("{name}.journal.jsonl")));
+        }
         edit(&mut cfg);
         let config = self.path.join(format!("{name}.toml"));
         let text = cfg.render(&self.activation, &self.service, &self.tail)?;
@@ -544,6 +548,21 @@ impl Group {
     /// Waits until `name`'s /status says ready.
     pub fn wait_ready(&self, name: &str, timeout: Duration) -> Value {
         self.wait_status(name, "ready", timeout, |s| s["ready"] == true)
+    }
+
+    /// Waits until `name`'s timeline records its service exiting at an epoch above `epoch` (the
+    /// timeline outlives agent restarts, so earlier exits do not count); false after `timeout`.
+    pub fn wait_service_exited_after(&self, name: &str, epoch: u64, timeout: Duration) -> bool {
+        crate::clock::wait_until(timeout, || {
+            self.get(name, "/events").is_some_and(|v| {
+                v["events"].as_array().is_some_and(|es| {
+                    es.iter().any(|e| {
+                        e["kind"] == "service_exited"
+                            && e["epoch"].as_u64().is_some_and(|n| n > epoch)
+                    })
+                })
+            })
+        })
     }
 
     /// Asserts that `name` answers `want` (Hot/Warm) on every poll (each 20 ms) for `d`.

@@ -744,6 +744,51 @@ fn engine_handover_grace() -> Duration {
     understudy_engine::HANDOVER_GRACE
 }
 
+/// Review 14, U6, on etcd: the last active's node takes a new epoch (its `used` record names
+/// it) but its gateway cannot activate with it (a full disk). Once the disk has room that
+/// gateway, last active with the epoch before, is ready: every epoch since was its node's. On
+/// the code before, nobody was ready again without `understudy activate`.
+#[test]
+fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let dir = tempfile::tempdir().expect("tmp");
+    let fs = match testbed::Tmpfs::mount(&dir.path().join("store-a"), "32m") {
+        Ok(fs) => fs,
+        Err(why) => panic!("a tmpfs for a's store: {why}"),
+    };
+    let (pair, mut g) = sync_gateways_on_etcd(&etcd, dir.path());
+    let w = g.watch();
+    testbed::fix::group::start_active_then_standby(&mut g, pair.ports[0])
+        .expect("a active, b a ready standby");
+    let a_epoch = g.epoch("a");
+    g.sigterm("b", 10 * S);
+    g.sigterm("a", 10 * S);
+
+    assert!(fs.fill() > 0, "the file system was not filled");
+    g.spawn("a").expect("restart a");
+    assert!(
+        g.wait_service_exited_after("a", a_epoch, 20 * S),
+        "a's gateway never failed to activate on a full disk\na status {}\na events {}",
+        g.st("a"),
+        g.events("a")
+    );
+    g.spawn("b").expect("restart b");
+    fs.free();
+    g.wait_hot("a").unwrap_or_else(|e| {
+        panic!(
+            "a, the last active, did not take the group back: {e:#}\na status {}\na events {}\nb status {}",
+            g.st("a"),
+            g.events("a"),
+            g.st("b")
+        )
+    });
+    assert!(g.epoch("a") > a_epoch + 1);
+    g.wait_ready_standby("b")
+        .unwrap_or_else(|e| panic!("b never in sync with a: {e:#}\n{}", g.st("b")));
+    w.finish();
+    g.stop_all();
+}
+
 /// Review 13, T4: a sync pair on etcd stopped whole (both agents SIGTERMed, standby first) and
 /// started again, standby first. No gateway was streamed to since its start, so none counted as
 /// in sync, and the group stayed without an active until `understudy activate`. The gateway

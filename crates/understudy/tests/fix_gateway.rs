@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // test drivers may block
 
 mod fix_common;
+mod skip;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -898,6 +899,56 @@ fn a_standby_in_sync_with_an_older_active_than_the_groups_newest_does_not_take_o
 /// the other sent alone; now it waits for that answer, which says no active streamed to it. The
 /// last active's gateway (its store active with the epoch its node took last, the lock file's
 /// newest) holds everything it sent: ready on that alone, it starts the group again.
+/// Review 14, U6: the last active's node takes a new epoch, but its gateway cannot activate
+/// with it (its disk is full: the epoch file cannot be written). Nothing was sent with that
+/// epoch, so once the disk has room its gateway, still last active with the old one, is ready
+/// and takes the group back by itself; on the code before, nobody was ever ready again
+/// without `understudy activate`. The other node, which may lack nothing but is judged against
+/// the newer epoch, stays a standby.
+#[test]
+fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_once_its_disk_has_room() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fs = match testbed::Tmpfs::mount(&dir.path().join("store-a"), "32m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            return skip::skip(
+                "the_last_active_whose_gateway_could_not_activate_takes_the_group_back_once_its_disk_has_room",
+                &why,
+            )
+        }
+    };
+    let (Pair { _sim, ports, .. }, mut g) = sync_pair(dir.path());
+    let watcher = g.watch();
+    start_active_then_standby(&mut g, ports[0]);
+    let a_epoch = g.epoch("a");
+    g.sigterm("b", Duration::from_secs(10));
+    g.sigterm("a", Duration::from_secs(10));
+
+    assert!(fs.fill() > 0, "the file system was not filled");
+    g.spawn("a").expect("restart a");
+    // a, the last active, takes the next epoch; its gateway fails to activate with it.
+    let failed = g.wait_service_exited_after("a", a_epoch, Duration::from_secs(20));
+    assert!(
+        failed,
+        "a's gateway never failed to activate on a full disk\nstatus {}\nevents {}",
+        g.st("a"),
+        g.events("a")
+    );
+    g.spawn("b").expect("restart b");
+    fs.free();
+    g.wait_hot("a").unwrap_or_else(|e| {
+        panic!(
+            "a, the last active, did not take the group back: {e:#}\nstatus {}\nevents {}",
+            g.st("a"),
+            g.events("a")
+        )
+    });
+    assert!(g.epoch("a") > a_epoch + 1);
+    g.wait_ready_standby("b").expect("b in sync with a again");
+    watcher.finish();
+    g.stop_all();
+}
+
 #[test]
 fn a_sync_pair_stopped_whole_starts_again_from_its_last_active_not_from_the_first_agent_up() {
     let dir = tempfile::tempdir().expect("tmp");
