@@ -565,6 +565,23 @@ impl Group {
         })
     }
 
+    /// Waits until `name`'s replicated gateway, as a standby, reports its store last active
+    /// with `epoch` and no newer epoch seen; panics after 10 s.
+    pub fn wait_last_active(&self, name: &str, epoch: u64) {
+        let ok = crate::clock::wait_until(Duration::from_secs(10), || {
+            self.status(name).is_some_and(|s| {
+                let r = &s["service"]["detail"]["replication"];
+                r["last_active_epoch"].as_u64() == Some(epoch)
+                    && r["seen_epoch"].as_u64() == Some(epoch)
+            })
+        });
+        assert!(
+            ok,
+            "{name}'s gateway never reported its store last active with epoch {epoch}: {:?}",
+            self.status(name)
+        );
+    }
+
     /// Asserts that `name` answers `want` (Hot/Warm) on every poll (each 20 ms) for `d`.
     pub fn stays(&self, name: &str, want: &str, d: Duration) {
         let t = Instant::now();

@@ -772,6 +772,9 @@ fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_on_etcd
         g.st("a"),
         g.events("a")
     );
+    // The failure is the one the test is about: the store still says it was last active
+    // with a_epoch, and has seen nothing newer.
+    g.wait_last_active("a", a_epoch);
     g.spawn("b").expect("restart b");
     fs.free();
     g.wait_hot("a").unwrap_or_else(|e| {

@@ -893,18 +893,12 @@ fn a_standby_in_sync_with_an_older_active_than_the_groups_newest_does_not_take_o
     g.stop_all();
 }
 
-/// Review 13, T3 and T4, on the lock file: a sync pair stopped whole (standby first, so the
-/// active went on alone at the end) and started again, standby first. The standby's agent used
-/// to take the free lock before its gateway's first health answer and go active without what
-/// the other sent alone; now it waits for that answer, which says no active streamed to it. The
-/// last active's gateway (its store active with the epoch its node took last, the lock file's
-/// newest) holds everything it sent: ready on that alone, it starts the group again.
 /// Review 14, U6: the last active's node takes a new epoch, but its gateway cannot activate
 /// with it (its disk is full: the epoch file cannot be written). Nothing was sent with that
 /// epoch, so once the disk has room its gateway, still last active with the old one, is ready
 /// and takes the group back by itself; on the code before, nobody was ever ready again
-/// without `understudy activate`. The other node, which may lack nothing but is judged against
-/// the newer epoch, stays a standby.
+/// without `understudy activate`. The other node, judged against the newer epoch, stays a
+/// standby (the watcher sees one active at a time).
 #[test]
 fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_once_its_disk_has_room() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -934,6 +928,9 @@ fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_once_it
         g.st("a"),
         g.events("a")
     );
+    // The failure is the one the test is about: the store still says it was last active
+    // with a_epoch, and has seen nothing newer.
+    g.wait_last_active("a", a_epoch);
     g.spawn("b").expect("restart b");
     fs.free();
     g.wait_hot("a").unwrap_or_else(|e| {
@@ -949,6 +946,12 @@ fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_once_it
     g.stop_all();
 }
 
+/// Review 13, T3 and T4, on the lock file: a sync pair stopped whole (standby first, so the
+/// active went on alone at the end) and started again, standby first. The standby's agent used
+/// to take the free lock before its gateway's first health answer and go active without what
+/// the other sent alone; now it waits for that answer, which says no active streamed to it. The
+/// last active's gateway (its store active with the epoch its node took last, the lock file's
+/// newest) holds everything it sent: ready on that alone, it starts the group again.
 #[test]
 fn a_sync_pair_stopped_whole_starts_again_from_its_last_active_not_from_the_first_agent_up() {
     let dir = tempfile::tempdir().expect("tmp");
