@@ -77,6 +77,31 @@ impl EpochStore {
         Ok(parse_file(&buf))
     }
 
+    /// The other slot's record when it holds an older valid epoch than the file's newest: the
+    /// epoch taken before it and its holder. None when the file is missing, unreadable, one
+    /// record, or both slots say the same (a whole-file rewrite writes both).
+    pub fn previous(&self) -> Option<(u64, String)> {
+        let file = File::open(&self.path).ok()?;
+        let mut buf = Vec::new();
+        file.take(MAX_RECORD_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+            .ok()?;
+        if buf.len() != 2 * SLOT {
+            return None;
+        }
+        let mut values: Vec<(u64, String)> = slots(&buf)
+            .filter_map(|r| match r {
+                EpochRead::Value { epoch, holder } => Some((epoch, holder)),
+                _ => None,
+            })
+            .collect();
+        values.sort();
+        match values.as_slice() {
+            [older, newer] if older.0 < newer.0 => Some(older.clone()),
+            _ => None,
+        }
+    }
+
     /// Durably record `epoch` taken by `holder`: in place into slot `epoch % 2` with one
     /// `fdatasync` when the file already has its two slots, otherwise by rewriting the whole file
     /// (temp file, fsync, rename, fsync of the directory). After a crash the file holds the old
@@ -158,16 +183,9 @@ pub(crate) fn parse_file(bytes: &[u8]) -> EpochRead {
     if bytes.len() != 2 * SLOT {
         return parse_record(bytes);
     }
-    let slots: Vec<EpochRead> = bytes
-        .chunks(SLOT)
-        .map(|c| {
-            let end = c.iter().rposition(|&b| b != 0).map(|i| i + 1).unwrap_or(0);
-            parse_record(&c[..end])
-        })
-        .collect();
     let mut best: Option<EpochRead> = None;
     let mut why = Vec::new();
-    for r in slots {
+    for r in slots(bytes) {
         match r {
             EpochRead::Value { epoch, .. } => {
                 let better = match &best {
@@ -184,6 +202,14 @@ pub(crate) fn parse_file(bytes: &[u8]) -> EpochRead {
     }
     best.unwrap_or_else(|| EpochRead::Corrupt(format!("no valid slot ({})", why.join("; "))))
 }
+/// The records of a two-slot file's slots, each without its NUL padding.
+fn slots(bytes: &[u8]) -> impl Iterator<Item = EpochRead> + '_ {
+    bytes.chunks(SLOT).map(|c| {
+        let end = c.iter().rposition(|&b| b != 0).map(|i| i + 1).unwrap_or(0);
+        parse_record(&c[..end])
+    })
+}
+
 fn io_error(path: &Path, source: io::Error) -> CoordError {
     CoordError::Io {
         path: path.to_path_buf(),
@@ -258,6 +284,28 @@ fn parse_record_inner(bytes: &[u8]) -> Result<(u64, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_other_slot_names_the_epoch_before_and_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EpochStore::for_lock(&dir.path().join("g.lock"));
+        assert_eq!(store.previous(), None, "no file");
+        store.write(7, "a").unwrap();
+        assert_eq!(
+            store.previous(),
+            None,
+            "a new file has the record in both slots"
+        );
+        store.write(8, "b").unwrap();
+        assert_eq!(store.previous(), Some((7, "a".to_string())));
+        store.write(9, "b").unwrap();
+        assert_eq!(store.previous(), Some((8, "b".to_string())));
+        // A torn slot says nothing.
+        let mut bytes = std::fs::read(store.path()).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(store.path(), &bytes).unwrap();
+        assert_eq!(store.previous(), None);
+    }
     use proptest::prelude::*;
 
     #[test]

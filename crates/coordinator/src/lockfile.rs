@@ -169,9 +169,9 @@ pub struct LockFileCoordinator {
     shared: Arc<Shared>,
     /// The highest epoch [`Coordinator::next_epoch`] gave this node, and the group's newest
     /// before its run of them (see [`crate::own_epochs_after`]). Only in memory: an agent that
-    /// restarts counts its own last epoch as another's until it takes the next one (the epoch
-    /// file names the last one's holder), which only makes its standby wait for a stream (the
-    /// safe side).
+    /// restarted knows from the epoch file only its run's last two epochs (`before_own`), and
+    /// counts the one before them as another's, which only makes its standby wait for a stream
+    /// (the safe side).
     own: Option<(u64, u64)>,
 }
 
@@ -396,6 +396,19 @@ impl LockFileCoordinator {
         (file, current)
     }
 
+    /// The newest epoch another node may have taken before this node's epoch `e`, the epoch
+    /// file's newest, when this agent does not know its run (it restarted since): the file's
+    /// other slot names the holder of `e - 1`; what came before the known part of the run
+    /// stands for another node's, the highest it could be.
+    fn before_own(&self, e: u64) -> u64 {
+        match self.epochs.previous() {
+            Some((p, holder)) if p.checked_add(1) == Some(e) && holder == self.node => {
+                e.saturating_sub(2)
+            }
+            _ => e.saturating_sub(1),
+        }
+    }
+
     /// Highest epoch among the member records.
     fn members_max_epoch(&self) -> u64 {
         self.members
@@ -515,9 +528,8 @@ impl Coordinator for LockFileCoordinator {
             && self.own.is_none_or(|(h, _)| h < file_epoch)
         {
             // The group's newest epoch was this node's, taken before this agent started (`own`
-            // lives in memory only): the run goes on from it. What came before it is unknown, so
-            // the epoch below it stands for another node's, the highest it could be.
-            self.own = Some((file_epoch, file_epoch - 1));
+            // lives in memory only): the run goes on from it.
+            self.own = Some((file_epoch, self.before_own(file_epoch)));
         }
         self.epochs.write(next, &self.node)?;
         self.own = crate::own_epochs_after(self.own, next);
@@ -533,8 +545,20 @@ impl Coordinator for LockFileCoordinator {
     /// epoch; when that is this node and nothing in the group is newer, it was the last active.
     fn used_epochs(&self) -> UsedEpochs {
         let (file, current) = self.read_epochs();
+        let own = match &file {
+            // Taken by this node before this agent started: see `before_own`.
+            EpochRead::Value { epoch, holder }
+                if *epoch == current
+                    && *epoch > 0
+                    && holder == &self.node
+                    && self.own.is_none_or(|(h, _)| h < *epoch) =>
+            {
+                Some((*epoch, self.before_own(*epoch)))
+            }
+            _ => self.own,
+        };
         UsedEpochs {
-            newest_by_another: crate::newest_of_another(current, self.own),
+            newest_by_another: crate::newest_of_another(current, own),
             last_by_this_node: match file {
                 EpochRead::Value { epoch, holder } if holder == self.node => {
                     (epoch > 0 && epoch >= current).then_some(epoch)
