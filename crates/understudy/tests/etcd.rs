@@ -760,34 +760,8 @@ fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_on_etcd
     let w = g.watch();
     testbed::fix::group::start_active_then_standby(&mut g, pair.ports[0])
         .expect("a active, b a ready standby");
-    let a_epoch = g.epoch("a");
-    g.sigterm("b", 10 * S);
-    g.sigterm("a", 10 * S);
-
-    assert!(fs.fill() > 0, "the file system was not filled");
-    g.spawn("a").expect("restart a");
-    assert!(
-        g.wait_service_exited_after("a", a_epoch, 20 * S),
-        "a's gateway never failed to activate on a full disk\na status {}\na events {}",
-        g.st("a"),
-        g.events("a")
-    );
-    // The failure is the one the test is about: the store still says it was last active
-    // with a_epoch, and has seen nothing newer.
-    g.wait_last_active("a", a_epoch);
-    g.spawn("b").expect("restart b");
-    fs.free();
-    g.wait_hot("a").unwrap_or_else(|e| {
-        panic!(
-            "a, the last active, did not take the group back: {e:#}\na status {}\na events {}\nb status {}",
-            g.st("a"),
-            g.events("a"),
-            g.st("b")
-        )
-    });
-    assert!(g.epoch("a") > a_epoch + 1);
-    g.wait_ready_standby("b")
-        .unwrap_or_else(|e| panic!("b never in sync with a: {e:#}\n{}", g.st("b")));
+    testbed::fix::group::last_active_fails_to_activate_then_has_room(&mut g, &fs)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     w.finish();
     g.stop_all();
 }

@@ -914,34 +914,8 @@ fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_once_it
     let (Pair { _sim, ports, .. }, mut g) = sync_pair(dir.path());
     let watcher = g.watch();
     start_active_then_standby(&mut g, ports[0]);
-    let a_epoch = g.epoch("a");
-    g.sigterm("b", Duration::from_secs(10));
-    g.sigterm("a", Duration::from_secs(10));
-
-    assert!(fs.fill() > 0, "the file system was not filled");
-    g.spawn("a").expect("restart a");
-    // a, the last active, takes the next epoch; its gateway fails to activate with it.
-    let failed = g.wait_service_exited_after("a", a_epoch, Duration::from_secs(20));
-    assert!(
-        failed,
-        "a's gateway never failed to activate on a full disk\nstatus {}\nevents {}",
-        g.st("a"),
-        g.events("a")
-    );
-    // The failure is the one the test is about: the store still says it was last active
-    // with a_epoch, and has seen nothing newer.
-    g.wait_last_active("a", a_epoch);
-    g.spawn("b").expect("restart b");
-    fs.free();
-    g.wait_hot("a").unwrap_or_else(|e| {
-        panic!(
-            "a, the last active, did not take the group back: {e:#}\nstatus {}\nevents {}",
-            g.st("a"),
-            g.events("a")
-        )
-    });
-    assert!(g.epoch("a") > a_epoch + 1);
-    g.wait_ready_standby("b").expect("b in sync with a again");
+    testbed::fix::group::last_active_fails_to_activate_then_has_room(&mut g, &fs)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     watcher.finish();
     g.stop_all();
 }

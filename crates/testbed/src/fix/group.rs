@@ -445,6 +445,45 @@ pub fn start_active_then_standby(g: &mut Group, active: SocketAddr) -> anyhow::R
     Ok(())
 }
 
+/// Review 14, U6, on a sync pair started by [`start_active_then_standby`] whose node a keeps
+/// its store on `fs`: the pair is stopped whole, a's disk filled and a started again, so that
+/// its gateway fails to activate with the epoch a takes (its epoch file cannot be written);
+/// then b is started and the disk freed. a, the last active, must take the group back by
+/// itself and b rejoin it as a ready standby: the error says what did not happen.
+pub fn last_active_fails_to_activate_then_has_room(
+    g: &mut Group,
+    fs: &crate::Tmpfs,
+) -> anyhow::Result<()> {
+    let [a, b] = NODES;
+    let a_epoch = g.epoch(a);
+    g.sigterm(b, Duration::from_secs(10));
+    g.sigterm(a, Duration::from_secs(10));
+    anyhow::ensure!(fs.fill() > 0, "the file system was not filled");
+    g.spawn(a)?;
+    anyhow::ensure!(
+        g.wait_service_exited_after(a, a_epoch, Duration::from_secs(20)),
+        "a's gateway never failed to activate on a full disk\na status {:?}\na events {}",
+        g.status(a),
+        g.events(a)
+    );
+    // The failure is the one meant: the store still says it was last active with a_epoch,
+    // and has seen nothing newer.
+    g.wait_last_active(a, a_epoch);
+    g.spawn(b)?;
+    fs.free();
+    g.wait_hot(a).with_context(|| {
+        format!(
+            "a, the last active, did not take the group back\na status {:?}\na events {}\nb status {:?}",
+            g.status(a),
+            g.events(a),
+            g.status(b)
+        )
+    })?;
+    anyhow::ensure!(g.epoch(a) > a_epoch + 1, "a is Hot with its old epoch");
+    g.wait_ready_standby(b)
+        .with_context(|| format!("b never in sync with a: {:?}", g.status(b)))
+}
+
 /// A gateway group on this host with everything it needs: `fix-exchange-sim`, two agents `a`
 /// and `b` whose warm-standby service is `fix-gateway`, one shared store, all in the group's
 /// directory. The demo and the benchmarks run it.
