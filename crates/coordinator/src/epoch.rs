@@ -65,27 +65,28 @@ impl EpochStore {
     /// Read the record. A missing file is [`EpochRead::Missing`]; any other I/O error is an error,
     /// because guessing could hand out an epoch that was already used.
     pub fn read(&self) -> Result<EpochRead, CoordError> {
+        Ok(self.bytes()?.map_or(EpochRead::Missing, |b| parse_file(&b)))
+    }
+
+    /// The file's bytes, at most one more than a record may have; None when it is missing.
+    fn bytes(&self) -> Result<Option<Vec<u8>>, CoordError> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EpochRead::Missing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&self.path, e)),
         };
         let mut buf = Vec::new();
         file.take(MAX_RECORD_BYTES as u64 + 1)
             .read_to_end(&mut buf)
             .map_err(|e| io_error(&self.path, e))?;
-        Ok(parse_file(&buf))
+        Ok(Some(buf))
     }
 
     /// The other slot's record when it holds an older valid epoch than the file's newest: the
     /// epoch taken before it and its holder. None when the file is missing, unreadable, one
     /// record, or both slots say the same (a whole-file rewrite writes both).
     pub fn previous(&self) -> Option<(u64, String)> {
-        let file = File::open(&self.path).ok()?;
-        let mut buf = Vec::new();
-        file.take(MAX_RECORD_BYTES as u64 + 1)
-            .read_to_end(&mut buf)
-            .ok()?;
+        let buf = self.bytes().ok()??;
         if buf.len() != 2 * SLOT {
             return None;
         }

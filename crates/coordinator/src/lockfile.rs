@@ -169,7 +169,7 @@ pub struct LockFileCoordinator {
     shared: Arc<Shared>,
     /// The highest epoch [`Coordinator::next_epoch`] gave this node, and the group's newest
     /// before its run of them (see [`crate::own_epochs_after`]). Only in memory: an agent that
-    /// restarted knows from the epoch file only its run's last two epochs (`before_own`), and
+    /// restarted knows from the epoch file only its run's last two epochs (`own_run`), and
     /// counts the one before them as another's, which only makes its standby wait for a stream
     /// (the safe side).
     own: Option<(u64, u64)>,
@@ -396,17 +396,26 @@ impl LockFileCoordinator {
         (file, current)
     }
 
-    /// The newest epoch another node may have taken before this node's epoch `e`, the epoch
-    /// file's newest, when this agent does not know its run (it restarted since): the file's
-    /// other slot names the holder of `e - 1`; what came before the known part of the run
-    /// stands for another node's, the highest it could be.
-    fn before_own(&self, e: u64) -> u64 {
-        match self.epochs.previous() {
-            Some((p, holder)) if p.checked_add(1) == Some(e) && holder == self.node => {
+    /// This node's run of epochs (`own`), also when this agent does not know it: when the epoch
+    /// file's newest, `highest` in the group, names this node, it was taken before this agent
+    /// started (`own` lives in memory only) and the run goes on from it. The file's other slot
+    /// names the holder of the epoch before; what came before the known part of the run stands
+    /// for another node's, the highest it could be.
+    fn own_run(&self, file: &EpochRead, highest: u64) -> Option<(u64, u64)> {
+        let EpochRead::Value { epoch: e, holder } = file else {
+            return self.own;
+        };
+        let e = *e;
+        if e == 0 || e != highest || holder != &self.node || self.own.is_some_and(|(h, _)| h >= e) {
+            return self.own;
+        }
+        let before = match self.epochs.previous() {
+            Some((p, prev)) if p.checked_add(1) == Some(e) && prev == self.node => {
                 e.saturating_sub(2)
             }
-            _ => e.saturating_sub(1),
-        }
+            _ => e - 1,
+        };
+        Some((e, before))
     }
 
     /// Highest epoch among the member records.
@@ -502,15 +511,16 @@ impl Coordinator for LockFileCoordinator {
                 _ => 0,
             }
         };
-        let (file_epoch, ours) = match self.epochs.read()? {
-            EpochRead::Missing => (0, false),
+        let file = self.epochs.read()?;
+        let file_epoch = match &file {
+            EpochRead::Missing => 0,
             EpochRead::Corrupt(reason) => {
                 // The other sources keep the epoch from going backwards; the file is rewritten.
                 tracing::warn!(file = %self.epochs.path().display(), %reason,
                     "epoch file is corrupt; overwriting it");
-                (0, false)
+                0
             }
-            EpochRead::Value { epoch, holder } => (epoch, holder == self.node),
+            EpochRead::Value { epoch, .. } => *epoch,
         };
         let highest = file_epoch
             .max(heartbeat_epoch)
@@ -522,17 +532,9 @@ impl Coordinator for LockFileCoordinator {
                 io::Error::other("the group epoch cannot grow any further"),
             )
         })?;
-        if ours
-            && file_epoch > 0
-            && file_epoch == highest
-            && self.own.is_none_or(|(h, _)| h < file_epoch)
-        {
-            // The group's newest epoch was this node's, taken before this agent started (`own`
-            // lives in memory only): the run goes on from it.
-            self.own = Some((file_epoch, self.before_own(file_epoch)));
-        }
+        let own = self.own_run(&file, highest);
         self.epochs.write(next, &self.node)?;
-        self.own = crate::own_epochs_after(self.own, next);
+        self.own = crate::own_epochs_after(own, next);
         Ok(next)
     }
 
@@ -545,20 +547,8 @@ impl Coordinator for LockFileCoordinator {
     /// epoch; when that is this node and nothing in the group is newer, it was the last active.
     fn used_epochs(&self) -> UsedEpochs {
         let (file, current) = self.read_epochs();
-        let own = match &file {
-            // Taken by this node before this agent started: see `before_own`.
-            EpochRead::Value { epoch, holder }
-                if *epoch == current
-                    && *epoch > 0
-                    && holder == &self.node
-                    && self.own.is_none_or(|(h, _)| h < *epoch) =>
-            {
-                Some((*epoch, self.before_own(*epoch)))
-            }
-            _ => self.own,
-        };
         UsedEpochs {
-            newest_by_another: crate::newest_of_another(current, own),
+            newest_by_another: crate::newest_of_another(current, self.own_run(&file, current)),
             last_by_this_node: match file {
                 EpochRead::Value { epoch, holder } if holder == self.node => {
                     (epoch > 0 && epoch >= current).then_some(epoch)
