@@ -748,6 +748,27 @@ impl<S: SessionStore> Engine<S> {
     }
 
     async fn shutdown<A: Application>(&mut self, app: &mut A) {
+        if self
+            .replication
+            .as_ref()
+            .is_some_and(|r| r.waits_for_a_disconnected_standby())
+        {
+            // The Logouts would wait for a standby that has gone (stopped first in a planned
+            // stop of the group) until `sync_timeout`, and the agent kills a service that
+            // takes longer than its `stop_timeout` to stop. Sent after that wait without the
+            // standby, they would leave the counterparty one message ahead of the standby's
+            // copy (MsgSeqNum too low when it next logs on to that copy). So nothing more
+            // leaves: the connections close without Logout, as at a crash, and what was held
+            // was never sent, so every copy agrees with the counterparty.
+            tracing::warn!(
+                "shutting down with no standby connected (replication.mode = \"sync\"): \
+                 sessions closed without Logout, so that nothing leaves that no standby holds"
+            );
+            self.held.clear();
+            self.conns.clear();
+            self.closing.clear();
+            return;
+        }
         let now = SystemTime::now();
         for i in 0..self.slots.len() {
             self.slots[i]

@@ -969,3 +969,76 @@ fn replicated_async_machine_loss_with_the_standby_cut_off_loses_the_unacknowledg
     r.watcher.finish();
     r.g.stop_all();
 }
+
+/// A planned stop of a sync pair, standby first, then the active at once (within
+/// `sync_timeout` of the standby's last acknowledgement, as a script stopping the whole group
+/// does). The active's Logouts would wait for the gone standby until `sync_timeout` (and its
+/// agent kills a service that has not stopped within `stop_timeout`); sent after that wait
+/// without it, they would put the counterparty one message ahead of the standby's copy. So the
+/// active closes its sessions without Logout, at once: QuickFIX receives no Logout, the stop
+/// takes well under `sync_timeout`, and the group started again (the last active first)
+/// carries on with sequence numbers continuing and every order answered exactly once.
+#[test]
+fn a_planned_stop_of_a_sync_pair_standby_first_closes_the_actives_sessions_at_once() {
+    let Some(mut r) = replicated_rig(
+        "a_planned_stop_of_a_sync_pair_standby_first_closes_the_actives_sessions_at_once",
+        "sync",
+    ) else {
+        return;
+    };
+    let mut qf = r.quickfix_after_orders(10);
+    let before = qf
+        .lines
+        .iter()
+        .filter(|l| l.kind == "RECV_APP" || l.kind == "RECV_ADMIN" || l.kind == "EXEC")
+        .map(|l| l.num("seq"))
+        .max()
+        .unwrap_or(0);
+    r.g.sigterm("b", Duration::from_secs(10));
+    // The active has seen its standby go (the stream's end), as it has by the time an
+    // operator's next command runs.
+    wait_health(r.repl.health[0], "the standby disconnected", |h| {
+        h["replication"]["peers"][0]["connected"] == false
+    });
+    let stop_at = Instant::now();
+    r.g.sigterm("a", Duration::from_secs(10));
+    let took = stop_at.elapsed();
+    let sync_timeout = humantime::parse_duration(r.repl.sync_timeout).expect("duration");
+    println!(
+        "active stopped {took:?} after SIGTERM, its standby gone (sync_timeout {sync_timeout:?})"
+    );
+    assert!(
+        took < sync_timeout / 2,
+        "the active took {took:?} to stop: it waited for its gone standby"
+    );
+    // Give a Logout sent late (after `sync_timeout`, as before) the time to arrive.
+    let logout = qf.wait_for(sync_timeout + Duration::from_secs(1), |l| {
+        l.at >= stop_at && l.is("RECV_ADMIN", "5")
+    });
+    assert!(
+        logout.is_none(),
+        "the active sent a Logout no standby holds: {}",
+        qf.transcript()
+    );
+
+    let restart_at = Instant::now();
+    r.g.spawn("a").expect("restart a");
+    r.g.wait_hot("a").expect("a, the last active, active again");
+    r.g.spawn("b").expect("restart b");
+    r.g.wait_ready_standby("b").expect("b in sync again");
+    let logon = qf
+        .wait_for(Duration::from_secs(20), |l| {
+            l.at >= restart_at && l.is("RECV_ADMIN", "A")
+        })
+        .unwrap_or_else(|| panic!("no logon after the restart: {}", qf.transcript()));
+    assert_eq!(logon.get("reset"), "N", "{}", logon.text);
+    assert!(
+        logon.num("seq") > before,
+        "the gateway's MsgSeqNum continues: {} after {before}",
+        logon.text
+    );
+    qf.cmd("burst a 5 2");
+    let mut all = names("b", 10);
+    all.extend(names("a", 5));
+    r.all_answered_then_stop(qf, all);
+}

@@ -172,6 +172,25 @@ impl Sender {
         }
     }
 
+    /// With `sync`: whether a batch would now wait for an acknowledgement that cannot come
+    /// soon, no standby being connected while one heard from within `sync_timeout` keeps the
+    /// batch held until that much after it. A standby stopped just before a planned stop of
+    /// the active is the usual case: its Logouts would wait that long, and its agent may kill
+    /// it first.
+    pub fn waits_for_a_disconnected_standby(&self) -> bool {
+        if self.sh.cfg.mode != Mode::Sync {
+            return false;
+        }
+        let now = Instant::now();
+        let st = lock(&self.sh.st);
+        st.fenced.is_none()
+            && !st.peers.iter().any(|p| p.connected)
+            && st.peers.iter().any(|p| {
+                p.last_heard
+                    .is_some_and(|t| t + self.sh.cfg.sync_timeout > now)
+            })
+    }
+
     /// Sets how many entries of the record of written files are kept before those every
     /// linked peer has shipped are pruned (default 4096; tests use a small one).
     pub fn set_written_at_kept(&self, n: usize) {
