@@ -1459,9 +1459,10 @@ fn service_not_ready(
         // last active within the run, that has seen nothing newer, sent the group's last
         // message. Its gateway may not have activated with the run's last epochs (it died
         // first, or its disk was full): nothing was sent with those (review 14, U6).
-        // (A lock file's agent restarted since counts its own newest epoch as another's.)
-        let run_from = newest_of_another.unwrap_or(0).min(mine.saturating_sub(1));
-        if active > run_from && active <= mine && seen == active {
+        // Another node's epoch at or above this node's newest contradicts "this node took the
+        // newest" (a rolled-back epoch file): no exception then (review 16, W2).
+        let run_from = newest_of_another.unwrap_or(0);
+        if run_from < mine && active > run_from && active <= mine && seen == active {
             return None;
         }
     }
@@ -1591,8 +1592,12 @@ mod tests {
         assert!(service_not_ready(&restarted(9, 8), Some(7), Some(10)).is_some());
         // A store never active, whatever this node took.
         assert!(service_not_ready(&restarted(0, 0), None, Some(3)).is_some());
-        // A lock file's restarted agent: its own newest counted as another's.
-        assert_eq!(service_not_ready(&restarted(8, 8), Some(8), Some(8)), None);
+        // Another node's epoch at or above this node's newest: the coordinator contradicts
+        // itself (a lock file's epoch file rolled back below what its agent took), so no
+        // exception (review 16, W2; a restarted agent's own newest is no longer counted as
+        // another's, the lock file reads its run from the epoch file).
+        assert!(service_not_ready(&restarted(8, 8), Some(8), Some(8)).is_some());
+        assert!(service_not_ready(&restarted(8, 8), Some(9), Some(8)).is_some());
         assert!(service_not_ready(&restarted(7, 7), Some(8), Some(8)).is_some());
         // The group's only active so far: no other node's epoch, its run from the first.
         assert_eq!(service_not_ready(&restarted(2, 2), None, Some(3)), None);

@@ -83,8 +83,9 @@ impl EpochStore {
     }
 
     /// The other slot's record when it holds an older valid epoch than the file's newest: the
-    /// epoch taken before it and its holder. None when the file is missing, unreadable, one
-    /// record, or both slots say the same (a whole-file rewrite writes both).
+    /// newest epoch of the other parity (the one before, unless epochs were skipped: callers
+    /// check) and its holder. None when the file is missing, unreadable, one record, or both
+    /// slots say the same (a rewrite of a file without an older record writes both).
     pub fn previous(&self) -> Option<(u64, String)> {
         let buf = self.bytes().ok()??;
         if buf.len() != 2 * SLOT {
@@ -140,11 +141,33 @@ impl EpochStore {
                     .map_err(|e| io_error(&self.path, e));
             }
         }
-        self.rewrite(&slot, holder)
+        // The record the file holds (a single record of the older format), when older than
+        // the new one, keeps the other slot: a restarted agent reads the epoch before from it
+        // (`previous`), and a file knowing one epoch cut its run short (review 16, W1).
+        let mut other = slot.clone();
+        if let Ok(Some(bytes)) = self.bytes() {
+            if let EpochRead::Value {
+                epoch: e,
+                holder: h,
+            } = parse_file(&bytes)
+            {
+                let r = encode_record(e, &h);
+                if e < epoch && r.len() <= SLOT {
+                    other.fill(0);
+                    other[..r.len()].copy_from_slice(r.as_bytes());
+                }
+            }
+        }
+        let (first, second) = if epoch % 2 == 0 {
+            (&slot, &other)
+        } else {
+            (&other, &slot)
+        };
+        self.rewrite(first, second, holder)
     }
 
-    /// Write a fresh two-slot file whose both slots hold `slot`.
-    fn rewrite(&self, slot: &[u8], holder: &str) -> Result<(), CoordError> {
+    /// Write a fresh two-slot file of `first` and `second`.
+    fn rewrite(&self, first: &[u8], second: &[u8], holder: &str) -> Result<(), CoordError> {
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp.");
         tmp.push(holder);
@@ -155,8 +178,8 @@ impl EpochStore {
             .truncate(true)
             .open(&tmp)
             .and_then(|mut f| {
-                f.write_all(slot)?;
-                f.write_all(slot)?;
+                f.write_all(first)?;
+                f.write_all(second)?;
                 f.sync_all()
             });
         if let Err(e) = written {
@@ -307,6 +330,45 @@ mod tests {
         std::fs::write(store.path(), &bytes).unwrap();
         assert_eq!(store.previous(), None);
     }
+
+    /// Review 16, W1: a file rewritten whole (here one record, the format before the two
+    /// slots) keeps its record, when older, in the other slot; a corrupt one cannot.
+    #[test]
+    fn a_rewrite_keeps_the_record_it_replaces_in_the_other_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EpochStore::for_lock(&dir.path().join("g.lock"));
+        std::fs::write(store.path(), encode_record(3, "a")).unwrap();
+        store.write(4, "a").unwrap();
+        assert_eq!(
+            std::fs::metadata(store.path()).unwrap().len(),
+            2 * SLOT as u64
+        );
+        assert_eq!(
+            store.read().unwrap(),
+            EpochRead::Value {
+                epoch: 4,
+                holder: "a".into()
+            }
+        );
+        assert_eq!(store.previous(), Some((3, "a".to_string())));
+        // Same parity: the old one goes to the other slot all the same, and the next epoch
+        // in place overwrites it.
+        std::fs::write(store.path(), encode_record(5, "b")).unwrap();
+        store.write(7, "a").unwrap();
+        assert_eq!(store.previous(), Some((5, "b".to_string())));
+        store.write(8, "c").unwrap();
+        assert_eq!(store.previous(), Some((7, "a".to_string())));
+        // Garbage says nothing to keep.
+        std::fs::write(store.path(), b"garbage").unwrap();
+        store.write(9, "a").unwrap();
+        assert_eq!(store.previous(), None);
+        // Never a newer record kept below the new one (an epoch going backwards is refused
+        // before this, by the lock file's other sources; the file keeps only what is older).
+        std::fs::write(store.path(), encode_record(20, "b")).unwrap();
+        store.write(10, "a").unwrap();
+        assert_eq!(store.previous(), None);
+    }
+
     use proptest::prelude::*;
 
     #[test]

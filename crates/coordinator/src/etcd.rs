@@ -208,11 +208,15 @@ impl UsedRecord {
     }
 
     /// The record after `node` used `epoch`, from the group's record before (`prev`).
+    /// Without one (a new group, or one whose key was deleted or never written) the run
+    /// starts at `epoch`: what came before stands for another node's, the highest it could be,
+    /// as on the lock file (review 16, W3; a run from 0 made every store this node was ever
+    /// active with count as the last active's after a forced activation).
     fn after(prev: Option<&UsedRecord>, node: &str, epoch: u64) -> UsedRecord {
         let before = match prev {
             Some(p) if p.node == node => p.before,
             Some(p) => p.epoch,
-            None => 0,
+            None => epoch.saturating_sub(1),
         };
         UsedRecord {
             node: node.to_string(),
@@ -1655,11 +1659,13 @@ mod tests {
     #[test]
     fn only_epochs_a_holder_used_count_against_another_nodes_standby() {
         let a8 = UsedRecord::after(None, "a", 8);
-        assert_eq!(a8.before, 0);
+        // No record before: 7 stands for another's (review 16, W3).
+        assert_eq!(a8.before, 7);
+        assert_eq!(UsedRecord::after(None, "a", 1).before, 0);
         // Claims raise the epoch key only; `used` moves when b takes 10 for its service.
         assert_eq!(a8.newest_of_another("b"), Some(8));
         assert_eq!(a8.newest_of_another("c"), Some(8));
-        assert_eq!(a8.newest_of_another("a"), None);
+        assert_eq!(a8.newest_of_another("a"), Some(7));
         let b10 = UsedRecord::after(Some(&a8), "b", 10);
         assert_eq!((b10.epoch, b10.before), (10, 8));
         assert_eq!(b10.newest_of_another("b"), Some(8));

@@ -293,4 +293,17 @@ fn a_restarted_agent_continues_its_run_from_the_epoch_file() {
     let used = c.used_epochs();
     assert_eq!(used.newest_by_another, Some(6));
     assert_eq!(used.last_by_this_node, None);
+
+    // Epochs skipped (a floor above the file, as from a heartbeat or member record newer than
+    // it): slots 6 and 11 are both a's but not in a row, so what lies between stands for
+    // another's (review 16, W7).
+    let (mut a, _rx) = coord(&lock, "a");
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(10).unwrap(), 11);
+    a.release().unwrap();
+    drop(a);
+    let (a, _rx) = coord(&lock, "a");
+    let used = a.used_epochs();
+    assert_eq!(used.last_by_this_node, Some(11));
+    assert_eq!(used.newest_by_another, Some(10));
 }
