@@ -158,7 +158,7 @@ impl EpochStore {
                 }
             }
         }
-        let (first, second) = if epoch % 2 == 0 {
+        let (first, second) = if epoch.is_multiple_of(2) {
             (&slot, &other)
         } else {
             (&other, &slot)
