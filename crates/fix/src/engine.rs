@@ -88,6 +88,10 @@ pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection's writer joins queued buffers into one write up to about this many bytes.
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
 
+/// How often a shutdown waiting for its last records to be durable looks whether a standby
+/// has gone meanwhile.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
+
 /// Time an initiator gives the counterparty to complete a TLS handshake.
 pub const TLS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -748,25 +752,8 @@ impl<S: SessionStore> Engine<S> {
     }
 
     async fn shutdown<A: Application>(&mut self, app: &mut A) {
-        if self
-            .replication
-            .as_ref()
-            .is_some_and(|r| r.waits_for_a_disconnected_standby())
-        {
-            // The Logouts would wait for a standby that has gone (stopped first in a planned
-            // stop of the group) until `sync_timeout`, and the agent kills a service that
-            // takes longer than its `stop_timeout` to stop. Sent after that wait without the
-            // standby, they would leave the counterparty one message ahead of the standby's
-            // copy (MsgSeqNum too low when it next logs on to that copy). So nothing more
-            // leaves: the connections close without Logout, as at a crash, and what was held
-            // was never sent, so every copy agrees with the counterparty.
-            tracing::warn!(
-                "shutting down with no standby connected (replication.mode = \"sync\"): \
-                 sessions closed without Logout, so that nothing leaves that no standby holds"
-            );
-            self.held.clear();
-            self.conns.clear();
-            self.closing.clear();
+        if self.standby_gone() {
+            self.close_without_logout().await;
             return;
         }
         let now = SystemTime::now();
@@ -778,7 +765,10 @@ impl<S: SessionStore> Engine<S> {
             // Errors here mean the store is gone; there is nothing left to protect.
             let _ = self.flush(app, i);
         }
-        let _ = self.release_all_blocking();
+        if self.release_all_unless_standby_gone().is_none() {
+            self.close_without_logout().await;
+            return;
+        }
         // Everything written is durable now (unless syncing failed): the stores write all
         // they staged, not only up to the last position the loop was told of.
         let durable = self.group().map(|g| g.durable());
@@ -786,6 +776,38 @@ impl<S: SessionStore> Engine<S> {
             let _ = self.stores_durable(pos);
         }
         // Give the writer tasks a moment to put the Logouts on the wire.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.conns.clear();
+        self.closing.clear();
+    }
+
+    /// With `replication.mode = "sync"`: a standby heard from within `sync_timeout` is not
+    /// connected (stopped first in a planned stop of the group, or lost), so what is held
+    /// waits for it until then, and the agent kills a service that has not stopped within its
+    /// `stop_timeout`. Sent after that wait without the standby, the Logouts would leave the
+    /// counterparty one message ahead of the standby's copy.
+    fn standby_gone(&self) -> bool {
+        self.replication
+            .as_ref()
+            .is_some_and(|r| r.waits_for_a_disconnected_standby())
+    }
+
+    /// A stop with the standby gone ([`Engine::standby_gone`]): nothing more leaves than what
+    /// is durable already (sent, and the receipts staged behind it written), and the
+    /// connections close without Logout, as at a crash; what was held was never sent, so every
+    /// copy agrees with the counterparties on sequence numbers, and the restart recovers what
+    /// was in flight as after a crash (resent with PossDupFlag, or asked for again).
+    async fn close_without_logout(&mut self) {
+        tracing::warn!(
+            "shutting down with a standby gone (replication.mode = \"sync\"): sessions closed \
+             without Logout, so that nothing leaves that no standby holds"
+        );
+        if let Some(pos) = self.group().map(|g| g.durable()) {
+            let _ = self.release(pos);
+            let staged = self.staged_durable.take().unwrap_or(0);
+            let _ = self.stores_durable(pos.max(staged));
+        }
+        self.held.clear();
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.conns.clear();
         self.closing.clear();
@@ -1594,21 +1616,31 @@ impl<S: SessionStore> Engine<S> {
 
     /// Waits (blocking the loop) until every record written so far is durable and writes
     /// what was held: for a shutdown, whose last bytes must go before the connections do.
-    /// False when syncing failed: nothing more may be sent.
-    fn release_all_blocking(&mut self) -> bool {
+    /// `Some(false)` when syncing failed: nothing more may be sent. `None`, with nothing
+    /// released, when a standby is found gone meanwhile ([`Engine::standby_gone`]): the
+    /// wait would last until `sync_timeout` (a standby stopped a moment before is noticed at
+    /// the stream's next round trip, a heartbeat at most).
+    fn release_all_unless_standby_gone(&mut self) -> Option<bool> {
         if self.verify_fences().is_err() {
-            return false;
+            return Some(false);
         }
         let Some(g) = self.group() else {
-            return true;
+            return Some(true);
         };
         let need = g.written();
-        if g.wait_durable(need).is_err() {
-            self.held.clear();
-            return false;
+        loop {
+            match g.wait_durable_for(need, SHUTDOWN_POLL) {
+                Err(_) => {
+                    self.held.clear();
+                    return Some(false);
+                }
+                Ok(true) => break,
+                Ok(false) if self.standby_gone() => return None,
+                Ok(false) => {}
+            }
         }
         let _ = self.release(need);
-        true
+        Some(true)
     }
 
     /// The syncer reports records up to `pos` durable: send what waited for them, and let

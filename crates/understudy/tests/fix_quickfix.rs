@@ -970,14 +970,15 @@ fn replicated_async_machine_loss_with_the_standby_cut_off_loses_the_unacknowledg
     r.g.stop_all();
 }
 
-/// A planned stop of a sync pair, standby first, then the active at once (within
-/// `sync_timeout` of the standby's last acknowledgement, as a script stopping the whole group
-/// does). The active's Logouts would wait for the gone standby until `sync_timeout` (and its
-/// agent kills a service that has not stopped within `stop_timeout`); sent after that wait
-/// without it, they would put the counterparty one message ahead of the standby's copy. So the
-/// active closes its sessions without Logout, at once: QuickFIX receives no Logout, the stop
-/// takes well under `sync_timeout`, and the group started again (the last active first)
-/// carries on with sequence numbers continuing and every order answered exactly once.
+/// A planned stop of a sync pair, standby first, then the active at once with five orders in
+/// flight (held: the active's batches wait for the gone standby), as a script stopping the
+/// whole group does. The active's Logouts would wait for the gone standby until
+/// `sync_timeout` (and its agent kills a service that has not stopped within `stop_timeout`);
+/// sent after that wait without it, they would put the counterparty one message ahead of the
+/// standby's copy. So the active closes its sessions without Logout, at once: QuickFIX
+/// receives no Logout, the stop takes well under `sync_timeout`, and the group started again
+/// (the last active first) carries on with sequence numbers continuing and every order, those
+/// in flight included, answered exactly once.
 #[test]
 fn a_planned_stop_of_a_sync_pair_standby_first_closes_the_actives_sessions_at_once() {
     let Some(mut r) = replicated_rig(
@@ -995,11 +996,14 @@ fn a_planned_stop_of_a_sync_pair_standby_first_closes_the_actives_sessions_at_on
         .max()
         .unwrap_or(0);
     r.g.sigterm("b", Duration::from_secs(10));
-    // The active has seen its standby go (the stream's end), as it has by the time an
-    // operator's next command runs.
-    wait_health(r.repl.health[0], "the standby disconnected", |h| {
-        h["replication"]["peers"][0]["connected"] == false
-    });
+    // Orders in flight: with b gone, a holds them (its batches wait for b until
+    // `sync_timeout`) when it is told to stop, at once, as a script stopping the group does
+    // (a may not have noticed b's end yet: it does at the stream's next round trip).
+    qf.cmd("burst s 5 1");
+    qf.wait_for(Duration::from_secs(5), |l| {
+        l.kind == "SENT" && l.get("cl") == "s4"
+    })
+    .unwrap_or_else(|| panic!("orders s0..s4 not sent: {}", qf.transcript()));
     let stop_at = Instant::now();
     r.g.sigterm("a", Duration::from_secs(10));
     let took = stop_at.elapsed();
@@ -1020,6 +1024,11 @@ fn a_planned_stop_of_a_sync_pair_standby_first_closes_the_actives_sessions_at_on
         "the active sent a Logout no standby holds: {}",
         qf.transcript()
     );
+    let answered: Vec<String> = names("s", 5).into_iter().filter(|c| qf.filled(c)).collect();
+    assert!(
+        answered.is_empty(),
+        "{answered:?} answered before the stop: nothing was in flight"
+    );
 
     let restart_at = Instant::now();
     r.g.spawn("a").expect("restart a");
@@ -1038,7 +1047,10 @@ fn a_planned_stop_of_a_sync_pair_standby_first_closes_the_actives_sessions_at_on
         logon.text
     );
     qf.cmd("burst a 5 2");
+    // Every order answered exactly once, those a held at its stop included (recovered as
+    // after a crash: asked for again or resent with PossDupFlag=Y).
     let mut all = names("b", 10);
+    all.extend(names("s", 5));
     all.extend(names("a", 5));
     r.all_answered_then_stop(qf, all);
 }

@@ -173,10 +173,10 @@ impl Sender {
     }
 
     /// With `sync`: whether a batch would now wait for an acknowledgement that cannot come
-    /// soon, no standby being connected while one heard from within `sync_timeout` keeps the
-    /// batch held until that much after it. A standby stopped just before a planned stop of
-    /// the active is the usual case: its Logouts would wait that long, and its agent may kill
-    /// it first.
+    /// soon: a standby heard from within `sync_timeout` is not connected, and a batch waits
+    /// for each such standby until that much after it last heard from it (whatever the others
+    /// acknowledge). A standby stopped just before a planned stop of the active is the usual
+    /// case: the active's Logouts would wait that long, and its agent may kill it first.
     pub fn waits_for_a_disconnected_standby(&self) -> bool {
         if self.sh.cfg.mode != Mode::Sync {
             return false;
@@ -184,10 +184,10 @@ impl Sender {
         let now = Instant::now();
         let st = lock(&self.sh.st);
         st.fenced.is_none()
-            && !st.peers.iter().any(|p| p.connected)
             && st.peers.iter().any(|p| {
-                p.last_heard
-                    .is_some_and(|t| t + self.sh.cfg.sync_timeout > now)
+                !p.connected
+                    && p.last_heard
+                        .is_some_and(|t| t + self.sh.cfg.sync_timeout > now)
             })
     }
 

@@ -47,6 +47,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -208,6 +209,33 @@ impl GroupCommit {
                 return Ok(());
             }
             st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// [`GroupCommit::wait_durable`] for at most `timeout`: whether `pos` is durable.
+    pub fn wait_durable_for(&self, pos: u64, timeout: Duration) -> Result<bool, String> {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.state);
+        if st.wanted < pos {
+            st.wanted = pos;
+            self.work.notify_one();
+        }
+        loop {
+            if let Some(f) = &st.failed {
+                return Err(f.clone());
+            }
+            if st.durable >= pos {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            st = self
+                .done
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
