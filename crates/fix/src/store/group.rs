@@ -196,25 +196,15 @@ impl GroupCommit {
     /// rare paths that cannot wait asynchronously (a disconnect that must write its Logout,
     /// a shutdown, tests).
     pub fn wait_durable(&self, pos: u64) -> Result<(), String> {
-        let mut st = lock(&self.state);
-        if st.wanted < pos {
-            st.wanted = pos;
-            self.work.notify_one();
-        }
-        loop {
-            if let Some(f) = &st.failed {
-                return Err(f.clone());
-            }
-            if st.durable >= pos {
-                return Ok(());
-            }
-            st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
+        self.wait_until(pos, None).map(|_| ())
     }
 
     /// [`GroupCommit::wait_durable`] for at most `timeout`: whether `pos` is durable.
     pub fn wait_durable_for(&self, pos: u64, timeout: Duration) -> Result<bool, String> {
-        let deadline = Instant::now() + timeout;
+        self.wait_until(pos, Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(&self, pos: u64, deadline: Option<Instant>) -> Result<bool, String> {
         let mut st = lock(&self.state);
         if st.wanted < pos {
             st.wanted = pos;
@@ -227,15 +217,19 @@ impl GroupCommit {
             if st.durable >= pos {
                 return Ok(true);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            st = self
-                .done
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = match deadline {
+                None => self.done.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    self.done
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 
