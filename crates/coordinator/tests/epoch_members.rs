@@ -307,3 +307,35 @@ fn a_restarted_agent_continues_its_run_from_the_epoch_file() {
     assert_eq!(used.last_by_this_node, Some(11));
     assert_eq!(used.newest_by_another, Some(10));
 }
+
+/// Review 16, W5: the agent's run goes on when the file holds newer epochs of this node than
+/// it knows of (a write that reached the file but whose sync failed, so `next_epoch` reported
+/// an error and the agent's run did not move), one or two of them.
+#[test]
+fn the_run_an_agent_knows_goes_on_through_its_own_epochs_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("g.lock");
+    let (mut b, _rx) = coord(&lock, "b");
+    acquire(&mut b);
+    assert_eq!(b.next_epoch(0).unwrap(), 1);
+    b.release().unwrap();
+    drop(b);
+    let (mut a, _rx) = coord(&lock, "a");
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(0).unwrap(), 2);
+    assert_eq!(a.next_epoch(0).unwrap(), 3);
+    assert_eq!(a.used_epochs().newest_by_another, Some(1));
+    let file = EpochStore::for_lock(&lock);
+    // 4 reached the file, its sync "failed": the run from 1 goes on (the slots alone say 3 and
+    // 4 are a's, and 2 would stand for another's).
+    file.write(4, "a").unwrap();
+    assert_eq!(a.used_epochs().newest_by_another, Some(1));
+    assert_eq!(a.used_epochs().last_by_this_node, Some(4));
+    // And a second one.
+    file.write(5, "a").unwrap();
+    assert_eq!(a.used_epochs().newest_by_another, Some(1));
+    // The next epoch taken continues it.
+    assert_eq!(a.next_epoch(0).unwrap(), 6);
+    assert_eq!(a.used_epochs().newest_by_another, Some(1));
+    a.release().unwrap();
+}
