@@ -235,6 +235,27 @@ fn members_write_read_remove() {
     );
 }
 
+/// Node b takes epoch 1 and gives the lock back, then node a takes 2 and 3 and gives it back:
+/// a's agent, which knows its run.
+fn b_took_1_then_a_2_and_3(
+    lock: &std::path::Path,
+) -> (
+    understudy_coordinator::LockFileCoordinator,
+    tokio::sync::mpsc::UnboundedReceiver<understudy_coordinator::CoordEvent>,
+) {
+    let (mut b, _rx) = coord(lock, "b");
+    acquire(&mut b);
+    assert_eq!(b.next_epoch(0).unwrap(), 1);
+    b.release().unwrap();
+    drop(b);
+    let (mut a, rx) = coord(lock, "a");
+    acquire(&mut a);
+    assert_eq!(a.next_epoch(0).unwrap(), 2);
+    assert_eq!(a.next_epoch(0).unwrap(), 3);
+    a.release().unwrap();
+    (a, rx)
+}
+
 /// Review 14, U6 and review 15, V2: an agent restarted after taking the group's newest epoch
 /// (`own` lives in memory only) continues its run from the epoch file, whose two slots name the
 /// holders of its last two epochs, so its gateway, last active with one of them, is still judged
@@ -243,17 +264,7 @@ fn members_write_read_remove() {
 fn a_restarted_agent_continues_its_run_from_the_epoch_file() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("g.lock");
-    let (mut b, _rx) = coord(&lock, "b");
-    acquire(&mut b);
-    assert_eq!(b.next_epoch(0).unwrap(), 1);
-    b.release().unwrap();
-    drop(b);
-    let (mut a, _rx) = coord(&lock, "a");
-    acquire(&mut a);
-    assert_eq!(a.next_epoch(0).unwrap(), 2);
-    assert_eq!(a.next_epoch(0).unwrap(), 3);
-    a.release().unwrap();
-    drop(a);
+    drop(b_took_1_then_a_2_and_3(&lock));
 
     // A new agent of node a: epochs 3 and 2 are its own, by the file's two slots; 1 stands for
     // another's (it is b's).
@@ -315,16 +326,9 @@ fn a_restarted_agent_continues_its_run_from_the_epoch_file() {
 fn the_run_an_agent_knows_goes_on_through_its_own_epochs_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("g.lock");
-    let (mut b, _rx) = coord(&lock, "b");
-    acquire(&mut b);
-    assert_eq!(b.next_epoch(0).unwrap(), 1);
-    b.release().unwrap();
-    drop(b);
-    let (mut a, _rx) = coord(&lock, "a");
-    acquire(&mut a);
-    assert_eq!(a.next_epoch(0).unwrap(), 2);
-    assert_eq!(a.next_epoch(0).unwrap(), 3);
+    let (mut a, _rx) = b_took_1_then_a_2_and_3(&lock);
     assert_eq!(a.used_epochs().newest_by_another, Some(1));
+    acquire(&mut a);
     let file = EpochStore::for_lock(&lock);
     // 4 reached the file, its sync "failed": the run from 1 goes on (the slots alone say 3 and
     // 4 are a's, and 2 would stand for another's).
