@@ -409,21 +409,18 @@ impl LockFileCoordinator {
         if e == 0 || e != highest || holder != &self.node || self.own.is_some_and(|(h, _)| h >= e) {
             return self.own;
         }
-        // The run this agent knows, when the file's epochs since its newest are all this
-        // node's: a write of the next that reached the file but whose sync failed (reported,
-        // so `own` did not move) continues it (review 16, W5).
-        let known = |upto: u64| match self.own {
-            Some((h, b)) if h.checked_add(1) == Some(upto) => Some(b),
-            _ => None,
+        // The file's own epochs in a row up to `e`: from the other slot's when it is this
+        // node's and the one before.
+        let first = match self.epochs.previous() {
+            Some((p, prev)) if p.checked_add(1) == Some(e) && prev == self.node => p,
+            _ => e,
         };
-        let before = match self.epochs.previous() {
-            Some((p, prev)) if p.checked_add(1) == Some(e) && prev == self.node => self
-                .own
-                .filter(|&(h, _)| h == p)
-                .map(|(_, b)| b)
-                .or(known(p))
-                .unwrap_or(e.saturating_sub(2)),
-            _ => known(e).unwrap_or(e - 1),
+        // The run this agent knows goes on through them when they follow its newest: a
+        // write of the next that reached the file but whose sync failed (reported, so `own`
+        // did not move) continues it (review 16, W5).
+        let before = match self.own {
+            Some((h, b)) if h.checked_add(1).is_some_and(|n| n >= first) => b,
+            _ => first.saturating_sub(1),
         };
         Some((e, before))
     }

@@ -752,30 +752,29 @@ impl<S: SessionStore> Engine<S> {
     }
 
     async fn shutdown<A: Application>(&mut self, app: &mut A) {
-        if self.standby_gone() {
-            self.close_without_logout().await;
-            return;
+        let logged_out = !self.standby_gone() && {
+            let now = SystemTime::now();
+            for i in 0..self.slots.len() {
+                self.slots[i]
+                    .slot
+                    .session
+                    .logout(Some("gateway shutting down"), now);
+                // Errors here mean the store is gone; there is nothing left to protect.
+                let _ = self.flush(app, i);
+            }
+            self.release_all_unless_standby_gone().is_some()
+        };
+        if !logged_out {
+            self.close_without_logout();
         }
-        let now = SystemTime::now();
-        for i in 0..self.slots.len() {
-            self.slots[i]
-                .slot
-                .session
-                .logout(Some("gateway shutting down"), now);
-            // Errors here mean the store is gone; there is nothing left to protect.
-            let _ = self.flush(app, i);
-        }
-        if self.release_all_unless_standby_gone().is_none() {
-            self.close_without_logout().await;
-            return;
-        }
-        // Everything written is durable now (unless syncing failed): the stores write all
-        // they staged, not only up to the last position the loop was told of.
+        // Everything written is durable now (unless syncing failed, or a standby is gone):
+        // the stores write all they staged up to it, not only up to the last position the
+        // loop was told of.
         let durable = self.group().map(|g| g.durable());
         if let Some(pos) = durable.max(self.staged_durable.take()) {
             let _ = self.stores_durable(pos);
         }
-        // Give the writer tasks a moment to put the Logouts on the wire.
+        // Give the writer tasks a moment to put the last bytes (the Logouts) on the wire.
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.conns.clear();
         self.closing.clear();
@@ -793,24 +792,19 @@ impl<S: SessionStore> Engine<S> {
     }
 
     /// A stop with the standby gone ([`Engine::standby_gone`]): nothing more leaves than what
-    /// is durable already (sent, and the receipts staged behind it written), and the
-    /// connections close without Logout, as at a crash; what was held was never sent, so every
-    /// copy agrees with the counterparties on sequence numbers, and the restart recovers what
-    /// was in flight as after a crash (resent with PossDupFlag, or asked for again).
-    async fn close_without_logout(&mut self) {
+    /// is durable already, and the connections close without Logout, as at a crash; what was
+    /// held was never sent, so every copy agrees with the counterparties on sequence numbers,
+    /// and the restart recovers what was in flight as after a crash (resent with
+    /// PossDupFlag, or asked for again).
+    fn close_without_logout(&mut self) {
         tracing::warn!(
             "shutting down with a standby gone (replication.mode = \"sync\"): sessions closed \
              without Logout, so that nothing leaves that no standby holds"
         );
         if let Some(pos) = self.group().map(|g| g.durable()) {
             let _ = self.release(pos);
-            let staged = self.staged_durable.take().unwrap_or(0);
-            let _ = self.stores_durable(pos.max(staged));
         }
         self.held.clear();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.conns.clear();
-        self.closing.clear();
     }
 
     fn on_command<A: Application>(&mut self, app: &mut A, cmd: Command) -> Result<(), EngineError> {

@@ -921,7 +921,7 @@ fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_once_it
 }
 
 /// Review 13, T3 and T4, on the lock file: a sync pair stopped whole (standby first, so the
-/// active went on alone at the end) and started again, standby first. The standby's agent used
+/// active may have gone on alone at the end) and started again, standby first. The standby's agent used
 /// to take the free lock before its gateway's first health answer and go active without what
 /// the other sent alone; now it waits for that answer, which says no active streamed to it. The
 /// last active's gateway (its store active with the epoch its node took last, the lock file's

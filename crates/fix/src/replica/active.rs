@@ -184,11 +184,10 @@ impl Sender {
         let now = Instant::now();
         let st = lock(&self.sh.st);
         st.fenced.is_none()
-            && st.peers.iter().any(|p| {
-                !p.connected
-                    && p.last_heard
-                        .is_some_and(|t| t + self.sh.cfg.sync_timeout > now)
-            })
+            && st
+                .peers
+                .iter()
+                .any(|p| !p.connected && self.sh.held_for(p).is_some_and(|until| until > now))
     }
 
     /// Sets how many entries of the record of written files are kept before those every
@@ -207,6 +206,12 @@ impl Sender {
 }
 
 impl Shared {
+    /// Until when a batch that `p` has not acknowledged waits for it: `sync_timeout` after
+    /// it was last heard from.
+    fn held_for(&self, p: &Peer) -> Option<Instant> {
+        p.last_heard.map(|t| t + self.cfg.sync_timeout)
+    }
+
     fn fence(&self, newest: u64) {
         note_newer_epoch(newest);
         let mut st = lock(&self.st);
@@ -277,7 +282,7 @@ impl BatchHook for Shared {
                     acked = true;
                     continue;
                 }
-                match p.last_heard.map(|t| t + self.cfg.sync_timeout) {
+                match self.held_for(p) {
                     Some(until) if until > now => {
                         hold = Some(hold.map_or(until, |h| h.min(until)));
                     }
