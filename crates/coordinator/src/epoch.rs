@@ -41,6 +41,19 @@ pub enum EpochRead {
     },
 }
 
+/// Both slots of the epoch file, as one read found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochSlots {
+    /// The record: the higher valid slot, or the single record of the format before.
+    pub newest: EpochRead,
+    /// The other slot's record when it holds an older valid epoch than `newest`, and its
+    /// holder: the newest epoch of the other parity, which is the one before `newest` unless
+    /// epochs were skipped (callers check). None when the file is missing, one record, has a
+    /// spoiled slot, or both slots say the same (a rewrite of a file without an older record
+    /// writes both).
+    pub older: Option<(u64, String)>,
+}
+
 /// The durable epoch file of a group: `<lock>.epoch`.
 #[derive(Debug, Clone)]
 pub struct EpochStore {
@@ -65,7 +78,22 @@ impl EpochStore {
     /// Read the record. A missing file is [`EpochRead::Missing`]; any other I/O error is an error,
     /// because guessing could hand out an epoch that was already used.
     pub fn read(&self) -> Result<EpochRead, CoordError> {
-        Ok(self.bytes()?.map_or(EpochRead::Missing, |b| parse_file(&b)))
+        Ok(self.read_slots()?.newest)
+    }
+
+    /// Read the record and the other slot's older one, from one read of the file (a caller
+    /// that needs both must not see two states of a file a holder writes in between).
+    pub fn read_slots(&self) -> Result<EpochSlots, CoordError> {
+        Ok(match self.bytes()? {
+            None => EpochSlots {
+                newest: EpochRead::Missing,
+                older: None,
+            },
+            Some(b) => EpochSlots {
+                newest: parse_file(&b),
+                older: older_slot(&b),
+            },
+        })
     }
 
     /// The file's bytes, at most one more than a record may have; None when it is missing.
@@ -80,28 +108,6 @@ impl EpochStore {
             .read_to_end(&mut buf)
             .map_err(|e| io_error(&self.path, e))?;
         Ok(Some(buf))
-    }
-
-    /// The other slot's record when it holds an older valid epoch than the file's newest: the
-    /// newest epoch of the other parity (the one before, unless epochs were skipped: callers
-    /// check) and its holder. None when the file is missing, unreadable, one record, or both
-    /// slots say the same (a rewrite of a file without an older record writes both).
-    pub fn previous(&self) -> Option<(u64, String)> {
-        let buf = self.bytes().ok()??;
-        if buf.len() != 2 * SLOT {
-            return None;
-        }
-        let mut values: Vec<(u64, String)> = slots(&buf)
-            .filter_map(|r| match r {
-                EpochRead::Value { epoch, holder } => Some((epoch, holder)),
-                _ => None,
-            })
-            .collect();
-        values.sort();
-        match values.as_slice() {
-            [older, newer] if older.0 < newer.0 => Some(older.clone()),
-            _ => None,
-        }
     }
 
     /// Durably record `epoch` taken by `holder`: in place into slot `epoch % 2` with one
@@ -143,7 +149,7 @@ impl EpochStore {
         }
         // The record the file holds (a single record of the older format), when older than
         // the new one, keeps the other slot: a restarted agent reads the epoch before from it
-        // (`previous`), and a file knowing one epoch cut its run short (review 16, W1).
+        // (`EpochSlots::older`), and a file knowing one epoch cut its run short (review 16, W1).
         let mut other = slot.clone();
         if let Ok(Some(bytes)) = self.bytes() {
             if let EpochRead::Value {
@@ -226,6 +232,25 @@ pub(crate) fn parse_file(bytes: &[u8]) -> EpochRead {
     }
     best.unwrap_or_else(|| EpochRead::Corrupt(format!("no valid slot ({})", why.join("; "))))
 }
+
+/// See [`EpochSlots::older`].
+fn older_slot(bytes: &[u8]) -> Option<(u64, String)> {
+    if bytes.len() != 2 * SLOT {
+        return None;
+    }
+    let mut values: Vec<(u64, String)> = slots(bytes)
+        .filter_map(|r| match r {
+            EpochRead::Value { epoch, holder } => Some((epoch, holder)),
+            _ => None,
+        })
+        .collect();
+    values.sort();
+    match values.as_slice() {
+        [older, newer] if older.0 < newer.0 => Some(older.clone()),
+        _ => None,
+    }
+}
+
 /// The records of a two-slot file's slots, each without its NUL padding.
 fn slots(bytes: &[u8]) -> impl Iterator<Item = EpochRead> + '_ {
     bytes.chunks(SLOT).map(|c| {
@@ -309,26 +334,30 @@ fn parse_record_inner(bytes: &[u8]) -> Result<(u64, String), String> {
 mod tests {
     use super::*;
 
+    fn older(store: &EpochStore) -> Option<(u64, String)> {
+        store.read_slots().unwrap().older
+    }
+
     #[test]
     fn the_other_slot_names_the_epoch_before_and_its_holder() {
         let dir = tempfile::tempdir().unwrap();
         let store = EpochStore::for_lock(&dir.path().join("g.lock"));
-        assert_eq!(store.previous(), None, "no file");
+        assert_eq!(older(&store), None, "no file");
         store.write(7, "a").unwrap();
         assert_eq!(
-            store.previous(),
+            older(&store),
             None,
             "a new file has the record in both slots"
         );
         store.write(8, "b").unwrap();
-        assert_eq!(store.previous(), Some((7, "a".to_string())));
+        assert_eq!(older(&store), Some((7, "a".to_string())));
         store.write(9, "b").unwrap();
-        assert_eq!(store.previous(), Some((8, "b".to_string())));
+        assert_eq!(older(&store), Some((8, "b".to_string())));
         // A torn slot says nothing.
         let mut bytes = std::fs::read(store.path()).unwrap();
         bytes[0] ^= 0xff;
         std::fs::write(store.path(), &bytes).unwrap();
-        assert_eq!(store.previous(), None);
+        assert_eq!(older(&store), None);
     }
 
     /// Review 16, W1: a file rewritten whole (here one record, the format before the two
@@ -350,23 +379,23 @@ mod tests {
                 holder: "a".into()
             }
         );
-        assert_eq!(store.previous(), Some((3, "a".to_string())));
+        assert_eq!(older(&store), Some((3, "a".to_string())));
         // Same parity: the old one goes to the other slot all the same, and the next epoch
         // in place overwrites it.
         std::fs::write(store.path(), encode_record(5, "b")).unwrap();
         store.write(7, "a").unwrap();
-        assert_eq!(store.previous(), Some((5, "b".to_string())));
+        assert_eq!(older(&store), Some((5, "b".to_string())));
         store.write(8, "c").unwrap();
-        assert_eq!(store.previous(), Some((7, "a".to_string())));
+        assert_eq!(older(&store), Some((7, "a".to_string())));
         // Garbage says nothing to keep.
         std::fs::write(store.path(), b"garbage").unwrap();
         store.write(9, "a").unwrap();
-        assert_eq!(store.previous(), None);
+        assert_eq!(older(&store), None);
         // Never a newer record kept below the new one (an epoch going backwards is refused
         // before this, by the lock file's other sources; the file keeps only what is older).
         std::fs::write(store.path(), encode_record(20, "b")).unwrap();
         store.write(10, "a").unwrap();
-        assert_eq!(store.previous(), None);
+        assert_eq!(older(&store), None);
     }
 
     use proptest::prelude::*;
@@ -389,15 +418,19 @@ mod tests {
             std::fs::metadata(store.path()).unwrap().len(),
             2 * SLOT as u64
         );
-        // Tear the write of epoch 8 (slot 0): epoch 7 in slot 1 survives.
+        // Tear the write of epoch 8 (slot 0): epoch 7 in slot 1 survives, with nothing
+        // older beside it (the torn slot is not taken for one).
         let f = OpenOptions::new().write(true).open(store.path()).unwrap();
         f.write_all_at(b"understudy-epoch v1 epo", 0).unwrap();
         f.write_all_at(&[0u8; 64], 23).unwrap();
         assert_eq!(
-            store.read().unwrap(),
-            EpochRead::Value {
-                epoch: 7,
-                holder: "a".into()
+            store.read_slots().unwrap(),
+            EpochSlots {
+                newest: EpochRead::Value {
+                    epoch: 7,
+                    holder: "a".into()
+                },
+                older: None
             }
         );
         // Both slots spoiled: corrupt, never a guess.

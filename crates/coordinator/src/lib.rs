@@ -21,7 +21,7 @@ pub mod members;
 
 use std::time::Duration;
 
-pub use epoch::{EpochRead, EpochStore};
+pub use epoch::{EpochRead, EpochSlots, EpochStore};
 pub use etcd::{EtcdCoordinator, EtcdMembers, EtcdSettings, EtcdTls, Fence, FenceSink};
 pub use lease::Timing;
 pub use lockfile::{read_heartbeat, Heartbeat, HeartbeatReading, LockFileCoordinator};

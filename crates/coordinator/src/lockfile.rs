@@ -14,7 +14,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::epoch::{EpochRead, EpochStore};
+use crate::epoch::{EpochRead, EpochSlots, EpochStore};
 use crate::members::Members;
 use crate::{is_valid_node_name, CoordError, CoordEvent, Coordinator, TryAcquire, UsedEpochs};
 
@@ -375,14 +375,18 @@ impl LockFileCoordinator {
         }
     }
 
-    /// The epoch file, and the highest epoch recorded for the group (the file's, the
-    /// heartbeat's and the member records'). An unreadable file reads as missing (logged).
-    fn read_epochs(&self) -> (EpochRead, u64) {
-        let file = self.epochs.read().unwrap_or_else(|e| {
+    /// The epoch file (both slots, one read), and the highest epoch recorded for the group (the
+    /// file's, the heartbeat's and the member records'). An unreadable file reads as missing
+    /// (logged).
+    fn read_epochs(&self) -> (EpochSlots, u64) {
+        let file = self.epochs.read_slots().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the epoch file");
-            EpochRead::Missing
+            EpochSlots {
+                newest: EpochRead::Missing,
+                older: None,
+            }
         });
-        let file_epoch = match &file {
+        let file_epoch = match &file.newest {
             EpochRead::Value { epoch, .. } => *epoch,
             EpochRead::Missing | EpochRead::Corrupt(_) => 0,
         };
@@ -400,9 +404,10 @@ impl LockFileCoordinator {
     /// file's newest, `highest` in the group, names this node, it was taken before this agent
     /// started (`own` lives in memory only) and the run goes on from it. The file's other slot
     /// names the holder of the epoch before; what came before the known part of the run stands
-    /// for another node's, the highest it could be.
-    fn own_run(&self, file: &EpochRead, highest: u64) -> Option<(u64, u64)> {
-        let EpochRead::Value { epoch: e, holder } = file else {
+    /// for another node's, the highest it could be. Both slots come from one read of the file
+    /// (review 16, W4).
+    fn own_run(&self, file: &EpochSlots, highest: u64) -> Option<(u64, u64)> {
+        let EpochRead::Value { epoch: e, holder } = &file.newest else {
             return self.own;
         };
         let e = *e;
@@ -411,8 +416,8 @@ impl LockFileCoordinator {
         }
         // The file's own epochs in a row up to `e`: from the other slot's when it is this
         // node's and the one before.
-        let first = match self.epochs.previous() {
-            Some((p, prev)) if p.checked_add(1) == Some(e) && prev == self.node => p,
+        let first = match &file.older {
+            Some((p, prev)) if p.checked_add(1) == Some(e) && prev == &self.node => *p,
             _ => e,
         };
         // The run this agent knows goes on through them when they follow its newest: a
@@ -518,8 +523,8 @@ impl Coordinator for LockFileCoordinator {
                 _ => 0,
             }
         };
-        let file = self.epochs.read()?;
-        let file_epoch = match &file {
+        let file = self.epochs.read_slots()?;
+        let file_epoch = match &file.newest {
             EpochRead::Missing => 0,
             EpochRead::Corrupt(reason) => {
                 // The other sources keep the epoch from going backwards; the file is rewritten.
@@ -556,7 +561,7 @@ impl Coordinator for LockFileCoordinator {
         let (file, current) = self.read_epochs();
         UsedEpochs {
             newest_by_another: crate::newest_of_another(current, self.own_run(&file, current)),
-            last_by_this_node: match file {
+            last_by_this_node: match file.newest {
                 EpochRead::Value { epoch, holder } if holder == self.node => {
                     (epoch > 0 && epoch >= current).then_some(epoch)
                 }
