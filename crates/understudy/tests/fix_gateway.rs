@@ -42,6 +42,19 @@ fn sync_pair(dir: &Path) -> (Pair, fix_common::Group) {
     (p, g)
 }
 
+/// [`sync_pair`] whose agents wait `backoff` before rejoining after a failed service.
+fn sync_pair_backing_off(dir: &Path, backoff: Duration) -> (Pair, fix_common::Group) {
+    let repl = Replicated::new(dir, "sync").expect("replication settings");
+    let p = pair(dir, |i| repl.extra(dir, i));
+    let mut g =
+        testbed::fix::group::gateway_group(EXE.as_ref()).unwrap_or_else(|e| panic!("{e:#}"));
+    g.config.service.restart_backoff = Some(backoff);
+    g.config.service.restart_backoff_max = Some(backoff);
+    testbed::fix::group::add_gateways_with(&mut g, &p.cfgs, Some(&repl))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (p, g)
+}
+
 /// A gateway config for clients CLIENT1 and CLIENT2 and one upstream.
 fn config(dir: &Path, name: &str, listen: SocketAddr, store: &Path, sim: SocketAddr) -> PathBuf {
     gateway_config(dir, name, listen, store, sim, CLIENT2_AND_Z_ROUTE)
@@ -915,6 +928,46 @@ fn the_last_active_whose_gateway_could_not_activate_takes_the_group_back_once_it
     let watcher = g.watch();
     start_active_then_standby(&mut g, ports[0]);
     testbed::fix::group::last_active_fails_to_activate_then_has_room(&mut g, &fs)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    watcher.finish();
+    g.stop_all();
+}
+
+/// Review 16, W7.1: as above, but a's agent is restarted after its gateway failed to activate
+/// once, and the disk freed while it was down: the restarted agent knows its run of epochs only
+/// from the epoch file, and still finds the epoch it was last active with its own (the file's
+/// other slot). It takes the group back by itself.
+#[test]
+fn the_last_active_restarted_after_one_failed_activation_takes_the_group_back() {
+    restarted_after_failing_to_activate(
+        "the_last_active_restarted_after_one_failed_activation_takes_the_group_back",
+        1,
+    );
+}
+
+/// Review 16, W7.1, the other side: after two failed activations the epoch file's two slots
+/// show only a's failed epochs, so the restarted agent cannot tell that the one before them was
+/// its own. Neither node is ready (the safe side: one of them may lack what an unknown holder
+/// sent) until an operator's `understudy activate`, after which b is a's standby again.
+#[test]
+fn the_last_active_restarted_after_two_failed_activations_waits_for_an_operator() {
+    restarted_after_failing_to_activate(
+        "the_last_active_restarted_after_two_failed_activations_waits_for_an_operator",
+        2,
+    );
+}
+
+fn restarted_after_failing_to_activate(name: &str, failures: u64) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fs = match testbed::Tmpfs::mount(&dir.path().join("store-a"), "32m") {
+        Ok(fs) => fs,
+        Err(why) => return skip::skip(name, &why),
+    };
+    let (Pair { _sim, ports, .. }, mut g) =
+        sync_pair_backing_off(dir.path(), Duration::from_secs(5));
+    let watcher = g.watch();
+    start_active_then_standby(&mut g, ports[0]);
+    testbed::fix::group::restarted_after_failing_to_activate(&mut g, &fs, failures)
         .unwrap_or_else(|e| panic!("{e:#}"));
     watcher.finish();
     g.stop_all();

@@ -484,6 +484,97 @@ pub fn last_active_fails_to_activate_then_has_room(
         .with_context(|| format!("b never in sync with a: {:?}", g.status(b)))
 }
 
+/// Review 16, W7.1, on a sync pair started by [`start_active_then_standby`] whose node a keeps
+/// its store on `fs` and whose agents back off for seconds after a failed service (so that
+/// nothing but this function decides when a's agent stops): the pair is stopped whole, a's disk
+/// filled and a started again; its gateway fails to activate `failures` times, each with an
+/// epoch of its own; then a's agent is stopped, the disk freed and both agents started again.
+/// The restarted agent knows its run of epochs only from the epoch file, whose two slots show
+/// the last two. After one failure they show the epoch a was last active with: a takes the
+/// group back by itself. After two or more they do not, so a cannot tell that the epoch before
+/// was its own: it stays a standby, and so does b (judged against a's newer epochs), until an
+/// operator's `understudy activate` (PUT hot), which makes a active and b its standby again.
+pub fn restarted_after_failing_to_activate(
+    g: &mut Group,
+    fs: &crate::Tmpfs,
+    failures: u64,
+) -> anyhow::Result<()> {
+    let [a, b] = NODES;
+    anyhow::ensure!(failures >= 1, "at least one failed activation");
+    let a_epoch = g.epoch(a);
+    g.sigterm(b, Duration::from_secs(10));
+    g.sigterm(a, Duration::from_secs(10));
+    anyhow::ensure!(fs.fill() > 0, "the file system was not filled");
+    g.spawn(a)?;
+    for k in 0..failures {
+        anyhow::ensure!(
+            g.wait_service_exited_after(a, a_epoch + k, Duration::from_secs(30)),
+            "a's gateway did not fail to activate a {}th time on a full disk\na status {:?}\na events {}",
+            k + 1,
+            g.status(a),
+            g.events(a)
+        );
+    }
+    // Exactly the epochs meant, one per failure: the backoff keeps a's agent from trying again
+    // before it is stopped.
+    let failed: Vec<u64> = g.events(a)["events"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| e["kind"] == "service_exited")
+                .filter_map(|e| e["epoch"].as_u64())
+                .filter(|&n| n > a_epoch)
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(
+        failed == (a_epoch + 1..=a_epoch + failures).collect::<Vec<_>>(),
+        "a's gateway failed with epochs {failed:?}, not the {failures} after {a_epoch}"
+    );
+    g.sigterm(a, Duration::from_secs(10));
+    fs.free();
+    g.spawn(b)?;
+    g.spawn(a)?;
+    if failures == 1 {
+        g.wait_hot(a).with_context(|| {
+            format!(
+                "a, the last active, restarted after one failed activation, did not take the group back\na status {:?}\na events {}\nb status {:?}",
+                g.status(a),
+                g.events(a),
+                g.status(b)
+            )
+        })?;
+    } else {
+        for n in [a, b] {
+            g.wait_status(
+                n,
+                "a standby whose gateway answered",
+                Duration::from_secs(20),
+                |s| {
+                    crate::http::is_mode(s, "Warm")
+                        && s["service"]["detail"]["replication"]["last_active_epoch"].is_u64()
+                },
+            );
+        }
+        for n in [a, b] {
+            g.stays(n, "Warm", Duration::from_secs(3));
+            anyhow::ensure!(
+                g.st(n)["ready"] != true,
+                "{n} ready after a's {failures} failed activations and a restart: {:?}",
+                g.status(n)
+            );
+        }
+        g.put_hot_ok(a);
+        g.wait_hot(a)?;
+    }
+    anyhow::ensure!(
+        g.epoch(a) > a_epoch + failures,
+        "a is Hot with an old epoch"
+    );
+    g.wait_ready_standby(b)
+        .with_context(|| format!("b never in sync with a: {:?}", g.status(b)))
+}
+
 /// A gateway group on this host with everything it needs: `fix-exchange-sim`, two agents `a`
 /// and `b` whose warm-standby service is `fix-gateway`, one shared store, all in the group's
 /// directory. The demo and the benchmarks run it.
