@@ -492,8 +492,9 @@ pub fn last_active_fails_to_activate_then_has_room(
 /// The restarted agent knows its run of epochs only from the epoch file, whose two slots show
 /// the last two. After one failure they show the epoch a was last active with: a takes the
 /// group back by itself. After two or more they do not, so a cannot tell that the epoch before
-/// was its own: it stays a standby, and so does b (judged against a's newer epochs), until an
-/// operator's `understudy activate` (PUT hot), which makes a active and b its standby again.
+/// was its own: it stays a standby (its store still says last active with the old epoch, and
+/// nothing newer seen), and so does b, out of sync with a's store, until an operator's
+/// `understudy activate` (PUT hot), which makes a active and b its standby again.
 pub fn restarted_after_failing_to_activate(
     g: &mut Group,
     fs: &crate::Tmpfs,
@@ -532,6 +533,16 @@ pub fn restarted_after_failing_to_activate(
         "a's gateway failed with epochs {failed:?}, not the {failures} after {a_epoch}"
     );
     g.sigterm(a, Duration::from_secs(10));
+    // And none after them: the file the restarted agent reads ends with a's failed epochs.
+    let file = understudy_coordinator::EpochStore::for_lock(&g.lock).read_slots()?;
+    anyhow::ensure!(
+        file.newest
+            == understudy_coordinator::EpochRead::Value {
+                epoch: a_epoch + failures,
+                holder: a.to_string()
+            },
+        "the epoch file does not end with a's failed epochs: {file:?}"
+    );
     fs.free();
     g.spawn(b)?;
     g.spawn(a)?;
@@ -556,6 +567,8 @@ pub fn restarted_after_failing_to_activate(
                 },
             );
         }
+        // What keeps a a standby is the rule meant: its store is the last active's.
+        g.wait_last_active(a, a_epoch);
         for n in [a, b] {
             g.stays(n, "Warm", Duration::from_secs(3));
             anyhow::ensure!(
