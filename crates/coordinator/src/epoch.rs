@@ -41,7 +41,7 @@ pub enum EpochRead {
     },
 }
 
-/// Both slots of the epoch file, as one read found them.
+/// Both slots of the epoch file, parsed from the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochSlots {
     /// The record: the higher valid slot, or the single record of the format before.
@@ -81,8 +81,9 @@ impl EpochStore {
         Ok(self.read_slots()?.newest)
     }
 
-    /// Read the record and the other slot's older one, from one read of the file (a caller
-    /// that needs both must not see two states of a file a holder writes in between).
+    /// Read the record and the other slot's older one, both parsed from the same bytes (a
+    /// caller that needs both must not combine two states of a file a holder writes in
+    /// between; a slot caught half written fails its checksum and counts as absent).
     pub fn read_slots(&self) -> Result<EpochSlots, CoordError> {
         Ok(match self.bytes()? {
             None => EpochSlots {
