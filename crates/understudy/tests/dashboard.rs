@@ -80,16 +80,40 @@ async fn click(c: &Client, css: &str) {
     }
 }
 
-/// Click a button that asks for confirmation, and confirm.
+/// Click a button that asks for confirmation, and confirm. A click that found the button moved
+/// by a live update (WebDriver aims at where it was) is made again, as a user would.
 async fn click_confirm(c: &Client, css: &str) {
-    click(c, css).await;
     let t0 = Instant::now();
     loop {
-        match c.accept_alert().await {
-            Ok(()) => return,
-            Err(e) if t0.elapsed() > Duration::from_secs(3) => {
-                panic!("no confirmation dialog after clicking {css}: {e}")
+        click(c, css).await;
+        let clicked = Instant::now();
+        loop {
+            match c.accept_alert().await {
+                Ok(()) => return,
+                Err(e) if t0.elapsed() > Duration::from_secs(5) => {
+                    panic!("no confirmation dialog after clicking {css}: {e}")
+                }
+                Err(_) if clicked.elapsed() > Duration::from_secs(1) => {
+                    eprintln!("no dialog yet after clicking {css}: clicking again");
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
+        }
+    }
+}
+
+/// Attribute `name` of the element matching `css`, found again when a live update replaced it.
+async fn attr(c: &Client, css: &str, name: &str) -> Result<Option<String>, String> {
+    let t0 = Instant::now();
+    loop {
+        let r = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.attr(name).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(v) => return Ok(v),
+            Err(e) if t0.elapsed() > Duration::from_secs(5) => return Err(e.to_string()),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
@@ -116,6 +140,30 @@ fn agent_pid(data: &Path, node: &str) -> Option<u32> {
         })
 }
 
+/// On drop, SIGKILLs every process whose command line names `0` (the test's directory): the
+/// agents the control plane started and the services they run outlive `serve` by design, and a
+/// failed run left them running.
+struct KillLeftovers(PathBuf);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        let needle = self.0.display().to_string();
+        let me = std::process::id();
+        for pid in std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter(|&pid| pid != me)
+        {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&c).contains(&needle) {
+                common::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 #[test]
 fn the_dashboard_story_in_a_real_browser() {
     let (Some(chromium), Some(driver)) = (which("chromium"), which("chromedriver")) else {
@@ -127,6 +175,7 @@ fn the_dashboard_story_in_a_real_browser() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let log = dir.path().join("service.log");
+    let _leftovers = KillLeftovers(dir.path().to_path_buf());
     let addr = free_addr();
     let _serve = Proc::spawn(
         Command::new(BIN)
@@ -353,13 +402,8 @@ async fn story(
     // Back to the servers; switch over by hand (with confirmation).
     click(c, "#home-link").await;
     assert!(wait_css(c, "[data-server=px] .node.active", Duration::from_secs(5)).await);
-    let active = c
-        .find(Locator::Css("[data-server=px] .node.active"))
-        .await
-        .map_err(|e| e.to_string())?
-        .attr("data-node")
-        .await
-        .map_err(|e| e.to_string())?
+    let active = attr(c, "[data-server=px] .node.active", "data-node")
+        .await?
         .unwrap_or_default();
     assert_ne!(active, "px-1", "the killed node is still shown active");
     assert!(
