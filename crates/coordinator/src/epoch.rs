@@ -54,6 +54,14 @@ pub struct EpochSlots {
     pub older: Option<(u64, String)>,
 }
 
+impl EpochSlots {
+    /// No epoch file.
+    pub const MISSING: EpochSlots = EpochSlots {
+        newest: EpochRead::Missing,
+        older: None,
+    };
+}
+
 /// The durable epoch file of a group: `<lock>.epoch`.
 #[derive(Debug, Clone)]
 pub struct EpochStore {
@@ -86,10 +94,7 @@ impl EpochStore {
     /// between; a slot caught half written fails its checksum and counts as absent).
     pub fn read_slots(&self) -> Result<EpochSlots, CoordError> {
         Ok(match self.bytes()? {
-            None => EpochSlots {
-                newest: EpochRead::Missing,
-                older: None,
-            },
+            None => EpochSlots::MISSING,
             Some(b) => EpochSlots {
                 newest: parse_file(&b),
                 older: older_slot(&b),

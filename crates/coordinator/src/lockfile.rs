@@ -375,16 +375,13 @@ impl LockFileCoordinator {
         }
     }
 
-    /// The epoch file (both slots, from the same bytes), and the highest epoch recorded for the group (the
-    /// file's, the heartbeat's and the member records'). An unreadable file reads as missing
-    /// (logged).
+    /// The epoch file (both slots, from the same bytes), and the highest epoch recorded for the
+    /// group (the file's, the heartbeat's and the member records'). An unreadable file reads as
+    /// missing (logged).
     fn read_epochs(&self) -> (EpochSlots, u64) {
         let file = self.epochs.read_slots().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the epoch file");
-            EpochSlots {
-                newest: EpochRead::Missing,
-                older: None,
-            }
+            EpochSlots::MISSING
         });
         let file_epoch = match &file.newest {
             EpochRead::Value { epoch, .. } => *epoch,
@@ -404,8 +401,8 @@ impl LockFileCoordinator {
     /// file's newest, `highest` in the group, names this node, it was taken before this agent
     /// started (`own` lives in memory only) and the run goes on from it. The file's other slot
     /// names the holder of the epoch before; what came before the known part of the run stands
-    /// for another node's, the highest it could be. Both slots come from the same bytes of the file
-    /// (review 16, W4).
+    /// for another node's, the highest it could be. Both slots come from the same bytes of the
+    /// file (review 16, W4).
     fn own_run(&self, file: &EpochSlots, highest: u64) -> Option<(u64, u64)> {
         let EpochRead::Value { epoch: e, holder } = &file.newest else {
             return self.own;

@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{alive, check_overlaps, free_addr, wait_until, Proc, Watcher, BIN};
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
@@ -63,20 +65,31 @@ async fn wait_css(c: &Client, css: &str, timeout: Duration) -> bool {
     false
 }
 
-/// Click the element matching `css`. The page re-renders itself on every live update, so an
-/// element found a moment ago may have been replaced: find it again and retry.
-async fn click(c: &Client, css: &str) {
+/// `act` on the element matching `css`. The page re-renders itself on every live update, so an
+/// element found a moment ago may have been replaced: find it again and retry, for up to 5 s.
+async fn on_element<T>(
+    c: &Client,
+    css: &str,
+    act: impl AsyncFn(Element) -> Result<T, CmdError>,
+) -> Result<T, CmdError> {
     let t0 = Instant::now();
     loop {
         let r = match c.find(Locator::Css(css)).await {
-            Ok(e) => e.click().await,
+            Ok(e) => act(e).await,
             Err(e) => Err(e),
         };
         match r {
-            Ok(()) => return,
-            Err(e) if t0.elapsed() > Duration::from_secs(5) => panic!("click {css}: {e}"),
+            Ok(v) => return Ok(v),
+            Err(e) if t0.elapsed() > Duration::from_secs(5) => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
+    }
+}
+
+/// Click the element matching `css` ([`on_element`]).
+async fn click(c: &Client, css: &str) {
+    if let Err(e) = on_element(c, css, async |e| e.click().await).await {
+        panic!("click {css}: {e}");
     }
 }
 
@@ -103,20 +116,11 @@ async fn click_confirm(c: &Client, css: &str) {
     }
 }
 
-/// Attribute `name` of the element matching `css`, found again when a live update replaced it.
+/// Attribute `name` of the element matching `css` ([`on_element`]).
 async fn attr(c: &Client, css: &str, name: &str) -> Result<Option<String>, String> {
-    let t0 = Instant::now();
-    loop {
-        let r = match c.find(Locator::Css(css)).await {
-            Ok(e) => e.attr(name).await,
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(v) => return Ok(v),
-            Err(e) if t0.elapsed() > Duration::from_secs(5) => return Err(e.to_string()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    on_element(c, css, async |e| e.attr(name).await)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn fill(c: &Client, css: &str, value: &str) {
@@ -128,16 +132,24 @@ async fn fill(c: &Client, css: &str, value: &str) {
     e.send_keys(value).await.expect("type");
 }
 
-fn agent_pid(data: &Path, node: &str) -> Option<u32> {
-    let needle = format!("{}/nodes/{node}.toml", data.display());
+/// The processes (other than this one) whose command line contains `needle`.
+fn pids_naming(needle: &str) -> impl Iterator<Item = u32> + '_ {
+    let me = std::process::id();
     std::fs::read_dir("/proc")
-        .ok()?
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .find(|pid| {
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&c).contains(&needle) && alive(*pid)
+        .filter(move |&pid| {
+            pid != me && {
+                let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&c).contains(needle)
+            }
         })
+}
+
+fn agent_pid(data: &Path, node: &str) -> Option<u32> {
+    pids_naming(&format!("{}/nodes/{node}.toml", data.display())).find(|&pid| alive(pid))
 }
 
 /// On drop, SIGKILLs every process whose command line names `0` (the test's directory): the
@@ -147,19 +159,8 @@ struct KillLeftovers(PathBuf);
 
 impl Drop for KillLeftovers {
     fn drop(&mut self) {
-        let needle = self.0.display().to_string();
-        let me = std::process::id();
-        for pid in std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-            .filter(|&pid| pid != me)
-        {
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&c).contains(&needle) {
-                common::signal(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+        for pid in pids_naming(&self.0.display().to_string()) {
+            common::signal(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

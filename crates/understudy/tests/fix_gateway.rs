@@ -36,20 +36,19 @@ symbol_prefix = "Z"
 
 /// A replicated `sync` pair in `dir`, its agents a and b not started.
 fn sync_pair(dir: &Path) -> (Pair, fix_common::Group) {
-    let repl = Replicated::new(dir, "sync").expect("replication settings");
-    let p = pair(dir, |i| repl.extra(dir, i));
-    let g = gateway_group_with(&p.cfgs, Some(&repl));
-    (p, g)
+    sync_pair_with(dir, |_| {})
 }
 
-/// [`sync_pair`] whose agents wait `backoff` before rejoining after a failed service.
-fn sync_pair_backing_off(dir: &Path, backoff: Duration) -> (Pair, fix_common::Group) {
+/// [`sync_pair`], the group's agent configuration changed by `edit` before the nodes are added.
+fn sync_pair_with(
+    dir: &Path,
+    edit: impl FnOnce(&mut fix_common::Group),
+) -> (Pair, fix_common::Group) {
     let repl = Replicated::new(dir, "sync").expect("replication settings");
     let p = pair(dir, |i| repl.extra(dir, i));
     let mut g =
         testbed::fix::group::gateway_group(EXE.as_ref()).unwrap_or_else(|e| panic!("{e:#}"));
-    g.config.service.restart_backoff = Some(backoff);
-    g.config.service.restart_backoff_max = Some(backoff);
+    edit(&mut g);
     testbed::fix::group::add_gateways_with(&mut g, &p.cfgs, Some(&repl))
         .unwrap_or_else(|e| panic!("{e:#}"));
     (p, g)
@@ -963,8 +962,11 @@ fn restarted_after_failing_to_activate(name: &str, failures: u64) {
         Ok(fs) => fs,
         Err(why) => return skip::skip(name, &why),
     };
-    let (Pair { _sim, ports, .. }, mut g) =
-        sync_pair_backing_off(dir.path(), Duration::from_secs(5));
+    // A failed service's agent waits 5 s before it rejoins: the test alone decides when a stops.
+    let (Pair { _sim, ports, .. }, mut g) = sync_pair_with(dir.path(), |g| {
+        g.config.service.restart_backoff = Some(Duration::from_secs(5));
+        g.config.service.restart_backoff_max = Some(Duration::from_secs(5));
+    });
     let watcher = g.watch();
     start_active_then_standby(&mut g, ports[0]);
     testbed::fix::group::restarted_after_failing_to_activate(&mut g, &fs, failures)

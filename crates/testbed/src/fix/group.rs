@@ -455,11 +455,7 @@ pub fn last_active_fails_to_activate_then_has_room(
     fs: &crate::Tmpfs,
 ) -> anyhow::Result<()> {
     let [a, b] = NODES;
-    let a_epoch = g.epoch(a);
-    g.sigterm(b, Duration::from_secs(10));
-    g.sigterm(a, Duration::from_secs(10));
-    anyhow::ensure!(fs.fill() > 0, "the file system was not filled");
-    g.spawn(a)?;
+    let a_epoch = restart_a_on_a_full_disk(g, fs)?;
     anyhow::ensure!(
         g.wait_service_exited_after(a, a_epoch, Duration::from_secs(20)),
         "a's gateway never failed to activate on a full disk\na status {:?}\na events {}",
@@ -484,6 +480,18 @@ pub fn last_active_fails_to_activate_then_has_room(
         .with_context(|| format!("b never in sync with a: {:?}", g.status(b)))
 }
 
+/// Stops the pair whole (b first), fills a's file system `fs` and starts a again; returns the
+/// epoch a was active with before.
+fn restart_a_on_a_full_disk(g: &mut Group, fs: &crate::Tmpfs) -> anyhow::Result<u64> {
+    let [a, b] = NODES;
+    let a_epoch = g.epoch(a);
+    g.sigterm(b, Duration::from_secs(10));
+    g.sigterm(a, Duration::from_secs(10));
+    anyhow::ensure!(fs.fill() > 0, "the file system was not filled");
+    g.spawn(a)?;
+    Ok(a_epoch)
+}
+
 /// Review 16, W7.1, on a sync pair started by [`start_active_then_standby`] whose node a keeps
 /// its store on `fs` and whose agents back off for seconds after a failed service (so that
 /// nothing but this function decides when a's agent stops): the pair is stopped whole, a's disk
@@ -502,11 +510,7 @@ pub fn restarted_after_failing_to_activate(
 ) -> anyhow::Result<()> {
     let [a, b] = NODES;
     anyhow::ensure!(failures >= 1, "at least one failed activation");
-    let a_epoch = g.epoch(a);
-    g.sigterm(b, Duration::from_secs(10));
-    g.sigterm(a, Duration::from_secs(10));
-    anyhow::ensure!(fs.fill() > 0, "the file system was not filled");
-    g.spawn(a)?;
+    let a_epoch = restart_a_on_a_full_disk(g, fs)?;
     for k in 0..failures {
         anyhow::ensure!(
             g.wait_service_exited_after(a, a_epoch + k, Duration::from_secs(30)),
