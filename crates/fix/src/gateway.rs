@@ -1046,8 +1046,8 @@ pub fn possibly_resent(m: &Message<'_>) -> bool {
 /// (the fence, the seal of the previous segment, the new segment and its directory: four
 /// syncs, about 2 ms on the test VM). One after another, a gateway with 50 client sessions
 /// spent ~100 ms of its failover on them before it accepted the first Logon (`bench
-/// fix-recovery --clients 50`). The stores are independent (a directory each), and the
-/// file system commits syncs that run at once together.
+/// fix-recovery --clients 50`). The stores are independent (a directory each), and syncs of
+/// independent files overlap on the disk.
 const OPEN_THREADS: usize = 16;
 
 /// `open` applied to every item on up to [`OPEN_THREADS`] threads, the results in the items'

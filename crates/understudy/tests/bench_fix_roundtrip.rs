@@ -87,6 +87,16 @@ fn the_round_trip_bench_measures_every_path_the_quickfix_relay_included() {
         relay_at_once.contains("the same, 2 clients at once"),
         "{relay_at_once}"
     );
+    // Its latency with both clients sending one order at a time (p50, p99 from 100 orders in
+    // all, max) and the two bursts' orders/s.
+    let figures = relay_at_once
+        .split_whitespace()
+        .filter(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .count();
+    assert_eq!(
+        figures, 5,
+        "an at-once row without its figures (2 in its label): {relay_at_once}"
+    );
     assert!(
         out.contains("like for like: the same 2 hops through QuickFIX (QuickFIX/C++ relay"),
         "no like-for-like goal line:\n{out}"

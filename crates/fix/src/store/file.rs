@@ -34,8 +34,8 @@
 //! A writer keeps up to [`PREALLOC`] bytes of zeros written (and so allocated) ahead of its
 //! last record, and writes each record over them at its offset (`pwrite`, not `O_APPEND`).
 //! The `fdatasync` a record waits for then writes that record's blocks and nothing else: an
-//! append changes the file's size, and ext4 must commit its journal for that on every sync
-//! (measured with `bench fix-roundtrip`: the gateway's single order p50 70–90 µs lower, see
+//! append changes the file's size, which ext4 must make durable too on every sync (a journal
+//! commit, or without a journal a synchronous write of the inode's block) (measured with `bench fix-roundtrip`: the gateway's single order p50 70–90 µs lower, see
 //! docs/fix-gateway.md). The zeros are written right after the record that reaches past
 //! them, once per chunk; that record's sync also writes the chunk.
 //!

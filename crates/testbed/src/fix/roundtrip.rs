@@ -148,14 +148,29 @@ async fn measure(
     Ok(Measured { lat, burst_s })
 }
 
-/// Orders/s of `senders` sending `orders` market orders each in one pipelined burst, all at
-/// once: every order of every client, from the first send to the last fill.
+/// What `--clients` clients measured at once in one run.
+struct AtOnce {
+    /// Orders/s of every client's pipelined burst sent at the same time.
+    rate: f64,
+    /// Latencies (µs, sorted) of the orders every client then sent one at a time, all
+    /// clients at once: what one order waits when many sessions send (a group-commit pass
+    /// then syncs a file per session).
+    lat: Vec<f64>,
+}
+
+/// Orders each client sends one at a time in [`measure_at_once`]: as many orders in all as
+/// one client sends alone, at least [`MIN_ONE_AT_A_TIME`] each.
+const MIN_ONE_AT_A_TIME: usize = 20;
+
+/// `senders` sending `orders` market orders each in one pipelined burst, all at once
+/// (orders/s: every order of every client, from the first send to the last fill); then every
+/// sender sending its share of `orders` one at a time, all senders at once (latencies).
 async fn measure_at_once(
     connect: SocketAddr,
     target: &str,
     senders: &[String],
     orders: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<AtOnce> {
     let mut cs = Vec::with_capacity(senders.len());
     for s in senders {
         cs.push(logged_on(connect, target, s).await?);
@@ -174,10 +189,26 @@ async fn measure_at_once(
         fills(c, ids, |_| false).await?;
     }
     let rate = (orders * cs.len()) as f64 / t.elapsed().as_secs_f64();
+    let each = (orders / senders.len().max(1)).max(MIN_ONE_AT_A_TIME);
+    let lats =
+        futures_util::future::try_join_all(cs.iter_mut().zip(senders).map(|(c, s)| async move {
+            let mut lat = Vec::with_capacity(each);
+            for i in 0..each {
+                let id = format!("{s}-o{i}");
+                let t = Instant::now();
+                c.handle.send(0, b"D", bench_order(&id));
+                fills(c, [id], |_| false).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            anyhow::Ok(lat)
+        }))
+        .await?;
+    let mut lat: Vec<f64> = lats.into_iter().flatten().collect();
+    lat.sort_by(f64::total_cmp);
     for c in cs {
         c.task.abort();
     }
-    Ok(rate)
+    Ok(AtOnce { rate, lat })
 }
 
 /// p50 (µs) of `n` appends of 200 bytes to a fresh file in `dir`, each followed by its
@@ -429,9 +460,9 @@ struct PathRow {
     /// Where to send orders and the acceptor's CompID, or why the path is not measured.
     target: Result<(SocketAddr, &'static str), String>,
     runs: Vec<Measured>,
-    /// Orders/s of `--clients` clients at once, run by run, for the rows the goals compare
-    /// on it (`None`: not measured on this row).
-    at_once: Option<Vec<f64>>,
+    /// `--clients` clients at once, run by run, for the rows the goals compare on it
+    /// (`None`: not measured on this row).
+    at_once: Option<Vec<AtOnce>>,
 }
 
 impl PathRow {
@@ -470,7 +501,11 @@ impl PathRow {
             .collect()
     }
 
-    fn at_once_rates(&self) -> &[f64] {
+    fn at_once_rates(&self) -> Vec<f64> {
+        self.at_once_runs().iter().map(|a| a.rate).collect()
+    }
+
+    fn at_once_runs(&self) -> &[AtOnce] {
         self.at_once.as_deref().unwrap_or_default()
     }
 
@@ -484,12 +519,12 @@ impl PathRow {
             .await
             .with_context(|| format!("measuring {}", self.label))?;
         self.runs.push(m);
-        if let Some(rates) = &mut self.at_once {
+        if let Some(runs) = &mut self.at_once {
             let senders = at_once_clients(rep, clients);
             let r = measure_at_once(addr, comp_id, &senders, orders)
                 .await
                 .with_context(|| format!("measuring {} with {clients} clients", self.label))?;
-            rates.push(r);
+            runs.push(r);
         }
         Ok(())
     }
@@ -517,14 +552,27 @@ impl PathRow {
                     range(&self.rates(orders))
                 );
                 if self.at_once.is_some() {
+                    let runs = self.at_once_runs();
+                    let p = |q: f64| -> Vec<f64> {
+                        runs.iter().map(|a| percentile(&a.lat, q)).collect()
+                    };
+                    let samples = runs.iter().map(|a| a.lat.len()).min().unwrap_or(0);
+                    let max = runs
+                        .iter()
+                        .filter_map(|a| a.lat.last().copied())
+                        .fold(f64::NAN, f64::max);
                     println!(
-                        "  {:<46} {:<68} {:>11} {:>13} {:>8} {:>13}",
+                        "  {:<46} {:<68} {:>11} {:>13} {:>8.0} {:>13}",
                         format!("  the same, {clients} clients at once"),
                         "",
-                        "",
-                        "",
-                        "",
-                        range(self.at_once_rates())
+                        range(&p(0.5)),
+                        if samples >= MIN_SAMPLES_FOR_P99 {
+                            range(&p(0.99))
+                        } else {
+                            "-".into()
+                        },
+                        max,
+                        range(&self.at_once_rates())
                     );
                 }
             }
@@ -641,7 +689,7 @@ impl GoalRows {
         let durable = a.sync != StoreSync::Batch;
         let n = a.clients;
         // 1. The gateway path, several clients at once, ≥ 1× QuickFIX with as many clients.
-        let (g, q) = (gw.at_once_rates(), qf.at_once_rates());
+        let (g, q) = (&gw.at_once_rates(), &qf.at_once_rates());
         if durable {
             println!(
                 "  gateway path, {n} clients at once ≥ 1× QuickFIX with {n} clients at once: medians {:.0} / {:.0} orders/s = {:.2}×; \
@@ -890,8 +938,14 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
 
     println!(
         "fix-roundtrip: {} market orders per path and run, each of quantity 1 and so answered New then fill (no partial fill, on every path alike): one at a time (latency: \
-         order sent → fill received, CLOCK_MONOTONIC in the client process), then {} more in one pipelined burst (orders/s)",
-        a.runs, a.runs
+         order sent → fill received, CLOCK_MONOTONIC in the client process), then {} more in one pipelined burst (orders/s); \
+         the rows \"the same, {n} clients at once\": {n} clients each sending {} orders in one pipelined burst, all at once \
+         (orders/s), then {} each one at a time, all at once (latency)",
+        a.runs,
+        a.runs,
+        a.runs,
+        (a.runs / a.clients.max(1)).max(MIN_ONE_AT_A_TIME),
+        n = a.clients
     );
     println!(
         "  {} runs per path, the rows of a comparison back to back, rotating which goes first; figures are min–max over \
