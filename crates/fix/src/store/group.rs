@@ -84,6 +84,8 @@ pub struct GroupCommit {
     /// `durable`, for event loops: a change wakes them to release what they hold.
     durable_tx: watch::Sender<u64>,
     hook: Mutex<Option<Arc<dyn BatchHook>>>,
+    /// `fdatasync` of one file: `File::sync_data`, a slower or failing one in tests.
+    sync_file: fn(&File) -> std::io::Result<()>,
 }
 
 #[derive(Debug, Default)]
@@ -109,6 +111,8 @@ struct State {
     job: Option<Job>,
     /// Sync helper threads started so far (at most [`MAX_SYNC_THREADS`] − 2).
     helpers: usize,
+    /// Starting one failed: no more are tried (the threads that run share the files).
+    helpers_capped: bool,
 }
 
 /// The files of one pass, taken one at a time by every thread syncing them.
@@ -132,10 +136,8 @@ pub const MAX_SYNC_THREADS: usize = 16;
 
 static SHARED: OnceLock<GroupCommit> = OnceLock::new();
 
-/// `fdatasync`s every file, one after another on this thread.
-fn sync_all(files: &[Arc<File>]) -> std::io::Result<()> {
-    files.iter().try_for_each(|f| f.sync_data())
-}
+const SYNCER_THREAD: &str = "fix-group-commit";
+const HELPER_THREAD: &str = "fix-sync-helper";
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     // The state stays consistent across a panic elsewhere: every update is a few plain
@@ -150,7 +152,12 @@ impl GroupCommit {
     }
 
     fn new() -> GroupCommit {
+        GroupCommit::with_sync(File::sync_data)
+    }
+
+    fn with_sync(sync_file: fn(&File) -> std::io::Result<()>) -> GroupCommit {
         GroupCommit {
+            sync_file,
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -165,7 +172,7 @@ impl GroupCommit {
         let mut st = lock(&self.state);
         if !st.started {
             std::thread::Builder::new()
-                .name("fix-group-commit".into())
+                .name(SYNCER_THREAD.into())
                 .spawn(move || self.run())?;
             st.started = true;
         }
@@ -350,7 +357,11 @@ impl GroupCommit {
         let (mut st, failed) = if files.len() > 1 {
             self.finish_job()
         } else {
-            let failed = sync_all(&files).err().map(|e| e.to_string());
+            let failed = files
+                .iter()
+                .try_for_each(|f| (self.sync_file)(f))
+                .err()
+                .map(|e| e.to_string());
             (lock(&self.state), failed)
         };
         let mut failed = failed.map(|e| format!("fdatasync of a session store failed: {e}"));
@@ -385,15 +396,17 @@ impl GroupCommit {
 
     /// Starts sync helpers until `wanted` run (at most [`MAX_SYNC_THREADS`] − 2); returns
     /// how many run. A helper that cannot be started leaves its share to the threads that
-    /// run: every one of them takes files until none is left.
+    /// run (every one of them takes files until none is left), and none is tried again.
     fn grow_helpers(&'static self, st: &mut State, wanted: usize) -> usize {
         let wanted = wanted.min(MAX_SYNC_THREADS - 2);
-        while st.helpers < wanted {
+        while st.helpers < wanted && !st.helpers_capped {
             let started = std::thread::Builder::new()
-                .name("fix-sync-helper".into())
+                .name(HELPER_THREAD.into())
                 .spawn(move || self.help_loop());
             if let Err(e) = started {
-                tracing::warn!(error = %e, "cannot start a sync helper thread; syncing with fewer");
+                tracing::warn!(error = %e, helpers = st.helpers,
+                    "cannot start a sync helper thread; syncing with those that run");
+                st.helpers_capped = true;
                 break;
             }
             st.helpers += 1;
@@ -411,14 +424,24 @@ impl GroupCommit {
         job.next += 1;
         job.busy += 1;
         drop(st);
-        let r = file.sync_data();
+        let r = (self.sync_file)(&file);
         let mut st = lock(&self.state);
-        if let Some(job) = st.job.as_mut() {
-            job.busy -= 1;
-            if let Err(e) = r {
-                job.error.get_or_insert(e.to_string());
+        match st.job.as_mut() {
+            Some(job) => {
+                job.busy -= 1;
+                if let Err(e) = r {
+                    job.error.get_or_insert(e.to_string());
+                }
+                if job.busy == 0 && job.next == job.files.len() {
+                    self.done.notify_all();
+                }
             }
-            if job.busy == 0 && job.next == job.files.len() {
+            // Cannot happen (a job stays until nobody holds a file of it); were it to, what
+            // this sync found must not be lost.
+            None => {
+                st.failed.get_or_insert_with(|| {
+                    "group commit: a pass ended while one of its files was being synced".into()
+                });
                 self.done.notify_all();
             }
         }
@@ -435,9 +458,20 @@ impl GroupCommit {
             if took {
                 continue;
             }
-            if st.job.as_ref().is_none_or(|j| j.busy == 0) {
-                let failed = st.job.take().and_then(|j| j.error);
-                return (st, failed);
+            match st.job.as_ref() {
+                Some(j) if j.busy > 0 => {}
+                Some(_) => {
+                    let failed = st.job.take().and_then(|j| j.error);
+                    return (st, failed);
+                }
+                // Cannot happen (only this call takes the job); were it to, nothing of this
+                // pass is known durable.
+                None => {
+                    return (
+                        st,
+                        Some("the pass's files were lost before all were synced".into()),
+                    )
+                }
             }
             st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -483,11 +517,12 @@ impl GroupCommit {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A syncer of its own: the process's shared one serves every other test in this binary,
-    /// and a failed one refuses everything after.
-    fn syncer() -> &'static GroupCommit {
-        Box::leak(Box::new(GroupCommit::new()))
+    /// A syncer of its own, syncing with `sync_file`: the process's shared one serves every
+    /// other test in this binary, and a failed one refuses everything after.
+    fn syncer(sync_file: fn(&File) -> std::io::Result<()>) -> &'static GroupCommit {
+        Box::leak(Box::new(GroupCommit::with_sync(sync_file)))
             .start()
             .expect("syncer thread")
     }
@@ -496,7 +531,7 @@ mod tests {
     fn written(g: &GroupCommit, dir: &std::path::Path, n: usize) -> Vec<Arc<File>> {
         (0..n)
             .map(|i| {
-                let path = dir.join(format!("f{i}"));
+                let path = dir.join(format!("f{}-{i}", g.written()));
                 let mut f = File::create(&path).expect("create");
                 f.write_all(b"a record").expect("write");
                 let f = Arc::new(f);
@@ -506,27 +541,103 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_pass_of_many_files_syncs_them_on_several_threads() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let g = syncer();
-        let _files = written(g, dir.path(), 40);
-        assert_eq!(g.sync_now(), Some(Ok(40)));
-        assert_eq!((g.durable(), g.passes(), g.syncs()), (40, 1, 40));
-        // This thread, the syncer thread and the helpers: MAX_SYNC_THREADS in all.
-        assert_eq!(lock(&g.state).helpers, MAX_SYNC_THREADS - 2);
-        assert!(lock(&g.state).job.is_none());
-        // The helpers serve the next pass too, and only as many as it has files to share.
-        let _more = written(g, dir.path(), 3);
-        assert_eq!(g.sync_now(), Some(Ok(43)));
-        assert_eq!((g.passes(), g.syncs()), (2, 43));
-        assert_eq!(lock(&g.state).helpers, MAX_SYNC_THREADS - 2);
+    /// Whether this thread is one of a syncer's own (the syncer thread or a helper), not a
+    /// caller's running a pass.
+    fn syncers_own() -> bool {
+        matches!(
+            std::thread::current().name(),
+            Some(SYNCER_THREAD | HELPER_THREAD)
+        )
     }
 
     #[test]
-    fn a_lone_file_and_a_pair_start_no_helper() {
+    fn a_pass_publishes_nothing_before_the_files_other_threads_sync_are_synced() {
+        // While the gate is shut the syncer's threads hold their files; the caller's pass
+        // syncs its own at once.
+        static GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+        static HELD: AtomicUsize = AtomicUsize::new(0);
+        fn gated(f: &File) -> std::io::Result<()> {
+            if syncers_own() {
+                let mut shut = GATE.0.lock().unwrap_or_else(|e| e.into_inner());
+                if *shut {
+                    HELD.fetch_add(1, Ordering::SeqCst);
+                }
+                while *shut {
+                    shut = GATE.1.wait(shut).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            f.sync_data()
+        }
+        let shut = |v: bool| {
+            *GATE.0.lock().unwrap_or_else(|e| e.into_inner()) = v;
+            GATE.1.notify_all();
+        };
         let dir = tempfile::tempdir().expect("tempdir");
-        let g = syncer();
+        let g = syncer(gated);
+        // A first pass starts the helpers; the one measured finds them waiting, so it must
+        // wake them.
+        let _first = written(g, dir.path(), 40);
+        assert_eq!(g.sync_now(), Some(Ok(40)));
+        assert_eq!(lock(&g.state).helpers, MAX_SYNC_THREADS - 2);
+        shut(true);
+        let _files = written(g, dir.path(), 40);
+        let pass = std::thread::spawn(move || g.sync_now());
+        let t = Instant::now();
+        while HELD.load(Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::yield_now();
+        }
+        // Threads other than the caller's took files (the syncer thread, helpers).
+        assert!(
+            HELD.load(Ordering::SeqCst) >= 2,
+            "no other thread took a file"
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(200) {
+            assert_eq!(
+                g.durable(),
+                40,
+                "published while files were still being synced"
+            );
+            assert!(
+                !pass.is_finished(),
+                "the pass ended before its files were synced"
+            );
+            std::thread::yield_now();
+        }
+        shut(false);
+        assert_eq!(pass.join().expect("pass"), Some(Ok(80)));
+        assert_eq!((g.durable(), g.passes(), g.syncs()), (80, 2, 80));
+        assert!(lock(&g.state).job.is_none());
+    }
+
+    #[test]
+    fn a_failed_fdatasync_on_another_thread_fails_the_pass() {
+        // The caller's syncs succeed slowly, so the others take files; every one of theirs
+        // fails.
+        fn others_fail(f: &File) -> std::io::Result<()> {
+            if syncers_own() {
+                return Err(std::io::Error::other("injected on a syncer thread"));
+            }
+            // At most 5 ms (a park may end early): long enough for the others to take files.
+            std::thread::park_timeout(Duration::from_millis(5));
+            f.sync_data()
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = syncer(others_fail);
+        let _files = written(g, dir.path(), 40);
+        let err = match g.sync_now() {
+            Some(Err(e)) => e,
+            other => panic!("the pass did not fail: {other:?}"),
+        };
+        assert!(err.contains("injected on a syncer thread"), "{err}");
+        assert_eq!(g.durable(), 0, "nothing of a failed pass counts as durable");
+        assert_eq!(g.wait_durable(1), Err(err));
+    }
+
+    #[test]
+    fn a_lone_file_and_a_pair_of_a_callers_pass_start_no_helper() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = syncer(File::sync_data);
         let _one = written(g, dir.path(), 1);
         assert_eq!(g.sync_now(), Some(Ok(1)));
         // Two: the second is the syncer thread's, idle while the caller runs the pass.
@@ -534,17 +645,22 @@ mod tests {
         assert_eq!(g.sync_now(), Some(Ok(3)));
         assert_eq!(lock(&g.state).helpers, 0);
         assert_eq!((g.passes(), g.syncs()), (2, 3));
+        // A pair in a pass the syncer thread runs (under load, or with a replication hook):
+        // one helper syncs the second.
+        let _pair = written(g, dir.path(), 2);
+        assert_eq!(g.wait_durable(5), Ok(()));
+        assert_eq!(lock(&g.state).helpers, 1);
     }
 
     #[test]
-    fn one_failed_fdatasync_among_many_fails_the_pass_and_every_later_one() {
+    fn one_real_fdatasync_failure_among_many_fails_the_pass_and_every_later_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let g = syncer();
+        let g = syncer(File::sync_data);
         let _before = written(g, dir.path(), 20);
-        // A pipe cannot be synced (EINVAL): a real failing fdatasync, in the middle of the job.
-        let (_reader, writer) = std::io::pipe().expect("pipe");
-        let pipe = Arc::new(File::from(std::os::fd::OwnedFd::from(writer)));
-        g.wrote(&pipe);
+        // A socket cannot be synced (EINVAL): a real failing fdatasync, in the middle.
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let sock = Arc::new(File::from(std::os::fd::OwnedFd::from(sock)));
+        g.wrote(&sock);
         let _after = written(g, dir.path(), 20);
         let err = match g.sync_now() {
             Some(Err(e)) => e,

@@ -48,6 +48,13 @@ pub struct FixBenchArgs {
 /// Relative margin by which every run must beat the other side (or the goal) to be judged.
 const MARGIN: f64 = 0.01;
 
+/// Sessions a QuickFIX peer can be given below select()'s limit of 1024 descriptors: the
+/// every-write acceptor keeps 8 files open per session (FileStore's 4 and the copies
+/// `qf_acceptor.cpp` syncs), and the sessions of the run being measured a socket each.
+/// Measured with `--repeat 3`: 123 sessions run, 147 aborted the acceptor ("bit out of range
+/// 0 - FD_SETSIZE on fd_set").
+const MAX_QUICKFIX_SESSIONS: usize = 120;
+
 /// What a store keeps when things fail, as printed next to each row.
 const LOST_WITH_PROCESS: &str = "memory: lost with the process";
 const SYNC_BEFORE_SEND: &str = "fdatasync per record before send: survives a machine crash";
@@ -789,6 +796,18 @@ impl GoalRows {
 pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     if a.runs == 0 || a.repeat == 0 || a.clients == 0 {
         anyhow::bail!("--runs, --repeat and --clients must be at least 1");
+    }
+    let sessions = a.repeat.saturating_mul(a.clients.saturating_add(1));
+    if sessions > MAX_QUICKFIX_SESSIONS {
+        anyhow::bail!(
+            "--clients {} with --repeat {} gives each QuickFIX peer {sessions} sessions (fresh ones every run); \
+             QuickFIX/C++ 1.15 keeps files open per session (8 in the every-write acceptor) and watches its sockets with \
+             select(), which aborts the process at a descriptor above 1023: at most {MAX_QUICKFIX_SESSIONS} sessions (here at most \
+             --clients {})",
+            a.clients,
+            a.repeat,
+            (MAX_QUICKFIX_SESSIONS / a.repeat).saturating_sub(1)
+        );
     }
     // Held until the report is printed: the children run under it too.
     let _latency = a.cpu_dma_latency.map(request_cpu_latency).transpose()?;
