@@ -102,3 +102,20 @@ fn the_round_trip_bench_measures_every_path_the_quickfix_relay_included() {
         "no like-for-like goal line:\n{out}"
     );
 }
+
+#[test]
+fn more_sessions_than_a_quickfix_peer_can_watch_are_refused_before_anything_starts() {
+    // 40 clients at once in each of 3 runs, plus each run's own client: 123 sessions per
+    // QuickFIX peer, whose select() aborted the process at 147.
+    let (code, out, err) = run_cli(&["bench", "fix-roundtrip", "--clients", "40"]);
+    assert_ne!(code, 0, "accepted:\n{out}\n{err}");
+    assert!(
+        err.contains("--clients 40 with --repeat 3 gives each QuickFIX peer 123 sessions")
+            && err.contains("at most --clients 39"),
+        "{err}"
+    );
+    assert!(
+        !out.contains("fix-roundtrip: run"),
+        "it started measuring:\n{out}"
+    );
+}
