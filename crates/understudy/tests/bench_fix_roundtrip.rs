@@ -62,6 +62,9 @@ fn the_round_trip_bench_measures_every_path_the_quickfix_relay_included() {
         "QuickFIX/C++, FileStore as shipped",
         "understudy fix-gateway, group",
         "QuickFIX/C++ relay, FileStore as shipped",
+        // The gateway replicated to a standby gateway (`--replication sync`, the default): its
+        // orders carried means the standby's copy was acknowledged for each batch.
+        "the same, replicated sync to a standby",
     ] {
         let row = out
             .lines()

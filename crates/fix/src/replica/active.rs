@@ -256,6 +256,13 @@ impl BatchHook for Shared {
         }
     }
 
+    /// Only `sync` waits for the standbys; `async`'s `finish` returns at once, so an event
+    /// loop may run its passes itself, as without replication (no hand-off to the syncer
+    /// thread and back for a lone order).
+    fn waits(&self) -> bool {
+        self.cfg.mode == Mode::Sync
+    }
+
     fn finish(&self, pos: u64) -> Result<(), String> {
         let mut st = lock(&self.st);
         loop {

@@ -69,6 +69,11 @@ pub trait BatchHook: Send + Sync + std::fmt::Debug {
     /// The local `fdatasync` of that pass is done; returns once `pos` may count as durable,
     /// or `Err` when it never will (a newer epoch owns the group): the syncer then fails.
     fn finish(&self, pos: u64) -> Result<(), String>;
+    /// Whether [`finish`](Self::finish) may wait on the network (a standby's
+    /// acknowledgement): such a pass runs on the syncer thread, never on an event loop.
+    fn waits(&self) -> bool {
+        true
+    }
 }
 
 /// The process's syncer. See the module documentation.
@@ -312,7 +317,8 @@ impl GroupCommit {
             .hook
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .as_ref()
+            .is_some_and(|h| h.waits())
         {
             // A pass with a hook waits for a standby's acknowledgement: a network round trip
             // the event loop must not block on. The syncer thread runs it.

@@ -33,6 +33,11 @@ pub struct FixBenchArgs {
     /// Store durability of the gateway.
     #[arg(long, value_enum, default_value = "group")]
     pub sync: StoreSync,
+    /// Also the gateway path with its store replicated to a warm standby gateway on this host
+    /// (loopback, a store directory of its own) with this `replication.mode`: what the
+    /// standby's copy costs; `none` leaves the row out.
+    #[arg(long, value_enum, default_value = "sync")]
+    pub replication: BenchReplication,
     /// Clients sending their pipelined bursts at once, to the gateway and to the two
     /// acceptors of the group-commit comparison (fresh clients every run).
     #[arg(long, default_value_t = 4)]
@@ -43,6 +48,27 @@ pub struct FixBenchArgs {
     /// machine's setting stands; the header prints what was in force.
     #[arg(long, value_name = "MICROSECONDS", value_parser = clap::value_parser!(u32).range(0..=2_000_000_000))]
     pub cpu_dma_latency: Option<u32>,
+}
+
+/// `bench fix-roundtrip --replication`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchReplication {
+    /// Each batch durable on disk and acknowledged by the standby before anything of it is sent.
+    Sync,
+    /// Each batch durable on disk before it is sent; the standby's copy follows.
+    Async,
+    /// No replicated row.
+    None,
+}
+
+impl BenchReplication {
+    fn mode(self) -> Option<&'static str> {
+        match self {
+            BenchReplication::Sync => Some("sync"),
+            BenchReplication::Async => Some("async"),
+            BenchReplication::None => None,
+        }
+    }
 }
 
 /// Relative margin by which every run must beat the other side (or the goal) to be judged.
@@ -61,6 +87,9 @@ const SYNC_BEFORE_SEND: &str = "fdatasync per record before send: survives a mac
 const GROUP_COMMIT: &str = "group commit, durable before send: survives a machine crash";
 const SYNC_BATCH: &str = "fdatasync ≤2 ms later: survives kill -9, machine crash loses ≤2 ms";
 const FLUSH_ONLY: &str = "fflush, no fsync: survives kill -9, machine crash can lose writes";
+const REPLICATED_SYNC: &str =
+    "group commit + standby's ack before send: survives the machine's loss";
+const REPLICATED_ASYNC: &str = "group commit, standby's copy follows: machine loss loses its lag";
 
 /// FIX hops of the gateway path (client → gateway → upstream, and the reports back): the goal
 /// allows one `fdatasync` for each on top of QuickFIX's one-hop round trip.
@@ -441,6 +470,66 @@ async fn start_quickfix_relay(
     Ok(listen)
 }
 
+/// The gateway path replicated: a simulator of its own (the plain gateway's logs on to the
+/// other as the same CompID), a warm standby gateway b, then gateway a active with `mode`,
+/// both on loopback with a store directory each under `dir`; returns a's client address once
+/// b reports its copy in sync.
+async fn start_replicated_gateway(
+    exe: &Path,
+    dir: &Path,
+    kids: &mut Vec<Proc>,
+    mode: &'static str,
+    sync: StoreSync,
+    clients: &[&str],
+) -> anyhow::Result<SocketAddr> {
+    let (sim, at) = group::start_sim(exe, None, None)?;
+    kids.push(sim);
+    let repl = group::Replicated::new(dir, mode)?;
+    let listen = crate::ports::free_addrs(2)?;
+    // b first, so that a finds its peer listening.
+    for i in [1, 0] {
+        let mut file = GatewayFile::new(listen[i], &dir.join("unused"), at, clients);
+        file.gateway.sync = Some(sync);
+        let cfg = dir.join(format!("gw-replicated-{}.toml", group::NODES[i]));
+        file.write(&cfg, &repl.extra(dir, i))?;
+        let mut cmd = crate::proc::understudy(exe, &["fix-gateway", "--config"]);
+        cmd.arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if i == 0 {
+            cmd.env("UNDERSTUDY_ROLE", "active")
+                .env("UNDERSTUDY_EPOCH", "1");
+        } else {
+            // A standby needs an agent's address to learn its epoch from when activated;
+            // this one never is, so it never calls it.
+            cmd.env("UNDERSTUDY_ROLE", "standby")
+                .env("UNDERSTUDY_EPOCH", "0")
+                .env("UNDERSTUDY_ADMIN", "127.0.0.1:9");
+        }
+        kids.push(Proc::spawn(&mut cmd).context("cannot start a replicated fix-gateway")?);
+        crate::http::listening(repl.health[i], Duration::from_secs(5)).await?;
+    }
+    crate::http::listening(listen[0], Duration::from_secs(5)).await?;
+    let health = repl.health[1].to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = health.clone();
+        let ready = tokio::task::spawn_blocking(move || {
+            crate::http::get_json(&h, "/health").is_some_and(|v| v["replication"]["ready"] == true)
+        })
+        .await?;
+        if ready {
+            return Ok(listen[0]);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the replicated standby gateway at {} did not report its copy in sync within 10 s",
+            repl.health[1]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The file system a path is on, by name where it is a common one.
 fn fs_type(p: &Path) -> String {
     use nix::sys::statfs::{
@@ -665,16 +754,20 @@ struct GoalRows {
     gateway: PathRow,
     /// The same two hops through QuickFIX: client → QuickFIX relay → our simulator → back.
     relay: PathRow,
+    /// The gateway path with its store replicated to a standby (`--replication`).
+    replicated: Option<PathRow>,
 }
 
 impl GoalRows {
     fn rows_mut(&mut self) -> Vec<&mut PathRow> {
-        vec![
+        let mut rows = vec![
             &mut self.engine,
             &mut self.quickfix,
             &mut self.gateway,
             &mut self.relay,
-        ]
+        ];
+        rows.extend(self.replicated.as_mut());
+        rows
     }
 
     /// Issue 9's three goals (item 3), each judged on the per-run figures against the QuickFIX
@@ -848,6 +941,12 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
         .context("cannot start fix-gateway")?,
     );
     crate::http::listening(gw, Duration::from_secs(5)).await?;
+    let replicated = match a.replication.mode() {
+        Some(mode) => {
+            Some(start_replicated_gateway(&exe, d, &mut kids, mode, a.sync, &client_ids).await?)
+        }
+        None => None,
+    };
 
     // Engine to engine, store for store.
     let mut pairs: Vec<[PathRow; 2]> = Vec::new();
@@ -933,6 +1032,22 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
             relay.map(|addr| (addr, "QFR")),
         )
         .with_at_once(),
+        replicated: replicated.map(|addr| {
+            let sync = a.replication == BenchReplication::Sync;
+            PathRow::new(
+                format!(
+                    "  the same, replicated {} to a standby",
+                    if sync { "sync" } else { "async" }
+                ),
+                if sync {
+                    REPLICATED_SYNC
+                } else {
+                    REPLICATED_ASYNC
+                },
+                Ok((addr, "GW")),
+            )
+            .with_at_once()
+        }),
     };
 
     let mut fsync = Vec::with_capacity(a.repeat);
@@ -1008,6 +1123,9 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     goal_rows.quickfix.print(a.runs, a.clients);
     print_verdict(&goal_rows.engine, &goal_rows.quickfix, a.runs, a.repeat);
     goal_rows.gateway.print(a.runs, a.clients);
+    if let Some(r) = &goal_rows.replicated {
+        r.print(a.runs, a.clients);
+    }
     goal_rows.relay.print(a.runs, a.clients);
     print_verdict(&goal_rows.gateway, &goal_rows.relay, a.runs, a.repeat);
     if let Some(n) = crate::stats::p99_note(a.runs) {
