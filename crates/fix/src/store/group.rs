@@ -681,4 +681,33 @@ mod tests {
         assert_eq!(g.wait_durable(1), Err(err));
         assert!(lock(&g.state).job.is_none());
     }
+
+    /// A hook whose `finish` returns at once, saying whether it could wait.
+    #[derive(Debug)]
+    struct Hook(bool);
+
+    impl BatchHook for Hook {
+        fn start(&self, _pos: u64, _files: &[Arc<File>]) {}
+        fn finish(&self, _pos: u64) -> Result<(), String> {
+            Ok(())
+        }
+        fn waits(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn only_a_hook_that_may_wait_sends_the_callers_pass_to_the_syncer_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = syncer(File::sync_data);
+        // async replication: the caller runs its pass, as with no hook.
+        g.set_hook(Some(Arc::new(Hook(false))));
+        let _one = written(g, dir.path(), 1);
+        assert_eq!(g.sync_now(), Some(Ok(1)));
+        // sync replication: the syncer thread runs it, and the caller waits as usual.
+        g.set_hook(Some(Arc::new(Hook(true))));
+        let _two = written(g, dir.path(), 1);
+        assert_eq!(g.sync_now(), None);
+        assert_eq!(g.wait_durable(2), Ok(()));
+    }
 }
