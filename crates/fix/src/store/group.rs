@@ -320,8 +320,8 @@ impl GroupCommit {
             .as_ref()
             .is_some_and(|h| h.waits())
         {
-            // A pass with a hook waits for a standby's acknowledgement: a network round trip
-            // the event loop must not block on. The syncer thread runs it.
+            // A pass whose hook waits for a standby's acknowledgement waits a network round
+            // trip the event loop must not block on. The syncer thread runs it.
             let pos = st.written;
             drop(st);
             self.request(pos);

@@ -62,10 +62,11 @@ pub enum BenchReplication {
 }
 
 impl BenchReplication {
-    fn mode(self) -> Option<&'static str> {
+    /// `replication.mode` and what the row guarantees, or `None` for no row.
+    fn mode(self) -> Option<(&'static str, &'static str)> {
         match self {
-            BenchReplication::Sync => Some("sync"),
-            BenchReplication::Async => Some("async"),
+            BenchReplication::Sync => Some(("sync", REPLICATED_SYNC)),
+            BenchReplication::Async => Some(("async", REPLICATED_ASYNC)),
             BenchReplication::None => None,
         }
     }
@@ -194,9 +195,14 @@ struct AtOnce {
     lat: Vec<f64>,
 }
 
-/// Orders each client sends one at a time in [`measure_at_once`]: as many orders in all as
-/// one client sends alone, at least [`MIN_ONE_AT_A_TIME`] each.
+/// The fewest orders each client sends one at a time in [`measure_at_once`].
 const MIN_ONE_AT_A_TIME: usize = 20;
+
+/// Orders each of `clients` sends one at a time in [`measure_at_once`]: as many in all as one
+/// client sends alone (`orders`), at least [`MIN_ONE_AT_A_TIME`] each.
+fn one_at_a_time_each(orders: usize, clients: usize) -> usize {
+    (orders / clients.max(1)).max(MIN_ONE_AT_A_TIME)
+}
 
 /// `senders` sending `orders` market orders each in one pipelined burst, all at once
 /// (orders/s: every order of every client, from the first send to the last fill); then every
@@ -225,7 +231,7 @@ async fn measure_at_once(
         fills(c, ids, |_| false).await?;
     }
     let rate = (orders * cs.len()) as f64 / t.elapsed().as_secs_f64();
-    let each = (orders / senders.len().max(1)).max(MIN_ONE_AT_A_TIME);
+    let each = one_at_a_time_each(orders, senders.len());
     let lats =
         futures_util::future::try_join_all(cs.iter_mut().zip(senders).map(|(c, s)| async move {
             let mut lat = Vec::with_capacity(each);
@@ -511,23 +517,18 @@ async fn start_replicated_gateway(
     }
     crate::http::listening(listen[0], Duration::from_secs(5)).await?;
     let health = repl.health[1].to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = health.clone();
-        let ready = tokio::task::spawn_blocking(move || {
-            crate::http::get_json(&h, "/health").is_some_and(|v| v["replication"]["ready"] == true)
+    let in_sync = tokio::task::spawn_blocking(move || {
+        crate::clock::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            crate::http::get_json(&health, "/health").filter(|v| v["replication"]["ready"] == true)
         })
-        .await?;
-        if ready {
-            return Ok(listen[0]);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the replicated standby gateway at {} did not report its copy in sync within 10 s",
-            repl.health[1]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await?;
+    anyhow::ensure!(
+        in_sync.is_some(),
+        "the replicated standby gateway at {} did not report its copy in sync within 10 s",
+        repl.health[1]
+    );
+    Ok(listen[0])
 }
 
 /// The file system a path is on, by name where it is a common one.
@@ -586,10 +587,6 @@ impl PathRow {
         self.runs.iter().map(|m| percentile(&m.lat, 0.5)).collect()
     }
 
-    fn p99s(&self) -> Vec<f64> {
-        self.runs.iter().map(|m| percentile(&m.lat, 0.99)).collect()
-    }
-
     fn rates(&self, orders: usize) -> Vec<f64> {
         self.runs
             .iter()
@@ -628,45 +625,25 @@ impl PathRow {
     fn print(&self, orders: usize, clients: usize) {
         match &self.target {
             Ok(_) => {
-                let max = self
-                    .runs
-                    .iter()
-                    .filter_map(|m| m.lat.last().copied())
-                    .fold(f64::NAN, f64::max);
-                let p99 = if orders >= MIN_SAMPLES_FOR_P99 {
-                    range(&self.p99s())
-                } else {
-                    "-".into()
-                };
+                let (p50, p99, max) = latency_columns(self.runs.iter().map(|m| &m.lat[..]));
                 println!(
                     "  {:<46} {:<68} {:>11} {:>13} {:>8.0} {:>13}",
                     self.label,
                     self.guarantee,
-                    range(&self.p50s()),
+                    p50,
                     p99,
                     max,
                     range(&self.rates(orders))
                 );
                 if self.at_once.is_some() {
-                    let runs = self.at_once_runs();
-                    let p = |q: f64| -> Vec<f64> {
-                        runs.iter().map(|a| percentile(&a.lat, q)).collect()
-                    };
-                    let samples = runs.iter().map(|a| a.lat.len()).min().unwrap_or(0);
-                    let max = runs
-                        .iter()
-                        .filter_map(|a| a.lat.last().copied())
-                        .fold(f64::NAN, f64::max);
+                    let (p50, p99, max) =
+                        latency_columns(self.at_once_runs().iter().map(|a| &a.lat[..]));
                     println!(
                         "  {:<46} {:<68} {:>11} {:>13} {:>8.0} {:>13}",
                         format!("  the same, {clients} clients at once"),
                         "",
-                        range(&p(0.5)),
-                        if samples >= MIN_SAMPLES_FOR_P99 {
-                            range(&p(0.99))
-                        } else {
-                            "-".into()
-                        },
+                        p50,
+                        p99,
                         max,
                         range(&self.at_once_rates())
                     );
@@ -678,6 +655,23 @@ impl PathRow {
             ),
         }
     }
+}
+
+/// A row's latency columns from its runs' sorted latencies: p50 and p99 as `lo–hi` over the
+/// runs (p99 `-` when a run has fewer than [`MIN_SAMPLES_FOR_P99`]), and the maximum of all.
+fn latency_columns<'a>(runs: impl Iterator<Item = &'a [f64]> + Clone) -> (String, String, f64) {
+    let at = |q: f64| -> Vec<f64> { runs.clone().map(|l| percentile(l, q)).collect() };
+    let samples = runs.clone().map(<[f64]>::len).min().unwrap_or(0);
+    let p99 = if samples >= MIN_SAMPLES_FOR_P99 {
+        range(&at(0.99))
+    } else {
+        "-".into()
+    };
+    let max = runs
+        .clone()
+        .filter_map(|l| l.last().copied())
+        .fold(f64::NAN, f64::max);
+    (range(&at(0.5)), p99, max)
 }
 
 /// `lo–hi` of per-run figures, or the one figure.
@@ -942,8 +936,14 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     );
     crate::http::listening(gw, Duration::from_secs(5)).await?;
     let replicated = match a.replication.mode() {
-        Some(mode) => {
-            Some(start_replicated_gateway(&exe, d, &mut kids, mode, a.sync, &client_ids).await?)
+        Some((mode, guarantee)) => {
+            let addr =
+                start_replicated_gateway(&exe, d, &mut kids, mode, a.sync, &client_ids).await?;
+            Some(PathRow::new(
+                format!("  the same, replicated {mode} to a standby"),
+                guarantee,
+                Ok((addr, "GW")),
+            ))
         }
         None => None,
     };
@@ -1032,22 +1032,7 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
             relay.map(|addr| (addr, "QFR")),
         )
         .with_at_once(),
-        replicated: replicated.map(|addr| {
-            let sync = a.replication == BenchReplication::Sync;
-            PathRow::new(
-                format!(
-                    "  the same, replicated {} to a standby",
-                    if sync { "sync" } else { "async" }
-                ),
-                if sync {
-                    REPLICATED_SYNC
-                } else {
-                    REPLICATED_ASYNC
-                },
-                Ok((addr, "GW")),
-            )
-            .with_at_once()
-        }),
+        replicated: replicated.map(PathRow::with_at_once),
     };
 
     let mut fsync = Vec::with_capacity(a.repeat);
@@ -1078,7 +1063,7 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
         a.runs,
         a.runs,
         a.runs,
-        (a.runs / a.clients.max(1)).max(MIN_ONE_AT_A_TIME),
+        one_at_a_time_each(a.runs, a.clients),
         n = a.clients
     );
     println!(
