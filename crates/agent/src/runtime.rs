@@ -1363,6 +1363,7 @@ fn one_line(v: &serde_json::Value) -> String {
             .get("replication")
             .map(replication_line)
             .into_iter()
+            .chain(o.get("store_sync").and_then(stall_line))
             .chain(o.iter().filter_map(|(k, v)| match v {
                 serde_json::Value::String(s) => Some(format!("{k}={s}")),
                 serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
@@ -1406,6 +1407,22 @@ fn replication_line(r: &serde_json::Value) -> String {
     };
     let state = if ready { "in-sync" } else { "NOT-in-sync" };
     format!("replication={mode} {state} {lag}")
+}
+
+/// A gateway's `store_sync` object, once its disk (or a sync standby) held messages longer
+/// than the gateway counts as slow: `sync-stalls=3 slowest=412ms`, so `understudy status`
+/// shows why a counterparty waited. Nothing while none was slow.
+fn stall_line(s: &serde_json::Value) -> Option<String> {
+    let slow = s
+        .get("slow_passes")
+        .and_then(|v| v.as_u64())
+        .filter(|n| *n > 0)?;
+    let slowest_ms = s
+        .get("slowest_pass_us")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+        / 1000;
+    Some(format!("sync-stalls={slow} slowest={slowest_ms}ms"))
 }
 
 fn lock_replaced() -> Input {
@@ -1499,6 +1516,25 @@ fn service_not_ready(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn status_shows_a_gateways_sync_stalls_only_once_there_were_some() {
+        let calm = json!({"role": "active", "store_sync": {"passes": 10, "fdatasyncs": 12,
+            "slow_passes": 0, "slow_pass_ms": 20, "slowest_pass_us": 900}});
+        assert_eq!(one_line(&calm), "role=active");
+        let stalled = json!({"role": "active", "store_sync": {"passes": 10, "fdatasyncs": 12,
+            "slow_passes": 3, "slow_pass_ms": 20, "slowest_pass_us": 412_345}});
+        assert_eq!(
+            one_line(&stalled),
+            "sync-stalls=3 slowest=412ms role=active"
+        );
+        let replicated = json!({"role": "active", "replication": {"mode": "sync",
+            "peers": [{"in_sync": true}]}, "store_sync": {"slow_passes": 1, "slowest_pass_us": 25_000}});
+        assert_eq!(
+            one_line(&replicated),
+            "replication=sync standbys-in-sync=1/1 sync-stalls=1 slowest=25ms role=active"
+        );
+    }
 
     #[test]
     fn a_replicated_standby_not_in_sync_is_not_ready_and_status_shows_its_lag() {

@@ -63,6 +63,45 @@ pub struct Health {
     /// The gateway's order map (active only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_map: Option<OrderMapHealth>,
+    /// The process's group commit (`gateway.sync = "group"`, active only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_sync: Option<StoreSyncHealth>,
+}
+
+/// Group commit in a [`Health`] answer, since the process started: informational (a slow
+/// disk delays, it loses nothing), so that a stall a counterparty noticed can be told apart
+/// from the network's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreSyncHealth {
+    /// Passes run: each made the records written since the one before durable.
+    pub passes: u64,
+    /// `fdatasync`s the passes issued (one per file a pass found written).
+    pub fdatasyncs: u64,
+    /// Passes slower than `slow_pass_ms`: every message each held waited that long. Each
+    /// is logged too (a warning at most every 10 s, counting those it did not log).
+    pub slow_passes: u64,
+    /// What counts as slow.
+    pub slow_pass_ms: u64,
+    /// The slowest pass, in µs, from its start to its records counting as durable (a sync
+    /// standby's acknowledgement included).
+    pub slowest_pass_us: u64,
+    /// The slowest `fdatasync` part of a pass, in µs. Near `slowest_pass_us`: the disk
+    /// stalled; far below it: a standby did.
+    pub slowest_fdatasync_us: u64,
+}
+
+impl From<crate::store::PassStats> for StoreSyncHealth {
+    fn from(s: crate::store::PassStats) -> StoreSyncHealth {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        StoreSyncHealth {
+            passes: s.passes,
+            fdatasyncs: s.syncs,
+            slow_passes: s.slow_passes,
+            slow_pass_ms: u64::try_from(crate::store::SLOW_PASS.as_millis()).unwrap_or(u64::MAX),
+            slowest_pass_us: us(s.slowest),
+            slowest_fdatasync_us: us(s.slowest_fdatasync),
+        }
+    }
 }
 
 /// The order map in a [`Health`] answer: informational (it never fails the check), since a
@@ -95,6 +134,7 @@ impl Health {
             slow_consumers_dropped: 0,
             replication: None,
             order_map: None,
+            store_sync: None,
         }
     }
 }

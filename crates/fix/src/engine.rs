@@ -748,6 +748,7 @@ impl<S: SessionStore> Engine<S> {
             slow_consumers_dropped: self.counters.slow_consumers_dropped,
             replication,
             order_map: None,
+            store_sync: self.group().map(|g| g.stats().into()),
         }
     }
 
@@ -1113,13 +1114,20 @@ impl<S: SessionStore> Engine<S> {
             st.slot.session.on_disconnected(SystemTime::now());
         }
         tracing::info!(session = %st.slot.name, ?reason, "disconnected");
-        if std::mem::take(&mut st.logged_on) {
+        let was_logged_on = std::mem::take(&mut st.logged_on);
+        if was_logged_on {
             app.on_logout(i, reason);
         }
         let interval = st.slot.reconnect_interval;
-        // A session that ended in an orderly way (or was refused) waits before retrying.
         let delay = match reason {
-            DisconnectReason::Protocol(t) if t == "connection closed" => Duration::ZERO,
+            // A session cut mid-way (its peer crashed or failed over): the next address at once.
+            DisconnectReason::Protocol(t) if t == "connection closed" && was_logged_on => {
+                Duration::ZERO
+            }
+            // Ended in an orderly way, refused, or closed before the Logon was answered: wait.
+            // A peer that still holds the session on an older connection (its former owner
+            // not gone yet) accepts and closes at once; retried at once, that is hundreds of
+            // connections a second to an exchange.
             _ => interval,
         };
         self.start_connect(i, delay);
@@ -1186,8 +1194,21 @@ impl<S: SessionStore> Engine<S> {
                             i
                         }
                         Some(i) => {
-                            tracing::warn!(session = %self.slots[i].slot.name,
+                            tracing::warn!(session = %self.slots[i].slot.name, ?peer,
                                 "second connection for a connected session refused");
+                            if let Some(sid) = &bound {
+                                // Tell the counterparty's operator why: after a failover on
+                                // its side, its former active may still hold the session.
+                                let text = format!(
+                                    "session {} is logged on from another connection",
+                                    sid.target_comp_id
+                                );
+                                if let (Some(c), Some(f)) =
+                                    (self.conns.get(&id), refusal_logout(sid, &text))
+                                {
+                                    let _ = c.writer.send(f);
+                                }
+                            }
                             self.refuse(id);
                             return Ok(());
                         }

@@ -876,6 +876,15 @@ impl<S: SessionStore> Session<S> {
         }
         let mt = header.msg_type;
         let logging_on = matches!(self.state, State::AwaitingLogon | State::LogonSent);
+        if self.state == State::LogonSent && mt == msg_type::LOGOUT {
+            // Our Logon refused: say why, in the counterparty's words.
+            let why = msg.get_str(tags::TEXT).map(sanitize).unwrap_or_default();
+            return Err(self.end_session(
+                "First message must be Logon",
+                DisconnectReason::Protocol(format!("Logon refused by the counterparty: {why:?}")),
+                now,
+            ));
+        }
         if logging_on && mt != msg_type::LOGON {
             return Err(self.end_session(
                 "First message must be Logon",

@@ -22,7 +22,7 @@ pub use file::{
     parse_segment_name, records_len, remove_unclaimed_segments, segment_files, valid_len,
     FileStore, RecoveryReport, SegmentId, SyncPolicy, ROTATE_AFTER,
 };
-pub use group::{BatchHook, GroupCommit};
+pub use group::{BatchHook, GroupCommit, PassStats, SLOW_PASS};
 
 /// The newest epoch this process has learned of from elsewhere (a standby's refusal, see
 /// [`crate::replica`]); 0 when none.

@@ -766,3 +766,31 @@ fn reset_seq_num_flag_from_a_client_is_refused_unless_allowed() {
     );
     assert!(a.iter().any(|x| matches!(x, Action::Disconnect(_))));
 }
+
+#[test]
+fn a_logon_refused_with_a_logout_says_why() {
+    let mut s = initiator(BeginString::Fix44);
+    s.on_connected(t0());
+    assert_eq!(summary(&sent(&actions(&mut s))[0]), "A:1");
+    assert_eq!(s.state(), State::LogonSent);
+    // What an acceptor answers while an older connection holds the session (MsgSeqNum 1: it
+    // belongs to no session).
+    s.on_frame(
+        &raw_frame("8=FIX.4.4|35=5|49=GW|56=CLIENT|34=1|52=20240102-03:04:05|58=session CLIENT is logged on from another connection|"),
+        t0(),
+    );
+    let a = actions(&mut s);
+    assert!(sent(&a).is_empty(), "a refusal is not answered: {a:?}");
+    match a.last() {
+        Some(Action::Disconnect(DisconnectReason::Protocol(why))) => assert_eq!(
+            why,
+            "Logon refused by the counterparty: \"session CLIENT is logged on from another connection\""
+        ),
+        other => panic!("not disconnected with the reason: {other:?}"),
+    }
+    assert_eq!(
+        s.store().next_target_seq(),
+        1,
+        "nothing of the refusal counts"
+    );
+}

@@ -37,6 +37,21 @@ pub fn can_act(pid: u32) -> bool {
     alive
 }
 
+/// True when a thread of `pid` is in an uninterruptible wait (state `D` in /proc: a disk or
+/// a network file system it waits on), where even SIGKILL waits until the wait ends.
+pub fn waits_uninterruptibly(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The command name, in parentheses, may itself hold spaces and parentheses.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('D'))
+        })
+    })
+}
+
 /// True while `pid` can act and runs with `UNDERSTUDY_NODE=node` and `UNDERSTUDY_GROUP=group` in
 /// its environment: the service of that node of that group, so that an unrelated process that
 /// reused the pid, or a pid from another host's record, never counts.

@@ -575,6 +575,16 @@ async fn watch(
         }
     };
     fence.detach(generation);
+    if let (true, Some(p)) = (group_killed, pid) {
+        if crate::procwatch::waits_uninterruptibly(pid_u32(p)) {
+            // Counted as exited all the same: a process with SIGKILL pending never runs user
+            // code again (see `procwatch::can_act`). But an operator sees its traces.
+            tracing::warn!(generation, pid = %p,
+                "the service got SIGKILL inside an uninterruptible wait (state D: a stalled \
+                 disk or network file system); it runs no more code, but keeps its sockets \
+                 and ports (and its connections open) until the kernel ends that wait");
+        }
+    }
     let status = guardian.wait().await;
 
     let reason = match reason {

@@ -11,7 +11,8 @@
 //!   `/proc` says about a process. [`ports`]: free loopback ports. [`http`]: the admin API
 //!   client and the `/status` and `/events` readers. [`clock`]: clocks, waiting with a deadline.
 //! - [`checkers`]: the overlap checker over the demo service's log and the two-Hot watcher.
-//! - [`netns`]: "machines" as network namespaces on a bridge ([`netns::Lab`]); [`tmpfs`].
+//! - [`netns`]: "machines" as network namespaces on a bridge ([`netns::Lab`]); [`tmpfs`];
+//!   [`iothrottle`]: a disk that stalls for chosen processes.
 //! - [`stats`]: percentiles, the benchmark table, comparisons that name a winner honestly.
 //! - Drivers: [`demo`] (`understudy demo`), [`bench`] (`understudy bench …`), and the price
 //!   ([`price`]) and FIX ([`fix`]) demos and benchmarks.
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod fix;
 pub mod group;
 pub mod http;
+pub mod iothrottle;
 pub mod netns;
 pub mod ports;
 pub mod price;
@@ -42,6 +44,7 @@ pub use clock::{mono_ns, pause, sleep_ms, unix_ms, wait_until};
 pub use config::{arr, q, AgentConfig, Overrides};
 pub use group::{tail, Group, Node};
 pub use http::{get_json, http, is_mode, is_ready_standby, post, put, wait_port};
+pub use iothrottle::IoThrottle;
 pub use ports::{free_addr, free_addrs};
 pub use proc::{
     alive, environ, exit_within, pgid_of, pids_in_group, rss_kib, run_cli, signal, wait_exit, Proc,

@@ -1013,3 +1013,147 @@ fn a_sync_pair_stopped_whole_starts_again_from_its_last_active_not_from_the_firs
     watcher.finish();
     g.stop_all();
 }
+
+/// `store_sync` of the gateway's `GET /health` at `admin`.
+fn store_sync_of(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) =
+        testbed::http("GET", &admin.to_string(), "/health", ANSWER).expect("GET /health");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["store_sync"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_disk_delays_orders_loses_none_and_the_gateway_reports_how_long_it_held_them() {
+    const TEST: &str =
+        "a_stalling_disk_delays_orders_loses_none_and_the_gateway_reports_how_long_it_held_them";
+    // On a disk: a tmpfs has no device to throttle (and its fdatasync does nothing).
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
+    let throttle = match testbed::IoThrottle::new("understudy-stall", dir.path()) {
+        Ok(t) => t,
+        Err(why) => return skip::skip(TEST, &why),
+    };
+    let (_sim, sim) = start_sim(dir.path());
+    let store = dir.path().join("store");
+    let gw = addr(free_port().expect("port"));
+    let admin = addr(free_port().expect("port"));
+    let cfg = gateway_config(
+        dir.path(),
+        "gw",
+        gw,
+        &store,
+        sim,
+        &format!("[admin]\nhttp = \"{admin}\"\n"),
+    );
+    let log = dir.path().join("gw.log");
+    let gateway = Proc(start_gateway(&cfg, 1, &log));
+    assert!(wait_port(gw, ANSWER), "gateway did not listen");
+    let t = Duration::from_secs(30);
+    let (mut c, mut seen, _) = logged_on_client(vec![gw], t).await;
+    c.handle.send(0, b"D", order("before", "ABC", 1, true));
+    assert!(next_where(&mut c, &mut seen, t, |e| filled(e, "before"))
+        .await
+        .is_some());
+    let calm = store_sync_of(admin);
+    assert!(calm["passes"].as_u64() >= Some(2), "{calm}");
+    assert_eq!(calm["slow_pass_ms"], 20, "{calm}");
+
+    // Every fdatasync of the gateway now waits for the throttled device (about 620 ms here
+    // at 5 writes a second); its writes still land in the page cache at once.
+    throttle.add(gateway.0.id()).expect("into the cgroup");
+    throttle.set_write_iops(Some(5)).expect("throttle");
+    let stalled = ["s1", "s2"];
+    for id in stalled {
+        c.handle.send(0, b"D", order(id, "ABC", 1, true));
+        assert!(
+            next_where(&mut c, &mut seen, t, |e| filled(e, id))
+                .await
+                .is_some(),
+            "{id} not filled on a slow disk: {seen:?}"
+        );
+    }
+    let s = store_sync_of(admin);
+    let us = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k}: {s}"));
+    assert!(us("slow_passes") >= 2, "{s}");
+    assert!(
+        us("slowest_fdatasync_us") >= 100_000,
+        "the disk's stall not seen: {s}"
+    );
+    assert!(us("slowest_pass_us") >= us("slowest_fdatasync_us"), "{s}");
+    let text = std::fs::read_to_string(&log).expect("gateway log");
+    assert!(
+        text.contains("a group-commit pass took over 20 ms"),
+        "no warning about the slow disk in its log:\n{text}"
+    );
+
+    // The disk recovers: orders flow on, and nothing was lost or sent twice on the way.
+    throttle.set_write_iops(None).expect("lift");
+    c.handle.send(0, b"D", order("after", "ABC", 1, true));
+    assert!(next_where(&mut c, &mut seen, t, |e| filled(e, "after"))
+        .await
+        .is_some());
+    for id in ["before", "s1", "s2", "after"] {
+        let acks = seen.iter().filter(|e| exec(e, id, "0")).count();
+        let fills = seen.iter().filter(|e| filled(e, id)).count();
+        assert_eq!((acks, fills), (1, 1), "{id}: {seen:?}");
+    }
+    use understudy_fix::session::SessionEvent;
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e,
+            ClientEvent::Message { poss_dup: true, .. }
+                | ClientEvent::Message {
+                    poss_resend: true,
+                    ..
+                }
+                | ClientEvent::Session(SessionEvent::GapDetected { .. })
+        )),
+        "a gap or a message sent again: {seen:?}"
+    );
+    c.task.abort();
+    drop(gateway);
+    drop(throttle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_logon_for_a_logged_on_session_is_refused_with_the_reason_and_the_first_carries_on(
+) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Single {
+        _sim,
+        gateway: _gateway,
+        addr: gw,
+        ..
+    } = start_single(dir.path(), 1);
+    tokio::task::spawn_blocking(move || {
+        let mut first = Raw::connect(gw, "CLIENT1");
+        first.logon();
+        // A second owner of CLIENT1 (its former active after a failover on the client's side,
+        // not gone yet): told why, then closed, so that its operator need not guess.
+        let mut second = Raw::connect(gw, "CLIENT1");
+        let logon = second.build("A", "98=0|108=30|");
+        second.send(&logon);
+        let got = second.until("the refusal", |m| field(m, 35) == Some("5"));
+        let refusal = got.last().expect("a frame");
+        assert_eq!(
+            field(refusal, 58),
+            Some("session CLIENT1 is logged on from another connection"),
+            "{got:?}"
+        );
+        let deadline = Instant::now() + ANSWER;
+        let mut buf = [0u8; 1024];
+        loop {
+            match second.s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => panic!(
+                    "more after the refusal: {}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Err(_) => assert!(Instant::now() < deadline, "not closed after the refusal"),
+            }
+        }
+        first.order_filled("still-here");
+    })
+    .await
+    .expect("test");
+}

@@ -5,9 +5,14 @@
 //! SIGKILL after `service.stop_timeout`) and releases the lock; the standby becomes Hot and the
 //! client carries on there. Continued afterwards, the old process writes nothing to the store
 //! and sends nothing, and at no moment are two agents Hot.
+//!
+//! The same with the active gateway's disk stalling instead (its writes throttled to one a
+//! second by the kernel, for that process only): its event loop waits in `fdatasync`, its
+//! health check fails, the standby takes over, and nothing is lost or sent twice.
 #![allow(clippy::disallowed_methods)] // test drivers may block
 
 mod fix_common;
+mod skip;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 use fix_common::{
     addr, assert_new_partial_full, assert_sequences_continue, free_port, gateway_group, is_logon,
     logged_on_client, logon_to_new_active, names, next_where, pair, send_market_orders,
-    start_active_then_standby, stop_client_and_group, store_files, wait_filled, Pair, NODES,
+    start_active_then_standby, stop_client_and_group, store_files, wait_filled, Group, Pair, NODES,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -129,6 +134,23 @@ impl Drop for HotMonitor {
     }
 }
 
+/// Two agents running the gateways of `cfgs`, each checking its own gateway's health
+/// endpoint at `health` and stopping a failing service fast.
+fn gateway_group_checking(cfgs: &[PathBuf; 2], health: &[SocketAddr; 2]) -> Group {
+    let g = gateway_group(cfgs);
+    for (i, n) in NODES.iter().map(|n| &g.nodes[*n]).enumerate() {
+        let text = std::fs::read_to_string(&n.config).expect("agent config");
+        assert!(text.contains("stop_timeout = \"3s\""), "{text}");
+        let text = text.replace("stop_timeout = \"3s\"", "stop_timeout = \"500ms\"")
+            + &format!(
+                "\n[health]\nhttp = \"http://{}/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nfailures = 3\nstart_period = \"3s\"\n",
+                health[i]
+            );
+        std::fs::write(&n.config, text).expect("agent config");
+    }
+    g
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_takes_over() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -145,18 +167,7 @@ async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_ta
     } = pair(dir.path(), |i| {
         format!("\n[admin]\nhttp = \"{}\"\n", health[i])
     });
-    let g = gateway_group(&cfgs);
-    // Each agent checks its own gateway's health endpoint, and stops a failing service fast.
-    for (i, n) in NODES.iter().map(|n| &g.nodes[*n]).enumerate() {
-        let text = std::fs::read_to_string(&n.config).expect("agent config");
-        assert!(text.contains("stop_timeout = \"3s\""), "{text}");
-        let text = text.replace("stop_timeout = \"3s\"", "stop_timeout = \"500ms\"")
-            + &format!(
-                "\n[health]\nhttp = \"http://{}/health\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nfailures = 3\nstart_period = \"3s\"\n",
-                health[i]
-            );
-        std::fs::write(&n.config, text).expect("agent config");
-    }
+    let g = gateway_group_checking(&cfgs, &health);
     let admins = [g.admin("a"), g.admin("b")];
     let monitor = HotMonitor::start(admins.clone());
     let g = tokio::task::spawn_blocking(move || {
@@ -252,4 +263,99 @@ async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_ta
     assert!(overlaps.is_empty(), "two agents Hot: {overlaps:?}");
     assert_eq!(hot_seen, [true, true], "the monitor saw both actives");
     stop_client_and_group(c, g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_stall_of_the_active_gateway_fails_its_health_check_and_the_standby_takes_over() {
+    const TEST: &str =
+        "a_disk_stall_of_the_active_gateway_fails_its_health_check_and_the_standby_takes_over";
+    // On a disk: a tmpfs has no device to throttle (and its fdatasync does nothing).
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
+    let throttle = match testbed::IoThrottle::new("understudy-stall", dir.path()) {
+        Ok(t) => t,
+        Err(why) => return skip::skip(TEST, &why),
+    };
+    let health = [
+        addr(free_port().expect("port")),
+        addr(free_port().expect("port")),
+    ];
+    let Pair {
+        _sim,
+        ports: fix,
+        cfgs,
+        ..
+    } = pair(dir.path(), |i| {
+        format!("\n[admin]\nhttp = \"{}\"\n", health[i])
+    });
+    let g = gateway_group_checking(&cfgs, &health);
+    let admins = [g.admin("a"), g.admin("b")];
+    let monitor = HotMonitor::start(admins.clone());
+    let g = tokio::task::spawn_blocking(move || {
+        let mut g = g;
+        start_active_then_standby(&mut g, fix[0]);
+        g
+    })
+    .await
+    .expect("group start");
+
+    let t = Duration::from_secs(20);
+    let (mut c, mut seen, first) = logged_on_client(fix.to_vec(), t).await;
+    send_market_orders(&c, &names("b", 10));
+    wait_filled(&mut c, &mut seen, t, names("b", 10)).await;
+    let status = get_json(&admins[0], "/status").expect("status a");
+    let old_epoch = status["epoch"].as_u64().expect("epoch");
+    let pid = status["service"]["pid"].as_u64().expect("service pid") as u32;
+    assert!(alive(pid), "gateway pid {pid}");
+
+    // The active gateway's disk stalls: each of its writes to the device waits up to a
+    // second, so every fdatasync takes seconds. Its agent and everything else run on.
+    throttle.add(pid).expect("into the cgroup");
+    throttle.set_write_iops(Some(1)).expect("throttle");
+    let stalled_at = Instant::now();
+    // Orders sent into the stall: held until durable, then answered by whichever gateway
+    // holds the session by then, exactly once.
+    let s_orders = names("s", 10);
+    send_market_orders(&c, &s_orders[..5]);
+    let g = tokio::task::spawn_blocking(move || {
+        g.wait_hot("b")
+            .expect("b hot after the stalled gateway failed its health check");
+        g
+    })
+    .await
+    .expect("wait b");
+    let second = logon_to_new_active(&mut c, &mut seen, t, "disk stall", stalled_at).await;
+    assert_sequences_continue(&first, &second);
+    let new_epoch = get_json(&admins[1], "/status").expect("status b")["epoch"]
+        .as_u64()
+        .expect("epoch");
+    assert!(new_epoch > old_epoch, "{old_epoch} → {new_epoch}");
+    send_market_orders(&c, &s_orders[5..]);
+    wait_filled(&mut c, &mut seen, t, s_orders.clone()).await;
+    // The stalled gateway does not outlive its agent's stop, however long its disk makes the
+    // kill wait (a process in fdatasync dies once its write returns).
+    let t0 = Instant::now();
+    while alive(pid) && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(pid),
+        "the stalled gateway {pid} outlived its agent's stop by 20 s"
+    );
+    // Its agent says why the gateway's ports and connections outlived the SIGKILL a while.
+    let a_log = std::fs::read_to_string(&g.nodes["a"].out).expect("agent a's output");
+    assert!(
+        a_log.contains("the service got SIGKILL inside an uninterruptible wait"),
+        "{a_log}"
+    );
+    let _ = next_where(&mut c, &mut seen, Duration::from_millis(500), |_| false).await;
+    let (v, body) = health_ok(health[1], "new active health");
+    assert_eq!(v["role"], "active", "{body}");
+    assert_eq!(v["epoch"], new_epoch, "{body}");
+    // Every order answered exactly once (a copy only with PossDupFlag): New, partial, full.
+    assert_new_partial_full(&seen, names("b", 10).into_iter().chain(s_orders));
+    let (overlaps, hot_seen) = monitor.finish();
+    assert!(overlaps.is_empty(), "two agents Hot: {overlaps:?}");
+    assert_eq!(hot_seen, [true, true], "the monitor saw both actives");
+    stop_client_and_group(c, g).await;
+    drop(throttle);
 }

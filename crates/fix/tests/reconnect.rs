@@ -1,0 +1,42 @@
+//! How often an initiator dials a peer that accepts and closes at once, as an acceptor does
+//! while an older connection still holds the session (the former owner of a session, stalled
+//! on its disk, not gone yet): once per `reconnect_interval`, not in a tight loop.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use understudy_fix::client::{self, ClientConfig};
+use understudy_fix::tags::BeginString;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_closes_before_the_logon_is_redialled_once_per_reconnect_interval() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let peer = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let c = client::start(ClientConfig {
+        connect: vec![addr],
+        sender_comp_id: "GW".into(),
+        target_comp_id: "EXCH".into(),
+        begin_string: BeginString::Fix44,
+        heartbeat_interval: Duration::from_secs(5),
+        reconnect_interval: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .expect("client");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = accepted.load(Ordering::SeqCst);
+    c.task.abort();
+    peer.abort();
+    // About 10 in that second at 100 ms each; a retry with no wait made several hundred.
+    assert!((2..=15).contains(&n), "{n} connections in 1 s");
+}
