@@ -412,6 +412,9 @@ struct SlotState<S: SessionStore> {
     logged_on: bool,
     /// Initiator: not connecting because its schedule is closed; the tick starts it again.
     waiting_schedule: bool,
+    /// Initiator: connections in a row that ended before their Logon was answered (see
+    /// [`retry_delay`]).
+    unanswered: u32,
 }
 
 impl<S: SessionStore> SlotState<S> {
@@ -426,6 +429,7 @@ impl<S: SessionStore> SlotState<S> {
             next_addr: 0,
             logged_on: false,
             waiting_schedule: false,
+            unanswered: 0,
         }
     }
 }
@@ -1118,18 +1122,15 @@ impl<S: SessionStore> Engine<S> {
         if was_logged_on {
             app.on_logout(i, reason);
         }
-        let interval = st.slot.reconnect_interval;
-        let delay = match reason {
-            // A session cut mid-way (its peer crashed or failed over): the next address at once.
-            DisconnectReason::Protocol(t) if t == "connection closed" && was_logged_on => {
-                Duration::ZERO
-            }
-            // Ended in an orderly way, refused, or closed before the Logon was answered: wait.
-            // A peer that still holds the session on an older connection (its former owner
-            // not gone yet) accepts and closes at once; retried at once, that is hundreds of
-            // connections a second to an exchange.
-            _ => interval,
-        };
+        if !was_logged_on {
+            st.unanswered = st.unanswered.saturating_add(1);
+        }
+        let delay = retry_delay(
+            reason,
+            was_logged_on,
+            st.unanswered,
+            st.slot.reconnect_interval,
+        );
         self.start_connect(i, delay);
     }
 
@@ -1385,6 +1386,7 @@ impl<S: SessionStore> Engine<S> {
                     Action::Event(SessionEvent::LoggedOn { reset }) => {
                         let st = &mut self.slots[i];
                         st.logged_on = true;
+                        st.unanswered = 0;
                         let info = LogonInfo {
                             id: session_id(&st.slot.session),
                             reset,
@@ -1875,6 +1877,38 @@ fn identify(frame: &[u8]) -> Option<SessionId> {
     })
 }
 
+/// The first wait before dialling again after a connection that ended before its Logon was
+/// answered; each one more in a row doubles it, up to `reconnect_interval`.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+
+/// How long an initiator waits before dialling again after its connection ended for `reason`,
+/// `unanswered` connections in a row having ended before their Logon was answered.
+fn retry_delay(
+    reason: &DisconnectReason,
+    was_logged_on: bool,
+    unanswered: u32,
+    interval: Duration,
+) -> Duration {
+    match reason {
+        // A session cut mid-way (its peer crashed or failed over): the next address at once.
+        DisconnectReason::Protocol(t) if t == "connection closed" && was_logged_on => {
+            Duration::ZERO
+        }
+        // Ended in an orderly way or by a protocol error: the configured wait.
+        _ if was_logged_on => interval,
+        // Refused, or closed before the Logon was answered. An exchange that still holds the
+        // session on an older connection (its former owner not gone yet: stalled on its disk,
+        // or a machine lost until the exchange's heartbeat timeout) accepts and closes at
+        // once. Dialled again at once, that was hundreds of connections a second; at
+        // `interval` alone, a failover would wait up to a whole interval after the race with
+        // the old connection's close. So: quickly at first, then backing off to `interval`.
+        _ => {
+            let doublings = unanswered.saturating_sub(1).min(16);
+            FIRST_RETRY.saturating_mul(1 << doublings).min(interval)
+        }
+    }
+}
+
 /// A Logout with `text` answering a Logon no session takes; it belongs to no session, so it
 /// carries MsgSeqNum 1 and is stored nowhere.
 fn refusal_logout(sid: &SessionId, text: &str) -> Option<Vec<u8>> {
@@ -1908,6 +1942,37 @@ pub fn parse_begin_string(s: &str) -> Option<BeginString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unanswered_logon_is_retried_quickly_then_at_the_reconnect_interval() {
+        let closed = DisconnectReason::Protocol("connection closed".into());
+        let refused = DisconnectReason::Protocol("Logon refused by the counterparty: \"x\"".into());
+        let s = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(retry_delay(&closed, true, 0, s), Duration::ZERO);
+        assert_eq!(retry_delay(&refused, true, 0, s), s);
+        let waits: Vec<_> = (1..=10)
+            .map(|n| retry_delay(&closed, false, n, s))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                ms(10),
+                ms(20),
+                ms(40),
+                ms(80),
+                ms(160),
+                ms(320),
+                ms(640),
+                s,
+                s,
+                s
+            ]
+        );
+        assert_eq!(retry_delay(&refused, false, 3, s), ms(40));
+        assert_eq!(retry_delay(&refused, false, u32::MAX, s), s);
+        assert_eq!(retry_delay(&refused, false, 5, ms(25)), ms(25));
+    }
 
     #[test]
     fn allowed_peers_match_addresses_and_blocks() {
