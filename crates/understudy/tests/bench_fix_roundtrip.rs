@@ -104,6 +104,20 @@ fn the_round_trip_bench_measures_every_path_the_quickfix_relay_included() {
         out.contains("like for like: the same 2 hops through QuickFIX (QuickFIX/C++ relay"),
         "no like-for-like goal line:\n{out}"
     );
+    // The gateway's own account of its group commit, from its /health after the runs: passes
+    // counted, each at least 1 µs.
+    let gc = out
+        .lines()
+        .find(|l| l.contains("its group commit over all runs:"))
+        .unwrap_or_else(|| panic!("no group-commit line in:\n{out}"));
+    let passes: u64 = gc
+        .split_whitespace()
+        .skip_while(|w| *w != "runs:")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no pass count in {gc}"));
+    assert!(passes >= 100, "fewer passes than orders: {gc}");
+    assert!(!gc.contains('?'), "a figure missing: {gc}");
 }
 
 #[test]

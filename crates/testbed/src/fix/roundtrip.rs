@@ -531,6 +531,25 @@ async fn start_replicated_gateway(
     Ok(listen[0])
 }
 
+/// What the gateway's `/health` says of its group commit over every run (`store_sync`): how
+/// long a pass held messages at worst, and whether its disk did. Nothing without group commit.
+fn print_group_commit(sync: Option<&serde_json::Value>) {
+    let Some(s) = sync.filter(|s| s.is_object()) else {
+        return;
+    };
+    let n = |k: &str| s[k].as_u64().map_or("?".to_owned(), |v| v.to_string());
+    println!(
+        "    its group commit over all runs: {} passes, {} fdatasyncs; slowest pass {} µs, slowest fdatasync part {} µs; \
+         {} slower than {} ms",
+        n("passes"),
+        n("fdatasyncs"),
+        n("slowest_pass_us"),
+        n("slowest_fdatasync_us"),
+        n("slow_passes"),
+        n("slow_pass_ms")
+    );
+}
+
 /// The file system a path is on, by name where it is a common one.
 fn fs_type(p: &Path) -> String {
     use nix::sys::statfs::{
@@ -914,15 +933,17 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     }
     let mut kids = Vec::new();
 
-    // The product: client → gateway → our simulator (memory store) → back.
-    let gw = crate::ports::free_addrs(1)?[0];
+    // The product: client → gateway → our simulator (memory store) → back. Its health
+    // endpoint says afterwards how long its group commit held messages at worst.
+    let [gw, gw_admin] = <[SocketAddr; 2]>::try_from(crate::ports::free_addrs(2)?)
+        .map_err(|_| anyhow::anyhow!("two free ports expected"))?;
     let (sim, gw_sim) = group::start_sim(&exe, None, None)?;
     kids.push(sim);
     let client_ids: Vec<&str> = clients.iter().map(String::as_str).collect();
     let mut file = GatewayFile::new(gw, &d.join("store"), gw_sim, &client_ids);
     file.gateway.sync = Some(a.sync);
     let cfg = d.join("gw.toml");
-    file.write(&cfg, "")?;
+    file.write(&cfg, &format!("[admin]\nhttp = \"{gw_admin}\"\n"))?;
     kids.push(
         Proc::spawn(
             crate::proc::understudy(&exe, &["fix-gateway", "--config"])
@@ -1054,6 +1075,11 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
         }
         measure_rotated(goal_rows.rows_mut(), rep, a.runs, a.clients).await?;
     }
+    let gw_health = gw_admin.to_string();
+    let gw_sync = tokio::task::spawn_blocking(move || {
+        crate::http::get_json(&gw_health, "/health").map(|h| h["store_sync"].clone())
+    })
+    .await?;
 
     println!(
         "fix-roundtrip: {} market orders per path and run, each of quantity 1 and so answered New then fill (no partial fill, on every path alike): one at a time (latency: \
@@ -1108,6 +1134,7 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     goal_rows.quickfix.print(a.runs, a.clients);
     print_verdict(&goal_rows.engine, &goal_rows.quickfix, a.runs, a.repeat);
     goal_rows.gateway.print(a.runs, a.clients);
+    print_group_commit(gw_sync.as_ref());
     if let Some(r) = &goal_rows.replicated {
         r.print(a.runs, a.clients);
     }
