@@ -48,6 +48,14 @@ impl IoThrottle {
         })
     }
 
+    /// A fresh directory on a disk, under /var/tmp (a tmpfs has no device to throttle, and its
+    /// `fdatasync` does nothing), and a cgroup `name` throttling that disk.
+    pub fn on_temp_disk(name: &str) -> Result<(tempfile::TempDir, IoThrottle), String> {
+        let dir = tempfile::tempdir_in("/var/tmp").map_err(|e| format!("/var/tmp: {e}"))?;
+        let throttle = IoThrottle::new(name, dir.path())?;
+        Ok((dir, throttle))
+    }
+
     /// Moves process `pid`, every thread of it, into the cgroup.
     pub fn add(&self, pid: u32) -> Result<(), String> {
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())

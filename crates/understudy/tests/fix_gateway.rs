@@ -1027,10 +1027,8 @@ fn store_sync_of(admin: SocketAddr) -> serde_json::Value {
 async fn a_stalling_disk_delays_orders_loses_none_and_the_gateway_reports_how_long_it_held_them() {
     const TEST: &str =
         "a_stalling_disk_delays_orders_loses_none_and_the_gateway_reports_how_long_it_held_them";
-    // On a disk: a tmpfs has no device to throttle (and its fdatasync does nothing).
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
-    let throttle = match testbed::IoThrottle::new("understudy-stall", dir.path()) {
-        Ok(t) => t,
+    let (dir, throttle) = match testbed::IoThrottle::on_temp_disk("understudy-stall") {
+        Ok(d) => d,
         Err(why) => return skip::skip(TEST, &why),
     };
     let (_sim, sim) = start_sim(dir.path());

@@ -151,33 +151,60 @@ fn gateway_group_checking(cfgs: &[PathBuf; 2], health: &[SocketAddr; 2]) -> Grou
     g
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_takes_over() {
-    let dir = tempfile::tempdir().expect("tmp");
+/// A [`pair`] whose agents check their gateways' health, started (a Hot, b a ready standby:
+/// its health check passed, the Warm gateway answers /health) under a two-Hot monitor.
+struct Checked {
+    pair: Pair,
+    /// Each gateway's `[admin] http`.
+    health: [SocketAddr; 2],
+    /// Each agent's admin API.
+    admins: [String; 2],
+    monitor: HotMonitor,
+    g: Group,
+}
+
+async fn start_checked_pair(dir: &Path) -> Checked {
     let health = [
         addr(free_port().expect("port")),
         addr(free_port().expect("port")),
     ];
-    // Each gateway serves its health endpoint on its own `[admin] http` address.
-    let Pair {
-        _sim,
-        store,
-        ports: fix,
-        cfgs,
-    } = pair(dir.path(), |i| {
-        format!("\n[admin]\nhttp = \"{}\"\n", health[i])
-    });
-    let g = gateway_group_checking(&cfgs, &health);
+    let pair = pair(dir, |i| format!("\n[admin]\nhttp = \"{}\"\n", health[i]));
+    let g = gateway_group_checking(&pair.cfgs, &health);
     let admins = [g.admin("a"), g.admin("b")];
     let monitor = HotMonitor::start(admins.clone());
+    let active = pair.ports[0];
     let g = tokio::task::spawn_blocking(move || {
         let mut g = g;
-        // Ready means its health check passed: the Warm gateway answers /health.
-        start_active_then_standby(&mut g, fix[0]);
+        start_active_then_standby(&mut g, active);
         g
     })
     .await
     .expect("group start");
+    Checked {
+        pair,
+        health,
+        admins,
+        monitor,
+        g,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_takes_over() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Checked {
+        pair:
+            Pair {
+                _sim,
+                store,
+                ports: fix,
+                ..
+            },
+        health,
+        admins,
+        monitor,
+        g,
+    } = start_checked_pair(dir.path()).await;
     let (v, body) = health_ok(health[1], "standby health");
     assert_eq!(v["role"], "standby", "{body}");
     assert_eq!(v["fenced"], false, "{body}");
@@ -269,34 +296,19 @@ async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_ta
 async fn a_disk_stall_of_the_active_gateway_fails_its_health_check_and_the_standby_takes_over() {
     const TEST: &str =
         "a_disk_stall_of_the_active_gateway_fails_its_health_check_and_the_standby_takes_over";
-    // On a disk: a tmpfs has no device to throttle (and its fdatasync does nothing).
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
-    let throttle = match testbed::IoThrottle::new("understudy-stall", dir.path()) {
-        Ok(t) => t,
+    let (dir, throttle) = match testbed::IoThrottle::on_temp_disk("understudy-stall") {
+        Ok(d) => d,
         Err(why) => return skip::skip(TEST, &why),
     };
-    let health = [
-        addr(free_port().expect("port")),
-        addr(free_port().expect("port")),
-    ];
-    let Pair {
-        _sim,
-        ports: fix,
-        cfgs,
-        ..
-    } = pair(dir.path(), |i| {
-        format!("\n[admin]\nhttp = \"{}\"\n", health[i])
-    });
-    let g = gateway_group_checking(&cfgs, &health);
-    let admins = [g.admin("a"), g.admin("b")];
-    let monitor = HotMonitor::start(admins.clone());
-    let g = tokio::task::spawn_blocking(move || {
-        let mut g = g;
-        start_active_then_standby(&mut g, fix[0]);
-        g
-    })
-    .await
-    .expect("group start");
+    let Checked {
+        pair: Pair {
+            _sim, ports: fix, ..
+        },
+        health,
+        admins,
+        monitor,
+        g,
+    } = start_checked_pair(dir.path()).await;
 
     let t = Duration::from_secs(20);
     let (mut c, mut seen, first) = logged_on_client(fix.to_vec(), t).await;
