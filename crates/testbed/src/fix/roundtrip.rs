@@ -478,8 +478,8 @@ async fn start_quickfix_relay(
 
 /// The gateway path replicated: a simulator of its own (the plain gateway's logs on to the
 /// other as the same CompID), a warm standby gateway b, then gateway a active with `mode`,
-/// both on loopback with a store directory each under `dir`; returns a's client address once
-/// b reports its copy in sync.
+/// both on loopback with a store directory each under `dir`; returns a's client address and
+/// its health endpoint once b reports its copy in sync.
 async fn start_replicated_gateway(
     exe: &Path,
     dir: &Path,
@@ -487,7 +487,7 @@ async fn start_replicated_gateway(
     mode: &'static str,
     sync: StoreSync,
     clients: &[&str],
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let (sim, at) = group::start_sim(exe, None, None)?;
     kids.push(sim);
     let repl = group::Replicated::new(dir, mode)?;
@@ -528,7 +528,7 @@ async fn start_replicated_gateway(
         "the replicated standby gateway at {} did not report its copy in sync within 10 s",
         repl.health[1]
     );
-    Ok(listen[0])
+    Ok((listen[0], repl.health[0]))
 }
 
 /// What the gateway's `/health` says of its group commit over every run (`store_sync`): how
@@ -956,17 +956,18 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
         .context("cannot start fix-gateway")?,
     );
     crate::http::listening(gw, Duration::from_secs(5)).await?;
-    let replicated = match a.replication.mode() {
+    let (replicated, replicated_admin) = match a.replication.mode() {
         Some((mode, guarantee)) => {
-            let addr =
+            let (addr, admin) =
                 start_replicated_gateway(&exe, d, &mut kids, mode, a.sync, &client_ids).await?;
-            Some(PathRow::new(
+            let row = PathRow::new(
                 format!("  the same, replicated {mode} to a standby"),
                 guarantee,
                 Ok((addr, "GW")),
-            ))
+            );
+            (Some(row), Some(admin))
         }
-        None => None,
+        None => (None, None),
     };
 
     // Engine to engine, store for store.
@@ -1075,9 +1076,12 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
         }
         measure_rotated(goal_rows.rows_mut(), rep, a.runs, a.clients).await?;
     }
-    let gw_health = gw_admin.to_string();
-    let gw_sync = tokio::task::spawn_blocking(move || {
-        crate::http::get_json(&gw_health, "/health").map(|h| h["store_sync"].clone())
+    let admins = (gw_admin, replicated_admin);
+    let (gw_sync, replicated_sync) = tokio::task::spawn_blocking(move || {
+        let store_sync = |a: SocketAddr| {
+            crate::http::get_json(&a.to_string(), "/health").map(|h| h["store_sync"].clone())
+        };
+        (store_sync(admins.0), admins.1.and_then(store_sync))
     })
     .await?;
 
@@ -1137,6 +1141,7 @@ pub(super) async fn roundtrip_bench(a: FixBenchArgs) -> anyhow::Result<u8> {
     print_group_commit(gw_sync.as_ref());
     if let Some(r) = &goal_rows.replicated {
         r.print(a.runs, a.clients);
+        print_group_commit(replicated_sync.as_ref());
     }
     goal_rows.relay.print(a.runs, a.clients);
     print_verdict(&goal_rows.gateway, &goal_rows.relay, a.runs, a.repeat);
