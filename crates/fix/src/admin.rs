@@ -77,15 +77,15 @@ pub struct StoreSyncHealth {
     pub passes: u64,
     /// `fdatasync`s the passes issued (one per file a pass found written).
     pub fdatasyncs: u64,
-    /// Passes slower than `slow_pass_ms`: every message each held waited that long. Each
-    /// is logged too (a warning at most every 10 s, counting those it did not log).
+    /// Passes slower than `slow_pass_ms`: every message each held waited that long. They
+    /// are logged (at most one warning per 10 s, counting those it did not log).
     pub slow_passes: u64,
     /// What counts as slow.
     pub slow_pass_ms: u64,
     /// The slowest pass, in µs, from its start to its records counting as durable (a sync
     /// standby's acknowledgement included).
     pub slowest_pass_us: u64,
-    /// The slowest `fdatasync` part of a pass, in µs. Near `slowest_pass_us`: the disk
+    /// The `fdatasync` part of that slowest pass, in µs. Near `slowest_pass_us`: the disk
     /// stalled; far below it: a standby did.
     pub slowest_fdatasync_us: u64,
 }

@@ -1195,21 +1195,12 @@ impl<S: SessionStore> Engine<S> {
                             i
                         }
                         Some(i) => {
+                            // Closed with nothing sent: a Logout, even numbered 1 and
+                            // stored nowhere, counts as a message received for QuickFIX (it
+                            // raises the number it expects from us), which would break the
+                            // session once its other connection is gone.
                             tracing::warn!(session = %self.slots[i].slot.name, ?peer,
                                 "second connection for a connected session refused");
-                            if let Some(sid) = &bound {
-                                // Tell the counterparty's operator why: after a failover on
-                                // its side, its former active may still hold the session.
-                                let text = format!(
-                                    "session {} is logged on from another connection",
-                                    sid.target_comp_id
-                                );
-                                if let (Some(c), Some(f)) =
-                                    (self.conns.get(&id), refusal_logout(sid, &text))
-                                {
-                                    let _ = c.writer.send(f);
-                                }
-                            }
                             self.refuse(id);
                             return Ok(());
                         }
@@ -1894,18 +1885,20 @@ fn retry_delay(
         DisconnectReason::Protocol(t) if t == "connection closed" && was_logged_on => {
             Duration::ZERO
         }
-        // Ended in an orderly way or by a protocol error: the configured wait.
-        _ if was_logged_on => interval,
-        // Refused, or closed before the Logon was answered. An exchange that still holds the
-        // session on an older connection (its former owner not gone yet: stalled on its disk,
-        // or a machine lost until the exchange's heartbeat timeout) accepts and closes at
-        // once. Dialled again at once, that was hundreds of connections a second; at
-        // `interval` alone, a failover would wait up to a whole interval after the race with
-        // the old connection's close. So: quickly at first, then backing off to `interval`.
-        _ => {
+        // Closed before the Logon was answered. An exchange that still holds the session on
+        // an older connection (its former owner not gone yet: stalled on its disk, or a
+        // machine lost until the exchange's heartbeat timeout) accepts and closes at once.
+        // Dialled again at once, that was hundreds of connections a second; at `interval`
+        // alone, a failover would wait up to a whole interval after the race with the old
+        // connection's close. So: quickly at first, then backing off to `interval`.
+        DisconnectReason::Protocol(t) if t == "connection closed" => {
             let doublings = unanswered.saturating_sub(1).min(16);
             FIRST_RETRY.saturating_mul(1 << doublings).min(interval)
         }
+        // Ended in an orderly way, refused with a reason (a wrong password, sequence numbers
+        // too low: venues lock a CompID after repeated failed Logons) or by a protocol error:
+        // the configured wait.
+        _ => interval,
     }
 }
 
@@ -1969,9 +1962,11 @@ mod tests {
                 s
             ]
         );
-        assert_eq!(retry_delay(&refused, false, 3, s), ms(40));
-        assert_eq!(retry_delay(&refused, false, u32::MAX, s), s);
-        assert_eq!(retry_delay(&refused, false, 5, ms(25)), ms(25));
+        assert_eq!(retry_delay(&closed, false, u32::MAX, s), s);
+        assert_eq!(retry_delay(&closed, false, 5, ms(25)), ms(25));
+        // A Logon refused with a reason is not hammered.
+        assert_eq!(retry_delay(&refused, false, 1, s), s);
+        assert_eq!(retry_delay(&refused, false, 3, s), s);
     }
 
     #[test]

@@ -878,10 +878,13 @@ impl<S: SessionStore> Session<S> {
         let logging_on = matches!(self.state, State::AwaitingLogon | State::LogonSent);
         if self.state == State::LogonSent && mt == msg_type::LOGOUT {
             // Our Logon refused: say why, in the counterparty's words.
-            let why = msg.get_str(tags::TEXT).map(sanitize).unwrap_or_default();
+            let why = msg
+                .get_str(tags::TEXT)
+                .map_or("(no Text)".to_owned(), |t| format!("{:?}", sanitize(t)));
+            // No Logout is sent back while logging on (see `end_session`): the text is unused.
             return Err(self.end_session(
-                "First message must be Logon",
-                DisconnectReason::Protocol(format!("Logon refused by the counterparty: {why:?}")),
+                "Logon refused",
+                DisconnectReason::Protocol(format!("Logon refused by the counterparty: {why}")),
                 now,
             ));
         }

@@ -1,9 +1,11 @@
-//! A disk that stalls for real, for chosen processes only: a cgroup whose writes to the disk
+//! A disk that stalls for real, for chosen processes: a cgroup whose writes to the disk
 //! holding a path the kernel throttles to a few operations per second (blk-throttle: cgroup
 //! v1's `blkio.throttle.write_iops_device`, or v2's `io.max`). What a saturated SAN, a noisy
 //! neighbour on shared storage or a failing disk's retries look like to a process: its
 //! `write`s land in the page cache at once, its `fdatasync`s wait for the device (on this
-//! VM, 5 operations a second make one take about 620 ms).
+//! VM, 5 operations a second make one take about 620 ms). The throttle is on that process's
+//! I/O, not on the file system: with a journal (ext4 `data=ordered`), another process's sync
+//! can wait behind the throttled data too.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,7 @@ impl IoThrottle {
                 "no blk-throttle here (neither cgroup v1 blkio nor a v2 io controller)".into(),
             );
         };
+        sweep_stale(&root, name);
         let dir = root.join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create cgroup {}: {e}", dir.display()))?;
@@ -88,6 +91,48 @@ impl Drop for IoThrottle {
             }
         }
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Undoes the cgroups `name-<pid>` of test processes that are gone (killed before their
+/// drop ran): a throttled process left in one would go on stalling its disk.
+fn sweep_stale(root: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(name))
+            .and_then(|n| n.strip_prefix('-'))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let stale = IoThrottle {
+            dir: e.path(),
+            root: root.to_path_buf(),
+            dev: String::new(),
+            v2: root.join("cgroup.controllers").exists(),
+        };
+        // Lifts every device's limit, moves what is left out, removes it.
+        for file in ["blkio.throttle.write_iops_device", "io.max"] {
+            if let Ok(rules) = std::fs::read_to_string(stale.dir.join(file)) {
+                for dev in rules.lines().filter_map(|l| l.split_whitespace().next()) {
+                    let off = if stale.v2 {
+                        format!("{dev} wiops=max")
+                    } else {
+                        format!("{dev} 0")
+                    };
+                    let _ = std::fs::write(stale.dir.join(file), off);
+                }
+            }
+        }
+        drop(stale);
     }
 }
 

@@ -1114,8 +1114,7 @@ async fn a_stalling_disk_delays_orders_loses_none_and_the_gateway_reports_how_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_logon_for_a_logged_on_session_is_refused_with_the_reason_and_the_first_carries_on(
-) {
+async fn a_second_logon_for_a_logged_on_session_is_closed_unanswered_and_the_first_carries_on() {
     let dir = tempfile::tempdir().expect("tmp");
     let Single {
         _sim,
@@ -1123,33 +1122,37 @@ async fn a_second_logon_for_a_logged_on_session_is_refused_with_the_reason_and_t
         addr: gw,
         ..
     } = start_single(dir.path(), 1);
+    let log = dir.path().join("gw1.log");
     tokio::task::spawn_blocking(move || {
         let mut first = Raw::connect(gw, "CLIENT1");
         first.logon();
         // A second owner of CLIENT1 (its former active after a failover on the client's side,
-        // not gone yet): told why, then closed, so that its operator need not guess.
+        // not gone yet): closed with nothing sent, since a Logout would count as a message
+        // received for some engines (QuickFIX) and break the session's numbers later.
         let mut second = Raw::connect(gw, "CLIENT1");
         let logon = second.build("A", "98=0|108=30|");
         second.send(&logon);
-        let got = second.until("the refusal", |m| field(m, 35) == Some("5"));
-        let refusal = got.last().expect("a frame");
-        assert_eq!(
-            field(refusal, 58),
-            Some("session CLIENT1 is logged on from another connection"),
-            "{got:?}"
-        );
         let deadline = Instant::now() + ANSWER;
         let mut buf = [0u8; 1024];
         loop {
             match second.s.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => panic!(
-                    "more after the refusal: {}",
+                    "an answer to the second Logon: {}",
                     String::from_utf8_lossy(&buf[..n])
                 ),
-                Err(_) => assert!(Instant::now() < deadline, "not closed after the refusal"),
+                Err(_) => assert!(
+                    Instant::now() < deadline,
+                    "the second connection not closed"
+                ),
             }
         }
+        // Our side says why, for our operator.
+        let text = std::fs::read_to_string(&log).expect("gateway log");
+        assert!(
+            text.contains("second connection for a connected session refused"),
+            "{text}"
+        );
         first.order_filled("still-here");
     })
     .await

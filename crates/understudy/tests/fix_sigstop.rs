@@ -353,10 +353,12 @@ async fn a_disk_stall_of_the_active_gateway_fails_its_health_check_and_the_stand
         !alive(pid),
         "the stalled gateway {pid} outlived its agent's stop by 20 s"
     );
-    // Its agent says why the gateway's ports and connections outlived the SIGKILL a while.
+    // Its agent says why the gateway's ports and connections outlived the SIGKILL a while
+    // (unless the gateway ended on SIGTERM, or its write returned just before the SIGKILL).
     let a_log = std::fs::read_to_string(&g.nodes["a"].out).expect("agent a's output");
     assert!(
-        a_log.contains("the service got SIGKILL inside an uninterruptible wait"),
+        a_log.contains("the service got SIGKILL inside an uninterruptible wait")
+            || !a_log.contains("service did not stop in time, killing it"),
         "{a_log}"
     );
     let _ = next_where(&mut c, &mut seen, Duration::from_millis(500), |_| false).await;

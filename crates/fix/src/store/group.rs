@@ -161,9 +161,33 @@ pub struct PassStats {
     /// The slowest pass, from its start to its position published (a standby's
     /// acknowledgement included).
     pub slowest: Duration,
-    /// The slowest local part of a pass: its files' `fdatasync`s, side by side. Close to
+    /// The local part of that same pass: its files' `fdatasync`s, side by side. Close to
     /// [`slowest`](Self::slowest): the disk stalled; far below it: the standby did.
     pub slowest_fdatasync: Duration,
+}
+
+/// A pass over [`SLOW_PASS`] to warn about.
+struct SlowPass {
+    took: Duration,
+    local: Duration,
+    files: usize,
+    /// Slow passes since the last warning, this one included.
+    since_last: u64,
+}
+
+impl SlowPass {
+    fn warn(self) {
+        tracing::warn!(
+            pass_ms = self.took.as_secs_f64() * 1e3,
+            fdatasync_ms = self.local.as_secs_f64() * 1e3,
+            files = self.files,
+            slow_passes = self.since_last,
+            "a group-commit pass took over {} ms: every message it held waited that long \
+             (fdatasync_ms near pass_ms: the disk stalled; far below it: the standby's \
+             acknowledgement); slow_passes counts those since the last warning",
+            SLOW_PASS.as_millis()
+        );
+    }
 }
 
 impl State {
@@ -179,8 +203,10 @@ impl State {
         let s = &mut self.stats;
         s.passes += 1;
         s.syncs += files as u64;
-        s.slowest = s.slowest.max(took);
-        s.slowest_fdatasync = s.slowest_fdatasync.max(local);
+        if took > s.slowest {
+            s.slowest = took;
+            s.slowest_fdatasync = local;
+        }
         if took <= SLOW_PASS {
             return None;
         }
@@ -424,17 +450,19 @@ impl GroupCommit {
         if let Some(h) = &hook {
             h.start(target, &files);
         }
-        let (mut st, failed) = if files.len() > 1 {
-            self.finish_job()
+        let syncing = Instant::now();
+        let (mut st, failed, local) = if files.len() > 1 {
+            let (st, failed) = self.finish_job();
+            (st, failed, syncing.elapsed())
         } else {
             let failed = files
                 .iter()
                 .try_for_each(|f| (self.sync_file)(f))
                 .err()
                 .map(|e| e.to_string());
-            (lock(&self.state), failed)
+            let local = syncing.elapsed();
+            (lock(&self.state), failed, local)
         };
-        let local = began.elapsed();
         let mut failed = failed.map(|e| format!("fdatasync of a session store failed: {e}"));
         if let (None, Some(h)) = (&failed, &hook) {
             drop(st);
@@ -443,20 +471,15 @@ impl GroupCommit {
         }
         st.running = false;
         let took = began.elapsed();
-        if let Some(slow) = st.count_pass(files.len(), local, took, Instant::now()) {
-            // Logged with the lock held: a slow pass is rare, and the warning's order among
-            // the passes stays true.
-            tracing::warn!(
-                pass_ms = took.as_secs_f64() * 1e3,
-                fdatasync_ms = local.as_secs_f64() * 1e3,
-                files = files.len(),
-                slow_passes = slow,
-                "a group-commit pass took over {} ms: every message it held waited that long \
-                 (fdatasync_ms near pass_ms: the disk stalled; far below it: the standby's \
-                 acknowledgement); slow_passes counts those since the last warning",
-                SLOW_PASS.as_millis()
-            );
-        }
+        // Logged once the lock is released (below): the loop's writes wait on that lock.
+        let slow = st
+            .count_pass(files.len(), local, took, Instant::now())
+            .map(|n| SlowPass {
+                took,
+                local,
+                files: files.len(),
+                since_last: n,
+            });
         if let Some(f) = failed {
             // Which records reached the disk is unknown: none counts as durable again.
             tracing::error!(error = %f, "group commit failed; the stores are unusable");
@@ -464,6 +487,9 @@ impl GroupCommit {
             self.work.notify_one();
             self.done.notify_all();
             drop(st);
+            if let Some(s) = slow {
+                s.warn();
+            }
             self.durable_tx.send_modify(|_| ());
             return Err(f);
         }
@@ -474,6 +500,9 @@ impl GroupCommit {
         }
         self.done.notify_all();
         drop(st);
+        if let Some(s) = slow {
+            s.warn();
+        }
         self.durable_tx.send_replace(target);
         Ok(target)
     }
