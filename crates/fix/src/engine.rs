@@ -1124,6 +1124,14 @@ impl<S: SessionStore> Engine<S> {
         }
         if !was_logged_on {
             st.unanswered = st.unanswered.saturating_add(1);
+            // The address that took the connection did not answer the Logon. A former active
+            // stuck in the kernel (a stalled disk) still completes handshakes on its port
+            // until it dies: the next address first, or a client would go back to it after
+            // every logon timeout while the new active is up.
+            let n = st.slot.connect.len();
+            if n > 1 {
+                st.next_addr = (st.next_addr + 1) % n;
+            }
         }
         let delay = retry_delay(
             reason,

@@ -43,3 +43,46 @@ async fn a_peer_that_closes_before_the_logon_is_redialled_quickly_then_once_per_
     // wait, it was 825.
     assert!((3..=12).contains(&n), "{n} connections in 1 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_took_the_connection_but_never_answered_the_logon_goes_after_the_other() {
+    // What a former active stuck in the kernel looks like: its port completes handshakes and
+    // nothing answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let addrs = vec![
+        silent.local_addr().expect("addr"),
+        other.local_addr().expect("addr"),
+    ];
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let reached = tokio::spawn(async move { other.accept().await.is_ok() });
+    let c = client::start(ClientConfig {
+        connect: addrs,
+        sender_comp_id: "CLIENT1".into(),
+        target_comp_id: "GW".into(),
+        begin_string: BeginString::Fix44,
+        heartbeat_interval: Duration::from_secs(5),
+        reconnect_interval: Duration::from_millis(50),
+        logon_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .expect("client");
+    // The first Logon goes to the silent address and times out after 300 ms; the next
+    // attempt must start at the other one.
+    let got = tokio::time::timeout(Duration::from_secs(5), reached).await;
+    c.task.abort();
+    held.abort();
+    assert!(
+        matches!(got, Ok(Ok(true))),
+        "the other address was never tried: {got:?}"
+    );
+}
