@@ -39,7 +39,7 @@ impl IoThrottle {
                 "no blk-throttle here (neither cgroup v1 blkio nor a v2 io controller)".into(),
             );
         };
-        sweep_stale(&root, name);
+        sweep_stale(&root, name, is_v2);
         let dir = root.join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create cgroup {}: {e}", dir.display()))?;
@@ -96,9 +96,14 @@ impl Drop for IoThrottle {
 
 /// Undoes the cgroups `name-<pid>` of test processes that are gone (killed before their
 /// drop ran): a throttled process left in one would go on stalling its disk.
-fn sweep_stale(root: &Path, name: &str) {
+fn sweep_stale(root: &Path, name: &str, v2: bool) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
+    };
+    let rules = if v2 {
+        "io.max"
+    } else {
+        "blkio.throttle.write_iops_device"
     };
     for e in entries.flatten() {
         let file_name = e.file_name();
@@ -113,26 +118,18 @@ fn sweep_stale(root: &Path, name: &str) {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let stale = IoThrottle {
+        // The one disk it throttled, first on its rule's line; its drop lifts the limit,
+        // moves what is left out and removes it.
+        let dev = std::fs::read_to_string(e.path().join(rules))
+            .ok()
+            .and_then(|r| r.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default();
+        drop(IoThrottle {
             dir: e.path(),
             root: root.to_path_buf(),
-            dev: String::new(),
-            v2: root.join("cgroup.controllers").exists(),
-        };
-        // Lifts every device's limit, moves what is left out, removes it.
-        for file in ["blkio.throttle.write_iops_device", "io.max"] {
-            if let Ok(rules) = std::fs::read_to_string(stale.dir.join(file)) {
-                for dev in rules.lines().filter_map(|l| l.split_whitespace().next()) {
-                    let off = if stale.v2 {
-                        format!("{dev} wiops=max")
-                    } else {
-                        format!("{dev} 0")
-                    };
-                    let _ = std::fs::write(stale.dir.join(file), off);
-                }
-            }
-        }
-        drop(stale);
+            dev,
+            v2,
+        });
     }
 }
 

@@ -260,17 +260,22 @@ impl Raw {
     }
 }
 
-/// `store_bytes` of `session` in the gateway's `GET /health` at `admin`.
-fn store_bytes_of(admin: SocketAddr, session: &str) -> u64 {
+/// The gateway's `GET /health` at `admin`, asserting it answered 200.
+fn health_of(admin: SocketAddr) -> serde_json::Value {
     let (code, body) =
         testbed::http("GET", &admin.to_string(), "/health", ANSWER).expect("GET /health");
     assert_eq!(code, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// `store_bytes` of `session` in the gateway's `GET /health` at `admin`.
+fn store_bytes_of(admin: SocketAddr, session: &str) -> u64 {
+    let v = health_of(admin);
     v["sessions"]
         .as_array()
         .and_then(|ss| ss.iter().find(|s| s["name"] == session))
         .and_then(|s| s["store_bytes"].as_u64())
-        .unwrap_or_else(|| panic!("no store_bytes for {session}: {body}"))
+        .unwrap_or_else(|| panic!("no store_bytes for {session}: {v}"))
 }
 
 /// The segment files of one session's store under `store`, oldest first.
@@ -1014,15 +1019,6 @@ fn a_sync_pair_stopped_whole_starts_again_from_its_last_active_not_from_the_firs
     g.stop_all();
 }
 
-/// `store_sync` of the gateway's `GET /health` at `admin`.
-fn store_sync_of(admin: SocketAddr) -> serde_json::Value {
-    let (code, body) =
-        testbed::http("GET", &admin.to_string(), "/health", ANSWER).expect("GET /health");
-    assert_eq!(code, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    v["store_sync"].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalling_disk_delays_orders_loses_none_and_the_gateway_reports_how_long_it_held_them() {
     const TEST: &str =
@@ -1052,7 +1048,7 @@ async fn a_stalling_disk_delays_orders_loses_none_and_the_gateway_reports_how_lo
     assert!(next_where(&mut c, &mut seen, t, |e| filled(e, "before"))
         .await
         .is_some());
-    let calm = store_sync_of(admin);
+    let calm = health_of(admin)["store_sync"].clone();
     assert!(calm["passes"].as_u64() >= Some(2), "{calm}");
     assert_eq!(calm["slow_pass_ms"], 20, "{calm}");
 
@@ -1070,7 +1066,7 @@ async fn a_stalling_disk_delays_orders_loses_none_and_the_gateway_reports_how_lo
             "{id} not filled on a slow disk: {seen:?}"
         );
     }
-    let s = store_sync_of(admin);
+    let s = health_of(admin)["store_sync"].clone();
     let us = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k}: {s}"));
     assert!(us("slow_passes") >= 2, "{s}");
     assert!(

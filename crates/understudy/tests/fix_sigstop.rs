@@ -189,6 +189,17 @@ async fn start_checked_pair(dir: &Path) -> Checked {
     }
 }
 
+/// Waits, off the runtime, until agent b of `g` is Hot (`after`: what should have made it).
+async fn b_hot_after(g: Group, after: &'static str) -> Group {
+    tokio::task::spawn_blocking(move || {
+        g.wait_hot("b")
+            .unwrap_or_else(|e| panic!("b hot after {after}: {e:#}"));
+        g
+    })
+    .await
+    .expect("wait b")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_takes_over() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -243,13 +254,7 @@ async fn sigstop_of_the_active_gateway_fails_its_health_check_and_the_standby_ta
     // Orders sent while the active is frozen: queued toward it, then resent to the new one.
     let f_orders = names("f", 10);
     send_market_orders(&c, &f_orders[..5]);
-    let g = tokio::task::spawn_blocking(move || {
-        g.wait_hot("b")
-            .expect("b hot after the frozen gateway failed its health check");
-        g
-    })
-    .await
-    .expect("wait b");
+    let g = b_hot_after(g, "the frozen gateway failed its health check").await;
     let second = logon_to_new_active(&mut c, &mut seen, t, "SIGSTOP", stopped_at).await;
     // Nothing came from the frozen gateway: no message between the freeze and the new logon.
     let from_old: Vec<_> = seen[seen_at_stop..]
@@ -328,13 +333,7 @@ async fn a_disk_stall_of_the_active_gateway_fails_its_health_check_and_the_stand
     // holds the session by then, exactly once.
     let s_orders = names("s", 10);
     send_market_orders(&c, &s_orders[..5]);
-    let g = tokio::task::spawn_blocking(move || {
-        g.wait_hot("b")
-            .expect("b hot after the stalled gateway failed its health check");
-        g
-    })
-    .await
-    .expect("wait b");
+    let g = b_hot_after(g, "the stalled gateway failed its health check").await;
     let second = logon_to_new_active(&mut c, &mut seen, t, "disk stall", stalled_at).await;
     assert_sequences_continue(&first, &second);
     let new_epoch = get_json(&admins[1], "/status").expect("status b")["epoch"]
