@@ -109,11 +109,14 @@ async fn fills(
     use understudy_fix::client::ClientEvent;
     use understudy_fix::orders::tag;
     let mut awaited: std::collections::HashSet<String> = ids.into_iter().collect();
+    let asked = awaited.len();
+    let mut seen = Seen::default();
     let wait = async {
         while !awaited.is_empty() {
             let Some(e) = c.events.recv().await else {
                 anyhow::bail!("client stopped");
             };
+            seen.note(&e);
             let ClientEvent::Message {
                 msg_type, poss_dup, ..
             } = &e
@@ -134,9 +137,78 @@ async fn fills(
         }
         Ok(())
     };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .context("timed out waiting for fills")?
+    match tokio::time::timeout(FILLS_TIMEOUT, wait).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mut missing: Vec<&String> = awaited.iter().collect();
+            missing.sort();
+            missing.truncate(3);
+            anyhow::bail!(
+                "timed out waiting for fills: {} of {asked} not filled after {} s (first {missing:?}); {seen}",
+                awaited.len(),
+                FILLS_TIMEOUT.as_secs()
+            )
+        }
+    }
+}
+
+/// How long [`fills`] waits for the last fill.
+const FILLS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a client received while [`fills`] waited: when a fill never comes, whether the
+/// session broke, the counterparty rejected something, or messages simply stopped.
+#[derive(Default)]
+struct Seen {
+    messages: u64,
+    last_seq: u64,
+    /// Everything but execution reports, in arrival order, the first [`Seen::KEPT`].
+    other: Vec<String>,
+    /// Such events not kept.
+    more: u64,
+}
+
+impl Seen {
+    const KEPT: usize = 8;
+
+    fn note(&mut self, e: &understudy_fix::client::ClientEvent) {
+        use understudy_fix::client::ClientEvent;
+        let what = match e {
+            ClientEvent::Message { seq, msg_type, .. } => {
+                self.messages += 1;
+                self.last_seq = *seq;
+                if msg_type == "8" {
+                    return;
+                }
+                format!("message {msg_type} (seq {seq})")
+            }
+            ClientEvent::LoggedOn(_) => "logged on".to_owned(),
+            ClientEvent::LoggedOut(why) => format!("connection ended: {why}"),
+            ClientEvent::Session(s) => s.to_string(),
+        };
+        if self.other.len() < Self::KEPT {
+            self.other.push(what);
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} application messages received meanwhile, the last numbered {}",
+            self.messages, self.last_seq
+        )?;
+        if self.other.is_empty() {
+            return write!(f, ", no session event");
+        }
+        write!(f, "; other events: {}", self.other.join(", "))?;
+        if self.more > 0 {
+            write!(f, " and {} more", self.more)?;
+        }
+        Ok(())
+    }
 }
 
 /// Arguments of `understudy demo fix`.
