@@ -37,7 +37,9 @@
 //! on. Each connection's unsent bytes are bounded by [`MAX_WRITE_QUEUE_BYTES`]; a
 //! counterparty that lets more pile up (e.g. asking for resends it does not read), or that
 //! reads nothing for [`WRITE_STALL_TIMEOUT`] while we have bytes for it, is a slow consumer:
-//! it gets a Logout saying so and is disconnected. [`Engine::counters`] counts both.
+//! it gets a Logout saying so and is disconnected. [`Engine::counters`] counts both. What a
+//! connection sends us waits for the loop up to [`MAX_READ_QUEUE_BYTES`]; beyond that its
+//! reader stops reading and TCP flow control holds the counterparty back.
 //!
 //! # TLS
 //!
@@ -81,6 +83,15 @@ pub const DEFAULT_LOGON_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most bytes written to a connection and not yet taken by the kernel.
 pub const MAX_WRITE_QUEUE_BYTES: usize = 8 << 20;
+
+/// Most bytes read from a connection and not yet handled by the loop. Beyond it the
+/// connection's reader stops reading, so TCP flow control holds the counterparty back while
+/// the loop is busy (a pass on a stalled disk, a burst from many sessions) instead of the
+/// bytes piling up in memory.
+pub const MAX_READ_QUEUE_BYTES: usize = 1 << 20;
+
+/// Bytes one read of a connection takes at most.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Longest a single write may wait for the counterparty to read.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +153,8 @@ pub struct SessionSlot<S: SessionStore> {
     pub connect: Vec<SocketAddr>,
     /// Initiator: pause after every address of `connect` refused.
     pub reconnect_interval: Duration,
-    /// Acceptor: the addresses the counterparty may log on from (anywhere when empty).
+    /// Acceptor: the addresses the counterparty may log on from (anywhere when empty); a
+    /// Logon from another is closed with nothing sent.
     pub allowed_peers: AllowedPeers,
     /// Initiator: TLS towards the counterparty (plain TCP when `None`).
     pub tls: Option<TlsClient>,
@@ -374,7 +386,9 @@ enum NetEvent {
         addr: SocketAddr,
         next_addr: usize,
     },
-    Data(u64, Vec<u8>),
+    /// Bytes read, with their share of the connection's read budget
+    /// ([`MAX_READ_QUEUE_BYTES`]): handling the event gives it back.
+    Data(u64, Vec<u8>, tokio::sync::OwnedSemaphorePermit),
     Closed(u64),
     /// A write did not complete within [`WRITE_STALL_TIMEOUT`] (or failed).
     WriteStalled(u64),
@@ -1008,13 +1022,30 @@ impl<S: SessionStore> Engine<S> {
             let _ = wr.shutdown().await;
         });
         let tx = self.net_tx.clone();
+        let budget = Arc::new(tokio::sync::Semaphore::new(MAX_READ_QUEUE_BYTES));
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = vec![0u8; READ_CHUNK_BYTES];
             loop {
+                // The chunk's share is taken before the read: with the budget spent, nothing
+                // more is read until the loop has handled enough.
+                let Ok(mut share) = budget
+                    .clone()
+                    .acquire_many_owned(READ_CHUNK_BYTES as u32)
+                    .await
+                else {
+                    return;
+                };
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if tx.send(NetEvent::Data(id, buf[..n].to_vec())).is_err() {
+                        // What the read did not use goes back at once.
+                        if let Some(used) = share.split(n) {
+                            share = used;
+                        }
+                        if tx
+                            .send(NetEvent::Data(id, buf[..n].to_vec(), share))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -1065,7 +1096,8 @@ impl<S: SessionStore> Engine<S> {
                     .on_connected(SystemTime::now());
                 self.flush(app, slot)
             }
-            NetEvent::Data(id, data) => self.on_data(app, id, &data),
+            // The permit drops, and the budget refills, once the bytes are handled.
+            NetEvent::Data(id, data, _permit) => self.on_data(app, id, &data),
             NetEvent::ConnectPaused(i) => {
                 if let Some(st) = self.slots.get_mut(i) {
                     st.connecting = false;
@@ -1089,12 +1121,7 @@ impl<S: SessionStore> Engine<S> {
                     return Ok(());
                 };
                 if let Some(i) = conn.slot {
-                    self.detach(
-                        app,
-                        i,
-                        id,
-                        &DisconnectReason::Protocol("connection closed".into()),
-                    );
+                    self.detach(app, i, id, &DisconnectReason::ConnectionClosed);
                 }
                 Ok(())
             }
@@ -1173,18 +1200,14 @@ impl<S: SessionStore> Engine<S> {
                     let found = bound.as_ref().and_then(|sid| self.find_or_create(sid));
                     if let (Some(i), Some(sid)) = (found, &bound) {
                         if !self.slots[i].slot.allowed_peers.allows(peer.ip()) {
+                            // Closed with nothing sent, as a firewall would: a Logout would
+                            // tell an address we do not trust that the session exists, and
+                            // QuickFIX counts any Logout it receives, so a client refused
+                            // once and allowed later would expect one message more from us.
                             tracing::warn!(session = %self.slots[i].slot.name, %peer,
-                                "Logon from an address the session does not allow refused");
-                            let text = format!(
-                                "session {} may not log on from {}",
-                                sid.target_comp_id,
-                                peer.ip().to_canonical()
-                            );
-                            if let (Some(c), Some(f)) =
-                                (self.conns.get(&id), refusal_logout(sid, &text))
-                            {
-                                let _ = c.writer.send(f);
-                            }
+                                "Logon from an address the session does not allow refused: \
+                                 session {} may not log on from {}",
+                                sid.target_comp_id, peer.ip().to_canonical());
                             self.refuse(id);
                             return Ok(());
                         }
@@ -1890,16 +1913,14 @@ fn retry_delay(
 ) -> Duration {
     match reason {
         // A session cut mid-way (its peer crashed or failed over): the next address at once.
-        DisconnectReason::Protocol(t) if t == "connection closed" && was_logged_on => {
-            Duration::ZERO
-        }
+        DisconnectReason::ConnectionClosed if was_logged_on => Duration::ZERO,
         // Closed before the Logon was answered. An exchange that still holds the session on
         // an older connection (its former owner not gone yet: stalled on its disk, or a
         // machine lost until the exchange's heartbeat timeout) accepts and closes at once.
         // Dialled again at once, that was hundreds of connections a second; at `interval`
         // alone, a failover would wait up to a whole interval after the race with the old
         // connection's close. So: quickly at first, then backing off to `interval`.
-        DisconnectReason::Protocol(t) if t == "connection closed" => {
+        DisconnectReason::ConnectionClosed => {
             let doublings = unanswered.saturating_sub(1).min(16);
             FIRST_RETRY.saturating_mul(1 << doublings).min(interval)
         }
@@ -1946,7 +1967,7 @@ mod tests {
 
     #[test]
     fn an_unanswered_logon_is_retried_quickly_then_at_the_reconnect_interval() {
-        let closed = DisconnectReason::Protocol("connection closed".into());
+        let closed = DisconnectReason::ConnectionClosed;
         let refused = DisconnectReason::Protocol("Logon refused by the counterparty: \"x\"".into());
         let s = Duration::from_secs(1);
         let ms = Duration::from_millis;
@@ -1975,6 +1996,10 @@ mod tests {
         // A Logon refused with a reason is not hammered.
         assert_eq!(retry_delay(&refused, false, 1, s), s);
         assert_eq!(retry_delay(&refused, false, 3, s), s);
+        // Only a connection that really closed: not a protocol error worded alike.
+        let worded = DisconnectReason::Protocol("connection closed".into());
+        assert_eq!(retry_delay(&worded, true, 0, s), s);
+        assert_eq!(retry_delay(&worded, false, 1, s), s);
     }
 
     #[test]

@@ -156,6 +156,9 @@ pub enum DisconnectReason {
         /// What arrived.
         received: u64,
     },
+    /// The TCP connection ended under the session (closed by the counterparty, or failed)
+    /// without a Logout: what a peer's crash or failover looks like from here.
+    ConnectionClosed,
     /// The counterparty broke the session protocol (text says how).
     Protocol(String),
     /// Outside the session schedule: a Logon arrived (acceptor) or the connection came up
