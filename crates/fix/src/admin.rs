@@ -56,6 +56,9 @@ pub struct Health {
     pub connections_refused: u64,
     /// Counterparties logged out and disconnected for not reading what they were sent.
     pub slow_consumers_dropped: u64,
+    /// Times the gateway stopped reading a connection because 1 MiB from it was waiting for
+    /// the loop (the loop behind, TCP holding that counterparty back), since the loop started.
+    pub reads_held_back: u64,
     /// With `[replication]`: the stream as this gateway sees it. On a standby, `ready: false`
     /// makes its agent report the node not ready (it does not campaign).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +135,7 @@ impl Health {
             fenced: false,
             connections_refused: 0,
             slow_consumers_dropped: 0,
+            reads_held_back: 0,
             replication: None,
             order_map: None,
             store_sync: None,

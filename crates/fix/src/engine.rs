@@ -54,7 +54,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -93,6 +93,22 @@ pub const MAX_READ_QUEUE_BYTES: usize = 1 << 20;
 /// Bytes one read of a connection takes at most.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// The read budget of a connection that has not named its session yet: one read. Anonymous
+/// connections get little (see "Limits"); the rest is added when a Logon binds a session.
+const PRELOGON_READ_BYTES: usize = READ_CHUNK_BYTES;
+
+/// What one read costs of the budget at least: a read of a few bytes still costs an event,
+/// an allocation and a queue node (over TLS a read returns one record, which a peer can make
+/// one byte long), so tiny reads cannot queue a hundred times the budget.
+const MIN_READ_CHARGE: usize = 1024;
+
+const _: () = assert!(
+    PRELOGON_READ_BYTES <= MAX_READ_QUEUE_BYTES
+        && READ_CHUNK_BYTES <= PRELOGON_READ_BYTES
+        && MIN_READ_CHARGE <= READ_CHUNK_BYTES
+        && READ_CHUNK_BYTES <= u32::MAX as usize
+);
+
 /// Longest a single write may wait for the counterparty to read.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -114,6 +130,10 @@ pub struct Counters {
     pub connections_refused: u64,
     /// Connections dropped because the counterparty did not read what we sent.
     pub slow_consumers_dropped: u64,
+    /// Times a connection's reader stopped reading because [`MAX_READ_QUEUE_BYTES`] (or
+    /// [`PRELOGON_READ_BYTES`] before its Logon) were waiting for the loop: the loop was
+    /// behind, and TCP held that counterparty back.
+    pub reads_held_back: u64,
 }
 
 /// Errors that end [`Engine::run`].
@@ -402,6 +422,9 @@ struct Conn {
     /// Bytes handed to the writer task and not yet written: the write queue's bound.
     unwritten: Arc<AtomicUsize>,
     reader: tokio::task::JoinHandle<()>,
+    /// The reader's budget ([`MAX_READ_QUEUE_BYTES`]; [`PRELOGON_READ_BYTES`] until a Logon
+    /// binds an accepted connection to a session).
+    read_budget: Arc<tokio::sync::Semaphore>,
     slot: Option<usize>,
     deframer: Deframer,
     peer: SocketAddr,
@@ -489,6 +512,8 @@ pub struct Engine<S: SessionStore> {
     grouped: bool,
     /// The replication sender, reported in health answers.
     replication: Option<crate::replica::Sender>,
+    /// [`Counters::reads_held_back`], counted by the connections' reader tasks.
+    reads_held_back: Arc<AtomicU64>,
 }
 
 /// Write buffers of one flush, per connection, so a burst becomes one write.
@@ -514,6 +539,7 @@ impl<S: SessionStore> Engine<S> {
             probes: None,
             prelogon_timeout: DEFAULT_LOGON_TIMEOUT,
             counters: Counters::default(),
+            reads_held_back: Arc::new(AtomicU64::new(0)),
             held: VecDeque::new(),
             closing: Vec::new(),
             staged_durable: None,
@@ -557,7 +583,10 @@ impl<S: SessionStore> Engine<S> {
 
     /// What was refused or dropped so far.
     pub fn counters(&self) -> Counters {
-        self.counters
+        Counters {
+            reads_held_back: self.reads_held_back.load(Ordering::Relaxed),
+            ..self.counters
+        }
     }
 
     /// Answers the health probes of [`crate::admin::serve`] from this loop, reporting role
@@ -764,6 +793,7 @@ impl<S: SessionStore> Engine<S> {
             fenced: fenced || replication.as_ref().is_some_and(|r| !r.ready),
             connections_refused: self.counters.connections_refused,
             slow_consumers_dropped: self.counters.slow_consumers_dropped,
+            reads_held_back: self.reads_held_back.load(Ordering::Relaxed),
             replication,
             order_map: None,
             store_sync: self.group().map(|g| g.stats().into()),
@@ -944,15 +974,21 @@ impl<S: SessionStore> Engine<S> {
         let _ = stream.tcp().set_nodelay(true);
         let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
         let unwritten = Arc::new(AtomicUsize::new(0));
+        let read_budget = Arc::new(tokio::sync::Semaphore::new(if slot.is_some() {
+            MAX_READ_QUEUE_BYTES
+        } else {
+            PRELOGON_READ_BYTES
+        }));
+        let io = (wrx, unwritten.clone(), read_budget.clone());
         let (writer_task, reader) = match stream {
             // A TCP stream splits without a lock between its halves; TLS needs one.
             Stream::Plain(s) => {
                 let (rd, wr) = s.into_split();
-                self.spawn_io(id, rd, wr, wrx, unwritten.clone())
+                self.spawn_io(id, rd, wr, io)
             }
             Stream::Tls(s) => {
                 let (rd, wr) = tokio::io::split(*s);
-                self.spawn_io(id, rd, wr, wrx, unwritten.clone())
+                self.spawn_io(id, rd, wr, io)
             }
         };
         let max_body = if slot.is_some() {
@@ -967,6 +1003,7 @@ impl<S: SessionStore> Engine<S> {
                 writer_task,
                 unwritten,
                 reader,
+                read_budget,
                 slot,
                 deframer: Deframer::new(max_body),
                 peer,
@@ -977,15 +1014,19 @@ impl<S: SessionStore> Engine<S> {
         id
     }
 
-    /// The tasks that move connection `id`'s bytes: the writer drains `wrx` into `wr`, the
-    /// reader hands what `rd` gives to the loop.
+    /// The tasks that move connection `id`'s bytes: the writer drains `wrx` into `wr`
+    /// (`left`: bytes queued and not written), the reader hands what `rd` gives to the loop
+    /// within `budget`.
     fn spawn_io<R, W>(
         &self,
         id: u64,
         mut rd: R,
         mut wr: W,
-        mut wrx: mpsc::UnboundedReceiver<Vec<u8>>,
-        left: Arc<AtomicUsize>,
+        (mut wrx, left, budget): (
+            mpsc::UnboundedReceiver<Vec<u8>>,
+            Arc<AtomicUsize>,
+            Arc<tokio::sync::Semaphore>,
+        ),
     ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -1013,33 +1054,50 @@ impl<S: SessionStore> Engine<S> {
                     buf.len().min(left.load(Ordering::Relaxed)),
                     Ordering::Relaxed,
                 );
-                if !matches!(wrote, Ok(Ok(()))) {
+                match wrote {
+                    Ok(Ok(())) => {}
+                    // The counterparty is gone (reset, closed): not a slow consumer. Its
+                    // reader may not have seen it yet, waiting for budget while the loop is
+                    // behind.
+                    Ok(Err(_)) => {
+                        let _ = stalled.send(NetEvent::Closed(id));
+                        return;
+                    }
                     // Dropping the half closes our side; the loop drops the connection.
-                    let _ = stalled.send(NetEvent::WriteStalled(id));
-                    return;
+                    Err(_) => {
+                        let _ = stalled.send(NetEvent::WriteStalled(id));
+                        return;
+                    }
                 }
             }
             let _ = wr.shutdown().await;
         });
         let tx = self.net_tx.clone();
-        let budget = Arc::new(tokio::sync::Semaphore::new(MAX_READ_QUEUE_BYTES));
+        let held_back = self.reads_held_back.clone();
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; READ_CHUNK_BYTES];
             loop {
                 // The chunk's share is taken before the read: with the budget spent, nothing
                 // more is read until the loop has handled enough.
-                let Ok(mut share) = budget
-                    .clone()
-                    .acquire_many_owned(READ_CHUNK_BYTES as u32)
-                    .await
-                else {
-                    return;
+                let want = READ_CHUNK_BYTES as u32;
+                let share = match budget.clone().try_acquire_many_owned(want) {
+                    Ok(share) => Ok(share),
+                    Err(_) => {
+                        held_back.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(conn = id, "loop behind: reading paused");
+                        budget.clone().acquire_many_owned(want).await
+                    }
+                };
+                // Never closed: only a dropped engine would, and then nobody reads.
+                let Ok(mut share) = share else {
+                    break;
                 };
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        // What the read did not use goes back at once.
-                        if let Some(used) = share.split(n) {
+                        // What the read did not use goes back at once, down to the least a
+                        // read costs.
+                        if let Some(used) = share.split(n.max(MIN_READ_CHARGE)) {
                             share = used;
                         }
                         if tx
@@ -1200,10 +1258,10 @@ impl<S: SessionStore> Engine<S> {
                     let found = bound.as_ref().and_then(|sid| self.find_or_create(sid));
                     if let (Some(i), Some(sid)) = (found, &bound) {
                         if !self.slots[i].slot.allowed_peers.allows(peer.ip()) {
-                            // Closed with nothing sent, as a firewall would: a Logout would
-                            // tell an address we do not trust that the session exists, and
-                            // QuickFIX counts any Logout it receives, so a client refused
-                            // once and allowed later would expect one message more from us.
+                            // Closed with nothing sent: QuickFIX counts any Logout it
+                            // receives, even one numbered 1 and stored nowhere, so a client
+                            // refused once and allowed later would expect one message more
+                            // from us than we send. The reason is in our log.
                             tracing::warn!(session = %self.slots[i].slot.name, %peer,
                                 "Logon from an address the session does not allow refused: \
                                  session {} may not log on from {}",
@@ -1219,6 +1277,8 @@ impl<S: SessionStore> Engine<S> {
                             if let Some(conn) = self.conns.get_mut(&id) {
                                 conn.slot = Some(i);
                                 conn.deframer.set_max_body(DEFAULT_MAX_BODY_LENGTH);
+                                conn.read_budget
+                                    .add_permits(MAX_READ_QUEUE_BYTES - PRELOGON_READ_BYTES);
                                 opened = conn.opened;
                             }
                             self.slots[i].conn = Some(id);

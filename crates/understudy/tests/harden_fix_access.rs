@@ -1,7 +1,8 @@
 //! Who may log on to the FIX gateway, beyond a configured CompID pair: a client's Logon with
 //! ResetSeqNumFlag=Y (which would throw away the sequence numbers a failover keeps) is refused
 //! with a Logout saying so unless the client is configured with `allow_reset`, and a client
-//! with `allowed_ips` is refused, with the reason, from any other address. The gateway runs as
+//! with `allowed_ips` is closed unanswered from any other address (the reason in the gateway's
+//! log). The gateway runs as
 //! a real process; the probes are raw Logons over real sockets.
 #![allow(clippy::disallowed_methods)] // a test driver blocks while it waits
 
@@ -123,8 +124,8 @@ allowed_ips = ["127.0.0.0/8", "::1"]
         "a reset allowed by allow_reset was refused: {got:?}"
     );
 
-    // Closed unanswered: a Logout would confirm the session to an untrusted address, and
-    // QuickFIX would count it (one message more expected from us once the address is allowed).
+    // Closed unanswered: QuickFIX would count a Logout (one message more expected from us
+    // once the address is allowed).
     let (got, closed) = probe(gw, "FARAWAY", false);
     assert!(
         got.is_empty() && closed,

@@ -140,8 +140,9 @@ async fn fills(
     match tokio::time::timeout(FILLS_TIMEOUT, wait).await {
         Ok(r) => r,
         Err(_) => {
+            // In the order sent: the ClOrdIDs end with a running number.
             let mut missing: Vec<&String> = awaited.iter().collect();
-            missing.sort();
+            missing.sort_by_key(|id| (id.len(), *id));
             missing.truncate(3);
             anyhow::bail!(
                 "timed out waiting for fills: {} of {asked} not filled after {} s (first {missing:?}); {seen}",
