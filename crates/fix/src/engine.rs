@@ -84,8 +84,8 @@ pub const DEFAULT_LOGON_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes written to a connection and not yet taken by the kernel.
 pub const MAX_WRITE_QUEUE_BYTES: usize = 8 << 20;
 
-/// Most bytes read from a connection and not yet handled by the loop. Beyond it the
-/// connection's reader stops reading, so TCP flow control holds the counterparty back while
+/// Most bytes read from a connection and not yet handled by the loop. Once less than one
+/// read's worth is left, the connection's reader stops reading, so TCP flow control holds the counterparty back while
 /// the loop is busy (a pass on a stalled disk, a burst from many sessions) instead of the
 /// bytes piling up in memory.
 pub const MAX_READ_QUEUE_BYTES: usize = 1 << 20;

@@ -5,12 +5,12 @@
 #![allow(clippy::disallowed_methods)] // the slow application's own pause
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use understudy_fix::codec::MessageBuilder;
+use understudy_fix::codec::{MessageBuilder, DEFAULT_MAX_BODY_LENGTH};
 use understudy_fix::engine::{Application, Engine, Outbox, SessionSlot, MAX_READ_QUEUE_BYTES};
 use understudy_fix::session::{AppMessage, Role, Session, SessionConfig};
 use understudy_fix::store::MemoryStore;
@@ -64,39 +64,35 @@ const FLOOD: usize = 64 << 20;
 /// How long it tries while the loop is slow.
 const FLOOD_FOR: Duration = Duration::from_secs(2);
 
-#[test]
-fn a_peer_flooding_a_slow_loop_is_held_back_by_tcp_and_loses_nothing() {
+/// An acceptor engine for CLIENT running `app`, on a runtime of its own.
+fn acceptor(app: Slow) -> (tokio::runtime::Runtime, SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let slow = Arc::new(AtomicBool::new(true));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let addr = {
-        let app = Slow {
-            slow: slow.clone(),
-            seen: seen.clone(),
-        };
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let mut c = SessionConfig::new(BeginString::Fix44, "GW", "CLIENT", Role::Acceptor);
-            // Every order is stamped before the flood; on a slow machine the last may be
-            // handled long after.
-            c.max_latency = None;
-            let session = Session::new(c, MemoryStore::new()).expect("session");
-            let engine = Engine::new(vec![SessionSlot::new("CLIENT", session)], Some(listener));
-            tokio::spawn(async move {
-                let mut app = app;
-                engine.run(&mut app, std::future::pending()).await
-            });
-            addr
-        })
-    };
+    let addr = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut c = SessionConfig::new(BeginString::Fix44, "GW", "CLIENT", Role::Acceptor);
+        // Every order is stamped before it is sent; on a slow machine the last may be handled
+        // long after.
+        c.max_latency = None;
+        let session = Session::new(c, MemoryStore::new()).expect("session");
+        let engine = Engine::new(vec![SessionSlot::new("CLIENT", session)], Some(listener));
+        tokio::spawn(async move {
+            let mut app = app;
+            engine.run(&mut app, std::future::pending()).await
+        });
+        addr
+    });
+    (rt, addr)
+}
 
+/// A raw connection to `addr`, logged on as CLIENT (its Logon numbered 1).
+fn logged_on(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.write_all(&frame(b"A", 1, &[(98, "0"), (108, "30")]))
         .expect("logon");
@@ -109,6 +105,27 @@ fn a_peer_flooding_a_slow_loop_is_held_back_by_tcp_and_loses_nothing() {
         assert!(n > 0, "closed before the Logon answer");
         got.extend_from_slice(&buf[..n]);
     }
+    s
+}
+
+/// Waits up to 60 s for `seen` to reach `want`; returns what it reached.
+fn handled(seen: &AtomicUsize, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.load(Ordering::SeqCst) < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_peer_flooding_a_slow_loop_is_held_back_by_tcp_and_loses_nothing() {
+    let slow = Arc::new(AtomicBool::new(true));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (rt, addr) = acceptor(Slow {
+        slow: slow.clone(),
+        seen: seen.clone(),
+    });
+    let mut s = logged_on(addr);
 
     // Orders from 2 on, as fast as the kernel takes them, while the loop is slow.
     let mut flood = Vec::with_capacity(FLOOD + 256);
@@ -143,14 +160,69 @@ fn a_peer_flooding_a_slow_loop_is_held_back_by_tcp_and_loses_nothing() {
         .expect("timeout");
     s.write_all(&flood[sent..])
         .expect("the reader did not resume");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.load(Ordering::SeqCst) < orders as usize && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert_eq!(
-        seen.load(Ordering::SeqCst),
+        handled(&seen, orders as usize),
         orders as usize,
         "orders handled of {orders} sent"
+    );
+    drop(s);
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// The BodyLength(9) of `frame`.
+fn body_length(frame: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(frame);
+    let from = text.find("\x019=").expect("BodyLength") + 3;
+    let to = from + text[from..].find('\x01').expect("end of BodyLength");
+    text[from..to].parse().expect("a number")
+}
+
+#[test]
+fn a_frame_larger_than_the_read_budget_is_handled_whole_while_the_loop_is_slow() {
+    let slow = Arc::new(AtomicBool::new(true));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (rt, addr) = acceptor(Slow {
+        slow: slow.clone(),
+        seen: seen.clone(),
+    });
+    let mut s = logged_on(addr);
+    // Orders ahead of it keep the loop busy (about 100 µs each) while the big one arrives.
+    let ahead: u64 = 2000;
+    let mut bytes = Vec::new();
+    for seq in 2..2 + ahead {
+        bytes.extend_from_slice(&order(seq));
+    }
+    // An order whose Text(58) makes its body the largest accepted.
+    let big = |text: &str| {
+        frame(
+            b"D",
+            2 + ahead,
+            &[
+                (11, "BIG"),
+                (55, "X"),
+                (54, "1"),
+                (38, "1"),
+                (40, "1"),
+                (58, text),
+            ],
+        )
+    };
+    let filler = DEFAULT_MAX_BODY_LENGTH - body_length(&big("x")) + 1;
+    let big = big(&"x".repeat(filler));
+    assert_eq!(body_length(&big), DEFAULT_MAX_BODY_LENGTH);
+    assert!(big.len() > MAX_READ_QUEUE_BYTES, "{} bytes", big.len());
+    bytes.extend_from_slice(&big);
+    s.set_write_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s.write_all(&bytes)
+        .expect("the reader did not take the frame");
+    slow.store(false, Ordering::SeqCst);
+    let want = ahead as usize + 1;
+    assert_eq!(
+        handled(&seen, want),
+        want,
+        "messages handled of {want} sent (the last {} bytes long)",
+        big.len()
     );
     drop(s);
     rt.shutdown_timeout(Duration::from_secs(1));

@@ -114,7 +114,7 @@ async fn fills(
     let wait = async {
         while !awaited.is_empty() {
             let Some(e) = c.events.recv().await else {
-                anyhow::bail!("client stopped");
+                anyhow::bail!("client stopped; {seen}");
             };
             seen.note(&e);
             let ClientEvent::Message {
@@ -130,7 +130,7 @@ async fn fills(
             let awaited_or_resent = awaited.remove(id) || (*poss_dup && sent_before(id));
             if !awaited_or_resent {
                 anyhow::bail!(
-                    "a fill of ClOrdID {id:?}{}, which this client did not send or had filled already",
+                    "a fill of ClOrdID {id:?}{}, which this client did not send or had filled already; {seen}",
                     if *poss_dup { " (PossDupFlag=Y)" } else { "" }
                 );
             }
