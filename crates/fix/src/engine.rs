@@ -85,9 +85,9 @@ pub const DEFAULT_LOGON_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_WRITE_QUEUE_BYTES: usize = 8 << 20;
 
 /// Most bytes read from a connection and not yet handled by the loop. Once less than one
-/// read's worth is left, the connection's reader stops reading, so TCP flow control holds the counterparty back while
-/// the loop is busy (a pass on a stalled disk, a burst from many sessions) instead of the
-/// bytes piling up in memory.
+/// read's worth is left, the connection's reader stops reading, so TCP flow control holds
+/// the counterparty back while the loop is busy (a pass on a stalled disk, a burst from many
+/// sessions) instead of the bytes piling up in memory.
 pub const MAX_READ_QUEUE_BYTES: usize = 1 << 20;
 
 /// Bytes one read of a connection takes at most.
@@ -410,7 +410,8 @@ enum NetEvent {
     /// ([`MAX_READ_QUEUE_BYTES`]): handling the event gives it back.
     Data(u64, Vec<u8>, tokio::sync::OwnedSemaphorePermit),
     Closed(u64),
-    /// A write did not complete within [`WRITE_STALL_TIMEOUT`] (or failed).
+    /// A write did not complete within [`WRITE_STALL_TIMEOUT`] (one that failed is
+    /// [`NetEvent::Closed`]).
     WriteStalled(u64),
     /// An initiator stopped trying to connect: its schedule closed.
     ConnectPaused(usize),
