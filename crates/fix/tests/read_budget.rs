@@ -108,6 +108,23 @@ fn logged_on(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A slow acceptor (see [`Slow`]; slow until told otherwise) and a connection logged on to
+/// it: its runtime, the switch, the count of messages handled, the connection.
+fn slow_acceptor() -> (
+    tokio::runtime::Runtime,
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    TcpStream,
+) {
+    let slow = Arc::new(AtomicBool::new(true));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (rt, addr) = acceptor(Slow {
+        slow: slow.clone(),
+        seen: seen.clone(),
+    });
+    (rt, slow, seen, logged_on(addr))
+}
+
 /// Waits up to 60 s for `seen` to reach `want`; returns what it reached.
 fn handled(seen: &AtomicUsize, want: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -119,13 +136,7 @@ fn handled(seen: &AtomicUsize, want: usize) -> usize {
 
 #[test]
 fn a_peer_flooding_a_slow_loop_is_held_back_by_tcp_and_loses_nothing() {
-    let slow = Arc::new(AtomicBool::new(true));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let (rt, addr) = acceptor(Slow {
-        slow: slow.clone(),
-        seen: seen.clone(),
-    });
-    let mut s = logged_on(addr);
+    let (rt, slow, seen, mut s) = slow_acceptor();
 
     // Orders from 2 on, as fast as the kernel takes them, while the loop is slow.
     let mut flood = Vec::with_capacity(FLOOD + 256);
@@ -179,13 +190,7 @@ fn body_length(frame: &[u8]) -> usize {
 
 #[test]
 fn a_frame_larger_than_the_read_budget_is_handled_whole_while_the_loop_is_slow() {
-    let slow = Arc::new(AtomicBool::new(true));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let (rt, addr) = acceptor(Slow {
-        slow: slow.clone(),
-        seen: seen.clone(),
-    });
-    let mut s = logged_on(addr);
+    let (rt, slow, seen, mut s) = slow_acceptor();
     // Orders ahead of it keep the loop busy (about 100 µs each) while the big one arrives.
     let ahead: u64 = 2000;
     let mut bytes = Vec::new();
