@@ -84,16 +84,16 @@ pub const DEFAULT_LOGON_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes written to a connection and not yet taken by the kernel.
 pub const MAX_WRITE_QUEUE_BYTES: usize = 8 << 20;
 
-/// Most bytes read from a connection and not yet handled by the loop. Once less than one
-/// read's worth is left, the connection's reader stops reading, so TCP flow control holds
-/// the counterparty back while the loop is busy (a pass on a stalled disk, a burst from many
+/// Most bytes read from a connection and not yet handled by the loop. Once less than the
+/// least a read costs (1 KiB) is left, the connection's reader stops reading, so TCP flow
+/// control holds the counterparty back while the loop is busy (a pass on a stalled disk, a burst from many
 /// sessions) instead of the bytes piling up in memory.
 pub const MAX_READ_QUEUE_BYTES: usize = 1 << 20;
 
 /// Bytes one read of a connection takes at most.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// The read budget of a connection that has not named its session yet: one read. Anonymous
+/// The read budget of a connection that has not named its session yet: one chunk. Anonymous
 /// connections get little (see "Limits"); the rest is added when a Logon binds a session.
 const PRELOGON_READ_BYTES: usize = READ_CHUNK_BYTES;
 
@@ -1021,7 +1021,7 @@ impl<S: SessionStore> Engine<S> {
     fn spawn_io<R, W>(
         &self,
         id: u64,
-        mut rd: R,
+        rd: R,
         mut wr: W,
         (mut wrx, left, budget): (
             mpsc::UnboundedReceiver<Vec<u8>>,
@@ -1073,45 +1073,13 @@ impl<S: SessionStore> Engine<S> {
             }
             let _ = wr.shutdown().await;
         });
-        let tx = self.net_tx.clone();
-        let held_back = self.reads_held_back.clone();
-        let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; READ_CHUNK_BYTES];
-            loop {
-                // The chunk's share is taken before the read: with the budget spent, nothing
-                // more is read until the loop has handled enough.
-                let want = READ_CHUNK_BYTES as u32;
-                let share = match budget.clone().try_acquire_many_owned(want) {
-                    Ok(share) => Ok(share),
-                    Err(_) => {
-                        held_back.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(conn = id, "loop behind: reading paused");
-                        budget.clone().acquire_many_owned(want).await
-                    }
-                };
-                // Never closed: only a dropped engine would, and then nobody reads.
-                let Ok(mut share) = share else {
-                    break;
-                };
-                match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        // What the read did not use goes back at once, down to the least a
-                        // read costs.
-                        if let Some(used) = share.split(n.max(MIN_READ_CHARGE)) {
-                            share = used;
-                        }
-                        if tx
-                            .send(NetEvent::Data(id, buf[..n].to_vec(), share))
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(NetEvent::Closed(id));
-        });
+        let reader = tokio::spawn(read_for_loop(
+            id,
+            rd,
+            budget,
+            self.net_tx.clone(),
+            self.reads_held_back.clone(),
+        ));
         (writer_task, reader)
     }
 
@@ -1871,6 +1839,62 @@ impl<S: SessionStore> Engine<S> {
     }
 }
 
+/// Connection `id`'s reader: hands what `rd` gives to the loop as [`NetEvent::Data`], each
+/// read paid for from `budget` and given back once the loop has handled it; counts in
+/// `held_back` every time it stops for the loop. Ends with [`NetEvent::Closed`] when the
+/// connection does.
+async fn read_for_loop<R: AsyncRead + Unpin>(
+    id: u64,
+    mut rd: R,
+    budget: Arc<tokio::sync::Semaphore>,
+    tx: mpsc::UnboundedSender<NetEvent>,
+    held_back: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        // A read takes what is left of the budget, up to a chunk: with less left than
+        // a read costs, nothing more is read until the loop has handled enough. (A
+        // read that waited for a whole chunk would stop every connection before its
+        // Logon is handled, and count it, though the loop is not behind.)
+        let free = budget.available_permits();
+        if free < MIN_READ_CHARGE {
+            held_back.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(conn = id, "loop behind: reading paused");
+            match budget.acquire_many(MIN_READ_CHARGE as u32).await {
+                // Given back at once: the next turn takes all there is by then.
+                Ok(enough) => drop(enough),
+                // Never closed: only a dropped engine would, and then nobody reads.
+                Err(_) => break,
+            }
+            continue;
+        }
+        let want = free.min(READ_CHUNK_BYTES);
+        let mut share = match budget.clone().try_acquire_many_owned(want as u32) {
+            Ok(share) => share,
+            // This task alone takes from the budget, so what it saw free still is.
+            Err(tokio::sync::TryAcquireError::NoPermits) => continue,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+        };
+        match rd.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                // What the read did not use goes back at once, down to the least a
+                // read costs.
+                if let Some(used) = share.split(n.max(MIN_READ_CHARGE)) {
+                    share = used;
+                }
+                if tx
+                    .send(NetEvent::Data(id, buf[..n].to_vec(), share))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = tx.send(NetEvent::Closed(id));
+}
+
 /// The runtime that runs acceptors' TLS handshakes: one thread for the process, built the
 /// first time a TLS acceptor starts ([`Engine::run`]), never stopped. `None` when it could
 /// not be built: the handshakes then run beside the loop.
@@ -2103,5 +2127,123 @@ mod tests {
         ] {
             assert!(AllowedPeers::parse(&[bad]).is_err(), "{bad}");
         }
+    }
+
+    /// A peer whose reads return `chunks` one per read, then nothing more, the connection
+    /// kept open.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            match self.0.pop_front() {
+                Some(mut c) => {
+                    let n = c.len().min(buf.remaining());
+                    buf.put_slice(&c[..n]);
+                    if n < c.len() {
+                        self.0.push_front(c.split_off(n));
+                    }
+                    std::task::Poll::Ready(Ok(()))
+                }
+                None => std::task::Poll::Pending,
+            }
+        }
+    }
+
+    /// What the reader of a connection with budget `budget` hands the loop of `rd` before it
+    /// stops (nothing handled meanwhile), and how often it counted itself held back.
+    async fn read_unhandled<R: AsyncRead + Unpin + Send + 'static>(
+        rd: R,
+        budget: &Arc<tokio::sync::Semaphore>,
+        events: &mut mpsc::UnboundedReceiver<NetEvent>,
+        held_back: &Arc<AtomicU64>,
+    ) -> Vec<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *events = rx;
+        tokio::spawn(read_for_loop(7, rd, budget.clone(), tx, held_back.clone()));
+        take_until_quiet(events).await
+    }
+
+    /// The Data events in `events` until none came for 200 ms.
+    async fn take_until_quiet(
+        events: &mut mpsc::UnboundedReceiver<NetEvent>,
+    ) -> Vec<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
+        let mut got = Vec::new();
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+        {
+            match ev {
+                NetEvent::Data(7, bytes, share) => got.push((bytes, share)),
+                _ => panic!("not a Data event of connection 7"),
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_read_of_a_few_bytes_costs_a_kib_of_the_budget() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(PRELOGON_READ_BYTES));
+        let held_back = Arc::new(AtomicU64::new(0));
+        let (_, mut events) = mpsc::unbounded_channel();
+        let peer = Chunks((0..1000).map(|_| b"x".to_vec()).collect());
+        let got = read_unhandled(peer, &budget, &mut events, &held_back).await;
+        assert_eq!(got.len(), PRELOGON_READ_BYTES / MIN_READ_CHARGE);
+        assert!(got.iter().all(|(b, _)| b == b"x"));
+        assert_eq!(held_back.load(Ordering::Relaxed), 1);
+        // Handling them gives the budget back: the reader goes on, as far again.
+        drop(got);
+        let more = take_until_quiet(&mut events).await;
+        assert_eq!(more.len(), PRELOGON_READ_BYTES / MIN_READ_CHARGE);
+        assert_eq!(held_back.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reader_takes_its_whole_budget_then_as_much_as_the_loop_gives_back() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(MAX_READ_QUEUE_BYTES));
+        let held_back = Arc::new(AtomicU64::new(0));
+        let (_, mut events) = mpsc::unbounded_channel();
+        let mut got =
+            read_unhandled(tokio::io::repeat(b'x'), &budget, &mut events, &held_back).await;
+        let read: usize = got.iter().map(|(b, _)| b.len()).sum();
+        assert_eq!(read, MAX_READ_QUEUE_BYTES);
+        assert!(got.iter().all(|(b, _)| b.len() <= READ_CHUNK_BYTES));
+        assert_eq!(held_back.load(Ordering::Relaxed), 1);
+        // One event handled: that much more is read, and no more.
+        let (first, _) = got.remove(0);
+        let more = take_until_quiet(&mut events).await;
+        let again: usize = more.iter().map(|(b, _)| b.len()).sum();
+        assert_eq!(again, first.len());
+        assert_eq!(held_back.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_logon_waiting_for_the_loop_is_not_counted_as_held_back() {
+        // Before its Logon binds a session a connection may have one chunk unhandled; the
+        // Logon itself is far less, and the loop is not behind.
+        let budget = Arc::new(tokio::sync::Semaphore::new(PRELOGON_READ_BYTES));
+        let held_back = Arc::new(AtomicU64::new(0));
+        let (_, mut events) = mpsc::unbounded_channel();
+        let logon = vec![b'8'; 120];
+        let got = read_unhandled(
+            Chunks([logon.clone()].into()),
+            &budget,
+            &mut events,
+            &held_back,
+        )
+        .await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, logon);
+        assert_eq!(held_back.load(Ordering::Relaxed), 0);
+        // And 64 KiB of junk after it stops the reader at 64 KiB in all.
+        let (_, mut events) = mpsc::unbounded_channel();
+        let held_back = Arc::new(AtomicU64::new(0));
+        let budget = Arc::new(tokio::sync::Semaphore::new(PRELOGON_READ_BYTES));
+        let got = read_unhandled(tokio::io::repeat(b'x'), &budget, &mut events, &held_back).await;
+        let read: usize = got.iter().map(|(b, _)| b.len()).sum();
+        assert_eq!(read, PRELOGON_READ_BYTES);
+        assert_eq!(held_back.load(Ordering::Relaxed), 1);
     }
 }
