@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use understudy_fix::replica::proto::{read_frame, Frame};
 use understudy_fix::replica::{Mode, Receiver, Sender};
 
-use replica_common::{cfg, free_addr, wait_until};
+use replica_common::{active_handshake, cfg, free_addr, standby_handshake, wait_until};
 use understudy_fix::store::{FileStore, GroupCommit, SessionId, SessionStore, SyncPolicy};
 use understudy_fix::tags::BeginString;
 
@@ -131,26 +131,15 @@ fn accept_as_standby(listener: &TcpListener, epoch: u64) -> std::net::TcpStream 
     s
 }
 
-/// A standby by hand: the next connection to `listener`, past its hello (of `epoch`).
+/// A standby by hand: the next connection to `listener`, past its handshake (of `epoch`).
 fn accept_hello(listener: &TcpListener, epoch: u64) -> std::net::TcpStream {
     let (mut s, _) = listener.accept().expect("accept");
-    match read_frame(&mut s, &mut Vec::new()).expect("hello") {
-        Frame::Hello { epoch: e, .. } => assert_eq!(e, epoch),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(standby_handshake(&mut s, TOKEN), epoch);
     s
 }
 
-/// An active by hand: sends the hello of `epoch` with `token` on `s`.
-fn send_hello(s: &mut std::net::TcpStream, epoch: u64, token: &[u8]) {
-    Frame::Hello {
-        version: understudy_fix::replica::proto::VERSION,
-        epoch,
-        token: token.to_vec(),
-    }
-    .write_to(s, &mut Vec::new())
-    .expect("hello");
-}
+/// The token of [`cfg`].
+const TOKEN: &[u8] = b"t0ken";
 
 /// An active by hand: a standby started on an empty directory (returned, with its
 /// `timeout`), and a connection to it past the hello of `epoch` and its welcome.
@@ -163,7 +152,10 @@ fn welcomed_by_a_fresh_standby(
     let timeout = c.timeout;
     let rx = Receiver::start(c, b.path()).expect("receiver");
     let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
-    send_hello(&mut s, epoch, b"t0ken");
+    assert!(
+        active_handshake(&mut s, epoch, TOKEN),
+        "the standby's proof"
+    );
     assert!(matches!(
         read_frame(&mut s, &mut Vec::new()).expect("welcome"),
         Frame::Welcome { .. }
@@ -458,13 +450,109 @@ fn a_sender_with_the_wrong_token_is_refused_and_writes_nothing() {
     let b_addr = free_addr();
     let rx = Receiver::start(cfg(Mode::Async, b_addr, vec![]), b.path()).expect("receiver");
     let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
-    send_hello(&mut s, 99, b"wrong");
+    assert!(
+        !active_handshake(&mut s, 99, b"wrong"),
+        "a standby proved a token it does not hold"
+    );
     match read_frame(&mut s, &mut Vec::new()).expect("answer") {
         Frame::Refuse { newest_epoch, .. } => assert_eq!(newest_epoch, 0),
         other => panic!("{other:?}"),
     }
     assert_eq!(rx.health().seen_epoch, 0, "a refused hello moved the epoch");
     assert!(std::fs::read_dir(b.path()).expect("dir").next().is_none());
+}
+
+/// What answers at a standby's address without holding the token (the standby's gateway down
+/// and its port taken, or its address) learns nothing of the token, and nothing it says
+/// counts: a refusal claiming the newest epoch there is does not fence the active, and a
+/// challenge without a valid proof gets no proof back.
+#[test]
+#[allow(clippy::disallowed_methods)] // the impostor polls its listener with a deadline
+fn an_impostor_at_a_standbys_address_cannot_fence_the_active_or_learn_the_token() {
+    use std::io::Read;
+    use understudy_fix::replica::auth::{MAC_LEN, NONCE_LEN};
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let epoch = 21;
+    let mut st = FileStore::open(a.path(), &sid(), epoch, SyncPolicy::Group).expect("open");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // First connection: a refusal "from epoch u64::MAX"; second: a made-up challenge. Each
+    // keeps every byte the active sent.
+    let impostor = std::thread::spawn(move || {
+        let mut heard = Vec::new();
+        // An active that believed the refusal never comes back: the test fails on its
+        // assertions below instead of waiting here for good.
+        listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let accept = || loop {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).expect("blocking");
+                    return Some(s);
+                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => return None,
+            }
+        };
+        for answer in [
+            Frame::Refuse {
+                newest_epoch: u64::MAX,
+                reason: "epoch \u{1b}[31m18446744073709551615 seen here".into(),
+            },
+            Frame::Challenge {
+                nonce: [7; NONCE_LEN],
+                mac: [7; MAC_LEN],
+            },
+        ] {
+            let Some(mut s) = accept() else {
+                return heard;
+            };
+            match read_frame(&mut s, &mut Vec::new()).expect("hello") {
+                Frame::Hello { nonce, .. } => heard.extend_from_slice(&nonce),
+                other => panic!("{other:?}"),
+            }
+            answer.write_to(&mut s, &mut Vec::new()).expect("answer");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            // Whatever else comes until the active closes.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            heard.extend_from_slice(&rest);
+            if let Frame::Challenge { .. } = answer {
+                assert!(
+                    rest.is_empty(),
+                    "the active answered a false challenge: {rest:?}"
+                );
+            }
+        }
+        heard
+    });
+    let tx = Sender::start(
+        cfg(Mode::Async, free_addr(), vec![addr]),
+        a.path(),
+        epoch,
+        GroupCommit::shared().expect("syncer"),
+    )
+    .expect("sender");
+    let heard = impostor.join().expect("impostor");
+    wait_until("the second answer's error", Duration::from_secs(5), || {
+        tx.health().peers[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not prove"))
+    });
+    let h = tx.health();
+    assert_eq!(h.seen_epoch, epoch, "an impostor's epoch was believed");
+    assert!(h.ready, "an impostor's answers made the active not ready");
+    tx.stop();
+    assert!(
+        !heard.windows(TOKEN.len()).any(|w| w == TOKEN),
+        "the token crossed the network"
+    );
+    st.save_sent(1, &frame(1))
+        .expect("the active's store was fenced by an impostor");
+    st.sync().expect("durable");
 }
 
 /// Async mode streams the same way but never waits: a standby that stops acknowledging costs

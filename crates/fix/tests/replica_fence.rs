@@ -9,7 +9,8 @@ use std::time::Duration;
 use understudy_fix::replica::standby::ActivateError;
 use understudy_fix::replica::{Mode, Receiver, Sender};
 
-use replica_common::{cfg, free_addr, wait_until};
+use replica_common::{active_handshake, cfg, free_addr, wait_until};
+use understudy_fix::replica::proto::{read_frame, Frame};
 use understudy_fix::store::{
     FileStore, GroupCommit, SessionId, SessionStore, StoreError, SyncPolicy,
 };
@@ -85,4 +86,27 @@ fn an_older_active_learns_the_newer_epoch_from_the_standby_and_stops_writing() {
     // The epoch survives a restart of the listener (the file in the store directory).
     let rx2 = Receiver::start(cfg(Mode::Sync, free_addr(), vec![]), b.path()).expect("restart");
     assert_eq!(rx2.health().seen_epoch, 6);
+
+    // The gateway activated with 6 hears from an active of epoch 7 that proves the token: it
+    // is the stale one now, and its stores stop writing at once (before, it refused 7 and
+    // wrote on until its own sender heard of 7 from a standby, if ever).
+    let e = tempfile::tempdir().expect("tmp");
+    let mut st6 = FileStore::open(e.path(), &sid, 6, SyncPolicy::EveryWrite).expect("open 6");
+    st6.save_sent(1, b"8=FIX.4.4\x0135=8\x01")
+        .expect("epoch 6 writes until it hears of 7");
+    let mut s = std::net::TcpStream::connect(b_addr).expect("connect");
+    assert!(active_handshake(&mut s, 7, b"t0ken"), "the standby's proof");
+    match read_frame(&mut s, &mut Vec::new()).expect("answer") {
+        Frame::Refuse {
+            newest_epoch: 6, ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    match st6.save_sent(2, b"8=FIX.4.4\x0135=8\x01") {
+        Err(StoreError::Fenced { ours: 6, newest: 7 }) => {}
+        other => {
+            panic!("the activated gateway of epoch 6 wrote after epoch 7 reached it: {other:?}")
+        }
+    }
+    drop(rx);
 }

@@ -755,10 +755,28 @@ async fn a_standby_that_has_seen_a_newer_epoch_stops_a_sync_active_with_exit_3()
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let standby = listener.local_addr().expect("addr");
     let refused = std::thread::spawn(move || {
+        use understudy_fix::replica::auth::{self, Side};
         let (mut s, _) = listener.accept().expect("accept");
         let (mut buf, mut out) = (Vec::new(), Vec::new());
-        match read_frame(&mut s, &mut buf).expect("hello") {
-            Frame::Hello { epoch, .. } => assert_eq!(epoch, 5),
+        let token = b"replication-secret-of-this-test";
+        // The handshake: the hello of epoch 5, our proof of the token, the active's.
+        let theirs = match read_frame(&mut s, &mut buf).expect("hello") {
+            Frame::Hello {
+                epoch: 5, nonce, ..
+            } => <[u8; auth::NONCE_LEN]>::try_from(nonce.as_slice()).expect("nonce"),
+            other => panic!("{other:?}"),
+        };
+        let ours = auth::nonce().expect("nonce");
+        Frame::Challenge {
+            nonce: ours,
+            mac: auth::prove(token, Side::Standby, 5, &theirs, &ours),
+        }
+        .write_to(&mut s, &mut out)
+        .expect("challenge");
+        match read_frame(&mut s, &mut buf).expect("proof") {
+            Frame::Proof { mac } => {
+                assert!(auth::verify(token, Side::Active, 5, &theirs, &ours, &mac))
+            }
             other => panic!("{other:?}"),
         }
         Frame::Welcome {

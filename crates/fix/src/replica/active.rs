@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::proto::{read_frame, segment_epoch, Frame, CHUNK, VERSION};
+use super::auth::{self, Side};
+use super::proto::{peer_text, read_frame, segment_epoch, Frame, CHUNK, VERSION};
 use super::{list_segments, Mode, PeerHealth, ReplicationConfig, ReplicationHealth};
 use crate::store::{note_newer_epoch, valid_len, BatchHook, GroupCommit};
 
@@ -389,13 +390,47 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut buf = Vec::new();
+    let ours = auth::nonce().map_err(|e| format!("hello: {e}"))?;
     Frame::Hello {
         version: VERSION,
         epoch: sh.epoch,
-        token: sh.cfg.token.clone(),
+        nonce: ours.to_vec(),
     }
     .write_to(&mut s, &mut out)
     .map_err(|e| format!("hello: {e}"))?;
+    // Nothing the peer says counts, its epochs least of all, until it has proved the token.
+    let theirs = match read_frame(&mut s, &mut buf).map_err(|e| format!("handshake: {e}"))? {
+        Frame::Challenge { nonce, mac }
+            if auth::verify(&sh.cfg.token, Side::Standby, sh.epoch, &ours, &nonce, &mac) =>
+        {
+            nonce
+        }
+        Frame::Challenge { .. } => {
+            return Err(
+                "the peer did not prove it holds the replication token (another \
+                        group's gateway, a different token_file, or not a gateway): nothing \
+                        sent to it"
+                    .into(),
+            )
+        }
+        Frame::Refuse { reason, .. } => {
+            return Err(format!(
+                "refused before proving the token (its epoch not believed): {}",
+                peer_text(&reason)
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unexpected answer to the hello: {}",
+                other.describe()
+            ))
+        }
+    };
+    Frame::Proof {
+        mac: auth::prove(&sh.cfg.token, Side::Active, sh.epoch, &ours, &theirs),
+    }
+    .write_to(&mut s, &mut out)
+    .map_err(|e| format!("proof: {e}"))?;
     // The standby scans its whole copy before it answers, and applies the whole catch-up
     // before it acknowledges it.
     s.set_read_timeout(Some(sh.cfg.catch_up_wait()))
@@ -413,9 +448,14 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
             if newest_epoch > sh.epoch {
                 sh.fence(newest_epoch);
             }
-            return Err(format!("refused: {reason}"));
+            return Err(format!("refused: {}", peer_text(&reason)));
         }
-        other => return Err(format!("unexpected answer to the hello: {other:?}")),
+        other => {
+            return Err(format!(
+                "unexpected answer to the proof: {}",
+                other.describe()
+            ))
+        }
     };
     let mut link = Link {
         sh,
@@ -664,9 +704,9 @@ impl Link<'_> {
                 if newest_epoch > self.sh.epoch {
                     self.sh.fence(newest_epoch);
                 }
-                Err(format!("refused: {reason}"))
+                Err(format!("refused: {}", peer_text(&reason)))
             }
-            other => Err(format!("unexpected answer: {other:?}")),
+            other => Err(format!("unexpected answer: {}", other.describe())),
         }
     }
 }

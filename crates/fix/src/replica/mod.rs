@@ -39,6 +39,7 @@
 //! standby the active may have moved on without never takes over by itself.
 
 pub mod active;
+pub mod auth;
 pub mod proto;
 pub mod standby;
 
@@ -255,11 +256,6 @@ pub(crate) fn list_segments(store_dir: &Path) -> std::io::Result<Vec<(String, Pa
     }
     out.sort();
     Ok(out)
-}
-
-/// Compares two secrets in time independent of where they differ.
-pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `[replication]` as written.

@@ -10,8 +10,9 @@ use std::io::{Read, Write};
 
 use thiserror::Error;
 
-/// Protocol version carried by [`Frame::Hello`].
-pub const VERSION: u16 = 1;
+/// Protocol version carried by [`Frame::Hello`]. Version 2: the handshake proves the token
+/// both ways instead of sending it (see [`super::auth`]).
+pub const VERSION: u16 = 2;
 /// Largest frame body (type byte included).
 pub const MAX_FRAME: usize = (1 << 20) + 4096;
 /// Most segment bytes one [`Frame::Data`] carries.
@@ -34,19 +35,35 @@ const T_DATA: u8 = 5;
 const T_SYNC: u8 = 6;
 const T_ACK: u8 = 7;
 const T_HEARTBEAT: u8 = 8;
+const T_CHALLENGE: u8 = 9;
+const T_PROOF: u8 = 10;
 
-/// One message of the stream. The active sends `Hello`, `Truncate`, `Data`, `Sync` and
-/// `Heartbeat`; the standby answers `Welcome` or `Refuse`, and `Ack` to each `Sync`.
+/// One message of the stream. The active sends `Hello`, `Proof`, `Truncate`, `Data`, `Sync`
+/// and `Heartbeat`; the standby answers the hello with `Challenge`, the proof with `Welcome`
+/// or `Refuse`, and each `Sync` with `Ack`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// Opens a connection: the active's epoch and the shared secret.
+    /// Opens a connection: the active's epoch and its nonce.
     Hello {
         /// [`VERSION`].
         version: u16,
         /// The epoch the active's stores are open with.
         epoch: u64,
-        /// The contents of `replication.token_file`.
-        token: Vec<u8>,
+        /// [`super::auth::NONCE_LEN`] random bytes (up to [`MAX_TEXT`] are read, so that a
+        /// version-1 hello, which carried the token here, still gets its version refused).
+        nonce: Vec<u8>,
+    },
+    /// The standby's answer to a hello: its nonce and its proof that it holds the token.
+    Challenge {
+        /// The standby's random bytes.
+        nonce: [u8; super::auth::NONCE_LEN],
+        /// [`super::auth::prove`] for [`super::auth::Side::Standby`].
+        mac: [u8; super::auth::MAC_LEN],
+    },
+    /// The active's proof that it holds the token.
+    Proof {
+        /// [`super::auth::prove`] for [`super::auth::Side::Active`].
+        mac: [u8; super::auth::MAC_LEN],
     },
     /// The standby accepts: the newest epoch it has seen and the length of every segment it
     /// holds, so the active sends only what it lacks.
@@ -186,6 +203,11 @@ impl<'a> Rd<'a> {
         }
         Ok(v)
     }
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], ProtoError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
     fn rest(&mut self) -> &'a [u8] {
         let s = &self.b[self.p..];
         self.p = self.b.len();
@@ -237,12 +259,21 @@ impl Frame {
             Frame::Hello {
                 version,
                 epoch,
-                token,
+                nonce,
             } => {
                 out.push(T_HELLO);
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&epoch.to_le_bytes());
-                put_short(out, token);
+                put_short(out, nonce);
+            }
+            Frame::Challenge { nonce, mac } => {
+                out.push(T_CHALLENGE);
+                out.extend_from_slice(nonce);
+                out.extend_from_slice(mac);
+            }
+            Frame::Proof { mac } => {
+                out.push(T_PROOF);
+                out.extend_from_slice(mac);
             }
             Frame::Welcome { seen_epoch, files } => {
                 out.push(T_WELCOME);
@@ -304,7 +335,14 @@ impl Frame {
             T_HELLO => Frame::Hello {
                 version: r.u16("version")?,
                 epoch: r.u64("epoch")?,
-                token: r.short(MAX_TEXT, "token")?.to_vec(),
+                nonce: r.short(MAX_TEXT, "nonce")?.to_vec(),
+            },
+            T_CHALLENGE => Frame::Challenge {
+                nonce: r.array("nonce")?,
+                mac: r.array("proof")?,
+            },
+            T_PROOF => Frame::Proof {
+                mac: r.array("proof")?,
             },
             T_WELCOME => {
                 let seen_epoch = r.u64("epoch")?;
@@ -358,6 +396,30 @@ impl Frame {
         Ok(f)
     }
 
+    /// What the frame is, in a few words that hold nothing the peer chose but numbers: for
+    /// errors and logs, where a frame from an unauthenticated peer may land (its `Debug` form
+    /// could be megabytes, or control characters).
+    pub fn describe(&self) -> String {
+        match self {
+            Frame::Hello { version, epoch, .. } => {
+                format!("a hello (version {version}, epoch {epoch})")
+            }
+            Frame::Challenge { .. } => "a challenge".into(),
+            Frame::Proof { .. } => "a proof".into(),
+            Frame::Welcome { seen_epoch, files } => {
+                format!("a welcome (epoch {seen_epoch}, {} files)", files.len())
+            }
+            Frame::Refuse { newest_epoch, .. } => format!("a refusal (epoch {newest_epoch})"),
+            Frame::Truncate { len, .. } => format!("a truncate (to {len})"),
+            Frame::Data { offset, bytes, .. } => {
+                format!("data ({} bytes at {offset})", bytes.len())
+            }
+            Frame::Sync { pos } => format!("a sync ({pos})"),
+            Frame::Ack { pos } => format!("an ack ({pos})"),
+            Frame::Heartbeat { written } => format!("a heartbeat ({written})"),
+        }
+    }
+
     /// Writes the frame in one `write_all`.
     pub fn write_to(&self, w: &mut impl Write, scratch: &mut Vec<u8>) -> Result<(), ProtoError> {
         scratch.clear();
@@ -367,10 +429,21 @@ impl Frame {
     }
 }
 
-/// Largest [`Frame::Hello`] body: type, version, epoch and a token of [`MAX_TEXT`] bytes. A
-/// standby reads a connection's first frame with this bound ([`read_frame_max`]): before the
-/// token is checked, a peer gets no more than that.
+/// Largest [`Frame::Hello`] body: type, version, epoch and a nonce of up to [`MAX_TEXT`]
+/// bytes. A standby reads a connection's first frame with this bound ([`read_frame_max`]):
+/// before the peer has proved the token, it gets no more than that.
 pub const MAX_HELLO: usize = 1 + 2 + 8 + 2 + MAX_TEXT;
+
+/// A [`Frame::Proof`] body, the bound a standby reads the second frame with.
+pub const MAX_PROOF: usize = 1 + super::auth::MAC_LEN;
+
+/// `text` from a peer made fit for a log line or an error: at most 200 characters, control
+/// characters escaped.
+pub fn peer_text(text: &str) -> String {
+    let cut: String = text.chars().take(200).collect();
+    let more = if cut.len() < text.len() { "…" } else { "" };
+    format!("{}{more}", cut.escape_debug())
+}
 
 /// Reads one frame. A clean end of stream before its first byte is [`ProtoError::Closed`].
 pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Frame, ProtoError> {
@@ -421,7 +494,14 @@ mod tests {
             Frame::Hello {
                 version: VERSION,
                 epoch: 7,
-                token: b"secret".to_vec(),
+                nonce: vec![9; super::super::auth::NONCE_LEN],
+            },
+            Frame::Challenge {
+                nonce: [1; super::super::auth::NONCE_LEN],
+                mac: [2; super::super::auth::MAC_LEN],
+            },
+            Frame::Proof {
+                mac: [3; super::super::auth::MAC_LEN],
             },
             Frame::Welcome {
                 seen_epoch: 7,

@@ -17,11 +17,12 @@ use std::time::Instant;
 
 use thiserror::Error;
 
+use super::auth::{self, Side, NONCE_LEN};
 use super::proto::{
-    read_frame, read_frame_max, segment_epoch, Frame, MAX_FILES, MAX_HELLO, VERSION,
+    read_frame, read_frame_max, segment_epoch, Frame, MAX_FILES, MAX_HELLO, MAX_PROOF, VERSION,
 };
-use super::{list_segments, same_secret, ReplicationConfig, ReplicationHealth};
-use crate::store::{remove_unclaimed_segments, valid_len};
+use super::{list_segments, ReplicationConfig, ReplicationHealth};
+use crate::store::{note_newer_epoch, remove_unclaimed_segments, valid_len};
 
 /// Connections served at once.
 pub const MAX_CONNS: usize = 4;
@@ -400,7 +401,7 @@ impl Read for Deadline<'_> {
         if left.is_zero() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "no whole hello within replication.timeout",
+                "no whole handshake within replication.timeout",
             ));
         }
         self.s.set_read_timeout(Some(left))?;
@@ -425,21 +426,21 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut out = Vec::new();
-    // The hello within `timeout` in all and at most the largest hello: a peer that has not
-    // shown the token holds one of the few connection slots no longer than that, however
-    // slowly it trickles bytes, and cannot make this standby read a megabyte first.
-    let hello = read_frame_max(
-        &mut Deadline::new(&mut s, Instant::now() + sh.cfg.timeout),
-        &mut buf,
-        MAX_HELLO,
-    );
-    s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    let (epoch, token) = match hello.map_err(|e| format!("hello: {e}"))? {
+    // The whole handshake within `timeout` and at most the largest hello and proof: a peer
+    // that has not proved the token holds one of the few connection slots no longer than
+    // that, however slowly it trickles bytes, and cannot make this standby read a megabyte
+    // first.
+    let until = Instant::now() + sh.cfg.timeout;
+    let hello = read_frame_max(&mut Deadline::new(&mut s, until), &mut buf, MAX_HELLO);
+    let (epoch, active_nonce) = match hello.map_err(|e| format!("hello: {e}"))? {
         Frame::Hello {
             version: VERSION,
             epoch,
-            token,
-        } => (epoch, token),
+            nonce,
+        } => match <[u8; NONCE_LEN]>::try_from(nonce.as_slice()) {
+            Ok(n) => (epoch, n),
+            Err(_) => return Err(format!("a hello with a nonce of {} bytes", nonce.len())),
+        },
         Frame::Hello { version, .. } => {
             return refuse(
                 &mut s,
@@ -447,15 +448,47 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
                 format!("protocol version {version}; this gateway speaks {VERSION}"),
             )
         }
-        other => return Err(format!("expected a hello, got {other:?}")),
+        other => return Err(format!("expected a hello, got {}", other.describe())),
     };
-    if !same_secret(&token, &sh.cfg.token) {
-        return refuse(&mut s, 0, "wrong replication token".to_owned());
+    let ours = auth::nonce().map_err(|e| e.to_string())?;
+    Frame::Challenge {
+        nonce: ours,
+        mac: auth::prove(&sh.cfg.token, Side::Standby, epoch, &active_nonce, &ours),
+    }
+    .write_to(&mut s, &mut out)
+    .map_err(|e| format!("challenge: {e}"))?;
+    let proof = read_frame_max(&mut Deadline::new(&mut s, until), &mut buf, MAX_PROOF);
+    s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    match proof.map_err(|e| format!("proof: {e}"))? {
+        Frame::Proof { mac }
+            if auth::verify(
+                &sh.cfg.token,
+                Side::Active,
+                epoch,
+                &active_nonce,
+                &ours,
+                &mac,
+            ) => {}
+        Frame::Proof { .. } => {
+            return refuse(&mut s, 0, "wrong replication token".to_owned());
+        }
+        other => return Err(format!("expected a proof, got {}", other.describe())),
     }
     let generation = {
         let mut st = lock(&sh.state);
         if let Some(a) = st.activated {
-            let newest = st.seen_epoch;
+            let newest = st.seen_epoch.max(a);
+            if epoch > newest {
+                // A newer active proved the token: this gateway is stale. Its stores stop
+                // writing at once instead of when its own sender next reaches a peer that
+                // knows (never, in async mode, while its links stay up).
+                note_newer_epoch(epoch);
+                tracing::error!(
+                    epoch,
+                    active_epoch = a,
+                    "replication: an active of a newer epoch connected; this gateway is fenced"
+                );
+            }
             drop(st);
             return refuse(
                 &mut s,
@@ -684,7 +717,12 @@ fn mirror(
                 // Answered, so the active knows this standby still counts itself in sync.
                 acks.sent(acknowledge(s, out, applied)?);
             }
-            other => return Err(format!("unexpected frame from the active: {other:?}")),
+            other => {
+                return Err(format!(
+                    "unexpected frame from the active: {}",
+                    other.describe()
+                ))
+            }
         }
     }
 }
