@@ -534,10 +534,13 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
                 link.ship(false, pos)?;
                 link.round_trip(Frame::Sync { pos })?;
                 let mut st = lock(&sh.st);
-                st.peers[i].last_heard = Some(Instant::now());
+                // An acknowledgement that came after the peer was given up on is not taken,
+                // and renews nothing: it would make every batch wait another `sync_timeout`
+                // for a peer this connection is about to leave (review 22, R3).
                 if st.peers[i].drop_now {
                     continue;
                 }
+                st.peers[i].last_heard = Some(Instant::now());
                 st.peers[i].acked = pos;
                 st.peers[i].floor = Some(pos);
                 sh.cv.notify_all();
@@ -546,7 +549,10 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
                 link.round_trip(Frame::Heartbeat {
                     written: sh.group.written(),
                 })?;
-                lock(&sh.st).peers[i].last_heard = Some(Instant::now());
+                let mut st = lock(&sh.st);
+                if !st.peers[i].drop_now {
+                    st.peers[i].last_heard = Some(Instant::now());
+                }
             }
         }
     }

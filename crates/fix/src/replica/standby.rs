@@ -42,6 +42,13 @@ pub enum ActivateError {
         /// The newest seen.
         seen: u64,
     },
+    /// Making the copy durable failed earlier (see the health's reason): the copy may lack
+    /// records the active counts as held here.
+    #[error("this standby's copy is not trusted: {reason}")]
+    DiskFailed {
+        /// What failed.
+        reason: String,
+    },
     /// Recording the epoch failed.
     #[error("recording the epoch in {path}: {source}")]
     Io {
@@ -93,6 +100,26 @@ struct State {
     synced_until: Option<Instant>,
     ever_connected: bool,
     last_error: Option<String>,
+    /// A sync of the copy failed: what failed. Kept for the life of the process.
+    disk_failed: Option<String>,
+}
+
+/// Records that making the copy durable failed (`e`), and returns `e`.
+///
+/// Why for good: Linux reports a failed write-back to one `fdatasync` and then forgets it,
+/// the records still readable from the page cache though the disk never got them. A stream
+/// that reconnected would rescan the copy from the cache, sync it "successfully", report those
+/// records as held and count later acknowledgements on top of a copy with a hole (the
+/// active's syncer treats the same failure as final too).
+fn disk_failed(sh: &Shared, e: String) -> String {
+    let mut st = lock(&sh.state);
+    if st.disk_failed.is_none() {
+        tracing::error!(error = %e,
+            "replication: making the copy durable failed; this standby is not ready again \
+             until its gateway restarts");
+        st.disk_failed = Some(e.clone());
+    }
+    e
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,6 +208,11 @@ impl Receiver {
     pub fn activate(&self, epoch: u64) -> Result<(), ActivateError> {
         let _w = lock(&self.sh.write);
         let mut st = lock(&self.sh.state);
+        if let Some(e) = &st.disk_failed {
+            return Err(ActivateError::DiskFailed {
+                reason: format!("its disk failed to make it durable ({e})"),
+            });
+        }
         if st.seen_epoch > epoch {
             return Err(ActivateError::Stale {
                 epoch,
@@ -210,7 +242,15 @@ impl Receiver {
         let now = Instant::now();
         let in_sync = st.synced_until.is_some_and(|t| now < t);
         // Stable texts: the agent records a change of reason as an event.
-        let reason = if st.activated.is_some() || in_sync {
+        let reason = if st.activated.is_some() {
+            None
+        } else if let Some(e) = &st.disk_failed {
+            Some(format!(
+                "replication: this standby's disk failed to make its copy durable ({e}); not \
+                 ready until the gateway restarts (empty gateway.store_dir first if the disk \
+                 lost data: the active then sends the copy whole)"
+            ))
+        } else if in_sync {
             None
         } else if !st.ever_connected {
             Some("replication: no active has streamed to this standby yet".to_owned())
@@ -476,6 +516,14 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
     }
     let generation = {
         let mut st = lock(&sh.state);
+        if let Some(e) = &st.disk_failed {
+            let why = format!(
+                "this standby's disk failed to make its copy durable ({e}); it takes no \
+                 stream until its gateway restarts"
+            );
+            drop(st);
+            return refuse(&mut s, 0, why);
+        }
         if let Some(a) = st.activated {
             let newest = st.seen_epoch.max(a);
             if epoch > newest {
@@ -547,9 +595,9 @@ struct Held {
 /// activation does not wait behind a scan of the whole copy: no other stream writes once
 /// this one is current, and the cut of what follows the records ([`cut_to_held`]) is made
 /// under the lock.
-fn scan_held(store_dir: &Path) -> Result<Vec<Held>, String> {
+fn scan_held(sh: &Shared) -> Result<Vec<Held>, String> {
     let mut held = Vec::new();
-    for (rel, path) in list_segments(store_dir).map_err(|e| e.to_string())? {
+    for (rel, path) in list_segments(&sh.store_dir).map_err(|e| e.to_string())? {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -561,7 +609,7 @@ fn scan_held(store_dir: &Path) -> Result<Vec<Held>, String> {
             .len();
         let len = valid_len(&file, 0, size).map_err(|e| format!("read {}: {e}", path.display()))?;
         file.sync_data()
-            .map_err(|e| format!("fdatasync {}: {e}", path.display()))?;
+            .map_err(|e| disk_failed(sh, format!("fdatasync {}: {e}", path.display())))?;
         held.push(Held {
             rel,
             path,
@@ -579,20 +627,22 @@ fn scan_held(store_dir: &Path) -> Result<Vec<Held>, String> {
 /// with the mirror's lock held, while the stream is current; a file that an earlier stream
 /// was still writing during the scan (it checked its currency before this one began) is
 /// read on from where the scan stopped.
-fn cut_to_held(held: &mut [Held]) -> Result<(), String> {
+fn cut_to_held(sh: &Shared, held: &mut [Held]) -> Result<(), String> {
     for h in held.iter_mut() {
         let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", h.path.display());
         let size = h.file.metadata().map_err(|e| err("stat", e))?.len();
         if size != h.size {
             h.len = valid_len(&h.file, h.len, size).map_err(|e| err("read", e))?;
-            h.file.sync_data().map_err(|e| err("fdatasync", e))?;
+            h.file
+                .sync_data()
+                .map_err(|e| disk_failed(sh, err("fdatasync", e)))?;
             h.size = size;
         }
         if h.len < h.size {
             h.file
                 .set_len(h.len)
                 .and_then(|()| h.file.sync_all())
-                .map_err(|e| err("truncate", e))?;
+                .map_err(|e| disk_failed(sh, err("truncate", e)))?;
         }
     }
     Ok(())
@@ -623,7 +673,7 @@ fn mirror(
     // Every session is pruned once this stream's first batch is durable: what a generation
     // that arrived over an earlier connection superseded goes too.
     let mut fresh = HashSet::new();
-    let mut held = scan_held(&sh.store_dir)?;
+    let mut held = scan_held(sh)?;
     {
         // The cut writes: like every write of the mirror, only while this stream is still
         // the current one (not after an activation or a newer stream).
@@ -631,7 +681,7 @@ fn mirror(
         if let Err(newest) = still_current(sh, generation) {
             return refuse(s, newest, SUPERSEDED.to_owned());
         }
-        cut_to_held(&mut held)?;
+        cut_to_held(sh, &mut held)?;
     }
     for h in held {
         if let Some((session, _)) = h.rel.split_once('/') {
@@ -693,7 +743,7 @@ fn mirror(
                 m.append(&path, offset, &bytes)?;
             }
             Frame::Sync { pos } => {
-                m.sync()?;
+                m.sync().map_err(|e| disk_failed(sh, e))?;
                 {
                     let mut st = lock(&sh.state);
                     st.applied = pos;
