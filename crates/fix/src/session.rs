@@ -955,12 +955,11 @@ impl<S: SessionStore> Session<S> {
             return Err(self.end_session(text, DisconnectReason::Protocol(text.into()), now));
         }
 
+        // Reset mode ignores MsgSeqNum, so only a GapFillFlag that says N (or none) takes it:
+        // a malformed one (`123=y`) taken as N would move the target past messages never
+        // asked for. It goes through the sequence check and is rejected in its turn.
         if mt == msg_type::SEQUENCE_RESET
-            && !msg
-                .get_bool(tags::GAP_FILL_FLAG)
-                .ok()
-                .flatten()
-                .unwrap_or(false)
+            && matches!(msg.get_bool(tags::GAP_FILL_FLAG), Ok(None | Some(false)))
         {
             return self.sequence_reset_mode(&msg, &header, now);
         }
@@ -1129,16 +1128,22 @@ impl<S: SessionStore> Session<S> {
         }
         let expected = self.store.next_target_seq();
         let seq = header.msg_seq_num;
-        if seq < expected && !header.poss_dup {
+        // Any Logon below the number expected, PossDupFlag or not: a Logon is never resent
+        // (a resend gap-fills it). The counterparty is told why before the close, as the
+        // session test cases and QuickFIX do: a bare close left its operator with a reconnect
+        // loop and no reason. The Logout is numbered and stored like any message of ours.
+        if seq < expected {
             let text = format!("MsgSeqNum too low, expecting {expected} but received {seq}");
-            self.disconnect(
-                DisconnectReason::SeqTooLow {
-                    expected,
-                    received: seq,
-                },
-                now,
-            );
-            tracing::warn!("{text}");
+            tracing::warn!(counterparty = %self.config.target_comp_id, "Logon refused: {text}");
+            if self.send_logout(Some(&text), now).is_ok() {
+                self.disconnect(
+                    DisconnectReason::SeqTooLow {
+                        expected,
+                        received: seq,
+                    },
+                    now,
+                );
+            }
             return Err(Stop::Ended);
         }
         if self.config.role == Role::Acceptor {
@@ -1278,7 +1283,19 @@ impl<S: SessionStore> Session<S> {
                 Ok(())
             }
             msg_type::SEQUENCE_RESET => {
-                // Gap fill (reset mode was handled before the sequence check).
+                // Gap fill (reset mode was handled before the sequence check), or a
+                // GapFillFlag that is neither Y nor N.
+                if msg.get_bool(tags::GAP_FILL_FLAG).is_err() {
+                    self.send_reject(
+                        seq,
+                        Some("4"),
+                        Some(tags::GAP_FILL_FLAG),
+                        SessionRejectReason::IncorrectDataFormat,
+                        "GapFillFlag must be Y or N",
+                        now,
+                    )?;
+                    return self.set_next_target(next);
+                }
                 match msg.get_uint(tags::NEW_SEQ_NO) {
                     Ok(Some(new)) if new > seq => {
                         self.set_next_target(new)?;
@@ -1438,8 +1455,13 @@ impl<S: SessionStore> Session<S> {
             .push_str(tags::TARGET_COMP_ID, &self.config.target_comp_id)
             .push_uint(tags::MSG_SEQ_NUM, seq)
             .push_bool(tags::POSS_DUP_FLAG, true)
-            .push_time(tags::SENDING_TIME, now)
-            .push_verbatim(tags::ORIG_SENDING_TIME, orig);
+            .push_time(tags::SENDING_TIME, now);
+        // Never after this SendingTime: the receiver rejects that and logs out, and after a
+        // failover the original was stamped by another machine's clock.
+        match crate::time::parse_utc_timestamp(orig) {
+            Some(t) if t > now => b.push_time(tags::ORIG_SENDING_TIME, now),
+            _ => b.push_verbatim(tags::ORIG_SENDING_TIME, orig),
+        };
         let fields = m.fields();
         let skip = [
             tags::BEGIN_STRING,

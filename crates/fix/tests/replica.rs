@@ -555,6 +555,74 @@ fn an_impostor_at_a_standbys_address_cannot_fence_the_active_or_learn_the_token(
     st.sync().expect("durable");
 }
 
+/// Frames that are well formed but out of their order end the stream and change nothing: a
+/// truncate of a file the standby does not hold, a sync whose position goes back, a truncate
+/// after the catch-up (which could cut records already acknowledged).
+#[test]
+fn a_standby_refuses_frames_out_of_their_order() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let epoch = 4;
+    let rel = format!("{}/{:020}.log", sid().dir_name(), epoch);
+    let ended = |s: &mut std::net::TcpStream, what: &str| {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        match read_frame(s, &mut Vec::new()) {
+            Err(_) | Ok(Frame::Refuse { .. }) => {}
+            Ok(f) => panic!("{what}: answered {f:?}"),
+        }
+    };
+    let ack = |s: &mut std::net::TcpStream, pos: u64| {
+        Frame::Sync { pos }
+            .write_to(s, &mut Vec::new())
+            .expect("sync");
+        assert_eq!(
+            read_frame(s, &mut Vec::new()).expect("ack"),
+            Frame::Ack { pos }
+        );
+    };
+
+    let (b, _rx, mut s, _) = welcomed_by_a_fresh_standby(epoch);
+    Frame::Truncate {
+        path: rel.clone(),
+        len: 0,
+    }
+    .write_to(&mut s, &mut Vec::new())
+    .expect("truncate");
+    ended(&mut s, "a truncate of a file not held");
+    assert!(!b.path().join(&rel).exists(), "an empty segment was made");
+
+    let (_b, _rx, mut s, _) = welcomed_by_a_fresh_standby(epoch);
+    ack(&mut s, 10);
+    Frame::Sync { pos: 9 }
+        .write_to(&mut s, &mut Vec::new())
+        .expect("sync");
+    ended(&mut s, "a sync going back");
+
+    let (b, _rx, mut s, _) = welcomed_by_a_fresh_standby(epoch);
+    Frame::Data {
+        path: rel.clone(),
+        offset: 0,
+        bytes: b"abc".to_vec(),
+    }
+    .write_to(&mut s, &mut Vec::new())
+    .expect("data");
+    ack(&mut s, 1);
+    Frame::Truncate {
+        path: rel.clone(),
+        len: 0,
+    }
+    .write_to(&mut s, &mut Vec::new())
+    .expect("truncate");
+    ended(&mut s, "a truncate after the catch-up");
+    assert_eq!(
+        std::fs::metadata(b.path().join(&rel))
+            .expect("segment")
+            .len(),
+        3,
+        "acknowledged bytes were cut"
+    );
+}
+
 /// Async mode streams the same way but never waits: a standby that stops acknowledging costs
 /// the active nothing, and it is not "degraded" (there is nothing to degrade from).
 #[test]

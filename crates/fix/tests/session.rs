@@ -483,6 +483,81 @@ fn seq_too_low() {
     );
 }
 
+/// A Logon below the number expected gets a Logout that says so, then the close (session
+/// test case 2c; QuickFIX does the same), PossDupFlag or not.
+#[test]
+fn a_logon_with_msg_seq_num_too_low_gets_a_logout_saying_so() {
+    for poss_dup in ["", "43=Y|122=20231114-22:13:20|"] {
+        let (mut s, mut peer) = logged_on(BeginString::Fix44);
+        s.on_frame(&peer.msg("D", "11=a|", secs(1)), secs(1));
+        s.on_frame(&peer.msg("D", "11=b|", secs(1)), secs(1));
+        actions(&mut s);
+        s.on_disconnected(secs(2));
+        s.on_connected(secs(3));
+        // The counterparty lost its store: it starts again from 1.
+        let logon = peer.msg_with_seq("A", 1, &format!("{poss_dup}98=0|108=30|"), secs(3));
+        s.on_frame(&logon, secs(3));
+        let a = actions(&mut s);
+        let out = sent(&a);
+        assert_eq!(out.len(), 1, "{poss_dup:?}: {a:?}");
+        assert_eq!(field(&out[0], 35).as_deref(), Some("5"));
+        assert_eq!(
+            field(&out[0], 58).as_deref(),
+            Some("MsgSeqNum too low, expecting 4 but received 1")
+        );
+        assert_eq!(
+            a.last(),
+            Some(&Action::Disconnect(DisconnectReason::SeqTooLow {
+                expected: 4,
+                received: 1
+            }))
+        );
+        assert_ne!(s.state(), State::Active, "{poss_dup:?}: logged on");
+    }
+}
+
+/// A SequenceReset whose GapFillFlag is neither Y nor N is rejected in its turn, never taken
+/// as a reset that skips messages: sent ahead of a gap, it is queued and the gap asked for.
+#[test]
+fn a_sequence_reset_with_a_malformed_gap_fill_flag_skips_nothing() {
+    let (mut s, peer) = logged_on(BeginString::Fix44);
+    // Expected 2; the reset arrives as 5, moving to 9, flagged "y".
+    s.on_frame(&peer.msg_with_seq("4", 5, "123=y|36=9|", secs(1)), secs(1));
+    let a = actions(&mut s);
+    assert_eq!(s.store().next_target_seq(), 2, "the target moved: {a:?}");
+    let out = sent(&a);
+    assert_eq!(out.len(), 1, "{a:?}");
+    assert_eq!(
+        field(&out[0], 35).as_deref(),
+        Some("2"),
+        "not a ResendRequest"
+    );
+    // In sequence: rejected, its number consumed, nothing skipped.
+    let (mut s, peer) = logged_on(BeginString::Fix44);
+    s.on_frame(&peer.msg_with_seq("4", 2, "123=1|36=9|", secs(1)), secs(1));
+    let out = sent(&actions(&mut s));
+    assert_eq!(out.len(), 1);
+    assert_eq!(field(&out[0], 35).as_deref(), Some("3"));
+    assert_eq!(field(&out[0], 371).as_deref(), Some("123"));
+    assert_eq!(field(&out[0], 373).as_deref(), Some("6"));
+    assert_eq!(s.store().next_target_seq(), 3);
+}
+
+/// A message resent after a failover carries OrigSendingTime never later than its
+/// SendingTime, though the machine that first sent it had a clock ahead of this one.
+#[test]
+fn a_resend_never_carries_an_orig_sending_time_after_its_sending_time() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    // Stored at secs(100) (another machine's clock), resent at secs(50) here.
+    s.send_app(b"8", b"37=x\x01", secs(100)).expect("2");
+    actions(&mut s);
+    s.on_frame(&peer.msg("2", "7=2|16=0|", secs(50)), secs(50));
+    let out = sent(&actions(&mut s));
+    assert_eq!(out.len(), 1);
+    assert_eq!(field(&out[0], 43).as_deref(), Some("Y"));
+    assert_eq!(field(&out[0], 122), field(&out[0], 52));
+}
+
 #[test]
 fn resend_request_is_served_from_the_store() {
     let (mut s, mut peer) = logged_on(BeginString::Fix44);

@@ -703,6 +703,8 @@ fn mirror(
         fresh,
     };
     let mut acks = Acks::default();
+    // The position of the last Sync: positions only grow within a stream.
+    let mut synced = 0u64;
     // Until the catch-up's sync the active may read whole stores between frames.
     s.set_read_timeout(Some(sh.cfg.catch_up_wait()))
         .map_err(|e| e.to_string())?;
@@ -732,6 +734,17 @@ fn mirror(
         match frame {
             Frame::Truncate { path, len } => {
                 check(&path)?;
+                // The active cuts only during the catch-up, and only copies it was told of:
+                // later, a cut could take records this standby acknowledged as durable, and
+                // one of a file not held would create an empty segment nothing claims.
+                if acks.sent > 0 {
+                    return Err(format!("a truncate of {path} after the catch-up"));
+                }
+                if !m.open.contains_key(&path) && !sh.store_dir.join(&path).is_file() {
+                    return Err(format!(
+                        "a truncate of {path}, which this copy does not hold"
+                    ));
+                }
                 m.truncate(&path, len)?;
             }
             Frame::Data {
@@ -743,6 +756,10 @@ fn mirror(
                 m.append(&path, offset, &bytes)?;
             }
             Frame::Sync { pos } => {
+                if pos < synced {
+                    return Err(format!("a sync of position {pos} after {synced}"));
+                }
+                synced = pos;
                 m.sync().map_err(|e| disk_failed(sh, e))?;
                 {
                     let mut st = lock(&sh.state);
