@@ -86,8 +86,8 @@ pub const MAX_WRITE_QUEUE_BYTES: usize = 8 << 20;
 
 /// Most bytes read from a connection and not yet handled by the loop. Once less than the
 /// least a read costs (1 KiB) is left, the connection's reader stops reading, so TCP flow
-/// control holds the counterparty back while the loop is busy (a pass on a stalled disk, a burst from many
-/// sessions) instead of the bytes piling up in memory.
+/// control holds the counterparty back while the loop is busy (a pass on a stalled disk, a
+/// burst from many sessions) instead of the bytes piling up in memory.
 pub const MAX_READ_QUEUE_BYTES: usize = 1 << 20;
 
 /// Bytes one read of a connection takes at most.

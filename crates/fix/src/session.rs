@@ -1100,7 +1100,8 @@ impl<S: SessionStore> Session<S> {
                     HEART_BT_INT_RANGE.start(),
                     HEART_BT_INT_RANGE.end()
                 );
-                return Err(self.refuse_logon(&text, now));
+                let why = protocol(&text);
+                return Err(self.refuse_logon(&text, why, now));
             }
             Ok(None) => {
                 self.disconnect(protocol("Logon without a valid HeartBtInt"), now);
@@ -1119,7 +1120,7 @@ impl<S: SessionStore> Session<S> {
         if reset && self.config.role == Role::Acceptor {
             if !self.config.allow_peer_reset {
                 let text = "ResetSeqNumFlag(141)=Y is not allowed on this session: sequence numbers are kept across failovers; log on without it";
-                return Err(self.refuse_logon(text, now));
+                return Err(self.refuse_logon(text, protocol(text), now));
             }
             if let Err(e) = self.store.reset() {
                 self.store_failed(&e);
@@ -1134,17 +1135,11 @@ impl<S: SessionStore> Session<S> {
         // loop and no reason. The Logout is numbered and stored like any message of ours.
         if seq < expected {
             let text = format!("MsgSeqNum too low, expecting {expected} but received {seq}");
-            tracing::warn!(counterparty = %self.config.target_comp_id, "Logon refused: {text}");
-            if self.send_logout(Some(&text), now).is_ok() {
-                self.disconnect(
-                    DisconnectReason::SeqTooLow {
-                        expected,
-                        received: seq,
-                    },
-                    now,
-                );
-            }
-            return Err(Stop::Ended);
+            let why = DisconnectReason::SeqTooLow {
+                expected,
+                received: seq,
+            };
+            return Err(self.refuse_logon(&text, why, now));
         }
         if self.config.role == Role::Acceptor {
             self.heartbeat = Duration::from_secs(hb);
@@ -1171,12 +1166,13 @@ impl<S: SessionStore> Session<S> {
 
     /// Answers a Logon we will not accept with a Logout that says why, then disconnects: the
     /// counterparty's operator reads the reason instead of guessing at a closed socket.
-    fn refuse_logon(&mut self, text: &str, now: SystemTime) -> Stop {
+    /// Answers a Logon with a Logout saying `text`, then closes for `reason`.
+    fn refuse_logon(&mut self, text: &str, reason: DisconnectReason, now: SystemTime) -> Stop {
         tracing::warn!(counterparty = %self.config.target_comp_id, "Logon refused: {text}");
         if self.send_logout(Some(text), now).is_err() {
             return Stop::Ended;
         }
-        self.disconnect(DisconnectReason::Protocol(text.to_owned()), now);
+        self.disconnect(reason, now);
         Stop::Ended
     }
 
