@@ -54,7 +54,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -68,6 +68,7 @@ use crate::admin::{Health, Probe, SessionHealth};
 use crate::codec::{parse, Deframer, MessageBuilder, DEFAULT_MAX_BODY_LENGTH};
 use crate::session::{
     Action, Again, AppMessage, DisconnectReason, Role, SendError, Session, SessionEvent, State,
+    RESEND_PIECE_BYTES,
 };
 use crate::store::{GroupCommit, SessionId, SessionStore, StoreError, StoreMark};
 use crate::tags::{self, msg_type, BeginString, SessionRejectReason};
@@ -415,6 +416,9 @@ enum NetEvent {
     WriteStalled(u64),
     /// An initiator stopped trying to connect: its schedule closed.
     ConnectPaused(usize),
+    /// The connection's writer got below [`RESEND_PIECE_BYTES`] unwritten while its
+    /// session answers a resend: time for the next piece.
+    Drained(u64),
 }
 
 struct Conn {
@@ -422,6 +426,10 @@ struct Conn {
     writer_task: tokio::task::JoinHandle<()>,
     /// Bytes handed to the writer task and not yet written: the write queue's bound.
     unwritten: Arc<AtomicUsize>,
+    /// Set while the session answers a resend: the writer reports [`NetEvent::Drained`]
+    /// (once) when little is left unwritten. Set before the piece is handed over, so the
+    /// writer cannot finish it unnoticed.
+    want_drain: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
     /// The reader's budget ([`MAX_READ_QUEUE_BYTES`]; [`PRELOGON_READ_BYTES`] until a Logon
     /// binds an accepted connection to a session).
@@ -519,6 +527,14 @@ pub struct Engine<S: SessionStore> {
 
 /// Write buffers of one flush, per connection, so a burst becomes one write.
 type Pending = Vec<(u64, Vec<u8>)>;
+
+/// What a connection's reader and writer tasks share with the loop (see [`Conn`]).
+struct ConnIo {
+    wrx: mpsc::UnboundedReceiver<Vec<u8>>,
+    unwritten: Arc<AtomicUsize>,
+    want_drain: Arc<AtomicBool>,
+    read_budget: Arc<tokio::sync::Semaphore>,
+}
 
 impl<S: SessionStore> Engine<S> {
     /// An engine over `slots`, accepting on `listener` if given.
@@ -980,7 +996,13 @@ impl<S: SessionStore> Engine<S> {
         } else {
             PRELOGON_READ_BYTES
         }));
-        let io = (wrx, unwritten.clone(), read_budget.clone());
+        let want_drain = Arc::new(AtomicBool::new(false));
+        let io = ConnIo {
+            wrx,
+            unwritten: unwritten.clone(),
+            want_drain: want_drain.clone(),
+            read_budget: read_budget.clone(),
+        };
         let (writer_task, reader) = match stream {
             // A TCP stream splits without a lock between its halves; TLS needs one.
             Stream::Plain(s) => {
@@ -1003,6 +1025,7 @@ impl<S: SessionStore> Engine<S> {
                 writer: wtx,
                 writer_task,
                 unwritten,
+                want_drain,
                 reader,
                 read_budget,
                 slot,
@@ -1015,24 +1038,25 @@ impl<S: SessionStore> Engine<S> {
         id
     }
 
-    /// The tasks that move connection `id`'s bytes: the writer drains `wrx` into `wr`
-    /// (`left`: bytes queued and not written), the reader hands what `rd` gives to the loop
-    /// within `budget`.
+    /// The tasks that move connection `id`'s bytes: the writer drains `wrx` into `wr`, the
+    /// reader hands what `rd` gives to the loop within the read budget.
     fn spawn_io<R, W>(
         &self,
         id: u64,
         rd: R,
         mut wr: W,
-        (mut wrx, left, budget): (
-            mpsc::UnboundedReceiver<Vec<u8>>,
-            Arc<AtomicUsize>,
-            Arc<tokio::sync::Semaphore>,
-        ),
+        io: ConnIo,
     ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        let ConnIo {
+            mut wrx,
+            unwritten: left,
+            want_drain,
+            read_budget: budget,
+        } = io;
         let stalled = self.net_tx.clone();
         let writer_task = tokio::spawn(async move {
             while let Some(mut buf) = wrx.recv().await {
@@ -1056,7 +1080,13 @@ impl<S: SessionStore> Engine<S> {
                     Ordering::Relaxed,
                 );
                 match wrote {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        if left.load(Ordering::Acquire) < RESEND_PIECE_BYTES
+                            && want_drain.swap(false, Ordering::AcqRel)
+                        {
+                            let _ = stalled.send(NetEvent::Drained(id));
+                        }
+                    }
                     // The counterparty is gone (reset, closed): not a slow consumer. Its
                     // reader may not have seen it yet, waiting for budget while the loop is
                     // behind.
@@ -1131,6 +1161,19 @@ impl<S: SessionStore> Engine<S> {
                 }
                 self.start_connect(i, Duration::ZERO);
                 Ok(())
+            }
+            NetEvent::Drained(id) => {
+                let Some(i) = self.conns.get(&id).and_then(|c| c.slot) else {
+                    return Ok(());
+                };
+                if self.slots[i].conn != Some(id) {
+                    return Ok(());
+                }
+                self.slots[i]
+                    .slot
+                    .session
+                    .continue_resend(SystemTime::now());
+                self.flush(app, i)
             }
             NetEvent::WriteStalled(id) => {
                 let Some(i) = self.conns.get(&id).and_then(|c| c.slot) else {
@@ -1419,6 +1462,7 @@ impl<S: SessionStore> Engine<S> {
     fn flush<A: Application>(&mut self, app: &mut A, i: usize) -> Result<(), EngineError> {
         let mut work = vec![i];
         let mut pending: Pending = Vec::new();
+        let mut behind_over = Vec::new();
         let mut result = Ok(());
         while let Some(i) = work.pop() {
             let mut delivered = Vec::new();
@@ -1515,11 +1559,33 @@ impl<S: SessionStore> Engine<S> {
                 result = Err(store_error(&self.slots[i].slot.name, e));
                 break;
             }
+            let session = &self.slots[i].slot.session;
+            if let Some((id, c)) = self.slots[i]
+                .conn
+                .and_then(|id| Some((id, self.conns.get(&id)?)))
+            {
+                if session.resending() {
+                    c.want_drain.store(true, Ordering::Release);
+                    // What waits behind the answer counts as unsent, as the answer does.
+                    let behind = session.bytes_behind_resend();
+                    let queued = c.unwritten.load(Ordering::Relaxed);
+                    if behind.saturating_add(queued) > MAX_WRITE_QUEUE_BYTES
+                        && !behind_over.contains(&id)
+                    {
+                        behind_over.push(id);
+                    }
+                }
+            }
         }
         // Bytes queued before a failure were stored while we still owned the store, so
         // sending them is safe; after a failure the caller stops and nothing more is sent.
-        let over = self.send_when_durable(pending);
+        let mut over = self.send_when_durable(pending);
         result?;
+        for id in behind_over {
+            if !over.contains(&id) {
+                over.push(id);
+            }
+        }
         self.drop_over_limit(app, over)
     }
 

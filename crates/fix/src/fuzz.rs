@@ -97,6 +97,8 @@ pub fn session(data: &[u8]) {
             [b'!', secs, ..] => {
                 now += Duration::from_secs(u64::from(*secs));
                 s.on_timer(now);
+                // As the transport does once the last piece of a resend answer is written.
+                s.continue_resend(now);
             }
             body => {
                 let body: Vec<u8> = body

@@ -55,6 +55,12 @@ pub const MAX_QUEUED_MESSAGES: usize = 10_000;
 /// Most bytes held while waiting for a gap to be filled.
 pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 
+/// Bytes of stored messages one piece of a resend answer reads and queues (at least one
+/// message). A ResendRequest may cover a whole day of messages: it is answered a piece at a
+/// time, the next one when the connection has written the last (see
+/// [`Session::continue_resend`]), so neither memory nor the write queue holds all of it.
+pub const RESEND_PIECE_BYTES: usize = 256 * 1024;
+
 /// Which side opens the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -373,9 +379,37 @@ pub struct Session<S: SessionStore> {
     queue: BTreeMap<u64, Vec<u8>>,
     /// Bytes held in `queue`, kept so the bound is checked without summing it.
     queued_bytes: usize,
+    /// MsgSeqNums of queued ResendRequests, answered when they arrived ahead of a gap: in
+    /// their turn they only advance the number expected, as QuickFIX does (answered again,
+    /// the counterparty got the whole range twice).
+    answered_early: std::collections::BTreeSet<u64>,
     /// Highest MsgSeqNum our outstanding ResendRequest covers; no new request until passed.
     resend_until: Option<u64>,
+    /// The counterparty's ResendRequest being answered, a piece at a time.
+    answering: Option<ResendAnswer>,
+    /// Our messages numbered while a resend is answered: they go out after its last piece,
+    /// as they would after a resend answered in one go, never between its pieces (where a
+    /// counterparty would see a gap and ask again).
+    behind_resend: VecDeque<Vec<u8>>,
+    /// Bytes held in `behind_resend`.
+    behind_resend_bytes: usize,
     out: VecDeque<Action>,
+}
+
+/// Where the answer to a ResendRequest has got to.
+#[derive(Debug, Clone, Copy)]
+struct ResendAnswer {
+    /// First number asked for.
+    begin: u64,
+    /// Last number to answer.
+    end: u64,
+    /// First number not answered yet.
+    next: u64,
+    /// Last number we had sent when the answer started: everything after it is in
+    /// `behind_resend`, so no later request makes the answer go past it.
+    limit: u64,
+    /// Application messages resent so far.
+    resent: usize,
 }
 
 fn sanitize(text: &str) -> String {
@@ -417,7 +451,11 @@ impl<S: SessionStore> Session<S> {
             test_request_counter: 0,
             queue: BTreeMap::new(),
             queued_bytes: 0,
+            answered_early: std::collections::BTreeSet::new(),
             resend_until: None,
+            answering: None,
+            behind_resend: VecDeque::new(),
+            behind_resend_bytes: 0,
             out: VecDeque::new(),
         })
     }
@@ -460,6 +498,7 @@ impl<S: SessionStore> Session<S> {
     fn clear_queue(&mut self) {
         self.queue.clear();
         self.queued_bytes = 0;
+        self.answered_early.clear();
     }
 
     fn dequeue(&mut self, seq: u64) -> Option<Vec<u8>> {
@@ -499,6 +538,7 @@ impl<S: SessionStore> Session<S> {
     /// A connection is up: an initiator sends its Logon, an acceptor starts waiting for one.
     pub fn on_connected(&mut self, now: SystemTime) {
         self.clear_queue();
+        self.drop_resend_answer();
         self.resend_until = None;
         self.test_request = None;
         self.last_received = now;
@@ -537,6 +577,7 @@ impl<S: SessionStore> Session<S> {
     /// The transport lost the connection.
     pub fn on_disconnected(&mut self, now: SystemTime) {
         self.clear_queue();
+        self.drop_resend_answer();
         self.resend_until = None;
         self.test_request = None;
         self.set_state(State::Disconnected, now);
@@ -586,7 +627,7 @@ impl<S: SessionStore> Session<S> {
             return Err(SendError::Store(e));
         }
         self.last_sent = now;
-        self.out.push_back(Action::Send(frame));
+        self.emit(frame);
         Ok(seq)
     }
 
@@ -636,7 +677,7 @@ impl<S: SessionStore> Session<S> {
         }
         if self.state == State::Active {
             self.last_sent = now;
-            self.out.push_back(Action::Send(frame));
+            self.emit(frame);
         }
         Ok(seq)
     }
@@ -703,6 +744,7 @@ impl<S: SessionStore> Session<S> {
             return Err(Stop::Ended);
         }
         self.clear_queue();
+        self.drop_resend_answer();
         self.resend_until = None;
         tracing::info!(counterparty = %self.config.target_comp_id, period_start = id,
             "new session period: sequence numbers reset to 1");
@@ -714,6 +756,9 @@ impl<S: SessionStore> Session<S> {
     fn store_failed(&mut self, e: &StoreError) {
         let fenced = matches!(e, StoreError::Fenced { .. });
         tracing::error!(error = %e, "session store failed; disconnecting");
+        // What waits behind a resend is stored: the counterparty gets it from whoever
+        // serves the session next.
+        self.drop_resend_answer();
         self.out
             .push_back(Action::Disconnect(DisconnectReason::Store {
                 fenced,
@@ -748,7 +793,7 @@ impl<S: SessionStore> Session<S> {
             return Err(Stop::Ended);
         }
         self.last_sent = now;
-        self.out.push_back(Action::Send(frame));
+        self.emit(frame);
         Ok(())
     }
 
@@ -762,6 +807,12 @@ impl<S: SessionStore> Session<S> {
     }
 
     fn disconnect(&mut self, reason: DisconnectReason, now: SystemTime) {
+        // The Logout saying why may be waiting behind an unfinished resend: it still goes,
+        // with what was numbered before it, in order.
+        self.answering = None;
+        self.behind_resend_bytes = 0;
+        let behind = std::mem::take(&mut self.behind_resend);
+        self.out.extend(behind.into_iter().map(Action::Send));
         self.out.push_back(Action::Disconnect(reason));
         self.on_disconnected(now);
     }
@@ -843,6 +894,7 @@ impl<S: SessionStore> Session<S> {
                     break;
                 }
                 self.dequeue(seq);
+                self.answered_early.remove(&seq);
             }
             let Some(next) = self.dequeue(expected) else {
                 break;
@@ -973,15 +1025,32 @@ impl<S: SessionStore> Session<S> {
             if mt == msg_type::LOGOUT {
                 return Err(self.logout_received(&msg, now));
             }
-            if mt == msg_type::RESEND_REQUEST {
+            let resend_request = mt == msg_type::RESEND_REQUEST;
+            if resend_request {
                 // Answer first, or two sides waiting for each other's resend deadlock.
                 self.on_resend_request(&msg, now)?;
             }
             self.enqueue(seq, raw, now)?;
+            if resend_request {
+                self.answered_early.insert(seq);
+            }
             return self.request_resend(expected, seq, now);
         }
         if seq < expected {
             if header.poss_dup {
+                // A resend without OrigSendingTime is malformed even as a duplicate: the
+                // counterparty is told (FIX test case 2g, as QuickFIX does), the number
+                // expected stays.
+                if header.orig_sending_time.is_none() && mt != msg_type::SEQUENCE_RESET {
+                    return self.send_reject(
+                        seq,
+                        std::str::from_utf8(mt).ok(),
+                        Some(tags::ORIG_SENDING_TIME),
+                        SessionRejectReason::RequiredTagMissing,
+                        "OrigSendingTime required with PossDupFlag=Y",
+                        now,
+                    );
+                }
                 self.out
                     .push_back(Action::Event(SessionEvent::DuplicateIgnored(seq)));
                 return Ok(());
@@ -1267,6 +1336,9 @@ impl<S: SessionStore> Session<S> {
             }
             msg_type::RESEND_REQUEST => {
                 self.set_next_target(next)?;
+                if self.answered_early.remove(&seq) {
+                    return Ok(());
+                }
                 self.on_resend_request(msg, now)
             }
             msg_type::REJECT => {
@@ -1344,28 +1416,29 @@ impl<S: SessionStore> Session<S> {
         }
     }
 
-    /// Answers a ResendRequest: stored application messages again with PossDupFlag=Y and
-    /// OrigSendingTime, and every run of numbers without one (admin messages, or messages a
-    /// crash kept out of the store) as one SequenceReset-GapFill.
+    /// Answers a ResendRequest, a piece at a time (see [`answer_piece`](Self::answer_piece)).
     fn on_resend_request(&mut self, msg: &Message<'_>, now: SystemTime) -> Step {
         let (Ok(Some(begin)), Ok(Some(end))) = (
             msg.get_uint(tags::BEGIN_SEQ_NO),
             msg.get_uint(tags::END_SEQ_NO),
         ) else {
             let seq = msg.seq_num().unwrap_or(0);
-            let tag = if msg.get(tags::BEGIN_SEQ_NO).is_none() {
-                tags::BEGIN_SEQ_NO
-            } else {
-                tags::END_SEQ_NO
+            // The first field at fault: missing (reason 1) or not a number (reason 6).
+            let (tag, value) = match msg.get_uint(tags::BEGIN_SEQ_NO) {
+                Ok(Some(_)) => (tags::END_SEQ_NO, msg.get_uint(tags::END_SEQ_NO)),
+                other => (tags::BEGIN_SEQ_NO, other),
             };
-            return self.send_reject(
-                seq,
-                Some("2"),
-                Some(tag),
-                SessionRejectReason::RequiredTagMissing,
-                "BeginSeqNo and EndSeqNo required",
-                now,
-            );
+            let (reason, text) = match value {
+                Err(_) => (
+                    SessionRejectReason::IncorrectDataFormat,
+                    "BeginSeqNo and EndSeqNo must be sequence numbers",
+                ),
+                Ok(_) => (
+                    SessionRejectReason::RequiredTagMissing,
+                    "BeginSeqNo and EndSeqNo required",
+                ),
+            };
+            return self.send_reject(seq, Some("2"), Some(tag), reason, text, now);
         };
         let last_sent = self.store.next_sender_seq().saturating_sub(1);
         // 0 (FIX 4.2+) and 999999 (older counterparties) both mean "up to the last sent".
@@ -1384,38 +1457,125 @@ impl<S: SessionStore> Session<S> {
                 }));
             return Ok(());
         }
-        let stored = match self.store.sent_range(begin, end) {
+        if let Some(a) = self.answering.as_mut() {
+            // Asked again while the answer runs (a counterparty that timed out waiting, or
+            // one asking in chunks): the running answer goes on to cover both. What it
+            // already queued is on its way on this connection, so it is not queued again
+            // (a counterparty asking over and over cannot make us send a range over and
+            // over). Never past `limit`: what we numbered since waits behind the answer
+            // and goes out as sent.
+            a.end = a.end.max(end.min(a.limit));
+            return Ok(());
+        }
+        self.answering = Some(ResendAnswer {
+            begin,
+            end,
+            next: begin,
+            limit: last_sent,
+            resent: 0,
+        });
+        self.answer_piece(now)
+    }
+
+    /// Whether a ResendRequest is still being answered: the transport calls
+    /// [`continue_resend`](Self::continue_resend) once the connection has written the last
+    /// piece (less than [`RESEND_PIECE_BYTES`] left unwritten).
+    pub fn resending(&self) -> bool {
+        self.answering.is_some()
+    }
+
+    /// Bytes of our own messages waiting for a resend answer to finish: the transport counts
+    /// them as unsent, as it counts its own queue (a counterparty that reads too slowly for
+    /// both is a slow consumer).
+    pub fn bytes_behind_resend(&self) -> usize {
+        self.behind_resend_bytes
+    }
+
+    /// Queues the next piece of the resend answer (and, after the last, what waited behind
+    /// it). Nothing when no answer is running.
+    pub fn continue_resend(&mut self, now: SystemTime) {
+        if self.answering.is_some() && self.state != State::Disconnected {
+            let _ = self.answer_piece(now);
+        }
+    }
+
+    /// One piece of the answer: at most [`RESEND_PIECE_BYTES`] of stored messages again with
+    /// PossDupFlag=Y, and every run of numbers without one before them (admin messages, or
+    /// messages a crash kept out of the store) as one SequenceReset-GapFill.
+    fn answer_piece(&mut self, now: SystemTime) -> Step {
+        let Some(mut a) = self.answering else {
+            return Ok(());
+        };
+        let stored = match self
+            .store
+            .sent_range_bounded(a.next, a.end, RESEND_PIECE_BYTES)
+        {
             Ok(s) => s,
             Err(e) => {
                 self.store_failed(&e);
                 return Err(Stop::Ended);
             }
         };
-        let mut cursor = begin;
-        let mut resent: usize = 0;
+        let read: usize = stored.iter().map(|(_, f)| f.len()).sum();
+        let mut read_to = a.next;
         for (seq, frame) in stored {
+            read_to = seq.saturating_add(1);
             let Some(again) = self.resend_frame(&frame, seq, now) else {
                 tracing::warn!(seq, "stored message unreadable; gap-filling it");
                 continue;
             };
-            if seq > cursor {
-                self.gap_fill(cursor, seq, now)?;
+            if seq > a.next {
+                self.gap_fill(a.next, seq, now)?;
             }
             self.out.push_back(Action::Send(again));
-            resent = resent.saturating_add(1);
-            cursor = seq.saturating_add(1);
-        }
-        if cursor <= end {
-            self.gap_fill(cursor, end.saturating_add(1), now)?;
+            a.resent = a.resent.saturating_add(1);
+            a.next = seq.saturating_add(1);
         }
         self.last_sent = now;
+        // Less than a piece read: the range holds nothing more.
+        if read >= RESEND_PIECE_BYTES && read_to <= a.end {
+            // Unreadable messages at the end of the piece are filled now, so the next
+            // piece starts after them (and cannot read the same ones for ever).
+            if read_to > a.next {
+                self.gap_fill(a.next, read_to, now)?;
+                a.next = read_to;
+            }
+            self.answering = Some(a);
+            return Ok(());
+        }
+        if a.next <= a.end {
+            self.gap_fill(a.next, a.end.saturating_add(1), now)?;
+        }
+        self.answering = None;
+        self.behind_resend_bytes = 0;
+        let behind = std::mem::take(&mut self.behind_resend);
+        self.out.extend(behind.into_iter().map(Action::Send));
         self.out
             .push_back(Action::Event(SessionEvent::ResendServed {
-                begin,
-                end,
-                resent,
+                begin: a.begin,
+                end: a.end,
+                resent: a.resent,
             }));
         Ok(())
+    }
+
+    /// Queues a message we number now: behind a resend answer that is still running, else
+    /// for sending.
+    fn emit(&mut self, frame: Vec<u8>) {
+        if self.answering.is_some() {
+            self.behind_resend_bytes = self.behind_resend_bytes.saturating_add(frame.len());
+            self.behind_resend.push_back(frame);
+        } else {
+            self.out.push_back(Action::Send(frame));
+        }
+    }
+
+    /// Forgets a running resend answer and what waited behind it: the connection is gone,
+    /// or the numbers start again.
+    fn drop_resend_answer(&mut self) {
+        self.answering = None;
+        self.behind_resend.clear();
+        self.behind_resend_bytes = 0;
     }
 
     /// SequenceReset-GapFill sent *as* message `seq`, moving the peer to `new_seq`; it is a

@@ -161,7 +161,19 @@ pub trait SessionStore {
     /// Stores an application message sent with `seq`; the next sender seq becomes `seq + 1`.
     fn save_sent(&mut self, seq: u64, frame: &[u8]) -> Result<(), StoreError>;
     /// Stored application messages with `begin <= seq <= end`, in order.
-    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.sent_range_bounded(begin, end, usize::MAX)
+    }
+    /// Like [`sent_range`](Self::sent_range), but stops after the message that brings the
+    /// bytes returned to `max_bytes` or more (always at least one message, if the range holds
+    /// any): fewer bytes than `max_bytes` means the whole range was read. A resend is
+    /// answered in such pieces, so a long range neither sits in memory nor in one write.
+    fn sent_range_bounded(
+        &self,
+        begin: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Both sequence numbers back to 1 and every stored message forgotten (the session
     /// period, see [`period`](Self::period), is kept).
     fn reset(&mut self) -> Result<(), StoreError>;
@@ -264,13 +276,24 @@ impl SessionStore for MemoryStore {
         self.next_sender = seq.saturating_add(1);
         Ok(())
     }
-    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    fn sent_range_bounded(
+        &self,
+        begin: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         if begin > end {
             return Ok(Vec::new());
         }
+        let mut bytes = 0usize;
         Ok(self
             .sent
             .range(begin..=end)
+            .take_while(|(_, m)| {
+                let more = bytes < max_bytes;
+                bytes = bytes.saturating_add(m.len());
+                more
+            })
             .map(|(s, m)| (*s, m.clone()))
             .collect())
     }
@@ -349,8 +372,13 @@ impl<S: SessionStore> SessionStore for Deferred<S> {
     fn save_sent(&mut self, seq: u64, frame: &[u8]) -> Result<(), StoreError> {
         self.inner.save_sent(seq, frame)
     }
-    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.inner.sent_range(begin, end)
+    fn sent_range_bounded(
+        &self,
+        begin: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.sent_range_bounded(begin, end, max_bytes)
     }
     fn reset(&mut self) -> Result<(), StoreError> {
         self.pending_target = None;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use understudy_fix::codec::{parse, MessageBuilder};
 use understudy_fix::session::{
     Action, Again, DisconnectReason, Role, SendError, Session, SessionConfig, SessionEvent, State,
+    RESEND_PIECE_BYTES,
 };
 use understudy_fix::store::{FileStore, MemoryStore, SessionId, SessionStore, SyncPolicy};
 use understudy_fix::tags::BeginString;
@@ -589,6 +590,187 @@ fn resend_request_is_served_from_the_store() {
     assert_eq!(s.store().next_sender_seq(), 6);
 }
 
+/// Every number `frames` covers (a GapFill covers its MsgSeqNum up to NewSeqNo - 1), in
+/// order.
+fn covered(frames: &[Vec<u8>]) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for f in frames {
+        let seq: u64 = field(f, 34).and_then(|v| v.parse().ok()).expect("34");
+        if field(f, 35).as_deref() == Some("4") {
+            let new: u64 = field(f, 36).and_then(|v| v.parse().ok()).expect("36");
+            seqs.extend(seq..new);
+        } else {
+            seqs.push(seq);
+        }
+    }
+    seqs
+}
+
+/// A ResendRequest for more than a piece is answered a piece at a time, each when the
+/// transport asks (`continue_resend`): what one piece queues stays near
+/// [`RESEND_PIECE_BYTES`], whatever the range. Messages we number meanwhile (a heartbeat
+/// answering a TestRequest, an application message) follow the last piece, never sit
+/// between pieces; a second request during the answer joins it; and the answer as a whole
+/// covers every number once, in order.
+#[test]
+fn a_long_resend_is_answered_in_pieces_with_new_messages_behind_it() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    let pad = "x".repeat(200);
+    let stored = 3000u64; // about 3 pieces and a half
+    for i in 0..stored {
+        if i % 100 == 50 {
+            // Its Heartbeat answer: a number with nothing stored.
+            s.on_frame(&peer.msg("1", "112=hb|", secs(40 + i)), secs(40 + i));
+        }
+        s.send_app(
+            b"8",
+            format!("37=o{i}\x0158={pad}\x01").as_bytes(),
+            secs(40 + i),
+        )
+        .expect("stored");
+    }
+    actions(&mut s);
+    let last = s.store().next_sender_seq() - 1;
+    let now = secs(5000);
+    s.on_frame(&peer.msg("2", "7=2|16=0|", now), now);
+    let first = actions(&mut s);
+    let mut answer = sent(&first);
+    let bytes: usize = answer.iter().map(Vec::len).sum();
+    // A piece reads that much of the store; resent, each message gains PossDupFlag and
+    // OrigSendingTime (about 30 bytes here).
+    assert!(
+        bytes <= RESEND_PIECE_BYTES * 5 / 4,
+        "one piece queued {bytes} bytes"
+    );
+    assert!(s.resending(), "the range is longer than one piece");
+    assert!(!first
+        .iter()
+        .any(|a| matches!(a, Action::Event(SessionEvent::ResendServed { .. }))));
+    // Numbered during the answer: a heartbeat for a TestRequest and a report.
+    s.on_frame(&peer.msg("1", "112=T1|", now), now);
+    let seq_new = s.send_app(b"8", b"37=new\x01", now).expect("stored");
+    assert!(sent(&actions(&mut s)).is_empty(), "sent between pieces");
+    assert!(s.bytes_behind_resend() > 0);
+    // Asked again from the start (the counterparty gave up waiting): joined, and what is
+    // already on its way is not queued twice.
+    s.on_frame(&peer.msg("2", "7=2|16=0|", now), now);
+    assert!(sent(&actions(&mut s)).is_empty());
+    let mut pieces = 1;
+    let mut served = None;
+    while s.resending() {
+        s.continue_resend(now);
+        let a = actions(&mut s);
+        for e in &a {
+            if let Action::Event(SessionEvent::ResendServed { begin, end, resent }) = e {
+                served = Some((*begin, *end, *resent));
+            }
+        }
+        answer.extend(sent(&a));
+        pieces += 1;
+        assert!(pieces < 100, "the answer does not end");
+    }
+    assert!(pieces >= 4, "{pieces} pieces");
+    assert_eq!(served, Some((2, last, stored as usize)));
+    assert_eq!(s.bytes_behind_resend(), 0);
+    let resent = &answer[answer.len() - 2..];
+    let tail: Vec<String> = resent.iter().map(|f| summary(f)).collect();
+    assert_eq!(
+        tail,
+        [format!("0:{}", last + 1), format!("8:{seq_new}")],
+        "what was numbered meanwhile follows the answer, in its order"
+    );
+    assert_eq!(field(&resent[0], 112).as_deref(), Some("T1"));
+    assert_eq!(field(&resent[1], 43), None, "a new message is no resend");
+    let expected: Vec<u64> = (2..=seq_new).collect();
+    assert_eq!(covered(&answer), expected);
+    for f in &answer[..answer.len() - 2] {
+        assert_eq!(field(f, 43).as_deref(), Some("Y"), "{}", summary(f));
+    }
+    // Nothing more after the end.
+    s.continue_resend(now);
+    assert!(actions(&mut s).is_empty());
+}
+
+/// A ResendRequest that arrives ahead of a gap is answered at once (or both sides could wait
+/// for each other); when the gap is filled and its turn comes, it only advances the number
+/// expected: answered again, the counterparty got the whole range twice (FIX test case 20,
+/// QuickFIX's `nextQueued`).
+#[test]
+fn a_resend_request_answered_ahead_of_a_gap_is_not_answered_again_in_its_turn() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    s.send_app(b"8", b"37=a\x01", secs(1)).expect("2");
+    s.send_app(b"8", b"37=b\x01", secs(1)).expect("3");
+    actions(&mut s);
+    peer.seq = 3; // its 2 is lost
+    s.on_frame(&peer.msg("2", "7=2|16=0|", secs(2)), secs(2));
+    let first: Vec<String> = sent(&actions(&mut s)).iter().map(|f| summary(f)).collect();
+    assert_eq!(
+        first,
+        ["8:2", "8:3", "2:4"],
+        "answered, then asked for its 2"
+    );
+    let fill = peer.msg_with_seq("D", 2, "43=Y|122=20231114-22:13:20|11=x|", secs(3));
+    s.on_frame(&fill, secs(3));
+    let a = actions(&mut s);
+    let again: Vec<String> = sent(&a).iter().map(|f| summary(f)).collect();
+    assert!(again.is_empty(), "answered twice: {again:?}");
+    assert_eq!(s.store().next_target_seq(), 4);
+}
+
+/// A ResendRequest whose range is missing or not numbers is rejected naming the first field
+/// at fault and why: missing (reason 1) or not a number (reason 6).
+#[test]
+fn a_malformed_resend_request_is_rejected_naming_the_field_at_fault() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    for (body, tag, reason) in [
+        ("7=abc|16=0|", "7", "6"),
+        ("16=0|", "7", "1"),
+        ("7=1|", "16", "1"),
+        ("7=1|16=x|", "16", "6"),
+    ] {
+        s.on_frame(&peer.msg("2", body, secs(1)), secs(1));
+        let out = sent(&actions(&mut s));
+        assert_eq!(out.len(), 1, "{body}");
+        assert_eq!(field(&out[0], 35).as_deref(), Some("3"), "{body}");
+        assert_eq!(field(&out[0], 371).as_deref(), Some(tag), "{body}");
+        assert_eq!(field(&out[0], 373).as_deref(), Some(reason), "{body}");
+    }
+    assert_eq!(s.state(), State::Active);
+}
+
+/// A session that ends during an answer (here the counterparty logs out) still sends what
+/// it numbered, its Logout last, and forgets the answer.
+#[test]
+fn a_logout_during_a_resend_answer_still_goes_out() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    let pad = "x".repeat(500);
+    for i in 0..1000u64 {
+        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
+            .expect("stored");
+    }
+    actions(&mut s);
+    s.on_frame(&peer.msg("2", "7=1|16=0|", secs(2000)), secs(2000));
+    actions(&mut s);
+    assert!(s.resending());
+    s.on_frame(&peer.msg("5", "", secs(2000)), secs(2000));
+    let a = actions(&mut s);
+    let out = sent(&a);
+    assert_eq!(
+        out.len(),
+        1,
+        "{:?}",
+        out.iter().map(|f| summary(f)).collect::<Vec<_>>()
+    );
+    assert_eq!(field(&out[0], 35).as_deref(), Some("5"));
+    assert!(matches!(
+        a.last(),
+        Some(Action::Disconnect(DisconnectReason::LoggedOut))
+    ));
+    assert!(!s.resending());
+    s.continue_resend(secs(2001));
+    assert!(actions(&mut s).is_empty());
+}
+
 #[test]
 fn malformed_message_is_rejected_with_reason() {
     let (mut s, mut peer) = logged_on(BeginString::Fix44);
@@ -661,6 +843,22 @@ fn poss_dup_without_orig_sending_time_is_rejected() {
     let out = sent(&actions(&mut s));
     assert_eq!(field(&out[0], 373).as_deref(), Some("1"));
     assert_eq!(field(&out[0], 371).as_deref(), Some("122"));
+    // Too low as well (test case 2g: 2 again after 2): rejected, not ignored, and the
+    // number expected stays where it was.
+    assert_eq!(s.store().next_target_seq(), 3);
+    let dup = peer.msg_with_seq("D", 2, "43=Y|11=x|", secs(2));
+    s.on_frame(&dup, secs(2));
+    let out = sent(&actions(&mut s));
+    assert_eq!(out.len(), 1);
+    assert_eq!(field(&out[0], 35).as_deref(), Some("3"));
+    assert_eq!(field(&out[0], 45).as_deref(), Some("2"));
+    assert_eq!(field(&out[0], 371).as_deref(), Some("122"));
+    assert_eq!(field(&out[0], 373).as_deref(), Some("1"));
+    assert_eq!(s.store().next_target_seq(), 3);
+    // With OrigSendingTime it is a duplicate, ignored.
+    let dup = peer.msg_with_seq("D", 2, "43=Y|122=20231114-22:13:20|11=x|", secs(2));
+    s.on_frame(&dup, secs(2));
+    assert!(sent(&actions(&mut s)).is_empty());
 }
 
 #[test]

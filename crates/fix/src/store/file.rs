@@ -1892,12 +1892,22 @@ impl SessionStore for FileStore {
         self.save_sent_from(seq, std::iter::once(frame))
     }
 
-    fn sent_range(&self, begin: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    fn sent_range_bounded(
+        &self,
+        begin: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         if begin > end {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for (&seq, loc) in self.state.sent.range(begin..=end) {
+            if bytes >= max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(loc.len);
             let Some(f) = self.readers.get(&loc.segment) else {
                 continue;
             };
