@@ -15,9 +15,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::auth::{self, Side};
+use super::liveness::{self, Liveness};
 use super::proto::{peer_text, read_frame, segment_epoch, Frame, CHUNK, VERSION};
 use super::{list_segments, Mode, PeerHealth, ReplicationConfig, ReplicationHealth};
 use crate::store::{note_newer_epoch, valid_len, BatchHook, GroupCommit};
@@ -34,6 +35,8 @@ struct Shared {
     store_dir: PathBuf,
     epoch: u64,
     group: &'static GroupCommit,
+    /// Holds count only the time this process ran (see [`liveness`]).
+    live: &'static Liveness,
     st: Mutex<State>,
     cv: Condvar,
 }
@@ -79,6 +82,8 @@ struct Peer {
     /// in sync for `timeout` after sending it, so this side waits `sync_timeout` after it
     /// before going on without it.
     last_heard: Option<Instant>,
+    /// [`Liveness::frozen_until`] when `last_heard` was set.
+    frozen_at_heard: Duration,
     /// The syncer gave up waiting for it: its thread disconnects it.
     drop_now: bool,
     /// While a link to it is up (catch-up included), the position its link shipped every
@@ -111,6 +116,7 @@ impl Sender {
                 in_sync: false,
                 acked: 0,
                 last_heard: None,
+                frozen_at_heard: Duration::ZERO,
                 drop_now: false,
                 floor: None,
                 error: None,
@@ -121,6 +127,7 @@ impl Sender {
             store_dir: store_dir.to_owned(),
             epoch,
             group,
+            live: liveness::process()?,
             st: Mutex::new(State {
                 requested: 0,
                 peers,
@@ -185,10 +192,13 @@ impl Sender {
         let now = Instant::now();
         let st = lock(&self.sh.st);
         st.fenced.is_none()
-            && st
-                .peers
-                .iter()
-                .any(|p| !p.connected && self.sh.held_for(p).is_some_and(|until| until > now))
+            && st.peers.iter().any(|p| {
+                !p.connected
+                    && self
+                        .sh
+                        .hold_left(p, now)
+                        .is_some_and(|left| !left.is_zero())
+            })
     }
 
     /// Sets how many entries of the record of written files are kept before those every
@@ -207,10 +217,20 @@ impl Sender {
 }
 
 impl Shared {
-    /// Until when a batch that `p` has not acknowledged waits for it: `sync_timeout` after
-    /// it was last heard from.
-    fn held_for(&self, p: &Peer) -> Option<Instant> {
-        p.last_heard.map(|t| t + self.cfg.sync_timeout)
+    /// How much longer a batch that `p` has not acknowledged waits for it at `now`:
+    /// `sync_timeout` of this process's running time after it was last heard from. Time the
+    /// process did not run does not count: after a freeze, each link gets to talk to its peer
+    /// (and learn of a newer epoch) before the peer is given up (review 22, R7).
+    fn hold_left(&self, p: &Peer, now: Instant) -> Option<Duration> {
+        let heard = p.last_heard?;
+        let silent = self.live.running_since(heard, p.frozen_at_heard, now);
+        Some(self.cfg.sync_timeout.saturating_sub(silent))
+    }
+
+    /// `p` was heard from at `now`.
+    fn heard(&self, p: &mut Peer, now: Instant) {
+        p.last_heard = Some(now);
+        p.frozen_at_heard = self.live.frozen_until(now);
     }
 
     fn fence(&self, newest: u64) {
@@ -290,8 +310,9 @@ impl BatchHook for Shared {
                     acked = true;
                     continue;
                 }
-                match self.held_for(p) {
-                    Some(until) if until > now => {
+                match self.hold_left(p, now) {
+                    Some(left) if !left.is_zero() => {
+                        let until = now + left;
                         hold = Some(hold.map_or(until, |h| h.min(until)));
                     }
                     _ if p.in_sync => {
@@ -487,7 +508,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         p.connected = true;
         p.in_sync = true;
         p.acked = p0;
-        p.last_heard = Some(Instant::now());
+        sh.heard(p, Instant::now());
         p.error = None;
         tracing::info!(peer = %p.addr, position = p0, "replication: standby caught up, in sync");
         // The next batch waits for it: synchronous again now, not at the next acknowledgement
@@ -540,7 +561,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
                 if st.peers[i].drop_now {
                     continue;
                 }
-                st.peers[i].last_heard = Some(Instant::now());
+                sh.heard(&mut st.peers[i], Instant::now());
                 st.peers[i].acked = pos;
                 st.peers[i].floor = Some(pos);
                 sh.cv.notify_all();
@@ -551,7 +572,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
                 })?;
                 let mut st = lock(&sh.st);
                 if !st.peers[i].drop_now {
-                    st.peers[i].last_heard = Some(Instant::now());
+                    sh.heard(&mut st.peers[i], Instant::now());
                 }
             }
         }

@@ -40,6 +40,7 @@
 
 pub mod active;
 pub mod auth;
+pub mod liveness;
 pub mod proto;
 pub mod standby;
 
