@@ -358,6 +358,9 @@ impl BatchHook for Shared {
     }
 }
 
+/// Why a transfer ended when the sender was stopped (not logged: see `peer_loop`).
+const STOPPED: &str = "stopped";
+
 fn peer_loop(sh: &Shared, i: usize) {
     loop {
         {
@@ -371,6 +374,9 @@ fn peer_loop(sh: &Shared, i: usize) {
             Err(e) => e,
         };
         let mut st = lock(&sh.st);
+        if st.stop {
+            return;
+        }
         let p = &mut st.peers[i];
         if p.error.as_deref() != Some(err.as_str()) {
             tracing::warn!(peer = %p.addr, error = %err, "replication: standby not streaming");
@@ -677,6 +683,7 @@ impl Link<'_> {
                     None
                 };
                 if let Some(len) = cut {
+                    self.halted()?;
                     Frame::Truncate {
                         path: rel.clone(),
                         len,
@@ -699,6 +706,7 @@ impl Link<'_> {
                 let mut bytes = vec![0u8; n];
                 f.read_exact_at(&mut bytes, from)
                     .map_err(|e| format!("read {}: {e}", path.display()))?;
+                self.halted()?;
                 Frame::Data {
                     path: rel.clone(),
                     offset: from,
@@ -712,6 +720,20 @@ impl Link<'_> {
         }
         self.shipped = self.shipped.max(upto);
         Ok(())
+    }
+
+    /// Refuses to send more once this active is stale or stopping: checked before every
+    /// frame of a transfer, so a catch-up of gigabytes to one standby stops as soon as another
+    /// told of a newer epoch (review 22, R11), not when it is done.
+    fn halted(&self) -> Result<(), String> {
+        let st = lock(&self.sh.st);
+        match st.fenced {
+            Some(n) => Err(format!(
+                "fenced: a standby has seen epoch {n}; nothing more is sent"
+            )),
+            None if st.stop => Err(STOPPED.into()),
+            None => Ok(()),
+        }
     }
 
     /// Sends `Sync` or `Heartbeat` and waits for the `Ack` (of that position for a sync).
