@@ -1131,3 +1131,49 @@ fn the_active_waits_for_a_standby_that_scans_its_copy_before_it_answers() {
     }
     assert!(health.peers[0].in_sync, "{health:?}");
 }
+
+/// A standby whose catch-up fails every time (here it drops each link at the first `Data`
+/// frame, as one whose disk is full or out of descriptors fails), is tried again less and
+/// less often: each attempt reads and checks every record of the active's store and has the
+/// standby scan its whole copy, and at `reconnect_interval` (20 ms here) that went on ten to
+/// fifty times a second for as long as the fault lasted (review 22, R4).
+#[test]
+fn catch_ups_that_keep_failing_are_retried_less_and_less_often() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let mut st = FileStore::open(a.path(), &sid(), 41, SyncPolicy::Group).expect("open");
+    for i in 1..=10 {
+        st.save_sent(i, &frame(i)).expect("save");
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let seen = accepted.clone();
+    std::thread::spawn(move || loop {
+        let mut s = accept_as_standby(&listener, 41);
+        seen.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Instant::now());
+        // The catch-up starts, and fails at its first frame.
+        let _ = read_frame(&mut s, &mut Vec::new());
+    });
+    let c = cfg(Mode::Async, free_addr(), vec![addr]);
+    let base = c.reconnect_interval;
+    let group = GroupCommit::shared().expect("syncer");
+    let tx = Sender::start(c, a.path(), 41, group).expect("sender");
+    #[allow(clippy::disallowed_methods)] // the window the attempts are counted in
+    std::thread::sleep(Duration::from_secs(3));
+    tx.stop();
+    let at = accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("{} catch-ups in 3 s, pauses {gaps:?}", at.len());
+    // At a constant 20 ms, 3 s holds over 100; doubling from 20 ms, 8 (20, 40, … 1 280 ms).
+    assert!(
+        (5..=12).contains(&at.len()),
+        "{} failed catch-ups in 3 s (pauses {gaps:?})",
+        at.len()
+    );
+    let (first, last) = (gaps[0], gaps[gaps.len() - 1]);
+    assert!(first >= base, "{gaps:?}");
+    assert!(last >= first * 8, "the pauses do not grow: {gaps:?}");
+}

@@ -92,6 +92,26 @@ struct Peer {
     /// connected ones alone dropped files written after the catch-up read them (review 10).
     floor: Option<u64>,
     error: Option<String>,
+    /// The current link finished its catch-up.
+    caught_up: bool,
+    /// Links in a row that got past the handshake and failed before the end of their
+    /// catch-up: each one read this active's whole store (see [`retry_after`]).
+    failed_catch_ups: u32,
+}
+
+/// Longest pause between two catch-ups that keep failing.
+pub const MAX_CATCH_UP_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The pause before connecting to a peer again: `base` (`reconnect_interval`), doubled for
+/// each catch-up in a row that failed, up to [`MAX_CATCH_UP_BACKOFF`]. A failed connection
+/// or handshake costs nothing and is retried at `base`, so a standby that comes back is in
+/// sync within a pause; a catch-up reads and checks every record of the active's store (and
+/// the standby scans its whole copy), so one that fails for good (a full disk on the
+/// standby, too many files) must not run ten times a second for weeks (review 22, R4).
+pub fn retry_after(base: Duration, failed_catch_ups: u32) -> Duration {
+    let factor = 1u32 << failed_catch_ups.min(16);
+    base.saturating_mul(factor)
+        .min(MAX_CATCH_UP_BACKOFF.max(base))
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -120,6 +140,8 @@ impl Sender {
                 drop_now: false,
                 floor: None,
                 error: None,
+                caught_up: false,
+                failed_catch_ups: 0,
             })
             .collect();
         let sh = Arc::new(Shared {
@@ -369,6 +391,7 @@ fn peer_loop(sh: &Shared, i: usize) {
                 return;
             }
         }
+        lock(&sh.st).peers[i].caught_up = false;
         let err = match session(sh, i) {
             Ok(()) => return,
             Err(e) => e,
@@ -378,8 +401,17 @@ fn peer_loop(sh: &Shared, i: usize) {
             return;
         }
         let p = &mut st.peers[i];
+        // Past the handshake (`floor` is set from the Welcome on) and short of the end of
+        // the catch-up: a whole store read for nothing.
+        if p.caught_up {
+            p.failed_catch_ups = 0;
+        } else if p.floor.is_some() {
+            p.failed_catch_ups = p.failed_catch_ups.saturating_add(1);
+        }
+        let pause = retry_after(sh.cfg.reconnect_interval, p.failed_catch_ups);
         if p.error.as_deref() != Some(err.as_str()) {
-            tracing::warn!(peer = %p.addr, error = %err, "replication: standby not streaming");
+            tracing::warn!(peer = %p.addr, error = %err, retry_in = ?pause,
+                "replication: standby not streaming");
         }
         p.connected = false;
         p.in_sync = false;
@@ -388,7 +420,7 @@ fn peer_loop(sh: &Shared, i: usize) {
         p.error = Some(err);
         sh.cv.notify_all();
         // The pause before connecting again; a stop ends it early.
-        let until = Instant::now() + sh.cfg.reconnect_interval;
+        let until = Instant::now() + pause;
         while !st.stop {
             let now = Instant::now();
             if now >= until {
@@ -516,6 +548,8 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         p.acked = p0;
         sh.heard(p, Instant::now());
         p.error = None;
+        p.caught_up = true;
+        p.failed_catch_ups = 0;
         tracing::info!(peer = %p.addr, position = p0, "replication: standby caught up, in sync");
         // The next batch waits for it: synchronous again now, not at the next acknowledgement
         // (an idle active kept saying "degraded" with its standby back).
@@ -756,6 +790,37 @@ impl Link<'_> {
                 Err(format!("refused: {}", peer_text(&reason)))
             }
             other => Err(format!("unexpected answer: {}", other.describe())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn catch_ups_that_keep_failing_back_off_to_half_a_minute() {
+        let base = Duration::from_millis(100);
+        let pauses: Vec<u64> = (0..12)
+            .map(|n| retry_after(base, n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            pauses,
+            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000]
+        );
+    }
+
+    proptest! {
+        /// Never shorter than `reconnect_interval`, never longer than the cap (or the
+        /// interval itself when it is longer), and never shorter after one more failure.
+        #[test]
+        fn the_pause_is_bounded_and_grows(base_ms in 0u64..100_000, n in 0u32..u32::MAX) {
+            let base = Duration::from_millis(base_ms);
+            let p = retry_after(base, n);
+            prop_assert!(p >= base);
+            prop_assert!(p <= MAX_CATCH_UP_BACKOFF.max(base));
+            prop_assert!(retry_after(base, n.saturating_add(1)) >= p);
         }
     }
 }
