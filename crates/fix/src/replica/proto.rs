@@ -13,14 +13,24 @@ use thiserror::Error;
 /// Protocol version carried by [`Frame::Hello`]. Version 2: the handshake proves the token
 /// both ways instead of sending it (see [`super::auth`]).
 pub const VERSION: u16 = 2;
-/// Largest frame body (type byte included).
-pub const MAX_FRAME: usize = (1 << 20) + 4096;
+/// Largest frame body (type byte included): a [`Frame::Data`] of a whole [`CHUNK`] with its
+/// path, or the largest [`Frame::Welcome`] (below 1 MiB + 4 KiB until review 22, R13: a
+/// standby holding 4096 files under long CompIDs sent a Welcome every active refused, and
+/// never caught up).
+pub const MAX_FRAME: usize = if CHUNK + 4096 > MAX_WELCOME {
+    CHUNK + 4096
+} else {
+    MAX_WELCOME
+};
 /// Most segment bytes one [`Frame::Data`] carries.
 pub const CHUNK: usize = 1 << 20;
 /// Most files a [`Frame::Welcome`] may list (and a standby may mirror).
 pub const MAX_FILES: usize = 4096;
 /// Longest relative path.
 pub const MAX_PATH: usize = 300;
+/// Largest [`Frame::Welcome`] body: type, epoch, count, then per file a path (2-byte length)
+/// and its length.
+const MAX_WELCOME: usize = 1 + 8 + 4 + MAX_FILES * (2 + MAX_PATH + 8);
 /// Longest token or reason text.
 pub const MAX_TEXT: usize = 1024;
 /// Largest segment offset or length accepted (a segment record is at most 64 MiB; no segment
@@ -594,6 +604,34 @@ mod tests {
     fn parse_raw(body: &[u8]) -> Result<Frame, ProtoError> {
         let w = raw(body);
         read_frame(&mut &w[..], &mut Vec::new())
+    }
+
+    /// The largest Welcome a standby can send (every file it may hold, each path as long as
+    /// allowed) fits in a frame.
+    #[test]
+    fn the_largest_welcome_is_a_valid_frame() {
+        let files: Vec<(String, u64)> = (0..MAX_FILES)
+            .map(|i| {
+                // The longest a standby can hold: a 255-byte session directory and a
+                // segment of a later generation.
+                let path = format!("{i:0>255}/{:020}-{:010}.log", 7, 1);
+                assert_eq!(path.len(), 291);
+                (path, MAX_FILE_LEN)
+            })
+            .collect();
+        let f = Frame::Welcome {
+            seen_epoch: u64::MAX,
+            files: files.clone(),
+        };
+        let mut w = Vec::new();
+        f.write_to(&mut w, &mut Vec::new()).expect("encode");
+        match read_frame(&mut &w[..], &mut Vec::new()).expect("a valid frame") {
+            Frame::Welcome {
+                seen_epoch: u64::MAX,
+                files: back,
+            } => assert_eq!(back, files),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
