@@ -1301,6 +1301,11 @@ mod tests {
                 "replication.heartbeat",
                 "a third",
             ),
+            (
+                "reconnect_interval = \"2s\"\n",
+                "replication.reconnect_interval",
+                "half of replication.sync_timeout",
+            ),
             ("timeout = \"0s\"\n", "replication.timeout", "out of range"),
             ("colour = 1\n", "(syntax)", "colour"),
         ] {

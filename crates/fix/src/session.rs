@@ -527,6 +527,8 @@ impl<S: SessionStore> Session<S> {
         }
         self.queue.insert(seq, raw.to_vec());
         self.queued_bytes = bytes;
+        // A frame replaced is no longer the ResendRequest answered early, if it was one.
+        self.answered_early.remove(&seq);
         Ok(())
     }
 
@@ -627,7 +629,7 @@ impl<S: SessionStore> Session<S> {
             return Err(SendError::Store(e));
         }
         self.last_sent = now;
-        self.emit(frame);
+        self.emit(frame, Some(seq));
         Ok(seq)
     }
 
@@ -677,7 +679,7 @@ impl<S: SessionStore> Session<S> {
         }
         if self.state == State::Active {
             self.last_sent = now;
-            self.emit(frame);
+            self.emit(frame, Some(seq));
         }
         Ok(seq)
     }
@@ -793,7 +795,7 @@ impl<S: SessionStore> Session<S> {
             return Err(Stop::Ended);
         }
         self.last_sent = now;
-        self.emit(frame);
+        self.emit(frame, None);
         Ok(())
     }
 
@@ -807,12 +809,12 @@ impl<S: SessionStore> Session<S> {
     }
 
     fn disconnect(&mut self, reason: DisconnectReason, now: SystemTime) {
-        // The Logout saying why may be waiting behind an unfinished resend: it still goes,
-        // with what was numbered before it, in order.
-        self.answering = None;
-        self.behind_resend_bytes = 0;
-        let behind = std::mem::take(&mut self.behind_resend);
-        self.out.extend(behind.into_iter().map(Action::Send));
+        // Nothing numbered past an unfinished answer goes out, its Logout least of all: a
+        // counterparty (QuickFIX) takes a Logout's number as the next one expected without
+        // checking it, and would skip the first number the answer did not reach, for good
+        // (review 23). What waited is stored or gap-filled: the counterparty asks again at
+        // its next Logon, from where it got to.
+        self.drop_resend_answer();
         self.out.push_back(Action::Disconnect(reason));
         self.on_disconnected(now);
     }
@@ -1463,8 +1465,13 @@ impl<S: SessionStore> Session<S> {
             // already queued is on its way on this connection, so it is not queued again
             // (a counterparty asking over and over cannot make us send a range over and
             // over). Never past `limit`: what we numbered since waits behind the answer
-            // and goes out as sent.
+            // and goes out as sent. Numbers below the answer's start were never queued on
+            // this connection: the answer goes back for them.
             a.end = a.end.max(end.min(a.limit));
+            if begin < a.begin {
+                a.begin = begin;
+                a.next = a.next.min(begin);
+            }
             return Ok(());
         }
         self.answering = Some(ResendAnswer {
@@ -1559,14 +1566,28 @@ impl<S: SessionStore> Session<S> {
         Ok(())
     }
 
-    /// Queues a message we number now: behind a resend answer that is still running, else
-    /// for sending.
-    fn emit(&mut self, frame: Vec<u8>) {
-        if self.answering.is_some() {
-            self.behind_resend_bytes = self.behind_resend_bytes.saturating_add(frame.len());
-            self.behind_resend.push_back(frame);
-        } else {
+    /// Queues a message we number now (`stored`: its number, when the store keeps it for
+    /// resending): for sending, or, while a resend answer runs, after it. A stored message
+    /// numbered right after the answer joins it: the answer resends it from the store when it
+    /// gets there, so live flow costs no memory however long the answer takes (held in
+    /// memory, a busy session's flow passed the write-queue bound during a long answer, and
+    /// a counterparty reading as fast as it could was dropped as a slow consumer). Anything
+    /// else (an admin message, or anything after one) waits in memory, in order, and counts
+    /// toward that bound.
+    fn emit(&mut self, frame: Vec<u8>, stored: Option<u64>) {
+        let Some(a) = self.answering.as_mut() else {
             self.out.push_back(Action::Send(frame));
+            return;
+        };
+        match stored {
+            Some(seq) if self.behind_resend.is_empty() && seq == a.limit.saturating_add(1) => {
+                a.limit = seq;
+                a.end = seq;
+            }
+            _ => {
+                self.behind_resend_bytes = self.behind_resend_bytes.saturating_add(frame.len());
+                self.behind_resend.push_back(frame);
+            }
         }
     }
 

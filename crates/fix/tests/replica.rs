@@ -1177,3 +1177,68 @@ fn catch_ups_that_keep_failing_are_retried_less_and_less_often() {
     assert!(first >= base, "{gaps:?}");
     assert!(last >= first * 8, "the pauses do not grow: {gaps:?}");
 }
+
+/// A standby that answers a byte at a time, each byte within the read timeout, cannot hold
+/// a link inside one frame: the whole answer must come within `max(sync_timeout, timeout)`
+/// (800 ms here), and the link gives up on it then (review 22, R12; with a timeout per read,
+/// a 17-byte acknowledgement sent a byte every 100 ms was waited for, and taken, after 1.7 s).
+#[test]
+fn a_standby_trickling_its_answer_is_given_up_at_the_frame_deadline() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = tempfile::tempdir().expect("tmp");
+    let mut st = FileStore::open(a.path(), &sid(), 42, SyncPolicy::Group).expect("open");
+    st.save_sent(1, &frame(1)).expect("save");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut s = accept_as_standby(&listener, 42);
+        let mut buf = Vec::new();
+        // The catch-up, acknowledged at once.
+        loop {
+            match read_frame(&mut s, &mut buf).expect("catch-up") {
+                Frame::Sync { pos } => {
+                    Frame::Ack { pos }
+                        .write_to(&mut s, &mut Vec::new())
+                        .expect("ack");
+                    break;
+                }
+                Frame::Data { .. } | Frame::Truncate { .. } => {}
+                other => panic!("{}", other.describe()),
+            }
+        }
+        // The next heartbeat's answer, a byte every 100 ms.
+        let _ = read_frame(&mut s, &mut buf);
+        let mut ack = Vec::new();
+        Frame::Ack { pos: 0 }
+            .write_to(&mut ack, &mut Vec::new())
+            .expect("encode");
+        for b in ack {
+            #[allow(clippy::disallowed_methods)] // the trickle itself
+            std::thread::sleep(Duration::from_millis(100));
+            if std::io::Write::write_all(&mut s, &[b]).is_err() {
+                return;
+            }
+        }
+        // Hold the connection open while the test looks.
+        let _ = read_frame(&mut s, &mut buf);
+    });
+    let group = GroupCommit::shared().expect("syncer");
+    let tx = Sender::start(
+        cfg(Mode::Async, free_addr(), vec![addr]),
+        a.path(),
+        42,
+        group,
+    )
+    .expect("sender");
+    wait_until(
+        "the link gives the trickled answer up",
+        Duration::from_secs(4),
+        || {
+            tx.health().peers[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("no whole answer"))
+        },
+    );
+    tx.stop();
+}

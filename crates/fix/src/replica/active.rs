@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::auth::{self, Side};
 use super::liveness::{self, Liveness};
-use super::proto::{peer_text, read_frame, segment_epoch, Frame, CHUNK, VERSION};
+use super::proto::{peer_text, read_frame, segment_epoch, Deadline, Frame, CHUNK, VERSION};
 use super::{list_segments, Mode, PeerHealth, ReplicationConfig, ReplicationHealth};
 use crate::store::{note_newer_epoch, valid_len, BatchHook, GroupCommit};
 
@@ -324,6 +324,15 @@ impl BatchHook for Shared {
             // cannot); then drop it. Waiting for one of several was not enough: the others
             // still said ready without the batch (review 10).
             let now = Instant::now();
+            // This thread proves the process runs while it waits, so a ticker thread that
+            // stopped running cannot stretch the hold for ever; it also says when the process
+            // did not run (the ticker never logs: its log could block it).
+            self.live.tick(now);
+            if let Some(gap) = self.live.unreported() {
+                tracing::warn!(gap = ?gap,
+                    "this process did not run for {gap:?} (stopped, its VM paused, or starved \
+                     of CPU); replication holds do not count that time");
+            }
             let mut acked = false;
             let mut hold: Option<Instant> = None;
             let mut dropped = false;
@@ -354,9 +363,13 @@ impl BatchHook for Shared {
                 self.cv.notify_all();
             }
             if let Some(until) = hold {
+                // In slices shorter than a freeze gap: see the tick above.
+                let slice = until
+                    .saturating_duration_since(now)
+                    .min(liveness::FREEZE_GAP / 2);
                 st = self
                     .cv
-                    .wait_timeout(st, until.saturating_duration_since(now))
+                    .wait_timeout(st, slice)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
                 continue;
@@ -379,6 +392,14 @@ impl BatchHook for Shared {
         }
     }
 }
+
+/// Why an answer was given up: not whole within `max(sync_timeout, timeout)`.
+const LATE: &str =
+    "no whole answer within the longer of replication.sync_timeout and replication.timeout";
+
+/// Why an answer during the catch-up was given up.
+const CATCH_UP_LATE: &str =
+    "no whole answer within the catch-up's wait (30 x replication.timeout, at least 60 s)";
 
 /// Why a transfer ended when the sender was stopped (not logged: see `peer_loop`).
 const STOPPED: &str = "stopped";
@@ -419,16 +440,21 @@ fn peer_loop(sh: &Shared, i: usize) {
         p.floor = None;
         p.error = Some(err);
         sh.cv.notify_all();
-        // The pause before connecting again; a stop ends it early.
-        let until = Instant::now() + pause;
+        // The pause before connecting again; a stop ends it early, and so does a freeze of
+        // this process: woken, a link must reach its standby (and learn of a newer epoch
+        // there) within the hold, which counts running time, not after a backoff that ran on
+        // in wall time (review 23).
+        let start = Instant::now();
+        let until = start + pause;
+        let frozen = sh.live.frozen_until(start);
         while !st.stop {
             let now = Instant::now();
-            if now >= until {
+            if now >= until || sh.live.frozen_until(now) > frozen {
                 break;
             }
             st = sh
                 .cv
-                .wait_timeout(st, until - now)
+                .wait_timeout(st, (until - now).min(liveness::FREEZE_GAP))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -442,7 +468,10 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&addr, sh.cfg.connect_timeout)
         .map_err(|e| format!("connect: {e}"))?;
     // A standby may take up to `sync_timeout` to acknowledge before it is given up.
-    let t = Some(sh.cfg.sync_timeout.max(sh.cfg.timeout));
+    // Every frame awaited is bounded as a whole, not per read: a peer sending one byte per
+    // read timeout held a link in one frame for minutes (review 22, R12).
+    let wait = sh.cfg.sync_timeout.max(sh.cfg.timeout);
+    let t = Some(wait);
     s.set_nodelay(true)
         .and_then(|()| s.set_read_timeout(t))
         .and_then(|()| s.set_write_timeout(t))
@@ -458,7 +487,11 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
     .write_to(&mut s, &mut out)
     .map_err(|e| format!("hello: {e}"))?;
     // Nothing the peer says counts, its epochs least of all, until it has proved the token.
-    let theirs = match read_frame(&mut s, &mut buf).map_err(|e| format!("handshake: {e}"))? {
+    let answer = read_frame(
+        &mut Deadline::new(&mut s, Instant::now() + wait, LATE),
+        &mut buf,
+    );
+    let theirs = match answer.map_err(|e| format!("handshake: {e}"))? {
         Frame::Challenge { nonce, mac }
             if auth::verify(&sh.cfg.token, Side::Standby, sh.epoch, &ours, &nonce, &mac) =>
         {
@@ -491,10 +524,16 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
     .write_to(&mut s, &mut out)
     .map_err(|e| format!("proof: {e}"))?;
     // The standby scans its whole copy before it answers, and applies the whole catch-up
-    // before it acknowledges it.
-    s.set_read_timeout(Some(sh.cfg.catch_up_wait()))
+    // before it acknowledges it; and while it writes gigabytes its reads of the stream may
+    // wait on its disk's write-back: the catch-up's writes get as long (R12).
+    let catch_up = sh.cfg.catch_up_wait();
+    s.set_write_timeout(Some(catch_up))
         .map_err(|e| e.to_string())?;
-    let files = match read_frame(&mut s, &mut buf).map_err(|e| format!("handshake: {e}"))? {
+    let welcome = read_frame(
+        &mut Deadline::new(&mut s, Instant::now() + catch_up, CATCH_UP_LATE),
+        &mut buf,
+    );
+    let files = match welcome.map_err(|e| format!("handshake: {e}"))? {
         Frame::Welcome { seen_epoch, files } if seen_epoch <= sh.epoch => files,
         Frame::Welcome { seen_epoch, .. } => {
             sh.fence(seen_epoch);
@@ -522,6 +561,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         out,
         buf,
         sent: files.into_iter().collect(),
+        wait: catch_up,
         handles: HashMap::new(),
         keys: HashMap::new(),
         shipped: 0,
@@ -539,7 +579,8 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         .retain(|rel, _| segment_epoch(rel).ok() == Some(sh.epoch));
     link.keys.retain(|rel, _| link.handles.contains_key(rel));
     link.round_trip(Frame::Sync { pos: p0 })?;
-    link.s.set_read_timeout(t).map_err(|e| e.to_string())?;
+    link.wait = wait;
+    link.s.set_write_timeout(t).map_err(|e| e.to_string())?;
     {
         let mut st = lock(&sh.st);
         let p = &mut st.peers[i];
@@ -627,6 +668,8 @@ struct Link<'a> {
     buf: Vec<u8>,
     /// How much of each segment the standby holds.
     sent: HashMap<String, u64>,
+    /// Longest wait for a whole answer: the catch-up's, then `max(sync_timeout, timeout)`.
+    wait: Duration,
     handles: HashMap<String, File>,
     /// The identity of each handle's file, where it could be read.
     keys: HashMap<String, FileKey>,
@@ -778,7 +821,16 @@ impl Link<'_> {
         };
         f.write_to(&mut self.s, &mut self.out)
             .map_err(|e| format!("sending: {e}"))?;
-        match read_frame(&mut self.s, &mut self.buf).map_err(|e| format!("awaiting ack: {e}"))? {
+        let late = if self.wait > self.sh.cfg.sync_timeout.max(self.sh.cfg.timeout) {
+            CATCH_UP_LATE
+        } else {
+            LATE
+        };
+        let ack = read_frame(
+            &mut Deadline::new(&mut self.s, Instant::now() + self.wait, late),
+            &mut self.buf,
+        );
+        match ack.map_err(|e| format!("awaiting ack: {e}"))? {
             Frame::Ack { pos } if want.is_none_or(|w| w == pos) => Ok(()),
             Frame::Refuse {
                 newest_epoch,

@@ -10,8 +10,7 @@
 //! freeze sees it. A tick merely late (a loaded machine) counts as frozen as well: that only
 //! makes a hold last longer, never shorter.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How often the ticker runs.
@@ -20,31 +19,35 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// A gap between ticks longer than this is time the process did not run.
 pub const FREEZE_GAP: Duration = Duration::from_millis(100);
 
-/// Freezes at least this long are logged.
-const REPORTED_GAP: Duration = Duration::from_millis(500);
+/// Freezes at least this long are reported by [`Liveness::unreported`].
+pub const REPORTED_GAP: Duration = Duration::from_millis(500);
 
-/// The running clock: ticks in, time frozen out. Ticks are given to it (`tick`), so the
-/// logic is tested with made-up instants; [`process`] runs the real ticker.
+/// The running clock: ticks in, time frozen out. Ticks are given to it ([`tick`](Self::tick)),
+/// so the logic is tested with made-up instants; [`process`] runs the real ticker, and a
+/// thread that waits on a hold ticks too (so a ticker thread that stopped running cannot
+/// make a hold last for ever).
 #[derive(Debug)]
 pub struct Liveness {
-    base: Instant,
-    /// Nanoseconds after `base` of the last tick.
-    last_tick: AtomicU64,
-    /// Nanoseconds found frozen so far.
-    frozen: AtomicU64,
+    /// One lock for both numbers: a reading between a tick's two updates counted a gap twice
+    /// (review 23).
+    inner: Mutex<Inner>,
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+#[derive(Debug)]
+struct Inner {
+    last_tick: Instant,
+    frozen: Duration,
+    /// `frozen` when a freeze was last reported.
+    reported: Duration,
 }
 
 /// What of a gap between ticks counts as frozen: all but one tick, once it is longer than
 /// [`FREEZE_GAP`].
-fn excess(gap: u64) -> u64 {
-    if gap > nanos(FREEZE_GAP) {
-        gap.saturating_sub(nanos(TICK))
+fn excess(gap: Duration) -> Duration {
+    if gap > FREEZE_GAP {
+        gap.saturating_sub(TICK)
     } else {
-        0
+        Duration::ZERO
     }
 }
 
@@ -52,37 +55,33 @@ impl Liveness {
     /// A clock whose first tick is at `base`.
     pub fn new(base: Instant) -> Liveness {
         Liveness {
-            base,
-            last_tick: AtomicU64::new(0),
-            frozen: AtomicU64::new(0),
+            inner: Mutex::new(Inner {
+                last_tick: base,
+                frozen: Duration::ZERO,
+                reported: Duration::ZERO,
+            }),
         }
     }
 
-    /// The ticker ran at `now`.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A thread ran at `now` (ticks from several threads, in any order, count each gap once).
     pub fn tick(&self, now: Instant) {
-        let at = nanos(now.saturating_duration_since(self.base));
-        let last = self.last_tick.load(Ordering::Acquire);
-        let gap = excess(at.saturating_sub(last));
-        if gap > 0 {
-            self.frozen.fetch_add(gap, Ordering::AcqRel);
+        let mut l = self.lock();
+        if now > l.last_tick {
+            let gap = excess(now - l.last_tick);
+            l.frozen += gap;
+            l.last_tick = now;
         }
-        // After `frozen`: a reader that sees this tick sees its gap counted.
-        self.last_tick.store(at.max(last), Ordering::Release);
     }
 
     /// Time found frozen up to `now`, the gap still open since the last tick included.
     /// Only the difference between two readings means anything.
     pub fn frozen_until(&self, now: Instant) -> Duration {
-        let at = nanos(now.saturating_duration_since(self.base));
-        loop {
-            let last = self.last_tick.load(Ordering::Acquire);
-            let frozen = self.frozen.load(Ordering::Acquire);
-            // A tick between the two loads may have counted the open gap already.
-            if self.last_tick.load(Ordering::Acquire) == last {
-                let open = excess(at.saturating_sub(last));
-                return Duration::from_nanos(frozen.saturating_add(open));
-            }
-        }
+        let l = self.lock();
+        l.frozen + excess(now.saturating_duration_since(l.last_tick))
     }
 
     /// Of the time from `then` to `now`, how long this process was running; `frozen_then`
@@ -91,10 +90,23 @@ impl Liveness {
         let frozen = self.frozen_until(now).saturating_sub(frozen_then);
         now.saturating_duration_since(then).saturating_sub(frozen)
     }
+
+    /// Time found frozen since the last report, once it reaches [`REPORTED_GAP`]: for a
+    /// log line written by a thread that may wait on its log (never the ticker: a ticker
+    /// blocked on a full stderr pipe would count every hold's time as frozen).
+    pub fn unreported(&self) -> Option<Duration> {
+        let mut l = self.lock();
+        let d = l.frozen.saturating_sub(l.reported);
+        if d < REPORTED_GAP {
+            return None;
+        }
+        l.reported = l.frozen;
+        Some(d)
+    }
 }
 
 /// The process's clock, its ticker started on first use (an error if the thread cannot be
-/// started: without it every gap would look like a freeze that never ends).
+/// started). The ticker does nothing but tick: no I/O that could block it.
 pub fn process() -> std::io::Result<&'static Liveness> {
     static LIVE: OnceLock<Arc<Liveness>> = OnceLock::new();
     static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
@@ -104,17 +116,7 @@ pub fn process() -> std::io::Result<&'static Liveness> {
         std::thread::Builder::new()
             .name("fix-liveness".into())
             .spawn(move || loop {
-                let before = l.frozen.load(Ordering::Acquire);
                 l.tick(Instant::now());
-                let gap =
-                    Duration::from_nanos(l.frozen.load(Ordering::Acquire).saturating_sub(before));
-                if gap >= REPORTED_GAP {
-                    tracing::warn!(
-                        gap = ?gap,
-                        "this process did not run for {gap:?} (stopped, its VM paused, or \
-                         starved of CPU); replication holds do not count that time"
-                    );
-                }
                 // Spurious wake-ups only tick early.
                 std::thread::park_timeout(TICK);
             })
@@ -167,6 +169,43 @@ mod tests {
         // When the ticker runs, the same gap is counted once.
         l.tick(t0 + ms(2012));
         assert_eq!(l.frozen_until(t0 + ms(2015)), ms(1992));
+    }
+
+    #[test]
+    fn a_freeze_is_reported_once() {
+        let t0 = Instant::now();
+        let l = Liveness::new(t0);
+        l.tick(t0 + ms(10));
+        l.tick(t0 + ms(300)); // 280 ms: frozen, not reported yet
+        assert_eq!(l.unreported(), None);
+        l.tick(t0 + ms(700)); // 390 ms more
+        assert_eq!(l.unreported(), Some(ms(670)));
+        assert_eq!(l.unreported(), None);
+    }
+
+    /// Ticks from two threads at once (the ticker and a thread waiting on a hold) count each
+    /// gap once: the total frozen never exceeds the time passed.
+    #[test]
+    fn ticks_from_several_threads_count_a_gap_once() {
+        let t0 = Instant::now();
+        let l = Arc::new(Liveness::new(t0));
+        let at = move |i: u64| t0 + ms(150 * i);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for i in 1..=200 {
+                        l.tick(at(i));
+                        let f = l.frozen_until(at(200));
+                        assert!(f <= at(200) - t0, "{f:?} frozen in {:?}", at(200) - t0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a ticking thread");
+        }
+        assert_eq!(l.frozen_until(at(200)), (ms(150) - TICK) * 200);
     }
 
     proptest! {

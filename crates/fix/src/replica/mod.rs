@@ -430,6 +430,24 @@ pub(crate) fn validate(
             format!("{heartbeat:?} must be at most a third of replication.timeout ({timeout:?}): a standby's in-sync window, renewed a heartbeat after each acknowledgement, would lapse between heartbeats"),
         ));
     }
+    let connect_timeout = dur(
+        "connect_timeout",
+        r.connect_timeout.as_ref(),
+        Duration::from_millis(500),
+    )?;
+    let reconnect_interval = dur(
+        "reconnect_interval",
+        r.reconnect_interval.as_ref(),
+        Duration::from_millis(100),
+    )?;
+    // An active woken from a freeze must reach its standby again (and hear of a newer epoch
+    // there) well within the hold it then gives it: a pause and a connection attempt.
+    if reconnect_interval.saturating_add(connect_timeout) >= sync_timeout / 2 {
+        return Err(key_err(
+            "reconnect_interval",
+            format!("{reconnect_interval:?} + replication.connect_timeout ({connect_timeout:?}) must be less than half of replication.sync_timeout ({sync_timeout:?}): an active that was not running must reach its standby again well within the wait it then gives it"),
+        ));
+    }
     Ok(Some(ReplicationConfig {
         mode,
         listen,
@@ -438,16 +456,8 @@ pub(crate) fn validate(
         sync_timeout,
         timeout,
         heartbeat,
-        connect_timeout: dur(
-            "connect_timeout",
-            r.connect_timeout.as_ref(),
-            Duration::from_millis(500),
-        )?,
-        reconnect_interval: dur(
-            "reconnect_interval",
-            r.reconnect_interval.as_ref(),
-            Duration::from_millis(100),
-        )?,
+        connect_timeout,
+        reconnect_interval,
     }))
 }
 

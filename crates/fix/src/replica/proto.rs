@@ -253,6 +253,39 @@ pub fn segment_epoch(path: &str) -> Result<u64, ProtoError> {
         .ok_or_else(badp)
 }
 
+/// A stream whose reads all end by `until`: each read waits at most for the time left, so a
+/// peer sending a frame a byte at a time cannot hold a reader in it for longer than the
+/// frame may take in all (as a timeout per read allows). `late` says why when it expires.
+pub struct Deadline<'a> {
+    s: &'a mut std::net::TcpStream,
+    until: std::time::Instant,
+    late: &'static str,
+}
+
+impl<'a> Deadline<'a> {
+    /// Reads of `s` that end by `until`.
+    pub fn new(
+        s: &'a mut std::net::TcpStream,
+        until: std::time::Instant,
+        late: &'static str,
+    ) -> Self {
+        Deadline { s, until, late }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self
+            .until
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, self.late));
+        }
+        self.s.set_read_timeout(Some(left))?;
+        self.s.read(buf)
+    }
+}
+
 fn put_short(out: &mut Vec<u8>, b: &[u8]) {
     // Every short field is bounded by MAX_TEXT/MAX_PATH when built; cut rather than wrap.
     let n = b.len().min(usize::from(u16::MAX));

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,8 @@ use thiserror::Error;
 
 use super::auth::{self, Side, NONCE_LEN};
 use super::proto::{
-    read_frame, read_frame_max, segment_epoch, Frame, MAX_FILES, MAX_HELLO, MAX_PROOF, VERSION,
+    read_frame, read_frame_max, segment_epoch, Deadline, Frame, MAX_FILES, MAX_HELLO, MAX_PROOF,
+    VERSION,
 };
 use super::{list_segments, ReplicationConfig, ReplicationHealth};
 use crate::store::{note_newer_epoch, remove_unclaimed_segments, valid_len};
@@ -423,31 +424,8 @@ impl Mirror<'_> {
     }
 }
 
-/// A stream whose reads all end by `until`: each read waits at most for the time left.
-struct Deadline<'a> {
-    s: &'a mut TcpStream,
-    until: Instant,
-}
-
-impl<'a> Deadline<'a> {
-    fn new(s: &'a mut TcpStream, until: Instant) -> Self {
-        Deadline { s, until }
-    }
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no whole handshake within replication.timeout",
-            ));
-        }
-        self.s.set_read_timeout(Some(left))?;
-        self.s.read(buf)
-    }
-}
+/// Why a handshake that did not end in time was given up.
+const HANDSHAKE_LATE: &str = "no whole handshake within replication.timeout";
 
 fn refuse(s: &mut TcpStream, newest_epoch: u64, reason: String) -> Result<(), String> {
     let _ = Frame::Refuse {
@@ -471,7 +449,11 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
     // that, however slowly it trickles bytes, and cannot make this standby read a megabyte
     // first.
     let until = Instant::now() + sh.cfg.timeout;
-    let hello = read_frame_max(&mut Deadline::new(&mut s, until), &mut buf, MAX_HELLO);
+    let hello = read_frame_max(
+        &mut Deadline::new(&mut s, until, HANDSHAKE_LATE),
+        &mut buf,
+        MAX_HELLO,
+    );
     let (epoch, active_nonce) = match hello.map_err(|e| format!("hello: {e}"))? {
         Frame::Hello {
             version: VERSION,
@@ -497,7 +479,11 @@ fn serve(sh: &Shared, mut s: TcpStream) -> Result<(), String> {
     }
     .write_to(&mut s, &mut out)
     .map_err(|e| format!("challenge: {e}"))?;
-    let proof = read_frame_max(&mut Deadline::new(&mut s, until), &mut buf, MAX_PROOF);
+    let proof = read_frame_max(
+        &mut Deadline::new(&mut s, until, HANDSHAKE_LATE),
+        &mut buf,
+        MAX_PROOF,
+    );
     s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
     match proof.map_err(|e| format!("proof: {e}"))? {
         Frame::Proof { mac }

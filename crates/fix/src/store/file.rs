@@ -1907,10 +1907,11 @@ impl SessionStore for FileStore {
             if bytes >= max_bytes {
                 break;
             }
-            bytes = bytes.saturating_add(loc.len);
             let Some(f) = self.readers.get(&loc.segment) else {
                 continue;
             };
+            // Only what is returned counts: "fewer bytes than asked" means the range is done.
+            bytes = bytes.saturating_add(loc.len);
             let mut buf = vec![0u8; loc.len];
             f.read_exact_at(&mut buf, loc.offset)
                 .map_err(io_err("read", &self.dir.join(segment_name(loc.segment))))?;
