@@ -1302,7 +1302,7 @@ mod tests {
                 "a third",
             ),
             (
-                "reconnect_interval = \"2s\"\n",
+                "reconnect_interval = \"3s\"\n",
                 "replication.reconnect_interval",
                 "half of replication.sync_timeout",
             ),

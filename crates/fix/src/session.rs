@@ -410,6 +410,12 @@ struct ResendAnswer {
     limit: u64,
     /// Application messages resent so far.
     resent: usize,
+    /// First number that joined the answer as it ran (see `emit`): from there on the
+    /// answer sends messages for the first time, not again.
+    joined_from: Option<u64>,
+    /// Highest joined number already sent: sent again (a request that went back), it is a
+    /// resend like any other.
+    first_sent_upto: u64,
 }
 
 fn sanitize(text: &str) -> String {
@@ -1480,6 +1486,8 @@ impl<S: SessionStore> Session<S> {
             next: begin,
             limit: last_sent,
             resent: 0,
+            joined_from: None,
+            first_sent_upto: 0,
         });
         self.answer_piece(now)
     }
@@ -1527,7 +1535,11 @@ impl<S: SessionStore> Session<S> {
         let mut read_to = a.next;
         for (seq, frame) in stored {
             read_to = seq.saturating_add(1);
-            let Some(again) = self.resend_frame(&frame, seq, now) else {
+            // A message that joined the answer goes out for the first time: as it would have
+            // without the answer, only later (a new order marked PossDupFlag=Y is one many
+            // venues reject or hold, review 24).
+            let first = a.joined_from.is_some_and(|j| seq >= j) && seq > a.first_sent_upto;
+            let Some(again) = self.resend_frame(&frame, seq, now, !first) else {
                 tracing::warn!(seq, "stored message unreadable; gap-filling it");
                 continue;
             };
@@ -1535,7 +1547,11 @@ impl<S: SessionStore> Session<S> {
                 self.gap_fill(a.next, seq, now)?;
             }
             self.out.push_back(Action::Send(again));
-            a.resent = a.resent.saturating_add(1);
+            if first {
+                a.first_sent_upto = seq;
+            } else {
+                a.resent = a.resent.saturating_add(1);
+            }
             a.next = seq.saturating_add(1);
         }
         self.last_sent = now;
@@ -1580,7 +1596,14 @@ impl<S: SessionStore> Session<S> {
             return;
         };
         match stored {
-            Some(seq) if self.behind_resend.is_empty() && seq == a.limit.saturating_add(1) => {
+            // Only an answer running to the last number sent: one asked for an older range
+            // would have to send everything after it again to reach the new message.
+            Some(seq)
+                if self.behind_resend.is_empty()
+                    && a.end == a.limit
+                    && seq == a.limit.saturating_add(1) =>
+            {
+                a.joined_from.get_or_insert(seq);
                 a.limit = seq;
                 a.end = seq;
             }
@@ -1622,16 +1645,40 @@ impl<S: SessionStore> Session<S> {
         }
     }
 
-    /// The stored frame rebuilt for resending: same MsgSeqNum and body, PossDupFlag=Y,
-    /// OrigSendingTime = its first SendingTime, SendingTime = now.
-    fn resend_frame(&self, stored: &[u8], seq: u64, now: SystemTime) -> Option<Vec<u8>> {
+    /// The stored frame rebuilt for resending (`again`): same MsgSeqNum and body,
+    /// PossDupFlag=Y, OrigSendingTime = its first SendingTime, SendingTime = now. Not
+    /// `again` (its first sending, by an answer it joined): as stored, SendingTime = now.
+    fn resend_frame(
+        &self,
+        stored: &[u8],
+        seq: u64,
+        now: SystemTime,
+        again: bool,
+    ) -> Option<Vec<u8>> {
         let m = parse(stored).ok()?;
         let orig = m.get(tags::SENDING_TIME)?;
         let mut b = MessageBuilder::new(self.config.begin_string, m.msg_type());
         b.push_str(tags::SENDER_COMP_ID, &self.config.sender_comp_id)
             .push_str(tags::TARGET_COMP_ID, &self.config.target_comp_id)
-            .push_uint(tags::MSG_SEQ_NUM, seq)
-            .push_bool(tags::POSS_DUP_FLAG, true)
+            .push_uint(tags::MSG_SEQ_NUM, seq);
+        if !again {
+            b.push_time(tags::SENDING_TIME, now);
+            let skip = [
+                tags::BEGIN_STRING,
+                tags::BODY_LENGTH,
+                tags::MSG_TYPE,
+                tags::SENDER_COMP_ID,
+                tags::TARGET_COMP_ID,
+                tags::MSG_SEQ_NUM,
+                tags::SENDING_TIME,
+                tags::CHECK_SUM,
+            ];
+            for f in m.fields().iter().filter(|f| !skip.contains(&f.tag)) {
+                b.push_verbatim(f.tag, f.value);
+            }
+            return b.finish().ok();
+        }
+        b.push_bool(tags::POSS_DUP_FLAG, true)
             .push_time(tags::SENDING_TIME, now);
         // Never after this SendingTime: the receiver rejects that and logs out, and after a
         // failover the original was stamped by another machine's clock.

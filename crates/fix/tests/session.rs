@@ -797,11 +797,12 @@ fn our_logout_during_a_resend_answer_follows_the_answer() {
     assert_eq!(covered(&out), expected);
 }
 
-/// Messages the application sends during an answer join it when nothing else waits: they
-/// are resent from the store (PossDupFlag=Y) as the answer reaches them, and hold no memory,
-/// however long the answer runs (held in memory, a busy session passed the write-queue
-/// bound and a counterparty reading as fast as it could was dropped as a slow consumer,
-/// review 23).
+/// Messages the application sends during an answer join it when nothing else waits: the
+/// answer sends them from the store when it reaches them, for the first time (no
+/// PossDupFlag: a new order marked as a possible duplicate is one venues reject, review 24),
+/// and they hold no memory however long the answer runs (held in memory, a busy session
+/// passed the write-queue bound and a counterparty reading as fast as it could was dropped
+/// as a slow consumer, review 23).
 #[test]
 fn live_messages_during_an_answer_join_it_and_hold_no_memory() {
     let (mut s, mut peer) = logged_on(BeginString::Fix44);
@@ -833,8 +834,92 @@ fn live_messages_during_an_answer_join_it_and_hold_no_memory() {
             .find(|f| field(f, 34).and_then(|v| v.parse::<u64>().ok()) == Some(seq))
             .expect("the live message went out");
         assert_eq!(field(f, 37).as_deref(), Some("live"));
-        assert_eq!(field(f, 43).as_deref(), Some("Y"), "resent from the store");
+        assert_eq!(field(f, 43), None, "a first sending is no resend");
+        assert_eq!(field(f, 122), None);
     }
+}
+
+/// An answer to an older range (a counterparty asking in chunks) does not take live messages
+/// in: it would have to send everything between again to reach them. They wait behind it.
+#[test]
+fn live_messages_do_not_join_an_answer_to_an_older_range() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    let pad = "x".repeat(500);
+    for i in 0..2000u64 {
+        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
+            .expect("stored");
+    }
+    actions(&mut s);
+    s.on_frame(&peer.msg("2", "7=1|16=1000|", secs(3000)), secs(3000));
+    let mut out = sent(&actions(&mut s));
+    assert!(s.resending());
+    let live = s
+        .send_app(b"8", b"37=live\x01", secs(3000))
+        .expect("stored");
+    assert!(s.bytes_behind_resend() > 0, "held, not joined");
+    while s.resending() {
+        s.continue_resend(secs(3000));
+        out.extend(sent(&actions(&mut s)));
+    }
+    let numbers = covered(&out);
+    assert_eq!(numbers.last(), Some(&live));
+    assert_eq!(
+        numbers[..numbers.len() - 1],
+        (1..=1000).collect::<Vec<u64>>()[..]
+    );
+    let f = out.last().expect("the live message");
+    assert_eq!(field(f, 43), None);
+}
+
+/// A joined message already sent for the first time and asked for again (a request going
+/// back below the running answer) goes out as a resend, PossDupFlag=Y: never twice as new.
+#[test]
+fn a_joined_message_asked_for_again_is_a_resend() {
+    let (mut s, mut peer) = logged_on(BeginString::Fix44);
+    let pad = "x".repeat(500);
+    for i in 0..1000u64 {
+        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
+            .expect("stored");
+    }
+    actions(&mut s);
+    s.on_frame(&peer.msg("2", "7=100|16=0|", secs(2000)), secs(2000));
+    let mut out = sent(&actions(&mut s));
+    // More than a piece of live messages joins the answer.
+    let live: Vec<u64> = (0..1000)
+        .map(|_| {
+            s.send_app(
+                b"8",
+                format!("37=live\x0158={pad}\x01").as_bytes(),
+                secs(2000),
+            )
+            .expect("stored")
+        })
+        .collect();
+    let first = live[0];
+    while out.iter().all(|f| field(f, 34) != Some(first.to_string())) {
+        assert!(s.resending());
+        s.continue_resend(secs(2000));
+        out.extend(sent(&actions(&mut s)));
+    }
+    assert!(s.resending(), "still answering");
+    // Asked again from below the answer's start: the first live message comes again.
+    s.on_frame(&peer.msg("2", "7=1|16=0|", secs(2000)), secs(2000));
+    out.extend(sent(&actions(&mut s)));
+    while s.resending() {
+        s.continue_resend(secs(2000));
+        out.extend(sent(&actions(&mut s)));
+    }
+    let copies: Vec<Option<String>> = out
+        .iter()
+        .filter(|f| field(f, 34) == Some(first.to_string()))
+        .map(|f| field(f, 43))
+        .collect();
+    assert_eq!(copies.first(), Some(&None), "first sent as new");
+    assert!(copies.len() >= 2, "asked again, sent again");
+    assert!(
+        copies[1..].iter().all(|c| c.as_deref() == Some("Y")),
+        "sent twice as new: {copies:?}"
+    );
 }
 
 /// A second request reaching below the running answer gets those numbers too.

@@ -449,7 +449,10 @@ fn peer_loop(sh: &Shared, i: usize) {
         let frozen = sh.live.frozen_until(start);
         while !st.stop {
             let now = Instant::now();
-            if now >= until || sh.live.frozen_until(now) > frozen {
+            // A freeze, not a late tick: under load ticks run late, and that must not
+            // undo the backoff.
+            let froze = sh.live.frozen_until(now).saturating_sub(frozen) >= liveness::REPORTED_GAP;
+            if now >= until || froze {
                 break;
             }
             st = sh

@@ -442,7 +442,8 @@ pub(crate) fn validate(
     )?;
     // An active woken from a freeze must reach its standby again (and hear of a newer epoch
     // there) well within the hold it then gives it: a pause and a connection attempt.
-    if reconnect_interval.saturating_add(connect_timeout) >= sync_timeout / 2 {
+    if mode == Mode::Sync && reconnect_interval.saturating_add(connect_timeout) >= sync_timeout / 2
+    {
         return Err(key_err(
             "reconnect_interval",
             format!("{reconnect_interval:?} + replication.connect_timeout ({connect_timeout:?}) must be less than half of replication.sync_timeout ({sync_timeout:?}): an active that was not running must reach its standby again well within the wait it then gives it"),

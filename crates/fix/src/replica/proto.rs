@@ -282,7 +282,18 @@ impl Read for Deadline<'_> {
             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, self.late));
         }
         self.s.set_read_timeout(Some(left))?;
-        self.s.read(buf)
+        match self.s.read(buf) {
+            // The socket's timeout ran out inside this read: the same deadline.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, self.late))
+            }
+            other => other,
+        }
     }
 }
 
