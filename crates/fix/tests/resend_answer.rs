@@ -114,28 +114,9 @@ fn get(f: &Got, tag: u32) -> Option<&str> {
         .find_map(|(t, v)| (*t == tag).then_some(v.as_str()))
 }
 
-#[test]
-fn a_resend_larger_than_the_write_queue_reaches_a_counterparty_that_reads() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sid = SessionId::new(BeginString::Fix44, "GW", "CLIENT");
-    let mut store = FileStore::open(dir.path(), &sid, 1, SyncPolicy::Group).expect("store");
-    let backlog = MAX_WRITE_QUEUE_BYTES + MAX_WRITE_QUEUE_BYTES / 2;
-    let (last, stored) = store_backlog(&mut store, backlog);
-    let (_rt, addr) = acceptor(store);
-
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let mut ask = frame(b"A", 1, &[(98, "0"), (108, "30")]);
-    ask.extend(frame(b"2", 2, &[(7, "1"), (16, "0")]));
-    ask.extend(frame(b"1", 3, &[(112, "TR1")]));
-    ask.extend(frame(
-        b"D",
-        4,
-        &[(11, "NEW1"), (55, "X"), (54, "1"), (38, "1"), (40, "1")],
-    ));
-    s.write_all(&ask).expect("send");
-
-    // Read it all, at a steady pace a WAN link might have (a pause every 256 KiB), until
-    // the report for NEW1 (numbered after everything else) or a close.
+/// Reads `s` at a steady pace a WAN link might have (a pause every 256 KiB) until `done`
+/// says so or the connection closes (then `true`), within two minutes.
+fn read_until(s: &mut TcpStream, done: impl Fn(&[Got]) -> bool) -> (Vec<Got>, bool) {
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .expect("timeout");
     let mut d = Deframer::new(DEFAULT_MAX_BODY_LENGTH);
@@ -143,8 +124,7 @@ fn a_resend_larger_than_the_write_queue_reaches_a_counterparty_that_reads() {
     let mut buf = vec![0u8; 64 * 1024];
     let mut since_pause = 0usize;
     let t0 = Instant::now();
-    let mut closed = false;
-    while !got.iter().any(|g| get(g, 11) == Some("NEW1")) {
+    while !done(&got) {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
             "the answer did not end within 2 minutes: {} frames, last {:?}",
@@ -152,10 +132,7 @@ fn a_resend_larger_than_the_write_queue_reaches_a_counterparty_that_reads() {
             got.last().map(|g| (&g.msg_type, g.seq))
         );
         match s.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
+            Ok(0) => return (got, true),
             Ok(n) => {
                 d.push(&buf[..n]);
                 since_pause += n;
@@ -168,10 +145,7 @@ fn a_resend_larger_than_the_write_queue_reaches_a_counterparty_that_reads() {
             {
                 continue
             }
-            Err(_) => {
-                closed = true;
-                break;
-            }
+            Err(_) => return (got, true),
         }
         if since_pause >= 256 * 1024 {
             since_pause = 0;
@@ -202,6 +176,31 @@ fn a_resend_larger_than_the_write_queue_reaches_a_counterparty_that_reads() {
             });
         }
     }
+    (got, false)
+}
+
+#[test]
+fn a_resend_larger_than_the_write_queue_reaches_a_counterparty_that_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sid = SessionId::new(BeginString::Fix44, "GW", "CLIENT");
+    let mut store = FileStore::open(dir.path(), &sid, 1, SyncPolicy::Group).expect("store");
+    let backlog = MAX_WRITE_QUEUE_BYTES + MAX_WRITE_QUEUE_BYTES / 2;
+    let (last, stored) = store_backlog(&mut store, backlog);
+    let (_rt, addr) = acceptor(store);
+
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut ask = frame(b"A", 1, &[(98, "0"), (108, "30")]);
+    ask.extend(frame(b"2", 2, &[(7, "1"), (16, "0")]));
+    ask.extend(frame(b"1", 3, &[(112, "TR1")]));
+    ask.extend(frame(
+        b"D",
+        4,
+        &[(11, "NEW1"), (55, "X"), (54, "1"), (38, "1"), (40, "1")],
+    ));
+    s.write_all(&ask).expect("send");
+
+    let t0 = Instant::now();
+    let (got, closed) = read_until(&mut s, |got| got.iter().any(|g| get(g, 11) == Some("NEW1")));
     let logout = got.iter().find(|g| g.msg_type == "5");
     assert!(
         logout.is_none(),
@@ -245,4 +244,80 @@ fn a_resend_larger_than_the_write_queue_reaches_a_counterparty_that_reads() {
         answer.len(),
         t0.elapsed()
     );
+}
+
+/// The same backlog, with the client sending orders all along while it reads the answer:
+/// each order's report (stored under group commit, so pieces wait behind passes) joins the
+/// answer and reaches the client once, as new (no PossDupFlag), in sequence after the
+/// backlog; nothing is lost or sent twice, and the client is not dropped.
+#[test]
+fn reports_made_during_the_answer_join_it_and_arrive_once_as_new() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sid = SessionId::new(BeginString::Fix44, "GW", "CLIENT");
+    let mut store = FileStore::open(dir.path(), &sid, 1, SyncPolicy::Group).expect("store");
+    let (last, stored) = store_backlog(&mut store, MAX_WRITE_QUEUE_BYTES);
+    let (_rt, addr) = acceptor(store);
+
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut ask = frame(b"A", 1, &[(98, "0"), (108, "30")]);
+    ask.extend(frame(b"2", 2, &[(7, "1"), (16, "0")]));
+    s.write_all(&ask).expect("send");
+    const ORDERS: u64 = 200;
+    let mut w = s.try_clone().expect("a second handle");
+    let sender = std::thread::spawn(move || {
+        for k in 0..ORDERS {
+            let id = format!("LIVE{k}");
+            let o = frame(
+                b"D",
+                3 + k,
+                &[(11, &id), (55, "X"), (54, "1"), (38, "1"), (40, "1")],
+            );
+            if w.write_all(&o).is_err() {
+                return;
+            }
+            #[allow(clippy::disallowed_methods)] // orders at a steady rate
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let done = |got: &[Got]| {
+        got.iter()
+            .filter(|g| get(g, 11).is_some_and(|id| id.starts_with("LIVE")))
+            .count()
+            >= ORDERS as usize
+    };
+    let (got, closed) = read_until(&mut s, done);
+    let _ = sender.join();
+    let logout = got.iter().find(|g| g.msg_type == "5");
+    assert!(
+        logout.is_none(),
+        "logged out: {:?}",
+        logout.and_then(|g| get(g, 58))
+    );
+    assert!(!closed, "the connection closed after {} frames", got.len());
+    let numbers: Vec<u64> = got[1..].iter().flat_map(|g| g.covers.clone()).collect();
+    let expected: Vec<u64> = (1..=last + 1 + ORDERS).collect();
+    assert!(
+        numbers == expected,
+        "not every number once in order: {} numbers for {}, first difference at {:?}",
+        numbers.len(),
+        expected.len(),
+        numbers.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+    let resent = got
+        .iter()
+        .filter(|g| g.poss_dup && g.msg_type == "8")
+        .count();
+    assert_eq!(resent, stored, "the backlog resent, PossDupFlag=Y");
+    for k in 0..ORDERS {
+        let id = format!("LIVE{k}");
+        let copies: Vec<&Got> = got
+            .iter()
+            .filter(|g| get(g, 11) == Some(id.as_str()))
+            .collect();
+        assert_eq!(copies.len(), 1, "{id}: {} reports", copies.len());
+        assert!(
+            !copies[0].poss_dup,
+            "{id}'s report marked as a possible duplicate"
+        );
+    }
 }
