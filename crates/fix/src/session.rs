@@ -1661,45 +1661,33 @@ impl<S: SessionStore> Session<S> {
         b.push_str(tags::SENDER_COMP_ID, &self.config.sender_comp_id)
             .push_str(tags::TARGET_COMP_ID, &self.config.target_comp_id)
             .push_uint(tags::MSG_SEQ_NUM, seq);
-        if !again {
+        if again {
+            b.push_bool(tags::POSS_DUP_FLAG, true)
+                .push_time(tags::SENDING_TIME, now);
+            // Never after this SendingTime: the receiver rejects that and logs out, and after
+            // a failover the original was stamped by another machine's clock.
+            match crate::time::parse_utc_timestamp(orig) {
+                Some(t) if t > now => b.push_time(tags::ORIG_SENDING_TIME, now),
+                _ => b.push_verbatim(tags::ORIG_SENDING_TIME, orig),
+            };
+        } else {
             b.push_time(tags::SENDING_TIME, now);
-            let skip = [
-                tags::BEGIN_STRING,
-                tags::BODY_LENGTH,
-                tags::MSG_TYPE,
-                tags::SENDER_COMP_ID,
-                tags::TARGET_COMP_ID,
-                tags::MSG_SEQ_NUM,
-                tags::SENDING_TIME,
-                tags::CHECK_SUM,
-            ];
-            for f in m.fields().iter().filter(|f| !skip.contains(&f.tag)) {
-                b.push_verbatim(f.tag, f.value);
-            }
-            return b.finish().ok();
         }
-        b.push_bool(tags::POSS_DUP_FLAG, true)
-            .push_time(tags::SENDING_TIME, now);
-        // Never after this SendingTime: the receiver rejects that and logs out, and after a
-        // failover the original was stamped by another machine's clock.
-        match crate::time::parse_utc_timestamp(orig) {
-            Some(t) if t > now => b.push_time(tags::ORIG_SENDING_TIME, now),
-            _ => b.push_verbatim(tags::ORIG_SENDING_TIME, orig),
-        };
-        let fields = m.fields();
-        let skip = [
+        // What the lines above wrote anew; the rest goes as stored (a first sending keeps a
+        // PossDupFlag its message was stored with).
+        let written = [
             tags::BEGIN_STRING,
             tags::BODY_LENGTH,
             tags::MSG_TYPE,
             tags::SENDER_COMP_ID,
             tags::TARGET_COMP_ID,
             tags::MSG_SEQ_NUM,
-            tags::POSS_DUP_FLAG,
             tags::SENDING_TIME,
-            tags::ORIG_SENDING_TIME,
             tags::CHECK_SUM,
         ];
-        for f in fields.iter().filter(|f| !skip.contains(&f.tag)) {
+        let resend_fields = [tags::POSS_DUP_FLAG, tags::ORIG_SENDING_TIME];
+        let anew = |tag: &u32| written.contains(tag) || (again && resend_fields.contains(tag));
+        for f in m.fields().iter().filter(|f| !anew(&f.tag)) {
             b.push_verbatim(f.tag, f.value);
         }
         b.finish().ok()

@@ -26,6 +26,10 @@ use understudy_fix::tags::BeginString;
 /// The child's epoch.
 const EPOCH: u64 = 5;
 
+/// One test at a time: each picks free ports and binds them a moment later, and the other's
+/// processes connecting out could take one meanwhile (seen once: "Address already in use").
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How long the child is stopped: beyond the child's `sync_timeout` (1.5 s) and the
 /// standby's `timeout` (400 ms), so the standby ends the stream meanwhile.
 const FROZEN_FOR: Duration = Duration::from_secs(2);
@@ -187,6 +191,7 @@ fn freeze_then_write(
 /// milliseconds of waking.
 #[test]
 fn a_frozen_active_learns_of_the_newer_epoch_before_anything_it_held_is_durable() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let b = tempfile::tempdir().expect("tmp");
     let a = tempfile::tempdir().expect("tmp");
     let b_addr = free_addr();
@@ -214,6 +219,7 @@ fn a_frozen_active_learns_of_the_newer_epoch_before_anything_it_held_is_durable(
 /// never.
 #[test]
 fn a_frozen_active_whose_standby_died_meanwhile_degrades_after_sync_timeout_of_running_time() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let b = tempfile::tempdir().expect("tmp");
     let a = tempfile::tempdir().expect("tmp");
     let b_addr = free_addr();

@@ -738,19 +738,26 @@ fn a_malformed_resend_request_is_rejected_naming_the_field_at_fault() {
     assert_eq!(s.state(), State::Active);
 }
 
+/// A logged-on acceptor that has sent `n` reports of about 550 bytes (numbers 2..=n+1),
+/// their output drained: a backlog to answer in several pieces.
+fn with_backlog(n: u64) -> (Session<MemoryStore>, Peer) {
+    let (mut s, peer) = logged_on(BeginString::Fix44);
+    let pad = "x".repeat(500);
+    for i in 0..n {
+        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
+            .expect("stored");
+    }
+    actions(&mut s);
+    (s, peer)
+}
+
 /// A session that ends during an answer (here the counterparty logs out) sends nothing
 /// numbered past what the answer reached, its own Logout included: a QuickFIX counterparty
 /// takes a Logout's number as the next one expected without checking it, and would skip the
 /// first number the answer did not reach (review 23). It closes, and forgets the answer.
 #[test]
 fn a_session_ending_during_a_resend_answer_sends_nothing_past_it() {
-    let (mut s, mut peer) = logged_on(BeginString::Fix44);
-    let pad = "x".repeat(500);
-    for i in 0..1000u64 {
-        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
-            .expect("stored");
-    }
-    actions(&mut s);
+    let (mut s, mut peer) = with_backlog(1000);
     s.on_frame(&peer.msg("2", "7=1|16=0|", secs(2000)), secs(2000));
     actions(&mut s);
     assert!(s.resending());
@@ -772,13 +779,7 @@ fn a_session_ending_during_a_resend_answer_sends_nothing_past_it() {
 /// answer and goes out after its last piece, in sequence.
 #[test]
 fn our_logout_during_a_resend_answer_follows_the_answer() {
-    let (mut s, mut peer) = logged_on(BeginString::Fix44);
-    let pad = "x".repeat(500);
-    for i in 0..1000u64 {
-        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
-            .expect("stored");
-    }
-    actions(&mut s);
+    let (mut s, mut peer) = with_backlog(1000);
     let last = s.store().next_sender_seq() - 1;
     s.on_frame(&peer.msg("2", "7=1|16=0|", secs(2000)), secs(2000));
     let mut out = sent(&actions(&mut s));
@@ -805,13 +806,7 @@ fn our_logout_during_a_resend_answer_follows_the_answer() {
 /// as a slow consumer, review 23).
 #[test]
 fn live_messages_during_an_answer_join_it_and_hold_no_memory() {
-    let (mut s, mut peer) = logged_on(BeginString::Fix44);
-    let pad = "x".repeat(500);
-    for i in 0..1000u64 {
-        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
-            .expect("stored");
-    }
-    actions(&mut s);
+    let (mut s, mut peer) = with_backlog(1000);
     s.on_frame(&peer.msg("2", "7=1|16=0|", secs(2000)), secs(2000));
     let mut out = sent(&actions(&mut s));
     let mut live = Vec::new();
@@ -843,13 +838,7 @@ fn live_messages_during_an_answer_join_it_and_hold_no_memory() {
 /// in: it would have to send everything between again to reach them. They wait behind it.
 #[test]
 fn live_messages_do_not_join_an_answer_to_an_older_range() {
-    let (mut s, mut peer) = logged_on(BeginString::Fix44);
-    let pad = "x".repeat(500);
-    for i in 0..2000u64 {
-        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
-            .expect("stored");
-    }
-    actions(&mut s);
+    let (mut s, mut peer) = with_backlog(2000);
     s.on_frame(&peer.msg("2", "7=1|16=1000|", secs(3000)), secs(3000));
     let mut out = sent(&actions(&mut s));
     assert!(s.resending());
@@ -875,16 +864,11 @@ fn live_messages_do_not_join_an_answer_to_an_older_range() {
 /// back below the running answer) goes out as a resend, PossDupFlag=Y: never twice as new.
 #[test]
 fn a_joined_message_asked_for_again_is_a_resend() {
-    let (mut s, mut peer) = logged_on(BeginString::Fix44);
-    let pad = "x".repeat(500);
-    for i in 0..1000u64 {
-        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
-            .expect("stored");
-    }
-    actions(&mut s);
+    let (mut s, mut peer) = with_backlog(1000);
     s.on_frame(&peer.msg("2", "7=100|16=0|", secs(2000)), secs(2000));
     let mut out = sent(&actions(&mut s));
     // More than a piece of live messages joins the answer.
+    let pad = "x".repeat(500);
     let live: Vec<u64> = (0..1000)
         .map(|_| {
             s.send_app(
@@ -925,13 +909,7 @@ fn a_joined_message_asked_for_again_is_a_resend() {
 /// A second request reaching below the running answer gets those numbers too.
 #[test]
 fn a_second_request_below_the_running_answer_is_answered_too() {
-    let (mut s, mut peer) = logged_on(BeginString::Fix44);
-    let pad = "x".repeat(500);
-    for i in 0..1000u64 {
-        s.send_app(b"8", format!("58={pad}\x01").as_bytes(), secs(1 + i))
-            .expect("stored");
-    }
-    actions(&mut s);
+    let (mut s, mut peer) = with_backlog(1000);
     s.on_frame(&peer.msg("2", "7=500|16=0|", secs(2000)), secs(2000));
     let mut out = sent(&actions(&mut s));
     s.on_frame(&peer.msg("2", "7=100|16=0|", secs(2000)), secs(2000));
