@@ -1560,20 +1560,19 @@ impl<S: SessionStore> Engine<S> {
                 break;
             }
             let session = &self.slots[i].slot.session;
-            if let Some((id, c)) = self.slots[i]
-                .conn
-                .and_then(|id| Some((id, self.conns.get(&id)?)))
-            {
-                if session.resending() {
-                    c.want_drain.store(true, Ordering::Release);
-                    // What waits behind the answer counts as unsent, as the answer does.
-                    let behind = session.bytes_behind_resend();
-                    let queued = c.unwritten.load(Ordering::Relaxed);
-                    if behind.saturating_add(queued) > MAX_WRITE_QUEUE_BYTES
-                        && !behind_over.contains(&id)
-                    {
-                        behind_over.push(id);
-                    }
+            let conn = || {
+                self.slots[i]
+                    .conn
+                    .and_then(|id| Some((id, self.conns.get(&id)?)))
+            };
+            if let Some((id, c)) = session.resending().then(conn).flatten() {
+                c.want_drain.store(true, Ordering::Release);
+                // What waits behind the answer counts as unsent, as the answer does.
+                let behind = session.bytes_behind_resend();
+                if behind.saturating_add(c.unwritten.load(Ordering::Relaxed))
+                    > MAX_WRITE_QUEUE_BYTES
+                {
+                    behind_over.push(id);
                 }
             }
         }
@@ -1581,11 +1580,8 @@ impl<S: SessionStore> Engine<S> {
         // sending them is safe; after a failure the caller stops and nothing more is sent.
         let mut over = self.send_when_durable(pending);
         result?;
-        for id in behind_over {
-            if !over.contains(&id) {
-                over.push(id);
-            }
-        }
+        // A connection named twice is dropped once: the first drop removes it.
+        over.extend(behind_over);
         self.drop_over_limit(app, over)
     }
 

@@ -405,7 +405,8 @@ struct ResendAnswer {
     end: u64,
     /// First number not answered yet.
     next: u64,
-    /// Last number we had sent when the answer started: everything after it is in
+    /// Last number the answer may reach: what we had sent when it started, raised by each
+    /// message that joins it (see `emit`). What we number otherwise waits in
     /// `behind_resend`, so no later request makes the answer go past it.
     limit: u64,
     /// Application messages resent so far.
@@ -422,6 +423,11 @@ fn sanitize(text: &str) -> String {
     text.chars()
         .map(|c| if c == '\u{1}' { ' ' } else { c })
         .collect()
+}
+
+/// A resend without the OrigSendingTime it must carry (a SequenceReset-GapFill is exempt).
+fn lacks_orig_sending_time(header: &Header<'_>) -> bool {
+    header.orig_sending_time.is_none() && header.msg_type != msg_type::SEQUENCE_RESET
 }
 
 fn since(now: SystemTime, then: SystemTime) -> Duration {
@@ -815,12 +821,12 @@ impl<S: SessionStore> Session<S> {
     }
 
     fn disconnect(&mut self, reason: DisconnectReason, now: SystemTime) {
-        // Nothing numbered past an unfinished answer goes out, its Logout least of all: a
-        // counterparty (QuickFIX) takes a Logout's number as the next one expected without
-        // checking it, and would skip the first number the answer did not reach, for good
-        // (review 23). What waited is stored or gap-filled: the counterparty asks again at
-        // its next Logon, from where it got to.
-        self.drop_resend_answer();
+        // `on_disconnected` drops an unfinished answer and what waits behind it: nothing
+        // numbered past the answer goes out, its Logout least of all. A counterparty
+        // (QuickFIX) takes a Logout's number as the next one expected without checking it,
+        // and would skip the first number the answer did not reach, for good (review 23).
+        // What waited is stored or gap-filled: the counterparty asks again at its next
+        // Logon, from where it got to.
         self.out.push_back(Action::Disconnect(reason));
         self.on_disconnected(now);
     }
@@ -1049,15 +1055,8 @@ impl<S: SessionStore> Session<S> {
                 // A resend without OrigSendingTime is malformed even as a duplicate: the
                 // counterparty is told (FIX test case 2g, as QuickFIX does), the number
                 // expected stays.
-                if header.orig_sending_time.is_none() && mt != msg_type::SEQUENCE_RESET {
-                    return self.send_reject(
-                        seq,
-                        std::str::from_utf8(mt).ok(),
-                        Some(tags::ORIG_SENDING_TIME),
-                        SessionRejectReason::RequiredTagMissing,
-                        "OrigSendingTime required with PossDupFlag=Y",
-                        now,
-                    );
+                if lacks_orig_sending_time(&header) {
+                    return self.reject_without_orig_sending_time(seq, mt, now);
                 }
                 self.out
                     .push_back(Action::Event(SessionEvent::DuplicateIgnored(seq)));
@@ -1073,18 +1072,24 @@ impl<S: SessionStore> Session<S> {
                 now,
             ));
         }
-        if header.poss_dup && header.orig_sending_time.is_none() && mt != msg_type::SEQUENCE_RESET {
-            self.send_reject(
-                seq,
-                std::str::from_utf8(mt).ok(),
-                Some(tags::ORIG_SENDING_TIME),
-                SessionRejectReason::RequiredTagMissing,
-                "OrigSendingTime required with PossDupFlag=Y",
-                now,
-            )?;
+        if header.poss_dup && lacks_orig_sending_time(&header) {
+            self.reject_without_orig_sending_time(seq, mt, now)?;
             return self.set_next_target(seq.saturating_add(1));
         }
         self.in_sequence(&msg, &header, now)
+    }
+
+    /// Rejects message `seq` of type `mt`, marked PossDupFlag=Y without OrigSendingTime
+    /// (reason 1, tag 122).
+    fn reject_without_orig_sending_time(&mut self, seq: u64, mt: &[u8], now: SystemTime) -> Step {
+        self.send_reject(
+            seq,
+            std::str::from_utf8(mt).ok(),
+            Some(tags::ORIG_SENDING_TIME),
+            SessionRejectReason::RequiredTagMissing,
+            "OrigSendingTime required with PossDupFlag=Y",
+            now,
+        )
     }
 
     fn garbled(&mut self, g: Garbled) -> Step {
@@ -1241,9 +1246,8 @@ impl<S: SessionStore> Session<S> {
         Ok(())
     }
 
-    /// Answers a Logon we will not accept with a Logout that says why, then disconnects: the
-    /// counterparty's operator reads the reason instead of guessing at a closed socket.
-    /// Answers a Logon with a Logout saying `text`, then closes for `reason`.
+    /// Answers a Logon we will not accept with a Logout saying `text`, then closes for
+    /// `reason`: the counterparty's operator reads why instead of guessing at a closed socket.
     fn refuse_logon(&mut self, text: &str, reason: DisconnectReason, now: SystemTime) -> Stop {
         tracing::warn!(counterparty = %self.config.target_comp_id, "Logon refused: {text}");
         if self.send_logout(Some(text), now).is_err() {
@@ -1514,9 +1518,10 @@ impl<S: SessionStore> Session<S> {
         }
     }
 
-    /// One piece of the answer: at most [`RESEND_PIECE_BYTES`] of stored messages again with
-    /// PossDupFlag=Y, and every run of numbers without one before them (admin messages, or
-    /// messages a crash kept out of the store) as one SequenceReset-GapFill.
+    /// One piece of the answer: at most [`RESEND_PIECE_BYTES`] of stored messages (again,
+    /// with PossDupFlag=Y, or for the first time if they joined the answer), and every run of
+    /// numbers without one before them (admin messages, or messages a crash kept out of the
+    /// store) as one SequenceReset-GapFill.
     fn answer_piece(&mut self, now: SystemTime) -> Step {
         let Some(mut a) = self.answering else {
             return Ok(());
@@ -1584,7 +1589,7 @@ impl<S: SessionStore> Session<S> {
 
     /// Queues a message we number now (`stored`: its number, when the store keeps it for
     /// resending): for sending, or, while a resend answer runs, after it. A stored message
-    /// numbered right after the answer joins it: the answer resends it from the store when it
+    /// numbered right after the answer joins it: the answer sends it from the store when it
     /// gets there, so live flow costs no memory however long the answer takes (held in
     /// memory, a busy session's flow passed the write-queue bound during a long answer, and
     /// a counterparty reading as fast as it could was dropped as a slow consumer). Anything

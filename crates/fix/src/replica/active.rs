@@ -401,9 +401,6 @@ const LATE: &str =
 const CATCH_UP_LATE: &str =
     "no whole answer within the catch-up's wait (30 x replication.timeout, at least 60 s)";
 
-/// Why a transfer ended when the sender was stopped (not logged: see `peer_loop`).
-const STOPPED: &str = "stopped";
-
 fn peer_loop(sh: &Shared, i: usize) {
     loop {
         {
@@ -476,7 +473,6 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
     let wait = sh.cfg.sync_timeout.max(sh.cfg.timeout);
     let t = Some(wait);
     s.set_nodelay(true)
-        .and_then(|()| s.set_read_timeout(t))
         .and_then(|()| s.set_write_timeout(t))
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
@@ -564,7 +560,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         out,
         buf,
         sent: files.into_iter().collect(),
-        wait: catch_up,
+        wait: (catch_up, CATCH_UP_LATE),
         handles: HashMap::new(),
         keys: HashMap::new(),
         shipped: 0,
@@ -582,7 +578,7 @@ fn session(sh: &Shared, i: usize) -> Result<(), String> {
         .retain(|rel, _| segment_epoch(rel).ok() == Some(sh.epoch));
     link.keys.retain(|rel, _| link.handles.contains_key(rel));
     link.round_trip(Frame::Sync { pos: p0 })?;
-    link.wait = wait;
+    link.wait = (wait, LATE);
     link.s.set_write_timeout(t).map_err(|e| e.to_string())?;
     {
         let mut st = lock(&sh.st);
@@ -671,8 +667,9 @@ struct Link<'a> {
     buf: Vec<u8>,
     /// How much of each segment the standby holds.
     sent: HashMap<String, u64>,
-    /// Longest wait for a whole answer: the catch-up's, then `max(sync_timeout, timeout)`.
-    wait: Duration,
+    /// Longest wait for a whole answer, and why it was given up when it runs out: the
+    /// catch-up's, then `max(sync_timeout, timeout)`.
+    wait: (Duration, &'static str),
     handles: HashMap<String, File>,
     /// The identity of each handle's file, where it could be read.
     keys: HashMap<String, FileKey>,
@@ -811,7 +808,8 @@ impl Link<'_> {
             Some(n) => Err(format!(
                 "fenced: a standby has seen epoch {n}; nothing more is sent"
             )),
-            None if st.stop => Err(STOPPED.into()),
+            // Not logged: `peer_loop` ends quietly when stopped.
+            None if st.stop => Err("stopped".into()),
             None => Ok(()),
         }
     }
@@ -824,13 +822,9 @@ impl Link<'_> {
         };
         f.write_to(&mut self.s, &mut self.out)
             .map_err(|e| format!("sending: {e}"))?;
-        let late = if self.wait > self.sh.cfg.sync_timeout.max(self.sh.cfg.timeout) {
-            CATCH_UP_LATE
-        } else {
-            LATE
-        };
+        let (wait, late) = self.wait;
         let ack = read_frame(
-            &mut Deadline::new(&mut self.s, Instant::now() + self.wait, late),
+            &mut Deadline::new(&mut self.s, Instant::now() + wait, late),
             &mut self.buf,
         );
         match ack.map_err(|e| format!("awaiting ack: {e}"))? {
