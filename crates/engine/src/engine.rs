@@ -529,6 +529,9 @@ struct Grant {
     previous: HeartbeatView,
     /// Promote without looking at the heartbeat: an operator asked.
     operator: bool,
+    /// A try asked for it (an operator's, or Hot mode's start): it is answered, never given
+    /// back to a chosen or preferred standby.
+    asked: bool,
     /// It was held across inputs (see [`Engine::accept_grant`]).
     waited: bool,
 }
@@ -1129,6 +1132,7 @@ impl Engine {
         let grant = Grant {
             previous,
             operator: trying == Some(TryFor::Operator),
+            asked: trying.is_some(),
             waited: false,
         };
         // A live peer that still says it acts or holds the lock holds one on a lock file that was
@@ -1163,9 +1167,19 @@ impl Engine {
                 return;
             }
         }
+        self.hand_over_or_use(grant);
+    }
+
+    /// The rest of a grant's judgement, once no peer acts any more (at the grant, or when the
+    /// peer it waited for stepped down): given back to a chosen or preferred standby, or used.
+    /// A deferred grant is judged here too: a switchover's old active lets go of the lock before
+    /// its record says so, and the standby that wins the grant in between must still give it to
+    /// the chosen one once that record arrives (it kept it, on etcd: activity went to the wrong
+    /// node).
+    fn hand_over_or_use(&mut self, grant: Grant) {
         // A switchover to a chosen standby: a grant that reaches another standby is given back
         // (the chosen one waits for the lock too, and gets it once this node lets go).
-        if trying.is_none() && self.cfg.rules.honour_handover {
+        if !grant.asked && self.cfg.rules.honour_handover {
             if let Some(to) = self.handover_target() {
                 self.record(
                     EventKind::LockReleased,
@@ -1179,7 +1193,7 @@ impl Engine {
         }
         // A standby of higher priority could take over too: give it the lock (it waits for it
         // in the kernel). Only a waited-for grant: an operator's or Hot mode's try is answered now.
-        if trying.is_none() && !self.defer_spent {
+        if !grant.asked && !self.defer_spent {
             if let Some((to, priority)) = self.preferred_standby() {
                 self.record(
                     EventKind::LockReleased,
@@ -1835,6 +1849,7 @@ impl Engine {
                 self.answer_activate = true;
                 if let Some(g) = self.grant.as_mut() {
                     g.operator = true;
+                    g.asked = true;
                 }
             }
             Phase::Warm(_) if self.holds_lock => {
@@ -1843,6 +1858,7 @@ impl Engine {
                 self.grant = Some(Grant {
                     previous: HeartbeatView::Missing,
                     operator: true,
+                    asked: true,
                     waited: true,
                 });
                 self.accept_grant();
@@ -1940,7 +1956,10 @@ impl Engine {
             if !self.peers.iter().any(|p| p.may_act()) {
                 let detail = format!("node {peer} stepped down or went silent");
                 self.record(EventKind::GrantDeferred, detail);
-                self.await_previous_services();
+                match self.grant.take() {
+                    Some(grant) => self.hand_over_or_use(grant),
+                    None => self.await_previous_services(),
+                }
             }
         }
     }

@@ -1646,6 +1646,56 @@ fn another_standby_gives_a_grant_back_while_the_switchover_goes_to_the_chosen_on
     assert_eq!(n.feed(handing_over(None)), vec![Command::Campaign]);
 }
 
+/// The switchover's old active lets go of the lock before its record says it no longer holds
+/// it (etcd: the release and the record are two writes). A standby that wins the grant in
+/// between waits for that record, and must then give the grant to the chosen standby: it
+/// promoted itself instead (seen once in the etcd suite, activity went to the wrong node).
+#[test]
+fn a_grant_held_until_the_old_active_steps_down_still_goes_to_the_switchovers_target() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    let a = |holds_lock: bool| PeerView {
+        node: "a".into(),
+        hot: false,
+        epoch: KNOWN + 1,
+        holds_lock,
+        fresh: true,
+        agent_gone: false,
+        live_service: None,
+        handover_to: Some("b".into()),
+    };
+    let b = PeerView {
+        node: "b".into(),
+        hot: false,
+        epoch: KNOWN,
+        holds_lock: false,
+        fresh: true,
+        agent_gone: false,
+        live_service: None,
+        handover_to: None,
+    };
+    n.feed(Input::Peers(vec![a(true), b.clone()]));
+    let held = n.feed_all(acquired(HeartbeatView::Missing));
+    assert_eq!(
+        actions(&held),
+        vec![],
+        "held while a says it holds the lock"
+    );
+    assert!(kinds(&held).contains(&EventKind::GrantDeferred), "{held:?}");
+    let after = n.feed_all(Input::Peers(vec![a(false), b]));
+    assert_eq!(
+        actions(&after),
+        vec![Command::Release],
+        "the grant goes back for b once a's record says it let go: {after:?}"
+    );
+    assert!(
+        n.waiting().contains("hands activity to b"),
+        "{}",
+        n.waiting()
+    );
+    assert_eq!(n.e.state(), State::Warm);
+}
+
 #[test]
 fn a_handover_to_a_standby_that_died_ends_after_the_grace() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));
