@@ -572,11 +572,12 @@ async fn group(AxState(api): AxState<Api>) -> Response {
     .into_response()
 }
 
-/// True when the record's agent ran on this host and no longer runs. Agents sharing a lock file
-/// run here (a record from another host on a shared filesystem counts as gone, as in the
-/// engine's view); an etcd group's records come from other machines: never judged here.
+/// True when the record's agent ran on this host (this machine and pid namespace) and no longer
+/// runs. A record from another host (a shared filesystem, another container) names a pid that
+/// means nothing here; an etcd group's records are never judged here.
 fn agent_gone(cfg: &crate::Config, m: &MemberRecord) -> bool {
     cfg.etcd.is_none()
+        && understudy_coordinator::same_host(m)
         && m.node.name != cfg.node.name
         && !understudy_service::procwatch::can_act(m.node.agent_pid)
 }
@@ -592,7 +593,7 @@ fn truthful_service(cfg: &crate::Config, m: &MemberRecord, fresh: bool) -> Optio
         return (m.service != ServiceState::Stopped).then_some(ServiceState::Unknown);
     }
     let pid = m.pid?;
-    let here = cfg.etcd.is_none();
+    let here = cfg.etcd.is_none() && understudy_coordinator::same_host(m);
     (here && !understudy_service::procwatch::can_act(pid)).then_some(ServiceState::Stopped)
 }
 

@@ -91,6 +91,7 @@ pub fn document() -> Value {
                     "agent_gone": { "type": "boolean", "description": "the record's agent process is known to be gone" },
                     "renewal_age_ms": { "type": "integer", "minimum": 0, "description": "etcd groups: the holder's last renewal as the asked node saw it" },
                     "boot_id": { "type": "string", "description": "the kernel boot id of the node's machine" },
+                    "pid_ns": { "type": "integer", "minimum": 0, "description": "the agent's pid namespace (inode of /proc/self/ns/pid): with boot_id, whether its pids can be judged on the asking host" },
                     "connections_refused": { "type": "integer", "minimum": 0, "description": "admin API connections refused at the node's limits" },
                     "priority": { "type": "integer", "minimum": 0, "maximum": 1000, "description": "node.priority" },
                     "stepped_down": {

@@ -594,19 +594,15 @@ impl Runtime {
             .filter(|m| m.node.name != cfg.node.name)
             .map(|m| {
                 let rec = m.clone();
+                let (agent_gone, live_service) = peer_processes(
+                    &rec,
+                    understudy_coordinator::same_host(&rec),
+                    procwatch::can_act,
+                    |pid| procwatch::is_service_of(pid, &rec.node.name, &cfg.node.group),
+                );
                 let n = m.node;
                 let hot = n.state == State::Hot;
                 let fresh = now.saturating_sub(m.last_seen_unix_ms) <= fresh_ms;
-                // A killed agent's record stays recent for a while and still says Hot; its
-                // process tells. Agents sharing a lock file run on this host; a record from
-                // another host (shared filesystem) names a pid that is not here and counts as
-                // gone, so only `fresh` speaks for it.
-                let agent_gone = !procwatch::can_act(n.agent_pid);
-                // Only a node that acts or holds the lock can have a service that acts, and its
-                // environment names it (a reused pid or another host's pid never counts).
-                let live_service = m.pid.filter(|&pid| {
-                    (hot || n.holds_lock) && procwatch::is_service_of(pid, &n.name, &cfg.node.group)
-                });
                 seen.push(Seen {
                     rec,
                     fresh,
@@ -736,7 +732,19 @@ impl Runtime {
             }
             ApiRequest::Release(tx) => {
                 self.pending_release.push_back(tx);
-                // The engine refuses while another member is alive: give it the group as it is now.
+                // The engine refuses while another member is alive: give it the group as it is
+                // now, read from the coordinator itself. On etcd the cache trails the watch: a
+                // standby whose record had not arrived yet (just started, or its writer
+                // retrying) was missed, and it took over the released group while the released
+                // service went on acting (review 25, R25-2).
+                if let Err(e) = self.coord.reread_members() {
+                    let reason = format!(
+                        "cannot read the group's members ({e}): a member this node cannot see could take over while the released service keeps acting"
+                    );
+                    warn!("release refused: {reason}");
+                    self.answer(Answer::ReleaseRefused { reason });
+                    return;
+                }
                 let peers = self.peer_views();
                 self.feed_all([Input::Peers(peers), Input::Release]);
             }
@@ -784,11 +792,15 @@ impl Runtime {
             .collect()
     }
 
+    /// The standbys a switchover can hand activity to: fresh, ready, and waiting for the lock by
+    /// themselves. A Warm- or Hot-mode standby never campaigns; handed a switchover, it left
+    /// the group without an active until the old one's `yield_timeout` (review 25, R25-5).
     fn ready_standbys(&self) -> Vec<String> {
         let me = &self.shared.cfg.node.name;
         self.fresh_members()
             .into_iter()
             .filter(|m| &m.node.name != me && m.node.state == State::Warm && m.node.ready)
+            .filter(|m| m.node.activation.campaigns())
             .map(|m| m.node.name)
             .collect()
     }
@@ -1299,6 +1311,7 @@ impl Runtime {
             priority: self.shared.cfg.node.priority,
             node: s.node,
             boot_id: understudy_coordinator::boot_id(),
+            pid_ns: understudy_coordinator::pid_ns(),
             connections_refused: self.shared.metrics.admin_connections_refused.get(),
         };
         let changed = match &self.last_record {
@@ -1381,7 +1394,7 @@ fn one_line(v: &serde_json::Value) -> String {
 
 /// A replicated service's `replication` object, first on the line so `understudy status`
 /// shows each standby's lag: `replication=sync in-sync lag=0rec/0ms`, or for the active
-/// `replication=sync standbys-in-sync=1/1`.
+/// `replication=sync standbys-in-sync=1/1` (then ` DEGRADED`, ` frozen=2990ms` when so).
 fn replication_line(r: &serde_json::Value) -> String {
     let mode = r.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
     let peers = r.get("peers").and_then(|v| v.as_array());
@@ -1391,8 +1404,14 @@ fn replication_line(r: &serde_json::Value) -> String {
             .filter(|p| p.get("in_sync").and_then(|v| v.as_bool()) == Some(true))
             .count();
         let degraded = r.get("degraded").and_then(|v| v.as_bool()) == Some(true);
+        // Time the gateway did not run stretches every sync hold: shown once there was some,
+        // so a late fall-back to async has its reason on the same line.
+        let frozen = match r.get("frozen_ms").and_then(|v| v.as_u64()) {
+            Some(ms) if ms > 0 => format!(" frozen={ms}ms"),
+            _ => String::new(),
+        };
         return format!(
-            "replication={mode} standbys-in-sync={in_sync}/{}{}",
+            "replication={mode} standbys-in-sync={in_sync}/{}{}{frozen}",
             peers.len(),
             if degraded { " DEGRADED" } else { "" }
         );
@@ -1423,6 +1442,33 @@ fn stall_line(s: &serde_json::Value) -> Option<String> {
         .unwrap_or(0)
         / 1000;
     Some(format!("sync-stalls={slow} slowest={slowest_ms}ms"))
+}
+
+/// What this host can tell of a peer's processes: whether its agent is gone, and its service's
+/// pid while that still runs as the node's service. `local`: the record was written on this
+/// machine and in this pid namespace ([`understudy_coordinator::same_host`]). A killed agent's
+/// record stays recent for a while and still says Hot: here its process tells at once. A record
+/// from elsewhere (etcd or a shared filesystem across machines, another container) names pids
+/// that mean nothing here, so only its freshness speaks for it: read from `/proc`, every remote
+/// peer counted as gone, and a Hot node let go of the group "alone" while standbys on other
+/// machines were alive (review 25, R25-1: two actives).
+fn peer_processes(
+    rec: &MemberRecord,
+    local: bool,
+    can_act: impl Fn(u32) -> bool,
+    is_service: impl Fn(u32) -> bool,
+) -> (bool, Option<u32>) {
+    if !local {
+        return (false, None);
+    }
+    let n = &rec.node;
+    let agent_gone = !can_act(n.agent_pid);
+    // Only a node that acts or holds the lock can have a service that acts, and its
+    // environment names it (a reused pid never counts).
+    let live_service = rec
+        .pid
+        .filter(|&pid| (n.state == State::Hot || n.holds_lock) && is_service(pid));
+    (agent_gone, live_service)
 }
 
 fn lock_replaced() -> Input {
@@ -1517,6 +1563,64 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// R25-1: a record from another machine or pid namespace names pids that mean nothing here.
+    #[test]
+    fn only_a_record_from_this_host_is_judged_by_its_processes() {
+        let rec = MemberRecord {
+            pid: Some(77),
+            ..MemberRecord::of(Node {
+                name: "b".into(),
+                group: "g".into(),
+                state: State::Hot,
+                activation: understudy_status::ActivationMode::TryLock,
+                epoch: 3,
+                since_unix_ms: 0,
+                waiting: None,
+                holds_lock: true,
+                ready: true,
+                admin: "127.0.0.1:1".into(),
+                agent_pid: 42,
+            })
+        };
+        let nothing_runs = |_: u32| false;
+        let everything_runs = |_: u32| true;
+        // Elsewhere: pid 42 absent here is no agent gone, and a pid 77 here is not its service.
+        assert_eq!(
+            peer_processes(&rec, false, nothing_runs, everything_runs),
+            (false, None)
+        );
+        assert_eq!(
+            peer_processes(&rec, false, everything_runs, everything_runs),
+            (false, None)
+        );
+        // Here: /proc tells at once.
+        assert_eq!(
+            peer_processes(&rec, true, nothing_runs, nothing_runs),
+            (true, None)
+        );
+        assert_eq!(
+            peer_processes(&rec, true, everything_runs, everything_runs),
+            (false, Some(77))
+        );
+        // A record this agent writes is one this host judges by its processes.
+        let mine = MemberRecord {
+            boot_id: understudy_coordinator::boot_id(),
+            pid_ns: understudy_coordinator::pid_ns(),
+            ..rec.clone()
+        };
+        assert!(understudy_coordinator::same_host(&mine));
+        let container = MemberRecord {
+            pid_ns: understudy_coordinator::pid_ns().map(|n| n ^ 1),
+            ..mine.clone()
+        };
+        assert!(!understudy_coordinator::same_host(&container));
+        let older_agent = MemberRecord {
+            pid_ns: None,
+            ..mine
+        };
+        assert!(!understudy_coordinator::same_host(&older_agent));
+    }
+
     #[test]
     fn status_shows_a_gateways_sync_stalls_only_once_there_were_some() {
         let calm = json!({"role": "active", "store_sync": {"passes": 10, "fdatasyncs": 12,
@@ -1534,6 +1638,14 @@ mod tests {
             one_line(&replicated),
             "replication=sync standbys-in-sync=1/1 sync-stalls=1 slowest=25ms role=active"
         );
+        let frozen = json!({"replication": {"mode": "sync", "degraded": true, "frozen_ms": 2990,
+            "peers": [{"in_sync": false}]}});
+        assert_eq!(
+            one_line(&frozen),
+            "replication=sync standbys-in-sync=0/1 DEGRADED frozen=2990ms"
+        );
+        let never = json!({"replication": {"mode": "sync", "frozen_ms": 0, "peers": [{}]}});
+        assert_eq!(one_line(&never), "replication=sync standbys-in-sync=0/1");
     }
 
     #[test]

@@ -281,6 +281,8 @@ enum Cmd {
     },
     /// Answered once every command before it is done.
     Flush(std::sync::mpsc::SyncSender<()>),
+    /// [`Coordinator::reread_members`].
+    ReadMembers(std::sync::mpsc::SyncSender<Result<(), CoordError>>),
 }
 
 /// Membership records kept in etcd: written by a background task (the newest record wins, so a
@@ -416,6 +418,7 @@ impl EtcdCoordinator {
             epoch_key: (0, 0),
             campaigning: false,
             ready: Some(ready_tx),
+            own_now: own_rx.clone(),
             own_rx: Some(own_rx),
             heard: None,
             keeper_spawned: false,
@@ -586,6 +589,15 @@ impl Coordinator for EtcdCoordinator {
         self.holds()
     }
 
+    fn reread_members(&mut self) -> Result<(), CoordError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Cmd::ReadMembers(tx))?;
+        match rx.recv_timeout(self.answer_wait()) {
+            Ok(answer) => answer,
+            Err(_) => Err(CoordError::Etcd("etcd did not answer in time".into())),
+        }
+    }
+
     fn unreachable(&self) -> Option<String> {
         // A standby probes after a quarter of lease_ttl of silence and waits at most half of it
         // for the answer, so a healthy one is never silent for three quarters of it; a silent
@@ -672,6 +684,9 @@ struct Task {
     /// Told once the first snapshot of the group is in.
     ready: Option<std::sync::mpsc::SyncSender<()>>,
     own_rx: Option<watch::Receiver<Option<MemberRecord>>>,
+    /// This node's record as the agent last wrote it: the release commits it with the leader
+    /// key (see [`Task::release`]).
+    own_now: watch::Receiver<Option<MemberRecord>>,
     /// When etcd last answered (the same as the view's `heard_at`, without its lock).
     heard: Option<Instant>,
     /// The backstop lease's keeper runs (on the first client; it survives reconnections).
@@ -903,7 +918,39 @@ impl Task {
             Cmd::Flush(reply) => {
                 let _ = reply.send(());
             }
+            Cmd::ReadMembers(reply) => {
+                let _ = reply.send(self.read_members().await);
+            }
         }
+    }
+
+    /// Every member key, read now (etcd's default, linearizable read), into the cache: a key
+    /// hangs on its agent's backstop lease, so each one stands for an agent alive a moment ago,
+    /// whether or not the watch delivered its record yet.
+    async fn read_members(&mut self) -> Result<(), CoordError> {
+        let mut client = self.client()?;
+        let resp = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get(
+                self.s.members_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await
+        .map_err(|_| CoordError::Etcd("reading the group's members timed out".into()))?
+        .map_err(|e| etcd_error("cannot read the group's members", e))?;
+        self.heard();
+        let mut fresh = BTreeMap::new();
+        for kv in resp.kvs() {
+            self.absorb(kv, &mut fresh);
+        }
+        let mut cache = lock(&self.cache);
+        let own = cache.remove(&self.s.node);
+        *cache = fresh;
+        if let Some(own) = own {
+            cache.insert(self.s.node.clone(), own);
+        }
+        Ok(())
     }
 
     async fn try_acquire(&mut self) -> Result<TryAcquire, CoordError> {
@@ -1194,15 +1241,42 @@ impl Task {
         let Ok(value) = serde_json::to_vec(&record) else {
             return;
         };
-        let ops = vec![TxnOp::put(self.s.leader_key(), value, self.put_options())];
+        let leader = TxnOp::put(self.s.leader_key(), value, self.put_options());
         let until = now().saturating_add(self.s.timing.lease_ttl.as_nanos() as u64);
-        match self.write_leader(sent, Vec::new(), ops, until).await {
+        // This node's record goes in the same commit: written by its own task, it could reach
+        // etcd after the release, and a standby claiming in between judged the grant without
+        // it — without a switchover's `handover_to`, so it kept a group handed to another node
+        // (review 25, R25-4). A release that fails with it (its lease gone) is sent again
+        // without it.
+        let with_record = self.own_record_op().map(|op| vec![leader.clone(), op]);
+        let mut result = match with_record {
+            Some(ops) => self.write_leader(sent, Vec::new(), ops, until).await,
+            None => Err(CoordError::Etcd(
+                "no record to commit with the release".into(),
+            )),
+        };
+        if result.is_err() {
+            result = self
+                .write_leader(sent, Vec::new(), vec![leader], until)
+                .await;
+        }
+        match result {
             Ok(Reply::Committed { .. }) => tracing::info!("etcd: group released"),
             Ok(_) => tracing::info!("etcd: group already taken over"),
             Err(e) => {
                 tracing::warn!("etcd: release failed ({e}); standbys take over after lease_ttl")
             }
         }
+    }
+
+    /// A put of this node's current record, as the member writer would put it.
+    fn own_record_op(&self) -> Option<TxnOp> {
+        let rec = self.own_now.borrow().clone()?;
+        let json = serde_json::to_vec(&rec).ok()?;
+        let key = format!("{}{}", self.s.members_prefix(), rec.node.name);
+        let id = self.lease_id.load(Ordering::Relaxed);
+        let opts = (id != 0).then(|| PutOptions::new().with_lease(id));
+        Some(TxnOp::put(key, json, opts))
     }
 
     /// Marks an epoch used, by a renewal that also writes `used` (and `epoch` when it must go

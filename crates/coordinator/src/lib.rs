@@ -25,7 +25,7 @@ pub use epoch::{EpochRead, EpochSlots, EpochStore};
 pub use etcd::{EtcdCoordinator, EtcdMembers, EtcdSettings, EtcdTls, Fence, FenceSink};
 pub use lease::Timing;
 pub use lockfile::{read_heartbeat, Heartbeat, HeartbeatReading, LockFileCoordinator};
-pub use members::{boot_id, judge_namesake, MemberRecord, Members, Namesake};
+pub use members::{boot_id, judge_namesake, pid_ns, same_host, MemberRecord, Members, Namesake};
 
 /// True when `name` can be a node name: non-empty, at most 255 bytes, only `[A-Za-z0-9_.-]`, and
 /// not `.` or `..`. Node names become file names beside the lock, so nothing else is accepted.
@@ -127,6 +127,13 @@ pub trait Coordinator: Send {
     /// The group's used epochs as this node sees them, in one read: what the agent's
     /// readiness rule for replicated standbys judges by.
     fn used_epochs(&self) -> UsedEpochs;
+    /// Read the membership records from the coordinator itself, so that the records read next
+    /// are at least as new as this call: for a decision that must not rest on a cache that
+    /// may trail (a release while another member lives makes two actives). A lock file's
+    /// records are read from disk at every read already.
+    fn reread_members(&mut self) -> Result<(), CoordError> {
+        Ok(())
+    }
 }
 
 /// The epochs a node took for its service as the active (handed out by

@@ -25,6 +25,24 @@ pub fn boot_id() -> Option<String> {
     .clone()
 }
 
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`), read once; None where the
+/// kernel does not tell.
+pub fn pid_ns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    static NS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino()))
+}
+
+/// Whether `rec` was written on this machine and in this pid namespace, so that `/proc` here
+/// tells about its pids. A record from elsewhere (another machine on etcd or a shared
+/// filesystem, another container), or from an agent that did not say, names pids that mean
+/// nothing here: one absent here is no agent gone, and one present is another process.
+pub fn same_host(rec: &MemberRecord) -> bool {
+    let boot = rec.boot_id.is_some() && rec.boot_id == boot_id();
+    let ns = rec.pid_ns.is_some() && rec.pid_ns == pid_ns();
+    boot && ns
+}
+
 /// What a record under this node's own name says about the agent that wrote it, as far as the
 /// record and this machine can tell at once (see [`judge_namesake`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +64,7 @@ pub fn judge_namesake(
     fresh_ms: u64,
     alive: impl Fn(u32) -> bool,
 ) -> Namesake {
-    let here = rec.boot_id.is_some() && rec.boot_id == boot_id();
+    let here = same_host(rec);
     if here && rec.node.agent_pid == std::process::id() {
         return Namesake::Gone;
     }
@@ -317,6 +335,7 @@ mod tests {
         MemberRecord {
             last_seen_unix_ms: last_seen,
             service: ServiceState::Running,
+            pid_ns: boot.as_ref().and(pid_ns()),
             boot_id: boot,
             ..MemberRecord::of(Node {
                 name: "a".into(),

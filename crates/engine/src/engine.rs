@@ -1172,10 +1172,9 @@ impl Engine {
 
     /// The rest of a grant's judgement, once no peer acts any more (at the grant, or when the
     /// peer it waited for stepped down): given back to a chosen or preferred standby, or used.
-    /// A deferred grant is judged here too: a switchover's old active lets go of the lock before
-    /// its record says so, and the standby that wins the grant in between must still give it to
-    /// the chosen one once that record arrives (it kept it, on etcd: activity went to the wrong
-    /// node).
+    /// A deferred grant is judged here too (lock files: `defer_recreated_lock`): a standby that
+    /// waited for a peer still claiming the lock must, once that peer's record says it let go,
+    /// still give the grant to the standby a switchover chose; it used to promote itself.
     fn hand_over_or_use(&mut self, grant: Grant) {
         // A switchover to a chosen standby: a grant that reaches another standby is given back
         // (the chosen one waits for the lock too, and gets it once this node lets go).

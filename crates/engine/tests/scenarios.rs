@@ -1646,10 +1646,9 @@ fn another_standby_gives_a_grant_back_while_the_switchover_goes_to_the_chosen_on
     assert_eq!(n.feed(handing_over(None)), vec![Command::Campaign]);
 }
 
-/// The switchover's old active lets go of the lock before its record says it no longer holds
-/// it (etcd: the release and the record are two writes). A standby that wins the grant in
-/// between waits for that record, and must then give the grant to the chosen standby: it
-/// promoted itself instead (seen once in the etcd suite, activity went to the wrong node).
+/// With the lock-file rules, a standby whose grant came while a peer's record still said it
+/// held the lock waits for that record to say otherwise. When the peer was a switchover's old
+/// active, the grant must then go to the chosen standby: it promoted itself instead.
 #[test]
 fn a_grant_held_until_the_old_active_steps_down_still_goes_to_the_switchovers_target() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Cold));

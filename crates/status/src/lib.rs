@@ -394,6 +394,12 @@ pub struct MemberRecord {
     /// `/proc` says about `agent_pid` (the identity check at start); any other reader cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The agent's pid namespace (the inode of `/proc/self/ns/pid`). Pids name a process only
+    /// within one: two containers on one machine share the boot id, not this. A reader whose
+    /// boot id and pid namespace both match may trust `/proc`; any other reader only a rewrite
+    /// seen within the freshness window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<u64>,
     /// Admin API connections the node refused at its limits since it started.
     #[serde(default)]
     pub connections_refused: u64,
@@ -419,6 +425,7 @@ impl MemberRecord {
             detail: None,
             handover_to: None,
             boot_id: None,
+            pid_ns: None,
             connections_refused: 0,
             stepped_down: None,
             priority: 0,

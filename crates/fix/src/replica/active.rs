@@ -186,6 +186,14 @@ impl Sender {
             seen_epoch: st.fenced.unwrap_or(self.sh.epoch).max(self.sh.epoch),
             last_active_epoch: self.sh.epoch,
             degraded: st.degraded,
+            frozen_ms: Some(
+                self.sh
+                    .live
+                    .frozen_until(Instant::now())
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            ),
             peers: st
                 .peers
                 .iter()

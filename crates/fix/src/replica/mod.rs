@@ -213,6 +213,12 @@ pub struct ReplicationHealth {
     pub last_active_epoch: u64,
     /// Active with `sync`: no standby acknowledges, messages leave after the local sync only.
     pub degraded: bool,
+    /// Active: how long, since the gateway started, this process was found not running (stopped,
+    /// its VM paused, or starved: a 10 ms tick more than 100 ms late). Every `sync` hold runs
+    /// that much longer in wall time than `sync_timeout`, so a failover to async that came late
+    /// shows here why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen_ms: Option<u64>,
     /// Active: each peer.
     pub peers: Vec<PeerHealth>,
     /// Standby: why the last stream ended.

@@ -271,6 +271,7 @@ impl Receiver {
             seen_epoch: st.seen_epoch,
             last_active_epoch: st.last_active,
             degraded: false,
+            frozen_ms: None,
             peers: Vec::new(),
             error: st.last_error.clone(),
         }
