@@ -625,6 +625,44 @@ impl Runtime {
         views
     }
 
+    /// Marks fresh, in `peers` (from [`Runtime::peer_views`]), every member whose agent is known
+    /// alive: on this host its process runs (a stopped standby's record goes stale, and it
+    /// takes the released group once continued); on etcd its key exists, read from etcd now (the
+    /// watch's cache trails: a standby whose record had not arrived yet was missed). A member
+    /// etcd knows and the records do not is added. Err (the release must be refused) when
+    /// etcd cannot be read or the lock was lost meanwhile.
+    fn alive_for_release(&mut self, peers: &mut Vec<PeerView>) -> Result<(), String> {
+        for (p, s) in peers.iter_mut().zip(&self.seen) {
+            if understudy_coordinator::same_host(&s.rec) && !s.agent_gone {
+                p.fresh = true;
+            }
+        }
+        let live = self.coord.live_members().map_err(|e| {
+            format!("cannot read the group's members ({e}): a member this node cannot see could take over while the released service keeps acting")
+        })?;
+        for name in live.into_iter().flatten() {
+            match peers.iter_mut().find(|p| p.node == name) {
+                Some(p) => p.fresh |= !p.agent_gone,
+                None => peers.push(PeerView {
+                    node: name,
+                    hot: false,
+                    epoch: 0,
+                    holds_lock: false,
+                    fresh: true,
+                    agent_gone: false,
+                    live_service: None,
+                    handover_to: None,
+                }),
+            }
+        }
+        // The read may have taken a while: a grant lost meanwhile is reported on the channel
+        // this loop has not read yet, and the engine would release a service already killed.
+        if !self.coord.holds() {
+            return Err("the group lock was lost while the members were read".to_string());
+        }
+        Ok(())
+    }
+
     /// The other nodes' priorities from the records last read by [`Runtime::peer_views`]. Only a
     /// node that waits for the lock by itself can take it when this one gives it back.
     fn ranks(&self) -> Vec<Rank> {
@@ -733,19 +771,16 @@ impl Runtime {
             ApiRequest::Release(tx) => {
                 self.pending_release.push_back(tx);
                 // The engine refuses while another member is alive: give it the group as it is
-                // now, read from the coordinator itself. On etcd the cache trails the watch: a
-                // standby whose record had not arrived yet (just started, or its writer
-                // retrying) was missed, and it took over the released group while the released
-                // service went on acting (review 25, R25-2).
-                if let Err(e) = self.coord.reread_members() {
-                    let reason = format!(
-                        "cannot read the group's members ({e}): a member this node cannot see could take over while the released service keeps acting"
-                    );
-                    warn!("release refused: {reason}");
-                    self.answer(Answer::ReleaseRefused { reason });
-                    return;
+                // now, every member whose agent is known alive counted however old its record
+                // (review 25, R25-2, and review 26, F3).
+                let mut peers = self.peer_views();
+                if self.engine.state() == State::Hot {
+                    if let Err(reason) = self.alive_for_release(&mut peers) {
+                        warn!("release refused: {reason}");
+                        self.answer(Answer::ReleaseRefused { reason });
+                        return;
+                    }
                 }
-                let peers = self.peer_views();
                 self.feed_all([Input::Peers(peers), Input::Release]);
             }
         }
@@ -1445,26 +1480,25 @@ fn stall_line(s: &serde_json::Value) -> Option<String> {
 }
 
 /// What this host can tell of a peer's processes: whether its agent is gone, and its service's
-/// pid while that still runs as the node's service. `local`: the record was written on this
+/// pid while that still runs here as the node's service. `local`: the record was written on this
 /// machine and in this pid namespace ([`understudy_coordinator::same_host`]). A killed agent's
 /// record stays recent for a while and still says Hot: here its process tells at once. A record
-/// from elsewhere (etcd or a shared filesystem across machines, another container) names pids
-/// that mean nothing here, so only its freshness speaks for it: read from `/proc`, every remote
-/// peer counted as gone, and a Hot node let go of the group "alone" while standbys on other
-/// machines were alive (review 25, R25-1: two actives).
+/// from elsewhere (etcd or a shared filesystem across machines, another container) names an
+/// agent pid that means nothing here, so only its freshness speaks for it: read from `/proc`,
+/// every remote peer counted as gone, and a Hot node let go of the group "alone" while standbys
+/// on other machines were alive (review 25, R25-1: two actives).
 fn peer_processes(
     rec: &MemberRecord,
     local: bool,
     can_act: impl Fn(u32) -> bool,
     is_service: impl Fn(u32) -> bool,
 ) -> (bool, Option<u32>) {
-    if !local {
-        return (false, None);
-    }
     let n = &rec.node;
-    let agent_gone = !can_act(n.agent_pid);
+    let agent_gone = local && !can_act(n.agent_pid);
     // Only a node that acts or holds the lock can have a service that acts, and its
-    // environment names it (a reused pid never counts).
+    // environment names it: a reused pid, or one from another host, never counts, wherever the
+    // record came from (waiting for a process that is not that service cannot happen; not
+    // waiting for one that is makes two actives).
     let live_service = rec
         .pid
         .filter(|&pid| (n.state == State::Hot || n.holds_lock) && is_service(pid));
@@ -1584,14 +1618,15 @@ mod tests {
         };
         let nothing_runs = |_: u32| false;
         let everything_runs = |_: u32| true;
-        // Elsewhere: pid 42 absent here is no agent gone, and a pid 77 here is not its service.
+        // Elsewhere: pid 42 absent here is no agent gone. A service is judged by its
+        // environment wherever the record came from: waited for only if it names the node.
         assert_eq!(
-            peer_processes(&rec, false, nothing_runs, everything_runs),
+            peer_processes(&rec, false, nothing_runs, nothing_runs),
             (false, None)
         );
         assert_eq!(
-            peer_processes(&rec, false, everything_runs, everything_runs),
-            (false, None)
+            peer_processes(&rec, false, nothing_runs, everything_runs),
+            (false, Some(77))
         );
         // Here: /proc tells at once.
         assert_eq!(
@@ -1609,16 +1644,24 @@ mod tests {
             ..rec.clone()
         };
         assert!(understudy_coordinator::same_host(&mine));
-        let container = MemberRecord {
-            pid_ns: understudy_coordinator::pid_ns().map(|n| n ^ 1),
-            ..mine.clone()
-        };
-        assert!(!understudy_coordinator::same_host(&container));
+        if let Some(ns) = understudy_coordinator::pid_ns() {
+            let container = MemberRecord {
+                pid_ns: Some(ns ^ 1),
+                ..mine.clone()
+            };
+            assert!(!understudy_coordinator::same_host(&container));
+        }
+        // An agent of an earlier version says no namespace: judged by its boot, as it was.
         let older_agent = MemberRecord {
             pid_ns: None,
+            ..mine.clone()
+        };
+        assert!(understudy_coordinator::same_host(&older_agent));
+        let other_machine = MemberRecord {
+            boot_id: Some("another-boot".into()),
             ..mine
         };
-        assert!(!understudy_coordinator::same_host(&older_agent));
+        assert!(!understudy_coordinator::same_host(&other_machine));
     }
 
     #[test]

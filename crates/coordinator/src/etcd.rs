@@ -281,8 +281,8 @@ enum Cmd {
     },
     /// Answered once every command before it is done.
     Flush(std::sync::mpsc::SyncSender<()>),
-    /// [`Coordinator::reread_members`].
-    ReadMembers(std::sync::mpsc::SyncSender<Result<(), CoordError>>),
+    /// [`Coordinator::live_members`].
+    ReadMembers(std::sync::mpsc::SyncSender<Result<Vec<String>, CoordError>>),
 }
 
 /// Membership records kept in etcd: written by a background task (the newest record wins, so a
@@ -589,11 +589,11 @@ impl Coordinator for EtcdCoordinator {
         self.holds()
     }
 
-    fn reread_members(&mut self) -> Result<(), CoordError> {
+    fn live_members(&mut self) -> Result<Option<Vec<String>>, CoordError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.send(Cmd::ReadMembers(tx))?;
         match rx.recv_timeout(self.answer_wait()) {
-            Ok(answer) => answer,
+            Ok(answer) => answer.map(Some),
             Err(_) => Err(CoordError::Etcd("etcd did not answer in time".into())),
         }
     }
@@ -918,39 +918,56 @@ impl Task {
             Cmd::Flush(reply) => {
                 let _ = reply.send(());
             }
-            Cmd::ReadMembers(reply) => {
-                let _ = reply.send(self.read_members().await);
-            }
+            Cmd::ReadMembers(reply) => self.read_members(reply),
         }
     }
 
-    /// Every member key, read now (etcd's default, linearizable read), into the cache: a key
-    /// hangs on its agent's backstop lease, so each one stands for an agent alive a moment ago,
-    /// whether or not the watch delivered its record yet.
-    async fn read_members(&mut self) -> Result<(), CoordError> {
-        let mut client = self.client()?;
-        let resp = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.get(
-                self.s.members_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await
-        .map_err(|_| CoordError::Etcd("reading the group's members timed out".into()))?
-        .map_err(|e| etcd_error("cannot read the group's members", e))?;
-        self.heard();
-        let mut fresh = BTreeMap::new();
-        for kv in resp.kvs() {
-            self.absorb(kv, &mut fresh);
-        }
-        let mut cache = lock(&self.cache);
-        let own = cache.remove(&self.s.node);
-        *cache = fresh;
-        if let Some(own) = own {
-            cache.insert(self.s.node.clone(), own);
-        }
-        Ok(())
+    /// The names under `members/` other than this node's, read now (etcd's default,
+    /// linearizable read) on a task of its own: a holder's renewals go on meanwhile (read on
+    /// this loop, a slow etcd let the lease lapse and the guardian kill the very service a
+    /// release was to keep). A key hangs on its agent's backstop lease, so each one stands for
+    /// an agent alive a moment ago, whether or not the watch delivered its record yet. The
+    /// cache is left alone: a dead agent's key, alive until its lease ends, must not make its
+    /// record look fresh to every other decision.
+    fn read_members(
+        &mut self,
+        reply: std::sync::mpsc::SyncSender<Result<Vec<String>, CoordError>>,
+    ) {
+        let mut client = match self.client() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let prefix = self.s.members_prefix();
+        let own = self.s.node.clone();
+        tokio::spawn(async move {
+            let got = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.get(
+                    prefix.clone(),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                ),
+            )
+            .await;
+            let answer = match got {
+                Err(_) => Err(CoordError::Etcd(
+                    "reading the group's members timed out".into(),
+                )),
+                Ok(Err(e)) => Err(etcd_error("cannot read the group's members", e)),
+                Ok(Ok(resp)) => Ok(resp
+                    .kvs()
+                    .iter()
+                    .filter_map(|kv| {
+                        let name = kv.key().strip_prefix(prefix.as_bytes())?;
+                        let name = std::str::from_utf8(name).ok()?;
+                        (name != own && is_valid_node_name(name)).then(|| name.to_owned())
+                    })
+                    .collect()),
+            };
+            let _ = reply.send(answer);
+        });
     }
 
     async fn try_acquire(&mut self) -> Result<TryAcquire, CoordError> {
@@ -1246,20 +1263,11 @@ impl Task {
         // This node's record goes in the same commit: written by its own task, it could reach
         // etcd after the release, and a standby claiming in between judged the grant without
         // it — without a switchover's `handover_to`, so it kept a group handed to another node
-        // (review 25, R25-4). A release that fails with it (its lease gone) is sent again
-        // without it.
-        let with_record = self.own_record_op().map(|op| vec![leader.clone(), op]);
-        let mut result = match with_record {
-            Some(ops) => self.write_leader(sent, Vec::new(), ops, until).await,
-            None => Err(CoordError::Etcd(
-                "no record to commit with the release".into(),
-            )),
-        };
-        if result.is_err() {
-            result = self
-                .write_leader(sent, Vec::new(), vec![leader], until)
-                .await;
-        }
+        // (review 25, R25-4).
+        let ops = std::iter::once(leader)
+            .chain(self.own_record_op())
+            .collect();
+        let result = self.write_leader(sent, Vec::new(), ops, until).await;
         match result {
             Ok(Reply::Committed { .. }) => tracing::info!("etcd: group released"),
             Ok(_) => tracing::info!("etcd: group already taken over"),
@@ -1274,9 +1282,17 @@ impl Task {
         let rec = self.own_now.borrow().clone()?;
         let json = serde_json::to_vec(&rec).ok()?;
         let key = format!("{}{}", self.s.members_prefix(), rec.node.name);
+        // Never without a lease: a key that outlived its agent would make every later release
+        // of the group refused.
         let id = self.lease_id.load(Ordering::Relaxed);
-        let opts = (id != 0).then(|| PutOptions::new().with_lease(id));
-        Some(TxnOp::put(key, json, opts))
+        if id == 0 {
+            return None;
+        }
+        Some(TxnOp::put(
+            key,
+            json,
+            Some(PutOptions::new().with_lease(id)),
+        ))
     }
 
     /// Marks an epoch used, by a renewal that also writes `used` (and `epoch` when it must go

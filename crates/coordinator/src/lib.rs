@@ -127,12 +127,12 @@ pub trait Coordinator: Send {
     /// The group's used epochs as this node sees them, in one read: what the agent's
     /// readiness rule for replicated standbys judges by.
     fn used_epochs(&self) -> UsedEpochs;
-    /// Read the membership records from the coordinator itself, so that the records read next
-    /// are at least as new as this call: for a decision that must not rest on a cache that
-    /// may trail (a release while another member lives makes two actives). A lock file's
-    /// records are read from disk at every read already.
-    fn reread_members(&mut self) -> Result<(), CoordError> {
-        Ok(())
+    /// The other nodes whose agents the coordinator itself knows to be alive now, read from it
+    /// (not from a cache that may trail): for a decision that must not rest on records that
+    /// may be late or stale (a release while another member lives makes two actives). `None`
+    /// when the coordinator has nothing beyond the records (a lock file).
+    fn live_members(&mut self) -> Result<Option<Vec<String>>, CoordError> {
+        Ok(None)
     }
 }
 

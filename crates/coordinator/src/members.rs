@@ -35,11 +35,16 @@ pub fn pid_ns() -> Option<u64> {
 
 /// Whether `rec` was written on this machine and in this pid namespace, so that `/proc` here
 /// tells about its pids. A record from elsewhere (another machine on etcd or a shared
-/// filesystem, another container), or from an agent that did not say, names pids that mean
-/// nothing here: one absent here is no agent gone, and one present is another process.
+/// filesystem, another container) names pids that mean nothing here: one absent here is no
+/// agent gone. A record without a pid namespace (an agent of an earlier version, or a kernel
+/// that does not tell) is judged by the boot id alone, as before namespaces were recorded: a
+/// lock-file group on one host must keep judging its killed agents at once during an upgrade.
 pub fn same_host(rec: &MemberRecord) -> bool {
     let boot = rec.boot_id.is_some() && rec.boot_id == boot_id();
-    let ns = rec.pid_ns.is_some() && rec.pid_ns == pid_ns();
+    let ns = match (rec.pid_ns, pid_ns()) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => true,
+    };
     boot && ns
 }
 

@@ -13,13 +13,39 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+/// Review 26, F3: a standby whose agent is stopped (SIGSTOP) writes no record, and its record goes
+/// stale; released on that record, the active left its service acting and the standby, once
+/// continued, took the group over: two actives. Its agent's process tells it is alive.
+#[test]
+fn release_is_refused_while_a_stopped_standby_agent_lives() {
+    let mut g = Group::new("trylock", "hot");
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_ready("b", Duration::from_secs(15));
+    g.sigstop("b");
+    // Five heartbeat intervals make a record stale; 1.2 s leaves no doubt.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, body) = post(&g.admin("a"), "/service/release");
+    g.sigcont("b");
+    assert_eq!(code, 409, "released with b's agent alive: {body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("node b")),
+        "{body}"
+    );
+    assert_eq!(g.mode("a").as_deref(), Some("Hot"));
+    w.finish();
+}
+
 #[test]
 fn release_hands_the_running_service_over_and_the_agent_leaves() {
     let mut g = Group::new("trylock", "hot");
     let w = g.add_watched_pair();
     g.start_a_hot_then_b();
     g.wait_ready("b", Duration::from_secs(15));
-    let svc = g.service_pid("a").expect("a's service");
+    let svc = g
+        .wait_service_pid("a", Duration::from_secs(10))
+        .expect("a's service");
 
     // Never while a standby is in the group: it would take over while the service keeps acting.
     let (code, body) = post(&g.admin("a"), "/service/release");
@@ -197,7 +223,9 @@ fn the_openapi_document_matches_the_router_and_real_answers() {
     // Each operation called for real: its status is documented, and a documented JSON answer
     // parses against its schema. Switchover last: it moves activity to b.
     let b = g.admin("b");
-    let svc = g.service_pid("a").expect("a's service");
+    let svc = g
+        .wait_service_pid("a", Duration::from_secs(10))
+        .expect("a's service");
     let calls: Vec<(&str, &str, &str, Option<Value>, u16)> = vec![
         (a.as_str(), "get", "/service/activationmode", None, 200),
         (a.as_str(), "get", "/status", None, 200),
