@@ -632,9 +632,15 @@ impl Runtime {
     /// etcd knows and the records do not is added. Err (the release must be refused) when
     /// etcd cannot be read or the lock was lost meanwhile.
     fn alive_for_release(&mut self, peers: &mut Vec<PeerView>) -> Result<(), String> {
+        let ns_here = understudy_coordinator::pid_ns().is_some();
         for (p, s) in peers.iter_mut().zip(&self.seen) {
             if understudy_coordinator::same_host(&s.rec) && !s.agent_gone {
                 p.fresh = true;
+            } else if s.agent_gone && s.fresh && !(ns_here && s.rec.pid_ns.is_some()) {
+                // "Gone" judged by the boot alone (an agent of an earlier version, which does
+                // not say its pid namespace): in another container its pid is not visible
+                // here, and a fresh record is all that speaks for it (review 27, N1).
+                p.agent_gone = false;
             }
         }
         let live = self.coord.live_members().map_err(|e| {

@@ -283,6 +283,8 @@ enum Cmd {
     Flush(std::sync::mpsc::SyncSender<()>),
     /// [`Coordinator::live_members`].
     ReadMembers(std::sync::mpsc::SyncSender<Result<Vec<String>, CoordError>>),
+    /// Revoke the backstop lease (the agent stops): this node's member key goes at once.
+    Revoke(std::sync::mpsc::SyncSender<()>),
 }
 
 /// Membership records kept in etcd: written by a background task (the newest record wins, so a
@@ -627,6 +629,13 @@ impl Drop for EtcdCoordinator {
         if self.cmds.send(Cmd::Flush(tx)).is_ok() {
             let _ = rx.recv_timeout(self.settings.timing.lease_ttl);
         }
+        // Then this node's member key goes with its lease: left to expire, it counted as a live
+        // member for up to `backstop_ttl`, and a release of the group (the control plane's stop
+        // failover, right after stopping the standbys) was refused meanwhile (review 27, N4).
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.cmds.send(Cmd::Revoke(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        }
     }
 }
 /// This node's clock for the lease: `CLOCK_BOOTTIME`, the clock the guardian kills on, so the
@@ -919,6 +928,17 @@ impl Task {
                 let _ = reply.send(());
             }
             Cmd::ReadMembers(reply) => self.read_members(reply),
+            Cmd::Revoke(reply) => {
+                let id = self.lease_id.swap(0, Ordering::Relaxed);
+                if let (Ok(mut client), true) = (self.client(), id != 0) {
+                    let revoked =
+                        tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(id)).await;
+                    if !matches!(revoked, Ok(Ok(_))) {
+                        tracing::debug!("etcd: the backstop lease was not revoked; it expires");
+                    }
+                }
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -1677,9 +1697,18 @@ async fn member_writer(
                 Ok(json) => {
                     let key = format!("{prefix}{}", rec.node.name);
                     last_key = Some(key.clone());
-                    let id = lease.load(Ordering::Relaxed);
-                    let opts = (id != 0).then(|| PutOptions::new().with_lease(id));
-                    client.put(key, json, opts).await.map(|_| ())
+                    // Never without a lease: a key that outlived its agent would count as a
+                    // live member for good, and refuse every later release of the group
+                    // (review 27, N3). Without one yet (or revoked at the agent's stop), wait.
+                    match lease.load(Ordering::Relaxed) {
+                        0 => Err(etcd_client::Error::InvalidArgs(
+                            "no backstop lease yet".into(),
+                        )),
+                        id => client
+                            .put(key, json, Some(PutOptions::new().with_lease(id)))
+                            .await
+                            .map(|_| ()),
+                    }
                 }
                 Err(_) => Ok(()),
             },

@@ -169,6 +169,83 @@ fn a_release_is_refused_while_a_stopped_standbys_key_lives_on_etcd() {
     w.finish();
 }
 
+/// Review 25 (R25-1, R25-2) end to end, with b's agent in a pid namespace of its own (`unshare
+/// --pid`), as on another machine or in another container: its pids mean nothing to a. a must
+/// neither count b gone for want of b's pid in its `/proc` (it did, for every remote peer) nor
+/// judge by its cached record: b is stopped until that record is stale, and only etcd, read at
+/// the release, knows b lives (its key hangs on b's lease).
+#[test]
+fn a_release_is_refused_while_a_standby_in_another_pid_namespace_lives_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "backstop_ttl = \"10s\"");
+    g.launchers.insert(
+        "b".into(),
+        ["unshare", "--pid", "--fork", "--mount-proc"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let (w, e1) = start_pair(&mut g);
+    // The agent is the child of `unshare`, pid 1 inside its namespace.
+    let outer = g.agent_pid("b");
+    let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+        .expect("unshare's children");
+    let inner: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unshare {outer} has no child: {children:?}"));
+    let st = g.st("b");
+    assert_eq!(
+        st["agent_pid"], 1,
+        "b's agent is not in a namespace of its own: {st}"
+    );
+    let signal =
+        |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(inner), sig).expect("kill");
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(
+        code, 409,
+        "released with b alive in its own pid namespace: {body}"
+    );
+    assert!(body.to_string().contains("node b"), "{body}");
+    assert_eq!(g.mode("a").as_deref(), Some("Hot"));
+    assert_eq!(g.epoch("a"), e1);
+    w.finish();
+}
+
+/// Review 27, N4: an agent that stops cleanly takes its member key with it (it revokes its
+/// backstop lease). Left to expire, the key counted as a live member for up to `backstop_ttl`
+/// (10 s here), and the release that follows stopping the standbys (the control plane's stop
+/// failover) was refused meanwhile.
+#[test]
+fn a_stopped_agents_member_key_goes_with_it_and_the_active_may_release_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "backstop_ttl = \"10s\"");
+    let (w, _) = start_pair(&mut g);
+    let key = "/understudy/g/members/b";
+    let present = || {
+        !etcd
+            .ctl(&["get", key, "--keys-only"])
+            .stdout
+            .trim_ascii()
+            .is_empty()
+    };
+    // Written once b's lease is granted (never without one).
+    assert!(common::wait_until(10 * S, present), "no key {key}");
+    g.sigterm("b", 10 * S);
+    assert!(!present(), "b's key outlived its agent");
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert_eq!(code, 200, "release refused after b stopped: {body}");
+    w.finish();
+    // The released service outlives its agent by design: stop its process group here.
+    let pid = body["pid"].as_i64().expect("the released pid") as i32;
+    if let Ok(pg) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))) {
+        let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// `key` as etcd held it at `rev` (None: now): its `mod_revision` and its JSON value.
 fn kv_at(etcd: &Etcd, key: &str, rev: Option<i64>) -> (i64, serde_json::Value) {
     let at = rev.map(|r| format!("--rev={r}"));
