@@ -170,37 +170,66 @@ fn a_release_is_refused_while_a_stopped_standbys_key_lives_on_etcd() {
 }
 
 /// Review 25 (R25-1, R25-2) end to end, with b's agent in a pid namespace of its own (`unshare
-/// --pid`), as on another machine or in another container: its pids mean nothing to a. a must
-/// neither count b gone for want of b's pid in its `/proc` (it did, for every remote peer) nor
-/// judge by its cached record: b is stopped until that record is stale, and only etcd, read at
-/// the release, knows b lives (its key hangs on b's lease).
+/// --pid`), as on another machine or in another container: its pids mean nothing to a. Its
+/// agent runs at a pid no process here has, so a must not count b gone for want of that pid in
+/// its `/proc` (it did, for every remote peer), nor judge by its cached record: b is stopped
+/// until that record is stale, and only etcd, read at the release, knows b lives (its key
+/// hangs on b's lease).
 #[test]
 fn a_release_is_refused_while_a_standby_in_another_pid_namespace_lives_on_etcd() {
     let etcd = Etcd::on_loopback();
     let mut g = group(&etcd, "backstop_ttl = \"10s\"");
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    // A pid for b's agent inside its namespace that no process has here (checked again below).
+    let inner_pid = (1000..pid_max - 1)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid");
+    // sh is pid 1 of the namespace; it sets the next pid and runs the agent as its child.
+    let script = format!(
+        "echo {} > /proc/sys/kernel/ns_last_pid && \"$@\"; exit $?",
+        inner_pid - 1
+    );
     g.launchers.insert(
         "b".into(),
-        ["unshare", "--pid", "--fork", "--mount-proc"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "unshare",
+            "--pid",
+            "--kill-child",
+            "--mount-proc",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ]
+        .map(String::from)
+        .to_vec(),
     );
     let (w, e1) = start_pair(&mut g);
-    // The agent is the child of `unshare`, pid 1 inside its namespace.
-    let outer = g.agent_pid("b");
-    let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-        .expect("unshare's children");
-    let inner: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unshare {outer} has no child: {children:?}"));
+    let child_of = |pid: u32| -> u32 {
+        let c =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        c.split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{pid} has no child: {c:?}"))
+    };
+    // unshare → sh (pid 1 inside) → the agent.
+    let agent = child_of(child_of(g.agent_pid("b")));
     let st = g.st("b");
     assert_eq!(
-        st["agent_pid"], 1,
-        "b's agent is not in a namespace of its own: {st}"
+        st["agent_pid"], inner_pid,
+        "b's agent is not at its pid in a namespace of its own: {st}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{inner_pid}")).exists(),
+        "pid {inner_pid} was taken here meanwhile: the test cannot tell"
     );
     let signal =
-        |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(inner), sig).expect("kill");
+        |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), sig).expect("kill");
     signal(nix::sys::signal::Signal::SIGSTOP);
     std::thread::sleep(Duration::from_millis(1200));
     let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
