@@ -634,7 +634,10 @@ impl Runtime {
     fn alive_for_release(&mut self, peers: &mut Vec<PeerView>) -> Result<(), String> {
         let ns_here = understudy_coordinator::pid_ns().is_some();
         for (p, s) in peers.iter_mut().zip(&self.seen) {
-            if understudy_coordinator::same_host(&s.rec) && !s.agent_gone {
+            if understudy_coordinator::same_host(&s.rec)
+                && !s.agent_gone
+                && ran_when_written(&s.rec, procwatch::started_unix_ms)
+            {
                 p.fresh = true;
             } else if s.agent_gone && s.fresh && !(ns_here && s.rec.pid_ns.is_some()) {
                 // "Gone" judged by the boot alone (an agent of an earlier version, which does
@@ -1511,6 +1514,15 @@ fn peer_processes(
     (agent_gone, live_service)
 }
 
+/// Whether the process at the record's agent pid already ran when the record was last
+/// written: a record's writer that still runs did; a process that reused the pid of an agent
+/// long gone (a lock-file group keeps every node's record file) started after it, and must not
+/// count as that node alive (review 27, N2: every later release refused). A second's slack for
+/// the kernel's whole-second boot time; unknown counts as alive (refusing is the safe side).
+fn ran_when_written(rec: &MemberRecord, started: impl Fn(u32) -> Option<u64>) -> bool {
+    started(rec.node.agent_pid).is_none_or(|t| t <= rec.last_seen_unix_ms.saturating_add(1000))
+}
+
 fn lock_replaced() -> Input {
     Input::LockLost {
         reason: "the group lock file was deleted or replaced".to_string(),
@@ -1668,6 +1680,40 @@ mod tests {
             ..mine
         };
         assert!(!understudy_coordinator::same_host(&other_machine));
+    }
+
+    /// Review 27, N2: a pid reused after the record was last written is not its writer.
+    #[test]
+    fn a_process_that_reused_a_gone_agents_pid_is_not_that_agent() {
+        let rec = MemberRecord {
+            last_seen_unix_ms: 1_000_000,
+            ..MemberRecord::of(Node {
+                name: "b".into(),
+                group: "g".into(),
+                state: State::Warm,
+                activation: understudy_status::ActivationMode::TryLock,
+                epoch: 3,
+                since_unix_ms: 0,
+                waiting: None,
+                holds_lock: false,
+                ready: true,
+                admin: "127.0.0.1:1".into(),
+                agent_pid: 42,
+            })
+        };
+        assert!(
+            ran_when_written(&rec, |_| Some(900_000)),
+            "its writer, still running"
+        );
+        assert!(
+            ran_when_written(&rec, |_| Some(1_000_800)),
+            "within the second's slack"
+        );
+        assert!(
+            !ran_when_written(&rec, |_| Some(1_060_000)),
+            "started a minute later"
+        );
+        assert!(ran_when_written(&rec, |_| None), "unknown: alive");
     }
 
     #[test]

@@ -37,6 +37,31 @@ pub fn can_act(pid: u32) -> bool {
     alive
 }
 
+/// When `pid` started, in Unix milliseconds, to within about a second (the kernel gives the
+/// boot time in whole seconds). None when that cannot be told (gone, or /proc unreadable).
+pub fn started_unix_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, which may hold anything): field 3 is the state,
+    // field 22 the start, in clock ticks since boot.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf reads a constant of the C library; it takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|hz| *hz > 0)?;
+    Some(
+        btime
+            .saturating_mul(1000)
+            .saturating_add(ticks.saturating_mul(1000) / hz),
+    )
+}
+
 /// True when a thread of `pid` is in an uninterruptible wait (state `D` in /proc: a disk or
 /// a network file system it waits on), where even SIGKILL waits until the wait ends.
 pub fn waits_uninterruptibly(pid: u32) -> bool {
@@ -167,6 +192,19 @@ async fn poll_gone(pid: u32, still_it: impl Fn(u32) -> bool, why: io::Error) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_process_started_when_it_did_and_a_missing_one_has_no_start() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let me = started_unix_ms(std::process::id()).expect("this process's start");
+        // Started before now, and not before the boot (give the kernel's whole seconds room).
+        assert!(me <= now + 1000, "{me} after {now}");
+        assert!(me + 24 * 3600 * 1000 * 365 > now);
+        assert_eq!(started_unix_ms(u32::MAX), None);
+    }
+
     use super::*;
 
     #[tokio::test]
