@@ -244,10 +244,10 @@ fn a_release_is_refused_while_a_standby_in_another_pid_namespace_lives_on_etcd()
     w.finish();
 }
 
-/// Review 27, N4: an agent that stops cleanly takes its member key with it (it revokes its
-/// backstop lease). Left to expire, the key counted as a live member for up to `backstop_ttl`
-/// (10 s here), and the release that follows stopping the standbys (the control plane's stop
-/// failover) was refused meanwhile.
+/// Review 27, N4: an agent that stops cleanly takes its member key with it (it deletes it).
+/// Left to expire, the key counted as a live member for up to `backstop_ttl` (10 s here), and
+/// the release that follows stopping the standbys (the control plane's stop failover) was
+/// refused meanwhile.
 #[test]
 fn a_stopped_agents_member_key_goes_with_it_and_the_active_may_release_on_etcd() {
     let etcd = Etcd::on_loopback();
