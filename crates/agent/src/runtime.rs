@@ -397,6 +397,8 @@ struct Seen {
     rec: MemberRecord,
     fresh: bool,
     agent_gone: bool,
+    /// Written on this machine and in this pid namespace ([`understudy_coordinator::same_host`]).
+    local: bool,
 }
 
 /// Who asked for what the engine is handling now.
@@ -594,12 +596,11 @@ impl Runtime {
             .filter(|m| m.node.name != cfg.node.name)
             .map(|m| {
                 let rec = m.clone();
-                let (agent_gone, live_service) = peer_processes(
-                    &rec,
-                    understudy_coordinator::same_host(&rec),
-                    procwatch::can_act,
-                    |pid| procwatch::is_service_of(pid, &rec.node.name, &cfg.node.group),
-                );
+                let local = understudy_coordinator::same_host(&rec);
+                let (agent_gone, live_service) =
+                    peer_processes(&rec, local, procwatch::can_act, |pid| {
+                        procwatch::is_service_of(pid, &rec.node.name, &cfg.node.group)
+                    });
                 let n = m.node;
                 let hot = n.state == State::Hot;
                 let fresh = now.saturating_sub(m.last_seen_unix_ms) <= fresh_ms;
@@ -607,6 +608,7 @@ impl Runtime {
                     rec,
                     fresh,
                     agent_gone,
+                    local,
                 });
                 PeerView {
                     // Only another node can be the chosen one from this node's point of view.
@@ -634,10 +636,7 @@ impl Runtime {
     fn alive_for_release(&mut self, peers: &mut Vec<PeerView>) -> Result<(), String> {
         let ns_here = understudy_coordinator::pid_ns().is_some();
         for (p, s) in peers.iter_mut().zip(&self.seen) {
-            if understudy_coordinator::same_host(&s.rec)
-                && !s.agent_gone
-                && ran_when_written(&s.rec, procwatch::started_unix_ms)
-            {
+            if s.local && !s.agent_gone && ran_when_written(&s.rec, procwatch::started_unix_ms) {
                 p.fresh = true;
             } else if s.agent_gone && s.fresh && !(ns_here && s.rec.pid_ns.is_some()) {
                 // "Gone" judged by the boot alone (an agent of an earlier version, which does
