@@ -573,11 +573,11 @@ async fn group(AxState(api): AxState<Api>) -> Response {
 }
 
 /// True when the record's agent ran on this host (this machine and pid namespace) and no longer
-/// runs. A record from another host (a shared filesystem, another container) names a pid that
-/// means nothing here; an etcd group's records are never judged here.
+/// runs. A record from another host (a shared filesystem, another container, another machine
+/// on etcd) names a pid that means nothing here. The engine judges by the same rule (review 26,
+/// F11: on etcd this page said alive what the engine already counted gone).
 fn agent_gone(cfg: &crate::Config, m: &MemberRecord) -> bool {
-    cfg.etcd.is_none()
-        && understudy_coordinator::same_host(m)
+    understudy_coordinator::same_host(m)
         && m.node.name != cfg.node.name
         && !understudy_service::procwatch::can_act(m.node.agent_pid)
 }
@@ -593,7 +593,7 @@ fn truthful_service(cfg: &crate::Config, m: &MemberRecord, fresh: bool) -> Optio
         return (m.service != ServiceState::Stopped).then_some(ServiceState::Unknown);
     }
     let pid = m.pid?;
-    let here = cfg.etcd.is_none() && understudy_coordinator::same_host(m);
+    let here = understudy_coordinator::same_host(m);
     (here && !understudy_service::procwatch::can_act(pid)).then_some(ServiceState::Stopped)
 }
 

@@ -668,6 +668,11 @@ impl Runtime {
         if !self.coord.holds() {
             return Err("the group lock was lost while the members were read".to_string());
         }
+        // The guardian ends the service at the grant's deadline, whether or not the loss was
+        // reported yet (review 27, N5): the pid the answer would name may be gone.
+        if self.shared.fence.expired() {
+            return Err("the grant's deadline passed while the members were read".to_string());
+        }
         Ok(())
     }
 
@@ -781,15 +786,16 @@ impl Runtime {
                 // The engine refuses while another member is alive: give it the group as it is
                 // now, every member whose agent is known alive counted however old its record
                 // (review 25, R25-2, and review 26, F3).
+                // Refused, the engine records why in /events, as it does its own refusals.
                 let mut peers = self.peer_views();
-                if self.engine.state() == State::Hot {
-                    if let Err(reason) = self.alive_for_release(&mut peers) {
-                        warn!("release refused: {reason}");
-                        self.answer(Answer::ReleaseRefused { reason });
-                        return;
-                    }
+                let unverified = match self.engine.state() {
+                    State::Hot => self.alive_for_release(&mut peers).err(),
+                    _ => None,
+                };
+                if let Some(reason) = &unverified {
+                    warn!("release refused: {reason}");
                 }
-                self.feed_all([Input::Peers(peers), Input::Release]);
+                self.feed_all([Input::Peers(peers), Input::Release { unverified }]);
             }
         }
     }

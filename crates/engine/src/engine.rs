@@ -279,7 +279,11 @@ pub enum Input {
     /// running service over as a plain, unfenced server. Only the active may, and only alone: a
     /// standby still in the group would take over while the released service keeps acting.
     /// Feed the current [`Input::Peers`] first.
-    Release,
+    Release {
+        /// Why the agent could not establish who else is alive (etcd unreadable, the lock lost
+        /// during the read): the release is refused for it, and the refusal recorded.
+        unverified: Option<String>,
+    },
 }
 
 /// What the agent must do, in order.
@@ -872,7 +876,7 @@ impl Engine {
             }
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
-            Input::Release => self.on_release(),
+            Input::Release { unverified } => self.on_release(unverified),
         }
         std::mem::take(&mut self.out)
     }
@@ -2047,22 +2051,23 @@ impl Engine {
         }
     }
 
-    fn on_release(&mut self) {
+    fn on_release(&mut self, unverified: Option<String>) {
         let pid = match (&self.phase, self.svc) {
             (Phase::Hot, SvcState::Running { pid, .. }) => Some(pid),
             _ => None,
         };
         let alone = self.peers.iter().find(|p| p.fresh && !p.agent_gone);
-        let refusal = match (pid, alone) {
-            (None, _) => Some(
+        let refusal = match (pid, alone, unverified) {
+            (None, _, _) => Some(
                 "only the active node, with its service running, can hand its service over"
                     .to_string(),
             ),
-            (Some(_), Some(p)) => Some(format!(
+            (Some(_), Some(p), _) => Some(format!(
                 "node {} is still in the group: stop the standbys first, or one would take over while the released service keeps acting",
                 p.node
             )),
-            (Some(_), None) => None,
+            (Some(_), None, Some(why)) => Some(why),
+            (Some(_), None, None) => None,
         };
         let (Some(pid), None) = (pid, refusal.clone()) else {
             let reason = refusal.unwrap_or_default();

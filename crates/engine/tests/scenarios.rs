@@ -1934,7 +1934,7 @@ fn release_hands_the_active_service_over_only_when_alone() {
     let mut n = hot_trylock(StandbyType::Hot);
     // A standby still in the group would take over while the released service keeps acting.
     n.feed(peer_warm("b", KNOWN + 1));
-    let out = n.feed(Input::Release);
+    let out = n.feed(Input::Release { unverified: None });
     assert!(
         matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason.contains("node b")),
         "{out:?}"
@@ -1948,7 +1948,7 @@ fn release_hands_the_active_service_over_only_when_alone() {
         ps[0].agent_gone = true;
     }
     n.feed(gone);
-    let out = n.feed(Input::Release);
+    let out = n.feed(Input::Release { unverified: None });
     assert_eq!(
         out,
         vec![
@@ -1964,12 +1964,36 @@ fn release_hands_the_active_service_over_only_when_alone() {
     assert!(!out.iter().any(|c| matches!(c, Command::StopService { .. })));
 }
 
+/// Review 26, F9: the agent could not tell who else is alive (etcd unreadable, the lock lost
+/// during the read). Refused like a live standby, and recorded in /events, not only logged.
+#[test]
+fn a_release_the_agent_could_not_verify_is_refused_and_recorded() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    let why = "cannot read the group's members (etcd: timed out)";
+    let all = n.feed_all(Input::Release {
+        unverified: Some(why.to_string()),
+    });
+    assert!(
+        matches!(&actions(&all)[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason == why),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().any(|c| matches!(c, Command::Record(e)
+            if e.kind == EventKind::Refused && e.detail.contains(why))),
+        "not recorded: {all:?}"
+    );
+    assert_eq!(n.e.state(), State::Hot);
+    // Once the agent can tell again, the same node alone is released.
+    let out = n.feed(Input::Release { unverified: None });
+    assert!(out.contains(&Command::DetachService), "{out:?}");
+}
+
 #[test]
 fn a_standby_cannot_be_released() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
     n.feed(Input::Start { known_epoch: KNOWN });
     n.up(10);
-    let out = n.feed(Input::Release);
+    let out = n.feed(Input::Release { unverified: None });
     assert!(
         matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { .. })]),
         "{out:?}"

@@ -467,8 +467,9 @@ pub struct Member {
     /// True when the record was rewritten recently enough for its agent to count as alive, and
     /// its agent is not known to be gone.
     pub fresh: bool,
-    /// The answering node saw in /proc that the record's agent ended (lock-file groups, whose
-    /// agents share a host): what the record says is what a killed agent left behind.
+    /// The answering node saw in /proc that the record's agent ended (only a record from its
+    /// own machine and pid namespace is judged so, whatever the coordinator): what the record
+    /// says is what a killed agent left behind.
     #[serde(default)]
     pub agent_gone: bool,
     /// etcd groups, on the holder's row: how long ago the answering node saw its last renewal.

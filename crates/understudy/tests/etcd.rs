@@ -268,11 +268,118 @@ fn a_stopped_agents_member_key_goes_with_it_and_the_active_may_release_on_etcd()
     let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
     assert_eq!(code, 200, "release refused after b stopped: {body}");
     w.finish();
-    // The released service outlives its agent by design: stop its process group here.
+    kill_released(&body);
+}
+
+/// a's view of `node` in its `/group` page.
+fn group_row(g: &testbed::group::Group, node: &str) -> serde_json::Value {
+    let page = common::get_json(&g.admin("a"), "/group").expect("a's /group");
+    page["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|r| r["node"] == node).cloned())
+        .unwrap_or_else(|| panic!("no row for {node} in {page}"))
+}
+
+/// Stops the process group of a service a release handed over (it outlives its agent by design).
+fn kill_released(body: &serde_json::Value) {
     let pid = body["pid"].as_i64().expect("the released pid") as i32;
     if let Ok(pg) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))) {
         let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// Review 26, F11: a kill -9'd standby on this host is gone for the release and for `/group`
+/// alike, at once, while its member key still hangs on its lease (10 s). `/group` used never to
+/// judge an etcd record's processes, and showed alive what the engine counted gone.
+#[test]
+fn a_killed_standby_on_this_host_is_gone_at_once_for_a_release_and_for_the_group_page_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "backstop_ttl = \"10s\"");
+    let (w, _) = start_pair(&mut g);
+    let key = "/understudy/g/members/b";
+    g.kill9("b");
+    let row = group_row(&g, "b");
+    assert_eq!(row["agent_gone"], true, "{row}");
+    assert_eq!(row["fresh"], false, "{row}");
+    assert!(
+        !etcd
+            .ctl(&["get", key, "--keys-only"])
+            .stdout
+            .trim_ascii()
+            .is_empty(),
+        "b's key is gone already: the test cannot tell"
+    );
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert_eq!(code, 200, "release refused with b's agent dead: {body}");
+    w.finish();
+    kill_released(&body);
+}
+
+/// b's agent sees another kernel boot id (a bind mount in a mount namespace of its own) in the
+/// same pid namespace: to a, b is on another machine, where pid namespaces are the init one's
+/// as here, so only the boot tells. b killed, its pid is free here, yet a must not judge it
+/// from its own `/proc`: the key, alive until b's lease ends (3 s), refuses a release; once it
+/// is gone, the release goes through.
+#[test]
+fn a_standby_on_another_boot_counts_until_its_key_expires_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "backstop_ttl = \"3s\"");
+    let boot = tempfile::NamedTempFile::new().expect("a boot id file");
+    std::fs::write(boot.path(), "0badb007-0000-4000-8000-000000000001\n").expect("write boot id");
+    let script = format!(
+        "mount --bind {} /proc/sys/kernel/random/boot_id && exec \"$@\"",
+        boot.path().display()
+    );
+    g.launchers.insert(
+        "b".into(),
+        ["unshare", "--mount", "sh", "-c", &script, "sh"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let (w, e1) = start_pair(&mut g);
+    let st = g.st("b");
+    assert_eq!(
+        st["agent_pid"],
+        g.agent_pid("b"),
+        "b's agent is not in this pid namespace: {st}"
+    );
+    let row = group_row(&g, "b");
+    assert_ne!(
+        row["boot_id"],
+        group_row(&g, "a")["boot_id"],
+        "b does not look like another machine: {row}"
+    );
+    g.kill9("b");
+    let key = "/understudy/g/members/b";
+    let present = || {
+        !etcd
+            .ctl(&["get", key, "--keys-only"])
+            .stdout
+            .trim_ascii()
+            .is_empty()
+    };
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert!(
+        present(),
+        "b's key expired before the release: the test cannot tell"
+    );
+    assert_eq!(code, 409, "released while b's key lives: {body}");
+    assert!(body.to_string().contains("node b"), "{body}");
+    assert_eq!(
+        group_row(&g, "b")["agent_gone"],
+        false,
+        "a judged another machine's pid"
+    );
+    assert_eq!(g.mode("a").as_deref(), Some("Hot"));
+    assert!(
+        wait_until(10 * S, || !present()),
+        "b's key outlived its lease"
+    );
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert_eq!(code, 200, "release refused after b's key expired: {body}");
+    assert_eq!(body["epoch"], e1, "{body}");
+    w.finish();
+    kill_released(&body);
 }
 
 /// `key` as etcd held it at `rev` (None: now): its `mod_revision` and its JSON value.
