@@ -1443,7 +1443,8 @@ fn one_line(v: &serde_json::Value) -> String {
 
 /// A replicated service's `replication` object, first on the line so `understudy status`
 /// shows each standby's lag: `replication=sync in-sync lag=0rec/0ms`, or for the active
-/// `replication=sync standbys-in-sync=1/1` (then ` DEGRADED`, ` frozen=2990ms` when so).
+/// `replication=sync standbys-in-sync=1/1` (then ` DEGRADED after=3100ms/frozen-then=2000ms`,
+/// ` frozen=2990ms` when so).
 fn replication_line(r: &serde_json::Value) -> String {
     let mode = r.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
     let peers = r.get("peers").and_then(|v| v.as_array());
@@ -1459,10 +1460,18 @@ fn replication_line(r: &serde_json::Value) -> String {
             Some(ms) if ms > 0 => format!(" frozen={ms}ms"),
             _ => String::new(),
         };
+        // This fall-back's own wait, and how much of it the gateway did not run: the
+        // cumulative figure cannot single out one hold.
+        let last = r.get("last_degraded");
+        let field = |k: &str| last.and_then(|l| l.get(k)).and_then(|v| v.as_u64());
+        let degraded = match (degraded, field("waited_ms"), field("frozen_ms")) {
+            (false, _, _) => String::new(),
+            (true, Some(w), Some(f)) => format!(" DEGRADED after={w}ms/frozen-then={f}ms"),
+            (true, _, _) => " DEGRADED".to_string(),
+        };
         return format!(
-            "replication={mode} standbys-in-sync={in_sync}/{}{}{frozen}",
+            "replication={mode} standbys-in-sync={in_sync}/{}{degraded}{frozen}",
             peers.len(),
-            if degraded { " DEGRADED" } else { "" }
         );
     }
     let ready = r.get("ready").and_then(|v| v.as_bool()) == Some(true);
@@ -1744,6 +1753,18 @@ mod tests {
             one_line(&frozen),
             "replication=sync standbys-in-sync=0/1 DEGRADED frozen=2990ms"
         );
+        let late = json!({"replication": {"mode": "sync", "degraded": true, "frozen_ms": 2990,
+            "last_degraded": {"at_unix_ms": 1, "waited_ms": 3510, "frozen_ms": 1990},
+            "peers": [{"in_sync": false}]}});
+        assert_eq!(
+            one_line(&late),
+            "replication=sync standbys-in-sync=0/1 DEGRADED after=3510ms/frozen-then=1990ms frozen=2990ms"
+        );
+        // Back in sync: the last fall-back stays in the health answer, not on the line.
+        let back = json!({"replication": {"mode": "sync", "degraded": false, "frozen_ms": 0,
+            "last_degraded": {"at_unix_ms": 1, "waited_ms": 1500, "frozen_ms": 0},
+            "peers": [{"in_sync": true}]}});
+        assert_eq!(one_line(&back), "replication=sync standbys-in-sync=1/1");
         let never = json!({"replication": {"mode": "sync", "frozen_ms": 0, "peers": [{}]}});
         assert_eq!(one_line(&never), "replication=sync standbys-in-sync=0/1");
     }

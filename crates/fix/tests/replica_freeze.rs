@@ -73,8 +73,11 @@ fn freeze_child() {
     match first {
         Ok(()) => {
             let h = tx.health();
+            let (waited, frozen_then) = h
+                .last_degraded
+                .map_or((0, 0), |d| (d.waited_ms, d.frozen_ms));
             println!(
-                "DURABLE {} degraded={} frozen_ms={}",
+                "DURABLE {} degraded={} waited_ms={waited} frozen_then_ms={frozen_then} frozen_ms={}",
                 t.elapsed().as_millis(),
                 h.degraded,
                 h.frozen_ms.unwrap_or(0)
@@ -257,6 +260,24 @@ fn a_frozen_active_whose_standby_died_meanwhile_degrades_after_sync_timeout_of_r
     assert!(
         (1500..10_000).contains(&frozen),
         "a 2 s stop counted as {frozen} ms frozen: {first}"
+    );
+    // And this fall-back's own figures: the hold's wall time is its 1.5 s of running time
+    // plus the stop, and the stop is counted in it (review 26, F12: only the cumulative
+    // figure was told).
+    let field = |name: &str| -> u64 {
+        first
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}: {first}"))
+    };
+    let (waited, frozen_then) = (field("waited_ms="), field("frozen_then_ms="));
+    assert!(
+        (1500..10_000).contains(&frozen_then) && frozen_then <= frozen,
+        "the 2 s stop counted as {frozen_then} ms of this hold: {first}"
+    );
+    assert!(
+        waited >= frozen_then + 1400,
+        "the hold waited {waited} ms, of which {frozen_then} frozen: less than sync_timeout ran"
     );
     assert!(
         ms >= 1100,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::auth::{self, Side};
 use super::liveness::{self, Liveness};
 use super::proto::{peer_text, read_frame, segment_epoch, Deadline, Frame, CHUNK, VERSION};
-use super::{list_segments, Mode, PeerHealth, ReplicationConfig, ReplicationHealth};
+use super::{list_segments, Degraded, Mode, PeerHealth, ReplicationConfig, ReplicationHealth};
 use crate::store::{note_newer_epoch, valid_len, BatchHook, GroupCommit};
 
 /// The active's replication: started at activation, after the stores are open.
@@ -49,6 +49,7 @@ struct State {
     /// A peer answered with this newer epoch: this active is stale.
     fenced: Option<u64>,
     degraded: bool,
+    last_degraded: Option<Degraded>,
     stop: bool,
     /// For each file a pass reported written (by device and inode), the highest position
     /// it covered: a batch ships only the segments written since the link's last one.
@@ -155,6 +156,7 @@ impl Sender {
                 peers,
                 fenced: None,
                 degraded: false,
+                last_degraded: None,
                 stop: false,
                 written_at: HashMap::new(),
                 written_at_kept: WRITTEN_AT_KEPT,
@@ -186,6 +188,7 @@ impl Sender {
             seen_epoch: st.fenced.unwrap_or(self.sh.epoch).max(self.sh.epoch),
             last_active_epoch: self.sh.epoch,
             degraded: st.degraded,
+            last_degraded: st.last_degraded,
             frozen_ms: Some(
                 self.sh
                     .live
@@ -255,6 +258,30 @@ impl Shared {
         let heard = p.last_heard?;
         let silent = self.live.running_since(heard, p.frozen_at_heard, now);
         Some(self.cfg.sync_timeout.saturating_sub(silent))
+    }
+
+    /// A fall-back at `now`, measured from the standby heard from last: its hold was the
+    /// last to end. Nobody ever heard: no hold, nothing waited.
+    fn degraded_now(&self, peers: &[Peer], now: Instant) -> Degraded {
+        let last = peers
+            .iter()
+            .filter_map(|p| Some((p.last_heard?, p.frozen_at_heard)))
+            .max_by_key(|(heard, _)| *heard);
+        let (waited, frozen) = match last {
+            Some((heard, frozen_then)) => (
+                now.saturating_duration_since(heard),
+                self.live.frozen_until(now).saturating_sub(frozen_then),
+            ),
+            None => (Duration::ZERO, Duration::ZERO),
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Degraded {
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, ms),
+            waited_ms: ms(waited),
+            frozen_ms: ms(frozen),
+        }
     }
 
     /// `p` was heard from at `now`.
@@ -390,10 +417,14 @@ impl BatchHook for Shared {
                 return Ok(());
             }
             if !st.degraded {
+                let d = self.degraded_now(&st.peers, now);
                 tracing::error!(
+                    waited_ms = d.waited_ms,
+                    frozen_ms = d.frozen_ms,
                     "replication: no standby in sync; degraded to asynchronous until one catches up"
                 );
                 st.degraded = true;
+                st.last_degraded = Some(d);
             }
             self.cv.notify_all();
             return Ok(());

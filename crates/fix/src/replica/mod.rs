@@ -170,6 +170,18 @@ pub fn check_agent_health(
     Ok(())
 }
 
+/// A fall-back from `sync` to async, in [`ReplicationHealth`]: why it came when it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Degraded {
+    /// When, Unix milliseconds.
+    pub at_unix_ms: u64,
+    /// Wall time from the last acknowledgement of the standby heard from last to the
+    /// fall-back: `sync_timeout` of running time, plus the time frozen in between.
+    pub waited_ms: u64,
+    /// Of `waited_ms`, the time this process was found not running.
+    pub frozen_ms: u64,
+}
+
 /// A peer as the active sees it, in [`ReplicationHealth`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerHealth {
@@ -219,6 +231,10 @@ pub struct ReplicationHealth {
     /// shows here why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frozen_ms: Option<u64>,
+    /// Active with `sync`: the last fall-back to async, kept after `sync` resumes.
+    /// `frozen_ms` above counts since the start; this tells about that one hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_degraded: Option<Degraded>,
     /// Active: each peer.
     pub peers: Vec<PeerHealth>,
     /// Standby: why the last stream ended.

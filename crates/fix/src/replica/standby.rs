@@ -272,6 +272,7 @@ impl Receiver {
             last_active_epoch: st.last_active,
             degraded: false,
             frozen_ms: None,
+            last_degraded: None,
             peers: Vec::new(),
             error: st.last_error.clone(),
         }
