@@ -628,52 +628,23 @@ impl Runtime {
     }
 
     /// Marks fresh, in `peers` (from [`Runtime::peer_views`]), every member whose agent is known
-    /// alive: on this host its process runs (a stopped standby's record goes stale, and it
-    /// takes the released group once continued); on etcd its key exists, read from etcd now (the
-    /// watch's cache trails: a standby whose record had not arrived yet was missed). A member
-    /// etcd knows and the records do not is added. Err (the release must be refused) when
-    /// etcd cannot be read or the lock was lost meanwhile.
+    /// alive (see [`judge_for_release`]), reading etcd's member keys now. Err (the release must
+    /// be refused) when etcd cannot be read, or the grant was lost meanwhile.
     fn alive_for_release(&mut self, peers: &mut Vec<PeerView>) -> Result<(), String> {
+        let live = self.coord.live_members().map_err(|e| e.to_string());
+        let now = Grant {
+            holds: self.coord.holds(),
+            expired: self.shared.fence.expired(),
+        };
         let ns_here = understudy_coordinator::pid_ns().is_some();
-        for (p, s) in peers.iter_mut().zip(&self.seen) {
-            if s.local && !s.agent_gone && ran_when_written(&s.rec, procwatch::started_unix_ms) {
-                p.fresh = true;
-            } else if s.agent_gone && s.fresh && !(ns_here && s.rec.pid_ns.is_some()) {
-                // "Gone" judged by the boot alone (an agent of an earlier version, which does
-                // not say its pid namespace): in another container its pid is not visible
-                // here, and a fresh record is all that speaks for it (review 27, N1).
-                p.agent_gone = false;
-            }
-        }
-        let live = self.coord.live_members().map_err(|e| {
-            format!("cannot read the group's members ({e}): a member this node cannot see could take over while the released service keeps acting")
-        })?;
-        for name in live.into_iter().flatten() {
-            match peers.iter_mut().find(|p| p.node == name) {
-                Some(p) => p.fresh |= !p.agent_gone,
-                None => peers.push(PeerView {
-                    node: name,
-                    hot: false,
-                    epoch: 0,
-                    holds_lock: false,
-                    fresh: true,
-                    agent_gone: false,
-                    live_service: None,
-                    handover_to: None,
-                }),
-            }
-        }
-        // The read may have taken a while: a grant lost meanwhile is reported on the channel
-        // this loop has not read yet, and the engine would release a service already killed.
-        if !self.coord.holds() {
-            return Err("the group lock was lost while the members were read".to_string());
-        }
-        // The guardian ends the service at the grant's deadline, whether or not the loss was
-        // reported yet (review 27, N5): the pid the answer would name may be gone.
-        if self.shared.fence.expired() {
-            return Err("the grant's deadline passed while the members were read".to_string());
-        }
-        Ok(())
+        judge_for_release(
+            peers,
+            &self.seen,
+            live,
+            now,
+            ns_here,
+            procwatch::started_unix_ms,
+        )
     }
 
     /// The other nodes' priorities from the records last read by [`Runtime::peer_views`]. Only a
@@ -1528,6 +1499,72 @@ fn peer_processes(
     (agent_gone, live_service)
 }
 
+/// The group grant as the agent found it once the members were read (the read may take a
+/// while).
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    /// The coordinator still reports the lock held.
+    holds: bool,
+    /// The grant's deadline passed: the guardian ends the service whether or not the loss was
+    /// reported yet (review 27, N5), and the pid a release would name may be gone.
+    expired: bool,
+}
+
+/// Who counts as alive for a release, on top of what the records say (`seen`, with `peers`
+/// built from them one to one): a release while another member lives makes two actives, so
+/// whatever speaks for a member counts, however old its record.
+/// - On this host, its agent process still runs and already ran when the record was last
+///   written (a stopped standby's record goes stale, and it takes the released group once
+///   continued; a process that reused a gone agent's pid is not that agent).
+/// - "Gone" judged by the boot alone (a record without `pid_ns`, from an agent of an earlier
+///   version) does not count: in another container its pid is not visible here (review 27,
+///   N1), fresh or stale (review 28, M1: its etcd key was ignored once its record was stale).
+/// - On etcd (`live`: the member keys read from etcd now, each hanging on its agent's lease),
+///   a key counts unless its agent is known gone here; a key without a record is added.
+///
+/// Err (refuse) when the members could not be read, or the grant was lost meanwhile.
+fn judge_for_release(
+    peers: &mut Vec<PeerView>,
+    seen: &[Seen],
+    live: Result<Option<Vec<String>>, String>,
+    grant: Grant,
+    ns_here: bool,
+    started: impl Fn(u32) -> Option<u64>,
+) -> Result<(), String> {
+    for (p, s) in peers.iter_mut().zip(seen) {
+        if s.local && !s.agent_gone && ran_when_written(&s.rec, &started) {
+            p.fresh = true;
+        } else if s.agent_gone && !(ns_here && s.rec.pid_ns.is_some()) {
+            p.agent_gone = false;
+        }
+    }
+    let live = live.map_err(|e| {
+        format!("cannot read the group's members ({e}): a member this node cannot see could take over while the released service keeps acting")
+    })?;
+    for name in live.into_iter().flatten() {
+        match peers.iter_mut().find(|p| p.node == name) {
+            Some(p) => p.fresh |= !p.agent_gone,
+            None => peers.push(PeerView {
+                node: name,
+                hot: false,
+                epoch: 0,
+                holds_lock: false,
+                fresh: true,
+                agent_gone: false,
+                live_service: None,
+                handover_to: None,
+            }),
+        }
+    }
+    if !grant.holds {
+        return Err("the group lock was lost while the members were read".to_string());
+    }
+    if grant.expired {
+        return Err("the grant's deadline passed while the members were read".to_string());
+    }
+    Ok(())
+}
+
 /// Whether the process at the record's agent pid already ran when the record was last
 /// written: a record's writer that still runs did; a process that reused the pid of an agent
 /// long gone (a lock-file group keeps every node's record file) started after it, and must not
@@ -1728,6 +1765,102 @@ mod tests {
             "started a minute later"
         );
         assert!(ran_when_written(&rec, |_| None), "unknown: alive");
+    }
+
+    /// The runtime's part of a release's judgement (review 28, T2): what speaks for a member
+    /// beyond its record's age, and when the release cannot be judged at all.
+    #[test]
+    fn a_release_counts_every_member_something_speaks_for() {
+        let rec = |name: &str, pid_ns: Option<u64>| MemberRecord {
+            last_seen_unix_ms: 1_000_000,
+            pid_ns,
+            ..MemberRecord::of(Node {
+                name: name.into(),
+                group: "g".into(),
+                state: State::Warm,
+                activation: understudy_status::ActivationMode::TryLock,
+                epoch: 3,
+                since_unix_ms: 0,
+                waiting: None,
+                holds_lock: false,
+                ready: true,
+                admin: "127.0.0.1:1".into(),
+                agent_pid: 42,
+            })
+        };
+        // Every record stale in the cache, as the engine saw them before the read.
+        let seen_as = |r: MemberRecord, local: bool, agent_gone: bool| Seen {
+            rec: r,
+            fresh: false,
+            agent_gone,
+            local,
+        };
+        let view = |s: &Seen| PeerView {
+            node: s.rec.node.name.clone(),
+            hot: false,
+            epoch: 3,
+            holds_lock: false,
+            fresh: s.fresh,
+            agent_gone: s.agent_gone,
+            live_service: None,
+            handover_to: None,
+        };
+        let ok = Grant {
+            holds: true,
+            expired: false,
+        };
+        let judge = |seen: &[Seen], live: Result<Option<Vec<String>>, String>, grant, started| {
+            let mut peers: Vec<PeerView> = seen.iter().map(view).collect();
+            let started = move |_: u32| started;
+            judge_for_release(&mut peers, seen, live, grant, true, started).map(|()| {
+                peers
+                    .iter()
+                    .filter(|p| p.fresh && !p.agent_gone)
+                    .map(|p| p.node.clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let names = |n: &[&str]| Ok(Some(n.iter().map(|s| s.to_string()).collect()));
+        // A stopped standby here: its process runs, and ran when its record was written.
+        let stopped = [seen_as(rec("b", Some(7)), true, false)];
+        assert_eq!(
+            judge(&stopped, Ok(None), ok, Some(900_000)),
+            Ok(vec!["b".into()])
+        );
+        // The process at that pid started after the record: another process, b is gone.
+        assert_eq!(judge(&stopped, Ok(None), ok, Some(1_060_000)), Ok(vec![]));
+        // Killed here (gone by both boot and namespace): its live key does not bring it back.
+        let killed = [seen_as(rec("b", Some(7)), true, true)];
+        assert_eq!(judge(&killed, names(&["b"]), ok, None), Ok(vec![]));
+        // An agent of an earlier version (no pid_ns) "gone" by its boot alone, its record
+        // stale: its key speaks for it (review 28, M1); on a lock file nothing does.
+        let older = [seen_as(rec("b", None), true, true)];
+        assert_eq!(judge(&older, names(&["b"]), ok, None), Ok(vec!["b".into()]));
+        assert_eq!(judge(&older, Ok(None), ok, None), Ok(vec![]));
+        // Another machine, stale in the cache: its key counts; a key with no record is added.
+        let remote = [seen_as(rec("b", Some(7)), false, false)];
+        assert_eq!(
+            judge(&remote, names(&["b"]), ok, None),
+            Ok(vec!["b".into()])
+        );
+        assert_eq!(judge(&remote, Ok(Some(vec![])), ok, None), Ok(vec![]));
+        assert_eq!(judge(&[], names(&["c"]), ok, None), Ok(vec!["c".into()]));
+        // Nothing to judge by: refused.
+        let unread = judge(&remote, Err("timed out".into()), ok, None);
+        assert!(
+            unread.as_ref().is_err_and(|e| e.contains("timed out")),
+            "{unread:?}"
+        );
+        let lost = Grant {
+            holds: false,
+            expired: false,
+        };
+        assert!(judge(&[], Ok(None), lost, None).is_err());
+        let expired = Grant {
+            holds: true,
+            expired: true,
+        };
+        assert!(judge(&[], Ok(None), expired, None).is_err());
     }
 
     #[test]

@@ -929,18 +929,22 @@ impl Plane {
     }
 
     /// Stop the agents of `nodes`: no longer wanted; wait until their hosts report them gone.
-    async fn stop_nodes(&self, nodes: &[&NodeSpec]) {
+    /// Returns each node whose host did not confirm it, with why.
+    async fn stop_nodes(&self, nodes: &[&NodeSpec]) -> Vec<(String, String)> {
         for n in nodes {
             let _ = self.store.delete_desired(&agent_key(&n.name));
         }
+        let mut unconfirmed = Vec::new();
         for n in nodes {
             if let Err(e) = self
                 .wait_report(&n.host, &agent_key(&n.name), |r| r.is_none())
                 .await
             {
                 warn!(node = %n.name, "stopping: {e}");
+                unconfirmed.push((n.name.clone(), e));
             }
         }
+        unconfirmed
     }
 
     /// Start failover: only from a stopped server. Boots the preferred node first and waits for it
@@ -969,7 +973,8 @@ impl Plane {
         .await;
         if let Err(e) = result {
             warn!(server = %name, "start failover failed, stopping what started: {e}");
-            self.stop_nodes(&started).await;
+            // Best effort: the error returned is the start's.
+            let _ = self.stop_nodes(&started).await;
             return Err(e);
         }
         self.store.set_failover_running(name, true)?;
@@ -1029,7 +1034,29 @@ impl Plane {
             .iter()
             .filter(|n| Some(&n.name) != active.as_ref().map(|(a, _)| &a.name))
             .collect();
-        self.stop_nodes(&standbys).await;
+        let unconfirmed = self.stop_nodes(&standbys).await;
+        if !unconfirmed.is_empty() {
+            // A standby whose host could not be told may still run (a cut link, a frozen
+            // machine): released now, the group would be free for it, and it would take over
+            // while the released service keeps acting. Its etcd key is no proof either way: a
+            // member cut off from etcd loses it after `backstop_ttl` and lives on. Failover
+            // stays on, with every standby wanted again (review 28, H1).
+            for n in &standbys {
+                self.want_agent(&row.spec, &f.spec, n, None)?;
+            }
+            let names: Vec<String> = unconfirmed
+                .iter()
+                .map(|(n, why)| format!("{n} ({why})"))
+                .collect();
+            warn!(server = %name, "stop failover refused: standbys not confirmed stopped: {}", names.join("; "));
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!(
+                    "the stop of standby {} was not confirmed by its host: released now, it could take over while the released service keeps acting; failover stays on and the standbys are wanted again",
+                    names.join(", ")
+                ),
+                hint: "bring that host back (or its `understudy host` process), then stop failover again".into(),
+            }));
+        }
         if let Some((a, st)) = &active {
             self.release_active(&row, &f.spec, a, st).await?;
         }

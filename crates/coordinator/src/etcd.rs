@@ -359,6 +359,9 @@ pub struct EtcdCoordinator {
     view: Arc<Mutex<View>>,
     cmds: mpsc::UnboundedSender<Cmd>,
     members: EtcdMembers,
+    /// Told by the member writer once this node's key is deleted after its record was removed;
+    /// disconnected when no writer runs. See the drop.
+    left: std::sync::mpsc::Receiver<()>,
     /// Dropping it stops the thread (and with it every etcd task of this coordinator).
     _stop: oneshot::Sender<()>,
 }
@@ -393,6 +396,7 @@ impl EtcdCoordinator {
         let view = Arc::new(Mutex::new(View::default()));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (own_tx, own_rx) = watch::channel(None);
+        let (left_tx, left_rx) = std::sync::mpsc::sync_channel(1);
         let members = EtcdMembers {
             cache: Arc::default(),
             namesake: Arc::default(),
@@ -421,7 +425,7 @@ impl EtcdCoordinator {
             campaigning: false,
             ready: Some(ready_tx),
             own_now: own_rx.clone(),
-            own_rx: Some(own_rx),
+            own_rx: Some((own_rx, left_tx)),
             heard: None,
             keeper_spawned: false,
         };
@@ -455,6 +459,7 @@ impl EtcdCoordinator {
             view,
             cmds: cmd_tx,
             members,
+            left: left_rx,
             _stop: stop_tx,
         })
     }
@@ -636,7 +641,15 @@ impl Drop for EtcdCoordinator {
         // standby that finds that key gone waits `lease_ttl` before it claims (a SIGTERMed
         // active's hand-over took 2 s instead of milliseconds). The member writer is told
         // first, so that it writes the record no more.
+        // It deletes the key itself, after any put it had in flight: a delete from here alone
+        // could land first, and that put recreate the key for `backstop_ttl` (seen under load).
         self.members.remove(&self.settings.node);
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            self.left.recv_timeout(Duration::from_secs(2))
+        {
+            tracing::debug!("etcd: the member writer did not delete the key in time");
+        }
+        // Also from here, in case the writer could not (a delete is idempotent).
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         if self.cmds.send(Cmd::Leave(tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(2));
@@ -697,7 +710,12 @@ struct Task {
     campaigning: bool,
     /// Told once the first snapshot of the group is in.
     ready: Option<std::sync::mpsc::SyncSender<()>>,
-    own_rx: Option<watch::Receiver<Option<MemberRecord>>>,
+    /// For the member writer, spawned at the first connection: this node's record, and whom
+    /// to tell once its key is deleted.
+    own_rx: Option<(
+        watch::Receiver<Option<MemberRecord>>,
+        std::sync::mpsc::SyncSender<()>,
+    )>,
     /// This node's record as the agent last wrote it: the release commits it with the leader
     /// key (see [`Task::release`]).
     own_now: watch::Receiver<Option<MemberRecord>>,
@@ -1405,10 +1423,11 @@ impl Task {
                 self.keeper_spawned = true;
                 self.spawn_lease_keeper(client.clone());
             }
-            if let Some(rx) = self.own_rx.take() {
+            if let Some((rx, left)) = self.own_rx.take() {
                 tokio::spawn(member_writer(
                     client,
                     rx,
+                    left,
                     self.s.members_prefix(),
                     Arc::clone(&self.lease_id),
                 ));
@@ -1691,9 +1710,12 @@ impl Task {
 }
 
 /// Writes this node's member record whenever it changes (the newest wins; nothing queues).
+/// Once the record is removed (the agent stops), deletes the key and tells `left`: a put
+/// still in flight then cannot land after the delete and outlive the agent.
 async fn member_writer(
     mut client: Client,
     mut rx: watch::Receiver<Option<MemberRecord>>,
+    left: std::sync::mpsc::SyncSender<()>,
     prefix: String,
     lease: Arc<AtomicI64>,
 ) {
@@ -1720,10 +1742,16 @@ async fn member_writer(
                 }
                 Err(_) => Ok(()),
             },
-            None => match &last_key {
-                Some(key) => client.delete(key.clone(), None).await.map(|_| ()),
-                None => Ok(()),
-            },
+            None => {
+                let gone = match &last_key {
+                    Some(key) => client.delete(key.clone(), None).await.map(|_| ()),
+                    None => Ok(()),
+                };
+                if gone.is_ok() {
+                    let _ = left.try_send(());
+                }
+                gone
+            }
         };
         if let Err(e) = result {
             tracing::debug!("etcd: cannot write the member record: {e}");

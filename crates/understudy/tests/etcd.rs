@@ -271,13 +271,20 @@ fn a_stopped_agents_member_key_goes_with_it_and_the_active_may_release_on_etcd()
     kill_released(&body);
 }
 
-/// a's view of `node` in its `/group` page.
+/// a's view of `node` in its `/group` page, once it has one (a's watch may trail b's start).
 fn group_row(g: &testbed::group::Group, node: &str) -> serde_json::Value {
-    let page = common::get_json(&g.admin("a"), "/group").expect("a's /group");
-    page["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|r| r["node"] == node).cloned())
-        .unwrap_or_else(|| panic!("no row for {node} in {page}"))
+    let row = || {
+        let page = common::get_json(&g.admin("a"), "/group")?;
+        page["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|r| r["node"] == node).cloned())
+    };
+    let mut found = None;
+    common::wait_until(10 * S, || {
+        found = row();
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no row for {node} in a's /group"))
 }
 
 /// Stops the process group of a service a release handed over (it outlives its agent by design).
@@ -318,12 +325,13 @@ fn a_killed_standby_on_this_host_is_gone_at_once_for_a_release_and_for_the_group
 /// b's agent sees another kernel boot id (a bind mount in a mount namespace of its own) in the
 /// same pid namespace: to a, b is on another machine, where pid namespaces are the init one's
 /// as here, so only the boot tells. b killed, its pid is free here, yet a must not judge it
-/// from its own `/proc`: the key, alive until b's lease ends (3 s), refuses a release; once it
-/// is gone, the release goes through.
+/// from its own `/proc`. Once b's record is stale in a's view (1 s), only its key speaks for
+/// it, alive until b's lease ends (6 s): it refuses a release; once it is gone, the release
+/// goes through.
 #[test]
 fn a_standby_on_another_boot_counts_until_its_key_expires_on_etcd() {
     let etcd = Etcd::on_loopback();
-    let mut g = group(&etcd, "backstop_ttl = \"3s\"");
+    let mut g = group(&etcd, "backstop_ttl = \"6s\"");
     let boot = tempfile::NamedTempFile::new().expect("a boot id file");
     std::fs::write(boot.path(), "0badb007-0000-4000-8000-000000000001\n").expect("write boot id");
     let script = format!(
@@ -350,6 +358,13 @@ fn a_standby_on_another_boot_counts_until_its_key_expires_on_etcd() {
         "b does not look like another machine: {row}"
     );
     g.kill9("b");
+    // Past the freshness window (5 heartbeats of 100 ms): the record no longer counts.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        group_row(&g, "b")["fresh"],
+        false,
+        "b's record is still fresh"
+    );
     let key = "/understudy/g/members/b";
     let present = || {
         !etcd

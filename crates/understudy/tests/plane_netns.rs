@@ -242,6 +242,38 @@ fn hosts_on_two_machines_run_a_group_and_a_cut_link_is_a_recorded_failure_event(
         "the cut-off node did not rejoin as a standby: {}",
         server()
     );
+
+    // Stop failover while the standby's machine is cut off (review 28, H1). Its host cannot be
+    // told to stop it, and after `backstop_ttl` its etcd key is gone too, so the active would
+    // find itself alone: released, the group would be free for nx-1, which would take over
+    // once back while the released service keeps acting. Refused instead, failover stays on.
+    assert!(
+        wait_until(Duration::from_secs(30), || node("nx-1")["ready"] == true),
+        "nx-1 never ready as a standby: {}",
+        server()
+    );
+    Lab::link_down(&m1).expect("link down");
+    let (code, v) = ctl(&control, &["stop-failover", "nx"]);
+    assert_ne!(
+        code, 0,
+        "stop failover went ahead with standby nx-1 cut off: {v}"
+    );
+    assert!(v.to_string().contains("nx-1"), "{v}");
+    assert_eq!(server()["failover"]["running"], true, "{}", server());
+    assert_eq!(node("nx-2")["mode"], "Hot", "{}", server());
+    Lab::link_up(&m1).expect("link up");
+    assert!(
+        wait_until(Duration::from_secs(30), || node("nx-1")["mode"] == "Warm"
+            && node("nx-1")["ready"] == true
+            && node("nx-2")["mode"] == "Hot"),
+        "nx-1 is not a ready standby again after the refused stop: {}",
+        server()
+    );
+    // Every host reachable: the stop goes through, and nothing takes over after it.
+    let (code, v) = ctl(&control, &["stop-failover", "nx"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(server()["failover"]["running"], false, "{}", server());
+    std::thread::sleep(Duration::from_secs(2));
     watcher.finish();
     check_overlaps(&log);
     drop(hosts);
