@@ -630,7 +630,10 @@ impl Runtime {
     /// Marks fresh, in `peers` (from [`Runtime::peer_views`]), every member whose agent is known
     /// alive (see [`judge_for_release`]), reading etcd's member keys now. Err (the release must
     /// be refused) when etcd cannot be read, or the grant was lost meanwhile.
-    fn alive_for_release(&mut self, peers: &mut Vec<PeerView>) -> Result<(), String> {
+    fn alive_for_release(
+        &mut self,
+        peers: &mut Vec<PeerView>,
+    ) -> Result<Vec<(String, String)>, String> {
         let live = self.coord.live_members().map_err(|e| e.to_string());
         let now = Grant {
             holds: self.coord.holds(),
@@ -759,14 +762,23 @@ impl Runtime {
                 // (review 25, R25-2, and review 26, F3).
                 // Refused, the engine records why in /events, as it does its own refusals.
                 let mut peers = self.peer_views();
-                let unverified = match self.engine.state() {
-                    State::Hot => self.alive_for_release(&mut peers).err(),
-                    _ => None,
+                let (unverified, because) = match self.engine.state() {
+                    State::Hot => match self.alive_for_release(&mut peers) {
+                        Ok(because) => (None, because),
+                        Err(why) => (Some(why), Vec::new()),
+                    },
+                    _ => (None, Vec::new()),
                 };
                 if let Some(reason) = &unverified {
                     warn!("release refused: {reason}");
                 }
-                self.feed_all([Input::Peers(peers), Input::Release { unverified }]);
+                self.feed_all([
+                    Input::Peers(peers),
+                    Input::Release {
+                        unverified,
+                        because,
+                    },
+                ]);
             }
         }
     }
@@ -1530,30 +1542,63 @@ fn judge_for_release(
     grant: Grant,
     ns_here: bool,
     started: impl Fn(u32) -> Option<u64>,
-) -> Result<(), String> {
+) -> Result<Vec<(String, String)>, String> {
+    // What speaks for each member, first found first: a refusal says it, so that an operator
+    // who just stopped or killed that node learns what still counts it in (review 28, L4).
+    let mut because: Vec<(String, String)> = Vec::new();
+    let mut note = |node: &str, why: String| {
+        if !because.iter().any(|(n, _)| n == node) {
+            because.push((node.to_owned(), why));
+        }
+    };
     for (p, s) in peers.iter_mut().zip(seen) {
+        if s.fresh && !s.agent_gone {
+            note(&p.node, "its record is fresh".into());
+        }
         if s.local && !s.agent_gone && ran_when_written(&s.rec, &started) {
             p.fresh = true;
+            note(
+                &p.node,
+                format!(
+                    "its agent, pid {}, still runs on this machine",
+                    s.rec.node.agent_pid
+                ),
+            );
         } else if s.agent_gone && !(ns_here && s.rec.pid_ns.is_some()) {
             p.agent_gone = false;
+            if s.fresh {
+                note(
+                    &p.node,
+                    "its record is fresh, and its agent (of an earlier version, which does not say its pid namespace) may run in another container".into(),
+                );
+            }
         }
     }
     let live = live.map_err(|e| {
         format!("cannot read the group's members ({e}): a member this node cannot see could take over while the released service keeps acting")
     })?;
     for name in live.into_iter().flatten() {
+        let key = "its etcd member key exists (held by its agent's lease: gone once that agent stops cleanly or its lease expires)".to_string();
         match peers.iter_mut().find(|p| p.node == name) {
-            Some(p) => p.fresh |= !p.agent_gone,
-            None => peers.push(PeerView {
-                node: name,
-                hot: false,
-                epoch: 0,
-                holds_lock: false,
-                fresh: true,
-                agent_gone: false,
-                live_service: None,
-                handover_to: None,
-            }),
+            Some(p) => {
+                p.fresh |= !p.agent_gone;
+                if !p.agent_gone {
+                    note(&name, key);
+                }
+            }
+            None => {
+                note(&name, key);
+                peers.push(PeerView {
+                    node: name,
+                    hot: false,
+                    epoch: 0,
+                    holds_lock: false,
+                    fresh: true,
+                    agent_gone: false,
+                    live_service: None,
+                    handover_to: None,
+                })
+            }
         }
     }
     if !grant.holds {
@@ -1562,7 +1607,12 @@ fn judge_for_release(
     if grant.expired {
         return Err("the grant's deadline passed while the members were read".to_string());
     }
-    Ok(())
+    because.retain(|(n, _)| {
+        peers
+            .iter()
+            .any(|p| p.node == *n && p.fresh && !p.agent_gone)
+    });
+    Ok(because)
 }
 
 /// Whether the process at the record's agent pid already ran when the record was last
@@ -1812,12 +1862,16 @@ mod tests {
         let judge = |seen: &[Seen], live: Result<Option<Vec<String>>, String>, grant, started| {
             let mut peers: Vec<PeerView> = seen.iter().map(view).collect();
             let started = move |_: u32| started;
-            judge_for_release(&mut peers, seen, live, grant, true, started).map(|()| {
-                peers
+            judge_for_release(&mut peers, seen, live, grant, true, started).map(|because| {
+                let alive: Vec<String> = peers
                     .iter()
                     .filter(|p| p.fresh && !p.agent_gone)
                     .map(|p| p.node.clone())
-                    .collect::<Vec<_>>()
+                    .collect();
+                // Every member counted alive is told with what speaks for it, and only those.
+                let told: Vec<String> = because.iter().map(|(n, _)| n.clone()).collect();
+                assert_eq!(told, alive, "{because:?}");
+                alive
             })
         };
         let names = |n: &[&str]| Ok(Some(n.iter().map(|s| s.to_string()).collect()));

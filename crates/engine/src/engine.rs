@@ -283,6 +283,9 @@ pub enum Input {
         /// Why the agent could not establish who else is alive (etcd unreadable, the lock lost
         /// during the read): the release is refused for it, and the refusal recorded.
         unverified: Option<String>,
+        /// What speaks for each member the agent counts alive beyond its record's age (its
+        /// process runs here, its etcd key exists): a refusal names it.
+        because: Vec<(String, String)>,
     },
 }
 
@@ -876,7 +879,10 @@ impl Engine {
             }
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.on_shutdown(),
-            Input::Release { unverified } => self.on_release(unverified),
+            Input::Release {
+                unverified,
+                because,
+            } => self.on_release(unverified, &because),
         }
         std::mem::take(&mut self.out)
     }
@@ -2051,7 +2057,7 @@ impl Engine {
         }
     }
 
-    fn on_release(&mut self, unverified: Option<String>) {
+    fn on_release(&mut self, unverified: Option<String>, because: &[(String, String)]) {
         let pid = match (&self.phase, self.svc) {
             (Phase::Hot, SvcState::Running { pid, .. }) => Some(pid),
             _ => None,
@@ -2062,10 +2068,16 @@ impl Engine {
                 "only the active node, with its service running, can hand its service over"
                     .to_string(),
             ),
-            (Some(_), Some(p), _) => Some(format!(
-                "node {} is still in the group: stop the standbys first, or one would take over while the released service keeps acting",
-                p.node
-            )),
+            (Some(_), Some(p), _) => {
+                let why = because
+                    .iter()
+                    .find(|(n, _)| *n == p.node)
+                    .map_or("its record is fresh", |(_, why)| why.as_str());
+                Some(format!(
+                    "node {} is still in the group ({why}): stop the standbys first, or one would take over while the released service keeps acting",
+                    p.node
+                ))
+            }
             (Some(_), None, Some(why)) => Some(why),
             (Some(_), None, None) => None,
         };

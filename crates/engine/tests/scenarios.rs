@@ -1934,9 +1934,24 @@ fn release_hands_the_active_service_over_only_when_alone() {
     let mut n = hot_trylock(StandbyType::Hot);
     // A standby still in the group would take over while the released service keeps acting.
     n.feed(peer_warm("b", KNOWN + 1));
-    let out = n.feed(Input::Release { unverified: None });
+    let out = n.feed(Input::Release {
+        unverified: None,
+        because: vec![],
+    });
     assert!(
-        matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason.contains("node b")),
+        matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason.contains("node b is still in the group (its record is fresh)")),
+        "{out:?}"
+    );
+    // What the agent found speaking for it is named (review 28, L4).
+    let out = n.feed(Input::Release {
+        unverified: None,
+        because: vec![(
+            "b".into(),
+            "its agent, pid 9, still runs on this machine".into(),
+        )],
+    });
+    assert!(
+        matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason.contains("node b is still in the group (its agent, pid 9, still runs")),
         "{out:?}"
     );
     assert_eq!(n.e.state(), State::Hot);
@@ -1948,7 +1963,10 @@ fn release_hands_the_active_service_over_only_when_alone() {
         ps[0].agent_gone = true;
     }
     n.feed(gone);
-    let out = n.feed(Input::Release { unverified: None });
+    let out = n.feed(Input::Release {
+        unverified: None,
+        because: vec![],
+    });
     assert_eq!(
         out,
         vec![
@@ -1972,6 +1990,7 @@ fn a_release_the_agent_could_not_verify_is_refused_and_recorded() {
     let why = "cannot read the group's members (etcd: timed out)";
     let all = n.feed_all(Input::Release {
         unverified: Some(why.to_string()),
+        because: vec![],
     });
     assert!(
         matches!(&actions(&all)[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason == why),
@@ -1984,7 +2003,10 @@ fn a_release_the_agent_could_not_verify_is_refused_and_recorded() {
     );
     assert_eq!(n.e.state(), State::Hot);
     // Once the agent can tell again, the same node alone is released.
-    let out = n.feed(Input::Release { unverified: None });
+    let out = n.feed(Input::Release {
+        unverified: None,
+        because: vec![],
+    });
     assert!(out.contains(&Command::DetachService), "{out:?}");
 }
 
@@ -1993,7 +2015,10 @@ fn a_standby_cannot_be_released() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
     n.feed(Input::Start { known_epoch: KNOWN });
     n.up(10);
-    let out = n.feed(Input::Release { unverified: None });
+    let out = n.feed(Input::Release {
+        unverified: None,
+        because: vec![],
+    });
     assert!(
         matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { .. })]),
         "{out:?}"
