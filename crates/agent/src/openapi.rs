@@ -92,6 +92,7 @@ pub fn document() -> Value {
                     "renewal_age_ms": { "type": "integer", "minimum": 0, "description": "etcd groups: the holder's last renewal as the asked node saw it" },
                     "boot_id": { "type": "string", "description": "the kernel boot id of the node's machine" },
                     "pid_ns": { "type": "integer", "minimum": 0, "description": "the agent's pid namespace (inode of /proc/self/ns/pid): with boot_id, whether its pids can be judged on the asking host" },
+                    "agent_start": { "type": "integer", "minimum": 0, "description": "when the agent started, in clock ticks since boot (/proc/self/stat field 22): on the same host, whether the process at agent_pid is this record's writer" },
                     "connections_refused": { "type": "integer", "minimum": 0, "description": "admin API connections refused at the node's limits" },
                     "priority": { "type": "integer", "minimum": 0, "maximum": 1000, "description": "node.priority" },
                     "stepped_down": {

@@ -640,14 +640,9 @@ impl Runtime {
             expired: self.shared.fence.expired(),
         };
         let ns_here = understudy_coordinator::pid_ns().is_some();
-        judge_for_release(
-            peers,
-            &self.seen,
-            live,
-            now,
-            ns_here,
-            procwatch::started_unix_ms,
-        )
+        judge_for_release(peers, &self.seen, live, now, ns_here, |rec| {
+            is_its_writer(rec, procwatch::start_ticks, procwatch::started_unix_ms)
+        })
     }
 
     /// The other nodes' priorities from the records last read by [`Runtime::peer_views`]. Only a
@@ -1344,6 +1339,7 @@ impl Runtime {
             node: s.node,
             boot_id: understudy_coordinator::boot_id(),
             pid_ns: understudy_coordinator::pid_ns(),
+            agent_start: procwatch::start_ticks(std::process::id()),
             connections_refused: self.shared.metrics.admin_connections_refused.get(),
         };
         let changed = match &self.last_record {
@@ -1541,7 +1537,7 @@ fn judge_for_release(
     live: Result<Option<Vec<String>>, String>,
     grant: Grant,
     ns_here: bool,
-    started: impl Fn(u32) -> Option<u64>,
+    writer_runs: impl Fn(&MemberRecord) -> bool,
 ) -> Result<Vec<(String, String)>, String> {
     // What speaks for each member, first found first: a refusal says it, so that an operator
     // who just stopped or killed that node learns what still counts it in (review 28, L4).
@@ -1555,7 +1551,7 @@ fn judge_for_release(
         if s.fresh && !s.agent_gone {
             note(&p.node, "its record is fresh".into());
         }
-        if s.local && !s.agent_gone && ran_when_written(&s.rec, &started) {
+        if s.local && !s.agent_gone && writer_runs(&s.rec) {
             p.fresh = true;
             note(
                 &p.node,
@@ -1615,13 +1611,26 @@ fn judge_for_release(
     Ok(because)
 }
 
-/// Whether the process at the record's agent pid already ran when the record was last
-/// written: a record's writer that still runs did; a process that reused the pid of an agent
-/// long gone (a lock-file group keeps every node's record file) started after it, and must not
-/// count as that node alive (review 27, N2: every later release refused). A second's slack for
-/// the kernel's whole-second boot time; unknown counts as alive (refusing is the safe side).
-fn ran_when_written(rec: &MemberRecord, started: impl Fn(u32) -> Option<u64>) -> bool {
-    started(rec.node.agent_pid).is_none_or(|t| t <= rec.last_seen_unix_ms.saturating_add(1000))
+/// Whether the process at the record's agent pid (on this host) is the record's writer: a
+/// process that reused the pid of an agent long gone (a lock-file group keeps every node's
+/// record file) must not count as that node alive (review 27, N2: every later release
+/// refused). A record that says when its agent started (`agent_start`, clock ticks since
+/// boot) is matched on that exactly. An older one by the wall clock: the process already ran
+/// when the record was last written, with a second's slack for the kernel's whole-second boot
+/// time; a clock step moves every process's start by as much (review 28, L2), which the ticks
+/// do not. Unknown counts as its writer (refusing is the safe side).
+fn is_its_writer(
+    rec: &MemberRecord,
+    start_ticks: impl Fn(u32) -> Option<u64>,
+    started_unix_ms: impl Fn(u32) -> Option<u64>,
+) -> bool {
+    let pid = rec.node.agent_pid;
+    match rec.agent_start {
+        Some(ticks) => start_ticks(pid).is_none_or(|t| t == ticks),
+        None => {
+            started_unix_ms(pid).is_none_or(|t| t <= rec.last_seen_unix_ms.saturating_add(1000))
+        }
+    }
 }
 
 fn lock_replaced() -> Input {
@@ -1802,19 +1811,29 @@ mod tests {
                 agent_pid: 42,
             })
         };
+        let by_wall = |started: Option<u64>| is_its_writer(&rec, |_| Some(5), |_| started);
+        assert!(by_wall(Some(900_000)), "its writer, still running");
+        assert!(by_wall(Some(1_000_800)), "within the second's slack");
+        assert!(!by_wall(Some(1_060_000)), "started a minute later");
+        assert!(by_wall(None), "unknown: alive");
+        // A record that says its agent's start ticks is matched on them, whatever the wall
+        // clock says (review 28, L2: a clock stepped forward made a stopped standby's agent
+        // look started after its record, and a release went through).
+        let ticked = MemberRecord {
+            agent_start: Some(4242),
+            ..rec.clone()
+        };
+        let by_ticks =
+            |ticks: Option<u64>, wall: u64| is_its_writer(&ticked, |_| ticks, |_| Some(wall));
         assert!(
-            ran_when_written(&rec, |_| Some(900_000)),
-            "its writer, still running"
+            by_ticks(Some(4242), 1_060_000),
+            "its writer, the clock stepped"
         );
         assert!(
-            ran_when_written(&rec, |_| Some(1_000_800)),
-            "within the second's slack"
+            !by_ticks(Some(4243), 900_000),
+            "another process at that pid"
         );
-        assert!(
-            !ran_when_written(&rec, |_| Some(1_060_000)),
-            "started a minute later"
-        );
-        assert!(ran_when_written(&rec, |_| None), "unknown: alive");
+        assert!(by_ticks(None, 1_060_000), "unknown: alive");
     }
 
     /// The runtime's part of a release's judgement (review 28, T2): what speaks for a member
@@ -1861,8 +1880,8 @@ mod tests {
         };
         let judge = |seen: &[Seen], live: Result<Option<Vec<String>>, String>, grant, started| {
             let mut peers: Vec<PeerView> = seen.iter().map(view).collect();
-            let started = move |_: u32| started;
-            judge_for_release(&mut peers, seen, live, grant, true, started).map(|because| {
+            let writer_runs = move |r: &MemberRecord| is_its_writer(r, |_| None, move |_| started);
+            judge_for_release(&mut peers, seen, live, grant, true, writer_runs).map(|because| {
                 let alive: Vec<String> = peers
                     .iter()
                     .filter(|p| p.fresh && !p.agent_gone)

@@ -37,14 +37,21 @@ pub fn can_act(pid: u32) -> bool {
     alive
 }
 
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22): with the boot id
+/// and pid namespace, which process holds the pid, whatever the wall clock did since. None
+/// when that cannot be told (gone, or /proc unreadable).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, which may hold anything): field 3 is the state,
+    // field 22 the start.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// When `pid` started, in Unix milliseconds, to within about a second (the kernel gives the
 /// boot time in whole seconds). None when that cannot be told (gone, or /proc unreadable).
 pub fn started_unix_ms(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name (in parentheses, which may hold anything): field 3 is the state,
-    // field 22 the start, in clock ticks since boot.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let ticks = start_ticks(pid)?;
     let btime: u64 = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()

@@ -400,6 +400,11 @@ pub struct MemberRecord {
     /// seen within the freshness window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_ns: Option<u64>,
+    /// When the agent started, in clock ticks since boot (`/proc/self/stat` field 22): on the
+    /// same host (boot id and pid namespace), the process at `agent_pid` is this record's
+    /// writer only if it started then, whatever the wall clock did since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_start: Option<u64>,
     /// Admin API connections the node refused at its limits since it started.
     #[serde(default)]
     pub connections_refused: u64,
@@ -426,6 +431,7 @@ impl MemberRecord {
             handover_to: None,
             boot_id: None,
             pid_ns: None,
+            agent_start: None,
             connections_refused: 0,
             stepped_down: None,
             priority: 0,
