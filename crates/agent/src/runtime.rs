@@ -1422,8 +1422,8 @@ fn one_line(v: &serde_json::Value) -> String {
 
 /// A replicated service's `replication` object, first on the line so `understudy status`
 /// shows each standby's lag: `replication=sync in-sync lag=0rec/0ms`, or for the active
-/// `replication=sync standbys-in-sync=1/1` (then ` DEGRADED after=3100ms/frozen-then=2000ms`,
-/// ` frozen=2990ms` when so).
+/// `replication=sync standbys-in-sync=1/1` (then ` DEGRADED held=1500ms
+/// standby-silent=3500ms(frozen=2000ms)`, ` frozen=2990ms` when so).
 fn replication_line(r: &serde_json::Value) -> String {
     let mode = r.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
     let peers = r.get("peers").and_then(|v| v.as_array());
@@ -1443,10 +1443,17 @@ fn replication_line(r: &serde_json::Value) -> String {
         // cumulative figure cannot single out one hold.
         let last = r.get("last_degraded");
         let field = |k: &str| last.and_then(|l| l.get(k)).and_then(|v| v.as_u64());
-        let degraded = match (degraded, field("waited_ms"), field("frozen_ms")) {
-            (false, _, _) => String::new(),
-            (true, Some(w), Some(f)) => format!(" DEGRADED after={w}ms/frozen-then={f}ms"),
-            (true, _, _) => " DEGRADED".to_string(),
+        let degraded = match (
+            degraded,
+            field("held_ms"),
+            field("silent_ms"),
+            field("frozen_ms"),
+        ) {
+            (false, ..) => String::new(),
+            (true, Some(h), Some(s), Some(f)) => {
+                format!(" DEGRADED held={h}ms standby-silent={s}ms(frozen={f}ms)")
+            }
+            (true, ..) => " DEGRADED".to_string(),
         };
         return format!(
             "replication={mode} standbys-in-sync={in_sync}/{}{degraded}{frozen}",
@@ -1960,15 +1967,15 @@ mod tests {
             "replication=sync standbys-in-sync=0/1 DEGRADED frozen=2990ms"
         );
         let late = json!({"replication": {"mode": "sync", "degraded": true, "frozen_ms": 2990,
-            "last_degraded": {"at_unix_ms": 1, "waited_ms": 3510, "frozen_ms": 1990},
+            "last_degraded": {"at_unix_ms": 1, "held_ms": 1500, "silent_ms": 3510, "frozen_ms": 1990},
             "peers": [{"in_sync": false}]}});
         assert_eq!(
             one_line(&late),
-            "replication=sync standbys-in-sync=0/1 DEGRADED after=3510ms/frozen-then=1990ms frozen=2990ms"
+            "replication=sync standbys-in-sync=0/1 DEGRADED held=1500ms standby-silent=3510ms(frozen=1990ms) frozen=2990ms"
         );
         // Back in sync: the last fall-back stays in the health answer, not on the line.
         let back = json!({"replication": {"mode": "sync", "degraded": false, "frozen_ms": 0,
-            "last_degraded": {"at_unix_ms": 1, "waited_ms": 1500, "frozen_ms": 0},
+            "last_degraded": {"at_unix_ms": 1, "held_ms": 1500, "silent_ms": 1500, "frozen_ms": 0},
             "peers": [{"in_sync": true}]}});
         assert_eq!(one_line(&back), "replication=sync standbys-in-sync=1/1");
         let never = json!({"replication": {"mode": "sync", "frozen_ms": 0, "peers": [{}]}});

@@ -34,7 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -360,8 +360,11 @@ pub struct EtcdCoordinator {
     cmds: mpsc::UnboundedSender<Cmd>,
     members: EtcdMembers,
     /// Told by the member writer once this node's key is deleted after its record was removed;
-    /// disconnected when no writer runs. See the drop.
+    /// disconnected once a started writer ended. See the drop.
     left: std::sync::mpsc::Receiver<()>,
+    /// The member writer was started (at the first connection): only then is there a key of
+    /// this agent's to wait for.
+    writer_started: Arc<AtomicBool>,
     /// Dropping it stops the thread (and with it every etcd task of this coordinator).
     _stop: oneshot::Sender<()>,
 }
@@ -397,6 +400,7 @@ impl EtcdCoordinator {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (own_tx, own_rx) = watch::channel(None);
         let (left_tx, left_rx) = std::sync::mpsc::sync_channel(1);
+        let writer_started = Arc::new(AtomicBool::new(false));
         let members = EtcdMembers {
             cache: Arc::default(),
             namesake: Arc::default(),
@@ -428,6 +432,7 @@ impl EtcdCoordinator {
             own_rx: Some((own_rx, left_tx)),
             heard: None,
             keeper_spawned: false,
+            writer_started: Arc::clone(&writer_started),
         };
         std::thread::Builder::new()
             .name("etcd-coordinator".into())
@@ -460,6 +465,7 @@ impl EtcdCoordinator {
             cmds: cmd_tx,
             members,
             left: left_rx,
+            writer_started,
             _stop: stop_tx,
         })
     }
@@ -644,10 +650,12 @@ impl Drop for EtcdCoordinator {
         // It deletes the key itself, after any put it had in flight: a delete from here alone
         // could land first, and that put recreate the key for `backstop_ttl` (seen under load).
         self.members.remove(&self.settings.node);
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            self.left.recv_timeout(Duration::from_secs(2))
-        {
-            tracing::debug!("etcd: the member writer did not delete the key in time");
+        if self.writer_started.load(Ordering::Relaxed) {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                self.left.recv_timeout(Duration::from_secs(2))
+            {
+                tracing::debug!("etcd: the member writer did not delete the key in time");
+            }
         }
         // Also from here, in case the writer could not (a delete is idempotent).
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -723,6 +731,8 @@ struct Task {
     heard: Option<Instant>,
     /// The backstop lease's keeper runs (on the first client; it survives reconnections).
     keeper_spawned: bool,
+    /// Shared with the coordinator: see its `writer_started`.
+    writer_started: Arc<AtomicBool>,
 }
 
 /// What the claim transaction tells.
@@ -952,11 +962,16 @@ impl Task {
             }
             Cmd::ReadMembers(reply) => self.read_members(reply),
             Cmd::Leave(reply) => {
+                // Only the key this agent's lease holds: an agent that found its name taken by
+                // a live one (the same configuration on two machines) and exits must not
+                // delete that one's key, which counts it in for a release (review 29, M2).
                 let key = format!("{}{}", self.s.members_prefix(), self.s.node);
-                if let Ok(mut client) = self.client() {
-                    let gone =
-                        tokio::time::timeout(Duration::from_secs(1), client.delete(key, None))
-                            .await;
+                let lease = self.lease_id.load(Ordering::Relaxed);
+                if let (Ok(mut client), true) = (self.client(), lease != 0) {
+                    let txn = Txn::new()
+                        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                        .and_then([TxnOp::delete(key, None)]);
+                    let gone = tokio::time::timeout(Duration::from_secs(1), client.txn(txn)).await;
                     if !matches!(gone, Ok(Ok(_))) {
                         tracing::debug!(
                             "etcd: the member key was not deleted; it expires with its lease"
@@ -1424,6 +1439,7 @@ impl Task {
                 self.spawn_lease_keeper(client.clone());
             }
             if let Some((rx, left)) = self.own_rx.take() {
+                self.writer_started.store(true, Ordering::Relaxed);
                 tokio::spawn(member_writer(
                     client,
                     rx,
@@ -1743,9 +1759,20 @@ async fn member_writer(
                 Err(_) => Ok(()),
             },
             None => {
-                let gone = match &last_key {
-                    Some(key) => client.delete(key.clone(), None).await.map(|_| ()),
-                    None => Ok(()),
+                // Its own key only (see Cmd::Leave), bounded: the agent's exit waits for it.
+                let gone = match (&last_key, lease.load(Ordering::Relaxed)) {
+                    (Some(key), id) if id != 0 => {
+                        let txn = Txn::new()
+                            .when([Compare::lease(key.clone(), CompareOp::Equal, id)])
+                            .and_then([TxnOp::delete(key.clone(), None)]);
+                        match tokio::time::timeout(Duration::from_secs(1), client.txn(txn)).await {
+                            Ok(r) => r.map(|_| ()),
+                            Err(_) => Err(etcd_client::Error::InvalidArgs(
+                                "deleting the member key timed out".into(),
+                            )),
+                        }
+                    }
+                    _ => Ok(()),
                 };
                 if gone.is_ok() {
                     let _ = left.try_send(());

@@ -2068,7 +2068,10 @@ impl Engine {
                 "only the active node, with its service running, can hand its service over"
                     .to_string(),
             ),
-            (Some(_), Some(p), _) => {
+            // The agent's own doubt first: its `because` is empty then, and a peer it counted
+            // would be named without what counts it in (review 29, L1).
+            (Some(_), _, Some(why)) => Some(why),
+            (Some(_), Some(p), None) => {
                 let why = because
                     .iter()
                     .find(|(n, _)| *n == p.node)
@@ -2078,7 +2081,6 @@ impl Engine {
                     p.node
                 ))
             }
-            (Some(_), None, Some(why)) => Some(why),
             (Some(_), None, None) => None,
         };
         let (Some(pid), None) = (pid, refusal.clone()) else {

@@ -2002,6 +2002,22 @@ fn a_release_the_agent_could_not_verify_is_refused_and_recorded() {
         "not recorded: {all:?}"
     );
     assert_eq!(n.e.state(), State::Hot);
+    // With a standby counted too, the agent's doubt is what the refusal says (it could not
+    // tell what else counts that standby in).
+    n.feed(peer_warm("b", KNOWN + 1));
+    let out = n.feed(Input::Release {
+        unverified: Some(why.to_string()),
+        because: vec![],
+    });
+    assert!(
+        matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason == why),
+        "{out:?}"
+    );
+    let mut gone = peer_warm("b", KNOWN + 1);
+    if let Input::Peers(ps) = &mut gone {
+        ps[0].agent_gone = true;
+    }
+    n.feed(gone);
     // Once the agent can tell again, the same node alone is released.
     let out = n.feed(Input::Release {
         unverified: None,

@@ -409,6 +409,52 @@ fn a_standby_on_another_boot_counts_until_its_key_expires_on_etcd() {
     kill_released(&body);
 }
 
+/// Review 29, M2: an agent that finds its name taken by a live one (the same configuration on
+/// two machines) exits, and must leave that one's member key alone: deleted, the live standby
+/// had neither record nor key until its next write, and a release in between went through.
+/// The key's `create_revision` shows whether it was ever deleted and put again.
+#[test]
+fn an_agent_whose_name_is_taken_leaves_the_live_ones_key_alone_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "backstop_ttl = \"10s\"");
+    let (w, _) = start_pair(&mut g);
+    let key = "/understudy/g/members/b";
+    let created = || -> i64 {
+        let out = etcd.ctl(&["get", key, "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["kvs"][0]["create_revision"].as_i64().unwrap_or(0)
+    };
+    assert!(wait_until(10 * S, || created() > 0), "no key {key}");
+    let before = created();
+    // b's own configuration, on another admin port.
+    let b_toml = g.path.join("b.toml");
+    let text = std::fs::read_to_string(&b_toml).expect("b.toml");
+    let admin = testbed::ports::free_addrs(1).expect("a free port")[0].to_string();
+    let twin = g.path.join("b-twin.toml");
+    std::fs::write(&twin, text.replace(&g.admin("b"), &admin)).expect("b-twin.toml");
+    let out = Command::new(&g.exe)
+        .args(["agent", "--config"])
+        .arg(&twin)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the twin");
+    assert!(
+        !out.status.success(),
+        "the twin of b ran: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // b rewrites its record every 100 ms: give a delete time to show.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        created(),
+        before,
+        "b's key was deleted and put again by the twin's exit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(g.mode("b").as_deref(), Some("Warm"));
+    w.finish();
+}
+
 /// `key` as etcd held it at `rev` (None: now): its `mod_revision` and its JSON value.
 fn kv_at(etcd: &Etcd, key: &str, rev: Option<i64>) -> (i64, serde_json::Value) {
     let at = rev.map(|r| format!("--rev={r}"));

@@ -260,14 +260,15 @@ impl Shared {
         Some(self.cfg.sync_timeout.saturating_sub(silent))
     }
 
-    /// A fall-back at `now`, measured from the standby heard from last: its hold was the
-    /// last to end. Nobody ever heard: no hold, nothing waited.
-    fn degraded_now(&self, peers: &[Peer], now: Instant) -> Degraded {
+    /// A fall-back at `now` of a batch that began to wait at `entered`: how long that batch
+    /// was held, and how long the standby heard from last (whose hold was the last to end)
+    /// had been silent, with the time frozen in that silence. Nobody ever heard: no silence.
+    fn degraded_now(&self, peers: &[Peer], entered: Instant, now: Instant) -> Degraded {
         let last = peers
             .iter()
             .filter_map(|p| Some((p.last_heard?, p.frozen_at_heard)))
             .max_by_key(|(heard, _)| *heard);
-        let (waited, frozen) = match last {
+        let (silent, frozen) = match last {
             Some((heard, frozen_then)) => (
                 now.saturating_duration_since(heard),
                 self.live.frozen_until(now).saturating_sub(frozen_then),
@@ -279,7 +280,8 @@ impl Shared {
             at_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, ms),
-            waited_ms: ms(waited),
+            held_ms: ms(now.saturating_duration_since(entered)),
+            silent_ms: ms(silent),
             frozen_ms: ms(frozen),
         }
     }
@@ -343,6 +345,9 @@ impl BatchHook for Shared {
 
     fn finish(&self, pos: u64) -> Result<(), String> {
         let mut st = lock(&self.st);
+        // When this batch began to wait: what a fall-back held it for is not the standby's
+        // silence, which after a quiet spell began long before (review 29, L3).
+        let entered = Instant::now();
         loop {
             if let Some(n) = st.fenced {
                 return Err(format!(
@@ -417,9 +422,10 @@ impl BatchHook for Shared {
                 return Ok(());
             }
             if !st.degraded {
-                let d = self.degraded_now(&st.peers, now);
+                let d = self.degraded_now(&st.peers, entered, now);
                 tracing::error!(
-                    waited_ms = d.waited_ms,
+                    held_ms = d.held_ms,
+                    silent_ms = d.silent_ms,
                     frozen_ms = d.frozen_ms,
                     "replication: no standby in sync; degraded to asynchronous until one catches up"
                 );

@@ -175,10 +175,14 @@ pub fn check_agent_health(
 pub struct Degraded {
     /// When, Unix milliseconds.
     pub at_unix_ms: u64,
-    /// Wall time from the last acknowledgement of the standby heard from last to the
-    /// fall-back: `sync_timeout` of running time, plus the time frozen in between.
-    pub waited_ms: u64,
-    /// Of `waited_ms`, the time this process was found not running.
+    /// How long the batch that fell back was held before it left without the standbys (what
+    /// its counterparties saw as delay).
+    pub held_ms: u64,
+    /// How long the standby heard from last had then been silent: `sync_timeout` of this
+    /// process's running time, plus the time it did not run (a quiet spell before the batch
+    /// counts here, not in `held_ms`); 0 when no standby had acknowledged since the start.
+    pub silent_ms: u64,
+    /// Of `silent_ms`, the time this process was found not running.
     pub frozen_ms: u64,
 }
 
