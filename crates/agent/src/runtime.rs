@@ -1799,13 +1799,13 @@ mod tests {
         assert!(!understudy_coordinator::same_host(&other_machine));
     }
 
-    /// Review 27, N2: a pid reused after the record was last written is not its writer.
-    #[test]
-    fn a_process_that_reused_a_gone_agents_pid_is_not_that_agent() {
-        let rec = MemberRecord {
+    /// A standby's record, last written at Unix ms 1 000 000 by agent pid 42.
+    fn standby_record(name: &str, pid_ns: Option<u64>) -> MemberRecord {
+        MemberRecord {
             last_seen_unix_ms: 1_000_000,
+            pid_ns,
             ..MemberRecord::of(Node {
-                name: "b".into(),
+                name: name.into(),
                 group: "g".into(),
                 state: State::Warm,
                 activation: understudy_status::ActivationMode::TryLock,
@@ -1817,7 +1817,13 @@ mod tests {
                 admin: "127.0.0.1:1".into(),
                 agent_pid: 42,
             })
-        };
+        }
+    }
+
+    /// Review 27, N2: a pid reused after the record was last written is not its writer.
+    #[test]
+    fn a_process_that_reused_a_gone_agents_pid_is_not_that_agent() {
+        let rec = standby_record("b", None);
         let by_wall = |started: Option<u64>| is_its_writer(&rec, |_| Some(5), |_| started);
         assert!(by_wall(Some(900_000)), "its writer, still running");
         assert!(by_wall(Some(1_000_800)), "within the second's slack");
@@ -1847,23 +1853,7 @@ mod tests {
     /// beyond its record's age, and when the release cannot be judged at all.
     #[test]
     fn a_release_counts_every_member_something_speaks_for() {
-        let rec = |name: &str, pid_ns: Option<u64>| MemberRecord {
-            last_seen_unix_ms: 1_000_000,
-            pid_ns,
-            ..MemberRecord::of(Node {
-                name: name.into(),
-                group: "g".into(),
-                state: State::Warm,
-                activation: understudy_status::ActivationMode::TryLock,
-                epoch: 3,
-                since_unix_ms: 0,
-                waiting: None,
-                holds_lock: false,
-                ready: true,
-                admin: "127.0.0.1:1".into(),
-                agent_pid: 42,
-            })
-        };
+        let rec = standby_record;
         // Every record stale in the cache, as the engine saw them before the read.
         let seen_as = |r: MemberRecord, local: bool, agent_gone: bool| Seen {
             rec: r,

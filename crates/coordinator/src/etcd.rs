@@ -295,6 +295,9 @@ pub struct EtcdMembers {
     namesake: Namesakes,
     seen: Arc<Mutex<LeaderSeen>>,
     own: watch::Sender<Option<MemberRecord>>,
+    /// Set before the record is removed: a `None` the member writer sees then is the agent's
+    /// stop, not the empty record it starts with, and only that one is told on `left`.
+    removed: Arc<AtomicBool>,
     node: String,
 }
 
@@ -345,10 +348,15 @@ impl EtcdMembers {
     pub fn remove(&self, node: &str) {
         if node == self.node {
             lock(&self.cache).remove(node);
+            self.removed.store(true, Ordering::SeqCst);
             self.own.send_replace(None);
         }
     }
 }
+
+/// What the member writer tells the stopping agent on (once its key is deleted), and the flag
+/// that says the record was removed for the stop.
+type Leaving = (std::sync::mpsc::SyncSender<()>, Arc<AtomicBool>);
 
 /// The key under this node's own name, seen through the group's snapshot and watch.
 type Namesakes = Arc<Mutex<Option<(MemberRecord, u64)>>>;
@@ -406,6 +414,7 @@ impl EtcdCoordinator {
             namesake: Arc::default(),
             seen: Arc::default(),
             own: own_tx,
+            removed: Arc::new(AtomicBool::new(false)),
             node: settings.node.clone(),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -429,10 +438,11 @@ impl EtcdCoordinator {
             campaigning: false,
             ready: Some(ready_tx),
             own_now: own_rx.clone(),
-            own_rx: Some((own_rx, left_tx)),
+            own_rx: Some((own_rx, (left_tx, Arc::clone(&members.removed)))),
             heard: None,
             keeper_spawned: false,
             writer_started: Arc::clone(&writer_started),
+            put_lease: Arc::new(AtomicI64::new(0)),
         };
         std::thread::Builder::new()
             .name("etcd-coordinator".into())
@@ -720,10 +730,7 @@ struct Task {
     ready: Option<std::sync::mpsc::SyncSender<()>>,
     /// For the member writer, spawned at the first connection: this node's record, and whom
     /// to tell once its key is deleted.
-    own_rx: Option<(
-        watch::Receiver<Option<MemberRecord>>,
-        std::sync::mpsc::SyncSender<()>,
-    )>,
+    own_rx: Option<(watch::Receiver<Option<MemberRecord>>, Leaving)>,
     /// This node's record as the agent last wrote it: the release commits it with the leader
     /// key (see [`Task::release`]).
     own_now: watch::Receiver<Option<MemberRecord>>,
@@ -733,6 +740,9 @@ struct Task {
     keeper_spawned: bool,
     /// Shared with the coordinator: see its `writer_started`.
     writer_started: Arc<AtomicBool>,
+    /// The lease this node's member key was last put with (0: never): what a delete of "our"
+    /// key compares, not the current lease, which the keeper may have replaced since.
+    put_lease: Arc<AtomicI64>,
 }
 
 /// What the claim transaction tells.
@@ -966,13 +976,12 @@ impl Task {
                 // a live one (the same configuration on two machines) and exits must not
                 // delete that one's key, which counts it in for a release (review 29, M2).
                 let key = format!("{}{}", self.s.members_prefix(), self.s.node);
-                let lease = self.lease_id.load(Ordering::Relaxed);
-                if let (Ok(mut client), true) = (self.client(), lease != 0) {
-                    let txn = Txn::new()
-                        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
-                        .and_then([TxnOp::delete(key, None)]);
-                    let gone = tokio::time::timeout(Duration::from_secs(1), client.txn(txn)).await;
-                    if !matches!(gone, Ok(Ok(_))) {
+                let ours = [
+                    self.put_lease.load(Ordering::Relaxed),
+                    self.lease_id.load(Ordering::Relaxed),
+                ];
+                if let Ok(client) = self.client() {
+                    if delete_if_ours(client, &key, ours).await.is_err() {
                         tracing::debug!(
                             "etcd: the member key was not deleted; it expires with its lease"
                         );
@@ -1438,14 +1447,15 @@ impl Task {
                 self.keeper_spawned = true;
                 self.spawn_lease_keeper(client.clone());
             }
-            if let Some((rx, left)) = self.own_rx.take() {
+            if let Some((rx, leaving)) = self.own_rx.take() {
                 self.writer_started.store(true, Ordering::Relaxed);
                 tokio::spawn(member_writer(
                     client,
                     rx,
-                    left,
+                    leaving,
                     self.s.members_prefix(),
                     Arc::clone(&self.lease_id),
+                    Arc::clone(&self.put_lease),
                 ));
             }
         }
@@ -1726,14 +1736,46 @@ impl Task {
 }
 
 /// Writes this node's member record whenever it changes (the newest wins; nothing queues).
+/// Deletes `key` if one of `leases` (0s skipped) holds it, each tried in one transaction
+/// bounded by a second: a key under another lease is another agent's (a twin of this node's
+/// name), and must stay.
+async fn delete_if_ours(
+    mut client: Client,
+    key: &str,
+    leases: [i64; 2],
+) -> Result<(), etcd_client::Error> {
+    let mut tried = 0;
+    for id in leases {
+        if id == 0 || id == tried {
+            continue;
+        }
+        tried = id;
+        let txn = Txn::new()
+            .when([Compare::lease(key, CompareOp::Equal, id)])
+            .and_then([TxnOp::delete(key, None)]);
+        match tokio::time::timeout(Duration::from_secs(1), client.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(etcd_client::Error::InvalidArgs(
+                    "deleting the member key timed out".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Once the record is removed (the agent stops), deletes the key and tells `left`: a put
 /// still in flight then cannot land after the delete and outlive the agent.
 async fn member_writer(
     mut client: Client,
     mut rx: watch::Receiver<Option<MemberRecord>>,
-    left: std::sync::mpsc::SyncSender<()>,
+    (left, removed): Leaving,
     prefix: String,
     lease: Arc<AtomicI64>,
+    put_lease: Arc<AtomicI64>,
 ) {
     let mut last_key: Option<String> = None;
     loop {
@@ -1753,28 +1795,25 @@ async fn member_writer(
                         id => client
                             .put(key, json, Some(PutOptions::new().with_lease(id)))
                             .await
-                            .map(|_| ()),
+                            .map(|_| put_lease.store(id, Ordering::Relaxed)),
                     }
                 }
                 Err(_) => Ok(()),
             },
             None => {
                 // Its own key only (see Cmd::Leave), bounded: the agent's exit waits for it.
-                let gone = match (&last_key, lease.load(Ordering::Relaxed)) {
-                    (Some(key), id) if id != 0 => {
-                        let txn = Txn::new()
-                            .when([Compare::lease(key.clone(), CompareOp::Equal, id)])
-                            .and_then([TxnOp::delete(key.clone(), None)]);
-                        match tokio::time::timeout(Duration::from_secs(1), client.txn(txn)).await {
-                            Ok(r) => r.map(|_| ()),
-                            Err(_) => Err(etcd_client::Error::InvalidArgs(
-                                "deleting the member key timed out".into(),
-                            )),
-                        }
-                    }
-                    _ => Ok(()),
+                let ours = [
+                    put_lease.load(Ordering::Relaxed),
+                    lease.load(Ordering::Relaxed),
+                ];
+                let gone = match &last_key {
+                    Some(key) => delete_if_ours(client.clone(), key, ours).await,
+                    None => Ok(()),
                 };
-                if gone.is_ok() {
+                // Not the empty record the writer starts with: told then, the stop would not
+                // wait for a put still in flight (a key left for `backstop_ttl`, seen in tests
+                // that stop an agent within milliseconds of its start).
+                if gone.is_ok() && removed.load(Ordering::SeqCst) {
                     let _ = left.try_send(());
                 }
                 gone

@@ -134,6 +134,23 @@ fn acquired(previous: HeartbeatView) -> Input {
 }
 
 /// Peer `node`, alive, advertises Warm without the lock.
+/// `POST /service/release` with the agent's check passed and nothing beyond the records.
+fn release() -> Input {
+    Input::Release {
+        unverified: None,
+        because: vec![],
+    }
+}
+
+/// [`peer_warm`], its agent known gone.
+fn peer_gone(node: &str, epoch: u64) -> Input {
+    let mut gone = peer_warm(node, epoch);
+    if let Input::Peers(ps) = &mut gone {
+        ps[0].agent_gone = true;
+    }
+    gone
+}
+
 fn peer_warm(node: &str, epoch: u64) -> Input {
     Input::Peers(vec![PeerView {
         node: node.into(),
@@ -1934,10 +1951,7 @@ fn release_hands_the_active_service_over_only_when_alone() {
     let mut n = hot_trylock(StandbyType::Hot);
     // A standby still in the group would take over while the released service keeps acting.
     n.feed(peer_warm("b", KNOWN + 1));
-    let out = n.feed(Input::Release {
-        unverified: None,
-        because: vec![],
-    });
+    let out = n.feed(release());
     assert!(
         matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason.contains("node b is still in the group (its record is fresh)")),
         "{out:?}"
@@ -1958,15 +1972,8 @@ fn release_hands_the_active_service_over_only_when_alone() {
 
     // Alone (the standby's agent is gone): the service is detached, never stopped, then the lock
     // is let go and the agent exits.
-    let mut gone = peer_warm("b", KNOWN + 1);
-    if let Input::Peers(ps) = &mut gone {
-        ps[0].agent_gone = true;
-    }
-    n.feed(gone);
-    let out = n.feed(Input::Release {
-        unverified: None,
-        because: vec![],
-    });
+    n.feed(peer_gone("b", KNOWN + 1));
+    let out = n.feed(release());
     assert_eq!(
         out,
         vec![
@@ -2013,16 +2020,9 @@ fn a_release_the_agent_could_not_verify_is_refused_and_recorded() {
         matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { reason })] if reason == why),
         "{out:?}"
     );
-    let mut gone = peer_warm("b", KNOWN + 1);
-    if let Input::Peers(ps) = &mut gone {
-        ps[0].agent_gone = true;
-    }
-    n.feed(gone);
+    n.feed(peer_gone("b", KNOWN + 1));
     // Once the agent can tell again, the same node alone is released.
-    let out = n.feed(Input::Release {
-        unverified: None,
-        because: vec![],
-    });
+    let out = n.feed(release());
     assert!(out.contains(&Command::DetachService), "{out:?}");
 }
 
@@ -2031,10 +2031,7 @@ fn a_standby_cannot_be_released() {
     let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
     n.feed(Input::Start { known_epoch: KNOWN });
     n.up(10);
-    let out = n.feed(Input::Release {
-        unverified: None,
-        because: vec![],
-    });
+    let out = n.feed(release());
     assert!(
         matches!(&out[..], [Command::Answer(Answer::ReleaseRefused { .. })]),
         "{out:?}"

@@ -262,13 +262,7 @@ fn a_stopped_agents_member_key_goes_with_it_and_the_active_may_release_on_etcd()
     let mut g = group(&etcd, "backstop_ttl = \"10s\"");
     let (w, _) = start_pair(&mut g);
     let key = "/understudy/g/members/b";
-    let present = || {
-        !etcd
-            .ctl(&["get", key, "--keys-only"])
-            .stdout
-            .trim_ascii()
-            .is_empty()
-    };
+    let present = || key_present(&etcd, key);
     // Written once b's lease is granted (never without one).
     assert!(common::wait_until(10 * S, present), "no key {key}");
     g.sigterm("b", 10 * S);
@@ -277,6 +271,15 @@ fn a_stopped_agents_member_key_goes_with_it_and_the_active_may_release_on_etcd()
     assert_eq!(code, 200, "release refused after b stopped: {body}");
     w.finish();
     kill_released(&body);
+}
+
+/// Whether etcd holds `key` now.
+fn key_present(etcd: &Etcd, key: &str) -> bool {
+    !etcd
+        .ctl(&["get", key, "--keys-only"])
+        .stdout
+        .trim_ascii()
+        .is_empty()
 }
 
 /// a's view of `node` in its `/group` page, once it has one (a's watch may trail b's start).
@@ -317,11 +320,7 @@ fn a_killed_standby_on_this_host_is_gone_at_once_for_a_release_and_for_the_group
     assert_eq!(row["agent_gone"], true, "{row}");
     assert_eq!(row["fresh"], false, "{row}");
     assert!(
-        !etcd
-            .ctl(&["get", key, "--keys-only"])
-            .stdout
-            .trim_ascii()
-            .is_empty(),
+        key_present(&etcd, key),
         "b's key is gone already: the test cannot tell"
     );
     let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
@@ -374,13 +373,7 @@ fn a_standby_on_another_boot_counts_until_its_key_expires_on_etcd() {
         "b's record is still fresh"
     );
     let key = "/understudy/g/members/b";
-    let present = || {
-        !etcd
-            .ctl(&["get", key, "--keys-only"])
-            .stdout
-            .trim_ascii()
-            .is_empty()
-    };
+    let present = || key_present(&etcd, key);
     let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
     assert!(
         present(),
