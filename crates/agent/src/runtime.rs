@@ -1339,7 +1339,7 @@ impl Runtime {
             node: s.node,
             boot_id: understudy_coordinator::boot_id(),
             pid_ns: understudy_coordinator::pid_ns(),
-            agent_start: procwatch::start_ticks(std::process::id()),
+            agent_start: procwatch::own_start_ticks(),
             connections_refused: self.shared.metrics.admin_connections_refused.get(),
         };
         let changed = match &self.last_record {
@@ -1610,11 +1610,8 @@ fn judge_for_release(
     if grant.expired {
         return Err("the grant's deadline passed while the members were read".to_string());
     }
-    because.retain(|(n, _)| {
-        peers
-            .iter()
-            .any(|p| p.node == *n && p.fresh && !p.agent_gone)
-    });
+    // Noted only where a member was counted alive, so every entry names one (the unit test
+    // holds it to that).
     Ok(because)
 }
 

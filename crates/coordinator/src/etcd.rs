@@ -655,10 +655,9 @@ impl Drop for EtcdCoordinator {
         // failover, right after stopping the standbys) was refused meanwhile (review 27, N4).
         // Only the key: revoking the lease would delete the released leader record too, and a
         // standby that finds that key gone waits `lease_ttl` before it claims (a SIGTERMed
-        // active's hand-over took 2 s instead of milliseconds). The member writer is told
-        // first, so that it writes the record no more.
-        // It deletes the key itself, after any put it had in flight: a delete from here alone
-        // could land first, and that put recreate the key for `backstop_ttl` (seen under load).
+        // active's hand-over took 2 s instead of milliseconds). The member writer deletes it,
+        // after any put it had in flight: a delete from here alone could land first, and that
+        // put recreate the key for `backstop_ttl` (seen under load).
         self.members.remove(&self.settings.node);
         if self.writer_started.load(Ordering::Relaxed) {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
@@ -1735,7 +1734,6 @@ impl Task {
     }
 }
 
-/// Writes this node's member record whenever it changes (the newest wins; nothing queues).
 /// Deletes `key` if one of `leases` (0s skipped) holds it, each tried in one transaction
 /// bounded by a second: a key under another lease is another agent's (a twin of this node's
 /// name), and must stay.
@@ -1767,6 +1765,7 @@ async fn delete_if_ours(
     Ok(())
 }
 
+/// Writes this node's member record whenever it changes (the newest wins; nothing queues).
 /// Once the record is removed (the agent stops), deletes the key and tells `left`: a put
 /// still in flight then cannot land after the delete and outlive the agent.
 async fn member_writer(

@@ -48,6 +48,13 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// [`start_ticks`] of this process, read once: it never changes, and member records carry it
+/// on every heartbeat.
+pub fn own_start_ticks() -> Option<u64> {
+    static TICKS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| start_ticks(std::process::id()))
+}
+
 /// When `pid` started, in Unix milliseconds, to within about a second (the kernel gives the
 /// boot time in whole seconds). None when that cannot be told (gone, or /proc unreadable).
 pub fn started_unix_ms(pid: u32) -> Option<u64> {
@@ -199,6 +206,8 @@ async fn poll_gone(pid: u32, still_it: impl Fn(u32) -> bool, why: io::Error) -> 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_process_started_when_it_did_and_a_missing_one_has_no_start() {
         let now = std::time::SystemTime::now()
@@ -211,8 +220,6 @@ mod tests {
         assert!(me + 24 * 3600 * 1000 * 365 > now);
         assert_eq!(started_unix_ms(u32::MAX), None);
     }
-
-    use super::*;
 
     #[tokio::test]
     async fn gone_returns_when_the_process_exits() {
