@@ -53,7 +53,7 @@ use understudy_status::{
 
 use crate::config::AdminToken;
 
-use crate::runtime::{unix_ms, ApiRequest, Shared, FRESH_INTERVALS};
+use crate::runtime::{unix_ms, ApiRequest, Shared, StartRefused, FRESH_INTERVALS};
 
 /// The address of the client that sent a request.
 #[derive(Debug, Clone, Copy)]
@@ -361,6 +361,7 @@ pub fn router(shared: Arc<Shared>, tx: mpsc::Sender<ApiRequest>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/service/release", post(release))
+        .route("/failover/start", post(start_failover))
         .route("/config/wanted/{generation}", put(config_wanted))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
@@ -657,6 +658,29 @@ async fn release(AxState(api): AxState<Api>) -> Response {
             format!("unexpected answer {other:?}"),
         ),
         Err(r) => r,
+    }
+}
+
+/// `POST /failover/start`: clear the group's stop of failover (a release recorded it), so that
+/// its nodes take the group again. 200 names the stop cleared (`null`: there was none).
+async fn start_failover(AxState(api): AxState<Api>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if api.tx.send(ApiRequest::StartFailover(tx)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+    }
+    match rx.await {
+        Ok(Ok(cleared)) => Json(json!({
+            "node": api.shared.cfg.node.name,
+            "cleared": cleared.as_ref().map(|m| m.describe()),
+            "stop": cleared,
+        }))
+        .into_response(),
+        Ok(Err(StartRefused::StillRuns(why))) => error(StatusCode::CONFLICT, why),
+        Ok(Err(StartRefused::Coordinator(why))) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot start failover: {why}"),
+        ),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"),
     }
 }
 

@@ -12,6 +12,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/service/switchover"),
     ("post", "/service/active-ack"),
     ("post", "/service/release"),
+    ("post", "/failover/start"),
     ("put", "/config/wanted/{generation}"),
     ("get", "/status"),
     ("get", "/group"),
@@ -183,6 +184,22 @@ pub fn document() -> Value {
                     "401": unauthorized, "403": browser,
                     "409": json_answer("not the active node, or another member is alive", error_ref()),
                     "503": json_answer("the agent is stopping", error_ref())
+                }
+            } },
+            "/failover/start": { "post": {
+                "summary": "start failover again: clear the group's stop of failover, which a release recorded, so that the group's nodes take it again",
+                "description": "While the stop is recorded (in etcd's leader key, without a lease, or in `<lock>.stopped` beside the lock file) no node takes the group, however long it was away: a standby that missed the release would otherwise take the group while the released service keeps acting. Call it once the released service no longer runs (the control plane's `start failover` does, after the server was stopped). Refused while that service still runs on this machine.",
+                "security": [{ "bearer": [] }],
+                "responses": {
+                    "200": json_answer("failover runs; `cleared` names the stop cleared (null: there was none)", json!({ "type": "object", "required": ["node", "cleared", "stop"],
+                        "properties": { "node": { "type": "string" }, "cleared": nullable("string"),
+                            "stop": { "type": ["object", "null"], "required": ["node", "epoch", "pid", "unix_ms"],
+                                "properties": { "node": { "type": "string" }, "epoch": { "type": "integer" }, "pid": { "type": "integer" }, "unix_ms": { "type": "integer" },
+                                    "boot_id": nullable("string"), "pid_ns": nullable("integer"), "start_ticks": nullable("integer"),
+                                    "unreadable": { "type": "string" } } } } })),
+                    "401": unauthorized, "403": browser,
+                    "409": json_answer("the released service still runs on this machine", error_ref()),
+                    "503": json_answer("the coordinator could not clear the stop, or the agent is stopping", error_ref())
                 }
             } },
             "/config/wanted/{generation}": { "put": {

@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 use understudy_coordinator::{
-    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, TryAcquire,
+    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, StopMark,
+    TryAcquire,
 };
 use understudy_engine::{
     Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView,
@@ -49,6 +50,15 @@ pub enum AgentError {
     Start(String),
 }
 
+/// Why `POST /failover/start` did not clear the group's stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartRefused {
+    /// The released service still runs on this machine (409).
+    StillRuns(String),
+    /// The coordinator could not clear it (503).
+    Coordinator(String),
+}
+
 /// An operator request travelling from the admin API to the event loop.
 #[derive(Debug)]
 pub enum ApiRequest {
@@ -62,6 +72,8 @@ pub enum ApiRequest {
     ),
     /// `POST /service/release`: hand the service over as a plain server and leave the group.
     Release(oneshot::Sender<Answer>),
+    /// `POST /failover/start`: clear the group's stop of failover.
+    StartFailover(oneshot::Sender<Result<Option<StopMark>, StartRefused>>),
     /// `PUT /config/wanted/{generation}`: the configuration this node must run; answered once
     /// the engine knows whether the running one is it.
     ConfigWanted {
@@ -284,6 +296,7 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         asking: None,
         stepped_down: None,
         coord_unreachable: None,
+        failover_stopped: None,
         config_outdated: false,
     };
     info!(
@@ -385,6 +398,8 @@ struct Runtime {
     stepped_down: Option<StepDown>,
     /// What the engine was last told of the coordinator's reach.
     coord_unreachable: Option<String>,
+    /// What the engine was last told of the group's stop of failover.
+    failover_stopped: Option<String>,
     /// What the engine was last told of the running configuration.
     config_outdated: bool,
 }
@@ -750,6 +765,9 @@ impl Runtime {
                 }
                 let _ = done.send(());
             }
+            ApiRequest::StartFailover(tx) => {
+                let _ = tx.send(self.start_failover());
+            }
             ApiRequest::Release(tx) => {
                 self.pending_release.push_back(tx);
                 // The engine refuses while another member is alive: give it the group as it is
@@ -793,6 +811,48 @@ impl Runtime {
         Some(Input::CoordinatorReach { unreachable })
     }
 
+    /// The group's stop of failover, when it changed (see [`Runtime::reach_change`]).
+    fn stop_change(&mut self) -> Option<Input> {
+        let stopped = self.coord.failover_stopped().map(|m| m.describe());
+        if stopped == self.failover_stopped {
+            return None;
+        }
+        match &stopped {
+            Some(why) => warn!("not ready: failover is stopped: {why}"),
+            None => info!("failover runs for the group"),
+        }
+        self.failover_stopped = stopped.clone();
+        Some(Input::FailoverStopped { stopped })
+    }
+
+    /// `POST /failover/start`: refused while the released service runs on this machine (it
+    /// acts unfenced: a node taking the group now would make two actives); elsewhere, the
+    /// operator (or the control plane, which stopped the server) answers for it.
+    fn start_failover(&mut self) -> Result<Option<StopMark>, StartRefused> {
+        if let Some(mark) = self.coord.failover_stopped() {
+            if mark.runs_here(procwatch::start_ticks) == Some(true) {
+                return Err(StartRefused::StillRuns(format!(
+                    "the released service, pid {}, still runs on this machine as a plain server ({}): stop it first, or a node taking the group would act next to it",
+                    mark.pid,
+                    mark.describe()
+                )));
+            }
+        }
+        let cleared = self
+            .coord
+            .start_failover()
+            .map_err(|e| StartRefused::Coordinator(e.to_string()))?;
+        if let Some(mark) = &cleared {
+            info!(
+                "failover started again; cleared the stop: {}",
+                mark.describe()
+            );
+        }
+        let inputs: Vec<Input> = self.stop_change().into_iter().collect();
+        self.feed_all(inputs);
+        Ok(cleared)
+    }
+
     fn on_tick(&mut self) {
         self.shared
             .last_tick_ms
@@ -803,6 +863,7 @@ impl Runtime {
         let peers = self.peer_views();
         let mut inputs = vec![Input::Peers(peers), Input::Ranks(self.ranks())];
         inputs.extend(self.reach_change());
+        inputs.extend(self.stop_change());
         inputs.push(Input::Tick);
         self.feed_all(inputs);
         self.advertise(true);
@@ -978,6 +1039,24 @@ impl Runtime {
             Command::Answer(a) => {
                 self.answer(a);
                 None
+            }
+            Command::StopFailover { pid, epoch } => {
+                let mark = StopMark {
+                    node: self.shared.cfg.node.name.clone(),
+                    epoch,
+                    pid,
+                    unix_ms: unix_ms(),
+                    boot_id: understudy_coordinator::boot_id(),
+                    pid_ns: understudy_coordinator::pid_ns(),
+                    start_ticks: procwatch::start_ticks(pid),
+                    unreadable: None,
+                };
+                let error = self.coord.stop_failover(&mark).err().map(|e| e.to_string());
+                match &error {
+                    None => info!("failover stopped for the group: {}", mark.describe()),
+                    Some(e) => warn!("cannot record the stop of failover: {e}"),
+                }
+                Some(Input::StopRecorded { error })
             }
             Command::DetachService => {
                 if let Some(h) = self.health.take() {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use understudy_status::{
-    ActivationModeView, ApiError, Events, Group, State, Status, Switchover, Takeover,
+    ActivationModeView, ApiError, Events, FailoverStart, Group, State, Status, Switchover, Takeover,
 };
 
 /// Errors talking to an agent.
@@ -256,6 +256,16 @@ impl AgentClient {
         };
         self.call(reqwest::Method::POST, &path, "switchover answer")
             .await
+    }
+
+    /// `POST /failover/start`: clear the group's stop of failover (a release recorded it).
+    pub async fn start_failover(&self) -> Result<FailoverStart, ControlError> {
+        self.call(
+            reqwest::Method::POST,
+            "/failover/start",
+            "start failover answer",
+        )
+        .await
     }
 }
 

@@ -964,6 +964,11 @@ impl Plane {
             for (i, node) in order.iter().enumerate() {
                 started.push(node);
                 self.start_node(&row, &f.spec, node).await?;
+                if i == 0 {
+                    // The stop the last stop failover recorded (its release) keeps every node
+                    // off the group; the server is stopped now, so nothing acts without it.
+                    self.ask_start_failover(node).await?;
+                }
                 if i == 0 && f.spec.mode != crate::model::Activation::Warm {
                     self.wait_hot(node).await?;
                 }
@@ -1129,6 +1134,35 @@ impl Plane {
 
     /// `POST /service/release` to the active's agent: the pid of the released service. Retried
     /// while the agent still sees a stopped standby's record as alive (409), for a few seconds.
+    /// `POST /failover/start` on `node`: clears the group's stop of failover, if any.
+    async fn ask_start_failover(&self, node: &NodeSpec) -> Result<(), PlaneError> {
+        let url = self.agent_url(&self.node_admin(node), "/failover/start");
+        let resp = self
+            .agent_request(reqwest::Method::POST, url)
+            .header("X-Understudy", "1")
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", node.name)))?;
+        let code = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if code.is_success() {
+            if let Some(stop) = body.get("cleared").and_then(Value::as_str) {
+                info!(node = %node.name, %stop, "cleared the group's stop of failover");
+            }
+            return Ok(());
+        }
+        let why = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        Err(PlaneError::Start(format!(
+            "{} could not start failover for the group ({code}): {why}",
+            node.name
+        )))
+    }
+
     async fn ask_release(&self, a: &NodeSpec) -> Result<u32, PlaneError> {
         let url = self.agent_url(&self.node_admin(a), "/service/release");
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;

@@ -180,38 +180,50 @@ impl EpochStore {
 
     /// Write a fresh two-slot file of `first` and `second`.
     fn rewrite(&self, first: &[u8], second: &[u8], holder: &str) -> Result<(), CoordError> {
-        let mut tmp = self.path.as_os_str().to_owned();
-        tmp.push(".tmp.");
-        tmp.push(holder);
-        let tmp = PathBuf::from(tmp);
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(first)?;
-                f.write_all(second)?;
-                f.sync_all()
-            });
-        if let Err(e) = written {
-            // Best effort: a leftover temp file is harmless, the next write truncates it.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_error(&tmp, e));
-        }
-        if let Err(e) = std::fs::rename(&tmp, &self.path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_error(&self.path, e));
-        }
-        // The rename is only durable once the directory entry is on disk.
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error(dir, e))
+        write_durably(&self.path, holder, &[first, second])
     }
+}
+
+/// Replace `path` by a file of `parts`, durably: temp file (named after `writer`), fsync,
+/// rename, fsync of the directory. After a crash the path holds the old file or the new one,
+/// whole.
+pub(crate) fn write_durably(path: &Path, writer: &str, parts: &[&[u8]]) -> Result<(), CoordError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp.");
+    tmp.push(writer);
+    let tmp = PathBuf::from(tmp);
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            for part in parts {
+                f.write_all(part)?;
+            }
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        // Best effort: a leftover temp file is harmless, the next write truncates it.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error(&tmp, e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error(path, e));
+    }
+    sync_dir_of(path)
+}
+
+/// Makes a rename or an unlink in `path`'s directory durable.
+pub(crate) fn sync_dir_of(path: &Path) -> Result<(), CoordError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
 }
 
 /// Parse a whole epoch file: two slots (the higher valid epoch wins), or a single record.

@@ -49,7 +49,9 @@ use tokio::time::Instant;
 use crate::lease::{Lease, Loss, Nanos, Outcome, Reply, Sent, Step, Timing};
 use crate::lockfile::{Heartbeat, HeartbeatReading};
 use crate::members::MemberRecord;
-use crate::{is_valid_node_name, CoordError, CoordEvent, Coordinator, TryAcquire, UsedEpochs};
+use crate::{
+    is_valid_node_name, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire, UsedEpochs,
+};
 
 /// A leader record is one short JSON object; anything bigger is not ours.
 const MAX_LEADER_BYTES: usize = 4096;
@@ -157,6 +159,11 @@ pub struct LeaderRecord {
     /// Set by a holder that let go after its service stopped: standbys may claim at once.
     #[serde(default)]
     pub released: bool,
+    /// Failover is stopped (the holder handed its service over as a plain server): nobody
+    /// claims until it is started again, which deletes the key. Written without a lease, so it
+    /// outlives the agent that wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<StopMark>,
 }
 
 impl LeaderRecord {
@@ -261,6 +268,8 @@ struct View {
     used: Option<UsedRecord>,
     /// When etcd last answered this node (a watch message, a read, a transaction).
     heard_at: Option<Instant>,
+    /// The stop of failover the leader key records, as last seen.
+    stopped: Option<StopMark>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -285,6 +294,13 @@ enum Cmd {
     ReadMembers(std::sync::mpsc::SyncSender<Result<Vec<String>, CoordError>>),
     /// Delete this node's member key (the agent stops).
     Leave(std::sync::mpsc::SyncSender<()>),
+    /// [`Coordinator::stop_failover`].
+    StopFailover(
+        StopMark,
+        std::sync::mpsc::SyncSender<Result<(), CoordError>>,
+    ),
+    /// [`Coordinator::start_failover`].
+    StartFailover(std::sync::mpsc::SyncSender<Result<Option<StopMark>, CoordError>>),
 }
 
 /// Membership records kept in etcd: written by a background task (the newest record wins, so a
@@ -636,6 +652,31 @@ impl Coordinator for EtcdCoordinator {
             }),
         }
     }
+
+    fn stop_failover(&mut self, mark: &StopMark) -> Result<(), CoordError> {
+        if !self.holds() {
+            return Err(CoordError::NotHolder);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Cmd::StopFailover(mark.clone(), tx))?;
+        match rx.recv_timeout(self.answer_wait()) {
+            Ok(answer) => answer,
+            Err(_) => Err(CoordError::Etcd("etcd did not answer in time".into())),
+        }
+    }
+
+    fn failover_stopped(&self) -> Option<StopMark> {
+        lock(&self.view).stopped.clone()
+    }
+
+    fn start_failover(&mut self) -> Result<Option<StopMark>, CoordError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Cmd::StartFailover(tx))?;
+        match rx.recv_timeout(self.answer_wait()) {
+            Ok(answer) => answer,
+            Err(_) => Err(CoordError::Etcd("etcd did not answer in time".into())),
+        }
+    }
 }
 
 impl Drop for EtcdCoordinator {
@@ -970,6 +1011,14 @@ impl Task {
                 let _ = reply.send(());
             }
             Cmd::ReadMembers(reply) => self.read_members(reply),
+            Cmd::StopFailover(mark, reply) => {
+                let answer = self.stop_failover(mark).await;
+                let _ = reply.send(answer);
+            }
+            Cmd::StartFailover(reply) => {
+                let answer = self.start_failover().await;
+                let _ = reply.send(answer);
+            }
             Cmd::Leave(reply) => {
                 // Only the key this agent's lease holds: an agent that found its name taken by
                 // a live one (the same configuration on two machines) and exits must not
@@ -1049,6 +1098,13 @@ impl Task {
         if self.client.is_none() {
             return Err(CoordError::Etcd("not connected to etcd".into()));
         }
+        if let Some(Ok(LeaderRecord {
+            stopped: Some(mark),
+            ..
+        })) = &self.leader
+        {
+            return Err(CoordError::FailoverStopped(mark.describe()));
+        }
         if self.lease.held_by_other(now()) {
             return Ok(TryAcquire::HeldByOther);
         }
@@ -1101,6 +1157,16 @@ impl Task {
     fn put_options(&self) -> Option<PutOptions> {
         let lease = self.lease_id.load(Ordering::Relaxed);
         (lease != 0).then(|| PutOptions::new().with_lease(lease))
+    }
+
+    /// How `record` is put as the leader key: on this node's lease, except a stop of failover,
+    /// which must outlive the agent that hands its service over and exits.
+    fn leader_put_options(&self, record: &LeaderRecord) -> Option<PutOptions> {
+        if record.stopped.is_some() {
+            None
+        } else {
+            self.put_options()
+        }
     }
 
     /// What TryHeartbeat decides on: the last renewal seen, dated by this node's own clock.
@@ -1202,6 +1268,7 @@ impl Task {
             renewals: 0,
             unix_ms: unix_ms(),
             released: false,
+            stopped: None,
         };
         let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
         let previous = self.as_heartbeat();
@@ -1258,11 +1325,16 @@ impl Task {
             renewals: 0,
             unix_ms: 0,
             released: false,
+            stopped: None,
         });
         record.renewals = record.renewals.saturating_add(1);
         record.unix_ms = unix_ms();
         let ops = match serde_json::to_vec(&record) {
-            Ok(value) => vec![TxnOp::put(self.s.leader_key(), value, self.put_options())],
+            Ok(value) => vec![TxnOp::put(
+                self.s.leader_key(),
+                value,
+                self.leader_put_options(&record),
+            )],
             Err(_) => Vec::new(),
         };
         let until = self.lease.deadline().unwrap_or(sent.at);
@@ -1327,7 +1399,7 @@ impl Task {
         let Ok(value) = serde_json::to_vec(&record) else {
             return;
         };
-        let leader = TxnOp::put(self.s.leader_key(), value, self.put_options());
+        let leader = TxnOp::put(self.s.leader_key(), value, self.leader_put_options(&record));
         let until = now().saturating_add(self.s.timing.lease_ttl.as_nanos() as u64);
         // This node's record goes in the same commit: written by its own task, it could reach
         // etcd after the release, and a standby claiming in between judged the grant without
@@ -1344,6 +1416,82 @@ impl Task {
                 tracing::warn!("etcd: release failed ({e}); standbys take over after lease_ttl")
             }
         }
+    }
+
+    /// Records a stop of failover in the leader key while holding: a renewal (the deadline
+    /// moves as with any) of a record that carries the stop, without a lease. Every later write
+    /// of the record (renewals until the release, the release) keeps it. Err when it did not
+    /// commit for sure; the next renewal then writes the record without it.
+    async fn stop_failover(&mut self, mark: StopMark) -> Result<(), CoordError> {
+        let Some(mut record) = self.held.clone() else {
+            return Err(CoordError::NotHolder);
+        };
+        // Commands run between the lease's steps, so no write of ours is in flight here.
+        let Some(sent) = self.lease.renew_now(now()) else {
+            return Err(CoordError::Etcd(
+                "a write of the leader key is in flight".into(),
+            ));
+        };
+        record.renewals = record.renewals.saturating_add(1);
+        record.unix_ms = unix_ms();
+        record.stopped = Some(mark);
+        let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
+        let ops = vec![TxnOp::put(self.s.leader_key(), value, None)];
+        let until = self.lease.deadline().unwrap_or(sent.at);
+        let (reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
+        match self.lease.answer(sent, reply, now()) {
+            Outcome::Extended { deadline } => {
+                (self.fence)(Fence::Until(deadline));
+                self.leader = Some(Ok(record.clone()));
+                self.held = Some(record);
+                tracing::info!("etcd: failover stopped for the group");
+                Ok(())
+            }
+            Outcome::Lost(loss) => {
+                self.on_loss(loss);
+                Err(CoordError::Etcd(format!("the group was lost: {loss}")))
+            }
+            _ => Err(err.unwrap_or_else(|| {
+                CoordError::Etcd("the stop was not acknowledged in time".into())
+            })),
+        }
+    }
+
+    /// Deletes the leader key if it records a stop of failover (compared on its revision, so
+    /// nothing written since is deleted). The nodes then claim as for a key that vanished.
+    async fn start_failover(&mut self) -> Result<Option<StopMark>, CoordError> {
+        let mut client = self.client()?;
+        let key = self.s.leader_key();
+        let limit = self.s.timing.lease_ttl + self.s.timing.deadline;
+        let got = tokio::time::timeout(limit, client.get(key.clone(), None))
+            .await
+            .map_err(|_| CoordError::Etcd("reading the leader key timed out".into()))?
+            .map_err(|e| etcd_error("reading the leader key", e))?;
+        self.heard();
+        let Some(kv) = got.kvs().first() else {
+            return Ok(None);
+        };
+        let Some(mark) = LeaderRecord::parse(kv.value()).ok().and_then(|r| r.stopped) else {
+            return Ok(None);
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = tokio::time::timeout(limit, client.txn(txn))
+            .await
+            .map_err(|_| CoordError::Etcd("deleting the stop timed out".into()))?
+            .map_err(|e| etcd_error("deleting the stop", e))?;
+        if !resp.succeeded() {
+            return Err(CoordError::Etcd(
+                "the leader key changed while failover was being started; try again".into(),
+            ));
+        }
+        tracing::info!(stop = %mark.describe(), "etcd: failover started again");
+        Ok(Some(mark))
     }
 
     /// A put of this node's current record, as the member writer would put it.
@@ -1593,17 +1741,24 @@ impl Task {
             return;
         }
         let record = kv.map(|kv| LeaderRecord::parse(kv.value()));
-        let (mine, released) = match &record {
+        let (mine, released, stopped) = match &record {
             Some(Ok(r)) => {
                 let mut v = lock(&self.view);
                 v.epoch = v.epoch.max(r.epoch);
-                (r.node == self.s.node, r.released)
+                v.stopped.clone_from(&r.stopped);
+                (r.node == self.s.node, r.released, r.stopped.is_some())
             }
-            _ => (false, false),
+            _ => {
+                lock(&self.view).stopped = None;
+                (false, false, false)
+            }
         };
         self.leader = record;
-        tracing::trace!(rev, mine, released, "etcd: leader observed");
-        if let Some(loss) = self.lease.observe(rev, mine, released, now()) {
+        tracing::trace!(rev, mine, released, stopped, "etcd: leader observed");
+        if let Some(loss) = self
+            .lease
+            .observe_record(rev, mine, released, stopped, now())
+        {
             self.on_loss(loss);
         }
     }

@@ -63,6 +63,8 @@ pub struct Observed {
     pub rev: i64,
     /// The holder marked the record released (its service stopped): claim at once.
     pub released: bool,
+    /// The record stops failover: never claim (until the key is deleted).
+    pub stopped: bool,
     /// When this node first saw the key at this revision. A claim waits `lease_ttl` from here:
     /// from when *this node received* the state, never from when it was written.
     pub since: Nanos,
@@ -236,12 +238,26 @@ impl Lease {
     /// The `leader` key as read or watched: at `rev` (0: absent), written by this node (`mine`)
     /// or not, marked released or not. Returns the loss when it shows someone else took over.
     pub fn observe(&mut self, rev: i64, mine: bool, released: bool, now: Nanos) -> Option<Loss> {
+        self.observe_record(rev, mine, released, false, now)
+    }
+
+    /// [`Lease::observe`] of a record that may stop failover (`stopped`): no claim is sent while
+    /// one is the last seen.
+    pub fn observe_record(
+        &mut self,
+        rev: i64,
+        mine: bool,
+        released: bool,
+        stopped: bool,
+        now: Nanos,
+    ) -> Option<Loss> {
         if self.seen.is_some_and(|s| s.rev == rev) {
             return None;
         }
         self.seen = Some(Observed {
             rev,
             released,
+            stopped,
             since: now,
         });
         match self.held {
@@ -252,9 +268,10 @@ impl Lease {
     }
 
     /// When a claim may be sent: at once after a release, else `lease_ttl` after this node saw
-    /// `leader` in its current state. `None` before the group was read.
+    /// `leader` in its current state. `None` before the group was read, and while failover is
+    /// stopped.
     pub fn claimable_at(&self) -> Option<Nanos> {
-        self.seen.map(|s| {
+        self.seen.filter(|s| !s.stopped).map(|s| {
             if s.released {
                 s.since
             } else {
@@ -417,6 +434,7 @@ impl Lease {
             self.seen = Some(Observed {
                 rev,
                 released: false,
+                stopped: false,
                 since: now,
             });
         }
@@ -472,6 +490,26 @@ mod tests {
         let got = l.answer(sent, Reply::Committed { rev: 5 }, sent.at + MS);
         assert!(matches!(got, Outcome::Granted { .. }), "{got:?}");
         l
+    }
+
+    /// Review 28, H1: a record that stops failover is never claimed, however long it stays
+    /// (a standby that missed the release finds it when it is back), nor taken by an
+    /// immediate request; once the key is deleted (failover started again), the usual wait.
+    #[test]
+    fn a_stopped_group_is_never_claimed_until_its_key_goes() {
+        let mut l = Lease::new(timing());
+        l.observe_record(9, false, true, true, 10 * MS);
+        for t in [10 * MS, 500 * MS, 3_600_000 * MS] {
+            assert_eq!(l.poll(t, true), Step::Idle(None), "at {t}");
+            assert_eq!(l.claim_now(t), Err(None));
+        }
+        assert_eq!(l.claimable_at(), None);
+        l.observe(0, false, false, 4_000_000 * MS);
+        assert_eq!(
+            l.poll(4_000_000 * MS, true),
+            Step::Idle(Some(4_000_200 * MS))
+        );
+        assert!(matches!(l.poll(4_000_200 * MS, true), Step::Claim(s) if s.expect == 0));
     }
 
     #[test]

@@ -21,10 +21,15 @@ pub mod members;
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 pub use epoch::{EpochRead, EpochSlots, EpochStore};
 pub use etcd::{EtcdCoordinator, EtcdMembers, EtcdSettings, EtcdTls, Fence, FenceSink};
 pub use lease::Timing;
-pub use lockfile::{read_heartbeat, Heartbeat, HeartbeatReading, LockFileCoordinator};
+pub use lockfile::{
+    read_heartbeat, read_stop_mark, stop_mark_path, Heartbeat, HeartbeatReading,
+    LockFileCoordinator,
+};
 pub use members::{boot_id, judge_namesake, pid_ns, same_host, MemberRecord, Members, Namesake};
 
 /// True when `name` can be a node name: non-empty, at most 255 bytes, only `[A-Za-z0-9_.-]`, and
@@ -57,6 +62,73 @@ pub enum CoordError {
     /// etcd could not be reached or refused the operation.
     #[error("etcd: {0}")]
     Etcd(String),
+    /// Failover is stopped for the group (see [`StopMark`]): no node may take it.
+    #[error("failover is stopped: {0}")]
+    FailoverStopped(String),
+}
+
+/// A stop of failover (`POST /service/release`, the control plane's stop failover): the group's
+/// active handed its service over as a plain, unfenced server. While the mark is recorded no
+/// node takes the group, however long it was away: a standby that missed the stop (cut off
+/// from the coordinator, or frozen, so that its record and key had expired and the release
+/// went through) would otherwise take the group while the released service keeps acting.
+/// [`Coordinator::start_failover`] clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopMark {
+    /// The node that released its service.
+    pub node: String,
+    /// The epoch the released service was last told.
+    pub epoch: u64,
+    /// The released service's pid, on the releasing node's machine.
+    pub pid: u32,
+    /// The releasing agent's wall clock at the stop, Unix milliseconds (only shown).
+    pub unix_ms: u64,
+    /// The releasing machine's boot id: with `pid_ns` and `start_ticks`, a node on the same
+    /// machine tells whether the released service still runs.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// The releasing agent's pid namespace (see [`members::pid_ns`]).
+    #[serde(default)]
+    pub pid_ns: Option<u64>,
+    /// When the released service started, in clock ticks since boot.
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
+    /// Set instead of the fields above for a recorded stop that could not be read (it still
+    /// stops failover): what was wrong with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+impl StopMark {
+    /// What the stop was, in words, for `/status`, errors and logs.
+    pub fn describe(&self) -> String {
+        if let Some(why) = &self.unreadable {
+            return format!("a recorded stop that cannot be read ({why})");
+        }
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(self.unix_ms);
+        format!(
+            "node {} released its service (pid {}, epoch {}) at {}",
+            self.node,
+            self.pid,
+            self.epoch,
+            humantime::format_rfc3339_seconds(at)
+        )
+    }
+
+    /// Whether the released service runs on this machine, in this pid namespace, as the same
+    /// process (`start_ticks_of` reads a pid's start); `None` when this machine cannot tell
+    /// (the stop was made elsewhere, or says too little).
+    pub fn runs_here(&self, start_ticks_of: impl Fn(u32) -> Option<u64>) -> Option<bool> {
+        if self.unreadable.is_some() {
+            return None;
+        }
+        let here = self.boot_id.is_some()
+            && self.boot_id == boot_id()
+            && self.pid_ns.is_some()
+            && self.pid_ns == pid_ns();
+        let ticks = self.start_ticks?;
+        here.then(|| start_ticks_of(self.pid) == Some(ticks))
+    }
 }
 
 /// What a coordinator tells the agent, asynchronously.
@@ -134,6 +206,17 @@ pub trait Coordinator: Send {
     fn live_members(&mut self) -> Result<Option<Vec<String>>, CoordError> {
         Ok(None)
     }
+    /// Stop failover for the group (see [`StopMark`]): recorded durably, while this node still
+    /// holds the group, before its service is handed over. Holder only. An error means the
+    /// stop may not be recorded: nothing may be handed over then.
+    fn stop_failover(&mut self, mark: &StopMark) -> Result<(), CoordError>;
+    /// The group's stop of failover as this node last read it (None: failover runs). A node
+    /// takes no grant while there is one.
+    fn failover_stopped(&self) -> Option<StopMark>;
+    /// Start failover again: clear the group's stop, so that its nodes may take the group.
+    /// Returns the stop cleared (None: there was none). The caller makes sure the released
+    /// service no longer acts.
+    fn start_failover(&mut self) -> Result<Option<StopMark>, CoordError>;
 }
 
 /// The epochs a node took for its service as the active (handed out by

@@ -16,7 +16,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::epoch::{EpochRead, EpochSlots, EpochStore};
 use crate::members::Members;
-use crate::{is_valid_node_name, CoordError, CoordEvent, Coordinator, TryAcquire, UsedEpochs};
+use crate::{
+    is_valid_node_name, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire, UsedEpochs,
+};
 
 /// The heartbeat record the active writes into the lock file every heartbeat interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +52,58 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(200);
 /// How many times an open or a lock is retried when the file keeps vanishing or being replaced
 /// under us, before the attempt is reported as an error.
 const REPLACE_RETRIES: u32 = 16;
+/// How often a waiter looks whether a stop of failover was cleared: a start of failover takes
+/// effect within this.
+const STOP_POLL: Duration = Duration::from_millis(100);
+/// A stop mark is one short JSON object.
+const MAX_STOP_MARK_BYTES: u64 = 4096;
+
+/// The file beside the lock that records a stop of failover (see [`StopMark`]): written
+/// durably by the holder before it lets go, read by every node that obtains the lock.
+pub fn stop_mark_path(lock: &Path) -> PathBuf {
+    let mut p = lock.as_os_str().to_owned();
+    p.push(".stopped");
+    PathBuf::from(p)
+}
+
+/// The stop of failover recorded beside `lock`, if any. A file that cannot be read or parsed
+/// counts as a stop (said to be unreadable): only a person, starting failover, decides that
+/// there is none.
+pub fn read_stop_mark(lock: &Path) -> Option<StopMark> {
+    let path = stop_mark_path(lock);
+    let unreadable = |why: String| {
+        Some(StopMark {
+            node: "?".into(),
+            epoch: 0,
+            pid: 0,
+            unix_ms: 0,
+            boot_id: None,
+            pid_ns: None,
+            start_ticks: None,
+            unreadable: Some(format!("{}: {why}", path.display())),
+        })
+    };
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => return unreadable(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = io::Read::read_to_end(
+        &mut io::Read::take(&file, MAX_STOP_MARK_BYTES + 1),
+        &mut bytes,
+    ) {
+        return unreadable(e.to_string());
+    }
+    if bytes.len() as u64 > MAX_STOP_MARK_BYTES {
+        return unreadable(format!("more than {MAX_STOP_MARK_BYTES} bytes"));
+    }
+    match serde_json::from_slice::<StopMark>(&bytes) {
+        Ok(m) if is_valid_node_name(&m.node) && m.unreadable.is_none() => Some(m),
+        Ok(_) => unreadable("not a stop mark".into()),
+        Err(e) => unreadable(e.to_string()),
+    }
+}
 
 impl Heartbeat {
     /// The record as written into the lock file: one line,
@@ -485,6 +539,9 @@ impl Coordinator for LockFileCoordinator {
                 tracing::debug!(%reason, "lock file changed while taking it; retrying");
                 continue;
             }
+            if let Some(mark) = read_stop_mark(&self.lock) {
+                return Err(CoordError::FailoverStopped(mark.describe()));
+            }
             let previous = read_heartbeat_from(&file);
             st.held = Some(Held { file });
             return Ok(TryAcquire::Acquired { previous, created });
@@ -616,6 +673,33 @@ impl Coordinator for LockFileCoordinator {
         let _ = self.events.send(CoordEvent::Lost { reason });
         false
     }
+
+    fn stop_failover(&mut self, mark: &StopMark) -> Result<(), CoordError> {
+        if !self.holds() {
+            return Err(CoordError::NotHolder);
+        }
+        let path = stop_mark_path(&self.lock);
+        let json = serde_json::to_vec(mark).map_err(|e| io_error(&path, io::Error::other(e)))?;
+        crate::epoch::write_durably(&path, &self.node, &[&json])
+    }
+
+    fn failover_stopped(&self) -> Option<StopMark> {
+        read_stop_mark(&self.lock)
+    }
+
+    fn start_failover(&mut self) -> Result<Option<StopMark>, CoordError> {
+        let Some(mark) = read_stop_mark(&self.lock) else {
+            return Ok(None);
+        };
+        let path = stop_mark_path(&self.lock);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path, e)),
+        }
+        crate::epoch::sync_dir_of(&path)?;
+        Ok(Some(mark))
+    }
 }
 
 impl Drop for LockFileCoordinator {
@@ -678,6 +762,15 @@ fn waiter_main(shared: &Shared, path: &Path, events: &UnboundedSender<CoordEvent
             tracing::debug!(%reason, "lock file changed while waiting; waiting on the new one");
             continue;
         }
+        // Read under the lock, which the holder wrote it under before letting go: a stop of
+        // failover made before this grant is seen here, however long this node was away.
+        if let Some(mark) = read_stop_mark(path) {
+            drop(st);
+            drop(file);
+            tracing::debug!(stop = %mark.describe(), "failover is stopped; giving the lock back");
+            wait_while_stopped(shared, path);
+            continue;
+        }
         let previous = read_heartbeat_from(&file);
         st.held = Some(Held { file });
         st.campaigning = false;
@@ -689,6 +782,24 @@ fn waiter_main(shared: &Shared, path: &Path, events: &UnboundedSender<CoordEvent
             lease: None,
         });
         return;
+    }
+}
+
+/// Rest until failover is started again (the stop mark is gone) or the campaign is cancelled.
+fn wait_while_stopped(shared: &Shared, path: &Path) {
+    loop {
+        {
+            let st = shared.lock();
+            if !st.campaigning {
+                return;
+            }
+            let _ = shared
+                .wake
+                .wait_timeout_while(st, STOP_POLL, |s| s.campaigning);
+        }
+        if read_stop_mark(path).is_none() {
+            return;
+        }
     }
 }
 

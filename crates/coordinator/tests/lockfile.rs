@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{acquire_eventually, coord, hb, next_event, PROMPT};
 use understudy_coordinator::{
-    read_heartbeat, CoordError, CoordEvent, Coordinator, HeartbeatReading, TryAcquire,
+    read_heartbeat, stop_mark_path, CoordError, CoordEvent, Coordinator, HeartbeatReading,
+    StopMark, TryAcquire,
 };
 
 const QUIET: Duration = Duration::from_millis(150);
@@ -523,4 +524,76 @@ async fn holder_hint_prefers_fresh_member_records_then_the_heartbeat() {
     members.write(&rec("idle", false, 30)).unwrap();
     members.write(&rec("b", true, 40)).unwrap();
     assert_eq!(b.holder_hint().as_deref(), Some("fresh"));
+}
+
+/// Review 28, H1: a stop of failover, written by the holder before it lets go, keeps every
+/// waiter off the free lock (one already blocked in the kernel included) and refuses immediate
+/// requests, for as long as it is recorded; starting failover again hands the lock to the
+/// waiter. A stop file that cannot be read stops failover too, and a start clears it.
+#[tokio::test]
+async fn a_stop_of_failover_keeps_the_lock_free_until_failover_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_in(&dir);
+    let (mut a, _a_rx) = coord(&lock, "a");
+    let (mut b, mut b_rx) = coord(&lock, "b");
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
+    let mark = StopMark {
+        node: "a".into(),
+        epoch: 4,
+        pid: 4242,
+        unix_ms: 1_700_000_000_000,
+        boot_id: None,
+        pid_ns: None,
+        start_ticks: None,
+        unreadable: None,
+    };
+    assert!(
+        matches!(b.stop_failover(&mark), Err(CoordError::NotHolder)),
+        "only the holder stops failover"
+    );
+    // b waits in the kernel before the stop is made.
+    b.campaign().unwrap();
+    assert_eq!(next_event(&mut b_rx, QUIET).await, None);
+    a.stop_failover(&mark).unwrap();
+    a.release().unwrap();
+    assert_eq!(
+        next_event(&mut b_rx, Duration::from_millis(600)).await,
+        None,
+        "b took a group whose failover is stopped"
+    );
+    assert!(!b.holds());
+    assert_eq!(b.failover_stopped(), Some(mark.clone()));
+    assert!(matches!(
+        b.try_acquire(),
+        Err(CoordError::FailoverStopped(why)) if why.contains("node a released its service (pid 4242, epoch 4)")
+    ));
+    assert!(!b.holds());
+
+    assert_eq!(b.start_failover().unwrap(), Some(mark));
+    assert!(!stop_mark_path(&lock).exists());
+    assert!(matches!(
+        next_event(&mut b_rx, Duration::from_secs(5)).await,
+        Some(CoordEvent::Acquired { .. })
+    ));
+    assert_eq!(b.start_failover().unwrap(), None, "nothing left to clear");
+
+    // Garbage in the stop file: still a stop, said to be unreadable.
+    b.release().unwrap();
+    std::fs::write(stop_mark_path(&lock), b"{\"node\": ").unwrap();
+    let stopped = a
+        .failover_stopped()
+        .expect("a torn stop file stops failover");
+    assert!(stopped.describe().contains("cannot be read"), "{stopped:?}");
+    assert!(matches!(
+        a.try_acquire(),
+        Err(CoordError::FailoverStopped(_))
+    ));
+    assert!(a.start_failover().unwrap().is_some());
+    assert!(matches!(
+        a.try_acquire().unwrap(),
+        TryAcquire::Acquired { .. }
+    ));
 }

@@ -287,6 +287,18 @@ pub enum Input {
         /// process runs here, its etcd key exists): a refusal names it.
         because: Vec<(String, String)>,
     },
+    /// The answer to [`Command::StopFailover`]: None when the stop is recorded, else why not
+    /// (the release is then refused and nothing changes).
+    StopRecorded {
+        /// Why the stop could not be recorded, in words.
+        error: Option<String>,
+    },
+    /// Whether failover is stopped for the group (None: it runs; Some: the stop, in words). A
+    /// node takes no grant while it is (the coordinator refuses them), so it is not ready.
+    FailoverStopped {
+        /// The stop, in words.
+        stopped: Option<String>,
+    },
 }
 
 /// What the agent must do, in order.
@@ -348,6 +360,15 @@ pub enum Command {
     /// Hand the running service over: from now on it is neither supervised nor fenced and it
     /// outlives the agent (its guardian stops watching the agent). Forget it.
     DetachService,
+    /// Record in the coordinator, while still holding, that failover is stopped for the group
+    /// (the running service `pid`, told `epoch`, is about to be handed over): no node may take
+    /// the group until failover is started again. Answer with [`Input::StopRecorded`].
+    StopFailover {
+        /// The service to be handed over.
+        pid: u32,
+        /// The epoch it was last told.
+        epoch: u64,
+    },
     /// Exit the agent.
     Exit {
         /// Process exit code.
@@ -607,6 +628,10 @@ pub struct Engine {
     acked: bool,
     /// Why the coordinator is out of reach, while it is.
     coord_unreachable: Option<String>,
+    /// The group's stop of failover, in words, while there is one.
+    failover_stopped: Option<String>,
+    /// A release waiting for its stop to be recorded: the service it hands over.
+    releasing: Option<u32>,
     /// Why the running configuration is outdated, while it is (see [`Input::Configuration`]).
     outdated: Option<String>,
     /// The grant held back while the phase is PeerStepDown or PreviousService.
@@ -660,6 +685,8 @@ impl Engine {
             svc_pid_at: Duration::ZERO,
             acked: false,
             coord_unreachable: None,
+            failover_stopped: None,
+            releasing: None,
             outdated: None,
             grant: None,
             peers: Vec::new(),
@@ -761,7 +788,11 @@ impl Engine {
         } else {
             true
         };
-        waiting_ok && svc_ok && self.coord_unreachable.is_none() && self.outdated.is_none()
+        waiting_ok
+            && svc_ok
+            && self.coord_unreachable.is_none()
+            && self.failover_stopped.is_none()
+            && self.outdated.is_none()
     }
 
     fn waiting_text(&self) -> Option<String> {
@@ -776,6 +807,10 @@ impl Engine {
             Phase::Warm(_) if self.coord_unreachable.is_some() => format!(
                 "not ready: {}",
                 self.coord_unreachable.as_deref().unwrap_or_default()
+            ),
+            Phase::Warm(_) if self.failover_stopped.is_some() => format!(
+                "failover is stopped: {}; no node takes the group until failover is started again (POST /failover/start, `understudy start-failover`, or the control plane's start failover) once that service no longer runs",
+                self.failover_stopped.as_deref().unwrap_or_default()
             ),
             Phase::Warm(w) => match w {
                 Waiting::Lock => "waiting for the group lock (another node is active)".to_string(),
@@ -860,6 +895,8 @@ impl Engine {
             Input::Switchover { ready, to } => self.on_switchover(ready, to),
             Input::Peers(peers) => self.on_peers(peers),
             Input::CoordinatorReach { unreachable } => self.coord_unreachable = unreachable,
+            Input::FailoverStopped { stopped } => self.on_failover_stopped(stopped),
+            Input::StopRecorded { error } => self.on_stop_recorded(error),
             Input::Configuration { outdated } => self.on_configuration(outdated),
             Input::LockConfirmed => {
                 if self.holds_lock
@@ -1394,9 +1431,10 @@ impl Engine {
     fn on_lock_busy(&mut self, holder: Option<String>) {
         match self.trying.take() {
             Some(TryFor::Operator) => {
-                let reason = match &holder {
-                    Some(h) => format!("node {h} holds the group lock; activating here would make two actives"),
-                    None => "another process holds the group lock; activating here would make two actives".to_string(),
+                let reason = match (&holder, &self.failover_stopped) {
+                    (_, Some(why)) => format!("failover is stopped for the group ({why}): start failover again (POST /failover/start) once that service no longer runs"),
+                    (Some(h), None) => format!("node {h} holds the group lock; activating here would make two actives"),
+                    (None, None) => "another process holds the group lock; activating here would make two actives".to_string(),
                 };
                 self.record(EventKind::Refused, reason.clone());
                 self.answer_activate = false;
@@ -2085,13 +2123,59 @@ impl Engine {
         };
         let (Some(pid), None) = (pid, refusal.clone()) else {
             let reason = refusal.unwrap_or_default();
-            self.record(EventKind::Refused, format!("release: {reason}"));
-            self.emit(Command::Answer(Answer::ReleaseRefused { reason }));
+            self.refuse_release(reason);
             return;
         };
+        // The stop is recorded first, while this node still holds the group: a standby that
+        // missed the release (cut off or frozen long enough that nothing here counts it) must
+        // find it when it comes back, rather than a free group (review 28, H1).
+        self.releasing = Some(pid);
+        let epoch = self.epoch;
+        self.emit(Command::StopFailover { pid, epoch });
+    }
+
+    fn on_failover_stopped(&mut self, stopped: Option<String>) {
+        match (&self.failover_stopped, &stopped) {
+            (None, Some(why)) => self.record(
+                EventKind::FailoverStopped,
+                format!("failover is stopped for the group: {why}"),
+            ),
+            (Some(_), None) => self.record(
+                EventKind::FailoverStarted,
+                "failover runs again: the group's stop was cleared",
+            ),
+            _ => {}
+        }
+        self.failover_stopped = stopped;
+    }
+
+    fn refuse_release(&mut self, reason: String) {
+        self.record(EventKind::Refused, format!("release: {reason}"));
+        self.emit(Command::Answer(Answer::ReleaseRefused { reason }));
+    }
+
+    fn on_stop_recorded(&mut self, error: Option<String>) {
+        let Some(pid) = self.releasing.take() else {
+            return;
+        };
+        let running = matches!((&self.phase, self.svc), (Phase::Hot, SvcState::Running { pid: p, .. }) if p == pid);
+        if let Some(e) = error {
+            self.refuse_release(format!(
+                "cannot record in the coordinator that failover is stopped ({e}): handed over without it, a standby that missed the release could take the group while the service keeps acting; nothing changed"
+            ));
+            return;
+        }
+        if !running {
+            // The service ended, or this node lost the group, while the stop was written: it
+            // stays recorded (only a start of failover clears it), and nothing is handed over.
+            self.refuse_release(
+                "the service or the group was lost while the stop was recorded; failover stays stopped until it is started again".to_string(),
+            );
+            return;
+        }
         self.record(
             EventKind::Shutdown,
-            format!("released: service pid {pid} keeps running as a plain server, no longer fenced; leaving the group"),
+            format!("released: service pid {pid} keeps running as a plain server, no longer fenced; failover is stopped for the group; leaving it"),
         );
         self.emit(Command::DetachService);
         self.svc = SvcState::Stopped;

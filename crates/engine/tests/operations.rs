@@ -245,6 +245,7 @@ impl World {
                 }
             }
             Command::DetachService => panic!("node {i} detaches its service, never asked"),
+            Command::StopFailover { .. } => panic!("node {i} stops failover, never asked"),
             Command::Release => {
                 // The record says it let go before the lock passes (the agent writes it first).
                 self.nodes[i].record = Some(self.nodes[i].e.snapshot());

@@ -1970,10 +1970,20 @@ fn release_hands_the_active_service_over_only_when_alone() {
     );
     assert_eq!(n.e.state(), State::Hot);
 
-    // Alone (the standby's agent is gone): the service is detached, never stopped, then the lock
-    // is let go and the agent exits.
+    // Alone (the standby's agent is gone): the stop of failover is recorded first, while the
+    // node holds the group (review 28, H1); then the service is detached, never stopped, the
+    // lock is let go and the agent exits.
     n.feed(peer_gone("b", KNOWN + 1));
     let out = n.feed(release());
+    assert_eq!(
+        out,
+        vec![Command::StopFailover {
+            pid: 10,
+            epoch: KNOWN + 1
+        }]
+    );
+    assert_eq!(n.e.state(), State::Hot);
+    let out = n.feed(Input::StopRecorded { error: None });
     assert_eq!(
         out,
         vec![
@@ -2023,7 +2033,65 @@ fn a_release_the_agent_could_not_verify_is_refused_and_recorded() {
     n.feed(peer_gone("b", KNOWN + 1));
     // Once the agent can tell again, the same node alone is released.
     let out = n.feed(release());
+    assert!(
+        matches!(&out[..], [Command::StopFailover { pid: 10, .. }]),
+        "{out:?}"
+    );
+    let out = n.feed(Input::StopRecorded { error: None });
     assert!(out.contains(&Command::DetachService), "{out:?}");
+}
+
+/// Review 28, H1: a release whose stop of failover the coordinator could not record (etcd did
+/// not acknowledge it) hands nothing over: a standby that missed the release would find a free
+/// group. Refused, recorded, and the node stays the active one, its service supervised.
+#[test]
+fn a_release_whose_stop_is_not_recorded_hands_nothing_over() {
+    let mut n = hot_trylock(StandbyType::Hot);
+    assert!(matches!(
+        &n.feed(release())[..],
+        [Command::StopFailover { pid: 10, .. }]
+    ));
+    let all = n.feed_all(Input::StopRecorded {
+        error: Some("etcd: no answer before the deadline".into()),
+    });
+    assert!(
+        matches!(&actions(&all)[..], [Command::Answer(Answer::ReleaseRefused { reason })]
+            if reason.contains("cannot record in the coordinator that failover is stopped (etcd: no answer")),
+        "{all:?}"
+    );
+    assert!(kinds(&all).contains(&EventKind::Refused), "{all:?}");
+    assert_eq!(n.e.state(), State::Hot);
+    assert!(n.e.holds_lock());
+    assert!(matches!(n.e.service(), SvcState::Running { pid: 10, .. }));
+    // An answer nobody waits for changes nothing.
+    assert_eq!(n.feed(Input::StopRecorded { error: None }), vec![]);
+    assert_eq!(n.e.state(), State::Hot);
+}
+
+/// While failover is stopped for the group, a standby is not ready and says why; the stop and
+/// its end are in the timeline.
+#[test]
+fn a_standby_of_a_stopped_group_is_not_ready_and_says_why() {
+    let mut n = Node::new(cfg(ActivationMode::TryLock, StandbyType::Hot));
+    n.feed(Input::Start { known_epoch: KNOWN });
+    n.up(10);
+    assert!(n.e.ready());
+    let why = "node a released its service (pid 7, epoch 3) at 2026-12-04T22:00:00Z";
+    let all = n.feed_all(Input::FailoverStopped {
+        stopped: Some(why.into()),
+    });
+    assert!(kinds(&all).contains(&EventKind::FailoverStopped), "{all:?}");
+    assert!(!n.e.ready());
+    assert!(
+        n.waiting()
+            .contains("failover is stopped: node a released its service")
+            && n.waiting().contains("POST /failover/start"),
+        "{}",
+        n.waiting()
+    );
+    let all = n.feed_all(Input::FailoverStopped { stopped: None });
+    assert!(kinds(&all).contains(&EventKind::FailoverStarted), "{all:?}");
+    assert!(n.e.ready());
 }
 
 #[test]

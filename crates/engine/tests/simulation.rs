@@ -716,6 +716,9 @@ impl World {
                 Command::DetachService => {
                     self.check(false, || format!("{i} detaches its service, never asked"));
                 }
+                Command::StopFailover { .. } => {
+                    self.check(false, || format!("{i} stops failover, never asked"));
+                }
                 Command::Exit { code } => {
                     self.check(code == 0 && k + 1 == n, || format!("{i}: odd exit {code}"));
                     self.check(self.nodes[i].proc_.is_none(), || {

@@ -546,6 +546,15 @@ pub struct Switchover {
     pub took_ms: f64,
 }
 
+/// The answer to `POST /failover/start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverStart {
+    /// The node that was asked.
+    pub node: String,
+    /// The stop of failover cleared, in words (None: failover was running).
+    pub cleared: Option<String>,
+}
+
 /// What a timeline entry of `GET /events` records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -594,6 +603,11 @@ pub enum EventKind {
     NotReady,
     /// The standby service is ready again: the node rejoins the group.
     ReadyAgain,
+    /// Failover was stopped for the group (its active handed its service over): no node takes
+    /// the group until it is started again.
+    FailoverStopped,
+    /// Failover was started again: the group's stop was cleared.
+    FailoverStarted,
     /// A word this build does not know (a newer agent's); never written.
     #[serde(other)]
     Unknown,
@@ -601,7 +615,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind an agent writes.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::AgentStarted,
         EventKind::LockObtained,
         EventKind::HeartbeatStale,
@@ -624,6 +638,8 @@ impl EventKind {
         EventKind::Shutdown,
         EventKind::NotReady,
         EventKind::ReadyAgain,
+        EventKind::FailoverStopped,
+        EventKind::FailoverStarted,
     ];
 
     /// The word on the wire (`"lock_obtained"`).
@@ -651,6 +667,8 @@ impl EventKind {
             EventKind::Shutdown => "shutdown",
             EventKind::NotReady => "not_ready",
             EventKind::ReadyAgain => "ready_again",
+            EventKind::FailoverStopped => "failover_stopped",
+            EventKind::FailoverStarted => "failover_started",
             EventKind::Unknown => "unknown",
         }
     }

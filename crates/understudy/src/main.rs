@@ -155,6 +155,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Start failover again after a release stopped it (POST /failover/start on any node of
+    /// the group): clears the stop the release recorded, so the group's nodes take it again.
+    /// Stop the released service first; refused while it runs on the node's machine.
+    StartFailover {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Print the agent's JSON answer ({"node","cleared"}) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a node's event timeline and its takeovers.
     Events {
         #[command(flatten)]
@@ -523,6 +533,24 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         "switched over: {} → {} (epoch {}) in {:.1} ms",
                         r.from, r.to, r.epoch, r.took_ms
                     );
+                }
+                Ok(0)
+            })
+        }
+        Cmd::StartFailover { agent, json } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let c = agent.client(Duration::from_secs(30))?;
+                let r = c.start_failover().await.context("start failover refused")?;
+                if json {
+                    print_json(&r)?;
+                } else {
+                    match &r.cleared {
+                        Some(stop) => {
+                            println!("failover runs again for the group (cleared: {stop})")
+                        }
+                        None => println!("failover was running; nothing to clear"),
+                    }
                 }
                 Ok(0)
             })

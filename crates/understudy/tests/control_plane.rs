@@ -1217,12 +1217,21 @@ fn the_preferred_node_is_active_at_start_and_again_after_a_failover_with_failbac
     let (taker, taken) = new_active(&plane, epoch, Duration::from_secs(10));
     assert_ne!(taker, "px-2");
     // Its host starts px-2 again; a ready standby for 1 s, it gets activity back.
-    let (back, _) = new_active(&plane, taken, Duration::from_secs(30));
+    let (back, back_epoch) = new_active(&plane, taken, Duration::from_secs(30));
     assert_eq!(
         back, "px-2",
         "activity did not come back to the preferred node"
     );
     watcher.finish();
+    check_overlaps(&log);
+    assert_eq!(plane.ctl(&["stop-failover", "px"]).0, 0);
+    assert_eq!(plane.ctl(&["stop-server", "px"]).0, 0);
+    // Started again from the stopped server: the release recorded that failover is stopped,
+    // which keeps every node off the group; the first node booted clears it and is active.
+    let (code, v) = plane.ctl(&["start-failover", "px"]);
+    assert_eq!(code, 0, "{v}");
+    let (again, _) = new_active(&plane, back_epoch, Duration::from_secs(30));
+    assert_eq!(again, "px-2", "the preferred node is not the active again");
     check_overlaps(&log);
     assert_eq!(plane.ctl(&["stop-failover", "px"]).0, 0);
     assert_eq!(plane.ctl(&["stop-server", "px"]).0, 0);

@@ -402,6 +402,93 @@ fn a_standby_on_another_boot_counts_until_its_key_expires_on_etcd() {
     kill_released(&body);
 }
 
+/// Review 28, H1, on the agents' side: a standby on another machine frozen (or cut off from
+/// etcd) for longer than `backstop_ttl` has neither a fresh record nor a member key, so nothing
+/// counts it and a direct `POST /service/release` goes through. The release records the stop
+/// of failover in the leader key, without a lease, before it hands anything over; b, back,
+/// finds it and stays a standby (it used to claim the released group at once while the
+/// released service acted: two actives), says why, and takes the group only once failover is
+/// started again after that service stopped. The overlap checker reads every service's log,
+/// the released one's included.
+#[test]
+fn a_standby_back_after_its_key_expired_finds_failover_stopped_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "backstop_ttl = \"2s\"");
+    let boot = tempfile::NamedTempFile::new().expect("a boot id file");
+    std::fs::write(boot.path(), "0badb007-0000-4000-8000-000000000002\n").expect("write boot id");
+    let script = format!(
+        "mount --bind {} /proc/sys/kernel/random/boot_id && exec \"$@\"",
+        boot.path().display()
+    );
+    g.launchers.insert(
+        "b".into(),
+        ["unshare", "--mount", "sh", "-c", &script, "sh"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let (w, e1) = start_pair(&mut g);
+    let key = "/understudy/g/members/b";
+    g.sigstop("b");
+    assert!(
+        wait_until(10 * S, || !key_present(&etcd, key)),
+        "b's key outlived its lease"
+    );
+    // Past the freshness window too: nothing speaks for b any more.
+    std::thread::sleep(Duration::from_millis(600));
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert_eq!(code, 200, "release refused: {body}");
+    let released = body["pid"].as_u64().expect("the released pid") as u32;
+    // The stop, in the leader key, on no lease: it outlives a's agent, which exits now.
+    let meta = etcd.ctl(&["get", "/understudy/g/leader", "-w", "json"]);
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).expect("etcdctl json");
+    assert_eq!(
+        meta["kvs"][0]["lease"].as_i64().unwrap_or(0),
+        0,
+        "the stop hangs on a lease: {meta}"
+    );
+    let (_, leader) = kv_at(&etcd, "/understudy/g/leader", None);
+    assert_eq!(leader["stopped"]["node"], "a", "{leader}");
+    assert_eq!(leader["stopped"]["pid"], released, "{leader}");
+    assert_eq!(leader["stopped"]["epoch"], e1, "{leader}");
+
+    g.sigcont("b");
+    g.wait_status("b", "failover stopped", 10 * S, |s| {
+        s["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("failover is stopped: node a released its service"))
+    });
+    g.stays("b", "Warm", 2 * S);
+    assert_eq!(g.st("b")["ready"], false);
+    assert!(alive(released), "the released service died");
+    assert!(
+        g.event_kinds("b").iter().any(|k| k == "failover_stopped"),
+        "{:?}",
+        g.event_kinds("b")
+    );
+
+    // Started again once the released service is gone: b takes the group.
+    kill_released(&body);
+    assert!(wait_until(5 * S, || !alive(released)));
+    let (code, started) = testbed::http::post(&g.admin("b"), "/failover/start");
+    assert_eq!(code, 200, "{started}");
+    assert!(
+        started["cleared"]
+            .as_str()
+            .is_some_and(|c| c.contains("node a released its service")),
+        "{started}"
+    );
+    g.wait_mode("b", "Hot", 10 * S);
+    assert!(g.epoch("b") > e1);
+    assert!(
+        !key_present(&etcd, "/understudy/g/leader") || {
+            let (_, l) = kv_at(&etcd, "/understudy/g/leader", None);
+            l["stopped"].is_null()
+        }
+    );
+    g.expect_actives(2);
+    w.finish();
+}
+
 /// Review 29, M2: an agent that finds its name taken by a live one (the same configuration on
 /// two machines) exits, and must leave that one's member key alone: deleted, the live standby
 /// had neither record nor key until its next write, and a release in between went through.

@@ -103,6 +103,82 @@ fn release_hands_the_running_service_over_and_the_agent_leaves() {
     );
 }
 
+/// Review 28, H1, on a lock file: a release records the stop of failover beside the lock
+/// (`<lock>.stopped`) before it hands the service over, and no agent of the group takes the
+/// free lock while it is there: not one started afterwards (as a standby that missed the
+/// release would come back), nor one asked to activate. Starting failover again is refused
+/// while the released service runs on this machine, and once it is stopped, the standby takes
+/// the group.
+#[test]
+fn a_release_stops_failover_until_it_is_started_again_once_the_service_is_gone() {
+    let mut g = Group::new("trylock", "hot");
+    let w = g.add_watched_pair();
+    g.start_a_hot_then_b();
+    g.wait_ready("b", Duration::from_secs(15));
+    let e1 = g.epoch("a");
+    g.sigterm("b", Duration::from_secs(15));
+    let mut answer = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let (c, b) = post(&g.admin("a"), "/service/release");
+            answer = b;
+            c == 200
+        }),
+        "release refused once alone: {answer}"
+    );
+    let svc = answer["pid"].as_u64().expect("the released pid") as u32;
+    let mark: Value = serde_json::from_slice(
+        &std::fs::read(understudy_coordinator::stop_mark_path(&g.lock)).expect("the stop file"),
+    )
+    .expect("the stop file is JSON");
+    assert_eq!(mark["node"], "a", "{mark}");
+    assert_eq!(mark["pid"], svc, "{mark}");
+    assert_eq!(mark["epoch"], e1, "{mark}");
+
+    g.start("b");
+    g.wait_status("b", "failover stopped", Duration::from_secs(10), |s| {
+        s["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("failover is stopped: node a released its service"))
+    });
+    g.stays("b", "Warm", Duration::from_secs(1));
+    // An operator's activation does not pass it either.
+    let (code, body) = g.put_hot("b");
+    assert_eq!(code, 409, "activated next to the released service: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failover is stopped for the group (node a released")),
+        "{body}"
+    );
+    assert_eq!(g.mode("b").as_deref(), Some("Warm"));
+
+    let (code, body) = post(&g.admin("b"), "/failover/start");
+    assert_eq!(
+        code, 409,
+        "failover started while the released service runs: {body}"
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(&format!(
+            "the released service, pid {svc}, still runs on this machine"
+        ))),
+        "{body}"
+    );
+    assert!(understudy_coordinator::stop_mark_path(&g.lock).exists());
+
+    let pg = pgid_of(svc).expect("the service's process group");
+    let _ = killpg(Pid::from_raw(pg as i32), Signal::SIGTERM);
+    assert!(wait_until(Duration::from_secs(10), || !alive(svc)));
+    let (code, body) = post(&g.admin("b"), "/failover/start");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["stop"]["pid"], svc, "{body}");
+    g.wait_mode("b", "Hot", Duration::from_secs(10));
+    assert!(g.epoch("b") > e1);
+    assert!(!understudy_coordinator::stop_mark_path(&g.lock).exists());
+    g.expect_actives(2);
+    w.finish();
+}
+
 /// A child process killed on drop.
 struct Kill(std::process::Child);
 
@@ -247,6 +323,9 @@ fn the_openapi_document_matches_the_router_and_real_answers() {
         ),
         (b.as_str(), "put", "/service/activationmode/hot", None, 409),
         (a.as_str(), "post", "/service/release", None, 409),
+        // Nothing to clear: failover runs (the stop itself is
+        // `a_release_stops_failover_until_it_is_started_again_once_the_service_is_gone`).
+        (b.as_str(), "post", "/failover/start", None, 200),
         // The active told that its configuration changed keeps acting; b takes over below.
         (a.as_str(), "put", "/config/wanted/1", None, 200),
         (a.as_str(), "post", "/service/switchover?to=b", None, 200),
