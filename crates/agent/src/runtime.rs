@@ -829,19 +829,24 @@ impl Runtime {
     /// acts unfenced: a node taking the group now would make two actives); elsewhere, the
     /// operator (or the control plane, which stopped the server) answers for it.
     fn start_failover(&mut self) -> Result<Option<StopMark>, StartRefused> {
-        if let Some(mark) = self.coord.failover_stopped() {
+        // Judged on the stop the coordinator is about to clear, not on a cached copy (review
+        // 30, M5).
+        let allow: understudy_coordinator::Allow = Box::new(|mark: &StopMark| {
             if mark.runs_here(procwatch::start_ticks) == Some(true) {
-                return Err(StartRefused::StillRuns(format!(
+                return Err(format!(
                     "the released service, pid {}, still runs on this machine as a plain server ({}): stop it first, or a node taking the group would act next to it",
                     mark.pid,
                     mark.describe()
-                )));
+                ));
             }
-        }
-        let cleared = self
-            .coord
-            .start_failover()
-            .map_err(|e| StartRefused::Coordinator(e.to_string()))?;
+            Ok(())
+        });
+        let cleared = self.coord.start_failover(allow).map_err(|e| match e {
+            understudy_coordinator::CoordError::FailoverStopped(why) => {
+                StartRefused::StillRuns(why)
+            }
+            e => StartRefused::Coordinator(e.to_string()),
+        })?;
         if let Some(mark) = &cleared {
             info!(
                 "failover started again; cleared the stop: {}",
@@ -958,6 +963,10 @@ impl Runtime {
                 Ok(TryAcquire::HeldByOther) => Input::LockBusy {
                     holder: self.holder_hint(),
                 },
+                Err(understudy_coordinator::CoordError::FailoverStopped(why)) => {
+                    warn!("not taking the group: failover is stopped: {why}");
+                    Input::LockBusy { holder: None }
+                }
                 Err(e) => {
                     error!("cannot try the group lock: {e}");
                     Input::LockBusy { holder: None }

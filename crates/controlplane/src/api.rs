@@ -322,8 +322,25 @@ async fn start_server(State(ctx): State<Shared>, Path(name): Path<String>) -> Re
     done(&ctx, &name, r, StatusCode::OK)
 }
 
-async fn stop_server(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
-    let r = ctx.plane.stop_server(&name).await.map(|_| ());
+#[derive(serde::Deserialize)]
+struct StopQuery {
+    /// The host is gone for good: Stopped without its confirmation.
+    #[serde(default)]
+    force: bool,
+}
+
+async fn stop_server(
+    State(ctx): State<Shared>,
+    Path(name): Path<String>,
+    q: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "query parameters: force=true|false",
+        );
+    };
+    let r = ctx.plane.stop_server(&name, q.force).await.map(|_| ());
     done(&ctx, &name, r, StatusCode::OK)
 }
 

@@ -134,7 +134,7 @@ pub fn document() -> Value {
                 "delete": server_op("remove a stopped server from the inventory", &[("409", "the server runs")])
             },
             "/api/servers/{name}/start": { "post": server_op("start as a plain server, without failover", &[("409", "not stopped")]) },
-            "/api/servers/{name}/stop": { "post": server_op("stop the plain server", &[("409", "not a running plain server (stop failover first)")]) },
+            "/api/servers/{name}/stop": { "post": server_op("stop the plain server; Stopped once its host confirms (`?force=true`: the host is gone for good, Stopped without it)", &[("409", "not a running plain server (stop failover first), or its host did not confirm the stop (it stays running)")]) },
             "/api/servers/{name}/failover": {
                 "put": {
                     "summary": "add (or replace) the failover service: standby type, standby hosts, activation mode, preferred node; validated in full",

@@ -388,6 +388,35 @@ impl Plane {
         let _ops = self.ops.lock().await;
         let row = self.row(name)?;
         let next = self.check(&row, Step::StartServer)?;
+        // An agent of this server's group whose stop its host never confirmed (a failed start
+        // of failover, cleaned up while that host was dark) may still run, even be active: a
+        // plain server next to it would make two actives (review 29, M1).
+        if let Some(f) = &row.failover {
+            if f.nodes.iter().any(|n| n.host == LOCAL_HOST) {
+                self.sync_local().await;
+            }
+            let running: Vec<String> = f
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    let (host, r) = self.report(&agent_key(&n.name))?;
+                    Some(format!(
+                        "{} (host {host} last reported its agent{})",
+                        n.name,
+                        r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+                    ))
+                })
+                .collect();
+            if !running.is_empty() {
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!(
+                        "an agent of this server's failover group may still run: {}; a plain server next to it could make two actives",
+                        running.join(", ")
+                    ),
+                    hint: "bring that host back so that it stops the agent (or stop it there), then start the server".into(),
+                }));
+            }
+        }
         let key = server_key(name);
         let generation = unix_ms();
         let want = Want::Server {
@@ -422,8 +451,11 @@ impl Plane {
         self.row(name)
     }
 
-    /// Stop a plain server.
-    pub async fn stop_server(&self, name: &str) -> Result<ServerRow, PlaneError> {
+    /// Stop a plain server. Only a stop its host confirmed makes the server Stopped: a
+    /// released service (stop failover) acts unfenced, and start failover, allowed from
+    /// Stopped, lets the group take over next to whatever still runs (review 30, H1). `force`
+    /// says the host is gone for good (its machine dead): the server is Stopped on that word.
+    pub async fn stop_server(&self, name: &str, force: bool) -> Result<ServerRow, PlaneError> {
         let _ops = self.ops.lock().await;
         let row = self.row(name)?;
         let next = self.check(&row, Step::StopServer)?;
@@ -434,7 +466,16 @@ impl Plane {
             .unwrap_or(row.spec.host.clone());
         self.store.delete_desired(&key)?;
         if let Err(e) = self.wait_report(&host, &key, |r| r.is_none()).await {
-            warn!(server = %name, "stopping: {e}");
+            if !force {
+                warn!(server = %name, "stop not confirmed, the server stays running: {e}");
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!(
+                        "host {host} did not confirm that server {name} stopped ({e}): it may still run, so it stays running here (its host stops it when it is back)"
+                    ),
+                    hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force".into(),
+                }));
+            }
+            warn!(server = %name, "stop not confirmed, Stopped on the operator's word (--force): {e}");
         }
         self.store.set_state(name, next)?;
         info!(server = %name, "server stopped");
@@ -934,17 +975,78 @@ impl Plane {
         for n in nodes {
             let _ = self.store.delete_desired(&agent_key(&n.name));
         }
-        let mut unconfirmed = Vec::new();
-        for n in nodes {
-            if let Err(e) = self
-                .wait_report(&n.host, &agent_key(&n.name), |r| r.is_none())
+        // Side by side: a dark host costs `HOST_TIMEOUT` once, not once per node (three of
+        // them went past `ctl`'s own timeout, review 29, M3).
+        let waits = nodes.iter().map(|n| async move {
+            self.wait_report(&n.host, &agent_key(&n.name), |r| r.is_none())
                 .await
-            {
-                warn!(node = %n.name, "stopping: {e}");
-                unconfirmed.push((n.name.clone(), e));
+                .err()
+                .map(|e| {
+                    warn!(node = %n.name, "stopping: {e}");
+                    (n.name.clone(), e)
+                })
+        });
+        futures_util::future::join_all(waits)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The nodes among `nodes` whose host has not reported for longer than [`HOST_STALE`] (the
+    /// built-in host always reports), each with how long, in words.
+    fn dark_hosts(&self, nodes: &[&NodeSpec]) -> Vec<String> {
+        let hosts = self.store.hosts().unwrap_or_default();
+        let now = unix_ms();
+        nodes
+            .iter()
+            .filter(|n| n.host != LOCAL_HOST)
+            .filter_map(|n| {
+                let seen = hosts.get(&n.host).map(|h| h.1);
+                let age = seen.map(|t| now.saturating_sub(t));
+                let dark = age.is_none_or(|a| a > HOST_STALE.as_millis() as u64);
+                dark.then(|| match age {
+                    Some(a) => format!(
+                        "{} (host {} has not reported for {:.1} s)",
+                        n.name,
+                        n.host,
+                        a as f64 / 1000.0
+                    ),
+                    None => format!("{} (host {} never reported)", n.name, n.host),
+                })
+            })
+            .collect()
+    }
+
+    /// What each of `nodes`' hosts is told to run for it now (None: nothing).
+    fn desired_of(&self, nodes: &[&NodeSpec]) -> Vec<Option<Value>> {
+        nodes
+            .iter()
+            .map(|n| {
+                self.store
+                    .desired(&agent_key(&n.name))
+                    .ok()
+                    .flatten()
+                    .map(|(_, v)| v)
+            })
+            .collect()
+    }
+
+    /// Puts back the wants `desired_of` read for `nodes` (a node that had none is wanted anew).
+    fn want_again(
+        &self,
+        server: &ServerSpec,
+        f: &FailoverSpec,
+        nodes: &[&NodeSpec],
+        before: &[Option<Value>],
+    ) -> Result<(), PlaneError> {
+        for (n, was) in nodes.iter().zip(before) {
+            match was {
+                Some(v) => self.store.put_desired(&agent_key(&n.name), &n.host, v)?,
+                None => self.want_agent(server, f, n, None)?,
             }
         }
-        unconfirmed
+        Ok(())
     }
 
     /// Start failover: only from a stopped server. Boots the preferred node first and waits for it
@@ -1039,6 +1141,22 @@ impl Plane {
             .iter()
             .filter(|n| Some(&n.name) != active.as_ref().map(|(a, _)| &a.name))
             .collect();
+        // A standby on a host that has not reported for a while could not be told to stop: the
+        // stop is refused before any healthy standby is stopped (review 29, M3).
+        let dark = self.dark_hosts(&standbys);
+        if !dark.is_empty() {
+            warn!(server = %name, "stop failover refused before stopping anything: {}", dark.join("; "));
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!(
+                    "standby {} cannot be told to stop: released now, it could take over while the released service keeps acting; nothing was stopped",
+                    dark.join(", ")
+                ),
+                hint: "bring that host back (or its `understudy host` process), then stop failover again".into(),
+            }));
+        }
+        // The standbys' wants as they were, to put back as they were if the stop is refused (an
+        // agent's `keep` included, review 29, M4).
+        let before = self.desired_of(&standbys);
         let unconfirmed = self.stop_nodes(&standbys).await;
         if !unconfirmed.is_empty() {
             // A standby whose host could not be told may still run (a cut link, a frozen
@@ -1046,9 +1164,7 @@ impl Plane {
             // while the released service keeps acting. Its etcd key is no proof either way: a
             // member cut off from etcd loses it after `backstop_ttl` and lives on. Failover
             // stays on, with every standby wanted again (review 28, H1).
-            for n in &standbys {
-                self.want_agent(&row.spec, &f.spec, n, None)?;
-            }
+            self.want_again(&row.spec, &f.spec, &standbys, &before)?;
             let names: Vec<String> = unconfirmed
                 .iter()
                 .map(|(n, why)| format!("{n} ({why})"))
@@ -1104,6 +1220,7 @@ impl Plane {
             &a.host,
             &serde_json::to_value(want(pid)).unwrap_or_default(),
         )?;
+        let before = self.desired_of(&[a]);
         self.store.delete_desired(&agent_key(&a.name))?;
         match self.ask_release(a).await {
             Ok(released) if released == pid => {}
@@ -1117,7 +1234,7 @@ impl Plane {
             }
             Err(e) => {
                 self.store.delete_desired(&skey)?;
-                self.want_agent(&row.spec, f, a, None)?;
+                self.want_again(&row.spec, f, &[a], &before)?;
                 return Err(e);
             }
         }
@@ -1132,8 +1249,6 @@ impl Plane {
         Ok(())
     }
 
-    /// `POST /service/release` to the active's agent: the pid of the released service. Retried
-    /// while the agent still sees a stopped standby's record as alive (409), for a few seconds.
     /// `POST /failover/start` on `node`: clears the group's stop of failover, if any.
     async fn ask_start_failover(&self, node: &NodeSpec) -> Result<(), PlaneError> {
         let url = self.agent_url(&self.node_admin(node), "/failover/start");
@@ -1145,6 +1260,10 @@ impl Plane {
             .await
             .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", node.name)))?;
         let code = resp.status();
+        if code == reqwest::StatusCode::NOT_FOUND {
+            // An agent from before the stop of failover existed records none.
+            return Ok(());
+        }
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if code.is_success() {
             if let Some(stop) = body.get("cleared").and_then(Value::as_str) {
@@ -1163,6 +1282,8 @@ impl Plane {
         )))
     }
 
+    /// `POST /service/release` to the active's agent: the pid of the released service. Retried
+    /// while the agent still sees a stopped standby's record as alive (409), for a few seconds.
     async fn ask_release(&self, a: &NodeSpec) -> Result<u32, PlaneError> {
         let url = self.agent_url(&self.node_admin(a), "/service/release");
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;

@@ -50,7 +50,8 @@ use crate::lease::{Lease, Loss, Nanos, Outcome, Reply, Sent, Step, Timing};
 use crate::lockfile::{Heartbeat, HeartbeatReading};
 use crate::members::MemberRecord;
 use crate::{
-    is_valid_node_name, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire, UsedEpochs,
+    is_valid_node_name, Allow, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire,
+    UsedEpochs,
 };
 
 /// A leader record is one short JSON object; anything bigger is not ours.
@@ -300,7 +301,10 @@ enum Cmd {
         std::sync::mpsc::SyncSender<Result<(), CoordError>>,
     ),
     /// [`Coordinator::start_failover`].
-    StartFailover(std::sync::mpsc::SyncSender<Result<Option<StopMark>, CoordError>>),
+    StartFailover(
+        Allow,
+        std::sync::mpsc::SyncSender<Result<Option<StopMark>, CoordError>>,
+    ),
 }
 
 /// Membership records kept in etcd: written by a background task (the newest record wins, so a
@@ -669,10 +673,11 @@ impl Coordinator for EtcdCoordinator {
         lock(&self.view).stopped.clone()
     }
 
-    fn start_failover(&mut self) -> Result<Option<StopMark>, CoordError> {
+    fn start_failover(&mut self, allow: Allow) -> Result<Option<StopMark>, CoordError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.send(Cmd::StartFailover(tx))?;
-        match rx.recv_timeout(self.answer_wait()) {
+        self.send(Cmd::StartFailover(allow, tx))?;
+        // The thread bounds its read and its delete by this much each.
+        match rx.recv_timeout(self.answer_wait() * 2) {
             Ok(answer) => answer,
             Err(_) => Err(CoordError::Etcd("etcd did not answer in time".into())),
         }
@@ -1015,8 +1020,8 @@ impl Task {
                 let answer = self.stop_failover(mark).await;
                 let _ = reply.send(answer);
             }
-            Cmd::StartFailover(reply) => {
-                let answer = self.start_failover().await;
+            Cmd::StartFailover(allow, reply) => {
+                let answer = self.start_failover(allow).await;
                 let _ = reply.send(answer);
             }
             Cmd::Leave(reply) => {
@@ -1438,10 +1443,19 @@ impl Task {
         let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
         let ops = vec![TxnOp::put(self.s.leader_key(), value, None)];
         let until = self.lease.deadline().unwrap_or(sent.at);
-        let (reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
+        let (mut reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
+        if reply == Reply::Failed {
+            // An answer lost on the way says nothing: the write may have committed, and then
+            // the key stops failover for good while this node would go on as if not (review
+            // 30, M1). The key itself tells.
+            if let Some(rev) = self.own_write_at(&record, until).await {
+                reply = Reply::Committed { rev };
+            }
+        }
         match self.lease.answer(sent, reply, now()) {
             Outcome::Extended { deadline } => {
                 (self.fence)(Fence::Until(deadline));
+                lock(&self.view).stopped.clone_from(&record.stopped);
                 self.leader = Some(Ok(record.clone()));
                 self.held = Some(record);
                 tracing::info!("etcd: failover stopped for the group");
@@ -1457,9 +1471,28 @@ impl Task {
         }
     }
 
+    /// The revision at which the leader key holds `record` (this node's, compared whole), read
+    /// now, by `until` on the lease's clock; None when it does not or cannot be told.
+    async fn own_write_at(&mut self, record: &LeaderRecord, until: Nanos) -> Option<i64> {
+        let mut client = self.client().ok()?;
+        let got = tokio::time::timeout_at(instant_at(until), client.get(self.s.leader_key(), None))
+            .await
+            .ok()?
+            .ok()?;
+        self.heard();
+        let kv = got.kvs().first()?;
+        let found = LeaderRecord::parse(kv.value()).ok()?;
+        (&found == record).then(|| kv.mod_revision())
+    }
+
     /// Deletes the leader key if it records a stop of failover (compared on its revision, so
     /// nothing written since is deleted). The nodes then claim as for a key that vanished.
-    async fn start_failover(&mut self) -> Result<Option<StopMark>, CoordError> {
+    async fn start_failover(&mut self, allow: Allow) -> Result<Option<StopMark>, CoordError> {
+        if self.lease.holds() {
+            // The holder's record is no stop, and its renewals must not wait behind this
+            // (review 30, M4).
+            return Ok(None);
+        }
         let mut client = self.client()?;
         let key = self.s.leader_key();
         let limit = self.s.timing.lease_ttl + self.s.timing.deadline;
@@ -1474,6 +1507,7 @@ impl Task {
         let Some(mark) = LeaderRecord::parse(kv.value()).ok().and_then(|r| r.stopped) else {
             return Ok(None);
         };
+        allow(&mark).map_err(CoordError::FailoverStopped)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 key.clone(),
@@ -1546,7 +1580,8 @@ impl Task {
         // Before `leader` in the commit, so a watcher never sees the renewal without it; on no
         // lease, so that it outlives every agent (see the module documentation).
         ops.push(TxnOp::put(self.s.used_key(), used_value, None));
-        ops.push(TxnOp::put(self.s.leader_key(), value, self.put_options()));
+        let options = self.leader_put_options(&record);
+        ops.push(TxnOp::put(self.s.leader_key(), value, options));
         let until = self.lease.deadline().unwrap_or(sent.at);
         let (answer, err) = answered(
             self.write_leader(sent, vec![self.epoch_compare()], ops, until)

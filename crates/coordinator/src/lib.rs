@@ -67,6 +67,9 @@ pub enum CoordError {
     FailoverStopped(String),
 }
 
+/// Judges whether a stop of failover may be cleared (see [`Coordinator::start_failover`]).
+pub type Allow = Box<dyn Fn(&StopMark) -> Result<(), String> + Send>;
+
 /// A stop of failover (`POST /service/release`, the control plane's stop failover): the group's
 /// active handed its service over as a plain, unfenced server. While the mark is recorded no
 /// node takes the group, however long it was away: a standby that missed the stop (cut off
@@ -105,13 +108,16 @@ impl StopMark {
         if let Some(why) = &self.unreadable {
             return format!("a recorded stop that cannot be read ({why})");
         }
-        let at = std::time::UNIX_EPOCH + Duration::from_millis(self.unix_ms);
+        // humantime cannot write years past 9999 (and `format!` would panic on its error).
+        let at = if self.unix_ms < 253_402_300_800_000 {
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(self.unix_ms);
+            humantime::format_rfc3339_seconds(t).to_string()
+        } else {
+            format!("Unix ms {}", self.unix_ms)
+        };
         format!(
-            "node {} released its service (pid {}, epoch {}) at {}",
-            self.node,
-            self.pid,
-            self.epoch,
-            humantime::format_rfc3339_seconds(at)
+            "node {} released its service (pid {}, epoch {}) at {at}",
+            self.node, self.pid, self.epoch
         )
     }
 
@@ -214,9 +220,10 @@ pub trait Coordinator: Send {
     /// takes no grant while there is one.
     fn failover_stopped(&self) -> Option<StopMark>;
     /// Start failover again: clear the group's stop, so that its nodes may take the group.
-    /// Returns the stop cleared (None: there was none). The caller makes sure the released
-    /// service no longer acts.
-    fn start_failover(&mut self) -> Result<Option<StopMark>, CoordError>;
+    /// Returns the stop cleared (None: there was none). `allow` judges the stop actually found
+    /// (the one that would be cleared, not a cached copy): its Err refuses, as
+    /// [`CoordError::FailoverStopped`], and nothing is cleared.
+    fn start_failover(&mut self, allow: Allow) -> Result<Option<StopMark>, CoordError>;
 }
 
 /// The epochs a node took for its service as the active (handed out by
@@ -256,6 +263,36 @@ pub(crate) fn own_epochs_after(own: Option<(u64, u64)>, e: u64) -> Option<(u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review 30, M3: a mark's time comes from etcd or a file; one past year 9999 made
+    /// `describe` panic on every agent's tick.
+    #[test]
+    fn a_stop_mark_describes_any_time_without_panicking() {
+        let mut m = StopMark {
+            node: "a".into(),
+            epoch: 3,
+            pid: 7,
+            unix_ms: 1_796_425_200_000,
+            boot_id: None,
+            pid_ns: None,
+            start_ticks: None,
+            unreadable: None,
+        };
+        assert!(
+            m.describe().contains("(pid 7, epoch 3) at 2026-12-04T"),
+            "{}",
+            m.describe()
+        );
+        for ms in [253_402_300_799_999, 253_402_300_800_000, u64::MAX] {
+            m.unix_ms = ms;
+            assert!(m.describe().starts_with("node a released"), "{ms}");
+        }
+        assert_eq!(
+            m.runs_here(|_| Some(1)),
+            None,
+            "no start ticks: cannot tell"
+        );
+    }
 
     #[test]
     fn the_newest_epoch_of_another_node_skips_this_nodes_own() {

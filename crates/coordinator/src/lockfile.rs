@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -17,7 +17,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::epoch::{EpochRead, EpochSlots, EpochStore};
 use crate::members::Members;
 use crate::{
-    is_valid_node_name, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire, UsedEpochs,
+    is_valid_node_name, Allow, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire,
+    UsedEpochs,
 };
 
 /// The heartbeat record the active writes into the lock file every heartbeat interval.
@@ -57,6 +58,9 @@ const REPLACE_RETRIES: u32 = 16;
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// A stop mark is one short JSON object.
 const MAX_STOP_MARK_BYTES: u64 = 4096;
+/// How a stop of failover begins in the lock file, in place of a heartbeat record (followed by
+/// the [`StopMark`] as JSON and a newline).
+const STOP_MAGIC: &str = "understudy-stopped v1 ";
 
 /// The file beside the lock that records a stop of failover (see [`StopMark`]): written
 /// durably by the holder before it lets go, read by every node that obtains the lock.
@@ -66,43 +70,87 @@ pub fn stop_mark_path(lock: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The stop of failover recorded beside `lock`, if any. A file that cannot be read or parsed
-/// counts as a stop (said to be unreadable): only a person, starting failover, decides that
-/// there is none.
+/// A stop mark that could not be read or parsed: it still stops failover.
+fn unreadable_mark(what: &Path, why: impl std::fmt::Display) -> StopMark {
+    StopMark {
+        node: "?".into(),
+        epoch: 0,
+        pid: 0,
+        unix_ms: 0,
+        boot_id: None,
+        pid_ns: None,
+        start_ticks: None,
+        unreadable: Some(format!("{}: {why}", what.display())),
+    }
+}
+
+fn parse_mark(what: &Path, bytes: &[u8]) -> StopMark {
+    match serde_json::from_slice::<StopMark>(bytes) {
+        Ok(m) if is_valid_node_name(&m.node) && m.unreadable.is_none() => m,
+        Ok(_) => unreadable_mark(what, "not a stop mark"),
+        Err(e) => unreadable_mark(what, e),
+    }
+}
+
+/// At most `limit + 1` bytes of `file` from its start.
+fn read_head(file: &File, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)?;
+    Ok(bytes)
+}
+
+/// The stop of failover recorded beside `lock`, if any (what `/status` shows; the lock file's
+/// own copy, read under the lock, is what a grant is judged by). A file that cannot be read or
+/// parsed counts as a stop (said to be unreadable): only a person, starting failover, decides
+/// that there is none.
 pub fn read_stop_mark(lock: &Path) -> Option<StopMark> {
     let path = stop_mark_path(lock);
-    let unreadable = |why: String| {
-        Some(StopMark {
-            node: "?".into(),
-            epoch: 0,
-            pid: 0,
-            unix_ms: 0,
-            boot_id: None,
-            pid_ns: None,
-            start_ticks: None,
-            unreadable: Some(format!("{}: {why}", path.display())),
-        })
-    };
-    let file = match File::open(&path) {
+    // Never blocks (a FIFO put there) and never follows a link: the file is ours or nothing.
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&path);
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => return unreadable(e.to_string()),
+        Err(e) => return Some(unreadable_mark(&path, e)),
     };
-    let mut bytes = Vec::new();
-    if let Err(e) = io::Read::read_to_end(
-        &mut io::Read::take(&file, MAX_STOP_MARK_BYTES + 1),
-        &mut bytes,
-    ) {
-        return unreadable(e.to_string());
+    match file.metadata() {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Some(unreadable_mark(&path, "not a regular file")),
+        Err(e) => return Some(unreadable_mark(&path, e)),
     }
+    let bytes = match read_head(&file, MAX_STOP_MARK_BYTES) {
+        Ok(b) => b,
+        Err(e) => return Some(unreadable_mark(&path, e)),
+    };
     if bytes.len() as u64 > MAX_STOP_MARK_BYTES {
-        return unreadable(format!("more than {MAX_STOP_MARK_BYTES} bytes"));
+        return Some(unreadable_mark(
+            &path,
+            format!("more than {MAX_STOP_MARK_BYTES} bytes"),
+        ));
     }
-    match serde_json::from_slice::<StopMark>(&bytes) {
-        Ok(m) if is_valid_node_name(&m.node) && m.unreadable.is_none() => Some(m),
-        Ok(_) => unreadable("not a stop mark".into()),
-        Err(e) => unreadable(e.to_string()),
-    }
+    Some(parse_mark(&path, &bytes))
+}
+
+/// The stop of failover the lock file itself holds (the holder writes it over its heartbeat
+/// through the locked descriptor before it lets go), read through `file`: on a shared
+/// filesystem a grant revalidates the locked file's data, not the directory's other names, so
+/// a waiter on another machine could miss a side file created a moment earlier.
+fn stop_in_lock_file(file: &File, lock: &Path) -> Option<StopMark> {
+    let bytes = match read_head(file, MAX_HEARTBEAT_BYTES as u64) {
+        Ok(b) => b,
+        Err(e) => return Some(unreadable_mark(lock, e)),
+    };
+    let rest = bytes.strip_prefix(STOP_MAGIC.as_bytes())?;
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    Some(parse_mark(lock, line))
+}
+
+/// The stop of failover, if the lock file (read through `file`, under the lock) or the file
+/// beside it records one.
+fn stop_recorded(file: &File, lock: &Path) -> Option<StopMark> {
+    stop_in_lock_file(file, lock).or_else(|| read_stop_mark(lock))
 }
 
 impl Heartbeat {
@@ -539,7 +587,7 @@ impl Coordinator for LockFileCoordinator {
                 tracing::debug!(%reason, "lock file changed while taking it; retrying");
                 continue;
             }
-            if let Some(mark) = read_stop_mark(&self.lock) {
+            if let Some(mark) = stop_recorded(&file, &self.lock) {
                 return Err(CoordError::FailoverStopped(mark.describe()));
             }
             let previous = read_heartbeat_from(&file);
@@ -675,30 +723,84 @@ impl Coordinator for LockFileCoordinator {
     }
 
     fn stop_failover(&mut self, mark: &StopMark) -> Result<(), CoordError> {
-        if !self.holds() {
-            return Err(CoordError::NotHolder);
-        }
         let path = stop_mark_path(&self.lock);
         let json = serde_json::to_vec(mark).map_err(|e| io_error(&path, io::Error::other(e)))?;
-        crate::epoch::write_durably(&path, &self.node, &[&json])
+        let st = self.shared.lock();
+        let held = st.held.as_ref().ok_or(CoordError::NotHolder)?;
+        // In the lock file first, over the heartbeat, through the held descriptor: what a grant
+        // is judged by. Then beside it, for people and `/status`. Either failing, neither
+        // stands (a heartbeat rewrites the lock file's record on the next tick).
+        let mut record = STOP_MAGIC.as_bytes().to_vec();
+        record.extend_from_slice(&json);
+        record.push(b'\n');
+        let in_lock = held
+            .file
+            .write_all_at(&record, 0)
+            .and_then(|()| held.file.set_len(record.len() as u64))
+            .and_then(|()| held.file.sync_data())
+            .map_err(|e| io_error(&self.lock, e));
+        drop(st);
+        let beside =
+            in_lock.and_then(|()| crate::epoch::write_durably(&path, &self.node, &[&json]));
+        if beside.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        beside
     }
 
     fn failover_stopped(&self) -> Option<StopMark> {
-        read_stop_mark(&self.lock)
+        let st = self.shared.lock();
+        if let Some(held) = &st.held {
+            return stop_recorded(&held.file, &self.lock);
+        }
+        drop(st);
+        read_stop_mark(&self.lock).or_else(|| {
+            let file = File::open(&self.lock).ok()?;
+            stop_in_lock_file(&file, &self.lock)
+        })
     }
 
-    fn start_failover(&mut self) -> Result<Option<StopMark>, CoordError> {
-        let Some(mark) = read_stop_mark(&self.lock) else {
-            return Ok(None);
-        };
+    /// Takes the lock for a moment to empty the lock file's copy (a waiter that finds the stop
+    /// gives the lock back at once); then removes the file beside it. A lock that stays held
+    /// belongs to an active, which took the group seeing no stop and whose heartbeat replaced
+    /// the record: only the file beside is left to remove.
+    fn start_failover(&mut self, allow: Allow) -> Result<Option<StopMark>, CoordError> {
         let path = stop_mark_path(&self.lock);
+        let mut found = None;
+        for _ in 0..REPLACE_RETRIES * 64 {
+            let (file, _) = open_lock_file(&self.lock).map_err(|e| io_error(&self.lock, e))?;
+            if !try_lock(&file).map_err(|e| io_error(&self.lock, e))? {
+                if self.holds() {
+                    break;
+                }
+                // Most likely a waiter reading the stop: it lets go within microseconds.
+                std::thread::yield_now();
+                continue;
+            }
+            if still_names(&file, &self.lock).is_err() {
+                continue;
+            }
+            found = stop_in_lock_file(&file, &self.lock);
+            if let Some(m) = found.as_ref().or(read_stop_mark(&self.lock).as_ref()) {
+                allow(m).map_err(CoordError::FailoverStopped)?;
+            }
+            if found.is_some() {
+                file.set_len(0)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| io_error(&self.lock, e))?;
+            }
+            break;
+        }
+        let beside = read_stop_mark(&self.lock);
+        if let Some(m) = &beside {
+            allow(m).map_err(CoordError::FailoverStopped)?;
+        }
         match std::fs::remove_file(&path) {
-            Ok(()) => {}
+            Ok(()) => crate::epoch::sync_dir_of(&path)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(&path, e)),
         }
-        crate::epoch::sync_dir_of(&path)?;
-        Ok(Some(mark))
+        Ok(beside.or(found))
     }
 }
 
@@ -764,7 +866,7 @@ fn waiter_main(shared: &Shared, path: &Path, events: &UnboundedSender<CoordEvent
         }
         // Read under the lock, which the holder wrote it under before letting go: a stop of
         // failover made before this grant is seen here, however long this node was away.
-        if let Some(mark) = read_stop_mark(path) {
+        if let Some(mark) = stop_recorded(&file, path) {
             drop(st);
             drop(file);
             tracing::debug!(stop = %mark.describe(), "failover is stopped; giving the lock back");

@@ -572,13 +572,39 @@ async fn a_stop_of_failover_keeps_the_lock_free_until_failover_starts_again() {
     ));
     assert!(!b.holds());
 
-    assert_eq!(b.start_failover().unwrap(), Some(mark));
+    // The lock file holds the stop itself, read under the lock: a waiter that cannot see the
+    // file beside it (a shared filesystem's stale lookup, review 30, H2) still finds it.
+    std::fs::rename(stop_mark_path(&lock), dir.path().join("aside")).unwrap();
+    assert_eq!(
+        next_event(&mut b_rx, Duration::from_millis(400)).await,
+        None,
+        "b took the group with the stop only in the lock file"
+    );
+    assert_eq!(b.failover_stopped(), Some(mark.clone()));
+    std::fs::rename(dir.path().join("aside"), stop_mark_path(&lock)).unwrap();
+    // What the caller refuses is not cleared.
+    let refused = b.start_failover(Box::new(|m: &StopMark| Err(format!("pid {} runs", m.pid))));
+    assert!(
+        matches!(&refused, Err(CoordError::FailoverStopped(why)) if why == "pid 4242 runs"),
+        "{refused:?}"
+    );
+    assert_eq!(b.failover_stopped(), Some(mark.clone()));
+    assert_eq!(
+        next_event(&mut b_rx, Duration::from_millis(300)).await,
+        None
+    );
+
+    assert_eq!(b.start_failover(allow_all()).unwrap(), Some(mark));
     assert!(!stop_mark_path(&lock).exists());
     assert!(matches!(
         next_event(&mut b_rx, Duration::from_secs(5)).await,
         Some(CoordEvent::Acquired { .. })
     ));
-    assert_eq!(b.start_failover().unwrap(), None, "nothing left to clear");
+    assert_eq!(
+        b.start_failover(allow_all()).unwrap(),
+        None,
+        "nothing left to clear"
+    );
 
     // Garbage in the stop file: still a stop, said to be unreadable.
     b.release().unwrap();
@@ -591,9 +617,13 @@ async fn a_stop_of_failover_keeps_the_lock_free_until_failover_starts_again() {
         a.try_acquire(),
         Err(CoordError::FailoverStopped(_))
     ));
-    assert!(a.start_failover().unwrap().is_some());
+    assert!(a.start_failover(allow_all()).unwrap().is_some());
     assert!(matches!(
         a.try_acquire().unwrap(),
         TryAcquire::Acquired { .. }
     ));
+}
+
+fn allow_all() -> understudy_coordinator::Allow {
+    Box::new(|_: &StopMark| Ok(()))
 }

@@ -2140,10 +2140,22 @@ impl Engine {
                 EventKind::FailoverStopped,
                 format!("failover is stopped for the group: {why}"),
             ),
-            (Some(_), None) => self.record(
-                EventKind::FailoverStarted,
-                "failover runs again: the group's stop was cleared",
-            ),
+            (Some(_), None) => {
+                self.record(
+                    EventKind::FailoverStarted,
+                    "failover runs again: the group's stop was cleared",
+                );
+                // A hot-mode node tried once while the group was stopped and was refused for
+                // it: it tries again, as at its start (review 30, M6).
+                if self.cfg.mode == ActivationMode::Hot
+                    && matches!(self.phase, Phase::Warm(Waiting::Refused(_)))
+                    && self.trying.is_none()
+                {
+                    self.phase = Phase::Warm(Waiting::Lock);
+                    self.trying = Some(TryFor::Auto);
+                    self.emit(Command::TryLock);
+                }
+            }
             _ => {}
         }
         self.failover_stopped = stopped;
@@ -2161,7 +2173,7 @@ impl Engine {
         let running = matches!((&self.phase, self.svc), (Phase::Hot, SvcState::Running { pid: p, .. }) if p == pid);
         if let Some(e) = error {
             self.refuse_release(format!(
-                "cannot record in the coordinator that failover is stopped ({e}): handed over without it, a standby that missed the release could take the group while the service keeps acting; nothing changed"
+                "cannot record in the coordinator that failover is stopped ({e}): handed over without it, a standby that missed the release could take the group while the service keeps acting; the service was not handed over (if the stop was recorded all the same, a standby's status says so and POST /failover/start clears it)"
             ));
             return;
         }

@@ -2105,3 +2105,27 @@ fn a_standby_cannot_be_released() {
         "{out:?}"
     );
 }
+
+/// Review 30, M6: a hot-mode node tries the group once at its start; refused because failover
+/// was stopped, it tries again once failover is started again (it used to wait for an
+/// operator, and the control plane's start failover timed out on it).
+#[test]
+fn a_hot_mode_node_refused_while_failover_was_stopped_tries_again_once_started() {
+    let mut n = Node::new(cfg(ActivationMode::Hot, StandbyType::Hot));
+    let out = n.feed(Input::Start { known_epoch: KNOWN });
+    assert!(out.contains(&Command::TryLock), "{out:?}");
+    n.up(10);
+    n.feed(Input::FailoverStopped {
+        stopped: Some("node a released its service".into()),
+    });
+    n.feed(Input::LockBusy { holder: None });
+    assert!(
+        n.waiting().contains("failover is stopped"),
+        "{}",
+        n.waiting()
+    );
+    let out = n.feed(Input::FailoverStopped { stopped: None });
+    assert_eq!(actions(&out), vec![Command::TryLock], "{out:?}");
+    let out = n.feed(acquired(HeartbeatView::Missing));
+    assert_eq!(out, vec![Command::PersistNextEpoch { floor: KNOWN }]);
+}

@@ -192,8 +192,15 @@ enum CtlCmd {
     },
     /// Start a server as a plain server, without failover.
     StartServer { server: String },
-    /// Stop a plain server.
-    StopServer { server: String },
+    /// Stop a plain server. It is Stopped once its host confirms; without that answer it stays
+    /// running (it may still run).
+    StopServer {
+        server: String,
+        /// The server's host is gone for good (its machine dead): Stopped without its
+        /// confirmation. Never for a host that may come back while the server runs.
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove a stopped server from the inventory.
     DeleteServer { server: String },
     /// Add (or replace) the failover service of a server.
@@ -304,8 +311,16 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
             call(m::POST, format!("/api/servers/{}/start", seg(server)), None),
             Answer::Server,
         ),
-        CtlCmd::StopServer { server } => (
-            call(m::POST, format!("/api/servers/{}/stop", seg(server)), None),
+        CtlCmd::StopServer { server, force } => (
+            call(
+                m::POST,
+                format!(
+                    "/api/servers/{}/stop{}",
+                    seg(server),
+                    if *force { "?force=true" } else { "" }
+                ),
+                None,
+            ),
             Answer::Server,
         ),
         CtlCmd::DeleteServer { server } => (

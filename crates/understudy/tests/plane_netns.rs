@@ -247,9 +247,20 @@ fn hosts_on_two_machines_run_a_group_and_a_cut_link_is_a_recorded_failure_event(
     // told to stop it, and after `backstop_ttl` its etcd key is gone too, so the active would
     // find itself alone: released, the group would be free for nx-1, which would take over
     // once back while the released service keeps acting. Refused instead, failover stays on.
+    // h1's host reporting again too: the first stop below then finds it current, stops
+    // what it can and waits for h1's answer (the path of a link cut a moment ago).
+    let h1_connected = || {
+        get_json(&listen, "/api/hosts").is_some_and(|v| {
+            v["hosts"].as_array().is_some_and(|hs| {
+                hs.iter()
+                    .any(|x| x["name"] == "h1" && x["connected"] == true)
+            })
+        })
+    };
     assert!(
-        wait_until(Duration::from_secs(30), || node("nx-1")["ready"] == true),
-        "nx-1 never ready as a standby: {}",
+        wait_until(Duration::from_secs(30), || node("nx-1")["ready"] == true
+            && h1_connected()),
+        "nx-1 never ready as a standby, or h1's host never reported again: {}",
         server()
     );
     Lab::link_down(&m1).expect("link down");
@@ -261,12 +272,28 @@ fn hosts_on_two_machines_run_a_group_and_a_cut_link_is_a_recorded_failure_event(
     assert!(v.to_string().contains("nx-1"), "{v}");
     assert_eq!(server()["failover"]["running"], true, "{}", server());
     assert_eq!(node("nx-2")["mode"], "Hot", "{}", server());
+    // Still cut off, its host now silent for longer than HOST_STALE (the refusal above waited
+    // HOST_TIMEOUT for it): refused at once, before anything is stopped (review 29, M3).
+    let t0 = std::time::Instant::now();
+    let (code, v) = ctl(&control, &["stop-failover", "nx"]);
+    assert_ne!(code, 0, "{v}");
+    assert!(
+        v.to_string().contains("nx-1 (host h1 has not reported for"),
+        "{v}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the refusal waited for the dark host: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(server()["failover"]["running"], true, "{}", server());
     Lab::link_up(&m1).expect("link up");
     assert!(
         wait_until(Duration::from_secs(30), || node("nx-1")["mode"] == "Warm"
             && node("nx-1")["ready"] == true
-            && node("nx-2")["mode"] == "Hot"),
-        "nx-1 is not a ready standby again after the refused stop: {}",
+            && node("nx-2")["mode"] == "Hot"
+            && h1_connected()),
+        "nx-1 is not a ready standby again after the refused stop, or h1's host is silent: {}",
         server()
     );
     // Every host reachable: the stop goes through, and nothing takes over after it.
