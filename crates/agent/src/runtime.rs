@@ -847,13 +847,21 @@ impl Runtime {
             }
             e => StartRefused::Coordinator(e.to_string()),
         })?;
+        let mut inputs = Vec::new();
         if let Some(mark) = &cleared {
             info!(
                 "failover started again; cleared the stop: {}",
                 mark.describe()
             );
+            // Cleared before this agent's first tick looked: the engine hears of the stop and
+            // its end all the same (a hot-mode node refused meanwhile tries again on it).
+            if self.failover_stopped.is_none() {
+                let stopped = Some(mark.describe());
+                self.failover_stopped.clone_from(&stopped);
+                inputs.push(Input::FailoverStopped { stopped });
+            }
         }
-        let inputs: Vec<Input> = self.stop_change().into_iter().collect();
+        inputs.extend(self.stop_change());
         self.feed_all(inputs);
         Ok(cleared)
     }

@@ -309,6 +309,21 @@ impl Plane {
         })
     }
 
+    /// Wait until `key`'s report on `host` says it is gone, in a report the host made after
+    /// `since` (Unix ms, before the want was deleted): a report from before says nothing of
+    /// the delete, and a host that does not report at all confirms nothing (review 31).
+    async fn wait_gone(&self, host: &str, key: &str, since: u64) -> Result<(), String> {
+        let fresh = || {
+            self.store
+                .hosts()
+                .ok()
+                .and_then(|h| h.get(host).map(|h| h.1))
+                .is_some_and(|seen| seen > since)
+        };
+        self.wait_report(host, key, |r| r.is_none() && fresh())
+            .await
+    }
+
     /// Wait until `ok` holds for `key`'s report (None: not reported) on `host`.
     async fn wait_report(
         &self,
@@ -464,8 +479,18 @@ impl Plane {
             .report(&key)
             .map(|(h, _)| h)
             .unwrap_or(row.spec.host.clone());
+        if !force {
+            let dark = self.dark_host(&host);
+            if let Some(why) = dark {
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!("server {name} cannot be told to stop: {why}; it stays running"),
+                    hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force".into(),
+                }));
+            }
+        }
+        let since = unix_ms();
         self.store.delete_desired(&key)?;
-        if let Err(e) = self.wait_report(&host, &key, |r| r.is_none()).await {
+        if let Err(e) = self.wait_gone(&host, &key, since).await {
             if !force {
                 warn!(server = %name, "stop not confirmed, the server stays running: {e}");
                 return Err(PlaneError::Refused(Refusal {
@@ -972,13 +997,14 @@ impl Plane {
     /// Stop the agents of `nodes`: no longer wanted; wait until their hosts report them gone.
     /// Returns each node whose host did not confirm it, with why.
     async fn stop_nodes(&self, nodes: &[&NodeSpec]) -> Vec<(String, String)> {
+        let since = unix_ms();
         for n in nodes {
             let _ = self.store.delete_desired(&agent_key(&n.name));
         }
         // Side by side: a dark host costs `HOST_TIMEOUT` once, not once per node (three of
         // them went past `ctl`'s own timeout, review 29, M3).
         let waits = nodes.iter().map(|n| async move {
-            self.wait_report(&n.host, &agent_key(&n.name), |r| r.is_none())
+            self.wait_gone(&n.host, &agent_key(&n.name), since)
                 .await
                 .err()
                 .map(|e| {
@@ -993,29 +1019,30 @@ impl Plane {
             .collect()
     }
 
-    /// The nodes among `nodes` whose host has not reported for longer than [`HOST_STALE`] (the
-    /// built-in host always reports), each with how long, in words.
+    /// The nodes among `nodes` whose host has not reported for longer than [`HOST_STALE`],
+    /// each with how long, in words.
     fn dark_hosts(&self, nodes: &[&NodeSpec]) -> Vec<String> {
-        let hosts = self.store.hosts().unwrap_or_default();
-        let now = unix_ms();
         nodes
             .iter()
-            .filter(|n| n.host != LOCAL_HOST)
-            .filter_map(|n| {
-                let seen = hosts.get(&n.host).map(|h| h.1);
-                let age = seen.map(|t| now.saturating_sub(t));
-                let dark = age.is_none_or(|a| a > HOST_STALE.as_millis() as u64);
-                dark.then(|| match age {
-                    Some(a) => format!(
-                        "{} (host {} has not reported for {:.1} s)",
-                        n.name,
-                        n.host,
-                        a as f64 / 1000.0
-                    ),
-                    None => format!("{} (host {} never reported)", n.name, n.host),
-                })
-            })
+            .filter_map(|n| Some(format!("{} ({})", n.name, self.dark_host(&n.host)?)))
             .collect()
+    }
+
+    /// Why `host` cannot be told anything now: it has not reported for longer than
+    /// [`HOST_STALE`], or never did (the built-in host always reports).
+    fn dark_host(&self, host: &str) -> Option<String> {
+        if host == LOCAL_HOST {
+            return None;
+        }
+        let seen = self.store.hosts().ok()?.get(host).map(|h| h.1);
+        match seen.map(|t| unix_ms().saturating_sub(t)) {
+            Some(a) if a <= HOST_STALE.as_millis() as u64 => None,
+            Some(a) => Some(format!(
+                "host {host} has not reported for {:.1} s",
+                a as f64 / 1000.0
+            )),
+            None => Some(format!("host {host} never reported")),
+        }
     }
 
     /// What each of `nodes`' hosts is told to run for it now (None: nothing).

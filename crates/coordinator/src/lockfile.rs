@@ -61,6 +61,8 @@ const MAX_STOP_MARK_BYTES: u64 = 4096;
 /// How a stop of failover begins in the lock file, in place of a heartbeat record (followed by
 /// the [`StopMark`] as JSON and a newline).
 const STOP_MAGIC: &str = "understudy-stopped v1 ";
+/// How long a start of failover tries to take the lock for a moment.
+const START_WAIT: Duration = Duration::from_millis(200);
 
 /// The file beside the lock that records a stop of failover (see [`StopMark`]): written
 /// durably by the holder before it lets go, read by every node that obtains the lock.
@@ -92,11 +94,24 @@ fn parse_mark(what: &Path, bytes: &[u8]) -> StopMark {
     }
 }
 
-/// At most `limit + 1` bytes of `file` from its start.
+/// At most `limit + 1` bytes of `file` from its start, whatever its offset (positioned reads:
+/// the held descriptor is read again on every tick).
 fn read_head(file: &File, limit: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)?;
-    Ok(bytes)
+    let cap = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
+    let mut buf = vec![0u8; cap];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// The stop of failover recorded beside `lock`, if any (what `/status` shows; the lock file's
@@ -760,19 +775,19 @@ impl Coordinator for LockFileCoordinator {
         })
     }
 
-    /// Takes the lock for a moment to empty the lock file's copy (a waiter that finds the stop
-    /// gives the lock back at once); then removes the file beside it. A lock that stays held
-    /// belongs to an active, which took the group seeing no stop and whose heartbeat replaced
-    /// the record: only the file beside is left to remove.
+    /// Takes the lock for a moment to replace the lock file's copy (a waiter that finds the
+    /// stop gives the lock back at once); then removes the file beside it. A lock that stays
+    /// held belongs to an active, which took the group seeing no stop and whose heartbeat
+    /// replaced the record, or to the releasing node, not yet gone: with a file beside, that
+    /// is answered "try again", and nothing is cleared.
     fn start_failover(&mut self, allow: Allow) -> Result<Option<StopMark>, CoordError> {
         let path = stop_mark_path(&self.lock);
         let mut found = None;
-        for _ in 0..REPLACE_RETRIES * 64 {
+        let mut locked = self.holds();
+        let until = std::time::Instant::now() + START_WAIT;
+        while !locked && std::time::Instant::now() < until {
             let (file, _) = open_lock_file(&self.lock).map_err(|e| io_error(&self.lock, e))?;
             if !try_lock(&file).map_err(|e| io_error(&self.lock, e))? {
-                if self.holds() {
-                    break;
-                }
                 // Most likely a waiter reading the stop: it lets go within microseconds.
                 std::thread::yield_now();
                 continue;
@@ -780,18 +795,39 @@ impl Coordinator for LockFileCoordinator {
             if still_names(&file, &self.lock).is_err() {
                 continue;
             }
+            locked = true;
             found = stop_in_lock_file(&file, &self.lock);
             if let Some(m) = found.as_ref().or(read_stop_mark(&self.lock).as_ref()) {
                 allow(m).map_err(CoordError::FailoverStopped)?;
             }
-            if found.is_some() {
-                file.set_len(0)
+            if let Some(m) = &found {
+                // The released node's last heartbeat, dated now: a tryheartbeat node reads a
+                // holder that let go a moment ago, as after any hand-over, and takes the group
+                // (an empty file left it waiting for an operator, review 31).
+                let record = match &m.unreadable {
+                    None => Heartbeat {
+                        node: m.node.clone(),
+                        epoch: m.epoch,
+                        unix_ms: wall_ms(),
+                    }
+                    .encode(),
+                    Some(_) => String::new(),
+                };
+                file.write_all_at(record.as_bytes(), 0)
+                    .and_then(|()| file.set_len(record.len() as u64))
                     .and_then(|()| file.sync_data())
                     .map_err(|e| io_error(&self.lock, e))?;
             }
-            break;
         }
         let beside = read_stop_mark(&self.lock);
+        if !locked && beside.is_some() {
+            return Err(io_error(
+                &self.lock,
+                io::Error::other(
+                    "the group lock is held (by the node still releasing?) while the stop is recorded; try again",
+                ),
+            ));
+        }
         if let Some(m) = &beside {
             allow(m).map_err(CoordError::FailoverStopped)?;
         }
@@ -802,6 +838,14 @@ impl Coordinator for LockFileCoordinator {
         }
         Ok(beside.or(found))
     }
+}
+
+/// Wall clock, Unix milliseconds.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Drop for LockFileCoordinator {

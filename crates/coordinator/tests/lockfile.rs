@@ -596,6 +596,19 @@ async fn a_stop_of_failover_keeps_the_lock_free_until_failover_starts_again() {
 
     assert_eq!(b.start_failover(allow_all()).unwrap(), Some(mark));
     assert!(!stop_mark_path(&lock).exists());
+    // The lock file then holds the released node's heartbeat, dated at the start of failover:
+    // a tryheartbeat node takes the group as after any hand-over.
+    match read_heartbeat(&lock) {
+        HeartbeatReading::At(h) => {
+            assert_eq!((h.node.as_str(), h.epoch), ("a", 4));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            assert!(now.saturating_sub(h.unix_ms) < 5_000, "{h:?}");
+        }
+        other => panic!("no heartbeat after the start of failover: {other:?}"),
+    }
     assert!(matches!(
         next_event(&mut b_rx, Duration::from_secs(5)).await,
         Some(CoordEvent::Acquired { .. })

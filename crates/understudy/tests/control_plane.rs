@@ -1236,3 +1236,69 @@ fn the_preferred_node_is_active_at_start_and_again_after_a_failover_with_failbac
     assert_eq!(plane.ctl(&["stop-failover", "px"]).0, 0);
     assert_eq!(plane.ctl(&["stop-server", "px"]).0, 0);
 }
+
+/// Review 30, H1, and review 31: a plain server whose host has gone silent is not Stopped on
+/// the plane's word alone: it may still run (a released service acts unfenced), and start
+/// failover, allowed from Stopped, would let the group take over next to it. `stop-server`
+/// is refused and the server stays running; `--force` (the machine is gone for good) stops
+/// it in the inventory; the host, back, stops the process.
+#[test]
+fn a_server_on_a_silent_host_is_not_stopped_without_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("service.log");
+    let plane = Plane::start(&data, &free_addr());
+    let (host, _hdata) = second_host(&plane);
+    let log_s = log.display().to_string();
+    plane.ctl_ok(&[
+        "add-server",
+        "sx",
+        "--host",
+        "h2",
+        "--",
+        BIN,
+        "demo-service",
+        "--log",
+        &log_s,
+    ]);
+    plane.ctl_ok(&["start-server", "sx"]);
+    let pid = plane.server("sx")["process"]["pid"]
+        .as_u64()
+        .expect("the server's pid") as u32;
+    common::signal(host.0.id(), nix::sys::signal::Signal::SIGSTOP);
+    assert!(
+        wait_until(Duration::from_secs(15), || plane.get("/api/hosts").1
+            ["hosts"]
+            .as_array()
+            .is_some_and(|h| h
+                .iter()
+                .any(|x| x["name"] == "h2" && x["connected"] == false))),
+        "h2 still shown connected"
+    );
+    let (code, v) = plane.ctl(&["stop-server", "sx"]);
+    common::signal(host.0.id(), nix::sys::signal::Signal::SIGCONT);
+    assert_ne!(code, 0, "stopped on a silent host's behalf: {v}");
+    assert!(
+        v.to_string().contains("host h2 has not reported for"),
+        "{v}"
+    );
+    assert_eq!(plane.server("sx")["state"], "running");
+    assert!(alive(pid));
+    // The same, its machine declared gone: Stopped; the host, answering again, stops it.
+    common::signal(host.0.id(), nix::sys::signal::Signal::SIGSTOP);
+    assert!(wait_until(Duration::from_secs(15), || plane
+        .get("/api/hosts")
+        .1["hosts"]
+        .as_array()
+        .is_some_and(|h| h
+            .iter()
+            .any(|x| x["name"] == "h2" && x["connected"] == false))));
+    let (code, v) = plane.ctl(&["stop-server", "sx", "--force"]);
+    common::signal(host.0.id(), nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(plane.server("sx")["state"], "stopped");
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(pid)),
+        "the host did not stop the server once back"
+    );
+}
