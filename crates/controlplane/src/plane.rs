@@ -403,35 +403,7 @@ impl Plane {
         let _ops = self.ops.lock().await;
         let row = self.row(name)?;
         let next = self.check(&row, Step::StartServer)?;
-        // An agent of this server's group whose stop its host never confirmed (a failed start
-        // of failover, cleaned up while that host was dark) may still run, even be active: a
-        // plain server next to it would make two actives (review 29, M1).
-        if let Some(f) = &row.failover {
-            if f.nodes.iter().any(|n| n.host == LOCAL_HOST) {
-                self.sync_local().await;
-            }
-            let running: Vec<String> = f
-                .nodes
-                .iter()
-                .filter_map(|n| {
-                    let (host, r) = self.report(&agent_key(&n.name))?;
-                    Some(format!(
-                        "{} (host {host} last reported its agent{})",
-                        n.name,
-                        r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
-                    ))
-                })
-                .collect();
-            if !running.is_empty() {
-                return Err(PlaneError::Refused(Refusal {
-                    reason: format!(
-                        "an agent of this server's failover group may still run: {}; a plain server next to it could make two actives",
-                        running.join(", ")
-                    ),
-                    hint: "bring that host back so that it stops the agent (or stop it there), then start the server".into(),
-                }));
-            }
-        }
+        self.no_lingering_agent(&row).await?;
         let key = server_key(name);
         let generation = unix_ms();
         let want = Want::Server {
@@ -464,6 +436,42 @@ impl Plane {
         self.store.set_state(name, next)?;
         info!(server = %name, "plain server started");
         self.row(name)
+    }
+
+    /// Refused while a host still reports an agent of `row`'s failover group: its stop was never
+    /// confirmed (a failed start of failover, cleaned up while that host was dark), so it may
+    /// still run, even be active: a plain server, or a new start of failover whose first node
+    /// clears the stop of failover, next to it would make two actives (review 29, M1; review
+    /// 31).
+    async fn no_lingering_agent(&self, row: &ServerRow) -> Result<(), PlaneError> {
+        let Some(f) = &row.failover else {
+            return Ok(());
+        };
+        if f.nodes.iter().any(|n| n.host == LOCAL_HOST) {
+            self.sync_local().await;
+        }
+        let running: Vec<String> = f
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let (host, r) = self.report(&agent_key(&n.name))?;
+                Some(format!(
+                    "{} (host {host} last reported its agent{})",
+                    n.name,
+                    r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+                ))
+            })
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        Err(PlaneError::Refused(Refusal {
+            reason: format!(
+                "an agent of this server's failover group may still run: {}; the server or a new group next to it could make two actives",
+                running.join(", ")
+            ),
+            hint: "bring that host back so that it stops the agent (or stop it there), then try again".into(),
+        }))
     }
 
     /// Stop a plain server. Only a stop its host confirmed makes the server Stopped: a
@@ -1085,6 +1093,7 @@ impl Plane {
         let Some(f) = row.failover.clone() else {
             return Err(PlaneError::NotFound(name.to_string()));
         };
+        self.no_lingering_agent(&row).await?;
         let preferred = f.spec.preferred_node(name);
         let mut order: Vec<&NodeSpec> = f.nodes.iter().filter(|n| n.name == preferred).collect();
         order.extend(f.nodes.iter().filter(|n| n.name != preferred));

@@ -258,17 +258,10 @@ pub fn read_heartbeat(path: &Path) -> HeartbeatReading {
 }
 
 fn read_heartbeat_from(file: &File) -> HeartbeatReading {
-    let mut buf = vec![0u8; MAX_HEARTBEAT_BYTES];
-    let mut len = 0;
-    while len < buf.len() {
-        match file.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return HeartbeatReading::Garbage(format!("cannot read the lock file: {e}")),
-        }
+    match read_head(file, MAX_HEARTBEAT_BYTES as u64 - 1) {
+        Ok(bytes) => HeartbeatReading::parse(&bytes),
+        Err(e) => HeartbeatReading::Garbage(format!("cannot read the lock file: {e}")),
     }
-    HeartbeatReading::parse(&buf[..len])
 }
 
 /// The lock file coordinator: the group lock is an OFD write lock on the whole lock file.

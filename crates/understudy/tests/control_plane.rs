@@ -903,12 +903,7 @@ fn a_second_host_runs_what_is_placed_on_it() {
         .spawn()
         .expect("understudy host");
     assert!(
-        wait_until(Duration::from_secs(15), || plane.get("/api/hosts").1
-            ["hosts"]
-            .as_array()
-            .is_some_and(|h| h
-                .iter()
-                .any(|x| x["name"] == "h2" && x["connected"] == true))),
+        wait_until(Duration::from_secs(15), || host_shown(&plane, "h2", true)),
         "the host did not register"
     );
     let log_s = log.display().to_string();
@@ -1075,15 +1070,20 @@ fn second_host(plane: &Plane) -> (Proc, std::path::PathBuf) {
     )
     .expect("understudy host");
     assert!(
-        wait_until(Duration::from_secs(15), || plane.get("/api/hosts").1
-            ["hosts"]
-            .as_array()
-            .is_some_and(|h| h
-                .iter()
-                .any(|x| x["name"] == "h2" && x["connected"] == true))),
+        wait_until(Duration::from_secs(15), || host_shown(plane, "h2", true)),
         "the host did not register"
     );
     (host, hdata)
+}
+
+/// Whether the plane's host list shows `host` with `connected` as given.
+fn host_shown(plane: &Plane, host: &str, connected: bool) -> bool {
+    plane.get("/api/hosts").1["hosts"]
+        .as_array()
+        .is_some_and(|h| {
+            h.iter()
+                .any(|x| x["name"] == host && x["connected"] == connected)
+        })
 }
 
 /// The Hot node of `px` and its epoch, once its service logged that it acts with that epoch
@@ -1267,12 +1267,7 @@ fn a_server_on_a_silent_host_is_not_stopped_without_force() {
         .expect("the server's pid") as u32;
     common::signal(host.0.id(), nix::sys::signal::Signal::SIGSTOP);
     assert!(
-        wait_until(Duration::from_secs(15), || plane.get("/api/hosts").1
-            ["hosts"]
-            .as_array()
-            .is_some_and(|h| h
-                .iter()
-                .any(|x| x["name"] == "h2" && x["connected"] == false))),
+        wait_until(Duration::from_secs(15), || host_shown(&plane, "h2", false)),
         "h2 still shown connected"
     );
     let (code, v) = plane.ctl(&["stop-server", "sx"]);
@@ -1286,13 +1281,9 @@ fn a_server_on_a_silent_host_is_not_stopped_without_force() {
     assert!(alive(pid));
     // The same, its machine declared gone: Stopped; the host, answering again, stops it.
     common::signal(host.0.id(), nix::sys::signal::Signal::SIGSTOP);
-    assert!(wait_until(Duration::from_secs(15), || plane
-        .get("/api/hosts")
-        .1["hosts"]
-        .as_array()
-        .is_some_and(|h| h
-            .iter()
-            .any(|x| x["name"] == "h2" && x["connected"] == false))));
+    assert!(wait_until(Duration::from_secs(15), || host_shown(
+        &plane, "h2", false
+    )));
     let (code, v) = plane.ctl(&["stop-server", "sx", "--force"]);
     common::signal(host.0.id(), nix::sys::signal::Signal::SIGCONT);
     assert_eq!(code, 0, "{v}");

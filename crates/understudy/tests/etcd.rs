@@ -273,6 +273,25 @@ fn a_stopped_agents_member_key_goes_with_it_and_the_active_may_release_on_etcd()
     kill_released(&body);
 }
 
+/// Runs `node`'s agent as on another machine: in a mount namespace of its own, with `id`
+/// bind-mounted over the kernel's boot id (same pid namespace, as two machines' init ones look
+/// alike). The file must live as long as the agent.
+fn on_another_boot(g: &mut testbed::group::Group, node: &str, id: &str) -> tempfile::NamedTempFile {
+    let boot = tempfile::NamedTempFile::new().expect("a boot id file");
+    std::fs::write(boot.path(), format!("{id}\n")).expect("write boot id");
+    let script = format!(
+        "mount --bind {} /proc/sys/kernel/random/boot_id && exec \"$@\"",
+        boot.path().display()
+    );
+    g.launchers.insert(
+        node.into(),
+        ["unshare", "--mount", "sh", "-c", &script, "sh"]
+            .map(String::from)
+            .to_vec(),
+    );
+    boot
+}
+
 /// Whether etcd holds `key` now.
 fn key_present(etcd: &Etcd, key: &str) -> bool {
     !etcd
@@ -339,18 +358,7 @@ fn a_killed_standby_on_this_host_is_gone_at_once_for_a_release_and_for_the_group
 fn a_standby_on_another_boot_counts_until_its_key_expires_on_etcd() {
     let etcd = Etcd::on_loopback();
     let mut g = group(&etcd, "backstop_ttl = \"6s\"");
-    let boot = tempfile::NamedTempFile::new().expect("a boot id file");
-    std::fs::write(boot.path(), "0badb007-0000-4000-8000-000000000001\n").expect("write boot id");
-    let script = format!(
-        "mount --bind {} /proc/sys/kernel/random/boot_id && exec \"$@\"",
-        boot.path().display()
-    );
-    g.launchers.insert(
-        "b".into(),
-        ["unshare", "--mount", "sh", "-c", &script, "sh"]
-            .map(String::from)
-            .to_vec(),
-    );
+    let _boot = on_another_boot(&mut g, "b", "0badb007-0000-4000-8000-000000000001");
     let (w, e1) = start_pair(&mut g);
     let st = g.st("b");
     assert_eq!(
@@ -414,18 +422,7 @@ fn a_standby_on_another_boot_counts_until_its_key_expires_on_etcd() {
 fn a_standby_back_after_its_key_expired_finds_failover_stopped_on_etcd() {
     let etcd = Etcd::on_loopback();
     let mut g = group(&etcd, "backstop_ttl = \"2s\"");
-    let boot = tempfile::NamedTempFile::new().expect("a boot id file");
-    std::fs::write(boot.path(), "0badb007-0000-4000-8000-000000000002\n").expect("write boot id");
-    let script = format!(
-        "mount --bind {} /proc/sys/kernel/random/boot_id && exec \"$@\"",
-        boot.path().display()
-    );
-    g.launchers.insert(
-        "b".into(),
-        ["unshare", "--mount", "sh", "-c", &script, "sh"]
-            .map(String::from)
-            .to_vec(),
-    );
+    let _boot = on_another_boot(&mut g, "b", "0badb007-0000-4000-8000-000000000002");
     let (w, e1) = start_pair(&mut g);
     let key = "/understudy/g/members/b";
     g.sigstop("b");

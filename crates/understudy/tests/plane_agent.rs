@@ -65,15 +65,7 @@ fn release_hands_the_running_service_over_and_the_agent_leaves() {
 
     g.sigterm("b", Duration::from_secs(15));
     // a may still read b's record as alive for a moment after b exited.
-    let mut answer = Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            let (c, b) = post(&g.admin("a"), "/service/release");
-            answer = b;
-            c == 200
-        }),
-        "release refused once alone: {answer}"
-    );
+    let answer = release_once_alone(&g, "a");
     assert_eq!(answer["pid"].as_u64(), Some(u64::from(svc)), "{answer}");
     assert_eq!(answer["node"], "a");
     assert!(answer["epoch"].as_u64().is_some_and(|e| e >= 1), "{answer}");
@@ -117,15 +109,7 @@ fn a_release_stops_failover_until_it_is_started_again_once_the_service_is_gone()
     g.wait_ready("b", Duration::from_secs(15));
     let e1 = g.epoch("a");
     g.sigterm("b", Duration::from_secs(15));
-    let mut answer = Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            let (c, b) = post(&g.admin("a"), "/service/release");
-            answer = b;
-            c == 200
-        }),
-        "release refused once alone: {answer}"
-    );
+    let answer = release_once_alone(&g, "a");
     let svc = answer["pid"].as_u64().expect("the released pid") as u32;
     let mark: Value = serde_json::from_slice(
         &std::fs::read(understudy_coordinator::stop_mark_path(&g.lock)).expect("the stop file"),
@@ -177,6 +161,21 @@ fn a_release_stops_failover_until_it_is_started_again_once_the_service_is_gone()
     assert!(!understudy_coordinator::stop_mark_path(&g.lock).exists());
     g.expect_actives(2);
     w.finish();
+}
+
+/// `POST /service/release` on `node`, retried for a moment: it may still read a standby that
+/// just exited as alive. The 200's body.
+fn release_once_alone(g: &Group, node: &str) -> Value {
+    let mut answer = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let (c, b) = post(&g.admin(node), "/service/release");
+            answer = b;
+            c == 200
+        }),
+        "release refused once alone: {answer}"
+    );
+    answer
 }
 
 /// A child process killed on drop.
