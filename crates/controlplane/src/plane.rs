@@ -1285,16 +1285,25 @@ impl Plane {
         Ok(())
     }
 
+    /// A POST to node `name`'s admin API at `url`, answered within `secs` seconds.
+    async fn agent_post(
+        &self,
+        name: &str,
+        url: String,
+        secs: u64,
+    ) -> Result<reqwest::Response, PlaneError> {
+        self.agent_request(reqwest::Method::POST, url)
+            .header("X-Understudy", "1")
+            .timeout(Duration::from_secs(secs))
+            .send()
+            .await
+            .map_err(|e| PlaneError::Start(format!("cannot reach {name}: {e}")))
+    }
+
     /// `POST /failover/start` on `node`: clears the group's stop of failover, if any.
     async fn ask_start_failover(&self, node: &NodeSpec) -> Result<(), PlaneError> {
         let url = self.agent_url(&self.node_admin(node), "/failover/start");
-        let resp = self
-            .agent_request(reqwest::Method::POST, url)
-            .header("X-Understudy", "1")
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", node.name)))?;
+        let resp = self.agent_post(&node.name, url, 30).await?;
         let code = resp.status();
         if code == reqwest::StatusCode::NOT_FOUND {
             // An agent from before the stop of failover existed records none.
@@ -1324,13 +1333,7 @@ impl Plane {
         let url = self.agent_url(&self.node_admin(a), "/service/release");
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
         loop {
-            let resp = self
-                .agent_request(reqwest::Method::POST, url.clone())
-                .header("X-Understudy", "1")
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-                .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", a.name)))?;
+            let resp = self.agent_post(&a.name, url.clone(), 10).await?;
             let code = resp.status();
             let body: Value = resp.json().await.unwrap_or(Value::Null);
             if code.is_success() {
@@ -1406,13 +1409,7 @@ impl Plane {
         if let Some(t) = &to {
             url.push_str(&format!("?to={t}"));
         }
-        let resp = self
-            .agent_request(reqwest::Method::POST, url)
-            .header("X-Understudy", "1")
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| PlaneError::Start(format!("cannot reach {}: {e}", active.name)))?;
+        let resp = self.agent_post(&active.name, url, 30).await?;
         let code = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
         if !code.is_success() {

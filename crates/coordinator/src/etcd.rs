@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -50,7 +50,7 @@ use crate::lease::{Lease, Loss, Nanos, Outcome, Reply, Sent, Step, Timing};
 use crate::lockfile::{Heartbeat, HeartbeatReading};
 use crate::members::MemberRecord;
 use crate::{
-    is_valid_node_name, Allow, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire,
+    is_valid_node_name, unix_ms, Allow, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire,
     UsedEpochs,
 };
 
@@ -242,13 +242,6 @@ impl UsedRecord {
         };
         (e > 0).then_some(e)
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn etcd_error(what: &str, e: impl std::fmt::Display) -> CoordError {
@@ -1324,7 +1317,7 @@ impl Task {
 
     /// One compare-and-swap renewal; the deadline moves to its send time + `deadline`.
     async fn renew(&mut self, sent: Sent) {
-        let mut record = self.held.clone().unwrap_or_else(|| LeaderRecord {
+        let record = self.held.clone().unwrap_or_else(|| LeaderRecord {
             node: self.s.node.clone(),
             epoch: lock(&self.view).epoch,
             renewals: 0,
@@ -1332,6 +1325,21 @@ impl Task {
             released: false,
             stopped: None,
         });
+        if let (_, Some(e)) = self.write_renewal(sent, record).await {
+            tracing::debug!("etcd: renewal failed: {e}");
+        }
+    }
+
+    /// One renewal of `record` (this node's own, the counter and time moved on): put on this
+    /// node's lease unless it stops failover. Extended, it is the held record from now on;
+    /// lost, the loss is handled. A stop whose answer was lost is looked up in the key: it may
+    /// have committed, and then it stops failover for good while this node would go on as if
+    /// not (review 30, M1).
+    async fn write_renewal(
+        &mut self,
+        sent: Sent,
+        mut record: LeaderRecord,
+    ) -> (Outcome, Option<CoordError>) {
         record.renewals = record.renewals.saturating_add(1);
         record.unix_ms = unix_ms();
         let ops = match serde_json::to_vec(&record) {
@@ -1343,21 +1351,26 @@ impl Task {
             Err(_) => Vec::new(),
         };
         let until = self.lease.deadline().unwrap_or(sent.at);
-        let (reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
-        if let Some(e) = err {
-            tracing::debug!("etcd: renewal failed: {e}");
+        let (mut reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
+        if reply == Reply::Failed && record.stopped.is_some() {
+            if let Some(rev) = self.own_write_at(&record, until).await {
+                reply = Reply::Committed { rev };
+            }
         }
         let took = Duration::from_nanos(now().saturating_sub(sent.at));
-        match self.lease.answer(sent, reply, now()) {
+        let outcome = self.lease.answer(sent, reply, now());
+        match outcome {
             Outcome::Extended { deadline } => {
                 tracing::trace!(?took, "etcd: renewal acknowledged");
                 (self.fence)(Fence::Until(deadline));
+                lock(&self.view).stopped.clone_from(&record.stopped);
                 self.leader = Some(Ok(record.clone()));
                 self.held = Some(record);
             }
             Outcome::Lost(loss) => self.on_loss(loss),
             _ => {}
         }
+        (outcome, err)
     }
 
     fn on_loss(&mut self, loss: Loss) {
@@ -1437,35 +1450,16 @@ impl Task {
                 "a write of the leader key is in flight".into(),
             ));
         };
-        record.renewals = record.renewals.saturating_add(1);
-        record.unix_ms = unix_ms();
         record.stopped = Some(mark);
-        let value = serde_json::to_vec(&record).map_err(|e| etcd_error("encoding", e))?;
-        let ops = vec![TxnOp::put(self.s.leader_key(), value, None)];
-        let until = self.lease.deadline().unwrap_or(sent.at);
-        let (mut reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
-        if reply == Reply::Failed {
-            // An answer lost on the way says nothing: the write may have committed, and then
-            // the key stops failover for good while this node would go on as if not (review
-            // 30, M1). The key itself tells.
-            if let Some(rev) = self.own_write_at(&record, until).await {
-                reply = Reply::Committed { rev };
-            }
-        }
-        match self.lease.answer(sent, reply, now()) {
-            Outcome::Extended { deadline } => {
-                (self.fence)(Fence::Until(deadline));
-                lock(&self.view).stopped.clone_from(&record.stopped);
-                self.leader = Some(Ok(record.clone()));
-                self.held = Some(record);
+        match self.write_renewal(sent, record).await {
+            (Outcome::Extended { .. }, _) => {
                 tracing::info!("etcd: failover stopped for the group");
                 Ok(())
             }
-            Outcome::Lost(loss) => {
-                self.on_loss(loss);
+            (Outcome::Lost(loss), _) => {
                 Err(CoordError::Etcd(format!("the group was lost: {loss}")))
             }
-            _ => Err(err.unwrap_or_else(|| {
+            (_, err) => Err(err.unwrap_or_else(|| {
                 CoordError::Etcd("the stop was not acknowledged in time".into())
             })),
         }

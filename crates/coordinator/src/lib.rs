@@ -32,6 +32,14 @@ pub use lockfile::{
 };
 pub use members::{boot_id, judge_namesake, pid_ns, same_host, MemberRecord, Members, Namesake};
 
+/// The wall clock, Unix milliseconds (0 before 1970): only written into records and shown.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// True when `name` can be a node name: non-empty, at most 255 bytes, only `[A-Za-z0-9_.-]`, and
 /// not `.` or `..`. Node names become file names beside the lock, so nothing else is accepted.
 pub fn is_valid_node_name(name: &str) -> bool {

@@ -683,32 +683,7 @@ impl Coordinator for LockFileCoordinator {
     fn heartbeat(&mut self, hb: &Heartbeat) -> Result<(), CoordError> {
         let st = self.shared.lock();
         let held = st.held.as_ref().ok_or(CoordError::NotHolder)?;
-        let record = hb.encode();
-        let old_len = held
-            .file
-            .metadata()
-            .map_err(|e| io_error(&self.lock, e))?
-            .len();
-        // A shorter record than the one there would leave the old tail behind until the truncate;
-        // padding with blanks (which parse accepts) keeps the file valid even if we die between
-        // the write and the truncate.
-        let mut bytes = record.into_bytes();
-        let record_len = bytes.len();
-        let cover = usize::try_from(old_len)
-            .unwrap_or(usize::MAX)
-            .min(MAX_HEARTBEAT_BYTES);
-        if bytes.len() < cover {
-            bytes.resize(cover, b' ');
-        }
-        held.file
-            .write_all_at(&bytes, 0)
-            .map_err(|e| io_error(&self.lock, e))?;
-        if old_len != record_len as u64 || bytes.len() != record_len {
-            held.file
-                .set_len(record_len as u64)
-                .map_err(|e| io_error(&self.lock, e))?;
-        }
-        Ok(())
+        write_record(&held.file, hb.encode().as_bytes()).map_err(|e| io_error(&self.lock, e))
     }
 
     fn verify(&mut self) -> bool {
@@ -741,10 +716,7 @@ impl Coordinator for LockFileCoordinator {
         let mut record = STOP_MAGIC.as_bytes().to_vec();
         record.extend_from_slice(&json);
         record.push(b'\n');
-        let in_lock = held
-            .file
-            .write_all_at(&record, 0)
-            .and_then(|()| held.file.set_len(record.len() as u64))
+        let in_lock = write_record(&held.file, &record)
             .and_then(|()| held.file.sync_data())
             .map_err(|e| io_error(&self.lock, e));
         drop(st);
@@ -790,10 +762,9 @@ impl Coordinator for LockFileCoordinator {
             }
             locked = true;
             found = stop_in_lock_file(&file, &self.lock);
-            if let Some(m) = found.as_ref().or(read_stop_mark(&self.lock).as_ref()) {
-                allow(m).map_err(CoordError::FailoverStopped)?;
-            }
             if let Some(m) = &found {
+                // (The file beside is judged below, before it is removed.)
+                allow(m).map_err(CoordError::FailoverStopped)?;
                 // The released node's last heartbeat, dated now: a tryheartbeat node reads a
                 // holder that let go a moment ago, as after any hand-over, and takes the group
                 // (an empty file left it waiting for an operator, review 31).
@@ -801,13 +772,12 @@ impl Coordinator for LockFileCoordinator {
                     None => Heartbeat {
                         node: m.node.clone(),
                         epoch: m.epoch,
-                        unix_ms: wall_ms(),
+                        unix_ms: crate::unix_ms(),
                     }
                     .encode(),
                     Some(_) => String::new(),
                 };
-                file.write_all_at(record.as_bytes(), 0)
-                    .and_then(|()| file.set_len(record.len() as u64))
+                write_record(&file, record.as_bytes())
                     .and_then(|()| file.sync_data())
                     .map_err(|e| io_error(&self.lock, e))?;
             }
@@ -833,12 +803,24 @@ impl Coordinator for LockFileCoordinator {
     }
 }
 
-/// Wall clock, Unix milliseconds.
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Replaces the lock file's record (a heartbeat or a stop of failover) with `record`, through
+/// the descriptor that holds the lock. A shorter record than the one there would leave the old
+/// tail behind until the truncate; padding with blanks (which both readers accept) keeps the
+/// file valid even if we die between the write and the truncate.
+fn write_record(file: &File, record: &[u8]) -> io::Result<()> {
+    let old_len = file.metadata()?.len();
+    let mut bytes = record.to_vec();
+    let cover = usize::try_from(old_len)
+        .unwrap_or(usize::MAX)
+        .min(MAX_HEARTBEAT_BYTES);
+    if bytes.len() < cover {
+        bytes.resize(cover, b' ');
+    }
+    file.write_all_at(&bytes, 0)?;
+    if old_len != record.len() as u64 || bytes.len() != record.len() {
+        file.set_len(record.len() as u64)?;
+    }
+    Ok(())
 }
 
 impl Drop for LockFileCoordinator {
