@@ -107,9 +107,10 @@ fn a_switchover_commits_the_old_actives_record_with_its_release_on_etcd() {
     assert!(
         common::wait_until(10 * S, || {
             common::get_json(&g.admin("a"), "/group").is_some_and(|v| {
-                v["members"]
-                    .as_array()
-                    .is_some_and(|m| m.iter().any(|n| n["node"] == "b" && n["ready"] == true))
+                v["members"].as_array().is_some_and(|m| {
+                    m.iter()
+                        .any(|n| n["node"] == "b" && n["ready"] == true && n["fresh"] == true)
+                })
             })
         }),
         "a never saw b ready"
