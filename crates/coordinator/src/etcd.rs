@@ -447,6 +447,9 @@ impl EtcdCoordinator {
             lease: Lease::new(settings.timing),
             leader: None,
             held: None,
+            doubtful_stop: None,
+            adopted: false,
+            withdraw_stop_at: None,
             epoch_key: (0, 0),
             campaigning: false,
             ready: Some(ready_tx),
@@ -761,6 +764,18 @@ struct Task {
     leader: Option<Result<LeaderRecord, String>>,
     /// Our own record while holding: what a renewal rewrites.
     held: Option<LeaderRecord>,
+    /// A stop of failover this node sent whose answer never came, so its release was refused,
+    /// and the `mod_revision` it compared: the transaction may still commit, late (review 31,
+    /// M1). Seen in the key, it is taken as ours (holding) or deleted (not holding: nothing was
+    /// handed over, so nothing needs the stop); forgotten once the key moved past that revision
+    /// to anything else, after which it can never commit.
+    doubtful_stop: Option<(LeaderRecord, i64)>,
+    /// The doubtful stop was seen committed while holding and taken as ours: a renewal refused
+    /// for it is tried again instead of losing the group.
+    adopted: bool,
+    /// The revision of a doubtful stop seen committed after the group was lost: deleted by the
+    /// task's loop.
+    withdraw_stop_at: Option<i64>,
     /// Value and `mod_revision` (0: missing) of the epoch key.
     epoch_key: (u64, i64),
     campaigning: bool,
@@ -831,6 +846,9 @@ impl Task {
                 if self.client.is_none() {
                     continue;
                 }
+            }
+            if let Some(rev) = self.withdraw_stop_at.take() {
+                self.withdraw_stop(rev).await;
             }
             let wake = match self.lease.poll(now(), self.campaigning) {
                 Step::Lost(loss) => {
@@ -1351,11 +1369,22 @@ impl Task {
             Err(_) => Vec::new(),
         };
         let until = self.lease.deadline().unwrap_or(sent.at);
+        self.adopted = false;
         let (mut reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
         if reply == Reply::Failed && record.stopped.is_some() {
             if let Some(rev) = self.own_write_at(&record, until).await {
                 reply = Reply::Committed { rev };
             }
+        }
+        match reply {
+            Reply::Failed if record.stopped.is_some() => {
+                self.doubtful_stop = Some((record.clone(), sent.expect));
+            }
+            // Refused because a doubtful stop of ours committed meanwhile (seen in the
+            // transaction's reads and adopted): soon again, from its revision.
+            Reply::Refused if std::mem::take(&mut self.adopted) => reply = Reply::Failed,
+            Reply::Committed { .. } => self.doubtful_stop = None,
+            _ => {}
         }
         let took = Duration::from_nanos(now().saturating_sub(sent.at));
         let outcome = self.lease.answer(sent, reply, now());
@@ -1520,6 +1549,40 @@ impl Task {
         }
         tracing::info!(stop = %mark.describe(), "etcd: failover started again");
         Ok(Some(mark))
+    }
+
+    /// Deletes the leader key while it still holds, at `rev`, the stop this node sent for a
+    /// release that was refused for want of its answer: nothing was handed over, and the group
+    /// would otherwise stay stopped with no active (its service was fenced when the group was
+    /// lost). Tried again on the loop's next turn while etcd does not answer.
+    async fn withdraw_stop(&mut self, rev: i64) {
+        let Ok(mut client) = self.client() else {
+            self.withdraw_stop_at = Some(rev);
+            return;
+        };
+        let key = self.s.leader_key();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::delete(key, None)]);
+        let limit = self.s.timing.lease_ttl + self.s.timing.deadline;
+        match tokio::time::timeout(limit, client.txn(txn)).await {
+            Ok(Ok(resp)) => {
+                self.heard();
+                if resp.succeeded() {
+                    tracing::warn!("etcd: withdrew the stop of failover of a release that did not go through; failover runs again");
+                } else {
+                    tracing::info!("etcd: the stop of failover of a release that did not go through was already replaced");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("etcd: withdrawing the stop of failover: {e}; trying again");
+                self.withdraw_stop_at = Some(rev);
+            }
+            Err(_) => {
+                tracing::warn!("etcd: withdrawing the stop of failover timed out; trying again");
+                self.withdraw_stop_at = Some(rev);
+            }
+        }
     }
 
     /// A put of this node's current record, as the member writer would put it.
@@ -1782,6 +1845,11 @@ impl Task {
                 (false, false, false)
             }
         };
+        let landed = match (&self.doubtful_stop, &record) {
+            (Some((doubtful, expect)), Some(Ok(r))) if rev != *expect => Some(r == doubtful),
+            (Some((_, expect)), _) if rev != *expect => Some(false),
+            _ => None,
+        };
         self.leader = record;
         tracing::trace!(rev, mine, released, stopped, "etcd: leader observed");
         if let Some(loss) = self
@@ -1789,6 +1857,25 @@ impl Task {
             .observe_record(rev, mine, released, stopped, now())
         {
             self.on_loss(loss);
+        }
+        match landed {
+            // The key moved on without it: its compare can never hold any more.
+            Some(false) => self.doubtful_stop = None,
+            Some(true) => {
+                self.doubtful_stop = None;
+                if self.lease.holds() {
+                    // Still holding: renewals go on from it (the held record, which has no
+                    // stop, replaces it at the next one), rather than finding the key changed
+                    // and losing the group.
+                    tracing::warn!(rev, "etcd: a stop of failover whose answer was lost committed after all; renewing over it");
+                    self.lease.adopt(rev);
+                    self.adopted = true;
+                } else {
+                    tracing::warn!(rev, "etcd: a stop of failover whose answer was lost committed after all, after this node lost the group; withdrawing it");
+                    self.withdraw_stop_at = Some(rev);
+                }
+            }
+            None => {}
         }
     }
 

@@ -429,6 +429,17 @@ impl Lease {
         })
     }
 
+    /// A write of ours whose answer never came turned out to have committed at `rev` (seen in
+    /// the key, compared whole): later renewals compare against it. The deadline stays where the
+    /// last acknowledged write put it, since nobody told us when the late one was sent.
+    pub fn adopt(&mut self, rev: i64) {
+        if let Some(h) = &mut self.held {
+            if rev > h.rev {
+                h.rev = rev;
+            }
+        }
+    }
+
     fn saw_own_write(&mut self, rev: i64, now: Nanos) {
         if self.seen.is_none_or(|s| s.rev != rev) {
             self.seen = Some(Observed {
@@ -510,6 +521,43 @@ mod tests {
             Step::Idle(Some(4_000_200 * MS))
         );
         assert!(matches!(l.poll(4_000_200 * MS, true), Step::Claim(s) if s.expect == 0));
+    }
+
+    /// Review 31, M1: a stop whose answer never came, seen committed in the key while still
+    /// holding, is adopted: the next renewal compares its revision (it would be refused on the
+    /// old one and lose the group), and the deadline stays the last acknowledged write's.
+    #[test]
+    fn an_own_write_seen_late_is_adopted_without_moving_the_deadline() {
+        let mut l = holder(0);
+        let deadline = l.deadline().unwrap();
+        let Step::Renew(sent) = l.poll(200 * MS + 20 * MS, false) else {
+            panic!("no renewal");
+        };
+        assert_eq!(sent.expect, 5);
+        assert_eq!(
+            l.answer(sent, Reply::Failed, sent.at + 10 * MS),
+            Outcome::RenewalFailed
+        );
+        // Seen in the key (ours), then adopted; an older revision never is.
+        assert_eq!(
+            l.observe_record(6, true, false, true, sent.at + 12 * MS),
+            None
+        );
+        l.adopt(6);
+        l.adopt(4);
+        assert_eq!(l.deadline(), Some(deadline));
+        let Step::Renew(next) = l.poll(sent.at + 15 * MS, false) else {
+            panic!("no renewal after the failed one");
+        };
+        assert_eq!(next.expect, 6);
+        assert!(matches!(
+            l.answer(next, Reply::Committed { rev: 7 }, next.at + MS),
+            Outcome::Extended { .. }
+        ));
+        // Not holding: nothing to adopt into.
+        let mut idle = Lease::new(timing());
+        idle.adopt(9);
+        assert_eq!(idle.held_rev(), None);
     }
 
     #[test]

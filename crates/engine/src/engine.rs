@@ -2173,7 +2173,7 @@ impl Engine {
         let running = matches!((&self.phase, self.svc), (Phase::Hot, SvcState::Running { pid: p, .. }) if p == pid);
         if let Some(e) = error {
             self.refuse_release(format!(
-                "cannot record in the coordinator that failover is stopped ({e}): handed over without it, a standby that missed the release could take the group while the service keeps acting; the service was not handed over (if the stop was recorded all the same, a standby's status says so and POST /failover/start clears it)"
+                "cannot record in the coordinator that failover is stopped ({e}): handed over without it, a standby that missed the release could take the group while the service keeps acting; the service was not handed over (should the stop commit all the same, this agent withdraws it once it sees it; if this agent ends first, a standby's status says so and POST /failover/start clears it)"
             ));
             return;
         }

@@ -487,6 +487,61 @@ fn a_standby_back_after_its_key_expired_finds_failover_stopped_on_etcd() {
     w.finish();
 }
 
+/// Review 31, M1: a stop of failover that commits, but whose answer comes only after its
+/// sender's deadline. The release is refused (nothing handed over), the holder loses the group
+/// and its guardian kills the service, and the committed stop used to leave the group stopped
+/// with no active for good, until an operator cleared it. The agent that sent it now withdraws
+/// it once it sees it committed, and takes the group again. etcd's link is a proxy that holds
+/// etcd's answers back from the stop on (400 ms, against a 200 ms deadline and a 2 s lease_ttl).
+#[test]
+fn a_stop_that_commits_after_the_holders_deadline_is_withdrawn_by_its_sender_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let proxy = DelayProxy::start(&etcd.endpoint, b"\"stopped\":{", Duration::from_millis(400));
+    let mut g = group_at(
+        &proxy.endpoint,
+        "lease_ttl = \"2s\"\ndeadline = \"200ms\"\nbackstop_ttl = \"4s\"",
+    );
+    let w = g.add_watched_pair();
+    g.start("a");
+    g.wait_mode("a", "Hot", 10 * S);
+    let e1 = g.epoch("a");
+    g.wait_service_active("a", e1);
+    let svc = g.service_pid("a").expect("a's service pid");
+
+    proxy.arm();
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert!(
+        proxy.fired(),
+        "the stop never went through the proxy: {body}"
+    );
+    assert_eq!(code, 409, "the release went through: {body}");
+    assert!(
+        body.to_string().contains("cannot record"),
+        "refused for another reason: {body}"
+    );
+    // The group was lost at the deadline: the guardian killed the service it kept.
+    assert!(
+        wait_until(5 * S, || !alive(svc)),
+        "the service outlived the lost group"
+    );
+    // The stop committed after all: a's agent must take it away again, or the group stays
+    // stopped with nobody active.
+    g.wait_status("a", "Hot again with a newer epoch", 15 * S, |s| {
+        s["mode"] == "Hot" && s["epoch"].as_u64().unwrap_or(0) > e1
+    });
+    let (_, leader) = kv_at(&etcd, "/understudy/g/leader", None);
+    assert!(leader["stopped"].is_null(), "{leader}");
+    let out = g.output("a");
+    assert!(
+        out.contains("committed after all, after this node lost the group")
+            && out.contains("withdrew the stop of failover"),
+        "{}",
+        testbed::group::tail(&out, 40)
+    );
+    g.expect_actives(2);
+    w.finish();
+}
+
 /// Review 29, M2: an agent that finds its name taken by a live one (the same configuration on
 /// two machines) exits, and must leave that one's member key alone: deleted, the live standby
 /// had neither record nor key until its next write, and a release in between went through.

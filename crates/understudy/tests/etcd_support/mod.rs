@@ -330,3 +330,109 @@ pub fn lab_group_with(
 pub fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
     lab_group_with(lab, |_| {})
 }
+
+/// A TCP proxy in front of etcd that, once armed, holds back etcd's answers on the connection
+/// whose client sends `pattern` next, for `delay` from then, once: a request that etcd commits
+/// at once but whose answer (and everything behind it on that connection, the watch's events
+/// included) comes after its sender gave up on it, as from an etcd whose replies are slow.
+/// Each connection gets two threads; they end with it.
+pub struct DelayProxy {
+    /// `http://127.0.0.1:port`, for an agent's `etcd.endpoints`.
+    pub endpoint: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayProxy {
+    pub fn start(upstream: &str, pattern: &'static [u8], delay: Duration) -> DelayProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let target = upstream
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let armed = Arc::new(AtomicBool::new(false));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (a, f) = (Arc::clone(&armed), Arc::clone(&fired));
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(mut c_rd), Ok(mut s_wr)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                let (mut s_rd, mut c_wr) = (server, client);
+                let hold: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+                let held = Arc::clone(&hold);
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match s_rd.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let until = *held.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(t) = until {
+                            std::thread::sleep(t.saturating_duration_since(Instant::now()));
+                        }
+                        if c_wr.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_wr.shutdown(std::net::Shutdown::Both);
+                });
+                let (a, f) = (Arc::clone(&a), Arc::clone(&f));
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut seen: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match c_rd.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // The pattern may straddle two reads: the last bytes of the previous
+                        // one are searched with this one.
+                        seen.extend_from_slice(&buf[..n]);
+                        if a.load(Ordering::SeqCst)
+                            && seen.windows(pattern.len()).any(|w| w == pattern)
+                            && a.swap(false, Ordering::SeqCst)
+                        {
+                            // Set before the request goes on: its answer cannot slip through.
+                            *hold.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(Instant::now() + delay);
+                            f.store(true, Ordering::SeqCst);
+                        }
+                        let keep = seen.len().saturating_sub(pattern.len());
+                        seen.drain(..keep);
+                        if s_wr.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_wr.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        DelayProxy {
+            endpoint,
+            armed,
+            fired,
+        }
+    }
+
+    /// Holds back the answers to the next request that holds the pattern.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether answers were held back.
+    pub fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
