@@ -50,6 +50,7 @@ pub fn router(ctx: Shared) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/api/health", get(health))
         .route("/api/hosts", get(hosts))
+        .route("/api/hosts/{name}", axum::routing::delete(forget_host))
         .route("/api/hosts/{name}/desired", get(host_desired))
         .route("/api/hosts/{name}/report", axum::routing::put(host_report))
         .route("/api/servers", get(list).post(add_server))
@@ -223,6 +224,14 @@ async fn health() -> Json<Value> {
 async fn hosts(State(ctx): State<Shared>) -> Response {
     match ctx.plane.hosts_json() {
         Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /api/hosts/{name}`: the host's machine is gone for good.
+async fn forget_host(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
+    match ctx.plane.forget_host(&name).await {
+        Ok(keys) => Json(json!({ "forgotten": name, "last_reported": keys })).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -96,6 +96,10 @@ pub enum Answer {
     Export,
     /// An import's difference report.
     Import,
+    /// `GET /api/hosts`.
+    Hosts,
+    /// A host forgotten.
+    Forgotten,
 }
 
 /// A refusal in words: the error, what to do, and each wrong field.
@@ -235,7 +239,61 @@ pub fn render(kind: Answer, v: &Value) -> String {
         Answer::Server => server_line(v),
         Answer::Export => "configuration exported".to_string(),
         Answer::Import => import_text(v),
+        Answer::Hosts => hosts_text(v, crate::plane::unix_ms()),
+        Answer::Forgotten => {
+            let keys: Vec<&str> = v
+                .get("last_reported")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            format!(
+                "forgot host {} (declared gone for good); it last reported: {}",
+                v.get("forgotten").and_then(Value::as_str).unwrap_or("?"),
+                if keys.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    keys.join(", ")
+                }
+            )
+        }
     }
+}
+
+/// `GET /api/hosts` in words, one host a line, judged at `now_ms`.
+fn hosts_text(v: &Value, now_ms: u64) -> String {
+    let mut lines = Vec::new();
+    for h in v
+        .get("hosts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = h.get("name").and_then(Value::as_str).unwrap_or("?");
+        let count = h
+            .get("processes")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let state = if h.get("builtin").and_then(Value::as_bool) == Some(true) {
+            "built in".to_string()
+        } else if h.get("forgotten_unix_ms").is_some() {
+            "forgotten (declared gone for good)".to_string()
+        } else {
+            let ago = h
+                .get("last_seen_unix_ms")
+                .and_then(Value::as_u64)
+                .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0);
+            let connected = h.get("connected").and_then(Value::as_bool) == Some(true);
+            match (connected, ago) {
+                (true, _) => "connected".to_string(),
+                (false, Some(a)) => format!("DISCONNECTED, last report {a:.1} s ago"),
+                (false, None) => "DISCONNECTED".to_string(),
+            }
+        };
+        lines.push(format!("{name:<16} {state}, {count} processes reported"));
+    }
+    lines.join("\n")
 }
 
 /// An import's report in words (also printed with a refusal: the report is in the error body).

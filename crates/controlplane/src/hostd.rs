@@ -98,6 +98,12 @@ pub struct Reconciler {
     /// The host's own record of what it started (pids survive a restart of the host process).
     store: std::sync::Arc<Store>,
     backoff: BTreeMap<String, (Instant, Duration)>,
+    /// Stops under way, by key: the pid, the generation it was started for, and the task that
+    /// waits up to [`STOP_GRACE`] for it to end. The loop does not wait with it: a host reports
+    /// every [`HOST_INTERVAL`], and one silent for a few seconds counts as dark to the control
+    /// plane, which then refuses stop failover (review 31, L8). A key stays in the report while
+    /// its stop runs, so nobody takes it for stopped before it is.
+    stopping: BTreeMap<String, (u32, u64, tokio::task::JoinHandle<()>)>,
 }
 
 impl Reconciler {
@@ -107,7 +113,47 @@ impl Reconciler {
             host,
             store,
             backoff: BTreeMap::new(),
+            stopping: BTreeMap::new(),
         }
+    }
+
+    /// Stops `key`'s process (`pid`, started for `generation`) in a task of its own, unless a
+    /// stop of it already runs.
+    fn stop_in_background(&mut self, key: &str, pid: u32, marker: &str, generation: u64) {
+        if self.stopping.contains_key(key) {
+            return;
+        }
+        let marker = marker.to_string();
+        let task = tokio::spawn(async move { LocalHost::stop(pid, &marker, STOP_GRACE).await });
+        self.stopping
+            .insert(key.to_string(), (pid, generation, task));
+    }
+
+    /// Forgets the stops that have ended: their processes are gone, and so are their records.
+    fn reap_stops(&mut self) {
+        let done: Vec<String> = self
+            .stopping
+            .iter()
+            .filter(|(_, (_, _, task))| task.is_finished())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            self.stopping.remove(&key);
+            let _ = self.store.delete_process(&key);
+            self.backoff.remove(&key);
+        }
+    }
+
+    /// A key whose stop runs, as reported: still running, until it is not.
+    fn stopping_report(&self, key: &str) -> Option<ProcReport> {
+        let (pid, generation, _) = self.stopping.get(key)?;
+        Some(ProcReport {
+            key: key.to_string(),
+            pid: Some(*pid),
+            running: true,
+            generation: *generation,
+            problem: None,
+        })
     }
 
     /// The data directory (node configurations, lock files, logs).
@@ -127,6 +173,7 @@ impl Reconciler {
                 }
             })
             .collect();
+        self.reap_stops();
         let tracked = self.store.processes().unwrap_or_default();
         let adopted: Vec<&String> = wants
             .values()
@@ -136,20 +183,30 @@ impl Reconciler {
             })
             .collect();
         // Stop what should no longer run (an adoption's source is kept for its new key).
-        for (key, (pid, marker, _)) in &tracked {
+        let mut reports = Vec::new();
+        for (key, (pid, marker, generation)) in &tracked {
             if wants.contains_key(key) || adopted.contains(&key) {
                 continue;
             }
             if LocalHost::is_ours(*pid, marker) {
-                info!(%key, pid, "stopping: no longer wanted here");
-                LocalHost::stop(*pid, marker, STOP_GRACE).await;
+                if !self.stopping.contains_key(key) {
+                    info!(%key, pid, "stopping: no longer wanted here");
+                }
+                self.stop_in_background(key, *pid, marker, *generation);
+                reports.extend(self.stopping_report(key));
+                continue;
             }
             let _ = self.store.delete_process(key);
             self.backoff.remove(key);
         }
-        let mut reports = Vec::new();
         let tracked = self.store.processes().unwrap_or_default();
         for (key, want) in &wants {
+            if let Some(rep) = self.stopping_report(key) {
+                // Wanted again, or with another configuration, while its stop runs: started
+                // once the stop is over.
+                reports.push(rep);
+                continue;
+            }
             let mut cur = tracked
                 .get(*key)
                 .filter(|(pid, m, _)| LocalHost::is_ours(*pid, m))
@@ -163,11 +220,10 @@ impl Reconciler {
                             .put_process(key, *pid, marker, wanted, crate::plane::unix_ms());
                     cur = Some((*pid, marker.clone(), wanted));
                 } else if *g != wanted && *keep != Some(*g) {
-                    info!(%key, pid, "configuration changed: starting the agent again with it");
-                    LocalHost::stop(*pid, marker, STOP_GRACE).await;
-                    let _ = self.store.delete_process(key);
-                    self.backoff.remove(*key);
-                    cur = None;
+                    info!(%key, pid, "configuration changed: starting the agent again with it once it stopped");
+                    self.stop_in_background(key, *pid, marker, *g);
+                    reports.extend(self.stopping_report(key));
+                    continue;
                 }
             }
             let rep = match (want, cur) {

@@ -103,6 +103,16 @@ pub fn document() -> Value {
         json!({
             "/api/health": { "get": { "summary": "the control plane answers", "responses": { "200": json_answer("ok", json!({"type": "object"})) } } },
             "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes: the built-in one and every `understudy host`, with what runs there", "responses": { "200": json_answer("the hosts", json!({"type": "object"})) } } },
+            "/api/hosts/{name}": { "delete": {
+                "summary": "forget a host whose machine is gone for good, with every process it ran: its last report is dropped (an agent or server it listed no longer blocks start-server, start failover or stop failover) and a stop of anything placed there counts as done; refused while it reports. A host that reports again counts again",
+                "parameters": [name_param()],
+                "security": [{ "bearer": [] }],
+                "responses": {
+                    "200": json_answer("forgotten, with the keys it last reported", json!({"type": "object", "properties": { "forgotten": { "type": "string" }, "last_reported": { "type": "array", "items": { "type": "string" } } }})),
+                    "404": json_answer("no such host ever reported", error_ref()),
+                    "409": json_answer("the built-in host, or a host that reported within 5 s", error_ref())
+                }
+            } },
             "/api/hosts/{name}/desired": { "get": { "summary": "what a host should run (polled by `understudy host`)", "parameters": [name_param()], "responses": { "200": json_answer("the desired processes", json!({"type": "object"})), "422": json_answer("not a host name", error_ref()) } } },
             "/api/hosts/{name}/report": { "put": {
                 "summary": "a host reports what runs there (and registers itself)",

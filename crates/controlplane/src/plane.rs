@@ -251,6 +251,12 @@ impl Plane {
                 "processes": rep,
             }));
         }
+        for (name, at) in self.store.forgotten_hosts()? {
+            out.push(json!({
+                "name": name, "builtin": false, "connected": false, "forgotten_unix_ms": at,
+                "processes": [],
+            }));
+        }
         Ok(json!({ "hosts": out }))
     }
 
@@ -266,9 +272,68 @@ impl Plane {
         advertise: &str,
         processes: &Value,
     ) -> Result<(), PlaneError> {
-        self.store
-            .put_host_report(host, advertise, processes, unix_ms())?;
+        if self
+            .store
+            .put_host_report(host, advertise, processes, unix_ms())?
+        {
+            warn!(%host, "a host declared gone for good reports again: it counts as a host again, and what it reports as running there");
+        }
         Ok(())
+    }
+
+    /// Declares `host` gone for good, its machine dead with every process it ran: its last
+    /// report is dropped (an agent or server it listed no longer holds anything up), and nothing
+    /// waits for it any more (a stop there counts as done, it is never dark). Refused for the
+    /// built-in host, and while the host still reports. Returns the keys it last reported.
+    pub async fn forget_host(&self, host: &str) -> Result<Vec<String>, PlaneError> {
+        let _ops = self.ops.lock().await;
+        if host == LOCAL_HOST {
+            return Err(PlaneError::Refused(Refusal {
+                reason: "the built-in host runs inside this control plane".into(),
+                hint: "only a remote host (`understudy host`) can be forgotten".into(),
+            }));
+        }
+        let seen = self.store.hosts()?.get(host).map(|h| h.1);
+        let Some(seen) = seen else {
+            return Err(PlaneError::NotFound(format!("host {host}")));
+        };
+        let ago = unix_ms().saturating_sub(seen);
+        if ago <= HOST_STALE.as_millis() as u64 {
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!(
+                    "host {host} reported {:.1} s ago: it is up, and what it runs may act",
+                    ago as f64 / 1000.0
+                ),
+                hint: "forget only a host whose machine is gone for good; a host that is up is stopped with `understudy host` ending and its processes stopped there".into(),
+            }));
+        }
+        let last = self
+            .store
+            .forget_host(host, unix_ms())?
+            .ok_or_else(|| PlaneError::NotFound(format!("host {host}")))?;
+        let keys: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        warn!(%host, processes = ?keys, "host forgotten: declared gone for good by the operator");
+        Ok(keys)
+    }
+
+    /// When `host` was declared gone for good, if it was (and has not reported since).
+    fn forgotten(&self, host: &str) -> Option<u64> {
+        self.store.forgotten_hosts().ok()?.get(host).copied()
+    }
+
+    /// Refused when `host` is forgotten: nothing can be started there.
+    fn not_forgotten(&self, host: &str, what: &str) -> Result<(), PlaneError> {
+        if self.forgotten(host).is_none() {
+            return Ok(());
+        }
+        Err(PlaneError::Refused(Refusal {
+            reason: format!("{what} is placed on host {host}, which was declared gone for good"),
+            hint: "place it on another host (add-failover, or edit and import the configuration), or start `understudy host` there again if the machine is back".into(),
+        }))
     }
 
     /// The address agents on `host` are reached at.
@@ -313,6 +378,10 @@ impl Plane {
     /// `since` (Unix ms, before the want was deleted): a report from before says nothing of
     /// the delete, and a host that does not report at all confirms nothing (review 31).
     async fn wait_gone(&self, host: &str, key: &str, since: u64) -> Result<(), String> {
+        if self.forgotten(host).is_some() {
+            // Gone with its machine, on the operator's word.
+            return Ok(());
+        }
         let fresh = || {
             self.store
                 .hosts()
@@ -403,6 +472,7 @@ impl Plane {
         let _ops = self.ops.lock().await;
         let row = self.row(name)?;
         let next = self.check(&row, Step::StartServer)?;
+        self.not_forgotten(&row.spec.host, &format!("server {name}"))?;
         self.no_lingering_agent(&row).await?;
         let key = server_key(name);
         let generation = unix_ms();
@@ -470,7 +540,7 @@ impl Plane {
                 "an agent of this server's failover group may still run: {}; the server or a new group next to it could make two actives",
                 running.join(", ")
             ),
-            hint: "bring that host back so that it stops the agent (or stop it there), then try again".into(),
+            hint: "bring that host back so that it stops the agent (or stop it there), then try again; if its machine is gone for good: `ctl forget-host HOST`".into(),
         }))
     }
 
@@ -492,7 +562,7 @@ impl Plane {
             if let Some(why) = dark {
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!("server {name} cannot be told to stop: {why}; it stays running"),
-                    hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force".into(),
+                    hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
                 }));
             }
         }
@@ -505,7 +575,7 @@ impl Plane {
                     reason: format!(
                         "host {host} did not confirm that server {name} stopped ({e}): it may still run, so it stays running here (its host stops it when it is back)"
                     ),
-                    hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force".into(),
+                    hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
                 }));
             }
             warn!(server = %name, "stop not confirmed, Stopped on the operator's word (--force): {e}");
@@ -1039,7 +1109,7 @@ impl Plane {
     /// Why `host` cannot be told anything now: it has not reported for longer than
     /// [`HOST_STALE`], or never did (the built-in host always reports).
     fn dark_host(&self, host: &str) -> Option<String> {
-        if host == LOCAL_HOST {
+        if host == LOCAL_HOST || self.forgotten(host).is_some() {
             return None;
         }
         let seen = self.store.hosts().ok()?.get(host).map(|h| h.1);
@@ -1094,6 +1164,9 @@ impl Plane {
             return Err(PlaneError::NotFound(name.to_string()));
         };
         self.no_lingering_agent(&row).await?;
+        for n in &f.nodes {
+            self.not_forgotten(&n.host, &format!("node {}", n.name))?;
+        }
         let preferred = f.spec.preferred_node(name);
         let mut order: Vec<&NodeSpec> = f.nodes.iter().filter(|n| n.name == preferred).collect();
         order.extend(f.nodes.iter().filter(|n| n.name != preferred));
@@ -1187,7 +1260,7 @@ impl Plane {
                     "standby {} cannot be told to stop: released now, it could take over while the released service keeps acting; nothing was stopped",
                     dark.join(", ")
                 ),
-                hint: "bring that host back (or its `understudy host` process), then stop failover again".into(),
+                hint: "bring that host back (or its `understudy host` process), then stop failover again; if its machine is gone for good: `ctl forget-host HOST`".into(),
             }));
         }
         // The standbys' wants as they were, to put back as they were if the stop is refused (an
@@ -1211,7 +1284,7 @@ impl Plane {
                     "the stop of standby {} was not confirmed by its host: released now, it could take over while the released service keeps acting; failover stays on and the standbys are wanted again",
                     names.join(", ")
                 ),
-                hint: "bring that host back (or its `understudy host` process), then stop failover again".into(),
+                hint: "bring that host back (or its `understudy host` process), then stop failover again; if its machine is gone for good: `ctl forget-host HOST`".into(),
             }));
         }
         if let Some((a, st)) = &active {

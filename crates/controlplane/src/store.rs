@@ -100,6 +100,12 @@ const MIGRATIONS: &[&str] = &[
         path TEXT PRIMARY KEY,
         text TEXT NOT NULL
      );",
+    // 5: hosts an operator declared gone for good (their machine dead): their last report is
+    // dropped, and nothing waits for them any more, until they report again.
+    "CREATE TABLE forgotten_hosts (
+        name TEXT PRIMARY KEY,
+        unix_ms INTEGER NOT NULL
+     );",
 ];
 
 /// A stored server with its failover service, if any.
@@ -406,21 +412,65 @@ impl Store {
         Ok(out)
     }
 
-    /// A host's report of what runs there.
+    /// A host's report of what runs there. A forgotten host that reports is back: true then.
     pub fn put_host_report(
         &self,
         host: &str,
         advertise: &str,
         report: &Value,
         now_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO hosts (name, advertise, last_seen_unix_ms, report) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET advertise = excluded.advertise,
                  last_seen_unix_ms = excluded.last_seen_unix_ms, report = excluded.report",
             params![host, advertise, now_ms as i64, report.to_string()],
         )?;
-        Ok(())
+        let back = tx.execute("DELETE FROM forgotten_hosts WHERE name = ?1", params![host])?;
+        tx.commit()?;
+        Ok(back > 0)
+    }
+
+    /// Declares `host` gone for good: its report is dropped and it is recorded as forgotten at
+    /// `now_ms`. Returns its last report, or None when no such host ever reported.
+    pub fn forget_host(&self, host: &str, now_ms: u64) -> Result<Option<Value>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let report: Option<String> = tx
+            .query_row(
+                "SELECT report FROM hosts WHERE name = ?1",
+                params![host],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(report) = report else {
+            return Ok(None);
+        };
+        tx.execute("DELETE FROM hosts WHERE name = ?1", params![host])?;
+        tx.execute(
+            "INSERT INTO forgotten_hosts (name, unix_ms) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET unix_ms = excluded.unix_ms",
+            params![host, now_ms as i64],
+        )?;
+        tx.commit()?;
+        Ok(Some(
+            serde_json::from_str(&report).map_err(corrupt("host report"))?,
+        ))
+    }
+
+    /// The hosts declared gone for good, with when (Unix ms).
+    pub fn forgotten_hosts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, unix_ms FROM forgotten_hosts")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (n, t) = row?;
+            out.insert(n, t.max(0) as u64);
+        }
+        Ok(out)
     }
 
     /// Every host that ever reported: name → (advertised address, last seen, report).

@@ -172,6 +172,13 @@ enum Format {
 enum CtlCmd {
     /// Every server with its failover state.
     Servers,
+    /// The hosts: the built-in one and every `understudy host`, connected or not.
+    Hosts,
+    /// Forget a host whose machine is gone for good, with every process it ran: nothing waits
+    /// for it any more (stop failover, stop-server), and what it last reported no longer blocks
+    /// start-server or start failover. Refused while it reports. Never for a machine that may
+    /// come back with its processes running.
+    ForgetHost { host: String },
     /// One server.
     Show { server: String },
     /// Add a trading server (stopped): `ctl add-server gw -- /opt/gw/bin/gw --config gw.toml`.
@@ -279,6 +286,11 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
     let call = |method, path: String, body: Option<Value>| Call { method, path, body };
     let (c, kind) = match &a.cmd {
         CtlCmd::Servers => (call(m::GET, "/api/servers".into(), None), Answer::Servers),
+        CtlCmd::Hosts => (call(m::GET, "/api/hosts".into(), None), Answer::Hosts),
+        CtlCmd::ForgetHost { host } => (
+            call(m::DELETE, format!("/api/hosts/{}", seg(host)), None),
+            Answer::Forgotten,
+        ),
         CtlCmd::Show { server } => (
             call(m::GET, format!("/api/servers/{}", seg(server)), None),
             Answer::Server,

@@ -10,7 +10,7 @@ mod plane_common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{alive, check_overlaps, free_addr, run_cli, wait_until, Proc, Watcher, BIN};
 use plane_common::{agent_pid, agents_of, procs_with_marker, service_pid, Plane};
@@ -1074,6 +1074,133 @@ fn second_host(plane: &Plane) -> (Proc, std::path::PathBuf) {
         "the host did not register"
     );
     (host, hdata)
+}
+
+/// Review 31, L8: a host stopping a process that ignores SIGTERM (killed after the 10 s grace)
+/// goes on reporting meanwhile. It used to finish every stop before it reported, and was dark to
+/// the plane for up to 10 s, so stop failover was refused on it. The server counts as stopped
+/// only once the process is gone: the key stays in the host's report while its stop runs.
+#[test]
+fn a_host_goes_on_reporting_while_a_slow_process_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let plane = Plane::start(&data, &free_addr());
+    let (_host, _hdata) = second_host(&plane);
+    plane.ctl_ok(&[
+        "add-server",
+        "sx",
+        "--host",
+        "h2",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; while :; do sleep 0.1; done",
+    ]);
+    plane.ctl_ok(&["start-server", "sx"]);
+    let pid = plane.server("sx")["process"]["pid"]
+        .as_u64()
+        .expect("the server's pid") as u32;
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        let stop = s.spawn(|| plane.ctl(&["stop-server", "sx"]));
+        // Past the plane's 5 s without a report, well before the 10 s grace is over.
+        testbed::clock::pause(Duration::from_secs(7));
+        assert!(alive(pid), "the process ended before its grace was over");
+        assert!(
+            host_shown(&plane, "h2", true),
+            "the host stopped reporting while it stopped a process: {}",
+            plane.get("/api/hosts").1
+        );
+        assert_eq!(plane.server("sx")["state"], "running");
+        let (code, v) = stop.join().expect("the stop's thread");
+        assert_eq!(code, 0, "{v}");
+    });
+    assert!(
+        t0.elapsed() >= Duration::from_secs(9),
+        "stopped after {:?}, before the process was killed",
+        t0.elapsed()
+    );
+    assert!(!alive(pid), "stopped while its process runs");
+    assert_eq!(plane.server("sx")["state"], "stopped");
+}
+
+/// Review 29, L6, and review 31, M2: a host whose machine is gone for good, with the group it
+/// ran, used to block the server for good: stop failover refused (its standbys' host is dark),
+/// then start-server refused (its last report lists agents of the group). `forget-host` declares
+/// it gone: refused while it reports, it drops its last report and nothing waits for it any
+/// more, so stop failover and stop-server go through; nothing is started there (start-server
+/// refused, naming it); and a host that reports again counts again.
+#[test]
+fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("service.log");
+    let plane = Plane::start(&data, &free_addr());
+    let (host, hdata) = second_host(&plane);
+    running_group(&plane, "h2", &log, 1, &[]);
+    let services: Vec<u32> = plane.nodes("px").iter().filter_map(service_pid).collect();
+    assert_eq!(services.len(), 2, "{:?}", plane.nodes("px"));
+
+    // Refused while it reports, for the built-in host, and for a host that never reported.
+    let (code, v) = plane.ctl(&["forget-host", "h2"]);
+    assert_ne!(code, 0, "{v}");
+    assert!(v.to_string().contains("reported"), "{v}");
+    assert_ne!(plane.ctl(&["forget-host", "local"]).0, 0);
+    let (code, v) = plane.send("DELETE", "/api/hosts/nowhere", json!({}));
+    assert_eq!(code, 404, "{v}");
+
+    // The machine dies: its host process, the agents it started, their services.
+    common::signal(host.0.id(), nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            for pid in procs_with_marker(&hdata) {
+                common::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            procs_with_marker(&hdata).is_empty() && services.iter().all(|p| !alive(*p))
+        }),
+        "h2's processes outlived its machine"
+    );
+    assert!(wait_until(Duration::from_secs(15), || host_shown(
+        &plane, "h2", false
+    )));
+    let (code, v) = plane.ctl(&["stop-failover", "px"]);
+    assert_ne!(
+        code, 0,
+        "stop failover went through with its standby's host dark: {v}"
+    );
+    assert!(v.to_string().contains("forget-host"), "{v}");
+
+    let (code, v) = plane.ctl(&["forget-host", "h2"]);
+    assert_eq!(code, 0, "{v}");
+    let last = v["last_reported"].to_string();
+    assert!(
+        last.contains("agent:px-1") && last.contains("agent:px-2"),
+        "{v}"
+    );
+    let (_, hosts) = plane.get("/api/hosts");
+    assert!(
+        hosts["hosts"].as_array().is_some_and(|h| h
+            .iter()
+            .any(|x| x["name"] == "h2" && x["forgotten_unix_ms"].is_u64())),
+        "{hosts}"
+    );
+    let (code, text, _) = run_cli(&["ctl", "--control", &plane.addr, "hosts"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("h2") && text.contains("forgotten"), "{text}");
+
+    // Nothing waits for it any more.
+    plane.ctl_ok(&["stop-failover", "px"]);
+    plane.ctl_ok(&["stop-server", "px"]);
+    assert_eq!(plane.server("px")["state"], "stopped");
+    let (code, v) = plane.ctl(&["start-server", "px"]);
+    assert_ne!(code, 0, "started on a forgotten host: {v}");
+    assert!(v.to_string().contains("declared gone for good"), "{v}");
+
+    // The machine is back after all: its host reports, counts again, and runs what it is told.
+    let (_host, _) = second_host(&plane);
+    plane.ctl_ok(&["start-server", "px"]);
+    assert_eq!(plane.server("px")["state"], "running");
+    plane.ctl_ok(&["stop-server", "px"]);
 }
 
 /// Whether the plane's host list shows `host` with `connected` as given.
