@@ -832,7 +832,10 @@ impl Runtime {
         // Judged on the stop the coordinator is about to clear, not on a cached copy (review
         // 30, M5).
         let allow: understudy_coordinator::Allow = Box::new(|mark: &StopMark| {
-            if mark.runs_here(procwatch::start_ticks) == Some(true) {
+            // A released service that was killed but not yet reaped (a zombie, or SIGKILL
+            // pending) never acts again: it does not count.
+            let live_ticks = |pid| procwatch::start_ticks(pid).filter(|_| procwatch::can_act(pid));
+            if mark.runs_here(live_ticks) == Some(true) {
                 return Err(format!(
                     "the released service, pid {}, still runs on this machine as a plain server ({}): stop it first, or a node taking the group would act next to it",
                     mark.pid,

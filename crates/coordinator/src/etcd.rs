@@ -447,9 +447,7 @@ impl EtcdCoordinator {
             lease: Lease::new(settings.timing),
             leader: None,
             held: None,
-            doubtful_stop: None,
-            adopted: false,
-            withdraw_stop_at: None,
+            own_stops: OwnStops::default(),
             epoch_key: (0, 0),
             campaigning: false,
             ready: Some(ready_tx),
@@ -744,6 +742,56 @@ struct LeaderSeen {
     since: Option<Nanos>,
 }
 
+/// Most doubtful stops kept at once: the control plane retries a refused release every 100 ms
+/// for 5 s, each attempt a record of its own.
+const MAX_DOUBTFUL_STOPS: usize = 64;
+
+/// Stops of failover of this node's that may stand in the leader key although their release was
+/// refused (nothing was handed over), so that the group never stays stopped with nobody active
+/// for a stop nobody needs (reviews 31 and 32, M1/M2).
+#[derive(Default)]
+struct OwnStops {
+    /// Records sent whose answers never came, all comparing `expect`: the held revision does
+    /// not move until a write of ours commits, so every attempt compares the same one, and any
+    /// of them may still commit, late.
+    doubtful: Vec<LeaderRecord>,
+    expect: i64,
+    /// The revision of one of them, seen committed while holding and adopted: withdrawn if the
+    /// group is lost before a renewal of ours replaced it.
+    adopted: Option<i64>,
+    /// A renewal refused for the adopted stop is tried again rather than losing the group.
+    retry: bool,
+    /// A committed stop of ours to delete (not holding), and when to try: (revision, at,
+    /// back-off).
+    withdraw: Option<(i64, Instant, Duration)>,
+}
+
+impl OwnStops {
+    /// `record` was sent comparing `expect` and its outcome is unknown.
+    fn doubt(&mut self, record: LeaderRecord, expect: i64) {
+        if expect != self.expect {
+            self.doubtful.clear();
+            self.expect = expect;
+        }
+        if self.doubtful.len() >= MAX_DOUBTFUL_STOPS {
+            tracing::warn!("etcd: too many stops of failover in doubt; forgetting the oldest");
+            self.doubtful.remove(0);
+        }
+        self.doubtful.push(record);
+    }
+
+    /// A write of ours committed at `rev`: whatever was in doubt compared an older revision
+    /// and can never commit; an adopted stop was replaced.
+    fn ours_committed(&mut self) {
+        self.doubtful.clear();
+        self.adopted = None;
+    }
+
+    fn withdraw(&mut self, rev: i64) {
+        self.withdraw = Some((rev, Instant::now(), Duration::from_millis(100)));
+    }
+}
+
 struct Task {
     s: EtcdSettings,
     options: ConnectOptions,
@@ -764,18 +812,8 @@ struct Task {
     leader: Option<Result<LeaderRecord, String>>,
     /// Our own record while holding: what a renewal rewrites.
     held: Option<LeaderRecord>,
-    /// A stop of failover this node sent whose answer never came, so its release was refused,
-    /// and the `mod_revision` it compared: the transaction may still commit, late (review 31,
-    /// M1). Seen in the key, it is taken as ours (holding) or deleted (not holding: nothing was
-    /// handed over, so nothing needs the stop); forgotten once the key moved past that revision
-    /// to anything else, after which it can never commit.
-    doubtful_stop: Option<(LeaderRecord, i64)>,
-    /// The doubtful stop was seen committed while holding and taken as ours: a renewal refused
-    /// for it is tried again instead of losing the group.
-    adopted: bool,
-    /// The revision of a doubtful stop seen committed after the group was lost: deleted by the
-    /// task's loop.
-    withdraw_stop_at: Option<i64>,
+    /// Stops of failover this node wrote, or may have, for releases that did not go through.
+    own_stops: OwnStops,
     /// Value and `mod_revision` (0: missing) of the epoch key.
     epoch_key: (u64, i64),
     campaigning: bool,
@@ -847,8 +885,10 @@ impl Task {
                     continue;
                 }
             }
-            if let Some(rev) = self.withdraw_stop_at.take() {
-                self.withdraw_stop(rev).await;
+            if let Some((rev, at, _)) = self.own_stops.withdraw {
+                if Instant::now() >= at {
+                    self.withdraw_stop(rev).await;
+                }
             }
             let wake = match self.lease.poll(now(), self.campaigning) {
                 Step::Lost(loss) => {
@@ -864,6 +904,10 @@ impl Task {
                     continue;
                 }
                 Step::Idle(at) => at.map(instant_at),
+            };
+            let wake = match (wake, self.own_stops.withdraw.map(|w| w.1)) {
+                (Some(w), Some(at)) => Some(w.min(at)),
+                (w, at) => w.or(at),
             };
             let connected = self.client.is_some() && self.watch.is_some();
             let wake = if !connected {
@@ -1369,7 +1413,7 @@ impl Task {
             Err(_) => Vec::new(),
         };
         let until = self.lease.deadline().unwrap_or(sent.at);
-        self.adopted = false;
+        self.own_stops.retry = false;
         let (mut reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
         if reply == Reply::Failed && record.stopped.is_some() {
             if let Some(rev) = self.own_write_at(&record, until).await {
@@ -1378,16 +1422,23 @@ impl Task {
         }
         match reply {
             Reply::Failed if record.stopped.is_some() => {
-                self.doubtful_stop = Some((record.clone(), sent.expect));
+                self.own_stops.doubt(record.clone(), sent.expect);
             }
             // Refused because a doubtful stop of ours committed meanwhile (seen in the
             // transaction's reads and adopted): soon again, from its revision.
-            Reply::Refused if std::mem::take(&mut self.adopted) => reply = Reply::Failed,
-            Reply::Committed { .. } => self.doubtful_stop = None,
+            Reply::Refused if std::mem::take(&mut self.own_stops.retry) => reply = Reply::Failed,
+            Reply::Committed { .. } => self.own_stops.ours_committed(),
             _ => {}
         }
         let took = Duration::from_nanos(now().saturating_sub(sent.at));
         let outcome = self.lease.answer(sent, reply, now());
+        if let (Some(_), Reply::Committed { rev }, Outcome::Lost(_)) =
+            (&record.stopped, reply, &outcome)
+        {
+            // The stop committed, but too late to count: the release is refused and the
+            // service fenced, so the stop is withdrawn (review 32, M2).
+            self.own_stops.withdraw(rev);
+        }
         match outcome {
             Outcome::Extended { deadline } => {
                 tracing::trace!(?took, "etcd: renewal acknowledged");
@@ -1405,6 +1456,10 @@ impl Task {
     fn on_loss(&mut self, loss: Loss) {
         if self.held.take().is_none() {
             return;
+        }
+        if let Some(rev) = self.own_stops.adopted.take() {
+            // Adopted, and lost before a renewal of ours replaced it (review 32, M2).
+            self.own_stops.withdraw(rev);
         }
         (self.fence)(Fence::Lost);
         {
@@ -1556,31 +1611,43 @@ impl Task {
     /// would otherwise stay stopped with no active (its service was fenced when the group was
     /// lost). Tried again on the loop's next turn while etcd does not answer.
     async fn withdraw_stop(&mut self, rev: i64) {
-        let Ok(mut client) = self.client() else {
-            self.withdraw_stop_at = Some(rev);
-            return;
+        let result = match self.client() {
+            Ok(mut client) => {
+                let key = self.s.leader_key();
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                    .and_then([TxnOp::delete(key, None)]);
+                let limit = self.s.timing.lease_ttl + self.s.timing.deadline;
+                match tokio::time::timeout(limit, client.txn(txn)).await {
+                    Ok(Ok(resp)) => Ok(resp.succeeded()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer in time".to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
         };
-        let key = self.s.leader_key();
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-            .and_then([TxnOp::delete(key, None)]);
-        let limit = self.s.timing.lease_ttl + self.s.timing.deadline;
-        match tokio::time::timeout(limit, client.txn(txn)).await {
-            Ok(Ok(resp)) => {
+        match result {
+            Ok(deleted) => {
                 self.heard();
-                if resp.succeeded() {
+                self.own_stops.withdraw = None;
+                if deleted {
                     tracing::warn!("etcd: withdrew the stop of failover of a release that did not go through; failover runs again");
                 } else {
                     tracing::info!("etcd: the stop of failover of a release that did not go through was already replaced");
                 }
             }
-            Ok(Err(e)) => {
-                tracing::warn!("etcd: withdrawing the stop of failover: {e}; trying again");
-                self.withdraw_stop_at = Some(rev);
-            }
-            Err(_) => {
-                tracing::warn!("etcd: withdrawing the stop of failover timed out; trying again");
-                self.withdraw_stop_at = Some(rev);
+            Err(e) => {
+                // Tried again after a doubling pause (at most 5 s), so a lasting refusal (a role
+                // without delete on the key) neither floods the log nor holds up the loop.
+                let Some((_, _, backoff)) = self.own_stops.withdraw else {
+                    return;
+                };
+                tracing::warn!(retry_in = ?backoff, "etcd: withdrawing the stop of failover of a release that did not go through: {e}");
+                self.own_stops.withdraw = Some((
+                    rev,
+                    Instant::now() + backoff,
+                    (backoff * 2).min(Duration::from_secs(5)),
+                ));
             }
         }
     }
@@ -1833,22 +1900,32 @@ impl Task {
             return;
         }
         let record = kv.map(|kv| LeaderRecord::parse(kv.value()));
+        // Only a newer revision says anything about a doubtful stop: the watch may deliver
+        // events older than our own writes' answers. A deletion (no revision here) is left
+        // alone: our exact record can only appear after it if it never mattered.
+        let own = &self.own_stops;
+        let landed = match &record {
+            Some(Ok(r)) if !own.doubtful.is_empty() && rev > own.expect => {
+                Some(own.doubtful.contains(r))
+            }
+            _ => None,
+        };
+        let adopting = landed == Some(true) && self.lease.holds();
         let (mine, released, stopped) = match &record {
             Some(Ok(r)) => {
                 let mut v = lock(&self.view);
                 v.epoch = v.epoch.max(r.epoch);
-                v.stopped.clone_from(&r.stopped);
+                if !adopting {
+                    // Adopted, the stop is gone at the next renewal: not shown meanwhile
+                    // (review 32, L6).
+                    v.stopped.clone_from(&r.stopped);
+                }
                 (r.node == self.s.node, r.released, r.stopped.is_some())
             }
             _ => {
                 lock(&self.view).stopped = None;
                 (false, false, false)
             }
-        };
-        let landed = match (&self.doubtful_stop, &record) {
-            (Some((doubtful, expect)), Some(Ok(r))) if rev != *expect => Some(r == doubtful),
-            (Some((_, expect)), _) if rev != *expect => Some(false),
-            _ => None,
         };
         self.leader = record;
         tracing::trace!(rev, mine, released, stopped, "etcd: leader observed");
@@ -1859,20 +1936,21 @@ impl Task {
             self.on_loss(loss);
         }
         match landed {
-            // The key moved on without it: its compare can never hold any more.
-            Some(false) => self.doubtful_stop = None,
+            // The key moved on without them: their compare can never hold any more.
+            Some(false) => self.own_stops.doubtful.clear(),
             Some(true) => {
-                self.doubtful_stop = None;
+                self.own_stops.doubtful.clear();
                 if self.lease.holds() {
                     // Still holding: renewals go on from it (the held record, which has no
                     // stop, replaces it at the next one), rather than finding the key changed
                     // and losing the group.
                     tracing::warn!(rev, "etcd: a stop of failover whose answer was lost committed after all; renewing over it");
                     self.lease.adopt(rev);
-                    self.adopted = true;
+                    self.own_stops.adopted = Some(rev);
+                    self.own_stops.retry = true;
                 } else {
                     tracing::warn!(rev, "etcd: a stop of failover whose answer was lost committed after all, after this node lost the group; withdrawing it");
-                    self.withdraw_stop_at = Some(rev);
+                    self.own_stops.withdraw(rev);
                 }
             }
             None => {}

@@ -1203,6 +1203,111 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
     plane.ctl_ok(&["stop-server", "px"]);
 }
 
+/// Review 31, L10: start-server is refused while a host's last report lists an agent of the
+/// server's failover group. Here a start of failover fails half-way: h2's `understudy host` is
+/// frozen right after it started px-1's agent, which becomes active; px-2 never comes up, and
+/// the clean-up cannot be confirmed by the frozen host. The server stays stopped while px-1's
+/// agent runs, active, on h2: a plain server started next to it would be two actives. Once the
+/// host is back it stops that agent, and the server starts.
+#[test]
+fn start_server_is_refused_while_a_host_still_reports_an_agent_of_its_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("service.log");
+    let plane = Plane::start(&data, &free_addr());
+    let (host, hdata) = second_host(&plane);
+    let log_s = log.display().to_string();
+    plane.ctl_ok(&[
+        "add-server",
+        "px",
+        "--host",
+        "h2",
+        "--",
+        BIN,
+        "demo-service",
+        "--log",
+        &log_s,
+    ]);
+    plane.ctl_ok(&[
+        "add-failover",
+        "px",
+        "--standby",
+        "hot",
+        "--standby-host",
+        "h2",
+    ]);
+    let reports_agent = |node: &str| {
+        plane.get("/api/hosts").1["hosts"]
+            .as_array()
+            .is_some_and(|h| {
+                h.iter().any(|x| {
+                    x["name"] == "h2"
+                        && x["processes"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().any(|r| r["key"] == format!("agent:{node}")))
+                })
+            })
+    };
+    std::thread::scope(|s| {
+        let start = s.spawn(|| plane.ctl(&["start-failover", "px"]));
+        assert!(
+            wait_until(Duration::from_secs(15), || reports_agent("px-1")),
+            "h2 never reported px-1's agent"
+        );
+        common::signal(host.0.id(), nix::sys::signal::Signal::SIGSTOP);
+        let (code, v) = start.join().expect("the start's thread");
+        assert_ne!(code, 0, "the start went through with h2 frozen: {v}");
+    });
+    assert!(
+        !reports_agent("px-2"),
+        "h2 was frozen too late, after it started px-2: the test shows nothing"
+    );
+    let agent = agent_pid(&hdata, "px-1").expect("px-1's agent runs");
+    let mut active_service = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            // The plane shows no node of a stopped server: asked directly.
+            let admin = plane
+                .nodes("px")
+                .iter()
+                .find(|n| n["name"] == "px-1")
+                .and_then(|n| n["admin"].as_str().map(String::from))
+                .unwrap_or_default();
+            active_service = common::get_json(&admin, "/status")
+                .filter(|s| s["mode"] == "Hot")
+                .and_then(|s| s["service"]["pid"].as_u64())
+                .map(|p| p as u32);
+            active_service.is_some()
+        }),
+        "px-1 is not the active: {:?}",
+        plane.nodes("px")
+    );
+    assert_eq!(plane.server("px")["state"], "stopped");
+    let (code, v) = plane.ctl(&["start-server", "px"]);
+    assert_ne!(code, 0, "a plain server started next to px-1's agent: {v}");
+    assert!(
+        v.to_string()
+            .contains("px-1 (host h2 last reported its agent"),
+        "{v}"
+    );
+
+    common::signal(host.0.id(), nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        wait_until(Duration::from_secs(20), || !alive(agent)
+            && !reports_agent("px-1")),
+        "h2 did not stop px-1's agent once back"
+    );
+    let active_service = active_service.unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(active_service)),
+        "px-1's service outlived its agent"
+    );
+    check_overlaps(&log);
+    plane.ctl_ok(&["start-server", "px"]);
+    assert_eq!(plane.server("px")["state"], "running");
+    plane.ctl_ok(&["stop-server", "px"]);
+}
+
 /// Whether the plane's host list shows `host` with `connected` as given.
 fn host_shown(plane: &Plane, host: &str, connected: bool) -> bool {
     plane.get("/api/hosts").1["hosts"]

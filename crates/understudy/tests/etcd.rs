@@ -349,6 +349,48 @@ fn a_killed_standby_on_this_host_is_gone_at_once_for_a_release_and_for_the_group
     kill_released(&body);
 }
 
+/// Review 31, L10: `POST /failover/start` on etcd is refused (409) while the released service
+/// still runs on the asking node's machine (same boot, pid namespace and process start), as on a
+/// lock file, and clears nothing; once that service is gone it clears the stop and the node
+/// takes the group.
+#[test]
+fn failover_start_is_refused_on_etcd_while_the_released_service_runs_on_this_machine() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "backstop_ttl = \"10s\"");
+    let (w, e1) = start_pair(&mut g);
+    g.kill9("b");
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert_eq!(code, 200, "release refused: {body}");
+    let released = body["pid"].as_u64().expect("the released pid") as u32;
+    g.start("b");
+    g.wait_status("b", "failover stopped", 10 * S, |s| {
+        s["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("failover is stopped: node a released its service"))
+    });
+    let (code, refused) = testbed::http::post(&g.admin("b"), "/failover/start");
+    assert_eq!(code, 409, "{refused}");
+    assert!(
+        refused.to_string().contains("still runs on this machine"),
+        "{refused}"
+    );
+    let (_, leader) = kv_at(&etcd, "/understudy/g/leader", None);
+    assert_eq!(
+        leader["stopped"]["pid"], released,
+        "the stop was cleared: {leader}"
+    );
+    g.stays("b", "Warm", S);
+
+    kill_released(&body);
+    assert!(wait_until(5 * S, || !alive(released)));
+    let (code, started) = testbed::http::post(&g.admin("b"), "/failover/start");
+    assert_eq!(code, 200, "{started}");
+    g.wait_mode("b", "Hot", 10 * S);
+    assert!(g.epoch("b") > e1);
+    g.expect_actives(2);
+    w.finish();
+}
+
 /// b's agent sees another kernel boot id (a bind mount in a mount namespace of its own) in the
 /// same pid namespace: to a, b is on another machine, where pid namespaces are the init one's
 /// as here, so only the boot tells. b killed, its pid is free here, yet a must not judge it
