@@ -162,18 +162,47 @@ impl LocalHost {
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline {
             if !running(pid) {
-                return;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = killpg(pg, Signal::SIGKILL);
+        // The leader gone, what is left of its group (a child that ignores SIGTERM) is
+        // killed too: a stopped server must not live on in part (review 32, L4). The group's
+        // members are looked for first, so that its id cannot have been reused.
+        if running(pid) || group_has_members(pg.as_raw()) {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
         for _ in 0..100 {
-            if !running(pid) {
+            if !running(pid) && !group_has_members(pg.as_raw()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// True while some process that is not a zombie is in process group `pg`.
+fn group_has_members(pg: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // After the command name: state, ppid, pgrp.
+        let mut f = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .split(' ');
+        let state = f.next().unwrap_or("Z");
+        let pgrp = f.nth(1).and_then(|g| g.parse::<i32>().ok());
+        pgrp == Some(pg) && state != "Z" && state != "X"
+    })
 }
 
 /// True while `pid` exists and is not a zombie.

@@ -129,7 +129,9 @@ impl Reconciler {
             .insert(key.to_string(), (pid, generation, task));
     }
 
-    /// Forgets the stops that have ended: their processes are gone, and so are their records.
+    /// Forgets the stops that have ended with their processes gone, and their records. One
+    /// whose process still runs (after SIGKILL: an uninterruptible wait) is stopped again and
+    /// stays reported as running (review 32, L4).
     fn reap_stops(&mut self) {
         let done: Vec<String> = self
             .stopping
@@ -137,10 +139,25 @@ impl Reconciler {
             .filter(|(_, (_, _, task))| task.is_finished())
             .map(|(k, _)| k.clone())
             .collect();
+        if done.is_empty() {
+            return;
+        }
+        let tracked = self.store.processes().unwrap_or_default();
         for key in done {
-            self.stopping.remove(&key);
-            let _ = self.store.delete_process(&key);
-            self.backoff.remove(&key);
+            let Some((pid, generation, _)) = self.stopping.remove(&key) else {
+                continue;
+            };
+            match tracked.get(&key) {
+                Some((p, marker, _)) if *p == pid && LocalHost::is_ours(pid, marker) => {
+                    warn!(%key, pid, "still runs after its stop; stopping it again");
+                    let marker = marker.clone();
+                    self.stop_in_background(&key, pid, &marker, generation);
+                }
+                _ => {
+                    let _ = self.store.delete_process(&key);
+                    self.backoff.remove(&key);
+                }
+            }
         }
     }
 

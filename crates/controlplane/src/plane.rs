@@ -19,7 +19,7 @@ use crate::lifecycle::{decide, Refusal, Situation, Step};
 use crate::model::{
     node_name, FailoverSpec, FieldError, NodeSpec, ServerSpec, ServerState, LOCAL_HOST,
 };
-use crate::store::{ServerRow, Store, StoreError};
+use crate::store::{Forget, ServerRow, Store, StoreError};
 
 /// Why an operation did not happen. Every variant says what was left unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,8 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(20);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A host that has not reported for this long is shown disconnected.
 pub const HOST_STALE: Duration = Duration::from_secs(5);
+/// How long forget-host waits for an agent placed on the host to answer.
+const FORGET_PROBE: Duration = Duration::from_secs(2);
 /// `node.priority` of a group's preferred node (the others have 0): among standbys that could
 /// take over, it does, and with `failback` activity returns to it.
 const PREFERRED_PRIORITY: i64 = 1;
@@ -227,8 +229,12 @@ impl Plane {
     /// The hosts that can run processes: the built-in one and every host that ever reported.
     pub fn hosts(&self) -> Vec<String> {
         let mut h = vec![LOCAL_HOST.to_string()];
+        let forgotten = self.store.forgotten_hosts().unwrap_or_default();
         if let Ok(all) = self.store.hosts() {
-            h.extend(all.into_keys().filter(|n| n != LOCAL_HOST));
+            h.extend(
+                all.into_keys()
+                    .filter(|n| n != LOCAL_HOST && !forgotten.contains_key(n)),
+            );
         }
         h
     }
@@ -237,6 +243,7 @@ impl Plane {
     pub fn hosts_json(&self) -> Result<Value, PlaneError> {
         let now = unix_ms();
         let all = self.store.hosts()?;
+        let forgotten = self.store.forgotten_hosts()?;
         let mut out = vec![
             json!({ "name": LOCAL_HOST, "advertise": "127.0.0.1", "connected": true, "builtin": true,
             "processes": all.get(LOCAL_HOST).map(|h| h.2.clone()).unwrap_or(json!([])) }),
@@ -245,17 +252,15 @@ impl Plane {
             if name == LOCAL_HOST {
                 continue;
             }
-            out.push(json!({
+            let mut h = json!({
                 "name": name, "advertise": adv, "last_seen_unix_ms": seen, "builtin": false,
                 "connected": now.saturating_sub(seen) <= HOST_STALE.as_millis() as u64,
                 "processes": rep,
-            }));
-        }
-        for (name, at) in self.store.forgotten_hosts()? {
-            out.push(json!({
-                "name": name, "builtin": false, "connected": false, "forgotten_unix_ms": at,
-                "processes": [],
-            }));
+            });
+            if let Some(at) = forgotten.get(&name) {
+                h["forgotten_unix_ms"] = json!(at);
+            }
+            out.push(h);
         }
         Ok(json!({ "hosts": out }))
     }
@@ -284,7 +289,9 @@ impl Plane {
     /// Declares `host` gone for good, its machine dead with every process it ran: its last
     /// report is dropped (an agent or server it listed no longer holds anything up), and nothing
     /// waits for it any more (a stop there counts as done, it is never dark). Refused for the
-    /// built-in host, and while the host still reports. Returns the keys it last reported.
+    /// built-in host, while the host still reports, and while an agent placed there still
+    /// answers on its admin address: a silent `understudy host` alone proves nothing, for the
+    /// processes it started outlive it (review 32, M3). Returns the keys it last reported.
     pub async fn forget_host(&self, host: &str) -> Result<Vec<String>, PlaneError> {
         let _ops = self.ops.lock().await;
         if host == LOCAL_HOST {
@@ -293,24 +300,49 @@ impl Plane {
                 hint: "only a remote host (`understudy host`) can be forgotten".into(),
             }));
         }
-        let seen = self.store.hosts()?.get(host).map(|h| h.1);
-        let Some(seen) = seen else {
-            return Err(PlaneError::NotFound(format!("host {host}")));
-        };
-        let ago = unix_ms().saturating_sub(seen);
-        if ago <= HOST_STALE.as_millis() as u64 {
+        let now = unix_ms();
+        let silent_since = now.saturating_sub(HOST_STALE.as_millis() as u64);
+        // Checked again in the store's transaction, against a report landing meanwhile.
+        match self.store.hosts()?.get(host).map(|h| h.1) {
+            None => return Err(PlaneError::NotFound(format!("host {host}"))),
+            Some(seen) if seen > silent_since => return Err(reported(host, now, seen)),
+            Some(_) => {}
+        }
+        let placed: Vec<NodeSpec> = self
+            .store
+            .servers()?
+            .into_iter()
+            .filter_map(|r| r.failover)
+            .flat_map(|f| f.nodes)
+            .filter(|n| n.host == host)
+            .collect();
+        let probes = placed.iter().map(|n| async move {
+            let admin = self.node_admin(n);
+            let st = tokio::time::timeout(FORGET_PROBE, self.admin_status(&admin)).await;
+            match st {
+                Ok(Ok(st)) if st.node.name == n.name => Some(format!("{} at {admin}", n.name)),
+                _ => None,
+            }
+        });
+        let answering: Vec<String> = futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if !answering.is_empty() {
             return Err(PlaneError::Refused(Refusal {
                 reason: format!(
-                    "host {host} reported {:.1} s ago: it is up, and what it runs may act",
-                    ago as f64 / 1000.0
+                    "host {host} is silent, but the agent of {} still answers: its machine is up, and what runs there may act",
+                    answering.join(", ")
                 ),
-                hint: "forget only a host whose machine is gone for good; a host that is up is stopped with `understudy host` ending and its processes stopped there".into(),
+                hint: "start `understudy host` there again; forget only a host whose machine is gone for good".into(),
             }));
         }
-        let last = self
-            .store
-            .forget_host(host, unix_ms())?
-            .ok_or_else(|| PlaneError::NotFound(format!("host {host}")))?;
+        let last = match self.store.forget_host(host, silent_since, now)? {
+            Ok(last) => last,
+            Err(Forget::Unknown) => return Err(PlaneError::NotFound(format!("host {host}"))),
+            Err(Forget::Reported(at)) => return Err(reported(host, unix_ms(), at)),
+        };
         let keys: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last)
             .unwrap_or_default()
             .into_iter()
@@ -440,15 +472,23 @@ impl Plane {
 
     fn unknown_hosts(&self, hosts: &[(String, String)]) -> Vec<FieldError> {
         let known = self.hosts();
+        let forgotten = self.store.forgotten_hosts().unwrap_or_default();
         hosts
             .iter()
             .filter(|(_, h)| !known.contains(h))
             .map(|(field, h)| FieldError {
                 field: field.clone(),
-                reason: format!(
-                    "host {h:?} is not connected to this control plane; known hosts: {}",
-                    known.join(", ")
-                ),
+                reason: if forgotten.contains_key(h) {
+                    format!(
+                        "host {h:?} was declared gone for good (forget-host): place it on another host; known hosts: {}",
+                        known.join(", ")
+                    )
+                } else {
+                    format!(
+                        "host {h:?} is not connected to this control plane; known hosts: {}",
+                        known.join(", ")
+                    )
+                },
             })
             .collect()
     }
@@ -1342,8 +1382,11 @@ impl Plane {
                 )?;
             }
             Err(e) => {
-                self.store.delete_desired(&skey)?;
+                // The agent wanted again first: between the two, the adoption's want keeps
+                // it running (review 32, L10); the other way round, a host step in between
+                // stopped the group's only running node.
                 self.want_again(&row.spec, f, &[a], &before)?;
+                self.store.delete_desired(&skey)?;
                 return Err(e);
             }
         }
@@ -1849,6 +1892,17 @@ impl Plane {
 /// `Ok(true)`: the standbys restart with it at once and count as not ready until they have; the
 /// active keeps its configuration until it is a standby (after a switchover), never swapped
 /// under it or silently at a takeover.
+/// forget-host's refusal of a host that reported at `at` (Unix ms).
+fn reported(host: &str, now: u64, at: u64) -> PlaneError {
+    PlaneError::Refused(Refusal {
+        reason: format!(
+            "host {host} reported {:.1} s ago: it is up, and what it runs may act",
+            now.saturating_sub(at) as f64 / 1000.0
+        ),
+        hint: "forget only a host whose machine is gone for good; to take processes off a live host, stop them through the control plane".into(),
+    })
+}
+
 fn running_change(row: &ServerRow, new: &ServerConfig) -> Result<bool, String> {
     match row.state {
         ServerState::Stopped => Ok(false),

@@ -108,6 +108,15 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// Why a host was not forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forget {
+    /// No host of that name ever reported.
+    Unknown,
+    /// It reported at this time (Unix ms), after the silence asked for.
+    Reported(u64),
+}
+
 /// A stored server with its failover service, if any.
 #[derive(Debug, Clone)]
 pub struct ServerRow {
@@ -433,31 +442,46 @@ impl Store {
         Ok(back > 0)
     }
 
-    /// Declares `host` gone for good: its report is dropped and it is recorded as forgotten at
-    /// `now_ms`. Returns its last report, or None when no such host ever reported.
-    pub fn forget_host(&self, host: &str, now_ms: u64) -> Result<Option<Value>, StoreError> {
+    /// Declares `host` gone for good, unless it reported after `silent_since` (Unix ms; judged in
+    /// the same transaction as the change, so a report that lands meanwhile wins): its report is
+    /// emptied (its address stays, so its nodes are never looked for elsewhere) and it is
+    /// recorded as forgotten at `now_ms`. Returns its last report; `Err(Forget::…)` when there is
+    /// no such host or it reported since.
+    pub fn forget_host(
+        &self,
+        host: &str,
+        silent_since: u64,
+        now_ms: u64,
+    ) -> Result<Result<Value, Forget>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let report: Option<String> = tx
+        let row: Option<(i64, String)> = tx
             .query_row(
-                "SELECT report FROM hosts WHERE name = ?1",
+                "SELECT last_seen_unix_ms, report FROM hosts WHERE name = ?1",
                 params![host],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some(report) = report else {
-            return Ok(None);
+        let Some((seen, report)) = row else {
+            return Ok(Err(Forget::Unknown));
         };
-        tx.execute("DELETE FROM hosts WHERE name = ?1", params![host])?;
+        let seen = seen.max(0) as u64;
+        if seen > silent_since {
+            return Ok(Err(Forget::Reported(seen)));
+        }
+        // Read before anything changes: a report that cannot be read fails the whole call.
+        let report: Value = serde_json::from_str(&report).map_err(corrupt("host report"))?;
+        tx.execute(
+            "UPDATE hosts SET report = '[]' WHERE name = ?1",
+            params![host],
+        )?;
         tx.execute(
             "INSERT INTO forgotten_hosts (name, unix_ms) VALUES (?1, ?2)
              ON CONFLICT(name) DO UPDATE SET unix_ms = excluded.unix_ms",
             params![host, now_ms as i64],
         )?;
         tx.commit()?;
-        Ok(Some(
-            serde_json::from_str(&report).map_err(corrupt("host report"))?,
-        ))
+        Ok(Ok(report))
     }
 
     /// The hosts declared gone for good, with when (Unix ms).

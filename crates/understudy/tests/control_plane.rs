@@ -1086,6 +1086,11 @@ fn a_host_goes_on_reporting_while_a_slow_process_stops() {
     let data = dir.path().join("data");
     let plane = Plane::start(&data, &free_addr());
     let (_host, _hdata) = second_host(&plane);
+    let termed = dir.path().join("termed");
+    let script = format!(
+        "trap 'touch {}' TERM; while :; do sleep 0.1; done",
+        termed.display()
+    );
     plane.ctl_ok(&[
         "add-server",
         "sx",
@@ -1094,7 +1099,7 @@ fn a_host_goes_on_reporting_while_a_slow_process_stops() {
         "--",
         "sh",
         "-c",
-        "trap '' TERM; while :; do sleep 0.1; done",
+        &script,
     ]);
     plane.ctl_ok(&["start-server", "sx"]);
     let pid = plane.server("sx")["process"]["pid"]
@@ -1103,8 +1108,13 @@ fn a_host_goes_on_reporting_while_a_slow_process_stops() {
     let t0 = Instant::now();
     std::thread::scope(|s| {
         let stop = s.spawn(|| plane.ctl(&["stop-server", "sx"]));
-        // Past the plane's 5 s without a report, well before the 10 s grace is over.
-        testbed::clock::pause(Duration::from_secs(7));
+        assert!(
+            wait_until(Duration::from_secs(5), || termed.exists()),
+            "the host never sent SIGTERM"
+        );
+        // Past the plane's 5 s without a report counted from the stop's start, before the
+        // 10 s grace is over.
+        testbed::clock::pause(Duration::from_secs(6));
         assert!(alive(pid), "the process ended before its grace was over");
         assert!(
             host_shown(&plane, "h2", true),
@@ -1149,8 +1159,17 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
     let (code, v) = plane.send("DELETE", "/api/hosts/nowhere", json!({}));
     assert_eq!(code, 404, "{v}");
 
-    // The machine dies: its host process, the agents it started, their services.
+    // Only `understudy host` dies: what it started runs on, and the agents answer, so the
+    // machine is not gone (review 32, M3).
     common::signal(host.0.id(), nix::sys::signal::Signal::SIGKILL);
+    assert!(wait_until(Duration::from_secs(15), || host_shown(
+        &plane, "h2", false
+    )));
+    let (code, v) = plane.ctl(&["forget-host", "h2"]);
+    assert_ne!(code, 0, "forgot a host whose agents answer: {v}");
+    assert!(v.to_string().contains("still answers"), "{v}");
+
+    // Then the machine dies: the agents the host started, their services.
     assert!(
         wait_until(Duration::from_secs(10), || {
             for pid in procs_with_marker(&hdata) {
@@ -1160,9 +1179,6 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
         }),
         "h2's processes outlived its machine"
     );
-    assert!(wait_until(Duration::from_secs(15), || host_shown(
-        &plane, "h2", false
-    )));
     let (code, v) = plane.ctl(&["stop-failover", "px"]);
     assert_ne!(
         code, 0,
@@ -1194,6 +1210,9 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
     assert_eq!(plane.server("px")["state"], "stopped");
     let (code, v) = plane.ctl(&["start-server", "px"]);
     assert_ne!(code, 0, "started on a forgotten host: {v}");
+    assert!(v.to_string().contains("declared gone for good"), "{v}");
+    let (code, v) = plane.ctl(&["start-failover", "px"]);
+    assert_ne!(code, 0, "failover started on a forgotten host: {v}");
     assert!(v.to_string().contains("declared gone for good"), "{v}");
 
     // The machine is back after all: its host reports, counts again, and runs what it is told.
