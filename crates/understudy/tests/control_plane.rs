@@ -1009,6 +1009,22 @@ fn a_second_host_runs_what_is_placed_on_it() {
     }
 }
 
+/// `ctl add-server NAME --host HOST -- understudy demo-service --log LOG`.
+fn add_demo_server(plane: &Plane, name: &str, host: &str, log: &std::path::Path) {
+    let log_s = log.display().to_string();
+    plane.ctl_ok(&[
+        "add-server",
+        name,
+        "--host",
+        host,
+        "--",
+        BIN,
+        "demo-service",
+        "--log",
+        &log_s,
+    ]);
+}
+
 /// `px` on `host` with the demo service logging to `log` and hot failover with `standbys`
 /// standbys there (`extra`: more `add-failover` flags), started and up: one node Hot, every
 /// standby ready.
@@ -1019,20 +1035,7 @@ fn running_group(
     standbys: usize,
     extra: &[&str],
 ) {
-    let log_s = log.display().to_string();
-    let server = [
-        "add-server",
-        "px",
-        "--host",
-        host,
-        "--",
-        BIN,
-        "demo-service",
-        "--log",
-        &log_s,
-    ];
-    let (code, v) = plane.ctl(&server);
-    assert_eq!(code, 0, "{v}");
+    add_demo_server(plane, "px", host, log);
     let mut args = vec!["add-failover", "px", "--standby", "hot"];
     for _ in 0..standbys {
         args.extend(["--standby-host", host]);
@@ -1235,18 +1238,7 @@ fn start_server_is_refused_while_a_host_still_reports_an_agent_of_its_group() {
     let log = dir.path().join("service.log");
     let plane = Plane::start(&data, &free_addr());
     let (host, hdata) = second_host(&plane);
-    let log_s = log.display().to_string();
-    plane.ctl_ok(&[
-        "add-server",
-        "px",
-        "--host",
-        "h2",
-        "--",
-        BIN,
-        "demo-service",
-        "--log",
-        &log_s,
-    ]);
+    add_demo_server(&plane, "px", "h2", &log);
     plane.ctl_ok(&[
         "add-failover",
         "px",
@@ -1500,18 +1492,7 @@ fn a_server_on_a_silent_host_is_not_stopped_without_force() {
     let log = dir.path().join("service.log");
     let plane = Plane::start(&data, &free_addr());
     let (host, _hdata) = second_host(&plane);
-    let log_s = log.display().to_string();
-    plane.ctl_ok(&[
-        "add-server",
-        "sx",
-        "--host",
-        "h2",
-        "--",
-        BIN,
-        "demo-service",
-        "--log",
-        &log_s,
-    ]);
+    add_demo_server(&plane, "sx", "h2", &log);
     plane.ctl_ok(&["start-server", "sx"]);
     let pid = plane.server("sx")["process"]["pid"]
         .as_u64()
