@@ -833,8 +833,9 @@ impl Runtime {
         // 30, M5).
         let allow: understudy_coordinator::Allow = Box::new(|mark: &StopMark| {
             // A released service that was killed but not yet reaped (a zombie, or SIGKILL
-            // pending) never acts again: it does not count.
-            let live_ticks = |pid| procwatch::start_ticks(pid).filter(|_| procwatch::can_act(pid));
+            // pending) never acts again: it does not count. One whose main thread alone ended
+            // still does (review 33, L1).
+            let live_ticks = |pid| procwatch::start_ticks(pid).filter(|_| procwatch::may_act(pid));
             if mark.runs_here(live_ticks) == Some(true) {
                 return Err(format!(
                     "the released service, pid {}, still runs on this machine as a plain server ({}): stop it first, or a node taking the group would act next to it",

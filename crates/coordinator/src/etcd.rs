@@ -764,11 +764,20 @@ struct OwnStops {
     /// A committed stop of ours to delete (not holding), and when to try: (revision, at,
     /// back-off).
     withdraw: Option<(i64, Instant, Duration)>,
+    /// A stop of this holding was acknowledged: its release may have gone through, its service
+    /// acting unfenced, so from now on no write carrying it is doubted, adopted or withdrawn
+    /// (the renewals between the acknowledgement and the release carry it too: withdrawn,
+    /// one would free the group next to the released service; review 33, H1). Until the
+    /// next claim.
+    acknowledged: bool,
 }
 
 impl OwnStops {
     /// `record` was sent comparing `expect` and its outcome is unknown.
     fn doubt(&mut self, record: LeaderRecord, expect: i64) {
+        if self.acknowledged {
+            return;
+        }
         if expect != self.expect {
             self.doubtful.clear();
             self.expect = expect;
@@ -788,7 +797,18 @@ impl OwnStops {
     }
 
     fn withdraw(&mut self, rev: i64) {
+        if self.acknowledged {
+            return;
+        }
         self.withdraw = Some((rev, Instant::now(), Duration::from_millis(100)));
+    }
+
+    /// A write carrying a stop was acknowledged (see [`OwnStops::acknowledged`]).
+    fn acknowledge(&mut self) {
+        *self = OwnStops {
+            acknowledged: true,
+            ..OwnStops::default()
+        };
     }
 }
 
@@ -1364,6 +1384,10 @@ impl Task {
         self.epoch_key = (epoch, rev);
         self.leader = Some(Ok(record.clone()));
         self.held = Some(record);
+        // A new holding: whatever an earlier one left in doubt compared an older revision and
+        // can never commit now, and a stop to withdraw was overwritten by this claim (review
+        // 33, L2).
+        self.own_stops = OwnStops::default();
         self.absorb_gets(&read);
         {
             let mut v = lock(&self.view);
@@ -1413,6 +1437,10 @@ impl Task {
             Err(_) => Vec::new(),
         };
         let until = self.lease.deadline().unwrap_or(sent.at);
+        // Only the write that puts a stop into a record without one is the stop a release
+        // waits for; the renewals after it carry the same stop (review 33, H1).
+        let introduces =
+            record.stopped.is_some() && self.held.as_ref().is_some_and(|h| h.stopped.is_none());
         self.own_stops.retry = false;
         let (mut reply, err) = answered(self.write_leader(sent, Vec::new(), ops, until).await);
         if reply == Reply::Failed && record.stopped.is_some() {
@@ -1421,7 +1449,7 @@ impl Task {
             }
         }
         match reply {
-            Reply::Failed if record.stopped.is_some() => {
+            Reply::Failed if introduces => {
                 self.own_stops.doubt(record.clone(), sent.expect);
             }
             // Refused because a doubtful stop of ours committed meanwhile (seen in the
@@ -1432,9 +1460,7 @@ impl Task {
         }
         let took = Duration::from_nanos(now().saturating_sub(sent.at));
         let outcome = self.lease.answer(sent, reply, now());
-        if let (Some(_), Reply::Committed { rev }, Outcome::Lost(_)) =
-            (&record.stopped, reply, &outcome)
-        {
+        if let (true, Reply::Committed { rev }, Outcome::Lost(_)) = (introduces, reply, &outcome) {
             // The stop committed, but too late to count: the release is refused and the
             // service fenced, so the stop is withdrawn (review 32, M2).
             self.own_stops.withdraw(rev);
@@ -1442,6 +1468,9 @@ impl Task {
         match outcome {
             Outcome::Extended { deadline } => {
                 tracing::trace!(?took, "etcd: renewal acknowledged");
+                if record.stopped.is_some() {
+                    self.own_stops.acknowledge();
+                }
                 (self.fence)(Fence::Until(deadline));
                 lock(&self.view).stopped.clone_from(&record.stopped);
                 self.leader = Some(Ok(record.clone()));
@@ -2197,6 +2226,63 @@ async fn next_watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stop_record(pid: u32) -> LeaderRecord {
+        LeaderRecord {
+            node: "a".into(),
+            epoch: 3,
+            renewals: u64::from(pid),
+            unix_ms: 1,
+            released: false,
+            stopped: Some(StopMark {
+                node: "a".into(),
+                epoch: 3,
+                pid,
+                unix_ms: 1,
+                boot_id: None,
+                pid_ns: None,
+                start_ticks: None,
+                unreadable: None,
+            }),
+        }
+    }
+
+    /// Review 33, H1: once a stop was acknowledged its release may have gone through, the
+    /// service acting unfenced; the renewals after it carry the same stop, and none of them may
+    /// be doubted or withdrawn, or the group would be freed next to the released service.
+    /// Before it, every failed attempt is kept (review 32, M1); the next claim starts afresh.
+    #[tokio::test]
+    async fn a_stop_once_acknowledged_is_never_doubted_nor_withdrawn() {
+        let mut o = OwnStops::default();
+        o.doubt(stop_record(1), 5);
+        o.doubt(stop_record(2), 5);
+        assert_eq!(o.doubtful.len(), 2, "every attempt comparing 5 is kept");
+        o.doubt(stop_record(3), 6);
+        assert_eq!(
+            o.doubtful,
+            vec![stop_record(3)],
+            "a newer compare replaces them"
+        );
+        o.withdraw(9);
+        assert!(o.withdraw.is_some());
+        o.acknowledge();
+        assert!(o.doubtful.is_empty() && o.withdraw.is_none() && o.adopted.is_none());
+        o.doubt(stop_record(4), 6);
+        o.withdraw(10);
+        assert!(
+            o.doubtful.is_empty(),
+            "a renewal carrying an acknowledged stop was doubted"
+        );
+        assert!(
+            o.withdraw.is_none(),
+            "an acknowledged stop would be withdrawn"
+        );
+        let mut o = OwnStops::default();
+        for pid in 0..(MAX_DOUBTFUL_STOPS as u32 + 5) {
+            o.doubt(stop_record(pid), 5);
+        }
+        assert_eq!(o.doubtful.len(), MAX_DOUBTFUL_STOPS);
+    }
 
     #[test]
     fn leader_records_are_checked() {

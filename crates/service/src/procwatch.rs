@@ -37,6 +37,33 @@ pub fn can_act(pid: u32) -> bool {
     alive
 }
 
+/// True while some thread of `pid` can still act: [`can_act`], or a main thread that exited
+/// (a zombie) while other threads of the process run on, as after `pthread_exit` in `main`:
+/// such a process still holds its sockets and acts. For a judgement where counting a live
+/// process gone would make two actives.
+pub fn may_act(pid: u32) -> bool {
+    if can_act(pid) {
+        return true;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let tid = t.file_name();
+        let Some(tid) = tid.to_str() else {
+            return false;
+        };
+        tid != pid.to_string()
+            && std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+                .ok()
+                .and_then(|st| {
+                    st.rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.chars().next())
+                })
+                .is_some_and(|c| c != 'Z' && c != 'X')
+    })
+}
+
 /// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22): with the boot id
 /// and pid namespace, which process holds the pid, whatever the wall clock did since. None
 /// when that cannot be told (gone, or /proc unreadable).
