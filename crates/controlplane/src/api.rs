@@ -229,8 +229,18 @@ async fn hosts(State(ctx): State<Shared>) -> Response {
 }
 
 /// `DELETE /api/hosts/{name}`: the host's machine is gone for good.
-async fn forget_host(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
-    match ctx.plane.forget_host(&name).await {
+async fn forget_host(
+    State(ctx): State<Shared>,
+    Path(name): Path<String>,
+    q: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "query parameters: force=true|false",
+        );
+    };
+    match ctx.plane.forget_host(&name, q.force).await {
         Ok(keys) => Json(json!({ "forgotten": name, "last_reported": keys })).into_response(),
         Err(e) => e.into_response(),
     }
@@ -333,7 +343,8 @@ async fn start_server(State(ctx): State<Shared>, Path(name): Path<String>) -> Re
 
 #[derive(serde::Deserialize)]
 struct StopQuery {
-    /// The host is gone for good: Stopped without its confirmation.
+    /// The host is gone for good: Stopped without its confirmation (stop), or forgotten
+    /// although it last reported a plain server running (forget).
     #[serde(default)]
     force: bool,
 }

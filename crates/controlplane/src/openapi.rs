@@ -104,7 +104,7 @@ pub fn document() -> Value {
             "/api/health": { "get": { "summary": "the control plane answers", "responses": { "200": json_answer("ok", json!({"type": "object"})) } } },
             "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes: the built-in one and every `understudy host`, with what runs there", "responses": { "200": json_answer("the hosts", json!({"type": "object"})) } } },
             "/api/hosts/{name}": { "delete": {
-                "summary": "forget a host whose machine is gone for good, with every process it ran: its last report is dropped (an agent or server it listed no longer blocks start-server, start failover or stop failover) and a stop of anything placed there counts as done; refused while it reports. A host that reports again counts again",
+                "summary": "forget a host whose machine is gone for good, with every process it ran: its last report is dropped (an agent or server it listed no longer blocks start-server, start failover or stop failover) and a stop of anything placed there counts as done; refused while it reports, while an agent placed there answers, and (unless `?force=true`) while its last report lists a plain server running. A host that reports again counts again",
                 "parameters": [name_param()],
                 "security": [{ "bearer": [] }],
                 "responses": {

@@ -292,7 +292,10 @@ impl Plane {
     /// built-in host, while the host still reports, and while an agent placed there still
     /// answers on its admin address: a silent `understudy host` alone proves nothing, for the
     /// processes it started outlive it (review 32, M3). Returns the keys it last reported.
-    pub async fn forget_host(&self, host: &str) -> Result<Vec<String>, PlaneError> {
+    ///
+    /// A plain server its last report lists as running is refused unless `force`: it has no
+    /// admin port to ask, and a released service acts unfenced (review 33, M1).
+    pub async fn forget_host(&self, host: &str, force: bool) -> Result<Vec<String>, PlaneError> {
         let _ops = self.ops.lock().await;
         if host == LOCAL_HOST {
             return Err(PlaneError::Refused(Refusal {
@@ -307,6 +310,30 @@ impl Plane {
             None => return Err(PlaneError::NotFound(format!("host {host}"))),
             Some(seen) if seen > silent_since => return Err(reported(host, now, seen)),
             Some(_) => {}
+        }
+        if !force {
+            let servers: Vec<String> = self
+                .store
+                .hosts()?
+                .get(host)
+                .and_then(|h| serde_json::from_value::<Vec<ProcReport>>(h.2.clone()).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.running && r.key.starts_with("server:"))
+                .map(|r| match r.pid {
+                    Some(pid) => format!("{} (pid {pid})", r.key),
+                    None => r.key,
+                })
+                .collect();
+            if !servers.is_empty() {
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!(
+                        "host {host} last reported {} running: nothing can be asked whether it still runs, and a plain server (a released service among them) acts unfenced",
+                        servers.join(", ")
+                    ),
+                    hint: "only if the machine is certainly dead (powered off, not cut off): forget-host --force".into(),
+                }));
+            }
         }
         let placed: Vec<NodeSpec> = self
             .store

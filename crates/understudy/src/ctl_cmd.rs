@@ -178,7 +178,13 @@ enum CtlCmd {
     /// for it any more (stop failover, stop-server), and what it last reported no longer blocks
     /// start-server or start failover. Refused while it reports. Never for a machine that may
     /// come back with its processes running.
-    ForgetHost { host: String },
+    ForgetHost {
+        host: String,
+        /// Also when its last report lists a plain server running (it cannot be asked): only
+        /// for a machine certainly dead, never one merely cut off.
+        #[arg(long)]
+        force: bool,
+    },
     /// One server.
     Show { server: String },
     /// Add a trading server (stopped): `ctl add-server gw -- /opt/gw/bin/gw --config gw.toml`.
@@ -287,8 +293,16 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<u8> {
     let (c, kind) = match &a.cmd {
         CtlCmd::Servers => (call(m::GET, "/api/servers".into(), None), Answer::Servers),
         CtlCmd::Hosts => (call(m::GET, "/api/hosts".into(), None), Answer::Hosts),
-        CtlCmd::ForgetHost { host } => (
-            call(m::DELETE, format!("/api/hosts/{}", seg(host)), None),
+        CtlCmd::ForgetHost { host, force } => (
+            call(
+                m::DELETE,
+                format!(
+                    "/api/hosts/{}{}",
+                    seg(host),
+                    if *force { "?force=true" } else { "" }
+                ),
+                None,
+            ),
             Answer::Forgotten,
         ),
         CtlCmd::Show { server } => (

@@ -1219,10 +1219,26 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
     assert!(v.to_string().contains("declared gone for good"), "{v}");
 
     // The machine is back after all: its host reports, counts again, and runs what it is told.
-    let (_host, _) = second_host(&plane);
+    let (host, _) = second_host(&plane);
     plane.ctl_ok(&["start-server", "px"]);
     assert_eq!(plane.server("px")["state"], "running");
+    let server = plane.server("px")["process"]["pid"]
+        .as_u64()
+        .expect("the server's pid") as u32;
+
+    // It dies again, with a plain server running: nothing can be asked about that one, so
+    // only --force forgets it (review 33, M1).
+    common::signal(host.0.id(), nix::sys::signal::Signal::SIGKILL);
+    common::signal(server, nix::sys::signal::Signal::SIGKILL);
+    assert!(wait_until(Duration::from_secs(15), || host_shown(
+        &plane, "h2", false
+    ) && !alive(server)));
+    let (code, v) = plane.ctl(&["forget-host", "h2"]);
+    assert_ne!(code, 0, "forgot a host that last ran a plain server: {v}");
+    assert!(v.to_string().contains("server:px"), "{v}");
+    plane.ctl_ok(&["forget-host", "h2", "--force"]);
     plane.ctl_ok(&["stop-server", "px"]);
+    assert_eq!(plane.server("px")["state"], "stopped");
 }
 
 /// Review 31, L10: start-server is refused while a host's last report lists an agent of the
