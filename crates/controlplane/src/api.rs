@@ -81,7 +81,9 @@ fn err(code: StatusCode, msg: impl Into<String>) -> Response {
 impl IntoResponse for PlaneError {
     fn into_response(self) -> Response {
         match self {
-            PlaneError::NotFound(_) => err(StatusCode::NOT_FOUND, self.to_string()),
+            PlaneError::NotFound(_) | PlaneError::UnknownHost(_) => {
+                err(StatusCode::NOT_FOUND, self.to_string())
+            }
             PlaneError::Exists(_) => err(StatusCode::CONFLICT, self.to_string()),
             PlaneError::Refused(r) => (
                 StatusCode::CONFLICT,
@@ -234,13 +236,11 @@ async fn forget_host(
     Path(name): Path<String>,
     q: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = q else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "query parameters: force=true|false",
-        );
+    let q = match force_query(q) {
+        Ok(q) => q,
+        Err(r) => return r.into_response(),
     };
-    match ctx.plane.forget_host(&name, q.force).await {
+    match ctx.plane.forget_host(&name, q).await {
         Ok(keys) => Json(json!({ "forgotten": name, "last_reported": keys })).into_response(),
         Err(e) => e.into_response(),
     }
@@ -349,18 +349,28 @@ struct StopQuery {
     force: bool,
 }
 
+/// The `force` of [`StopQuery`], or the 400 for a query that is not one.
+fn force_query(
+    q: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<bool, Reject> {
+    q.map(|Query(q)| q.force).map_err(|_| {
+        Reject(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "query parameters: force=true|false" }),
+        )
+    })
+}
+
 async fn stop_server(
     State(ctx): State<Shared>,
     Path(name): Path<String>,
     q: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = q else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "query parameters: force=true|false",
-        );
+    let q = match force_query(q) {
+        Ok(q) => q,
+        Err(r) => return r.into_response(),
     };
-    let r = ctx.plane.stop_server(&name, q.force).await.map(|_| ());
+    let r = ctx.plane.stop_server(&name, q).await.map(|_| ());
     done(&ctx, &name, r, StatusCode::OK)
 }
 

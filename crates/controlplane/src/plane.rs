@@ -27,6 +27,9 @@ pub enum PlaneError {
     /// No such server.
     #[error("no server named {0:?}")]
     NotFound(String),
+    /// No host of that name ever reported.
+    #[error("no host named {0:?} ever reported")]
+    UnknownHost(String),
     /// The name is taken.
     #[error("a server named {0:?} already exists")]
     Exists(String),
@@ -306,17 +309,14 @@ impl Plane {
         let now = unix_ms();
         let silent_since = now.saturating_sub(HOST_STALE.as_millis() as u64);
         // Checked again in the store's transaction, against a report landing meanwhile.
-        match self.store.hosts()?.get(host).map(|h| h.1) {
-            None => return Err(PlaneError::NotFound(format!("host {host}"))),
-            Some(seen) if seen > silent_since => return Err(reported(host, now, seen)),
-            Some(_) => {}
+        let Some((_, seen, last)) = self.store.hosts()?.remove(host) else {
+            return Err(PlaneError::UnknownHost(host.to_string()));
+        };
+        if seen > silent_since {
+            return Err(reported(host, now, seen));
         }
         if !force {
-            let servers: Vec<String> = self
-                .store
-                .hosts()?
-                .get(host)
-                .and_then(|h| serde_json::from_value::<Vec<ProcReport>>(h.2.clone()).ok())
+            let servers: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last)
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|r| r.running && r.key.starts_with("server:"))
@@ -367,7 +367,7 @@ impl Plane {
         }
         let last = match self.store.forget_host(host, silent_since, now)? {
             Ok(last) => last,
-            Err(Forget::Unknown) => return Err(PlaneError::NotFound(format!("host {host}"))),
+            Err(Forget::Unknown) => return Err(PlaneError::UnknownHost(host.to_string())),
             Err(Forget::Reported(at)) => return Err(reported(host, unix_ms(), at)),
         };
         let keys: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last)

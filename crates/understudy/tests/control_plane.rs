@@ -1161,6 +1161,7 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
     assert_ne!(plane.ctl(&["forget-host", "local"]).0, 0);
     let (code, v) = plane.send("DELETE", "/api/hosts/nowhere", json!({}));
     assert_eq!(code, 404, "{v}");
+    assert!(v.to_string().contains("no host named"), "{v}");
 
     // Only `understudy host` dies: what it started runs on, and the agents answer, so the
     // machine is not gone (review 32, M3).
