@@ -305,7 +305,16 @@ async fn run_node(cfg: Config, guardian_exe: PathBuf) -> Result<i32, AgentError>
         "agent starting"
     );
     let known_epoch = rt.coord.current_epoch();
-    rt.feed(Input::Start { known_epoch });
+    // Judged in the start's own feed: the status published after it said a standby ready
+    // before its first tick told the engine that its coordinator was not reached yet (or
+    // failover stopped), and a test (or an operator's script) that acted on it stopped a
+    // standby the active could not count.
+    let judged: Vec<Input> = rt
+        .reach_change()
+        .into_iter()
+        .chain(rt.stop_change())
+        .collect();
+    rt.feed_all(std::iter::once(Input::Start { known_epoch }).chain(judged));
     // The admin listener is bound (connections queue until the server task accepts them) and the
     // node has joined: its record is written and it waits for the lock or was refused it.
     crate::sdnotify::send("READY=1");

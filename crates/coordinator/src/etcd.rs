@@ -386,6 +386,8 @@ pub struct EtcdCoordinator {
     /// The member writer was started (at the first connection): only then is there a key of
     /// this agent's to wait for.
     writer_started: Arc<AtomicBool>,
+    /// The task's `lease_id` and `put_lease`: whether this node's member key is on etcd now.
+    key_leases: (Arc<AtomicI64>, Arc<AtomicI64>),
     /// Dropping it stops the thread (and with it every etcd task of this coordinator).
     _stop: oneshot::Sender<()>,
 }
@@ -422,6 +424,7 @@ impl EtcdCoordinator {
         let (own_tx, own_rx) = watch::channel(None);
         let (left_tx, left_rx) = std::sync::mpsc::sync_channel(1);
         let writer_started = Arc::new(AtomicBool::new(false));
+        let key_leases = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
         let members = EtcdMembers {
             cache: Arc::default(),
             namesake: Arc::default(),
@@ -441,7 +444,8 @@ impl EtcdCoordinator {
             cache: Arc::clone(&members.cache),
             namesake: Arc::clone(&members.namesake),
             seen: Arc::clone(&members.seen),
-            lease_id: Arc::new(AtomicI64::new(0)),
+            lease_id: Arc::clone(&key_leases.0),
+            lease_granted: Arc::new(tokio::sync::Notify::new()),
             client: None,
             watch: None,
             lease: Lease::new(settings.timing),
@@ -456,7 +460,7 @@ impl EtcdCoordinator {
             heard: None,
             keeper_spawned: false,
             writer_started: Arc::clone(&writer_started),
-            put_lease: Arc::new(AtomicI64::new(0)),
+            put_lease: Arc::clone(&key_leases.1),
         };
         std::thread::Builder::new()
             .name("etcd-coordinator".into())
@@ -490,6 +494,7 @@ impl EtcdCoordinator {
             members,
             left: left_rx,
             writer_started,
+            key_leases,
             _stop: stop_tx,
         })
     }
@@ -640,7 +645,7 @@ impl Coordinator for EtcdCoordinator {
         // for the answer, so a healthy one is never silent for three quarters of it; a silent
         // one could not claim in time.
         let limit = self.settings.timing.lease_ttl * 3 / 4;
-        match lock(&self.view).heard_at {
+        let silent = match lock(&self.view).heard_at {
             None => Some("etcd has not answered yet".to_string()),
             Some(at) => (Instant::now().saturating_duration_since(at) > limit).then(|| {
                 format!(
@@ -648,7 +653,21 @@ impl Coordinator for EtcdCoordinator {
                     limit.as_millis()
                 )
             }),
-        }
+        };
+        // A standby the active cannot see on etcd is not counted by a release, which then goes
+        // through while this node lives on, stopped or slow, and would find the group free
+        // but for the recorded stop; nor can a switchover pick it. It is ready only once its
+        // key stands on the lease it holds now (an expired lease took the key with it).
+        let (lease, put) = (
+            self.key_leases.0.load(Ordering::Relaxed),
+            self.key_leases.1.load(Ordering::Relaxed),
+        );
+        silent.or_else(|| {
+            (put == 0 || lease != put).then(|| {
+                "this node's member key is not on etcd yet: the active would not count it"
+                    .to_string()
+            })
+        })
     }
 
     fn stop_failover(&mut self, mark: &StopMark) -> Result<(), CoordError> {
@@ -824,6 +843,9 @@ struct Task {
     seen: Arc<Mutex<LeaderSeen>>,
     /// This node's backstop lease (0 while none is granted).
     lease_id: Arc<AtomicI64>,
+    /// Told by the keeper when it granted a lease: the member writer, waiting for one, puts
+    /// the key at once rather than on its next retry.
+    lease_granted: Arc<tokio::sync::Notify>,
     client: Option<Client>,
     watch: Option<WatchStream>,
     /// Every timing decision: when to claim, to renew, to stop acting.
@@ -1791,6 +1813,7 @@ impl Task {
                     self.s.members_prefix(),
                     Arc::clone(&self.lease_id),
                     Arc::clone(&self.put_lease),
+                    Arc::clone(&self.lease_granted),
                 ));
             }
         }
@@ -2079,6 +2102,7 @@ impl Task {
     /// no longer exists).
     fn spawn_lease_keeper(&self, client: Client) {
         let lease = Arc::clone(&self.lease_id);
+        let granted_tx = Arc::clone(&self.lease_granted);
         let ttl = self.s.backstop_ttl.as_secs().max(1) as i64;
         tokio::spawn(async move {
             let mut client = client;
@@ -2092,6 +2116,7 @@ impl Task {
                     }
                 };
                 lease.store(granted, Ordering::Relaxed);
+                granted_tx.notify_one();
                 let Ok((mut keeper, mut stream)) = client.lease_keep_alive(granted).await else {
                     continue;
                 };
@@ -2153,6 +2178,7 @@ async fn member_writer(
     prefix: String,
     lease: Arc<AtomicI64>,
     put_lease: Arc<AtomicI64>,
+    lease_granted: Arc<tokio::sync::Notify>,
 ) {
     let mut last_key: Option<String> = None;
     loop {
@@ -2198,7 +2224,9 @@ async fn member_writer(
         };
         if let Err(e) = result {
             tracing::debug!("etcd: cannot write the member record: {e}");
-            tokio::time::sleep(RETRY).await;
+            // A lease granted meanwhile ends the wait: until the key is put, this node is not
+            // ready (see `unreachable`).
+            let _ = tokio::time::timeout(RETRY, lease_granted.notified()).await;
             rx.mark_changed();
         }
         if rx.changed().await.is_err() {

@@ -335,7 +335,8 @@ pub fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
 /// whose client sends `pattern` next, for `delay` from then, once: a request that etcd commits
 /// at once but whose answer (and everything behind it on that connection, the watch's events
 /// included) comes after its sender gave up on it, as from an etcd whose replies are slow.
-/// Each connection gets two threads; they end with it.
+/// Or ([`DelayProxy::holding_requests`]) the request itself, with everything its client sends
+/// after it: a write that reaches etcd late. Each connection gets two threads; they end with it.
 pub struct DelayProxy {
     /// `http://127.0.0.1:port`, for an agent's `etcd.endpoints`.
     pub endpoint: String,
@@ -345,6 +346,20 @@ pub struct DelayProxy {
 
 impl DelayProxy {
     pub fn start(upstream: &str, pattern: &'static [u8], delay: Duration) -> DelayProxy {
+        Self::start_with(upstream, pattern, delay, false)
+    }
+
+    /// Holds back the request that holds `pattern` (once armed), rather than its answer.
+    pub fn holding_requests(upstream: &str, pattern: &'static [u8], delay: Duration) -> DelayProxy {
+        Self::start_with(upstream, pattern, delay, true)
+    }
+
+    fn start_with(
+        upstream: &str,
+        pattern: &'static [u8],
+        delay: Duration,
+        requests: bool,
+    ) -> DelayProxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let target = upstream
@@ -404,10 +419,15 @@ impl DelayProxy {
                             && seen.windows(pattern.len()).any(|w| w == pattern)
                             && a.swap(false, Ordering::SeqCst)
                         {
-                            // Set before the request goes on: its answer cannot slip through.
-                            *hold.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some(Instant::now() + delay);
                             f.store(true, Ordering::SeqCst);
+                            if requests {
+                                std::thread::sleep(delay);
+                            } else {
+                                // Set before the request goes on: its answer cannot slip
+                                // through.
+                                *hold.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(Instant::now() + delay);
+                            }
                         }
                         let keep = seen.len().saturating_sub(pattern.len());
                         seen.drain(..keep);
