@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 use understudy_coordinator::{
-    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, MemberRecord, Members, StopMark,
-    TryAcquire,
+    CoordEvent, Coordinator, Heartbeat, HeartbeatReading, LiveMember, MemberRecord, Members,
+    StopMark, TryAcquire,
 };
 use understudy_engine::{
     Answer, Command, Engine, EngineConfig, EventKind, HeartbeatView, Input, Now, PeerView,
@@ -664,7 +664,10 @@ impl Runtime {
             expired: self.shared.fence.expired(),
         };
         let ns_here = understudy_coordinator::pid_ns().is_some();
-        judge_for_release(peers, &self.seen, live, now, ns_here, |rec| {
+        let gone_here = |rec: &MemberRecord| {
+            understudy_coordinator::same_host(rec) && !procwatch::can_act(rec.node.agent_pid)
+        };
+        judge_for_release(peers, &self.seen, live, now, ns_here, gone_here, |rec| {
             is_its_writer(rec, procwatch::start_ticks, procwatch::started_unix_ms)
         })
     }
@@ -809,7 +812,9 @@ impl Runtime {
     /// without the silence's running length, which changes on every tick.
     fn reach_change(&mut self) -> Option<Input> {
         let unreachable = self.coord.unreachable();
-        if unreachable.is_some() == self.coord_unreachable.is_some() {
+        // The whole reason, not only whether there is one: the status must name the cause that
+        // holds now (etcd silent at first, then this node's key missing). Each is a fixed text.
+        if unreachable == self.coord_unreachable {
             return None;
         }
         match &unreachable {
@@ -1643,16 +1648,20 @@ struct Grant {
 /// - "Gone" judged by the boot alone (a record without `pid_ns`, from an agent of an earlier
 ///   version) does not count: in another container its pid is not visible here (review 27,
 ///   N1), fresh or stale (review 28, M1: its etcd key was ignored once its record was stale).
-/// - On etcd (`live`: the member keys read from etcd now, each hanging on its agent's lease),
-///   a key counts unless its agent is known gone here; a key without a record is added.
+/// - On etcd (`live`: the member keys read from etcd now, each hanging on its agent's lease,
+///   with the records they hold), a key counts unless the agent of the record it holds is
+///   known gone here (`gone_here`, with its pid namespace said): judged on that record, not
+///   on the cached one, which may be an earlier run of the same node, gone, while the key is
+///   a restarted agent's (review 34, M1). A key without a record is added.
 ///
 /// Err (refuse) when the members could not be read, or the grant was lost meanwhile.
 fn judge_for_release(
     peers: &mut Vec<PeerView>,
     seen: &[Seen],
-    live: Result<Option<Vec<String>>, String>,
+    live: Result<Option<Vec<LiveMember>>, String>,
     grant: Grant,
     ns_here: bool,
+    gone_here: impl Fn(&MemberRecord) -> bool,
     writer_runs: impl Fn(&MemberRecord) -> bool,
 ) -> Result<Vec<(String, String)>, String> {
     // What speaks for each member, first found first: a refusal says it, so that an operator
@@ -1689,28 +1698,31 @@ fn judge_for_release(
     let live = live.map_err(|e| {
         format!("cannot read the group's members ({e}): a member this node cannot see could take over while the released service keeps acting")
     })?;
-    for name in live.into_iter().flatten() {
-        let key = "its etcd member key exists (held by its agent's lease: gone once that agent stops cleanly or its lease expires)".to_string();
+    for m in live.into_iter().flatten() {
+        // The key of an agent that died here lives on until its lease ends: it does not count.
+        if m.record
+            .as_ref()
+            .is_some_and(|r| ns_here && r.pid_ns.is_some() && gone_here(r))
+        {
+            continue;
+        }
+        let name = m.name;
+        note(&name, "its etcd member key exists (held by its agent's lease: gone once that agent stops cleanly or its lease expires)".to_string());
         match peers.iter_mut().find(|p| p.node == name) {
             Some(p) => {
-                p.fresh |= !p.agent_gone;
-                if !p.agent_gone {
-                    note(&name, key);
-                }
+                p.fresh = true;
+                p.agent_gone = false;
             }
-            None => {
-                note(&name, key);
-                peers.push(PeerView {
-                    node: name,
-                    hot: false,
-                    epoch: 0,
-                    holds_lock: false,
-                    fresh: true,
-                    agent_gone: false,
-                    live_service: None,
-                    handover_to: None,
-                })
-            }
+            None => peers.push(PeerView {
+                node: name,
+                hot: false,
+                epoch: 0,
+                holds_lock: false,
+                fresh: true,
+                agent_gone: false,
+                live_service: None,
+                handover_to: None,
+            }),
         }
     }
     if !grant.holds {
@@ -1981,22 +1993,42 @@ mod tests {
             holds: true,
             expired: false,
         };
-        let judge = |seen: &[Seen], live: Result<Option<Vec<String>>, String>, grant, started| {
-            let mut peers: Vec<PeerView> = seen.iter().map(view).collect();
-            let writer_runs = move |r: &MemberRecord| is_its_writer(r, |_| None, move |_| started);
-            judge_for_release(&mut peers, seen, live, grant, true, writer_runs).map(|because| {
-                let alive: Vec<String> = peers
-                    .iter()
-                    .filter(|p| p.fresh && !p.agent_gone)
-                    .map(|p| p.node.clone())
-                    .collect();
-                // Every member counted alive is told with what speaks for it, and only those.
-                let told: Vec<String> = because.iter().map(|(n, _)| n.clone()).collect();
-                assert_eq!(told, alive, "{because:?}");
-                alive
-            })
+        // The agent at pid 42 on this machine ("here") is gone; any other runs.
+        let gone_here =
+            |r: &MemberRecord| r.boot_id.as_deref() == Some("here") && r.node.agent_pid == 42;
+        let judge =
+            |seen: &[Seen], live: Result<Option<Vec<LiveMember>>, String>, grant, started| {
+                let mut peers: Vec<PeerView> = seen.iter().map(view).collect();
+                let writer_runs =
+                    move |r: &MemberRecord| is_its_writer(r, |_| None, move |_| started);
+                judge_for_release(&mut peers, seen, live, grant, true, gone_here, writer_runs).map(
+                    |because| {
+                        let alive: Vec<String> = peers
+                            .iter()
+                            .filter(|p| p.fresh && !p.agent_gone)
+                            .map(|p| p.node.clone())
+                            .collect();
+                        // Every member counted alive is told with what speaks for it, and only those.
+                        let told: Vec<String> = because.iter().map(|(n, _)| n.clone()).collect();
+                        assert_eq!(told, alive, "{because:?}");
+                        alive
+                    },
+                )
+            };
+        let keys = |k: &[&MemberRecord]| {
+            Ok(Some(
+                k.iter()
+                    .map(|r| LiveMember {
+                        name: r.node.name.clone(),
+                        record: Some((*r).clone()),
+                    })
+                    .collect(),
+            ))
         };
-        let names = |n: &[&str]| Ok(Some(n.iter().map(|s| s.to_string()).collect()));
+        let here = |r: MemberRecord| MemberRecord {
+            boot_id: Some("here".into()),
+            ..r
+        };
         // A stopped standby here: its process runs, and ran when its record was written.
         let stopped = [seen_as(rec("b", Some(7)), true, false)];
         assert_eq!(
@@ -2006,21 +2038,46 @@ mod tests {
         // The process at that pid started after the record: another process, b is gone.
         assert_eq!(judge(&stopped, Ok(None), ok, Some(1_060_000)), Ok(vec![]));
         // Killed here (gone by both boot and namespace): its live key does not bring it back.
-        let killed = [seen_as(rec("b", Some(7)), true, true)];
-        assert_eq!(judge(&killed, names(&["b"]), ok, None), Ok(vec![]));
+        let dead = here(rec("b", Some(7)));
+        let killed = [seen_as(dead.clone(), true, true)];
+        assert_eq!(judge(&killed, keys(&[&dead]), ok, None), Ok(vec![]));
+        // Restarted here (review 34, M1): the cache still holds the dead run, the key holds the
+        // new one, whose agent runs: it counts.
+        let restarted = MemberRecord {
+            node: Node {
+                agent_pid: 43,
+                ..dead.node.clone()
+            },
+            ..dead.clone()
+        };
+        assert_eq!(
+            judge(&killed, keys(&[&restarted]), ok, None),
+            Ok(vec!["b".into()])
+        );
+        // A key whose record cannot be read speaks for its agent by itself.
+        let unreadable = Ok(Some(vec![LiveMember {
+            name: "b".into(),
+            record: None,
+        }]));
+        assert_eq!(judge(&killed, unreadable, ok, None), Ok(vec!["b".into()]));
         // An agent of an earlier version (no pid_ns) "gone" by its boot alone, its record
         // stale: its key speaks for it (review 28, M1); on a lock file nothing does.
-        let older = [seen_as(rec("b", None), true, true)];
-        assert_eq!(judge(&older, names(&["b"]), ok, None), Ok(vec!["b".into()]));
+        let old = here(rec("b", None));
+        let older = [seen_as(old.clone(), true, true)];
+        assert_eq!(judge(&older, keys(&[&old]), ok, None), Ok(vec!["b".into()]));
         assert_eq!(judge(&older, Ok(None), ok, None), Ok(vec![]));
         // Another machine, stale in the cache: its key counts; a key with no record is added.
-        let remote = [seen_as(rec("b", Some(7)), false, false)];
+        let far = rec("b", Some(7));
+        let remote = [seen_as(far.clone(), false, false)];
         assert_eq!(
-            judge(&remote, names(&["b"]), ok, None),
+            judge(&remote, keys(&[&far]), ok, None),
             Ok(vec!["b".into()])
         );
         assert_eq!(judge(&remote, Ok(Some(vec![])), ok, None), Ok(vec![]));
-        assert_eq!(judge(&[], names(&["c"]), ok, None), Ok(vec!["c".into()]));
+        assert_eq!(
+            judge(&[], keys(&[&rec("c", Some(7))]), ok, None),
+            Ok(vec!["c".into()])
+        );
         // Nothing to judge by: refused.
         let unread = judge(&remote, Err("timed out".into()), ok, None);
         assert!(

@@ -50,8 +50,8 @@ use crate::lease::{Lease, Loss, Nanos, Outcome, Reply, Sent, Step, Timing};
 use crate::lockfile::{Heartbeat, HeartbeatReading};
 use crate::members::MemberRecord;
 use crate::{
-    is_valid_node_name, unix_ms, Allow, CoordError, CoordEvent, Coordinator, StopMark, TryAcquire,
-    UsedEpochs,
+    is_valid_node_name, unix_ms, Allow, CoordError, CoordEvent, Coordinator, LiveMember, StopMark,
+    TryAcquire, UsedEpochs,
 };
 
 /// A leader record is one short JSON object; anything bigger is not ours.
@@ -285,7 +285,7 @@ enum Cmd {
     /// Answered once every command before it is done.
     Flush(std::sync::mpsc::SyncSender<()>),
     /// [`Coordinator::live_members`].
-    ReadMembers(std::sync::mpsc::SyncSender<Result<Vec<String>, CoordError>>),
+    ReadMembers(std::sync::mpsc::SyncSender<Result<Vec<LiveMember>, CoordError>>),
     /// Delete this node's member key (the agent stops).
     Leave(std::sync::mpsc::SyncSender<()>),
     /// [`Coordinator::stop_failover`].
@@ -386,8 +386,9 @@ pub struct EtcdCoordinator {
     /// The member writer was started (at the first connection): only then is there a key of
     /// this agent's to wait for.
     writer_started: Arc<AtomicBool>,
-    /// The task's `lease_id` and `put_lease`: whether this node's member key is on etcd now.
-    key_leases: (Arc<AtomicI64>, Arc<AtomicI64>),
+    /// The task's `lease_id`, and its view of this node's member key: whether it stands on
+    /// etcd now, on that lease.
+    key: (Arc<AtomicI64>, Arc<OwnKey>),
     /// Dropping it stops the thread (and with it every etcd task of this coordinator).
     _stop: oneshot::Sender<()>,
 }
@@ -424,7 +425,7 @@ impl EtcdCoordinator {
         let (own_tx, own_rx) = watch::channel(None);
         let (left_tx, left_rx) = std::sync::mpsc::sync_channel(1);
         let writer_started = Arc::new(AtomicBool::new(false));
-        let key_leases = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
+        let key = (Arc::new(AtomicI64::new(0)), Arc::new(OwnKey::default()));
         let members = EtcdMembers {
             cache: Arc::default(),
             namesake: Arc::default(),
@@ -444,7 +445,9 @@ impl EtcdCoordinator {
             cache: Arc::clone(&members.cache),
             namesake: Arc::clone(&members.namesake),
             seen: Arc::clone(&members.seen),
-            lease_id: Arc::clone(&key_leases.0),
+            lease_id: Arc::clone(&key.0),
+            own_key: Arc::clone(&key.1),
+            lease_lost: Arc::new(tokio::sync::Notify::new()),
             lease_granted: Arc::new(tokio::sync::Notify::new()),
             client: None,
             watch: None,
@@ -460,7 +463,7 @@ impl EtcdCoordinator {
             heard: None,
             keeper_spawned: false,
             writer_started: Arc::clone(&writer_started),
-            put_lease: Arc::clone(&key_leases.1),
+            put_lease: Arc::new(AtomicI64::new(0)),
         };
         std::thread::Builder::new()
             .name("etcd-coordinator".into())
@@ -494,7 +497,7 @@ impl EtcdCoordinator {
             members,
             left: left_rx,
             writer_started,
-            key_leases,
+            key,
             _stop: stop_tx,
         })
     }
@@ -631,7 +634,7 @@ impl Coordinator for EtcdCoordinator {
         self.holds()
     }
 
-    fn live_members(&mut self) -> Result<Option<Vec<String>>, CoordError> {
+    fn live_members(&mut self) -> Result<Option<Vec<LiveMember>>, CoordError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.send(Cmd::ReadMembers(tx))?;
         match rx.recv_timeout(self.answer_wait()) {
@@ -656,16 +659,24 @@ impl Coordinator for EtcdCoordinator {
         };
         // A standby the active cannot see on etcd is not counted by a release, which then goes
         // through while this node lives on, stopped or slow, and would find the group free
-        // but for the recorded stop; nor can a switchover pick it. It is ready only once its
-        // key stands on the lease it holds now (an expired lease took the key with it).
-        let (lease, put) = (
-            self.key_leases.0.load(Ordering::Relaxed),
-            self.key_leases.1.load(Ordering::Relaxed),
-        );
+        // but for the recorded stop; nor can a switchover pick it. It is ready only once etcd
+        // shows its key on the lease it holds now: what its watch delivered, not what its
+        // writer believes (an expired lease took the key with it before the keeper noticed;
+        // a twin under the same name, or an operator, replaced or deleted it).
+        let lease = self.key.0.load(Ordering::Relaxed);
+        let shown = self.key.1.on_etcd.load(Ordering::Relaxed);
         silent.or_else(|| {
-            (put == 0 || lease != put).then(|| {
-                "this node's member key is not on etcd yet: the active would not count it"
-                    .to_string()
+            (lease == 0 || shown != lease).then(|| {
+                let why = match shown {
+                    0 => "this node's member key is not on etcd",
+                    _ if lease == 0 => "this node's member key is on a lease it no longer holds",
+                    _ => "this node's member key is on another lease than this agent's (another agent under this node's name?)",
+                };
+                let last = lock(&self.key.1.put_error)
+                    .as_ref()
+                    .map(|e| format!(" (last put: {e})"))
+                    .unwrap_or_default();
+                format!("{why}{last}: the active would not count this node")
             })
         })
     }
@@ -789,6 +800,10 @@ struct OwnStops {
     /// one would free the group next to the released service; review 33, H1). Until the
     /// next claim.
     acknowledged: bool,
+    /// The oldest in doubt were dropped for the bound: any stop of this node's that commits
+    /// above `expect` is taken for one of them (only this node writes records under its name),
+    /// or a forgotten one that landed late would hold the group stopped for good.
+    forgot: bool,
 }
 
 impl OwnStops {
@@ -799,19 +814,36 @@ impl OwnStops {
         }
         if expect != self.expect {
             self.doubtful.clear();
+            self.forgot = false;
             self.expect = expect;
         }
         if self.doubtful.len() >= MAX_DOUBTFUL_STOPS {
             tracing::warn!("etcd: too many stops of failover in doubt; forgetting the oldest");
             self.doubtful.remove(0);
+            self.forgot = true;
         }
         self.doubtful.push(record);
+    }
+
+    /// What `record`, seen at `rev`, says of the stops in doubt: None, nothing (none in doubt,
+    /// or not newer than what they compared); Some(true), one of them committed; Some(false),
+    /// the key moved on without them, and they never can.
+    fn landed(&self, record: &LeaderRecord, rev: i64, node: &str) -> Option<bool> {
+        (!self.doubtful.is_empty() && rev > self.expect).then(|| {
+            self.doubtful.contains(record)
+                || (self.forgot && record.node == node && record.stopped.is_some())
+        })
+    }
+
+    fn clear_doubts(&mut self) {
+        self.doubtful.clear();
+        self.forgot = false;
     }
 
     /// A write of ours committed at `rev`: whatever was in doubt compared an older revision
     /// and can never commit; an adopted stop was replaced.
     fn ours_committed(&mut self) {
-        self.doubtful.clear();
+        self.clear_doubts();
         self.adopted = None;
     }
 
@@ -843,6 +875,11 @@ struct Task {
     seen: Arc<Mutex<LeaderSeen>>,
     /// This node's backstop lease (0 while none is granted).
     lease_id: Arc<AtomicI64>,
+    /// Shared with the coordinator: see [`OwnKey`].
+    own_key: Arc<OwnKey>,
+    /// Told by the member writer when etcd no longer knows the lease: the keeper grants a new
+    /// one now rather than at its next keep-alive.
+    lease_lost: Arc<tokio::sync::Notify>,
     /// Told by the keeper when it granted a lease: the member writer, waiting for one, puts
     /// the key at once rather than on its next retry.
     lease_granted: Arc<tokio::sync::Notify>,
@@ -1142,16 +1179,17 @@ impl Task {
         }
     }
 
-    /// The names under `members/` other than this node's, read now (etcd's default,
-    /// linearizable read) on a task of its own: a holder's renewals go on meanwhile (read on
-    /// this loop, a slow etcd let the lease lapse and the guardian kill the very service a
-    /// release was to keep). A key hangs on its agent's backstop lease, so each one stands for
-    /// an agent alive a moment ago, whether or not the watch delivered its record yet. The
-    /// cache is left alone: a dead agent's key, alive until its lease ends, must not make its
-    /// record look fresh to every other decision.
+    /// The keys under `members/` other than this node's, with their records, read now (etcd's
+    /// default, linearizable read) on a task of its own: a holder's renewals go on meanwhile
+    /// (read on this loop, a slow etcd let the lease lapse and the guardian kill the very
+    /// service a release was to keep). A key hangs on its agent's backstop lease, so each one
+    /// stands for an agent alive a moment ago, whether or not the watch delivered its record
+    /// yet; its record says which agent (a restarted node's key is the new run's while the
+    /// cache may still hold the old one). The cache is left alone: a dead agent's key, alive
+    /// until its lease ends, must not make its record look fresh to every other decision.
     fn read_members(
         &mut self,
-        reply: std::sync::mpsc::SyncSender<Result<Vec<String>, CoordError>>,
+        reply: std::sync::mpsc::SyncSender<Result<Vec<LiveMember>, CoordError>>,
     ) {
         let mut client = match self.client() {
             Ok(c) => c,
@@ -1165,10 +1203,7 @@ impl Task {
         tokio::spawn(async move {
             let got = tokio::time::timeout(
                 Duration::from_secs(2),
-                client.get(
-                    prefix.clone(),
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                ),
+                client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
             )
             .await;
             let answer = match got {
@@ -1182,7 +1217,18 @@ impl Task {
                     .filter_map(|kv| {
                         let name = kv.key().strip_prefix(prefix.as_bytes())?;
                         let name = std::str::from_utf8(name).ok()?;
-                        (name != own && is_valid_node_name(name)).then(|| name.to_owned())
+                        if name == own || !is_valid_node_name(name) {
+                            return None;
+                        }
+                        // Unreadable or oversized: the key alone speaks for a live agent.
+                        let record = (kv.value().len() <= MAX_MEMBER_BYTES)
+                            .then(|| serde_json::from_slice::<MemberRecord>(kv.value()).ok())
+                            .flatten()
+                            .filter(|r| r.node.name == name);
+                        Some(LiveMember {
+                            name: name.to_owned(),
+                            record,
+                        })
                     })
                     .collect()),
             };
@@ -1811,9 +1857,13 @@ impl Task {
                     rx,
                     leaving,
                     self.s.members_prefix(),
-                    Arc::clone(&self.lease_id),
-                    Arc::clone(&self.put_lease),
-                    Arc::clone(&self.lease_granted),
+                    WriterLeases {
+                        lease: Arc::clone(&self.lease_id),
+                        put_lease: Arc::clone(&self.put_lease),
+                        granted: Arc::clone(&self.lease_granted),
+                        lost: Arc::clone(&self.lease_lost),
+                        own_key: Arc::clone(&self.own_key),
+                    },
                 ));
             }
         }
@@ -1835,6 +1885,11 @@ impl Task {
             .any(|kv| kv.key() == self.s.epoch_key().as_bytes())
         {
             self.epoch_key.1 = 0;
+        }
+        let own_key = format!("{}{}", self.s.members_prefix(), self.s.node);
+        if !resp.kvs().iter().any(|kv| kv.key() == own_key.as_bytes()) {
+            *lock(&self.namesake) = None;
+            self.own_key.on_etcd.store(0, Ordering::Relaxed);
         }
         for kv in resp.kvs() {
             if kv.key() == self.s.leader_key().as_bytes() {
@@ -1918,6 +1973,7 @@ impl Task {
             return;
         }
         if name == self.s.node {
+            self.own_key.on_etcd.store(kv.lease(), Ordering::Relaxed);
             // Dated on receipt, like every record read from etcd: the key hangs on its writer's
             // lease, so it is there only while that agent lived a moment ago.
             let rec = serde_json::from_slice::<MemberRecord>(kv.value())
@@ -1957,9 +2013,7 @@ impl Task {
         // alone: our exact record can only appear after it if it never mattered.
         let own = &self.own_stops;
         let landed = match &record {
-            Some(Ok(r)) if !own.doubtful.is_empty() && rev > own.expect => {
-                Some(own.doubtful.contains(r))
-            }
+            Some(Ok(r)) => own.landed(r, rev, &self.s.node),
             _ => None,
         };
         let adopting = landed == Some(true) && self.lease.holds();
@@ -1989,9 +2043,9 @@ impl Task {
         }
         match landed {
             // The key moved on without them: their compare can never hold any more.
-            Some(false) => self.own_stops.doubtful.clear(),
+            Some(false) => self.own_stops.clear_doubts(),
             Some(true) => {
-                self.own_stops.doubtful.clear();
+                self.own_stops.clear_doubts();
                 if self.lease.holds() {
                     // Still holding: renewals go on from it (the held record, which has no
                     // stop, replaces it at the next one), rather than finding the key changed
@@ -2087,6 +2141,7 @@ impl Task {
                         members.remove(name);
                     } else {
                         *lock(&self.namesake) = None;
+                        self.own_key.on_etcd.store(0, Ordering::Relaxed);
                     }
                 }
             } else {
@@ -2103,6 +2158,7 @@ impl Task {
     fn spawn_lease_keeper(&self, client: Client) {
         let lease = Arc::clone(&self.lease_id);
         let granted_tx = Arc::clone(&self.lease_granted);
+        let lost = Arc::clone(&self.lease_lost);
         let ttl = self.s.backstop_ttl.as_secs().max(1) as i64;
         tokio::spawn(async move {
             let mut client = client;
@@ -2117,11 +2173,24 @@ impl Task {
                 };
                 lease.store(granted, Ordering::Relaxed);
                 granted_tx.notify_one();
-                let Ok((mut keeper, mut stream)) = client.lease_keep_alive(granted).await else {
-                    continue;
+                let (mut keeper, mut stream) = match client.lease_keep_alive(granted).await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        // Not granted again at once: a lasting refusal would grant lease after
+                        // lease, each left to expire, and the key would never settle on one.
+                        tracing::warn!("etcd: cannot keep the backstop lease alive: {e}");
+                        lease.store(0, Ordering::Relaxed);
+                        tokio::time::sleep(RETRY * 5).await;
+                        continue;
+                    }
                 };
                 loop {
-                    tokio::time::sleep(Duration::from_millis(ttl as u64 * 1000 / 3)).await;
+                    let pause = Duration::from_millis(ttl as u64 * 1000 / 3);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        // The writer found it unknown to etcd: expired meanwhile.
+                        _ = lost.notified() => break,
+                    }
                     if keeper.keep_alive().await.is_err() {
                         break;
                     }
@@ -2168,22 +2237,56 @@ async fn delete_if_ours(
     Ok(())
 }
 
-/// Writes this node's member record whenever it changes (the newest wins; nothing queues).
-/// Once the record is removed (the agent stops), deletes the key and tells `left`: a put
-/// still in flight then cannot land after the delete and outlive the agent.
+/// The leases and signals the member writer shares with the keeper and the coordinator.
+struct WriterLeases {
+    /// The backstop lease held now (0: none).
+    lease: Arc<AtomicI64>,
+    /// The lease of the writer's last successful put (see [`Task::put_lease`]).
+    put_lease: Arc<AtomicI64>,
+    /// Told by the keeper when it granted a lease.
+    granted: Arc<tokio::sync::Notify>,
+    /// Told by the writer when etcd does not know the lease any more.
+    lost: Arc<tokio::sync::Notify>,
+    own_key: Arc<OwnKey>,
+}
+
+/// Whether this node's member key stands on etcd, shared by the etcd task and the
+/// coordinator's readiness ([`Coordinator::unreachable`]).
+#[derive(Debug, Default)]
+struct OwnKey {
+    /// The lease etcd last showed the key on, through the watch or a snapshot (0: absent).
+    on_etcd: AtomicI64,
+    /// Why the last put failed; cleared by the next one that succeeds.
+    put_error: Mutex<Option<String>>,
+}
+
+/// How long a put of the member record may take: a stalled connection must not keep the
+/// writer from the next record, nor the agent's stop from its key.
+const PUT_WAIT: Duration = Duration::from_secs(2);
+
+/// Writes this node's member record whenever it changes (the newest wins; nothing queues),
+/// and again on each new lease. Once the record is removed (the agent stops), deletes the key
+/// and tells `left`: a put still in flight then cannot land after the delete and outlive the
+/// agent.
 async fn member_writer(
     mut client: Client,
     mut rx: watch::Receiver<Option<MemberRecord>>,
     (left, removed): Leaving,
     prefix: String,
-    lease: Arc<AtomicI64>,
-    put_lease: Arc<AtomicI64>,
-    lease_granted: Arc<tokio::sync::Notify>,
+    leases: WriterLeases,
 ) {
+    let WriterLeases {
+        lease,
+        put_lease,
+        granted,
+        lost,
+        own_key,
+    } = leases;
     let mut last_key: Option<String> = None;
     loop {
         let rec = rx.borrow_and_update().clone();
-        let result = match &rec {
+        // Err(None): nothing to say (no lease yet, the keeper is on it).
+        let result: Result<(), Option<String>> = match &rec {
             Some(rec) => match serde_json::to_vec(rec) {
                 Ok(json) => {
                     let key = format!("{prefix}{}", rec.node.name);
@@ -2192,13 +2295,37 @@ async fn member_writer(
                     // live member for good, and refuse every later release of the group
                     // (review 27, N3). Without one yet (or revoked at the agent's stop), wait.
                     match lease.load(Ordering::Relaxed) {
-                        0 => Err(etcd_client::Error::InvalidArgs(
-                            "no backstop lease yet".into(),
-                        )),
-                        id => client
-                            .put(key, json, Some(PutOptions::new().with_lease(id)))
-                            .await
-                            .map(|_| put_lease.store(id, Ordering::Relaxed)),
+                        0 => Err(None),
+                        id => {
+                            let put = client.put(key, json, Some(PutOptions::new().with_lease(id)));
+                            match tokio::time::timeout(PUT_WAIT, put).await {
+                                Ok(Ok(_)) => {
+                                    put_lease.store(id, Ordering::Relaxed);
+                                    Ok(())
+                                }
+                                Ok(Err(e)) => {
+                                    if is_not_found(&e)
+                                        && lease
+                                            .compare_exchange(
+                                                id,
+                                                0,
+                                                Ordering::Relaxed,
+                                                Ordering::Relaxed,
+                                            )
+                                            .is_ok()
+                                    {
+                                        // Expired on etcd before its keeper's next keep-alive
+                                        // (a long freeze or suspend): the key went with it.
+                                        lost.notify_one();
+                                    }
+                                    Err(Some(e.to_string()))
+                                }
+                                Err(_) => Err(Some(format!(
+                                    "no answer within {} ms",
+                                    PUT_WAIT.as_millis()
+                                ))),
+                            }
+                        }
                     }
                 }
                 Err(_) => Ok(()),
@@ -2219,20 +2346,44 @@ async fn member_writer(
                 if gone.is_ok() && removed.load(Ordering::SeqCst) {
                     let _ = left.try_send(());
                 }
-                gone
+                gone.map_err(|e| Some(e.to_string()))
             }
         };
-        if let Err(e) = result {
-            tracing::debug!("etcd: cannot write the member record: {e}");
-            // A lease granted meanwhile ends the wait: until the key is put, this node is not
-            // ready (see `unreachable`).
-            let _ = tokio::time::timeout(RETRY, lease_granted.notified()).await;
-            rx.mark_changed();
+        match result {
+            Ok(()) => *lock(&own_key.put_error) = None,
+            Err(why) => {
+                if let Some(e) = why {
+                    // Said once per cause: a put refused for good (a role without write on the
+                    // members' keys) keeps the node not ready, and must not hide at debug.
+                    let mut last = lock(&own_key.put_error);
+                    if last.as_deref() != Some(e.as_str()) {
+                        tracing::warn!("etcd: cannot write this node's member record: {e}");
+                        *last = Some(e);
+                    }
+                }
+                // A lease granted meanwhile ends the wait: until the key is put, this node is
+                // not ready (see `unreachable`).
+                let _ = tokio::time::timeout(RETRY, granted.notified()).await;
+                rx.mark_changed();
+            }
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // A new lease (the old one expired or its keep-alive broke): the key moves to it
+            // now, not at the agent's next record.
+            _ = granted.notified() => {}
         }
     }
+}
+
+/// etcd's answer to a put on a lease it does not know (expired or revoked): gRPC's NOT_FOUND
+/// (5), which a put returns for nothing else.
+fn is_not_found(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 5)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -2310,6 +2461,55 @@ mod tests {
             o.doubt(stop_record(pid), 5);
         }
         assert_eq!(o.doubtful.len(), MAX_DOUBTFUL_STOPS);
+    }
+
+    /// Which record seen on the key is one of this node's stops in doubt. Past the bound, the
+    /// oldest are dropped, yet one of them may still commit: a stop of this node's above the
+    /// compare is then taken for ours (review 34, L5), or the group would stay stopped for good.
+    #[tokio::test]
+    async fn a_stop_in_doubt_is_known_when_it_lands_even_once_dropped_for_the_bound() {
+        let mut o = OwnStops::default();
+        assert_eq!(o.landed(&stop_record(1), 9, "a"), None, "nothing in doubt");
+        o.doubt(stop_record(1), 5);
+        assert_eq!(
+            o.landed(&stop_record(1), 5, "a"),
+            None,
+            "not newer than the compare"
+        );
+        assert_eq!(o.landed(&stop_record(1), 6, "a"), Some(true));
+        assert_eq!(
+            o.landed(&stop_record(2), 6, "a"),
+            Some(false),
+            "not one sent"
+        );
+        for pid in 2..(MAX_DOUBTFUL_STOPS as u32 + 5) {
+            o.doubt(stop_record(pid), 5);
+        }
+        assert!(
+            !o.doubtful.contains(&stop_record(1)),
+            "the oldest was dropped"
+        );
+        assert_eq!(
+            o.landed(&stop_record(1), 6, "a"),
+            Some(true),
+            "dropped, yet ours"
+        );
+        assert_eq!(
+            o.landed(&stop_record(1), 6, "b"),
+            Some(false),
+            "another node's record is never ours"
+        );
+        let renewal = LeaderRecord {
+            stopped: None,
+            ..stop_record(1)
+        };
+        assert_eq!(o.landed(&renewal, 6, "a"), Some(false), "no stop in it");
+        o.doubt(stop_record(1), 7);
+        assert_eq!(
+            o.landed(&stop_record(0), 8, "a"),
+            Some(false),
+            "a new compare starts a new count"
+        );
     }
 
     #[test]

@@ -217,7 +217,7 @@ pub trait Coordinator: Send {
     /// (not from a cache that may trail): for a decision that must not rest on records that
     /// may be late or stale (a release while another member lives makes two actives). `None`
     /// when the coordinator has nothing beyond the records (a lock file).
-    fn live_members(&mut self) -> Result<Option<Vec<String>>, CoordError> {
+    fn live_members(&mut self) -> Result<Option<Vec<LiveMember>>, CoordError> {
         Ok(None)
     }
     /// Stop failover for the group (see [`StopMark`]): recorded durably, while this node still
@@ -232,6 +232,16 @@ pub trait Coordinator: Send {
     /// (the one that would be cleared, not a cached copy): its Err refuses, as
     /// [`CoordError::FailoverStopped`], and nothing is cleared.
     fn start_failover(&mut self, allow: Allow) -> Result<Option<StopMark>, CoordError>;
+}
+
+/// Another node's key as [`Coordinator::live_members`] found it, with the record it holds then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveMember {
+    pub name: String,
+    /// The record read with the key (None: unreadable). A release judges the agent by it, not
+    /// by the cache: the cache may still hold an earlier run of the same node, whose agent is
+    /// gone, while the key is the new run's.
+    pub record: Option<MemberRecord>,
 }
 
 /// The epochs a node took for its service as the active (handed out by

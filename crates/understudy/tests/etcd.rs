@@ -205,7 +205,7 @@ fn a_standby_is_ready_only_once_its_member_key_is_on_etcd() {
         };
         said_why |= s["waiting"]
             .as_str()
-            .is_some_and(|w| w.contains("member key is not on etcd yet"));
+            .is_some_and(|w| w.contains("member key is not on etcd"));
         if s["ready"] == true {
             ready = true;
             assert!(
@@ -224,6 +224,44 @@ fn a_standby_is_ready_only_once_its_member_key_is_on_etcd() {
         said_why,
         "b never said its key was missing while it was held back"
     );
+    w.finish();
+}
+
+/// Readiness follows what etcd holds, not what the agent last wrote (review 34, M2): b's lease
+/// revoked (as when it expired during a freeze longer than `backstop_ttl`), its key goes with
+/// it, and b is not ready at once. Its next put, refused for the unknown lease, has the keeper
+/// grant a new one now, not at its next keep-alive (`backstop_ttl / 3`, 10 s here), and b is
+/// ready again with its key back on the new lease.
+#[test]
+fn a_standby_whose_key_etcd_dropped_is_not_ready_until_it_is_put_again() {
+    let etcd = Etcd::on_loopback();
+    let mut g = group(&etcd, "backstop_ttl = \"30s\"");
+    let (w, _) = start_pair(&mut g);
+    let key = "/understudy/g/members/b";
+    let lease_of = || {
+        let out = etcd.ctl(&["get", key, "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl json");
+        v["kvs"][0]["lease"].as_i64()
+    };
+    let old = lease_of().expect("b's key on a lease");
+    let revoked = etcd.ctl(&["lease", "revoke", &format!("{old:x}")]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let t = Instant::now();
+    let s = g.wait_status("b", "not ready for its key", 2 * S, |s| s["ready"] == false);
+    assert!(
+        s["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("member key")),
+        "{s}"
+    );
+    g.wait_status("b", "ready again", 5 * S, |s| s["ready"] == true);
+    assert!(
+        t.elapsed() < 5 * S,
+        "b waited for its keeper's keep-alive ({:?})",
+        t.elapsed()
+    );
+    let new = lease_of().expect("b ready without its key on etcd");
+    assert_ne!(new, old, "b's key is back on the revoked lease");
     w.finish();
 }
 
