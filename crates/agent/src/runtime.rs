@@ -664,8 +664,12 @@ impl Runtime {
             expired: self.shared.fence.expired(),
         };
         let ns_here = understudy_coordinator::pid_ns().is_some();
+        // Gone also when its pid now holds another process (review 35, L8): the key is a dead
+        // agent's, alive only until its lease ends.
         let gone_here = |rec: &MemberRecord| {
-            understudy_coordinator::same_host(rec) && !procwatch::can_act(rec.node.agent_pid)
+            understudy_coordinator::same_host(rec)
+                && (!procwatch::can_act(rec.node.agent_pid)
+                    || !is_its_writer(rec, procwatch::start_ticks, procwatch::started_unix_ms))
         };
         judge_for_release(peers, &self.seen, live, now, ns_here, gone_here, |rec| {
             is_its_writer(rec, procwatch::start_ticks, procwatch::started_unix_ms)

@@ -670,7 +670,7 @@ impl Coordinator for EtcdCoordinator {
                 let why = match shown {
                     0 => "this node's member key is not on etcd",
                     _ if lease == 0 => "this node's member key is on a lease it no longer holds",
-                    _ => "this node's member key is on another lease than this agent's (another agent under this node's name?)",
+                    _ => "this node's member key is on another lease than the one this agent holds now (being moved to it; if this lasts, another agent may run under this node's name)",
                 };
                 let last = lock(&self.key.1.put_error)
                     .as_ref()
@@ -800,9 +800,9 @@ struct OwnStops {
     /// one would free the group next to the released service; review 33, H1). Until the
     /// next claim.
     acknowledged: bool,
-    /// The oldest in doubt were dropped for the bound: any stop of this node's that commits
-    /// above `expect` is taken for one of them (only this node writes records under its name),
-    /// or a forgotten one that landed late would hold the group stopped for good.
+    /// The oldest in doubt were dropped for the bound: a stop like those kept (this node's, of
+    /// the same service, epoch and machine) that commits above `expect` is taken for one of
+    /// them, or a forgotten one that landed late would hold the group stopped for good.
     forgot: bool,
 }
 
@@ -829,10 +829,24 @@ impl OwnStops {
     /// or not newer than what they compared); Some(true), one of them committed; Some(false),
     /// the key moved on without them, and they never can.
     fn landed(&self, record: &LeaderRecord, rev: i64, node: &str) -> Option<bool> {
-        (!self.doubtful.is_empty() && rev > self.expect).then(|| {
-            self.doubtful.contains(record)
-                || (self.forgot && record.node == node && record.stopped.is_some())
-        })
+        // A dropped attempt differs from those kept only in what each attempt sets anew (its
+        // time, the renewal count): the stop's node, epoch and machine are the same in all.
+        let like_ours = |r: &LeaderRecord| {
+            let kept = self.doubtful.first().and_then(|d| d.stopped.as_ref());
+            match (&r.stopped, kept) {
+                (Some(m), Some(k)) => {
+                    r.node == node
+                        && m.node == k.node
+                        && m.epoch == k.epoch
+                        && m.pid == k.pid
+                        && m.boot_id == k.boot_id
+                        && m.pid_ns == k.pid_ns
+                }
+                _ => false,
+            }
+        };
+        (!self.doubtful.is_empty() && rev > self.expect)
+            .then(|| self.doubtful.contains(record) || (self.forgot && like_ours(record)))
     }
 
     fn clear_doubts(&mut self) {
@@ -2171,25 +2185,34 @@ impl Task {
                         continue;
                     }
                 };
-                lease.store(granted, Ordering::Relaxed);
-                granted_tx.notify_one();
                 let (mut keeper, mut stream) = match client.lease_keep_alive(granted).await {
                     Ok(k) => k,
                     Err(e) => {
                         // Not granted again at once: a lasting refusal would grant lease after
                         // lease, each left to expire, and the key would never settle on one.
                         tracing::warn!("etcd: cannot keep the backstop lease alive: {e}");
-                        lease.store(0, Ordering::Relaxed);
                         tokio::time::sleep(RETRY * 5).await;
                         continue;
                     }
                 };
+                // Used only once it is kept alive.
+                lease.store(granted, Ordering::Relaxed);
+                granted_tx.notify_one();
                 loop {
                     let pause = Duration::from_millis(ttl as u64 * 1000 / 3);
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
-                        // The writer found it unknown to etcd: expired meanwhile.
-                        _ = lost.notified() => break,
+                        // The writer found it unknown to etcd (expired meanwhile) and dropped
+                        // it; a wake left from an earlier lease finds this one still held.
+                        _ = lost.notified() => {
+                            if lease.load(Ordering::Relaxed) != granted {
+                                // Paced: etcd answering every put with "not found" (endpoints
+                                // of two clusters) must not have leases granted back to back.
+                                tokio::time::sleep(RETRY).await;
+                                break;
+                            }
+                            continue;
+                        }
                     }
                     if keeper.keep_alive().await.is_err() {
                         break;
@@ -2283,6 +2306,7 @@ async fn member_writer(
         own_key,
     } = leases;
     let mut last_key: Option<String> = None;
+    let mut warned: Vec<String> = Vec::new();
     loop {
         let rec = rx.borrow_and_update().clone();
         // Err(None): nothing to say (no lease yet, the keeper is on it).
@@ -2350,16 +2374,23 @@ async fn member_writer(
             }
         };
         match result {
-            Ok(()) => *lock(&own_key.put_error) = None,
+            Ok(()) => {
+                *lock(&own_key.put_error) = None;
+                warned.clear();
+            }
             Err(why) => {
                 if let Some(e) = why {
-                    // Said once per cause: a put refused for good (a role without write on the
-                    // members' keys) keeps the node not ready, and must not hide at debug.
-                    let mut last = lock(&own_key.put_error);
-                    if last.as_deref() != Some(e.as_str()) {
+                    // Said once per cause until a put succeeds, even when causes alternate: a
+                    // put refused for good (a role without write on the members' keys) keeps
+                    // the node not ready, and must not hide at debug, nor flood the log.
+                    if !warned.contains(&e) {
                         tracing::warn!("etcd: cannot write this node's member record: {e}");
-                        *last = Some(e);
+                        if warned.len() >= 8 {
+                            warned.remove(0);
+                        }
+                        warned.push(e.clone());
                     }
+                    *lock(&own_key.put_error) = Some(e);
                 }
                 // A lease granted meanwhile ends the wait: until the key is put, this node is
                 // not ready (see `unreachable`).
@@ -2406,18 +2437,20 @@ async fn next_watch(
 mod tests {
     use super::*;
 
-    fn stop_record(pid: u32) -> LeaderRecord {
+    /// Attempt `n` of a stop by node a of its service, pid 77: attempts differ in what each
+    /// sets anew (renewal count, times).
+    fn stop_record(n: u32) -> LeaderRecord {
         LeaderRecord {
             node: "a".into(),
             epoch: 3,
-            renewals: u64::from(pid),
-            unix_ms: 1,
+            renewals: u64::from(n),
+            unix_ms: u64::from(n),
             released: false,
             stopped: Some(StopMark {
                 node: "a".into(),
                 epoch: 3,
-                pid,
-                unix_ms: 1,
+                pid: 77,
+                unix_ms: u64::from(n),
                 boot_id: None,
                 pid_ns: None,
                 start_ticks: None,
@@ -2464,8 +2497,9 @@ mod tests {
     }
 
     /// Which record seen on the key is one of this node's stops in doubt. Past the bound, the
-    /// oldest are dropped, yet one of them may still commit: a stop of this node's above the
-    /// compare is then taken for ours (review 34, L5), or the group would stay stopped for good.
+    /// oldest are dropped, yet one of them may still commit: a stop like the kept ones above
+    /// the compare is then taken for ours (review 34, L5), or the group would stay stopped for
+    /// good; review 35, L7: only one like them (node, service, epoch, machine).
     #[tokio::test]
     async fn a_stop_in_doubt_is_known_when_it_lands_even_once_dropped_for_the_bound() {
         let mut o = OwnStops::default();
@@ -2504,6 +2538,15 @@ mod tests {
             ..stop_record(1)
         };
         assert_eq!(o.landed(&renewal, 6, "a"), Some(false), "no stop in it");
+        let mut other = stop_record(1);
+        if let Some(m) = other.stopped.as_mut() {
+            m.pid = 78;
+        }
+        assert_eq!(
+            o.landed(&other, 6, "a"),
+            Some(false),
+            "a stop of another service is none of these"
+        );
         o.doubt(stop_record(1), 7);
         assert_eq!(
             o.landed(&stop_record(0), 8, "a"),
