@@ -447,6 +447,7 @@ impl EtcdCoordinator {
             seen: Arc::clone(&members.seen),
             lease_id: Arc::clone(&key.0),
             own_key: Arc::clone(&key.1),
+            absorbed_at: BTreeMap::new(),
             lease_lost: Arc::new(tokio::sync::Notify::new()),
             lease_granted: Arc::new(tokio::sync::Notify::new()),
             client: None,
@@ -891,6 +892,10 @@ struct Task {
     lease_id: Arc<AtomicI64>,
     /// Shared with the coordinator: see [`OwnKey`].
     own_key: Arc<OwnKey>,
+    /// The `mod_revision` each cached member record was read at: read again unchanged (by a
+    /// resync's snapshot), a record keeps the time it was first received, or a frozen agent's
+    /// would look fresh after every resync (review 34, L6).
+    absorbed_at: BTreeMap<String, i64>,
     /// Told by the member writer when etcd no longer knows the lease: the keeper grants a new
     /// one now rather than at its next keep-alive.
     lease_lost: Arc<tokio::sync::Notify>,
@@ -1892,7 +1897,9 @@ impl Task {
         self.heard();
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut leader = None;
-        let mut fresh = BTreeMap::new();
+        // Started from the cache, so that a record read again unchanged keeps when it was first
+        // received (see `absorbed_at`); whatever the snapshot lacks goes below.
+        let mut fresh = lock(&self.cache).clone();
         if !resp
             .kvs()
             .iter()
@@ -1913,6 +1920,15 @@ impl Task {
             }
         }
         self.set_leader(leader.as_ref());
+        let prefix = self.s.members_prefix();
+        let present: std::collections::BTreeSet<&[u8]> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key().strip_prefix(prefix.as_bytes()))
+            .collect();
+        fresh.retain(|name, _| present.contains(name.as_bytes()));
+        self.absorbed_at
+            .retain(|name, _| present.contains(name.as_bytes()));
         {
             let mut cache = lock(&self.cache);
             let own = cache.remove(&self.s.node);
@@ -2006,7 +2022,12 @@ impl Task {
                     tracing::warn!("etcd: more than {MAX_MEMBERS} member records; ignoring {name}");
                     return;
                 }
-                rec.last_seen_unix_ms = unix_ms();
+                let unchanged = self.absorbed_at.get(name) == Some(&kv.mod_revision());
+                rec.last_seen_unix_ms = match members.get(name) {
+                    Some(prev) if unchanged => prev.last_seen_unix_ms,
+                    _ => unix_ms(),
+                };
+                self.absorbed_at.insert(name.to_string(), kv.mod_revision());
                 let mut v = lock(&self.view);
                 v.epoch = v.epoch.max(rec.node.epoch);
                 drop(v);
@@ -2153,6 +2174,7 @@ impl Task {
                 {
                     if name != self.s.node {
                         members.remove(name);
+                        self.absorbed_at.remove(name);
                     } else {
                         *lock(&self.namesake) = None;
                         self.own_key.on_etcd.store(0, Ordering::Relaxed);

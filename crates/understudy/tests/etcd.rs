@@ -265,6 +265,47 @@ fn a_standby_whose_key_etcd_dropped_is_not_ready_until_it_is_put_again() {
     w.finish();
 }
 
+/// Review 34, L6: a resync reads every member's key again. A record unchanged since (a frozen
+/// standby's) keeps the time it was first received: dated anew, the frozen standby looked
+/// fresh, and a switchover or failback could pick it, for five heartbeats after each resync.
+/// b is frozen until stale in a's view; then a's connection to etcd is cut (on its next put of
+/// its member key), and a, resynchronised, must never show b fresh.
+#[test]
+fn a_frozen_standby_stays_stale_across_the_actives_resync_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let proxy = DelayProxy::cutting(&etcd.endpoint, b"/members/a");
+    let mut g = group_at(&proxy.endpoint, "backstop_ttl = \"30s\"");
+    let (w, _) = start_pair(&mut g);
+    let b_in_a = || {
+        common::get_json(&g.admin("a"), "/group").and_then(|page| {
+            page["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|r| r["node"] == "b").cloned())
+        })
+    };
+    g.sigstop("b");
+    assert!(
+        common::wait_until(5 * S, || b_in_a().is_some_and(|r| r["fresh"] == false)),
+        "b never stale in a's view: {:?}",
+        b_in_a()
+    );
+    let before = g.output("a").matches("resynchronising").count();
+    proxy.arm();
+    let until = Instant::now() + 3 * S;
+    let mut resynced = false;
+    while Instant::now() < until {
+        if let Some(row) = b_in_a() {
+            assert_ne!(row["fresh"], true, "frozen b fresh in a's view: {row}");
+        }
+        resynced |= g.output("a").matches("resynchronising").count() > before;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g.sigcont("b");
+    assert!(proxy.fired(), "a's connection was never cut");
+    assert!(resynced, "a never resynchronised:\n{}", g.output("a"));
+    w.finish();
+}
+
 /// Review 25 (R25-1, R25-2) end to end, with b's agent in a pid namespace of its own (`unshare
 /// --pid`), as on another machine or in another container: its pids mean nothing to a. Its
 /// agent runs at a pid no process here has, so a must not count b gone for want of that pid in

@@ -336,7 +336,16 @@ pub fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
 /// at once but whose answer (and everything behind it on that connection, the watch's events
 /// included) comes after its sender gave up on it, as from an etcd whose replies are slow.
 /// Or ([`DelayProxy::holding_requests`]) the request itself, with everything its client sends
-/// after it: a write that reaches etcd late. Each connection gets two threads; they end with it.
+/// after it: a write that reaches etcd late. Or ([`DelayProxy::cutting`]) the connection is
+/// closed on that request, both ways, as by a reset. Each connection gets two threads; they end
+/// with it.
+#[derive(Clone, Copy)]
+enum Held {
+    Answers(Duration),
+    Request(Duration),
+    Cut,
+}
+
 pub struct DelayProxy {
     /// `http://127.0.0.1:port`, for an agent's `etcd.endpoints`.
     pub endpoint: String,
@@ -346,20 +355,21 @@ pub struct DelayProxy {
 
 impl DelayProxy {
     pub fn start(upstream: &str, pattern: &'static [u8], delay: Duration) -> DelayProxy {
-        Self::start_with(upstream, pattern, delay, false)
+        Self::start_with(upstream, pattern, Held::Answers(delay))
     }
 
     /// Holds back the request that holds `pattern` (once armed), rather than its answer.
     pub fn holding_requests(upstream: &str, pattern: &'static [u8], delay: Duration) -> DelayProxy {
-        Self::start_with(upstream, pattern, delay, true)
+        Self::start_with(upstream, pattern, Held::Request(delay))
     }
 
-    fn start_with(
-        upstream: &str,
-        pattern: &'static [u8],
-        delay: Duration,
-        requests: bool,
-    ) -> DelayProxy {
+    /// Closes the connection on the request that holds `pattern` (once armed); the request
+    /// never reaches etcd.
+    pub fn cutting(upstream: &str, pattern: &'static [u8]) -> DelayProxy {
+        Self::start_with(upstream, pattern, Held::Cut)
+    }
+
+    fn start_with(upstream: &str, pattern: &'static [u8], mode: Held) -> DelayProxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let target = upstream
@@ -420,13 +430,18 @@ impl DelayProxy {
                             && a.swap(false, Ordering::SeqCst)
                         {
                             f.store(true, Ordering::SeqCst);
-                            if requests {
-                                std::thread::sleep(delay);
-                            } else {
+                            match mode {
+                                Held::Request(delay) => std::thread::sleep(delay),
                                 // Set before the request goes on: its answer cannot slip
                                 // through.
-                                *hold.lock().unwrap_or_else(|e| e.into_inner()) =
-                                    Some(Instant::now() + delay);
+                                Held::Answers(delay) => {
+                                    *hold.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(Instant::now() + delay)
+                                }
+                                Held::Cut => {
+                                    let _ = c_rd.shutdown(std::net::Shutdown::Both);
+                                    break;
+                                }
                             }
                         }
                         let keep = seen.len().saturating_sub(pattern.len());
