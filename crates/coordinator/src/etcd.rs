@@ -1897,9 +1897,23 @@ impl Task {
         self.heard();
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut leader = None;
-        // Started from the cache, so that a record read again unchanged keeps when it was first
-        // received (see `absorbed_at`); whatever the snapshot lacks goes below.
+        // Kept from the cache: only the records the snapshot shows unchanged (at the revision
+        // they were read at), so that they keep when they were first received (see
+        // `absorbed_at`). Everything else is read anew; a name the snapshot lacks, or whose
+        // value no longer reads, goes. This node's own record is the agent's, put back below.
+        let prefix = self.s.members_prefix();
+        let unchanged: BTreeMap<String, i64> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = std::str::from_utf8(kv.key().strip_prefix(prefix.as_bytes())?).ok()?;
+                (self.absorbed_at.get(name) == Some(&kv.mod_revision()))
+                    .then(|| (name.to_owned(), kv.mod_revision()))
+            })
+            .collect();
         let mut fresh = lock(&self.cache).clone();
+        fresh.retain(|name, _| *name != self.s.node && unchanged.contains_key(name));
+        self.absorbed_at = unchanged;
         if !resp
             .kvs()
             .iter()
@@ -1920,15 +1934,6 @@ impl Task {
             }
         }
         self.set_leader(leader.as_ref());
-        let prefix = self.s.members_prefix();
-        let present: std::collections::BTreeSet<&[u8]> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| kv.key().strip_prefix(prefix.as_bytes()))
-            .collect();
-        fresh.retain(|name, _| present.contains(name.as_bytes()));
-        self.absorbed_at
-            .retain(|name, _| present.contains(name.as_bytes()));
         {
             let mut cache = lock(&self.cache);
             let own = cache.remove(&self.s.node);

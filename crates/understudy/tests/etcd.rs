@@ -303,6 +303,12 @@ fn a_frozen_standby_stays_stale_across_the_actives_resync_on_etcd() {
     g.sigcont("b");
     assert!(proxy.fired(), "a's connection was never cut");
     assert!(resynced, "a never resynchronised:\n{}", g.output("a"));
+    // The resync took: b, writing again, is fresh in a's view (a live member never kept stale).
+    assert!(
+        common::wait_until(5 * S, || b_in_a().is_some_and(|r| r["fresh"] == true)),
+        "b, continued, never fresh again in a's view: {:?}",
+        b_in_a()
+    );
     w.finish();
 }
 
