@@ -2156,7 +2156,11 @@ impl Task {
             return;
         }
         let leader_key = self.s.leader_key();
-        let mut members = std::mem::take(&mut *lock(&self.cache));
+        // Held for the whole response: taken out and put back, the cache read empty to the
+        // agent meanwhile, and an own record it wrote in between was lost (review 36). Nothing
+        // below locks it again (the fence sink only arms or disarms the guardian).
+        let cache = Arc::clone(&self.cache);
+        let mut members = lock(&cache);
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let delete = ev.event_type() == EventType::Delete;
@@ -2189,7 +2193,6 @@ impl Task {
                 self.absorb(kv, &mut members);
             }
         }
-        *lock(&self.cache) = members;
     }
 
     /// Keeps the backstop lease alive; grants a new one when it expired (e.g. after a long
