@@ -111,6 +111,9 @@ impl EtcdSettings {
     fn members_prefix(&self) -> String {
         format!("{}members/", self.group_prefix())
     }
+    fn member_key(&self, node: &str) -> String {
+        format!("{}{node}", self.members_prefix())
+    }
     /// Where the group's lock lives, for /status and logs.
     pub fn describe(&self) -> String {
         format!("etcd {} {}", self.endpoints.join(","), self.leader_key())
@@ -1181,7 +1184,7 @@ impl Task {
                 // Only the key this agent's lease holds: an agent that found its name taken by
                 // a live one (the same configuration on two machines) and exits must not
                 // delete that one's key, which counts it in for a release (review 29, M2).
-                let key = format!("{}{}", self.s.members_prefix(), self.s.node);
+                let key = self.s.member_key(&self.s.node);
                 let ours = [
                     self.put_lease.load(Ordering::Relaxed),
                     self.lease_id.load(Ordering::Relaxed),
@@ -1240,10 +1243,7 @@ impl Task {
                             return None;
                         }
                         // Unreadable or oversized: the key alone speaks for a live agent.
-                        let record = (kv.value().len() <= MAX_MEMBER_BYTES)
-                            .then(|| serde_json::from_slice::<MemberRecord>(kv.value()).ok())
-                            .flatten()
-                            .filter(|r| r.node.name == name);
+                        let record = member_record(name, kv.value());
                         Some(LiveMember {
                             name: name.to_owned(),
                             record,
@@ -1772,7 +1772,7 @@ impl Task {
     fn own_record_op(&self) -> Option<TxnOp> {
         let rec = self.own_now.borrow().clone()?;
         let json = serde_json::to_vec(&rec).ok()?;
-        let key = format!("{}{}", self.s.members_prefix(), rec.node.name);
+        let key = self.s.member_key(&rec.node.name);
         // Never without a lease: a key that outlived its agent would make every later release
         // of the group refused.
         let id = self.lease_id.load(Ordering::Relaxed);
@@ -1921,7 +1921,7 @@ impl Task {
         {
             self.epoch_key.1 = 0;
         }
-        let own_key = format!("{}{}", self.s.members_prefix(), self.s.node);
+        let own_key = self.s.member_key(&self.s.node);
         if !resp.kvs().iter().any(|kv| kv.key() == own_key.as_bytes()) {
             *lock(&self.namesake) = None;
             self.own_key.on_etcd.store(0, Ordering::Relaxed);
@@ -2011,18 +2011,15 @@ impl Task {
             self.own_key.on_etcd.store(kv.lease(), Ordering::Relaxed);
             // Dated on receipt, like every record read from etcd: the key hangs on its writer's
             // lease, so it is there only while that agent lived a moment ago.
-            let rec = serde_json::from_slice::<MemberRecord>(kv.value())
-                .ok()
-                .filter(|r| r.node.name == name)
-                .map(|r| MemberRecord {
-                    last_seen_unix_ms: unix_ms(),
-                    ..r
-                });
+            let rec = member_record(name, kv.value()).map(|r| MemberRecord {
+                last_seen_unix_ms: unix_ms(),
+                ..r
+            });
             *lock(&self.namesake) = rec.map(|r| (r, kv.mod_revision().max(0) as u64));
             return;
         }
-        match serde_json::from_slice::<MemberRecord>(kv.value()) {
-            Ok(mut rec) if rec.node.name == name && is_valid_node_name(name) => {
+        match member_record(name, kv.value()).filter(|_| is_valid_node_name(name)) {
+            Some(mut rec) => {
                 if members.len() >= MAX_MEMBERS && !members.contains_key(name) {
                     tracing::warn!("etcd: more than {MAX_MEMBERS} member records; ignoring {name}");
                     return;
@@ -2038,7 +2035,7 @@ impl Task {
                 drop(v);
                 members.insert(name.to_string(), rec);
             }
-            _ => tracing::debug!(node = name, "etcd: skipping an unreadable member record"),
+            None => tracing::debug!(node = name, "etcd: skipping an unreadable member record"),
         }
     }
 
@@ -2439,6 +2436,17 @@ async fn member_writer(
             _ = granted.notified() => {}
         }
     }
+}
+
+/// The record a member key `name` holds, when it reads as one and names that node (bounded:
+/// a record is a few hundred bytes).
+fn member_record(name: &str, value: &[u8]) -> Option<MemberRecord> {
+    if value.len() > MAX_MEMBER_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<MemberRecord>(value)
+        .ok()
+        .filter(|r| r.node.name == name)
 }
 
 /// etcd's answer to a put on a lease it does not know (expired or revoked): gRPC's NOT_FOUND
