@@ -85,11 +85,13 @@ impl IntoResponse for PlaneError {
                 err(StatusCode::NOT_FOUND, self.to_string())
             }
             PlaneError::Exists(_) => err(StatusCode::CONFLICT, self.to_string()),
-            PlaneError::Refused(r) => (
-                StatusCode::CONFLICT,
-                Json(json!({ "error": r.reason, "hint": r.hint })),
-            )
-                .into_response(),
+            PlaneError::Refused(r) => {
+                let mut body = json!({ "error": r.reason, "hint": r.hint });
+                if r.forcible {
+                    body["forcible"] = json!(true);
+                }
+                (StatusCode::CONFLICT, Json(body)).into_response()
+            }
             PlaneError::Invalid(fields) => invalid(fields),
             PlaneError::Start(m) => err(StatusCode::BAD_GATEWAY, m),
             PlaneError::Store(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -41,12 +41,16 @@ pub struct Refusal {
     pub reason: String,
     /// What to do instead.
     pub hint: String,
+    /// Whether the same call with `force` goes through: the refusal guards against a host
+    /// that cannot confirm, and the operator may answer for it (its machine is gone for good).
+    pub forcible: bool,
 }
 
 fn no(reason: &str, hint: &str) -> Result<ServerState, Refusal> {
     Err(Refusal {
         reason: reason.to_string(),
         hint: hint.to_string(),
+        forcible: false,
     })
 }
 

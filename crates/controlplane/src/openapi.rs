@@ -43,6 +43,7 @@ pub fn document() -> Value {
                 "properties": {
                     "error": { "type": "string" },
                     "hint": { "type": "string", "description": "what to do instead" },
+                    "forcible": { "type": "boolean", "description": "present and true when the same call with `?force=true` goes through: the refusal guards against a host that cannot confirm, and only an operator who knows its machine is gone for good should answer for it" },
                     "fields": { "type": "array", "items": {
                         "type": "object",
                         "properties": { "field": { "type": "string" }, "reason": { "type": "string" } }
@@ -124,7 +125,7 @@ pub fn document() -> Value {
                 "responses": { "200": json_answer("recorded", json!({"type": "object"})), "415": json_answer("not JSON", error_ref()), "422": json_answer("bad report", error_ref()) }
             } },
             "/api/servers": {
-                "get": { "summary": "every server with its failover state, live", "responses": { "200": json_answer("the inventory", json!({"type": "object"})) } },
+                "get": { "summary": "every server with its failover state, live; `hosts` names where a server can be placed, `host_states` each remote host: `connected`, its last report while it is dark (`last_seen_unix_ms`), `forgotten_unix_ms` once forgotten", "responses": { "200": json_answer("the inventory", json!({"type": "object"})) } },
                 "post": {
                     "summary": "add a trading server (stopped)",
                     "security": [{ "bearer": [] }],

@@ -242,6 +242,32 @@ impl Plane {
         h
     }
 
+    /// Each remote host's connection, for the live view: what the dashboard offers for it (a
+    /// dark host may be forgotten). Only what changes when a host goes dark or comes back, so
+    /// that a host's every report does not re-render the page: its last report's time only
+    /// while it is dark.
+    fn host_states(&self) -> Vec<Value> {
+        let now = unix_ms();
+        let forgotten = self.store.forgotten_hosts().unwrap_or_default();
+        let Ok(all) = self.store.hosts() else {
+            return Vec::new();
+        };
+        all.into_iter()
+            .filter(|(name, _)| name != LOCAL_HOST)
+            .map(|(name, (_, seen, _))| {
+                let connected = now.saturating_sub(seen) <= HOST_STALE.as_millis() as u64;
+                let mut h = json!({ "name": name, "connected": connected });
+                if !connected {
+                    h["last_seen_unix_ms"] = json!(seen);
+                }
+                if let Some(at) = forgotten.get(&name) {
+                    h["forgotten_unix_ms"] = json!(at);
+                }
+                h
+            })
+            .collect()
+    }
+
     /// Hosts with their address, connection and what runs there, for the API.
     pub fn hosts_json(&self) -> Result<Value, PlaneError> {
         let now = unix_ms();
@@ -304,6 +330,7 @@ impl Plane {
             return Err(PlaneError::Refused(Refusal {
                 reason: "the built-in host runs inside this control plane".into(),
                 hint: "only a remote host (`understudy host`) can be forgotten".into(),
+                forcible: false,
             }));
         }
         let now = unix_ms();
@@ -332,6 +359,7 @@ impl Plane {
                         servers.join(", ")
                     ),
                     hint: "only if the machine is certainly dead (powered off, not cut off): forget-host --force".into(),
+                    forcible: true,
                 }));
             }
         }
@@ -363,6 +391,7 @@ impl Plane {
                     answering.join(", ")
                 ),
                 hint: "start `understudy host` there again; forget only a host whose machine is gone for good".into(),
+                forcible: false,
             }));
         }
         let last = match self.store.forget_host(host, silent_since, now)? {
@@ -392,6 +421,7 @@ impl Plane {
         Err(PlaneError::Refused(Refusal {
             reason: format!("{what} is placed on host {host}, which was declared gone for good"),
             hint: "place it on another host (add-failover, or edit and import the configuration), or start `understudy host` there again if the machine is back".into(),
+            forcible: false,
         }))
     }
 
@@ -608,6 +638,7 @@ impl Plane {
                 running.join(", ")
             ),
             hint: "bring that host back so that it stops the agent (or stop it there), then try again; if its machine is gone for good: `ctl forget-host HOST`".into(),
+            forcible: false,
         }))
     }
 
@@ -630,6 +661,7 @@ impl Plane {
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!("server {name} cannot be told to stop: {why}; it stays running"),
                     hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
+                    forcible: true,
                 }));
             }
         }
@@ -643,6 +675,7 @@ impl Plane {
                         "host {host} did not confirm that server {name} stopped ({e}): it may still run, so it stays running here (its host stops it when it is back)"
                     ),
                     hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
+                    forcible: true,
                 }));
             }
             warn!(server = %name, "stop not confirmed, Stopped on the operator's word (--force): {e}");
@@ -1328,6 +1361,7 @@ impl Plane {
                     dark.join(", ")
                 ),
                 hint: "bring that host back (or its `understudy host` process), then stop failover again; if its machine is gone for good: `ctl forget-host HOST`".into(),
+                forcible: false,
             }));
         }
         // The standbys' wants as they were, to put back as they were if the stop is refused (an
@@ -1352,6 +1386,7 @@ impl Plane {
                     names.join(", ")
                 ),
                 hint: "bring that host back (or its `understudy host` process), then stop failover again; if its machine is gone for good: `ctl forget-host HOST`".into(),
+                forcible: false,
             }));
         }
         if let Some((a, st)) = &active {
@@ -1389,6 +1424,7 @@ impl Plane {
             return Err(PlaneError::Refused(Refusal {
                 reason: format!("the active node {} reports no running service", a.name),
                 hint: "wait until the active's service runs, then try again".into(),
+                forcible: false,
             }));
         };
         self.store.put_desired(
@@ -1501,6 +1537,7 @@ impl Plane {
                     reason: format!("{} did not hand its service over ({code}): {why}", a.name),
                     hint: "failover keeps running with the active alone; try stop failover again"
                         .into(),
+                    forcible: false,
                 }));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1530,6 +1567,7 @@ impl Plane {
             return Err(PlaneError::Refused(Refusal {
                 reason: "no node of the group is active right now".into(),
                 hint: "wait for the takeover to finish, then try again".into(),
+                forcible: false,
             }));
         };
         let pending: Vec<&str> = f
@@ -1546,6 +1584,7 @@ impl Plane {
                 ),
                 hint: "wait until every standby shows its configuration applied, then switch over"
                     .into(),
+                forcible: false,
             }));
         }
         let mut url = self.agent_url(&self.node_admin(&active), "/service/switchover");
@@ -1562,6 +1601,7 @@ impl Plane {
             return Err(PlaneError::Refused(Refusal {
                 reason: format!("{} refused the switchover: {why}", active.name),
                 hint: "wait until a standby is ready (see the dashboard), then try again".into(),
+                forcible: false,
             }));
         }
         let done: Switchover = serde_json::from_slice(&body).map_err(|e| {
@@ -1591,7 +1631,7 @@ impl Plane {
         for row in self.store.servers()? {
             servers.push(self.server_view(&row, &live)?);
         }
-        Ok(json!({ "servers": servers, "hosts": self.hosts() }))
+        Ok(json!({ "servers": servers, "hosts": self.hosts(), "host_states": self.host_states() }))
     }
 
     /// One server as the API shows it.
@@ -1913,12 +1953,6 @@ impl Plane {
     }
 }
 
-/// May a changed configuration replace `row`'s while it runs? A stopped server: yes. A plain
-/// running server: no (it would need a restart behind the operator's back). A server running
-/// with failover: yes when no node moves (same hosts, failover neither added nor removed) —
-/// `Ok(true)`: the standbys restart with it at once and count as not ready until they have; the
-/// active keeps its configuration until it is a standby (after a switchover), never swapped
-/// under it or silently at a takeover.
 /// forget-host's refusal of a host that reported at `at` (Unix ms).
 fn reported(host: &str, now: u64, at: u64) -> PlaneError {
     PlaneError::Refused(Refusal {
@@ -1927,9 +1961,16 @@ fn reported(host: &str, now: u64, at: u64) -> PlaneError {
             now.saturating_sub(at) as f64 / 1000.0
         ),
         hint: "forget only a host whose machine is gone for good; to take processes off a live host, stop them through the control plane".into(),
+        forcible: false,
     })
 }
 
+/// May a changed configuration replace `row`'s while it runs? A stopped server: yes. A plain
+/// running server: no (it would need a restart behind the operator's back). A server running
+/// with failover: yes when no node moves (same hosts, failover neither added nor removed) —
+/// `Ok(true)`: the standbys restart with it at once and count as not ready until they have; the
+/// active keeps its configuration until it is a standby (after a switchover), never swapped
+/// under it or silently at a takeover.
 fn running_change(row: &ServerRow, new: &ServerConfig) -> Result<bool, String> {
     match row.state {
         ServerState::Stopped => Ok(false),

@@ -1158,6 +1158,10 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
     let (code, v) = plane.ctl(&["forget-host", "h2"]);
     assert_ne!(code, 0, "{v}");
     assert!(v.to_string().contains("reported"), "{v}");
+    // Not a refusal the operator's word overrides: the host is up.
+    let (code, v) = plane.send("DELETE", "/api/hosts/h2", json!({}));
+    assert_eq!(code, 409, "{v}");
+    assert!(v.get("forcible").is_none(), "{v}");
     assert_ne!(plane.ctl(&["forget-host", "local"]).0, 0);
     let (code, v) = plane.send("DELETE", "/api/hosts/nowhere", json!({}));
     assert_eq!(code, 404, "{v}");
@@ -1237,6 +1241,9 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
     let (code, v) = plane.ctl(&["forget-host", "h2"]);
     assert_ne!(code, 0, "forgot a host that last ran a plain server: {v}");
     assert!(v.to_string().contains("server:px"), "{v}");
+    // The operator's word overrides this one (the dashboard then offers to force it).
+    let (code, v) = plane.send("DELETE", "/api/hosts/h2", json!({}));
+    assert_eq!((code, &v["forcible"]), (409, &json!(true)), "{v}");
     plane.ctl_ok(&["forget-host", "h2", "--force"]);
     plane.ctl_ok(&["stop-server", "px"]);
     assert_eq!(plane.server("px")["state"], "stopped");

@@ -3,7 +3,9 @@
 //! runs → stop the server → start failover → see it active → kill -9 the active's agent → the
 //! failure event appears in the page with its timeline → switch over → stop failover (the active's
 //! service still runs) → delete failover. With `UNDERSTUDY_SCREENSHOTS=DIR` it saves a screenshot of
-//! each step there (docs/dashboard/ holds the committed ones).
+//! each step there (docs/dashboard/ holds the committed ones). A second test: a machine dies with a
+//! plain server on it, and the operator stops the server and forgets the host from the page, both
+//! forced on their word.
 
 mod common;
 mod skip;
@@ -165,32 +167,49 @@ impl Drop for KillLeftovers {
     }
 }
 
-#[test]
-fn the_dashboard_story_in_a_real_browser() {
-    let (Some(chromium), Some(driver)) = (which("chromium"), which("chromedriver")) else {
-        return skip::skip(
-            "the_dashboard_story_in_a_real_browser",
-            "chromium and chromedriver are not installed (Debian: chromium chromium-driver)",
-        );
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let log = dir.path().join("service.log");
-    let _leftovers = KillLeftovers(dir.path().to_path_buf());
+/// chromium and chromedriver, or None with `test` reported skipped.
+fn browser_tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+    match (which("chromium"), which("chromedriver")) {
+        (Some(chromium), Some(driver)) => Some((chromium, driver)),
+        _ => {
+            skip::skip(
+                test,
+                "chromium and chromedriver are not installed (Debian: chromium chromium-driver)",
+            );
+            None
+        }
+    }
+}
+
+/// `understudy serve` on a free address with its database in `data`, answering.
+fn start_plane(data: &Path) -> (Proc, String) {
     let addr = free_addr();
-    let _serve = Proc::spawn(
+    let serve = Proc::spawn(
         Command::new(BIN)
             .args(["serve", "--listen", &addr, "--data"])
-            .arg(&data)
+            .arg(data)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
     .expect("serve");
+    assert!(wait_until(Duration::from_secs(15), || get(
+        &addr,
+        "/api/health"
+    )["ok"]
+        == true));
+    (serve, addr)
+}
+
+/// Runs `f` in a headless Chromium driven through a chromedriver started here, in its own
+/// process group so that the browsers it starts die with it.
+fn in_browser(
+    (chromium, driver): (PathBuf, PathBuf),
+    f: impl AsyncFnOnce(&Client) -> Result<(), String>,
+) -> Result<(), String> {
     let dport = free_addr()
         .rsplit_once(':')
         .map(|(_, p)| p.to_string())
         .unwrap_or_default();
-    // Its own process group: the browsers it starts die with it.
     let _driver = Proc::spawn(
         Command::new(driver)
             .arg(format!("--port={dport}"))
@@ -198,18 +217,11 @@ fn the_dashboard_story_in_a_real_browser() {
             .stderr(Stdio::null()),
     )
     .expect("chromedriver");
-    assert!(wait_until(Duration::from_secs(15), || get(
-        &addr,
-        "/api/health"
-    )["ok"]
-        == true));
-    let shots = shot_dir();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let data2 = data.clone();
-    let result = rt.block_on(async move {
+    rt.block_on(async move {
         let mut caps = serde_json::Map::new();
         // Leave confirm() dialogs open for the test to accept, as a person would.
         caps.insert("unhandledPromptBehavior".into(), json!("ignore"));
@@ -237,12 +249,238 @@ fn the_dashboard_story_in_a_real_browser() {
             }
         }
         let c = c.expect("chromedriver did not accept a session");
-        let story = story(&c, &addr, &data2, &log, &shots).await;
+        let result = f(&c).await;
         let _ = c.close().await;
-        story
-    });
-    result.expect("the dashboard story");
-    check_overlaps(&dir.path().join("service.log"));
+        result
+    })
+}
+
+#[test]
+fn the_dashboard_story_in_a_real_browser() {
+    let Some(tools) = browser_tools("the_dashboard_story_in_a_real_browser") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("service.log");
+    let _leftovers = KillLeftovers(dir.path().to_path_buf());
+    let (_serve, addr) = start_plane(&data);
+    let shots = shot_dir();
+    in_browser(tools, async |c| story(c, &addr, &data, &log, &shots).await)
+        .expect("the dashboard story");
+    check_overlaps(&log);
+}
+
+/// A machine dies with a plain server on it, seen in the dashboard: its host shows dark, and so
+/// does the server's card. Stop server is refused (the host cannot confirm) and the page offers
+/// to count it stopped on the operator's word, in a second dialog that quotes the refusal;
+/// declined, nothing changes; accepted, the server is stopped. Forget host asks for the host's
+/// name typed out (a wrong name forgets nothing), is refused because the host last reported a
+/// plain server running, and goes through forced once the operator confirms.
+#[test]
+fn a_dead_host_is_forced_out_from_the_dashboard() {
+    let Some(tools) = browser_tools("a_dead_host_is_forced_out_from_the_dashboard") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let hdata = dir.path().join("h2");
+    let log = dir.path().join("service.log");
+    let _leftovers = KillLeftovers(dir.path().to_path_buf());
+    let (_serve, addr) = start_plane(&data);
+    let host = Proc::spawn(
+        Command::new(BIN)
+            .args(["host", "--control", &addr, "--name", "h2"])
+            .args(["--advertise", "127.0.0.1", "--data"])
+            .arg(&hdata)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("understudy host");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--control", addr.as_str()];
+        all.extend_from_slice(args);
+        let (code, out, err) = common::run_cli(&all);
+        assert_eq!(code, 0, "ctl {args:?}: {out}{err}");
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || host_is(&addr, "h2", |h| h
+            ["connected"]
+            == true)),
+        "the host did not register"
+    );
+    let log_s = log.display().to_string();
+    ctl(&[
+        "add-server",
+        "px",
+        "--host",
+        "h2",
+        "--",
+        BIN,
+        "demo-service",
+        "--log",
+        &log_s,
+    ]);
+    ctl(&["start-server", "px"]);
+    let server = get(&addr, "/api/servers/px")["process"]["pid"]
+        .as_u64()
+        .expect("the server's pid") as u32;
+
+    let shots = shot_dir();
+    let addr2 = addr.clone();
+    in_browser(tools, async |c| {
+        c.goto(&format!("http://{addr2}/"))
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(
+            wait_css(
+                c,
+                ".host[data-host=h2][data-state=connected]",
+                Duration::from_secs(10)
+            )
+            .await,
+            "h2 not shown connected"
+        );
+        assert!(
+            c.find(Locator::Css("[data-act=forget-host]"))
+                .await
+                .is_err(),
+            "a connected host offered to be forgotten"
+        );
+
+        // The machine dies: its host and the server it ran.
+        common::signal(host.0.id(), nix::sys::signal::Signal::SIGKILL);
+        common::signal(server, nix::sys::signal::Signal::SIGKILL);
+        assert!(
+            wait_css(
+                c,
+                ".host[data-host=h2][data-state=dark] [data-act=forget-host]",
+                Duration::from_secs(20)
+            )
+            .await,
+            "h2 not shown dark"
+        );
+        assert!(text(c, "[data-server=px] h2")
+            .await
+            .contains("host h2 dark"));
+        shot(c, &shots, "10-host-dark").await;
+
+        // Stop server: refused, and the force declined: nothing changes.
+        click_confirm(c, "[data-server=px] [data-act=stop]").await;
+        let asked = alert_text(c).await;
+        assert!(
+            asked.contains("cannot be told to stop") && asked.contains("on your word"),
+            "{asked}"
+        );
+        c.dismiss_alert().await.map_err(|e| e.to_string())?;
+        assert!(
+            wait_until_async(|| async { text(c, "#msg.err").await.contains("refused") }).await,
+            "no refusal shown"
+        );
+        assert_eq!(get(&addr2, "/api/servers/px")["state"], "running");
+
+        // Accepted: stopped on the operator's word, once the plane gave the host its time to
+        // confirm (20 s), said meanwhile.
+        click_confirm(c, "[data-server=px] [data-act=stop]").await;
+        let _ = alert_text(c).await;
+        c.accept_alert().await.map_err(|e| e.to_string())?;
+        assert!(
+            wait_until_async(|| async { text(c, "#msg.wait").await.contains("waiting") }).await,
+            "{}",
+            text(c, "#msg").await
+        );
+        assert!(
+            wait_css(
+                c,
+                "[data-server=px] .badge.stopped",
+                Duration::from_secs(30)
+            )
+            .await,
+            "not stopped: {}",
+            text(c, "#msg").await
+        );
+        assert!(
+            text(c, "#msg.ok").await.contains("forced"),
+            "{}",
+            text(c, "#msg").await
+        );
+
+        // Forget host: a wrong name forgets nothing.
+        click(c, "[data-act=forget-host][data-host=h2]").await;
+        let asked = alert_text(c).await;
+        assert!(asked.contains("Type the host's name"), "{asked}");
+        c.send_alert_text("h3").await.map_err(|e| e.to_string())?;
+        c.accept_alert().await.map_err(|e| e.to_string())?;
+        assert!(
+            wait_until_async(|| async { text(c, "#msg.err").await.contains("not confirmed") })
+                .await,
+            "{}",
+            text(c, "#msg").await
+        );
+        assert!(host_is(&addr2, "h2", |h| h
+            .get("forgotten_unix_ms")
+            .is_none()));
+
+        // The name typed: refused (px last reported running), forced once confirmed.
+        click(c, "[data-act=forget-host][data-host=h2]").await;
+        let _ = alert_text(c).await;
+        c.send_alert_text("h2").await.map_err(|e| e.to_string())?;
+        c.accept_alert().await.map_err(|e| e.to_string())?;
+        let asked = alert_text(c).await;
+        assert!(
+            asked.contains("server:px") && asked.contains("anyway"),
+            "{asked}"
+        );
+        c.accept_alert().await.map_err(|e| e.to_string())?;
+        assert!(
+            wait_css(
+                c,
+                ".host[data-host=h2][data-state=forgotten]",
+                Duration::from_secs(10)
+            )
+            .await,
+            "h2 not shown forgotten: {}",
+            text(c, "#msg").await
+        );
+        assert!(host_is(&addr2, "h2", |h| h["forgotten_unix_ms"].is_u64()));
+        assert!(text(c, "[data-server=px] h2")
+            .await
+            .contains("host h2 forgotten"));
+        shot(c, &shots, "11-host-forgotten").await;
+        Ok(())
+    })
+    .expect("the dead host story");
+}
+
+/// The text of the dialog the page opened, waited for up to 5 s.
+async fn alert_text(c: &Client) -> String {
+    let t0 = Instant::now();
+    loop {
+        match c.get_alert_text().await {
+            Ok(t) => return t,
+            Err(e) if t0.elapsed() > Duration::from_secs(5) => panic!("no dialog: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Whether `ok` turns true within 5 s, polled.
+async fn wait_until_async<F: std::future::Future<Output = bool>>(ok: impl Fn() -> F) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if ok().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// Whether host `name` of `/api/hosts` satisfies `ok`.
+fn host_is(addr: &str, name: &str, ok: impl Fn(&Value) -> bool) -> bool {
+    get(addr, "/api/hosts")["hosts"]
+        .as_array()
+        .is_some_and(|hs| hs.iter().any(|h| h["name"] == name && ok(h)))
 }
 
 async fn story(
