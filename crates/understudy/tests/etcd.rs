@@ -722,6 +722,66 @@ fn a_stop_that_commits_after_the_holders_deadline_is_withdrawn_by_its_sender_on_
     w.finish();
 }
 
+/// The other side of the test above: a stop of failover that commits while its sender still
+/// holds the group, and whose answer is lost (the connection breaks right after etcd took the
+/// request). The release is refused, for nobody can say the stop landed; the stop, committed,
+/// changed the leader key under the holder, whose next renewal compares the revision it wrote
+/// and would fail. The holder adopts its own stop instead (seen through the watch, or in the
+/// failed renewal's read) and renews over it: it stays active with the same epoch and the same
+/// service throughout, and the stop is gone from the leader key, since the release it was for
+/// never happened. Without the adoption the holder lost the group and, the stop standing,
+/// nobody took over.
+#[test]
+fn a_stop_whose_answer_is_lost_while_its_sender_holds_is_adopted_and_renewed_over_on_etcd() {
+    let etcd = Etcd::on_loopback();
+    let proxy = DelayProxy::losing_answers(&etcd.endpoint, b"\"stopped\":{");
+    let mut g = group_at(
+        &proxy.endpoint,
+        "lease_ttl = \"3s\"\ndeadline = \"1500ms\"\nbackstop_ttl = \"6s\"",
+    );
+    let w = g.add_watched_pair();
+    g.start("a");
+    g.wait_mode("a", "Hot", 10 * S);
+    let e1 = g.epoch("a");
+    g.wait_service_active("a", e1);
+    let svc = g.service_pid("a").expect("a's service pid");
+
+    proxy.arm();
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert!(
+        proxy.fired(),
+        "the stop never went through the proxy: {body}"
+    );
+    assert_eq!(code, 409, "the release went through: {body}");
+    assert!(
+        wait_until(10 * S, || g
+            .output("a")
+            .contains("committed after all; renewing over it")),
+        "a never adopted its stop: {}",
+        testbed::group::tail(&g.output("a"), 40)
+    );
+    // Renewed over: the leader key is a's again, without the stop.
+    assert!(
+        wait_until(5 * S, || {
+            let (_, leader) = kv_at(&etcd, "/understudy/g/leader", None);
+            leader["node"] == "a" && leader["epoch"] == e1 && leader["stopped"].is_null()
+        }),
+        "{}",
+        kv_at(&etcd, "/understudy/g/leader", None).1
+    );
+    // Well past lease_ttl: a never lost the group.
+    std::thread::sleep(4 * S);
+    let st = g.st("a");
+    assert!(
+        st["mode"] == "Hot" && st["epoch"] == e1,
+        "a lost the group over its own stop: {st}"
+    );
+    assert!(alive(svc), "a's service was killed");
+    assert_eq!(g.service_pid("a"), Some(svc), "a's service was replaced");
+    g.expect_actives(1);
+    w.finish();
+}
+
 /// Review 29, M2: an agent that finds its name taken by a live one (the same configuration on
 /// two machines) exits, and must leave that one's member key alone: deleted, the live standby
 /// had neither record nor key until its next write, and a release in between went through.

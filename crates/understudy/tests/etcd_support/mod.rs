@@ -337,14 +337,19 @@ pub fn lab_group(lab: &mut Lab) -> (Etcd, Group, Machine, Machine) {
 /// included) comes after its sender gave up on it, as from an etcd whose replies are slow.
 /// Or ([`DelayProxy::holding_requests`]) the request itself, with everything its client sends
 /// after it: a write that reaches etcd late. Or ([`DelayProxy::cutting`]) the connection is
-/// closed on that request, both ways, as by a reset. Each connection gets two threads; they end
-/// with it.
+/// closed on that request, both ways, as by a reset; or ([`DelayProxy::losing_answers`]) after
+/// it, once etcd has it: a write that commits and whose answer is lost. Each connection gets two
+/// threads; they end with it.
 #[derive(Clone, Copy)]
 enum Held {
     Answers(Duration),
     Request(Duration),
     Cut,
+    LoseAnswer,
 }
+
+/// How long [`DelayProxy::losing_answers`] closes new connections after the lost answer.
+pub const LOSE_REFUSES: Duration = Duration::from_millis(300);
 
 pub struct DelayProxy {
     /// `http://127.0.0.1:port`, for an agent's `etcd.endpoints`.
@@ -369,6 +374,14 @@ impl DelayProxy {
         Self::start_with(upstream, pattern, Held::Cut)
     }
 
+    /// Passes the request that holds `pattern` (once armed) on to etcd, then closes the
+    /// client's connection, so that etcd carries the request out and its answer is lost; the
+    /// connections the client opens for [`LOSE_REFUSES`] after that are closed at once (etcd
+    /// out of reach for a moment: nothing can be read back to learn whether the write landed).
+    pub fn losing_answers(upstream: &str, pattern: &'static [u8]) -> DelayProxy {
+        Self::start_with(upstream, pattern, Held::LoseAnswer)
+    }
+
     fn start_with(upstream: &str, pattern: &'static [u8], mode: Held) -> DelayProxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
@@ -381,8 +394,15 @@ impl DelayProxy {
         let armed = Arc::new(AtomicBool::new(false));
         let fired = Arc::new(AtomicBool::new(false));
         let (a, f) = (Arc::clone(&armed), Arc::clone(&fired));
+        // Until then, connections are closed as they come (see `losing_answers`).
+        let refuse_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
+                let refusing = *refuse_until.lock().unwrap_or_else(|e| e.into_inner());
+                if refusing.is_some_and(|t| Instant::now() < t) {
+                    continue;
+                }
+                let refuse = Arc::clone(&refuse_until);
                 let Ok(server) = std::net::TcpStream::connect(&target) else {
                     continue;
                 };
@@ -394,6 +414,10 @@ impl DelayProxy {
                 let (mut s_rd, mut c_wr) = (server, client);
                 let hold: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
                 let held = Arc::clone(&hold);
+                // Set before a request whose answer is to be lost goes on: etcd on loopback
+                // answers before the connection could be closed after it.
+                let lose = Arc::new(AtomicBool::new(false));
+                let lost = Arc::clone(&lose);
                 std::thread::spawn(move || {
                     use std::io::{Read, Write};
                     let mut buf = vec![0u8; 64 * 1024];
@@ -405,6 +429,9 @@ impl DelayProxy {
                         let until = *held.lock().unwrap_or_else(|e| e.into_inner());
                         if let Some(t) = until {
                             std::thread::sleep(t.saturating_duration_since(Instant::now()));
+                        }
+                        if lost.load(Ordering::SeqCst) {
+                            break;
                         }
                         if c_wr.write_all(&buf[..n]).is_err() {
                             break;
@@ -440,6 +467,19 @@ impl DelayProxy {
                                 }
                                 Held::Cut => {
                                     let _ = c_rd.shutdown(std::net::Shutdown::Both);
+                                    break;
+                                }
+                                // etcd's side stays open a while: a connection closed under
+                                // it could cancel the request before etcd carried it out.
+                                Held::LoseAnswer => {
+                                    lose.store(true, Ordering::SeqCst);
+                                    *refuse.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(Instant::now() + LOSE_REFUSES);
+                                    let sent = s_wr.write_all(&buf[..n]);
+                                    let _ = c_rd.shutdown(std::net::Shutdown::Both);
+                                    if sent.is_ok() {
+                                        std::thread::sleep(Duration::from_secs(1));
+                                    }
                                     break;
                                 }
                             }
