@@ -342,27 +342,6 @@ impl Plane {
         if seen > silent_since {
             return Err(reported(host, now, seen));
         }
-        if !force {
-            let servers: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| r.running && r.key.starts_with("server:"))
-                .map(|r| match r.pid {
-                    Some(pid) => format!("{} (pid {pid})", r.key),
-                    None => r.key,
-                })
-                .collect();
-            if !servers.is_empty() {
-                return Err(PlaneError::Refused(Refusal {
-                    reason: format!(
-                        "host {host} last reported {} running: nothing can be asked whether it still runs, and a plain server (a released service among them) acts unfenced",
-                        servers.join(", ")
-                    ),
-                    hint: "only if the machine is certainly dead (powered off, not cut off): forget-host --force".into(),
-                    forcible: true,
-                }));
-            }
-        }
         let placed: Vec<NodeSpec> = self
             .store
             .servers()?
@@ -393,6 +372,29 @@ impl Plane {
                 hint: "start `understudy host` there again; forget only a host whose machine is gone for good".into(),
                 forcible: false,
             }));
+        }
+        // After the probe: a refusal the operator's word overrides comes only once nothing
+        // else would refuse (review 37, L1).
+        if !force {
+            let servers: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.running && r.key.starts_with("server:"))
+                .map(|r| match r.pid {
+                    Some(pid) => format!("{} (pid {pid})", r.key),
+                    None => r.key,
+                })
+                .collect();
+            if !servers.is_empty() {
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!(
+                        "host {host} last reported {} running: nothing can be asked whether it still runs, and a plain server (a released service among them) acts unfenced",
+                        servers.join(", ")
+                    ),
+                    hint: "only if the machine is certainly dead (powered off, not cut off): forget-host --force".into(),
+                    forcible: true,
+                }));
+            }
         }
         let last = match self.store.forget_host(host, silent_since, now)? {
             Ok(last) => last,
@@ -668,6 +670,27 @@ impl Plane {
         let since = unix_ms();
         self.store.delete_desired(&key)?;
         if let Err(e) = self.wait_gone(&host, &key, since).await {
+            // A host that reported since the stop and still lists the server running is up,
+            // and its word beats the operator's: nothing to force (review 37, M1).
+            let reported_since = self
+                .store
+                .hosts()
+                .ok()
+                .and_then(|h| h.get(&host).map(|h| h.1))
+                .is_some_and(|seen| seen > since);
+            let still_runs = self
+                .report(&key)
+                .is_some_and(|(h, r)| h == host && r.running);
+            if (reported_since || host == LOCAL_HOST) && still_runs {
+                warn!(server = %name, "stop not done, its host reports it still running: {e}");
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!(
+                        "host {host} reports server {name} still running ({e}): it stays running"
+                    ),
+                    hint: "see why it does not end on that host (a process in an uninterruptible wait survives SIGKILL until the wait ends), then stop the server again".into(),
+                    forcible: false,
+                }));
+            }
             if !force {
                 warn!(server = %name, "stop not confirmed, the server stays running: {e}");
                 return Err(PlaneError::Refused(Refusal {
@@ -675,7 +698,7 @@ impl Plane {
                         "host {host} did not confirm that server {name} stopped ({e}): it may still run, so it stays running here (its host stops it when it is back)"
                     ),
                     hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
-                    forcible: true,
+                    forcible: self.dark_host(&host).is_some(),
                 }));
             }
             warn!(server = %name, "stop not confirmed, Stopped on the operator's word (--force): {e}");

@@ -273,8 +273,9 @@ fn the_dashboard_story_in_a_real_browser() {
 
 /// A machine dies with a plain server on it, seen in the dashboard: its host shows dark, and so
 /// does the server's card. Stop server is refused (the host cannot confirm) and the page offers
-/// to count it stopped on the operator's word, in a second dialog that quotes the refusal;
-/// declined, nothing changes; accepted, the server is stopped. Forget host asks for the host's
+/// to count it stopped on the operator's word, in a second dialog that quotes the refusal and
+/// wants FORCE typed; declined or answered otherwise, nothing changes; with FORCE, the server is
+/// stopped and the page keeps saying it was forced. Forget host asks for the host's
 /// name typed out (a wrong name forgets nothing), is refused because the host last reported a
 /// plain server running, and goes through forced once the operator confirms.
 #[test]
@@ -365,11 +366,14 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
             .contains("host h2 dark"));
         shot(c, &shots, "10-host-dark").await;
 
-        // Stop server: refused, and the force declined: nothing changes.
+        // Stop server: refused, and the force declined: nothing changes, and the page does not
+        // go on to a forced call (it would say it waits for the host).
         click_confirm(c, "[data-server=px] [data-act=stop]").await;
         let asked = alert_text(c).await;
         assert!(
-            asked.contains("cannot be told to stop") && asked.contains("on your word"),
+            asked.contains("cannot be told to stop")
+                && asked.contains("on your word")
+                && asked.contains("Type FORCE"),
             "{asked}"
         );
         c.dismiss_alert().await.map_err(|e| e.to_string())?;
@@ -377,15 +381,37 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
             wait_until_async(|| async { text(c, "#msg.err").await.contains("refused") }).await,
             "no refusal shown"
         );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let said = text(c, "#msg").await;
+        assert!(
+            said.contains("refused") && !said.contains("forced"),
+            "{said}"
+        );
         assert_eq!(get(&addr2, "/api/servers/px")["state"], "running");
 
-        // Accepted: stopped on the operator's word, once the plane gave the host its time to
-        // confirm (20 s), said meanwhile.
+        // Anything but FORCE typed (a second Enter types nothing): not forced either.
         click_confirm(c, "[data-server=px] [data-act=stop]").await;
         let _ = alert_text(c).await;
+        c.send_alert_text("yes").await.map_err(|e| e.to_string())?;
         c.accept_alert().await.map_err(|e| e.to_string())?;
         assert!(
-            wait_until_async(|| async { text(c, "#msg.wait").await.contains("waiting") }).await,
+            wait_until_async(|| async { text(c, "#msg.err").await.contains("not forced") }).await,
+            "{}",
+            text(c, "#msg").await
+        );
+        assert_eq!(get(&addr2, "/api/servers/px")["state"], "running");
+
+        // FORCE: stopped on the operator's word, once the plane gave the host its time to
+        // confirm (20 s), said meanwhile; the outcome stays on the page.
+        click_confirm(c, "[data-server=px] [data-act=stop]").await;
+        let _ = alert_text(c).await;
+        c.send_alert_text("FORCE")
+            .await
+            .map_err(|e| e.to_string())?;
+        c.accept_alert().await.map_err(|e| e.to_string())?;
+        assert!(
+            wait_until_async(|| async { text(c, "#msg.wait").await.contains("forced: waiting") })
+                .await,
             "{}",
             text(c, "#msg").await
         );
@@ -400,7 +426,7 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
             text(c, "#msg").await
         );
         assert!(
-            text(c, "#msg.ok").await.contains("forced"),
+            wait_until_async(|| async { text(c, "#msg.forced").await.contains("FORCED") }).await,
             "{}",
             text(c, "#msg").await
         );
@@ -431,6 +457,9 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
             asked.contains("server:px") && asked.contains("anyway"),
             "{asked}"
         );
+        c.send_alert_text("FORCE")
+            .await
+            .map_err(|e| e.to_string())?;
         c.accept_alert().await.map_err(|e| e.to_string())?;
         assert!(
             wait_css(
