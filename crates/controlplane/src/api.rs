@@ -87,8 +87,9 @@ impl IntoResponse for PlaneError {
             PlaneError::Exists(_) => err(StatusCode::CONFLICT, self.to_string()),
             PlaneError::Refused(r) => {
                 let mut body = json!({ "error": r.reason, "hint": r.hint });
-                if r.forcible {
+                if let Some(seen) = r.forcible {
                     body["forcible"] = json!(true);
+                    body["host_seen_unix_ms"] = json!(seen);
                 }
                 (StatusCode::CONFLICT, Json(body)).into_response()
             }
@@ -349,16 +350,23 @@ struct StopQuery {
     /// although it last reported a plain server running (forget).
     #[serde(default)]
     force: bool,
+    /// The host's last report (Unix ms) as the refusal being forced showed it
+    /// (`host_seen_unix_ms`): a host that reported since makes the force stale.
+    seen: Option<u64>,
 }
 
 /// The `force` of [`StopQuery`], or the 400 for a query that is not one.
 fn force_query(
     q: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<bool, Reject> {
-    q.map(|Query(q)| q.force).map_err(|_| {
+) -> Result<crate::plane::Force, Reject> {
+    q.map(|Query(q)| crate::plane::Force {
+        given: q.force,
+        seen: q.seen,
+    })
+    .map_err(|_| {
         Reject(
             StatusCode::BAD_REQUEST,
-            json!({ "error": "query parameters: force=true|false" }),
+            json!({ "error": "query parameters: force=true|false, seen=UNIX_MS" }),
         )
     })
 }

@@ -41,16 +41,19 @@ pub struct Refusal {
     pub reason: String,
     /// What to do instead.
     pub hint: String,
-    /// Whether the same call with `force` goes through: the refusal guards against a host
+    /// Some when the same call with `force` goes through: the refusal guards against a host
     /// that cannot confirm, and the operator may answer for it (its machine is gone for good).
-    pub forcible: bool,
+    /// It holds the host's last report (Unix ms, 0: none) as the refusal saw it: a forced call
+    /// that quotes it is refused once the host reported since (the word was given on a view
+    /// that no longer holds).
+    pub forcible: Option<u64>,
 }
 
 fn no(reason: &str, hint: &str) -> Result<ServerState, Refusal> {
     Err(Refusal {
         reason: reason.to_string(),
         hint: hint.to_string(),
-        forcible: false,
+        forcible: None,
     })
 }
 

@@ -44,6 +44,7 @@ pub fn document() -> Value {
                     "error": { "type": "string" },
                     "hint": { "type": "string", "description": "what to do instead" },
                     "forcible": { "type": "boolean", "description": "present and true when the same call with `?force=true` goes through: the refusal guards against a host that cannot confirm, and only an operator who knows its machine is gone for good should answer for it" },
+                    "host_seen_unix_ms": { "type": "integer", "description": "with `forcible`: the host's last report as this refusal saw it (0: never); send it back as `?seen=` with `?force=true`, and the forced call is refused if the host reported since" },
                     "fields": { "type": "array", "items": {
                         "type": "object",
                         "properties": { "field": { "type": "string" }, "reason": { "type": "string" } }
@@ -105,7 +106,7 @@ pub fn document() -> Value {
             "/api/health": { "get": { "summary": "the control plane answers", "responses": { "200": json_answer("ok", json!({"type": "object"})) } } },
             "/api/hosts": { "get": { "summary": "hosts that can run servers and nodes: the built-in one and every `understudy host`, with what runs there", "responses": { "200": json_answer("the hosts", json!({"type": "object"})) } } },
             "/api/hosts/{name}": { "delete": {
-                "summary": "forget a host whose machine is gone for good, with every process it ran: its last report is dropped (an agent or server it listed no longer blocks start-server, start failover or stop failover) and a stop of anything placed there counts as done; refused while it reports, while an agent placed there answers, and (unless `?force=true`) while its last report lists a plain server running. A host that reports again counts again",
+                "summary": "forget a host whose machine is gone for good, with every process it ran: its last report is dropped (an agent or server it listed no longer blocks start-server, start failover or stop failover) and a stop of anything placed there counts as done; refused while it reports, while an agent placed there answers, and (unless `?force=true`) while its last report lists a plain server running. A host that reports again counts again; `&seen=` with `?force=true`: the `host_seen_unix_ms` of the refusal being forced, which is refused if the host reported since",
                 "parameters": [name_param()],
                 "security": [{ "bearer": [] }],
                 "responses": {
@@ -145,7 +146,7 @@ pub fn document() -> Value {
                 "delete": server_op("remove a stopped server from the inventory", &[("409", "the server runs")])
             },
             "/api/servers/{name}/start": { "post": server_op("start as a plain server, without failover", &[("409", "not stopped")]) },
-            "/api/servers/{name}/stop": { "post": server_op("stop the plain server; Stopped once its host confirms (`?force=true`: the host is gone for good, Stopped without it)", &[("409", "not a running plain server (stop failover first), or its host did not confirm the stop (it stays running)")]) },
+            "/api/servers/{name}/stop": { "post": server_op("stop the plain server; Stopped once its host confirms (`?force=true`: the host is gone for good, Stopped without it; `&seen=` the `host_seen_unix_ms` of the refusal being forced)", &[("409", "not a running plain server (stop failover first), or its host did not confirm the stop (it stays running)")]) },
             "/api/servers/{name}/failover": {
                 "put": {
                     "summary": "add (or replace) the failover service: standby type, standby hosts, activation mode, preferred node; validated in full",

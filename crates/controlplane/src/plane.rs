@@ -50,6 +50,16 @@ pub enum PlaneError {
     Host(#[from] HostError),
 }
 
+/// The operator's word that a host's machine is gone for good (`?force=true`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Force {
+    /// Given at all.
+    pub given: bool,
+    /// The host's last report (Unix ms) as the refusal the word answers showed it
+    /// ([`Refusal::forcible`]); None when given without one (the CLI's `--force`).
+    pub seen: Option<u64>,
+}
+
 fn fields_text(f: &[FieldError]) -> String {
     f.iter()
         .map(|e| format!("{}: {}", e.field, e.reason))
@@ -324,13 +334,13 @@ impl Plane {
     ///
     /// A plain server its last report lists as running is refused unless `force`: it has no
     /// admin port to ask, and a released service acts unfenced (review 33, M1).
-    pub async fn forget_host(&self, host: &str, force: bool) -> Result<Vec<String>, PlaneError> {
+    pub async fn forget_host(&self, host: &str, force: Force) -> Result<Vec<String>, PlaneError> {
         let _ops = self.ops.lock().await;
         if host == LOCAL_HOST {
             return Err(PlaneError::Refused(Refusal {
                 reason: "the built-in host runs inside this control plane".into(),
                 hint: "only a remote host (`understudy host`) can be forgotten".into(),
-                forcible: false,
+                forcible: None,
             }));
         }
         let now = unix_ms();
@@ -342,6 +352,7 @@ impl Plane {
         if seen > silent_since {
             return Err(reported(host, now, seen));
         }
+        self.stale_word(host, force)?;
         let placed: Vec<NodeSpec> = self
             .store
             .servers()?
@@ -370,12 +381,12 @@ impl Plane {
                     answering.join(", ")
                 ),
                 hint: "start `understudy host` there again; forget only a host whose machine is gone for good".into(),
-                forcible: false,
+                forcible: None,
             }));
         }
         // After the probe: a refusal the operator's word overrides comes only once nothing
         // else would refuse (review 37, L1).
-        if !force {
+        if !force.given {
             let servers: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last.clone())
                 .unwrap_or_default()
                 .into_iter()
@@ -392,7 +403,7 @@ impl Plane {
                         servers.join(", ")
                     ),
                     hint: "only if the machine is certainly dead (powered off, not cut off): forget-host --force".into(),
-                    forcible: true,
+                    forcible: Some(self.host_seen(host)),
                 }));
             }
         }
@@ -423,7 +434,7 @@ impl Plane {
         Err(PlaneError::Refused(Refusal {
             reason: format!("{what} is placed on host {host}, which was declared gone for good"),
             hint: "place it on another host (add-failover, or edit and import the configuration), or start `understudy host` there again if the machine is back".into(),
-            forcible: false,
+            forcible: None,
         }))
     }
 
@@ -465,6 +476,64 @@ impl Plane {
         })
     }
 
+    /// When `host` last reported (Unix ms; 0: never).
+    fn host_seen(&self, host: &str) -> u64 {
+        self.store
+            .hosts()
+            .ok()
+            .and_then(|h| h.get(host).map(|h| h.1))
+            .unwrap_or(0)
+    }
+
+    /// Refuses a forced call whose word was given on a refusal that showed `host`'s last
+    /// report older than the one stored now: the host came back since (and may have gone dark
+    /// again), so what the operator vouched for is not what holds (review 37, M2).
+    fn stale_word(&self, host: &str, force: Force) -> Result<(), PlaneError> {
+        let now_seen = self.host_seen(host);
+        match force.seen {
+            Some(seen) if force.given && now_seen > seen => Err(PlaneError::Refused(Refusal {
+                reason: format!(
+                    "host {host} reported {:.1} s ago, after the refusal this force answers was given: what was vouched for no longer holds, nothing was forced",
+                    unix_ms().saturating_sub(now_seen) as f64 / 1000.0
+                ),
+                hint: "look at the host again, then try again".into(),
+                forcible: None,
+            })),
+            _ => Ok(()),
+        }
+    }
+
+    /// `key`'s entry in the last report of `host` alone: another host's stale report of the
+    /// same key (a dark host that ran it before stop failover adopted it elsewhere) says
+    /// nothing of this one (review 38, L-d).
+    fn report_on(&self, host: &str, key: &str) -> Option<ProcReport> {
+        let rep = self.store.hosts().ok()?.remove(host)?.2;
+        let list: Vec<ProcReport> = serde_json::from_value(rep).ok()?;
+        list.into_iter().find(|r| r.key == key)
+    }
+
+    /// The host a stop of `key` must be confirmed by: one whose report lists it running, a
+    /// connected one first; else `placed`.
+    fn running_host(&self, key: &str, placed: &str) -> String {
+        let Ok(hosts) = self.store.hosts() else {
+            return placed.to_string();
+        };
+        let running: Vec<String> = hosts
+            .into_iter()
+            .filter(|(_, (_, _, rep))| {
+                serde_json::from_value::<Vec<ProcReport>>(rep.clone())
+                    .is_ok_and(|l| l.iter().any(|r| r.key == key && r.running))
+            })
+            .map(|(name, _)| name)
+            .collect();
+        running
+            .iter()
+            .find(|h| self.dark_host(h).is_none())
+            .or(running.first())
+            .cloned()
+            .unwrap_or_else(|| placed.to_string())
+    }
+
     /// Wait until `key`'s report on `host` says it is gone, in a report the host made after
     /// `since` (Unix ms, before the want was deleted): a report from before says nothing of
     /// the delete, and a host that does not report at all confirms nothing (review 31).
@@ -496,7 +565,7 @@ impl Plane {
             if host == LOCAL_HOST {
                 self.sync_local().await;
             }
-            let r = self.report(key).filter(|(h, _)| h == host).map(|(_, r)| r);
+            let r = self.report_on(host, key);
             if ok(r.as_ref()) {
                 return Ok(());
             }
@@ -591,9 +660,9 @@ impl Plane {
                 r.is_some_and(|r| r.generation == generation && (r.running || r.problem.is_some()))
             })
             .await
-            .and_then(|_| match self.report(&key) {
-                Some((_, r)) if r.running => Ok(()),
-                Some((_, r)) => Err(r.problem.unwrap_or_default()),
+            .and_then(|_| match self.report_on(&row.spec.host, &key) {
+                Some(r) if r.running => Ok(()),
+                Some(r) => Err(r.problem.unwrap_or_default()),
                 None => Err("not reported".into()),
             })
         {
@@ -603,6 +672,7 @@ impl Plane {
             )));
         }
         self.store.set_state(name, next)?;
+        self.store.set_unconfirmed_stop(name, None)?;
         info!(server = %name, "plain server started");
         self.row(name)
     }
@@ -640,7 +710,7 @@ impl Plane {
                 running.join(", ")
             ),
             hint: "bring that host back so that it stops the agent (or stop it there), then try again; if its machine is gone for good: `ctl forget-host HOST`".into(),
-            forcible: false,
+            forcible: None,
         }))
     }
 
@@ -648,22 +718,20 @@ impl Plane {
     /// released service (stop failover) acts unfenced, and start failover, allowed from
     /// Stopped, lets the group take over next to whatever still runs (review 30, H1). `force`
     /// says the host is gone for good (its machine dead): the server is Stopped on that word.
-    pub async fn stop_server(&self, name: &str, force: bool) -> Result<ServerRow, PlaneError> {
+    pub async fn stop_server(&self, name: &str, force: Force) -> Result<ServerRow, PlaneError> {
         let _ops = self.ops.lock().await;
         let row = self.row(name)?;
         let next = self.check(&row, Step::StopServer)?;
         let key = server_key(name);
-        let host = self
-            .report(&key)
-            .map(|(h, _)| h)
-            .unwrap_or(row.spec.host.clone());
-        if !force {
+        let host = self.running_host(&key, &row.spec.host);
+        self.stale_word(&host, force)?;
+        if !force.given {
             let dark = self.dark_host(&host);
             if let Some(why) = dark {
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!("server {name} cannot be told to stop: {why}; it stays running"),
                     hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
-                    forcible: true,
+                    forcible: Some(self.host_seen(&host)),
                 }));
             }
         }
@@ -678,30 +746,36 @@ impl Plane {
                 .ok()
                 .and_then(|h| h.get(&host).map(|h| h.1))
                 .is_some_and(|seen| seen > since);
-            let still_runs = self
-                .report(&key)
-                .is_some_and(|(h, r)| h == host && r.running);
-            if (reported_since || host == LOCAL_HOST) && still_runs {
+            let still_runs = self.report_on(&host, &key).is_some_and(|r| r.running);
+            // Dark again by now: what it reported says nothing any more, and the operator's
+            // word may stand (review 38, L-b).
+            let up = host == LOCAL_HOST || self.dark_host(&host).is_none();
+            if (reported_since || host == LOCAL_HOST) && up && still_runs {
                 warn!(server = %name, "stop not done, its host reports it still running: {e}");
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!(
-                        "host {host} reports server {name} still running ({e}): it stays running"
+                        "host {host} reports server {name} still running {} s after it was told to stop it: it stays running",
+                        HOST_TIMEOUT.as_secs()
                     ),
-                    hint: "see why it does not end on that host (a process in an uninterruptible wait survives SIGKILL until the wait ends), then stop the server again".into(),
-                    forcible: false,
+                    hint: "its host is stopping it (SIGTERM, then SIGKILL after 10 s); if it still runs after that, see why on that host (a process in an uninterruptible wait survives SIGKILL until the wait ends), then stop the server again".into(),
+                    forcible: None,
                 }));
             }
-            if !force {
+            if !force.given {
                 warn!(server = %name, "stop not confirmed, the server stays running: {e}");
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!(
                         "host {host} did not confirm that server {name} stopped ({e}): it may still run, so it stays running here (its host stops it when it is back)"
                     ),
                     hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
-                    forcible: self.dark_host(&host).is_some(),
+                    forcible: self.dark_host(&host).map(|_| self.host_seen(&host)),
                 }));
             }
             warn!(server = %name, "stop not confirmed, Stopped on the operator's word (--force): {e}");
+            self.store
+                .set_unconfirmed_stop(name, Some((&host, unix_ms())))?;
+        } else {
+            self.store.set_unconfirmed_stop(name, None)?;
         }
         self.store.set_state(name, next)?;
         info!(server = %name, "server stopped");
@@ -1384,7 +1458,7 @@ impl Plane {
                     dark.join(", ")
                 ),
                 hint: "bring that host back (or its `understudy host` process), then stop failover again; if its machine is gone for good: `ctl forget-host HOST`".into(),
-                forcible: false,
+                forcible: None,
             }));
         }
         // The standbys' wants as they were, to put back as they were if the stop is refused (an
@@ -1409,7 +1483,7 @@ impl Plane {
                     names.join(", ")
                 ),
                 hint: "bring that host back (or its `understudy host` process), then stop failover again; if its machine is gone for good: `ctl forget-host HOST`".into(),
-                forcible: false,
+                forcible: None,
             }));
         }
         if let Some((a, st)) = &active {
@@ -1447,7 +1521,7 @@ impl Plane {
             return Err(PlaneError::Refused(Refusal {
                 reason: format!("the active node {} reports no running service", a.name),
                 hint: "wait until the active's service runs, then try again".into(),
-                forcible: false,
+                forcible: None,
             }));
         };
         self.store.put_desired(
@@ -1560,7 +1634,7 @@ impl Plane {
                     reason: format!("{} did not hand its service over ({code}): {why}", a.name),
                     hint: "failover keeps running with the active alone; try stop failover again"
                         .into(),
-                    forcible: false,
+                    forcible: None,
                 }));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1590,7 +1664,7 @@ impl Plane {
             return Err(PlaneError::Refused(Refusal {
                 reason: "no node of the group is active right now".into(),
                 hint: "wait for the takeover to finish, then try again".into(),
-                forcible: false,
+                forcible: None,
             }));
         };
         let pending: Vec<&str> = f
@@ -1607,7 +1681,7 @@ impl Plane {
                 ),
                 hint: "wait until every standby shows its configuration applied, then switch over"
                     .into(),
-                forcible: false,
+                forcible: None,
             }));
         }
         let mut url = self.agent_url(&self.node_admin(&active), "/service/switchover");
@@ -1624,7 +1698,7 @@ impl Plane {
             return Err(PlaneError::Refused(Refusal {
                 reason: format!("{} refused the switchover: {why}", active.name),
                 hint: "wait until a standby is ready (see the dashboard), then try again".into(),
-                forcible: false,
+                forcible: None,
             }));
         }
         let done: Switchover = serde_json::from_slice(&body).map_err(|e| {
@@ -1736,7 +1810,7 @@ impl Plane {
                 })).collect() },
             })
         });
-        Ok(json!({
+        let mut v = json!({
             "name": name,
             "host": row.spec.host,
             "state": row.state.as_str(),
@@ -1745,7 +1819,14 @@ impl Plane {
             "created_unix_ms": row.created_unix_ms,
             "failure_events": self.store.failure_event_count(name)?,
             "failover": failover,
-        }))
+        });
+        // Until that host reports again: its report then says what runs there.
+        if let Some((host, at)) = &row.unconfirmed_stop {
+            if self.host_seen(host) <= *at {
+                v["unconfirmed_stop"] = json!({ "host": host, "unix_ms": at });
+            }
+        }
+        Ok(v)
     }
 
     /// One pass of the collector: let the built-in host catch up (it starts dead agents again),
@@ -1984,7 +2065,7 @@ fn reported(host: &str, now: u64, at: u64) -> PlaneError {
             now.saturating_sub(at) as f64 / 1000.0
         ),
         hint: "forget only a host whose machine is gone for good; to take processes off a live host, stop them through the control plane".into(),
-        forcible: false,
+        forcible: None,
     })
 }
 

@@ -106,6 +106,10 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         unix_ms INTEGER NOT NULL
      );",
+    // 6: a stop forced on the operator's word that its host never confirmed: where and when,
+    // shown with the server until that host reports again or the server starts anew.
+    "ALTER TABLE servers ADD COLUMN unconfirmed_stop_host TEXT;
+     ALTER TABLE servers ADD COLUMN unconfirmed_stop_unix_ms INTEGER;",
 ];
 
 /// Why a host was not forgotten.
@@ -128,6 +132,9 @@ pub struct ServerRow {
     pub failover: Option<FailoverRow>,
     /// Unix ms of the add.
     pub created_unix_ms: u64,
+    /// The host and time (Unix ms) of its last stop, when that was forced and the host never
+    /// confirmed it (see [`Store::set_unconfirmed_stop`]).
+    pub unconfirmed_stop: Option<(String, u64)>,
 }
 
 /// A stored failover service.
@@ -234,7 +241,8 @@ impl Store {
     pub fn servers(&self) -> Result<Vec<ServerRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT s.spec, s.state, s.created_unix_ms, f.spec, f.nodes, f.running
+            "SELECT s.spec, s.state, s.created_unix_ms, f.spec, f.nodes, f.running,
+                    s.unconfirmed_stop_host, s.unconfirmed_stop_unix_ms
              FROM servers s LEFT JOIN failovers f ON f.server = s.name ORDER BY s.name",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -245,15 +253,18 @@ impl Store {
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<i64>>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (spec, state, created, fspec, fnodes, running) = row?;
+            let (spec, state, created, fspec, fnodes, running, uhost, uat) = row?;
             out.push(ServerRow {
                 spec: serde_json::from_str(&spec).map_err(corrupt("server"))?,
                 state: ServerState::parse(&state),
                 created_unix_ms: created.max(0) as u64,
+                unconfirmed_stop: uhost.zip(uat.map(|t| t.max(0) as u64)),
                 failover: match (fspec, fnodes) {
                     (Some(s), Some(n)) => Some(FailoverRow {
                         spec: serde_json::from_str(&s).map_err(corrupt("failover"))?,
@@ -277,6 +288,24 @@ impl Store {
         self.conn().execute(
             "UPDATE servers SET state = ?2 WHERE name = ?1",
             params![name, state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Records that `name`'s stop was forced without its host's confirmation (`Some((host,
+    /// unix_ms))`), or clears it.
+    pub fn set_unconfirmed_stop(
+        &self,
+        name: &str,
+        stop: Option<(&str, u64)>,
+    ) -> Result<(), StoreError> {
+        let (host, at) = match stop {
+            Some((h, t)) => (Some(h), Some(t.min(i64::MAX as u64) as i64)),
+            None => (None, None),
+        };
+        self.conn().execute(
+            "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3 WHERE name = ?1",
+            params![name, host, at],
         )?;
         Ok(())
     }

@@ -1249,6 +1249,96 @@ fn a_host_gone_for_good_is_forgotten_and_no_longer_holds_its_servers_up() {
     assert_eq!(plane.server("px")["state"], "stopped");
 }
 
+/// Review 37, M1, and review 38: a stop whose host is up and goes on reporting the server
+/// running (a process that survives SIGKILL in an uninterruptible wait) is refused, and the
+/// operator's word does not override the host's: no `forcible`, and `?force=true` gets the same
+/// answer. The host here is played by the test through the API (it reports what it is told to
+/// run, running, and keeps reporting it after the want is gone). Once that host goes dark, the
+/// stop becomes forcible, with the host's last report quoted (`host_seen_unix_ms`); a force
+/// that quotes an older report than the plane holds is refused as stale (review 37, M2); one
+/// that quotes the right one stops the server, marked unconfirmed until that host reports.
+#[test]
+fn a_live_hosts_report_beats_the_operators_word_and_a_stale_word_forces_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let plane = Plane::start(&data, &free_addr());
+    let addr = plane.addr.clone();
+    let reporting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fake = {
+        let reporting = reporting.clone();
+        std::thread::spawn(move || {
+            let mut procs: Vec<Value> = Vec::new();
+            while reporting.load(std::sync::atomic::Ordering::SeqCst) {
+                let (_, _, b) =
+                    plane_common::request(&addr, "GET", "/api/hosts/h9/desired", None, b"");
+                let desired: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
+                if let Some(d) = desired["desired"].as_object() {
+                    for (key, want) in d {
+                        procs.retain(|p| p["key"] != key.as_str());
+                        procs.push(json!({ "key": key, "pid": 4_000_000, "running": true,
+                                           "generation": want["generation"].as_u64().unwrap_or(0) }));
+                    }
+                }
+                // What it ran stays running: a process its stop cannot end.
+                let body = json!({ "advertise": "127.0.0.1", "processes": procs }).to_string();
+                plane_common::request(
+                    &addr,
+                    "PUT",
+                    "/api/hosts/h9/report",
+                    Some("application/json"),
+                    body.as_bytes(),
+                );
+                common::sleep_ms(100);
+            }
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || host_shown(
+        &plane, "h9", true
+    )));
+    plane.ctl_ok(&["add-server", "p9", "--host", "h9", "--", "/bin/true"]);
+    plane.ctl_ok(&["start-server", "p9"]);
+    assert_eq!(plane.server("p9")["state"], "running");
+
+    let (code, v) = plane.send("POST", "/api/servers/p9/stop", json!({}));
+    assert_eq!(code, 409, "{v}");
+    assert!(v.to_string().contains("still running"), "{v}");
+    assert!(
+        v.get("forcible").is_none(),
+        "a live host's report offered to be forced: {v}"
+    );
+    let (code, v) = plane.send("POST", "/api/servers/p9/stop?force=true", json!({}));
+    assert_eq!(code, 409, "forced past a live host's report: {v}");
+    assert!(v.get("forcible").is_none(), "{v}");
+    assert_eq!(plane.server("p9")["state"], "running");
+
+    // The host goes dark: forcible now, quoting its last report.
+    reporting.store(false, std::sync::atomic::Ordering::SeqCst);
+    fake.join().expect("the fake host");
+    assert!(wait_until(Duration::from_secs(15), || host_shown(
+        &plane, "h9", false
+    )));
+    let (code, v) = plane.send("POST", "/api/servers/p9/stop", json!({}));
+    assert_eq!((code, &v["forcible"]), (409, &json!(true)), "{v}");
+    let seen = v["host_seen_unix_ms"].as_u64().expect("host_seen_unix_ms");
+    assert!(seen > 0, "{v}");
+    let (code, v) = plane.send(
+        "POST",
+        &format!("/api/servers/p9/stop?force=true&seen={}", seen - 1),
+        json!({}),
+    );
+    assert_eq!(code, 409, "a stale word forced the stop: {v}");
+    assert!(v.to_string().contains("after the refusal"), "{v}");
+    assert_eq!(plane.server("p9")["state"], "running");
+    let (code, v) = plane.send(
+        "POST",
+        &format!("/api/servers/p9/stop?force=true&seen={seen}"),
+        json!({}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert_eq!(v["unconfirmed_stop"]["host"], "h9", "{v}");
+}
+
 /// Review 31, L10: start-server is refused while a host's last report lists an agent of the
 /// server's failover group. Here a start of failover fails half-way: h2's `understudy host` is
 /// frozen right after it started px-1's agent, which becomes active; px-2 never comes up, and

@@ -392,7 +392,6 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
         // Anything but FORCE typed (a second Enter types nothing): not forced either.
         click_confirm(c, "[data-server=px] [data-act=stop]").await;
         let _ = alert_text(c).await;
-        c.send_alert_text("yes").await.map_err(|e| e.to_string())?;
         c.accept_alert().await.map_err(|e| e.to_string())?;
         assert!(
             wait_until_async(|| async { text(c, "#msg.err").await.contains("not forced") }).await,
@@ -429,6 +428,17 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
             wait_until_async(|| async { text(c, "#msg.forced").await.contains("FORCED") }).await,
             "{}",
             text(c, "#msg").await
+        );
+        // And the card says so, for as long as its host does not report.
+        assert!(
+            wait_until_async(|| async {
+                text(c, "[data-server=px] h2")
+                    .await
+                    .contains("stop unconfirmed (host h2)")
+            })
+            .await,
+            "{}",
+            text(c, "[data-server=px] h2").await
         );
 
         // Forget host: a wrong name forgets nothing.

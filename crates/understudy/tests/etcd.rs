@@ -737,7 +737,7 @@ fn a_stop_whose_answer_is_lost_while_its_sender_holds_is_adopted_and_renewed_ove
     let proxy = DelayProxy::losing_answers(&etcd.endpoint, b"\"stopped\":{");
     let mut g = group_at(
         &proxy.endpoint,
-        "lease_ttl = \"3s\"\ndeadline = \"1500ms\"\nbackstop_ttl = \"6s\"",
+        "lease_ttl = \"5s\"\ndeadline = \"2500ms\"\nbackstop_ttl = \"10s\"",
     );
     let w = g.add_watched_pair();
     g.start("a");
@@ -748,11 +748,17 @@ fn a_stop_whose_answer_is_lost_while_its_sender_holds_is_adopted_and_renewed_ove
 
     proxy.arm();
     let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    // etcd stays out of reach until the release has answered: its re-read cannot tell either.
+    proxy.reopen();
     assert!(
         proxy.fired(),
         "the stop never went through the proxy: {body}"
     );
     assert_eq!(code, 409, "the release went through: {body}");
+    assert!(
+        body.to_string().contains("cannot record"),
+        "refused for another reason: {body}"
+    );
     assert!(
         wait_until(10 * S, || g
             .output("a")
@@ -769,8 +775,8 @@ fn a_stop_whose_answer_is_lost_while_its_sender_holds_is_adopted_and_renewed_ove
         "{}",
         kv_at(&etcd, "/understudy/g/leader", None).1
     );
-    // Well past lease_ttl: a never lost the group.
-    std::thread::sleep(4 * S);
+    // Past lease_ttl: a never lost the group.
+    std::thread::sleep(6 * S);
     let st = g.st("a");
     assert!(
         st["mode"] == "Hot" && st["epoch"] == e1,
@@ -778,6 +784,22 @@ fn a_stop_whose_answer_is_lost_while_its_sender_holds_is_adopted_and_renewed_ove
     );
     assert!(alive(svc), "a's service was killed");
     assert_eq!(g.service_pid("a"), Some(svc), "a's service was replaced");
+
+    // The release asked again goes through, as the control plane's retry would.
+    let (code, body) = testbed::http::post(&g.admin("a"), "/service/release");
+    assert_eq!(code, 200, "the release asked again: {body}");
+    let (_, leader) = kv_at(&etcd, "/understudy/g/leader", None);
+    assert!(leader["stopped"].is_object(), "{leader}");
+    // A standby started now finds failover stopped and stays one, beside the released service.
+    g.start("b");
+    g.wait_status("b", "failover stopped", 10 * S, |s| {
+        s["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("failover is stopped: node a released its service"))
+    });
+    std::thread::sleep(2 * S);
+    assert_eq!(g.mode("b").as_deref(), Some("Warm"), "b took over");
+    assert!(alive(svc), "the released service was stopped");
     g.expect_actives(1);
     w.finish();
 }

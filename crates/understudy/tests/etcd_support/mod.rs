@@ -348,14 +348,17 @@ enum Held {
     LoseAnswer,
 }
 
-/// How long [`DelayProxy::losing_answers`] closes new connections after the lost answer.
-pub const LOSE_REFUSES: Duration = Duration::from_millis(300);
+/// How long at most [`DelayProxy::losing_answers`] closes new connections after the lost
+/// answer, unless [`DelayProxy::reopen`] ends it sooner.
+pub const LOSE_REFUSES: Duration = Duration::from_millis(1500);
 
 pub struct DelayProxy {
     /// `http://127.0.0.1:port`, for an agent's `etcd.endpoints`.
     pub endpoint: String,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Until then, connections are closed as they come (see `losing_answers`).
+    refuse_until: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl DelayProxy {
@@ -376,8 +379,9 @@ impl DelayProxy {
 
     /// Passes the request that holds `pattern` (once armed) on to etcd, then closes the
     /// client's connection, so that etcd carries the request out and its answer is lost; the
-    /// connections the client opens for [`LOSE_REFUSES`] after that are closed at once (etcd
-    /// out of reach for a moment: nothing can be read back to learn whether the write landed).
+    /// connections the client opens after that are closed at once (etcd out of reach for a
+    /// moment: nothing can be read back to learn whether the write landed), until
+    /// [`DelayProxy::reopen`], or for [`LOSE_REFUSES`] at most.
     pub fn losing_answers(upstream: &str, pattern: &'static [u8]) -> DelayProxy {
         Self::start_with(upstream, pattern, Held::LoseAnswer)
     }
@@ -394,15 +398,15 @@ impl DelayProxy {
         let armed = Arc::new(AtomicBool::new(false));
         let fired = Arc::new(AtomicBool::new(false));
         let (a, f) = (Arc::clone(&armed), Arc::clone(&fired));
-        // Until then, connections are closed as they come (see `losing_answers`).
         let refuse_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let refusals = Arc::clone(&refuse_until);
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let refusing = *refuse_until.lock().unwrap_or_else(|e| e.into_inner());
+                let refusing = *refusals.lock().unwrap_or_else(|e| e.into_inner());
                 if refusing.is_some_and(|t| Instant::now() < t) {
                     continue;
                 }
-                let refuse = Arc::clone(&refuse_until);
+                let refuse = Arc::clone(&refusals);
                 let Ok(server) = std::net::TcpStream::connect(&target) else {
                     continue;
                 };
@@ -498,7 +502,13 @@ impl DelayProxy {
             endpoint,
             armed,
             fired,
+            refuse_until,
         }
+    }
+
+    /// Ends the refusal of new connections after a lost answer (see `losing_answers`).
+    pub fn reopen(&self) {
+        *self.refuse_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Holds back the answers to the next request that holds the pattern.
