@@ -131,6 +131,15 @@ fn server_line(s: &Value) -> String {
     let name = s.get("name").and_then(Value::as_str).unwrap_or("?");
     let state = s.get("state").and_then(Value::as_str).unwrap_or("?");
     let mut line = format!("{name:<16} {state:<10}");
+    if let Some(h) = s
+        .get("unconfirmed_stop")
+        .and_then(|u| u.get("host"))
+        .and_then(Value::as_str)
+    {
+        line.push_str(&format!(
+            " STOP UNCONFIRMED (forced; host {h} never confirmed it, it may still run there)"
+        ));
+    }
     match s.get("failover").filter(|f| !f.is_null()) {
         None => line.push_str(" no failover"),
         Some(f) => {

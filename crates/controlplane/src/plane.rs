@@ -352,7 +352,7 @@ impl Plane {
         if seen > silent_since {
             return Err(reported(host, now, seen));
         }
-        self.stale_word(host, force)?;
+        self.stale_word(&[host.to_string()], force)?;
         let placed: Vec<NodeSpec> = self
             .store
             .servers()?
@@ -403,7 +403,7 @@ impl Plane {
                         servers.join(", ")
                     ),
                     hint: "only if the machine is certainly dead (powered off, not cut off): forget-host --force".into(),
-                    forcible: Some(self.host_seen(host)),
+                    forcible: Some(self.hosts_seen(&[host.to_string()])),
                 }));
             }
         }
@@ -476,6 +476,11 @@ impl Plane {
         })
     }
 
+    /// Whether `host` reported after `at` (Unix ms) without `key`: a stop of it confirmed.
+    fn stop_confirmed_since(&self, host: &str, key: &str, at: u64) -> bool {
+        self.host_seen(host) > at && self.report_on(host, key).is_none()
+    }
+
     /// When `host` last reported (Unix ms; 0: never).
     fn host_seen(&self, host: &str) -> u64 {
         self.store
@@ -485,15 +490,22 @@ impl Plane {
             .unwrap_or(0)
     }
 
-    /// Refuses a forced call whose word was given on a refusal that showed `host`'s last
-    /// report older than the one stored now: the host came back since (and may have gone dark
-    /// again), so what the operator vouched for is not what holds (review 37, M2).
-    fn stale_word(&self, host: &str, force: Force) -> Result<(), PlaneError> {
-        let now_seen = self.host_seen(host);
+    /// The newest last report of `hosts` (Unix ms; 0: none): what a forcible refusal quotes.
+    fn hosts_seen(&self, hosts: &[String]) -> u64 {
+        hosts.iter().map(|h| self.host_seen(h)).max().unwrap_or(0)
+    }
+
+    /// Refuses a forced call whose word was given on a refusal that quoted another last report
+    /// of `hosts` than the one stored now: one came back since (and may have gone dark again),
+    /// so what the operator vouched for is not what holds (review 37, M2). Only the exact value
+    /// passes: one from the future is no quote of this plane's.
+    fn stale_word(&self, hosts: &[String], force: Force) -> Result<(), PlaneError> {
+        let now_seen = self.hosts_seen(hosts);
         match force.seen {
-            Some(seen) if force.given && now_seen > seen => Err(PlaneError::Refused(Refusal {
+            Some(seen) if force.given && now_seen != seen => Err(PlaneError::Refused(Refusal {
                 reason: format!(
-                    "host {host} reported {:.1} s ago, after the refusal this force answers was given: what was vouched for no longer holds, nothing was forced",
+                    "host {} reported {:.1} s ago, not as the refusal this force answers showed it: what was vouched for no longer holds, nothing was forced",
+                    hosts.join(", "),
                     unix_ms().saturating_sub(now_seen) as f64 / 1000.0
                 ),
                 hint: "look at the host again, then try again".into(),
@@ -512,26 +524,30 @@ impl Plane {
         list.into_iter().find(|r| r.key == key)
     }
 
-    /// The host a stop of `key` must be confirmed by: one whose report lists it running, a
-    /// connected one first; else `placed`.
-    fn running_host(&self, key: &str, placed: &str) -> String {
-        let Ok(hosts) = self.store.hosts() else {
-            return placed.to_string();
-        };
-        let running: Vec<String> = hosts
-            .into_iter()
-            .filter(|(_, (_, _, rep))| {
-                serde_json::from_value::<Vec<ProcReport>>(rep.clone())
-                    .is_ok_and(|l| l.iter().any(|r| r.key == key && r.running))
+    /// The hosts a stop of `key` must be confirmed by: every host whose last report lists it,
+    /// running or not (a released service waiting for its agent to exit is listed not
+    /// running, on the active's host rather than the placed one: review 39, H1); else the host
+    /// told to run it; else `placed`.
+    fn stop_hosts(&self, key: &str, placed: &str) -> Vec<String> {
+        let listing: Vec<String> = self
+            .store
+            .hosts()
+            .map(|hosts| {
+                hosts
+                    .into_iter()
+                    .filter(|(_, (_, _, rep))| {
+                        serde_json::from_value::<Vec<ProcReport>>(rep.clone())
+                            .is_ok_and(|l| l.iter().any(|r| r.key == key))
+                    })
+                    .map(|(name, _)| name)
+                    .collect()
             })
-            .map(|(name, _)| name)
-            .collect();
-        running
-            .iter()
-            .find(|h| self.dark_host(h).is_none())
-            .or(running.first())
-            .cloned()
-            .unwrap_or_else(|| placed.to_string())
+            .unwrap_or_default();
+        if !listing.is_empty() {
+            return listing;
+        }
+        let told = self.store.desired(key).ok().flatten().map(|(h, _)| h);
+        vec![told.unwrap_or_else(|| placed.to_string())]
     }
 
     /// Wait until `key`'s report on `host` says it is gone, in a report the host made after
@@ -641,6 +657,20 @@ impl Plane {
         let row = self.row(name)?;
         let next = self.check(&row, Step::StartServer)?;
         self.not_forgotten(&row.spec.host, &format!("server {name}"))?;
+        // A stop forced on the operator's word, that its host has not confirmed since: the
+        // server may still run there, and a second one would trade beside it (review 39, M2).
+        if let Some((host, at)) = &row.unconfirmed_stop {
+            let key = server_key(name);
+            if self.forgotten(host).is_none() && !self.stop_confirmed_since(host, &key, *at) {
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!(
+                        "server {name} was stopped on the operator's word and host {host} never confirmed it: it may still run there"
+                    ),
+                    hint: format!("bring host {host} back (it stops the server and confirms), or, if its machine is gone for good, `ctl forget-host {host}`"),
+                    forcible: None,
+                }));
+            }
+        }
         self.no_lingering_agent(&row).await?;
         let key = server_key(name);
         let generation = unix_ms();
@@ -723,38 +753,36 @@ impl Plane {
         let row = self.row(name)?;
         let next = self.check(&row, Step::StopServer)?;
         let key = server_key(name);
-        let host = self.running_host(&key, &row.spec.host);
-        self.stale_word(&host, force)?;
+        let hosts = self.stop_hosts(&key, &row.spec.host);
+        self.stale_word(&hosts, force)?;
         if !force.given {
-            let dark = self.dark_host(&host);
-            if let Some(why) = dark {
+            if let Some(why) = hosts.iter().find_map(|h| self.dark_host(h)) {
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!("server {name} cannot be told to stop: {why}; it stays running"),
                     hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
-                    forcible: Some(self.host_seen(&host)),
+                    forcible: Some(self.hosts_seen(&hosts)),
                 }));
             }
         }
         let since = unix_ms();
         self.store.delete_desired(&key)?;
-        if let Err(e) = self.wait_gone(&host, &key, since).await {
-            // A host that reported since the stop and still lists the server running is up,
-            // and its word beats the operator's: nothing to force (review 37, M1).
-            let reported_since = self
-                .store
-                .hosts()
-                .ok()
-                .and_then(|h| h.get(&host).map(|h| h.1))
-                .is_some_and(|seen| seen > since);
-            let still_runs = self.report_on(&host, &key).is_some_and(|r| r.running);
+        let mut unconfirmed = None;
+        for host in &hosts {
+            let Err(e) = self.wait_gone(host, &key, since).await else {
+                continue;
+            };
+            // A host that reported since the stop and still lists the server is up, and its
+            // word beats the operator's: nothing to force (review 37, M1).
+            let reported_since = self.host_seen(host) > since;
+            let listed = self.report_on(host, &key).is_some();
             // Dark again by now: what it reported says nothing any more, and the operator's
             // word may stand (review 38, L-b).
-            let up = host == LOCAL_HOST || self.dark_host(&host).is_none();
-            if (reported_since || host == LOCAL_HOST) && up && still_runs {
-                warn!(server = %name, "stop not done, its host reports it still running: {e}");
+            let up = host == LOCAL_HOST || self.dark_host(host).is_none();
+            if (reported_since || host == LOCAL_HOST) && up && listed {
+                warn!(server = %name, %host, "stop not done, its host still reports it: {e}");
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!(
-                        "host {host} reports server {name} still running {} s after it was told to stop it: it stays running",
+                        "host {host} still reports server {name} {} s after it was told to stop it: it stays running",
                         HOST_TIMEOUT.as_secs()
                     ),
                     hint: "its host is stopping it (SIGTERM, then SIGKILL after 10 s); if it still runs after that, see why on that host (a process in an uninterruptible wait survives SIGKILL until the wait ends), then stop the server again".into(),
@@ -762,21 +790,25 @@ impl Plane {
                 }));
             }
             if !force.given {
-                warn!(server = %name, "stop not confirmed, the server stays running: {e}");
+                warn!(server = %name, %host, "stop not confirmed, the server stays running: {e}");
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!(
                         "host {host} did not confirm that server {name} stopped ({e}): it may still run, so it stays running here (its host stops it when it is back)"
                     ),
                     hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
-                    forcible: self.dark_host(&host).map(|_| self.host_seen(&host)),
+                    forcible: self.dark_host(host).map(|_| self.hosts_seen(&hosts)),
                 }));
             }
-            warn!(server = %name, "stop not confirmed, Stopped on the operator's word (--force): {e}");
-            self.store
-                .set_unconfirmed_stop(name, Some((&host, unix_ms())))?;
-        } else {
-            self.store.set_unconfirmed_stop(name, None)?;
+            warn!(server = %name, %host, "stop not confirmed, Stopped on the operator's word (--force): {e}");
+            unconfirmed.get_or_insert(host.clone());
         }
+        if unconfirmed.is_some() {
+            // A host that reported during the wait makes the word stale too: it was given
+            // before that (review 39, M1).
+            self.stale_word(&hosts, force)?;
+        }
+        self.store
+            .set_unconfirmed_stop(name, unconfirmed.as_deref().map(|h| (h, unix_ms())))?;
         self.store.set_state(name, next)?;
         info!(server = %name, "server stopped");
         self.row(name)
@@ -1820,9 +1852,9 @@ impl Plane {
             "failure_events": self.store.failure_event_count(name)?,
             "failover": failover,
         });
-        // Until that host reports again: its report then says what runs there.
+        // Until that host confirms it: a report made after the stop, without the server.
         if let Some((host, at)) = &row.unconfirmed_stop {
-            if self.host_seen(host) <= *at {
+            if !self.stop_confirmed_since(host, &skey, *at) {
                 v["unconfirmed_stop"] = json!({ "host": host, "unix_ms": at });
             }
         }

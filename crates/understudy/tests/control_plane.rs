@@ -1301,7 +1301,7 @@ fn a_live_hosts_report_beats_the_operators_word_and_a_stale_word_forces_nothing(
 
     let (code, v) = plane.send("POST", "/api/servers/p9/stop", json!({}));
     assert_eq!(code, 409, "{v}");
-    assert!(v.to_string().contains("still running"), "{v}");
+    assert!(v.to_string().contains("still reports server p9"), "{v}");
     assert!(
         v.get("forcible").is_none(),
         "a live host's report offered to be forced: {v}"
@@ -1309,6 +1309,7 @@ fn a_live_hosts_report_beats_the_operators_word_and_a_stale_word_forces_nothing(
     let (code, v) = plane.send("POST", "/api/servers/p9/stop?force=true", json!({}));
     assert_eq!(code, 409, "forced past a live host's report: {v}");
     assert!(v.get("forcible").is_none(), "{v}");
+    assert!(v.to_string().contains("still reports server p9"), "{v}");
     assert_eq!(plane.server("p9")["state"], "running");
 
     // The host goes dark: forcible now, quoting its last report.
@@ -1326,9 +1327,34 @@ fn a_live_hosts_report_beats_the_operators_word_and_a_stale_word_forces_nothing(
         &format!("/api/servers/p9/stop?force=true&seen={}", seen - 1),
         json!({}),
     );
+    assert_eq!(
+        code, 409,
+        "a word quoting another report forced the stop: {v}"
+    );
+    assert!(v.to_string().contains("not as the refusal"), "{v}");
+    // The host comes back for one report, still listing p9, and goes dark again: the word
+    // given on the refusal before it is stale.
+    let procs = json!([{ "key": "server:p9", "pid": 4_000_000, "running": true, "generation": 0 }]);
+    let (code, v) = plane.send(
+        "PUT",
+        "/api/hosts/h9/report",
+        json!({ "advertise": "127.0.0.1", "processes": procs }),
+    );
+    assert!(code < 300, "{code} {v}");
+    assert!(wait_until(Duration::from_secs(15), || host_shown(
+        &plane, "h9", false
+    )));
+    let (code, v) = plane.send(
+        "POST",
+        &format!("/api/servers/p9/stop?force=true&seen={seen}"),
+        json!({}),
+    );
     assert_eq!(code, 409, "a stale word forced the stop: {v}");
-    assert!(v.to_string().contains("after the refusal"), "{v}");
+    assert!(v.to_string().contains("not as the refusal"), "{v}");
     assert_eq!(plane.server("p9")["state"], "running");
+    let (code, v) = plane.send("POST", "/api/servers/p9/stop", json!({}));
+    assert_eq!((code, &v["forcible"]), (409, &json!(true)), "{v}");
+    let seen = v["host_seen_unix_ms"].as_u64().expect("host_seen_unix_ms");
     let (code, v) = plane.send(
         "POST",
         &format!("/api/servers/p9/stop?force=true&seen={seen}"),
@@ -1337,6 +1363,18 @@ fn a_live_hosts_report_beats_the_operators_word_and_a_stale_word_forces_nothing(
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["state"], "stopped", "{v}");
     assert_eq!(v["unconfirmed_stop"]["host"], "h9", "{v}");
+    // Unconfirmed, it may still run there: no second one (review 39, M2).
+    let (code, v) = plane.ctl(&["start-server", "p9"]);
+    assert_ne!(code, 0, "started beside an unconfirmed stop: {v}");
+    assert!(v.to_string().contains("never confirmed"), "{v}");
+    // The host back, reporting without it: confirmed, the mark gone.
+    let (code, v) = plane.send(
+        "PUT",
+        "/api/hosts/h9/report",
+        json!({ "advertise": "127.0.0.1", "processes": [] }),
+    );
+    assert!(code < 300, "{code} {v}");
+    assert!(plane.server("p9").get("unconfirmed_stop").is_none());
 }
 
 /// Review 31, L10: start-server is refused while a host's last report lists an agent of the

@@ -802,6 +802,7 @@ fn a_stop_whose_answer_is_lost_while_its_sender_holds_is_adopted_and_renewed_ove
     assert!(alive(svc), "the released service was stopped");
     g.expect_actives(1);
     w.finish();
+    kill_released(&body);
 }
 
 /// Review 29, M2: an agent that finds its name taken by a live one (the same configuration on
