@@ -390,7 +390,7 @@ impl Plane {
             let servers: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last.clone())
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|r| r.running && r.key.starts_with("server:"))
+                .filter(|r| r.key.starts_with("server:"))
                 .map(|r| match r.pid {
                     Some(pid) => format!("{} (pid {pid})", r.key),
                     None => r.key,
@@ -399,7 +399,7 @@ impl Plane {
             if !servers.is_empty() {
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!(
-                        "host {host} last reported {} running: nothing can be asked whether it still runs, and a plain server (a released service among them) acts unfenced",
+                        "host {host} last reported {} (running, or a released service it was to adopt): nothing can be asked whether it still runs, and a plain server acts unfenced",
                         servers.join(", ")
                     ),
                     hint: "only if the machine is certainly dead (powered off, not cut off): forget-host --force".into(),
@@ -476,6 +476,39 @@ impl Plane {
         })
     }
 
+    /// The hosts of `row`'s last stop, forced on the operator's word, that have neither
+    /// confirmed it since nor been forgotten.
+    fn unconfirmed_hosts(&self, row: &ServerRow) -> Vec<String> {
+        let Some((hosts, at)) = &row.unconfirmed_stop else {
+            return Vec::new();
+        };
+        let key = server_key(&row.spec.name);
+        hosts
+            .split(',')
+            .filter(|h| self.forgotten(h).is_none() && !self.stop_confirmed_since(h, &key, *at))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Refused while [`Self::unconfirmed_hosts`] has any: the server may still run there, and
+    /// a second copy, or a group's active, would trade beside it (review 39, M2; review 40,
+    /// #3 and #5).
+    fn no_unconfirmed_stop(&self, row: &ServerRow) -> Result<(), PlaneError> {
+        let hosts = self.unconfirmed_hosts(row);
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let name = &row.spec.name;
+        let list = hosts.join(", ");
+        Err(PlaneError::Refused(Refusal {
+            reason: format!(
+                "server {name} was stopped on the operator's word and host {list} never confirmed it: it may still run there"
+            ),
+            hint: format!("bring host {list} back (it stops the server and confirms), or, if its machine is gone for good, `ctl forget-host HOST`"),
+            forcible: None,
+        }))
+    }
+
     /// Whether `host` reported after `at` (Unix ms) without `key`: a stop of it confirmed.
     fn stop_confirmed_since(&self, host: &str, key: &str, at: u64) -> bool {
         self.host_seen(host) > at && self.report_on(host, key).is_none()
@@ -490,9 +523,18 @@ impl Plane {
             .unwrap_or(0)
     }
 
-    /// The newest last report of `hosts` (Unix ms; 0: none): what a forcible refusal quotes.
+    /// The newest last report of those of `hosts` that are dark now (Unix ms; 0: none): what
+    /// a forcible refusal quotes, and what the force must find unchanged. Only the dark ones:
+    /// a connected host's report moves every quarter second and is not what the operator
+    /// vouches for; one that comes back leaves the set, and one that goes dark joins it, both
+    /// making the word stale.
     fn hosts_seen(&self, hosts: &[String]) -> u64 {
-        hosts.iter().map(|h| self.host_seen(h)).max().unwrap_or(0)
+        hosts
+            .iter()
+            .filter(|h| self.dark_host(h).is_some())
+            .map(|h| self.host_seen(h))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Refuses a forced call whose word was given on a refusal that quoted another last report
@@ -543,11 +585,34 @@ impl Plane {
                     .collect()
             })
             .unwrap_or_default();
-        if !listing.is_empty() {
-            return listing;
-        }
         let told = self.store.desired(key).ok().flatten().map(|(h, _)| h);
-        vec![told.unwrap_or_else(|| placed.to_string())]
+        let mut hosts = listing;
+        // The host told to run it too: a dark host's stale listing must not hide the one that
+        // received a released service (review 40, #2).
+        if let Some(t) = told {
+            if !hosts.contains(&t) {
+                hosts.push(t);
+            }
+        }
+        if hosts.is_empty() {
+            hosts.push(placed.to_string());
+        }
+        hosts
+    }
+
+    /// The host still to adopt `key`'s service, released by stop failover, while it has not
+    /// (its agent has not exited yet): a stop now would drop the adoption and leave that
+    /// service running unwatched (review 40, #1).
+    fn adoption_pending(&self, key: &str) -> Option<(String, String)> {
+        let (host, want) = self.store.desired(key).ok().flatten()?;
+        let Want::Server {
+            adopt: Some(adopt), ..
+        } = serde_json::from_value::<Want>(want).ok()?
+        else {
+            return None;
+        };
+        let adopted = self.report_on(&host, key).is_some_and(|r| r.running);
+        (!adopted).then_some((host, adopt.from))
     }
 
     /// Wait until `key`'s report on `host` says it is gone, in a report the host made after
@@ -657,20 +722,7 @@ impl Plane {
         let row = self.row(name)?;
         let next = self.check(&row, Step::StartServer)?;
         self.not_forgotten(&row.spec.host, &format!("server {name}"))?;
-        // A stop forced on the operator's word, that its host has not confirmed since: the
-        // server may still run there, and a second one would trade beside it (review 39, M2).
-        if let Some((host, at)) = &row.unconfirmed_stop {
-            let key = server_key(name);
-            if self.forgotten(host).is_none() && !self.stop_confirmed_since(host, &key, *at) {
-                return Err(PlaneError::Refused(Refusal {
-                    reason: format!(
-                        "server {name} was stopped on the operator's word and host {host} never confirmed it: it may still run there"
-                    ),
-                    hint: format!("bring host {host} back (it stops the server and confirms), or, if its machine is gone for good, `ctl forget-host {host}`"),
-                    forcible: None,
-                }));
-            }
-        }
+        self.no_unconfirmed_stop(&row)?;
         self.no_lingering_agent(&row).await?;
         let key = server_key(name);
         let generation = unix_ms();
@@ -755,8 +807,21 @@ impl Plane {
         let key = server_key(name);
         let hosts = self.stop_hosts(&key, &row.spec.host);
         self.stale_word(&hosts, force)?;
+        if let Some((host, agent)) = self.adoption_pending(&key) {
+            if self.dark_host(&host).is_none() {
+                return Err(PlaneError::Refused(Refusal {
+                    reason: format!(
+                        "server {name}'s service, released by stop failover, is not adopted yet by host {host}: {agent} has not exited; a stop now would leave the service running unwatched"
+                    ),
+                    hint: format!("wait until {agent} exits and host {host} adopts the service (the server then shows running), then stop it again; if {agent} does not exit, stop it on that host"),
+                    forcible: None,
+                }));
+            }
+        }
         if !force.given {
-            if let Some(why) = hosts.iter().find_map(|h| self.dark_host(h)) {
+            let dark: Vec<String> = hosts.iter().filter_map(|h| self.dark_host(h)).collect();
+            if !dark.is_empty() {
+                let why = dark.join("; ");
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!("server {name} cannot be told to stop: {why}; it stays running"),
                     hint: "bring the host back and stop the server again; only if its machine is gone for good: stop-server --force, or `ctl forget-host HOST`".into(),
@@ -778,7 +843,9 @@ impl Plane {
             // Dark again by now: what it reported says nothing any more, and the operator's
             // word may stand (review 38, L-b).
             let up = host == LOCAL_HOST || self.dark_host(host).is_none();
-            if (reported_since || host == LOCAL_HOST) && up && listed {
+            // Under force, a host that reported during the wait and still lists it refuses too,
+            // dark again or not: the word was given before that (review 40, #6).
+            if (reported_since || host == LOCAL_HOST) && (up || force.given) && listed {
                 warn!(server = %name, %host, "stop not done, its host still reports it: {e}");
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!(
@@ -800,13 +867,15 @@ impl Plane {
                 }));
             }
             warn!(server = %name, %host, "stop not confirmed, Stopped on the operator's word (--force): {e}");
-            unconfirmed.get_or_insert(host.clone());
+            unconfirmed.get_or_insert_with(Vec::new).push(host.clone());
         }
         if unconfirmed.is_some() {
             // A host that reported during the wait makes the word stale too: it was given
             // before that (review 39, M1).
             self.stale_word(&hosts, force)?;
         }
+        // Every host that did not confirm, comma-separated (host names hold no commas).
+        let unconfirmed = unconfirmed.map(|h| h.join(","));
         self.store
             .set_unconfirmed_stop(name, unconfirmed.as_deref().map(|h| (h, unix_ms())))?;
         self.store.set_state(name, next)?;
@@ -1392,6 +1461,7 @@ impl Plane {
         let Some(f) = row.failover.clone() else {
             return Err(PlaneError::NotFound(name.to_string()));
         };
+        self.no_unconfirmed_stop(&row)?;
         self.no_lingering_agent(&row).await?;
         for n in &f.nodes {
             self.not_forgotten(&n.host, &format!("node {}", n.name))?;
@@ -1852,11 +1922,11 @@ impl Plane {
             "failure_events": self.store.failure_event_count(name)?,
             "failover": failover,
         });
-        // Until that host confirms it: a report made after the stop, without the server.
-        if let Some((host, at)) = &row.unconfirmed_stop {
-            if !self.stop_confirmed_since(host, &skey, *at) {
-                v["unconfirmed_stop"] = json!({ "host": host, "unix_ms": at });
-            }
+        // Until each host confirms it (a report made after the stop, without the server) or is
+        // forgotten.
+        let open = self.unconfirmed_hosts(row);
+        if let (false, Some((_, at))) = (open.is_empty(), &row.unconfirmed_stop) {
+            v["unconfirmed_stop"] = json!({ "host": open.join(","), "unix_ms": at });
         }
         Ok(v)
     }

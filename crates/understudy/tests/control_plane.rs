@@ -1332,6 +1332,16 @@ fn a_live_hosts_report_beats_the_operators_word_and_a_stale_word_forces_nothing(
         "a word quoting another report forced the stop: {v}"
     );
     assert!(v.to_string().contains("not as the refusal"), "{v}");
+    // Nor one from the future: only the value the refusal quoted.
+    let (code, v) = plane.send(
+        "POST",
+        &format!("/api/servers/p9/stop?force=true&seen={}", seen + 1),
+        json!({}),
+    );
+    assert_eq!(
+        code, 409,
+        "a word quoting a later report forced the stop: {v}"
+    );
     // The host comes back for one report, still listing p9, and goes dark again: the word
     // given on the refusal before it is stale.
     let procs = json!([{ "key": "server:p9", "pid": 4_000_000, "running": true, "generation": 0 }]);
@@ -1375,6 +1385,103 @@ fn a_live_hosts_report_beats_the_operators_word_and_a_stale_word_forces_nothing(
     );
     assert!(code < 300, "{code} {v}");
     assert!(plane.server("p9").get("unconfirmed_stop").is_none());
+}
+
+/// A host played through the API, reporting every 100 ms until `on` is cleared: what it is told
+/// to run, running, plus `extra`; with `sticky`, what it ran stays reported running after its
+/// want is gone (a process its stop cannot end).
+fn fake_host(
+    addr: &str,
+    name: &'static str,
+    sticky: bool,
+    extra: Vec<Value>,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        let mut procs: Vec<Value> = Vec::new();
+        while on.load(std::sync::atomic::Ordering::SeqCst) {
+            let (_, _, b) = plane_common::request(
+                &addr,
+                "GET",
+                &format!("/api/hosts/{name}/desired"),
+                None,
+                b"",
+            );
+            let desired: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
+            let d = desired["desired"].as_object().cloned().unwrap_or_default();
+            if !sticky {
+                procs.retain(|p| p["key"].as_str().is_some_and(|k| d.contains_key(k)));
+            }
+            for (key, want) in &d {
+                procs.retain(|p| p["key"] != key.as_str());
+                procs.push(json!({ "key": key, "pid": 4_000_000, "running": true,
+                                   "generation": want["generation"].as_u64().unwrap_or(0) }));
+            }
+            let mut all = procs.clone();
+            all.extend(extra.iter().cloned());
+            let body = json!({ "advertise": "127.0.0.1", "processes": all }).to_string();
+            plane_common::request(
+                &addr,
+                "PUT",
+                &format!("/api/hosts/{name}/report"),
+                Some("application/json"),
+                body.as_bytes(),
+            );
+            common::sleep_ms(100);
+        }
+    })
+}
+
+/// Review 38 L-d, review 39 H1, review 40 #2-#3: a stop is confirmed by every host whose last
+/// report lists the server, not by the first one in name order or the placed one alone. Here
+/// p8 runs on h9, which lets it go when told; h8, dark now, last listed it too. A stop is
+/// refused (forcible, naming h8) although h9 would confirm at once; forced, it waits for both,
+/// is Stopped with h8 marked unconfirmed, and start-server is refused while h8 has not confirmed.
+#[test]
+fn a_stop_waits_for_every_host_that_lists_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let plane = Plane::start(&data, &free_addr());
+    let h9_on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h9 = fake_host(&plane.addr, "h9", false, Vec::new(), h9_on.clone());
+    let stale = json!({ "key": "server:p8", "pid": 4_000_001, "running": true, "generation": 0 });
+    let h8_on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h8 = fake_host(&plane.addr, "h8", false, vec![stale], h8_on.clone());
+    assert!(wait_until(Duration::from_secs(10), || host_shown(
+        &plane, "h9", true
+    ) && host_shown(
+        &plane, "h8", true
+    )));
+    plane.ctl_ok(&["add-server", "p8", "--host", "h9", "--", "/bin/true"]);
+    plane.ctl_ok(&["start-server", "p8"]);
+    h8_on.store(false, std::sync::atomic::Ordering::SeqCst);
+    h8.join().expect("h8");
+    assert!(wait_until(Duration::from_secs(15), || host_shown(
+        &plane, "h8", false
+    )));
+
+    let (code, v) = plane.send("POST", "/api/servers/p8/stop", json!({}));
+    assert_eq!(
+        (code, &v["forcible"]),
+        (409, &json!(true)),
+        "stopped past h8: {v}"
+    );
+    assert!(v.to_string().contains("host h8"), "{v}");
+    assert_eq!(plane.server("p8")["state"], "running");
+    let seen = v["host_seen_unix_ms"].as_u64().expect("host_seen_unix_ms");
+    let (code, v) = plane.send(
+        "POST",
+        &format!("/api/servers/p8/stop?force=true&seen={seen}"),
+        json!({}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["unconfirmed_stop"]["host"], "h8", "{v}");
+    let (code, v) = plane.ctl(&["start-server", "p8"]);
+    assert_ne!(code, 0, "started while h8 may still run it: {v}");
+    assert!(v.to_string().contains("h8"), "{v}");
+    h9_on.store(false, std::sync::atomic::Ordering::SeqCst);
+    h9.join().expect("h9");
 }
 
 /// Review 31, L10: start-server is refused while a host's last report lists an agent of the
