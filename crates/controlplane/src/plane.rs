@@ -605,6 +605,11 @@ impl Plane {
     /// service running unwatched (review 40, #1).
     fn adoption_pending(&self, key: &str) -> Option<(String, String)> {
         let (host, want) = self.store.desired(key).ok().flatten()?;
+        // Gone with its machine, on the operator's word: nothing is adopted there any more
+        // (review 41, M-A: the stop was refused for good).
+        if self.forgotten(&host).is_some() {
+            return None;
+        }
         let Want::Server {
             adopt: Some(adopt), ..
         } = serde_json::from_value::<Want>(want).ok()?
@@ -807,16 +812,21 @@ impl Plane {
         let key = server_key(name);
         let hosts = self.stop_hosts(&key, &row.spec.host);
         self.stale_word(&hosts, force)?;
+        // Not forcible, dark host or not: a stop drops the adoption, and a host that was only
+        // cut off and comes back never lists the service it did not adopt, so nothing would
+        // ever show it running (review 41, M-B). Forgetting the host is the explicit way.
         if let Some((host, agent)) = self.adoption_pending(&key) {
-            if self.dark_host(&host).is_none() {
-                return Err(PlaneError::Refused(Refusal {
-                    reason: format!(
-                        "server {name}'s service, released by stop failover, is not adopted yet by host {host}: {agent} has not exited; a stop now would leave the service running unwatched"
-                    ),
-                    hint: format!("wait until {agent} exits and host {host} adopts the service (the server then shows running), then stop it again; if {agent} does not exit, stop it on that host"),
-                    forcible: None,
-                }));
-            }
+            let hint = match self.dark_host(&host) {
+                None => format!("wait until {agent} exits and host {host} adopts the service (the server then shows running), then stop it again; if {agent} does not exit, stop it on that host"),
+                Some(_) => format!("bring host {host} back so that it adopts the service; if its machine is gone for good: `ctl forget-host {host} --force`, then stop the server again"),
+            };
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!(
+                    "server {name}'s service, released by stop failover, is not adopted yet by host {host}: {agent} has not exited; a stop now would leave the service running unwatched"
+                ),
+                hint,
+                forcible: None,
+            }));
         }
         if !force.given {
             let dark: Vec<String> = hosts.iter().filter_map(|h| self.dark_host(h)).collect();
@@ -887,6 +897,9 @@ impl Plane {
     pub fn delete_server(&self, name: &str) -> Result<(), PlaneError> {
         let row = self.row(name)?;
         self.check(&row, Step::DeleteServer)?;
+        // The mark would go with the row, and a server added again under that name start
+        // beside the copy that may still run (review 41, M-C).
+        self.no_unconfirmed_stop(&row)?;
         if let Some(f) = &row.failover {
             self.forget_nodes(&f.nodes);
         }
@@ -1202,6 +1215,17 @@ impl Plane {
                         vec![FieldError {
                             field: "server".into(),
                             reason: "not in the import, but running: stop it before pruning".into(),
+                        }],
+                    );
+                } else if prune && !self.unconfirmed_hosts(row).is_empty() {
+                    rep.errors.insert(
+                        name.clone(),
+                        vec![FieldError {
+                            field: "server".into(),
+                            reason: format!(
+                                "not in the import, but its last stop was never confirmed by host {}: it may still run there (forget the host if its machine is dead)",
+                                self.unconfirmed_hosts(row).join(", ")
+                            ),
                         }],
                     );
                 }

@@ -1480,6 +1480,10 @@ fn a_stop_waits_for_every_host_that_lists_the_server() {
     let (code, v) = plane.ctl(&["start-server", "p8"]);
     assert_ne!(code, 0, "started while h8 may still run it: {v}");
     assert!(v.to_string().contains("h8"), "{v}");
+    // Nor deleted, which would drop the mark with the row (review 41, M-C).
+    let (code, v) = plane.ctl(&["delete-server", "p8"]);
+    assert_ne!(code, 0, "deleted while h8 may still run it: {v}");
+    assert!(v.to_string().contains("never confirmed"), "{v}");
     h9_on.store(false, std::sync::atomic::Ordering::SeqCst);
     h9.join().expect("h9");
 }
