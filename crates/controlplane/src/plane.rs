@@ -469,11 +469,21 @@ impl Plane {
 
     /// The last report of `key`, from whichever host reported it.
     fn report(&self, key: &str) -> Option<(String, ProcReport)> {
-        let hosts = self.store.hosts().ok()?;
-        hosts.into_iter().find_map(|(name, (_, _, rep))| {
-            let list: Vec<ProcReport> = serde_json::from_value(rep).ok()?;
-            list.into_iter().find(|r| r.key == key).map(|r| (name, r))
-        })
+        self.reports(key).into_iter().next()
+    }
+
+    /// `key`'s entry in each host's last report that lists it, by host name.
+    fn reports(&self, key: &str) -> Vec<(String, ProcReport)> {
+        let Ok(hosts) = self.store.hosts() else {
+            return Vec::new();
+        };
+        hosts
+            .into_iter()
+            .filter_map(|(name, (_, _, rep))| {
+                let list: Vec<ProcReport> = serde_json::from_value(rep).ok()?;
+                list.into_iter().find(|r| r.key == key).map(|r| (name, r))
+            })
+            .collect()
     }
 
     /// The hosts of `row`'s last stop, forced on the operator's word, that have neither
@@ -571,22 +581,8 @@ impl Plane {
     /// running, on the active's host rather than the placed one: review 39, H1); else the host
     /// told to run it; else `placed`.
     fn stop_hosts(&self, key: &str, placed: &str) -> Vec<String> {
-        let listing: Vec<String> = self
-            .store
-            .hosts()
-            .map(|hosts| {
-                hosts
-                    .into_iter()
-                    .filter(|(_, (_, _, rep))| {
-                        serde_json::from_value::<Vec<ProcReport>>(rep.clone())
-                            .is_ok_and(|l| l.iter().any(|r| r.key == key))
-                    })
-                    .map(|(name, _)| name)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut hosts: Vec<String> = self.reports(key).into_iter().map(|(h, _)| h).collect();
         let told = self.store.desired(key).ok().flatten().map(|(h, _)| h);
-        let mut hosts = listing;
         // The host told to run it too: a dark host's stale listing must not hide the one that
         // received a released service (review 40, #2).
         if let Some(t) = told {
@@ -862,7 +858,7 @@ impl Plane {
                         "host {host} still reports server {name} {} s after it was told to stop it: it stays running",
                         HOST_TIMEOUT.as_secs()
                     ),
-                    hint: "its host is stopping it (SIGTERM, then SIGKILL after 10 s); if it still runs after that, see why on that host (a process in an uninterruptible wait survives SIGKILL until the wait ends), then stop the server again".into(),
+                    hint: format!("its host is stopping it (SIGTERM, then SIGKILL after {} s); if it still runs after that, see why on that host (a process in an uninterruptible wait survives SIGKILL until the wait ends), then stop the server again", crate::hostd::STOP_GRACE.as_secs()),
                     forcible: None,
                 }));
             }
@@ -1217,17 +1213,20 @@ impl Plane {
                             reason: "not in the import, but running: stop it before pruning".into(),
                         }],
                     );
-                } else if prune && !self.unconfirmed_hosts(row).is_empty() {
-                    rep.errors.insert(
-                        name.clone(),
-                        vec![FieldError {
-                            field: "server".into(),
-                            reason: format!(
-                                "not in the import, but its last stop was never confirmed by host {}: it may still run there (forget the host if its machine is dead)",
-                                self.unconfirmed_hosts(row).join(", ")
-                            ),
-                        }],
-                    );
+                } else if prune {
+                    let unconfirmed = self.unconfirmed_hosts(row);
+                    if !unconfirmed.is_empty() {
+                        rep.errors.insert(
+                            name.clone(),
+                            vec![FieldError {
+                                field: "server".into(),
+                                reason: format!(
+                                    "not in the import, but its last stop was never confirmed by host {}: it may still run there (forget the host if its machine is dead)",
+                                    unconfirmed.join(", ")
+                                ),
+                            }],
+                        );
+                    }
                 }
             }
         }

@@ -1262,36 +1262,9 @@ fn a_live_hosts_report_beats_the_operators_word_and_a_stale_word_forces_nothing(
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let plane = Plane::start(&data, &free_addr());
-    let addr = plane.addr.clone();
+    // It reports what it is told to run, running, and never lets go of it.
     let reporting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let fake = {
-        let reporting = reporting.clone();
-        std::thread::spawn(move || {
-            let mut procs: Vec<Value> = Vec::new();
-            while reporting.load(std::sync::atomic::Ordering::SeqCst) {
-                let (_, _, b) =
-                    plane_common::request(&addr, "GET", "/api/hosts/h9/desired", None, b"");
-                let desired: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
-                if let Some(d) = desired["desired"].as_object() {
-                    for (key, want) in d {
-                        procs.retain(|p| p["key"] != key.as_str());
-                        procs.push(json!({ "key": key, "pid": 4_000_000, "running": true,
-                                           "generation": want["generation"].as_u64().unwrap_or(0) }));
-                    }
-                }
-                // What it ran stays running: a process its stop cannot end.
-                let body = json!({ "advertise": "127.0.0.1", "processes": procs }).to_string();
-                plane_common::request(
-                    &addr,
-                    "PUT",
-                    "/api/hosts/h9/report",
-                    Some("application/json"),
-                    body.as_bytes(),
-                );
-                common::sleep_ms(100);
-            }
-        })
-    };
+    let fake = fake_host(&plane.addr, "h9", true, Vec::new(), reporting.clone());
     assert!(wait_until(Duration::from_secs(10), || host_shown(
         &plane, "h9", true
     )));

@@ -8,6 +8,7 @@
 //! forced on their word.
 
 mod common;
+mod plane_common;
 mod skip;
 
 use std::path::{Path, PathBuf};
@@ -181,25 +182,6 @@ fn browser_tools(test: &str) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// `understudy serve` on a free address with its database in `data`, answering.
-fn start_plane(data: &Path) -> (Proc, String) {
-    let addr = free_addr();
-    let serve = Proc::spawn(
-        Command::new(BIN)
-            .args(["serve", "--listen", &addr, "--data"])
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("serve");
-    assert!(wait_until(Duration::from_secs(15), || get(
-        &addr,
-        "/api/health"
-    )["ok"]
-        == true));
-    (serve, addr)
-}
-
 /// Runs `f` in a headless Chromium driven through a chromedriver started here, in its own
 /// process group so that the browsers it starts die with it.
 fn in_browser(
@@ -264,7 +246,8 @@ fn the_dashboard_story_in_a_real_browser() {
     let data = dir.path().join("data");
     let log = dir.path().join("service.log");
     let _leftovers = KillLeftovers(dir.path().to_path_buf());
-    let (_serve, addr) = start_plane(&data);
+    let plane = plane_common::Plane::start(&data, &free_addr());
+    let addr = plane.addr.clone();
     let shots = shot_dir();
     in_browser(tools, async |c| story(c, &addr, &data, &log, &shots).await)
         .expect("the dashboard story");
@@ -288,7 +271,8 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
     let hdata = dir.path().join("h2");
     let log = dir.path().join("service.log");
     let _leftovers = KillLeftovers(dir.path().to_path_buf());
-    let (_serve, addr) = start_plane(&data);
+    let plane = plane_common::Plane::start(&data, &free_addr());
+    let addr = plane.addr.clone();
     let host = Proc::spawn(
         Command::new(BIN)
             .args(["host", "--control", &addr, "--name", "h2"])
@@ -298,12 +282,6 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
             .stderr(Stdio::null()),
     )
     .expect("understudy host");
-    let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl", "--control", addr.as_str()];
-        all.extend_from_slice(args);
-        let (code, out, err) = common::run_cli(&all);
-        assert_eq!(code, 0, "ctl {args:?}: {out}{err}");
-    };
     assert!(
         wait_until(Duration::from_secs(15), || host_is(&addr, "h2", |h| h
             ["connected"]
@@ -311,7 +289,7 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
         "the host did not register"
     );
     let log_s = log.display().to_string();
-    ctl(&[
+    plane.ctl_ok(&[
         "add-server",
         "px",
         "--host",
@@ -322,7 +300,7 @@ fn a_dead_host_is_forced_out_from_the_dashboard() {
         "--log",
         &log_s,
     ]);
-    ctl(&["start-server", "px"]);
+    plane.ctl_ok(&["start-server", "px"]);
     let server = get(&addr, "/api/servers/px")["process"]["pid"]
         .as_u64()
         .expect("the server's pid") as u32;
