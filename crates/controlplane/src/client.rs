@@ -137,7 +137,7 @@ fn server_line(s: &Value) -> String {
         .and_then(Value::as_str)
     {
         line.push_str(&format!(
-            " STOP UNCONFIRMED (forced; host {h} never confirmed it, it may still run there)"
+            " STOP UNCONFIRMED (host {h} never confirmed that it stopped it: it may still run there)"
         ));
     }
     match s.get("failover").filter(|f| !f.is_null()) {

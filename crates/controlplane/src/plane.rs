@@ -387,19 +387,29 @@ impl Plane {
         // After the probe: a refusal the operator's word overrides comes only once nothing
         // else would refuse (review 37, L1).
         if !force.given {
-            let servers: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last.clone())
+            let mut servers: Vec<String> = serde_json::from_value::<Vec<ProcReport>>(last.clone())
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|r| r.key.starts_with("server:"))
                 .map(|r| match r.pid {
-                    Some(pid) => format!("{} (pid {pid})", r.key),
-                    None => r.key,
+                    Some(pid) => format!("{} (pid {pid}, in its last report)", r.key),
+                    None => format!("{} (in its last report)", r.key),
                 })
                 .collect();
+            // Never listed in its last report, yet maybe running: a start it fetched and never
+            // answered, or a stop it never confirmed (review 42, M1).
+            for r in self.store.servers()? {
+                if self.unconfirmed_hosts(&r).iter().any(|h| h == host) {
+                    servers.push(format!(
+                        "server:{} (a start or stop it never confirmed)",
+                        r.spec.name
+                    ));
+                }
+            }
             if !servers.is_empty() {
                 return Err(PlaneError::Refused(Refusal {
                     reason: format!(
-                        "host {host} last reported {} (running, or a released service it was to adopt): nothing can be asked whether it still runs, and a plain server acts unfenced",
+                        "host {host} may still run {} (running, or a released service it was to adopt): nothing can be asked whether it still runs, and a plain server acts unfenced",
                         servers.join(", ")
                     ),
                     hint: "only if the machine is certainly dead (powered off, not cut off): forget-host --force".into(),
@@ -486,16 +496,16 @@ impl Plane {
             .collect()
     }
 
-    /// The hosts of `row`'s last stop, forced on the operator's word, that have neither
-    /// confirmed it since nor been forgotten.
+    /// The hosts of `row`'s last stop, forced on the operator's word (or of a start that its
+    /// host never answered), that have neither confirmed it since nor been forgotten.
     fn unconfirmed_hosts(&self, row: &ServerRow) -> Vec<String> {
         let Some((hosts, at)) = &row.unconfirmed_stop else {
             return Vec::new();
         };
-        let key = server_key(&row.spec.name);
+        let keys = server_keys(row);
         hosts
             .split(',')
-            .filter(|h| self.forgotten(h).is_none() && !self.stop_confirmed_since(h, &key, *at))
+            .filter(|h| self.forgotten(h).is_none() && !self.stop_confirmed_since(h, &keys, *at))
             .map(str::to_string)
             .collect()
     }
@@ -512,16 +522,17 @@ impl Plane {
         let list = hosts.join(", ");
         Err(PlaneError::Refused(Refusal {
             reason: format!(
-                "server {name} was stopped on the operator's word and host {list} never confirmed it: it may still run there"
+                "host {list} never confirmed that server {name} stopped (a stop forced on the operator's word, or a start it never answered): it may still run there"
             ),
-            hint: format!("bring host {list} back (it stops the server and confirms), or, if its machine is gone for good, `ctl forget-host HOST`"),
+            hint: format!("bring host {list} back (it stops the server and confirms), or, if its machine is gone for good, `ctl forget-host HOST --force`"),
             forcible: None,
         }))
     }
 
-    /// Whether `host` reported after `at` (Unix ms) without `key`: a stop of it confirmed.
-    fn stop_confirmed_since(&self, host: &str, key: &str, at: u64) -> bool {
-        self.host_seen(host) > at && self.report_on(host, key).is_none()
+    /// Whether `host` reported after `at` (Unix ms) without any of `keys`: a stop of them
+    /// confirmed.
+    fn stop_confirmed_since(&self, host: &str, keys: &[String], at: u64) -> bool {
+        self.host_seen(host) > at && keys.iter().all(|k| self.report_on(host, k).is_none())
     }
 
     /// When `host` last reported (Unix ms; 0: never).
@@ -723,8 +734,22 @@ impl Plane {
         let row = self.row(name)?;
         let next = self.check(&row, Step::StartServer)?;
         self.not_forgotten(&row.spec.host, &format!("server {name}"))?;
-        self.no_unconfirmed_stop(&row)?;
+        // The agent a host still lists first: it names the agent and its pid, where the mark
+        // (which may be there too) names only the host.
         self.no_lingering_agent(&row).await?;
+        self.no_unconfirmed_stop(&row)?;
+        // A silent host may still fetch the want and start the server without a word: refused
+        // up front, rather than after the wait with the server's fate unknown.
+        if let Some(why) = self.dark_host(&row.spec.host) {
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!("server {name} cannot be started: {why}"),
+                hint: format!(
+                    "bring host {} back (is `understudy host --name {}` running?), then start the server again; to run it elsewhere, delete it and add it on another host",
+                    row.spec.host, row.spec.host
+                ),
+                forcible: None,
+            }));
+        }
         let key = server_key(name);
         let generation = unix_ms();
         let want = Want::Server {
@@ -749,13 +774,28 @@ impl Plane {
                 None => Err("not reported".into()),
             })
         {
-            self.store.delete_desired(&key)?;
+            // Only the host's own answer for this start says nothing runs: a host that went
+            // silent may have started it and not told, and a host that comes back stops it
+            // when it finds the want gone. Until it says so, the server is marked as a stop
+            // unconfirmed, so that nothing starts it elsewhere, or a group beside it (review
+            // 39, M3).
+            let failed_here = self
+                .report_on(&row.spec.host, &key)
+                .is_some_and(|r| r.generation == generation && !r.running && r.problem.is_some());
+            if failed_here {
+                self.store.delete_desired(&key)?;
+                return Err(PlaneError::Start(format!(
+                    "server {name} did not start: {e}"
+                )));
+            }
+            self.store.withdraw_and_mark(&key, name, &row.spec.host)?;
+            warn!(server = %name, host = %row.spec.host, "start failed, its host never answered: the server may run there, marked unconfirmed until it reports");
             return Err(PlaneError::Start(format!(
-                "server {name} did not start: {e}"
+                "server {name} did not start: {e}; host {} never answered, so it may have started it: it is told to stop it, and until it confirms, start-server, start failover, delete-server and an import's prune are refused",
+                row.spec.host
             )));
         }
-        self.store.set_state(name, next)?;
-        self.store.set_unconfirmed_stop(name, None)?;
+        self.store.set_state_and_stop_mark(name, next, None)?;
         info!(server = %name, "plain server started");
         self.row(name)
     }
@@ -838,8 +878,13 @@ impl Plane {
         let since = unix_ms();
         self.store.delete_desired(&key)?;
         let mut unconfirmed = None;
-        for host in &hosts {
-            let Err(e) = self.wait_gone(host, &key, since).await else {
+        // All at once: one after the other, each dark host's wait added its 20 s, and three of
+        // them outlasted the CLI's request.
+        let waits =
+            futures_util::future::join_all(hosts.iter().map(|h| self.wait_gone(h, &key, since)))
+                .await;
+        for (host, waited) in hosts.iter().zip(waits) {
+            let Err(e) = waited else {
                 continue;
             };
             // A host that reported since the stop and still lists the server is up, and its
@@ -882,15 +927,20 @@ impl Plane {
         }
         // Every host that did not confirm, comma-separated (host names hold no commas).
         let unconfirmed = unconfirmed.map(|h| h.join(","));
-        self.store
-            .set_unconfirmed_stop(name, unconfirmed.as_deref().map(|h| (h, unix_ms())))?;
-        self.store.set_state(name, next)?;
+        self.store.set_state_and_stop_mark(
+            name,
+            next,
+            unconfirmed.as_deref().map(|h| (h, unix_ms())),
+        )?;
         info!(server = %name, "server stopped");
         self.row(name)
     }
 
-    /// Remove a stopped server.
-    pub fn delete_server(&self, name: &str) -> Result<(), PlaneError> {
+    /// Remove a stopped server. Under the operations lock: a start waits up to 20 s with the
+    /// server still Stopped and unmarked, and a delete meanwhile left its outcome (a running
+    /// server, or the mark of one that may run) without a row to record it in (review 42, H2).
+    pub async fn delete_server(&self, name: &str) -> Result<(), PlaneError> {
+        let _ops = self.ops.lock().await;
         let row = self.row(name)?;
         self.check(&row, Step::DeleteServer)?;
         // The mark would go with the row, and a server added again under that name start
@@ -1221,7 +1271,7 @@ impl Plane {
                             vec![FieldError {
                                 field: "server".into(),
                                 reason: format!(
-                                    "not in the import, but its last stop was never confirmed by host {}: it may still run there (forget the host if its machine is dead)",
+                                    "not in the import, but host {} never confirmed that it stopped it (a forced stop, or a start it never answered): it may still run there (forget the host, --force, if its machine is dead)",
                                     unconfirmed.join(", ")
                                 ),
                             }],
@@ -1484,10 +1534,24 @@ impl Plane {
         let Some(f) = row.failover.clone() else {
             return Err(PlaneError::NotFound(name.to_string()));
         };
-        self.no_unconfirmed_stop(&row)?;
         self.no_lingering_agent(&row).await?;
+        self.no_unconfirmed_stop(&row)?;
         for n in &f.nodes {
             self.not_forgotten(&n.host, &format!("node {}", n.name))?;
+        }
+        // A silent host may fetch its node's want and start the agent without a word: refused
+        // up front, as start-server is, rather than after the wait with that agent's fate
+        // unknown.
+        let dark = self.dark_hosts(&f.nodes.iter().collect::<Vec<_>>());
+        if !dark.is_empty() {
+            return Err(PlaneError::Refused(Refusal {
+                reason: format!(
+                    "failover of server {name} cannot be started: {}",
+                    dark.join("; ")
+                ),
+                hint: "bring that host back (is `understudy host` running there?), then start failover again; to leave it out, place that node on another host (edit the failover)".into(),
+                forcible: None,
+            }));
         }
         let preferred = f.spec.preferred_node(name);
         let mut order: Vec<&NodeSpec> = f.nodes.iter().filter(|n| n.name == preferred).collect();
@@ -1511,8 +1575,28 @@ impl Plane {
         .await;
         if let Err(e) = result {
             warn!(server = %name, "start failover failed, stopping what started: {e}");
-            // Best effort: the error returned is the start's.
-            let _ = self.stop_nodes(&started).await;
+            // A node whose host did not confirm its stop may run: its host may have started
+            // the agent and fallen silent before it said so, and that agent would campaign
+            // beside whatever starts next. Marked like a stop its host never confirmed
+            // (review 42, H3); the error returned is the start's.
+            let unconfirmed = self.stop_nodes(&started).await;
+            let mut hosts: Vec<String> = Vec::new();
+            for (node, _) in &unconfirmed {
+                if let Some(n) = f.nodes.iter().find(|n| &n.name == node) {
+                    if !hosts.contains(&n.host) {
+                        hosts.push(n.host.clone());
+                    }
+                }
+            }
+            if !hosts.is_empty() {
+                let list = hosts.join(",");
+                self.store
+                    .set_unconfirmed_stop(name, Some((&list, unix_ms())))?;
+                warn!(server = %name, hosts = %list, "the stop of a node after a failed start was not confirmed: marked until its host reports without it");
+                return Err(PlaneError::Start(format!(
+                    "{e}; host {list} did not confirm that it stopped what it was told to start, so an agent may run there: until it confirms, start-server, start failover, delete-server and an import's prune are refused"
+                )));
+            }
             return Err(e);
         }
         self.store.set_failover_running(name, true)?;
@@ -2219,6 +2303,16 @@ fn running_change(row: &ServerRow, new: &ServerConfig) -> Result<bool, String> {
             }
         }
     }
+}
+
+/// Every key a host may run for `row`: the plain server, and each node's agent. A host that
+/// reports none of them runs nothing of it.
+fn server_keys(row: &ServerRow) -> Vec<String> {
+    let mut keys = vec![server_key(&row.spec.name)];
+    if let Some(f) = &row.failover {
+        keys.extend(f.nodes.iter().map(|n| agent_key(&n.name)));
+    }
+    keys
 }
 
 fn toml_table() -> toml::map::Map<String, toml::Value> {

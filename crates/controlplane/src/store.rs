@@ -31,6 +31,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A server's row to update is gone (deleted meanwhile).
+    #[error("server {0} is not in the inventory any more")]
+    NoServer(String),
     /// The database was written by a newer understudy.
     #[error("database schema version {found} is newer than this understudy knows ({known}); upgrade understudy or use another --data directory")]
     TooNew {
@@ -163,6 +166,23 @@ fn event_row(takeover: &Value) -> Result<(i64, i64, String), StoreError> {
     Ok((field("epoch"), field("detected_unix_ms"), json))
 }
 
+/// An unconfirmed stop's columns: its hosts and when (in SQLite's signed integer), or neither.
+fn mark(stop: Option<(&str, u64)>) -> (Option<&str>, Option<i64>) {
+    match stop {
+        Some((h, t)) => (Some(h), Some(t.min(i64::MAX as u64) as i64)),
+        None => (None, None),
+    }
+}
+
+/// An update of server `name`'s row changed `n` rows: none means the row is gone, and what was
+/// to be recorded (a mark that keeps a second copy from starting) would be lost unsaid.
+fn one_row(n: usize, name: &str) -> Result<(), StoreError> {
+    if n == 0 {
+        return Err(StoreError::NoServer(name.to_string()));
+    }
+    Ok(())
+}
+
 fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> StoreError {
     move |source| StoreError::Corrupt { what, source }
 }
@@ -292,22 +312,54 @@ impl Store {
         Ok(())
     }
 
-    /// Records that `name`'s stop was forced without its host's confirmation (`Some((host,
-    /// unix_ms))`), or clears it.
+    /// Records that `name`'s stop was not confirmed by its hosts (`Some((hosts, unix_ms))`:
+    /// forced on the operator's word, or a start its host never answered), or clears it.
     pub fn set_unconfirmed_stop(
         &self,
         name: &str,
         stop: Option<(&str, u64)>,
     ) -> Result<(), StoreError> {
-        let (host, at) = match stop {
-            Some((h, t)) => (Some(h), Some(t.min(i64::MAX as u64) as i64)),
-            None => (None, None),
-        };
-        self.conn().execute(
+        let (host, at) = mark(stop);
+        let n = self.conn().execute(
             "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3 WHERE name = ?1",
             params![name, host, at],
         )?;
-        Ok(())
+        one_row(n, name)
+    }
+
+    /// Deletes the want under `key` and marks server `name` as a stop `hosts` never confirmed,
+    /// as of the moment after the delete, in one transaction: a crash in between left the want
+    /// gone and nothing marked (review 42, L2). Returns the mark's time.
+    pub fn withdraw_and_mark(&self, key: &str, name: &str, hosts: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM desired WHERE key = ?1", params![key])?;
+        let at = crate::plane::unix_ms();
+        let (host, at_col) = mark(Some((hosts, at)));
+        let n = tx.execute(
+            "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3 WHERE name = ?1",
+            params![name, host, at_col],
+        )?;
+        one_row(n, name)?;
+        tx.commit()?;
+        Ok(at)
+    }
+
+    /// [`Store::set_state`] and [`Store::set_unconfirmed_stop`] in one statement: a crash in
+    /// between left a stopped server without its mark, or a running one with a stale one
+    /// (review 39, L3).
+    pub fn set_state_and_stop_mark(
+        &self,
+        name: &str,
+        state: ServerState,
+        stop: Option<(&str, u64)>,
+    ) -> Result<(), StoreError> {
+        let (host, at) = mark(stop);
+        let n = self.conn().execute(
+            "UPDATE servers SET state = ?2, unconfirmed_stop_host = ?3, unconfirmed_stop_unix_ms = ?4 WHERE name = ?1",
+            params![name, state.as_str(), host, at],
+        )?;
+        one_row(n, name)
     }
 
     /// Remove a server (its failover service and stored events go with it).

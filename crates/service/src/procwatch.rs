@@ -12,10 +12,12 @@ use tokio::io::unix::AsyncFd;
 
 /// True while `pid` can still act: it exists, is not a zombie, and has no SIGKILL pending (a
 /// process with SIGKILL pending never runs user code again, even while the kernel finishes an
-/// uninterruptible wait or unmaps a large address space).
+/// uninterruptible wait or unmaps a large address space). A process /proc does not show (another
+/// user's, under `hidepid`) counts while the kernel says its pid exists, zombie or not: counting
+/// a live peer gone could make two actives, and one counted a little too long only waits.
 pub fn can_act(pid: u32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
+        return pid_exists(pid);
     };
     let kill_bit = 1u64 << (Signal::SIGKILL as i32 - 1);
     let mut alive = true;
@@ -35,6 +37,22 @@ pub fn can_act(pid: u32) -> bool {
         }
     }
     alive
+}
+
+/// Whether the kernel has a process (or zombie) with this pid, asked with signal 0, which
+/// /proc's `hidepid` does not hide: EPERM means it exists under another user.
+fn pid_exists(pid: u32) -> bool {
+    // Pid 0 and negative pids name process groups for kill(2), never one process.
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 /// True while some thread of `pid` can still act: [`can_act`], or a main thread that exited

@@ -1408,9 +1408,10 @@ fn fake_host(
 
 /// Review 38 L-d, review 39 H1, review 40 #2-#3: a stop is confirmed by every host whose last
 /// report lists the server, not by the first one in name order or the placed one alone. Here
-/// p8 runs on h9, which lets it go when told; h8, dark now, last listed it too. A stop is
-/// refused (forcible, naming h8) although h9 would confirm at once; forced, it waits for both,
-/// is Stopped with h8 marked unconfirmed, and start-server is refused while h8 has not confirmed.
+/// p8 runs on h9, which lets it go when told; h8, h8b, h8c and h8d, dark now, last listed it
+/// too. A stop is refused (forcible, naming h8) although h9 would confirm at once; forced, it
+/// waits for all five at once, is Stopped with the dark four marked unconfirmed, and
+/// start-server is refused while they have not confirmed.
 #[test]
 fn a_stop_waits_for_every_host_that_lists_the_server() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1419,20 +1420,28 @@ fn a_stop_waits_for_every_host_that_lists_the_server() {
     let h9_on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let h9 = fake_host(&plane.addr, "h9", false, Vec::new(), h9_on.clone());
     let stale = json!({ "key": "server:p8", "pid": 4_000_001, "running": true, "generation": 0 });
+    // Four dark hosts: their waits run at once, where one after the other (20 s each) they
+    // outlasted the request (60 s).
+    let dark = ["h8", "h8b", "h8c", "h8d"];
     let h8_on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let h8 = fake_host(&plane.addr, "h8", false, vec![stale], h8_on.clone());
+    let h8s: Vec<_> = dark
+        .iter()
+        .map(|h| fake_host(&plane.addr, h, false, vec![stale.clone()], h8_on.clone()))
+        .collect();
     assert!(wait_until(Duration::from_secs(10), || host_shown(
         &plane, "h9", true
-    ) && host_shown(
-        &plane, "h8", true
-    )));
+    ) && dark
+        .iter()
+        .all(|h| host_shown(&plane, h, true))));
     plane.ctl_ok(&["add-server", "p8", "--host", "h9", "--", "/bin/true"]);
     plane.ctl_ok(&["start-server", "p8"]);
     h8_on.store(false, std::sync::atomic::Ordering::SeqCst);
-    h8.join().expect("h8");
-    assert!(wait_until(Duration::from_secs(15), || host_shown(
-        &plane, "h8", false
-    )));
+    for h in h8s {
+        h.join().expect("a dark host's thread");
+    }
+    assert!(wait_until(Duration::from_secs(15), || dark
+        .iter()
+        .all(|h| host_shown(&plane, h, false))));
 
     let (code, v) = plane.send("POST", "/api/servers/p8/stop", json!({}));
     assert_eq!(
@@ -1449,7 +1458,7 @@ fn a_stop_waits_for_every_host_that_lists_the_server() {
         json!({}),
     );
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v["unconfirmed_stop"]["host"], "h8", "{v}");
+    assert_eq!(v["unconfirmed_stop"]["host"], "h8,h8b,h8c,h8d", "{v}");
     let (code, v) = plane.ctl(&["start-server", "p8"]);
     assert_ne!(code, 0, "started while h8 may still run it: {v}");
     assert!(v.to_string().contains("h8"), "{v}");
@@ -1459,6 +1468,246 @@ fn a_stop_waits_for_every_host_that_lists_the_server() {
     assert!(v.to_string().contains("never confirmed"), "{v}");
     h9_on.store(false, std::sync::atomic::Ordering::SeqCst);
     h9.join().expect("h9");
+}
+
+/// Review 39 M3, review 42 H3: a start whose host fetched the want and then fell silent, without
+/// a word of whether it started what it was told. It may run there: the failed start marks the
+/// server as a stop its host never confirmed, and start-server, start failover, delete-server
+/// (which would let it be added and started elsewhere) and a plain forget-host are refused until
+/// the host reports without it. The same for a start of failover whose agent's host fell
+/// silent. A start its host answered with a failure marks nothing, and a start on a host
+/// already dark is refused up front.
+#[test]
+fn a_start_its_host_never_answered_is_marked_until_the_host_reports() {
+    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let plane = Plane::start(&data, &free_addr());
+
+    // The built-in host answers a start it cannot do (its program gone since it was added):
+    // nothing runs, nothing is marked.
+    let prog = dir.path().join("gone-program");
+    std::fs::write(&prog, "#!/bin/sh\nexec sleep 1000\n").expect("write the program");
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    plane.ctl_ok(&["add-server", "p6", "--", &prog.display().to_string()]);
+    std::fs::remove_file(&prog).expect("remove the program");
+    let (code, v) = plane.ctl(&["start-server", "p6"]);
+    assert_ne!(code, 0, "started a program that is gone: {v}");
+    assert!(!v.to_string().contains("never answered"), "{v}");
+    assert!(plane.server("p6")["unconfirmed_stop"].is_null());
+    plane.ctl_ok(&["delete-server", "p6"]);
+
+    // h7 reports (nothing) until it finds `trap` wanted, then falls silent (phase 1) until told
+    // to come back (phase 2), when it reports without it as a host does that stopped it.
+    let trap = Arc::new(Mutex::new(String::from("server:p7")));
+    let phase = Arc::new(AtomicU8::new(0));
+    let on = Arc::new(AtomicBool::new(true));
+    let h7 = {
+        let (addr, trap, phase, on) = (plane.addr.clone(), trap.clone(), phase.clone(), on.clone());
+        std::thread::spawn(move || {
+            while on.load(Ordering::SeqCst) {
+                let (_, _, b) =
+                    plane_common::request(&addr, "GET", "/api/hosts/h7/desired", None, b"");
+                let key = trap.lock().map(|k| k.clone()).unwrap_or_default();
+                let wanted = serde_json::from_str::<Value>(&b)
+                    .ok()
+                    .is_some_and(|d| !d["desired"][key.as_str()].is_null());
+                if wanted && phase.load(Ordering::SeqCst) == 0 {
+                    phase.store(1, Ordering::SeqCst);
+                }
+                if phase.load(Ordering::SeqCst) != 1 {
+                    let body = json!({ "advertise": "127.0.0.1", "processes": [] }).to_string();
+                    plane_common::request(
+                        &addr,
+                        "PUT",
+                        "/api/hosts/h7/report",
+                        Some("application/json"),
+                        body.as_bytes(),
+                    );
+                }
+                common::sleep_ms(100);
+            }
+        })
+    };
+    let back = |plane: &Plane, name: &str| {
+        phase.store(2, Ordering::SeqCst);
+        assert!(
+            wait_until(Duration::from_secs(10), || plane.server(name)
+                ["unconfirmed_stop"]
+                .is_null()),
+            "h7 reported without {name} and the mark stayed: {}",
+            plane.server(name)
+        );
+    };
+    assert!(wait_until(Duration::from_secs(10), || host_shown(
+        &plane, "h7", true
+    )));
+    plane.ctl_ok(&[
+        "add-server",
+        "p7",
+        "--host",
+        "h7",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    plane.ctl_ok(&[
+        "add-server",
+        "p7b",
+        "--host",
+        "h7",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    let (code, v) = plane.ctl(&["start-server", "p7"]);
+    assert_ne!(code, 0, "started though h7 never answered: {v}");
+    assert_eq!(phase.load(Ordering::SeqCst), 1, "h7 never fetched the want");
+    assert!(v.to_string().contains("never answered"), "{v}");
+    let row = plane.server("p7");
+    assert_eq!(row["state"], "stopped", "{row}");
+    assert_eq!(row["unconfirmed_stop"]["host"], "h7", "not marked: {row}");
+    let (code, v) = plane.ctl(&["delete-server", "p7"]);
+    assert_ne!(code, 0, "deleted while h7 may run it: {v}");
+    assert!(v.to_string().contains("never confirmed"), "{v}");
+    // Dark by now: a start elsewhere on it is refused up front, and marks nothing.
+    assert!(wait_until(Duration::from_secs(10), || host_shown(
+        &plane, "h7", false
+    )));
+    let (code, v) = plane.ctl(&["start-server", "p7b"]);
+    assert_ne!(code, 0, "started on a dark host: {v}");
+    assert!(v.to_string().contains("cannot be started"), "{v}");
+    assert!(plane.server("p7b")["unconfirmed_stop"].is_null());
+    // Forgetting h7 on a plain word would drop the mark: it may run p7.
+    let (code, v) = plane.ctl(&["forget-host", "h7"]);
+    assert_ne!(code, 0, "forgot a host that may run p7: {v}");
+    assert!(v.to_string().contains("server:p7"), "{v}");
+    back(&plane, "p7");
+    plane.ctl_ok(&["delete-server", "p7"]);
+
+    // A start of failover whose agent's host fetches the want and falls silent.
+    *trap.lock().expect("trap") = "agent:p7b-1".into();
+    phase.store(0, Ordering::SeqCst);
+    plane.ctl_ok(&[
+        "add-failover",
+        "p7b",
+        "--standby",
+        "warm",
+        "--standby-host",
+        "h7",
+    ]);
+    let (code, v) = plane.ctl(&["start-failover", "p7b"]);
+    assert_ne!(code, 0, "failover started though h7 never answered: {v}");
+    assert_eq!(
+        phase.load(Ordering::SeqCst),
+        1,
+        "h7 never fetched the agent's want"
+    );
+    let row = plane.server("p7b");
+    assert_eq!(row["unconfirmed_stop"]["host"], "h7", "not marked: {row}");
+    let (code, v) = plane.ctl(&["start-server", "p7b"]);
+    assert_ne!(code, 0, "started beside an agent that may run: {v}");
+    let (code, v) = plane.ctl(&["delete-server", "p7b"]);
+    assert_ne!(code, 0, "deleted while h7 may run its agent: {v}");
+    back(&plane, "p7b");
+    plane.ctl_ok(&["delete-server", "p7b"]);
+    on.store(false, Ordering::SeqCst);
+    h7.join().expect("h7");
+}
+
+/// Review 40 #1: after stop failover, the host adopts the released service only once the
+/// active's agent has exited. Here that agent hangs in its exit (strace holds its `exit_group`):
+/// the host lists the server not running, and a stop now, forced or not, is refused, naming the
+/// agent; it would drop the adoption and leave the service running unwatched. Once the agent
+/// exits, the host adopts the service, and the stop goes through and ends it.
+#[test]
+fn a_stop_is_refused_while_a_released_service_waits_for_its_agent_to_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("service.log");
+    let plane = Plane::start(&data, &free_addr());
+    let (_host, hdata) = second_host(&plane);
+    running_group(&plane, "h2", &log, 1, &[]);
+    let (node, _) = active_logged(&plane, &log);
+    let active = plane
+        .nodes("px")
+        .into_iter()
+        .find(|n| n["name"] == node.as_str())
+        .expect("the active's node");
+    let service = service_pid(&active).expect("the active's service");
+    let agent = agent_pid(&hdata, &node).expect("the active's agent");
+    // Its errors kept: a ptrace that is denied here (Yama, a container) shows why.
+    let strace_err = dir.path().join("strace.err");
+    let mut strace = Proc::spawn(
+        Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-p", &agent.to_string()])
+            .args([
+                "-e",
+                "trace=exit_group",
+                "-e",
+                "inject=exit_group:delay_enter=120s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&strace_err).expect("strace's error file")),
+    )
+    .expect("strace (Debian: strace; scripts/test installs it)");
+    let traced = || {
+        std::fs::read_to_string(format!("/proc/{agent}/status")).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.strip_prefix("TracerPid:")
+                    .is_some_and(|v| v.trim() != "0")
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), traced),
+        "strace never attached to {agent}: {}",
+        std::fs::read_to_string(&strace_err).unwrap_or_default()
+    );
+
+    // The release is answered; the agent stays in its exit, so the host adopts nothing (stop
+    // failover gives it 20 s, then leaves it to the host).
+    plane.ctl_ok(&["stop-failover", "px"]);
+    assert!(
+        alive(agent) && alive(service),
+        "the agent or its service ended"
+    );
+    let (code, v) = plane.send("POST", "/api/servers/px/stop", json!({}));
+    assert_eq!(code, 409, "stopped while the adoption waits: {v}");
+    assert!(v.get("forcible").is_none(), "{v}");
+    let text = v.to_string();
+    assert!(
+        text.contains("not adopted yet") && text.contains(&node),
+        "{v}"
+    );
+    let (code, v) = plane.send("POST", "/api/servers/px/stop?force=true", json!({}));
+    assert_eq!(
+        code, 409,
+        "a force stopped it while the adoption waits: {v}"
+    );
+    assert!(alive(service), "the released service was ended unadopted");
+
+    // The agent exits: the host adopts the service, and the stop ends it.
+    common::signal(strace.id(), nix::sys::signal::Signal::SIGINT);
+    assert!(
+        wait_until(Duration::from_secs(10), || strace.exited()),
+        "strace did not detach"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || !alive(agent)
+            && plane.server("px")["process"]["running"] == true),
+        "the released service was not adopted: {}",
+        plane.server("px")
+    );
+    plane.ctl_ok(&["stop-server", "px"]);
+    assert_eq!(plane.server("px")["state"], "stopped");
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(service)),
+        "the adopted service outlived its stop"
+    );
+    check_overlaps(&log);
 }
 
 /// Review 31, L10: start-server is refused while a host's last report lists an agent of the
@@ -1536,6 +1785,14 @@ fn start_server_is_refused_while_a_host_still_reports_an_agent_of_its_group() {
         v.to_string()
             .contains("px-1 (host h2 last reported its agent"),
         "{v}"
+    );
+    // The clean-up's stop went unconfirmed: marked too (review 42, H3), which holds the server
+    // off even where a host never got to list the agent it started.
+    assert_eq!(
+        plane.server("px")["unconfirmed_stop"]["host"],
+        "h2",
+        "{}",
+        plane.server("px")
     );
 
     common::signal(host.0.id(), nix::sys::signal::Signal::SIGCONT);
