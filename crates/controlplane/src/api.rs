@@ -333,7 +333,7 @@ async fn add_server(State(ctx): State<Shared>, headers: HeaderMap, bytes: Bytes)
 }
 
 async fn delete_server(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
-    match ctx.plane.delete_server(&name).await {
+    match ctx.plane.delete_server(&name) {
         Ok(()) => Json(json!({ "deleted": name })).into_response(),
         Err(e) => e.into_response(),
     }

@@ -21,6 +21,19 @@ use crate::model::ServiceDef;
 /// The environment variable that marks processes this host started.
 pub const KEY_VAR: &str = "UNDERSTUDY_CONTROL_KEY";
 
+/// The pids this process started that its reaper has not collected yet. Each is certainly the
+/// process started (the kernel hands a pid out again only once it is reaped), whatever /proc
+/// lets this user read: a server that made itself non-dumpable (file capabilities, setuid,
+/// `PR_SET_DUMPABLE`) closes its environment to a host not running as root, and was taken
+/// for ended, left running and counted stopped (review 42, M2).
+static UNREAPED: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn unreaped() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u32>> {
+    // A set of numbers is whole whatever panicked while holding it.
+    UNREAPED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Errors starting a process.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -103,12 +116,23 @@ impl LocalHost {
             source,
         })?;
         let pid = child.id();
+        unreaped().insert(pid);
         // Reap it when it ends, so a dead process never shows as a zombie that /proc still lists.
-        let _ = std::thread::Builder::new()
+        // It leaves the set while it is still a zombie (WNOWAIT), before its pid is free.
+        let reaper = std::thread::Builder::new()
             .name(format!("reap-{pid}"))
             .spawn(move || {
+                let id = || nix::sys::wait::Id::Pid(Pid::from_raw(pid as i32));
+                let flags =
+                    nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+                while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitid(id(), flags) {}
+                unreaped().remove(&pid);
                 let _ = child.wait();
             });
+        if reaper.is_err() {
+            // No reaper: /proc alone speaks for it, as for what an earlier host started.
+            unreaped().remove(&pid);
+        }
         Ok(pid)
     }
 
@@ -138,7 +162,8 @@ impl LocalHost {
             return false;
         }
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            return false;
+            // Closed to this user: ours if this process started it and has not reaped it.
+            return unreaped().contains(&pid);
         };
         let want = format!("{KEY_VAR}={key}");
         env.split(|b| *b == 0).any(|e| e == want.as_bytes())

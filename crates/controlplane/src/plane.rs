@@ -19,7 +19,7 @@ use crate::lifecycle::{decide, Refusal, Situation, Step};
 use crate::model::{
     node_name, FailoverSpec, FieldError, NodeSpec, ServerSpec, ServerState, LOCAL_HOST,
 };
-use crate::store::{Forget, ServerRow, Store, StoreError};
+use crate::store::{Forget, ServerRow, StopMark, Store, StoreError};
 
 /// Why an operation did not happen. Every variant says what was left unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -399,7 +399,10 @@ impl Plane {
             // Never listed in its last report, yet maybe running: a start it fetched and never
             // answered, or a stop it never confirmed (review 42, M1).
             for r in self.store.servers()? {
-                if self.unconfirmed_hosts(&r).iter().any(|h| h == host) {
+                let listed = servers
+                    .iter()
+                    .any(|s| s.starts_with(&format!("{} ", server_key(&r.spec.name))));
+                if !listed && self.unconfirmed_hosts(&r).iter().any(|h| h == host) {
                     servers.push(format!(
                         "server:{} (a start or stop it never confirmed)",
                         r.spec.name
@@ -497,15 +500,27 @@ impl Plane {
     }
 
     /// The hosts of `row`'s last stop, forced on the operator's word (or of a start that its
-    /// host never answered), that have neither confirmed it since nor been forgotten.
+    /// host never answered), that have neither confirmed it since nor been forgotten. Only
+    /// while the server is Stopped: a start since then found none of them open, and the host
+    /// of a node that runs now lists its agent on purpose (review 43, M1).
     fn unconfirmed_hosts(&self, row: &ServerRow) -> Vec<String> {
-        let Some((hosts, at)) = &row.unconfirmed_stop else {
+        let Some(m) = &row.unconfirmed_stop else {
             return Vec::new();
         };
-        let keys = server_keys(row);
-        hosts
+        if row.state != ServerState::Stopped {
+            return Vec::new();
+        }
+        // The keys the mark was made for: a node dropped by an edit since is still waited for
+        // (review 43, M2).
+        let keys: Vec<String> = match &m.keys {
+            Some(k) => k.split(',').map(str::to_string).collect(),
+            None => vec![server_key(&row.spec.name)],
+        };
+        m.hosts
             .split(',')
-            .filter(|h| self.forgotten(h).is_none() && !self.stop_confirmed_since(h, &keys, *at))
+            .filter(|h| {
+                self.forgotten(h).is_none() && !self.stop_confirmed_since(h, &keys, m.unix_ms)
+            })
             .map(str::to_string)
             .collect()
     }
@@ -800,6 +815,19 @@ impl Plane {
         self.row(name)
     }
 
+    /// The operations lock, for a quick change that must not run inside a start, stop or
+    /// import, or a refusal while one holds it: queued behind a start's waits, such a change
+    /// outlasted the CLI's request (review 43, L7).
+    fn ops_now(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, PlaneError> {
+        self.ops.try_lock().map_err(|_| {
+            PlaneError::Refused(Refusal {
+                reason: "a start, stop, import or forget-host is under way".into(),
+                hint: "try again once it is done".into(),
+                forcible: None,
+            })
+        })
+    }
+
     /// Refused while a host still reports an agent of `row`'s failover group: its stop was never
     /// confirmed (a failed start of failover, cleaned up while that host was dark), so it may
     /// still run, even be active: a plain server, or a new start of failover whose first node
@@ -832,7 +860,7 @@ impl Plane {
                 "an agent of this server's failover group may still run: {}; the server or a new group next to it could make two actives",
                 running.join(", ")
             ),
-            hint: "bring that host back so that it stops the agent (or stop it there), then try again; if its machine is gone for good: `ctl forget-host HOST`".into(),
+            hint: "bring that host back so that it stops the agent (or stop it there), then try again; if its machine is gone for good: `ctl forget-host HOST` (it says when that needs --force)".into(),
             forcible: None,
         }))
     }
@@ -927,20 +955,22 @@ impl Plane {
         }
         // Every host that did not confirm, comma-separated (host names hold no commas).
         let unconfirmed = unconfirmed.map(|h| h.join(","));
-        self.store.set_state_and_stop_mark(
-            name,
-            next,
-            unconfirmed.as_deref().map(|h| (h, unix_ms())),
-        )?;
+        let mark = unconfirmed.map(|hosts| StopMark {
+            hosts,
+            unix_ms: unix_ms(),
+            keys: Some(key.clone()),
+        });
+        self.store
+            .set_state_and_stop_mark(name, next, mark.as_ref())?;
         info!(server = %name, "server stopped");
         self.row(name)
     }
 
-    /// Remove a stopped server. Under the operations lock: a start waits up to 20 s with the
-    /// server still Stopped and unmarked, and a delete meanwhile left its outcome (a running
+    /// Remove a stopped server. Not while a start or stop runs: a start waits up to 20 s with
+    /// the server still Stopped and unmarked, and a delete meanwhile left its outcome (a running
     /// server, or the mark of one that may run) without a row to record it in (review 42, H2).
-    pub async fn delete_server(&self, name: &str) -> Result<(), PlaneError> {
-        let _ops = self.ops.lock().await;
+    pub fn delete_server(&self, name: &str) -> Result<(), PlaneError> {
+        let _ops = self.ops_now()?;
         let row = self.row(name)?;
         self.check(&row, Step::DeleteServer)?;
         // The mark would go with the row, and a server added again under that name start
@@ -1071,6 +1101,8 @@ impl Plane {
     /// Add (or replace) a server's failover service, validated in full: the request's fields, and
     /// every node's agent configuration by the same rules as `understudy check-config`.
     pub fn put_failover(&self, name: &str, f: FailoverSpec) -> Result<ServerRow, PlaneError> {
+        // Not during a start of failover, whose nodes would change under it (review 43, M2).
+        let _ops = self.ops_now()?;
         let row = self.row(name)?;
         self.check(&row, Step::AddFailover)?;
         let old = row.failover.as_ref().map(|o| o.nodes.as_slice());
@@ -1351,6 +1383,7 @@ impl Plane {
 
     /// Remove a server's failover configuration; the server stays as a plain server.
     pub fn delete_failover(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        let _ops = self.ops_now()?;
         let row = self.row(name)?;
         self.check(&row, Step::DeleteFailover)?;
         if let Some(f) = &row.failover {
@@ -1581,18 +1614,25 @@ impl Plane {
             // (review 42, H3); the error returned is the start's.
             let unconfirmed = self.stop_nodes(&started).await;
             let mut hosts: Vec<String> = Vec::new();
+            let mut keys: Vec<String> = Vec::new();
             for (node, _) in &unconfirmed {
                 if let Some(n) = f.nodes.iter().find(|n| &n.name == node) {
                     if !hosts.contains(&n.host) {
                         hosts.push(n.host.clone());
                     }
+                    keys.push(agent_key(&n.name));
                 }
             }
             if !hosts.is_empty() {
                 let list = hosts.join(",");
-                self.store
-                    .set_unconfirmed_stop(name, Some((&list, unix_ms())))?;
-                warn!(server = %name, hosts = %list, "the stop of a node after a failed start was not confirmed: marked until its host reports without it");
+                let mark = StopMark {
+                    hosts: list.clone(),
+                    unix_ms: unix_ms(),
+                    keys: Some(keys.join(",")),
+                };
+                // The start's error first: a store error below must not hide it.
+                warn!(server = %name, hosts = %list, "start failover failed ({e}) and the stop of a node was not confirmed: marked until its host reports without it");
+                self.store.set_unconfirmed_stop(name, Some(&mark))?;
                 return Err(PlaneError::Start(format!(
                     "{e}; host {list} did not confirm that it stopped what it was told to start, so an agent may run there: until it confirms, start-server, start failover, delete-server and an import's prune are refused"
                 )));
@@ -1600,7 +1640,8 @@ impl Plane {
             return Err(e);
         }
         self.store.set_failover_running(name, true)?;
-        self.store.set_state(name, next)?;
+        // Whatever mark there was, its hosts all confirmed: the checks above passed.
+        self.store.set_state_and_stop_mark(name, next, None)?;
         info!(server = %name, %preferred, "failover started");
         self.row(name)
     }
@@ -2032,8 +2073,8 @@ impl Plane {
         // Until each host confirms it (a report made after the stop, without the server) or is
         // forgotten.
         let open = self.unconfirmed_hosts(row);
-        if let (false, Some((_, at))) = (open.is_empty(), &row.unconfirmed_stop) {
-            v["unconfirmed_stop"] = json!({ "host": open.join(","), "unix_ms": at });
+        if let (false, Some(m)) = (open.is_empty(), &row.unconfirmed_stop) {
+            v["unconfirmed_stop"] = json!({ "host": open.join(","), "unix_ms": m.unix_ms });
         }
         Ok(v)
     }
@@ -2303,16 +2344,6 @@ fn running_change(row: &ServerRow, new: &ServerConfig) -> Result<bool, String> {
             }
         }
     }
-}
-
-/// Every key a host may run for `row`: the plain server, and each node's agent. A host that
-/// reports none of them runs nothing of it.
-fn server_keys(row: &ServerRow) -> Vec<String> {
-    let mut keys = vec![server_key(&row.spec.name)];
-    if let Some(f) = &row.failover {
-        keys.extend(f.nodes.iter().map(|n| agent_key(&n.name)));
-    }
-    keys
 }
 
 fn toml_table() -> toml::map::Map<String, toml::Value> {

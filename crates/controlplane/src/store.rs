@@ -113,6 +113,10 @@ const MIGRATIONS: &[&str] = &[
     // shown with the server until that host reports again or the server starts anew.
     "ALTER TABLE servers ADD COLUMN unconfirmed_stop_host TEXT;
      ALTER TABLE servers ADD COLUMN unconfirmed_stop_unix_ms INTEGER;",
+    // 7: the keys a mark waits for (comma-joined), fixed when it is made: the server's own, or
+    // the agents of a failed start of failover, whose nodes an edit may drop meanwhile
+    // (review 43, M2). NULL in a mark from schema 6: the server's own key.
+    "ALTER TABLE servers ADD COLUMN unconfirmed_stop_keys TEXT;",
 ];
 
 /// Why a host was not forgotten.
@@ -135,9 +139,21 @@ pub struct ServerRow {
     pub failover: Option<FailoverRow>,
     /// Unix ms of the add.
     pub created_unix_ms: u64,
-    /// The host and time (Unix ms) of its last stop, when that was forced and the host never
-    /// confirmed it (see [`Store::set_unconfirmed_stop`]).
-    pub unconfirmed_stop: Option<(String, u64)>,
+    /// A stop its hosts never confirmed (see [`Store::set_unconfirmed_stop`]).
+    pub unconfirmed_stop: Option<StopMark>,
+}
+
+/// A stop of a server that some hosts never confirmed: forced on the operator's word, or a start
+/// (of the server, or of its failover) that a host never answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopMark {
+    /// The hosts that may still run it, comma-joined (host names hold no commas).
+    pub hosts: String,
+    /// When it was made (Unix ms): a host confirms with a report made after it.
+    pub unix_ms: u64,
+    /// The keys a host's report must no longer list, comma-joined; None in a mark from before
+    /// schema 7: the plain server's key.
+    pub keys: Option<String>,
 }
 
 /// A stored failover service.
@@ -166,11 +182,15 @@ fn event_row(takeover: &Value) -> Result<(i64, i64, String), StoreError> {
     Ok((field("epoch"), field("detected_unix_ms"), json))
 }
 
-/// An unconfirmed stop's columns: its hosts and when (in SQLite's signed integer), or neither.
-fn mark(stop: Option<(&str, u64)>) -> (Option<&str>, Option<i64>) {
+/// A stop mark's columns: its hosts, when (in SQLite's signed integer) and its keys, or none.
+fn mark_columns(stop: Option<&StopMark>) -> (Option<&str>, Option<i64>, Option<&str>) {
     match stop {
-        Some((h, t)) => (Some(h), Some(t.min(i64::MAX as u64) as i64)),
-        None => (None, None),
+        Some(m) => (
+            Some(m.hosts.as_str()),
+            Some(m.unix_ms.min(i64::MAX as u64) as i64),
+            m.keys.as_deref(),
+        ),
+        None => (None, None, None),
     }
 }
 
@@ -262,7 +282,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT s.spec, s.state, s.created_unix_ms, f.spec, f.nodes, f.running,
-                    s.unconfirmed_stop_host, s.unconfirmed_stop_unix_ms
+                    s.unconfirmed_stop_host, s.unconfirmed_stop_unix_ms, s.unconfirmed_stop_keys
              FROM servers s LEFT JOIN failovers f ON f.server = s.name ORDER BY s.name",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -275,16 +295,21 @@ impl Store {
                 r.get::<_, Option<i64>>(5)?,
                 r.get::<_, Option<String>>(6)?,
                 r.get::<_, Option<i64>>(7)?,
+                r.get::<_, Option<String>>(8)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (spec, state, created, fspec, fnodes, running, uhost, uat) = row?;
+            let (spec, state, created, fspec, fnodes, running, uhost, uat, ukeys) = row?;
             out.push(ServerRow {
                 spec: serde_json::from_str(&spec).map_err(corrupt("server"))?,
                 state: ServerState::parse(&state),
                 created_unix_ms: created.max(0) as u64,
-                unconfirmed_stop: uhost.zip(uat.map(|t| t.max(0) as u64)),
+                unconfirmed_stop: uhost.zip(uat).map(|(hosts, at)| StopMark {
+                    hosts,
+                    unix_ms: at.max(0) as u64,
+                    keys: ukeys,
+                }),
                 failover: match (fspec, fnodes) {
                     (Some(s), Some(n)) => Some(FailoverRow {
                         spec: serde_json::from_str(&s).map_err(corrupt("failover"))?,
@@ -312,36 +337,42 @@ impl Store {
         Ok(())
     }
 
-    /// Records that `name`'s stop was not confirmed by its hosts (`Some((hosts, unix_ms))`:
-    /// forced on the operator's word, or a start its host never answered), or clears it.
+    /// Records that `name`'s stop was not confirmed by its hosts (forced on the operator's word,
+    /// or a start its host never answered), or clears it (None).
     pub fn set_unconfirmed_stop(
         &self,
         name: &str,
-        stop: Option<(&str, u64)>,
+        stop: Option<&StopMark>,
     ) -> Result<(), StoreError> {
-        let (host, at) = mark(stop);
+        let (host, at, keys) = mark_columns(stop);
         let n = self.conn().execute(
-            "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3 WHERE name = ?1",
-            params![name, host, at],
+            "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3, unconfirmed_stop_keys = ?4 WHERE name = ?1",
+            params![name, host, at, keys],
         )?;
         one_row(n, name)
     }
 
-    /// Deletes the want under `key` and marks server `name` as a stop `hosts` never confirmed,
-    /// as of the moment after the delete, in one transaction: a crash in between left the want
-    /// gone and nothing marked (review 42, L2). Returns the mark's time.
+    /// Deletes the want under `key` and marks server `name` as a stop `hosts` never confirmed of
+    /// that key, as of the moment after the delete, in one transaction: a crash in between left
+    /// the want gone and nothing marked (review 42, L2). The delete stands even when the row is
+    /// gone (`NoServer`): a want with no server row runs what nothing can stop (review 43, L1).
     pub fn withdraw_and_mark(&self, key: &str, name: &str, hosts: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM desired WHERE key = ?1", params![key])?;
         let at = crate::plane::unix_ms();
-        let (host, at_col) = mark(Some((hosts, at)));
+        let m = StopMark {
+            hosts: hosts.to_string(),
+            unix_ms: at,
+            keys: Some(key.to_string()),
+        };
+        let (host, at_col, keys) = mark_columns(Some(&m));
         let n = tx.execute(
-            "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3 WHERE name = ?1",
-            params![name, host, at_col],
+            "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3, unconfirmed_stop_keys = ?4 WHERE name = ?1",
+            params![name, host, at_col, keys],
         )?;
-        one_row(n, name)?;
         tx.commit()?;
+        one_row(n, name)?;
         Ok(at)
     }
 
@@ -352,12 +383,12 @@ impl Store {
         &self,
         name: &str,
         state: ServerState,
-        stop: Option<(&str, u64)>,
+        stop: Option<&StopMark>,
     ) -> Result<(), StoreError> {
-        let (host, at) = mark(stop);
+        let (host, at, keys) = mark_columns(stop);
         let n = self.conn().execute(
-            "UPDATE servers SET state = ?2, unconfirmed_stop_host = ?3, unconfirmed_stop_unix_ms = ?4 WHERE name = ?1",
-            params![name, state.as_str(), host, at],
+            "UPDATE servers SET state = ?2, unconfirmed_stop_host = ?3, unconfirmed_stop_unix_ms = ?4, unconfirmed_stop_keys = ?5 WHERE name = ?1",
+            params![name, state.as_str(), host, at, keys],
         )?;
         one_row(n, name)
     }
