@@ -333,7 +333,7 @@ async fn add_server(State(ctx): State<Shared>, headers: HeaderMap, bytes: Bytes)
 }
 
 async fn delete_server(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
-    match ctx.plane.delete_server(&name) {
+    match ctx.plane.delete_server(&name).await {
         Ok(()) => Json(json!({ "deleted": name })).into_response(),
         Err(e) => e.into_response(),
     }
@@ -394,12 +394,12 @@ async fn put_failover(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let r = ctx.plane.put_failover(&name, spec).map(|_| ());
+    let r = ctx.plane.put_failover(&name, spec).await.map(|_| ());
     done(&ctx, &name, r, StatusCode::OK)
 }
 
 async fn delete_failover(State(ctx): State<Shared>, Path(name): Path<String>) -> Response {
-    let r = ctx.plane.delete_failover(&name).map(|_| ());
+    let r = ctx.plane.delete_failover(&name).await.map(|_| ());
     done(&ctx, &name, r, StatusCode::OK)
 }
 

@@ -21,15 +21,16 @@ use crate::model::ServiceDef;
 /// The environment variable that marks processes this host started.
 pub const KEY_VAR: &str = "UNDERSTUDY_CONTROL_KEY";
 
-/// The pids this process started that its reaper has not collected yet. Each is certainly the
-/// process started (the kernel hands a pid out again only once it is reaped), whatever /proc
-/// lets this user read: a server that made itself non-dumpable (file capabilities, setuid,
-/// `PR_SET_DUMPABLE`) closes its environment to a host not running as root, and was taken
-/// for ended, left running and counted stopped (review 42, M2).
-static UNREAPED: std::sync::Mutex<std::collections::BTreeSet<u32>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// The pids this process started that its reaper has not collected yet, each with the key it
+/// was started under. Each is certainly that process (the kernel hands a pid out again only
+/// once it is reaped), whatever /proc lets this user read: a server that made itself
+/// non-dumpable (file capabilities, setuid, `PR_SET_DUMPABLE`) closes its environment, and under
+/// `hidepid` its whole /proc entry, to a host not running as root, and was taken for ended,
+/// left running and counted stopped (review 42, M2; review 44, M2).
+static UNREAPED: std::sync::Mutex<std::collections::BTreeMap<u32, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-fn unreaped() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u32>> {
+fn unreaped() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<u32, String>> {
     // A set of numbers is whole whatever panicked while holding it.
     UNREAPED.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -116,7 +117,7 @@ impl LocalHost {
             source,
         })?;
         let pid = child.id();
-        unreaped().insert(pid);
+        unreaped().insert(pid, key.to_string());
         // Reap it when it ends, so a dead process never shows as a zombie that /proc still lists.
         // It leaves the set while it is still a zombie (WNOWAIT), before its pid is free.
         let reaper = std::thread::Builder::new()
@@ -125,7 +126,15 @@ impl LocalHost {
                 let id = || nix::sys::wait::Id::Pid(Pid::from_raw(pid as i32));
                 let flags =
                     nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
-                while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitid(id(), flags) {}
+                loop {
+                    match nix::sys::wait::waitid(id(), flags) {
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        // Reaped by someone else (SIGCHLD ignored): its pid may be free already.
+                        Err(e) => tracing::warn!(pid, "waiting for a child: {e}"),
+                        Ok(_) => {}
+                    }
+                    break;
+                }
                 unreaped().remove(&pid);
                 let _ = child.wait();
             });
@@ -158,12 +167,17 @@ impl LocalHost {
 
     /// True while `pid` runs and is the process stored under `key`.
     pub fn is_ours(pid: u32, key: &str) -> bool {
+        // A child of this process not reaped yet is what it was started as, whatever /proc
+        // shows; /proc speaks for what an earlier host process started (and for the services
+        // agents release, which are theirs).
+        if let Some(k) = unreaped().get(&pid) {
+            return k == key;
+        }
         if !running(pid) {
             return false;
         }
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            // Closed to this user: ours if this process started it and has not reaped it.
-            return unreaped().contains(&pid);
+            return false;
         };
         let want = format!("{KEY_VAR}={key}");
         env.split(|b| *b == 0).any(|e| e == want.as_bytes())
@@ -184,9 +198,11 @@ impl LocalHost {
             return;
         };
         let _ = killpg(pg, Signal::SIGTERM);
+        // An unreaped child runs (or is a zombie for an instant) even where /proc hides it.
+        let leader_runs = || unreaped().contains_key(&pid) || running(pid);
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline {
-            if !running(pid) {
+            if !leader_runs() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -194,11 +210,11 @@ impl LocalHost {
         // The leader gone, what is left of its group (a child that ignores SIGTERM) is
         // killed too: a stopped server must not live on in part (review 32, L4). The group's
         // members are looked for first, so that its id cannot have been reused.
-        if running(pid) || group_has_members(pg.as_raw()) {
+        if leader_runs() || group_has_members(pg.as_raw()) {
             let _ = killpg(pg, Signal::SIGKILL);
         }
         for _ in 0..100 {
-            if !running(pid) && !group_has_members(pg.as_raw()) {
+            if !leader_runs() && !group_has_members(pg.as_raw()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -19,7 +19,7 @@ use crate::lifecycle::{decide, Refusal, Situation, Step};
 use crate::model::{
     node_name, FailoverSpec, FieldError, NodeSpec, ServerSpec, ServerState, LOCAL_HOST,
 };
-use crate::store::{Forget, ServerRow, StopMark, Store, StoreError};
+use crate::store::{Forget, ServerRow, Store, StoreError, UnconfirmedStop};
 
 /// Why an operation did not happen. Every variant says what was left unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,9 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(20);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A host that has not reported for this long is shown disconnected.
 pub const HOST_STALE: Duration = Duration::from_secs(5);
+/// How long a quick change (delete-server, add or delete a failover) waits for a start, stop or
+/// import under way before it is refused.
+const OPS_WAIT: Duration = Duration::from_secs(5);
 /// How long forget-host waits for an agent placed on the host to answer.
 const FORGET_PROBE: Duration = Duration::from_secs(2);
 /// `node.priority` of a group's preferred node (the others have 0): among standbys that could
@@ -514,7 +517,14 @@ impl Plane {
         // (review 43, M2).
         let keys: Vec<String> = match &m.keys {
             Some(k) => k.split(',').map(str::to_string).collect(),
-            None => vec![server_key(&row.spec.name)],
+            // Made before the keys were kept: the server's, and its nodes' agents (review 44, L1).
+            None => std::iter::once(server_key(&row.spec.name))
+                .chain(
+                    row.failover
+                        .iter()
+                        .flat_map(|f| f.nodes.iter().map(|n| agent_key(&n.name))),
+                )
+                .collect(),
         };
         m.hosts
             .split(',')
@@ -816,16 +826,22 @@ impl Plane {
     }
 
     /// The operations lock, for a quick change that must not run inside a start, stop or
-    /// import, or a refusal while one holds it: queued behind a start's waits, such a change
-    /// outlasted the CLI's request (review 43, L7).
-    fn ops_now(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, PlaneError> {
-        self.ops.try_lock().map_err(|_| {
-            PlaneError::Refused(Refusal {
-                reason: "a start, stop, import or forget-host is under way".into(),
-                hint: "try again once it is done".into(),
-                forcible: None,
+    /// import, or a refusal once it waited [`OPS_WAIT`]: the collector holds the lock a moment
+    /// every pass, while a start's waits held it long enough for a queued change to outlast the
+    /// CLI's request (review 43, L7; review 44, M1).
+    async fn ops_soon(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, PlaneError> {
+        tokio::time::timeout(OPS_WAIT, self.ops.lock())
+            .await
+            .map_err(|_| {
+                PlaneError::Refused(Refusal {
+                    reason: format!(
+                        "a start, stop, import or forget-host is under way (waited {} s for it)",
+                        OPS_WAIT.as_secs()
+                    ),
+                    hint: "try again once it is done".into(),
+                    forcible: None,
+                })
             })
-        })
     }
 
     /// Refused while a host still reports an agent of `row`'s failover group: its stop was never
@@ -955,7 +971,7 @@ impl Plane {
         }
         // Every host that did not confirm, comma-separated (host names hold no commas).
         let unconfirmed = unconfirmed.map(|h| h.join(","));
-        let mark = unconfirmed.map(|hosts| StopMark {
+        let mark = unconfirmed.map(|hosts| UnconfirmedStop {
             hosts,
             unix_ms: unix_ms(),
             keys: Some(key.clone()),
@@ -969,8 +985,8 @@ impl Plane {
     /// Remove a stopped server. Not while a start or stop runs: a start waits up to 20 s with
     /// the server still Stopped and unmarked, and a delete meanwhile left its outcome (a running
     /// server, or the mark of one that may run) without a row to record it in (review 42, H2).
-    pub fn delete_server(&self, name: &str) -> Result<(), PlaneError> {
-        let _ops = self.ops_now()?;
+    pub async fn delete_server(&self, name: &str) -> Result<(), PlaneError> {
+        let _ops = self.ops_soon().await?;
         let row = self.row(name)?;
         self.check(&row, Step::DeleteServer)?;
         // The mark would go with the row, and a server added again under that name start
@@ -1100,9 +1116,9 @@ impl Plane {
 
     /// Add (or replace) a server's failover service, validated in full: the request's fields, and
     /// every node's agent configuration by the same rules as `understudy check-config`.
-    pub fn put_failover(&self, name: &str, f: FailoverSpec) -> Result<ServerRow, PlaneError> {
+    pub async fn put_failover(&self, name: &str, f: FailoverSpec) -> Result<ServerRow, PlaneError> {
         // Not during a start of failover, whose nodes would change under it (review 43, M2).
-        let _ops = self.ops_now()?;
+        let _ops = self.ops_soon().await?;
         let row = self.row(name)?;
         self.check(&row, Step::AddFailover)?;
         let old = row.failover.as_ref().map(|o| o.nodes.as_slice());
@@ -1382,8 +1398,8 @@ impl Plane {
     }
 
     /// Remove a server's failover configuration; the server stays as a plain server.
-    pub fn delete_failover(&self, name: &str) -> Result<ServerRow, PlaneError> {
-        let _ops = self.ops_now()?;
+    pub async fn delete_failover(&self, name: &str) -> Result<ServerRow, PlaneError> {
+        let _ops = self.ops_soon().await?;
         let row = self.row(name)?;
         self.check(&row, Step::DeleteFailover)?;
         if let Some(f) = &row.failover {
@@ -1625,7 +1641,7 @@ impl Plane {
             }
             if !hosts.is_empty() {
                 let list = hosts.join(",");
-                let mark = StopMark {
+                let mark = UnconfirmedStop {
                     hosts: list.clone(),
                     unix_ms: unix_ms(),
                     keys: Some(keys.join(",")),

@@ -140,13 +140,13 @@ pub struct ServerRow {
     /// Unix ms of the add.
     pub created_unix_ms: u64,
     /// A stop its hosts never confirmed (see [`Store::set_unconfirmed_stop`]).
-    pub unconfirmed_stop: Option<StopMark>,
+    pub unconfirmed_stop: Option<UnconfirmedStop>,
 }
 
 /// A stop of a server that some hosts never confirmed: forced on the operator's word, or a start
 /// (of the server, or of its failover) that a host never answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StopMark {
+pub struct UnconfirmedStop {
     /// The hosts that may still run it, comma-joined (host names hold no commas).
     pub hosts: String,
     /// When it was made (Unix ms): a host confirms with a report made after it.
@@ -183,7 +183,7 @@ fn event_row(takeover: &Value) -> Result<(i64, i64, String), StoreError> {
 }
 
 /// A stop mark's columns: its hosts, when (in SQLite's signed integer) and its keys, or none.
-fn mark_columns(stop: Option<&StopMark>) -> (Option<&str>, Option<i64>, Option<&str>) {
+fn mark_columns(stop: Option<&UnconfirmedStop>) -> (Option<&str>, Option<i64>, Option<&str>) {
     match stop {
         Some(m) => (
             Some(m.hosts.as_str()),
@@ -305,7 +305,7 @@ impl Store {
                 spec: serde_json::from_str(&spec).map_err(corrupt("server"))?,
                 state: ServerState::parse(&state),
                 created_unix_ms: created.max(0) as u64,
-                unconfirmed_stop: uhost.zip(uat).map(|(hosts, at)| StopMark {
+                unconfirmed_stop: uhost.zip(uat).map(|(hosts, at)| UnconfirmedStop {
                     hosts,
                     unix_ms: at.max(0) as u64,
                     keys: ukeys,
@@ -342,7 +342,7 @@ impl Store {
     pub fn set_unconfirmed_stop(
         &self,
         name: &str,
-        stop: Option<&StopMark>,
+        stop: Option<&UnconfirmedStop>,
     ) -> Result<(), StoreError> {
         let (host, at, keys) = mark_columns(stop);
         let n = self.conn().execute(
@@ -361,7 +361,7 @@ impl Store {
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM desired WHERE key = ?1", params![key])?;
         let at = crate::plane::unix_ms();
-        let m = StopMark {
+        let m = UnconfirmedStop {
             hosts: hosts.to_string(),
             unix_ms: at,
             keys: Some(key.to_string()),
@@ -383,7 +383,7 @@ impl Store {
         &self,
         name: &str,
         state: ServerState,
-        stop: Option<&StopMark>,
+        stop: Option<&UnconfirmedStop>,
     ) -> Result<(), StoreError> {
         let (host, at, keys) = mark_columns(stop);
         let n = self.conn().execute(

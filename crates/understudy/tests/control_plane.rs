@@ -1760,6 +1760,14 @@ fn a_server_whose_environment_is_closed_to_its_host_still_counts_as_running() {
     if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
         return skip::skip(test, "needs root, to run a host as another user");
     }
+    for tool in ["/usr/bin/python3", "/usr/bin/setpriv"] {
+        if !std::path::Path::new(tool).exists() {
+            return skip::skip(
+                test,
+                &format!("{tool} is missing (Debian: python3, util-linux)"),
+            );
+        }
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(
         dir.path(),
@@ -1768,7 +1776,8 @@ fn a_server_whose_environment_is_closed_to_its_host_still_counts_as_running() {
     .expect("chmod");
     let data = dir.path().join("data");
     let plane = Plane::start(&data, &free_addr());
-    // Beside the plane's data directory, so that its clean-up ends what this host started.
+    // Beside the plane's data directory, and named in the server's command line too, so that
+    // the plane's clean-up (which matches it in command lines) ends both if the test fails.
     let hdata = std::path::PathBuf::from(format!("{}-h2", plane.data.display()));
     std::fs::create_dir_all(&hdata).expect("the host's data directory");
     std::os::unix::fs::chown(&hdata, Some(65534), Some(65534)).expect("chown");
@@ -1795,6 +1804,7 @@ fn a_server_whose_environment_is_closed_to_its_host_still_counts_as_running() {
         "/usr/bin/python3",
         "-c",
         "import ctypes, time; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); time.sleep(1000)",
+        &hdata.display().to_string(),
     ]);
     plane.ctl_ok(&["start-server", "pn"]);
     let pid = plane.server("pn")["process"]["pid"]
