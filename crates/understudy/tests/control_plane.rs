@@ -1063,10 +1063,23 @@ fn running_group(
 /// the plane's clean-up, which matches its data directory in command lines, also ends what
 /// h2 started).
 fn second_host(plane: &Plane) -> (Proc, std::path::PathBuf) {
+    second_host_as(plane, &[])
+}
+
+/// [`second_host`] run through `wrapper` (a command and its arguments, which then run the
+/// binary), e.g. `setpriv` to run it as another user.
+fn second_host_as(plane: &Plane, wrapper: &[&str]) -> (Proc, std::path::PathBuf) {
     let hdata = std::path::PathBuf::from(format!("{}-h2", plane.data.display()));
+    let mut cmd = match wrapper.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
     let host = Proc::spawn(
-        Command::new(BIN)
-            .args(["host", "--control", &plane.addr, "--name", "h2"])
+        cmd.args(["host", "--control", &plane.addr, "--name", "h2"])
             .args(["--advertise", "127.0.0.1", "--data"])
             .arg(&hdata)
             .stdout(Stdio::null())
@@ -1781,19 +1794,14 @@ fn a_server_whose_environment_is_closed_to_its_host_still_counts_as_running() {
     let hdata = std::path::PathBuf::from(format!("{}-h2", plane.data.display()));
     std::fs::create_dir_all(&hdata).expect("the host's data directory");
     std::os::unix::fs::chown(&hdata, Some(65534), Some(65534)).expect("chown");
-    let _host = Proc::spawn(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
-            .args(["host", "--control", &plane.addr, "--name", "h2"])
-            .args(["--advertise", "127.0.0.1", "--data"])
-            .arg(&hdata)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("understudy host as nobody");
-    assert!(
-        wait_until(Duration::from_secs(15), || host_shown(&plane, "h2", true)),
-        "the host did not register"
+    let (_host, _) = second_host_as(
+        &plane,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
     );
     plane.ctl_ok(&[
         "add-server",
