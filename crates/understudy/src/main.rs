@@ -586,9 +586,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .context("rendering the manual page")?;
             print_generated(&page, "the manual page")
         }
-        Cmd::Serve(args) => ctl_cmd::serve(args),
+        Cmd::Serve(args) => {
+            default_sigchld();
+            ctl_cmd::serve(args)
+        }
         Cmd::Ctl(args) => ctl_cmd::ctl(args),
-        Cmd::Host(args) => ctl_cmd::host(args),
+        Cmd::Host(args) => {
+            default_sigchld();
+            ctl_cmd::host(args)
+        }
         Cmd::Top {
             agent,
             interval,
@@ -605,4 +611,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Price(c) => c.run(),
         Cmd::Fix(c) => c.run(),
     }
+}
+
+/// `serve` and `host` reap what they start themselves, and tell a child that still runs from a
+/// freed pid by whether their reaper saw it end: an inherited SIGCHLD set to ignored would have
+/// the kernel reap children unseen (review 44, L2).
+fn default_sigchld() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs the default disposition, no handler runs; nothing in this process relies
+    // on SIGCHLD being ignored.
+    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
 }

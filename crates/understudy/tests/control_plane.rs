@@ -1093,6 +1093,40 @@ fn second_host_as(plane: &Plane, wrapper: &[&str]) -> (Proc, std::path::PathBuf)
     (host, hdata)
 }
 
+/// Review 44, L2: a host started with SIGCHLD ignored (a parent's disposition survives exec)
+/// would have the kernel reap its children unseen, and a freed pid could pass for its child.
+/// It puts the default back.
+#[test]
+fn a_host_started_with_sigchld_ignored_reaps_its_children_itself() {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        let test = "a_host_started_with_sigchld_ignored_reaps_its_children_itself";
+        return skip::skip(test, "/usr/bin/python3 is missing (Debian: python3)");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let plane = Plane::start(&data, &free_addr());
+    let (host, _) = second_host_as(
+        &plane,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])",
+        ],
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.id())).expect("status");
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("SigIgn");
+    let chld = 1u64 << (nix::sys::signal::Signal::SIGCHLD as i32 - 1);
+    assert_eq!(
+        ignored & chld,
+        0,
+        "the host keeps SIGCHLD ignored: {status}"
+    );
+}
+
 /// Review 31, L8: a host stopping a process that ignores SIGTERM (killed after the 10 s grace)
 /// goes on reporting meanwhile. It used to finish every stop before it reported, and was dark to
 /// the plane for up to 10 s, so stop failover was refused on it. The server counts as stopped
