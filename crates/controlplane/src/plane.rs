@@ -660,14 +660,7 @@ impl Plane {
             // Gone with its machine, on the operator's word.
             return Ok(());
         }
-        let fresh = || {
-            self.store
-                .hosts()
-                .ok()
-                .and_then(|h| h.get(host).map(|h| h.1))
-                .is_some_and(|seen| seen > since)
-        };
-        self.wait_report(host, key, |r| r.is_none() && fresh())
+        self.wait_report(host, key, |r| r.is_none() && self.host_seen(host) > since)
             .await
     }
 

@@ -194,6 +194,20 @@ fn mark_columns(stop: Option<&UnconfirmedStop>) -> (Option<&str>, Option<i64>, O
     }
 }
 
+/// Writes (or clears) server `name`'s stop mark through `conn` (a transaction too); the rows
+/// changed.
+fn write_mark(
+    conn: &Connection,
+    name: &str,
+    stop: Option<&UnconfirmedStop>,
+) -> Result<usize, rusqlite::Error> {
+    let (host, at, keys) = mark_columns(stop);
+    conn.execute(
+        "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3, unconfirmed_stop_keys = ?4 WHERE name = ?1",
+        params![name, host, at, keys],
+    )
+}
+
 /// An update of server `name`'s row changed `n` rows: none means the row is gone, and what was
 /// to be recorded (a mark that keeps a second copy from starting) would be lost unsaid.
 fn one_row(n: usize, name: &str) -> Result<(), StoreError> {
@@ -344,11 +358,7 @@ impl Store {
         name: &str,
         stop: Option<&UnconfirmedStop>,
     ) -> Result<(), StoreError> {
-        let (host, at, keys) = mark_columns(stop);
-        let n = self.conn().execute(
-            "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3, unconfirmed_stop_keys = ?4 WHERE name = ?1",
-            params![name, host, at, keys],
-        )?;
+        let n = write_mark(&self.conn(), name, stop)?;
         one_row(n, name)
     }
 
@@ -366,11 +376,7 @@ impl Store {
             unix_ms: at,
             keys: Some(key.to_string()),
         };
-        let (host, at_col, keys) = mark_columns(Some(&m));
-        let n = tx.execute(
-            "UPDATE servers SET unconfirmed_stop_host = ?2, unconfirmed_stop_unix_ms = ?3, unconfirmed_stop_keys = ?4 WHERE name = ?1",
-            params![name, host, at_col, keys],
-        )?;
+        let n = write_mark(&tx, name, Some(&m))?;
         tx.commit()?;
         one_row(n, name)?;
         Ok(at)
